@@ -1,0 +1,148 @@
+"""Typed errors of libnet.
+
+Every error carries the ids of the objects it is about in ``ids`` (for example
+``network_id``, ``endpoint_id``, ``ifname``, ``netns``), so callers and the API
+layer can report them without parsing messages.  The hierarchy follows
+DESIGN.md: five families under :class:`LibnetError`, and concrete errors below
+them.  Kernel errno values are translated into these classes in
+``libnet.kernel.errors`` only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LibnetError(Exception):
+    """Base of every error libnet raises on purpose."""
+
+    #: short machine-readable family name, used by the API layer
+    kind = "error"
+
+    def __init__(self, message: str, **ids: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.ids: dict[str, Any] = {k: v for k, v in ids.items() if v is not None}
+
+    def __str__(self) -> str:
+        if not self.ids:
+            return self.message
+        detail = ", ".join(f"{k}={v}" for k, v in sorted(self.ids.items()))
+        return f"{self.message} ({detail})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as the API reports it: kind, message and the ids."""
+        return {"kind": self.kind, "type": type(self).__name__, "message": self.message, **self.ids}
+
+
+class NotFound(LibnetError):
+    """The object named does not exist."""
+
+    kind = "not_found"
+
+
+class Conflict(LibnetError):
+    """The request collides with existing state."""
+
+    kind = "conflict"
+
+
+class BadRequest(LibnetError):
+    """The input is invalid; nothing was changed."""
+
+    kind = "bad_request"
+
+
+class Unavailable(LibnetError):
+    """A dependency (store, Serf, kernel resource) is unavailable; retryable."""
+
+    kind = "unavailable"
+
+
+class KernelError(LibnetError):
+    """The kernel refused an operation; ``errno`` keeps its reason."""
+
+    kind = "kernel"
+
+    def __init__(self, message: str, errno: int | None = None, **ids: Any) -> None:
+        super().__init__(message, **ids)
+        self.errno = errno
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "errno": self.errno}
+
+
+# --- not found -------------------------------------------------------------
+
+
+class NoSuchNetwork(NotFound):
+    """No network with that id or name."""
+
+
+class NoSuchEndpoint(NotFound):
+    """No endpoint with that id or name."""
+
+
+class NoSuchSandbox(NotFound):
+    """No sandbox with that id."""
+
+
+class NoSuchNamespace(NotFound):
+    """No network namespace at that name or path."""
+
+
+class NoSuchLink(NotFound):
+    """No network interface with that name or index."""
+
+
+# --- conflicts -------------------------------------------------------------
+
+
+class NameInUse(Conflict):
+    """The name is already taken by another object."""
+
+
+class AddressInUse(Conflict):
+    """The address is already allocated."""
+
+
+class PoolOverlap(Conflict):
+    """The requested pool overlaps a pool already in use."""
+
+
+# --- bad requests ----------------------------------------------------------
+
+
+class InvalidName(BadRequest):
+    """A name is not acceptable (length, characters)."""
+
+
+class InvalidSubnet(BadRequest):
+    """A subnet or address is malformed or unsuitable."""
+
+
+class InvalidOption(BadRequest):
+    """An option is unknown or has an invalid value."""
+
+
+# --- kernel ----------------------------------------------------------------
+
+
+class KernelObjectExists(Conflict, KernelError):
+    """The kernel already has that object (EEXIST)."""
+
+
+class KernelObjectMissing(NotFound, KernelError):
+    """The kernel has no such object (ENOENT, ENODEV, ESRCH, ...)."""
+
+
+class KernelInvalidArgument(BadRequest, KernelError):
+    """The kernel rejected the arguments (EINVAL, ERANGE, ...)."""
+
+
+class KernelBusy(Unavailable, KernelError):
+    """The kernel object is busy or resources ran out (EBUSY, ENOBUFS, ...)."""
+
+
+class KernelPermissionDenied(KernelError):
+    """The operation needs privileges this process lacks (EPERM, EACCES)."""

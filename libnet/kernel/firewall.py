@@ -1,0 +1,231 @@
+"""nftables rules in a table owned by libnet (``inet libnet``), per namespace.
+
+Rules are built as nftables JSON documents and handed to libnftables (the
+``pip-nftables`` binding of the same library ``nft`` uses) -- never as
+concatenated rule strings.  Every rule carries a comment ``libnet:<key>``;
+the key makes adding idempotent and lets :meth:`Firewall.remove` find the
+rules again after a restart.  Nothing outside the ``libnet`` table is
+touched, so removing the table removes everything libnet did.
+
+libnftables talks netlink from the thread that calls it, so each firewall
+works on its own :class:`~libnet.kernel.netns.NamespaceThread`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any
+
+import nftables
+
+from libnet.errors import BadRequest, KernelError
+from libnet.kernel import netns
+
+FAMILY = "inet"
+TABLE = "libnet"
+COMMENT_PREFIX = "libnet:"
+
+# chain name -> (type, hook, priority)
+CHAINS: dict[str, tuple[str, str, int]] = {
+    "forward": ("filter", "forward", 0),
+    "postrouting": ("nat", "postrouting", 100),
+}
+
+
+def _meta(key: str, op: str, value: str) -> dict[str, Any]:
+    return {"match": {"op": op, "left": {"meta": {"key": key}}, "right": value}}
+
+
+def _saddr(subnet: str) -> dict[str, Any]:
+    try:
+        net = ipaddress.ip_network(subnet)
+    except ValueError:
+        raise BadRequest(f"invalid subnet {subnet!r}", subnet=subnet) from None
+    proto = "ip" if net.version == 4 else "ip6"
+    return {
+        "match": {
+            "op": "==",
+            "left": {"payload": {"protocol": proto, "field": "saddr"}},
+            "right": {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}},
+        }
+    }
+
+
+def _check_key(key: str) -> None:
+    if not key or len(key) > 100 or not key.isprintable() or '"' in key:
+        raise BadRequest(f"invalid rule key {key!r}", key=key)
+
+
+def masquerade_rule(subnet: str, bridge: str) -> tuple[str, list[dict[str, Any]]]:
+    """Masquerade ``subnet`` when it leaves through any device but ``bridge``."""
+    return "postrouting", [_saddr(subnet), _meta("oifname", "!=", bridge), {"masquerade": None}]
+
+
+def drop_between_rules(a: str, b: str) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Drop forwarding from bridge ``a`` to ``b`` and back."""
+    return [
+        ("forward", [_meta("iifname", "==", a), _meta("oifname", "==", b), {"drop": None}]),
+        ("forward", [_meta("iifname", "==", b), _meta("oifname", "==", a), {"drop": None}]),
+    ]
+
+
+def internal_rules(bridge: str) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Drop all forwarding into or out of ``bridge`` (an internal network)."""
+    return [
+        ("forward", [_meta("iifname", "==", bridge), _meta("oifname", "!=", bridge), {"drop": None}]),
+        ("forward", [_meta("oifname", "==", bridge), _meta("iifname", "!=", bridge), {"drop": None}]),
+    ]
+
+
+class Firewall:
+    """libnet's nftables table in one namespace (``ns=None``: this process's)."""
+
+    def __init__(self, ns: str | None = None) -> None:
+        self.ns = ns
+        self._thread = netns.NamespaceThread(ns)
+        self._nft: nftables.Nftables | None = None
+
+    def __enter__(self) -> Firewall:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End the namespace thread."""
+        self._thread.close()
+
+    # --- plumbing -----------------------------------------------------------
+
+    def _cmd(self, commands: list[dict[str, Any]], action: str) -> dict[str, Any]:
+        def body() -> dict[str, Any]:
+            if self._nft is None:
+                self._nft = nftables.Nftables()
+                self._nft.set_json_output(True)
+                self._nft.set_handle_output(True)
+            rc, out, err = self._nft.json_cmd({"nftables": commands})
+            if rc != 0:
+                raise KernelError(f"{action}: nftables: {str(err).strip()}", netns=self.ns)
+            return out if isinstance(out, dict) else json.loads(out or "{}")
+
+        return self._thread.call(body)
+
+    def _table_cmds(self) -> list[dict[str, Any]]:
+        cmds: list[dict[str, Any]] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
+        for name, (ctype, hook, prio) in CHAINS.items():
+            cmds.append(
+                {
+                    "add": {
+                        "chain": {
+                            "family": FAMILY,
+                            "table": TABLE,
+                            "name": name,
+                            "type": ctype,
+                            "hook": hook,
+                            "prio": prio,
+                            "policy": "accept",
+                        }
+                    }
+                }
+            )
+        return cmds
+
+    def ensure_table(self) -> None:
+        """Create the table and its base chains if missing (idempotent)."""
+        self._cmd(self._table_cmds(), "create table")
+
+    def delete_table(self) -> None:
+        """Remove the table and every libnet rule in it; missing is fine."""
+        self._cmd(
+            [
+                {"add": {"table": {"family": FAMILY, "name": TABLE}}},
+                {"delete": {"table": {"family": FAMILY, "name": TABLE}}},
+            ],
+            "delete table",
+        )
+
+    def rules(self) -> list[dict[str, Any]]:
+        """libnet's rules: dicts with ``key``, ``chain``, ``handle``, ``expr``."""
+        out = self._cmd(
+            [{"list": {"table": {"family": FAMILY, "name": TABLE}}}] if self._has_table() else [], "list rules"
+        )
+        rules = []
+        for item in out.get("nftables", []):
+            rule = item.get("rule")
+            if rule and str(rule.get("comment", "")).startswith(COMMENT_PREFIX):
+                rules.append(
+                    {
+                        "key": rule["comment"][len(COMMENT_PREFIX) :],
+                        "chain": rule["chain"],
+                        "handle": rule["handle"],
+                        "expr": rule["expr"],
+                    }
+                )
+        return rules
+
+    def _has_table(self) -> bool:
+        out = self._cmd([{"list": {"tables": {"family": FAMILY}}}], "list tables")
+        return any(i.get("table", {}).get("name") == TABLE for i in out.get("nftables", []))
+
+    def keys(self) -> set[str]:
+        """The keys of the rule groups present."""
+        return {r["key"] for r in self.rules()}
+
+    # --- rule groups --------------------------------------------------------
+
+    def add(self, key: str, rules: list[tuple[str, list[dict[str, Any]]]]) -> None:
+        """Install a group of rules under ``key``, replacing an older group.
+
+        Table, old rules and new rules change in one nftables transaction, so
+        a failure leaves the previous state.
+        """
+        _check_key(key)
+        cmds = self._table_cmds()
+        if self._has_table():
+            cmds += self._delete_cmds(key)
+        for chain, expr in rules:
+            if chain not in CHAINS:
+                raise BadRequest(f"unknown chain {chain!r}", chain=chain)
+            cmds.append(
+                {
+                    "add": {
+                        "rule": {
+                            "family": FAMILY,
+                            "table": TABLE,
+                            "chain": chain,
+                            "comment": COMMENT_PREFIX + key,
+                            "expr": expr,
+                        }
+                    }
+                }
+            )
+        self._cmd(cmds, f"add rules {key}")
+
+    def _delete_cmds(self, key: str) -> list[dict[str, Any]]:
+        return [
+            {"delete": {"rule": {"family": FAMILY, "table": TABLE, "chain": r["chain"], "handle": r["handle"]}}}
+            for r in self.rules()
+            if r["key"] == key
+        ]
+
+    def remove(self, key: str) -> None:
+        """Remove the rules installed under ``key``; none is fine."""
+        _check_key(key)
+        if not self._has_table():
+            return
+        cmds = self._delete_cmds(key)
+        if cmds:
+            self._cmd(cmds, f"remove rules {key}")
+
+    def masquerade(self, key: str, subnet: str, bridge: str) -> None:
+        """Masquerade traffic of ``subnet`` leaving other than via ``bridge``."""
+        self.add(key, [masquerade_rule(subnet, bridge)])
+
+    def isolate(self, key: str, bridge_a: str, bridge_b: str) -> None:
+        """Drop forwarding between two bridges, both ways."""
+        self.add(key, drop_between_rules(bridge_a, bridge_b))
+
+    def internal(self, key: str, bridge: str) -> None:
+        """Drop all forwarding into and out of ``bridge``."""
+        self.add(key, internal_rules(bridge))

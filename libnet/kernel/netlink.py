@@ -1,0 +1,485 @@
+"""Links, addresses and routes over netlink (pyroute2), per namespace.
+
+Why pyroute2's *synchronous* ``IPRoute`` and not its asyncio API: pyroute2
+opens its netlink socket lazily *per thread*, in the namespace that thread is
+in, and entering a namespace in-process (``setns``) is itself per thread.  So
+every netlink operation for a namespace must run on a thread that sits in it
+-- a :class:`~libnet.kernel.netns.NamespaceThread`.  Calls on that thread are
+plain blocking calls of well under a millisecond; the asyncio side of libnet
+awaits them through :meth:`Netlink.submit` (a ``concurrent.futures.Future``
+that ``asyncio.wrap_future`` turns into an awaitable), which keeps the event
+loop free without a second event loop per namespace.
+
+Neighbour and FDB entries go through :mod:`libnet.kernel.neighbours`, which
+packs netlink messages itself for bulk speed, on the same thread.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from libnet.errors import BadRequest, NoSuchLink
+from libnet.kernel import netns
+from libnet.kernel.errors import is_gone, translate
+from libnet.kernel.neighbours import FdbEntry, Neighbour, NeighbourSocket
+
+T = TypeVar("T")
+
+IFA_F_NODAD = 0x02
+RTNH_F_ONLINK = 0x04
+VXLAN_PORT = 4789
+IFNAMSIZ = 15
+
+
+@dataclass(frozen=True)
+class Link:
+    """A network interface as the kernel reports it."""
+
+    index: int
+    name: str
+    kind: str | None
+    mtu: int
+    mac: str
+    up: bool
+    master: int | None
+
+
+@dataclass(frozen=True)
+class Route:
+    """A route in the main table."""
+
+    dst: str  # CIDR, "default" for 0/0 and ::/0
+    via: str | None
+    dev: int | None
+
+
+def _check_ifname(name: str) -> None:
+    if not name or len(name) > IFNAMSIZ or "/" in name or any(c.isspace() for c in name):
+        raise BadRequest(f"invalid interface name {name!r} (1-{IFNAMSIZ} characters, no '/' or spaces)", ifname=name)
+
+
+def _link_from_msg(msg: Any) -> Link:
+    kind = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+    return Link(
+        index=msg["index"],
+        name=msg.get("ifname"),
+        kind=kind,
+        mtu=msg.get("mtu"),
+        mac=msg.get("address"),
+        up=bool(msg["flags"] & 1),
+        master=msg.get("master"),
+    )
+
+
+class Netlink:
+    """Netlink access to one namespace (``ns=None``: this process's own).
+
+    Every method runs on the namespace's own thread and blocks until done;
+    :meth:`submit` queues any callable taking this object, for async callers.
+    Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, ns: str | None = None) -> None:
+        self.ns = ns
+        self._thread = netns.NamespaceThread(ns)
+        self._ipr: IPRoute | None = None
+        self._neigh: NeighbourSocket | None = None
+
+    def __enter__(self) -> Netlink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the sockets and end the namespace thread."""
+
+        def shut() -> None:
+            if self._ipr is not None:
+                self._ipr.close()
+            if self._neigh is not None:
+                self._neigh.close()
+
+        self._thread.call(shut)
+        self._thread.close()
+
+    # --- plumbing ---------------------------------------------------------
+
+    @property
+    def ipr(self) -> IPRoute:
+        """The pyroute2 handle; only valid on the namespace thread."""
+        if self._ipr is None:
+            self._ipr = IPRoute()
+        return self._ipr
+
+    @property
+    def neigh(self) -> NeighbourSocket:
+        """The bulk neighbour/FDB socket; only valid on the namespace thread."""
+        if self._neigh is None:
+            self._neigh = NeighbourSocket()
+        return self._neigh
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Queue ``fn(*args)`` on the namespace thread."""
+        return self._thread.submit(fn, *args)
+
+    def _run(self, action: str, fn: Callable[..., T], *args: Any, gone_ok: bool = False, **ids: Any) -> T | None:
+        def body() -> T | None:
+            try:
+                return fn(*args)
+            except NetlinkError as exc:
+                if gone_ok and is_gone(exc):
+                    return None
+                raise translate(exc, action, netns=self.ns, **ids) from exc
+            except OSError as exc:
+                if gone_ok and is_gone(exc):
+                    return None
+                raise translate(exc, action, netns=self.ns, **ids) from exc
+
+        return self._thread.call(body)
+
+    def _index(self, link: str | int) -> int:
+        """Index of ``link`` (name or index); must run on the thread."""
+        if isinstance(link, int):
+            return link
+        found = self.ipr.link_lookup(ifname=link)
+        if not found:
+            raise NoSuchLink("no such interface", ifname=link, netns=self.ns)
+        return found[0]
+
+    # --- links ------------------------------------------------------------
+
+    def links(self) -> list[Link]:
+        """All interfaces of the namespace."""
+        return self._run("list links", lambda: [_link_from_msg(m) for m in self.ipr.get_links()])
+
+    def link(self, link: str | int) -> Link:
+        """One interface by name or index (``NoSuchLink`` if absent)."""
+
+        def get() -> Link:
+            return _link_from_msg(self.ipr.get_links(self._index(link))[0])
+
+        return self._run("get link", get, ifname=link)
+
+    def link_index(self, name: str) -> int:
+        """Index of the interface called ``name``."""
+        return self._run("look up link", self._index, name, ifname=name)
+
+    def has_link(self, name: str) -> bool:
+        """Whether an interface called ``name`` exists."""
+        return self._run("look up link", lambda: bool(self.ipr.link_lookup(ifname=name)))
+
+    def _add(self, name: str, **spec: Any) -> int:
+        _check_ifname(name)
+        spec = {k: v for k, v in spec.items() if v is not None}
+
+        def add() -> int:
+            self.ipr.link("add", ifname=name, **spec)
+            return self._index(name)
+
+        return self._run(f"create {spec.get('kind')} link", add, ifname=name)
+
+    def add_bridge(
+        self, name: str, mtu: int | None = None, mac: str | None = None, mcast_snooping: bool = False
+    ) -> int:
+        """Create a bridge (down); returns its index. ``KernelObjectExists`` if taken."""
+        return self._add(name, kind="bridge", mtu=mtu, address=mac, br_mcast_snooping=int(mcast_snooping))
+
+    def add_veth(
+        self,
+        name: str,
+        peer: str,
+        peer_ns: str | None = None,
+        mtu: int | None = None,
+        mac: str | None = None,
+        peer_mac: str | None = None,
+    ) -> int:
+        """Create a veth pair, the peer directly inside ``peer_ns`` if given.
+
+        Creating the peer in place costs a fraction of creating it here and
+        moving it.  Returns the index of ``name``.
+        """
+        _check_ifname(peer)
+        peer_spec: dict[str, Any] = {"ifname": peer}
+        if mtu is not None:
+            peer_spec["mtu"] = mtu
+        if peer_mac is not None:
+            peer_spec["address"] = peer_mac
+        fd = None
+        try:
+            if peer_ns is not None:
+                fd = os.open(netns.path_of(peer_ns), os.O_RDONLY | os.O_CLOEXEC)
+                peer_spec["net_ns_fd"] = fd
+            return self._add(name, kind="veth", mtu=mtu, address=mac, peer=peer_spec)
+        except FileNotFoundError:
+            raise netns.NoSuchNamespace("no such network namespace", netns=peer_ns) from None
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def add_vxlan(
+        self,
+        name: str,
+        vni: int,
+        local: str,
+        port: int = VXLAN_PORT,
+        underlay: str | int | None = None,
+        mtu: int | None = None,
+        mac: str | None = None,
+        learning: bool = False,
+        proxy: bool = True,
+        udp_csum: bool = True,
+    ) -> int:
+        """Create a VXLAN device with a local IPv4 or IPv6 VTEP address.
+
+        Learning is off and ARP/ND proxy on by default: remote peers come from
+        static neighbour and FDB entries.  ``udp_csum`` controls UDP checksums
+        of the outer packets (for IPv6 underlays the zero-checksum options are
+        its inverse, as RFC 6935 allows).
+        """
+        if not 0 < vni < 1 << 24:
+            raise BadRequest(f"VNI {vni} out of range 1..16777215", vni=vni)
+        try:
+            ip = ipaddress.ip_address(local)
+        except ValueError:
+            raise BadRequest(f"invalid VTEP address {local!r}", vtep=local) from None
+        spec: dict[str, Any] = {
+            "kind": "vxlan",
+            "vxlan_id": vni,
+            "vxlan_port": port,
+            "vxlan_learning": int(learning),
+            "vxlan_proxy": int(proxy),
+            "mtu": mtu,
+            "address": mac,
+        }
+        if ip.version == 4:
+            spec["vxlan_local"] = str(ip)
+            spec["vxlan_udp_csum"] = int(udp_csum)
+        else:
+            spec["vxlan_local6"] = str(ip)
+            spec["vxlan_udp_zero_csum6_tx"] = int(not udp_csum)
+            spec["vxlan_udp_zero_csum6_rx"] = int(not udp_csum)
+        if underlay is not None:
+            spec["vxlan_link"] = self.link_index(underlay) if isinstance(underlay, str) else underlay
+        return self._add(name, **spec)
+
+    def _set(self, link: str | int, action: str, **attrs: Any) -> None:
+        self._run(action, lambda: self.ipr.link("set", index=self._index(link), **attrs), ifname=link)
+
+    def set_up(self, link: str | int) -> None:
+        """Bring an interface up."""
+        self._set(link, "set link up", state="up")
+
+    def set_down(self, link: str | int) -> None:
+        """Bring an interface down."""
+        self._set(link, "set link down", state="down")
+
+    def set_mtu(self, link: str | int, mtu: int) -> None:
+        """Set an interface's MTU."""
+        self._set(link, "set mtu", mtu=mtu)
+
+    def set_mac(self, link: str | int, mac: str) -> None:
+        """Set an interface's MAC address."""
+        self._set(link, "set mac", address=mac)
+
+    def set_master(self, link: str | int, master: str | int | None) -> None:
+        """Attach an interface to a bridge, or detach it (``None``)."""
+
+        def body() -> None:
+            idx = 0 if master is None else self._index(master)
+            self.ipr.link("set", index=self._index(link), master=idx)
+
+        self._run("set master", body, ifname=link, master=master)
+
+    def rename(self, link: str | int, new_name: str) -> None:
+        """Rename an interface (it must be down)."""
+        _check_ifname(new_name)
+        self._set(link, "rename link", ifname=new_name)
+
+    def move_to_ns(self, link: str | int, ns: str, new_name: str | None = None) -> None:
+        """Move an interface into namespace ``ns``, optionally renaming it."""
+        if new_name is not None:
+            _check_ifname(new_name)
+        try:
+            fd = os.open(netns.path_of(ns), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise netns.NoSuchNamespace("no such network namespace", netns=ns) from None
+        try:
+            attrs: dict[str, Any] = {"net_ns_fd": fd}
+            if new_name is not None:
+                attrs["ifname"] = new_name
+            self._set(link, "move link to namespace", **attrs)
+        finally:
+            os.close(fd)
+
+    def delete_link(self, link: str | int) -> None:
+        """Delete an interface; one that is already gone is success."""
+
+        def body() -> None:
+            try:
+                idx = self._index(link)
+            except NoSuchLink:
+                return
+            self.ipr.link("del", index=idx)
+
+        self._run("delete link", body, gone_ok=True, ifname=link)
+
+    # --- addresses --------------------------------------------------------
+
+    def add_address(self, link: str | int, cidr: str, nodad: bool = False) -> None:
+        """Add an address (``"198.51.100.1/24"``) to an interface.
+
+        ``nodad`` skips IPv6 duplicate address detection, so the address is
+        usable at once instead of staying tentative for 1-2 s.
+        """
+        iface = _interface(cidr)
+        flags = IFA_F_NODAD if nodad and iface.version == 6 else 0
+
+        def body() -> None:
+            self.ipr.addr(
+                "add", index=self._index(link), address=str(iface.ip), prefixlen=iface.network.prefixlen, flags=flags
+            )
+
+        self._run("add address", body, ifname=link, address=cidr)
+
+    def delete_address(self, link: str | int, cidr: str) -> None:
+        """Remove an address; one that is already gone is success."""
+        iface = _interface(cidr)
+
+        def body() -> None:
+            self.ipr.addr("del", index=self._index(link), address=str(iface.ip), prefixlen=iface.network.prefixlen)
+
+        self._run("delete address", body, gone_ok=True, ifname=link, address=cidr)
+
+    def addresses(self, link: str | int | None = None) -> list[str]:
+        """Addresses as CIDR strings, of one interface or of all."""
+
+        def body() -> list[str]:
+            kw = {} if link is None else {"index": self._index(link)}
+            return [f"{m.get('address')}/{m['prefixlen']}" for m in self.ipr.get_addr(**kw)]
+
+        return self._run("list addresses", body, ifname=link)
+
+    def tentative_addresses(self, link: str | int) -> list[str]:
+        """IPv6 addresses of ``link`` still in duplicate address detection."""
+
+        def body() -> list[str]:
+            msgs = self.ipr.get_addr(index=self._index(link), family=socket.AF_INET6)
+            return [m.get("address") for m in msgs if (m.get("flags") or m["flags"]) & 0x40]
+
+        return self._run("list addresses", body, ifname=link)
+
+    # --- routes -----------------------------------------------------------
+
+    def add_route(
+        self,
+        dst: str,
+        via: str | None = None,
+        dev: str | int | None = None,
+        onlink: bool = False,
+        family: int | None = None,
+    ) -> None:
+        """Add or replace a route.
+
+        ``dst`` is a CIDR or ``"default"``; ``via`` a gateway, ``dev`` the
+        output interface (a connected route when ``via`` is None); ``onlink``
+        lets the gateway sit outside the interface's subnets.
+        """
+        spec = _route_spec(dst, via, family)
+
+        def body() -> None:
+            if dev is not None:
+                spec["oif"] = self._index(dev)
+            if onlink:
+                spec["flags"] = RTNH_F_ONLINK
+            self.ipr.route("replace", **spec)
+
+        self._run("add route", body, dst=dst, via=via, ifname=dev)
+
+    def delete_route(self, dst: str, via: str | None = None, family: int | None = None) -> None:
+        """Delete a route; one that is already gone is success."""
+        spec = _route_spec(dst, via, family)
+        self._run("delete route", lambda: self.ipr.route("del", **spec), gone_ok=True, dst=dst)
+
+    def routes(self, family: int = socket.AF_INET) -> list[Route]:
+        """Routes of the main table for one address family."""
+
+        def body() -> list[Route]:
+            out = []
+            for m in self.ipr.get_routes(family=family, table=254):
+                dst = m.get("dst")
+                out.append(Route(f"{dst}/{m['dst_len']}" if dst else "default", m.get("gateway"), m.get("oif")))
+            return out
+
+        return self._run("list routes", body)
+
+    # --- neighbours and FDB -------------------------------------------------
+
+    def replace_neighbours(self, link: str | int, entries: Iterable[Neighbour]) -> None:
+        """Add or replace permanent neighbour entries (v4 and v6), in bulk."""
+        items = list(entries)
+        self._run("replace neighbours", lambda: self.neigh.replace_neighbours(self._index(link), items), ifname=link)
+
+    def delete_neighbours(self, link: str | int, entries: Iterable[Neighbour]) -> None:
+        """Delete neighbour entries in bulk; missing ones are fine."""
+        items = list(entries)
+        self._run("delete neighbours", lambda: self.neigh.delete_neighbours(self._index(link), items), ifname=link)
+
+    def neighbours(self, link: str | int) -> list[Neighbour]:
+        """The neighbour entries with a MAC on ``link``, sorted."""
+        return self._run("dump neighbours", lambda: self.neigh.dump_neighbours(self._index(link)), ifname=link)
+
+    def flush_neighbours(self, link: str | int) -> int:
+        """Delete all neighbour entries of ``link``; returns how many."""
+        return self._run("flush neighbours", lambda: self.neigh.flush_neighbours(self._index(link)), ifname=link)
+
+    def replace_fdb(self, link: str | int, entries: Iterable[FdbEntry]) -> None:
+        """Add or replace FDB entries (MAC -> VTEP) in bulk; flood entries append."""
+        items = list(entries)
+        self._run("replace fdb", lambda: self.neigh.replace_fdb(self._index(link), items), ifname=link)
+
+    def delete_fdb(self, link: str | int, entries: Iterable[FdbEntry]) -> None:
+        """Delete FDB entries in bulk; missing ones are fine."""
+        items = list(entries)
+        self._run("delete fdb", lambda: self.neigh.delete_fdb(self._index(link), items), ifname=link)
+
+    def fdb(self, link: str | int) -> list[FdbEntry]:
+        """The device's own FDB entries with a remote destination, sorted."""
+        return self._run("dump fdb", lambda: self.neigh.dump_fdb(self._index(link)), ifname=link)
+
+    def flush_fdb(self, link: str | int) -> None:
+        """Delete all FDB entries of a VXLAN device in one kernel call."""
+        self._run("flush fdb", lambda: self.neigh.flush_fdb(self._index(link)), ifname=link)
+
+
+def _interface(cidr: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    try:
+        return ipaddress.ip_interface(cidr)
+    except ValueError:
+        raise BadRequest(f"invalid address {cidr!r}, expected ADDRESS/PREFIXLEN", address=cidr) from None
+
+
+def _route_spec(dst: str, via: str | None, family: int | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"table": 254}
+    try:
+        gw = ipaddress.ip_address(via) if via else None
+        net = None if dst == "default" else ipaddress.ip_network(dst)
+    except ValueError as exc:
+        raise BadRequest(f"invalid route: {exc}", dst=dst, via=via) from None
+    version = net.version if net else gw.version if gw else 6 if family == socket.AF_INET6 else 4
+    spec["family"] = socket.AF_INET if version == 4 else socket.AF_INET6
+    spec["dst"] = str(net) if net else ("0.0.0.0/0" if version == 4 else "::/0")
+    if gw is not None:
+        if gw.version != version:
+            raise BadRequest("gateway and destination are of different IP versions", dst=dst, via=via)
+        spec["gateway"] = str(gw)
+    return spec

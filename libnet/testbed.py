@@ -1,0 +1,196 @@
+"""Test hosts: "hosts" as network namespaces joined through a switch namespace.
+
+Used by the integration tests, the benchmarks and the demo.  Nothing is added
+to the root namespace: each host namespace gets ``eth0``, a veth whose peer is
+created directly inside the switch namespace and attached to its bridge.  The
+underlay uses documentation ranges only: 203.0.113.0/24 and
+2001:db8:ffff::/64 (never 192.0.2.0/24 or fd00::/64, which this kind of
+machine's own uplink uses).
+
+Every namespace carries the per-run prefix ``lnt-<pid>-<random>-``; processes
+started through :meth:`Testbed.spawn` are recorded by pid.  :meth:`close`
+(also run on leaving the ``with`` block, whatever happened) kills those
+processes and deletes every namespace with the prefix, which removes all
+interfaces in them.  :func:`remove_stale` cleans up after runs whose process
+died without cleaning up.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from libnet.kernel import netns
+from libnet.kernel.netlink import Netlink
+
+PREFIX_ROOT = "lnt-"
+UNDERLAY_V4 = "203.0.113.{}"
+UNDERLAY_V6 = "2001:db8:ffff::{:x}"
+MAX_HOSTS = 200
+
+
+@dataclass
+class Host:
+    """One test host: a namespace with ``eth0`` on the underlay switch."""
+
+    name: str
+    ns: str
+    ipv4: str
+    ipv6: str
+    ifname: str = "eth0"
+
+    def vtep(self, version: int) -> str:
+        """The underlay address of this host for IP version 4 or 6."""
+        return self.ipv4 if version == 4 else self.ipv6
+
+
+@dataclass
+class Testbed:
+    """N hosts on one switch; use as a context manager."""
+
+    __test__ = False  # not a pytest test class
+
+    n_hosts: int = 2
+    mtu: int = 1500
+    prefix: str = field(default_factory=lambda: f"{PREFIX_ROOT}{os.getpid()}-{secrets.token_hex(2)}-")
+    hosts: list[Host] = field(default_factory=list)
+    _procs: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def switch(self) -> str:
+        """Name of the switch namespace."""
+        return self.prefix + "sw"
+
+    def __enter__(self) -> Testbed:
+        try:
+            self.build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def build(self) -> None:
+        """Create the switch and the hosts."""
+        if not 0 < self.n_hosts <= MAX_HOSTS:
+            raise ValueError(f"n_hosts must be 1..{MAX_HOSTS}")
+        self.namespace("sw")
+        with Netlink(self.switch) as sw:
+            sw.add_bridge("sw0", mtu=self.mtu)
+            sw.set_up("sw0")
+        for i in range(1, self.n_hosts + 1):
+            self.add_host(f"h{i}")
+
+    def namespace(self, suffix: str) -> str:
+        """Create an extra namespace ``<prefix><suffix>`` with lo up; returns its name."""
+        name = self.prefix + suffix
+        netns.create(name)
+        with Netlink(name) as nl:
+            nl.set_up("lo")
+        return name
+
+    def add_host(self, name: str) -> Host:
+        """Add one host on the switch with the next underlay addresses."""
+        i = len(self.hosts) + 1
+        host = Host(name, self.prefix + name, UNDERLAY_V4.format(10 + i), UNDERLAY_V6.format(0x10 + i))
+        self.namespace(name)
+        port = f"p{i}"
+        with Netlink(host.ns) as nl:
+            nl.add_veth("eth0", port, peer_ns=self.switch, mtu=self.mtu)
+            nl.add_address("eth0", host.ipv4 + "/24")
+            nl.add_address("eth0", host.ipv6 + "/64", nodad=True)
+            nl.set_up("eth0")
+        with Netlink(self.switch) as sw:
+            sw.set_master(port, "sw0")
+            sw.set_up(port)
+        self.hosts.append(host)
+        return host
+
+    # --- processes --------------------------------------------------------------
+
+    def spawn(self, ns: str, argv: list[str], **kw) -> subprocess.Popen:
+        """Start ``argv`` inside ``ns``; it is killed by :meth:`close`."""
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], start_new_session=True, **kw)
+        self._procs.append(proc)
+        return proc
+
+    def run(self, ns: str, argv: list[str], timeout: float = 30, check: bool = False) -> subprocess.CompletedProcess:
+        """Run ``argv`` inside ``ns`` to completion (bounded by ``timeout``)."""
+        return subprocess.run(
+            ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout, check=check
+        )
+
+    def ping(self, ns: str, address: str, count: int = 1, wait: float = 2) -> bool:
+        """Whether ``address`` answers a ping from ``ns`` (``count`` tries)."""
+        for _ in range(count):
+            r = self.run(ns, ["ping", "-c", "1", "-W", str(wait), address], timeout=wait + 5)
+            if r.returncode == 0:
+                return True
+        return False
+
+    # --- teardown ---------------------------------------------------------------
+
+    def close(self) -> None:
+        """Kill recorded processes and delete every namespace of this run."""
+        for proc in self._procs:
+            _kill(proc)
+        self._procs.clear()
+        for name in netns.list_names(self.prefix):
+            netns.delete(name)
+        self.hosts.clear()
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)  # its own session: the ip netns exec child too
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+
+
+_PREFIX_RE = re.compile(rf"^{PREFIX_ROOT}(\d+)-[0-9a-f]+-")
+
+
+def remove_stale() -> list[str]:
+    """Delete test namespaces whose creating process is gone; returns them."""
+    removed = []
+    for name in netns.list_names(PREFIX_ROOT):
+        m = _PREFIX_RE.match(name)
+        if m and not _alive(int(m.group(1))):
+            netns.delete(name)
+            removed.append(name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` seconds passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
