@@ -1,0 +1,158 @@
+"""Namespaces, links, addresses, routes and sysctls through libnet.kernel."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from libnet.errors import BadRequest, Conflict, KernelObjectExists, NoSuchLink, NoSuchNamespace
+from libnet.kernel import netns, sysctl
+from libnet.kernel.netlink import Netlink
+from libnet.testbed import Testbed
+
+pytestmark = pytest.mark.root
+
+
+def test_namespace_create_list_delete(single: Testbed) -> None:
+    name = single.prefix + "x"
+    netns.create(name)
+    assert name in netns.list_names(single.prefix)
+    with pytest.raises(Conflict):
+        netns.create(name)
+    netns.delete(name)
+    netns.delete(name)  # idempotent
+    assert name not in netns.list_names(single.prefix)
+
+
+def test_run_in_and_socket_inside_namespace(single: Testbed) -> None:
+    ns = single.hosts[0].ns
+    names = netns.run_in(ns, lambda: sorted(n for _, n in socket.if_nameindex()))
+    assert names == ["eth0", "lo"]
+    sock = netns.open_socket(ns, socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((single.hosts[0].ipv4, 0))  # only possible inside the host namespace
+    finally:
+        sock.close()
+    with pytest.raises(NoSuchNamespace):
+        netns.run_in(single.prefix + "missing", lambda: None)
+
+
+def test_link_lifecycle(single: Testbed) -> None:
+    with Netlink(single.hosts[0].ns) as nl:
+        idx = nl.add_bridge("br-test", mtu=1400)
+        link = nl.link("br-test")
+        assert (link.index, link.kind, link.mtu, link.up) == (idx, "bridge", 1400, False)
+        with pytest.raises(KernelObjectExists) as err:
+            nl.add_bridge("br-test")
+        assert err.value.errno == 17 and err.value.ids["ifname"] == "br-test"
+
+        nl.add_veth("ve-a", "ve-b")
+        nl.set_master("ve-a", "br-test")
+        nl.set_mtu("ve-a", 1300)
+        nl.set_mac("ve-a", "02:00:00:00:00:aa")
+        nl.set_up("ve-a")
+        a = nl.link("ve-a")
+        assert (a.master, a.mtu, a.mac, a.up) == (idx, 1300, "02:00:00:00:00:aa", True)
+        nl.set_master("ve-a", None)
+        assert nl.link("ve-a").master is None
+        nl.set_down("ve-a")
+        nl.rename("ve-a", "ve-c")
+        assert nl.has_link("ve-c") and not nl.has_link("ve-a")
+
+        nl.delete_link("ve-c")
+        nl.delete_link("ve-c")  # already gone: success
+        nl.delete_link(99999)
+        assert not nl.has_link("ve-b")  # the peer went with it
+        with pytest.raises(NoSuchLink):
+            nl.link("ve-c")
+        with pytest.raises(BadRequest):
+            nl.add_bridge("a-name-that-is-too-long")
+
+
+def test_veth_peer_created_in_namespace_and_moved(single: Testbed) -> None:
+    host = single.hosts[0].ns
+    c1 = single.namespace("c1")
+    c2 = single.namespace("c2")
+    with Netlink(host) as nl:
+        nl.add_veth("v1", "eth0", peer_ns=c1)
+        nl.add_veth("v2", "tmp2")
+        nl.move_to_ns("tmp2", c2, new_name="eth0")
+        assert not nl.has_link("eth0x") and not nl.has_link("tmp2")
+        with pytest.raises(NoSuchNamespace):
+            nl.add_veth("v3", "eth0", peer_ns=single.prefix + "nope")
+        assert not nl.has_link("v3")
+    for ns in (c1, c2):
+        with Netlink(ns) as c:
+            assert c.has_link("eth0")
+
+
+def test_vxlan_v4_and_v6(single: Testbed) -> None:
+    host = single.hosts[0]
+    with Netlink(host.ns) as nl:
+        nl.add_vxlan("vx4", 100, host.ipv4, underlay="eth0")
+        nl.add_vxlan("vx6", 101, host.ipv6, port=4790, udp_csum=False)
+        assert nl.link("vx4").kind == "vxlan" and nl.link("vx6").kind == "vxlan"
+        with pytest.raises(Conflict):
+            nl.add_vxlan("vx4", 100, host.ipv4)
+        with pytest.raises(BadRequest):
+            nl.add_vxlan("vx9", 1 << 24, host.ipv4)
+        with pytest.raises(BadRequest):
+            nl.add_vxlan("vx9", 5, "not-an-ip")
+        assert not nl.has_link("vx9")
+    out = single.run(host.ns, ["ip", "-d", "link", "show", "vx4"]).stdout
+    assert "vxlan id 100" in out and "local 203.0.113.11" in out and "dstport 4789" in out
+    assert "nolearning" in out and "proxy" in out
+    out6 = single.run(host.ns, ["ip", "-d", "link", "show", "vx6"]).stdout
+    assert "local 2001:db8:ffff::11" in out6 and "dstport 4790" in out6
+
+
+def test_addresses_and_routes(single: Testbed) -> None:
+    host = single.hosts[0]
+    with Netlink(host.ns) as nl:
+        nl.add_bridge("br1")
+        nl.set_up("br1")
+        nl.add_address("br1", "198.51.100.1/24")
+        nl.add_address("br1", "2001:db8:1::1/64", nodad=True)
+        assert {"198.51.100.1/24", "2001:db8:1::1/64"} <= set(nl.addresses("br1"))
+        assert "2001:db8:1::1" not in nl.tentative_addresses("br1")
+        with pytest.raises(Conflict):
+            nl.add_address("br1", "198.51.100.1/24")
+        with pytest.raises(BadRequest):
+            nl.add_address("br1", "198.51.100.300/24")
+
+        nl.add_route("default", via="203.0.113.1")
+        nl.add_route("default", via="2001:db8:ffff::1")
+        nl.add_route("198.51.101.0/24", via="198.51.100.254")
+        nl.add_route("198.51.102.0/24", dev="br1")
+        nl.add_route("198.51.103.0/24", via="198.18.0.1", dev="br1", onlink=True)
+        v4 = {(r.dst, r.via) for r in nl.routes(socket.AF_INET)}
+        assert {
+            ("default", "203.0.113.1"),
+            ("198.51.101.0/24", "198.51.100.254"),
+            ("198.51.102.0/24", None),
+            ("198.51.103.0/24", "198.18.0.1"),
+        } <= v4
+        assert ("default", "2001:db8:ffff::1") in {(r.dst, r.via) for r in nl.routes(socket.AF_INET6)}
+        nl.delete_route("198.51.101.0/24", via="198.51.100.254")
+        nl.delete_route("198.51.101.0/24", via="198.51.100.254")  # gone: success
+        assert "198.51.101.0/24" not in {r.dst for r in nl.routes()}
+
+        nl.delete_address("br1", "198.51.100.1/24")
+        nl.delete_address("br1", "198.51.100.1/24")
+        assert "198.51.100.1/24" not in nl.addresses("br1")
+
+
+def test_sysctls_are_per_namespace(single: Testbed) -> None:
+    ns = single.hosts[0].ns
+    root_forwarding = sysctl.get(None, "net.ipv4.ip_forward")
+    sysctl.set_forwarding(ns, True)
+    assert sysctl.get(ns, "net.ipv4.ip_forward") == "1"
+    assert sysctl.get(ns, ("net", "ipv6", "conf", "all", "forwarding")) == "1"
+    assert sysctl.get(None, "net.ipv4.ip_forward") == root_forwarding
+    sysctl.set_accept_dad(ns, "eth0", 0)
+    assert sysctl.get(ns, ("net", "ipv6", "conf", "eth0", "accept_dad")) == "0"
+    sysctl.set_disable_ipv6(ns, "eth0", True)
+    assert sysctl.get(ns, ("net", "ipv6", "conf", "eth0", "disable_ipv6")) == "1"
+    with pytest.raises(BadRequest):
+        sysctl.get(ns, "net..ipv4")
