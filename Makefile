@@ -39,6 +39,7 @@ lint: deps
 	$(VENV)/bin/ruff format --check .
 
 bench: deps
+	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m benchmarks.run_all
 
 clean:

@@ -1,0 +1,52 @@
+"""Helpers shared by the benchmarks: argument parsing, progress, JSON output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """An argument parser with the common ``--quick`` flag."""
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=doc)
+    p.add_argument("--quick", action="store_true", help="a short smoke run (for tests)")
+    return p
+
+
+def progress(msg: str) -> None:
+    """Progress goes to stderr; stdout is reserved for the JSON result."""
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def require(tool: str, package: str) -> str:
+    """Path of ``tool``, or exit with a message naming the Debian package."""
+    path = shutil.which(tool)
+    if path is None:
+        raise SystemExit(
+            f"benchmark needs '{tool}': install the Debian package '{package}' (scripts/install-system-deps does)"
+        )
+    return path
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    """Seconds ``fn()`` took."""
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def emit(name: str, params: dict, metrics: dict, peers: dict, ratios: dict) -> dict:
+    """Print the result line and return it."""
+    result = {"benchmark": name, "params": params, "metrics": metrics, "peers": peers, "ratios": ratios}
+    print(json.dumps(result), flush=True)
+    return result

@@ -1,0 +1,31 @@
+"""Benchmarks run (--quick) and print the documented JSON keys.
+
+Behaviour only: the numbers are reported by `make bench`, not asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+
+def _run(name: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{name}", "--quick"], capture_output=True, text=True, timeout=300, check=True
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_netlink_bench_quick() -> None:
+    r = _run("netlink_bench")
+    assert r["benchmark"] == "netlink_bench"
+    for key in ("add_entries_per_s", "delete_entries_per_s", "flush_fdb_ms", "flush_neighbours_ms"):
+        assert r["metrics"][key] > 0
+    for key in ("iproute2_batch_add_entries_per_s", "iproute2_batch_delete_entries_per_s"):
+        assert r["peers"][key] > 0
+    assert set(r["ratios"]) == {"add_vs_iproute2_batch", "delete_vs_iproute2_batch"}
