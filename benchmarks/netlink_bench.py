@@ -18,7 +18,7 @@ import tempfile
 from benchmarks.common import emit, median, parser, progress, require, timed
 from libnet.kernel.neighbours import FdbEntry, Neighbour
 from libnet.kernel.netlink import Netlink
-from libnet.testbed import Testbed
+from libnet.testing.hosts import Testbed
 
 NAME = "netlink_bench"
 DEV = "vx0"

@@ -95,6 +95,10 @@ class NoSuchLink(NotFound):
     """No network interface with that name or index."""
 
 
+class KeyNotFound(NotFound):
+    """The store has no such key."""
+
+
 # --- conflicts -------------------------------------------------------------
 
 
@@ -110,6 +114,21 @@ class PoolOverlap(Conflict):
     """The requested pool overlaps a pool already in use."""
 
 
+class KeyExists(Conflict):
+    """A create-only store write found the key already there."""
+
+
+class KeyModified(Conflict):
+    """A compare-and-swap lost: the key changed since it was read."""
+
+
+class WatchCompacted(Conflict):
+    """A watch asked to resume from a revision the store no longer keeps.
+
+    The watcher must re-read the current state (``list``) and watch anew.
+    """
+
+
 # --- bad requests ----------------------------------------------------------
 
 
@@ -123,6 +142,13 @@ class InvalidSubnet(BadRequest):
 
 class InvalidOption(BadRequest):
     """An option is unknown or has an invalid value."""
+
+
+# --- unavailable -----------------------------------------------------------
+
+
+class StoreUnavailable(Unavailable):
+    """The key-value store cannot be reached or did not answer in time."""
 
 
 # --- kernel ----------------------------------------------------------------

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from libnet import testbed
+from libnet.testing import hosts as testbed
 
 
 def _root_reason() -> str | None:
@@ -48,3 +48,14 @@ def single():
     """One host namespace on a switch, for single-namespace kernel tests."""
     with testbed.Testbed(1) as b:
         yield b
+
+
+@pytest.fixture(scope="session")
+def etcd_server():
+    """One single-node etcd for the session (random ports, temp data dir)."""
+    from libnet.testing.etcd import EtcdServer, find_etcd
+
+    if find_etcd() is None:
+        pytest.skip("no etcd binary: run scripts/install-system-deps (Debian etcd-server)")
+    with EtcdServer() as server:
+        yield server

@@ -11,7 +11,7 @@ from libnet.errors import BadRequest
 from libnet.kernel import sysctl
 from libnet.kernel.firewall import Firewall
 from libnet.kernel.netlink import Netlink
-from libnet.testbed import Testbed
+from libnet.testing.hosts import Testbed
 
 pytestmark = pytest.mark.root
 

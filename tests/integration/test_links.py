@@ -9,7 +9,7 @@ import pytest
 from libnet.errors import BadRequest, Conflict, KernelObjectExists, NoSuchLink, NoSuchNamespace
 from libnet.kernel import netns, sysctl
 from libnet.kernel.netlink import Netlink
-from libnet.testbed import Testbed
+from libnet.testing.hosts import Testbed
 
 pytestmark = pytest.mark.root
 

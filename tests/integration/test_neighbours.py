@@ -7,7 +7,7 @@ import pytest
 from libnet.errors import BadRequest, KernelObjectMissing
 from libnet.kernel.neighbours import FLOOD_MAC, FdbEntry, Neighbour
 from libnet.kernel.netlink import Netlink
-from libnet.testbed import Testbed
+from libnet.testing.hosts import Testbed
 
 pytestmark = pytest.mark.root
 

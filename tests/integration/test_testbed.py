@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from libnet.kernel import netns
-from libnet.testbed import Testbed, remove_stale
+from libnet.testing.hosts import Testbed, remove_stale
 
 pytestmark = pytest.mark.root
 

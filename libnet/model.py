@@ -1,0 +1,110 @@
+"""Stored objects as versioned JSON, and the one way to update them.
+
+Every object libnet stores is a JSON document
+``{"schema": N, "kind": "network", "data": {...}}``: the schema version lets
+a newer libnet read (and migrate) what an older one wrote, and refuse what a
+newer one wrote instead of misreading it.
+
+:func:`update` is the only way code changes a shared object: read, apply a
+pure function, compare-and-swap on the revision read, and on a lost race
+retry with jittered exponential backoff, a bounded number of times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Callable
+from typing import Any
+
+from libnet.errors import BadRequest, KeyExists, KeyModified, KeyNotFound, Unavailable
+from libnet.store.base import KVPair, Store
+
+SCHEMA_VERSION = 1
+DEFAULT_ATTEMPTS = 100
+
+
+class Contention(Unavailable):
+    """A read-modify-CAS loop lost every one of its attempts; retryable later."""
+
+
+def encode(kind: str, data: dict[str, Any], schema: int = SCHEMA_VERSION) -> bytes:
+    """Serialise ``data`` as a versioned document of ``kind``."""
+    return json.dumps({"schema": schema, "kind": kind, "data": data}, separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode(raw: bytes, kind: str) -> dict[str, Any]:
+    """The ``data`` of a versioned document, checking kind and schema."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"stored {kind} is not valid JSON: {exc}", kind=kind) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("data"), dict):
+        raise BadRequest(f"stored {kind} is not a versioned document", kind=kind)
+    if doc.get("kind") != kind:
+        raise BadRequest(f"stored object is a {doc.get('kind')!r}, expected {kind!r}", kind=kind)
+    schema = doc.get("schema")
+    if not isinstance(schema, int) or not 1 <= schema <= SCHEMA_VERSION:
+        raise BadRequest(
+            f"stored {kind} has schema {schema!r}; this libnet reads 1..{SCHEMA_VERSION}", kind=kind, schema=schema
+        )
+    return doc["data"]
+
+
+async def update(
+    store: Store,
+    key: str,
+    mutate: Callable[[bytes | None], bytes | None],
+    *,
+    ttl: float | None = None,
+    attempts: int = DEFAULT_ATTEMPTS,
+    base_delay: float = 0.001,
+    max_delay: float = 0.05,
+) -> KVPair | None:
+    """Read ``key``, write ``mutate(old)`` if nobody changed it meanwhile.
+
+    ``mutate`` gets the current value (None if absent) and returns the new
+    value, or None to delete the key; it may run several times, so it must be
+    pure, and it may raise to abort (e.g. ``NameInUse``).  Returns the
+    written pair (None after a delete).  After ``attempts`` lost races it
+    raises :class:`Contention`.
+    """
+    delay = base_delay
+    for _ in range(attempts):
+        try:
+            cur: KVPair | None = await store.get(key)
+        except KeyNotFound:
+            cur = None
+        new = mutate(None if cur is None else cur.value)
+        try:
+            if new is None:
+                if cur is not None:
+                    await store.atomic_delete(key, cur)
+                return None
+            if cur is not None and new == cur.value and ttl is None:
+                return cur  # nothing to change
+            return await store.atomic_put(key, new, cur, ttl=ttl)
+        except (KeyExists, KeyModified, KeyNotFound):
+            await asyncio.sleep(random.uniform(0, delay))
+            delay = min(delay * 2, max_delay)
+    raise Contention(f"gave up updating after {attempts} conflicting attempts", key=key, attempts=attempts)
+
+
+async def update_json(
+    store: Store,
+    key: str,
+    kind: str,
+    mutate: Callable[[dict[str, Any] | None], dict[str, Any] | None],
+    **kw: Any,
+) -> dict[str, Any] | None:
+    """:func:`update` for versioned JSON documents: ``mutate`` sees and returns ``data``."""
+    result: list[dict[str, Any] | None] = [None]
+
+    def apply(raw: bytes | None) -> bytes | None:
+        new = mutate(None if raw is None else decode(raw, kind))
+        result[0] = new
+        return None if new is None else encode(kind, new)
+
+    await update(store, key, apply, **kw)
+    return result[0]

@@ -1,0 +1,175 @@
+"""The key-value store contract every backend implements.
+
+libnet keeps its desired state in a store (DESIGN.md, "State and the store").
+Backends: memory (tests), SQLite (default, one machine), etcd and Consul
+(clusters); :func:`libnet.store.open_store` picks one from a URL.
+
+Semantics all backends share, checked by one conformance test module:
+
+- keys are ``/``-separated paths like ``libnet/v1/networks/ID``: no empty
+  segment, no ``.`` or ``..``, printable ASCII, at most 512 characters;
+- values are ``bytes`` of at most 1 MiB (:data:`MAX_VALUE`);
+- every write gets a store-wide, increasing ``revision``; a :class:`KVPair`
+  carries the revision of its last modification, which is what
+  ``atomic_put``/``atomic_delete`` compare against;
+- ``delete`` of a missing key succeeds; ``atomic_delete`` of one raises
+  ``KeyNotFound``;
+- a TTL makes a key disappear (with a delete event) after that many seconds
+  unless written again;
+- watches yield every change after their start revision exactly once, in
+  revision order, and resume across reconnects from the last revision seen;
+  when that history is gone they raise ``WatchCompacted``;
+- an unreachable store raises ``StoreUnavailable`` within the configured
+  timeout (5 s by default) instead of hanging.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+from libnet.errors import BadRequest, KeyExists, KeyModified, KeyNotFound
+
+MAX_VALUE = 1 << 20
+MAX_KEY = 512
+DEFAULT_TIMEOUT = 5.0
+_KEY_CHARS = frozenset(string.ascii_letters + string.digits + "-_.:@=+,%")
+
+
+@dataclass(frozen=True)
+class KVPair:
+    """A key, its value and the revision of its last modification."""
+
+    key: str
+    value: bytes
+    revision: int
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """One change: ``put`` (with the new value) or ``delete`` (value ``b""``)."""
+
+    kind: Literal["put", "delete"]
+    key: str
+    value: bytes
+    revision: int
+
+
+@runtime_checkable
+class Store(Protocol):
+    """An asynchronous key-value store with compare-and-swap and watches."""
+
+    #: the URL scheme of the backend ("memory", "sqlite", "etcd", "consul")
+    scheme: str
+
+    async def revision(self) -> int:
+        """The store's current revision: watch from it to miss nothing after a read."""
+        ...
+
+    async def get(self, key: str) -> KVPair:
+        """The value of ``key``; ``KeyNotFound`` if absent."""
+        ...
+
+    async def put(self, key: str, value: bytes, ttl: float | None = None) -> KVPair:
+        """Write ``key`` unconditionally; with ``ttl`` it expires after that many seconds."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; absent is fine."""
+        ...
+
+    async def exists(self, key: str) -> bool:
+        """Whether ``key`` is present."""
+        ...
+
+    async def list(self, prefix: str) -> list[KVPair]:
+        """Every pair whose key starts with ``prefix``, sorted by key."""
+        ...
+
+    async def atomic_put(self, key: str, value: bytes, previous: KVPair | None, ttl: float | None = None) -> KVPair:
+        """Compare-and-swap.
+
+        ``previous=None`` creates only (``KeyExists`` if present); otherwise
+        the write happens only if the key still has ``previous.revision``
+        (``KeyModified`` if it changed, ``KeyNotFound`` if it was deleted).
+        Returns the new pair.
+        """
+        ...
+
+    async def atomic_delete(self, key: str, previous: KVPair) -> None:
+        """Delete only if unchanged since ``previous`` (``KeyModified``/``KeyNotFound``)."""
+        ...
+
+    def watch(self, key: str, start_revision: int | None = None) -> AsyncIterator[WatchEvent]:
+        """Changes of one key with a revision above ``start_revision``.
+
+        Without ``start_revision`` the watch starts when iteration starts;
+        to miss nothing between a read and the watch, pass the revision
+        from :meth:`revision` taken before the read.
+        """
+        ...
+
+    def watch_prefix(self, prefix: str, start_revision: int | None = None) -> AsyncIterator[WatchEvent]:
+        """Changes of every key under ``prefix``, as :meth:`watch`."""
+        ...
+
+    def lock(self, key: str, ttl: float = 15.0) -> AbstractAsyncContextManager[None]:
+        """A cluster-wide mutex held while the ``async with`` body runs.
+
+        The lock key expires after ``ttl`` seconds if its holder dies.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release connections, threads and watchers."""
+        ...
+
+
+def check_key(key: object, prefix: bool = False) -> str:
+    """Validate a key (or, with ``prefix=True``, a prefix that may end in ``/``)."""
+    if not isinstance(key, str):
+        raise BadRequest(f"store key must be a string, not {type(key).__name__}", key=repr(key))
+    body = key[:-1] if prefix and key.endswith("/") else key
+    if prefix and body == "":
+        return key  # the empty prefix: everything
+    if not body or len(key) > MAX_KEY:
+        raise BadRequest(f"store key must be 1-{MAX_KEY} characters", key=key)
+    for segment in body.split("/"):
+        if segment in ("", ".", ".."):
+            raise BadRequest("store key has an empty, '.' or '..' segment", key=key)
+        if not set(segment) <= _KEY_CHARS:
+            raise BadRequest("store key has characters outside [A-Za-z0-9-_.:@=+,%]", key=key)
+    return key
+
+
+def check_value(key: str, value: object) -> bytes:
+    """Validate a value: bytes of at most :data:`MAX_VALUE`."""
+    if not isinstance(value, bytes):
+        raise BadRequest(f"store value must be bytes, not {type(value).__name__}", key=key)
+    if len(value) > MAX_VALUE:
+        raise BadRequest(f"store value of {len(value)} bytes exceeds the 1 MiB limit", key=key)
+    return value
+
+
+def check_ttl(key: str, ttl: object) -> float | None:
+    """Validate a TTL: None or a positive number of seconds."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= 10 * 365 * 86400:
+        raise BadRequest(f"invalid ttl {ttl!r}: a positive number of seconds", key=key)
+    return float(ttl)
+
+
+def check_previous(key: str, cur: KVPair | None, previous: KVPair | None) -> None:
+    """Raise the CAS error that fits, shared by all backends."""
+    if previous is None:
+        if cur is not None:
+            raise KeyExists("key already exists", key=key, revision=cur.revision)
+        return
+    if cur is None:
+        raise KeyNotFound("key was deleted", key=key, expected_revision=previous.revision)
+    if cur.revision != previous.revision:
+        raise KeyModified("key was modified", key=key, expected_revision=previous.revision, revision=cur.revision)

@@ -1,0 +1,311 @@
+"""Embedded SQLite store, libnet's default (``sqlite:///path/store.db``).
+
+One file shared safely by several processes on one machine:
+
+- WAL journal, so readers never block the writer; every write is a
+  ``BEGIN IMMEDIATE`` transaction (one writer at a time across processes,
+  waiting up to the store timeout, then ``StoreUnavailable``);
+- revisions come from an AUTOINCREMENT event log, so they grow store-wide and
+  are never reused; each write appends its event in the same transaction;
+- TTLs are wall-clock expiry times; expired rows are invisible at once and
+  removed (with a delete event) by the next write or watcher poll;
+- watchers of this process are woken by its own writes directly, and by a
+  poller that checks ``PRAGMA data_version`` every 10 ms for commits of other
+  processes, which delivers their events well within 100 ms.
+
+All SQLite calls run on one worker thread per store object (sqlite3
+connections are thread-bound), which keeps the event loop free while a write
+waits for another process's lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
+from typing import Any, TypeVar
+
+from libnet.errors import KeyNotFound, StoreUnavailable
+from libnet.store.base import (
+    DEFAULT_TIMEOUT,
+    KVPair,
+    WatchEvent,
+    check_key,
+    check_previous,
+    check_ttl,
+    check_value,
+)
+from libnet.store.locking import cas_lock
+from libnet.store.logwatch import LogWatchMixin
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    revision INTEGER NOT NULL,
+    expires REAL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS kv_expires ON kv(expires) WHERE expires IS NOT NULL;
+CREATE TABLE IF NOT EXISTS events (
+    revision INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    kind INTEGER NOT NULL,  -- 1 put, 2 delete
+    value BLOB NOT NULL
+);
+"""
+_PUT, _DELETE = 1, 2
+_KINDS = {_PUT: "put", _DELETE: "delete"}
+
+
+def _prefix_range(prefix: str) -> tuple[str, str]:
+    """[lo, hi) covering every key starting with ``prefix`` (index-friendly)."""
+    return prefix, prefix + "\U0010ffff"
+
+
+class SQLiteStore(LogWatchMixin):
+    """The default store: a SQLite file; see the module docstring."""
+
+    scheme = "sqlite"
+
+    def __init__(
+        self, path: str, timeout: float = DEFAULT_TIMEOUT, poll_interval: float = 0.01, history: int = 100_000
+    ) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.poll_interval = poll_interval
+        self.history = history
+        self._exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="libnet-sqlite")
+        self._db: sqlite3.Connection | None = None
+        self._data_version: int | None = None
+        self._writes = 0
+        self._poller: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # --- plumbing -------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            directory = os.path.dirname(os.path.abspath(self.path))
+            os.makedirs(directory, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+            db.executescript(_SCHEMA)
+            self._db = db
+        return self._db
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise StoreUnavailable("store is closed", url=f"sqlite://{self.path}")
+
+        def body() -> T:
+            try:
+                return fn(self._conn(), *args)
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(f"sqlite: {exc}", path=self.path) from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._exec, body)
+
+    def _write_txn(self, db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            self._purge_expired(db)
+            result = fn(db)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._writes += 1
+        if self._writes % 1000 == 0:
+            self._prune(db)
+        return result
+
+    @staticmethod
+    def _current(db: sqlite3.Connection, key: str) -> KVPair | None:
+        row = db.execute(
+            "SELECT value, revision FROM kv WHERE key = ? AND (expires IS NULL OR expires > ?)",
+            (key, time.time()),
+        ).fetchone()
+        return None if row is None else KVPair(key, row[0], row[1])
+
+    @staticmethod
+    def _append(db: sqlite3.Connection, kind: int, key: str, value: bytes) -> int:
+        cur = db.execute("INSERT INTO events (key, kind, value) VALUES (?, ?, ?)", (key, kind, value))
+        return cur.lastrowid  # type: ignore[return-value]
+
+    def _store(self, db: sqlite3.Connection, key: str, value: bytes, ttl: float | None) -> KVPair:
+        rev = self._append(db, _PUT, key, value)
+        expires = None if ttl is None else time.time() + ttl
+        db.execute(
+            "INSERT OR REPLACE INTO kv (key, value, revision, expires) VALUES (?, ?, ?, ?)", (key, value, rev, expires)
+        )
+        return KVPair(key, value, rev)
+
+    def _remove(self, db: sqlite3.Connection, key: str) -> None:
+        self._append(db, _DELETE, key, b"")
+        db.execute("DELETE FROM kv WHERE key = ?", (key,))
+
+    def _purge_expired(self, db: sqlite3.Connection) -> bool:
+        rows = db.execute("SELECT key FROM kv WHERE expires IS NOT NULL AND expires <= ?", (time.time(),)).fetchall()
+        for (key,) in rows:
+            self._remove(db, key)
+        return bool(rows)
+
+    def _prune(self, db: sqlite3.Connection) -> None:
+        db.execute("DELETE FROM events WHERE revision <= ?", (self._revision(db) - self.history,))
+
+    @staticmethod
+    def _revision(db: sqlite3.Connection) -> int:
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        return row[0] if row else 0
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        result = await self._run(self._write_txn, fn)
+        self._notify_watchers()
+        return result
+
+    # --- Store ----------------------------------------------------------------
+
+    async def revision(self) -> int:
+        return await self._run(self._revision)
+
+    async def get(self, key: str) -> KVPair:
+        check_key(key)
+        pair = await self._run(self._current, key)
+        if pair is None:
+            raise KeyNotFound("no such key", key=key)
+        return pair
+
+    async def put(self, key: str, value: bytes, ttl: float | None = None) -> KVPair:
+        check_key(key)
+        check_value(key, value)
+        ttl = check_ttl(key, ttl)
+        return await self._write(lambda db: self._store(db, key, value, ttl))
+
+    async def delete(self, key: str) -> None:
+        check_key(key)
+
+        def body(db: sqlite3.Connection) -> None:
+            if self._current(db, key) is not None:
+                self._remove(db, key)
+
+        await self._write(body)
+
+    async def exists(self, key: str) -> bool:
+        check_key(key)
+        return await self._run(self._current, key) is not None
+
+    async def list(self, prefix: str) -> list[KVPair]:
+        check_key(prefix, prefix=True)
+        lo, hi = _prefix_range(prefix)
+
+        def body(db: sqlite3.Connection) -> list[KVPair]:
+            rows = db.execute(
+                "SELECT key, value, revision FROM kv WHERE key >= ? AND key < ? "
+                "AND (expires IS NULL OR expires > ?) ORDER BY key",
+                (lo, hi, time.time()),
+            ).fetchall()
+            return [KVPair(k, v, r) for k, v, r in rows]
+
+        return await self._run(body)
+
+    async def atomic_put(self, key: str, value: bytes, previous: KVPair | None, ttl: float | None = None) -> KVPair:
+        check_key(key)
+        check_value(key, value)
+        ttl = check_ttl(key, ttl)
+
+        def body(db: sqlite3.Connection) -> KVPair:
+            check_previous(key, self._current(db, key), previous)
+            return self._store(db, key, value, ttl)
+
+        return await self._write(body)
+
+    async def atomic_delete(self, key: str, previous: KVPair) -> None:
+        check_key(key)
+
+        def body(db: sqlite3.Connection) -> None:
+            cur = self._current(db, key)
+            if cur is None:
+                raise KeyNotFound("no such key", key=key)
+            check_previous(key, cur, previous)
+            self._remove(db, key)
+
+        await self._write(body)
+
+    def lock(self, key: str, ttl: float = 15.0) -> AbstractAsyncContextManager[None]:
+        return cas_lock(self, key, ttl)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        if self._poller is not None:
+            self._poller.cancel()
+        self._closed = True
+
+        def shut() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await asyncio.get_running_loop().run_in_executor(self._exec, shut)
+        self._exec.shutdown(wait=True)
+
+    # --- watch log ------------------------------------------------------------
+
+    async def _events_after(self, revision: int, limit: int) -> list[WatchEvent]:
+        def body(db: sqlite3.Connection) -> list[WatchEvent]:
+            rows = db.execute(
+                "SELECT revision, key, kind, value FROM events WHERE revision > ? ORDER BY revision LIMIT ?",
+                (revision, limit),
+            ).fetchall()
+            return [WatchEvent(_KINDS[kind], key, value, rev) for rev, key, kind, value in rows]  # type: ignore[arg-type]
+
+        return await self._run(body)
+
+    async def _oldest_revision(self) -> int:
+        def body(db: sqlite3.Connection) -> int:
+            row = db.execute("SELECT min(revision) FROM events").fetchone()
+            # an empty log after pruning means everything up to now is gone
+            return row[0] if row[0] is not None else self._revision(db) + 1 if self._revision(db) else 0
+
+        return await self._run(body)
+
+    async def _before_wait(self) -> None:
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.create_task(self._poll())
+
+    async def _poll(self) -> None:
+        """Wake watchers when another process commits; purge expired keys."""
+        last_purge = 0.0
+        while self._wakeups:
+            await asyncio.sleep(self.poll_interval)
+
+            def check(db: sqlite3.Connection) -> bool:
+                (version,) = db.execute("PRAGMA data_version").fetchone()
+                changed = version != self._data_version
+                self._data_version = version
+                return changed
+
+            try:
+                changed = await self._run(check)
+                now = time.monotonic()
+                if now - last_purge > 0.1:
+                    last_purge = now
+                    due = await self._run(
+                        lambda db: db.execute(
+                            "SELECT 1 FROM kv WHERE expires IS NOT NULL AND expires <= ? LIMIT 1", (time.time(),)
+                        ).fetchone()
+                    )
+                    if due:
+                        await self._write(self._purge_expired)
+            except StoreUnavailable:
+                continue  # locked by another process for now: try again next tick
+            if changed:
+                self._notify_watchers()
