@@ -64,7 +64,10 @@ def open_store(url: str = DEFAULT_URL, timeout: float | None = None) -> Store:
     """A store for ``url``; nothing is contacted until the first call."""
     if not isinstance(url, str) or "://" not in url:
         raise _bad(str(url), "expected SCHEME://..., one of " + ", ".join(f"{s}://" for s in SCHEMES))
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. a malformed [IPv6] host
+        raise _bad(url, f"{exc} (not an IPv6 address in brackets?)") from None
     query = parse_qs(parts.query)
     if set(query) - {"timeout"}:
         raise _bad(url, f"unknown option(s) {sorted(set(query) - {'timeout'})}; only 'timeout' is known")

@@ -229,7 +229,7 @@ class EtcdStore:
         last = await self.revision() if start_revision is None else start_revision
         delay = 0.05
         while True:
-            watch = None
+            watch = client = None
             try:
                 client = await self._connected()
                 watch = await asyncio.wait_for(
@@ -257,8 +257,10 @@ class EtcdStore:
                 await self._drop_client()
                 self._idx = (self._idx + 1) % len(self.endpoints)
             finally:
-                if watch is not None:
+                # cancel on the server only while its client is still ours;
+                # a dropped client took its watches with it
+                if watch is not None and client is self._client:
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(watch.cancel(), 1)
+                        await watch.cancel()
             await asyncio.sleep(delay)  # reconnect with backoff
             delay = min(delay * 2, 2.0)

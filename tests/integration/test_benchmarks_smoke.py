@@ -11,8 +11,6 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.root
-
 
 def _run(name: str) -> dict:
     out = subprocess.run(
@@ -21,6 +19,7 @@ def _run(name: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+@pytest.mark.root
 def test_netlink_bench_quick() -> None:
     r = _run("netlink_bench")
     assert r["benchmark"] == "netlink_bench"
@@ -29,3 +28,11 @@ def test_netlink_bench_quick() -> None:
     for key in ("iproute2_batch_add_entries_per_s", "iproute2_batch_delete_entries_per_s"):
         assert r["peers"][key] > 0
     assert set(r["ratios"]) == {"add_vs_iproute2_batch", "delete_vs_iproute2_batch"}
+
+
+def test_store_bench_quick() -> None:
+    r = _run("store_bench")
+    assert set(r["metrics"]) == {"memory", "sqlite", "etcd"}
+    for backend in r["metrics"].values():
+        for key in ("get_per_s", "put_per_s", "cas_per_s", "watch_p50_ms", "watch_p99_ms"):
+            assert backend[key] > 0
