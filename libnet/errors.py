@@ -95,6 +95,14 @@ class NoSuchLink(NotFound):
     """No network interface with that name or index."""
 
 
+class NoSuchPool(NotFound):
+    """No IPAM pool with that id."""
+
+
+class AddressNotAllocated(NotFound):
+    """The address is not allocated in that pool."""
+
+
 class KeyNotFound(NotFound):
     """The store has no such key."""
 
@@ -112,6 +120,10 @@ class AddressInUse(Conflict):
 
 class PoolOverlap(Conflict):
     """The requested pool overlaps a pool already in use."""
+
+
+class PoolExhausted(Conflict):
+    """No free address (or no free default pool) is left."""
 
 
 class KeyExists(Conflict):

@@ -77,8 +77,8 @@ class Store(Protocol):
         """Write ``key`` unconditionally; with ``ttl`` it expires after that many seconds."""
         ...
 
-    async def delete(self, key: str) -> None:
-        """Remove ``key``; absent is fine."""
+    async def delete(self, key: str) -> bool:
+        """Remove ``key``; absent is fine.  True if it was there."""
         ...
 
     async def exists(self, key: str) -> bool:

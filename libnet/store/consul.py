@@ -111,10 +111,12 @@ class ConsulStore:
             raise StoreUnavailable("consul refused the write (key locked by another session)", key=key)
         return await self.get(key)
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: str) -> bool:
         check_key(key)
+        existed = await self._current(key) is not None  # Consul's DELETE does not tell
         await self._call(lambda c: c.kv.delete(key))
         self._drop_session(key)
+        return existed
 
     def _drop_session(self, key: str) -> None:
         sid = self._sessions.pop(key, None)

@@ -137,9 +137,10 @@ class EtcdStore:
 
         return await self._call(body)
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: str) -> bool:
         check_key(key)
-        await self._call(lambda c: c.delete(key.encode()))
+        result = await self._call(lambda c: c.delete(key.encode()))
+        return bool(result and result.deleted)
 
     async def exists(self, key: str) -> bool:
         check_key(key)

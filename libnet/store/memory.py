@@ -89,9 +89,11 @@ class MemoryStore(LogWatchMixin):
         self._expire()
         return self._write(key, value, ttl)
 
-    async def delete(self, key: str) -> None:
-        if self._current(check_key(key)) is not None:
-            self._remove(key)
+    async def delete(self, key: str) -> bool:
+        if self._current(check_key(key)) is None:
+            return False
+        self._remove(key)
+        return True
 
     async def exists(self, key: str) -> bool:
         return self._current(check_key(key)) is not None

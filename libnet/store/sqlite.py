@@ -13,9 +13,9 @@ One file shared safely by several processes on one machine:
   poller that checks ``PRAGMA data_version`` every 10 ms for commits of other
   processes, which delivers their events well within 100 ms.
 
-All SQLite calls run on one worker thread per store object (sqlite3
-connections are thread-bound), which keeps the event loop free while a write
-waits for another process's lock.
+Each call runs on the event loop when SQLite is free (a thread hop costs
+three times the statement) and moves to a worker thread only to wait for
+another process's write lock, which keeps the event loop free.
 """
 
 from __future__ import annotations
@@ -63,6 +63,11 @@ _PUT, _DELETE = 1, 2
 _KINDS = {_PUT: "put", _DELETE: "delete"}
 
 
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    msg = str(exc)
+    return "locked" in msg or "busy" in msg
+
+
 def _prefix_range(prefix: str) -> tuple[str, str]:
     """[lo, hi) covering every key starting with ``prefix`` (index-friendly)."""
     return prefix, prefix + "\U0010ffff"
@@ -81,7 +86,8 @@ class SQLiteStore(LogWatchMixin):
         self.poll_interval = poll_interval
         self.history = history
         self._exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="libnet-sqlite")
-        self._db: sqlite3.Connection | None = None
+        self._inline: sqlite3.Connection | None = None  # event-loop thread, never waits
+        self._blocking: sqlite3.Connection | None = None  # worker thread, waits for locks
         self._data_version: int | None = None
         self._writes = 0
         self._poller: asyncio.Task[None] | None = None
@@ -89,27 +95,50 @@ class SQLiteStore(LogWatchMixin):
 
     # --- plumbing -------------------------------------------------------------
 
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            directory = os.path.dirname(os.path.abspath(self.path))
-            os.makedirs(directory, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+    def _open(self, busy_timeout: float) -> sqlite3.Connection:
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
             db.executescript(_SCHEMA)
-            self._db = db
-        return self._db
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _inline_conn(self) -> sqlite3.Connection:
+        if self._inline is None:
+            self._inline = self._open(0)
+        return self._inline
+
+    def _blocking_conn(self) -> sqlite3.Connection:
+        if self._blocking is None:
+            self._blocking = self._open(self.timeout)
+        return self._blocking
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(connection, *args)``: inline if SQLite is free, else off the loop.
+
+        A thread hop costs more than the statement itself (about 120 us
+        against 40 us here), so each call first runs on the event loop with a
+        zero busy timeout; only when another process holds the write lock does
+        it wait for it on the worker thread, up to the store timeout.
+        """
         if self._closed:
-            raise StoreUnavailable("store is closed", url=f"sqlite://{self.path}")
+            raise StoreUnavailable("store is closed", path=self.path)
+        try:
+            return fn(self._inline_conn(), *args)
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise StoreUnavailable(f"sqlite: {exc}", path=self.path) from exc
 
         def body() -> T:
             try:
-                return fn(self._conn(), *args)
+                return fn(self._blocking_conn(), *args)
             except sqlite3.OperationalError as exc:
-                raise StoreUnavailable(f"sqlite: {exc}", path=self.path) from exc
+                raise StoreUnavailable(f"sqlite: {exc} (waited {self.timeout:g}s)", path=self.path) from exc
 
         return await asyncio.get_running_loop().run_in_executor(self._exec, body)
 
@@ -120,7 +149,8 @@ class SQLiteStore(LogWatchMixin):
             result = fn(db)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         self._writes += 1
         if self._writes % 1000 == 0:
@@ -189,14 +219,16 @@ class SQLiteStore(LogWatchMixin):
         ttl = check_ttl(key, ttl)
         return await self._write(lambda db: self._store(db, key, value, ttl))
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: str) -> bool:
         check_key(key)
 
-        def body(db: sqlite3.Connection) -> None:
-            if self._current(db, key) is not None:
-                self._remove(db, key)
+        def body(db: sqlite3.Connection) -> bool:
+            if self._current(db, key) is None:
+                return False
+            self._remove(db, key)
+            return True
 
-        await self._write(body)
+        return await self._write(body)
 
     async def exists(self, key: str) -> bool:
         check_key(key)
@@ -250,12 +282,15 @@ class SQLiteStore(LogWatchMixin):
         self._closed = True
 
         def shut() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+            if self._blocking is not None:
+                self._blocking.close()
+                self._blocking = None
 
         await asyncio.get_running_loop().run_in_executor(self._exec, shut)
         self._exec.shutdown(wait=True)
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
 
     # --- watch log ------------------------------------------------------------
 

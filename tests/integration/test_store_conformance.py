@@ -69,8 +69,8 @@ async def test_put_get_delete(store: Store, prefix: str) -> None:
     p2 = await store.put(key, b"two")
     assert p2.revision > p1.revision
     assert await store.revision() >= p2.revision
-    await store.delete(key)
-    await store.delete(key)  # idempotent
+    assert await store.delete(key) is True
+    assert await store.delete(key) is False  # idempotent, and says so
     assert not await store.exists(key)
 
 

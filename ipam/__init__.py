@@ -1,0 +1,1 @@
+"""IPAM: dual-stack address management (see ipam.api for the contract)."""

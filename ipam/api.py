@@ -1,0 +1,106 @@
+"""The IPAM contract, shaped like Docker's IPAM plugin API.
+
+The agent serves this protocol to Docker as ``IpamDriver.*`` later
+(``shared/reference/docker-plugins.md``); the controller calls it directly.
+Addresses go in and out as strings: pools as CIDR (``"172.17.0.0/16"``),
+allocated addresses as interface CIDR (``"172.17.0.2/16"``).
+
+Errors (all from :mod:`libnet.errors`): ``InvalidSubnet`` for malformed or
+unsuitable input, ``PoolOverlap`` naming the holder of an overlapping pool,
+``PoolExhausted`` naming the pool (and how to add default pools),
+``NoSuchPool``, ``AddressInUse``, ``AddressNotAllocated``.  A failed call
+changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+LOCAL = "local"
+GLOBAL = "global"
+SPACES = (LOCAL, GLOBAL)
+
+#: Docker's option marking the gateway request in RequestAddress
+REQUEST_ADDRESS_TYPE = "RequestAddressType"
+GATEWAY_TYPE = "com.docker.network.gateway"
+
+#: request_pool options understood by libnet
+OPT_GATEWAY = "gateway"  # the gateway address (default: first usable)
+OPT_AUX = "aux_addresses"  # {name: address} reserved at pool creation
+OPT_OWNER = "owner"  # who the pool / address belongs to (network / endpoint id)
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A pool handed out by ``request_pool``.
+
+    ``data`` carries what Docker's ``Data`` field does; libnet puts the
+    gateway there as ``com.docker.network.gateway`` (CIDR).
+    """
+
+    id: str
+    subnet: str
+    data: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def gateway(self) -> str | None:
+        """The gateway as interface CIDR, if the pool has one."""
+        return self.data.get(GATEWAY_TYPE)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """One allocated address and its owner, as ``audit`` lists them."""
+
+    pool_id: str
+    address: str
+    owner: str
+
+
+@runtime_checkable
+class Ipam(Protocol):
+    """Address management for pools and addresses (async, store-backed)."""
+
+    def default_address_spaces(self) -> tuple[str, str]:
+        """``("local", "global")``: the spaces for local and global scope."""
+        ...
+
+    async def request_pool(
+        self,
+        space: str,
+        pool: str | None = None,
+        sub_pool: str | None = None,
+        options: dict[str, Any] | None = None,
+        v6: bool = False,
+    ) -> Pool:
+        """Reserve ``pool`` (a CIDR) or, if None, the next free default pool.
+
+        ``sub_pool`` restricts allocation to a range inside it.  The gateway
+        (option ``gateway`` or the first usable address) and the auxiliary
+        addresses (option ``aux_addresses``) are reserved at once.
+        """
+        ...
+
+    async def release_pool(self, pool_id: str) -> None:
+        """Give the pool and all its addresses back; unknown ids raise ``NoSuchPool``."""
+        ...
+
+    async def request_address(
+        self, pool_id: str, address: str | None = None, options: dict[str, Any] | None = None
+    ) -> str:
+        """Allocate ``address`` or the next free one; returns it as CIDR.
+
+        With ``options["RequestAddressType"] == "com.docker.network.gateway"``
+        it returns the pool's gateway.  ``options["owner"]`` records who holds
+        the address (an endpoint id), for :meth:`audit`.
+        """
+        ...
+
+    async def release_address(self, pool_id: str, address: str) -> None:
+        """Give an address back (``AddressNotAllocated`` if it was not allocated)."""
+        ...
+
+    async def audit(self, pool_id: str | None = None) -> list[Allocation]:
+        """Every allocation (of one pool or of all) with its owner, from the store."""
+        ...

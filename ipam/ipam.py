@@ -1,0 +1,422 @@
+"""libnet's IPAM on the key-value store: pools, addresses, owners.
+
+Layout under ``libnet/v1/ipam/<space>/`` (local space in the local store,
+global space in the cluster store):
+
+- ``pools``: one versioned JSON document holding every pool of the space.
+  Creating or releasing a pool is a read-modify-CAS of this document
+  (``libnet.model.update``), so overlap checks and default-pool choices are
+  serialised cluster-wide without a lock; pools change rarely.
+- ``ula48``: the space's random RFC 4193 /48, made once (create-only).
+- ``addresses/<subnet>/<address>``: one key per allocated address, its value
+  the owner (an endpoint id).  ``audit`` reads these; a restart rebuilds its
+  view from them, so nothing drifts (lessons.md item 3).
+
+Allocation is optimistic and needs one store write: the allocator keeps, per
+pool, an in-memory set of used addresses (a bitmap for IPv4, a sparse set for
+IPv6, see :mod:`ipam.bitsets`) and a serial cursor; it picks the next free
+address after the cursor and *creates* its key.  The store's create-only
+write is what guarantees uniqueness -- never the cache: if another host
+created the key first (``KeyExists``), the address is marked used and the
+search goes on.
+
+Contention, when many hosts allocate from one global pool: there is no shared
+hot key (no bitmap document, no counter) that every allocation must CAS, so
+hosts do not serialise on one revision.  The only conflict is two hosts
+trying the *same* address; the loser then jumps ahead by a random stride of
+up to 64 addresses, so racing hosts spread over the pool instead of marching
+in lock step.  ``benchmarks/ipam_bench.py`` measures 4 processes on etcd
+(allocations/s and duplicates, which must be 0).  Per-host blocks (as Calico
+does) would remove even those retries at the cost of stranded addresses and
+a block protocol; the measurements did not call for them.
+
+A host's cache does not see other hosts' releases until it reloads (on
+exhaustion, or after its own ``release_pool``); that costs availability, never
+uniqueness.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import socket
+from typing import Any
+
+from ipam import pools as P
+from ipam.api import (
+    GATEWAY_TYPE,
+    GLOBAL,
+    LOCAL,
+    OPT_AUX,
+    OPT_GATEWAY,
+    OPT_OWNER,
+    REQUEST_ADDRESS_TYPE,
+    SPACES,
+    Allocation,
+    Pool,
+)
+from ipam.bitsets import AddressSet, address_set
+from libnet import model
+from libnet.errors import (
+    AddressInUse,
+    AddressNotAllocated,
+    InvalidOption,
+    InvalidSubnet,
+    KeyExists,
+    KeyNotFound,
+    NoSuchPool,
+    PoolExhausted,
+    PoolOverlap,
+)
+from libnet.store.base import Store
+
+PREFIX = "libnet/v1/ipam"
+POOLS_KIND = "ipam_pools"
+CONTENTION_STRIDE = 64
+
+
+def _token(subnet: str) -> str:
+    return subnet.replace("/", "_")
+
+
+def _ip_str(n: int, v6: bool) -> str:
+    if v6:
+        return socket.inet_ntop(socket.AF_INET6, n.to_bytes(16, "big"))
+    return socket.inet_ntoa(n.to_bytes(4, "big"))
+
+
+class _PoolState:
+    """The cached allocation state of one pool."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.record = record
+        self.net = ipaddress.ip_network(record["subnet"])
+        self.v6 = self.net.version == 6
+        self.prefixlen = self.net.prefixlen
+        self.lo, self.hi = P.usable_range(self.net)
+        rng = ipaddress.ip_network(record["sub_pool"]) if record.get("sub_pool") else self.net
+        lo, hi = P.usable_range(rng)
+        self.alloc_lo, self.alloc_hi = max(lo, self.lo), min(hi, self.hi)
+        self.used: AddressSet = address_set(self.alloc_lo, self.alloc_hi, self.v6)
+        self.cursor = self.alloc_lo - 1
+        self.prefix = f"{PREFIX}/{record['space']}/addresses/{_token(record['subnet'])}/"
+
+    def key(self, n: int) -> str:
+        return self.prefix + _ip_str(n, self.v6)
+
+    def cidr(self, n: int) -> str:
+        return f"{_ip_str(n, self.v6)}/{self.prefixlen}"
+
+
+class StoreIpam:
+    """The :class:`ipam.api.Ipam` implementation on libnet's stores."""
+
+    def __init__(self, local: Store, cluster: Store | None = None, config: P.IpamConfig | None = None) -> None:
+        self._stores = {LOCAL: local, GLOBAL: cluster or local}
+        self.config = config or P.IpamConfig()
+        self._states: dict[str, _PoolState] = {}
+
+    def default_address_spaces(self) -> tuple[str, str]:
+        return LOCAL, GLOBAL
+
+    # --- pools ------------------------------------------------------------------
+
+    def _store(self, space: str) -> Store:
+        if space not in SPACES:
+            raise InvalidOption(f"unknown address space {space!r}; use 'local' or 'global'", space=space)
+        return self._stores[space]
+
+    async def _ula48(self, space: str) -> str:
+        store, key = self._store(space), f"{PREFIX}/{space}/ula48"
+        try:
+            return (await store.get(key)).value.decode()
+        except KeyNotFound:
+            pass
+        try:
+            return (await store.atomic_put(key, P.random_ula48().encode(), None)).value.decode()
+        except KeyExists:  # another host made it first: use theirs
+            return (await store.get(key)).value.decode()
+
+    def _default_specs(self, space: str, v6: bool, ula: str | None) -> list[P.PoolSpec]:
+        if v6:
+            return self.config.v6_pools or [P.PoolSpec(ula or "", self.config.v6_size)]
+        return self.config.local_v4 if space == LOCAL else self.config.global_v4
+
+    async def request_pool(
+        self,
+        space: str,
+        pool: str | None = None,
+        sub_pool: str | None = None,
+        options: dict[str, Any] | None = None,
+        v6: bool = False,
+    ) -> Pool:
+        store = self._store(space)
+        options = dict(options or {})
+        owner = _owner(options)
+        explicit = None if pool is None else P.parse_subnet(pool, v6)
+        if explicit is None and sub_pool is not None:
+            raise InvalidSubnet("a sub-pool needs an explicit pool", sub_pool=sub_pool)
+        sub = None
+        if sub_pool is not None:
+            sub = P.parse_subnet(sub_pool, explicit.version == 6, what="sub-pool")
+            if not sub.subnet_of(explicit):
+                raise InvalidSubnet(f"sub-pool {sub_pool} is not inside pool {pool}", pool=pool, sub_pool=sub_pool)
+        _check_reservations(explicit, options)
+        ula = await self._ula48(space) if explicit is None and v6 and not self.config.v6_pools else None
+        routes = P.route_networks(self.config.host_routes()) if space == LOCAL and self.config.host_routes else []
+        chosen: dict[str, Any] = {}
+
+        def add(doc: dict[str, Any] | None) -> dict[str, Any]:
+            doc = {"pools": dict((doc or {}).get("pools", {}))}
+            index = P.OverlapIndex((ipaddress.ip_network(r["subnet"]), r["id"]) for r in doc["pools"].values())
+            if explicit is not None:
+                net = explicit
+                holder = index.find(net)
+                if holder is not None:
+                    raise PoolOverlap(
+                        f"pool {net} overlaps pool {holder}",
+                        pool=str(net),
+                        overlaps=holder,
+                        owner=doc["pools"][holder].get("owner"),
+                    )
+            else:
+                net = self._pick_default(space, v6, ula, index, routes)
+            record = _pool_record(space, net, sub, options, owner, default=explicit is None)
+            doc["pools"][record["id"]] = record
+            chosen.clear()
+            chosen.update(record)
+            return doc
+
+        await model.update_json(store, f"{PREFIX}/{space}/pools", POOLS_KIND, add)
+        record = dict(chosen)
+        state = _PoolState(record)
+        await self._reserve(store, state, record)
+        self._states[record["id"]] = state
+        return _pool_of(record)
+
+    def _pick_default(
+        self, space: str, v6: bool, ula: str | None, index: P.OverlapIndex, routes: list[P.Network]
+    ) -> P.Network:
+        specs = self._default_specs(space, v6, ula)
+        for spec in specs:
+            for net in spec.subnets():
+                if index.find(net) is None and not any(net.overlaps(r) for r in routes if r.version == net.version):
+                    return net
+        family = "IPv6" if v6 else "IPv4"
+        raise PoolExhausted(
+            f"all default {family} pools of the {space} address space are in use: configure more default pools "
+            f"(IpamConfig.{'v6_pools' if v6 else space + '_v4'}, agent option default_pools) or give an explicit "
+            "subnet",
+            space=space,
+            pools=", ".join(f"{s.base}/{s.size}" for s in specs),
+        )
+
+    async def _reserve(self, store: Store, state: _PoolState, record: dict[str, Any]) -> None:
+        """Reserve gateway and auxiliary addresses; clear keys a crashed release left."""
+        for pair in await store.list(state.prefix):
+            await store.delete(pair.key)
+        reserved = {record["gateway"]: "gateway"} if record.get("gateway") else {}
+        reserved.update({ip: f"aux:{name}" for name, ip in record.get("aux", {}).items()})
+        for ip, who in reserved.items():
+            n = int(ipaddress.ip_address(ip))
+            await store.put(state.key(n), who.encode())
+            if state.alloc_lo <= n <= state.alloc_hi:
+                state.used.add(n)
+
+    async def release_pool(self, pool_id: str) -> None:
+        space, _subnet = _parse_pool_id(pool_id)
+        store = self._store(space)
+        state = await self._state(pool_id)
+        for pair in await store.list(state.prefix):
+            await store.delete(pair.key)
+
+        def remove(doc: dict[str, Any] | None) -> dict[str, Any]:
+            pools = dict((doc or {}).get("pools", {}))
+            if pools.pop(pool_id, None) is None:
+                raise NoSuchPool("no such pool", pool_id=pool_id)
+            return {"pools": pools}
+
+        self._states.pop(pool_id, None)
+        await model.update_json(store, f"{PREFIX}/{space}/pools", POOLS_KIND, remove)
+
+    async def pools(self, space: str) -> list[Pool]:
+        """Every pool of an address space."""
+        doc = await self._pools_doc(space)
+        return [_pool_of(r) for r in doc.values()]
+
+    async def _pools_doc(self, space: str) -> dict[str, Any]:
+        try:
+            raw = await self._store(space).get(f"{PREFIX}/{space}/pools")
+        except KeyNotFound:
+            return {}
+        return model.decode(raw.value, POOLS_KIND)["pools"]
+
+    async def _state(self, pool_id: str, reload: bool = False) -> _PoolState:
+        state = self._states.get(pool_id)
+        if state is not None and not reload:
+            return state
+        space, _ = _parse_pool_id(pool_id)
+        record = (await self._pools_doc(space)).get(pool_id)
+        if record is None:
+            self._states.pop(pool_id, None)
+            raise NoSuchPool("no such pool", pool_id=pool_id)
+        fresh = _PoolState(record)
+        for pair in await self._store(space).list(fresh.prefix):
+            n = int(ipaddress.ip_address(pair.key[len(fresh.prefix) :]))
+            if fresh.alloc_lo <= n <= fresh.alloc_hi:
+                fresh.used.add(n)
+        if state is not None:
+            fresh.cursor = state.cursor  # keep serial order across a reload
+        self._states[pool_id] = fresh
+        return fresh
+
+    # --- addresses --------------------------------------------------------------
+
+    async def request_address(
+        self, pool_id: str, address: str | None = None, options: dict[str, Any] | None = None
+    ) -> str:
+        options = options or {}
+        owner = _owner(options)
+        state = await self._state(pool_id)
+        store = self._stores[state.record["space"]]
+        gw = state.record.get("gateway")
+        if options.get(REQUEST_ADDRESS_TYPE) == GATEWAY_TYPE and gw is not None:
+            # the gateway was reserved with the pool: asking for it again is fine
+            if address is None or _address_in(state, address, pool_id) == int(ipaddress.ip_address(gw)):
+                return state.cidr(int(ipaddress.ip_address(gw)))
+        if address is not None:
+            n = _address_in(state, address, pool_id)
+            try:
+                await store.atomic_put(state.key(n), owner.encode(), None)
+            except KeyExists:
+                raise AddressInUse("address already allocated", pool_id=pool_id, address=address) from None
+            if state.alloc_lo <= n <= state.alloc_hi:
+                state.used.add(n)
+            return state.cidr(n)
+        return await self._allocate_next(store, state, pool_id, owner)
+
+    async def _allocate_next(self, store: Store, state: _PoolState, pool_id: str, owner: str) -> str:
+        value = owner.encode()
+        reloaded = False
+        while True:
+            n = state.used.next_free(state.cursor)
+            if n is None:
+                if reloaded:
+                    raise _exhausted(state, pool_id)
+                state = await self._state(pool_id, reload=True)
+                reloaded = True
+                continue
+            try:
+                await store.atomic_put(state.key(n), value, None)
+            except KeyExists:  # another host took it: remember, and spread out
+                state.used.add(n)
+                state.cursor = min(n + random.randrange(CONTENTION_STRIDE), state.alloc_hi)
+                continue
+            state.used.add(n)
+            state.cursor = n
+            return state.cidr(n)
+
+    async def release_address(self, pool_id: str, address: str) -> None:
+        state = await self._state(pool_id)
+        store = self._stores[state.record["space"]]
+        n = _address_in(state, address, pool_id)
+        if not await store.delete(state.key(n)):
+            raise AddressNotAllocated("address is not allocated", pool_id=pool_id, address=address)
+        state.used.discard(n)
+
+    async def audit(self, pool_id: str | None = None) -> list[Allocation]:
+        out: list[Allocation] = []
+        for space in SPACES:
+            for record in (await self._pools_doc(space)).values():
+                if pool_id is not None and record["id"] != pool_id:
+                    continue
+                state = _PoolState(record)
+                for pair in await self._stores[space].list(state.prefix):
+                    ip = pair.key[len(state.prefix) :]
+                    out.append(Allocation(record["id"], f"{ip}/{state.prefixlen}", pair.value.decode()))
+        return out
+
+
+# --- helpers ----------------------------------------------------------------------
+
+
+def _owner(options: dict[str, Any]) -> str:
+    owner = options.get(OPT_OWNER, "")
+    if not isinstance(owner, str) or len(owner) > 256:
+        raise InvalidOption("option 'owner' must be a string of at most 256 characters", owner=repr(owner))
+    return owner
+
+
+def _parse_pool_id(pool_id: object) -> tuple[str, str]:
+    if isinstance(pool_id, str):
+        parts = pool_id.split("/")
+        if len(parts) in (3, 5) and parts[0] in SPACES:
+            return parts[0], f"{parts[1]}/{parts[2]}"
+    raise NoSuchPool("no such pool (ids look like 'local/172.17.0.0/16')", pool_id=str(pool_id))
+
+
+def _address_in(state: _PoolState, address: object, pool_id: str) -> int:
+    if not isinstance(address, str):
+        raise InvalidSubnet("address must be a string", pool_id=pool_id, address=repr(address))
+    try:
+        ip = ipaddress.ip_interface(address).ip if "/" in address else ipaddress.ip_address(address)
+    except ValueError:
+        raise InvalidSubnet(f"{address!r} is not an IP address", pool_id=pool_id, address=address) from None
+    n = int(ip)
+    if ip.version != state.net.version or not state.lo <= n <= state.hi:
+        raise InvalidSubnet(
+            f"address {address} is outside pool {state.record['subnet']}", pool_id=pool_id, address=address
+        )
+    return n
+
+
+def _check_reservations(net: P.Network | None, options: dict[str, Any]) -> None:
+    gw = options.get(OPT_GATEWAY)
+    aux = options.get(OPT_AUX, {})
+    if (gw is not None or aux) and net is None:
+        raise InvalidOption("gateway and auxiliary addresses need an explicit pool", gateway=gw)
+    if not isinstance(aux, dict):
+        raise InvalidOption("aux_addresses must map names to addresses")
+    for what, value in [("gateway", gw), *((f"aux address {k!r}", v) for k, v in aux.items())]:
+        if value is None:
+            continue
+        try:
+            ip = ipaddress.ip_address(value.split("/")[0] if isinstance(value, str) else value)
+        except ValueError:
+            raise InvalidSubnet(f"{what} {value!r} is not an IP address", address=str(value)) from None
+        lo, hi = P.usable_range(net)
+        if ip.version != net.version or not lo <= int(ip) <= hi:
+            raise InvalidSubnet(f"{what} {value} is not a usable address of {net}", address=str(value), pool=str(net))
+
+
+def _pool_record(
+    space: str, net: P.Network, sub: P.Network | None, options: dict[str, Any], owner: str, default: bool
+) -> dict[str, Any]:
+    lo, _hi = P.usable_range(net)
+    gw = options.get(OPT_GATEWAY)
+    gateway = str(ipaddress.ip_address(gw.split("/")[0])) if gw else _ip_str(lo, net.version == 6)
+    pool_id = f"{space}/{net}" + (f"/{sub}" if sub is not None else "")
+    return {
+        "id": pool_id,
+        "space": space,
+        "subnet": str(net),
+        "sub_pool": str(sub) if sub is not None else None,
+        "gateway": gateway,
+        "aux": {k: str(ipaddress.ip_address(v.split("/")[0])) for k, v in options.get(OPT_AUX, {}).items()},
+        "owner": owner,
+        "default": default,
+    }
+
+
+def _pool_of(record: dict[str, Any]) -> Pool:
+    net = ipaddress.ip_network(record["subnet"])
+    data = {GATEWAY_TYPE: f"{record['gateway']}/{net.prefixlen}"} if record.get("gateway") else {}
+    return Pool(record["id"], record["subnet"], data)
+
+
+def _exhausted(state: _PoolState, pool_id: str) -> PoolExhausted:
+    return PoolExhausted(
+        f"no free address left in pool {pool_id}",
+        pool_id=pool_id,
+        allocated=len(state.used),
+    )

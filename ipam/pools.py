@@ -1,0 +1,135 @@
+"""Pool arithmetic: validation, default pools, overlap detection, ULA prefixes.
+
+Pure functions and small classes over ``ipaddress``; no store, no kernel.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from libnet.errors import InvalidSubnet
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """A default-pool range: ``base`` cut into subnets of prefix length ``size``.
+
+    Same shape as Docker's ``default-address-pools`` entries.
+    """
+
+    base: str
+    size: int
+
+    def subnets(self) -> Iterator[Network]:
+        net = ipaddress.ip_network(self.base)
+        if self.size < net.prefixlen:
+            raise InvalidSubnet(f"pool size /{self.size} is larger than its base {self.base}", pool=self.base)
+        return net.subnets(new_prefix=self.size)
+
+
+def _docker_local_v4() -> list[PoolSpec]:
+    return [PoolSpec(f"172.{i}.0.0/16", 16) for i in range(17, 32)] + [PoolSpec("192.168.0.0/16", 20)]
+
+
+@dataclass
+class IpamConfig:
+    """What IPAM hands out when no subnet is asked for.
+
+    ``v6_pools`` empty means: the store's own ULA /48 (RFC 4193, random
+    Global ID made once per store and kept there) cut into ``v6_size`` subnets.
+    ``host_routes`` returns the host's routes (CIDRs); local default pools
+    that overlap one are skipped, so a network never shadows a real route.
+    """
+
+    local_v4: list[PoolSpec] = field(default_factory=_docker_local_v4)
+    global_v4: list[PoolSpec] = field(default_factory=lambda: [PoolSpec("10.0.0.0/8", 24)])
+    v6_pools: list[PoolSpec] = field(default_factory=list)
+    v6_size: int = 64
+    host_routes: Callable[[], Iterable[str]] | None = None
+
+
+def parse_subnet(cidr: object, v6: bool | None = None, what: str = "pool") -> Network:
+    """A pool subnet, validated: CIDR syntax, no host bits, version, size."""
+    if not isinstance(cidr, str):
+        raise InvalidSubnet(f"{what} must be a CIDR string", pool=repr(cidr))
+    try:
+        net = ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        raise InvalidSubnet(f"{what} {cidr!r} is not a valid CIDR", pool=cidr) from None
+    if "/" not in cidr:
+        raise InvalidSubnet(f"{what} {cidr!r} needs a prefix length (ADDRESS/LEN)", pool=cidr)
+    if net.network_address != ipaddress.ip_interface(cidr).ip:
+        raise InvalidSubnet(f"{what} {cidr!r} has host bits set; did you mean {net}?", pool=cidr)
+    if v6 is not None and (net.version == 6) != v6:
+        want = "IPv6" if v6 else "IPv4"
+        raise InvalidSubnet(f"{what} {cidr!r} is not {want} (v6={v6})", pool=cidr)
+    if net.num_addresses <= 2:
+        raise InvalidSubnet(
+            f"{what} {cidr!r} is too small: /31, /32, /127 and /128 leave no usable addresses", pool=cidr
+        )
+    return net
+
+
+def usable_range(net: Network) -> tuple[int, int]:
+    """The allocatable integers of a subnet.
+
+    IPv4: without the network and broadcast addresses.  IPv6: without the
+    subnet-router anycast address (the all-zero one); there is no broadcast.
+    """
+    first = int(net.network_address)
+    last = int(net.broadcast_address)
+    return (first + 1, last - 1) if net.version == 4 else (first + 1, last)
+
+
+def random_ula48(rand: Callable[[int], bytes] = os.urandom) -> str:
+    """An RFC 4193 ULA /48: ``fd`` + a random 40-bit Global ID."""
+    gid = rand(5)
+    return str(ipaddress.IPv6Network((b"\xfd" + gid + bytes(10), 48)))
+
+
+class OverlapIndex:
+    """Pools of one address space, to find which (if any) a subnet overlaps."""
+
+    def __init__(self, entries: Iterable[tuple[Network, str]] = ()) -> None:
+        self._starts: list[tuple[int, int, int, str]] = []  # (version, start, end, holder)
+        for net, holder in entries:
+            self.add(net, holder)
+
+    def add(self, net: Network, holder: str) -> None:
+        bisect.insort(self._starts, (net.version, int(net.network_address), int(net.broadcast_address), holder))
+
+    def find(self, net: Network) -> str | None:
+        """The holder of a pool overlapping ``net``, or None.
+
+        Pools in one space never overlap each other, so sorted by start they
+        are sorted by end too: only the last pool starting at or before the
+        end of ``net`` can reach into it.
+        """
+        lo, hi = int(net.network_address), int(net.broadcast_address)
+        i = bisect.bisect_right(self._starts, (net.version, hi, float("inf"), ""))
+        if i == 0:
+            return None
+        version, _start, end, holder = self._starts[i - 1]
+        return holder if version == net.version and end >= lo else None
+
+    def discard(self, holder: str) -> None:
+        self._starts = [e for e in self._starts if e[3] != holder]
+
+
+def route_networks(routes: Iterable[str]) -> list[Network]:
+    """Host routes as networks, without default routes (they overlap everything)."""
+    out = []
+    for r in routes:
+        try:
+            net = ipaddress.ip_network(r, strict=False)
+        except ValueError:
+            continue
+        if net.prefixlen > 0:
+            out.append(net)
+    return out
