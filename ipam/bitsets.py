@@ -98,6 +98,8 @@ class Bitmap:
         start = after - self.lo + 1
         if not 0 <= start < self.size:
             start = 0
+        if not self._bits[start >> 3] & (1 << (start & 7)):
+            return self.lo + start  # the usual case in serial allocation: the very next one
         i = self._scan(start, self.size)
         if i is None:
             i = self._scan(0, start)
@@ -113,14 +115,21 @@ class SparseSet:
         self.lo, self.hi = lo, hi
         self.size = hi - lo + 1
         self._used: set[int] = set()
+        self._high = 0  # most members since the set was last rebuilt
 
     def add(self, n: int) -> None:
         if not self.lo <= n <= self.hi:
             raise ValueError(f"{n} outside the range")
         self._used.add(n)
+        self._high = max(self._high, len(self._used))
 
     def discard(self, n: int) -> None:
         self._used.discard(n)
+        # a Python set never shrinks its table: rebuild it once it is mostly
+        # empty, so memory follows what is allocated now (amortised O(1))
+        if self._high > 1024 and len(self._used) * 8 < self._high:
+            self._used = set(self._used)
+            self._high = len(self._used)
 
     def __contains__(self, n: object) -> bool:
         return n in self._used

@@ -25,7 +25,7 @@ Semantics all backends share, checked by one conformance test module:
 
 from __future__ import annotations
 
-import string
+import re
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -36,7 +36,7 @@ from libnet.errors import BadRequest, KeyExists, KeyModified, KeyNotFound
 MAX_VALUE = 1 << 20
 MAX_KEY = 512
 DEFAULT_TIMEOUT = 5.0
-_KEY_CHARS = frozenset(string.ascii_letters + string.digits + "-_.:@=+,%")
+_KEY_RE = re.compile(r"[A-Za-z0-9\-_.:@=+,%]+(?:/[A-Za-z0-9\-_.:@=+,%]+)*")
 
 
 @dataclass(frozen=True)
@@ -137,11 +137,11 @@ def check_key(key: object, prefix: bool = False) -> str:
         return key  # the empty prefix: everything
     if not body or len(key) > MAX_KEY:
         raise BadRequest(f"store key must be 1-{MAX_KEY} characters", key=key)
-    for segment in body.split("/"):
-        if segment in ("", ".", ".."):
-            raise BadRequest("store key has an empty, '.' or '..' segment", key=key)
-        if not set(segment) <= _KEY_CHARS:
-            raise BadRequest("store key has characters outside [A-Za-z0-9-_.:@=+,%]", key=key)
+    if _KEY_RE.fullmatch(body) is None:
+        raise BadRequest("store key needs non-empty segments of [A-Za-z0-9-_.:@=+,%] between '/'", key=key)
+    wrapped = f"/{body}/"
+    if "/./" in wrapped or "/../" in wrapped:
+        raise BadRequest("store key has a '.' or '..' segment", key=key)
     return key
 
 

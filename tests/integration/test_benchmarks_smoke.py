@@ -36,3 +36,12 @@ def test_store_bench_quick() -> None:
     for backend in r["metrics"].values():
         for key in ("get_per_s", "put_per_s", "cas_per_s", "watch_p50_ms", "watch_p99_ms"):
             assert backend[key] > 0
+
+
+def test_ipam_bench_quick() -> None:
+    r = _run("ipam_bench")
+    for key in ("memory_allocs_per_s", "sqlite_allocs_per_s", "etcd_concurrent_allocs_per_s", "v6_allocs_per_s"):
+        assert r["metrics"][key] > 0
+    assert r["metrics"]["etcd_duplicates"] == 0
+    assert r["peers"]["host_local_allocs_per_s"] > 0
+    assert r["ratios"]["speedup_vs_host_local"] > 0
