@@ -13,10 +13,14 @@ retry with jittered exponential backoff, a bounded number of times.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import ipaddress
 import json
+import os
 import random
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from libnet.errors import BadRequest, KeyExists, KeyModified, KeyNotFound, Unavailable
 from libnet.store.base import KVPair, Store
@@ -108,3 +112,99 @@ async def update_json(
 
     await update(store, key, apply, **kw)
     return result[0]
+
+
+# --- the stored objects -----------------------------------------------------------
+
+
+def _fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """Only the fields ``cls`` knows: documents written by a newer libnet with
+    extra fields of the same schema still load."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+@dataclass
+class Network:
+    """A named L2/L3 domain served by one driver."""
+
+    KIND: ClassVar[str] = "network"
+
+    id: str
+    name: str
+    driver: str
+    scope: str
+    internal: bool = False
+    ipv4_pool: str | None = None  # IPAM pool id
+    ipv4_subnet: str | None = None
+    ipv4_gateway: str | None = None  # interface CIDR
+    ipv6_pool: str | None = None
+    ipv6_subnet: str | None = None
+    ipv6_gateway: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    created: float = 0.0
+
+    def to_data(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Network:
+        return cls(**_fields(cls, data))
+
+
+@dataclass
+class Endpoint:
+    """One interface on one network, joined to at most one sandbox."""
+
+    KIND: ClassVar[str] = "endpoint"
+
+    id: str
+    name: str
+    network_id: str
+    mac: str
+    ipv4: str | None = None  # interface CIDR
+    ipv6: str | None = None
+    aliases: list[str] = field(default_factory=list)
+    ports: list[dict[str, Any]] = field(default_factory=list)  # PortMapping fields
+    sandbox_id: str | None = None
+    ifname: str | None = None  # name inside the sandbox once joined
+    gateway: bool = False  # carries the sandbox's default routes
+    created: float = 0.0
+
+    def to_data(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Endpoint:
+        return cls(**_fields(cls, data))
+
+
+@dataclass
+class Sandbox:
+    """A network namespace (a container) and the endpoints joined to it."""
+
+    KIND: ClassVar[str] = "sandbox"
+
+    id: str
+    netns: str  # path of the namespace
+    owned: bool  # created by libnet, so deleted with the sandbox
+    hostname: str | None = None
+    endpoints: list[str] = field(default_factory=list)  # ids, in join order
+    created: float = 0.0
+
+    def to_data(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Sandbox:
+        return cls(**_fields(cls, data))
+
+
+def mac_from_ipv4(cidr: str | None) -> str:
+    """``02:42`` + the IPv4 address: a reused address never meets a stale MAC
+    elsewhere; without IPv4 a random locally administered MAC."""
+    if cidr:
+        packed = ipaddress.ip_interface(cidr).ip.packed
+        return "02:42:" + ":".join(f"{b:02x}" for b in packed)
+    return "02:" + ":".join(f"{b:02x}" for b in os.urandom(5))

@@ -26,11 +26,19 @@ FAMILY = "inet"
 TABLE = "libnet"
 COMMENT_PREFIX = "libnet:"
 
-# chain name -> (type, hook, priority)
+# chain name -> (type, hook, priority).  Two filter chains on the forward hook:
+# a drop is final in any base chain, an accept only ends its own chain, so
+# "internal" (earlier) drops even what "forward" would accept as published-port
+# traffic, while "forward" lets DNATed traffic pass its isolation drops.
 CHAINS: dict[str, tuple[str, str, int]] = {
+    "internal": ("filter", "forward", -10),
     "forward": ("filter", "forward", 0),
+    "prerouting": ("nat", "prerouting", -100),
+    "output": ("nat", "output", -100),
     "postrouting": ("nat", "postrouting", 100),
 }
+BRIDGES_SET = "bridges"  # every libnet bridge of the namespace, for isolation
+BASE_COMMENT = "libnet-base"
 
 
 def _meta(key: str, op: str, value: str) -> dict[str, Any]:
@@ -73,9 +81,71 @@ def drop_between_rules(a: str, b: str) -> list[tuple[str, list[dict[str, Any]]]]
 def internal_rules(bridge: str) -> list[tuple[str, list[dict[str, Any]]]]:
     """Drop all forwarding into or out of ``bridge`` (an internal network)."""
     return [
-        ("forward", [_meta("iifname", "==", bridge), _meta("oifname", "!=", bridge), {"drop": None}]),
-        ("forward", [_meta("oifname", "==", bridge), _meta("iifname", "!=", bridge), {"drop": None}]),
+        ("internal", [_meta("iifname", "==", bridge), _meta("oifname", "!=", bridge), {"drop": None}]),
+        ("internal", [_meta("oifname", "==", bridge), _meta("iifname", "!=", bridge), {"drop": None}]),
     ]
+
+
+def isolation_rules(bridge: str) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Drop forwarding from ``bridge`` to any other libnet bridge (the ``bridges`` set)."""
+    return [
+        (
+            "forward",
+            [
+                _meta("iifname", "==", bridge),
+                _meta("oifname", "==", "@" + BRIDGES_SET),
+                _meta("oifname", "!=", bridge),
+                {"drop": None},
+            ],
+        ),
+    ]
+
+
+PROTOCOLS = ("tcp", "udp")
+
+
+def port_rules(
+    host_port: int, container_ip: str, container_port: int, protocol: str, bridge: str, host_ip: str | None = None
+) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Publish ``container_ip:container_port`` on the host's ``host_port``.
+
+    DNAT for traffic arriving from outside (prerouting) and made on the host
+    (output), to any local address of the host or only ``host_ip``; and a
+    masquerade for hairpin traffic (a container of the same bridge using the
+    published port), so the reply goes back through the host.
+    """
+    if protocol not in PROTOCOLS:
+        raise BadRequest(f"protocol must be one of {PROTOCOLS}", protocol=protocol)
+    for port in (host_port, container_port):
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise BadRequest(f"invalid port {port!r}", port=str(port))
+    try:
+        ip = ipaddress.ip_address(container_ip)
+        hip = ipaddress.ip_address(host_ip) if host_ip else None
+    except ValueError as exc:
+        raise BadRequest(f"invalid address: {exc}") from None
+    if hip is not None and hip.version != ip.version:
+        raise BadRequest("host and container address are of different IP versions", host_ip=host_ip)
+    fam = "ip" if ip.version == 4 else "ip6"
+    match = [
+        {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv4" if ip.version == 4 else "ipv6"}},
+        {"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}}, "right": "local"}},
+        {"match": {"op": "==", "left": {"payload": {"protocol": protocol, "field": "dport"}}, "right": host_port}},
+    ]
+    if hip is not None:
+        match.append(
+            {"match": {"op": "==", "left": {"payload": {"protocol": fam, "field": "daddr"}}, "right": str(hip)}}
+        )
+    dnat = {"dnat": {"family": fam, "addr": str(ip), "port": container_port}}
+    hairpin = [
+        _meta("iifname", "==", bridge),
+        _meta("oifname", "==", bridge),
+        {"match": {"op": "==", "left": {"payload": {"protocol": fam, "field": "daddr"}}, "right": str(ip)}},
+        {"match": {"op": "==", "left": {"payload": {"protocol": protocol, "field": "dport"}}, "right": container_port}},
+        {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
+        {"masquerade": None},
+    ]
+    return [("prerouting", [*match, dnat]), ("output", [*match, dnat]), ("postrouting", hairpin)]
 
 
 class Firewall:
@@ -111,29 +181,66 @@ class Firewall:
 
         return self._thread.call(body)
 
-    def _table_cmds(self) -> list[dict[str, Any]]:
-        cmds: list[dict[str, Any]] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
+    def _table_cmds(self, fresh: bool) -> list[dict[str, Any]]:
+        """Commands creating table, set and chains (all idempotent).
+
+        ``fresh``: the table is new, so also add the base rule that lets
+        published-port (DNATed) traffic through the isolation drops -- first
+        in its chain, where later rule groups cannot get in front of it.
+        """
+        cmds: list[dict[str, Any]] = [
+            {"add": {"table": {"family": FAMILY, "name": TABLE}}},
+            {"add": {"set": {"family": FAMILY, "table": TABLE, "name": BRIDGES_SET, "type": "ifname"}}},
+        ]
         for name, (ctype, hook, prio) in CHAINS.items():
-            cmds.append(
-                {
-                    "add": {
-                        "chain": {
-                            "family": FAMILY,
-                            "table": TABLE,
-                            "name": name,
-                            "type": ctype,
-                            "hook": hook,
-                            "prio": prio,
-                            "policy": "accept",
-                        }
-                    }
-                }
-            )
+            chain = {
+                "family": FAMILY,
+                "table": TABLE,
+                "name": name,
+                "type": ctype,
+                "hook": hook,
+                "prio": prio,
+                "policy": "accept",
+            }
+            cmds.append({"add": {"chain": chain}})
+        if fresh:
+            dnat = {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}
+            rule = {
+                "family": FAMILY,
+                "table": TABLE,
+                "chain": "forward",
+                "comment": BASE_COMMENT,
+                "expr": [dnat, {"accept": None}],
+            }
+            cmds.append({"add": {"rule": rule}})
         return cmds
 
     def ensure_table(self) -> None:
         """Create the table and its base chains if missing (idempotent)."""
-        self._cmd(self._table_cmds(), "create table")
+        self._cmd(self._table_cmds(fresh=not self._has_table()), "create table")
+
+    def add_bridge(self, bridge: str) -> None:
+        """Add ``bridge`` to the set of libnet bridges (isolation targets)."""
+        cmds = self._table_cmds(fresh=not self._has_table())
+        element = {"family": FAMILY, "table": TABLE, "name": BRIDGES_SET, "elem": [bridge]}
+        cmds.append({"add": {"element": element}})
+        self._cmd(cmds, "add bridge to set")
+
+    def remove_bridge(self, bridge: str) -> None:
+        """Remove ``bridge`` from the set; absent is fine."""
+        if bridge in self.bridges():
+            element = {"family": FAMILY, "table": TABLE, "name": BRIDGES_SET, "elem": [bridge]}
+            self._cmd([{"delete": {"element": element}}], "remove bridge from set")
+
+    def bridges(self) -> set[str]:
+        """The bridges in the set."""
+        if not self._has_table():
+            return set()
+        out = self._cmd([{"list": {"set": {"family": FAMILY, "table": TABLE, "name": BRIDGES_SET}}}], "list set")
+        for item in out.get("nftables", []):
+            if "set" in item:
+                return set(item["set"].get("elem", []))
+        return set()
 
     def delete_table(self) -> None:
         """Remove the table and every libnet rule in it; missing is fine."""
@@ -181,8 +288,9 @@ class Firewall:
         a failure leaves the previous state.
         """
         _check_key(key)
-        cmds = self._table_cmds()
-        if self._has_table():
+        exists = self._has_table()
+        cmds = self._table_cmds(fresh=not exists)
+        if exists:
             cmds += self._delete_cmds(key)
         for chain, expr in rules:
             if chain not in CHAINS:
@@ -229,3 +337,16 @@ class Firewall:
     def internal(self, key: str, bridge: str) -> None:
         """Drop all forwarding into and out of ``bridge``."""
         self.add(key, internal_rules(bridge))
+
+    def remove_prefix(self, prefix: str) -> None:
+        """Remove every rule group whose key starts with ``prefix``."""
+        keys = {r["key"] for r in self.rules() if r["key"].startswith(prefix)}
+        rules = [r for r in self.rules() if r["key"] in keys]
+        if rules:
+            self._cmd(
+                [
+                    {"delete": {"rule": {"family": FAMILY, "table": TABLE, "chain": r["chain"], "handle": r["handle"]}}}
+                    for r in rules
+                ],
+                f"remove rules {prefix}*",
+            )

@@ -51,6 +51,7 @@ class Link:
     mac: str
     up: bool
     master: int | None
+    alias: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ def _link_from_msg(msg: Any) -> Link:
         mac=msg.get("address"),
         up=bool(msg["flags"] & 1),
         master=msg.get("master"),
+        alias=msg.get("ifalias"),
     )
 
 
@@ -88,11 +90,19 @@ class Netlink:
     Use as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, ns: str | None = None) -> None:
+    def __init__(self, ns: str | None = None, *, inline: bool = False) -> None:
         self.ns = ns
-        self._thread = netns.NamespaceThread(ns)
+        self._thread: netns.NamespaceThread | netns.InlineThread = (
+            netns.InlineThread() if inline else netns.NamespaceThread(ns)
+        )
         self._ipr: IPRoute | None = None
         self._neigh: NeighbourSocket | None = None
+
+    @classmethod
+    def here(cls, ns: str | None = None) -> Netlink:
+        """A handle for code already running on a thread inside the namespace
+        (e.g. under :func:`netns.run_in_async`): no thread of its own."""
+        return cls(ns, inline=True)
 
     def __enter__(self) -> Netlink:
         return self
@@ -299,6 +309,36 @@ class Netlink:
             self.ipr.link("set", index=self._index(link), master=idx)
 
         self._run("set master", body, ifname=link, master=master)
+
+    def set_alias(self, link: str | int, alias: str) -> None:
+        """Set an interface's alias (libnet marks the links it owns with it)."""
+        self._set(link, "set alias", ifalias=alias)
+
+    def set_port_isolated(self, link: str | int, isolated: bool = True) -> None:
+        """Bridge port isolation: isolated ports cannot talk to each other,
+        only to non-isolated ports and to the bridge itself."""
+
+        def body() -> None:
+            self.ipr.brport("set", index=self._index(link), isolated=int(isolated))
+
+        self._run("set port isolation", body, ifname=link)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn()`` on the namespace thread, where this object's own
+        methods run inline: several operations for the price of one hop."""
+        return self._thread.call(fn)
+
+    def uplink_mtu(self) -> int | None:
+        """MTU of the device carrying the default route (IPv4, else IPv6), if any."""
+
+        def body() -> int | None:
+            for family in (socket.AF_INET, socket.AF_INET6):
+                for r in self.ipr.get_routes(family=family, table=254):
+                    if not r.get("dst") and r.get("oif"):
+                        return self.ipr.get_links(r.get("oif"))[0].get("mtu")
+            return None
+
+        return self._run("find uplink", body)
 
     def rename(self, link: str | int, new_name: str) -> None:
         """Rename an interface (it must be down)."""

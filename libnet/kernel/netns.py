@@ -164,9 +164,59 @@ def run_in(ns: str | None, fn: Callable[..., T], *args: Any) -> T:
     return _run_on_thread(fn, *args, ns=ns)
 
 
+async def run_in_async(ns: str | None, fn: Callable[..., T], *args: Any) -> T:
+    """Like :func:`run_in`, awaited: the event loop keeps running meanwhile."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def deliver(ok: bool, value: Any) -> None:
+        if fut.done():
+            return
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+    def body() -> None:
+        try:
+            if ns is not None:
+                _enter(ns)
+            result = fn(*args)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(deliver, False, exc)
+            return
+        loop.call_soon_threadsafe(deliver, True, result)
+
+    threading.Thread(target=body, name=f"netns:{ns}", daemon=True).start()
+    return await fut
+
+
 def open_socket(ns: str | None, family: int, type_: int, proto: int = 0) -> socket.socket:
     """A socket created inside namespace ``ns`` (it stays bound to it)."""
     return run_in(ns, socket.socket, family, type_, proto)
+
+
+class InlineThread:
+    """Stands in for a :class:`NamespaceThread` when the caller already runs
+    on a thread inside the right namespace: calls run at once, right here."""
+
+    ns: str | None = None
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        fut: Future[T] = Future()
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as exc:
+            fut.set_exception(exc)
+        return fut
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return fn(*args)
+
+    def close(self) -> None:
+        pass
 
 
 class NamespaceThread:

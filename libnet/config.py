@@ -1,0 +1,33 @@
+"""The one configuration object, passed down from the composition root."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ipam.pools import IpamConfig
+
+
+@dataclass
+class Config:
+    """Everything the controller needs to know; nothing is read from globals.
+
+    Defaults work on one machine with nothing else installed.
+    """
+
+    #: local-scope store (bridge networks, their endpoints, sandboxes)
+    store: str = "sqlite:///var/lib/libnet/store.db"
+    #: cluster-scope store (overlay networks, global IPAM); None: the local store
+    cluster_store: str | None = None
+    #: per-sandbox files (resolv.conf, hosts) go under <state_dir>/sandboxes/<id>/
+    state_dir: str = "/var/lib/libnet"
+    #: the namespace where bridges and host-side interfaces live; None: this process's
+    host_netns: str | None = None
+    #: MTU of new networks without an mtu option; None: the uplink's MTU
+    mtu: int | None = None
+    #: dual-stack by default: every network gets an IPv6 subnet unless turned off
+    ipv6: bool = True
+    ipam: IpamConfig = field(default_factory=IpamConfig)
+    #: the host resolver configuration sandboxes inherit
+    resolv_conf: str = "/etc/resolv.conf"
+    #: prefix of the namespaces libnet creates for sandboxes
+    sandbox_prefix: str = "lns-"

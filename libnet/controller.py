@@ -1,0 +1,541 @@
+"""The Container Network Model: networks, endpoints, sandboxes; join and leave.
+
+Orchestration only: addresses come from IPAM, kernel work from drivers and
+:mod:`libnet.namespaces`, persistence from :mod:`libnet.repository`.  No
+netlink and no sockets here.  Each operation runs its steps in order and
+undoes the done ones if a later one fails (:class:`libnet.rollback.Rollback`):
+
+- create network: name -> IPAM pools (v4, v6) -> driver -> store
+- create endpoint: name -> IPAM addresses -> driver -> store
+- join: driver.join (interface, addresses, routes) -> published ports -> store
+- leave / delete: the reverse; deleting a network with endpoints fails and
+  names them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import re
+import secrets
+import time
+from collections.abc import Iterable
+from contextlib import suppress
+from typing import Any
+
+from libnet import sandbox_files
+from libnet.config import Config
+from libnet.driverapi import Driver, EndpointInfo, NetworkInfo, PortMapping, ReconcileReport, SandboxInfo
+from libnet.errors import (
+    AddressNotAllocated,
+    BadRequest,
+    Conflict,
+    InvalidOption,
+    NoSuchNamespace,
+    NoSuchPool,
+    NotFound,
+)
+from libnet.model import Endpoint, Network, Sandbox, mac_from_ipv4
+from libnet.namespaces import Namespaces
+from libnet.repository import Repository
+from libnet.rollback import Rollback
+from libnet.validation import check_bool, check_labels, check_name, check_options
+
+log = logging.getLogger("libnet.controller")
+_SANDBOX_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def _new_id() -> str:
+    return secrets.token_hex(32)
+
+
+class Controller:
+    """Networks, endpoints and sandboxes of one host.  Async; see :class:`libnet.sync.SyncController`.
+
+    Collaborators may be injected (unit tests pass fakes); those left out are
+    built from ``config`` by :meth:`start`.  The constructor touches nothing.
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        store=None,
+        cluster_store=None,
+        ipam=None,
+        drivers: dict[str, Driver] | None = None,
+        namespaces: Namespaces | None = None,
+    ) -> None:
+        self.config = config or Config()
+        self._store, self._cluster, self._ipam = store, cluster_store, ipam
+        self._drivers = drivers
+        self._namespaces = namespaces
+        self._repo: Repository | None = None
+        self._sandbox_locks: dict[str, asyncio.Lock] = {}
+        self._owned_stores: list[Any] = []
+
+    # --- life cycle -------------------------------------------------------------
+
+    async def start(self) -> Controller:
+        """Open stores and build drivers (whatever was not injected)."""
+        from libnet import defaults
+
+        parts = defaults.components(
+            self.config,
+            store=self._store,
+            cluster_store=self._cluster,
+            ipam=self._ipam,
+            drivers=self._drivers,
+            namespaces=self._namespaces,
+        )
+        self._store, self._cluster, self._ipam, self._drivers, self._namespaces, self._owned_stores = parts
+        self._repo = Repository(self._store, self._cluster)
+        return self
+
+    async def close(self) -> None:
+        """Release handles; networks and containers keep working."""
+        for driver in (self._drivers or {}).values():
+            await driver.close()
+        for store in self._owned_stores:
+            await store.close()
+
+    async def __aenter__(self) -> Controller:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def repo(self) -> Repository:
+        if self._repo is None:
+            raise RuntimeError("Controller.start() was not called")
+        return self._repo
+
+    @property
+    def ipam(self):
+        return self._ipam
+
+    def driver(self, name: str) -> Driver:
+        assert self._drivers is not None
+        try:
+            return self._drivers[name]
+        except KeyError:
+            raise InvalidOption(
+                f"unknown driver {name!r}; available: {', '.join(sorted(self._drivers))}", driver=name
+            ) from None
+
+    # --- info objects -----------------------------------------------------------
+
+    @staticmethod
+    def _net_info(nw: Network) -> NetworkInfo:
+        return NetworkInfo(
+            nw.id,
+            nw.name,
+            nw.ipv4_subnet,
+            nw.ipv4_gateway,
+            nw.ipv6_subnet,
+            nw.ipv6_gateway,
+            nw.internal,
+            dict(nw.options),
+        )
+
+    @staticmethod
+    def _ep_info(ep: Endpoint) -> EndpointInfo:
+        ports = tuple(PortMapping(**p) for p in ep.ports)
+        return EndpointInfo(ep.id, ep.network_id, ep.name, ep.ipv4, ep.ipv6, ep.mac, ports)
+
+    @staticmethod
+    def _sb_info(sb: Sandbox, ep: Endpoint) -> SandboxInfo:
+        return SandboxInfo(sb.id, sb.netns, ep.ifname or "eth0", ep.gateway)
+
+    # --- networks ---------------------------------------------------------------
+
+    async def create_network(
+        self,
+        name: str,
+        driver: str = "bridge",
+        *,
+        ipv4_subnet: str | None = None,
+        ipv4_gateway: str | None = None,
+        ipv6: bool | None = None,
+        ipv6_subnet: str | None = None,
+        ipv6_gateway: str | None = None,
+        internal: bool = False,
+        options: dict[str, Any] | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> Network:
+        """Create a network: dual-stack unless ``ipv6=False``."""
+        check_name(name, "network")
+        drv = self.driver(driver)
+        scope = drv.capabilities().scope
+        parsed = drv.parse_network_options(check_options(options))
+        labels = check_labels(labels)
+        internal = check_bool(internal, "internal")
+        ipv6 = self.config.ipv6 if ipv6 is None else check_bool(ipv6, "ipv6")
+        if not ipv6 and (ipv6_subnet or ipv6_gateway):
+            raise InvalidOption("an IPv6 subnet or gateway was given with ipv6 turned off", network=name)
+        if (ipv4_gateway and not ipv4_subnet) or (ipv6_gateway and not ipv6_subnet):
+            raise InvalidOption("a gateway needs its subnet", network=name)
+        space = "global" if scope == "global" else "local"
+        store = self.repo.store(scope)
+        nw = Network(
+            _new_id(), name, driver, scope, internal=internal, options=parsed, labels=labels, created=time.time()
+        )
+        async with Rollback() as undo:
+            await self.repo.reserve_name(store, self.repo.network_name_key(name), nw.id, "network", name)
+            undo.push(lambda: store.delete(self.repo.network_name_key(name)), "free network name")
+            for v6, subnet, gw in ((False, ipv4_subnet, ipv4_gateway), (True, ipv6_subnet, ipv6_gateway)):
+                if v6 and not ipv6:
+                    continue
+                opts = {"owner": nw.id, **({"gateway": gw} if gw else {})}
+                pool = await self._ipam.request_pool(space, subnet, options=opts, v6=v6)
+                undo.push(lambda p=pool.id: self._ipam.release_pool(p), f"release pool {pool.id}")
+                if v6:
+                    nw.ipv6_pool, nw.ipv6_subnet, nw.ipv6_gateway = pool.id, pool.subnet, pool.gateway
+                else:
+                    nw.ipv4_pool, nw.ipv4_subnet, nw.ipv4_gateway = pool.id, pool.subnet, pool.gateway
+            info = self._net_info(nw)
+            await drv.create_network(info)
+            undo.push(lambda: drv.delete_network(info), "delete network in driver")
+            await self.repo.add_network(nw)
+        log.info("network %s (%s) created: %s %s", name, nw.id[:12], nw.ipv4_subnet, nw.ipv6_subnet or "")
+        return nw
+
+    async def networks(self) -> list[Network]:
+        """All networks, by name."""
+        return await self.repo.networks()
+
+    async def network(self, ref: str) -> Network:
+        """A network by id, name or unique id prefix."""
+        return await self.repo.network(ref)
+
+    async def delete_network(self, ref: str) -> None:
+        """Delete a network without endpoints (``Conflict`` naming them otherwise)."""
+        nw = await self.repo.network(ref)
+        eps = await self.repo.endpoints(nw.id)
+        if eps:
+            names = ", ".join(f"{e.name} ({e.id[:12]})" for e in eps)
+            raise Conflict(
+                f"network {nw.name} still has endpoints: {names}; disconnect them first",
+                network_id=nw.id,
+                endpoints=[e.id for e in eps],
+            )
+        await self.driver(nw.driver).delete_network(self._net_info(nw))
+        for pool in (nw.ipv4_pool, nw.ipv6_pool):
+            if pool:
+                with suppress(NoSuchPool):
+                    await self._ipam.release_pool(pool)
+        await self.repo.delete_network(nw)
+        log.info("network %s (%s) deleted", nw.name, nw.id[:12])
+
+    # --- endpoints --------------------------------------------------------------
+
+    async def create_endpoint(
+        self,
+        network: str,
+        name: str,
+        *,
+        ipv4: str | None = None,
+        ipv6: str | None = None,
+        aliases: Iterable[str] = (),
+        ports: Iterable[PortMapping | dict] = (),
+    ) -> Endpoint:
+        """Create an endpoint with addresses from the network's pools."""
+        check_name(name, "endpoint")
+        aliases = [check_name(a, "alias") for a in aliases]
+        mappings = [_port(p) for p in ports]
+        nw = await self.repo.network(network)
+        if ipv6 is not None and not nw.ipv6_pool:
+            raise InvalidOption("the network has no IPv6", network_id=nw.id)
+        drv = self.driver(nw.driver)
+        store = self.repo.store(nw.scope)
+        ep = Endpoint(
+            _new_id(), name, nw.id, mac="", aliases=aliases, ports=[m.__dict__ for m in mappings], created=time.time()
+        )
+        async with Rollback() as undo:
+            key = self.repo.endpoint_name_key(nw.id, name)
+            await self.repo.reserve_name(store, key, ep.id, "endpoint", name)
+            undo.push(lambda: store.delete(key), "free endpoint name")
+            for pool, wanted, attr in ((nw.ipv4_pool, ipv4, "ipv4"), (nw.ipv6_pool, ipv6, "ipv6")):
+                if not pool:
+                    continue
+                addr = await self._ipam.request_address(pool, wanted, {"owner": ep.id})
+                undo.push(lambda p=pool, a=addr: self._release(p, a), f"release {addr}")
+                setattr(ep, attr, addr)
+            ep.mac = mac_from_ipv4(ep.ipv4)
+            await drv.create_endpoint(self._net_info(nw), self._ep_info(ep))
+            undo.push(lambda: drv.delete_endpoint(self._net_info(nw), self._ep_info(ep)), "driver endpoint")
+            await self.repo.add_endpoint(nw, ep)
+        return ep
+
+    async def _release(self, pool: str, address: str) -> None:
+        with suppress(AddressNotAllocated, NoSuchPool):
+            await self._ipam.release_address(pool, address)
+
+    async def endpoints(self, network: str | None = None) -> list[Endpoint]:
+        """Endpoints of one network, or of all."""
+        nid = (await self.repo.network(network)).id if network else None
+        return await self.repo.endpoints(nid)
+
+    async def endpoint(self, ref: str, network: str | None = None) -> Endpoint:
+        """An endpoint by id, unique id prefix, or name within ``network``."""
+        nid = (await self.repo.network(network)).id if network else None
+        return await self.repo.endpoint(ref, nid)
+
+    async def delete_endpoint(self, ref: str, network: str | None = None) -> None:
+        """Delete an endpoint that is not joined (``Conflict`` otherwise)."""
+        ep = await self.endpoint(ref, network)
+        if ep.sandbox_id:
+            raise Conflict(
+                f"endpoint {ep.name} is joined to sandbox {ep.sandbox_id[:12]}; leave first",
+                endpoint_id=ep.id,
+                sandbox_id=ep.sandbox_id,
+            )
+        nw = await self.repo.network(ep.network_id)
+        await self.driver(nw.driver).delete_endpoint(self._net_info(nw), self._ep_info(ep))
+        for pool, addr in ((nw.ipv4_pool, ep.ipv4), (nw.ipv6_pool, ep.ipv6)):
+            if pool and addr:
+                await self._release(pool, addr)
+        await self.repo.delete_endpoint(nw, ep)
+
+    # --- sandboxes --------------------------------------------------------------
+
+    async def create_sandbox(
+        self,
+        id: str | None = None,
+        *,
+        netns: str | None = None,  # noqa: A002
+        hostname: str | None = None,
+    ) -> Sandbox:
+        """A sandbox in a new namespace, or in an existing one given by path
+        (``/var/run/netns/NAME``, ``/proc/PID/ns/net``)."""
+        if id is not None and (not isinstance(id, str) or _SANDBOX_ID.fullmatch(id) is None):
+            raise BadRequest("sandbox id must be 1-128 of [A-Za-z0-9_.-]", sandbox_id=str(id))
+        if hostname is not None:
+            check_name(hostname, "host")
+        sid = id or _new_id()
+        if netns is not None and (not isinstance(netns, str) or not netns.startswith("/")):
+            raise BadRequest("netns must be an absolute path", netns=str(netns))
+        async with Rollback() as undo:
+            if netns is None:
+                path = await asyncio.to_thread(self._namespaces.create, self.config.sandbox_prefix + sid[:12])
+                undo.push(lambda: asyncio.to_thread(self._namespaces.delete, path), "delete namespace")
+                owned = True
+            else:
+                if not self._namespaces.exists(netns):
+                    raise NoSuchNamespace("no namespace at that path", netns=netns)
+                path, owned = netns, False
+            sb = Sandbox(sid, path, owned, hostname=hostname, created=time.time())
+            try:
+                await self.repo.add_sandbox(sb)
+            except Conflict:
+                raise Conflict("a sandbox with that id exists", sandbox_id=sid) from None
+            await self._write_files(sb)
+        return sb
+
+    async def sandboxes(self) -> list[Sandbox]:
+        return await self.repo.sandboxes()
+
+    async def sandbox(self, ref: str) -> Sandbox:
+        return await self.repo.sandbox(ref)
+
+    async def delete_sandbox(self, ref: str) -> None:
+        """Leave and delete the sandbox's endpoints, then remove it (and its namespace if libnet made it)."""
+        sb = await self.repo.sandbox(ref)
+        for eid in reversed(sb.endpoints):
+            with suppress(NotFound):
+                await self.leave(eid)
+                await self.delete_endpoint(eid)
+        if sb.owned:
+            await asyncio.to_thread(self._namespaces.delete, sb.netns)
+        sandbox_files.remove(self.config.state_dir, sb.id)
+        await self.repo.delete_sandbox(sb)
+        self._sandbox_locks.pop(sb.id, None)
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._sandbox_locks.setdefault(sandbox_id, asyncio.Lock())
+
+    async def _write_files(self, sb: Sandbox) -> None:
+        entries = []
+        for eid in sb.endpoints:
+            with suppress(NotFound):
+                ep = await self.repo.endpoint(eid)
+                for cidr in (ep.ipv4, ep.ipv6):
+                    if cidr:
+                        entries.append((str(ipaddress.ip_interface(cidr).ip), [ep.name, *ep.aliases]))
+        try:
+            with open(self.config.resolv_conf) as f:
+                host = f.read()
+        except OSError:
+            host = ""
+        resolv = sandbox_files.resolv_conf(host)
+        hosts = sandbox_files.hosts_file(sb.hostname, entries)
+        await asyncio.to_thread(sandbox_files.write, self.config.state_dir, sb.id, resolv, hosts)
+
+    # --- join and leave ---------------------------------------------------------
+
+    async def join(self, endpoint: str, sandbox: str) -> Endpoint:
+        """Plug an endpoint into a sandbox (idempotent for the same pair)."""
+        ep = await self.repo.endpoint(endpoint)
+        sb = await self.repo.sandbox(sandbox)
+        async with self._lock(sb.id):
+            sb = await self.repo.sandbox(sb.id)
+            ep = await self.repo.endpoint(ep.id)
+            if ep.sandbox_id == sb.id:
+                return ep
+            if ep.sandbox_id:
+                raise Conflict(
+                    f"endpoint {ep.name} is joined to another sandbox", endpoint_id=ep.id, sandbox_id=ep.sandbox_id
+                )
+            nw = await self.repo.network(ep.network_id)
+            drv = self.driver(nw.driver)
+            others = [await self.repo.endpoint(e) for e in sb.endpoints]
+            used = {o.ifname for o in others}
+            ifname = next(f"eth{i}" for i in range(len(used) + 1) if f"eth{i}" not in used)
+            gateway = (
+                not nw.internal and bool(nw.ipv4_gateway or nw.ipv6_gateway) and not any(o.gateway for o in others)
+            )
+            ep.sandbox_id, ep.ifname, ep.gateway = sb.id, ifname, gateway
+            ninfo, einfo, sinfo = self._net_info(nw), self._ep_info(ep), self._sb_info(sb, ep)
+            async with Rollback() as undo:
+                await drv.join(ninfo, einfo, sinfo)
+                undo.push(lambda: drv.leave(ninfo, einfo, sinfo), "leave in driver")
+                await drv.program_external_connectivity(ninfo, einfo)
+                undo.push(lambda: drv.revoke_external_connectivity(ninfo, einfo), "revoke ports")
+
+                def joined(e: Endpoint) -> None:
+                    e.sandbox_id, e.ifname, e.gateway = sb.id, ifname, gateway
+
+                ep = await self.repo.update_endpoint(ep, joined)
+                undo.push(lambda: self.repo.update_endpoint(ep, _unjoined), "unmark endpoint")
+                sb = await self.repo.update_sandbox(sb, lambda s: s.endpoints.append(ep.id))
+            await self._write_files(sb)
+        return ep
+
+    async def leave(self, endpoint: str, sandbox: str | None = None) -> Endpoint:
+        """Unplug an endpoint from its sandbox; not joined is fine."""
+        ep = await self.repo.endpoint(endpoint)
+        if not ep.sandbox_id:
+            return ep
+        async with self._lock(ep.sandbox_id):
+            ep = await self.repo.endpoint(ep.id)
+            if not ep.sandbox_id:
+                return ep
+            if sandbox is not None and (await self.repo.sandbox(sandbox)).id != ep.sandbox_id:
+                raise Conflict("endpoint is joined to another sandbox", endpoint_id=ep.id, sandbox_id=ep.sandbox_id)
+            nw = await self.repo.network(ep.network_id)
+            drv = self.driver(nw.driver)
+            try:
+                sb = await self.repo.sandbox(ep.sandbox_id)
+            except NotFound:
+                sb = Sandbox(ep.sandbox_id, "", False)
+            ninfo, einfo, sinfo = self._net_info(nw), self._ep_info(ep), self._sb_info(sb, ep)
+            await drv.revoke_external_connectivity(ninfo, einfo)
+            await drv.leave(ninfo, einfo, sinfo)
+            was_gateway = ep.gateway
+            ep = await self.repo.update_endpoint(ep, _unjoined)
+            if sb.netns:
+                sb = await self.repo.update_sandbox(
+                    sb, lambda s: s.endpoints.remove(ep.id) if ep.id in s.endpoints else None
+                )
+                if was_gateway:
+                    await self._hand_over_gateway(sb)
+                await self._write_files(sb)
+        return ep
+
+    async def _hand_over_gateway(self, sb: Sandbox) -> None:
+        """After the gateway endpoint left, the next non-internal one takes the default routes."""
+        for eid in sb.endpoints:
+            ep = await self.repo.endpoint(eid)
+            nw = await self.repo.network(ep.network_id)
+            if nw.internal or not (nw.ipv4_gateway or nw.ipv6_gateway):
+                continue
+            await self.driver(nw.driver).set_gateway(self._net_info(nw), self._ep_info(ep), self._sb_info(sb, ep), True)
+            await self.repo.update_endpoint(ep, lambda e: setattr(e, "gateway", True))
+            return
+
+    async def connect(self, network: str, sandbox: str, name: str | None = None, **endpoint_args: Any) -> Endpoint:
+        """Create an endpoint on ``network`` and join it to ``sandbox`` (like ``docker network connect``).
+
+        If the join fails the endpoint is deleted again, its addresses released.
+        """
+        sb = await self.repo.sandbox(sandbox)
+        ep = await self.create_endpoint(network, name or sb.hostname or f"ep-{sb.id[:12]}", **endpoint_args)
+        try:
+            return await self.join(ep.id, sb.id)
+        except BaseException:
+            await self.delete_endpoint(ep.id)
+            raise
+
+    async def disconnect(self, network: str, sandbox: str) -> None:
+        """Leave and delete the sandbox's endpoint on ``network``."""
+        nw = await self.repo.network(network)
+        sb = await self.repo.sandbox(sandbox)
+        for eid in list(sb.endpoints):
+            ep = await self.repo.endpoint(eid)
+            if ep.network_id == nw.id:
+                await self.leave(ep.id)
+                await self.delete_endpoint(ep.id)
+                return
+        raise NotFound(
+            f"sandbox {sb.id[:12]} is not connected to network {nw.name}", network_id=nw.id, sandbox_id=sb.id
+        )
+
+    # --- reconcile --------------------------------------------------------------
+
+    async def reconcile(self) -> ReconcileReport:
+        """Make the kernel match the store: remove leaks, report what is missing."""
+        report = ReconcileReport()
+        networks = await self.repo.networks()
+        endpoints = await self.repo.endpoints()
+        sandboxes = {s.id: s for s in await self.repo.sandboxes()}
+        for sb in sandboxes.values():
+            if not self._namespaces.exists(sb.netns):
+                report.missing.append(f"sandbox {sb.id[:12]}: namespace {sb.netns} is gone")
+        for name, drv in (self._drivers or {}).items():
+            nets = [n for n in networks if n.driver == name]
+            ids = {n.id for n in nets}
+            eps = []
+            for ep in endpoints:
+                if ep.network_id in ids:
+                    sb = sandboxes.get(ep.sandbox_id or "")
+                    eps.append((self._ep_info(ep), self._sb_info(sb, ep) if sb else None))
+            report.merge(await drv.reconcile([self._net_info(n) for n in nets], eps))
+        owned = {s.netns for s in sandboxes.values() if s.owned}
+        for path in self._namespaces.list(self.config.sandbox_prefix):
+            if path not in owned:
+                await asyncio.to_thread(self._namespaces.delete, path)
+                report.removed.append(f"sandbox namespace {path}")
+        for line in report.removed:
+            log.warning("reconcile removed %s", line)
+        for line in report.missing:
+            log.warning("reconcile: %s", line)
+        return report
+
+
+def _unjoined(e: Endpoint) -> None:
+    e.sandbox_id, e.ifname, e.gateway = None, None, False
+
+
+def _port(p: PortMapping | dict) -> PortMapping:
+    if isinstance(p, PortMapping):
+        pm = p
+    else:
+        if not isinstance(p, dict) or set(p) - {"host_port", "container_port", "protocol", "host_ip"}:
+            raise InvalidOption("a port is {host_port, container_port, protocol, host_ip}", port=str(p))
+        try:
+            pm = PortMapping(**p)
+        except TypeError:
+            raise InvalidOption("a port needs host_port and container_port", port=str(p)) from None
+    for port in (pm.host_port, pm.container_port):
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise InvalidOption(f"invalid port {port!r}: 1..65535", port=str(port))
+    if pm.protocol not in ("tcp", "udp"):
+        raise InvalidOption("protocol must be tcp or udp", protocol=str(pm.protocol))
+    if pm.host_ip is not None:
+        try:
+            ipaddress.ip_address(pm.host_ip)
+        except ValueError:
+            raise InvalidOption(f"invalid host_ip {pm.host_ip!r}", host_ip=str(pm.host_ip)) from None
+    return pm

@@ -1,0 +1,64 @@
+"""The real implementations behind the controller's seams, built from Config.
+
+The controller asks for whatever was not injected; unit tests inject fakes
+and never reach this module's kernel-backed parts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from typing import Any
+
+from ipam.ipam import StoreIpam
+from libnet.config import Config
+from libnet.driverapi import Driver, builtin_drivers
+from libnet.namespaces import KernelNamespaces, Namespaces
+from libnet.store import open_store
+
+
+def host_routes(ns: str | None):
+    """A provider of the host's routes (CIDRs), for IPAM's default-pool choice."""
+
+    def routes() -> list[str]:
+        from libnet.kernel.netlink import Netlink
+
+        with Netlink(ns) as nl:
+            return [r.dst for fam in (socket.AF_INET, socket.AF_INET6) for r in nl.routes(fam) if r.dst != "default"]
+
+    return routes
+
+
+def components(
+    config: Config,
+    *,
+    store=None,
+    cluster_store=None,
+    ipam=None,
+    drivers: dict[str, Driver] | None = None,
+    namespaces: Namespaces | None = None,
+) -> tuple[Any, ...]:
+    """(store, cluster_store, ipam, drivers, namespaces, stores opened here)."""
+    owned = []
+    if store is None:
+        store = open_store(config.store)
+        owned.append(store)
+    if cluster_store is None:
+        if config.cluster_store:
+            cluster_store = open_store(config.cluster_store)
+            owned.append(cluster_store)
+        else:
+            cluster_store = store
+    if ipam is None:
+        ipam_config = config.ipam
+        if ipam_config.host_routes is None:
+            ipam_config = dataclasses.replace(ipam_config, host_routes=host_routes(config.host_netns))
+        ipam = StoreIpam(store, cluster_store, ipam_config)
+    if drivers is None:
+        drivers = {
+            name: factory(host_ns=config.host_netns, default_mtu=config.mtu)
+            for name, factory in builtin_drivers().items()
+        }
+    if namespaces is None:
+        namespaces = KernelNamespaces()
+    return store, cluster_store, ipam, drivers, namespaces, owned

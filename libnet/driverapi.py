@@ -1,0 +1,167 @@
+"""The contract between the controller and network drivers.
+
+Modelled on libnetwork's ``driverapi``: the controller owns identities,
+addresses and persistence; a driver turns them into kernel state (or, for
+``null``, into nothing).  Drivers receive narrow, immutable info objects --
+never the controller, the store or other networks' objects -- and every
+operation is async and idempotent: creating what exists adopts it, deleting
+what is gone succeeds.  Built-in drivers are registered by name from one
+explicit list (:func:`builtin_drivers`); importing a driver module registers
+nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+Scope = Literal["local", "global"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a driver is: ``scope`` decides which store and IPAM space it uses."""
+
+    scope: Scope
+    #: whether endpoints get a kernel interface (False for ``null``)
+    connectivity: bool = True
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    """What a driver learns about a network."""
+
+    id: str
+    name: str
+    ipv4_subnet: str | None
+    ipv4_gateway: str | None  # interface CIDR, e.g. 198.51.100.1/24
+    ipv6_subnet: str | None
+    ipv6_gateway: str | None
+    internal: bool
+    options: dict[str, Any]  # already validated by the driver's parse_network_options
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """A published port: host_port on the host -> container_port in the sandbox."""
+
+    host_port: int
+    container_port: int
+    protocol: Literal["tcp", "udp"] = "tcp"
+    host_ip: str | None = None
+
+
+@dataclass(frozen=True)
+class EndpointInfo:
+    """What a driver learns about an endpoint."""
+
+    id: str
+    network_id: str
+    name: str
+    ipv4: str | None  # interface CIDR
+    ipv6: str | None
+    mac: str
+    ports: tuple[PortMapping, ...] = ()
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    """Where an endpoint joins: the sandbox's namespace and the interface name there."""
+
+    id: str
+    netns: str  # path: /run/netns/NAME or /proc/PID/ns/net
+    ifname: str  # eth0, eth1, ... in join order
+    #: this endpoint carries the sandbox's default routes
+    gateway: bool = True
+
+
+@dataclass
+class ReconcileReport:
+    """What a reconcile pass found and did."""
+
+    removed: list[str] = field(default_factory=list)  # leaked kernel objects removed
+    missing: list[str] = field(default_factory=list)  # stored objects whose kernel parts are gone
+    repaired: list[str] = field(default_factory=list)
+
+    def merge(self, other: ReconcileReport) -> None:
+        self.removed += other.removed
+        self.missing += other.missing
+        self.repaired += other.repaired
+
+
+@runtime_checkable
+class Driver(Protocol):
+    """A network driver.  All methods are idempotent."""
+
+    name: str
+
+    def capabilities(self) -> Capabilities:
+        """Scope and kind of the driver."""
+        ...
+
+    def parse_network_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Validate driver options (``InvalidOption`` on unknown keys or bad values)
+        and return them normalised; called before anything is created."""
+        ...
+
+    async def create_network(self, nw: NetworkInfo) -> None:
+        """Build the network's kernel parts (or adopt them if present)."""
+        ...
+
+    async def delete_network(self, nw: NetworkInfo) -> None:
+        """Remove the network's kernel parts; gone is fine."""
+        ...
+
+    async def create_endpoint(self, nw: NetworkInfo, ep: EndpointInfo) -> None:
+        """Prepare an endpoint (no kernel interface before join)."""
+        ...
+
+    async def delete_endpoint(self, nw: NetworkInfo, ep: EndpointInfo) -> None:
+        """Forget an endpoint; gone is fine."""
+        ...
+
+    async def join(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
+        """Plug the endpoint into the sandbox: interface, addresses, routes.
+
+        On failure it leaves nothing behind.
+        """
+        ...
+
+    async def leave(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
+        """Unplug the endpoint; gone is fine."""
+        ...
+
+    async def set_gateway(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo, gateway: bool) -> None:
+        """Add or remove the sandbox's default routes through this endpoint."""
+        ...
+
+    async def program_external_connectivity(self, nw: NetworkInfo, ep: EndpointInfo) -> None:
+        """Publish the endpoint's ports."""
+        ...
+
+    async def revoke_external_connectivity(self, nw: NetworkInfo, ep: EndpointInfo) -> None:
+        """Withdraw the endpoint's published ports; none is fine."""
+        ...
+
+    async def reconcile(
+        self, networks: list[NetworkInfo], endpoints: list[tuple[EndpointInfo, SandboxInfo | None]]
+    ) -> ReconcileReport:
+        """Make the kernel match the stored objects of this driver: remove
+        what no stored object owns, report stored objects missing parts."""
+        ...
+
+    async def close(self) -> None:
+        """Release handles; the data plane stays."""
+        ...
+
+
+DriverFactory = Callable[..., Driver]
+
+
+def builtin_drivers() -> dict[str, DriverFactory]:
+    """The built-in drivers by name: the one explicit list."""
+    from libnet.drivers.bridge import BridgeDriver
+    from libnet.drivers.null import NullDriver
+
+    return {"bridge": BridgeDriver, "null": NullDriver}

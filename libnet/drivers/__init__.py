@@ -1,0 +1,1 @@
+"""Network drivers.  Registered by name in :func:`libnet.driverapi.builtin_drivers`."""

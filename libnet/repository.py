@@ -1,0 +1,210 @@
+"""Typed access to the stored networks, endpoints and sandboxes.
+
+Keys under ``libnet/v1/``::
+
+    networks/<id>                          Network
+    names/networks/<lowercase name>        -> network id   (create-only: unique names)
+    endpoints/<network id>/<id>            Endpoint
+    names/endpoints/<network id>/<name>    -> endpoint id
+    endpoint-ids/<id>                      -> network id   (find an endpoint by id)
+    sandboxes/<id>                         Sandbox
+
+Local-scope networks and their endpoints live in the local store, global-scope
+ones in the cluster store; sandboxes are always local.  Every update goes
+through ``model.update_json`` (read-modify-CAS).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from libnet import model
+from libnet.errors import BadRequest, KeyExists, KeyNotFound, NameInUse, NoSuchEndpoint, NoSuchNetwork, NoSuchSandbox
+from libnet.model import Endpoint, Network, Sandbox
+from libnet.store.base import Store
+
+P = "libnet/v1"
+T = TypeVar("T", Network, Endpoint, Sandbox)
+
+
+class Repository:
+    """Stored objects over a local and a cluster store."""
+
+    def __init__(self, local: Store, cluster: Store) -> None:
+        self.local, self.cluster = local, cluster
+
+    def store(self, scope: str) -> Store:
+        return self.cluster if scope == "global" else self.local
+
+    def _stores(self) -> list[Store]:
+        return [self.local] if self.cluster is self.local else [self.local, self.cluster]
+
+    @staticmethod
+    async def _get(store: Store, key: str, cls: type[T]) -> T | None:
+        try:
+            pair = await store.get(key)
+        except KeyNotFound:
+            return None
+        return cls.from_data(model.decode(pair.value, cls.KIND))
+
+    @staticmethod
+    async def _create(store: Store, key: str, obj: Network | Endpoint | Sandbox) -> None:
+        await store.atomic_put(key, model.encode(obj.KIND, obj.to_data()), None)
+
+    @staticmethod
+    async def _update(store: Store, key: str, cls: type[T], fn: Callable[[T], None]) -> T:
+        result: list[T] = []
+
+        def apply(data: dict[str, Any] | None) -> dict[str, Any]:
+            if data is None:
+                raise KeyNotFound("object vanished", key=key)
+            obj = cls.from_data(data)
+            fn(obj)
+            result[:] = [obj]
+            return obj.to_data()
+
+        await model.update_json(store, key, cls.KIND, apply)
+        return result[0]
+
+    # --- names ------------------------------------------------------------------
+
+    async def reserve_name(self, store: Store, key: str, owner_id: str, what: str, name: str) -> None:
+        try:
+            await store.atomic_put(key, owner_id.encode(), None)
+        except KeyExists:
+            holder = (await store.get(key)).value.decode()
+            raise NameInUse(f"{what} name {name!r} is already in use", name=name, holder=holder) from None
+
+    @staticmethod
+    def network_name_key(name: str) -> str:
+        return f"{P}/names/networks/{name.lower()}"
+
+    @staticmethod
+    def endpoint_name_key(network_id: str, name: str) -> str:
+        return f"{P}/names/endpoints/{network_id}/{name.lower()}"
+
+    # --- networks ---------------------------------------------------------------
+
+    async def add_network(self, nw: Network) -> None:
+        await self._create(self.store(nw.scope), f"{P}/networks/{nw.id}", nw)
+
+    async def networks(self) -> list[Network]:
+        out: list[Network] = []
+        for store in self._stores():
+            for pair in await store.list(f"{P}/networks/"):
+                out.append(Network.from_data(model.decode(pair.value, Network.KIND)))
+        return sorted(out, key=lambda n: n.name)
+
+    async def network(self, ref: str) -> Network:
+        """By id, by name, or by a unique id prefix."""
+        for store in self._stores():
+            try:
+                nw = await self._get(store, f"{P}/networks/{ref}", Network)
+            except BadRequest:
+                nw = None
+            if nw is not None:
+                return nw
+            try:
+                nid = (await store.get(self.network_name_key(ref))).value.decode()
+            except (KeyNotFound, BadRequest):  # a ref that cannot be a key is simply no name
+                nid = None
+            if nid:
+                nw = await self._get(store, f"{P}/networks/{nid}", Network)
+                if nw is not None:
+                    return nw
+        if len(ref) >= 4:
+            matches = [n for n in await self.networks() if n.id.startswith(ref)]
+            if len(matches) == 1:
+                return matches[0]
+        raise NoSuchNetwork("no such network", network=ref)
+
+    async def delete_network(self, nw: Network) -> None:
+        store = self.store(nw.scope)
+        await store.delete(f"{P}/networks/{nw.id}")
+        await store.delete(self.network_name_key(nw.name))
+
+    # --- endpoints --------------------------------------------------------------
+
+    async def add_endpoint(self, nw: Network, ep: Endpoint) -> None:
+        store = self.store(nw.scope)
+        await self._create(store, f"{P}/endpoints/{nw.id}/{ep.id}", ep)
+        await store.put(f"{P}/endpoint-ids/{ep.id}", nw.id.encode())
+
+    async def endpoints(self, network_id: str | None = None) -> list[Endpoint]:
+        out: list[Endpoint] = []
+        prefix = f"{P}/endpoints/" + (f"{network_id}/" if network_id else "")
+        for store in self._stores():
+            for pair in await store.list(prefix):
+                out.append(Endpoint.from_data(model.decode(pair.value, Endpoint.KIND)))
+        return sorted(out, key=lambda e: (e.network_id, e.name))
+
+    async def _endpoint_key(self, ref: str) -> tuple[Store, str] | None:
+        for store in self._stores():
+            try:
+                nid = (await store.get(f"{P}/endpoint-ids/{ref}")).value.decode()
+            except (KeyNotFound, BadRequest):
+                continue
+            return store, f"{P}/endpoints/{nid}/{ref}"
+        return None
+
+    async def endpoint(self, ref: str, network_id: str | None = None) -> Endpoint:
+        """By id, by unique id prefix, or by name within ``network_id``."""
+        found = await self._endpoint_key(ref)
+        if found is not None:
+            ep = await self._get(*found, Endpoint)
+            if ep is not None:
+                return ep
+        if network_id is not None:
+            for store in self._stores():
+                try:
+                    eid = (await store.get(self.endpoint_name_key(network_id, ref))).value.decode()
+                except (KeyNotFound, BadRequest):
+                    continue
+                return await self.endpoint(eid)
+        if len(ref) >= 4:
+            matches = [e for e in await self.endpoints(network_id) if e.id.startswith(ref)]
+            if len(matches) == 1:
+                return matches[0]
+        raise NoSuchEndpoint("no such endpoint", endpoint=ref, network_id=network_id)
+
+    async def update_endpoint(self, ep: Endpoint, fn: Callable[[Endpoint], None]) -> Endpoint:
+        found = await self._endpoint_key(ep.id)
+        if found is None:
+            raise NoSuchEndpoint("no such endpoint", endpoint_id=ep.id)
+        return await self._update(found[0], found[1], Endpoint, fn)
+
+    async def delete_endpoint(self, nw: Network, ep: Endpoint) -> None:
+        store = self.store(nw.scope)
+        await store.delete(f"{P}/endpoints/{nw.id}/{ep.id}")
+        await store.delete(f"{P}/endpoint-ids/{ep.id}")
+        await store.delete(self.endpoint_name_key(nw.id, ep.name))
+
+    # --- sandboxes --------------------------------------------------------------
+
+    async def add_sandbox(self, sb: Sandbox) -> None:
+        await self._create(self.local, f"{P}/sandboxes/{sb.id}", sb)
+
+    async def sandboxes(self) -> list[Sandbox]:
+        pairs = await self.local.list(f"{P}/sandboxes/")
+        return [Sandbox.from_data(model.decode(p.value, Sandbox.KIND)) for p in pairs]
+
+    async def sandbox(self, ref: str) -> Sandbox:
+        """By id or unique id prefix."""
+        try:
+            sb = await self._get(self.local, f"{P}/sandboxes/{ref}", Sandbox)
+        except BadRequest:  # a ref that cannot be a key is no id
+            sb = None
+        if sb is not None:
+            return sb
+        if len(ref) >= 4:
+            matches = [s for s in await self.sandboxes() if s.id.startswith(ref)]
+            if len(matches) == 1:
+                return matches[0]
+        raise NoSuchSandbox("no such sandbox", sandbox=ref)
+
+    async def update_sandbox(self, sb: Sandbox, fn: Callable[[Sandbox], None]) -> Sandbox:
+        return await self._update(self.local, f"{P}/sandboxes/{sb.id}", Sandbox, fn)
+
+    async def delete_sandbox(self, sb: Sandbox) -> None:
+        await self.local.delete(f"{P}/sandboxes/{sb.id}")
