@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import re
 import secrets
 import time
@@ -74,6 +75,7 @@ class Controller:
         self._repo: Repository | None = None
         self._sandbox_locks: dict[str, asyncio.Lock] = {}
         self._owned_stores: list[Any] = []
+        self._resolv_cache: tuple[int, str] | None = None
 
     # --- life cycle -------------------------------------------------------------
 
@@ -303,9 +305,9 @@ class Controller:
 
     async def create_sandbox(
         self,
-        id: str | None = None,
+        id: str | None = None,  # noqa: A002 - the sandbox's id, as in Docker's API
         *,
-        netns: str | None = None,  # noqa: A002
+        netns: str | None = None,
         hostname: str | None = None,
     ) -> Sandbox:
         """A sandbox in a new namespace, or in an existing one given by path
@@ -364,14 +366,24 @@ class Controller:
                 for cidr in (ep.ipv4, ep.ipv6):
                     if cidr:
                         entries.append((str(ipaddress.ip_interface(cidr).ip), [ep.name, *ep.aliases]))
-        try:
-            with open(self.config.resolv_conf) as f:
-                host = f.read()
-        except OSError:
-            host = ""
-        resolv = sandbox_files.resolv_conf(host)
+        resolv = sandbox_files.resolv_conf(self._host_resolv_conf())
         hosts = sandbox_files.hosts_file(sb.hostname, entries)
-        await asyncio.to_thread(sandbox_files.write, self.config.state_dir, sb.id, resolv, hosts)
+        # two small local files: cheaper written here than handed to a thread
+        sandbox_files.write(self.config.state_dir, sb.id, resolv, hosts)
+
+    def _host_resolv_conf(self) -> str:
+        """The host's resolv.conf, re-read only when it changes."""
+        try:
+            mtime = os.stat(self.config.resolv_conf).st_mtime_ns
+        except OSError:
+            return ""
+        if self._resolv_cache is None or self._resolv_cache[0] != mtime:
+            try:
+                with open(self.config.resolv_conf) as f:
+                    self._resolv_cache = (mtime, f.read())
+            except OSError:
+                return ""
+        return self._resolv_cache[1]
 
     # --- join and leave ---------------------------------------------------------
 

@@ -15,16 +15,24 @@ creating it in place costs a fraction of creating and moving it.  Inside the
 sandbox: the MAC, IPv4 and IPv6 (DAD off, so it is usable at once) addresses
 and the default routes via the gateways.  Published ports are DNAT rules.
 
-Kernel work runs in two hops per join: one on the host namespace's thread,
-one on a short-lived thread inside the sandbox.  On failure the done steps
-are undone: deleting the host side of the veth removes both ends.
+A join is two batched kernel requests (:mod:`libnet.kernel.rtnl`): the veth,
+up and enslaved, in one request on the host namespace's thread; addresses,
+link state and routes in one batch on a socket opened inside the sandbox.  On
+failure the done steps are undone: deleting the host side of the veth
+removes both ends.  A leave unplugs the veth at once (down, out of the
+bridge) and lets the kernel's slow deletion follow on the ordered host
+thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
+import logging
+import socket
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from libnet.driverapi import (
@@ -34,12 +42,14 @@ from libnet.driverapi import (
     ReconcileReport,
     SandboxInfo,
 )
-from libnet.errors import BadRequest, Conflict, InvalidOption, KernelObjectExists
-from libnet.kernel import netns, sysctl
+from libnet.errors import BadRequest, Conflict, InvalidOption, KernelObjectExists, NoSuchLink
+from libnet.kernel import netns, rtnl, sysctl
 from libnet.kernel.firewall import Firewall, internal_rules, isolation_rules, masquerade_rule, port_rules
 from libnet.kernel.netlink import IFNAMSIZ, Netlink
 
 T = TypeVar("T")
+log = logging.getLogger("libnet.drivers.bridge")
+_NETLINK = (socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
 
 NET_ALIAS = "libnet:net:"
 EP_ALIAS = "libnet:ep:"
@@ -84,6 +94,9 @@ class BridgeDriver:
         self.default_mtu = default_mtu
         self._nl: Netlink | None = None
         self._fw: Firewall | None = None
+        self._mtus: dict[str, int] = {}  # bridge -> MTU, read once
+        self._reaper_nl: Netlink | None = None
+        self._pending: dict[str, list[Future[None]]] = {}  # sandbox id -> veth deletions under way
 
     def capabilities(self) -> Capabilities:
         return Capabilities(scope="local")
@@ -125,6 +138,13 @@ class BridgeDriver:
         return self._nl
 
     @property
+    def reaper(self) -> Netlink:
+        """A second host-namespace handle whose thread does the slow veth deletions."""
+        if self._reaper_nl is None:
+            self._reaper_nl = Netlink(self.host_ns)
+        return self._reaper_nl
+
+    @property
     def fw(self) -> Firewall:
         if self._fw is None:
             self._fw = Firewall(self.host_ns)
@@ -138,10 +158,11 @@ class BridgeDriver:
         return await asyncio.to_thread(fn, self.fw)
 
     async def close(self) -> None:
-        for handle in (self._nl, self._fw):
+        for handle in (self._nl, self._reaper_nl, self._fw):
             if handle is not None:
-                await asyncio.to_thread(handle.close)
-        self._nl = self._fw = None
+                await asyncio.to_thread(handle.close)  # closing waits for queued deletions
+        self._nl = self._reaper_nl = self._fw = None
+        self._pending.clear()
 
     def _mtu(self, nw: NetworkInfo) -> int:
         return nw.options.get("mtu") or self.default_mtu or self.nl.uplink_mtu() or DEFAULT_MTU
@@ -215,35 +236,50 @@ class BridgeDriver:
 
         def plug() -> None:
             nl = self.nl
-            mtu = nl.link(br).mtu
+            mtu = self._mtus.get(br) or nl.link(br).mtu
+            self._mtus[br] = mtu
             try:
-                nl.add_veth(host_if, sb.ifname, peer_ns=sb.netns, mtu=mtu, peer_mac=ep.mac)
+                nl.plug_veth(host_if, sb.ifname, sb.netns, br, mtu=mtu, peer_mac=ep.mac)
             except KernelObjectExists:
                 raise Conflict(
                     f"{host_if} or {sb.ifname} in the sandbox exists already", ifname=host_if, sandbox_id=sb.id
                 ) from None
-            try:
-                nl.set_alias(host_if, EP_ALIAS + ep.id)
-                nl.set_master(host_if, br)
-                if not nw.options.get("icc", True):
+            if not nw.options.get("icc", True):
+                try:
                     nl.set_port_isolated(host_if)
-                nl.set_up(host_if)
-            except BaseException:
-                nl.delete_link(host_if)
-                raise
+                except BaseException:
+                    nl.delete_link(host_if)
+                    raise
 
+        for deletion in self._pending.pop(sb.id, []):
+            await asyncio.wrap_future(deletion)
         await self._host(plug)
         try:
-            await netns.run_in_async(sb.netns, _configure_sandbox, nw, ep, sb)
+            sock = await asyncio.wrap_future(netns.open_socket_future(sb.netns, *_NETLINK))
+            with rtnl.RtnlSocket(sock) as r:
+                _configure_sandbox(r, nw, ep, sb)
         except BaseException:
             await self._host(lambda: self.nl.delete_link(host_if))
             raise
 
     async def leave(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
-        await self._host(lambda: self.nl.delete_link(host_ifname(ep)))
+        host_if = host_ifname(ep)
+        # unplugged now; the kernel's slow delete follows on the reaper thread,
+        # and a later join into this sandbox waits for it (its ethN may clash)
+        if await self._host(lambda: self.nl.unplug(host_if)):
+            deletion = self.reaper.submit(self.reaper.delete_link, host_if)
+            deletion.add_done_callback(_log_failure(f"delete {host_if}"))
+            pending = self._pending.setdefault(sb.id, [])
+            pending[:] = [f for f in pending if not f.done()] + [deletion]
 
     async def set_gateway(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo, gateway: bool) -> None:
-        await netns.run_in_async(sb.netns, _set_routes, nw, sb, gateway)
+        sock = await asyncio.wrap_future(netns.open_socket_future(sb.netns, *_NETLINK))
+        with rtnl.RtnlSocket(sock) as r:
+            index = r.link_index(sb.ifname)
+            if index is None:
+                raise NoSuchLink("the endpoint's interface is not in the sandbox", ifname=sb.ifname, sandbox_id=sb.id)
+            reqs = _route_requests(nw, index, add=gateway and not nw.internal)
+            r.request(reqs, ignore=frozenset({errno.ESRCH, errno.ENOENT}))
 
     async def program_external_connectivity(self, nw: NetworkInfo, ep: EndpointInfo) -> None:
         if not ep.ports:
@@ -263,7 +299,8 @@ class BridgeDriver:
         await self._firewall(lambda fw: fw.add(f"ep:{ep.id}:ports", rules))
 
     async def revoke_external_connectivity(self, nw: NetworkInfo, ep: EndpointInfo) -> None:
-        await self._firewall(lambda fw: fw.remove(f"ep:{ep.id}:ports"))
+        if ep.ports:  # no ports, no rules: spare the nftables round trip
+            await self._firewall(lambda fw: fw.remove(f"ep:{ep.id}:ports"))
 
     # --- reconcile ------------------------------------------------------------
 
@@ -310,30 +347,50 @@ class BridgeDriver:
         return report
 
 
-def _configure_sandbox(nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
-    """Inside the sandbox: addresses, up, routes.  Runs on a thread in its namespace."""
-    with Netlink.here(sb.netns) as nl:
-        if not nl.link("lo").up:
-            nl.set_up("lo")
-        for cidr in (ep.ipv4, ep.ipv6):
-            if cidr:
-                nl.add_address(sb.ifname, cidr, nodad=True)
-        nl.set_up(sb.ifname)
-        if sb.gateway and not nw.internal:
-            _routes(nl, nw, sb, True)
+def _configure_sandbox(r: rtnl.RtnlSocket, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
+    """Inside the sandbox, in one batch: lo up, addresses (DAD off), up, default routes."""
+    index = r.link_index(sb.ifname)
+    if index is None:
+        raise NoSuchLink("the new interface is not in the sandbox", ifname=sb.ifname, sandbox_id=sb.id)
+    reqs = [(rtnl.RTM_NEWLINK, 0, rtnl.setlink_body(1, up=True), "bring lo up")]
+    for cidr in (ep.ipv4, ep.ipv6):
+        if cidr:
+            reqs.append(
+                (
+                    rtnl.RTM_NEWADDR,
+                    rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE,
+                    rtnl.addr_body(index, cidr, nodad=True),
+                    f"add address {cidr}",
+                )
+            )
+    reqs.append((rtnl.RTM_NEWLINK, 0, rtnl.setlink_body(index, up=True), f"bring {sb.ifname} up"))
+    if sb.gateway and not nw.internal:
+        reqs += _route_requests(nw, index, add=True)
+    r.request(reqs)
 
 
-def _set_routes(nw: NetworkInfo, sb: SandboxInfo, gateway: bool) -> None:
-    with Netlink.here(sb.netns) as nl:
-        _routes(nl, nw, sb, gateway and not nw.internal)
-
-
-def _routes(nl: Netlink, nw: NetworkInfo, sb: SandboxInfo, add: bool) -> None:
+def _route_requests(nw: NetworkInfo, index: int, add: bool) -> list[tuple[int, int, bytes, str]]:
+    reqs = []
     for gw in (nw.ipv4_gateway, nw.ipv6_gateway):
-        if not gw:
-            continue
-        via = str(ipaddress.ip_interface(gw).ip)
-        if add:
-            nl.add_route("default", via=via, dev=sb.ifname)
-        else:
-            nl.delete_route("default", via=via)  # gone is fine
+        if gw:
+            via = str(ipaddress.ip_interface(gw).ip)
+            if add:
+                reqs.append(
+                    (
+                        rtnl.RTM_NEWROUTE,
+                        rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE,
+                        rtnl.default_route_body(via, index),
+                        f"default route via {via}",
+                    )
+                )
+            else:
+                reqs.append((rtnl.RTM_DELROUTE, 0, rtnl.default_route_body(via, index), f"delete route via {via}"))
+    return reqs
+
+
+def _log_failure(what: str) -> Callable[[Any], None]:
+    def done(fut: Any) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            log.warning("%s failed: %s", what, fut.exception())
+
+    return done

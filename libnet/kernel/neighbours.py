@@ -17,15 +17,16 @@ The socket must be created inside the namespace it should act on; see
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import ipaddress
 import socket
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from libnet.kernel import rtnl
 from libnet.kernel.errors import GONE, from_errno
+from libnet.kernel.rtnl import RtnlSocket, iter_messages
 
 CHUNK = 1000
 
@@ -40,9 +41,6 @@ NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
 NTF_SELF, NTF_MASTER = 0x02, 0x04
 NDA_DST, NDA_LLADDR, NDA_IFINDEX = 1, 2, 8
 AF_BRIDGE = 7
-SOL_NETLINK = 270
-NETLINK_CAP_ACK, NETLINK_GET_STRICT_CHK = 10, 12
-_SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33
 
 _HDR = struct.Struct("=IHHII")
 _NDMSG = struct.Struct("=BBHiHBB")
@@ -159,94 +157,32 @@ def encode_fdb(seq: int, flags: int, ifindex: int, e: FdbEntry, delete: bool = F
     )
 
 
-def iter_messages(buf: bytes) -> Iterator[tuple[int, int, int, memoryview]]:
-    """Split a netlink buffer into (type, flags, seq, payload) tuples."""
-    view = memoryview(buf)
-    off, end = 0, len(buf)
-    while off + 16 <= end:
-        length, mtype, flags, seq, _pid = _HDR.unpack_from(buf, off)
-        if length < 16 or off + length > end:
-            break
-        yield mtype, flags, seq, view[off + 16 : off + length]
-        off += (length + 3) & ~3
-
-
-def _attrs(payload: memoryview, off: int) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
-    end = len(payload)
-    while off + 4 <= end:
-        alen, atype = _RTA.unpack_from(payload, off)
-        if alen < 4:
-            break
-        out[atype & 0x3FFF] = bytes(payload[off + 4 : off + alen])
-        off += (alen + 3) & ~3
-    return out
-
-
 def decode_neighbour(payload: memoryview) -> tuple[int, int, int, int, dict[int, bytes]]:
     """(family, ifindex, state, flags, attributes) of an RTM_NEWNEIGH payload."""
     fam, _p1, _p2, ifindex, state, flags, _type = _NDMSG.unpack_from(payload, 0)
-    return fam, ifindex, state, flags, _attrs(payload, _NDMSG.size)
+    return fam, ifindex, state, flags, rtnl.attrs(payload, _NDMSG.size)
 
 
 # --- the socket --------------------------------------------------------------
 
 
-class NeighbourSocket:
+class NeighbourSocket(RtnlSocket):
     """A raw rtnetlink socket for bulk neighbour and FDB programming.
 
     Create it on a thread inside the target namespace; it then acts on that
     namespace whichever thread uses it.  Not safe for concurrent use.
     """
 
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        for opt, size in ((_SO_SNDBUFFORCE, 4 << 20), (_SO_RCVBUFFORCE, 8 << 20)):
-            with contextlib.suppress(PermissionError):  # not root: keep the default buffers
-                self.sock.setsockopt(socket.SOL_SOCKET, opt, size)
-        self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-        self.sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
-        self.sock.bind((0, 0))
-        self._seq = 1
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def _next_seq(self, n: int = 1) -> int:
-        first = self._seq
-        self._seq = (self._seq + n) & 0x7FFFFFFF or 1
-        return first
-
-    def _recv(self) -> bytes:
-        try:
-            return self.sock.recv(1 << 20)
-        except OSError as exc:
-            raise from_errno(exc.errno or errno.EIO, "netlink receive") from exc
-
-    def _send_chunk(self, msgs: list[bytes], first_seq: int, last_seq: int) -> dict[int, int]:
-        """Send one chunk; return {seq: errno} of the messages that failed."""
-        self.sock.send(b"".join(msgs))
-        failed: dict[int, int] = {}
-        while True:
-            for mtype, _flags, seq, payload in iter_messages(self._recv()):
-                if mtype != NLMSG_ERROR:
-                    continue
-                (err,) = _ERR.unpack_from(payload, 0)
-                if err:
-                    failed[seq] = -err
-                if seq == last_seq:
-                    return failed
-
     def _batch(self, encode, ifindex: int, items: Sequence, flags: int) -> list[tuple[object, int]]:
         """Send ``items`` in chunks; return (item, errno) for each failure."""
         failures: list[tuple[object, int]] = []
         for start in range(0, len(items), CHUNK):
             chunk = items[start : start + CHUNK]
-            first = self._next_seq(len(chunk))
+            first = self.next_seq(len(chunk))
             msgs = [encode(first + i, flags, ifindex, item) for i, item in enumerate(chunk)]
             last = first + len(chunk) - 1
             msgs[-1] = encode(last, flags | NLM_F_ACK, ifindex, chunk[-1])
-            for seq, code in self._send_chunk(msgs, first, last).items():
+            for seq, code in self.send_chunk(msgs, last).items():
                 failures.append((chunk[seq - first], code))
         return failures
 
@@ -328,24 +264,24 @@ class NeighbourSocket:
 
     def flush_fdb(self, ifindex: int) -> None:
         """Delete all of the device's own FDB entries in one kernel call."""
-        seq = self._next_seq()
+        seq = self.next_seq()
         msg = _HDR.pack(16 + _NDMSG.size, RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK | NLM_F_BULK, seq, 0)
         msg += _NDMSG.pack(AF_BRIDGE, 0, 0, ifindex, 0, NTF_SELF, 0)
-        failed = self._send_chunk([msg], seq, seq)
+        failed = self.send_chunk([msg], seq)
         if failed and failed[seq] not in GONE:
             raise from_errno(failed[seq], "flush fdb", ifindex=ifindex)
 
     # --- dumping ------------------------------------------------------------
 
     def _dump(self, family: int, ifindex: int, by_attr: bool):
-        seq = self._next_seq()
+        seq = self.next_seq()
         if by_attr:  # neighbour dumps filter on an NDA_IFINDEX attribute
             body = _NDMSG.pack(family, 0, 0, 0, 0, 0, 0) + _RTA.pack(8, NDA_IFINDEX) + struct.pack("=I", ifindex)
         else:  # FDB dumps filter on ndm_ifindex (strict checking)
             body = _NDMSG.pack(family, 0, 0, ifindex, 0, 0, 0)
         self.sock.send(_HDR.pack(16 + len(body), RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
         while True:
-            for mtype, _flags, mseq, payload in iter_messages(self._recv()):
+            for mtype, _flags, mseq, payload in iter_messages(self.recv()):
                 if mseq != seq:
                     continue
                 if mtype == NLMSG_DONE:

@@ -28,7 +28,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from libnet.errors import BadRequest, NoSuchLink
-from libnet.kernel import netns
+from libnet.kernel import netns, rtnl
 from libnet.kernel.errors import is_gone, translate
 from libnet.kernel.neighbours import FdbEntry, Neighbour, NeighbourSocket
 
@@ -97,6 +97,7 @@ class Netlink:
         )
         self._ipr: IPRoute | None = None
         self._neigh: NeighbourSocket | None = None
+        self._rtnl: rtnl.RtnlSocket | None = None
 
     @classmethod
     def here(cls, ns: str | None = None) -> Netlink:
@@ -118,6 +119,8 @@ class Netlink:
                 self._ipr.close()
             if self._neigh is not None:
                 self._neigh.close()
+            if self._rtnl is not None:
+                self._rtnl.close()
 
         self._thread.call(shut)
         self._thread.close()
@@ -137,6 +140,13 @@ class Netlink:
         if self._neigh is None:
             self._neigh = NeighbourSocket()
         return self._neigh
+
+    @property
+    def rtnl(self) -> rtnl.RtnlSocket:
+        """The raw batching socket; only valid on the namespace thread."""
+        if self._rtnl is None:
+            self._rtnl = rtnl.RtnlSocket()
+        return self._rtnl
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         """Queue ``fn(*args)`` on the namespace thread."""
@@ -309,6 +319,56 @@ class Netlink:
             self.ipr.link("set", index=self._index(link), master=idx)
 
         self._run("set master", body, ifname=link, master=master)
+
+    def plug_veth(
+        self, name: str, peer: str, peer_ns: str, master: str, mtu: int | None = None, peer_mac: str | None = None
+    ) -> int:
+        """A veth pair in one request: ``name`` up and a port of bridge
+        ``master`` here, ``peer`` created directly inside ``peer_ns``.
+
+        The hot path of attaching a container (one kernel request instead of
+        four).  Returns the index of ``name``.
+        """
+        _check_ifname(name)
+        _check_ifname(peer)
+
+        def body() -> int:
+            master_idx = self.rtnl.link_index(master)
+            if master_idx is None:
+                raise NoSuchLink("no such bridge", ifname=master, netns=self.ns)
+            try:
+                fd = os.open(netns.path_of(peer_ns), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise netns.NoSuchNamespace("no such network namespace", netns=peer_ns) from None
+            try:
+                msg = rtnl.veth_body(name, peer, fd, mtu, master_idx, peer_mac)
+                self.rtnl.request([(rtnl.RTM_NEWLINK, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL, msg, "create veth")])
+            finally:
+                os.close(fd)
+            index = self.rtnl.link_index(name)
+            assert index is not None
+            return index
+
+        return self._run("create veth", body, ifname=name, peer=peer)
+
+    def unplug(self, link: str) -> bool:
+        """Take a port out of service at once: down and out of its bridge.
+
+        Deleting a veth takes the kernel 15-25 ms (an RCU grace period);
+        callers that need the interface to stop carrying traffic *now* unplug
+        it and delete it afterwards.  False if it does not exist.
+        """
+
+        def body() -> bool:
+            index = self.rtnl.link_index(link)
+            if index is None:
+                return False
+            self.rtnl.request(
+                [(rtnl.RTM_NEWLINK, 0, rtnl.setlink_body(index, up=False, master=0), "unplug")], ignore=frozenset({19})
+            )  # ENODEV: gone meanwhile
+            return True
+
+        return self._run("unplug link", body, ifname=link)
 
     def set_alias(self, link: str | int, alias: str) -> None:
         """Set an interface's alias (libnet marks the links it owns with it)."""

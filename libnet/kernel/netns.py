@@ -194,8 +194,53 @@ async def run_in_async(ns: str | None, fn: Callable[..., T], *args: Any) -> T:
 
 
 def open_socket(ns: str | None, family: int, type_: int, proto: int = 0) -> socket.socket:
-    """A socket created inside namespace ``ns`` (it stays bound to it)."""
-    return run_in(ns, socket.socket, family, type_, proto)
+    """A socket created inside namespace ``ns`` (it stays bound to it).
+
+    Made by one long-lived helper thread that enters ``ns``, creates the
+    socket and goes back to its home namespace: no thread start per socket.
+    If the helper ever fails to go home it stops, and a fresh one is started.
+    """
+    global _opener
+    with _opener_lock:
+        if _opener is None or not _opener.alive:
+            _opener = _SocketOpener()
+        opener = _opener
+    return opener.open(ns, family, type_, proto)
+
+
+def open_socket_future(ns: str | None, family: int, type_: int, proto: int = 0) -> Future[socket.socket]:
+    """:func:`open_socket` as a future (``asyncio.wrap_future`` awaits it)."""
+    global _opener
+    with _opener_lock:
+        if _opener is None or not _opener.alive:
+            _opener = _SocketOpener()
+        opener = _opener
+    return opener._thread.submit(opener._open, ns, family, type_, proto)
+
+
+class _SocketOpener:
+    def __init__(self) -> None:
+        self._thread = NamespaceThread(None)
+        self._home = self._thread.call(os.open, "/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self.alive = True
+
+    def open(self, ns: str | None, family: int, type_: int, proto: int) -> socket.socket:
+        return self._thread.call(self._open, ns, family, type_, proto)
+
+    def _open(self, ns: str | None, family: int, type_: int, proto: int) -> socket.socket:
+        if ns is None:
+            return socket.socket(family, type_, proto)
+        _enter(ns)
+        try:
+            return socket.socket(family, type_, proto)
+        finally:
+            if _libc.setns(self._home, _CLONE_NEWNET) != 0:
+                self.alive = False  # stranded in ns: never use this thread again
+                self._thread._queue.put(None)
+
+
+_opener: _SocketOpener | None = None
+_opener_lock = threading.Lock()
 
 
 class InlineThread:

@@ -10,12 +10,13 @@ import pytest
 
 from libnet.errors import KernelObjectExists
 from libnet.kernel import neighbours as nb
+from libnet.kernel import rtnl
 from libnet.kernel.neighbours import FLOOD_MAC, FdbEntry, Neighbour, NeighbourSocket
 
 
 def test_neighbour_message_round_trip() -> None:
     msg = nb.encode_neighbour(7, nb.NLM_F_REQUEST | nb.NLM_F_CREATE, 3, Neighbour("198.51.100.2", "02:42:c6:33:64:02"))
-    [(mtype, flags, seq, payload)] = list(nb.iter_messages(msg))
+    [(mtype, flags, seq, payload)] = list(rtnl.iter_messages(msg))
     assert (mtype, flags, seq) == (nb.RTM_NEWNEIGH, nb.NLM_F_REQUEST | nb.NLM_F_CREATE, 7)
     fam, ifindex, state, _f, attrs = nb.decode_neighbour(payload)
     assert (fam, ifindex, state) == (socket.AF_INET, 3, nb.NUD_PERMANENT)
@@ -26,7 +27,7 @@ def test_neighbour_message_round_trip() -> None:
 
 def test_fdb_message_v6_and_delete() -> None:
     msg = nb.encode_fdb(9, nb.NLM_F_REQUEST, 4, FdbEntry(FLOOD_MAC, "2001:db8:ffff::12"), delete=True)
-    [(mtype, _flags, _seq, payload)] = list(nb.iter_messages(msg))
+    [(mtype, _flags, _seq, payload)] = list(rtnl.iter_messages(msg))
     fam, ifindex, _state, flags, attrs = nb.decode_neighbour(payload)
     assert (mtype, fam, ifindex, flags) == (nb.RTM_DELNEIGH, nb.AF_BRIDGE, 4, nb.NTF_SELF)
     assert attrs[nb.NDA_DST] == socket.inet_pton(socket.AF_INET6, "2001:db8:ffff::12")
@@ -49,7 +50,7 @@ class FakeKernel:
         self.replies: list[bytes] = []
 
     def send(self, data: bytes) -> None:
-        msgs = list(nb.iter_messages(data))
+        msgs = list(rtnl.iter_messages(data))
         self.sent.append([(t, f, s) for t, f, s, _ in msgs])
         out = b""
         for _t, flags, seq, payload in msgs:
