@@ -319,6 +319,8 @@ class Controller:
         sid = id or _new_id()
         if netns is not None and (not isinstance(netns, str) or not netns.startswith("/")):
             raise BadRequest("netns must be an absolute path", netns=str(netns))
+        if await self.repo.has_sandbox(sid):
+            raise Conflict("a sandbox with that id exists", sandbox_id=sid)
         async with Rollback() as undo:
             if netns is None:
                 path = await asyncio.to_thread(self._namespaces.create, self.config.sandbox_prefix + sid[:12])

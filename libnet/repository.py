@@ -189,6 +189,10 @@ class Repository:
         pairs = await self.local.list(f"{P}/sandboxes/")
         return [Sandbox.from_data(model.decode(p.value, Sandbox.KIND)) for p in pairs]
 
+    async def has_sandbox(self, sandbox_id: str) -> bool:
+        """Whether a sandbox with exactly this id exists."""
+        return await self.local.exists(f"{P}/sandboxes/{sandbox_id}")
+
     async def sandbox(self, ref: str) -> Sandbox:
         """By id or unique id prefix."""
         try:

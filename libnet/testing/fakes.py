@@ -1,0 +1,109 @@
+"""In-memory stand-ins for the kernel side of the controller, for unit tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from libnet.driverapi import Capabilities, EndpointInfo, NetworkInfo, ReconcileReport, SandboxInfo
+from libnet.errors import InvalidOption, KernelError, KernelObjectExists
+
+
+class FakeDriver:
+    """Records what it is asked to do; ``fail_on`` makes a method raise once."""
+
+    def __init__(self, name: str = "bridge", scope: str = "local", **_: Any) -> None:
+        self.name = name
+        self.scope = scope
+        self.calls: list[tuple[str, str]] = []
+        self.networks: set[str] = set()
+        self.joined: dict[str, SandboxInfo] = {}  # endpoint id -> where
+        self.gateways: dict[str, bool] = {}
+        self.ports: set[str] = set()
+        self.fail_on: str | None = None
+
+    def _call(self, method: str, obj_id: str) -> None:
+        self.calls.append((method, obj_id))
+        if self.fail_on == method:
+            self.fail_on = None
+            raise KernelError(f"injected failure in {method}", errno=5)
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(scope=self.scope)  # type: ignore[arg-type]
+
+    def parse_network_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(options) - {"mtu"}
+        if unknown:
+            raise InvalidOption(f"unknown option(s) {sorted(unknown)}")
+        if "mtu" in options and not isinstance(options["mtu"], int):
+            raise InvalidOption("mtu must be a number")
+        return dict(options)
+
+    async def create_network(self, nw: NetworkInfo) -> None:
+        self._call("create_network", nw.id)
+        self.networks.add(nw.id)
+
+    async def delete_network(self, nw: NetworkInfo) -> None:
+        self._call("delete_network", nw.id)
+        self.networks.discard(nw.id)
+
+    async def create_endpoint(self, nw: NetworkInfo, ep: EndpointInfo) -> None:
+        self._call("create_endpoint", ep.id)
+
+    async def delete_endpoint(self, nw: NetworkInfo, ep: EndpointInfo) -> None:
+        self._call("delete_endpoint", ep.id)
+
+    async def join(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
+        self._call("join", ep.id)
+        self.joined[ep.id] = sb
+        self.gateways[ep.id] = sb.gateway
+
+    async def leave(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
+        self._call("leave", ep.id)
+        self.joined.pop(ep.id, None)
+        self.gateways.pop(ep.id, None)
+
+    async def set_gateway(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo, gateway: bool) -> None:
+        self._call("set_gateway", ep.id)
+        self.gateways[ep.id] = gateway
+
+    async def program_external_connectivity(self, nw: NetworkInfo, ep: EndpointInfo) -> None:
+        self._call("program_external_connectivity", ep.id)
+        if ep.ports:
+            self.ports.add(ep.id)
+
+    async def revoke_external_connectivity(self, nw: NetworkInfo, ep: EndpointInfo) -> None:
+        self._call("revoke_external_connectivity", ep.id)
+        self.ports.discard(ep.id)
+
+    async def reconcile(self, networks, endpoints) -> ReconcileReport:
+        report = ReconcileReport()
+        for nw in networks:
+            if nw.id not in self.networks:
+                report.missing.append(f"network {nw.id}")
+        return report
+
+    async def close(self) -> None:
+        pass
+
+
+class FakeNamespaces:
+    """Namespaces as a set of paths."""
+
+    def __init__(self) -> None:
+        self.paths: set[str] = set()
+
+    def create(self, name: str) -> str:
+        path = f"/run/netns/{name}"
+        if path in self.paths:
+            raise KernelObjectExists("namespace exists", errno=17, netns=name)
+        self.paths.add(path)
+        return path
+
+    def delete(self, path: str) -> None:
+        self.paths.discard(path)
+
+    def exists(self, path: str) -> bool:
+        return path in self.paths
+
+    def list(self, prefix: str) -> list[str]:
+        return sorted(p for p in self.paths if p.rsplit("/", 1)[-1].startswith(prefix))

@@ -1,0 +1,232 @@
+"""Controller logic with fakes: memory store, fake driver, fake namespaces."""
+
+from __future__ import annotations
+
+import pytest
+
+from ipam.ipam import StoreIpam
+from libnet import Config, Controller, SyncController
+from libnet.errors import (
+    AddressInUse,
+    BadRequest,
+    Conflict,
+    InvalidName,
+    InvalidOption,
+    KernelError,
+    NameInUse,
+    NoSuchEndpoint,
+    NoSuchNamespace,
+    NoSuchNetwork,
+    NoSuchSandbox,
+)
+from libnet.store.memory import MemoryStore
+from libnet.testing.fakes import FakeDriver, FakeNamespaces
+
+
+@pytest.fixture
+async def ctl(tmp_path):
+    store = MemoryStore()
+    c = Controller(
+        Config(state_dir=str(tmp_path), resolv_conf=str(tmp_path / "resolv.conf")),
+        store=store,
+        ipam=StoreIpam(store),
+        drivers={"bridge": FakeDriver("bridge"), "null": FakeDriver("null")},
+        namespaces=FakeNamespaces(),
+    )
+    (tmp_path / "resolv.conf").write_text("nameserver 127.0.0.53\nnameserver 198.51.100.53\nsearch example.org\n")
+    await c.start()
+    yield c
+    await c.close()
+
+
+async def _snapshot(c: Controller):
+    return [(p.key, p.value) for p in await c._store.list("libnet/")]
+
+
+async def test_network_is_dual_stack_by_default(ctl: Controller) -> None:
+    nw = await ctl.create_network("web")
+    assert nw.ipv4_subnet == "172.17.0.0/16" and nw.ipv4_gateway == "172.17.0.1/16"
+    assert nw.ipv6_subnet.startswith("fd") and nw.ipv6_subnet.endswith("/64")
+    assert ctl.driver("bridge").networks == {nw.id}
+    assert (await ctl.network("web")).id == nw.id
+    assert (await ctl.network(nw.id[:8])).name == "web"
+    v4only = await ctl.create_network("legacy", ipv6=False, ipv4_subnet="198.51.100.0/24")
+    assert v4only.ipv6_subnet is None and v4only.ipv4_gateway == "198.51.100.1/24"
+    assert [n.name for n in await ctl.networks()] == ["legacy", "web"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"name": "not_a_label"}, InvalidName),
+        ({"name": "-bad"}, InvalidName),
+        ({"name": "x" * 64}, InvalidName),
+        ({"name": "web"}, NameInUse),
+        ({"name": "WEB"}, NameInUse),
+        ({"name": "n2", "driver": "macvlan"}, InvalidOption),
+        ({"name": "n2", "options": {"colour": "blue"}}, InvalidOption),
+        ({"name": "n2", "options": {"mtu": "big"}}, InvalidOption),
+        ({"name": "n2", "labels": {"a": 1}}, InvalidOption),
+        ({"name": "n2", "internal": "yes"}, InvalidOption),
+        ({"name": "n2", "ipv4_subnet": "198.51.100.1/24"}, BadRequest),
+        ({"name": "n2", "ipv4_subnet": "172.17.1.0/24"}, Conflict),  # overlaps "web"
+        ({"name": "n2", "ipv4_gateway": "198.51.100.1"}, InvalidOption),
+        ({"name": "n2", "ipv6": False, "ipv6_subnet": "2001:db8::/64"}, InvalidOption),
+    ],
+)
+async def test_bad_network_input_changes_nothing(ctl: Controller, kwargs, error) -> None:
+    await ctl.create_network("web")
+    before = await _snapshot(ctl)
+    with pytest.raises(error):
+        await ctl.create_network(**kwargs)
+    assert await _snapshot(ctl) == before
+
+
+async def test_failed_driver_step_rolls_back(ctl: Controller) -> None:
+    before = await _snapshot(ctl)
+    ctl.driver("bridge").fail_on = "create_network"
+    with pytest.raises(KernelError):
+        await ctl.create_network("web")
+    after = [kv for kv in await _snapshot(ctl) if not kv[0].endswith("/ula48")]
+    assert after == [kv for kv in before if not kv[0].endswith("/ula48")] or all(
+        "/pools" in k and b'"pools":{}' in v for k, v in after
+    )
+    assert await ctl.ipam.audit() == []
+    await ctl.create_network("web")  # the name is free again
+
+
+async def test_endpoints_addresses_names_and_delete_rules(ctl: Controller) -> None:
+    nw = await ctl.create_network("web", ipv4_subnet="198.51.100.0/24", ipv6_subnet="2001:db8:1::/64")
+    ep = await ctl.create_endpoint("web", "app", aliases=["api"])
+    assert (ep.ipv4, ep.ipv6, ep.mac) == ("198.51.100.2/24", "2001:db8:1::2/64", "02:42:c6:33:64:02")
+    fixed = await ctl.create_endpoint("web", "db", ipv4="198.51.100.50", ipv6="2001:db8:1::50")
+    assert fixed.ipv4 == "198.51.100.50/24"
+    with pytest.raises(NameInUse):
+        await ctl.create_endpoint("web", "app")
+    with pytest.raises(AddressInUse):
+        await ctl.create_endpoint("web", "db2", ipv4="198.51.100.50")
+    with pytest.raises(NoSuchNetwork):
+        await ctl.create_endpoint("nope", "x")
+    with pytest.raises(InvalidOption):
+        await ctl.create_endpoint("web", "x", ports=[{"host_port": 0, "container_port": 80}])
+    with pytest.raises(InvalidName):
+        await ctl.create_endpoint("web", "x", aliases=["bad alias"])
+    assert (await ctl.endpoint("app", network="web")).id == ep.id
+    assert {e.name for e in await ctl.endpoints("web")} == {"app", "db"}
+
+    with pytest.raises(Conflict) as err:
+        await ctl.delete_network("web")
+    assert set(err.value.ids["endpoints"]) == {ep.id, fixed.id}
+    await ctl.delete_endpoint(ep.id)
+    await ctl.delete_endpoint("db", network="web")
+    with pytest.raises(NoSuchEndpoint):
+        await ctl.endpoint(ep.id)
+    await ctl.delete_network("web")
+    assert await ctl.ipam.audit() == []
+    assert ctl.driver("bridge").networks == set()
+    with pytest.raises(NoSuchNetwork):
+        await ctl.delete_network(nw.id)
+
+
+async def test_join_order_gateway_and_hand_over(ctl: Controller) -> None:
+    await ctl.create_network("front")
+    await ctl.create_network("back", internal=True)
+    await ctl.create_network("side")
+    sb = await ctl.create_sandbox(hostname="app")
+    e_back = await ctl.connect("back", sb.id, name="app-back")
+    e_front = await ctl.connect("front", sb.id, name="app-front")
+    e_side = await ctl.connect("side", sb.id, name="app-side")
+    assert [e.ifname for e in (e_back, e_front, e_side)] == ["eth0", "eth1", "eth2"]
+    assert [e.gateway for e in (e_back, e_front, e_side)] == [False, True, False]  # internal gives no route
+    assert (await ctl.sandbox(sb.id)).endpoints == [e_back.id, e_front.id, e_side.id]
+    hosts = (ctl.config.state_dir + f"/sandboxes/{sb.id}/hosts")
+    assert "app app-front" in open(hosts).read()
+    resolv = open(ctl.config.state_dir + f"/sandboxes/{sb.id}/resolv.conf").read()
+    assert "nameserver 198.51.100.53" in resolv and "127.0.0.53" not in resolv.split("#")[1]
+
+    await ctl.leave(e_front.id)
+    drv = ctl.driver("bridge")
+    assert drv.gateways[e_side.id] is True  # the default route moved over
+    assert (await ctl.endpoint(e_side.id)).gateway
+    again = await ctl.join(e_front.id, sb.id)
+    assert again.ifname == "eth1" and not again.gateway  # eth1 was free again
+    assert await ctl.join(e_front.id, sb.id) == again  # idempotent
+    other = await ctl.create_sandbox()
+    with pytest.raises(Conflict):
+        await ctl.join(e_front.id, other.id)
+    with pytest.raises(Conflict):
+        await ctl.delete_endpoint(e_front.id)
+
+    await ctl.delete_sandbox(sb.id)
+    assert await ctl.endpoints() == []
+    assert not ctl._namespaces.exists(sb.netns)
+    with pytest.raises(NoSuchSandbox):
+        await ctl.sandbox(sb.id)
+
+
+async def test_failed_join_leaves_nothing_and_connect_releases_addresses(ctl: Controller) -> None:
+    await ctl.create_network("web")
+    sb = await ctl.create_sandbox()
+    ep = await ctl.create_endpoint("web", "app", ports=[{"host_port": 8080, "container_port": 80}])
+    drv = ctl.driver("bridge")
+    drv.fail_on = "program_external_connectivity"
+    with pytest.raises(KernelError):
+        await ctl.join(ep.id, sb.id)
+    assert ("leave", ep.id) in drv.calls and ep.id not in drv.joined
+    assert (await ctl.endpoint(ep.id)).sandbox_id is None
+    assert (await ctl.sandbox(sb.id)).endpoints == []
+
+    before = {a.address for a in await ctl.ipam.audit()}
+    drv.fail_on = "join"
+    with pytest.raises(KernelError):
+        await ctl.connect("web", sb.id, name="second")
+    assert {a.address for a in await ctl.ipam.audit()} == before
+    assert [e.name for e in await ctl.endpoints("web")] == ["app"]
+
+
+async def test_sandboxes_new_and_existing_namespaces(ctl: Controller) -> None:
+    sb = await ctl.create_sandbox("container-1", hostname="web1")
+    assert sb.owned and ctl._namespaces.exists(sb.netns)
+    with pytest.raises(Conflict):
+        await ctl.create_sandbox("container-1")
+    with pytest.raises(BadRequest):
+        await ctl.create_sandbox("bad/id")
+    with pytest.raises(NoSuchNamespace):
+        await ctl.create_sandbox(netns="/proc/999999/ns/net")
+    with pytest.raises(BadRequest):
+        await ctl.create_sandbox(netns="relative/path")
+    path = ctl._namespaces.create("someone-elses")
+    ext = await ctl.create_sandbox(netns=path)
+    assert not ext.owned
+    await ctl.delete_sandbox(ext.id)
+    assert ctl._namespaces.exists(path)  # not ours to delete
+    assert (await ctl.sandbox("container-1")).hostname == "web1"
+
+
+async def test_restart_sees_everything_and_reconcile_reports(ctl: Controller, tmp_path) -> None:
+    nw = await ctl.create_network("web")
+    sb = await ctl.create_sandbox()
+    ep = await ctl.connect("web", sb.id)
+    leaked = ctl._namespaces.create(ctl.config.sandbox_prefix + "leaked")
+    again = Controller(ctl.config, store=ctl._store, ipam=StoreIpam(ctl._store), drivers=ctl._drivers,
+                       namespaces=ctl._namespaces)
+    await again.start()
+    assert (await again.network("web")).id == nw.id
+    assert (await again.endpoint(ep.id)).sandbox_id == sb.id
+    ctl._namespaces.delete(sb.netns)
+    report = await again.reconcile()
+    assert any(sb.id[:12] in line for line in report.missing)
+    assert report.removed == [f"sandbox namespace {leaked}"]
+    second = await again.create_endpoint("web", "more")
+    assert second.ipv4 != ep.ipv4  # the restarted IPAM knows what is taken
+
+
+def test_sync_facade(tmp_path) -> None:
+    store = MemoryStore()
+    with SyncController(Config(state_dir=str(tmp_path)), store=store, ipam=StoreIpam(store),
+                        drivers={"bridge": FakeDriver()}, namespaces=FakeNamespaces()) as ctl:
+        ctl.create_network("web")
+        sb = ctl.create_sandbox()
+        ep = ctl.connect("web", sb.id)
+        assert ep.ifname == "eth0"
+        assert [n.name for n in ctl.networks()] == ["web"]
