@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ipam.ipam import StoreIpam
@@ -139,9 +141,9 @@ async def test_join_order_gateway_and_hand_over(ctl: Controller) -> None:
     assert [e.ifname for e in (e_back, e_front, e_side)] == ["eth0", "eth1", "eth2"]
     assert [e.gateway for e in (e_back, e_front, e_side)] == [False, True, False]  # internal gives no route
     assert (await ctl.sandbox(sb.id)).endpoints == [e_back.id, e_front.id, e_side.id]
-    hosts = (ctl.config.state_dir + f"/sandboxes/{sb.id}/hosts")
-    assert "app app-front" in open(hosts).read()
-    resolv = open(ctl.config.state_dir + f"/sandboxes/{sb.id}/resolv.conf").read()
+    files = Path(ctl.config.state_dir) / "sandboxes" / sb.id
+    assert "app app-front" in (files / "hosts").read_text()
+    resolv = (files / "resolv.conf").read_text()
     assert "nameserver 198.51.100.53" in resolv and "127.0.0.53" not in resolv.split("#")[1]
 
     await ctl.leave(e_front.id)
@@ -208,8 +210,9 @@ async def test_restart_sees_everything_and_reconcile_reports(ctl: Controller, tm
     sb = await ctl.create_sandbox()
     ep = await ctl.connect("web", sb.id)
     leaked = ctl._namespaces.create(ctl.config.sandbox_prefix + "leaked")
-    again = Controller(ctl.config, store=ctl._store, ipam=StoreIpam(ctl._store), drivers=ctl._drivers,
-                       namespaces=ctl._namespaces)
+    again = Controller(
+        ctl.config, store=ctl._store, ipam=StoreIpam(ctl._store), drivers=ctl._drivers, namespaces=ctl._namespaces
+    )
     await again.start()
     assert (await again.network("web")).id == nw.id
     assert (await again.endpoint(ep.id)).sandbox_id == sb.id
@@ -223,8 +226,13 @@ async def test_restart_sees_everything_and_reconcile_reports(ctl: Controller, tm
 
 def test_sync_facade(tmp_path) -> None:
     store = MemoryStore()
-    with SyncController(Config(state_dir=str(tmp_path)), store=store, ipam=StoreIpam(store),
-                        drivers={"bridge": FakeDriver()}, namespaces=FakeNamespaces()) as ctl:
+    with SyncController(
+        Config(state_dir=str(tmp_path)),
+        store=store,
+        ipam=StoreIpam(store),
+        drivers={"bridge": FakeDriver()},
+        namespaces=FakeNamespaces(),
+    ) as ctl:
         ctl.create_network("web")
         sb = ctl.create_sandbox()
         ep = ctl.connect("web", sb.id)
