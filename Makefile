@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all deps test unit integration lint bench clean
+.PHONY: all deps demo test unit integration lint bench clean
 
 all: test
 
@@ -24,6 +24,9 @@ define run_pytest
 	$(PY) -m pytest $(1); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 endef
+
+demo: deps
+	$(PY) -m libnet.demo
 
 test: deps
 	$(call run_pytest,tests)

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ipam.pools import IpamConfig
+if TYPE_CHECKING:
+    from ipam.pools import IpamConfig
+
+
+def _default_ipam() -> IpamConfig:
+    # imported here: ipam imports libnet.errors, and libnet's package init imports this module
+    from ipam.pools import IpamConfig
+
+    return IpamConfig()
 
 
 @dataclass
@@ -26,7 +35,7 @@ class Config:
     mtu: int | None = None
     #: dual-stack by default: every network gets an IPv6 subnet unless turned off
     ipv6: bool = True
-    ipam: IpamConfig = field(default_factory=IpamConfig)
+    ipam: IpamConfig = field(default_factory=_default_ipam)
     #: the host resolver configuration sandboxes inherit
     resolv_conf: str = "/etc/resolv.conf"
     #: prefix of the namespaces libnet creates for sandboxes

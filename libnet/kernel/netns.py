@@ -155,6 +155,23 @@ def _run_on_thread(fn: Callable[..., T], *args: Any, ns: str | None = None) -> T
     return result[0]
 
 
+def preexec_enter(ns: str) -> Callable[[], None]:
+    """A ``subprocess`` ``preexec_fn`` that runs the child inside ``ns``.
+
+    Cheaper than ``ip netns exec`` (no mount namespace, no /sys remount);
+    for running tools such as CNI plugins in a test host.
+    """
+    path = path_of(ns)
+
+    def enter() -> None:
+        fd = os.open(path, os.O_RDONLY)
+        if _libc.setns(fd, _CLONE_NEWNET) != 0:
+            os._exit(127)
+        os.close(fd)
+
+    return enter
+
+
 def run_in(ns: str | None, fn: Callable[..., T], *args: Any) -> T:
     """Call ``fn(*args)`` on a fresh thread inside namespace ``ns``.
 

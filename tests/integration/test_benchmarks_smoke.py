@@ -45,3 +45,13 @@ def test_ipam_bench_quick() -> None:
     assert r["metrics"]["etcd_duplicates"] == 0
     assert r["peers"]["host_local_allocs_per_s"] > 0
     assert r["ratios"]["speedup_vs_host_local"] > 0
+
+
+@pytest.mark.root
+def test_attach_bench_quick() -> None:
+    r = _run("attach_bench")
+    for key in ("attach_ms_p50", "detach_ms_p50"):
+        assert r["metrics"][key] > 0
+    for key in ("cni_add_ms_p50", "cni_del_ms_p50"):
+        assert r["peers"][key] > 0
+    assert set(r["ratios"]) == {"attach_speedup_vs_cni", "detach_speedup_vs_cni"}
