@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Callable
 
@@ -35,10 +36,8 @@ class Agent:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writers.append(writer)
-        try:
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
             await self._loop(reader, writer)
-        except (asyncio.CancelledError, ConnectionError):
-            pass
 
     async def _loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         unpacker = msgpack.Unpacker(raw=False)
