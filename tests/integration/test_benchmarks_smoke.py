@@ -55,3 +55,13 @@ def test_attach_bench_quick() -> None:
     for key in ("cni_add_ms_p50", "cni_del_ms_p50"):
         assert r["peers"][key] > 0
     assert set(r["ratios"]) == {"attach_speedup_vs_cni", "detach_speedup_vs_cni"}
+
+
+@pytest.mark.root
+def test_gossip_bench_quick() -> None:
+    r = _run("gossip_bench")
+    for size in ("n3", "n5"):
+        m = r["metrics"][size]
+        assert m["delivered"] == m["sent"] and m["last_host_p50_ms"] > 0 and m["agent_rss_mib"] > 0
+    assert r["metrics"]["failure_detection_s"] > 0
+    assert "client_overhead_p50_ms" in r["ratios"]
