@@ -244,6 +244,13 @@ class StoreIpam:
         self._states.pop(pool_id, None)
         await model.update_json(store, f"{PREFIX}/{space}/pools", POOLS_KIND, remove)
 
+    async def pool_owners(self) -> list[tuple[str, str]]:
+        """(pool id, owner) of every pool in both spaces."""
+        out = []
+        for space in SPACES:
+            out += [(r["id"], r.get("owner", "")) for r in (await self._pools_doc(space)).values()]
+        return out
+
     async def pools(self, space: str) -> list[Pool]:
         """Every pool of an address space."""
         doc = await self._pools_doc(space)

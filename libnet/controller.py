@@ -37,6 +37,7 @@ from libnet.errors import (
     NoSuchPool,
     NotFound,
 )
+from libnet.gate import OperationGate, operation
 from libnet.model import Endpoint, Network, Sandbox, mac_from_ipv4
 from libnet.namespaces import Namespaces
 from libnet.repository import Repository
@@ -76,6 +77,7 @@ class Controller:
         self._sandbox_locks: dict[str, asyncio.Lock] = {}
         self._owned_stores: list[Any] = []
         self._resolv_cache: tuple[int, str] | None = None
+        self._gate = OperationGate()
 
     # --- life cycle -------------------------------------------------------------
 
@@ -153,6 +155,7 @@ class Controller:
 
     # --- networks ---------------------------------------------------------------
 
+    @operation
     async def create_network(
         self,
         name: str,
@@ -212,6 +215,7 @@ class Controller:
         """A network by id, name or unique id prefix."""
         return await self.repo.network(ref)
 
+    @operation
     async def delete_network(self, ref: str) -> None:
         """Delete a network without endpoints (``Conflict`` naming them otherwise)."""
         nw = await self.repo.network(ref)
@@ -233,6 +237,7 @@ class Controller:
 
     # --- endpoints --------------------------------------------------------------
 
+    @operation
     async def create_endpoint(
         self,
         network: str,
@@ -242,6 +247,7 @@ class Controller:
         ipv6: str | None = None,
         aliases: Iterable[str] = (),
         ports: Iterable[PortMapping | dict] = (),
+        _connecting: bool = False,
     ) -> Endpoint:
         """Create an endpoint with addresses from the network's pools."""
         check_name(name, "endpoint")
@@ -253,7 +259,14 @@ class Controller:
         drv = self.driver(nw.driver)
         store = self.repo.store(nw.scope)
         ep = Endpoint(
-            _new_id(), name, nw.id, mac="", aliases=aliases, ports=[m.__dict__ for m in mappings], created=time.time()
+            _new_id(),
+            name,
+            nw.id,
+            mac="",
+            aliases=aliases,
+            ports=[m.__dict__ for m in mappings],
+            connecting=_connecting,
+            created=time.time(),
         )
         async with Rollback() as undo:
             key = self.repo.endpoint_name_key(nw.id, name)
@@ -285,6 +298,7 @@ class Controller:
         nid = (await self.repo.network(network)).id if network else None
         return await self.repo.endpoint(ref, nid)
 
+    @operation
     async def delete_endpoint(self, ref: str, network: str | None = None) -> None:
         """Delete an endpoint that is not joined (``Conflict`` otherwise)."""
         ep = await self.endpoint(ref, network)
@@ -303,6 +317,7 @@ class Controller:
 
     # --- sandboxes --------------------------------------------------------------
 
+    @operation
     async def create_sandbox(
         self,
         id: str | None = None,  # noqa: A002 - the sandbox's id, as in Docker's API
@@ -344,6 +359,7 @@ class Controller:
     async def sandbox(self, ref: str) -> Sandbox:
         return await self.repo.sandbox(ref)
 
+    @operation
     async def delete_sandbox(self, ref: str) -> None:
         """Leave and delete the sandbox's endpoints, then remove it (and its namespace if libnet made it)."""
         sb = await self.repo.sandbox(ref)
@@ -389,6 +405,7 @@ class Controller:
 
     # --- join and leave ---------------------------------------------------------
 
+    @operation
     async def join(self, endpoint: str, sandbox: str) -> Endpoint:
         """Plug an endpoint into a sandbox (idempotent for the same pair)."""
         ep = await self.repo.endpoint(endpoint)
@@ -419,7 +436,7 @@ class Controller:
                 undo.push(lambda: drv.revoke_external_connectivity(ninfo, einfo), "revoke ports")
 
                 def joined(e: Endpoint) -> None:
-                    e.sandbox_id, e.ifname, e.gateway = sb.id, ifname, gateway
+                    e.sandbox_id, e.ifname, e.gateway, e.connecting = sb.id, ifname, gateway, False
 
                 ep = await self.repo.update_endpoint(ep, joined)
                 undo.push(lambda: self.repo.update_endpoint(ep, _unjoined), "unmark endpoint")
@@ -427,6 +444,7 @@ class Controller:
             await self._write_files(sb)
         return ep
 
+    @operation
     async def leave(self, endpoint: str, sandbox: str | None = None) -> Endpoint:
         """Unplug an endpoint from its sandbox; not joined is fine."""
         ep = await self.repo.endpoint(endpoint)
@@ -469,19 +487,22 @@ class Controller:
             await self.repo.update_endpoint(ep, lambda e: setattr(e, "gateway", True))
             return
 
+    @operation
     async def connect(self, network: str, sandbox: str, name: str | None = None, **endpoint_args: Any) -> Endpoint:
         """Create an endpoint on ``network`` and join it to ``sandbox`` (like ``docker network connect``).
 
         If the join fails the endpoint is deleted again, its addresses released.
         """
         sb = await self.repo.sandbox(sandbox)
-        ep = await self.create_endpoint(network, name or sb.hostname or f"ep-{sb.id[:12]}", **endpoint_args)
+        name = name or sb.hostname or f"ep-{sb.id[:12]}"
+        ep = await self.create_endpoint(network, name, _connecting=True, **endpoint_args)
         try:
             return await self.join(ep.id, sb.id)
         except BaseException:
             await self.delete_endpoint(ep.id)
             raise
 
+    @operation
     async def disconnect(self, network: str, sandbox: str) -> None:
         """Leave and delete the sandbox's endpoint on ``network``."""
         nw = await self.repo.network(network)
@@ -499,8 +520,20 @@ class Controller:
     # --- reconcile --------------------------------------------------------------
 
     async def reconcile(self) -> ReconcileReport:
-        """Make the kernel match the store: remove leaks, report what is missing."""
+        """Make store and kernel consistent after a crash or drift.
+
+        Store first: endpoints a crashed ``connect`` left half-made are
+        deleted (their addresses released), sandbox endpoint lists are
+        repaired, IPAM pools and addresses no stored object owns are
+        released, stale name reservations dropped.  Then each driver removes
+        kernel objects no stored object owns and reports missing parts.
+        """
+        async with self._gate.exclusive():
+            return await self._reconcile()
+
+    async def _reconcile(self) -> ReconcileReport:
         report = ReconcileReport()
+        await self._reconcile_store(report)
         networks = await self.repo.networks()
         endpoints = await self.repo.endpoints()
         sandboxes = {s.id: s for s in await self.repo.sandboxes()}
@@ -521,11 +554,41 @@ class Controller:
             if path not in owned:
                 await asyncio.to_thread(self._namespaces.delete, path)
                 report.removed.append(f"sandbox namespace {path}")
-        for line in report.removed:
-            log.warning("reconcile removed %s", line)
+        for line in report.removed + report.repaired:
+            log.warning("reconcile: %s", line)
         for line in report.missing:
             log.warning("reconcile: %s", line)
         return report
+
+    async def _reconcile_store(self, report: ReconcileReport) -> None:
+        for ep in await self.repo.endpoints():
+            if ep.connecting and not ep.sandbox_id:
+                await self.delete_endpoint(ep.id)
+                report.repaired.append(f"deleted endpoint {ep.name} ({ep.id[:12]}) of an unfinished connect")
+        endpoints = {e.id: e for e in await self.repo.endpoints()}
+        for sb in await self.repo.sandboxes():
+            want = [e for e in sb.endpoints if e in endpoints and endpoints[e].sandbox_id == sb.id]
+            want += [e.id for e in endpoints.values() if e.sandbox_id == sb.id and e.id not in want]
+            if want != sb.endpoints:
+                await self.repo.update_sandbox(sb, lambda s, w=want: setattr(s, "endpoints", w))
+                report.repaired.append(f"endpoint list of sandbox {sb.id[:12]}")
+        networks = {n.id for n in await self.repo.networks()}
+        if hasattr(self._ipam, "pool_owners"):
+            for pool_id, owner in await self._ipam.pool_owners():
+                if owner and owner not in networks:
+                    await self._ipam.release_pool(pool_id)
+                    report.removed.append(f"IPAM pool {pool_id} of no network")
+        for alloc in await self._ipam.audit():
+            if (
+                alloc.owner
+                and alloc.owner != "gateway"
+                and not alloc.owner.startswith("aux:")
+                and alloc.owner not in endpoints
+            ):
+                await self._release(alloc.pool_id, alloc.address)
+                report.removed.append(f"address {alloc.address} of no endpoint")
+        for key in await self.repo.stale_names(networks, set(endpoints)):
+            report.removed.append(f"name reservation {key.rsplit('/', 1)[-1]}")
 
 
 def _unjoined(e: Endpoint) -> None:

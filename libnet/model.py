@@ -170,6 +170,7 @@ class Endpoint:
     sandbox_id: str | None = None
     ifname: str | None = None  # name inside the sandbox once joined
     gateway: bool = False  # carries the sandbox's default routes
+    connecting: bool = False  # made by connect(), join not finished yet: reconcile removes it
     created: float = 0.0
 
     def to_data(self) -> dict[str, Any]:

@@ -84,6 +84,18 @@ class Repository:
     def endpoint_name_key(network_id: str, name: str) -> str:
         return f"{P}/names/endpoints/{network_id}/{name.lower()}"
 
+    async def stale_names(self, network_ids: set[str], endpoint_ids: set[str]) -> list[str]:
+        """Delete name reservations whose owner does not exist; returns their keys."""
+        gone = []
+        for store in self._stores():
+            for pair in await store.list(f"{P}/names/"):
+                owner = pair.value.decode()
+                known = network_ids if pair.key.startswith(f"{P}/names/networks/") else endpoint_ids
+                if owner not in known:
+                    await store.delete(pair.key)
+                    gone.append(pair.key)
+        return gone
+
     # --- networks ---------------------------------------------------------------
 
     async def add_network(self, nw: Network) -> None:

@@ -116,8 +116,12 @@ class Testbed:
     # --- processes --------------------------------------------------------------
 
     def spawn(self, ns: str, argv: list[str], **kw) -> subprocess.Popen:
-        """Start ``argv`` inside ``ns``; it is killed by :meth:`close`."""
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], start_new_session=True, **kw)
+        """Start ``argv`` inside ``ns``; it is killed by :meth:`close`.
+
+        Only the network namespace changes (no ``ip netns exec`` mount
+        namespace), so namespaces the process creates are visible to all.
+        """
+        proc = subprocess.Popen(argv, start_new_session=True, preexec_fn=netns.preexec_enter(ns), **kw)
         self._procs.append(proc)
         return proc
 
@@ -151,7 +155,7 @@ def _kill(proc: subprocess.Popen) -> None:
     if proc.poll() is not None:
         return
     try:
-        os.killpg(proc.pid, signal.SIGTERM)  # its own session: the ip netns exec child too
+        os.killpg(proc.pid, signal.SIGTERM)  # its own session: its children too
     except ProcessLookupError:
         return
     try:

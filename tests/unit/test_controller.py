@@ -238,3 +238,47 @@ def test_sync_facade(tmp_path) -> None:
         ep = ctl.connect("web", sb.id)
         assert ep.ifname == "eth0"
         assert [n.name for n in ctl.networks()] == ["web"]
+
+
+async def test_reconcile_cleans_up_after_a_crashed_connect(ctl: Controller) -> None:
+    await ctl.create_network("web")
+    sb = await ctl.create_sandbox()
+    good = await ctl.connect("web", sb.id, name="good")
+    # a connect that died after creating its endpoint, before the join finished
+    half = await ctl.create_endpoint("web", "half", _connecting=True)
+    # an allocation and a name reservation whose owner never got stored
+    nw = await ctl.network("web")
+    await ctl.ipam.request_address(nw.ipv4_pool, options={"owner": "f" * 64})
+    await ctl._store.put(ctl.repo.endpoint_name_key(nw.id, "ghost"), b"e" * 64)
+    report = await ctl.reconcile()
+    assert any("unfinished connect" in r for r in report.repaired)
+    assert [e.name for e in await ctl.endpoints()] == ["good"]
+    owners = {a.owner for a in await ctl.ipam.audit()}
+    assert owners == {"gateway", good.id}
+    assert not await ctl._store.exists(ctl.repo.endpoint_name_key(nw.id, "ghost"))
+    assert half.id not in (await ctl.sandbox(sb.id)).endpoints
+    assert (await ctl.reconcile()).removed == []  # a second pass finds nothing
+
+
+async def test_reconcile_waits_for_operations_in_flight(ctl: Controller) -> None:
+    import asyncio
+
+    await ctl.create_network("web")
+    drv = ctl.driver("bridge")
+    release = asyncio.Event()
+    real = drv.create_endpoint
+
+    async def slow(nw, ep):
+        await release.wait()
+        await real(nw, ep)
+
+    drv.create_endpoint = slow
+    creating = asyncio.ensure_future(ctl.create_endpoint("web", "slow"))
+    await asyncio.sleep(0.01)
+    reconciling = asyncio.ensure_future(ctl.reconcile())
+    await asyncio.sleep(0.01)
+    assert not reconciling.done()  # it waits: the endpoint's address is not yet owned by a stored endpoint
+    release.set()
+    ep = await creating
+    await reconciling
+    assert {a.owner for a in await ctl.ipam.audit()} >= {ep.id}

@@ -1,0 +1,75 @@
+"""Operations and maintenance: reconcile must not run while operations are half done.
+
+Between its steps, an operation holds state a reconcile pass would take for
+a leak (a reserved name, addresses owned by an endpoint not yet stored).
+:class:`OperationGate` lets any number of operations run together and makes
+:meth:`~OperationGate.exclusive` wait until none is in flight and hold new
+ones back meanwhile.  Operations nested in one another (``connect`` runs
+``create_endpoint`` and ``join``) count once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+_inside = contextvars.ContextVar("libnet_operation", default=False)
+
+
+class OperationGate:
+    """Shared for operations, exclusive for maintenance."""
+
+    def __init__(self) -> None:
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._open = asyncio.Event()
+        self._open.set()
+        self._maintenance = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def operation(self) -> AsyncIterator[None]:
+        if _inside.get():  # nested: already counted
+            yield
+            return
+        await self._open.wait()
+        self._active += 1
+        self._idle.clear()
+        token = _inside.set(True)
+        try:
+            yield
+        finally:
+            _inside.reset(token)
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        async with self._maintenance:
+            self._open.clear()
+            token = None
+            try:
+                await self._idle.wait()
+                token = _inside.set(True)  # maintenance may run operations itself
+                yield
+            finally:
+                if token is not None:
+                    _inside.reset(token)
+                self._open.set()
+
+
+def operation(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Run a controller method as an operation of its ``_gate``."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
+        async with self._gate.operation():
+            return await method(self, *args, **kwargs)
+
+    return wrapper
