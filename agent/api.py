@@ -1,0 +1,289 @@
+"""The agent's HTTP API (aiohttp), JSON in and out, on a unix socket.
+
+Errors are ``{"error": {"kind", "type", "message", ...ids}}`` with 400 for bad
+input (malformed JSON, unknown fields, wrong types, bodies over 1 MiB), 404
+for unknown objects, 409 for conflicts, 503 when a dependency is
+unavailable, 500 otherwise.  A rejected request changes nothing.  The routes
+are documented in ``agent/openapi.json`` (a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+import libnet
+from agent.metrics import Metrics
+from libnet.controller import Controller
+from libnet.errors import BadRequest, Conflict, KernelError, LibnetError, NotFound, Unavailable
+
+log = logging.getLogger("libnet.agent.api")
+MAX_BODY = 1 << 20
+
+Spec = dict[str, tuple[type | tuple[type, ...], bool]]  # field -> (types, required)
+
+NETWORK_CREATE: Spec = {
+    "name": (str, True),
+    "driver": (str, False),
+    "ipv4_subnet": (str, False),
+    "ipv4_gateway": (str, False),
+    "ipv6": (bool, False),
+    "ipv6_subnet": (str, False),
+    "ipv6_gateway": (str, False),
+    "internal": (bool, False),
+    "options": (dict, False),
+    "labels": (dict, False),
+}
+_ENDPOINT_FIELDS: Spec = {"ipv4": (str, False), "ipv6": (str, False), "aliases": (list, False), "ports": (list, False)}
+ENDPOINT_CREATE: Spec = {"network": (str, True), "name": (str, True), **_ENDPOINT_FIELDS}
+CONNECT: Spec = {"sandbox": (str, True), "name": (str, False), **_ENDPOINT_FIELDS}
+DISCONNECT: Spec = {"sandbox": (str, True)}
+SANDBOX_CREATE: Spec = {"id": (str, False), "netns": (str, False), "hostname": (str, False)}
+JOIN: Spec = {"endpoint": (str, True)}
+
+
+@dataclasses.dataclass
+class AgentState:
+    """What the handlers need."""
+
+    controller: Controller
+    node_name: str
+    metrics: Metrics
+    membership: Any = None  # a libnet.cluster.membership.Membership in cluster mode
+    advertise: str | None = None
+    started: float = dataclasses.field(default_factory=time.time)
+
+
+def _status(exc: LibnetError) -> int:
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, Conflict):
+        return 409
+    if isinstance(exc, BadRequest):
+        return 400
+    if isinstance(exc, Unavailable):
+        return 503
+    return 500
+
+
+def error_response(status: int, kind: str, message: str, **ids: Any) -> web.Response:
+    body = {"error": {"kind": kind, "message": message, **ids}}
+    return web.json_response(body, status=status, dumps=_dumps)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=str)
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    if dataclasses.is_dataclass(obj):
+        obj = dataclasses.asdict(obj)
+    elif isinstance(obj, list):
+        obj = [dataclasses.asdict(o) if dataclasses.is_dataclass(o) else o for o in obj]
+    return web.json_response(obj, status=status, dumps=_dumps)
+
+
+async def body_of(request: web.Request, spec: Spec) -> dict[str, Any]:
+    """The JSON body, checked against ``spec`` (BadRequest on any mismatch)."""
+    raw = await request.read()
+    try:
+        data = json.loads(raw or b"{}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object")
+    unknown = sorted(set(data) - set(spec))
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(unknown)}; known: {', '.join(spec)}", fields=unknown)
+    for name, (types, required) in spec.items():
+        if name not in data or data[name] is None:
+            if required:
+                raise BadRequest(f"field {name!r} is required", field=name)
+            data.pop(name, None)
+            continue
+        value = data[name]
+        allowed = types if isinstance(types, tuple) else (types,)
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+            names = " or ".join(t.__name__ for t in allowed).replace("str", "string").replace("dict", "object")
+            raise BadRequest(f"field {name!r} must be a {names.replace('list', 'array')}", field=name)
+    return data
+
+
+@web.middleware
+async def errors_and_metrics(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    state: AgentState = request.app["state"]
+    t = time.perf_counter()
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unknown"
+    try:
+        response = await handler(request)
+    except LibnetError as exc:
+        response = error_response(
+            _status(exc),
+            exc.kind,
+            exc.message,
+            type=type(exc).__name__,
+            **({"errno": exc.errno} if isinstance(exc, KernelError) else {}),
+            **exc.ids,
+        )
+    except web.HTTPRequestEntityTooLarge:
+        response = error_response(400, "bad_request", f"request body exceeds {MAX_BODY} bytes")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = error_response(exc.status, "http", exc.reason)
+    except Exception as exc:  # an unexpected failure: report it, keep serving
+        log.exception("internal error on %s %s", request.method, request.path)
+        response = error_response(500, "internal", f"internal error: {exc}")
+    state.metrics.observe(request.method, route, response.status, time.perf_counter() - t)
+    return response
+
+
+def make_app(state: AgentState) -> web.Application:
+    """The application with every route."""
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_and_metrics])
+    app["state"] = state
+    ctl = state.controller
+    r = app.router
+
+    async def health(request: web.Request) -> web.Response:
+        store_ok = True
+        try:
+            await ctl.repo.local.revision()
+        except LibnetError:
+            store_ok = False
+        members = await _nodes(state)
+        return _json(
+            {
+                "status": "ok" if store_ok else "degraded",
+                "store": "ok" if store_ok else "unavailable",
+                "node": state.node_name,
+                "version": libnet.__version__,
+                "uptime_s": round(time.time() - state.started, 1),
+                "cluster": state.membership is not None,
+                "members_alive": sum(m["status"] == "alive" for m in members),
+                "networks": len(await ctl.networks()),
+                "sandboxes": len(await ctl.sandboxes()),
+            },
+            200 if store_ok else 503,
+        )
+
+    async def version(request: web.Request) -> web.Response:
+        return _json({"version": libnet.__version__, "api": "v1"})
+
+    async def networks(request: web.Request) -> web.Response:
+        return _json(await ctl.networks())
+
+    async def network_create(request: web.Request) -> web.Response:
+        data = await body_of(request, NETWORK_CREATE)
+        return _json(await ctl.create_network(data.pop("name"), **data), 201)
+
+    async def network_get(request: web.Request) -> web.Response:
+        nw = await ctl.network(request.match_info["ref"])
+        eps = await ctl.endpoints(nw.id)
+        return _json({**dataclasses.asdict(nw), "endpoints": [dataclasses.asdict(e) for e in eps]})
+
+    async def network_delete(request: web.Request) -> web.Response:
+        await ctl.delete_network(request.match_info["ref"])
+        return web.Response(status=204)
+
+    async def connect(request: web.Request) -> web.Response:
+        data = await body_of(request, CONNECT)
+        sandbox = data.pop("sandbox")
+        return _json(await ctl.connect(request.match_info["ref"], sandbox, **data), 201)
+
+    async def disconnect(request: web.Request) -> web.Response:
+        data = await body_of(request, DISCONNECT)
+        await ctl.disconnect(request.match_info["ref"], data["sandbox"])
+        return web.Response(status=204)
+
+    async def endpoints(request: web.Request) -> web.Response:
+        unknown = set(request.query) - {"network"}
+        if unknown:
+            raise BadRequest(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
+        return _json(await ctl.endpoints(request.query.get("network")))
+
+    async def endpoint_create(request: web.Request) -> web.Response:
+        data = await body_of(request, ENDPOINT_CREATE)
+        network, name = data.pop("network"), data.pop("name")
+        return _json(await ctl.create_endpoint(network, name, **data), 201)
+
+    async def endpoint_get(request: web.Request) -> web.Response:
+        return _json(await ctl.endpoint(request.match_info["ref"]))
+
+    async def endpoint_delete(request: web.Request) -> web.Response:
+        await ctl.delete_endpoint(request.match_info["ref"])
+        return web.Response(status=204)
+
+    async def sandboxes(request: web.Request) -> web.Response:
+        return _json(await ctl.sandboxes())
+
+    async def sandbox_create(request: web.Request) -> web.Response:
+        data = await body_of(request, SANDBOX_CREATE)
+        return _json(await ctl.create_sandbox(data.pop("id", None), **data), 201)
+
+    async def sandbox_get(request: web.Request) -> web.Response:
+        return _json(await ctl.sandbox(request.match_info["ref"]))
+
+    async def sandbox_delete(request: web.Request) -> web.Response:
+        await ctl.delete_sandbox(request.match_info["ref"])
+        return web.Response(status=204)
+
+    async def join(request: web.Request) -> web.Response:
+        data = await body_of(request, JOIN)
+        return _json(await ctl.join(data["endpoint"], request.match_info["ref"]))
+
+    async def leave(request: web.Request) -> web.Response:
+        data = await body_of(request, JOIN)
+        return _json(await ctl.leave(data["endpoint"], request.match_info["ref"]))
+
+    async def nodes(request: web.Request) -> web.Response:
+        return _json(await _nodes(state))
+
+    async def reconcile(request: web.Request) -> web.Response:
+        report = await ctl.reconcile()
+        state.metrics.repairs(report)
+        return _json(report)
+
+    async def metrics(request: web.Request) -> web.Response:
+        body, content_type = await state.metrics.render(ctl, await _nodes(state))
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    r.add_get("/v1/health", health)
+    r.add_get("/v1/version", version)
+    r.add_get("/v1/networks", networks)
+    r.add_post("/v1/networks", network_create)
+    r.add_get("/v1/networks/{ref}", network_get)
+    r.add_delete("/v1/networks/{ref}", network_delete)
+    r.add_post("/v1/networks/{ref}/connect", connect)
+    r.add_post("/v1/networks/{ref}/disconnect", disconnect)
+    r.add_get("/v1/endpoints", endpoints)
+    r.add_post("/v1/endpoints", endpoint_create)
+    r.add_get("/v1/endpoints/{ref}", endpoint_get)
+    r.add_delete("/v1/endpoints/{ref}", endpoint_delete)
+    r.add_get("/v1/sandboxes", sandboxes)
+    r.add_post("/v1/sandboxes", sandbox_create)
+    r.add_get("/v1/sandboxes/{ref}", sandbox_get)
+    r.add_delete("/v1/sandboxes/{ref}", sandbox_delete)
+    r.add_post("/v1/sandboxes/{ref}/join", join)
+    r.add_post("/v1/sandboxes/{ref}/leave", leave)
+    r.add_get("/v1/nodes", nodes)
+    r.add_post("/v1/reconcile", reconcile)
+    r.add_get("/metrics", metrics)
+    return app
+
+
+async def _nodes(state: AgentState) -> list[dict[str, Any]]:
+    if state.membership is None:
+        return [{"name": state.node_name, "address": state.advertise or "", "port": 0, "tags": {}, "status": "alive"}]
+    try:
+        return [dataclasses.asdict(n) for n in await state.membership.members()]
+    except LibnetError as exc:
+        raise Unavailable(f"cluster membership unavailable: {exc}") from exc

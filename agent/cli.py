@@ -1,0 +1,405 @@
+"""``libnet``: the command-line client of libnet-agent, shaped like ``docker network``.
+
+Every read command takes ``--json``; ``--socket`` (or ``LIBNET_SOCKET``)
+picks the agent.  Failures print what went wrong and what to do, and exit
+non-zero: 1 for a refused request, 3 when the agent cannot be reached.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import json
+import socket
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from agent.config import DEFAULT_SOCKET
+
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True)
+
+
+class AgentError(click.ClickException):
+    """The agent refused a request."""
+
+    exit_code = 1
+
+
+class Unreachable(click.ClickException):
+    exit_code = 3
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("libnet", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+class Client:
+    """HTTP/JSON over the agent's unix socket."""
+
+    def __init__(self, path: str, timeout: float = 60) -> None:
+        self.path, self.timeout = path, timeout
+
+    def request(self, method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+        conn = _UnixConnection(self.path, self.timeout)
+        try:
+            payload = None if body is None else json.dumps(body)
+            conn.request(method, url, body=payload, headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+        except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
+            raise Unreachable(
+                f"cannot reach the libnet agent at {self.path} ({exc.strerror or exc}).\n"
+                "  Is libnet-agent running? Start it (systemctl start libnet-agent) or point --socket at it."
+            ) from None
+        except (TimeoutError, OSError) as exc:
+            raise Unreachable(f"the libnet agent at {self.path} did not answer: {exc}") from None
+        finally:
+            conn.close()
+        if resp.status >= 400:
+            try:
+                err = json.loads(data)["error"]
+            except (ValueError, KeyError, TypeError):
+                raise AgentError(f"agent answered {resp.status}: {data[:200]!r}") from None
+            raise AgentError(_explain(resp.status, err))
+        return json.loads(data) if data else None
+
+
+def _explain(status: int, err: dict[str, Any]) -> str:
+    hints = {
+        404: "check the name or id (libnet network ls, libnet sandbox ls)",
+        409: "it conflicts with what exists; inspect it, or remove the other object first",
+        400: "the request was invalid; see libnet COMMAND --help",
+        503: "a dependency is unavailable (store or cluster); try again, check libnet agent status",
+    }
+    ids = {k: v for k, v in err.items() if k not in ("kind", "message", "type")}
+    detail = f" ({', '.join(f'{k}={v}' for k, v in ids.items())})" if ids else ""
+    hint = hints.get(status, "")
+    return f"{err.get('message', 'failed')}{detail}" + (f"\n  hint: {hint}" if hint else "")
+
+
+def _client(ctx: click.Context) -> Client:
+    return ctx.obj
+
+
+def _emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _ip(cidr: str | None) -> str:
+    return str(ipaddress.ip_interface(cidr).ip) if cidr else ""
+
+
+def _kv(values: tuple[str, ...], what: str) -> dict[str, str]:
+    out = {}
+    for v in values:
+        if "=" not in v:
+            raise click.BadParameter(f"{what} must look like KEY=VALUE, got {v!r}")
+        k, _, val = v.partition("=")
+        out[k] = val
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--socket",
+    "socket_path",
+    envvar="LIBNET_SOCKET",
+    default=DEFAULT_SOCKET,
+    show_default=True,
+    help="the agent's unix socket",
+)
+@click.pass_context
+def cli(ctx: click.Context, socket_path: str) -> None:
+    """Manage libnet networks, sandboxes and endpoints through libnet-agent."""
+    ctx.obj = Client(socket_path)
+
+
+# --- networks ---------------------------------------------------------------------
+
+
+@cli.group()
+def network() -> None:
+    """Manage networks."""
+
+
+@network.command("create")
+@click.argument("name")
+@click.option("-d", "--driver", default="bridge", show_default=True)
+@click.option("--subnet", help="IPv4 subnet (default: the next free default pool)")
+@click.option("--gateway", help="IPv4 gateway (default: first address)")
+@click.option("--ipv6/--no-ipv6", default=None, help="dual-stack (default) or IPv4 only")
+@click.option("--subnet6", help="IPv6 subnet (default: a /64 of the cluster's ULA)")
+@click.option("--gateway6")
+@click.option("--internal", is_flag=True, help="no way out of the network")
+@click.option("-o", "--opt", multiple=True, help="driver option KEY=VALUE (e.g. mtu=1400, icc=false)")
+@click.option("--label", multiple=True, help="KEY=VALUE")
+@click.pass_context
+def network_create(ctx, name, driver, subnet, gateway, ipv6, subnet6, gateway6, internal, opt, label) -> None:
+    """Create a network."""
+    body = {
+        "name": name,
+        "driver": driver,
+        "ipv4_subnet": subnet,
+        "ipv4_gateway": gateway,
+        "ipv6": ipv6,
+        "ipv6_subnet": subnet6,
+        "ipv6_gateway": gateway6,
+        "internal": internal,
+        "options": _kv(opt, "an option"),
+        "labels": _kv(label, "a label"),
+    }
+    nw = _client(ctx).request("POST", "/v1/networks", {k: v for k, v in body.items() if v not in (None, {})})
+    click.echo(nw["id"])
+
+
+@network.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.option("-q", "--quiet", is_flag=True, help="only ids")
+@click.pass_context
+def network_ls(ctx, as_json, quiet) -> None:
+    """List networks."""
+    nets = _client(ctx).request("GET", "/v1/networks")
+    if as_json:
+        return _emit_json(nets)
+    if quiet:
+        return click.echo("\n".join(n["id"][:12] for n in nets))
+    t = Table(box=None)
+    for col in ("NETWORK ID", "NAME", "DRIVER", "SCOPE", "IPV4", "IPV6", "INTERNAL"):
+        t.add_column(col)
+    for n in nets:
+        t.add_row(
+            n["id"][:12],
+            n["name"],
+            n["driver"],
+            n["scope"],
+            n["ipv4_subnet"] or "",
+            n["ipv6_subnet"] or "",
+            "yes" if n["internal"] else "",
+        )
+    console.print(t)
+
+
+@network.command("inspect")
+@click.argument("refs", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_context
+def network_inspect(ctx, refs, as_json) -> None:
+    """Show networks in detail, with their endpoints."""
+    nets = [_client(ctx).request("GET", f"/v1/networks/{r}") for r in refs]
+    if as_json:
+        return _emit_json(nets)
+    for n in nets:
+        console.print(f"[bold]{n['name']}[/] {n['id']}")
+        console.print(f"  driver {n['driver']} ({n['scope']}), internal {n['internal']}, options {n['options']}")
+        console.print(f"  IPv4 {n['ipv4_subnet']} gateway {_ip(n['ipv4_gateway'])}")
+        if n["ipv6_subnet"]:
+            console.print(f"  IPv6 {n['ipv6_subnet']} gateway {_ip(n['ipv6_gateway'])}")
+        _endpoint_table(n["endpoints"])
+
+
+@network.command("rm")
+@click.argument("refs", nargs=-1, required=True)
+@click.pass_context
+def network_rm(ctx, refs) -> None:
+    """Remove networks (they must have no endpoints)."""
+    for r in refs:
+        _client(ctx).request("DELETE", f"/v1/networks/{r}")
+        click.echo(r)
+
+
+# --- connect ----------------------------------------------------------------------
+
+
+def _port(spec: str) -> dict[str, Any]:
+    proto = "tcp"
+    if "/" in spec:
+        spec, proto = spec.rsplit("/", 1)
+    parts = spec.split(":")
+    try:
+        if len(parts) == 2:
+            return {"host_port": int(parts[0]), "container_port": int(parts[1]), "protocol": proto}
+        if len(parts) == 3:
+            return {"host_ip": parts[0], "host_port": int(parts[1]), "container_port": int(parts[2]), "protocol": proto}
+    except ValueError:
+        pass
+    raise click.BadParameter(f"a port is HOST:CONTAINER[/tcp|udp] or IP:HOST:CONTAINER, got {spec!r}")
+
+
+@cli.command()
+@click.argument("network_ref")
+@click.argument("sandbox")
+@click.option("--name", help="endpoint name (default: the sandbox's hostname)")
+@click.option("--ip", help="IPv4 address")
+@click.option("--ip6", help="IPv6 address")
+@click.option("--alias", multiple=True, help="DNS alias (repeatable)")
+@click.option("-p", "--publish", multiple=True, help="HOST:CONTAINER[/tcp|udp] (repeatable)")
+@click.pass_context
+def connect(ctx, network_ref, sandbox, name, ip, ip6, alias, publish) -> None:
+    """Connect a sandbox to a network."""
+    body = {
+        "sandbox": sandbox,
+        "name": name,
+        "ipv4": ip,
+        "ipv6": ip6,
+        "aliases": list(alias) or None,
+        "ports": [_port(p) for p in publish] or None,
+    }
+    ep = _client(ctx).request(
+        "POST", f"/v1/networks/{network_ref}/connect", {k: v for k, v in body.items() if v is not None}
+    )
+    click.echo(f"{ep['ifname']} {_ip(ep['ipv4'])} {_ip(ep['ipv6'])}".strip())
+
+
+@cli.command()
+@click.argument("network_ref")
+@click.argument("sandbox")
+@click.pass_context
+def disconnect(ctx, network_ref, sandbox) -> None:
+    """Disconnect a sandbox from a network."""
+    _client(ctx).request("POST", f"/v1/networks/{network_ref}/disconnect", {"sandbox": sandbox})
+
+
+# --- sandboxes --------------------------------------------------------------------
+
+
+@cli.group()
+def sandbox() -> None:
+    """Manage sandboxes (network namespaces of containers)."""
+
+
+@sandbox.command("create")
+@click.option("--id", "sid", help="sandbox id (a container id; default random)")
+@click.option("--netns", help="an existing namespace path (/var/run/netns/NAME, /proc/PID/ns/net)")
+@click.option("--hostname")
+@click.pass_context
+def sandbox_create(ctx, sid, netns, hostname) -> None:
+    """Create a sandbox: a new namespace, or an existing one."""
+    body = {"id": sid, "netns": netns, "hostname": hostname}
+    sb = _client(ctx).request("POST", "/v1/sandboxes", {k: v for k, v in body.items() if v is not None})
+    click.echo(sb["id"])
+
+
+@sandbox.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_context
+def sandbox_ls(ctx, as_json) -> None:
+    """List sandboxes."""
+    sbs = _client(ctx).request("GET", "/v1/sandboxes")
+    if as_json:
+        return _emit_json(sbs)
+    t = Table(box=None)
+    for col in ("SANDBOX ID", "HOSTNAME", "NETNS", "ENDPOINTS"):
+        t.add_column(col)
+    for s in sbs:
+        t.add_row(s["id"][:12], s["hostname"] or "", s["netns"], str(len(s["endpoints"])))
+    console.print(t)
+
+
+@sandbox.command("rm")
+@click.argument("refs", nargs=-1, required=True)
+@click.pass_context
+def sandbox_rm(ctx, refs) -> None:
+    """Remove sandboxes (disconnecting their endpoints)."""
+    for r in refs:
+        _client(ctx).request("DELETE", f"/v1/sandboxes/{r}")
+        click.echo(r)
+
+
+# --- endpoints, nodes, agent ------------------------------------------------------
+
+
+def _endpoint_table(eps: list[dict[str, Any]]) -> None:
+    t = Table(box=None)
+    for col in ("ENDPOINT", "NAME", "SANDBOX", "IFACE", "IPV4", "IPV6", "MAC"):
+        t.add_column(col)
+    for e in eps:
+        t.add_row(
+            e["id"][:12],
+            e["name"],
+            (e["sandbox_id"] or "")[:12],
+            e["ifname"] or "",
+            _ip(e["ipv4"]),
+            _ip(e["ipv6"]),
+            e["mac"],
+        )
+    console.print(t)
+
+
+@cli.group()
+def endpoint() -> None:
+    """Inspect endpoints."""
+
+
+@endpoint.command("ls")
+@click.option("--network", "network_ref", help="only this network's endpoints")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_context
+def endpoint_ls(ctx, network_ref, as_json) -> None:
+    """List endpoints."""
+    url = "/v1/endpoints" + (f"?network={network_ref}" if network_ref else "")
+    eps = _client(ctx).request("GET", url)
+    if as_json:
+        return _emit_json(eps)
+    _endpoint_table(eps)
+
+
+@cli.group()
+def node() -> None:
+    """Inspect cluster nodes."""
+
+
+@node.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_context
+def node_ls(ctx, as_json) -> None:
+    """List the cluster's nodes."""
+    nodes = _client(ctx).request("GET", "/v1/nodes")
+    if as_json:
+        return _emit_json(nodes)
+    t = Table(box=None)
+    for col in ("NODE", "ADDRESS", "STATUS", "VTEP"):
+        t.add_column(col)
+    for n in nodes:
+        t.add_row(n["name"], n["address"], n["status"], n.get("tags", {}).get("vtep", ""))
+    console.print(t)
+
+
+@cli.group()
+def agent() -> None:
+    """Inspect the agent."""
+
+
+@agent.command("status")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_context
+def agent_status(ctx, as_json) -> None:
+    """Show whether the agent is healthy."""
+    try:
+        health = _client(ctx).request("GET", "/v1/health")
+    except AgentError as exc:
+        raise AgentError(f"the agent is not healthy: {exc.message}") from None
+    if as_json:
+        return _emit_json(health)
+    for k, v in health.items():
+        console.print(f"{k:>14}: {v}")
+
+
+def main() -> None:
+    """The ``libnet`` command."""
+    cli(prog_name="libnet")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""The agent's configuration: one dataclass from a TOML file, the
+environment and command-line flags (in rising precedence)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import socket as _socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ipam.pools import IpamConfig, PoolSpec
+from libnet.config import Config
+from libnet.errors import BadRequest
+
+DEFAULT_SOCKET = "/run/libnet/libnet.sock"
+
+
+@dataclass
+class AgentConfig:
+    """Everything libnet-agent needs; defaults work on one machine with nothing else installed."""
+
+    socket: str = DEFAULT_SOCKET
+    store: str = "sqlite:///var/lib/libnet/store.db"
+    state_dir: str = "/var/lib/libnet"
+    #: cluster mode: a shared store for global objects, and Serf gossip
+    cluster_store: str | None = None
+    node_name: str = field(default_factory=_socket.gethostname)
+    advertise: str | None = None  # this host's address for gossip and VXLAN
+    bind: str | None = None  # gossip bind address; default: advertise
+    join: list[str] = field(default_factory=list)
+    cluster_key: str | None = None  # base64 gossip encryption key
+    serf_profile: str = "lan"
+    serf_port: int = 7946
+    mtu: int | None = None
+    ipv6: bool = True
+    default_pools: list[dict[str, Any]] = field(default_factory=list)  # [{base, size}]: local IPv4 defaults
+    global_pools: list[dict[str, Any]] = field(default_factory=list)
+    log_format: str = "text"  # or json
+    log_level: str = "info"
+    reconcile_interval: float = 300.0
+
+    @property
+    def cluster_mode(self) -> bool:
+        return bool(self.cluster_store or self.join or self.advertise)
+
+    def validate(self) -> None:
+        if self.log_format not in ("text", "json"):
+            raise BadRequest("log_format must be text or json", log_format=self.log_format)
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise BadRequest("log_level must be debug, info, warning or error", log_level=self.log_level)
+        if self.cluster_mode and not self.advertise:
+            raise BadRequest("cluster mode needs --advertise ADDRESS (this host's address for gossip and VXLAN)")
+        for pools in (self.default_pools, self.global_pools):
+            for p in pools:
+                if not isinstance(p, dict) or set(p) != {"base", "size"}:
+                    raise BadRequest('a default pool is {base = "CIDR", size = PREFIXLEN}', pool=str(p))
+
+    def controller_config(self) -> Config:
+        """The library's configuration derived from this one."""
+        ipam = IpamConfig()
+        if self.default_pools:
+            ipam.local_v4 = [PoolSpec(p["base"], int(p["size"])) for p in self.default_pools]
+        if self.global_pools:
+            ipam.global_v4 = [PoolSpec(p["base"], int(p["size"])) for p in self.global_pools]
+        return Config(
+            store=self.store,
+            cluster_store=self.cluster_store,
+            state_dir=self.state_dir,
+            mtu=self.mtu,
+            ipv6=self.ipv6,
+            ipam=ipam,
+        )
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(AgentConfig)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = str(_FIELDS[name].type)
+    try:
+        if "list" in kind:
+            if isinstance(value, str):
+                return [v for v in value.split(",") if v]
+            if not isinstance(value, list):
+                raise TypeError
+            return value
+        if "bool" in kind:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise TypeError
+        if "float" in kind:
+            return float(value)
+        if "int" in kind:
+            return None if value in (None, "") else int(value)
+        return None if value is None else str(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"configuration {name!r} has an invalid value {value!r}", option=name) from None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="libnet-agent", description="libnet per-host agent")
+    p.add_argument("--config", help="TOML configuration file (also LIBNET_CONFIG)")
+    for name, f in _FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        if name == "join":
+            p.add_argument(flag, action="append", dest=name, help="address of a cluster member (repeatable)")
+        elif "bool" in str(f.type):
+            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+        elif name in ("default_pools", "global_pools"):
+            continue  # TOML only
+        else:
+            p.add_argument(flag, dest=name, default=None)
+    return p
+
+
+def load(argv: list[str], env: Mapping[str, str]) -> AgentConfig:
+    """File, then environment (``LIBNET_<NAME>``), then flags."""
+    args = parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    path = args.config or env.get("LIBNET_CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as f:
+                doc = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise BadRequest(f"cannot read configuration file {path}: {exc}") from None
+        unknown = set(doc) - set(_FIELDS)
+        if unknown:
+            raise BadRequest(f"unknown configuration key(s) in {path}: {', '.join(sorted(unknown))}")
+        values.update({k: _coerce(k, v) for k, v in doc.items()})
+    for name in _FIELDS:
+        key = "LIBNET_" + name.upper()
+        if key in env:
+            values[name] = _coerce(name, env[key])
+    for name in _FIELDS:
+        value = getattr(args, name, None)
+        if value is not None:
+            values[name] = _coerce(name, value)
+    config = AgentConfig(**values)
+    config.validate()
+    return config
+
+
+def default_env() -> Mapping[str, str]:
+    return os.environ
