@@ -27,6 +27,8 @@ log = logging.getLogger("libnet.agent.api")
 MAX_BODY = 1 << 20
 
 Spec = dict[str, tuple[type | tuple[type, ...], bool]]  # field -> (types, required)
+_TYPE_NAMES = {str: "a string", bool: "true or false", dict: "an object", list: "an array", int: "an integer"}
+STATE: web.AppKey[AgentState] = web.AppKey("state")
 
 NETWORK_CREATE: Spec = {
     "name": (str, True),
@@ -110,8 +112,8 @@ async def body_of(request: web.Request, spec: Spec) -> dict[str, Any]:
         value = data[name]
         allowed = types if isinstance(types, tuple) else (types,)
         if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
-            names = " or ".join(t.__name__ for t in allowed).replace("str", "string").replace("dict", "object")
-            raise BadRequest(f"field {name!r} must be a {names.replace('list', 'array')}", field=name)
+            names = " or ".join(_TYPE_NAMES[t] for t in allowed)
+            raise BadRequest(f"field {name!r} must be {names}", field=name)
     return data
 
 
@@ -119,7 +121,7 @@ async def body_of(request: web.Request, spec: Spec) -> dict[str, Any]:
 async def errors_and_metrics(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    state: AgentState = request.app["state"]
+    state = request.app[STATE]
     t = time.perf_counter()
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unknown"
     try:
@@ -149,7 +151,7 @@ async def errors_and_metrics(
 def make_app(state: AgentState) -> web.Application:
     """The application with every route."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_and_metrics])
-    app["state"] = state
+    app[STATE] = state
     ctl = state.controller
     r = app.router
 

@@ -1,0 +1,158 @@
+"""The agent's HTTP API with fakes: every route, errors, bad input, and the OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from agent import api
+from agent.api import AgentState, make_app
+from agent.metrics import Metrics
+from ipam.ipam import StoreIpam
+from libnet import Config, Controller
+from libnet.store.memory import MemoryStore
+from libnet.testing.fakes import FakeDriver, FakeNamespaces
+
+OPENAPI = os.path.join(os.path.dirname(api.__file__), "openapi.json")
+
+
+@pytest.fixture
+async def client(tmp_path):
+    store = MemoryStore()
+    ctl = Controller(
+        Config(state_dir=str(tmp_path)),
+        store=store,
+        ipam=StoreIpam(store),
+        drivers={"bridge": FakeDriver("bridge")},
+        namespaces=FakeNamespaces(),
+    )
+    await ctl.start()
+    app = make_app(AgentState(ctl, "node-1", Metrics(), advertise="203.0.113.11"))
+    async with TestClient(TestServer(app)) as c:
+        c.ctl = ctl
+        yield c
+
+
+async def _state(client) -> list:
+    return (
+        [(p.key, p.value) for p in await client.ctl._store.list("libnet/v1/networks/")]
+        + [(p.key, p.value) for p in await client.ctl._store.list("libnet/v1/endpoints/")]
+        + [(p.key, p.value) for p in await client.ctl._store.list("libnet/v1/sandboxes/")]
+    )
+
+
+async def test_every_route(client) -> None:
+    assert (await (await client.get("/v1/version")).json())["api"] == "v1"
+    health = await client.get("/v1/health")
+    assert health.status == 200 and (await health.json())["node"] == "node-1"
+
+    r = await client.post(
+        "/v1/networks", json={"name": "web", "ipv4_subnet": "198.51.100.0/24", "labels": {"team": "a"}}
+    )
+    assert r.status == 201
+    net = await r.json()
+    assert net["ipv4_gateway"] == "198.51.100.1/24" and net["ipv6_subnet"]
+    assert [n["name"] for n in await (await client.get("/v1/networks")).json()] == ["web"]
+
+    sb = await (await client.post("/v1/sandboxes", json={"hostname": "app"})).json()
+    assert (await client.get(f"/v1/sandboxes/{sb['id']}")).status == 200
+    assert len(await (await client.get("/v1/sandboxes")).json()) == 1
+
+    r = await client.post(
+        "/v1/networks/web/connect", json={"sandbox": sb["id"], "ports": [{"host_port": 8080, "container_port": 80}]}
+    )
+    assert r.status == 201
+    ep = await r.json()
+    assert ep["ifname"] == "eth0" and ep["ipv4"] == "198.51.100.2/24"
+    detail = await (await client.get("/v1/networks/web")).json()
+    assert [e["id"] for e in detail["endpoints"]] == [ep["id"]]
+    assert (await client.get(f"/v1/endpoints/{ep['id']}")).status == 200
+    assert len(await (await client.get("/v1/endpoints?network=web")).json()) == 1
+
+    r = await client.post(f"/v1/sandboxes/{sb['id']}/leave", json={"endpoint": ep["id"]})
+    assert r.status == 200 and (await r.json())["sandbox_id"] is None
+    r = await client.post(f"/v1/sandboxes/{sb['id']}/join", json={"endpoint": ep["id"]})
+    assert (await r.json())["sandbox_id"] == sb["id"]
+    assert (await client.post("/v1/networks/web/disconnect", json={"sandbox": sb["id"]})).status == 204
+
+    r = await client.post("/v1/endpoints", json={"network": "web", "name": "spare"})
+    assert r.status == 201
+    spare = await r.json()
+    assert (await client.delete(f"/v1/endpoints/{spare['id']}")).status == 204
+
+    nodes = await (await client.get("/v1/nodes")).json()
+    assert nodes == [{"name": "node-1", "address": "203.0.113.11", "port": 0, "tags": {}, "status": "alive"}]
+    report = await (await client.post("/v1/reconcile")).json()
+    assert report == {"removed": [], "missing": [], "repaired": []}
+    text = await (await client.get("/metrics")).text()
+    for metric in (
+        'libnet_networks{driver="bridge"} 1.0',
+        "libnet_ipam_pool_size",
+        "libnet_cluster_members",
+        "libnet_api_request_seconds_bucket",
+        "libnet_sandboxes 1.0",
+    ):
+        assert metric in text
+    assert (await client.delete(f"/v1/sandboxes/{sb['id']}")).status == 204
+    assert (await client.delete("/v1/networks/web")).status == 204
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "says"),
+    [
+        ("POST", "/v1/networks", b"{not json", 400, "malformed JSON"),
+        ("POST", "/v1/networks", b"[1, 2]", 400, "JSON object"),
+        ("POST", "/v1/networks", {"name": "x", "colour": "red"}, 400, "unknown field"),
+        ("POST", "/v1/networks", {"name": 7}, 400, "must be a string"),
+        ("POST", "/v1/networks", {"name": "x", "internal": "yes"}, 400, "must be true or false"),
+        ("POST", "/v1/networks", {"name": "x", "options": []}, 400, "must be an object"),
+        ("POST", "/v1/networks", {}, 400, "'name' is required"),
+        ("POST", "/v1/networks", {"name": "not_a_label"}, 400, "DNS label"),
+        ("POST", "/v1/networks", {"name": "web"}, 409, "already in use"),
+        ("POST", "/v1/networks", {"name": "x", "driver": "macvlan"}, 400, "unknown driver"),
+        ("POST", "/v1/networks", b"{" + b'"name": "' + b"x" * (2 << 20) + b'"}', 400, "exceeds"),
+        ("POST", "/v1/endpoints", {"network": "web", "name": "e", "ports": "80"}, 400, "must be an array"),
+        ("POST", "/v1/endpoints", {"network": "nope", "name": "e"}, 404, "no such network"),
+        ("POST", "/v1/sandboxes", {"netns": 5}, 400, "must be a string"),
+        ("POST", "/v1/networks/web/connect", {"sandbox": "nope"}, 404, "no such sandbox"),
+        ("GET", "/v1/networks/nope", None, 404, "no such network"),
+        ("GET", "/v1/endpoints?colour=red", None, 400, "unknown query"),
+        ("DELETE", "/v1/sandboxes/nope", None, 404, "no such sandbox"),
+        ("GET", "/v1/nothing-here", None, 404, "Not Found"),
+    ],
+)
+async def test_bad_requests_get_clear_errors_and_change_nothing(client, method, path, body, status, says) -> None:
+    await client.post("/v1/networks", json={"name": "web"})
+    before = await _state(client)
+    data = body if isinstance(body, bytes) else (None if body is None else json.dumps(body).encode())
+    r = await client.request(method, path, data=data, headers={"Content-Type": "application/json"})
+    assert r.status == status
+    err = (await r.json())["error"]
+    assert says in err["message"], err
+    assert {"kind", "message"} <= set(err)
+    assert await _state(client) == before
+
+
+def test_openapi_document_matches_the_routes() -> None:
+    with open(OPENAPI) as f:
+        doc = json.load(f)
+    app = make_app(AgentState(None, "n", Metrics()))  # type: ignore[arg-type]
+    routes = {(r.method.lower(), r.resource.canonical) for r in app.router.routes() if r.method != "HEAD"}
+    documented = {(m, p) for p, ops in doc["paths"].items() for m in ops if m != "parameters"}
+    assert routes == documented
+    specs = {
+        ("post", "/v1/networks"): api.NETWORK_CREATE,
+        ("post", "/v1/endpoints"): api.ENDPOINT_CREATE,
+        ("post", "/v1/sandboxes"): api.SANDBOX_CREATE,
+        ("post", "/v1/networks/{ref}/connect"): api.CONNECT,
+        ("post", "/v1/networks/{ref}/disconnect"): api.DISCONNECT,
+        ("post", "/v1/sandboxes/{ref}/join"): api.JOIN,
+    }
+    for (method, path), spec in specs.items():
+        schema = doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+        assert set(schema["properties"]) == set(spec)
+        assert set(schema.get("required", [])) == {k for k, (_, req) in spec.items() if req}
+        assert schema["additionalProperties"] is False
