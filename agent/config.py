@@ -39,6 +39,7 @@ class AgentConfig:
     ipv6: bool = True
     default_pools: list[dict[str, Any]] = field(default_factory=list)  # [{base, size}]: local IPv4 defaults
     global_pools: list[dict[str, Any]] = field(default_factory=list)
+    sandbox_prefix: str = "lns-"  # names of the namespaces libnet makes for sandboxes
     log_format: str = "text"  # or json
     log_level: str = "info"
     reconcile_interval: float = 300.0

