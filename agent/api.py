@@ -83,11 +83,16 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, default=str)
 
 
-def _json(obj: Any, status: int = 200) -> web.Response:
+def _plain(obj: Any) -> Any:
+    if hasattr(obj, "to_data"):
+        return obj.to_data()  # stored objects: a shallow dict, no deep copy
     if dataclasses.is_dataclass(obj):
-        obj = dataclasses.asdict(obj)
-    elif isinstance(obj, list):
-        obj = [dataclasses.asdict(o) if dataclasses.is_dataclass(o) else o for o in obj]
+        return dataclasses.asdict(obj)
+    return obj
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    obj = [_plain(o) for o in obj] if isinstance(obj, list) else _plain(obj)
     return web.json_response(obj, status=status, dumps=_dumps)
 
 
@@ -180,8 +185,15 @@ def make_app(state: AgentState) -> web.Application:
     async def version(request: web.Request) -> web.Response:
         return _json({"version": libnet.__version__, "api": "v1"})
 
+    listing: dict[str, Any] = {"revisions": None, "body": b""}
+
     async def networks(request: web.Request) -> web.Response:
-        return _json(await ctl.networks())
+        # the hottest read: served from the last answer while no store has changed
+        revisions = await ctl.repo.revisions()
+        if listing["revisions"] != revisions:
+            body = _dumps([n.to_data() for n in await ctl.networks()]).encode()
+            listing.update(revisions=revisions, body=body)
+        return web.Response(body=listing["body"], content_type="application/json")
 
     async def network_create(request: web.Request) -> web.Response:
         data = await body_of(request, NETWORK_CREATE)
@@ -190,7 +202,7 @@ def make_app(state: AgentState) -> web.Application:
     async def network_get(request: web.Request) -> web.Response:
         nw = await ctl.network(request.match_info["ref"])
         eps = await ctl.endpoints(nw.id)
-        return _json({**dataclasses.asdict(nw), "endpoints": [dataclasses.asdict(e) for e in eps]})
+        return _json({**nw.to_data(), "endpoints": [e.to_data() for e in eps]})
 
     async def network_delete(request: web.Request) -> web.Response:
         await ctl.delete_network(request.match_info["ref"])

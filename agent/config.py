@@ -74,6 +74,7 @@ class AgentConfig:
             mtu=self.mtu,
             ipv6=self.ipv6,
             ipam=ipam,
+            sandbox_prefix=self.sandbox_prefix,
         )
 
 

@@ -117,11 +117,25 @@ async def update_json(
 # --- the stored objects -----------------------------------------------------------
 
 
+_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _names(cls: type) -> tuple[str, ...]:
+    names = _NAMES.get(cls)
+    if names is None:
+        names = _NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
 def _fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     """Only the fields ``cls`` knows: documents written by a newer libnet with
     extra fields of the same schema still load."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in data.items() if k in names}
+    return {k: data[k] for k in _names(cls) if k in data}
+
+
+def to_data(obj: Any) -> dict[str, Any]:
+    """A stored object as a plain dict (shallow: nested values are JSON-ready already)."""
+    return {k: getattr(obj, k) for k in _names(type(obj))}
 
 
 @dataclass
@@ -146,7 +160,7 @@ class Network:
     created: float = 0.0
 
     def to_data(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return to_data(self)
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> Network:
@@ -174,7 +188,7 @@ class Endpoint:
     created: float = 0.0
 
     def to_data(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return to_data(self)
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> Endpoint:
@@ -195,7 +209,7 @@ class Sandbox:
     created: float = 0.0
 
     def to_data(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return to_data(self)
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> Sandbox:

@@ -33,6 +33,16 @@ class Repository:
 
     def __init__(self, local: Store, cluster: Store) -> None:
         self.local, self.cluster = local, cluster
+        self._decoded: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}  # (kind, key) -> (revision, data)
+
+    def _data(self, pair: Any, kind: str) -> dict[str, Any]:
+        """The decoded document of a pair, decoded once per revision."""
+        cached = self._decoded.get((kind, pair.key))
+        if cached is not None and cached[0] == pair.revision:
+            return cached[1]
+        data = model.decode(pair.value, kind)
+        self._decoded[(kind, pair.key)] = (pair.revision, data)
+        return data
 
     def store(self, scope: str) -> Store:
         return self.cluster if scope == "global" else self.local
@@ -40,13 +50,17 @@ class Repository:
     def _stores(self) -> list[Store]:
         return [self.local] if self.cluster is self.local else [self.local, self.cluster]
 
-    @staticmethod
-    async def _get(store: Store, key: str, cls: type[T]) -> T | None:
+    def _forget(self, prefix: str, kind: str, present: set[str]) -> None:
+        """Drop cached documents of keys that a full listing no longer shows."""
+        for cached in [k for k in self._decoded if k[0] == kind and k[1].startswith(prefix) and k[1] not in present]:
+            del self._decoded[cached]
+
+    async def _get(self, store: Store, key: str, cls: type[T]) -> T | None:
         try:
             pair = await store.get(key)
         except KeyNotFound:
             return None
-        return cls.from_data(model.decode(pair.value, cls.KIND))
+        return cls.from_data(self._data(pair, cls.KIND))
 
     @staticmethod
     async def _create(store: Store, key: str, obj: Network | Endpoint | Sandbox) -> None:
@@ -66,6 +80,10 @@ class Repository:
 
         await model.update_json(store, key, cls.KIND, apply)
         return result[0]
+
+    async def revisions(self) -> tuple[int, ...]:
+        """The revisions of the stores: unchanged means nothing was written."""
+        return tuple([await store.revision() for store in self._stores()])
 
     # --- names ------------------------------------------------------------------
 
@@ -104,8 +122,9 @@ class Repository:
     async def networks(self) -> list[Network]:
         out: list[Network] = []
         for store in self._stores():
-            for pair in await store.list(f"{P}/networks/"):
-                out.append(Network.from_data(model.decode(pair.value, Network.KIND)))
+            pairs = await store.list(f"{P}/networks/")
+            out += [Network.from_data(self._data(pair, Network.KIND)) for pair in pairs]
+            self._forget(f"{P}/networks/", Network.KIND, {p.key for p in pairs})
         return sorted(out, key=lambda n: n.name)
 
     async def network(self, ref: str) -> Network:
@@ -147,8 +166,9 @@ class Repository:
         out: list[Endpoint] = []
         prefix = f"{P}/endpoints/" + (f"{network_id}/" if network_id else "")
         for store in self._stores():
-            for pair in await store.list(prefix):
-                out.append(Endpoint.from_data(model.decode(pair.value, Endpoint.KIND)))
+            pairs = await store.list(prefix)
+            out += [Endpoint.from_data(self._data(pair, Endpoint.KIND)) for pair in pairs]
+            self._forget(prefix, Endpoint.KIND, {p.key for p in pairs})
         return sorted(out, key=lambda e: (e.network_id, e.name))
 
     async def _endpoint_key(self, ref: str) -> tuple[Store, str] | None:
@@ -199,7 +219,8 @@ class Repository:
 
     async def sandboxes(self) -> list[Sandbox]:
         pairs = await self.local.list(f"{P}/sandboxes/")
-        return [Sandbox.from_data(model.decode(p.value, Sandbox.KIND)) for p in pairs]
+        self._forget(f"{P}/sandboxes/", Sandbox.KIND, {p.key for p in pairs})
+        return [Sandbox.from_data(self._data(p, Sandbox.KIND)) for p in pairs]
 
     async def has_sandbox(self, sandbox_id: str) -> bool:
         """Whether a sandbox with exactly this id exists."""

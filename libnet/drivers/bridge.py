@@ -22,19 +22,19 @@ Host-side veths are named ``lnv`` + the endpoint id's first 12 hex digits,
 which is how reconcile tells libnet's veths (and their owners) apart.  On
 failure the done steps are undone: deleting the host side of the veth
 removes both ends.  A leave unplugs the veth at once (down, out of the
-bridge) and lets the kernel's slow deletion follow on the ordered host
-thread.
+bridge, into a "dead" link group), renames the sandbox side out of the
+way, and lets a reaper thread delete the group in one request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import logging
 import socket
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from libnet.driverapi import (
@@ -44,7 +44,7 @@ from libnet.driverapi import (
     ReconcileReport,
     SandboxInfo,
 )
-from libnet.errors import BadRequest, Conflict, InvalidOption, KernelObjectExists, NoSuchLink
+from libnet.errors import BadRequest, Conflict, InvalidOption, KernelObjectExists, LibnetError, NoSuchLink
 from libnet.kernel import netns, rtnl, sysctl
 from libnet.kernel.firewall import Firewall, internal_rules, isolation_rules, masquerade_rule, port_rules
 from libnet.kernel.netlink import IFNAMSIZ, Netlink
@@ -54,6 +54,8 @@ log = logging.getLogger("libnet.drivers.bridge")
 _NETLINK = (socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
 
 NET_ALIAS = "libnet:net:"
+#: the link group of unplugged veths waiting to be deleted together ("ln" in ASCII)
+DEAD_GROUP = 0x6C6E
 EP_ALIAS = "libnet:ep:"
 DEFAULT_MTU = 1500
 
@@ -98,7 +100,7 @@ class BridgeDriver:
         self._fw: Firewall | None = None
         self._mtus: dict[str, int] = {}  # bridge -> MTU, read once
         self._reaper_nl: Netlink | None = None
-        self._pending: dict[str, list[Future[None]]] = {}  # sandbox id -> veth deletions under way
+        self._reap_queued = False
 
     def capabilities(self) -> Capabilities:
         return Capabilities(scope="local")
@@ -164,7 +166,6 @@ class BridgeDriver:
             if handle is not None:
                 await asyncio.to_thread(handle.close)  # closing waits for queued deletions
         self._nl = self._reaper_nl = self._fw = None
-        self._pending.clear()
 
     def _mtu(self, nw: NetworkInfo) -> int:
         return nw.options.get("mtu") or self.default_mtu or self.nl.uplink_mtu() or DEFAULT_MTU
@@ -253,8 +254,6 @@ class BridgeDriver:
                     nl.delete_link(host_if)
                     raise
 
-        for deletion in self._pending.pop(sb.id, []):
-            await asyncio.wrap_future(deletion)
         await self._host(plug)
         try:
             sock = await asyncio.wrap_future(netns.open_socket_future(sb.netns, *_NETLINK))
@@ -266,13 +265,32 @@ class BridgeDriver:
 
     async def leave(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
         host_if = host_ifname(ep)
-        # unplugged now; the kernel's slow delete follows on the reaper thread,
-        # and a later join into this sandbox waits for it (its ethN may clash)
-        if await self._host(lambda: self.nl.unplug(host_if)):
-            deletion = self.reaper.submit(self.reaper.delete_link, host_if)
-            deletion.add_done_callback(_log_failure(f"delete {host_if}"))
-            pending = self._pending.setdefault(sb.id, [])
-            pending[:] = [f for f in pending if not f.done()] + [deletion]
+        # Deleting a veth costs the kernel an RCU grace period (15-25 ms).  So:
+        # free the sandbox's interface name now (down + renamed, so a new join
+        # can take ethN again at once), unplug the host side now (down, out of
+        # the bridge, into the "dead" link group), and let the reaper delete
+        # the whole group in one request later -- one grace period for many.
+        if sb.netns:
+            with contextlib.suppress(LibnetError, OSError):
+                sock = await asyncio.wrap_future(netns.open_socket_future(sb.netns, *_NETLINK))
+                with rtnl.RtnlSocket(sock) as r:
+                    index = r.link_index(sb.ifname)
+                    if index is not None:
+                        msg = rtnl.setlink_body(index, up=False, name="lnx" + ep.id[: IFNAMSIZ - 3])
+                        r.request([(rtnl.RTM_NEWLINK, 0, msg, "retire interface")], ignore=frozenset({19}))
+        if await self._host(lambda: self.nl.unplug(host_if, group=DEAD_GROUP)):
+            self._schedule_reaping()
+
+    def _schedule_reaping(self) -> None:
+        if self._reap_queued:
+            return  # the queued pass will take this one too
+        self._reap_queued = True
+
+        def reap() -> None:
+            self._reap_queued = False  # unplugged from now on: another pass
+            self.reaper.delete_group(DEAD_GROUP)
+
+        self.reaper.submit(reap).add_done_callback(_log_failure("delete unplugged veths"))
 
     async def set_gateway(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo, gateway: bool) -> None:
         sock = await asyncio.wrap_future(netns.open_socket_future(sb.netns, *_NETLINK))

@@ -351,24 +351,34 @@ class Netlink:
 
         return self._run("create veth", body, ifname=name, peer=peer)
 
-    def unplug(self, link: str) -> bool:
-        """Take a port out of service at once: down and out of its bridge.
+    def unplug(self, link: str, group: int | None = None) -> bool:
+        """Take a port out of service at once: down, out of its bridge, and
+        (optionally) into link ``group`` for a later :meth:`delete_group`.
 
         Deleting a veth takes the kernel 15-25 ms (an RCU grace period);
         callers that need the interface to stop carrying traffic *now* unplug
-        it and delete it afterwards.  False if it does not exist.
+        it and delete it afterwards, many at once.  False if it does not exist.
         """
 
         def body() -> bool:
             index = self.rtnl.link_index(link)
             if index is None:
                 return False
-            self.rtnl.request(
-                [(rtnl.RTM_NEWLINK, 0, rtnl.setlink_body(index, up=False, master=0), "unplug")], ignore=frozenset({19})
-            )  # ENODEV: gone meanwhile
+            msg = rtnl.setlink_body(index, up=False, master=0, group=group)
+            self.rtnl.request([(rtnl.RTM_NEWLINK, 0, msg, "unplug")], ignore=frozenset({19}))  # ENODEV: gone
             return True
 
         return self._run("unplug link", body, ifname=link)
+
+    def delete_group(self, group: int) -> None:
+        """Delete every link in ``group`` in one request (one grace period for all)."""
+        self._run(
+            "delete link group",
+            lambda: self.rtnl.request(
+                [(rtnl.RTM_DELLINK, 0, rtnl.delgroup_body(group), "delete group")], ignore=frozenset({19, 2})
+            ),
+            group=group,
+        )  # ENODEV, ENOENT: nothing in it
 
     def set_alias(self, link: str | int, alias: str) -> None:
         """Set an interface's alias (libnet marks the links it owns with it)."""

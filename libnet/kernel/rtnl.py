@@ -32,7 +32,7 @@ NLM_F_DUMP = 0x300
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR = 20
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 10, 18, 28
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_GROUP, IFLA_NET_NS_FD = 1, 3, 4, 10, 18, 27, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 IFA_F_NODAD = 0x02
@@ -142,12 +142,23 @@ def veth_body(
     return b"".join(parts)
 
 
-def setlink_body(index: int, up: bool | None = None, master: int | None = None) -> bytes:
-    """RTM_NEWLINK body changing an existing link: up/down, master (0 = none)."""
+def setlink_body(
+    index: int, up: bool | None = None, master: int | None = None, group: int | None = None, name: str | None = None
+) -> bytes:
+    """RTM_NEWLINK body changing an existing link: up/down, master (0 = none), group, name."""
     body = ifinfo(index, IFF_UP if up else 0, IFF_UP if up is not None else 0)
     if master is not None:
         body += u32(IFLA_MASTER, master)
+    if group is not None:
+        body += u32(IFLA_GROUP, group)
+    if name is not None:
+        body += cstr(IFLA_IFNAME, name)
     return body
+
+
+def delgroup_body(group: int) -> bytes:
+    """RTM_DELLINK body deleting every link of a group at once (one kernel grace period for all)."""
+    return ifinfo(0) + u32(IFLA_GROUP, group)
 
 
 def addr_body(index: int, cidr: str, nodad: bool = False) -> bytes:

@@ -21,6 +21,7 @@ another process's write lock, which keeps the event loop free.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import time
@@ -154,7 +155,10 @@ class SQLiteStore(LogWatchMixin):
             raise
         self._writes += 1
         if self._writes % 1000 == 0:
-            self._prune(db)
+            # after the commit: an error here must not make the caller retry a
+            # write that already happened (a busy database is pruned next time)
+            with contextlib.suppress(sqlite3.OperationalError):
+                self._prune(db)
         return result
 
     @staticmethod

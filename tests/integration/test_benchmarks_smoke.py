@@ -65,3 +65,10 @@ def test_gossip_bench_quick() -> None:
         assert m["delivered"] == m["sent"] and m["last_host_p50_ms"] > 0 and m["agent_rss_mib"] > 0
     assert r["metrics"]["failure_detection_s"] > 0
     assert "client_overhead_p50_ms" in r["ratios"]
+
+
+@pytest.mark.root
+def test_api_bench_quick() -> None:
+    r = _run("api_bench")
+    for key in ("list_networks_rps", "list_networks_p99_ms", "connect_disconnect_rps", "connect_disconnect_p99_ms"):
+        assert r["metrics"][key] > 0

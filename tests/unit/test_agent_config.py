@@ -1,0 +1,81 @@
+"""Agent configuration: file, environment, flags; bad values named clearly."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.config import AgentConfig, load
+from libnet.errors import BadRequest
+
+
+def test_defaults_need_nothing() -> None:
+    c = load([], {})
+    assert (c.socket, c.store, c.state_dir) == (
+        "/run/libnet/libnet.sock",
+        "sqlite:///var/lib/libnet/store.db",
+        "/var/lib/libnet",
+    )
+    assert not c.cluster_mode and c.ipv6
+
+
+def test_precedence_file_env_flags(tmp_path) -> None:
+    f = tmp_path / "agent.toml"
+    f.write_text(
+        'log_level = "debug"\nstate_dir = "/from/file"\nmtu = 1400\n'
+        'default_pools = [{base = "198.18.0.0/15", size = 24}]\n'
+    )
+    c = load(
+        ["--config", str(f), "--state-dir", "/from/flag", "--no-ipv6"],
+        {"LIBNET_STATE_DIR": "/from/env", "LIBNET_LOG_FORMAT": "json"},
+    )
+    assert (c.log_level, c.state_dir, c.log_format, c.mtu, c.ipv6) == ("debug", "/from/flag", "json", 1400, False)
+    cc = c.controller_config()
+    assert cc.ipam.local_v4[0].base == "198.18.0.0/15" and cc.mtu == 1400 and not cc.ipv6
+
+
+def test_cluster_flags() -> None:
+    c = load(
+        [
+            "--advertise",
+            "203.0.113.11",
+            "--join",
+            "203.0.113.12",
+            "--join",
+            "203.0.113.13",
+            "--cluster-store",
+            "etcd://203.0.113.20:2379",
+        ],
+        {},
+    )
+    assert c.cluster_mode and c.join == ["203.0.113.12", "203.0.113.13"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "says"),
+    [
+        (["--log-format", "xml"], {}, "log_format"),
+        (["--mtu", "big"], {}, "'mtu'"),
+        ([], {"LIBNET_IPV6": "maybe"}, "'ipv6'"),
+        (["--join", "203.0.113.12"], {}, "--advertise"),
+    ],
+)
+def test_bad_values(argv, env, says) -> None:
+    with pytest.raises(BadRequest) as err:
+        load(argv, env)
+    assert says in str(err.value)
+
+
+def test_unknown_key_in_file(tmp_path) -> None:
+    f = tmp_path / "agent.toml"
+    f.write_text('colour = "blue"\n')
+    with pytest.raises(BadRequest) as err:
+        load(["--config", str(f)], {})
+    assert "colour" in str(err.value)
+    assert isinstance(AgentConfig(), AgentConfig)
+
+
+def test_the_shipped_example_loads() -> None:
+    import os
+
+    example = os.path.join(os.path.dirname(__file__), "..", "..", "contrib", "agent.toml")
+    assert load(["--config", example], {}).reconcile_interval == 300.0
