@@ -1,25 +1,27 @@
-"""``make demo``: a dual-stack bridge network with three containers, in a test host.
+"""``make demo``: libnet-agent and the ``libnet`` CLI build a dual-stack network.
 
-Everything happens inside namespaces this run creates (a "host" namespace and
-one per container) and is removed on exit, also on Ctrl-C; nothing touches
-the machine's own network.  Run as root: ``sudo make demo``.
+In a test host (a network namespace) this starts a libnet-agent, then drives
+it only through the ``libnet`` command line, printing each command: a
+dual-stack bridge network with three containers (sandboxes), their addresses,
+IPv4 and IPv6 pings between them, and a fourth container on a second network
+that cannot reach them.  Everything is removed on exit, also on Ctrl-C;
+nothing touches the machine's own network.  Run as root: ``sudo make demo``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
+import json
 import os
 import re
 import signal
 import sys
 import tempfile
-import time
 
 from rich.console import Console
 from rich.table import Table
 
-from libnet import Config, Controller
+from libnet.testing.agents import AgentProcess
 from libnet.testing.hosts import Testbed
 
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -29,53 +31,45 @@ def _ip(cidr: str) -> str:
     return str(ipaddress.ip_interface(cidr).ip)
 
 
-def _ping(bed: Testbed, netns: str, addr: str) -> tuple[bool, str]:
-    r = bed.run(os.path.basename(netns), ["ping", "-c", "1", "-W", "1", addr], timeout=10)
-    rtt = re.search(r"time=([\d.]+) ms", r.stdout)
-    return r.returncode == 0, f"{rtt.group(1)} ms" if rtt else "no reply"
+class Demo:
+    def __init__(self, bed: Testbed, state: str) -> None:
+        self.bed = bed
+        self.agent = AgentProcess(bed, bed.hosts[0], "--log-level", "warning", state_dir=state)
 
+    def libnet(self, *args: str, show: bool = True) -> str:
+        """Run the CLI like a user would, and show it."""
+        if show:
+            console.print(f"[bold cyan]$ libnet {' '.join(args)}[/]")
+        r = self.agent.cli(*args)
+        if r.returncode != 0:
+            raise RuntimeError(f"libnet {' '.join(args)} failed: {r.stderr.strip()}")
+        if show and r.stdout.strip() and "--json" not in args:
+            console.print(r.stdout.rstrip(), highlight=False)
+        return r.stdout
 
-async def run(bed: Testbed, state: str) -> bool:
-    config = Config(
-        store=f"sqlite://{state}/store.db",
-        state_dir=state,
-        host_netns=bed.hosts[0].ns,
-        sandbox_prefix=bed.prefix + "sb-",
-    )
-    ok = True
-    async with Controller(config) as ctl:
-        with console.status("creating network [bold]demo[/] (dual-stack bridge)"):
-            net = await ctl.create_network("demo", ipv4_subnet="198.51.100.0/24", ipv6_subnet="2001:db8:100::/64")
-            other = await ctl.create_network(
-                "elsewhere", ipv4_subnet="198.51.101.0/24", ipv6_subnet="2001:db8:101::/64"
-            )
-        console.print(
-            f"network [bold]{net.name}[/] {net.ipv4_subnet} + {net.ipv6_subnet}, "
-            f"gateway {_ip(net.ipv4_gateway)} / {_ip(net.ipv6_gateway)}"
-        )
+    def ping(self, netns: str, addr: str) -> tuple[bool, str]:
+        r = self.bed.run(os.path.basename(netns), ["ping", "-c", "1", "-W", "1", addr], timeout=10)
+        rtt = re.search(r"time=([\d.]+) ms", r.stdout)
+        return r.returncode == 0, f"{rtt.group(1)} ms" if rtt else "no reply"
 
-        rows = []
-        for name in ("alpha", "bravo", "charlie"):
-            t = time.perf_counter()
-            sb = await ctl.create_sandbox(hostname=name)
-            ep = await ctl.connect("demo", sb.id, name=name)
-            rows.append((name, sb, ep, (time.perf_counter() - t) * 1000))
-        loner = await ctl.create_sandbox(hostname="delta")
-        ep_d = await ctl.connect("elsewhere", loner.id, name="delta")
-        rows.append(("delta", loner, ep_d, 0.0))
+    def run(self) -> bool:
+        with console.status("starting libnet-agent in the test host"):
+            self.agent.start()
+        console.print(f"libnet-agent runs in [bold]{self.bed.hosts[0].ns}[/], socket {self.agent.socket}")
+        self.libnet("network", "create", "demo", "--subnet", "198.51.100.0/24", "--subnet6", "2001:db8:100::/64")
+        self.libnet("network", "create", "elsewhere", "--subnet", "198.51.101.0/24", "--subnet6", "2001:db8:101::/64")
+        names = {}
+        for name in ("alpha", "bravo", "charlie", "delta"):
+            sid = self.libnet("sandbox", "create", "--hostname", name).strip()
+            names[name] = sid
+            self.libnet("connect", "elsewhere" if name == "delta" else "demo", sid[:12])
+        self.libnet("network", "inspect", "demo")
+        eps = {e["sandbox_id"]: e for e in json.loads(self.libnet("endpoint", "ls", "--json", show=False))}
+        sbs = {s["id"]: s for s in json.loads(self.libnet("sandbox", "ls", "--json", show=False))}
 
-        table = Table(title="sandboxes", title_justify="left")
-        for col in ("sandbox", "network", "iface", "IPv4", "IPv6", "MAC", "attach"):
-            table.add_column(col)
-        for name, _sb, ep, ms in rows:
-            nw = net.name if ep.network_id == net.id else other.name
-            table.add_row(name, nw, ep.ifname, _ip(ep.ipv4), _ip(ep.ipv6), ep.mac, f"{ms:.1f} ms" if ms else "")
-        console.print(table)
-
-        checks = Table(title="reachability", title_justify="left")
+        checks = Table(title="reachability (ping from inside the sandboxes)", title_justify="left")
         for col in ("from", "to", "address", "expected", "result"):
             checks.add_column(col)
-        by_name = {name: (sb, ep) for name, sb, ep, _ in rows}
         plan = [
             ("alpha", "bravo", "ipv4", True),
             ("alpha", "charlie", "ipv6", True),
@@ -84,21 +78,19 @@ async def run(bed: Testbed, state: str) -> bool:
             ("delta", "alpha", "ipv4", False),
             ("delta", "bravo", "ipv6", False),
         ]
+        ok = True
         for src, dst, fam, expected in plan:
-            addr = _ip(getattr(by_name[dst][1], fam))
-            reached, detail = _ping(bed, by_name[src][0].netns, addr)
+            addr = _ip(eps[names[dst]][fam])
+            reached, detail = self.ping(sbs[names[src]]["netns"], addr)
             good = reached == expected
             ok &= good
             verdict = ("[green]✔[/] " if good else "[red]✘[/] ") + (detail if reached else "blocked")
             checks.add_row(src, dst, addr, "reach" if expected else "isolated", verdict)
         console.print(checks)
 
-        with console.status("removing sandboxes and networks"):
-            for _, sb, _, _ in rows:
-                await ctl.delete_sandbox(sb.id)
-            await ctl.delete_network("demo")
-            await ctl.delete_network("elsewhere")
-    return ok
+        self.libnet("sandbox", "rm", *(sid[:12] for sid in names.values()))
+        self.libnet("network", "rm", "demo", "elsewhere")
+        return ok
 
 
 def main() -> int:
@@ -110,7 +102,11 @@ def main() -> int:
     try:
         with Testbed(1) as bed, tempfile.TemporaryDirectory(prefix="libnet-demo-") as state:
             console.print(f"test host [bold]{bed.hosts[0].ns}[/] (a network namespace; removed on exit)")
-            ok = asyncio.run(run(bed, state))
+            demo = Demo(bed, state)
+            try:
+                ok = demo.run()
+            finally:
+                demo.agent.stop()
     except KeyboardInterrupt:
         console.print("\n[yellow]interrupted: everything this demo created has been removed[/]")
         return 130
