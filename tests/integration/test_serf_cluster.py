@@ -157,6 +157,15 @@ async def test_key_rotation_and_wrong_key(bed: Testbed, tmp_path) -> None:
     agents = await _start(bed, tmp_path, new_key(), hosts=bed.hosts[:3])
     try:
         await _converged(agents[0], 3)
+        client = agents[0].client
+        alive = await client.members_filtered(status="alive", name="h[12]")
+        assert sorted(m.name for m in alive) == ["h1", "h2"]
+        assert [m.name for m in await client.members_filtered(tags={"vtep": bed.hosts[2].ipv4})] == ["h3"]
+        logs = client.monitor("DEBUG")
+        first_line = asyncio.ensure_future(anext(logs))
+        await client.tags({"role": "edge"})  # makes the agent log something
+        assert isinstance(await asyncio.wait_for(first_line, 10), str)
+        await logs.aclose()
         ms = [SerfMembership(a.client) for a in agents]
         fresh = new_key()
         await ms[0].rotate_key(fresh)
