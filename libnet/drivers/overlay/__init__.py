@@ -1,0 +1,1 @@
+"""The overlay driver: multi-host VXLAN networks (see driver.py)."""
