@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -40,3 +41,8 @@ class Config:
     resolv_conf: str = "/etc/resolv.conf"
     #: prefix of the namespaces libnet creates for sandboxes
     sandbox_prefix: str = "lns-"
+    #: this host's name in the cluster, and its VTEP address (IPv4 or IPv6) for overlays
+    node_name: str = field(default_factory=socket.gethostname)
+    vtep: str | None = None
+    #: prefix of the per-network overlay namespaces (<prefix><vni>)
+    overlay_prefix: str = "lno-"

@@ -266,6 +266,7 @@ class Controller:
             aliases=aliases,
             ports=[m.__dict__ for m in mappings],
             connecting=_connecting,
+            node=self.config.node_name,
             created=time.time(),
         )
         async with Rollback() as undo:
@@ -561,8 +562,9 @@ class Controller:
         return report
 
     async def _reconcile_store(self, report: ReconcileReport) -> None:
+        # only this host's objects: other hosts' operations may be in flight on shared global ones
         for ep in await self.repo.endpoints():
-            if ep.connecting and not ep.sandbox_id:
+            if ep.connecting and not ep.sandbox_id and ep.node == self.config.node_name:
                 await self.delete_endpoint(ep.id)
                 report.repaired.append(f"deleted endpoint {ep.name} ({ep.id[:12]}) of an unfinished connect")
         endpoints = {e.id: e for e in await self.repo.endpoints()}
@@ -575,7 +577,8 @@ class Controller:
         networks = {n.id for n in await self.repo.networks()}
         if hasattr(self._ipam, "pool_owners"):
             for pool_id, owner in await self._ipam.pool_owners():
-                if owner and owner not in networks:
+                shared = pool_id.startswith("global/") and self.repo.cluster is not self.repo.local
+                if owner and owner not in networks and not shared:
                     await self._ipam.release_pool(pool_id)
                     report.removed.append(f"IPAM pool {pool_id} of no network")
         for alloc in await self._ipam.audit():

@@ -56,7 +56,14 @@ def components(
         ipam = StoreIpam(store, cluster_store, ipam_config)
     if drivers is None:
         drivers = {
-            name: factory(host_ns=config.host_netns, default_mtu=config.mtu)
+            name: factory(
+                host_ns=config.host_netns,
+                default_mtu=config.mtu,
+                cluster_store=cluster_store,
+                node=config.node_name,
+                vtep=config.vtep,
+                overlay_prefix=config.overlay_prefix,
+            )
             for name, factory in builtin_drivers().items()
         }
     if namespaces is None:

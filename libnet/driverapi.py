@@ -163,5 +163,6 @@ def builtin_drivers() -> dict[str, DriverFactory]:
     """The built-in drivers by name: the one explicit list."""
     from libnet.drivers.bridge import BridgeDriver
     from libnet.drivers.null import NullDriver
+    from libnet.drivers.overlay.driver import OverlayDriver
 
-    return {"bridge": BridgeDriver, "null": NullDriver}
+    return {"bridge": BridgeDriver, "null": NullDriver, "overlay": OverlayDriver}

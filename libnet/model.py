@@ -185,6 +185,7 @@ class Endpoint:
     ifname: str | None = None  # name inside the sandbox once joined
     gateway: bool = False  # carries the sandbox's default routes
     connecting: bool = False  # made by connect(), join not finished yet: reconcile removes it
+    node: str = ""  # the host the endpoint was made on
     created: float = 0.0
 
     def to_data(self) -> dict[str, Any]:

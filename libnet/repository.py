@@ -105,7 +105,7 @@ class Repository:
     async def stale_names(self, network_ids: set[str], endpoint_ids: set[str]) -> list[str]:
         """Delete name reservations whose owner does not exist; returns their keys."""
         gone = []
-        for store in self._stores():
+        for store in [self.local]:  # the cluster store's names may belong to other hosts' operations in flight
             for pair in await store.list(f"{P}/names/"):
                 owner = pair.value.decode()
                 known = network_ids if pair.key.startswith(f"{P}/names/networks/") else endpoint_ids

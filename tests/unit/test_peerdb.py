@@ -22,8 +22,10 @@ def test_entries_per_network_and_flood_per_vtep() -> None:
     assert Neighbour("198.51.100.3", "02:42:c6:33:64:03") in e.neighbours
     assert Neighbour("2001:db8:1::3", "02:42:c6:33:64:03") in e.neighbours
     assert len(e.neighbours) == 6
-    assert {f for f in e.fdb if f.mac == FLOOD_MAC} == {FdbEntry(FLOOD_MAC, "203.0.113.12"),
-                                                         FdbEntry(FLOOD_MAC, "203.0.113.13")}
+    assert {f for f in e.fdb if f.mac == FLOOD_MAC} == {
+        FdbEntry(FLOOD_MAC, "203.0.113.12"),
+        FdbEntry(FLOOD_MAC, "203.0.113.13"),
+    }
     assert FdbEntry("02:42:c6:33:64:05", "203.0.113.13") in e.fdb
 
 
@@ -32,8 +34,7 @@ def test_address_moves_to_another_host() -> None:
     t.set(peer("old", "198.51.100.3", "203.0.113.12", "h2"))
     t.remove("net1", "old")
     t.set(peer("new", "198.51.100.3", "203.0.113.13", "h3"))  # the address was reused elsewhere
-    assert t.entries("net1").fdb == {FdbEntry("02:42:c6:33:64:03", "203.0.113.13"),
-                                     FdbEntry(FLOOD_MAC, "203.0.113.13")}
+    assert t.entries("net1").fdb == {FdbEntry("02:42:c6:33:64:03", "203.0.113.13"), FdbEntry(FLOOD_MAC, "203.0.113.13")}
 
 
 def test_node_failure_and_anti_entropy() -> None:
@@ -43,8 +44,9 @@ def test_node_failure_and_anti_entropy() -> None:
     t.set(peer("e4", "198.51.100.4", "203.0.113.13", "h3"))
     assert sorted(t.remove_node("h2")) == ["net1", "net2"]
     assert {p.endpoint_id for p in t.peers("net1")} == {"e4"}
-    t.replace_network("net1", [peer("e5", "198.51.100.5", "203.0.113.14", "h4"),
-                               peer("mine", "198.51.100.6", "203.0.113.11", "h1")])
+    t.replace_network(
+        "net1", [peer("e5", "198.51.100.5", "203.0.113.14", "h4"), peer("mine", "198.51.100.6", "203.0.113.11", "h1")]
+    )
     assert [p.endpoint_id for p in t.peers("net1")] == ["e5"]
     t.drop_network("net2")
     assert t.networks() == ["net1"]

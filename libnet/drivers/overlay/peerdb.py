@@ -35,8 +35,15 @@ class Peer:
     ipv6: str | None = None
 
     def to_data(self) -> dict:
-        return {"endpoint_id": self.endpoint_id, "network_id": self.network_id, "mac": self.mac,
-                "vtep": self.vtep, "node": self.node, "ipv4": self.ipv4, "ipv6": self.ipv6}
+        return {
+            "endpoint_id": self.endpoint_id,
+            "network_id": self.network_id,
+            "mac": self.mac,
+            "vtep": self.vtep,
+            "node": self.node,
+            "ipv4": self.ipv4,
+            "ipv6": self.ipv6,
+        }
 
     @classmethod
     def from_data(cls, d: dict) -> Peer:

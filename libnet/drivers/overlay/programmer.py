@@ -32,8 +32,9 @@ def diff(current: Entries, desired: Entries) -> tuple[Entries, Entries]:
     """(to remove, to add/replace).  A neighbour whose IP stays (new MAC) is
     replaced, not deleted: deleting by IP would remove the new entry too."""
     keep_ips = {n.ip for n in desired.neighbours}
-    remove = Entries({n for n in current.neighbours - desired.neighbours if n.ip not in keep_ips},
-                     current.fdb - desired.fdb)
+    remove = Entries(
+        {n for n in current.neighbours - desired.neighbours if n.ip not in keep_ips}, current.fdb - desired.fdb
+    )
     add = Entries(desired.neighbours - current.neighbours, desired.fdb - current.fdb)
     return remove, add
 

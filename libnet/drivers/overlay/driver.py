@@ -1,0 +1,336 @@
+"""The ``overlay`` driver: containers on different hosts share one L2/L3 network over VXLAN.
+
+Per network and host -- only on hosts with endpoints on it -- a namespace
+``<overlay_prefix><vni>`` holds a bridge ``br0`` with the gateway addresses and
+the VXLAN device ``vxlan0`` (created in the host namespace on the VTEP
+address, so its UDP socket stays on the underlay, then moved in).  Learning
+is off, ARP/ND proxy on: the device is told every remote endpoint.  The VNI
+is allocated from the cluster store (256 .. 2^24-1).  MTU: the underlay
+device's minus 50 (IPv4 VTEP) or 70 (IPv6 VTEP), unless an ``mtu`` option
+says otherwise.
+
+Peer distribution: at join an endpoint's record (addresses, MAC, VTEP, host)
+is written to the cluster store under ``libnet/v1/overlay/peers/<network>/``;
+each host with endpoints on the network watches that prefix (after a full
+read, which is also the anti-entropy path on start, after a lost watch and
+on every reconcile) into its :class:`PeerTable`, and the per-host
+:class:`Programmer` turns the table into neighbour and FDB entries.
+
+Not yet here (see the issue's notes): the Serf fast path for peer events,
+removal of a failed host's peers after a grace period, the local gateway
+bridge giving containers outbound connectivity, and overlapping subnets on
+different overlay networks (IPAM still refuses overlapping global pools).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from typing import Any
+
+from libnet import model
+from libnet.driverapi import Capabilities, EndpointInfo, NetworkInfo, ReconcileReport, SandboxInfo
+from libnet.drivers.bridge import _NETLINK, _configure_sandbox, host_ifname
+from libnet.drivers.overlay.peerdb import Entries, Peer, PeerTable
+from libnet.drivers.overlay.programmer import Programmer
+from libnet.errors import BadRequest, Conflict, InvalidOption, KeyExists, KeyNotFound, LibnetError, Unavailable
+from libnet.kernel import netns, rtnl
+from libnet.kernel.netlink import Netlink
+from libnet.store.base import Store
+
+log = logging.getLogger("libnet.drivers.overlay")
+VNI_MIN, VNI_MAX = 256, (1 << 24) - 1
+P = "libnet/v1/overlay"
+PEER_KIND = "overlay_peer"
+
+
+class _Devices:
+    """The programmer's kernel side: ``vxlan0`` in each network's namespace."""
+
+    def __init__(self, driver: OverlayDriver) -> None:
+        self.driver = driver
+
+    def dump(self, network_id: str) -> Entries:
+        with Netlink(self.driver.ns_name(self.driver._vnis[network_id])) as nl:
+            return Entries(set(nl.neighbours("vxlan0")), set(nl.fdb("vxlan0")))
+
+    def apply(self, network_id: str, remove: Entries, add: Entries) -> None:
+        with Netlink(self.driver.ns_name(self.driver._vnis[network_id])) as nl:
+            nl.delete_neighbours("vxlan0", remove.neighbours)
+            nl.delete_fdb("vxlan0", remove.fdb)
+            nl.replace_neighbours("vxlan0", add.neighbours)
+            nl.replace_fdb("vxlan0", add.fdb)
+
+
+class OverlayDriver:
+    """See the module docstring."""
+
+    name = "overlay"
+
+    def __init__(
+        self,
+        host_ns: str | None = None,
+        default_mtu: int | None = None,
+        cluster_store: Store | None = None,
+        node: str = "",
+        vtep: str | None = None,
+        overlay_prefix: str = "lno-",
+        **_: Any,
+    ) -> None:
+        self.host_ns, self.default_mtu = host_ns, default_mtu
+        self.store, self.node, self.vtep, self.prefix = cluster_store, node, vtep, overlay_prefix
+        self.table = PeerTable(node)
+        self.programmer = Programmer(_Devices(self), self.table)
+        self._vnis: dict[str, int] = {}
+        self._local: dict[str, set[str]] = {}  # network id -> endpoint ids joined on this host
+        self._watches: dict[str, asyncio.Task[None]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(scope="global")
+
+    def parse_network_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"vni": None, "mtu": None}
+        for key, value in options.items():
+            if key not in out:
+                raise InvalidOption(f"unknown overlay option {key!r}; known: vni, mtu", option=key)
+            try:
+                n = int(value)
+            except (TypeError, ValueError):
+                raise InvalidOption(f"{key} must be a number", option=key) from None
+            lo, hi = (VNI_MIN, VNI_MAX) if key == "vni" else (1280, 65535)
+            if isinstance(value, bool) or not lo <= n <= hi:
+                raise InvalidOption(f"{key} must be {lo}..{hi}", option=key, value=str(value))
+            out[key] = n
+        return out
+
+    def ns_name(self, vni: int) -> str:
+        return f"{self.prefix}{vni}"
+
+    def _need(self) -> tuple[Store, str]:
+        if self.store is None or not self.vtep:
+            raise Unavailable("overlay networks need a cluster store and this host's VTEP address (--advertise)")
+        return self.store, self.vtep
+
+    # --- networks -------------------------------------------------------------
+
+    async def create_network(self, nw: NetworkInfo) -> None:
+        store, _ = self._need()
+        wanted = nw.options.get("vni")
+        taken = {int(p.key.rsplit("/", 1)[1]) for p in await store.list(f"{P}/vni/")}
+        candidates = [wanted] if wanted else (v for v in range(VNI_MIN, VNI_MAX + 1) if v not in taken)
+        for vni in candidates:
+            try:
+                await store.atomic_put(f"{P}/vni/{vni}", nw.id.encode(), None)
+            except KeyExists:
+                if wanted:
+                    raise Conflict(f"VNI {vni} is in use by another overlay network", vni=vni) from None
+                continue
+            await store.put(f"{P}/networks/{nw.id}", str(vni).encode())
+            self._vnis[nw.id] = vni
+            return
+        raise Unavailable("no free VNI left")
+
+    async def delete_network(self, nw: NetworkInfo) -> None:
+        await self._teardown_local(nw.id)
+        if self.store is None:
+            return
+        with contextlib.suppress(KeyNotFound):
+            vni = int((await self.store.get(f"{P}/networks/{nw.id}")).value)
+            await self.store.delete(f"{P}/vni/{vni}")
+        await self.store.delete(f"{P}/networks/{nw.id}")
+        self._vnis.pop(nw.id, None)
+
+    async def _vni(self, network_id: str) -> int:
+        if network_id not in self._vnis:
+            store, _ = self._need()
+            try:
+                self._vnis[network_id] = int((await store.get(f"{P}/networks/{network_id}")).value)
+            except KeyNotFound:
+                raise Unavailable(
+                    "the overlay network has no VNI in the cluster store", network_id=network_id
+                ) from None
+        return self._vnis[network_id]
+
+    async def _ensure_local(self, nw: NetworkInfo) -> str:
+        """The network's namespace on this host, built (or adopted) on first use."""
+        vni = await self._vni(nw.id)
+        ns = self.ns_name(vni)
+        async with self._locks.setdefault(nw.id, asyncio.Lock()):
+            if nw.id not in self._watches:
+                _, vtep = self._need()
+                await asyncio.to_thread(self._build, nw, vni, ns, vtep)
+                self.programmer.active.add(nw.id)
+                self.programmer.start()
+                self._watches[nw.id] = asyncio.create_task(self._watch(nw.id))
+        return ns
+
+    def _underlay_mtu(self, vtep: str) -> int:
+        with Netlink(self.host_ns) as nl:
+            for link in nl.links():
+                if any(a.split("/")[0] == vtep for a in nl.addresses(link.index)):
+                    return link.mtu
+        return 1500
+
+    def _build(self, nw: NetworkInfo, vni: int, ns: str, vtep: str) -> None:
+        overhead = 70 if ipaddress.ip_address(vtep).version == 6 else 50
+        mtu = nw.options.get("mtu") or (self.default_mtu or self._underlay_mtu(vtep)) - overhead
+        if not netns.exists(ns):
+            netns.create(ns)
+        with Netlink(ns) as nl:
+            nl.set_up("lo")
+            if not nl.has_link("br0"):
+                nl.add_bridge("br0", mtu=mtu)
+            have = set(nl.addresses("br0"))
+            for gw in (nw.ipv4_gateway, nw.ipv6_gateway):
+                if gw and gw not in have:
+                    nl.add_address("br0", gw, nodad=True)
+            nl.set_up("br0")
+            if not nl.has_link("vxlan0"):
+                tmp = f"vx{vni}"
+                with Netlink(self.host_ns) as host:
+                    host.delete_link(tmp)  # left over by a crash before the move
+                    host.add_vxlan(tmp, vni, vtep, mtu=mtu, learning=False, proxy=True)
+                    host.move_to_ns(tmp, ns, new_name="vxlan0")
+            nl.set_master("vxlan0", "br0")
+            nl.set_up("vxlan0")
+
+    async def _teardown_local(self, network_id: str) -> None:
+        task = self._watches.pop(network_id, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.programmer.forget(network_id)
+        self.table.drop_network(network_id)
+        self._local.pop(network_id, None)
+        vni = self._vnis.get(network_id)
+        if vni is not None:
+            await asyncio.to_thread(netns.delete, self.ns_name(vni))
+
+    async def _watch(self, network_id: str) -> None:
+        """Peers of one network from the store: full read, then every change."""
+        store, _ = self._need()
+        prefix = f"{P}/peers/{network_id}/"
+        while True:
+            try:
+                rev = await store.revision()
+                peers = [Peer.from_data(model.decode(p.value, PEER_KIND)) for p in await store.list(prefix)]
+                self.table.replace_network(network_id, peers)
+                self.programmer.mark(network_id)
+                async for ev in store.watch_prefix(prefix, start_revision=rev):
+                    if ev.kind == "put":
+                        changed = self.table.set(Peer.from_data(model.decode(ev.value, PEER_KIND)))
+                    else:
+                        changed = self.table.remove(network_id, ev.key.rsplit("/", 1)[1])
+                    if changed:
+                        self.programmer.mark(network_id)
+            except asyncio.CancelledError:
+                raise
+            except LibnetError as exc:  # a lost watch: read everything again
+                log.warning("overlay peer watch of %s: %s; re-reading", network_id[:12], exc)
+                await asyncio.sleep(1)
+
+    # --- endpoints ------------------------------------------------------------
+
+    async def create_endpoint(self, nw: NetworkInfo, ep: EndpointInfo) -> None:
+        if ep.ports:
+            raise BadRequest("overlay endpoints cannot publish ports yet", endpoint_id=ep.id)
+
+    async def delete_endpoint(self, nw: NetworkInfo, ep: EndpointInfo) -> None:
+        return None
+
+    async def join(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
+        store, vtep = self._need()
+        ns = await self._ensure_local(nw)
+        host_if = host_ifname(ep)
+
+        def plug() -> None:
+            with Netlink(ns) as nl:
+                nl.plug_veth(host_if, sb.ifname, sb.netns, "br0", mtu=nl.link("br0").mtu, peer_mac=ep.mac)
+
+        await asyncio.to_thread(plug)
+        try:
+            sock = await asyncio.wrap_future(netns.open_socket_future(sb.netns, *_NETLINK))
+            with rtnl.RtnlSocket(sock) as r:
+                # no default route: outbound connectivity through a gateway bridge is not built yet
+                _configure_sandbox(r, nw, ep, SandboxInfo(sb.id, sb.netns, sb.ifname, gateway=False))
+            peer = Peer(ep.id, nw.id, ep.mac, vtep, self.node, ep.ipv4, ep.ipv6)
+            await store.put(f"{P}/peers/{nw.id}/{ep.id}", model.encode(PEER_KIND, peer.to_data()))
+        except BaseException:
+            await asyncio.to_thread(self._unplug, ns, host_if)
+            raise
+        self._local.setdefault(nw.id, set()).add(ep.id)
+
+    @staticmethod
+    def _unplug(ns: str, host_if: str) -> None:
+        with contextlib.suppress(LibnetError), Netlink(ns) as nl:
+            nl.delete_link(host_if)
+
+    async def leave(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
+        if self.store is not None:
+            await self.store.delete(f"{P}/peers/{nw.id}/{ep.id}")
+        vni = self._vnis.get(nw.id)
+        if vni is not None:
+            await asyncio.to_thread(self._unplug, self.ns_name(vni), host_ifname(ep))
+        local = self._local.get(nw.id, set())
+        local.discard(ep.id)
+        if not local:  # the last local endpoint: this host stops programming the network
+            await self._teardown_local(nw.id)
+
+    async def set_gateway(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo, gateway: bool) -> None:
+        return None
+
+    async def program_external_connectivity(self, nw: NetworkInfo, ep: EndpointInfo) -> None:
+        return None
+
+    async def revoke_external_connectivity(self, nw: NetworkInfo, ep: EndpointInfo) -> None:
+        return None
+
+    # --- reconcile ------------------------------------------------------------
+
+    async def reconcile(
+        self, networks: list[NetworkInfo], endpoints: list[tuple[EndpointInfo, SandboxInfo | None]]
+    ) -> ReconcileReport:
+        """Adopt what a previous run built, remove what no stored network owns,
+        re-announce local endpoints and repair the devices' entries."""
+        report = ReconcileReport()
+        if self.store is None or not self.vtep:
+            return report
+        nets = {nw.id: nw for nw in networks}
+        for nw in networks:
+            with contextlib.suppress(Unavailable):
+                await self._vni(nw.id)
+        wanted: set[str] = set()  # only networks with local endpoints keep their namespace
+        for ep, sb in endpoints:
+            if sb is None:
+                continue
+            nw = nets[ep.network_id]
+            wanted.add(await self._ensure_local(nw))
+            self._local.setdefault(nw.id, set()).add(ep.id)
+            peer = Peer(ep.id, nw.id, ep.mac, self.vtep, self.node, ep.ipv4, ep.ipv6)
+            await self.store.put(f"{P}/peers/{nw.id}/{ep.id}", model.encode(PEER_KIND, peer.to_data()))
+        for name in netns.list_names(self.prefix):
+            if name not in wanted and name[len(self.prefix) :].isdigit():
+                await asyncio.to_thread(netns.delete, name)
+                report.removed.append(f"overlay namespace {name} of no local network")
+        await self.programmer.settled()
+        for nid in list(self._watches):
+            n = await self.programmer.reconcile(nid)
+            if n:
+                report.repaired.append(f"{n} neighbour/FDB entries of overlay network {nid[:12]}")
+        return report
+
+    async def close(self) -> None:
+        for task in self._watches.values():
+            task.cancel()
+        for task in self._watches.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._watches.clear()
+        await self.programmer.close()
+
+
+__all__ = ["OverlayDriver"]

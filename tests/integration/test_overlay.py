@@ -1,0 +1,125 @@
+"""Overlay networks across three test hosts, each with its own controller, one cluster store."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import itertools
+import os
+
+import pytest
+
+from libnet import Config, Controller
+from libnet.kernel.netlink import Netlink
+from libnet.testing.hosts import Testbed
+
+pytestmark = pytest.mark.root
+
+
+def ip(cidr: str) -> str:
+    return str(ipaddress.ip_interface(cidr).ip)
+
+
+@pytest.fixture
+def bed():
+    with Testbed(3) as b:
+        yield b
+
+
+@contextlib.asynccontextmanager
+async def controllers(bed: Testbed, tmp_path, v6_underlay: bool = False):
+    ctls = []
+    try:
+        for h in bed.hosts:
+            cfg = Config(
+                store=f"sqlite://{tmp_path}/{h.name}.db",
+                cluster_store=f"sqlite://{tmp_path}/cluster.db",
+                state_dir=str(tmp_path / h.name),
+                host_netns=h.ns,
+                node_name=h.name,
+                vtep=h.ipv6 if v6_underlay else h.ipv4,
+                sandbox_prefix=bed.prefix + h.name + "-sb-",
+                overlay_prefix=bed.prefix + h.name + "-o",
+            )
+            ctls.append(await Controller(cfg).start())
+        yield ctls
+    finally:
+        for c in ctls:
+            await c.close()
+
+
+async def _converged(ctls, network_id: str, timeout: float = 10) -> None:
+    """Every host's peer table holds every endpoint of the other hosts, and is programmed."""
+    import asyncio
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    for c in ctls:
+        drv = c.driver("overlay")
+        if network_id not in drv._local:
+            continue
+        while True:
+            endpoints = [e for e in await c.endpoints(network_id) if e.sandbox_id and e.node != c.config.node_name]
+            if {p.endpoint_id for p in drv.table.peers(network_id)} == {e.id for e in endpoints}:
+                break
+            assert asyncio.get_running_loop().time() < deadline, "peers did not arrive"
+            await asyncio.sleep(0.02)
+        await drv.programmer.settled()
+
+
+async def _all_pairs_reach(bed: Testbed, ctls, network: str) -> list:
+    eps = []
+    for i, c in enumerate(ctls):
+        sb = await c.create_sandbox(hostname=f"c{i}")
+        eps.append((sb, await c.connect(network, sb.id)))
+    await _converged(ctls, eps[0][1].network_id)
+    for (sa, _), (_, eb) in itertools.permutations(eps, 2):
+        src = os.path.basename(sa.netns)
+        assert bed.ping(src, ip(eb.ipv4), count=3), (src, eb.ipv4)
+        assert bed.ping(src, ip(eb.ipv6), count=3), (src, eb.ipv6)
+    return eps
+
+
+@pytest.mark.parametrize("v6_underlay", [False, True])
+async def test_all_pairs_reach_each_other(bed: Testbed, tmp_path, v6_underlay: bool) -> None:
+    async with controllers(bed, tmp_path, v6_underlay) as ctls:
+        nw = await ctls[0].create_network(
+            "ov", "overlay", ipv4_subnet="198.51.100.0/24", ipv6_subnet="2001:db8:77::/64"
+        )
+        assert nw.scope == "global"
+        assert (await ctls[2].network("ov")).id == nw.id  # every host sees it through the cluster store
+        eps = await _all_pairs_reach(bed, ctls, "ov")
+        vni = ctls[0].driver("overlay")._vnis[nw.id]
+        assert vni >= 256
+        ns0 = ctls[0].driver("overlay").ns_name(vni)
+        with Netlink(ns0) as nl:
+            mtu = nl.link("vxlan0").mtu
+        assert mtu == 1500 - (70 if v6_underlay else 50)
+        out = bed.run(os.path.basename(eps[0][0].netns), ["ip", "-o", "link", "show", "eth0"]).stdout
+        assert f" mtu {mtu} " in out
+
+        # churn: a sandbox leaves, its address is reused on another host, everyone reaches the new one
+        gone_sb, gone_ep = eps[1]
+        await ctls[1].delete_sandbox(gone_sb.id)
+        sb = await ctls[2].create_sandbox(hostname="late")
+        new = await ctls[2].connect("ov", sb.id, ipv4=ip(gone_ep.ipv4), ipv6=ip(gone_ep.ipv6))
+        await _converged(ctls, nw.id)
+        assert bed.ping(os.path.basename(eps[0][0].netns), ip(new.ipv4), count=3)
+        assert bed.ping(os.path.basename(eps[0][0].netns), ip(new.ipv6), count=3)
+
+
+async def test_reconcile_restores_a_deleted_neighbour(bed: Testbed, tmp_path) -> None:
+    async with controllers(bed, tmp_path) as ctls:
+        nw = await ctls[0].create_network(
+            "ov", "overlay", ipv4_subnet="198.51.100.0/24", ipv6_subnet="2001:db8:77::/64"
+        )
+        eps = await _all_pairs_reach(bed, ctls, "ov")
+        drv = ctls[0].driver("overlay")
+        with Netlink(drv.ns_name(drv._vnis[nw.id])) as nl:
+            victim = nl.neighbours("vxlan0")[0]
+            nl.delete_neighbours("vxlan0", [victim])
+            assert victim not in nl.neighbours("vxlan0")
+        report = await ctls[0].reconcile()
+        assert any("overlay network" in r for r in report.repaired)
+        with Netlink(drv.ns_name(drv._vnis[nw.id])) as nl:
+            assert victim in nl.neighbours("vxlan0")
+        assert bed.ping(os.path.basename(eps[0][0].netns), ip(eps[1][1].ipv4))
