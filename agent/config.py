@@ -75,6 +75,8 @@ class AgentConfig:
             ipv6=self.ipv6,
             ipam=ipam,
             sandbox_prefix=self.sandbox_prefix,
+            node_name=self.node_name,
+            vtep=self.advertise,
         )
 
 

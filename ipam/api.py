@@ -29,6 +29,7 @@ GATEWAY_TYPE = "com.docker.network.gateway"
 OPT_GATEWAY = "gateway"  # the gateway address (default: first usable)
 OPT_AUX = "aux_addresses"  # {name: address} reserved at pool creation
 OPT_OWNER = "owner"  # who the pool / address belongs to (network / endpoint id)
+OPT_ISOLATED = "isolated"  # the pool's network is its own address domain: it may overlap other isolated pools
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ from ipam.api import (
     LOCAL,
     OPT_AUX,
     OPT_GATEWAY,
+    OPT_ISOLATED,
     OPT_OWNER,
     REQUEST_ADDRESS_TYPE,
     SPACES,
@@ -102,7 +103,8 @@ class _PoolState:
         self.alloc_lo, self.alloc_hi = max(lo, self.lo), min(hi, self.hi)
         self.used: AddressSet = address_set(self.alloc_lo, self.alloc_hi, self.v6)
         self.cursor = self.alloc_lo - 1
-        self.prefix = f"{PREFIX}/{record['space']}/addresses/{_token(record['subnet'])}/"
+        token = _token(record["subnet"]) + (f"@{record['owner'][:12]}" if record.get("isolated") else "")
+        self.prefix = f"{PREFIX}/{record['space']}/addresses/{token}/"
 
     def key(self, n: int) -> str:
         return self.prefix + _ip_str(n, self.v6)
@@ -171,12 +173,27 @@ class StoreIpam:
         routes = P.route_networks(self.config.host_routes()) if space == LOCAL and self.config.host_routes else []
         chosen: dict[str, Any] = {}
 
+        isolated = bool(options.get(OPT_ISOLATED))
+        if isolated and not owner:
+            raise InvalidOption("an isolated pool needs an owner (its network)")
+
         def add(doc: dict[str, Any] | None) -> dict[str, Any]:
             doc = {"pools": dict((doc or {}).get("pools", {}))}
             index = P.OverlapIndex((ipaddress.ip_network(r["subnet"]), r["id"]) for r in doc["pools"].values())
             if explicit is not None:
                 net = explicit
-                holder = index.find(net)
+                # an isolated pool (its own address domain, e.g. an overlay network) may
+                # overlap other isolated pools, never a shared one
+                check = (
+                    P.OverlapIndex(
+                        (ipaddress.ip_network(r["subnet"]), r["id"])
+                        for r in doc["pools"].values()
+                        if not (isolated and r.get("isolated"))
+                    )
+                    if isolated
+                    else index
+                )
+                holder = check.find(net)
                 if holder is not None:
                     raise PoolOverlap(
                         f"pool {net} overlaps pool {holder}",
@@ -413,9 +430,11 @@ def _pool_record(
     lo, _hi = P.usable_range(net)
     gw = options.get(OPT_GATEWAY)
     gateway = str(ipaddress.ip_address(gw.split("/")[0])) if gw else _ip_str(lo, net.version == 6)
-    pool_id = f"{space}/{net}" + (f"/{sub}" if sub is not None else "")
+    isolated = bool(options.get(OPT_ISOLATED))
+    pool_id = f"{space}/{net}" + (f"@{owner[:12]}" if isolated else "") + (f"/{sub}" if sub is not None else "")
     return {
         "id": pool_id,
+        "isolated": isolated,
         "space": space,
         "subnet": str(net),
         "sub_pool": str(sub) if sub is not None else None,

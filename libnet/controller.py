@@ -194,6 +194,8 @@ class Controller:
                 if v6 and not ipv6:
                     continue
                 opts = {"owner": nw.id, **({"gateway": gw} if gw else {})}
+                if drv.capabilities().own_addressing and subnet:
+                    opts["isolated"] = True
                 pool = await self._ipam.request_pool(space, subnet, options=opts, v6=v6)
                 undo.push(lambda p=pool.id: self._ipam.release_pool(p), f"release pool {pool.id}")
                 if v6:

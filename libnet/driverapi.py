@@ -26,6 +26,8 @@ class Capabilities:
     scope: Scope
     #: whether endpoints get a kernel interface (False for ``null``)
     connectivity: bool = True
+    #: each network is its own address domain (overlay): subnets may overlap other such networks
+    own_addressing: bool = False
 
 
 @dataclass(frozen=True)

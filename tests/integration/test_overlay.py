@@ -123,3 +123,35 @@ async def test_reconcile_restores_a_deleted_neighbour(bed: Testbed, tmp_path) ->
         with Netlink(drv.ns_name(drv._vnis[nw.id])) as nl:
             assert victim in nl.neighbours("vxlan0")
         assert bed.ping(os.path.basename(eps[0][0].netns), ip(eps[1][1].ipv4))
+
+
+SERVE = (
+    "import socket,sys; s=socket.socket(); s.setsockopt(1,2,1); s.bind(('0.0.0.0',80)); s.listen(4); "
+    "print('ready',flush=True)\nwhile True:\n c,_=s.accept(); c.sendall(sys.argv[1].encode()); c.close()"
+)
+FETCH = "import socket,sys; print(socket.create_connection((sys.argv[1],80),timeout=3).recv(10).decode())"
+
+
+async def test_two_overlays_with_the_same_subnet_are_isolated(bed: Testbed, tmp_path) -> None:
+    import sys
+
+    async with controllers(bed, tmp_path) as ctls:
+        for name in ("red", "blue"):
+            await ctls[0].create_network(name, "overlay", ipv4_subnet="198.51.100.0/24", ipv6_subnet="2001:db8:77::/64")
+        placed = {}
+        for name, hosts in (("red", (0, 1)), ("blue", (0, 2))):
+            for i in hosts:
+                sb = await ctls[i].create_sandbox(hostname=f"{name}{i}")
+                placed[(name, i)] = (sb, await ctls[i].connect(name, sb.id))
+        for name in ("red", "blue"):
+            await _converged(ctls, placed[(name, 0)][1].network_id)
+        assert ip(placed[("red", 1)][1].ipv4) == ip(placed[("blue", 2)][1].ipv4)  # the very same address
+        for (name, i), (sb, _) in placed.items():
+            if i != 0:
+                proc = bed.spawn(os.path.basename(sb.netns), [sys.executable, "-c", SERVE, name], stdout=-1, text=True)
+                assert proc.stdout.readline().strip() == "ready"
+        target = ip(placed[("red", 1)][1].ipv4)
+        for name in ("red", "blue"):
+            src = os.path.basename(placed[(name, 0)][0].netns)
+            r = bed.run(src, [sys.executable, "-c", FETCH, target], timeout=10)
+            assert r.stdout.strip() == name, (name, r.stdout, r.stderr)  # each reaches its own network only

@@ -232,3 +232,21 @@ async def test_property_no_duplicates_and_nothing_lost(ops) -> None:
     assert len(set(again)) == 13
     with pytest.raises(PoolExhausted):
         await ipam.request_address(pool.id)
+
+
+async def test_isolated_pools_may_overlap_each_other_but_not_shared_ones() -> None:
+    ipam = new()
+    a = await ipam.request_pool("global", "198.51.100.0/24", options={"owner": "a" * 64, "isolated": True})
+    b = await ipam.request_pool("global", "198.51.100.0/24", options={"owner": "b" * 64, "isolated": True})
+    assert a.id != b.id and a.subnet == b.subnet
+    assert await ipam.request_address(a.id) == await ipam.request_address(b.id) == "198.51.100.2/24"
+    with pytest.raises(PoolOverlap):
+        await ipam.request_pool("global", "198.51.100.0/25")  # a shared pool may not overlap them
+    shared = await ipam.request_pool("global", "198.51.101.0/24")
+    with pytest.raises(PoolOverlap):
+        await ipam.request_pool("global", "198.51.101.0/24", options={"owner": "c" * 64, "isolated": True})
+    with pytest.raises(InvalidOption):
+        await ipam.request_pool("global", "198.51.102.0/24", options={"isolated": True})
+    await ipam.release_pool(a.id)
+    assert [x.address for x in await ipam.audit(b.id)] == ["198.51.100.1/24", "198.51.100.2/24"]
+    assert shared.id == "global/198.51.101.0/24"

@@ -17,9 +17,10 @@ on every reconcile) into its :class:`PeerTable`, and the per-host
 :class:`Programmer` turns the table into neighbour and FDB entries.
 
 Not yet here (see the issue's notes): the Serf fast path for peer events,
-removal of a failed host's peers after a grace period, the local gateway
-bridge giving containers outbound connectivity, and overlapping subnets on
-different overlay networks (IPAM still refuses overlapping global pools).
+removal of a failed host's peers after a grace period, and the local gateway
+bridge giving containers outbound connectivity.  Overlapping subnets on
+different overlay networks work: each has its own namespace and its IPAM
+pools are "isolated" (they may overlap other overlay networks' pools).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class OverlayDriver:
         self._locks: dict[str, asyncio.Lock] = {}
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(scope="global")
+        return Capabilities(scope="global", own_addressing=True)
 
     def parse_network_options(self, options: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {"vni": None, "mtu": None}
