@@ -35,6 +35,7 @@ class AgentConfig:
     cluster_key: str | None = None  # base64 gossip encryption key
     serf_profile: str = "lan"
     serf_port: int = 7946
+    peer_grace_period: float = 10.0  # seconds before a failed host's overlay peers are removed
     mtu: int | None = None
     ipv6: bool = True
     default_pools: list[dict[str, Any]] = field(default_factory=list)  # [{base, size}]: local IPv4 defaults

@@ -67,6 +67,9 @@ async def run(config: agent_config.AgentConfig, stop: asyncio.Event | None = Non
         membership = None
         if config.cluster_mode:
             membership, serf = await _start_cluster(config)
+            for driver in controller._drivers.values():
+                if hasattr(driver, "attach_membership"):
+                    driver.attach_membership(membership, config.peer_grace_period)
         metrics = Metrics()
         metrics.repairs(report)
         state = AgentState(controller, config.node_name, metrics, membership, config.advertise)

@@ -16,9 +16,13 @@ read, which is also the anti-entropy path on start, after a lost watch and
 on every reconcile) into its :class:`PeerTable`, and the per-host
 :class:`Programmer` turns the table into neighbour and FDB entries.
 
-Not yet here (see the issue's notes): the Serf fast path for peer events,
-removal of a failed host's peers after a grace period, and the local gateway
-bridge giving containers outbound connectivity.  Overlapping subnets on
+With cluster membership attached (:meth:`OverlayDriver.attach_membership`,
+done by the agent in cluster mode) each join and leave is also gossiped as a
+Serf user event -- usually the faster path -- and a host that failed or left
+has its peers removed after a grace period (see ``events.py``).
+
+Not yet here (see the issue's notes): the local gateway bridge giving
+containers outbound connectivity.  Overlapping subnets on
 different overlay networks work: each has its own namespace and its IPAM
 pools are "isolated" (they may overlap other overlay networks' pools).
 """
@@ -32,8 +36,10 @@ import logging
 from typing import Any
 
 from libnet import model
+from libnet.cluster.membership import Membership
 from libnet.driverapi import Capabilities, EndpointInfo, NetworkInfo, ReconcileReport, SandboxInfo
 from libnet.drivers.bridge import _NETLINK, _configure_sandbox, host_ifname
+from libnet.drivers.overlay.events import DEFAULT_GRACE, PeerEvents
 from libnet.drivers.overlay.peerdb import Entries, Peer, PeerTable
 from libnet.drivers.overlay.programmer import Programmer
 from libnet.errors import BadRequest, Conflict, InvalidOption, KeyExists, KeyNotFound, LibnetError, Unavailable
@@ -88,6 +94,25 @@ class OverlayDriver:
         self._local: dict[str, set[str]] = {}  # network id -> endpoint ids joined on this host
         self._watches: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self.events: PeerEvents | None = None
+
+    def attach_membership(self, membership: Membership, grace: float = DEFAULT_GRACE) -> None:
+        """Use cluster membership: gossip peer events (the fast path) and drop the
+        peers of hosts that failed or left, after ``grace`` seconds."""
+        self.events = PeerEvents(membership, self.table, self.programmer.mark, self._resync_all, grace)
+        self.events.start()
+
+    def _resync_all(self) -> None:
+        for nid in list(self._watches):
+            asyncio.ensure_future(self._relist(nid))
+
+    async def _relist(self, network_id: str) -> None:
+        """Anti-entropy: the network's peers as the store has them."""
+        store, _ = self._need()
+        with contextlib.suppress(LibnetError):
+            pairs = await store.list(f"{P}/peers/{network_id}/")
+            self.table.replace_network(network_id, [Peer.from_data(model.decode(p.value, PEER_KIND)) for p in pairs])
+            self.programmer.mark(network_id)
 
     def capabilities(self) -> Capabilities:
         return Capabilities(scope="global", own_addressing=True)
@@ -264,6 +289,8 @@ class OverlayDriver:
             await asyncio.to_thread(self._unplug, ns, host_if)
             raise
         self._local.setdefault(nw.id, set()).add(ep.id)
+        if self.events is not None:
+            await self.events.announce("add", peer)
 
     @staticmethod
     def _unplug(ns: str, host_if: str) -> None:
@@ -273,6 +300,8 @@ class OverlayDriver:
     async def leave(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
         if self.store is not None:
             await self.store.delete(f"{P}/peers/{nw.id}/{ep.id}")
+        if self.events is not None and self.vtep:
+            await self.events.announce("del", Peer(ep.id, nw.id, ep.mac, self.vtep, self.node, ep.ipv4, ep.ipv6))
         vni = self._vnis.get(nw.id)
         if vni is not None:
             await asyncio.to_thread(self._unplug, self.ns_name(vni), host_ifname(ep))
@@ -331,6 +360,8 @@ class OverlayDriver:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._watches.clear()
+        if self.events is not None:
+            await self.events.close()
         await self.programmer.close()
 
 

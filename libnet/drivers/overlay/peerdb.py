@@ -64,6 +64,9 @@ class PeerTable:
     def __init__(self, local_node: str) -> None:
         self.local_node = local_node
         self._peers: dict[str, dict[str, Peer]] = {}  # network id -> endpoint id -> peer
+        #: hosts reported failed (after the grace period): their peers stay out,
+        #: also when the store still lists them, until the host is back
+        self.blocked: set[str] = set()
 
     def networks(self) -> list[str]:
         return list(self._peers)
@@ -73,7 +76,7 @@ class PeerTable:
 
     def set(self, peer: Peer) -> bool:
         """Add or replace a peer; False if nothing changed (or it is local)."""
-        if peer.node == self.local_node:
+        if peer.node == self.local_node or peer.node in self.blocked:
             return False
         table = self._peers.setdefault(peer.network_id, {})
         if table.get(peer.endpoint_id) == peer:
@@ -86,7 +89,9 @@ class PeerTable:
 
     def replace_network(self, network_id: str, peers: list[Peer]) -> None:
         """The whole peer set of a network at once (anti-entropy from the store)."""
-        self._peers[network_id] = {p.endpoint_id: p for p in peers if p.node != self.local_node}
+        self._peers[network_id] = {
+            p.endpoint_id: p for p in peers if p.node != self.local_node and p.node not in self.blocked
+        }
 
     def drop_network(self, network_id: str) -> None:
         self._peers.pop(network_id, None)
