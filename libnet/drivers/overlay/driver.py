@@ -95,6 +95,7 @@ class OverlayDriver:
         self._watches: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.events: PeerEvents | None = None
+        self._background: set[asyncio.Future[None]] = set()
 
     def attach_membership(self, membership: Membership, grace: float = DEFAULT_GRACE) -> None:
         """Use cluster membership: gossip peer events (the fast path) and drop the
@@ -104,7 +105,9 @@ class OverlayDriver:
 
     def _resync_all(self) -> None:
         for nid in list(self._watches):
-            asyncio.ensure_future(self._relist(nid))
+            task = asyncio.ensure_future(self._relist(nid))
+            self._background.add(task)  # keep a reference until it is done
+            task.add_done_callback(self._background.discard)
 
     async def _relist(self, network_id: str) -> None:
         """Anti-entropy: the network's peers as the store has them."""
