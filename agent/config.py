@@ -41,6 +41,7 @@ class AgentConfig:
     default_pools: list[dict[str, Any]] = field(default_factory=list)  # [{base, size}]: local IPv4 defaults
     global_pools: list[dict[str, Any]] = field(default_factory=list)
     sandbox_prefix: str = "lns-"  # names of the namespaces libnet makes for sandboxes
+    overlay_prefix: str = "lno-"  # names of the per-network overlay namespaces (<prefix><vni>)
     log_format: str = "text"  # or json
     log_level: str = "info"
     reconcile_interval: float = 300.0
@@ -78,6 +79,7 @@ class AgentConfig:
             sandbox_prefix=self.sandbox_prefix,
             node_name=self.node_name,
             vtep=self.advertise,
+            overlay_prefix=self.overlay_prefix,
         )
 
 

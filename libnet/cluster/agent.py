@@ -20,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ctypes
 import json
 import logging
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from libnet.cluster.serf import SerfClient, SerfUnavailable
 from libnet.errors import BadRequest, Unavailable
 
 log = logging.getLogger("libnet.cluster.agent")
+_PR_SET_PDEATHSIG = 1
 PROFILES = ("lan", "wan", "local")
 
 
@@ -147,11 +150,19 @@ class SerfAgent:
         return self.client
 
     async def _spawn(self) -> None:
-        preexec = None
+        enter = None
         if self.config.netns is not None:
             from libnet.kernel import netns
 
-            preexec = netns.preexec_enter(self.config.netns)
+            enter = netns.preexec_enter(self.config.netns)
+
+        def preexec() -> None:
+            # the agent dies with us: an agent that crashed must not leave a Serf
+            # agent behind that holds the ports its restart needs
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            if enter is not None:
+                enter()
+
         logfile = open(os.path.join(self.config.state_dir, "serf.log"), "ab")  # noqa: SIM115 - handed to the child
         try:
             self.proc = await asyncio.create_subprocess_exec(
@@ -166,6 +177,8 @@ class SerfAgent:
             )
         finally:
             logfile.close()
+        with open(os.path.join(self.config.state_dir, "serf.pid"), "w") as f:
+            f.write(str(self.proc.pid))
 
     async def _wait_rpc(self, timeout: float) -> None:
         assert self.client is not None

@@ -40,8 +40,11 @@ class AgentProcess:
             self.dir,
             "--node-name",
             self.host.name,
+            # namespaces named under the test bed's prefix are removed with it
             "--sandbox-prefix",
-            self.bed.prefix + "sb-",
+            f"{self.bed.prefix}{self.host.name}-sb-",
+            "--overlay-prefix",
+            f"{self.bed.prefix}{self.host.name}-o",
             *self.extra,
         ]  # removed with the test bed
         log = open(os.path.join(self.dir, "agent.log"), "ab")  # noqa: SIM115 - the child keeps it
