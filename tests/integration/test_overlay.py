@@ -155,3 +155,41 @@ async def test_two_overlays_with_the_same_subnet_are_isolated(bed: Testbed, tmp_
             src = os.path.basename(placed[(name, 0)][0].netns)
             r = bed.run(src, [sys.executable, "-c", FETCH, target], timeout=10)
             assert r.stdout.strip() == name, (name, r.stdout, r.stderr)  # each reaches its own network only
+
+
+async def test_vxlan_on_the_wire(bed: Testbed, tmp_path) -> None:
+    """A capture in the switch namespace shows VXLAN on UDP 4789 with the network's VNI and the inner addresses."""
+    import threading
+
+    from scapy.all import IP, UDP, sniff
+    from scapy.layers.vxlan import VXLAN
+
+    from libnet.kernel import netns
+
+    async with controllers(bed, tmp_path) as ctls:
+        nw = await ctls[0].create_network("ov", "overlay", ipv4_subnet="198.51.100.0/24",
+                                          ipv6_subnet="2001:db8:77::/64")
+        eps = []
+        for c in ctls[:2]:
+            sb = await c.create_sandbox()
+            eps.append((sb, await c.connect("ov", sb.id)))
+        await _converged(ctls, nw.id)
+        vni = ctls[0].driver("overlay")._vnis[nw.id]
+        ready = threading.Event()
+
+        def capture() -> list:
+            return list(sniff(iface="sw0", count=4, timeout=10, started_callback=ready.set,
+                              lfilter=lambda p: UDP in p and p[UDP].dport == 4789))
+
+        import asyncio
+
+        task = asyncio.ensure_future(asyncio.to_thread(netns.run_in, bed.switch, capture))
+        await asyncio.to_thread(ready.wait, 5)
+        assert bed.ping(os.path.basename(eps[0][0].netns), ip(eps[1][1].ipv4), count=2)
+        packets = await task
+        assert packets, "no VXLAN packet seen on the switch"
+        pkt = packets[0]
+        assert pkt[UDP].dport == 4789 and pkt[VXLAN].vni == vni
+        inner = pkt[VXLAN].payload[IP]
+        assert {inner.src, inner.dst} == {ip(eps[0][1].ipv4), ip(eps[1][1].ipv4)}
+        assert {pkt[IP].src, pkt[IP].dst} == {bed.hosts[0].ipv4, bed.hosts[1].ipv4}
