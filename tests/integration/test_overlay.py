@@ -167,8 +167,9 @@ async def test_vxlan_on_the_wire(bed: Testbed, tmp_path) -> None:
     from libnet.kernel import netns
 
     async with controllers(bed, tmp_path) as ctls:
-        nw = await ctls[0].create_network("ov", "overlay", ipv4_subnet="198.51.100.0/24",
-                                          ipv6_subnet="2001:db8:77::/64")
+        nw = await ctls[0].create_network(
+            "ov", "overlay", ipv4_subnet="198.51.100.0/24", ipv6_subnet="2001:db8:77::/64"
+        )
         eps = []
         for c in ctls[:2]:
             sb = await c.create_sandbox()
@@ -178,8 +179,15 @@ async def test_vxlan_on_the_wire(bed: Testbed, tmp_path) -> None:
         ready = threading.Event()
 
         def capture() -> list:
-            return list(sniff(iface="sw0", count=4, timeout=10, started_callback=ready.set,
-                              lfilter=lambda p: UDP in p and p[UDP].dport == 4789))
+            return list(
+                sniff(
+                    iface="sw0",
+                    count=4,
+                    timeout=10,
+                    started_callback=ready.set,
+                    lfilter=lambda p: UDP in p and p[UDP].dport == 4789,
+                )
+            )
 
         import asyncio
 
