@@ -15,7 +15,15 @@ import sys
 from benchmarks.common import parser, progress
 
 #: the benchmarks in the order they run
-BENCHMARKS = ["netlink_bench", "store_bench", "ipam_bench", "attach_bench", "gossip_bench", "api_bench"]
+BENCHMARKS = [
+    "netlink_bench",
+    "store_bench",
+    "ipam_bench",
+    "attach_bench",
+    "gossip_bench",
+    "api_bench",
+    "overlay_bench",
+]
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
 

@@ -72,3 +72,11 @@ def test_api_bench_quick() -> None:
     r = _run("api_bench")
     for key in ("list_networks_rps", "list_networks_p99_ms", "connect_disconnect_rps", "connect_disconnect_p99_ms"):
         assert r["metrics"][key] > 0
+
+
+@pytest.mark.root
+def test_overlay_bench_quick() -> None:
+    r = _run("overlay_bench")
+    assert r["metrics"]["overlay_gbps"] > 0
+    assert r["peers"]["handbuilt_vxlan_gbps"] > 0 and r["peers"]["underlay_gbps"] > 0
+    assert set(r["ratios"]) == {"vs_handbuilt_vxlan", "vs_underlay"}
