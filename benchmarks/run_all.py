@@ -23,6 +23,7 @@ BENCHMARKS = [
     "gossip_bench",
     "api_bench",
     "overlay_bench",
+    "convergence_bench",
 ]
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
@@ -87,9 +88,18 @@ def report(results: list[dict]) -> str:
 
 
 def main() -> None:
-    args = parser("run_all", __doc__).parse_args()
+    p = parser("run_all", __doc__)
+    p.add_argument("--only", nargs="*", help="run only these benchmarks (the report shows all saved results)")
+    args = p.parse_args()
     os.makedirs(RESULTS, exist_ok=True)
-    results = [run(name, args.quick) for name in BENCHMARKS]
+    for name in args.only if args.only is not None else BENCHMARKS:
+        run(name, args.quick)
+    results = []
+    for name in BENCHMARKS:
+        path = os.path.join(RESULTS, f"{name}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                results.append(json.load(f))
     progress(f"report: {report(results)}")
 
 

@@ -80,3 +80,11 @@ def test_overlay_bench_quick() -> None:
     assert r["metrics"]["overlay_gbps"] > 0
     assert r["peers"]["handbuilt_vxlan_gbps"] > 0 and r["peers"]["underlay_gbps"] > 0
     assert set(r["ratios"]) == {"vs_handbuilt_vxlan", "vs_underlay"}
+
+
+@pytest.mark.root
+def test_convergence_bench_quick() -> None:
+    r = _run("convergence_bench")
+    m = r["metrics"]["n3"]
+    for key in ("reachable_p50_s", "reachable_p99_s", "fdb_programmed_p50_s", "fdb_programmed_p99_s"):
+        assert m[key] > 0
