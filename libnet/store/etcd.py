@@ -81,7 +81,18 @@ class EtcdStore:
             raise StoreUnavailable("store is closed", url=self.url)
         if self._client is None:
             host, port = self.endpoints[self._idx]
-            client = aetcd.Client(host=host, port=port, timeout=math.ceil(self.timeout))
+            client = aetcd.Client(
+                host=host,
+                port=port,
+                timeout=math.ceil(self.timeout),
+                options={
+                    # a channel of its own, and quick reconnects: gRPC otherwise shares a subchannel
+                    # that sits in reconnect backoff for seconds after etcd was away
+                    "grpc.use_local_subchannel_pool": 1,
+                    "grpc.initial_reconnect_backoff_ms": 100,
+                    "grpc.max_reconnect_backoff_ms": 1000,
+                },
+            )
             await client.connect()
             self._client = client
         return self._client
@@ -93,11 +104,12 @@ class EtcdStore:
                 await asyncio.wait_for(client.close(), 1)
 
     async def _call(self, fn: Callable[[aetcd.Client], Awaitable[T]]) -> T:
-        """Run ``fn(client)`` within the deadline, failing over between endpoints."""
+        """Run ``fn(client)`` within the deadline, retrying across the endpoints until it ends."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         last: BaseException | None = None
-        for _ in range(len(self.endpoints)):
+        pause = 0.05
+        while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
@@ -107,6 +119,8 @@ class EtcdStore:
                 last = exc
                 await self._drop_client()
                 self._idx = (self._idx + 1) % len(self.endpoints)
+                await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
+                pause = min(pause * 2, 0.5)
         raise StoreUnavailable(f"etcd did not answer within {self.timeout:g}s: {last!r}", url=self.url)
 
     # --- Store ----------------------------------------------------------------
