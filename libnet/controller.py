@@ -33,6 +33,8 @@ from libnet.errors import (
     BadRequest,
     Conflict,
     InvalidOption,
+    LibnetError,
+    NameInUse,
     NoSuchNamespace,
     NoSuchPool,
     NotFound,
@@ -46,6 +48,8 @@ from libnet.validation import check_bool, check_labels, check_name, check_option
 
 log = logging.getLogger("libnet.controller")
 _SANDBOX_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+#: the local bridge network giving overlay containers a way out (Docker's docker_gwbridge)
+GATEWAY_BRIDGE = "libnet-gwbridge"
 
 
 def _new_id() -> str:
@@ -410,7 +414,20 @@ class Controller:
 
     @operation
     async def join(self, endpoint: str, sandbox: str) -> Endpoint:
-        """Plug an endpoint into a sandbox (idempotent for the same pair)."""
+        """Plug an endpoint into a sandbox (idempotent for the same pair).
+
+        A sandbox on a non-internal network whose driver has no way out of its
+        own (overlay) is also connected to this host's gateway bridge
+        network, which gives it a default route and masquerade.
+        """
+        ep = await self._join(endpoint, sandbox)
+        try:
+            await self._sync_gateway_bridge(ep.sandbox_id)
+        except LibnetError as exc:  # the network works; only the way out is missing
+            log.warning("sandbox %s: no gateway bridge: %s", (ep.sandbox_id or "")[:12], exc)
+        return ep
+
+    async def _join(self, endpoint: str, sandbox: str) -> Endpoint:
         ep = await self.repo.endpoint(endpoint)
         sb = await self.repo.sandbox(sandbox)
         async with self._lock(sb.id):
@@ -428,7 +445,10 @@ class Controller:
             used = {o.ifname for o in others}
             ifname = next(f"eth{i}" for i in range(len(used) + 1) if f"eth{i}" not in used)
             gateway = (
-                not nw.internal and bool(nw.ipv4_gateway or nw.ipv6_gateway) and not any(o.gateway for o in others)
+                not nw.internal
+                and bool(nw.ipv4_gateway or nw.ipv6_gateway)
+                and not drv.capabilities().external_via_gateway_bridge
+                and not any(o.gateway for o in others)
             )
             ep.sandbox_id, ep.ifname, ep.gateway = sb.id, ifname, gateway
             ninfo, einfo, sinfo = self._net_info(nw), self._ep_info(ep), self._sb_info(sb, ep)
@@ -450,6 +470,16 @@ class Controller:
     @operation
     async def leave(self, endpoint: str, sandbox: str | None = None) -> Endpoint:
         """Unplug an endpoint from its sandbox; not joined is fine."""
+        sandbox_id = (await self.repo.endpoint(endpoint)).sandbox_id
+        ep = await self._leave(endpoint, sandbox)
+        if sandbox_id and ep.network_id != await self._gateway_network_id():
+            try:
+                await self._sync_gateway_bridge(sandbox_id)
+            except LibnetError as exc:
+                log.warning("sandbox %s: gateway bridge not released: %s", sandbox_id[:12], exc)
+        return ep
+
+    async def _leave(self, endpoint: str, sandbox: str | None = None) -> Endpoint:
         ep = await self.repo.endpoint(endpoint)
         if not ep.sandbox_id:
             return ep
@@ -479,12 +509,54 @@ class Controller:
                 await self._write_files(sb)
         return ep
 
+    async def _gateway_network_id(self) -> str | None:
+        try:
+            return (await self.repo.network(GATEWAY_BRIDGE)).id
+        except NotFound:
+            return None
+
+    async def _sync_gateway_bridge(self, sandbox_id: str | None) -> None:
+        """Connect the sandbox to the gateway bridge network when one of its
+        networks needs it, and disconnect it when none does any more."""
+        if not sandbox_id:
+            return
+        try:
+            sb = await self.repo.sandbox(sandbox_id)
+        except NotFound:
+            return
+        gw_id = await self._gateway_network_id()
+        needed, present = False, None
+        for eid in sb.endpoints:
+            ep = await self.repo.endpoint(eid)
+            if gw_id is not None and ep.network_id == gw_id:
+                present = ep
+                continue
+            nw = await self.repo.network(ep.network_id)
+            if not nw.internal and self.driver(nw.driver).capabilities().external_via_gateway_bridge:
+                needed = True
+        if needed and present is None:
+            if gw_id is None:
+                with suppress(NameInUse):  # made by a concurrent join
+                    await self.create_network(
+                        GATEWAY_BRIDGE,
+                        "bridge",
+                        options={"bridge_name": "lngwbridge"},
+                        labels={"libnet.role": "gateway-bridge"},
+                    )
+            gw_ep = await self.create_endpoint(GATEWAY_BRIDGE, f"gw-{sb.id[:12]}", _connecting=True)
+            await self._join(gw_ep.id, sb.id)
+        elif present is not None and not needed:
+            await self._leave(present.id)
+            await self.delete_endpoint(present.id)
+
     async def _hand_over_gateway(self, sb: Sandbox) -> None:
         """After the gateway endpoint left, the next non-internal one takes the default routes."""
         for eid in sb.endpoints:
             ep = await self.repo.endpoint(eid)
             nw = await self.repo.network(ep.network_id)
             if nw.internal or not (nw.ipv4_gateway or nw.ipv6_gateway):
+                continue
+            if self.driver(nw.driver).capabilities().external_via_gateway_bridge:
                 continue
             await self.driver(nw.driver).set_gateway(self._net_info(nw), self._ep_info(ep), self._sb_info(sb, ep), True)
             await self.repo.update_endpoint(ep, lambda e: setattr(e, "gateway", True))

@@ -148,7 +148,7 @@ class Demo:
             )
             ep = next(
                 e
-                for e in json.loads(self.libnet("endpoint", "ls", "--json", show=False, on=on))
+                for e in json.loads(self.libnet("endpoint", "ls", "--network", "ov", "--json", show=False, on=on))
                 if e["sandbox_id"] == sid
             )
             placed.append((sb, ep, t))

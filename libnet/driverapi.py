@@ -28,6 +28,9 @@ class Capabilities:
     connectivity: bool = True
     #: each network is its own address domain (overlay): subnets may overlap other such networks
     own_addressing: bool = False
+    #: the network has no way out of its own: sandboxes on it (unless internal) are also
+    #: connected to the host's gateway bridge network, which carries their default route
+    external_via_gateway_bridge: bool = False
 
 
 @dataclass(frozen=True)

@@ -201,3 +201,25 @@ async def test_vxlan_on_the_wire(bed: Testbed, tmp_path) -> None:
         inner = pkt[VXLAN].payload[IP]
         assert {inner.src, inner.dst} == {ip(eps[0][1].ipv4), ip(eps[1][1].ipv4)}
         assert {pkt[IP].src, pkt[IP].dst} == {bed.hosts[0].ipv4, bed.hosts[1].ipv4}
+
+
+async def test_overlay_containers_get_out_through_the_gateway_bridge(bed: Testbed, tmp_path) -> None:
+    async with controllers(bed, tmp_path) as ctls:
+        await ctls[0].create_network("ov", "overlay", ipv4_subnet="198.51.100.0/24")
+        await ctls[0].create_network("private", "overlay", ipv4_subnet="198.51.101.0/24", internal=True)
+        c = ctls[0]
+        out_sb = await c.create_sandbox()
+        ep = await c.connect("ov", out_sb.id)
+        assert not ep.gateway  # the overlay endpoint carries no default route ...
+        eps = await c.endpoints("libnet-gwbridge")
+        assert [e.sandbox_id for e in eps] == [out_sb.id] and eps[0].gateway  # ... the gateway bridge one does
+        outside = bed.hosts[2].ipv4
+        assert bed.ping(os.path.basename(out_sb.netns), outside, count=3)
+
+        shut = await c.create_sandbox()
+        await c.connect("private", shut.id)
+        assert not bed.ping(os.path.basename(shut.netns), outside, wait=1)  # internal: no way out
+        assert [e.sandbox_id for e in await c.endpoints("libnet-gwbridge")] == [out_sb.id]
+
+        await c.disconnect("ov", out_sb.id)  # the last overlay endpoint leaves: so does the gateway one
+        assert await c.endpoints("libnet-gwbridge") == []

@@ -80,7 +80,7 @@ def connect_all(agents: list[AgentProcess]) -> list[tuple[str, dict]]:
         r = a.cli("connect", "ov", sid)
         assert r.returncode == 0, r.stderr
         sb = next(s for s in a.cli_json("sandbox", "ls") if s["id"] == sid)
-        ep = next(e for e in a.cli_json("endpoint", "ls") if e["sandbox_id"] == sid)
+        ep = next(e for e in a.cli_json("endpoint", "ls", "--network", "ov") if e["sandbox_id"] == sid)
         placed.append((os.path.basename(sb["netns"]), ep))
     return placed
 

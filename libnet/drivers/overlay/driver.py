@@ -21,8 +21,10 @@ done by the agent in cluster mode) each join and leave is also gossiped as a
 Serf user event -- usually the faster path -- and a host that failed or left
 has its peers removed after a grace period (see ``events.py``).
 
-Not yet here (see the issue's notes): the local gateway bridge giving
-containers outbound connectivity.  Overlapping subnets on
+Outbound connectivity for non-internal overlays comes from the controller:
+such sandboxes are also connected to the host's gateway bridge network
+(``libnet-gwbridge``, a bridge network with masquerade), which carries their
+default route, as Docker's docker_gwbridge does.  Overlapping subnets on
 different overlay networks work: each has its own namespace and its IPAM
 pools are "isolated" (they may overlap other overlay networks' pools).
 """
@@ -118,7 +120,7 @@ class OverlayDriver:
             self.programmer.mark(network_id)
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(scope="global", own_addressing=True)
+        return Capabilities(scope="global", own_addressing=True, external_via_gateway_bridge=True)
 
     def parse_network_options(self, options: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {"vni": None, "mtu": None}
