@@ -26,13 +26,13 @@ import tempfile
 import time
 
 from benchmarks.common import emit, parser, progress, require
-from libnet import Config, Controller
+from libnet import Controller
 from libnet.cluster.agent import SerfAgent, SerfAgentConfig
 from libnet.cluster.membership import SerfMembership
 from libnet.cluster.serf import new_key
 from libnet.kernel import netns
 from libnet.kernel.neighbours import FdbEntry
-from libnet.testing.hosts import Testbed
+from libnet.testing.hosts import Testbed, host_config
 
 NAME = "convergence_bench"
 
@@ -100,16 +100,7 @@ async def run(n: int, trials: int) -> dict:
                 )
                 await agent.start()
                 agents.append(agent)
-                cfg = Config(
-                    store=f"sqlite://{tmp}/{h.name}.db",
-                    cluster_store=f"sqlite://{tmp}/cluster.db",
-                    state_dir=f"{tmp}/{h.name}",
-                    host_netns=h.ns,
-                    node_name=h.name,
-                    vtep=h.ipv4,
-                    sandbox_prefix=f"{bed.prefix}{h.name}-sb-",
-                    overlay_prefix=f"{bed.prefix}{h.name}-o",
-                )
+                cfg = host_config(bed, h, tmp)
                 ctl = await Controller(cfg).start()
                 ctl.driver("overlay").attach_membership(SerfMembership(agent.client))
                 ctls.append(ctl)

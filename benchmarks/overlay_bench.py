@@ -27,8 +27,8 @@ import tempfile
 import time
 
 from benchmarks.common import emit, parser, progress, require
-from libnet import Config, Controller
-from libnet.testing.hosts import Testbed
+from libnet import Controller
+from libnet.testing.hosts import Testbed, host_config
 
 NAME = "overlay_bench"
 
@@ -94,16 +94,7 @@ def handbuilt(bed: Testbed) -> tuple[str, str]:
 async def libnet_overlay(bed: Testbed, tmp: str):
     ctls = []
     for h in bed.hosts:
-        cfg = Config(
-            store=f"sqlite://{tmp}/{h.name}.db",
-            cluster_store=f"sqlite://{tmp}/cluster.db",
-            state_dir=f"{tmp}/{h.name}",
-            host_netns=h.ns,
-            node_name=h.name,
-            vtep=h.ipv4,
-            sandbox_prefix=f"{bed.prefix}{h.name}-sb-",
-            overlay_prefix=f"{bed.prefix}{h.name}-o",
-        )
+        cfg = host_config(bed, h, tmp)
         ctls.append(await Controller(cfg).start())
     await ctls[0].create_network("bench", "overlay", ipv4_subnet="198.51.100.0/24", ipv6_subnet="2001:db8:77::/64")
     placed = []

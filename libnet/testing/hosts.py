@@ -198,3 +198,21 @@ def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+def host_config(bed: Testbed, host: Host, state: str, v6_vtep: bool = False):
+    """A controller configuration for ``host`` of ``bed``: its own store, the
+    cluster store shared by all hosts of the bed (one SQLite file), its VTEP,
+    and namespace prefixes under the bed's (so the bed removes them)."""
+    from libnet.config import Config
+
+    return Config(
+        store=f"sqlite://{state}/{host.name}.db",
+        cluster_store=f"sqlite://{state}/cluster.db",
+        state_dir=f"{state}/{host.name}",
+        host_netns=host.ns,
+        node_name=host.name,
+        vtep=host.ipv6 if v6_vtep else host.ipv4,
+        sandbox_prefix=f"{bed.prefix}{host.name}-sb-",
+        overlay_prefix=f"{bed.prefix}{host.name}-o",
+    )

@@ -9,9 +9,9 @@ import os
 
 import pytest
 
-from libnet import Config, Controller
+from libnet import Controller
 from libnet.kernel.netlink import Netlink
-from libnet.testing.hosts import Testbed
+from libnet.testing.hosts import Testbed, host_config
 
 pytestmark = pytest.mark.root
 
@@ -31,16 +31,7 @@ async def controllers(bed: Testbed, tmp_path, v6_underlay: bool = False):
     ctls = []
     try:
         for h in bed.hosts:
-            cfg = Config(
-                store=f"sqlite://{tmp_path}/{h.name}.db",
-                cluster_store=f"sqlite://{tmp_path}/cluster.db",
-                state_dir=str(tmp_path / h.name),
-                host_netns=h.ns,
-                node_name=h.name,
-                vtep=h.ipv6 if v6_underlay else h.ipv4,
-                sandbox_prefix=bed.prefix + h.name + "-sb-",
-                overlay_prefix=bed.prefix + h.name + "-o",
-            )
+            cfg = host_config(bed, h, str(tmp_path), v6_underlay)
             ctls.append(await Controller(cfg).start())
         yield ctls
     finally:
