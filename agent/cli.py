@@ -93,6 +93,16 @@ def _client(ctx: click.Context) -> Client:
     return ctx.obj
 
 
+def _table(columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    """A plain table like docker's list output."""
+    t = Table(box=None)
+    for col in columns:
+        t.add_column(col)
+    for row in rows:
+        t.add_row(*row)
+    console.print(t)
+
+
 def _emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
 
@@ -175,20 +185,21 @@ def network_ls(ctx, as_json, quiet) -> None:
         return _emit_json(nets)
     if quiet:
         return click.echo("\n".join(n["id"][:12] for n in nets))
-    t = Table(box=None)
-    for col in ("NETWORK ID", "NAME", "DRIVER", "SCOPE", "IPV4", "IPV6", "INTERNAL"):
-        t.add_column(col)
-    for n in nets:
-        t.add_row(
-            n["id"][:12],
-            n["name"],
-            n["driver"],
-            n["scope"],
-            n["ipv4_subnet"] or "",
-            n["ipv6_subnet"] or "",
-            "yes" if n["internal"] else "",
-        )
-    console.print(t)
+    _table(
+        ("NETWORK ID", "NAME", "DRIVER", "SCOPE", "IPV4", "IPV6", "INTERNAL"),
+        [
+            (
+                n["id"][:12],
+                n["name"],
+                n["driver"],
+                n["scope"],
+                n["ipv4_subnet"] or "",
+                n["ipv6_subnet"] or "",
+                "yes" if n["internal"] else "",
+            )
+            for n in nets
+        ],
+    )
 
 
 @network.command("inspect")
@@ -299,12 +310,10 @@ def sandbox_ls(ctx, as_json) -> None:
     sbs = _client(ctx).request("GET", "/v1/sandboxes")
     if as_json:
         return _emit_json(sbs)
-    t = Table(box=None)
-    for col in ("SANDBOX ID", "HOSTNAME", "NETNS", "ENDPOINTS"):
-        t.add_column(col)
-    for s in sbs:
-        t.add_row(s["id"][:12], s["hostname"] or "", s["netns"], str(len(s["endpoints"])))
-    console.print(t)
+    _table(
+        ("SANDBOX ID", "HOSTNAME", "NETNS", "ENDPOINTS"),
+        [(s["id"][:12], s["hostname"] or "", s["netns"], str(len(s["endpoints"]))) for s in sbs],
+    )
 
 
 @sandbox.command("rm")
@@ -321,20 +330,21 @@ def sandbox_rm(ctx, refs) -> None:
 
 
 def _endpoint_table(eps: list[dict[str, Any]]) -> None:
-    t = Table(box=None)
-    for col in ("ENDPOINT", "NAME", "SANDBOX", "IFACE", "IPV4", "IPV6", "MAC"):
-        t.add_column(col)
-    for e in eps:
-        t.add_row(
-            e["id"][:12],
-            e["name"],
-            (e["sandbox_id"] or "")[:12],
-            e["ifname"] or "",
-            _ip(e["ipv4"]),
-            _ip(e["ipv6"]),
-            e["mac"],
-        )
-    console.print(t)
+    _table(
+        ("ENDPOINT", "NAME", "SANDBOX", "IFACE", "IPV4", "IPV6", "MAC"),
+        [
+            (
+                e["id"][:12],
+                e["name"],
+                (e["sandbox_id"] or "")[:12],
+                e["ifname"] or "",
+                _ip(e["ipv4"]),
+                _ip(e["ipv6"]),
+                e["mac"],
+            )
+            for e in eps
+        ],
+    )
 
 
 @cli.group()
@@ -368,12 +378,10 @@ def node_ls(ctx, as_json) -> None:
     nodes = _client(ctx).request("GET", "/v1/nodes")
     if as_json:
         return _emit_json(nodes)
-    t = Table(box=None)
-    for col in ("NODE", "ADDRESS", "STATUS", "VTEP"):
-        t.add_column(col)
-    for n in nodes:
-        t.add_row(n["name"], n["address"], n["status"], n.get("tags", {}).get("vtep", ""))
-    console.print(t)
+    _table(
+        ("NODE", "ADDRESS", "STATUS", "VTEP"),
+        [(n["name"], n["address"], n["status"], n.get("tags", {}).get("vtep", "")) for n in nodes],
+    )
 
 
 @cli.group()
