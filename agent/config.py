@@ -36,6 +36,7 @@ class AgentConfig:
     serf_profile: str = "lan"
     serf_port: int = 7946
     peer_grace_period: float = 10.0  # seconds before a failed host's overlay peers are removed
+    overlay_anti_entropy: float = 30.0  # seconds between full re-reads of overlay peers from the store
     mtu: int | None = None
     ipv6: bool = True
     default_pools: list[dict[str, Any]] = field(default_factory=list)  # [{base, size}]: local IPv4 defaults
@@ -55,6 +56,9 @@ class AgentConfig:
             raise BadRequest("log_format must be text or json", log_format=self.log_format)
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise BadRequest("log_level must be debug, info, warning or error", log_level=self.log_level)
+        for name in ("peer_grace_period", "overlay_anti_entropy", "reconcile_interval"):
+            if not getattr(self, name) > 0:
+                raise BadRequest(f"{name} must be a positive number of seconds", **{name: str(getattr(self, name))})
         if self.cluster_mode and not self.advertise:
             raise BadRequest("cluster mode needs --advertise ADDRESS (this host's address for gossip and VXLAN)")
         for pools in (self.default_pools, self.global_pools):
@@ -80,6 +84,7 @@ class AgentConfig:
             node_name=self.node_name,
             vtep=self.advertise,
             overlay_prefix=self.overlay_prefix,
+            overlay_anti_entropy=self.overlay_anti_entropy,
         )
 
 

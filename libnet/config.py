@@ -46,3 +46,5 @@ class Config:
     vtep: str | None = None
     #: prefix of the per-network overlay namespaces (<prefix><vni>)
     overlay_prefix: str = "lno-"
+    #: seconds between overlay anti-entropy rounds (peers re-read from the store, devices repaired)
+    overlay_anti_entropy: float = 30.0

@@ -63,6 +63,7 @@ def components(
                 node=config.node_name,
                 vtep=config.vtep,
                 overlay_prefix=config.overlay_prefix,
+                anti_entropy_interval=config.overlay_anti_entropy,
             )
             for name, factory in builtin_drivers().items()
         }

@@ -34,7 +34,7 @@ from libnet.kernel.neighbours import FdbEntry, Neighbour, NeighbourSocket
 
 T = TypeVar("T")
 
-IFA_F_NODAD = 0x02
+IFA_F_NODAD, IFA_F_DADFAILED, IFA_F_TENTATIVE = 0x02, 0x08, 0x40
 RTNH_F_ONLINK = 0x04
 VXLAN_PORT = 4789
 IFNAMSIZ = 15
@@ -484,9 +484,22 @@ class Netlink:
 
         def body() -> list[str]:
             msgs = self.ipr.get_addr(index=self._index(link), family=socket.AF_INET6)
-            return [m.get("address") for m in msgs if (m.get("flags") or m["flags"]) & 0x40]
+            return [m.get("address") for m in msgs if (m.get("flags") or m["flags"]) & IFA_F_TENTATIVE]
 
         return self._run("list addresses", body, ifname=link)
+
+    def address_flags(self, address: str) -> int | None:
+        """The ``IFA_F_*`` flags of ``address`` on whichever link holds it, or
+        None when no link does (see :data:`IFA_F_TENTATIVE`, :data:`IFA_F_DADFAILED`)."""
+        family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+
+        def body() -> int | None:
+            for m in self.ipr.get_addr(family=family):
+                if m.get("address") == address:
+                    return m.get("flags") or m["flags"]
+            return None
+
+        return self._run("list addresses", body, address=address)
 
     # --- routes -----------------------------------------------------------
 

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 
 from libnet.kernel import netns
+from libnet.kernel.neighbours import Neighbour
 from libnet.kernel.netlink import Netlink
 
 PREFIX_ROOT = "lnt-"
@@ -112,6 +113,26 @@ class Testbed:
             sw.set_up(port)
         self.hosts.append(host)
         return host
+
+    def pin_underlay_neighbours(self) -> None:
+        """Give every host permanent ARP/ND entries for every other host's underlay addresses.
+
+        Needed for beds of tens of hosts, not by libnet: all namespaces share
+        the kernel's one neighbour table (``gc_thresh3``, 1024 entries by
+        default), and a full mesh of 30 hosts gossiping fills it with 870
+        underlay entries -- then new entries, the containers' ARP included,
+        fail with "neighbor table overflow" for seconds.  Real hosts each
+        have their own table.  Permanent entries do not count against the
+        limit (and keep the underlay warm).
+        """
+        macs = {}
+        for h in self.hosts:
+            with Netlink(h.ns) as nl:
+                macs[h.name] = nl.link(h.ifname).mac
+        for h in self.hosts:
+            entries = [Neighbour(addr, macs[o.name]) for o in self.hosts if o is not h for addr in (o.ipv4, o.ipv6)]
+            with Netlink(h.ns) as nl:
+                nl.replace_neighbours(h.ifname, entries)
 
     # --- processes --------------------------------------------------------------
 

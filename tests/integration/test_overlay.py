@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import itertools
 import os
@@ -27,11 +29,11 @@ def bed():
 
 
 @contextlib.asynccontextmanager
-async def controllers(bed: Testbed, tmp_path, v6_underlay: bool = False):
+async def controllers(bed: Testbed, tmp_path, v6_underlay: bool = False, **overrides):
     ctls = []
     try:
         for h in bed.hosts:
-            cfg = host_config(bed, h, str(tmp_path), v6_underlay)
+            cfg = dataclasses.replace(host_config(bed, h, str(tmp_path), v6_underlay), **overrides)
             ctls.append(await Controller(cfg).start())
         yield ctls
     finally:
@@ -96,6 +98,53 @@ async def test_all_pairs_reach_each_other(bed: Testbed, tmp_path, v6_underlay: b
         await _converged(ctls, nw.id)
         assert bed.ping(os.path.basename(eps[0][0].netns), ip(new.ipv4), count=3)
         assert bed.ping(os.path.basename(eps[0][0].netns), ip(new.ipv6), count=3)
+
+
+async def test_a_fresh_ipv6_vtep_answers_the_first_solicitation(bed: Testbed, tmp_path) -> None:
+    """A VTEP address still in DAD ignores neighbour solicitations: the first
+    packet from a peer then waits a whole retransmit second.  The driver
+    builds (and announces) only once its VTEP is usable."""
+    import time
+
+    h2 = bed.hosts[1]
+    bed.run(h2.ns, ["ip", "addr", "del", f"{h2.ipv6}/64", "dev", "eth0"], check=True)
+    bed.run(h2.ns, ["ip", "addr", "add", f"{h2.ipv6}/64", "dev", "eth0"], check=True)  # with DAD: tentative
+    with Netlink(h2.ns) as nl:
+        assert h2.ipv6 in nl.tentative_addresses("eth0")
+    async with controllers(bed, tmp_path, v6_underlay=True) as ctls:
+        await ctls[0].create_network("ov", "overlay", ipv4_subnet="198.51.100.0/24")
+        sa = await ctls[0].create_sandbox()
+        await ctls[0].connect("ov", sa.id)
+        sb = await ctls[1].create_sandbox()
+        eb = await ctls[1].connect("ov", sb.id)
+        with Netlink(h2.ns) as nl:
+            assert h2.ipv6 not in nl.tentative_addresses("eth0")
+        await _converged(ctls, eb.network_id)
+        started = time.monotonic()
+        assert bed.ping(os.path.basename(sa.netns), ip(eb.ipv4), wait=3)
+        assert time.monotonic() - started < 0.9  # no lost solicitation (its retransmit is 1 s)
+
+
+async def test_anti_entropy_repairs_a_missed_event(bed: Testbed, tmp_path) -> None:
+    """Host 1's watch dies silently (no Serf here either): the endpoint that
+    joins on host 2 meanwhile reaches host 1 through the periodic re-read."""
+    async with controllers(bed, tmp_path, overlay_anti_entropy=1.0) as ctls:
+        nw = await ctls[0].create_network("ov", "overlay", ipv4_subnet="198.51.100.0/24")
+        eps = await _all_pairs_reach(bed, ctls, "ov")
+        drv = ctls[0].driver("overlay")
+        drv._watches[nw.id].cancel()  # events from now on are lost to host 1
+        sb = await ctls[1].create_sandbox()
+        late = await ctls[1].connect("ov", sb.id)
+        await asyncio.sleep(0.3)
+        assert late.id not in {p.endpoint_id for p in drv.table.peers(nw.id)}  # the event was missed
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while late.id not in {p.endpoint_id for p in drv.table.peers(nw.id)}:
+            assert loop.time() < deadline, "anti-entropy did not bring the missed peer"
+            await asyncio.sleep(0.05)
+        await drv.programmer.settled()
+        assert bed.ping(os.path.basename(eps[0][0].netns), ip(late.ipv4), count=3)
+        assert not drv._watches[nw.id].done()  # and the watch runs again
 
 
 async def test_reconcile_restores_a_deleted_neighbour(bed: Testbed, tmp_path) -> None:

@@ -12,8 +12,9 @@ says otherwise.
 Peer distribution: at join an endpoint's record (addresses, MAC, VTEP, host)
 is written to the cluster store under ``libnet/v1/overlay/peers/<network>/``;
 each host with endpoints on the network watches that prefix (after a full
-read, which is also the anti-entropy path on start, after a lost watch and
-on every reconcile) into its :class:`PeerTable`, and the per-host
+read, which is also the anti-entropy path: on start, after a lost watch or
+lost membership events, when a failed host returns, and every
+``anti_entropy_interval`` seconds, default 30) into its :class:`PeerTable`, and the per-host
 :class:`Programmer` turns the table into neighbour and FDB entries.
 
 With cluster membership attached (:meth:`OverlayDriver.attach_membership`,
@@ -35,6 +36,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import time
 from typing import Any
 
 from libnet import model
@@ -46,13 +48,15 @@ from libnet.drivers.overlay.peerdb import Entries, Peer, PeerTable
 from libnet.drivers.overlay.programmer import Programmer
 from libnet.errors import BadRequest, Conflict, InvalidOption, KeyExists, KeyNotFound, LibnetError, Unavailable
 from libnet.kernel import netns, rtnl
-from libnet.kernel.netlink import Netlink
+from libnet.kernel.netlink import IFA_F_DADFAILED, IFA_F_TENTATIVE, Netlink
 from libnet.store.base import Store
 
 log = logging.getLogger("libnet.drivers.overlay")
 VNI_MIN, VNI_MAX = 256, (1 << 24) - 1
 P = "libnet/v1/overlay"
 PEER_KIND = "overlay_peer"
+DEFAULT_ANTI_ENTROPY = 30.0  # seconds between full re-reads of the peers from the store
+VTEP_DAD_TIMEOUT = 10.0  # longer than DAD with several probes
 
 
 class _Devices:
@@ -86,6 +90,7 @@ class OverlayDriver:
         node: str = "",
         vtep: str | None = None,
         overlay_prefix: str = "lno-",
+        anti_entropy_interval: float = DEFAULT_ANTI_ENTROPY,
         **_: Any,
     ) -> None:
         self.host_ns, self.default_mtu = host_ns, default_mtu
@@ -97,7 +102,8 @@ class OverlayDriver:
         self._watches: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.events: PeerEvents | None = None
-        self._background: set[asyncio.Future[None]] = set()
+        self.anti_entropy_interval = anti_entropy_interval
+        self._anti_entropy_task: asyncio.Task[None] | None = None
 
     def attach_membership(self, membership: Membership, grace: float = DEFAULT_GRACE) -> None:
         """Use cluster membership: gossip peer events (the fast path) and drop the
@@ -105,19 +111,43 @@ class OverlayDriver:
         self.events = PeerEvents(membership, self.table, self.programmer.mark, self._resync_all, grace)
         self.events.start()
 
-    def _resync_all(self) -> None:
-        for nid in list(self._watches):
-            task = asyncio.ensure_future(self._relist(nid))
-            self._background.add(task)  # keep a reference until it is done
-            task.add_done_callback(self._background.discard)
+    def _start_watch(self, network_id: str) -> asyncio.Future[None]:
+        """(Re)start the peer watch of a network; the future is done after its full read."""
+        old = self._watches.get(network_id)
+        if old is not None:
+            old.cancel()
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._watches[network_id] = asyncio.create_task(self._watch(network_id, ready))
+        return ready
 
-    async def _relist(self, network_id: str) -> None:
-        """Anti-entropy: the network's peers as the store has them."""
-        store, _ = self._need()
-        with contextlib.suppress(LibnetError):
-            pairs = await store.list(f"{P}/peers/{network_id}/")
-            self.table.replace_network(network_id, [Peer.from_data(model.decode(p.value, PEER_KIND)) for p in pairs])
-            self.programmer.mark(network_id)
+    def _resync_all(self) -> list[asyncio.Future[None]]:
+        """Anti-entropy: every programmed network's peers read again from the store.
+
+        Done by restarting each network's watch, which reads the whole prefix
+        and then watches from the revision before that read -- so no change
+        made meanwhile is lost (a plain re-list racing the watch could put an
+        older listing over a newer event)."""
+        return [self._start_watch(nid) for nid in list(self._watches)]
+
+    async def _anti_entropy(self) -> None:
+        """Every ``anti_entropy_interval`` s: peers re-read from the store, then the
+        devices compared with the peer table (repairs missed events and drift)."""
+        while True:
+            await asyncio.sleep(self.anti_entropy_interval)
+            await self._repair()
+
+    async def _repair(self) -> list[str]:
+        """Re-read every network's peers, program them, then repair device drift; returns what was repaired."""
+        await asyncio.wait(self._resync_all() or [asyncio.sleep(0)], timeout=10)
+        await self.programmer.settled()
+        repaired = []
+        for nid in list(self._watches):
+            try:
+                if n := await self.programmer.reconcile(nid):
+                    repaired.append(f"{n} neighbour/FDB entries of overlay network {nid[:12]}")
+            except LibnetError as exc:  # the network went away meanwhile, or the kernel said no: next round
+                log.warning("overlay anti-entropy of %s: %s", nid[:12], exc)
+        return repaired
 
     def capabilities(self) -> Capabilities:
         return Capabilities(scope="global", own_addressing=True, external_via_gateway_bridge=True)
@@ -195,7 +225,9 @@ class OverlayDriver:
                 await asyncio.to_thread(self._build, nw, vni, ns, vtep)
                 self.programmer.active.add(nw.id)
                 self.programmer.start()
-                self._watches[nw.id] = asyncio.create_task(self._watch(nw.id))
+                self._start_watch(nw.id)
+                if self._anti_entropy_task is None:
+                    self._anti_entropy_task = asyncio.create_task(self._anti_entropy())
         return ns
 
     def _underlay_mtu(self, vtep: str) -> int:
@@ -205,7 +237,32 @@ class OverlayDriver:
                     return link.mtu
         return 1500
 
+    def _await_vtep(self, vtep: str, timeout: float = VTEP_DAD_TIMEOUT) -> None:
+        """Return once ``vtep`` can carry traffic.
+
+        A fresh IPv6 address stays "tentative" during duplicate address
+        detection (about 1 s) and meanwhile ignores neighbour solicitations:
+        a peer that sent its first packets then lost its first solicitation
+        and waited a full retransmit second.  So a host only builds the
+        device, and announces endpoints, once its VTEP address is usable.
+        """
+        deadline = time.monotonic() + timeout
+        with Netlink(self.host_ns) as nl:
+            while True:
+                flags = nl.address_flags(vtep)
+                if flags is None:
+                    raise Unavailable(f"the VTEP address {vtep} is not configured on this host", vtep=vtep)
+                if flags & IFA_F_DADFAILED:
+                    raise Unavailable(f"the VTEP address {vtep} failed duplicate address detection", vtep=vtep)
+                if not flags & IFA_F_TENTATIVE:
+                    return
+                if time.monotonic() >= deadline:
+                    log.warning("VTEP %s still tentative after %.0f s; using it anyway", vtep, timeout)
+                    return
+                time.sleep(0.05)
+
     def _build(self, nw: NetworkInfo, vni: int, ns: str, vtep: str) -> None:
+        self._await_vtep(vtep)
         overhead = 70 if ipaddress.ip_address(vtep).version == 6 else 50
         mtu = nw.options.get("mtu") or (self.default_mtu or self._underlay_mtu(vtep)) - overhead
         if not netns.exists(ns):
@@ -241,7 +298,7 @@ class OverlayDriver:
         if vni is not None:
             await asyncio.to_thread(netns.delete, self.ns_name(vni))
 
-    async def _watch(self, network_id: str) -> None:
+    async def _watch(self, network_id: str, ready: asyncio.Future[None] | None = None) -> None:
         """Peers of one network from the store: full read, then every change."""
         store, _ = self._need()
         prefix = f"{P}/peers/{network_id}/"
@@ -251,6 +308,8 @@ class OverlayDriver:
                 peers = [Peer.from_data(model.decode(p.value, PEER_KIND)) for p in await store.list(prefix)]
                 self.table.replace_network(network_id, peers)
                 self.programmer.mark(network_id)
+                if ready is not None and not ready.done():
+                    ready.set_result(None)
                 async for ev in store.watch_prefix(prefix, start_revision=rev):
                     if ev.kind == "put":
                         changed = self.table.set(Peer.from_data(model.decode(ev.value, PEER_KIND)))
@@ -259,6 +318,8 @@ class OverlayDriver:
                     if changed:
                         self.programmer.mark(network_id)
             except asyncio.CancelledError:
+                if ready is not None:
+                    ready.cancel()
                 raise
             except LibnetError as exc:  # a lost watch: read everything again
                 log.warning("overlay peer watch of %s: %s; re-reading", network_id[:12], exc)
@@ -351,20 +412,18 @@ class OverlayDriver:
             if name not in wanted and name[len(self.prefix) :].isdigit():
                 await asyncio.to_thread(netns.delete, name)
                 report.removed.append(f"overlay namespace {name} of no local network")
-        await self.programmer.settled()
-        for nid in list(self._watches):
-            n = await self.programmer.reconcile(nid)
-            if n:
-                report.repaired.append(f"{n} neighbour/FDB entries of overlay network {nid[:12]}")
+        report.repaired.extend(await self._repair())
         return report
 
     async def close(self) -> None:
-        for task in self._watches.values():
+        tasks = [*self._watches.values(), *filter(None, [self._anti_entropy_task])]
+        for task in tasks:
             task.cancel()
-        for task in self._watches.values():
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._watches.clear()
+        self._anti_entropy_task = None
         if self.events is not None:
             await self.events.close()
         await self.programmer.close()
