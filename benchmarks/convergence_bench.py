@@ -12,8 +12,9 @@ namespace probing every 20 ms, so measuring costs no process per probe); the tim
 *last* host counts.  p50 and p99 over the trials.  Underlay warm (hosts have
 exchanged traffic, and hold permanent neighbour entries for each other: all
 test hosts share the kernel's one neighbour table, which 30 gossiping hosts
-would otherwise overflow -- see :meth:`Testbed.pin_underlay_neighbours`),
-IPv4 VTEPs.
+would otherwise overflow -- see :meth:`Testbed.pin_underlay_neighbours`;
+for the same reason each trial's container is deleted and the probers' ARP
+caches flushed after the trial, outside the clock), IPv4 VTEPs.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from libnet.cluster.membership import SerfMembership
 from libnet.cluster.serf import new_key
 from libnet.kernel import netns
 from libnet.kernel.neighbours import FdbEntry
+from libnet.kernel.netlink import Netlink
 from libnet.testing.hosts import Testbed, host_config
 
 NAME = "convergence_bench"
@@ -81,6 +83,11 @@ async def ping_until(ns: str, addr: str, deadline: float, ident: int) -> float |
         return None
     finally:
         sock.close()
+
+
+def _flush_arp(ns: str) -> None:
+    with Netlink(ns) as nl:
+        nl.flush_neighbours("eth0")
 
 
 async def run(n: int, trials: int) -> dict:
@@ -142,6 +149,10 @@ async def run(n: int, trials: int) -> dict:
                 )
                 fdb.append(max(fdb_times) - t0)
                 reach.append(max(p for p in ping_times if p is not None) - t0)
+                # clean up outside the clock: all test hosts share the kernel's one neighbour
+                # table, and 58 fresh entries a trial (probers <-> new container) would fill it
+                await src.delete_sandbox(sb.id)
+                await asyncio.gather(*(asyncio.to_thread(_flush_arp, ns) for _, ns in others))
                 progress(
                     f"n={n} trial {t + 1}/{trials}: fdb {fdb[-1] * 1000:.0f} ms, reachable {reach[-1] * 1000:.0f} ms"
                 )
