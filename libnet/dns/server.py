@@ -1,0 +1,298 @@
+"""The embedded DNS server: per sandbox, listeners on 127.0.0.11:53 (and [::1]:53).
+
+Each sandbox gets a UDP and a TCP socket per address, created inside its
+namespace and all served by the caller's one event loop.  UDP is read
+without asyncio's per-datagram machinery: on readiness up to
+``_BATCH`` datagrams are drained in one go, and a question seen before is
+answered from a cache of encoded replies keyed by the query's bytes after
+its ID (so flags and EDNS are part of the key), patched with the new ID --
+no parsing, no encoding.  Answers with several records keep a few encoded
+orders and pick one per answer (round robin).  The caches are dropped when
+the records change.
+
+UDP replies respect 512 bytes, or the client's EDNS0 size (at most 4096):
+a larger answer goes out truncated (TC bit, question only) and TCP serves
+it whole.  Malformed packets get FORMERR when their header can be read,
+silence otherwise; nothing a client sends stops the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import struct
+from dataclasses import dataclass
+
+from dnslib import QTYPE, RCODE, DNSRecord
+
+from libnet.dns.forwarder import Forwarder
+from libnet.dns.resolver import MAX_UDP_PAYLOAD, Resolver
+from libnet.kernel import netns
+
+log = logging.getLogger("libnet.dns")
+_BATCH = 64  # datagrams per readiness event
+_CACHE_MAX = 8192  # encoded answers per sandbox
+_VARIANTS = 6  # encoded orders kept for a round-robin answer
+_TCP_IDLE = 10.0  # seconds a TCP client may stay silent
+_TCP_MAX = 64  # concurrent TCP connections per sandbox
+_RCVBUF = 1 << 20
+
+
+@dataclass
+class ServerStats:
+    answered: int = 0
+    cached: int = 0
+    formerr: int = 0
+    dropped: int = 0
+
+
+def udp_limit(request: DNSRecord) -> int:
+    """The largest UDP answer the client accepts: 512, or its EDNS0 size (capped)."""
+    for rr in request.ar:
+        if rr.rtype == QTYPE.OPT:
+            return max(512, min(rr.rclass, MAX_UDP_PAYLOAD))
+    return 512
+
+
+def fit(reply: DNSRecord, limit: int) -> bytes:
+    """``reply`` encoded; if longer than ``limit``, a truncated copy (TC, question and OPT only)."""
+    wire = reply.pack()
+    if len(wire) <= limit:
+        return wire
+    short = DNSRecord(header=reply.header, q=reply.q)
+    short.header.tc = 1
+    for rr in reply.ar:
+        if rr.rtype == QTYPE.OPT:
+            short.add_ar(rr)
+    return short.pack()
+
+
+def formerr(data: bytes) -> bytes | None:
+    """A FORMERR for an unparsable query: its ID and opcode, no question; None if not even a header."""
+    if len(data) < 12 or data[2] & 0x80:  # too short, or a response: stay silent
+        return None
+    flags = 0x8000 | (data[2] & 0x78) << 8 | RCODE.FORMERR
+    return data[:2] + struct.pack("!HHHHH", flags, 0, 0, 0, 0)
+
+
+class _Listener:
+    """One sandbox's sockets, view and answer cache."""
+
+    def __init__(self, server: DnsServer, sandbox_id: str, view: frozenset[str]) -> None:
+        self.server, self.sandbox_id, self.view = server, sandbox_id, view
+        self.cache: dict[bytes, bytes | tuple[bytes, ...]] = {}
+        self._udp: list[socket.socket] = []
+        self._tcp: list[asyncio.Server] = []
+        self._clients: set[asyncio.Task[None]] = set()
+
+    async def open(self, ns: str, address: str, v6_address: str | None, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        for family, addr in ((socket.AF_INET, address), (socket.AF_INET6, v6_address)):
+            if addr is None:
+                continue
+            try:
+                udp = await asyncio.wrap_future(netns.open_socket_future(ns, family, socket.SOCK_DGRAM))
+                tcp = await asyncio.wrap_future(netns.open_socket_future(ns, family, socket.SOCK_STREAM))
+            except OSError:
+                if family == socket.AF_INET6:  # IPv6 off in this sandbox
+                    continue
+                raise
+            try:
+                udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+                udp.bind((addr, port))
+                tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                tcp.bind((addr, port))
+                tcp.listen(_TCP_MAX)
+            except OSError as exc:
+                udp.close()
+                tcp.close()
+                if family == socket.AF_INET6:  # no ::1 in this sandbox
+                    log.debug("sandbox %s: no IPv6 DNS listener: %s", self.sandbox_id[:12], exc)
+                    continue
+                raise
+            udp.setblocking(False)
+            tcp.setblocking(False)
+            self._udp.append(udp)
+            loop.add_reader(udp.fileno(), self._udp_ready, udp)
+            self._tcp.append(await asyncio.start_server(self._tcp_client, sock=tcp))
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        for udp in self._udp:
+            loop.remove_reader(udp.fileno())
+            udp.close()
+        for srv in self._tcp:
+            srv.close()
+        for task in list(self._clients):
+            task.cancel()
+        self._udp.clear()
+        self._tcp.clear()
+
+    # --- UDP ----------------------------------------------------------------
+
+    def _udp_ready(self, sock: socket.socket) -> None:
+        cache, stats = self.cache, self.server.stats
+        for _ in range(_BATCH):
+            try:
+                data, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # e.g. an ICMP error queued on the socket
+                continue
+            hit = cache.get(data[2:])
+            if hit is not None:
+                stats.cached += 1
+                answer = hit if type(hit) is bytes else random.choice(hit)
+                with contextlib.suppress(OSError):
+                    sock.sendto(data[:2] + answer, addr)
+                continue
+            try:
+                self._udp_miss(sock, data, addr)
+            except Exception:  # one bad question must not stop the loop
+                stats.dropped += 1
+                log.exception("DNS: unexpected failure answering a query")
+
+    def _udp_miss(self, sock: socket.socket, data: bytes, addr: tuple) -> None:
+        request = self._parse(data)
+        if request is None:
+            bad = formerr(data)
+            if bad is not None:
+                with contextlib.suppress(OSError):
+                    sock.sendto(bad, addr)
+            return
+        limit = udp_limit(request)
+        reply = self.server.resolver.resolve(request, self.view)
+        if reply is None:
+            self.server.spawn(self._forward_udp(sock, request, data, addr))
+            return
+        wire = fit(reply, limit)
+        with contextlib.suppress(OSError):
+            sock.sendto(wire, addr)
+        self.server.stats.answered += 1
+        self._remember(request, data, reply, wire, limit)
+
+    async def _forward_udp(self, sock: socket.socket, request: DNSRecord, data: bytes, addr: tuple) -> None:
+        answer = await self.server.forwarder.forward(request, data)
+        with contextlib.suppress(OSError):
+            sock.sendto(answer, addr)
+
+    def _remember(self, request: DNSRecord, data: bytes, reply: DNSRecord, wire: bytes, limit: int) -> None:
+        if reply.header.rcode not in (RCODE.NOERROR, RCODE.NXDOMAIN):
+            return
+        cache = self.cache
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        if len(reply.rr) > 1:  # round robin: several encoded orders, one picked per answer
+            variants = {wire[2:]}
+            for _ in range(_VARIANTS * 2):
+                again = self.server.resolver.resolve(request, self.view)
+                if again is not None:
+                    variants.add(fit(again, limit)[2:])
+                if len(variants) >= _VARIANTS:
+                    break
+            cache[data[2:]] = tuple(variants)
+        else:
+            cache[data[2:]] = wire[2:]
+
+    def _parse(self, data: bytes) -> DNSRecord | None:
+        try:
+            return DNSRecord.parse(data)
+        except Exception:  # dnslib raises several kinds on garbage (DNSError, struct, Unicode, recursion)
+            self.server.stats.formerr += 1
+            return None
+
+    # --- TCP ----------------------------------------------------------------
+
+    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if len(self._clients) >= _TCP_MAX:
+            writer.close()
+            return
+        if task is not None:
+            self._clients.add(task)
+        try:
+            while True:
+                head = await asyncio.wait_for(reader.readexactly(2), _TCP_IDLE)
+                data = await asyncio.wait_for(reader.readexactly(struct.unpack("!H", head)[0]), _TCP_IDLE)
+                answer = await self._tcp_answer(data)
+                if answer is None:
+                    break
+                writer.write(struct.pack("!H", len(answer)) + answer)
+                await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            if task is not None:
+                self._clients.discard(task)
+            writer.close()
+
+    async def _tcp_answer(self, data: bytes) -> bytes | None:
+        request = self._parse(data)
+        if request is None:
+            return formerr(data)
+        reply = self.server.resolver.resolve(request, self.view)
+        if reply is None:
+            return await self.server.forwarder.forward(request, data, tcp=True)
+        self.server.stats.answered += 1
+        return reply.pack()
+
+
+class DnsServer:
+    """Listeners for every attached sandbox, one resolver and one forwarder."""
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        forwarder: Forwarder,
+        address: str = "127.0.0.11",
+        port: int = 53,
+        v6_address: str | None = "::1",
+    ) -> None:
+        self.resolver, self.forwarder = resolver, forwarder
+        self.address, self.port, self.v6_address = address, port, v6_address
+        self.stats = ServerStats()
+        self._listeners: dict[str, _Listener] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def attached(self) -> list[str]:
+        return list(self._listeners)
+
+    async def attach(self, sandbox_id: str, ns: str, view: frozenset[str]) -> None:
+        """Serve the sandbox (listeners made once) with the networks in ``view`` visible."""
+        listener = self._listeners.get(sandbox_id)
+        if listener is not None:
+            if listener.view != view:
+                listener.view = view
+                listener.cache.clear()
+            return
+        listener = _Listener(self, sandbox_id, view)
+        try:
+            await listener.open(ns, self.address, self.v6_address, self.port)
+        except BaseException:
+            await listener.close()
+            raise
+        self._listeners[sandbox_id] = listener
+
+    async def detach(self, sandbox_id: str) -> None:
+        listener = self._listeners.pop(sandbox_id, None)
+        if listener is not None:
+            await listener.close()
+
+    def invalidate(self) -> None:
+        """The records changed: no cached answer may be used again."""
+        for listener in self._listeners.values():
+            listener.cache.clear()
+
+    async def close(self) -> None:
+        for sid in list(self._listeners):
+            await self.detach(sid)
+        for task in list(self._tasks):
+            task.cancel()

@@ -1,0 +1,94 @@
+"""The embedded DNS as one object: records, resolver, forwarder and server wired together.
+
+The controller keeps the records (its endpoints, the overlay driver's remote
+peers) and attaches each sandbox with the networks it is on; everything
+else happens here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from libnet.dns.forwarder import (
+    DEFAULT_MAX_INFLIGHT,
+    DEFAULT_TIMEOUT,
+    Forwarder,
+    parse_upstream,
+    upstreams_from_resolv_conf,
+)
+from libnet.dns.records import Records
+from libnet.dns.resolver import DEFAULT_TTL, Resolver, ResolverConfig
+from libnet.dns.server import DnsServer
+from libnet.errors import InvalidOption
+
+ADDRESS = "127.0.0.11"
+
+
+@dataclass
+class DnsConfig:
+    """Embedded DNS settings (all optional)."""
+
+    enabled: bool = True
+    #: TTL of libnet's own answers, seconds
+    ttl: int = DEFAULT_TTL
+    #: upstream resolvers ("198.51.100.53", "[2001:db8::53]:5353"); empty: the host's resolv.conf
+    upstreams: list[str] = field(default_factory=list)
+    #: seconds per upstream before the next is tried
+    upstream_timeout: float = DEFAULT_TIMEOUT
+    #: forwarded queries in flight at most; more get SERVFAIL at once
+    max_inflight: int = DEFAULT_MAX_INFLIGHT
+    #: port of the listeners (53; tests and benchmarks may move it)
+    port: int = 53
+
+    def validate(self) -> None:
+        for up in self.upstreams:
+            try:
+                parse_upstream(up)
+            except ValueError as exc:
+                raise InvalidOption(f"invalid DNS upstream {up!r}: {exc}", upstream=up) from None
+        if not 0 <= self.ttl <= 2**31 - 1:
+            raise InvalidOption("dns ttl must be 0..2147483647", ttl=str(self.ttl))
+        if not self.upstream_timeout > 0 or not self.max_inflight > 0:
+            raise InvalidOption("dns upstream_timeout and max_inflight must be positive")
+
+
+class EmbeddedDns:
+    """See the module docstring."""
+
+    def __init__(self, config: DnsConfig, host_ns: str | None, resolv_conf: str = "/etc/resolv.conf") -> None:
+        config.validate()
+        self.config = config
+        self.records = Records()
+        self.resolver = Resolver(self.records, ResolverConfig(ttl=config.ttl))
+        self.forwarder = Forwarder(self._upstreams(resolv_conf), host_ns, config.upstream_timeout, config.max_inflight)
+        self.server = DnsServer(self.resolver, self.forwarder, ADDRESS, config.port)
+        self.records.listeners.append(self.server.invalidate)
+
+    def _upstreams(self, path: str) -> Callable[[], list[tuple[str, int]]]:
+        if self.config.upstreams:
+            fixed = [parse_upstream(u) for u in self.config.upstreams]
+            return lambda: fixed
+        cache: list = [None, []]  # (mtime, upstreams): the host's file, read again only when it changes
+
+        def from_host() -> list[tuple[str, int]]:
+            try:
+                mtime = os.stat(path).st_mtime_ns
+                if mtime != cache[0]:
+                    with open(path) as f:
+                        cache[:] = [mtime, upstreams_from_resolv_conf(f.read())]
+            except OSError:
+                cache[:] = [None, []]
+            return cache[1]
+
+        return from_host
+
+    async def attach(self, sandbox_id: str, netns: str, view: frozenset[str]) -> None:
+        await self.server.attach(sandbox_id, netns, view)
+
+    async def detach(self, sandbox_id: str) -> None:
+        await self.server.detach(sandbox_id)
+
+    async def close(self) -> None:
+        await self.server.close()
