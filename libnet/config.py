@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ipam.pools import IpamConfig
+    from libnet.dns.service import DnsConfig
 
 
 def _default_ipam() -> IpamConfig:
@@ -15,6 +16,12 @@ def _default_ipam() -> IpamConfig:
     from ipam.pools import IpamConfig
 
     return IpamConfig()
+
+
+def _default_dns() -> DnsConfig:
+    from libnet.dns.service import DnsConfig
+
+    return DnsConfig()
 
 
 @dataclass
@@ -48,3 +55,5 @@ class Config:
     overlay_prefix: str = "lno-"
     #: seconds between overlay anti-entropy rounds (peers re-read from the store, devices repaired)
     overlay_anti_entropy: float = 30.0
+    #: the embedded DNS server of every sandbox (127.0.0.11)
+    dns: DnsConfig = field(default_factory=_default_dns)

@@ -27,6 +27,9 @@ from typing import Any
 
 from libnet import sandbox_files
 from libnet.config import Config
+from libnet.dns.binding import DnsBinding
+from libnet.dns.records import parse_service
+from libnet.dns.service import ADDRESS as EMBEDDED_DNS
 from libnet.driverapi import Driver, EndpointInfo, NetworkInfo, PortMapping, ReconcileReport, SandboxInfo
 from libnet.errors import (
     AddressNotAllocated,
@@ -72,8 +75,11 @@ class Controller:
         ipam=None,
         drivers: dict[str, Driver] | None = None,
         namespaces: Namespaces | None = None,
+        dns=None,
     ) -> None:
         self.config = config or Config()
+        self._dns = dns
+        self._dns_binding: DnsBinding | None = None
         self._store, self._cluster, self._ipam = store, cluster_store, ipam
         self._drivers = drivers
         self._namespaces = namespaces
@@ -96,13 +102,22 @@ class Controller:
             ipam=self._ipam,
             drivers=self._drivers,
             namespaces=self._namespaces,
+            dns=self._dns,
         )
-        self._store, self._cluster, self._ipam, self._drivers, self._namespaces, self._owned_stores = parts
+        self._store, self._cluster, self._ipam, self._drivers, self._namespaces, self._dns, self._owned_stores = parts
         self._repo = Repository(self._store, self._cluster)
+        if self._dns is not None:
+            self._dns_binding = DnsBinding(self._dns, self._repo)
+            for drv in self._drivers.values():
+                if hasattr(drv, "peer_listeners"):  # drivers with remote endpoints (overlay)
+                    drv.peer_listeners.append(self._dns_binding.remote_listener(drv.remote_endpoints))
+            await self._dns_binding.restore()
         return self
 
     async def close(self) -> None:
-        """Release handles; networks and containers keep working."""
+        """Release handles; networks and containers keep working (DNS stops until the next start)."""
+        if self._dns_binding is not None:
+            await self._dns_binding.close()
         for driver in (self._drivers or {}).values():
             await driver.close()
         for store in self._owned_stores:
@@ -151,7 +166,9 @@ class Controller:
     @staticmethod
     def _ep_info(ep: Endpoint) -> EndpointInfo:
         ports = tuple(PortMapping(**p) for p in ep.ports)
-        return EndpointInfo(ep.id, ep.network_id, ep.name, ep.ipv4, ep.ipv6, ep.mac, ports)
+        return EndpointInfo(
+            ep.id, ep.network_id, ep.name, ep.ipv4, ep.ipv6, ep.mac, ports, tuple(ep.aliases), tuple(ep.services)
+        )
 
     @staticmethod
     def _sb_info(sb: Sandbox, ep: Endpoint) -> SandboxInfo:
@@ -239,6 +256,8 @@ class Controller:
                 with suppress(NoSuchPool):
                     await self._ipam.release_pool(pool)
         await self.repo.delete_network(nw)
+        if self._dns_binding is not None:
+            self._dns_binding.network_deleted(nw.id)
         log.info("network %s (%s) deleted", nw.name, nw.id[:12])
 
     # --- endpoints --------------------------------------------------------------
@@ -252,12 +271,19 @@ class Controller:
         ipv4: str | None = None,
         ipv6: str | None = None,
         aliases: Iterable[str] = (),
+        services: Iterable[str] = (),
         ports: Iterable[PortMapping | dict] = (),
         _connecting: bool = False,
     ) -> Endpoint:
-        """Create an endpoint with addresses from the network's pools."""
+        """Create an endpoint with addresses from the network's pools.
+
+        ``aliases``: more DNS names (shared by several endpoints: round robin);
+        ``services``: ``"http:80/tcp"`` specs published as SRV records."""
         check_name(name, "endpoint")
         aliases = [check_name(a, "alias") for a in aliases]
+        if isinstance(services, str):
+            raise InvalidOption("services is a list of NAME:PORT[/PROTO] specs", services=services)
+        services = [str(parse_service(s)) for s in services]
         mappings = [_port(p) for p in ports]
         nw = await self.repo.network(network)
         if ipv6 is not None and not nw.ipv6_pool:
@@ -270,6 +296,7 @@ class Controller:
             nw.id,
             mac="",
             aliases=aliases,
+            services=services,
             ports=[m.__dict__ for m in mappings],
             connecting=_connecting,
             node=self.config.node_name,
@@ -374,6 +401,8 @@ class Controller:
             with suppress(NotFound):
                 await self.leave(eid)
                 await self.delete_endpoint(eid)
+        if self._dns_binding is not None:
+            await self._dns_binding.sandbox_deleted(sb.id)
         if sb.owned:
             await asyncio.to_thread(self._namespaces.delete, sb.netns)
         sandbox_files.remove(self.config.state_dir, sb.id)
@@ -391,7 +420,10 @@ class Controller:
                 for cidr in (ep.ipv4, ep.ipv6):
                     if cidr:
                         entries.append((str(ipaddress.ip_interface(cidr).ip), [ep.name, *ep.aliases]))
-        resolv = sandbox_files.resolv_conf(self._host_resolv_conf())
+        if self._dns is not None:
+            resolv = sandbox_files.resolv_conf_embedded(self._host_resolv_conf(), EMBEDDED_DNS)
+        else:
+            resolv = sandbox_files.resolv_conf(self._host_resolv_conf())
         hosts = sandbox_files.hosts_file(sb.hostname, entries)
         # two small local files: cheaper written here than handed to a thread
         sandbox_files.write(self.config.state_dir, sb.id, resolv, hosts)
@@ -425,7 +457,16 @@ class Controller:
             await self._sync_gateway_bridge(ep.sandbox_id)
         except LibnetError as exc:  # the network works; only the way out is missing
             log.warning("sandbox %s: no gateway bridge: %s", (ep.sandbox_id or "")[:12], exc)
+        await self._dns_sync(ep.sandbox_id)
         return ep
+
+    async def _dns_sync(self, sandbox_id: str | None) -> None:
+        if self._dns_binding is None or not sandbox_id:
+            return
+        try:
+            await self._dns_binding.sandbox(await self.repo.sandbox(sandbox_id))
+        except (LibnetError, OSError) as exc:  # names do not resolve; the network itself works
+            log.warning("sandbox %s: embedded DNS not served: %s", sandbox_id[:12], exc)
 
     async def _join(self, endpoint: str, sandbox: str) -> Endpoint:
         ep = await self.repo.endpoint(endpoint)
@@ -477,6 +518,8 @@ class Controller:
                 await self._sync_gateway_bridge(sandbox_id)
             except LibnetError as exc:
                 log.warning("sandbox %s: gateway bridge not released: %s", sandbox_id[:12], exc)
+        if sandbox_id and self._dns_binding is not None:
+            await self._dns_binding.left(ep, sandbox_id)
         return ep
 
     async def _leave(self, endpoint: str, sandbox: str | None = None) -> Endpoint:

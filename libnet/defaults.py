@@ -37,8 +37,12 @@ def components(
     ipam=None,
     drivers: dict[str, Driver] | None = None,
     namespaces: Namespaces | None = None,
+    dns: Any = None,
 ) -> tuple[Any, ...]:
-    """(store, cluster_store, ipam, drivers, namespaces, stores opened here)."""
+    """(store, cluster_store, ipam, drivers, namespaces, dns, stores opened here).
+
+    The embedded DNS is built only with the real namespaces (and when
+    ``config.dns.enabled``): its listeners live inside them."""
     owned = []
     if store is None:
         store = open_store(config.store)
@@ -69,4 +73,8 @@ def components(
         }
     if namespaces is None:
         namespaces = KernelNamespaces()
-    return store, cluster_store, ipam, drivers, namespaces, owned
+        if dns is None and config.dns.enabled:
+            from libnet.dns.service import EmbeddedDns
+
+            dns = EmbeddedDns(config.dns, config.host_netns, config.resolv_conf)
+    return store, cluster_store, ipam, drivers, namespaces, dns, owned

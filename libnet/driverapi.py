@@ -68,6 +68,8 @@ class EndpointInfo:
     ipv6: str | None
     mac: str
     ports: tuple[PortMapping, ...] = ()
+    aliases: tuple[str, ...] = ()
+    services: tuple[str, ...] = ()  # "http:80/tcp"
 
 
 @dataclass(frozen=True)

@@ -180,6 +180,7 @@ class Endpoint:
     ipv4: str | None = None  # interface CIDR
     ipv6: str | None = None
     aliases: list[str] = field(default_factory=list)
+    services: list[str] = field(default_factory=list)  # "http:80/tcp": SRV records
     ports: list[dict[str, Any]] = field(default_factory=list)  # PortMapping fields
     sandbox_id: str | None = None
     ifname: str | None = None  # name inside the sandbox once joined

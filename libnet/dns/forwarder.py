@@ -91,7 +91,7 @@ class Forwarder:
         """The upstream's answer to ``query`` (the client's bytes), with the client's ID."""
         if self.inflight >= self.max_inflight:
             self.stats.rejected += 1
-            return servfail(request).pack()
+            return bytes(servfail(request).pack())
         self.inflight += 1
         try:
             for host, port in self.upstreams():
@@ -104,7 +104,7 @@ class Forwarder:
                 self.stats.forwarded += 1
                 return query[:2] + answer[2:]
             self.stats.failed += 1
-            return servfail(request).pack()
+            return bytes(servfail(request).pack())
         finally:
             self.inflight -= 1
 

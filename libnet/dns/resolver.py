@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from dnslib import AAAA, CLASS, EDNS0, OPCODE, PTR, QTYPE, RCODE, RR, SRV, A, DNSHeader, DNSRecord
+from dnslib import AAAA, EDNS0, OPCODE, PTR, QTYPE, RCODE, RR, SRV, A, DNSHeader, DNSRecord
 
 from libnet.dns.records import Entry, Records, reverse_to_address
 
@@ -49,7 +49,7 @@ class Resolver:
         if len(request.questions) != 1 or request.header.qr:
             return self._error(request, RCODE.FORMERR)
         q = request.q
-        if q.qclass not in (CLASS.IN, CLASS.ANY):
+        if q.qclass not in (1, 255):  # IN, ANY
             return None
         name = str(q.qname).rstrip(".").lower()
         qtype = q.qtype

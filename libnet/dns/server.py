@@ -59,7 +59,7 @@ def udp_limit(request: DNSRecord) -> int:
 
 def fit(reply: DNSRecord, limit: int) -> bytes:
     """``reply`` encoded; if longer than ``limit``, a truncated copy (TC, question and OPT only)."""
-    wire = reply.pack()
+    wire = bytes(reply.pack())
     if len(wire) <= limit:
         return wire
     short = DNSRecord(header=reply.header, q=reply.q)
@@ -67,14 +67,15 @@ def fit(reply: DNSRecord, limit: int) -> bytes:
     for rr in reply.ar:
         if rr.rtype == QTYPE.OPT:
             short.add_ar(rr)
-    return short.pack()
+    return bytes(short.pack())
 
 
-def formerr(data: bytes) -> bytes | None:
-    """A FORMERR for an unparsable query: its ID and opcode, no question; None if not even a header."""
+def formerr(data: bytes, rcode: int = RCODE.FORMERR) -> bytes | None:
+    """An error answer (FORMERR by default) built from the query's header alone:
+    its ID and opcode, no question; None if not even a header."""
     if len(data) < 12 or data[2] & 0x80:  # too short, or a response: stay silent
         return None
-    flags = 0x8000 | (data[2] & 0x78) << 8 | RCODE.FORMERR
+    flags = 0x8000 | (data[2] & 0x78) << 8 | rcode
     return data[:2] + struct.pack("!HHHHH", flags, 0, 0, 0, 0)
 
 
@@ -154,6 +155,10 @@ class _Listener:
             except Exception:  # one bad question must not stop the loop
                 stats.dropped += 1
                 log.exception("DNS: unexpected failure answering a query")
+                failed = formerr(data, RCODE.SERVFAIL)
+                if failed is not None:
+                    with contextlib.suppress(OSError):
+                        sock.sendto(failed, addr)
 
     def _udp_miss(self, sock: socket.socket, data: bytes, addr: tuple) -> None:
         request = self._parse(data)
@@ -237,7 +242,7 @@ class _Listener:
         if reply is None:
             return await self.server.forwarder.forward(request, data, tcp=True)
         self.server.stats.answered += 1
-        return reply.pack()
+        return bytes(reply.pack())
 
 
 class DnsServer:

@@ -37,6 +37,7 @@ import contextlib
 import ipaddress
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from libnet import model
@@ -103,13 +104,27 @@ class OverlayDriver:
         self._locks: dict[str, asyncio.Lock] = {}
         self.events: PeerEvents | None = None
         self.anti_entropy_interval = anti_entropy_interval
+        #: called with a network id whenever its remote endpoints changed (the embedded DNS listens)
+        self.peer_listeners: list[Callable[[str], None]] = []
         self._anti_entropy_task: asyncio.Task[None] | None = None
 
     def attach_membership(self, membership: Membership, grace: float = DEFAULT_GRACE) -> None:
         """Use cluster membership: gossip peer events (the fast path) and drop the
         peers of hosts that failed or left, after ``grace`` seconds."""
-        self.events = PeerEvents(membership, self.table, self.programmer.mark, self._resync_all, grace)
+        self.events = PeerEvents(membership, self.table, self._peers_changed, self._resync_all, grace)
         self.events.start()
+
+    def _peer(self, ep: EndpointInfo, vtep: str) -> Peer:
+        return Peer(ep.id, ep.network_id, ep.mac, vtep, self.node, ep.ipv4, ep.ipv6, ep.name, ep.aliases, ep.services)
+
+    def _peers_changed(self, network_id: str) -> None:
+        self.programmer.mark(network_id)
+        for listener in self.peer_listeners:
+            listener(network_id)
+
+    def remote_endpoints(self, network_id: str) -> list[Peer]:
+        """The other hosts' endpoints on a network this host has endpoints on."""
+        return self.table.peers(network_id)
 
     def _start_watch(self, network_id: str) -> asyncio.Future[None]:
         """(Re)start the peer watch of a network; the future is done after its full read."""
@@ -293,6 +308,8 @@ class OverlayDriver:
                 await task
         self.programmer.forget(network_id)
         self.table.drop_network(network_id)
+        for listener in self.peer_listeners:
+            listener(network_id)
         self._local.pop(network_id, None)
         vni = self._vnis.get(network_id)
         if vni is not None:
@@ -307,7 +324,7 @@ class OverlayDriver:
                 rev = await store.revision()
                 peers = [Peer.from_data(model.decode(p.value, PEER_KIND)) for p in await store.list(prefix)]
                 self.table.replace_network(network_id, peers)
-                self.programmer.mark(network_id)
+                self._peers_changed(network_id)
                 if ready is not None and not ready.done():
                     ready.set_result(None)
                 async for ev in store.watch_prefix(prefix, start_revision=rev):
@@ -316,7 +333,7 @@ class OverlayDriver:
                     else:
                         changed = self.table.remove(network_id, ev.key.rsplit("/", 1)[1])
                     if changed:
-                        self.programmer.mark(network_id)
+                        self._peers_changed(network_id)
             except asyncio.CancelledError:
                 if ready is not None:
                     ready.cancel()
@@ -349,7 +366,7 @@ class OverlayDriver:
             with rtnl.RtnlSocket(sock) as r:
                 # no default route: outbound connectivity through a gateway bridge is not built yet
                 _configure_sandbox(r, nw, ep, SandboxInfo(sb.id, sb.netns, sb.ifname, gateway=False))
-            peer = Peer(ep.id, nw.id, ep.mac, vtep, self.node, ep.ipv4, ep.ipv6)
+            peer = self._peer(ep, vtep)
             await store.put(f"{P}/peers/{nw.id}/{ep.id}", model.encode(PEER_KIND, peer.to_data()))
         except BaseException:
             await asyncio.to_thread(self._unplug, ns, host_if)
@@ -367,7 +384,7 @@ class OverlayDriver:
         if self.store is not None:
             await self.store.delete(f"{P}/peers/{nw.id}/{ep.id}")
         if self.events is not None and self.vtep:
-            await self.events.announce("del", Peer(ep.id, nw.id, ep.mac, self.vtep, self.node, ep.ipv4, ep.ipv6))
+            await self.events.announce("del", self._peer(ep, self.vtep))
         vni = self._vnis.get(nw.id)
         if vni is not None:
             await asyncio.to_thread(self._unplug, self.ns_name(vni), host_ifname(ep))
@@ -406,7 +423,7 @@ class OverlayDriver:
             nw = nets[ep.network_id]
             wanted.add(await self._ensure_local(nw))
             self._local.setdefault(nw.id, set()).add(ep.id)
-            peer = Peer(ep.id, nw.id, ep.mac, self.vtep, self.node, ep.ipv4, ep.ipv6)
+            peer = self._peer(ep, self.vtep)
             await self.store.put(f"{P}/peers/{nw.id}/{ep.id}", model.encode(PEER_KIND, peer.to_data()))
         for name in netns.list_names(self.prefix):
             if name not in wanted and name[len(self.prefix) :].isdigit():

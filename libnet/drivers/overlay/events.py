@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -38,6 +39,9 @@ def encode(op: str, peer: Peer) -> bytes:
             "h": peer.node,
             "4": peer.ipv4,
             "6": peer.ipv6,
+            **({"a": peer.name} if peer.name else {}),
+            **({"l": list(peer.aliases)} if peer.aliases else {}),
+            **({"s": list(peer.services)} if peer.services else {}),
         },
         separators=(",", ":"),
     ).encode()
@@ -45,7 +49,8 @@ def encode(op: str, peer: Peer) -> bytes:
 
 def decode(payload: bytes) -> tuple[str, Peer]:
     d = json.loads(payload)
-    return d["op"], Peer(d["e"], d["n"], d["m"], d["v"], d["h"], d.get("4"), d.get("6"))
+    peer = Peer(d["e"], d["n"], d["m"], d["v"], d["h"], d.get("4"), d.get("6"), d.get("a") or "")
+    return d["op"], dataclasses.replace(peer, aliases=tuple(d.get("l") or ()), services=tuple(d.get("s") or ()))
 
 
 class PeerEvents:

@@ -33,6 +33,10 @@ class Peer:
     node: str
     ipv4: str | None = None  # interface CIDR
     ipv6: str | None = None
+    # for DNS: what the endpoint answers to, and the services it offers ("http:80/tcp")
+    name: str = ""
+    aliases: tuple[str, ...] = ()
+    services: tuple[str, ...] = ()
 
     def to_data(self) -> dict:
         return {
@@ -43,11 +47,25 @@ class Peer:
             "node": self.node,
             "ipv4": self.ipv4,
             "ipv6": self.ipv6,
+            "name": self.name,
+            "aliases": list(self.aliases),
+            "services": list(self.services),
         }
 
     @classmethod
     def from_data(cls, d: dict) -> Peer:
-        return cls(d["endpoint_id"], d["network_id"], d["mac"], d["vtep"], d["node"], d.get("ipv4"), d.get("ipv6"))
+        return cls(
+            d["endpoint_id"],
+            d["network_id"],
+            d["mac"],
+            d["vtep"],
+            d["node"],
+            d.get("ipv4"),
+            d.get("ipv6"),
+            d.get("name") or "",
+            tuple(d.get("aliases") or ()),
+            tuple(d.get("services") or ()),
+        )
 
 
 @dataclass

@@ -1,0 +1,92 @@
+"""Keeps the embedded DNS in step with the controller's objects.
+
+The controller calls in after joins, leaves and deletions; the overlay
+driver's peer listeners call :meth:`DnsBinding.remote_changed`.  A sandbox's
+view is the set of networks it is on, minus the gateway bridge network
+(plumbing for outbound traffic, not a network containers find each other on).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Any
+
+from libnet.dns.records import Entry
+from libnet.dns.service import EmbeddedDns
+from libnet.errors import LibnetError, NotFound
+from libnet.model import Endpoint, Network, Sandbox
+
+log = logging.getLogger("libnet.dns")
+GATEWAY_ROLE = ("libnet.role", "gateway-bridge")
+
+
+def entry_of(ep: Endpoint) -> Entry:
+    return Entry.build(ep.id, ep.network_id, ep.name, ep.ipv4, ep.ipv6, ep.aliases, ep.services)
+
+
+class DnsBinding:
+    """See the module docstring.  ``repo`` is the controller's repository."""
+
+    def __init__(self, dns: EmbeddedDns, repo: Any) -> None:
+        self.dns, self.repo = dns, repo
+        self.records = dns.records
+
+    def _network(self, nw: Network) -> bool:
+        """Record the network; False if it is not one containers resolve names on."""
+        if nw.labels.get(GATEWAY_ROLE[0]) == GATEWAY_ROLE[1]:
+            return False
+        self.records.set_network(nw.id, nw.name, [nw.ipv4_subnet, nw.ipv6_subnet])
+        return True
+
+    async def sandbox(self, sb: Sandbox) -> None:
+        """(Re)attach the sandbox: its endpoints' records, its view, its listeners."""
+        view = set()
+        for eid in sb.endpoints:
+            with suppress(NotFound):
+                ep = await self.repo.endpoint(eid)
+                if self._network(await self.repo.network(ep.network_id)):
+                    self.records.put(entry_of(ep))
+                    view.add(ep.network_id)
+        await self.dns.attach(sb.id, sb.netns, frozenset(view))
+
+    async def left(self, ep: Endpoint, sandbox_id: str) -> None:
+        self.records.remove(ep.id)
+        with suppress(NotFound):
+            await self.sandbox(await self.repo.sandbox(sandbox_id))
+
+    async def sandbox_deleted(self, sandbox_id: str) -> None:
+        await self.dns.detach(sandbox_id)
+
+    def network_deleted(self, network_id: str) -> None:
+        self.records.remove_network(network_id)
+
+    def remote_listener(self, peers: Callable[[str], list]) -> Callable[[str], None]:
+        """A peer listener for an overlay driver: its remote endpoints become records."""
+
+        def changed(network_id: str) -> None:
+            entries = []
+            for p in peers(network_id):
+                if p.name:
+                    try:
+                        entries.append(
+                            Entry.build(p.endpoint_id, p.network_id, p.name, p.ipv4, p.ipv6, p.aliases, p.services)
+                        )
+                    except LibnetError as exc:  # a peer from a newer/odd host: skip its records only
+                        log.warning("DNS: ignoring the records of peer %s: %s", p.endpoint_id[:12], exc)
+            self.records.replace_remote(network_id, entries)
+
+        return changed
+
+    async def restore(self) -> None:
+        """After a restart: serve every sandbox that has endpoints again."""
+        for sb in await self.repo.sandboxes():
+            if sb.endpoints:
+                try:
+                    await self.sandbox(sb)
+                except (LibnetError, OSError) as exc:  # its namespace may be gone: reconcile reports that
+                    log.warning("DNS: sandbox %s not served: %s", sb.id[:12], exc)
+
+    async def close(self) -> None:
+        await self.dns.close()
