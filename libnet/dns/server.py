@@ -79,6 +79,11 @@ def formerr(data: bytes, rcode: int = RCODE.FORMERR) -> bytes | None:
     return data[:2] + struct.pack("!HHHHH", flags, 0, 0, 0, 0)
 
 
+def _valid_name(labels: tuple[bytes, ...]) -> bool:
+    """RFC 1035 limits: labels of 1-63 octets, at most 255 octets in all."""
+    return all(0 < len(label) < 64 for label in labels) and sum(len(label) + 1 for label in labels) < 255
+
+
 class _Listener:
     """One sandbox's sockets, view and answer cache."""
 
@@ -180,9 +185,15 @@ class _Listener:
         self._remember(request, data, reply, wire, limit)
 
     async def _forward_udp(self, sock: socket.socket, request: DNSRecord, data: bytes, addr: tuple) -> None:
-        answer = await self.server.forwarder.forward(request, data)
-        with contextlib.suppress(OSError):
-            sock.sendto(answer, addr)
+        try:
+            answer = await self.server.forwarder.forward(request, data)
+        except Exception:
+            self.server.stats.dropped += 1
+            log.exception("DNS: unexpected failure forwarding a query")
+            answer = formerr(data, RCODE.SERVFAIL)
+        if answer is not None:
+            with contextlib.suppress(OSError):
+                sock.sendto(answer, addr)
 
     def _remember(self, request: DNSRecord, data: bytes, reply: DNSRecord, wire: bytes, limit: int) -> None:
         if reply.header.rcode not in (RCODE.NOERROR, RCODE.NXDOMAIN):
@@ -203,11 +214,16 @@ class _Listener:
             cache[data[2:]] = wire[2:]
 
     def _parse(self, data: bytes) -> DNSRecord | None:
+        """The query, or None (counted) if it is malformed -- including names
+        dnslib reads but cannot write back (over 255 octets, labels over 63)."""
         try:
-            return DNSRecord.parse(data)
+            request = DNSRecord.parse(data)
+            if all(_valid_name(q.qname.label) for q in request.questions):
+                return request
         except Exception:  # dnslib raises several kinds on garbage (DNSError, struct, Unicode, recursion)
-            self.server.stats.formerr += 1
-            return None
+            pass
+        self.server.stats.formerr += 1
+        return None
 
     # --- TCP ----------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import asyncio
 import struct
 
 import pytest
-from dnslib import QTYPE, RCODE, RR, A, DNSRecord, EDNS0
+from dnslib import EDNS0, QTYPE, RCODE, RR, A, DNSRecord
 
 from libnet.dns.forwarder import Forwarder, parse_upstream, upstreams_from_resolv_conf
 from libnet.dns.server import fit, formerr, udp_limit
