@@ -42,7 +42,13 @@ NETWORK_CREATE: Spec = {
     "options": (dict, False),
     "labels": (dict, False),
 }
-_ENDPOINT_FIELDS: Spec = {"ipv4": (str, False), "ipv6": (str, False), "aliases": (list, False), "ports": (list, False)}
+_ENDPOINT_FIELDS: Spec = {
+    "ipv4": (str, False),
+    "ipv6": (str, False),
+    "aliases": (list, False),
+    "services": (list, False),
+    "ports": (list, False),
+}
 ENDPOINT_CREATE: Spec = {"network": (str, True), "name": (str, True), **_ENDPOINT_FIELDS}
 CONNECT: Spec = {"sandbox": (str, True), "name": (str, False), **_ENDPOINT_FIELDS}
 DISCONNECT: Spec = {"sandbox": (str, True)}

@@ -255,9 +255,10 @@ def _port(spec: str) -> dict[str, Any]:
 @click.option("--ip", help="IPv4 address")
 @click.option("--ip6", help="IPv6 address")
 @click.option("--alias", multiple=True, help="DNS alias (repeatable)")
+@click.option("--service", multiple=True, help="NAME:PORT[/tcp|udp], published as a DNS SRV record (repeatable)")
 @click.option("-p", "--publish", multiple=True, help="HOST:CONTAINER[/tcp|udp] (repeatable)")
 @click.pass_context
-def connect(ctx, network_ref, sandbox, name, ip, ip6, alias, publish) -> None:
+def connect(ctx, network_ref, sandbox, name, ip, ip6, alias, service, publish) -> None:
     """Connect a sandbox to a network."""
     body = {
         "sandbox": sandbox,
@@ -265,6 +266,7 @@ def connect(ctx, network_ref, sandbox, name, ip, ip6, alias, publish) -> None:
         "ipv4": ip,
         "ipv6": ip6,
         "aliases": list(alias) or None,
+        "services": list(service) or None,
         "ports": [_port(p) for p in publish] or None,
     }
     ep = _client(ctx).request(

@@ -14,6 +14,7 @@ from typing import Any
 
 from ipam.pools import IpamConfig, PoolSpec
 from libnet.config import Config
+from libnet.dns.service import DnsConfig
 from libnet.errors import BadRequest
 
 DEFAULT_SOCKET = "/run/libnet/libnet.sock"
@@ -43,6 +44,11 @@ class AgentConfig:
     global_pools: list[dict[str, Any]] = field(default_factory=list)
     sandbox_prefix: str = "lns-"  # names of the namespaces libnet makes for sandboxes
     overlay_prefix: str = "lno-"  # names of the per-network overlay namespaces (<prefix><vni>)
+    dns: bool = True  # the embedded DNS server (127.0.0.11) in every sandbox
+    dns_upstreams: list[str] = field(default_factory=list)  # default: the host's resolv.conf nameservers
+    dns_ttl: int = 600  # seconds, for libnet's own names
+    dns_upstream_timeout: float = 2.0  # seconds per upstream before the next
+    dns_max_inflight: int = 1024  # forwarded queries at a time; more get SERVFAIL at once
     log_format: str = "text"  # or json
     log_level: str = "info"
     reconcile_interval: float = 300.0
@@ -61,6 +67,7 @@ class AgentConfig:
                 raise BadRequest(f"{name} must be a positive number of seconds", **{name: str(getattr(self, name))})
         if self.cluster_mode and not self.advertise:
             raise BadRequest("cluster mode needs --advertise ADDRESS (this host's address for gossip and VXLAN)")
+        self.controller_config().dns.validate()
         for pools in (self.default_pools, self.global_pools):
             for p in pools:
                 if not isinstance(p, dict) or set(p) != {"base", "size"}:
@@ -85,6 +92,13 @@ class AgentConfig:
             vtep=self.advertise,
             overlay_prefix=self.overlay_prefix,
             overlay_anti_entropy=self.overlay_anti_entropy,
+            dns=DnsConfig(
+                enabled=self.dns,
+                ttl=self.dns_ttl,
+                upstreams=list(self.dns_upstreams),
+                upstream_timeout=self.dns_upstream_timeout,
+                max_inflight=self.dns_max_inflight,
+            ),
         )
 
 

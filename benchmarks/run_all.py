@@ -24,6 +24,7 @@ BENCHMARKS = [
     "api_bench",
     "overlay_bench",
     "convergence_bench",
+    "dns_bench",
 ]
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 

@@ -88,3 +88,10 @@ def test_convergence_bench_quick() -> None:
     m = r["metrics"]["n3"]
     for key in ("reachable_p50_s", "reachable_p99_s", "fdb_programmed_p50_s", "fdb_programmed_p99_s"):
         assert m[key] > 0
+
+
+@pytest.mark.root
+def test_dns_bench_quick() -> None:
+    r = _run("dns_bench")
+    assert r["metrics"]["qps"] > 0 and r["metrics"]["lost"] == 0 and r["metrics"]["not_noerror"] == 0
+    assert r["peers"]["dnsmasq_qps"] > 0 and r["ratios"]["qps_vs_dnsmasq"] > 0
