@@ -42,9 +42,10 @@ def cluster_store(kind: str, bed: Testbed, tmp_path):
         yield etcd.url
 
 
-def start_agents(bed: Testbed, tmp_path, url: str) -> list[AgentProcess]:
+def start_agents(bed: Testbed, tmp_path, url: str, vtep: int = 4) -> list[AgentProcess]:
     key = new_key()
     agents = []
+    first = bed.hosts[0].vtep(vtep)
     for h in bed.hosts[:3]:
         agents.append(
             AgentProcess(
@@ -53,9 +54,9 @@ def start_agents(bed: Testbed, tmp_path, url: str) -> list[AgentProcess]:
                 "--cluster-store",
                 url,
                 "--advertise",
-                h.ipv4,
+                h.vtep(vtep),
                 "--join",
-                bed.hosts[0].ipv4,
+                f"[{first}]:7946" if vtep == 6 else first,
                 "--cluster-key",
                 key,
                 "--peer-grace-period",
@@ -85,10 +86,10 @@ def connect_all(agents: list[AgentProcess]) -> list[tuple[str, dict]]:
     return placed
 
 
-@pytest.mark.parametrize("store", ["sqlite", "etcd"])
-def test_overlay_across_agents(bed: Testbed, tmp_path, store: str) -> None:
+@pytest.mark.parametrize(("store", "vtep"), [("sqlite", 4), ("etcd", 4), ("sqlite", 6)])
+def test_overlay_across_agents(bed: Testbed, tmp_path, store: str, vtep: int) -> None:
     with cluster_store(store, bed, tmp_path) as url:
-        agents = start_agents(bed, tmp_path, url)
+        agents = start_agents(bed, tmp_path, url, vtep)
         try:
             r = agents[0].cli(
                 "network",
@@ -106,6 +107,26 @@ def test_overlay_across_agents(bed: Testbed, tmp_path, store: str) -> None:
             for (src, _), (_, ep) in itertools.permutations(placed, 2):
                 wait_ping(bed, src, ip(ep["ipv4"]))
                 wait_ping(bed, src, ip(ep["ipv6"]))
+            # MTU: the underlay's minus the VXLAN overhead, with no configuration
+            out = bed.run(placed[0][0], ["ip", "-o", "link", "show", "eth0"]).stdout
+            assert f" mtu {bed.mtu - (70 if vtep == 6 else 50)} " in out, out
+
+            # a second overlay with the same subnet: its own addresses, isolated from the first
+            r = agents[0].cli("network", "create", "ov2", "--driver", "overlay", "--subnet", "198.51.100.0/24")
+            assert r.returncode == 0, r.stderr
+            other = []
+            for a in agents[1:]:
+                sid = a.cli("sandbox", "create").stdout.strip()
+                assert a.cli("connect", "ov2", sid).returncode == 0
+                sb = next(s for s in a.cli_json("sandbox", "ls") if s["id"] == sid)
+                ep = next(e for e in a.cli_json("endpoint", "ls", "--network", "ov2") if e["sandbox_id"] == sid)
+                other.append((os.path.basename(sb["netns"]), ep))
+            wait_ping(bed, other[0][0], ip(other[1][1]["ipv4"]))
+            taken = {ip(ep["ipv4"]) for _, ep in other}
+            only_first = [ip(ep["ipv4"]) for _, ep in placed if ip(ep["ipv4"]) not in taken]
+            assert only_first, "the first overlay has an address the second does not"
+            for addr in only_first:
+                assert not bed.ping(other[0][0], addr, wait=1), f"{addr} of ov reached from ov2"
         finally:
             for a in agents:
                 a.stop()

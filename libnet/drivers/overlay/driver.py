@@ -153,7 +153,9 @@ class OverlayDriver:
 
     async def _repair(self) -> list[str]:
         """Re-read every network's peers, program them, then repair device drift; returns what was repaired."""
-        await asyncio.wait(self._resync_all() or [asyncio.sleep(0)], timeout=10)
+        reading = self._resync_all()
+        if reading:
+            await asyncio.wait(reading, timeout=10)
         await self.programmer.settled()
         repaired = []
         for nid in list(self._watches):
