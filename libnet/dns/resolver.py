@@ -86,7 +86,7 @@ class Resolver:
     def _srv(self, request: DNSRecord, view: frozenset[str], name: str) -> DNSRecord | None:
         labels = name.split(".")
         if len(labels) < 3 or not labels[0].startswith("_") or not labels[1].startswith("_"):
-            return None if not self.records.is_libnet_name(name) else self._error(request, RCODE.NXDOMAIN)
+            return self._error(request, RCODE.NXDOMAIN) if self.records.is_libnet_name(name) else None
         service, proto, host = labels[0][1:], labels[1][1:], ".".join(labels[2:])
         entries = self.records.lookup(view, host)
         if not entries:
