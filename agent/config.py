@@ -42,8 +42,8 @@ class AgentConfig:
     ipv6: bool = True
     default_pools: list[dict[str, Any]] = field(default_factory=list)  # [{base, size}]: local IPv4 defaults
     global_pools: list[dict[str, Any]] = field(default_factory=list)
-    sandbox_prefix: str = "lns-"  # names of the namespaces libnet makes for sandboxes
-    overlay_prefix: str = "lno-"  # names of the per-network overlay namespaces (<prefix><vni>)
+    sandbox_prefix: str | None = None  # names of the sandbox namespaces; default lns-<instance>-
+    overlay_prefix: str | None = None  # overlay namespaces (<prefix><vni>); default lno-<instance>-
     dns: bool = True  # the embedded DNS server (127.0.0.11) in every sandbox
     dns_upstreams: list[str] = field(default_factory=list)  # default: the host's resolv.conf nameservers
     dns_ttl: int = 600  # seconds, for libnet's own names

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -46,14 +47,30 @@ class Config:
     ipam: IpamConfig = field(default_factory=_default_ipam)
     #: the host resolver configuration sandboxes inherit
     resolv_conf: str = "/etc/resolv.conf"
-    #: prefix of the namespaces libnet creates for sandboxes
-    sandbox_prefix: str = "lns-"
+    #: this libnet instance (ownership marks, see libnet.ownership); None: kept in state_dir
+    instance_id: str | None = None
+    #: prefix of the namespaces libnet creates for sandboxes; None: derived from the instance
+    sandbox_prefix: str | None = None
     #: this host's name in the cluster, and its VTEP address (IPv4 or IPv6) for overlays
     node_name: str = field(default_factory=socket.gethostname)
     vtep: str | None = None
-    #: prefix of the per-network overlay namespaces (<prefix><vni>)
-    overlay_prefix: str = "lno-"
+    #: prefix of the per-network overlay namespaces (<prefix><vni>); None: derived from the instance
+    overlay_prefix: str | None = None
     #: seconds between overlay anti-entropy rounds (peers re-read from the store, devices repaired)
     overlay_anti_entropy: float = 30.0
     #: the embedded DNS server of every sandbox (127.0.0.11)
     dns: DnsConfig = field(default_factory=_default_dns)
+
+    def resolved(self) -> Config:
+        """This configuration with the instance id (read or made in ``state_dir``)
+        and the prefixes derived from it filled in."""
+        from libnet import ownership
+
+        instance = self.instance_id or ownership.load_instance_id(self.state_dir)
+        assert instance is not None
+        return dataclasses.replace(
+            self,
+            instance_id=instance,
+            sandbox_prefix=self.sandbox_prefix or ownership.sandbox_prefix(instance),
+            overlay_prefix=self.overlay_prefix or ownership.overlay_prefix(instance),
+        )

@@ -95,6 +95,7 @@ class Controller:
         """Open stores and build drivers (whatever was not injected)."""
         from libnet import defaults
 
+        self.config = self.config.resolved()
         parts = defaults.components(
             self.config,
             store=self._store,
@@ -372,7 +373,8 @@ class Controller:
             raise Conflict("a sandbox with that id exists", sandbox_id=sid)
         async with Rollback() as undo:
             if netns is None:
-                path = await asyncio.to_thread(self._namespaces.create, self.config.sandbox_prefix + sid[:12])
+                assert self.config.sandbox_prefix is not None
+                path = await asyncio.to_thread(self._namespaces.create, self.config.sandbox_prefix + sid[:12], sid)
                 undo.push(lambda: asyncio.to_thread(self._namespaces.delete, path), "delete namespace")
                 owned = True
             else:
@@ -667,11 +669,11 @@ class Controller:
                     sb = sandboxes.get(ep.sandbox_id or "")
                     eps.append((self._ep_info(ep), self._sb_info(sb, ep) if sb else None))
             report.merge(await drv.reconcile([self._net_info(n) for n in nets], eps))
-        owned = {s.netns for s in sandboxes.values() if s.owned}
-        for path in self._namespaces.list(self.config.sandbox_prefix):
-            if path not in owned:
-                await asyncio.to_thread(self._namespaces.delete, path)
-                report.removed.append(f"sandbox namespace {path}")
+        stored = {s.netns: s.id for s in sandboxes.values() if s.owned}
+        for path, owner in (await asyncio.to_thread(self._namespaces.owned)).items():
+            if path not in stored and owner not in sandboxes:
+                if await asyncio.to_thread(self._namespaces.delete, path):
+                    report.removed.append(f"sandbox namespace {path} of no sandbox")
         for line in report.removed + report.repaired:
             log.warning("reconcile: %s", line)
         for line in report.missing:

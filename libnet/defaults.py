@@ -67,12 +67,14 @@ def components(
                 node=config.node_name,
                 vtep=config.vtep,
                 overlay_prefix=config.overlay_prefix,
+                instance=config.instance_id,
+                state_dir=config.state_dir,
                 anti_entropy_interval=config.overlay_anti_entropy,
             )
             for name, factory in builtin_drivers().items()
         }
     if namespaces is None:
-        namespaces = KernelNamespaces()
+        namespaces = KernelNamespaces(config.state_dir, config.instance_id)
         if dns is None and config.dns.enabled:
             from libnet.dns.service import EmbeddedDns
 

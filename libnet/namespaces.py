@@ -7,44 +7,79 @@ only, so its logic runs in unit tests against an in-memory fake
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Protocol
 
 from libnet.kernel import netns
+from libnet.kernel.errors import KernelObjectExists
+from libnet.ownership import NamespaceLedger
 
 
 class Namespaces(Protocol):
-    """Create, delete and check sandbox namespaces."""
+    """Create, delete and check the sandbox namespaces this libnet instance owns.
 
-    def create(self, name: str) -> str:
-        """Create a named namespace; returns its path."""
+    Ownership (DESIGN.md, "Ownership"): a namespace is the instance's only if
+    it was recorded before being created; :meth:`delete` and :meth:`owned`
+    never touch or list anything else, whatever its name.
+    """
+
+    def create(self, name: str, owner: str) -> str:
+        """Record, then create a named namespace for sandbox ``owner``; returns its path.
+
+        ``KernelObjectExists`` (a ``Conflict``) if the name is taken; nothing is changed then."""
         ...
 
-    def delete(self, path: str) -> None:
-        """Delete a namespace libnet created; gone is fine."""
+    def delete(self, path: str) -> bool:
+        """Delete a namespace this instance created; gone is fine.  False (and
+        nothing done) when the namespace is not the instance's."""
         ...
 
     def exists(self, path: str) -> bool:
         """Whether the namespace at ``path`` is still there."""
         ...
 
-    def list(self, prefix: str) -> list[str]:
-        """Paths of the named namespaces whose name starts with ``prefix``."""
+    def owned(self) -> dict[str, str]:
+        """Path -> owner (sandbox id) of every existing sandbox namespace the instance created."""
         ...
 
 
 class KernelNamespaces:
-    """The real thing, on :mod:`libnet.kernel.netns`."""
+    """The real thing, on :mod:`libnet.kernel.netns` and the instance's namespace ledger."""
 
-    def create(self, name: str) -> str:
-        return netns.create(name)
+    def __init__(self, state_dir: str, instance: str | None) -> None:
+        assert instance is not None, "Config.resolved() fills the instance in"
+        self.ledger = NamespaceLedger(state_dir, instance)
 
-    def delete(self, path: str) -> None:
-        if path.startswith(netns.NETNS_DIR + "/"):
-            netns.delete(os.path.basename(path))
+    def create(self, name: str, owner: str) -> str:
+        if netns.exists(name):
+            raise KernelObjectExists("a namespace of that name exists", errno=errno.EEXIST, netns=name)
+        self.ledger.record(name, "sandbox", owner)
+        try:
+            return netns.create(name)
+        except BaseException:
+            self.ledger.forget(name)  # the name was someone else's, or nothing was made
+            raise
+
+    def delete(self, path: str) -> bool:
+        if not path.startswith(netns.NETNS_DIR + "/"):
+            return False
+        name = os.path.basename(path)
+        if not self.ledger.owns(name, "sandbox"):
+            return False
+        netns.delete(name)
+        self.ledger.forget(name)
+        return True
 
     def exists(self, path: str) -> bool:
         return os.path.exists(path)
 
-    def list(self, prefix: str) -> list[str]:
-        return [os.path.join(netns.NETNS_DIR, n) for n in netns.list_names(prefix)]
+    def owned(self) -> dict[str, str]:
+        out = {}
+        for rec in self.ledger.records("sandbox"):
+            path = os.path.join(netns.NETNS_DIR, rec.name)
+            if os.path.exists(path):
+                out[path] = rec.owner
+            else:
+                self.ledger.forget(rec.name)  # a crash between record and create
+        return out

@@ -87,23 +87,29 @@ class FakeDriver:
 
 
 class FakeNamespaces:
-    """Namespaces as a set of paths."""
+    """Namespaces as a set of paths; ``owners`` are the ones this instance made."""
 
     def __init__(self) -> None:
         self.paths: set[str] = set()
+        self.owners: dict[str, str] = {}
 
-    def create(self, name: str) -> str:
+    def create(self, name: str, owner: str) -> str:
         path = f"/run/netns/{name}"
         if path in self.paths:
             raise KernelObjectExists("namespace exists", errno=17, netns=name)
         self.paths.add(path)
+        self.owners[path] = owner
         return path
 
-    def delete(self, path: str) -> None:
+    def delete(self, path: str) -> bool:
+        if path not in self.owners:
+            return False
         self.paths.discard(path)
+        del self.owners[path]
+        return True
 
     def exists(self, path: str) -> bool:
         return path in self.paths
 
-    def list(self, prefix: str) -> list[str]:
-        return sorted(p for p in self.paths if p.rsplit("/", 1)[-1].startswith(prefix))
+    def owned(self) -> dict[str, str]:
+        return {p: o for p, o in self.owners.items() if p in self.paths}

@@ -197,7 +197,8 @@ async def test_sandboxes_new_and_existing_namespaces(ctl: Controller) -> None:
         await ctl.create_sandbox(netns="/proc/999999/ns/net")
     with pytest.raises(BadRequest):
         await ctl.create_sandbox(netns="relative/path")
-    path = ctl._namespaces.create("someone-elses")
+    path = "/run/netns/someone-elses"
+    ctl._namespaces.paths.add(path)  # made by another program
     ext = await ctl.create_sandbox(netns=path)
     assert not ext.owned
     await ctl.delete_sandbox(ext.id)
@@ -209,7 +210,9 @@ async def test_restart_sees_everything_and_reconcile_reports(ctl: Controller, tm
     nw = await ctl.create_network("web")
     sb = await ctl.create_sandbox()
     ep = await ctl.connect("web", sb.id)
-    leaked = ctl._namespaces.create(ctl.config.sandbox_prefix + "leaked")
+    leaked = ctl._namespaces.create(ctl.config.sandbox_prefix + "leaked", "gone-sandbox")
+    foreign = "/run/netns/" + ctl.config.sandbox_prefix + "foreign"
+    ctl._namespaces.paths.add(foreign)  # named like ours, made by someone else
     again = Controller(
         ctl.config, store=ctl._store, ipam=StoreIpam(ctl._store), drivers=ctl._drivers, namespaces=ctl._namespaces
     )
@@ -219,7 +222,8 @@ async def test_restart_sees_everything_and_reconcile_reports(ctl: Controller, tm
     ctl._namespaces.delete(sb.netns)
     report = await again.reconcile()
     assert any(sb.id[:12] in line for line in report.missing)
-    assert report.removed == [f"sandbox namespace {leaked}"]
+    assert report.removed == [f"sandbox namespace {leaked} of no sandbox"]
+    assert ctl._namespaces.exists(foreign)
     second = await again.create_endpoint("web", "more")
     assert second.ipv4 != ep.ipv4  # the restarted IPAM knows what is taken
 
