@@ -90,11 +90,14 @@ class ReconcileReport:
     removed: list[str] = field(default_factory=list)  # leaked kernel objects removed
     missing: list[str] = field(default_factory=list)  # stored objects whose kernel parts are gone
     repaired: list[str] = field(default_factory=list)
+    #: objects named like libnet's that carry no mark of this instance: reported, never removed
+    foreign: list[str] = field(default_factory=list)
 
     def merge(self, other: ReconcileReport) -> None:
         self.removed += other.removed
         self.missing += other.missing
         self.repaired += other.repaired
+        self.foreign += other.foreign
 
 
 @runtime_checkable
