@@ -30,6 +30,8 @@ OPT_GATEWAY = "gateway"  # the gateway address (default: first usable)
 OPT_AUX = "aux_addresses"  # {name: address} reserved at pool creation
 OPT_OWNER = "owner"  # who the pool / address belongs to (network / endpoint id)
 OPT_ISOLATED = "isolated"  # the pool's network is its own address domain: it may overlap other isolated pools
+#: the libnet instance making the request (recorded with the pool / address, see Allocation.instance)
+OPT_INSTANCE = "instance"
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,19 @@ class Allocation:
     pool_id: str
     address: str
     owner: str
+    #: the libnet instance that allocated it ("" for allocations made before instances were recorded);
+    #: reconcile frees an orphaned allocation only if it is its own instance's (DESIGN.md, "Ownership")
+    instance: str = ""
+
+
+@dataclass(frozen=True)
+class PoolOwner:
+    """Who holds a pool, as ``pool_owners`` lists them."""
+
+    pool_id: str
+    space: str
+    owner: str  # the network id given as option ``owner``
+    instance: str = ""  # as Allocation.instance
 
 
 @runtime_checkable
@@ -83,8 +98,16 @@ class Ipam(Protocol):
         """
         ...
 
-    async def release_pool(self, pool_id: str) -> None:
-        """Give the pool and all its addresses back; unknown ids raise ``NoSuchPool``."""
+    async def release_pool(self, pool_id: str, owner: str | None = None) -> None:
+        """Give the pool and all its addresses back; unknown ids raise ``NoSuchPool``.
+
+        With ``owner``, only if the pool is still that owner's (a pool id is its
+        subnet, so it may have been released and taken by another network
+        meanwhile): otherwise ``NoSuchPool`` and nothing changes."""
+        ...
+
+    async def pool_owners(self) -> list[PoolOwner]:
+        """Every pool of both spaces with its owner and instance."""
         ...
 
     async def request_address(
@@ -94,12 +117,17 @@ class Ipam(Protocol):
 
         With ``options["RequestAddressType"] == "com.docker.network.gateway"``
         it returns the pool's gateway.  ``options["owner"]`` records who holds
-        the address (an endpoint id), for :meth:`audit`.
+        the address (an endpoint id) and ``options["instance"]`` the libnet
+        instance asking, for :meth:`audit`.
         """
         ...
 
-    async def release_address(self, pool_id: str, address: str) -> None:
-        """Give an address back (``AddressNotAllocated`` if it was not allocated)."""
+    async def release_address(self, pool_id: str, address: str, owner: str | None = None) -> None:
+        """Give an address back (``AddressNotAllocated`` if it was not allocated).
+
+        With ``owner``, only if that owner still holds it (compare-and-delete:
+        a crashed delete rolled forward later must not free the address of the
+        endpoint that got it meanwhile); otherwise ``AddressNotAllocated``."""
         ...
 
     async def audit(self, pool_id: str | None = None) -> list[Allocation]:

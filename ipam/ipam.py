@@ -9,7 +9,8 @@ global space in the cluster store):
   serialised cluster-wide without a lock; pools change rarely.
 - ``ula48``: the space's random RFC 4193 /48, made once (create-only).
 - ``addresses/<subnet>/<address>``: one key per allocated address, its value
-  the owner (an endpoint id).  ``audit`` reads these; a restart rebuilds its
+  the owner (an endpoint id), then a newline and the libnet instance that
+  allocated it when one was given (option ``instance``).  ``audit`` reads these; a restart rebuilds its
   view from them, so nothing drifts (lessons.md item 3).
 
 Allocation is optimistic and needs one store write: the allocator keeps, per
@@ -52,12 +53,14 @@ from ipam.api import (
     LOCAL,
     OPT_AUX,
     OPT_GATEWAY,
+    OPT_INSTANCE,
     OPT_ISOLATED,
     OPT_OWNER,
     REQUEST_ADDRESS_TYPE,
     SPACES,
     Allocation,
     Pool,
+    PoolOwner,
 )
 from ipam.bitsets import AddressSet, address_set
 from libnet import model
@@ -67,6 +70,7 @@ from libnet.errors import (
     InvalidOption,
     InvalidSubnet,
     KeyExists,
+    KeyModified,
     KeyNotFound,
     NoSuchPool,
     PoolExhausted,
@@ -245,27 +249,33 @@ class StoreIpam:
             if state.alloc_lo <= n <= state.alloc_hi:
                 state.used.add(n)
 
-    async def release_pool(self, pool_id: str) -> None:
+    async def release_pool(self, pool_id: str, owner: str | None = None) -> None:
         space, _subnet = _parse_pool_id(pool_id)
         store = self._store(space)
-        state = await self._state(pool_id)
+        state = await self._state(pool_id, reload=owner is not None)
+        if owner is not None and state.record.get("owner") != owner:
+            raise NoSuchPool("the pool belongs to another owner now", pool_id=pool_id, owner=owner)
         for pair in await store.list(state.prefix):
             await store.delete(pair.key)
 
         def remove(doc: dict[str, Any] | None) -> dict[str, Any]:
             pools = dict((doc or {}).get("pools", {}))
-            if pools.pop(pool_id, None) is None:
+            record = pools.pop(pool_id, None)
+            if record is None or (owner is not None and record.get("owner") != owner):
                 raise NoSuchPool("no such pool", pool_id=pool_id)
-            return {"pools": pools}
+            return {"pools": pools} if pools else None  # the last pool: no document left behind
 
         self._states.pop(pool_id, None)
         await model.update_json(store, f"{PREFIX}/{space}/pools", POOLS_KIND, remove)
 
-    async def pool_owners(self) -> list[tuple[str, str]]:
-        """(pool id, owner) of every pool in both spaces."""
+    async def pool_owners(self) -> list[PoolOwner]:
+        """Every pool of both spaces with its owner and instance."""
         out = []
         for space in SPACES:
-            out += [(r["id"], r.get("owner", "")) for r in (await self._pools_doc(space)).values()]
+            out += [
+                PoolOwner(r["id"], space, r.get("owner", ""), r.get("instance", ""))
+                for r in (await self._pools_doc(space)).values()
+            ]
         return out
 
     async def pools(self, space: str) -> list[Pool]:
@@ -308,6 +318,12 @@ class StoreIpam:
     ) -> str:
         options = options or {}
         owner = _owner(options)
+        instance = options.get(OPT_INSTANCE) or ""
+        if not isinstance(instance, str) or "\n" in instance or len(instance) > 64:
+            raise InvalidOption("option 'instance' must be a short string", instance=repr(instance))
+        if "\n" in owner:
+            raise InvalidOption("option 'owner' must be one line", owner=repr(owner))
+        value = f"{owner}\n{instance}" if instance else owner
         state = await self._state(pool_id)
         store = self._stores[state.record["space"]]
         gw = state.record.get("gateway")
@@ -318,16 +334,16 @@ class StoreIpam:
         if address is not None:
             n = _address_in(state, address, pool_id)
             try:
-                await store.atomic_put(state.key(n), owner.encode(), None)
+                await store.atomic_put(state.key(n), value.encode(), None)
             except KeyExists:
                 raise AddressInUse("address already allocated", pool_id=pool_id, address=address) from None
             if state.alloc_lo <= n <= state.alloc_hi:
                 state.used.add(n)
             return state.cidr(n)
-        return await self._allocate_next(store, state, pool_id, owner)
+        return await self._allocate_next(store, state, pool_id, value)
 
-    async def _allocate_next(self, store: Store, state: _PoolState, pool_id: str, owner: str) -> str:
-        value = owner.encode()
+    async def _allocate_next(self, store: Store, state: _PoolState, pool_id: str, holder: str) -> str:
+        value = holder.encode()
         reloaded = False
         while True:
             n = state.used.next_free(state.cursor)
@@ -348,11 +364,24 @@ class StoreIpam:
             state.cursor = n
             return state.cidr(n)
 
-    async def release_address(self, pool_id: str, address: str) -> None:
+    async def release_address(self, pool_id: str, address: str, owner: str | None = None) -> None:
         state = await self._state(pool_id)
         store = self._stores[state.record["space"]]
         n = _address_in(state, address, pool_id)
-        if not await store.delete(state.key(n)):
+        if owner is not None:
+            try:
+                pair = await store.get(state.key(n))
+            except KeyNotFound:
+                raise AddressNotAllocated("address is not allocated", pool_id=pool_id, address=address) from None
+            if _holder(pair.value)[0] != owner:
+                raise AddressNotAllocated(
+                    "address is held by another owner", pool_id=pool_id, address=address, owner=owner
+                )
+            try:
+                await store.atomic_delete(state.key(n), pair)
+            except (KeyNotFound, KeyModified):
+                raise AddressNotAllocated("address changed hands", pool_id=pool_id, address=address) from None
+        elif not await store.delete(state.key(n)):
             raise AddressNotAllocated("address is not allocated", pool_id=pool_id, address=address)
         state.used.discard(n)
 
@@ -365,11 +394,18 @@ class StoreIpam:
                 state = _PoolState(record)
                 for pair in await self._stores[space].list(state.prefix):
                     ip = pair.key[len(state.prefix) :]
-                    out.append(Allocation(record["id"], f"{ip}/{state.prefixlen}", pair.value.decode()))
+                    owner, instance = _holder(pair.value)
+                    out.append(Allocation(record["id"], f"{ip}/{state.prefixlen}", owner, instance))
         return out
 
 
 # --- helpers ----------------------------------------------------------------------
+
+
+def _holder(value: bytes) -> tuple[str, str]:
+    """(owner, instance) from an address key's value."""
+    owner, _, instance = value.decode().partition("\n")
+    return owner, instance
 
 
 def _owner(options: dict[str, Any]) -> str:
@@ -441,6 +477,7 @@ def _pool_record(
         "gateway": gateway,
         "aux": {k: str(ipaddress.ip_address(v.split("/")[0])) for k, v in options.get(OPT_AUX, {}).items()},
         "owner": owner,
+        "instance": str(options.get(OPT_INSTANCE) or ""),
         "default": default,
     }
 

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from contextlib import suppress
 from typing import Any
 
+from ipam.api import OPT_GATEWAY, OPT_INSTANCE, OPT_ISOLATED, OPT_OWNER
 from libnet import sandbox_files
 from libnet.config import Config
 from libnet.dns.binding import DnsBinding
@@ -140,6 +141,12 @@ class Controller:
     def ipam(self):
         return self._ipam
 
+    @property
+    def instance(self) -> str:
+        """This libnet instance's id (:mod:`libnet.ownership`); set by :meth:`start`."""
+        assert self.config.instance_id is not None, "Controller.start() was not called"
+        return self.config.instance_id
+
     def driver(self, name: str) -> Driver:
         assert self._drivers is not None
         try:
@@ -207,19 +214,28 @@ class Controller:
         space = "global" if scope == "global" else "local"
         store = self.repo.store(scope)
         nw = Network(
-            _new_id(), name, driver, scope, internal=internal, options=parsed, labels=labels, created=time.time()
+            _new_id(),
+            name,
+            driver,
+            scope,
+            internal=internal,
+            options=parsed,
+            labels=labels,
+            created=time.time(),
+            instance=self.instance,
         )
+        await drv.check_network(self._net_info(nw))  # a refusal here has written nothing
         async with Rollback() as undo:
-            await self.repo.reserve_name(store, self.repo.network_name_key(name), nw.id, "network", name)
+            await self.repo.reserve_name(store, self.repo.network_name_key(name), nw.id, "network", name, self.instance)
             undo.push(lambda: store.delete(self.repo.network_name_key(name)), "free network name")
             for v6, subnet, gw in ((False, ipv4_subnet, ipv4_gateway), (True, ipv6_subnet, ipv6_gateway)):
                 if v6 and not ipv6:
                     continue
-                opts = {"owner": nw.id, **({"gateway": gw} if gw else {})}
+                opts = {OPT_OWNER: nw.id, OPT_INSTANCE: self.instance, **({OPT_GATEWAY: gw} if gw else {})}
                 if drv.capabilities().own_addressing and subnet:
-                    opts["isolated"] = True
+                    opts[OPT_ISOLATED] = True
                 pool = await self._ipam.request_pool(space, subnet, options=opts, v6=v6)
-                undo.push(lambda p=pool.id: self._ipam.release_pool(p), f"release pool {pool.id}")
+                undo.push(lambda p=pool.id: self._ipam.release_pool(p, owner=nw.id), f"release pool {pool.id}")
                 if v6:
                     nw.ipv6_pool, nw.ipv6_subnet, nw.ipv6_gateway = pool.id, pool.subnet, pool.gateway
                 else:
@@ -241,7 +257,10 @@ class Controller:
 
     @operation
     async def delete_network(self, ref: str) -> None:
-        """Delete a network without endpoints (``Conflict`` naming them otherwise)."""
+        """Delete a network without endpoints (``Conflict`` naming them otherwise).
+
+        The network is marked as being deleted by this instance first, so a
+        crash part way is finished by the next reconcile (rolled forward)."""
         nw = await self.repo.network(ref)
         eps = await self.repo.endpoints(nw.id)
         if eps:
@@ -251,11 +270,13 @@ class Controller:
                 network_id=nw.id,
                 endpoints=[e.id for e in eps],
             )
+        if nw.removing != self.instance:
+            nw = await self.repo.update_network(nw, lambda n: setattr(n, "removing", self.instance))
         await self.driver(nw.driver).delete_network(self._net_info(nw))
         for pool in (nw.ipv4_pool, nw.ipv6_pool):
             if pool:
                 with suppress(NoSuchPool):
-                    await self._ipam.release_pool(pool)
+                    await self._ipam.release_pool(pool, owner=nw.id)
         await self.repo.delete_network(nw)
         if self._dns_binding is not None:
             self._dns_binding.network_deleted(nw.id)
@@ -287,6 +308,8 @@ class Controller:
         services = [str(parse_service(s)) for s in services]
         mappings = [_port(p) for p in ports]
         nw = await self.repo.network(network)
+        if nw.removing:
+            raise Conflict(f"network {nw.name} is being deleted", network_id=nw.id)
         if ipv6 is not None and not nw.ipv6_pool:
             raise InvalidOption("the network has no IPv6", network_id=nw.id)
         drv = self.driver(nw.driver)
@@ -302,16 +325,17 @@ class Controller:
             connecting=_connecting,
             node=self.config.node_name,
             created=time.time(),
+            instance=self.instance,
         )
         async with Rollback() as undo:
             key = self.repo.endpoint_name_key(nw.id, name)
-            await self.repo.reserve_name(store, key, ep.id, "endpoint", name)
+            await self.repo.reserve_name(store, key, ep.id, "endpoint", name, self.instance)
             undo.push(lambda: store.delete(key), "free endpoint name")
             for pool, wanted, attr in ((nw.ipv4_pool, ipv4, "ipv4"), (nw.ipv6_pool, ipv6, "ipv6")):
                 if not pool:
                     continue
-                addr = await self._ipam.request_address(pool, wanted, {"owner": ep.id})
-                undo.push(lambda p=pool, a=addr: self._release(p, a), f"release {addr}")
+                addr = await self._ipam.request_address(pool, wanted, {OPT_OWNER: ep.id, OPT_INSTANCE: self.instance})
+                undo.push(lambda p=pool, a=addr: self._release(p, a, ep.id), f"release {addr}")
                 setattr(ep, attr, addr)
             ep.mac = mac_from_ipv4(ep.ipv4)
             await drv.create_endpoint(self._net_info(nw), self._ep_info(ep))
@@ -319,9 +343,10 @@ class Controller:
             await self.repo.add_endpoint(nw, ep)
         return ep
 
-    async def _release(self, pool: str, address: str) -> None:
+    async def _release(self, pool: str, address: str, owner: str) -> None:
+        """Release ``address`` if ``owner`` still holds it (gone or taken over is fine)."""
         with suppress(AddressNotAllocated, NoSuchPool):
-            await self._ipam.release_address(pool, address)
+            await self._ipam.release_address(pool, address, owner=owner)
 
     async def endpoints(self, network: str | None = None) -> list[Endpoint]:
         """Endpoints of one network, or of all."""
@@ -334,9 +359,17 @@ class Controller:
         return await self.repo.endpoint(ref, nid)
 
     @operation
-    async def delete_endpoint(self, ref: str, network: str | None = None) -> None:
-        """Delete an endpoint that is not joined (``Conflict`` otherwise)."""
+    async def delete_endpoint(self, ref: str, network: str | None = None, *, force: bool = False) -> None:
+        """Delete an endpoint that is not joined (``Conflict`` otherwise; ``force``
+        leaves its sandbox first).
+
+        Marked as being deleted by this instance first, so a crash part way is
+        finished by the next reconcile; addresses are released only while the
+        endpoint still holds them."""
         ep = await self.endpoint(ref, network)
+        if ep.sandbox_id and force:
+            await self.leave(ep.id)
+            ep = await self.repo.endpoint(ep.id)
         if ep.sandbox_id:
             raise Conflict(
                 f"endpoint {ep.name} is joined to sandbox {ep.sandbox_id[:12]}; leave first",
@@ -344,10 +377,12 @@ class Controller:
                 sandbox_id=ep.sandbox_id,
             )
         nw = await self.repo.network(ep.network_id)
+        if ep.removing != self.instance:
+            ep = await self.repo.update_endpoint(ep, _removing(self.instance))
         await self.driver(nw.driver).delete_endpoint(self._net_info(nw), self._ep_info(ep))
         for pool, addr in ((nw.ipv4_pool, ep.ipv4), (nw.ipv6_pool, ep.ipv6)):
             if pool and addr:
-                await self._release(pool, addr)
+                await self._release(pool, addr, ep.id)
         await self.repo.delete_endpoint(nw, ep)
 
     # --- sandboxes --------------------------------------------------------------
@@ -399,14 +434,17 @@ class Controller:
     async def delete_sandbox(self, ref: str) -> None:
         """Leave and delete the sandbox's endpoints, then remove it (and its namespace if libnet made it)."""
         sb = await self.repo.sandbox(ref)
+        if sb.removing != self.instance:
+            sb = await self.repo.update_sandbox(sb, _removing(self.instance))
         for eid in reversed(sb.endpoints):
             with suppress(NotFound):
+                await self._mark_removing(eid)
                 await self.leave(eid)
                 await self.delete_endpoint(eid)
         if self._dns_binding is not None:
             await self._dns_binding.sandbox_deleted(sb.id)
         if sb.owned:
-            await asyncio.to_thread(self._namespaces.delete, sb.netns)
+            await asyncio.to_thread(self._namespaces.delete, sb.netns)  # only if the ledger says it is ours
         sandbox_files.remove(self.config.state_dir, sb.id)
         await self.repo.delete_sandbox(sb)
         self._sandbox_locks.pop(sb.id, None)
@@ -540,6 +578,8 @@ class Controller:
                 sb = await self.repo.sandbox(ep.sandbox_id)
             except NotFound:
                 sb = Sandbox(ep.sandbox_id, "", False)
+            if self.instance not in (ep.leaving, ep.removing):  # a crash from here on is rolled forward
+                ep = await self.repo.update_endpoint(ep, lambda e: setattr(e, "leaving", self.instance))
             ninfo, einfo, sinfo = self._net_info(nw), self._ep_info(ep), self._sb_info(sb, ep)
             await drv.revoke_external_connectivity(ninfo, einfo)
             await drv.leave(ninfo, einfo, sinfo)
@@ -591,6 +631,7 @@ class Controller:
             gw_ep = await self.create_endpoint(GATEWAY_BRIDGE, f"gw-{sb.id[:12]}", _connecting=True)
             await self._join(gw_ep.id, sb.id)
         elif present is not None and not needed:
+            await self._mark_removing(present.id)
             await self._leave(present.id)
             await self.delete_endpoint(present.id)
 
@@ -630,12 +671,18 @@ class Controller:
         for eid in list(sb.endpoints):
             ep = await self.repo.endpoint(eid)
             if ep.network_id == nw.id:
+                await self._mark_removing(ep.id)  # a crash from here on is rolled forward
                 await self.leave(ep.id)
                 await self.delete_endpoint(ep.id)
                 return
         raise NotFound(
             f"sandbox {sb.id[:12]} is not connected to network {nw.name}", network_id=nw.id, sandbox_id=sb.id
         )
+
+    async def _mark_removing(self, endpoint_id: str) -> None:
+        ep = await self.repo.endpoint(endpoint_id)
+        if ep.removing != self.instance:
+            await self.repo.update_endpoint(ep, _removing(self.instance))
 
     # --- reconcile --------------------------------------------------------------
 
@@ -671,9 +718,9 @@ class Controller:
             report.merge(await drv.reconcile([self._net_info(n) for n in nets], eps))
         stored = {s.netns: s.id for s in sandboxes.values() if s.owned}
         for path, owner in (await asyncio.to_thread(self._namespaces.owned)).items():
-            if path not in stored and owner not in sandboxes:
-                if await asyncio.to_thread(self._namespaces.delete, path):
-                    report.removed.append(f"sandbox namespace {path} of no sandbox")
+            gone = path not in stored and owner not in sandboxes
+            if gone and await asyncio.to_thread(self._namespaces.delete, path):
+                report.removed.append(f"sandbox namespace {path} of no sandbox")
         for line in report.removed + report.repaired:
             log.warning("reconcile: %s", line)
         for line in report.missing:
@@ -681,11 +728,44 @@ class Controller:
         return report
 
     async def _reconcile_store(self, report: ReconcileReport) -> None:
-        # only this host's objects: other hosts' operations may be in flight on shared global ones
+        """Finish or undo what a crash interrupted, then free what nothing owns.
+
+        Rule (DESIGN.md, "Ownership"): only this instance's own unfinished
+        work is touched -- objects marked ``removing``/``leaving`` by it are
+        rolled forward, endpoints of its unfinished ``connect`` rolled back --
+        and an orphaned pool, address or name reservation is freed only if
+        this instance made it (the caller holds the operation gate, so none of
+        its own is in flight).  Another instance's orphan may be an operation
+        in flight on another host: it is left alone, however old.  Untagged
+        records of older versions are freed only in the local store.
+        """
+        me = self.instance
+        for sb in await self.repo.sandboxes():
+            if sb.removing == me:
+                await self.delete_sandbox(sb.id)
+                report.repaired.append(f"finished deleting sandbox {sb.id[:12]}")
         for ep in await self.repo.endpoints():
-            if ep.connecting and not ep.sandbox_id and ep.node == self.config.node_name:
-                await self.delete_endpoint(ep.id)
-                report.repaired.append(f"deleted endpoint {ep.name} ({ep.id[:12]}) of an unfinished connect")
+            mine = ep.instance == me or (not ep.instance and ep.node == self.config.node_name)
+            try:
+                if ep.removing == me:
+                    await self.delete_endpoint(ep.id, force=True)
+                    report.repaired.append(f"finished deleting endpoint {ep.name} ({ep.id[:12]})")
+                elif ep.leaving == me:
+                    await self.leave(ep.id)
+                    report.repaired.append(f"finished unplugging endpoint {ep.name} ({ep.id[:12]})")
+                elif ep.connecting and not ep.sandbox_id and mine:
+                    await self.delete_endpoint(ep.id)
+                    report.repaired.append(f"deleted endpoint {ep.name} ({ep.id[:12]}) of an unfinished connect")
+            except NotFound:
+                continue  # its network or sandbox went meanwhile
+        for nw in await self.repo.networks():
+            if nw.removing == me:
+                try:
+                    await self.delete_network(nw.id)
+                    report.repaired.append(f"finished deleting network {nw.name} ({nw.id[:12]})")
+                except Conflict as exc:  # endpoints still on it: the delete could never have gone through
+                    await self.repo.update_network(nw, _removing(""))
+                    report.repaired.append(f"network {nw.name}: unfinished delete undone ({exc.message})")
         endpoints = {e.id: e for e in await self.repo.endpoints()}
         for sb in await self.repo.sandboxes():
             want = [e for e in sb.endpoints if e in endpoints and endpoints[e].sandbox_id == sb.id]
@@ -694,27 +774,38 @@ class Controller:
                 await self.repo.update_sandbox(sb, lambda s, w=want: setattr(s, "endpoints", w))
                 report.repaired.append(f"endpoint list of sandbox {sb.id[:12]}")
         networks = {n.id for n in await self.repo.networks()}
-        if hasattr(self._ipam, "pool_owners"):
-            for pool_id, owner in await self._ipam.pool_owners():
-                shared = pool_id.startswith("global/") and self.repo.cluster is not self.repo.local
-                if owner and owner not in networks and not shared:
-                    await self._ipam.release_pool(pool_id)
-                    report.removed.append(f"IPAM pool {pool_id} of no network")
+
+        def ours(space: str, instance: str) -> bool:
+            return instance == me or (not instance and space == "local")
+
+        for pool in await self._ipam.pool_owners():
+            if pool.owner and pool.owner not in networks and ours(pool.space, pool.instance):
+                with suppress(NoSuchPool):
+                    await self._ipam.release_pool(pool.pool_id, owner=pool.owner)
+                    report.removed.append(f"IPAM pool {pool.pool_id} of no network")
         for alloc in await self._ipam.audit():
             if (
                 alloc.owner
                 and alloc.owner != "gateway"
                 and not alloc.owner.startswith("aux:")
                 and alloc.owner not in endpoints
+                and ours("global" if alloc.pool_id.startswith("global/") else "local", alloc.instance)
             ):
-                await self._release(alloc.pool_id, alloc.address)
+                await self._release(alloc.pool_id, alloc.address, alloc.owner)
                 report.removed.append(f"address {alloc.address} of no endpoint")
-        for key in await self.repo.stale_names(networks, set(endpoints)):
+        for key in await self.repo.stale_names(networks, set(endpoints), me):
             report.removed.append(f"name reservation {key.rsplit('/', 1)[-1]}")
 
 
 def _unjoined(e: Endpoint) -> None:
-    e.sandbox_id, e.ifname, e.gateway = None, None, False
+    e.sandbox_id, e.ifname, e.gateway, e.leaving = None, None, False, ""
+
+
+def _removing(instance: str) -> Any:
+    def mark(obj: Any) -> None:
+        obj.removing = instance
+
+    return mark
 
 
 def _port(p: PortMapping | dict) -> PortMapping:

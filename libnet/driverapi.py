@@ -115,6 +115,13 @@ class Driver(Protocol):
         and return them normalised; called before anything is created."""
         ...
 
+    async def check_network(self, nw: NetworkInfo) -> None:
+        """Refuse a network this driver cannot build on this host, before
+        anything is written (no IPAM pool, no store key, no kernel change):
+        e.g. a missing cluster store, an interface name libnet does not own.
+        ``nw`` has no subnets yet.  Raises ``Conflict``/``Unavailable``/``BadRequest``."""
+        ...
+
     async def create_network(self, nw: NetworkInfo) -> None:
         """Build the network's kernel parts (or adopt them if present)."""
         ...

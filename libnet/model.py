@@ -158,6 +158,8 @@ class Network:
     options: dict[str, Any] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     created: float = 0.0
+    instance: str = ""  # the libnet instance that created it
+    removing: str = ""  # the instance deleting it: a crash mid-delete is rolled forward by its reconcile
 
     def to_data(self) -> dict[str, Any]:
         return to_data(self)
@@ -188,6 +190,9 @@ class Endpoint:
     connecting: bool = False  # made by connect(), join not finished yet: reconcile removes it
     node: str = ""  # the host the endpoint was made on
     created: float = 0.0
+    instance: str = ""  # the libnet instance that made it
+    leaving: str = ""  # the instance unplugging it: a crash mid-leave is rolled forward by its reconcile
+    removing: str = ""  # the instance deleting it (disconnect, endpoint rm): rolled forward likewise
 
     def to_data(self) -> dict[str, Any]:
         return to_data(self)
@@ -209,6 +214,7 @@ class Sandbox:
     hostname: str | None = None
     endpoints: list[str] = field(default_factory=list)  # ids, in join order
     created: float = 0.0
+    removing: str = ""  # the instance deleting it: a crash mid-delete is rolled forward by its reconcile
 
     def to_data(self) -> dict[str, Any]:
         return to_data(self)

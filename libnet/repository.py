@@ -20,7 +20,16 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from libnet import model
-from libnet.errors import BadRequest, KeyExists, KeyNotFound, NameInUse, NoSuchEndpoint, NoSuchNetwork, NoSuchSandbox
+from libnet.errors import (
+    BadRequest,
+    KeyExists,
+    KeyModified,
+    KeyNotFound,
+    NameInUse,
+    NoSuchEndpoint,
+    NoSuchNetwork,
+    NoSuchSandbox,
+)
 from libnet.model import Endpoint, Network, Sandbox
 from libnet.store.base import Store
 
@@ -87,11 +96,15 @@ class Repository:
 
     # --- names ------------------------------------------------------------------
 
-    async def reserve_name(self, store: Store, key: str, owner_id: str, what: str, name: str) -> None:
+    async def reserve_name(
+        self, store: Store, key: str, owner_id: str, what: str, name: str, instance: str = ""
+    ) -> None:
+        """Reserve a name for ``owner_id``; the value also records the reserving ``instance``."""
+        value = f"{owner_id}\n{instance}" if instance else owner_id
         try:
-            await store.atomic_put(key, owner_id.encode(), None)
+            await store.atomic_put(key, value.encode(), None)
         except KeyExists:
-            holder = (await store.get(key)).value.decode()
+            holder = (await store.get(key)).value.decode().partition("\n")[0]
             raise NameInUse(f"{what} name {name!r} is already in use", name=name, holder=holder) from None
 
     @staticmethod
@@ -102,15 +115,26 @@ class Repository:
     def endpoint_name_key(network_id: str, name: str) -> str:
         return f"{P}/names/endpoints/{network_id}/{name.lower()}"
 
-    async def stale_names(self, network_ids: set[str], endpoint_ids: set[str]) -> list[str]:
-        """Delete name reservations whose owner does not exist; returns their keys."""
+    async def stale_names(self, network_ids: set[str], endpoint_ids: set[str], instance: str) -> list[str]:
+        """Delete name reservations of ``instance`` whose owner does not exist; returns their keys.
+
+        Only the instance's own reservations (and, in the local store, the
+        untagged ones of older versions): another instance's may belong to an
+        operation in flight on another host.  The caller holds the operation
+        gate, so none of this instance's is in flight."""
         gone = []
-        for store in [self.local]:  # the cluster store's names may belong to other hosts' operations in flight
+        for store in self._stores():
+            local = store is self.local
             for pair in await store.list(f"{P}/names/"):
-                owner = pair.value.decode()
+                owner, _, by = pair.value.decode().partition("\n")
+                if by != instance and not (local and not by):
+                    continue
                 known = network_ids if pair.key.startswith(f"{P}/names/networks/") else endpoint_ids
                 if owner not in known:
-                    await store.delete(pair.key)
+                    try:
+                        await store.atomic_delete(pair.key, pair)
+                    except (KeyModified, KeyNotFound):
+                        continue  # taken again meanwhile
                     gone.append(pair.key)
         return gone
 
@@ -137,7 +161,7 @@ class Repository:
             if nw is not None:
                 return nw
             try:
-                nid = (await store.get(self.network_name_key(ref))).value.decode()
+                nid = (await store.get(self.network_name_key(ref))).value.decode().partition("\n")[0]
             except (KeyNotFound, BadRequest):  # a ref that cannot be a key is simply no name
                 nid = None
             if nid:
@@ -149,6 +173,9 @@ class Repository:
             if len(matches) == 1:
                 return matches[0]
         raise NoSuchNetwork("no such network", network=ref)
+
+    async def update_network(self, nw: Network, fn: Callable[[Network], None]) -> Network:
+        return await self._update(self.store(nw.scope), f"{P}/networks/{nw.id}", Network, fn)
 
     async def delete_network(self, nw: Network) -> None:
         store = self.store(nw.scope)
@@ -190,7 +217,7 @@ class Repository:
         if network_id is not None:
             for store in self._stores():
                 try:
-                    eid = (await store.get(self.endpoint_name_key(network_id, ref))).value.decode()
+                    eid = (await store.get(self.endpoint_name_key(network_id, ref))).value.decode().partition("\n")[0]
                 except (KeyNotFound, BadRequest):
                     continue
                 return await self.endpoint(eid)

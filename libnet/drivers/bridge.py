@@ -1,29 +1,53 @@
 """The ``bridge`` driver: one Linux bridge per network on this host.
 
 Per network: a bridge (``bridge_name`` option, else ``lnb-`` + id) holding the
-IPv4 and IPv6 gateway addresses, marked with the alias ``libnet:net:<id>``;
-nftables rules in libnet's table: masquerade of the subnets leaving through
-any other device (not on internal networks), isolation from every other
-libnet bridge, and for internal networks a drop of all forwarding in and out.
-``icc=false`` isolates the bridge ports from each other (kernel bridge port
-isolation), so containers reach only the gateway.
+IPv4 and IPv6 gateway addresses; nftables rules in the instance's own table
+(``inet libnet-<instance>``): masquerade of the subnets leaving through any
+other device (not on internal networks), isolation from every other bridge
+of the instance (the ``bridges`` set), and for internal networks a drop of
+all forwarding in and out.  ``icc=false`` isolates the bridge ports from
+each other (kernel bridge port isolation), so containers reach only the
+gateway.
 
-Per endpoint, at join: a veth whose host side (``lnv`` + id, alias
-``libnet:ep:<id>``) is a port of the bridge and whose other side is created
+Per endpoint, at join: a veth whose host side (``lnv`` + the endpoint id's
+first 12 hex digits) is a port of the bridge and whose other side is created
 directly inside the sandbox namespace under its final name (``eth0``...):
 creating it in place costs a fraction of creating and moving it.  Inside the
 sandbox: the MAC, IPv4 and IPv6 (DAD off, so it is usable at once) addresses
 and the default routes via the gateways.  Published ports are DNAT rules.
 
+**Marks** (:mod:`libnet.ownership`).  A bridge carries the alias
+``libnet:<instance>:net:<network id>:<name>``, both ends of a veth
+``libnet:<instance>:ep:<endpoint id>:<name>``.  The host-side mark is set in
+the same rtnetlink batch that creates the link, so no crash leaves a libnet
+link unmarked; the sandbox side gets its mark in the sandbox's configure
+batch (informational, for ``--adopt``).  The driver deletes only links
+carrying this instance's mark for the object at hand:
+
+- ``create_network`` refuses (``Conflict`` naming the interface, and its
+  network when it is another libnet network's bridge) a ``bridge_name`` held
+  by any link that is not this network's bridge, before changing anything,
+  and on a later failure undoes only the steps it did (``Rollback``): it
+  never deletes ``eth0`` or ``lo``, nor another network's set element;
+- ``delete_network`` deletes the bridge (and its set element) only when it
+  is marked as this network's; rule groups ``net:<id>:*`` of the own table
+  always go;
+- ``reconcile`` deletes this instance's bridges of unknown networks and its
+  veths of no joined endpoint; links named like libnet's (``lnb-*``,
+  ``lnv*``) without the instance's mark, or marked by another instance, are
+  reported in ``foreign`` and left alone.  It repairs the firewall: every
+  stored network's bridge back in the set, missing rule groups and joined
+  endpoints' port rules re-added.  Links with the marks of libnet before
+  instances (``libnet:net:<id>``, ``libnet:ep:<id>``) that match a stored
+  object are re-marked.
+
 A join is two batched kernel requests (:mod:`libnet.kernel.rtnl`): the veth,
-up and enslaved, in one request on the host namespace's thread; addresses,
-link state and routes in one batch on a socket opened inside the sandbox.
-Host-side veths are named ``lnv`` + the endpoint id's first 12 hex digits,
-which is how reconcile tells libnet's veths (and their owners) apart.  On
-failure the done steps are undone: deleting the host side of the veth
-removes both ends.  A leave unplugs the veth at once (down, out of the
-bridge, into a "dead" link group), renames the sandbox side out of the
-way, and lets a reaper thread delete the group in one request.
+up, enslaved and marked, in one request on the host namespace's thread;
+addresses, link state, mark and routes in one batch on a socket opened inside
+the sandbox.  On failure the done steps are undone: deleting the host side of
+the veth removes both ends.  A leave unplugs the veth at once (down, out of
+the bridge, into the instance's "dead" link group), renames the sandbox side
+out of the way, and lets a reaper thread delete the group in one request.
 """
 
 from __future__ import annotations
@@ -34,30 +58,29 @@ import errno
 import ipaddress
 import logging
 import socket
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from libnet.driverapi import (
-    Capabilities,
-    EndpointInfo,
-    NetworkInfo,
-    ReconcileReport,
-    SandboxInfo,
-)
-from libnet.errors import BadRequest, Conflict, InvalidOption, KernelObjectExists, LibnetError, NoSuchLink
+from libnet import ownership
+from libnet.driverapi import Capabilities, EndpointInfo, NetworkInfo, ReconcileReport, SandboxInfo
+from libnet.errors import BadRequest, Conflict, InvalidOption, KernelObjectExists, LibnetError, NoSuchLink, NotFound
 from libnet.kernel import netns, rtnl, sysctl
 from libnet.kernel.firewall import Firewall, internal_rules, isolation_rules, masquerade_rule, port_rules
-from libnet.kernel.netlink import IFNAMSIZ, Netlink
+from libnet.kernel.netlink import IFNAMSIZ, Link, Netlink
+from libnet.ownership import Mark
+from libnet.rollback import Rollback
 
 T = TypeVar("T")
 log = logging.getLogger("libnet.drivers.bridge")
 _NETLINK = (socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
 
-NET_ALIAS = "libnet:net:"
-#: the link group of unplugged veths waiting to be deleted together ("ln" in ASCII)
-DEAD_GROUP = 0x6C6E
-EP_ALIAS = "libnet:ep:"
+#: names of libnet's links: a link named so without this instance's mark is reported as foreign
+BRIDGE_PREFIX, VETH_PREFIX = "lnb-", "lnv"
+#: the marks of libnet before instances; re-marked by reconcile when they match a stored object
+LEGACY_NET, LEGACY_EP = "libnet:net:", "libnet:ep:"
 DEFAULT_MTU = 1500
+Rules = list[tuple[str, list[dict[str, Any]]]]
 
 #: option name -> (canonical name); Docker's names are accepted too
 _ALIASES = {
@@ -72,12 +95,29 @@ _ALIASES = {
 
 def bridge_name(nw: NetworkInfo) -> str:
     """The bridge of a network."""
-    return nw.options.get("bridge_name") or "lnb-" + nw.id[: IFNAMSIZ - 4]
+    return nw.options.get("bridge_name") or BRIDGE_PREFIX + nw.id[: IFNAMSIZ - len(BRIDGE_PREFIX)]
 
 
 def host_ifname(ep: EndpointInfo) -> str:
     """The host side of an endpoint's veth."""
-    return "lnv" + ep.id[: IFNAMSIZ - 3]
+    return VETH_PREFIX + ep.id[: IFNAMSIZ - len(VETH_PREFIX)]
+
+
+def link_mark(instance: str, kind: str, owner: str, name: str) -> str:
+    """The mark of a link (the owner's name left out when it cannot be part of one)."""
+    return ownership.mark(instance, kind, owner, name if ":" not in name and len(name) <= 63 else "")
+
+
+def describe(link: Link) -> str:
+    """What a link is, as far as its mark tells (for messages)."""
+    m = Mark.parse(link.alias)
+    what = f"{link.kind or 'interface'} {link.name}"
+    if m is None:
+        alias = link.alias if not link.alias or len(link.alias) <= 40 else link.alias[:37] + "..."
+        return f"{what} (alias {alias!r}, no libnet mark)" if alias else f"{what} (not libnet's)"
+    owner = f"{m.name} ({m.owner[:12]})" if m.name else m.owner[:12]
+    kind = "network" if m.kind == "net" else "endpoint"
+    return f"{what} (of libnet {kind} {owner}, instance {m.instance})"
 
 
 def _bool(name: str, value: Any) -> bool:
@@ -93,9 +133,12 @@ class BridgeDriver:
 
     name = "bridge"
 
-    def __init__(self, host_ns: str | None = None, default_mtu: int | None = None, **_: Any) -> None:
+    def __init__(
+        self, host_ns: str | None = None, default_mtu: int | None = None, instance: str | None = None, **_: Any
+    ) -> None:
         self.host_ns = host_ns
         self.default_mtu = default_mtu
+        self.instance = instance
         self._nl: Netlink | None = None
         self._fw: Firewall | None = None
         self._mtus: dict[str, int] = {}  # bridge -> MTU, read once
@@ -136,8 +179,16 @@ class BridgeDriver:
     # --- plumbing -------------------------------------------------------------
 
     @property
+    def owner(self) -> str:
+        """This instance's id; the kernel is never touched without it."""
+        if self.instance is None:
+            raise BadRequest("the bridge driver needs the libnet instance id (instance=...) to mark what it makes")
+        return self.instance
+
+    @property
     def nl(self) -> Netlink:
         if self._nl is None:
+            self.owner  # noqa: B018 -- raises without an instance
             self._nl = Netlink(self.host_ns)
         return self._nl
 
@@ -145,13 +196,14 @@ class BridgeDriver:
     def reaper(self) -> Netlink:
         """A second host-namespace handle whose thread does the slow veth deletions."""
         if self._reaper_nl is None:
+            self.owner  # noqa: B018
             self._reaper_nl = Netlink(self.host_ns)
         return self._reaper_nl
 
     @property
     def fw(self) -> Firewall:
         if self._fw is None:
-            self._fw = Firewall(self.host_ns)
+            self._fw = Firewall(self.host_ns, table=ownership.firewall_table(self.owner))
         return self._fw
 
     async def _host(self, fn: Callable[[], T]) -> T:
@@ -170,60 +222,105 @@ class BridgeDriver:
     def _mtu(self, nw: NetworkInfo) -> int:
         return nw.options.get("mtu") or self.default_mtu or self.nl.uplink_mtu() or DEFAULT_MTU
 
+    def _find(self, name: str | int) -> Link | None:
+        """The link called (or numbered) ``name``, or None; on the host thread."""
+        try:
+            return self.nl.link(name)
+        except NotFound:  # NoSuchLink, or gone meanwhile
+            return None
+
+    def _delete_own(self, link: str | int, kind: str, owner: str) -> bool:
+        """Delete ``link`` if it is marked as this instance's ``kind`` of ``owner``; on the host thread."""
+        found = self._find(link)
+        if found is None or not ownership.owned_by(found.alias, self.owner, kind, owner):
+            return False
+        self.nl.delete_link(found.index)
+        return True
+
     # --- networks -------------------------------------------------------------
+
+    def _check_bridge(self, br: str, nw: NetworkInfo) -> Link | None:
+        """This network's bridge if it exists (to adopt), None if the name is
+        free; ``Conflict`` naming the holder otherwise.  Changes nothing."""
+        link = self._find(br)
+        if link is None:
+            return None
+        if link.kind == "bridge" and ownership.owned_by(link.alias, self.owner, "net", nw.id):
+            return link
+        m = Mark.parse(link.alias)
+        ids: dict[str, Any] = {"ifname": br, "network_id": nw.id}
+        if m is not None and m.kind == "net":
+            ids["owner_network_id"] = m.owner
+            if m.name:
+                ids["owner_network"] = m.name
+        raise Conflict(
+            f"interface {br} exists and is not the bridge of network {nw.name}: it is {describe(link)}; "
+            "choose another bridge_name",
+            **ids,
+        )
+
+    def _net_rules(self, nw: NetworkInfo, br: str) -> list[tuple[str, Rules]]:
+        """The network's rule groups: (key, rules)."""
+        groups = [(f"net:{nw.id}:isolate", isolation_rules(br))]
+        if nw.internal:
+            groups.append((f"net:{nw.id}:internal", internal_rules(br)))
+        else:
+            subnets = [s for s in (nw.ipv4_subnet, nw.ipv6_subnet) if s]
+            groups.append((f"net:{nw.id}:masq", [masquerade_rule(s, br) for s in subnets]))
+        return groups
+
+    async def check_network(self, nw: NetworkInfo) -> None:
+        """``Conflict`` if the bridge's name is held by a link that is not this network's bridge."""
+        await self._host(lambda: self._check_bridge(bridge_name(nw), nw))
 
     async def create_network(self, nw: NetworkInfo) -> None:
         br = bridge_name(nw)
-
-        def build() -> None:
-            nl = self.nl
-            if nl.has_link(br):
-                link = nl.link(br)
-                if link.kind != "bridge" or link.alias not in (None, NET_ALIAS + nw.id):
-                    raise Conflict(
-                        f"interface {br} exists and is not this network's bridge", ifname=br, network_id=nw.id
-                    )
+        mark = link_mark(self.owner, "net", nw.id, nw.name)
+        async with Rollback() as undo:
+            link = await self._host(lambda: self._check_bridge(br, nw))  # nothing touched before this
+            if link is None:
+                index = await self._host(lambda: self.nl.add_bridge(br, mtu=self._mtu(nw), alias=mark))
+                undo.push(lambda: self._host(lambda: self._delete_own(index, "net", nw.id)), f"delete bridge {br}")
             else:
-                nl.add_bridge(br, mtu=self._mtu(nw))
-            nl.set_alias(br, NET_ALIAS + nw.id)
-            have = set(nl.addresses(br))
+                index = link.index
+            have = set(await self._host(lambda: self.nl.addresses(index)))
             for gw in (nw.ipv4_gateway, nw.ipv6_gateway):
                 if gw and gw not in have:
-                    nl.add_address(br, gw, nodad=True)
-            nl.set_up(br)
-
-        try:
-            await self._host(build)
+                    await self._host(lambda g=gw: self.nl.add_address(index, g, nodad=True))
+                    undo.push(lambda g=gw: self._host(lambda: self.nl.delete_address(index, g)), f"remove {gw}")
+            if link is None or not link.up:
+                await self._host(lambda: self.nl.set_up(index))
+                if link is not None:
+                    undo.push(lambda: self._host(lambda: self.nl.set_down(index)), f"bring {br} down")
             await netns.run_in_async(self.host_ns, sysctl.set_forwarding, None, True)
-
-            def rules(fw: Firewall) -> None:
-                fw.add_bridge(br)
-                fw.add(f"net:{nw.id}:isolate", isolation_rules(br))
-                if nw.internal:
-                    fw.add(f"net:{nw.id}:internal", internal_rules(br))
-                else:
-                    subnets = [s for s in (nw.ipv4_subnet, nw.ipv6_subnet) if s]
-                    fw.add(f"net:{nw.id}:masq", [masquerade_rule(s, br) for s in subnets])
-
-            await self._firewall(rules)
-        except BaseException:
-            await self.delete_network(nw)
-            raise
+            if await self._firewall(lambda fw: fw.add_bridge(br)):
+                undo.push(lambda: self._firewall(lambda fw: fw.remove_bridge(br)), f"take {br} out of the set")
+            for key, rules in self._net_rules(nw, br):
+                await self._firewall(lambda fw, k=key, r=rules: fw.add(k, r))
+                undo.push(lambda k=key: self._firewall(lambda fw: fw.remove(k)), f"remove rules {key}")
 
     async def delete_network(self, nw: NetworkInfo) -> None:
         br = bridge_name(nw)
 
+        def unbuild() -> Link | None:
+            """The link holding the name if it is not this network's bridge; else deletes that bridge."""
+            link = self._find(br)
+            if link is None or not ownership.owned_by(link.alias, self.owner, "net", nw.id):
+                return link
+            self.nl.delete_link(link.index)
+            return None
+
+        other = await self._host(unbuild)
+        self._mtus.pop(br, None)
+        if other is not None:
+            log.warning("network %s: %s is not its bridge: left alone", nw.name, describe(other))
+
         def remove(fw: Firewall) -> None:
             fw.remove_prefix(f"net:{nw.id}:")
-            fw.remove_bridge(br)
+            if other is None:  # the name is free now: its element isolates nothing of anyone's
+                fw.remove_bridge(br)
 
         await self._firewall(remove)
-
-        def unbuild() -> None:
-            if self.nl.has_link(br) and self.nl.link(br).alias in (None, NET_ALIAS + nw.id):
-                self.nl.delete_link(br)
-
-        await self._host(unbuild)
 
     # --- endpoints ------------------------------------------------------------
 
@@ -236,31 +333,33 @@ class BridgeDriver:
 
     async def join(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
         br, host_if = bridge_name(nw), host_ifname(ep)
+        mark = link_mark(self.owner, "ep", ep.id, ep.name)
 
-        def plug() -> None:
+        def plug() -> int:
             nl = self.nl
             mtu = self._mtus.get(br) or nl.link(br).mtu
             self._mtus[br] = mtu
             try:
-                nl.plug_veth(host_if, sb.ifname, sb.netns, br, mtu=mtu, peer_mac=ep.mac)
+                index = nl.plug_veth(host_if, sb.ifname, sb.netns, br, mtu=mtu, peer_mac=ep.mac, alias=mark)
             except KernelObjectExists:
                 raise Conflict(
                     f"{host_if} or {sb.ifname} in the sandbox exists already", ifname=host_if, sandbox_id=sb.id
                 ) from None
             if not nw.options.get("icc", True):
                 try:
-                    nl.set_port_isolated(host_if)
+                    nl.set_port_isolated(index)
                 except BaseException:
-                    nl.delete_link(host_if)
+                    nl.delete_link(index)  # made just now, by this call
                     raise
+            return index
 
-        await self._host(plug)
+        index = await self._host(plug)
         try:
             sock = await asyncio.wrap_future(netns.open_socket_future(sb.netns, *_NETLINK))
             with rtnl.RtnlSocket(sock) as r:
-                _configure_sandbox(r, nw, ep, sb)
+                _configure_sandbox(r, nw, ep, sb, alias=mark)
         except BaseException:
-            await self._host(lambda: self.nl.delete_link(host_if))
+            await self._host(lambda: self._delete_own(index, "ep", ep.id))
             raise
 
     async def leave(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
@@ -278,17 +377,25 @@ class BridgeDriver:
                     if index is not None:
                         msg = rtnl.setlink_body(index, up=False, name="lnx" + ep.id[: IFNAMSIZ - 3])
                         r.request([(rtnl.RTM_NEWLINK, 0, msg, "retire interface")], ignore=frozenset({19}))
-        if await self._host(lambda: self.nl.unplug(host_if, group=DEAD_GROUP)):
+        group = ownership.dead_group(self.owner)
+        if await self._host(lambda: self.nl.unplug(host_if, group=group, owned=self._owns_veth(ep))):
             self._schedule_reaping()
+
+    def _owns_veth(self, ep: EndpointInfo) -> Callable[[str | None], bool]:
+        def owned(alias: str | None) -> bool:
+            return ownership.owned_by(alias, self.owner, "ep", ep.id) or alias == LEGACY_EP + ep.id
+
+        return owned
 
     def _schedule_reaping(self) -> None:
         if self._reap_queued:
             return  # the queued pass will take this one too
         self._reap_queued = True
+        group = ownership.dead_group(self.owner)
 
         def reap() -> None:
             self._reap_queued = False  # unplugged from now on: another pass
-            self.reaper.delete_group(DEAD_GROUP)
+            self.reaper.delete_group(group)
 
         self.reaper.submit(reap).add_done_callback(_log_failure("delete unplugged veths"))
 
@@ -306,16 +413,7 @@ class BridgeDriver:
             return
         if nw.internal:
             raise BadRequest("internal networks cannot publish ports", network_id=nw.id, endpoint_id=ep.id)
-        br = bridge_name(nw)
-        rules = []
-        for pm in ep.ports:
-            for cidr in (ep.ipv4, ep.ipv6):
-                if not cidr:
-                    continue
-                ip = str(ipaddress.ip_interface(cidr).ip)
-                if pm.host_ip and ipaddress.ip_address(pm.host_ip).version != ipaddress.ip_address(ip).version:
-                    continue
-                rules += port_rules(pm.host_port, ip, pm.container_port, pm.protocol, br, pm.host_ip)
+        rules = _port_rules(nw, ep)
         await self._firewall(lambda fw: fw.add(f"ep:{ep.id}:ports", rules))
 
     async def revoke_external_connectivity(self, nw: NetworkInfo, ep: EndpointInfo) -> None:
@@ -328,48 +426,116 @@ class BridgeDriver:
         self, networks: list[NetworkInfo], endpoints: list[tuple[EndpointInfo, SandboxInfo | None]]
     ) -> ReconcileReport:
         report = ReconcileReport()
+        me = self.owner
         nets = {nw.id: nw for nw in networks}
-        links = await self._host(self.nl.links)
-        by_name = {link.name: link for link in links}
-        joined_ifs = {host_ifname(ep) for ep, sb in endpoints if sb is not None}
-        for link in links:
-            alias = link.alias or ""
-            owner = alias.split(":", 2)[-1]
-            if alias.startswith(NET_ALIAS) and owner not in nets:
-                await self._host(lambda n=link.name: self.nl.delete_link(n))
-                report.removed.append(f"bridge {link.name} of unknown network {owner[:12]}")
-            elif link.kind == "veth" and link.name.startswith("lnv") and link.name not in joined_ifs:
-                # veths are named after their endpoint: lnv + the first 12 hex digits of its id
-                await self._host(lambda n=link.name: self.nl.delete_link(n))
-                report.removed.append(f"veth {link.name} of no joined endpoint")
+        joined = {ep.id: ep for ep, sb in endpoints if sb is not None}
+        legacy = {LEGACY_NET + nw.id: ("net", nw.id, nw.name, bridge_name(nw)) for nw in networks}
+        legacy |= {LEGACY_EP + ep.id: ("ep", ep.id, ep.name, host_ifname(ep)) for ep in joined.values()}
+
+        def sweep() -> tuple[list[str], list[str], dict[str, str], dict[str, Link]]:
+            """Links: re-mark legacy ones, report foreign ones, delete this instance's orphans."""
+            removed, repaired, foreign = [], [], {}
+            for link in self.nl.links():
+                m = Mark.parse(link.alias)
+                old = legacy.get(link.alias or "")
+                if m is None and old is not None and old[3] == link.name:
+                    self.nl.set_alias(link.index, link_mark(me, *old[:3]))
+                    repaired.append(f"{describe(link)}: re-marked as this instance's")
+                elif m is None:
+                    if link.name.startswith((BRIDGE_PREFIX, VETH_PREFIX)) or (link.alias or "").startswith("libnet:"):
+                        foreign[link.name] = f"{describe(link)}: named like libnet's, no mark of this instance"
+                elif m.instance != me:
+                    foreign[link.name] = f"{describe(link)}: another libnet instance's"
+                elif _orphan(link, m, nets, joined) and self._delete_own(link.index, m.kind, m.owner):
+                    removed.append(
+                        f"{describe(link)}: of no stored {'network' if m.kind == 'net' else 'joined endpoint'}"
+                    )
+            return removed, repaired, foreign, {link.name: link for link in self.nl.links()}
+
+        report.removed, report.repaired, foreign, by_name = await self._host(sweep)
+        report.foreign = list(foreign.values())
+        own: dict[str, NetworkInfo] = {}  # bridge -> network, for the bridges that are there and ours
         for nw in networks:
-            if bridge_name(nw) not in by_name:
-                report.missing.append(f"network {nw.name} ({nw.id[:12]}): bridge {bridge_name(nw)} is missing")
-        for ep, sb in endpoints:
-            if sb is not None and host_ifname(ep) not in by_name:
+            br, link = bridge_name(nw), by_name.get(bridge_name(nw))
+            if link is None:
+                report.missing.append(f"network {nw.name} ({nw.id[:12]}): bridge {br} is missing")
+            elif not ownership.owned_by(link.alias, me, "net", nw.id):
+                if br not in foreign:
+                    report.foreign.append(f"network {nw.name} ({nw.id[:12]}): {describe(link)} is not its bridge")
+            else:
+                own[br] = nw
+        for ep in joined.values():
+            link = by_name.get(host_ifname(ep))
+            if link is None:
                 report.missing.append(f"endpoint {ep.name} ({ep.id[:12]}): veth {host_ifname(ep)} is missing")
+            elif not ownership.owned_by(link.alias, me, "ep", ep.id) and link.name not in foreign:
+                report.foreign.append(f"endpoint {ep.name} ({ep.id[:12]}): {describe(link)} is not its veth")
         known = set(nets) | {ep.id for ep, _ in endpoints}
-        bridges = {bridge_name(nw) for nw in networks}
+        names = {bridge_name(nw) for nw in networks}
+        want = [(key, rules) for br, nw in own.items() for key, rules in self._net_rules(nw, br)]
+        want += [
+            (f"ep:{ep.id}:ports", _port_rules(nets[ep.network_id], ep))
+            for ep in joined.values()
+            if ep.ports and ep.network_id in nets and not nets[ep.network_id].internal
+        ]
 
-        def clean(fw: Firewall) -> list[str]:
-            gone = []
-            for key in sorted(fw.keys()):
+        def fix(fw: Firewall) -> tuple[list[str], list[str]]:
+            removed, repaired = [], []
+            count = Counter(rule["key"] for rule in fw.rules())
+            for key in sorted(count):
                 kind, _, rest = key.partition(":")
-                owner = rest.split(":", 1)[0]
-                if kind in ("net", "ep") and owner not in known:
+                if kind in ("net", "ep") and rest.split(":", 1)[0] not in known:
                     fw.remove(key)
-                    gone.append(f"firewall rules {key}")
-            for br in fw.bridges() - bridges:
+                    removed.append(f"firewall rules {key}")
+            present = fw.bridges()
+            for br in sorted(present - names):
                 fw.remove_bridge(br)
-                gone.append(f"bridge {br} in the isolation set")
-            return gone
+                removed.append(f"bridge {br} in the isolation set")
+            for br in sorted(set(own) - present):
+                fw.add_bridge(br)
+                repaired.append(f"bridge {br} back in the isolation set")
+            for key, rules in want:
+                if count.get(key) != len(rules):
+                    fw.add(key, rules)
+                    repaired.append(f"firewall rules {key}")
+            return removed, repaired
 
-        report.removed += await self._firewall(clean)
+        removed, repaired = await self._firewall(fix)
+        report.removed += removed
+        report.repaired += repaired
         return report
 
 
-def _configure_sandbox(r: rtnl.RtnlSocket, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
-    """Inside the sandbox, in one batch: lo up, addresses (DAD off), up, default routes."""
+def _orphan(link: Link, m: Mark, nets: dict[str, NetworkInfo], joined: dict[str, EndpointInfo]) -> bool:
+    """Whether a link marked by this instance belongs to no stored network / joined endpoint of this driver.
+
+    Only the driver's own kinds of link count: a bridge marked ``net``, an
+    ``lnv`` veth marked ``ep`` (another driver's marked devices are its own)."""
+    if m.kind == "net":
+        return link.kind == "bridge" and m.owner not in nets
+    return link.kind == "veth" and link.name.startswith(VETH_PREFIX) and m.owner not in joined
+
+
+def _port_rules(nw: NetworkInfo, ep: EndpointInfo) -> Rules:
+    """DNAT rules publishing the endpoint's ports (both address families)."""
+    br = bridge_name(nw)
+    rules: Rules = []
+    for pm in ep.ports:
+        for cidr in (ep.ipv4, ep.ipv6):
+            if not cidr:
+                continue
+            ip = str(ipaddress.ip_interface(cidr).ip)
+            if pm.host_ip and ipaddress.ip_address(pm.host_ip).version != ipaddress.ip_address(ip).version:
+                continue
+            rules += port_rules(pm.host_port, ip, pm.container_port, pm.protocol, br, pm.host_ip)
+    return rules
+
+
+def _configure_sandbox(
+    r: rtnl.RtnlSocket, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo, alias: str | None = None
+) -> None:
+    """Inside the sandbox, in one batch: lo up, addresses (DAD off), up (and the
+    ``alias``, the endpoint's mark, when given), default routes."""
     index = r.link_index(sb.ifname)
     if index is None:
         raise NoSuchLink("the new interface is not in the sandbox", ifname=sb.ifname, sandbox_id=sb.id)
@@ -384,7 +550,7 @@ def _configure_sandbox(r: rtnl.RtnlSocket, nw: NetworkInfo, ep: EndpointInfo, sb
                     f"add address {cidr}",
                 )
             )
-    reqs.append((rtnl.RTM_NEWLINK, 0, rtnl.setlink_body(index, up=True), f"bring {sb.ifname} up"))
+    reqs.append((rtnl.RTM_NEWLINK, 0, rtnl.setlink_body(index, up=True, alias=alias), f"bring {sb.ifname} up"))
     if sb.gateway and not nw.internal:
         reqs += _route_requests(nw, index, add=True)
     r.request(reqs)

@@ -28,6 +28,9 @@ class NullDriver:
             raise InvalidOption(f"the null driver takes no options, got {sorted(options)}")
         return {}
 
+    async def check_network(self, nw: NetworkInfo) -> None:
+        return None
+
     async def create_network(self, nw: NetworkInfo) -> None:
         return None
 

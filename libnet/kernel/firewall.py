@@ -1,11 +1,17 @@
-"""nftables rules in a table owned by libnet (``inet libnet``), per namespace.
+"""nftables rules in a table of libnet's own, per namespace.
+
+Each libnet instance has its own table (``inet libnet-<instance>``, see
+:func:`libnet.ownership.firewall_table`): everything in it is the
+instance's, and nothing outside it is ever touched -- not another
+program's table, not another instance's.  Removing the table removes
+everything the instance did in that namespace.  (``TABLE``, the old shared
+name, is only the default of the ``table`` parameter, for tests.)
 
 Rules are built as nftables JSON documents and handed to libnftables (the
 ``pip-nftables`` binding of the same library ``nft`` uses) -- never as
 concatenated rule strings.  Every rule carries a comment ``libnet:<key>``;
 the key makes adding idempotent and lets :meth:`Firewall.remove` find the
-rules again after a restart.  Nothing outside the ``libnet`` table is
-touched, so removing the table removes everything libnet did.
+rules again after a restart.
 
 libnftables talks netlink from the thread that calls it, so each firewall
 works on its own :class:`~libnet.kernel.netns.NamespaceThread`.
@@ -23,6 +29,7 @@ from libnet.errors import BadRequest, KernelError
 from libnet.kernel import netns
 
 FAMILY = "inet"
+#: the default table name (tests); libnet itself always passes the instance's table
 TABLE = "libnet"
 COMMENT_PREFIX = "libnet:"
 
@@ -149,10 +156,13 @@ def port_rules(
 
 
 class Firewall:
-    """libnet's nftables table in one namespace (``ns=None``: this process's)."""
+    """One libnet nftables table (``table``, family inet) in one namespace (``ns=None``: this process's)."""
 
-    def __init__(self, ns: str | None = None) -> None:
+    def __init__(self, ns: str | None = None, table: str = TABLE) -> None:
+        if not table or len(table) > 64 or not all(c.isalnum() or c in "-_" for c in table):
+            raise BadRequest(f"invalid nftables table name {table!r}", table=table)
         self.ns = ns
+        self.table = table
         self._thread = netns.NamespaceThread(ns)
         self._nft: nftables.Nftables | None = None
 
@@ -189,13 +199,13 @@ class Firewall:
         in its chain, where later rule groups cannot get in front of it.
         """
         cmds: list[dict[str, Any]] = [
-            {"add": {"table": {"family": FAMILY, "name": TABLE}}},
-            {"add": {"set": {"family": FAMILY, "table": TABLE, "name": BRIDGES_SET, "type": "ifname"}}},
+            {"add": {"table": {"family": FAMILY, "name": self.table}}},
+            {"add": {"set": {"family": FAMILY, "table": self.table, "name": BRIDGES_SET, "type": "ifname"}}},
         ]
         for name, (ctype, hook, prio) in CHAINS.items():
             chain = {
                 "family": FAMILY,
-                "table": TABLE,
+                "table": self.table,
                 "name": name,
                 "type": ctype,
                 "hook": hook,
@@ -207,7 +217,7 @@ class Firewall:
             dnat = {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}
             rule = {
                 "family": FAMILY,
-                "table": TABLE,
+                "table": self.table,
                 "chain": "forward",
                 "comment": BASE_COMMENT,
                 "expr": [dnat, {"accept": None}],
@@ -219,35 +229,40 @@ class Firewall:
         """Create the table and its base chains if missing (idempotent)."""
         self._cmd(self._table_cmds(fresh=not self._has_table()), "create table")
 
-    def add_bridge(self, bridge: str) -> None:
-        """Add ``bridge`` to the set of libnet bridges (isolation targets)."""
-        cmds = self._table_cmds(fresh=not self._has_table())
-        element = {"family": FAMILY, "table": TABLE, "name": BRIDGES_SET, "elem": [bridge]}
+    def add_bridge(self, bridge: str) -> bool:
+        """Add ``bridge`` to the set of libnet bridges (isolation targets);
+        False if it was there already (then nothing changed)."""
+        exists = self._has_table()
+        if exists and bridge in self.bridges():
+            return False
+        cmds = self._table_cmds(fresh=not exists)
+        element = {"family": FAMILY, "table": self.table, "name": BRIDGES_SET, "elem": [bridge]}
         cmds.append({"add": {"element": element}})
         self._cmd(cmds, "add bridge to set")
+        return True
 
     def remove_bridge(self, bridge: str) -> None:
         """Remove ``bridge`` from the set; absent is fine."""
         if bridge in self.bridges():
-            element = {"family": FAMILY, "table": TABLE, "name": BRIDGES_SET, "elem": [bridge]}
+            element = {"family": FAMILY, "table": self.table, "name": BRIDGES_SET, "elem": [bridge]}
             self._cmd([{"delete": {"element": element}}], "remove bridge from set")
 
     def bridges(self) -> set[str]:
         """The bridges in the set."""
         if not self._has_table():
             return set()
-        out = self._cmd([{"list": {"set": {"family": FAMILY, "table": TABLE, "name": BRIDGES_SET}}}], "list set")
+        out = self._cmd([{"list": {"set": {"family": FAMILY, "table": self.table, "name": BRIDGES_SET}}}], "list set")
         for item in out.get("nftables", []):
             if "set" in item:
                 return set(item["set"].get("elem", []))
         return set()
 
     def delete_table(self) -> None:
-        """Remove the table and every libnet rule in it; missing is fine."""
+        """Remove this table and every rule in it (no other table); missing is fine."""
         self._cmd(
             [
-                {"add": {"table": {"family": FAMILY, "name": TABLE}}},
-                {"delete": {"table": {"family": FAMILY, "name": TABLE}}},
+                {"add": {"table": {"family": FAMILY, "name": self.table}}},
+                {"delete": {"table": {"family": FAMILY, "name": self.table}}},
             ],
             "delete table",
         )
@@ -255,7 +270,7 @@ class Firewall:
     def rules(self) -> list[dict[str, Any]]:
         """libnet's rules: dicts with ``key``, ``chain``, ``handle``, ``expr``."""
         out = self._cmd(
-            [{"list": {"table": {"family": FAMILY, "name": TABLE}}}] if self._has_table() else [], "list rules"
+            [{"list": {"table": {"family": FAMILY, "name": self.table}}}] if self._has_table() else [], "list rules"
         )
         rules = []
         for item in out.get("nftables", []):
@@ -273,7 +288,7 @@ class Firewall:
 
     def _has_table(self) -> bool:
         out = self._cmd([{"list": {"tables": {"family": FAMILY}}}], "list tables")
-        return any(i.get("table", {}).get("name") == TABLE for i in out.get("nftables", []))
+        return any(i.get("table", {}).get("name") == self.table for i in out.get("nftables", []))
 
     def keys(self) -> set[str]:
         """The keys of the rule groups present."""
@@ -300,7 +315,7 @@ class Firewall:
                     "add": {
                         "rule": {
                             "family": FAMILY,
-                            "table": TABLE,
+                            "table": self.table,
                             "chain": chain,
                             "comment": COMMENT_PREFIX + key,
                             "expr": expr,
@@ -312,7 +327,7 @@ class Firewall:
 
     def _delete_cmds(self, key: str) -> list[dict[str, Any]]:
         return [
-            {"delete": {"rule": {"family": FAMILY, "table": TABLE, "chain": r["chain"], "handle": r["handle"]}}}
+            {"delete": {"rule": {"family": FAMILY, "table": self.table, "chain": r["chain"], "handle": r["handle"]}}}
             for r in self.rules()
             if r["key"] == key
         ]
@@ -345,7 +360,11 @@ class Firewall:
         if rules:
             self._cmd(
                 [
-                    {"delete": {"rule": {"family": FAMILY, "table": TABLE, "chain": r["chain"], "handle": r["handle"]}}}
+                    {
+                        "delete": {
+                            "rule": {"family": FAMILY, "table": self.table, "chain": r["chain"], "handle": r["handle"]}
+                        }
+                    }
                     for r in rules
                 ],
                 f"remove rules {prefix}*",

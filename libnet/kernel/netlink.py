@@ -16,6 +16,7 @@ packs netlink messages itself for bulk speed, on the same thread.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
@@ -29,7 +30,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from libnet.errors import BadRequest, NoSuchLink
 from libnet.kernel import netns, rtnl
-from libnet.kernel.errors import is_gone, translate
+from libnet.kernel.errors import GONE, from_errno, is_gone, translate
 from libnet.kernel.neighbours import FdbEntry, Neighbour, NeighbourSocket
 
 T = TypeVar("T")
@@ -61,6 +62,20 @@ class Route:
     dst: str  # CIDR, "default" for 0/0 and ::/0
     via: str | None
     dev: int | None
+
+
+@dataclass(frozen=True)
+class Vxlan:
+    """A VXLAN device's settings as the kernel reports them (:meth:`Netlink.vxlan`)."""
+
+    link: Link
+    vni: int | None
+    local: str | None  # the VTEP address, IPv4 or IPv6
+    port: int | None
+    learning: bool
+    proxy: bool
+    #: set when the device's UDP socket lives in another namespace than the device
+    link_netnsid: int | None
 
 
 def _check_ifname(name: str) -> None:
@@ -209,10 +224,60 @@ class Netlink:
         return self._run(f"create {spec.get('kind')} link", add, ifname=name)
 
     def add_bridge(
-        self, name: str, mtu: int | None = None, mac: str | None = None, mcast_snooping: bool = False
+        self,
+        name: str,
+        mtu: int | None = None,
+        mac: str | None = None,
+        mcast_snooping: bool = False,
+        alias: str | None = None,
     ) -> int:
-        """Create a bridge (down); returns its index. ``KernelObjectExists`` if taken."""
-        return self._add(name, kind="bridge", mtu=mtu, address=mac, br_mcast_snooping=int(mcast_snooping))
+        """Create a bridge (down); returns its index. ``KernelObjectExists`` if taken.
+
+        With ``alias`` (an ownership mark) the bridge is created and marked in
+        one batch (see :mod:`libnet.kernel.rtnl`): it never exists unmarked.
+        A taken name is refused before anything is sent; should a link take
+        the name in the microseconds between, the mark can reach it only if
+        it is a bridge.
+        """
+        if alias is None:
+            return self._add(name, kind="bridge", mtu=mtu, address=mac, br_mcast_snooping=int(mcast_snooping))
+        _check_ifname(name)
+        create = rtnl.bridge_body(name, mtu, mac, mcast_snooping)
+
+        def body() -> int:
+            if self.rtnl.link_index(name) is not None:
+                raise from_errno(errno.EEXIST, "create bridge", ifname=name, netns=self.ns)
+            return self._create_marked(name, create, alias, "bridge")
+
+        return self._run("create bridge", body, ifname=name, alias=alias)
+
+    def _create_marked(self, name: str, create: bytes, alias: str, kind: str | None) -> int:
+        """Create a link and set its alias in one batch; on the thread.  Returns its index.
+
+        The caller has checked that ``name`` is free.  When the create fails
+        nothing was made (the alias message met no link, or -- a link that
+        took the name since -- one of ``kind``); when only the alias fails,
+        the new link is deleted again."""
+        try:
+            mark = rtnl.alias_body(name, alias, kind)
+        except ValueError as exc:
+            raise BadRequest(str(exc), ifname=name, alias=alias) from None
+        failed = self.rtnl.request_each(
+            [
+                (rtnl.RTM_NEWLINK, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL, create, f"create {kind or 'link'}"),
+                (rtnl.RTM_NEWLINK, 0, mark, "mark link"),
+            ]
+        )
+        if 0 in failed:
+            raise from_errno(failed[0], f"create {kind or 'link'}", ifname=name, netns=self.ns)
+        index = self.rtnl.link_index(name)
+        if 1 in failed:
+            if index is not None:
+                self.rtnl.request([(rtnl.RTM_DELLINK, 0, rtnl.ifinfo(index), "delete unmarked link")], ignore=GONE)
+            raise from_errno(failed[1], "mark link", ifname=name, netns=self.ns)
+        if index is None:
+            raise NoSuchLink("the new link vanished", ifname=name, netns=self.ns)
+        return index
 
     def add_veth(
         self,
@@ -266,31 +331,70 @@ class Netlink:
         of the outer packets (for IPv6 underlays the zero-checksum options are
         its inverse, as RFC 6935 allows).
         """
-        if not 0 < vni < 1 << 24:
-            raise BadRequest(f"VNI {vni} out of range 1..16777215", vni=vni)
-        try:
-            ip = ipaddress.ip_address(local)
-        except ValueError:
-            raise BadRequest(f"invalid VTEP address {local!r}", vtep=local) from None
-        spec: dict[str, Any] = {
-            "kind": "vxlan",
-            "vxlan_id": vni,
-            "vxlan_port": port,
-            "vxlan_learning": int(learning),
-            "vxlan_proxy": int(proxy),
-            "mtu": mtu,
-            "address": mac,
-        }
-        if ip.version == 4:
-            spec["vxlan_local"] = str(ip)
-            spec["vxlan_udp_csum"] = int(udp_csum)
-        else:
-            spec["vxlan_local6"] = str(ip)
-            spec["vxlan_udp_zero_csum6_tx"] = int(not udp_csum)
-            spec["vxlan_udp_zero_csum6_rx"] = int(not udp_csum)
+        spec = _vxlan_spec(vni, local, port, learning, proxy, udp_csum)
+        spec.update(mtu=mtu, address=mac)
         if underlay is not None:
             spec["vxlan_link"] = self.link_index(underlay) if isinstance(underlay, str) else underlay
         return self._add(name, **spec)
+
+    def add_vxlan_in(
+        self,
+        ns: str,
+        name: str,
+        vni: int,
+        local: str,
+        port: int = VXLAN_PORT,
+        mtu: int | None = None,
+        learning: bool = False,
+        proxy: bool = True,
+        udp_csum: bool = True,
+    ) -> None:
+        """Create a VXLAN device directly inside namespace ``ns``, its UDP socket here.
+
+        One request: the device appears in ``ns`` under its final name while
+        its socket stays in this (the underlay's) namespace -- nothing is ever
+        left under a temporary name here.  Settings as :meth:`add_vxlan`.
+        """
+        _check_ifname(name)
+        spec = _vxlan_spec(vni, local, port, learning, proxy, udp_csum)
+        spec["ifname"] = name
+        if mtu is not None:
+            spec["mtu"] = mtu
+
+        def body() -> None:
+            try:
+                fd = os.open(netns.path_of(ns), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise netns.NoSuchNamespace("no such network namespace", netns=ns) from None
+            try:
+                self.ipr.link("add", net_ns_fd=fd, **spec)
+            finally:
+                os.close(fd)
+
+        self._run("create vxlan link", body, ifname=name, target_netns=ns)
+
+    def vxlan(self, link: str | int) -> Vxlan | None:
+        """The VXLAN settings of ``link`` (None if it is no VXLAN device; ``NoSuchLink`` if absent)."""
+
+        def get() -> Vxlan | None:
+            msg = self.ipr.get_links(self._index(link))[0]
+            if msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") != "vxlan":
+                return None
+            data = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA")
+            if data is None:
+                return None
+            local = data.get("IFLA_VXLAN_LOCAL") or data.get("IFLA_VXLAN_LOCAL6")
+            return Vxlan(
+                link=_link_from_msg(msg),
+                vni=data.get("IFLA_VXLAN_ID"),
+                local=str(ipaddress.ip_address(local)) if local else None,
+                port=data.get("IFLA_VXLAN_PORT"),
+                learning=bool(data.get("IFLA_VXLAN_LEARNING")),
+                proxy=bool(data.get("IFLA_VXLAN_PROXY")),
+                link_netnsid=msg.get("IFLA_LINK_NETNSID"),
+            )
+
+        return self._run("get vxlan link", get, ifname=link)
 
     def _set(self, link: str | int, action: str, **attrs: Any) -> None:
         self._run(action, lambda: self.ipr.link("set", index=self._index(link), **attrs), ifname=link)
@@ -321,27 +425,40 @@ class Netlink:
         self._run("set master", body, ifname=link, master=master)
 
     def plug_veth(
-        self, name: str, peer: str, peer_ns: str, master: str, mtu: int | None = None, peer_mac: str | None = None
+        self,
+        name: str,
+        peer: str,
+        peer_ns: str,
+        master: str,
+        mtu: int | None = None,
+        peer_mac: str | None = None,
+        alias: str | None = None,
     ) -> int:
         """A veth pair in one request: ``name`` up and a port of bridge
         ``master`` here, ``peer`` created directly inside ``peer_ns``.
 
         The hot path of attaching a container (one kernel request instead of
-        four).  Returns the index of ``name``.
+        four).  With ``alias`` (an ownership mark) ``name`` is created and
+        marked in one batch.  ``KernelObjectExists``, with nothing touched,
+        if ``name`` is taken.  Returns the index of ``name``.
         """
         _check_ifname(name)
         _check_ifname(peer)
 
         def body() -> int:
-            master_idx = self.rtnl.link_index(master)
+            master_idx, taken = self.rtnl.link_indexes([master, name])  # one round trip for both
             if master_idx is None:
                 raise NoSuchLink("no such bridge", ifname=master, netns=self.ns)
+            if taken is not None:
+                raise from_errno(errno.EEXIST, "create veth", ifname=name, netns=self.ns)
             try:
                 fd = os.open(netns.path_of(peer_ns), os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 raise netns.NoSuchNamespace("no such network namespace", netns=peer_ns) from None
             try:
                 msg = rtnl.veth_body(name, peer, fd, mtu, master_idx, peer_mac)
+                if alias is not None:
+                    return self._create_marked(name, msg, alias, None)
                 self.rtnl.request([(rtnl.RTM_NEWLINK, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL, msg, "create veth")])
             finally:
                 os.close(fd)
@@ -351,19 +468,23 @@ class Netlink:
 
         return self._run("create veth", body, ifname=name, peer=peer)
 
-    def unplug(self, link: str, group: int | None = None) -> bool:
+    def unplug(self, link: str, group: int | None = None, owned: Callable[[str | None], bool] | None = None) -> bool:
         """Take a port out of service at once: down, out of its bridge, and
         (optionally) into link ``group`` for a later :meth:`delete_group`.
 
         Deleting a veth takes the kernel 15-25 ms (an RCU grace period);
         callers that need the interface to stop carrying traffic *now* unplug
-        it and delete it afterwards, many at once.  False if it does not exist.
+        it and delete it afterwards, many at once.  False if it does not
+        exist, or if ``owned`` is given and says no to the link's alias (then
+        it is left untouched; the alias comes with the lookup, no extra
+        round trip).
         """
 
         def body() -> bool:
-            index = self.rtnl.link_index(link)
-            if index is None:
+            found = self.rtnl.lookup([link])[0]
+            if found is None or (owned is not None and not owned(found[1])):
                 return False
+            index = found[0]
             msg = rtnl.setlink_body(index, up=False, master=0, group=group)
             self.rtnl.request([(rtnl.RTM_NEWLINK, 0, msg, "unplug")], ignore=frozenset({19}))  # ENODEV: gone
             return True
@@ -582,6 +703,31 @@ class Netlink:
     def flush_fdb(self, link: str | int) -> None:
         """Delete all FDB entries of a VXLAN device in one kernel call."""
         self._run("flush fdb", lambda: self.neigh.flush_fdb(self._index(link)), ifname=link)
+
+
+def _vxlan_spec(vni: int, local: str, port: int, learning: bool, proxy: bool, udp_csum: bool) -> dict[str, Any]:
+    """pyroute2 attributes of a VXLAN device (``BadRequest`` on a bad VNI or address)."""
+    if not 0 < vni < 1 << 24:
+        raise BadRequest(f"VNI {vni} out of range 1..16777215", vni=vni)
+    try:
+        ip = ipaddress.ip_address(local)
+    except ValueError:
+        raise BadRequest(f"invalid VTEP address {local!r}", vtep=local) from None
+    spec: dict[str, Any] = {
+        "kind": "vxlan",
+        "vxlan_id": vni,
+        "vxlan_port": port,
+        "vxlan_learning": int(learning),
+        "vxlan_proxy": int(proxy),
+    }
+    if ip.version == 4:
+        spec["vxlan_local"] = str(ip)
+        spec["vxlan_udp_csum"] = int(udp_csum)
+    else:
+        spec["vxlan_local6"] = str(ip)
+        spec["vxlan_udp_zero_csum6_tx"] = int(not udp_csum)
+        spec["vxlan_udp_zero_csum6_rx"] = int(not udp_csum)
+    return spec
 
 
 def _interface(cidr: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:

@@ -11,6 +11,16 @@ The kernel handles rtnetlink requests synchronously inside ``send``, so the
 acknowledgements are already queued when it returns: a :class:`RtnlSocket`
 can be used from the event loop thread without blocking it for long.  Create
 it inside the namespace it should act on (``netns.open_socket``).
+
+The same fact makes a batch atomic against a crash of this process: a
+SIGKILL cannot fall between two messages of one ``send``.  libnet creates
+its links marked that way: the create message, then a message setting the
+link's alias (its ownership mark, :mod:`libnet.ownership`) by name -- the
+kernel ignores ``IFLA_IFALIAS`` in a create.  Each message of a batch runs
+even when an earlier one failed, so the second message would also mark a
+link that already had the name: callers look the name up first, and
+:func:`alias_body` can require the link's kind (a bridge's alias message
+fails on anything that is not a bridge).
 """
 
 from __future__ import annotations
@@ -33,7 +43,11 @@ RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR = 20
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_GROUP, IFLA_NET_NS_FD = 1, 3, 4, 10, 18, 27, 28
+IFLA_IFALIAS = 20
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
+IFLA_BR_MCAST_SNOOPING = 23
+#: IFALIASZ - 1: the longest alias the kernel keeps
+MAX_ALIAS = 255
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 IFA_F_NODAD = 0x02
 RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
@@ -142,10 +156,49 @@ def veth_body(
     return b"".join(parts)
 
 
+def bridge_body(name: str, mtu: int | None = None, mac: str | None = None, mcast_snooping: bool = False) -> bytes:
+    """RTM_NEWLINK body creating a bridge (down)."""
+    parts = [ifinfo(), cstr(IFLA_IFNAME, name)]
+    if mtu:
+        parts.append(u32(IFLA_MTU, mtu))
+    if mac:
+        parts.append(attr(IFLA_ADDRESS, bytes.fromhex(mac.replace(":", ""))))
+    data = attr(IFLA_BR_MCAST_SNOOPING, bytes([int(mcast_snooping)]))
+    parts.append(nested(IFLA_LINKINFO, cstr(IFLA_INFO_KIND, "bridge"), nested(IFLA_INFO_DATA, data)))
+    return b"".join(parts)
+
+
+def check_alias(alias: str) -> bytes:
+    """The alias as the kernel stores it; ``ValueError`` if it cannot hold it."""
+    raw = alias.encode()
+    if not raw or len(raw) > MAX_ALIAS or b"\0" in raw:
+        raise ValueError(f"a link alias must be 1-{MAX_ALIAS} bytes without NUL: {alias!r}")
+    return raw
+
+
+def alias_body(name: str, alias: str, kind: str | None = None) -> bytes:
+    """RTM_NEWLINK body setting the alias of the link called ``name``.
+
+    With ``kind`` the message carries that link kind and empty kind data,
+    which the kernel accepts only for a link of that kind (a bridge's alias
+    message fails with EOPNOTSUPP on ``eth0`` or ``lo``); veths have no such
+    check (they cannot be changed through kind data at all).
+    """
+    body = ifinfo() + cstr(IFLA_IFNAME, name) + attr(IFLA_IFALIAS, check_alias(alias))
+    if kind is not None:
+        body += nested(IFLA_LINKINFO, cstr(IFLA_INFO_KIND, kind), nested(IFLA_INFO_DATA))
+    return body
+
+
 def setlink_body(
-    index: int, up: bool | None = None, master: int | None = None, group: int | None = None, name: str | None = None
+    index: int,
+    up: bool | None = None,
+    master: int | None = None,
+    group: int | None = None,
+    name: str | None = None,
+    alias: str | None = None,
 ) -> bytes:
-    """RTM_NEWLINK body changing an existing link: up/down, master (0 = none), group, name."""
+    """RTM_NEWLINK body changing an existing link: up/down, master (0 = none), group, name, alias."""
     body = ifinfo(index, IFF_UP if up else 0, IFF_UP if up is not None else 0)
     if master is not None:
         body += u32(IFLA_MASTER, master)
@@ -153,6 +206,8 @@ def setlink_body(
         body += u32(IFLA_GROUP, group)
     if name is not None:
         body += cstr(IFLA_IFNAME, name)
+    if alias is not None:
+        body += attr(IFLA_IFALIAS, check_alias(alias))
     return body
 
 
@@ -246,27 +301,51 @@ class RtnlSocket:
     def request(self, requests: Sequence[tuple[int, int, bytes, str]], ignore: frozenset[int] = frozenset()) -> None:
         """Send (type, flags, body, what) requests in one batch, all acknowledged;
         raise the typed error of the first failure whose errno is not ignored."""
+        failed = self.request_each(requests)
+        for pos in sorted(failed):
+            if failed[pos] not in ignore:
+                raise from_errno(failed[pos], requests[pos][3])
+
+    def request_each(self, requests: Sequence[tuple[int, int, bytes, str]]) -> dict[int, int]:
+        """Send (type, flags, body, what) requests in one batch; return
+        {position in ``requests``: errno} of those that failed."""
         first = self.next_seq(len(requests))
         msgs = [
             message(t, f | NLM_F_REQUEST | NLM_F_ACK, first + i, body) for i, (t, f, body, _w) in enumerate(requests)
         ]
         failed = self.send_chunk(msgs, first + len(requests) - 1)
-        for seq in sorted(failed):
-            if failed[seq] not in ignore:
-                raise from_errno(failed[seq], requests[seq - first][3])
+        return {seq - first: code for seq, code in failed.items()}
 
     def link_index(self, name: str) -> int | None:
         """Index of the link called ``name``, or None."""
-        seq = self.next_seq()
-        self.sock.send(message(RTM_GETLINK, NLM_F_REQUEST, seq, ifinfo() + cstr(IFLA_IFNAME, name)))
-        for mtype, _flags, mseq, payload in iter_messages(self.recv()):
-            if mseq != seq:
-                continue
-            if mtype == NLMSG_ERROR:
-                (err,) = _ERR.unpack_from(payload, 0)
-                if -err in (errno.ENODEV, errno.ENOENT):
-                    return None
-                raise from_errno(-err, "look up link", ifname=name)
-            if mtype == RTM_NEWLINK:
-                return _IFINFO.unpack_from(payload, 0)[2]
-        return None
+        return self.link_indexes([name])[0]
+
+    def link_indexes(self, names: Sequence[str]) -> list[int | None]:
+        """Indexes of the links called ``names`` (None: no such link), in one round trip."""
+        return [None if found is None else found[0] for found in self.lookup(names)]
+
+    def lookup(self, names: Sequence[str]) -> list[tuple[int, str | None] | None]:
+        """(index, alias) of the links called ``names`` (None: no such link), in one round trip."""
+        first = self.next_seq(len(names))
+        self.sock.send(
+            b"".join(
+                message(RTM_GETLINK, NLM_F_REQUEST, first + i, ifinfo() + cstr(IFLA_IFNAME, name))
+                for i, name in enumerate(names)
+            )
+        )
+        out: dict[int, tuple[int, str | None] | None] = {}
+        while len(out) < len(names):
+            for mtype, _flags, mseq, payload in iter_messages(self.recv()):
+                pos = mseq - first
+                if not 0 <= pos < len(names) or pos in out:
+                    continue
+                if mtype == NLMSG_ERROR:
+                    (err,) = _ERR.unpack_from(payload, 0)
+                    if -err not in (errno.ENODEV, errno.ENOENT):
+                        raise from_errno(-err, "look up link", ifname=names[pos])
+                    out[pos] = None
+                elif mtype == RTM_NEWLINK:
+                    alias = attrs(payload, _IFINFO.size).get(IFLA_IFALIAS)
+                    text = alias.rstrip(b"\0").decode(errors="replace") if alias else None
+                    out[pos] = (_IFINFO.unpack_from(payload, 0)[2], text or None)
+        return [out[i] for i in range(len(names))]

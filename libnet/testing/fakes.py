@@ -38,6 +38,9 @@ class FakeDriver:
             raise InvalidOption("mtu must be a number")
         return dict(options)
 
+    async def check_network(self, nw: NetworkInfo) -> None:
+        self._call("check_network", nw.id)
+
     async def create_network(self, nw: NetworkInfo) -> None:
         self._call("create_network", nw.id)
         self.networks.add(nw.id)

@@ -12,6 +12,7 @@ import pytest
 from libnet import Config, Controller
 from libnet.errors import LibnetError
 from libnet.kernel.netlink import Netlink
+from libnet.ownership import mark
 from libnet.testing.hosts import Testbed
 
 pytestmark = pytest.mark.root
@@ -147,11 +148,14 @@ async def test_restart_keeps_state_and_reconcile_removes_leaks(bed: Testbed, ctl
     await ctl.connect("web", a.id)
     eb = await ctl.connect("web", b.id)
     await ctl.close()
-    with Netlink(bed.hosts[0].ns) as nl:  # leaks a crashed run could leave behind
+    me = ctl.config.instance_id
+    with Netlink(bed.hosts[0].ns) as nl:  # leaks a crashed run could leave behind: marked as this instance's
         nl.add_veth("lnvdeadbeef0000", "leak-peer")
-        nl.set_alias("lnvdeadbeef0000", "libnet:ep:" + "d" * 64)
+        nl.set_alias("lnvdeadbeef0000", mark(me, "ep", "d" * 64))
         nl.add_bridge("lnb-0123456789a")
-        nl.set_alias("lnb-0123456789a", "libnet:net:" + "0" * 64)
+        nl.set_alias("lnb-0123456789a", mark(me, "net", "0" * 64))
+        nl.add_bridge("lnb-legacy")  # libnet's mark before instances, of no stored network: not provably ours
+        nl.set_alias("lnb-legacy", "libnet:net:" + "1" * 64)
     again = Controller(ctl.config)
     await again.start()
     try:
@@ -159,9 +163,10 @@ async def test_restart_keeps_state_and_reconcile_removes_leaks(bed: Testbed, ctl
         assert (await again.endpoint(eb.id)).sandbox_id == b.id
         report = await again.reconcile()
         assert len(report.removed) == 2 and report.missing == []
+        assert [f for f in report.foreign if "lnb-legacy" in f] == report.foreign and len(report.foreign) == 1
         with Netlink(bed.hosts[0].ns) as nl:
             assert not nl.has_link("lnvdeadbeef0000") and not nl.has_link("lnb-0123456789a")
-            assert nl.has_link("br-web")
+            assert nl.has_link("br-web") and nl.has_link("lnb-legacy")
         assert bed.ping(ns(a.netns), ip(eb.ipv4))  # the data plane never stopped
         # a missing bridge is reported
         with Netlink(bed.hosts[0].ns) as nl:

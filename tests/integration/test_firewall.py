@@ -109,3 +109,31 @@ def test_bad_rule_input_changes_nothing(single: Testbed) -> None:
         with pytest.raises(BadRequest):
             fw.masquerade("", "198.51.100.0/24", "br0")
         assert fw.keys() == {"keep"}
+
+
+def test_each_table_is_its_own_and_other_tables_are_never_touched(single: Testbed) -> None:
+    """``Firewall(table=...)``: rules, set and delete_table stay inside that table."""
+    ns = single.hosts[0].ns
+    single.run(ns, ["nft", "add", "table", "inet", "other"], check=True)
+    single.run(
+        ns, ["nft", "add", "chain", "inet", "other", "c", "{ type filter hook forward priority 5 ; }"], check=True
+    )
+    single.run(ns, ["nft", "add", "rule", "inet", "other", "c", 'iifname "br0" counter accept'], check=True)
+    other = single.run(ns, ["nft", "list", "table", "inet", "other"], check=True).stdout
+    with Firewall(ns, table="libnet-aaaaaaaaaaaa") as a, Firewall(ns, table="libnet-bbbbbbbbbbbb") as b:
+        a.masquerade("net:1:masq", "198.51.100.0/25", "br0")
+        assert a.add_bridge("br0") and not a.add_bridge("br0")  # False: there already, nothing changed
+        b.masquerade("net:2:masq", "198.51.100.128/25", "br1")
+        b.add_bridge("br1")
+        assert (a.keys(), a.bridges()) == ({"net:1:masq"}, {"br0"})
+        assert (b.keys(), b.bridges()) == ({"net:2:masq"}, {"br1"})
+        a.remove_prefix("net:")
+        a.delete_table()
+        assert a.rules() == [] and a.bridges() == set()
+        assert (b.keys(), b.bridges()) == ({"net:2:masq"}, {"br1"})
+        b.delete_table()
+    tables = single.run(ns, ["nft", "list", "tables"], check=True).stdout.split()
+    assert "libnet-aaaaaaaaaaaa" not in tables and "libnet-bbbbbbbbbbbb" not in tables
+    assert single.run(ns, ["nft", "list", "table", "inet", "other"], check=True).stdout == other
+    with pytest.raises(BadRequest):
+        Firewall(ns, table="bad name; flush ruleset")

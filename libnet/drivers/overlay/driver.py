@@ -2,8 +2,9 @@
 
 Per network and host -- only on hosts with endpoints on it -- a namespace
 ``<overlay_prefix><vni>`` holds a bridge ``br0`` with the gateway addresses and
-the VXLAN device ``vxlan0`` (created in the host namespace on the VTEP
-address, so its UDP socket stays on the underlay, then moved in).  Learning
+the VXLAN device ``vxlan0`` (created from the host namespace directly inside
+it, on the VTEP address, so its UDP socket stays on the underlay; see
+``plumbing.py``).  Learning
 is off, ARP/ND proxy on: the device is told every remote endpoint.  The VNI
 is allocated from the cluster store (256 .. 2^24-1).  MTU: the underlay
 device's minus 50 (IPv4 VTEP) or 70 (IPv6 VTEP), unless an ``mtu`` option
@@ -22,6 +23,22 @@ done by the agent in cluster mode) each join and leave is also gossiped as a
 Serf user event -- usually the faster path -- and a host that failed or left
 has its peers removed after a grace period (see ``events.py``).
 
+Ownership (DESIGN.md, "Ownership"): the namespace is recorded in the
+instance's namespace ledger (kind ``overlay``, owner the network id) before it
+is created, and ``br0``/``vxlan0`` carry the network's ``net`` mark (endpoint
+veths their ``ep`` mark).  Only namespaces the ledger records as this
+instance's are ever deleted; one named like ours but unrecorded is reported
+as foreign by reconcile and left alone.  A namespace that exists for the VNI
+but is recorded for *another* network (a store that lost its VNI keys gave
+its VNI out again) is a ``Conflict``, never joined; VNI allocation skips VNIs
+this host's ledger shows in use by another network.  An existing device
+whose kind, mark or settings (VNI, local VTEP address, UDP port, MTU,
+learning off, proxy on) differ from the desired ones is deleted and built
+again, then its neighbour/FDB entries are programmed anew -- never reused;
+the bridge's MTU, mark and gateway addresses are corrected in place.  This
+check runs whenever the network is set up on this host (first join, or
+reconcile after a restart) and in every anti-entropy round.
+
 Outbound connectivity for non-internal overlays comes from the controller:
 such sandboxes are also connected to the host's gateway bridge network
 (``libnet-gwbridge``, a bridge network with masquerade), which carries their
@@ -34,22 +51,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
-from libnet import model
+from libnet import model, ownership
 from libnet.cluster.membership import Membership
 from libnet.driverapi import Capabilities, EndpointInfo, NetworkInfo, ReconcileReport, SandboxInfo
 from libnet.drivers.bridge import _NETLINK, _configure_sandbox, host_ifname
 from libnet.drivers.overlay.events import DEFAULT_GRACE, PeerEvents
 from libnet.drivers.overlay.peerdb import Entries, Peer, PeerTable
+from libnet.drivers.overlay.plumbing import Plumbing
 from libnet.drivers.overlay.programmer import Programmer
-from libnet.errors import BadRequest, Conflict, InvalidOption, KeyExists, KeyNotFound, LibnetError, Unavailable
+from libnet.errors import (
+    BadRequest,
+    Conflict,
+    InvalidOption,
+    KeyExists,
+    KeyModified,
+    KeyNotFound,
+    LibnetError,
+    Unavailable,
+)
 from libnet.kernel import netns, rtnl
-from libnet.kernel.netlink import IFA_F_DADFAILED, IFA_F_TENTATIVE, Netlink
+from libnet.kernel.netlink import Netlink
+from libnet.ownership import NamespaceLedger
 from libnet.store.base import Store
 
 log = logging.getLogger("libnet.drivers.overlay")
@@ -57,7 +83,6 @@ VNI_MIN, VNI_MAX = 256, (1 << 24) - 1
 P = "libnet/v1/overlay"
 PEER_KIND = "overlay_peer"
 DEFAULT_ANTI_ENTROPY = 30.0  # seconds between full re-reads of the peers from the store
-VTEP_DAD_TIMEOUT = 10.0  # longer than DAD with several probes
 
 
 class _Devices:
@@ -92,9 +117,15 @@ class OverlayDriver:
         vtep: str | None = None,
         overlay_prefix: str = "lno-",
         anti_entropy_interval: float = DEFAULT_ANTI_ENTROPY,
+        instance: str | None = None,
+        state_dir: str | None = None,
         **_: Any,
     ) -> None:
         self.host_ns, self.default_mtu = host_ns, default_mtu
+        self.instance, self.state_dir = instance, state_dir
+        self._ledger: NamespaceLedger | None = None
+        self._nets: dict[str, NetworkInfo] = {}  # networks set up on this host
+        self.plumbing = Plumbing(host_ns, default_mtu, overlay_prefix, lambda: self.ledger)
         self.store, self.node, self.vtep, self.prefix = cluster_store, node, vtep, overlay_prefix
         self.table = PeerTable(node)
         self.programmer = Programmer(_Devices(self), self.table)
@@ -107,6 +138,19 @@ class OverlayDriver:
         #: called with a network id whenever its remote endpoints changed (the embedded DNS listens)
         self.peer_listeners: list[Callable[[str], None]] = []
         self._anti_entropy_task: asyncio.Task[None] | None = None
+
+    @property
+    def ledger(self) -> NamespaceLedger:
+        """The instance's namespace ledger (an instance id missing from the
+        configuration is read, or made, in the state dir on first use)."""
+        if self._ledger is None:
+            if self.state_dir is None:
+                raise Unavailable("the overlay driver needs a state dir (it keeps its namespace ledger there)")
+            if self.instance is None:
+                self.instance = ownership.load_instance_id(self.state_dir)
+            assert self.instance is not None
+            self._ledger = NamespaceLedger(self.state_dir, self.instance)
+        return self._ledger
 
     def attach_membership(self, membership: Membership, grace: float = DEFAULT_GRACE) -> None:
         """Use cluster membership: gossip peer events (the fast path) and drop the
@@ -152,12 +196,19 @@ class OverlayDriver:
             await self._repair()
 
     async def _repair(self) -> list[str]:
-        """Re-read every network's peers, program them, then repair device drift; returns what was repaired."""
+        """Check every set-up network's namespace and devices (rebuilding what
+        differs from the desired state), re-read its peers, program them, then
+        repair neighbour/FDB drift; returns what was repaired."""
+        repaired = []
+        for nid in list(self._watches):
+            try:
+                repaired += await self._verify(nid)
+            except LibnetError as exc:  # the kernel said no, or the namespace is not ours: next round
+                log.warning("overlay anti-entropy of %s: %s", nid[:12], exc)
         reading = self._resync_all()
         if reading:
             await asyncio.wait(reading, timeout=10)
         await self.programmer.settled()
-        repaired = []
         for nid in list(self._watches):
             try:
                 if n := await self.programmer.reconcile(nid):
@@ -194,10 +245,31 @@ class OverlayDriver:
 
     # --- networks -------------------------------------------------------------
 
+    async def check_network(self, nw: NetworkInfo) -> None:
+        """Refused before anything is written: no cluster store or no VTEP address (--advertise)."""
+        self._need()
+
     async def create_network(self, nw: NetworkInfo) -> None:
+        """Allocate the network's VNI in the cluster store.
+
+        Besides the store's VNI keys, the VNIs this host's ledger shows in
+        use by another network are never given out (a store that lost its
+        keys must not hand a live network's VNI to a new one); asking for
+        such a VNI explicitly is a ``Conflict``."""
         store, _ = self._need()
         wanted = nw.options.get("vni")
+        here = await asyncio.to_thread(self.plumbing.local_vnis)
+        other = here.get(wanted) if wanted else None
+        if other is not None and other != nw.id:
+            raise Conflict(
+                f"VNI {wanted} is in use on this host by overlay network {other[:12]} "
+                f"(namespace {self.ns_name(wanted)})",
+                vni=wanted,
+                netns=self.ns_name(wanted),
+                other_network_id=other,
+            )
         taken = {int(p.key.rsplit("/", 1)[1]) for p in await store.list(f"{P}/vni/")}
+        taken |= {v for v, owner in here.items() if owner != nw.id}
         candidates = [wanted] if wanted else (v for v in range(VNI_MIN, VNI_MAX + 1) if v not in taken)
         for vni in candidates:
             try:
@@ -215,31 +287,59 @@ class OverlayDriver:
         await self._teardown_local(nw.id)
         if self.store is None:
             return
-        with contextlib.suppress(KeyNotFound):
+        with contextlib.suppress(KeyNotFound, KeyModified):
             vni = int((await self.store.get(f"{P}/networks/{nw.id}")).value)
-            await self.store.delete(f"{P}/vni/{vni}")
+            pair = await self.store.get(f"{P}/vni/{vni}")
+            if pair.value == nw.id.encode():  # after a store loss the VNI may be another network's now
+                await self.store.atomic_delete(pair.key, pair)
         await self.store.delete(f"{P}/networks/{nw.id}")
         self._vnis.pop(nw.id, None)
 
     async def _vni(self, network_id: str) -> int:
+        """The network's VNI: from the cluster store, else (the store lost it)
+        from this host's ledger, which then restores the store's keys."""
         if network_id not in self._vnis:
             store, _ = self._need()
             try:
                 self._vnis[network_id] = int((await store.get(f"{P}/networks/{network_id}")).value)
             except KeyNotFound:
-                raise Unavailable(
-                    "the overlay network has no VNI in the cluster store", network_id=network_id
-                ) from None
+                here = await asyncio.to_thread(self.plumbing.local_vnis)
+                vni = next((v for v, owner in here.items() if owner == network_id), None)
+                if vni is None:
+                    raise Unavailable(
+                        "the overlay network has no VNI in the cluster store", network_id=network_id
+                    ) from None
+                await self._restore_vni(store, network_id, vni)
+                self._vnis[network_id] = vni
         return self._vnis[network_id]
 
-    async def _ensure_local(self, nw: NetworkInfo) -> str:
-        """The network's namespace on this host, built (or adopted) on first use."""
+    @staticmethod
+    async def _restore_vni(store: Store, network_id: str, vni: int) -> None:
+        log.warning(
+            "overlay network %s has no VNI in the cluster store; restoring VNI %d from this host's namespace ledger",
+            network_id[:12],
+            vni,
+        )
+        try:
+            await store.atomic_put(f"{P}/vni/{vni}", network_id.encode(), None)
+        except KeyExists:
+            log.error("VNI %d of overlay network %s is allocated to another network too", vni, network_id[:12])
+        with contextlib.suppress(KeyExists):
+            await store.atomic_put(f"{P}/networks/{network_id}", str(vni).encode(), None)
+
+    async def _ensure_local(self, nw: NetworkInfo, repairs: list[str] | None = None) -> str:
+        """The network's namespace on this host, built (or checked and
+        adopted) on first use; what had to be rebuilt goes to ``repairs``."""
         vni = await self._vni(nw.id)
         ns = self.ns_name(vni)
         async with self._locks.setdefault(nw.id, asyncio.Lock()):
             if nw.id not in self._watches:
                 _, vtep = self._need()
-                await asyncio.to_thread(self._build, nw, vni, ns, vtep)
+                done = await asyncio.to_thread(self.plumbing.build, nw, vni, ns, vtep)
+                if repairs is not None:
+                    repairs += done
+                self._nets[nw.id] = nw
+                self.programmer.reset(nw.id)
                 self.programmer.active.add(nw.id)
                 self.programmer.start()
                 self._start_watch(nw.id)
@@ -247,75 +347,38 @@ class OverlayDriver:
                     self._anti_entropy_task = asyncio.create_task(self._anti_entropy())
         return ns
 
-    def _underlay_mtu(self, vtep: str) -> int:
-        with Netlink(self.host_ns) as nl:
-            for link in nl.links():
-                if any(a.split("/")[0] == vtep for a in nl.addresses(link.index)):
-                    return link.mtu
-        return 1500
-
-    def _await_vtep(self, vtep: str, timeout: float = VTEP_DAD_TIMEOUT) -> None:
-        """Return once ``vtep`` can carry traffic.
-
-        A fresh IPv6 address stays "tentative" during duplicate address
-        detection (about 1 s) and meanwhile ignores neighbour solicitations:
-        a peer that sent its first packets then lost its first solicitation
-        and waited a full retransmit second.  So a host only builds the
-        device, and announces endpoints, once its VTEP address is usable.
-        """
-        deadline = time.monotonic() + timeout
-        with Netlink(self.host_ns) as nl:
-            while True:
-                flags = nl.address_flags(vtep)
-                if flags is None:
-                    raise Unavailable(f"the VTEP address {vtep} is not configured on this host", vtep=vtep)
-                if flags & IFA_F_DADFAILED:
-                    raise Unavailable(f"the VTEP address {vtep} failed duplicate address detection", vtep=vtep)
-                if not flags & IFA_F_TENTATIVE:
-                    return
-                if time.monotonic() >= deadline:
-                    log.warning("VTEP %s still tentative after %.0f s; using it anyway", vtep, timeout)
-                    return
-                time.sleep(0.05)
-
-    def _build(self, nw: NetworkInfo, vni: int, ns: str, vtep: str) -> None:
-        self._await_vtep(vtep)
-        overhead = 70 if ipaddress.ip_address(vtep).version == 6 else 50
-        mtu = nw.options.get("mtu") or (self.default_mtu or self._underlay_mtu(vtep)) - overhead
-        if not netns.exists(ns):
-            netns.create(ns)
-        with Netlink(ns) as nl:
-            nl.set_up("lo")
-            if not nl.has_link("br0"):
-                nl.add_bridge("br0", mtu=mtu)
-            have = set(nl.addresses("br0"))
-            for gw in (nw.ipv4_gateway, nw.ipv6_gateway):
-                if gw and gw not in have:
-                    nl.add_address("br0", gw, nodad=True)
-            nl.set_up("br0")
-            if not nl.has_link("vxlan0"):
-                tmp = f"vx{vni}"
-                with Netlink(self.host_ns) as host:
-                    host.delete_link(tmp)  # left over by a crash before the move
-                    host.add_vxlan(tmp, vni, vtep, mtu=mtu, learning=False, proxy=True)
-                    host.move_to_ns(tmp, ns, new_name="vxlan0")
-            nl.set_master("vxlan0", "br0")
-            nl.set_up("vxlan0")
+    async def _verify(self, network_id: str) -> list[str]:
+        """Check (and rebuild) a set-up network's namespace and devices; returns what was repaired."""
+        nw, vni = self._nets.get(network_id), self._vnis.get(network_id)
+        if nw is None or vni is None or not self.vtep:
+            return []
+        async with self._locks.setdefault(network_id, asyncio.Lock()):
+            if network_id not in self._watches:
+                return []
+            done = await asyncio.to_thread(self.plumbing.build, nw, vni, self.ns_name(vni), self.vtep)
+        if done:
+            self.programmer.reset(network_id)  # a rebuilt device holds no entries
+        return done
 
     async def _teardown_local(self, network_id: str) -> None:
-        task = self._watches.pop(network_id, None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self.programmer.forget(network_id)
-        self.table.drop_network(network_id)
-        for listener in self.peer_listeners:
-            listener(network_id)
-        self._local.pop(network_id, None)
-        vni = self._vnis.get(network_id)
-        if vni is not None:
-            await asyncio.to_thread(netns.delete, self.ns_name(vni))
+        """This host stops serving the network; its namespace goes only if the
+        ledger records it as this instance's for this network (after a store
+        loss the VNI's namespace may be another network's)."""
+        async with self._locks.setdefault(network_id, asyncio.Lock()):  # not while it is being checked
+            task = self._watches.pop(network_id, None)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self.programmer.forget(network_id)
+            self.table.drop_network(network_id)
+            for listener in self.peer_listeners:
+                listener(network_id)
+            self._local.pop(network_id, None)
+            self._nets.pop(network_id, None)
+            vni = self._vnis.get(network_id)
+            if vni is not None:
+                await asyncio.to_thread(self.plumbing.remove_namespace, self.ns_name(vni), network_id)
 
     async def _watch(self, network_id: str, ready: asyncio.Future[None] | None = None) -> None:
         """Peers of one network from the store: full read, then every change."""
@@ -357,10 +420,11 @@ class OverlayDriver:
         store, vtep = self._need()
         ns = await self._ensure_local(nw)
         host_if = host_ifname(ep)
+        alias = self.plumbing.mark("ep", ep.id, ep.name)
 
         def plug() -> None:
             with Netlink(ns) as nl:
-                nl.plug_veth(host_if, sb.ifname, sb.netns, "br0", mtu=nl.link("br0").mtu, peer_mac=ep.mac)
+                nl.plug_veth(host_if, sb.ifname, sb.netns, "br0", mtu=nl.link("br0").mtu, peer_mac=ep.mac, alias=alias)
 
         await asyncio.to_thread(plug)
         try:
@@ -409,8 +473,14 @@ class OverlayDriver:
     async def reconcile(
         self, networks: list[NetworkInfo], endpoints: list[tuple[EndpointInfo, SandboxInfo | None]]
     ) -> ReconcileReport:
-        """Adopt what a previous run built, remove what no stored network owns,
-        re-announce local endpoints and repair the devices' entries."""
+        """Adopt (after checking, or rebuilding) what a previous run built,
+        re-announce local endpoints, remove this instance's namespaces no local
+        endpoint needs, and repair the devices' entries.
+
+        Removal is conservative: only namespaces the ledger records as this
+        instance's overlay namespaces, and only while no container is
+        attached to their bridge; an unrecorded namespace named like ours
+        is reported as foreign and left alone."""
         report = ReconcileReport()
         if self.store is None or not self.vtep:
             return report
@@ -423,14 +493,28 @@ class OverlayDriver:
             if sb is None:
                 continue
             nw = nets[ep.network_id]
-            wanted.add(await self._ensure_local(nw))
+            try:
+                wanted.add(await self._ensure_local(nw, report.repaired))
+            except (Conflict, Unavailable) as exc:
+                report.missing.append(f"endpoint {ep.name} of overlay network {nw.name}: {exc}")
+                continue
             self._local.setdefault(nw.id, set()).add(ep.id)
             peer = self._peer(ep, self.vtep)
             await self.store.put(f"{P}/peers/{nw.id}/{ep.id}", model.encode(PEER_KIND, peer.to_data()))
-        for name in netns.list_names(self.prefix):
-            if name not in wanted and name[len(self.prefix) :].isdigit():
-                await asyncio.to_thread(netns.delete, name)
-                report.removed.append(f"overlay namespace {name} of no local network")
+        remove, foreign, kept = await asyncio.to_thread(self.plumbing.sweep, wanted)
+        report.foreign += [
+            f"namespace {name}: named like an overlay namespace, not this instance's" for name in foreign
+        ]
+        report.missing += [
+            f"overlay namespace {name}: no stored endpoint of this host needs it, but containers are attached; kept"
+            for name in kept
+        ]
+        for name, owner in remove:
+            if owner in self._watches:  # set up in this process: stop programming it too
+                await self._teardown_local(owner)
+            elif not await asyncio.to_thread(self.plumbing.remove_namespace, name, owner):
+                continue
+            report.removed.append(f"overlay namespace {name} of no local endpoint (network {owner[:12]})")
         report.repaired.extend(await self._repair())
         return report
 

@@ -70,6 +70,11 @@ class Programmer:
             self._idle.clear()
             self._wake.set()
 
+    def reset(self, network_id: str) -> None:
+        """The device was (re)built and holds no entries: program all of them again."""
+        self._applied.pop(network_id, None)
+        self.mark(network_id)
+
     def forget(self, network_id: str) -> None:
         self.active.discard(network_id)
         self._applied.pop(network_id, None)

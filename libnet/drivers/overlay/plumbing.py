@@ -1,0 +1,300 @@
+"""This host's part of an overlay network: its namespace, ``br0`` and ``vxlan0``, owned and checked.
+
+Ownership (DESIGN.md, "Ownership"): a network's namespace
+``<prefix><vni>`` is recorded in the instance's namespace ledger (kind
+``overlay``, owner the network id) *before* it is created, and only
+namespaces recorded so are ever deleted.  Everything inside a recorded
+namespace is the network's; ``br0`` and ``vxlan0`` also carry its ``net``
+mark.
+
+Building is also checking (:meth:`Plumbing.build`, run whenever a network
+is set up on this host and in every anti-entropy round):
+
+- an existing namespace not recorded as ours, or recorded for *another*
+  network (after the cluster store lost its VNI keys, a new network may get
+  the VNI of one still running here), is a ``Conflict``: nothing is
+  touched, the new network is never plugged into the live one;
+- an existing ``vxlan0`` whose kind, mark or settings (VNI, local VTEP
+  address -- changed by a restart with a new ``--advertise`` --, UDP port,
+  MTU, learning off, ARP/ND proxy on) differ from the desired ones is
+  deleted and made anew (the caller then programs its neighbour and FDB
+  entries again), never silently reused;
+- ``br0``: rebuilt if it is no bridge or carries another mark; its MTU and
+  gateway addresses are corrected in place.
+
+All methods block (netlink, files): call them through ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import time
+from collections.abc import Callable
+
+from libnet import ownership
+from libnet.driverapi import NetworkInfo
+from libnet.errors import Conflict, LibnetError, Unavailable
+from libnet.kernel import netns
+from libnet.kernel.netlink import IFA_F_DADFAILED, IFA_F_TENTATIVE, VXLAN_PORT, Netlink, Vxlan
+from libnet.ownership import NamespaceLedger
+
+log = logging.getLogger("libnet.drivers.overlay")
+VTEP_DAD_TIMEOUT = 10.0  # longer than DAD with several probes
+
+
+def label(name: str) -> str:
+    """``name`` if a mark can carry it (no colon, short enough), else nothing."""
+    return name if ":" not in name and len(name.encode()) <= 100 else ""
+
+
+class Plumbing:
+    """Namespaces and devices of the overlay networks on this host (see the module docstring)."""
+
+    def __init__(
+        self, host_ns: str | None, default_mtu: int | None, prefix: str, ledger: Callable[[], NamespaceLedger]
+    ) -> None:
+        self.host_ns, self.default_mtu, self.prefix = host_ns, default_mtu, prefix
+        self._ledger = ledger  # made on first use: the instance id may have to be read first
+
+    @property
+    def ledger(self) -> NamespaceLedger:
+        return self._ledger()
+
+    def mark(self, kind: str, owner: str, name: str) -> str:
+        """This instance's link mark for network or endpoint ``owner``."""
+        return ownership.mark(self.ledger.instance, kind, owner, label(name))
+
+    def owned(self, alias: str | None, network_id: str) -> bool:
+        return ownership.owned_by(alias, self.ledger.instance, "net", network_id)
+
+    # --- the ledger -----------------------------------------------------------
+
+    def local_vnis(self) -> dict[int, str]:
+        """VNI -> network id of this instance's existing overlay namespaces."""
+        out = {}
+        for rec in self.ledger.records("overlay"):
+            suffix = rec.name[len(self.prefix) :]
+            if rec.name.startswith(self.prefix) and suffix.isdigit() and netns.exists(rec.name):
+                out[int(suffix)] = rec.owner
+        return out
+
+    def remove_namespace(self, ns: str, network_id: str) -> bool:
+        """Delete ``ns`` only if the ledger records it as this instance's for
+        ``network_id``; False, nothing done, otherwise."""
+        if not self.ledger.owns(ns, "overlay", network_id):
+            return False
+        netns.delete(ns)
+        self.ledger.forget(ns)
+        return True
+
+    def sweep(self, wanted: set[str]) -> tuple[list[tuple[str, str]], list[str], list[str]]:
+        """Namespaces named ``<prefix><digits>`` that no local endpoint needs:
+        (this instance's, as (name, network id), to remove; foreign ones, to
+        report; this instance's with containers still attached, kept).
+
+        Ledger records whose namespace is gone are dropped."""
+        remove, foreign, kept = [], [], []
+        for name in netns.list_names(self.prefix):
+            if name in wanted or not name[len(self.prefix) :].isdigit():
+                continue
+            rec = self.ledger.get(name)
+            if rec is None or rec.kind != "overlay":
+                foreign.append(name)
+            elif self.attached(name):
+                kept.append(name)
+            else:
+                remove.append((name, rec.owner))
+        for rec in self.ledger.records("overlay"):
+            if not netns.exists(rec.name):
+                self.ledger.forget(rec.name)  # a crash between record and create, or deleted by hand
+        return remove, foreign, kept
+
+    @staticmethod
+    def attached(ns: str) -> list[str]:
+        """Ports of ``br0`` in ``ns`` other than ``vxlan0`` (containers' veths)."""
+        with contextlib.suppress(LibnetError), Netlink(ns) as nl:
+            links = nl.links()
+            bridge = next((link.index for link in links if link.name == "br0"), None)
+            return [
+                link.name for link in links if bridge is not None and link.master == bridge and link.name != "vxlan0"
+            ]
+        return []
+
+    # --- the underlay -----------------------------------------------------------
+
+    def underlay_mtu(self, vtep: str) -> int:
+        with Netlink(self.host_ns) as nl:
+            for link in nl.links():
+                if any(a.split("/")[0] == vtep for a in nl.addresses(link.index)):
+                    return link.mtu
+        return 1500
+
+    def await_vtep(self, vtep: str, timeout: float = VTEP_DAD_TIMEOUT) -> None:
+        """Return once ``vtep`` can carry traffic.
+
+        A fresh IPv6 address stays "tentative" during duplicate address
+        detection (about 1 s) and meanwhile ignores neighbour solicitations:
+        a peer that sent its first packets then lost its first solicitation
+        and waited a full retransmit second.  So a host only builds the
+        device, and announces endpoints, once its VTEP address is usable.
+        """
+        deadline = time.monotonic() + timeout
+        with Netlink(self.host_ns) as nl:
+            while True:
+                flags = nl.address_flags(vtep)
+                if flags is None:
+                    raise Unavailable(f"the VTEP address {vtep} is not configured on this host", vtep=vtep)
+                if flags & IFA_F_DADFAILED:
+                    raise Unavailable(f"the VTEP address {vtep} failed duplicate address detection", vtep=vtep)
+                if not flags & IFA_F_TENTATIVE:
+                    return
+                if time.monotonic() >= deadline:
+                    log.warning("VTEP %s still tentative after %.0f s; using it anyway", vtep, timeout)
+                    return
+                time.sleep(0.05)
+
+    # --- building is checking ---------------------------------------------------
+
+    def build(self, nw: NetworkInfo, vni: int, ns: str, vtep: str) -> list[str]:
+        """Make this host's part of ``nw`` what it should be; returns what was repaired.
+
+        The namespace first (:meth:`claim_namespace`), then ``br0`` and
+        ``vxlan0`` in it.  A namespace made here is removed again if a later
+        step fails."""
+        self.await_vtep(vtep)
+        overhead = 70 if ipaddress.ip_address(vtep).version == 6 else 50
+        mtu = nw.options.get("mtu") or (self.default_mtu or self.underlay_mtu(vtep)) - overhead
+        created, done = self.claim_namespace(nw, vni, ns)
+        try:
+            with Netlink(ns) as nl:
+                nl.set_up("lo")
+                done += self.ensure_bridge(nl, ns, nw, mtu, fresh=created)
+                done += self.ensure_vxlan(nl, ns, nw, vni, vtep, mtu)
+        except BaseException:
+            if created:
+                netns.delete(ns)
+                self.ledger.forget(ns)
+            raise
+        return done
+
+    def claim_namespace(self, nw: NetworkInfo, vni: int, ns: str) -> tuple[bool, list[str]]:
+        """Make sure ``ns`` is this instance's namespace of ``nw``: (created now, repairs).
+
+        An existing namespace must be recorded in the ledger for ``nw``;
+        unrecorded (not ours) or recorded for another network (its VNI was
+        given out again after a store loss) is a ``Conflict``, nothing
+        touched.  A missing one is recorded first, then created."""
+        rec = self.ledger.get(ns)
+        if netns.exists(ns):
+            if rec is None or rec.kind != "overlay":
+                raise Conflict(
+                    f"namespace {ns} for VNI {vni} exists but this libnet instance did not make it; left alone",
+                    netns=ns,
+                    vni=vni,
+                    network_id=nw.id,
+                )
+            if rec.owner != nw.id:
+                raise Conflict(
+                    f"namespace {ns} for VNI {vni} belongs to overlay network {rec.owner[:12]} on this host, "
+                    f"not to {nw.name}: the VNI was given out twice (did the cluster store lose its data?)",
+                    netns=ns,
+                    vni=vni,
+                    network_id=nw.id,
+                    other_network_id=rec.owner,
+                )
+            return False, []
+        self.ledger.record(ns, "overlay", nw.id)
+        try:
+            netns.create(ns)
+        except BaseException:
+            self.ledger.forget(ns)  # nothing made (or the name just became someone else's)
+            raise
+        repaired = [f"overlay namespace {ns} of network {nw.name} was gone: made anew"] if rec else []
+        return True, repaired
+
+    def ensure_bridge(self, nl: Netlink, ns: str, nw: NetworkInfo, mtu: int, fresh: bool) -> list[str]:
+        """``br0``: rebuilt unless a bridge with this network's (or no) mark; MTU and gateways corrected."""
+        done: list[str] = []
+        link = nl.link("br0") if nl.has_link("br0") else None
+        if link is not None:
+            why = None
+            if link.kind != "bridge":
+                why = f"a {link.kind or 'non-bridge'} device"
+            elif link.alias and not self.owned(link.alias, nw.id):
+                why = f"marked {link.alias!r}"
+            if why:
+                nl.delete_link("br0")
+                done.append(f"br0 of overlay network {nw.name} in {ns} was {why}: rebuilt")
+                link = None
+        if link is None:
+            nl.add_bridge("br0", mtu=mtu, alias=self.mark("net", nw.id, nw.name))
+            fresh = True
+        else:
+            if not link.alias:  # in our recorded namespace an unmarked br0 is ours
+                nl.set_alias("br0", self.mark("net", nw.id, nw.name))
+            if link.mtu != mtu:
+                nl.set_mtu("br0", mtu)
+                done.append(f"br0 of overlay network {nw.name} in {ns}: MTU {link.mtu} -> {mtu}")
+        want = {ipaddress.ip_interface(gw) for gw in (nw.ipv4_gateway, nw.ipv6_gateway) if gw}
+        have = {ipaddress.ip_interface(a) for a in nl.addresses("br0")}
+        for gw in sorted(want - have, key=str):
+            nl.add_address("br0", str(gw), nodad=True)
+            if not fresh:
+                done.append(f"br0 of overlay network {nw.name} in {ns}: gateway {gw} added")
+        for addr in sorted(have - want, key=str):
+            if not addr.ip.is_link_local:
+                nl.delete_address("br0", str(addr))
+                done.append(f"br0 of overlay network {nw.name} in {ns}: stray address {addr} removed")
+        nl.set_up("br0")
+        return done
+
+    def vxlan_mismatch(self, vx: Vxlan | None, nw: NetworkInfo, vni: int, vtep: str, mtu: int) -> str | None:
+        """Why an existing ``vxlan0`` cannot serve ``nw`` as it is, or None."""
+        if vx is None:
+            return "not a VXLAN device"
+        if vx.link.alias and not self.owned(vx.link.alias, nw.id):
+            return f"the mark {vx.link.alias!r}"
+        wrong = [
+            f"{what} {have}, not {want}"
+            for what, have, want in (
+                ("VNI", vx.vni, vni),
+                ("local address", vx.local, str(ipaddress.ip_address(vtep))),
+                ("UDP port", vx.port, VXLAN_PORT),
+                ("MTU", vx.link.mtu, mtu),
+                ("learning", vx.learning, False),
+                ("ARP/ND proxy", vx.proxy, True),
+            )
+            if have != want
+        ]
+        if vx.link_netnsid is None:
+            wrong.append("its UDP socket outside the underlay namespace")
+        return ", ".join(wrong) or None
+
+    def ensure_vxlan(self, nl: Netlink, ns: str, nw: NetworkInfo, vni: int, vtep: str, mtu: int) -> list[str]:
+        """``vxlan0``: kept only with the desired settings and mark, else deleted and made anew.
+
+        It is made directly in the namespace from the host namespace (so its
+        UDP socket stays on the underlay, and nothing is ever left in the host
+        namespace) and marked right after: an unmarked ``vxlan0`` in our
+        recorded namespace is ours."""
+        done: list[str] = []
+        if nl.has_link("vxlan0"):
+            vx = nl.vxlan("vxlan0")
+            why = self.vxlan_mismatch(vx, nw, vni, vtep, mtu)
+            if why is None:
+                assert vx is not None
+                if not vx.link.alias:
+                    nl.set_alias("vxlan0", self.mark("net", nw.id, nw.name))
+                nl.set_master("vxlan0", "br0")
+                nl.set_up("vxlan0")
+                return done
+            nl.delete_link("vxlan0")
+            done.append(f"vxlan0 of overlay network {nw.name} in {ns} had {why}: rebuilt")
+        with Netlink(self.host_ns) as host:
+            host.add_vxlan_in(ns, "vxlan0", vni, vtep, mtu=mtu, learning=False, proxy=True)
+        nl.set_alias("vxlan0", self.mark("net", nw.id, nw.name))
+        nl.set_master("vxlan0", "br0")
+        nl.set_up("vxlan0")
+        return done
