@@ -414,7 +414,10 @@ class OverlayDriver:
             raise BadRequest("overlay endpoints cannot publish ports yet", endpoint_id=ep.id)
 
     async def delete_endpoint(self, nw: NetworkInfo, ep: EndpointInfo) -> None:
-        return None
+        # normally gone with the leave; a crash between join's announcement and
+        # the endpoint's record leaves it behind, and the endpoint is then deleted
+        if self.store is not None:
+            await self.store.delete(f"{P}/peers/{nw.id}/{ep.id}")
 
     async def join(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
         store, vtep = self._need()
@@ -501,6 +504,9 @@ class OverlayDriver:
             self._local.setdefault(nw.id, set()).add(ep.id)
             peer = self._peer(ep, self.vtep)
             await self.store.put(f"{P}/peers/{nw.id}/{ep.id}", model.encode(PEER_KIND, peer.to_data()))
+        joined = {ep.id for ep, sb in endpoints if sb is not None}
+        report.removed += await self._sweep_peer_records(networks, joined)
+        report.removed += await asyncio.to_thread(self.plumbing.sweep_veths, joined)
         remove, foreign, kept = await asyncio.to_thread(self.plumbing.sweep, wanted)
         report.foreign += [
             f"namespace {name}: named like an overlay namespace, not this instance's" for name in foreign
@@ -517,6 +523,26 @@ class OverlayDriver:
             report.removed.append(f"overlay namespace {name} of no local endpoint (network {owner[:12]})")
         report.repaired.extend(await self._repair())
         return report
+
+    async def _sweep_peer_records(self, networks: list[NetworkInfo], joined: set[str]) -> list[str]:
+        """Delete this host's peer records of endpoints not joined here (a crash
+        between announcing a join and storing it); other hosts' are theirs."""
+        assert self.store is not None
+        gone = []
+        for nw in networks:
+            for pair in await self.store.list(f"{P}/peers/{nw.id}/"):
+                try:
+                    peer = Peer.from_data(model.decode(pair.value, PEER_KIND))
+                except LibnetError:
+                    continue
+                if peer.node != self.node or peer.endpoint_id in joined:
+                    continue
+                with contextlib.suppress(KeyNotFound, KeyModified):
+                    await self.store.atomic_delete(pair.key, pair)
+                    if self.events is not None:
+                        await self.events.announce("del", peer)
+                    gone.append(f"overlay peer record of endpoint {peer.endpoint_id[:12]} not joined here")
+        return gone
 
     async def close(self) -> None:
         tasks = [*self._watches.values(), *filter(None, [self._anti_entropy_task])]

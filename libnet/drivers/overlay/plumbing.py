@@ -111,6 +111,22 @@ class Plumbing:
                 self.ledger.forget(rec.name)  # a crash between record and create, or deleted by hand
         return remove, foreign, kept
 
+    def sweep_veths(self, joined: set[str]) -> list[str]:
+        """Delete this instance's endpoint veths, in its overlay namespaces, whose
+        endpoint is not joined (a crash between plugging and storing a join)."""
+        gone = []
+        for rec in self.ledger.records("overlay"):
+            if not netns.exists(rec.name):
+                continue
+            with contextlib.suppress(LibnetError), Netlink(rec.name) as nl:
+                for link in nl.links():
+                    mark = ownership.Mark.parse(link.alias)
+                    if mark is None or not mark.of(self.ledger.instance, "ep") or mark.owner in joined:
+                        continue
+                    nl.delete_link(link.name)
+                    gone.append(f"veth {link.name} of endpoint {mark.owner[:12]} in {rec.name} (not joined)")
+        return gone
+
     @staticmethod
     def attached(ns: str) -> list[str]:
         """Ports of ``br0`` in ``ns`` other than ``vxlan0`` (containers' veths)."""
