@@ -21,7 +21,8 @@ from aiohttp import web
 import libnet
 from agent.metrics import Metrics
 from libnet.controller import Controller
-from libnet.errors import BadRequest, Conflict, KernelError, LibnetError, NotFound, Unavailable
+from libnet.errors import BadRequest, Conflict, KernelError, LibnetError, NoSuchEndpoint, NotFound, Unavailable
+from libnet.model import Endpoint
 
 log = logging.getLogger("libnet.agent.api")
 MAX_BODY = 1 << 20
@@ -235,11 +236,40 @@ def make_app(state: AgentState) -> web.Application:
         network, name = data.pop("network"), data.pop("name")
         return _json(await ctl.create_endpoint(network, name, **data), 201)
 
+    async def endpoint_ref(request: web.Request, allowed: frozenset[str] = frozenset({"network"})) -> Endpoint:
+        """The endpoint ``{ref}`` names: an id, a unique id prefix, or a name (within
+        ``?network=``, or unique among all endpoints)."""
+        unknown = set(request.query) - allowed
+        if unknown:
+            raise BadRequest(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
+        ref, network = request.match_info["ref"], request.query.get("network")
+        try:
+            return await ctl.endpoint(ref, network)
+        except NoSuchEndpoint:
+            if network is not None:
+                raise
+        named = [e for e in await ctl.endpoints() if e.name == ref]
+        if len(named) > 1:
+            raise Conflict(
+                f"{len(named)} endpoints are named {ref!r}; give its id, or its network (?network=)",
+                endpoint=ref,
+                endpoints=[e.id for e in named],
+            )
+        if not named:
+            raise NoSuchEndpoint("no such endpoint", endpoint=ref)
+        return named[0]
+
     async def endpoint_get(request: web.Request) -> web.Response:
-        return _json(await ctl.endpoint(request.match_info["ref"]))
+        return _json(await endpoint_ref(request))
 
     async def endpoint_delete(request: web.Request) -> web.Response:
-        await ctl.delete_endpoint(request.match_info["ref"])
+        ep = await endpoint_ref(request, frozenset({"network", "force"}))
+        force = request.query.get("force", "0")
+        if force not in ("0", "1", "true", "false"):
+            raise BadRequest("force must be 1 or 0", force=force)
+        if ep.sandbox_id and force in ("1", "true"):
+            await ctl.leave(ep.id)  # unplug it from its sandbox first
+        await ctl.delete_endpoint(ep.id)
         return web.Response(status=204)
 
     async def sandboxes(request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ import ipaddress
 import json
 import socket
 import sys
+import urllib.parse
 from typing import Any
 
 import click
@@ -351,7 +352,7 @@ def _endpoint_table(eps: list[dict[str, Any]]) -> None:
 
 @cli.group()
 def endpoint() -> None:
-    """Inspect endpoints."""
+    """Inspect and remove endpoints."""
 
 
 @endpoint.command("ls")
@@ -365,6 +366,55 @@ def endpoint_ls(ctx, network_ref, as_json) -> None:
     if as_json:
         return _emit_json(eps)
     _endpoint_table(eps)
+
+
+def _endpoint_url(ref: str, network_ref: str | None, **query: str) -> str:
+    params = {**({"network": network_ref} if network_ref else {}), **query}
+    tail = "?" + urllib.parse.urlencode(params) if params else ""
+    return f"/v1/endpoints/{urllib.parse.quote(ref, safe='')}{tail}"
+
+
+@endpoint.command("inspect")
+@click.argument("refs", nargs=-1, required=True)
+@click.option("--network", "network_ref", help="the network in which REF is a name")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_context
+def endpoint_inspect(ctx, refs, network_ref, as_json) -> None:
+    """Show endpoints in detail (REF: id, id prefix, or name)."""
+    eps = [_client(ctx).request("GET", _endpoint_url(r, network_ref)) for r in refs]
+    if as_json:
+        return _emit_json(eps)
+    for e in eps:
+        console.print(f"[bold]{e['name']}[/] {e['id']}")
+        state = f"joined to sandbox {e['sandbox_id']} as {e['ifname']}" if e["sandbox_id"] else "not joined"
+        if e.get("connecting") and not e["sandbox_id"]:
+            state += " (an unfinished connect)"
+        console.print(f"  network {e['network_id']}, {state}{', default gateway' if e['gateway'] else ''}")
+        console.print(f"  IPv4 {e['ipv4'] or '-'}  IPv6 {e['ipv6'] or '-'}  MAC {e['mac']}")
+        for label, key in (("aliases", "aliases"), ("services", "services"), ("ports", "ports")):
+            if e.get(key):
+                console.print(f"  {label} {e[key]}")
+        if e.get("node"):
+            console.print(f"  node {e['node']}")
+
+
+@endpoint.command("rm")
+@click.argument("refs", nargs=-1, required=True)
+@click.option("--network", "network_ref", help="the network in which REF is a name")
+@click.pass_context
+def endpoint_rm(ctx, refs, network_ref) -> None:
+    """Remove endpoints, freeing their names and addresses (a joined one leaves its sandbox first)."""
+    failed = []
+    for r in refs:
+        try:
+            _client(ctx).request("DELETE", _endpoint_url(r, network_ref, force="1"))
+        except AgentError as exc:
+            err_console.print(f"libnet: endpoint {r}: {exc.message}", markup=False, highlight=False)
+            failed.append(r)
+            continue
+        click.echo(r)
+    if failed:
+        raise AgentError(f"{len(failed)} of {len(refs)} endpoint(s) not removed: {', '.join(failed)}")
 
 
 @cli.group()

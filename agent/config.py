@@ -52,6 +52,9 @@ class AgentConfig:
     log_format: str = "text"  # or json
     log_level: str = "info"
     reconcile_interval: float = 300.0
+    #: one-shot start actions for a lost store (command line only, see ``libnet-agent --help``)
+    adopt: bool = field(default=False, metadata={"flag_only": True})
+    purge: bool = field(default=False, metadata={"flag_only": True})
 
     @property
     def cluster_mode(self) -> bool:
@@ -65,6 +68,8 @@ class AgentConfig:
         for name in ("peer_grace_period", "overlay_anti_entropy", "reconcile_interval"):
             if not getattr(self, name) > 0:
                 raise BadRequest(f"{name} must be a positive number of seconds", **{name: str(getattr(self, name))})
+        if self.adopt and self.purge:
+            raise BadRequest("--adopt and --purge exclude each other: rebuild the store, or remove everything")
         if self.cluster_mode and not self.advertise:
             raise BadRequest("cluster mode needs --advertise ADDRESS (this host's address for gossip and VXLAN)")
         self.controller_config().dns.validate()
@@ -103,6 +108,23 @@ class AgentConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(AgentConfig)}
+#: fields given on the command line only: one-shot actions, never from a file or the environment
+FLAG_ONLY = {name for name, f in _FIELDS.items() if f.metadata.get("flag_only")}
+ADOPT_HELP = (
+    "rebuild the local store from what this instance owns in the kernel (its marked bridges, its "
+    "sandbox namespaces and the endpoints in them), then start; for a store that was lost (deleted, "
+    "mistyped --store, lost -wal). Overlay networks are not rebuilt (they live in the cluster store)"
+)
+PURGE_HELP = (
+    "remove everything this instance owns in the kernel (its sandbox and overlay namespaces, its "
+    "marked bridges and veths, its nftables table), then start empty; only with a store that holds no "
+    "libnet objects. Nothing unmarked or of another instance is touched"
+)
+_HELP = {"adopt": ADOPT_HELP, "purge": PURGE_HELP}
+EPILOG = (
+    "On start the agent refuses to run on an empty or unexpected store while this instance owns kernel "
+    "objects (removing them would cut running containers off): fix --store, or choose --adopt or --purge."
+)
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -132,11 +154,13 @@ def _coerce(name: str, value: Any) -> Any:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="libnet-agent", description="libnet per-host agent")
+    p = argparse.ArgumentParser(prog="libnet-agent", description="libnet per-host agent", epilog=EPILOG)
     p.add_argument("--config", help="TOML configuration file (also LIBNET_CONFIG)")
     for name, f in _FIELDS.items():
         flag = "--" + name.replace("_", "-")
-        if name == "join":
+        if name in FLAG_ONLY:
+            p.add_argument(flag, dest=name, action="store_true", default=None, help=_HELP[name])
+        elif name == "join":
             p.add_argument(flag, action="append", dest=name, help="address of a cluster member (repeatable)")
         elif "bool" in str(f.type):
             p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
@@ -161,8 +185,12 @@ def load(argv: list[str], env: Mapping[str, str]) -> AgentConfig:
         unknown = set(doc) - set(_FIELDS)
         if unknown:
             raise BadRequest(f"unknown configuration key(s) in {path}: {', '.join(sorted(unknown))}")
+        only = set(doc) & FLAG_ONLY
+        if only:
+            flags = ", ".join("--" + k for k in sorted(only))
+            raise BadRequest(f"{flags} can only be given on the command line (in {path})")
         values.update({k: _coerce(k, v) for k, v in doc.items()})
-    for name in _FIELDS:
+    for name in [n for n in _FIELDS if n not in FLAG_ONLY]:
         key = "LIBNET_" + name.upper()
         if key in env:
             values[name] = _coerce(name, env[key])

@@ -1,7 +1,11 @@
 """libnet-agent: wires the library, the cluster and the API together and runs them.
 
-On start it reconciles (the data plane may have drifted while it was down),
-then serves the API on its unix socket (mode 0660).  In cluster mode it
+On start it checks the host (:mod:`agent.preflight`), takes the state dir's
+and the socket's locks (one agent per state dir, :mod:`agent.locks`), checks
+that the store is the one the kernel's state was made with
+(:mod:`agent.storeguard`; ``--adopt``/``--purge`` for a lost store), then
+reconciles (the data plane may have drifted while it was down) and serves the
+API on its unix socket (mode 0660).  In cluster mode it
 starts and supervises a Serf agent.  On SIGTERM or SIGINT it stops serving,
 leaves the cluster gracefully and exits -- leaving bridges, veths and rules
 in place, so containers keep working while the agent is down.
@@ -21,11 +25,12 @@ from aiohttp import web
 
 import libnet
 from agent import config as agent_config
-from agent import logs
+from agent import locks, logs, preflight, storeguard
 from agent.api import AgentState, make_app
 from agent.metrics import Metrics
 from libnet.controller import Controller
 from libnet.errors import LibnetError, Unavailable
+from libnet.store import open_store
 
 log = logging.getLogger("libnet.agent")
 
@@ -39,24 +44,56 @@ def _socket_in_use(path: str) -> bool:
         return True
 
 
-async def run(config: agent_config.AgentConfig, stop: asyncio.Event | None = None) -> None:
-    """Run the agent until ``stop`` is set (or SIGTERM/SIGINT)."""
-    stop = stop or asyncio.Event()
+async def run(config: agent_config.AgentConfig, stop: asyncio.Event | None = None, check_host: bool = True) -> None:
+    """Run the agent until ``stop`` is set (or SIGTERM/SIGINT).
+
+    Before anything changes: the host checks (:mod:`agent.preflight`, unless
+    ``check_host`` is false), then the state dir's and the socket's locks
+    (:mod:`agent.locks`: one agent per state dir and per socket), then the
+    store guard (:mod:`agent.storeguard`: no start on a lost store while the
+    instance owns kernel objects; ``--adopt``/``--purge``).  Only then
+    reconcile and serve."""
+    if check_host:
+        preflight.check_host(config.ipv6)
+    with locks.state_lock(config.state_dir), locks.socket_lock(config.socket):
+        await _run(config, stop or asyncio.Event())
+
+
+async def _run(config: agent_config.AgentConfig, stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     if os.path.exists(config.socket):
         if _socket_in_use(config.socket):
-            raise Unavailable(f"another agent is serving {config.socket}", socket=config.socket)
-        os.unlink(config.socket)  # left by an agent that died
+            raise Unavailable(
+                f"another process is serving {config.socket} (an agent of an older version?); stop it, or give "
+                "this agent its own --socket",
+                socket=config.socket,
+            )
+        os.unlink(config.socket)  # left by an agent that died (we hold the socket's lock)
 
-    controller = Controller(config.controller_config())
-    await controller.start()
+    ctl_config = config.controller_config().resolved()
+    assert ctl_config.instance_id is not None
+    store = open_store(ctl_config.store)
+    controller: Controller | None = None
     serf = None
     runner = None
     reconciler = None
+    serving = False
     try:
+        await storeguard.check(
+            store,
+            ctl_config.store,
+            ctl_config.state_dir,
+            ctl_config.instance_id,
+            config.node_name,
+            ctl_config.host_netns,
+            adopt=config.adopt,
+            purge=config.purge,
+        )
+        controller = Controller(ctl_config, store=store)
+        await controller.start()
         report = await controller.reconcile()
         log.info(
             "reconciled at start: %d removed, %d repaired, %d missing",
@@ -77,13 +114,15 @@ async def run(config: agent_config.AgentConfig, stop: asyncio.Event | None = Non
         await runner.setup()
         os.makedirs(os.path.dirname(config.socket) or ".", exist_ok=True)
         site = web.UnixSite(runner, config.socket)
+        serving = True
         await site.start()
         os.chmod(config.socket, 0o660)
         log.info(
-            "libnet-agent %s serving on %s (node %s%s)",
+            "libnet-agent %s serving on %s (node %s, instance %s%s)",
             libnet.__version__,
             config.socket,
             config.node_name,
+            ctl_config.instance_id,
             ", cluster mode" if membership else "",
         )
         reconciler = asyncio.create_task(_reconcile_periodically(controller, metrics, config.reconcile_interval))
@@ -96,9 +135,12 @@ async def run(config: agent_config.AgentConfig, stop: asyncio.Event | None = Non
             await runner.cleanup()
         if serf is not None:
             await serf.stop(leave=True)
-        await controller.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(config.socket)
+        if controller is not None:
+            await controller.close()
+        await store.close()
+        if serving:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(config.socket)
 
 
 async def _start_cluster(config: agent_config.AgentConfig):
@@ -148,4 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         pass
+    except Exception as exc:  # one line for the operator; the traceback only at debug level
+        log.error("libnet-agent stopped: %s: %s", type(exc).__name__, exc)
+        log.debug("traceback", exc_info=True)
+        return 1
     return 0

@@ -17,25 +17,38 @@ CLI = [sys.executable, "-m", "agent.cli"]
 
 
 class AgentProcess:
-    """One ``libnet-agent`` in a test host, with its own store, state dir and socket."""
+    """One ``libnet-agent`` in a test host, with its own store, state dir and socket.
 
-    def __init__(self, bed: Testbed, host: Host, *extra: str, state_dir: str | None = None) -> None:
+    ``store``: the store URL (default ``sqlite://<state dir>/store.db``);
+    ``socket``: the API socket (default ``<state dir>/libnet.sock``)."""
+
+    def __init__(
+        self,
+        bed: Testbed,
+        host: Host,
+        *extra: str,
+        state_dir: str | None = None,
+        store: str | None = None,
+        socket: str | None = None,
+    ) -> None:
         self.bed, self.host = bed, host
         self.dir = state_dir or tempfile.mkdtemp(prefix=f"libnet-agent-{host.name}-")
         os.makedirs(self.dir, exist_ok=True)
-        self.socket = os.path.join(self.dir, "libnet.sock")
+        self.socket = socket or os.path.join(self.dir, "libnet.sock")
+        self.store = store or f"sqlite://{self.dir}/store.db"
         self.extra = list(extra)
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 30) -> AgentProcess:
-        argv = [
+    def argv(self, *once: str) -> list[str]:
+        """The agent's command line, with ``once`` (e.g. ``--adopt``) added for one run."""
+        return [
             sys.executable,
             "-m",
             "agent",
             "--socket",
             self.socket,
             "--store",
-            f"sqlite://{self.dir}/store.db",
+            self.store,
             "--state-dir",
             self.dir,
             "--node-name",
@@ -46,16 +59,43 @@ class AgentProcess:
             "--overlay-prefix",
             f"{self.bed.prefix}{self.host.name}-o",
             *self.extra,
+            *once,
         ]  # removed with the test bed
-        log = open(os.path.join(self.dir, "agent.log"), "ab")  # noqa: SIM115 - the child keeps it
-        self.proc = self.bed.spawn(self.host.ns, argv, stdout=log, stderr=log)
-        log.close()
+
+    def spawn(self, *once: str, **kw: Any) -> subprocess.Popen:
+        """Start the agent process and return at once (output to ``kw`` or the agent log)."""
+        if "stdout" not in kw:
+            log = open(os.path.join(self.dir, "agent.log"), "ab")  # noqa: SIM115 - the child keeps it
+            kw.update(stdout=log, stderr=log)
+            try:
+                return self.bed.spawn(self.host.ns, self.argv(*once), **kw)
+            finally:
+                log.close()
+        return self.bed.spawn(self.host.ns, self.argv(*once), **kw)
+
+    def start(self, timeout: float = 30, *, once: tuple[str, ...] = ()) -> AgentProcess:
+        """Start the agent and wait until it answers; ``once``: flags for this run only."""
+        self.proc = self.spawn(*once)
         deadline = time.monotonic() + timeout
         while not (os.path.exists(self.socket) and self.cli("agent", "status").returncode == 0):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"agent did not start: {self.log_tail()}")
             time.sleep(0.1)
         return self
+
+    def run_to_exit(self, *once: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run the agent expecting it to exit by itself (a refused start); its output in ``stdout``.
+
+        An agent still running after ``timeout`` seconds is killed and an error raised."""
+        proc = self.spawn(*once, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate(timeout=10)
+            tail = out.decode(errors="replace")[-2000:]
+            raise RuntimeError(f"the agent did not exit within {timeout}s: {tail}") from None
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out.decode(errors="replace"), "")
 
     def log_tail(self) -> str:
         with open(os.path.join(self.dir, "agent.log"), "rb") as f:
