@@ -150,25 +150,36 @@ class SerfAgent:
         return self.client
 
     async def _spawn(self) -> None:
-        enter = None
-        if self.config.netns is not None:
-            from libnet.kernel import netns
+        # The agent dies with us: an agent that crashed must not leave a Serf
+        # agent behind that holds the ports its restart needs.  Set up by
+        # util-linux's setpriv/nsenter rather than a preexec_fn: Python code
+        # between fork and exec in a process with other threads (the etcd
+        # client's gRPC) can crash or hang the child (seen: SIGSEGV).
+        argv = [self._binary, "agent", f"-config-file={self._config_path}"]
+        preexec = None
+        setpriv, nsenter = shutil.which("setpriv"), shutil.which("nsenter")
+        if setpriv and (self.config.netns is None or nsenter):
+            argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
+            if self.config.netns is not None:
+                from libnet.kernel import netns
 
-            enter = netns.preexec_enter(self.config.netns)
+                argv = [nsenter, f"--net={netns.path_of(self.config.netns)}", "--", *argv]
+        else:  # no util-linux: the same in the child, before exec
+            enter = None
+            if self.config.netns is not None:
+                from libnet.kernel import netns
 
-        def preexec() -> None:
-            # the agent dies with us: an agent that crashed must not leave a Serf
-            # agent behind that holds the ports its restart needs
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-            if enter is not None:
-                enter()
+                enter = netns.preexec_enter(self.config.netns)
+
+            def preexec() -> None:
+                ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+                if enter is not None:
+                    enter()
 
         logfile = open(os.path.join(self.config.state_dir, "serf.log"), "ab")  # noqa: SIM115 - handed to the child
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                self._binary,
-                "agent",
-                f"-config-file={self._config_path}",
+                *argv,
                 stdin=subprocess.DEVNULL,
                 stdout=logfile,
                 stderr=logfile,

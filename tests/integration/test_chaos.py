@@ -25,7 +25,7 @@ from ipam.ipam import StoreIpam
 from libnet import ownership
 from libnet.cluster.serf import new_key
 from libnet.kernel.netlink import Netlink
-from libnet.kernel.netns import list_names
+from libnet.kernel.netns import list_names, run_in
 from libnet.store import open_store
 from libnet.testing.agents import AgentProcess
 from libnet.testing.etcd import EtcdServer, find_etcd
@@ -87,20 +87,18 @@ def _operation(rng: random.Random, host: Host) -> tuple[str, str, dict | None]:
     sandboxes = host.api("GET", "/v1/sandboxes")
     networks = {n["name"] for n in host.api("GET", "/v1/networks")}
     bridge = f"br-{host.name}"
-    roll = rng.random()
-    if bridge not in networks and roll < 0.3:
+    if bridge not in networks and rng.random() < 0.5:
         return "POST", "/v1/networks", {"name": bridge, "ipv6": True}
-    if roll < 0.08 and bridge in networks:
+    if bridge in networks and rng.random() < 0.05:
         return "DELETE", f"/v1/networks/{bridge}", None  # refused while it has endpoints: fine
-    if (not sandboxes or roll < 0.45) and len(sandboxes) < 6:
+    roll = rng.random()
+    if not sandboxes or (roll < 0.2 and len(sandboxes) < 6):
         return "POST", "/v1/sandboxes", {}
-    if not sandboxes:
-        return "GET", "/v1/sandboxes", None
     sb = rng.choice(sandboxes)
-    if roll < 0.75:
+    if roll < 0.6:
         net = rng.choice(["ov", bridge])
         return "POST", f"/v1/networks/{net}/connect", {"sandbox": sb["id"]}
-    if roll < 0.9 and sb["endpoints"]:
+    if roll < 0.85 and sb["endpoints"]:
         ep = host.api("GET", f"/v1/endpoints/{rng.choice(sb['endpoints'])}")
         return "POST", f"/v1/networks/{ep['network_id']}/disconnect", {"sandbox": sb["id"]}
     return "DELETE", f"/v1/sandboxes/{sb['id']}", None
@@ -109,6 +107,8 @@ def _operation(rng: random.Random, host: Host) -> tuple[str, str, dict | None]:
 def _storm(hosts: list[Host], seed: int) -> int:
     rng = random.Random(seed)
     kills = 0
+    outcomes: dict[str, int] = {}
+    refusals: set[str] = set()
     deadline = time.monotonic() + DEADLINE
     for i in range(OPS):
         assert time.monotonic() < deadline, f"storm took over {DEADLINE} s (seed {seed})"
@@ -133,12 +133,21 @@ def _storm(hosts: list[Host], seed: int) -> int:
             kills += 1
         worker.join(60)
         assert not worker.is_alive(), f"{method} {url} hung (seed {seed})"
+        what = f"{method} {url.split('/')[2]}{'/' + url.split('/')[-1] if url.count('/') > 3 else ''}"
+        status = "ok" if result and not isinstance(result[0], Exception) else type(result[0]).__name__
+        outcomes[f"{what} {status}"] = outcomes.get(f"{what} {status}", 0) + 1
+        if result and isinstance(result[0], AgentError):
+            refusals.add(f"{what}: {str(result[0]).splitlines()[0][:120]}")
         if kill:
             host.agent.start(timeout=60)
+    print("outcomes:", json.dumps(outcomes, sort_keys=True))
+    print("refusals:", *sorted(refusals), sep="\n  ")
     return kills
 
 
-def _audit_store(url: str) -> list:
+def _audit_store(url: str, ns: str) -> list:
+    """IPAM's allocations, read from inside test host ``ns`` (where etcd listens)."""
+
     async def run():
         store = open_store(url)
         try:
@@ -146,7 +155,7 @@ def _audit_store(url: str) -> list:
         finally:
             await store.close()
 
-    return asyncio.run(run())
+    return run_in(ns, asyncio.run, run())
 
 
 def _check(bed: Testbed, hosts: list[Host], cluster_url: str, seed: int) -> None:
@@ -211,14 +220,15 @@ def _check(bed: Testbed, hosts: list[Host], cluster_url: str, seed: int) -> None
                 if key in seen and seen[key] != ep["id"]:
                     problems.append(f"duplicate address {key[1]}: endpoints {seen[key][:12]} and {ep['id'][:12]}")
                 seen[key] = ep["id"]
-    for alloc in _audit_store(cluster_url):
+    for alloc in _audit_store(cluster_url, hosts[0].agent.host.ns):
         if alloc.owner not in ("gateway",) and not alloc.owner.startswith("aux:") and alloc.owner not in all_eps:
             problems.append(f"leaked address {alloc.address} of {alloc.owner[:12]} in {alloc.pool_id}")
     for h in hosts:
-        for alloc in _audit_store(f"sqlite://{h.agent.dir}/store.db"):
+        for alloc in _audit_store(f"sqlite://{h.agent.dir}/store.db", h.agent.host.ns):
             if alloc.owner != "gateway" and not alloc.owner.startswith("aux:") and alloc.owner not in all_eps:
                 problems.append(f"{h.name}: leaked address {alloc.address} of {alloc.owner[:12]}")
     assert not problems, f"seed {seed}:\n" + "\n".join(problems)
+    print(f"consistent: {len(all_eps)} endpoints, {sum(len(h.api('GET', '/v1/sandboxes')) for h in hosts)} sandboxes")
 
     # every surviving container reaches a peer on each of its networks
     by_net: dict[str, list[dict]] = {}
