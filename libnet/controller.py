@@ -756,8 +756,8 @@ class Controller:
                 elif ep.connecting and not ep.sandbox_id and mine:
                     await self.delete_endpoint(ep.id)
                     report.repaired.append(f"deleted endpoint {ep.name} ({ep.id[:12]}) of an unfinished connect")
-            except NotFound:
-                continue  # its network or sandbox went meanwhile
+            except NotFound as exc:  # its network or sandbox is gone: say so, never silently
+                report.missing.append(f"endpoint {ep.name} ({ep.id[:12]}): unfinished work not done: {exc}")
         for nw in await self.repo.networks():
             if nw.removing == me:
                 try:

@@ -16,6 +16,7 @@ through ``model.update_json`` (read-modify-CAS).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -34,6 +35,7 @@ from libnet.model import Endpoint, Network, Sandbox
 from libnet.store.base import Store
 
 P = "libnet/v1"
+_FULL_ID = re.compile(r"[0-9a-f]{64}")
 T = TypeVar("T", Network, Endpoint, Sandbox)
 
 
@@ -186,8 +188,10 @@ class Repository:
 
     async def add_endpoint(self, nw: Network, ep: Endpoint) -> None:
         store = self.store(nw.scope)
-        await self._create(store, f"{P}/endpoints/{nw.id}/{ep.id}", ep)
+        # the index first: a crash between the two writes leaves an index
+        # without a record (harmless), never a record nothing can find by id
         await store.put(f"{P}/endpoint-ids/{ep.id}", nw.id.encode())
+        await self._create(store, f"{P}/endpoints/{nw.id}/{ep.id}", ep)
 
     async def endpoints(self, network_id: str | None = None) -> list[Endpoint]:
         out: list[Endpoint] = []
@@ -205,6 +209,11 @@ class Repository:
             except (KeyNotFound, BadRequest):
                 continue
             return store, f"{P}/endpoints/{nid}/{ref}"
+        if _FULL_ID.fullmatch(ref):  # no index (written by an older version, or lost): look it up
+            for store in self._stores():
+                for pair in await store.list(f"{P}/endpoints/"):
+                    if pair.key.endswith("/" + ref):
+                        return store, pair.key
         return None
 
     async def endpoint(self, ref: str, network_id: str | None = None) -> Endpoint:

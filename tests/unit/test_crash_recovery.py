@@ -199,3 +199,19 @@ async def test_a_refused_overlay_create_leaves_no_ipam_keys(tmp_path) -> None:
     with pytest.raises(KernelError):
         await ctl.create_network("br", ipv4_subnet="198.51.100.0/24")
     assert [p.key for p in await store.list("libnet/")] == ["libnet/v1/ipam/local/ula48"]
+
+
+async def test_an_endpoint_without_its_id_index_is_still_rolled_back(tmp_path) -> None:
+    """A crash between an endpoint's record and its id index (older versions
+    wrote the record first): reconcile still finds it and removes it."""
+    store = MemoryStore()
+    ctl = _controller(tmp_path, store)
+    await ctl.start()
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/24")
+    ep = await ctl.create_endpoint("front", "half", _connecting=True)
+    await store.delete(f"libnet/v1/endpoint-ids/{ep.id}")
+    again = await _restart(tmp_path, ctl)
+    report = await again.reconcile()
+    assert await again.endpoints() == [], report
+    assert not report.missing
+    assert (await again.create_endpoint("front", "half")).ipv4 == ep.ipv4
