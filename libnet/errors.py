@@ -163,6 +163,13 @@ class StoreUnavailable(Unavailable):
     """The key-value store cannot be reached or did not answer in time."""
 
 
+class CorruptRecord(LibnetError):
+    """A stored record cannot be read (not JSON, wrong kind or schema, missing
+    fields); ``key`` names it, so an operator can repair or remove it."""
+
+    kind = "corrupt_record"
+
+
 # --- kernel ----------------------------------------------------------------
 
 

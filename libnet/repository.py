@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from libnet import model
 from libnet.errors import (
     BadRequest,
+    CorruptRecord,
     KeyExists,
     KeyModified,
     KeyNotFound,
@@ -51,7 +52,12 @@ class Repository:
         cached = self._decoded.get((kind, pair.key))
         if cached is not None and cached[0] == pair.revision:
             return cached[1]
-        data = model.decode(pair.value, kind)
+        try:
+            data = model.decode(pair.value, kind)
+        except BadRequest as exc:  # damaged in the store, not a bad request: name the key
+            raise CorruptRecord(
+                f"the store record {pair.key} is damaged ({exc.message}); repair or remove it", key=pair.key
+            ) from None
         self._decoded[(kind, pair.key)] = (pair.revision, data)
         return data
 

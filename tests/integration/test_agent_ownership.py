@@ -215,6 +215,39 @@ def foreign_intact(bed: Testbed, agent: AgentProcess, foreign: dict[str, str]) -
     )
 
 
+def test_a_lost_wal_after_a_kill_never_removes_running_containers(bed: Testbed, tmp_path) -> None:
+    """Fault 3, the -wal variant: SIGKILL, then the store's -wal file is lost.
+    Whatever the store then holds (nothing, or an older state), the restart
+    either refuses or finds everything: it never removes the containers' parts."""
+    agent = make_agent(bed, tmp_path, "w").start()
+    web = two_pinging(agent, "web", "198.51.100.0/25", "2001:db8:16::/64")
+    agent.kill()
+    kernel = owned(agent)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(agent.dir, "store.db-wal"))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(agent.dir, "store.db-shm"))
+    r = agent.run_to_exit(timeout=20) if not _starts(agent) else None
+    if r is not None:  # refused: the store lost what the kernel still has
+        refused(r, "--adopt", "--purge")
+    else:  # the data had reached the database file: a normal start
+        try:
+            assert "reconciled at start: 0 removed" in agent.log_tail()
+        finally:
+            agent.stop()
+    assert owned(agent) == kernel
+    assert pings(bed, web)
+
+
+def _starts(agent: AgentProcess) -> bool:
+    """Whether the agent starts on what is there (False: it exited)."""
+    try:
+        agent.start(timeout=30)
+    except RuntimeError:
+        return False
+    return True
+
+
 def test_purge_removes_exactly_the_instance_objects(bed: Testbed, tmp_path) -> None:
     """--purge after a lost store: every object of the instance goes, nothing foreign."""
     agent = make_agent(bed, tmp_path, "a").start()
