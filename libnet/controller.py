@@ -714,13 +714,26 @@ class Controller:
             for ep in endpoints:
                 if ep.network_id in ids:
                     sb = sandboxes.get(ep.sandbox_id or "")
+                    if sb is None and ep.sandbox_id and ep.node == self.config.node_name:
+                        # joined, its sandbox's record lost: still joined in the kernel; keep it so
+                        report.missing.append(
+                            f"endpoint {ep.name} ({ep.id[:12]}): its sandbox {ep.sandbox_id[:12]} is not in the store"
+                        )
+                        sb = Sandbox(ep.sandbox_id, "", False)
                     eps.append((self._ep_info(ep), self._sb_info(sb, ep) if sb else None))
             report.merge(await drv.reconcile([self._net_info(n) for n in nets], eps))
         stored = {s.netns: s.id for s in sandboxes.values() if s.owned}
         for path, owner in (await asyncio.to_thread(self._namespaces.owned)).items():
-            gone = path not in stored and owner not in sandboxes
-            if gone and await asyncio.to_thread(self._namespaces.delete, path):
+            if path in stored or owner in sandboxes:
+                continue
+            if await asyncio.to_thread(self._namespaces.in_use, path):  # a lost sandbox record, not a leak
+                report.missing.append(
+                    f"sandbox namespace {path} (sandbox {owner[:12]}): the store does not know it but it holds "
+                    "interfaces; kept (a lost store record? libnet-agent --adopt rebuilds it)"
+                )
+            elif await asyncio.to_thread(self._namespaces.delete, path):
                 report.removed.append(f"sandbox namespace {path} of no sandbox")
+        await self._free_orphans(report, set(report.kept))
         for line in report.removed + report.repaired:
             log.warning("reconcile: %s", line)
         for line in report.missing:
@@ -728,7 +741,8 @@ class Controller:
         return report
 
     async def _reconcile_store(self, report: ReconcileReport) -> None:
-        """Finish or undo what a crash interrupted, then free what nothing owns.
+        """Finish or undo what a crash interrupted (before the drivers' sweep);
+        :meth:`_free_orphans` frees what nothing owns (after it).
 
         Rule (DESIGN.md, "Ownership"): only this instance's own unfinished
         work is touched -- objects marked ``removing``/``leaving`` by it are
@@ -773,13 +787,21 @@ class Controller:
             if want != sb.endpoints:
                 await self.repo.update_sandbox(sb, lambda s, w=want: setattr(s, "endpoints", w))
                 report.repaired.append(f"endpoint list of sandbox {sb.id[:12]}")
+
+    async def _free_orphans(self, report: ReconcileReport, kept: set[str]) -> None:
+        """Free this instance's pools, addresses and names whose owner is gone --
+        not those of an owner whose kernel objects the drivers kept (in use
+        although the store lost its record): freeing them would hand a live
+        container's subnet or address to someone else."""
+        me = self.instance
+        endpoints = {e.id: e for e in await self.repo.endpoints()}
         networks = {n.id for n in await self.repo.networks()}
 
         def ours(space: str, instance: str) -> bool:
             return instance == me or (not instance and space == "local")
 
         for pool in await self._ipam.pool_owners():
-            if pool.owner and pool.owner not in networks and ours(pool.space, pool.instance):
+            if pool.owner and pool.owner not in networks | kept and ours(pool.space, pool.instance):
                 with suppress(NoSuchPool):
                     await self._ipam.release_pool(pool.pool_id, owner=pool.owner)
                     report.removed.append(f"IPAM pool {pool.pool_id} of no network")
@@ -789,11 +811,12 @@ class Controller:
                 and alloc.owner != "gateway"
                 and not alloc.owner.startswith("aux:")
                 and alloc.owner not in endpoints
+                and alloc.owner not in kept
                 and ours("global" if alloc.pool_id.startswith("global/") else "local", alloc.instance)
             ):
                 await self._release(alloc.pool_id, alloc.address, alloc.owner)
                 report.removed.append(f"address {alloc.address} of no endpoint")
-        for key in await self.repo.stale_names(networks, set(endpoints), me):
+        for key in await self.repo.stale_names(networks | kept, set(endpoints) | kept, me):
             report.removed.append(f"name reservation {key.rsplit('/', 1)[-1]}")
 
 

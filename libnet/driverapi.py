@@ -92,12 +92,16 @@ class ReconcileReport:
     repaired: list[str] = field(default_factory=list)
     #: objects named like libnet's that carry no mark of this instance: reported, never removed
     foreign: list[str] = field(default_factory=list)
+    #: ids of networks/endpoints whose kernel objects are in use although the store does not
+    #: know them (a lost record): kept, and so are their addresses, pools and names
+    kept: list[str] = field(default_factory=list)
 
     def merge(self, other: ReconcileReport) -> None:
         self.removed += other.removed
         self.missing += other.missing
         self.repaired += other.repaired
         self.foreign += other.foreign
+        self.kept += other.kept
 
 
 @runtime_checkable

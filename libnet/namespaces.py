@@ -11,6 +11,7 @@ import errno
 import os
 from typing import Protocol
 
+from libnet.errors import LibnetError
 from libnet.kernel import netns
 from libnet.kernel.errors import KernelObjectExists
 from libnet.ownership import NamespaceLedger
@@ -43,6 +44,12 @@ class Namespaces(Protocol):
         """Path -> owner (sandbox id) of every existing sandbox namespace the instance created."""
         ...
 
+    def in_use(self, path: str) -> bool:
+        """Whether the namespace holds anything but its loopback (an interface a
+        container uses): reconcile keeps such a namespace even when the store
+        does not know its sandbox (a lost record)."""
+        ...
+
 
 class KernelNamespaces:
     """The real thing, on :mod:`libnet.kernel.netns` and the instance's namespace ledger."""
@@ -73,6 +80,15 @@ class KernelNamespaces:
 
     def exists(self, path: str) -> bool:
         return os.path.exists(path)
+
+    def in_use(self, path: str) -> bool:
+        from libnet.kernel.netlink import Netlink
+
+        try:
+            with Netlink(path) as nl:
+                return any(link.name != "lo" for link in nl.links())
+        except LibnetError:
+            return False  # gone meanwhile
 
     def owned(self) -> dict[str, str]:
         out = {}

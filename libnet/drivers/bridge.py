@@ -330,6 +330,12 @@ class BridgeDriver:
 
     async def delete_endpoint(self, nw: NetworkInfo, ep: EndpointInfo) -> None:
         await self.revoke_external_connectivity(nw, ep)
+        # its veth, if a crash left one plugged in (a join that never reached the
+        # store): out of service now, deleted with the next reaping.  After a
+        # normal leave this finds it unplugged already and changes nothing.
+        group = ownership.dead_group(self.owner)
+        if await self._host(lambda: self.nl.unplug(host_ifname(ep), group=group, owned=self._owns_veth(ep))):
+            self._schedule_reaping()
 
     async def join(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
         br, host_if = bridge_name(nw), host_ifname(ep)
@@ -429,13 +435,16 @@ class BridgeDriver:
         me = self.owner
         nets = {nw.id: nw for nw in networks}
         joined = {ep.id: ep for ep, sb in endpoints if sb is not None}
+        recorded = {ep.id for ep, _ in endpoints}
         legacy = {LEGACY_NET + nw.id: ("net", nw.id, nw.name, bridge_name(nw)) for nw in networks}
         legacy |= {LEGACY_EP + ep.id: ("ep", ep.id, ep.name, host_ifname(ep)) for ep in joined.values()}
 
         def sweep() -> tuple[list[str], list[str], dict[str, str], dict[str, Link]]:
             """Links: re-mark legacy ones, report foreign ones, delete this instance's orphans."""
             removed, repaired, foreign = [], [], {}
-            for link in self.nl.links():
+            links = self.nl.links()
+            ports = Counter(link.master for link in links if link.master)
+            for link in links:
                 m = Mark.parse(link.alias)
                 old = legacy.get(link.alias or "")
                 if m is None and old is not None and old[3] == link.name:
@@ -446,13 +455,28 @@ class BridgeDriver:
                         foreign[link.name] = f"{describe(link)}: named like libnet's, no mark of this instance"
                 elif m.instance != me:
                     foreign[link.name] = f"{describe(link)}: another libnet instance's"
-                elif _orphan(link, m, nets, joined) and self._delete_own(link.index, m.kind, m.owner):
+                elif not _orphan(link, m, nets, joined):
+                    continue
+                elif not _unused(link, m, ports, recorded):
+                    kept_ids.add(m.owner)
+                    if m.kind == "net":
+                        kept_bridges.add(link.name)
+                    kept.append(
+                        f"{describe(link)}: the store does not know its {'network' if m.kind == 'net' else 'endpoint'}"
+                        " but containers use it; kept (a lost store record? libnet-agent --adopt rebuilds it)"
+                    )
+                elif self._delete_own(link.index, m.kind, m.owner):
                     removed.append(
                         f"{describe(link)}: of no stored {'network' if m.kind == 'net' else 'joined endpoint'}"
                     )
             return removed, repaired, foreign, {link.name: link for link in self.nl.links()}
 
+        kept: list[str] = []
+        kept_ids: set[str] = set()  # networks/endpoints the store lost whose links are kept: so are their rules
+        kept_bridges: set[str] = set()
         report.removed, report.repaired, foreign, by_name = await self._host(sweep)
+        report.missing += kept
+        report.kept += sorted(kept_ids)
         report.foreign = list(foreign.values())
         own: dict[str, NetworkInfo] = {}  # bridge -> network, for the bridges that are there and ours
         for nw in networks:
@@ -470,8 +494,8 @@ class BridgeDriver:
                 report.missing.append(f"endpoint {ep.name} ({ep.id[:12]}): veth {host_ifname(ep)} is missing")
             elif not ownership.owned_by(link.alias, me, "ep", ep.id) and link.name not in foreign:
                 report.foreign.append(f"endpoint {ep.name} ({ep.id[:12]}): {describe(link)} is not its veth")
-        known = set(nets) | {ep.id for ep, _ in endpoints}
-        names = {bridge_name(nw) for nw in networks}
+        known = set(nets) | {ep.id for ep, _ in endpoints} | kept_ids
+        names = {bridge_name(nw) for nw in networks} | kept_bridges
         want = [(key, rules) for br, nw in own.items() for key, rules in self._net_rules(nw, br)]
         want += [
             (f"ep:{ep.id}:ports", _port_rules(nets[ep.network_id], ep))
@@ -514,6 +538,19 @@ def _orphan(link: Link, m: Mark, nets: dict[str, NetworkInfo], joined: dict[str,
     if m.kind == "net":
         return link.kind == "bridge" and m.owner not in nets
     return link.kind == "veth" and link.name.startswith(VETH_PREFIX) and m.owner not in joined
+
+
+def _unused(link: Link, m: Mark, ports: Counter, recorded: set[str]) -> bool:
+    """Whether an orphaned link of this instance may go: nothing depends on it.
+
+    The store may have lost a record (a lost SQLite -wal, an older backup, a
+    deleted key): "the store does not know it" alone is no proof.  A bridge
+    goes only without ports; a veth only if the store still holds its
+    endpoint, unjoined (a join cut short), or it is already unplugged (a
+    leave cut short before its deletion)."""
+    if m.kind == "net":
+        return not ports.get(link.index)
+    return m.owner in recorded or (link.master is None and not link.up)
 
 
 def _port_rules(nw: NetworkInfo, ep: EndpointInfo) -> Rules:

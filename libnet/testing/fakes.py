@@ -95,6 +95,7 @@ class FakeNamespaces:
     def __init__(self) -> None:
         self.paths: set[str] = set()
         self.owners: dict[str, str] = {}
+        self.busy: set[str] = set()  # namespaces holding interfaces besides lo
 
     def create(self, name: str, owner: str) -> str:
         path = f"/run/netns/{name}"
@@ -116,3 +117,6 @@ class FakeNamespaces:
 
     def owned(self) -> dict[str, str]:
         return {p: o for p, o in self.owners.items() if p in self.paths}
+
+    def in_use(self, path: str) -> bool:
+        return path in self.busy

@@ -397,3 +397,48 @@ def test_host_without_ipv6_is_refused_before_anything_changes(bed: Testbed, tmp_
         assert agent.cli("network", "create", "web", "--subnet", "198.51.100.0/24").returncode == 0
     finally:
         agent.stop()
+
+
+def _delete_keys(agent: AgentProcess, *prefixes: str) -> list[str]:
+    import asyncio
+
+    from libnet.store import open_store
+
+    async def run() -> list[str]:
+        store = open_store(f"sqlite://{agent.dir}/store.db")
+        gone = []
+        try:
+            for prefix in prefixes:
+                for pair in await store.list(prefix):
+                    await store.delete(pair.key)
+                    gone.append(pair.key)
+        finally:
+            await store.close()
+        return gone
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("lost", ["networks", "sandboxes", "endpoints"])
+def test_a_store_that_lost_some_records_never_cuts_off_containers(bed: Testbed, tmp_path, lost: str) -> None:
+    """A store older than the kernel (a lost -wal after a checkpoint, a restored
+    backup, a deleted key): reconcile keeps every kernel object a container
+    still uses and reports it, instead of removing it as a leak."""
+    agent = make_agent(bed, tmp_path, f"p-{lost}").start()
+    web = two_pinging(agent, "web", "198.51.100.0/25", "2001:db8:17::/64")
+    agent.stop()
+    kernel = owned(agent)
+    assert _delete_keys(agent, f"libnet/v1/{lost}/")
+    with open(os.path.join(agent.dir, "agent.log"), "a") as f:
+        f.write("--- restart ---\n")
+    agent.start()
+    try:
+        tail = agent.log_tail().rsplit("--- restart ---", 1)[-1]
+        assert "reconciled at start: 0 removed" in tail, tail
+        status, report = api(agent, "POST", "/v1/reconcile")
+        assert status == 200 and report["removed"] == [], report
+        assert any("kept" in line for line in report["missing"]), report
+        assert owned(agent) == kernel
+        assert pings(bed, web)
+    finally:
+        agent.stop()

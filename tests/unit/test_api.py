@@ -86,7 +86,7 @@ async def test_every_route(client) -> None:
     nodes = await (await client.get("/v1/nodes")).json()
     assert nodes == [{"name": "node-1", "address": "203.0.113.11", "port": 0, "tags": {}, "status": "alive"}]
     report = await (await client.post("/v1/reconcile")).json()
-    assert report == {"removed": [], "missing": [], "repaired": [], "foreign": []}
+    assert report == {"removed": [], "missing": [], "repaired": [], "foreign": [], "kept": []}
     text = await (await client.get("/metrics")).text()
     for metric in (
         'libnet_networks{driver="bridge"} 1.0',

@@ -418,6 +418,9 @@ class OverlayDriver:
         # the endpoint's record leaves it behind, and the endpoint is then deleted
         if self.store is not None:
             await self.store.delete(f"{P}/peers/{nw.id}/{ep.id}")
+        vni = self._vnis.get(nw.id)  # and a veth a crash left plugged in
+        if vni is not None:
+            await asyncio.to_thread(self._unplug, self.ns_name(vni), host_ifname(ep), ep.id, self.plumbing)
 
     async def join(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
         store, vtep = self._need()
@@ -438,16 +441,18 @@ class OverlayDriver:
             peer = self._peer(ep, vtep)
             await store.put(f"{P}/peers/{nw.id}/{ep.id}", model.encode(PEER_KIND, peer.to_data()))
         except BaseException:
-            await asyncio.to_thread(self._unplug, ns, host_if)
+            await asyncio.to_thread(self._unplug, ns, host_if, ep.id, self.plumbing)
             raise
         self._local.setdefault(nw.id, set()).add(ep.id)
         if self.events is not None:
             await self.events.announce("add", peer)
 
     @staticmethod
-    def _unplug(ns: str, host_if: str) -> None:
+    def _unplug(ns: str, host_if: str, endpoint_id: str, plumbing: Plumbing) -> None:
+        """Delete an endpoint's veth in ``ns`` if it is there and marked as this instance's."""
         with contextlib.suppress(LibnetError), Netlink(ns) as nl:
-            nl.delete_link(host_if)
+            if nl.has_link(host_if) and plumbing.owned_endpoint(nl.link(host_if).alias, endpoint_id):
+                nl.delete_link(host_if)
 
     async def leave(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
         if self.store is not None:
@@ -456,7 +461,7 @@ class OverlayDriver:
             await self.events.announce("del", self._peer(ep, self.vtep))
         vni = self._vnis.get(nw.id)
         if vni is not None:
-            await asyncio.to_thread(self._unplug, self.ns_name(vni), host_ifname(ep))
+            await asyncio.to_thread(self._unplug, self.ns_name(vni), host_ifname(ep), ep.id, self.plumbing)
         local = self._local.get(nw.id, set())
         local.discard(ep.id)
         if not local:  # the last local endpoint: this host stops programming the network
@@ -506,15 +511,19 @@ class OverlayDriver:
             await self.store.put(f"{P}/peers/{nw.id}/{ep.id}", model.encode(PEER_KIND, peer.to_data()))
         joined = {ep.id for ep, sb in endpoints if sb is not None}
         report.removed += await self._sweep_peer_records(networks, joined)
-        report.removed += await asyncio.to_thread(self.plumbing.sweep_veths, joined)
+        gone, kept = await asyncio.to_thread(self.plumbing.sweep_veths, joined, {ep.id for ep, _ in endpoints})
+        report.removed += gone
+        report.missing += [what for what, _ in kept]
+        report.kept += [owner for _, owner in kept]
         remove, foreign, kept = await asyncio.to_thread(self.plumbing.sweep, wanted)
         report.foreign += [
             f"namespace {name}: named like an overlay namespace, not this instance's" for name in foreign
         ]
         report.missing += [
             f"overlay namespace {name}: no stored endpoint of this host needs it, but containers are attached; kept"
-            for name in kept
+            for name, _ in kept
         ]
+        report.kept += [owner for _, owner in kept]
         for name, owner in remove:
             if owner in self._watches:  # set up in this process: stop programming it too
                 await self._teardown_local(owner)

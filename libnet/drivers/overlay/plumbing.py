@@ -69,6 +69,9 @@ class Plumbing:
     def owned(self, alias: str | None, network_id: str) -> bool:
         return ownership.owned_by(alias, self.ledger.instance, "net", network_id)
 
+    def owned_endpoint(self, alias: str | None, endpoint_id: str) -> bool:
+        return ownership.owned_by(alias, self.ledger.instance, "ep", endpoint_id)
+
     # --- the ledger -----------------------------------------------------------
 
     def local_vnis(self) -> dict[int, str]:
@@ -89,10 +92,10 @@ class Plumbing:
         self.ledger.forget(ns)
         return True
 
-    def sweep(self, wanted: set[str]) -> tuple[list[tuple[str, str]], list[str], list[str]]:
+    def sweep(self, wanted: set[str]) -> tuple[list[tuple[str, str]], list[str], list[tuple[str, str]]]:
         """Namespaces named ``<prefix><digits>`` that no local endpoint needs:
         (this instance's, as (name, network id), to remove; foreign ones, to
-        report; this instance's with containers still attached, kept).
+        report; this instance's with containers still attached, kept, as (name, network id)).
 
         Ledger records whose namespace is gone are dropped."""
         remove, foreign, kept = [], [], []
@@ -103,7 +106,7 @@ class Plumbing:
             if rec is None or rec.kind != "overlay":
                 foreign.append(name)
             elif self.attached(name):
-                kept.append(name)
+                kept.append((name, rec.owner))
             else:
                 remove.append((name, rec.owner))
         for rec in self.ledger.records("overlay"):
@@ -111,10 +114,13 @@ class Plumbing:
                 self.ledger.forget(rec.name)  # a crash between record and create, or deleted by hand
         return remove, foreign, kept
 
-    def sweep_veths(self, joined: set[str]) -> list[str]:
+    def sweep_veths(self, joined: set[str], recorded: set[str]) -> tuple[list[str], list[tuple[str, str]]]:
         """Delete this instance's endpoint veths, in its overlay namespaces, whose
-        endpoint is not joined (a crash between plugging and storing a join)."""
-        gone = []
+        endpoint is stored but not joined (a crash between plugging and storing a
+        join), or that are unplugged already; (removed, kept as (what, endpoint id)).  A plugged veth
+        of an endpoint the store does not know at all is kept and reported: the
+        store may have lost the record (see ``bridge._unused``)."""
+        gone, kept = [], []
         for rec in self.ledger.records("overlay"):
             if not netns.exists(rec.name):
                 continue
@@ -123,9 +129,18 @@ class Plumbing:
                     mark = ownership.Mark.parse(link.alias)
                     if mark is None or not mark.of(self.ledger.instance, "ep") or mark.owner in joined:
                         continue
+                    if mark.owner not in recorded and (link.master is not None or link.up):
+                        kept.append(
+                            (
+                                f"veth {link.name} in {rec.name}: the store does not know endpoint "
+                                f"{mark.owner[:12]} but it is plugged in; kept (a lost store record?)",
+                                mark.owner,
+                            )
+                        )
+                        continue
                     nl.delete_link(link.name)
                     gone.append(f"veth {link.name} of endpoint {mark.owner[:12]} in {rec.name} (not joined)")
-        return gone
+        return gone, kept
 
     @staticmethod
     def attached(ns: str) -> list[str]:
