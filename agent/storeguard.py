@@ -57,6 +57,7 @@ class StoreContents:
     objects: dict[str, list[str]] = field(default_factory=dict)  # kind -> names
     corrupt: list[str] = field(default_factory=list)  # keys of records that do not decode
     store_id: str | None = None
+    owner: str | None = None  # the libnet instance the store belongs to (recorded with its id)
 
     def empty(self) -> bool:
         """No network, sandbox or endpoint (damaged records count as something)."""
@@ -76,8 +77,15 @@ async def read_store(store) -> StoreContents:
         for pair in await store.list(f"libnet/v1/{prefix}/"):
             try:
                 data = model.decode(pair.value, kind)
+                _check_fields(kind, data)
                 names.append(str(data.get("name") or data.get("id") or pair.key.rsplit("/", 1)[-1]))
-            except (LibnetError, AttributeError):
+            except (LibnetError, AttributeError, TypeError, ValueError):
+                out.corrupt.append(pair.key)
+    for prefix in ("libnet/v1/names/", "libnet/v1/endpoint-ids/", "libnet/v1/ipam/local/addresses/"):
+        for pair in await store.list(prefix):  # plain values: owner ids, utf-8
+            try:
+                pair.value.decode()
+            except UnicodeDecodeError:
                 out.corrupt.append(pair.key)
     for space in ("local", "global"):  # the IPAM's pool documents, read by the first reconcile
         key = f"libnet/v1/ipam/{space}/pools"
@@ -88,12 +96,35 @@ async def read_store(store) -> StoreContents:
         except LibnetError:
             out.corrupt.append(key)
     try:
-        out.store_id = (await store.get(STORE_ID_KEY)).value.decode().strip() or None
+        sid, _, owner = (await store.get(STORE_ID_KEY)).value.decode().strip().partition("\n")
+        out.store_id, out.owner = sid.strip() or None, owner.strip() or None
     except KeyNotFound:
         out.store_id = None
     except UnicodeDecodeError:
         out.corrupt.append(STORE_ID_KEY)
     return out
+
+
+def _check_fields(kind: str, data: dict) -> None:
+    """Raise TypeError/ValueError when a decoded record cannot be used (missing
+    fields, wrong types, addresses that do not parse)."""
+    import ipaddress
+
+    from libnet.model import Endpoint, Network, Sandbox
+
+    cls = {"network": Network, "endpoint": Endpoint, "sandbox": Sandbox}[kind]
+    obj = cls.from_data(data)  # TypeError on missing fields
+    for name in ("id", "name", "network_id", "netns", "driver", "scope"):
+        if hasattr(obj, name) and not isinstance(getattr(obj, name), str):
+            raise TypeError(f"{name} is not a string")
+    for name in ("ipv4_subnet", "ipv6_subnet"):
+        if getattr(obj, name, None) is not None:
+            ipaddress.ip_network(getattr(obj, name))
+    for name in ("ipv4_gateway", "ipv6_gateway", "ipv4", "ipv6"):
+        if getattr(obj, name, None) is not None:
+            ipaddress.ip_interface(getattr(obj, name))
+    if isinstance(obj, Sandbox) and not all(isinstance(e, str) for e in obj.endpoints):
+        raise TypeError("endpoints is not a list of ids")
 
 
 def read_id_file(state_dir: str) -> str | None:
@@ -138,6 +169,15 @@ def decide(
     """The guard's decision (pure; see the module docstring)."""
     mismatch = expected is not None and contents.store_id != expected
     lost = contents.empty() or mismatch
+    if contents.owner and contents.owner != instance and not contents.empty():
+        return Verdict(
+            True,
+            lost,
+            f"refusing to start: the store {store_url} belongs to libnet instance {contents.owner}, and this "
+            f"state dir ({state_dir}) is instance {instance}. Nothing was changed. Either another agent uses "
+            "this store (give every agent its own --store), or this state dir lost its instance id: "
+            f"restore it with: echo {contents.owner} > {os.path.join(state_dir, 'instance-id')}",
+        )
     if contents.corrupt:
         more = f" (and {len(contents.corrupt) - 1} more)" if len(contents.corrupt) > 1 else ""
         return Verdict(
@@ -222,14 +262,16 @@ async def check(
         lines.append(f"the store {store_url} was another state's (store id {contents.store_id}); using it from now on")
     for line in lines:
         log.info("%s", line)
-    await _record_id(store, state_dir, contents.store_id, expected)
+    await _record_id(store, state_dir, contents, expected, instance)
     return lines
 
 
-async def _record_id(store, state_dir: str, in_store: str | None, expected: str | None) -> None:
-    """Make store and state dir agree on the store id (the store's wins when both have one)."""
+async def _record_id(store, state_dir: str, contents: StoreContents, expected: str | None, instance: str) -> None:
+    """Make store and state dir agree on the store id (the store's wins when both have one),
+    and record in the store which instance it belongs to."""
+    in_store = contents.store_id
     store_id = in_store or expected or secrets.token_hex(16)
-    if in_store != store_id:
-        await store.put(STORE_ID_KEY, store_id.encode())
+    if in_store != store_id or contents.owner != instance:
+        await store.put(STORE_ID_KEY, f"{store_id}\n{instance}".encode())
     if expected != store_id:
         write_id_file(state_dir, store_id)

@@ -443,8 +443,15 @@ class Controller:
                 await self.delete_endpoint(eid)
         if self._dns_binding is not None:
             await self._dns_binding.sandbox_deleted(sb.id)
-        if sb.owned:
-            await asyncio.to_thread(self._namespaces.delete, sb.netns)  # only if the ledger says it is ours
+        removed = not sb.owned or await asyncio.to_thread(self._namespaces.delete, sb.netns)  # ours only
+        if not removed and self._namespaces.exists(sb.netns):
+            log.warning(
+                "sandbox %s: namespace %s left in place: the state dir's namespace ledger does not record it "
+                "as this instance's (%s/netns/ missing or damaged?); remove it by hand if it is libnet's",
+                sb.id[:12],
+                sb.netns,
+                self.config.state_dir,
+            )
         sandbox_files.remove(self.config.state_dir, sb.id)
         await self.repo.delete_sandbox(sb)
         self._sandbox_locks.pop(sb.id, None)

@@ -61,6 +61,15 @@ class Repository:
         self._decoded[(kind, pair.key)] = (pair.revision, data)
         return data
 
+    def _load(self, cls: type[T], pair: Any) -> T:
+        """The stored object of a pair (``CorruptRecord`` naming the key if it cannot be one)."""
+        try:
+            return cls.from_data(self._data(pair, cls.KIND))
+        except TypeError as exc:
+            raise CorruptRecord(
+                f"the store record {pair.key} is damaged ({exc}); repair or remove it", key=pair.key
+            ) from None
+
     def store(self, scope: str) -> Store:
         return self.cluster if scope == "global" else self.local
 
@@ -77,7 +86,7 @@ class Repository:
             pair = await store.get(key)
         except KeyNotFound:
             return None
-        return cls.from_data(self._data(pair, cls.KIND))
+        return self._load(cls, pair)
 
     @staticmethod
     async def _create(store: Store, key: str, obj: Network | Endpoint | Sandbox) -> None:
@@ -155,7 +164,7 @@ class Repository:
         out: list[Network] = []
         for store in self._stores():
             pairs = await store.list(f"{P}/networks/")
-            out += [Network.from_data(self._data(pair, Network.KIND)) for pair in pairs]
+            out += [self._load(Network, pair) for pair in pairs]
             self._forget(f"{P}/networks/", Network.KIND, {p.key for p in pairs})
         return sorted(out, key=lambda n: n.name)
 
@@ -204,7 +213,7 @@ class Repository:
         prefix = f"{P}/endpoints/" + (f"{network_id}/" if network_id else "")
         for store in self._stores():
             pairs = await store.list(prefix)
-            out += [Endpoint.from_data(self._data(pair, Endpoint.KIND)) for pair in pairs]
+            out += [self._load(Endpoint, pair) for pair in pairs]
             self._forget(prefix, Endpoint.KIND, {p.key for p in pairs})
         return sorted(out, key=lambda e: (e.network_id, e.name))
 
@@ -262,7 +271,7 @@ class Repository:
     async def sandboxes(self) -> list[Sandbox]:
         pairs = await self.local.list(f"{P}/sandboxes/")
         self._forget(f"{P}/sandboxes/", Sandbox.KIND, {p.key for p in pairs})
-        return [Sandbox.from_data(self._data(p, Sandbox.KIND)) for p in pairs]
+        return [self._load(Sandbox, p) for p in pairs]
 
     async def has_sandbox(self, sandbox_id: str) -> bool:
         """Whether a sandbox with exactly this id exists."""

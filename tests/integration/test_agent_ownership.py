@@ -442,3 +442,30 @@ def test_a_store_that_lost_some_records_never_cuts_off_containers(bed: Testbed, 
         assert pings(bed, web)
     finally:
         agent.stop()
+
+
+def test_a_store_belongs_to_one_instance(bed: Testbed, tmp_path) -> None:
+    """A second agent (another state dir) pointed at a running agent's store is
+    refused, and so is an agent whose state dir lost its instance id: neither
+    may act on (and later reconcile away) the other's containers."""
+    agent = make_agent(bed, tmp_path, "own").start()
+    web = two_pinging(agent, "web", "198.51.100.0/25", "2001:db8:18::/64")
+    try:
+        kernel = owned(agent)
+        second = make_agent(bed, tmp_path, "second", store=f"sqlite://{agent.dir}/store.db")
+        r = second.run_to_exit()
+        refused(r, f"belongs to libnet instance {instance_of(agent)}")
+        assert owned(agent) == kernel and pings(bed, web)
+    finally:
+        agent.stop()
+    old = instance_of(agent)
+    os.unlink(os.path.join(agent.dir, "instance-id"))
+    r = agent.run_to_exit()
+    refused(r, f"echo {old} > {agent.dir}/instance-id")
+    with open(os.path.join(agent.dir, "instance-id"), "w") as f:
+        f.write(old + "\n")
+    agent.start()
+    try:
+        assert owned(agent) == kernel and pings(bed, web)
+    finally:
+        agent.stop()

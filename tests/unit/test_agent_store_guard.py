@@ -201,8 +201,8 @@ async def test_guard_records_the_store_id_and_names_a_damaged_record(tmp_path, m
     monkeypatch.setattr(storeguard.inventory, "scan", lambda *a: owned["inv"])
     store = MemoryStore()
     await storeguard.check(store, "memory://", str(tmp_path), INST, "n1")  # first start
-    sid = (await store.get(storeguard.STORE_ID_KEY)).value.decode()
-    assert storeguard.read_id_file(str(tmp_path)) == sid
+    sid, _, owner = (await store.get(storeguard.STORE_ID_KEY)).value.decode().partition("\n")
+    assert storeguard.read_id_file(str(tmp_path)) == sid and owner == INST
 
     owned["inv"] = _inventory()
     with pytest.raises(storeguard.StoreRefused, match="holds no libnet objects"):
@@ -216,6 +216,18 @@ async def test_guard_records_the_store_id_and_names_a_damaged_record(tmp_path, m
     with pytest.raises(storeguard.StoreRefused, match="damaged record at key libnet/v1/sandboxes/broken"):
         await storeguard.check(store, "memory://", str(tmp_path), INST, "n1")
     await store.delete("libnet/v1/sandboxes/broken")
+    bad = {**nw.to_data(), "ipv4_subnet": "not-a-subnet"}
+    await store.put(f"libnet/v1/networks/{NID}", model.encode("network", bad))
+    with pytest.raises(storeguard.StoreRefused, match=f"damaged record at key libnet/v1/networks/{NID}"):
+        await storeguard.check(store, "memory://", str(tmp_path), INST, "n1")
+    await store.put(f"libnet/v1/networks/{NID}", model.encode("network", {"id": NID}))  # fields missing
+    with pytest.raises(storeguard.StoreRefused, match=f"damaged record at key libnet/v1/networks/{NID}"):
+        await storeguard.check(store, "memory://", str(tmp_path), INST, "n1")
+    await store.put(f"libnet/v1/networks/{NID}", model.encode("network", nw.to_data()))
+    # another instance's store (a second agent pointed at it, or a lost instance-id): refused, named
+    other = tmp_path / "other"
+    with pytest.raises(storeguard.StoreRefused, match=f"belongs to libnet instance {INST}"):
+        await storeguard.check(store, "memory://", str(other), "ffffffffffff", "n1")
     await store.put("libnet/v1/ipam/local/pools", b'{"schema": 1, "kind": "network", "data": {}}')
     with pytest.raises(storeguard.StoreRefused, match="damaged record at key libnet/v1/ipam/local/pools"):
         await storeguard.check(store, "memory://", str(tmp_path), INST, "n1")
