@@ -59,7 +59,12 @@ class Client:
             conn.request(method, url, body=payload, headers={"Content-Type": "application/json"})
             resp = conn.getresponse()
             data = resp.read()
-        except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
+        except PermissionError:
+            raise Unreachable(
+                f"permission denied on the libnet agent's socket {self.path} (mode 0660).\n"
+                "  Run libnet as root (sudo libnet ...) or as a member of the socket's group."
+            ) from None
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise Unreachable(
                 f"cannot reach the libnet agent at {self.path} ({exc.strerror or exc}).\n"
                 "  Is libnet-agent running? Start it (systemctl start libnet-agent) or point --socket at it."

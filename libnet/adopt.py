@@ -315,8 +315,8 @@ def plan(
         if mark.owner not in found:
             out.skipped.append(
                 f"endpoint {mark.name or mark.owner[:12]} ({mark.owner[:12]}): its veth {veth} is plugged in, but "
-                "its sandbox is not a namespace this instance created (a runtime's own namespace?); reconcile "
-                "will remove the veth unless the sandbox is connected again"
+                "its sandbox is not a namespace this instance created (a runtime's own namespace?); the veth is "
+                "kept and keeps working, but libnet does not manage it until the sandbox is connected again"
             )
     for rec in state.sandboxes:
         eps = sorted(joined.get(rec.owner, []), key=lambda e: _ifnum(e.ifname or ""))

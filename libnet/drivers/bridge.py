@@ -57,6 +57,7 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import re
 import socket
 from collections import Counter
 from collections.abc import Callable
@@ -80,6 +81,7 @@ BRIDGE_PREFIX, VETH_PREFIX = "lnb-", "lnv"
 #: the marks of libnet before instances; re-marked by reconcile when they match a stored object
 LEGACY_NET, LEGACY_EP = "libnet:net:", "libnet:ep:"
 DEFAULT_MTU = 1500
+_IFNAME = re.compile(rf"[A-Za-z0-9_.@+-]{{1,{IFNAMSIZ}}}")
 Rules = list[tuple[str, list[dict[str, Any]]]]
 
 #: option name -> (canonical name); Docker's names are accepted too
@@ -155,9 +157,10 @@ class BridgeDriver:
             if canon is None:
                 raise InvalidOption(f"unknown bridge option {key!r}; known: bridge_name, mtu, icc", option=key)
             if canon == "bridge_name":
-                if not isinstance(value, str) or not 0 < len(value) <= IFNAMSIZ or "/" in value or " " in value:
+                if not isinstance(value, str) or not _IFNAME.fullmatch(value) or value in (".", ".."):
                     raise InvalidOption(
-                        f"bridge_name must be an interface name of 1-{IFNAMSIZ} characters",
+                        f"bridge_name must be an interface name of 1-{IFNAMSIZ} ASCII letters, digits and -_.@+ "
+                        "(the kernel's rules: no '/', ':' or spaces)",
                         option=key,
                         value=str(value),
                     )
