@@ -530,6 +530,7 @@ class Controller:
             nw = await self.repo.network(ep.network_id)
             drv = self.driver(nw.driver)
             others = [await self.repo.endpoint(e) for e in sb.endpoints]
+            await self._check_sandbox_overlap(sb, nw, others)
             used = {o.ifname for o in others}
             ifname = next(f"eth{i}" for i in range(len(used) + 1) if f"eth{i}" not in used)
             gateway = (
@@ -554,6 +555,35 @@ class Controller:
                 sb = await self.repo.update_sandbox(sb, lambda s: s.endpoints.append(ep.id))
             await self._write_files(sb)
         return ep
+
+    async def _check_sandbox_overlap(self, sb: Sandbox, nw: Network, others: list[Endpoint]) -> None:
+        """A sandbox holds one endpoint per network, and no two networks whose
+        subnets overlap: the kernel would route by the first matching route, so
+        a name could resolve to one network's address and the packet leave by
+        the other's interface (another container answers)."""
+        mine = [ipaddress.ip_network(s) for s in (nw.ipv4_subnet, nw.ipv6_subnet) if s]
+        for other in others:
+            if other.network_id == nw.id:
+                raise Conflict(
+                    f"sandbox {sb.id[:12]} is already on network {nw.name} (endpoint {other.name})",
+                    sandbox_id=sb.id,
+                    network_id=nw.id,
+                    endpoint_id=other.id,
+                )
+            theirs = await self.repo.network(other.network_id)
+            for subnet in (theirs.ipv4_subnet, theirs.ipv6_subnet):
+                if subnet and any(
+                    m.version == ipaddress.ip_network(subnet).version and m.overlaps(ipaddress.ip_network(subnet))
+                    for m in mine
+                ):
+                    raise Conflict(
+                        f"network {nw.name} overlaps network {theirs.name} ({subnet}) that sandbox {sb.id[:12]} "
+                        "is already on: its addresses would be ambiguous inside the sandbox",
+                        sandbox_id=sb.id,
+                        network_id=nw.id,
+                        overlaps=theirs.id,
+                        subnet=subnet,
+                    )
 
     @operation
     async def leave(self, endpoint: str, sandbox: str | None = None) -> Endpoint:

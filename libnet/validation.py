@@ -43,3 +43,20 @@ def check_bool(value: object, what: str) -> bool:
     if not isinstance(value, bool):
         raise InvalidOption(f"{what} must be true or false", option=what, value=str(value))
     return value
+
+
+def check_int(value: object, what: str, lo: int, hi: int, hint: str = "") -> int:
+    """An integer in ``lo..hi``: an int, or a string of decimal digits (Docker's
+    options are strings).  Floats, booleans, ``"1e3"``, infinities are refused,
+    never truncated."""
+    if isinstance(value, bool):
+        n = None
+    elif isinstance(value, int):
+        n = value
+    elif isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 12:
+        n = int(value.strip())
+    else:
+        n = None
+    if n is None or not lo <= n <= hi:
+        raise InvalidOption(f"{what} must be a whole number {lo}..{hi}{hint}", option=what, value=str(value)[:64])
+    return n

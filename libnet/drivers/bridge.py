@@ -71,6 +71,7 @@ from libnet.kernel.firewall import Firewall, internal_rules, isolation_rules, ma
 from libnet.kernel.netlink import IFNAMSIZ, Link, Netlink
 from libnet.ownership import Mark
 from libnet.rollback import Rollback
+from libnet.validation import check_int
 
 T = TypeVar("T")
 log = logging.getLogger("libnet.drivers.bridge")
@@ -166,15 +167,7 @@ class BridgeDriver:
                     )
                 out["bridge_name"] = value
             elif canon == "mtu":
-                try:
-                    mtu = int(value)
-                except (TypeError, ValueError):
-                    raise InvalidOption("mtu must be a number", option=key, value=str(value)) from None
-                if isinstance(value, bool) or not 1280 <= mtu <= 65535:
-                    raise InvalidOption(
-                        "mtu must be 1280..65535 (IPv6 needs at least 1280)", option=key, value=str(value)
-                    )
-                out["mtu"] = mtu
+                out["mtu"] = check_int(value, "mtu", 1280, 65535, " (IPv6 needs at least 1280)")
             else:
                 out["icc"] = _bool(key, value)
         return out

@@ -122,6 +122,11 @@ async def test_every_route(client) -> None:
         ("GET", "/v1/endpoints?colour=red", None, 400, "unknown query"),
         ("DELETE", "/v1/sandboxes/nope", None, 404, "no such sandbox"),
         ("GET", "/v1/nothing-here", None, 404, "Not Found"),
+        ("POST", "/v1/networks", b'{"name": "x", "options": {"mtu": Infinity}}', 400, "not a JSON number"),
+        ("POST", "/v1/networks", b'{"name": "x", "options": {"mtu": NaN}}', 400, "not a JSON number"),
+        ("POST", "/v1/networks", b'{"name": "x", "options": {"mtu": 1e400}}', 400, "out of range"),
+        ("POST", "/v1/networks", b'{"name": "x", "labels": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "nested"),
+        ("POST", "/v1/networks", b'{"name": "x", "labels": ' + b"[" * 20 + b"]" * 20 + b"}", 400, "nested"),
     ],
 )
 async def test_bad_requests_get_clear_errors_and_change_nothing(client, method, path, body, status, says) -> None:

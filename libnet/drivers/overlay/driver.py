@@ -77,6 +77,7 @@ from libnet.kernel import netns, rtnl
 from libnet.kernel.netlink import Netlink
 from libnet.ownership import NamespaceLedger
 from libnet.store.base import Store
+from libnet.validation import check_int
 
 log = logging.getLogger("libnet.drivers.overlay")
 VNI_MIN, VNI_MAX = 256, (1 << 24) - 1
@@ -225,14 +226,8 @@ class OverlayDriver:
         for key, value in options.items():
             if key not in out:
                 raise InvalidOption(f"unknown overlay option {key!r}; known: vni, mtu", option=key)
-            try:
-                n = int(value)
-            except (TypeError, ValueError):
-                raise InvalidOption(f"{key} must be a number", option=key) from None
             lo, hi = (VNI_MIN, VNI_MAX) if key == "vni" else (1280, 65535)
-            if isinstance(value, bool) or not lo <= n <= hi:
-                raise InvalidOption(f"{key} must be {lo}..{hi}", option=key, value=str(value))
-            out[key] = n
+            out[key] = check_int(value, key, lo, hi)
         return out
 
     def ns_name(self, vni: int) -> str:
