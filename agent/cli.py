@@ -13,6 +13,7 @@ import json
 import socket
 import sys
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -230,10 +231,8 @@ def network_inspect(ctx, refs, as_json) -> None:
 @click.argument("refs", nargs=-1, required=True)
 @click.pass_context
 def network_rm(ctx, refs) -> None:
-    """Remove networks (they must have no endpoints)."""
-    for r in refs:
-        _client(ctx).request("DELETE", f"/v1/networks/{r}")
-        click.echo(r)
+    """Remove networks (they must have no endpoints); tries them all, like docker network rm."""
+    _remove_each(ctx, "network", refs, lambda r: f"/v1/networks/{urllib.parse.quote(r, safe='')}")
 
 
 # --- connect ----------------------------------------------------------------------
@@ -328,10 +327,8 @@ def sandbox_ls(ctx, as_json) -> None:
 @click.argument("refs", nargs=-1, required=True)
 @click.pass_context
 def sandbox_rm(ctx, refs) -> None:
-    """Remove sandboxes (disconnecting their endpoints)."""
-    for r in refs:
-        _client(ctx).request("DELETE", f"/v1/sandboxes/{r}")
-        click.echo(r)
+    """Remove sandboxes (disconnecting their endpoints); tries them all."""
+    _remove_each(ctx, "sandbox", refs, lambda r: f"/v1/sandboxes/{urllib.parse.quote(r, safe='')}")
 
 
 # --- endpoints, nodes, agent ------------------------------------------------------
@@ -409,17 +406,23 @@ def endpoint_inspect(ctx, refs, network_ref, as_json) -> None:
 @click.pass_context
 def endpoint_rm(ctx, refs, network_ref) -> None:
     """Remove endpoints, freeing their names and addresses (a joined one leaves its sandbox first)."""
+    _remove_each(ctx, "endpoint", refs, lambda r: _endpoint_url(r, network_ref, force="1"))
+
+
+def _remove_each(ctx: click.Context, what: str, refs: tuple[str, ...], url: Callable[[str], str]) -> None:
+    """DELETE each ref, printing the removed ones and the errors of the others;
+    exit 1 if any failed (an unreachable agent stops at once, exit 3)."""
     failed = []
     for r in refs:
         try:
-            _client(ctx).request("DELETE", _endpoint_url(r, network_ref, force="1"))
+            _client(ctx).request("DELETE", url(r))
         except AgentError as exc:
-            err_console.print(f"libnet: endpoint {r}: {exc.message}", markup=False, highlight=False)
+            err_console.print(f"libnet: {what} {r}: {exc.message}", markup=False, highlight=False)
             failed.append(r)
             continue
         click.echo(r)
     if failed:
-        raise AgentError(f"{len(failed)} of {len(refs)} endpoint(s) not removed: {', '.join(failed)}")
+        raise AgentError(f"{len(failed)} of {len(refs)} {what}(s) not removed: {', '.join(failed)}")
 
 
 @cli.group()

@@ -473,3 +473,20 @@ def test_cli_endpoint_inspect_and_rm(served) -> None:
     assert joined.id not in {e.id for e in call(ctl.endpoints())}
     r = runner.invoke(cli, ["--socket", path + ".gone", "endpoint", "rm", "x"])
     assert r.exit_code == 3 and "cannot reach the libnet agent" in r.output
+
+
+def test_cli_network_rm_tries_every_name(served) -> None:
+    """``network rm a b c`` removes what it can and reports each failure (issue 14, fault 8)."""
+    path, ctl, call = served
+    for name, subnet in (("a", "198.51.100.0/26"), ("b", "198.51.100.64/26"), ("c", "198.51.100.128/26")):
+        call(ctl.create_network(name, ipv4_subnet=subnet, ipv6=False))
+    sb = call(ctl.create_sandbox("s1"))
+    call(ctl.connect("b", sb.id))
+    runner = CliRunner()
+    r = runner.invoke(cli, ["--socket", path, "network", "rm", "a", "b", "nope", "c"])
+    assert r.exit_code == 1, r.output
+    assert "a\n" in r.output and "c\n" in r.output and "network b: network b still has endpoints" in r.output
+    assert "network nope: no such network" in r.output and "2 of 4 network(s) not removed: b, nope" in r.output
+    assert [n.name for n in call(ctl.networks())] == ["b"]
+    r = runner.invoke(cli, ["--socket", path, "network", "rm"])
+    assert r.exit_code == 2  # usage error
