@@ -11,8 +11,8 @@ opened and before anything else reads or changes them:
   :data:`STORE_ID_KEY` in the local store and in ``<state_dir>/store-id``.
   A store without the id the state dir expects is not the store this
   instance ran with.
-- **lost store**: the local store holds no network, sandbox or endpoint, or
-  lacks the expected id, while the instance owns marked kernel objects
+- **lost store**: the local store lacks the expected id (or, with no id
+  expected, is empty and has none), while the instance owns marked kernel objects
   (:func:`libnet.inventory.scan`): the agent refuses to start and names the
   store, what it found, and the two ways on: ``--adopt`` (rebuild the store
   from the kernel, :mod:`libnet.adopt`) or ``--purge`` (remove all of the
@@ -22,7 +22,10 @@ opened and before anything else reads or changes them:
   key); nothing is changed.
 
 With no kernel objects at stake an empty or new store is simply used (and
-given the state dir's id).  The ids are written only after an adopt or purge
+given the state dir's id).  An empty store that carries the expected id is
+the store this instance ran with (e.g. its first network's create was cut
+short): it is used, and reconcile -- which never removes what containers
+use -- cleans up.  The ids are written only after an adopt or purge
 finished, so an adopt cut short is refused again, and can be run again
 (adopting keeps what is already stored).
 """
@@ -168,7 +171,10 @@ def decide(
 ) -> Verdict:
     """The guard's decision (pure; see the module docstring)."""
     mismatch = expected is not None and contents.store_id != expected
-    lost = contents.empty() or mismatch
+    # Empty but carrying the expected id: the store this instance ran with, merely
+    # with nothing in it (a first network's create cut short, or records lost
+    # after the id was written -- reconcile keeps whatever containers use).
+    lost = mismatch or (contents.empty() and contents.store_id is None)
     if contents.owner and contents.owner != instance and not contents.empty():
         return Verdict(
             True,

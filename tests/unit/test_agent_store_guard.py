@@ -177,7 +177,8 @@ def test_guard_decisions() -> None:
         return storeguard.decide("sqlite:///x/store.db", "/st", INST, contents, expected, owned or _inventory(), **kw)
 
     assert not decide(_contents(True)).refuse  # the expected store, with objects
-    v = decide(_contents(False))  # empty store, owned objects
+    assert not decide(_contents(False)).refuse  # empty, but the expected store (a create cut short)
+    v = decide(_contents(False, None))  # empty store without an id, owned objects
     assert v.refuse and "sqlite:///x/store.db" in v.message and "holds no libnet objects" in v.message
     assert "--adopt" in v.message and "--purge" in v.message and "lnb-11111111111" in v.message
     assert "4 nftables rules" in v.message and "1 namespace (lns-0a1b2c-aaaa)" in v.message
@@ -187,8 +188,8 @@ def test_guard_decisions() -> None:
     assert not decide(_contents(False), owned=_inventory(empty=True)).refuse  # nothing at stake
     assert not decide(_contents(False, None), expected=None, owned=_inventory(empty=True)).refuse  # a first start
     assert decide(_contents(False, None), expected=None).refuse  # no id anywhere, but owned objects
-    assert not decide(_contents(False), adopt=True).refuse
-    assert not decide(_contents(False), purge=True).refuse
+    assert not decide(_contents(False, None), adopt=True).refuse
+    assert not decide(_contents(False, None), purge=True).refuse
     v = decide(_contents(True), purge=True)
     assert v.refuse and "--purge refused" in v.message and "1 networks" in v.message
     damaged = storeguard.StoreContents({"networks": []}, ["libnet/v1/networks/abc"], "s1")
