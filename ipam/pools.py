@@ -122,14 +122,21 @@ class OverlapIndex:
         self._starts = [e for e in self._starts if e[3] != holder]
 
 
+#: routes shorter than this are a default route in disguise, not a claim on a pool:
+#: full-tunnel VPNs install 0.0.0.0/1 + 128.0.0.0/1 (and ::/1 + 8000::/1) to win over
+#: the default route without replacing it (the trade-off of moby#46615)
+MIN_CLAIMING_PREFIX = 8
+
+
 def route_networks(routes: Iterable[str]) -> list[Network]:
-    """Host routes as networks, without default routes (they overlap everything)."""
+    """Host routes that claim address space, as networks: without default routes
+    and without routes shorter than /8 (see :data:`MIN_CLAIMING_PREFIX`)."""
     out = []
     for r in routes:
         try:
             net = ipaddress.ip_network(r, strict=False)
         except ValueError:
             continue
-        if net.prefixlen > 0:
+        if net.prefixlen >= MIN_CLAIMING_PREFIX:
             out.append(net)
     return out

@@ -61,6 +61,17 @@ async def test_local_defaults_skip_host_routes() -> None:
     assert (await ipam.request_pool("global")).subnet == "10.0.0.0/24"  # host routes are a local matter
 
 
+async def test_full_tunnel_vpn_halves_are_no_claim_on_default_pools() -> None:
+    """Issue 14, fault 4: 0.0.0.0/1 + 128.0.0.0/1 (and ::/1 + 8000::/1) are a
+    default route in disguise; a real /8 route still counts."""
+    vpn = ["0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1", "172.16.0.0/12"]
+    ipam = new(IpamConfig(host_routes=lambda: vpn[:4]))
+    assert (await ipam.request_pool("local")).subnet == "172.17.0.0/16"
+    assert (await ipam.request_pool("local", v6=True)).subnet.startswith("fd")
+    ipam = new(IpamConfig(host_routes=lambda: vpn))
+    assert (await ipam.request_pool("local")).subnet.startswith("192.168.")
+
+
 async def test_exhausted_default_pools_say_how_to_add_more() -> None:
     ipam = new(IpamConfig(local_v4=[PoolSpec("198.51.100.0/24", 25)]))
     await ipam.request_pool("local")
