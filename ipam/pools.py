@@ -73,7 +73,32 @@ def parse_subnet(cidr: object, v6: bool | None = None, what: str = "pool") -> Ne
         raise InvalidSubnet(
             f"{what} {cidr!r} is too small: /31, /32, /127 and /128 leave no usable addresses", pool=cidr
         )
+    why = unusable(net)
+    if why:
+        raise InvalidSubnet(f"{what} {cidr} cannot carry containers: {why}", pool=cidr)
     return net
+
+
+def unusable(net: Network) -> str | None:
+    """Why a subnet cannot be a network's (None if it can): addresses the kernel
+    or the protocols reserve for something else (RFC 6890's special ranges)."""
+    if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(ipaddress.ip_network("::ffff:0:0/96")):
+        return "IPv4-mapped IPv6 addresses (::ffff:0:0/96) are not routable; use the IPv4 subnet"
+    checks = (
+        ("is_loopback", "it is loopback (127.0.0.0/8, ::1): the host's own, never forwarded"),
+        ("is_multicast", "it is multicast (224.0.0.0/4, ff00::/8): group addresses, not interfaces'"),
+        ("is_link_local", "it is link-local (169.254.0.0/16, fe80::/10): never forwarded by routers"),
+        ("is_unspecified", "it holds the unspecified address (0.0.0.0, ::)"),
+    )
+    for attr, why in checks:
+        first, last = net.network_address, net.broadcast_address
+        if getattr(first, attr) or getattr(last, attr) or getattr(net, attr):
+            return why
+    if net.version == 4 and net.overlaps(ipaddress.ip_network("0.0.0.0/8")):
+        return "0.0.0.0/8 means 'this network' (RFC 1122), never a destination"
+    if net.version == 4 and net.overlaps(ipaddress.ip_network("240.0.0.0/4")):
+        return "240.0.0.0/4 is reserved (and 255.255.255.255 is broadcast)"
+    return None
 
 
 def usable_range(net: Network) -> tuple[int, int]:

@@ -261,3 +261,25 @@ async def test_isolated_pools_may_overlap_each_other_but_not_shared_ones() -> No
     await ipam.release_pool(a.id)
     assert [x.address for x in await ipam.audit(b.id)] == ["198.51.100.1/24", "198.51.100.2/24"]
     assert shared.id == "global/198.51.101.0/24"
+
+
+@pytest.mark.parametrize(
+    ("subnet", "says"),
+    [
+        ("127.0.0.0/8", "loopback"),
+        ("224.0.0.0/24", "multicast"),
+        ("169.254.0.0/16", "link-local"),
+        ("fe80::/64", "link-local"),
+        ("::ffff:198.51.100.0/120", "IPv4-mapped"),
+        ("ff02::/64", "multicast"),
+        ("0.0.0.0/8", "unspecified"),
+        ("::/64", "unspecified"),
+        ("240.0.0.0/8", "reserved"),
+    ],
+)
+async def test_subnets_that_cannot_carry_containers_are_refused(subnet: str, says: str) -> None:
+    """Issue 14, fault 3: refused with the reason, as a bad request, nothing written."""
+    ipam = new()
+    with pytest.raises(InvalidSubnet, match=says):
+        await ipam.request_pool("local", subnet, v6=":" in subnet)
+    assert await ipam.pools("local") == []
