@@ -32,6 +32,9 @@ OPT_OWNER = "owner"  # who the pool / address belongs to (network / endpoint id)
 OPT_ISOLATED = "isolated"  # the pool's network is its own address domain: it may overlap other isolated pools
 #: the libnet instance making the request (recorded with the pool / address, see Allocation.instance)
 OPT_INSTANCE = "instance"
+#: request_pool: accept an explicit local subnet that overlaps a host route (adopting or
+#: restoring a network whose own bridge route is there; or the operator insists)
+OPT_OVER_ROUTES = "over_host_routes"
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ from ipam.api import (
     OPT_GATEWAY,
     OPT_INSTANCE,
     OPT_ISOLATED,
+    OPT_OVER_ROUTES,
     OPT_OWNER,
     REQUEST_ADDRESS_TYPE,
     SPACES,
@@ -175,6 +176,17 @@ class StoreIpam:
         _check_reservations(explicit, options)
         ula = await self._ula48(space) if explicit is None and v6 and not self.config.v6_pools else None
         routes = P.route_networks(self.config.host_routes()) if space == LOCAL and self.config.host_routes else []
+        if explicit is not None and routes and not options.get(OPT_OVER_ROUTES):
+            # a subnet the host already routes elsewhere (its uplink, a VPN, a kept bridge of a
+            # network the store lost, another program's bridge): containers could not reach it
+            clash = next((r for r in routes if r.version == explicit.version and r.overlaps(explicit)), None)
+            if clash is not None:
+                raise PoolOverlap(
+                    f"subnet {explicit} overlaps the host's route to {clash}: addresses there would be "
+                    "ambiguous on this host; choose another subnet",
+                    pool=str(explicit),
+                    route=str(clash),
+                )
         chosen: dict[str, Any] = {}
 
         isolated = bool(options.get(OPT_ISOLATED))

@@ -439,7 +439,7 @@ async def _write_network(nw: Network, repo, ipam, instance: str) -> None:
         for v6, subnet, gw in ((False, nw.ipv4_subnet, nw.ipv4_gateway), (True, nw.ipv6_subnet, nw.ipv6_gateway)):
             if not subnet:
                 continue
-            opts = {"owner": nw.id, "instance": instance}
+            opts = {"owner": nw.id, "instance": instance, "over_host_routes": True}  # its own bridge's route
             if gw:
                 opts["gateway"] = str(ipaddress.ip_interface(gw).ip)
             pool = await ipam.request_pool("local", subnet, options=opts, v6=v6)

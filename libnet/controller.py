@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from contextlib import suppress
 from typing import Any
 
-from ipam.api import OPT_GATEWAY, OPT_INSTANCE, OPT_ISOLATED, OPT_OWNER
+from ipam.api import OPT_GATEWAY, OPT_INSTANCE, OPT_ISOLATED, OPT_OVER_ROUTES, OPT_OWNER
 from libnet import sandbox_files
 from libnet.config import Config
 from libnet.dns.binding import DnsBinding
@@ -770,6 +770,7 @@ class Controller:
                 )
             elif await asyncio.to_thread(self._namespaces.delete, path):
                 report.removed.append(f"sandbox namespace {path} of no sandbox")
+        await self._restore_reservations(report)
         await self._free_orphans(report, set(report.kept))
         for line in report.removed + report.repaired:
             log.warning("reconcile: %s", line)
@@ -824,6 +825,73 @@ class Controller:
             if want != sb.endpoints:
                 await self.repo.update_sandbox(sb, lambda s, w=want: setattr(s, "endpoints", w))
                 report.repaired.append(f"endpoint list of sandbox {sb.id[:12]}")
+
+    async def _restore_reservations(self, report: ReconcileReport) -> None:
+        """Re-reserve what the stored networks and endpoints hold but the store
+        lost the reservation of (a deleted key, a restored backup): their pools,
+        addresses and names.  Otherwise the next create would hand a live
+        network's subnet, a live container's address or a taken name out again."""
+        pools = {p.pool_id for p in await self._ipam.pool_owners()}
+        held = {(a.pool_id, a.address.split("/")[0]) for a in await self._ipam.audit()}
+        names = {p.key for store in self.repo.stores() for p in await store.list("libnet/v1/names/")}
+        networks = {n.id: n for n in await self.repo.networks()}
+        for nw in networks.values():
+            if nw.removing:
+                continue
+            space = "global" if nw.scope == "global" else "local"
+            isolated = self.driver(nw.driver).capabilities().own_addressing if nw.driver in self._drivers else False
+            for v6, pool_id, subnet, gw in (
+                (False, nw.ipv4_pool, nw.ipv4_subnet, nw.ipv4_gateway),
+                (True, nw.ipv6_pool, nw.ipv6_subnet, nw.ipv6_gateway),
+            ):
+                if not pool_id or not subnet or pool_id in pools:
+                    continue
+                opts: dict[str, Any] = {OPT_OWNER: nw.id, OPT_INSTANCE: nw.instance, OPT_OVER_ROUTES: True}
+                if gw:
+                    opts[OPT_GATEWAY] = str(ipaddress.ip_interface(gw).ip)
+                if isolated:
+                    opts[OPT_ISOLATED] = True
+                try:
+                    pool = await self._ipam.request_pool(space, subnet, options=opts, v6=v6)
+                except LibnetError as exc:
+                    report.missing.append(
+                        f"network {nw.name}: its IPAM pool {pool_id} is lost and cannot be restored: {exc}"
+                    )
+                    continue
+                report.repaired.append(f"IPAM pool {pool.id} of network {nw.name} restored")
+                pools.add(pool.id)
+                held |= {(a.pool_id, a.address.split("/")[0]) for a in await self._ipam.audit(pool.id)}
+            key = self.repo.network_name_key(nw.name)
+            if key not in names:
+                await self._restore_name(report, self.repo.store(nw.scope), key, nw.id, "network", nw.name, nw.instance)
+        for ep in await self.repo.endpoints():
+            nw = networks.get(ep.network_id)
+            if nw is None or ep.removing:
+                continue
+            for pool_id, cidr in ((nw.ipv4_pool, ep.ipv4), (nw.ipv6_pool, ep.ipv6)):
+                if not pool_id or not cidr or (pool_id, cidr.split("/")[0]) in held:
+                    continue
+                try:
+                    await self._ipam.request_address(
+                        pool_id, cidr.split("/")[0], {OPT_OWNER: ep.id, OPT_INSTANCE: ep.instance}
+                    )
+                    report.repaired.append(f"address {cidr} of endpoint {ep.name} ({ep.id[:12]}) reserved again")
+                except LibnetError as exc:
+                    report.missing.append(f"endpoint {ep.name}: its address {cidr} cannot be reserved again: {exc}")
+            key = self.repo.endpoint_name_key(nw.id, ep.name)
+            if key not in names:
+                await self._restore_name(
+                    report, self.repo.store(nw.scope), key, ep.id, "endpoint", ep.name, ep.instance
+                )
+
+    async def _restore_name(
+        self, report: ReconcileReport, store: Any, key: str, owner: str, what: str, name: str, instance: str
+    ) -> None:
+        try:
+            await self.repo.reserve_name(store, key, owner, what, name, instance)
+            report.repaired.append(f"{what} name {name} reserved again")
+        except LibnetError as exc:
+            report.missing.append(f"{what} {name} ({owner[:12]}): its name cannot be reserved again: {exc}")
 
     async def _free_orphans(self, report: ReconcileReport, kept: set[str]) -> None:
         """Free this instance's pools, addresses and names whose owner is gone --

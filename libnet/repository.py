@@ -76,6 +76,10 @@ class Repository:
     def _stores(self) -> list[Store]:
         return [self.local] if self.cluster is self.local else [self.local, self.cluster]
 
+    def stores(self) -> list[Store]:
+        """The local store, and the cluster store if it is another one."""
+        return self._stores()
+
     def _forget(self, prefix: str, kind: str, present: set[str]) -> None:
         """Drop cached documents of keys that a full listing no longer shows."""
         for cached in [k for k in self._decoded if k[0] == kind and k[1].startswith(prefix) and k[1] not in present]:

@@ -215,3 +215,32 @@ async def test_an_endpoint_without_its_id_index_is_still_rolled_back(tmp_path) -
     assert await again.endpoints() == [], report
     assert not report.missing
     assert (await again.create_endpoint("front", "half")).ipv4 == ep.ipv4
+
+
+@pytest.mark.parametrize("lost", ["libnet/v1/ipam/local/pools", "libnet/v1/ipam/local/addresses/", "libnet/v1/names/"])
+async def test_lost_reservations_are_restored_from_the_records(tmp_path, lost: str) -> None:
+    """A store that lost its IPAM or name keys while the network and endpoint
+    records survive: reconcile reserves them again, so nothing live is handed
+    out twice (a subnet, an address and MAC, a name)."""
+    store = MemoryStore()
+    ctl = _controller(tmp_path, store)
+    await ctl.start()
+    await ctl.create_network("web", ipv4_subnet="198.51.100.0/26", ipv6_subnet="2001:db8:1::/64")
+    sb = await ctl.create_sandbox()
+    live = await ctl.connect("web", sb.id, name="w1")
+    for pair in await store.list(lost):
+        await store.delete(pair.key)
+    again = await _restart(tmp_path, ctl)
+    report = await again.reconcile()
+    assert report.repaired and not report.removed, report
+    from libnet.errors import NameInUse, PoolOverlap
+
+    with pytest.raises(PoolOverlap):
+        await again.create_network("dup", ipv4_subnet="198.51.100.0/26")
+    with pytest.raises(NameInUse):
+        await again.create_network("web", ipv4_subnet="198.51.100.64/26")
+    other = await again.connect("web", (await again.create_sandbox()).id, name="w2")
+    assert other.ipv4 != live.ipv4 and other.ipv6 != live.ipv6 and other.mac != live.mac
+    with pytest.raises(NameInUse):
+        await again.create_endpoint("web", "w1")
+    assert not (await again.reconcile()).repaired  # nothing left to restore

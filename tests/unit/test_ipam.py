@@ -283,3 +283,17 @@ async def test_subnets_that_cannot_carry_containers_are_refused(subnet: str, say
     with pytest.raises(InvalidSubnet, match=says):
         await ipam.request_pool("local", subnet, v6=":" in subnet)
     assert await ipam.pools("local") == []
+
+
+async def test_explicit_subnets_over_a_host_route_are_refused() -> None:
+    """Issue 14, fault 3/4: a subnet the host already routes (its uplink, a VPN, the kept bridge
+    of a network the store lost) is refused naming the route; adopt/restore may insist."""
+    ipam = new(IpamConfig(host_routes=lambda: ["203.0.113.0/24", "198.51.100.64/26", "0.0.0.0/1"]))
+    with pytest.raises(PoolOverlap, match=r"198\.51\.100\.64/26"):
+        await ipam.request_pool("local", "198.51.100.0/24")
+    with pytest.raises(PoolOverlap, match=r"203\.0\.113\.0/24"):
+        await ipam.request_pool("local", "203.0.113.128/25")
+    assert (await ipam.request_pool("local", "198.51.100.0/26")).subnet == "198.51.100.0/26"
+    pool = await ipam.request_pool("local", "198.51.100.64/26", options={"over_host_routes": True})
+    assert pool.subnet == "198.51.100.64/26"
+    assert (await ipam.request_pool("global", "203.0.113.0/24")).subnet == "203.0.113.0/24"  # not local
