@@ -219,10 +219,15 @@ def decide(
         lost,
         f"refusing to start: {what},\n"
         f"  but this libnet instance ({instance}) owns {owned.summary()} in the kernel;\n"
-        "  running on this store would remove them. Nothing was changed. If --store is mistyped, fix it;\n"
-        "  otherwise choose one:\n"
-        "    libnet-agent --adopt   rebuild the store from the kernel (bridge networks, sandboxes, endpoints)\n"
-        "    libnet-agent --purge   remove all of this instance's objects from the kernel, then start empty",
+        "  running on this store could cut them off. Nothing was changed. If --store is mistyped, fix it;\n"
+        + (
+            "  otherwise choose one:\n"
+            "    libnet-agent --adopt   rebuild the store from the kernel (bridge networks, sandboxes, endpoints)\n"
+            "    libnet-agent --purge   remove all of this instance's objects from the kernel, then start empty"
+            if contents.empty()
+            else "  otherwise, if this is the right store (only its id was lost), start with\n"
+            "    libnet-agent --adopt   keep what the store holds and add what the kernel has beyond it"
+        ),
     )
 
 
