@@ -242,15 +242,20 @@ def _port(spec: str) -> dict[str, Any]:
     proto = "tcp"
     if "/" in spec:
         spec, proto = spec.rsplit("/", 1)
-    parts = spec.split(":")
+    parts = spec.rsplit(":", 2) if spec.count(":") <= 2 else [spec]
     try:
+        if len(parts) == 1:  # CONTAINER: any free host port
+            return {"host_port": 0, "container_port": int(parts[0]), "protocol": proto}
         if len(parts) == 2:
             return {"host_port": int(parts[0]), "container_port": int(parts[1]), "protocol": proto}
-        if len(parts) == 3:
-            return {"host_ip": parts[0], "host_port": int(parts[1]), "container_port": int(parts[2]), "protocol": proto}
+        if len(parts) == 3:  # IP:HOST:CONTAINER, IP::CONTAINER
+            host = int(parts[1]) if parts[1] else 0
+            return {"host_ip": parts[0], "host_port": host, "container_port": int(parts[2]), "protocol": proto}
     except ValueError:
         pass
-    raise click.BadParameter(f"a port is HOST:CONTAINER[/tcp|udp] or IP:HOST:CONTAINER, got {spec!r}")
+    raise click.BadParameter(
+        f"a port is [[IP:]HOST:]CONTAINER[/tcp|udp] (no HOST, or IP::CONTAINER: any free port), got {spec!r}"
+    )
 
 
 @cli.command()
@@ -261,7 +266,9 @@ def _port(spec: str) -> dict[str, Any]:
 @click.option("--ip6", help="IPv6 address")
 @click.option("--alias", multiple=True, help="DNS alias (repeatable)")
 @click.option("--service", multiple=True, help="NAME:PORT[/tcp|udp], published as a DNS SRV record (repeatable)")
-@click.option("-p", "--publish", multiple=True, help="HOST:CONTAINER[/tcp|udp] (repeatable)")
+@click.option(
+    "-p", "--publish", multiple=True, help="[[IP:]HOST:]CONTAINER[/tcp|udp]; without HOST a free port (repeatable)"
+)
 @click.pass_context
 def connect(ctx, network_ref, sandbox, name, ip, ip6, alias, service, publish) -> None:
     """Connect a sandbox to a network."""

@@ -108,6 +108,11 @@ class Controller:
         )
         self._store, self._cluster, self._ipam, self._drivers, self._namespaces, self._dns, self._owned_stores = parts
         self._repo = Repository(self._store, self._cluster)
+        from libnet.namespaces import KernelNamespaces
+        from libnet.ports import PortRegistry
+
+        real = isinstance(self._namespaces, KernelNamespaces)  # fakes: no host to probe for listeners
+        self._ports = PortRegistry(self._store, self.config.host_netns, None if real else (lambda pm: True))
         if self._dns is not None:
             self._dns_binding = DnsBinding(self._dns, self._repo)
             for drv in self._drivers.values():
@@ -331,6 +336,10 @@ class Controller:
             key = self.repo.endpoint_name_key(nw.id, name)
             await self.repo.reserve_name(store, key, ep.id, "endpoint", name, self.instance)
             undo.push(lambda: store.delete(key), "free endpoint name")
+            if mappings:
+                mappings = await self._ports.reserve(ep.id, mappings)
+                undo.push(lambda: self._ports.release(ep.id, mappings), "free host ports")
+                ep.ports = [m.__dict__ for m in mappings]
             for pool, wanted, attr in ((nw.ipv4_pool, ipv4, "ipv4"), (nw.ipv6_pool, ipv6, "ipv6")):
                 if not pool:
                     continue
@@ -383,6 +392,8 @@ class Controller:
         for pool, addr in ((nw.ipv4_pool, ep.ipv4), (nw.ipv6_pool, ep.ipv6)):
             if pool and addr:
                 await self._release(pool, addr, ep.id)
+        if ep.ports:
+            await self._ports.release(ep.id, [PortMapping(**p) for p in ep.ports])
         await self.repo.delete_endpoint(nw, ep)
 
     # --- sandboxes --------------------------------------------------------------
@@ -921,6 +932,8 @@ class Controller:
             ):
                 await self._release(alloc.pool_id, alloc.address, alloc.owner)
                 report.removed.append(f"address {alloc.address} of no endpoint")
+        for proto, port, holder in await self._ports.orphans(set(endpoints) | kept):
+            report.removed.append(f"host port {port}/{proto} of no endpoint ({holder[:12]})")
         for key in await self.repo.stale_names(networks | kept, set(endpoints) | kept, me):
             report.removed.append(f"name reservation {key.rsplit('/', 1)[-1]}")
 
@@ -943,12 +956,14 @@ def _port(p: PortMapping | dict) -> PortMapping:
         if not isinstance(p, dict) or set(p) - {"host_port", "container_port", "protocol", "host_ip"}:
             raise InvalidOption("a port is {host_port, container_port, protocol, host_ip}", port=str(p))
         try:
-            pm = PortMapping(**p)
+            pm = PortMapping(**{"host_port": 0, **p})
         except TypeError:
-            raise InvalidOption("a port needs host_port and container_port", port=str(p)) from None
-    for port in (pm.host_port, pm.container_port):
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise InvalidOption(f"invalid port {port!r}: 1..65535", port=str(port))
+            raise InvalidOption(
+                "a port needs container_port (and host_port, 0 or left out: any free one)", port=str(p)
+            ) from None
+    for port, lowest in ((pm.host_port, 0), (pm.container_port, 1)):  # host port 0: pick a free one
+        if isinstance(port, bool) or not isinstance(port, int) or not lowest <= port < 65536:
+            raise InvalidOption(f"invalid port {port!r}: {lowest}..65535", port=str(port))
     if pm.protocol not in ("tcp", "udp"):
         raise InvalidOption("protocol must be tcp or udp", protocol=str(pm.protocol))
     if pm.host_ip is not None:

@@ -82,3 +82,36 @@ async def test_a_sandbox_never_joins_two_overlapping_networks(tmp_path, first: s
     assert await ctl.endpoints("two") == []
     await ctl.connect("three", sb.id)  # no overlap: fine
     await ctl.close()
+
+
+async def test_a_host_port_has_one_holder(ctl: Controller) -> None:
+    """Issue 14, fault 1: a published host port is a Conflict naming its holder,
+    also twice in one request; released with the endpoint; 0 picks a free one."""
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    a = await ctl.connect(
+        "front", (await ctl.create_sandbox()).id, name="a", ports=[{"host_port": 8080, "container_port": 80}]
+    )
+    b_sb = await ctl.create_sandbox()
+    before = [(p.key, p.value) for p in await ctl._store.list("libnet/")]
+    with pytest.raises(Conflict, match=f"already published by endpoint {a.id[:12]}"):
+        await ctl.connect("front", b_sb.id, name="b", ports=[{"host_port": 8080, "container_port": 81}])
+    with pytest.raises(Conflict):  # a specific address collides with "every address"
+        await ctl.connect(
+            "front", b_sb.id, name="b", ports=[{"host_port": 8080, "container_port": 81, "host_ip": "198.51.100.1"}]
+        )
+    with pytest.raises(InvalidOption, match="published twice"):
+        await ctl.connect(
+            "front",
+            b_sb.id,
+            name="b",
+            ports=[{"host_port": 9090, "container_port": 80}, {"host_port": 9090, "container_port": 81}],
+        )
+    assert [(p.key, p.value) for p in await ctl._store.list("libnet/")] == before
+    udp = await ctl.connect(
+        "front", b_sb.id, name="b", ports=[{"host_port": 8080, "container_port": 80, "protocol": "udp"}]
+    )
+    auto = await ctl.connect("front", (await ctl.create_sandbox()).id, name="c", ports=[{"container_port": 80}])
+    assert 49153 <= auto.ports[0]["host_port"] <= 65535
+    await ctl.disconnect("front", a.sandbox_id)
+    again = await ctl.connect("front", a.sandbox_id, name="a2", ports=[{"host_port": 8080, "container_port": 80}])
+    assert again.ports[0]["host_port"] == 8080 and udp.ports[0]["protocol"] == "udp"

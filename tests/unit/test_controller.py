@@ -110,7 +110,7 @@ async def test_endpoints_addresses_names_and_delete_rules(ctl: Controller) -> No
     with pytest.raises(NoSuchNetwork):
         await ctl.create_endpoint("nope", "x")
     with pytest.raises(InvalidOption):
-        await ctl.create_endpoint("web", "x", ports=[{"host_port": 0, "container_port": 80}])
+        await ctl.create_endpoint("web", "x", ports=[{"host_port": -1, "container_port": 80}])
     with pytest.raises(InvalidName):
         await ctl.create_endpoint("web", "x", aliases=["bad alias"])
     assert (await ctl.endpoint("app", network="web")).id == ep.id

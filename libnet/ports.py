@@ -1,0 +1,179 @@
+"""Published host ports: one holder per (protocol, host port, host address).
+
+Docker refuses a second container on a host port that is taken; libnet did
+not, and every connection went to the first container (issue 14).  The
+registry is one document per (protocol, port) in the local store
+(``libnet/v1/ports/<proto>/<port>``: host address -> endpoint id, ``"*"`` for
+every address of the host), changed by compare-and-swap, so concurrent
+requests cannot both win.  An address conflicts with itself and with ``"*"``.
+
+A port a process of the host already listens on is refused too (checked by
+binding it in the host namespace), and ``host_port`` 0 asks for a free port
+from :data:`AUTO_RANGE` (the range Docker uses, above the kernel's usual
+ephemeral ports), reported back in the endpoint's ports.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from libnet import model
+from libnet.driverapi import PortMapping
+from libnet.errors import Conflict, InvalidOption, Unavailable
+from libnet.kernel import netns
+from libnet.store.base import Store
+
+P = "libnet/v1/ports"
+KIND = "port_holders"
+ANY = "*"
+AUTO_RANGE = (49153, 65535)
+
+
+def _key(protocol: str, port: int) -> str:
+    return f"{P}/{protocol}/{port}"
+
+
+def _addr(pm: PortMapping) -> str:
+    return pm.host_ip or ANY
+
+
+def _clash(holders: dict[str, str], addr: str) -> str | None:
+    """The holder ``addr`` collides with, if any."""
+    if addr == ANY:
+        return next(iter(holders.values()), None)
+    return holders.get(addr) or holders.get(ANY)
+
+
+def check_request(mappings: Iterable[PortMapping]) -> None:
+    """One request must not publish a host port twice (``InvalidOption``)."""
+    seen: dict[tuple[str, int], set[str]] = {}
+    for pm in mappings:
+        if not pm.host_port:
+            continue
+        addrs = seen.setdefault((pm.protocol, pm.host_port), set())
+        addr = _addr(pm)
+        if addr in addrs or (addrs and (addr == ANY or ANY in addrs)):
+            raise InvalidOption(
+                f"host port {pm.host_port}/{pm.protocol} is published twice in one request", port=pm.host_port
+            )
+        addrs.add(addr)
+
+
+def bindable(host_ns: str | None, pm: PortMapping) -> bool:
+    """Whether no process of the host listens on the port (bind test in the host namespace)."""
+    ips = [pm.host_ip] if pm.host_ip else ["0.0.0.0", "::"]
+    kind = socket.SOCK_STREAM if pm.protocol == "tcp" else socket.SOCK_DGRAM
+
+    def free(ip: str) -> bool:
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        try:
+            s = socket.socket(family, kind)
+        except OSError:  # no IPv6 on this host
+            return True
+        with s:
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                s.bind((ip, pm.host_port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return False
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    raise InvalidOption(
+                        f"host address {pm.host_ip} is not an address of this host", host_ip=pm.host_ip
+                    ) from None
+                if exc.errno == errno.EAFNOSUPPORT and not pm.host_ip:
+                    return True
+                raise
+        return True
+
+    return netns.run_in(host_ns, lambda: all(free(ip) for ip in ips))
+
+
+class PortRegistry:
+    """The host's published ports (see the module docstring)."""
+
+    def __init__(self, store: Store, host_ns: str | None, probe: Callable[[PortMapping], bool] | None = None) -> None:
+        self.store = store
+        self.probe = probe or (lambda pm: bindable(host_ns, pm))
+
+    async def reserve(self, endpoint_id: str, mappings: list[PortMapping]) -> list[PortMapping]:
+        """Reserve every mapping for ``endpoint_id`` (all or none); host port 0
+        picks a free one.  Returns the mappings as reserved.  ``Conflict``
+        naming the holder when a port is taken."""
+        check_request(mappings)
+        done: list[PortMapping] = []
+        try:
+            for pm in mappings:
+                done.append(await self._reserve_one(endpoint_id, pm))
+        except BaseException:
+            await self.release(endpoint_id, done)
+            raise
+        return done
+
+    async def _reserve_one(self, endpoint_id: str, pm: PortMapping) -> PortMapping:
+        if pm.host_port:
+            await self._claim(endpoint_id, pm)
+            return pm
+        for port in range(*AUTO_RANGE):
+            candidate = PortMapping(port, pm.container_port, pm.protocol, pm.host_ip)
+            try:
+                await self._claim(endpoint_id, candidate)
+            except Conflict:
+                continue
+            return candidate
+        raise Unavailable(f"no free host port left in {AUTO_RANGE[0]}..{AUTO_RANGE[1]}", protocol=pm.protocol)
+
+    async def _claim(self, endpoint_id: str, pm: PortMapping) -> None:
+        addr = _addr(pm)
+
+        def add(doc: dict[str, Any] | None) -> dict[str, Any]:
+            holders = dict(doc or {})
+            holder = _clash(holders, addr)
+            if holder is not None and holder != endpoint_id:
+                raise Conflict(
+                    f"host port {pm.host_port}/{pm.protocol} is already published by endpoint {holder[:12]}",
+                    port=pm.host_port,
+                    protocol=pm.protocol,
+                    holder=holder,
+                )
+            holders[addr] = endpoint_id
+            return holders
+
+        if not self.probe(pm):
+            raise Conflict(
+                f"host port {pm.host_port}/{pm.protocol} is in use by a process on this host",
+                port=pm.host_port,
+                protocol=pm.protocol,
+            )
+        await model.update_json(self.store, _key(pm.protocol, pm.host_port), KIND, add)
+
+    async def release(self, endpoint_id: str, mappings: Iterable[PortMapping]) -> None:
+        """Free the mappings ``endpoint_id`` holds (others' entries stay)."""
+        for pm in mappings:
+            if not pm.host_port:
+                continue
+
+            def drop(doc: dict[str, Any] | None, addr: str = _addr(pm)) -> dict[str, Any] | None:
+                holders = dict(doc or {})
+                if holders.get(addr) == endpoint_id:
+                    del holders[addr]
+                return holders or None
+
+            await model.update_json(self.store, _key(pm.protocol, pm.host_port), KIND, drop)
+
+    async def orphans(self, endpoints: set[str]) -> list[tuple[str, int, str]]:
+        """Free entries whose endpoint does not exist; returns (protocol, port, holder)."""
+        gone = []
+        for pair in await self.store.list(f"{P}/"):
+            protocol, port = pair.key[len(P) + 1 :].split("/", 1)
+            holders = model.decode(pair.value, KIND)
+            for addr, holder in holders.items():
+                if holder not in endpoints:
+                    pm = PortMapping(int(port), 1, protocol, None if addr == ANY else addr)  # type: ignore[arg-type]
+                    await self.release(holder, [pm])
+                    gone.append((protocol, int(port), holder))
+        return gone
