@@ -39,6 +39,8 @@ def test_host_ports_have_one_holder(bed: Testbed, tmp_path) -> None:
         assert r.returncode == 1 and "in use by a process on this host" in r.stderr, r.stderr
         r = agent.cli("connect", "front", sbs[1], "-p", "9092:80", "-p", "9092:81")
         assert r.returncode == 1 and "published twice" in r.stderr, r.stderr
+        r = agent.cli("connect", "front", sbs[1], "-p", "198.51.100.200:8081:80")
+        assert r.returncode == 1 and "not an address of this host" in r.stderr, r.stderr
         assert agent.cli("connect", "front", sbs[1], "-p", "80").returncode == 0
         [ep] = [e for e in agent.cli_json("endpoint", "ls") if e["sandbox_id"] == sbs[1]]
         assert ep["ports"][0]["host_port"] >= 49153
