@@ -42,6 +42,10 @@ NETWORK_CREATE: Spec = {
     "internal": (bool, False),
     "options": (dict, False),
     "labels": (dict, False),
+    "ipv4_range": (str, False),
+    "ipv6_range": (str, False),
+    "aux_addresses": (dict, False),
+    "allow_route_overlap": (bool, False),
 }
 _ENDPOINT_FIELDS: Spec = {
     "ipv4": (str, False),

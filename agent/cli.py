@@ -21,6 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.config import DEFAULT_SOCKET
+from libnet.errors import LibnetError
+from libnet.validation import parse_aux_args
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
@@ -118,6 +120,10 @@ def _ip(cidr: str | None) -> str:
     return str(ipaddress.ip_interface(cidr).ip) if cidr else ""
 
 
+def _range(cidr: str | None) -> str:
+    return f" ip range {cidr}" if cidr else ""
+
+
 def _kv(values: tuple[str, ...], what: str) -> dict[str, str]:
     out = {}
     for v in values:
@@ -159,12 +165,52 @@ def network() -> None:
 @click.option("--ipv6/--no-ipv6", default=None, help="dual-stack (default) or IPv4 only")
 @click.option("--subnet6", help="IPv6 subnet (default: a /64 of the cluster's ULA)")
 @click.option("--gateway6")
+@click.option("--ip-range", "ip_range", help="hand out IPv4 addresses only from this CIDR inside --subnet")
+@click.option("--ip-range6", "ip_range6", help="hand out IPv6 addresses only from this CIDR inside --subnet6")
+@click.option(
+    "--aux-address",
+    "aux",
+    multiple=True,
+    metavar="NAME=IP",
+    help="reserve IP (in --subnet or --subnet6) for something else; never handed out (repeatable)",
+)
+@click.option(
+    "--allow-route-overlap",
+    is_flag=True,
+    help="accept a --subnet/--subnet6 that overlaps a route of the host (never one holding a host address)",
+)
 @click.option("--internal", is_flag=True, help="no way out of the network")
 @click.option("-o", "--opt", multiple=True, help="driver option KEY=VALUE (e.g. mtu=1400, icc=false)")
 @click.option("--label", multiple=True, help="KEY=VALUE")
 @click.pass_context
-def network_create(ctx, name, driver, subnet, gateway, ipv6, subnet6, gateway6, internal, opt, label) -> None:
-    """Create a network."""
+def network_create(
+    ctx,
+    name,
+    driver,
+    subnet,
+    gateway,
+    ipv6,
+    subnet6,
+    gateway6,
+    ip_range,
+    ip_range6,
+    aux,
+    allow_route_overlap,
+    internal,
+    opt,
+    label,
+) -> None:
+    """Create a network.
+
+    Subnets that cannot carry containers are refused with the reason: loopback,
+    multicast, link-local, unspecified, IPv4-mapped, reserved, one that holds an
+    address of this host, one that overlaps a host route (unless
+    --allow-route-overlap); so are gateways and aux addresses outside their
+    subnet or on its network/broadcast address."""
+    try:
+        aux_addresses = parse_aux_args(aux)
+    except LibnetError as exc:
+        raise click.BadParameter(str(exc), param_hint="--aux-address") from None
     body = {
         "name": name,
         "driver": driver,
@@ -173,6 +219,10 @@ def network_create(ctx, name, driver, subnet, gateway, ipv6, subnet6, gateway6, 
         "ipv6": ipv6,
         "ipv6_subnet": subnet6,
         "ipv6_gateway": gateway6,
+        "ipv4_range": ip_range,
+        "ipv6_range": ip_range6,
+        "aux_addresses": aux_addresses,
+        "allow_route_overlap": allow_route_overlap or None,
         "internal": internal,
         "options": _kv(opt, "an option"),
         "labels": _kv(label, "a label"),
@@ -221,9 +271,11 @@ def network_inspect(ctx, refs, as_json) -> None:
     for n in nets:
         console.print(f"[bold]{n['name']}[/] {n['id']}")
         console.print(f"  driver {n['driver']} ({n['scope']}), internal {n['internal']}, options {n['options']}")
-        console.print(f"  IPv4 {n['ipv4_subnet']} gateway {_ip(n['ipv4_gateway'])}")
+        console.print(f"  IPv4 {n['ipv4_subnet']} gateway {_ip(n['ipv4_gateway'])}{_range(n.get('ipv4_range'))}")
         if n["ipv6_subnet"]:
-            console.print(f"  IPv6 {n['ipv6_subnet']} gateway {_ip(n['ipv6_gateway'])}")
+            console.print(f"  IPv6 {n['ipv6_subnet']} gateway {_ip(n['ipv6_gateway'])}{_range(n.get('ipv6_range'))}")
+        if n.get("aux_addresses"):
+            console.print("  aux addresses " + ", ".join(f"{k}={v}" for k, v in sorted(n["aux_addresses"].items())))
         _endpoint_table(n["endpoints"])
 
 

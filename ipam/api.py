@@ -33,7 +33,9 @@ OPT_ISOLATED = "isolated"  # the pool's network is its own address domain: it ma
 #: the libnet instance making the request (recorded with the pool / address, see Allocation.instance)
 OPT_INSTANCE = "instance"
 #: request_pool: accept an explicit local subnet that overlaps a host route (adopting or
-#: restoring a network whose own bridge route is there; or the operator insists)
+#: restoring a network whose own bridge route is there; or the operator insists: the
+#: controller's ``allow_route_overlap``).  A subnet holding an address of the host is
+#: refused regardless, unless the address is on the pool owner's own bridge.
 OPT_OVER_ROUTES = "over_host_routes"
 
 

@@ -168,25 +168,12 @@ class StoreIpam:
         explicit = None if pool is None else P.parse_subnet(pool, v6)
         if explicit is None and sub_pool is not None:
             raise InvalidSubnet("a sub-pool needs an explicit pool", sub_pool=sub_pool)
-        sub = None
-        if sub_pool is not None:
-            sub = P.parse_subnet(sub_pool, explicit.version == 6, what="sub-pool")
-            if not sub.subnet_of(explicit):
-                raise InvalidSubnet(f"sub-pool {sub_pool} is not inside pool {pool}", pool=pool, sub_pool=sub_pool)
+        sub = None if sub_pool is None or explicit is None else P.parse_range(sub_pool, explicit)
         _check_reservations(explicit, options)
         ula = await self._ula48(space) if explicit is None and v6 and not self.config.v6_pools else None
-        routes = P.route_networks(self.config.host_routes()) if space == LOCAL and self.config.host_routes else []
-        if explicit is not None and routes and not options.get(OPT_OVER_ROUTES):
-            # a subnet the host already routes elsewhere (its uplink, a VPN, a kept bridge of a
-            # network the store lost, another program's bridge): containers could not reach it
-            clash = next((r for r in routes if r.version == explicit.version and r.overlaps(explicit)), None)
-            if clash is not None:
-                raise PoolOverlap(
-                    f"subnet {explicit} overlaps the host's route to {clash}: addresses there would be "
-                    "ambiguous on this host; choose another subnet",
-                    pool=str(explicit),
-                    route=str(clash),
-                )
+        local = space == LOCAL
+        routes = P.route_networks(self.config.host_routes()) if local and self.config.host_routes else []
+        addrs = list(self.config.host_addresses()) if local and self.config.host_addresses else []
         chosen: dict[str, Any] = {}
 
         isolated = bool(options.get(OPT_ISOLATED))
@@ -217,8 +204,9 @@ class StoreIpam:
                         overlaps=holder,
                         owner=doc["pools"][holder].get("owner"),
                     )
+                _check_host(net, routes, addrs, options, owner)
             else:
-                net = self._pick_default(space, v6, ula, index, routes)
+                net = self._pick_default(space, v6, ula, index, routes, addrs)
             record = _pool_record(space, net, sub, options, owner, default=explicit is None)
             doc["pools"][record["id"]] = record
             chosen.clear()
@@ -233,12 +221,22 @@ class StoreIpam:
         return _pool_of(record)
 
     def _pick_default(
-        self, space: str, v6: bool, ula: str | None, index: P.OverlapIndex, routes: list[P.Network]
+        self,
+        space: str,
+        v6: bool,
+        ula: str | None,
+        index: P.OverlapIndex,
+        routes: list[P.Network],
+        addrs: list[P.HostAddress],
     ) -> P.Network:
         specs = self._default_specs(space, v6, ula)
         for spec in specs:
             for net in spec.subnets():
-                if index.find(net) is None and not any(net.overlaps(r) for r in routes if r.version == net.version):
+                if (
+                    index.find(net) is None
+                    and not any(net.overlaps(r) for r in routes if r.version == net.version)
+                    and P.host_address_in(net, addrs) is None
+                ):
                     return net
         family = "IPv6" if v6 else "IPv4"
         raise PoolExhausted(
@@ -454,22 +452,51 @@ def _address_in(state: _PoolState, address: object, pool_id: str) -> int:
 
 
 def _check_reservations(net: P.Network | None, options: dict[str, Any]) -> None:
+    """Gateway and auxiliary addresses: usable addresses of the pool, aux never
+    the gateway (given or the default first address), no address twice."""
     gw = options.get(OPT_GATEWAY)
-    aux = options.get(OPT_AUX, {})
+    aux = options.get(OPT_AUX) or {}
     if (gw is not None or aux) and net is None:
         raise InvalidOption("gateway and auxiliary addresses need an explicit pool", gateway=gw)
-    if not isinstance(aux, dict):
-        raise InvalidOption("aux_addresses must map names to addresses")
-    for what, value in [("gateway", gw), *((f"aux address {k!r}", v) for k, v in aux.items())]:
-        if value is None:
-            continue
-        try:
-            ip = ipaddress.ip_address(value.split("/")[0] if isinstance(value, str) else value)
-        except ValueError:
-            raise InvalidSubnet(f"{what} {value!r} is not an IP address", address=str(value)) from None
-        lo, hi = P.usable_range(net)
-        if ip.version != net.version or not lo <= int(ip) <= hi:
-            raise InvalidSubnet(f"{what} {value} is not a usable address of {net}", address=str(value), pool=str(net))
+    if net is None:
+        return
+    gateway = P.parse_address(gw, net, "gateway") if gw is not None else None
+    if gateway is None:
+        gateway = ipaddress.ip_address(P.usable_range(net)[0])
+    P.check_aux(aux, net, gateway)
+
+
+#: the request/CLI option that lets an explicit subnet overlap a host route (named in the refusal)
+OVERRIDE_HINT = "allow_route_overlap (libnet network create --allow-route-overlap)"
+
+
+def _check_host(
+    net: P.Network, routes: list[P.Network], addrs: list[P.HostAddress], options: dict[str, Any], owner: str
+) -> None:
+    """An explicit local subnet must not contain an address of the host (never
+    overridable: the host would answer for a container's address) nor, unless
+    the caller insists (option ``over_host_routes``), overlap a host route."""
+    mine = P.host_address_in(net, addrs, owner)
+    if mine is not None:
+        raise PoolOverlap(
+            f"subnet {net} contains {mine.address}, an address of this host ({mine.ifname}): containers could "
+            "not reach it, and the host would answer for a container's address; choose another subnet",
+            pool=str(net),
+            address=mine.address,
+            interface=mine.ifname,
+        )
+    if options.get(OPT_OVER_ROUTES):
+        return
+    # a subnet the host already routes elsewhere (its uplink, a VPN, a kept bridge of a
+    # network the store lost, another program's bridge): containers could not reach it
+    clash = next((r for r in routes if r.version == net.version and r.overlaps(net)), None)
+    if clash is not None:
+        raise PoolOverlap(
+            f"subnet {net} overlaps the host's route to {clash}: addresses there would be ambiguous on this "
+            f"host; choose another subnet, or insist with {OVERRIDE_HINT}",
+            pool=str(net),
+            route=str(clash),
+        )
 
 
 def _pool_record(
@@ -487,7 +514,7 @@ def _pool_record(
         "subnet": str(net),
         "sub_pool": str(sub) if sub is not None else None,
         "gateway": gateway,
-        "aux": {k: str(ipaddress.ip_address(v.split("/")[0])) for k, v in options.get(OPT_AUX, {}).items()},
+        "aux": {k: str(ipaddress.ip_address(v.split("/")[0])) for k, v in (options.get(OPT_AUX) or {}).items()},
         "owner": owner,
         "instance": str(options.get(OPT_INSTANCE) or ""),
         "default": default,

@@ -45,6 +45,9 @@ class IpamConfig:
     Global ID made once per store and kept there) cut into ``v6_size`` subnets.
     ``host_routes`` returns the host's routes (CIDRs); local default pools
     that overlap one are skipped, so a network never shadows a real route.
+    ``host_addresses`` returns the host's own interface addresses
+    (:class:`HostAddress`); a local pool never contains one (see
+    :func:`host_address_in`).
     """
 
     local_v4: list[PoolSpec] = field(default_factory=_docker_local_v4)
@@ -52,6 +55,19 @@ class IpamConfig:
     v6_pools: list[PoolSpec] = field(default_factory=list)
     v6_size: int = 64
     host_routes: Callable[[], Iterable[str]] | None = None
+    host_addresses: Callable[[], Iterable[HostAddress]] | None = None
+
+
+@dataclass(frozen=True)
+class HostAddress:
+    """An address of an interface of the host (the agent's host namespace).
+
+    ``owner`` is the network id in the interface's libnet mark (a network's
+    bridge), "" for interfaces libnet did not make."""
+
+    address: str  # plain address, no prefix length
+    ifname: str
+    owner: str = ""
 
 
 def parse_subnet(cidr: object, v6: bool | None = None, what: str = "pool") -> Network:
@@ -98,6 +114,111 @@ def unusable(net: Network) -> str | None:
         return "0.0.0.0/8 means 'this network' (RFC 1122), never a destination"
     if net.version == 4 and net.overlaps(ipaddress.ip_network("240.0.0.0/4")):
         return "240.0.0.0/4 is reserved (and 255.255.255.255 is broadcast)"
+    return None
+
+
+def parse_address(value: object, net: Network, what: str = "address") -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """A usable address of ``net`` (a gateway, an auxiliary address), validated
+    with the reason for a refusal: syntax, version, inside the subnet, not its
+    network address (nor, for IPv4, its broadcast address)."""
+    if not isinstance(value, str):
+        raise InvalidSubnet(f"{what} must be an IP address string", address=repr(value)[:64], pool=str(net))
+    text = value.split("/", 1)[0] if "/" in value else value
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        raise InvalidSubnet(f"{what} {value!r} is not an IP address", address=value[:64], pool=str(net)) from None
+    if ip.version != net.version:
+        raise InvalidSubnet(
+            f"{what} {ip} is IPv{ip.version} but subnet {net} is IPv{net.version}", address=str(ip), pool=str(net)
+        )
+    if ip not in net:
+        raise InvalidSubnet(f"{what} {ip} is outside subnet {net}", address=str(ip), pool=str(net))
+    if ip == net.network_address:
+        name = "network address" if net.version == 4 else "subnet-router anycast address"
+        raise InvalidSubnet(f"{what} {ip} is the subnet's {name} ({net})", address=str(ip), pool=str(net))
+    if net.version == 4 and ip == net.broadcast_address:
+        raise InvalidSubnet(f"{what} {ip} is the subnet's broadcast address ({net})", address=str(ip), pool=str(net))
+    return ip
+
+
+def parse_range(value: object, net: Network, what: str = "ip range") -> Network:
+    """An allocation range (Docker's ``--ip-range``): a CIDR inside ``net``
+    that leaves at least one address to hand out (dynamic addresses come from
+    the range without its own first and last address)."""
+    if not isinstance(value, str):
+        raise InvalidSubnet(f"{what} must be a CIDR string", sub_pool=repr(value)[:64], pool=str(net))
+    try:
+        rng = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise InvalidSubnet(f"{what} {value!r} is not a valid CIDR", sub_pool=value[:64], pool=str(net)) from None
+    if "/" not in value:
+        raise InvalidSubnet(f"{what} {value!r} needs a prefix length (ADDRESS/LEN)", sub_pool=value, pool=str(net))
+    if rng.network_address != ipaddress.ip_interface(value).ip:
+        raise InvalidSubnet(f"{what} {value!r} has host bits set; did you mean {rng}?", sub_pool=value, pool=str(net))
+    if rng.version != net.version:
+        raise InvalidSubnet(
+            f"{what} {rng} is IPv{rng.version} but subnet {net} is IPv{net.version}", sub_pool=value, pool=str(net)
+        )
+    if not rng.subnet_of(net):  # type: ignore[arg-type]
+        raise InvalidSubnet(f"{what} {rng} is outside subnet {net}", sub_pool=value, pool=str(net))
+    lo, hi = usable_range(rng)
+    plo, phi = usable_range(net)
+    if max(lo, plo) > min(hi, phi):
+        raise InvalidSubnet(
+            f"{what} {rng} is too small: without its first and last address nothing is left to hand out",
+            sub_pool=value,
+            pool=str(net),
+        )
+    return rng
+
+
+def check_aux(
+    aux: object, net: Network, gateway: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+) -> dict[str, str]:
+    """Auxiliary addresses (Docker's ``--aux-address name=IP``) of one subnet,
+    validated: names are non-empty strings, each address is a usable address
+    of ``net``, none is the gateway, no address is named twice."""
+    if not isinstance(aux, dict):
+        raise InvalidSubnet("aux addresses must map names to addresses", pool=str(net))
+    out: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for name, value in aux.items():
+        if not isinstance(name, str) or not name or len(name) > 64 or any(c in name for c in "=\n/"):
+            raise InvalidSubnet(
+                f"aux address name {name!r} must be 1-64 characters without '=', '/' or newlines", pool=str(net)
+            )
+        ip = parse_address(value, net, f"aux address {name}")
+        if gateway is not None and ip == gateway:
+            raise InvalidSubnet(
+                f"aux address {name}={ip} is the gateway of {net}; the gateway is reserved already",
+                address=str(ip),
+                pool=str(net),
+            )
+        if str(ip) in seen:
+            raise InvalidSubnet(
+                f"aux addresses {seen[str(ip)]} and {name} are both {ip}; each reserved address once",
+                address=str(ip),
+                pool=str(net),
+            )
+        seen[str(ip)] = name
+        out[name] = str(ip)
+    return out
+
+
+def host_address_in(net: Network, addresses: Iterable[HostAddress], owner: str = "") -> HostAddress | None:
+    """The first host address inside ``net``, or None.  Addresses on the
+    interfaces of network ``owner`` itself (its own bridge, when a lost pool
+    is reserved again or a network adopted) do not count."""
+    for a in addresses:
+        if owner and a.owner == owner:
+            continue
+        try:
+            ip = ipaddress.ip_address(a.address.split("/", 1)[0].split("%", 1)[0])
+        except ValueError:
+            continue
+        if ip.version == net.version and ip in net:
+            return a
     return None
 
 

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from contextlib import suppress
 from typing import Any
 
-from ipam.api import OPT_GATEWAY, OPT_INSTANCE, OPT_ISOLATED, OPT_OVER_ROUTES, OPT_OWNER
+from ipam.api import OPT_AUX, OPT_GATEWAY, OPT_INSTANCE, OPT_ISOLATED, OPT_OVER_ROUTES, OPT_OWNER
 from libnet import sandbox_files
 from libnet.config import Config
 from libnet.dns.binding import DnsBinding
@@ -48,7 +48,7 @@ from libnet.model import Endpoint, Network, Sandbox, mac_from_ipv4
 from libnet.namespaces import Namespaces
 from libnet.repository import Repository
 from libnet.rollback import Rollback
-from libnet.validation import check_bool, check_labels, check_name, check_options
+from libnet.validation import check_addressing, check_bool, check_labels, check_name, check_options
 
 log = logging.getLogger("libnet.controller")
 _SANDBOX_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -203,8 +203,19 @@ class Controller:
         internal: bool = False,
         options: dict[str, Any] | None = None,
         labels: dict[str, str] | None = None,
+        ipv4_range: str | None = None,
+        ipv6_range: str | None = None,
+        aux_addresses: dict[str, str] | None = None,
+        allow_route_overlap: bool = False,
     ) -> Network:
-        """Create a network: dual-stack unless ``ipv6=False``."""
+        """Create a network: dual-stack unless ``ipv6=False``.
+
+        ``ipv4_range``/``ipv6_range`` (Docker's ``--ip-range``): dynamic addresses
+        come only from there (an explicit address may be anywhere in the subnet).
+        ``aux_addresses`` (``{name: IP}``, Docker's ``--aux-address``): reserved,
+        never handed out.  ``allow_route_overlap``: accept an explicit subnet that
+        overlaps a route of the host (never one that holds a host address).
+        Checks and their reasons: :func:`libnet.validation.check_addressing`."""
         check_name(name, "network")
         drv = self.driver(driver)
         scope = drv.capabilities().scope
@@ -212,10 +223,17 @@ class Controller:
         labels = check_labels(labels)
         internal = check_bool(internal, "internal")
         ipv6 = self.config.ipv6 if ipv6 is None else check_bool(ipv6, "ipv6")
-        if not ipv6 and (ipv6_subnet or ipv6_gateway):
-            raise InvalidOption("an IPv6 subnet or gateway was given with ipv6 turned off", network=name)
-        if (ipv4_gateway and not ipv4_subnet) or (ipv6_gateway and not ipv6_subnet):
-            raise InvalidOption("a gateway needs its subnet", network=name)
+        allow_route_overlap = check_bool(allow_route_overlap, "allow_route_overlap")
+        fams = check_addressing(
+            ipv6=ipv6,
+            ipv4_subnet=ipv4_subnet,
+            ipv4_gateway=ipv4_gateway,
+            ipv4_range=ipv4_range,
+            ipv6_subnet=ipv6_subnet,
+            ipv6_gateway=ipv6_gateway,
+            ipv6_range=ipv6_range,
+            aux_addresses=aux_addresses,
+        )
         space = "global" if scope == "global" else "local"
         store = self.repo.store(scope)
         nw = Network(
@@ -228,18 +246,21 @@ class Controller:
             labels=labels,
             created=time.time(),
             instance=self.instance,
+            ipv4_range=fams[0].ip_range,
+            ipv6_range=fams[1].ip_range,
+            aux_addresses={**fams[0].aux, **fams[1].aux},
         )
         await drv.check_network(self._net_info(nw))  # a refusal here has written nothing
         async with Rollback() as undo:
             await self.repo.reserve_name(store, self.repo.network_name_key(name), nw.id, "network", name, self.instance)
             undo.push(lambda: store.delete(self.repo.network_name_key(name)), "free network name")
-            for v6, subnet, gw in ((False, ipv4_subnet, ipv4_gateway), (True, ipv6_subnet, ipv6_gateway)):
+            for v6, fam in ((False, fams[0]), (True, fams[1])):
                 if v6 and not ipv6:
                     continue
-                opts = {OPT_OWNER: nw.id, OPT_INSTANCE: self.instance, **({OPT_GATEWAY: gw} if gw else {})}
-                if drv.capabilities().own_addressing and subnet:
+                opts = _pool_options(nw.id, self.instance, fam.gateway, fam.aux, allow_route_overlap)
+                if drv.capabilities().own_addressing and fam.subnet:
                     opts[OPT_ISOLATED] = True
-                pool = await self._ipam.request_pool(space, subnet, options=opts, v6=v6)
+                pool = await self._ipam.request_pool(space, fam.subnet, fam.ip_range, options=opts, v6=v6)
                 undo.push(lambda p=pool.id: self._ipam.release_pool(p, owner=nw.id), f"release pool {pool.id}")
                 if v6:
                     nw.ipv6_pool, nw.ipv6_subnet, nw.ipv6_gateway = pool.id, pool.subnet, pool.gateway
@@ -851,19 +872,21 @@ class Controller:
                 continue
             space = "global" if nw.scope == "global" else "local"
             isolated = self.driver(nw.driver).capabilities().own_addressing if nw.driver in self._drivers else False
-            for v6, pool_id, subnet, gw in (
-                (False, nw.ipv4_pool, nw.ipv4_subnet, nw.ipv4_gateway),
-                (True, nw.ipv6_pool, nw.ipv6_subnet, nw.ipv6_gateway),
+            for v6, pool_id, subnet, gw, rng in (
+                (False, nw.ipv4_pool, nw.ipv4_subnet, nw.ipv4_gateway, nw.ipv4_range),
+                (True, nw.ipv6_pool, nw.ipv6_subnet, nw.ipv6_gateway, nw.ipv6_range),
             ):
                 if not pool_id or not subnet or pool_id in pools:
                     continue
-                opts: dict[str, Any] = {OPT_OWNER: nw.id, OPT_INSTANCE: nw.instance, OPT_OVER_ROUTES: True}
-                if gw:
-                    opts[OPT_GATEWAY] = str(ipaddress.ip_interface(gw).ip)
+                net = ipaddress.ip_network(subnet)
+                aux = {k: a for k, a in nw.aux_addresses.items() if ipaddress.ip_address(a) in net}
+                gw_ip = str(ipaddress.ip_interface(gw).ip) if gw else None
+                # over_host_routes: its own bridge's route is there (its own bridge's address does not count)
+                opts = _pool_options(nw.id, nw.instance, gw_ip, aux, True)
                 if isolated:
                     opts[OPT_ISOLATED] = True
                 try:
-                    pool = await self._ipam.request_pool(space, subnet, options=opts, v6=v6)
+                    pool = await self._ipam.request_pool(space, subnet, rng, options=opts, v6=v6)
                 except LibnetError as exc:
                     report.missing.append(
                         f"network {nw.name}: its IPAM pool {pool_id} is lost and cannot be restored: {exc}"
@@ -936,6 +959,20 @@ class Controller:
             report.removed.append(f"host port {port}/{proto} of no endpoint ({holder[:12]})")
         for key in await self.repo.stale_names(networks | kept, set(endpoints) | kept, me):
             report.removed.append(f"name reservation {key.rsplit('/', 1)[-1]}")
+
+
+def _pool_options(
+    owner: str, instance: str, gateway: str | None, aux: dict[str, str], over_routes: bool
+) -> dict[str, Any]:
+    """IPAM request_pool options of a network's pool."""
+    opts: dict[str, Any] = {OPT_OWNER: owner, OPT_INSTANCE: instance}
+    if gateway:
+        opts[OPT_GATEWAY] = gateway
+    if aux:
+        opts[OPT_AUX] = dict(aux)
+    if over_routes:
+        opts[OPT_OVER_ROUTES] = True
+    return opts
 
 
 def _unjoined(e: Endpoint) -> None:

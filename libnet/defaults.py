@@ -11,6 +11,7 @@ import socket
 from typing import Any
 
 from ipam.ipam import StoreIpam
+from ipam.pools import HostAddress
 from libnet.config import Config
 from libnet.driverapi import Driver, builtin_drivers
 from libnet.namespaces import KernelNamespaces, Namespaces
@@ -27,6 +28,28 @@ def host_routes(ns: str | None):
             return [r.dst for fam in (socket.AF_INET, socket.AF_INET6) for r in nl.routes(fam) if r.dst != "default"]
 
     return routes
+
+
+def host_addresses(ns: str | None):
+    """A provider of the host's own interface addresses (with the interface and,
+    for libnet's bridges, the network id in its mark), for IPAM: a subnet that
+    contains one is refused."""
+
+    def addresses() -> list[HostAddress]:
+        from libnet.kernel.netlink import Netlink
+        from libnet.ownership import Mark
+
+        with Netlink(ns) as nl:
+            links = {link.index: link for link in nl.links()}
+            out = []
+            for cidr, index in nl.addresses_by_link():
+                link = links.get(index)
+                mark = Mark.parse(link.alias) if link is not None else None
+                owner = mark.owner if mark is not None and mark.kind == "net" else ""
+                out.append(HostAddress(cidr.split("/", 1)[0], link.name if link else f"#{index}", owner))
+            return out
+
+    return addresses
 
 
 def components(
@@ -57,6 +80,8 @@ def components(
         ipam_config = config.ipam
         if ipam_config.host_routes is None:
             ipam_config = dataclasses.replace(ipam_config, host_routes=host_routes(config.host_netns))
+        if ipam_config.host_addresses is None:
+            ipam_config = dataclasses.replace(ipam_config, host_addresses=host_addresses(config.host_netns))
         ipam = StoreIpam(store, cluster_store, ipam_config)
     if drivers is None:
         drivers = {

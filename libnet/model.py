@@ -160,6 +160,10 @@ class Network:
     created: float = 0.0
     instance: str = ""  # the libnet instance that created it
     removing: str = ""  # the instance deleting it: a crash mid-delete is rolled forward by its reconcile
+    # (records written before these fields load with the defaults: no range, no aux addresses)
+    ipv4_range: str | None = None  # dynamic IPv4 addresses only from here (Docker's --ip-range)
+    ipv6_range: str | None = None
+    aux_addresses: dict[str, str] = field(default_factory=dict)  # name -> address, never handed out
 
     def to_data(self) -> dict[str, Any]:
         return to_data(self)

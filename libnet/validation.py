@@ -1,11 +1,22 @@
-"""Checks of user input shared by the controller and the API."""
+"""Checks of user input shared by the controller, the API and the CLI.
+
+Subnets, gateways, ranges and auxiliary addresses are checked here (on top of
+the pure address arithmetic of :mod:`ipam.pools`, which IPAM applies again to
+every pool request), so the library, the agent's API and the CLI give one
+answer with one reason.  What depends on the host (its routes and addresses)
+and on other networks (pool overlaps) is IPAM's to check, in its store
+transaction."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
-from libnet.errors import InvalidName, InvalidOption
+from ipam import pools as P
+from libnet.errors import InvalidName, InvalidOption, InvalidSubnet
 
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
@@ -60,3 +71,113 @@ def check_int(value: object, what: str, lo: int, hi: int, hint: str = "") -> int
     if n is None or not lo <= n <= hi:
         raise InvalidOption(f"{what} must be a whole number {lo}..{hi}{hint}", option=what, value=str(value)[:64])
     return n
+
+
+@dataclass(frozen=True)
+class Family:
+    """The checked addressing of one IP version of a network create request."""
+
+    subnet: str | None = None
+    gateway: str | None = None  # plain address
+    ip_range: str | None = None
+    aux: dict[str, str] = field(default_factory=dict)
+
+
+def check_addressing(
+    *,
+    ipv6: bool,
+    ipv4_subnet: object = None,
+    ipv4_gateway: object = None,
+    ipv4_range: object = None,
+    ipv6_subnet: object = None,
+    ipv6_gateway: object = None,
+    ipv6_range: object = None,
+    aux_addresses: object = None,
+) -> tuple[Family, Family]:
+    """The (IPv4, IPv6) addressing of a network, checked before anything is
+    written; every refusal says why.  Auxiliary addresses (``{name: IP}``, one
+    mapping for both versions) go to the subnet of their version.
+
+    Subnets: valid CIDR without host bits, not loopback, multicast,
+    link-local, unspecified, IPv4-mapped or reserved (:func:`ipam.pools.parse_subnet`).
+    Gateways and aux addresses: inside their subnet, not its network (IPv4:
+    nor broadcast) address, aux never the gateway, no address twice.  Ranges:
+    inside their subnet.  A gateway, range or aux address needs its subnet."""
+    out = []
+    for v6, subnet, gw, rng, flag in (
+        (False, ipv4_subnet, ipv4_gateway, ipv4_range, "--subnet"),
+        (True, ipv6_subnet, ipv6_gateway, ipv6_range, "--subnet6"),
+    ):
+        family = "IPv6" if v6 else "IPv4"
+        if v6 and not ipv6 and (subnet or gw or rng):
+            raise InvalidOption(f"an {family} subnet, gateway or ip range was given with ipv6 turned off")
+        if not subnet:
+            if gw:
+                raise InvalidOption(
+                    f"a gateway needs its subnet: {family} gateway {gw} without {flag}", gateway=str(gw)
+                )
+            if rng:
+                raise InvalidOption(
+                    f"an ip range needs its subnet: {family} range {rng} without {flag}", range=str(rng)
+                )
+            out.append([None, None, None])
+            continue
+        net = P.parse_subnet(subnet, v6, what=f"{family} subnet")
+        gateway = P.parse_address(gw, net, "gateway") if gw else None
+        sub = P.parse_range(rng, net) if rng else None
+        out.append([net, gateway, sub])
+    aux = _split_aux(aux_addresses, out[0][0], out[1][0])
+    families = []
+    for (net, gateway, sub), mine in zip(out, aux, strict=True):
+        if net is not None:
+            first = gateway if gateway is not None else ipaddress.ip_address(P.usable_range(net)[0])
+            mine = P.check_aux(mine, net, first)
+        families.append(
+            Family(
+                str(net) if net is not None else None,
+                str(gateway) if gateway is not None else None,
+                str(sub) if sub is not None else None,
+                mine,
+            )
+        )
+    return families[0], families[1]
+
+
+def _split_aux(aux: object, v4: P.Network | None, v6: P.Network | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    if aux is None or aux == {}:
+        return {}, {}
+    if not isinstance(aux, dict):
+        raise InvalidSubnet("aux_addresses must map names to IP addresses")
+    if v4 is None and v6 is None:
+        raise InvalidOption("aux addresses need an explicit subnet (--subnet or --subnet6) to be inside")
+    split: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
+    for name, value in aux.items():
+        try:
+            version = ipaddress.ip_address(value).version if isinstance(value, str) else 0
+        except ValueError:
+            version = 0
+        if version == 0:
+            raise InvalidSubnet(f"aux address {name}={value!r} is not an IP address", address=str(value)[:64])
+        net = v4 if version == 4 else v6
+        if net is None:
+            flag = "--subnet" if version == 4 else "--subnet6"
+            raise InvalidSubnet(
+                f"aux address {name}={value} is IPv{version} but the network has no explicit IPv{version} subnet "
+                f"({flag})",
+                address=str(value),
+            )
+        split[version == 6][name] = value
+    return split
+
+
+def parse_aux_args(values: Iterable[str]) -> dict[str, str]:
+    """``NAME=IP`` arguments (the CLI's ``--aux-address``) as a mapping; a name given twice is refused."""
+    out: dict[str, str] = {}
+    for v in values:
+        name, sep, ip = v.partition("=")
+        if not sep or not name or not ip:
+            raise InvalidOption(f"an aux address must look like NAME=IP, got {v!r}")
+        if name in out:
+            raise InvalidOption(f"aux address {name} is given twice ({out[name]} and {ip})")
+        out[name] = ip
+    return out

@@ -600,6 +600,14 @@ class Netlink:
 
         return self._run("list addresses", body, ifname=link)
 
+    def addresses_by_link(self) -> list[tuple[str, int]]:
+        """Every address of the namespace as (CIDR, interface index), in one dump."""
+
+        def body() -> list[tuple[str, int]]:
+            return [(f"{m.get('address')}/{m['prefixlen']}", m["index"]) for m in self.ipr.get_addr()]
+
+        return self._run("list addresses", body) or []
+
     def tentative_addresses(self, link: str | int) -> list[str]:
         """IPv6 addresses of ``link`` still in duplicate address detection."""
 
