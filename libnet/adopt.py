@@ -46,6 +46,7 @@ from typing import Any
 from libnet import ownership
 from libnet.errors import LibnetError
 from libnet.model import Endpoint, Network, Sandbox
+from libnet.names import default_endpoint_name
 from libnet.ownership import Mark, NamespaceLedger, NamespaceRecord
 from libnet.rollback import Rollback
 
@@ -357,7 +358,8 @@ def read_hostname(state_dir: str, sandbox_id: str, addresses: list[str]) -> str 
         words = line.split()
         if len(words) >= 2 and words[0] in ips:
             name = words[1]
-            return None if name == f"ep-{sandbox_id[:12]}" else name
+            defaults = (default_endpoint_name(sandbox_id), f"ep-{sandbox_id[:12]}")  # now and before issue 14
+            return None if name in defaults else name
     return None
 
 

@@ -18,7 +18,6 @@ import asyncio
 import ipaddress
 import logging
 import os
-import re
 import secrets
 import time
 from collections.abc import Iterable
@@ -34,24 +33,23 @@ from libnet.dns.service import ADDRESS as EMBEDDED_DNS
 from libnet.driverapi import Driver, EndpointInfo, NetworkInfo, PortMapping, ReconcileReport, SandboxInfo
 from libnet.errors import (
     AddressNotAllocated,
-    BadRequest,
     Conflict,
     InvalidOption,
     LibnetError,
     NameInUse,
-    NoSuchNamespace,
     NoSuchPool,
+    NotANamespace,
     NotFound,
 )
 from libnet.gate import OperationGate, operation
 from libnet.model import Endpoint, Network, Sandbox, mac_from_ipv4
+from libnet.names import check_sandbox_id, default_endpoint_name, sandbox_namespace
 from libnet.namespaces import Namespaces
 from libnet.repository import Repository
 from libnet.rollback import Rollback
 from libnet.validation import check_addressing, check_bool, check_labels, check_name, check_options
 
 log = logging.getLogger("libnet.controller")
-_SANDBOX_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 #: the local bridge network giving overlay containers a way out (Docker's docker_gwbridge)
 GATEWAY_BRIDGE = "libnet-gwbridge"
 
@@ -429,24 +427,24 @@ class Controller:
     ) -> Sandbox:
         """A sandbox in a new namespace, or in an existing one given by path
         (``/var/run/netns/NAME``, ``/proc/PID/ns/net``)."""
-        if id is not None and (not isinstance(id, str) or _SANDBOX_ID.fullmatch(id) is None):
-            raise BadRequest("sandbox id must be 1-128 of [A-Za-z0-9_.-]", sandbox_id=str(id))
+        sid = _new_id() if id is None else check_sandbox_id(id)
         if hostname is not None:
             check_name(hostname, "host")
-        sid = id or _new_id()
         if netns is not None and (not isinstance(netns, str) or not netns.startswith("/")):
-            raise BadRequest("netns must be an absolute path", netns=str(netns))
+            raise NotANamespace(f"netns {netns!r} must be an absolute path to a network namespace", netns=str(netns))
         if await self.repo.has_sandbox(sid):
             raise Conflict("a sandbox with that id exists", sandbox_id=sid)
         async with Rollback() as undo:
             if netns is None:
                 assert self.config.sandbox_prefix is not None
-                path = await asyncio.to_thread(self._namespaces.create, self.config.sandbox_prefix + sid[:12], sid)
+                name = sandbox_namespace(self.config.sandbox_prefix, sid)
+                path = await asyncio.to_thread(self._namespaces.create, name, sid)
                 undo.push(lambda: asyncio.to_thread(self._namespaces.delete, path), "delete namespace")
                 owned = True
             else:
-                if not self._namespaces.exists(netns):
-                    raise NoSuchNamespace("no namespace at that path", netns=netns)
+                # a network namespace, not the host's, not another sandbox's (README, "Names")
+                taken = {s.id: s.netns for s in await self.repo.sandboxes() if s.netns}
+                await asyncio.to_thread(self._namespaces.check_external, netns, taken)
                 path, owned = netns, False
             sb = Sandbox(sid, path, owned, hostname=hostname, created=time.time())
             try:
@@ -724,7 +722,7 @@ class Controller:
         If the join fails the endpoint is deleted again, its addresses released.
         """
         sb = await self.repo.sandbox(sandbox)
-        name = name or sb.hostname or f"ep-{sb.id[:12]}"
+        name = name or sb.hostname or default_endpoint_name(sb.id)
         ep = await self.create_endpoint(network, name, _connecting=True, **endpoint_args)
         try:
             return await self.join(ep.id, sb.id)

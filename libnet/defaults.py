@@ -99,7 +99,7 @@ def components(
             for name, factory in builtin_drivers().items()
         }
     if namespaces is None:
-        namespaces = KernelNamespaces(config.state_dir, config.instance_id)
+        namespaces = KernelNamespaces(config.state_dir, config.instance_id, config.host_netns)
         if dns is None and config.dns.enabled:
             from libnet.dns.service import EmbeddedDns
 

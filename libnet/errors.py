@@ -156,6 +156,10 @@ class InvalidOption(BadRequest):
     """An option is unknown or has an invalid value."""
 
 
+class NotANamespace(BadRequest):
+    """A path given as a network namespace is not one (or is one no container may use)."""
+
+
 # --- unavailable -----------------------------------------------------------
 
 

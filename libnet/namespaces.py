@@ -11,7 +11,7 @@ import errno
 import os
 from typing import Protocol
 
-from libnet.errors import LibnetError
+from libnet.errors import Conflict, LibnetError, NotANamespace
 from libnet.kernel import netns
 from libnet.kernel.errors import KernelObjectExists
 from libnet.ownership import NamespaceLedger
@@ -50,13 +50,61 @@ class Namespaces(Protocol):
         does not know its sandbox (a lost record)."""
         ...
 
+    def check_external(self, path: str, sandboxes: dict[str, str]) -> None:
+        """Check a path a user gives as a container's namespace (changes nothing).
+
+        ``NotANamespace`` (a ``BadRequest``) if it is not a network namespace,
+        or is the host's own (the agent's, the configured host namespace, the
+        machine's root namespace: a container's eth0 would land on the host),
+        or one of this instance's overlay namespaces; ``Conflict`` naming the
+        holder if it is the namespace of one of ``sandboxes`` (id -> path)."""
+        ...
+
 
 class KernelNamespaces:
     """The real thing, on :mod:`libnet.kernel.netns` and the instance's namespace ledger."""
 
-    def __init__(self, state_dir: str, instance: str | None) -> None:
+    def __init__(self, state_dir: str, instance: str | None, host_netns: str | None = None) -> None:
         assert instance is not None, "Config.resolved() fills the instance in"
         self.ledger = NamespaceLedger(state_dir, instance)
+        self.host_netns = host_netns
+
+    def host_paths(self) -> list[str]:
+        """The host's namespaces, which no container may use."""
+        paths = ["/proc/self/ns/net", "/proc/1/ns/net"]
+        if self.host_netns is not None:
+            paths.append(netns.path_of(self.host_netns))
+        return paths
+
+    def check_external(self, path: str, sandboxes: dict[str, str]) -> None:
+        ident = netns.check_path(path)
+        if netns.is_initial(ident):
+            raise NotANamespace(
+                f"netns path {path} is the machine's initial network namespace (the host's own): a container's "
+                "interfaces would land on the host; give the container's namespace",
+                netns=path,
+            )
+        for host in self.host_paths():
+            if netns.identity(host) == ident:
+                raise NotANamespace(
+                    f"netns path {path} is the host's own network namespace ({host}): a container's interfaces "
+                    "would land on the host; give the container's namespace",
+                    netns=path,
+                )
+        for rec in self.ledger.records("overlay"):
+            if netns.identity(netns.path_of(rec.name)) == ident:
+                raise NotANamespace(
+                    f"netns path {path} is libnet's namespace of overlay network {rec.owner[:12]}, not a container's",
+                    netns=path,
+                    network_id=rec.owner,
+                )
+        for sid, other in sandboxes.items():
+            if netns.identity(other) == ident:
+                raise Conflict(
+                    f"netns path {path} is the namespace of sandbox {sid} already ({other})",
+                    netns=path,
+                    holder=sid,
+                )
 
     def create(self, name: str, owner: str) -> str:
         if netns.exists(name):

@@ -11,6 +11,9 @@ import contextlib
 import ipaddress
 import os
 
+from libnet.errors import BadRequest
+from libnet.names import check_sandbox_id
+
 
 def resolv_conf(host_text: str) -> str:
     """The sandbox's resolv.conf from the host's."""
@@ -75,9 +78,19 @@ def hosts_file(hostname: str | None, addresses: list[tuple[str, list[str]]]) -> 
     return "\n".join(lines) + "\n"
 
 
+def _directory(state_dir: str, sandbox_id: str) -> str:
+    """``<state_dir>/sandboxes/<id>``; an id that could leave that directory
+    (``..``, ``/``, NUL: from a damaged store, say) is refused."""
+    try:
+        check_sandbox_id(sandbox_id)
+    except BadRequest as exc:
+        raise BadRequest(f"no sandbox files for {sandbox_id!r}: {exc.message}", sandbox_id=str(sandbox_id)) from None
+    return os.path.join(state_dir, "sandboxes", sandbox_id)
+
+
 def write(state_dir: str, sandbox_id: str, resolv: str, hosts: str) -> str:
     """Write both files atomically; returns the sandbox's directory."""
-    directory = os.path.join(state_dir, "sandboxes", sandbox_id)
+    directory = _directory(state_dir, sandbox_id)
     os.makedirs(directory, exist_ok=True)
     for name, text in (("resolv.conf", resolv), ("hosts", hosts)):
         tmp = os.path.join(directory, f".{name}.tmp")
@@ -89,7 +102,7 @@ def write(state_dir: str, sandbox_id: str, resolv: str, hosts: str) -> str:
 
 def remove(state_dir: str, sandbox_id: str) -> None:
     """Remove the sandbox's directory; gone is fine."""
-    directory = os.path.join(state_dir, "sandboxes", sandbox_id)
+    directory = _directory(state_dir, sandbox_id)
     for name in ("resolv.conf", "hosts"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(directory, name))

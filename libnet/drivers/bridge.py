@@ -83,6 +83,11 @@ BRIDGE_PREFIX, VETH_PREFIX = "lnb-", "lnv"
 LEGACY_NET, LEGACY_EP = "libnet:net:", "libnet:ep:"
 DEFAULT_MTU = 1500
 _IFNAME = re.compile(rf"[A-Za-z0-9_.@+-]{{1,{IFNAMSIZ}}}")
+#: the names bridge_name() and host_ifname() derive; a bridge_name option may not take one
+_DERIVED = re.compile(
+    rf"{BRIDGE_PREFIX}[0-9a-f]{{{IFNAMSIZ - len(BRIDGE_PREFIX)}}}"
+    rf"|{VETH_PREFIX}[0-9a-f]{{{IFNAMSIZ - len(VETH_PREFIX)}}}"
+)
 Rules = list[tuple[str, list[dict[str, Any]]]]
 
 #: option name -> (canonical name); Docker's names are accepted too
@@ -164,6 +169,13 @@ class BridgeDriver:
                         "(the kernel's rules: no '/', ':' or spaces)",
                         option=key,
                         value=str(value),
+                    )
+                if _DERIVED.fullmatch(value):
+                    raise InvalidOption(
+                        f"bridge_name {value!r} has the shape of libnet's own link names (lnb- + 11 hex digits, "
+                        "lnv + 12 hex digits): another network's bridge or an endpoint's veth would collide with it",
+                        option=key,
+                        value=value,
                     )
                 out["bridge_name"] = value
             elif canon == "mtu":

@@ -17,15 +17,17 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import os
 import queue
 import socket
+import stat
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from libnet.errors import BadRequest, NoSuchNamespace
+from libnet.errors import BadRequest, NoSuchNamespace, NotANamespace
 from libnet.kernel.errors import from_errno
 
 T = TypeVar("T")
@@ -37,6 +39,18 @@ _MS_BIND = 4096
 _MS_REC = 16384
 _MS_SHARED = 1 << 20
 _MNT_DETACH = 2
+_NS_GET_NSTYPE = 0xB703  # ioctl(2) on a namespace file: its CLONE_NEW* type
+_NS_TYPES = {
+    0x00020000: "mount",
+    0x02000000: "cgroup",
+    0x04000000: "uts",
+    0x08000000: "ipc",
+    0x10000000: "user",
+    0x20000000: "pid",
+    0x00000080: "time",
+}
+_PATH_MAX = 4096
+_PROC_DYNAMIC_FIRST = 0xF0000000
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -61,6 +75,76 @@ def path_of(ns: str) -> str:
         return ns
     _validate_name(ns)
     return os.path.join(NETNS_DIR, ns)
+
+
+def check_path(path: object) -> tuple[int, int]:
+    """Make sure ``path`` (given by a user as a container's namespace) is a
+    network namespace; returns its identity ``(st_dev, st_ino)``.
+
+    The path must be absolute, without NUL, at most PATH_MAX.  Symlinks are
+    followed (``/proc/PID/ns/net`` is a magic link, ``/var/run`` a link to
+    ``/run``): what counts is the file at the end, which must be a namespace
+    file (``NS_GET_NSTYPE`` says ``CLONE_NEWNET``).  Directories, devices,
+    FIFOs and sockets are refused from ``stat`` alone, never opened (opening a
+    FIFO blocks, opening some devices has effects).  Anything else is
+    ``NotANamespace`` (a ``BadRequest``) naming the path and saying why.
+    """
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise NotANamespace(f"netns {path!r} must be an absolute path to a network namespace", netns=str(path))
+    if "\x00" in path:
+        raise NotANamespace(f"netns path {path!r} contains a NUL byte", netns=path)
+    if len(path.encode(errors="surrogateescape")) >= _PATH_MAX:
+        raise NotANamespace(f"netns path {path[:64]!r}... is too long (PATH_MAX is {_PATH_MAX})", netns=path)
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):  # namespace files are regular files of nsfs
+            what = "a directory" if stat.S_ISDIR(st.st_mode) else "a device, FIFO or socket"
+            raise NotANamespace(f"netns path {path} is {what}, not a network namespace", netns=path)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as exc:
+        raise NotANamespace(f"netns path {path} {_why(exc)}", netns=path, errno=exc.errno) from None
+    try:
+        st = os.fstat(fd)  # the file opened, wherever the path pointed meanwhile
+        try:
+            kind = fcntl.ioctl(fd, _NS_GET_NSTYPE)
+        except OSError:  # ENOTTY, EINVAL: a file of another file system
+            raise NotANamespace(f"netns path {path} is a plain file, not a network namespace", netns=path) from None
+    finally:
+        os.close(fd)
+    if kind != _CLONE_NEWNET:
+        what = _NS_TYPES.get(kind, f"type {kind:#x}")
+        raise NotANamespace(f"netns path {path} is a {what} namespace, not a network namespace", netns=path)
+    return st.st_dev, st.st_ino
+
+
+def _why(exc: OSError) -> str:
+    return {
+        errno.ENOENT: "does not exist",
+        errno.ENOTDIR: "has a component that is not a directory",
+        errno.EACCES: "cannot be opened: permission denied",
+        errno.EPERM: "cannot be opened: permission denied",
+        errno.ELOOP: "has too many levels of symbolic links",
+        errno.ENAMETOOLONG: "is too long",
+    }.get(exc.errno or 0, f"cannot be opened: {exc.strerror}")
+
+
+def is_initial(ident: tuple[int, int]) -> bool:
+    """Whether a namespace identity (from :func:`check_path`) is the machine's
+    initial namespace: Linux numbers namespaces from 0xF0000000 up
+    (``PROC_DYNAMIC_FIRST``) and gives the initial ones fixed numbers below
+    (the initial network namespace's is 0xEFFFFFF9 on recent kernels; older
+    ones number it dynamically, so callers compare with ``/proc/1/ns/net`` too)."""
+    return ident[1] < _PROC_DYNAMIC_FIRST
+
+
+def identity(path: str) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of the file at ``path`` (None when there is none):
+    for comparing with what :func:`check_path` returned; never raises."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
 
 
 def exists(ns: str) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from libnet.driverapi import Capabilities, EndpointInfo, NetworkInfo, ReconcileReport, SandboxInfo
-from libnet.errors import InvalidOption, KernelError, KernelObjectExists
+from libnet.errors import Conflict, InvalidOption, KernelError, KernelObjectExists, NotANamespace
 
 
 class FakeDriver:
@@ -120,3 +120,17 @@ class FakeNamespaces:
 
     def in_use(self, path: str) -> bool:
         return path in self.busy
+
+    #: the host's own namespaces, refused as a container's
+    host = ("/proc/self/ns/net", "/proc/1/ns/net")
+
+    def check_external(self, path: str, sandboxes: dict[str, str]) -> None:
+        if not isinstance(path, str) or not path.startswith("/") or "\x00" in path:
+            raise NotANamespace(f"netns {path!r} must be an absolute path to a network namespace", netns=str(path))
+        if path in self.host:
+            raise NotANamespace(f"netns path {path} is the host's own network namespace", netns=path)
+        if path not in self.paths:
+            raise NotANamespace(f"netns path {path} does not exist", netns=path)
+        for sid, other in sandboxes.items():
+            if other == path:
+                raise Conflict(f"netns path {path} is the namespace of sandbox {sid} already", netns=path, holder=sid)
