@@ -290,24 +290,58 @@ def network_rm(ctx, refs) -> None:
 # --- connect ----------------------------------------------------------------------
 
 
+PORT_USAGE = (
+    "a port is [[IP:]HOST:]CONTAINER[/tcp|udp], an IPv6 IP in brackets ([::1]:8080:80); "
+    "no HOST (CONTAINER, or IP::CONTAINER): any free port"
+)
+
+
 def _port(spec: str) -> dict[str, Any]:
-    proto = "tcp"
-    if "/" in spec:
-        spec, proto = spec.rsplit("/", 1)
-    parts = spec.rsplit(":", 2) if spec.count(":") <= 2 else [spec]
+    """A ``-p`` value as Docker writes it: ``CONTAINER``, ``HOST:CONTAINER``,
+    ``IP:HOST:CONTAINER`` or ``IP::CONTAINER``, with ``/tcp`` or ``/udp``;
+    an IPv6 ``IP`` in brackets (``[::1]:9091:90``, ``[2001:db8::1]::80``)."""
+    text, proto = spec, "tcp"
+    if "/" in text:
+        text, proto = text.rsplit("/", 1)
+    host_ip = None
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or text[end + 1 : end + 2] != ":":
+            raise click.BadParameter(f"{PORT_USAGE}; got {spec!r}")
+        host_ip, text = text[1:end], text[end + 2 :]
+        parts = text.split(":")
+        if len(parts) != 2:
+            raise click.BadParameter(f"{PORT_USAGE}; got {spec!r}")
+        try:
+            if ipaddress.ip_address(host_ip).version != 6:
+                raise ValueError
+        except ValueError:
+            raise click.BadParameter(f"{host_ip!r} in brackets is not an IPv6 address; {PORT_USAGE}") from None
+        parts = [host_ip, *parts]
+    else:
+        parts = text.split(":")
+        if len(parts) > 3:
+            raise click.BadParameter(f"{PORT_USAGE} (an IPv6 address needs brackets); got {spec!r}")
     try:
         if len(parts) == 1:  # CONTAINER: any free host port
-            return {"host_port": 0, "container_port": int(parts[0]), "protocol": proto}
+            return {"host_port": 0, "container_port": _num(parts[0]), "protocol": proto}
         if len(parts) == 2:
-            return {"host_port": int(parts[0]), "container_port": int(parts[1]), "protocol": proto}
-        if len(parts) == 3:  # IP:HOST:CONTAINER, IP::CONTAINER
-            host = int(parts[1]) if parts[1] else 0
-            return {"host_ip": parts[0], "host_port": host, "container_port": int(parts[2]), "protocol": proto}
+            return {"host_port": _num(parts[0]), "container_port": _num(parts[1]), "protocol": proto}
+        # IP:HOST:CONTAINER, IP::CONTAINER
+        if host_ip is None and ipaddress.ip_address(parts[0]).version != 4:
+            raise ValueError
+        host = _num(parts[1]) if parts[1] else 0
+        return {"host_ip": parts[0], "host_port": host, "container_port": _num(parts[2]), "protocol": proto}
     except ValueError:
         pass
-    raise click.BadParameter(
-        f"a port is [[IP:]HOST:]CONTAINER[/tcp|udp] (no HOST, or IP::CONTAINER: any free port), got {spec!r}"
-    )
+    raise click.BadParameter(f"{PORT_USAGE}; got {spec!r}")
+
+
+def _num(text: str) -> int:
+    """A port number as written (digits only: no sign, no spaces)."""
+    if not text.isascii() or not text.isdigit():
+        raise ValueError(text)
+    return int(text)
 
 
 @cli.command()

@@ -16,6 +16,7 @@ from ipam.pools import IpamConfig, PoolSpec
 from libnet.config import Config
 from libnet.dns.service import DnsConfig
 from libnet.errors import BadRequest
+from libnet.ports import parse_range
 
 DEFAULT_SOCKET = "/run/libnet/libnet.sock"
 
@@ -52,6 +53,8 @@ class AgentConfig:
     log_format: str = "text"  # or json
     log_level: str = "info"
     reconcile_interval: float = 300.0
+    #: LOW-HIGH: host ports for ``-p CONTAINER`` (no host port given), as Docker's 49153-65535
+    port_range: str = "49153-65535"
     #: one-shot start actions for a lost store (command line only, see ``libnet-agent --help``)
     adopt: bool = field(default=False, metadata={"flag_only": True})
     purge: bool = field(default=False, metadata={"flag_only": True})
@@ -97,6 +100,7 @@ class AgentConfig:
             vtep=self.advertise,
             overlay_prefix=self.overlay_prefix,
             overlay_anti_entropy=self.overlay_anti_entropy,
+            port_range=parse_range(self.port_range),
             dns=DnsConfig(
                 enabled=self.dns,
                 ttl=self.dns_ttl,

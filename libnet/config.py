@@ -60,6 +60,8 @@ class Config:
     overlay_anti_entropy: float = 30.0
     #: the embedded DNS server of every sandbox (127.0.0.11)
     dns: DnsConfig = field(default_factory=_default_dns)
+    #: host ports a published port without a host port (``-p 80``) is given from, both ends included
+    port_range: tuple[int, int] = (49153, 65535)
 
     def resolved(self) -> Config:
         """This configuration with the instance id (read or made in ``state_dir``)

@@ -110,7 +110,9 @@ class Controller:
         from libnet.ports import PortRegistry
 
         real = isinstance(self._namespaces, KernelNamespaces)  # fakes: no host to probe for listeners
-        self._ports = PortRegistry(self._store, self.config.host_netns, None if real else (lambda pm: True))
+        self._ports = PortRegistry(
+            self._store, self.config.host_netns, None if real else (lambda pm: True), self.config.port_range
+        )
         if self._dns is not None:
             self._dns_binding = DnsBinding(self._dns, self._repo)
             for drv in self._drivers.values():

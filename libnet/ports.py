@@ -8,9 +8,11 @@ every address of the host), changed by compare-and-swap, so concurrent
 requests cannot both win.  An address conflicts with itself and with ``"*"``.
 
 A port a process of the host already listens on is refused too (checked by
-binding it in the host namespace), and ``host_port`` 0 asks for a free port
-from :data:`AUTO_RANGE` (the range Docker uses, above the kernel's usual
-ephemeral ports), reported back in the endpoint's ports.
+binding it in the host namespace; not when the registry says the endpoint
+holds it already: libnet's own ``[::1]`` relays listen on their ports), and
+``host_port`` 0 asks for a free port from the registry's range (default
+:data:`AUTO_RANGE`, the range Docker uses, above the kernel's usual ephemeral
+ports; ``libnet-agent --port-range``), reported back in the endpoint's ports.
 """
 
 from __future__ import annotations
@@ -22,14 +24,33 @@ from typing import Any
 
 from libnet import model
 from libnet.driverapi import PortMapping
-from libnet.errors import Conflict, InvalidOption, Unavailable
+from libnet.errors import Conflict, InvalidOption, KeyNotFound, Unavailable
 from libnet.kernel import netns
 from libnet.store.base import Store
 
 P = "libnet/v1/ports"
 KIND = "port_holders"
 ANY = "*"
+#: host ports ``-p CONTAINER`` picks from, both ends included (Docker's default)
 AUTO_RANGE = (49153, 65535)
+
+
+def parse_range(text: str | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """``"LO-HI"`` (or a pair) as a port range: integers, 1 <= LO <= HI <= 65535;
+    ``InvalidOption`` saying what is wrong otherwise."""
+    if isinstance(text, str):
+        lo_text, sep, hi_text = text.strip().partition("-")
+        parts = [lo_text.strip(), hi_text.strip()]
+        if not sep or not all(p.isascii() and p.isdigit() for p in parts):
+            raise InvalidOption(f"a port range is LOW-HIGH (e.g. 49153-65535), got {text!r}", port_range=text)
+        lo, hi = int(parts[0]), int(parts[1])
+    else:
+        if len(text) != 2 or not all(isinstance(p, int) and not isinstance(p, bool) for p in text):
+            raise InvalidOption(f"a port range is two integers, got {text!r}", port_range=str(text))
+        lo, hi = text
+    if not 1 <= lo <= hi <= 65535:
+        raise InvalidOption(f"a port range needs 1 <= LOW <= HIGH <= 65535, got {lo}-{hi}", port_range=f"{lo}-{hi}")
+    return lo, hi
 
 
 def _key(protocol: str, port: int) -> str:
@@ -96,9 +117,16 @@ def bindable(host_ns: str | None, pm: PortMapping) -> bool:
 class PortRegistry:
     """The host's published ports (see the module docstring)."""
 
-    def __init__(self, store: Store, host_ns: str | None, probe: Callable[[PortMapping], bool] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        host_ns: str | None,
+        probe: Callable[[PortMapping], bool] | None = None,
+        auto_range: tuple[int, int] = AUTO_RANGE,
+    ) -> None:
         self.store = store
         self.probe = probe or (lambda pm: bindable(host_ns, pm))
+        self.auto_range = parse_range(auto_range)
 
     async def reserve(self, endpoint_id: str, mappings: list[PortMapping]) -> list[PortMapping]:
         """Reserve every mapping for ``endpoint_id`` (all or none); host port 0
@@ -118,14 +146,15 @@ class PortRegistry:
         if pm.host_port:
             await self._claim(endpoint_id, pm)
             return pm
-        for port in range(*AUTO_RANGE):
+        lo, hi = self.auto_range
+        for port in range(lo, hi + 1):
             candidate = PortMapping(port, pm.container_port, pm.protocol, pm.host_ip)
             try:
                 await self._claim(endpoint_id, candidate)
             except Conflict:
                 continue
             return candidate
-        raise Unavailable(f"no free host port left in {AUTO_RANGE[0]}..{AUTO_RANGE[1]}", protocol=pm.protocol)
+        raise Unavailable(f"no free host port left in {lo}-{hi}", protocol=pm.protocol)
 
     async def _claim(self, endpoint_id: str, pm: PortMapping) -> None:
         addr = _addr(pm)
@@ -143,7 +172,13 @@ class PortRegistry:
             holders[addr] = endpoint_id
             return holders
 
-        if not self.probe(pm):
+        # probe only a port no endpoint holds: a holder's port may be bound by
+        # libnet itself (a [::1] relay), and ``add`` names the holder anyway
+        try:
+            held = _clash(model.decode((await self.store.get(_key(pm.protocol, pm.host_port))).value, KIND), addr)
+        except KeyNotFound:
+            held = None
+        if held is None and not self.probe(pm):
             raise Conflict(
                 f"host port {pm.host_port}/{pm.protocol} is in use by a process on this host",
                 port=pm.host_port,

@@ -65,9 +65,17 @@ from typing import Any, TypeVar
 
 from libnet import ownership
 from libnet.driverapi import Capabilities, EndpointInfo, NetworkInfo, ReconcileReport, SandboxInfo
+from libnet.drivers.relay import Relays, Target
 from libnet.errors import BadRequest, Conflict, InvalidOption, KernelObjectExists, LibnetError, NoSuchLink, NotFound
 from libnet.kernel import netns, rtnl, sysctl
-from libnet.kernel.firewall import Firewall, internal_rules, isolation_rules, masquerade_rule, port_rules
+from libnet.kernel.firewall import (
+    Firewall,
+    internal_rules,
+    isolation_rules,
+    localhost_rules,
+    masquerade_rule,
+    port_rules,
+)
 from libnet.kernel.netlink import IFNAMSIZ, Link, Netlink
 from libnet.ownership import Mark
 from libnet.rollback import Rollback
@@ -152,6 +160,7 @@ class BridgeDriver:
         self._mtus: dict[str, int] = {}  # bridge -> MTU, read once
         self._reaper_nl: Netlink | None = None
         self._reap_queued = False
+        self._relays = Relays(host_ns)  # [::1] published ports (libnet.drivers.relay)
 
     def capabilities(self) -> Capabilities:
         return Capabilities(scope="local")
@@ -222,6 +231,7 @@ class BridgeDriver:
         return await asyncio.to_thread(fn, self.fw)
 
     async def close(self) -> None:
+        await self._relays.close()
         for handle in (self._nl, self._reaper_nl, self._fw):
             if handle is not None:
                 await asyncio.to_thread(handle.close)  # closing waits for queued deletions
@@ -275,7 +285,24 @@ class BridgeDriver:
         else:
             subnets = [s for s in (nw.ipv4_subnet, nw.ipv6_subnet) if s]
             groups.append((f"net:{nw.id}:masq", [masquerade_rule(s, br) for s in subnets]))
+            if nw.ipv4_subnet:
+                groups.append((f"net:{nw.id}:localhost", localhost_rules(br)))
         return groups
+
+    def _route_localnet(self, nw: NetworkInfo, br: str) -> bool:
+        """Let the bridge carry 127.0.0.1-sourced traffic (ports published on
+        IPv4 localhost), as Docker does on its bridges: ``route_localnet``
+        (kernel ip-sysctl: "Do not consider loopback addresses as martian
+        source or destination while routing"), on this bridge only.  The
+        ``localhost`` rule group masquerades those packets and keeps containers
+        out of the host's 127.0.0.0/8.  True if it had to be set; on any thread."""
+        if nw.internal or not nw.ipv4_subnet:
+            return False
+        key = ("net", "ipv4", "conf", br, "route_localnet")
+        if sysctl.get(self.host_ns, key) == "1":
+            return False
+        sysctl.set(self.host_ns, key, 1)
+        return True
 
     async def check_network(self, nw: NetworkInfo) -> None:
         """``Conflict`` if the bridge's name is held by a link that is not this network's bridge."""
@@ -301,6 +328,7 @@ class BridgeDriver:
                 if link is not None:
                     undo.push(lambda: self._host(lambda: self.nl.set_down(index)), f"bring {br} down")
             await netns.run_in_async(self.host_ns, sysctl.set_forwarding, None, True)
+            await asyncio.to_thread(self._route_localnet, nw, br)  # the bridge's own setting: goes with it
             if await self._firewall(lambda fw: fw.add_bridge(br)):
                 undo.push(lambda: self._firewall(lambda fw: fw.remove_bridge(br)), f"take {br} out of the set")
             for key, rules in self._net_rules(nw, br):
@@ -359,12 +387,13 @@ class BridgeDriver:
                 raise Conflict(
                     f"{host_if} or {sb.ifname} in the sandbox exists already", ifname=host_if, sandbox_id=sb.id
                 ) from None
-            if not nw.options.get("icc", True):
-                try:
+            try:
+                nl.set_hairpin(index)  # a container reaching itself via its published port (br_netfilter)
+                if not nw.options.get("icc", True):
                     nl.set_port_isolated(index)
-                except BaseException:
-                    nl.delete_link(index)  # made just now, by this call
-                    raise
+            except BaseException:
+                nl.delete_link(index)  # made just now, by this call
+                raise
             return index
 
         index = await self._host(plug)
@@ -429,9 +458,15 @@ class BridgeDriver:
             raise BadRequest("internal networks cannot publish ports", network_id=nw.id, endpoint_id=ep.id)
         rules = _port_rules(nw, ep)
         await self._firewall(lambda fw: fw.add(f"ep:{ep.id}:ports", rules))
+        try:
+            await self._relays.start(ep.id, _relay_targets(ep))
+        except BaseException:
+            await self._firewall(lambda fw: fw.remove(f"ep:{ep.id}:ports"))
+            raise
 
     async def revoke_external_connectivity(self, nw: NetworkInfo, ep: EndpointInfo) -> None:
         if ep.ports:  # no ports, no rules: spare the nftables round trip
+            await self._relays.stop(ep.id)
             await self._firewall(lambda fw: fw.remove(f"ep:{ep.id}:ports"))
 
     # --- reconcile ------------------------------------------------------------
@@ -527,7 +562,7 @@ class BridgeDriver:
                 fw.add_bridge(br)
                 repaired.append(f"bridge {br} back in the isolation set")
             for key, rules in want:
-                if count.get(key) != len(rules):
+                if count.get(key, 0) != len(rules):
                     fw.add(key, rules)
                     repaired.append(f"firewall rules {key}")
             return removed, repaired
@@ -535,7 +570,46 @@ class BridgeDriver:
         removed, repaired = await self._firewall(fix)
         report.removed += removed
         report.repaired += repaired
+        report.repaired += await self._repair_local_paths(own, joined, by_name)
         return report
+
+    async def _repair_local_paths(
+        self, own: dict[str, NetworkInfo], joined: dict[str, EndpointInfo], by_name: dict[str, Link]
+    ) -> list[str]:
+        """``route_localnet`` on this instance's bridges, hairpin mode on its
+        endpoints' ports, and the ``[::1]`` relays of joined endpoints."""
+        repaired = []
+        for br, nw in own.items():
+            if await asyncio.to_thread(self._route_localnet, nw, br):
+                repaired.append(f"bridge {br}: route_localnet back on")
+        mine = [
+            host_ifname(ep)
+            for ep in joined.values()
+            if host_ifname(ep) in by_name
+            and ownership.owned_by(by_name[host_ifname(ep)].alias, self.owner, "ep", ep.id)
+        ]
+
+        def hairpin() -> list[str]:
+            ports = self.nl.hairpin_ports()
+            off = [name for name in mine if ports.get(name) is False]
+            for name in off:
+                self.nl.set_hairpin(name)
+            return [f"veth {name}: hairpin mode back on" for name in off]
+
+        repaired += await self._host(hairpin)
+        nets = {nw.id for nw in own.values() if not nw.internal}
+        relayed = {ep.id: _relay_targets(ep) for ep in joined.values() if ep.network_id in nets}
+        for key in self._relays.keys() - set(relayed):
+            await self._relays.stop(key)
+        for key, targets in relayed.items():
+            if self._relays.targets(key) != set(targets):
+                try:
+                    await self._relays.start(key, targets)
+                except LibnetError as exc:
+                    log.warning("endpoint %s: [::1] published ports: %s", key[:12], exc)
+                    continue
+                repaired.append(f"endpoint {key[:12]}: relays of ports published on [::1] started")
+        return repaired
 
 
 def _orphan(link: Link, m: Mark, nets: dict[str, NetworkInfo], joined: dict[str, EndpointInfo]) -> bool:
@@ -574,6 +648,19 @@ def _port_rules(nw: NetworkInfo, ep: EndpointInfo) -> Rules:
                 continue
             rules += port_rules(pm.host_port, ip, pm.container_port, pm.protocol, br, pm.host_ip)
     return rules
+
+
+def _relay_targets(ep: EndpointInfo) -> list[Target]:
+    """The endpoint's ports published on IPv6 loopback (host IP ``::1`` or
+    none), served by relays: the kernel cannot route replies to ``::1``."""
+    if not ep.ipv6:
+        return []
+    ip = str(ipaddress.ip_interface(ep.ipv6).ip)
+    return [
+        Target(pm.protocol, pm.host_port, ip, pm.container_port)
+        for pm in ep.ports
+        if pm.host_port and (not pm.host_ip or ipaddress.ip_address(pm.host_ip) == ipaddress.ip_address("::1"))
+    ]
 
 
 def _configure_sandbox(

@@ -40,6 +40,7 @@ COMMENT_PREFIX = "libnet:"
 CHAINS: dict[str, tuple[str, str, int]] = {
     "internal": ("filter", "forward", -10),
     "forward": ("filter", "forward", 0),
+    "input": ("filter", "input", 0),
     "prerouting": ("nat", "prerouting", -100),
     "output": ("nat", "output", -100),
     "postrouting": ("nat", "postrouting", 100),
@@ -109,6 +110,44 @@ def isolation_rules(bridge: str) -> list[tuple[str, list[dict[str, Any]]]]:
 
 
 PROTOCOLS = ("tcp", "udp")
+LOOPBACK_V4 = ipaddress.ip_network("127.0.0.0/8")
+LOOPBACK_V6 = ipaddress.ip_address("::1")
+
+
+def _daddr(fam: str, op: str, value: Any) -> dict[str, Any]:
+    return {"match": {"op": op, "left": {"payload": {"protocol": fam, "field": "daddr"}}, "right": value}}
+
+
+def localhost_rules(bridge: str) -> list[tuple[str, list[dict[str, Any]]]]:
+    """What publishing on ``127.0.0.1`` needs besides ``route_localnet`` on ``bridge``.
+
+    - Masquerade what leaves through ``bridge`` with a loopback source: a
+      connection from the host to ``127.0.0.1:<published port>``, DNATed in
+      the output hook, keeps its source ``127.0.0.1``, which the container
+      could not answer.  Docker's rule is ``-o docker0 -m addrtype --src-type
+      LOCAL -j MASQUERADE``; only loopback sources need it (the host's other
+      addresses are routable from the container), so only they are rewritten.
+    - Drop new connections from the bridge to ``127.0.0.0/8``: with
+      ``route_localnet=1`` the kernel would otherwise route a container's
+      packets to ``127.0.0.1`` to the host's local services (CVE-2020-8558;
+      Kubernetes' ``KUBE-FIREWALL`` guard against the same).  Replies of the
+      host's own connections (established) pass.
+
+    IPv6 has no ``route_localnet``: ``::1`` is served by a relay
+    (:mod:`libnet.drivers.relay`), not by these rules.
+    """
+    loopback = {"prefix": {"addr": str(LOOPBACK_V4.network_address), "len": LOOPBACK_V4.prefixlen}}
+    saddr = {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": loopback}}
+    state = {"match": {"op": "!=", "left": {"ct": {"key": "state"}}, "right": {"set": ["established", "related"]}}}
+    return [
+        ("postrouting", [_meta("oifname", "==", bridge), saddr, {"masquerade": None}]),
+        ("input", [_meta("iifname", "==", bridge), _daddr("ip", "==", loopback), state, {"drop": None}]),
+    ]
+
+
+def is_loopback(ip: str | None) -> bool:
+    """Whether ``ip`` is a loopback address (``127.0.0.0/8``, ``::1``)."""
+    return ip is not None and ipaddress.ip_address(ip).is_loopback
 
 
 def port_rules(
@@ -116,10 +155,23 @@ def port_rules(
 ) -> list[tuple[str, list[dict[str, Any]]]]:
     """Publish ``container_ip:container_port`` on the host's ``host_port``.
 
-    DNAT for traffic arriving from outside (prerouting) and made on the host
-    (output), to any local address of the host or only ``host_ip``; and a
-    masquerade for hairpin traffic (a container of the same bridge using the
-    published port), so the reply goes back through the host.
+    - DNAT for traffic arriving from outside (prerouting) and made on the
+      host (output), to any local address of the host or only ``host_ip``.
+      A loopback ``host_ip`` gets no prerouting rule (nothing legitimate
+      arrives from outside for ``127.0.0.1``); IPv6 ``::1`` gets no rule at
+      all: the kernel drops a reply routed to ``::1`` that arrives on the
+      bridge (IPv6 has no ``route_localnet``), so a userspace relay serves it
+      (:mod:`libnet.drivers.relay`, like Docker's ``docker-proxy``).
+    - Masquerade hairpin traffic of other containers of the bridge (routed,
+      when ``bridge-nf-call-iptables`` is 0), so the reply goes back through
+      the host.
+    - Masquerade a container's traffic to itself through its own published
+      port (Docker: ``-s C -d C -p tcp --dport P -j MASQUERADE``).  With
+      ``br_netfilter`` (``bridge-nf-call-iptables=1``) this traffic is bridged
+      back out of the port it came from: the frame has no input interface in
+      the postrouting hook, so the rule matches addresses only.  Without the
+      masquerade the container drops its own source address arriving from
+      outside.
     """
     if protocol not in PROTOCOLS:
         raise BadRequest(f"protocol must be one of {PROTOCOLS}", protocol=protocol)
@@ -133,6 +185,8 @@ def port_rules(
         raise BadRequest(f"invalid address: {exc}") from None
     if hip is not None and hip.version != ip.version:
         raise BadRequest("host and container address are of different IP versions", host_ip=host_ip)
+    if hip == LOOPBACK_V6:
+        return []
     fam = "ip" if ip.version == 4 else "ip6"
     match = [
         {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv4" if ip.version == 4 else "ipv6"}},
@@ -140,19 +194,19 @@ def port_rules(
         {"match": {"op": "==", "left": {"payload": {"protocol": protocol, "field": "dport"}}, "right": host_port}},
     ]
     if hip is not None:
-        match.append(
-            {"match": {"op": "==", "left": {"payload": {"protocol": fam, "field": "daddr"}}, "right": str(hip)}}
-        )
+        match.append(_daddr(fam, "==", str(hip)))
     dnat = {"dnat": {"family": fam, "addr": str(ip), "port": container_port}}
-    hairpin = [
-        _meta("iifname", "==", bridge),
-        _meta("oifname", "==", bridge),
-        {"match": {"op": "==", "left": {"payload": {"protocol": fam, "field": "daddr"}}, "right": str(ip)}},
+    output = [*match, _daddr(fam, "!=", str(LOOPBACK_V6))] if ip.version == 6 else match
+    to_container = [
+        _daddr(fam, "==", str(ip)),
         {"match": {"op": "==", "left": {"payload": {"protocol": protocol, "field": "dport"}}, "right": container_port}},
         {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
         {"masquerade": None},
     ]
-    return [("prerouting", [*match, dnat]), ("output", [*match, dnat]), ("postrouting", hairpin)]
+    hairpin = [_meta("iifname", "==", bridge), _meta("oifname", "==", bridge), *to_container]
+    own = {"match": {"op": "==", "left": {"payload": {"protocol": fam, "field": "saddr"}}, "right": str(ip)}}
+    rules = [] if hip is not None and hip.is_loopback else [("prerouting", [*match, dnat])]
+    return [*rules, ("output", [*output, dnat]), ("postrouting", hairpin), ("postrouting", [own, *to_container])]
 
 
 class Firewall:

@@ -514,6 +514,31 @@ class Netlink:
 
         self._run("set port isolation", body, ifname=link)
 
+    def set_hairpin(self, link: str | int, on: bool = True) -> None:
+        """Bridge port hairpin mode (``IFLA_BRPORT_MODE``, ``bridge link set
+        dev X hairpin on``): the bridge may send a frame back out of the port
+        it came in on.  Needed when ``br_netfilter`` DNATs a container's own
+        packet back to it (``bridge-nf-call-iptables=1``): such frames are
+        bridged, not routed, and go back through the ingress port."""
+
+        def body() -> None:
+            self.ipr.brport("set", index=self._index(link), mode=int(on))
+
+        self._run("set hairpin mode", body, ifname=link)
+
+    def hairpin_ports(self) -> dict[str, bool]:
+        """Every bridge port of the namespace -> whether hairpin mode is on (one dump)."""
+
+        def body() -> dict[str, bool]:
+            out = {}
+            for msg in self.ipr.get_links(family=socket.AF_BRIDGE):
+                info = msg.get("IFLA_PROTINFO")
+                if msg.get("ifname") and info is not None:
+                    out[msg.get("ifname")] = bool(info.get("IFLA_BRPORT_MODE"))
+            return out
+
+        return self._run("list bridge ports", body)
+
     def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn()`` on the namespace thread, where this object's own
         methods run inline: several operations for the price of one hop."""

@@ -1,0 +1,89 @@
+"""The auto-port range (``libnet-agent --port-range``) and ``-p`` parsing of the CLI."""
+
+from __future__ import annotations
+
+import click
+import pytest
+
+from agent.cli import _port
+from agent.config import load
+from libnet.driverapi import PortMapping
+from libnet.errors import BadRequest, InvalidOption, Unavailable
+from libnet.ports import AUTO_RANGE, PortRegistry, parse_range
+from libnet.store.memory import MemoryStore
+
+
+def test_parse_range() -> None:
+    assert parse_range("49153-65535") == AUTO_RANGE
+    assert parse_range(" 80 - 80 ") == (80, 80)
+    assert parse_range((1, 65535)) == (1, 65535)
+    for bad in ("80", "90-80", "0-10", "1-65536", "a-b", "-5", "1.5-3", "", (1,), (True, 2), ("1", "2")):
+        with pytest.raises(InvalidOption):
+            parse_range(bad)  # type: ignore[arg-type]
+
+
+def test_agent_flag_reaches_the_controller_config() -> None:
+    assert load([], {}).controller_config().port_range == AUTO_RANGE
+    assert load(["--port-range", "2000-2001"], {}).controller_config().port_range == (2000, 2001)
+    assert load([], {"LIBNET_PORT_RANGE": "3000-3010"}).controller_config().port_range == (3000, 3010)
+    with pytest.raises(BadRequest, match="LOW <= HIGH"):
+        load(["--port-range", "3000-2000"], {})
+
+
+async def test_registry_picks_from_its_range_both_ends_included() -> None:
+    reg = PortRegistry(MemoryStore(), None, probe=lambda pm: pm.host_port != 2001, auto_range=(2000, 2002))
+    got = [(await reg.reserve(ep, [PortMapping(0, 80)]))[0].host_port for ep in ("a", "b")]
+    assert got == [2000, 2002]  # 2001: a host process listens there
+    with pytest.raises(Unavailable, match="2000-2002"):
+        await reg.reserve("c", [PortMapping(0, 80)])
+
+
+async def test_a_held_port_names_its_holder_without_probing() -> None:
+    probed = []
+    reg = PortRegistry(MemoryStore(), None, probe=lambda pm: probed.append(pm) or True)
+    await reg.reserve("a" * 64, [PortMapping(8080, 80)])
+    # the holder's own relay may listen on the port now: the next request is told who holds it
+    reg.probe = lambda pm: False
+    with pytest.raises(Exception, match="already published by endpoint aaaaaaaaaaaa"):
+        await reg.reserve("b" * 64, [PortMapping(8080, 81)])
+    assert len(probed) == 1
+
+
+@pytest.mark.parametrize(
+    ("spec", "want"),
+    [
+        ("80", {"host_port": 0, "container_port": 80, "protocol": "tcp"}),
+        ("8080:80", {"host_port": 8080, "container_port": 80, "protocol": "tcp"}),
+        ("127.0.0.1:9090:90", {"host_ip": "127.0.0.1", "host_port": 9090, "container_port": 90, "protocol": "tcp"}),
+        ("127.0.0.1::90/udp", {"host_ip": "127.0.0.1", "host_port": 0, "container_port": 90, "protocol": "udp"}),
+        ("[::1]:9091:90", {"host_ip": "::1", "host_port": 9091, "container_port": 90, "protocol": "tcp"}),
+        ("[2001:db8::1]:80:80", {"host_ip": "2001:db8::1", "host_port": 80, "container_port": 80, "protocol": "tcp"}),
+        ("[::1]::80", {"host_ip": "::1", "host_port": 0, "container_port": 80, "protocol": "tcp"}),
+    ],
+)
+def test_cli_port_forms(spec: str, want: dict) -> None:
+    assert _port(spec) == want
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "::1:9091:90",
+        "[::1]:90",
+        "[127.0.0.1]:1:2",
+        "[::1:1:2",
+        "[::1]x:1:2",
+        "1:2:3:4",
+        "a:b",
+        "-1",
+        "8080:+80",
+        "::80",
+        "localhost:1:2",
+        "",
+        "[]:1:2",
+        "[::1]:1:2:3",
+    ],
+)
+def test_cli_port_malformed_is_a_usage_error(spec: str) -> None:
+    with pytest.raises(click.BadParameter, match=r"\[\[IP:\]HOST:\]CONTAINER|IPv6"):
+        _port(spec)
