@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 import libnet
 from agent.metrics import Metrics
@@ -133,7 +135,9 @@ async def body_of(request: web.Request, spec: Spec) -> dict[str, Any]:
     """The JSON body, checked against ``spec`` (BadRequest on any mismatch)."""
     raw = await request.read()
     try:
-        data = json.loads(raw or b"{}", parse_constant=_no_constant, parse_float=_finite_float)
+        # JSON is UTF-8 (RFC 8259 section 8.1): json.loads would also guess UTF-16/32 from bytes
+        text = raw.decode("utf-8") if raw else "{}"
+        data = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
     except RecursionError:
@@ -179,6 +183,9 @@ async def errors_and_metrics(
         )
     except web.HTTPRequestEntityTooLarge:
         response = error_response(400, "bad_request", f"request body exceeds {MAX_BODY} bytes")
+    except (HttpProcessingError, RequestPayloadError) as exc:  # e.g. a body its Content-Encoding cannot decode
+        cause = exc.message if isinstance(exc, HttpProcessingError) else str(exc).replace("\n", " ")
+        response = error_response(400, "bad_request", f"unreadable request body: {cause}")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -103,6 +103,20 @@ class Ipam(Protocol):
         """
         ...
 
+    async def check_pool(
+        self,
+        space: str,
+        pool: str,
+        sub_pool: str | None = None,
+        options: dict[str, Any] | None = None,
+        v6: bool = False,
+    ) -> None:
+        """Raise what :meth:`request_pool` would raise for the explicit ``pool``
+        (bad subnet, range or reservations; overlap with a pool or the host),
+        writing nothing: a caller that reserves several pools checks them all
+        first, so a refusal leaves the store as it was."""
+        ...
+
     async def release_pool(self, pool_id: str, owner: str | None = None) -> None:
         """Give the pool and all its addresses back; unknown ids raise ``NoSuchPool``.
 

@@ -162,6 +162,31 @@ class StoreIpam:
         options: dict[str, Any] | None = None,
         v6: bool = False,
     ) -> Pool:
+        pool_ = await self._pool(space, pool, sub_pool, options, v6, dry_run=False)
+        assert pool_ is not None
+        return pool_
+
+    async def check_pool(
+        self,
+        space: str,
+        pool: str,
+        sub_pool: str | None = None,
+        options: dict[str, Any] | None = None,
+        v6: bool = False,
+    ) -> None:
+        if pool is None:
+            raise InvalidSubnet("check_pool needs an explicit pool")
+        await self._pool(space, pool, sub_pool, options, v6, dry_run=True)
+
+    async def _pool(
+        self,
+        space: str,
+        pool: str | None,
+        sub_pool: str | None,
+        options: dict[str, Any] | None,
+        v6: bool,
+        dry_run: bool,
+    ) -> Pool | None:
         store = self._store(space)
         options = dict(options or {})
         owner = _owner(options)
@@ -213,6 +238,13 @@ class StoreIpam:
             chosen.update(record)
             return doc
 
+        if dry_run:
+            try:
+                current = model.decode((await store.get(f"{PREFIX}/{space}/pools")).value, POOLS_KIND)
+            except KeyNotFound:
+                current = None
+            add(current)
+            return None
         await model.update_json(store, f"{PREFIX}/{space}/pools", POOLS_KIND, add)
         record = dict(chosen)
         state = _PoolState(record)

@@ -123,11 +123,17 @@ def parse_address(value: object, net: Network, what: str = "address") -> ipaddre
     network address (nor, for IPv4, its broadcast address)."""
     if not isinstance(value, str):
         raise InvalidSubnet(f"{what} must be an IP address string", address=repr(value)[:64], pool=str(net))
-    text = value.split("/", 1)[0] if "/" in value else value
+    text, _, prefix = value.partition("/")
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:
         raise InvalidSubnet(f"{what} {value!r} is not an IP address", address=value[:64], pool=str(net)) from None
+    if prefix and prefix != str(net.prefixlen):  # "ADDR/LEN" (as stored) only with the subnet's own length
+        raise InvalidSubnet(
+            f"{what} {value!r} has prefix length /{prefix[:8]}, the subnet is {net}: give the address alone",
+            address=value[:64],
+            pool=str(net),
+        )
     if ip.version != net.version:
         raise InvalidSubnet(
             f"{what} {ip} is IPv{ip.version} but subnet {net} is IPv{net.version}", address=str(ip), pool=str(net)
@@ -184,9 +190,14 @@ def check_aux(
     out: dict[str, str] = {}
     seen: dict[str, str] = {}
     for name, value in aux.items():
-        if not isinstance(name, str) or not name or len(name) > 64 or any(c in name for c in "=\n/"):
+        if (
+            not isinstance(name, str)
+            or not 0 < len(name) <= 64
+            or not name.isprintable()
+            or any(c in name for c in "=/")
+        ):
             raise InvalidSubnet(
-                f"aux address name {name!r} must be 1-64 characters without '=', '/' or newlines", pool=str(net)
+                f"aux address name {name!r} must be 1-64 printable characters without '=' or '/'", pool=str(net)
             )
         ip = parse_address(value, net, f"aux address {name}")
         if gateway is not None and ip == gateway:

@@ -15,6 +15,7 @@ undoes the done ones if a later one fails (:class:`libnet.rollback.Rollback`):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -251,6 +252,12 @@ class Controller:
             aux_addresses={**fams[0].aux, **fams[1].aux},
         )
         await drv.check_network(self._net_info(nw))  # a refusal here has written nothing
+        for v6, fam in ((False, fams[0]), (True, fams[1])):
+            if fam.subnet and not (v6 and not ipv6):  # an explicit subnet IPAM would refuse: before any write
+                opts = _pool_options(nw.id, self.instance, fam.gateway, fam.aux, allow_route_overlap)
+                if drv.capabilities().own_addressing:
+                    opts[OPT_ISOLATED] = True
+                await self._ipam.check_pool(space, fam.subnet, fam.ip_range, options=opts, v6=v6)
         async with Rollback() as undo:
             await self.repo.reserve_name(store, self.repo.network_name_key(name), nw.id, "network", name, self.instance)
             undo.push(lambda: store.delete(self.repo.network_name_key(name)), "free network name")
@@ -338,6 +345,8 @@ class Controller:
             raise Conflict(f"network {nw.name} is being deleted", network_id=nw.id)
         if ipv6 is not None and not nw.ipv6_pool:
             raise InvalidOption("the network has no IPv6", network_id=nw.id)
+        _check_wanted(nw, ipv4, ipv6)  # before the first write: a refusal leaves no trace
+        _check_port_families(nw, mappings)
         drv = self.driver(nw.driver)
         store = self.repo.store(nw.scope)
         ep = Endpoint(
@@ -979,6 +988,29 @@ def _unjoined(e: Endpoint) -> None:
     e.sandbox_id, e.ifname, e.gateway, e.leaving = None, None, False, ""
 
 
+def _check_wanted(nw: Network, ipv4: object, ipv6: object) -> None:
+    """An endpoint's requested addresses: plain addresses (as ``docker network connect
+    --ip``, no prefix) of the right version inside the network's subnets (``InvalidOption``)."""
+    for version, wanted, subnet in ((4, ipv4, nw.ipv4_subnet), (6, ipv6, nw.ipv6_subnet)):
+        if wanted is None:
+            continue
+        what = "ipv4" if version == 4 else "ipv6"
+        try:
+            addr = ipaddress.ip_address(wanted) if isinstance(wanted, str) else None
+        except ValueError:
+            addr = None
+        if addr is None or addr.version != version:
+            raise InvalidOption(
+                f"{what} {wanted!r} is not an IPv{version} address (give an address, without a prefix length)",
+                option=what,
+                value=str(wanted)[:64],
+            )
+        if subnet is not None and addr not in ipaddress.ip_network(subnet):
+            raise InvalidOption(
+                f"{what} {addr} is not inside network {nw.name}'s subnet {subnet}", option=what, network_id=nw.id
+            )
+
+
 def _removing(instance: str) -> Any:
     def mark(obj: Any) -> None:
         obj.removing = instance
@@ -1005,7 +1037,34 @@ def _port(p: PortMapping | dict) -> PortMapping:
         raise InvalidOption("protocol must be tcp or udp", protocol=str(pm.protocol))
     if pm.host_ip is not None:
         try:
-            ipaddress.ip_address(pm.host_ip)
+            hip = ipaddress.ip_address(pm.host_ip) if isinstance(pm.host_ip, str) else None
         except ValueError:
-            raise InvalidOption(f"invalid host_ip {pm.host_ip!r}", host_ip=str(pm.host_ip)) from None
+            hip = None
+        if hip is None:
+            raise InvalidOption(f"invalid host_ip {pm.host_ip!r}: give an IP address", host_ip=str(pm.host_ip))
+        if hip.is_multicast or (hip.version == 4 and hip.is_reserved):  # 240/4 holds 255.255.255.255
+            raise InvalidOption(
+                f"host_ip {hip} is a multicast or broadcast address: ports are published on a unicast address",
+                host_ip=str(hip),
+            )
+        if hip.version == 6 and hip.ipv4_mapped is not None:
+            raise InvalidOption(f"host_ip {hip} is IPv4-mapped: give {hip.ipv4_mapped}", host_ip=str(hip))
+        if str(hip) != pm.host_ip:  # one spelling per address: the registry compares strings
+            pm = dataclasses.replace(pm, host_ip=str(hip))
     return pm
+
+
+def _check_port_families(nw: Network, mappings: list[PortMapping]) -> None:
+    """A port published on a host address of one IP version needs a container
+    address of that version to send it to (``InvalidOption``)."""
+    for pm in mappings:
+        if pm.host_ip is None:
+            continue
+        version = ipaddress.ip_address(pm.host_ip).version
+        if not (nw.ipv4_subnet if version == 4 else nw.ipv6_subnet):
+            raise InvalidOption(
+                f"host_ip {pm.host_ip} is IPv{version} but network {nw.name} gives its endpoints no IPv{version} "
+                "address to publish it to",
+                host_ip=pm.host_ip,
+                network_id=nw.id,
+            )

@@ -18,6 +18,7 @@ ports; ``libnet-agent --port-range``), reported back in the endpoint's ports.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -61,11 +62,20 @@ def _addr(pm: PortMapping) -> str:
     return pm.host_ip or ANY
 
 
+def _overlap(a: str, b: str) -> bool:
+    """Whether two host addresses of a port share a socket address: equal, one is
+    ``"*"`` (every address of both families), or one is the unspecified address
+    of the other's family (``0.0.0.0``: every IPv4 address, ``::`` every IPv6
+    one -- Docker's ``-p 0.0.0.0:80:80`` / ``-p [::]:80:80``)."""
+    if a == b or ANY in (a, b):
+        return True
+    ia, ib = ipaddress.ip_address(a), ipaddress.ip_address(b)
+    return ia.version == ib.version and (ia.is_unspecified or ib.is_unspecified)
+
+
 def _clash(holders: dict[str, str], addr: str) -> str | None:
     """The holder ``addr`` collides with, if any."""
-    if addr == ANY:
-        return next(iter(holders.values()), None)
-    return holders.get(addr) or holders.get(ANY)
+    return next((holder for held, holder in holders.items() if _overlap(held, addr)), None)
 
 
 def check_request(mappings: Iterable[PortMapping]) -> None:
@@ -76,7 +86,7 @@ def check_request(mappings: Iterable[PortMapping]) -> None:
             continue
         addrs = seen.setdefault((pm.protocol, pm.host_port), set())
         addr = _addr(pm)
-        if addr in addrs or (addrs and (addr == ANY or ANY in addrs)):
+        if any(_overlap(addr, other) for other in addrs):
             raise InvalidOption(
                 f"host port {pm.host_port}/{pm.protocol} is published twice in one request", port=pm.host_port
             )

@@ -650,6 +650,10 @@ def _port_rules(nw: NetworkInfo, ep: EndpointInfo) -> Rules:
     return rules
 
 
+#: host IPs whose mappings include ``[::1]``: loopback itself and "every IPv6 address"
+RELAYED_HOST_IPS = frozenset({"::1", "::"})
+
+
 def _relay_targets(ep: EndpointInfo) -> list[Target]:
     """The endpoint's ports published on IPv6 loopback (host IP ``::1`` or
     none), served by relays: the kernel cannot route replies to ``::1``."""
@@ -659,7 +663,7 @@ def _relay_targets(ep: EndpointInfo) -> list[Target]:
     return [
         Target(pm.protocol, pm.host_port, ip, pm.container_port)
         for pm in ep.ports
-        if pm.host_port and (not pm.host_ip or ipaddress.ip_address(pm.host_ip) == ipaddress.ip_address("::1"))
+        if pm.host_port and (not pm.host_ip or pm.host_ip in RELAYED_HOST_IPS)
     ]
 
 

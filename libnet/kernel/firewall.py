@@ -193,7 +193,7 @@ def port_rules(
         {"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}}, "right": "local"}},
         {"match": {"op": "==", "left": {"payload": {"protocol": protocol, "field": "dport"}}, "right": host_port}},
     ]
-    if hip is not None:
+    if hip is not None and not hip.is_unspecified:  # 0.0.0.0 / ::: every address of its family
         match.append(_daddr(fam, "==", str(hip)))
     dnat = {"dnat": {"family": fam, "addr": str(ip), "port": container_port}}
     output = [*match, _daddr(fam, "!=", str(LOOPBACK_V6))] if ip.version == 6 else match

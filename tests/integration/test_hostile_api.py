@@ -213,9 +213,9 @@ CASES: list[tuple[str, str, str, Any, int, str | None]] = [
         "gateway-cidr",
         "POST",
         "/v1/networks",
-        _net(ipv4_subnet="198.51.100.192/27", ipv4_gateway="198.51.100.193/27"),
-        None,
-        None,
+        _net(ipv4_subnet="198.51.100.192/27", ipv4_gateway="198.51.100.193/24"),
+        BAD,
+        B,
     ),
     (
         "gateway6-outside",
@@ -250,6 +250,76 @@ CASES: list[tuple[str, str, str, Any, int, str | None]] = [
     ("bridge-name-dot", "POST", "/v1/networks", _net(options={"bridge_name": "."}), BAD, B),
     ("bridge-name-int", "POST", "/v1/networks", _net(options={"bridge_name": 5}), BAD, B),
     ("vni-on-bridge", "POST", "/v1/networks", _net(options={"vni": 42}), BAD, B),
+    # --- network create: ranges, aux addresses, the route override -------------------------
+    (
+        "range-outside",
+        "POST",
+        "/v1/networks",
+        _net(ipv4_subnet="198.51.100.192/28", ipv4_range="198.51.100.0/28"),
+        BAD,
+        B,
+    ),
+    ("range-no-subnet", "POST", "/v1/networks", _net(ipv4_range="198.51.100.192/28"), BAD, B),
+    (
+        "range-v6-in-v4",
+        "POST",
+        "/v1/networks",
+        _net(ipv4_subnet="198.51.100.192/28", ipv4_range="2001:db8::/64"),
+        BAD,
+        B,
+    ),
+    ("range-int", "POST", "/v1/networks", _net(ipv4_subnet="198.51.100.192/28", ipv4_range=28), BAD, B),
+    ("range-garbage", "POST", "/v1/networks", _net(ipv4_subnet="198.51.100.192/28", ipv4_range="half"), BAD, B),
+    (
+        "aux-list",
+        "POST",
+        "/v1/networks",
+        _net(ipv4_subnet="198.51.100.192/28", aux_addresses=["198.51.100.200"]),
+        BAD,
+        B,
+    ),
+    ("aux-int", "POST", "/v1/networks", _net(ipv4_subnet="198.51.100.192/28", aux_addresses={"r": 1}), BAD, B),
+    (
+        "aux-outside",
+        "POST",
+        "/v1/networks",
+        _net(ipv4_subnet="198.51.100.192/28", aux_addresses={"r": "198.51.100.1"}),
+        BAD,
+        B,
+    ),
+    (
+        "aux-gateway",
+        "POST",
+        "/v1/networks",
+        _net(ipv4_subnet="198.51.100.192/28", aux_addresses={"r": "198.51.100.193"}),
+        BAD,
+        B,
+    ),
+    (
+        "aux-twice",
+        "POST",
+        "/v1/networks",
+        _net(ipv4_subnet="198.51.100.192/28", aux_addresses={"a": "198.51.100.200", "b": "198.51.100.200"}),
+        BAD,
+        B,
+    ),
+    (
+        "aux-bad-name",
+        "POST",
+        "/v1/networks",
+        _net(ipv4_subnet="198.51.100.192/28", aux_addresses={"a\nb": "198.51.100.200"}),
+        BAD,
+        B,
+    ),
+    ("override-string", "POST", "/v1/networks", _net(ipv4_subnet="203.0.113.0/28", allow_route_overlap="yes"), BAD, B),
+    (
+        "override-host-address",
+        "POST",
+        "/v1/networks",
+        _net(ipv4_subnet="203.0.113.0/24", allow_route_overlap=True),
+        TAKEN,
+        C,
+    ),
     # --- networks: references ---------------------------------------------------------------
     ("get-unknown", "GET", "/v1/networks/nope", None, MISSING, N),
     ("get-dotdot", "GET", "/v1/networks/..%2f..%2fetc", None, MISSING, N),
@@ -380,6 +450,24 @@ CASES: list[tuple[str, str, str, Any, int, str | None]] = [
         B,
     ),
     ("ports-on-internal", "POST", "/v1/networks/intra/connect", _ports(_pm()), BAD, B),
+    ("port-v6-host-on-v4-network", "POST", "/v1/networks/solo/connect", _ports(_pm(host_ip="::1")), BAD, B),
+    ("port-v4-mapped-host-ip", "POST", "/v1/networks/front/connect", _ports(_pm(host_ip="::ffff:127.0.0.1")), BAD, B),
+    (
+        "port-unspecified-taken",
+        "POST",
+        "/v1/networks/front/connect",
+        _ports(_pm(host_port=PUBLISHED, host_ip="0.0.0.0")),
+        TAKEN,
+        C,
+    ),
+    (
+        "port-unspecified6-taken",
+        "POST",
+        "/v1/networks/front/connect",
+        _ports(_pm(host_port=PUBLISHED, host_ip="::")),
+        TAKEN,
+        C,
+    ),
     (
         "ports-many",
         "POST",
@@ -413,6 +501,9 @@ CASES: list[tuple[str, str, str, Any, int, str | None]] = [
     ("sandbox-id-newline", "POST", "/v1/sandboxes", {"id": "a\nb"}, BAD, B),
     ("sandbox-id-nul", "POST", "/v1/sandboxes", {"id": "a\x00b"}, BAD, B),
     ("sandbox-id-huge", "POST", "/v1/sandboxes", {"id": "a" * 5000}, BAD, B),
+    ("sandbox-id-129", "POST", "/v1/sandboxes", {"id": "a" * 129}, BAD, B),
+    ("sandbox-id-leading-dot", "POST", "/v1/sandboxes", {"id": ".hidden"}, BAD, B),
+    ("sandbox-netns-other-sandbox", "POST", "/v1/sandboxes", {"netns": "@SB1NS@"}, TAKEN, C),
     ("sandbox-hostname-bad", "POST", "/v1/sandboxes", {"hostname": "a b"}, BAD, B),
     ("sandbox-hostname-long", "POST", "/v1/sandboxes", {"hostname": "h" * 300}, BAD, B),
     ("sandbox-netns-missing", "POST", "/v1/sandboxes", {"netns": "/var/run/netns/lnt-does-not-exist"}, BAD, B),
@@ -453,7 +544,9 @@ CONCURRENT: list[tuple[str, str, str, Any, int]] = [
 def _run(ns: str, *argv: str) -> str:
     r = subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=30)
     # bridge timers count down on their own: not state
-    return _TIMERS.sub("", f"rc={r.returncode}\n{r.stdout}{r.stderr}")
+    # ip's own name lookup of peer namespaces races with other tests' namespaces coming and going
+    text = "".join(ln for ln in (r.stdout + r.stderr).splitlines(True) if not ln.startswith("Error: Peer netns"))
+    return _TIMERS.sub("", f"rc={r.returncode}\n{text}")
 
 
 _TIMERS = re.compile(r" \w+_timer +[0-9.]+")
@@ -506,16 +599,16 @@ def snapshot(bed: Testbed, agent: AgentProcess) -> dict[str, Any]:
     }
 
 
-def settled(bed: Testbed, agent: AgentProcess, timeout: float = 15) -> dict[str, Any]:
-    """A snapshot once the kernel has settled (IPv6 DAD, routes of new links): two equal in a row."""
+def settled(bed: Testbed, agent: AgentProcess, timeout: float = 30) -> dict[str, Any]:
+    """A snapshot once the kernel has settled (IPv6 DAD, link-local routes of new
+    bridges come seconds later): unchanged over 3 s."""
     deadline = time.monotonic() + timeout
-    last = snapshot(bed, agent)
-    while time.monotonic() < deadline:
+    last, since = snapshot(bed, agent), time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - since < 3:
         time.sleep(0.5)
         now = snapshot(bed, agent)
-        if not _diff(last, now):
-            return now
-        last = now
+        if _diff(last, now):
+            last, since = now, time.monotonic()
     return last
 
 
@@ -556,6 +649,8 @@ def world(tmp_path_factory):
         )
         try:
             assert agent.cli("network", "create", "front", "--subnet", FRONT4, "--subnet6", FRONT6).returncode == 0
+            r = agent.cli("network", "create", "solo", "--subnet", "198.51.100.224/28", "--no-ipv6")
+            assert r.returncode == 0, r.stderr
             assert (
                 agent.cli("network", "create", "intra", "--subnet", INTRA4, "--no-ipv6", "--internal").returncode == 0
             )
@@ -568,6 +663,7 @@ def world(tmp_path_factory):
             plain = tmp / "not-a-namespace"
             plain.write_text("hello\n")
             subst = {"@FILE@": str(plain), "@HOSTNS@": f"/var/run/netns/{host.ns}", "@WEB@": web["id"]}
+            subst["@SB1NS@"] = _request(agent.socket, "GET", "/v1/sandboxes/sb-one")[1]["netns"]
             yield bed, agent, subst
         finally:
             listener.kill()

@@ -87,3 +87,12 @@ def test_localhost_rules_masquerade_loopback_sources_and_guard_127() -> None:
     }
     assert guard[-1] == {"drop": None}
     assert "input" in firewall.CHAINS
+
+
+def test_unspecified_host_ip_matches_every_local_address_of_its_family() -> None:
+    """``-p 0.0.0.0:80:80``: before, the DNAT matched daddr 0.0.0.0, which no packet has."""
+    from libnet.kernel.firewall import port_rules
+
+    rules = port_rules(8080, "198.51.100.2", 80, "tcp", "br0", "0.0.0.0")
+    text = repr(rules)
+    assert "0.0.0.0" not in text and "'local'" in text and "ipv4" in text

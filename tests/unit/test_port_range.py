@@ -87,3 +87,28 @@ def test_cli_port_forms(spec: str, want: dict) -> None:
 def test_cli_port_malformed_is_a_usage_error(spec: str) -> None:
     with pytest.raises(click.BadParameter, match=r"\[\[IP:\]HOST:\]CONTAINER|IPv6"):
         _port(spec)
+
+
+@pytest.mark.parametrize(
+    ("held", "asked", "clash"),
+    [
+        ("0.0.0.0", "203.0.113.11", True),  # every IPv4 address holds each one
+        ("203.0.113.11", "0.0.0.0", True),
+        ("0.0.0.0", "::", False),  # different families
+        ("::", "2001:db8::1", True),
+        ("::", "::1", True),
+        ("0.0.0.0", "::1", False),
+        ("203.0.113.11", "203.0.113.12", False),
+        (None, "::", True),  # no host IP: every address of both families
+    ],
+)
+async def test_unspecified_host_ip_is_every_address_of_its_family(held, asked, clash) -> None:
+    """Docker's ``-p 0.0.0.0:80:80`` publishes on every IPv4 address, ``[::]`` on every IPv6 one:
+    before, "0.0.0.0" was one more address and two endpoints could both hold the port."""
+    reg = PortRegistry(MemoryStore(), None, probe=lambda pm: True)
+    await reg.reserve("a" * 64, [PortMapping(8080, 80, host_ip=held)])
+    if clash:
+        with pytest.raises(Exception, match="already published"):
+            await reg.reserve("b" * 64, [PortMapping(8080, 80, host_ip=asked)])
+    else:
+        await reg.reserve("b" * 64, [PortMapping(8080, 80, host_ip=asked)])
