@@ -34,21 +34,36 @@ NAME = "overlay_bench"
 
 
 def iperf(bed: Testbed, server_ns: str, client_ns: str, addr: str, seconds: float, port: int) -> float:
-    """Gbit/s of one TCP stream from client_ns to addr (served in server_ns)."""
-    srv = bed.spawn(
-        server_ns, ["iperf3", "-s", "-1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    """Gbit/s of one TCP stream from client_ns to addr (served in server_ns).
+
+    The server runs until the measurement is done (not ``-1``: a client attempt
+    that failed half-way would end a one-off server and every retry after it),
+    the client starts once the server listens, and is retried a few times."""
+    srv = bed.spawn(server_ns, ["iperf3", "-s", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(50):  # until the server listens
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and srv.poll() is None:
+            if bed.run(server_ns, ["ss", "-Hltn", f"sport = :{port}"]).stdout.strip():
+                break
+            time.sleep(0.05)
+        r = None
+        for _ in range(3):
             r = bed.run(
                 client_ns, ["iperf3", "-c", addr, "-p", str(port), "-t", str(seconds), "-J"], timeout=seconds + 30
             )
             if r.returncode == 0:
                 return json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
-            time.sleep(0.1)
-        raise SystemExit(f"iperf3 to {addr} failed: {r.stdout[-300:]} {r.stderr[-300:]}")
+            time.sleep(0.5)
+        detail = f"{r.stdout[-300:]} {r.stderr[-300:]}" if r is not None else "no attempt"
+        raise SystemExit(f"iperf3 to {addr} failed: {detail}")
     finally:
-        srv.wait(timeout=30) if srv.poll() is None else None
+        if srv.poll() is None:
+            srv.terminate()
+        try:
+            srv.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            srv.kill()
+            srv.wait(10)
 
 
 def handbuilt(bed: Testbed) -> tuple[str, str]:
