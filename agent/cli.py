@@ -20,7 +20,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from agent.config import DEFAULT_SOCKET
+from agent.paths import DEFAULT_SOCKET
 from libnet.errors import LibnetError
 from libnet.validation import parse_aux_args
 

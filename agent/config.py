@@ -12,13 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.paths import DEFAULT_SOCKET
 from ipam.pools import IpamConfig, PoolSpec
 from libnet.config import Config
 from libnet.dns.service import DnsConfig
 from libnet.errors import BadRequest
 from libnet.ports import parse_range
-
-DEFAULT_SOCKET = "/run/libnet/libnet.sock"
 
 
 @dataclass

@@ -1,0 +1,29 @@
+"""Importing the CLI, the errors or IPAM's pure parts loads no controller, driver or
+DNS server (issue 17: the CLI paid ~280 ms of imports for one constant)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("libnet.controller", "libnet.dns.server", "libnet.drivers.bridge", "libnet.drivers.overlay", "aiohttp")
+
+
+@pytest.mark.parametrize("module", ["agent.cli", "libnet", "libnet.errors", "agent.paths"])
+def test_import_is_light(module: str) -> None:
+    code = f"import sys, json, {module}; print(json.dumps(sorted(sys.modules)))"
+    loaded = set(
+        json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    )
+    assert not [m for m in HEAVY if m in loaded]
+
+
+def test_lazy_names_still_resolve() -> None:
+    import libnet
+
+    assert libnet.Controller.__name__ == "Controller" and libnet.SyncController.__name__ == "SyncController"
+    with pytest.raises(AttributeError):
+        libnet.NoSuchThing  # noqa: B018
