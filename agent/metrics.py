@@ -1,12 +1,71 @@
-"""Prometheus metrics of the agent (prometheus-client), one registry per agent."""
+"""Prometheus metrics of the agent (prometheus-client), one registry per agent.
+
+DNS (``libnet_dns_*``) comes from the embedded DNS's stats objects, read at
+scrape time: :class:`libnet.dns.stats.DnsStats` (resolver outcomes, the
+forwarding path), the server's and the forwarder's own counters.
+"""
 
 from __future__ import annotations
 
 from collections import Counter as Tally
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from libnet.dns.service import EmbeddedDns
+
+
+class DnsCollector(Collector):
+    """``libnet_dns_*`` from the embedded DNS given to :meth:`Metrics.render` (none when DNS is off)."""
+
+    def __init__(self) -> None:
+        self.dns: EmbeddedDns | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        dns = self.dns
+        if dns is None:
+            return
+        st, server, fwd = dns.stats, dns.server.stats, dns.forwarder.stats
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(f"libnet_dns_{name}", doc, value=value)
+
+        yield counter(
+            "answered_locally",
+            "Queries answered from libnet's records (any rcode), including answer-cache hits",
+            server.answered + server.cached,
+        )
+        yield counter("answer_cache_hits", "Queries answered from the server's cache of encoded answers", server.cached)
+        yield counter("nxdomain", "NXDOMAIN answers computed from libnet's records", st.nxdomain)
+        yield counter("refused", "Queries refused: an internal-only sandbox asked for an outside name", st.refused)
+        yield counter(
+            "formerr", "Malformed queries and invalid messages (FORMERR or dropped)", server.formerr + st.formerr
+        )
+        yield counter("notimp", "Queries with an opcode or type libnet does not implement", st.notimp)
+        yield counter("badvers", "Queries with an EDNS version above 0", st.badvers)
+        yield counter("dropped", "Queries that hit an unexpected failure (answered SERVFAIL)", server.dropped)
+        yield counter("forwarded", "Queries sent down the forwarding path (to the cache or an upstream)", st.forwarded)
+        yield counter("forward_cache_hits", "Forwarded queries answered from the forward cache", st.cached)
+        yield counter("upstream_answers", "Forwarded queries an upstream answered", fwd.forwarded)
+        yield counter("forward_failures", "Forwarded queries every upstream failed (SERVFAIL)", fwd.failed)
+        yield counter("forward_rejected", "Forwarded queries over the in-flight bound (SERVFAIL at once)", fwd.rejected)
+        per_upstream = CounterMetricFamily(
+            "libnet_dns_upstream_failures", "Failed attempts per upstream", labels=["upstream"]
+        )
+        for upstream, n in sorted(st.upstream_failures.items()):
+            per_upstream.add_metric([upstream], n)
+        yield per_upstream
+        h = st.forward_latency
+        yield HistogramMetricFamily(
+            "libnet_dns_forward_seconds",
+            "Time from a query entering the forwarding path to its answer",
+            buckets=h.cumulative(),
+            sum_value=h.total,
+        )
 
 
 class Metrics:
@@ -31,6 +90,8 @@ class Metrics:
         self.repaired = Counter(
             "libnet_reconcile_repairs_total", "Repairs made by reconcile passes", ["kind"], registry=r
         )
+        self.dns = DnsCollector()
+        r.register(self.dns)
 
     def observe(self, method: str, route: str, code: int, seconds: float) -> None:
         self.latency.labels(method, route, str(code)).observe(seconds)
@@ -65,4 +126,5 @@ class Metrics:
         self.members.clear()
         for status, n in Tally(m["status"] for m in nodes).items():
             self.members.labels(status).set(n)
+        self.dns.dns = ctl.dns
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -148,6 +148,11 @@ class Controller:
         return self._ipam
 
     @property
+    def dns(self):
+        """The embedded DNS (:class:`libnet.dns.service.EmbeddedDns`), None when off."""
+        return self._dns
+
+    @property
     def instance(self) -> str:
         """This libnet instance's id (:mod:`libnet.ownership`); set by :meth:`start`."""
         assert self.config.instance_id is not None, "Controller.start() was not called"

@@ -6,11 +6,17 @@ store), driven only through the ``libnet`` command line, printing each
 command.  Part 1, on one host: a dual-stack bridge network with three
 containers (sandboxes), their addresses, IPv4 and IPv6 pings between them,
 and a fourth container on a second network that cannot reach them.  Part 2,
-across hosts: a dual-stack VXLAN overlay network with a container on each
-host, pings both ways, and the time from ``connect`` on one host until the
-other host reaches the new container.  Everything is removed on exit, also on
-Ctrl-C; nothing touches the machine's own network.  Run as root:
-``sudo make demo``.
+service discovery through the embedded DNS: containers ping each other by
+name and by a shared alias, A, AAAA, SRV and PTR lookups with ``dig``, a
+container on another network that does not see those names, and a container
+on an ``--internal`` network only that cannot resolve outside names (its
+question never reaches the upstream: a stand-in for the Internet's DNS,
+answering ``*.example.com``, runs in the second test host and logs what it is
+asked).  Part 3, across hosts: a dual-stack VXLAN overlay network with a
+container on each host, pings both ways, and the time from ``connect`` on one
+host until the other host reaches the new container.  Everything is removed
+on exit, also on Ctrl-C; nothing touches the machine's own network.  Run as
+root: ``sudo make demo``.
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 import tempfile
+import time
 
 from rich.console import Console
 from rich.table import Table
@@ -32,16 +40,65 @@ from libnet.testing.hosts import Testbed
 console = Console(width=None if sys.stdout.isatty() else 120)
 
 
+#: what the stand-in upstream answers for every name under example.com
+PUBLIC = "198.51.100.250"
+
+
 def _ip(cidr: str) -> str:
     return str(ipaddress.ip_interface(cidr).ip)
+
+
+def fake_upstream(address: str, port: int = 53) -> None:
+    """A stand-in for the Internet's DNS (run in a test host): A records for
+    ``*.example.com``, NXDOMAIN for everything else; each question is logged
+    to stdout.  Runs until killed (the test bed kills it by its pid)."""
+    from dnslib import QTYPE, RCODE, RR, A, DNSRecord
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((address, port))
+    while True:
+        data, peer = sock.recvfrom(4096)
+        try:
+            query = DNSRecord.parse(data)
+        except Exception:  # a stand-in: ignore what it cannot read
+            continue
+        name = str(query.q.qname).rstrip(".").lower()
+        reply = query.reply()
+        if name == "example.com" or name.endswith(".example.com"):
+            if query.q.qtype == QTYPE.A:
+                reply.add_answer(RR(query.q.qname, QTYPE.A, rdata=A(PUBLIC), ttl=60))
+        else:
+            reply.header.rcode = RCODE.NXDOMAIN
+        print(f"{name} {QTYPE.get(query.q.qtype)} from {peer[0]}", flush=True)
+        sock.sendto(reply.pack(), peer)
+
+
+def dig(bed: Testbed, netns: str, *args: str) -> tuple[str, list[str]]:
+    """``dig @127.0.0.11`` inside a container: (status, answer records' data)."""
+    r = bed.run(os.path.basename(netns), ["dig", "@127.0.0.11", "+time=2", "+tries=1", *args], timeout=10)
+    m = re.search(r"status: (\w+)", r.stdout)
+    rows = []
+    part = r.stdout.split(";; ANSWER SECTION:\n", 1)
+    if len(part) == 2:
+        rows = [" ".join(line.split()[4:]) for line in part[1].split("\n\n", 1)[0].splitlines()]
+    return (m.group(1) if m else "no answer"), rows
 
 
 class Demo:
     def __init__(self, bed: Testbed, state: str) -> None:
         from libnet.cluster.serf import new_key
 
-        self.bed = bed
+        self.bed, self.state = bed, state
         key = new_key()
+        upstream = bed.hosts[1]
+        self.upstream_log = f"{state}/upstream.log"
+        with open(self.upstream_log, "wb") as log:
+            bed.spawn(
+                upstream.ns,
+                [sys.executable, "-c", f"from libnet.demo import fake_upstream; fake_upstream({upstream.ipv4!r})"],
+                stdout=log,
+                stderr=log,
+            )
         self.agents = [
             AgentProcess(
                 bed,
@@ -56,6 +113,8 @@ class Demo:
                 bed.hosts[0].ipv4,
                 "--cluster-key",
                 key,
+                "--dns-upstreams",
+                upstream.ipv4,
                 state_dir=f"{state}/{h.name}",
             )
             for h in bed.hosts
@@ -93,7 +152,8 @@ class Demo:
         for name in ("alpha", "bravo", "charlie", "delta"):
             sid = self.libnet("sandbox", "create", "--hostname", name).strip()
             names[name] = sid
-            self.libnet("connect", "elsewhere" if name == "delta" else "demo", sid[:12])
+            web = ("--alias", "web", "--service", "http:80/tcp") if name in ("bravo", "charlie") else ()
+            self.libnet("connect", "elsewhere" if name == "delta" else "demo", sid[:12], *web)
         self.libnet("network", "inspect", "demo")
         eps = {e["sandbox_id"]: e for e in json.loads(self.libnet("endpoint", "ls", "--json", show=False))}
         sbs = {s["id"]: s for s in json.loads(self.libnet("sandbox", "ls", "--json", show=False))}
@@ -119,10 +179,101 @@ class Demo:
             checks.add_row(src, dst, addr, "reach" if expected else "isolated", verdict)
         console.print(checks)
 
+        console.rule("part 2: service discovery (the embedded DNS at 127.0.0.11 in every container)")
+        ok &= self.discovery(names)
         self.libnet("sandbox", "rm", *(sid[:12] for sid in names.values()))
-        self.libnet("network", "rm", "demo", "elsewhere")
-        console.rule("part 2: an overlay network across two hosts")
+        self.libnet("network", "rm", "demo", "elsewhere", "sealed")
+        console.rule("part 3: an overlay network across two hosts")
         return self.overlay() and ok
+
+    def wait_upstream(self) -> bool:
+        """Until the stand-in upstream answers (bounded)."""
+        up = self.bed.hosts[1]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            r = self.bed.run(up.ns, ["dig", f"@{up.ipv4}", "+time=1", "+tries=1", "ready.example.com"], timeout=5)
+            if PUBLIC in r.stdout:
+                return True
+            time.sleep(0.1)
+        return False
+
+    def ping_name(self, sid: str, netns: str, name: str) -> tuple[bool, str]:
+        """ping NAME inside the container, resolved by its own resolv.conf (127.0.0.11):
+        the file is bind-mounted over /etc/resolv.conf in a private mount namespace."""
+        resolv = f"{self.state}/{self.bed.hosts[0].name}/sandboxes/{sid}/resolv.conf"
+        script = 'mount --bind "$0" /etc/resolv.conf && exec ping -c 1 -W 1 "$1"'
+        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, resolv, name]
+        r = self.bed.run(os.path.basename(netns), argv, timeout=10)
+        m = re.search(r"PING \S+ \(([^)]+)\)", r.stdout)
+        rtt = re.search(r"time=([\d.]+) ms", r.stdout)
+        return r.returncode == 0, f"{m.group(1) if m else '?'}, {rtt.group(1)} ms" if rtt else "no reply"
+
+    def discovery(self, names: dict[str, str]) -> bool:
+        """Names, aliases, AAAA, SRV, PTR; isolation by network; no way out of an internal network."""
+        self.libnet("network", "create", "sealed", "--internal", "--subnet", "198.51.103.0/24", "--no-ipv6")
+        names["echo"] = self.libnet("sandbox", "create", "--hostname", "echo").strip()
+        self.libnet("connect", "sealed", names["echo"][:12])
+        self.libnet("connect", "sealed", names["bravo"][:12])
+        sbs = {s["id"]: s for s in json.loads(self.libnet("sandbox", "ls", "--json", show=False))}
+        eps = {
+            (e["sandbox_id"], net): e
+            for net in ("demo", "sealed")
+            for e in json.loads(self.libnet("endpoint", "ls", "--network", net, "--json", show=False))
+        }
+
+        def ep(who: str, net: str = "demo") -> dict:
+            return eps[(names[who], net)]
+
+        ns = {who: sbs[sid]["netns"] for who, sid in names.items()}
+        bravo4, charlie4 = _ip(ep("bravo")["ipv4"]), _ip(ep("charlie")["ipv4"])
+        secret = "secret-in-the-name.example.com"
+        plan = [  # from, dig arguments, expected status, expected answers, what it shows
+            ("alpha", ("bravo",), "NOERROR", {bravo4}, "a name"),
+            ("alpha", ("charlie.demo", "AAAA"), "NOERROR", {_ip(ep("charlie")["ipv6"])}, "name.network, AAAA"),
+            ("alpha", ("web",), "NOERROR", {bravo4, charlie4}, "an alias of two (round robin)"),
+            ("alpha", ("_http._tcp.web", "SRV"), "NOERROR", {"0 0 80 bravo.demo.", "0 0 80 charlie.demo."}, "SRV"),
+            ("alpha", ("-x", bravo4), "NOERROR", {"bravo.demo."}, "PTR"),
+            ("delta", ("bravo",), "NXDOMAIN", set(), "not on its network"),
+            ("alpha", ("www.example.com",), "NOERROR", {PUBLIC}, "forwarded upstream"),
+            ("echo", ("bravo",), "NOERROR", {_ip(ep("bravo", "sealed")["ipv4"])}, "internal: its own network"),
+            ("echo", (secret,), "REFUSED", set(), "internal only: no way out"),
+        ]
+        if not self.wait_upstream():
+            console.print("[red]the stand-in upstream did not start[/]")
+            return False
+        table = Table(title="names (dig @127.0.0.11 inside the containers)", title_justify="left")
+        for col in ("from", "question", "shows", "answer", "result"):
+            table.add_column(col)
+        ok = True
+        for who, args, want_status, want, shows in plan:
+            status, rows = dig(self.bed, ns[who], *args)
+            good = status == want_status and set(rows) == want
+            ok &= good
+            answer = ", ".join(sorted(rows)) or status
+            verdict = "[green]✔[/]" if good else f"[red]✘[/] expected {want_status} {sorted(want)}"
+            if good and not want:
+                verdict += " blocked" if status == "REFUSED" else " not found"
+            table.add_row(who, " ".join(args), shows, answer, verdict)
+        console.print(table)
+
+        pings = Table(title="by name (ping NAME, resolved through the container's resolv.conf)", title_justify="left")
+        for col in ("from", "to", "result"):
+            pings.add_column(col)
+        for target in ("bravo", "charlie.demo", "web"):
+            reached, detail = self.ping_name(names["alpha"], ns["alpha"], target)
+            ok &= reached
+            pings.add_row("alpha", target, ("[green]✔[/] " if reached else "[red]✘[/] ") + detail)
+        console.print(pings)
+
+        with open(self.upstream_log) as f:
+            asked = [line.split()[0] for line in f if line.strip() and "ready.example.com" not in line]
+        leaked = [name for name in asked if "secret" in name]
+        ok &= not leaked and "www.example.com" in asked
+        console.print(
+            f"the upstream (in {self.bed.hosts[1].name}) was asked: [bold]{', '.join(dict.fromkeys(asked))}[/]; "
+            + ("[green]echo's question never left the host ✔[/]" if not leaked else f"[red]leaked: {leaked} ✘[/]")
+        )
+        return ok
 
     def overlay(self) -> bool:
         import time

@@ -4,6 +4,12 @@ The controller calls in after joins, leaves and deletions; the overlay
 driver's peer listeners call :meth:`DnsBinding.remote_changed`.  A sandbox's
 view is the set of networks it is on, minus the gateway bridge network
 (plumbing for outbound traffic, not a network containers find each other on).
+
+Each network is recorded with whether it gives its containers a way out: an
+``internal`` network does not, nor does a ``null`` one (loopback only).  A
+view made only of such networks never forwards (the resolver answers
+REFUSED): forwarding happens from the host's namespace, so it would be the
+one way out of an internal network (CVE-2024-29018).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from libnet.model import Endpoint, Network, Sandbox
 
 log = logging.getLogger("libnet.dns")
 GATEWAY_ROLE = ("libnet.role", "gateway-bridge")
+#: drivers whose networks connect nothing (a sandbox on them has its loopback only)
+NO_WAY_OUT = frozenset({"null"})
 
 
 def entry_of(ep: Endpoint) -> Entry:
@@ -37,7 +45,8 @@ class DnsBinding:
         """Record the network; False if it is not one containers resolve names on."""
         if nw.labels.get(GATEWAY_ROLE[0]) == GATEWAY_ROLE[1]:
             return False
-        self.records.set_network(nw.id, nw.name, [nw.ipv4_subnet, nw.ipv6_subnet])
+        external = not nw.internal and nw.driver not in NO_WAY_OUT
+        self.records.set_network(nw.id, nw.name, [nw.ipv4_subnet, nw.ipv6_subnet], external)
         return True
 
     async def sandbox(self, sb: Sandbox) -> None:

@@ -10,6 +10,16 @@ Entries come from two sources: endpoints joined on this host (the
 controller) and remote endpoints of overlay networks (the overlay driver's
 peer table, i.e. its peer events).  A sandbox sees only the networks it is
 on: every lookup takes that *view*, a set of network ids.
+
+Whether a name is libnet's is decided from the view alone, never from what
+else the host knows: a name is ours when it is a view network's name or lies
+under it (``x.mynet``), when it is a name or alias of an endpoint on a view
+network, or when it is a reverse name inside a view network's subnet.  So a
+network called ``dev`` that the asking sandbox is not on hides nothing
+(``go.dev`` goes upstream), and the same question gets the same answer
+whatever other sandboxes joined or left.  Whether the view may forward at all
+is decided from the same networks: only if one of them gives a way out
+(not ``internal``).
 """
 
 from __future__ import annotations
@@ -87,10 +97,15 @@ class Entry:
         return (self.name, *self.aliases)
 
 
+Subnet = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 @dataclass
 class _Network:
     name: str
-    subnets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
+    subnets: list[Subnet] = field(default_factory=list)
+    #: containers on it have a way out (not ``internal``): names may be forwarded upstream
+    external: bool = True
 
 
 class Records:
@@ -103,21 +118,24 @@ class Records:
         self._entries: dict[str, Entry] = {}
         self._by_name: dict[tuple[str, str], list[Entry]] = defaultdict(list)  # (network id, name)
         self._by_ip: dict[str, list[Entry]] = defaultdict(list)
-        self._name_count: dict[str, int] = defaultdict(int)  # names on any network
         self._remote: dict[str, set[str]] = defaultdict(set)  # network id -> remote endpoint ids
         self.listeners: list[Callable[[], None]] = []
 
     # --- changes ------------------------------------------------------------
 
-    def set_network(self, network_id: str, name: str, subnets: Iterable[str | None] = ()) -> None:
-        """Make a network known (its name is a domain; its subnets' reverse zones are libnet's)."""
+    def set_network(
+        self, network_id: str, name: str, subnets: Iterable[str | None] = (), external: bool = True
+    ) -> None:
+        """Make a network known: its name is a domain, its subnets' reverse zones are
+        libnet's (for sandboxes on it); ``external=False`` for an internal network."""
         old = self._networks.get(network_id)
         nets = [ipaddress.ip_network(s, strict=False) for s in subnets if s]
-        if old is not None and old.name == name.lower() and old.subnets == nets:
+        new = _Network(name.lower(), nets, external)
+        if old == new:
             return
         if old is not None:
             self._network_ids.pop(old.name, None)
-        self._networks[network_id] = _Network(name.lower(), nets)
+        self._networks[network_id] = new
         self._network_ids[name.lower()] = network_id
         self._changed()
 
@@ -165,7 +183,6 @@ class Records:
         self._entries[entry.endpoint_id] = entry
         for n in entry.names():
             self._by_name[(entry.network_id, n)].append(entry)
-            self._name_count[n] += 1
         for ip in (entry.ipv4, entry.ipv6):
             if ip:
                 self._by_ip[ip].append(entry)
@@ -174,9 +191,6 @@ class Records:
         del self._entries[entry.endpoint_id]
         for n in entry.names():
             _discard(self._by_name, (entry.network_id, n), entry)
-            self._name_count[n] -= 1
-            if not self._name_count[n]:
-                del self._name_count[n]
         for ip in (entry.ipv4, entry.ipv6):
             if ip:
                 _discard(self._by_ip, ip, entry)
@@ -188,12 +202,12 @@ class Records:
     # --- lookups ------------------------------------------------------------
 
     def lookup(self, view: frozenset[str], name: str) -> list[Entry]:
-        """Entries answering to ``name`` (lower case, no trailing dot) in the view's networks."""
-        host, _, domain = name.rpartition(".")
-        if host:
-            nid = self._network_ids.get(domain)
-            if nid in view:
-                found = self._by_name.get((nid, host))
+        """Entries answering to ``name`` (lower case, no trailing dot) in the view's networks:
+        ``host.network`` first, then a plain name or alias on any view network."""
+        for nid in view:
+            nw = self._networks.get(nid)
+            if nw is not None and name.endswith("." + nw.name):
+                found = self._by_name.get((nid, name[: -len(nw.name) - 1]))
                 if found:
                     return list(found)
         out: list[Entry] = []
@@ -208,19 +222,31 @@ class Records:
         nw = self._networks.get(network_id)
         return nw.name if nw else network_id[:12]
 
-    def is_libnet_name(self, name: str) -> bool:
-        """Whether ``name`` is in libnet's namespace -- a known network's domain
-        or an endpoint name or alias on any network -- so an unknown one gets
-        NXDOMAIN and is never sent upstream (container names must not leak)."""
-        if name in self._name_count or name in self._network_ids:
-            return True
-        _, _, domain = name.rpartition(".")
-        return domain in self._network_ids
+    def zone(self, view: frozenset[str], name: str) -> str | None:
+        """The domain (a view network's name) that ``name`` is or lies under, the
+        longest if several; None if none -- only the view counts, never other networks."""
+        best = None
+        for nid in view:
+            nw = self._networks.get(nid)
+            inside = nw is not None and (name == nw.name or name.endswith("." + nw.name))
+            if inside and nw is not None and (best is None or len(nw.name) > len(best)):
+                best = nw.name
+        return best
 
-    def in_libnet_subnet(self, view: frozenset[str], address: str) -> bool:
-        """Whether ``address`` lies in a subnet of a network in the view (its reverse zone is ours)."""
-        ip = ipaddress.ip_address(address)
-        return any(ip in s for nid in view if nid in self._networks for s in self._networks[nid].subnets)
+    def reverse_zone(self, view: frozenset[str], prefix: Subnet) -> Subnet | None:
+        """The view network's subnet holding ``prefix`` (an address or a shorter
+        reverse-name prefix), or None: a supernet of our subnets is not ours."""
+        for nid in view:
+            nw = self._networks.get(nid)
+            for s in nw.subnets if nw is not None else ():
+                if s.version == prefix.version and prefix.subnet_of(s):  # type: ignore[arg-type]
+                    return s
+        return None
+
+    def forwards(self, view: frozenset[str]) -> bool:
+        """Whether names outside libnet may be forwarded for this view: only if one of
+        its networks gives a way out.  An internal-only (or empty) view never forwards."""
+        return any(nw.external for nid in view if (nw := self._networks.get(nid)) is not None)
 
 
 def _discard(index: dict, key: object, entry: Entry) -> None:
@@ -230,6 +256,44 @@ def _discard(index: dict, key: object, entry: Entry) -> None:
     items[:] = [e for e in items if e.endpoint_id != entry.endpoint_id]
     if not items:
         del index[key]
+
+
+def parse_reverse(name: str) -> tuple[Subnet, bool] | None:
+    """A reverse name as the prefix it stands for, and whether the whole name was
+    read: ``5.100.51.198.in-addr.arpa`` -> (198.51.100.5/32, True),
+    ``100.51.198.in-addr.arpa`` -> (198.51.100.0/24, True), ``x.5.100.51.198.in-addr.arpa``
+    -> (198.51.100.5/32, False) (a name below it).  None outside the reverse trees."""
+    for suffix, width, base, version in ((".in-addr.arpa", 4, 10, 4), (".ip6.arpa", 32, 16, 6)):
+        if name.endswith(suffix) or name == suffix[1:]:
+            labels = name[: -len(suffix)].split(".")[::-1] if name != suffix[1:] else []
+            value, used = 0, 0
+            for label in labels[:width]:
+                if not _reverse_label(label, base):
+                    break
+                value = value * (256 if base == 10 else 16) + int(label, base)
+                used += 1
+            bits = 8 if base == 10 else 4
+            shift = (width - used) * bits
+            total = width * bits
+            cls = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
+            return cls((value << shift, total - shift)), used == len(labels)
+    return None
+
+
+def _reverse_label(label: str, base: int) -> bool:
+    if base == 16:
+        return len(label) == 1 and label in "0123456789abcdef"
+    return label.isdigit() and label.isascii() and int(label) < 256 and (label == "0" or label[0] != "0")
+
+
+def reverse_name(net: Subnet) -> str:
+    """The reverse name of ``net`` rounded down to a label boundary: 198.51.100.0/24 ->
+    ``100.51.198.in-addr.arpa``, 198.51.100.16/28 -> the same (no label for 4 bits)."""
+    if net.version == 4:
+        octets = str(net.network_address).split(".")[: net.prefixlen // 8]
+        return ".".join([*reversed(octets), "in-addr", "arpa"])
+    nibbles = net.network_address.exploded.replace(":", "")[: net.prefixlen // 4]
+    return ".".join([*reversed(nibbles), "ip6", "arpa"])
 
 
 def reverse_to_address(name: str) -> str | None:

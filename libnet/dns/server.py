@@ -215,10 +215,11 @@ class _Listener:
 
     def _parse(self, data: bytes) -> DNSRecord | None:
         """The query, or None (counted) if it is malformed -- including names
-        dnslib reads but cannot write back (over 255 octets, labels over 63)."""
+        dnslib reads but cannot write back (over 255 octets, labels over 63) --
+        or a response (QR set: never answered, so two servers cannot ping-pong)."""
         try:
             request = DNSRecord.parse(data)
-            if all(_valid_name(q.qname.label) for q in request.questions):
+            if not request.header.qr and all(_valid_name(q.qname.label) for q in request.questions):
                 return request
         except Exception:  # dnslib raises several kinds on garbage (DNSError, struct, Unicode, recursion)
             pass

@@ -8,8 +8,10 @@ else happens here.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from libnet.dns.forwarder import (
     DEFAULT_MAX_INFLIGHT,
@@ -21,6 +23,7 @@ from libnet.dns.forwarder import (
 from libnet.dns.records import Records
 from libnet.dns.resolver import DEFAULT_TTL, Resolver, ResolverConfig
 from libnet.dns.server import DnsServer
+from libnet.dns.stats import DnsStats
 from libnet.errors import InvalidOption
 
 ADDRESS = "127.0.0.11"
@@ -54,15 +57,34 @@ class DnsConfig:
             raise InvalidOption("dns upstream_timeout and max_inflight must be positive")
 
 
+class TimedForwarder(Forwarder):
+    """The forwarder, counting what goes down the forwarding path and how long its answers take."""
+
+    def __init__(self, *args: Any, stats: DnsStats, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.dns_stats = stats
+
+    async def forward(self, *args: Any, **kwargs: Any) -> bytes:
+        started = time.perf_counter()
+        self.dns_stats.forwarded += 1
+        try:
+            return await super().forward(*args, **kwargs)
+        finally:
+            self.dns_stats.forward_latency.observe(time.perf_counter() - started)
+
+
 class EmbeddedDns:
-    """See the module docstring."""
+    """See the module docstring.  ``stats``: counters for ``/metrics`` (:mod:`libnet.dns.stats`)."""
 
     def __init__(self, config: DnsConfig, host_ns: str | None, resolv_conf: str = "/etc/resolv.conf") -> None:
         config.validate()
         self.config = config
         self.records = Records()
-        self.resolver = Resolver(self.records, ResolverConfig(ttl=config.ttl))
-        self.forwarder = Forwarder(self._upstreams(resolv_conf), host_ns, config.upstream_timeout, config.max_inflight)
+        self.stats = DnsStats()
+        self.resolver = Resolver(self.records, ResolverConfig(ttl=config.ttl), self.stats)
+        self.forwarder = TimedForwarder(
+            self._upstreams(resolv_conf), host_ns, config.upstream_timeout, config.max_inflight, stats=self.stats
+        )
         self.server = DnsServer(self.resolver, self.forwarder, ADDRESS, config.port)
         self.records.listeners.append(self.server.invalidate)
 
