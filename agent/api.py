@@ -59,7 +59,14 @@ _ENDPOINT_FIELDS: Spec = {
 ENDPOINT_CREATE: Spec = {"network": (str, True), "name": (str, True), **_ENDPOINT_FIELDS}
 CONNECT: Spec = {"sandbox": (str, True), "name": (str, False), **_ENDPOINT_FIELDS}
 DISCONNECT: Spec = {"sandbox": (str, True)}
-SANDBOX_CREATE: Spec = {"id": (str, False), "netns": (str, False), "hostname": (str, False)}
+SANDBOX_CREATE: Spec = {
+    "id": (str, False),
+    "netns": (str, False),
+    "hostname": (str, False),
+    "dns": (list, False),
+    "dns_search": (list, False),
+    "dns_options": (list, False),
+}
 JOIN: Spec = {"endpoint": (str, True)}
 
 

@@ -394,10 +394,20 @@ def sandbox() -> None:
 @click.option("--id", "sid", help="sandbox id (a container id; default random)")
 @click.option("--netns", help="an existing namespace path (/var/run/netns/NAME, /proc/PID/ns/net)")
 @click.option("--hostname")
+@click.option("--dns", multiple=True, help="DNS server for this sandbox (IP address; repeatable); default: the host's")
+@click.option("--dns-search", multiple=True, help="DNS search domain (repeatable; '.' for none)")
+@click.option("--dns-option", multiple=True, help="resolv.conf option: ndots:N, timeout:N, attempts:N, rotate, ...")
 @click.pass_context
-def sandbox_create(ctx, sid, netns, hostname) -> None:
+def sandbox_create(ctx, sid, netns, hostname, dns, dns_search, dns_option) -> None:
     """Create a sandbox: a new namespace, or an existing one."""
-    body = {"id": sid, "netns": netns, "hostname": hostname}
+    body = {
+        "id": sid,
+        "netns": netns,
+        "hostname": hostname,
+        "dns": list(dns) or None,
+        "dns_search": list(dns_search) or None,
+        "dns_options": list(dns_option) or None,
+    }
     sb = _client(ctx).request("POST", "/v1/sandboxes", {k: v for k, v in body.items() if v is not None})
     click.echo(sb["id"])
 

@@ -49,6 +49,7 @@ class AgentConfig:
     dns_ttl: int = 600  # seconds, for libnet's own names
     dns_upstream_timeout: float = 2.0  # seconds per upstream before the next
     dns_max_inflight: int = 1024  # forwarded queries at a time; more get SERVFAIL at once
+    dns_cache_size: int = 10000  # forwarded answers kept, shared by all sandboxes (LRU); 0: no cache
     log_format: str = "text"  # or json
     log_level: str = "info"
     reconcile_interval: float = 300.0
@@ -106,6 +107,7 @@ class AgentConfig:
                 upstreams=list(self.dns_upstreams),
                 upstream_timeout=self.dns_upstream_timeout,
                 max_inflight=self.dns_max_inflight,
+                cache_size=self.dns_cache_size,
             ),
         )
 

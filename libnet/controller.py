@@ -440,12 +440,19 @@ class Controller:
         *,
         netns: str | None = None,
         hostname: str | None = None,
+        dns: list[str] | None = None,
+        dns_search: list[str] | None = None,
+        dns_options: list[str] | None = None,
     ) -> Sandbox:
         """A sandbox in a new namespace, or in an existing one given by path
-        (``/var/run/netns/NAME``, ``/proc/PID/ns/net``)."""
+        (``/var/run/netns/NAME``, ``/proc/PID/ns/net``).  ``dns``,
+        ``dns_search``, ``dns_options``: its own DNS servers (the embedded
+        server's upstreams for it), search domains and resolv.conf options,
+        as Docker's ``--dns*`` (see :mod:`libnet.sandbox_files`)."""
         sid = _new_id() if id is None else check_sandbox_id(id)
         if hostname is not None:
             check_name(hostname, "host")
+        dns, dns_search, dns_options = sandbox_files.check_dns(dns, dns_search, dns_options)
         if netns is not None and (not isinstance(netns, str) or not netns.startswith("/")):
             raise NotANamespace(f"netns {netns!r} must be an absolute path to a network namespace", netns=str(netns))
         if await self.repo.has_sandbox(sid):
@@ -462,7 +469,16 @@ class Controller:
                 taken = {s.id: s.netns for s in await self.repo.sandboxes() if s.netns}
                 await asyncio.to_thread(self._namespaces.check_external, netns, taken)
                 path, owned = netns, False
-            sb = Sandbox(sid, path, owned, hostname=hostname, created=time.time())
+            sb = Sandbox(
+                sid,
+                path,
+                owned,
+                hostname=hostname,
+                created=time.time(),
+                dns=dns,
+                dns_search=dns_search,
+                dns_options=dns_options,
+            )
             try:
                 await self.repo.add_sandbox(sb)
             except Conflict:
@@ -514,9 +530,11 @@ class Controller:
                     if cidr:
                         entries.append((str(ipaddress.ip_interface(cidr).ip), [ep.name, *ep.aliases]))
         if self._dns is not None:
-            resolv = sandbox_files.resolv_conf_embedded(self._host_resolv_conf(), EMBEDDED_DNS)
+            resolv = sandbox_files.resolv_conf_embedded(
+                self._host_resolv_conf(), EMBEDDED_DNS, sb.dns_search, sb.dns_options
+            )
         else:
-            resolv = sandbox_files.resolv_conf(self._host_resolv_conf())
+            resolv = sandbox_files.resolv_conf(self._host_resolv_conf(), sb.dns, sb.dns_search, sb.dns_options)
         hosts = sandbox_files.hosts_file(sb.hostname, entries)
         # two small local files: cheaper written here than handed to a thread
         sandbox_files.write(self.config.state_dir, sb.id, resolv, hosts)

@@ -219,6 +219,11 @@ class Sandbox:
     endpoints: list[str] = field(default_factory=list)  # ids, in join order
     created: float = 0.0
     removing: str = ""  # the instance deleting it: a crash mid-delete is rolled forward by its reconcile
+    #: its own DNS settings (``--dns``, ``--dns-search``, ``--dns-option``); empty: the host's.
+    #: Records written before these fields existed load with them empty.
+    dns: list[str] = field(default_factory=list)
+    dns_search: list[str] = field(default_factory=list)
+    dns_options: list[str] = field(default_factory=list)
 
     def to_data(self) -> dict[str, Any]:
         return to_data(self)

@@ -3,6 +3,14 @@
 Containers see the host's resolvers, minus loopback ones (127.0.0.0/8 and
 ::1 mean the sandbox itself inside its namespace), and a hosts file with
 localhost, the sandbox's own name and its addresses on each network.
+
+A sandbox may have its own DNS settings (``--dns``, ``--dns-search``,
+``--dns-option``, as Docker's): with the embedded DNS server the nameserver
+stays 127.0.0.11 and ``--dns`` servers become that sandbox's upstreams; the
+given search domains and options replace the host's (each list on its own:
+Docker's rule).  Without the embedded server the ``--dns`` servers are
+written as the nameservers.  :func:`check_dns` validates all three before
+anything is made.
 """
 
 from __future__ import annotations
@@ -10,18 +18,120 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import re
 
 from libnet.errors import BadRequest
 from libnet.names import check_sandbox_id
 
+#: resolv.conf options a sandbox may set: name -> (least, most) value, or None for a flag
+DNS_OPTIONS: dict[str, tuple[int, int] | None] = {
+    "ndots": (0, 15),
+    "timeout": (1, 30),
+    "attempts": (1, 5),
+    "rotate": None,
+    "edns0": None,
+    "trust-ad": None,
+    "inet6": None,
+    "single-request": None,
+    "single-request-reopen": None,
+    "no-tld-query": None,
+    "no-check-names": None,
+    "use-vc": None,
+    "no-reload": None,
+    "no-aaaa": None,
+    "debug": None,
+}
+MAX_DNS_ENTRIES = 32  # per list; glibc reads 3 nameservers, Docker sets no limit
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
 
-def resolv_conf(host_text: str) -> str:
-    """The sandbox's resolv.conf from the host's."""
+
+def check_dns(
+    servers: list[str] | None, search: list[str] | None, options: list[str] | None
+) -> tuple[list[str], list[str], list[str]]:
+    """The sandbox's DNS settings, checked and normalised; BadRequest naming the bad value.
+
+    ``servers``: IP addresses (IPv6 link-local with its zone, ``fe80::1%eth0``),
+    no ports (as Docker's ``--dns``); ``search``: DNS names (a trailing dot is
+    dropped; ``.`` alone means "no search domains", as in Docker); ``options``:
+    the names in :data:`DNS_OPTIONS`, ``NAME:N`` for those with a value."""
+    from libnet.dns.forwarder import parse_upstream  # libnet.dns imports the model; keep this module light
+
+    out_servers, out_search, out_options = [], [], []
+    for kind, values in (("--dns", servers), ("--dns-search", search), ("--dns-option", options)):
+        if values is None:
+            continue
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise BadRequest(f"{kind} must be a list of strings", option=kind)
+        if len(values) > MAX_DNS_ENTRIES:
+            raise BadRequest(f"{kind}: at most {MAX_DNS_ENTRIES} values", option=kind)
+    for text in servers or []:
+        if text.strip().startswith("[") or text.count(":") == 1:
+            raise BadRequest(f"--dns {text!r}: an IP address without a port", dns=text)
+        try:
+            host, _ = parse_upstream(text)
+        except ValueError as exc:
+            raise BadRequest(f"--dns {text!r}: {exc}", dns=text) from None
+        if host not in out_servers:
+            out_servers.append(host)
+    for text in search or []:
+        name = text.strip()
+        if name == ".":
+            out_search.append(".")
+            continue
+        name = name[:-1] if name.endswith(".") else name
+        if not name or len(name) > 253 or not all(_LABEL.match(label) for label in name.split(".")):
+            raise BadRequest(f"--dns-search {text!r}: not a DNS name", dns_search=text)
+        if name.lower() not in (n.lower() for n in out_search):
+            out_search.append(name)
+    if "." in out_search and len(out_search) > 1:
+        raise BadRequest("--dns-search '.' (no search domains) excludes other domains", dns_search=".")
+    for text in options or []:
+        name, colon, value = text.strip().partition(":")
+        if name not in DNS_OPTIONS:
+            raise BadRequest(f"--dns-option {text!r}: unknown option; known: {', '.join(DNS_OPTIONS)}", dns_option=text)
+        bounds = DNS_OPTIONS[name]
+        if bounds is None:
+            if colon:
+                raise BadRequest(f"--dns-option {text!r}: {name} takes no value", dns_option=text)
+            out_options.append(name)
+            continue
+        if not value.isdigit() or not bounds[0] <= int(value) <= bounds[1]:
+            raise BadRequest(f"--dns-option {text!r}: {name}:N with N in {bounds[0]}..{bounds[1]}", dns_option=text)
+        out_options = [o for o in out_options if not o.startswith(name + ":")]  # the last one wins
+        out_options.append(f"{name}:{int(value)}")
+    return out_servers, out_search, list(dict.fromkeys(out_options))
+
+
+def _own(search: list[str] | None, options: list[str] | None) -> list[str]:
+    """The sandbox's own search/options lines (``search .``: none at all)."""
+    out = []
+    if search and search != ["."]:
+        out.append("search " + " ".join(search))
+    if options:
+        out.append("options " + " ".join(options))
+    return out
+
+
+def resolv_conf(
+    host_text: str,
+    servers: list[str] | None = None,
+    search: list[str] | None = None,
+    options: list[str] | None = None,
+) -> str:
+    """The sandbox's resolv.conf from the host's (no embedded DNS); the sandbox's
+    own ``servers``, ``search`` and ``options`` replace the host's where given."""
     out = ["# generated by libnet"]
     dropped = []
+    out += [f"nameserver {s}" for s in servers or []]
     for line in host_text.splitlines():
         words = line.split()
         if not words or words[0].startswith(("#", ";")):
+            continue
+        if (
+            (servers and words[0] == "nameserver")
+            or (search and words[0] in ("search", "domain"))
+            or (options and words[0] == "options")
+        ):
             continue
         if words[0] == "nameserver" and len(words) > 1:
             try:
@@ -32,31 +142,42 @@ def resolv_conf(host_text: str) -> str:
                 continue
         if words[0] in ("nameserver", "search", "domain", "options"):
             out.append(" ".join(words))
+    out += _own(search, options)
     if dropped:
         out.append(f"# host resolvers on loopback ({', '.join(dropped)}) are not reachable from a sandbox")
     return "\n".join(out) + "\n"
 
 
-def resolv_conf_embedded(host_text: str, address: str) -> str:
+def resolv_conf_embedded(
+    host_text: str, address: str, search: list[str] | None = None, options: list[str] | None = None
+) -> str:
     """The sandbox's resolv.conf when libnet's DNS serves it: only ``address``
-    as nameserver (it forwards to the host's resolvers itself), the host's
-    search domains, ``options ndots:0`` (a name with no dot goes out as is
-    first, so container names resolve without search-list detours) and the
-    host's other options."""
-    out = ["# generated by libnet: the embedded DNS server forwards to the host's resolvers", f"nameserver {address}"]
-    search: list[str] = []
-    options: list[str] = []
+    as nameserver (it forwards to the upstreams itself), the host's search
+    domains, ``options ndots:0`` (a name with no dot goes out as is first, so
+    container names resolve without search-list detours) and the host's other
+    options.  The sandbox's own ``search``/``options`` replace the host's
+    (its ``ndots:N`` then wins over ndots:0)."""
+    out = ["# generated by libnet: the embedded DNS server forwards to the upstream resolvers", f"nameserver {address}"]
+    host_search: list[str] = []
+    host_options: list[str] = []
     for line in host_text.splitlines():
         words = line.split()
         if not words or words[0].startswith(("#", ";")):
             continue
         if words[0] in ("search", "domain"):
-            search = words[1:]  # the last of search/domain wins, as in glibc
+            host_search = words[1:]  # the last of search/domain wins, as in glibc
         elif words[0] == "options":
-            options += [w for w in words[1:] if not w.startswith("ndots:")]
+            host_options += [w for w in words[1:] if not w.startswith("ndots:")]
     if search:
-        out.append("search " + " ".join(search))
-    out.append("options " + " ".join(["ndots:0", *dict.fromkeys(options)]))
+        host_search = [] if search == ["."] else search
+    if host_search:
+        out.append("search " + " ".join(host_search))
+    if options:
+        own = [o for o in options if not o.startswith("ndots:")]
+        ndots = [o for o in options if o.startswith("ndots:")] or ["ndots:0"]
+        out.append("options " + " ".join([*ndots, *own]))
+    else:
+        out.append("options " + " ".join(["ndots:0", *dict.fromkeys(host_options)]))
     return "\n".join(out) + "\n"
 
 

@@ -58,7 +58,7 @@ class DnsBinding:
                 if self._network(await self.repo.network(ep.network_id)):
                     self.records.put(entry_of(ep))
                     view.add(ep.network_id)
-        await self.dns.attach(sb.id, sb.netns, frozenset(view))
+        await self.dns.attach(sb.id, sb.netns, frozenset(view), upstreams=sb.dns)
 
     async def left(self, ep: Endpoint, sandbox_id: str) -> None:
         self.records.remove(ep.id)

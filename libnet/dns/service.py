@@ -7,6 +7,7 @@ else happens here.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -14,11 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from libnet.dns.forwarder import (
+    DEFAULT_CACHE_SIZE,
     DEFAULT_MAX_INFLIGHT,
     DEFAULT_TIMEOUT,
     Forwarder,
+    Upstream,
+    parse_resolv_conf,
     parse_upstream,
-    upstreams_from_resolv_conf,
 )
 from libnet.dns.records import Records
 from libnet.dns.resolver import DEFAULT_TTL, Resolver, ResolverConfig
@@ -27,6 +30,7 @@ from libnet.dns.stats import DnsStats
 from libnet.errors import InvalidOption
 
 ADDRESS = "127.0.0.11"
+log = logging.getLogger("libnet.dns")
 
 
 @dataclass
@@ -44,6 +48,8 @@ class DnsConfig:
     max_inflight: int = DEFAULT_MAX_INFLIGHT
     #: port of the listeners (53; tests and benchmarks may move it)
     port: int = 53
+    #: forwarded answers kept (shared by the host's sandboxes, libnet.dns.cache); 0: no cache
+    cache_size: int = DEFAULT_CACHE_SIZE
 
     def validate(self) -> None:
         for up in self.upstreams:
@@ -55,6 +61,8 @@ class DnsConfig:
             raise InvalidOption("dns ttl must be 0..2147483647", ttl=str(self.ttl))
         if not self.upstream_timeout > 0 or not self.max_inflight > 0:
             raise InvalidOption("dns upstream_timeout and max_inflight must be positive")
+        if not isinstance(self.cache_size, int) or not 0 <= self.cache_size <= 10_000_000:
+            raise InvalidOption("dns cache_size must be 0..10000000 (0: no cache)", cache_size=str(self.cache_size))
 
 
 class TimedForwarder(Forwarder):
@@ -83,7 +91,12 @@ class EmbeddedDns:
         self.stats = DnsStats()
         self.resolver = Resolver(self.records, ResolverConfig(ttl=config.ttl), self.stats)
         self.forwarder = TimedForwarder(
-            self._upstreams(resolv_conf), host_ns, config.upstream_timeout, config.max_inflight, stats=self.stats
+            self._upstreams(resolv_conf),
+            host_ns,
+            config.upstream_timeout,
+            config.max_inflight,
+            cache_size=config.cache_size,
+            stats=self.stats,
         )
         self.server = DnsServer(self.resolver, self.forwarder, ADDRESS, config.port)
         self.records.listeners.append(self.server.invalidate)
@@ -99,15 +112,22 @@ class EmbeddedDns:
                 mtime = os.stat(path).st_mtime_ns
                 if mtime != cache[0]:
                     with open(path) as f:
-                        cache[:] = [mtime, upstreams_from_resolv_conf(f.read())]
+                        found, skipped = parse_resolv_conf(f.read())
+                        for why in skipped:  # once per change of the file
+                            log.warning("DNS: %s: nameserver line not used: %s", path, why)
+                        cache[:] = [mtime, found]
             except OSError:
                 cache[:] = [None, []]
             return cache[1]
 
         return from_host
 
-    async def attach(self, sandbox_id: str, netns: str, view: frozenset[str]) -> None:
-        await self.server.attach(sandbox_id, netns, view)
+    async def attach(
+        self, sandbox_id: str, netns: str, view: frozenset[str], upstreams: list[str] | None = None
+    ) -> None:
+        """``upstreams``: the sandbox's own DNS servers (``--dns``); None or empty: the host's."""
+        own: tuple[Upstream, ...] = tuple(parse_upstream(u) for u in upstreams or [])
+        await self.server.attach(sandbox_id, netns, view, own or None)
 
     async def detach(self, sandbox_id: str) -> None:
         await self.server.detach(sandbox_id)

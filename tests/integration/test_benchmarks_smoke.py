@@ -95,3 +95,5 @@ def test_dns_bench_quick() -> None:
     r = _run("dns_bench")
     assert r["metrics"]["qps"] > 0 and r["metrics"]["lost"] == 0 and r["metrics"]["not_noerror"] == 0
     assert r["peers"]["dnsmasq_qps"] > 0 and r["ratios"]["qps_vs_dnsmasq"] > 0
+    assert r["metrics"]["forward_cached_qps"] > 0 and r["metrics"]["forward_lost"] == 0
+    assert r["peers"]["dnsmasq_forward_qps"] > 0 and r["ratios"]["forward_cached_vs_dnsmasq"] > 0

@@ -118,7 +118,7 @@ def test_upstream_parsing() -> None:
     assert parse_upstream("198.51.100.53:5353") == ("198.51.100.53", 5353)
     assert parse_upstream("2001:db8::53") == ("2001:db8::53", 53)
     assert parse_upstream("[2001:db8::53]:5353") == ("2001:db8::53", 5353)
-    assert parse_upstream("fe80::1%eth0") == ("fe80::1", 53)
+    assert parse_upstream("fe80::1%eth0") == ("fe80::1%eth0", 53)  # the zone is kept: without it fe80:: is unreachable
     for bad in ("resolver.example", "198.51.100.53:0", "198.51.100.53:99999"):
         with pytest.raises(ValueError):
             parse_upstream(bad)
