@@ -439,7 +439,7 @@ def sandbox_rm(ctx, refs) -> None:
 
 def _endpoint_table(eps: list[dict[str, Any]]) -> None:
     _table(
-        ("ENDPOINT", "NAME", "SANDBOX", "IFACE", "IPV4", "IPV6", "MAC"),
+        ("ENDPOINT", "NAME", "SANDBOX", "IFACE", "IPV4", "IPV6", "MAC", "PORTS"),
         [
             (
                 e["id"][:12],
@@ -449,10 +449,18 @@ def _endpoint_table(eps: list[dict[str, Any]]) -> None:
                 _ip(e["ipv4"]),
                 _ip(e["ipv6"]),
                 e["mac"],
+                ", ".join(_port_text(p) for p in e.get("ports") or []),
             )
             for e in eps
         ],
     )
+
+
+def _port_text(pm: dict[str, Any]) -> str:
+    """A published port as Docker prints it: ``0.0.0.0:8080->80/tcp``, ``[::1]:9091->90/tcp``."""
+    host = pm.get("host_ip") or ""
+    host = f"[{host}]" if ":" in host else host
+    return f"{host + ':' if host else ''}{pm['host_port']}->{pm['container_port']}/{pm['protocol']}"
 
 
 @cli.group()

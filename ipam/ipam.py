@@ -378,11 +378,27 @@ class StoreIpam:
             try:
                 await store.atomic_put(state.key(n), value.encode(), None)
             except KeyExists:
-                raise AddressInUse("address already allocated", pool_id=pool_id, address=address) from None
+                raise AddressInUse(
+                    f"address {_ip_str(n, state.v6)} {await self._holder_of(store, state.key(n))}",
+                    pool_id=pool_id,
+                    address=address,
+                ) from None
             if state.alloc_lo <= n <= state.alloc_hi:
                 state.used.add(n)
             return state.cidr(n)
         return await self._allocate_next(store, state, pool_id, value)
+
+    async def _holder_of(self, store: Store, key: str) -> str:
+        """Who holds an address key, in words, for an ``AddressInUse`` message."""
+        try:
+            holder, _ = _holder((await store.get(key)).value)
+        except KeyNotFound:
+            return "was allocated a moment ago"
+        if holder == "gateway":
+            return "is the network's gateway"
+        if holder.startswith("aux:"):
+            return f"is reserved as auxiliary address {holder[4:]!r}"
+        return f"is already allocated to {holder[:12] or 'another endpoint'}"
 
     async def _allocate_next(self, store: Store, state: _PoolState, pool_id: str, holder: str) -> str:
         value = holder.encode()

@@ -74,6 +74,8 @@ def parse_subnet(cidr: object, v6: bool | None = None, what: str = "pool") -> Ne
     """A pool subnet, validated: CIDR syntax, no host bits, version, size."""
     if not isinstance(cidr, str):
         raise InvalidSubnet(f"{what} must be a CIDR string", pool=repr(cidr))
+    if "%" in cidr:
+        raise InvalidSubnet(f"{what} {cidr!r} has a zone index (%...): a subnet belongs to no interface", pool=cidr)
     try:
         net = ipaddress.ip_network(cidr, strict=False)
     except ValueError:
@@ -100,11 +102,13 @@ def unusable(net: Network) -> str | None:
     or the protocols reserve for something else (RFC 6890's special ranges)."""
     if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(ipaddress.ip_network("::ffff:0:0/96")):
         return "IPv4-mapped IPv6 addresses (::ffff:0:0/96) are not routable; use the IPv4 subnet"
+    if net.prefixlen == 0:
+        return "it is the whole address space (a default route), not a network"
     checks = (
-        ("is_loopback", "it is loopback (127.0.0.0/8, ::1): the host's own, never forwarded"),
-        ("is_multicast", "it is multicast (224.0.0.0/4, ff00::/8): group addresses, not interfaces'"),
-        ("is_link_local", "it is link-local (169.254.0.0/16, fe80::/10): never forwarded by routers"),
         ("is_unspecified", "it holds the unspecified address (0.0.0.0, ::)"),
+        ("is_loopback", "it is loopback (127.0.0.0/8, ::1): the host's own, never forwarded"),
+        ("is_multicast", "it is multicast (224.0.0.0/4, ff00::/8): group addresses, not an interface's"),
+        ("is_link_local", "it is link-local (169.254.0.0/16, fe80::/10): never forwarded by routers"),
     )
     for attr, why in checks:
         first, last = net.network_address, net.broadcast_address

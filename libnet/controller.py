@@ -757,11 +757,17 @@ class Controller:
         """
         sb = await self.repo.sandbox(sandbox)
         name = name or sb.hostname or default_endpoint_name(sb.id)
-        ep = await self.create_endpoint(network, name, _connecting=True, **endpoint_args)
+        ep = await self.create_endpoint(nw.id, name, _connecting=True, **endpoint_args)
         try:
             return await self.join(ep.id, sb.id)
-        except BaseException:
-            await self.delete_endpoint(ep.id)
+        except BaseException as failure:
+            try:  # undo: a join that got as far as the store is left first
+                with suppress(NotFound):
+                    if (await self.repo.endpoint(ep.id)).sandbox_id:
+                        await self.leave(ep.id)
+                    await self.delete_endpoint(ep.id)
+            except Exception as exc:  # the failure is what the caller must see; the rest is reconcile's
+                log.error("connect %s to %s failed (%r); undoing it failed too: %s", sb.id[:12], nw.name, failure, exc)
             raise
 
     @operation
@@ -780,6 +786,24 @@ class Controller:
             f"sandbox {sb.id[:12]} is not connected to network {nw.name}", network_id=nw.id, sandbox_id=sb.id
         )
 
+        if not sb.owned and not self._namespaces.exists(sb.netns):
+            raise NotANamespace(
+                f"sandbox {sb.id[:12]}'s namespace {sb.netns} is gone (no longer a network namespace): "
+                "remove the sandbox and create it again with the container's namespace",
+                sandbox_id=sb.id,
+                path=sb.netns,
+            )
+        nw = await self.repo.network(network)
+        for eid in sb.endpoints:  # before a default name could clash with the endpoint already there
+            with suppress(NotFound):
+                other = await self.repo.endpoint(eid)
+                if other.network_id == nw.id:
+                    raise Conflict(
+                        f"sandbox {sb.id[:12]} is already on network {nw.name} (endpoint {other.name})",
+                        sandbox_id=sb.id,
+                        network_id=nw.id,
+                        endpoint_id=other.id,
+                    )
     async def _mark_removing(self, endpoint_id: str) -> None:
         ep = await self.repo.endpoint(endpoint_id)
         if ep.removing != self.instance:
@@ -1090,4 +1114,9 @@ def _check_port_families(nw: Network, mappings: list[PortMapping]) -> None:
                 "address to publish it to",
                 host_ip=pm.host_ip,
                 network_id=nw.id,
+            )
+        if hip.version == 6 and (hip.scope_id or hip.is_link_local):
+            raise InvalidOption(
+                f"host_ip {pm.host_ip} is link-local or scoped: publish on a global or loopback address",
+                host_ip=str(pm.host_ip),
             )

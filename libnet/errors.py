@@ -126,6 +126,10 @@ class PoolExhausted(Conflict):
     """No free address (or no free default pool) is left."""
 
 
+class PortsExhausted(PoolExhausted):
+    """No free host port is left in the automatic range (``-p CONTAINER``)."""
+
+
 class KeyExists(Conflict):
     """A create-only store write found the key already there."""
 

@@ -127,7 +127,13 @@ class KernelNamespaces:
         return True
 
     def exists(self, path: str) -> bool:
-        return os.path.exists(path)
+        """Whether ``path`` is (still) a network namespace: a container's bind
+        mount that was unmounted leaves a plain file behind."""
+        try:
+            netns.check_path(path)
+        except NotANamespace:
+            return False
+        return True
 
     def in_use(self, path: str) -> bool:
         from libnet.kernel.netlink import Netlink

@@ -25,7 +25,7 @@ from typing import Any
 
 from libnet import model
 from libnet.driverapi import PortMapping
-from libnet.errors import Conflict, InvalidOption, KeyNotFound, Unavailable
+from libnet.errors import Conflict, InvalidOption, KeyNotFound, PortsExhausted
 from libnet.kernel import netns
 from libnet.store.base import Store
 
@@ -78,6 +78,11 @@ def _clash(holders: dict[str, str], addr: str) -> str | None:
     return next((holder for held, holder in holders.items() if _overlap(held, addr)), None)
 
 
+def _same_socket(a: PortMapping, b: PortMapping) -> bool:
+    """Whether two mappings would publish the same (protocol, port, address)."""
+    return a.protocol == b.protocol and a.host_port == b.host_port and _overlap(_addr(a), _addr(b))
+
+
 def check_request(mappings: Iterable[PortMapping]) -> None:
     """One request must not publish a host port twice (``InvalidOption``)."""
     seen: dict[tuple[str, int], set[str]] = {}
@@ -93,8 +98,25 @@ def check_request(mappings: Iterable[PortMapping]) -> None:
         addrs.add(addr)
 
 
+def _check_host_ip(host_ns: str | None, host_ip: str) -> None:
+    """A specific host IP must be an address of one of the host's interfaces (or
+    IPv4 loopback): the bind test alone passes any address where
+    ``ip_nonlocal_bind=1`` (keepalived and HAProxy hosts)."""
+    ip = ipaddress.ip_address(host_ip)
+    if ip.is_unspecified or (ip.version == 4 and ip.is_loopback):
+        return
+    from libnet.kernel.netlink import Netlink
+
+    with Netlink(host_ns) as nl:
+        mine = {ipaddress.ip_address(cidr.split("/", 1)[0]) for cidr, _ in nl.addresses_by_link()}
+    if ip not in mine:
+        raise InvalidOption(f"host address {host_ip} is not an address of this host", host_ip=host_ip)
+
+
 def bindable(host_ns: str | None, pm: PortMapping) -> bool:
     """Whether no process of the host listens on the port (bind test in the host namespace)."""
+    if pm.host_ip:
+        _check_host_ip(host_ns, pm.host_ip)
     ips = [pm.host_ip] if pm.host_ip else ["0.0.0.0", "::"]
     kind = socket.SOCK_STREAM if pm.protocol == "tcp" else socket.SOCK_DGRAM
 
@@ -118,7 +140,9 @@ def bindable(host_ns: str | None, pm: PortMapping) -> bool:
                     ) from None
                 if exc.errno == errno.EAFNOSUPPORT and not pm.host_ip:
                     return True
-                raise
+                raise InvalidOption(
+                    f"host address {pm.host_ip} cannot be published on: {exc.strerror}", host_ip=pm.host_ip
+                ) from None
         return True
 
     return netns.run_in(host_ns, lambda: all(free(ip) for ip in ips))
@@ -143,28 +167,36 @@ class PortRegistry:
         picks a free one.  Returns the mappings as reserved.  ``Conflict``
         naming the holder when a port is taken."""
         check_request(mappings)
-        done: list[PortMapping] = []
+        done: dict[int, PortMapping] = {}
         try:
-            for pm in mappings:
-                done.append(await self._reserve_one(endpoint_id, pm))
+            # explicit ports first, so a picked port never takes one a later mapping names
+            for i in sorted(range(len(mappings)), key=lambda i: not mappings[i].host_port):
+                done[i] = await self._reserve_one(endpoint_id, mappings[i], list(done.values()))
         except BaseException:
-            await self.release(endpoint_id, done)
+            await self.release(endpoint_id, done.values())
             raise
-        return done
+        return [done[i] for i in range(len(mappings))]
 
-    async def _reserve_one(self, endpoint_id: str, pm: PortMapping) -> PortMapping:
+    async def _reserve_one(self, endpoint_id: str, pm: PortMapping, taken: list[PortMapping]) -> PortMapping:
         if pm.host_port:
             await self._claim(endpoint_id, pm)
             return pm
         lo, hi = self.auto_range
         for port in range(lo, hi + 1):
             candidate = PortMapping(port, pm.container_port, pm.protocol, pm.host_ip)
+            if any(_same_socket(candidate, t) for t in taken):  # held by this very request
+                continue
             try:
                 await self._claim(endpoint_id, candidate)
             except Conflict:
                 continue
             return candidate
-        raise Unavailable(f"no free host port left in {lo}-{hi}", protocol=pm.protocol)
+        raise PortsExhausted(
+            f"no free host port left in {lo}-{hi} for {pm.protocol}: free one, or widen the range "
+            "(libnet-agent --port-range)",
+            protocol=pm.protocol,
+            port_range=f"{lo}-{hi}",
+        )
 
     async def _claim(self, endpoint_id: str, pm: PortMapping) -> None:
         addr = _addr(pm)

@@ -32,12 +32,26 @@ def check_name(name: object, what: str) -> str:
     return name
 
 
+#: bounds on labels, so one record stays small (every agent reads every network)
+MAX_LABELS, MAX_LABEL_KEY, MAX_LABEL_VALUE = 256, 253, 4096
+
+
 def check_labels(labels: object) -> dict[str, str]:
-    """Labels: a mapping of strings to strings."""
+    """Labels: a mapping of strings to strings, at most :data:`MAX_LABELS` of them,
+    keys of 1-253 characters (a DNS name's length, as Kubernetes' label prefixes),
+    values up to 4096 characters."""
     if labels is None:
         return {}
     if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
         raise InvalidOption("labels must map strings to strings")
+    if len(labels) > MAX_LABELS:
+        raise InvalidOption(f"at most {MAX_LABELS} labels, got {len(labels)}")
+    for k, v in labels.items():
+        if not 0 < len(k) <= MAX_LABEL_KEY or len(v) > MAX_LABEL_VALUE:
+            raise InvalidOption(
+                f"label {k[:32]!r}: keys are 1-{MAX_LABEL_KEY} characters, values at most {MAX_LABEL_VALUE}",
+                label=k[:64],
+            )
     return dict(labels)
 
 
@@ -57,14 +71,14 @@ def check_bool(value: object, what: str) -> bool:
 
 
 def check_int(value: object, what: str, lo: int, hi: int, hint: str = "") -> int:
-    """An integer in ``lo..hi``: an int, or a string of decimal digits (Docker's
-    options are strings).  Floats, booleans, ``"1e3"``, infinities are refused,
-    never truncated."""
+    """An integer in ``lo..hi``: an int, or a string of ASCII decimal digits (Docker's
+    options are strings; ``"²"`` and other Unicode digits are refused).  Floats,
+    booleans, ``"1e3"``, infinities are refused, never truncated."""
     if isinstance(value, bool):
         n = None
     elif isinstance(value, int):
         n = value
-    elif isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 12:
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) <= 12:
         n = int(value.strip())
     else:
         n = None

@@ -375,8 +375,9 @@ async def test_adopted_records_serve_the_controller(tmp_path) -> None:
         ep = await ctl.connect("web", sb.id)
         assert ep.ipv4 not in ("198.51.100.1/24", "198.51.100.2/24", "198.51.100.3/24")
         assert ep.ipv6 not in ("2001:db8:1::1/64", "2001:db8:1::2/64", "2001:db8:1::3/64")
+        other = await ctl.create_sandbox("sbd")
         with pytest.raises(NameInUse, match="already in use"):
-            await ctl.connect("web", sb.id, name="a")
+            await ctl.connect("web", other.id, name="a")
     finally:
         await ctl.close()
 

@@ -8,7 +8,7 @@ import pytest
 from agent.cli import _port
 from agent.config import load
 from libnet.driverapi import PortMapping
-from libnet.errors import BadRequest, InvalidOption, Unavailable
+from libnet.errors import BadRequest, InvalidOption, PortsExhausted
 from libnet.ports import AUTO_RANGE, PortRegistry, parse_range
 from libnet.store.memory import MemoryStore
 
@@ -34,7 +34,7 @@ async def test_registry_picks_from_its_range_both_ends_included() -> None:
     reg = PortRegistry(MemoryStore(), None, probe=lambda pm: pm.host_port != 2001, auto_range=(2000, 2002))
     got = [(await reg.reserve(ep, [PortMapping(0, 80)]))[0].host_port for ep in ("a", "b")]
     assert got == [2000, 2002]  # 2001: a host process listens there
-    with pytest.raises(Unavailable, match="2000-2002"):
+    with pytest.raises(PortsExhausted, match="2000-2002"):
         await reg.reserve("c", [PortMapping(0, 80)])
 
 
@@ -112,3 +112,21 @@ async def test_unspecified_host_ip_is_every_address_of_its_family(held, asked, c
             await reg.reserve("b" * 64, [PortMapping(8080, 80, host_ip=asked)])
     else:
         await reg.reserve("b" * 64, [PortMapping(8080, 80, host_ip=asked)])
+
+
+@pytest.mark.parametrize(
+    "mappings",
+    [
+        [PortMapping(0, 80), PortMapping(0, 81)],  # before: both got 2000, and their [::1] relays clashed
+        [PortMapping(0, 80), PortMapping(0, 90, host_ip="127.0.0.1")],  # before: 2000 twice, :90 unreachable
+        [PortMapping(0, 80), PortMapping(2000, 90)],  # the explicit port is not picked for the other
+        [PortMapping(0, 80, "udp"), PortMapping(0, 81, "udp")],
+    ],
+)
+async def test_ports_picked_in_one_request_are_distinct(mappings) -> None:
+    reg = PortRegistry(MemoryStore(), None, probe=lambda pm: True, auto_range=(2000, 2005))
+    got = await reg.reserve("a" * 64, mappings)
+    assert [g.container_port for g in got] == [m.container_port for m in mappings]  # order kept
+    sockets = [(g.protocol, g.host_port) for g in got]
+    assert len(set(sockets)) == len(sockets), got
+    assert all(g.host_port == m.host_port for g, m in zip(got, mappings, strict=True) if m.host_port)
