@@ -46,6 +46,7 @@ from libnet.gate import OperationGate, operation
 from libnet.model import Endpoint, Network, Sandbox, mac_from_ipv4
 from libnet.names import check_sandbox_id, default_endpoint_name, sandbox_namespace
 from libnet.namespaces import Namespaces
+from libnet.ownership import firewall_table
 from libnet.repository import Repository
 from libnet.rollback import Rollback
 from libnet.validation import check_addressing, check_bool, check_labels, check_name, check_options
@@ -112,7 +113,11 @@ class Controller:
 
         real = isinstance(self._namespaces, KernelNamespaces)  # fakes: no host to probe for listeners
         self._ports = PortRegistry(
-            self._store, self.config.host_netns, None if real else (lambda pm: True), self.config.port_range
+            self._store,
+            self.config.host_netns,
+            None if real else (lambda pm: True),
+            self.config.port_range,
+            own_table=firewall_table(self.instance),
         )
         if self._dns is not None:
             self._dns_binding = DnsBinding(self._dns, self._repo)
@@ -756,6 +761,24 @@ class Controller:
         If the join fails the endpoint is deleted again, its addresses released.
         """
         sb = await self.repo.sandbox(sandbox)
+        if not sb.owned and not self._namespaces.exists(sb.netns):
+            raise NotANamespace(
+                f"sandbox {sb.id[:12]}'s namespace {sb.netns} is gone (no longer a network namespace): "
+                "remove the sandbox and create it again with the container's namespace",
+                sandbox_id=sb.id,
+                path=sb.netns,
+            )
+        nw = await self.repo.network(network)
+        for eid in sb.endpoints:  # before a default name could clash with the endpoint already there
+            with suppress(NotFound):
+                other = await self.repo.endpoint(eid)
+                if other.network_id == nw.id:
+                    raise Conflict(
+                        f"sandbox {sb.id[:12]} is already on network {nw.name} (endpoint {other.name})",
+                        sandbox_id=sb.id,
+                        network_id=nw.id,
+                        endpoint_id=other.id,
+                    )
         name = name or sb.hostname or default_endpoint_name(sb.id)
         ep = await self.create_endpoint(nw.id, name, _connecting=True, **endpoint_args)
         try:
@@ -786,24 +809,6 @@ class Controller:
             f"sandbox {sb.id[:12]} is not connected to network {nw.name}", network_id=nw.id, sandbox_id=sb.id
         )
 
-        if not sb.owned and not self._namespaces.exists(sb.netns):
-            raise NotANamespace(
-                f"sandbox {sb.id[:12]}'s namespace {sb.netns} is gone (no longer a network namespace): "
-                "remove the sandbox and create it again with the container's namespace",
-                sandbox_id=sb.id,
-                path=sb.netns,
-            )
-        nw = await self.repo.network(network)
-        for eid in sb.endpoints:  # before a default name could clash with the endpoint already there
-            with suppress(NotFound):
-                other = await self.repo.endpoint(eid)
-                if other.network_id == nw.id:
-                    raise Conflict(
-                        f"sandbox {sb.id[:12]} is already on network {nw.name} (endpoint {other.name})",
-                        sandbox_id=sb.id,
-                        network_id=nw.id,
-                        endpoint_id=other.id,
-                    )
     async def _mark_removing(self, endpoint_id: str) -> None:
         ep = await self.repo.endpoint(endpoint_id)
         if ep.removing != self.instance:
@@ -1094,6 +1099,11 @@ def _port(p: PortMapping | dict) -> PortMapping:
                 f"host_ip {hip} is a multicast or broadcast address: ports are published on a unicast address",
                 host_ip=str(hip),
             )
+        if hip.version == 6 and (hip.scope_id or hip.is_link_local):
+            raise InvalidOption(
+                f"host_ip {pm.host_ip} is link-local or scoped: publish on a global or loopback address",
+                host_ip=str(pm.host_ip),
+            )
         if hip.version == 6 and hip.ipv4_mapped is not None:
             raise InvalidOption(f"host_ip {hip} is IPv4-mapped: give {hip.ipv4_mapped}", host_ip=str(hip))
         if str(hip) != pm.host_ip:  # one spelling per address: the registry compares strings
@@ -1114,9 +1124,4 @@ def _check_port_families(nw: Network, mappings: list[PortMapping]) -> None:
                 "address to publish it to",
                 host_ip=pm.host_ip,
                 network_id=nw.id,
-            )
-        if hip.version == 6 and (hip.scope_id or hip.is_link_local):
-            raise InvalidOption(
-                f"host_ip {pm.host_ip} is link-local or scoped: publish on a global or loopback address",
-                host_ip=str(pm.host_ip),
             )

@@ -113,10 +113,30 @@ def _check_host_ip(host_ns: str | None, host_ip: str) -> None:
         raise InvalidOption(f"host address {host_ip} is not an address of this host", host_ip=host_ip)
 
 
-def bindable(host_ns: str | None, pm: PortMapping) -> bool:
-    """Whether no process of the host listens on the port (bind test in the host namespace)."""
+def _check_other_instances(host_ns: str | None, own_table: str, pm: PortMapping) -> None:
+    """Another libnet agent on this host (its own store, its own registry) must not
+    hold the port: its DNAT rule would take the traffic, or ours would take its."""
+    from libnet.kernel.firewall import Firewall
+
+    with Firewall(host_ns, own_table) as fw:
+        others = fw.published_by_others(pm.protocol, pm.host_port)
+    if others:
+        raise Conflict(
+            f"host port {pm.host_port}/{pm.protocol} is published by another libnet instance on this host "
+            f"(nftables table inet {others[0]})",
+            port=pm.host_port,
+            protocol=pm.protocol,
+            holder=others[0],
+        )
+
+
+def bindable(host_ns: str | None, pm: PortMapping, own_table: str | None = None) -> bool:
+    """Whether no process of the host listens on the port (bind test in the host
+    namespace) and, given ``own_table``, no other libnet instance publishes it."""
     if pm.host_ip:
         _check_host_ip(host_ns, pm.host_ip)
+    if own_table is not None:
+        _check_other_instances(host_ns, own_table, pm)
     ips = [pm.host_ip] if pm.host_ip else ["0.0.0.0", "::"]
     kind = socket.SOCK_STREAM if pm.protocol == "tcp" else socket.SOCK_DGRAM
 
@@ -157,9 +177,10 @@ class PortRegistry:
         host_ns: str | None,
         probe: Callable[[PortMapping], bool] | None = None,
         auto_range: tuple[int, int] = AUTO_RANGE,
+        own_table: str | None = None,
     ) -> None:
         self.store = store
-        self.probe = probe or (lambda pm: bindable(host_ns, pm))
+        self.probe = probe or (lambda pm: bindable(host_ns, pm, own_table))
         self.auto_range = parse_range(auto_range)
 
     async def reserve(self, endpoint_id: str, mappings: list[PortMapping]) -> list[PortMapping]:

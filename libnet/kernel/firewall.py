@@ -340,6 +340,28 @@ class Firewall:
                 )
         return rules
 
+    def published_by_others(self, protocol: str, port: int) -> list[str]:
+        """The other libnet instances' tables in this namespace (``inet libnet-*``)
+        that DNAT ``protocol`` port ``port``: a second agent on the host must not
+        publish a port the first one does (its rule would take the traffic).  Read
+        only: another instance's table is never changed."""
+        out = self._cmd([{"list": {"ruleset": None}}], "list ruleset")
+        holders = set()
+        for item in out.get("nftables", []):
+            rule = item.get("rule")
+            if not rule or rule.get("family") != FAMILY or rule.get("table") == self.table:
+                continue
+            if not str(rule.get("table", "")).startswith(TABLE + "-"):
+                continue
+            expr = rule.get("expr", [])
+            if any("dnat" in e for e in expr) and any(
+                e.get("match", {}).get("left") == {"payload": {"protocol": protocol, "field": "dport"}}
+                and e["match"].get("right") == port
+                for e in expr
+            ):
+                holders.add(rule["table"])
+        return sorted(holders)
+
     def _has_table(self) -> bool:
         out = self._cmd([{"list": {"tables": {"family": FAMILY}}}], "list tables")
         return any(i.get("table", {}).get("name") == self.table for i in out.get("nftables", []))

@@ -51,3 +51,26 @@ def test_host_ports_have_one_holder(bed: Testbed, tmp_path) -> None:
         listener.kill()
         listener.wait(10)
         agent.stop()
+
+
+def test_two_agents_on_one_host_do_not_share_a_port(bed: Testbed, tmp_path) -> None:
+    """Two agents in one host namespace (each its own store and registry): the second
+    may not publish a port the first does; before, its DNAT took the first one's
+    traffic.  Read from the other instance's nftables table, which stays untouched."""
+    a = AgentProcess(bed, bed.hosts[0], state_dir=str(tmp_path / "a")).start()
+    b = AgentProcess(bed, bed.hosts[0], state_dir=str(tmp_path / "b")).start()
+    try:
+        assert a.cli("network", "create", "front", "--subnet", "198.51.100.0/25", "--no-ipv6").returncode == 0
+        assert b.cli("network", "create", "back", "--subnet", "198.51.100.128/25", "--no-ipv6").returncode == 0
+        sa = a.cli("sandbox", "create").stdout.strip()
+        sb = b.cli("sandbox", "create").stdout.strip()
+        assert a.cli("connect", "front", sa, "-p", "8080:80", "-p", "7070:70/udp").returncode == 0
+        before = bed.run(bed.hosts[0].ns, ["nft", "list", "ruleset"]).stdout
+        for spec in ("8080:80", "0.0.0.0:8080:80", "203.0.113.11:8080:80"):
+            r = b.cli("connect", "back", sb, "-p", spec)
+            assert r.returncode == 1 and "another libnet instance" in r.stderr, (spec, r.stderr)
+        assert bed.run(bed.hosts[0].ns, ["nft", "list", "ruleset"]).stdout == before
+        assert b.cli("connect", "back", sb, "-p", "7070:70").returncode == 0  # tcp: the udp port is other
+    finally:
+        b.stop()
+        a.stop()
