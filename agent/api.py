@@ -80,6 +80,9 @@ class AgentState:
     membership: Any = None  # a libnet.cluster.membership.Membership in cluster mode
     advertise: str | None = None
     started: float = dataclasses.field(default_factory=time.time)
+    cluster_store: Any = None  # a libnet.store.mirror.MirroredStore in cluster mode (degraded mode)
+    serf: Any = None  # the supervised libnet.cluster.agent.SerfAgent
+    drain: Callable[[], Awaitable[None]] | None = None  # leave the cluster and stop (libnet node drain)
 
 
 def _status(exc: LibnetError) -> int:
@@ -218,10 +221,30 @@ def make_app(state: AgentState) -> web.Application:
         except LibnetError:
             store_ok = False
         members = await _nodes(state)
+        cluster = state.cluster_store
+        since = getattr(cluster, "degraded_since", None)
+        degraded = {}
+        if cluster is not None:
+            degraded = {
+                "cluster_store": "unavailable" if since else "ok",
+                **(
+                    {
+                        "degraded_since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since)),
+                        "degraded_for_s": round(time.time() - since, 1),
+                        "degraded_reason": cluster.last_error[:300],
+                    }
+                    if since
+                    else {}
+                ),
+            }
+        if state.serf is not None:
+            degraded["serf_pid"] = state.serf.pid
+            degraded["serf"] = state.serf.how
         return _json(
             {
-                "status": "ok" if store_ok else "degraded",
+                "status": "ok" if store_ok and not since else "degraded",
                 "store": "ok" if store_ok else "unavailable",
+                **degraded,
                 "node": state.node_name,
                 "version": libnet.__version__,
                 "uptime_s": round(time.time() - state.started, 1),
@@ -341,6 +364,27 @@ def make_app(state: AgentState) -> web.Application:
     async def nodes(request: web.Request) -> web.Response:
         return _json(await _nodes(state))
 
+    async def drain(request: web.Request) -> web.Response:
+        if state.drain is None:
+            raise BadRequest("this agent cannot drain")
+        await state.drain()
+        return _json({"node": state.node_name, "drained": True})
+
+    async def node_remove(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if state.membership is not None:
+            status = next((n["status"] for n in await _nodes(state) if n["name"] == name), "")
+            if status in ("alive", "leaving"):
+                raise Conflict(
+                    f"node {name} is {status}: only a host that is gone can be removed (libnet node drain on it "
+                    "takes a live host out)",
+                    node=name,
+                )
+            if status == "failed" and hasattr(state.membership, "client"):
+                await state.membership.client.force_leave(name)  # failed -> left: its peers go everywhere
+        removed = await ctl.remove_node(name)
+        return _json({"node": name, "endpoints_removed": removed})
+
     async def reconcile(request: web.Request) -> web.Response:
         report = await ctl.reconcile()
         state.metrics.repairs(report)
@@ -369,6 +413,8 @@ def make_app(state: AgentState) -> web.Application:
     r.add_post("/v1/sandboxes/{ref}/join", join)
     r.add_post("/v1/sandboxes/{ref}/leave", leave)
     r.add_get("/v1/nodes", nodes)
+    r.add_post("/v1/node/drain", drain)
+    r.add_delete("/v1/nodes/{name}", node_remove)
     r.add_post("/v1/reconcile", reconcile)
     r.add_get("/metrics", metrics)
     return app

@@ -538,7 +538,7 @@ def _remove_each(ctx: click.Context, what: str, refs: tuple[str, ...], url: Call
 
 @cli.group()
 def node() -> None:
-    """Inspect cluster nodes."""
+    """Inspect cluster nodes; drain this one."""
 
 
 @node.command("ls")
@@ -553,6 +553,32 @@ def node_ls(ctx, as_json) -> None:
         ("NODE", "ADDRESS", "STATUS", "VTEP"),
         [(n["name"], n["address"], n["status"], n.get("tags", {}).get("vtep", "")) for n in nodes],
     )
+
+
+@node.command("drain")
+@click.pass_context
+def node_drain(ctx) -> None:
+    """Take this host out of the cluster for good (decommissioning).
+
+    The agent's Serf agent leaves the cluster and stops, then the agent
+    stops; other hosts remove this host's overlay peers after their grace
+    period.  Containers here keep their local networking.  A restart is not
+    a drain: stopping the agent (SIGTERM) keeps the host in the cluster."""
+    r = _client(ctx).request("POST", "/v1/node/drain", {})
+    click.echo(f"{r.get('node', '')}: left the cluster; the agent is stopping")
+
+
+@node.command("rm")
+@click.argument("name")
+@click.pass_context
+def node_rm(ctx, name) -> None:
+    """Remove a host that is gone for good (run on another host).
+
+    Refused while the host is alive.  A failed host is made to have left
+    (its peers go everywhere), and the endpoints it left in the cluster
+    store are deleted, so their addresses can be used elsewhere."""
+    r = _client(ctx).request("DELETE", f"/v1/nodes/{urllib.parse.quote(name, safe='')}")
+    click.echo(f"{r['node']}: removed, {len(r['endpoints_removed'])} endpoint(s) deleted")
 
 
 @cli.group()

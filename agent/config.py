@@ -58,6 +58,8 @@ class AgentConfig:
     #: one-shot start actions for a lost store (command line only, see ``libnet-agent --help``)
     adopt: bool = field(default=False, metadata={"flag_only": True})
     purge: bool = field(default=False, metadata={"flag_only": True})
+    #: on stop, leave the cluster and stop the Serf agent (decommissioning); default: stay a member
+    leave: bool = field(default=False, metadata={"flag_only": True})
 
     @property
     def cluster_mode(self) -> bool:
@@ -125,7 +127,12 @@ PURGE_HELP = (
     "marked bridges and veths, its nftables table), then start empty; only with a store that holds no "
     "libnet objects. Nothing unmarked or of another instance is touched"
 )
-_HELP = {"adopt": ADOPT_HELP, "purge": PURGE_HELP}
+LEAVE_HELP = (
+    "when this run stops, leave the cluster and stop the Serf agent (decommissioning: other hosts remove "
+    "this host's overlay peers after their grace period). Without it a stop leaves the Serf agent running "
+    "and the host in the cluster, and the next start re-attaches to it"
+)
+_HELP = {"adopt": ADOPT_HELP, "purge": PURGE_HELP, "leave": LEAVE_HELP}
 EPILOG = (
     "On start the agent refuses to run on an empty or unexpected store while this instance owns kernel "
     "objects (removing them would cut running containers off): fix --store, or choose --adopt or --purge."

@@ -5,10 +5,23 @@ and the socket's locks (one agent per state dir, :mod:`agent.locks`), checks
 that the store is the one the kernel's state was made with
 (:mod:`agent.storeguard`; ``--adopt``/``--purge`` for a lost store), then
 reconciles (the data plane may have drifted while it was down) and serves the
-API on its unix socket (mode 0660).  In cluster mode it
-starts and supervises a Serf agent.  On SIGTERM or SIGINT it stops serving,
-leaves the cluster gracefully and exits -- leaving bridges, veths and rules
-in place, so containers keep working while the agent is down.
+API on its unix socket (mode 0660).
+
+In cluster mode it re-attaches to the Serf agent a previous run left (or
+starts one) and supervises it; the Serf agent outlives libnet-agent, so a
+restart, a crash or an upgrade of libnet-agent is no membership event and
+other hosts keep this host's peers (DESIGN.md, "Liveness").  The cluster
+store is wrapped in a :class:`~libnet.store.mirror.MirroredStore`: when it
+cannot be reached the agent starts (or keeps running) degraded from its last
+known state -- no reconcile, the kernel as it is, reads from the local copy,
+writes that need the cluster store answered 503 -- and reconciles when the
+store is back.
+
+On SIGTERM or SIGINT (a graceful stop) it refuses new operations, waits up to
+:data:`STOP_WAIT` seconds for those in flight, stops serving and exits 0 --
+leaving bridges, veths, rules and the Serf agent in place, so containers keep
+working while the agent is down.  Only with ``--leave`` (or after ``libnet
+node drain``) does it leave the cluster and stop the Serf agent.
 """
 
 from __future__ import annotations
@@ -29,10 +42,14 @@ from agent import locks, logs, preflight, storeguard
 from agent.api import AgentState, make_app
 from agent.metrics import Metrics
 from libnet.controller import Controller
-from libnet.errors import LibnetError, Unavailable
+from libnet.errors import BadRequest, LibnetError, Unavailable
 from libnet.store import open_store
+from libnet.store.mirror import MirroredStore
+
+CLUSTER_COPY = "cluster-copy.json"  # the local copy of the cluster store (degraded mode)
 
 log = logging.getLogger("libnet.agent")
+STOP_WAIT = 20.0  # seconds a graceful stop waits for operations in flight
 
 
 def _socket_in_use(path: str) -> bool:
@@ -76,11 +93,14 @@ async def _run(config: agent_config.AgentConfig, stop: asyncio.Event) -> None:
     ctl_config = config.controller_config().resolved()
     assert ctl_config.instance_id is not None
     store = open_store(ctl_config.store)
+    cluster: MirroredStore | None = None
     controller: Controller | None = None
     serf = None
     runner = None
     reconciler = None
+    catching_up: set[asyncio.Task] = set()
     serving = False
+    leave = config.leave
     try:
         await storeguard.check(
             store,
@@ -92,25 +112,53 @@ async def _run(config: agent_config.AgentConfig, stop: asyncio.Event) -> None:
             adopt=config.adopt,
             purge=config.purge,
         )
-        controller = Controller(ctl_config, store=store)
+        if ctl_config.cluster_store:
+            cluster = MirroredStore(
+                open_store(ctl_config.cluster_store), os.path.join(ctl_config.state_dir, CLUSTER_COPY)
+            )
+            await cluster.probe()
+        controller = Controller(ctl_config, store=store, cluster_store=cluster)
         await controller.start()
-        report = await controller.reconcile()
-        log.info(
-            "reconciled at start: %d removed, %d repaired, %d missing",
-            len(report.removed),
-            len(report.repaired),
-            len(report.missing),
-        )
+        metrics = Metrics()
+        if cluster is not None and cluster.degraded:
+            log.warning(
+                "starting degraded: the cluster store %s is unreachable; the data plane stays as it is, "
+                "no reconcile until the store is back",
+                cluster.url,
+            )
+        else:
+            report = await controller.reconcile()
+            metrics.repairs(report)
+            log.info(
+                "reconciled at start: %d removed, %d repaired, %d missing",
+                len(report.removed),
+                len(report.repaired),
+                len(report.missing),
+            )
+        if cluster is not None:
+            cluster.on_recovered(lambda: _catch_up(controller, metrics, catching_up))
         membership = None
         if config.cluster_mode:
             membership, serf = await _start_cluster(config)
             for driver in controller._drivers.values():
                 if hasattr(driver, "attach_membership"):
                     driver.attach_membership(membership, config.peer_grace_period)
-        metrics = Metrics()
-        metrics.repairs(report)
+
+        async def drain() -> None:
+            """``libnet node drain``: leave the cluster for good, stop the Serf agent, then stop."""
+            nonlocal leave
+            if serf is None:
+                raise BadRequest("this agent is not in cluster mode: there is no cluster to leave")
+            leave = True
+            log.warning("draining: leaving the cluster; other hosts remove this host's peers after their grace period")
+            await serf.stop(leave=True)
+            asyncio.get_running_loop().call_later(0.2, stop.set)  # after the answer went out
+
         state = AgentState(controller, config.node_name, metrics, membership, config.advertise)
-        runner = web.AppRunner(make_app(state), access_log=None)
+        state.cluster_store = cluster
+        state.serf = serf
+        state.drain = drain
+        runner = web.AppRunner(make_app(state), access_log=None, shutdown_timeout=5.0)
         await runner.setup()
         os.makedirs(os.path.dirname(config.socket) or ".", exist_ok=True)
         site = web.UnixSite(runner, config.socket)
@@ -125,18 +173,29 @@ async def _run(config: agent_config.AgentConfig, stop: asyncio.Event) -> None:
             ctl_config.instance_id,
             ", cluster mode" if membership else "",
         )
-        reconciler = asyncio.create_task(_reconcile_periodically(controller, metrics, config.reconcile_interval))
+        reconciler = asyncio.create_task(
+            _reconcile_periodically(controller, metrics, config.reconcile_interval, cluster)
+        )
         await stop.wait()
         log.info("stopping; the data plane stays in place")
+        if not await controller.quiesce(STOP_WAIT):
+            log.warning("operations still in flight after %gs; stopping anyway", STOP_WAIT)
     finally:
-        if reconciler is not None:
-            reconciler.cancel()
+        for task in [reconciler, *catching_up]:
+            if task is not None:
+                task.cancel()
         if runner is not None:
             await runner.cleanup()
-        if serf is not None:
-            await serf.stop(leave=True)
         if controller is not None:
-            await controller.close()
+            await controller.close()  # before the Serf client goes: the overlay driver listens to it
+        if serf is not None:
+            if leave:
+                log.info("leaving the cluster and stopping the serf agent")
+                await serf.stop(leave=True)
+            else:
+                await serf.detach()  # it keeps this host in the cluster; the next start re-attaches
+        if cluster is not None:
+            await cluster.close()
         await store.close()
         if serving:
             with contextlib.suppress(FileNotFoundError):
@@ -161,12 +220,38 @@ async def _start_cluster(config: agent_config.AgentConfig):
         )
     )
     client = await serf.start()
+    log.info("serf agent %s (pid %s): %s", config.node_name, serf.pid, serf.how)
     return SerfMembership(client), serf
 
 
-async def _reconcile_periodically(controller: Controller, metrics: Metrics, interval: float) -> None:
+def _catch_up(controller: Controller, metrics: Metrics, tasks: set[asyncio.Task]) -> None:
+    """The cluster store is back: read everything again and repair (a reconcile)."""
+
+    async def run() -> None:
+        try:
+            report = await controller.reconcile()
+            metrics.repairs(report)
+            log.info(
+                "caught up with the cluster store: %d removed, %d repaired, %d missing",
+                len(report.removed),
+                len(report.repaired),
+                len(report.missing),
+            )
+        except LibnetError as exc:
+            log.warning("catching up with the cluster store failed (the next periodic reconcile retries): %s", exc)
+
+    task = asyncio.get_running_loop().create_task(run())
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
+async def _reconcile_periodically(
+    controller: Controller, metrics: Metrics, interval: float, cluster: MirroredStore | None = None
+) -> None:
     while True:
         await asyncio.sleep(interval)
+        if cluster is not None and cluster.degraded:
+            continue  # the kernel stays as it is until the cluster store is back
         try:
             metrics.repairs(await controller.reconcile())
         except LibnetError as exc:

@@ -34,6 +34,7 @@ from libnet.dns.service import ADDRESS as EMBEDDED_DNS
 from libnet.driverapi import Driver, EndpointInfo, NetworkInfo, PortMapping, ReconcileReport, SandboxInfo
 from libnet.errors import (
     AddressNotAllocated,
+    BadRequest,
     Conflict,
     InvalidOption,
     LibnetError,
@@ -135,6 +136,11 @@ class Controller:
             await driver.close()
         for store in self._owned_stores:
             await store.close()
+
+    async def quiesce(self, timeout: float) -> bool:
+        """Graceful stop: refuse new operations and wait up to ``timeout`` seconds for
+        those in flight (and a running reconcile) to finish; True if all did."""
+        return await self._gate.close(timeout)
 
     async def __aenter__(self) -> Controller:
         return await self.start()
@@ -435,6 +441,24 @@ class Controller:
         if ep.ports:
             await self._ports.release(ep.id, [PortMapping(**p) for p in ep.ports])
         await self.repo.delete_endpoint(nw, ep)
+
+    @operation
+    async def remove_node(self, node: str) -> list[str]:
+        """Delete the endpoints a host that is gone for good left in the cluster store
+        (``libnet node rm``): their addresses and names are free again and their peer
+        records go.  The caller checks that the host is gone (not merely restarting);
+        the host's own kernel is not touched.  Returns the endpoint ids removed."""
+        if node == self.config.node_name:
+            raise BadRequest("a host cannot remove itself; run this on another host", node=node)
+        gone = []
+        for ep in await self.repo.endpoints():
+            if ep.node != node:
+                continue
+            if ep.sandbox_id:  # its sandbox was on the dead host: nothing here to leave
+                ep = await self.repo.update_endpoint(ep, _unjoined)
+            await self.delete_endpoint(ep.id)
+            gone.append(ep.id)
+        return gone
 
     # --- sandboxes --------------------------------------------------------------
 

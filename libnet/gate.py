@@ -17,6 +17,8 @@ import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+from libnet.errors import Unavailable
+
 T = TypeVar("T")
 _inside = contextvars.ContextVar("libnet_operation", default=False)
 
@@ -31,13 +33,18 @@ class OperationGate:
         self._open = asyncio.Event()
         self._open.set()
         self._maintenance = asyncio.Lock()
+        self._closed = False
 
     @contextlib.asynccontextmanager
     async def operation(self) -> AsyncIterator[None]:
         if _inside.get():  # nested: already counted
             yield
             return
+        if self._closed:
+            raise Unavailable("the agent is stopping; retry when it is back")
         await self._open.wait()
+        if self._closed:
+            raise Unavailable("the agent is stopping; retry when it is back")
         self._active += 1
         self._idle.clear()
         token = _inside.set(True)
@@ -62,6 +69,20 @@ class OperationGate:
                 if token is not None:
                     _inside.reset(token)
                 self._open.set()
+
+    async def close(self, timeout: float) -> bool:
+        """For a graceful stop: refuse new operations (``Unavailable``) and wait up to
+        ``timeout`` seconds for those in flight and a running maintenance pass to
+        finish.  True if all did.  The gate stays closed."""
+        self._closed = True
+        self._open.set()  # operations waiting on a maintenance pass wake up and are refused
+        try:
+            async with asyncio.timeout(timeout):
+                await self._maintenance.acquire()  # held for good: no maintenance after this
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
 
 
 def operation(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:

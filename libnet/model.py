@@ -5,6 +5,15 @@ Every object libnet stores is a JSON document
 a newer libnet read (and migrate) what an older one wrote, and refuse what a
 newer one wrote instead of misreading it.
 
+Compatibility rule (upgrades, agents of two versions sharing a cluster
+store): within one schema version a kind's fields are only *added*, each with
+a default, never renamed, removed or given another meaning; readers ignore
+fields they do not know (:func:`_fields`), so an older agent still reads what
+a newer one wrote.  A change that cannot be made so raises
+:data:`SCHEMA_VERSION`; the newer libnet reads every older schema (migrating
+on read, writing the new one on its next update) and an older one refuses
+the newer schema with a message naming it.
+
 :func:`update` is the only way code changes a shared object: read, apply a
 pure function, compare-and-swap on the revision read, and on a lost race
 retry with jittered exponential backoff, a bounded number of times.

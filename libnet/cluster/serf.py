@@ -250,6 +250,8 @@ class SerfClient:
         async with self._connect_lock:
             if self._connected.is_set():
                 return self
+            if self._closed:  # closed for good: iterators must not revive it
+                raise SerfUnavailable("the serf client was closed", address=f"{self.host}:{self.port}")
             await asyncio.wait_for(self._open(), self.timeout)
         return self
 

@@ -38,6 +38,34 @@ class AgentProcess:
         self.store = store or f"sqlite://{self.dir}/store.db"
         self.extra = list(extra)
         self.proc: subprocess.Popen | None = None
+        self._serf_record: dict | None = None
+        # the Serf agent outlives libnet-agent: stopped by its recorded pid with the test bed
+        bed.on_close(self.stop_serf)
+
+    def stop_serf(self) -> bool:
+        """Stop the Serf agent this agent left running (by its recorded, checked pid), without leaving."""
+        from libnet.cluster.agent import read_record, signal_serf, stop_recorded
+
+        self._remember_serf()
+        if stop_recorded(os.path.join(self.dir, "serf")):
+            return True
+        # the state dir may be gone already: the last record seen
+        rec = self._serf_record or read_record(os.path.join(self.dir, "serf"))
+        return bool(rec) and signal_serf(rec["pid"], rec.get("config", ""), signal.SIGKILL)
+
+    def _remember_serf(self) -> None:
+        from libnet.cluster.agent import read_record
+
+        rec = read_record(os.path.join(self.dir, "serf"))
+        if rec is not None:
+            self._serf_record = rec
+
+    def serf_pid(self) -> int | None:
+        """The pid of this agent's Serf agent as recorded, if it is still that Serf agent."""
+        from libnet.cluster.agent import is_serf, read_record
+
+        rec = read_record(os.path.join(self.dir, "serf"))
+        return rec["pid"] if rec and is_serf(rec["pid"], rec.get("config", "")) else None
 
     def argv(self, *once: str) -> list[str]:
         """The agent's command line, with ``once`` (e.g. ``--adopt``) added for one run."""
@@ -81,6 +109,7 @@ class AgentProcess:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"agent did not start: {self.log_tail()}")
             time.sleep(0.1)
+        self._remember_serf()
         return self
 
     def run_to_exit(self, *once: str, timeout: float = 60) -> subprocess.CompletedProcess:

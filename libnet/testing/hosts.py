@@ -61,6 +61,7 @@ class Testbed:
     prefix: str = field(default_factory=lambda: f"{PREFIX_ROOT}{os.getpid()}-{secrets.token_hex(2)}-")
     hosts: list[Host] = field(default_factory=list)
     _procs: list[subprocess.Popen] = field(default_factory=list)
+    _cleanups: list = field(default_factory=list)
 
     @property
     def switch(self) -> str:
@@ -146,6 +147,10 @@ class Testbed:
         self._procs.append(proc)
         return proc
 
+    def on_close(self, fn) -> None:
+        """Run ``fn()`` in :meth:`close`, after the recorded processes were killed."""
+        self._cleanups.append(fn)
+
     def run(self, ns: str, argv: list[str], timeout: float = 30, check: bool = False) -> subprocess.CompletedProcess:
         """Run ``argv`` inside ``ns`` to completion (bounded by ``timeout``)."""
         return subprocess.run(
@@ -167,6 +172,12 @@ class Testbed:
         for proc in self._procs:
             _kill(proc)
         self._procs.clear()
+        for fn in self._cleanups:  # what outlives them (the Serf agents agents leave running)
+            try:
+                fn()
+            except Exception as exc:  # clean up the rest regardless
+                print(f"test bed cleanup {fn!r} failed: {exc}")
+        self._cleanups.clear()
         for name in netns.list_names(self.prefix):
             netns.delete(name)
         self.hosts.clear()

@@ -4,9 +4,16 @@ The cluster store is the source of truth for overlay peers; a Serf user event
 announces each join and leave as well, because gossip usually arrives first
 (whichever comes first wins; both are idempotent).  Membership changes are
 handled here too: a host reported failed or left keeps its peers for a grace
-period (a flapping link must not flush every FDB entry), then they are
-removed and kept out, also from the store's listing, until the host is seen
-alive again -- at which point the store is read again and its peers return.
+period (a flapping link must not flush every FDB entry), then -- if the
+membership still lists it failed or left -- they are removed and kept out,
+also from the store's listing, until the host is seen alive again -- at
+which point the store is read again and its peers return.
+
+Host liveness is the Serf member's, not its libnet-agent's (DESIGN.md,
+"Liveness"): the Serf agent outlives libnet-agent restarts and does not
+leave on a stop, so a restarting agent produces no membership event at all.
+On (re)subscribing, hosts the membership already lists as failed or left
+(they went while this agent was down) get their grace period too.
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ class PeerEvents:
         self.changed, self.resync = changed, resync
         self.grace = grace
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._confirms: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -77,6 +85,8 @@ class PeerEvents:
     async def close(self) -> None:
         for t in self._timers.values():
             t.cancel()
+        for c in list(self._confirms):
+            c.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -92,15 +102,35 @@ class PeerEvents:
 
     async def _run(self) -> None:
         while True:
+            scan = asyncio.create_task(self._scan())
             try:
                 async for ev in self.membership.events():
                     self._handle(ev)
+                log.warning("membership events ended; resubscribing")
             except asyncio.CancelledError:
+                scan.cancel()
                 raise
             except LibnetError as exc:
                 log.warning("membership events lost (%s); resubscribing", exc)
-                self.resync()
-                await asyncio.sleep(1)
+            scan.cancel()
+            self.resync()
+            await asyncio.sleep(1)
+
+    async def _scan(self, delay: float = 0.5) -> None:
+        """Hosts already failed or left (while this agent was down) get their grace period."""
+        await asyncio.sleep(delay)  # the event stream is subscribed by then
+        try:
+            members = await self.membership.members()
+        except LibnetError as exc:
+            log.warning("cannot list the cluster's members: %s", exc)
+            return
+        for node in members:
+            if node.status in ("failed", "left") and node.name != self.table.local_node:
+                self._arm(node.name)
+
+    def _arm(self, name: str) -> None:
+        if name not in self._timers:
+            self._timers[name] = asyncio.get_running_loop().call_later(self.grace, self._expire, name)
 
     def _handle(self, ev: object) -> None:
         if isinstance(ev, UserEvent) and ev.name == EVENT:
@@ -113,9 +143,7 @@ class PeerEvents:
             if changed:
                 self.changed(peer.network_id)
         elif isinstance(ev, NodeFailed | NodeLeft) and ev.node.name != self.table.local_node:
-            name = ev.node.name
-            if name not in self._timers:
-                self._timers[name] = asyncio.get_running_loop().call_later(self.grace, self._expire, name)
+            self._arm(ev.node.name)
         elif isinstance(ev, NodeJoined | NodeUpdated) and ev.node.status == "alive":
             name = ev.node.name
             timer = self._timers.pop(name, None)
@@ -127,7 +155,29 @@ class PeerEvents:
                 self.resync()
 
     def _expire(self, node: str) -> None:
-        self._timers.pop(node, None)
+        self._timers[node] = asyncio.get_running_loop().call_later(3600, lambda: None)  # held while confirming
+        self._confirms.add(asyncio.get_running_loop().create_task(self._confirm(node)))
+
+    async def _confirm(self, node: str) -> None:
+        """The grace period is over: remove the host's peers if it is still failed or left."""
+        try:
+            status = next((n.status for n in await self.membership.members() if n.name == node), "left")
+        except LibnetError as exc:  # our own Serf agent is away: we cannot tell; ask again later
+            log.warning("cannot confirm that host %s is gone (%s); asking again in %.0fs", node, exc, self.grace)
+            held = self._timers.pop(node, None)
+            if held is not None:  # not seen alive meanwhile
+                held.cancel()
+                self._arm(node)
+            return
+        finally:
+            self._confirms.discard(asyncio.current_task())  # type: ignore[arg-type]
+        timer = self._timers.pop(node, None)
+        if timer is None:  # seen alive meanwhile (the event handler dropped the timer)
+            return
+        timer.cancel()
+        if status == "alive":
+            log.info("host %s is %s again: its peers stay", node, status)
+            return
         self.table.blocked.add(node)
         touched = self.table.remove_node(node)
         log.warning(
