@@ -63,7 +63,7 @@ def test_host_addresses_routes_ranges_and_aux(bed: Testbed, tmp_path) -> None:
         )
         assert [str(a) for a in got] == ["198.51.100.129", "198.51.100.131", "198.51.100.132"]
         r = agent.cli("connect", "over", agent.cli("sandbox", "create").stdout.strip(), "--ip", "198.51.100.10")
-        assert r.returncode == 1 and "already allocated" in r.stderr, r.stderr
+        assert r.returncode == 1 and "reserved as auxiliary address 'router'" in r.stderr, r.stderr
         other = agent.cli("sandbox", "create").stdout.strip()
         r = agent.cli("connect", "over", other, "--ip", "198.51.100.20")  # outside the range, inside the subnet
         assert r.returncode == 0, r.stderr
