@@ -42,7 +42,7 @@ DNS_OPTIONS: dict[str, tuple[int, int] | None] = {
     "debug": None,
 }
 MAX_DNS_ENTRIES = 32  # per list; glibc reads 3 nameservers, Docker sets no limit
-_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")  # used with fullmatch: no '$'-before-newline
 
 
 def check_dns(
@@ -79,7 +79,7 @@ def check_dns(
             out_search.append(".")
             continue
         name = name[:-1] if name.endswith(".") else name
-        if not name or len(name) > 253 or not all(_LABEL.match(label) for label in name.split(".")):
+        if not name or len(name) > 253 or not all(_LABEL.fullmatch(label) for label in name.split(".")):
             raise BadRequest(f"--dns-search {text!r}: not a DNS name", dns_search=text)
         if name.lower() not in (n.lower() for n in out_search):
             out_search.append(name)
@@ -95,7 +95,7 @@ def check_dns(
                 raise BadRequest(f"--dns-option {text!r}: {name} takes no value", dns_option=text)
             out_options.append(name)
             continue
-        if not value.isdigit() or not bounds[0] <= int(value) <= bounds[1]:
+        if not (value.isascii() and value.isdigit()) or not bounds[0] <= int(value) <= bounds[1]:
             raise BadRequest(f"--dns-option {text!r}: {name}:N with N in {bounds[0]}..{bounds[1]}", dns_option=text)
         out_options = [o for o in out_options if not o.startswith(name + ":")]  # the last one wins
         out_options.append(f"{name}:{int(value)}")

@@ -42,6 +42,7 @@ import errno
 import fcntl
 import ipaddress
 import logging
+import re
 import secrets
 import socket
 import struct
@@ -51,7 +52,7 @@ from dataclasses import dataclass, field
 
 from dnslib import QTYPE, DNSRecord
 
-from libnet.dns.cache import AnswerCache, Entry, question_end
+from libnet.dns.cache import _OPT, MAX_NEGATIVE_TTL, MAX_TTL, AnswerCache, Entry, question_end, records
 from libnet.dns.resolver import servfail
 from libnet.dns.stats import DnsStats
 from libnet.kernel import netns
@@ -91,7 +92,7 @@ def parse_upstream(text: str) -> Upstream:
     if pct:
         if ip.version == 4:
             raise ValueError("a zone (%IFACE) belongs to IPv6 addresses only")
-        if not zone or len(zone) > 15 or "/" in zone or any(c.isspace() for c in zone):
+        if _ZONE.fullmatch(zone) is None:
             raise ValueError(f"bad zone {zone!r}: expected an interface name or index")
         return f"{ip}%{zone}", port
     if ip.version == 6 and ip.is_link_local:
@@ -99,8 +100,12 @@ def parse_upstream(text: str) -> Upstream:
     return str(ip), port
 
 
+#: an interface name as the kernel allows it in practice (1-15 bytes, no '/', ':', spaces) or an index
+_ZONE = re.compile(r"[A-Za-z0-9_.@-]{1,15}")
+
+
 def _port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
         raise ValueError(f"port {text!r} is not 1..65535")
     return int(text)
 
@@ -177,7 +182,10 @@ class Forwarder:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.upstreams, self.netns, self.timeout, self.max_inflight = upstreams, netns_name, timeout, max_inflight
+        #: one client's (sandbox's) share of the bound: a quarter, at least 16
+        self.max_inflight_per_client = max(16, max_inflight // 4)
         self.inflight = 0
+        self._inflight_by: dict[str, int] = {}
         self.stats = ForwarderStats()
         self.cache = AnswerCache(cache_size)
         self.clock = clock
@@ -262,10 +270,17 @@ class Forwarder:
                 self.dns_stats.forwarded += 1
 
     async def forward(
-        self, request: DNSRecord, query: bytes, tcp: bool = False, upstreams: tuple[Upstream, ...] | None = None
+        self,
+        request: DNSRecord,
+        query: bytes,
+        tcp: bool = False,
+        upstreams: tuple[Upstream, ...] | None = None,
+        client: str = "",
     ) -> bytes:
         """The answer to ``query`` (the client's bytes) with the client's ID: from the
-        cache, else from the first upstream that answers."""
+        cache, else from the first upstream that gives a valid answer.  ``client``
+        (the sandbox) has its own share of the in-flight bound, so one sandbox
+        asking slow names cannot starve the others."""
         ups = self.current(upstreams)
         if not ups:
             self.stats.no_upstream += 1
@@ -284,26 +299,37 @@ class Forwarder:
                 return answer
         if key is not None:
             self.stats.misses += 1
-        if self.inflight >= self.max_inflight:
+        mine = self._inflight_by.get(client, 0)
+        if self.inflight >= self.max_inflight or mine >= self.max_inflight_per_client:
             self.stats.rejected += 1
             return bytes(servfail(request).pack())
         self.inflight += 1
+        self._inflight_by[client] = mine + 1
         try:
+            qend = qend or question_end(query) or 0
             for up in ups:
                 try:
                     ask = self._tcp if tcp else self._udp
                     answer = await asyncio.wait_for(ask(up, query), self.timeout)
+                    answer = checked(answer, query, qend)
                 except (TimeoutError, OSError, ValueError, asyncio.IncompleteReadError) as exc:
                     self._failed(up, exc)
                     continue
                 self._answered(up)
-                if key is not None and answer[12:qend].lower() == query[12:qend].lower():
+                if key is not None:
                     self.cache.put(key, answer, qend, self.clock())
+                if not tcp and len(answer) > udp_limit(request):  # the upstream ignored the client's size
+                    return truncated(query, qend)
                 return query[:2] + answer[2:]
             self.stats.failed += 1
             return bytes(servfail(request).pack())
         finally:
             self.inflight -= 1
+            left = self._inflight_by[client] - 1
+            if left:
+                self._inflight_by[client] = left
+            else:
+                del self._inflight_by[client]
 
     def _answered(self, up: Upstream) -> None:
         self.stats.forwarded += 1
@@ -382,6 +408,49 @@ class Forwarder:
             return data
         finally:
             sock.close()
+
+
+_SERVFAIL, _REFUSED = 2, 5
+
+
+def checked(answer: bytes, query: bytes, qend: int) -> bytes:
+    """An upstream's answer, if it is a usable answer to ``query``: ValueError
+    (that upstream failed, the next is tried) for a message that does not parse
+    (cut short, garbage, a compression loop), answers another question, or
+    says SERVFAIL/REFUSED (Docker's embedded server moves on to the next server
+    too).  TTLs with the top bit set are 0 (RFC 2181 section 8); no TTL is
+    passed on longer than the cache would keep the answer (a day; 3 hours for
+    negative answers, RFC 2308 section 5)."""
+    try:
+        parsed = DNSRecord.parse(answer)
+    except Exception as exc:  # dnslib raises its own errors, struct's, IndexError...
+        raise ValueError(f"an answer that does not parse ({type(exc).__name__})") from None
+    if len(parsed.questions) != 1 or (qend and answer[12:qend].lower() != query[12:qend].lower()):
+        raise ValueError("an answer to another question")
+    rcode = answer[3] & 0xF
+    if rcode in (_SERVFAIL, _REFUSED):
+        raise ValueError("answered SERVFAIL" if rcode == _SERVFAIL else "answered REFUSED")
+    if not qend:
+        return answer
+    try:
+        rrs = records(answer, qend)
+    except (ValueError, IndexError, struct.error):
+        raise ValueError("an answer whose records do not parse") from None
+    cap = MAX_TTL if rcode == 0 and any(section == 0 for section, *_ in rrs) else MAX_NEGATIVE_TTL
+    patched: bytearray | None = None
+    for _, rtype, off, ttl, _ in rrs:
+        fixed = 0 if ttl >= 0x80000000 else min(ttl, cap)
+        if rtype != _OPT and fixed != ttl:
+            patched = patched or bytearray(answer)
+            struct.pack_into("!I", patched, off, fixed)
+    return bytes(patched) if patched is not None else answer
+
+
+def truncated(query: bytes, qend: int) -> bytes:
+    """A truncated answer (TC set, the question only) telling the client to ask over TCP."""
+    end = qend or len(query)
+    flags = (query[2] | 0x80 | 0x02, query[3] & 0x10 | 0x80)  # QR, TC, RD kept; RA, CD kept
+    return query[:2] + bytes(flags) + b"\x00\x01\x00\x00\x00\x00\x00\x00" + query[12:end]
 
 
 def _ifindex(sock: socket.socket, name: str) -> int:

@@ -134,6 +134,9 @@ class Resolver:
             if qtype not in (QTYPE.SRV, QTYPE.ANY):
                 return self._existing(request, host_zone, [])
             return self._existing(request, host_zone, *self._srv(request, offering))
+        host = self._service_parent(view, name)
+        if host is not None:  # "_tcp.<name>": an empty non-terminal above an SRV name, not NXDOMAIN (RFC 8020)
+            return self._existing(request, self.records.zone(view, host), [])
         if zone is None:
             return self._outside(request, view)
         if name != zone:
@@ -151,6 +154,15 @@ class Resolver:
             rrs += [RR(qname, QTYPE.AAAA, rdata=AAAA(ip), ttl=self.ttl) for ip in _unique(e.ipv6 for e in entries)]
         random.shuffle(rrs)
         return rrs
+
+    def _service_parent(self, view: frozenset[str], name: str) -> str | None:
+        """For ``_proto.<name>`` with a service of that protocol on ``<name>``: ``<name>``
+        (``_http._tcp.<name>`` exists below it, so ``_tcp.<name>`` exists too)."""
+        label, _, host = name.partition(".")
+        if not host or not label.startswith("_"):
+            return None
+        entries = self.records.lookup(view, host)
+        return host if any(s.protocol == label[1:] for e in entries for s in e.services) else None
 
     def _services(self, view: frozenset[str], name: str) -> list | None:
         """For ``_service._proto.<name>`` with ``<name>`` known in the view: the

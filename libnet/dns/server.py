@@ -284,7 +284,9 @@ class _Listener:
 
     async def _forward_udp(self, sock: socket.socket, request: DNSRecord, data: bytes, addr: tuple) -> None:
         try:
-            answer = await self.server.forwarder.forward(request, data, upstreams=self.upstreams)
+            answer = await self.server.forwarder.forward(
+                request, data, upstreams=self.upstreams, client=self.sandbox_id
+            )
         except Exception:
             self.server.stats.dropped += 1
             log.exception("DNS: unexpected failure forwarding a query")
@@ -360,7 +362,9 @@ class _Listener:
             return formerr(data)
         reply = self.server.resolver.resolve(request, self.view)
         if reply is None:
-            return await self.server.forwarder.forward(request, data, tcp=True, upstreams=self.upstreams)
+            return await self.server.forwarder.forward(
+                request, data, tcp=True, upstreams=self.upstreams, client=self.sandbox_id
+            )
         self.server.stats.answered += 1
         return bytes(reply.pack())
 
