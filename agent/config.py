@@ -19,16 +19,24 @@ from libnet.dns.service import DnsConfig
 from libnet.errors import BadRequest
 from libnet.ports import parse_range
 
+#: the library's defaults: every setting the agent shares with it takes its default from there
+_LIB = Config(node_name="")
+_DNS = DnsConfig()
+
 
 @dataclass
 class AgentConfig:
-    """Everything libnet-agent needs; defaults work on one machine with nothing else installed."""
+    """Everything libnet-agent needs; defaults work on one machine with nothing else installed.
+
+    Settings it shares with the library (:class:`libnet.config.Config`) take
+    their defaults from there; :meth:`controller_config` derives the library's
+    configuration from this one."""
 
     socket: str = DEFAULT_SOCKET
-    store: str = "sqlite:///var/lib/libnet/store.db"
-    state_dir: str = "/var/lib/libnet"
+    store: str = _LIB.store
+    state_dir: str = _LIB.state_dir
     #: cluster mode: a shared store for global objects, and Serf gossip
-    cluster_store: str | None = None
+    cluster_store: str | None = _LIB.cluster_store
     node_name: str = field(default_factory=_socket.gethostname)
     advertise: str | None = None  # this host's address for gossip and VXLAN
     bind: str | None = None  # gossip bind address; default: advertise
@@ -36,25 +44,25 @@ class AgentConfig:
     cluster_key: str | None = None  # base64 gossip encryption key
     serf_profile: str = "lan"
     serf_port: int = 7946
-    peer_grace_period: float = 10.0  # seconds before a failed host's overlay peers are removed
-    overlay_anti_entropy: float = 30.0  # seconds between full re-reads of overlay peers from the store
-    mtu: int | None = None
-    ipv6: bool = True
+    peer_grace_period: float = _LIB.peer_grace_period  # seconds before a failed host's overlay peers are removed
+    overlay_anti_entropy: float = _LIB.overlay_anti_entropy  # seconds between re-reads of overlay peers
+    mtu: int | None = _LIB.mtu
+    ipv6: bool = _LIB.ipv6
     default_pools: list[dict[str, Any]] = field(default_factory=list)  # [{base, size}]: local IPv4 defaults
     global_pools: list[dict[str, Any]] = field(default_factory=list)
-    sandbox_prefix: str | None = None  # names of the sandbox namespaces; default lns-<instance>-
-    overlay_prefix: str | None = None  # overlay namespaces (<prefix><vni>); default lno-<instance>-
-    dns: bool = True  # the embedded DNS server (127.0.0.11) in every sandbox
+    sandbox_prefix: str | None = _LIB.sandbox_prefix  # names of the sandbox namespaces; default lns-<instance>-
+    overlay_prefix: str | None = _LIB.overlay_prefix  # overlay namespaces (<prefix><vni>); default lno-<instance>-
+    dns: bool = _DNS.enabled  # the embedded DNS server (127.0.0.11) in every sandbox
     dns_upstreams: list[str] = field(default_factory=list)  # default: the host's resolv.conf nameservers
-    dns_ttl: int = 600  # seconds, for libnet's own names
-    dns_upstream_timeout: float = 2.0  # seconds per upstream before the next
-    dns_max_inflight: int = 1024  # forwarded queries at a time; more get SERVFAIL at once
-    dns_cache_size: int = 10000  # forwarded answers kept, shared by all sandboxes (LRU); 0: no cache
+    dns_ttl: int = _DNS.ttl  # seconds, for libnet's own names
+    dns_upstream_timeout: float = _DNS.upstream_timeout  # seconds per upstream before the next
+    dns_max_inflight: int = _DNS.max_inflight  # forwarded queries at a time; more get SERVFAIL at once
+    dns_cache_size: int = _DNS.cache_size  # forwarded answers kept, shared by all sandboxes (LRU); 0: no cache
     log_format: str = "text"  # or json
     log_level: str = "info"
     reconcile_interval: float = 300.0
     #: LOW-HIGH: host ports for ``-p CONTAINER`` (no host port given), as Docker's 49153-65535
-    port_range: str = "49153-65535"
+    port_range: str = f"{_LIB.port_range[0]}-{_LIB.port_range[1]}"
     #: one-shot start actions for a lost store (command line only, see ``libnet-agent --help``)
     adopt: bool = field(default=False, metadata={"flag_only": True})
     purge: bool = field(default=False, metadata={"flag_only": True})
@@ -102,6 +110,7 @@ class AgentConfig:
             vtep=self.advertise,
             overlay_prefix=self.overlay_prefix,
             overlay_anti_entropy=self.overlay_anti_entropy,
+            peer_grace_period=self.peer_grace_period,
             port_range=parse_range(self.port_range),
             dns=DnsConfig(
                 enabled=self.dns,

@@ -33,6 +33,7 @@ import os
 import signal
 import socket
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -45,6 +46,10 @@ from libnet.controller import Controller
 from libnet.errors import BadRequest, LibnetError, Unavailable
 from libnet.store import open_store
 from libnet.store.mirror import MirroredStore
+
+if TYPE_CHECKING:
+    from libnet.cluster.agent import SerfAgent
+    from libnet.cluster.serf_membership import SerfMembership
 
 CLUSTER_COPY = "cluster-copy.json"  # the local copy of the cluster store (degraded mode)
 
@@ -98,7 +103,7 @@ async def _run(config: agent_config.AgentConfig, stop: asyncio.Event) -> None:
     serf = None
     runner = None
     reconciler = None
-    catching_up: set[asyncio.Task] = set()
+    catching_up: set[asyncio.Task[None]] = set()
     serving = False
     leave = config.leave
     try:
@@ -140,9 +145,8 @@ async def _run(config: agent_config.AgentConfig, stop: asyncio.Event) -> None:
         membership = None
         if config.cluster_mode:
             membership, serf = await _start_cluster(config)
-            for driver in controller._drivers.values():
-                if hasattr(driver, "attach_membership"):
-                    driver.attach_membership(membership, config.peer_grace_period)
+            for driver in controller.drivers.cluster_aware():
+                driver.attach_membership(membership, ctl_config.peer_grace_period)
 
         async def drain() -> None:
             """``libnet node drain``: leave the cluster for good, stop the Serf agent, then stop."""
@@ -202,14 +206,17 @@ async def _run(config: agent_config.AgentConfig, stop: asyncio.Event) -> None:
                 os.unlink(config.socket)
 
 
-async def _start_cluster(config: agent_config.AgentConfig):
+async def _start_cluster(config: agent_config.AgentConfig) -> tuple[SerfMembership, SerfAgent]:
     from libnet.cluster.agent import SerfAgent, SerfAgentConfig
-    from libnet.cluster.membership import SerfMembership
+    from libnet.cluster.serf_membership import SerfMembership
 
+    bind = config.bind or config.advertise
+    if bind is None:  # AgentConfig.validate refuses cluster mode without --advertise
+        raise BadRequest("cluster mode needs --advertise ADDRESS (this host's address for gossip and VXLAN)")
     serf = SerfAgent(
         SerfAgentConfig(
             node=config.node_name,
-            bind=config.bind or config.advertise,
+            bind=bind,
             port=config.serf_port,
             advertise=config.advertise,
             encrypt_key=config.cluster_key,
@@ -224,7 +231,7 @@ async def _start_cluster(config: agent_config.AgentConfig):
     return SerfMembership(client), serf
 
 
-def _catch_up(controller: Controller, metrics: Metrics, tasks: set[asyncio.Task]) -> None:
+def _catch_up(controller: Controller, metrics: Metrics, tasks: set[asyncio.Task[None]]) -> None:
     """The cluster store is back: read everything again and repair (a reconcile)."""
 
     async def run() -> None:

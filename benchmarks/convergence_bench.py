@@ -32,8 +32,8 @@ import time
 from benchmarks.common import emit, parser, progress, require
 from libnet import Controller
 from libnet.cluster.agent import SerfAgent, SerfAgentConfig
-from libnet.cluster.membership import SerfMembership
 from libnet.cluster.serf import new_key
+from libnet.cluster.serf_membership import SerfMembership
 from libnet.kernel import netns
 from libnet.kernel.neighbours import FdbEntry
 from libnet.kernel.netlink import Netlink

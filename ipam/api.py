@@ -38,6 +38,42 @@ OPT_INSTANCE = "instance"
 #: refused regardless, unless the address is on the pool owner's own bridge.
 OPT_OVER_ROUTES = "over_host_routes"
 
+#: the holders of a pool's own reservations, as :class:`Allocation` ``owner`` shows them
+GATEWAY_HOLDER = "gateway"
+AUX_HOLDER_PREFIX = "aux:"  # + the auxiliary address's name
+
+
+def pool_space(pool_id: str) -> str:
+    """The address space (``"local"``/``"global"``) of a pool id: ids are ``<space>/<subnet>[...]``."""
+    return pool_id.split("/", 1)[0]
+
+
+def pool_options(
+    owner: str,
+    instance: str,
+    *,
+    gateway: str | None = None,
+    aux: dict[str, str] | None = None,
+    over_routes: bool = False,
+    isolated: bool = False,
+) -> dict[str, Any]:
+    """The ``request_pool``/``check_pool`` options of a network's pool."""
+    opts: dict[str, Any] = {OPT_OWNER: owner, OPT_INSTANCE: instance}
+    if gateway:
+        opts[OPT_GATEWAY] = gateway
+    if aux:
+        opts[OPT_AUX] = dict(aux)
+    if over_routes:
+        opts[OPT_OVER_ROUTES] = True
+    if isolated:
+        opts[OPT_ISOLATED] = True
+    return opts
+
+
+def address_options(owner: str, instance: str) -> dict[str, Any]:
+    """The ``request_address`` options of an endpoint's address."""
+    return {OPT_OWNER: owner, OPT_INSTANCE: instance}
+
 
 @dataclass(frozen=True)
 class Pool:
@@ -67,6 +103,21 @@ class Allocation:
     #: the libnet instance that allocated it ("" for allocations made before instances were recorded);
     #: reconcile frees an orphaned allocation only if it is its own instance's (DESIGN.md, "Ownership")
     instance: str = ""
+
+    @property
+    def address_only(self) -> str:
+        """The address without its prefix length."""
+        return self.address.split("/", 1)[0]
+
+    @property
+    def space(self) -> str:
+        """The address space of its pool."""
+        return pool_space(self.pool_id)
+
+    @property
+    def reserved(self) -> bool:
+        """Held by the pool itself (its gateway, an auxiliary address), not by an endpoint."""
+        return self.owner == GATEWAY_HOLDER or self.owner.startswith(AUX_HOLDER_PREFIX)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from typing import Any
 
 from libnet import ownership
 from libnet.errors import LibnetError
+from libnet.gateway import GATEWAY_BRIDGE, GATEWAY_ROLE
 from libnet.model import Endpoint, Network, Sandbox
 from libnet.names import default_endpoint_name
 from libnet.ownership import Mark, NamespaceLedger, NamespaceRecord
@@ -52,7 +53,6 @@ from libnet.rollback import Rollback
 
 log = logging.getLogger("libnet.adopt")
 IFNAMSIZ = 15
-GATEWAY_BRIDGE = "libnet-gwbridge"  # as libnet.controller.GATEWAY_BRIDGE
 NETNS_DIR = "/run/netns"
 
 
@@ -260,7 +260,7 @@ def plan(
                 ipv6_subnet=str(gw6.network) if gw6 else None,
                 ipv6_gateway=str(gw6) if gw6 else None,
                 options=options,
-                labels={"libnet.role": "gateway-bridge"} if name == GATEWAY_BRIDGE else {},
+                labels=dict([GATEWAY_ROLE]) if name == GATEWAY_BRIDGE else {},
                 created=now,
                 **_instance_field(Network, instance),
             )

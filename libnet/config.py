@@ -58,6 +58,8 @@ class Config:
     overlay_prefix: str | None = None
     #: seconds between overlay anti-entropy rounds (peers re-read from the store, devices repaired)
     overlay_anti_entropy: float = 30.0
+    #: seconds before the overlay peers of a host that failed or left are removed (cluster mode)
+    peer_grace_period: float = 10.0
     #: the embedded DNS server of every sandbox (127.0.0.11)
     dns: DnsConfig = field(default_factory=_default_dns)
     #: host ports a published port without a host port (``-p 80``) is given from, both ends included

@@ -10,30 +10,34 @@ undoes the done ones if a later one fails (:class:`libnet.rollback.Rollback`):
 - join: driver.join (interface, addresses, routes) -> published ports -> store
 - leave / delete: the reverse; deleting a network with endpoints fails and
   names them.
+
+Its collaborators are built in one go by :func:`libnet.wiring.build`; the
+policies it applies live in their own modules: :mod:`libnet.gateway` (the
+gateway bridge), :mod:`libnet.reconcile`, :mod:`libnet.sandbox_files`,
+:mod:`libnet.dns.binding` (the embedded DNS's records and listeners),
+:mod:`libnet.ports` and :mod:`libnet.validation` (checks of user input).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import ipaddress
 import logging
-import os
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import suppress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ipam.api import OPT_AUX, OPT_GATEWAY, OPT_INSTANCE, OPT_ISOLATED, OPT_OVER_ROUTES, OPT_OWNER
-from libnet import sandbox_files
+from ipam.api import GLOBAL, LOCAL, Ipam, address_options, pool_options
+from libnet import gateway, sandbox_files, wiring
 from libnet.config import Config
 from libnet.dns.binding import DnsBinding
 from libnet.dns.records import parse_service
 from libnet.dns.service import ADDRESS as EMBEDDED_DNS
-from libnet.driverapi import Driver, EndpointInfo, NetworkInfo, PortMapping, ReconcileReport, SandboxInfo
+from libnet.driverapi import Driver, PortMapping, ReconcileReport
+from libnet.drivers.registry import Drivers
 from libnet.errors import (
-    AddressNotAllocated,
     BadRequest,
     Conflict,
     InvalidOption,
@@ -44,17 +48,42 @@ from libnet.errors import (
     NotFound,
 )
 from libnet.gate import OperationGate, operation
+from libnet.gateway import GatewayPolicy
+from libnet.info import ep_info, net_info, sb_info
 from libnet.model import Endpoint, Network, Sandbox, mac_from_ipv4
 from libnet.names import check_sandbox_id, default_endpoint_name, sandbox_namespace
 from libnet.namespaces import Namespaces
-from libnet.ownership import firewall_table
+from libnet.ports import PortRegistry, check_families, check_mapping
+from libnet.reconcile import Reconciler, release_address
 from libnet.repository import Repository
 from libnet.rollback import Rollback
-from libnet.validation import check_addressing, check_bool, check_labels, check_name, check_options
+from libnet.sandbox_files import SandboxFiles
+from libnet.store.base import Store
+from libnet.validation import check_addressing, check_bool, check_labels, check_name, check_options, check_wanted
+
+if TYPE_CHECKING:
+    from libnet.dns.service import EmbeddedDns
 
 log = logging.getLogger("libnet.controller")
-#: the local bridge network giving overlay containers a way out (Docker's docker_gwbridge)
-GATEWAY_BRIDGE = "libnet-gwbridge"
+#: the local bridge network giving overlay containers a way out (see libnet.gateway)
+GATEWAY_BRIDGE = gateway.GATEWAY_BRIDGE
+#: what start() binds; using one of them before start() is an error, not an AttributeError
+_WIRED = frozenset(
+    {
+        "_parts",
+        "_repo",
+        "_store",
+        "_cluster",
+        "_ipam",
+        "_drivers",
+        "_namespaces",
+        "_dns",
+        "_ports",
+        "_files",
+        "_gateway",
+    }
+    | {"_reconciler", "_dns_binding"}
+)
 
 
 def _new_id() -> str:
@@ -64,77 +93,125 @@ def _new_id() -> str:
 class Controller:
     """Networks, endpoints and sandboxes of one host.  Async; see :class:`libnet.sync.SyncController`.
 
-    Collaborators may be injected (unit tests pass fakes); those left out are
-    built from ``config`` by :meth:`start`.  The constructor touches nothing.
+    ``Controller(config, **collaborators)`` touches nothing; :meth:`start` (or
+    ``async with``, or ``await Controller.create(...)``) builds every
+    collaborator at once (:func:`libnet.wiring.build`: those injected --
+    unit tests pass fakes -- and the real ones for the rest) before any
+    operation can run.
     """
+
+    # bound by start(), all present afterwards (the embedded DNS is None when it is off)
+    _parts: wiring.Parts
+    _repo: Repository
+    _store: Store
+    _cluster: Store
+    _ipam: Ipam
+    _drivers: Drivers
+    _namespaces: Namespaces
+    _dns: EmbeddedDns | None
+    _ports: PortRegistry
+    _files: SandboxFiles
+    _gateway: GatewayPolicy
+    _reconciler: Reconciler
+    _dns_binding: DnsBinding | None
 
     def __init__(
         self,
         config: Config | None = None,
         *,
-        store=None,
-        cluster_store=None,
-        ipam=None,
-        drivers: dict[str, Driver] | None = None,
+        store: Store | None = None,
+        cluster_store: Store | None = None,
+        ipam: Ipam | None = None,
+        drivers: Mapping[str, Driver] | None = None,
         namespaces: Namespaces | None = None,
-        dns=None,
+        dns: EmbeddedDns | None = None,
     ) -> None:
         self.config = config or Config()
-        self._dns = dns
-        self._dns_binding: DnsBinding | None = None
-        self._store, self._cluster, self._ipam = store, cluster_store, ipam
-        self._drivers = drivers
-        self._namespaces = namespaces
-        self._repo: Repository | None = None
+        self._given = wiring.Collaborators(
+            store=store, cluster_store=cluster_store, ipam=ipam, drivers=drivers, namespaces=namespaces, dns=dns
+        )
+        self._started = False
         self._sandbox_locks: dict[str, asyncio.Lock] = {}
-        self._owned_stores: list[Any] = []
-        self._resolv_cache: tuple[int, str] | None = None
         self._gate = OperationGate()
+
+    if not TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any:
+            if name in _WIRED:
+                raise RuntimeError("Controller.start() was not called")
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # --- life cycle -------------------------------------------------------------
 
+    @classmethod
+    async def create(
+        cls,
+        config: Config | None = None,
+        *,
+        store: Store | None = None,
+        cluster_store: Store | None = None,
+        ipam: Ipam | None = None,
+        drivers: Mapping[str, Driver] | None = None,
+        namespaces: Namespaces | None = None,
+        dns: EmbeddedDns | None = None,
+    ) -> Controller:
+        """A started controller (see the class docstring)."""
+        ctl = cls(
+            config,
+            store=store,
+            cluster_store=cluster_store,
+            ipam=ipam,
+            drivers=drivers,
+            namespaces=namespaces,
+            dns=dns,
+        )
+        return await ctl.start()
+
     async def start(self) -> Controller:
-        """Open stores and build drivers (whatever was not injected)."""
-        from libnet import defaults
-
-        self.config = self.config.resolved()
-        parts = defaults.components(
-            self.config,
-            store=self._store,
-            cluster_store=self._cluster,
-            ipam=self._ipam,
-            drivers=self._drivers,
-            namespaces=self._namespaces,
-            dns=self._dns,
-        )
-        self._store, self._cluster, self._ipam, self._drivers, self._namespaces, self._dns, self._owned_stores = parts
-        self._repo = Repository(self._store, self._cluster)
-        from libnet.namespaces import KernelNamespaces
-        from libnet.ports import PortRegistry
-
-        real = isinstance(self._namespaces, KernelNamespaces)  # fakes: no host to probe for listeners
-        self._ports = PortRegistry(
-            self._store,
-            self.config.host_netns,
-            None if real else (lambda pm: True),
-            self.config.port_range,
-            own_table=firewall_table(self.instance),
-        )
-        if self._dns is not None:
-            self._dns_binding = DnsBinding(self._dns, self._repo)
-            for drv in self._drivers.values():
-                if hasattr(drv, "peer_listeners"):  # drivers with remote endpoints (overlay)
-                    drv.peer_listeners.append(self._dns_binding.remote_listener(drv.remote_endpoints))
+        """Build every collaborator (:func:`libnet.wiring.build`), then serve the
+        embedded DNS of the sandboxes that have endpoints again."""
+        if self._started:
+            return self
+        self._bind(wiring.build(self.config, self._given))
+        if self._dns_binding is not None:
+            self._dns_binding.follow(self._drivers.remote_peers())
             await self._dns_binding.restore()
         return self
 
+    def _bind(self, parts: wiring.Parts) -> None:
+        self._parts, self.config = parts, parts.config
+        self._repo, self._store, self._cluster, self._ipam = parts.repo, parts.store, parts.cluster_store, parts.ipam
+        self._drivers, self._namespaces, self._dns, self._ports = (
+            parts.drivers,
+            parts.namespaces,
+            parts.dns,
+            parts.ports,
+        )
+        self._files = SandboxFiles(
+            self.config.state_dir, self.config.resolv_conf, parts.repo, parts.dns is not None, EMBEDDED_DNS
+        )
+        self._gateway = GatewayPolicy(parts.repo, parts.drivers)
+        self._reconciler = Reconciler(
+            parts.instance,
+            self.config.node_name,
+            parts.repo,
+            parts.ipam,
+            parts.drivers,
+            parts.namespaces,
+            parts.ports,
+            self,
+        )
+        self._dns_binding = DnsBinding(parts.dns, parts.repo) if parts.dns is not None else None
+        self._started = True
+
     async def close(self) -> None:
         """Release handles; networks and containers keep working (DNS stops until the next start)."""
+        if not self._started:
+            return
         if self._dns_binding is not None:
             await self._dns_binding.close()
-        for driver in (self._drivers or {}).values():
-            await driver.close()
-        for store in self._owned_stores:
+        await self._drivers.close()
+        for store in self._parts.owned:
             await store.close()
 
     async def quiesce(self, timeout: float) -> bool:
@@ -150,59 +227,29 @@ class Controller:
 
     @property
     def repo(self) -> Repository:
-        if self._repo is None:
-            raise RuntimeError("Controller.start() was not called")
         return self._repo
 
     @property
-    def ipam(self):
+    def ipam(self) -> Ipam:
         return self._ipam
 
     @property
-    def dns(self):
+    def dns(self) -> EmbeddedDns | None:
         """The embedded DNS (:class:`libnet.dns.service.EmbeddedDns`), None when off."""
         return self._dns
 
     @property
+    def drivers(self) -> Drivers:
+        """The drivers by name, with their optional capabilities (:mod:`libnet.drivers.registry`)."""
+        return self._drivers
+
+    @property
     def instance(self) -> str:
         """This libnet instance's id (:mod:`libnet.ownership`); set by :meth:`start`."""
-        assert self.config.instance_id is not None, "Controller.start() was not called"
-        return self.config.instance_id
+        return self._parts.instance
 
     def driver(self, name: str) -> Driver:
-        assert self._drivers is not None
-        try:
-            return self._drivers[name]
-        except KeyError:
-            raise InvalidOption(
-                f"unknown driver {name!r}; available: {', '.join(sorted(self._drivers))}", driver=name
-            ) from None
-
-    # --- info objects -----------------------------------------------------------
-
-    @staticmethod
-    def _net_info(nw: Network) -> NetworkInfo:
-        return NetworkInfo(
-            nw.id,
-            nw.name,
-            nw.ipv4_subnet,
-            nw.ipv4_gateway,
-            nw.ipv6_subnet,
-            nw.ipv6_gateway,
-            nw.internal,
-            dict(nw.options),
-        )
-
-    @staticmethod
-    def _ep_info(ep: Endpoint) -> EndpointInfo:
-        ports = tuple(PortMapping(**p) for p in ep.ports)
-        return EndpointInfo(
-            ep.id, ep.network_id, ep.name, ep.ipv4, ep.ipv6, ep.mac, ports, tuple(ep.aliases), tuple(ep.services)
-        )
-
-    @staticmethod
-    def _sb_info(sb: Sandbox, ep: Endpoint) -> SandboxInfo:
-        return SandboxInfo(sb.id, sb.netns, ep.ifname or "eth0", ep.gateway)
+        return self._drivers.driver(name)
 
     # --- networks ---------------------------------------------------------------
 
@@ -251,7 +298,8 @@ class Controller:
             ipv6_range=ipv6_range,
             aux_addresses=aux_addresses,
         )
-        space = "global" if scope == "global" else "local"
+        space = GLOBAL if scope == "global" else LOCAL
+        isolated = drv.capabilities().own_addressing
         store = self.repo.store(scope)
         nw = Network(
             _new_id(),
@@ -267,12 +315,17 @@ class Controller:
             ipv6_range=fams[1].ip_range,
             aux_addresses={**fams[0].aux, **fams[1].aux},
         )
-        await drv.check_network(self._net_info(nw))  # a refusal here has written nothing
+        await drv.check_network(net_info(nw))  # a refusal here has written nothing
         for v6, fam in ((False, fams[0]), (True, fams[1])):
             if fam.subnet and not (v6 and not ipv6):  # an explicit subnet IPAM would refuse: before any write
-                opts = _pool_options(nw.id, self.instance, fam.gateway, fam.aux, allow_route_overlap)
-                if drv.capabilities().own_addressing:
-                    opts[OPT_ISOLATED] = True
+                opts = pool_options(
+                    nw.id,
+                    self.instance,
+                    gateway=fam.gateway,
+                    aux=fam.aux,
+                    over_routes=allow_route_overlap,
+                    isolated=isolated,
+                )
                 await self._ipam.check_pool(space, fam.subnet, fam.ip_range, options=opts, v6=v6)
         async with Rollback() as undo:
             await self.repo.reserve_name(store, self.repo.network_name_key(name), nw.id, "network", name, self.instance)
@@ -280,16 +333,21 @@ class Controller:
             for v6, fam in ((False, fams[0]), (True, fams[1])):
                 if v6 and not ipv6:
                     continue
-                opts = _pool_options(nw.id, self.instance, fam.gateway, fam.aux, allow_route_overlap)
-                if drv.capabilities().own_addressing and fam.subnet:
-                    opts[OPT_ISOLATED] = True
+                opts = pool_options(
+                    nw.id,
+                    self.instance,
+                    gateway=fam.gateway,
+                    aux=fam.aux,
+                    over_routes=allow_route_overlap,
+                    isolated=isolated and bool(fam.subnet),
+                )
                 pool = await self._ipam.request_pool(space, fam.subnet, fam.ip_range, options=opts, v6=v6)
-                undo.push(lambda p=pool.id: self._ipam.release_pool(p, owner=nw.id), f"release pool {pool.id}")
+                undo.push(lambda p=pool.id: self._ipam.release_pool(p, owner=nw.id), f"release pool {pool.id}")  # type: ignore[misc]
                 if v6:
                     nw.ipv6_pool, nw.ipv6_subnet, nw.ipv6_gateway = pool.id, pool.subnet, pool.gateway
                 else:
                     nw.ipv4_pool, nw.ipv4_subnet, nw.ipv4_gateway = pool.id, pool.subnet, pool.gateway
-            info = self._net_info(nw)
+            info = net_info(nw)
             await drv.create_network(info)
             undo.push(lambda: drv.delete_network(info), "delete network in driver")
             await self.repo.add_network(nw)
@@ -321,7 +379,7 @@ class Controller:
             )
         if nw.removing != self.instance:
             nw = await self.repo.update_network(nw, lambda n: setattr(n, "removing", self.instance))
-        await self.driver(nw.driver).delete_network(self._net_info(nw))
+        await self.driver(nw.driver).delete_network(net_info(nw))
         for pool in (nw.ipv4_pool, nw.ipv6_pool):
             if pool:
                 with suppress(NoSuchPool):
@@ -343,26 +401,44 @@ class Controller:
         ipv6: str | None = None,
         aliases: Iterable[str] = (),
         services: Iterable[str] = (),
-        ports: Iterable[PortMapping | dict] = (),
-        _connecting: bool = False,
+        ports: Iterable[PortMapping | dict[str, Any]] = (),
     ) -> Endpoint:
         """Create an endpoint with addresses from the network's pools.
 
         ``aliases``: more DNS names (shared by several endpoints: round robin);
         ``services``: ``"http:80/tcp"`` specs published as SRV records."""
+        return await self._create_endpoint(
+            network, name, ipv4=ipv4, ipv6=ipv6, aliases=aliases, services=services, ports=ports
+        )
+
+    async def _create_endpoint(
+        self,
+        network: str,
+        name: str,
+        *,
+        ipv4: str | None = None,
+        ipv6: str | None = None,
+        aliases: Iterable[str] = (),
+        services: Iterable[str] = (),
+        ports: Iterable[PortMapping | dict[str, Any]] = (),
+        connecting: bool = False,
+    ) -> Endpoint:
+        """:meth:`create_endpoint`; ``connecting``: made by ``connect`` (or the gateway
+        bridge policy) for a join that follows -- a crash before the join completes
+        leaves an endpoint the next reconcile deletes."""
         check_name(name, "endpoint")
-        aliases = [check_name(a, "alias") for a in aliases]
+        alias_list = [check_name(a, "alias") for a in aliases]
         if isinstance(services, str):
             raise InvalidOption("services is a list of NAME:PORT[/PROTO] specs", services=services)
-        services = [str(parse_service(s)) for s in services]
-        mappings = [_port(p) for p in ports]
+        service_list = [str(parse_service(s)) for s in services]
+        mappings = [check_mapping(p) for p in ports]
         nw = await self.repo.network(network)
         if nw.removing:
             raise Conflict(f"network {nw.name} is being deleted", network_id=nw.id)
         if ipv6 is not None and not nw.ipv6_pool:
             raise InvalidOption("the network has no IPv6", network_id=nw.id)
-        _check_wanted(nw, ipv4, ipv6)  # before the first write: a refusal leaves no trace
-        _check_port_families(nw, mappings)
+        check_wanted(nw, ipv4, ipv6)  # before the first write: a refusal leaves no trace
+        check_families(nw, mappings)
         drv = self.driver(nw.driver)
         store = self.repo.store(nw.scope)
         ep = Endpoint(
@@ -370,10 +446,10 @@ class Controller:
             name,
             nw.id,
             mac="",
-            aliases=aliases,
-            services=services,
+            aliases=alias_list,
+            services=service_list,
             ports=[m.__dict__ for m in mappings],
-            connecting=_connecting,
+            connecting=connecting,
             node=self.config.node_name,
             created=time.time(),
             instance=self.instance,
@@ -389,19 +465,18 @@ class Controller:
             for pool, wanted, attr in ((nw.ipv4_pool, ipv4, "ipv4"), (nw.ipv6_pool, ipv6, "ipv6")):
                 if not pool:
                     continue
-                addr = await self._ipam.request_address(pool, wanted, {OPT_OWNER: ep.id, OPT_INSTANCE: self.instance})
-                undo.push(lambda p=pool, a=addr: self._release(p, a, ep.id), f"release {addr}")
+                addr = await self._ipam.request_address(pool, wanted, address_options(ep.id, self.instance))
+                undo.push(lambda p=pool, a=addr: self._release(p, a, ep.id), f"release {addr}")  # type: ignore[misc]
                 setattr(ep, attr, addr)
             ep.mac = mac_from_ipv4(ep.ipv4)
-            await drv.create_endpoint(self._net_info(nw), self._ep_info(ep))
-            undo.push(lambda: drv.delete_endpoint(self._net_info(nw), self._ep_info(ep)), "driver endpoint")
+            await drv.create_endpoint(net_info(nw), ep_info(ep))
+            undo.push(lambda: drv.delete_endpoint(net_info(nw), ep_info(ep)), "driver endpoint")
             await self.repo.add_endpoint(nw, ep)
         return ep
 
     async def _release(self, pool: str, address: str, owner: str) -> None:
         """Release ``address`` if ``owner`` still holds it (gone or taken over is fine)."""
-        with suppress(AddressNotAllocated, NoSuchPool):
-            await self._ipam.release_address(pool, address, owner=owner)
+        await release_address(self._ipam, pool, address, owner)
 
     async def endpoints(self, network: str | None = None) -> list[Endpoint]:
         """Endpoints of one network, or of all."""
@@ -434,7 +509,7 @@ class Controller:
         nw = await self.repo.network(ep.network_id)
         if ep.removing != self.instance:
             ep = await self.repo.update_endpoint(ep, _removing(self.instance))
-        await self.driver(nw.driver).delete_endpoint(self._net_info(nw), self._ep_info(ep))
+        await self.driver(nw.driver).delete_endpoint(net_info(nw), ep_info(ep))
         for pool, addr in ((nw.ipv4_pool, ep.ipv4), (nw.ipv6_pool, ep.ipv6)):
             if pool and addr:
                 await self._release(pool, addr, ep.id)
@@ -512,7 +587,7 @@ class Controller:
                 await self.repo.add_sandbox(sb)
             except Conflict:
                 raise Conflict("a sandbox with that id exists", sandbox_id=sid) from None
-            await self._write_files(sb)
+            await self._files.write(sb)
         return sb
 
     async def sandboxes(self) -> list[Sandbox]:
@@ -543,44 +618,12 @@ class Controller:
                 sb.netns,
                 self.config.state_dir,
             )
-        sandbox_files.remove(self.config.state_dir, sb.id)
+        self._files.remove(sb.id)
         await self.repo.delete_sandbox(sb)
         self._sandbox_locks.pop(sb.id, None)
 
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._sandbox_locks.setdefault(sandbox_id, asyncio.Lock())
-
-    async def _write_files(self, sb: Sandbox) -> None:
-        entries = []
-        for eid in sb.endpoints:
-            with suppress(NotFound):
-                ep = await self.repo.endpoint(eid)
-                for cidr in (ep.ipv4, ep.ipv6):
-                    if cidr:
-                        entries.append((str(ipaddress.ip_interface(cidr).ip), [ep.name, *ep.aliases]))
-        if self._dns is not None:
-            resolv = sandbox_files.resolv_conf_embedded(
-                self._host_resolv_conf(), EMBEDDED_DNS, sb.dns_search, sb.dns_options
-            )
-        else:
-            resolv = sandbox_files.resolv_conf(self._host_resolv_conf(), sb.dns, sb.dns_search, sb.dns_options)
-        hosts = sandbox_files.hosts_file(sb.hostname, entries)
-        # two small local files: cheaper written here than handed to a thread
-        sandbox_files.write(self.config.state_dir, sb.id, resolv, hosts)
-
-    def _host_resolv_conf(self) -> str:
-        """The host's resolv.conf, re-read only when it changes."""
-        try:
-            mtime = os.stat(self.config.resolv_conf).st_mtime_ns
-        except OSError:
-            return ""
-        if self._resolv_cache is None or self._resolv_cache[0] != mtime:
-            try:
-                with open(self.config.resolv_conf) as f:
-                    self._resolv_cache = (mtime, f.read())
-            except OSError:
-                return ""
-        return self._resolv_cache[1]
 
     # --- join and leave ---------------------------------------------------------
 
@@ -626,14 +669,9 @@ class Controller:
             await self._check_sandbox_overlap(sb, nw, others)
             used = {o.ifname for o in others}
             ifname = next(f"eth{i}" for i in range(len(used) + 1) if f"eth{i}" not in used)
-            gateway = (
-                not nw.internal
-                and bool(nw.ipv4_gateway or nw.ipv6_gateway)
-                and not drv.capabilities().external_via_gateway_bridge
-                and not any(o.gateway for o in others)
-            )
+            gateway = self._gateway.default_route(nw, others)
             ep.sandbox_id, ep.ifname, ep.gateway = sb.id, ifname, gateway
-            ninfo, einfo, sinfo = self._net_info(nw), self._ep_info(ep), self._sb_info(sb, ep)
+            ninfo, einfo, sinfo = net_info(nw), ep_info(ep), sb_info(sb, ep)
             async with Rollback() as undo:
                 await drv.join(ninfo, einfo, sinfo)
                 undo.push(lambda: drv.leave(ninfo, einfo, sinfo), "leave in driver")
@@ -646,7 +684,7 @@ class Controller:
                 ep = await self.repo.update_endpoint(ep, joined)
                 undo.push(lambda: self.repo.update_endpoint(ep, _unjoined), "unmark endpoint")
                 sb = await self.repo.update_sandbox(sb, lambda s: s.endpoints.append(ep.id))
-            await self._write_files(sb)
+            await self._files.write(sb)
         return ep
 
     async def _check_sandbox_overlap(self, sb: Sandbox, nw: Network, others: list[Endpoint]) -> None:
@@ -683,7 +721,7 @@ class Controller:
         """Unplug an endpoint from its sandbox; not joined is fine."""
         sandbox_id = (await self.repo.endpoint(endpoint)).sandbox_id
         ep = await self._leave(endpoint, sandbox)
-        if sandbox_id and ep.network_id != await self._gateway_network_id():
+        if sandbox_id and ep.network_id != await self._gateway.network_id():
             try:
                 await self._sync_gateway_bridge(sandbox_id)
             except LibnetError as exc:
@@ -710,7 +748,7 @@ class Controller:
                 sb = Sandbox(ep.sandbox_id, "", False)
             if self.instance not in (ep.leaving, ep.removing):  # a crash from here on is rolled forward
                 ep = await self.repo.update_endpoint(ep, lambda e: setattr(e, "leaving", self.instance))
-            ninfo, einfo, sinfo = self._net_info(nw), self._ep_info(ep), self._sb_info(sb, ep)
+            ninfo, einfo, sinfo = net_info(nw), ep_info(ep), sb_info(sb, ep)
             await drv.revoke_external_connectivity(ninfo, einfo)
             await drv.leave(ninfo, einfo, sinfo)
             was_gateway = ep.gateway
@@ -721,65 +759,47 @@ class Controller:
                 )
                 if was_gateway:
                     await self._hand_over_gateway(sb)
-                await self._write_files(sb)
+                await self._files.write(sb)
         return ep
 
-    async def _gateway_network_id(self) -> str | None:
-        try:
-            return (await self.repo.network(GATEWAY_BRIDGE)).id
-        except NotFound:
-            return None
-
     async def _sync_gateway_bridge(self, sandbox_id: str | None) -> None:
-        """Connect the sandbox to the gateway bridge network when one of its
-        networks needs it, and disconnect it when none does any more."""
+        """Carry out the gateway bridge policy (:mod:`libnet.gateway`) for a sandbox:
+        connect it when one of its networks needs the gateway bridge, disconnect
+        it when none does any more."""
         if not sandbox_id:
             return
         try:
             sb = await self.repo.sandbox(sandbox_id)
         except NotFound:
             return
-        gw_id = await self._gateway_network_id()
-        needed, present = False, None
-        for eid in sb.endpoints:
-            ep = await self.repo.endpoint(eid)
-            if gw_id is not None and ep.network_id == gw_id:
-                present = ep
-                continue
-            nw = await self.repo.network(ep.network_id)
-            if not nw.internal and self.driver(nw.driver).capabilities().external_via_gateway_bridge:
-                needed = True
-        if needed and present is None:
-            if gw_id is None:
+        need = await self._gateway.need(sb)
+        if need.connect:
+            if need.network_id is None:
                 with suppress(NameInUse):  # made by a concurrent join
                     await self.create_network(
-                        GATEWAY_BRIDGE,
-                        "bridge",
-                        options={"bridge_name": "lngwbridge"},
-                        labels={"libnet.role": "gateway-bridge"},
+                        gateway.GATEWAY_BRIDGE,
+                        gateway.GATEWAY_BRIDGE_DRIVER,
+                        options=dict(gateway.GATEWAY_BRIDGE_OPTIONS),
+                        labels=dict([gateway.GATEWAY_ROLE]),
                     )
-            gw_ep = await self.create_endpoint(GATEWAY_BRIDGE, f"gw-{sb.id[:12]}", _connecting=True)
+            gw_ep = await self._create_endpoint(gateway.GATEWAY_BRIDGE, gateway.endpoint_name(sb.id), connecting=True)
             await self._join(gw_ep.id, sb.id)
-        elif present is not None and not needed:
-            await self._mark_removing(present.id)
-            await self._leave(present.id)
-            await self.delete_endpoint(present.id)
+        elif need.disconnect is not None:
+            await self._mark_removing(need.disconnect.id)
+            await self._leave(need.disconnect.id)
+            await self.delete_endpoint(need.disconnect.id)
 
     async def _hand_over_gateway(self, sb: Sandbox) -> None:
-        """After the gateway endpoint left, the next non-internal one takes the default routes."""
-        for eid in sb.endpoints:
-            ep = await self.repo.endpoint(eid)
-            nw = await self.repo.network(ep.network_id)
-            if nw.internal or not (nw.ipv4_gateway or nw.ipv6_gateway):
-                continue
-            if self.driver(nw.driver).capabilities().external_via_gateway_bridge:
-                continue
-            await self.driver(nw.driver).set_gateway(self._net_info(nw), self._ep_info(ep), self._sb_info(sb, ep), True)
-            await self.repo.update_endpoint(ep, lambda e: setattr(e, "gateway", True))
+        """After the endpoint carrying the default routes left, the next one takes them."""
+        successor = await self._gateway.successor(sb)
+        if successor is None:
             return
+        nw, ep = successor
+        await self.driver(nw.driver).set_gateway(net_info(nw), ep_info(ep), sb_info(sb, ep), True)
+        await self.repo.update_endpoint(ep, lambda e: setattr(e, "gateway", True))
 
     @operation
-    async def connect(self, network: str, sandbox: str, name: str | None = None, **endpoint_args: Any) -> Endpoint:
+    async def connect(self, /, network: str, sandbox: str, name: str | None = None, **endpoint_args: Any) -> Endpoint:
         """Create an endpoint on ``network`` and join it to ``sandbox`` (like ``docker network connect``).
 
         If the join fails the endpoint is deleted again, its addresses released.
@@ -804,7 +824,7 @@ class Controller:
                         endpoint_id=other.id,
                     )
         name = name or sb.hostname or default_endpoint_name(sb.id)
-        ep = await self.create_endpoint(nw.id, name, _connecting=True, **endpoint_args)
+        ep = await self._create_endpoint(nw.id, name, connecting=True, **endpoint_args)
         try:
             return await self.join(ep.id, sb.id)
         except BaseException as failure:
@@ -841,7 +861,7 @@ class Controller:
     # --- reconcile --------------------------------------------------------------
 
     async def reconcile(self) -> ReconcileReport:
-        """Make store and kernel consistent after a crash or drift.
+        """Make store and kernel consistent after a crash or drift (:mod:`libnet.reconcile`).
 
         Store first: endpoints a crashed ``connect`` left half-made are
         deleted (their addresses released), sandbox endpoint lists are
@@ -850,302 +870,15 @@ class Controller:
         kernel objects no stored object owns and reports missing parts.
         """
         async with self._gate.exclusive():
-            return await self._reconcile()
-
-    async def _reconcile(self) -> ReconcileReport:
-        report = ReconcileReport()
-        await self._reconcile_store(report)
-        networks = await self.repo.networks()
-        endpoints = await self.repo.endpoints()
-        sandboxes = {s.id: s for s in await self.repo.sandboxes()}
-        for sb in sandboxes.values():
-            if not self._namespaces.exists(sb.netns):
-                report.missing.append(f"sandbox {sb.id[:12]}: namespace {sb.netns} is gone")
-        for name, drv in (self._drivers or {}).items():
-            nets = [n for n in networks if n.driver == name]
-            ids = {n.id for n in nets}
-            eps = []
-            for ep in endpoints:
-                if ep.network_id in ids:
-                    sb = sandboxes.get(ep.sandbox_id or "")
-                    if sb is None and ep.sandbox_id and ep.node == self.config.node_name:
-                        # joined, its sandbox's record lost: still joined in the kernel; keep it so
-                        report.missing.append(
-                            f"endpoint {ep.name} ({ep.id[:12]}): its sandbox {ep.sandbox_id[:12]} is not in the store"
-                        )
-                        sb = Sandbox(ep.sandbox_id, "", False)
-                    eps.append((self._ep_info(ep), self._sb_info(sb, ep) if sb else None))
-            report.merge(await drv.reconcile([self._net_info(n) for n in nets], eps))
-        stored = {s.netns: s.id for s in sandboxes.values() if s.owned}
-        for path, owner in (await asyncio.to_thread(self._namespaces.owned)).items():
-            if path in stored or owner in sandboxes:
-                continue
-            if await asyncio.to_thread(self._namespaces.in_use, path):  # a lost sandbox record, not a leak
-                report.missing.append(
-                    f"sandbox namespace {path} (sandbox {owner[:12]}): the store does not know it but it holds "
-                    "interfaces; kept (a lost store record? libnet-agent --adopt rebuilds it)"
-                )
-            elif await asyncio.to_thread(self._namespaces.delete, path):
-                report.removed.append(f"sandbox namespace {path} of no sandbox")
-        await self._restore_reservations(report)
-        await self._free_orphans(report, set(report.kept))
-        for line in report.removed + report.repaired:
-            log.warning("reconcile: %s", line)
-        for line in report.missing:
-            log.warning("reconcile: %s", line)
-        return report
-
-    async def _reconcile_store(self, report: ReconcileReport) -> None:
-        """Finish or undo what a crash interrupted (before the drivers' sweep);
-        :meth:`_free_orphans` frees what nothing owns (after it).
-
-        Rule (DESIGN.md, "Ownership"): only this instance's own unfinished
-        work is touched -- objects marked ``removing``/``leaving`` by it are
-        rolled forward, endpoints of its unfinished ``connect`` rolled back --
-        and an orphaned pool, address or name reservation is freed only if
-        this instance made it (the caller holds the operation gate, so none of
-        its own is in flight).  Another instance's orphan may be an operation
-        in flight on another host: it is left alone, however old.  Untagged
-        records of older versions are freed only in the local store.
-        """
-        me = self.instance
-        for sb in await self.repo.sandboxes():
-            if sb.removing == me:
-                await self.delete_sandbox(sb.id)
-                report.repaired.append(f"finished deleting sandbox {sb.id[:12]}")
-        for ep in await self.repo.endpoints():
-            mine = ep.instance == me or (not ep.instance and ep.node == self.config.node_name)
-            try:
-                if ep.removing == me:
-                    await self.delete_endpoint(ep.id, force=True)
-                    report.repaired.append(f"finished deleting endpoint {ep.name} ({ep.id[:12]})")
-                elif ep.leaving == me:
-                    await self.leave(ep.id)
-                    report.repaired.append(f"finished unplugging endpoint {ep.name} ({ep.id[:12]})")
-                elif ep.connecting and not ep.sandbox_id and mine:
-                    await self.delete_endpoint(ep.id)
-                    report.repaired.append(f"deleted endpoint {ep.name} ({ep.id[:12]}) of an unfinished connect")
-            except NotFound as exc:  # its network or sandbox is gone: say so, never silently
-                report.missing.append(f"endpoint {ep.name} ({ep.id[:12]}): unfinished work not done: {exc}")
-        for nw in await self.repo.networks():
-            if nw.removing == me:
-                try:
-                    await self.delete_network(nw.id)
-                    report.repaired.append(f"finished deleting network {nw.name} ({nw.id[:12]})")
-                except Conflict as exc:  # endpoints still on it: the delete could never have gone through
-                    await self.repo.update_network(nw, _removing(""))
-                    report.repaired.append(f"network {nw.name}: unfinished delete undone ({exc.message})")
-        endpoints = {e.id: e for e in await self.repo.endpoints()}
-        for sb in await self.repo.sandboxes():
-            want = [e for e in sb.endpoints if e in endpoints and endpoints[e].sandbox_id == sb.id]
-            want += [e.id for e in endpoints.values() if e.sandbox_id == sb.id and e.id not in want]
-            if want != sb.endpoints:
-                await self.repo.update_sandbox(sb, lambda s, w=want: setattr(s, "endpoints", w))
-                report.repaired.append(f"endpoint list of sandbox {sb.id[:12]}")
-
-    async def _restore_reservations(self, report: ReconcileReport) -> None:
-        """Re-reserve what the stored networks and endpoints hold but the store
-        lost the reservation of (a deleted key, a restored backup): their pools,
-        addresses and names.  Otherwise the next create would hand a live
-        network's subnet, a live container's address or a taken name out again."""
-        pools = {p.pool_id for p in await self._ipam.pool_owners()}
-        held = {(a.pool_id, a.address.split("/")[0]) for a in await self._ipam.audit()}
-        names = {p.key for store in self.repo.stores() for p in await store.list("libnet/v1/names/")}
-        networks = {n.id: n for n in await self.repo.networks()}
-        for nw in networks.values():
-            if nw.removing:
-                continue
-            space = "global" if nw.scope == "global" else "local"
-            isolated = self.driver(nw.driver).capabilities().own_addressing if nw.driver in self._drivers else False
-            for v6, pool_id, subnet, gw, rng in (
-                (False, nw.ipv4_pool, nw.ipv4_subnet, nw.ipv4_gateway, nw.ipv4_range),
-                (True, nw.ipv6_pool, nw.ipv6_subnet, nw.ipv6_gateway, nw.ipv6_range),
-            ):
-                if not pool_id or not subnet or pool_id in pools:
-                    continue
-                net = ipaddress.ip_network(subnet)
-                aux = {k: a for k, a in nw.aux_addresses.items() if ipaddress.ip_address(a) in net}
-                gw_ip = str(ipaddress.ip_interface(gw).ip) if gw else None
-                # over_host_routes: its own bridge's route is there (its own bridge's address does not count)
-                opts = _pool_options(nw.id, nw.instance, gw_ip, aux, True)
-                if isolated:
-                    opts[OPT_ISOLATED] = True
-                try:
-                    pool = await self._ipam.request_pool(space, subnet, rng, options=opts, v6=v6)
-                except LibnetError as exc:
-                    report.missing.append(
-                        f"network {nw.name}: its IPAM pool {pool_id} is lost and cannot be restored: {exc}"
-                    )
-                    continue
-                report.repaired.append(f"IPAM pool {pool.id} of network {nw.name} restored")
-                pools.add(pool.id)
-                held |= {(a.pool_id, a.address.split("/")[0]) for a in await self._ipam.audit(pool.id)}
-            key = self.repo.network_name_key(nw.name)
-            if key not in names:
-                await self._restore_name(report, self.repo.store(nw.scope), key, nw.id, "network", nw.name, nw.instance)
-        for ep in await self.repo.endpoints():
-            nw = networks.get(ep.network_id)
-            if nw is None or ep.removing:
-                continue
-            for pool_id, cidr in ((nw.ipv4_pool, ep.ipv4), (nw.ipv6_pool, ep.ipv6)):
-                if not pool_id or not cidr or (pool_id, cidr.split("/")[0]) in held:
-                    continue
-                try:
-                    await self._ipam.request_address(
-                        pool_id, cidr.split("/")[0], {OPT_OWNER: ep.id, OPT_INSTANCE: ep.instance}
-                    )
-                    report.repaired.append(f"address {cidr} of endpoint {ep.name} ({ep.id[:12]}) reserved again")
-                except LibnetError as exc:
-                    report.missing.append(f"endpoint {ep.name}: its address {cidr} cannot be reserved again: {exc}")
-            key = self.repo.endpoint_name_key(nw.id, ep.name)
-            if key not in names:
-                await self._restore_name(
-                    report, self.repo.store(nw.scope), key, ep.id, "endpoint", ep.name, ep.instance
-                )
-
-    async def _restore_name(
-        self, report: ReconcileReport, store: Any, key: str, owner: str, what: str, name: str, instance: str
-    ) -> None:
-        try:
-            await self.repo.reserve_name(store, key, owner, what, name, instance)
-            report.repaired.append(f"{what} name {name} reserved again")
-        except LibnetError as exc:
-            report.missing.append(f"{what} {name} ({owner[:12]}): its name cannot be reserved again: {exc}")
-
-    async def _free_orphans(self, report: ReconcileReport, kept: set[str]) -> None:
-        """Free this instance's pools, addresses and names whose owner is gone --
-        not those of an owner whose kernel objects the drivers kept (in use
-        although the store lost its record): freeing them would hand a live
-        container's subnet or address to someone else."""
-        me = self.instance
-        endpoints = {e.id: e for e in await self.repo.endpoints()}
-        networks = {n.id for n in await self.repo.networks()}
-
-        def ours(space: str, instance: str) -> bool:
-            return instance == me or (not instance and space == "local")
-
-        for pool in await self._ipam.pool_owners():
-            if pool.owner and pool.owner not in networks | kept and ours(pool.space, pool.instance):
-                with suppress(NoSuchPool):
-                    await self._ipam.release_pool(pool.pool_id, owner=pool.owner)
-                    report.removed.append(f"IPAM pool {pool.pool_id} of no network")
-        for alloc in await self._ipam.audit():
-            if (
-                alloc.owner
-                and alloc.owner != "gateway"
-                and not alloc.owner.startswith("aux:")
-                and alloc.owner not in endpoints
-                and alloc.owner not in kept
-                and ours("global" if alloc.pool_id.startswith("global/") else "local", alloc.instance)
-            ):
-                await self._release(alloc.pool_id, alloc.address, alloc.owner)
-                report.removed.append(f"address {alloc.address} of no endpoint")
-        for proto, port, holder in await self._ports.orphans(set(endpoints) | kept):
-            report.removed.append(f"host port {port}/{proto} of no endpoint ({holder[:12]})")
-        for key in await self.repo.stale_names(networks | kept, set(endpoints) | kept, me):
-            report.removed.append(f"name reservation {key.rsplit('/', 1)[-1]}")
-
-
-def _pool_options(
-    owner: str, instance: str, gateway: str | None, aux: dict[str, str], over_routes: bool
-) -> dict[str, Any]:
-    """IPAM request_pool options of a network's pool."""
-    opts: dict[str, Any] = {OPT_OWNER: owner, OPT_INSTANCE: instance}
-    if gateway:
-        opts[OPT_GATEWAY] = gateway
-    if aux:
-        opts[OPT_AUX] = dict(aux)
-    if over_routes:
-        opts[OPT_OVER_ROUTES] = True
-    return opts
+            return await self._reconciler.run()
 
 
 def _unjoined(e: Endpoint) -> None:
     e.sandbox_id, e.ifname, e.gateway, e.leaving = None, None, False, ""
 
 
-def _check_wanted(nw: Network, ipv4: object, ipv6: object) -> None:
-    """An endpoint's requested addresses: plain addresses (as ``docker network connect
-    --ip``, no prefix) of the right version inside the network's subnets (``InvalidOption``)."""
-    for version, wanted, subnet in ((4, ipv4, nw.ipv4_subnet), (6, ipv6, nw.ipv6_subnet)):
-        if wanted is None:
-            continue
-        what = "ipv4" if version == 4 else "ipv6"
-        try:
-            addr = ipaddress.ip_address(wanted) if isinstance(wanted, str) else None
-        except ValueError:
-            addr = None
-        if addr is None or addr.version != version:
-            raise InvalidOption(
-                f"{what} {wanted!r} is not an IPv{version} address (give an address, without a prefix length)",
-                option=what,
-                value=str(wanted)[:64],
-            )
-        if subnet is not None and addr not in ipaddress.ip_network(subnet):
-            raise InvalidOption(
-                f"{what} {addr} is not inside network {nw.name}'s subnet {subnet}", option=what, network_id=nw.id
-            )
-
-
-def _removing(instance: str) -> Any:
+def _removing(instance: str) -> Callable[[Any], None]:
     def mark(obj: Any) -> None:
         obj.removing = instance
 
     return mark
-
-
-def _port(p: PortMapping | dict) -> PortMapping:
-    if isinstance(p, PortMapping):
-        pm = p
-    else:
-        if not isinstance(p, dict) or set(p) - {"host_port", "container_port", "protocol", "host_ip"}:
-            raise InvalidOption("a port is {host_port, container_port, protocol, host_ip}", port=str(p))
-        try:
-            pm = PortMapping(**{"host_port": 0, **p})
-        except TypeError:
-            raise InvalidOption(
-                "a port needs container_port (and host_port, 0 or left out: any free one)", port=str(p)
-            ) from None
-    for port, lowest in ((pm.host_port, 0), (pm.container_port, 1)):  # host port 0: pick a free one
-        if isinstance(port, bool) or not isinstance(port, int) or not lowest <= port < 65536:
-            raise InvalidOption(f"invalid port {port!r}: {lowest}..65535", port=str(port))
-    if pm.protocol not in ("tcp", "udp"):
-        raise InvalidOption("protocol must be tcp or udp", protocol=str(pm.protocol))
-    if pm.host_ip is not None:
-        try:
-            hip = ipaddress.ip_address(pm.host_ip) if isinstance(pm.host_ip, str) else None
-        except ValueError:
-            hip = None
-        if hip is None:
-            raise InvalidOption(f"invalid host_ip {pm.host_ip!r}: give an IP address", host_ip=str(pm.host_ip))
-        if hip.is_multicast or (hip.version == 4 and hip.is_reserved):  # 240/4 holds 255.255.255.255
-            raise InvalidOption(
-                f"host_ip {hip} is a multicast or broadcast address: ports are published on a unicast address",
-                host_ip=str(hip),
-            )
-        if hip.version == 6 and (hip.scope_id or hip.is_link_local):
-            raise InvalidOption(
-                f"host_ip {pm.host_ip} is link-local or scoped: publish on a global or loopback address",
-                host_ip=str(pm.host_ip),
-            )
-        if hip.version == 6 and hip.ipv4_mapped is not None:
-            raise InvalidOption(f"host_ip {hip} is IPv4-mapped: give {hip.ipv4_mapped}", host_ip=str(hip))
-        if str(hip) != pm.host_ip:  # one spelling per address: the registry compares strings
-            pm = dataclasses.replace(pm, host_ip=str(hip))
-    return pm
-
-
-def _check_port_families(nw: Network, mappings: list[PortMapping]) -> None:
-    """A port published on a host address of one IP version needs a container
-    address of that version to send it to (``InvalidOption``)."""
-    for pm in mappings:
-        if pm.host_ip is None:
-            continue
-        version = ipaddress.ip_address(pm.host_ip).version
-        if not (nw.ipv4_subnet if version == 4 else nw.ipv6_subnet):
-            raise InvalidOption(
-                f"host_ip {pm.host_ip} is IPv{version} but network {nw.name} gives its endpoints no IPv{version} "
-                "address to publish it to",
-                host_ip=pm.host_ip,
-                network_id=nw.id,
-            )

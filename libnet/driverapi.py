@@ -8,13 +8,23 @@ operation is async and idempotent: creating what exists adopts it, deleting
 what is gone succeeds.  Built-in drivers are registered by name from one
 explicit list (:func:`builtin_drivers`); importing a driver module registers
 nothing.
+
+Capabilities beyond :class:`Driver` are optional sub-protocols, checked once
+when the drivers are registered (:class:`libnet.drivers.registry.Drivers`):
+:class:`RemotePeers` (a driver that knows other hosts' endpoints, for DNS) and
+:class:`ClusterAware` (a driver that uses cluster membership).  A driver is
+built by a :class:`DriverFactory` from a :class:`DriverContext`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from libnet.cluster.membership import Membership
+    from libnet.store.base import Store
 
 Scope = Literal["local", "global"]
 
@@ -24,8 +34,6 @@ class Capabilities:
     """What a driver is: ``scope`` decides which store and IPAM space it uses."""
 
     scope: Scope
-    #: whether endpoints get a kernel interface (False for ``null``)
-    connectivity: bool = True
     #: each network is its own address domain (overlay): subnets may overlap other such networks
     own_addressing: bool = False
     #: the network has no way out of its own: sandboxes on it (unless internal) are also
@@ -177,13 +185,70 @@ class Driver(Protocol):
         ...
 
 
-DriverFactory = Callable[..., Driver]
+#: a peer listener: called with a network id when that network's remote endpoints changed
+PeerListener = Callable[[str], None]
 
 
-def builtin_drivers() -> dict[str, DriverFactory]:
-    """The built-in drivers by name: the one explicit list."""
-    from libnet.drivers.bridge import BridgeDriver
-    from libnet.drivers.null import NullDriver
-    from libnet.drivers.overlay.driver import OverlayDriver
+class RemoteEndpoint(Protocol):
+    """Another host's endpoint as a :class:`RemotePeers` driver knows it (read-only)."""
 
-    return {"bridge": BridgeDriver, "null": NullDriver, "overlay": OverlayDriver}
+    @property
+    def endpoint_id(self) -> str: ...
+    @property
+    def network_id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def ipv4(self) -> str | None: ...
+    @property
+    def ipv6(self) -> str | None: ...
+    @property
+    def aliases(self) -> tuple[str, ...]: ...
+    @property
+    def services(self) -> tuple[str, ...]: ...
+
+
+@runtime_checkable
+class RemotePeers(Protocol):
+    """Optional: a driver whose networks span hosts (overlay) and that knows the
+    other hosts' endpoints.  The controller appends a listener to
+    ``peer_listeners`` once, at start; the driver calls every listener with a
+    network id whenever that network's remote endpoints change."""
+
+    peer_listeners: list[PeerListener]
+
+    def remote_endpoints(self, network_id: str) -> Sequence[RemoteEndpoint]:
+        """The other hosts' endpoints on ``network_id`` (empty if it has none here)."""
+        ...
+
+
+@runtime_checkable
+class ClusterAware(Protocol):
+    """Optional: a driver that uses cluster membership (overlay: gossiped peer
+    events, and removing the peers of hosts gone for ``grace`` seconds)."""
+
+    def attach_membership(self, membership: Membership, grace: float) -> None:
+        """Start using ``membership``; called once, after the controller started."""
+        ...
+
+
+@dataclass(frozen=True)
+class DriverContext:
+    """What a driver may be built from (a subset of :class:`libnet.config.Config`,
+    resolved, and the cluster store)."""
+
+    host_ns: str | None
+    default_mtu: int | None
+    instance: str
+    state_dir: str
+    node: str
+    vtep: str | None
+    overlay_prefix: str
+    anti_entropy_interval: float
+    cluster_store: Store
+
+
+class DriverFactory(Protocol):
+    """Builds one driver; constructors touch nothing (DESIGN.md)."""
+
+    def __call__(self, ctx: DriverContext, /) -> Driver: ...

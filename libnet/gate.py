@@ -14,12 +14,20 @@ import asyncio
 import contextlib
 import contextvars
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from libnet.errors import Unavailable
 
 T = TypeVar("T")
+Args = ParamSpec("Args")
+
+
+class _Gated(Protocol):
+    _gate: OperationGate
+
+
+G = TypeVar("G", bound=_Gated)
 _inside = contextvars.ContextVar("libnet_operation", default=False)
 
 
@@ -85,12 +93,14 @@ class OperationGate:
         return True
 
 
-def operation(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+def operation(
+    method: Callable[Concatenate[G, Args], Awaitable[T]],
+) -> Callable[Concatenate[G, Args], Coroutine[Any, Any, T]]:
     """Run a controller method as an operation of its ``_gate``."""
 
-    @functools.wraps(method)
-    async def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
+    async def wrapper(self: G, /, *args: Args.args, **kwargs: Args.kwargs) -> T:
         async with self._gate.operation():
             return await method(self, *args, **kwargs)
 
+    functools.update_wrapper(wrapper, method)
     return wrapper

@@ -2,21 +2,16 @@
 
 The controller creates and removes sandbox namespaces through this protocol
 only, so its logic runs in unit tests against an in-memory fake
-(``libnet.testing.fakes.FakeNamespaces``).
+(``libnet.testing.fakes.FakeNamespaces``); the real one is
+:class:`libnet.kernel_namespaces.KernelNamespaces`.
 """
 
 from __future__ import annotations
 
-import errno
-import os
-from typing import Protocol
-
-from libnet.errors import Conflict, LibnetError, NotANamespace
-from libnet.kernel import netns
-from libnet.kernel.errors import KernelObjectExists
-from libnet.ownership import NamespaceLedger
+from typing import Protocol, runtime_checkable
 
 
+@runtime_checkable
 class Namespaces(Protocol):
     """Create, delete and check the sandbox namespaces this libnet instance owns.
 
@@ -59,97 +54,3 @@ class Namespaces(Protocol):
         or one of this instance's overlay namespaces; ``Conflict`` naming the
         holder if it is the namespace of one of ``sandboxes`` (id -> path)."""
         ...
-
-
-class KernelNamespaces:
-    """The real thing, on :mod:`libnet.kernel.netns` and the instance's namespace ledger."""
-
-    def __init__(self, state_dir: str, instance: str | None, host_netns: str | None = None) -> None:
-        assert instance is not None, "Config.resolved() fills the instance in"
-        self.ledger = NamespaceLedger(state_dir, instance)
-        self.host_netns = host_netns
-
-    def host_paths(self) -> list[str]:
-        """The host's namespaces, which no container may use."""
-        paths = ["/proc/self/ns/net", "/proc/1/ns/net"]
-        if self.host_netns is not None:
-            paths.append(netns.path_of(self.host_netns))
-        return paths
-
-    def check_external(self, path: str, sandboxes: dict[str, str]) -> None:
-        ident = netns.check_path(path)
-        if netns.is_initial(ident):
-            raise NotANamespace(
-                f"netns path {path} is the machine's initial network namespace (the host's own): a container's "
-                "interfaces would land on the host; give the container's namespace",
-                netns=path,
-            )
-        for host in self.host_paths():
-            if netns.identity(host) == ident:
-                raise NotANamespace(
-                    f"netns path {path} is the host's own network namespace ({host}): a container's interfaces "
-                    "would land on the host; give the container's namespace",
-                    netns=path,
-                )
-        for rec in self.ledger.records("overlay"):
-            if netns.identity(netns.path_of(rec.name)) == ident:
-                raise NotANamespace(
-                    f"netns path {path} is libnet's namespace of overlay network {rec.owner[:12]}, not a container's",
-                    netns=path,
-                    network_id=rec.owner,
-                )
-        for sid, other in sandboxes.items():
-            if netns.identity(other) == ident:
-                raise Conflict(
-                    f"netns path {path} is the namespace of sandbox {sid} already ({other})",
-                    netns=path,
-                    holder=sid,
-                )
-
-    def create(self, name: str, owner: str) -> str:
-        if netns.exists(name):
-            raise KernelObjectExists("a namespace of that name exists", errno=errno.EEXIST, netns=name)
-        self.ledger.record(name, "sandbox", owner)
-        try:
-            return netns.create(name)
-        except BaseException:
-            self.ledger.forget(name)  # the name was someone else's, or nothing was made
-            raise
-
-    def delete(self, path: str) -> bool:
-        if not path.startswith(netns.NETNS_DIR + "/"):
-            return False
-        name = os.path.basename(path)
-        if not self.ledger.owns(name, "sandbox"):
-            return False
-        netns.delete(name)
-        self.ledger.forget(name)
-        return True
-
-    def exists(self, path: str) -> bool:
-        """Whether ``path`` is (still) a network namespace: a container's bind
-        mount that was unmounted leaves a plain file behind."""
-        try:
-            netns.check_path(path)
-        except NotANamespace:
-            return False
-        return True
-
-    def in_use(self, path: str) -> bool:
-        from libnet.kernel.netlink import Netlink
-
-        try:
-            with Netlink(path) as nl:
-                return any(link.name != "lo" for link in nl.links())
-        except LibnetError:
-            return False  # gone meanwhile
-
-    def owned(self) -> dict[str, str]:
-        out = {}
-        for rec in self.ledger.records("sandbox"):
-            path = os.path.join(netns.NETNS_DIR, rec.name)
-            if os.path.exists(path):
-                out[path] = rec.owner
-            else:
-                self.ledger.forget(rec.name)  # a crash between record and create
-        return out

@@ -17,6 +17,7 @@ ports; ``libnet-agent --port-range``), reported back in the endpoint's ports.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 import socket
@@ -27,6 +28,7 @@ from libnet import model
 from libnet.driverapi import PortMapping
 from libnet.errors import Conflict, InvalidOption, KeyNotFound, PortsExhausted
 from libnet.kernel import netns
+from libnet.model import Network
 from libnet.store.base import Store
 
 P = "libnet/v1/ports"
@@ -275,3 +277,62 @@ class PortRegistry:
                     await self.release(holder, [pm])
                     gone.append((protocol, int(port), holder))
         return gone
+
+
+def check_mapping(p: PortMapping | dict[str, Any]) -> PortMapping:
+    """A published port as the user gave it (a PortMapping or its dict), checked
+    and normalised (``InvalidOption``)."""
+    if isinstance(p, PortMapping):
+        pm = p
+    else:
+        if not isinstance(p, dict) or set(p) - {"host_port", "container_port", "protocol", "host_ip"}:
+            raise InvalidOption("a port is {host_port, container_port, protocol, host_ip}", port=str(p))
+        try:
+            pm = PortMapping(**{"host_port": 0, **p})
+        except TypeError:
+            raise InvalidOption(
+                "a port needs container_port (and host_port, 0 or left out: any free one)", port=str(p)
+            ) from None
+    for port, lowest in ((pm.host_port, 0), (pm.container_port, 1)):  # host port 0: pick a free one
+        if isinstance(port, bool) or not isinstance(port, int) or not lowest <= port < 65536:
+            raise InvalidOption(f"invalid port {port!r}: {lowest}..65535", port=str(port))
+    if pm.protocol not in ("tcp", "udp"):
+        raise InvalidOption("protocol must be tcp or udp", protocol=str(pm.protocol))
+    if pm.host_ip is not None:
+        try:
+            hip = ipaddress.ip_address(pm.host_ip) if isinstance(pm.host_ip, str) else None
+        except ValueError:
+            hip = None
+        if hip is None:
+            raise InvalidOption(f"invalid host_ip {pm.host_ip!r}: give an IP address", host_ip=str(pm.host_ip))
+        if hip.is_multicast or (hip.version == 4 and hip.is_reserved):  # 240/4 holds 255.255.255.255
+            raise InvalidOption(
+                f"host_ip {hip} is a multicast or broadcast address: ports are published on a unicast address",
+                host_ip=str(hip),
+            )
+        if hip.version == 6 and (hip.scope_id or hip.is_link_local):
+            raise InvalidOption(
+                f"host_ip {pm.host_ip} is link-local or scoped: publish on a global or loopback address",
+                host_ip=str(pm.host_ip),
+            )
+        if hip.version == 6 and hip.ipv4_mapped is not None:
+            raise InvalidOption(f"host_ip {hip} is IPv4-mapped: give {hip.ipv4_mapped}", host_ip=str(hip))
+        if str(hip) != pm.host_ip:  # one spelling per address: the registry compares strings
+            pm = dataclasses.replace(pm, host_ip=str(hip))
+    return pm
+
+
+def check_families(nw: Network, mappings: list[PortMapping]) -> None:
+    """A port published on a host address of one IP version needs a container
+    address of that version to send it to (``InvalidOption``)."""
+    for pm in mappings:
+        if pm.host_ip is None:
+            continue
+        version = ipaddress.ip_address(pm.host_ip).version
+        if not (nw.ipv4_subnet if version == 4 else nw.ipv6_subnet):
+            raise InvalidOption(
+                f"host_ip {pm.host_ip} is IPv{version} but network {nw.name} gives its endpoints no IPv{version} "
+                "address to publish it to",
+                host_ip=pm.host_ip,
+                network_id=nw.id,
+            )

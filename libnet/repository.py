@@ -128,6 +128,10 @@ class Repository:
             holder = (await store.get(key)).value.decode().partition("\n")[0]
             raise NameInUse(f"{what} name {name!r} is already in use", name=name, holder=holder) from None
 
+    async def name_keys(self, store: Store) -> set[str]:
+        """The keys of every name reservation in ``store``."""
+        return {pair.key for pair in await store.list(f"{P}/names/")}
+
     @staticmethod
     def network_name_key(name: str) -> str:
         return f"{P}/names/networks/{name.lower()}"

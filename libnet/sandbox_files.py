@@ -11,6 +11,10 @@ given search domains and options replace the host's (each list on its own:
 Docker's rule).  Without the embedded server the ``--dns`` servers are
 written as the nameservers.  :func:`check_dns` validates all three before
 anything is made.
+
+:class:`SandboxFiles` writes them for a stored sandbox (reading its endpoints
+from the repository and the host's resolv.conf through a
+:class:`HostResolvConf` cache).
 """
 
 from __future__ import annotations
@@ -19,9 +23,14 @@ import contextlib
 import ipaddress
 import os
 import re
+from typing import TYPE_CHECKING
 
-from libnet.errors import BadRequest
+from libnet.errors import BadRequest, NotFound
 from libnet.names import check_sandbox_id
+
+if TYPE_CHECKING:
+    from libnet.model import Sandbox
+    from libnet.repository import Repository
 
 #: resolv.conf options a sandbox may set: name -> (least, most) value, or None for a flag
 DNS_OPTIONS: dict[str, tuple[int, int] | None] = {
@@ -229,3 +238,58 @@ def remove(state_dir: str, sandbox_id: str) -> None:
             os.unlink(os.path.join(directory, name))
     with contextlib.suppress(OSError):
         os.rmdir(directory)
+
+
+class HostResolvConf:
+    """The host's resolv.conf, re-read only when it changes ("" if unreadable)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._cache: tuple[int, str] | None = None
+
+    def read(self) -> str:
+        try:
+            mtime = os.stat(self.path).st_mtime_ns
+        except OSError:
+            return ""
+        if self._cache is None or self._cache[0] != mtime:
+            try:
+                with open(self.path) as f:
+                    self._cache = (mtime, f.read())
+            except OSError:
+                return ""
+        return self._cache[1]
+
+
+class SandboxFiles:
+    """The files of the sandboxes of one state dir.  ``embedded_dns``: the
+    sandboxes' nameserver is the embedded DNS server at ``dns_address``."""
+
+    def __init__(
+        self, state_dir: str, host_resolv_conf: str, repo: Repository, embedded_dns: bool, dns_address: str
+    ) -> None:
+        self.state_dir = state_dir
+        self.host = HostResolvConf(host_resolv_conf)
+        self.repo = repo
+        self.embedded_dns = embedded_dns
+        self.dns_address = dns_address
+
+    async def write(self, sb: Sandbox) -> None:
+        """(Re)write the sandbox's resolv.conf and hosts from its stored endpoints."""
+        entries = []
+        for eid in sb.endpoints:
+            with contextlib.suppress(NotFound):
+                ep = await self.repo.endpoint(eid)
+                for cidr in (ep.ipv4, ep.ipv6):
+                    if cidr:
+                        entries.append((str(ipaddress.ip_interface(cidr).ip), [ep.name, *ep.aliases]))
+        if self.embedded_dns:
+            resolv = resolv_conf_embedded(self.host.read(), self.dns_address, sb.dns_search, sb.dns_options)
+        else:
+            resolv = resolv_conf(self.host.read(), sb.dns, sb.dns_search, sb.dns_options)
+        hosts = hosts_file(sb.hostname, entries)
+        # two small local files: cheaper written here than handed to a thread
+        write(self.state_dir, sb.id, resolv, hosts)
+
+    def remove(self, sandbox_id: str) -> None:
+        remove(self.state_dir, sandbox_id)

@@ -17,6 +17,7 @@ from typing import Any
 
 from ipam import pools as P
 from libnet.errors import InvalidName, InvalidOption, InvalidSubnet
+from libnet.model import Network
 
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
@@ -117,7 +118,7 @@ def check_addressing(
     Gateways and aux addresses: inside their subnet, not its network (IPv4:
     nor broadcast) address, aux never the gateway, no address twice.  Ranges:
     inside their subnet.  A gateway, range or aux address needs its subnet."""
-    out = []
+    out: list[tuple[P.Network | None, ipaddress.IPv4Address | ipaddress.IPv6Address | None, P.Network | None]] = []
     for v6, subnet, gw, rng, flag in (
         (False, ipv4_subnet, ipv4_gateway, ipv4_range, "--subnet"),
         (True, ipv6_subnet, ipv6_gateway, ipv6_range, "--subnet6"),
@@ -134,23 +135,23 @@ def check_addressing(
                 raise InvalidOption(
                     f"an ip range needs its subnet: {family} range {rng} without {flag}", range=str(rng)
                 )
-            out.append([None, None, None])
+            out.append((None, None, None))
             continue
         net = P.parse_subnet(subnet, v6, what=f"{family} subnet")
         gateway = P.parse_address(gw, net, "gateway") if gw else None
         sub = P.parse_range(rng, net) if rng else None
-        out.append([net, gateway, sub])
+        out.append((net, gateway, sub))
     aux = _split_aux(aux_addresses, out[0][0], out[1][0])
     families = []
-    for (net, gateway, sub), mine in zip(out, aux, strict=True):
-        if net is not None:
-            first = gateway if gateway is not None else ipaddress.ip_address(P.usable_range(net)[0])
-            mine = P.check_aux(mine, net, first)
+    for (subnet_, gateway_, sub_), mine in zip(out, aux, strict=True):
+        if subnet_ is not None:
+            first = gateway_ if gateway_ is not None else ipaddress.ip_address(P.usable_range(subnet_)[0])
+            mine = P.check_aux(mine, subnet_, first)
         families.append(
             Family(
-                str(net) if net is not None else None,
-                str(gateway) if gateway is not None else None,
-                str(sub) if sub is not None else None,
+                str(subnet_) if subnet_ is not None else None,
+                str(gateway_) if gateway_ is not None else None,
+                str(sub_) if sub_ is not None else None,
                 mine,
             )
         )
@@ -195,3 +196,26 @@ def parse_aux_args(values: Iterable[str]) -> dict[str, str]:
             raise InvalidOption(f"aux address {name} is given twice ({out[name]} and {ip})")
         out[name] = ip
     return out
+
+
+def check_wanted(nw: Network, ipv4: object, ipv6: object) -> None:
+    """An endpoint's requested addresses: plain addresses (as ``docker network connect
+    --ip``, no prefix) of the right version inside the network's subnets (``InvalidOption``)."""
+    for version, wanted, subnet in ((4, ipv4, nw.ipv4_subnet), (6, ipv6, nw.ipv6_subnet)):
+        if wanted is None:
+            continue
+        what = "ipv4" if version == 4 else "ipv6"
+        try:
+            addr = ipaddress.ip_address(wanted) if isinstance(wanted, str) else None
+        except ValueError:
+            addr = None
+        if addr is None or addr.version != version:
+            raise InvalidOption(
+                f"{what} {wanted!r} is not an IPv{version} address (give an address, without a prefix length)",
+                option=what,
+                value=str(wanted)[:64],
+            )
+        if subnet is not None and addr not in ipaddress.ip_network(subnet):
+            raise InvalidOption(
+                f"{what} {addr} is not inside network {nw.name}'s subnet {subnet}", option=what, network_id=nw.id
+            )

@@ -1,20 +1,23 @@
-"""The membership contract, and its implementation on Serf.
+"""The membership contract.
 
 Everything built on cluster membership (overlay peer distribution, node
 listing) uses :class:`Membership` only, so it is unit-tested against the
-in-memory :class:`~libnet.cluster.fake.FakeCluster`.
+in-memory :class:`~libnet.cluster.fake.FakeCluster`; the real one is
+:class:`libnet.cluster.serf_membership.SerfMembership`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from libnet.cluster.serf import QUERY_LIMIT, USER_EVENT_LIMIT, Member, SerfClient
 from libnet.errors import BadRequest
+
+#: the largest user event a member carries (name + payload), and query payload (Serf's limits)
+USER_EVENT_LIMIT = 512
+QUERY_LIMIT = 1024
 
 
 @dataclass(frozen=True)
@@ -26,10 +29,6 @@ class Node:
     port: int
     tags: dict[str, str] = field(default_factory=dict)
     status: str = "alive"  # alive, leaving, left, failed
-
-    @classmethod
-    def from_member(cls, m: Member) -> Node:
-        return cls(m.name, m.addr, m.port, dict(m.tags), m.status)
 
 
 @dataclass(frozen=True)
@@ -126,67 +125,6 @@ class Membership(Protocol):
     async def rotate_key(self, new_key: str) -> None:
         """Switch the whole cluster to a new gossip key and drop the old ones."""
         ...
-
-
-_MEMBER_EVENTS = {
-    "member-join": NodeJoined,
-    "member-leave": NodeLeft,
-    "member-failed": NodeFailed,
-    "member-update": NodeUpdated,
-}
-
-
-class SerfMembership:
-    """:class:`Membership` on a Serf agent reached through a :class:`SerfClient`."""
-
-    def __init__(self, client: SerfClient) -> None:
-        self.client = client
-
-    async def join(self, addresses: list[str]) -> int:
-        return await self.client.join(addresses)
-
-    async def leave(self) -> None:
-        await self.client.leave()
-
-    async def members(self) -> list[Node]:
-        return [Node.from_member(m) for m in await self.client.members()]
-
-    async def events(self) -> AsyncIterator[Event]:
-        async for record in self.client.stream("*"):
-            kind = record.get("Event")
-            if kind in _MEMBER_EVENTS:
-                for m in record.get("Members", []):
-                    yield _MEMBER_EVENTS[kind](Node.from_member(m))
-            elif kind == "user":
-                yield UserEvent(record.get("Name", ""), record.get("Payload", b""), int(record.get("LTime", 0)))
-            elif kind == "query":
-                qid = int(record["ID"])
-                yield Query(
-                    record.get("Name", ""),
-                    record.get("Payload", b""),
-                    qid,
-                    lambda payload, qid=qid: self.client.respond(qid, payload),
-                )
-
-    async def broadcast(self, name: str, payload: bytes) -> None:
-        check_event_size(name, payload)
-        await self.client.event(name, payload, coalesce=False)
-
-    async def query(self, name: str, payload: bytes, timeout: float) -> list[QueryResponse]:
-        check_query_size(name, payload)
-        out = []
-        async for r in self.client.query(name, payload, timeout=timeout):
-            if r["Type"] == "response":
-                out.append(QueryResponse(r["From"], r["Payload"]))
-        return out
-
-    async def rotate_key(self, new_key: str) -> None:
-        old = set((await self.client.list_keys()).keys) - {new_key}
-        await self.client.install_key(new_key)
-        await self.client.use_key(new_key)
-        for key in old:
-            with contextlib.suppress(Exception):  # a node that missed it keeps an unused key
-                await self.client.remove_key(key)
 
 
 async def next_event(events: AsyncIterator[Event], timeout: float) -> Event:

@@ -35,13 +35,12 @@ from typing import Any
 
 import msgpack
 
+from libnet.cluster.membership import QUERY_LIMIT, USER_EVENT_LIMIT
 from libnet.errors import BadRequest, Conflict, LibnetError, NotFound, Unavailable
 
 log = logging.getLogger("libnet.cluster.serf")
 
-#: the largest user event Serf accepts (name + payload), and query payload
-USER_EVENT_LIMIT = 512
-QUERY_LIMIT = 1024
+# the largest user event Serf accepts (name + payload), and query payload: USER_EVENT_LIMIT, QUERY_LIMIT
 
 
 # --- errors -------------------------------------------------------------------------

@@ -15,17 +15,18 @@ one way out of an internal network (CVE-2024-29018).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from typing import Any
 
 from libnet.dns.records import Entry
 from libnet.dns.service import EmbeddedDns
+from libnet.driverapi import PeerListener, RemoteEndpoint, RemotePeers
 from libnet.errors import LibnetError, NotFound
+from libnet.gateway import is_gateway_bridge
 from libnet.model import Endpoint, Network, Sandbox
 
 log = logging.getLogger("libnet.dns")
-GATEWAY_ROLE = ("libnet.role", "gateway-bridge")
 #: drivers whose networks connect nothing (a sandbox on them has its loopback only)
 NO_WAY_OUT = frozenset({"null"})
 
@@ -43,7 +44,7 @@ class DnsBinding:
 
     def _network(self, nw: Network) -> bool:
         """Record the network; False if it is not one containers resolve names on."""
-        if nw.labels.get(GATEWAY_ROLE[0]) == GATEWAY_ROLE[1]:
+        if is_gateway_bridge(nw):
             return False
         external = not nw.internal and nw.driver not in NO_WAY_OUT
         self.records.set_network(nw.id, nw.name, [nw.ipv4_subnet, nw.ipv6_subnet], external)
@@ -71,7 +72,12 @@ class DnsBinding:
     def network_deleted(self, network_id: str) -> None:
         self.records.remove_network(network_id)
 
-    def remote_listener(self, peers: Callable[[str], list]) -> Callable[[str], None]:
+    def follow(self, drivers: Iterable[RemotePeers]) -> None:
+        """Serve the remote endpoints of these drivers' networks as records."""
+        for drv in drivers:
+            drv.peer_listeners.append(self.remote_listener(drv.remote_endpoints))
+
+    def remote_listener(self, peers: Callable[[str], Sequence[RemoteEndpoint]]) -> PeerListener:
         """A peer listener for an overlay driver: its remote endpoints become records."""
 
         def changed(network_id: str) -> None:

@@ -1,1 +1,1 @@
-"""Network drivers.  Registered by name in :func:`libnet.driverapi.builtin_drivers`."""
+"""Network drivers.  The built-in ones are listed in :mod:`libnet.drivers.registry`."""

@@ -17,11 +17,11 @@ class NullDriver:
 
     name = "null"
 
-    def __init__(self, **_: Any) -> None:
+    def __init__(self) -> None:
         pass
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(scope="local", connectivity=False)
+        return Capabilities(scope="local")
 
     def parse_network_options(self, options: dict[str, Any]) -> dict[str, Any]:
         if options:
@@ -58,7 +58,9 @@ class NullDriver:
     async def revoke_external_connectivity(self, nw: NetworkInfo, ep: EndpointInfo) -> None:
         return None
 
-    async def reconcile(self, networks, endpoints) -> ReconcileReport:
+    async def reconcile(
+        self, networks: list[NetworkInfo], endpoints: list[tuple[EndpointInfo, SandboxInfo | None]]
+    ) -> ReconcileReport:
         return ReconcileReport()
 
     async def close(self) -> None:

@@ -11,7 +11,7 @@ from libnet.errors import Conflict, InvalidOption, KernelError, KernelObjectExis
 class FakeDriver:
     """Records what it is asked to do; ``fail_on`` makes a method raise once."""
 
-    def __init__(self, name: str = "bridge", scope: str = "local", **_: Any) -> None:
+    def __init__(self, name: str = "bridge", scope: str = "local") -> None:
         self.name = name
         self.scope = scope
         self.calls: list[tuple[str, str]] = []
@@ -78,7 +78,9 @@ class FakeDriver:
         self._call("revoke_external_connectivity", ep.id)
         self.ports.discard(ep.id)
 
-    async def reconcile(self, networks, endpoints) -> ReconcileReport:
+    async def reconcile(
+        self, networks: list[NetworkInfo], endpoints: list[tuple[EndpointInfo, SandboxInfo | None]]
+    ) -> ReconcileReport:
         report = ReconcileReport()
         for nw in networks:
             if nw.id not in self.networks:

@@ -8,8 +8,9 @@ import time
 import pytest
 
 from libnet.cluster.agent import SerfAgent, SerfAgentConfig
-from libnet.cluster.membership import NodeFailed, NodeJoined, Query, SerfMembership, UserEvent
+from libnet.cluster.membership import NodeFailed, NodeJoined, Query, UserEvent
 from libnet.cluster.serf import SerfError, SerfUnavailable, new_key
+from libnet.cluster.serf_membership import SerfMembership
 from libnet.testing.hosts import Testbed
 
 pytestmark = pytest.mark.root

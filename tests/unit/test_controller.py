@@ -248,7 +248,7 @@ async def test_reconcile_cleans_up_after_a_crashed_connect(ctl: Controller) -> N
     sb = await ctl.create_sandbox()
     good = await ctl.connect("web", sb.id, name="good")
     # a connect that died after creating its endpoint, before the join finished
-    half = await ctl.create_endpoint("web", "half", _connecting=True)
+    half = await ctl._create_endpoint("web", "half", connecting=True)
     # an allocation and a name reservation whose owner never got stored
     nw = await ctl.network("web")
     await ctl.ipam.request_address(nw.ipv4_pool, options={"owner": "f" * 64})

@@ -208,7 +208,7 @@ async def test_an_endpoint_without_its_id_index_is_still_rolled_back(tmp_path) -
     ctl = _controller(tmp_path, store)
     await ctl.start()
     await ctl.create_network("front", ipv4_subnet="198.51.100.0/24")
-    ep = await ctl.create_endpoint("front", "half", _connecting=True)
+    ep = await ctl._create_endpoint("front", "half", connecting=True)
     await store.delete(f"libnet/v1/endpoint-ids/{ep.id}")
     again = await _restart(tmp_path, ctl)
     report = await again.reconcile()

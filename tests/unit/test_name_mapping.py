@@ -12,7 +12,7 @@ from libnet import Config, Controller, sandbox_files
 from libnet.drivers.bridge import BridgeDriver
 from libnet.errors import BadRequest, Conflict, InvalidName, InvalidOption
 from libnet.kernel import netns
-from libnet.namespaces import KernelNamespaces
+from libnet.kernel_namespaces import KernelNamespaces
 from libnet.store.memory import MemoryStore
 from libnet.testing.fakes import FakeDriver, FakeNamespaces
 
