@@ -25,6 +25,7 @@ BENCHMARKS = [
     "overlay_bench",
     "convergence_bench",
     "dns_bench",
+    "restart_bench",
 ]
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 

@@ -59,3 +59,14 @@ def etcd_server():
         pytest.skip("no etcd binary: run scripts/install-system-deps (Debian etcd-server)")
     with EtcdServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def etcd_cluster():
+    """A three-member etcd cluster on 127.0.0.1 for the session (random ports, temp data dirs)."""
+    from libnet.testing.etcd import EtcdCluster, find_etcd
+
+    if find_etcd() is None:
+        pytest.skip("no etcd binary: run scripts/install-system-deps (Debian etcd-server)")
+    with EtcdCluster([(None, "127.0.0.1")] * 3) as cluster:
+        yield cluster

@@ -16,6 +16,20 @@ across the listed endpoints, CAS as a transaction comparing ``mod_revision``
 its minimum lease TTL, about 2 s on a default single node), and watches that
 reconnect with backoff and resume from the revision after the last event
 seen, so no event is lost or repeated across an etcd restart.
+
+Failover (``aetcd`` talks to one endpoint): a call that fails with a
+connection error or ``Unavailable`` (the member is down, has no leader, or
+timed out forwarding to a leader that died) is retried on the next endpoint
+until the deadline; each try gets at most ``ATTEMPT_S`` seconds, so a member
+that hangs while its cluster elects a new leader does not use up the whole
+deadline.  A dropped client is closed a while later, not at once: closing a
+gRPC channel cancels every call on it, and other tasks' calls may still run
+on it.  A failed try of a write may still have been applied (its answer was
+lost with the member): a compare-and-swap retried after such a try that then
+finds the key holding exactly what it wrote (at a newer revision; or, for a
+delete, finds the key gone) reports success rather than a conflict, so an
+operation is never reported failed while its write stands -- libnet's values
+carry the writer's ids, so another writer's identical value does not happen.
 """
 
 from __future__ import annotations
@@ -45,6 +59,8 @@ from libnet.store.base import (
 from libnet.store.locking import cas_lock
 
 T = TypeVar("T")
+#: seconds one try of a call may take before the next endpoint is tried
+ATTEMPT_S = 2.0
 
 _UNAVAILABLE = (
     aetcd.exceptions.ConnectionFailedError,
@@ -68,6 +84,7 @@ class EtcdStore:
         self.timeout = timeout
         self._idx = 0
         self._client: aetcd.Client | None = None
+        self._retired: set[asyncio.Task[None]] = set()
         self._closed = False
 
     @property
@@ -97,9 +114,33 @@ class EtcdStore:
             self._client = client
         return self._client
 
-    async def _drop_client(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
+    async def _drop_client(self, client: aetcd.Client | None = None) -> None:
+        """Stop using ``client`` (default: the current one) and move on to the next endpoint.
+
+        Only the current client is dropped (many tasks fail at once when a
+        member dies: the endpoint moves on once, not once per task), and it
+        is closed later, when the calls other tasks still run on it ended."""
+        if client is None:
+            client = self._client
+        if client is None:  # no client was made: just try the next endpoint
+            self._idx = (self._idx + 1) % len(self.endpoints)
+            return
+        if client is not self._client:
+            return
+        self._client = None
+        self._idx = (self._idx + 1) % len(self.endpoints)
+        if self._closed:
+            await self._close_client(client)
+            return
+        task = asyncio.get_running_loop().create_task(self._close_client(client, after=self.timeout + 1))
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+
+    @staticmethod
+    async def _close_client(client: aetcd.Client, after: float = 0) -> None:
+        try:
+            await asyncio.sleep(after)
+        finally:  # also when cancelled by close(): close it now
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.close(), 1)
 
@@ -113,12 +154,15 @@ class EtcdStore:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
+            client = None
             try:
-                return await asyncio.wait_for(fn(await self._connected()), remaining)
-            except _UNAVAILABLE as exc:
+                client = await self._connected()
+                return await asyncio.wait_for(fn(client), min(remaining, ATTEMPT_S))
+            except (*_UNAVAILABLE, aetcd.exceptions.ClientError) as exc:
+                if isinstance(exc, aetcd.exceptions.ClientError) and not _unavailable(exc):
+                    raise
                 last = exc
-                await self._drop_client()
-                self._idx = (self._idx + 1) % len(self.endpoints)
+                await self._drop_client(client)
                 await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
                 pause = min(pause * 2, 0.5)
         raise StoreUnavailable(f"etcd did not answer within {self.timeout:g}s: {last!r}", url=self.url)
@@ -172,11 +216,15 @@ class EtcdStore:
 
         return sorted(await self._call(body), key=lambda p: p.key)
 
-    async def _txn(self, key: str, compare: Any, success: list[Any]) -> tuple[bool, KVPair | None]:
-        """Run a transaction; returns (succeeded, the key's pair afterwards/now)."""
+    async def _txn(self, key: str, compare: Any, success: list[Any]) -> tuple[bool, KVPair | None, bool]:
+        """Run a transaction; returns (succeeded, the key's pair afterwards/now, whether an
+        earlier try failed -- and so may have been applied)."""
         k = key.encode()
+        tries = 0
 
         async def body(c: aetcd.Client) -> tuple[bool, KVPair | None]:
+            nonlocal tries
+            tries += 1
             ops = [op(c) for op in success]
             ok, responses = await c.transaction(
                 compare=[compare(c)], success=[*ops, c.transactions.get(k)], failure=[c.transactions.get(k)]
@@ -187,7 +235,8 @@ class EtcdStore:
             value, meta = kvs[0]
             return ok, KVPair(key, value, meta.mod_revision)
 
-        return await self._call(body)
+        ok, now = await self._call(body)
+        return ok, now, tries > 1
 
     async def atomic_put(self, key: str, value: bytes, previous: KVPair | None, ttl: float | None = None) -> KVPair:
         check_key(key)
@@ -201,7 +250,9 @@ class EtcdStore:
             compare = lambda c: c.transactions.version(k) == 0  # noqa: E731
         else:
             compare = lambda c: c.transactions.mod(k) == previous.revision  # noqa: E731
-        ok, now = await self._txn(key, compare, [lambda c: c.transactions.put(k, value, lease=lease)])
+        ok, now, retried = await self._txn(key, compare, [lambda c: c.transactions.put(k, value, lease=lease)])
+        if not ok and retried and _ours(now, value, previous):
+            return now  # an earlier try was applied, its answer lost
         if not ok:
             check_previous(key, now, previous)
             raise StoreUnavailable("etcd transaction failed without a conflict", key=key)
@@ -211,10 +262,12 @@ class EtcdStore:
     async def atomic_delete(self, key: str, previous: KVPair) -> None:
         check_key(key)
         k = key.encode()
-        ok, now = await self._txn(
+        ok, now, retried = await self._txn(
             key, lambda c: c.transactions.mod(k) == previous.revision, [lambda c: c.transactions.delete(k)]
         )
         if not ok:
+            if now is None and retried:
+                return  # an earlier try deleted it, its answer lost
             if now is None:
                 raise KeyNotFound("no such key", key=key)
             check_previous(key, now, previous)
@@ -225,6 +278,10 @@ class EtcdStore:
     async def close(self) -> None:
         self._closed = True
         await self._drop_client()
+        for task in list(self._retired):
+            task.cancel()
+        if self._retired:
+            await asyncio.gather(*self._retired, return_exceptions=True)
 
     # --- watches --------------------------------------------------------------
 
@@ -269,8 +326,7 @@ class EtcdStore:
                     return
                 raise
             except (*_UNAVAILABLE, aetcd.exceptions.ClientError, aetcd.rpc.AioRpcError):
-                await self._drop_client()
-                self._idx = (self._idx + 1) % len(self.endpoints)
+                await self._drop_client(client)
             finally:
                 # cancel on the server only while its client is still ours;
                 # a dropped client took its watches with it
@@ -279,3 +335,19 @@ class EtcdStore:
                         await watch.cancel()
             await asyncio.sleep(delay)  # reconnect with backoff
             delay = min(delay * 2, 2.0)
+
+
+#: what etcd members answer, with gRPC code Unknown, while the cluster changes leader
+_TRANSIENT = ("proposal dropped", "leader", "timed out", "not capable", "too many requests", "stopped")
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """Whether an aetcd error means "this member cannot serve now" (retry elsewhere)."""
+    if isinstance(exc, _UNAVAILABLE):
+        return True
+    return isinstance(exc, aetcd.exceptions.ClientError) and any(t in str(exc).lower() for t in _TRANSIENT)
+
+
+def _ours(now: KVPair | None, value: bytes, previous: KVPair | None) -> bool:
+    """Whether ``now`` is the write of ``value`` over ``previous`` (None: a create)."""
+    return now is not None and now.value == value and (previous is None or now.revision > previous.revision)

@@ -15,23 +15,20 @@ it matters: 6 s after a SIGTERM, 12 s after a SIGKILL), not random 0-15 s ones.
 
 from __future__ import annotations
 
-import ipaddress
-import os
-import re
-import signal
 import subprocess
 import time
 
 import pytest
 
-from libnet.cluster.serf import new_key
 from libnet.kernel.netns import list_names
+from libnet.testing import cluster
 from libnet.testing.agents import AgentProcess
+from libnet.testing.cluster import PingStream, ip, place, wait_ping
 from libnet.testing.etcd import EtcdServer, find_etcd
 from libnet.testing.hosts import Testbed, wait_until
 
 pytestmark = pytest.mark.root
-GRACE = 3.0
+GRACE = cluster.GRACE
 #: (signal, seconds down) for the 10 restarts of h3's agent
 RESTARTS = [
     ("TERM", 0),
@@ -45,10 +42,6 @@ RESTARTS = [
     ("TERM", 0),
     ("KILL", 1),
 ]
-
-
-def ip(cidr: str) -> str:
-    return str(ipaddress.ip_interface(cidr).ip)
 
 
 @pytest.fixture
@@ -66,70 +59,7 @@ def etcd(bed: Testbed):
 
 
 def start_agents(bed: Testbed, tmp_path, url: str) -> list[AgentProcess]:
-    key, first = new_key(), bed.hosts[0].ipv4
-    agents = []
-    for h in bed.hosts[:3]:
-        a = AgentProcess(
-            bed,
-            h,
-            "--cluster-store",
-            url,
-            "--advertise",
-            h.ipv4,
-            "--join",
-            first,
-            "--cluster-key",
-            key,
-            "--peer-grace-period",
-            str(GRACE),
-            state_dir=str(tmp_path / h.name),
-        )
-        agents.append(a.start())
-    return agents
-
-
-def place(agent: AgentProcess, network: str = "ov", *extra: str) -> tuple[str, dict]:
-    """A new container on ``network``: (its namespace name, its endpoint)."""
-    sid = agent.cli("sandbox", "create").stdout.strip()
-    r = agent.cli("connect", network, sid, *extra)
-    assert r.returncode == 0, r.stderr
-    sb = next(s for s in agent.cli_json("sandbox", "ls") if s["id"] == sid)
-    ep = next(e for e in agent.cli_json("endpoint", "ls", "--network", network) if e["sandbox_id"] == sid)
-    return os.path.basename(sb["netns"]), ep
-
-
-def wait_ping(bed: Testbed, src: str, addr: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not bed.ping(src, addr, wait=1):
-        assert time.monotonic() < deadline, f"{src} cannot reach {addr}"
-
-
-class PingStream:
-    """``ping -i 0.04`` from a container; losses counted from the replies' sequence numbers."""
-
-    def __init__(self, bed: Testbed, ns: str, addr: str, out: str) -> None:
-        self.addr, self.out = addr, out
-        self.started = time.monotonic()
-        with open(out, "wb") as f:  # -i 0.04: at least 20/s also when the timer slips under load
-            self.proc = bed.spawn(ns, ["ping", "-n", "-i", "0.04", addr], stdout=f, stderr=subprocess.STDOUT)
-
-    def stop(self) -> tuple[int, int]:
-        """(sent, lost); a request still in flight when stopped is not counted as lost."""
-        self.seconds = time.monotonic() - self.started
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGINT)
-            self.proc.wait(timeout=10)
-        with open(self.out, errors="replace") as f:
-            text = f.read()
-        m = re.search(r"(\d+) packets transmitted", text)
-        assert m, f"no ping summary: {text[-500:]}"
-        sent = int(m.group(1))
-        seen = {int(s) for s in re.findall(r"icmp_seq=(\d+) ", text)}
-        lost = [s for s in range(1, sent + 1) if s not in seen]
-        if lost and lost[-1] == sent:  # the last request: in flight when ping stopped
-            lost.pop()
-            sent -= 1
-        return sent, len(lost)
+    return cluster.start_agents(bed, str(tmp_path), url, grace=GRACE)
 
 
 def _fdb_towards(bed: Testbed, host: str, vtep: str) -> list[str]:

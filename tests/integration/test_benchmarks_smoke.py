@@ -97,3 +97,15 @@ def test_dns_bench_quick() -> None:
     assert r["peers"]["dnsmasq_qps"] > 0 and r["ratios"]["qps_vs_dnsmasq"] > 0
     assert r["metrics"]["forward_cached_qps"] > 0 and r["metrics"]["forward_lost"] == 0
     assert r["peers"]["dnsmasq_forward_qps"] > 0 and r["ratios"]["forward_cached_vs_dnsmasq"] > 0
+
+
+@pytest.mark.root
+def test_restart_bench_quick() -> None:
+    r = _run("restart_bench")
+    keys = {f"{kind}_{store}" for kind in ("sigterm", "sigkill") for store in ("sqlite", "etcd")}
+    assert set(r["metrics"]["lost_packets"]) == keys and set(r["metrics"]["api_ready_s_p50"]) == keys
+    for key in keys:
+        assert r["metrics"]["lost_packets"][key] == 0 and r["metrics"]["packets_sent"][key] > 0
+        assert r["metrics"]["api_ready_s_p50"][key] > 0
+    assert r["peers"]["bare_serf_rpc_ready_s_p50"] > 0
+    assert set(r["ratios"]) == {f"api_ready_vs_bare_serf.{key}" for key in keys}

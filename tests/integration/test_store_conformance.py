@@ -1,7 +1,8 @@
 """One conformance suite for every Store backend.
 
 memory and SQLite always; etcd against a real single-node server started by
-the fixture; Consul only when ``LIBNET_TEST_CONSUL=host:port`` names a real
+the fixture, and against a three-member cluster named by all its endpoints
+(``etcd://a,b,c``); Consul only when ``LIBNET_TEST_CONSUL=host:port`` names a real
 agent (none is installable on CI machines, and none is faked).
 """
 
@@ -20,7 +21,7 @@ from libnet.store.base import MAX_VALUE, Store, WatchEvent
 CONSUL = os.environ.get("LIBNET_TEST_CONSUL")
 
 
-@pytest.fixture(params=["memory", "sqlite", "etcd", "consul"])
+@pytest.fixture(params=["memory", "sqlite", "etcd", "etcd-cluster", "consul"])
 async def store(request, tmp_path):
     kind = request.param
     if kind == "memory":
@@ -29,6 +30,8 @@ async def store(request, tmp_path):
         url = f"sqlite://{tmp_path}/store.db"
     elif kind == "etcd":
         url = request.getfixturevalue("etcd_server").url
+    elif kind == "etcd-cluster":
+        url = request.getfixturevalue("etcd_cluster").url
     else:
         if not CONSUL:
             pytest.skip("set LIBNET_TEST_CONSUL=host:port to run against a real Consul agent")
