@@ -48,100 +48,61 @@ the sandbox.  On failure the done steps are undone: deleting the host side of
 the veth removes both ends.  A leave unplugs the veth at once (down, out of
 the bridge, into the instance's "dead" link group), renames the sandbox side
 out of the way, and lets a reaper thread delete the group in one request.
+
+The driver is orchestration only: what it makes, by name, is in
+:mod:`libnet.drivers.bridge_model`; published ports in
+:mod:`libnet.drivers.publish`; the sandbox side of a join in
+:mod:`libnet.drivers.sandbox_config`; reconcile in
+:mod:`libnet.drivers.bridge_reconcile`.  The kernel comes from a
+:class:`libnet.kernel.api.Kernel` (the host's by default; an in-memory one in
+unit tests).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
-import ipaddress
 import logging
-import re
-import socket
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from libnet import ownership
 from libnet.driverapi import Capabilities, EndpointInfo, NetworkInfo, ReconcileReport, SandboxInfo
-from libnet.drivers.relay import Relays, Target
-from libnet.errors import BadRequest, Conflict, InvalidOption, KernelObjectExists, LibnetError, NoSuchLink, NotFound
-from libnet.kernel import netns, rtnl, sysctl
-from libnet.kernel.firewall import (
-    Firewall,
-    internal_rules,
-    isolation_rules,
-    localhost_rules,
-    masquerade_rule,
-    port_rules,
+from libnet.drivers import sandbox_config
+from libnet.drivers.bridge_model import (
+    DEFAULT_MTU,
+    LEGACY_EP,
+    bridge_name,
+    describe,
+    host_ifname,
+    link_mark,
+    network_rules,
+    orphan,
+    parse_options,
+    retired_ifname,
+    unused,
 )
-from libnet.kernel.netlink import IFNAMSIZ, Link, Netlink
+from libnet.drivers.bridge_reconcile import reconcile
+from libnet.drivers.publish import Publisher, RelayOps
+from libnet.drivers.relay import Relays
+from libnet.errors import BadRequest, Conflict, KernelObjectExists, NotFound
+from libnet.kernel.api import FirewallOps, Kernel, LinkOps, RuleList
+from libnet.kernel.netlink import Link
 from libnet.ownership import Mark
 from libnet.rollback import Rollback
-from libnet.validation import check_int
 
 T = TypeVar("T")
 log = logging.getLogger("libnet.drivers.bridge")
-_NETLINK = (socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
 
-#: names of libnet's links: a link named so without this instance's mark is reported as foreign
-BRIDGE_PREFIX, VETH_PREFIX = "lnb-", "lnv"
-#: the marks of libnet before instances; re-marked by reconcile when they match a stored object
-LEGACY_NET, LEGACY_EP = "libnet:net:", "libnet:ep:"
-DEFAULT_MTU = 1500
-_IFNAME = re.compile(rf"[A-Za-z0-9_.@+-]{{1,{IFNAMSIZ}}}")
-#: the names bridge_name() and host_ifname() derive; a bridge_name option may not take one
-_DERIVED = re.compile(
-    rf"{BRIDGE_PREFIX}[0-9a-f]{{{IFNAMSIZ - len(BRIDGE_PREFIX)}}}"
-    rf"|{VETH_PREFIX}[0-9a-f]{{{IFNAMSIZ - len(VETH_PREFIX)}}}"
-)
-Rules = list[tuple[str, list[dict[str, Any]]]]
-
-#: option name -> (canonical name); Docker's names are accepted too
-_ALIASES = {
-    "bridge_name": "bridge_name",
-    "com.docker.network.bridge.name": "bridge_name",
-    "mtu": "mtu",
-    "com.docker.network.driver.mtu": "mtu",
-    "icc": "icc",
-    "com.docker.network.bridge.enable_icc": "icc",
-}
+# the names tests and other modules import from here
+_orphan, _unused = orphan, unused
+__all__ = ["BridgeDriver", "bridge_name", "describe", "host_ifname", "link_mark"]
 
 
-def bridge_name(nw: NetworkInfo) -> str:
-    """The bridge of a network."""
-    return nw.options.get("bridge_name") or BRIDGE_PREFIX + nw.id[: IFNAMSIZ - len(BRIDGE_PREFIX)]
+def _host_kernel() -> Kernel:
+    from libnet.kernel.host import HostKernel
 
-
-def host_ifname(ep: EndpointInfo) -> str:
-    """The host side of an endpoint's veth."""
-    return VETH_PREFIX + ep.id[: IFNAMSIZ - len(VETH_PREFIX)]
-
-
-def link_mark(instance: str, kind: str, owner: str, name: str) -> str:
-    """The mark of a link (the owner's name left out when it cannot be part of one)."""
-    return ownership.mark(instance, kind, owner, name if ":" not in name and len(name) <= 63 else "")
-
-
-def describe(link: Link) -> str:
-    """What a link is, as far as its mark tells (for messages)."""
-    m = Mark.parse(link.alias)
-    what = f"{link.kind or 'interface'} {link.name}"
-    if m is None:
-        alias = link.alias if not link.alias or len(link.alias) <= 40 else link.alias[:37] + "..."
-        return f"{what} (alias {alias!r}, no libnet mark)" if alias else f"{what} (not libnet's)"
-    owner = f"{m.name} ({m.owner[:12]})" if m.name else m.owner[:12]
-    kind = "network" if m.kind == "net" else "endpoint"
-    return f"{what} (of libnet {kind} {owner}, instance {m.instance})"
-
-
-def _bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-        return value.lower() in ("true", "1", "yes")
-    raise InvalidOption(f"option {name!r} must be true or false", option=name, value=str(value))
+    return HostKernel()
 
 
 class BridgeDriver:
@@ -150,48 +111,31 @@ class BridgeDriver:
     name = "bridge"
 
     def __init__(
-        self, host_ns: str | None = None, default_mtu: int | None = None, instance: str | None = None, **_: Any
+        self,
+        host_ns: str | None = None,
+        default_mtu: int | None = None,
+        instance: str | None = None,
+        kernel: Kernel | None = None,
+        relays: RelayOps | None = None,
+        **_wiring: object,  # the untyped factory's other settings, until the typed registry (issue 17 part A)
     ) -> None:
         self.host_ns = host_ns
         self.default_mtu = default_mtu
         self.instance = instance
-        self._nl: Netlink | None = None
-        self._fw: Firewall | None = None
+        self.kernel = kernel if kernel is not None else _host_kernel()
+        self._nl: LinkOps | None = None
+        self._fw: FirewallOps | None = None
         self._mtus: dict[str, int] = {}  # bridge -> MTU, read once
-        self._reaper_nl: Netlink | None = None
+        self._reaper_nl: LinkOps | None = None
         self._reap_queued = False
-        self._relays = Relays(host_ns)  # [::1] published ports (libnet.drivers.relay)
+        # [::1] published ports (libnet.drivers.relay)
+        self.publisher = Publisher(lambda: self.fw, relays if relays is not None else Relays(host_ns))
 
     def capabilities(self) -> Capabilities:
         return Capabilities(scope="local")
 
     def parse_network_options(self, options: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {"bridge_name": None, "mtu": None, "icc": True}
-        for key, value in options.items():
-            canon = _ALIASES.get(key)
-            if canon is None:
-                raise InvalidOption(f"unknown bridge option {key!r}; known: bridge_name, mtu, icc", option=key)
-            if canon == "bridge_name":
-                if not isinstance(value, str) or not _IFNAME.fullmatch(value) or value in (".", ".."):
-                    raise InvalidOption(
-                        f"bridge_name must be an interface name of 1-{IFNAMSIZ} ASCII letters, digits and -_.@+ "
-                        "(the kernel's rules: no '/', ':' or spaces)",
-                        option=key,
-                        value=str(value),
-                    )
-                if _DERIVED.fullmatch(value):
-                    raise InvalidOption(
-                        f"bridge_name {value!r} has the shape of libnet's own link names (lnb- + 11 hex digits, "
-                        "lnv + 12 hex digits): another network's bridge or an endpoint's veth would collide with it",
-                        option=key,
-                        value=value,
-                    )
-                out["bridge_name"] = value
-            elif canon == "mtu":
-                out["mtu"] = check_int(value, "mtu", 1280, 65535, " (IPv6 needs at least 1280)")
-            else:
-                out["icc"] = _bool(key, value)
-        return out
+        return parse_options(options)
 
     # --- plumbing -------------------------------------------------------------
 
@@ -203,53 +147,54 @@ class BridgeDriver:
         return self.instance
 
     @property
-    def nl(self) -> Netlink:
+    def nl(self) -> LinkOps:
         if self._nl is None:
             self.owner  # noqa: B018 -- raises without an instance
-            self._nl = Netlink(self.host_ns)
+            self._nl = self.kernel.netlink(self.host_ns)
         return self._nl
 
     @property
-    def reaper(self) -> Netlink:
+    def reaper(self) -> LinkOps:
         """A second host-namespace handle whose thread does the slow veth deletions."""
         if self._reaper_nl is None:
             self.owner  # noqa: B018
-            self._reaper_nl = Netlink(self.host_ns)
+            self._reaper_nl = self.kernel.netlink(self.host_ns)
         return self._reaper_nl
 
     @property
-    def fw(self) -> Firewall:
+    def fw(self) -> FirewallOps:
         if self._fw is None:
-            self._fw = Firewall(self.host_ns, table=ownership.firewall_table(self.owner))
+            self._fw = self.kernel.firewall(self.host_ns, ownership.firewall_table(self.owner))
         return self._fw
 
     async def _host(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the host namespace's thread (netlink calls inside run inline)."""
         return await asyncio.wrap_future(self.nl.submit(fn))
 
-    async def _firewall(self, fn: Callable[[Firewall], T]) -> T:
+    async def _firewall(self, fn: Callable[[FirewallOps], T]) -> T:
         return await asyncio.to_thread(fn, self.fw)
 
     async def close(self) -> None:
-        await self._relays.close()
+        await self.publisher.relays.close()
         for handle in (self._nl, self._reaper_nl, self._fw):
             if handle is not None:
                 await asyncio.to_thread(handle.close)  # closing waits for queued deletions
         self._nl = self._reaper_nl = self._fw = None
 
     def _mtu(self, nw: NetworkInfo) -> int:
-        return nw.options.get("mtu") or self.default_mtu or self.nl.uplink_mtu() or DEFAULT_MTU
+        mtu: int = nw.options.get("mtu") or self.default_mtu or self.nl.uplink_mtu() or DEFAULT_MTU
+        return mtu
 
-    def _find(self, name: str | int) -> Link | None:
+    def find(self, name: str | int) -> Link | None:
         """The link called (or numbered) ``name``, or None; on the host thread."""
         try:
             return self.nl.link(name)
         except NotFound:  # NoSuchLink, or gone meanwhile
             return None
 
-    def _delete_own(self, link: str | int, kind: str, owner: str) -> bool:
+    def delete_own(self, link: str | int, kind: str, owner: str) -> bool:
         """Delete ``link`` if it is marked as this instance's ``kind`` of ``owner``; on the host thread."""
-        found = self._find(link)
+        found = self.find(link)
         if found is None or not ownership.owned_by(found.alias, self.owner, kind, owner):
             return False
         self.nl.delete_link(found.index)
@@ -260,36 +205,24 @@ class BridgeDriver:
     def _check_bridge(self, br: str, nw: NetworkInfo) -> Link | None:
         """This network's bridge if it exists (to adopt), None if the name is
         free; ``Conflict`` naming the holder otherwise.  Changes nothing."""
-        link = self._find(br)
+        link = self.find(br)
         if link is None:
             return None
         if link.kind == "bridge" and ownership.owned_by(link.alias, self.owner, "net", nw.id):
             return link
-        m = Mark.parse(link.alias)
+        found = Mark.parse(link.alias)
         ids: dict[str, Any] = {"ifname": br, "network_id": nw.id}
-        if m is not None and m.kind == "net":
-            ids["owner_network_id"] = m.owner
-            if m.name:
-                ids["owner_network"] = m.name
+        if found is not None and found.kind == "net":
+            ids["owner_network_id"] = found.owner
+            if found.name:
+                ids["owner_network"] = found.name
         raise Conflict(
             f"interface {br} exists and is not the bridge of network {nw.name}: it is {describe(link)}; "
             "choose another bridge_name",
             **ids,
         )
 
-    def _net_rules(self, nw: NetworkInfo, br: str) -> list[tuple[str, Rules]]:
-        """The network's rule groups: (key, rules)."""
-        groups = [(f"net:{nw.id}:isolate", isolation_rules(br))]
-        if nw.internal:
-            groups.append((f"net:{nw.id}:internal", internal_rules(br)))
-        else:
-            subnets = [s for s in (nw.ipv4_subnet, nw.ipv6_subnet) if s]
-            groups.append((f"net:{nw.id}:masq", [masquerade_rule(s, br) for s in subnets]))
-            if nw.ipv4_subnet:
-                groups.append((f"net:{nw.id}:localhost", localhost_rules(br)))
-        return groups
-
-    def _route_localnet(self, nw: NetworkInfo, br: str) -> bool:
+    def route_localnet(self, nw: NetworkInfo, br: str) -> bool:
         """Let the bridge carry 127.0.0.1-sourced traffic (ports published on
         IPv4 localhost), as Docker does on its bridges: ``route_localnet``
         (kernel ip-sysctl: "Do not consider loopback addresses as martian
@@ -299,9 +232,9 @@ class BridgeDriver:
         if nw.internal or not nw.ipv4_subnet:
             return False
         key = ("net", "ipv4", "conf", br, "route_localnet")
-        if sysctl.get(self.host_ns, key) == "1":
+        if self.kernel.sysctl_get(self.host_ns, key) == "1":
             return False
-        sysctl.set(self.host_ns, key, 1)
+        self.kernel.sysctl_set(self.host_ns, key, 1)
         return True
 
     async def check_network(self, nw: NetworkInfo) -> None:
@@ -315,32 +248,41 @@ class BridgeDriver:
             link = await self._host(lambda: self._check_bridge(br, nw))  # nothing touched before this
             if link is None:
                 index = await self._host(lambda: self.nl.add_bridge(br, mtu=self._mtu(nw), alias=mark))
-                undo.push(lambda: self._host(lambda: self._delete_own(index, "net", nw.id)), f"delete bridge {br}")
+                undo.push(lambda: self._host(lambda: self.delete_own(index, "net", nw.id)), f"delete bridge {br}")
             else:
                 index = link.index
             have = set(await self._host(lambda: self.nl.addresses(index)))
-            for gw in (nw.ipv4_gateway, nw.ipv6_gateway):
-                if gw and gw not in have:
-                    await self._host(lambda g=gw: self.nl.add_address(index, g, nodad=True))
-                    undo.push(lambda g=gw: self._host(lambda: self.nl.delete_address(index, g)), f"remove {gw}")
+            for gw in sandbox_config.gateways(nw):
+                if gw not in have:
+                    await self._host(self._adds_address(index, gw))
+                    undo.push(self._removes_address(index, gw), f"remove {gw}")
             if link is None or not link.up:
                 await self._host(lambda: self.nl.set_up(index))
                 if link is not None:
                     undo.push(lambda: self._host(lambda: self.nl.set_down(index)), f"bring {br} down")
-            await netns.run_in_async(self.host_ns, sysctl.set_forwarding, None, True)
-            await asyncio.to_thread(self._route_localnet, nw, br)  # the bridge's own setting: goes with it
+            await self.kernel.enable_forwarding(self.host_ns)
+            await asyncio.to_thread(self.route_localnet, nw, br)  # the bridge's own setting: goes with it
             if await self._firewall(lambda fw: fw.add_bridge(br)):
                 undo.push(lambda: self._firewall(lambda fw: fw.remove_bridge(br)), f"take {br} out of the set")
-            for key, rules in self._net_rules(nw, br):
-                await self._firewall(lambda fw, k=key, r=rules: fw.add(k, r))
-                undo.push(lambda k=key: self._firewall(lambda fw: fw.remove(k)), f"remove rules {key}")
+            for key, rules in network_rules(nw, br):
+                await self._firewall(_adds_rules(key, rules))
+                undo.push(self._removes_rules(key), f"remove rules {key}")
+
+    def _adds_address(self, index: int, cidr: str) -> Callable[[], None]:
+        return lambda: self.nl.add_address(index, cidr, nodad=True)
+
+    def _removes_address(self, index: int, cidr: str) -> Callable[[], Awaitable[None]]:
+        return lambda: self._host(lambda: self.nl.delete_address(index, cidr))
+
+    def _removes_rules(self, key: str) -> Callable[[], Awaitable[None]]:
+        return lambda: self._firewall(lambda fw: fw.remove(key))
 
     async def delete_network(self, nw: NetworkInfo) -> None:
         br = bridge_name(nw)
 
         def unbuild() -> Link | None:
             """The link holding the name if it is not this network's bridge; else deletes that bridge."""
-            link = self._find(br)
+            link = self.find(br)
             if link is None or not ownership.owned_by(link.alias, self.owner, "net", nw.id):
                 return link
             self.nl.delete_link(link.index)
@@ -351,7 +293,7 @@ class BridgeDriver:
         if other is not None:
             log.warning("network %s: %s is not its bridge: left alone", nw.name, describe(other))
 
-        def remove(fw: Firewall) -> None:
+        def remove(fw: FirewallOps) -> None:
             fw.remove_prefix(f"net:{nw.id}:")
             if other is None:  # the name is free now: its element isolates nothing of anyone's
                 fw.remove_bridge(br)
@@ -398,11 +340,9 @@ class BridgeDriver:
 
         index = await self._host(plug)
         try:
-            sock = await asyncio.wrap_future(netns.open_socket_future(sb.netns, *_NETLINK))
-            with rtnl.RtnlSocket(sock) as r:
-                _configure_sandbox(r, nw, ep, sb, alias=mark)
+            await sandbox_config.configure_sandbox(self.kernel, nw, ep, sb, alias=mark)
         except BaseException:
-            await self._host(lambda: self._delete_own(index, "ep", ep.id))
+            await self._host(lambda: self.delete_own(index, "ep", ep.id))
             raise
 
     async def leave(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
@@ -412,14 +352,7 @@ class BridgeDriver:
         # can take ethN again at once), unplug the host side now (down, out of
         # the bridge, into the "dead" link group), and let the reaper delete
         # the whole group in one request later -- one grace period for many.
-        if sb.netns:
-            with contextlib.suppress(LibnetError, OSError):
-                sock = await asyncio.wrap_future(netns.open_socket_future(sb.netns, *_NETLINK))
-                with rtnl.RtnlSocket(sock) as r:
-                    index = r.link_index(sb.ifname)
-                    if index is not None:
-                        msg = rtnl.setlink_body(index, up=False, name="lnx" + ep.id[: IFNAMSIZ - 3])
-                        r.request([(rtnl.RTM_NEWLINK, 0, msg, "retire interface")], ignore=frozenset({19}))
+        await sandbox_config.retire_interface(self.kernel, sb, retired_ifname(ep))
         group = ownership.dead_group(self.owner)
         if await self._host(lambda: self.nl.unplug(host_if, group=group, owned=self._owns_veth(ep))):
             self._schedule_reaping()
@@ -443,276 +376,33 @@ class BridgeDriver:
         self.reaper.submit(reap).add_done_callback(_log_failure("delete unplugged veths"))
 
     async def set_gateway(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo, gateway: bool) -> None:
-        sock = await asyncio.wrap_future(netns.open_socket_future(sb.netns, *_NETLINK))
-        with rtnl.RtnlSocket(sock) as r:
-            index = r.link_index(sb.ifname)
-            if index is None:
-                raise NoSuchLink("the endpoint's interface is not in the sandbox", ifname=sb.ifname, sandbox_id=sb.id)
-            reqs = _route_requests(nw, index, add=gateway and not nw.internal)
-            r.request(reqs, ignore=frozenset({errno.ESRCH, errno.ENOENT}))
+        await sandbox_config.set_default_routes(self.kernel, nw, sb, gateway)
 
     async def program_external_connectivity(self, nw: NetworkInfo, ep: EndpointInfo) -> None:
         if not ep.ports:
             return
         if nw.internal:
             raise BadRequest("internal networks cannot publish ports", network_id=nw.id, endpoint_id=ep.id)
-        rules = _port_rules(nw, ep)
-        await self._firewall(lambda fw: fw.add(f"ep:{ep.id}:ports", rules))
-        try:
-            await self._relays.start(ep.id, _relay_targets(ep))
-        except BaseException:
-            await self._firewall(lambda fw: fw.remove(f"ep:{ep.id}:ports"))
-            raise
+        await self.publisher.publish(nw, ep)
 
     async def revoke_external_connectivity(self, nw: NetworkInfo, ep: EndpointInfo) -> None:
         if ep.ports:  # no ports, no rules: spare the nftables round trip
-            await self._relays.stop(ep.id)
-            await self._firewall(lambda fw: fw.remove(f"ep:{ep.id}:ports"))
+            await self.publisher.withdraw(ep)
 
     # --- reconcile ------------------------------------------------------------
 
     async def reconcile(
         self, networks: list[NetworkInfo], endpoints: list[tuple[EndpointInfo, SandboxInfo | None]]
     ) -> ReconcileReport:
-        report = ReconcileReport()
-        me = self.owner
-        nets = {nw.id: nw for nw in networks}
-        joined = {ep.id: ep for ep, sb in endpoints if sb is not None}
-        recorded = {ep.id for ep, _ in endpoints}
-        legacy = {LEGACY_NET + nw.id: ("net", nw.id, nw.name, bridge_name(nw)) for nw in networks}
-        legacy |= {LEGACY_EP + ep.id: ("ep", ep.id, ep.name, host_ifname(ep)) for ep in joined.values()}
-
-        def sweep() -> tuple[list[str], list[str], dict[str, str], dict[str, Link]]:
-            """Links: re-mark legacy ones, report foreign ones, delete this instance's orphans."""
-            removed, repaired, foreign = [], [], {}
-            links = self.nl.links()
-            ports = Counter(link.master for link in links if link.master)
-            for link in links:
-                m = Mark.parse(link.alias)
-                old = legacy.get(link.alias or "")
-                if m is None and old is not None and old[3] == link.name:
-                    self.nl.set_alias(link.index, link_mark(me, *old[:3]))
-                    repaired.append(f"{describe(link)}: re-marked as this instance's")
-                elif m is None:
-                    if link.name.startswith((BRIDGE_PREFIX, VETH_PREFIX)) or (link.alias or "").startswith("libnet:"):
-                        foreign[link.name] = f"{describe(link)}: named like libnet's, no mark of this instance"
-                elif m.instance != me:
-                    foreign[link.name] = f"{describe(link)}: another libnet instance's"
-                elif not _orphan(link, m, nets, joined):
-                    continue
-                elif not _unused(link, m, ports, recorded):
-                    kept_ids.add(m.owner)
-                    if m.kind == "net":
-                        kept_bridges.add(link.name)
-                    kept.append(
-                        f"{describe(link)}: the store does not know its {'network' if m.kind == 'net' else 'endpoint'}"
-                        " but containers use it; kept (a lost store record? libnet-agent --adopt rebuilds it)"
-                    )
-                elif self._delete_own(link.index, m.kind, m.owner):
-                    removed.append(
-                        f"{describe(link)}: of no stored {'network' if m.kind == 'net' else 'joined endpoint'}"
-                    )
-            return removed, repaired, foreign, {link.name: link for link in self.nl.links()}
-
-        kept: list[str] = []
-        kept_ids: set[str] = set()  # networks/endpoints the store lost whose links are kept: so are their rules
-        kept_bridges: set[str] = set()
-        report.removed, report.repaired, foreign, by_name = await self._host(sweep)
-        report.missing += kept
-        report.kept += sorted(kept_ids)
-        report.foreign = list(foreign.values())
-        own: dict[str, NetworkInfo] = {}  # bridge -> network, for the bridges that are there and ours
-        for nw in networks:
-            br, link = bridge_name(nw), by_name.get(bridge_name(nw))
-            if link is None:
-                report.missing.append(f"network {nw.name} ({nw.id[:12]}): bridge {br} is missing")
-            elif not ownership.owned_by(link.alias, me, "net", nw.id):
-                if br not in foreign:
-                    report.foreign.append(f"network {nw.name} ({nw.id[:12]}): {describe(link)} is not its bridge")
-            else:
-                own[br] = nw
-        for ep in joined.values():
-            link = by_name.get(host_ifname(ep))
-            if link is None:
-                report.missing.append(f"endpoint {ep.name} ({ep.id[:12]}): veth {host_ifname(ep)} is missing")
-            elif not ownership.owned_by(link.alias, me, "ep", ep.id) and link.name not in foreign:
-                report.foreign.append(f"endpoint {ep.name} ({ep.id[:12]}): {describe(link)} is not its veth")
-        known = set(nets) | {ep.id for ep, _ in endpoints} | kept_ids
-        names = {bridge_name(nw) for nw in networks} | kept_bridges
-        want = [(key, rules) for br, nw in own.items() for key, rules in self._net_rules(nw, br)]
-        want += [
-            (f"ep:{ep.id}:ports", _port_rules(nets[ep.network_id], ep))
-            for ep in joined.values()
-            if ep.ports and ep.network_id in nets and not nets[ep.network_id].internal
-        ]
-
-        def fix(fw: Firewall) -> tuple[list[str], list[str]]:
-            removed, repaired = [], []
-            count = Counter(rule["key"] for rule in fw.rules())
-            for key in sorted(count):
-                kind, _, rest = key.partition(":")
-                if kind in ("net", "ep") and rest.split(":", 1)[0] not in known:
-                    fw.remove(key)
-                    removed.append(f"firewall rules {key}")
-            present = fw.bridges()
-            for br in sorted(present - names):
-                fw.remove_bridge(br)
-                removed.append(f"bridge {br} in the isolation set")
-            for br in sorted(set(own) - present):
-                fw.add_bridge(br)
-                repaired.append(f"bridge {br} back in the isolation set")
-            for key, rules in want:
-                if count.get(key, 0) != len(rules):
-                    fw.add(key, rules)
-                    repaired.append(f"firewall rules {key}")
-            return removed, repaired
-
-        removed, repaired = await self._firewall(fix)
-        report.removed += removed
-        report.repaired += repaired
-        report.repaired += await self._repair_local_paths(own, joined, by_name)
-        return report
-
-    async def _repair_local_paths(
-        self, own: dict[str, NetworkInfo], joined: dict[str, EndpointInfo], by_name: dict[str, Link]
-    ) -> list[str]:
-        """``route_localnet`` on this instance's bridges, hairpin mode on its
-        endpoints' ports, and the ``[::1]`` relays of joined endpoints."""
-        repaired = []
-        for br, nw in own.items():
-            if await asyncio.to_thread(self._route_localnet, nw, br):
-                repaired.append(f"bridge {br}: route_localnet back on")
-        mine = [
-            host_ifname(ep)
-            for ep in joined.values()
-            if host_ifname(ep) in by_name
-            and ownership.owned_by(by_name[host_ifname(ep)].alias, self.owner, "ep", ep.id)
-        ]
-
-        def hairpin() -> list[str]:
-            ports = self.nl.hairpin_ports()
-            off = [name for name in mine if ports.get(name) is False]
-            for name in off:
-                self.nl.set_hairpin(name)
-            return [f"veth {name}: hairpin mode back on" for name in off]
-
-        repaired += await self._host(hairpin)
-        nets = {nw.id for nw in own.values() if not nw.internal}
-        relayed = {ep.id: _relay_targets(ep) for ep in joined.values() if ep.network_id in nets}
-        for key in self._relays.keys() - set(relayed):
-            await self._relays.stop(key)
-        for key, targets in relayed.items():
-            if self._relays.targets(key) != set(targets):
-                try:
-                    await self._relays.start(key, targets)
-                except LibnetError as exc:
-                    log.warning("endpoint %s: [::1] published ports: %s", key[:12], exc)
-                    continue
-                repaired.append(f"endpoint {key[:12]}: relays of ports published on [::1] started")
-        return repaired
+        return await reconcile(self, networks, endpoints)
 
 
-def _orphan(link: Link, m: Mark, nets: dict[str, NetworkInfo], joined: dict[str, EndpointInfo]) -> bool:
-    """Whether a link marked by this instance belongs to no stored network / joined endpoint of this driver.
-
-    Only the driver's own kinds of link count: a bridge marked ``net``, an
-    ``lnv`` veth marked ``ep`` (another driver's marked devices are its own)."""
-    if m.kind == "net":
-        return link.kind == "bridge" and m.owner not in nets
-    return link.kind == "veth" and link.name.startswith(VETH_PREFIX) and m.owner not in joined
+def _adds_rules(key: str, rules: RuleList) -> Callable[[FirewallOps], None]:
+    return lambda fw: fw.add(key, rules)
 
 
-def _unused(link: Link, m: Mark, ports: Counter, recorded: set[str]) -> bool:
-    """Whether an orphaned link of this instance may go: nothing depends on it.
-
-    The store may have lost a record (a lost SQLite -wal, an older backup, a
-    deleted key): "the store does not know it" alone is no proof.  A bridge
-    goes only without ports; a veth only if the store still holds its
-    endpoint, unjoined (a join cut short), or it is already unplugged (a
-    leave cut short before its deletion)."""
-    if m.kind == "net":
-        return not ports.get(link.index)
-    return m.owner in recorded or (link.master is None and not link.up)
-
-
-def _port_rules(nw: NetworkInfo, ep: EndpointInfo) -> Rules:
-    """DNAT rules publishing the endpoint's ports (both address families)."""
-    br = bridge_name(nw)
-    rules: Rules = []
-    for pm in ep.ports:
-        for cidr in (ep.ipv4, ep.ipv6):
-            if not cidr:
-                continue
-            ip = str(ipaddress.ip_interface(cidr).ip)
-            if pm.host_ip and ipaddress.ip_address(pm.host_ip).version != ipaddress.ip_address(ip).version:
-                continue
-            rules += port_rules(pm.host_port, ip, pm.container_port, pm.protocol, br, pm.host_ip)
-    return rules
-
-
-#: host IPs whose mappings include ``[::1]``: loopback itself and "every IPv6 address"
-RELAYED_HOST_IPS = frozenset({"::1", "::"})
-
-
-def _relay_targets(ep: EndpointInfo) -> list[Target]:
-    """The endpoint's ports published on IPv6 loopback (host IP ``::1`` or
-    none), served by relays: the kernel cannot route replies to ``::1``."""
-    if not ep.ipv6:
-        return []
-    ip = str(ipaddress.ip_interface(ep.ipv6).ip)
-    return [
-        Target(pm.protocol, pm.host_port, ip, pm.container_port)
-        for pm in ep.ports
-        if pm.host_port and (not pm.host_ip or pm.host_ip in RELAYED_HOST_IPS)
-    ]
-
-
-def _configure_sandbox(
-    r: rtnl.RtnlSocket, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo, alias: str | None = None
-) -> None:
-    """Inside the sandbox, in one batch: lo up, addresses (DAD off), up (and the
-    ``alias``, the endpoint's mark, when given), default routes."""
-    index = r.link_index(sb.ifname)
-    if index is None:
-        raise NoSuchLink("the new interface is not in the sandbox", ifname=sb.ifname, sandbox_id=sb.id)
-    reqs = [(rtnl.RTM_NEWLINK, 0, rtnl.setlink_body(1, up=True), "bring lo up")]
-    for cidr in (ep.ipv4, ep.ipv6):
-        if cidr:
-            reqs.append(
-                (
-                    rtnl.RTM_NEWADDR,
-                    rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE,
-                    rtnl.addr_body(index, cidr, nodad=True),
-                    f"add address {cidr}",
-                )
-            )
-    reqs.append((rtnl.RTM_NEWLINK, 0, rtnl.setlink_body(index, up=True, alias=alias), f"bring {sb.ifname} up"))
-    if sb.gateway and not nw.internal:
-        reqs += _route_requests(nw, index, add=True)
-    r.request(reqs)
-
-
-def _route_requests(nw: NetworkInfo, index: int, add: bool) -> list[tuple[int, int, bytes, str]]:
-    reqs = []
-    for gw in (nw.ipv4_gateway, nw.ipv6_gateway):
-        if gw:
-            via = str(ipaddress.ip_interface(gw).ip)
-            if add:
-                reqs.append(
-                    (
-                        rtnl.RTM_NEWROUTE,
-                        rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE,
-                        rtnl.default_route_body(via, index),
-                        f"default route via {via}",
-                    )
-                )
-            else:
-                reqs.append((rtnl.RTM_DELROUTE, 0, rtnl.default_route_body(via, index), f"delete route via {via}"))
-    return reqs
-
-
-def _log_failure(what: str) -> Callable[[Any], None]:
-    def done(fut: Any) -> None:
+def _log_failure(what: str) -> Callable[[Future[Any]], None]:
+    def done(fut: Future[Any]) -> None:
         if not fut.cancelled() and fut.exception() is not None:
             log.warning("%s failed: %s", what, fut.exception())
 

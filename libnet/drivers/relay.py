@@ -28,12 +28,15 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from libnet.errors import Conflict
 from libnet.kernel import netns
 from libnet.kernel.errors import translate
 
 log = logging.getLogger("libnet.drivers.relay")
+#: a socket address as asyncio hands it over
+Address = tuple[Any, ...]
 LOOPBACK = "::1"
 MAX_CONNECTIONS = 1024  # TCP connections at a time per relay; more are closed at once
 MAX_FLOWS = 1024  # UDP clients at a time per relay; more are dropped
@@ -67,11 +70,11 @@ class _Tcp:
         if len(self.tasks) >= MAX_CONNECTIONS or task is None:
             writer.close()
             return
-        self.tasks.add(task)  # type: ignore[arg-type]
+        self.tasks.add(task)
         try:
             await self._relay(reader, writer)
         finally:
-            self.tasks.discard(task)  # type: ignore[arg-type]
+            self.tasks.discard(task)
             writer.close()
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -118,8 +121,8 @@ class _Udp(asyncio.DatagramProtocol):
     def __init__(self, host_ns: str | None, target: Target) -> None:
         self.host_ns, self.target = host_ns, target
         self.transport: asyncio.DatagramTransport | None = None
-        self.flows: dict[tuple, tuple[asyncio.DatagramTransport, list[float]]] = {}
-        self.opening: dict[tuple, asyncio.Future[None]] = {}  # first datagram seen, upstream being opened
+        self.flows: dict[Address, tuple[asyncio.DatagramTransport, list[float]]] = {}
+        self.opening: dict[Address, asyncio.Future[None]] = {}  # first datagram seen, upstream being opened
         self.sweeper: asyncio.Task[None] | None = None
 
     async def start(self, sock: socket.socket) -> None:
@@ -130,7 +133,7 @@ class _Udp(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
+    def datagram_received(self, data: bytes, addr: Address) -> None:
         flow = self.flows.get(addr)
         if flow is not None:
             flow[1][0] = time.monotonic()
@@ -140,7 +143,7 @@ class _Udp(asyncio.DatagramProtocol):
             self.opening[addr] = task
             task.add_done_callback(lambda _: self.opening.pop(addr, None))
 
-    async def _open(self, addr: tuple, first: bytes) -> None:
+    async def _open(self, addr: Address, first: bytes) -> None:
         t = self.target
         try:
             up = await asyncio.wrap_future(netns.open_socket_future(self.host_ns, socket.AF_INET6, socket.SOCK_DGRAM))
@@ -156,7 +159,7 @@ class _Udp(asyncio.DatagramProtocol):
         back = self.transport
 
         class Back(asyncio.DatagramProtocol):
-            def datagram_received(self, data: bytes, _: tuple) -> None:
+            def datagram_received(self, data: bytes, _: Address) -> None:
                 seen[0] = time.monotonic()
                 back.sendto(data, addr)
 

@@ -188,24 +188,28 @@ def port_rules(
     if hip == LOOPBACK_V6:
         return []
     fam = "ip" if ip.version == 4 else "ip6"
-    match = [
+    match: list[dict[str, Any]] = [
         {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv4" if ip.version == 4 else "ipv6"}},
         {"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}}, "right": "local"}},
         {"match": {"op": "==", "left": {"payload": {"protocol": protocol, "field": "dport"}}, "right": host_port}},
     ]
     if hip is not None and not hip.is_unspecified:  # 0.0.0.0 / ::: every address of its family
         match.append(_daddr(fam, "==", str(hip)))
-    dnat = {"dnat": {"family": fam, "addr": str(ip), "port": container_port}}
+    dnat: dict[str, Any] = {"dnat": {"family": fam, "addr": str(ip), "port": container_port}}
     output = [*match, _daddr(fam, "!=", str(LOOPBACK_V6))] if ip.version == 6 else match
-    to_container = [
+    to_container: list[dict[str, Any]] = [
         _daddr(fam, "==", str(ip)),
         {"match": {"op": "==", "left": {"payload": {"protocol": protocol, "field": "dport"}}, "right": container_port}},
         {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
         {"masquerade": None},
     ]
     hairpin = [_meta("iifname", "==", bridge), _meta("oifname", "==", bridge), *to_container]
-    own = {"match": {"op": "==", "left": {"payload": {"protocol": fam, "field": "saddr"}}, "right": str(ip)}}
-    rules = [] if hip is not None and hip.is_loopback else [("prerouting", [*match, dnat])]
+    own: dict[str, Any] = {
+        "match": {"op": "==", "left": {"payload": {"protocol": fam, "field": "saddr"}}, "right": str(ip)}
+    }
+    rules: list[tuple[str, list[dict[str, Any]]]] = (
+        [] if hip is not None and hip.is_loopback else [("prerouting", [*match, dnat])]
+    )
     return [*rules, ("output", [*output, dnat]), ("postrouting", hairpin), ("postrouting", [own, *to_container])]
 
 
@@ -278,10 +282,6 @@ class Firewall:
             }
             cmds.append({"add": {"rule": rule}})
         return cmds
-
-    def ensure_table(self) -> None:
-        """Create the table and its base chains if missing (idempotent)."""
-        self._cmd(self._table_cmds(fresh=not self._has_table()), "create table")
 
     def add_bridge(self, bridge: str) -> bool:
         """Add ``bridge`` to the set of libnet bridges (isolation targets);

@@ -21,31 +21,43 @@ import errno
 import ipaddress
 import socket
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
-from libnet.kernel import rtnl
 from libnet.kernel.errors import GONE, from_errno
-from libnet.kernel.rtnl import RtnlSocket, iter_messages
+from libnet.kernel.rtnl import RtnlSocket
+from libnet.kernel.wire import (
+    AF_BRIDGE,
+    ERR,
+    HDR,
+    NDA_DST,
+    NDA_IFINDEX,
+    NDA_LLADDR,
+    NDMSG,
+    NLM_F_ACK,
+    NLM_F_APPEND,
+    NLM_F_BULK,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_REPLACE,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    NTF_SELF,
+    NUD_PERMANENT,
+    RTA,
+    RTM_DELNEIGH,
+    RTM_GETNEIGH,
+    RTM_NEWNEIGH,
+    attrs,
+    iter_messages,
+)
 
 CHUNK = 1000
+E = TypeVar("E", "Neighbour", "FdbEntry")
 
-# rtnetlink constants (linux/netlink.h, linux/rtnetlink.h, linux/neighbour.h)
-RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
-NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x100, 0x200, 0x400, 0x800
-NLM_F_BULK = 0x200  # on delete requests
-NLM_F_DUMP = 0x300
-NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
-NTF_SELF, NTF_MASTER = 0x02, 0x04
-NDA_DST, NDA_LLADDR, NDA_IFINDEX = 1, 2, 8
-AF_BRIDGE = 7
-
-_HDR = struct.Struct("=IHHII")
-_NDMSG = struct.Struct("=BBHiHBB")
-_RTA = struct.Struct("=HH")
-_ERR = struct.Struct("=i")
+_HDR, _NDMSG, _RTA, _ERR = HDR, NDMSG, RTA, ERR
 # whole messages, packed in one call each: header, ndmsg, then attributes
 _NEIGH4 = struct.Struct("=IHHII BBHiHBB HH4s HH6sxx")
 _NEIGH6 = struct.Struct("=IHHII BBHiHBB HH16s HH6sxx")
@@ -160,7 +172,7 @@ def encode_fdb(seq: int, flags: int, ifindex: int, e: FdbEntry, delete: bool = F
 def decode_neighbour(payload: memoryview) -> tuple[int, int, int, int, dict[int, bytes]]:
     """(family, ifindex, state, flags, attributes) of an RTM_NEWNEIGH payload."""
     fam, _p1, _p2, ifindex, state, flags, _type = _NDMSG.unpack_from(payload, 0)
-    return fam, ifindex, state, flags, rtnl.attrs(payload, _NDMSG.size)
+    return fam, ifindex, state, flags, attrs(payload, _NDMSG.size)
 
 
 # --- the socket --------------------------------------------------------------
@@ -173,9 +185,11 @@ class NeighbourSocket(RtnlSocket):
     namespace whichever thread uses it.  Not safe for concurrent use.
     """
 
-    def _batch(self, encode, ifindex: int, items: Sequence, flags: int) -> list[tuple[object, int]]:
+    def _batch(
+        self, encode: Callable[[int, int, int, E], bytes], ifindex: int, items: Sequence[E], flags: int
+    ) -> list[tuple[E, int]]:
         """Send ``items`` in chunks; return (item, errno) for each failure."""
-        failures: list[tuple[object, int]] = []
+        failures: list[tuple[E, int]] = []
         for start in range(0, len(items), CHUNK):
             chunk = items[start : start + CHUNK]
             first = self.next_seq(len(chunk))
@@ -186,7 +200,7 @@ class NeighbourSocket(RtnlSocket):
                 failures.append((chunk[seq - first], code))
         return failures
 
-    def _raise_first(self, failures: list[tuple[object, int]], action: str, ifindex: int) -> None:
+    def _raise_first(self, failures: Sequence[tuple[object, int]], action: str, ifindex: int) -> None:
         if failures:
             item, code = failures[0]
             raise from_errno(code, action, ifindex=ifindex, entry=item, failed=len(failures))
@@ -216,9 +230,9 @@ class NeighbourSocket(RtnlSocket):
         out: this is the programmed state.
         """
         out: list[Neighbour] = []
-        for _fam, idx, state, _flags, attrs in self._dump(socket.AF_UNSPEC, ifindex, by_attr=True):
-            if idx == ifindex and state & NUD_PERMANENT and NDA_LLADDR in attrs:
-                out.append(Neighbour(_ip_str(attrs[NDA_DST]), mac_str(attrs[NDA_LLADDR])))
+        for _fam, idx, state, _flags, found in self._dump(socket.AF_UNSPEC, ifindex, by_attr=True):
+            if idx == ifindex and state & NUD_PERMANENT and NDA_LLADDR in found:
+                out.append(Neighbour(_ip_str(found[NDA_DST]), mac_str(found[NDA_LLADDR])))
         return sorted(out)
 
     def flush_neighbours(self, ifindex: int) -> int:
@@ -235,7 +249,8 @@ class NeighbourSocket(RtnlSocket):
         Unicast MACs are replaced (one VTEP per MAC); flood entries (all-zero
         MAC) are appended, one per remote VTEP.
         """
-        unicast, flood = [], []
+        unicast: list[FdbEntry] = []
+        flood: list[FdbEntry] = []
         for e in entries:
             (flood if e.mac == FLOOD_MAC else unicast).append(e)
         fl = NLM_F_REQUEST | NLM_F_CREATE
@@ -257,9 +272,9 @@ class NeighbourSocket(RtnlSocket):
     def dump_fdb(self, ifindex: int) -> list[FdbEntry]:
         """The device's own FDB entries with a remote destination."""
         out: list[FdbEntry] = []
-        for _fam, idx, _state, flags, attrs in self._dump(AF_BRIDGE, ifindex, by_attr=False):
-            if idx == ifindex and flags & NTF_SELF and NDA_DST in attrs and NDA_LLADDR in attrs:
-                out.append(FdbEntry(mac_str(attrs[NDA_LLADDR]), _ip_str(attrs[NDA_DST])))
+        for _fam, idx, _state, flags, found in self._dump(AF_BRIDGE, ifindex, by_attr=False):
+            if idx == ifindex and flags & NTF_SELF and NDA_DST in found and NDA_LLADDR in found:
+                out.append(FdbEntry(mac_str(found[NDA_LLADDR]), _ip_str(found[NDA_DST])))
         return sorted(out)
 
     def flush_fdb(self, ifindex: int) -> None:
@@ -273,7 +288,7 @@ class NeighbourSocket(RtnlSocket):
 
     # --- dumping ------------------------------------------------------------
 
-    def _dump(self, family: int, ifindex: int, by_attr: bool):
+    def _dump(self, family: int, ifindex: int, by_attr: bool) -> Iterator[tuple[int, int, int, int, dict[int, bytes]]]:
         seq = self.next_seq()
         if by_attr:  # neighbour dumps filter on an NDA_IFINDEX attribute
             body = _NDMSG.pack(family, 0, 0, 0, 0, 0, 0) + _RTA.pack(8, NDA_IFINDEX) + struct.pack("=I", ifindex)

@@ -28,14 +28,21 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from libnet.errors import BadRequest, NoSuchLink
+from libnet.errors import BadRequest, NoSuchLink, NoSuchNamespace
 from libnet.kernel import netns, rtnl
 from libnet.kernel.errors import GONE, from_errno, is_gone, translate
 from libnet.kernel.neighbours import FdbEntry, Neighbour, NeighbourSocket
+from libnet.kernel.wire import (
+    IFA_F_NODAD,
+    IFA_F_TENTATIVE,
+    NLM_F_CREATE,
+    NLM_F_EXCL,
+    RTM_DELLINK,
+    RTM_NEWLINK,
+)
 
 T = TypeVar("T")
 
-IFA_F_NODAD, IFA_F_DADFAILED, IFA_F_TENTATIVE = 0x02, 0x08, 0x40
 RTNH_F_ONLINK = 0x04
 VXLAN_PORT = 4789
 IFNAMSIZ = 15
@@ -105,20 +112,12 @@ class Netlink:
     Use as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, ns: str | None = None, *, inline: bool = False) -> None:
+    def __init__(self, ns: str | None = None) -> None:
         self.ns = ns
-        self._thread: netns.NamespaceThread | netns.InlineThread = (
-            netns.InlineThread() if inline else netns.NamespaceThread(ns)
-        )
+        self._thread = netns.NamespaceThread(ns)
         self._ipr: IPRoute | None = None
         self._neigh: NeighbourSocket | None = None
         self._rtnl: rtnl.RtnlSocket | None = None
-
-    @classmethod
-    def here(cls, ns: str | None = None) -> Netlink:
-        """A handle for code already running on a thread inside the namespace
-        (e.g. under :func:`netns.run_in_async`): no thread of its own."""
-        return cls(ns, inline=True)
 
     def __enter__(self) -> Netlink:
         return self
@@ -167,20 +166,28 @@ class Netlink:
         """Queue ``fn(*args)`` on the namespace thread."""
         return self._thread.submit(fn, *args)
 
-    def _run(self, action: str, fn: Callable[..., T], *args: Any, gone_ok: bool = False, **ids: Any) -> T | None:
-        def body() -> T | None:
+    def _run(self, action: str, fn: Callable[..., T], *args: Any, **ids: Any) -> T:
+        """``fn(*args)`` on the namespace thread, kernel errors translated."""
+
+        def body() -> T:
             try:
                 return fn(*args)
-            except NetlinkError as exc:
-                if gone_ok and is_gone(exc):
-                    return None
-                raise translate(exc, action, netns=self.ns, **ids) from exc
-            except OSError as exc:
-                if gone_ok and is_gone(exc):
-                    return None
+            except (NetlinkError, OSError) as exc:
                 raise translate(exc, action, netns=self.ns, **ids) from exc
 
         return self._thread.call(body)
+
+    def _run_gone_ok(self, action: str, fn: Callable[..., object], *args: Any, **ids: Any) -> None:
+        """As :meth:`_run`, for deletions: an object already gone is success."""
+
+        def body() -> None:
+            try:
+                fn(*args)
+            except (NetlinkError, OSError) as exc:
+                if not is_gone(exc):
+                    raise translate(exc, action, netns=self.ns, **ids) from exc
+
+        self._thread.call(body)
 
     def _index(self, link: str | int) -> int:
         """Index of ``link`` (name or index); must run on the thread."""
@@ -189,7 +196,7 @@ class Netlink:
         found = self.ipr.link_lookup(ifname=link)
         if not found:
             raise NoSuchLink("no such interface", ifname=link, netns=self.ns)
-        return found[0]
+        return int(found[0])
 
     # --- links ------------------------------------------------------------
 
@@ -264,8 +271,8 @@ class Netlink:
             raise BadRequest(str(exc), ifname=name, alias=alias) from None
         failed = self.rtnl.request_each(
             [
-                (rtnl.RTM_NEWLINK, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL, create, f"create {kind or 'link'}"),
-                (rtnl.RTM_NEWLINK, 0, mark, "mark link"),
+                (RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, create, f"create {kind or 'link'}"),
+                (RTM_NEWLINK, 0, mark, "mark link"),
             ]
         )
         if 0 in failed:
@@ -273,7 +280,7 @@ class Netlink:
         index = self.rtnl.link_index(name)
         if 1 in failed:
             if index is not None:
-                self.rtnl.request([(rtnl.RTM_DELLINK, 0, rtnl.ifinfo(index), "delete unmarked link")], ignore=GONE)
+                self.rtnl.request([(RTM_DELLINK, 0, rtnl.ifinfo(index), "delete unmarked link")], ignore=GONE)
             raise from_errno(failed[1], "mark link", ifname=name, netns=self.ns)
         if index is None:
             raise NoSuchLink("the new link vanished", ifname=name, netns=self.ns)
@@ -306,7 +313,7 @@ class Netlink:
                 peer_spec["net_ns_fd"] = fd
             return self._add(name, kind="veth", mtu=mtu, address=mac, peer=peer_spec)
         except FileNotFoundError:
-            raise netns.NoSuchNamespace("no such network namespace", netns=peer_ns) from None
+            raise NoSuchNamespace("no such network namespace", netns=peer_ns) from None
         finally:
             if fd is not None:
                 os.close(fd)
@@ -365,7 +372,7 @@ class Netlink:
             try:
                 fd = os.open(netns.path_of(ns), os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
-                raise netns.NoSuchNamespace("no such network namespace", netns=ns) from None
+                raise NoSuchNamespace("no such network namespace", netns=ns) from None
             try:
                 self.ipr.link("add", net_ns_fd=fd, **spec)
             finally:
@@ -454,12 +461,12 @@ class Netlink:
             try:
                 fd = os.open(netns.path_of(peer_ns), os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
-                raise netns.NoSuchNamespace("no such network namespace", netns=peer_ns) from None
+                raise NoSuchNamespace("no such network namespace", netns=peer_ns) from None
             try:
                 msg = rtnl.veth_body(name, peer, fd, mtu, master_idx, peer_mac)
                 if alias is not None:
                     return self._create_marked(name, msg, alias, None)
-                self.rtnl.request([(rtnl.RTM_NEWLINK, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL, msg, "create veth")])
+                self.rtnl.request([(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, msg, "create veth")])
             finally:
                 os.close(fd)
             index = self.rtnl.link_index(name)
@@ -486,7 +493,7 @@ class Netlink:
                 return False
             index = found[0]
             msg = rtnl.setlink_body(index, up=False, master=0, group=group)
-            self.rtnl.request([(rtnl.RTM_NEWLINK, 0, msg, "unplug")], ignore=frozenset({19}))  # ENODEV: gone
+            self.rtnl.request([(RTM_NEWLINK, 0, msg, "unplug")], ignore=GONE)
             return True
 
         return self._run("unplug link", body, ifname=link)
@@ -495,11 +502,9 @@ class Netlink:
         """Delete every link in ``group`` in one request (one grace period for all)."""
         self._run(
             "delete link group",
-            lambda: self.rtnl.request(
-                [(rtnl.RTM_DELLINK, 0, rtnl.delgroup_body(group), "delete group")], ignore=frozenset({19, 2})
-            ),
+            lambda: self.rtnl.request([(RTM_DELLINK, 0, rtnl.delgroup_body(group), "delete group")], ignore=GONE),
             group=group,
-        )  # ENODEV, ENOENT: nothing in it
+        )  # gone: nothing in it
 
     def set_alias(self, link: str | int, alias: str) -> None:
         """Set an interface's alias (libnet marks the links it owns with it)."""
@@ -549,9 +554,9 @@ class Netlink:
 
         def body() -> int | None:
             for family in (socket.AF_INET, socket.AF_INET6):
-                for r in self.ipr.get_routes(family=family, table=254):
-                    if not r.get("dst") and r.get("oif"):
-                        return self.ipr.get_links(r.get("oif"))[0].get("mtu")
+                for route in self.ipr.get_routes(family=family, table=254):
+                    if not route.get("dst") and route.get("oif"):
+                        return int(self.ipr.get_links(route.get("oif"))[0].get("mtu"))
             return None
 
         return self._run("find uplink", body)
@@ -568,7 +573,7 @@ class Netlink:
         try:
             fd = os.open(netns.path_of(ns), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise netns.NoSuchNamespace("no such network namespace", netns=ns) from None
+            raise NoSuchNamespace("no such network namespace", netns=ns) from None
         try:
             attrs: dict[str, Any] = {"net_ns_fd": fd}
             if new_name is not None:
@@ -587,7 +592,7 @@ class Netlink:
                 return
             self.ipr.link("del", index=idx)
 
-        self._run("delete link", body, gone_ok=True, ifname=link)
+        self._run_gone_ok("delete link", body, ifname=link)
 
     # --- addresses --------------------------------------------------------
 
@@ -614,7 +619,7 @@ class Netlink:
         def body() -> None:
             self.ipr.addr("del", index=self._index(link), address=str(iface.ip), prefixlen=iface.network.prefixlen)
 
-        self._run("delete address", body, gone_ok=True, ifname=link, address=cidr)
+        self._run_gone_ok("delete address", body, ifname=link, address=cidr)
 
     def addresses(self, link: str | int | None = None) -> list[str]:
         """Addresses as CIDR strings, of one interface or of all."""
@@ -648,9 +653,9 @@ class Netlink:
         family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
 
         def body() -> int | None:
-            for m in self.ipr.get_addr(family=family):
-                if m.get("address") == address:
-                    return m.get("flags") or m["flags"]
+            for msg in self.ipr.get_addr(family=family):
+                if msg.get("address") == address:
+                    return int(msg.get("flags") or msg["flags"])
             return None
 
         return self._run("list addresses", body, address=address)
@@ -685,7 +690,7 @@ class Netlink:
     def delete_route(self, dst: str, via: str | None = None, family: int | None = None) -> None:
         """Delete a route; one that is already gone is success."""
         spec = _route_spec(dst, via, family)
-        self._run("delete route", lambda: self.ipr.route("del", **spec), gone_ok=True, dst=dst)
+        self._run_gone_ok("delete route", lambda: self.ipr.route("del", **spec), dst=dst)
 
     def routes(self, family: int = socket.AF_INET) -> list[Route]:
         """Routes of the main table for one address family."""

@@ -236,7 +236,8 @@ def _run_on_thread(fn: Callable[..., T], *args: Any, ns: str | None = None) -> T
     t.join()
     if failure:
         raise failure[0]
-    return result[0]
+    value: T = result[0]
+    return value
 
 
 def preexec_enter(ns: str) -> Callable[[], None]:
@@ -342,27 +343,6 @@ class _SocketOpener:
 
 _opener: _SocketOpener | None = None
 _opener_lock = threading.Lock()
-
-
-class InlineThread:
-    """Stands in for a :class:`NamespaceThread` when the caller already runs
-    on a thread inside the right namespace: calls run at once, right here."""
-
-    ns: str | None = None
-
-    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
-        fut: Future[T] = Future()
-        try:
-            fut.set_result(fn(*args))
-        except BaseException as exc:
-            fut.set_exception(exc)
-        return fut
-
-    def call(self, fn: Callable[..., T], *args: Any) -> T:
-        return fn(*args)
-
-    def close(self) -> None:
-        pass
 
 
 class NamespaceThread:

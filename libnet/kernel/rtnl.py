@@ -29,93 +29,106 @@ import contextlib
 import errno
 import ipaddress
 import socket
-import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from libnet.kernel.errors import from_errno
+from libnet.kernel.wire import (
+    ERR,
+    IFA_ADDRESS,
+    IFA_F_NODAD,
+    IFA_FLAGS,
+    IFA_LOCAL,
+    IFADDR,
+    IFF_UP,
+    IFINFO,
+    IFLA_ADDRESS,
+    IFLA_BR_MCAST_SNOOPING,
+    IFLA_GROUP,
+    IFLA_IFALIAS,
+    IFLA_IFNAME,
+    IFLA_INFO_DATA,
+    IFLA_INFO_KIND,
+    IFLA_LINKINFO,
+    IFLA_MASTER,
+    IFLA_MTU,
+    IFLA_NET_NS_FD,
+    MAX_ALIAS,
+    NETLINK_CAP_ACK,
+    NETLINK_GET_STRICT_CHK,
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_EXCL,
+    NLM_F_REPLACE,
+    NLM_F_REQUEST,
+    NLMSG_ERROR,
+    RT_TABLE_MAIN,
+    RTA_GATEWAY,
+    RTA_OIF,
+    RTM_DELLINK,
+    RTM_DELROUTE,
+    RTM_GETLINK,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTM_NEWROUTE,
+    RTMSG,
+    RTN_UNICAST,
+    RTPROT_STATIC,
+    SOL_NETLINK,
+    VETH_INFO_PEER,
+    attr,
+    attrs,
+    cstr,
+    iter_messages,
+    message,
+    nested,
+    u32,
+)
 
-# linux/netlink.h, linux/rtnetlink.h, linux/if_link.h, linux/if_addr.h
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
-NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x100, 0x200, 0x400, 0x800
-NLM_F_DUMP = 0x300
-RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
-RTM_NEWADDR = 20
-RTM_NEWROUTE, RTM_DELROUTE = 24, 25
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_GROUP, IFLA_NET_NS_FD = 1, 3, 4, 10, 18, 27, 28
-IFLA_IFALIAS = 20
-IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
-IFLA_BR_MCAST_SNOOPING = 23
-#: IFALIASZ - 1: the longest alias the kernel keeps
-MAX_ALIAS = 255
-IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
-IFA_F_NODAD = 0x02
-RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
-RT_TABLE_MAIN, RTPROT_STATIC, RTN_UNICAST = 254, 4, 1
-IFF_UP = 0x1
-NLA_F_NESTED = 0x8000
-SOL_NETLINK = 270
-NETLINK_CAP_ACK, NETLINK_GET_STRICT_CHK = 10, 12
+#: a request of a batch: (message type, extra flags, body, what it does -- for errors)
+Request = tuple[int, int, bytes, str]
 _SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33
+_IFINFO, _IFADDR, _RTMSG, _ERR = IFINFO, IFADDR, RTMSG, ERR
 
-_HDR = struct.Struct("=IHHII")
-_IFINFO = struct.Struct("=BxHiII")
-_IFADDR = struct.Struct("=BBBBi")
-_RTMSG = struct.Struct("=BBBBBBBBI")
-_RTA = struct.Struct("=HH")
-_ERR = struct.Struct("=i")
-_U32 = struct.Struct("=I")
-
-
-# --- framing ------------------------------------------------------------------
-
-
-def attr(kind: int, data: bytes) -> bytes:
-    """One attribute, padded to 4 bytes."""
-    n = 4 + len(data)
-    return _RTA.pack(n, kind) + data + b"\0" * (-n % 4)
-
-
-def nested(kind: int, *parts: bytes) -> bytes:
-    return attr(kind | NLA_F_NESTED, b"".join(parts))
-
-
-def u32(kind: int, value: int) -> bytes:
-    return attr(kind, _U32.pack(value))
-
-
-def cstr(kind: int, value: str) -> bytes:
-    return attr(kind, value.encode() + b"\0")
-
-
-def message(mtype: int, flags: int, seq: int, body: bytes) -> bytes:
-    """A whole netlink message (header + body)."""
-    return _HDR.pack(16 + len(body), mtype, flags, seq, 0) + body
-
-
-def iter_messages(buf: bytes) -> Iterator[tuple[int, int, int, memoryview]]:
-    """Split a netlink buffer into (type, flags, seq, payload) tuples."""
-    view = memoryview(buf)
-    off, end = 0, len(buf)
-    while off + 16 <= end:
-        length, mtype, flags, seq, _pid = _HDR.unpack_from(buf, off)
-        if length < 16 or off + length > end:
-            break
-        yield mtype, flags, seq, view[off + 16 : off + length]
-        off += (length + 3) & ~3
-
-
-def attrs(payload: memoryview, off: int) -> dict[int, bytes]:
-    """The attributes of a payload after its fixed header of ``off`` bytes."""
-    out: dict[int, bytes] = {}
-    end = len(payload)
-    while off + 4 <= end:
-        alen, atype = _RTA.unpack_from(payload, off)
-        if alen < 4:
-            break
-        out[atype & 0x3FFF] = bytes(payload[off + 4 : off + alen])
-        off += (alen + 3) & ~3
-    return out
+__all__ = [
+    "IFLA_ADDRESS",
+    "IFLA_BR_MCAST_SNOOPING",
+    "IFLA_GROUP",
+    "IFLA_IFALIAS",
+    "IFLA_IFNAME",
+    "IFLA_INFO_DATA",
+    "IFLA_INFO_KIND",
+    "IFLA_LINKINFO",
+    "IFLA_MASTER",
+    "IFLA_MTU",
+    "IFLA_NET_NS_FD",
+    "MAX_ALIAS",
+    "NLM_F_CREATE",
+    "NLM_F_EXCL",
+    "NLM_F_REPLACE",
+    "RTM_DELLINK",
+    "RTM_DELROUTE",
+    "RTM_NEWADDR",
+    "RTM_NEWLINK",
+    "RTM_NEWROUTE",
+    "Request",
+    "RtnlSocket",
+    "addr_body",
+    "alias_body",
+    "attr",
+    "attrs",
+    "bridge_body",
+    "check_alias",
+    "cstr",
+    "default_route_body",
+    "delgroup_body",
+    "ifinfo",
+    "iter_messages",
+    "message",
+    "nested",
+    "setlink_body",
+    "u32",
+    "veth_body",
+]
 
 
 # --- message bodies -------------------------------------------------------------
@@ -298,7 +311,7 @@ class RtnlSocket:
                 if seq == last_seq:
                     return failed
 
-    def request(self, requests: Sequence[tuple[int, int, bytes, str]], ignore: frozenset[int] = frozenset()) -> None:
+    def request(self, requests: Sequence[Request], ignore: frozenset[int] = frozenset()) -> None:
         """Send (type, flags, body, what) requests in one batch, all acknowledged;
         raise the typed error of the first failure whose errno is not ignored."""
         failed = self.request_each(requests)
@@ -306,7 +319,7 @@ class RtnlSocket:
             if failed[pos] not in ignore:
                 raise from_errno(failed[pos], requests[pos][3])
 
-    def request_each(self, requests: Sequence[tuple[int, int, bytes, str]]) -> dict[int, int]:
+    def request_each(self, requests: Sequence[Request]) -> dict[int, int]:
         """Send (type, flags, body, what) requests in one batch; return
         {position in ``requests``: errno} of those that failed."""
         first = self.next_seq(len(requests))

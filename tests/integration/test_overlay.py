@@ -81,7 +81,7 @@ async def test_all_pairs_reach_each_other(bed: Testbed, tmp_path, v6_underlay: b
         assert nw.scope == "global"
         assert (await ctls[2].network("ov")).id == nw.id  # every host sees it through the cluster store
         eps = await _all_pairs_reach(bed, ctls, "ov")
-        vni = ctls[0].driver("overlay")._vnis[nw.id]
+        vni = ctls[0].driver("overlay").vnis.cached(nw.id)
         assert vni >= 256
         ns0 = ctls[0].driver("overlay").ns_name(vni)
         with Netlink(ns0) as nl:
@@ -134,13 +134,13 @@ async def test_anti_entropy_repairs_a_missed_event(bed: Testbed, tmp_path) -> No
         drv = ctls[0].driver("overlay")
         # anti-entropy paused while the miss is set up: under load its 1 s period could
         # otherwise repair the miss before the precondition is checked (a flaky test, issue 17)
-        drv._anti_entropy_task.cancel()
-        drv._watches[nw.id].cancel()  # events from now on are lost to host 1
+        drv.watch.stop_anti_entropy()
+        drv.watch.task(nw.id).cancel()  # events from now on are lost to host 1
         sb = await ctls[1].create_sandbox()
         late = await ctls[1].connect("ov", sb.id)
         await asyncio.sleep(0.3)
         assert late.id not in {p.endpoint_id for p in drv.table.peers(nw.id)}  # the event was missed
-        drv._anti_entropy_task = asyncio.create_task(drv._anti_entropy())
+        drv.start_anti_entropy()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 5
         while late.id not in {p.endpoint_id for p in drv.table.peers(nw.id)}:
@@ -148,7 +148,7 @@ async def test_anti_entropy_repairs_a_missed_event(bed: Testbed, tmp_path) -> No
             await asyncio.sleep(0.05)
         await drv.programmer.settled()
         assert bed.ping(os.path.basename(eps[0][0].netns), ip(late.ipv4), count=3)
-        assert not drv._watches[nw.id].done()  # and the watch runs again
+        assert not drv.watch.task(nw.id).done()  # and the watch runs again
 
 
 async def test_reconcile_restores_a_deleted_neighbour(bed: Testbed, tmp_path) -> None:
@@ -158,13 +158,13 @@ async def test_reconcile_restores_a_deleted_neighbour(bed: Testbed, tmp_path) ->
         )
         eps = await _all_pairs_reach(bed, ctls, "ov")
         drv = ctls[0].driver("overlay")
-        with Netlink(drv.ns_name(drv._vnis[nw.id])) as nl:
+        with Netlink(drv.ns_name(drv.vnis.cached(nw.id))) as nl:
             victim = nl.neighbours("vxlan0")[0]
             nl.delete_neighbours("vxlan0", [victim])
             assert victim not in nl.neighbours("vxlan0")
         report = await ctls[0].reconcile()
         assert any("overlay network" in r for r in report.repaired)
-        with Netlink(drv.ns_name(drv._vnis[nw.id])) as nl:
+        with Netlink(drv.ns_name(drv.vnis.cached(nw.id))) as nl:
             assert victim in nl.neighbours("vxlan0")
         assert bed.ping(os.path.basename(eps[0][0].netns), ip(eps[1][1].ipv4))
 
@@ -219,7 +219,7 @@ async def test_vxlan_on_the_wire(bed: Testbed, tmp_path) -> None:
             sb = await c.create_sandbox()
             eps.append((sb, await c.connect("ov", sb.id)))
         await _converged(ctls, nw.id)
-        vni = ctls[0].driver("overlay")._vnis[nw.id]
+        vni = ctls[0].driver("overlay").vnis.cached(nw.id)
         ready = threading.Event()
 
         def capture() -> list:

@@ -112,7 +112,7 @@ async def test_a_new_vtep_address_rebuilds_vxlan0_and_traffic_resumes(bed: Testb
         (sa, ea), (sb2, eb) = placed
         wait_ping(bed, sa.netns, ip(eb.ipv4))
         drv2 = ctls[1].driver("overlay")
-        ns2 = drv2.ns_name(drv2._vnis[nw.id])
+        ns2 = drv2.ns_name(drv2.vnis.cached(nw.id))
         instance2 = ctls[1].config.instance_id
         with Netlink(ns2) as nl:
             before = nl.vxlan("vxlan0")
@@ -170,7 +170,7 @@ async def test_drifted_devices_are_rebuilt_by_reconcile(bed: Testbed, tmp_path) 
         (sa, _), (_, eb) = placed
         wait_ping(bed, sa.netns, ip(eb.ipv4))
         drv = ctls[0].driver("overlay")
-        ns = drv.ns_name(drv._vnis[nw.id])
+        ns = drv.ns_name(drv.vnis.cached(nw.id))
         with Netlink(ns) as nl:
             good = nl.vxlan("vxlan0")
         assert good is not None
@@ -219,7 +219,7 @@ async def test_a_reused_vni_never_joins_the_live_network(bed3: Testbed, tmp_path
         (s1, e1), (s2, e2) = olds
         wait_ping(bed, s1.netns, ip(e2.ipv4))
         drv1 = ctls[0].driver("overlay")
-        vni = drv1._vnis[old.id]
+        vni = drv1.vnis.cached(old.id)
         ns1 = drv1.ns_name(vni)
         before = links(ns1)
 
@@ -231,7 +231,7 @@ async def test_a_reused_vni_never_joins_the_live_network(bed3: Testbed, tmp_path
         assert await cluster.list(f"{P}/vni/") == []
 
         auto = await ctls[0].create_network("auto", "overlay", ipv4_subnet="198.51.101.0/24")
-        assert drv1._vnis[auto.id] != vni  # the first free VNI in the store, but in use here
+        assert drv1.vnis.cached(auto.id) != vni  # the first free VNI in the store, but in use here
         with pytest.raises(Conflict) as refused:
             await ctls[0].create_network("new1", "overlay", ipv4_subnet="198.51.100.0/24", options={"vni": vni})
         assert refused.value.ids.get("other_network_id") == old.id

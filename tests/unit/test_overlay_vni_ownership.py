@@ -13,6 +13,7 @@ from libnet.drivers.overlay.driver import OverlayDriver, P
 from libnet.errors import Conflict
 from libnet.kernel.netlink import Link, Vxlan
 from libnet.store.memory import MemoryStore
+from libnet.testing.fake_kernel import FakeKernel
 
 INSTANCE = "0123456789ab"
 OLD, NEW = "a" * 64, "b" * 64
@@ -25,17 +26,17 @@ def net(nid: str, vni: int | None = None, mtu: int | None = None) -> NetworkInfo
 
 
 @pytest.fixture
-def driver(tmp_path, monkeypatch):
-    live: set[str] = set()
-    monkeypatch.setattr(plumbing.netns, "exists", lambda name: name in live)
+def driver(tmp_path):
+    kernel = FakeKernel()
     drv = OverlayDriver(
         cluster_store=MemoryStore(),
         vtep="203.0.113.1",
         overlay_prefix="lno-t-",
         instance=INSTANCE,
         state_dir=str(tmp_path),
+        kernel=kernel,
     )
-    drv.live = live  # the namespaces that "exist"
+    drv.fake = kernel  # its namespaces are the ones that "exist"
     return drv
 
 
@@ -43,13 +44,13 @@ def running(drv: OverlayDriver, vni: int, owner: str) -> None:
     """A namespace of this instance for ``owner`` at ``vni``, as a running network leaves it."""
     name = drv.ns_name(vni)
     drv.ledger.record(name, "overlay", owner)
-    drv.live.add(name)
+    drv.fake.add_namespace(name)
 
 
 async def test_allocation_skips_vnis_in_use_here_after_a_store_loss(driver) -> None:
     running(driver, 256, OLD)  # the store knows nothing of it any more
     await driver.create_network(net(NEW))
-    assert driver._vnis[NEW] == 257
+    assert driver.vnis.cached(NEW) == 257
     assert (await driver.store.get(f"{P}/vni/257")).value == NEW.encode()
 
 
@@ -64,12 +65,12 @@ async def test_asking_for_a_vni_in_use_here_is_a_conflict(driver) -> None:
 async def test_a_stale_ledger_record_blocks_nothing(driver) -> None:
     driver.ledger.record(driver.ns_name(256), "overlay", OLD)  # its namespace is gone
     await driver.create_network(net(NEW))
-    assert driver._vnis[NEW] == 256
+    assert driver.vnis.cached(NEW) == 256
 
 
 async def test_a_lost_vni_comes_back_from_the_ledger(driver) -> None:
     running(driver, 777, OLD)
-    assert await driver._vni(OLD) == 777
+    assert await driver.vnis.get(driver.store, OLD) == 777
     assert (await driver.store.get(f"{P}/networks/{OLD}")).value == b"777"
     assert (await driver.store.get(f"{P}/vni/777")).value == OLD.encode()
 

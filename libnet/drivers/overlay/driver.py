@@ -45,6 +45,16 @@ such sandboxes are also connected to the host's gateway bridge network
 default route, as Docker's docker_gwbridge does.  Overlapping subnets on
 different overlay networks work: each has its own namespace and its IPAM
 pools are "isolated" (they may overlap other overlay networks' pools).
+
+The driver itself is orchestration: VNI allocation is
+:mod:`~libnet.drivers.overlay.vni`, the namespace and devices
+:mod:`~libnet.drivers.overlay.plumbing`, the store watch and anti-entropy
+:mod:`~libnet.drivers.overlay.peerwatch`, gossip
+:mod:`~libnet.drivers.overlay.events`, the kernel programming queue
+:mod:`~libnet.drivers.overlay.programmer`; the sandbox side of a join is
+shared with the bridge driver (:mod:`libnet.drivers.sandbox_config`).  The
+kernel comes from a :class:`libnet.kernel.api.Kernel` (the host's by
+default; an in-memory one in unit tests).
 """
 
 from __future__ import annotations
@@ -55,53 +65,31 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from libnet import model, ownership
+from libnet import ownership
 from libnet.cluster.membership import Membership
 from libnet.driverapi import Capabilities, EndpointInfo, NetworkInfo, ReconcileReport, SandboxInfo
-from libnet.drivers.bridge import _NETLINK, _configure_sandbox, host_ifname
+from libnet.drivers import sandbox_config
+from libnet.drivers.bridge_model import host_ifname
 from libnet.drivers.overlay.events import DEFAULT_GRACE, PeerEvents
-from libnet.drivers.overlay.peerdb import Entries, Peer, PeerTable
-from libnet.drivers.overlay.plumbing import Plumbing
+from libnet.drivers.overlay.peerdb import Peer, PeerTable
+from libnet.drivers.overlay.peerwatch import DEFAULT_ANTI_ENTROPY, PeerWatch, decode, encode, peers_prefix
+from libnet.drivers.overlay.plumbing import Plumbing, VxlanDevices
 from libnet.drivers.overlay.programmer import Programmer
-from libnet.errors import (
-    BadRequest,
-    Conflict,
-    InvalidOption,
-    KeyExists,
-    KeyModified,
-    KeyNotFound,
-    LibnetError,
-    Unavailable,
-)
-from libnet.kernel import netns, rtnl
-from libnet.kernel.netlink import Netlink
+from libnet.drivers.overlay.vni import VNI_MAX, VNI_MIN, P, VniAllocator
+from libnet.errors import BadRequest, Conflict, InvalidOption, KeyModified, KeyNotFound, LibnetError, Unavailable
+from libnet.kernel.api import Kernel
 from libnet.ownership import NamespaceLedger
 from libnet.store.base import Store
 from libnet.validation import check_int
 
 log = logging.getLogger("libnet.drivers.overlay")
-VNI_MIN, VNI_MAX = 256, (1 << 24) - 1
-P = "libnet/v1/overlay"
-PEER_KIND = "overlay_peer"
-DEFAULT_ANTI_ENTROPY = 30.0  # seconds between full re-reads of the peers from the store
+__all__ = ["DEFAULT_ANTI_ENTROPY", "VNI_MAX", "VNI_MIN", "OverlayDriver", "P"]
 
 
-class _Devices:
-    """The programmer's kernel side: ``vxlan0`` in each network's namespace."""
+def _host_kernel() -> Kernel:
+    from libnet.kernel.host import HostKernel
 
-    def __init__(self, driver: OverlayDriver) -> None:
-        self.driver = driver
-
-    def dump(self, network_id: str) -> Entries:
-        with Netlink(self.driver.ns_name(self.driver._vnis[network_id])) as nl:
-            return Entries(set(nl.neighbours("vxlan0")), set(nl.fdb("vxlan0")))
-
-    def apply(self, network_id: str, remove: Entries, add: Entries) -> None:
-        with Netlink(self.driver.ns_name(self.driver._vnis[network_id])) as nl:
-            nl.delete_neighbours("vxlan0", remove.neighbours)
-            nl.delete_fdb("vxlan0", remove.fdb)
-            nl.replace_neighbours("vxlan0", add.neighbours)
-            nl.replace_fdb("vxlan0", add.fdb)
+    return HostKernel()
 
 
 class OverlayDriver:
@@ -120,25 +108,26 @@ class OverlayDriver:
         anti_entropy_interval: float = DEFAULT_ANTI_ENTROPY,
         instance: str | None = None,
         state_dir: str | None = None,
-        **_: Any,
+        kernel: Kernel | None = None,
+        **_wiring: object,  # the untyped factory's other settings, until the typed registry (issue 17 part A)
     ) -> None:
         self.host_ns, self.default_mtu = host_ns, default_mtu
         self.instance, self.state_dir = instance, state_dir
+        self.kernel = kernel if kernel is not None else _host_kernel()
         self._ledger: NamespaceLedger | None = None
         self._nets: dict[str, NetworkInfo] = {}  # networks set up on this host
-        self.plumbing = Plumbing(host_ns, default_mtu, overlay_prefix, lambda: self.ledger)
+        self.plumbing = Plumbing(host_ns, default_mtu, overlay_prefix, lambda: self.ledger, self.kernel)
         self.store, self.node, self.vtep, self.prefix = cluster_store, node, vtep, overlay_prefix
+        self.vnis = VniAllocator(self.plumbing.local_vnis, self.plumbing.ns_name)
         self.table = PeerTable(node)
-        self.programmer = Programmer(_Devices(self), self.table)
-        self._vnis: dict[str, int] = {}
+        self.programmer = Programmer(VxlanDevices(self.plumbing, self.vnis.cached), self.table)
+        self.watch = PeerWatch(self.table, self._peers_changed, P)
         self._local: dict[str, set[str]] = {}  # network id -> endpoint ids joined on this host
-        self._watches: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.events: PeerEvents | None = None
         self.anti_entropy_interval = anti_entropy_interval
         #: called with a network id whenever its remote endpoints changed (the embedded DNS listens)
         self.peer_listeners: list[Callable[[str], None]] = []
-        self._anti_entropy_task: asyncio.Task[None] | None = None
 
     @property
     def ledger(self) -> NamespaceLedger:
@@ -147,11 +136,14 @@ class OverlayDriver:
         if self._ledger is None:
             if self.state_dir is None:
                 raise Unavailable("the overlay driver needs a state dir (it keeps its namespace ledger there)")
-            if self.instance is None:
-                self.instance = ownership.load_instance_id(self.state_dir)
-            assert self.instance is not None
-            self._ledger = NamespaceLedger(self.state_dir, self.instance)
+            instance = self.instance or ownership.load_instance_id(self.state_dir)
+            if instance is None:  # not made with create=True; kept for the type checker
+                raise Unavailable("no libnet instance id in the state dir", state_dir=self.state_dir)
+            self.instance = instance
+            self._ledger = NamespaceLedger(self.state_dir, instance)
         return self._ledger
+
+    # --- membership and DNS hooks -------------------------------------------------
 
     def attach_membership(self, membership: Membership, grace: float = DEFAULT_GRACE) -> None:
         """Use cluster membership: gossip peer events (the fast path) and drop the
@@ -159,64 +151,57 @@ class OverlayDriver:
         self.events = PeerEvents(membership, self.table, self._peers_changed, self._resync_all, grace)
         self.events.start()
 
-    def _peer(self, ep: EndpointInfo, vtep: str) -> Peer:
-        return Peer(ep.id, ep.network_id, ep.mac, vtep, self.node, ep.ipv4, ep.ipv6, ep.name, ep.aliases, ep.services)
+    def remote_endpoints(self, network_id: str) -> list[Peer]:
+        """The other hosts' endpoints on a network this host has endpoints on."""
+        return self.table.peers(network_id)
 
     def _peers_changed(self, network_id: str) -> None:
         self.programmer.mark(network_id)
         for listener in self.peer_listeners:
             listener(network_id)
 
-    def remote_endpoints(self, network_id: str) -> list[Peer]:
-        """The other hosts' endpoints on a network this host has endpoints on."""
-        return self.table.peers(network_id)
+    def _peer(self, ep: EndpointInfo, vtep: str) -> Peer:
+        return Peer(ep.id, ep.network_id, ep.mac, vtep, self.node, ep.ipv4, ep.ipv6, ep.name, ep.aliases, ep.services)
 
-    def _start_watch(self, network_id: str) -> asyncio.Future[None]:
-        """(Re)start the peer watch of a network; the future is done after its full read."""
-        old = self._watches.get(network_id)
-        if old is not None:
-            old.cancel()
-        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._watches[network_id] = asyncio.create_task(self._watch(network_id, ready))
-        return ready
+    async def _announce(self, kind: str, peer: Peer) -> None:
+        if self.events is not None:
+            await self.events.announce(kind, peer)
 
-    def _resync_all(self) -> list[asyncio.Future[None]]:
-        """Anti-entropy: every programmed network's peers read again from the store.
+    # --- anti-entropy ---------------------------------------------------------------
 
-        Done by restarting each network's watch, which reads the whole prefix
-        and then watches from the revision before that read -- so no change
-        made meanwhile is lost (a plain re-list racing the watch could put an
-        older listing over a newer event)."""
-        return [self._start_watch(nid) for nid in list(self._watches)]
+    def _resync_all(self) -> None:
+        """Every programmed network's peers read again from the store (restarted watches)."""
+        if self.store is not None:
+            self.watch.resync_all(self.store)
 
-    async def _anti_entropy(self) -> None:
-        """Every ``anti_entropy_interval`` s: peers re-read from the store, then the
-        devices compared with the peer table (repairs missed events and drift)."""
-        while True:
-            await asyncio.sleep(self.anti_entropy_interval)
-            await self._repair()
-
-    async def _repair(self) -> list[str]:
+    async def repair(self) -> list[str]:
         """Check every set-up network's namespace and devices (rebuilding what
         differs from the desired state), re-read its peers, program them, then
         repair neighbour/FDB drift; returns what was repaired."""
         repaired = []
-        for nid in list(self._watches):
+        for nid in self.watch.networks():
             try:
                 repaired += await self._verify(nid)
             except LibnetError as exc:  # the kernel said no, or the namespace is not ours: next round
                 log.warning("overlay anti-entropy of %s: %s", nid[:12], exc)
-        reading = self._resync_all()
+        reading = self.watch.resync_all(self.store) if self.store is not None else []
         if reading:
             await asyncio.wait(reading, timeout=10)
         await self.programmer.settled()
-        for nid in list(self._watches):
+        for nid in self.watch.networks():
             try:
-                if n := await self.programmer.reconcile(nid):
-                    repaired.append(f"{n} neighbour/FDB entries of overlay network {nid[:12]}")
+                if count := await self.programmer.reconcile(nid):
+                    repaired.append(f"{count} neighbour/FDB entries of overlay network {nid[:12]}")
             except LibnetError as exc:  # the network went away meanwhile, or the kernel said no: next round
                 log.warning("overlay anti-entropy of %s: %s", nid[:12], exc)
         return repaired
+
+    def start_anti_entropy(self) -> None:
+        """Run :meth:`repair` every ``anti_entropy_interval`` seconds (started with
+        the first network set up here; idempotent)."""
+        self.watch.start_anti_entropy(self.anti_entropy_interval, self.repair)
+
+    # --- the driver -------------------------------------------------------------------
 
     def capabilities(self) -> Capabilities:
         return Capabilities(scope="global", own_addressing=True, external_via_gateway_bridge=True)
@@ -226,12 +211,12 @@ class OverlayDriver:
         for key, value in options.items():
             if key not in out:
                 raise InvalidOption(f"unknown overlay option {key!r}; known: vni, mtu", option=key)
-            lo, hi = (VNI_MIN, VNI_MAX) if key == "vni" else (1280, 65535)
-            out[key] = check_int(value, key, lo, hi)
+            low, high = (VNI_MIN, VNI_MAX) if key == "vni" else (1280, 65535)
+            out[key] = check_int(value, key, low, high)
         return out
 
     def ns_name(self, vni: int) -> str:
-        return f"{self.prefix}{vni}"
+        return self.plumbing.ns_name(vni)
 
     def _need(self) -> tuple[Store, str]:
         if self.store is None or not self.vtep:
@@ -245,91 +230,23 @@ class OverlayDriver:
         self._need()
 
     async def create_network(self, nw: NetworkInfo) -> None:
-        """Allocate the network's VNI in the cluster store.
-
-        Besides the store's VNI keys, the VNIs this host's ledger shows in
-        use by another network are never given out (a store that lost its
-        keys must not hand a live network's VNI to a new one); asking for
-        such a VNI explicitly is a ``Conflict``."""
+        """Allocate the network's VNI in the cluster store (:mod:`~libnet.drivers.overlay.vni`)."""
         store, _ = self._need()
-        wanted = nw.options.get("vni")
-        here = await asyncio.to_thread(self.plumbing.local_vnis)
-        other = here.get(wanted) if wanted else None
-        if other is not None and other != nw.id:
-            raise Conflict(
-                f"VNI {wanted} is in use on this host by overlay network {other[:12]} "
-                f"(namespace {self.ns_name(wanted)})",
-                vni=wanted,
-                netns=self.ns_name(wanted),
-                other_network_id=other,
-            )
-        taken = {int(p.key.rsplit("/", 1)[1]) for p in await store.list(f"{P}/vni/")}
-        taken |= {v for v, owner in here.items() if owner != nw.id}
-        candidates = [wanted] if wanted else (v for v in range(VNI_MIN, VNI_MAX + 1) if v not in taken)
-        for vni in candidates:
-            try:
-                await store.atomic_put(f"{P}/vni/{vni}", nw.id.encode(), None)
-            except KeyExists:
-                if wanted:
-                    raise Conflict(f"VNI {vni} is in use by another overlay network", vni=vni) from None
-                continue
-            await store.put(f"{P}/networks/{nw.id}", str(vni).encode())
-            self._vnis[nw.id] = vni
-            return
-        raise Unavailable("no free VNI left")
+        await self.vnis.allocate(store, nw)
 
     async def delete_network(self, nw: NetworkInfo) -> None:
         await self._teardown_local(nw.id)
-        if self.store is None:
-            return
-        with contextlib.suppress(KeyNotFound, KeyModified):
-            vni = int((await self.store.get(f"{P}/networks/{nw.id}")).value)
-            pair = await self.store.get(f"{P}/vni/{vni}")
-            if pair.value == nw.id.encode():  # after a store loss the VNI may be another network's now
-                await self.store.atomic_delete(pair.key, pair)
-        await self.store.delete(f"{P}/networks/{nw.id}")
-        self._vnis.pop(nw.id, None)
-
-    async def _vni(self, network_id: str) -> int:
-        """The network's VNI: from the cluster store, else (the store lost it)
-        from this host's ledger, which then restores the store's keys."""
-        if network_id not in self._vnis:
-            store, _ = self._need()
-            try:
-                self._vnis[network_id] = int((await store.get(f"{P}/networks/{network_id}")).value)
-            except KeyNotFound:
-                here = await asyncio.to_thread(self.plumbing.local_vnis)
-                vni = next((v for v, owner in here.items() if owner == network_id), None)
-                if vni is None:
-                    raise Unavailable(
-                        "the overlay network has no VNI in the cluster store", network_id=network_id
-                    ) from None
-                await self._restore_vni(store, network_id, vni)
-                self._vnis[network_id] = vni
-        return self._vnis[network_id]
-
-    @staticmethod
-    async def _restore_vni(store: Store, network_id: str, vni: int) -> None:
-        log.warning(
-            "overlay network %s has no VNI in the cluster store; restoring VNI %d from this host's namespace ledger",
-            network_id[:12],
-            vni,
-        )
-        try:
-            await store.atomic_put(f"{P}/vni/{vni}", network_id.encode(), None)
-        except KeyExists:
-            log.error("VNI %d of overlay network %s is allocated to another network too", vni, network_id[:12])
-        with contextlib.suppress(KeyExists):
-            await store.atomic_put(f"{P}/networks/{network_id}", str(vni).encode(), None)
+        if self.store is not None:
+            await self.vnis.release(self.store, nw.id)
 
     async def _ensure_local(self, nw: NetworkInfo, repairs: list[str] | None = None) -> str:
         """The network's namespace on this host, built (or checked and
         adopted) on first use; what had to be rebuilt goes to ``repairs``."""
-        vni = await self._vni(nw.id)
+        store, vtep = self._need()
+        vni = await self.vnis.get(store, nw.id)
         ns = self.ns_name(vni)
         async with self._locks.setdefault(nw.id, asyncio.Lock()):
-            if nw.id not in self._watches:
-                _, vtep = self._need()
+            if not self.watch.watching(nw.id):
                 done = await asyncio.to_thread(self.plumbing.build, nw, vni, ns, vtep)
                 if repairs is not None:
                     repairs += done
@@ -337,18 +254,17 @@ class OverlayDriver:
                 self.programmer.reset(nw.id)
                 self.programmer.active.add(nw.id)
                 self.programmer.start()
-                self._start_watch(nw.id)
-                if self._anti_entropy_task is None:
-                    self._anti_entropy_task = asyncio.create_task(self._anti_entropy())
+                self.watch.start(store, nw.id)
+                self.start_anti_entropy()
         return ns
 
     async def _verify(self, network_id: str) -> list[str]:
         """Check (and rebuild) a set-up network's namespace and devices; returns what was repaired."""
-        nw, vni = self._nets.get(network_id), self._vnis.get(network_id)
+        nw, vni = self._nets.get(network_id), self.vnis.cached(network_id)
         if nw is None or vni is None or not self.vtep:
             return []
         async with self._locks.setdefault(network_id, asyncio.Lock()):
-            if network_id not in self._watches:
+            if not self.watch.watching(network_id):
                 return []
             done = await asyncio.to_thread(self.plumbing.build, nw, vni, self.ns_name(vni), self.vtep)
         if done:
@@ -360,47 +276,16 @@ class OverlayDriver:
         ledger records it as this instance's for this network (after a store
         loss the VNI's namespace may be another network's)."""
         async with self._locks.setdefault(network_id, asyncio.Lock()):  # not while it is being checked
-            task = self._watches.pop(network_id, None)
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await self.watch.stop(network_id)
             self.programmer.forget(network_id)
             self.table.drop_network(network_id)
             for listener in self.peer_listeners:
                 listener(network_id)
             self._local.pop(network_id, None)
             self._nets.pop(network_id, None)
-            vni = self._vnis.get(network_id)
+            vni = self.vnis.cached(network_id)
             if vni is not None:
                 await asyncio.to_thread(self.plumbing.remove_namespace, self.ns_name(vni), network_id)
-
-    async def _watch(self, network_id: str, ready: asyncio.Future[None] | None = None) -> None:
-        """Peers of one network from the store: full read, then every change."""
-        store, _ = self._need()
-        prefix = f"{P}/peers/{network_id}/"
-        while True:
-            try:
-                rev = await store.revision()
-                peers = [Peer.from_data(model.decode(p.value, PEER_KIND)) for p in await store.list(prefix)]
-                self.table.replace_network(network_id, peers)
-                self._peers_changed(network_id)
-                if ready is not None and not ready.done():
-                    ready.set_result(None)
-                async for ev in store.watch_prefix(prefix, start_revision=rev):
-                    if ev.kind == "put":
-                        changed = self.table.set(Peer.from_data(model.decode(ev.value, PEER_KIND)))
-                    else:
-                        changed = self.table.remove(network_id, ev.key.rsplit("/", 1)[1])
-                    if changed:
-                        self._peers_changed(network_id)
-            except asyncio.CancelledError:
-                if ready is not None:
-                    ready.cancel()
-                raise
-            except LibnetError as exc:  # a lost watch: read everything again
-                log.warning("overlay peer watch of %s: %s; re-reading", network_id[:12], exc)
-                await asyncio.sleep(1)
 
     # --- endpoints ------------------------------------------------------------
 
@@ -408,14 +293,17 @@ class OverlayDriver:
         if ep.ports:
             raise BadRequest("overlay endpoints cannot publish ports yet", endpoint_id=ep.id)
 
+    async def _unplug(self, network_id: str, ep: EndpointInfo) -> None:
+        vni = self.vnis.cached(network_id)
+        if vni is not None:
+            await asyncio.to_thread(self.plumbing.unplug_endpoint, self.ns_name(vni), host_ifname(ep), ep.id)
+
     async def delete_endpoint(self, nw: NetworkInfo, ep: EndpointInfo) -> None:
         # normally gone with the leave; a crash between join's announcement and
         # the endpoint's record leaves it behind, and the endpoint is then deleted
         if self.store is not None:
-            await self.store.delete(f"{P}/peers/{nw.id}/{ep.id}")
-        vni = self._vnis.get(nw.id)  # and a veth a crash left plugged in
-        if vni is not None:
-            await asyncio.to_thread(self._unplug, self.ns_name(vni), host_ifname(ep), ep.id, self.plumbing)
+            await self.store.delete(peers_prefix(P, nw.id) + ep.id)
+        await self._unplug(nw.id, ep)  # and a veth a crash left plugged in
 
     async def join(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
         store, vtep = self._need()
@@ -424,39 +312,28 @@ class OverlayDriver:
         alias = self.plumbing.mark("ep", ep.id, ep.name)
 
         def plug() -> None:
-            with Netlink(ns) as nl:
+            with self.kernel.netlink(ns) as nl:
                 nl.plug_veth(host_if, sb.ifname, sb.netns, "br0", mtu=nl.link("br0").mtu, peer_mac=ep.mac, alias=alias)
 
         await asyncio.to_thread(plug)
         try:
-            sock = await asyncio.wrap_future(netns.open_socket_future(sb.netns, *_NETLINK))
-            with rtnl.RtnlSocket(sock) as r:
-                # no default route: outbound connectivity through a gateway bridge is not built yet
-                _configure_sandbox(r, nw, ep, SandboxInfo(sb.id, sb.netns, sb.ifname, gateway=False))
+            # no default route: outbound connectivity comes through the gateway bridge network
+            no_routes = SandboxInfo(sb.id, sb.netns, sb.ifname, gateway=False)
+            await sandbox_config.configure_sandbox(self.kernel, nw, ep, no_routes)
             peer = self._peer(ep, vtep)
-            await store.put(f"{P}/peers/{nw.id}/{ep.id}", model.encode(PEER_KIND, peer.to_data()))
+            await store.put(peers_prefix(P, nw.id) + ep.id, encode(peer))
         except BaseException:
-            await asyncio.to_thread(self._unplug, ns, host_if, ep.id, self.plumbing)
+            await asyncio.to_thread(self.plumbing.unplug_endpoint, ns, host_if, ep.id)
             raise
         self._local.setdefault(nw.id, set()).add(ep.id)
-        if self.events is not None:
-            await self.events.announce("add", peer)
-
-    @staticmethod
-    def _unplug(ns: str, host_if: str, endpoint_id: str, plumbing: Plumbing) -> None:
-        """Delete an endpoint's veth in ``ns`` if it is there and marked as this instance's."""
-        with contextlib.suppress(LibnetError), Netlink(ns) as nl:
-            if nl.has_link(host_if) and plumbing.owned_endpoint(nl.link(host_if).alias, endpoint_id):
-                nl.delete_link(host_if)
+        await self._announce("add", peer)
 
     async def leave(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
         if self.store is not None:
-            await self.store.delete(f"{P}/peers/{nw.id}/{ep.id}")
-        if self.events is not None and self.vtep:
-            await self.events.announce("del", self._peer(ep, self.vtep))
-        vni = self._vnis.get(nw.id)
-        if vni is not None:
-            await asyncio.to_thread(self._unplug, self.ns_name(vni), host_ifname(ep), ep.id, self.plumbing)
+            await self.store.delete(peers_prefix(P, nw.id) + ep.id)
+        if self.vtep:
+            await self._announce("del", self._peer(ep, self.vtep))
+        await self._unplug(nw.id, ep)
         local = self._local.get(nw.id, set())
         local.discard(ep.id)
         if not local:  # the last local endpoint: this host stops programming the network
@@ -487,10 +364,11 @@ class OverlayDriver:
         report = ReconcileReport()
         if self.store is None or not self.vtep:
             return report
+        store, vtep = self.store, self.vtep
         nets = {nw.id: nw for nw in networks}
         for nw in networks:
             with contextlib.suppress(Unavailable):
-                await self._vni(nw.id)
+                await self.vnis.get(store, nw.id)
         wanted: set[str] = set()  # only networks with local endpoints keep their namespace
         for ep, sb in endpoints:
             if sb is None:
@@ -502,10 +380,9 @@ class OverlayDriver:
                 report.missing.append(f"endpoint {ep.name} of overlay network {nw.name}: {exc}")
                 continue
             self._local.setdefault(nw.id, set()).add(ep.id)
-            peer = self._peer(ep, self.vtep)
-            await self.store.put(f"{P}/peers/{nw.id}/{ep.id}", model.encode(PEER_KIND, peer.to_data()))
+            await store.put(peers_prefix(P, nw.id) + ep.id, encode(self._peer(ep, vtep)))
         joined = {ep.id for ep, sb in endpoints if sb is not None}
-        report.removed += await self._sweep_peer_records(networks, joined)
+        report.removed += await self._sweep_peer_records(store, networks, joined)
         gone, kept = await asyncio.to_thread(self.plumbing.sweep_veths, joined, {ep.id for ep, _ in endpoints})
         report.removed += gone
         report.missing += [what for what, _ in kept]
@@ -520,46 +397,34 @@ class OverlayDriver:
         ]
         report.kept += [owner for _, owner in kept]
         for name, owner in remove:
-            if owner in self._watches:  # set up in this process: stop programming it too
+            if self.watch.watching(owner):  # set up in this process: stop programming it too
                 await self._teardown_local(owner)
             elif not await asyncio.to_thread(self.plumbing.remove_namespace, name, owner):
                 continue
             report.removed.append(f"overlay namespace {name} of no local endpoint (network {owner[:12]})")
-        report.repaired.extend(await self._repair())
+        report.repaired.extend(await self.repair())
         return report
 
-    async def _sweep_peer_records(self, networks: list[NetworkInfo], joined: set[str]) -> list[str]:
+    async def _sweep_peer_records(self, store: Store, networks: list[NetworkInfo], joined: set[str]) -> list[str]:
         """Delete this host's peer records of endpoints not joined here (a crash
         between announcing a join and storing it); other hosts' are theirs."""
-        assert self.store is not None
         gone = []
         for nw in networks:
-            for pair in await self.store.list(f"{P}/peers/{nw.id}/"):
+            for pair in await store.list(peers_prefix(P, nw.id)):
                 try:
-                    peer = Peer.from_data(model.decode(pair.value, PEER_KIND))
+                    peer = decode(pair.value)
                 except LibnetError:
                     continue
                 if peer.node != self.node or peer.endpoint_id in joined:
                     continue
                 with contextlib.suppress(KeyNotFound, KeyModified):
-                    await self.store.atomic_delete(pair.key, pair)
-                    if self.events is not None:
-                        await self.events.announce("del", peer)
+                    await store.atomic_delete(pair.key, pair)
+                    await self._announce("del", peer)
                     gone.append(f"overlay peer record of endpoint {peer.endpoint_id[:12]} not joined here")
         return gone
 
     async def close(self) -> None:
-        tasks = [*self._watches.values(), *filter(None, [self._anti_entropy_task])]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._watches.clear()
-        self._anti_entropy_task = None
+        await self.watch.close()
         if self.events is not None:
             await self.events.close()
         await self.programmer.close()
-
-
-__all__ = ["OverlayDriver"]

@@ -170,7 +170,7 @@ class PeerEvents:
                 self._arm(node)
             return
         finally:
-            self._confirms.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._confirms.discard(asyncio.current_task())
         timer = self._timers.pop(node, None)
         if timer is None:  # seen alive meanwhile (the event handler dropped the timer)
             return

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Any
 
 from libnet.kernel.neighbours import FLOOD_MAC, FdbEntry, Neighbour
 
@@ -38,7 +39,7 @@ class Peer:
     aliases: tuple[str, ...] = ()
     services: tuple[str, ...] = ()
 
-    def to_data(self) -> dict:
+    def to_data(self) -> dict[str, Any]:
         return {
             "endpoint_id": self.endpoint_id,
             "network_id": self.network_id,
@@ -53,7 +54,7 @@ class Peer:
         }
 
     @classmethod
-    def from_data(cls, d: dict) -> Peer:
+    def from_data(cls, d: dict[str, Any]) -> Peer:
         return cls(
             d["endpoint_id"],
             d["network_id"],

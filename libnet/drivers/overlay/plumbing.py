@@ -35,9 +35,11 @@ from collections.abc import Callable
 
 from libnet import ownership
 from libnet.driverapi import NetworkInfo
+from libnet.drivers.overlay.peerdb import Entries
 from libnet.errors import Conflict, LibnetError, Unavailable
-from libnet.kernel import netns
-from libnet.kernel.netlink import IFA_F_DADFAILED, IFA_F_TENTATIVE, VXLAN_PORT, Netlink, Vxlan
+from libnet.kernel.api import Kernel, LinkOps
+from libnet.kernel.netlink import VXLAN_PORT, Vxlan
+from libnet.kernel.wire import IFA_F_DADFAILED, IFA_F_TENTATIVE
 from libnet.ownership import NamespaceLedger
 
 log = logging.getLogger("libnet.drivers.overlay")
@@ -53,10 +55,26 @@ class Plumbing:
     """Namespaces and devices of the overlay networks on this host (see the module docstring)."""
 
     def __init__(
-        self, host_ns: str | None, default_mtu: int | None, prefix: str, ledger: Callable[[], NamespaceLedger]
+        self,
+        host_ns: str | None,
+        default_mtu: int | None,
+        prefix: str,
+        ledger: Callable[[], NamespaceLedger],
+        kernel: Kernel,
     ) -> None:
         self.host_ns, self.default_mtu, self.prefix = host_ns, default_mtu, prefix
         self._ledger = ledger  # made on first use: the instance id may have to be read first
+        self.kernel = kernel
+
+    def ns_name(self, vni: int) -> str:
+        """The namespace of the overlay network with VNI ``vni``."""
+        return f"{self.prefix}{vni}"
+
+    def unplug_endpoint(self, ns: str, host_if: str, endpoint_id: str) -> None:
+        """Delete an endpoint's veth in ``ns`` if it is there and marked as this instance's."""
+        with contextlib.suppress(LibnetError), self.kernel.netlink(ns) as nl:
+            if nl.has_link(host_if) and self.owned_endpoint(nl.link(host_if).alias, endpoint_id):
+                nl.delete_link(host_if)
 
     @property
     def ledger(self) -> NamespaceLedger:
@@ -76,10 +94,10 @@ class Plumbing:
 
     def local_vnis(self) -> dict[int, str]:
         """VNI -> network id of this instance's existing overlay namespaces."""
-        out = {}
+        out: dict[int, str] = {}
         for rec in self.ledger.records("overlay"):
             suffix = rec.name[len(self.prefix) :]
-            if rec.name.startswith(self.prefix) and suffix.isdigit() and netns.exists(rec.name):
+            if rec.name.startswith(self.prefix) and suffix.isdigit() and self.kernel.netns_exists(rec.name):
                 out[int(suffix)] = rec.owner
         return out
 
@@ -88,7 +106,7 @@ class Plumbing:
         ``network_id``; False, nothing done, otherwise."""
         if not self.ledger.owns(ns, "overlay", network_id):
             return False
-        netns.delete(ns)
+        self.kernel.netns_delete(ns)
         self.ledger.forget(ns)
         return True
 
@@ -98,8 +116,10 @@ class Plumbing:
         report; this instance's with containers still attached, kept, as (name, network id)).
 
         Ledger records whose namespace is gone are dropped."""
-        remove, foreign, kept = [], [], []
-        for name in netns.list_names(self.prefix):
+        remove: list[tuple[str, str]] = []
+        foreign: list[str] = []
+        kept: list[tuple[str, str]] = []
+        for name in self.kernel.netns_list(self.prefix):
             if name in wanted or not name[len(self.prefix) :].isdigit():
                 continue
             rec = self.ledger.get(name)
@@ -110,7 +130,7 @@ class Plumbing:
             else:
                 remove.append((name, rec.owner))
         for rec in self.ledger.records("overlay"):
-            if not netns.exists(rec.name):
+            if not self.kernel.netns_exists(rec.name):
                 self.ledger.forget(rec.name)  # a crash between record and create, or deleted by hand
         return remove, foreign, kept
 
@@ -120,11 +140,12 @@ class Plumbing:
         join), or that are unplugged already; (removed, kept as (what, endpoint id)).  A plugged veth
         of an endpoint the store does not know at all is kept and reported: the
         store may have lost the record (see ``bridge._unused``)."""
-        gone, kept = [], []
+        gone: list[str] = []
+        kept: list[tuple[str, str]] = []
         for rec in self.ledger.records("overlay"):
-            if not netns.exists(rec.name):
+            if not self.kernel.netns_exists(rec.name):
                 continue
-            with contextlib.suppress(LibnetError), Netlink(rec.name) as nl:
+            with contextlib.suppress(LibnetError), self.kernel.netlink(rec.name) as nl:
                 for link in nl.links():
                     mark = ownership.Mark.parse(link.alias)
                     if mark is None or not mark.of(self.ledger.instance, "ep") or mark.owner in joined:
@@ -142,10 +163,9 @@ class Plumbing:
                     gone.append(f"veth {link.name} of endpoint {mark.owner[:12]} in {rec.name} (not joined)")
         return gone, kept
 
-    @staticmethod
-    def attached(ns: str) -> list[str]:
+    def attached(self, ns: str) -> list[str]:
         """Ports of ``br0`` in ``ns`` other than ``vxlan0`` (containers' veths)."""
-        with contextlib.suppress(LibnetError), Netlink(ns) as nl:
+        with contextlib.suppress(LibnetError), self.kernel.netlink(ns) as nl:
             links = nl.links()
             bridge = next((link.index for link in links if link.name == "br0"), None)
             return [
@@ -156,7 +176,7 @@ class Plumbing:
     # --- the underlay -----------------------------------------------------------
 
     def underlay_mtu(self, vtep: str) -> int:
-        with Netlink(self.host_ns) as nl:
+        with self.kernel.netlink(self.host_ns) as nl:
             for link in nl.links():
                 if any(a.split("/")[0] == vtep for a in nl.addresses(link.index)):
                     return link.mtu
@@ -172,7 +192,7 @@ class Plumbing:
         device, and announces endpoints, once its VTEP address is usable.
         """
         deadline = time.monotonic() + timeout
-        with Netlink(self.host_ns) as nl:
+        with self.kernel.netlink(self.host_ns) as nl:
             while True:
                 flags = nl.address_flags(vtep)
                 if flags is None:
@@ -199,13 +219,13 @@ class Plumbing:
         mtu = nw.options.get("mtu") or (self.default_mtu or self.underlay_mtu(vtep)) - overhead
         created, done = self.claim_namespace(nw, vni, ns)
         try:
-            with Netlink(ns) as nl:
+            with self.kernel.netlink(ns) as nl:
                 nl.set_up("lo")
                 done += self.ensure_bridge(nl, ns, nw, mtu, fresh=created)
                 done += self.ensure_vxlan(nl, ns, nw, vni, vtep, mtu)
         except BaseException:
             if created:
-                netns.delete(ns)
+                self.kernel.netns_delete(ns)
                 self.ledger.forget(ns)
             raise
         return done
@@ -218,7 +238,7 @@ class Plumbing:
         given out again after a store loss) is a ``Conflict``, nothing
         touched.  A missing one is recorded first, then created."""
         rec = self.ledger.get(ns)
-        if netns.exists(ns):
+        if self.kernel.netns_exists(ns):
             if rec is None or rec.kind != "overlay":
                 raise Conflict(
                     f"namespace {ns} for VNI {vni} exists but this libnet instance did not make it; left alone",
@@ -238,14 +258,14 @@ class Plumbing:
             return False, []
         self.ledger.record(ns, "overlay", nw.id)
         try:
-            netns.create(ns)
+            self.kernel.netns_create(ns)
         except BaseException:
             self.ledger.forget(ns)  # nothing made (or the name just became someone else's)
             raise
         repaired = [f"overlay namespace {ns} of network {nw.name} was gone: made anew"] if rec else []
         return True, repaired
 
-    def ensure_bridge(self, nl: Netlink, ns: str, nw: NetworkInfo, mtu: int, fresh: bool) -> list[str]:
+    def ensure_bridge(self, nl: LinkOps, ns: str, nw: NetworkInfo, mtu: int, fresh: bool) -> list[str]:
         """``br0``: rebuilt unless a bridge with this network's (or no) mark; MTU and gateways corrected."""
         done: list[str] = []
         link = nl.link("br0") if nl.has_link("br0") else None
@@ -303,7 +323,7 @@ class Plumbing:
             wrong.append("its UDP socket outside the underlay namespace")
         return ", ".join(wrong) or None
 
-    def ensure_vxlan(self, nl: Netlink, ns: str, nw: NetworkInfo, vni: int, vtep: str, mtu: int) -> list[str]:
+    def ensure_vxlan(self, nl: LinkOps, ns: str, nw: NetworkInfo, vni: int, vtep: str, mtu: int) -> list[str]:
         """``vxlan0``: kept only with the desired settings and mark, else deleted and made anew.
 
         It is made directly in the namespace from the host namespace (so its
@@ -323,9 +343,34 @@ class Plumbing:
                 return done
             nl.delete_link("vxlan0")
             done.append(f"vxlan0 of overlay network {nw.name} in {ns} had {why}: rebuilt")
-        with Netlink(self.host_ns) as host:
+        with self.kernel.netlink(self.host_ns) as host:
             host.add_vxlan_in(ns, "vxlan0", vni, vtep, mtu=mtu, learning=False, proxy=True)
         nl.set_alias("vxlan0", self.mark("net", nw.id, nw.name))
         nl.set_master("vxlan0", "br0")
         nl.set_up("vxlan0")
         return done
+
+
+class VxlanDevices:
+    """The peer programmer's kernel side: ``vxlan0`` in each network's namespace
+    (:class:`libnet.drivers.overlay.programmer.DeviceOps`)."""
+
+    def __init__(self, plumbing: Plumbing, vni: Callable[[str], int | None]) -> None:
+        self.plumbing, self._vni = plumbing, vni
+
+    def _ns(self, network_id: str) -> str:
+        vni = self._vni(network_id)
+        if vni is None:
+            raise Unavailable("the overlay network is not set up on this host", network_id=network_id)
+        return self.plumbing.ns_name(vni)
+
+    def dump(self, network_id: str) -> Entries:
+        with self.plumbing.kernel.netlink(self._ns(network_id)) as nl:
+            return Entries(set(nl.neighbours("vxlan0")), set(nl.fdb("vxlan0")))
+
+    def apply(self, network_id: str, remove: Entries, add: Entries) -> None:
+        with self.plumbing.kernel.netlink(self._ns(network_id)) as nl:
+            nl.delete_neighbours("vxlan0", remove.neighbours)
+            nl.delete_fdb("vxlan0", remove.fdb)
+            nl.replace_neighbours("vxlan0", add.neighbours)
+            nl.replace_fdb("vxlan0", add.fdb)

@@ -1,0 +1,50 @@
+"""The sandbox side of a join, shared by the drivers that plug a veth into a
+sandbox (bridge, overlay): addresses, link state, mark and default routes in
+one kernel batch inside the sandbox's namespace
+(:class:`libnet.kernel.api.SandboxOps`)."""
+
+from __future__ import annotations
+
+import contextlib
+
+from libnet.driverapi import EndpointInfo, NetworkInfo, SandboxInfo
+from libnet.errors import LibnetError
+from libnet.kernel.api import Kernel
+
+
+def addresses(ep: EndpointInfo) -> list[str]:
+    """The endpoint's interface addresses (CIDR), IPv4 first."""
+    return [cidr for cidr in (ep.ipv4, ep.ipv6) if cidr]
+
+
+def gateways(nw: NetworkInfo) -> list[str]:
+    """The network's gateway addresses (CIDR), IPv4 first."""
+    return [gw for gw in (nw.ipv4_gateway, nw.ipv6_gateway) if gw]
+
+
+async def configure_sandbox(
+    kernel: Kernel, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo, alias: str | None = None
+) -> None:
+    """Inside the sandbox, in one batch: lo up, the endpoint's addresses (DAD
+    off), its interface up (and marked with ``alias`` when given), and -- if
+    the endpoint carries the sandbox's default routes and the network is not
+    internal -- default routes via the gateways."""
+    routes = gateways(nw) if sb.gateway and not nw.internal else []
+    with await kernel.open_sandbox(sb.netns) as links:
+        links.configure(sb.ifname, addresses(ep), routes, alias, sandbox_id=sb.id)
+
+
+async def set_default_routes(kernel: Kernel, nw: NetworkInfo, sb: SandboxInfo, present: bool) -> None:
+    """Add (``present``, unless the network is internal) or remove the sandbox's
+    default routes via the network's gateways."""
+    with await kernel.open_sandbox(sb.netns) as links:
+        links.set_default_routes(sb.ifname, gateways(nw), present and not nw.internal, sandbox_id=sb.id)
+
+
+async def retire_interface(kernel: Kernel, sb: SandboxInfo, new_name: str) -> None:
+    """Free the sandbox's interface name at once (down, renamed to ``new_name``);
+    a sandbox or interface that is gone already is fine."""
+    if not sb.netns:
+        return
+    with contextlib.suppress(LibnetError, OSError), await kernel.open_sandbox(sb.netns) as links:
+        links.retire(sb.ifname, new_name)

@@ -1,0 +1,189 @@
+"""The bridge driver on the in-memory kernel (libnet.testing.fake_kernel): no root."""
+
+from __future__ import annotations
+
+import pytest
+
+from libnet import ownership
+from libnet.driverapi import EndpointInfo, NetworkInfo, PortMapping, SandboxInfo
+from libnet.drivers.bridge import BridgeDriver, bridge_name, host_ifname
+from libnet.errors import BadRequest, Conflict, KernelError
+from libnet.kernel.api import Kernel
+from libnet.kernel.host import HostKernel
+from libnet.testing.fake_kernel import FakeKernel, FakeRelays
+
+ME, OTHER = "0123456789ab", "ba9876543210"
+NET, EP = "1" * 64, "2" * 64
+OPTS = {"bridge_name": None, "mtu": None, "icc": True}
+
+
+def net(nid: str = NET, internal: bool = False, **options: object) -> NetworkInfo:
+    return NetworkInfo(
+        nid, "web", "198.51.100.0/24", "198.51.100.1/24", "2001:db8:1::/64", "2001:db8:1::1/64", internal,
+        {**OPTS, **options},
+    )  # fmt: skip
+
+
+def endpoint(eid: str = EP, ports: tuple[PortMapping, ...] = ()) -> EndpointInfo:
+    return EndpointInfo(eid, NET, "a", "198.51.100.2/24", "2001:db8:1::2/64", "02:42:c6:33:64:02", ports)
+
+
+@pytest.fixture
+def kernel() -> FakeKernel:
+    kernel = FakeKernel()
+    kernel.add_link(None, "eth0", None, up=True)
+    return kernel
+
+
+@pytest.fixture
+def driver(kernel: FakeKernel) -> BridgeDriver:
+    return BridgeDriver(instance=ME, kernel=kernel, relays=FakeRelays())
+
+
+def host_links(kernel: FakeKernel) -> dict[str, object]:
+    return kernel.namespace(None).by_name()  # type: ignore[return-value]
+
+
+def table(kernel: FakeKernel):
+    return kernel.tables[("(host)", ownership.firewall_table(ME))]
+
+
+def test_real_and_fake_kernels_satisfy_the_protocol() -> None:
+    assert isinstance(HostKernel(), Kernel) and isinstance(FakeKernel(), Kernel)
+
+
+async def test_create_and_delete_network(kernel: FakeKernel, driver: BridgeDriver) -> None:
+    nw = net()
+    await driver.create_network(nw)
+    br = kernel.namespace(None).by_name()[bridge_name(nw)]
+    assert br.kind == "bridge" and br.up and ownership.owned_by(br.alias, ME, "net", NET)
+    assert kernel.namespace(None).addresses[br.index] == ["198.51.100.1/24", "2001:db8:1::1/64"]
+    assert table(kernel).bridges == {br.name}
+    assert set(table(kernel).groups) == {f"net:{NET}:isolate", f"net:{NET}:masq", f"net:{NET}:localhost"}
+    assert kernel.sysctl_get(None, ("net", "ipv4", "conf", br.name, "route_localnet")) == "1"
+    assert kernel.sysctl_get(None, "net.ipv4.ip_forward") == "1"
+    await driver.create_network(nw)  # adopting what exists is fine
+    await driver.delete_network(nw)
+    assert set(host_links(kernel)) == {"lo", "eth0"}
+    assert table(kernel).groups == {} and table(kernel).bridges == set()
+    await driver.delete_network(nw)  # gone is fine
+
+
+async def test_internal_network_drops_forwarding_and_refuses_ports(kernel: FakeKernel, driver: BridgeDriver) -> None:
+    nw = net(internal=True)
+    await driver.create_network(nw)
+    assert set(table(kernel).groups) == {f"net:{NET}:isolate", f"net:{NET}:internal"}
+    with pytest.raises(BadRequest):
+        await driver.create_endpoint(nw, endpoint(ports=(PortMapping(8080, 80),)))
+
+
+async def test_a_foreign_bridge_name_is_a_conflict_and_untouched(kernel: FakeKernel, driver: BridgeDriver) -> None:
+    kernel.add_link(None, "br-them", "bridge", alias="someone else's")
+    with pytest.raises(Conflict, match="br-them"):
+        await driver.check_network(net(bridge_name="br-them"))
+    with pytest.raises(Conflict):
+        await driver.create_network(net(bridge_name="br-them"))
+    assert host_links(kernel)["br-them"].alias == "someone else's"  # type: ignore[attr-defined]
+    assert kernel.tables == {} or table(kernel).groups == {}
+
+
+async def test_create_network_rolls_back_on_failure(kernel: FakeKernel, driver: BridgeDriver) -> None:
+    kernel.fail_on("firewall_add")
+    with pytest.raises(KernelError, match="injected"):
+        await driver.create_network(net())
+    assert set(host_links(kernel)) == {"lo", "eth0"}
+    assert table(kernel).bridges == set() and table(kernel).groups == {}
+
+
+async def test_endpoint_join_leave_delete(kernel: FakeKernel, driver: BridgeDriver) -> None:
+    nw, ep = net(), endpoint()
+    await driver.create_network(nw)
+    path = kernel.add_namespace("sb1")
+    sb = SandboxInfo("c1", path, "eth0")
+    await driver.create_endpoint(nw, ep)
+    await driver.join(nw, ep, sb)
+    veth = host_links(kernel)[host_ifname(ep)]
+    br = host_links(kernel)[bridge_name(nw)]
+    assert veth.master == br.index and veth.hairpin and veth.up  # type: ignore[attr-defined]
+    assert ownership.owned_by(veth.alias, ME, "ep", EP)  # type: ignore[attr-defined]
+    inside = kernel.namespace("sb1")
+    eth0 = inside.by_name()["eth0"]
+    assert eth0.up and eth0.mac == ep.mac and ownership.owned_by(eth0.alias, ME, "ep", EP)
+    assert inside.addresses[eth0.index] == ["198.51.100.2/24", "2001:db8:1::2/64"]
+    assert inside.routes == {("198.51.100.1", eth0.index), ("2001:db8:1::1", eth0.index)}
+    await driver.set_gateway(nw, ep, sb, False)
+    assert inside.routes == set()
+    await driver.set_gateway(nw, ep, sb, True)
+    assert len(inside.routes) == 2
+    await driver.leave(nw, ep, sb)
+    assert host_ifname(ep) not in host_links(kernel)  # unplugged, then reaped with its group
+    assert "eth0" not in inside.by_name()
+    await driver.delete_endpoint(nw, ep)
+    await driver.leave(nw, ep, sb)  # gone is fine
+
+
+async def test_icc_false_isolates_ports(kernel: FakeKernel, driver: BridgeDriver) -> None:
+    nw, ep = net(icc=False), endpoint()
+    await driver.create_network(nw)
+    await driver.join(nw, ep, SandboxInfo("c1", kernel.add_namespace("sb1"), "eth0"))
+    assert host_links(kernel)[host_ifname(ep)].isolated  # type: ignore[attr-defined]
+
+
+async def test_join_rolls_back_when_the_sandbox_side_fails(kernel: FakeKernel, driver: BridgeDriver) -> None:
+    nw, ep = net(), endpoint()
+    await driver.create_network(nw)
+    kernel.fail_on("configure")
+    with pytest.raises(KernelError):
+        await driver.join(nw, ep, SandboxInfo("c1", kernel.add_namespace("sb1"), "eth0"))
+    assert host_ifname(ep) not in host_links(kernel)
+    assert set(kernel.namespace("sb1").by_name()) == {"lo"}
+
+
+async def test_join_twice_is_a_conflict(kernel: FakeKernel, driver: BridgeDriver) -> None:
+    nw, ep = net(), endpoint()
+    await driver.create_network(nw)
+    sb = SandboxInfo("c1", kernel.add_namespace("sb1"), "eth0")
+    await driver.join(nw, ep, sb)
+    with pytest.raises(Conflict):
+        await driver.join(nw, ep, sb)
+
+
+async def test_published_ports(kernel: FakeKernel, driver: BridgeDriver) -> None:
+    nw = net()
+    ep = endpoint(ports=(PortMapping(8080, 80), PortMapping(5353, 53, "udp", "127.0.0.1")))
+    await driver.create_network(nw)
+    await driver.program_external_connectivity(nw, ep)
+    assert table(kernel).groups[f"ep:{EP}:ports"]
+    relays = driver.publisher.relays
+    assert relays.keys() == {EP} and {t.host_port for t in relays.targets(EP)} == {8080}
+    await driver.revoke_external_connectivity(nw, ep)
+    assert f"ep:{EP}:ports" not in table(kernel).groups and relays.keys() == set()
+
+
+async def test_reconcile_removes_own_orphans_and_leaves_foreign_objects(
+    kernel: FakeKernel, driver: BridgeDriver
+) -> None:
+    kept, gone = net(), net("3" * 64)
+    await driver.create_network(kept)
+    await driver.create_network(gone)
+    kernel.add_link(None, "lnb-foreign", "bridge")  # named like ours, no mark
+    kernel.add_link(None, "lnb-theirs", "bridge", alias=ownership.mark(OTHER, "net", "4" * 64))
+    del table(kernel).groups[f"net:{NET}:masq"]  # drift
+    report = await driver.reconcile([kept], [])
+    links = host_links(kernel)
+    assert bridge_name(gone) not in links and bridge_name(kept) in links
+    assert "lnb-foreign" in links and "lnb-theirs" in links
+    assert any("lnb-foreign" in line for line in report.foreign)
+    assert any("lnb-theirs" in line for line in report.foreign)
+    assert not [key for key in table(kernel).groups if key.startswith(f"net:{gone.id}")]
+    assert f"net:{NET}:masq" in table(kernel).groups and any("masq" in line for line in report.repaired)
+    assert table(kernel).bridges == {bridge_name(kept)}
+
+
+async def test_reconcile_keeps_an_unknown_bridge_that_containers_use(kernel: FakeKernel, driver: BridgeDriver) -> None:
+    nw, ep = net(), endpoint()
+    await driver.create_network(nw)
+    await driver.join(nw, ep, SandboxInfo("c1", kernel.add_namespace("sb1"), "eth0"))
+    report = await driver.reconcile([], [])  # the store lost both records
+    assert bridge_name(nw) in host_links(kernel) and host_ifname(ep) in host_links(kernel)
+    assert NET in report.kept and EP in report.kept
