@@ -117,7 +117,6 @@ class BridgeDriver:
         instance: str | None = None,
         kernel: Kernel | None = None,
         relays: RelayOps | None = None,
-        **_wiring: object,  # the untyped factory's other settings, until the typed registry (issue 17 part A)
     ) -> None:
         self.host_ns = host_ns
         self.default_mtu = default_mtu

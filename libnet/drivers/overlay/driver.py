@@ -109,7 +109,6 @@ class OverlayDriver:
         instance: str | None = None,
         state_dir: str | None = None,
         kernel: Kernel | None = None,
-        **_wiring: object,  # the untyped factory's other settings, until the typed registry (issue 17 part A)
     ) -> None:
         self.host_ns, self.default_mtu = host_ns, default_mtu
         self.instance, self.state_dir = instance, state_dir
