@@ -21,7 +21,6 @@ gateway bridge), :mod:`libnet.reconcile`, :mod:`libnet.sandbox_files`,
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import secrets
 import time
@@ -49,7 +48,8 @@ from libnet.errors import (
 )
 from libnet.gate import OperationGate, operation
 from libnet.gateway import GatewayPolicy
-from libnet.info import ep_info, net_info, sb_info
+from libnet.info import ep_info, net_info
+from libnet.joins import Joins, unjoined
 from libnet.model import Endpoint, Network, Sandbox, mac_from_ipv4
 from libnet.names import check_sandbox_id, default_endpoint_name, sandbox_namespace
 from libnet.namespaces import Namespaces
@@ -112,6 +112,7 @@ class Controller:
     _ports: PortRegistry
     _files: SandboxFiles
     _gateway: GatewayPolicy
+    _joins: Joins
     _reconciler: Reconciler
     _dns_binding: DnsBinding | None
 
@@ -131,7 +132,6 @@ class Controller:
             store=store, cluster_store=cluster_store, ipam=ipam, drivers=drivers, namespaces=namespaces, dns=dns
         )
         self._started = False
-        self._sandbox_locks: dict[str, asyncio.Lock] = {}
         self._gate = OperationGate()
 
     if not TYPE_CHECKING:
@@ -191,6 +191,7 @@ class Controller:
             self.config.state_dir, self.config.resolv_conf, parts.repo, parts.dns is not None, EMBEDDED_DNS
         )
         self._gateway = GatewayPolicy(parts.repo, parts.drivers)
+        self._joins = Joins(parts.instance, parts.repo, parts.drivers, self._gateway, self._files)
         self._reconciler = Reconciler(
             parts.instance,
             self.config.node_name,
@@ -530,7 +531,7 @@ class Controller:
             if ep.node != node:
                 continue
             if ep.sandbox_id:  # its sandbox was on the dead host: nothing here to leave
-                ep = await self.repo.update_endpoint(ep, _unjoined)
+                ep = await self.repo.update_endpoint(ep, unjoined)
             await self.delete_endpoint(ep.id)
             gone.append(ep.id)
         return gone
@@ -620,10 +621,7 @@ class Controller:
             )
         self._files.remove(sb.id)
         await self.repo.delete_sandbox(sb)
-        self._sandbox_locks.pop(sb.id, None)
-
-    def _lock(self, sandbox_id: str) -> asyncio.Lock:
-        return self._sandbox_locks.setdefault(sandbox_id, asyncio.Lock())
+        self._joins.forget(sb.id)
 
     # --- join and leave ---------------------------------------------------------
 
@@ -635,7 +633,7 @@ class Controller:
         own (overlay) is also connected to this host's gateway bridge
         network, which gives it a default route and masquerade.
         """
-        ep = await self._join(endpoint, sandbox)
+        ep = await self._joins.join(endpoint, sandbox)
         try:
             await self._sync_gateway_bridge(ep.sandbox_id)
         except LibnetError as exc:  # the network works; only the way out is missing
@@ -651,76 +649,11 @@ class Controller:
         except (LibnetError, OSError) as exc:  # names do not resolve; the network itself works
             log.warning("sandbox %s: embedded DNS not served: %s", sandbox_id[:12], exc)
 
-    async def _join(self, endpoint: str, sandbox: str) -> Endpoint:
-        ep = await self.repo.endpoint(endpoint)
-        sb = await self.repo.sandbox(sandbox)
-        async with self._lock(sb.id):
-            sb = await self.repo.sandbox(sb.id)
-            ep = await self.repo.endpoint(ep.id)
-            if ep.sandbox_id == sb.id:
-                return ep
-            if ep.sandbox_id:
-                raise Conflict(
-                    f"endpoint {ep.name} is joined to another sandbox", endpoint_id=ep.id, sandbox_id=ep.sandbox_id
-                )
-            nw = await self.repo.network(ep.network_id)
-            drv = self.driver(nw.driver)
-            others = [await self.repo.endpoint(e) for e in sb.endpoints]
-            await self._check_sandbox_overlap(sb, nw, others)
-            used = {o.ifname for o in others}
-            ifname = next(f"eth{i}" for i in range(len(used) + 1) if f"eth{i}" not in used)
-            gateway = self._gateway.default_route(nw, others)
-            ep.sandbox_id, ep.ifname, ep.gateway = sb.id, ifname, gateway
-            ninfo, einfo, sinfo = net_info(nw), ep_info(ep), sb_info(sb, ep)
-            async with Rollback() as undo:
-                await drv.join(ninfo, einfo, sinfo)
-                undo.push(lambda: drv.leave(ninfo, einfo, sinfo), "leave in driver")
-                await drv.program_external_connectivity(ninfo, einfo)
-                undo.push(lambda: drv.revoke_external_connectivity(ninfo, einfo), "revoke ports")
-
-                def joined(e: Endpoint) -> None:
-                    e.sandbox_id, e.ifname, e.gateway, e.connecting = sb.id, ifname, gateway, False
-
-                ep = await self.repo.update_endpoint(ep, joined)
-                undo.push(lambda: self.repo.update_endpoint(ep, _unjoined), "unmark endpoint")
-                sb = await self.repo.update_sandbox(sb, lambda s: s.endpoints.append(ep.id))
-            await self._files.write(sb)
-        return ep
-
-    async def _check_sandbox_overlap(self, sb: Sandbox, nw: Network, others: list[Endpoint]) -> None:
-        """A sandbox holds one endpoint per network, and no two networks whose
-        subnets overlap: the kernel would route by the first matching route, so
-        a name could resolve to one network's address and the packet leave by
-        the other's interface (another container answers)."""
-        mine = [ipaddress.ip_network(s) for s in (nw.ipv4_subnet, nw.ipv6_subnet) if s]
-        for other in others:
-            if other.network_id == nw.id:
-                raise Conflict(
-                    f"sandbox {sb.id[:12]} is already on network {nw.name} (endpoint {other.name})",
-                    sandbox_id=sb.id,
-                    network_id=nw.id,
-                    endpoint_id=other.id,
-                )
-            theirs = await self.repo.network(other.network_id)
-            for subnet in (theirs.ipv4_subnet, theirs.ipv6_subnet):
-                if subnet and any(
-                    m.version == ipaddress.ip_network(subnet).version and m.overlaps(ipaddress.ip_network(subnet))
-                    for m in mine
-                ):
-                    raise Conflict(
-                        f"network {nw.name} overlaps network {theirs.name} ({subnet}) that sandbox {sb.id[:12]} "
-                        "is already on: its addresses would be ambiguous inside the sandbox",
-                        sandbox_id=sb.id,
-                        network_id=nw.id,
-                        overlaps=theirs.id,
-                        subnet=subnet,
-                    )
-
     @operation
     async def leave(self, endpoint: str, sandbox: str | None = None) -> Endpoint:
         """Unplug an endpoint from its sandbox; not joined is fine."""
         sandbox_id = (await self.repo.endpoint(endpoint)).sandbox_id
-        ep = await self._leave(endpoint, sandbox)
+        ep = await self._joins.leave(endpoint, sandbox)
         if sandbox_id and ep.network_id != await self._gateway.network_id():
             try:
                 await self._sync_gateway_bridge(sandbox_id)
@@ -728,38 +661,6 @@ class Controller:
                 log.warning("sandbox %s: gateway bridge not released: %s", sandbox_id[:12], exc)
         if sandbox_id and self._dns_binding is not None:
             await self._dns_binding.left(ep, sandbox_id)
-        return ep
-
-    async def _leave(self, endpoint: str, sandbox: str | None = None) -> Endpoint:
-        ep = await self.repo.endpoint(endpoint)
-        if not ep.sandbox_id:
-            return ep
-        async with self._lock(ep.sandbox_id):
-            ep = await self.repo.endpoint(ep.id)
-            if not ep.sandbox_id:
-                return ep
-            if sandbox is not None and (await self.repo.sandbox(sandbox)).id != ep.sandbox_id:
-                raise Conflict("endpoint is joined to another sandbox", endpoint_id=ep.id, sandbox_id=ep.sandbox_id)
-            nw = await self.repo.network(ep.network_id)
-            drv = self.driver(nw.driver)
-            try:
-                sb = await self.repo.sandbox(ep.sandbox_id)
-            except NotFound:
-                sb = Sandbox(ep.sandbox_id, "", False)
-            if self.instance not in (ep.leaving, ep.removing):  # a crash from here on is rolled forward
-                ep = await self.repo.update_endpoint(ep, lambda e: setattr(e, "leaving", self.instance))
-            ninfo, einfo, sinfo = net_info(nw), ep_info(ep), sb_info(sb, ep)
-            await drv.revoke_external_connectivity(ninfo, einfo)
-            await drv.leave(ninfo, einfo, sinfo)
-            was_gateway = ep.gateway
-            ep = await self.repo.update_endpoint(ep, _unjoined)
-            if sb.netns:
-                sb = await self.repo.update_sandbox(
-                    sb, lambda s: s.endpoints.remove(ep.id) if ep.id in s.endpoints else None
-                )
-                if was_gateway:
-                    await self._hand_over_gateway(sb)
-                await self._files.write(sb)
         return ep
 
     async def _sync_gateway_bridge(self, sandbox_id: str | None) -> None:
@@ -783,20 +684,11 @@ class Controller:
                         labels=dict([gateway.GATEWAY_ROLE]),
                     )
             gw_ep = await self._create_endpoint(gateway.GATEWAY_BRIDGE, gateway.endpoint_name(sb.id), connecting=True)
-            await self._join(gw_ep.id, sb.id)
+            await self._joins.join(gw_ep.id, sb.id)
         elif need.disconnect is not None:
             await self._mark_removing(need.disconnect.id)
-            await self._leave(need.disconnect.id)
+            await self._joins.leave(need.disconnect.id)
             await self.delete_endpoint(need.disconnect.id)
-
-    async def _hand_over_gateway(self, sb: Sandbox) -> None:
-        """After the endpoint carrying the default routes left, the next one takes them."""
-        successor = await self._gateway.successor(sb)
-        if successor is None:
-            return
-        nw, ep = successor
-        await self.driver(nw.driver).set_gateway(net_info(nw), ep_info(ep), sb_info(sb, ep), True)
-        await self.repo.update_endpoint(ep, lambda e: setattr(e, "gateway", True))
 
     @operation
     async def connect(self, /, network: str, sandbox: str, name: str | None = None, **endpoint_args: Any) -> Endpoint:
@@ -871,10 +763,6 @@ class Controller:
         """
         async with self._gate.exclusive():
             return await self._reconciler.run()
-
-
-def _unjoined(e: Endpoint) -> None:
-    e.sandbox_id, e.ifname, e.gateway, e.leaving = None, None, False, ""
 
 
 def _removing(instance: str) -> Callable[[Any], None]:

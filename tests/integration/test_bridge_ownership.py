@@ -19,6 +19,7 @@ from libnet import Config, Controller
 from libnet.driverapi import NetworkInfo
 from libnet.drivers.bridge import bridge_name
 from libnet.errors import BadRequest, Conflict, InvalidOption
+from libnet.info import net_info
 from libnet.kernel.firewall import Firewall
 from libnet.kernel.netlink import Netlink
 from libnet.ownership import firewall_table, mark
@@ -161,11 +162,11 @@ async def test_bridge_name_of_another_network_is_refused_and_isolation_holds(bed
     host = bed.hosts[0].ns
     first = await net(ctl, "first", 0, options={"bridge_name": "br-first"})
     third = await net(ctl, "third", 2)
-    br = bridge_name(ctl._net_info(first))
+    br = bridge_name(net_info(first))
     assert br == "br-first"
     # a name of libnet's own shape is refused before anything is looked up (issue 14, fault 8)
     with pytest.raises(InvalidOption):
-        await net(ctl, "second", 1, options={"bridge_name": bridge_name(ctl._net_info(third))})
+        await net(ctl, "second", 1, options={"bridge_name": bridge_name(net_info(third))})
     a, c = await ctl.create_sandbox(), await ctl.create_sandbox()
     ea = await ctl.connect("first", a.id)
     await ctl.connect("third", c.id)
@@ -208,7 +209,7 @@ async def test_failed_create_undoes_only_its_own_steps(bed: Testbed, ctl: Contro
     (A regression test of the step-wise rollback; the old blanket rollback passed it too.)"""
     host = bed.hosts[0].ns
     first = await net(ctl, "first", 0)
-    first_br = bridge_name(ctl._net_info(first))
+    first_br = bridge_name(net_info(first))
     rules_before = table(bed, host, ctl.instance)
     before = snapshot(host, "eth0", first_br)
     add = Firewall.add

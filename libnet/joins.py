@@ -1,0 +1,155 @@
+"""Join and leave: plugging an endpoint into a sandbox and out again.
+
+Each runs under the sandbox's lock: the driver's part (interface, addresses,
+routes; published ports), then the store (the endpoint's and the sandbox's
+records), then the sandbox's files.  A join that fails part way undoes its
+done steps; a leave is marked in the store first, so a crash part way is
+rolled forward by the next reconcile.  Which endpoint carries a sandbox's
+default routes is :mod:`libnet.gateway`'s decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+
+from libnet.drivers.registry import Drivers
+from libnet.errors import Conflict, NotFound
+from libnet.gateway import GatewayPolicy
+from libnet.info import ep_info, net_info, sb_info
+from libnet.model import Endpoint, Network, Sandbox
+from libnet.repository import Repository
+from libnet.rollback import Rollback
+from libnet.sandbox_files import SandboxFiles
+
+
+def unjoined(e: Endpoint) -> None:
+    """Mark an endpoint as joined to no sandbox."""
+    e.sandbox_id, e.ifname, e.gateway, e.leaving = None, None, False, ""
+
+
+class Joins:
+    """See the module docstring.  ``instance``: this libnet instance (leave marks)."""
+
+    def __init__(
+        self, instance: str, repo: Repository, drivers: Drivers, gateway: GatewayPolicy, files: SandboxFiles
+    ) -> None:
+        self.instance, self.repo, self.drivers, self.gateway, self.files = instance, repo, drivers, gateway, files
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
+    def forget(self, sandbox_id: str) -> None:
+        """The sandbox is gone: drop its lock."""
+        self._locks.pop(sandbox_id, None)
+
+    async def join(self, endpoint: str, sandbox: str) -> Endpoint:
+        """Plug an endpoint into a sandbox (idempotent for the same pair): the
+        driver's join and published ports, then the store, then the sandbox's files."""
+        ep = await self.repo.endpoint(endpoint)
+        sb = await self.repo.sandbox(sandbox)
+        async with self._lock(sb.id):
+            sb = await self.repo.sandbox(sb.id)
+            ep = await self.repo.endpoint(ep.id)
+            if ep.sandbox_id == sb.id:
+                return ep
+            if ep.sandbox_id:
+                raise Conflict(
+                    f"endpoint {ep.name} is joined to another sandbox", endpoint_id=ep.id, sandbox_id=ep.sandbox_id
+                )
+            nw = await self.repo.network(ep.network_id)
+            drv = self.drivers.driver(nw.driver)
+            others = [await self.repo.endpoint(e) for e in sb.endpoints]
+            await self._check_overlap(sb, nw, others)
+            used = {o.ifname for o in others}
+            ifname = next(f"eth{i}" for i in range(len(used) + 1) if f"eth{i}" not in used)
+            gateway = self.gateway.default_route(nw, others)
+            ep.sandbox_id, ep.ifname, ep.gateway = sb.id, ifname, gateway
+            ninfo, einfo, sinfo = net_info(nw), ep_info(ep), sb_info(sb, ep)
+            async with Rollback() as undo:
+                await drv.join(ninfo, einfo, sinfo)
+                undo.push(lambda: drv.leave(ninfo, einfo, sinfo), "leave in driver")
+                await drv.program_external_connectivity(ninfo, einfo)
+                undo.push(lambda: drv.revoke_external_connectivity(ninfo, einfo), "revoke ports")
+
+                def joined(e: Endpoint) -> None:
+                    e.sandbox_id, e.ifname, e.gateway, e.connecting = sb.id, ifname, gateway, False
+
+                ep = await self.repo.update_endpoint(ep, joined)
+                undo.push(lambda: self.repo.update_endpoint(ep, unjoined), "unmark endpoint")
+                sb = await self.repo.update_sandbox(sb, lambda s: s.endpoints.append(ep.id))
+            await self.files.write(sb)
+        return ep
+
+    async def _check_overlap(self, sb: Sandbox, nw: Network, others: list[Endpoint]) -> None:
+        """A sandbox holds one endpoint per network, and no two networks whose
+        subnets overlap: the kernel would route by the first matching route, so
+        a name could resolve to one network's address and the packet leave by
+        the other's interface (another container answers)."""
+        mine = [ipaddress.ip_network(s) for s in (nw.ipv4_subnet, nw.ipv6_subnet) if s]
+        for other in others:
+            if other.network_id == nw.id:
+                raise Conflict(
+                    f"sandbox {sb.id[:12]} is already on network {nw.name} (endpoint {other.name})",
+                    sandbox_id=sb.id,
+                    network_id=nw.id,
+                    endpoint_id=other.id,
+                )
+            theirs = await self.repo.network(other.network_id)
+            for subnet in (theirs.ipv4_subnet, theirs.ipv6_subnet):
+                if subnet and any(
+                    m.version == ipaddress.ip_network(subnet).version and m.overlaps(ipaddress.ip_network(subnet))
+                    for m in mine
+                ):
+                    raise Conflict(
+                        f"network {nw.name} overlaps network {theirs.name} ({subnet}) that sandbox {sb.id[:12]} "
+                        "is already on: its addresses would be ambiguous inside the sandbox",
+                        sandbox_id=sb.id,
+                        network_id=nw.id,
+                        overlaps=theirs.id,
+                        subnet=subnet,
+                    )
+
+    async def leave(self, endpoint: str, sandbox: str | None = None) -> Endpoint:
+        """Unplug an endpoint from its sandbox; not joined is fine.  Marked as
+        leaving by this instance first, so a crash part way is rolled forward."""
+        ep = await self.repo.endpoint(endpoint)
+        if not ep.sandbox_id:
+            return ep
+        async with self._lock(ep.sandbox_id):
+            ep = await self.repo.endpoint(ep.id)
+            if not ep.sandbox_id:
+                return ep
+            if sandbox is not None and (await self.repo.sandbox(sandbox)).id != ep.sandbox_id:
+                raise Conflict("endpoint is joined to another sandbox", endpoint_id=ep.id, sandbox_id=ep.sandbox_id)
+            nw = await self.repo.network(ep.network_id)
+            drv = self.drivers.driver(nw.driver)
+            try:
+                sb = await self.repo.sandbox(ep.sandbox_id)
+            except NotFound:
+                sb = Sandbox(ep.sandbox_id, "", False)
+            if self.instance not in (ep.leaving, ep.removing):  # a crash from here on is rolled forward
+                ep = await self.repo.update_endpoint(ep, lambda e: setattr(e, "leaving", self.instance))
+            ninfo, einfo, sinfo = net_info(nw), ep_info(ep), sb_info(sb, ep)
+            await drv.revoke_external_connectivity(ninfo, einfo)
+            await drv.leave(ninfo, einfo, sinfo)
+            was_gateway = ep.gateway
+            ep = await self.repo.update_endpoint(ep, unjoined)
+            if sb.netns:
+                sb = await self.repo.update_sandbox(
+                    sb, lambda s: s.endpoints.remove(ep.id) if ep.id in s.endpoints else None
+                )
+                if was_gateway:
+                    await self._hand_over(sb)
+                await self.files.write(sb)
+        return ep
+
+    async def _hand_over(self, sb: Sandbox) -> None:
+        """After the endpoint carrying the default routes left, the next one takes them."""
+        successor = await self.gateway.successor(sb)
+        if successor is None:
+            return
+        nw, ep = successor
+        await self.drivers.driver(nw.driver).set_gateway(net_info(nw), ep_info(ep), sb_info(sb, ep), True)
+        await self.repo.update_endpoint(ep, lambda e: setattr(e, "gateway", True))
