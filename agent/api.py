@@ -373,11 +373,20 @@ def make_app(state: AgentState) -> web.Application:
     async def node_remove(request: web.Request) -> web.Response:
         name = request.match_info["name"]
         if state.membership is not None:
-            status = next((n["status"] for n in await _nodes(state) if n["name"] == name), "")
+            member = next((n for n in await _nodes(state) if n["name"].lower() == name.lower()), None)
+            status = member["status"] if member is not None else ""
+            name = member["name"] if member is not None else name
             if status in ("alive", "leaving"):
                 raise Conflict(
                     f"node {name} is {status}: only a host that is gone can be removed (libnet node drain on it "
                     "takes a live host out)",
+                    node=name,
+                )
+            watchers = ctl.drivers.cluster_aware()
+            if status == "failed" and watchers and not any(d.host_gone(name) for d in watchers):
+                raise Conflict(
+                    f"node {name} failed, but not for longer than the grace period: it may be restarting "
+                    "(its containers keep running); try again once its peers were removed",
                     node=name,
                 )
             if status == "failed" and hasattr(state.membership, "client"):

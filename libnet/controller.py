@@ -601,6 +601,7 @@ class Controller:
     async def delete_sandbox(self, ref: str) -> None:
         """Leave and delete the sandbox's endpoints, then remove it (and its namespace if libnet made it)."""
         sb = await self.repo.sandbox(ref)
+        await self._refuse_if_degraded(sb)  # before the local mark that reconcile would roll forward
         if sb.removing != self.instance:
             sb = await self.repo.update_sandbox(sb, _removing(self.instance))
         for eid in reversed(sb.endpoints):
@@ -622,6 +623,18 @@ class Controller:
         self._files.remove(sb.id)
         await self.repo.delete_sandbox(sb)
         self._joins.forget(sb.id)
+
+    async def _refuse_if_degraded(self, sb: Sandbox) -> None:
+        """``Unavailable`` when removing ``sb`` needs a cluster store that cannot be reached
+        (degraded mode): refused before anything is written, also locally."""
+        from libnet.store.mirror import MirroredStore
+
+        for eid in sb.endpoints:
+            with suppress(NotFound):
+                ep = await self.repo.endpoint(eid)
+                store = self.repo.store((await self.repo.network(ep.network_id)).scope)
+                if isinstance(store, MirroredStore) and store.degraded:
+                    raise store.refusal()
 
     # --- join and leave ---------------------------------------------------------
 

@@ -231,6 +231,12 @@ class ClusterAware(Protocol):
         """Start using ``membership``; called once, after the controller started."""
         ...
 
+    def host_gone(self, node: str) -> bool:
+        """Whether host ``node`` was confirmed gone here: failed or left, and still so
+        when its grace period ended (its peers were removed).  ``libnet node rm``
+        refuses any other host: a restarting one keeps its containers."""
+        ...
+
 
 @dataclass(frozen=True)
 class DriverContext:

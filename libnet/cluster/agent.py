@@ -47,7 +47,7 @@ import time
 from dataclasses import dataclass, field
 
 from libnet.cluster.serf import SerfClient, SerfUnavailable
-from libnet.errors import BadRequest, Unavailable
+from libnet.errors import BadRequest, InvalidOption, LibnetError, Unavailable
 
 log = logging.getLogger("libnet.cluster.agent")
 PROFILES = ("lan", "wan", "local")
@@ -85,6 +85,26 @@ def signal_serf(pid: int, config_path: str, sig: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def find_serf(config_path: str) -> int | None:
+    """The pid of a ``serf agent`` running with ``config_path`` (ours), found in /proc:
+    for when the record is lost or names another process."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and is_serf(int(entry), config_path):
+            return int(entry)
+    return None
+
+
+def _address_changed(old_config: str, new_doc: dict) -> bool:
+    """Whether the Serf agent started from ``old_config`` gossips from another address
+    than ``new_doc`` says (bind or advertise changed)."""
+    try:
+        with open(old_config) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        return True
+    return any(old.get(k) != new_doc.get(k) for k in ("bind", "advertise"))
 
 
 def read_record(state_dir: str) -> dict | None:
@@ -257,8 +277,13 @@ class SerfAgent:
         self._binary = binary
         self._stopping = False
         os.makedirs(c.state_dir, exist_ok=True)
+        self._check_keyring()
         rec = read_record(c.state_dir)
         running = rec is not None and rec.get("config") == self._config_path and is_serf(rec["pid"], self._config_path)
+        if not running and (stray := find_serf(self._config_path)) is not None:
+            # ours, but the record is lost or names another process: never two agents, never an orphan
+            log.warning("serf agent pid %d runs with this state dir's config but is not recorded: restarting it", stray)
+            await _terminate(stray, self._config_path, 10.0)
         same = running and rec is not None and rec.get("fingerprint") == self.fingerprint()
         if adopt and same and rec is not None and await self._attach(rec, timeout):
             self.how = "attached"
@@ -266,6 +291,10 @@ class SerfAgent:
             return self._client()
         if running and rec is not None:
             log.info("serf agent %s (pid %d) runs with another configuration: restarting it", c.node, rec["pid"])
+            if _address_changed(self._config_path, self._doc()):
+                # a new address under the same name is a conflict for the others until the old
+                # member has *left* (memberlist lets a left name be reclaimed at once)
+                await self._leave_recorded(rec)
             await _terminate(rec["pid"], self._config_path, 10.0)
             if c.rpc_port is None and c.rpc_auth is None:  # the same RPC address: clients keep working
                 c.rpc_port, c.rpc_auth = rec.get("rpc_port"), rec.get("rpc_auth")
@@ -286,6 +315,37 @@ class SerfAgent:
     def _client(self) -> SerfClient:
         assert self.client is not None
         return self.client
+
+    def _check_keyring(self) -> None:
+        """A changed ``encrypt_key`` cannot simply be used: Serf keeps the keys in use in its
+        keyring, and a host with a key the others lack is cut off.  Refuse, saying how to rotate."""
+        c = self.config
+        keyring = os.path.join(c.state_dir, "keyring.json")
+        if not c.encrypt_key or not os.path.exists(keyring):
+            return
+        try:
+            with open(keyring) as f:
+                keys = json.load(f)
+        except (OSError, ValueError):
+            return
+        if isinstance(keys, list) and c.encrypt_key not in keys:
+            raise InvalidOption(
+                f"the cluster key changed, but this host's Serf keyring ({keyring}) does not hold the new key: "
+                "rotate it on the running cluster (serf keys -install NEW, -use NEW, -remove OLD on any "
+                "member), or start with the key in use",
+                keyring=keyring,
+            )
+
+    async def _leave_recorded(self, rec: dict) -> None:
+        """Make the recorded agent leave the cluster gracefully (bounded; a failure is logged)."""
+        old = SerfClient("127.0.0.1", rec.get("rpc_port"), auth_key=rec.get("rpc_auth"), netns=self.config.netns)
+        try:
+            await asyncio.wait_for(old.leave(), 15)
+            log.info("serf agent %s left the cluster before its address changes", self.config.node)
+        except (LibnetError, OSError, TimeoutError) as exc:
+            log.warning("serf agent %s did not leave before its address changes: %s", self.config.node, exc)
+        finally:
+            await old.close()
 
     async def _attach(self, rec: dict, timeout: float) -> bool:
         """Connect to a running agent with the recorded RPC address; tags brought up to date."""

@@ -150,6 +150,10 @@ class OverlayDriver:
         self.events = PeerEvents(membership, self.table, self._peers_changed, self._resync_all, grace)
         self.events.start()
 
+    def host_gone(self, node: str) -> bool:
+        """See :class:`libnet.driverapi.ClusterAware` (host names compare without case)."""
+        return node.lower() in {n.lower() for n in self.table.blocked}
+
     def remote_endpoints(self, network_id: str) -> list[Peer]:
         """The other hosts' endpoints on a network this host has endpoints on."""
         return self.table.peers(network_id)
