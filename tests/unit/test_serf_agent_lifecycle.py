@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -40,6 +41,9 @@ def test_an_unrecorded_serf_agent_of_ours_is_found(tmp_path) -> None:
     # argv as a serf agent's: "serf agent -config-file=<ours>"
     proc = subprocess.Popen(["serf", "agent", f"-config-file={config}"], executable="/bin/sh", cwd=tmp_path)
     try:
+        deadline = time.monotonic() + 5  # the shell's argv is visible once it has exec'd
+        while find_serf(config) != proc.pid and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert find_serf(config) == proc.pid
         assert find_serf(config + ".other") is None
     finally:
