@@ -601,6 +601,21 @@ def agent_status(ctx, as_json) -> None:
         console.print(f"{k:>14}: {v}")
 
 
+@cli.group()
+def cni() -> None:
+    """The CNI plugins (libnet, libnet-ipam): thin clients of this agent."""
+
+
+@cni.command("install")
+@click.option("--bin-dir", required=True, help="the runtime's CNI bin dir (e.g. /opt/cni/bin)")
+def cni_install(bin_dir) -> None:
+    """Write the libnet and libnet-ipam plugin executables into BIN_DIR."""
+    from libnet.cni.install import install
+
+    for path in install(bin_dir):
+        click.echo(path)
+
+
 def main() -> None:
     """The ``libnet`` command."""
     cli(prog_name="libnet")

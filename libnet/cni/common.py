@@ -1,0 +1,250 @@
+"""What both CNI plugins share: the calling convention (environment, stdin,
+stdout, error objects), version negotiation and result shapes (CNI 1.0.0 and
+the 0.3.x/0.4.0 configs older runtimes send).  Standard library only."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+
+from .client import AgentRefused, Unreachable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, NoReturn
+
+SUPPORTED = ("0.3.0", "0.3.1", "0.4.0", "1.0.0")
+COMMANDS = ("ADD", "DEL", "CHECK", "VERSION")
+
+# spec codes
+INCOMPATIBLE_VERSION = 1
+UNSUPPORTED_FIELD = 2
+UNKNOWN_CONTAINER = 3
+INVALID_ENV = 4
+IO_FAILURE = 5
+DECODE_FAILURE = 6
+INVALID_CONFIG = 7
+TRY_AGAIN_LATER = 11
+# libnet's own (100+)
+AGENT_REFUSED = 100
+NO_SUCH_NETWORK = 101
+INTERFACE_NAME = 102
+CHECK_FAILED = 103
+INTERNAL = 199
+
+_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_IFNAME = re.compile(r"^[^/:\s]{1,15}$")
+_NET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+class CniError(Exception):
+    """A failure reported to the runtime as ``{cniVersion, code, msg, details}``."""
+
+    def __init__(self, code: int, msg: str, details: str = "") -> None:
+        super().__init__(msg)
+        self.code, self.msg, self.details = code, msg, details
+
+
+class Call:
+    """One invocation: the command, the environment and the parsed config."""
+
+    __slots__ = ("args", "command", "conf", "container_id", "ifname", "netns", "path")
+
+    def __init__(
+        self,
+        command: str,
+        container_id: str,
+        netns: str,
+        ifname: str,
+        args: dict[str, str],
+        path: str,
+        conf: dict[str, Any],
+    ) -> None:
+        self.command, self.container_id, self.netns, self.ifname = command, container_id, netns, ifname
+        self.args, self.path, self.conf = args, path, conf
+
+    @property
+    def version(self) -> str:
+        return str(self.conf.get("cniVersion") or "1.0.0")
+
+
+def read_env(environ: Any) -> tuple[str, dict[str, str]]:
+    command = environ.get("CNI_COMMAND", "")
+    if command not in COMMANDS:
+        raise CniError(INVALID_ENV, f"CNI_COMMAND {command!r} is not one of {', '.join(COMMANDS)}")
+    return command, dict(environ)
+
+
+def parse_args(text: str) -> dict[str, str]:
+    """``CNI_ARGS`` ("K=V;K2=V2") as a dict; a pair without ``=`` is an error."""
+    out: dict[str, str] = {}
+    for part in text.split(";"):
+        if not part:
+            continue
+        key, eq, value = part.partition("=")
+        if not eq or not key:
+            raise CniError(INVALID_ENV, f"CNI_ARGS: {part!r} is not KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def check_args(args: dict[str, str], known: tuple[str, ...]) -> None:
+    """Unknown ``CNI_ARGS`` keys are an error unless ``IgnoreUnknown`` is true (the CNI convention)."""
+    ignore = args.get("IgnoreUnknown", "").lower() in ("1", "true")
+    unknown = sorted(k for k in args if k not in known and k != "IgnoreUnknown")
+    if unknown and not ignore:
+        raise CniError(UNSUPPORTED_FIELD, f"CNI_ARGS: unknown argument(s) {', '.join(unknown)}", "set IgnoreUnknown=1")
+
+
+def read_conf(data: bytes, command: str) -> dict[str, Any]:
+    try:
+        conf = json.loads(data or b"null")
+    except ValueError as exc:
+        raise CniError(DECODE_FAILURE, "the network configuration on stdin is not JSON", str(exc)) from None
+    if not isinstance(conf, dict):
+        raise CniError(DECODE_FAILURE, "the network configuration on stdin is not a JSON object")
+    version = conf.get("cniVersion")
+    if command == "VERSION":
+        return conf
+    if not isinstance(version, str) or version not in SUPPORTED:
+        raise CniError(
+            INCOMPATIBLE_VERSION,
+            f"cniVersion {version!r} is not supported",
+            f"supported: {', '.join(SUPPORTED)}",
+        )
+    name = conf.get("name")
+    if not isinstance(name, str) or not _NET_NAME.match(name):
+        raise CniError(INVALID_CONFIG, f"the configuration's name {name!r} is not a valid network name")
+    if "prevResult" in conf and not isinstance(conf["prevResult"], dict):
+        raise CniError(INVALID_CONFIG, "prevResult must be an object")
+    return conf
+
+
+def make_call(environ: Any, stdin: bytes) -> Call:
+    command, env = read_env(environ)
+    conf = read_conf(stdin, command)
+    call = Call(
+        command,
+        env.get("CNI_CONTAINERID", ""),
+        env.get("CNI_NETNS", ""),
+        env.get("CNI_IFNAME", ""),
+        {},
+        env.get("CNI_PATH", ""),
+        conf,
+    )
+    if command == "VERSION":
+        return call
+    if not _CONTAINER_ID.match(call.container_id):
+        raise CniError(INVALID_ENV, f"CNI_CONTAINERID {call.container_id!r} is missing or not a container id")
+    if not _IFNAME.match(call.ifname):
+        raise CniError(INVALID_ENV, f"CNI_IFNAME {call.ifname!r} is missing or not an interface name")
+    if command in ("ADD", "CHECK") and not call.netns.startswith("/"):
+        raise CniError(INVALID_ENV, f"CNI_NETNS {call.netns!r} is missing or not an absolute path")
+    if command == "ADD" and not os.path.exists(call.netns):
+        raise CniError(INVALID_ENV, f"CNI_NETNS {call.netns!r} does not exist")
+    call.args = parse_args(env.get("CNI_ARGS", ""))
+    return call
+
+
+def version_result(conf: dict[str, Any]) -> dict[str, Any]:
+    asked = conf.get("cniVersion")
+    return {"cniVersion": asked if asked in SUPPORTED else "1.0.0", "supportedVersions": list(SUPPORTED)}
+
+
+def shape(result: dict[str, Any], version: str) -> dict[str, Any]:
+    """A 1.0.0-shaped result in the shape of ``version`` (0.3.x/0.4.0 ips carry ``version``)."""
+    out = {"cniVersion": version, **{k: v for k, v in result.items() if k != "cniVersion"}}
+    ips = []
+    for ip in result.get("ips", []):
+        ip = {k: v for k, v in ip.items() if k != "version"}
+        if version != "1.0.0":
+            ip["version"] = "6" if ":" in ip["address"] else "4"
+        ips.append(ip)
+    out["ips"] = ips
+    return out
+
+
+def requested_ips(call: Call) -> tuple[str | None, str | None]:
+    """Static addresses asked for: ``runtimeConfig.ips`` (capability ``ips``),
+    ``args.cni.ips``, or ``CNI_ARGS`` ``IP=`` (several comma-separated)."""
+    wanted: list[str] = []
+    rc = call.conf.get("runtimeConfig") or {}
+    wanted += list(rc.get("ips") or []) if isinstance(rc, dict) else []
+    args = call.conf.get("args") or {}
+    cni = args.get("cni") if isinstance(args, dict) else None
+    wanted += list(cni.get("ips") or []) if isinstance(cni, dict) else []
+    if call.args.get("IP"):
+        wanted += call.args["IP"].split(",")
+    v4 = v6 = None
+    if wanted:
+        import ipaddress  # only when addresses are asked for: ~10 ms of imports
+    for text in wanted:
+        try:
+            addr = ipaddress.ip_interface(str(text).strip()).ip
+        except ValueError:
+            raise CniError(INVALID_CONFIG, f"requested IP {text!r} is not an IP address") from None
+        if addr.version == 4:
+            v4 = v4 or str(addr)
+        else:
+            v6 = v6 or str(addr)
+    return v4, v6
+
+
+def dns_label(text: str | None) -> str | None:
+    """``text`` if it is a DNS label (a libnet endpoint name), else None."""
+    return text if text and _LABEL.match(text) else None
+
+
+def agent_error(exc: AgentRefused | Unreachable) -> CniError:
+    """An agent failure as a CNI error: unreachable or unavailable -> 11 (try again later),
+    bad input -> 7, anything else -> 100 with the agent's message."""
+    if isinstance(exc, Unreachable):
+        return CniError(TRY_AGAIN_LATER, "the libnet agent is unreachable", str(exc))
+    detail = json.dumps(exc.error, sort_keys=True)
+    if exc.status == 503:
+        return CniError(TRY_AGAIN_LATER, f"libnet: {exc}", detail)
+    if exc.status == 400:
+        return CniError(INVALID_CONFIG, f"libnet: {exc}", detail)
+    return CniError(AGENT_REFUSED, f"libnet: {exc}", detail)
+
+
+def run(handlers: dict[str, Callable[[Call], dict[str, Any] | None]]) -> int:
+    """Read the environment and stdin, dispatch, print the result or the error; the exit code."""
+    version = "1.0.0"
+    try:
+        try:
+            stdin = sys.stdin.buffer.read()
+        except OSError as exc:
+            raise CniError(IO_FAILURE, "cannot read the configuration from stdin", str(exc)) from None
+        call = make_call(os.environ, stdin)
+        if call.command != "VERSION":
+            version = call.version
+        if call.command == "VERSION":
+            out: dict[str, Any] | None = version_result(call.conf)
+        else:
+            out = handlers[call.command](call)
+        if out is not None:
+            sys.stdout.write(json.dumps(out))
+        return 0
+    except CniError as exc:
+        return _fail(version, exc)
+    except (AgentRefused, Unreachable) as exc:
+        return _fail(version, agent_error(exc))
+    except Exception as exc:
+        return _fail(version, CniError(INTERNAL, f"internal error: {type(exc).__name__}: {exc}"))
+
+
+def _fail(version: str, exc: CniError) -> int:
+    err = {"cniVersion": version if version in SUPPORTED else "1.0.0", "code": exc.code, "msg": exc.msg}
+    if exc.details:
+        err["details"] = exc.details
+    sys.stdout.write(json.dumps(err))
+    return 1
+
+
+def die(code: int, msg: str, details: str = "") -> NoReturn:
+    raise CniError(code, msg, details)

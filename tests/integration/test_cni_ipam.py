@@ -1,0 +1,113 @@
+"""``libnet-ipam`` under the reference ``bridge`` plugin, exec'd as a runtime does (issue 19)."""
+
+from __future__ import annotations
+
+import pytest
+
+from libnet.kernel import netns
+from libnet.testing.agents import AgentProcess
+from libnet.testing.cni import CniRuntime, reference_missing
+from libnet.testing.hosts import Testbed
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def env():
+    why = reference_missing("bridge")
+    if why:
+        pytest.skip(why)
+    with Testbed(1) as bed:
+        agent = AgentProcess(bed, bed.hosts[0]).start()
+        try:
+            yield bed, agent, CniRuntime(bed.hosts[0].ns)
+        finally:
+            agent.stop()
+
+
+def bridge_conf(agent: AgentProcess, version: str = "1.0.0") -> dict:
+    return {
+        "cniVersion": version,
+        "name": "ipamnet",
+        "type": "bridge",
+        "bridge": "cnibr19",
+        "isGateway": True,
+        "ipMasq": False,
+        "capabilities": {"ips": True},
+        "ipam": {
+            "type": "libnet-ipam",
+            "socket": agent.socket,
+            "subnet": "198.51.100.0/24",
+            "subnet6": "2001:db8:22::/64",
+            "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
+        },
+    }
+
+
+def held(agent: AgentProcess) -> list[dict]:
+    return agent.cli_json("endpoint", "ls")
+
+
+@pytest.mark.parametrize("version", ["0.4.0", "1.0.0"])
+def test_bridge_with_libnet_ipam_dual_stack(env, version):
+    bed, agent, rt = env
+    cfg = bridge_conf(agent, version)
+    paths, addrs = {}, {}
+    for name, extra in (("a", {}), ("b", {"runtimeConfig": {"ips": ["198.51.100.77/24", "2001:db8:22::77/64"]}})):
+        paths[name] = netns.path_of(bed.namespace(name))
+        o = rt.exec("bridge", "ADD", {**cfg, **extra}, container_id=f"ctr-{name}", netns_path=paths[name])
+        assert o.ok, o
+        addrs[name] = [ip["address"].split("/")[0] for ip in o.out["ips"]]
+        assert len(addrs[name]) == 2 and any(":" in a for a in addrs[name])
+    assert set(addrs["b"]) == {"198.51.100.77", "2001:db8:22::77"}
+    for a in addrs["b"]:
+        r = bed.run(paths["a"].rsplit("/", 1)[1], ["ping", "-c1", "-W3", a])
+        assert r.returncode == 0, (a, r.stdout)
+    # CNI_ARGS IP= as well
+    paths["c"] = netns.path_of(bed.namespace("c"))
+    o = rt.exec(
+        "bridge", "ADD", cfg, container_id="ctr-c", netns_path=paths["c"], args="IgnoreUnknown=1;IP=198.51.100.88"
+    )
+    assert o.ok and any(ip["address"] == "198.51.100.88/24" for ip in o.out["ips"]), o
+    assert len(held(agent)) == 3
+    chk = rt.exec("bridge", "CHECK", {**cfg, "prevResult": o.out}, container_id="ctr-c", netns_path=paths["c"])
+    assert chk.ok, chk
+    for name in ("a", "b", "c"):
+        for _ in range(2):  # idempotent
+            d = rt.exec("bridge", "DEL", cfg, container_id=f"ctr-{name}", netns_path=paths[name])
+            assert d.ok, d
+    assert held(agent) == []  # every address released
+
+
+def test_ipam_add_twice_replays_and_del_is_idempotent(env):
+    _, agent, rt = env
+    cfg = bridge_conf(agent)
+    first = rt.exec("libnet-ipam", "ADD", cfg, container_id="x1", netns_path="/proc/self/ns/net")
+    again = rt.exec("libnet-ipam", "ADD", cfg, container_id="x1", netns_path="/proc/self/ns/net")
+    assert first.ok and again.ok and first.out == again.out and "interfaces" not in first.out
+    other = rt.exec("libnet-ipam", "ADD", cfg, container_id="x1", ifname="eth1", netns_path="/proc/self/ns/net")
+    assert other.ok and other.out["ips"] != first.out["ips"]
+    for ifname in ("eth0", "eth1", "eth0"):
+        assert rt.exec("libnet-ipam", "DEL", cfg, container_id="x1", ifname=ifname).ok
+    assert held(agent) == []
+    assert rt.exec("libnet-ipam", "DEL", {**cfg, "ipam": {**cfg["ipam"], "network": "never"}}, container_id="x1").ok
+    bad = rt.exec(
+        "libnet-ipam",
+        "ADD",
+        {**cfg, "ipam": {"type": "libnet-ipam", "socket": agent.socket, "network": "never"}},
+        container_id="x1",
+        netns_path="/proc/self/ns/net",
+    )
+    assert bad.out["code"] == 101
+    bad = rt.exec(
+        "libnet-ipam",
+        "ADD",
+        {k: v for k, v in cfg.items() if k != "ipam"},
+        container_id="x1",
+        netns_path="/proc/self/ns/net",
+    )
+    assert bad.out["code"] == 7
+    bad = rt.exec(
+        "libnet-ipam", "CHECK", {**cfg, "prevResult": first.out}, container_id="x9", netns_path="/proc/self/ns/net"
+    )
+    assert bad.out["code"] == 3

@@ -1,0 +1,78 @@
+"""The CNI plugins without root: the exec'd path stays on the standard library
+and starts fast; calling convention and result shapes (issue 19)."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import pytest
+
+from libnet.cni import common
+from libnet.cni.install import install
+
+HEAVY = ("aiohttp", "libnet.controller", "click", "pyroute2", "http.client", "libnet.errors", "asyncio")
+
+
+@pytest.fixture
+def bindir(tmp_path):
+    install(str(tmp_path))
+    return tmp_path
+
+
+def run(path, stdin: bytes, **env) -> tuple[int, dict | None]:
+    r = subprocess.run([str(path)], input=stdin, env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, timeout=30)
+    return r.returncode, (json.loads(r.stdout) if r.stdout.strip() else None)
+
+
+@pytest.mark.parametrize("plugin", ["libnet", "libnet-ipam"])
+def test_exec_path_loads_only_the_standard_library(bindir, plugin):
+    module = {"libnet": "cni.plugin", "libnet-ipam": "cni.ipam"}[plugin]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(common.__file__)))
+    code = f"import sys, json; sys.path.insert(0, {root!r}); import {module}; print(json.dumps(sorted(sys.modules)))"
+    loaded = json.loads(
+        subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True, text=True, check=True).stdout
+    )
+    assert not [m for m in loaded for h in HEAVY if m == h or m.startswith(h + ".")]
+    assert not [m for m in loaded if m.startswith("libnet")]  # not even libnet/__init__
+
+
+def test_start_time_is_close_to_a_bare_interpreter(bindir):
+    """VERSION through the installed executable costs little more than ``python -IS -c pass``."""
+
+    def timed(argv, stdin=b"{}"):
+        out = []
+        for _ in range(7):
+            t = time.perf_counter()
+            subprocess.run(argv, input=stdin, env={"CNI_COMMAND": "VERSION"}, capture_output=True, check=True)
+            out.append(time.perf_counter() - t)
+        return statistics.median(out)
+
+    bare = timed([sys.executable, "-IS", "-c", "pass"])
+    plugin = timed([str(bindir / "libnet")])
+    assert plugin - bare < 0.06, (plugin, bare)  # measured ~15-20 ms of imports on this kind of machine
+
+
+def test_version_and_errors(bindir):
+    rc, out = run(bindir / "libnet", b'{"cniVersion": "0.4.0"}', CNI_COMMAND="VERSION")
+    assert rc == 0 and out == {"cniVersion": "0.4.0", "supportedVersions": list(common.SUPPORTED)}
+    rc, out = run(bindir / "libnet-ipam", b"{", CNI_COMMAND="ADD")
+    assert rc == 1 and out["code"] == 6 and out["cniVersion"] == "1.0.0"
+    rc, out = run(bindir / "libnet", b"{}", CNI_COMMAND="NOPE")
+    assert rc == 1 and out["code"] == 4
+
+
+def test_args_and_shapes():
+    assert common.parse_args("IgnoreUnknown=1;K8S_POD_NAME=a") == {"IgnoreUnknown": "1", "K8S_POD_NAME": "a"}
+    with pytest.raises(common.CniError) as e:
+        common.check_args({"X": "1"}, ())
+    assert e.value.code == 2
+    common.check_args({"X": "1", "IgnoreUnknown": "true"}, ())
+    res = {"ips": [{"address": "198.51.100.2/24"}, {"address": "2001:db8::2/64"}]}
+    assert [ip["version"] for ip in common.shape(res, "0.4.0")["ips"]] == ["4", "6"]
+    assert all("version" not in ip for ip in common.shape(res, "1.0.0")["ips"])
+    assert common.dns_label("web-1") == "web-1" and common.dns_label("a.b") is None
