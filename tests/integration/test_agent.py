@@ -157,7 +157,7 @@ def test_sigkill_during_connects_leaves_nothing_behind(bed: Testbed, tmp_path) -
         assert agent.cli("connect", "web", sandboxes[-1]).returncode in (0, 1)
         after = agent.cli_json("endpoint", "ls")
         assert len({e["ipv4"] for e in after}) == len(after)
-        assert net["ipv4_subnet"] == "198.51.96.0/20"
+        assert net["ipv4_subnet"] == "198.51.100.0/24"
     finally:
         agent.stop()
 
