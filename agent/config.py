@@ -33,6 +33,8 @@ class AgentConfig:
     configuration from this one."""
 
     socket: str = DEFAULT_SOCKET
+    #: the Docker network/IPAM plugin's socket (agent/docker_plugin.py); "" turns the plugin off
+    docker_plugin_socket: str = "/run/docker/plugins/libnet.sock"
     store: str = _LIB.store
     state_dir: str = _LIB.state_dir
     #: cluster mode: a shared store for global objects, and Serf gossip

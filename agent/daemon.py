@@ -102,6 +102,7 @@ async def _run(config: agent_config.AgentConfig, stop: asyncio.Event) -> None:
     controller: Controller | None = None
     serf = None
     runner = None
+    plugin_runner = None
     reconciler = None
     catching_up: set[asyncio.Task[None]] = set()
     serving = False
@@ -177,6 +178,8 @@ async def _run(config: agent_config.AgentConfig, stop: asyncio.Event) -> None:
             ctl_config.instance_id,
             ", cluster mode" if membership else "",
         )
+        if config.docker_plugin_socket:
+            plugin_runner = await _serve_docker_plugin(controller, config.docker_plugin_socket)
         reconciler = asyncio.create_task(
             _reconcile_periodically(controller, metrics, config.reconcile_interval, cluster)
         )
@@ -188,6 +191,10 @@ async def _run(config: agent_config.AgentConfig, stop: asyncio.Event) -> None:
         for task in [reconciler, *catching_up]:
             if task is not None:
                 task.cancel()
+        if plugin_runner is not None:
+            await plugin_runner.cleanup()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(config.docker_plugin_socket)
         if runner is not None:
             await runner.cleanup()
         if controller is not None:
@@ -204,6 +211,25 @@ async def _run(config: agent_config.AgentConfig, stop: asyncio.Event) -> None:
         if serving:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(config.socket)
+
+
+async def _serve_docker_plugin(controller: Controller, path: str) -> web.AppRunner | None:
+    """Serve Docker's network and IPAM plugin protocols on ``path`` (:mod:`agent.docker_plugin`).
+    A socket another live process serves is left alone (warned about): the agent runs without it."""
+    from agent.docker_plugin import make_plugin_app
+
+    if os.path.exists(path):
+        if _socket_in_use(path):
+            log.warning("docker plugin socket %s is served by another process; the docker plugin is off", path)
+            return None
+        os.unlink(path)
+    runner = web.AppRunner(make_plugin_app(controller), access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    await web.UnixSite(runner, path).start()
+    os.chmod(path, 0o660)
+    log.info("docker network and IPAM plugin (driver libnet) serving on %s", path)
+    return runner
 
 
 async def _start_cluster(config: agent_config.AgentConfig) -> tuple[SerfMembership, SerfAgent]:

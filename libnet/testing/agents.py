@@ -37,6 +37,9 @@ class AgentProcess:
         self.socket = socket or os.path.join(self.dir, "libnet.sock")
         self.store = store or f"sqlite://{self.dir}/store.db"
         self.extra = list(extra)
+        #: the Docker plugin's socket: in the state dir (a dockerd of the test host finds it through a bind mount,
+        #: libnet.testing.docker), never the machine's /run/docker/plugins
+        self.plugin_socket = os.path.join(self.dir, "plugins", "libnet.sock")
         self.proc: subprocess.Popen | None = None
         self._serf_record: dict | None = None
         # the Serf agent outlives libnet-agent: stopped by its recorded pid with the test bed
@@ -86,6 +89,8 @@ class AgentProcess:
             f"{self.bed.prefix}{self.host.name}-sb-",
             "--overlay-prefix",
             f"{self.bed.prefix}{self.host.name}-o",
+            "--docker-plugin-socket",
+            self.plugin_socket,
             *self.extra,
             *once,
         ]  # removed with the test bed

@@ -1,0 +1,460 @@
+"""Docker's remote network driver and IPAM driver protocols, served by the agent.
+
+dockerd (20.10) finds the plugin by its socket, ``/run/docker/plugins/libnet.sock``
+by default (``--docker-plugin-socket``), and drives it with HTTP POSTs
+(``shared/reference/docker-plugins.md``).  Every call maps onto the controller
+and IPAM; this module keeps only the mapping from Docker's ids to libnet's,
+and keeps it in libnet's local store (``libnet/v1/docker/``): dockerd does not
+replay ``CreateNetwork`` after its restart, and the agent may restart under a
+running dockerd.
+
+Driver name ``libnet`` (one name, both drivers of libnet):
+
+- ``docker network create -d libnet`` makes a libnet **bridge** network with
+  the subnets Docker's IPAM chose (``--subnet``, ``--gateway``, ``--ipv6``,
+  ``--aux-address``, ``--internal``);
+- ``-o libnet.driver=overlay -o libnet.name=NAME`` makes (or, on another
+  host, attaches to) the libnet **overlay** ``NAME``.  Docker does not tell a
+  plugin the network's name, so the libnet name is that option (default for
+  bridges: ``docker-<id12>``).  The plugin reports local scope to Docker
+  (dockerd 20.10 refuses global scope without swarm); libnet's own cluster
+  makes the overlay multi-host: the same ``libnet.name`` (and ``--subnet``)
+  on each host's Docker is the same overlay, same subnet, same VNI.
+- ``-o mtu=N`` (or ``com.docker.network.driver.mtu``) and the other options
+  of the libnet driver are passed on; libnet checks them.
+
+Join: during ``docker run`` the container's namespace does not exist yet, so
+the endpoint is joined by the controller to a *staging* sandbox (a namespace
+of libnet's own, id = Docker's endpoint id), and its interface is then handed
+over to this namespace (down, renamed ``SrcName``) for Docker to move in and
+address.  Gateway rule: a non-internal bridge network returns its gateways
+(the default route is libnet's); an overlay returns none, so Docker attaches
+the container to its ``docker_gwbridge`` for the way out, as Docker's own
+overlay does; an internal network returns none and Docker adds no way out.
+
+IPAM (``--ipam-driver libnet``): pools and addresses come from libnet's IPAM
+(spaces ``local``/``global``), held for Docker (no owner libnet's reconcile
+would free them for).  The libnet network driver keeps its own addresses, so
+it is used with Docker's default IPAM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from typing import Any
+
+from aiohttp import web
+
+from agent.docker_ipam import DockerIpam
+from libnet.controller import Controller
+from libnet.errors import BadRequest, Conflict, InvalidOption, LibnetError, NotFound
+from libnet.model import Endpoint, Network
+
+log = logging.getLogger("libnet.agent.docker")
+
+DEFAULT_SOCKET = "/run/docker/plugins/libnet.sock"
+CONTENT_TYPE = "application/vnd.docker.plugins.v1+json"
+PREFIX = "libnet/v1/docker/"
+GENERIC = "com.docker.network.generic"
+ENABLE_IPV6 = "com.docker.network.enable_ipv6"
+INTERNAL = "com.docker.network.internal"
+PORTMAP = "com.docker.network.portmap"
+MTU = "com.docker.network.driver.mtu"
+OPT_DRIVER = "libnet.driver"
+OPT_NAME = "libnet.name"
+DRIVERS = ("bridge", "overlay")
+#: Docker's own IPAM's address spaces (libnet's are "local"/"global")
+DOCKER_SPACES = ("LocalDefault", "GlobalDefault", "")
+PROTOCOLS = {6: "tcp", 17: "udp"}
+
+#: hands a joined interface over: (staging netns path, ifname there, new name) -> moved into this namespace
+Handover = Callable[[str, str, str], Awaitable[None]]
+
+
+async def kernel_handover(netns: str, ifname: str, new_name: str) -> None:
+    """Take ``ifname`` out of the staging namespace into this process's network
+    namespace (dockerd's), down and renamed ``new_name``: Docker moves it on."""
+    from libnet.kernel.netlink import Netlink
+
+    target = f"/proc/{os.getpid()}/ns/net"  # the main thread's: worker threads may sit in other namespaces
+
+    def move() -> None:
+        with Netlink(netns) as nl:
+            nl.set_down(ifname)
+            nl.move_to_ns(ifname, target, new_name=new_name)
+
+    await asyncio.to_thread(move)
+
+
+def src_name(endpoint_id: str) -> str:
+    """The name of the interface a Join hands to Docker (15 characters at most)."""
+    return "lnd" + endpoint_id[:11]
+
+
+def _ip(cidr: str | None) -> str | None:
+    return cidr.split("/", 1)[0] if cidr else None
+
+
+class PluginError(Exception):
+    """A refusal of the plugin itself (not from libnet), answered like a LibnetError."""
+
+
+class DockerPlugin:
+    """The NetworkDriver calls, mapped onto the controller."""
+
+    def __init__(self, controller: Controller, handover: Handover = kernel_handover) -> None:
+        self.ctl = controller
+        self.handover = handover
+        self.lock = asyncio.Lock()  # Docker's calls for one network are ordered; the mapping is read-modify-write
+
+    # --- the id mapping (in libnet's local store) -------------------------------
+
+    @property
+    def store(self) -> Any:
+        return self.ctl.repo.store("local")
+
+    async def _get(self, kind: str, docker_id: str) -> dict[str, Any] | None:
+        try:
+            pair = await self.store.get(f"{PREFIX}{kind}/{docker_id}")
+        except NotFound:
+            return None
+        return json.loads(pair.value)
+
+    async def _put(self, kind: str, docker_id: str, value: dict[str, Any]) -> None:
+        await self.store.put(f"{PREFIX}{kind}/{docker_id}", json.dumps(value).encode())
+
+    async def _drop(self, kind: str, docker_id: str) -> None:
+        with suppress(NotFound):
+            await self.store.delete(f"{PREFIX}{kind}/{docker_id}")
+
+    async def _network(self, nid: str) -> Network:
+        m = await self._get("networks", _id(nid, "NetworkID"))
+        if m is None:
+            raise NotFound(f"network {nid[:12]} is not a libnet network known to this agent", docker_network=nid)
+        return await self.ctl.network(m["network"])
+
+    async def _endpoint(self, eid: str) -> tuple[dict[str, Any], Endpoint]:
+        m = await self._get("endpoints", _id(eid, "EndpointID"))
+        if m is None:
+            raise NotFound(f"endpoint {eid[:12]} is not a libnet endpoint known to this agent", docker_endpoint=eid)
+        return m, await self.ctl.endpoint(m["endpoint"])
+
+    # --- NetworkDriver ------------------------------------------------------------
+
+    async def get_capabilities(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"Scope": "local", "ConnectivityScope": "local"}
+
+    async def create_network(self, req: dict[str, Any]) -> dict[str, Any]:
+        nid = _id(req.get("NetworkID"), "NetworkID")
+        opts = req.get("Options") or {}
+        generic = dict(opts.get(GENERIC) or {})
+        driver = str(generic.pop(OPT_DRIVER, "bridge"))
+        if driver not in DRIVERS:
+            raise InvalidOption(f"-o {OPT_DRIVER} must be one of {', '.join(DRIVERS)}, not {driver!r}", option=driver)
+        name = str(generic.pop(OPT_NAME, "") or f"docker-{nid[:12]}")
+        if MTU in generic:
+            generic["mtu"] = generic.pop(MTU)
+        if "mtu" in generic:
+            try:
+                generic["mtu"] = int(generic["mtu"])
+            except (TypeError, ValueError):
+                raise InvalidOption(f"mtu must be a number, not {generic['mtu']!r}", option="mtu") from None
+        internal = _flag(opts.get(INTERNAL)) or _flag(generic.pop("internal", False))
+        v4, v6 = _family(req.get("IPv4Data"), "IPv4"), _family(req.get("IPv6Data"), "IPv6")
+        ipv6 = bool(v6) or _flag(opts.get(ENABLE_IPV6))
+        async with self.lock:
+            if await self._get("networks", nid) is not None:
+                return {}  # a replay: it exists
+            nw = await self._existing_overlay(name, driver, v4, v6)
+            created = nw is None
+            if nw is None:
+                aux = {**(v4 or {}).get("AuxAddresses", {}), **(v6 or {}).get("AuxAddresses", {})}
+                nw = await self.ctl.create_network(
+                    name,
+                    driver,
+                    ipv4_subnet=v4.get("Pool") if v4 else None,
+                    ipv4_gateway=_ip(v4.get("Gateway")) if v4 else None,
+                    ipv6=ipv6,
+                    ipv6_subnet=v6.get("Pool") if v6 else None,
+                    ipv6_gateway=_ip(v6.get("Gateway")) if v6 else None,
+                    internal=internal,
+                    options=generic,
+                    labels={"docker.network": nid},
+                    aux_addresses={k: str(_ip(v)) for k, v in aux.items()},
+                )
+            await self._put("networks", nid, {"network": nw.id, "created": created})
+        log.info("docker network %s -> libnet %s network %s (%s)", nid[:12], driver, nw.name, nw.id[:12])
+        return {}
+
+    async def _existing_overlay(
+        self, name: str, driver: str, v4: dict[str, Any] | None, v6: dict[str, Any] | None
+    ) -> Network | None:
+        """The overlay ``name`` another host made, if any (then this host attaches to it)."""
+        if driver != "overlay":
+            return None
+        try:
+            nw = await self.ctl.network(name)
+        except NotFound:
+            return None
+        if nw.driver != "overlay":
+            raise Conflict(f"libnet network {name} exists and is a {nw.driver} network", network_id=nw.id)
+        for want, have, fam in ((v4, nw.ipv4_subnet, "IPv4"), (v6, nw.ipv6_subnet, "IPv6")):
+            if want and want.get("Pool") != have:
+                raise Conflict(
+                    f"libnet overlay {name} has {fam} subnet {have}, not {want.get('Pool')}: "
+                    f"give the same --subnet on every host",
+                    network_id=nw.id,
+                )
+        return nw
+
+    async def delete_network(self, req: dict[str, Any]) -> dict[str, Any]:
+        nid = _id(req.get("NetworkID"), "NetworkID")
+        async with self.lock:
+            m = await self._get("networks", nid)
+            if m is None:
+                return {}  # gone already
+            try:
+                await self.ctl.delete_network(m["network"])
+            except NotFound:
+                pass
+            except Conflict:
+                nw = await self.ctl.network(m["network"])
+                if nw.driver != "overlay" or await self._local_endpoints(nw.id):
+                    raise
+                # endpoints of other hosts: the overlay stays for them; this host lets go
+                log.info("docker network %s: libnet overlay %s kept for other hosts", nid[:12], nw.name)
+            await self._drop("networks", nid)
+        return {}
+
+    async def _local_endpoints(self, network_id: str) -> list[Endpoint]:
+        node = self.ctl.config.node_name
+        return [e for e in await self.ctl.endpoints(network_id) if e.node == node]
+
+    async def create_endpoint(self, req: dict[str, Any]) -> dict[str, Any]:
+        nid, eid = _id(req.get("NetworkID"), "NetworkID"), _id(req.get("EndpointID"), "EndpointID")
+        iface = req.get("Interface") or {}
+        opts = req.get("Options") or {}
+        nw = await self._network(nid)
+        if await self._get("endpoints", eid) is not None:
+            raise Conflict(f"endpoint {eid[:12]} exists", docker_endpoint=eid)
+        mac = iface.get("MacAddress") or ""
+        if mac and nw.driver == "overlay":
+            raise InvalidOption("libnet overlay endpoints take their MAC address from their IPv4 address", mac=mac)
+        ep = await self.ctl.create_endpoint(
+            nw.id,
+            f"d-{eid[:12]}",
+            ipv4=_ip(iface.get("Address")),
+            ipv6=_ip(iface.get("AddressIPv6")),
+            ports=_ports(opts.get(PORTMAP)),
+        )
+        try:
+            await self._put("endpoints", eid, {"endpoint": ep.id, "network": nw.id})
+        except BaseException:
+            await self.ctl.delete_endpoint(ep.id)
+            raise
+        answer: dict[str, Any] = {}
+        if not mac:
+            answer["MacAddress"] = ep.mac
+        if not iface.get("Address") and ep.ipv4:
+            answer["Address"] = ep.ipv4
+        if not iface.get("AddressIPv6") and ep.ipv6:
+            answer["AddressIPv6"] = ep.ipv6
+        return {"Interface": answer}
+
+    async def endpoint_oper_info(self, req: dict[str, Any]) -> dict[str, Any]:
+        _m, ep = await self._endpoint(req.get("EndpointID"))
+        return {"Value": {"libnet.endpoint": ep.id, "libnet.network": ep.network_id, "mac": ep.mac}}
+
+    async def delete_endpoint(self, req: dict[str, Any]) -> dict[str, Any]:
+        eid = _id(req.get("EndpointID"), "EndpointID")
+        m = await self._get("endpoints", eid)
+        if m is None:
+            return {}
+        await self._unstage(eid, m)
+        with suppress(NotFound):
+            await self.ctl.delete_endpoint(m["endpoint"], force=True)
+        await self._drop("endpoints", eid)
+        return {}
+
+    async def join(self, req: dict[str, Any]) -> dict[str, Any]:
+        eid = _id(req.get("EndpointID"), "EndpointID")
+        m, ep = await self._endpoint(eid)
+        nw = await self.ctl.network(ep.network_id)
+        if ep.sandbox_id:
+            raise Conflict(f"endpoint {eid[:12]} is joined already", docker_endpoint=eid)
+        src = src_name(eid)
+        # staging: the container's namespace may not exist yet (docker run); Docker moves the interface in
+        sb = await self.ctl.create_sandbox(eid)
+        try:
+            joined = await self.ctl.join(ep.id, sb.id)
+            await self.handover(sb.netns, joined.ifname or "eth0", src)
+        except BaseException:
+            await self._unstage(eid, {**m, "sandbox": sb.id})
+            raise
+        await self._put("endpoints", eid, {**m, "sandbox": sb.id})
+        answer: dict[str, Any] = {"InterfaceName": {"SrcName": src, "DstPrefix": "eth"}, "StaticRoutes": []}
+        if nw.driver == "bridge" and not nw.internal:  # the gateway rule (module docstring)
+            if nw.ipv4_gateway and joined.ipv4:
+                answer["Gateway"] = _ip(nw.ipv4_gateway)
+            if nw.ipv6_gateway and joined.ipv6:
+                answer["GatewayIPv6"] = _ip(nw.ipv6_gateway)
+        if nw.internal:
+            answer["DisableGatewayService"] = True
+        return answer
+
+    async def leave(self, req: dict[str, Any]) -> dict[str, Any]:
+        eid = _id(req.get("EndpointID"), "EndpointID")
+        m = await self._get("endpoints", eid)
+        if m is None:
+            return {}
+        await self._unstage(eid, m)
+        await self._put("endpoints", eid, {k: v for k, v in m.items() if k != "sandbox"})
+        return {}
+
+    async def _unstage(self, eid: str, m: dict[str, Any]) -> None:
+        """Leave the staging sandbox and remove it; gone is fine."""
+        sid = m.get("sandbox") or eid
+        with suppress(NotFound):
+            ep = await self.ctl.endpoint(m["endpoint"])
+            if ep.sandbox_id:
+                await self.ctl.leave(ep.id)
+        with suppress(NotFound):
+            await self.ctl.delete_sandbox(sid)
+
+    async def program_external_connectivity(self, req: dict[str, Any]) -> dict[str, Any]:
+        # published ports (-p) came with CreateEndpoint and were published by the join
+        await self._endpoint(req.get("EndpointID"))
+        return {}
+
+    async def revoke_external_connectivity(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {}  # withdrawn by the leave that follows
+
+    async def nothing(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    async def allocate_network(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"Options": {}}  # swarm managers only; libnet's own cluster does the multi-host part
+
+
+def _id(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > 128 or not value.isalnum():
+        raise BadRequest(f"{field} must be Docker's id (letters and digits)", field=field)
+    return value
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def _family(data: Any, fam: str) -> dict[str, Any] | None:
+    if not data:
+        return None
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        raise BadRequest(f"{fam}Data must be a list of objects")
+    if len(data) > 1:
+        raise InvalidOption(f"a libnet network has one {fam} subnet; Docker gave {len(data)}")
+    if data[0].get("AddressSpace", "") not in DOCKER_SPACES:
+        raise InvalidOption(
+            "the libnet network driver keeps its own addresses: use it with Docker's default IPAM "
+            "(leave out --ipam-driver); libnet's IPAM driver is for other network drivers",
+            address_space=str(data[0].get("AddressSpace")),
+        )
+    return data[0]
+
+
+def _ports(value: Any) -> list[dict[str, Any]]:
+    """Docker's port bindings (``com.docker.network.portmap``) as libnet's port mappings."""
+    out = []
+    for pb in value or []:
+        if not isinstance(pb, dict):
+            raise BadRequest("a port binding must be an object", binding=str(pb)[:80])
+        proto = PROTOCOLS.get(pb.get("Proto"))
+        if proto is None:
+            raise InvalidOption(f"libnet publishes tcp and udp ports, not protocol {pb.get('Proto')!r}")
+        first, last = int(pb.get("HostPort") or 0), int(pb.get("HostPortEnd") or 0)
+        if last and last != first:
+            raise InvalidOption(f"host port ranges ({first}-{last}) are not supported; give one port")
+        mapping: dict[str, Any] = {"host_port": first, "container_port": int(pb.get("Port") or 0), "protocol": proto}
+        if pb.get("HostIP"):
+            mapping["host_ip"] = pb["HostIP"]
+        out.append(mapping)
+    return out
+
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+PLUGIN: web.AppKey[DockerPlugin] = web.AppKey("docker_plugin")
+
+
+def _route(fn: Handler, ipam: bool = False) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        try:
+            raw = await request.read()
+            body = json.loads(raw) if raw.strip() else {}
+            if not isinstance(body, dict):
+                raise BadRequest("the request body must be a JSON object")
+            answer = await fn(body)
+            return _reply(answer, 200)
+        except json.JSONDecodeError as exc:
+            msg, status = f"malformed JSON: {exc}", 400
+        except (LibnetError, PluginError) as exc:
+            msg, status = (exc.message if isinstance(exc, LibnetError) else str(exc)), 500
+        except (KeyError, TypeError, ValueError) as exc:
+            msg, status = f"bad request: {exc}", 400
+        log.info("docker %s refused: %s", request.path, msg)
+        # the plugin client reads "Err" from a non-200 answer; IPAM's own field is "Error"
+        return _reply({"Err": msg, "Error": msg} if ipam else {"Err": msg}, status)
+
+    return handle
+
+
+def _reply(body: dict[str, Any], status: int) -> web.Response:
+    return web.Response(text=json.dumps(body), status=status, content_type=CONTENT_TYPE)
+
+
+def make_plugin_app(controller: Controller, handover: Handover = kernel_handover) -> web.Application:
+    """The plugin's aiohttp application (served on its own unix socket by the agent)."""
+    plugin = DockerPlugin(controller, handover)
+    ipam = DockerIpam(controller)
+
+    async def activate(_req: dict[str, Any]) -> dict[str, Any]:
+        return {"Implements": ["NetworkDriver", "IpamDriver"]}
+
+    net: dict[str, Handler] = {
+        "GetCapabilities": plugin.get_capabilities,
+        "CreateNetwork": plugin.create_network,
+        "DeleteNetwork": plugin.delete_network,
+        "CreateEndpoint": plugin.create_endpoint,
+        "EndpointOperInfo": plugin.endpoint_oper_info,
+        "DeleteEndpoint": plugin.delete_endpoint,
+        "Join": plugin.join,
+        "Leave": plugin.leave,
+        "ProgramExternalConnectivity": plugin.program_external_connectivity,
+        "RevokeExternalConnectivity": plugin.revoke_external_connectivity,
+        "DiscoverNew": plugin.nothing,
+        "DiscoverDelete": plugin.nothing,
+        "AllocateNetwork": plugin.allocate_network,
+        "FreeNetwork": plugin.nothing,
+    }
+    ipams: dict[str, Handler] = {
+        "GetCapabilities": ipam.get_capabilities,
+        "GetDefaultAddressSpaces": ipam.get_default_address_spaces,
+        "RequestPool": ipam.request_pool,
+        "ReleasePool": ipam.release_pool,
+        "RequestAddress": ipam.request_address,
+        "ReleaseAddress": ipam.release_address,
+    }
+    app = web.Application(client_max_size=1 << 20)
+    app.router.add_post("/Plugin.Activate", _route(activate))
+    for call, fn in net.items():
+        app.router.add_post(f"/NetworkDriver.{call}", _route(fn))
+    for call, fn in ipams.items():
+        app.router.add_post(f"/IpamDriver.{call}", _route(fn, ipam=True))
+    app[PLUGIN] = plugin
+    return app

@@ -1,0 +1,335 @@
+"""The Docker network and IPAM plugin endpoints with fakes: every call, the request
+shapes dockerd 20.10 sends (shared/reference/runtimes.md), and the error paths."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from agent.docker_plugin import CONTENT_TYPE, PREFIX, make_plugin_app, src_name
+from ipam.ipam import StoreIpam
+from libnet import Config, Controller
+from libnet.store.memory import MemoryStore
+from libnet.testing.fakes import FakeDriver, FakeNamespaces
+
+ACCEPT = {"Accept": "application/vnd.docker.plugins.v1.2+json"}  # and no Content-Type, as dockerd
+NID = "a" * 64
+NID2 = "b" * 64
+EID = "c" * 64
+EID2 = "d" * 64
+SBKEY = "/var/run/docker/netns/0123456789ab"
+
+
+def _ctl(tmp_path, store, cluster, node="node-1"):
+    return Controller(
+        Config(state_dir=str(tmp_path / node), node_name=node),
+        store=store,
+        cluster_store=cluster,
+        ipam=StoreIpam(store, cluster),
+        drivers={"bridge": FakeDriver("bridge"), "overlay": FakeDriver("overlay", scope="global")},
+        namespaces=FakeNamespaces(),
+    )
+
+
+async def _client(ctl, moved):
+    async def handover(netns: str, ifname: str, new_name: str) -> None:
+        moved.append((netns, ifname, new_name))
+
+    await ctl.start()
+    c = TestClient(TestServer(make_plugin_app(ctl, handover)))
+    await c.start_server()
+    c.ctl, c.moved = ctl, moved
+    return c
+
+
+@pytest.fixture
+async def client(tmp_path):
+    store = MemoryStore()
+    c = await _client(_ctl(tmp_path, store, MemoryStore()), [])
+    yield c
+    await c.close()
+    await c.ctl.close()
+
+
+async def call(client, path: str, body=None, status: int = 200):
+    data = b"" if body is None else json.dumps(body).encode()
+    r = await client.post(path, data=data, headers=ACCEPT)
+    assert r.headers["Content-Type"].startswith(CONTENT_TYPE)
+    doc = json.loads(await r.text())
+    assert r.status == status, doc
+    return doc
+
+
+def create_net(nid=NID, generic=None, v6=True, internal=False, aux=None):
+    body = {
+        "NetworkID": nid,
+        "Options": {
+            "com.docker.network.enable_ipv6": v6,
+            "com.docker.network.generic": generic or {},
+        },
+        "IPv4Data": [
+            {
+                "AddressSpace": "LocalDefault",
+                "Pool": "198.51.100.0/24",
+                "Gateway": "198.51.100.1/24",
+                "AuxAddresses": aux or {},
+            }
+        ],
+        "IPv6Data": [{"AddressSpace": "LocalDefault", "Pool": "2001:db8:5::/64", "Gateway": "2001:db8:5::1/64"}]
+        if v6
+        else [],
+    }
+    if internal:
+        body["Options"]["com.docker.network.internal"] = True
+    return body
+
+
+def create_ep(eid=EID, nid=NID, v4="198.51.100.7/24", v6="2001:db8:5::7/64", portmap=None):
+    opts = {"com.docker.network.endpoint.exposedports": []}
+    if portmap is not None:
+        opts["com.docker.network.portmap"] = portmap
+    return {
+        "NetworkID": nid,
+        "EndpointID": eid,
+        "Interface": {"Address": v4, "AddressIPv6": v6, "MacAddress": ""},
+        "Options": opts,
+    }
+
+
+async def test_activate_and_capabilities(client) -> None:
+    assert await call(client, "/Plugin.Activate") == {"Implements": ["NetworkDriver", "IpamDriver"]}
+    caps = await call(client, "/NetworkDriver.GetCapabilities", {})
+    assert caps == {"Scope": "local", "ConnectivityScope": "local"}
+    assert await call(client, "/IpamDriver.GetCapabilities", {}) == {
+        "RequiresMACAddress": False,
+        "RequiresRequestReplay": False,
+    }
+    spaces = await call(client, "/IpamDriver.GetDefaultAddressSpaces", {})
+    assert spaces == {"LocalDefaultAddressSpace": "local", "GlobalDefaultAddressSpace": "global"}
+
+
+async def test_run_sequence_dual_stack(client) -> None:
+    """docker network create; docker run (CreateEndpoint, Join, Program..., OperInfo x2); stop; rm; network rm."""
+    assert await call(client, "/NetworkDriver.CreateNetwork", create_net(generic={"mtu": "1400"})) == {}
+    nw = (await client.ctl.networks())[0]
+    assert nw.name == f"docker-{NID[:12]}" and nw.driver == "bridge"
+    assert nw.ipv4_subnet == "198.51.100.0/24" and nw.ipv6_subnet == "2001:db8:5::/64"
+    assert nw.options["mtu"] == 1400 and nw.labels == {"docker.network": NID}
+
+    ans = await call(client, "/NetworkDriver.CreateEndpoint", create_ep())
+    ep = (await client.ctl.endpoints())[0]
+    assert ep.ipv4 == "198.51.100.7/24" and ep.ipv6 == "2001:db8:5::7/64"
+    assert ans == {"Interface": {"MacAddress": ep.mac}}
+
+    join = await call(
+        client, "/NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID, "SandboxKey": SBKEY, "Options": {}}
+    )
+    assert join["InterfaceName"] == {"SrcName": src_name(EID), "DstPrefix": "eth"}
+    assert join["Gateway"] == "198.51.100.1" and join["GatewayIPv6"] == "2001:db8:5::1"
+    assert "DisableGatewayService" not in join
+    staged = await client.ctl.sandbox(EID)  # the staging sandbox, its interface handed over
+    assert client.moved == [(staged.netns, "eth0", src_name(EID))]
+    assert (await client.ctl.endpoint(ep.id)).sandbox_id == EID
+
+    opts = {"com.docker.network.endpoint.exposedports": [], "com.docker.network.portmap": []}
+    pec = {"NetworkID": NID, "EndpointID": EID, "Options": opts}
+    assert await call(client, "/NetworkDriver.ProgramExternalConnectivity", pec) == {}
+    info = await call(client, "/NetworkDriver.EndpointOperInfo", {"NetworkID": NID, "EndpointID": EID})
+    assert info["Value"]["libnet.endpoint"] == ep.id
+
+    ids = {"NetworkID": NID, "EndpointID": EID}
+    assert await call(client, "/NetworkDriver.RevokeExternalConnectivity", ids) == {}
+    assert await call(client, "/NetworkDriver.Leave", ids) == {}
+    assert await client.ctl.sandboxes() == []
+    assert await call(client, "/NetworkDriver.DeleteEndpoint", ids) == {}
+    assert await client.ctl.endpoints() == []
+    assert await call(client, "/NetworkDriver.DeleteNetwork", {"NetworkID": NID}) == {}
+    assert await client.ctl.networks() == []
+    assert await client.ctl.repo.store("local").list(PREFIX) == []
+    # idempotent deletes
+    assert await call(client, "/NetworkDriver.DeleteEndpoint", ids) == {}
+    assert await call(client, "/NetworkDriver.DeleteNetwork", {"NetworkID": NID}) == {}
+    assert await call(client, "/NetworkDriver.Leave", ids) == {}
+
+
+async def test_addresses_left_to_libnet_ipv4_only_and_ports(client) -> None:
+    await call(client, "/NetworkDriver.CreateNetwork", create_net(v6=False))
+    nw = (await client.ctl.networks())[0]
+    assert nw.ipv6_subnet is None
+    portmap = [{"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080}]
+    ans = await call(client, "/NetworkDriver.CreateEndpoint", create_ep(v4="", v6="", portmap=portmap))
+    ep = (await client.ctl.endpoints())[0]
+    assert ans["Interface"]["Address"] == ep.ipv4 and "AddressIPv6" not in ans["Interface"]
+    assert ep.ports == [{"host_port": 8080, "container_port": 80, "protocol": "tcp", "host_ip": None}]
+    join = await call(client, "/NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID, "SandboxKey": SBKEY})
+    assert "GatewayIPv6" not in join and join["Gateway"] == "198.51.100.1"
+
+
+async def test_internal_network_gets_no_gateway(client) -> None:
+    await call(client, "/NetworkDriver.CreateNetwork", create_net(internal=True, aux={"printer": "198.51.100.5/24"}))
+    nw = (await client.ctl.networks())[0]
+    assert nw.internal and nw.aux_addresses == {"printer": "198.51.100.5"}
+    await call(client, "/NetworkDriver.CreateEndpoint", create_ep())
+    join = await call(client, "/NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID, "SandboxKey": SBKEY})
+    assert "Gateway" not in join and "GatewayIPv6" not in join and join["DisableGatewayService"] is True
+
+
+async def test_overlay_by_name_attaches_on_the_second_host(tmp_path) -> None:
+    cluster = MemoryStore()
+    c1 = await _client(_ctl(tmp_path, MemoryStore(), cluster, "node-1"), [])
+    c2 = await _client(_ctl(tmp_path, MemoryStore(), cluster, "node-2"), [])
+    try:
+        gen = {"libnet.driver": "overlay", "libnet.name": "ov"}
+        await call(c1, "/NetworkDriver.CreateNetwork", create_net(generic=gen))
+        await call(c2, "/NetworkDriver.CreateNetwork", create_net(nid=NID2, generic=gen))
+        (n1,) = await c1.ctl.networks()
+        (n2,) = await c2.ctl.networks()
+        assert n1.id == n2.id and n1.driver == "overlay" and n1.name == "ov"
+        join = {"NetworkID": NID, "EndpointID": EID, "SandboxKey": SBKEY}
+        await call(c1, "/NetworkDriver.CreateEndpoint", create_ep())
+        ans = await call(c1, "/NetworkDriver.Join", join)
+        assert "Gateway" not in ans and "DisableGatewayService" not in ans  # docker_gwbridge gives the way out
+        # another subnet for the same name is refused with the reason
+        bad = create_net(nid="e" * 64, generic=gen)
+        bad["IPv4Data"][0]["Pool"] = "198.51.100.128/25"
+        err = await call(c2, "/NetworkDriver.CreateNetwork", bad, status=500)
+        assert "same --subnet" in err["Err"]
+        # host 2 lets go while host 1 still has a container on it: the overlay stays
+        assert await call(c2, "/NetworkDriver.DeleteNetwork", {"NetworkID": NID2}) == {}
+        assert [n.id for n in await c1.ctl.networks()] == [n1.id]
+        err = await call(c1, "/NetworkDriver.CreateEndpoint", create_ep(nid=NID2), status=500)
+        assert "not a libnet network known" in err["Err"]
+    finally:
+        for c in (c1, c2):
+            await c.close()
+            await c.ctl.close()
+
+
+async def test_state_survives_an_agent_restart(tmp_path) -> None:
+    store, cluster = MemoryStore(), MemoryStore()
+    c = await _client(_ctl(tmp_path, store, cluster), [])
+    await call(c, "/NetworkDriver.CreateNetwork", create_net())
+    await call(c, "/NetworkDriver.CreateEndpoint", create_ep())
+    await c.close()
+    await c.ctl.close()
+    c = await _client(_ctl(tmp_path, store, cluster), [])  # dockerd does not replay CreateNetwork
+    try:
+        join = await call(c, "/NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID, "SandboxKey": SBKEY})
+        assert join["Gateway"] == "198.51.100.1"
+    finally:
+        await c.close()
+        await c.ctl.close()
+
+
+async def test_errors_are_err_with_libnet_messages(client) -> None:
+    err = await call(client, "/NetworkDriver.CreateEndpoint", create_ep(), status=500)
+    assert "not a libnet network known to this agent" in err["Err"]
+    err = await call(client, "/NetworkDriver.CreateNetwork", create_net(generic={"libnet.driver": "macvlan"}), 500)
+    assert "libnet.driver" in err["Err"]
+    err = await call(client, "/NetworkDriver.CreateNetwork", create_net(generic={"bogus": "1"}), status=500)
+    assert "bogus" in err["Err"] and await client.ctl.networks() == []
+    two = create_net()
+    two["IPv4Data"].append(dict(two["IPv4Data"][0], Pool="198.51.100.128/25"))
+    assert "one IPv4 subnet" in (await call(client, "/NetworkDriver.CreateNetwork", two, status=500))["Err"]
+    ours = create_net()
+    ours["IPv4Data"][0]["AddressSpace"] = "local"
+    assert "default IPAM" in (await call(client, "/NetworkDriver.CreateNetwork", ours, status=500))["Err"]
+    err = await call(client, "/NetworkDriver.CreateNetwork", {"NetworkID": "../x"}, status=500)
+    assert "NetworkID" in err["Err"]
+    r = await client.post("/NetworkDriver.CreateNetwork", data=b"{nope", headers=ACCEPT)
+    assert r.status == 400 and "malformed JSON" in json.loads(await r.text())["Err"]
+
+    await call(client, "/NetworkDriver.CreateNetwork", create_net())
+    assert await call(client, "/NetworkDriver.CreateNetwork", create_net()) == {}  # a replay changes nothing
+    await call(client, "/NetworkDriver.CreateEndpoint", create_ep())
+    err = await call(client, "/NetworkDriver.CreateEndpoint", create_ep(eid=EID2), status=500)  # same address
+    assert "198.51.100.7" in err["Err"] and "already allocated" in err["Err"]
+    err = await call(client, "/NetworkDriver.CreateEndpoint", create_ep(eid=EID2, v4="203.0.113.9/24"), status=500)
+    assert "203.0.113.9" in err["Err"]
+    err = await call(client, "/NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID2}, status=500)
+    assert "not a libnet endpoint known" in err["Err"]
+    err = await call(client, "/NetworkDriver.DeleteNetwork", {"NetworkID": NID}, status=500)
+    assert "still has endpoints" in err["Err"]
+    bad_port = create_ep(eid=EID2, v4="", v6="", portmap=[{"Proto": 132, "Port": 80, "HostPort": 80}])
+    assert "protocol" in (await call(client, "/NetworkDriver.CreateEndpoint", bad_port, status=500))["Err"]
+    assert len(await client.ctl.endpoints()) == 1  # refusals left nothing behind
+
+
+async def test_failed_join_then_delete_endpoint(tmp_path) -> None:
+    async def broken(netns: str, ifname: str, new_name: str) -> None:
+        from libnet.errors import KernelError
+
+        raise KernelError("move link to namespace: no such device", ifname=ifname)
+
+    ctl = _ctl(tmp_path, MemoryStore(), MemoryStore())
+    await ctl.start()
+    async with TestClient(TestServer(make_plugin_app(ctl, broken))) as c:
+        await call(c, "/NetworkDriver.CreateNetwork", create_net())
+        await call(c, "/NetworkDriver.CreateEndpoint", create_ep())
+        ids = {"NetworkID": NID, "EndpointID": EID, "SandboxKey": SBKEY}
+        err = await call(c, "/NetworkDriver.Join", ids, status=500)
+        assert "no such device" in err["Err"]
+        assert await ctl.sandboxes() == [] and (await ctl.endpoints())[0].sandbox_id is None
+        assert await call(c, "/NetworkDriver.DeleteEndpoint", ids) == {}  # what dockerd sends next
+        assert await ctl.endpoints() == []
+    await ctl.close()
+
+
+async def test_ipam_sequence(client) -> None:
+    """--ipam-driver libnet with --subnet, --ip-range, --gateway, --aux-address; a container; network rm."""
+    pool = await call(
+        client,
+        "/IpamDriver.RequestPool",
+        {"AddressSpace": "local", "Pool": "198.51.100.0/24", "SubPool": "198.51.100.128/25", "Options": {}},
+    )
+    assert pool["Pool"] == "198.51.100.0/24" and pool["PoolID"]
+    pid = pool["PoolID"]
+    gw = {"PoolID": pid, "Address": "198.51.100.254", "Options": {"RequestAddressType": "com.docker.network.gateway"}}
+    assert (await call(client, "/IpamDriver.RequestAddress", gw))["Address"] == "198.51.100.254/24"
+    aux = await call(client, "/IpamDriver.RequestAddress", {"PoolID": pid, "Address": "198.51.100.5", "Options": {}})
+    assert aux["Address"] == "198.51.100.5/24"
+    ctr = await call(client, "/IpamDriver.RequestAddress", {"PoolID": pid, "Address": "", "Options": {}})
+    assert ctr["Address"].startswith("198.51.100.") and int(ctr["Address"].split(".")[3].split("/")[0]) >= 128
+    err = await call(client, "/IpamDriver.RequestAddress", {"PoolID": pid, "Address": "198.51.100.5"}, status=500)
+    assert "198.51.100.5" in err["Err"] and err["Error"] == err["Err"]
+    v6 = await call(client, "/IpamDriver.RequestPool", {"AddressSpace": "local", "Pool": "", "V6": True})
+    assert ":" in v6["Pool"]
+    assert (await call(client, "/IpamDriver.RequestAddress", {"PoolID": v6["PoolID"]}))["Address"].count(":") >= 2
+    # the periodic reconcile does not take Docker's pools and addresses away
+    await client.ctl.reconcile()
+    err = await call(client, "/IpamDriver.RequestAddress", {"PoolID": pid, "Address": "198.51.100.5"}, status=500)
+    assert "already allocated" in err["Err"]
+
+    ip = ctr["Address"].split("/")[0]
+    assert await call(client, "/IpamDriver.ReleaseAddress", {"PoolID": pid, "Address": ip}) == {}
+    assert await call(client, "/IpamDriver.ReleaseAddress", {"PoolID": pid, "Address": ip}) == {}
+    assert await call(client, "/IpamDriver.ReleaseAddress", {"PoolID": pid, "Address": "198.51.100.254"}) == {}
+    assert await call(client, "/IpamDriver.ReleasePool", {"PoolID": pid}) == {}
+    assert await call(client, "/IpamDriver.ReleasePool", {"PoolID": pid}) == {}
+    assert await call(client, "/IpamDriver.ReleasePool", {"PoolID": v6["PoolID"]}) == {}
+    assert await client.ctl.ipam.pool_owners() == []
+
+
+async def test_ipam_errors(client) -> None:
+    await call(client, "/IpamDriver.RequestPool", {"AddressSpace": "local", "Pool": "198.51.100.0/24"})
+    err = await call(client, "/IpamDriver.RequestPool", {"AddressSpace": "local", "Pool": "198.51.100.0/25"}, 500)
+    assert "overlap" in err["Err"].lower() and err["Error"] == err["Err"]
+    err = await call(client, "/IpamDriver.RequestPool", {"AddressSpace": "Nope", "Pool": ""}, status=500)
+    assert "address spaces" in err["Err"]
+    err = await call(client, "/IpamDriver.RequestPool", {"Pool": "", "Options": {"color": "red"}}, status=500)
+    assert "--ipam-opt color" in err["Err"]
+    err = await call(client, "/IpamDriver.RequestPool", {"Pool": "not-a-subnet"}, status=500)
+    assert "not-a-subnet" in err["Err"]
+    err = await call(client, "/IpamDriver.RequestAddress", {"PoolID": "local/203.0.113.0/24"}, status=500)
+    assert err["Err"]
+    assert (await call(client, "/IpamDriver.RequestAddress", {}, status=500))["Err"] == "PoolID is required"
+    assert (await call(client, "/IpamDriver.ReleasePool", {}, status=500))["Err"] == "PoolID is required"
+
+
+async def test_swarm_and_discovery_calls(client) -> None:
+    assert await call(client, "/NetworkDriver.DiscoverNew", {"DiscoveryType": 1, "DiscoveryData": {}}) == {}
+    assert await call(client, "/NetworkDriver.DiscoverDelete", {"DiscoveryType": 1, "DiscoveryData": {}}) == {}
+    assert await call(client, "/NetworkDriver.AllocateNetwork", {"NetworkID": NID, "Options": {}}) == {"Options": {}}
+    assert await call(client, "/NetworkDriver.FreeNetwork", {"NetworkID": NID}) == {}
