@@ -143,7 +143,9 @@ class AnswerCache:
         return len(self._entries)
 
     @staticmethod
-    def key(upstreams: tuple, query: bytes, qend: int, edns: bool, do: bool) -> tuple:
+    def key(
+        upstreams: tuple[tuple[str, int], ...], query: bytes, qend: int, edns: bool, do: bool
+    ) -> tuple[tuple[tuple[str, int], ...], bytes, bytes, tuple[int, int, bool, bool]]:
         """The cache key of ``query`` (its question ends at ``qend``) sent to ``upstreams``."""
         bits = (query[2] & 0x01, query[3] & 0x10, edns, do)  # RD, CD, EDNS, DO
         return (upstreams, query[12 : qend - 4].lower(), query[qend - 4 : qend], bits)

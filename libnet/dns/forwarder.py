@@ -47,7 +47,7 @@ import secrets
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from dnslib import QTYPE, DNSRecord
@@ -146,7 +146,7 @@ def udp_limit(request: DNSRecord) -> int:
     """The largest UDP answer the client accepts: 512, or its EDNS0 size (at most 4096)."""
     for rr in request.ar:
         if rr.rtype == QTYPE.OPT:
-            return max(512, min(rr.rclass, 4096))
+            return max(512, min(int(rr.rclass), 4096))
     return 512
 
 
@@ -230,7 +230,7 @@ class Forwarder:
 
     def lookup(
         self, request: DNSRecord, query: bytes, ups: tuple[Upstream, ...], tcp: bool
-    ) -> tuple[tuple | None, int, Entry | None]:
+    ) -> tuple[Hashable | None, int, Entry | None]:
         """(cache key, question end, entry) of ``query``; key None when it cannot be cached."""
         qend = question_end(query)
         if qend is None or self.cache.size <= 0:

@@ -95,8 +95,8 @@ class Batch:
         self.rview = memoryview(self.rbuf).cast("B")
         self.sview = memoryview(self.sbuf).cast("B")
         self.rmsg32 = memoryview(rmsg).cast("B").cast("I")
-        self.smsgW = memoryview(smsg).cast("B").cast("N")
-        self.siovW = memoryview(siov).cast("B").cast("N")
+        self.smsgW = memoryview(smsg).cast("B").cast("N")  # type: ignore[call-overload]  # typeshed lacks size_t "N"
+        self.siovW = memoryview(siov).cast("B").cast("N")  # type: ignore[call-overload]  # typeshed lacks size_t "N"
         self.namesB = memoryview(names).cast("B")
         len_off = _Mmsghdr.len.offset
         flags_off = _Mmsghdr.hdr.offset + _Msghdr.flags.offset
@@ -106,7 +106,7 @@ class Batch:
 
     def recv(self, fd: int) -> int:
         """Datagrams now waiting on ``fd``, up to BATCH; 0 when none; -errno on another error."""
-        n = _recvmmsg(fd, self.rmsg_addr, BATCH, MSG_DONTWAIT, None)
+        n: int = _recvmmsg(fd, self.rmsg_addr, BATCH, MSG_DONTWAIT, None)
         if n < 0:
             err = ctypes.get_errno()
             return 0 if err in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR) else -err
@@ -119,7 +119,7 @@ class Batch:
     def truncated(self, i: int) -> bool:
         return bool(self.rmsg32[i * self.stride32 + self.flags32] & MSG_TRUNC)
 
-    def address(self, i: int) -> tuple:
+    def address(self, i: int) -> tuple[str, int] | tuple[str, int, int, int]:
         """Datagram ``i``'s source as Python's socket module writes it."""
         raw = self.namesB[i * _SOCKADDR : (i + 1) * _SOCKADDR].tobytes()
         port = struct.unpack_from("!H", raw, 2)[0]

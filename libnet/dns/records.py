@@ -29,6 +29,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from libnet.errors import InvalidOption
 
@@ -249,7 +250,7 @@ class Records:
         return any(nw.external for nid in view if (nw := self._networks.get(nid)) is not None)
 
 
-def _discard(index: dict, key: object, entry: Entry) -> None:
+def _discard(index: dict[Any, list[Entry]], key: object, entry: Entry) -> None:
     items = index.get(key)
     if items is None:
         return

@@ -62,7 +62,7 @@ from dataclasses import dataclass
 
 from dnslib import AAAA, EDNS0, OPCODE, PTR, QTYPE, RCODE, RR, SOA, SRV, A, DNSHeader, DNSRecord
 
-from libnet.dns.records import Entry, Records, Subnet, parse_reverse, reverse_name
+from libnet.dns.records import Entry, Records, Service, Subnet, parse_reverse, reverse_name
 from libnet.dns.stats import DnsStats
 
 DEFAULT_TTL = 600
@@ -164,7 +164,7 @@ class Resolver:
         entries = self.records.lookup(view, host)
         return host if any(s.protocol == label[1:] for e in entries for s in e.services) else None
 
-    def _services(self, view: frozenset[str], name: str) -> list | None:
+    def _services(self, view: frozenset[str], name: str) -> list[tuple[Entry, Service]] | None:
         """For ``_service._proto.<name>`` with ``<name>`` known in the view: the
         (entry, service) pairs offering it (maybe none); None for other names."""
         labels = name.split(".", 2)
@@ -176,7 +176,7 @@ class Resolver:
         service, proto = labels[0][1:], labels[1][1:]
         return [(e, s) for e in entries for s in e.services if s.name == service and s.protocol == proto]
 
-    def _srv(self, request: DNSRecord, offering: list) -> tuple[list[RR], list[RR]]:
+    def _srv(self, request: DNSRecord, offering: list[tuple[Entry, Service]]) -> tuple[list[RR], list[RR]]:
         """SRV records, and their targets' addresses for the additional section."""
         random.shuffle(offering)
         answers, extra = [], []
@@ -288,7 +288,7 @@ class Resolver:
         return reply
 
 
-def _unique(items) -> list:
+def _unique(items: Iterable[str | None]) -> list[str]:
     return list(dict.fromkeys(i for i in items if i))
 
 

@@ -33,7 +33,9 @@ import logging
 import random
 import socket
 import struct
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from dnslib import QTYPE, RCODE, DNSRecord
 
@@ -65,7 +67,7 @@ def udp_limit(request: DNSRecord) -> int:
     """The largest UDP answer the client accepts: 512, or its EDNS0 size (capped)."""
     for rr in request.ar:
         if rr.rtype == QTYPE.OPT:
-            return max(512, min(rr.rclass, MAX_UDP_PAYLOAD))
+            return max(512, min(int(rr.rclass), MAX_UDP_PAYLOAD))
     return 512
 
 
@@ -169,10 +171,10 @@ class _Listener:
                 continue
             hit = cache.get(data[2:])
             if hit is not None:
-                kind = type(hit)
-                if kind is bytes:
+                answer: bytes | None
+                if isinstance(hit, bytes):
                     answer = data[:2] + hit
-                elif kind is tuple:
+                elif isinstance(hit, tuple):
                     answer = data[:2] + random.choice(hit)
                 else:
                     answer = self._from_entry(hit, data)
@@ -211,12 +213,11 @@ class _Listener:
                     continue
                 data = rview[start : start + size].tobytes()
                 hit = cache.get(data[2:])
-                answer = None
+                answer: bytes | None = None
                 if hit is not None:
-                    kind = type(hit)
-                    if kind is bytes:
+                    if isinstance(hit, bytes):
                         answer = data[:2] + hit
-                    elif kind is tuple:
+                    elif isinstance(hit, tuple):
                         answer = data[:2] + random.choice(hit)
                     else:
                         answer = self._from_entry(hit, data)
@@ -245,7 +246,7 @@ class _Listener:
             fwd.hit(fast=True)
         return answer
 
-    def _miss(self, sock: socket.socket, data: bytes, addr: tuple) -> None:
+    def _miss(self, sock: socket.socket, data: bytes, addr: tuple[Any, ...]) -> None:
         try:
             self._udp_miss(sock, data, addr)
         except Exception:  # one bad question must not stop the loop
@@ -256,7 +257,7 @@ class _Listener:
                 with contextlib.suppress(OSError):
                     sock.sendto(failed, addr)
 
-    def _udp_miss(self, sock: socket.socket, data: bytes, addr: tuple) -> None:
+    def _udp_miss(self, sock: socket.socket, data: bytes, addr: tuple[Any, ...]) -> None:
         request = self._parse(data)
         if request is None:
             bad = formerr(data)
@@ -282,7 +283,8 @@ class _Listener:
         self.server.stats.answered += 1
         self._remember(request, data, reply, wire, limit)
 
-    async def _forward_udp(self, sock: socket.socket, request: DNSRecord, data: bytes, addr: tuple) -> None:
+    async def _forward_udp(self, sock: socket.socket, request: DNSRecord, data: bytes, addr: tuple[Any, ...]) -> None:
+        answer: bytes | None
         try:
             answer = await self.server.forwarder.forward(
                 request, data, upstreams=self.upstreams, client=self.sandbox_id
@@ -390,7 +392,7 @@ class DnsServer:
         self._listeners: dict[str, _Listener] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def spawn(self, coro) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

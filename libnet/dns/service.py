@@ -68,6 +68,8 @@ class DnsConfig:
 class TimedForwarder(Forwarder):
     """The forwarder, counting what goes down the forwarding path and how long its answers take."""
 
+    dns_stats: DnsStats  # always given here
+
     def __init__(self, *args: Any, stats: DnsStats, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.dns_stats = stats
@@ -105,20 +107,23 @@ class EmbeddedDns:
         if self.config.upstreams:
             fixed = [parse_upstream(u) for u in self.config.upstreams]
             return lambda: fixed
-        cache: list = [None, []]  # (mtime, upstreams): the host's file, read again only when it changes
+        # the host's file's mtime and upstreams, read again only when it changes
+        seen: int | None = None
+        upstreams: list[tuple[str, int]] = []
 
         def from_host() -> list[tuple[str, int]]:
+            nonlocal seen, upstreams
             try:
                 mtime = os.stat(path).st_mtime_ns
-                if mtime != cache[0]:
+                if mtime != seen:
                     with open(path) as f:
                         found, skipped = parse_resolv_conf(f.read())
                         for why in skipped:  # once per change of the file
                             log.warning("DNS: %s: nameserver line not used: %s", path, why)
-                        cache[:] = [mtime, found]
+                        seen, upstreams = mtime, found
             except OSError:
-                cache[:] = [None, []]
-            return cache[1]
+                seen, upstreams = None, []
+            return upstreams
 
         return from_host
 

@@ -87,9 +87,9 @@ class ConsulStore:
                 if await self._call(lambda c: c.session.renew(sid)) is not None:
                     return sid
         seconds = max(MIN_SESSION_TTL, math.ceil(ttl))
-        sid = await self._call(lambda c: c.session.create(behavior="delete", ttl=seconds, lock_delay=0))
-        self._sessions[key] = sid
-        return sid
+        created: str = await self._call(lambda c: c.session.create(behavior="delete", ttl=seconds, lock_delay=0))
+        self._sessions[key] = created
+        return created
 
     async def revision(self) -> int:
         index, _ = await self._call(lambda c: c.kv.get("libnet-revision-probe"))
@@ -197,10 +197,12 @@ class ConsulStore:
                     yield WatchEvent("put", i["Key"], i.get("Value") or b"", i["ModifyIndex"])
         delay = 0.05
         while True:
+
+            def poll(c: consul.aio.Consul, i: Any = index) -> Any:  # python-consul is untyped
+                return c.kv.get(prefix, recurse=True, index=i, wait="30s")
+
             try:
-                new_index, items = await self._call(
-                    lambda c, i=index: c.kv.get(prefix, recurse=True, index=i, wait="30s"), timeout=40
-                )
+                new_index, items = await self._call(poll, timeout=40)
                 delay = 0.05
             except StoreUnavailable:
                 if self._closed:

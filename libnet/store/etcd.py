@@ -35,11 +35,12 @@ carry the writer's ids, so another writer's identical value does not happen.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import aetcd
 import aetcd.exceptions
@@ -172,7 +173,8 @@ class EtcdStore:
     async def revision(self) -> int:
         # a range read of an empty range still carries the store's revision
         result = await self._call(lambda c: c.get_prefix(b"\x00"))
-        return result.header.revision
+        revision: int = result.header.revision
+        return revision
 
     async def get(self, key: str) -> KVPair:
         check_key(key)
@@ -207,7 +209,7 @@ class EtcdStore:
     async def list(self, prefix: str) -> list[KVPair]:
         check_key(prefix, prefix=True)
 
-        async def body(c: aetcd.Client) -> list[KVPair]:
+        async def body(c: aetcd.Client) -> builtins.list[KVPair]:
             if prefix:
                 result = await c.get_prefix(prefix.encode())
             else:
@@ -216,7 +218,7 @@ class EtcdStore:
 
         return sorted(await self._call(body), key=lambda p: p.key)
 
-    async def _txn(self, key: str, compare: Any, success: list[Any]) -> tuple[bool, KVPair | None, bool]:
+    async def _txn(self, key: str, compare: Any, success: builtins.list[Any]) -> tuple[bool, KVPair | None, bool]:
         """Run a transaction; returns (succeeded, the key's pair afterwards/now, whether an
         earlier try failed -- and so may have been applied)."""
         k = key.encode()
@@ -251,7 +253,7 @@ class EtcdStore:
         else:
             compare = lambda c: c.transactions.mod(k) == previous.revision  # noqa: E731
         ok, now, retried = await self._txn(key, compare, [lambda c: c.transactions.put(k, value, lease=lease)])
-        if not ok and retried and _ours(now, value, previous):
+        if not ok and retried and now is not None and _ours(now, value, previous):
             return now  # an earlier try was applied, its answer lost
         if not ok:
             check_previous(key, now, previous)
@@ -313,7 +315,7 @@ class EtcdStore:
                     if rev <= last:
                         continue  # already delivered before a reconnect
                     last = rev
-                    kind = "put" if ev.kind == "PUT" else "delete"
+                    kind: Literal["put", "delete"] = "put" if ev.kind == "PUT" else "delete"
                     yield WatchEvent(kind, ev.kv.key.decode(), ev.kv.value if kind == "put" else b"", rev)
                 # the stream ended without an error: its client was closed,
                 # by close() (stop) or by a failing call elsewhere (resume)

@@ -9,7 +9,7 @@ each event exactly once, in order.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from libnet.errors import WatchCompacted
 from libnet.store.base import WatchEvent, check_key
@@ -47,7 +47,7 @@ class LogWatchMixin:
         check_key(prefix, prefix=True)
         return self._watch(lambda k: k.startswith(prefix), start_revision)
 
-    async def _watch(self, match, start_revision: int | None) -> AsyncIterator[WatchEvent]:
+    async def _watch(self, match: Callable[[str], bool], start_revision: int | None) -> AsyncIterator[WatchEvent]:
         last = await self.revision() if start_revision is None else start_revision
         if self._wakeups is None:
             self._wakeups = set()

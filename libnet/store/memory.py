@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import builtins
 import heapq
 import time
 from contextlib import AbstractAsyncContextManager
@@ -128,7 +129,7 @@ class MemoryStore(LogWatchMixin):
 
     # --- watch log ------------------------------------------------------------
 
-    async def _events_after(self, revision: int, limit: int) -> list[WatchEvent]:
+    async def _events_after(self, revision: int, limit: int) -> builtins.list[WatchEvent]:
         self._expire()
         i = bisect.bisect_right(self._log, revision, key=lambda e: e.revision)
         return self._log[i : i + limit]

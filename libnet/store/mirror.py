@@ -33,10 +33,12 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import TypeVar
 
 from libnet.errors import KeyNotFound, StoreUnavailable
-from libnet.store.base import KVPair, WatchEvent
+from libnet.store.base import KVPair, Store, WatchEvent
+
+T = TypeVar("T")
 
 log = logging.getLogger("libnet.store.mirror")
 PROBE_INTERVAL = 1.0
@@ -51,7 +53,7 @@ class ClusterStoreDegraded(StoreUnavailable):
 class MirroredStore:
     """A :class:`~libnet.store.base.Store` over another, with a local copy; see the module docstring."""
 
-    def __init__(self, remote: Any, cache_path: str, probe_interval: float = PROBE_INTERVAL) -> None:
+    def __init__(self, remote: Store, cache_path: str, probe_interval: float = PROBE_INTERVAL) -> None:
         self.remote = remote
         self.scheme = remote.scheme
         self.cache_path = cache_path
@@ -197,7 +199,7 @@ class MirroredStore:
             except Exception:
                 log.exception("catching up after the cluster store's return failed")
 
-    async def _call(self, fn: Callable[[], Awaitable[Any]], write: bool = False) -> Any:
+    async def _call(self, fn: Callable[[], Awaitable[T]], write: bool = False) -> T:
         if self.degraded_since is not None and write:
             raise self.refusal()
         try:

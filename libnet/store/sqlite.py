@@ -21,6 +21,7 @@ another process's write lock, which keeps the event loop free.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import os
 import sqlite3
@@ -201,7 +202,7 @@ class SQLiteStore(LogWatchMixin):
         return row[0] if row else 0
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        result = await self._run(self._write_txn, fn)
+        result: T = await self._run(self._write_txn, fn)
         self._notify_watchers()
         return result
 
@@ -242,7 +243,7 @@ class SQLiteStore(LogWatchMixin):
         check_key(prefix, prefix=True)
         lo, hi = _prefix_range(prefix)
 
-        def body(db: sqlite3.Connection) -> list[KVPair]:
+        def body(db: sqlite3.Connection) -> builtins.list[KVPair]:
             rows = db.execute(
                 "SELECT key, value, revision FROM kv WHERE key >= ? AND key < ? "
                 "AND (expires IS NULL OR expires > ?) ORDER BY key",
@@ -298,8 +299,8 @@ class SQLiteStore(LogWatchMixin):
 
     # --- watch log ------------------------------------------------------------
 
-    async def _events_after(self, revision: int, limit: int) -> list[WatchEvent]:
-        def body(db: sqlite3.Connection) -> list[WatchEvent]:
+    async def _events_after(self, revision: int, limit: int) -> builtins.list[WatchEvent]:
+        def body(db: sqlite3.Connection) -> builtins.list[WatchEvent]:
             rows = db.execute(
                 "SELECT revision, key, kind, value FROM events WHERE revision > ? ORDER BY revision LIMIT ?",
                 (revision, limit),
@@ -328,7 +329,7 @@ class SQLiteStore(LogWatchMixin):
 
             def check(db: sqlite3.Connection) -> bool:
                 (version,) = db.execute("PRAGMA data_version").fetchone()
-                changed = version != self._data_version
+                changed: bool = version != self._data_version
                 self._data_version = version
                 return changed
 
