@@ -1,0 +1,205 @@
+"""libnet as Docker's network and IPAM plugin, driven by a real dockerd (20.10) in a test host.
+
+One engine and one agent on host h1 for the module (h2 is an outside client for
+published ports); each test removes what it made.  See libnet/testing/docker.py
+for how dockerd runs and finds the plugin."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pytest
+
+from libnet.testing.agents import AgentProcess
+from libnet.testing.docker import IMAGE, DockerEngine, missing
+from libnet.testing.hosts import Testbed, wait_until
+
+pytestmark = pytest.mark.root
+MISSING = missing()
+if MISSING and os.environ.get("CI"):
+    raise RuntimeError(f"CI must run the Docker tests: {MISSING}")
+if MISSING:
+    pytestmark = [pytestmark, pytest.mark.skip(reason=MISSING)]
+
+DUAL = ["--ipv6", "--subnet", "198.51.100.0/26", "--subnet", "2001:db8:5::/64"]
+
+
+@pytest.fixture(scope="module")
+def env():
+    with Testbed(2) as bed:
+        h1 = bed.hosts[0]
+        agent = AgentProcess(bed, h1).start()
+        engine = DockerEngine(bed, h1, agent.plugin_socket)
+        try:
+            engine.start()
+            yield bed, agent, engine
+        finally:
+            engine.close()
+
+
+@pytest.fixture
+def eng(env):
+    """The engine; containers and networks a test leaves are removed after it."""
+    _bed, agent, engine = env
+    if agent.proc is None or agent.proc.poll() is not None:
+        agent.start()
+    before = set(engine.docker("network", "ls", "-q").stdout.split())
+    yield engine
+    ids = engine.docker("ps", "-aq", check=False).stdout.split()
+    if ids:
+        engine.docker("rm", "-f", *ids, check=False)
+    for nid in set(engine.docker("network", "ls", "-q").stdout.split()) - before:
+        engine.docker("network", "rm", nid, check=False)
+
+
+def run(eng: DockerEngine, name: str, *args: str, cmd: tuple[str, ...] = ("sleep", "600")) -> str:
+    return eng.docker("run", "-d", "--name", name, *args, IMAGE, *cmd).stdout.strip()
+
+
+def ping(eng: DockerEngine, ctr: str, target: str, *flags: str) -> bool:
+    return eng.exec(ctr, "ping", *flags, "-c", "1", "-W", "2", target).returncode == 0
+
+
+def addrs(eng: DockerEngine, ctr: str, net: str) -> dict:
+    return eng.inspect(ctr)[0]["NetworkSettings"]["Networks"][net]
+
+
+def libnet_networks(agent: AgentProcess) -> list[str]:
+    return [n["name"] for n in agent.cli_json("network", "ls")]
+
+
+def test_dual_stack_names_addresses_alias_mtu(eng) -> None:
+    eng.docker("network", "create", "-d", "libnet", *DUAL, "-o", "mtu=1400", "ds")
+    run(eng, "ca", "--network", "ds", "--ip", "198.51.100.20", "--ip6", "2001:db8:5::20", "--network-alias", "alpha")
+    run(eng, "cb", "--network", "ds")
+    a = addrs(eng, "ca", "ds")
+    assert a["IPAddress"] == "198.51.100.20" and a["GlobalIPv6Address"] == "2001:db8:5::20"
+    assert a["Gateway"] == "198.51.100.1" and a["IPv6Gateway"] == "2001:db8:5::1"
+    assert ping(eng, "cb", "ca", "-4") and ping(eng, "cb", "ca", "-6")
+    assert ping(eng, "ca", "cb", "-4") and ping(eng, "ca", "cb", "-6")
+    assert ping(eng, "cb", "alpha", "-4")
+    link = eng.exec("ca", "ip", "-o", "link", "show", "eth0").stdout
+    assert "mtu 1400" in link and a["MacAddress"] in link
+    routes = eng.exec("ca", "ip", "route").stdout
+    assert "default via 198.51.100.1" in routes  # libnet's gateway: no docker_gwbridge
+    assert "eth1" not in eng.exec("ca", "ip", "-o", "link").stdout
+
+
+def test_published_port_answers(env, eng) -> None:
+    bed, _agent, _ = env
+    h1, h2 = bed.hosts
+    eng.docker("network", "create", "-d", "libnet", *DUAL, "pub")
+    serve = ("sh", "-c", "echo hello-libnet > /tmp/index.html && exec httpd -f -p 80 -h /tmp")
+    run(eng, "web", "--network", "pub", "-p", "8080:80", cmd=serve)
+
+    def answers() -> bool:
+        url = f"http://{h1.ipv4}:8080/"
+        fetch = f"import urllib.request as u; print(u.urlopen({url!r}, timeout=2).read().decode())"
+        r = bed.run(h2.ns, [sys.executable, "-c", fetch], timeout=10)
+        return "hello-libnet" in r.stdout
+
+    assert wait_until(answers, 15, 0.5)
+    eng.docker("rm", "-f", "web")
+    assert not answers()
+
+
+def test_internal_has_no_way_out(env, eng) -> None:
+    bed, _agent, _ = env
+    h2 = bed.hosts[1]
+    eng.docker("network", "create", "-d", "libnet", "--internal", "--subnet", "198.51.100.64/26", "inner")
+    run(eng, "ia", "--network", "inner")
+    run(eng, "ib", "--network", "inner")
+    assert ping(eng, "ia", "ib", "-4")
+    assert "default" not in eng.exec("ia", "ip", "route").stdout
+    assert "eth1" not in eng.exec("ia", "ip", "-o", "link").stdout  # no docker_gwbridge either
+    assert not ping(eng, "ia", h2.ipv4)
+
+
+def test_connect_disconnect_running_and_network_rm(env, eng) -> None:
+    _bed, agent, _ = env
+    eng.docker("network", "create", "-d", "libnet", *DUAL, "one")
+    eng.docker("network", "create", "-d", "libnet", "--ipv6", "--subnet", "198.51.100.128/26",
+               "--subnet", "2001:db8:6::/64", "two")  # fmt: skip
+    run(eng, "c1", "--network", "one")
+    run(eng, "c2", "--network", "two")
+    assert not ping(eng, "c1", "c2", "-4")
+    eng.docker("network", "connect", "--alias", "extra", "two", "c1")
+    assert ping(eng, "c1", "c2", "-4") and ping(eng, "c1", "c2", "-6") and ping(eng, "c2", "extra", "-4")
+    assert "eth1" in eng.exec("c1", "ip", "-o", "link").stdout
+    n_eps = len(agent.cli_json("endpoint", "ls"))
+    eng.docker("network", "disconnect", "two", "c1")
+    assert "eth1" not in eng.exec("c1", "ip", "-o", "link").stdout
+    assert not ping(eng, "c1", "c2", "-4")
+    assert len(agent.cli_json("endpoint", "ls")) == n_eps - 1
+    eng.docker("rm", "-f", "c1", "c2")
+    net_id = eng.inspect("one")[0]["Id"]
+    assert f"docker-{net_id[:12]}" in libnet_networks(agent)
+    eng.docker("network", "rm", "one", "two")
+    assert f"docker-{net_id[:12]}" not in libnet_networks(agent)
+    assert agent.cli_json("endpoint", "ls") == [] and agent.cli_json("sandbox", "ls") == []
+
+
+def test_dockerd_restart_keeps_working(env, eng) -> None:
+    eng.docker("network", "create", "-d", "libnet", *DUAL, "keep")
+    run(eng, "ra", "--network", "keep")
+    run(eng, "rb", "--network", "keep")
+    eng.restart()  # no CreateNetwork replay: the plugin's state is libnet's store
+    eng.docker("start", "ra", "rb")
+    assert ping(eng, "ra", "rb", "-4") and ping(eng, "rb", "ra", "-6")
+    run(eng, "rc", "--network", "keep")
+    assert ping(eng, "rc", "ra", "-4")
+
+
+def test_agent_restart_keeps_working(env, eng) -> None:
+    _bed, agent, _ = env
+    eng.docker("network", "create", "-d", "libnet", *DUAL, "stay")
+    run(eng, "sa", "--network", "stay")
+    run(eng, "sb", "--network", "stay")
+    agent.stop()
+    assert ping(eng, "sa", "sb", "-4")  # the data plane stays while the agent is down
+    agent.start()
+    assert ping(eng, "sa", "sb", "-4") and ping(eng, "sb", "sa", "-6")
+    run(eng, "sc", "--network", "stay")
+    assert ping(eng, "sc", "sa", "-4")
+    eng.docker("rm", "-f", "sa")
+    eng.docker("network", "disconnect", "stay", "sb")
+    assert len(agent.cli_json("endpoint", "ls")) == 1
+
+
+def test_ipam_driver_with_dockers_bridge(env, eng) -> None:
+    _bed, _agent, _ = env
+    eng.docker(
+        "network", "create", "-d", "bridge", "--ipam-driver", "libnet",
+        "--subnet", "198.51.100.192/27", "--ip-range", "198.51.100.208/28",
+        "--gateway", "198.51.100.222", "--aux-address", "printer=198.51.100.209",
+        "-o", "com.docker.network.bridge.name=lnbr-ipam", "viaipam",
+    )  # fmt: skip
+    ipam = eng.inspect("viaipam")[0]["IPAM"]
+    assert ipam["Driver"] == "libnet" and ipam["Config"][0]["Gateway"] == "198.51.100.222"
+    run(eng, "pa", "--network", "viaipam")
+    run(eng, "pb", "--network", "viaipam")
+    for ctr in ("pa", "pb"):
+        ip = addrs(eng, ctr, "viaipam")["IPAddress"]
+        assert 208 <= int(ip.split(".")[3]) < 224 and ip not in ("198.51.100.209", "198.51.100.222")
+    assert ping(eng, "pa", "pb", "-4")
+    eng.docker("rm", "-f", "pa", "pb")
+    eng.docker("network", "rm", "viaipam")
+    # the pool is free again: the same subnet can be had once more
+    eng.docker("network", "create", "-d", "bridge", "--ipam-driver", "libnet", "--subnet", "198.51.100.192/27",
+               "-o", "com.docker.network.bridge.name=lnbr-ipam", "again")  # fmt: skip
+
+
+def test_errors_reach_the_user(env, eng) -> None:
+    _bed, agent, _ = env
+    bad = ["network", "create", "-d", "libnet", "-o", "bogus=1", "--subnet", "198.51.100.0/26", "bad"]
+    r = eng.docker(*bad, check=False)
+    assert r.returncode != 0 and "bogus" in r.stderr
+    eng.docker("network", "create", "-d", "libnet", "--subnet", "198.51.100.0/26", "ok")
+    start = time.monotonic()
+    run(eng, "e1", "--network", "ok", "--ip", "198.51.100.30")
+    r = eng.docker("run", "-d", "--name", "e2", "--network", "ok", "--ip", "198.51.100.30", IMAGE, "true", check=False)
+    assert r.returncode != 0 and "already in use" in r.stderr  # Docker's IPAM refuses first
+    assert time.monotonic() - start < 30
+    assert len(agent.cli_json("endpoint", "ls")) == 1  # the refused run left nothing in libnet
