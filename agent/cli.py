@@ -99,7 +99,8 @@ def _explain(status: int, err: dict[str, Any]) -> str:
 
 
 def _client(ctx: click.Context) -> Client:
-    return ctx.obj
+    client: Client = ctx.obj
+    return client
 
 
 def _table(columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
@@ -184,21 +185,21 @@ def network() -> None:
 @click.option("--label", multiple=True, help="KEY=VALUE")
 @click.pass_context
 def network_create(
-    ctx,
-    name,
-    driver,
-    subnet,
-    gateway,
-    ipv6,
-    subnet6,
-    gateway6,
-    ip_range,
-    ip_range6,
-    aux,
-    allow_route_overlap,
-    internal,
-    opt,
-    label,
+    ctx: click.Context,
+    name: str,
+    driver: str,
+    subnet: str | None,
+    gateway: str | None,
+    ipv6: bool | None,
+    subnet6: str | None,
+    gateway6: str | None,
+    ip_range: str | None,
+    ip_range6: str | None,
+    aux: tuple[str, ...],
+    allow_route_overlap: bool,
+    internal: bool,
+    opt: tuple[str, ...],
+    label: tuple[str, ...],
 ) -> None:
     """Create a network.
 
@@ -235,7 +236,7 @@ def network_create(
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @click.option("-q", "--quiet", is_flag=True, help="only ids")
 @click.pass_context
-def network_ls(ctx, as_json, quiet) -> None:
+def network_ls(ctx: click.Context, as_json: bool, quiet: bool) -> None:
     """List networks."""
     nets = _client(ctx).request("GET", "/v1/networks")
     if as_json:
@@ -263,7 +264,7 @@ def network_ls(ctx, as_json, quiet) -> None:
 @click.argument("refs", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @click.pass_context
-def network_inspect(ctx, refs, as_json) -> None:
+def network_inspect(ctx: click.Context, refs: tuple[str, ...], as_json: bool) -> None:
     """Show networks in detail, with their endpoints."""
     nets = [_client(ctx).request("GET", f"/v1/networks/{r}") for r in refs]
     if as_json:
@@ -282,7 +283,7 @@ def network_inspect(ctx, refs, as_json) -> None:
 @network.command("rm")
 @click.argument("refs", nargs=-1, required=True)
 @click.pass_context
-def network_rm(ctx, refs) -> None:
+def network_rm(ctx: click.Context, refs: tuple[str, ...]) -> None:
     """Remove networks (they must have no endpoints); tries them all, like docker network rm."""
     _remove_each(ctx, "network", refs, lambda r: f"/v1/networks/{urllib.parse.quote(r, safe='')}")
 
@@ -356,7 +357,17 @@ def _num(text: str) -> int:
     "-p", "--publish", multiple=True, help="[[IP:]HOST:]CONTAINER[/tcp|udp]; without HOST a free port (repeatable)"
 )
 @click.pass_context
-def connect(ctx, network_ref, sandbox, name, ip, ip6, alias, service, publish) -> None:
+def connect(
+    ctx: click.Context,
+    network_ref: str,
+    sandbox: str,
+    name: str | None,
+    ip: str | None,
+    ip6: str | None,
+    alias: tuple[str, ...],
+    service: tuple[str, ...],
+    publish: tuple[str, ...],
+) -> None:
     """Connect a sandbox to a network."""
     body = {
         "sandbox": sandbox,
@@ -377,7 +388,7 @@ def connect(ctx, network_ref, sandbox, name, ip, ip6, alias, service, publish) -
 @click.argument("network_ref")
 @click.argument("sandbox")
 @click.pass_context
-def disconnect(ctx, network_ref, sandbox) -> None:
+def disconnect(ctx: click.Context, network_ref: str, sandbox: str) -> None:
     """Disconnect a sandbox from a network."""
     _client(ctx).request("POST", f"/v1/networks/{network_ref}/disconnect", {"sandbox": sandbox})
 
@@ -398,7 +409,15 @@ def sandbox() -> None:
 @click.option("--dns-search", multiple=True, help="DNS search domain (repeatable; '.' for none)")
 @click.option("--dns-option", multiple=True, help="resolv.conf option: ndots:N, timeout:N, attempts:N, rotate, ...")
 @click.pass_context
-def sandbox_create(ctx, sid, netns, hostname, dns, dns_search, dns_option) -> None:
+def sandbox_create(
+    ctx: click.Context,
+    sid: str | None,
+    netns: str | None,
+    hostname: str | None,
+    dns: tuple[str, ...],
+    dns_search: tuple[str, ...],
+    dns_option: tuple[str, ...],
+) -> None:
     """Create a sandbox: a new namespace, or an existing one."""
     body = {
         "id": sid,
@@ -415,7 +434,7 @@ def sandbox_create(ctx, sid, netns, hostname, dns, dns_search, dns_option) -> No
 @sandbox.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @click.pass_context
-def sandbox_ls(ctx, as_json) -> None:
+def sandbox_ls(ctx: click.Context, as_json: bool) -> None:
     """List sandboxes."""
     sbs = _client(ctx).request("GET", "/v1/sandboxes")
     if as_json:
@@ -429,7 +448,7 @@ def sandbox_ls(ctx, as_json) -> None:
 @sandbox.command("rm")
 @click.argument("refs", nargs=-1, required=True)
 @click.pass_context
-def sandbox_rm(ctx, refs) -> None:
+def sandbox_rm(ctx: click.Context, refs: tuple[str, ...]) -> None:
     """Remove sandboxes (disconnecting their endpoints); tries them all."""
     _remove_each(ctx, "sandbox", refs, lambda r: f"/v1/sandboxes/{urllib.parse.quote(r, safe='')}")
 
@@ -472,7 +491,7 @@ def endpoint() -> None:
 @click.option("--network", "network_ref", help="only this network's endpoints")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @click.pass_context
-def endpoint_ls(ctx, network_ref, as_json) -> None:
+def endpoint_ls(ctx: click.Context, network_ref: str | None, as_json: bool) -> None:
     """List endpoints."""
     url = "/v1/endpoints" + (f"?network={network_ref}" if network_ref else "")
     eps = _client(ctx).request("GET", url)
@@ -492,7 +511,7 @@ def _endpoint_url(ref: str, network_ref: str | None, **query: str) -> str:
 @click.option("--network", "network_ref", help="the network in which REF is a name")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @click.pass_context
-def endpoint_inspect(ctx, refs, network_ref, as_json) -> None:
+def endpoint_inspect(ctx: click.Context, refs: tuple[str, ...], network_ref: str | None, as_json: bool) -> None:
     """Show endpoints in detail (REF: id, id prefix, or name)."""
     eps = [_client(ctx).request("GET", _endpoint_url(r, network_ref)) for r in refs]
     if as_json:
@@ -515,7 +534,7 @@ def endpoint_inspect(ctx, refs, network_ref, as_json) -> None:
 @click.argument("refs", nargs=-1, required=True)
 @click.option("--network", "network_ref", help="the network in which REF is a name")
 @click.pass_context
-def endpoint_rm(ctx, refs, network_ref) -> None:
+def endpoint_rm(ctx: click.Context, refs: tuple[str, ...], network_ref: str | None) -> None:
     """Remove endpoints, freeing their names and addresses (a joined one leaves its sandbox first)."""
     _remove_each(ctx, "endpoint", refs, lambda r: _endpoint_url(r, network_ref, force="1"))
 
@@ -544,7 +563,7 @@ def node() -> None:
 @node.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @click.pass_context
-def node_ls(ctx, as_json) -> None:
+def node_ls(ctx: click.Context, as_json: bool) -> None:
     """List the cluster's nodes."""
     nodes = _client(ctx).request("GET", "/v1/nodes")
     if as_json:
@@ -557,7 +576,7 @@ def node_ls(ctx, as_json) -> None:
 
 @node.command("drain")
 @click.pass_context
-def node_drain(ctx) -> None:
+def node_drain(ctx: click.Context) -> None:
     """Take this host out of the cluster for good (decommissioning).
 
     The agent's Serf agent leaves the cluster and stops, then the agent
@@ -571,7 +590,7 @@ def node_drain(ctx) -> None:
 @node.command("rm")
 @click.argument("name")
 @click.pass_context
-def node_rm(ctx, name) -> None:
+def node_rm(ctx: click.Context, name: str) -> None:
     """Remove a host that is gone for good (run on another host).
 
     Refused while the host is alive.  A failed host is made to have left
@@ -589,7 +608,7 @@ def agent() -> None:
 @agent.command("status")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @click.pass_context
-def agent_status(ctx, as_json) -> None:
+def agent_status(ctx: click.Context, as_json: bool) -> None:
     """Show whether the agent is healthy."""
     try:
         health = _client(ctx).request("GET", "/v1/health")
@@ -608,7 +627,7 @@ def cni() -> None:
 
 @cni.command("install")
 @click.option("--bin-dir", required=True, help="the runtime's CNI bin dir (e.g. /opt/cni/bin)")
-def cni_install(bin_dir) -> None:
+def cni_install(bin_dir: str) -> None:
     """Write the libnet and libnet-ipam plugin executables into BIN_DIR."""
     from libnet.cni.install import install
 

@@ -37,9 +37,13 @@ import logging
 import os
 import secrets
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from libnet import inventory, model
 from libnet.errors import KeyNotFound, LibnetError
+
+if TYPE_CHECKING:
+    from libnet.store.base import Store
 
 log = logging.getLogger("libnet.agent")
 STORE_ID_KEY = "libnet/v1/store-id"
@@ -71,7 +75,7 @@ class StoreContents:
         return ", ".join(parts) or "nothing"
 
 
-async def read_store(store) -> StoreContents:
+async def read_store(store: Store) -> StoreContents:
     """Read every network, sandbox and endpoint record and the IPAM pool documents
     (raises on an unreadable store; records that do not decode are listed by key)."""
     out = StoreContents()
@@ -108,14 +112,16 @@ async def read_store(store) -> StoreContents:
     return out
 
 
-def _check_fields(kind: str, data: dict) -> None:
+def _check_fields(kind: str, data: dict[str, Any]) -> None:
     """Raise TypeError/ValueError when a decoded record cannot be used (missing
     fields, wrong types, addresses that do not parse)."""
     import ipaddress
 
     from libnet.model import Endpoint, Network, Sandbox
 
-    cls = {"network": Network, "endpoint": Endpoint, "sandbox": Sandbox}[kind]
+    classes: dict[str, type[Network] | type[Endpoint] | type[Sandbox]]
+    classes = {"network": Network, "endpoint": Endpoint, "sandbox": Sandbox}
+    cls = classes[kind]
     obj = cls.from_data(data)  # TypeError on missing fields
     for name in ("id", "name", "network_id", "netns", "driver", "scope"):
         if hasattr(obj, name) and not isinstance(getattr(obj, name), str):
@@ -232,7 +238,7 @@ def decide(
 
 
 async def check(
-    store,
+    store: Store,
     store_url: str,
     state_dir: str,
     instance: str,
@@ -277,7 +283,9 @@ async def check(
     return lines
 
 
-async def _record_id(store, state_dir: str, contents: StoreContents, expected: str | None, instance: str) -> None:
+async def _record_id(
+    store: Store, state_dir: str, contents: StoreContents, expected: str | None, instance: str
+) -> None:
     """Make store and state dir agree on the store id (the store's wins when both have one),
     and record in the store which instance it belongs to."""
     in_store = contents.store_id

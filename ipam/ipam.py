@@ -300,7 +300,7 @@ class StoreIpam:
         for pair in await store.list(state.prefix):
             await store.delete(pair.key)
 
-        def remove(doc: dict[str, Any] | None) -> dict[str, Any]:
+        def remove(doc: dict[str, Any] | None) -> dict[str, Any] | None:
             pools = dict((doc or {}).get("pools", {}))
             record = pools.pop(pool_id, None)
             if record is None or (owner is not None and record.get("owner") != owner):
@@ -330,7 +330,8 @@ class StoreIpam:
             raw = await self._store(space).get(f"{PREFIX}/{space}/pools")
         except KeyNotFound:
             return {}
-        return model.decode(raw.value, POOLS_KIND)["pools"]
+        pools: dict[str, Any] = model.decode(raw.value, POOLS_KIND)["pools"]
+        return pools
 
     async def _state(self, pool_id: str, reload: bool = False) -> _PoolState:
         state = self._states.get(pool_id)
@@ -371,7 +372,11 @@ class StoreIpam:
         gw = state.record.get("gateway")
         is_gateway = options.get(REQUEST_ADDRESS_TYPE) == GATEWAY_TYPE and gw is not None
         # the gateway was reserved with the pool: asking for it again is fine
-        if is_gateway and (address is None or _address_in(state, address, pool_id) == int(ipaddress.ip_address(gw))):
+        if (
+            is_gateway
+            and gw is not None
+            and (address is None or _address_in(state, address, pool_id) == int(ipaddress.ip_address(gw)))
+        ):
             return state.cidr(int(ipaddress.ip_address(gw)))
         if address is not None:
             n = _address_in(state, address, pool_id)

@@ -100,7 +100,7 @@ def parse_subnet(cidr: object, v6: bool | None = None, what: str = "pool") -> Ne
 def unusable(net: Network) -> str | None:
     """Why a subnet cannot be a network's (None if it can): addresses the kernel
     or the protocols reserve for something else (RFC 6890's special ranges)."""
-    if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(ipaddress.ip_network("::ffff:0:0/96")):
+    if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(ipaddress.IPv6Network("::ffff:0:0/96")):
         return "IPv4-mapped IPv6 addresses (::ffff:0:0/96) are not routable; use the IPv4 subnet"
     if net.prefixlen == 0:
         return "it is the whole address space (a default route), not a network"

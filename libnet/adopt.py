@@ -35,13 +35,14 @@ from the kernel: adopting reports each such endpoint whose veth it sees.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from libnet import ownership
 from libnet.errors import LibnetError
@@ -50,6 +51,11 @@ from libnet.model import Endpoint, Network, Sandbox
 from libnet.names import default_endpoint_name
 from libnet.ownership import Mark, NamespaceLedger, NamespaceRecord
 from libnet.rollback import Rollback
+
+if TYPE_CHECKING:
+    from ipam.api import Ipam
+    from libnet.repository import Repository
+    from libnet.store.base import Store
 
 log = logging.getLogger("libnet.adopt")
 IFNAMSIZ = 15
@@ -262,7 +268,7 @@ def plan(
                 options=options,
                 labels=dict([GATEWAY_ROLE]) if name == GATEWAY_BRIDGE else {},
                 created=now,
-                **_instance_field(Network, instance),
+                instance=instance,
             )
         )
     for rec in state.overlays:
@@ -286,6 +292,7 @@ def plan(
         if itf.sandbox not in sandbox_ids:
             continue
         v4, v6 = _split(itf.addresses)
+        assert nw.ipv4_subnet is not None  # every network planned above has its IPv4 subnet
         ipv4 = next((c for c in v4 if ipaddress.ip_interface(c).network == ipaddress.ip_network(nw.ipv4_subnet)), None)
         ipv6 = None
         if nw.ipv6_subnet:
@@ -307,7 +314,7 @@ def plan(
             gateway=itf.default_route,
             node=node,
             created=now,
-            **_instance_field(Endpoint, instance),
+            instance=instance,
         )
         out.endpoints.append(ep)
         joined.setdefault(itf.sandbox, []).append(ep)
@@ -337,11 +344,6 @@ def plan(
 def _ifnum(ifname: str) -> tuple[int, str]:
     digits = ifname[len(ifname.rstrip("0123456789")) :]
     return (int(digits) if digits else 1 << 30, ifname)
-
-
-def _instance_field(cls: type, instance: str) -> dict[str, str]:
-    """``instance=...`` for record classes that keep the making instance."""
-    return {"instance": instance} if "instance" in getattr(cls, "__dataclass_fields__", {}) else {}
 
 
 def read_hostname(state_dir: str, sandbox_id: str, addresses: list[str]) -> str | None:
@@ -383,7 +385,7 @@ class AdoptReport:
         )
 
 
-async def write(the_plan: Plan, repo, ipam, instance: str) -> AdoptReport:
+async def write(the_plan: Plan, repo: Repository, ipam: Ipam, instance: str) -> AdoptReport:
     """Write the planned records through ``repo`` (a :class:`~libnet.repository.Repository`)
     and ``ipam`` (an :class:`ipam.api.Ipam`); records already stored are kept."""
     report = AdoptReport(skipped=list(the_plan.skipped))
@@ -406,17 +408,17 @@ async def write(the_plan: Plan, repo, ipam, instance: str) -> AdoptReport:
             report.kept.append(f"endpoint {ep.name}")
             written.add(ep.id)
             continue
-        nw = stored_nets.get(ep.network_id)
-        if nw is None:
+        net = stored_nets.get(ep.network_id)
+        if net is None:
             report.skipped.append(f"endpoint {ep.name} ({ep.id[:12]}): its network was not adopted")
             continue
         try:
-            await _write_endpoint(ep, nw, repo, ipam, instance)
+            await _write_endpoint(ep, net, repo, ipam, instance)
         except LibnetError as exc:
             report.skipped.append(f"endpoint {ep.name} ({ep.id[:12]}): {exc}")
             continue
         written.add(ep.id)
-        report.endpoints.append(f"{ep.name} ({nw.name})")
+        report.endpoints.append(f"{ep.name} ({net.name})")
     stored_sbs = {s.id for s in await repo.sandboxes()}
     for sb in the_plan.sandboxes:
         if sb.id in stored_sbs:
@@ -432,11 +434,11 @@ async def write(the_plan: Plan, repo, ipam, instance: str) -> AdoptReport:
     return report
 
 
-async def _write_network(nw: Network, repo, ipam, instance: str) -> None:
+async def _write_network(nw: Network, repo: Repository, ipam: Ipam, instance: str) -> None:
     store = repo.store(nw.scope)
     async with Rollback() as undo:
         key = repo.network_name_key(nw.name)
-        await repo.reserve_name(store, key, nw.id, "network", nw.name, **_instance_kw(repo.reserve_name, instance))
+        await repo.reserve_name(store, key, nw.id, "network", nw.name, instance=instance)
         undo.push(lambda: store.delete(key), "free network name")
         for v6, subnet, gw in ((False, nw.ipv4_subnet, nw.ipv4_gateway), (True, nw.ipv6_subnet, nw.ipv6_gateway)):
             if not subnet:
@@ -445,7 +447,7 @@ async def _write_network(nw: Network, repo, ipam, instance: str) -> None:
             if gw:
                 opts["gateway"] = str(ipaddress.ip_interface(gw).ip)
             pool = await ipam.request_pool("local", subnet, options=opts, v6=v6)
-            undo.push(lambda p=pool.id: ipam.release_pool(p), f"release pool {pool.id}")
+            undo.push(functools.partial(ipam.release_pool, pool.id), f"release pool {pool.id}")
             if v6:
                 nw.ipv6_pool, nw.ipv6_subnet, nw.ipv6_gateway = pool.id, pool.subnet, pool.gateway
             else:
@@ -453,27 +455,21 @@ async def _write_network(nw: Network, repo, ipam, instance: str) -> None:
         await repo.add_network(nw)
 
 
-async def _write_endpoint(ep: Endpoint, nw: Network, repo, ipam, instance: str) -> None:
+async def _write_endpoint(ep: Endpoint, nw: Network, repo: Repository, ipam: Ipam, instance: str) -> None:
     store = repo.store(nw.scope)
     async with Rollback() as undo:
         key = repo.endpoint_name_key(nw.id, ep.name)
-        await repo.reserve_name(store, key, ep.id, "endpoint", ep.name, **_instance_kw(repo.reserve_name, instance))
+        await repo.reserve_name(store, key, ep.id, "endpoint", ep.name, instance=instance)
         undo.push(lambda: store.delete(key), "free endpoint name")
         for pool, cidr in ((nw.ipv4_pool, ep.ipv4), (nw.ipv6_pool, ep.ipv6)):
             if pool and cidr:
                 addr = await ipam.request_address(pool, cidr, {"owner": ep.id, "instance": instance})
-                undo.push(lambda p=pool, a=addr: ipam.release_address(p, a), f"release {addr}")
+                undo.push(functools.partial(ipam.release_address, pool, addr), f"release {addr}")
         await repo.add_endpoint(nw, ep)
 
 
-def _instance_kw(fn: Any, instance: str) -> dict[str, str]:
-    import inspect
-
-    return {"instance": instance} if "instance" in inspect.signature(fn).parameters else {}
-
-
 async def adopt(
-    local_store,
+    local_store: Store,
     *,
     instance: str,
     state_dir: str,

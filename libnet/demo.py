@@ -30,6 +30,7 @@ import socket
 import sys
 import tempfile
 import time
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -215,13 +216,13 @@ class Demo:
         self.libnet("connect", "sealed", names["echo"][:12])
         self.libnet("connect", "sealed", names["bravo"][:12])
         sbs = {s["id"]: s for s in json.loads(self.libnet("sandbox", "ls", "--json", show=False))}
-        eps = {
+        eps: dict[tuple[str, str], dict[str, Any]] = {
             (e["sandbox_id"], net): e
             for net in ("demo", "sealed")
             for e in json.loads(self.libnet("endpoint", "ls", "--network", net, "--json", show=False))
         }
 
-        def ep(who: str, net: str = "demo") -> dict:
+        def ep(who: str, net: str = "demo") -> dict[str, Any]:
             return eps[(names[who], net)]
 
         ns = {who: sbs[sid]["netns"] for who, sid in names.items()}

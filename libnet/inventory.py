@@ -20,10 +20,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from libnet import ownership, sandbox_files
 from libnet.errors import LibnetError
 from libnet.ownership import Mark, NamespaceLedger, NamespaceRecord
+
+if TYPE_CHECKING:
+    from libnet.kernel.firewall import Firewall
 
 log = logging.getLogger("libnet.inventory")
 
@@ -71,7 +75,7 @@ def _counted(n: int, what: str, names: list[str], few: int) -> str:
     return f"{n} {what}{'s' if n != 1 else ''} ({shown})"
 
 
-def _firewall(host_ns: str | None, instance: str):
+def _firewall(host_ns: str | None, instance: str) -> Firewall:
     from libnet.kernel.firewall import Firewall
 
     return Firewall(host_ns, table=ownership.firewall_table(instance))
@@ -99,7 +103,7 @@ def scan(instance: str, state_dir: str, host_ns: str | None = None) -> Inventory
     return inv
 
 
-def _has_table(fw) -> bool:
+def _has_table(fw: Firewall) -> bool:
     probe = getattr(fw, "has_table", None) or getattr(fw, "_has_table", None)
     return bool(probe()) if probe is not None else False
 

@@ -62,7 +62,8 @@ def decode(raw: bytes, kind: str) -> dict[str, Any]:
         raise BadRequest(
             f"stored {kind} has schema {schema!r}; this libnet reads 1..{SCHEMA_VERSION}", kind=kind, schema=schema
         )
-    return doc["data"]
+    data: dict[str, Any] = doc["data"]
+    return data
 
 
 async def update(

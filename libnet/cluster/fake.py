@@ -4,7 +4,7 @@ failure injection, for unit tests of everything built on membership."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from libnet.cluster.membership import (
     Event,
@@ -39,7 +39,7 @@ class FakeCluster:
     def _alive(self) -> list[FakeMember]:
         return [m for m in self.nodes.values() if m.node.status == "alive"]
 
-    def _announce(self, source: FakeMember, make) -> None:
+    def _announce(self, source: FakeMember, make: Callable[[Node], Event]) -> None:
         for m in self._alive():
             if m is not source:
                 m._deliver(make(source.node))
@@ -74,7 +74,7 @@ class FakeMember:
         self.key = key
         self.dropping = 0
         self._queues: list[asyncio.Queue[Event]] = []
-        self.responder = None  # optional: async fn(Query) -> bytes, answers queries
+        self.responder: Callable[[Query], Awaitable[bytes]] | None = None  # optional: answers queries
 
     def _deliver(self, event: Event) -> None:
         if isinstance(event, UserEvent) and self.dropping:

@@ -166,7 +166,7 @@ def _is_header(obj: Any) -> bool:
 class _Call:
     """A plain request waiting for its response."""
 
-    def __init__(self, command: str, future: asyncio.Future) -> None:
+    def __init__(self, command: str, future: asyncio.Future[Any]) -> None:
         self.command = command
         self.future = future
 
@@ -195,7 +195,7 @@ class _Stream:
         self.body = body
         self.reopen = reopen  # streams and monitors survive reconnects; queries do not
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
-        self.opened: asyncio.Future | None = None
+        self.opened: asyncio.Future[None] | None = None
         self.seq = 0
         self.closed = False
 
@@ -526,7 +526,8 @@ class SerfClient:
 
     async def stats(self) -> dict[str, dict[str, str]]:
         """The agent's statistics (nested maps of strings)."""
-        return await self.call("stats")
+        stats: dict[str, dict[str, str]] = await self.call("stats")
+        return stats
 
     async def get_coordinate(self, node: str) -> dict[str, Any] | None:
         """A node's network coordinate, or None if the agent has none."""

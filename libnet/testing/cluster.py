@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import time
+from typing import Any
 
 from libnet.testing.agents import AgentProcess
 from libnet.testing.hosts import Host, Testbed
@@ -57,7 +58,7 @@ def start_agents(
     return agents
 
 
-def place(agent: AgentProcess, network: str = "ov", *extra: str) -> tuple[str, dict]:
+def place(agent: AgentProcess, network: str = "ov", *extra: str) -> tuple[str, dict[str, Any]]:
     """A new container on ``network``: (its namespace name, its endpoint)."""
     sid = agent.cli("sandbox", "create").stdout.strip()
     r = agent.cli("connect", network, sid, *extra)

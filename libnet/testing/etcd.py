@@ -26,6 +26,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from typing import Any
 
 
 def find_etcd() -> str | None:
@@ -47,7 +48,8 @@ def _free_port(ns: str | None = None, host: str = "127.0.0.1") -> int:
 
     with netns.open_socket(ns, socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 class EtcdServer:
@@ -64,14 +66,15 @@ class EtcdServer:
         #: ``name=peer-url,...`` of every member; None: a cluster of this one
         self.initial_cluster: str | None = None
         self.cluster_token = f"libnet-{os.getpid()}-{id(self):x}"
-        self.binary = binary or find_etcd()
-        if self.binary is None:
+        found = binary or find_etcd()
+        if found is None:
             raise RuntimeError("no etcd binary: install Debian's etcd-server (scripts/install-system-deps)")
+        self.binary: str = found
         base = "/dev/shm" if os.path.isdir("/dev/shm") else None
         self.workdir = tempfile.mkdtemp(prefix="libnet-etcd-", dir=base)
         self.client_port = _free_port(netns, host)
         self.peer_port = _free_port(netns, host)
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -158,7 +161,7 @@ class EtcdServer:
         self.stop()
         raise RuntimeError(f"etcd did not become healthy in {timeout}s: {self.log_tail()}")
 
-    def _http(self, method: str, path: str, body: dict | None = None, timeout: float = 0.5) -> dict:
+    def _http(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 0.5) -> dict[str, Any]:
         """One HTTP/1.0 request to the client port (from inside the member's namespace)."""
         from libnet.kernel import netns
 
@@ -171,7 +174,8 @@ class EtcdServer:
             reply = b""
             while chunk := s.recv(65536):
                 reply += chunk
-        return json.loads(reply.split(b"\r\n\r\n", 1)[-1])
+        doc: dict[str, Any] = json.loads(reply.split(b"\r\n\r\n", 1)[-1])
+        return doc
 
     def healthy(self) -> bool:
         """Whether etcd answers its /health endpoint."""
@@ -180,7 +184,7 @@ class EtcdServer:
         except (OSError, ValueError):
             return False
 
-    def status(self) -> dict | None:
+    def status(self) -> dict[str, Any] | None:
         """This member's status (``member_id``, ``leader``, ``raft_term``), None if it does not answer."""
         try:
             st = self._http("POST", "/v3/maintenance/status", {})

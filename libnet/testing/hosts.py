@@ -23,11 +23,16 @@ import secrets
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from libnet.kernel import netns
 from libnet.kernel.neighbours import Neighbour
 from libnet.kernel.netlink import Netlink
+
+if TYPE_CHECKING:
+    from libnet.config import Config
 
 PREFIX_ROOT = "lnt-"
 UNDERLAY_V4 = "203.0.113.{}"
@@ -60,8 +65,8 @@ class Testbed:
     mtu: int = 1500
     prefix: str = field(default_factory=lambda: f"{PREFIX_ROOT}{os.getpid()}-{secrets.token_hex(2)}-")
     hosts: list[Host] = field(default_factory=list)
-    _procs: list[subprocess.Popen] = field(default_factory=list)
-    _cleanups: list = field(default_factory=list)
+    _procs: list[subprocess.Popen[Any]] = field(default_factory=list)
+    _cleanups: list[Callable[[], object]] = field(default_factory=list)
 
     @property
     def switch(self) -> str:
@@ -137,7 +142,7 @@ class Testbed:
 
     # --- processes --------------------------------------------------------------
 
-    def spawn(self, ns: str, argv: list[str], **kw) -> subprocess.Popen:
+    def spawn(self, ns: str, argv: list[str], **kw: Any) -> subprocess.Popen[Any]:  # bytes or text, by kw
         """Start ``argv`` inside ``ns``; it is killed by :meth:`close`.
 
         Only the network namespace changes (no ``ip netns exec`` mount
@@ -147,11 +152,13 @@ class Testbed:
         self._procs.append(proc)
         return proc
 
-    def on_close(self, fn) -> None:
+    def on_close(self, fn: Callable[[], object]) -> None:
         """Run ``fn()`` in :meth:`close`, after the recorded processes were killed."""
         self._cleanups.append(fn)
 
-    def run(self, ns: str, argv: list[str], timeout: float = 30, check: bool = False) -> subprocess.CompletedProcess:
+    def run(
+        self, ns: str, argv: list[str], timeout: float = 30, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` inside ``ns`` to completion (bounded by ``timeout``)."""
         return subprocess.run(
             ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout, check=check
@@ -183,7 +190,7 @@ class Testbed:
         self.hosts.clear()
 
 
-def _kill(proc: subprocess.Popen) -> None:
+def _kill(proc: subprocess.Popen[Any]) -> None:
     if proc.poll() is not None:
         return
     try:
@@ -221,7 +228,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
+def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.05) -> bool:
     """Poll ``predicate`` until true or ``timeout`` seconds passed."""
     deadline = time.monotonic() + timeout
     while True:
@@ -232,7 +239,7 @@ def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
         time.sleep(interval)
 
 
-def host_config(bed: Testbed, host: Host, state: str, v6_vtep: bool = False):
+def host_config(bed: Testbed, host: Host, state: str, v6_vtep: bool = False) -> Config:
     """A controller configuration for ``host`` of ``bed``: its own store, the
     cluster store shared by all hosts of the bed (one SQLite file), its VTEP,
     and namespace prefixes under the bed's (so the bed removes them)."""
