@@ -396,6 +396,7 @@ def _route(fn: Handler, ipam: bool = False) -> Callable[[web.Request], Awaitable
     async def handle(request: web.Request) -> web.Response:
         try:
             raw = await request.read()
+            log.debug("docker %s %s", request.path, raw[:4000])
             body = json.loads(raw) if raw.strip() else {}
             if not isinstance(body, dict):
                 raise BadRequest("the request body must be a JSON object")
