@@ -40,6 +40,7 @@ integration: deps
 lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: deps
 	$(PY) -m pip install -q -e '.[bench]'

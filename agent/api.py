@@ -109,7 +109,7 @@ def _dumps(obj: Any) -> str:
 def _plain(obj: Any) -> Any:
     if hasattr(obj, "to_data"):
         return obj.to_data()  # stored objects: a shallow dict, no deep copy
-    if dataclasses.is_dataclass(obj):
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return dataclasses.asdict(obj)
     return obj
 

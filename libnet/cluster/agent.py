@@ -45,6 +45,7 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from libnet.cluster.serf import SerfClient, SerfUnavailable
 from libnet.errors import BadRequest, InvalidOption, LibnetError, Unavailable
@@ -96,7 +97,7 @@ def find_serf(config_path: str) -> int | None:
     return None
 
 
-def _address_changed(old_config: str, new_doc: dict) -> bool:
+def _address_changed(old_config: str, new_doc: dict[str, object]) -> bool:
     """Whether the Serf agent started from ``old_config`` gossips from another address
     than ``new_doc`` says (bind or advertise changed)."""
     try:
@@ -107,7 +108,7 @@ def _address_changed(old_config: str, new_doc: dict) -> bool:
     return any(old.get(k) != new_doc.get(k) for k in ("bind", "advertise"))
 
 
-def read_record(state_dir: str) -> dict | None:
+def read_record(state_dir: str) -> dict[str, Any] | None:
     """The recorded Serf agent of a state dir (pid, rpc_port, rpc_auth, config, fingerprint), or None."""
     try:
         with open(os.path.join(state_dir, RECORD)) as f:
@@ -193,9 +194,9 @@ class SerfAgent:
         """Whether the supervised Serf agent is running (checked by pid and command line)."""
         return self._pid is not None and is_serf(self._pid, self._config_path)
 
-    def _doc(self) -> dict:
+    def _doc(self) -> dict[str, object]:
         c = self.config
-        doc = {
+        doc: dict[str, object] = {
             "node_name": c.node,
             "bind": _hostport(c.bind, c.port),
             "rpc_addr": f"127.0.0.1:{c.rpc_port}",
@@ -232,7 +233,7 @@ class SerfAgent:
         os.makedirs(c.state_dir, exist_ok=True)
         doc = self._doc()
         if c.encrypt_key:
-            keyring = doc["keyring_file"]
+            keyring = str(doc["keyring_file"])  # set by _doc() whenever encrypt_key is
             if not os.path.exists(keyring):  # keep rotated keys across restarts
                 with open(keyring, "w") as f:
                     json.dump([c.encrypt_key], f)
@@ -265,7 +266,8 @@ class SerfAgent:
         sock = netns.open_socket(self.config.netns, socket.AF_INET, socket.SOCK_STREAM)
         with sock:
             sock.bind(("127.0.0.1", 0))
-            return sock.getsockname()[1]
+            port: int = sock.getsockname()[1]
+            return port
 
     async def start(self, timeout: float = 15.0, adopt: bool = True) -> SerfClient:
         """Re-attach to the recorded Serf agent (``adopt``, when alive and configured
@@ -336,9 +338,13 @@ class SerfAgent:
                 keyring=keyring,
             )
 
-    async def _leave_recorded(self, rec: dict) -> None:
+    async def _leave_recorded(self, rec: dict[str, Any]) -> None:
         """Make the recorded agent leave the cluster gracefully (bounded; a failure is logged)."""
-        old = SerfClient("127.0.0.1", rec.get("rpc_port"), auth_key=rec.get("rpc_auth"), netns=self.config.netns)
+        port = rec.get("rpc_port")
+        if not isinstance(port, int):
+            log.warning("serf agent %s has no recorded RPC port: it cannot be asked to leave", self.config.node)
+            return
+        old = SerfClient("127.0.0.1", port, auth_key=rec.get("rpc_auth"), netns=self.config.netns)
         try:
             await asyncio.wait_for(old.leave(), 15)
             log.info("serf agent %s left the cluster before its address changes", self.config.node)
@@ -347,12 +353,15 @@ class SerfAgent:
         finally:
             await old.close()
 
-    async def _attach(self, rec: dict, timeout: float) -> bool:
+    async def _attach(self, rec: dict[str, Any], timeout: float) -> bool:
         """Connect to a running agent with the recorded RPC address; tags brought up to date."""
         c = self.config
-        c.rpc_port, c.rpc_auth = rec.get("rpc_port"), rec.get("rpc_auth")
+        port = rec.get("rpc_port")
+        if not isinstance(port, int):  # no RPC address recorded: nothing to attach to
+            return False
+        c.rpc_port, c.rpc_auth = port, rec.get("rpc_auth")
         self._pid = rec["pid"]
-        self.client = SerfClient("127.0.0.1", c.rpc_port, auth_key=c.rpc_auth, netns=c.netns)
+        self.client = SerfClient("127.0.0.1", port, auth_key=c.rpc_auth, netns=c.netns)
         try:
             await self._wait_rpc(min(timeout, 5.0))
         except Unavailable as exc:
@@ -430,15 +439,19 @@ class SerfAgent:
             await asyncio.sleep(0.5)
         return None
 
+    def _stopped(self) -> bool:
+        """Whether stop() began (a call, not the attribute: it changes while _supervise awaits)."""
+        return self._stopping
+
     async def _supervise(self) -> None:
         delay = 0.5
-        while not self._stopping:
+        while not self._stopped():
             rc = await self._gone()
-            if self._stopping:
+            if self._stopped():
                 return
             log.warning("serf agent %s exited with %s; restarting in %.1fs", self.config.node, rc, delay)
             await asyncio.sleep(delay)
-            if self._stopping:
+            if self._stopped():
                 return
             try:
                 self._write_config()

@@ -40,8 +40,8 @@ class AgentProcess:
         #: the Docker plugin's socket: in the state dir (a dockerd of the test host finds it through a bind mount,
         #: libnet.testing.docker), never the machine's /run/docker/plugins
         self.plugin_socket = os.path.join(self.dir, "plugins", "libnet.sock")
-        self.proc: subprocess.Popen | None = None
-        self._serf_record: dict | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._serf_record: dict[str, Any] | None = None
         # the Serf agent outlives libnet-agent: stopped by its recorded pid with the test bed
         bed.on_close(self.stop_serf)
 
@@ -54,7 +54,9 @@ class AgentProcess:
             return True
         # the state dir may be gone already: the last record seen
         rec = self._serf_record or read_record(os.path.join(self.dir, "serf"))
-        return bool(rec) and signal_serf(rec["pid"], rec.get("config", ""), signal.SIGKILL)
+        if not rec:
+            return False
+        return signal_serf(rec["pid"], rec.get("config", ""), signal.SIGKILL)
 
     def _remember_serf(self) -> None:
         from libnet.cluster.agent import read_record
@@ -95,7 +97,7 @@ class AgentProcess:
             *once,
         ]  # removed with the test bed
 
-    def spawn(self, *once: str, **kw: Any) -> subprocess.Popen:
+    def spawn(self, *once: str, **kw: Any) -> subprocess.Popen[bytes]:
         """Start the agent process and return at once (output to ``kw`` or the agent log)."""
         if "stdout" not in kw:
             log = open(os.path.join(self.dir, "agent.log"), "ab")  # noqa: SIM115 - the child keeps it
@@ -117,7 +119,7 @@ class AgentProcess:
         self._remember_serf()
         return self
 
-    def run_to_exit(self, *once: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    def run_to_exit(self, *once: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run the agent expecting it to exit by itself (a refused start); its output in ``stdout``.
 
         An agent still running after ``timeout`` seconds is killed and an error raised."""
@@ -135,7 +137,7 @@ class AgentProcess:
         with open(os.path.join(self.dir, "agent.log"), "rb") as f:
             return f.read()[-3000:].decode(errors="replace")
 
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*CLI, "--socket", self.socket, *args], capture_output=True, text=True, timeout=timeout)
 
     def cli_json(self, *args: str) -> Any:
