@@ -26,6 +26,7 @@ BENCHMARKS = [
     "convergence_bench",
     "dns_bench",
     "restart_bench",
+    "docker_bench",
 ]
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 

@@ -6,7 +6,9 @@ for how dockerd runs and finds the plugin."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import time
 
@@ -191,6 +193,23 @@ def test_ipam_driver_with_dockers_bridge(env, eng) -> None:
                "-o", "com.docker.network.bridge.name=lnbr-ipam", "again")  # fmt: skip
 
 
+def test_gateway_aux_range_and_mac(env, eng) -> None:
+    _bed, agent, _ = env
+    eng.docker(
+        "network", "create", "-d", "libnet", "--subnet", "198.51.100.0/26", "--gateway", "198.51.100.62",
+        "--ip-range", "198.51.100.32/28", "--aux-address", "printer=198.51.100.33", "opts",
+    )  # fmt: skip
+    nid = eng.inspect("opts")[0]["Id"]
+    (nw,) = [n for n in agent.cli_json("network", "ls") if n["name"] == f"docker-{nid[:12]}"]
+    assert nw["ipv4_gateway"] == "198.51.100.62/26" and nw["ipv6_subnet"] is None
+    run(eng, "m1", "--network", "opts", "--mac-address", "02:42:c6:33:64:99")
+    a = addrs(eng, "m1", "opts")
+    assert a["IPAddress"] == "198.51.100.32" or 32 <= int(a["IPAddress"].split(".")[3]) < 48
+    assert a["IPAddress"] != "198.51.100.33"
+    assert "02:42:c6:33:64:99" in eng.exec("m1", "ip", "-o", "link", "show", "eth0").stdout
+    assert "default via 198.51.100.62" in eng.exec("m1", "ip", "route").stdout
+
+
 def test_errors_reach_the_user(env, eng) -> None:
     _bed, agent, _ = env
     bad = ["network", "create", "-d", "libnet", "-o", "bogus=1", "--subnet", "198.51.100.0/26", "bad"]
@@ -243,3 +262,19 @@ def test_overlay_across_two_hosts(tmp_path) -> None:
         finally:
             for e in engines:
                 e.close()
+
+
+def test_docker_bench_quick() -> None:
+    """benchmarks/docker_bench.py --quick runs and prints the documented keys."""
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.docker_bench", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    ).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["benchmark"] == "docker_bench" and result["params"]["connect_samples"] >= 20
+    assert result["ratios"]["connect_vs_docker_bridge"] > 0 and "run_share_vs_docker_bridge" in result["ratios"]
+    assert result["metrics"]["connect_disconnect_p90_s"] >= result["metrics"]["connect_disconnect_p50_s"]
+    assert "docker_bridge" in result["peers"]
