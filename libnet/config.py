@@ -25,6 +25,17 @@ def _default_dns() -> DnsConfig:
     return DnsConfig()
 
 
+# Every default once (issue 17): the modules that need one import it from here.
+#: the local store: embedded SQLite
+DEFAULT_STORE = "sqlite:///var/lib/libnet/store.db"
+#: seconds between overlay anti-entropy rounds
+DEFAULT_ANTI_ENTROPY = 30.0
+#: seconds a failed or departed host keeps its overlay peers
+DEFAULT_GRACE = 10.0
+#: host ports for ``-p CONTAINER`` (Docker's range, above the kernel's usual ephemeral ports)
+DEFAULT_PORT_RANGE = (49153, 65535)
+
+
 @dataclass
 class Config:
     """Everything the controller needs to know; nothing is read from globals.
@@ -33,7 +44,7 @@ class Config:
     """
 
     #: local-scope store (bridge networks, their endpoints, sandboxes)
-    store: str = "sqlite:///var/lib/libnet/store.db"
+    store: str = DEFAULT_STORE
     #: cluster-scope store (overlay networks, global IPAM); None: the local store
     cluster_store: str | None = None
     #: per-sandbox files (resolv.conf, hosts) go under <state_dir>/sandboxes/<id>/
@@ -57,13 +68,13 @@ class Config:
     #: prefix of the per-network overlay namespaces (<prefix><vni>); None: derived from the instance
     overlay_prefix: str | None = None
     #: seconds between overlay anti-entropy rounds (peers re-read from the store, devices repaired)
-    overlay_anti_entropy: float = 30.0
+    overlay_anti_entropy: float = DEFAULT_ANTI_ENTROPY
     #: seconds before the overlay peers of a host that failed or left are removed (cluster mode)
-    peer_grace_period: float = 10.0
+    peer_grace_period: float = DEFAULT_GRACE
     #: the embedded DNS server of every sandbox (127.0.0.11)
     dns: DnsConfig = field(default_factory=_default_dns)
     #: host ports a published port without a host port (``-p 80``) is given from, both ends included
-    port_range: tuple[int, int] = (49153, 65535)
+    port_range: tuple[int, int] = DEFAULT_PORT_RANGE
 
     def resolved(self) -> Config:
         """This configuration with the instance id (read or made in ``state_dir``)

@@ -81,6 +81,7 @@ _WIRED = frozenset(
         "_ports",
         "_files",
         "_gateway",
+        "_joins",
     }
     | {"_reconciler", "_dns_binding"}
 )
@@ -214,6 +215,7 @@ class Controller:
         await self._drivers.close()
         for store in self._parts.owned:
             await store.close()
+        self._started = False  # a later start() builds everything again (DNS restored with it)
 
     async def quiesce(self, timeout: float) -> bool:
         """Graceful stop: refuse new operations and wait up to ``timeout`` seconds for

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from libnet import model
+from libnet.config import DEFAULT_PORT_RANGE
 from libnet.driverapi import PortMapping
 from libnet.errors import Conflict, InvalidOption, KeyNotFound, PortsExhausted
 from libnet.kernel import netns
@@ -35,7 +36,7 @@ P = "libnet/v1/ports"
 KIND = "port_holders"
 ANY = "*"
 #: host ports ``-p CONTAINER`` picks from, both ends included (Docker's default)
-AUTO_RANGE = (49153, 65535)
+AUTO_RANGE = DEFAULT_PORT_RANGE
 
 
 def parse_range(text: str | tuple[int, int] | list[int]) -> tuple[int, int]:

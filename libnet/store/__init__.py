@@ -18,10 +18,11 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import parse_qs, urlsplit
 
+from libnet.config import DEFAULT_STORE
 from libnet.errors import BadRequest
 from libnet.store.base import DEFAULT_TIMEOUT, MAX_VALUE, KVPair, Store, WatchEvent
 
-DEFAULT_URL = "sqlite:///var/lib/libnet/store.db"
+DEFAULT_URL = DEFAULT_STORE
 SCHEMES = ("memory", "sqlite", "etcd", "consul")
 
 __all__ = ["DEFAULT_URL", "MAX_VALUE", "KVPair", "Store", "WatchEvent", "open_store", "parse_endpoints"]

@@ -12,7 +12,9 @@ import pytest
 HEAVY = ("libnet.controller", "libnet.dns.server", "libnet.drivers.bridge", "libnet.drivers.overlay", "aiohttp")
 
 
-@pytest.mark.parametrize("module", ["agent.cli", "libnet", "libnet.errors", "agent.paths"])
+@pytest.mark.parametrize(
+    "module", ["agent.cli", "libnet", "libnet.errors", "agent.paths", "ipam", "ipam.ipam", "ipam.pools"]
+)
 def test_import_is_light(module: str) -> None:
     code = f"import sys, json, {module}; print(json.dumps(sorted(sys.modules)))"
     loaded = set(

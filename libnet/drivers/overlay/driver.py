@@ -67,12 +67,13 @@ from typing import Any
 
 from libnet import ownership
 from libnet.cluster.membership import Membership
+from libnet.config import DEFAULT_ANTI_ENTROPY, DEFAULT_GRACE
 from libnet.driverapi import Capabilities, EndpointInfo, NetworkInfo, ReconcileReport, SandboxInfo
 from libnet.drivers import sandbox_config
 from libnet.drivers.bridge_model import host_ifname
-from libnet.drivers.overlay.events import DEFAULT_GRACE, PeerEvents
+from libnet.drivers.overlay.events import PeerEvents
 from libnet.drivers.overlay.peerdb import Peer, PeerTable
-from libnet.drivers.overlay.peerwatch import DEFAULT_ANTI_ENTROPY, PeerWatch, decode, encode, peers_prefix
+from libnet.drivers.overlay.peerwatch import PeerWatch, decode, encode, peers_prefix
 from libnet.drivers.overlay.plumbing import Plumbing, VxlanDevices
 from libnet.drivers.overlay.programmer import Programmer
 from libnet.drivers.overlay.vni import VNI_MAX, VNI_MIN, P, VniAllocator

@@ -26,12 +26,12 @@ import logging
 from collections.abc import Callable
 
 from libnet.cluster.membership import Membership, NodeFailed, NodeJoined, NodeLeft, NodeUpdated, UserEvent
+from libnet.config import DEFAULT_GRACE
 from libnet.drivers.overlay.peerdb import Peer, PeerTable
 from libnet.errors import LibnetError
 
 log = logging.getLogger("libnet.drivers.overlay.events")
 EVENT = "libnet-peer"
-DEFAULT_GRACE = 10.0
 
 
 def encode(op: str, peer: Peer) -> bytes:

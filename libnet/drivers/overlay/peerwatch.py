@@ -23,7 +23,6 @@ from libnet.store.base import Store
 log = logging.getLogger("libnet.drivers.overlay")
 #: the model kind of a peer record
 PEER_KIND = "overlay_peer"
-DEFAULT_ANTI_ENTROPY = 30.0  # seconds between full re-reads of the peers from the store
 
 
 def peers_prefix(prefix: str, network_id: str) -> str:
