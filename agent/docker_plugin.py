@@ -52,7 +52,7 @@ from aiohttp import web
 
 from agent.docker_ipam import DockerIpam
 from libnet.controller import Controller
-from libnet.errors import BadRequest, Conflict, InvalidOption, LibnetError, NotFound
+from libnet.errors import AddressInUse, BadRequest, Conflict, InvalidOption, LibnetError, NotFound
 from libnet.model import Endpoint, Network
 
 log = logging.getLogger("libnet.agent.docker")
@@ -245,15 +245,23 @@ class DockerPlugin:
         mac = iface.get("MacAddress") or ""
         if mac and nw.driver == "overlay":
             raise InvalidOption("libnet overlay endpoints take their MAC address from their IPv4 address", mac=mac)
-        ep = await self.ctl.create_endpoint(
-            nw.id,
-            f"d-{eid[:12]}",
-            ipv4=_ip(iface.get("Address")),
-            ipv6=_ip(iface.get("AddressIPv6")),
-            ports=_ports(opts.get(PORTMAP)),
-        )
+        args = {"ipv4": _ip(iface.get("Address")), "ipv6": _ip(iface.get("AddressIPv6"))}
+        ports = _ports(opts.get(PORTMAP))
+        for attempt in range(3):  # an IPv4 and an IPv6 address of forgotten endpoints, then for real
+            try:
+                ep = await self.ctl.create_endpoint(nw.id, f"d-{eid[:12]}", ports=ports, **args)
+                break
+            except AddressInUse as exc:
+                taken = _ip(str(exc.ids.get("address") or "")) or ""
+                if (
+                    attempt == 2
+                    or not taken
+                    or taken not in args.values()
+                    or not await self._drop_stale(nid, eid, taken)
+                ):
+                    raise
         try:
-            await self._put("endpoints", eid, {"endpoint": ep.id, "network": nw.id})
+            await self._put("endpoints", eid, {"endpoint": ep.id, "network": nw.id, "docker_network": nid})
         except BaseException:
             await self.ctl.delete_endpoint(ep.id)
             raise
@@ -265,6 +273,39 @@ class DockerPlugin:
         if not iface.get("AddressIPv6") and ep.ipv6:
             answer["AddressIPv6"] = ep.ipv6
         return {"Interface": answer}
+
+    async def _drop_stale(self, nid: str, eid: str, address: str) -> bool:
+        """Docker's IPAM gave an address a Docker endpoint of this host still holds in libnet: Docker
+        forgot that endpoint without a Leave/DeleteEndpoint (dockerd was killed).  Docker's IPAM is the
+        authority for these networks' addresses, so the stale endpoint goes.  Another host's endpoint
+        (an overlay) or one the plugin did not make is never touched.  Whether one went."""
+        node, dropped = self.ctl.config.node_name, False
+        for pair in await self.store.list(f"{PREFIX}endpoints/"):
+            other = pair.key.rsplit("/", 1)[-1]
+            m = json.loads(pair.value)
+            if other == eid or m.get("docker_network") != nid:
+                continue
+            try:
+                ep = await self.ctl.endpoint(m["endpoint"])
+            except NotFound:
+                continue
+            held = {"ipv4": _ip(ep.ipv4), "ipv6": _ip(ep.ipv6)}
+            if ep.node != node or address not in held.values():
+                continue
+            log.warning(
+                "docker endpoint %s: address %s is Docker's again; removing libnet endpoint %s of docker "
+                "endpoint %s, which Docker forgot (a killed dockerd)",
+                eid[:12],
+                address,
+                ep.id[:12],
+                other[:12],
+            )
+            await self._unstage(other, m)
+            with suppress(NotFound):
+                await self.ctl.delete_endpoint(ep.id, force=True)
+            await self._drop("endpoints", other)
+            dropped = True
+        return dropped
 
     async def endpoint_oper_info(self, req: dict[str, Any]) -> dict[str, Any]:
         _m, ep = await self._endpoint(req.get("EndpointID"))

@@ -172,13 +172,20 @@ class DockerEngine:
         finally:
             log.close()
         deadline = time.monotonic() + timeout
-        while self.docker("version", timeout=10, check=False).returncode != 0:
+        while not self._answers():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"dockerd did not start: {self.log_tail()}")
             time.sleep(0.2)
         if self.docker("image", "inspect", IMAGE, check=False).returncode != 0:
             self.docker("import", "-c", "ENV PATH=/bin", "-c", 'CMD ["/bin/sh"]', busybox_rootfs(), IMAGE, timeout=120)
         return self
+
+    def _answers(self) -> bool:
+        """Whether the API answers (it holds requests while dockerd restores containers after a crash)."""
+        try:
+            return self.docker("version", timeout=10, check=False).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
 
     def pid(self) -> int | None:
         """dockerd's pid, from its pidfile."""
@@ -202,6 +209,18 @@ class DockerEngine:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=5)
         self.proc = None
+        # a dockerd that was killed leaves containerd's pidfile; a dead (or zombie) pid there makes the next
+        # dockerd wait for that containerd for good
+        pidfile = os.path.join(self.work, "exec", "containerd", "containerd.pid")
+        try:
+            with open(pidfile) as f:
+                cpid = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return
+        if cpid and _alive(cpid):
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(pidfile)
 
     def restart(self, timeout: float = 60) -> DockerEngine:
         self.stop()

@@ -4,6 +4,7 @@ shapes dockerd 20.10 sends (shared/reference/runtimes.md), and the error paths."
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -244,8 +245,9 @@ async def test_errors_are_err_with_libnet_messages(client) -> None:
     await call(client, "/NetworkDriver.CreateNetwork", create_net())
     assert await call(client, "/NetworkDriver.CreateNetwork", create_net()) == {}  # a replay changes nothing
     await call(client, "/NetworkDriver.CreateEndpoint", create_ep())
-    err = await call(client, "/NetworkDriver.CreateEndpoint", create_ep(eid=EID2), status=500)  # same address
-    assert "198.51.100.7" in err["Err"] and "already allocated" in err["Err"]
+    await client.ctl.create_endpoint((await client.ctl.networks())[0].id, "mine", ipv4="198.51.100.8")
+    err = await call(client, "/NetworkDriver.CreateEndpoint", create_ep(eid=EID2, v4="198.51.100.8/24", v6=""), 500)
+    assert "198.51.100.8" in err["Err"] and "already allocated" in err["Err"]  # not Docker's: never taken over
     err = await call(client, "/NetworkDriver.CreateEndpoint", create_ep(eid=EID2, v4="203.0.113.9/24"), status=500)
     assert "203.0.113.9" in err["Err"]
     err = await call(client, "/NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID2}, status=500)
@@ -254,7 +256,20 @@ async def test_errors_are_err_with_libnet_messages(client) -> None:
     assert "still has endpoints" in err["Err"]
     bad_port = create_ep(eid=EID2, v4="", v6="", portmap=[{"Proto": 132, "Port": 80, "HostPort": 80}])
     assert "protocol" in (await call(client, "/NetworkDriver.CreateEndpoint", bad_port, status=500))["Err"]
-    assert len(await client.ctl.endpoints()) == 1  # refusals left nothing behind
+    assert len(await client.ctl.endpoints()) == 2  # refusals left nothing behind
+
+
+async def test_an_address_docker_gives_again_replaces_the_endpoint_it_forgot(client) -> None:
+    """A killed dockerd forgets its endpoints without Leave/DeleteEndpoint and gives their addresses again."""
+    await call(client, "/NetworkDriver.CreateNetwork", create_net())
+    await call(client, "/NetworkDriver.CreateEndpoint", create_ep())
+    await call(client, "/NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID, "SandboxKey": SBKEY})
+    await call(client, "/NetworkDriver.CreateEndpoint", create_ep(eid=EID2))  # same addresses, new endpoint
+    (ep,) = await client.ctl.endpoints()
+    assert ep.name == f"d-{EID2[:12]}" and ep.ipv4 == "198.51.100.7/24"
+    assert await client.ctl.sandboxes() == []  # the forgotten endpoint's staging sandbox went with it
+    err = await call(client, "/NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID}, status=500)
+    assert "not a libnet endpoint known" in err["Err"]
 
 
 async def test_failed_join_then_delete_endpoint(tmp_path) -> None:
@@ -333,3 +348,31 @@ async def test_swarm_and_discovery_calls(client) -> None:
     assert await call(client, "/NetworkDriver.DiscoverDelete", {"DiscoveryType": 1, "DiscoveryData": {}}) == {}
     assert await call(client, "/NetworkDriver.AllocateNetwork", {"NetworkID": NID, "Options": {}}) == {"Options": {}}
     assert await call(client, "/NetworkDriver.FreeNetwork", {"NetworkID": NID}) == {}
+
+
+async def test_agent_serves_the_plugin_socket(tmp_path) -> None:
+    """The agent's second socket: served, and left alone when another live process serves it."""
+    import aiohttp
+
+    from agent import config as agent_config
+    from agent.daemon import _serve_docker_plugin
+
+    assert agent_config.AgentConfig().docker_plugin_socket == "/run/docker/plugins/libnet.sock"
+    assert agent_config.load(["--docker-plugin-socket", ""], {}).docker_plugin_socket == ""
+    ctl = _ctl(tmp_path, MemoryStore(), MemoryStore())
+    await ctl.start()
+    path = str(tmp_path / "plugins" / "libnet.sock")
+    runner = await _serve_docker_plugin(ctl, path)
+    try:
+        assert runner is not None and os.stat(path).st_mode & 0o777 == 0o660
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=path)) as session,
+            session.post("http://docker/Plugin.Activate", headers=ACCEPT) as r,
+        ):
+            assert r.status == 200
+            assert (await r.json(content_type=None))["Implements"] == ["NetworkDriver", "IpamDriver"]
+        assert await _serve_docker_plugin(ctl, path) is None  # in use: not taken over
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await ctl.close()
