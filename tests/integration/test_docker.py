@@ -294,6 +294,7 @@ def test_overlay_across_two_hosts(tmp_path) -> None:
                 assert wait_until(lambda s=src, e=eng, d=dst: ping(e, s, d["IPAddress"]), 15, 0.2)
                 assert wait_until(lambda s=src, e=eng, d=dst: ping(e, s, d["GlobalIPv6Address"], "-6"), 15, 0.2)
             # the gateway rule: no gateway from an overlay, so Docker's docker_gwbridge carries the default route
+            assert "mtu 1450" in e1.exec("o1", "ip", "-o", "link", "show", "eth0").stdout  # underlay 1500 - VXLAN
             gw = e1.inspect("docker_gwbridge")[0]["IPAM"]["Config"][0]["Gateway"]
             assert f"default via {gw} dev eth1" in e1.exec("o1", "ip", "route").stdout
         finally:
