@@ -27,6 +27,7 @@ wait is bounded.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -84,6 +85,7 @@ def busybox_rootfs() -> str:
     if src is None or not _static_busybox():
         raise RuntimeError("a static busybox is needed for the test image: install busybox-static")
     work = tempfile.mkdtemp(prefix="libnet-busybox-")
+    atexit.register(shutil.rmtree, work, True)  # once per run: removed when the run ends
     root = os.path.join(work, "rootfs")
     os.makedirs(os.path.join(root, "bin"))
     os.makedirs(os.path.join(root, "etc"))
