@@ -35,6 +35,8 @@ class AgentConfig:
     socket: str = DEFAULT_SOCKET
     #: the Docker network/IPAM plugin's socket (agent/docker_plugin.py); "" turns the plugin off
     docker_plugin_socket: str = "/run/docker/plugins/libnet.sock"
+    #: dockerd's API socket: the plugin reads container names there (libnet's DNS across hosts); "" : never
+    docker_host: str = "/var/run/docker.sock"
     store: str = _LIB.store
     state_dir: str = _LIB.state_dir
     #: cluster mode: a shared store for global objects, and Serf gossip

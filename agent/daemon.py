@@ -179,7 +179,7 @@ async def _run(config: agent_config.AgentConfig, stop: asyncio.Event) -> None:
             ", cluster mode" if membership else "",
         )
         if config.docker_plugin_socket:
-            plugin_runner = await _serve_docker_plugin(controller, config.docker_plugin_socket)
+            plugin_runner = await _serve_docker_plugin(controller, config.docker_plugin_socket, config.docker_host)
         reconciler = asyncio.create_task(
             _reconcile_periodically(controller, metrics, config.reconcile_interval, cluster)
         )
@@ -213,7 +213,7 @@ async def _run(config: agent_config.AgentConfig, stop: asyncio.Event) -> None:
                 os.unlink(config.socket)
 
 
-async def _serve_docker_plugin(controller: Controller, path: str) -> web.AppRunner | None:
+async def _serve_docker_plugin(controller: Controller, path: str, docker_host: str = "") -> web.AppRunner | None:
     """Serve Docker's network and IPAM plugin protocols on ``path`` (:mod:`agent.docker_plugin`).
     A socket another live process serves is left alone (warned about): the agent runs without it."""
     from agent.docker_plugin import make_plugin_app
@@ -223,7 +223,7 @@ async def _serve_docker_plugin(controller: Controller, path: str) -> web.AppRunn
             log.warning("docker plugin socket %s is served by another process; the docker plugin is off", path)
             return None
         os.unlink(path)
-    runner = web.AppRunner(make_plugin_app(controller), access_log=None, shutdown_timeout=5.0)
+    runner = web.AppRunner(make_plugin_app(controller, docker_host=docker_host), access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     await web.UnixSite(runner, path).start()

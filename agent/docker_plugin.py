@@ -51,8 +51,19 @@ from typing import Any
 from aiohttp import web
 
 from agent.docker_ipam import DockerIpam
+from agent.docker_names import DockerNames
 from libnet.controller import Controller
-from libnet.errors import AddressInUse, BadRequest, Conflict, InvalidOption, LibnetError, NotFound
+from libnet.dns.server import DnsServer
+from libnet.errors import (
+    AddressInUse,
+    BadRequest,
+    Conflict,
+    InvalidName,
+    InvalidOption,
+    LibnetError,
+    NameInUse,
+    NotFound,
+)
 from libnet.model import Endpoint, Network
 
 log = logging.getLogger("libnet.agent.docker")
@@ -107,9 +118,13 @@ class PluginError(Exception):
 class DockerPlugin:
     """The NetworkDriver calls, mapped onto the controller."""
 
-    def __init__(self, controller: Controller, handover: Handover = kernel_handover) -> None:
+    def __init__(
+        self, controller: Controller, handover: Handover = kernel_handover, names: DockerNames | None = None
+    ) -> None:
         self.ctl = controller
         self.handover = handover
+        self.names = names or DockerNames(None)
+        self.dns_servers: dict[str, DnsServer] = {}  # overlay network id -> libnet's DNS on its gateway
         self.lock = asyncio.Lock()  # Docker's calls for one network are ordered; the mapping is read-modify-write
 
     # --- the id mapping (in libnet's local store) -------------------------------
@@ -247,9 +262,20 @@ class DockerPlugin:
             raise InvalidOption("libnet overlay endpoints take their MAC address from their IPv4 address", mac=mac)
         args = {"ipv4": _ip(iface.get("Address")), "ipv6": _ip(iface.get("AddressIPv6"))}
         ports = _ports(opts.get(PORTMAP))
+        name, aliases = f"d-{eid[:12]}", []
+        ident = await self.names.identify(nid, args["ipv4"]) if nw.driver == "overlay" else None
+        if ident is not None:
+            name, aliases = ident[0], [a for a in ident[1] if a != ident[0]]
         for attempt in range(3):  # an IPv4 and an IPv6 address of forgotten endpoints, then for real
             try:
-                ep = await self.ctl.create_endpoint(nw.id, f"d-{eid[:12]}", ports=ports, **args)
+                try:
+                    ep = await self.ctl.create_endpoint(nw.id, name, ports=ports, aliases=aliases, **args)
+                except (NameInUse, InvalidName) as exc:  # e.g. that name on another host: Docker's DNS only
+                    if ident is None:
+                        raise
+                    log.info("docker endpoint %s: libnet name %s not taken: %s", eid[:12], name, exc)
+                    name, aliases, ident = f"d-{eid[:12]}", [], None
+                    ep = await self.ctl.create_endpoint(nw.id, name, ports=ports, **args)
                 break
             except AddressInUse as exc:
                 taken = _ip(str(exc.ids.get("address") or "")) or ""
@@ -316,6 +342,7 @@ class DockerPlugin:
         m = await self._get("endpoints", eid)
         if m is None:
             return {}
+        await self._stop_dns_if_last(m)
         await self._unstage(eid, m)
         with suppress(NotFound):
             await self.ctl.delete_endpoint(m["endpoint"], force=True)
@@ -338,6 +365,8 @@ class DockerPlugin:
             await self._unstage(eid, {**m, "sandbox": sb.id})
             raise
         await self._put("endpoints", eid, {**m, "sandbox": sb.id})
+        if nw.driver == "overlay":
+            await self._serve_dns(nw)
         answer: dict[str, Any] = {"InterfaceName": {"SrcName": src, "DstPrefix": "eth"}, "StaticRoutes": []}
         if nw.driver == "bridge" and not nw.internal:  # the gateway rule (module docstring)
             if nw.ipv4_gateway and joined.ipv4:
@@ -353,9 +382,44 @@ class DockerPlugin:
         m = await self._get("endpoints", eid)
         if m is None:
             return {}
+        await self._stop_dns_if_last(m)
         await self._unstage(eid, m)
         await self._put("endpoints", eid, {k: v for k, v in m.items() if k != "sandbox"})
         return {}
+
+    # --- libnet's DNS for names across hosts (overlays) ----------------------------
+
+    async def _serve_dns(self, nw: Network) -> None:
+        """libnet's DNS on the overlay's gateway address, inside the overlay's namespace on this host:
+        containers given ``--dns <gateway>`` get names of every host's containers on the overlay
+        (Docker's 127.0.0.11 answers its own host's and forwards the rest there)."""
+        dns = self.ctl.dns
+        if dns is None or nw.id in self.dns_servers or not nw.ipv4_gateway:
+            return
+        drv: Any = self.ctl.driver(nw.driver)
+        vnis, ns_name = getattr(drv, "vnis", None), getattr(drv, "ns_name", None)
+        vni = vnis.cached(nw.id) if vnis is not None else None
+        if vni is None or ns_name is None:
+            return
+        server = DnsServer(dns.resolver, dns.forwarder, str(_ip(nw.ipv4_gateway)), 53, _ip(nw.ipv6_gateway))
+        try:
+            await server.attach(f"docker-{nw.id[:12]}", ns_name(vni), frozenset({nw.id}))
+        except (LibnetError, OSError) as exc:  # names across hosts only; the network works
+            log.warning("overlay %s: libnet's DNS not served on its gateway: %s", nw.name, exc)
+            return
+        self.dns_servers[nw.id] = server
+
+    async def _stop_dns_if_last(self, m: dict[str, Any]) -> None:
+        """Close the overlay's DNS listener before this host's last endpoint on it leaves (the overlay's
+        namespace goes with that leave; a socket must not keep it alive)."""
+        server = self.dns_servers.get(m.get("network", ""))
+        if server is None:
+            return
+        node = self.ctl.config.node_name
+        joined = [e for e in await self.ctl.endpoints(m["network"]) if e.node == node and e.sandbox_id]
+        if [e.id for e in joined] in ([], [m["endpoint"]]):
+            del self.dns_servers[m["network"]]
+            await server.detach(f"docker-{m['network'][:12]}")
 
     async def _unstage(self, eid: str, m: dict[str, Any]) -> None:
         """Leave the staging sandbox and remove it; gone is fine."""
@@ -460,9 +524,12 @@ def _reply(body: dict[str, Any], status: int) -> web.Response:
     return web.Response(text=json.dumps(body), status=status, content_type=CONTENT_TYPE)
 
 
-def make_plugin_app(controller: Controller, handover: Handover = kernel_handover) -> web.Application:
-    """The plugin's aiohttp application (served on its own unix socket by the agent)."""
-    plugin = DockerPlugin(controller, handover)
+def make_plugin_app(
+    controller: Controller, handover: Handover = kernel_handover, docker_host: str | None = None
+) -> web.Application:
+    """The plugin's aiohttp application (served on its own unix socket by the agent); ``docker_host``:
+    dockerd's API socket, for container names (:mod:`agent.docker_names`)."""
+    plugin = DockerPlugin(controller, handover, DockerNames(docker_host))
     ipam = DockerIpam(controller)
 
     async def activate(_req: dict[str, Any]) -> dict[str, Any]:

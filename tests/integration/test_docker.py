@@ -260,7 +260,7 @@ def test_errors_reach_the_user(env, eng) -> None:
 
 def test_overlay_across_two_hosts(tmp_path) -> None:
     """Two hosts, each with dockerd and a libnet-agent (Serf, a shared etcd): one overlay by
-    its libnet name; containers ping each other by IP, IPv4 and IPv6."""
+    its libnet name; containers ping each other by IP and by name, IPv4 and IPv6."""
     from libnet.cluster.serf import new_key
     from libnet.testing.etcd import EtcdServer, find_etcd
 
@@ -277,23 +277,32 @@ def test_overlay_across_two_hosts(tmp_path) -> None:
                 agent = AgentProcess(
                     bed, h, "--cluster-store", etcd.url, "--advertise", h.ipv4, "--join", first,
                     "--cluster-key", key, "--config", str(pools), state_dir=str(tmp_path / h.name),
-                ).start()  # fmt: skip
-                engines.append(DockerEngine(bed, h, agent.plugin_socket).start())
+                )  # fmt: skip
+                engine = DockerEngine(bed, h, agent.plugin_socket)
+                engines.append(engine)
+                agent.extra += ["--docker-host", engine.sock]  # container names for libnet's DNS
+                agent.start()
+                engine.start()
             e1, e2 = engines
             create = ["network", "create", "-d", "libnet", "-o", "libnet.driver=overlay", "-o", "libnet.name=ov"]
             # Docker's default IPAM is per host: each host's Docker gets its own --ip-range of the shared subnet
             for i, e in enumerate(engines):
                 ranges = ["--ip-range", f"198.51.100.{16 * (i + 1)}/28", "--ip-range", f"2001:db8:7::{i + 1}00/120"]
                 subnets = ["--subnet", "198.51.100.0/26", "--subnet", "2001:db8:7::/64"]
+                subnets += ["--gateway", "198.51.100.1", "--gateway", "2001:db8:7::1"]  # the same on every host
                 e.docker(*create, "--ipv6", *subnets, *ranges, "ov")
-            run(e1, "o1", "--network", "ov")
-            run(e2, "o2", "--network", "ov")
+            # libnet's DNS on the overlay's gateway: Docker's 127.0.0.11 forwards other hosts' names there
+            run(e1, "o1", "--network", "ov", "--dns", "198.51.100.1")
+            run(e2, "o2", "--network", "ov", "--dns", "198.51.100.1")
             a1, a2 = addrs(e1, "o1", "ov"), addrs(e2, "o2", "ov")
             assert a1["IPAddress"] != a2["IPAddress"]
             for src, eng, dst in (("o1", e1, a2), ("o2", e2, a1)):
                 assert wait_until(lambda s=src, e=eng, d=dst: ping(e, s, d["IPAddress"]), 15, 0.2)
                 assert wait_until(lambda s=src, e=eng, d=dst: ping(e, s, d["GlobalIPv6Address"], "-6"), 15, 0.2)
             # the gateway rule: no gateway from an overlay, so Docker's docker_gwbridge carries the default route
+            for src, eng, dst in (("o1", e1, "o2"), ("o2", e2, "o1")):
+                assert wait_until(lambda s=src, e=eng, d=dst: ping(e, s, d, "-4"), 15, 0.2), (src, dst)
+                assert wait_until(lambda s=src, e=eng, d=dst: ping(e, s, d, "-6"), 15, 0.2), (src, dst)
             assert "mtu 1450" in e1.exec("o1", "ip", "-o", "link", "show", "eth0").stdout  # underlay 1500 - VXLAN
             gw = e1.inspect("docker_gwbridge")[0]["IPAM"]["Config"][0]["Gateway"]
             assert f"default via {gw} dev eth1" in e1.exec("o1", "ip", "route").stdout

@@ -376,3 +376,76 @@ async def test_agent_serves_the_plugin_socket(tmp_path) -> None:
         if runner is not None:
             await runner.cleanup()
         await ctl.close()
+
+
+@pytest.fixture
+async def fake_dockerd(tmp_path):
+    """dockerd's API as the plugin reads it: a network and the containers on it."""
+    from aiohttp import web
+
+    state = {"containers": []}
+
+    async def network(request):
+        if request.match_info["id"] != NID:
+            return web.json_response({"message": "no such network"}, status=404)
+        return web.json_response({"Id": NID, "Name": "ov"})
+
+    async def containers(request):
+        assert json.loads(request.query["filters"]) == {"network": ["ov"]} and request.query["all"] == "1"
+        return web.json_response(state["containers"])
+
+    app = web.Application()
+    app.router.add_get("/networks/{id}", network)
+    app.router.add_get("/containers/json", containers)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    path = str(tmp_path / "docker.sock")
+    await web.UnixSite(runner, path).start()
+    yield path, state
+    await runner.cleanup()
+
+
+def _ctr(name, state="created", endpoint="", ip=None):
+    ipam = {"IPv4Address": ip} if ip else None
+    return {
+        "Names": [f"/{name}"],
+        "State": state,
+        "NetworkSettings": {"Networks": {"ov": {"EndpointID": endpoint, "IPAMConfig": ipam, "Aliases": None}}},
+    }
+
+
+async def test_container_names_from_dockerd(fake_dockerd) -> None:
+    from agent.docker_names import DockerNames
+
+    path, state = fake_dockerd
+    names = DockerNames(path)
+    assert await names.identify(NID, "198.51.100.7") is None  # nobody starting
+    state["containers"] = [_ctr("web"), _ctr("old", "running", "e" * 64)]
+    assert await names.identify(NID, "198.51.100.7") == ("web", [])
+    state["containers"].append(_ctr("db", ip="198.51.100.9"))
+    assert await names.identify(NID, "198.51.100.7") == ("web", [])  # db's --ip is another address
+    state["containers"].append(_ctr("cache"))
+    assert await names.identify(NID, "198.51.100.7") is None  # two starting at once: unsure
+    assert await names.identify(NID, "198.51.100.9") == ("db", [])  # its --ip tells
+    assert await names.identify("f" * 64, None) is None
+    assert await DockerNames(None).identify(NID, None) is None
+    assert await DockerNames(path + ".gone").identify(NID, None) is None
+
+
+async def test_overlay_endpoints_take_the_container_name(tmp_path, fake_dockerd) -> None:
+    path, state = fake_dockerd
+    ctl = _ctl(tmp_path, MemoryStore(), MemoryStore())
+    await ctl.start()
+
+    async def handover(netns: str, ifname: str, new_name: str) -> None:
+        return None
+
+    async with TestClient(TestServer(make_plugin_app(ctl, handover, docker_host=path))) as c:
+        await call(c, "/NetworkDriver.CreateNetwork", create_net(generic={"libnet.driver": "overlay"}))
+        state["containers"] = [_ctr("web")]
+        await call(c, "/NetworkDriver.CreateEndpoint", create_ep())
+        assert [e.name for e in await ctl.endpoints()] == ["web"]
+        # the same name again (another host's container): Docker's own DNS only, libnet's id name
+        await call(c, "/NetworkDriver.CreateEndpoint", create_ep(eid=EID2, v4="198.51.100.8/24", v6=""))
+        assert sorted(e.name for e in await ctl.endpoints()) == ["d-" + EID2[:12], "web"]
+    await ctl.close()
