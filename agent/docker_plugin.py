@@ -409,6 +409,26 @@ class DockerPlugin:
             return
         self.dns_servers[nw.id] = server
 
+    async def restore_dns(self) -> None:
+        """After an agent restart: libnet's DNS again on the overlays this host's Docker containers are on."""
+        seen = set()
+        for pair in await self.store.list(f"{PREFIX}endpoints/"):
+            m = json.loads(pair.value)
+            if not m.get("sandbox") or m.get("network") in seen:
+                continue
+            seen.add(m.get("network"))
+            try:
+                nw = await self.ctl.network(m["network"])
+            except NotFound:
+                continue
+            if nw.driver == "overlay":
+                await self._serve_dns(nw)
+
+    async def close(self) -> None:
+        for nid, server in list(self.dns_servers.items()):
+            await server.detach(f"docker-{nid[:12]}")
+        self.dns_servers.clear()
+
     async def _stop_dns_if_last(self, m: dict[str, Any]) -> None:
         """Close the overlay's DNS listener before this host's last endpoint on it leaves (the overlay's
         namespace goes with that leave; a socket must not keep it alive)."""
@@ -566,4 +586,16 @@ def make_plugin_app(
     for call, fn in ipams.items():
         app.router.add_post(f"/IpamDriver.{call}", _route(fn, ipam=True))
     app[PLUGIN] = plugin
+
+    async def startup(_app: web.Application) -> None:
+        try:
+            await plugin.restore_dns()
+        except LibnetError as exc:  # names across hosts only; the rest works
+            log.warning("libnet's DNS on overlay gateways not restored: %s", exc)
+
+    async def cleanup(_app: web.Application) -> None:
+        await plugin.close()
+
+    app.on_startup.append(startup)
+    app.on_cleanup.append(cleanup)
     return app

@@ -271,7 +271,7 @@ def test_overlay_across_two_hosts(tmp_path) -> None:
         # libnet's own gateway bridge (made for the overlay's staging sandboxes): IPv4 from documentation ranges
         pools = tmp_path / "pools.toml"
         pools.write_text('default_pools = [{base = "198.51.100.192/27", size = 28}]\n')
-        engines = []
+        engines, agents = [], []
         try:
             for h in bed.hosts[:2]:
                 agent = AgentProcess(
@@ -280,6 +280,7 @@ def test_overlay_across_two_hosts(tmp_path) -> None:
                 )  # fmt: skip
                 engine = DockerEngine(bed, h, agent.plugin_socket)
                 engines.append(engine)
+                agents.append(agent)
                 agent.extra += ["--docker-host", engine.sock]  # container names for libnet's DNS
                 agent.start()
                 engine.start()
@@ -303,6 +304,9 @@ def test_overlay_across_two_hosts(tmp_path) -> None:
             for src, eng, dst in (("o1", e1, "o2"), ("o2", e2, "o1")):
                 assert wait_until(lambda s=src, e=eng, d=dst: ping(e, s, d, "-4"), 15, 0.2), (src, dst)
                 assert wait_until(lambda s=src, e=eng, d=dst: ping(e, s, d, "-6"), 15, 0.2), (src, dst)
+            agents[1].stop()  # an agent restart: libnet's DNS on the overlay's gateway comes back
+            agents[1].start()
+            assert wait_until(lambda: ping(e2, "o2", "o1", "-4"), 15, 0.2)
             assert "mtu 1450" in e1.exec("o1", "ip", "-o", "link", "show", "eth0").stdout  # underlay 1500 - VXLAN
             gw = e1.inspect("docker_gwbridge")[0]["IPAM"]["Config"][0]["Gateway"]
             assert f"default via {gw} dev eth1" in e1.exec("o1", "ip", "route").stdout
