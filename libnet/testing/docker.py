@@ -84,7 +84,8 @@ def busybox_rootfs() -> str:
     src = _busybox_path()
     if src is None or not _static_busybox():
         raise RuntimeError("a static busybox is needed for the test image: install busybox-static")
-    work = tempfile.mkdtemp(prefix="libnet-busybox-")
+    _remove_stale_rootfs()
+    work = tempfile.mkdtemp(prefix=f"libnet-busybox-{os.getpid()}-")
     atexit.register(shutil.rmtree, work, True)  # once per run: removed when the run ends
     root = os.path.join(work, "rootfs")
     os.makedirs(os.path.join(root, "bin"))
@@ -106,6 +107,16 @@ def busybox_rootfs() -> str:
     shutil.rmtree(root)
     _rootfs[os.getpid()] = tarball
     return tarball
+
+
+def _remove_stale_rootfs() -> None:
+    """Rootfs dirs of runs whose process is gone (one that died before its exit handlers ran)."""
+    tmp = tempfile.gettempdir()
+    for name in os.listdir(tmp):
+        parts = name.split("-")
+        ours = name.startswith("libnet-busybox-") and len(parts) >= 4 and parts[2].isdigit()
+        if ours and not _alive(int(parts[2])):
+            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
 
 
 class DockerEngine:
