@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 import socket as _socket
 import tomllib
@@ -37,6 +38,8 @@ class AgentConfig:
     docker_plugin_socket: str = "/run/docker/plugins/libnet.sock"
     #: dockerd's API socket: the plugin reads container names there (libnet's DNS across hosts); "" : never
     docker_host: str = "/var/run/docker.sock"
+    #: seconds between comparisons of the plugin's networks and endpoints with dockerd's (agent/docker_sync.py)
+    docker_sync_interval: float = 30.0
     store: str = _LIB.store
     state_dir: str = _LIB.state_dir
     #: cluster mode: a shared store for global objects, and Serf gossip
@@ -52,8 +55,11 @@ class AgentConfig:
     overlay_anti_entropy: float = _LIB.overlay_anti_entropy  # seconds between re-reads of overlay peers
     mtu: int | None = _LIB.mtu
     ipv6: bool = _LIB.ipv6
-    default_pools: list[dict[str, Any]] = field(default_factory=list)  # [{base, size}]: local IPv4 defaults
-    global_pools: list[dict[str, Any]] = field(default_factory=list)
+    #: [{base, size}] as Docker's default-address-pools: IPv4 entries are local networks' defaults, IPv6
+    #: entries every network's IPv6 defaults (none: a random ULA /48 per store, RFC 4193); flag form:
+    #: --default-address-pool base=CIDR,size=N (repeatable)
+    default_pools: list[dict[str, Any]] = field(default_factory=list)
+    global_pools: list[dict[str, Any]] = field(default_factory=list)  # IPv4 defaults of global (overlay) networks
     sandbox_prefix: str | None = _LIB.sandbox_prefix  # names of the sandbox namespaces; default lns-<instance>-
     overlay_prefix: str | None = _LIB.overlay_prefix  # overlay namespaces (<prefix><vni>); default lno-<instance>-
     dns: bool = _DNS.enabled  # the embedded DNS server (127.0.0.11) in every sandbox
@@ -82,7 +88,7 @@ class AgentConfig:
             raise BadRequest("log_format must be text or json", log_format=self.log_format)
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise BadRequest("log_level must be debug, info, warning or error", log_level=self.log_level)
-        for name in ("peer_grace_period", "overlay_anti_entropy", "reconcile_interval"):
+        for name in ("peer_grace_period", "overlay_anti_entropy", "reconcile_interval", "docker_sync_interval"):
             if not getattr(self, name) > 0:
                 raise BadRequest(f"{name} must be a positive number of seconds", **{name: str(getattr(self, name))})
         if self.adopt and self.purge:
@@ -92,16 +98,22 @@ class AgentConfig:
         self.controller_config().dns.validate()
         for pools in (self.default_pools, self.global_pools):
             for p in pools:
-                if not isinstance(p, dict) or set(p) != {"base", "size"}:
-                    raise BadRequest('a default pool is {base = "CIDR", size = PREFIXLEN}', pool=str(p))
+                _check_pool(p)
 
     def controller_config(self) -> Config:
         """The library's configuration derived from this one."""
         ipam = IpamConfig()
-        if self.default_pools:
-            ipam.local_v4 = [PoolSpec(p["base"], int(p["size"])) for p in self.default_pools]
-        if self.global_pools:
-            ipam.global_v4 = [PoolSpec(p["base"], int(p["size"])) for p in self.global_pools]
+        specs = {
+            (kind, v6): [PoolSpec(p["base"], int(p["size"])) for p in pools if (":" in str(p["base"])) == v6]
+            for kind, pools in (("local", self.default_pools), ("global", self.global_pools))
+            for v6 in (False, True)
+        }
+        if specs["local", False]:
+            ipam.local_v4 = specs["local", False]
+        if specs["global", False]:
+            ipam.global_v4 = specs["global", False]
+        if specs["local", True] or specs["global", True]:
+            ipam.v6_pools = specs["local", True] + specs["global", True]
         return Config(
             store=self.store,
             cluster_store=self.cluster_store,
@@ -152,6 +164,34 @@ EPILOG = (
 )
 
 
+def _check_pool(p: Any) -> None:
+    """A default pool entry: ``{base = "CIDR", size = PREFIXLEN}``, size within the base's family."""
+    if not isinstance(p, dict) or set(p) != {"base", "size"}:
+        raise BadRequest('a default pool is {base = "CIDR", size = PREFIXLEN}', pool=str(p))
+    try:
+        base = ipaddress.ip_network(str(p["base"]))
+        size = int(p["size"])
+    except (TypeError, ValueError):
+        raise BadRequest(
+            f"default pool {p} needs a CIDR base without host bits and a number size", pool=str(p)
+        ) from None
+    if not base.prefixlen <= size <= base.max_prefixlen:
+        raise BadRequest(
+            f"default pool {base} cannot be cut into /{size} subnets (size {base.prefixlen}-{base.max_prefixlen})",
+            pool=str(p),
+        )
+
+
+def parse_pool_flag(text: str) -> dict[str, Any]:
+    """``base=CIDR,size=N`` (dockerd's --default-address-pool) as a pool entry."""
+    fields = dict(part.split("=", 1) for part in text.split(",") if "=" in part)
+    if set(fields) != {"base", "size"} or text.count(",") != 1:
+        raise BadRequest(f"--default-address-pool takes base=CIDR,size=N, not {text!r}", option=text)
+    entry = {"base": fields["base"], "size": fields["size"]}
+    _check_pool(entry)
+    return {"base": entry["base"], "size": int(entry["size"])}
+
+
 def _coerce(name: str, value: Any) -> Any:
     kind = str(_FIELDS[name].type)
     try:
@@ -189,7 +229,15 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument(flag, action="append", dest=name, help="address of a cluster member (repeatable)")
         elif "bool" in str(f.type):
             p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
-        elif name in ("default_pools", "global_pools"):
+        elif name == "default_pools":
+            p.add_argument(
+                "--default-address-pool",
+                dest="default_address_pool",
+                action="append",
+                metavar="base=CIDR,size=N",
+                help="a default pool, as dockerd's flag (repeatable; IPv4 or IPv6); replaces the config file's",
+            )
+        elif name == "global_pools":
             continue  # TOML only
         else:
             p.add_argument(flag, dest=name, default=None)
@@ -223,6 +271,8 @@ def load(argv: list[str], env: Mapping[str, str]) -> AgentConfig:
         value = getattr(args, name, None)
         if value is not None:
             values[name] = _coerce(name, value)
+    if args.default_address_pool:
+        values["default_pools"] = [parse_pool_flag(t) for t in args.default_address_pool]
     config = AgentConfig(**values)
     config.validate()
     return config

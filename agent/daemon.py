@@ -179,7 +179,9 @@ async def _run(config: agent_config.AgentConfig, stop: asyncio.Event) -> None:
             ", cluster mode" if membership else "",
         )
         if config.docker_plugin_socket:
-            plugin_runner = await _serve_docker_plugin(controller, config.docker_plugin_socket, config.docker_host)
+            plugin_runner = await _serve_docker_plugin(
+                controller, config.docker_plugin_socket, config.docker_host, config.docker_sync_interval
+            )
         reconciler = asyncio.create_task(
             _reconcile_periodically(controller, metrics, config.reconcile_interval, cluster)
         )
@@ -213,7 +215,9 @@ async def _run(config: agent_config.AgentConfig, stop: asyncio.Event) -> None:
                 os.unlink(config.socket)
 
 
-async def _serve_docker_plugin(controller: Controller, path: str, docker_host: str = "") -> web.AppRunner | None:
+async def _serve_docker_plugin(
+    controller: Controller, path: str, docker_host: str = "", sync_interval: float = 30.0
+) -> web.AppRunner | None:
     """Serve Docker's network and IPAM plugin protocols on ``path`` (:mod:`agent.docker_plugin`).
     A socket another live process serves is left alone (warned about): the agent runs without it."""
     from agent.docker_plugin import make_plugin_app
@@ -223,7 +227,8 @@ async def _serve_docker_plugin(controller: Controller, path: str, docker_host: s
             log.warning("docker plugin socket %s is served by another process; the docker plugin is off", path)
             return None
         os.unlink(path)
-    runner = web.AppRunner(make_plugin_app(controller, docker_host=docker_host), access_log=None, shutdown_timeout=5.0)
+    app = make_plugin_app(controller, docker_host=docker_host, sync_interval=sync_interval)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     await web.UnixSite(runner, path).start()

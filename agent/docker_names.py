@@ -25,8 +25,45 @@ TIMEOUT = 2.0
 
 
 class DockerNames:
+    """dockerd's API (its unix socket ``socket_path``; None: never asked), read-only."""
+
     def __init__(self, socket_path: str | None) -> None:
         self.path = socket_path or None
+
+    def _session(self) -> aiohttp.ClientSession:
+        assert self.path is not None
+        return aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=self.path), timeout=aiohttp.ClientTimeout(total=TIMEOUT)
+        )
+
+    async def network_ids(self) -> set[str] | None:
+        """The ids of every network dockerd has now; None when dockerd did not answer (then nothing
+        can be concluded from it)."""
+        if not self.path:
+            return None
+        try:
+            async with self._session() as s, s.get("http://docker/networks") as r:
+                if r.status != 200:
+                    return None
+                return {str(n["Id"]) for n in await r.json(content_type=None)}
+        except (aiohttp.ClientError, OSError, TimeoutError, KeyError, TypeError, ValueError) as exc:
+            log.debug("docker API at %s: no network list (%s)", self.path, exc)
+            return None
+
+    async def endpoint_ids(self, network_id: str) -> set[str] | None:
+        """The ids of the endpoints dockerd has on ``network_id`` (joined or not: dockerd lists an
+        endpoint without a container as ``ep-<id>``); None when dockerd did not answer for it."""
+        if not self.path:
+            return None
+        try:
+            async with self._session() as s, s.get(f"http://docker/networks/{network_id}") as r:
+                if r.status != 200:
+                    return None
+                doc = await r.json(content_type=None)
+                return {str(c["EndpointID"]) for c in (doc.get("Containers") or {}).values()}
+        except (aiohttp.ClientError, OSError, TimeoutError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.debug("docker API at %s: no endpoints of %s (%s)", self.path, network_id[:12], exc)
+            return None
 
     async def _get(self, session: aiohttp.ClientSession, url: str) -> Any:
         async with session.get(f"http://docker{url}") as r:
@@ -39,9 +76,7 @@ class DockerNames:
         if not self.path:
             return None
         try:
-            timeout = aiohttp.ClientTimeout(total=TIMEOUT)
-            connector = aiohttp.UnixConnector(path=self.path)
-            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as s:
+            async with self._session() as s:
                 net = await self._get(s, f"/networks/{network_id}")
                 if not net:
                     return None

@@ -44,16 +44,19 @@ import asyncio
 import json
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any
 
 from aiohttp import web
 
+from agent import docker_sync
 from agent.docker_ipam import DockerIpam
 from agent.docker_names import DockerNames
 from libnet.controller import Controller
 from libnet.dns.server import DnsServer
+from libnet.drivers.bridge_model import HANDOVER_PREFIX
 from libnet.errors import (
     AddressInUse,
     BadRequest,
@@ -104,7 +107,7 @@ async def kernel_handover(netns: str, ifname: str, new_name: str) -> None:
 
 def src_name(endpoint_id: str) -> str:
     """The name of the interface a Join hands to Docker (15 characters at most)."""
-    return "lnd" + endpoint_id[:11]
+    return HANDOVER_PREFIX + endpoint_id[: 14 - len(HANDOVER_PREFIX)]
 
 
 def _ip(cidr: str | None) -> str | None:
@@ -202,7 +205,7 @@ class DockerPlugin:
                     labels={"docker.network": nid},
                     aux_addresses={k: str(_ip(v)) for k, v in aux.items()},
                 )
-            await self._put("networks", nid, {"network": nw.id, "created": created})
+            await self._put("networks", nid, {"network": nw.id, "created": created, "at": time.time()})
         log.info("docker network %s -> libnet %s network %s (%s)", nid[:12], driver, nw.name, nw.id[:12])
         return {}
 
@@ -233,18 +236,23 @@ class DockerPlugin:
             m = await self._get("networks", nid)
             if m is None:
                 return {}  # gone already
-            try:
-                await self.ctl.delete_network(m["network"])
-            except NotFound:
-                pass
-            except Conflict:
-                nw = await self.ctl.network(m["network"])
-                if nw.driver != "overlay" or await self._local_endpoints(nw.id):
-                    raise
-                # endpoints of other hosts: the overlay stays for them; this host lets go
-                log.info("docker network %s: libnet overlay %s kept for other hosts", nid[:12], nw.name)
-            await self._drop("networks", nid)
+            await self.forget_network(nid, m)
         return {}
+
+    async def forget_network(self, nid: str, m: dict[str, Any]) -> None:
+        """Delete the libnet network behind Docker network ``nid`` (mapping ``m``) and the mapping; an
+        overlay other hosts still use stays for them.  Caller holds :attr:`lock`."""
+        try:
+            await self.ctl.delete_network(m["network"])
+        except NotFound:
+            pass
+        except Conflict:
+            nw = await self.ctl.network(m["network"])
+            if nw.driver != "overlay" or await self._local_endpoints(nw.id):
+                raise
+            # endpoints of other hosts: the overlay stays for them; this host lets go
+            log.info("docker network %s: libnet overlay %s kept for other hosts", nid[:12], nw.name)
+        await self._drop("networks", nid)
 
     async def _local_endpoints(self, network_id: str) -> list[Endpoint]:
         node = self.ctl.config.node_name
@@ -261,7 +269,9 @@ class DockerPlugin:
         if mac and nw.driver == "overlay":
             raise InvalidOption("libnet overlay endpoints take their MAC address from their IPv4 address", mac=mac)
         args = {"ipv4": _ip(iface.get("Address")), "ipv6": _ip(iface.get("AddressIPv6"))}
-        ports = _ports(opts.get(PORTMAP))
+        # checked here so a bad -p fails the start; published by ProgramExternalConnectivity, which Docker
+        # sends only for the endpoint that gives the container its way out (one network, not each)
+        _ports(opts.get(PORTMAP))
         name, aliases = f"d-{eid[:12]}", []
         ident = await self.names.identify(nid, args["ipv4"]) if nw.driver == "overlay" else None
         if ident is not None:
@@ -269,13 +279,13 @@ class DockerPlugin:
         for attempt in range(3):  # an IPv4 and an IPv6 address of forgotten endpoints, then for real
             try:
                 try:
-                    ep = await self.ctl.create_endpoint(nw.id, name, ports=ports, aliases=aliases, **args)
+                    ep = await self.ctl.create_endpoint(nw.id, name, aliases=aliases, **args)
                 except (NameInUse, InvalidName) as exc:  # e.g. that name on another host: Docker's DNS only
                     if ident is None:
                         raise
                     log.info("docker endpoint %s: libnet name %s not taken: %s", eid[:12], name, exc)
                     name, aliases, ident = f"d-{eid[:12]}", [], None
-                    ep = await self.ctl.create_endpoint(nw.id, name, ports=ports, **args)
+                    ep = await self.ctl.create_endpoint(nw.id, name, **args)
                 break
             except AddressInUse as exc:
                 taken = _ip(str(exc.ids.get("address") or "")) or ""
@@ -287,7 +297,9 @@ class DockerPlugin:
                 ):
                     raise
         try:
-            await self._put("endpoints", eid, {"endpoint": ep.id, "network": nw.id, "docker_network": nid})
+            await self._put(
+                "endpoints", eid, {"endpoint": ep.id, "network": nw.id, "docker_network": nid, "at": time.time()}
+            )
         except BaseException:
             await self.ctl.delete_endpoint(ep.id)
             raise
@@ -342,12 +354,21 @@ class DockerPlugin:
         m = await self._get("endpoints", eid)
         if m is None:
             return {}
+        await self.forget_endpoint(eid, m)
+        return {}
+
+    async def forget_endpoint(self, eid: str, m: dict[str, Any]) -> None:
+        """Delete the libnet endpoint behind Docker endpoint ``eid`` (mapping ``m``), its staging sandbox
+        and the mapping; each part already gone is fine."""
         await self._stop_dns_if_last(m)
         await self._unstage(eid, m)
         with suppress(NotFound):
             await self.ctl.delete_endpoint(m["endpoint"], force=True)
         await self._drop("endpoints", eid)
-        return {}
+
+    async def mappings(self, kind: str) -> dict[str, dict[str, Any]]:
+        """Docker id -> mapping, of ``kind`` ``networks`` or ``endpoints``."""
+        return {p.key.rsplit("/", 1)[-1]: json.loads(p.value) for p in await self.store.list(f"{PREFIX}{kind}/")}
 
     async def join(self, req: dict[str, Any]) -> dict[str, Any]:
         eid = _id(req.get("EndpointID"), "EndpointID")
@@ -452,12 +473,19 @@ class DockerPlugin:
             await self.ctl.delete_sandbox(sid)
 
     async def program_external_connectivity(self, req: dict[str, Any]) -> dict[str, Any]:
-        # published ports (-p) came with CreateEndpoint and were published by the join
-        await self._endpoint(req.get("EndpointID"))
+        """Publish the container's ports (``-p``) on this endpoint: Docker calls this for the endpoint that
+        carries the container's default route only, so a container on several networks publishes once."""
+        _m, ep = await self._endpoint(req.get("EndpointID"))
+        await self.ctl.publish(ep.id, _ports((req.get("Options") or {}).get(PORTMAP)))
         return {}
 
     async def revoke_external_connectivity(self, req: dict[str, Any]) -> dict[str, Any]:
-        return {}  # withdrawn by the leave that follows
+        """Withdraw the ports (another endpoint becomes the way out, or the container stops)."""
+        m = await self._get("endpoints", _id(req.get("EndpointID"), "EndpointID"))
+        if m is not None:
+            with suppress(NotFound):
+                await self.ctl.publish(m["endpoint"], [])
+        return {}
 
     async def nothing(self, req: dict[str, Any]) -> dict[str, Any]:
         return {}
@@ -515,17 +543,31 @@ def _ports(value: Any) -> list[dict[str, Any]]:
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 PLUGIN: web.AppKey[DockerPlugin] = web.AppKey("docker_plugin")
+SYNC: web.AppKey[docker_sync.DockerSync] = web.AppKey("docker_sync")
 
 
-def _route(fn: Handler, ipam: bool = False) -> Callable[[web.Request], Awaitable[web.Response]]:
+#: what an empty body on a call that needs one means (dockerd's plugin client re-sends a timed-out call
+#: with the body it already consumed: nothing)
+EMPTY_BODY = (
+    "the request from dockerd had an empty body: dockerd sends one when it retries a call after a timeout, "
+    "so the libnet agent was too slow to answer or not running (see `libnet agent status` and the agent's "
+    "log); the first try may have been done: check with `docker network ls`/`libnet network ls`, then retry"
+)
+
+
+def _route(fn: Handler, ipam: bool = False, body: bool = True) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """One plugin call's HTTP handler; ``body``: the call carries a JSON object (refused when empty)."""
+
     async def handle(request: web.Request) -> web.Response:
         try:
             raw = await request.read()
             log.debug("docker %s %s", request.path, raw[:4000])
-            body = json.loads(raw) if raw.strip() else {}
-            if not isinstance(body, dict):
+            if body and not raw.strip():
+                raise BadRequest(EMPTY_BODY, call=request.path.lstrip("/"))
+            body_ = json.loads(raw) if raw.strip() else {}
+            if not isinstance(body_, dict):
                 raise BadRequest("the request body must be a JSON object")
-            answer = await fn(body)
+            answer = await fn(body_)
             return _reply(answer, 200)
         except json.JSONDecodeError as exc:
             msg, status = f"malformed JSON: {exc}", 400
@@ -545,11 +587,17 @@ def _reply(body: dict[str, Any], status: int) -> web.Response:
 
 
 def make_plugin_app(
-    controller: Controller, handover: Handover = kernel_handover, docker_host: str | None = None
+    controller: Controller,
+    handover: Handover = kernel_handover,
+    docker_host: str | None = None,
+    sync_interval: float = docker_sync.INTERVAL,
 ) -> web.Application:
     """The plugin's aiohttp application (served on its own unix socket by the agent); ``docker_host``:
-    dockerd's API socket, for container names (:mod:`agent.docker_names`)."""
-    plugin = DockerPlugin(controller, handover, DockerNames(docker_host))
+    dockerd's API socket, for container names (:mod:`agent.docker_names`) and for forgetting what
+    dockerd forgot every ``sync_interval`` seconds (:mod:`agent.docker_sync`)."""
+    docker = DockerNames(docker_host)
+    plugin = DockerPlugin(controller, handover, docker)
+    sync = docker_sync.DockerSync(plugin, docker, interval=sync_interval, grace=max(sync_interval, 2.0))
     ipam = DockerIpam(controller)
 
     async def activate(_req: dict[str, Any]) -> dict[str, Any]:
@@ -580,20 +628,24 @@ def make_plugin_app(
         "ReleaseAddress": ipam.release_address,
     }
     app = web.Application(client_max_size=1 << 20)
-    app.router.add_post("/Plugin.Activate", _route(activate))
+    no_body = {"GetCapabilities", "GetDefaultAddressSpaces", "DiscoverNew", "DiscoverDelete", "FreeNetwork"}
+    app.router.add_post("/Plugin.Activate", _route(activate, body=False))
     for call, fn in net.items():
-        app.router.add_post(f"/NetworkDriver.{call}", _route(fn))
+        app.router.add_post(f"/NetworkDriver.{call}", _route(fn, body=call not in no_body))
     for call, fn in ipams.items():
-        app.router.add_post(f"/IpamDriver.{call}", _route(fn, ipam=True))
+        app.router.add_post(f"/IpamDriver.{call}", _route(fn, ipam=True, body=call not in no_body))
     app[PLUGIN] = plugin
+    app[SYNC] = sync
 
     async def startup(_app: web.Application) -> None:
         try:
             await plugin.restore_dns()
         except LibnetError as exc:  # names across hosts only; the rest works
             log.warning("libnet's DNS on overlay gateways not restored: %s", exc)
+        sync.start()
 
     async def cleanup(_app: web.Application) -> None:
+        await sync.stop()
         await plugin.close()
 
     app.on_startup.append(startup)

@@ -45,6 +45,7 @@ from libnet.errors import (
     NoSuchPool,
     NotANamespace,
     NotFound,
+    PoolOverlap,
 )
 from libnet.gate import OperationGate, operation
 from libnet.gateway import GatewayPolicy
@@ -204,7 +205,18 @@ class Controller:
             self,
         )
         self._dns_binding = DnsBinding(parts.dns, parts.repo) if parts.dns is not None else None
+        self._ports.describe = self._describe_endpoint
         self._started = True
+
+    async def _describe_endpoint(self, endpoint_id: str) -> str | None:
+        """An endpoint as users know it, for messages: name, network, sandbox."""
+        try:
+            ep = await self.repo.endpoint(endpoint_id)
+            nw = await self.repo.network(ep.network_id)
+        except NotFound:
+            return None
+        where = f" (sandbox {ep.sandbox_id[:12]})" if ep.sandbox_id else ""
+        return f"endpoint {ep.name} on network {nw.name}{where}"
 
     async def close(self) -> None:
         """Release handles; networks and containers keep working (DNS stops until the next start)."""
@@ -329,7 +341,10 @@ class Controller:
                     over_routes=allow_route_overlap,
                     isolated=isolated,
                 )
-                await self._ipam.check_pool(space, fam.subnet, fam.ip_range, options=opts, v6=v6)
+                try:
+                    await self._ipam.check_pool(space, fam.subnet, fam.ip_range, options=opts, v6=v6)
+                except PoolOverlap as exc:
+                    raise await self._named_overlap(exc) from None
         async with Rollback() as undo:
             await self.repo.reserve_name(store, self.repo.network_name_key(name), nw.id, "network", name, self.instance)
             undo.push(lambda: store.delete(self.repo.network_name_key(name)), "free network name")
@@ -356,6 +371,26 @@ class Controller:
             await self.repo.add_network(nw)
         log.info("network %s (%s) created: %s %s", name, nw.id[:12], nw.ipv4_subnet, nw.ipv6_subnet or "")
         return nw
+
+    async def _named_overlap(self, exc: PoolOverlap) -> PoolOverlap:
+        """``exc`` naming the network that holds the overlapping pool (users know networks, not pools)."""
+        owner, pool = exc.ids.get("owner"), exc.ids.get("overlaps")
+        if not pool:  # not another pool (a host address, a route): says so already
+            return exc
+        subnet = str(pool).split("/", 1)[-1]
+        if owner:
+            try:
+                holder = await self.repo.network(str(owner))
+            except NotFound:
+                return exc
+            return PoolOverlap(
+                f"subnet {exc.ids.get('pool')} overlaps network {holder.name}'s subnet {subnet}", **exc.ids
+            )
+        return PoolOverlap(
+            f"subnet {exc.ids.get('pool')} overlaps subnet {subnet}, held by Docker's use of libnet's IPAM "
+            "driver (a network with --ipam-driver libnet)",
+            **exc.ids,
+        )
 
     async def networks(self) -> list[Network]:
         """All networks, by name."""
@@ -655,6 +690,14 @@ class Controller:
             log.warning("sandbox %s: no gateway bridge: %s", (ep.sandbox_id or "")[:12], exc)
         await self._dns_sync(ep.sandbox_id)
         return ep
+
+    @operation
+    async def publish(self, endpoint: str, ports: Iterable[PortMapping | dict[str, Any]]) -> Endpoint:
+        """Replace the host ports an endpoint publishes (``[]``: none); see
+        :meth:`libnet.joins.Joins.publish`.  Checked like ``create_endpoint``'s
+        ``ports``; ``Conflict`` naming the holder when a port is taken."""
+        mappings = [check_mapping(p) for p in ports]
+        return await self._joins.publish(endpoint, mappings, self._ports)
 
     async def _dns_sync(self, sandbox_id: str | None) -> None:
         if self._dns_binding is None or not sandbox_id:

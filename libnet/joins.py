@@ -11,13 +11,16 @@ default routes is :mod:`libnet.gateway`'s decision.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 
+from libnet.driverapi import PortMapping
 from libnet.drivers.registry import Drivers
 from libnet.errors import Conflict, NotFound
 from libnet.gateway import GatewayPolicy
 from libnet.info import ep_info, net_info, sb_info
 from libnet.model import Endpoint, Network, Sandbox
+from libnet.ports import PortRegistry, check_families
 from libnet.repository import Repository
 from libnet.rollback import Rollback
 from libnet.sandbox_files import SandboxFiles
@@ -26,6 +29,34 @@ from libnet.sandbox_files import SandboxFiles
 def unjoined(e: Endpoint) -> None:
     """Mark an endpoint as joined to no sandbox."""
     e.sandbox_id, e.ifname, e.gateway, e.leaving = None, None, False, ""
+
+
+def held_already(ports: list[PortMapping], old: list[PortMapping]) -> tuple[list[PortMapping], list[PortMapping]]:
+    """Split requested ``ports`` into (mappings ``old`` holds already, mappings to reserve).  A request
+    without a host port (``-p 80``) is held by an old mapping of the same container port, protocol and
+    host address, so a replayed request keeps the host port it was given."""
+    kept: list[PortMapping] = []
+    wanted: list[PortMapping] = []
+    free = list(old)
+    for p in ports:
+        match = next(
+            (
+                o
+                for o in free
+                if o == p
+                or (
+                    not p.host_port
+                    and (o.container_port, o.protocol, o.host_ip) == (p.container_port, p.protocol, p.host_ip)
+                )
+            ),
+            None,
+        )
+        if match is None:
+            wanted.append(p)
+        else:
+            free.remove(match)
+            kept.append(match)
+    return kept, wanted
 
 
 class Joins:
@@ -143,6 +174,41 @@ class Joins:
                 if was_gateway:
                     await self._hand_over(sb)
                 await self.files.write(sb)
+        return ep
+
+    async def publish(self, endpoint: str, ports: list[PortMapping], registry: PortRegistry) -> Endpoint:
+        """Replace the published ports of an endpoint (Docker's
+        ``ProgramExternalConnectivity``/``RevokeExternalConnectivity``: only the
+        endpoint that gives its container the way out publishes).
+
+        ``ports``: checked mappings, ``[]`` withdraws them all.  The new ports are
+        reserved first (``Conflict``/``PortsExhausted`` change nothing), then a
+        joined endpoint's rules are replaced in the driver, then the store; the
+        old reservations go last.  An endpoint that is not joined only has its
+        ports recorded: its join publishes them.  Returns the endpoint as stored."""
+        ep = await self.repo.endpoint(endpoint)
+        async with self._lock(ep.sandbox_id or f"unjoined:{ep.id}"):
+            ep = await self.repo.endpoint(ep.id)
+            old = [PortMapping(**p) for p in ep.ports]
+            nw = await self.repo.network(ep.network_id)
+            check_families(nw, ports)
+            kept, wanted = held_already(ports, old)
+            if not wanted and len(kept) == len(old):
+                return ep  # the same ports again (a replay)
+            drv = self.drivers.driver(nw.driver)
+            async with Rollback() as undo:
+                fresh = await registry.reserve(ep.id, wanted)
+                undo.push(lambda: registry.release(ep.id, fresh), "free new host ports")
+                new = kept + fresh
+                if ep.sandbox_id:
+                    ninfo = net_info(nw)
+                    await drv.revoke_external_connectivity(ninfo, ep_info(ep))
+                    undo.push(lambda: drv.program_external_connectivity(ninfo, ep_info(ep)), "republish old ports")
+                    newer = dataclasses.replace(ep, ports=[p.__dict__ for p in new])
+                    await drv.program_external_connectivity(ninfo, ep_info(newer))
+                    undo.push(lambda: drv.revoke_external_connectivity(ninfo, ep_info(newer)), "withdraw new ports")
+                ep = await self.repo.update_endpoint(ep, lambda e: setattr(e, "ports", [p.__dict__ for p in new]))
+            await registry.release(ep.id, [p for p in old if p not in new])
         return ep
 
     async def _hand_over(self, sb: Sandbox) -> None:

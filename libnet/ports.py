@@ -21,13 +21,13 @@ import dataclasses
 import errno
 import ipaddress
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from libnet import model
 from libnet.config import DEFAULT_PORT_RANGE
 from libnet.driverapi import PortMapping
-from libnet.errors import Conflict, InvalidOption, KeyNotFound, PortsExhausted
+from libnet.errors import Conflict, InvalidOption, KeyNotFound, LibnetError, PortsExhausted
 from libnet.kernel import netns
 from libnet.model import Network
 from libnet.store.base import Store
@@ -181,10 +181,13 @@ class PortRegistry:
         probe: Callable[[PortMapping], bool] | None = None,
         auto_range: tuple[int, int] = AUTO_RANGE,
         own_table: str | None = None,
+        describe: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         self.store = store
         self.probe = probe or (lambda pm: bindable(host_ns, pm, own_table))
         self.auto_range = parse_range(auto_range)
+        #: endpoint id -> what a user knows it by ("endpoint web on network front"), for messages
+        self.describe = describe
 
     async def reserve(self, endpoint_id: str, mappings: list[PortMapping]) -> list[PortMapping]:
         """Reserve every mapping for ``endpoint_id`` (all or none); host port 0
@@ -203,7 +206,10 @@ class PortRegistry:
 
     async def _reserve_one(self, endpoint_id: str, pm: PortMapping, taken: list[PortMapping]) -> PortMapping:
         if pm.host_port:
-            await self._claim(endpoint_id, pm)
+            try:
+                await self._claim(endpoint_id, pm)
+            except Conflict as exc:
+                raise await self._named(exc) from None
             return pm
         lo, hi = self.auto_range
         for port in range(lo, hi + 1):
@@ -251,6 +257,21 @@ class PortRegistry:
                 protocol=pm.protocol,
             )
         await model.update_json(self.store, _key(pm.protocol, pm.host_port), KIND, add)
+
+    async def _named(self, exc: Conflict) -> Conflict:
+        """``exc`` with the holding endpoint named as users know it (its name, network, sandbox)."""
+        holder = exc.ids.get("holder", "")
+        if self.describe is None or not holder or "published by endpoint" not in exc.message:
+            return exc
+        try:
+            who = await self.describe(holder)
+        except LibnetError:
+            who = None
+        if not who:
+            return exc
+        return Conflict(
+            f"host port {exc.ids.get('port')}/{exc.ids.get('protocol')} is already published by {who}", **exc.ids
+        )
 
     async def release(self, endpoint_id: str, mappings: Iterable[PortMapping]) -> None:
         """Free the mappings ``endpoint_id`` holds (others' entries stay)."""

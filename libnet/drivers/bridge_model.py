@@ -27,11 +27,12 @@ RETIRED_PREFIX = "lnx"
 LEGACY_NET, LEGACY_EP = "libnet:net:", "libnet:ep:"
 DEFAULT_MTU = 1500
 _IFNAME = re.compile(rf"[A-Za-z0-9_.@+-]{{1,{IFNAMSIZ}}}")
-#: the names bridge_name() and host_ifname() derive; a bridge_name option may not take one
-_DERIVED = re.compile(
-    rf"{BRIDGE_PREFIX}[0-9a-f]{{{IFNAMSIZ - len(BRIDGE_PREFIX)}}}"
-    rf"|{VETH_PREFIX}[0-9a-f]{{{IFNAMSIZ - len(VETH_PREFIX)}}}"
-)
+#: the docker plugin's handed-over interfaces (agent.docker_plugin.src_name)
+HANDOVER_PREFIX = "lnd"
+#: the name spaces libnet derives link names in (bridge_name(), host_ifname(), retired_ifname(), the
+#: docker plugin's handover): a bridge_name option may take none of them, whatever its length -- a
+#: shorter or longer name is still read as libnet's by reconcile and `libnet inventory`
+_DERIVED = re.compile(rf"{BRIDGE_PREFIX}.*|(?:{VETH_PREFIX}|{RETIRED_PREFIX}|{HANDOVER_PREFIX})[0-9a-f]+", re.DOTALL)
 
 #: option name -> (canonical name); Docker's names are accepted too
 _ALIASES = {
@@ -102,8 +103,9 @@ def parse_options(options: dict[str, Any]) -> dict[str, Any]:
                 )
             if _DERIVED.fullmatch(value):
                 raise InvalidOption(
-                    f"bridge_name {value!r} has the shape of libnet's own link names (lnb- + 11 hex digits, "
-                    "lnv + 12 hex digits): another network's bridge or an endpoint's veth would collide with it",
+                    f"bridge_name {value!r} is in the name space of libnet's own links (lnb-*, and lnv/lnx/lnd "
+                    "+ hex digits): another network's bridge or an endpoint's veth could collide with it, and "
+                    "libnet would read it as one of its own; choose another name",
                     option=key,
                     value=value,
                 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +35,7 @@ class AgentProcess:
         self.bed, self.host = bed, host
         self.dir = state_dir or tempfile.mkdtemp(prefix=f"libnet-agent-{host.name}-")
         os.makedirs(self.dir, exist_ok=True)
+        made_dir = state_dir is None
         self.socket = socket or os.path.join(self.dir, "libnet.sock")
         self.store = store or f"sqlite://{self.dir}/store.db"
         self.extra = list(extra)
@@ -44,6 +46,8 @@ class AgentProcess:
         self._serf_record: dict[str, Any] | None = None
         # the Serf agent outlives libnet-agent: stopped by its recorded pid with the test bed
         bed.on_close(self.stop_serf)
+        if made_dir:  # then the state dir this object made (a caller's own dir is the caller's)
+            bed.on_close(lambda: shutil.rmtree(self.dir, ignore_errors=True))
 
     def stop_serf(self) -> bool:
         """Stop the Serf agent this agent left running (by its recorded, checked pid), without leaving."""

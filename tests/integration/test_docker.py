@@ -32,8 +32,14 @@ DUAL = ["--ipv6", "--subnet", "198.51.100.0/26", "--subnet", "2001:db8:5::/64"]
 def env():
     with Testbed(2) as bed:
         h1 = bed.hosts[0]
-        agent = AgentProcess(bed, h1).start()
+        agent = AgentProcess(bed, h1)
         engine = DockerEngine(bed, h1, agent.plugin_socket)
+        # dockerd's API: container names, and what dockerd forgot while the agent was down (every 2 s here)
+        agent.extra += ["--docker-host", engine.sock, "--docker-sync-interval", "2"]
+        # libnet's own defaults (--ipam-driver libnet without --subnet, IPv6) in documentation ranges
+        agent.extra += ["--default-address-pool", "base=198.51.100.224/27,size=28"]
+        agent.extra += ["--default-address-pool", "base=2001:db8:ff::/48,size=64"]
+        agent.start()
         try:
             engine.start()
             yield bed, agent, engine
@@ -105,6 +111,64 @@ def test_published_port_answers(env, eng) -> None:
     assert wait_until(answers, 15, 0.5)
     eng.docker("rm", "-f", "web")
     assert not answers()
+
+
+def test_a_publishing_container_joins_a_second_network(env, eng) -> None:
+    """Breaker: a container with -p could not be connected to a second libnet network (each CreateEndpoint
+    published the ports again, and the second was refused as a port conflict).  Docker publishes only on the
+    endpoint that gives the container its way out (ProgramExternalConnectivity)."""
+    bed, agent, _ = env
+    h1, h2 = bed.hosts
+    eng.docker("network", "create", "-d", "libnet", *DUAL, "front2")
+    eng.docker("network", "create", "-d", "libnet", "--subnet", "198.51.100.128/26", "back2")
+    serve = ("sh", "-c", "echo hello-two > /tmp/index.html && exec httpd -f -p 80 -h /tmp")
+    run(eng, "web2", "--network", "front2", "-p", "8082:80", cmd=serve)
+    eng.docker("network", "connect", "back2", "web2")
+    run(eng, "db2", "--network", "back2")
+    assert ping(eng, "web2", "db2", "-4")
+
+    def answers() -> bool:
+        fetch = f"import urllib.request as u; print(u.urlopen('http://{h1.ipv4}:8082/', timeout=2).read().decode())"
+        return "hello-two" in bed.run(h2.ns, [sys.executable, "-c", fetch], timeout=10).stdout
+
+    assert wait_until(answers, 15, 0.5)
+    held = [e for e in agent.cli_json("endpoint", "ls") if e.get("ports")]
+    assert len(held) == 1, held  # published once
+    eng.docker("network", "disconnect", "back2", "web2")
+    assert answers()
+    eng.docker("rm", "-f", "web2", "db2")
+    assert not any(e.get("ports") for e in agent.cli_json("endpoint", "ls"))
+
+
+def test_what_docker_removed_while_the_agent_was_down_goes(env, eng) -> None:
+    """Breaker: with the agent down, `docker rm -f` and `docker network rm` reached no plugin; libnet kept
+    the network, its pool, the endpoint, its published port and staging sandbox for ever, so the subnet and
+    the port stayed blocked.  The plugin compares with dockerd's API and removes what dockerd forgot."""
+    _bed, agent, _ = env
+    eng.docker("network", "create", "-d", "libnet", "--subnet", "198.51.100.0/26", "lost")
+    eng.docker("network", "create", "-d", "libnet", "--subnet", "198.51.100.64/26", "kept")
+    run(eng, "gone1", "--network", "lost", "-p", "8083:80")
+    run(eng, "stays", "--network", "kept")
+    run(eng, "gone2", "--network", "kept")
+    lost_id = eng.inspect("lost")[0]["Id"]
+    assert f"docker-{lost_id[:12]}" in libnet_networks(agent)
+    agent.kill()
+    eng.docker("rm", "-f", "gone1", "gone2")  # dockerd logs the failed plugin calls and goes on
+    eng.docker("network", "rm", "lost")
+    time.sleep(2.5)  # older than the sync's grace period
+    agent.start()
+
+    def forgotten() -> bool:
+        names = [e["name"] for e in agent.cli_json("endpoint", "ls")]
+        return f"docker-{lost_id[:12]}" not in libnet_networks(agent) and len(names) == 1
+
+    assert wait_until(forgotten, 20, 0.5), agent.cli_json("endpoint", "ls")
+    assert len(agent.cli_json("sandbox", "ls")) == 1  # only stays' staging sandbox
+    # the subnet and the port are free again; stays still works
+    eng.docker("network", "create", "-d", "libnet", "--subnet", "198.51.100.0/26", "reuse")
+    run(eng, "again", "--network", "reuse", "-p", "8083:80")
+    run(eng, "peer", "--network", "kept")
+    assert ping(eng, "stays", "peer", "-4")
 
 
 def test_internal_has_no_way_out(env, eng) -> None:
@@ -270,7 +334,9 @@ def test_overlay_across_two_hosts(tmp_path) -> None:
         key, first = new_key(), bed.hosts[0].ipv4
         # libnet's own gateway bridge (made for the overlay's staging sandboxes): IPv4 from documentation ranges
         pools = tmp_path / "pools.toml"
-        pools.write_text('default_pools = [{base = "198.51.100.192/27", size = 28}]\n')
+        pools.write_text(
+            'default_pools = [{base = "198.51.100.192/27", size = 28}, {base = "2001:db8:ff::/48", size = 64}]\n'
+        )
         engines, agents = [], []
         try:
             for h in bed.hosts[:2]:

@@ -79,3 +79,26 @@ def test_the_shipped_example_loads() -> None:
 
     example = os.path.join(os.path.dirname(__file__), "..", "..", "contrib", "agent.toml")
     assert load(["--config", example], {}).reconcile_interval == 300.0
+
+
+def test_default_address_pools_v4_and_v6_from_file_and_flag(tmp_path) -> None:
+    """Breaker: IPv6 defaults were not settable (a random ULA /48 in documentation-range test hosts);
+    dockerd's --default-address-pool form, IPv4 or IPv6, replaces the file's list."""
+    f = tmp_path / "agent.toml"
+    f.write_text('default_pools = [{base = "198.51.100.0/24", size = 26}, {base = "2001:db8:1::/48", size = 64}]\n')
+    ipam = load(["--config", str(f)], {}).controller_config().ipam
+    assert [p.base for p in ipam.local_v4] == ["198.51.100.0/24"] and [p.base for p in ipam.v6_pools] == [
+        "2001:db8:1::/48"
+    ]
+    c = load(["--config", str(f), "--default-address-pool", "base=2001:db8:ff::/48,size=64"], {})
+    assert c.default_pools == [{"base": "2001:db8:ff::/48", "size": 64}]
+    ipam = c.controller_config().ipam
+    assert [p.base for p in ipam.v6_pools] == ["2001:db8:ff::/48"] and ipam.local_v4[0].base != "198.51.100.0/24"
+    for bad, says in (
+        ("base=198.51.100.0/24", "base=CIDR,size=N"),
+        ("base=198.51.100.0/24,size=20", "cannot be cut"),
+        ("base=198.51.100.1/24,size=28", "without host bits"),
+        ("base=nope,size=28", "CIDR"),
+    ):
+        with pytest.raises(BadRequest, match=says):
+            load(["--default-address-pool", bad], {})

@@ -93,7 +93,9 @@ async def test_a_host_port_has_one_holder(ctl: Controller) -> None:
     )
     b_sb = await ctl.create_sandbox()
     before = [(p.key, p.value) for p in await ctl._store.list("libnet/")]
-    with pytest.raises(Conflict, match=f"already published by endpoint {a.id[:12]}"):
+    with pytest.raises(
+        Conflict, match=f"already published by endpoint a on network front \\(sandbox {a.sandbox_id[:12]}\\)"
+    ):
         await ctl.connect("front", b_sb.id, name="b", ports=[{"host_port": 8080, "container_port": 81}])
     with pytest.raises(Conflict):  # a specific address collides with "every address"
         await ctl.connect(

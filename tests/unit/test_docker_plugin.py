@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -163,9 +164,80 @@ async def test_addresses_left_to_libnet_ipv4_only_and_ports(client) -> None:
     ans = await call(client, "/NetworkDriver.CreateEndpoint", create_ep(v4="", v6="", portmap=portmap))
     ep = (await client.ctl.endpoints())[0]
     assert ans["Interface"]["Address"] == ep.ipv4 and "AddressIPv6" not in ans["Interface"]
-    assert ep.ports == [{"host_port": 8080, "container_port": 80, "protocol": "tcp", "host_ip": None}]
+    assert ep.ports == []  # checked, not published: that is ProgramExternalConnectivity's
     join = await call(client, "/NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID, "SandboxKey": SBKEY})
     assert "GatewayIPv6" not in join and join["Gateway"] == "198.51.100.1"
+    prog = {"NetworkID": NID, "EndpointID": EID, "Options": {"com.docker.network.portmap": portmap}}
+    assert await call(client, "/NetworkDriver.ProgramExternalConnectivity", prog) == {}
+    (ep,) = await client.ctl.endpoints()
+    assert ep.ports == [{"host_port": 8080, "container_port": 80, "protocol": "tcp", "host_ip": None}]
+
+
+async def test_ports_are_published_once_by_the_gateway_endpoint(client) -> None:
+    """A container publishing -p 8080:80 is connected to a second libnet network (breaker: the second
+    CreateEndpoint published the ports again and was refused); the way out moves to the second network and
+    back; a replay changes nothing; the ports are free once the container stops."""
+    portmap = [
+        {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080},
+        {"Proto": 17, "IP": "", "Port": 53, "HostIP": "", "HostPort": 0, "HostPortEnd": 0},
+    ]
+    opts = {"com.docker.network.portmap": portmap}
+    one = create_net(v6=False)
+    one["IPv4Data"][0].update(Pool="198.51.100.0/25", Gateway="198.51.100.1/25")
+    await call(client, "/NetworkDriver.CreateNetwork", one)
+    two = create_net(nid=NID2, v6=False)
+    two["IPv4Data"][0].update(Pool="198.51.100.128/25", Gateway="198.51.100.129/25")
+    await call(client, "/NetworkDriver.CreateNetwork", two)
+    one_ids = {"NetworkID": NID, "EndpointID": EID}
+    two_ids = {"NetworkID": NID2, "EndpointID": EID2}
+    await call(client, "/NetworkDriver.CreateEndpoint", create_ep(v4="", v6="", portmap=portmap))
+    await call(client, "/NetworkDriver.Join", {**one_ids, "SandboxKey": SBKEY})
+    await call(client, "/NetworkDriver.ProgramExternalConnectivity", {**one_ids, "Options": opts})
+    await call(client, "/NetworkDriver.CreateEndpoint", create_ep(eid=EID2, nid=NID2, v4="", v6="", portmap=portmap))
+    await call(client, "/NetworkDriver.Join", {**two_ids, "SandboxKey": SBKEY})
+
+    async def ports() -> dict[str, list[tuple[int, int, str]]]:
+        return {
+            e.network_id: [(p["host_port"], p["container_port"], p["protocol"]) for p in e.ports]
+            for e in await client.ctl.endpoints()
+        }
+
+    first = await ports()
+    nets = {n.labels["docker.network"]: n.id for n in await client.ctl.networks()}
+    (auto,) = [h for h, c, _ in first[nets[NID]] if c == 53]
+    assert first == {nets[NID]: [(8080, 80, "tcp"), (auto, 53, "udp")], nets[NID2]: []}
+    # a replay keeps the picked port
+    await call(client, "/NetworkDriver.ProgramExternalConnectivity", {**one_ids, "Options": opts})
+    assert await ports() == first
+    # the way out moves: Revoke on the old gateway endpoint, then Program on the new one
+    await call(client, "/NetworkDriver.RevokeExternalConnectivity", one_ids)
+    await call(client, "/NetworkDriver.ProgramExternalConnectivity", {**two_ids, "Options": opts})
+    moved = await ports()
+    assert moved[nets[NID]] == [] and next((h, c) for h, c, _ in moved[nets[NID2]]) == (8080, 80)
+    # another endpoint cannot take 8080 while the container holds it, and the message names the holder
+    sb = await client.ctl.create_sandbox()
+    with pytest.raises(Exception, match=rf"8080/tcp is already published by endpoint d-{EID2[:12]} on network"):
+        await client.ctl.connect(
+            nets and (await client.ctl.networks())[0].id, sb.id, ports=[{"host_port": 8080, "container_port": 1}]
+        )
+    # stop: Revoke, Leave, DeleteEndpoint on both
+    await call(client, "/NetworkDriver.RevokeExternalConnectivity", two_ids)
+    for ids in (one_ids, two_ids):
+        await call(client, "/NetworkDriver.Leave", ids)
+        await call(client, "/NetworkDriver.DeleteEndpoint", ids)
+    ep = await client.ctl.connect(nets[NID], sb.id, ports=[{"host_port": 8080, "container_port": 1}])
+    assert ep.ports[0]["host_port"] == 8080
+
+
+async def test_an_empty_retried_body_says_what_happened(client) -> None:
+    """dockerd re-sends a call that timed out with an empty body (a frozen agent); the answer says so instead
+    of 'NetworkID must be Docker's id'."""
+    for call_ in ("CreateNetwork", "CreateEndpoint", "Join", "DeleteNetwork"):
+        err = await call(client, f"/NetworkDriver.{call_}", None, status=500)
+        assert "empty body" in err["Err"] and "retries a call after a timeout" in err["Err"], err
+    err = await call(client, "/IpamDriver.RequestPool", None, status=500)
+    assert "empty body" in err["Error"]
+    assert (await call(client, "/NetworkDriver.GetCapabilities", None))["Scope"] == "local"
 
 
 async def test_internal_network_gets_no_gateway(client) -> None:
@@ -449,3 +521,114 @@ async def test_overlay_endpoints_take_the_container_name(tmp_path, fake_dockerd)
         await call(c, "/NetworkDriver.CreateEndpoint", create_ep(eid=EID2, v4="198.51.100.8/24", v6=""))
         assert sorted(e.name for e in await ctl.endpoints()) == ["d-" + EID2[:12], "web"]
     await ctl.close()
+
+
+@pytest.fixture
+async def dockerd_api(tmp_path):
+    """dockerd's network API as the sync reads it: ``state["networks"]`` {id: [endpoint ids]};
+    ``state["down"]``: every call fails (dockerd restarting)."""
+    from aiohttp import web
+
+    state: dict = {"networks": {}, "down": False}
+
+    async def networks(request):
+        if state["down"]:
+            return web.json_response({"message": "restarting"}, status=500)
+        return web.json_response([{"Id": n, "Name": n[:4]} for n in state["networks"]])
+
+    async def network(request):
+        nid = request.match_info["id"]
+        if state["down"] or nid not in state["networks"]:
+            return web.json_response({"message": "no such network"}, status=404)
+        eps = state["networks"][nid]
+        return web.json_response({"Id": nid, "Containers": {f"ctr{i}": {"EndpointID": e} for i, e in enumerate(eps)}})
+
+    app = web.Application()
+    app.router.add_get("/networks", networks)
+    app.router.add_get("/networks/{id}", network)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    path = str(tmp_path / "dockerd.sock")
+    await web.UnixSite(runner, path).start()
+    yield path, state
+    await runner.cleanup()
+
+
+async def test_what_dockerd_forgot_while_the_agent_was_down_is_removed(tmp_path, dockerd_api) -> None:
+    """Breaker: with the agent down, `docker rm -f` and `docker network rm` reached no plugin; libnet kept the
+    network, pool, endpoint, ports and staging sandbox for ever (reconcile even repaired them), so the subnet
+    and the host port stayed blocked.  The sync removes exactly what dockerd no longer has, and nothing while
+    dockerd does not answer or while a mapping is younger than the grace period."""
+    from agent.docker_plugin import SYNC
+
+    path, state = dockerd_api
+    ctl = _ctl(tmp_path, MemoryStore(), MemoryStore())
+    await ctl.start()
+    now = [time.time()]
+    app = make_plugin_app(ctl, lambda *a: _nothing(), docker_host=path)
+    sync = app[SYNC]
+    sync.clock = lambda: now[0]
+    sync.grace = 30.0
+    portmap = [{"Proto": 6, "Port": 80, "HostPort": 8080}]
+    async with TestClient(TestServer(app)) as c:
+        mine = await ctl.create_network("mine", ipv4_subnet="198.51.100.192/26", ipv6=False)  # libnet's own
+        await call(c, "/NetworkDriver.CreateNetwork", create_net(v6=False) | {"IPv4Data": [_pool("198.51.100.0/26")]})
+        await call(
+            c,
+            "/NetworkDriver.CreateNetwork",
+            create_net(nid=NID2, v6=False) | {"IPv4Data": [_pool("198.51.100.64/26")]},
+        )
+        for eid, nid in ((EID, NID), (EID2, NID2)):
+            await call(c, "/NetworkDriver.CreateEndpoint", create_ep(eid=eid, nid=nid, v4="", v6=""))
+            ids = {"NetworkID": nid, "EndpointID": eid}
+            await call(c, "/NetworkDriver.Join", {**ids, "SandboxKey": SBKEY})
+            await call(
+                c,
+                "/NetworkDriver.ProgramExternalConnectivity",
+                {**ids, "Options": {"com.docker.network.portmap": portmap if eid == EID else []}},
+            )
+        # dockerd knows both networks and both endpoints: nothing goes
+        state["networks"] = {NID: [EID], NID2: [EID2]}
+        now[0] += 60
+        assert (await sync.once()).endpoints == []
+        # while the agent was down: container on NID removed, network NID2 removed with its container
+        state["networks"] = {NID: []}
+        state["down"] = True
+        assert (await sync.once()).skipped  # no answer, no conclusion
+        assert len(await ctl.endpoints()) == 2
+        state["down"] = False
+        report = await sync.once()
+        assert sorted(report.endpoints) == sorted([EID, EID2]) and report.networks == [NID2]
+        assert [n.name for n in await ctl.networks()] == sorted([f"docker-{NID[:12]}", "mine"])
+        assert await ctl.endpoints() == [] and await ctl.sandboxes() == []
+        # the subnet and the host port are free again
+        again = await ctl.create_network("again", ipv4_subnet="198.51.100.64/26", ipv6=False)
+        sb = await ctl.create_sandbox()
+        assert (await ctl.connect(again.id, sb.id, ports=[{"host_port": 8080, "container_port": 80}])).ports
+        # young mappings are left alone: dockerd records an endpoint only after the plugin answered
+        now[0] = time.time()
+        await call(c, "/NetworkDriver.CreateEndpoint", create_ep(v4="", v6=""))
+        assert (await sync.once()).endpoints == [] and len(await ctl.endpoints()) == 2
+        # an endpoint removed by hand (libnet endpoint rm --force): its staging sandbox and mapping go
+        await call(c, "/NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID, "SandboxKey": SBKEY})
+        (ep,) = [e for e in await ctl.endpoints() if e.network_id != again.id]
+        await ctl.delete_endpoint(ep.id, force=True)
+        assert EID in [s.id for s in await ctl.sandboxes()]  # the staging sandbox stayed behind
+        assert (await sync.once()).unstaged == [EID]
+        assert [s.id for s in await ctl.sandboxes()] == [sb.id]
+        assert mine.id in [n.id for n in await ctl.networks()]  # never Docker's: never touched
+    await ctl.close()
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _pool(cidr: str) -> dict:
+    first = cidr.rsplit(".", 1)[0] + "." + str(int(cidr.rsplit(".", 1)[1].split("/")[0]) + 1)
+    return {
+        "AddressSpace": "LocalDefault",
+        "Pool": cidr,
+        "Gateway": f"{first}/{cidr.split('/')[1]}",
+        "AuxAddresses": {},
+    }
