@@ -50,6 +50,19 @@ class DockerNames:
             log.debug("docker API at %s: no network list (%s)", self.path, exc)
             return None
 
+    async def daemon_id(self) -> str | None:
+        """dockerd's own id (``GET /info`` ``ID``, kept across its restarts); None when it did not answer."""
+        if not self.path:
+            return None
+        try:
+            async with self._session() as s, s.get("http://docker/info") as r:
+                if r.status != 200:
+                    return None
+                return str((await r.json(content_type=None))["ID"]) or None
+        except (aiohttp.ClientError, OSError, TimeoutError, KeyError, TypeError, ValueError) as exc:
+            log.debug("docker API at %s: no daemon id (%s)", self.path, exc)
+            return None
+
     async def endpoint_ids(self, network_id: str) -> set[str] | None:
         """The ids of the endpoints dockerd has on ``network_id`` (joined or not: dockerd lists an
         endpoint without a container as ``ep-<id>``); None when dockerd did not answer for it."""

@@ -366,6 +366,14 @@ class DockerPlugin:
             await self.ctl.delete_endpoint(m["endpoint"], force=True)
         await self._drop("endpoints", eid)
 
+    async def daemon(self) -> str | None:
+        """The id of the dockerd that uses this plugin, as :mod:`agent.docker_sync` recorded it."""
+        m = await self._get("daemon", "id")
+        return str(m["id"]) if m else None
+
+    async def set_daemon(self, daemon_id: str) -> None:
+        await self._put("daemon", "id", {"id": daemon_id, "at": time.time()})
+
     async def mappings(self, kind: str) -> dict[str, dict[str, Any]]:
         """Docker id -> mapping, of ``kind`` ``networks`` or ``endpoints``."""
         return {p.key.rsplit("/", 1)[-1]: json.loads(p.value) for p in await self.store.list(f"{PREFIX}{kind}/")}

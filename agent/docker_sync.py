@@ -19,9 +19,13 @@ API (``GET /networks``, ``GET /networks/{id}``) when it starts and then every
   -> its staging sandbox and the mapping go.
 
 Only what dockerd *answered* counts: no answer (dockerd down, restarting,
-another error) concludes nothing.  Mappings younger than ``grace`` seconds
-are left alone, since dockerd writes its own record only after the plugin's
-call returns.  Only objects the plugin made for Docker are ever touched.
+another error) concludes nothing.  Only the dockerd that uses this plugin
+counts: its id (``GET /info``) is recorded once it lists one of the plugin's
+networks, and a dockerd with another id, or an unrecorded one listing none of
+them (e.g. ``--docker-host`` pointing at another dockerd), concludes nothing.
+Mappings younger than ``grace`` seconds are left alone, since dockerd writes
+its own record only after the plugin's call returns.  Only objects the plugin
+made for Docker are ever touched.
 """
 
 from __future__ import annotations
@@ -86,6 +90,10 @@ class DockerSync:
         async with plugin.lock:
             networks = await plugin.mappings("networks")
             endpoints = await plugin.mappings("endpoints")
+            why = await self._not_ours(have, networks)
+            if why:
+                report.skipped = why
+                return report
             gone_nets = {nid for nid, m in networks.items() if nid not in have and self._old(m)}
             listed: dict[str, set[str] | None] = {}
             for eid, m in endpoints.items():
@@ -128,6 +136,27 @@ class DockerSync:
                     continue
                 report.networks.append(nid)
         return report
+
+    async def _not_ours(self, have: set[str], networks: dict[str, dict[str, object]]) -> str:
+        """Why the dockerd answering is not known to be the one using this plugin ("" when it is)."""
+        daemon = await self.docker.daemon_id()
+        if daemon is None:
+            return "dockerd did not say its id"
+        recorded = await self.plugin.daemon()
+        if recorded == daemon:
+            return ""
+        if recorded is None and have & set(networks):  # it has the plugin's networks: it is the one
+            await self.plugin.set_daemon(daemon)
+            return ""
+        if recorded is None:
+            return "dockerd lists none of the plugin's networks and was never seen with one"
+        log.warning(
+            "docker sync: %s answers as dockerd %s, not %s that uses this plugin: nothing removed",
+            self.docker.path,
+            daemon[:12],
+            recorded[:12],
+        )
+        return f"another dockerd ({daemon[:12]}, not {recorded[:12]})"
 
     async def _loop(self) -> None:
         while True:

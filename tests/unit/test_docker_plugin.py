@@ -529,7 +529,12 @@ async def dockerd_api(tmp_path):
     ``state["down"]``: every call fails (dockerd restarting)."""
     from aiohttp import web
 
-    state: dict = {"networks": {}, "down": False}
+    state: dict = {"networks": {}, "down": False, "id": "DAEMON:ONE"}
+
+    async def info(request):
+        if state["down"]:
+            return web.json_response({"message": "restarting"}, status=500)
+        return web.json_response({"ID": state["id"]})
 
     async def networks(request):
         if state["down"]:
@@ -546,6 +551,7 @@ async def dockerd_api(tmp_path):
     app = web.Application()
     app.router.add_get("/networks", networks)
     app.router.add_get("/networks/{id}", network)
+    app.router.add_get("/info", info)
     runner = web.AppRunner(app)
     await runner.setup()
     path = str(tmp_path / "dockerd.sock")
@@ -587,10 +593,17 @@ async def test_what_dockerd_forgot_while_the_agent_was_down_is_removed(tmp_path,
                 "/NetworkDriver.ProgramExternalConnectivity",
                 {**ids, "Options": {"com.docker.network.portmap": portmap if eid == EID else []}},
             )
+        now[0] += 60
+        # a dockerd that never listed the plugin's networks (--docker-host pointing at another one) concludes
+        # nothing; once this dockerd lists them, its id is recorded and another id concludes nothing either
+        assert (await sync.once()).skipped and len(await ctl.endpoints()) == 2
         # dockerd knows both networks and both endpoints: nothing goes
         state["networks"] = {NID: [EID], NID2: [EID2]}
-        now[0] += 60
         assert (await sync.once()).endpoints == []
+        state["id"], saved = "DAEMON:TWO", state["networks"]
+        state["networks"] = {}
+        assert "another dockerd" in (await sync.once()).skipped and len(await ctl.endpoints()) == 2
+        state["id"], state["networks"] = "DAEMON:ONE", saved
         # while the agent was down: container on NID removed, network NID2 removed with its container
         state["networks"] = {NID: []}
         state["down"] = True
