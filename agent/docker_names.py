@@ -98,7 +98,9 @@ class DockerNames:
                 exact, loose = [], []  # asked for this address (--ip); asked for none
                 for c in await self._get(s, f"/containers/json?all=1&filters={filters}") or []:
                     ep = (c.get("NetworkSettings") or {}).get("Networks", {}).get(name) or {}
-                    if ep.get("EndpointID") or c.get("State") == "running":
+                    # a running container has its endpoints; a stopped one may still name the endpoint of
+                    # before a dockerd crash (dockerd was killed: never cleared), which says nothing
+                    if c.get("State") in ("running", "paused"):
                         continue
                     wanted = ((ep.get("IPAMConfig") or {}).get("IPv4Address")) or None
                     found = (c["Names"][0].lstrip("/"), list(ep.get("Aliases") or []))

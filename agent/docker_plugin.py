@@ -154,7 +154,15 @@ class DockerPlugin:
         m = await self._get("networks", _id(nid, "NetworkID"))
         if m is None:
             raise NotFound(f"network {nid[:12]} is not a libnet network known to this agent", docker_network=nid)
-        return await self.ctl.network(m["network"])
+        try:
+            return await self.ctl.network(m["network"])
+        except NotFound:
+            raise NotFound(
+                f"the libnet network of Docker network {nid[:12]} is gone (removed with `libnet network rm`?): "
+                "remove the Docker network (`docker network rm`) and create it again",
+                docker_network=nid,
+                network_id=m["network"],
+            ) from None
 
     async def _endpoint(self, eid: str) -> tuple[dict[str, Any], Endpoint]:
         m = await self._get("endpoints", _id(eid, "EndpointID"))
@@ -176,13 +184,19 @@ class DockerPlugin:
             raise InvalidOption(f"-o {OPT_DRIVER} must be one of {', '.join(DRIVERS)}, not {driver!r}", option=driver)
         name = str(generic.pop(OPT_NAME, "") or f"docker-{nid[:12]}")
         if MTU in generic:
+            if "mtu" in generic and str(generic["mtu"]) != str(generic[MTU]):
+                raise InvalidOption(
+                    f"-o mtu={generic['mtu']} and -o {MTU}={generic[MTU]} disagree: give one", option="mtu"
+                )
             generic["mtu"] = generic.pop(MTU)
         if "mtu" in generic:
             try:
                 generic["mtu"] = int(generic["mtu"])
             except (TypeError, ValueError):
                 raise InvalidOption(f"mtu must be a number, not {generic['mtu']!r}", option="mtu") from None
-        internal = _flag(opts.get(INTERNAL)) or _flag(generic.pop("internal", False))
+        if "internal" in generic:  # Docker would show the network as not internal
+            raise InvalidOption("use `docker network create --internal`, not -o internal", option="internal")
+        internal = _flag(opts.get(INTERNAL))
         v4, v6 = _family(req.get("IPv4Data"), "IPv4"), _family(req.get("IPv6Data"), "IPv6")
         ipv6 = bool(v6) or _flag(opts.get(ENABLE_IPV6))
         async with self.lock:
@@ -317,6 +331,10 @@ class DockerPlugin:
         forgot that endpoint without a Leave/DeleteEndpoint (dockerd was killed).  Docker's IPAM is the
         authority for these networks' addresses, so the stale endpoint goes.  Another host's endpoint
         (an overlay) or one the plugin did not make is never touched.  Whether one went."""
+        async with self.lock:  # not while agent.docker_sync removes the same endpoint
+            return await self._drop_stale_locked(nid, eid, address)
+
+    async def _drop_stale_locked(self, nid: str, eid: str, address: str) -> bool:
         node, dropped = self.ctl.config.node_name, False
         for pair in await self.store.list(f"{PREFIX}endpoints/"):
             other = pair.key.rsplit("/", 1)[-1]
@@ -437,6 +455,8 @@ class DockerPlugin:
             log.warning("overlay %s: libnet's DNS not served on its gateway: %s", nw.name, exc)
             return
         self.dns_servers[nw.id] = server
+        # its answer cache goes whenever the records change (a removed container's name with it)
+        dns.records.listeners.append(server.invalidate)
 
     async def restore_dns(self) -> None:
         """After an agent restart: libnet's DNS again on the overlays this host's Docker containers are on."""
@@ -455,7 +475,7 @@ class DockerPlugin:
 
     async def close(self) -> None:
         for nid, server in list(self.dns_servers.items()):
-            await server.detach(f"docker-{nid[:12]}")
+            await self._stop_dns(nid, server)
         self.dns_servers.clear()
 
     async def _stop_dns_if_last(self, m: dict[str, Any]) -> None:
@@ -468,7 +488,14 @@ class DockerPlugin:
         joined = [e for e in await self.ctl.endpoints(m["network"]) if e.node == node and e.sandbox_id]
         if [e.id for e in joined] in ([], [m["endpoint"]]):
             del self.dns_servers[m["network"]]
-            await server.detach(f"docker-{m['network'][:12]}")
+            await self._stop_dns(m["network"], server)
+
+    async def _stop_dns(self, network_id: str, server: DnsServer) -> None:
+        dns = self.ctl.dns
+        if dns is not None:
+            with suppress(ValueError):
+                dns.records.listeners.remove(server.invalidate)
+        await server.detach(f"docker-{network_id[:12]}")
 
     async def _unstage(self, eid: str, m: dict[str, Any]) -> None:
         """Leave the staging sandbox and remove it; gone is fine."""

@@ -24,7 +24,10 @@ counts: its id (``GET /info``) is recorded once it lists one of the plugin's
 networks, and a dockerd with another id, or an unrecorded one listing none of
 them (e.g. ``--docker-host`` pointing at another dockerd), concludes nothing.
 Mappings younger than ``grace`` seconds are left alone, since dockerd writes
-its own record only after the plugin's call returns.  Only objects the plugin
+its own record only after the plugin's call returns; and an object must be
+missing in two comparisons in a row, since dockerd drops its own record
+just before it sends ``DeleteEndpoint`` (a removal under way is not one
+dockerd forgot).  Only objects the plugin
 made for Docker are ever touched.
 """
 
@@ -74,6 +77,7 @@ class DockerSync:
         self.plugin, self.docker, self.interval, self.grace = plugin, docker, interval, grace
         self.clock = clock
         self._task: asyncio.Task[None] | None = None
+        self._missing: set[str] = set()  # Docker ids missing from dockerd at the last comparison
 
     def _old(self, m: dict[str, object]) -> bool:
         at = m.get("at")
@@ -94,7 +98,13 @@ class DockerSync:
             if why:
                 report.skipped = why
                 return report
-            gone_nets = {nid for nid, m in networks.items() if nid not in have and self._old(m)}
+            missing: set[str] = set()
+            gone_nets = set()
+            for nid, m in networks.items():
+                if nid not in have and self._old(m):
+                    missing.add(nid)
+                    if nid in self._missing:
+                        gone_nets.add(nid)
             listed: dict[str, set[str] | None] = {}
             for eid, m in endpoints.items():
                 nid = str(m.get("docker_network", ""))
@@ -106,7 +116,7 @@ class DockerSync:
                     continue
                 if not self._old(m):
                     continue
-                if nid in gone_nets or nid not in have:
+                if nid not in have:
                     gone = True
                 else:
                     if nid not in listed:
@@ -114,6 +124,8 @@ class DockerSync:
                     known = listed[nid]
                     gone = known is not None and eid not in known
                 if gone:
+                    missing.add(eid)
+                if gone and eid in self._missing:
                     log.warning(
                         "docker endpoint %s is gone from dockerd (removed while the plugin did not hear it): "
                         "removing libnet endpoint %s",
@@ -135,6 +147,7 @@ class DockerSync:
                     log.warning("docker network %s: libnet network kept: %s", nid[:12], exc)
                     continue
                 report.networks.append(nid)
+            self._missing = missing - set(report.networks) - set(report.endpoints)
         return report
 
     async def _not_ours(self, have: set[str], networks: dict[str, dict[str, object]]) -> str:

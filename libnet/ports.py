@@ -152,6 +152,10 @@ def bindable(host_ns: str | None, pm: PortMapping, own_table: str | None = None)
         with s:
             if family == socket.AF_INET6:
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if kind == socket.SOCK_STREAM:
+                # connections of the past (TIME_WAIT, e.g. of libnet's own [::1] relay) do not hold a port;
+                # Linux still refuses this bind while any socket listens on it (socket(7))
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((ip, pm.host_port))
             except OSError as exc:

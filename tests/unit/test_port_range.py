@@ -130,3 +130,26 @@ async def test_ports_picked_in_one_request_are_distinct(mappings) -> None:
     sockets = [(g.protocol, g.host_port) for g in got]
     assert len(set(sockets)) == len(sockets), got
     assert all(g.host_port == m.host_port for g, m in zip(got, mappings, strict=True) if m.host_port)
+
+
+def test_time_wait_connections_do_not_hold_a_port() -> None:
+    """Breaker: after a client used a port published on [::1] (libnet's relay), the relay's TIME_WAIT
+    sockets made the bind probe say "in use by a process" for about a minute; a listener still holds it."""
+    import socket
+
+    from libnet.driverapi import PortMapping
+    from libnet.ports import bindable
+
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the relay's (and most servers') listeners
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    port = srv.getsockname()[1]
+    cli = socket.create_connection(("127.0.0.1", port))
+    conn, _ = srv.accept()
+    conn.close()  # the server side closes first: its end waits in TIME_WAIT on the port
+    cli.close()
+    pm = PortMapping(port, 80, "tcp")
+    assert not bindable(None, pm)  # still listening
+    srv.close()
+    assert bindable(None, pm)  # only TIME_WAIT left
