@@ -1,0 +1,211 @@
+"""Network proxies end to end (issue 21): controllers in test hosts, real kernel NAT.
+
+Backends run one small server each (TCP and UDP, IPv4 and IPv6) that answers
+every line or datagram with its own name; the frontend's client reports who
+answered.  Names are looked up with ``dig`` against the embedded DNS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ipaddress
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from libnet import Controller
+from libnet.kernel.firewall import Firewall
+from libnet.ownership import firewall_table
+from libnet.testing.hosts import Testbed, host_config
+
+pytestmark = pytest.mark.root
+PORT = 5432
+
+SERVER = textwrap.dedent(
+    """
+    import selectors, socket, sys
+    name, port = sys.argv[1], int(sys.argv[2])
+    sel = selectors.DefaultSelector()
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        s = socket.socket(socket.AF_INET6, kind)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("::", port))
+        if kind == socket.SOCK_STREAM:
+            s.listen(128)
+        sel.register(s, selectors.EVENT_READ, kind)
+    print("ready", flush=True)
+    while True:
+        for key, _ in sel.select(60):
+            s = key.fileobj
+            if key.data == socket.SOCK_STREAM:
+                conn, _ = s.accept()
+                sel.register(conn, selectors.EVENT_READ, "conn")
+            elif key.data == socket.SOCK_DGRAM:
+                data, peer = s.recvfrom(100)
+                s.sendto(f"{name} {peer[0]}".encode(), peer)
+            else:
+                data = s.recv(100)
+                if not data:
+                    sel.unregister(s); s.close(); continue
+                s.sendall(f"{name} {s.getpeername()[0]}\\n".encode())
+    """
+)
+# argv: address port proto count -> one line per try: the answering backend's name and the
+# source address it saw, or the error ("refused", "timeout")
+CLIENT = textwrap.dedent(
+    """
+    import socket, sys
+    addr, port, proto, count = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    for _ in range(count):
+        try:
+            if proto == "tcp":
+                with socket.create_connection((addr, port), timeout=1) as c:
+                    c.sendall(b"hi\\n"); print(c.recv(100).decode().strip())
+            else:
+                with socket.socket(fam, socket.SOCK_DGRAM) as c:
+                    c.settimeout(1); c.connect((addr, port)); c.send(b"hi")
+                    print(c.recv(100).decode().strip())
+        except ConnectionRefusedError:
+            print("refused")
+        except (TimeoutError, socket.timeout, OSError) as exc:
+            print("timeout" if "timed out" in str(exc) else f"error {exc}")
+        sys.stdout.flush()
+    """
+)
+# one long-lived TCP connection: a line on stdin makes it ask again
+HOLDER = textwrap.dedent(
+    """
+    import socket, sys
+    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+    for _ in sys.stdin:
+        c.sendall(b"hi\\n"); print(c.recv(100).decode().strip(), flush=True)
+    """
+)
+
+
+def ip(cidr: str | None) -> str:
+    assert cidr
+    return str(ipaddress.ip_interface(cidr).ip)
+
+
+def ns(sb) -> str:
+    return os.path.basename(sb.netns)
+
+
+def serve(bed: Testbed, sb, name: str) -> None:
+    proc = bed.spawn(ns(sb), [sys.executable, "-c", SERVER, name, str(PORT)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+
+
+async def ask(bed: Testbed, sb, addr: str, proto: str = "tcp", count: int = 1, port: int = PORT) -> list[str]:
+    argv = [sys.executable, "-c", CLIENT, addr, str(port), proto, str(count)]
+    out = await asyncio.to_thread(bed.run, ns(sb), argv, 10 + 2 * count)
+    return [line.split()[0] for line in out.stdout.splitlines()]
+
+
+async def dig(bed: Testbed, sb, *args: str) -> list[str]:
+    argv = ["dig", "@127.0.0.11", "+time=2", "+tries=1", "+short", *args]
+    return (await asyncio.to_thread(bed.run, ns(sb), argv, 10)).stdout.split()
+
+
+@contextlib.asynccontextmanager
+async def controller(bed: Testbed, host, tmp_path):
+    c = await Controller(host_config(bed, host, str(tmp_path))).start()
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+async def backends(c: Controller, bed: Testbed, network: str, names: list[str]) -> list:
+    out = []
+    for name in names:
+        sb = await c.create_sandbox(hostname=name)
+        out.append(await c.connect(network, sb.id, name=name, aliases=["db"]))
+        serve(bed, await c.sandbox(sb.id), name)
+    return out
+
+
+@pytest.fixture
+def bed():
+    with Testbed(1) as b:
+        yield b
+
+
+async def test_bridge_to_bridge(bed: Testbed, tmp_path) -> None:
+    h = bed.hosts[0]
+    async with controller(bed, h, tmp_path) as c:
+        await c.create_network("front", ipv4_subnet="198.51.100.0/26", ipv6_subnet="2001:db8:21:a::/64")
+        await c.create_network("back", ipv4_subnet="198.51.100.64/26", ipv6_subnet="2001:db8:21:b::/64")
+        eps = await backends(c, bed, "back", ["b1", "b2", "b3"])
+        fsb = await c.create_sandbox(hostname="fe")
+        await c.connect("front", fsb.id, name="fe")
+        px = await c.create_proxy("dbproxy", "front", "back", ["db:5432/tcp", "db:5432/udp"])
+        info = await c.inspect_proxy("dbproxy")
+        front4, front6 = ip(info["front"]["ipv4"]), ip(info["front"]["ipv6"])
+        back4 = ip(info["back"]["ipv4"])
+
+        # discovery: on the front network the alias is the proxy; SRV names its port
+        assert await dig(bed, fsb, "db", "A") == [front4]
+        assert await dig(bed, fsb, "db", "AAAA") == [front6]
+        srv = await dig(bed, fsb, "_db._tcp.db", "SRV")
+        assert srv[2] == str(PORT) and srv[3].startswith("dbproxy"), srv
+
+        # v4 and v6, TCP and UDP, spread over the three backends; they see the proxy's back address
+        for addr in (front4, front6):
+            for proto in ("tcp", "udp"):
+                seen = collections.Counter(await ask(bed, fsb, addr, proto, count=6))
+                assert set(seen) == {"b1", "b2", "b3"}, (addr, proto, seen)
+        argv = [sys.executable, "-c", CLIENT, front4, str(PORT), "tcp", "1"]
+        assert bed.run(ns(fsb), argv).stdout.split()[1].removeprefix("::ffff:") == back4
+
+        # nothing else crosses: another port is refused, a backend's own address is unreachable
+        assert await ask(bed, fsb, front4, "tcp", port=PORT + 1) == ["refused"]
+        assert await ask(bed, fsb, ip(eps[0].ipv4)) == ["timeout"]
+
+        # a backend leaving is out at once: no new connection reaches it
+        t0 = time.monotonic()
+        await c.disconnect("back", eps[2].sandbox_id)
+        assert time.monotonic() - t0 < 1.0
+        assert set(await ask(bed, fsb, front4, "tcp", count=6)) == {"b1", "b2"}
+
+        # an established connection survives a restart of the controller, and so do the rules
+        holder = bed.spawn(
+            ns(fsb),
+            [sys.executable, "-c", HOLDER, front4, str(PORT)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        first = holder.stdout.readline().split()[0]
+        rules_before = Firewall(ns(await c.sandbox(px.id)), firewall_table(c.instance)).table_rules()
+    async with controller(bed, h, tmp_path) as c:
+        report = await c.reconcile()
+        assert not [m for m in report.missing if "proxy" in m]
+        sb = await c.sandbox(px.id)
+        assert Firewall(ns(sb), firewall_table(c.instance)).table_rules() == rules_before
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().split()[0] == first  # same connection, same backend
+        holder.stdin.close()
+
+        # no backend left: refused at once, not black-holed
+        for ep in eps[:2]:
+            await c.disconnect("back", ep.sandbox_id)
+        assert await ask(bed, fsb, front4, "tcp") == ["refused"]
+        assert await ask(bed, fsb, front6, "udp") == ["refused"]
+
+        await c.delete_proxy("dbproxy")
+        assert await dig(bed, fsb, "db", "A") == []
+        assert not os.path.exists(sb.netns)
+        await c.delete_network("back")
