@@ -271,6 +271,7 @@ class Proxies:
         if front.sandbox_id != sb.id or back.sandbox_id != sb.id or not front.ifname or not back.ifname:
             raise NotFound(f"proxy {px.name}: a leg is not plugged in", proxy_id=px.id)
         found = await self.backends(px, leaving)
+        src, dst = await self.repo.network(px.source), await self.repo.network(px.target)
         forwards = tuple(
             Forward(s["listen"], s["protocol"], s["port"], tuple(found.get(s["alias"], ()))) for s in px.services
         )
@@ -282,6 +283,8 @@ class Proxies:
             _bare(back.ipv4),
             _bare(back.ipv6),
             forwards,
+            tuple(n for n in (src.ipv4_subnet, src.ipv6_subnet) if n),
+            tuple(n for n in (dst.ipv4_subnet, dst.ipv6_subnet) if n),
         )
 
     async def _apply(self, px: Proxy, *, force: bool = False, leaving: str | None = None) -> bool:

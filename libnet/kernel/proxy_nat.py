@@ -19,6 +19,12 @@ Chains (family ``inet``):
 - ``in`` (filter, input): the same refusal for what reaches the proxy itself.
 - ``post`` (nat, postrouting): DNATed traffic leaving the back leg is SNATed
   to the back address, so replies come back through the proxy.
+- ``mark`` (filter, prerouting, after the DNAT): every packet of a DNATed
+  connection gets a mark by direction -- :data:`MARK_TO_BACK` for the
+  original direction, :data:`MARK_TO_FRONT` for replies -- which the
+  namespace's policy routing (:mod:`libnet.kernel.proxy_plane`) sends to the
+  leg of that side.  So the two networks may have overlapping subnets: a
+  packet is routed by the side it is going to, never by its address alone.
 """
 
 from __future__ import annotations
@@ -35,7 +41,10 @@ CHAINS: dict[str, tuple[str, str, int, str]] = {  # name -> (type, hook, priorit
     "fwd": ("filter", "forward", 0, "drop"),
     "in": ("filter", "input", 0, "accept"),
     "post": ("nat", "postrouting", 100, "accept"),
+    "mark": ("filter", "prerouting", -90, "accept"),
 }
+MARK_TO_BACK = 0x1
+MARK_TO_FRONT = 0x2
 PROTOCOLS = ("tcp", "udp")
 
 
@@ -63,6 +72,8 @@ class ProxyTable:
     back_v4: str | None
     back_v6: str | None
     forwards: tuple[Forward, ...] = field(default_factory=tuple)
+    front_nets: tuple[str, ...] = ()  # the legs' subnets (CIDRs), routed by mark
+    back_nets: tuple[str, ...] = ()
 
 
 def _fam(addr: str) -> str:
@@ -141,9 +152,12 @@ def rules(table: ProxyTable) -> list[tuple[str, list[dict[str, Any]]]]:
                 out.append(("pre", [*to_front, _dnat(fam, mine, fw.port)]))
             out.append(("fwd", [*to_front, _reject(fw.protocol)]))
             out.append(("in", [*to_front, _reject(fw.protocol)]))
+    dnat = _match({"ct": {"key": "status"}}, "dnat", "in")
+    for direction, mark in (("original", MARK_TO_BACK), ("reply", MARK_TO_FRONT)):
+        way = _match({"ct": {"key": "direction"}}, direction)
+        out.append(("mark", [dnat, way, {"mangle": {"key": {"meta": {"key": "mark"}}, "value": mark}}]))
     for back in (table.back_v4, table.back_v6):
         if back is not None:
-            dnat = _match({"ct": {"key": "status"}}, "dnat", "in")
             nfproto = _match({"meta": {"key": "nfproto"}}, "ipv4" if _fam(back) == "ip" else "ipv6")
             snat = {"snat": {"family": _fam(back), "addr": back}}
             out.append(("post", [_oif(table.back_if), nfproto, dnat, snat]))

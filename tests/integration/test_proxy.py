@@ -209,3 +209,54 @@ async def test_bridge_to_bridge(bed: Testbed, tmp_path) -> None:
         assert await dig(bed, fsb, "db", "A") == []
         assert not os.path.exists(sb.netns)
         await c.delete_network("back")
+
+
+@contextlib.asynccontextmanager
+async def controllers(bed: Testbed, tmp_path):
+    async with contextlib.AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(controller(bed, h, tmp_path)) for h in bed.hosts]
+
+
+async def wait_backends(c: Controller, proxy: str, want: int, timeout: float = 10) -> float:
+    """Seconds until the proxy has ``want`` backend addresses for ``db``."""
+    t0 = time.monotonic()
+    while len((await c.inspect_proxy(proxy))["backends"]["db"]) != want:
+        assert time.monotonic() - t0 < timeout, await c.inspect_proxy(proxy)
+        await asyncio.sleep(0.02)
+    return time.monotonic() - t0
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["distinct", "overlapping"])
+async def test_overlay_backends_on_other_hosts(tmp_path, overlap: bool) -> None:
+    """The proxy on h1, the frontend on h2, backends on h2 and h3: both networks are
+    overlays; with ``overlapping`` they have the same subnets."""
+    with Testbed(3) as bed:
+        async with controllers(bed, tmp_path) as (c1, c2, c3):
+            back_v4, back_v6 = (
+                ("198.51.100.0/25", "2001:db8:21:a::/64") if overlap else ("198.51.100.128/25", "2001:db8:21:b::/64")
+            )
+            await c1.create_network(
+                "ofront", "overlay", ipv4_subnet="198.51.100.0/25", ipv6_subnet="2001:db8:21:a::/64"
+            )
+            await c1.create_network("oback", "overlay", ipv4_subnet=back_v4, ipv6_subnet=back_v6)
+            b2 = (await backends(c2, bed, "oback", ["b2"]))[0]
+            b3 = (await backends(c3, bed, "oback", ["b3"]))[0]
+            fsb = await c2.create_sandbox(hostname="fe")
+            await c2.connect("ofront", fsb.id, name="fe")
+            await c1.create_proxy("dbproxy", "ofront", "oback", ["db:5432/tcp", "db:5432/udp"])
+            await wait_backends(c1, "dbproxy", 4)
+            info = await c1.inspect_proxy("dbproxy")
+            front4, front6 = ip(info["front"]["ipv4"]), ip(info["front"]["ipv6"])
+            t0 = time.monotonic()
+            while await dig(bed, fsb, "db", "A") != [front4]:  # the proxy's record reaches h2 by gossip
+                assert time.monotonic() - t0 < 10
+                await asyncio.sleep(0.1)
+            for addr in (front4, front6):
+                for proto in ("tcp", "udp"):
+                    assert set(await ask(bed, fsb, addr, proto, count=4)) == {"b2", "b3"}, (addr, proto)
+            if overlap:  # the frontend's network holds addresses equal to backends': still only through the proxy
+                assert await ask(bed, fsb, front4, "tcp", port=PORT + 1) == ["refused"]
+            await c3.disconnect("oback", b3.sandbox_id)
+            assert await wait_backends(c1, "dbproxy", 2) < 1.0
+            assert set(await ask(bed, fsb, front4, "tcp", count=4)) == {"b2"}
+            del b2
