@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -97,7 +98,8 @@ def ip(cidr: str | None) -> str:
 
 
 def ns(sb) -> str:
-    return os.path.basename(sb.netns)
+    """The namespace name of a sandbox (a Sandbox or its JSON)."""
+    return os.path.basename(sb["netns"] if isinstance(sb, dict) else sb.netns)
 
 
 def serve(bed: Testbed, sb, name: str) -> None:
@@ -109,6 +111,26 @@ async def ask(bed: Testbed, sb, addr: str, proto: str = "tcp", count: int = 1, p
     argv = [sys.executable, "-c", CLIENT, addr, str(port), proto, str(count)]
     out = await asyncio.to_thread(bed.run, ns(sb), argv, 10 + 2 * count)
     return [line.split()[0] for line in out.stdout.splitlines()]
+
+
+def hold(bed: Testbed, sb, addr: str) -> Callable[[], str]:
+    """One long-lived TCP connection from ``sb`` to ``addr``; the returned function
+    asks over it and returns the answering backend's name."""
+    proc = bed.spawn(
+        ns(sb),
+        [sys.executable, "-c", HOLDER, addr, str(PORT)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+    def again() -> str:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        return proc.stdout.readline().split()[0]
+
+    return again
 
 
 async def dig(bed: Testbed, sb, *args: str) -> list[str]:
@@ -178,26 +200,15 @@ async def test_bridge_to_bridge(bed: Testbed, tmp_path) -> None:
         assert set(await ask(bed, fsb, front4, "tcp", count=6)) == {"b1", "b2"}
 
         # an established connection survives a restart of the controller, and so do the rules
-        holder = bed.spawn(
-            ns(fsb),
-            [sys.executable, "-c", HOLDER, front4, str(PORT)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        holder.stdin.write("\n")
-        holder.stdin.flush()
-        first = holder.stdout.readline().split()[0]
+        again = hold(bed, fsb, front4)
+        first = again()
         rules_before = Firewall(ns(await c.sandbox(px.id)), firewall_table(c.instance)).table_rules()
     async with controller(bed, h, tmp_path) as c:
         report = await c.reconcile()
         assert not [m for m in report.missing if "proxy" in m]
         sb = await c.sandbox(px.id)
         assert Firewall(ns(sb), firewall_table(c.instance)).table_rules() == rules_before
-        holder.stdin.write("\n")
-        holder.stdin.flush()
-        assert holder.stdout.readline().split()[0] == first  # same connection, same backend
-        holder.stdin.close()
+        assert again() == first  # the same connection, to the same backend
 
         # no backend left: refused at once, not black-holed
         for ep in eps[:2]:
@@ -260,3 +271,49 @@ async def test_overlay_backends_on_other_hosts(tmp_path, overlap: bool) -> None:
             assert await wait_backends(c1, "dbproxy", 2) < 1.0
             assert set(await ask(bed, fsb, front4, "tcp", count=4)) == {"b2"}
             del b2
+
+
+def test_cli_and_agent_restart(tmp_path) -> None:
+    """``libnet proxy`` against a libnet-agent; a SIGKILLed and restarted agent keeps
+    the proxy's established connections and its rules."""
+    from libnet.testing.agents import AgentProcess
+
+    with Testbed(1) as bed:
+        agent = AgentProcess(bed, bed.hosts[0], state_dir=str(tmp_path / "h1")).start()
+        for name, v4, v6 in (
+            ("front", "198.51.100.0/26", "2001:db8:21:a::/64"),
+            ("back", "198.51.100.64/26", "2001:db8:21:b::/64"),
+        ):
+            assert agent.cli("network", "create", name, "--subnet", v4, "--subnet6", v6).returncode == 0
+        sandboxes = {}
+        for name, net in (("b1", "back"), ("b2", "back"), ("fe", "front")):
+            sid = agent.cli("sandbox", "create", "--hostname", name).stdout.strip()
+            assert agent.cli("connect", net, sid, "--alias", "db").returncode == 0
+            sandboxes[name] = next(s for s in agent.cli_json("sandbox", "ls") if s["id"] == sid)
+        for name in ("b1", "b2"):
+            serve(bed, sandboxes[name], name)
+        bad = agent.cli("proxy", "create", "p", "--from", "front", "--to", "back", "--service", "db:99999")
+        assert bad.returncode == 1 and "invalid service" in bad.stderr
+        assert agent.cli_json("proxy", "ls") == []
+        r = agent.cli("proxy", "create", "dbp", "--from", "front", "--to", "back", "--service", "db:5432/tcp")
+        assert r.returncode == 0, r.stderr
+        assert "dbp" in agent.cli("proxy", "ls").stdout
+        (info,) = agent.cli_json("proxy", "inspect", "dbp")
+        eps = [e for e in agent.cli_json("endpoint", "ls", "--network", "back") if e["name"] in ("b1", "b2")]
+        assert sorted(info["backends"]["db"]) == sorted(ip(e[k]) for e in eps for k in ("ipv4", "ipv6"))
+        front4 = ip(info["front"]["ipv4"])
+        fe = sandboxes["fe"]
+        again = hold(bed, fe, front4)
+        first = again()
+        table = firewall_table((tmp_path / "h1" / "instance-id").read_text().strip())
+        proxy_ns = os.path.basename(next(s for s in agent.cli_json("sandbox", "ls") if s["id"] == info["id"])["netns"])
+        before = Firewall(proxy_ns, table).table_rules()
+        agent.kill()
+        agent.start()
+        assert Firewall(proxy_ns, table).table_rules() == before
+        assert again() == first  # the same connection, to the same backend
+        assert agent.cli("sandbox", "rm", info["id"]).returncode == 1  # the proxy's own: refused
+        assert agent.cli("proxy", "rm", "dbp").returncode == 0
+        assert agent.cli_json("proxy", "ls") == []
+        assert not os.path.exists(f"/run/netns/{proxy_ns}")
+        agent.stop()
