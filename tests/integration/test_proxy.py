@@ -192,6 +192,12 @@ async def test_bridge_to_bridge(bed: Testbed, tmp_path) -> None:
         # nothing else crosses: another port is refused, a backend's own address is unreachable
         assert await ask(bed, fsb, front4, "tcp", port=PORT + 1) == ["refused"]
         assert await ask(bed, fsb, ip(eps[0].ipv4)) == ["timeout"]
+        # ... and nothing from the backends' side towards the clients' (a server runs on the frontend too)
+        serve(bed, fsb, "fe")
+        b1 = await c.sandbox(eps[0].sandbox_id)
+        assert await ask(bed, b1, back4) == ["refused"]
+        fe_ep = next(e for e in await c.endpoints("front") if e.sandbox_id == fsb.id)
+        assert await ask(bed, b1, ip(fe_ep.ipv4)) == ["timeout"]
 
         # a backend leaving is out at once: no new connection reaches it
         t0 = time.monotonic()
