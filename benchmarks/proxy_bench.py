@@ -14,7 +14,9 @@ same client measures, in alternating rounds, three paths to it:
 
 Figures: iperf3 (one TCP stream) Gbit/s, and TCP connections per second of
 one client that connects and closes (RST, no TIME_WAIT) as fast as it can.
-Medians over the rounds.  Targets: throughput >= 0.9 x direct, connection rate
+All throughput rounds first, then the connection rounds; each round starts
+with the next path in turn, so none is favoured by its place.  Medians over
+the rounds.  Targets: throughput >= 0.9 x direct, connection rate
 >= 0.8 x direct; the userspace ratio is reported.
 """
 
@@ -105,7 +107,7 @@ def main() -> dict:
     args = parser(NAME, __doc__).parse_args()
     require("iperf3", "iperf3")
     require("socat", "socat")
-    seconds, rounds = (1.0, 1) if args.quick else (4.0, 3)
+    seconds, rounds = (1.0, 1) if args.quick else (4.0, 6)
     gbps: dict[str, list[float]] = {"proxy": [], "direct": [], "userspace": []}
     rate: dict[str, list[float]] = {"proxy": [], "direct": [], "userspace": []}
     with Testbed(1) as bed, tempfile.TemporaryDirectory() as tmp:
@@ -134,11 +136,17 @@ def main() -> dict:
                 "direct": (at["dual"], backend),
                 "userspace": (at["client"], at["upx@front"]),
             }
-            for r in range(rounds):
-                progress(f"round {r + 1}/{rounds}: proxy, direct, socat ({seconds}s each, iperf3 then connections)")
-                for path, (client_ns, addr) in paths.items():
-                    gbps[path].append(iperf(bed, at["backend"], client_ns, addr, seconds, IPERF_PORT))
-                    rate[path].append(conn_rate(bed, client_ns, addr, seconds))
+            order = list(paths)
+            for what, out in (("iperf3", gbps), ("connections", rate)):
+                for r in range(rounds):
+                    order = order[1:] + order[:1]  # each path first in turn: no place in the round is favoured
+                    progress(f"{what} round {r + 1}/{rounds}: {', '.join(order)} ({seconds}s each)")
+                    for path in order:
+                        client_ns, addr = paths[path]
+                        if out is gbps:
+                            out[path].append(iperf(bed, at["backend"], client_ns, addr, seconds, IPERF_PORT))
+                        else:
+                            out[path].append(conn_rate(bed, client_ns, addr, seconds))
         finally:
             loop.run_until_complete(ctl.close())
             loop.close()
