@@ -547,7 +547,7 @@ class Controller:
         """Delete the endpoints a host that is gone for good left in the cluster store
         (``libnet node rm``): their addresses and names are free again and their peer
         records go.  The caller checks that the host is gone (not merely restarting);
-        the host's own kernel is not touched.  Returns the endpoint ids removed."""
+        the host's own kernel is not touched; its proxies' records go too.  Returns the endpoint ids removed."""
         if node == self.config.node_name:
             raise BadRequest("a host cannot remove itself; run this on another host", node=node)
         gone = []
@@ -558,6 +558,7 @@ class Controller:
                 ep = await self.repo.update_endpoint(ep, unjoined)
             await self.delete_endpoint(ep.id)
             gone.append(ep.id)
+        await self._proxies.forget_node(node)
         return gone
 
     # --- sandboxes --------------------------------------------------------------

@@ -229,6 +229,17 @@ class Proxies:
         await self._teardown(px.id)
         log.info("proxy %s (%s) removed", px.name, px.id[:12])
 
+    async def forget_node(self, node: str) -> list[str]:
+        """Drop the records of the proxies of a host that is gone for good (their
+        legs went with its endpoints; their sandboxes with the host).  Their ids."""
+        gone = []
+        for px in await self.repo.proxies():
+            if px.node == node and node != self.node:
+                await self.repo.delete_proxy(px)
+                gone.append(px.id)
+                log.info("proxy %s (%s) of removed host %s forgotten", px.name, px.id[:12], node)
+        return gone
+
     async def owns_sandbox(self, sandbox_id: str) -> Proxy | None:
         """The proxy whose sandbox this is, if any."""
         try:

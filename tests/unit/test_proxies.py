@@ -211,3 +211,28 @@ async def test_reconcile_rebuilds_a_proxy_whose_leg_is_gone(ctl: Controller) -> 
     assert any("built again" in line for line in report.repaired)
     again = await ctl.proxy("p")
     assert again.id == px.id and (await ctl.endpoint(again.back_endpoint)).sandbox_id == px.id
+
+
+async def test_reconcile_finishes_an_interrupted_remove(ctl: Controller) -> None:
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    await ctl.create_network("back", ipv4_subnet="198.51.100.128/25")
+    px = await ctl.create_proxy("p", "front", "back", ["db:1"])
+    await ctl.repo.update_proxy(px, lambda p: setattr(p, "removing", ctl.instance))  # a crash after the mark
+    report = await ctl.reconcile()
+    assert any("finished removing" in line for line in report.repaired)
+    assert await ctl.proxies() == [] and await ctl.sandboxes() == [] and await ctl.endpoints() == []
+
+
+async def test_a_proxy_of_another_host(ctl: Controller) -> None:
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    await ctl.create_network("back", ipv4_subnet="198.51.100.128/25")
+    px = await ctl.create_proxy("p", "front", "back", ["db:1"])
+    await ctl.repo.update_proxy(px, lambda p: setattr(p, "node", "elsewhere"))
+    with pytest.raises(Conflict, match="runs on host elsewhere"):
+        await ctl.delete_proxy("p")
+    applied = plane(ctl).applied
+    await ctl._proxies.refresh()
+    await ctl.reconcile()
+    assert plane(ctl).applied == applied  # not this host's to program
+    await ctl.remove_node("elsewhere")  # gone for good: its proxy's record goes
+    assert await ctl.proxies() == []
