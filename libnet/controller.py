@@ -232,6 +232,7 @@ class Controller:
         """Release handles; networks and containers keep working (DNS stops until the next start)."""
         if not self._started:
             return
+        await self._proxies.close()
         if self._dns_binding is not None:
             await self._dns_binding.close()
         await self._drivers.close()

@@ -49,8 +49,8 @@ class Joins:
         driver's join and published ports, then the store, then the sandbox's files.
 
         ``overlap``: allow networks whose subnets overlap those the sandbox is on
-        (a proxy's two legs, :mod:`libnet.proxies`, whose namespace routes by
-        incoming interface, never by destination alone)."""
+        (a proxy's two legs, :mod:`libnet.proxies`, whose namespace routes by the
+        side a connection goes to, never by destination alone)."""
         ep = await self.repo.endpoint(endpoint)
         sb = await self.repo.sandbox(sandbox)
         async with self._lock(sb.id):

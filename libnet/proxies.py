@@ -338,6 +338,14 @@ class Proxies:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def close(self) -> None:
+        """Cancel refreshes still queued by peer listeners (the controller is closing)."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with suppress(asyncio.CancelledError):
+                await task
+
     async def inspect(self, ref: str) -> dict[str, Any]:
         """The proxy's record, its legs' addresses and (on its host) its current backends."""
         px = await self.repo.proxy(ref)

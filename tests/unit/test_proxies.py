@@ -236,3 +236,13 @@ async def test_a_proxy_of_another_host(ctl: Controller) -> None:
     assert plane(ctl).applied == applied  # not this host's to program
     await ctl.remove_node("elsewhere")  # gone for good: its proxy's record goes
     assert await ctl.proxies() == []
+
+
+async def test_close_cancels_queued_refreshes(ctl: Controller) -> None:
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    back = await ctl.create_network("ov", "overlay", ipv4_subnet="198.51.100.128/25", ipv6=False)
+    await ctl.create_proxy("p", "front", "ov", ["db:1"])
+    ctl._proxies.peers_changed(back.id)
+    assert ctl._proxies._tasks
+    await ctl._proxies.close()
+    assert not ctl._proxies._tasks
