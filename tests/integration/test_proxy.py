@@ -323,3 +323,56 @@ def test_cli_and_agent_restart(tmp_path) -> None:
         assert agent.cli_json("proxy", "ls") == []
         assert not os.path.exists(f"/run/netns/{proxy_ns}")
         agent.stop()
+
+
+def test_cluster_of_agents(tmp_path) -> None:
+    """Three agents (Serf, one cluster store): a global proxy made on h1 is listed on
+    every host, removed only on h1; backends on h2 and h3 come and go by gossip."""
+    from agent.cli import Client
+    from libnet.testing.cluster import place, start_agents
+
+    with Testbed(3) as bed:
+        a1, a2, a3 = start_agents(bed, str(tmp_path), f"sqlite://{tmp_path}/cluster.db")
+        for name, v4, v6 in (
+            ("ofront", "198.51.100.0/25", "2001:db8:21:a::/64"),
+            ("oback", "198.51.100.128/25", "2001:db8:21:b::/64"),
+        ):
+            r = a1.cli("network", "create", name, "--driver", "overlay", "--subnet", v4, "--subnet6", v6)
+            assert r.returncode == 0, r.stderr
+        b2_ns, _ = place(a2, "oback", "--name", "b2", "--alias", "db")
+        b3_ns, b3 = place(a3, "oback", "--name", "b3", "--alias", "db")
+        for name, where in (("b2", b2_ns), ("b3", b3_ns)):
+            serve(bed, {"netns": where}, name)
+        fe_ns, _ = place(a2, "ofront", "--name", "fe")
+        r = a1.cli("proxy", "create", "dbp", "--from", "ofront", "--to", "oback", "--service", "db:5432")
+        assert r.returncode == 0, r.stderr
+        api = Client(a1.socket, timeout=10)
+
+        def backends() -> list[str]:
+            return api.request("GET", "/v1/proxies/dbp")["backends"]["db"]
+
+        t0 = time.monotonic()
+        while len(backends()) != 4:
+            assert time.monotonic() - t0 < 15, backends()
+            time.sleep(0.05)
+        assert [p["name"] for p in a3.cli_json("proxy", "ls")] == ["dbp"]  # global: every host lists it
+        refused = a2.cli("proxy", "rm", "dbp")
+        assert refused.returncode == 1 and "runs on host h1" in refused.stderr
+        front4 = ip(api.request("GET", "/v1/proxies/dbp")["front"]["ipv4"])
+        fe = {"netns": fe_ns}
+        t0 = time.monotonic()
+        while bed.run(fe_ns, ["dig", "@127.0.0.11", "+short", "db"]).stdout.split() != [front4]:
+            assert time.monotonic() - t0 < 15
+            time.sleep(0.2)
+        assert set(asyncio.run(ask(bed, fe, front4, count=6))) == {"b2", "b3"}
+        sid = next(s["id"] for s in a3.cli_json("sandbox", "ls") if b3["sandbox_id"] == s["id"])
+        assert a3.cli("disconnect", "oback", sid).returncode == 0
+        t0 = time.monotonic()
+        while len(backends()) != 2:
+            time.sleep(0.02)
+            assert time.monotonic() - t0 < 5
+        assert time.monotonic() - t0 < 1.0, "the remote backend's leave took over a second to reach the proxy"
+        assert set(asyncio.run(ask(bed, fe, front4, count=4))) == {"b2"}
+        assert a1.cli("proxy", "rm", "dbp").returncode == 0
+        for a in (a1, a2, a3):
+            a.stop()
