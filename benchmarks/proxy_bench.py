@@ -10,7 +10,11 @@ same client measures, in alternating rounds, three paths to it:
   (what users do without a proxy, giving up isolation);
 - userspace proxy (peer): ``socat`` (Debian ``socat``) in a sandbox joined to both
   networks, relaying on its ``front`` address to the backend -- the same path
-  a userspace proxy container would take.
+  a userspace proxy container would take;
+- routed hop (the floor): a client on ``front`` only whose traffic to
+  ``back`` is plainly routed (no NAT, no rules) by a sandbox joined to both
+  networks -- what any path through a sandbox with a leg on each network
+  costs before the proxy's NAT.
 
 Figures: iperf3 (one TCP stream) Gbit/s, and TCP connections per second of
 one client that connects and closes (RST, no TIME_WAIT) as fast as it can.
@@ -39,6 +43,7 @@ from libnet.testing.hosts import Testbed, host_config
 
 NAME = "proxy_bench"
 IPERF_PORT, CONN_PORT = 5201, 5300
+FRONT, BACK = "198.51.100.0/25", "198.51.100.128/25"
 ACCEPTOR = textwrap.dedent(
     """
     import socket, sys
@@ -84,14 +89,16 @@ def conn_rate(bed: Testbed, client_ns: str, addr: str, seconds: float) -> float:
 async def build(bed: Testbed, tmp: str) -> tuple[Controller, dict[str, str]]:
     """The networks, sandboxes, proxy and socat peer; returns namespaces and addresses by role."""
     c = await Controller(host_config(bed, bed.hosts[0], tmp)).start()
-    await c.create_network("front", ipv4_subnet="198.51.100.0/25", ipv6=False)
-    await c.create_network("back", ipv4_subnet="198.51.100.128/25", ipv6=False)
+    await c.create_network("front", ipv4_subnet=FRONT, ipv6=False)
+    await c.create_network("back", ipv4_subnet=BACK, ipv6=False)
     out: dict[str, str] = {}
     for role, nets in (
         ("backend", ["back"]),
         ("client", ["front"]),
         ("dual", ["front", "back"]),
         ("upx", ["front", "back"]),
+        ("router", ["front", "back"]),
+        ("routed", ["front"]),
     ):
         sb = await c.create_sandbox(hostname=role)
         out[role] = os.path.basename(sb.netns)
@@ -108,8 +115,8 @@ def main() -> dict:
     require("iperf3", "iperf3")
     require("socat", "socat")
     seconds, rounds = (1.0, 1) if args.quick else (4.0, 6)
-    gbps: dict[str, list[float]] = {"proxy": [], "direct": [], "userspace": []}
-    rate: dict[str, list[float]] = {"proxy": [], "direct": [], "userspace": []}
+    gbps: dict[str, list[float]] = {"proxy": [], "direct": [], "userspace": [], "routed": []}
+    rate: dict[str, list[float]] = {"proxy": [], "direct": [], "userspace": [], "routed": []}
     with Testbed(1) as bed, tempfile.TemporaryDirectory() as tmp:
         loop = asyncio.new_event_loop()
         ctl, at = loop.run_until_complete(build(bed, tmp))
@@ -130,11 +137,16 @@ def main() -> dict:
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
+            # the floor of any path through a sandbox with a leg on each network: plain routing, no NAT
+            bed.run(at["router"], ["sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+            bed.run(at["routed"], ["ip", "route", "add", BACK, "via", at["router@front"]], check=True)
+            bed.run(at["backend"], ["ip", "route", "add", FRONT, "via", at["router@back"]], check=True)
             time.sleep(0.3)  # socat listening
             paths = {
                 "proxy": (at["client"], at["proxy"]),
                 "direct": (at["dual"], backend),
                 "userspace": (at["client"], at["upx@front"]),
+                "routed": (at["routed"], backend),
             }
             order = list(paths)
             for what, out in (("iperf3", gbps), ("connections", rate)):
@@ -158,11 +170,15 @@ def main() -> dict:
         "direct_conn_per_s": round(c["direct"], 1),
         "socat_gbps": round(g["userspace"], 3),
         "socat_conn_per_s": round(c["userspace"], 1),
+        "routed_hop_gbps": round(g["routed"], 3),
+        "routed_hop_conn_per_s": round(c["routed"], 1),
     }
     ratios = {
         "throughput_vs_direct": round(g["proxy"] / g["direct"], 3),
         "conn_rate_vs_direct": round(c["proxy"] / c["direct"], 3),
         "throughput_vs_userspace_proxy": round(g["proxy"] / g["userspace"], 3),
+        "throughput_vs_routed_hop": round(g["proxy"] / g["routed"], 3),
+        "routed_hop_throughput_vs_direct": round(g["routed"] / g["direct"], 3),
     }
     params = {"seconds": seconds, "rounds": rounds, "streams": 1, "networks": "bridge -> bridge, one host"}
     return emit(NAME, params, metrics, peers, ratios)
