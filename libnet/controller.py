@@ -628,10 +628,14 @@ class Controller:
         """Leave and delete the sandbox's endpoints, then remove it (and its namespace if libnet made it).
         A proxy's sandbox is refused (``Conflict``): ``delete_proxy`` removes it."""
         sb = await self.repo.sandbox(ref)
-        px = await self._proxies.owns_sandbox(sb.id)
-        if px is not None and not px.creating and not px.removing:
-            raise Conflict(f"sandbox {sb.id[:12]} is proxy {px.name}'s; remove the proxy", proxy_id=px.id)
+        await self._refuse_proxy_sandbox(sb.id)
         await self.remove_sandbox(sb.id)
+
+    async def _refuse_proxy_sandbox(self, sandbox_id: str) -> None:
+        """``Conflict`` if the sandbox is a working proxy's: only ``delete_proxy`` takes it apart."""
+        px = await self._proxies.owns_sandbox(sandbox_id)
+        if px is not None and not px.creating and not px.removing:
+            raise Conflict(f"sandbox {sandbox_id[:12]} is proxy {px.name}'s; remove the proxy instead", proxy_id=px.id)
 
     async def remove_sandbox(self, sandbox_id: str) -> None:
         """:meth:`delete_sandbox` without the proxy check (a proxy's own teardown)."""
@@ -703,6 +707,8 @@ class Controller:
         """Unplug an endpoint from its sandbox; not joined is fine."""
         before = await self.repo.endpoint(endpoint)
         sandbox_id = before.sandbox_id
+        if sandbox is not None and sandbox_id:  # asked from outside (the API), not a teardown of libnet's
+            await self._refuse_proxy_sandbox(sandbox_id)
         if sandbox_id:  # a backend of a proxy stops getting new connections before it is unplugged
             await self._proxies.refresh(before.network_id, leaving=before.id)
         ep = await self._joins.leave(endpoint, sandbox)
@@ -783,9 +789,10 @@ class Controller:
 
     @operation
     async def disconnect(self, network: str, sandbox: str) -> None:
-        """Leave and delete the sandbox's endpoint on ``network``."""
+        """Leave and delete the sandbox's endpoint on ``network`` (not of a proxy's sandbox: ``Conflict``)."""
         nw = await self.repo.network(network)
         sb = await self.repo.sandbox(sandbox)
+        await self._refuse_proxy_sandbox(sb.id)
         for eid in list(sb.endpoints):
             ep = await self.repo.endpoint(eid)
             if ep.network_id == nw.id:

@@ -129,8 +129,13 @@ async def test_create_follow_and_remove(ctl: Controller) -> None:
     await ctl.disconnect("back", b2.sandbox_id)
     assert (await table(ctl, "dbproxy")).forwards[0].backends == t.forwards[0].backends
     assert (await ctl.inspect_proxy("dbproxy"))["backends"] == {"db": list(t.forwards[0].backends)}
-    with pytest.raises(Conflict):  # its sandbox is the proxy's
-        await ctl.delete_sandbox(px.id)
+    for refused in (  # its sandbox and legs are the proxy's
+        ctl.delete_sandbox(px.id),
+        ctl.disconnect("back", px.id),
+        ctl.leave(px.front_endpoint, px.id),
+    ):
+        with pytest.raises(Conflict, match="proxy dbproxy's"):
+            await refused
     with pytest.raises(Conflict):  # its legs are still there
         await ctl.delete_network("front")
     await ctl.delete_proxy("dbproxy")
