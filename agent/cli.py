@@ -637,9 +637,9 @@ def cni_install(bin_dir: str) -> None:
 
 def _register() -> None:
     """Command groups of their own modules (they use this module's helpers)."""
-    from agent.cli_proxy import proxy
+    from agent import cli_proxy
 
-    cli.add_command(proxy)
+    cli_proxy.attach(sys.modules[__name__])
 
 
 _register()

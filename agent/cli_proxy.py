@@ -8,12 +8,21 @@ from typing import Any
 
 import click
 
+_base: ModuleType | None = None
+
+
+def attach(cli_module: ModuleType) -> None:
+    """Add ``proxy`` to the command group of ``cli_module`` (:mod:`agent.cli`, also when
+    run as ``__main__``), whose client and helpers its commands use: one module
+    instance, so its error classes are the ones raised and caught."""
+    global _base
+    _base = cli_module
+    cli_module.cli.add_command(proxy)
+
 
 def _cli() -> ModuleType:
-    """:mod:`agent.cli`, whose helpers these commands use (imported late: it imports this module)."""
-    from agent import cli
-
-    return cli
+    assert _base is not None, "agent.cli_proxy.attach() was not called"
+    return _base
 
 
 def _client(ctx: click.Context) -> Any:

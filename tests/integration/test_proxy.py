@@ -319,7 +319,8 @@ def test_cli_and_agent_restart(tmp_path) -> None:
         assert Firewall(proxy_ns, table).table_rules() == before
         assert again() == first  # the same connection, to the same backend
         assert agent.cli("sandbox", "rm", info["id"]).returncode == 1  # the proxy's own: refused
-        assert agent.cli("proxy", "rm", "dbp").returncode == 0
+        rm = agent.cli("proxy", "rm", "dbp", "nope")  # tries them all, says which failed
+        assert rm.returncode == 1 and rm.stdout.split() == ["dbp"] and "1 of 2 proxy(s) not removed" in rm.stderr
         assert agent.cli_json("proxy", "ls") == []
         assert not os.path.exists(f"/run/netns/{proxy_ns}")
         agent.stop()
