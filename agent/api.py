@@ -68,6 +68,13 @@ SANDBOX_CREATE: Spec = {
     "dns_options": (list, False),
 }
 JOIN: Spec = {"endpoint": (str, True)}
+PROXY_CREATE: Spec = {
+    "name": (str, True),
+    "source": (str, True),
+    "target": (str, True),
+    "services": (list, True),
+    "listen_port": (int, False),
+}
 
 
 @dataclasses.dataclass
@@ -361,6 +368,23 @@ def make_app(state: AgentState) -> web.Application:
         data = await body_of(request, JOIN)
         return _json(await ctl.leave(data["endpoint"], request.match_info["ref"]))
 
+    async def proxies(request: web.Request) -> web.Response:
+        return _json(await ctl.proxies())
+
+    async def proxy_create(request: web.Request) -> web.Response:
+        data = await body_of(request, PROXY_CREATE)
+        px = await ctl.create_proxy(
+            data.pop("name"), data.pop("source"), data.pop("target"), data.pop("services"), **data
+        )
+        return _json(px, 201)
+
+    async def proxy_get(request: web.Request) -> web.Response:
+        return _json(await ctl.inspect_proxy(request.match_info["ref"]))
+
+    async def proxy_delete(request: web.Request) -> web.Response:
+        await ctl.delete_proxy(request.match_info["ref"])
+        return web.Response(status=204)
+
     async def nodes(request: web.Request) -> web.Response:
         return _json(await _nodes(state))
 
@@ -421,6 +445,10 @@ def make_app(state: AgentState) -> web.Application:
     r.add_delete("/v1/sandboxes/{ref}", sandbox_delete)
     r.add_post("/v1/sandboxes/{ref}/join", join)
     r.add_post("/v1/sandboxes/{ref}/leave", leave)
+    r.add_get("/v1/proxies", proxies)
+    r.add_post("/v1/proxies", proxy_create)
+    r.add_get("/v1/proxies/{ref}", proxy_get)
+    r.add_delete("/v1/proxies/{ref}", proxy_delete)
     r.add_get("/v1/nodes", nodes)
     r.add_post("/v1/node/drain", drain)
     r.add_delete("/v1/nodes/{name}", node_remove)

@@ -635,6 +635,16 @@ def cni_install(bin_dir: str) -> None:
         click.echo(path)
 
 
+def _register() -> None:
+    """Command groups of their own modules (they use this module's helpers)."""
+    from agent import cli_proxy
+
+    cli_proxy.attach(sys.modules[__name__])
+
+
+_register()
+
+
 def main() -> None:
     """The ``libnet`` command."""
     cli(prog_name="libnet")

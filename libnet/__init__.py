@@ -23,6 +23,7 @@ from libnet.errors import (
     NoSuchLink,
     NoSuchNamespace,
     NoSuchNetwork,
+    NoSuchProxy,
     NoSuchSandbox,
     NotANamespace,
     NotFound,
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from libnet.config import Config
     from libnet.controller import Controller
     from libnet.driverapi import PortMapping
-    from libnet.model import Endpoint, Network, Sandbox
+    from libnet.model import Endpoint, Network, Proxy, Sandbox
     from libnet.sync import SyncController
 
 # Imported on first use (PEP 562): ``import libnet.errors`` -- what the CLI, ipam
@@ -47,6 +48,7 @@ _LAZY = {
     "Endpoint": "libnet.model",
     "Network": "libnet.model",
     "Sandbox": "libnet.model",
+    "Proxy": "libnet.model",
     "SyncController": "libnet.sync",
 }
 
@@ -82,11 +84,13 @@ __all__ = [
     "NoSuchLink",
     "NoSuchNamespace",
     "NoSuchNetwork",
+    "NoSuchProxy",
     "NoSuchSandbox",
     "NotANamespace",
     "NotFound",
     "PoolOverlap",
     "PortMapping",
+    "Proxy",
     "Sandbox",
     "SyncController",
     "Unavailable",

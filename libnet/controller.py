@@ -51,10 +51,11 @@ from libnet.gate import OperationGate, operation
 from libnet.gateway import GatewayPolicy
 from libnet.info import ep_info, net_info
 from libnet.joins import Joins, unjoined
-from libnet.model import Endpoint, Network, Sandbox, mac_from_ipv4
+from libnet.model import Endpoint, Network, Proxy, Sandbox, mac_from_ipv4
 from libnet.names import check_sandbox_id, default_endpoint_name, sandbox_namespace
 from libnet.namespaces import Namespaces
 from libnet.ports import PortRegistry, check_families, check_mapping
+from libnet.proxies import Proxies
 from libnet.reconcile import Reconciler, release_address
 from libnet.repository import Repository
 from libnet.rollback import Rollback
@@ -64,6 +65,7 @@ from libnet.validation import check_addressing, check_bool, check_labels, check_
 
 if TYPE_CHECKING:
     from libnet.dns.service import EmbeddedDns
+    from libnet.proxies import ProxyPlane
 
 log = logging.getLogger("libnet.controller")
 #: the local bridge network giving overlay containers a way out (see libnet.gateway)
@@ -84,7 +86,7 @@ _WIRED = frozenset(
         "_gateway",
         "_joins",
     }
-    | {"_reconciler", "_dns_binding"}
+    | {"_reconciler", "_dns_binding", "_proxies"}
 )
 
 
@@ -117,6 +119,7 @@ class Controller:
     _joins: Joins
     _reconciler: Reconciler
     _dns_binding: DnsBinding | None
+    _proxies: Proxies
 
     def __init__(
         self,
@@ -128,10 +131,17 @@ class Controller:
         drivers: Mapping[str, Driver] | None = None,
         namespaces: Namespaces | None = None,
         dns: EmbeddedDns | None = None,
+        proxy_plane: ProxyPlane | None = None,
     ) -> None:
         self.config = config or Config()
         self._given = wiring.Collaborators(
-            store=store, cluster_store=cluster_store, ipam=ipam, drivers=drivers, namespaces=namespaces, dns=dns
+            store=store,
+            cluster_store=cluster_store,
+            ipam=ipam,
+            drivers=drivers,
+            namespaces=namespaces,
+            dns=dns,
+            proxy_plane=proxy_plane,
         )
         self._started = False
         self._gate = OperationGate()
@@ -178,6 +188,8 @@ class Controller:
         if self._dns_binding is not None:
             self._dns_binding.follow(self._drivers.remote_peers())
             await self._dns_binding.restore()
+        for drv in self._drivers.remote_peers():
+            drv.peer_listeners.append(self._proxies.peers_changed)
         return self
 
     def _bind(self, parts: wiring.Parts) -> None:
@@ -206,6 +218,16 @@ class Controller:
         )
         self._dns_binding = DnsBinding(parts.dns, parts.repo) if parts.dns is not None else None
         self._ports.describe = self._describe_endpoint
+        self._proxies = Proxies(
+            parts.instance,
+            self.config.node_name,
+            parts.repo,
+            parts.drivers,
+            self._joins,
+            parts.proxy_plane,
+            self,
+            self._dns_sync,
+        )
         self._started = True
 
     async def _describe_endpoint(self, endpoint_id: str) -> str | None:
@@ -222,6 +244,7 @@ class Controller:
         """Release handles; networks and containers keep working (DNS stops until the next start)."""
         if not self._started:
             return
+        await self._proxies.close()
         if self._dns_binding is not None:
             await self._dns_binding.close()
         await self._drivers.close()
@@ -560,7 +583,7 @@ class Controller:
         """Delete the endpoints a host that is gone for good left in the cluster store
         (``libnet node rm``): their addresses and names are free again and their peer
         records go.  The caller checks that the host is gone (not merely restarting);
-        the host's own kernel is not touched.  Returns the endpoint ids removed."""
+        the host's own kernel is not touched; its proxies' records go too.  Returns the endpoint ids removed."""
         if node == self.config.node_name:
             raise BadRequest("a host cannot remove itself; run this on another host", node=node)
         gone = []
@@ -571,6 +594,7 @@ class Controller:
                 ep = await self.repo.update_endpoint(ep, unjoined)
             await self.delete_endpoint(ep.id)
             gone.append(ep.id)
+        await self._proxies.forget_node(node)
         return gone
 
     # --- sandboxes --------------------------------------------------------------
@@ -636,8 +660,21 @@ class Controller:
 
     @operation
     async def delete_sandbox(self, ref: str) -> None:
-        """Leave and delete the sandbox's endpoints, then remove it (and its namespace if libnet made it)."""
+        """Leave and delete the sandbox's endpoints, then remove it (and its namespace if libnet made it).
+        A proxy's sandbox is refused (``Conflict``): ``delete_proxy`` removes it."""
         sb = await self.repo.sandbox(ref)
+        await self._refuse_proxy_sandbox(sb.id)
+        await self.remove_sandbox(sb.id)
+
+    async def _refuse_proxy_sandbox(self, sandbox_id: str) -> None:
+        """``Conflict`` if the sandbox is a working proxy's: only ``delete_proxy`` takes it apart."""
+        px = await self._proxies.owns_sandbox(sandbox_id)
+        if px is not None and not px.creating and not px.removing:
+            raise Conflict(f"sandbox {sandbox_id[:12]} is proxy {px.name}'s; remove the proxy instead", proxy_id=px.id)
+
+    async def remove_sandbox(self, sandbox_id: str) -> None:
+        """:meth:`delete_sandbox` without the proxy check (a proxy's own teardown)."""
+        sb = await self.repo.sandbox(sandbox_id)
         await self._refuse_if_degraded(sb)  # before the local mark that reconcile would roll forward
         if sb.removing != self.instance:
             sb = await self.repo.update_sandbox(sb, _removing(self.instance))
@@ -684,6 +721,7 @@ class Controller:
         network, which gives it a default route and masquerade.
         """
         ep = await self._joins.join(endpoint, sandbox)
+        await self._proxies.refresh(ep.network_id)
         try:
             await self._sync_gateway_bridge(ep.sandbox_id)
         except LibnetError as exc:  # the network works; only the way out is missing
@@ -710,7 +748,12 @@ class Controller:
     @operation
     async def leave(self, endpoint: str, sandbox: str | None = None) -> Endpoint:
         """Unplug an endpoint from its sandbox; not joined is fine."""
-        sandbox_id = (await self.repo.endpoint(endpoint)).sandbox_id
+        before = await self.repo.endpoint(endpoint)
+        sandbox_id = before.sandbox_id
+        if sandbox is not None and sandbox_id:  # asked from outside (the API), not a teardown of libnet's
+            await self._refuse_proxy_sandbox(sandbox_id)
+        if sandbox_id:  # a backend of a proxy stops getting new connections before it is unplugged
+            await self._proxies.refresh(before.network_id, leaving=before.id)
         ep = await self._joins.leave(endpoint, sandbox)
         if sandbox_id and ep.network_id != await self._gateway.network_id():
             try:
@@ -789,9 +832,10 @@ class Controller:
 
     @operation
     async def disconnect(self, network: str, sandbox: str) -> None:
-        """Leave and delete the sandbox's endpoint on ``network``."""
+        """Leave and delete the sandbox's endpoint on ``network`` (not of a proxy's sandbox: ``Conflict``)."""
         nw = await self.repo.network(network)
         sb = await self.repo.sandbox(sandbox)
+        await self._refuse_proxy_sandbox(sb.id)
         for eid in list(sb.endpoints):
             ep = await self.repo.endpoint(eid)
             if ep.network_id == nw.id:
@@ -820,7 +864,39 @@ class Controller:
         kernel objects no stored object owns and reports missing parts.
         """
         async with self._gate.exclusive():
-            return await self._reconciler.run()
+            report = await self._reconciler.run()
+            await self._proxies.reconcile(report)
+            return report
+
+    # --- proxies ----------------------------------------------------------------
+
+    @operation
+    async def create_proxy(
+        self, name: str, source: str, target: str, services: list[str], *, listen_port: int | None = None
+    ) -> Proxy:
+        """A proxy forwarding ``services`` (``"ALIAS:PORT[/tcp|udp]"``) from network
+        ``source`` to the endpoints on ``target`` named or aliased ALIAS
+        (:mod:`libnet.proxies`).  ``listen_port``: the port clients use (one service
+        only; default its port).  ``InvalidOption``/``InvalidName`` for bad input,
+        ``NoSuchNetwork``, ``NameInUse``; a refusal changes nothing."""
+        return await self._proxies.create(name, source, target, services, listen_port)
+
+    async def proxies(self) -> list[Proxy]:
+        """All proxies, by name."""
+        return await self._proxies.all()
+
+    async def proxy(self, ref: str) -> Proxy:
+        """A proxy by id, name or unique id prefix (``NoSuchProxy``)."""
+        return await self._proxies.get(ref)
+
+    async def inspect_proxy(self, ref: str) -> dict[str, Any]:
+        """A proxy's record with its legs' addresses and, on its host, its current backends."""
+        return await self._proxies.inspect(ref)
+
+    @operation
+    async def delete_proxy(self, ref: str) -> None:
+        """Remove a proxy: its table, sandbox, legs and record (on its own host only)."""
+        await self._proxies.delete(ref)
 
 
 def _removing(instance: str) -> Callable[[Any], None]:

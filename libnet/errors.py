@@ -87,6 +87,10 @@ class NoSuchSandbox(NotFound):
     """No sandbox with that id."""
 
 
+class NoSuchProxy(NotFound):
+    """No proxy with that id or name."""
+
+
 class NoSuchNamespace(NotFound):
     """No network namespace at that name or path."""
 

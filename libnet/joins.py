@@ -75,9 +75,13 @@ class Joins:
         """The sandbox is gone: drop its lock."""
         self._locks.pop(sandbox_id, None)
 
-    async def join(self, endpoint: str, sandbox: str) -> Endpoint:
+    async def join(self, endpoint: str, sandbox: str, *, overlap: bool = False) -> Endpoint:
         """Plug an endpoint into a sandbox (idempotent for the same pair): the
-        driver's join and published ports, then the store, then the sandbox's files."""
+        driver's join and published ports, then the store, then the sandbox's files.
+
+        ``overlap``: allow networks whose subnets overlap those the sandbox is on
+        (a proxy's two legs, :mod:`libnet.proxies`, whose namespace routes by the
+        side a connection goes to, never by destination alone)."""
         ep = await self.repo.endpoint(endpoint)
         sb = await self.repo.sandbox(sandbox)
         async with self._lock(sb.id):
@@ -92,7 +96,7 @@ class Joins:
             nw = await self.repo.network(ep.network_id)
             drv = self.drivers.driver(nw.driver)
             others = [await self.repo.endpoint(e) for e in sb.endpoints]
-            await self._check_overlap(sb, nw, others)
+            await self._check_overlap(sb, nw, others, overlap)
             used = {o.ifname for o in others}
             ifname = next(f"eth{i}" for i in range(len(used) + 1) if f"eth{i}" not in used)
             gateway = self.gateway.default_route(nw, others)
@@ -113,7 +117,7 @@ class Joins:
             await self.files.write(sb)
         return ep
 
-    async def _check_overlap(self, sb: Sandbox, nw: Network, others: list[Endpoint]) -> None:
+    async def _check_overlap(self, sb: Sandbox, nw: Network, others: list[Endpoint], allowed: bool = False) -> None:
         """A sandbox holds one endpoint per network, and no two networks whose
         subnets overlap: the kernel would route by the first matching route, so
         a name could resolve to one network's address and the packet leave by
@@ -128,6 +132,8 @@ class Joins:
                     endpoint_id=other.id,
                 )
             theirs = await self.repo.network(other.network_id)
+            if allowed:
+                continue
             for subnet in (theirs.ipv4_subnet, theirs.ipv6_subnet):
                 if subnet and any(
                     m.version == ipaddress.ip_network(subnet).version and m.overlaps(ipaddress.ip_network(subnet))

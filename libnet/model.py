@@ -250,3 +250,37 @@ def mac_from_ipv4(cidr: str | None) -> str:
         packed = ipaddress.ip_interface(cidr).ip.packed
         return "02:42:" + ":".join(f"{b:02x}" for b in packed)
     return "02:" + ":".join(f"{b:02x}" for b in os.urandom(5))
+
+
+@dataclass
+class Proxy:
+    """A libnet-managed sandbox with a leg on two networks that forwards named
+    services from ``source`` to ``target`` (kernel NAT, :mod:`libnet.proxies`).
+
+    ``services``: dicts ``{"alias", "port", "protocol", "listen"}``: connections
+    to the proxy's ``source`` address on ``listen`` go to ``port`` of the
+    endpoints on ``target`` named or aliased ``alias``.  The sandbox's id is the
+    proxy's id; it lives on ``node``."""
+
+    KIND: ClassVar[str] = "proxy"
+
+    id: str
+    name: str
+    scope: str  # "global" when both networks are, else "local"
+    source: str  # network id (NET_A): where clients are
+    target: str  # network id (NET_B): where the backends are
+    services: list[dict[str, Any]] = field(default_factory=list)
+    node: str = ""  # the host whose agent runs it
+    front_endpoint: str = ""  # endpoint ids of its legs, once made
+    back_endpoint: str = ""
+    created: float = 0.0
+    instance: str = ""
+    creating: str = ""  # the instance making it: a crash part way is rolled back by its reconcile
+    removing: str = ""  # the instance deleting it: rolled forward likewise
+
+    def to_data(self) -> dict[str, Any]:
+        return to_data(self)
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Proxy:
+        return cls(**_fields(cls, data))

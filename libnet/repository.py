@@ -8,9 +8,11 @@ Keys under ``libnet/v1/``::
     names/endpoints/<network id>/<name>    -> endpoint id
     endpoint-ids/<id>                      -> network id   (find an endpoint by id)
     sandboxes/<id>                         Sandbox
+    proxies/<id>                           Proxy
+    names/proxies/<lowercase name>         -> proxy id
 
-Local-scope networks and their endpoints live in the local store, global-scope
-ones in the cluster store; sandboxes are always local.  Every update goes
+Local-scope networks, their endpoints and proxies live in the local store, global-scope
+ones in the cluster store (a proxy is global when both its networks are); sandboxes are always local.  Every update goes
 through ``model.update_json`` (read-modify-CAS).
 """
 
@@ -30,14 +32,15 @@ from libnet.errors import (
     NameInUse,
     NoSuchEndpoint,
     NoSuchNetwork,
+    NoSuchProxy,
     NoSuchSandbox,
 )
-from libnet.model import Endpoint, Network, Sandbox
+from libnet.model import Endpoint, Network, Proxy, Sandbox
 from libnet.store.base import Store
 
 P = "libnet/v1"
 _FULL_ID = re.compile(r"[0-9a-f]{64}")
-T = TypeVar("T", Network, Endpoint, Sandbox)
+T = TypeVar("T", Network, Endpoint, Sandbox, Proxy)
 
 
 class Repository:
@@ -93,7 +96,7 @@ class Repository:
         return self._load(cls, pair)
 
     @staticmethod
-    async def _create(store: Store, key: str, obj: Network | Endpoint | Sandbox) -> None:
+    async def _create(store: Store, key: str, obj: Network | Endpoint | Sandbox | Proxy) -> None:
         await store.atomic_put(key, model.encode(obj.KIND, obj.to_data()), None)
 
     @staticmethod
@@ -140,7 +143,9 @@ class Repository:
     def endpoint_name_key(network_id: str, name: str) -> str:
         return f"{P}/names/endpoints/{network_id}/{name.lower()}"
 
-    async def stale_names(self, network_ids: set[str], endpoint_ids: set[str], instance: str) -> list[str]:
+    async def stale_names(
+        self, network_ids: set[str], endpoint_ids: set[str], instance: str, proxy_ids: set[str] | None = None
+    ) -> list[str]:
         """Delete name reservations of ``instance`` whose owner does not exist; returns their keys.
 
         Only the instance's own reservations (and, in the local store, the
@@ -154,7 +159,12 @@ class Repository:
                 owner, _, by = pair.value.decode().partition("\n")
                 if by != instance and not (local and not by):
                     continue
-                known = network_ids if pair.key.startswith(f"{P}/names/networks/") else endpoint_ids
+                if pair.key.startswith(f"{P}/names/proxies/"):
+                    if proxy_ids is None:
+                        continue  # the caller does not know the proxies: leave their names alone
+                    known = proxy_ids
+                else:
+                    known = network_ids if pair.key.startswith(f"{P}/names/networks/") else endpoint_ids
                 if owner not in known:
                     try:
                         await store.atomic_delete(pair.key, pair)
@@ -304,3 +314,46 @@ class Repository:
 
     async def delete_sandbox(self, sb: Sandbox) -> None:
         await self.local.delete(f"{P}/sandboxes/{sb.id}")
+
+    # --- proxies ----------------------------------------------------------------
+
+    @staticmethod
+    def proxy_name_key(name: str) -> str:
+        return f"{P}/names/proxies/{name.lower()}"
+
+    async def add_proxy(self, px: Proxy) -> None:
+        await self._create(self.store(px.scope), f"{P}/proxies/{px.id}", px)
+
+    async def proxies(self) -> list[Proxy]:
+        out: list[Proxy] = []
+        for store in self._stores():
+            pairs = await store.list(f"{P}/proxies/")
+            out += [self._load(Proxy, pair) for pair in pairs]
+            self._forget(f"{P}/proxies/", Proxy.KIND, {p.key for p in pairs})
+        return sorted(out, key=lambda x: x.name)
+
+    async def proxy(self, ref: str) -> Proxy:
+        """By id, by name, or by a unique id prefix."""
+        for store in self._stores():
+            try:
+                px = await self._get(store, f"{P}/proxies/{ref}", Proxy)
+                if px is None:
+                    pid = (await store.get(self.proxy_name_key(ref))).value.decode().partition("\n")[0]
+                    px = await self._get(store, f"{P}/proxies/{pid}", Proxy)
+            except (KeyNotFound, BadRequest):  # no such name, or a ref that cannot be a key
+                px = None
+            if px is not None:
+                return px
+        if len(ref) >= 4:
+            matches = [x for x in await self.proxies() if x.id.startswith(ref)]
+            if len(matches) == 1:
+                return matches[0]
+        raise NoSuchProxy("no such proxy", proxy=ref)
+
+    async def update_proxy(self, px: Proxy, fn: Callable[[Proxy], None]) -> Proxy:
+        return await self._update(self.store(px.scope), f"{P}/proxies/{px.id}", Proxy, fn)
+
+    async def delete_proxy(self, px: Proxy) -> None:
+        store = self.store(px.scope)
+        await store.delete(f"{P}/proxies/{px.id}")
+        await store.delete(self.proxy_name_key(px.name))

@@ -33,6 +33,7 @@ from libnet.store.base import Store
 
 if TYPE_CHECKING:
     from libnet.dns.service import EmbeddedDns
+    from libnet.proxies import ProxyPlane
 
 
 def host_routes(ns: str | None) -> Callable[[], list[str]]:
@@ -82,6 +83,7 @@ class Collaborators:
     drivers: Mapping[str, Driver] | None = None
     namespaces: Namespaces | None = None
     dns: EmbeddedDns | None = None
+    proxy_plane: ProxyPlane | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ class Parts:
     namespaces: Namespaces
     dns: EmbeddedDns | None
     ports: PortRegistry
+    proxy_plane: ProxyPlane
     #: stores opened here (closed with the controller); injected ones belong to the caller
     owned: tuple[Store, ...]
 
@@ -164,6 +167,16 @@ def build(config: Config, given: Collaborators = Collaborators()) -> Parts:
         config.port_range,
         own_table=firewall_table(instance),
     )
+    proxy_plane = given.proxy_plane
+    if proxy_plane is None:
+        if real:
+            from libnet.kernel.proxy_plane import KernelProxyPlane
+
+            proxy_plane = KernelProxyPlane(firewall_table(instance))
+        else:  # fake namespaces: there is no namespace to program
+            from libnet.testing.fakes import FakeProxyPlane
+
+            proxy_plane = FakeProxyPlane()
     return Parts(
         config=config,
         store=store,
@@ -174,5 +187,6 @@ def build(config: Config, given: Collaborators = Collaborators()) -> Parts:
         namespaces=namespaces,
         dns=dns,
         ports=ports,
+        proxy_plane=proxy_plane,
         owned=tuple(owned),
     )

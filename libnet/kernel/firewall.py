@@ -340,6 +340,30 @@ class Firewall:
                 )
         return rules
 
+    def replace_table(self, commands: list[dict[str, Any]]) -> None:
+        """Run ``commands`` -- a whole document rebuilding this table, e.g.
+        :func:`libnet.kernel.proxy_nat.commands` -- as one nftables transaction:
+        the old table until it commits, the new one after, nothing in between.
+        ``BadRequest`` if a command names another table."""
+        for cmd in commands:
+            for body in cmd.values():
+                obj = next(iter(body.values())) if isinstance(body, dict) and body else None
+                name = obj.get("table", obj.get("name")) if isinstance(obj, dict) else None
+                if name != self.table or not isinstance(body, dict) or len(body) != 1:
+                    raise BadRequest(f"a command for another table than {self.table}: {cmd!r}", table=self.table)
+        self._cmd(commands, "replace table")
+
+    def table_rules(self) -> list[dict[str, Any]]:
+        """Every rule of the table (``chain``, ``expr``), commented or not; none without the table."""
+        if not self._has_table():
+            return []
+        out = self._cmd([{"list": {"table": {"family": FAMILY, "name": self.table}}}], "list rules")
+        return [
+            {"chain": item["rule"]["chain"], "expr": item["rule"]["expr"]}
+            for item in out.get("nftables", [])
+            if "rule" in item
+        ]
+
     def published_by_others(self, protocol: str, port: int) -> list[str]:
         """The other libnet instances' tables in this namespace (``inet libnet-*``)
         that DNAT ``protocol`` port ``port``: a second agent on the host must not

@@ -136,3 +136,26 @@ class FakeNamespaces:
         for sid, other in sandboxes.items():
             if other == path:
                 raise Conflict(f"netns path {path} is the namespace of sandbox {sid} already", netns=path, holder=sid)
+
+
+class FakeProxyPlane:
+    """:class:`libnet.proxies.ProxyPlane` that records, per namespace, the sysctls
+    prepared and the last table applied (no kernel)."""
+
+    def __init__(self) -> None:
+        self.prepared: list[str] = []
+        self.tables: dict[str, Any] = {}  # netns -> ProxyTable
+        self.applied = 0
+
+    async def prepare(self, netns: str) -> None:
+        self.prepared.append(netns)
+
+    async def apply(self, netns: str, table: Any) -> None:
+        self.tables[netns] = table
+        self.applied += 1
+
+    async def rules(self, netns: str) -> list[dict[str, Any]]:
+        from libnet.kernel.proxy_nat import rules
+
+        table = self.tables.get(netns)
+        return [] if table is None else [{"chain": c, "expr": e} for c, e in rules(table)]

@@ -109,3 +109,17 @@ def test_restart_bench_quick() -> None:
         assert r["metrics"]["api_ready_s_p50"][key] > 0
     assert r["peers"]["bare_serf_rpc_ready_s_p50"] > 0
     assert set(r["ratios"]) == {f"api_ready_vs_bare_serf.{key}" for key in keys}
+
+
+@pytest.mark.root
+def test_proxy_bench_quick() -> None:
+    r = _run("proxy_bench")
+    assert r["metrics"]["proxy_gbps"] > 0 and r["metrics"]["proxy_conn_per_s"] > 0
+    assert all(v > 0 for v in r["peers"].values()) and len(r["peers"]) == 6
+    assert set(r["ratios"]) == {
+        "throughput_vs_direct",
+        "conn_rate_vs_direct",
+        "throughput_vs_userspace_proxy",
+        "throughput_vs_routed_hop",
+        "routed_hop_throughput_vs_direct",
+    }

@@ -41,6 +41,7 @@ async def _state(client) -> list:
         [(p.key, p.value) for p in await client.ctl._store.list("libnet/v1/networks/")]
         + [(p.key, p.value) for p in await client.ctl._store.list("libnet/v1/endpoints/")]
         + [(p.key, p.value) for p in await client.ctl._store.list("libnet/v1/sandboxes/")]
+        + [(p.key, p.value) for p in await client.ctl._store.list("libnet/v1/proxies/")]
     )
 
 
@@ -122,6 +123,12 @@ async def test_every_route(client) -> None:
         ("GET", "/v1/endpoints?colour=red", None, 400, "unknown query"),
         ("DELETE", "/v1/sandboxes/nope", None, 404, "no such sandbox"),
         ("GET", "/v1/nothing-here", None, 404, "Not Found"),
+        ("POST", "/v1/proxies", {"name": "p", "source": "web", "target": "nope", "services": ["db:1"]}, 404, "no such"),
+        ("POST", "/v1/proxies", {"name": "p", "source": "web", "target": "web", "services": "db:1"}, 400, "array"),
+        ("POST", "/v1/proxies", {"name": "p", "source": "web", "target": "web", "services": ["db:1"]}, 400, "two"),
+        ("POST", "/v1/proxies", {"name": "p", "source": "web", "target": "web"}, 400, "'services' is required"),
+        ("GET", "/v1/proxies/nope", None, 404, "no such proxy"),
+        ("DELETE", "/v1/proxies/nope", None, 404, "no such proxy"),
         ("POST", "/v1/networks", b'{"name": "x", "options": {"mtu": Infinity}}', 400, "not a JSON number"),
         ("POST", "/v1/networks", b'{"name": "x", "options": {"mtu": NaN}}', 400, "not a JSON number"),
         ("POST", "/v1/networks", b'{"name": "x", "options": {"mtu": 1e400}}', 400, "out of range"),
@@ -141,6 +148,22 @@ async def test_bad_requests_get_clear_errors_and_change_nothing(client, method, 
     assert await _state(client) == before
 
 
+async def test_proxy_routes(client) -> None:
+    for name, subnet in (("web", "198.51.100.0/25"), ("back", "198.51.100.128/25")):
+        assert (await client.post("/v1/networks", json={"name": name, "ipv4_subnet": subnet})).status == 201
+    body = {"name": "dbp", "source": "web", "target": "back", "services": ["db:5432/udp"], "listen_port": 53}
+    r = await client.post("/v1/proxies", json=body)
+    assert r.status == 201, await r.text()
+    px = await r.json()
+    assert px["services"] == [{"alias": "db", "port": 5432, "protocol": "udp", "listen": 53}]
+    assert [p["name"] for p in await (await client.get("/v1/proxies")).json()] == ["dbp"]
+    detail = await (await client.get("/v1/proxies/dbp")).json()
+    assert detail["front"]["ipv4"].startswith("198.51.100.") and detail["backends"] == {"db": []}
+    assert (await client.post("/v1/proxies", json=body)).status == 409
+    assert (await client.delete("/v1/proxies/dbp")).status == 204
+    assert await (await client.get("/v1/proxies")).json() == []
+
+
 def test_openapi_document_matches_the_routes() -> None:
     with open(OPENAPI) as f:
         doc = json.load(f)
@@ -155,6 +178,7 @@ def test_openapi_document_matches_the_routes() -> None:
         ("post", "/v1/networks/{ref}/connect"): api.CONNECT,
         ("post", "/v1/networks/{ref}/disconnect"): api.DISCONNECT,
         ("post", "/v1/sandboxes/{ref}/join"): api.JOIN,
+        ("post", "/v1/proxies"): api.PROXY_CREATE,
     }
     for (method, path), spec in specs.items():
         schema = doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]

@@ -1,0 +1,410 @@
+"""Network proxies: tie two networks together without merging them.
+
+A proxy (:class:`libnet.model.Proxy`) is a libnet-managed sandbox with a
+*front* endpoint on the clients' network (``source``, NET_A) and a *back*
+endpoint on the backends' network (``target``, NET_B).  For each service
+``ALIAS:PORT/PROTO`` it forwards connections to its front address on the
+listen port to the endpoints on ``target`` named or aliased ``ALIAS`` --
+those of this host and, on an overlay, the remote ones the driver's peer table
+knows -- by kernel NAT in its own namespace (:mod:`libnet.kernel.proxy_nat`);
+nothing else crosses.  The front endpoint carries ``ALIAS`` as a DNS alias and
+the service as an SRV record, so on ``source`` the alias resolves to the
+proxy; on ``target`` no name changes.
+
+The backend set follows joins and leaves on this host (the controller calls
+:meth:`Proxies.refresh`; a leaving backend is dropped *before* it is
+unplugged) and remote peers (the overlay driver's peer listeners), and is
+rebuilt by every reconcile.  Each change replaces the proxy's whole table in
+one nftables transaction; established connections keep their conntrack NAT.
+
+Life cycle: the record is written first, marked ``creating`` by this instance,
+then the sandbox, its legs and its table; the mark goes last.  A crash part way
+leaves a marked record, which this instance's next reconcile rolls back
+(``removing`` is rolled forward likewise).  A proxy lives on the host that made
+it (``node``); only that host's agent programs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import suppress
+from typing import Any, Protocol
+
+from libnet.driverapi import ReconcileReport, RemotePeers
+from libnet.drivers.registry import Drivers
+from libnet.errors import BadRequest, Conflict, InvalidOption, LibnetError, NotFound
+from libnet.joins import Joins
+from libnet.kernel.proxy_nat import Forward, ProxyTable
+from libnet.model import Endpoint, Network, Proxy, Sandbox
+from libnet.repository import Repository
+from libnet.rollback import Rollback
+from libnet.validation import check_name
+
+log = logging.getLogger("libnet.proxies")
+PROTOCOLS = ("tcp", "udp")
+
+
+class ProxyPlane(Protocol):
+    """The kernel side of proxies (real: :class:`libnet.kernel.proxy_plane.KernelProxyPlane`)."""
+
+    async def prepare(self, netns: str) -> None:
+        """Set the proxy namespace's sysctls (forwarding, ARP) before its legs are plugged in."""
+        ...
+
+    async def apply(self, netns: str, table: ProxyTable) -> None:
+        """Replace the proxy's nftables table in one transaction."""
+        ...
+
+    async def rules(self, netns: str) -> list[dict[str, Any]]:
+        """The rules of the proxy's table (``chain``, ``expr``), for inspection."""
+        ...
+
+
+class ProxyOperations(Protocol):
+    """The controller operations a proxy is built from."""
+
+    async def create_sandbox(self, id: str | None = None, *, hostname: str | None = None) -> Sandbox: ...  # noqa: A002
+    async def remove_sandbox(self, sandbox_id: str) -> None: ...
+    async def create_endpoint(
+        self, network: str, name: str, *, aliases: Iterable[str] = (), services: Iterable[str] = ()
+    ) -> Endpoint: ...
+    async def delete_endpoint(self, ref: str, network: str | None = None, *, force: bool = False) -> None: ...
+
+
+def parse_services(specs: Sequence[str], listen_port: int | None = None) -> list[dict[str, Any]]:
+    """``["db:5432/tcp", "dns:53/udp"]`` -> service dicts (``alias``, ``port``,
+    ``protocol``, ``listen``).  The protocol defaults to tcp; ``listen_port``
+    (the port on the proxy's front address, default the service's port) needs
+    exactly one service.  ``InvalidOption`` for anything else, e.g. the same
+    listen port and protocol twice."""
+    if isinstance(specs, str) or not isinstance(specs, (list, tuple)) or not specs:
+        raise InvalidOption("a proxy needs at least one service ALIAS:PORT[/tcp|udp]", services=str(specs))
+    if listen_port is not None:
+        if isinstance(listen_port, bool) or not isinstance(listen_port, int) or not 0 < listen_port < 65536:
+            raise InvalidOption(f"invalid listen port {listen_port!r}", listen_port=str(listen_port))
+        if len(specs) != 1:
+            raise InvalidOption("--listen-port needs exactly one service", services=list(map(str, specs)))
+    out: list[dict[str, Any]] = []
+    seen: set[tuple[int, str]] = set()
+    for spec in specs:
+        alias, sep, rest = spec.partition(":") if isinstance(spec, str) else ("", "", "")
+        port_text, _, proto = rest.partition("/")
+        proto = proto.lower() or "tcp"
+        valid = sep and port_text.isascii() and port_text.isdigit()
+        if not valid or not 0 < int(port_text) < 65536 or proto not in PROTOCOLS:
+            raise InvalidOption(f"invalid service {spec!r}: ALIAS:PORT[/tcp|udp], e.g. db:5432/tcp", service=str(spec))
+        check_name(alias, "service alias")
+        port = int(port_text)
+        listen = listen_port or port
+        if (listen, proto) in seen:
+            raise InvalidOption(f"two services listen on {listen}/{proto}", service=spec)
+        seen.add((listen, proto))
+        out.append({"alias": alias.lower(), "port": port, "protocol": proto, "listen": listen})
+    return out
+
+
+def service_text(svc: dict[str, Any]) -> str:
+    tail = f" (listen {svc['listen']})" if svc["listen"] != svc["port"] else ""
+    return f"{svc['alias']}:{svc['port']}/{svc['protocol']}{tail}"
+
+
+def _bare(cidr: str | None) -> str | None:
+    return str(ipaddress.ip_interface(cidr).ip) if cidr else None
+
+
+class Proxies:
+    """This host's view of the proxies (see the module docstring).  ``dns_sync``
+    publishes a sandbox's records (the controller's embedded DNS binding)."""
+
+    def __init__(
+        self,
+        instance: str,
+        node: str,
+        repo: Repository,
+        drivers: Drivers,
+        joins: Joins,
+        plane: ProxyPlane,
+        ops: ProxyOperations,
+        dns_sync: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self.instance, self.node, self.repo, self.drivers, self.joins = instance, node, repo, drivers, joins
+        self.plane, self.ops, self.dns_sync = plane, ops, dns_sync
+        self._applied: dict[str, ProxyTable] = {}
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- create, list, delete -------------------------------------------------------
+
+    async def create(
+        self, name: str, source: str, target: str, services: Sequence[str], listen_port: int | None = None
+    ) -> Proxy:
+        """Make a proxy; every check comes before the first write, and a failure
+        later undoes the done steps (see the module docstring)."""
+        check_name(name, "proxy")
+        parsed = parse_services(services, listen_port)
+        src, dst = await self.repo.network(source), await self.repo.network(target)
+        if src.id == dst.id:
+            raise BadRequest("a proxy ties two different networks", network_id=src.id)
+        for nw in (src, dst):
+            if nw.removing:
+                raise Conflict(f"network {nw.name} is being deleted", network_id=nw.id)
+        scope = "global" if src.scope == dst.scope == "global" else "local"
+        px = Proxy(
+            secrets.token_hex(32),
+            name,
+            scope,
+            src.id,
+            dst.id,
+            parsed,
+            node=self.node,
+            created=time.time(),
+            instance=self.instance,
+            creating=self.instance,
+        )
+        store = self.repo.store(scope)
+        async with Rollback() as undo:
+            await self.repo.reserve_name(store, self.repo.proxy_name_key(name), px.id, "proxy", name, self.instance)
+            undo.push(lambda: store.delete(self.repo.proxy_name_key(name)), "free proxy name")
+            await self.repo.add_proxy(px)
+            undo.push(lambda: self._teardown(px.id), "tear the proxy down")
+            px = await self._build(px, src, dst)
+            px = await self.repo.update_proxy(px, lambda p: setattr(p, "creating", ""))
+        log.info(
+            "proxy %s (%s): %s -> %s: %s", name, px.id[:12], src.name, dst.name, ", ".join(map(service_text, parsed))
+        )
+        return px
+
+    async def _build(self, px: Proxy, src: Network, dst: Network) -> Proxy:
+        """The sandbox, its two legs, the DNS records, the table; the caller undoes on failure."""
+        sb = await self.ops.create_sandbox(px.id, hostname=px.name)
+        await self.plane.prepare(sb.netns)
+        front = await self.ops.create_endpoint(
+            src.id,
+            px.name,
+            aliases=sorted({s["alias"] for s in px.services} - {px.name.lower()}),
+            services=[f"{s['alias']}:{s['listen']}/{s['protocol']}" for s in px.services],
+        )
+        px = await self.repo.update_proxy(px, lambda p: setattr(p, "front_endpoint", front.id))
+        await self.joins.join(front.id, sb.id, overlap=True)
+        back = await self.ops.create_endpoint(dst.id, px.name)
+        px = await self.repo.update_proxy(px, lambda p: setattr(p, "back_endpoint", back.id))
+        await self.joins.join(back.id, sb.id, overlap=True)
+        await self.dns_sync(sb.id)
+        await self._apply(px, force=True)
+        return px
+
+    async def _teardown(self, proxy_id: str) -> None:
+        """Remove the sandbox (with its joined legs) and any leg left unjoined; gone is fine."""
+        self._applied.pop(proxy_id, None)
+        with suppress(NotFound):
+            await self.ops.remove_sandbox(proxy_id)
+        px = None
+        with suppress(NotFound):
+            px = await self.repo.proxy(proxy_id)
+        for eid in (px.front_endpoint, px.back_endpoint) if px is not None else ():
+            if eid:
+                with suppress(NotFound):
+                    await self.ops.delete_endpoint(eid, force=True)
+        if px is not None:
+            await self.repo.delete_proxy(px)
+
+    async def all(self) -> list[Proxy]:
+        return await self.repo.proxies()
+
+    async def get(self, ref: str) -> Proxy:
+        return await self.repo.proxy(ref)
+
+    async def delete(self, ref: str) -> None:
+        """Remove a proxy: marked first (a crash is rolled forward), then its sandbox,
+        legs and record.  Only on its own host (``Conflict`` elsewhere)."""
+        px = await self.repo.proxy(ref)
+        if px.node != self.node:
+            raise Conflict(f"proxy {px.name} runs on host {px.node}; remove it there", proxy_id=px.id, node=px.node)
+        if px.removing != self.instance:
+            px = await self.repo.update_proxy(px, lambda p: setattr(p, "removing", self.instance))
+        await self._teardown(px.id)
+        log.info("proxy %s (%s) removed", px.name, px.id[:12])
+
+    async def forget_node(self, node: str) -> list[str]:
+        """Drop the records of the proxies of a host that is gone for good (their
+        legs went with its endpoints; their sandboxes with the host).  Their ids."""
+        gone = []
+        for px in await self.repo.proxies():
+            if px.node == node and node != self.node:
+                await self.repo.delete_proxy(px)
+                gone.append(px.id)
+                log.info("proxy %s (%s) of removed host %s forgotten", px.name, px.id[:12], node)
+        return gone
+
+    async def owns_sandbox(self, sandbox_id: str) -> Proxy | None:
+        """The proxy whose sandbox this is, if any."""
+        try:
+            px = await self.repo.proxy(sandbox_id)
+        except NotFound:
+            return None
+        return px if px.id == sandbox_id else None
+
+    # --- backends and the table -----------------------------------------------------
+
+    async def backends(self, px: Proxy, leaving: str | None = None) -> dict[str, list[str]]:
+        """Per alias, the bare addresses (v4 and v6) of its current backends on the
+        target network: this host's joined endpoints named or aliased so (but
+        ``leaving``), and the remote ones of the driver's peer table."""
+        nw = await self.repo.network(px.target)
+        aliases = {s["alias"] for s in px.services}
+        out: dict[str, list[str]] = {a: [] for a in aliases}
+
+        def add(names: Iterable[str], addrs: Iterable[str | None]) -> None:
+            for alias in aliases & {n.lower() for n in names}:
+                out[alias] += [a for a in map(_bare, addrs) if a]
+
+        for ep in await self.repo.endpoints(nw.id):
+            if ep.node != self.node or not ep.sandbox_id or ep.leaving or ep.removing or ep.id == leaving:
+                continue
+            if ep.id != px.back_endpoint:
+                add([ep.name, *ep.aliases], [ep.ipv4, ep.ipv6])
+        drv = self.drivers.driver(nw.driver)
+        if isinstance(drv, RemotePeers):
+            for peer in drv.remote_endpoints(nw.id):
+                if peer.endpoint_id not in (px.back_endpoint, leaving):
+                    add([peer.name, *peer.aliases], [peer.ipv4, peer.ipv6])
+        return out
+
+    async def table(self, px: Proxy, leaving: str | None = None) -> tuple[Sandbox, ProxyTable]:
+        """The proxy's sandbox and the table it should have now."""
+        sb = await self.repo.sandbox(px.id)
+        front = await self.repo.endpoint(px.front_endpoint)
+        back = await self.repo.endpoint(px.back_endpoint)
+        if front.sandbox_id != sb.id or back.sandbox_id != sb.id or not front.ifname or not back.ifname:
+            raise NotFound(f"proxy {px.name}: a leg is not plugged in", proxy_id=px.id)
+        found = await self.backends(px, leaving)
+        src, dst = await self.repo.network(px.source), await self.repo.network(px.target)
+        forwards = tuple(
+            Forward(s["listen"], s["protocol"], s["port"], tuple(found.get(s["alias"], ()))) for s in px.services
+        )
+        return sb, ProxyTable(
+            front.ifname,
+            back.ifname,
+            _bare(front.ipv4),
+            _bare(front.ipv6),
+            _bare(back.ipv4),
+            _bare(back.ipv6),
+            forwards,
+            tuple(n for n in (src.ipv4_subnet, src.ipv6_subnet) if n),
+            tuple(n for n in (dst.ipv4_subnet, dst.ipv6_subnet) if n),
+        )
+
+    async def _apply(self, px: Proxy, *, force: bool = False, leaving: str | None = None) -> bool:
+        """Program the table if it changed (or ``force``); True if it was written."""
+        async with self._lock:
+            sb, table = await self.table(px, leaving)
+            if not force and self._applied.get(px.id) == table:
+                return False
+            await self.plane.apply(sb.netns, table)
+            self._applied[px.id] = table
+            return True
+
+    async def refresh(self, network_id: str | None = None, leaving: str | None = None) -> None:
+        """Follow a change of ``network_id``'s endpoints (every network: None):
+        reprogram this host's ready proxies whose backends are there.  Failures are
+        logged, never raised: the caller's join or leave went through."""
+        try:
+            proxies = await self.repo.proxies()
+        except LibnetError as exc:
+            log.warning("proxies not refreshed: %s", exc)
+            return
+        for px in proxies:
+            if px.node != self.node or px.creating or px.removing:
+                continue
+            if network_id is not None and network_id != px.target:
+                continue
+            try:
+                await self._apply(px, leaving=leaving)
+            except (LibnetError, OSError) as exc:
+                log.warning("proxy %s: backends not updated: %s", px.name, exc)
+
+    def peers_changed(self, network_id: str) -> None:
+        """A peer listener (:class:`libnet.driverapi.RemotePeers`): remote endpoints of
+        ``network_id`` changed; refreshed on the running loop."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a driver's synchronous test): the next reconcile catches up
+        task = loop.create_task(self.refresh(network_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Cancel refreshes still queued by peer listeners (the controller is closing)."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with suppress(asyncio.CancelledError):
+                await task
+
+    async def inspect(self, ref: str) -> dict[str, Any]:
+        """The proxy's record, its legs' addresses and (on its host) its current backends."""
+        px = await self.repo.proxy(ref)
+        out: dict[str, Any] = {**px.to_data(), "front": None, "back": None}
+        for key, eid in (("front", px.front_endpoint), ("back", px.back_endpoint)):
+            with suppress(NotFound):
+                ep = await self.repo.endpoint(eid) if eid else None
+                out[key] = None if ep is None else {"endpoint": ep.id, "ipv4": ep.ipv4, "ipv6": ep.ipv6}
+        if px.node == self.node and not px.creating:
+            out["backends"] = await self.backends(px)
+        return out
+
+    # --- reconcile ------------------------------------------------------------------
+
+    async def reconcile(self, report: ReconcileReport) -> None:
+        """This instance's unfinished creates are rolled back, removes rolled forward;
+        this host's proxies get their table again (whole, in one transaction), and
+        one whose sandbox or legs are gone is built again."""
+        for px in await self.repo.proxies():
+            try:
+                await self._reconcile_one(px, report)
+            except (LibnetError, OSError) as exc:
+                report.missing.append(f"proxy {px.name} ({px.id[:12]}): not repaired: {exc}")
+
+    async def _reconcile_one(self, px: Proxy, report: ReconcileReport) -> None:
+        if px.creating == self.instance:
+            await self._teardown(px.id)
+            with suppress(NotFound):
+                await self.repo.store(px.scope).delete(self.repo.proxy_name_key(px.name))
+            report.repaired.append(f"rolled back the unfinished proxy {px.name} ({px.id[:12]})")
+            return
+        if px.removing == self.instance:
+            await self._teardown(px.id)
+            report.repaired.append(f"finished removing proxy {px.name} ({px.id[:12]})")
+            return
+        if px.node != self.node or px.creating or px.removing:
+            return
+        try:
+            await self._apply(px, force=True)
+            return
+        except NotFound as exc:
+            report.missing.append(f"proxy {px.name} ({px.id[:12]}): {exc}; building it again")
+        await self._rebuild(px)
+        report.repaired.append(f"proxy {px.name} ({px.id[:12]}) built again")
+
+    async def _rebuild(self, px: Proxy) -> None:
+        """Tear the remains down and build the proxy again under the same id and name."""
+        self._applied.pop(px.id, None)
+        with suppress(NotFound):
+            await self.ops.remove_sandbox(px.id)
+        for eid in (px.front_endpoint, px.back_endpoint):
+            if eid:
+                with suppress(NotFound):
+                    await self.ops.delete_endpoint(eid, force=True)
+
+        def cleared(p: Proxy) -> None:
+            p.front_endpoint, p.back_endpoint = "", ""
+
+        px = await self.repo.update_proxy(px, cleared)
+        src, dst = await self.repo.network(px.source), await self.repo.network(px.target)
+        await self._build(px, src, dst)

@@ -1,0 +1,253 @@
+"""Network proxies with fakes: model, API checks, backend following, rules, reconcile."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from ipam.ipam import StoreIpam
+from libnet import Config, Controller
+from libnet.driverapi import ReconcileReport
+from libnet.errors import BadRequest, Conflict, InvalidName, InvalidOption, NameInUse, NoSuchNetwork, NoSuchProxy
+from libnet.kernel import proxy_nat
+from libnet.proxies import parse_services
+from libnet.store.memory import MemoryStore
+from libnet.testing.fakes import FakeDriver, FakeNamespaces, FakeProxyPlane
+
+
+@dataclass(frozen=True)
+class Peer:
+    endpoint_id: str
+    network_id: str
+    name: str
+    ipv4: str | None
+    ipv6: str | None
+    aliases: tuple[str, ...] = ()
+    services: tuple[str, ...] = ()
+
+
+class PeeringDriver(FakeDriver):
+    """A fake overlay: other hosts' endpoints come from ``peers``."""
+
+    def __init__(self) -> None:
+        super().__init__("overlay", "global")
+        self.peer_listeners: list = []
+        self.peers: dict[str, list[Peer]] = {}
+
+    def remote_endpoints(self, network_id: str) -> list[Peer]:
+        return self.peers.get(network_id, [])
+
+
+@pytest.fixture
+async def ctl(tmp_path):
+    store = MemoryStore()
+    c = Controller(
+        Config(state_dir=str(tmp_path), resolv_conf=str(tmp_path / "resolv.conf")),
+        store=store,
+        ipam=StoreIpam(store),
+        drivers={"bridge": FakeDriver("bridge"), "overlay": PeeringDriver()},
+        namespaces=FakeNamespaces(),
+        proxy_plane=FakeProxyPlane(),
+    )
+    (tmp_path / "resolv.conf").write_text("nameserver 198.51.100.53\n")
+    await c.start()
+    yield c
+    await c.close()
+
+
+def plane(c: Controller) -> FakeProxyPlane:
+    p = c._parts.proxy_plane
+    assert isinstance(p, FakeProxyPlane)
+    return p
+
+
+async def table(c: Controller, name: str) -> proxy_nat.ProxyTable:
+    return plane(c).tables[(await c.sandbox((await c.proxy(name)).id)).netns]
+
+
+async def backend(c: Controller, net: str, name: str, aliases=("db",)):
+    sb = await c.create_sandbox()
+    return await c.connect(net, sb.id, name=name, aliases=list(aliases))
+
+
+def test_service_specs() -> None:
+    assert parse_services(["DB:5432"]) == [{"alias": "db", "port": 5432, "protocol": "tcp", "listen": 5432}]
+    assert parse_services(["dns:53/udp"], 5353)[0]["listen"] == 5353
+    for bad in (["db"], ["db:0"], ["db:5432/sctp"], ["-x:1"], [], "db:1", ["db:1", "db:1"], ["db:\uff15"]):
+        with pytest.raises((InvalidOption, InvalidName)):
+            parse_services(bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidOption):
+        parse_services(["a:1", "b:2"], 99)
+
+
+def test_rules_spread_refuse_and_snat() -> None:
+    t = proxy_nat.ProxyTable(
+        "eth0",
+        "eth1",
+        "198.51.100.3",
+        "2001:db8:a::3",
+        "198.51.100.9",
+        "2001:db8:b::9",
+        (
+            proxy_nat.Forward(5432, "tcp", 5432, ("198.51.100.20", "198.51.100.21", "2001:db8:b::20")),
+            proxy_nat.Forward(53, "udp", 5353, ()),
+        ),
+    )
+    rules = proxy_nat.rules(t)
+    dnats = [e[-1]["dnat"] for c, e in rules if c == "pre"]
+    assert dnats[0]["family"] == "ip" and dnats[0]["port"] == 5432
+    assert dnats[0]["addr"]["map"]["key"]["numgen"]["mod"] == 2  # round robin over the two v4 backends
+    assert dnats[1] == {"family": "ip6", "addr": "2001:db8:b::20", "port": 5432}  # one v6 backend: plain DNAT
+    assert len(dnats) == 2  # udp/53 has no backend: no DNAT ...
+    rejects = [e[-1]["reject"] for c, e in rules if c == "fwd" and "reject" in e[-1]]
+    assert {"type": "icmpx", "expr": "port-unreachable"} in rejects  # ... but a refusal, not a black hole
+    assert {"type": "tcp reset"} in rejects
+    snats = [e[-1]["snat"] for c, e in rules if c == "post"]
+    assert snats == [{"family": "ip", "addr": "198.51.100.9"}, {"family": "ip6", "addr": "2001:db8:b::9"}]
+    cmds = proxy_nat.commands("libnet-abc", t)
+    assert [next(iter(c)) for c in cmds[:3]] == ["add", "delete", "add"]  # replaced whole, in one transaction
+    assert proxy_nat.CHAINS["fwd"][3] == "drop"  # nothing else crosses
+    with pytest.raises(BadRequest):
+        proxy_nat.rules(proxy_nat.ProxyTable("a", "b", None, None, None, None, (proxy_nat.Forward(0, "tcp", 1),)))
+
+
+async def test_create_follow_and_remove(ctl: Controller) -> None:
+    front = await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    await ctl.create_network("back", ipv4_subnet="198.51.100.128/25")
+    b1 = await backend(ctl, "back", "db1")
+    px = await ctl.create_proxy("dbproxy", "front", "back", ["db:5432"])
+    assert px.creating == "" and px.front_endpoint and px.back_endpoint
+    fe = await ctl.endpoint(px.front_endpoint)
+    assert fe.network_id == front.id and fe.aliases == ["db"] and fe.services == ["db:5432/tcp"]
+    assert (await ctl.endpoint(px.back_endpoint)).aliases == []  # nothing new resolves on the backends' network
+    t = await table(ctl, "dbproxy")
+    assert t.forwards[0].backends == (b1.ipv4.split("/")[0], b1.ipv6.split("/")[0])
+    b2 = await backend(ctl, "back", "db2")
+    await backend(ctl, "back", "web", aliases=())  # not a backend: another name
+    assert len((await table(ctl, "dbproxy")).forwards[0].backends) == 4
+    await ctl.disconnect("back", b2.sandbox_id)
+    assert (await table(ctl, "dbproxy")).forwards[0].backends == t.forwards[0].backends
+    assert (await ctl.inspect_proxy("dbproxy"))["backends"] == {"db": list(t.forwards[0].backends)}
+    for refused in (  # its sandbox and legs are the proxy's
+        ctl.delete_sandbox(px.id),
+        ctl.disconnect("back", px.id),
+        ctl.leave(px.front_endpoint, px.id),
+    ):
+        with pytest.raises(Conflict, match="proxy dbproxy's"):
+            await refused
+    with pytest.raises(Conflict):  # its legs are still there
+        await ctl.delete_network("front")
+    await ctl.delete_proxy("dbproxy")
+    with pytest.raises(NoSuchProxy):
+        await ctl.proxy("dbproxy")
+    assert [e.name for e in await ctl.endpoints("front")] == []
+    await ctl.delete_network("front")
+
+
+async def test_bad_input_changes_nothing(ctl: Controller) -> None:
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    await ctl.create_network("back", ipv4_subnet="198.51.100.128/25")
+    before = [(p.key, p.value) for p in await ctl._store.list("libnet/")]
+    for args, kw, error in (
+        (("p", "front", "nope", ["db:1"]), {}, NoSuchNetwork),
+        (("p", "front", "front", ["db:1"]), {}, BadRequest),
+        (("p", "front", "back", ["db"]), {}, InvalidOption),
+        (("p", "front", "back", ["db:1", "x:2"]), {"listen_port": 7}, InvalidOption),
+        (("bad_name", "front", "back", ["db:1"]), {}, InvalidName),
+    ):
+        with pytest.raises(error):
+            await ctl.create_proxy(*args, **kw)
+    assert [(p.key, p.value) for p in await ctl._store.list("libnet/")] == before
+    await ctl.create_proxy("p", "front", "back", ["db:1"])
+    with pytest.raises(NameInUse):
+        await ctl.create_proxy("p", "back", "front", ["db:1"])
+
+
+async def test_failure_part_way_leaves_nothing(ctl: Controller) -> None:
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    await ctl.create_network("back", ipv4_subnet="198.51.100.128/25")
+    before = [(p.key, p.value) for p in await ctl._store.list("libnet/")]
+    ctl.driver("bridge").fail_on = "join"
+    with pytest.raises(Exception, match="join"):
+        await ctl.create_proxy("p", "front", "back", ["db:1"])
+    assert [(p.key, p.value) for p in await ctl._store.list("libnet/")] == before
+    assert await ctl.sandboxes() == []
+
+
+async def test_remote_peers_are_backends(ctl: Controller) -> None:
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    back = await ctl.create_network("ov", "overlay", ipv4_subnet="198.51.100.128/25", ipv6=False)
+    await ctl.create_proxy("p", "front", "ov", ["db:5432/udp"], listen_port=53)
+    drv = ctl.driver("overlay")
+    assert isinstance(drv, PeeringDriver) and drv.peer_listeners
+    drv.peers[back.id] = [Peer("r1", back.id, "db-h2", "198.51.100.200/25", None, ("db",))]
+    await ctl._proxies.refresh(back.id)
+    t = await table(ctl, "p")
+    assert t.forwards[0] == proxy_nat.Forward(53, "udp", 5432, ("198.51.100.200",))
+    drv.peers[back.id] = []
+    await ctl._proxies.refresh(back.id)
+    assert (await table(ctl, "p")).forwards[0].backends == ()
+
+
+async def test_reconcile_rolls_back_unfinished_and_reapplies(ctl: Controller) -> None:
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    await ctl.create_network("back", ipv4_subnet="198.51.100.128/25")
+    px = await ctl.create_proxy("p", "front", "back", ["db:1"])
+    applied = plane(ctl).applied
+    report = await ctl.reconcile()
+    assert plane(ctl).applied == applied + 1  # table written again, whole
+    assert not report.missing
+    # a crash during a create: the record still says "creating" by this instance
+    await ctl.repo.update_proxy(px, lambda p: setattr(p, "creating", ctl.instance))
+    report = await ctl.reconcile()
+    assert any("rolled back" in line for line in report.repaired)
+    assert await ctl.proxies() == [] and await ctl.sandboxes() == []
+    assert not [p for p in await ctl._store.list("libnet/v1/names/proxies/")]
+
+
+async def test_reconcile_rebuilds_a_proxy_whose_leg_is_gone(ctl: Controller) -> None:
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    await ctl.create_network("back", ipv4_subnet="198.51.100.128/25")
+    px = await ctl.create_proxy("p", "front", "back", ["db:1"])
+    await ctl.leave(px.back_endpoint)  # by hand, behind the proxy's back
+    report = ReconcileReport()
+    await ctl._proxies.reconcile(report)
+    assert any("built again" in line for line in report.repaired)
+    again = await ctl.proxy("p")
+    assert again.id == px.id and (await ctl.endpoint(again.back_endpoint)).sandbox_id == px.id
+
+
+async def test_reconcile_finishes_an_interrupted_remove(ctl: Controller) -> None:
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    await ctl.create_network("back", ipv4_subnet="198.51.100.128/25")
+    px = await ctl.create_proxy("p", "front", "back", ["db:1"])
+    await ctl.repo.update_proxy(px, lambda p: setattr(p, "removing", ctl.instance))  # a crash after the mark
+    report = await ctl.reconcile()
+    assert any("finished removing" in line for line in report.repaired)
+    assert await ctl.proxies() == [] and await ctl.sandboxes() == [] and await ctl.endpoints() == []
+
+
+async def test_a_proxy_of_another_host(ctl: Controller) -> None:
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    await ctl.create_network("back", ipv4_subnet="198.51.100.128/25")
+    px = await ctl.create_proxy("p", "front", "back", ["db:1"])
+    await ctl.repo.update_proxy(px, lambda p: setattr(p, "node", "elsewhere"))
+    with pytest.raises(Conflict, match="runs on host elsewhere"):
+        await ctl.delete_proxy("p")
+    applied = plane(ctl).applied
+    await ctl._proxies.refresh()
+    await ctl.reconcile()
+    assert plane(ctl).applied == applied  # not this host's to program
+    await ctl.remove_node("elsewhere")  # gone for good: its proxy's record goes
+    assert await ctl.proxies() == []
+
+
+async def test_close_cancels_queued_refreshes(ctl: Controller) -> None:
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    back = await ctl.create_network("ov", "overlay", ipv4_subnet="198.51.100.128/25", ipv6=False)
+    await ctl.create_proxy("p", "front", "ov", ["db:1"])
+    ctl._proxies.peers_changed(back.id)
+    assert ctl._proxies._tasks
+    await ctl._proxies.close()
+    assert not ctl._proxies._tasks
