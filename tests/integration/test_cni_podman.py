@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from libnet.kernel.netlink import Netlink
 from libnet.testing.cni import CniRuntime
-from libnet.testing.hosts import Testbed
+from libnet.testing.hosts import Testbed, wait_until
 from libnet.testing.podman import IMAGE, Podman, PodmanAgent, podman_missing
 
 pytestmark = pytest.mark.root
@@ -60,3 +61,42 @@ def test_two_containers_ping_by_ip_and_name(pod):
     assert {e["name"] for e in agent.cli_json("endpoint", "ls")} == {"one"}
     podman.run("rm", "-f", "-t", "0", "one", "two")
     assert agent.cli_json("endpoint", "ls") == [] and agent.cli_json("sandbox", "ls") == []
+
+
+def host_veths(bed) -> list[str]:
+    """The host-side veths of containers in the test host (libnet's lnv*, the bridge plugin's veth*)."""
+    with Netlink(bed.hosts[0].ns) as nl:
+        return sorted(link.name for link in nl.links() if link.name.startswith(("lnv", "veth")))
+
+
+def state(podman, name: str) -> str:
+    return podman.run("inspect", "-f", "{{.State.Status}}", name).stdout.strip()
+
+
+def assert_pings(podman, src: str, dst: str) -> None:
+    r = podman.run("exec", src, "ping", "-c1", "-W3", dst, check=False)
+    assert r.returncode == 0, (src, dst, r.stdout, r.stderr)
+
+
+def test_kill_stop_start_rm_leave_nothing(pod):
+    """A container that exits is cleaned up by the ``podman container cleanup`` conmon runs: its runc
+    state must go too (it stayed behind and ``start`` failed), its endpoint is released, and it starts
+    again on the network; ``rm -f`` leaves no endpoint, sandbox, runc state, process, namespace or veth."""
+    bed, agent, podman = pod
+    for name in ("one", "two"):
+        podman.run("run", "-d", "--name", name, "--network", "lnpod", IMAGE, "sleep", "600")
+    for how in (("kill", "one"), ("stop", "-t", "1", "one")):
+        podman.run(*how)
+        # kill: only conmon's exit command cleans up; stop: podman stop and it race
+        assert wait_until(lambda: state(podman, "one") == "exited", 20)
+        assert wait_until(lambda: {e["name"] for e in agent.cli_json("endpoint", "ls")} == {"two"}, 20)
+        assert wait_until(lambda: len(podman.leftovers()["runc"]) == 1, 20), (how, podman.leftovers())
+        podman.run("start", "one")
+        assert {e["name"] for e in agent.cli_json("endpoint", "ls")} == {"one", "two"}
+        assert_pings(podman, "two", "one")
+        assert_pings(podman, "one", "two")
+    assert len(podman.live_pids()) == 4  # a conmon and a container process each
+    podman.run("rm", "-f", "-t", "0", "one", "two")
+    assert agent.cli_json("endpoint", "ls") == [] and agent.cli_json("sandbox", "ls") == []
+    assert wait_until(lambda: not any(podman.leftovers().values()), 20), podman.leftovers()
+    assert host_veths(bed) == []
