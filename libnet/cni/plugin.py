@@ -16,7 +16,10 @@ or ``"ipv6": true``); otherwise ADD fails with code 101.  The container's
 sandbox has the container id as its id and ``CNI_NETNS`` as its namespace;
 its endpoint on the network is named after ``K8S_POD_NAME`` when that is a DNS
 label (what podman sets to the container name), so other containers resolve it
-through libnet's DNS at 127.0.0.11.
+through libnet's DNS at 127.0.0.11.  That resolver serves the whole sandbox
+(the names of all its libnet networks), so the result names it only for the
+sandbox's first interface, eth0: podman removes a disconnected interface's
+nameservers from resolv.conf.
 
 ADD twice for the same container, network and interface replays the first
 result (the endpoint is not touched).  DEL is idempotent: an unknown container,
@@ -52,6 +55,7 @@ if TYPE_CHECKING:
 
 KNOWN_ARGS = ("K8S_POD_NAME", "K8S_POD_NAMESPACE", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID", "IP")
 RESOLVER = "127.0.0.11"
+FIRST_IFNAME = "eth0"  # libnet numbers a container's interfaces eth0, eth1, ...
 HOST_VETH_PREFIX = "lnv"  # the bridge driver's host-side veth: lnv + the endpoint id's first 12 digits
 _CREATE_FIELDS = ("driver", "subnet", "subnet6")
 
@@ -189,7 +193,10 @@ def build_result(call: Call, nw: dict[str, Any], ep: dict[str, Any]) -> dict[str
                 routes.append({"dst": default, "gw": _ip(gw)})
         ips.append(entry)
     dns_conf = call.conf.get("dns") or {}
-    dns: dict[str, Any] = {"nameservers": [RESOLVER]}
+    # libnet's resolver serves the whole sandbox: named once, by its first interface.  podman adds
+    # an interface's nameservers to resolv.conf on connect and removes them on disconnect, so
+    # naming it on eth1 too would drop it from resolv.conf when eth1 is disconnected
+    dns: dict[str, Any] = {"nameservers": [RESOLVER]} if ep.get("ifname") == FIRST_IFNAME else {}
     if dns_conf.get("search"):
         dns["search"] = list(dns_conf["search"])
     if dns_conf.get("options"):
@@ -238,7 +245,7 @@ def add(call: Call) -> dict[str, Any]:
                     f"container {cid[:12]} is already on network {nw['name']} as {ep.get('ifname')}, not {call.ifname}",
                 )
         used = {e.get("ifname") for e in others}
-        expected = next(f"eth{i}" for i in range(len(used) + 1) if f"eth{i}" not in used)
+        expected = next(f"eth{i}" for i in range(len(used) + 1) if f"eth{i}" not in used)  # FIRST_IFNAME first
         if call.ifname != expected:
             raise CniError(
                 INTERFACE_NAME,

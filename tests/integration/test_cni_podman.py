@@ -11,6 +11,8 @@ from libnet.testing.podman import IMAGE, Podman, PodmanAgent, podman_missing
 
 pytestmark = pytest.mark.root
 
+LNPOD2 = ("lnpod2", "198.51.100.128/25", "2001:db8:24::/64")
+
 
 @pytest.fixture
 def pod():
@@ -22,18 +24,11 @@ def pod():
         rt = CniRuntime(host.ns)
         podman = Podman(bed, host, rt.bin_dir)
         agent = PodmanAgent(bed, host, podman).start()
-        podman.write_conflist(
-            "lnpod",
-            [
-                {
-                    "type": "libnet",
-                    "socket": agent.socket,
-                    "network": "lnpod",
-                    "subnet": "198.51.100.0/24",
-                    "subnet6": "2001:db8:23::/64",
-                }
-            ],
-        )
+        for name, v4, v6 in (("lnpod", "198.51.100.0/25", "2001:db8:23::/64"), LNPOD2):
+            podman.write_conflist(
+                name,
+                [{"type": "libnet", "socket": agent.socket, "network": name, "subnet": v4, "subnet6": v6}],
+            )
         podman.load_busybox()
         try:
             yield bed, agent, podman
@@ -97,6 +92,44 @@ def test_kill_stop_start_rm_leave_nothing(pod):
         assert_pings(podman, "one", "two")
     assert len(podman.live_pids()) == 4  # a conmon and a container process each
     podman.run("rm", "-f", "-t", "0", "one", "two")
+    assert agent.cli_json("endpoint", "ls") == [] and agent.cli_json("sandbox", "ls") == []
+    assert wait_until(lambda: not any(podman.leftovers().values()), 20), podman.leftovers()
+    assert host_veths(bed) == []
+
+
+def test_network_connect_disconnect_running_container(pod):
+    """``podman network connect`` adds eth1 on a second libnet network to a running container
+    (reachable there by IP and name); ``disconnect`` removes it and only it."""
+    bed, agent, podman = pod
+    podman.run("run", "-d", "--name", "one", "--network", "lnpod", IMAGE, "sleep", "600")
+    podman.run("run", "-d", "--name", "two", "--network", "lnpod", IMAGE, "sleep", "600")
+    podman.run("run", "-d", "--name", "three", "--network", "lnpod2", IMAGE, "sleep", "600")
+    assert_pings(podman, "three", "198.51.100.129")  # the gateway of lnpod2
+    r = podman.run("exec", "three", "ping", "-c1", "-W2", "one", check=False)
+    assert r.returncode != 0  # not on lnpod2 yet: no name, no route
+    podman.run("network", "connect", "lnpod2", "one")
+    eps = [e for e in agent.cli_json("endpoint", "ls") if e["name"] == "one"]
+    assert sorted(e["ifname"] for e in eps) == ["eth0", "eth1"]
+    on2 = next(e for e in eps if e["ifname"] == "eth1")
+    v4, v6 = on2["ipv4"].split("/")[0], on2["ipv6"].split("/")[0]
+    addrs = podman.run("exec", "one", "ip", "addr", "show", "eth1").stdout
+    assert v4 in addrs and v6 in addrs, addrs
+    for dst in (v4, v6, "one"):
+        assert_pings(podman, "three", dst)
+    assert_pings(podman, "one", "three")
+    assert_pings(podman, "one", "two")  # eth0 still works
+    podman.run("network", "disconnect", "lnpod2", "one")
+    assert [e["ifname"] for e in agent.cli_json("endpoint", "ls") if e["name"] == "one"] == ["eth0"]
+    r = podman.run("exec", "one", "ip", "link", "show", "eth1", check=False)
+    assert r.returncode != 0, r.stdout
+    r = podman.run("exec", "three", "ping", "-c1", "-W2", v4, check=False)
+    assert r.returncode != 0
+    assert "nameserver 127.0.0.11" in podman.run("exec", "one", "cat", "/etc/resolv.conf").stdout
+    assert_pings(podman, "one", "two")
+    # connect again after disconnect: a fresh eth1
+    podman.run("network", "connect", "lnpod2", "one")
+    assert_pings(podman, "three", "one")
+    podman.run("rm", "-f", "-t", "0", "one", "two", "three")
     assert agent.cli_json("endpoint", "ls") == [] and agent.cli_json("sandbox", "ls") == []
     assert wait_until(lambda: not any(podman.leftovers().values()), 20), podman.leftovers()
     assert host_veths(bed) == []
