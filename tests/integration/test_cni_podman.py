@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import pytest
 
+from libnet.cni.ipam import endpoint_name
 from libnet.kernel.netlink import Netlink
-from libnet.testing.cni import CniRuntime
+from libnet.testing.cni import CniRuntime, reference_missing
 from libnet.testing.hosts import Testbed, wait_until
 from libnet.testing.podman import IMAGE, Podman, PodmanAgent, podman_missing
 
 pytestmark = pytest.mark.root
 
-LNPOD2 = ("lnpod2", "198.51.100.128/25", "2001:db8:24::/64")
+LNPOD = ("lnpod", "198.51.100.0/26", "2001:db8:23::/64")
+LNPOD2 = ("lnpod2", "198.51.100.64/26", "2001:db8:24::/64")
+BRPOD = ("brpod", "198.51.100.128/26", "2001:db8:25::/64")  # the reference bridge, libnet-ipam's addresses
 
 
 @pytest.fixture
@@ -24,11 +27,17 @@ def pod():
         rt = CniRuntime(host.ns)
         podman = Podman(bed, host, rt.bin_dir)
         agent = PodmanAgent(bed, host, podman).start()
-        for name, v4, v6 in (("lnpod", "198.51.100.0/25", "2001:db8:23::/64"), LNPOD2):
+        for name, v4, v6 in (LNPOD, LNPOD2):
             podman.write_conflist(
                 name,
                 [{"type": "libnet", "socket": agent.socket, "network": name, "subnet": v4, "subnet6": v6}],
             )
+        name, v4, v6 = BRPOD
+        ipam = {"type": "libnet-ipam", "socket": agent.socket, "subnet": v4, "subnet6": v6}
+        ipam["routes"] = [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
+        podman.write_conflist(
+            name, [{"type": "bridge", "bridge": "cnibr0", "isGateway": True, "ipMasq": False, "ipam": ipam}]
+        )
         podman.load_busybox()
         try:
             yield bed, agent, podman
@@ -104,7 +113,7 @@ def test_network_connect_disconnect_running_container(pod):
     podman.run("run", "-d", "--name", "one", "--network", "lnpod", IMAGE, "sleep", "600")
     podman.run("run", "-d", "--name", "two", "--network", "lnpod", IMAGE, "sleep", "600")
     podman.run("run", "-d", "--name", "three", "--network", "lnpod2", IMAGE, "sleep", "600")
-    assert_pings(podman, "three", "198.51.100.129")  # the gateway of lnpod2
+    assert_pings(podman, "three", "198.51.100.65")  # the gateway of lnpod2
     r = podman.run("exec", "three", "ping", "-c1", "-W2", "one", check=False)
     assert r.returncode != 0  # not on lnpod2 yet: no name, no route
     podman.run("network", "connect", "lnpod2", "one")
@@ -131,5 +140,46 @@ def test_network_connect_disconnect_running_container(pod):
     assert_pings(podman, "three", "one")
     podman.run("rm", "-f", "-t", "0", "one", "two", "three")
     assert agent.cli_json("endpoint", "ls") == [] and agent.cli_json("sandbox", "ls") == []
+    assert wait_until(lambda: not any(podman.leftovers().values()), 20), podman.leftovers()
+    assert host_veths(bed) == []
+
+
+def ipam_addresses(agent, podman, name: str) -> list[str] | None:
+    """The addresses libnet-ipam holds for container ``name``'s eth0 (None: none held)."""
+    cid = podman.run("inspect", "-f", "{{.Id}}", name).stdout.strip()
+    held = {e["name"]: e for e in agent.cli_json("endpoint", "ls")}
+    ep = held.get(endpoint_name(cid, "eth0"))
+    return None if ep is None else [ep["ipv4"].split("/")[0], ep["ipv6"].split("/")[0]]
+
+
+def test_reference_bridge_with_libnet_ipam(pod):
+    """podman on the reference ``bridge`` plugin with ``libnet-ipam``: dual-stack addresses from
+    libnet, ping both ways over IPv4 and IPv6; an exit (kill, stop) releases them, start takes new
+    ones; ``rm -f`` releases all and leaves no runc state, process, namespace or veth."""
+    why = reference_missing("bridge")
+    if why:
+        pytest.skip(why)
+    bed, agent, podman = pod
+    for name in ("one", "two"):
+        podman.run("run", "-d", "--name", name, "--network", "brpod", IMAGE, "sleep", "600")
+
+    def ping_both_ways() -> None:
+        for src, dst in (("one", "two"), ("two", "one")):
+            v4, v6 = ipam_addresses(agent, podman, dst) or ["none", "none"]
+            assert v4.startswith("198.51.100.") and v6.startswith("2001:db8:25::"), (v4, v6)
+            for addr in (v4, v6):
+                assert_pings(podman, src, addr)
+
+    ping_both_ways()
+    for how in (("kill", "one"), ("stop", "-t", "1", "one")):
+        podman.run(*how)
+        assert wait_until(lambda: state(podman, "one") == "exited", 20)
+        assert wait_until(lambda: ipam_addresses(agent, podman, "one") is None, 20)  # released
+        assert wait_until(lambda: len(podman.leftovers()["runc"]) == 1, 20), (how, podman.leftovers())
+        assert len(agent.cli_json("endpoint", "ls")) == 1
+        podman.run("start", "one")
+        ping_both_ways()
+    podman.run("rm", "-f", "-t", "0", "one", "two")
+    assert agent.cli_json("endpoint", "ls") == []  # every address released
     assert wait_until(lambda: not any(podman.leftovers().values()), 20), podman.leftovers()
     assert host_veths(bed) == []
