@@ -27,6 +27,7 @@ BENCHMARKS = [
     "dns_bench",
     "restart_bench",
     "docker_bench",
+    "cni_bench",
 ]
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 

@@ -29,9 +29,9 @@ endpoint and the interface, addresses and default routes in the namespace.
 
 from __future__ import annotations
 
-import json
 import sys
 
+from . import wire
 from .client import DEFAULT_SOCKET, AgentRefused, Client, q
 from .common import (
     CHECK_FAILED,
@@ -344,7 +344,7 @@ def _ip_json(netns: str, *args: str) -> Any:
     r = subprocess.run(["nsenter", f"--net={netns}", "ip", "-j", *args], capture_output=True, text=True, timeout=20)
     if r.returncode != 0:
         raise CniError(CHECK_FAILED, f"cannot read the namespace {netns}", r.stderr.strip()[:500])
-    return json.loads(r.stdout or "[]")
+    return wire.loads(r.stdout or "[]")
 
 
 def _check_kernel(call: Call, nw: dict[str, Any], ep: dict[str, Any], want: set[str]) -> None:

@@ -28,6 +28,20 @@ def reference_missing(*plugins: str) -> str | None:
     return None
 
 
+def reference_bridge_conf(
+    name: str, bridge: str, subnet: str, subnet6: str, data_dir: str, *, default_routes: bool = False
+) -> dict[str, Any]:
+    """A dual-stack config of the reference ``bridge`` with ``host-local`` IPAM: the gateway on the
+    bridge, no IP masquerade (libnet masquerades per network, not per container); ``default_routes``:
+    v4 and v6 default routes via the gateway, as libnet's results carry."""
+    ipam: dict[str, Any] = {"type": "host-local", "ranges": [[{"subnet": subnet}], [{"subnet": subnet6}]]}
+    if default_routes:
+        ipam["routes"] = [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
+    ipam["dataDir"] = data_dir
+    conf = {"cniVersion": "1.0.0", "name": name, "type": "bridge", "bridge": bridge, "isGateway": True}
+    return {**conf, "ipMasq": False, "ipam": ipam}
+
+
 @dataclass
 class Outcome:
     """One plugin run: exit code, decoded stdout (None if empty), stderr, wall time."""

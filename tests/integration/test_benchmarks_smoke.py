@@ -109,3 +109,14 @@ def test_restart_bench_quick() -> None:
         assert r["metrics"]["api_ready_s_p50"][key] > 0
     assert r["peers"]["bare_serf_rpc_ready_s_p50"] > 0
     assert set(r["ratios"]) == {f"api_ready_vs_bare_serf.{key}" for key in keys}
+
+
+@pytest.mark.root
+def test_cni_bench_quick() -> None:
+    r = _run("cni_bench")
+    assert r["benchmark"] == "cni_bench" and r["params"]["namespaces"] == 10
+    for side in (r["metrics"], {k.removeprefix("reference_"): v for k, v in r["peers"].items()}):
+        for key in ("add", "del", "version"):
+            assert 0 < side[f"{key}_ms_p50"] <= side[f"{key}_ms_p90"]
+    assert set(r["ratios"]) == {"add_speedup_vs_reference", "del_speedup_vs_reference"}
+    assert all(v > 0 for v in r["ratios"].values())

@@ -16,6 +16,8 @@ from libnet.cni import common
 from libnet.cni.install import install
 
 HEAVY = ("aiohttp", "libnet.controller", "click", "pyroute2", "http.client", "libnet.errors", "asyncio")
+#: what a bare ``python -IS`` does not load and each exec of a plugin would pay for (~20 ms together here)
+AVOIDABLE = ("json", "re", "socket", "enum", "hashlib", "ipaddress", "subprocess")
 
 
 @pytest.fixture
@@ -33,11 +35,11 @@ def run(path, stdin: bytes, **env) -> tuple[int, dict | None]:
 def test_exec_path_loads_only_the_standard_library(bindir, plugin):
     module = {"libnet": "cni.plugin", "libnet-ipam": "cni.ipam"}[plugin]
     root = os.path.dirname(os.path.dirname(os.path.abspath(common.__file__)))
-    code = f"import sys, json; sys.path.insert(0, {root!r}); import {module}; print(json.dumps(sorted(sys.modules)))"
-    loaded = json.loads(
-        subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True, text=True, check=True).stdout
-    )
+    code = f"import sys; sys.path.insert(0, {root!r}); import {module}; print(' '.join(sorted(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = loaded.split()
     assert not [m for m in loaded for h in HEAVY if m == h or m.startswith(h + ".")]
+    assert not [m for m in loaded for h in AVOIDABLE if m == h or m.startswith(h + ".")]
     assert not [m for m in loaded if m.startswith("libnet")]  # not even libnet/__init__
 
 
@@ -76,3 +78,29 @@ def test_args_and_shapes():
     assert [ip["version"] for ip in common.shape(res, "0.4.0")["ips"]] == ["4", "6"]
     assert all("version" not in ip for ip in common.shape(res, "1.0.0")["ips"])
     assert common.dns_label("web-1") == "web-1" and common.dns_label("a.b") is None
+
+
+def test_wire_json_matches_the_json_package():
+    """libnet.cni.wire reads and writes what json does, and refuses what json refuses, also in a
+    process that never imported json (the C scanner then cannot build its own error)."""
+    from libnet.cni import wire
+
+    docs = ['{"a": [1, -2.5e3, true, false, null, "x\\u00e9\\n"], "b": {}}', " [] ", '"s"', "0"]
+    docs.append('{"k":"\\ud83d\\ude00"}')
+    for doc in docs:
+        assert wire.loads(doc) == json.loads(doc)
+        assert json.loads(wire.dumps(wire.loads(doc))) == json.loads(doc)
+    assert wire.loads(b'\xef\xbb\xbf{"a": 1}') == {"a": 1}
+    bad = ["{", "", "[1,]", "{} x", '{"a" 1}', "nul", '"\\q"', "[1 2]"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(common.__file__)))
+    code = (
+        f"import sys; sys.path.insert(0, {root!r}); from cni import wire\n"
+        f"for doc in {bad!r}:\n"
+        "    try:\n        wire.loads(doc)\n        print('accepted', repr(doc))\n"
+        "    except ValueError:\n        pass\n"
+    )
+    r = subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout == "", (r.stdout, r.stderr)
+    for value in (float("nan"), object(), {1: {2: set()}}):
+        with pytest.raises(ValueError):
+            wire.dumps(value)
