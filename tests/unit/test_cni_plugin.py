@@ -104,3 +104,17 @@ def test_wire_json_matches_the_json_package():
     for value in (float("nan"), object(), {1: {2: set()}}):
         with pytest.raises(ValueError):
             wire.dumps(value)
+
+
+@pytest.mark.parametrize("plugin", ["libnet", "libnet-ipam"])
+def test_unreadable_stdin_is_an_io_failure(bindir, tmp_path, plugin):
+    """Code 5 (I/O failure): the config cannot be read (stdin open for writing only here: EBADF)."""
+    fd = os.open(tmp_path / "write-only", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        r = subprocess.run(
+            [str(bindir / plugin)], stdin=fd, env={"CNI_COMMAND": "ADD"}, capture_output=True, timeout=30
+        )
+    finally:
+        os.close(fd)
+    out = json.loads(r.stdout)
+    assert r.returncode == 1 and out["code"] == 5 and "stdin" in out["msg"], out
