@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from libnet.cni.install import install
 from libnet.kernel import netns
+
+if TYPE_CHECKING:
+    from libnet.testing.hosts import Host, Testbed
 
 REFERENCE_DIR = "/usr/lib/cni"
 
@@ -66,6 +70,13 @@ class CniRuntime:
 
     def __post_init__(self) -> None:
         install(self.bin_dir)
+
+    @classmethod
+    def for_host(cls, bed: Testbed, host: Host) -> CniRuntime:
+        """A runtime's view of ``host`` whose bin dir is removed with the test bed."""
+        rt = cls(host.ns)
+        bed.on_close(lambda: shutil.rmtree(rt.bin_dir, ignore_errors=True))
+        return rt
 
     @property
     def cni_path(self) -> str:

@@ -26,7 +26,7 @@ def env():
     with Testbed(2) as bed:
         host = bed.hosts[0]
         agent = AgentProcess(bed, host).start()
-        rt = CniRuntime(host.ns)
+        rt = CniRuntime.for_host(bed, host)
         try:
             yield bed, agent, rt
         finally:

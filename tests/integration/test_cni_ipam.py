@@ -20,7 +20,7 @@ def env():
     with Testbed(1) as bed:
         agent = AgentProcess(bed, bed.hosts[0]).start()
         try:
-            yield bed, agent, CniRuntime(bed.hosts[0].ns)
+            yield bed, agent, CniRuntime.for_host(bed, bed.hosts[0])
         finally:
             agent.stop()
 

@@ -28,7 +28,7 @@ def test_overlay_across_two_hosts_through_cni(tmp_path) -> None:
         runtimes: list[tuple[Podman, PodmanAgent]] = []
         try:
             for h in bed.hosts[:2]:
-                podman = Podman(bed, h, CniRuntime(h.ns).bin_dir)
+                podman = Podman(bed, h, CniRuntime.for_host(bed, h).bin_dir)
                 agent = PodmanAgent(
                     bed, h, podman, "--cluster-store", etcd.url, "--advertise", h.ipv4, "--join", first,
                     "--cluster-key", key, "--config", str(pools), state_dir=str(tmp_path / h.name),

@@ -24,7 +24,7 @@ def pod():
         pytest.skip(why)
     with Testbed(1) as bed:
         host = bed.hosts[0]
-        rt = CniRuntime(host.ns)
+        rt = CniRuntime.for_host(bed, host)
         podman = Podman(bed, host, rt.bin_dir)
         agent = PodmanAgent(bed, host, podman).start()
         for name, v4, v6 in (LNPOD, LNPOD2):
