@@ -172,6 +172,23 @@ def test_del_idempotent_whatever_is_missing(env):
     assert rt.exec("libnet", "DEL", cfg, container_id="ctr2", netns_path=c).ok
 
 
+def test_add_on_a_new_namespace_replaces_the_missed_one(env):
+    """A container restarted without its DEL (the runtime lost it): ADD with the same container id
+    and another namespace moves the container there; the old namespace's interface goes."""
+    bed, agent, rt = env
+    cfg = conf(agent)
+    old, new = container(bed, "old"), container(bed, "new")
+    first = rt.exec("libnet", "ADD", cfg, container_id="ctr-re", netns_path=old)
+    assert first.ok, first
+    again = rt.exec("libnet", "ADD", cfg, container_id="ctr-re", netns_path=new)
+    assert again.ok, again
+    assert addrs(bed, old) == set() and len(addrs(bed, new)) == 2
+    assert [s["netns"] for s in agent.cli_json("sandbox", "ls")] == [new]
+    assert len(agent.cli_json("endpoint", "ls")) == 1
+    assert rt.exec("libnet", "DEL", cfg, container_id="ctr-re", netns_path=new).ok
+    assert agent.cli_json("sandbox", "ls") == [] and agent.cli_json("endpoint", "ls") == []
+
+
 def test_existing_network_and_no_creation_fields(env):
     bed, agent, rt = env
     assert (
