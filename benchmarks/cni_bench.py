@@ -14,13 +14,15 @@ starting each plugin binary.
 
 Wall time per exec is what a runtime pays; for libnet it includes the agent's
 work (a separate process).  Ratios compare medians: reference time / libnet
-time (above 1.0: libnet is faster).
+time (above 1.0: libnet is faster).  ``--python`` runs the plugins on another
+interpreter, as ``libnet cni install --python`` does.
 """
 
 from __future__ import annotations
 
 import os
 import statistics
+import sys
 import tempfile
 from typing import Any
 
@@ -67,7 +69,9 @@ def checked(o: Outcome, what: str) -> float:
 
 
 def main() -> dict:
-    args = parser(NAME, __doc__).parse_args()
+    p = parser(NAME, __doc__)
+    p.add_argument("--python", help="the plugins' interpreter (libnet cni install --python; default: this one)")
+    args = p.parse_args()
     require(os.path.join(REFERENCE_DIR, "bridge"), "containernetworking-plugins")
     require(os.path.join(REFERENCE_DIR, "host-local"), "containernetworking-plugins")
     n = 10 if args.quick else 120
@@ -75,7 +79,7 @@ def main() -> dict:
         host = bed.hosts[0]
         agent = AgentProcess(bed, host, state_dir=os.path.join(tmp, "agent")).start()
         try:
-            rt = CniRuntime(host.ns, os.path.join(tmp, "bin"))
+            rt = CniRuntime(host.ns, os.path.join(tmp, "bin"), args.python)
             sides = confs(agent, tmp)
             progress(f"creating {2 * n} container namespaces")
             paths = {t: [netns.path_of(bed.namespace(f"{t[0]}{i}")) for i in range(n)] for t in sides}
@@ -116,6 +120,7 @@ def main() -> dict:
         "del_speedup_vs_reference": round(peers["reference_del_ms_p50"] / metrics["del_ms_p50"], 2),
     }
     params = {"namespaces": n, "store": "sqlite", "dual_stack": True, "reference": "bridge+host-local"}
+    params["python"] = os.path.realpath(args.python or sys.executable)
     return emit(NAME, params, metrics, peers, ratios)
 
 

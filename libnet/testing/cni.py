@@ -67,9 +67,10 @@ class CniRuntime:
 
     host_ns: str
     bin_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="libnet-cni-bin-"))
+    python: str | None = None  # the interpreter of the plugins (``libnet cni install --python``)
 
     def __post_init__(self) -> None:
-        install(self.bin_dir)
+        install(self.bin_dir, self.python)
 
     @classmethod
     def for_host(cls, bed: Testbed, host: Host) -> CniRuntime:

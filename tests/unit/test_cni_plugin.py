@@ -118,3 +118,20 @@ def test_unreadable_stdin_is_an_io_failure(bindir, tmp_path, plugin):
         os.close(fd)
     out = json.loads(r.stdout)
     assert r.returncode == 1 and out["code"] == 5 and "stdin" in out["msg"], out
+
+
+def test_install_with_another_python(tmp_path):
+    """``libnet cni install --python``: the plugins run on any CPython with its standard library."""
+    other = "/usr/bin/python3"
+    if not os.access(other, os.X_OK):
+        pytest.skip("no /usr/bin/python3")
+    r = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "cni", "install", "--bin-dir", str(tmp_path), "--python", other],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "libnet").read_text().startswith(f"#!{other} -IS\n")
+    rc, out = run(tmp_path / "libnet-ipam", b'{"cniVersion": "1.0.0"}', CNI_COMMAND="VERSION")
+    assert rc == 0 and out["cniVersion"] == "1.0.0"
