@@ -22,6 +22,8 @@ the container, network or endpoint is unknown (CNI's DEL is idempotent).
 
 from __future__ import annotations
 
+import asyncio
+import time
 from contextlib import suppress
 from typing import Any
 
@@ -29,8 +31,8 @@ from aiohttp import web
 
 from agent.api import NETWORK_CREATE, Spec, body_of, check_fields
 from libnet.controller import Controller
-from libnet.errors import Conflict, NameInUse, NoSuchNetwork, NoSuchSandbox, NotFound
-from libnet.model import Endpoint, Sandbox
+from libnet.errors import Conflict, NoSuchNetwork, NoSuchSandbox, NotFound
+from libnet.model import Endpoint, Network, Sandbox
 
 CNI_ADD: Spec = {
     "container_id": (str, True),
@@ -69,21 +71,51 @@ async def _endpoints(ctl: Controller, sb: Sandbox) -> list[Endpoint]:
     return out
 
 
+#: network names being created by an ADD of this agent: the others wait for it (runtimes run plugins in parallel)
+_creating: dict[str, asyncio.Lock] = {}
+CREATED_ELSEWHERE_WAIT = 10.0  # seconds an ADD waits for a network another host's ADD is creating
+
+
+async def _network(ctl: Controller, name: str, create: dict[str, Any] | None) -> Network:
+    """The network ``name``; created from ``create`` if it does not exist (None: NoSuchNetwork)."""
+    try:
+        return await ctl.network(name)
+    except NoSuchNetwork:
+        if create is None:
+            raise
+    lock = _creating.setdefault(name, asyncio.Lock())
+    try:
+        async with lock:
+            with suppress(NoSuchNetwork):
+                return await ctl.network(name)  # made by the ADD this one waited for
+            try:
+                return await ctl.create_network(name, **create)
+            except Conflict as exc:
+                # its name or its pool taken: another host's ADD is creating it (the pool is taken before
+                # the network is stored), or a network that exists holds the pool -- that conflict stands
+                owner = exc.ids.get("owner")
+                if owner:
+                    with suppress(NoSuchNetwork):
+                        await ctl.network(str(owner))
+                        raise
+                deadline = time.monotonic() + CREATED_ELSEWHERE_WAIT
+                while time.monotonic() < deadline:
+                    with suppress(NoSuchNetwork):
+                        return await ctl.network(name)
+                    await asyncio.sleep(0.1)
+                raise exc from None
+    finally:
+        if not lock.locked():
+            _creating.pop(name, None)
+
+
 async def add(ctl: Controller, data: dict[str, Any]) -> dict[str, Any]:
     """ADD's work (see the module docstring); ``{network, endpoint}`` as stored."""
     name, cid, ifname = data["network"], data["container_id"], data["ifname"]
     create = data.get("create")
     if create is not None:
         create = check_fields(dict(create), _CREATE, "create.")
-    try:
-        nw = await ctl.network(name)
-    except NoSuchNetwork:
-        if create is None:
-            raise
-        try:
-            nw = await ctl.create_network(name, **create)
-        except NameInUse:  # another ADD created it first
-            nw = await ctl.network(name)
+    nw = await _network(ctl, name, create)
     sb = await _sandbox(ctl, cid)
     if sb is not None and sb.netns != data["netns"]:
         with suppress(NoSuchSandbox):
