@@ -163,20 +163,27 @@ async def body_of(request: web.Request, spec: Spec) -> dict[str, Any]:
         raise BadRequest(f"the JSON body is nested deeper than {MAX_DEPTH} levels")
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
+    return check_fields(data, spec)
+
+
+def check_fields(data: dict[str, Any], spec: Spec, prefix: str = "") -> dict[str, Any]:
+    """``data`` checked against ``spec`` (BadRequest on unknown fields, missing required ones,
+    wrong types; fields given as null are dropped); ``prefix`` names a nested object's fields."""
     unknown = sorted(set(data) - set(spec))
     if unknown:
-        raise BadRequest(f"unknown field(s): {', '.join(unknown)}; known: {', '.join(spec)}", fields=unknown)
+        fields = [prefix + u for u in unknown]
+        raise BadRequest(f"unknown field(s): {', '.join(fields)}; known: {', '.join(spec)}", fields=fields)
     for name, (types, required) in spec.items():
         if name not in data or data[name] is None:
             if required:
-                raise BadRequest(f"field {name!r} is required", field=name)
+                raise BadRequest(f"field {prefix + name!r} is required", field=prefix + name)
             data.pop(name, None)
             continue
         value = data[name]
         allowed = types if isinstance(types, tuple) else (types,)
         if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
             names = " or ".join(_TYPE_NAMES[t] for t in allowed)
-            raise BadRequest(f"field {name!r} must be {names}", field=name)
+            raise BadRequest(f"field {prefix + name!r} must be {names}", field=prefix + name)
     return data
 
 
@@ -454,6 +461,9 @@ def make_app(state: AgentState) -> web.Application:
     r.add_delete("/v1/nodes/{name}", node_remove)
     r.add_post("/v1/reconcile", reconcile)
     r.add_get("/metrics", metrics)
+    from agent.cni_api import add_routes  # the CNI plugin's ADD and DEL, one request each
+
+    add_routes(app, ctl)
     return app
 
 

@@ -28,6 +28,7 @@ import time
 from benchmarks.common import emit, parser, progress, require
 from libnet import Config, Controller
 from libnet.kernel import netns
+from libnet.testing.cni import reference_bridge_conf
 from libnet.testing.hosts import Testbed
 
 NAME = "attach_bench"
@@ -63,19 +64,7 @@ async def libnet_side(bed: Testbed, paths: list[str], tmp: str) -> tuple[list[fl
 
 def cni_side(bed: Testbed, paths: list[str], tmp: str) -> tuple[list[float], list[float]]:
     conf = json.dumps(
-        {
-            "cniVersion": "1.0.0",
-            "name": "bench",
-            "type": "bridge",
-            "bridge": "cni-bench0",
-            "isGateway": True,
-            "ipMasq": False,
-            "ipam": {
-                "type": "host-local",
-                "ranges": [[{"subnet": "198.51.112.0/20"}], [{"subnet": "2001:db8:b::/64"}]],
-                "dataDir": os.path.join(tmp, "cni"),
-            },
-        }
+        reference_bridge_conf("bench", "cni-bench0", "198.51.112.0/20", "2001:db8:b::/64", os.path.join(tmp, "cni"))
     ).encode()
     enter = netns.preexec_enter(bed.hosts[0].ns)
     base = {"CNI_IFNAME": "eth0", "CNI_PATH": CNI_DIR, "PATH": os.environ.get("PATH", "")}

@@ -28,6 +28,7 @@ BENCHMARKS = [
     "restart_bench",
     "docker_bench",
     "proxy_bench",
+    "cni_bench",
 ]
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 

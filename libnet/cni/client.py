@@ -1,14 +1,16 @@
 """A minimal client of the agent's HTTP API over its unix socket.
 
 Standard library only, and not even :mod:`http.client` (it pulls in ``email``
-and ``ssl``: ~30 ms of imports per exec'd plugin): HTTP/1.1 with keep-alive,
-bodies by ``Content-Length`` or chunked, which is what the agent sends.
+and ``ssl``: ~30 ms of imports per exec'd plugin) nor :mod:`socket` (``enum``
+and more, ~5 ms: ``_socket`` does): HTTP/1.1 with keep-alive, bodies by
+``Content-Length`` or chunked, which is what the agent sends.
 """
 
 from __future__ import annotations
 
-import json
-import socket
+import _socket
+
+from . import wire
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -40,32 +42,32 @@ class Client:
 
     def __init__(self, path: str = DEFAULT_SOCKET, timeout: float = 60.0) -> None:
         self.path, self.timeout = path, timeout
-        self._sock: socket.socket | None = None
-        self._file: Any = None
+        self._sock: Any = None
+        self._file: _Reader | None = None
 
     def _connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
             sock.connect(self.path)
         except OSError:
             sock.close()
             raise
-        self._sock, self._file = sock, sock.makefile("rb")
+        self._sock, self._file = sock, _Reader(sock)
 
     def request(self, method: str, url: str, body: Any = None) -> Any:
-        data = b"" if body is None else json.dumps(body).encode()
+        data = b"" if body is None else wire.dumps(body).encode()
         head = f"{method} {url} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(data)}\r\n"
         if body is not None:
             head += "Content-Type: application/json\r\n"
-        wire = head.encode() + b"\r\n" + data
+        message = head.encode() + b"\r\n" + data
         for attempt in (0, 1):  # once more on a fresh connection if the agent closed the kept-alive one
             fresh = self._sock is None
             try:
                 if self._sock is None:
                     self._connect()
                 assert self._sock is not None
-                self._sock.sendall(wire)
+                self._sock.sendall(message)
                 status, raw = self._response()
                 break
             except (ConnectionError, EOFError) as exc:
@@ -77,14 +79,15 @@ class Client:
                 raise Unreachable(f"agent at {self.path}: {exc.strerror or exc}") from None
         if status >= 400:
             try:
-                err = json.loads(raw).get("error") or {}
+                err = wire.loads(raw).get("error") or {}
             except (ValueError, AttributeError):
                 err = {"message": raw.decode(errors="replace")[:500]}
             raise AgentRefused(status, err if isinstance(err, dict) else {"message": str(err)})
-        return json.loads(raw) if raw else None
+        return wire.loads(raw) if raw else None
 
     def _response(self) -> tuple[int, bytes]:
         f = self._file
+        assert f is not None
         line = f.readline(65536)
         if not line:
             raise EOFError("connection closed")
@@ -125,9 +128,40 @@ class Client:
 
     def close(self) -> None:
         if self._sock is not None:
-            self._file.close()
             self._sock.close()
             self._sock = self._file = None
+
+
+class _Reader:
+    """Buffered reads from a socket: what ``socket.makefile("rb")`` gave, for ``_socket``."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock, self._buf = sock, bytearray()
+
+    def _fill(self) -> bool:
+        chunk = self._sock.recv(65536)
+        self._buf += chunk
+        return bool(chunk)
+
+    def readline(self, limit: int) -> bytes:
+        """Up to and including the next newline (at most ``limit`` bytes; less at end of stream)."""
+        while True:
+            i = self._buf.find(b"\n", 0, limit)
+            if i >= 0:
+                return self._take(i + 1)
+            if len(self._buf) >= limit or not self._fill():
+                return self._take(min(limit, len(self._buf)))
+
+    def read(self, n: int) -> bytes:
+        """``n`` bytes, fewer only at end of stream."""
+        while len(self._buf) < n and self._fill():
+            pass
+        return self._take(min(n, len(self._buf)))
+
+    def _take(self, n: int) -> bytes:
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
 
 
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")

@@ -21,7 +21,6 @@ addresses come from ``runtimeConfig.ips``, ``args.cni.ips`` or ``CNI_ARGS``
 
 from __future__ import annotations
 
-import hashlib
 import sys
 
 from .client import DEFAULT_SOCKET, AgentRefused, Client, q
@@ -62,7 +61,19 @@ def _section(call: Call) -> dict[str, Any]:
 
 def endpoint_name(container_id: str, ifname: str) -> str:
     """The libnet endpoint that holds this interface's addresses (a DNS label)."""
-    return "cni-" + hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()[:24]
+    return "cni-" + _sha256(f"{container_id}/{ifname}".encode()).hexdigest()[:24]
+
+
+def _sha256(data: bytes) -> Any:
+    # the C module itself: :mod:`hashlib` loads OpenSSL's (~5 ms of a plugin's start)
+    try:
+        from _sha2 import sha256  # type: ignore[import-not-found,unused-ignore]  # Python >= 3.12
+    except ImportError:
+        try:
+            from _sha256 import sha256  # type: ignore[import-not-found,no-redef,unused-ignore]
+        except ImportError:
+            from hashlib import sha256  # type: ignore[assignment,unused-ignore]
+    return sha256(data)
 
 
 def _client(ipam: dict[str, Any]) -> Client:

@@ -16,19 +16,24 @@ or ``"ipv6": true``); otherwise ADD fails with code 101.  The container's
 sandbox has the container id as its id and ``CNI_NETNS`` as its namespace;
 its endpoint on the network is named after ``K8S_POD_NAME`` when that is a DNS
 label (what podman sets to the container name), so other containers resolve it
-through libnet's DNS at 127.0.0.11.
+through libnet's DNS at 127.0.0.11.  That resolver serves the whole sandbox
+(the names of all its libnet networks), so the result names it only for the
+sandbox's first interface, eth0: podman removes a disconnected interface's
+nameservers from resolv.conf.
 
 ADD twice for the same container, network and interface replays the first
 result (the endpoint is not touched).  DEL is idempotent: an unknown container,
-network or endpoint is success.  CHECK compares ``prevResult``, the stored
+network or endpoint is success.  ADD and DEL are one request each to the
+agent (``POST /v1/cni/add``, ``/v1/cni/del``: ``agent/cni_api.py`` does the
+steps next to the controller).  CHECK compares ``prevResult``, the stored
 endpoint and the interface, addresses and default routes in the namespace.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 
+from . import wire
 from .client import DEFAULT_SOCKET, AgentRefused, Client, q
 from .common import (
     CHECK_FAILED,
@@ -52,6 +57,7 @@ if TYPE_CHECKING:
 
 KNOWN_ARGS = ("K8S_POD_NAME", "K8S_POD_NAMESPACE", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID", "IP")
 RESOLVER = "127.0.0.11"
+FIRST_IFNAME = "eth0"  # libnet numbers a container's interfaces eth0, eth1, ...
 HOST_VETH_PREFIX = "lnv"  # the bridge driver's host-side veth: lnv + the endpoint id's first 12 digits
 _CREATE_FIELDS = ("driver", "subnet", "subnet6")
 
@@ -90,37 +96,12 @@ def _validate(call: Call) -> None:
     check_args(call.args, KNOWN_ARGS)
 
 
-def ensure_network(client: Client, call: Call) -> dict[str, Any]:
-    """The libnet network the config names, created on first use from its fields."""
-    name = _network_name(call)
-    try:
-        return client.request("GET", f"/v1/networks/{q(name)}")
-    except AgentRefused as exc:
-        if exc.status != 404:
-            raise
+def _create_fields(call: Call) -> dict[str, Any] | None:
+    """The fields of the network to create when it does not exist (None: do not create it)."""
     conf = call.conf
     if not any(k in conf for k in _CREATE_FIELDS):
-        raise CniError(
-            NO_SUCH_NETWORK,
-            f"libnet network {name!r} does not exist",
-            "create it (libnet network create) or give driver/subnet/subnet6 in the config",
-        )
-    import ipaddress  # only when creating the network: ~10 ms of imports
-
-    for key in ("subnet", "subnet6"):
-        if key in conf:
-            try:
-                net = ipaddress.ip_network(conf[key])
-            except ValueError:
-                raise CniError(INVALID_CONFIG, f"{key} {conf[key]!r} is not a subnet") from None
-            if net.version != (6 if key == "subnet6" else 4):
-                version = 6 if key == "subnet6" else 4
-                raise CniError(INVALID_CONFIG, f"{key} {conf[key]!r} is not an IPv{version} subnet")
-    body: dict[str, Any] = {
-        "name": name,
-        "driver": conf.get("driver", "bridge"),
-        "ipv6": bool(conf.get("ipv6", "subnet6" in conf)),
-    }
+        return None
+    body: dict[str, Any] = {"driver": conf.get("driver", "bridge"), "ipv6": bool(conf.get("ipv6", "subnet6" in conf))}
     for key, field in (
         ("subnet", "ipv4_subnet"),
         ("gateway", "ipv4_gateway"),
@@ -131,12 +112,7 @@ def ensure_network(client: Client, call: Call) -> dict[str, Any]:
     ):
         if key in conf:
             body[field] = conf[key]
-    try:
-        client.request("POST", "/v1/networks", body)
-    except AgentRefused as exc:
-        if exc.status != 409:  # 409: another ADD created it first
-            raise
-    return client.request("GET", f"/v1/networks/{q(name)}")
+    return body
 
 
 def _sandbox(client: Client, cid: str) -> dict[str, Any] | None:
@@ -189,7 +165,10 @@ def build_result(call: Call, nw: dict[str, Any], ep: dict[str, Any]) -> dict[str
                 routes.append({"dst": default, "gw": _ip(gw)})
         ips.append(entry)
     dns_conf = call.conf.get("dns") or {}
-    dns: dict[str, Any] = {"nameservers": [RESOLVER]}
+    # libnet's resolver serves the whole sandbox: named once, by its first interface.  podman adds
+    # an interface's nameservers to resolv.conf on connect and removes them on disconnect, so
+    # naming it on eth1 too would drop it from resolv.conf when eth1 is disconnected
+    dns: dict[str, Any] = {"nameservers": [RESOLVER]} if ep.get("ifname") == FIRST_IFNAME else {}
     if dns_conf.get("search"):
         dns["search"] = list(dns_conf["search"])
     if dns_conf.get("options"):
@@ -198,100 +177,45 @@ def build_result(call: Call, nw: dict[str, Any], ep: dict[str, Any]) -> dict[str
 
 
 def add(call: Call) -> dict[str, Any]:
+    """One request to the agent (``agent/cni_api.py``: network, sandbox, replay, connect), then the result."""
     _validate(call)
     v4, v6 = requested_ips(call)
-    client = _client(call)
-    nw = ensure_network(client, call)
-    cid = call.container_id
-    sb = _sandbox(client, cid)
-    if sb is not None and sb.get("netns") != call.netns:
-        # a container id names one live container: a sandbox on another namespace is what a
-        # missed DEL left behind (the container was restarted)
-        try:
-            client.request("DELETE", f"/v1/sandboxes/{q(cid)}")
-        except AgentRefused as exc:
-            if exc.status != 404:
-                raise
-        sb = None
-    created = sb is None
-    if sb is None:
-        dns = call.conf.get("dns") or {}
-        body: dict[str, Any] = {"id": cid, "netns": call.netns}
-        for key, field in (("nameservers", "dns"), ("search", "dns_search"), ("options", "dns_options")):
-            if dns.get(key):
-                body[field] = list(dns[key])
-        try:
-            sb = client.request("POST", "/v1/sandboxes", body)
-        except AgentRefused as exc:
-            if exc.status != 409:
-                raise
-            sb = client.request("GET", f"/v1/sandboxes/{q(cid)}")
-            created = False
+    name = _network_name(call)
+    body: dict[str, Any] = {
+        "container_id": call.container_id,
+        "netns": call.netns,
+        "ifname": call.ifname,
+        "network": name,
+        "create": _create_fields(call),
+        "name": dns_label(call.args.get("K8S_POD_NAME")),
+        "ipv4": v4,
+        "ipv6": v6,
+    }
+    dns = call.conf.get("dns") or {}
+    for key, field in (("nameservers", "dns"), ("search", "dns_search"), ("options", "dns_options")):
+        if dns.get(key):
+            body[field] = list(dns[key])
     try:
-        others = _endpoints(client, sb)
-        for ep in others:
-            if ep["network_id"] == nw["id"]:
-                if ep.get("ifname") == call.ifname:
-                    return build_result(call, nw, ep)  # ADD again: the same answer
-                raise CniError(
-                    INTERFACE_NAME,
-                    f"container {cid[:12]} is already on network {nw['name']} as {ep.get('ifname')}, not {call.ifname}",
-                )
-        used = {e.get("ifname") for e in others}
-        expected = next(f"eth{i}" for i in range(len(used) + 1) if f"eth{i}" not in used)
-        if call.ifname != expected:
+        out = _client(call).request("POST", "/v1/cni/add", {k: v for k, v in body.items() if v is not None})
+    except AgentRefused as exc:
+        if exc.status == 404 and exc.type == "NoSuchNetwork":
             raise CniError(
-                INTERFACE_NAME,
-                f"libnet names this container's next interface {expected}, not {call.ifname}",
-                "libnet numbers a container's interfaces eth0, eth1, ...",
-            )
-        body = {"sandbox": cid}
-        name = dns_label(call.args.get("K8S_POD_NAME"))
-        if name:
-            body["name"] = name
-        if v4:
-            body["ipv4"] = v4
-        if v6:
-            body["ipv6"] = v6
-        ep = client.request("POST", f"/v1/networks/{q(nw['id'])}/connect", body)
-    except BaseException:
-        if created:
-            _drop_empty_sandbox(client, cid)
+                NO_SUCH_NETWORK,
+                f"libnet network {name!r} does not exist",
+                "create it (libnet network create) or give driver/subnet/subnet6 in the config",
+            ) from None
+        if exc.status == 409 and exc.type == "InterfaceNameRefused":
+            raise CniError(
+                INTERFACE_NAME, str(exc), "libnet numbers a container's interfaces eth0, eth1, ..."
+            ) from None
         raise
-    return build_result(call, nw, ep)
-
-
-def _drop_empty_sandbox(client: Client, cid: str) -> None:
-    try:
-        sb = _sandbox(client, cid)
-        if sb is not None and not sb.get("endpoints"):
-            client.request("DELETE", f"/v1/sandboxes/{q(cid)}")
-    except Exception:
-        pass
+    return build_result(call, out["network"], out["endpoint"])
 
 
 def delete(call: Call) -> None:
-    client = _client(call)
-    cid = call.container_id
-    sb = _sandbox(client, cid)
-    if sb is None:
-        return None
-    name = _network_name(call)
-    try:
-        nw = client.request("GET", f"/v1/networks/{q(name)}")
-    except AgentRefused as exc:
-        if exc.status != 404:
-            raise
-        nw = None
-    if nw is not None:
-        for ep in _endpoints(client, sb):
-            if ep["network_id"] == nw["id"] and ep.get("ifname") in (call.ifname, None):
-                try:
-                    client.request("POST", f"/v1/networks/{q(nw['id'])}/disconnect", {"sandbox": cid})
-                except AgentRefused as exc:
-                    if exc.status != 404:
-                        raise
-    _drop_empty_sandbox(client, cid)
+    """One request to the agent; an unknown container, network or endpoint is success there."""
+    body = {"container_id": call.container_id, "network": _network_name(call), "ifname": call.ifname}
+    _client(call).request("POST", "/v1/cni/del", body)
     return None
 
 
@@ -337,7 +261,7 @@ def _ip_json(netns: str, *args: str) -> Any:
     r = subprocess.run(["nsenter", f"--net={netns}", "ip", "-j", *args], capture_output=True, text=True, timeout=20)
     if r.returncode != 0:
         raise CniError(CHECK_FAILED, f"cannot read the namespace {netns}", r.stderr.strip()[:500])
-    return json.loads(r.stdout or "[]")
+    return wire.loads(r.stdout or "[]")
 
 
 def _check_kernel(call: Call, nw: dict[str, Any], ep: dict[str, Any], want: set[str]) -> None:

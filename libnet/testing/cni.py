@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from libnet.cni.install import install
 from libnet.kernel import netns
+
+if TYPE_CHECKING:
+    from libnet.testing.hosts import Host, Testbed
 
 REFERENCE_DIR = "/usr/lib/cni"
 
@@ -26,6 +30,20 @@ def reference_missing(*plugins: str) -> str | None:
     if missing:
         return f"reference CNI plugins {', '.join(missing)} missing: apt-get install containernetworking-plugins"
     return None
+
+
+def reference_bridge_conf(
+    name: str, bridge: str, subnet: str, subnet6: str, data_dir: str, *, default_routes: bool = False
+) -> dict[str, Any]:
+    """A dual-stack config of the reference ``bridge`` with ``host-local`` IPAM: the gateway on the
+    bridge, no IP masquerade (libnet masquerades per network, not per container); ``default_routes``:
+    v4 and v6 default routes via the gateway, as libnet's results carry."""
+    ipam: dict[str, Any] = {"type": "host-local", "ranges": [[{"subnet": subnet}], [{"subnet": subnet6}]]}
+    if default_routes:
+        ipam["routes"] = [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
+    ipam["dataDir"] = data_dir
+    conf = {"cniVersion": "1.0.0", "name": name, "type": "bridge", "bridge": bridge, "isGateway": True}
+    return {**conf, "ipMasq": False, "ipam": ipam}
 
 
 @dataclass
@@ -49,9 +67,17 @@ class CniRuntime:
 
     host_ns: str
     bin_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="libnet-cni-bin-"))
+    python: str | None = None  # the interpreter of the plugins (``libnet cni install --python``)
 
     def __post_init__(self) -> None:
-        install(self.bin_dir)
+        install(self.bin_dir, self.python)
+
+    @classmethod
+    def for_host(cls, bed: Testbed, host: Host) -> CniRuntime:
+        """A runtime's view of ``host`` whose bin dir is removed with the test bed."""
+        rt = cls(host.ns)
+        bed.on_close(lambda: shutil.rmtree(rt.bin_dir, ignore_errors=True))
+        return rt
 
     @property
     def cni_path(self) -> str:

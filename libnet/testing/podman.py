@@ -3,20 +3,25 @@
 As ``../shared/reference/runtimes.md`` says: its own containers.conf
 (``network_backend="cni"``, its network config dir, the libnet bin dir ahead of
 ``/usr/lib/cni``, cgroupfs, file events, rlimits this machine allows), its own
-storage (vfs) and run dirs, runc state under the run dir, and a private mount
-namespace with a tmpfs on ``/run/netns`` held by a holder process in the test
-host; every podman command runs through ``nsenter -t HOLDER -n -m``.  The
-agent runs in the same mount namespace (:class:`PodmanAgent`), as it shares
-``/run/netns`` with the runtime on a real host.  Everything is removed by pid
-with the test bed, also on failure.
+storage (vfs) and run dirs, runc's state in its own dir (a ``runc`` wrapper
+adding ``--root``, configured as the runtime, so that the ``podman container
+cleanup`` conmon runs uses it too), and a private mount namespace with a tmpfs
+on ``/run/netns`` held by a holder process in the test host; every podman
+command runs through ``nsenter -t HOLDER -n -m``.  The agent runs in the same
+mount namespace (:class:`PodmanAgent`), as it shares ``/run/netns`` with the
+runtime on a real host.  conmon and container processes are recorded from
+their pid files (pid and start time) and killed by those pids at cleanup, also
+on failure.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -37,11 +42,21 @@ def podman_missing() -> str | None:
 class Podman:
     def __init__(self, bed: Testbed, host: Host, cni_bin: str) -> None:
         self.bed, self.host = bed, host
+        #: conmon and container init processes seen in their pid files: pid -> start time
+        self._pids: dict[int, int] = {}
         self.dir = tempfile.mkdtemp(prefix=f"libnet-podman-{host.name}-")
         self.net_dir = os.path.join(self.dir, "net.d")
         os.makedirs(self.net_dir)
-        for d in ("root", "run", "tmp", "volumes", "runc"):
+        for d in ("root", "run", "tmp", "volumes", "runc", "bin"):
             os.makedirs(os.path.join(self.dir, d))
+        # runc's state under this instance: a wrapper named as the runtime, not ``--runtime-flag root=``,
+        # which podman does not pass on to the ``podman container cleanup`` that conmon runs when a
+        # container exits -- that one deleted the state in /run/runc and left ours, so the next
+        # ``podman start`` failed ("container with given ID already exists")
+        self.runc = os.path.join(self.dir, "bin", "runc")
+        with open(self.runc, "w") as f:
+            f.write(f'#!/bin/sh\nexec {shutil.which("runc") or "/usr/bin/runc"} --root {self.dir}/runc "$@"\n')
+        os.chmod(self.runc, 0o755)
         self.conf = os.path.join(self.dir, "containers.conf")
         with open(self.conf, "w") as f:
             f.write(
@@ -59,6 +74,8 @@ class Podman:
                 f'events_logfile_path = "{self.dir}/events.log"\n'
                 f'tmp_dir = "{self.dir}/tmp"\n'
                 f'volume_path = "{self.dir}/volumes"\n'
+                "[engine.runtimes]\n"
+                f'runc = ["{self.runc}"]\n'
             )
         self.storage = os.path.join(self.dir, "storage.conf")
         with open(self.storage, "w") as f:
@@ -99,8 +116,11 @@ class Podman:
             "CONTAINERS_STORAGE_CONF": self.storage,
             "TMPDIR": f"{self.dir}/tmp",
         }
-        argv = [*self.enter(), "podman", "--runtime-flag", f"root={self.dir}/runc", *args]
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+        argv = [*self.enter(), "podman", *args]
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+        finally:
+            self._record_pids()
         if check and r.returncode != 0:
             raise RuntimeError(f"podman {' '.join(args)}: {r.returncode} {r.stderr[-2000:]}")
         return r
@@ -125,30 +145,64 @@ class Podman:
             json.dump({"cniVersion": "1.0.0", "name": name, "plugins": plugins}, f)
 
     def cleanup(self) -> None:
-        """Remove every container (runc and conmon are children of nothing of ours), then the dirs."""
+        """Remove every container, kill the conmon and container processes recorded from their
+        pid files that are still those processes, unmount the storage, remove the dirs."""
         if self.holder.poll() is None:
             try:
                 self.run("rm", "-af", "-t", "0", timeout=60, check=False)
             except Exception as exc:
                 print(f"podman rm -af failed: {exc}")
-        for pid in self._conmon_pids():
+        self._record_pids()
+        for pid in self.live_pids():
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
+                os.kill(pid, signal.SIGKILL)
         subprocess.run(["umount", "-R", f"{self.dir}/root"], capture_output=True, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def _conmon_pids(self) -> list[int]:
-        """conmon and runc processes whose command line names this instance's dirs."""
-        out = []
-        for pid in os.listdir("/proc"):
-            if pid.isdigit():
-                try:
-                    with open(f"/proc/{pid}/cmdline", "rb") as f:
-                        if self.dir.encode() in f.read():
-                            out.append(int(pid))
-                except OSError:
-                    pass
-        return [p for p in out if p != os.getpid()]
+    def _record_pids(self) -> None:
+        """Record conmon's pid (``conmon.pid``) and each container's init pid (``pidfile``, runc's
+        ``--pid-file``) of every container of this instance, with the process's start time."""
+        for path in glob.glob(f"{self.dir}/run/vfs-containers/*/userdata/*pid*"):
+            if os.path.basename(path) not in ("conmon.pid", "pidfile"):
+                continue
+            try:
+                with open(path) as f:
+                    pid = int(f.read().strip() or 0)
+            except (OSError, ValueError):
+                continue
+            started = _start_time(pid) if pid > 1 else None
+            if started is not None:
+                self._pids[pid] = started
+
+    def live_pids(self) -> list[int]:
+        """Recorded conmon and container processes still alive (same pid and start time)."""
+        return sorted(pid for pid, started in self._pids.items() if _start_time(pid) == started)
+
+    def leftovers(self) -> dict[str, list[str]]:
+        """What containers of this instance left behind once all are gone: runc state dirs,
+        live conmon/container processes (recorded pids), network namespaces in podman's
+        ``/run/netns``.  Empty lists when nothing is left."""
+        self._record_pids()
+        try:
+            netns_files = sorted(os.listdir(f"/proc/{self.holder.pid}/root/run/netns"))
+        except OSError:
+            netns_files = []
+        return {
+            "runc": sorted(os.listdir(f"{self.dir}/runc")),
+            "processes": [str(p) for p in self.live_pids()],
+            "netns": netns_files,
+        }
+
+
+def _start_time(pid: int) -> int | None:
+    """The start time (clock ticks since boot) of process ``pid``, None if there is none or
+    it is a zombie (this machine's PID 1 is slow to reap the conmons that exit)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return None if fields[0] == "Z" else int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 class PodmanAgent(AgentProcess):

@@ -123,3 +123,13 @@ def test_proxy_bench_quick() -> None:
         "throughput_vs_routed_hop",
         "routed_hop_throughput_vs_direct",
     }
+
+
+def test_cni_bench_quick() -> None:
+    r = _run("cni_bench")
+    assert r["benchmark"] == "cni_bench" and r["params"]["namespaces"] == 10
+    for side in (r["metrics"], {k.removeprefix("reference_"): v for k, v in r["peers"].items()}):
+        for key in ("add", "del", "version"):
+            assert 0 < side[f"{key}_ms_p50"] <= side[f"{key}_ms_p90"]
+    assert set(r["ratios"]) == {"add_speedup_vs_reference", "del_speedup_vs_reference"}
+    assert all(v > 0 for v in r["ratios"].values())

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from agent.cni_api import CREATED_ELSEWHERE_WAIT
 from libnet.kernel import netns
 from libnet.testing.agents import AgentProcess
 from libnet.testing.cni import CniRuntime, reference_missing
@@ -26,7 +27,7 @@ def env():
     with Testbed(2) as bed:
         host = bed.hosts[0]
         agent = AgentProcess(bed, host).start()
-        rt = CniRuntime(host.ns)
+        rt = CniRuntime.for_host(bed, host)
         try:
             yield bed, agent, rt
         finally:
@@ -170,6 +171,57 @@ def test_del_idempotent_whatever_is_missing(env):
     assert rt.exec("libnet", "ADD", cfg, container_id="ctr2", netns_path=c).ok
     assert agent.cli("sandbox", "rm", "ctr2").returncode == 0
     assert rt.exec("libnet", "DEL", cfg, container_id="ctr2", netns_path=c).ok
+
+
+def test_add_on_a_new_namespace_replaces_the_missed_one(env):
+    """A container restarted without its DEL (the runtime lost it): ADD with the same container id
+    and another namespace moves the container there; the old namespace's interface goes."""
+    bed, agent, rt = env
+    cfg = conf(agent)
+    old, new = container(bed, "old"), container(bed, "new")
+    first = rt.exec("libnet", "ADD", cfg, container_id="ctr-re", netns_path=old)
+    assert first.ok, first
+    again = rt.exec("libnet", "ADD", cfg, container_id="ctr-re", netns_path=new)
+    assert again.ok, again
+    assert addrs(bed, old) == set() and len(addrs(bed, new)) == 2
+    assert [s["netns"] for s in agent.cli_json("sandbox", "ls")] == [new]
+    assert len(agent.cli_json("endpoint", "ls")) == 1
+    assert rt.exec("libnet", "DEL", cfg, container_id="ctr-re", netns_path=new).ok
+    assert agent.cli_json("sandbox", "ls") == [] and agent.cli_json("endpoint", "ls") == []
+
+
+def test_parallel_adds_and_dels_on_a_network_made_by_the_first(env):
+    """Runtimes call plugins in parallel: ADDs racing to create the network all succeed on one
+    network with distinct addresses; parallel DELs leave nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bed, agent, rt = env
+    cfg = conf(agent, network="racy")
+    paths = [container(bed, f"p{i}") for i in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        adds = list(
+            pool.map(lambda i: rt.exec("libnet", "ADD", cfg, container_id=f"par{i}", netns_path=paths[i]), range(6))
+        )
+    assert all(o.ok for o in adds), [o.out for o in adds if not o.ok]
+    got = [ip["address"] for o in adds for ip in o.out["ips"]]
+    assert len(set(got)) == 12
+    assert [n["name"] for n in agent.cli_json("network", "ls")].count("racy") == 1
+    with ThreadPoolExecutor(6) as pool:
+        dels = list(
+            pool.map(lambda i: rt.exec("libnet", "DEL", cfg, container_id=f"par{i}", netns_path=paths[i]), range(6))
+        )
+    assert all(o.ok for o in dels), [o.out for o in dels if not o.ok]
+    assert agent.cli_json("sandbox", "ls") == [] and agent.cli_json("endpoint", "ls") == []
+
+
+def test_a_pool_another_network_holds_is_refused_at_once(env):
+    bed, agent, rt = env
+    assert agent.cli("network", "create", "holder", "--subnet", SUBNET).returncode == 0
+    c = container(bed, "c1")
+    o = rt.exec("libnet", "ADD", conf(agent, network="clash"), container_id="ctr", netns_path=c)
+    assert o.rc != 0 and o.out["code"] == 100 and "overlaps" in o.out["msg"], o
+    assert o.seconds < CREATED_ELSEWHERE_WAIT / 2  # no wait for a network being created elsewhere
+    assert agent.cli_json("sandbox", "ls") == []
 
 
 def test_existing_network_and_no_creation_fields(env):

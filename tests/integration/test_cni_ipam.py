@@ -20,7 +20,7 @@ def env():
     with Testbed(1) as bed:
         agent = AgentProcess(bed, bed.hosts[0]).start()
         try:
-            yield bed, agent, CniRuntime(bed.hosts[0].ns)
+            yield bed, agent, CniRuntime.for_host(bed, bed.hosts[0])
         finally:
             agent.stop()
 
@@ -111,3 +111,23 @@ def test_ipam_add_twice_replays_and_del_is_idempotent(env):
         "libnet-ipam", "CHECK", {**cfg, "prevResult": first.out}, container_id="x9", netns_path="/proc/self/ns/net"
     )
     assert bad.out["code"] == 3
+
+
+def test_parallel_adds_create_the_pool_once(env):
+    """Runtimes call plugins in parallel: libnet-ipam ADDs racing to create the pool all get
+    distinct addresses from it; parallel DELs release them all."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, agent, rt = env
+    cfg = bridge_conf(agent)
+
+    def call(command: str, i: int):
+        return rt.exec("libnet-ipam", command, cfg, container_id=f"par{i}", netns_path="/proc/self/ns/net")
+
+    with ThreadPoolExecutor(6) as pool:
+        adds = list(pool.map(lambda i: call("ADD", i), range(6)))
+    assert all(o.ok for o in adds), [o.out for o in adds if not o.ok]
+    assert len({ip["address"] for o in adds for ip in o.out["ips"]}) == 12
+    with ThreadPoolExecutor(6) as pool:
+        assert all(o.ok for o in pool.map(lambda i: call("DEL", i), range(6)))
+    assert held(agent) == []

@@ -8,7 +8,7 @@ import os
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from agent import api
+from agent import api, cni_api
 from agent.api import AgentState, make_app
 from agent.metrics import Metrics
 from ipam.ipam import StoreIpam
@@ -179,6 +179,8 @@ def test_openapi_document_matches_the_routes() -> None:
         ("post", "/v1/networks/{ref}/disconnect"): api.DISCONNECT,
         ("post", "/v1/sandboxes/{ref}/join"): api.JOIN,
         ("post", "/v1/proxies"): api.PROXY_CREATE,
+        ("post", "/v1/cni/add"): cni_api.CNI_ADD,
+        ("post", "/v1/cni/del"): cni_api.CNI_DEL,
     }
     for (method, path), spec in specs.items():
         schema = doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]

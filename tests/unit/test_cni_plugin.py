@@ -16,6 +16,8 @@ from libnet.cni import common
 from libnet.cni.install import install
 
 HEAVY = ("aiohttp", "libnet.controller", "click", "pyroute2", "http.client", "libnet.errors", "asyncio")
+#: what a bare ``python -IS`` does not load and each exec of a plugin would pay for (~20 ms together here)
+AVOIDABLE = ("json", "re", "socket", "enum", "hashlib", "ipaddress", "subprocess")
 
 
 @pytest.fixture
@@ -33,11 +35,11 @@ def run(path, stdin: bytes, **env) -> tuple[int, dict | None]:
 def test_exec_path_loads_only_the_standard_library(bindir, plugin):
     module = {"libnet": "cni.plugin", "libnet-ipam": "cni.ipam"}[plugin]
     root = os.path.dirname(os.path.dirname(os.path.abspath(common.__file__)))
-    code = f"import sys, json; sys.path.insert(0, {root!r}); import {module}; print(json.dumps(sorted(sys.modules)))"
-    loaded = json.loads(
-        subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True, text=True, check=True).stdout
-    )
+    code = f"import sys; sys.path.insert(0, {root!r}); import {module}; print(' '.join(sorted(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = loaded.split()
     assert not [m for m in loaded for h in HEAVY if m == h or m.startswith(h + ".")]
+    assert not [m for m in loaded for h in AVOIDABLE if m == h or m.startswith(h + ".")]
     assert not [m for m in loaded if m.startswith("libnet")]  # not even libnet/__init__
 
 
@@ -76,3 +78,60 @@ def test_args_and_shapes():
     assert [ip["version"] for ip in common.shape(res, "0.4.0")["ips"]] == ["4", "6"]
     assert all("version" not in ip for ip in common.shape(res, "1.0.0")["ips"])
     assert common.dns_label("web-1") == "web-1" and common.dns_label("a.b") is None
+
+
+def test_wire_json_matches_the_json_package():
+    """libnet.cni.wire reads and writes what json does, and refuses what json refuses, also in a
+    process that never imported json (the C scanner then cannot build its own error)."""
+    from libnet.cni import wire
+
+    docs = ['{"a": [1, -2.5e3, true, false, null, "x\\u00e9\\n"], "b": {}}', " [] ", '"s"', "0"]
+    docs.append('{"k":"\\ud83d\\ude00"}')
+    for doc in docs:
+        assert wire.loads(doc) == json.loads(doc)
+        assert json.loads(wire.dumps(wire.loads(doc))) == json.loads(doc)
+    assert wire.loads(b'\xef\xbb\xbf{"a": 1}') == {"a": 1}
+    bad = ["{", "", "[1,]", "{} x", '{"a" 1}', "nul", '"\\q"', "[1 2]"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(common.__file__)))
+    code = (
+        f"import sys; sys.path.insert(0, {root!r}); from cni import wire\n"
+        f"for doc in {bad!r}:\n"
+        "    try:\n        wire.loads(doc)\n        print('accepted', repr(doc))\n"
+        "    except ValueError:\n        pass\n"
+    )
+    r = subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout == "", (r.stdout, r.stderr)
+    for value in (float("nan"), object(), {1: {2: set()}}):
+        with pytest.raises(ValueError):
+            wire.dumps(value)
+
+
+@pytest.mark.parametrize("plugin", ["libnet", "libnet-ipam"])
+def test_unreadable_stdin_is_an_io_failure(bindir, tmp_path, plugin):
+    """Code 5 (I/O failure): the config cannot be read (stdin open for writing only here: EBADF)."""
+    fd = os.open(tmp_path / "write-only", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        r = subprocess.run(
+            [str(bindir / plugin)], stdin=fd, env={"CNI_COMMAND": "ADD"}, capture_output=True, timeout=30
+        )
+    finally:
+        os.close(fd)
+    out = json.loads(r.stdout)
+    assert r.returncode == 1 and out["code"] == 5 and "stdin" in out["msg"], out
+
+
+def test_install_with_another_python(tmp_path):
+    """``libnet cni install --python``: the plugins run on any CPython with its standard library."""
+    other = "/usr/bin/python3"
+    if not os.access(other, os.X_OK):
+        pytest.skip("no /usr/bin/python3")
+    r = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "cni", "install", "--bin-dir", str(tmp_path), "--python", other],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "libnet").read_text().startswith(f"#!{other} -IS\n")
+    rc, out = run(tmp_path / "libnet-ipam", b'{"cniVersion": "1.0.0"}', CNI_COMMAND="VERSION")
+    assert rc == 0 and out["cniVersion"] == "1.0.0"

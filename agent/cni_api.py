@@ -1,0 +1,204 @@
+"""The agent's side of the CNI plugin (``libnet/cni/plugin.py``): one request per ADD or DEL.
+
+The exec'd plugin parses the runtime's config and writes the CNI result; the
+steps between -- find or create the network, find, replace or create the
+container's sandbox, replay or refuse a second ADD, connect; on DEL
+disconnect and drop the emptied sandbox -- run here, next to the controller,
+so that an ADD or a DEL costs the plugin one round trip, not five.
+
+``POST /v1/cni/add``: ``{container_id, netns, ifname, network, create?,
+name?, ipv4?, ipv6?, dns?, dns_search?, dns_options?}`` -> ``{network,
+endpoint}``.  ``create`` holds the fields of ``POST /v1/networks`` (without
+``name``) used when ``network`` does not exist; without it an unknown network
+is a 404 ``NoSuchNetwork``.  ADD again for the same container, network and
+interface answers the same endpoint; another interface name is a 409
+``InterfaceNameRefused`` (libnet numbers a container's interfaces eth0,
+eth1, ...).  A sandbox of the same container id on another namespace is what
+a missed DEL left (the container was restarted): it is replaced.
+
+``POST /v1/cni/del``: ``{container_id, network, ifname}`` -> 204, also when
+the container, network or endpoint is unknown (CNI's DEL is idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import suppress
+from typing import Any
+
+from aiohttp import web
+
+from agent.api import NETWORK_CREATE, Spec, body_of, check_fields
+from libnet.controller import Controller
+from libnet.errors import Conflict, NoSuchNetwork, NoSuchSandbox, NotFound
+from libnet.model import Endpoint, Network, Sandbox
+
+CNI_ADD: Spec = {
+    "container_id": (str, True),
+    "netns": (str, True),
+    "ifname": (str, True),
+    "network": (str, True),
+    "create": (dict, False),
+    "name": (str, False),
+    "ipv4": (str, False),
+    "ipv6": (str, False),
+    "dns": (list, False),
+    "dns_search": (list, False),
+    "dns_options": (list, False),
+}
+CNI_DEL: Spec = {"container_id": (str, True), "network": (str, True), "ifname": (str, True)}
+_CREATE: Spec = {k: v for k, v in NETWORK_CREATE.items() if k != "name"}
+IFNAME_PREFIX = "eth"  # eth0, eth1, ...
+
+
+class InterfaceNameRefused(Conflict):
+    """The runtime's interface name is not the one libnet gives the container's next interface."""
+
+
+async def _sandbox(ctl: Controller, cid: str) -> Sandbox | None:
+    try:
+        return await ctl.sandbox(cid)
+    except NoSuchSandbox:
+        return None
+
+
+async def _endpoints(ctl: Controller, sb: Sandbox) -> list[Endpoint]:
+    out = []
+    for eid in sb.endpoints:
+        with suppress(NotFound):
+            out.append(await ctl.endpoint(eid))
+    return out
+
+
+#: network names being created by an ADD of this agent: the others wait for it (runtimes run plugins in parallel)
+_creating: dict[str, asyncio.Lock] = {}
+CREATED_ELSEWHERE_WAIT = 10.0  # seconds an ADD waits for a network another host's ADD is creating
+
+
+async def _network(ctl: Controller, name: str, create: dict[str, Any] | None) -> Network:
+    """The network ``name``; created from ``create`` if it does not exist (None: NoSuchNetwork)."""
+    try:
+        return await ctl.network(name)
+    except NoSuchNetwork:
+        if create is None:
+            raise
+    lock = _creating.setdefault(name, asyncio.Lock())
+    try:
+        async with lock:
+            with suppress(NoSuchNetwork):
+                return await ctl.network(name)  # made by the ADD this one waited for
+            try:
+                return await ctl.create_network(name, **create)
+            except Conflict as exc:
+                # its name or its pool taken: another host's ADD is creating it (the pool is taken before
+                # the network is stored), or a network that exists holds the pool -- that conflict stands
+                owner = exc.ids.get("owner")
+                if owner:
+                    with suppress(NoSuchNetwork):
+                        await ctl.network(str(owner))
+                        raise
+                deadline = time.monotonic() + CREATED_ELSEWHERE_WAIT
+                while time.monotonic() < deadline:
+                    with suppress(NoSuchNetwork):
+                        return await ctl.network(name)
+                    await asyncio.sleep(0.1)
+                raise exc from None
+    finally:
+        if not lock.locked():
+            _creating.pop(name, None)
+
+
+async def add(ctl: Controller, data: dict[str, Any]) -> dict[str, Any]:
+    """ADD's work (see the module docstring); ``{network, endpoint}`` as stored."""
+    name, cid, ifname = data["network"], data["container_id"], data["ifname"]
+    create = data.get("create")
+    if create is not None:
+        create = check_fields(dict(create), _CREATE, "create.")
+    nw = await _network(ctl, name, create)
+    sb = await _sandbox(ctl, cid)
+    if sb is not None and sb.netns != data["netns"]:
+        with suppress(NoSuchSandbox):
+            await ctl.delete_sandbox(cid)
+        sb = None
+    created = sb is None
+    if sb is None:
+        dns = {k: data[k] for k in ("dns", "dns_search", "dns_options") if data.get(k)}
+        try:
+            sb = await ctl.create_sandbox(cid, netns=data["netns"], **dns)
+        except Conflict:
+            sb = await _sandbox(ctl, cid)  # a concurrent ADD made it
+            if sb is None:
+                raise
+            created = False
+    try:
+        others = await _endpoints(ctl, sb)
+        for ep in others:
+            if ep.network_id == nw.id:
+                if ep.ifname == ifname:
+                    return {"network": nw.to_data(), "endpoint": ep.to_data()}  # ADD again: the same answer
+                raise InterfaceNameRefused(
+                    f"container {cid[:12]} is already on network {nw.name} as {ep.ifname}, not {ifname}",
+                    sandbox_id=cid,
+                    network_id=nw.id,
+                    ifname=ifname,
+                )
+        used = {e.ifname for e in others}
+        expected = next(f"{IFNAME_PREFIX}{i}" for i in range(len(used) + 1) if f"{IFNAME_PREFIX}{i}" not in used)
+        if ifname != expected:
+            raise InterfaceNameRefused(
+                f"libnet names this container's next interface {expected}, not {ifname}",
+                sandbox_id=cid,
+                ifname=ifname,
+                expected=expected,
+            )
+        args = {k: data[k] for k in ("name", "ipv4", "ipv6") if data.get(k)}
+        ep = await ctl.connect(nw.id, cid, **args)
+    except BaseException:
+        if created:
+            await _drop_if_empty(ctl, cid)
+        raise
+    return {"network": nw.to_data(), "endpoint": ep.to_data()}
+
+
+async def _drop_if_empty(ctl: Controller, cid: str) -> None:
+    sb = await _sandbox(ctl, cid)
+    if sb is not None and not sb.endpoints:
+        with suppress(NoSuchSandbox):
+            await ctl.delete_sandbox(cid)
+
+
+async def delete(ctl: Controller, data: dict[str, Any]) -> None:
+    """DEL's work: the container's endpoint on the network goes, then its sandbox if emptied."""
+    cid = data["container_id"]
+    sb = await _sandbox(ctl, cid)
+    if sb is None:
+        return
+    try:
+        nw = await ctl.network(data["network"])
+    except NoSuchNetwork:
+        nw = None
+    eps = await _endpoints(ctl, sb)
+    ours = [e for e in eps if nw is not None and e.network_id == nw.id and e.ifname in (data["ifname"], None)]
+    if ours and len(eps) == len(ours) == len(sb.endpoints):
+        with suppress(NoSuchSandbox):
+            await ctl.delete_sandbox(cid)  # the container's only interface: the sandbox goes with it
+        return
+    if ours and nw is not None:
+        with suppress(NotFound):
+            await ctl.disconnect(nw.id, cid)
+    await _drop_if_empty(ctl, cid)
+
+
+def add_routes(app: web.Application, ctl: Controller) -> None:
+    """``POST /v1/cni/add`` and ``POST /v1/cni/del`` on ``app`` (the agent's API)."""
+
+    async def cni_add(request: web.Request) -> web.Response:
+        return web.json_response(await add(ctl, await body_of(request, CNI_ADD)))
+
+    async def cni_del(request: web.Request) -> web.Response:
+        await delete(ctl, await body_of(request, CNI_DEL))
+        return web.Response(status=204)
+
+    app.router.add_post("/v1/cni/add", cni_add)
+    app.router.add_post("/v1/cni/del", cni_del)
