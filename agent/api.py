@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import platform
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -257,7 +258,9 @@ def make_app(state: AgentState) -> web.Application:
         )
 
     async def version(request: web.Request) -> web.Response:
-        return _json({"version": libnet.__version__, "api": "v1"})
+        return _json(
+            {"version": libnet.__version__, "api": "v1", "node": state.node_name, "python": platform.python_version()}
+        )
 
     listing: dict[str, Any] = {"revisions": None, "body": b""}
 
