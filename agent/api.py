@@ -23,6 +23,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 import libnet
 from agent.metrics import Metrics
+from agent.topology import build as build_topology
 from libnet.controller import Controller
 from libnet.errors import BadRequest, Conflict, KernelError, LibnetError, NoSuchEndpoint, NotFound, Unavailable
 from libnet.model import Endpoint
@@ -397,6 +398,11 @@ def make_app(state: AgentState) -> web.Application:
         removed = await ctl.remove_node(name)
         return _json({"node": name, "endpoints_removed": removed})
 
+    async def topology(request: web.Request) -> web.Response:
+        members, networks = await _nodes(state), await ctl.networks()
+        endpoints, sandboxes = await ctl.endpoints(), await ctl.sandboxes()
+        return _json(build_topology(ctl, state.node_name, members, networks, endpoints, sandboxes))
+
     async def reconcile(request: web.Request) -> web.Response:
         report = await ctl.reconcile()
         state.metrics.repairs(report)
@@ -427,6 +433,7 @@ def make_app(state: AgentState) -> web.Application:
     r.add_get("/v1/nodes", nodes)
     r.add_post("/v1/node/drain", drain)
     r.add_delete("/v1/nodes/{name}", node_remove)
+    r.add_get("/v1/topology", topology)
     r.add_post("/v1/reconcile", reconcile)
     r.add_get("/metrics", metrics)
     return app

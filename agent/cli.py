@@ -16,6 +16,7 @@ import click
 
 from agent.cli_extras import network_prune, sandbox_inspect, version
 from agent.cli_output import Listing, console, emit_json, err_console, list_options, slow_status, table
+from agent.cli_topology import topology
 from agent.cli_views import NETWORKS, SANDBOXES, endpoint_view, print_endpoint, print_network
 from agent.cli_views import ip as address
 from agent.client import AgentError, Client, Unreachable
@@ -505,6 +506,7 @@ def cni_install(bin_dir: str) -> None:
 network.add_command(network_prune)
 sandbox.add_command(sandbox_inspect)
 cli.add_command(version)
+cli.add_command(topology)
 
 
 def main() -> None:

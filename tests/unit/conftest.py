@@ -28,7 +28,7 @@ def served(tmp_path):
     async def setup() -> None:
         store = MemoryStore()
         ctl = Controller(
-            Config(state_dir=str(tmp_path)),
+            Config(state_dir=str(tmp_path), node_name="n"),
             store=store,
             ipam=StoreIpam(store),
             drivers={"bridge": FakeDriver("bridge"), "overlay": FakeDriver("overlay", scope="global")},
