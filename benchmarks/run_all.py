@@ -22,6 +22,7 @@ BENCHMARKS = [
     "attach_bench",
     "gossip_bench",
     "api_bench",
+    "cli_bench",
     "overlay_bench",
     "convergence_bench",
     "dns_bench",

@@ -75,6 +75,16 @@ def test_api_bench_quick() -> None:
 
 
 @pytest.mark.root
+def test_cli_bench_quick() -> None:
+    r = _run("cli_bench")
+    assert r["params"]["runs"] >= 20
+    for key in ("cli_network_ls_ms_p50", "cli_network_ls_ms_p90", "cli_network_ls_cpu_ms"):
+        assert r["metrics"][key] > 0
+    assert r["peers"]["python_startup_ms_p50"] > 0
+    assert set(r["ratios"]) == {"cli_ls_vs_target_100ms", "python_startup_share"}
+
+
+@pytest.mark.root
 def test_overlay_bench_quick() -> None:
     r = _run("overlay_bench")
     assert r["metrics"]["overlay_gbps"] > 0
