@@ -56,12 +56,12 @@ def emit(name: str, params: dict, metrics: dict, peers: dict, ratios: dict) -> d
     return result
 
 
-def start_agent(bed: Testbed, tmp: str) -> AgentProcess:
-    """A libnet-agent in the bed's first host, state under ``tmp`` (SQLite store), default
-    pools from 198.18.0.0/15, log level warning; started (stop it when done)."""
+def start_agent(bed: Testbed, tmp: str, *extra: str, state: str = "state") -> AgentProcess:
+    """A libnet-agent in the bed's first host, state under ``tmp/state`` (SQLite store), default
+    pools from 198.18.0.0/15, log level warning, ``extra`` arguments; started (stop it when done)."""
     from libnet.testing.agents import AgentProcess
 
     conf = f"{tmp}/agent.toml"
     with open(conf, "w") as f:
         f.write('default_pools = [{base = "198.18.0.0/15", size = 24}]\nlog_level = "warning"\n')
-    return AgentProcess(bed, bed.hosts[0], "--config", conf, state_dir=f"{tmp}/state").start()
+    return AgentProcess(bed, bed.hosts[0], "--config", conf, *extra, state_dir=f"{tmp}/{state}").start()

@@ -28,6 +28,7 @@ BENCHMARKS = [
     "dns_bench",
     "restart_bench",
     "docker_bench",
+    "memory_bench",
 ]
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 

@@ -119,3 +119,13 @@ def test_restart_bench_quick() -> None:
         assert r["metrics"]["api_ready_s_p50"][key] > 0
     assert r["peers"]["bare_serf_rpc_ready_s_p50"] > 0
     assert set(r["ratios"]) == {f"api_ready_vs_bare_serf.{key}" for key in keys}
+
+
+@pytest.mark.root
+def test_memory_bench_quick() -> None:
+    r = _run("memory_bench")
+    n, m = r["params"]["endpoints"], r["params"]["remote_peers"]
+    for key in ("rss_mib_idle", f"rss_mib_{n}_endpoints", f"rss_mib_{m}_remote_peers"):
+        assert r["metrics"][key] > 0
+    assert r["metrics"]["remote_peers_programmed"] == m
+    assert set(r["ratios"]) == {f"rss_{n}_endpoints_vs_target_60mib"}
