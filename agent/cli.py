@@ -15,9 +15,9 @@ from typing import Any
 import click
 
 from agent.cli_extras import network_prune, sandbox_inspect, version
-from agent.cli_output import Listing, console, emit_json, err_console, list_options, slow_status, table
+from agent.cli_output import Listing, console, emit_json, err_console, list_options, slow_status
 from agent.cli_topology import topology
-from agent.cli_views import NETWORKS, SANDBOXES, endpoint_view, print_endpoint, print_network
+from agent.cli_views import NETWORKS, NODES, SANDBOXES, endpoint_view, print_endpoint, print_network
 from agent.cli_views import ip as address
 from agent.client import AgentError, Client, Unreachable
 from agent.paths import DEFAULT_SOCKET
@@ -427,17 +427,15 @@ def node() -> None:
 
 
 @node.command("ls")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@list_options
 @click.pass_context
-def node_ls(ctx: click.Context, as_json: bool) -> None:
-    """List the cluster's nodes."""
-    nodes = _client(ctx).request("GET", "/v1/nodes")
-    if as_json:
-        return emit_json(nodes)
-    table(
-        ("NODE", "ADDRESS", "STATUS", "VTEP"),
-        [(n["name"], n["address"], n["status"], n.get("tags", {}).get("vtep", "")) for n in nodes],
-    )
+def node_ls(ctx: click.Context, as_json: bool, quiet: bool, filters: tuple[str, ...], fmt: str | None) -> None:
+    """List the cluster's nodes.
+
+    Filters: name (all or part of it), status (alive, failed, left, leaving).
+    Template fields: .Name .Address .Status .VTEP .Tags; -q prints names."""
+    listing = Listing.check(NODES, filters, fmt, quiet, as_json)
+    listing.print(_client(ctx).request("GET", "/v1/nodes"))
 
 
 @node.command("drain")

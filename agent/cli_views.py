@@ -127,6 +127,20 @@ SANDBOXES = View(
 )
 
 
+NODES = View(
+    columns=(("NODE", "Name"), ("ADDRESS", "Address"), ("STATUS", "Status"), ("VTEP", "VTEP")),
+    fields={
+        "Name": lambda n: n["name"],
+        "Address": lambda n: n.get("address") or "",
+        "Status": lambda n: n.get("status") or "",
+        "VTEP": lambda n: (n.get("tags") or {}).get("vtep", ""),
+        "Tags": lambda n: n.get("tags") or {},
+    },
+    filters={"name": name_contains("name"), "status": equals("status")},
+    quiet="Name",
+)
+
+
 def _pairs(mapping: dict[str, Any] | None) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted((mapping or {}).items())) or "-"
 

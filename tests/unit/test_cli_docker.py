@@ -201,3 +201,11 @@ def test_slow_status_spins_on_a_terminal_after_the_delay(monkeypatch) -> None:
     with cli_output.slow_status("GET /v1/networks", after=5):
         pass
     assert "waiting" not in quick.getvalue()
+
+
+def test_node_ls_quiet_filter_format(served) -> None:
+    path, _, _ = served
+    assert _run(path, "node", "ls", "-q").output.split() == ["n"]
+    assert _run(path, "node", "ls", "-q", "-f", "status=failed").output.split() == []
+    assert _run(path, "node", "ls", "--format", "{{.Name}}:{{.Status}}").output.strip() == "n:alive"
+    assert json.loads(_run(path, "node", "ls", "--json").output)[0]["name"] == "n"
