@@ -22,7 +22,6 @@ from agent.cli_views import ip as address
 from agent.client import AgentError, Client, Unreachable
 from agent.paths import DEFAULT_SOCKET
 from libnet.errors import LibnetError
-from libnet.validation import parse_aux_args
 
 __all__ = ["AgentError", "Client", "Unreachable", "cli", "main"]
 
@@ -117,6 +116,8 @@ def network_create(
     --allow-route-overlap); so are gateways and aux addresses outside their
     subnet or on its network/broadcast address."""
     try:
+        from libnet.validation import parse_aux_args  # here: it loads the model and asyncio (~30% of startup)
+
         aux_addresses = parse_aux_args(aux)
     except LibnetError as exc:
         raise click.BadParameter(str(exc), param_hint="--aux-address") from None
