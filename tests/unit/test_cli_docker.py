@@ -209,3 +209,37 @@ def test_node_ls_quiet_filter_format(served) -> None:
     assert _run(path, "node", "ls", "-q", "-f", "status=failed").output.split() == []
     assert _run(path, "node", "ls", "--format", "{{.Name}}:{{.Status}}").output.strip() == "n:alive"
     assert json.loads(_run(path, "node", "ls", "--json").output)[0]["name"] == "n"
+
+
+def test_a_slow_request_shows_the_spinner_on_a_terminal(tmp_path, monkeypatch) -> None:
+    """The CLI wires the spinner into every request: an agent answering after 1.3 s."""
+    import io
+    import socket
+    import threading
+    import time
+
+    from rich.console import Console
+
+    path = str(tmp_path / "slow.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            time.sleep(1.3)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n[]")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    out = io.StringIO()
+    monkeypatch.setattr(cli_output, "err_console", Console(file=out, force_terminal=True))
+    try:
+        r = _run(path, "network", "ls", "-q")
+    finally:
+        thread.join(10)
+        server.close()
+    assert r.exit_code == 0, r.output
+    assert "waiting for the agent: GET /v1/networks" in out.getvalue()
