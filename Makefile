@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all deps demo test unit integration lint bench clean
+.PHONY: all deps demo test unit integration lint bench bench-quick clean
 
 all: test
 
@@ -45,6 +45,11 @@ lint: deps
 bench: deps
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m benchmarks.run_all
+
+# every benchmark's --quick run against benchmarks/baseline.json: a table, DROPs
+# flagged; reports only (exit 0).  Run it before resolving a hot-path change.
+bench-quick: deps
+	$(PY) -m benchmarks.quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

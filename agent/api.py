@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import platform
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,6 +23,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 import libnet
 from agent.metrics import Metrics
+from agent.topology import build as build_topology
 from libnet.controller import Controller
 from libnet.errors import BadRequest, Conflict, KernelError, LibnetError, NoSuchEndpoint, NotFound, Unavailable
 from libnet.model import Endpoint
@@ -271,7 +273,9 @@ def make_app(state: AgentState) -> web.Application:
         )
 
     async def version(request: web.Request) -> web.Response:
-        return _json({"version": libnet.__version__, "api": "v1"})
+        return _json(
+            {"version": libnet.__version__, "api": "v1", "node": state.node_name, "python": platform.python_version()}
+        )
 
     listing: dict[str, Any] = {"revisions": None, "body": b""}
 
@@ -425,6 +429,11 @@ def make_app(state: AgentState) -> web.Application:
         removed = await ctl.remove_node(name)
         return _json({"node": name, "endpoints_removed": removed})
 
+    async def topology(request: web.Request) -> web.Response:
+        members, networks = await _nodes(state), await ctl.networks()
+        endpoints, sandboxes = await ctl.endpoints(), await ctl.sandboxes()
+        return _json(build_topology(ctl, state.node_name, members, networks, endpoints, sandboxes))
+
     async def reconcile(request: web.Request) -> web.Response:
         report = await ctl.reconcile()
         state.metrics.repairs(report)
@@ -459,6 +468,7 @@ def make_app(state: AgentState) -> web.Application:
     r.add_get("/v1/nodes", nodes)
     r.add_post("/v1/node/drain", drain)
     r.add_delete("/v1/nodes/{name}", node_remove)
+    r.add_get("/v1/topology", topology)
     r.add_post("/v1/reconcile", reconcile)
     r.add_get("/metrics", metrics)
     from agent.cni_api import add_routes  # the CNI plugin's ADD and DEL, one request each

@@ -7,122 +7,29 @@ non-zero: 1 for a refused request, 3 when the agent cannot be reached.
 
 from __future__ import annotations
 
-import http.client
 import ipaddress
-import json
-import socket
-import sys
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
+from agent.cli_extras import network_prune, sandbox_inspect, version
+from agent.cli_output import Listing, console, emit_json, list_options, remove_each, slow_status
+from agent.cli_proxy import proxy
+from agent.cli_topology import topology
+from agent.cli_views import NETWORKS, NODES, SANDBOXES, endpoint_view, print_endpoint, print_network
+from agent.cli_views import ip as address
+from agent.client import AgentError, Client, Unreachable
 from agent.paths import DEFAULT_SOCKET
 from libnet.errors import LibnetError
-from libnet.validation import parse_aux_args
 
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True)
-
-
-class AgentError(click.ClickException):
-    """The agent refused a request."""
-
-    exit_code = 1
-
-
-class Unreachable(click.ClickException):
-    exit_code = 3
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("libnet", timeout=timeout)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
-
-
-class Client:
-    """HTTP/JSON over the agent's unix socket."""
-
-    def __init__(self, path: str, timeout: float = 60) -> None:
-        self.path, self.timeout = path, timeout
-
-    def request(self, method: str, url: str, body: dict[str, Any] | None = None) -> Any:
-        conn = _UnixConnection(self.path, self.timeout)
-        try:
-            payload = None if body is None else json.dumps(body)
-            conn.request(method, url, body=payload, headers={"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            data = resp.read()
-        except PermissionError:
-            raise Unreachable(
-                f"permission denied on the libnet agent's socket {self.path} (mode 0660).\n"
-                "  Run libnet as root (sudo libnet ...) or as a member of the socket's group."
-            ) from None
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise Unreachable(
-                f"cannot reach the libnet agent at {self.path} ({exc.strerror or exc}).\n"
-                "  Is libnet-agent running? Start it (systemctl start libnet-agent) or point --socket at it."
-            ) from None
-        except (TimeoutError, OSError) as exc:
-            raise Unreachable(f"the libnet agent at {self.path} did not answer: {exc}") from None
-        finally:
-            conn.close()
-        if resp.status >= 400:
-            try:
-                err = json.loads(data)["error"]
-            except (ValueError, KeyError, TypeError):
-                raise AgentError(f"agent answered {resp.status}: {data[:200]!r}") from None
-            raise AgentError(_explain(resp.status, err))
-        return json.loads(data) if data else None
-
-
-def _explain(status: int, err: dict[str, Any]) -> str:
-    hints = {
-        404: "check the name or id (libnet network ls, libnet sandbox ls)",
-        409: "it conflicts with what exists; inspect it, or remove the other object first",
-        400: "the request was invalid; see libnet COMMAND --help",
-        503: "a dependency is unavailable (store or cluster); try again, check libnet agent status",
-    }
-    ids = {k: v for k, v in err.items() if k not in ("kind", "message", "type")}
-    detail = f" ({', '.join(f'{k}={v}' for k, v in ids.items())})" if ids else ""
-    hint = hints.get(status, "")
-    return f"{err.get('message', 'failed')}{detail}" + (f"\n  hint: {hint}" if hint else "")
+__all__ = ["AgentError", "Client", "Unreachable", "cli", "main"]
 
 
 def _client(ctx: click.Context) -> Client:
     client: Client = ctx.obj
     return client
-
-
-def _table(columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
-    """A plain table like docker's list output."""
-    t = Table(box=None)
-    for col in columns:
-        t.add_column(col)
-    for row in rows:
-        t.add_row(*row)
-    console.print(t)
-
-
-def _emit_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, default=str))
-
-
-def _ip(cidr: str | None) -> str:
-    return str(ipaddress.ip_interface(cidr).ip) if cidr else ""
-
-
-def _range(cidr: str | None) -> str:
-    return f" ip range {cidr}" if cidr else ""
 
 
 def _kv(values: tuple[str, ...], what: str) -> dict[str, str]:
@@ -148,6 +55,7 @@ def _kv(values: tuple[str, ...], what: str) -> dict[str, str]:
 def cli(ctx: click.Context, socket_path: str) -> None:
     """Manage libnet networks, sandboxes and endpoints through libnet-agent."""
     ctx.obj = Client(socket_path)
+    ctx.obj.progress = slow_status
 
 
 # --- networks ---------------------------------------------------------------------
@@ -209,6 +117,8 @@ def network_create(
     --allow-route-overlap); so are gateways and aux addresses outside their
     subnet or on its network/broadcast address."""
     try:
+        from libnet.validation import parse_aux_args  # here: it loads the model and asyncio (~30% of startup)
+
         aux_addresses = parse_aux_args(aux)
     except LibnetError as exc:
         raise click.BadParameter(str(exc), param_hint="--aux-address") from None
@@ -233,31 +143,16 @@ def network_create(
 
 
 @network.command("ls")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
-@click.option("-q", "--quiet", is_flag=True, help="only ids")
+@list_options
 @click.pass_context
-def network_ls(ctx: click.Context, as_json: bool, quiet: bool) -> None:
-    """List networks."""
-    nets = _client(ctx).request("GET", "/v1/networks")
-    if as_json:
-        return _emit_json(nets)
-    if quiet:
-        return click.echo("\n".join(n["id"][:12] for n in nets))
-    _table(
-        ("NETWORK ID", "NAME", "DRIVER", "SCOPE", "IPV4", "IPV6", "INTERNAL"),
-        [
-            (
-                n["id"][:12],
-                n["name"],
-                n["driver"],
-                n["scope"],
-                n["ipv4_subnet"] or "",
-                n["ipv6_subnet"] or "",
-                "yes" if n["internal"] else "",
-            )
-            for n in nets
-        ],
-    )
+def network_ls(ctx: click.Context, as_json: bool, quiet: bool, filters: tuple[str, ...], fmt: str | None) -> None:
+    """List networks.
+
+    Filters: name (all or part of it), id (a prefix), driver, scope (local,
+    global), label (KEY or KEY=VALUE).  Template fields: .ID .Name .Driver
+    .Scope .IPv4 .IPv6 .Internal .Labels .Options .CreatedAt, {{.Label "KEY"}}."""
+    listing = Listing.check(NETWORKS, filters, fmt, quiet, as_json)
+    listing.print(_client(ctx).request("GET", "/v1/networks"))
 
 
 @network.command("inspect")
@@ -265,19 +160,13 @@ def network_ls(ctx: click.Context, as_json: bool, quiet: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @click.pass_context
 def network_inspect(ctx: click.Context, refs: tuple[str, ...], as_json: bool) -> None:
-    """Show networks in detail, with their endpoints."""
-    nets = [_client(ctx).request("GET", f"/v1/networks/{r}") for r in refs]
+    """Show networks in detail: subnets, options, labels, and their endpoints
+    with addresses, aliases, services and published ports."""
+    nets = [_client(ctx).request("GET", f"/v1/networks/{urllib.parse.quote(r, safe='')}") for r in refs]
     if as_json:
-        return _emit_json(nets)
+        return emit_json(nets)
     for n in nets:
-        console.print(f"[bold]{n['name']}[/] {n['id']}")
-        console.print(f"  driver {n['driver']} ({n['scope']}), internal {n['internal']}, options {n['options']}")
-        console.print(f"  IPv4 {n['ipv4_subnet']} gateway {_ip(n['ipv4_gateway'])}{_range(n.get('ipv4_range'))}")
-        if n["ipv6_subnet"]:
-            console.print(f"  IPv6 {n['ipv6_subnet']} gateway {_ip(n['ipv6_gateway'])}{_range(n.get('ipv6_range'))}")
-        if n.get("aux_addresses"):
-            console.print("  aux addresses " + ", ".join(f"{k}={v}" for k, v in sorted(n["aux_addresses"].items())))
-        _endpoint_table(n["endpoints"])
+        print_network(n)
 
 
 @network.command("rm")
@@ -381,7 +270,7 @@ def connect(
     ep = _client(ctx).request(
         "POST", f"/v1/networks/{network_ref}/connect", {k: v for k, v in body.items() if v is not None}
     )
-    click.echo(f"{ep['ifname']} {_ip(ep['ipv4'])} {_ip(ep['ipv6'])}".strip())
+    click.echo(f"{ep['ifname']} {address(ep['ipv4'])} {address(ep['ipv6'])}".strip())
 
 
 @cli.command()
@@ -432,17 +321,15 @@ def sandbox_create(
 
 
 @sandbox.command("ls")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@list_options
 @click.pass_context
-def sandbox_ls(ctx: click.Context, as_json: bool) -> None:
-    """List sandboxes."""
-    sbs = _client(ctx).request("GET", "/v1/sandboxes")
-    if as_json:
-        return _emit_json(sbs)
-    _table(
-        ("SANDBOX ID", "HOSTNAME", "NETNS", "ENDPOINTS"),
-        [(s["id"][:12], s["hostname"] or "", s["netns"], str(len(s["endpoints"]))) for s in sbs],
-    )
+def sandbox_ls(ctx: click.Context, as_json: bool, quiet: bool, filters: tuple[str, ...], fmt: str | None) -> None:
+    """List sandboxes.
+
+    Filters: id (a prefix), hostname (all or part of it).  Template fields:
+    .ID .Hostname .Netns .Endpoints .DNS .CreatedAt."""
+    listing = Listing.check(SANDBOXES, filters, fmt, quiet, as_json)
+    listing.print(_client(ctx).request("GET", "/v1/sandboxes"))
 
 
 @sandbox.command("rm")
@@ -456,32 +343,6 @@ def sandbox_rm(ctx: click.Context, refs: tuple[str, ...]) -> None:
 # --- endpoints, nodes, agent ------------------------------------------------------
 
 
-def _endpoint_table(eps: list[dict[str, Any]]) -> None:
-    _table(
-        ("ENDPOINT", "NAME", "SANDBOX", "IFACE", "IPV4", "IPV6", "MAC", "PORTS"),
-        [
-            (
-                e["id"][:12],
-                e["name"],
-                (e["sandbox_id"] or "")[:12],
-                e["ifname"] or "",
-                _ip(e["ipv4"]),
-                _ip(e["ipv6"]),
-                e["mac"],
-                ", ".join(_port_text(p) for p in e.get("ports") or []),
-            )
-            for e in eps
-        ],
-    )
-
-
-def _port_text(pm: dict[str, Any]) -> str:
-    """A published port as Docker prints it: ``0.0.0.0:8080->80/tcp``, ``[::1]:9091->90/tcp``."""
-    host = pm.get("host_ip") or ""
-    host = f"[{host}]" if ":" in host else host
-    return f"{host + ':' if host else ''}{pm['host_port']}->{pm['container_port']}/{pm['protocol']}"
-
-
 @cli.group()
 def endpoint() -> None:
     """Inspect and remove endpoints."""
@@ -489,15 +350,31 @@ def endpoint() -> None:
 
 @endpoint.command("ls")
 @click.option("--network", "network_ref", help="only this network's endpoints")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@list_options
 @click.pass_context
-def endpoint_ls(ctx: click.Context, network_ref: str | None, as_json: bool) -> None:
-    """List endpoints."""
-    url = "/v1/endpoints" + (f"?network={network_ref}" if network_ref else "")
+def endpoint_ls(
+    ctx: click.Context,
+    network_ref: str | None,
+    as_json: bool,
+    quiet: bool,
+    filters: tuple[str, ...],
+    fmt: str | None,
+) -> None:
+    """List endpoints, with the network each is on.
+
+    Filters: name (all or part of it), id (a prefix), network (a name or id),
+    sandbox (an id prefix), node.  Template fields: .ID .Name .Network
+    .NetworkID .Sandbox .Interface .IPv4 .IPv6 .MAC .Ports .Aliases .Services .Node."""
+    listing = Listing.check(endpoint_view({}), filters, fmt, quiet, as_json)
+    url = "/v1/endpoints" + (f"?{urllib.parse.urlencode({'network': network_ref})}" if network_ref else "")
     eps = _client(ctx).request("GET", url)
-    if as_json:
-        return _emit_json(eps)
-    _endpoint_table(eps)
+    names = {} if as_json or quiet else _network_names(ctx)
+    listing.print(eps, endpoint_view(names))
+
+
+def _network_names(ctx: click.Context) -> dict[str, str]:
+    """Network id -> name."""
+    return {n["id"]: n["name"] for n in _client(ctx).request("GET", "/v1/networks")}
 
 
 def _endpoint_url(ref: str, network_ref: str | None, **query: str) -> str:
@@ -515,19 +392,10 @@ def endpoint_inspect(ctx: click.Context, refs: tuple[str, ...], network_ref: str
     """Show endpoints in detail (REF: id, id prefix, or name)."""
     eps = [_client(ctx).request("GET", _endpoint_url(r, network_ref)) for r in refs]
     if as_json:
-        return _emit_json(eps)
+        return emit_json(eps)
+    names = _network_names(ctx)
     for e in eps:
-        console.print(f"[bold]{e['name']}[/] {e['id']}")
-        state = f"joined to sandbox {e['sandbox_id']} as {e['ifname']}" if e["sandbox_id"] else "not joined"
-        if e.get("connecting") and not e["sandbox_id"]:
-            state += " (an unfinished connect)"
-        console.print(f"  network {e['network_id']}, {state}{', default gateway' if e['gateway'] else ''}")
-        console.print(f"  IPv4 {e['ipv4'] or '-'}  IPv6 {e['ipv6'] or '-'}  MAC {e['mac']}")
-        for label, key in (("aliases", "aliases"), ("services", "services"), ("ports", "ports")):
-            if e.get(key):
-                console.print(f"  {label} {e[key]}")
-        if e.get("node"):
-            console.print(f"  node {e['node']}")
+        print_endpoint(e, names.get(e["network_id"], "?"))
 
 
 @endpoint.command("rm")
@@ -540,19 +408,7 @@ def endpoint_rm(ctx: click.Context, refs: tuple[str, ...], network_ref: str | No
 
 
 def _remove_each(ctx: click.Context, what: str, refs: tuple[str, ...], url: Callable[[str], str]) -> None:
-    """DELETE each ref, printing the removed ones and the errors of the others;
-    exit 1 if any failed (an unreachable agent stops at once, exit 3)."""
-    failed = []
-    for r in refs:
-        try:
-            _client(ctx).request("DELETE", url(r))
-        except AgentError as exc:
-            err_console.print(f"libnet: {what} {r}: {exc.message}", markup=False, highlight=False)
-            failed.append(r)
-            continue
-        click.echo(r)
-    if failed:
-        raise AgentError(f"{len(failed)} of {len(refs)} {what}(s) not removed: {', '.join(failed)}")
+    remove_each(_client(ctx), what, refs, url)
 
 
 @cli.group()
@@ -561,17 +417,15 @@ def node() -> None:
 
 
 @node.command("ls")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@list_options
 @click.pass_context
-def node_ls(ctx: click.Context, as_json: bool) -> None:
-    """List the cluster's nodes."""
-    nodes = _client(ctx).request("GET", "/v1/nodes")
-    if as_json:
-        return _emit_json(nodes)
-    _table(
-        ("NODE", "ADDRESS", "STATUS", "VTEP"),
-        [(n["name"], n["address"], n["status"], n.get("tags", {}).get("vtep", "")) for n in nodes],
-    )
+def node_ls(ctx: click.Context, as_json: bool, quiet: bool, filters: tuple[str, ...], fmt: str | None) -> None:
+    """List the cluster's nodes.
+
+    Filters: name (all or part of it), status (alive, failed, left, leaving).
+    Template fields: .Name .Address .Status .VTEP .Tags; -q prints names."""
+    listing = Listing.check(NODES, filters, fmt, quiet, as_json)
+    listing.print(_client(ctx).request("GET", "/v1/nodes"))
 
 
 @node.command("drain")
@@ -615,7 +469,7 @@ def agent_status(ctx: click.Context, as_json: bool) -> None:
     except AgentError as exc:
         raise AgentError(f"the agent is not healthy: {exc.message}") from None
     if as_json:
-        return _emit_json(health)
+        return emit_json(health)
     for k, v in health.items():
         console.print(f"{k:>14}: {v}")
 
@@ -641,14 +495,13 @@ def cni_install(bin_dir: str, python: str | None) -> None:
         click.echo(path)
 
 
-def _register() -> None:
-    """Command groups of their own modules (they use this module's helpers)."""
-    from agent import cli_proxy
+# --- commands of their own modules ---------------------------------------------------
 
-    cli_proxy.attach(sys.modules[__name__])
-
-
-_register()
+network.add_command(network_prune)
+sandbox.add_command(sandbox_inspect)
+cli.add_command(version)
+cli.add_command(topology)
+cli.add_command(proxy)
 
 
 def main() -> None:

@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 import urllib.parse
-from types import ModuleType
 from typing import Any
 
 import click
 
-_base: ModuleType | None = None
+from agent.cli_output import console, emit_json, remove_each, table
+from agent.cli_views import ip
+from agent.client import Client
 
 
-def attach(cli_module: ModuleType) -> None:
-    """Add ``proxy`` to the command group of ``cli_module`` (:mod:`agent.cli`, also when
-    run as ``__main__``), whose client and helpers its commands use: one module
-    instance, so its error classes are the ones raised and caught."""
-    global _base
-    _base = cli_module
-    cli_module.cli.add_command(proxy)
-
-
-def _cli() -> ModuleType:
-    assert _base is not None, "agent.cli_proxy.attach() was not called"
-    return _base
-
-
-def _client(ctx: click.Context) -> Any:
-    return _cli()._client(ctx)
+def _client(ctx: click.Context) -> Client:
+    client: Client = ctx.obj
+    return client
 
 
 @click.group()
@@ -71,10 +59,10 @@ def proxy_ls(ctx: click.Context, as_json: bool) -> None:
     """List proxies."""
     pxs = _client(ctx).request("GET", "/v1/proxies")
     if as_json:
-        _cli()._emit_json(pxs)
+        emit_json(pxs)
         return
     nets = {n["id"]: n["name"] for n in _client(ctx).request("GET", "/v1/networks")}
-    _cli()._table(
+    table(
         ("PROXY ID", "NAME", "FROM", "TO", "SERVICES", "NODE"),
         [
             (
@@ -98,16 +86,16 @@ def proxy_inspect(ctx: click.Context, refs: tuple[str, ...], as_json: bool) -> N
     """Show proxies in detail: their legs' addresses and current backends."""
     pxs = [_client(ctx).request("GET", f"/v1/proxies/{urllib.parse.quote(r, safe='')}") for r in refs]
     if as_json:
-        _cli()._emit_json(pxs)
+        emit_json(pxs)
         return
     for p in pxs:
-        _cli().console.print(f"[bold]{p['name']}[/] {p['id']} on node {p['node']} ({p['scope']})")
-        _cli().console.print(f"  services {_services(p)}")
+        console.print(f"[bold]{p['name']}[/] {p['id']} on node {p['node']} ({p['scope']})")
+        console.print(f"  services {_services(p)}")
         for leg in ("front", "back"):
             addrs = p.get(leg) or {}
-            _cli().console.print(f"  {leg} {_cli()._ip(addrs.get('ipv4'))} {_cli()._ip(addrs.get('ipv6'))}".rstrip())
+            console.print(f"  {leg} {ip(addrs.get('ipv4'))} {ip(addrs.get('ipv6'))}".rstrip())
         for alias, found in sorted((p.get("backends") or {}).items()):
-            _cli().console.print(f"  backends of {alias}: {', '.join(found) or 'none (connections are refused)'}")
+            console.print(f"  backends of {alias}: {', '.join(found) or 'none (connections are refused)'}")
 
 
 @proxy.command("rm")
@@ -115,4 +103,4 @@ def proxy_inspect(ctx: click.Context, refs: tuple[str, ...], as_json: bool) -> N
 @click.pass_context
 def proxy_rm(ctx: click.Context, refs: tuple[str, ...]) -> None:
     """Remove proxies; tries them all."""
-    _cli()._remove_each(ctx, "proxy", refs, lambda r: f"/v1/proxies/{urllib.parse.quote(r, safe='')}")
+    remove_each(_client(ctx), "proxy", refs, lambda r: f"/v1/proxies/{urllib.parse.quote(r, safe='')}")

@@ -19,8 +19,7 @@ import time
 
 import aiohttp
 
-from benchmarks.common import emit, parser, progress
-from libnet.testing.agents import AgentProcess
+from benchmarks.common import emit, parser, progress, start_agent
 from libnet.testing.hosts import Testbed
 
 NAME = "api_bench"
@@ -86,10 +85,7 @@ def main() -> dict:
     args = parser(NAME, __doc__).parse_args()
     n, seconds = (20, 1.0) if args.quick else (100, 10.0)
     with Testbed(1) as bed, tempfile.TemporaryDirectory() as tmp:
-        conf = f"{tmp}/agent.toml"
-        with open(conf, "w") as f:
-            f.write('default_pools = [{base = "198.18.0.0/15", size = 24}]\nlog_level = "warning"\n')
-        agent = AgentProcess(bed, bed.hosts[0], "--config", conf, state_dir=f"{tmp}/state").start()
+        agent = start_agent(bed, tmp)
         try:
             metrics = asyncio.run(load(agent.socket, n, seconds))
         finally:

@@ -9,7 +9,11 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from libnet.testing.agents import AgentProcess
+    from libnet.testing.hosts import Testbed
 
 
 def parser(name: str, doc: str | None) -> argparse.ArgumentParser:
@@ -50,3 +54,14 @@ def emit(name: str, params: dict, metrics: dict, peers: dict, ratios: dict) -> d
     result = {"benchmark": name, "params": params, "metrics": metrics, "peers": peers, "ratios": ratios}
     print(json.dumps(result), flush=True)
     return result
+
+
+def start_agent(bed: Testbed, tmp: str, *extra: str, state: str = "state") -> AgentProcess:
+    """A libnet-agent in the bed's first host, state under ``tmp/state`` (SQLite store), default
+    pools from 198.18.0.0/15, log level warning, ``extra`` arguments; started (stop it when done)."""
+    from libnet.testing.agents import AgentProcess
+
+    conf = f"{tmp}/agent.toml"
+    with open(conf, "w") as f:
+        f.write('default_pools = [{base = "198.18.0.0/15", size = 24}]\nlog_level = "warning"\n')
+    return AgentProcess(bed, bed.hosts[0], "--config", conf, *extra, state_dir=f"{tmp}/{state}").start()

@@ -22,6 +22,7 @@ BENCHMARKS = [
     "attach_bench",
     "gossip_bench",
     "api_bench",
+    "cli_bench",
     "overlay_bench",
     "convergence_bench",
     "dns_bench",
@@ -29,6 +30,7 @@ BENCHMARKS = [
     "docker_bench",
     "proxy_bench",
     "cni_bench",
+    "memory_bench",
 ]
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 

@@ -14,7 +14,9 @@ question never reaches the upstream: a stand-in for the Internet's DNS,
 answering ``*.example.com``, runs in the second test host and logs what it is
 asked).  Part 3, across hosts: a dual-stack VXLAN overlay network with a
 container on each host, pings both ways, and the time from ``connect`` on one
-host until the other host reaches the new container.  Everything is removed
+host until the other host reaches the new container; it ends with ``libnet
+topology``: hosts, networks, sandboxes and endpoints with their addresses,
+VTEPs and peer state.  Everything is removed
 on exit, also on Ctrl-C; nothing touches the machine's own network.  Run as
 root: ``sudo make demo``.
 """
@@ -131,7 +133,7 @@ class Demo:
         if r.returncode != 0:
             raise RuntimeError(f"libnet {' '.join(args)} failed: {r.stderr.strip()}")
         if show and r.stdout.strip() and "--json" not in args:
-            console.print(r.stdout.rstrip(), highlight=False)
+            console.print(r.stdout.rstrip(), highlight=False, markup=False)
         return r.stdout
 
     def ping(self, netns: str, addr: str) -> tuple[bool, str]:
@@ -324,6 +326,9 @@ class Demo:
                 checks.add_row(name_a, name_b, _ip(b[fam]), ("[green]✔[/] " if good else "[red]✘[/] ") + detail)
         console.print(checks)
         console.print(f"connect on h2 -> reachable from h1: [bold]{converge * 1000:.0f} ms[/]")
+        console.rule("the network as h1 sees it")
+        topo = self.libnet("topology")
+        ok &= "programmed via VTEP" in topo  # h2's container is in h1's overlay peer table
         self.libnet("sandbox", "rm", placed[0][0]["id"][:12])
         self.libnet("sandbox", "rm", placed[1][0]["id"][:12], on=1)
         self.libnet("network", "rm", "ov")

@@ -75,6 +75,16 @@ def test_api_bench_quick() -> None:
 
 
 @pytest.mark.root
+def test_cli_bench_quick() -> None:
+    r = _run("cli_bench")
+    assert r["params"]["runs"] >= 20
+    for key in ("cli_network_ls_ms_p50", "cli_network_ls_ms_p90", "cli_network_ls_cpu_ms"):
+        assert r["metrics"][key] > 0
+    assert r["peers"]["python_startup_ms_p50"] > 0
+    assert set(r["ratios"]) == {"cli_ls_vs_target_100ms", "python_startup_share"}
+
+
+@pytest.mark.root
 def test_overlay_bench_quick() -> None:
     r = _run("overlay_bench")
     assert r["metrics"]["overlay_gbps"] > 0
@@ -133,3 +143,12 @@ def test_cni_bench_quick() -> None:
             assert 0 < side[f"{key}_ms_p50"] <= side[f"{key}_ms_p90"]
     assert set(r["ratios"]) == {"add_speedup_vs_reference", "del_speedup_vs_reference"}
     assert all(v > 0 for v in r["ratios"].values())
+
+
+def test_memory_bench_quick() -> None:
+    r = _run("memory_bench")
+    n, m = r["params"]["endpoints"], r["params"]["remote_peers"]
+    for key in ("rss_mib_idle", f"rss_mib_{n}_endpoints", f"rss_mib_{m}_remote_peers"):
+        assert r["metrics"][key] > 0
+    assert r["metrics"]["remote_peers_programmed"] == m
+    assert set(r["ratios"]) == {f"rss_{n}_endpoints_vs_target_60mib"}

@@ -30,5 +30,6 @@ def test_demo_twice_leaves_nothing() -> None:
         assert proc.returncode == 0, out + err
         assert "all checks passed" in out
         assert "blocked" in out and "✔" in out
+        assert "$ libnet topology" in out and "programmed via VTEP" in out  # it ends with the topology
         ours = f"{PREFIX_ROOT}{proc.pid}-"
         assert [n for n in netns.list_names() if n.startswith(ours)] == []

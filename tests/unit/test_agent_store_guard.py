@@ -3,16 +3,13 @@ adopt's planning and writing, and ``libnet endpoint rm``/``inspect``."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
 import sys
-import threading
 import types
 
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from click.testing import CliRunner
 
@@ -419,42 +416,6 @@ async def test_endpoint_delete_force_and_names(tmp_path) -> None:
         assert await ctl.endpoints() == []
         assert (await client.delete("/v1/endpoints/app")).status == 404
     await ctl.close()
-
-
-@pytest.fixture
-def served(tmp_path):
-    """An agent API on a unix socket, served from a thread (the CLI is synchronous)."""
-    path = str(tmp_path / "agent.sock")
-    loop = asyncio.new_event_loop()
-    held: dict = {}
-
-    async def setup() -> None:
-        ctl = await _controller(tmp_path)
-        runner = web.AppRunner(make_app(AgentState(ctl, "n", Metrics())))
-        await runner.setup()
-        await web.UnixSite(runner, path).start()
-        held.update(ctl=ctl, runner=runner)
-
-    ready = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(setup())
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert ready.wait(10)
-
-    def call(coro):
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(10)
-
-    yield path, held["ctl"], call
-    call(held["runner"].cleanup())
-    call(held["ctl"].close())
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
 
 
 def test_cli_endpoint_inspect_and_rm(served) -> None:

@@ -23,6 +23,15 @@ def test_import_is_light(module: str) -> None:
     assert not [m for m in HEAVY if m in loaded]
 
 
+def test_cli_loads_no_model_store_or_asyncio() -> None:
+    """``libnet network ls`` needs none of them; ``network create`` loads the validation
+    it needs when it runs (issue 22: a third of the CLI's imports were these)."""
+    code = "import sys, json, agent.cli; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = set(json.loads(out))
+    assert not loaded & {"asyncio", "libnet.model", "libnet.store", "libnet.validation"}
+
+
 def test_lazy_names_still_resolve() -> None:
     import libnet
 

@@ -1,0 +1,332 @@
+"""How the ``libnet`` CLI prints lists: tables, ``--filter``, ``--format``, ``-q``,
+and a spinner for slow requests.
+
+The semantics follow ``docker network ls`` (docs.docker.com, "docker network
+ls", Filtering and Format sections):
+
+- ``--filter KEY=VALUE`` is repeatable; values of the same key are ORed, keys
+  are ANDed (``-f driver=bridge -f driver=overlay -f label=env`` lists the
+  bridge and overlay networks with an ``env`` label);
+- ``--format`` takes ``table`` (the default), ``json`` (one JSON object per
+  line), ``table TEMPLATE`` (a header, then the template per object) or a bare
+  ``TEMPLATE`` such as ``{{.Name}}\\t{{.Driver}}`` -- a subset of Go's
+  templates: ``{{.Field}}``, ``{{.Label "key"}}``, ``{{json .}}``,
+  ``{{json .Field}}``, ``{{upper .Field}}``, ``{{lower .Field}}``; ``\\t``
+  and ``\\n`` in the text are a tab and a newline, and tab-separated columns
+  are aligned.
+
+A bad filter key, template action or field is a usage error (exit 2) naming
+what is known; nothing is requested from the agent after it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True)
+
+#: a filter: does this object (the agent's JSON) match this value?
+Match = Callable[[dict[str, Any], str], bool]
+#: a template field: the object's value, shown as text
+Field = Callable[[dict[str, Any]], Any]
+
+
+def table(columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    """A plain table like docker's list output."""
+    t = Table(box=None)
+    for col in columns:
+        t.add_column(col)
+    for row in rows:
+        t.add_row(*row)
+    console.print(t)
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+# --- filters ----------------------------------------------------------------------
+
+
+def name_contains(key: str) -> Match:
+    """Docker's ``name=``: all or part of the name."""
+    return lambda obj, value: value in (obj.get(key) or "")
+
+
+def id_prefix(key: str = "id") -> Match:
+    """Docker's ``id=``: all or the start of the id."""
+    return lambda obj, value: (obj.get(key) or "").startswith(value)
+
+
+def equals(key: str) -> Match:
+    return lambda obj, value: str(obj.get(key) or "") == value
+
+
+def has_label(obj: dict[str, Any], value: str) -> bool:
+    """Docker's ``label=KEY`` (present) or ``label=KEY=VALUE`` (equal)."""
+    labels = obj.get("labels") or {}
+    key, eq, want = value.partition("=")
+    return key in labels and (not eq or labels[key] == want)
+
+
+def parse_filters(given: tuple[str, ...], known: dict[str, Match]) -> dict[str, list[str]]:
+    """``("driver=bridge", "label=env")`` -> ``{"driver": ["bridge"], "label": ["env"]}``;
+    click.BadParameter for a filter without ``=`` or with a key not in ``known``."""
+    out: dict[str, list[str]] = {}
+    for text in given:
+        key, eq, value = text.partition("=")
+        key = key.strip().lower()
+        if not eq:
+            raise click.BadParameter(f"a filter is KEY=VALUE, got {text!r}", param_hint="--filter")
+        if key not in known:
+            raise click.BadParameter(
+                f"invalid filter {key!r}; known: {', '.join(sorted(known))}", param_hint="--filter"
+            )
+        out.setdefault(key, []).append(value)
+    return out
+
+
+def select(objs: list[dict[str, Any]], filters: dict[str, list[str]], known: dict[str, Match]) -> list[dict[str, Any]]:
+    """The objects every filter key matches (one of its values each)."""
+    return [o for o in objs if all(any(known[k](o, v) for v in values) for k, values in filters.items())]
+
+
+# --- formats ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class View:
+    """How one kind of object is listed.
+
+    ``columns``: (header, field name) of the default table; ``fields``: the
+    template fields (Docker's names: ``ID``, ``Name``, ...) -> how to get them;
+    ``filters``: ``--filter`` keys -> match; ``quiet``: the field ``-q`` prints."""
+
+    columns: tuple[tuple[str, str], ...]
+    fields: dict[str, Field]
+    filters: dict[str, Match] = field(default_factory=dict)
+    quiet: str = "ID"
+
+
+_ACTION = re.compile(r"\{\{-?\s*(.*?)\s*-?\}\}", re.S)
+
+
+def _action(view: View, words: list[str]) -> Callable[[dict[str, Any]], str]:
+    """One ``{{ ... }}`` of a template, compiled (BadParameter if unknown)."""
+    func = words[0] if words and not words[0].startswith(".") else None
+    args = words[1:] if func else words
+    if func not in (None, "json", "upper", "lower") or len(args) not in (1, 2):
+        raise click.BadParameter(
+            f"unsupported template action {{{{{' '.join(words)}}}}}; "
+            'use {{.Field}}, {{.Label "key"}}, {{json .}}, {{json .Field}}, {{upper .Field}}, {{lower .Field}}',
+            param_hint="--format",
+        )
+    ref = args[0]
+    if ref == "." and func == "json" and len(args) == 1:
+        return lambda obj: json.dumps(obj, default=str)
+    name = ref[1:]
+    if name == "Label" and len(args) == 2 and func is None:
+        key = args[1].strip('"')
+        return lambda obj: str((obj.get("labels") or {}).get(key, ""))
+    if name not in view.fields or len(args) != 1:
+        raise click.BadParameter(
+            f"no field {ref!r}; fields: {', '.join('.' + f for f in view.fields)}", param_hint="--format"
+        )
+    get = view.fields[name]
+    if func == "json":
+        return lambda obj: json.dumps(get(obj), default=str)
+    text: Callable[[Any], str] = {"upper": str.upper, "lower": str.lower}.get(func or "", str)
+    return lambda obj: text(_text(get(obj)))
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _constant(text: str) -> Callable[[dict[str, Any]], str]:
+    return lambda obj: text
+
+
+def compile_template(view: View, template: str) -> Callable[[dict[str, Any]], str]:
+    """A template (see the module's docstring) as a function of one object."""
+    template = template.replace("\\t", "\t").replace("\\n", "\n")
+    parts: list[Callable[[dict[str, Any]], str]] = []
+    pos = 0
+    for m in _ACTION.finditer(template):
+        literal = template[pos : m.start()]
+        parts.append(_constant(literal))
+        parts.append(_action(view, m.group(1).split()))
+        pos = m.end()
+    tail = template[pos:]
+    if "{{" in tail or "}}" in tail:
+        raise click.BadParameter(f"an unclosed {{{{ in {template!r}", param_hint="--format")
+    parts.append(_constant(tail))
+    return lambda obj: "".join(p(obj) for p in parts)
+
+
+def _aligned(lines: list[str]) -> str:
+    """Tab-separated columns padded to a common width (like Go's tabwriter)."""
+    cells = [line.split("\t") for line in lines]
+    widths: dict[int, int] = {}
+    for row in cells:
+        for i, cell in enumerate(row[:-1]):
+            widths[i] = max(widths.get(i, 0), len(cell))
+    return "\n".join("   ".join(c.ljust(widths[i]) if i < len(r) - 1 else c for i, c in enumerate(r)) for r in cells)
+
+
+def check_format(view: View, fmt: str | None) -> None:
+    """Raise BadParameter now for a bad ``--format`` (before the agent is asked)."""
+    if fmt and fmt.strip() not in ("table", "json"):
+        compile_template(view, fmt.strip().removeprefix("table"))
+
+
+def show(view: View, objs: list[dict[str, Any]], fmt: str | None = None, quiet: bool = False) -> None:
+    """Print ``objs`` as ``fmt`` says (None: the default table); ``quiet``: only ids."""
+    fmt = (fmt or "table").strip()
+    if quiet:
+        get = view.fields[view.quiet]
+        for obj in objs:
+            click.echo(_text(get(obj)))
+        return
+    if fmt == "json":
+        for obj in objs:
+            click.echo(json.dumps(obj, default=str))
+        return
+    if fmt == "table":
+        rows = [tuple(_text(view.fields[f](o)) for _, f in view.columns) for o in objs]
+        table(tuple(h for h, _ in view.columns), rows)
+        return
+    header = fmt.startswith("table ")
+    body = fmt[len("table ") :] if header else fmt
+    render = compile_template(view, body)
+    lines = [render(o) for o in objs]
+    if header:
+        headers = {f: h for h, f in view.columns}
+        names = [m.group(1).split()[-1].lstrip(".").strip('"') for m in _ACTION.finditer(body.replace("\\t", "\t"))]
+        titles = "\t".join(headers.get(n, n.upper()) for n in names)
+        lines = [titles, *lines]
+    text = "\n".join(lines)
+    click.echo(_aligned(text.split("\n")) if "\t" in text else text)
+
+
+# --- progress ---------------------------------------------------------------------
+
+
+@contextmanager
+def slow_status(what: str, after: float = 1.0) -> Iterator[None]:
+    """Show a spinner on stderr (a terminal only) once ``what`` has taken ``after``
+    seconds; nothing for fast requests, pipes and files."""
+    if not err_console.is_terminal:
+        yield
+        return
+    status = err_console.status(f"waiting for the agent: {what}")
+    lock = threading.Lock()
+    state = {"shown": False, "done": False}
+
+    def start() -> None:
+        with lock:
+            if not state["done"]:
+                status.start()
+                state["shown"] = True
+
+    timer = threading.Timer(after, start)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        with lock:
+            state["done"] = True
+            if state["shown"]:
+                status.stop()
+
+
+# --- the options of every ls command ------------------------------------------------
+
+
+def list_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--json``, ``-q/--quiet``, ``-f/--filter`` and ``--format`` for an ``ls`` command."""
+    fn = click.option(
+        "--format",
+        "fmt",
+        metavar="FORMAT",
+        help="table (default), json (one object per line), or a template: '{{.Name}}\\t{{.Driver}}', "
+        "'table {{.ID}}\\t{{.Name}}'",
+    )(fn)
+    fn = click.option(
+        "-f",
+        "--filter",
+        "filters",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="only matching objects (repeatable: the same key ORed, different keys ANDed)",
+    )(fn)
+    fn = click.option("-q", "--quiet", is_flag=True, help="only ids")(fn)
+    return click.option("--json", "as_json", is_flag=True, help="print JSON (a list)")(fn)
+
+
+@dataclass
+class Listing:
+    """An ``ls`` command's checked options: check them, ask the agent, then :meth:`print`."""
+
+    view: View
+    filters: dict[str, list[str]]
+    fmt: str | None
+    quiet: bool
+    as_json: bool
+
+    @classmethod
+    def check(cls, view: View, filters: tuple[str, ...], fmt: str | None, quiet: bool, as_json: bool) -> Listing:
+        """BadParameter (exit 2) for bad filters or a bad format, before the agent is asked."""
+        if as_json and (fmt or quiet):
+            raise click.UsageError("--json cannot be combined with --format or --quiet")
+        check_format(view, fmt)
+        return cls(view, parse_filters(filters, view.filters), fmt, quiet, as_json)
+
+    def print(self, objs: list[dict[str, Any]], view: View | None = None) -> None:
+        """Filter ``objs`` and print them (``view``: a fuller view than the checked one)."""
+        view = view or self.view
+        chosen = select(objs, self.filters, view.filters)
+        if self.as_json:
+            emit_json(chosen)
+        else:
+            show(view, chosen, self.fmt, self.quiet)
+
+
+def remove_each(client: Any, what: str, refs: tuple[str, ...], url: Callable[[str], str]) -> None:
+    """DELETE each ref, printing the removed ones and the errors of the others; raise
+    :class:`agent.client.AgentError` (exit 1) if any failed (an unreachable agent stops at once, exit 3)."""
+    from agent.client import AgentError
+
+    failed = []
+    for r in refs:
+        try:
+            client.request("DELETE", url(r))
+        except AgentError as exc:
+            err_console.print(f"libnet: {what} {r}: {exc.message}", markup=False, highlight=False)
+            failed.append(r)
+            continue
+        click.echo(r)
+    if failed:
+        raise AgentError(f"{len(failed)} of {len(refs)} {what}(s) not removed: {', '.join(failed)}")

@@ -1,0 +1,245 @@
+"""The ``libnet`` CLI for Docker users (issue 22, item 5): ``ls --filter/--format/-q``,
+``network prune``, readable ``inspect``, ``endpoint ls`` with NETWORK, ``sandbox
+inspect``, ``version``; against a real API on fakes (the ``served`` fixture)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from agent import cli_output
+from agent.cli import cli
+from agent.cli_views import NETWORKS
+
+
+def _run(path: str, *args: str, stdin: str | None = None):
+    return CliRunner().invoke(cli, ["--socket", path, *args], input=stdin)
+
+
+@pytest.fixture
+def nets(served):
+    _, ctl, call = served
+    call(ctl.create_network("web", ipv4_subnet="198.51.100.0/26", ipv6=False, labels={"env": "prod", "team": "a"}))
+    call(ctl.create_network("web-test", ipv4_subnet="198.51.100.64/26", ipv6=False, labels={"env": "test"}))
+    call(ctl.create_network("db", ipv4_subnet="198.51.100.128/26", ipv6=False))
+    call(ctl.create_network("ov", driver="overlay", ipv4_subnet="198.51.100.192/26", ipv6=False))
+    return served
+
+
+def _names(output: str) -> list[str]:
+    return output.split()
+
+
+def test_filters_same_key_or_different_keys_and(nets) -> None:
+    path, _, _ = nets
+    fmt = ("--format", "{{.Name}}")
+    assert _names(_run(path, "network", "ls", "-f", "name=web", *fmt).output) == ["web", "web-test"]
+    r = _run(path, "network", "ls", "-f", "driver=bridge", "-f", "driver=overlay", *fmt)
+    assert sorted(_names(r.output)) == ["db", "ov", "web", "web-test"]
+    r = _run(path, "network", "ls", "-f", "name=web", "-f", "label=env=prod", *fmt)
+    assert _names(r.output) == ["web"]
+    r = _run(path, "network", "ls", "--filter", "label=env", "--filter", "scope=local", *fmt)
+    assert _names(r.output) == ["web", "web-test"]
+    assert _names(_run(path, "network", "ls", "-f", "scope=global", *fmt).output) == ["ov"]
+    assert _names(_run(path, "network", "ls", "-f", "label=nope", *fmt).output) == []
+
+
+def test_bad_filter_or_template_is_a_usage_error_naming_what_is_known(nets) -> None:
+    path, _, _ = nets
+    r = _run(path, "network", "ls", "-f", "colour=red")
+    assert r.exit_code == 2 and "invalid filter 'colour'" in r.output and "driver" in r.output
+    r = _run(path, "network", "ls", "-f", "driver")
+    assert r.exit_code == 2 and "KEY=VALUE" in r.output
+    r = _run(path, "network", "ls", "--format", "{{.Colour}}")
+    assert r.exit_code == 2 and "no field '.Colour'" in r.output and ".Driver" in r.output
+    r = _run(path, "network", "ls", "--format", "{{range .}}")
+    assert r.exit_code == 2 and "unsupported template action" in r.output
+    # checked before the agent is asked: an unreachable agent is not what is reported
+    r = _run(path + ".gone", "network", "ls", "-f", "colour=red")
+    assert r.exit_code == 2
+
+
+def test_formats(nets) -> None:
+    path, ctl, call = nets
+    web = call(ctl.network("web"))
+    r = _run(path, "network", "ls", "-f", "name=web", "--format", '{{.Name}}\\t{{.Driver}}\\t{{.Label "env"}}')
+    lines = r.output.splitlines()
+    assert lines[0].split() == ["web", "bridge", "prod"] and lines[1].split() == ["web-test", "bridge", "test"]
+    assert len(lines[0].split("bridge")[0]) == len(lines[1].split("bridge")[0]), "tab columns are aligned"
+    r = _run(path, "network", "ls", "-f", "name=db", "--format", "table {{.ID}}\\t{{.Name}}")
+    assert r.output.splitlines()[0].split() == ["NETWORK", "ID", "NAME"]
+    assert r.output.splitlines()[1].split() == [call(ctl.network("db")).id[:12], "db"]
+    r = _run(path, "network", "ls", "-f", "name=web", "-f", "label=team", "--format", "json")
+    [line] = r.output.splitlines()
+    assert json.loads(line)["id"] == web.id and json.loads(line)["labels"] == {"env": "prod", "team": "a"}
+    r = _run(path, "network", "ls", "-f", "name=db", "--format", "{{json .Labels}} {{upper .Name}} {{.Internal}}")
+    assert r.output.strip() == "{} DB false"
+    r = _run(path, "network", "ls", "--format", "table")
+    assert "NETWORK ID" in r.output and "web-test" in r.output
+    r = _run(path, "network", "ls", "-f", "name=web", "--json")
+    assert [n["name"] for n in json.loads(r.output)] == ["web", "web-test"]
+    r = _run(path, "network", "ls", "--json", "-q")
+    assert r.exit_code == 2
+
+
+def test_quiet_on_every_ls(nets) -> None:
+    path, ctl, call = nets
+    sb = call(ctl.create_sandbox("s1", hostname="app"))
+    ep = call(ctl.connect("web", sb.id, name="app"))
+    ids = {n.id[:12] for n in call(ctl.networks())}
+    assert set(_run(path, "network", "ls", "-q").output.split()) == ids
+    assert _run(path, "endpoint", "ls", "-q").output.split() == [ep.id[:12]]
+    assert _run(path, "sandbox", "ls", "-q").output.split() == ["s1"]
+    assert _run(path, "sandbox", "ls", "-q", "-f", "hostname=nope").output.split() == []
+
+
+def test_endpoint_ls_has_a_network_column_and_filters(nets) -> None:
+    path, ctl, call = nets
+    s1, s2 = call(ctl.create_sandbox("s1")), call(ctl.create_sandbox("s2"))
+    call(ctl.connect("web", s1.id, name="one"))
+    call(ctl.connect("db", s2.id, name="two"))
+    r = _run(path, "endpoint", "ls")
+    assert r.exit_code == 0, r.output
+    header, *rows = r.output.splitlines()
+    assert "NETWORK" in header.split()
+    assert {tuple(row.split()[1:3]) for row in rows} == {("one", "web"), ("two", "db")}
+    r = _run(path, "endpoint", "ls", "-f", "network=db", "--format", "{{.Name}} {{.Network}} {{.IPv4}}")
+    assert r.output.strip() == "two db 198.51.100.130"
+    r = _run(path, "endpoint", "ls", "-f", "sandbox=s1", "-f", "sandbox=s2", "--format", "{{.Name}}")
+    assert sorted(r.output.split()) == ["one", "two"]
+
+
+def test_network_prune(nets) -> None:
+    path, ctl, call = nets
+    sb = call(ctl.create_sandbox("s1"))
+    call(ctl.connect("web", sb.id))
+    r = _run(path, "network", "prune", stdin="n\n")
+    assert r.exit_code == 0 and "Are you sure" in r.output
+    assert len(call(ctl.networks())) == 4, "declined: nothing removed"
+    r = _run(path, "network", "prune", "--filter", "label=env", stdin="y\n")
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines()[-2:] == ["Deleted Networks:", "web-test"]
+    r = _run(path, "network", "prune", "-f")
+    assert r.exit_code == 0 and "Are you sure" not in r.output
+    assert sorted(r.output.splitlines()[1:]) == ["db", "ov"]
+    assert [n.name for n in call(ctl.networks())] == ["web"]
+    r = _run(path, "network", "prune", "-f")
+    assert r.exit_code == 0 and r.output == ""
+
+
+def test_network_inspect_is_readable(nets) -> None:
+    path, ctl, call = nets
+    sb = call(ctl.create_sandbox("s1"))
+    port = {"host_port": 8080, "container_port": 80, "protocol": "tcp"}
+    call(ctl.connect("web", sb.id, name="app", aliases=["www"], services=["http:80/tcp"], ports=[port]))
+    r = _run(path, "network", "inspect", "web")
+    assert r.exit_code == 0, r.output
+    out = r.output
+    assert "env=prod, team=a" in out and "www" in out and "http:80/tcp" in out and "8080->80/tcp" in out
+    assert "{" not in out and "[" not in out and "'" not in out, "no Python reprs"
+    r = _run(path, "endpoint", "inspect", "app")
+    assert "www" in r.output and "8080->80/tcp" in r.output and "network:" in r.output and "web" in r.output
+    assert "[" not in r.output and "{" not in r.output
+
+
+def test_sandbox_inspect(nets) -> None:
+    path, ctl, call = nets
+    sb = call(ctl.create_sandbox("s1", hostname="app", dns=["198.51.100.53"]))
+    call(ctl.connect("web", sb.id, name="app", aliases=["www"]))
+    call(ctl.connect("db", sb.id, name="app"))
+    r = _run(path, "sandbox", "inspect", "s1")
+    assert r.exit_code == 0, r.output
+    assert "app" in r.output and "198.51.100.53" in r.output and "www" in r.output
+    rows = [line.split() for line in r.output.splitlines() if line.split()[:1] in (["web"], ["db"])]
+    assert [row[:3] for row in rows] == [["web", "app", "eth0"], ["db", "app", "eth1"]]
+    [doc] = json.loads(_run(path, "sandbox", "inspect", "s1", "--json").output)
+    assert [e["name"] for e in doc["endpoints"]] == ["app", "app"] and doc["hostname"] == "app"
+    r = _run(path, "sandbox", "inspect", "nope")
+    assert r.exit_code == 1 and "no such sandbox" in r.output.lower()
+
+
+def test_version(served) -> None:
+    path, _, _ = served
+    r = _run(path, "version", "--json")
+    doc = json.loads(r.output)
+    assert doc["client"]["api"] == "v1" and doc["agent"]["api"] == "v1" and doc["agent"]["node"] == "n"
+    assert doc["client"]["version"] == doc["agent"]["version"]
+    r = _run(path, "version")
+    assert "Client:" in r.output and "Agent:" in r.output
+    r = _run(path + ".gone", "version")
+    assert r.exit_code == 3 and "Client:" in r.output and "Agent:" not in r.output
+
+
+def test_template_engine_alone() -> None:
+    render = cli_output.compile_template(NETWORKS, "{{ .Name }}-{{lower .Driver}}{{json .}}")
+    assert render({"name": "a", "driver": "BR", "id": "x"}) == 'a-br{"name": "a", "driver": "BR", "id": "x"}'
+    with pytest.raises(Exception, match="unclosed"):
+        cli_output.compile_template(NETWORKS, "{{.Name")
+
+
+def test_slow_status_shows_nothing_off_a_terminal(capsys) -> None:
+    with cli_output.slow_status("GET /v1/networks", after=0.0):
+        pass
+    assert capsys.readouterr().err == ""
+
+
+def test_slow_status_spins_on_a_terminal_after_the_delay(monkeypatch) -> None:
+    import io
+    import time
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    monkeypatch.setattr(cli_output, "err_console", Console(file=out, force_terminal=True))
+    with cli_output.slow_status("GET /v1/networks", after=0.05):
+        time.sleep(0.4)
+    assert "waiting for the agent: GET /v1/networks" in out.getvalue()
+    quick = io.StringIO()
+    monkeypatch.setattr(cli_output, "err_console", Console(file=quick, force_terminal=True))
+    with cli_output.slow_status("GET /v1/networks", after=5):
+        pass
+    assert "waiting" not in quick.getvalue()
+
+
+def test_node_ls_quiet_filter_format(served) -> None:
+    path, _, _ = served
+    assert _run(path, "node", "ls", "-q").output.split() == ["n"]
+    assert _run(path, "node", "ls", "-q", "-f", "status=failed").output.split() == []
+    assert _run(path, "node", "ls", "--format", "{{.Name}}:{{.Status}}").output.strip() == "n:alive"
+    assert json.loads(_run(path, "node", "ls", "--json").output)[0]["name"] == "n"
+
+
+def test_a_slow_request_shows_the_spinner_on_a_terminal(tmp_path, monkeypatch) -> None:
+    """The CLI wires the spinner into every request: an agent answering after 1.3 s."""
+    import io
+    import socket
+    import threading
+    import time
+
+    from rich.console import Console
+
+    path = str(tmp_path / "slow.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            time.sleep(1.3)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n[]")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    out = io.StringIO()
+    monkeypatch.setattr(cli_output, "err_console", Console(file=out, force_terminal=True))
+    try:
+        r = _run(path, "network", "ls", "-q")
+    finally:
+        thread.join(10)
+        server.close()
+    assert r.exit_code == 0, r.output
+    assert "waiting for the agent: GET /v1/networks" in out.getvalue()
