@@ -114,6 +114,16 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
+def _encryption(ctl: Controller) -> dict[str, Any] | None:
+    """The overlay driver's WireGuard tunnel: backend and why, interface, peers (None: no overlays here)."""
+    try:
+        driver = ctl.driver("overlay")
+    except LibnetError:
+        return None
+    status = getattr(driver, "encryption_status", None)
+    return status() if callable(status) else None
+
+
 def _json(obj: Any, status: int = 200) -> web.Response:
     obj = [_plain(o) for o in obj] if isinstance(obj, list) else _plain(obj)
     return web.json_response(obj, status=status, dumps=_dumps)
@@ -252,6 +262,7 @@ def make_app(state: AgentState) -> web.Application:
                 "members_alive": sum(m["status"] == "alive" for m in members),
                 "networks": len(await ctl.networks()),
                 "sandboxes": len(await ctl.sandboxes()),
+                "encryption": _encryption(ctl),
             },
             200 if store_ok else 503,
         )

@@ -125,9 +125,16 @@ def _range(cidr: str | None) -> str:
     return f" ip range {cidr}" if cidr else ""
 
 
+#: driver options that may stand alone, as Docker's ``-o encrypted`` (meaning on)
+BARE_OPTIONS = ("encrypted",)
+
+
 def _kv(values: tuple[str, ...], what: str) -> dict[str, str]:
     out = {}
     for v in values:
+        if v in BARE_OPTIONS:
+            out[v] = ""
+            continue
         if "=" not in v:
             raise click.BadParameter(f"{what} must look like KEY=VALUE, got {v!r}")
         k, _, val = v.partition("=")
@@ -181,7 +188,7 @@ def network() -> None:
     help="accept a --subnet/--subnet6 that overlaps a route of the host (never one holding a host address)",
 )
 @click.option("--internal", is_flag=True, help="no way out of the network")
-@click.option("-o", "--opt", multiple=True, help="driver option KEY=VALUE (e.g. mtu=1400, icc=false)")
+@click.option("-o", "--opt", multiple=True, help="driver option KEY=VALUE (e.g. mtu=1400, icc=false), or encrypted")
 @click.option("--label", multiple=True, help="KEY=VALUE")
 @click.pass_context
 def network_create(

@@ -50,6 +50,9 @@ class AgentConfig:
     serf_port: int = 7946
     peer_grace_period: float = _LIB.peer_grace_period  # seconds before a failed host's overlay peers are removed
     overlay_anti_entropy: float = _LIB.overlay_anti_entropy  # seconds between re-reads of overlay peers
+    #: tunnel addresses of the hosts' WireGuard interfaces (encrypted overlays); unused on every host
+    encryption_range: str = _LIB.encryption_range
+    encryption_port: int = _LIB.encryption_port  # WireGuard's UDP port on the underlay
     mtu: int | None = _LIB.mtu
     ipv6: bool = _LIB.ipv6
     default_pools: list[dict[str, Any]] = field(default_factory=list)  # [{base, size}]: local IPv4 defaults
@@ -115,6 +118,8 @@ class AgentConfig:
             overlay_prefix=self.overlay_prefix,
             overlay_anti_entropy=self.overlay_anti_entropy,
             peer_grace_period=self.peer_grace_period,
+            encryption_range=self.encryption_range,
+            encryption_port=int(self.encryption_port),
             port_range=parse_range(self.port_range),
             dns=DnsConfig(
                 enabled=self.dns,

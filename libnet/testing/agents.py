@@ -44,6 +44,7 @@ class AgentProcess:
         self._serf_record: dict[str, Any] | None = None
         # the Serf agent outlives libnet-agent: stopped by its recorded pid with the test bed
         bed.on_close(self.stop_serf)
+        bed.on_close(self.stop_wireguard)
 
     def stop_serf(self) -> bool:
         """Stop the Serf agent this agent left running (by its recorded, checked pid), without leaving."""
@@ -57,6 +58,26 @@ class AgentProcess:
         if not rec:
             return False
         return signal_serf(rec["pid"], rec.get("config", ""), signal.SIGKILL)
+
+    def wireguard_pid(self) -> int | None:
+        """The pid of this agent's ``wireguard-go`` as recorded, if it is still that process."""
+        from libnet.encryption.backend import UserspaceBackend
+
+        return UserspaceBackend(None, os.path.join(self.dir, "wireguard")).pid()
+
+    def stop_wireguard(self) -> None:
+        """Stop the ``wireguard-go`` an agent killed without cleanup left (by its recorded, checked pid)."""
+        import json
+
+        from libnet.encryption.backend import UserspaceBackend
+
+        path = os.path.join(self.dir, "wireguard", "wireguard-go.json")
+        try:
+            with open(path) as f:
+                ifname = json.load(f)["ifname"]
+        except (OSError, ValueError, KeyError):
+            return
+        UserspaceBackend(None, os.path.dirname(path)).delete(ifname)
 
     def _remember_serf(self) -> None:
         from libnet.cluster.agent import read_record

@@ -62,12 +62,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from libnet import ownership
 from libnet.cluster.membership import Membership
-from libnet.config import DEFAULT_ANTI_ENTROPY, DEFAULT_GRACE
+from libnet.config import DEFAULT_ANTI_ENTROPY, DEFAULT_ENCRYPTION_PORT, DEFAULT_ENCRYPTION_RANGE, DEFAULT_GRACE
 from libnet.driverapi import Capabilities, EndpointInfo, NetworkInfo, ReconcileReport, SandboxInfo
 from libnet.drivers import sandbox_config
 from libnet.drivers.bridge_model import host_ifname
@@ -77,6 +78,9 @@ from libnet.drivers.overlay.peerwatch import PeerWatch, decode, encode, peers_pr
 from libnet.drivers.overlay.plumbing import Plumbing, VxlanDevices
 from libnet.drivers.overlay.programmer import Programmer
 from libnet.drivers.overlay.vni import VNI_MAX, VNI_MIN, P, VniAllocator
+from libnet.encryption.backend import Backend
+from libnet.encryption.backend import choose as choose_backend
+from libnet.encryption.tunnel import Tunnel
 from libnet.errors import BadRequest, Conflict, InvalidOption, KeyModified, KeyNotFound, LibnetError, Unavailable
 from libnet.kernel.api import Kernel
 from libnet.ownership import NamespaceLedger
@@ -91,6 +95,18 @@ def _host_kernel() -> Kernel:
     from libnet.kernel.host import HostKernel
 
     return HostKernel()
+
+
+def _flag(value: Any, key: str) -> bool:
+    """An on/off option: Docker's ``-o encrypted`` comes as ``""`` (on)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("", "1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise InvalidOption(f"option {key} takes true or false, not {value!r}", option=key)
 
 
 class OverlayDriver:
@@ -110,6 +126,9 @@ class OverlayDriver:
         instance: str | None = None,
         state_dir: str | None = None,
         kernel: Kernel | None = None,
+        encryption_range: str = DEFAULT_ENCRYPTION_RANGE,
+        encryption_port: int = DEFAULT_ENCRYPTION_PORT,
+        wireguard: Backend | Literal["auto"] | None = "auto",
     ) -> None:
         self.host_ns, self.default_mtu = host_ns, default_mtu
         self.instance, self.state_dir = instance, state_dir
@@ -128,6 +147,50 @@ class OverlayDriver:
         self.anti_entropy_interval = anti_entropy_interval
         #: called with a network id whenever its remote endpoints changed (the embedded DNS listens)
         self.peer_listeners: list[Callable[[str], None]] = []
+        self.encryption_range, self.encryption_port = encryption_range, encryption_port
+        self._wireguard = wireguard
+        self._tunnel: Tunnel | None = None
+
+    def tunnel(self) -> Tunnel:
+        """This host's WireGuard tunnel (:mod:`libnet.encryption.tunnel`), made on first use."""
+        if self._tunnel is None:
+            store, vtep = self._need()
+            state_dir = self.state_dir or ""
+            if self._wireguard == "auto":
+                backend, reason = choose_backend(self.host_ns, os.path.join(state_dir, "wireguard"))
+            else:
+                backend = self._wireguard
+                reason = "given" if backend is not None else "no backend given"
+            self._tunnel = Tunnel(
+                node=self.node,
+                vtep=vtep,
+                host_ns=self.host_ns,
+                state_dir=state_dir,
+                instance=self.ledger.instance,
+                store=store,
+                kernel=self.kernel,
+                backend=backend,
+                reason=reason,
+                underlay_mtu=lambda: self.default_mtu or self.plumbing.underlay_mtu(vtep),
+                range_=self.encryption_range,
+                port=self.encryption_port,
+            )
+        return self._tunnel
+
+    def encryption_status(self) -> dict[str, Any] | None:
+        """The tunnel's status (backend and why; ``up`` once an encrypted network
+        was set up here), or None without a cluster store or VTEP."""
+        if self._tunnel is None and (self.store is None or not self.vtep):
+            return None
+        return self.tunnel().status()
+
+    async def _vtep_of(self, nw: NetworkInfo) -> str:
+        """The VTEP address of this host on ``nw``: its tunnel address (the tunnel
+        brought up first) on encrypted networks, else the underlay's."""
+        _, vtep = self._need()
+        if nw.options.get("encrypted"):
+            return await self.tunnel().ensure()
+        return vtep
 
     @property
     def ledger(self) -> NamespaceLedger:
@@ -211,10 +274,13 @@ class OverlayDriver:
         return Capabilities(scope="global", own_addressing=True, external_via_gateway_bridge=True)
 
     def parse_network_options(self, options: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {"vni": None, "mtu": None}
+        out: dict[str, Any] = {"vni": None, "mtu": None, "encrypted": False}
         for key, value in options.items():
             if key not in out:
-                raise InvalidOption(f"unknown overlay option {key!r}; known: vni, mtu", option=key)
+                raise InvalidOption(f"unknown overlay option {key!r}; known: vni, mtu, encrypted", option=key)
+            if key == "encrypted":
+                out[key] = _flag(value, key)
+                continue
             low, high = (VNI_MIN, VNI_MAX) if key == "vni" else (1280, 65535)
             out[key] = check_int(value, key, low, high)
         return out
@@ -230,8 +296,13 @@ class OverlayDriver:
     # --- networks -------------------------------------------------------------
 
     async def check_network(self, nw: NetworkInfo) -> None:
-        """Refused before anything is written: no cluster store or no VTEP address (--advertise)."""
+        """Refused before anything is written: no cluster store or no VTEP address
+        (--advertise); an encrypted network on a host without a WireGuard backend."""
         self._need()
+        if nw.options.get("encrypted"):
+            tunnel = self.tunnel()
+            if tunnel.backend is None:
+                raise Unavailable(f"encrypted overlays are unavailable on this host: {tunnel.reason}", network=nw.name)
 
     async def create_network(self, nw: NetworkInfo) -> None:
         """Allocate the network's VNI in the cluster store (:mod:`~libnet.drivers.overlay.vni`)."""
@@ -246,9 +317,10 @@ class OverlayDriver:
     async def _ensure_local(self, nw: NetworkInfo, repairs: list[str] | None = None) -> str:
         """The network's namespace on this host, built (or checked and
         adopted) on first use; what had to be rebuilt goes to ``repairs``."""
-        store, vtep = self._need()
+        store, _ = self._need()
         vni = await self.vnis.get(store, nw.id)
         ns = self.ns_name(vni)
+        vtep = await self._vtep_of(nw)  # on encrypted networks: never before the tunnel (and its guard) is up
         async with self._locks.setdefault(nw.id, asyncio.Lock()):
             if not self.watch.watching(nw.id):
                 done = await asyncio.to_thread(self.plumbing.build, nw, vni, ns, vtep)
@@ -267,10 +339,11 @@ class OverlayDriver:
         nw, vni = self._nets.get(network_id), self.vnis.cached(network_id)
         if nw is None or vni is None or not self.vtep:
             return []
+        vtep = await self._vtep_of(nw)
         async with self._locks.setdefault(network_id, asyncio.Lock()):
             if not self.watch.watching(network_id):
                 return []
-            done = await asyncio.to_thread(self.plumbing.build, nw, vni, self.ns_name(vni), self.vtep)
+            done = await asyncio.to_thread(self.plumbing.build, nw, vni, self.ns_name(vni), vtep)
         if done:
             self.programmer.reset(network_id)  # a rebuilt device holds no entries
         return done
@@ -310,8 +383,9 @@ class OverlayDriver:
         await self._unplug(nw.id, ep)  # and a veth a crash left plugged in
 
     async def join(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
-        store, vtep = self._need()
+        store, _ = self._need()
         ns = await self._ensure_local(nw)
+        vtep = await self._vtep_of(nw)
         host_if = host_ifname(ep)
         alias = self.plumbing.mark("ep", ep.id, ep.name)
 
@@ -368,7 +442,7 @@ class OverlayDriver:
         report = ReconcileReport()
         if self.store is None or not self.vtep:
             return report
-        store, vtep = self.store, self.vtep
+        store = self.store
         nets = {nw.id: nw for nw in networks}
         for nw in networks:
             with contextlib.suppress(Unavailable):
@@ -384,7 +458,7 @@ class OverlayDriver:
                 report.missing.append(f"endpoint {ep.name} of overlay network {nw.name}: {exc}")
                 continue
             self._local.setdefault(nw.id, set()).add(ep.id)
-            await store.put(peers_prefix(P, nw.id) + ep.id, encode(self._peer(ep, vtep)))
+            await store.put(peers_prefix(P, nw.id) + ep.id, encode(self._peer(ep, await self._vtep_of(nw))))
         joined = {ep.id for ep, sb in endpoints if sb is not None}
         report.removed += await self._sweep_peer_records(store, networks, joined)
         gone, kept = await asyncio.to_thread(self.plumbing.sweep_veths, joined, {ep.id for ep, _ in endpoints})
@@ -428,6 +502,8 @@ class OverlayDriver:
         return gone
 
     async def close(self) -> None:
+        if self._tunnel is not None:
+            await self._tunnel.close()
         await self.watch.close()
         if self.events is not None:
             await self.events.close()

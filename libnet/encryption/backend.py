@@ -1,0 +1,204 @@
+"""WireGuard backends: the kernel's (netlink, through pyroute2) where the
+module is loaded, else ``wireguard-go`` (userspace, over TUN).
+
+A backend makes one WireGuard interface exist (:meth:`Backend.create`), says
+whether it still does (:meth:`Backend.alive`), sets its whole configuration
+-- private key, listen port, the exact set of peers -- (:meth:`Backend.configure`;
+peers not in the set are removed, existing sessions of kept peers stay) and
+removes it (:meth:`Backend.delete`).  :func:`choose` picks one and says why.
+
+``wireguard-go`` keeps its control socket at ``/var/run/wireguard/<ifname>.sock``,
+one path for every namespace of the machine: interface names must be unique
+per machine (the tunnel derives its name from the libnet instance id).  Its
+start banner claims kernel support exists on kernels where it does not; it
+is ignored: :func:`choose` looks at ``/sys/module/wireguard``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from libnet.errors import Unavailable
+
+SOCKET_DIR = "/var/run/wireguard"
+MODULE_DIR = "/sys/module/wireguard"
+
+
+@dataclass(frozen=True)
+class WgPeer:
+    """One peer: its public key, ``host:port`` endpoint and allowed addresses (CIDRs)."""
+
+    public_key: str
+    endpoint: str
+    allowed_ips: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class WgConfig:
+    """An interface's whole configuration."""
+
+    private_key: str
+    listen_port: int
+    peers: tuple[WgPeer, ...] = field(default_factory=tuple)
+
+    def render(self) -> str:
+        """As a ``wg setconf``/``wg syncconf`` file."""
+        lines = ["[Interface]", f"PrivateKey = {self.private_key}", f"ListenPort = {self.listen_port}"]
+        for p in self.peers:
+            lines += ["", "[Peer]", f"PublicKey = {p.public_key}", f"Endpoint = {p.endpoint}"]
+            lines.append(f"AllowedIPs = {', '.join(p.allowed_ips)}")
+        return "\n".join(lines) + "\n"
+
+
+class Backend(Protocol):
+    """One host's WireGuard implementation (see the module docstring)."""
+
+    name: str
+
+    def create(self, ifname: str) -> None: ...
+    def alive(self, ifname: str) -> bool: ...
+    def configure(self, ifname: str, config: WgConfig) -> None: ...
+    def delete(self, ifname: str) -> None: ...
+    def describe(self) -> dict[str, Any]: ...
+
+
+def _netns_path(ns: str | None) -> str | None:
+    if ns is None:
+        return None
+    return ns if "/" in ns else f"/run/netns/{ns}"
+
+
+class UserspaceBackend:
+    """``wireguard-go`` in the host namespace, supervised by pid.
+
+    The process runs in the foreground (``-f``), started from the host
+    namespace (``nsenter`` when that is not the agent's own); its pid and
+    interface are recorded in ``<state_dir>/wireguard-go.json``, so an agent
+    that died and came back finds (and keeps) it: the record is trusted only
+    while ``/proc/<pid>/cmdline`` is still ``wireguard-go ... <ifname>``.
+    Configuration goes through ``wg syncconf`` with a 0600 file in the state
+    dir (the private key never appears on a command line)."""
+
+    name = "wireguard-go"
+
+    def __init__(self, host_ns: str | None, state_dir: str, run: Callable[..., Any] = subprocess.run) -> None:
+        self.host_ns, self.state_dir, self._run = host_ns, state_dir, run
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.record = os.path.join(state_dir, "wireguard-go.json")
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "pid": self.pid()}
+
+    def _recorded(self) -> tuple[int, str] | None:
+        try:
+            with open(self.record) as f:
+                rec = json.load(f)
+            return int(rec["pid"]), str(rec["ifname"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    @staticmethod
+    def is_ours(pid: int, ifname: str) -> bool:
+        """Whether ``pid`` is a live ``wireguard-go`` serving ``ifname``."""
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return False
+        except OSError:
+            return False
+        return any(os.path.basename(a) == b"wireguard-go" for a in argv) and ifname.encode() in argv
+
+    def pid(self) -> int | None:
+        rec = self._recorded()
+        return rec[0] if rec and self.is_ours(*rec) else None
+
+    def alive(self, ifname: str) -> bool:
+        if self._proc is not None and self._proc.poll() is not None:
+            self._proc = None  # reaped
+        rec = self._recorded()
+        return (
+            rec is not None
+            and rec[1] == ifname
+            and self.is_ours(*rec)
+            and os.path.exists(os.path.join(SOCKET_DIR, f"{ifname}.sock"))
+        )
+
+    def create(self, ifname: str, timeout: float = 10.0) -> None:
+        """Start ``wireguard-go`` for ``ifname`` unless it runs; returns once its socket answers."""
+        if self.alive(ifname):
+            return
+        exe = shutil.which("wireguard-go")
+        if exe is None:
+            raise Unavailable("wireguard-go is missing: install the wireguard-go package", ifname=ifname)
+        self.delete(ifname)  # a recorded one that lost its interface
+        argv = [exe, "-f", ifname]
+        path = _netns_path(self.host_ns)
+        if path is not None:
+            argv = ["nsenter", f"--net={path}", "--", *argv]
+        env = {**os.environ, "WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": "error"}
+        self._proc = subprocess.Popen(
+            argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        os.makedirs(self.state_dir, exist_ok=True)
+        tmp = self.record + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"pid": self._proc.pid, "ifname": ifname}, f)
+        os.replace(tmp, self.record)
+        deadline = time.monotonic() + timeout
+        while not self.alive(ifname):
+            if self._proc is None or time.monotonic() > deadline:
+                self.delete(ifname)
+                raise Unavailable(f"wireguard-go did not bring up {ifname}", ifname=ifname)
+            time.sleep(0.02)
+
+    def configure(self, ifname: str, config: WgConfig) -> None:
+        path = os.path.join(self.state_dir, f"{ifname}.conf")
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(config.render())
+        os.replace(path + ".tmp", path)
+        out = self._run(["wg", "syncconf", ifname, path], capture_output=True, text=True, timeout=10, check=False)
+        if out.returncode != 0:
+            raise Unavailable(f"wg syncconf {ifname}: {out.stderr.strip()}", ifname=ifname)
+
+    def delete(self, ifname: str) -> None:
+        """Stop the recorded ``wireguard-go`` (SIGTERM, then SIGKILL); its TUN goes with it."""
+        rec = self._recorded()
+        if rec is not None and self.is_ours(*rec):
+            os.kill(rec[0], signal.SIGTERM)
+            deadline = time.monotonic() + 3
+            while self.is_ours(*rec) and time.monotonic() < deadline:
+                if self._proc is not None and self._proc.pid == rec[0]:
+                    self._proc.poll()
+                time.sleep(0.02)
+            if self.is_ours(*rec):
+                os.kill(rec[0], signal.SIGKILL)
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=3)
+            self._proc = None
+        for p in (self.record, os.path.join(self.state_dir, f"{ifname}.conf")):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+
+
+def choose(host_ns: str | None, state_dir: str) -> tuple[Backend | None, str]:
+    """The backend this host uses, and why (None: encryption is unavailable here, and why)."""
+    if os.path.isdir(MODULE_DIR):
+        from libnet.encryption.kernel_backend import KernelBackend
+
+        return KernelBackend(host_ns), f"the kernel has the wireguard module ({MODULE_DIR})"
+    if shutil.which("wireguard-go") and shutil.which("wg"):
+        return UserspaceBackend(host_ns, state_dir), f"no wireguard kernel module ({MODULE_DIR} missing); userspace"
+    return None, "no wireguard kernel module and no wireguard-go/wg: install wireguard-go and wireguard-tools"

@@ -1,0 +1,96 @@
+"""The cluster store's encryption records: each host's public key, endpoint and tunnel address.
+
+``<P>/nodes/<node>``: a :class:`NodeKey` document (kind ``wireguard_node``),
+written by the host itself when its tunnel comes up, read by every other host
+with a tunnel (their WireGuard peers).  ``<P>/addresses/<ip>``: the node
+holding tunnel address ``ip``, created with compare-and-swap, so two hosts
+never get the same address.  The private key never leaves its host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import asdict, dataclass
+
+from libnet import model
+from libnet.errors import BadRequest, KeyExists, Unavailable
+from libnet.store.base import Store
+
+#: the store prefix of encryption records
+P = "libnet/v1/encryption"
+KIND = "wireguard_node"
+
+
+def nodes_prefix() -> str:
+    return f"{P}/nodes/"
+
+
+@dataclass(frozen=True)
+class NodeKey:
+    """One host's WireGuard identity as the other hosts see it.
+
+    ``public_key``: base64 (44 characters); ``endpoint``: ``host:port`` of its
+    WireGuard UDP socket on the underlay (IPv6 in brackets); ``tunnel``: its
+    tunnel address (the VTEP of its encrypted overlays)."""
+
+    node: str
+    public_key: str
+    endpoint: str
+    tunnel: str
+
+    def encode(self) -> bytes:
+        return model.encode(KIND, asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> NodeKey:
+        data = model.decode(raw, KIND)
+        try:
+            return cls(str(data["node"]), str(data["public_key"]), str(data["endpoint"]), str(data["tunnel"]))
+        except KeyError as exc:
+            raise BadRequest(f"stored {KIND} lacks {exc}", kind=KIND) from None
+
+
+def endpoint(address: str, port: int) -> str:
+    """``address:port`` (``[v6]:port``)."""
+    return f"[{address}]:{port}" if ipaddress.ip_address(address).version == 6 else f"{address}:{port}"
+
+
+def tunnel_range(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """The configured tunnel range, checked: at least 4 host addresses."""
+    try:
+        net = ipaddress.ip_network(cidr)
+    except ValueError:
+        raise BadRequest(f"invalid encryption range {cidr!r}", range=cidr) from None
+    if net.num_addresses < 4:
+        raise BadRequest(f"encryption range {cidr} is too small (fewer than 4 addresses)", range=cidr)
+    return net
+
+
+async def claim_address(store: Store, cidr: str, node: str, attempts: int = 4096) -> str:
+    """This node's tunnel address in ``cidr``: the one the store already
+    records for it, else the first free one from a start derived from the
+    node's name (so hosts rarely race for the same one), claimed by CAS.
+
+    Raises ``Unavailable`` when the range has no free address."""
+    net = tunnel_range(cidr)
+    for pair in await store.list(f"{P}/addresses/"):
+        if pair.value.decode(errors="replace") == node and ipaddress.ip_address(pair.key.rsplit("/", 1)[1]) in net:
+            return pair.key.rsplit("/", 1)[1]
+    usable = net.num_addresses - 2 if net.version == 4 else net.num_addresses - 1
+    start = int.from_bytes(hashlib.sha256(node.encode()).digest()[:8], "big") % usable
+    for i in range(min(usable, attempts)):
+        addr = str(net.network_address + 1 + (start + i) % usable)
+        try:
+            await store.atomic_put(f"{P}/addresses/{addr}", node.encode(), None)
+        except KeyExists:
+            continue
+        return addr
+    raise Unavailable(f"no free tunnel address in the encryption range {cidr}", range=cidr, node=node)
+
+
+async def release_address(store: Store, node: str) -> None:
+    """Forget every tunnel address held by ``node`` (the host left for good)."""
+    for pair in await store.list(f"{P}/addresses/"):
+        if pair.value.decode(errors="replace") == node:
+            await store.delete(pair.key)

@@ -1,0 +1,196 @@
+"""Encrypted overlays (``-o encrypted``) through libnet-agents on three hosts: WireGuard on the wire, never VXLAN.
+
+A capture in the switch namespace (scapy) runs while containers talk; it must
+show WireGuard UDP between the hosts and never the encrypted network's VXLAN,
+its containers' addresses or a payload marker -- also while ``wireguard-go``
+is killed and brought back by the agent.  The plain overlay next to it still
+shows its VXLAN.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import os
+import re
+import signal
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from libnet.kernel import netns
+from libnet.testing.agents import AgentProcess
+from libnet.testing.cluster import ip, place, start_agents, wait_ping
+from libnet.testing.hosts import Testbed, wait_until
+
+pytestmark = pytest.mark.root
+TUNNEL_RANGE = "198.51.100.240/28"
+WG_PORT = 51820
+MARKER = "6c69626e65742d73656372657421"  # "libnet-secret!" as ping's fill pattern (-p)
+
+
+@pytest.fixture
+def bed():
+    if not all(os.path.exists(p) for p in ("/usr/bin/wireguard-go", "/usr/bin/wg")):
+        pytest.skip("wireguard-go/wg missing: run scripts/install-system-deps")
+    with Testbed(3) as b:
+        yield b
+
+
+class Capture:
+    """Every frame on the switch's bridge, from start to stop (raw bytes)."""
+
+    def __init__(self, bed: Testbed) -> None:
+        self.frames: list[bytes] = []
+        self._stop, ready = threading.Event(), threading.Event()
+
+        def sniff() -> None:
+            from scapy.all import sniff as scapy_sniff
+
+            scapy_sniff(
+                iface="sw0",
+                timeout=120,
+                prn=lambda p: self.frames.append(bytes(p)),
+                store=False,
+                stop_filter=lambda p: self._stop.is_set(),
+                started_callback=ready.set,
+            )
+
+        self._thread = threading.Thread(target=netns.run_in, args=(bed.switch, sniff), daemon=True)
+        self._thread.start()
+        assert ready.wait(10), "the capture did not start"
+
+    def stop(self, bed: Testbed) -> list[Any]:
+        from scapy.all import Ether
+
+        self._stop.set()
+        bed.ping(bed.hosts[0].ns, bed.hosts[1].ipv4)  # one more frame, so the stop filter runs
+        self._thread.join(15)
+        return [Ether(f) for f in self.frames]
+
+
+def vxlan_vnis(packets: list[Any]) -> set[int]:
+    from scapy.all import UDP
+    from scapy.layers.vxlan import VXLAN
+
+    return {p[VXLAN].vni for p in packets if UDP in p and p[UDP].dport == 4789 and VXLAN in p}
+
+
+def assert_no_clear_text(frames: list[bytes], packets: list[Any], vni: int, inner: list[str]) -> None:
+    """No VXLAN of the encrypted network, no inner address, no payload marker anywhere on the wire."""
+    assert vni not in vxlan_vnis(packets), "VXLAN of the encrypted network crossed the underlay"
+    marker = bytes.fromhex(MARKER)
+    assert not any(marker in f for f in frames), "the payload marker crossed the underlay in clear"
+    for addr in inner:
+        packed = ipaddress.ip_address(addr).packed
+        assert not any(packed in f for f in frames), f"inner address {addr} crossed the underlay"
+
+
+def wireguard_count(packets: list[Any]) -> int:
+    from scapy.all import UDP
+
+    return sum(1 for p in packets if UDP in p and WG_PORT in (p[UDP].sport, p[UDP].dport))
+
+
+def vni_of(agent: AgentProcess, network: str) -> int:
+    nw = next(n for n in agent.cli_json("network", "ls") if n["name"] == network)
+    return int(nw["options"]["vni"]) if nw["options"].get("vni") else _vni_from_ns(agent, nw["id"])
+
+
+def _vni_from_ns(agent: AgentProcess, network_id: str) -> int:
+    from libnet.ownership import NamespaceLedger, load_instance_id
+
+    instance = load_instance_id(agent.dir, create=False)
+    assert instance
+    rec = next(r for r in NamespaceLedger(agent.dir, instance).records("overlay") if r.owner == network_id)
+    return int(re.search(r"(\d+)$", rec.name).group(1))  # type: ignore[union-attr]
+
+
+def ping_marker(bed: Testbed, src: str, dst: str, count: int = 10, pattern: str = MARKER) -> None:
+    r = bed.run(src, ["ping", "-n", "-c", str(count), "-i", "0.05", "-s", "600", "-p", pattern, dst], timeout=30)
+    assert f"{count} received" in r.stdout, r.stdout
+
+
+def test_encrypted_overlay(bed: Testbed, tmp_path) -> None:
+    agents = start_agents(
+        bed, str(tmp_path), f"sqlite://{tmp_path}/cluster.db", extra=("--encryption-range", TUNNEL_RANGE)
+    )
+    r = agents[0].cli(
+        "network", "create", "sec", "--driver", "overlay", "-o", "encrypted",
+        "--subnet", "198.51.100.0/25", "--subnet6", "2001:db8:77::/64",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = agents[0].cli(
+        "network", "create", "plain", "--driver", "overlay", "--subnet", "198.51.100.128/26",
+        "--subnet6", "2001:db8:78::/64",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    sec = [place(a, "sec") for a in agents]
+    plain = [place(a, "plain") for a in agents[:2]]
+    for (src, _), (_, ep) in itertools.permutations(sec, 2):
+        wait_ping(bed, src, ip(ep["ipv4"]))
+        wait_ping(bed, src, ip(ep["ipv6"]))
+    wait_ping(bed, plain[0][0], ip(plain[1][1]["ipv4"]))
+    # by name, through libnet's DNS
+    name = sec[1][1]["name"]
+    answer = bed.run(sec[0][0], ["dig", "@127.0.0.11", "+short", "+time=3", "+tries=2", name], timeout=20).stdout
+    assert answer.split() == [ip(sec[1][1]["ipv4"])], answer
+    # MTU: the underlay's minus WireGuard (60, IPv4 underlay) minus VXLAN (50, IPv4 tunnel addresses)
+    out = bed.run(sec[0][0], ["ip", "-o", "link", "show", "eth0"]).stdout
+    assert f" mtu {bed.mtu - 60 - 50} " in out, out
+    status = agents[0].cli_json("agent", "status")
+    enc = status["encryption"]
+    assert enc["backend"] == "wireguard-go" and "no wireguard kernel module" in enc["reason"], enc
+    key_file = os.path.join(agents[0].dir, "wireguard", "private.key")
+    assert os.stat(key_file).st_mode & 0o777 == 0o600
+
+    vni_sec, vni_plain = vni_of(agents[0], "sec"), vni_of(agents[0], "plain")
+    inner = [ip(ep[k]) for _, ep in sec for k in ("ipv4", "ipv6")]
+
+    # a transfer on both networks under capture: WireGuard for one, VXLAN for the other
+    cap = Capture(bed)
+    ping_marker(bed, sec[0][0], ip(sec[1][1]["ipv4"]))
+    ping_marker(bed, sec[2][0], ip(sec[0][1]["ipv6"]))
+    ping_marker(bed, plain[0][0], ip(plain[1][1]["ipv4"]), count=3, pattern="ab")
+    frames = list(cap.frames)
+    packets = cap.stop(bed)
+    assert_no_clear_text(frames, packets, vni_sec, inner)
+    assert wireguard_count(packets) >= 40, "the encrypted transfer did not go through WireGuard"
+    assert vni_plain in vxlan_vnis(packets), "the plain overlay no longer uses VXLAN"
+
+    # kill -9 of wireguard-go on h1, with a route that would carry clear text out of h1 if anything let it
+    bed.run(bed.hosts[0].ns, ["ip", "route", "add", "default", "via", bed.hosts[1].ipv4], check=True)
+    pid = agents[0].wireguard_pid()
+    assert pid is not None
+    cap = Capture(bed)
+    stream = bed.spawn(sec[0][0], ["ping", "-n", "-i", "0.05", "-s", "600", "-p", MARKER, ip(sec[1][1]["ipv4"])])
+    time.sleep(0.5)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: agents[0].wireguard_pid() not in (None, pid), 10), "wireguard-go was not restarted"
+    wait_ping(bed, sec[0][0], ip(sec[1][1]["ipv4"]), timeout=20)
+    time.sleep(0.5)
+    os.kill(stream.pid, signal.SIGINT)
+    stream.wait(10)
+    frames = list(cap.frames)
+    packets = cap.stop(bed)
+    assert_no_clear_text(frames, packets, vni_sec, inner)
+    assert agents[0].cli_json("agent", "status")["encryption"]["restarts"] >= 1
+
+    # the interface set down (its connected route gone, the default route left): still nothing in clear
+    wg = agents[0].cli_json("agent", "status")["encryption"]["interface"]
+    cap = Capture(bed)
+    stream = bed.spawn(sec[0][0], ["ping", "-n", "-i", "0.05", "-s", "600", "-p", MARKER, ip(sec[1][1]["ipv4"])])
+    time.sleep(0.3)
+    bed.run(bed.hosts[0].ns, ["ip", "link", "set", wg, "down"], check=True)
+    wait_ping(bed, sec[0][0], ip(sec[1][1]["ipv4"]), timeout=20)  # the agent brings it up again
+    os.kill(stream.pid, signal.SIGINT)
+    stream.wait(10)
+    frames = list(cap.frames)
+    packets = cap.stop(bed)
+    assert_no_clear_text(frames, packets, vni_sec, inner)
+
+    for a in agents:
+        a.stop()
+    assert all(a.wireguard_pid() is None for a in agents), "wireguard-go outlived its agent's stop"
