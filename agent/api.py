@@ -114,14 +114,20 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def _encryption(ctl: Controller) -> dict[str, Any] | None:
-    """The overlay driver's WireGuard tunnel: backend and why, interface, peers (None: no overlays here)."""
+def _overlay_hook(ctl: Controller, name: str) -> Any:
+    """The overlay driver's method ``name`` (encryption), or None without one."""
     try:
         driver = ctl.driver("overlay")
     except LibnetError:
         return None
-    status = getattr(driver, "encryption_status", None)
-    return status() if callable(status) else None
+    hook = getattr(driver, name, None)
+    return hook if callable(hook) else None
+
+
+def _encryption(ctl: Controller) -> dict[str, Any] | None:
+    """The overlay driver's WireGuard tunnel: backend and why, interface, peers (None: no overlays here)."""
+    status = _overlay_hook(ctl, "encryption_status")
+    return status() if status is not None else None
 
 
 def _json(obj: Any, status: int = 200) -> web.Response:
@@ -403,7 +409,17 @@ def make_app(state: AgentState) -> web.Application:
             if status == "failed" and hasattr(state.membership, "client"):
                 await state.membership.client.force_leave(name)  # failed -> left: its peers go everywhere
         removed = await ctl.remove_node(name)
+        if (forget := _overlay_hook(ctl, "forget_node")) is not None:
+            await forget(name)  # its WireGuard key goes everywhere
         return _json({"node": name, "endpoints_removed": removed})
+
+    async def node_revoke(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        revoke = _overlay_hook(ctl, "revoke_node")
+        if revoke is None:
+            raise BadRequest("this agent has no overlay driver: there is no WireGuard key to revoke", node=name)
+        await revoke(name)
+        return _json({"node": name, "revoked": True})
 
     async def reconcile(request: web.Request) -> web.Response:
         report = await ctl.reconcile()
@@ -435,6 +451,7 @@ def make_app(state: AgentState) -> web.Application:
     r.add_get("/v1/nodes", nodes)
     r.add_post("/v1/node/drain", drain)
     r.add_delete("/v1/nodes/{name}", node_remove)
+    r.add_post("/v1/nodes/{name}/revoke", node_revoke)
     r.add_post("/v1/reconcile", reconcile)
     r.add_get("/metrics", metrics)
     return app

@@ -607,6 +607,16 @@ def node_rm(ctx: click.Context, name: str) -> None:
     click.echo(f"{r['node']}: removed, {len(r['endpoints_removed'])} endpoint(s) deleted")
 
 
+@node.command("revoke")
+@click.argument("name")
+@click.pass_context
+def node_revoke(ctx: click.Context, name: str) -> None:
+    """Revoke a host's WireGuard key: every host drops it as a peer at once, so it
+    reaches no one on encrypted overlays, whatever key it publishes next."""
+    r = _client(ctx).request("POST", f"/v1/nodes/{urllib.parse.quote(name, safe='')}/revoke")
+    click.echo(f"{r['node']}: revoked")
+
+
 @cli.group()
 def agent() -> None:
     """Inspect the agent."""

@@ -2,7 +2,9 @@
 
 ``<P>/nodes/<node>``: a :class:`NodeKey` document (kind ``wireguard_node``),
 written by the host itself when its tunnel comes up, read by every other host
-with a tunnel (their WireGuard peers).  ``<P>/addresses/<ip>``: the node
+with a tunnel (their WireGuard peers).  ``<P>/revoked/<node>``: a host revoked by an
+operator (``libnet node revoke``), refused as a peer by every host until the
+mark is deleted.  ``<P>/addresses/<ip>``: the node
 holding tunnel address ``ip``, created with compare-and-swap, so two hosts
 never get the same address.  The private key never leaves its host.
 """
@@ -24,6 +26,11 @@ KIND = "wireguard_node"
 
 def nodes_prefix() -> str:
     return f"{P}/nodes/"
+
+
+def revoked_prefix() -> str:
+    """``<P>/revoked/<node>``: hosts every other host refuses as a WireGuard peer, whatever key they publish."""
+    return f"{P}/revoked/"
 
 
 @dataclass(frozen=True)

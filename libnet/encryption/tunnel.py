@@ -45,10 +45,12 @@ from libnet.encryption import keys
 from libnet.encryption.backend import Backend, WgConfig, WgPeer
 from libnet.encryption.records import (
     NodeKey,
+    P,
     claim_address,
     endpoint,
     nodes_prefix,
     release_address,
+    revoked_prefix,
     tunnel_range,
 )
 from libnet.errors import LibnetError, Unavailable
@@ -71,10 +73,17 @@ def ifname_of(instance: str) -> str:
     return f"lnw{instance[:8]}"
 
 
-async def revoke(store: Store, node: str) -> None:
-    """Remove ``node``'s key record and tunnel address: every host drops it as a peer."""
+async def forget(store: Store, node: str) -> None:
+    """Remove ``node``'s key record and tunnel address (the host is gone for good): every host drops it as a peer."""
     await store.delete(nodes_prefix() + node)
     await release_address(store, node)
+
+
+async def revoke(store: Store, node: str) -> None:
+    """Refuse ``node`` as a peer on every host, at once and whatever key it publishes
+    (``libnet node revoke``); its record and address go too."""
+    await store.put(revoked_prefix() + node, b"revoked")
+    await forget(store, node)
 
 
 class Tunnel:
@@ -108,6 +117,7 @@ class Tunnel:
         self.public_key = ""
         self._private = ""
         self.records: dict[str, NodeKey] = {}
+        self.revoked: set[str] = set()
         self.restarts = 0
         self._lock = asyncio.Lock()
         self._sync_lock = asyncio.Lock()
@@ -125,7 +135,8 @@ class Tunnel:
             "up": self._up,
             "tunnel_address": self.address,
             "public_key": self.public_key or None,
-            "peers": sorted(n for n in self.records if n != self.node),
+            "peers": sorted(n for n in self.records if n != self.node and n not in self.revoked),
+            "revoked": sorted(self.revoked),
             "restarts": self.restarts,
         }
         if self.backend is not None:
@@ -180,7 +191,7 @@ class Tunnel:
         peers = tuple(
             WgPeer(r.public_key, r.endpoint, (f"{r.tunnel}/{ipaddress.ip_address(r.tunnel).max_prefixlen}",))
             for name, r in sorted(self.records.items())
-            if name != self.node and r.public_key != self.public_key
+            if name != self.node and name not in self.revoked and r.public_key != self.public_key
         )
         return WgConfig(self._private, self.port, peers)
 
@@ -217,7 +228,17 @@ class Tunnel:
                 log.warning("wireguard peers of %s: %s", self.ifname, exc)
 
     def _set(self, key: str, value: bytes | None) -> bool:
+        """Apply one record of the encryption prefix; whether the peers changed."""
         node = key.rsplit("/", 1)[1]
+        if key.startswith(revoked_prefix()):
+            had = node in self.revoked
+            if value is None:
+                self.revoked.discard(node)
+            else:
+                self.revoked.add(node)
+            return had != (value is not None)
+        if not key.startswith(nodes_prefix()):
+            return False  # address claims
         if value is None:
             return self.records.pop(node, None) is not None
         try:
@@ -231,19 +252,20 @@ class Tunnel:
         return old != rec
 
     async def _watch(self, ready: asyncio.Future[None]) -> None:
-        """Every host's record: a full read, then every change from the revision before it."""
+        """Every host's record and every revocation: a full read, then every change from the revision before it."""
         while True:
             try:
                 rev = await self.store.revision()
-                pairs = await self.store.list(nodes_prefix())
+                pairs = await self.store.list(f"{P}/")
                 self.records.clear()
+                self.revoked.clear()
                 for pair in pairs:
                     self._set(pair.key, pair.value)
                 if self._up:
                     await self._sync()
                 if not ready.done():
                     ready.set_result(None)
-                async for event in self.store.watch_prefix(nodes_prefix(), start_revision=rev):
+                async for event in self.store.watch_prefix(f"{P}/", start_revision=rev):
                     if self._set(event.key, event.value if event.kind == "put" else None) and self._up:
                         await self._sync()
             except LibnetError as exc:

@@ -191,6 +191,16 @@ def test_encrypted_overlay(bed: Testbed, tmp_path) -> None:
     packets = cap.stop(bed)
     assert_no_clear_text(frames, packets, vni_sec, inner)
 
+    # h3's key revoked: it reaches no one any more, at once; h1 and h2 still reach each other
+    r = agents[0].cli("node", "revoke", bed.hosts[2].name)
+    assert r.returncode == 0, r.stderr
+    assert wait_until(lambda: not bed.ping(sec[2][0], ip(sec[0][1]["ipv4"]), wait=0.5), 5)
+    for (src, _), (_, ep) in ((sec[2], sec[0]), (sec[2], sec[1]), (sec[0], sec[2]), (sec[1], sec[2])):
+        assert not bed.ping(src, ip(ep["ipv4"]), wait=1), f"{src} still reaches {ep['ipv4']} after the revocation"
+    wait_ping(bed, sec[0][0], ip(sec[1][1]["ipv4"]))
+    time.sleep(1.5)  # h3's agent checks its tunnel meanwhile: it must not bring itself back
+    assert not bed.ping(sec[2][0], ip(sec[0][1]["ipv4"]), wait=1)
+
     for a in agents:
         a.stop()
     assert all(a.wireguard_pid() is None for a in agents), "wireguard-go outlived its agent's stop"

@@ -80,7 +80,7 @@ from libnet.drivers.overlay.programmer import Programmer
 from libnet.drivers.overlay.vni import VNI_MAX, VNI_MIN, P, VniAllocator
 from libnet.encryption.backend import Backend
 from libnet.encryption.backend import choose as choose_backend
-from libnet.encryption.tunnel import Tunnel
+from libnet.encryption.tunnel import Tunnel, forget, revoke
 from libnet.errors import BadRequest, Conflict, InvalidOption, KeyModified, KeyNotFound, LibnetError, Unavailable
 from libnet.kernel.api import Kernel
 from libnet.ownership import NamespaceLedger
@@ -183,6 +183,18 @@ class OverlayDriver:
         if self._tunnel is None and (self.store is None or not self.vtep):
             return None
         return self.tunnel().status()
+
+    async def revoke_node(self, node: str) -> None:
+        """Refuse ``node`` as a WireGuard peer on every host at once (``libnet node revoke``)."""
+        store, _ = self._need()
+        if node.lower() == self.node.lower():
+            raise BadRequest("a host cannot revoke itself; run this on another host", node=node)
+        await revoke(store, node)
+
+    async def forget_node(self, node: str) -> None:
+        """``node`` is gone for good (``libnet node rm``): its key record and tunnel address go."""
+        if self.store is not None:
+            await forget(self.store, node)
 
     async def _vtep_of(self, nw: NetworkInfo) -> str:
         """The VTEP address of this host on ``nw``: its tunnel address (the tunnel
