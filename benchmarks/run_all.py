@@ -23,6 +23,7 @@ BENCHMARKS = [
     "gossip_bench",
     "api_bench",
     "overlay_bench",
+    "encryption_bench",
     "convergence_bench",
     "dns_bench",
     "restart_bench",
