@@ -421,6 +421,12 @@ def make_app(state: AgentState) -> web.Application:
         await revoke(name)
         return _json({"node": name, "revoked": True})
 
+    async def rotate_keys(request: web.Request) -> web.Response:
+        rotate = _overlay_hook(ctl, "rotate_keys")
+        if rotate is None:
+            raise BadRequest("this agent has no overlay driver: there is no WireGuard key to rotate")
+        return _json(await rotate())
+
     async def reconcile(request: web.Request) -> web.Response:
         report = await ctl.reconcile()
         state.metrics.repairs(report)
@@ -452,6 +458,7 @@ def make_app(state: AgentState) -> web.Application:
     r.add_post("/v1/node/drain", drain)
     r.add_delete("/v1/nodes/{name}", node_remove)
     r.add_post("/v1/nodes/{name}/revoke", node_revoke)
+    r.add_post("/v1/encryption/rotate", rotate_keys)
     r.add_post("/v1/reconcile", reconcile)
     r.add_get("/metrics", metrics)
     return app

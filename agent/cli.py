@@ -287,6 +287,19 @@ def network_inspect(ctx: click.Context, refs: tuple[str, ...], as_json: bool) ->
         _endpoint_table(n["endpoints"])
 
 
+@network.command("rotate-keys")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_context
+def network_rotate_keys(ctx: click.Context, as_json: bool) -> None:
+    """Rotate this host's WireGuard key pair (encrypted overlays) without losing a packet."""
+    client = _client(ctx)
+    client.timeout = 150  # acknowledgements (15 s) and the old key's drain (up to 60 s)
+    r = client.request("POST", "/v1/encryption/rotate")
+    if as_json:
+        return _emit_json(r)
+    click.echo(f"{r['interface']}: new key {r['public_key']}, tunnel address {r['tunnel_address']}")
+
+
 @network.command("rm")
 @click.argument("refs", nargs=-1, required=True)
 @click.pass_context

@@ -52,7 +52,8 @@ class AgentConfig:
     overlay_anti_entropy: float = _LIB.overlay_anti_entropy  # seconds between re-reads of overlay peers
     #: tunnel addresses of the hosts' WireGuard interfaces (encrypted overlays); unused on every host
     encryption_range: str = _LIB.encryption_range
-    encryption_port: int = _LIB.encryption_port  # WireGuard's UDP port on the underlay
+    encryption_port: int = _LIB.encryption_port  # WireGuard's UDP port on the underlay (rotations use the next too)
+    encryption_rotation: float = _LIB.encryption_rotation  # seconds between WireGuard key rotations; 0: never
     mtu: int | None = _LIB.mtu
     ipv6: bool = _LIB.ipv6
     default_pools: list[dict[str, Any]] = field(default_factory=list)  # [{base, size}]: local IPv4 defaults
@@ -88,6 +89,8 @@ class AgentConfig:
         for name in ("peer_grace_period", "overlay_anti_entropy", "reconcile_interval"):
             if not getattr(self, name) > 0:
                 raise BadRequest(f"{name} must be a positive number of seconds", **{name: str(getattr(self, name))})
+        if not float(self.encryption_rotation) >= 0:
+            raise BadRequest("encryption_rotation must be 0 (never) or a positive number of seconds")
         if self.adopt and self.purge:
             raise BadRequest("--adopt and --purge exclude each other: rebuild the store, or remove everything")
         if self.cluster_mode and not self.advertise:
@@ -120,6 +123,7 @@ class AgentConfig:
             peer_grace_period=self.peer_grace_period,
             encryption_range=self.encryption_range,
             encryption_port=int(self.encryption_port),
+            encryption_rotation=float(self.encryption_rotation),
             port_range=parse_range(self.port_range),
             dns=DnsConfig(
                 enabled=self.dns,

@@ -147,6 +147,7 @@ def build(config: Config, given: Collaborators = Collaborators()) -> Parts:
                 cluster_store=cluster_store,
                 encryption_range=config.encryption_range,
                 encryption_port=config.encryption_port,
+                encryption_rotation=config.encryption_rotation,
             )
         )
     from libnet.kernel_namespaces import KernelNamespaces

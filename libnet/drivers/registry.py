@@ -42,6 +42,7 @@ def _overlay(ctx: DriverContext) -> Driver:
         state_dir=ctx.state_dir,
         encryption_range=ctx.encryption_range,
         encryption_port=ctx.encryption_port,
+        encryption_rotation=ctx.encryption_rotation,
     )
 
 

@@ -68,7 +68,10 @@ class Backend(Protocol):
     def alive(self, ifname: str) -> bool: ...
     def configure(self, ifname: str, config: WgConfig) -> None: ...
     def delete(self, ifname: str) -> None: ...
-    def describe(self) -> dict[str, Any]: ...
+    def describe(self, ifname: str) -> dict[str, Any]: ...
+    def rx_bytes(self, ifname: str) -> int:
+        """Bytes received from all peers so far (an interface being retired is idle when this stops growing)."""
+        ...
 
 
 def _netns_path(ns: str | None) -> str | None:
@@ -82,7 +85,7 @@ class UserspaceBackend:
 
     The process runs in the foreground (``-f``), started from the host
     namespace (``nsenter`` when that is not the agent's own); its pid and
-    interface are recorded in ``<state_dir>/wireguard-go.json``, so an agent
+    interface are recorded in ``<state_dir>/wireguard-go-<ifname>.json``, so an agent
     that died and came back finds (and keeps) it: the record is trusted only
     while ``/proc/<pid>/cmdline`` is still ``wireguard-go ... <ifname>``.
     Configuration goes through ``wg syncconf`` with a 0600 file in the state
@@ -92,15 +95,23 @@ class UserspaceBackend:
 
     def __init__(self, host_ns: str | None, state_dir: str, run: Callable[..., Any] = subprocess.run) -> None:
         self.host_ns, self.state_dir, self._run = host_ns, state_dir, run
-        self._proc: subprocess.Popen[bytes] | None = None
-        self.record = os.path.join(state_dir, "wireguard-go.json")
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "pid": self.pid()}
+    def record(self, ifname: str) -> str:
+        return os.path.join(self.state_dir, f"wireguard-go-{ifname}.json")
 
-    def _recorded(self) -> tuple[int, str] | None:
+    def describe(self, ifname: str) -> dict[str, Any]:
+        return {"backend": self.name, "pid": self.pid(ifname)}
+
+    def rx_bytes(self, ifname: str) -> int:
+        out = self._run(["wg", "show", ifname, "transfer"], capture_output=True, text=True, timeout=10, check=False)
+        if out.returncode != 0:
+            raise Unavailable(f"wg show {ifname}: {out.stderr.strip()}", ifname=ifname)
+        return sum(int(line.split()[1]) for line in out.stdout.splitlines() if len(line.split()) == 3)
+
+    def _recorded(self, ifname: str) -> tuple[int, str] | None:
         try:
-            with open(self.record) as f:
+            with open(self.record(ifname)) as f:
                 rec = json.load(f)
             return int(rec["pid"]), str(rec["ifname"])
         except (OSError, ValueError, KeyError, TypeError):
@@ -119,14 +130,15 @@ class UserspaceBackend:
             return False
         return any(os.path.basename(a) == b"wireguard-go" for a in argv) and ifname.encode() in argv
 
-    def pid(self) -> int | None:
-        rec = self._recorded()
+    def pid(self, ifname: str) -> int | None:
+        rec = self._recorded(ifname)
         return rec[0] if rec and self.is_ours(*rec) else None
 
     def alive(self, ifname: str) -> bool:
-        if self._proc is not None and self._proc.poll() is not None:
-            self._proc = None  # reaped
-        rec = self._recorded()
+        proc = self._procs.get(ifname)
+        if proc is not None and proc.poll() is not None:
+            del self._procs[ifname]  # reaped
+        rec = self._recorded(ifname)
         return (
             rec is not None
             and rec[1] == ifname
@@ -147,17 +159,17 @@ class UserspaceBackend:
         if path is not None:
             argv = ["nsenter", f"--net={path}", "--", *argv]
         env = {**os.environ, "WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": "error"}
-        self._proc = subprocess.Popen(
+        proc = self._procs[ifname] = subprocess.Popen(
             argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         os.makedirs(self.state_dir, exist_ok=True)
-        tmp = self.record + ".tmp"
+        tmp = self.record(ifname) + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"pid": self._proc.pid, "ifname": ifname}, f)
-        os.replace(tmp, self.record)
+            json.dump({"pid": proc.pid, "ifname": ifname}, f)
+        os.replace(tmp, self.record(ifname))
         deadline = time.monotonic() + timeout
         while not self.alive(ifname):
-            if self._proc is None or time.monotonic() > deadline:
+            if ifname not in self._procs or time.monotonic() > deadline:
                 self.delete(ifname)
                 raise Unavailable(f"wireguard-go did not bring up {ifname}", ifname=ifname)
             time.sleep(0.02)
@@ -174,21 +186,21 @@ class UserspaceBackend:
 
     def delete(self, ifname: str) -> None:
         """Stop the recorded ``wireguard-go`` (SIGTERM, then SIGKILL); its TUN goes with it."""
-        rec = self._recorded()
+        rec = self._recorded(ifname)
+        proc = self._procs.pop(ifname, None)
         if rec is not None and self.is_ours(*rec):
             os.kill(rec[0], signal.SIGTERM)
             deadline = time.monotonic() + 3
             while self.is_ours(*rec) and time.monotonic() < deadline:
-                if self._proc is not None and self._proc.pid == rec[0]:
-                    self._proc.poll()
+                if proc is not None and proc.pid == rec[0]:
+                    proc.poll()
                 time.sleep(0.02)
             if self.is_ours(*rec):
                 os.kill(rec[0], signal.SIGKILL)
-        if self._proc is not None:
+        if proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(timeout=3)
-            self._proc = None
-        for p in (self.record, os.path.join(self.state_dir, f"{ifname}.conf")):
+                proc.wait(timeout=3)
+        for p in (self.record(ifname), os.path.join(self.state_dir, f"{ifname}.conf")):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
 

@@ -48,8 +48,19 @@ class KernelBackend:
     ) -> None:
         self.host_ns, self._ipr, self._wg = host_ns, ipr, wg
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, ifname: str) -> dict[str, Any]:
         return {"backend": self.name}
+
+    def rx_bytes(self, ifname: str) -> int:
+        wg = self._wg(self.host_ns)
+        try:
+            return sum(
+                int(peer.get_attr("WGPEER_A_RX_BYTES") or 0)
+                for msg in wg.info(ifname)
+                for peer in msg.get_attr("WGDEVICE_A_PEERS") or []
+            )
+        finally:
+            wg.close()
 
     def alive(self, ifname: str) -> bool:
         ipr = self._ipr(self.host_ns)

@@ -55,11 +55,24 @@ def write_private(path: str, private: str) -> None:
     os.replace(tmp, path)
 
 
-def load_or_make(directory: str) -> tuple[str, str]:
-    """(private, public) of this host: read from ``<directory>/private.key``, made there if missing.
+def key_file(slot: int) -> str:
+    """The private key file of WireGuard slot ``slot``."""
+    return KEY_FILE if slot == 0 else f"private-{slot}.key"
+
+
+def make_new(directory: str, slot: int) -> tuple[str, str]:
+    """A fresh key pair for ``slot`` (a key rotation), replacing its file."""
+    private = check_key(_wg(["genkey"]))
+    write_private(os.path.join(directory, key_file(slot)), private)
+    return private, public_key(private)
+
+
+def load_or_make(directory: str, slot: int = 0) -> tuple[str, str]:
+    """(private, public) of this host's slot: read from ``<directory>/private.key``
+    (``private-<slot>.key``), made there if missing.
 
     A file with group or other permissions is tightened to 0600."""
-    path = os.path.join(directory, KEY_FILE)
+    path = os.path.join(directory, key_file(slot))
     try:
         with open(path) as f:
             private = check_key(f.read().strip())

@@ -33,29 +33,44 @@ def revoked_prefix() -> str:
     return f"{P}/revoked/"
 
 
+#: one WireGuard identity of a host: (public key, ``host:port`` endpoint, tunnel address)
+Identity = tuple[str, str, str]
+
+
 @dataclass(frozen=True)
 class NodeKey:
     """One host's WireGuard identity as the other hosts see it.
 
     ``public_key``: base64 (44 characters); ``endpoint``: ``host:port`` of its
     WireGuard UDP socket on the underlay (IPv6 in brackets); ``tunnel``: its
-    tunnel address (the VTEP of its encrypted overlays)."""
+    tunnel address (the VTEP of its encrypted overlays).  ``others``: during a
+    key rotation, the host's other live identity (the coming or the going
+    key), each with its own port and tunnel address -- peers accept both."""
 
     node: str
     public_key: str
     endpoint: str
     tunnel: str
+    others: tuple[Identity, ...] = ()
+
+    def identities(self) -> list[Identity]:
+        return [(self.public_key, self.endpoint, self.tunnel), *self.others]
 
     def encode(self) -> bytes:
-        return model.encode(KIND, asdict(self))
+        data = asdict(self)
+        data["others"] = [list(i) for i in self.others]
+        return model.encode(KIND, data)
 
     @classmethod
     def decode(cls, raw: bytes) -> NodeKey:
         data = model.decode(raw, KIND)
         try:
-            return cls(str(data["node"]), str(data["public_key"]), str(data["endpoint"]), str(data["tunnel"]))
+            others = tuple((str(k), str(e), str(t)) for k, e, t in data.get("others") or [])
+            return cls(str(data["node"]), str(data["public_key"]), str(data["endpoint"]), str(data["tunnel"]), others)
         except KeyError as exc:
             raise BadRequest(f"stored {KIND} lacks {exc}", kind=KIND) from None
+        except (TypeError, ValueError):
+            raise BadRequest(f"stored {KIND} has malformed other identities", kind=KIND) from None
 
 
 def endpoint(address: str, port: int) -> str:
@@ -96,8 +111,20 @@ async def claim_address(store: Store, cidr: str, node: str, attempts: int = 4096
     raise Unavailable(f"no free tunnel address in the encryption range {cidr}", range=cidr, node=node)
 
 
-async def release_address(store: Store, node: str) -> None:
-    """Forget every tunnel address held by ``node`` (the host left for good)."""
+def slot_owner(node: str, slot: int) -> str:
+    """Who holds the tunnel address of ``node``'s WireGuard slot ``slot`` (0: the node's name)."""
+    return node if slot == 0 else f"{node}#{slot}"
+
+
+async def release_address(store: Store, node: str, slot: int | None = None) -> None:
+    """Forget the tunnel address of ``node``'s slot ``slot`` (None: all of them, the host left for good)."""
     for pair in await store.list(f"{P}/addresses/"):
-        if pair.value.decode(errors="replace") == node:
+        owner = pair.value.decode(errors="replace")
+        mine = owner == slot_owner(node, slot) if slot is not None else owner.split("#", 1)[0] == node
+        if mine:
             await store.delete(pair.key)
+
+
+def acks_prefix(node: str) -> str:
+    """``<P>/acks/<node>/<peer>``: the public key of ``node``'s coming identity that ``peer`` has configured."""
+    return f"{P}/acks/{node}/"

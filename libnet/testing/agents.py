@@ -59,25 +59,33 @@ class AgentProcess:
             return False
         return signal_serf(rec["pid"], rec.get("config", ""), signal.SIGKILL)
 
-    def wireguard_pid(self) -> int | None:
-        """The pid of this agent's ``wireguard-go`` as recorded, if it is still that process."""
+    def wireguard_pids(self) -> dict[str, int]:
+        """Interface -> pid of this agent's ``wireguard-go`` processes as recorded, while they are still those."""
+        import glob
+
         from libnet.encryption.backend import UserspaceBackend
 
-        return UserspaceBackend(None, os.path.join(self.dir, "wireguard")).pid()
+        backend = UserspaceBackend(None, os.path.join(self.dir, "wireguard"))
+        out = {}
+        for path in glob.glob(os.path.join(backend.state_dir, "wireguard-go-*.json")):
+            ifname = os.path.basename(path)[len("wireguard-go-") : -len(".json")]
+            pid = backend.pid(ifname)
+            if pid is not None:
+                out[ifname] = pid
+        return out
+
+    def wireguard_pid(self) -> int | None:
+        """The pid of the one ``wireguard-go`` of this agent (None: none, or several during a key rotation)."""
+        pids = list(self.wireguard_pids().values())
+        return pids[0] if len(pids) == 1 else None
 
     def stop_wireguard(self) -> None:
         """Stop the ``wireguard-go`` an agent killed without cleanup left (by its recorded, checked pid)."""
-        import json
-
         from libnet.encryption.backend import UserspaceBackend
 
-        path = os.path.join(self.dir, "wireguard", "wireguard-go.json")
-        try:
-            with open(path) as f:
-                ifname = json.load(f)["ifname"]
-        except (OSError, ValueError, KeyError):
-            return
-        UserspaceBackend(None, os.path.dirname(path)).delete(ifname)
+        backend = UserspaceBackend(None, os.path.join(self.dir, "wireguard"))
+        for ifname in self.wireguard_pids():
+            backend.delete(ifname)
 
     def _remember_serf(self) -> None:
         from libnet.cluster.agent import read_record

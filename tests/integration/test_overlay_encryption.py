@@ -22,7 +22,7 @@ import pytest
 
 from libnet.kernel import netns
 from libnet.testing.agents import AgentProcess
-from libnet.testing.cluster import ip, place, start_agents, wait_ping
+from libnet.testing.cluster import PingStream, ip, place, start_agents, wait_ping
 from libnet.testing.hosts import Testbed, wait_until
 
 pytestmark = pytest.mark.root
@@ -190,6 +190,23 @@ def test_encrypted_overlay(bed: Testbed, tmp_path) -> None:
     frames = list(cap.frames)
     packets = cap.stop(bed)
     assert_no_clear_text(frames, packets, vni_sec, inner)
+
+    # key rotation on h1 during ping streams to and from it: not one packet lost, twice (to the second slot and back)
+    streams = [
+        PingStream(bed, sec[0][0], ip(sec[1][1]["ipv4"]), str(tmp_path / "rot1.txt")),
+        PingStream(bed, sec[2][0], ip(sec[0][1]["ipv6"]), str(tmp_path / "rot2.txt")),
+    ]
+    before = agents[0].cli_json("agent", "status")["encryption"]
+    for _ in range(2):
+        r = agents[0].cli("network", "rotate-keys", "--json", timeout=150)
+        assert r.returncode == 0, r.stderr
+    time.sleep(0.5)
+    for stream in streams:
+        sent, lost = stream.stop()
+        assert sent > 50 and lost == 0, (sent, lost)
+    after = agents[0].cli_json("agent", "status")["encryption"]
+    assert after["rotations"] == 2 and after["public_key"] != before["public_key"]
+    assert len(agents[0].wireguard_pids()) == 1, "the retired slot's wireguard-go is still running"
 
     # h3's key revoked: it reaches no one any more, at once; h1 and h2 still reach each other
     r = agents[0].cli("node", "revoke", bed.hosts[2].name)

@@ -98,15 +98,16 @@ def test_config_renders_every_peer() -> None:
 
 
 def test_guard_rule_drops_the_tunnel_range_leaving_elsewhere() -> None:
-    [(chain, expr)] = firewall.tunnel_guard_rules("198.51.100.240/28", "lnwabc")
+    [(chain, expr)] = firewall.tunnel_guard_rules("198.51.100.240/28", ["lnwabc"])
     assert chain == "egress" and firewall.CHAINS["egress"] == ("filter", "output", 0)
     assert expr[0]["match"]["right"] == {"prefix": {"addr": "198.51.100.240", "len": 28}}
     assert expr[1]["match"]["op"] == "!=" and expr[1]["match"]["right"] == {"set": ["lnwabc", "lo"]}
     assert expr[-1] == {"drop": None}
-    [(_, expr6)] = firewall.tunnel_guard_rules("2001:db8:ee::/64", "lnwabc")
+    [(_, expr6)] = firewall.tunnel_guard_rules("2001:db8:ee::/64", ["lnwabc", "lnwabcb"])
+    assert expr6[1]["match"]["right"] == {"set": ["lnwabc", "lnwabcb", "lo"]}
     assert expr6[0]["match"]["left"]["payload"]["protocol"] == "ip6"
     with pytest.raises(BadRequest):
-        firewall.tunnel_guard_rules("nope", "lnwabc")
+        firewall.tunnel_guard_rules("nope", ["lnwabc"])
 
 
 def test_backend_choice_says_why(monkeypatch, tmp_path) -> None:
@@ -198,10 +199,15 @@ class FakeBackend:
     def __init__(self, kernel: FakeKernel, ns: str | None, log: list[str]) -> None:
         self.kernel, self.ns, self.log = kernel, ns, log
         self.configs: list[WgConfig] = []
+        self.by_ifname: dict[str, WgConfig] = {}
+        self.rx: dict[str, int] = {}
         self.dead = False
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, ifname: str) -> dict[str, Any]:
         return {"backend": self.name}
+
+    def rx_bytes(self, ifname: str) -> int:
+        return self.rx.get(ifname, 0)
 
     def alive(self, ifname: str) -> bool:
         return not self.dead and self.kernel.netlink(self.ns).has_link(ifname)
@@ -217,6 +223,7 @@ class FakeBackend:
 
     def configure(self, ifname: str, config: WgConfig) -> None:
         self.configs.append(config)
+        self.by_ifname[ifname] = config
 
     def delete(self, ifname: str) -> None:
         self.log.append("delete")
@@ -225,8 +232,11 @@ class FakeBackend:
                 nl.delete_link(ifname)
 
 
-def make_tunnel(kernel: FakeKernel, store: Any, log: list[str], tmp_path, node: str = "h1") -> Tunnel:
-    real = kernel.firewall(None, firewall_table(INSTANCE))
+def make_tunnel(
+    kernel: FakeKernel, store: Any, log: list[str], tmp_path, node: str = "h1", instance: str = INSTANCE
+) -> Tunnel:
+    ns = None if node == "h1" else kernel.add_namespace(node) and node
+    real = kernel.firewall(ns, firewall_table(instance))
     real_add = real.add
 
     class Fw:
@@ -239,16 +249,17 @@ def make_tunnel(kernel: FakeKernel, store: Any, log: list[str], tmp_path, node: 
         def close(self) -> None:
             pass
 
-    kernel.firewall = lambda ns, table: Fw()  # type: ignore[method-assign,assignment,return-value]
+    if node == "h1":
+        kernel.firewall = lambda ns, table: Fw()  # type: ignore[method-assign,assignment,return-value]
     return Tunnel(
         node=node,
         vtep="203.0.113.11",
-        host_ns=None,
-        state_dir=str(tmp_path),
-        instance=INSTANCE,
+        host_ns=ns,
+        state_dir=str(tmp_path / node),
+        instance=instance,
         store=store,
         kernel=kernel,
-        backend=FakeBackend(kernel, None, log),
+        backend=FakeBackend(kernel, ns, log),
         reason="a fake",
         underlay_mtu=lambda: 1500,
         range_="198.51.100.240/28",
@@ -265,7 +276,7 @@ async def until(predicate: Any, timeout: float = 3.0) -> bool:
 
 
 async def test_tunnel_guards_first_then_follows_records_and_revocations(monkeypatch, tmp_path) -> None:
-    monkeypatch.setattr(keys, "load_or_make", lambda d: (KEYS[0], KEYS[1]))
+    monkeypatch.setattr(keys, "load_or_make", lambda d, slot=0: (KEYS[0], KEYS[1]))
     kernel, store, log = FakeKernel(), open_store("memory://"), []
     await store.put(nodes_prefix() + "h2", NodeKey("h2", KEYS[2], "203.0.113.12:51820", "198.51.100.250").encode())
     tunnel = make_tunnel(kernel, store, log, tmp_path)
@@ -276,7 +287,9 @@ async def test_tunnel_guards_first_then_follows_records_and_revocations(monkeypa
         assert log[:2] == ["guard", "create"]  # never an interface before the rule against clear text
         with kernel.netlink(None) as nl:
             link = nl.link(tunnel.ifname)
-            assert link.up and link.mtu == 1440 and f"{addr}/28" in nl.addresses(tunnel.ifname)
+            assert link.up and link.mtu == 1440 and f"{addr}/32" in nl.addresses(tunnel.ifname)
+        # the one route into the tunnel range: through the interface, from the tunnel address
+        assert kernel.namespace(None).prefix_routes["198.51.100.240/28"] == (link.index, addr)
         assert NodeKey.decode((await store.get(nodes_prefix() + "h1")).value).public_key == KEYS[1]
         assert [p.public_key for p in backend.configs[-1].peers] == [KEYS[2]]
         assert backend.configs[-1].peers[0].allowed_ips == ("198.51.100.250/32",)
@@ -296,7 +309,8 @@ async def test_tunnel_guards_first_then_follows_records_and_revocations(monkeypa
             nl.delete_link(tunnel.ifname)
         assert await until(lambda: tunnel.restarts >= 1)
         with kernel.netlink(None) as nl:
-            assert nl.link(tunnel.ifname).up and f"{addr}/28" in nl.addresses(tunnel.ifname)
+            assert nl.link(tunnel.ifname).up and f"{addr}/32" in nl.addresses(tunnel.ifname)
+        assert "198.51.100.240/28" in kernel.namespace(None).prefix_routes
         # set down by hand: up again
         with kernel.netlink(None) as nl:
             nl.set_down(tunnel.ifname)
@@ -328,3 +342,98 @@ def test_encrypted_option_forms() -> None:
     assert d.parse_network_options({})["encrypted"] is False
     with pytest.raises(InvalidOption):
         d.parse_network_options({"encrypted": "maybe"})
+
+
+# --- rotation: two hosts' tunnels on one fake kernel ----------------------------------------
+
+
+async def test_rotation_prepares_beside_switches_in_one_step_then_retires(monkeypatch, tmp_path) -> None:
+    from libnet.encryption import rotation
+
+    made = iter(KEYS[2:])
+    monkeypatch.setattr(keys, "load_or_make", lambda d, slot=0: (KEYS[0] if "/h1/" in d else KEYS[1],) * 2)
+    monkeypatch.setattr(keys, "make_new", lambda d, slot: (next(made),) * 2)
+    kernel, store, log = FakeKernel(), open_store("memory://"), []
+    h1 = make_tunnel(kernel, store, log, tmp_path)
+    h2 = make_tunnel(kernel, store, [], tmp_path, node="h2", instance="ba9876543210")
+    a1, a2 = await h1.ensure(), await h2.ensure()
+    switched: list[str | None] = []
+
+    async def on_switch() -> None:
+        # at the switch: h2 already accepts the new key, the old slot is still up beside the new one
+        switched.append(h1.address)
+        assert h1.public_key in {p.public_key for p in h2.config(h2.slots[0]).peers}
+        assert len({p.public_key for p in h2.config(h2.slots[0]).peers}) == 2  # the old key too
+        assert len(h1.live) == 2
+
+    h1.switch_listeners.append(on_switch)
+    b1 = h1.backend
+    assert isinstance(b1, FakeBackend)
+    try:
+        out = await rotation.rotate(h1, idle=0.05, min_drain=0.1, drain_max=2)
+        assert out["public_key"] == KEYS[2] and out["interface"] == h1.slots[1].ifname and out["drained"]
+        assert switched == [out["tunnel_address"]] and out["tunnel_address"] not in (a1, a2)
+        assert b1.by_ifname[h1.slots[1].ifname].listen_port == 51821
+        with kernel.netlink(None) as nl:
+            new = nl.link(h1.slots[1].ifname)
+            assert kernel.namespace(None).prefix_routes["198.51.100.240/28"] == (new.index, out["tunnel_address"])
+            assert not nl.has_link(h1.slots[0].ifname)  # retired
+        rec = NodeKey.decode((await store.get(nodes_prefix() + "h1")).value)
+        assert rec.public_key == KEYS[2] and rec.others == () and rec.tunnel == out["tunnel_address"]
+        assert await until(lambda: [p.public_key for p in h2.config(h2.slots[0]).peers] == [KEYS[2]])
+        assert [p.public_key for p in b1.by_ifname[h1.slots[1].ifname].peers] == [KEYS[1]]
+        assert h1.status()["rotations"] == 1 and (tmp_path / "h1" / "wireguard" / "current-slot").read_text() == "1\n"
+        # and back to the first slot
+        await rotation.rotate(h1, idle=0.05, min_drain=0.1, drain_max=2)
+        assert h1.current == 0 and h1.public_key == KEYS[3]
+    finally:
+        await h1.close()
+        await h2.close()
+
+
+async def test_rotation_without_every_acknowledgement_is_undone(monkeypatch, tmp_path) -> None:
+    from libnet.encryption import rotation
+
+    monkeypatch.setattr(keys, "load_or_make", lambda d, slot=0: (KEYS[0], KEYS[1]))
+    monkeypatch.setattr(keys, "make_new", lambda d, slot: (KEYS[2], KEYS[3]))
+    kernel, store, log = FakeKernel(), open_store("memory://"), []
+    # a host whose agent does not run: a record, never an acknowledgement
+    await store.put(nodes_prefix() + "h9", NodeKey("h9", KEYS[4], "203.0.113.19:51820", "198.51.100.250").encode())
+    h1 = make_tunnel(kernel, store, log, tmp_path)
+    addr = await h1.ensure()
+    try:
+        with pytest.raises(Unavailable, match="h9"):
+            await rotation.rotate(h1, ack_timeout=0.3)
+        assert h1.current == 0 and h1.address == addr and h1.live == {0}
+        with kernel.netlink(None) as nl:
+            assert not nl.has_link(h1.slots[1].ifname)
+        rec = NodeKey.decode((await store.get(nodes_prefix() + "h1")).value)
+        assert rec.public_key == KEYS[1] and rec.others == ()
+    finally:
+        await h1.close()
+
+
+def test_moved_vtep_gets_its_new_entries_before_the_old_ones_go(monkeypatch) -> None:
+    """A peer whose VTEP moved (a key rotation) must never be without an FDB entry: replace, then delete."""
+    from libnet.drivers.overlay.peerdb import Entries
+    from libnet.drivers.overlay.plumbing import Plumbing, VxlanDevices
+    from libnet.kernel.neighbours import FdbEntry
+    from libnet.testing import fake_kernel
+
+    kernel = FakeKernel()
+    kernel.add_namespace("ov")
+    kernel.add_link("ov", "vxlan0", "vxlan")
+    calls: list[str] = []
+    for name in ("replace_fdb", "delete_fdb", "replace_neighbours", "delete_neighbours"):
+        real = getattr(fake_kernel.FakeNetlink, name)
+        monkeypatch.setattr(
+            fake_kernel.FakeNetlink, name, lambda self, *a, _n=name, _r=real: (calls.append(_n), _r(self, *a))[1]
+        )
+    plumbing = Plumbing(None, None, "o", lambda: None, kernel)  # type: ignore[arg-type,return-value]
+    monkeypatch.setattr(plumbing, "ns_name", lambda vni: "ov")
+    devices = VxlanDevices(plumbing, lambda nid: 1)
+    mac = "02:00:c6:33:64:02"
+    old, new = FdbEntry(mac, "198.51.100.241"), FdbEntry(mac, "198.51.100.242")
+    devices.apply("n", Entries(set(), {old}), Entries(set(), {new}))
+    assert calls.index("replace_fdb") < calls.index("delete_fdb")
+    assert calls.index("replace_neighbours") < calls.index("delete_neighbours")

@@ -61,6 +61,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import ipaddress
 import logging
 import os
 from collections.abc import Callable
@@ -68,7 +70,13 @@ from typing import Any, Literal
 
 from libnet import ownership
 from libnet.cluster.membership import Membership
-from libnet.config import DEFAULT_ANTI_ENTROPY, DEFAULT_ENCRYPTION_PORT, DEFAULT_ENCRYPTION_RANGE, DEFAULT_GRACE
+from libnet.config import (
+    DEFAULT_ANTI_ENTROPY,
+    DEFAULT_ENCRYPTION_PORT,
+    DEFAULT_ENCRYPTION_RANGE,
+    DEFAULT_ENCRYPTION_ROTATION,
+    DEFAULT_GRACE,
+)
 from libnet.driverapi import Capabilities, EndpointInfo, NetworkInfo, ReconcileReport, SandboxInfo
 from libnet.drivers import sandbox_config
 from libnet.drivers.bridge_model import host_ifname
@@ -78,6 +86,7 @@ from libnet.drivers.overlay.peerwatch import PeerWatch, decode, encode, peers_pr
 from libnet.drivers.overlay.plumbing import Plumbing, VxlanDevices
 from libnet.drivers.overlay.programmer import Programmer
 from libnet.drivers.overlay.vni import VNI_MAX, VNI_MIN, P, VniAllocator
+from libnet.encryption import rotation
 from libnet.encryption.backend import Backend
 from libnet.encryption.backend import choose as choose_backend
 from libnet.encryption.tunnel import Tunnel, forget, revoke
@@ -109,6 +118,15 @@ def _flag(value: Any, key: str) -> bool:
     raise InvalidOption(f"option {key} takes true or false, not {value!r}", option=key)
 
 
+def _device_local(nw: NetworkInfo, vtep: str) -> str | None:
+    """The VXLAN device's local address: on encrypted networks the unspecified one
+    (the source comes from the route into the WireGuard tunnel, which a key
+    rotation replaces in one step), else None (the VTEP)."""
+    if not nw.options.get("encrypted"):
+        return None
+    return "::" if ipaddress.ip_address(vtep).version == 6 else "0.0.0.0"
+
+
 class OverlayDriver:
     """See the module docstring."""
 
@@ -128,6 +146,7 @@ class OverlayDriver:
         kernel: Kernel | None = None,
         encryption_range: str = DEFAULT_ENCRYPTION_RANGE,
         encryption_port: int = DEFAULT_ENCRYPTION_PORT,
+        encryption_rotation: float = DEFAULT_ENCRYPTION_ROTATION,
         wireguard: Backend | Literal["auto"] | None = "auto",
     ) -> None:
         self.host_ns, self.default_mtu = host_ns, default_mtu
@@ -148,8 +167,10 @@ class OverlayDriver:
         #: called with a network id whenever its remote endpoints changed (the embedded DNS listens)
         self.peer_listeners: list[Callable[[str], None]] = []
         self.encryption_range, self.encryption_port = encryption_range, encryption_port
+        self.encryption_rotation = encryption_rotation
         self._wireguard = wireguard
         self._tunnel: Tunnel | None = None
+        self._rotating: asyncio.Task[None] | None = None
 
     def tunnel(self) -> Tunnel:
         """This host's WireGuard tunnel (:mod:`libnet.encryption.tunnel`), made on first use."""
@@ -175,7 +196,32 @@ class OverlayDriver:
                 range_=self.encryption_range,
                 port=self.encryption_port,
             )
+            self._tunnel.switch_listeners.append(self._reannounce_encrypted)
         return self._tunnel
+
+    async def rotate_keys(self) -> dict[str, Any]:
+        """Rotate this host's WireGuard key pair without loss (``libnet network rotate-keys``;
+        :mod:`libnet.encryption.rotation`)."""
+        return await rotation.rotate(self.tunnel())
+
+    async def _reannounce_encrypted(self) -> None:
+        """This host's tunnel address changed (a key rotation): its endpoints' peer
+        records on encrypted networks get the new VTEP, stored and gossiped."""
+        tunnel = self._tunnel
+        if self.store is None or tunnel is None or tunnel.address is None:
+            return
+        for nid, nw in list(self._nets.items()):
+            if not nw.options.get("encrypted"):
+                continue
+            for pair in await self.store.list(peers_prefix(P, nid)):
+                try:
+                    peer = decode(pair.value)
+                except LibnetError:
+                    continue
+                if peer.node == self.node and peer.vtep != tunnel.address:
+                    peer = dataclasses.replace(peer, vtep=tunnel.address)
+                    await self.store.put(pair.key, encode(peer))
+                    await self._announce("add", peer)
 
     def encryption_status(self) -> dict[str, Any] | None:
         """The tunnel's status (backend and why; ``up`` once an encrypted network
@@ -201,7 +247,11 @@ class OverlayDriver:
         brought up first) on encrypted networks, else the underlay's."""
         _, vtep = self._need()
         if nw.options.get("encrypted"):
-            return await self.tunnel().ensure()
+            tunnel = self.tunnel()
+            address = await tunnel.ensure()
+            if self.encryption_rotation > 0 and self._rotating is None:
+                self._rotating = asyncio.create_task(rotation.rotate_periodically(tunnel, self.encryption_rotation))
+            return address
         return vtep
 
     @property
@@ -335,7 +385,7 @@ class OverlayDriver:
         vtep = await self._vtep_of(nw)  # on encrypted networks: never before the tunnel (and its guard) is up
         async with self._locks.setdefault(nw.id, asyncio.Lock()):
             if not self.watch.watching(nw.id):
-                done = await asyncio.to_thread(self.plumbing.build, nw, vni, ns, vtep)
+                done = await asyncio.to_thread(self.plumbing.build, nw, vni, ns, vtep, _device_local(nw, vtep))
                 if repairs is not None:
                     repairs += done
                 self._nets[nw.id] = nw
@@ -355,7 +405,9 @@ class OverlayDriver:
         async with self._locks.setdefault(network_id, asyncio.Lock()):
             if not self.watch.watching(network_id):
                 return []
-            done = await asyncio.to_thread(self.plumbing.build, nw, vni, self.ns_name(vni), vtep)
+            done = await asyncio.to_thread(
+                self.plumbing.build, nw, vni, self.ns_name(vni), vtep, _device_local(nw, vtep)
+            )
         if done:
             self.programmer.reset(network_id)  # a rebuilt device holds no entries
         return done
@@ -514,6 +566,10 @@ class OverlayDriver:
         return gone
 
     async def close(self) -> None:
+        if self._rotating is not None:
+            self._rotating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rotating
         if self._tunnel is not None:
             await self._tunnel.close()
         await self.watch.close()
