@@ -118,6 +118,7 @@ class KernelBackend:
                         "endpoint_port": port,
                         "allowed_ips": list(p.allowed_ips),
                         "replace_allowed_ips": True,
+                        "persistent_keepalive": p.keepalive,
                     },
                 )
         finally:

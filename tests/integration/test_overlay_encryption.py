@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import json
 import os
 import re
 import signal
@@ -88,6 +89,29 @@ def assert_no_clear_text(frames: list[bytes], packets: list[Any], vni: int, inne
         assert not any(packed in f for f in frames), f"inner address {addr} crossed the underlay"
 
 
+def assert_only_tunnels_and_gossip(packets: list[Any], plain_vni: int) -> None:
+    """Between the hosts only WireGuard (both slots' ports), Serf gossip and the plain overlay's VXLAN."""
+    from scapy.all import TCP, UDP
+    from scapy.layers.vxlan import VXLAN
+
+    for p in packets:
+        if UDP in p:
+            ports = {p[UDP].sport, p[UDP].dport}
+            if ports & {WG_PORT, WG_PORT + 1, 7946}:
+                continue
+            assert 4789 in ports and VXLAN in p and p[VXLAN].vni == plain_vni, f"unexpected UDP: {p.summary()}"
+        elif TCP in p:
+            assert 7946 in (p[TCP].sport, p[TCP].dport), f"unexpected TCP: {p.summary()}"
+
+
+def missing(out: str) -> list[int]:
+    """The sequence numbers a ping stream's output lacks replies for."""
+    with open(out, errors="replace") as f:
+        text = f.read()
+    seen = {int(n) for n in re.findall(r"icmp_seq=(\d+) ", text)}
+    return [n for n in range(1, max(seen, default=0)) if n not in seen]
+
+
 def wireguard_count(packets: list[Any]) -> int:
     from scapy.all import UDP
 
@@ -157,6 +181,7 @@ def test_encrypted_overlay(bed: Testbed, tmp_path) -> None:
     frames = list(cap.frames)
     packets = cap.stop(bed)
     assert_no_clear_text(frames, packets, vni_sec, inner)
+    assert_only_tunnels_and_gossip(packets, vni_plain)
     assert wireguard_count(packets) >= 40, "the encrypted transfer did not go through WireGuard"
     assert vni_plain in vxlan_vnis(packets), "the plain overlay no longer uses VXLAN"
 
@@ -176,6 +201,7 @@ def test_encrypted_overlay(bed: Testbed, tmp_path) -> None:
     frames = list(cap.frames)
     packets = cap.stop(bed)
     assert_no_clear_text(frames, packets, vni_sec, inner)
+    assert_only_tunnels_and_gossip(packets, vni_plain)
     assert agents[0].cli_json("agent", "status")["encryption"]["restarts"] >= 1
 
     # the interface set down (its connected route gone, the default route left): still nothing in clear
@@ -190,6 +216,7 @@ def test_encrypted_overlay(bed: Testbed, tmp_path) -> None:
     frames = list(cap.frames)
     packets = cap.stop(bed)
     assert_no_clear_text(frames, packets, vni_sec, inner)
+    assert_only_tunnels_and_gossip(packets, vni_plain)
 
     # key rotation on h1 during ping streams to and from it: not one packet lost, twice (to the second slot and back)
     streams = [
@@ -197,13 +224,20 @@ def test_encrypted_overlay(bed: Testbed, tmp_path) -> None:
         PingStream(bed, sec[2][0], ip(sec[0][1]["ipv6"]), str(tmp_path / "rot2.txt")),
     ]
     before = agents[0].cli_json("agent", "status")["encryption"]
+    cap = Capture(bed)
+    rotations = []
     for _ in range(2):
         r = agents[0].cli("network", "rotate-keys", "--json", timeout=150)
         assert r.returncode == 0, r.stderr
+        rotations.append((time.monotonic() - streams[0].started, json.loads(r.stdout)))
     time.sleep(0.5)
     for stream in streams:
         sent, lost = stream.stop()
-        assert sent > 50 and lost == 0, (sent, lost)
+        assert sent > 50 and lost == 0, (stream.addr, sent, lost, str(missing(stream.out)), rotations)
+    frames = list(cap.frames)
+    packets = cap.stop(bed)
+    assert_no_clear_text(frames, packets, vni_sec, inner)
+    assert_only_tunnels_and_gossip(packets, vni_plain)
     after = agents[0].cli_json("agent", "status")["encryption"]
     assert after["rotations"] == 2 and after["public_key"] != before["public_key"]
     assert len(agents[0].wireguard_pids()) == 1, "the retired slot's wireguard-go is still running"

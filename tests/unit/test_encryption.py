@@ -95,6 +95,7 @@ def test_config_renders_every_peer() -> None:
     text = conf.render()
     assert f"PrivateKey = {KEYS[0]}" in text and "ListenPort = 51820" in text
     assert f"PublicKey = {KEYS[1]}" in text and "AllowedIPs = 198.51.100.242/32" in text
+    assert "PersistentKeepalive = 25" in text  # a restarted interface handshakes with every peer at once
 
 
 def test_guard_rule_drops_the_tunnel_range_leaving_elsewhere() -> None:
@@ -186,6 +187,7 @@ def test_kernel_backend_sets_exactly_the_desired_peers() -> None:
     assert set(wg.peers) == {KEYS[1], KEYS[2]}  # the stale peer removed
     assert wg.peers[KEYS[2]]["endpoint_addr"] == "2001:db8:ffff::13" and wg.peers[KEYS[2]]["endpoint_port"] == 51820
     assert wg.peers[KEYS[1]]["replace_allowed_ips"] and wg.peers[KEYS[1]]["allowed_ips"] == ["198.51.100.242/32"]
+    assert wg.peers[KEYS[1]]["persistent_keepalive"] == 25
     kb.delete("lnwx")
     assert not kb.alive("lnwx")
 
