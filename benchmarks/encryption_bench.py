@@ -12,6 +12,8 @@ Two test hosts on a switch.  iperf3, one TCP stream, container to container, for
 - libnet plain: a plain overlay network on the same controllers (VXLAN on the underlay).
 
 Rounds alternate between the three so the machine's noise hits all of them; medians are reported.
+Then the first host rotates its key (twice; once with ``--quick``) during a ping stream (25/s) from
+its container to the other: ``metrics.rotation_lost_packets`` (target 0) of ``rotation_sent_packets``.
 Ratios: ``vs_handbuilt_wireguard`` (target >= 0.9: libnet adds nothing to the data path) and
 ``vs_plain_overlay`` (reported: the cost of encryption; userspace WireGuard is CPU-bound here).
 """
@@ -26,10 +28,11 @@ import subprocess
 import tempfile
 import time
 
-from benchmarks.common import emit, parser, require
+from benchmarks.common import emit, parser, progress, require
 from benchmarks.overlay_bench import iperf_rounds, place_on
 from libnet import Controller
 from libnet.encryption.backend import SOCKET_DIR
+from libnet.testing.cluster import PingStream
 from libnet.testing.hosts import Testbed, host_config
 
 NAME = "encryption_bench"
@@ -104,6 +107,19 @@ async def libnet_overlays(bed: Testbed, tmp: str) -> tuple[list[Controller], dic
     return ctls, await place_on(ctls, ["enc", "plain"])
 
 
+async def rotation_loss(bed: Testbed, ctl: Controller, src: str, dst: str, times: int) -> tuple[int, int]:
+    """(sent, lost) of a ping stream (25/s) from ``src`` to ``dst`` while ``ctl``'s host rotates its key
+    ``times`` times."""
+    with tempfile.NamedTemporaryFile(suffix=".ping") as out:
+        stream = PingStream(bed, src, dst, out.name)
+        await asyncio.sleep(1)
+        for i in range(times):
+            progress(f"key rotation {i + 1}/{times} during a ping stream")
+            await ctl.driver("overlay").rotate_keys()  # type: ignore[attr-defined]
+        await asyncio.sleep(1)
+        return stream.stop()
+
+
 def main() -> dict:
     args = parser(NAME, __doc__).parse_args()
     require("iperf3", "iperf3")
@@ -128,11 +144,16 @@ def main() -> dict:
                 "plain": (p2, p1, plain_target),
             }
             med = iperf_rounds(bed, legs, seconds, rounds, port=5301)
+            sent, lost = loop.run_until_complete(rotation_loss(bed, ctls[0], e1, enc_target, 1 if args.quick else 2))
         finally:
             for c in ctls:
                 loop.run_until_complete(c.close())
             loop.close()
-    metrics = {"encrypted_overlay_gbps": round(med["encrypted"], 4)}
+    metrics = {
+        "encrypted_overlay_gbps": round(med["encrypted"], 4),
+        "rotation_lost_packets": lost,
+        "rotation_sent_packets": sent,
+    }
     peers = {"handbuilt_wireguard_gbps": round(med["handbuilt"], 4), "plain_overlay_gbps": round(med["plain"], 4)}
     ratios = {
         "vs_handbuilt_wireguard": round(med["encrypted"] / med["handbuilt"], 3),

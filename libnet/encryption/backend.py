@@ -17,6 +17,7 @@ is ignored: :func:`choose` looks at ``/sys/module/wireguard``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -68,6 +69,22 @@ class WgConfig:
         return "\n".join(lines) + "\n"
 
 
+def parse_dump(text: str) -> WgConfig:
+    """``wg show IFNAME dump``: the interface's line, then one line per peer (tab-separated)."""
+    lines = [line.split("\t") for line in text.splitlines() if line.strip()]
+    if not lines or len(lines[0]) < 3:
+        raise Unavailable("wg show dump: no interface line")
+    peers = []
+    for f in lines[1:]:
+        if len(f) < 8:
+            continue
+        allowed = tuple(sorted(a for a in f[3].split(",") if a and a != "(none)"))
+        keepalive = int(f[7]) if f[7].isdigit() else 0
+        peers.append(WgPeer(f[0], f[2] if f[2] != "(none)" else "", allowed, keepalive))
+    private = lines[0][0] if lines[0][0] != "(none)" else ""
+    return WgConfig(private, int(lines[0][2]) if lines[0][2].isdigit() else 0, tuple(peers))
+
+
 class Backend(Protocol):
     """One host's WireGuard implementation (see the module docstring)."""
 
@@ -97,8 +114,9 @@ class UserspaceBackend:
     interface are recorded in ``<state_dir>/wireguard-go-<ifname>.json``, so an agent
     that died and came back finds (and keeps) it: the record is trusted only
     while ``/proc/<pid>/cmdline`` is still ``wireguard-go ... <ifname>``.
-    Configuration goes through ``wg syncconf`` with a 0600 file in the state
-    dir (the private key never appears on a command line)."""
+    Configuration goes through ``wg set`` with only what differs from ``wg show
+    dump`` (the private key from a 0600 file in the state dir, never on a
+    command line)."""
 
     name = "wireguard-go"
 
@@ -183,15 +201,37 @@ class UserspaceBackend:
                 raise Unavailable(f"wireguard-go did not bring up {ifname}", ifname=ifname)
             time.sleep(0.02)
 
-    def configure(self, ifname: str, config: WgConfig) -> None:
-        path = os.path.join(self.state_dir, f"{ifname}.conf")
-        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(config.render())
-        os.replace(path + ".tmp", path)
-        out = self._run(["wg", "syncconf", ifname, path], capture_output=True, text=True, timeout=10, check=False)
+    def _wg(self, *args: str) -> str:
+        out = self._run(["wg", *args], capture_output=True, text=True, timeout=10, check=False)
         if out.returncode != 0:
-            raise Unavailable(f"wg syncconf {ifname}: {out.stderr.strip()}", ifname=ifname)
+            raise Unavailable(f"wg {' '.join(args[:2])}: {out.stderr.strip()}", ifname=args[1] if len(args) > 1 else "")
+        return str(out.stdout)
+
+    def configure(self, ifname: str, config: WgConfig) -> None:
+        """Change only what differs (``wg show dump`` against ``config``): a peer that stays
+        as it is is not touched -- setting its allowed addresses again would leave it
+        without any for a moment, and a packet then would be dropped."""
+        have = parse_dump(self._wg("show", ifname, "dump"))
+        args = ["set", ifname]
+        if have.private_key != config.private_key:
+            path = os.path.join(self.state_dir, f"{ifname}.key")
+            fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(config.private_key + "\n")
+            os.replace(path + ".tmp", path)
+            args += ["private-key", path]
+        if have.listen_port != config.listen_port:
+            args += ["listen-port", str(config.listen_port)]
+        wanted = {p.public_key: p for p in config.peers}
+        current = {p.public_key: p for p in have.peers}
+        for key in sorted(set(current) - set(wanted)):
+            args += ["peer", key, "remove"]
+        for key, p in wanted.items():
+            if current.get(key) != dataclasses.replace(p, allowed_ips=tuple(sorted(p.allowed_ips))):
+                args += ["peer", key, "endpoint", p.endpoint, "persistent-keepalive", str(p.keepalive)]
+                args += ["allowed-ips", ",".join(p.allowed_ips)]
+        if len(args) > 2:
+            self._wg(*args)
 
     def delete(self, ifname: str) -> None:
         """Stop the recorded ``wireguard-go`` (SIGTERM, then SIGKILL); its TUN goes with it."""
@@ -209,7 +249,7 @@ class UserspaceBackend:
         if proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=3)
-        for p in (self.record(ifname), os.path.join(self.state_dir, f"{ifname}.conf")):
+        for p in (self.record(ifname), os.path.join(self.state_dir, f"{ifname}.key")):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
 

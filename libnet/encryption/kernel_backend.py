@@ -102,13 +102,20 @@ class KernelBackend:
             wg.close()
 
     def configure(self, ifname: str, config: WgConfig) -> None:
-        stale = self.configured_peers(ifname) - {p.public_key for p in config.peers}
+        """Key and port; stale peers removed; peers the device lacks added.  A peer the
+        device has is not set again (its allowed addresses would be replaced, leaving
+        it without any for a moment); a host's key never changes address or port: a
+        rotation brings a new key."""
+        have = self.configured_peers(ifname)
+        stale = have - {p.public_key for p in config.peers}
         wg = self._wg(self.host_ns)
         try:
             wg.set(ifname, private_key=config.private_key, listen_port=config.listen_port)
             for key in sorted(stale):
                 wg.set(ifname, peer={"public_key": key, "remove": True})
             for p in config.peers:
+                if p.public_key in have:
+                    continue
                 addr, port = _split(p.endpoint)
                 wg.set(
                     ifname,

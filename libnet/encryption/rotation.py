@@ -97,9 +97,10 @@ async def _prepare(t: Tunnel, backend: Backend, new: Slot, ack_timeout: float) -
         await t.store.delete(pair.key)
     new.address = await claim_address(t.store, t.range, slot_owner(t.node, new.index))
     new.private, new.public = await asyncio.to_thread(keys.make_new, t.dir, new.index)
-    t.live.add(new.index)
     try:
         await asyncio.to_thread(t.bring_up, backend, new)
+        t.live.add(new.index)  # supervised and synced from now on, not half made
+        await t.sync()  # records that changed while it came up
         await t.publish()
         missing = await _acknowledged(t, new.public, ack_timeout)
         if missing:

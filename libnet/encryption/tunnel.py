@@ -147,6 +147,8 @@ class Tunnel:
         self.rotations = 0
         #: awaited after a rotation switched this host's tunnel address (the driver re-announces its endpoints)
         self.switch_listeners: list[Callable[[], Awaitable[None]]] = []
+        #: awaited with this host's record each time it is published (the driver copies the key into Serf tags)
+        self.publish_listeners: list[Callable[[NodeKey], Awaitable[None]]] = []
         self.acked: Callable[[], None] = lambda: None  # poked when another host acknowledged a coming key
         self._lock = asyncio.Lock()
         self._sync_lock = asyncio.Lock()
@@ -261,6 +263,8 @@ class Tunnel:
         others = tuple(self.identity(self.slots[i]) for i in sorted(self.live) if i != self.current)
         record = NodeKey(self.node, cur.public, endpoint(self.vtep, cur.port), cur.address, others)
         await self.store.put(nodes_prefix() + self.node, record.encode())
+        for listener in self.publish_listeners:
+            await listener(record)
 
     def config(self, slot: Slot) -> WgConfig:
         """``slot``'s configuration: its key and port, every identity of every other, unrevoked host."""

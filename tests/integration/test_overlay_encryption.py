@@ -242,6 +242,13 @@ def test_encrypted_overlay(bed: Testbed, tmp_path) -> None:
     assert after["rotations"] == 2 and after["public_key"] != before["public_key"]
     assert len(agents[0].wireguard_pids()) == 1, "the retired slot's wireguard-go is still running"
 
+    def h1_tags() -> dict[str, str]:
+        return next(n for n in agents[1].cli_json("node", "ls") if n["name"] == bed.hosts[0].name)["tags"]
+
+    # the current key travels in Serf tags too
+    assert wait_until(lambda: h1_tags().get("wg_key") == after["public_key"], 10), h1_tags()
+    assert h1_tags()["wg_tunnel"] == after["tunnel_address"]
+
     # h3's key revoked: it reaches no one any more, at once; h1 and h2 still reach each other
     r = agents[0].cli("node", "revoke", bed.hosts[2].name)
     assert r.returncode == 0, r.stderr

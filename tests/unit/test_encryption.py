@@ -439,3 +439,42 @@ def test_moved_vtep_gets_its_new_entries_before_the_old_ones_go(monkeypatch) -> 
     devices.apply("n", Entries(set(), {old}), Entries(set(), {new}))
     assert calls.index("replace_fdb") < calls.index("delete_fdb")
     assert calls.index("replace_neighbours") < calls.index("delete_neighbours")
+
+
+def test_userspace_backend_touches_only_what_differs(tmp_path) -> None:
+    """A peer that stays is never set again: ``wg set ... allowed-ips`` would leave it without any for a moment."""
+    dump = "\t".join([KEYS[0], KEYS[1], "51820", "off"]) + "\n"
+    same = [KEYS[2], "(none)", "203.0.113.12:51820", "198.51.100.242/32", "0", "0", "0", "25"]
+    stale = [KEYS[3], "(none)", "203.0.113.13:51820", "198.51.100.243/32", "0", "0", "0", "25"]
+    dump += "\t".join(same) + "\n" + "\t".join(stale) + "\n"
+    calls: list[list[str]] = []
+
+    class Done:
+        def __init__(self, stdout: str) -> None:
+            self.returncode, self.stdout, self.stderr = 0, stdout, ""
+
+    def run(argv: list[str], **kw: Any) -> Done:
+        calls.append(argv)
+        return Done(dump if argv[1:3] == ["show", "lnwx"] else "")
+
+    ub = wgbackend.UserspaceBackend(None, str(tmp_path), run=run)
+    peers = (
+        WgPeer(KEYS[2], "203.0.113.12:51820", ("198.51.100.242/32",)),
+        WgPeer(KEYS[4], "203.0.113.14:51821", ("198.51.100.244/32",)),
+    )
+    ub.configure("lnwx", WgConfig(KEYS[0], 51820, peers))
+    assert calls[-1][:3] == ["wg", "set", "lnwx"]
+    args = " ".join(calls[-1])
+    assert f"peer {KEYS[3]} remove" in args and f"peer {KEYS[4]} endpoint 203.0.113.14:51821" in args
+    assert KEYS[2] not in args and "private-key" not in args and "listen-port" not in args
+    # nothing differs: no wg set at all
+    calls.clear()
+    ub.configure("lnwx", WgConfig(KEYS[0], 51820, peers[:1]))
+    assert [c[1] for c in calls] == ["show", "set"]  # only the stale peer's removal
+    dump = dump.replace("\t".join(stale) + "\n", "")
+    calls.clear()
+    ub.configure("lnwx", WgConfig(KEYS[0], 51820, peers[:1]))
+    assert [c[1] for c in calls] == ["show"]
+    # a new private key comes from a 0600 file, never the command line
+    ub.configure("lnwx", WgConfig(KEYS[1], 51820, peers[:1]))
+    assert KEYS[1] not in " ".join(calls[-1]) and stat.S_IMODE(os.stat(tmp_path / "lnwx.key").st_mode) == 0o600

@@ -89,6 +89,7 @@ from libnet.drivers.overlay.vni import VNI_MAX, VNI_MIN, P, VniAllocator
 from libnet.encryption import rotation
 from libnet.encryption.backend import Backend
 from libnet.encryption.backend import choose as choose_backend
+from libnet.encryption.records import NodeKey
 from libnet.encryption.tunnel import Tunnel, forget, revoke
 from libnet.errors import BadRequest, Conflict, InvalidOption, KeyModified, KeyNotFound, LibnetError, Unavailable
 from libnet.kernel.api import Kernel
@@ -171,6 +172,7 @@ class OverlayDriver:
         self._wireguard = wireguard
         self._tunnel: Tunnel | None = None
         self._rotating: asyncio.Task[None] | None = None
+        self._membership: Membership | None = None
 
     def tunnel(self) -> Tunnel:
         """This host's WireGuard tunnel (:mod:`libnet.encryption.tunnel`), made on first use."""
@@ -197,7 +199,19 @@ class OverlayDriver:
                 port=self.encryption_port,
             )
             self._tunnel.switch_listeners.append(self._reannounce_encrypted)
+            self._tunnel.publish_listeners.append(self._tag_key)
         return self._tunnel
+
+    async def _tag_key(self, record: NodeKey) -> None:
+        """This host's current WireGuard key and tunnel address as Serf tags too (``libnet node ls``
+        shows them; the cluster store stays what hosts configure their peers from)."""
+        client = getattr(self._membership, "client", None)
+        if client is None or not hasattr(client, "tags"):
+            return
+        try:
+            await client.tags({"wg_key": record.public_key, "wg_tunnel": record.tunnel})
+        except LibnetError as exc:
+            log.warning("could not put the WireGuard key into Serf tags: %s", exc)
 
     async def rotate_keys(self) -> dict[str, Any]:
         """Rotate this host's WireGuard key pair without loss (``libnet network rotate-keys``;
@@ -275,6 +289,7 @@ class OverlayDriver:
         peers of hosts that failed or left, after ``grace`` seconds."""
         self.events = PeerEvents(membership, self.table, self._peers_changed, self._resync_all, grace)
         self.events.start()
+        self._membership = membership
 
     def host_gone(self, node: str) -> bool:
         """See :class:`libnet.driverapi.ClusterAware` (host names compare without case)."""
