@@ -249,6 +249,14 @@ def test_encrypted_overlay(bed: Testbed, tmp_path) -> None:
     assert wait_until(lambda: h1_tags().get("wg_key") == after["public_key"], 10), h1_tags()
     assert h1_tags()["wg_tunnel"] == after["tunnel_address"]
 
+    # h2's agent killed: its wireguard-go keeps carrying traffic, and the next agent adopts it (same pid)
+    wg_pid = agents[1].wireguard_pid()
+    agents[1].kill()
+    wait_ping(bed, sec[0][0], ip(sec[1][1]["ipv4"]), timeout=5)
+    agents[1].start()
+    assert agents[1].wireguard_pid() == wg_pid
+    wait_ping(bed, sec[1][0], ip(sec[2][1]["ipv6"]), timeout=10)
+
     # h3's key revoked: it reaches no one any more, at once; h1 and h2 still reach each other
     r = agents[0].cli("node", "revoke", bed.hosts[2].name)
     assert r.returncode == 0, r.stderr
