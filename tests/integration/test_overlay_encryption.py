@@ -270,3 +270,34 @@ def test_encrypted_overlay(bed: Testbed, tmp_path) -> None:
     for a in agents:
         a.stop()
     assert all(a.wireguard_pid() is None for a in agents), "wireguard-go outlived its agent's stop"
+
+
+def test_encrypted_overlay_on_an_ipv6_underlay(tmp_path) -> None:
+    """WireGuard between IPv6 endpoints ([v6]:port): reachable, MTU minus 80 (WireGuard on IPv6) minus 50 (VXLAN)."""
+    from libnet.cluster.serf import new_key
+
+    if not all(os.path.exists(p) for p in ("/usr/bin/wireguard-go", "/usr/bin/wg")):
+        pytest.skip("wireguard-go/wg missing: run scripts/install-system-deps")
+    with Testbed(2) as bed:
+        key, first = new_key(), f"[{bed.hosts[0].ipv6}]:7946"
+        agents = [
+            AgentProcess(
+                bed, h, "--cluster-store", f"sqlite://{tmp_path}/cluster.db", "--advertise", h.ipv6,
+                "--join", first, "--cluster-key", key, "--encryption-range", TUNNEL_RANGE,
+                state_dir=str(tmp_path / h.name),
+            ).start()
+            for h in bed.hosts
+        ]  # fmt: skip
+        r = agents[0].cli("network", "create", "sec", "--driver", "overlay", "-o", "encrypted", "--subnet",
+                          "198.51.100.0/25", "--subnet6", "2001:db8:77::/64")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        (a, ep_a), (b, ep) = place(agents[0], "sec"), place(agents[1], "sec")
+        wait_ping(bed, a, ip(ep["ipv4"]))
+        wait_ping(bed, a, ip(ep["ipv6"]))
+        wait_ping(bed, b, ip(ep_a["ipv6"]))
+        out = bed.run(a, ["ip", "-o", "link", "show", "eth0"]).stdout
+        assert f" mtu {bed.mtu - 80 - 50} " in out, out
+        peers = agents[0].cli_json("agent", "status")["encryption"]["peers"]
+        assert peers == [bed.hosts[1].name]
+        for agent in agents:
+            agent.stop()
