@@ -257,6 +257,12 @@ def test_encrypted_overlay(bed: Testbed, tmp_path) -> None:
     assert agents[1].wireguard_pid() == wg_pid
     wait_ping(bed, sec[1][0], ip(sec[2][1]["ipv6"]), timeout=10)
 
+    # h3's agent stopped and started (a graceful restart stops its wireguard-go): traffic comes back
+    agents[2].stop()
+    agents[2].start()
+    wait_ping(bed, sec[2][0], ip(sec[0][1]["ipv4"]), timeout=15)
+    wait_ping(bed, sec[0][0], ip(sec[2][1]["ipv6"]), timeout=15)
+
     # h3's key revoked: it reaches no one any more, at once; h1 and h2 still reach each other
     r = agents[0].cli("node", "revoke", bed.hosts[2].name)
     assert r.returncode == 0, r.stderr

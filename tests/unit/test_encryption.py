@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import shutil
 import stat
@@ -478,3 +479,35 @@ def test_userspace_backend_touches_only_what_differs(tmp_path) -> None:
     # a new private key comes from a 0600 file, never the command line
     ub.configure("lnwx", WgConfig(KEYS[1], 51820, peers[:1]))
     assert KEYS[1] not in " ".join(calls[-1]) and stat.S_IMODE(os.stat(tmp_path / "lnwx.key").st_mode) == 0o600
+
+
+async def test_keys_rotate_when_they_are_old_enough(monkeypatch, tmp_path) -> None:
+    from libnet.encryption import rotation
+
+    made = iter(KEYS[2:])
+    monkeypatch.setattr(keys, "load_or_make", lambda d, slot=0: (KEYS[0] if "/h1/" in d else KEYS[1],) * 2)
+    monkeypatch.setattr(keys, "make_new", lambda d, slot: (next(made),) * 2)
+    kernel, store = FakeKernel(), open_store("memory://")
+    h1 = make_tunnel(kernel, store, [], tmp_path)
+    h2 = make_tunnel(kernel, store, [], tmp_path, node="h2", instance="ba9876543210")
+    await h1.ensure()
+    await h2.ensure()
+    key_file = tmp_path / "h1" / "wireguard" / keys.KEY_FILE
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.write_text("x\n")
+    os.utime(key_file, (1, 1))  # made long ago
+    fast = {"ack_timeout": 2.0, "idle": 0.05, "min_drain": 0.1, "drain_max": 1.0}
+    real_rotate = rotation.rotate
+    monkeypatch.setattr(rotation, "rotate", lambda t: real_rotate(t, **fast))
+    task = asyncio.create_task(rotation.rotate_periodically(h1, every=3600, check=0.05))
+    try:
+        assert await until(lambda: h1.rotations == 1, 5)
+        assert h1.public_key == KEYS[2]
+        await asyncio.sleep(0.3)
+        assert h1.rotations == 1  # the new key is young (no key file here: age 0): no second rotation
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await h1.close()
+        await h2.close()
