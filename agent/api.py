@@ -114,7 +114,7 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def _overlay_hook(ctl: Controller, name: str) -> Any:
+def overlay_hook(ctl: Controller, name: str) -> Any:
     """The overlay driver's method ``name`` (encryption), or None without one."""
     try:
         driver = ctl.driver("overlay")
@@ -126,7 +126,7 @@ def _overlay_hook(ctl: Controller, name: str) -> Any:
 
 def _encryption(ctl: Controller) -> dict[str, Any] | None:
     """The overlay driver's WireGuard tunnel: backend and why, interface, peers (None: no overlays here)."""
-    status = _overlay_hook(ctl, "encryption_status")
+    status = overlay_hook(ctl, "encryption_status")
     return status() if status is not None else None
 
 
@@ -409,20 +409,20 @@ def make_app(state: AgentState) -> web.Application:
             if status == "failed" and hasattr(state.membership, "client"):
                 await state.membership.client.force_leave(name)  # failed -> left: its peers go everywhere
         removed = await ctl.remove_node(name)
-        if (forget := _overlay_hook(ctl, "forget_node")) is not None:
+        if (forget := overlay_hook(ctl, "forget_node")) is not None:
             await forget(name)  # its WireGuard key goes everywhere
         return _json({"node": name, "endpoints_removed": removed})
 
     async def node_revoke(request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        revoke = _overlay_hook(ctl, "revoke_node")
+        revoke = overlay_hook(ctl, "revoke_node")
         if revoke is None:
             raise BadRequest("this agent has no overlay driver: there is no WireGuard key to revoke", node=name)
         await revoke(name)
         return _json({"node": name, "revoked": True})
 
     async def rotate_keys(request: web.Request) -> web.Response:
-        rotate = _overlay_hook(ctl, "rotate_keys")
+        rotate = overlay_hook(ctl, "rotate_keys")
         if rotate is None:
             raise BadRequest("this agent has no overlay driver: there is no WireGuard key to rotate")
         return _json(await rotate())

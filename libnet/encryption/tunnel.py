@@ -34,8 +34,10 @@ loses every peer at once.
 
 Supervision: every ``check_interval`` seconds each live slot is checked
 (process, link up, address); a dead one (``kill -9`` of ``wireguard-go``) is
-brought up again with the same key, address and peers.  The agent stops the
-tunnel when it stops (``close``).  MTU: the underlay's minus WireGuard's
+brought up again with the same key, address and peers.  The interfaces
+outlive an agent stop or crash (the next agent adopts them, so encrypted
+traffic goes on); they are stopped when the host leaves the cluster for good
+(``close(stop=True)``: ``libnet node drain``, ``libnet-agent --leave``).  MTU: the underlay's minus WireGuard's
 overhead (60 bytes on an IPv4 underlay, 80 on IPv6: outer IP + UDP 8 + WireGuard 32).
 """
 
@@ -405,15 +407,18 @@ class Tunnel:
                 return "lost its tunnel address"
         return None
 
-    async def close(self) -> None:
-        """Stop supervising and remove the interfaces (the guard rule stays: nothing leaves in clear)."""
+    async def close(self, stop: bool = False) -> None:
+        """Stop supervising.  The interfaces stay -- encrypted traffic goes on while the
+        agent is down, and the next agent adopts them (DESIGN.md, "Liveness") -- unless
+        ``stop`` (the host leaves the cluster for good).  The guard rule always stays."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        if self._up and self.backend is not None:
+        if stop and self.backend is not None:
             for i in sorted(self.live):
                 await asyncio.to_thread(self.backend.delete, self.slots[i].ifname)
+            self.live = set()
         self._up = False

@@ -273,9 +273,16 @@ def test_encrypted_overlay(bed: Testbed, tmp_path) -> None:
     time.sleep(1.5)  # h3's agent checks its tunnel meanwhile: it must not bring itself back
     assert not bed.ping(sec[2][0], ip(sec[0][1]["ipv4"]), wait=1)
 
+    # a stop leaves wireguard-go running (encrypted traffic goes on while the agent is down) ...
+    pids = [a.wireguard_pid() for a in agents]
     for a in agents:
         a.stop()
-    assert all(a.wireguard_pid() is None for a in agents), "wireguard-go outlived its agent's stop"
+    assert [a.wireguard_pid() for a in agents] == pids and None not in pids
+    wait_ping(bed, sec[0][0], ip(sec[1][1]["ipv4"]), timeout=5)
+    # ... leaving the cluster for good stops it
+    agents[0].start(once=("--leave",))
+    agents[0].stop()
+    assert agents[0].wireguard_pid() is None, "wireguard-go outlived its agent's leaving the cluster"
 
 
 def test_encrypted_overlay_on_an_ipv6_underlay(tmp_path) -> None:

@@ -318,8 +318,10 @@ async def test_tunnel_guards_first_then_follows_records_and_revocations(monkeypa
         with kernel.netlink(None) as nl:
             nl.set_down(tunnel.ifname)
         assert await until(lambda: tunnel.restarts >= 2)
+        await tunnel.close()  # the agent stops: the interface stays (the next agent adopts it)
+        assert log[-1] != "delete" and backend.alive(tunnel.ifname)
     finally:
-        await tunnel.close()
+        await tunnel.close(stop=True)  # leaving the cluster: it goes
     assert log[-1] == "delete"
     assert GUARD_KEY in kernel.firewall(None, firewall_table(INSTANCE)).table.groups  # type: ignore[attr-defined]
 

@@ -580,6 +580,12 @@ class OverlayDriver:
                     gone.append(f"overlay peer record of endpoint {peer.endpoint_id[:12]} not joined here")
         return gone
 
+    async def stop_tunnel(self) -> None:
+        """Remove this host's WireGuard interfaces now (the host leaves the cluster for good);
+        otherwise they outlive the agent, which re-adopts them on start."""
+        if self._tunnel is not None:
+            await self._tunnel.close(stop=True)
+
     async def close(self) -> None:
         if self._rotating is not None:
             self._rotating.cancel()
