@@ -79,3 +79,14 @@ def test_the_shipped_example_loads() -> None:
 
     example = os.path.join(os.path.dirname(__file__), "..", "..", "contrib", "agent.toml")
     assert load(["--config", example], {}).reconcile_interval == 300.0
+
+
+def test_encryption_settings_reach_the_library() -> None:
+    cfg = load(
+        ["--encryption-range", "198.51.100.240/28", "--encryption-port", "51900", "--encryption-rotation", "60"], {}
+    )
+    lib = cfg.controller_config()
+    assert (lib.encryption_range, lib.encryption_port, lib.encryption_rotation) == ("198.51.100.240/28", 51900, 60.0)
+    assert load([], {}).controller_config().encryption_rotation == 12 * 3600.0
+    with pytest.raises(BadRequest, match="encryption_rotation"):
+        load(["--encryption-rotation", "-1"], {})
