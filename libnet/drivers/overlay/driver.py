@@ -46,6 +46,15 @@ default route, as Docker's docker_gwbridge does.  Overlapping subnets on
 different overlay networks work: each has its own namespace and its IPAM
 pools are "isolated" (they may overlap other overlay networks' pools).
 
+Encrypted networks (``encrypted`` option, Docker's ``-o encrypted``) carry
+their VXLAN inside this host's WireGuard tunnel (:mod:`libnet.encryption`):
+the tunnel comes up (guard rule first) before such a network is set up
+here; this host's VTEP on it is its tunnel address, the VXLAN device sends
+from the unspecified address (the source comes from the route into the
+tunnel), and the MTU is the WireGuard interface's minus VXLAN's.  After a
+key rotation the host's endpoints' peer records are rewritten with its new
+tunnel address.
+
 The driver itself is orchestration: VNI allocation is
 :mod:`~libnet.drivers.overlay.vni`, the namespace and devices
 :mod:`~libnet.drivers.overlay.plumbing`, the store watch and anti-entropy
