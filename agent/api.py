@@ -123,6 +123,22 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
+def overlay_hook(ctl: Controller, name: str) -> Any:
+    """The overlay driver's method ``name`` (encryption), or None without one."""
+    try:
+        driver = ctl.driver("overlay")
+    except LibnetError:
+        return None
+    hook = getattr(driver, name, None)
+    return hook if callable(hook) else None
+
+
+def _encryption(ctl: Controller) -> dict[str, Any] | None:
+    """The overlay driver's WireGuard tunnel: backend and why, interface, peers (None: no overlays here)."""
+    status = overlay_hook(ctl, "encryption_status")
+    return status() if status is not None else None
+
+
 def _json(obj: Any, status: int = 200) -> web.Response:
     obj = [_plain(o) for o in obj] if isinstance(obj, list) else _plain(obj)
     return web.json_response(obj, status=status, dumps=_dumps)
@@ -268,6 +284,7 @@ def make_app(state: AgentState) -> web.Application:
                 "members_alive": sum(m["status"] == "alive" for m in members),
                 "networks": len(await ctl.networks()),
                 "sandboxes": len(await ctl.sandboxes()),
+                "encryption": _encryption(ctl),
             },
             200 if store_ok else 503,
         )
@@ -427,12 +444,28 @@ def make_app(state: AgentState) -> web.Application:
             if status == "failed" and hasattr(state.membership, "client"):
                 await state.membership.client.force_leave(name)  # failed -> left: its peers go everywhere
         removed = await ctl.remove_node(name)
+        if (forget := overlay_hook(ctl, "forget_node")) is not None:
+            await forget(name)  # its WireGuard key goes everywhere
         return _json({"node": name, "endpoints_removed": removed})
 
     async def topology(request: web.Request) -> web.Response:
         members, networks = await _nodes(state), await ctl.networks()
         endpoints, sandboxes = await ctl.endpoints(), await ctl.sandboxes()
         return _json(build_topology(ctl, state.node_name, members, networks, endpoints, sandboxes))
+
+    async def node_revoke(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        revoke = overlay_hook(ctl, "revoke_node")
+        if revoke is None:
+            raise BadRequest("this agent has no overlay driver: there is no WireGuard key to revoke", node=name)
+        await revoke(name)
+        return _json({"node": name, "revoked": True})
+
+    async def rotate_keys(request: web.Request) -> web.Response:
+        rotate = overlay_hook(ctl, "rotate_keys")
+        if rotate is None:
+            raise BadRequest("this agent has no overlay driver: there is no WireGuard key to rotate")
+        return _json(await rotate())
 
     async def reconcile(request: web.Request) -> web.Response:
         report = await ctl.reconcile()
@@ -469,6 +502,8 @@ def make_app(state: AgentState) -> web.Application:
     r.add_post("/v1/node/drain", drain)
     r.add_delete("/v1/nodes/{name}", node_remove)
     r.add_get("/v1/topology", topology)
+    r.add_post("/v1/nodes/{name}/revoke", node_revoke)
+    r.add_post("/v1/encryption/rotate", rotate_keys)
     r.add_post("/v1/reconcile", reconcile)
     r.add_get("/metrics", metrics)
     from agent.cni_api import add_routes  # the CNI plugin's ADD and DEL, one request each

@@ -32,9 +32,16 @@ def _client(ctx: click.Context) -> Client:
     return client
 
 
+#: driver options that may stand alone, as Docker's ``-o encrypted`` (meaning on)
+BARE_OPTIONS = ("encrypted",)
+
+
 def _kv(values: tuple[str, ...], what: str) -> dict[str, str]:
     out = {}
     for v in values:
+        if v in BARE_OPTIONS:
+            out[v] = ""
+            continue
         if "=" not in v:
             raise click.BadParameter(f"{what} must look like KEY=VALUE, got {v!r}")
         k, _, val = v.partition("=")
@@ -89,7 +96,7 @@ def network() -> None:
     help="accept a --subnet/--subnet6 that overlaps a route of the host (never one holding a host address)",
 )
 @click.option("--internal", is_flag=True, help="no way out of the network")
-@click.option("-o", "--opt", multiple=True, help="driver option KEY=VALUE (e.g. mtu=1400, icc=false)")
+@click.option("-o", "--opt", multiple=True, help="driver option KEY=VALUE (e.g. mtu=1400, icc=false), or encrypted")
 @click.option("--label", multiple=True, help="KEY=VALUE")
 @click.pass_context
 def network_create(
@@ -167,6 +174,19 @@ def network_inspect(ctx: click.Context, refs: tuple[str, ...], as_json: bool) ->
         return emit_json(nets)
     for n in nets:
         print_network(n)
+
+
+@network.command("rotate-keys")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_context
+def network_rotate_keys(ctx: click.Context, as_json: bool) -> None:
+    """Rotate this host's WireGuard key pair (encrypted overlays) without losing a packet."""
+    client = _client(ctx)
+    client.timeout = 150  # acknowledgements (15 s) and the old key's drain (up to 60 s)
+    r = client.request("POST", "/v1/encryption/rotate")
+    if as_json:
+        return emit_json(r)
+    click.echo(f"{r['interface']}: new key {r['public_key']}, tunnel address {r['tunnel_address']}")
 
 
 @network.command("rm")
@@ -452,6 +472,16 @@ def node_rm(ctx: click.Context, name: str) -> None:
     store are deleted, so their addresses can be used elsewhere."""
     r = _client(ctx).request("DELETE", f"/v1/nodes/{urllib.parse.quote(name, safe='')}")
     click.echo(f"{r['node']}: removed, {len(r['endpoints_removed'])} endpoint(s) deleted")
+
+
+@node.command("revoke")
+@click.argument("name")
+@click.pass_context
+def node_revoke(ctx: click.Context, name: str) -> None:
+    """Revoke a host's WireGuard key: every host drops it as a peer at once, so it
+    reaches no one on encrypted overlays, whatever key it publishes next."""
+    r = _client(ctx).request("POST", f"/v1/nodes/{urllib.parse.quote(name, safe='')}/revoke")
+    click.echo(f"{r['node']}: revoked")
 
 
 @cli.group()

@@ -53,6 +53,10 @@ class AgentConfig:
     serf_port: int = 7946
     peer_grace_period: float = _LIB.peer_grace_period  # seconds before a failed host's overlay peers are removed
     overlay_anti_entropy: float = _LIB.overlay_anti_entropy  # seconds between re-reads of overlay peers
+    #: tunnel addresses of the hosts' WireGuard interfaces (encrypted overlays); unused on every host
+    encryption_range: str = _LIB.encryption_range
+    encryption_port: int = _LIB.encryption_port  # WireGuard's UDP port on the underlay (rotations use the next too)
+    encryption_rotation: float = _LIB.encryption_rotation  # seconds between WireGuard key rotations; 0: never
     mtu: int | None = _LIB.mtu
     ipv6: bool = _LIB.ipv6
     #: [{base, size}] as Docker's default-address-pools: IPv4 entries are local networks' defaults, IPv6
@@ -91,6 +95,8 @@ class AgentConfig:
         for name in ("peer_grace_period", "overlay_anti_entropy", "reconcile_interval", "docker_sync_interval"):
             if not getattr(self, name) > 0:
                 raise BadRequest(f"{name} must be a positive number of seconds", **{name: str(getattr(self, name))})
+        if not float(self.encryption_rotation) >= 0:
+            raise BadRequest("encryption_rotation must be 0 (never) or a positive number of seconds")
         if self.adopt and self.purge:
             raise BadRequest("--adopt and --purge exclude each other: rebuild the store, or remove everything")
         if self.cluster_mode and not self.advertise:
@@ -127,6 +133,9 @@ class AgentConfig:
             overlay_prefix=self.overlay_prefix,
             overlay_anti_entropy=self.overlay_anti_entropy,
             peer_grace_period=self.peer_grace_period,
+            encryption_range=self.encryption_range,
+            encryption_port=int(self.encryption_port),
+            encryption_rotation=float(self.encryption_rotation),
             port_range=parse_range(self.port_range),
             dns=DnsConfig(
                 enabled=self.dns,

@@ -19,9 +19,10 @@ store is back.
 
 On SIGTERM or SIGINT (a graceful stop) it refuses new operations, waits up to
 :data:`STOP_WAIT` seconds for those in flight, stops serving and exits 0 --
-leaving bridges, veths, rules and the Serf agent in place, so containers keep
-working while the agent is down.  Only with ``--leave`` (or after ``libnet
-node drain``) does it leave the cluster and stop the Serf agent.
+leaving bridges, veths, rules, the WireGuard interfaces of encrypted overlays
+and the Serf agent in place, so containers keep working while the agent is
+down.  Only with ``--leave`` (or after ``libnet node drain``) does it leave the
+cluster and stop the Serf agent and the WireGuard interfaces.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from aiohttp import web
 import libnet
 from agent import config as agent_config
 from agent import locks, logs, preflight, storeguard
-from agent.api import AgentState, make_app
+from agent.api import AgentState, make_app, overlay_hook
 from agent.metrics import Metrics
 from libnet.controller import Controller
 from libnet.errors import BadRequest, LibnetError, Unavailable
@@ -200,6 +201,8 @@ async def _run(config: agent_config.AgentConfig, stop: asyncio.Event) -> None:
         if runner is not None:
             await runner.cleanup()
         if controller is not None:
+            if leave and (stop_tunnel := overlay_hook(controller, "stop_tunnel")) is not None:
+                await stop_tunnel()  # leaving for good: its WireGuard interfaces go too
             await controller.close()  # before the Serf client goes: the overlay driver listens to it
         if serf is not None:
             if leave:

@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from typing import Any
 
 from benchmarks.common import emit, parser, progress, require
 from libnet import Controller
@@ -64,6 +65,20 @@ def iperf(bed: Testbed, server_ns: str, client_ns: str, addr: str, seconds: floa
         except subprocess.TimeoutExpired:
             srv.kill()
             srv.wait(10)
+
+
+def iperf_rounds(
+    bed: Testbed, legs: dict[str, tuple[str, str, str]], seconds: float, rounds: int, port: int = 5201
+) -> dict[str, float]:
+    """Median Gbit/s of each leg (name -> (server ns, client ns, address)), the legs
+    alternating round by round so the machine's noise hits all of them."""
+    results: dict[str, list[float]] = {name: [] for name in legs}
+    for r in range(rounds):
+        progress(f"round {r + 1}/{rounds}: {', '.join(legs)} ({seconds}s each)")
+        for name, (server, client, addr) in legs.items():
+            results[name].append(iperf(bed, server, client, addr, seconds, port))
+            port += 1
+    return {name: statistics.median(v) for name, v in results.items()}
 
 
 def handbuilt(bed: Testbed) -> tuple[str, str]:
@@ -112,24 +127,33 @@ async def libnet_overlay(bed: Testbed, tmp: str):
         cfg = host_config(bed, h, tmp)
         ctls.append(await Controller(cfg).start())
     await ctls[0].create_network("bench", "overlay", ipv4_subnet="198.51.100.0/24", ipv6_subnet="2001:db8:77::/64")
-    placed = []
-    for c in ctls:
-        sb = await c.create_sandbox()
-        placed.append((os.path.basename(sb.netns), await c.connect("bench", sb.id)))
+    return ctls, (await place_on(ctls, ["bench"]))["bench"]
+
+
+async def place_on(ctls: list[Controller], networks: list[str]) -> dict[str, list[tuple[str, Any]]]:
+    """A container of each controller's host on each overlay network, once every
+    host knows the others' endpoints: network -> [(namespace, endpoint)]."""
+    placed: dict[str, list[tuple[str, Any]]] = {net: [] for net in networks}
+    for net in networks:
+        for c in ctls:
+            sb = await c.create_sandbox()
+            placed[net].append((os.path.basename(sb.netns), await c.connect(net, sb.id)))
+    others = len(ctls) - 1
     for _ in range(200):
-        if all(len(c.driver("overlay").table.peers(placed[0][1].network_id)) == 1 for c in ctls):
+        if all(
+            len(c.driver("overlay").table.peers(p[0][1].network_id)) == others for c in ctls for p in placed.values()
+        ):
             break
         await asyncio.sleep(0.05)
     for c in ctls:
         await c.driver("overlay").programmer.settled()
-    return ctls, placed
+    return placed
 
 
 def main() -> dict:
     args = parser(NAME, __doc__).parse_args()
     require("iperf3", "iperf3")
     seconds, rounds = (1, 1) if args.quick else (5, 3)
-    results: dict[str, list[float]] = {"underlay": [], "handbuilt": [], "libnet": []}
     with Testbed(2) as bed, tempfile.TemporaryDirectory() as tmp:
         h1, h2 = bed.hosts
         hb1, hb2 = handbuilt(bed)
@@ -138,18 +162,16 @@ def main() -> dict:
         try:
             (c1, _), (c2, ep2) = placed
             target = str(ipaddress.ip_interface(ep2.ipv4).ip)
-            port = 5201
-            for r in range(rounds):
-                progress(f"round {r + 1}/{rounds}: underlay, hand-built VXLAN, libnet overlay ({seconds}s each)")
-                results["underlay"].append(iperf(bed, h2.ns, h1.ns, h2.ipv4, seconds, port))
-                results["handbuilt"].append(iperf(bed, hb2, hb1, "198.51.103.2", seconds, port + 1))
-                results["libnet"].append(iperf(bed, c2, c1, target, seconds, port + 2))
-                port += 3
+            legs = {
+                "underlay": (h2.ns, h1.ns, h2.ipv4),
+                "handbuilt": (hb2, hb1, "198.51.103.2"),
+                "libnet": (c2, c1, target),
+            }
+            med = iperf_rounds(bed, legs, seconds, rounds)
         finally:
             for c in ctls:
                 loop.run_until_complete(c.close())
             loop.close()
-    med = {k: statistics.median(v) for k, v in results.items()}
     metrics = {"overlay_gbps": round(med["libnet"], 3)}
     peers = {"handbuilt_vxlan_gbps": round(med["handbuilt"], 3), "underlay_gbps": round(med["underlay"], 3)}
     ratios = {

@@ -24,6 +24,7 @@ BENCHMARKS = [
     "api_bench",
     "cli_bench",
     "overlay_bench",
+    "encryption_bench",
     "convergence_bench",
     "dns_bench",
     "restart_bench",

@@ -32,6 +32,12 @@ DEFAULT_STORE = "sqlite:///var/lib/libnet/store.db"
 DEFAULT_ANTI_ENTROPY = 30.0
 #: seconds a failed or departed host keeps its overlay peers
 DEFAULT_GRACE = 10.0
+#: tunnel addresses of hosts' WireGuard interfaces (encrypted overlays); must be unused on every host
+DEFAULT_ENCRYPTION_RANGE = "100.64.0.0/16"
+#: WireGuard's UDP port on the underlay (a key rotation uses the next one too)
+DEFAULT_ENCRYPTION_PORT = 51820
+#: seconds between rotations of a host's WireGuard key pair (0: never)
+DEFAULT_ENCRYPTION_ROTATION = 12 * 3600.0
 #: host ports for ``-p CONTAINER`` (Docker's range, above the kernel's usual ephemeral ports)
 DEFAULT_PORT_RANGE = (49153, 65535)
 
@@ -75,6 +81,12 @@ class Config:
     dns: DnsConfig = field(default_factory=_default_dns)
     #: host ports a published port without a host port (``-p 80``) is given from, both ends included
     port_range: tuple[int, int] = DEFAULT_PORT_RANGE
+    #: tunnel addresses of the hosts' WireGuard interfaces (encrypted overlays' VTEPs), claimed in the cluster store
+    encryption_range: str = DEFAULT_ENCRYPTION_RANGE
+    #: WireGuard's UDP port on the underlay (encrypted overlays)
+    encryption_port: int = DEFAULT_ENCRYPTION_PORT
+    #: seconds between rotations of this host's WireGuard key pair, without loss (0: never)
+    encryption_rotation: float = DEFAULT_ENCRYPTION_ROTATION
 
     def resolved(self) -> Config:
         """This configuration with the instance id (read or made in ``state_dir``)

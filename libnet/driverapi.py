@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
+from libnet.config import DEFAULT_ENCRYPTION_PORT, DEFAULT_ENCRYPTION_RANGE, DEFAULT_ENCRYPTION_ROTATION
+
 if TYPE_CHECKING:
     from libnet.cluster.membership import Membership
     from libnet.store.base import Store
@@ -252,6 +254,9 @@ class DriverContext:
     overlay_prefix: str
     anti_entropy_interval: float
     cluster_store: Store
+    encryption_range: str = DEFAULT_ENCRYPTION_RANGE
+    encryption_port: int = DEFAULT_ENCRYPTION_PORT
+    encryption_rotation: float = DEFAULT_ENCRYPTION_ROTATION
 
 
 class DriverFactory(Protocol):

@@ -148,6 +148,9 @@ def build(config: Config, given: Collaborators = Collaborators()) -> Parts:
                 overlay_prefix=prefix,
                 anti_entropy_interval=config.overlay_anti_entropy,
                 cluster_store=cluster_store,
+                encryption_range=config.encryption_range,
+                encryption_port=config.encryption_port,
+                encryption_rotation=config.encryption_rotation,
             )
         )
     from libnet.kernel_namespaces import KernelNamespaces

@@ -40,6 +40,9 @@ def _overlay(ctx: DriverContext) -> Driver:
         anti_entropy_interval=ctx.anti_entropy_interval,
         instance=ctx.instance,
         state_dir=ctx.state_dir,
+        encryption_range=ctx.encryption_range,
+        encryption_port=ctx.encryption_port,
+        encryption_rotation=ctx.encryption_rotation,
     )
 
 

@@ -41,6 +41,7 @@ CHAINS: dict[str, tuple[str, str, int]] = {
     "internal": ("filter", "forward", -10),
     "forward": ("filter", "forward", 0),
     "input": ("filter", "input", 0),
+    "egress": ("filter", "output", 0),
     "prerouting": ("nat", "prerouting", -100),
     "output": ("nat", "output", -100),
     "postrouting": ("nat", "postrouting", 100),
@@ -107,6 +108,21 @@ def isolation_rules(bridge: str) -> list[tuple[str, list[dict[str, Any]]]]:
             ],
         ),
     ]
+
+
+def tunnel_guard_rules(tunnel_range: str, wg_ifnames: list[str]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Drop every locally sent packet to ``tunnel_range`` that would leave other
+    than through one of the WireGuard devices ``wg_ifnames`` (or loopback): VXLAN
+    of an encrypted overlay never goes out in clear, also not while the
+    WireGuard device is gone (a crashed or restarting ``wireguard-go``)."""
+    try:
+        net = ipaddress.ip_network(tunnel_range)
+    except ValueError:
+        raise BadRequest(f"invalid tunnel range {tunnel_range!r}", subnet=tunnel_range) from None
+    fam = "ip" if net.version == 4 else "ip6"
+    prefix = {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+    oif = {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": {"set": [*wg_ifnames, "lo"]}}}
+    return [("egress", [_daddr(fam, "==", prefix), oif, {"drop": None}])]
 
 
 PROTOCOLS = ("tcp", "udp")

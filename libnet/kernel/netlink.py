@@ -669,14 +669,18 @@ class Netlink:
         dev: str | int | None = None,
         onlink: bool = False,
         family: int | None = None,
+        src: str | None = None,
     ) -> None:
-        """Add or replace a route.
+        """Add or replace a route (one atomic replace: what matched ``dst`` before is changed in place).
 
         ``dst`` is a CIDR or ``"default"``; ``via`` a gateway, ``dev`` the
         output interface (a connected route when ``via`` is None); ``onlink``
-        lets the gateway sit outside the interface's subnets.
+        lets the gateway sit outside the interface's subnets; ``src`` the
+        preferred source address of packets that take the route.
         """
         spec = _route_spec(dst, via, family)
+        if src is not None:
+            spec["prefsrc"] = str(ipaddress.ip_address(src))
 
         def body() -> None:
             if dev is not None:

@@ -46,6 +46,7 @@ class AgentProcess:
         self._serf_record: dict[str, Any] | None = None
         # the Serf agent outlives libnet-agent: stopped by its recorded pid with the test bed
         bed.on_close(self.stop_serf)
+        bed.on_close(self.stop_wireguard)
         if made_dir:  # then the state dir this object made (a caller's own dir is the caller's)
             bed.on_close(lambda: shutil.rmtree(self.dir, ignore_errors=True))
 
@@ -61,6 +62,34 @@ class AgentProcess:
         if not rec:
             return False
         return signal_serf(rec["pid"], rec.get("config", ""), signal.SIGKILL)
+
+    def wireguard_pids(self) -> dict[str, int]:
+        """Interface -> pid of this agent's ``wireguard-go`` processes as recorded, while they are still those."""
+        import glob
+
+        from libnet.encryption.backend import UserspaceBackend
+
+        backend = UserspaceBackend(None, os.path.join(self.dir, "wireguard"))
+        out = {}
+        for path in glob.glob(os.path.join(backend.state_dir, "wireguard-go-*.json")):
+            ifname = os.path.basename(path)[len("wireguard-go-") : -len(".json")]
+            pid = backend.pid(ifname)
+            if pid is not None:
+                out[ifname] = pid
+        return out
+
+    def wireguard_pid(self) -> int | None:
+        """The pid of the one ``wireguard-go`` of this agent (None: none, or several during a key rotation)."""
+        pids = list(self.wireguard_pids().values())
+        return pids[0] if len(pids) == 1 else None
+
+    def stop_wireguard(self) -> None:
+        """Stop the ``wireguard-go`` an agent killed without cleanup left (by its recorded, checked pid)."""
+        from libnet.encryption.backend import UserspaceBackend
+
+        backend = UserspaceBackend(None, os.path.join(self.dir, "wireguard"))
+        for ifname in self.wireguard_pids():
+            backend.delete(ifname)
 
     def _remember_serf(self) -> None:
         from libnet.cluster.agent import read_record

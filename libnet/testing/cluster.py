@@ -30,9 +30,15 @@ def ip(cidr: str) -> str:
 
 
 def start_agents(
-    bed: Testbed, state_root: str, url: str, hosts: list[Host] | None = None, grace: float = GRACE
+    bed: Testbed,
+    state_root: str,
+    url: str,
+    hosts: list[Host] | None = None,
+    grace: float = GRACE,
+    extra: tuple[str, ...] = (),
 ) -> list[AgentProcess]:
-    """One agent per host (default: the first three), with cluster store ``url``, joined over Serf."""
+    """One agent per host (default: the first three), with cluster store ``url``, joined over Serf
+    (``extra``: more arguments for every agent)."""
     from libnet.cluster.serf import new_key
 
     hosts = bed.hosts[:3] if hosts is None else hosts
@@ -52,6 +58,7 @@ def start_agents(
             key,
             "--peer-grace-period",
             str(grace),
+            *extra,
             state_dir=os.path.join(state_root, h.name),
         )
         agents.append(a.start())

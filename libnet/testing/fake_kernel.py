@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from libnet.errors import KernelError, NoSuchLink, NoSuchNamespace
+from libnet.errors import BadRequest, KernelError, NoSuchLink, NoSuchNamespace
 from libnet.kernel.api import RuleList
 from libnet.kernel.errors import from_errno
 from libnet.kernel.neighbours import FdbEntry, Neighbour
@@ -61,6 +61,8 @@ class FakeNamespace:
     links: dict[int, FakeLink] = field(default_factory=dict)
     addresses: dict[int, list[str]] = field(default_factory=dict)
     routes: set[tuple[str, int]] = field(default_factory=set)  # (default via, out of index)
+    #: other routes: destination CIDR -> (out of index, preferred source)
+    prefix_routes: dict[str, tuple[int, str | None]] = field(default_factory=dict)
     neighbours: dict[int, set[Neighbour]] = field(default_factory=dict)
     fdb: dict[int, set[FdbEntry]] = field(default_factory=dict)
 
@@ -151,6 +153,7 @@ class FakeKernel:
         space.neighbours.pop(index, None)
         space.fdb.pop(index, None)
         space.routes = {route for route in space.routes if route[1] != index}
+        space.prefix_routes = {dst: r for dst, r in space.prefix_routes.items() if r[0] != index}
         for port in space.links.values():
             if port.master == index:
                 port.master = None
@@ -352,8 +355,27 @@ class FakeNetlink:
     ) -> None:
         self.kernel.check("add_vxlan_in")
         target = FakeNetlink(self.kernel, ns)
-        settings = {"vni": vni, "local": str(ipaddress.ip_address(local)), "port": port}
+        ip = ipaddress.ip_address(local)
+        settings = {"vni": vni, "local": None if ip.is_unspecified else str(ip), "port": port}
         target._new(name, "vxlan", mtu=mtu or 1500, vxlan={**settings, "learning": learning, "proxy": proxy})
+
+    # routes
+    def add_route(
+        self,
+        dst: str,
+        via: str | None = None,
+        dev: str | int | None = None,
+        onlink: bool = False,
+        family: int | None = None,
+        src: str | None = None,
+    ) -> None:
+        self.kernel.check("add_route")
+        if dev is None:
+            raise BadRequest("the fake kernel routes only through a device", dst=dst)
+        self.space.prefix_routes[str(ipaddress.ip_network(dst))] = (self.space.get(dev).index, src)
+
+    def delete_route(self, dst: str, via: str | None = None, family: int | None = None) -> None:
+        self.space.prefix_routes.pop(str(ipaddress.ip_network(dst)), None)
 
     # addresses
     def addresses(self, link: str | int | None = None) -> list[str]:

@@ -93,6 +93,16 @@ def test_overlay_bench_quick() -> None:
 
 
 @pytest.mark.root
+def test_encryption_bench_quick() -> None:
+    r = _run("encryption_bench")
+    assert r["metrics"]["encrypted_overlay_gbps"] > 0
+    assert r["metrics"]["rotation_sent_packets"] > 0 and r["metrics"]["rotation_lost_packets"] >= 0
+    assert r["peers"]["handbuilt_wireguard_gbps"] > 0 and r["peers"]["plain_overlay_gbps"] > 0
+    assert set(r["ratios"]) == {"vs_handbuilt_wireguard", "vs_plain_overlay"}
+    assert r["params"]["backend"] in ("wireguard-go", "kernel")
+
+
+@pytest.mark.root
 def test_convergence_bench_quick() -> None:
     r = _run("convergence_bench")
     m = r["metrics"]["n3"]

@@ -102,3 +102,14 @@ def test_default_address_pools_v4_and_v6_from_file_and_flag(tmp_path) -> None:
     ):
         with pytest.raises(BadRequest, match=says):
             load(["--default-address-pool", bad], {})
+
+
+def test_encryption_settings_reach_the_library() -> None:
+    cfg = load(
+        ["--encryption-range", "198.51.100.240/28", "--encryption-port", "51900", "--encryption-rotation", "60"], {}
+    )
+    lib = cfg.controller_config()
+    assert (lib.encryption_range, lib.encryption_port, lib.encryption_rotation) == ("198.51.100.240/28", 51900, 60.0)
+    assert load([], {}).controller_config().encryption_rotation == 12 * 3600.0
+    with pytest.raises(BadRequest, match="encryption_rotation"):
+        load(["--encryption-rotation", "-1"], {})

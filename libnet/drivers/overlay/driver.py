@@ -46,6 +46,15 @@ default route, as Docker's docker_gwbridge does.  Overlapping subnets on
 different overlay networks work: each has its own namespace and its IPAM
 pools are "isolated" (they may overlap other overlay networks' pools).
 
+Encrypted networks (``encrypted`` option, Docker's ``-o encrypted``) carry
+their VXLAN inside this host's WireGuard tunnel (:mod:`libnet.encryption`):
+the tunnel comes up (guard rule first) before such a network is set up
+here; this host's VTEP on it is its tunnel address, the VXLAN device sends
+from the unspecified address (the source comes from the route into the
+tunnel), and the MTU is the WireGuard interface's minus VXLAN's.  After a
+key rotation the host's endpoints' peer records are rewritten with its new
+tunnel address.
+
 The driver itself is orchestration: VNI allocation is
 :mod:`~libnet.drivers.overlay.vni`, the namespace and devices
 :mod:`~libnet.drivers.overlay.plumbing`, the store watch and anti-entropy
@@ -61,13 +70,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import ipaddress
 import logging
+import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from libnet import ownership
 from libnet.cluster.membership import Membership
-from libnet.config import DEFAULT_ANTI_ENTROPY, DEFAULT_GRACE
+from libnet.config import (
+    DEFAULT_ANTI_ENTROPY,
+    DEFAULT_ENCRYPTION_PORT,
+    DEFAULT_ENCRYPTION_RANGE,
+    DEFAULT_ENCRYPTION_ROTATION,
+    DEFAULT_GRACE,
+)
 from libnet.driverapi import Capabilities, EndpointInfo, NetworkInfo, ReconcileReport, SandboxInfo
 from libnet.drivers import sandbox_config
 from libnet.drivers.bridge_model import host_ifname
@@ -77,6 +95,11 @@ from libnet.drivers.overlay.peerwatch import PeerWatch, decode, encode, peers_pr
 from libnet.drivers.overlay.plumbing import Plumbing, VxlanDevices
 from libnet.drivers.overlay.programmer import Programmer
 from libnet.drivers.overlay.vni import VNI_MAX, VNI_MIN, P, VniAllocator
+from libnet.encryption import rotation
+from libnet.encryption.backend import Backend
+from libnet.encryption.backend import choose as choose_backend
+from libnet.encryption.records import NodeKey
+from libnet.encryption.tunnel import Tunnel, forget, revoke
 from libnet.errors import BadRequest, Conflict, InvalidOption, KeyModified, KeyNotFound, LibnetError, Unavailable
 from libnet.kernel.api import Kernel
 from libnet.ownership import NamespaceLedger
@@ -91,6 +114,27 @@ def _host_kernel() -> Kernel:
     from libnet.kernel.host import HostKernel
 
     return HostKernel()
+
+
+def _flag(value: Any, key: str) -> bool:
+    """An on/off option: Docker's ``-o encrypted`` comes as ``""`` (on)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("", "1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise InvalidOption(f"option {key} takes true or false, not {value!r}", option=key)
+
+
+def _device_local(nw: NetworkInfo, vtep: str) -> str | None:
+    """The VXLAN device's local address: on encrypted networks the unspecified one
+    (the source comes from the route into the WireGuard tunnel, which a key
+    rotation replaces in one step), else None (the VTEP)."""
+    if not nw.options.get("encrypted"):
+        return None
+    return "::" if ipaddress.ip_address(vtep).version == 6 else "0.0.0.0"
 
 
 class OverlayDriver:
@@ -110,6 +154,10 @@ class OverlayDriver:
         instance: str | None = None,
         state_dir: str | None = None,
         kernel: Kernel | None = None,
+        encryption_range: str = DEFAULT_ENCRYPTION_RANGE,
+        encryption_port: int = DEFAULT_ENCRYPTION_PORT,
+        encryption_rotation: float = DEFAULT_ENCRYPTION_ROTATION,
+        wireguard: Backend | Literal["auto"] | None = "auto",
     ) -> None:
         self.host_ns, self.default_mtu = host_ns, default_mtu
         self.instance, self.state_dir = instance, state_dir
@@ -128,6 +176,106 @@ class OverlayDriver:
         self.anti_entropy_interval = anti_entropy_interval
         #: called with a network id whenever its remote endpoints changed (the embedded DNS listens)
         self.peer_listeners: list[Callable[[str], None]] = []
+        self.encryption_range, self.encryption_port = encryption_range, encryption_port
+        self.encryption_rotation = encryption_rotation
+        self._wireguard = wireguard
+        self._tunnel: Tunnel | None = None
+        self._rotating: asyncio.Task[None] | None = None
+        self._membership: Membership | None = None
+
+    def tunnel(self) -> Tunnel:
+        """This host's WireGuard tunnel (:mod:`libnet.encryption.tunnel`), made on first use."""
+        if self._tunnel is None:
+            store, vtep = self._need()
+            state_dir = self.state_dir or ""
+            if self._wireguard == "auto":
+                backend, reason = choose_backend(self.host_ns, os.path.join(state_dir, "wireguard"))
+            else:
+                backend = self._wireguard
+                reason = "given" if backend is not None else "no backend given"
+            self._tunnel = Tunnel(
+                node=self.node,
+                vtep=vtep,
+                host_ns=self.host_ns,
+                state_dir=state_dir,
+                instance=self.ledger.instance,
+                store=store,
+                kernel=self.kernel,
+                backend=backend,
+                reason=reason,
+                underlay_mtu=lambda: self.default_mtu or self.plumbing.underlay_mtu(vtep),
+                range_=self.encryption_range,
+                port=self.encryption_port,
+            )
+            self._tunnel.switch_listeners.append(self._reannounce_encrypted)
+            self._tunnel.publish_listeners.append(self._tag_key)
+        return self._tunnel
+
+    async def _tag_key(self, record: NodeKey) -> None:
+        """This host's current WireGuard key and tunnel address as Serf tags too (``libnet node ls``
+        shows them; the cluster store stays what hosts configure their peers from)."""
+        client = getattr(self._membership, "client", None)
+        if client is None or not hasattr(client, "tags"):
+            return
+        try:
+            await client.tags({"wg_key": record.public_key, "wg_tunnel": record.tunnel})
+        except LibnetError as exc:
+            log.warning("could not put the WireGuard key into Serf tags: %s", exc)
+
+    async def rotate_keys(self) -> dict[str, Any]:
+        """Rotate this host's WireGuard key pair without loss (``libnet network rotate-keys``;
+        :mod:`libnet.encryption.rotation`)."""
+        return await rotation.rotate(self.tunnel())
+
+    async def _reannounce_encrypted(self) -> None:
+        """This host's tunnel address changed (a key rotation): its endpoints' peer
+        records on encrypted networks get the new VTEP, stored and gossiped."""
+        tunnel = self._tunnel
+        if self.store is None or tunnel is None or tunnel.address is None:
+            return
+        for nid, nw in list(self._nets.items()):
+            if not nw.options.get("encrypted"):
+                continue
+            for pair in await self.store.list(peers_prefix(P, nid)):
+                try:
+                    peer = decode(pair.value)
+                except LibnetError:
+                    continue
+                if peer.node == self.node and peer.vtep != tunnel.address:
+                    peer = dataclasses.replace(peer, vtep=tunnel.address)
+                    await self.store.put(pair.key, encode(peer))
+                    await self._announce("add", peer)
+
+    def encryption_status(self) -> dict[str, Any] | None:
+        """The tunnel's status (backend and why; ``up`` once an encrypted network
+        was set up here), or None without a cluster store or VTEP."""
+        if self._tunnel is None and (self.store is None or not self.vtep):
+            return None
+        return self.tunnel().status()
+
+    async def revoke_node(self, node: str) -> None:
+        """Refuse ``node`` as a WireGuard peer on every host at once (``libnet node revoke``)."""
+        store, _ = self._need()
+        if node.lower() == self.node.lower():
+            raise BadRequest("a host cannot revoke itself; run this on another host", node=node)
+        await revoke(store, node)
+
+    async def forget_node(self, node: str) -> None:
+        """``node`` is gone for good (``libnet node rm``): its key record and tunnel address go."""
+        if self.store is not None:
+            await forget(self.store, node)
+
+    async def _vtep_of(self, nw: NetworkInfo) -> str:
+        """The VTEP address of this host on ``nw``: its tunnel address (the tunnel
+        brought up first) on encrypted networks, else the underlay's."""
+        _, vtep = self._need()
+        if nw.options.get("encrypted"):
+            tunnel = self.tunnel()
+            address = await tunnel.ensure()
+            if self.encryption_rotation > 0 and self._rotating is None:
+                self._rotating = asyncio.create_task(rotation.rotate_periodically(tunnel, self.encryption_rotation))
+            return address
+        return vtep
 
     @property
     def ledger(self) -> NamespaceLedger:
@@ -150,6 +298,7 @@ class OverlayDriver:
         peers of hosts that failed or left, after ``grace`` seconds."""
         self.events = PeerEvents(membership, self.table, self._peers_changed, self._resync_all, grace)
         self.events.start()
+        self._membership = membership
 
     def host_gone(self, node: str) -> bool:
         """See :class:`libnet.driverapi.ClusterAware` (host names compare without case)."""
@@ -211,10 +360,13 @@ class OverlayDriver:
         return Capabilities(scope="global", own_addressing=True, external_via_gateway_bridge=True)
 
     def parse_network_options(self, options: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {"vni": None, "mtu": None}
+        out: dict[str, Any] = {"vni": None, "mtu": None, "encrypted": False}
         for key, value in options.items():
             if key not in out:
-                raise InvalidOption(f"unknown overlay option {key!r}; known: vni, mtu", option=key)
+                raise InvalidOption(f"unknown overlay option {key!r}; known: vni, mtu, encrypted", option=key)
+            if key == "encrypted":
+                out[key] = _flag(value, key)
+                continue
             low, high = (VNI_MIN, VNI_MAX) if key == "vni" else (1280, 65535)
             out[key] = check_int(value, key, low, high)
         return out
@@ -230,8 +382,13 @@ class OverlayDriver:
     # --- networks -------------------------------------------------------------
 
     async def check_network(self, nw: NetworkInfo) -> None:
-        """Refused before anything is written: no cluster store or no VTEP address (--advertise)."""
+        """Refused before anything is written: no cluster store or no VTEP address
+        (--advertise); an encrypted network on a host without a WireGuard backend."""
         self._need()
+        if nw.options.get("encrypted"):
+            tunnel = self.tunnel()
+            if tunnel.backend is None:
+                raise Unavailable(f"encrypted overlays are unavailable on this host: {tunnel.reason}", network=nw.name)
 
     async def create_network(self, nw: NetworkInfo) -> None:
         """Allocate the network's VNI in the cluster store (:mod:`~libnet.drivers.overlay.vni`)."""
@@ -246,12 +403,13 @@ class OverlayDriver:
     async def _ensure_local(self, nw: NetworkInfo, repairs: list[str] | None = None) -> str:
         """The network's namespace on this host, built (or checked and
         adopted) on first use; what had to be rebuilt goes to ``repairs``."""
-        store, vtep = self._need()
+        store, _ = self._need()
         vni = await self.vnis.get(store, nw.id)
         ns = self.ns_name(vni)
+        vtep = await self._vtep_of(nw)  # on encrypted networks: never before the tunnel (and its guard) is up
         async with self._locks.setdefault(nw.id, asyncio.Lock()):
             if not self.watch.watching(nw.id):
-                done = await asyncio.to_thread(self.plumbing.build, nw, vni, ns, vtep)
+                done = await asyncio.to_thread(self.plumbing.build, nw, vni, ns, vtep, _device_local(nw, vtep))
                 if repairs is not None:
                     repairs += done
                 self._nets[nw.id] = nw
@@ -267,10 +425,13 @@ class OverlayDriver:
         nw, vni = self._nets.get(network_id), self.vnis.cached(network_id)
         if nw is None or vni is None or not self.vtep:
             return []
+        vtep = await self._vtep_of(nw)
         async with self._locks.setdefault(network_id, asyncio.Lock()):
             if not self.watch.watching(network_id):
                 return []
-            done = await asyncio.to_thread(self.plumbing.build, nw, vni, self.ns_name(vni), self.vtep)
+            done = await asyncio.to_thread(
+                self.plumbing.build, nw, vni, self.ns_name(vni), vtep, _device_local(nw, vtep)
+            )
         if done:
             self.programmer.reset(network_id)  # a rebuilt device holds no entries
         return done
@@ -310,8 +471,9 @@ class OverlayDriver:
         await self._unplug(nw.id, ep)  # and a veth a crash left plugged in
 
     async def join(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
-        store, vtep = self._need()
+        store, _ = self._need()
         ns = await self._ensure_local(nw)
+        vtep = await self._vtep_of(nw)
         host_if = host_ifname(ep)
         alias = self.plumbing.mark("ep", ep.id, ep.name)
 
@@ -368,7 +530,7 @@ class OverlayDriver:
         report = ReconcileReport()
         if self.store is None or not self.vtep:
             return report
-        store, vtep = self.store, self.vtep
+        store = self.store
         nets = {nw.id: nw for nw in networks}
         for nw in networks:
             with contextlib.suppress(Unavailable):
@@ -384,7 +546,7 @@ class OverlayDriver:
                 report.missing.append(f"endpoint {ep.name} of overlay network {nw.name}: {exc}")
                 continue
             self._local.setdefault(nw.id, set()).add(ep.id)
-            await store.put(peers_prefix(P, nw.id) + ep.id, encode(self._peer(ep, vtep)))
+            await store.put(peers_prefix(P, nw.id) + ep.id, encode(self._peer(ep, await self._vtep_of(nw))))
         joined = {ep.id for ep, sb in endpoints if sb is not None}
         report.removed += await self._sweep_peer_records(store, networks, joined)
         gone, kept = await asyncio.to_thread(self.plumbing.sweep_veths, joined, {ep.id for ep, _ in endpoints})
@@ -427,7 +589,19 @@ class OverlayDriver:
                     gone.append(f"overlay peer record of endpoint {peer.endpoint_id[:12]} not joined here")
         return gone
 
+    async def stop_tunnel(self) -> None:
+        """Remove this host's WireGuard interfaces now (the host leaves the cluster for good);
+        otherwise they outlive the agent, which re-adopts them on start."""
+        if self._tunnel is not None:
+            await self._tunnel.close(stop=True)
+
     async def close(self) -> None:
+        if self._rotating is not None:
+            self._rotating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rotating
+        if self._tunnel is not None:
+            await self._tunnel.close()
         await self.watch.close()
         if self.events is not None:
             await self.events.close()

@@ -46,6 +46,12 @@ log = logging.getLogger("libnet.drivers.overlay")
 VTEP_DAD_TIMEOUT = 10.0  # longer than DAD with several probes
 
 
+def _local(address: str) -> str | None:
+    """A VXLAN local address as the kernel reports it: None for the unspecified one."""
+    ip = ipaddress.ip_address(address)
+    return None if ip.is_unspecified else str(ip)
+
+
 def label(name: str) -> str:
     """``name`` if a mark can carry it (no colon, short enough), else nothing."""
     return name if ":" not in name and len(name.encode()) <= 100 else ""
@@ -208,12 +214,16 @@ class Plumbing:
 
     # --- building is checking ---------------------------------------------------
 
-    def build(self, nw: NetworkInfo, vni: int, ns: str, vtep: str) -> list[str]:
+    def build(self, nw: NetworkInfo, vni: int, ns: str, vtep: str, local: str | None = None) -> list[str]:
         """Make this host's part of ``nw`` what it should be; returns what was repaired.
 
-        The namespace first (:meth:`claim_namespace`), then ``br0`` and
-        ``vxlan0`` in it.  A namespace made here is removed again if a later
-        step fails."""
+        ``vtep``: this host's address on the network's path (its MTU and
+        family size the network); ``local``: the VXLAN device's local address,
+        ``vtep`` unless given -- encrypted networks give the unspecified
+        address, so the source comes from the route into the WireGuard tunnel
+        and changes with it (key rotation).  The namespace first
+        (:meth:`claim_namespace`), then ``br0`` and ``vxlan0`` in it.  A
+        namespace made here is removed again if a later step fails."""
         self.await_vtep(vtep)
         overhead = 70 if ipaddress.ip_address(vtep).version == 6 else 50
         mtu = nw.options.get("mtu") or (self.default_mtu or self.underlay_mtu(vtep)) - overhead
@@ -222,7 +232,7 @@ class Plumbing:
             with self.kernel.netlink(ns) as nl:
                 nl.set_up("lo")
                 done += self.ensure_bridge(nl, ns, nw, mtu, fresh=created)
-                done += self.ensure_vxlan(nl, ns, nw, vni, vtep, mtu)
+                done += self.ensure_vxlan(nl, ns, nw, vni, local or vtep, mtu)
         except BaseException:
             if created:
                 self.kernel.netns_delete(ns)
@@ -301,7 +311,7 @@ class Plumbing:
         nl.set_up("br0")
         return done
 
-    def vxlan_mismatch(self, vx: Vxlan | None, nw: NetworkInfo, vni: int, vtep: str, mtu: int) -> str | None:
+    def vxlan_mismatch(self, vx: Vxlan | None, nw: NetworkInfo, vni: int, local: str, mtu: int) -> str | None:
         """Why an existing ``vxlan0`` cannot serve ``nw`` as it is, or None."""
         if vx is None:
             return "not a VXLAN device"
@@ -311,7 +321,7 @@ class Plumbing:
             f"{what} {have}, not {want}"
             for what, have, want in (
                 ("VNI", vx.vni, vni),
-                ("local address", vx.local, str(ipaddress.ip_address(vtep))),
+                ("local address", vx.local, _local(local)),
                 ("UDP port", vx.port, VXLAN_PORT),
                 ("MTU", vx.link.mtu, mtu),
                 ("learning", vx.learning, False),
@@ -323,7 +333,7 @@ class Plumbing:
             wrong.append("its UDP socket outside the underlay namespace")
         return ", ".join(wrong) or None
 
-    def ensure_vxlan(self, nl: LinkOps, ns: str, nw: NetworkInfo, vni: int, vtep: str, mtu: int) -> list[str]:
+    def ensure_vxlan(self, nl: LinkOps, ns: str, nw: NetworkInfo, vni: int, local: str, mtu: int) -> list[str]:
         """``vxlan0``: kept only with the desired settings and mark, else deleted and made anew.
 
         It is made directly in the namespace from the host namespace (so its
@@ -333,7 +343,7 @@ class Plumbing:
         done: list[str] = []
         if nl.has_link("vxlan0"):
             vx = nl.vxlan("vxlan0")
-            why = self.vxlan_mismatch(vx, nw, vni, vtep, mtu)
+            why = self.vxlan_mismatch(vx, nw, vni, local, mtu)
             if why is None:
                 assert vx is not None
                 if not vx.link.alias:
@@ -344,7 +354,7 @@ class Plumbing:
             nl.delete_link("vxlan0")
             done.append(f"vxlan0 of overlay network {nw.name} in {ns} had {why}: rebuilt")
         with self.kernel.netlink(self.host_ns) as host:
-            host.add_vxlan_in(ns, "vxlan0", vni, vtep, mtu=mtu, learning=False, proxy=True)
+            host.add_vxlan_in(ns, "vxlan0", vni, local, mtu=mtu, learning=False, proxy=True)
         nl.set_alias("vxlan0", self.mark("net", nw.id, nw.name))
         nl.set_master("vxlan0", "br0")
         nl.set_up("vxlan0")
@@ -369,8 +379,9 @@ class VxlanDevices:
             return Entries(set(nl.neighbours("vxlan0")), set(nl.fdb("vxlan0")))
 
     def apply(self, network_id: str, remove: Entries, add: Entries) -> None:
+        # new entries first: a peer whose VTEP moved (a key rotation) never has a moment without one
         with self.plumbing.kernel.netlink(self._ns(network_id)) as nl:
-            nl.delete_neighbours("vxlan0", remove.neighbours)
-            nl.delete_fdb("vxlan0", remove.fdb)
             nl.replace_neighbours("vxlan0", add.neighbours)
             nl.replace_fdb("vxlan0", add.fdb)
+            nl.delete_neighbours("vxlan0", remove.neighbours)
+            nl.delete_fdb("vxlan0", remove.fdb)

@@ -1,0 +1,1 @@
+"""Encryption of overlay networks: WireGuard tunnels between hosts (see :mod:`libnet.encryption.tunnel`)."""

@@ -1,0 +1,424 @@
+"""This host's WireGuard tunnel: the one encrypted path of its encrypted overlays.
+
+One WireGuard interface per host (``lnw<instance[:8]>``: unique per machine,
+as ``wireguard-go``'s control socket path is shared by all namespaces), in
+the host namespace, with one tunnel address from the configured range
+(claimed in the cluster store, :mod:`~libnet.encryption.records`).  The
+VXLAN devices of encrypted overlays send from the unspecified address: the
+kernel takes the source from this host's one route into the tunnel range
+(``<range> dev <wg> src <tunnel address>``), and the peers' tunnel
+addresses are their remote VTEPs, so VXLAN's UDP rides inside WireGuard:
+only WireGuard's UDP crosses the underlay.
+
+During a key rotation (:mod:`~libnet.encryption.rotation`) a host has two
+*slots*: the interface of the current key and that of the coming one
+(``lnw<instance[:8]>`` and ``...b``, ports ``port`` and ``port + 1``, each
+with its own tunnel address, as /32 or /128); replacing that one route
+switches key and source address in one step.
+
+No clear text, ever: before any interface exists, an nftables rule in the
+instance's table of the host namespace drops every locally sent packet to
+the tunnel range that would leave other than through a WireGuard slot
+(:func:`libnet.kernel.firewall.tunnel_guard_rules`).  While an interface is
+gone -- ``wireguard-go`` killed, restarting -- encrypted VXLAN has nowhere to
+go and is dropped; a peer without a key record has no WireGuard peer entry,
+so its traffic is dropped by WireGuard.
+
+Keys (:mod:`~libnet.encryption.keys`): made locally, the private keys only
+in the state dir (0600).  The public keys, underlay endpoints and tunnel
+addresses are published as this host's record in the cluster store; every
+host with a tunnel watches those records (full read, then every change) and
+sets the WireGuard peers of each of its slots to exactly the other hosts'
+identities, so a host whose record is removed or revoked (:func:`revoke`)
+loses every peer at once.
+
+Supervision: every ``check_interval`` seconds each live slot is checked
+(process, link up, address); a dead one (``kill -9`` of ``wireguard-go``) is
+brought up again with the same key, address and peers.  The interfaces
+outlive an agent stop or crash (the next agent adopts them, so encrypted
+traffic goes on); they are stopped when the host leaves the cluster for good
+(``close(stop=True)``: ``libnet node drain``, ``libnet-agent --leave``).  MTU: the underlay's minus WireGuard's
+overhead (60 bytes on an IPv4 underlay, 80 on IPv6: outer IP + UDP 8 + WireGuard 32).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from libnet.encryption import keys
+from libnet.encryption.backend import Backend, WgConfig, WgPeer
+from libnet.encryption.records import (
+    Identity,
+    NodeKey,
+    P,
+    acks_prefix,
+    claim_address,
+    endpoint,
+    nodes_prefix,
+    release_address,
+    revoked_prefix,
+    slot_owner,
+    tunnel_range,
+)
+from libnet.errors import LibnetError, Unavailable
+from libnet.kernel import firewall
+from libnet.kernel.api import Kernel
+from libnet.store.base import Store
+
+log = logging.getLogger("libnet.encryption")
+DEFAULT_PORT = 51820
+GUARD_KEY = "wireguard-guard"
+CURRENT_FILE = "current-slot"
+
+
+def wireguard_overhead(underlay: str) -> int:
+    """Bytes WireGuard adds: outer IPv4 20 / IPv6 40, UDP 8, WireGuard header 16 and tag 16."""
+    return (40 if ipaddress.ip_address(underlay).version == 6 else 20) + 8 + 32
+
+
+def ifname_of(instance: str, slot: int = 0) -> str:
+    """The WireGuard interface of a libnet instance's slot (at most 12 characters)."""
+    return f"lnw{instance[:8]}" + ("b" if slot else "")
+
+
+async def forget(store: Store, node: str) -> None:
+    """Remove ``node``'s key record and tunnel addresses (the host is gone for good): every host drops it."""
+    await store.delete(nodes_prefix() + node)
+    await release_address(store, node)
+
+
+async def revoke(store: Store, node: str) -> None:
+    """Refuse ``node`` as a peer on every host, at once and whatever key it publishes
+    (``libnet node revoke``); its record and addresses go too."""
+    await store.put(revoked_prefix() + node, b"revoked")
+    await forget(store, node)
+
+
+@dataclass
+class Slot:
+    """One WireGuard interface of this host: its key, port and tunnel address."""
+
+    index: int
+    ifname: str
+    port: int
+    address: str = ""
+    private: str = ""
+    public: str = ""
+
+
+class Tunnel:
+    """See the module docstring.  Constructing one touches nothing."""
+
+    def __init__(
+        self,
+        *,
+        node: str,
+        vtep: str,
+        host_ns: str | None,
+        state_dir: str,
+        instance: str,
+        store: Store,
+        kernel: Kernel,
+        backend: Backend | None,
+        reason: str,
+        underlay_mtu: Callable[[], int],
+        range_: str,
+        port: int = DEFAULT_PORT,
+        check_interval: float = 0.5,
+    ) -> None:
+        self.node, self.vtep, self.host_ns, self.store = node, vtep, host_ns, store
+        self.kernel, self.backend, self.reason = kernel, backend, reason
+        self.range, self.port, self.check_interval = str(tunnel_range(range_)), port, check_interval
+        self.underlay_mtu = underlay_mtu
+        self.instance = instance
+        self.dir = os.path.join(state_dir, "wireguard")
+        self.slots = [Slot(i, ifname_of(instance, i), port + i) for i in (0, 1)]
+        self.current = 0
+        self.live: set[int] = set()  # slots whose interface should exist
+        self.records: dict[str, NodeKey] = {}
+        self.revoked: set[str] = set()
+        self.restarts = 0
+        self.rotations = 0
+        #: awaited after a rotation switched this host's tunnel address (the driver re-announces its endpoints)
+        self.switch_listeners: list[Callable[[], Awaitable[None]]] = []
+        #: awaited with this host's record each time it is published (the driver copies the key into Serf tags)
+        self.publish_listeners: list[Callable[[NodeKey], Awaitable[None]]] = []
+        self.acked: Callable[[], None] = lambda: None  # poked when another host acknowledged a coming key
+        self._lock = asyncio.Lock()
+        self._sync_lock = asyncio.Lock()
+        self.rotation_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._up = False
+
+    # --- the current slot -------------------------------------------------------------
+
+    @property
+    def address(self) -> str | None:
+        """This host's tunnel address now (the VTEP of its encrypted overlays), None before :meth:`ensure`."""
+        return self.slots[self.current].address or None
+
+    @property
+    def public_key(self) -> str:
+        return self.slots[self.current].public
+
+    @property
+    def ifname(self) -> str:
+        return self.slots[self.current].ifname
+
+    def status(self) -> dict[str, Any]:
+        """What ``libnet agent status`` shows: backend and why, interface, key, address, peers."""
+        out: dict[str, Any] = {
+            "backend": self.backend.name if self.backend else None,
+            "reason": self.reason,
+            "interface": self.ifname,
+            "up": self._up,
+            "tunnel_address": self.address,
+            "public_key": self.public_key or None,
+            "peers": sorted(n for n in self.records if n != self.node and n not in self.revoked),
+            "revoked": sorted(self.revoked),
+            "restarts": self.restarts,
+            "rotations": self.rotations,
+        }
+        if self.backend is not None:
+            out.update({k: v for k, v in self.backend.describe(self.ifname).items() if k != "backend"})
+        return out
+
+    # --- bring up -------------------------------------------------------------------
+
+    def need_backend(self) -> Backend:
+        if self.backend is None:
+            raise Unavailable(f"encrypted overlays are unavailable on this host: {self.reason}", node=self.node)
+        return self.backend
+
+    def _read_current(self) -> int:
+        try:
+            with open(os.path.join(self.dir, CURRENT_FILE)) as f:
+                return 1 if f.read().strip() == "1" else 0
+        except OSError:
+            return 0
+
+    def write_current(self, slot: int) -> None:
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        tmp = os.path.join(self.dir, CURRENT_FILE + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(f"{slot}\n")
+        os.replace(tmp, os.path.join(self.dir, CURRENT_FILE))
+
+    async def ensure(self) -> str:
+        """The tunnel up (made on first use); returns this host's tunnel address.
+
+        Order: guard rule, key, address, interface with its peers and the
+        route, then the published record -- so nothing encrypted is ever sent
+        without the guard.  A slot a crash left from a rotation half done is
+        removed (its key was never the one peers were switched to)."""
+        async with self._lock:
+            if self._up and self.address is not None:
+                return self.address
+            backend = self.need_backend()
+            await asyncio.to_thread(self._guard)
+            self.current = await asyncio.to_thread(self._read_current)
+            slot, other = self.slots[self.current], self.slots[1 - self.current]
+            slot.address = await claim_address(self.store, self.range, slot_owner(self.node, slot.index))
+            slot.private, slot.public = await asyncio.to_thread(keys.load_or_make, self.dir, slot.index)
+            ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._tasks.append(asyncio.create_task(self._watch(ready)))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(ready), 10)
+            if await asyncio.to_thread(backend.alive, other.ifname):
+                await asyncio.to_thread(backend.delete, other.ifname)
+            self.live = {slot.index}
+            await asyncio.to_thread(self.bring_up, backend, slot)
+            await asyncio.to_thread(self.route_via, slot)
+            await self.publish()
+            self._tasks.append(asyncio.create_task(self._supervise()))
+            self._up = True
+            log.info("wireguard tunnel %s up (%s, %s): %s", slot.ifname, backend.name, self.reason, slot.address)
+            return slot.address
+
+    def _guard(self) -> None:
+        from libnet.ownership import firewall_table
+
+        fw = self.kernel.firewall(self.host_ns, firewall_table(self.instance))
+        try:
+            fw.add(GUARD_KEY, firewall.tunnel_guard_rules(self.range, [s.ifname for s in self.slots]))
+        finally:
+            fw.close()
+
+    def mtu(self) -> int:
+        """The WireGuard interface's MTU: the underlay's minus WireGuard's overhead."""
+        return self.underlay_mtu() - wireguard_overhead(self.vtep)
+
+    def identity(self, slot: Slot) -> Identity:
+        return (slot.public, endpoint(self.vtep, slot.port), slot.address)
+
+    async def publish(self) -> None:
+        """This host's record: the current slot's identity, and the other live one's."""
+        cur = self.slots[self.current]
+        others = tuple(self.identity(self.slots[i]) for i in sorted(self.live) if i != self.current)
+        record = NodeKey(self.node, cur.public, endpoint(self.vtep, cur.port), cur.address, others)
+        await self.store.put(nodes_prefix() + self.node, record.encode())
+        for listener in self.publish_listeners:
+            await listener(record)
+
+    def config(self, slot: Slot) -> WgConfig:
+        """``slot``'s configuration: its key and port, every identity of every other, unrevoked host."""
+        own = {s.public for s in self.slots if s.public}
+        peers = tuple(
+            WgPeer(key, ep, (f"{tunnel}/{ipaddress.ip_address(tunnel).max_prefixlen}",))
+            for name, r in sorted(self.records.items())
+            if name != self.node and name not in self.revoked
+            for key, ep, tunnel in r.identities()
+            if key not in own
+        )
+        return WgConfig(slot.private, slot.port, peers)
+
+    def _host_cidr(self, slot: Slot) -> str:
+        return f"{slot.address}/{ipaddress.ip_address(slot.address).max_prefixlen}"
+
+    def bring_up(self, backend: Backend, slot: Slot) -> None:
+        """Make ``slot``'s interface exist with key, peers, MTU, address (a host route: /32 or /128); up."""
+        backend.create(slot.ifname)
+        backend.configure(slot.ifname, self.config(slot))
+        mtu = self.mtu()
+        deadline = time.monotonic() + 5
+        with self.kernel.netlink(self.host_ns) as nl:
+            while not nl.has_link(slot.ifname):
+                if time.monotonic() > deadline:
+                    raise Unavailable(f"the WireGuard interface {slot.ifname} did not appear", ifname=slot.ifname)
+                time.sleep(0.02)
+            if nl.link(slot.ifname).mtu != mtu:
+                nl.set_mtu(slot.ifname, mtu)
+            if self._host_cidr(slot) not in nl.addresses(slot.ifname):
+                nl.add_address(slot.ifname, self._host_cidr(slot), nodad=True)
+            nl.set_up(slot.ifname)
+        if slot.index == self.current:
+            self.route_via(slot)
+
+    def route_via(self, slot: Slot) -> None:
+        """The one route into the tunnel range: through ``slot``, from its address (one atomic replace)."""
+        with self.kernel.netlink(self.host_ns) as nl:
+            nl.add_route(self.range, dev=slot.ifname, src=slot.address)
+
+    # --- peers ----------------------------------------------------------------------
+
+    async def sync(self) -> None:
+        """Set every live slot's WireGuard peers to exactly the other hosts' identities,
+        then acknowledge the coming keys of other hosts' rotations."""
+        if self.backend is None or not self._up:
+            return
+        async with self._sync_lock:
+            for i in sorted(self.live):
+                try:
+                    await asyncio.to_thread(self.backend.configure, self.slots[i].ifname, self.config(self.slots[i]))
+                except LibnetError as exc:  # the interface is gone: the supervisor brings it back, with peers
+                    log.warning("wireguard peers of %s: %s", self.slots[i].ifname, exc)
+                    return
+        for name, rec in self.records.items():
+            if name != self.node and name not in self.revoked:
+                for key, _, _ in rec.others:
+                    await self.store.put(acks_prefix(name) + self.node, key.encode())
+
+    def _set(self, key: str, value: bytes | None) -> bool:
+        """Apply one record of the encryption prefix; whether the peers changed."""
+        node = key.rsplit("/", 1)[1]
+        if key.startswith(acks_prefix(self.node)):
+            self.acked()
+            return False
+        if key.startswith(revoked_prefix()):
+            had = node in self.revoked
+            if value is None:
+                self.revoked.discard(node)
+            else:
+                self.revoked.add(node)
+            return had != (value is not None)
+        if not key.startswith(nodes_prefix()):
+            return False  # address claims, other hosts' acknowledgements
+        if value is None:
+            return self.records.pop(node, None) is not None
+        try:
+            rec = NodeKey.decode(value)
+            for public, _, _ in rec.identities():
+                keys.check_key(public)
+        except LibnetError as exc:
+            log.warning("ignoring the wireguard record of %s: %s", node, exc)
+            return self.records.pop(node, None) is not None
+        old = self.records.get(node)
+        self.records[node] = rec
+        return old != rec
+
+    async def _watch(self, ready: asyncio.Future[None]) -> None:
+        """Every host's record and every revocation: a full read, then every change from the revision before it."""
+        while True:
+            try:
+                rev = await self.store.revision()
+                pairs = await self.store.list(f"{P}/")
+                self.records.clear()
+                self.revoked.clear()
+                for pair in pairs:
+                    self._set(pair.key, pair.value)
+                await self.sync()
+                if not ready.done():
+                    ready.set_result(None)
+                async for event in self.store.watch_prefix(f"{P}/", start_revision=rev):
+                    if self._set(event.key, event.value if event.kind == "put" else None):
+                        await self.sync()
+            except LibnetError as exc:
+                log.warning("wireguard record watch: %s; re-reading", exc)
+                await asyncio.sleep(1)
+
+    # --- supervision ----------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        backend = self.need_backend()
+        while True:
+            await asyncio.sleep(self.check_interval)
+            for i in sorted(self.live):
+                slot = self.slots[i]
+                try:
+                    why = await asyncio.to_thread(self._unhealthy, backend, slot)
+                    if why and i in self.live:
+                        log.warning(
+                            "wireguard interface %s (%s) %s: bringing it up again", slot.ifname, backend.name, why
+                        )
+                        async with self._sync_lock:
+                            await asyncio.to_thread(self.bring_up, backend, slot)
+                        self.restarts += 1
+                except (LibnetError, OSError) as exc:  # the next round tries again
+                    log.warning("wireguard supervision of %s: %s", slot.ifname, exc)
+
+    def _unhealthy(self, backend: Backend, slot: Slot) -> str | None:
+        """Why ``slot``'s interface cannot carry traffic now (None: it can)."""
+        if not backend.alive(slot.ifname):
+            return "is gone"
+        with self.kernel.netlink(self.host_ns) as nl:
+            if not nl.has_link(slot.ifname):
+                return "is gone"
+            if not nl.link(slot.ifname).up:
+                return "is down"
+            if self._host_cidr(slot) not in nl.addresses(slot.ifname):
+                return "lost its tunnel address"
+        return None
+
+    async def close(self, stop: bool = False) -> None:
+        """Stop supervising.  The interfaces stay -- encrypted traffic goes on while the
+        agent is down, and the next agent adopts them (DESIGN.md, "Liveness") -- unless
+        ``stop`` (the host leaves the cluster for good).  The guard rule always stays."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if stop and self.backend is not None:
+            for i in sorted(self.live):
+                await asyncio.to_thread(self.backend.delete, self.slots[i].ifname)
+            self.live = set()
+        self._up = False

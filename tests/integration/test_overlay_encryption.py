@@ -1,0 +1,316 @@
+"""Encrypted overlays (``-o encrypted``) through libnet-agents on three hosts: WireGuard on the wire, never VXLAN.
+
+A capture in the switch namespace (scapy) runs while containers talk; it must
+show WireGuard UDP between the hosts and never the encrypted network's VXLAN,
+its containers' addresses or a payload marker -- also while ``wireguard-go``
+is killed and brought back by the agent.  The plain overlay next to it still
+shows its VXLAN.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import json
+import os
+import re
+import signal
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from libnet.kernel import netns
+from libnet.testing.agents import AgentProcess
+from libnet.testing.cluster import PingStream, ip, place, start_agents, wait_ping
+from libnet.testing.hosts import Testbed, wait_until
+
+pytestmark = pytest.mark.root
+TUNNEL_RANGE = "198.51.100.240/28"
+WG_PORT = 51820
+MARKER = "6c69626e65742d73656372657421"  # "libnet-secret!" as ping's fill pattern (-p)
+
+
+@pytest.fixture
+def bed():
+    if not all(os.path.exists(p) for p in ("/usr/bin/wireguard-go", "/usr/bin/wg")):
+        pytest.skip("wireguard-go/wg missing: run scripts/install-system-deps")
+    with Testbed(3) as b:
+        yield b
+
+
+class Capture:
+    """Every frame on the switch's bridge, from start to stop (raw bytes)."""
+
+    def __init__(self, bed: Testbed) -> None:
+        self.frames: list[bytes] = []
+        self._stop, ready = threading.Event(), threading.Event()
+
+        def sniff() -> None:
+            from scapy.all import sniff as scapy_sniff
+
+            scapy_sniff(
+                iface="sw0",
+                timeout=120,
+                prn=lambda p: self.frames.append(bytes(p)),
+                store=False,
+                stop_filter=lambda p: self._stop.is_set(),
+                started_callback=ready.set,
+            )
+
+        self._thread = threading.Thread(target=netns.run_in, args=(bed.switch, sniff), daemon=True)
+        self._thread.start()
+        assert ready.wait(10), "the capture did not start"
+
+    def stop(self, bed: Testbed) -> list[Any]:
+        from scapy.all import Ether
+
+        self._stop.set()
+        bed.ping(bed.hosts[0].ns, bed.hosts[1].ipv4)  # one more frame, so the stop filter runs
+        self._thread.join(15)
+        return [Ether(f) for f in self.frames]
+
+
+def vxlan_vnis(packets: list[Any]) -> set[int]:
+    from scapy.all import UDP
+    from scapy.layers.vxlan import VXLAN
+
+    return {p[VXLAN].vni for p in packets if UDP in p and p[UDP].dport == 4789 and VXLAN in p}
+
+
+def assert_no_clear_text(frames: list[bytes], packets: list[Any], vni: int, inner: list[str]) -> None:
+    """No VXLAN of the encrypted network, no inner address, no payload marker anywhere on the wire."""
+    assert vni not in vxlan_vnis(packets), "VXLAN of the encrypted network crossed the underlay"
+    marker = bytes.fromhex(MARKER)
+    assert not any(marker in f for f in frames), "the payload marker crossed the underlay in clear"
+    for addr in inner:
+        packed = ipaddress.ip_address(addr).packed
+        assert not any(packed in f for f in frames), f"inner address {addr} crossed the underlay"
+
+
+def assert_only_tunnels_and_gossip(packets: list[Any], plain_vni: int) -> None:
+    """Between the hosts only WireGuard (both slots' ports), Serf gossip and the plain overlay's VXLAN."""
+    from scapy.all import TCP, UDP
+    from scapy.layers.vxlan import VXLAN
+
+    for p in packets:
+        if UDP in p:
+            ports = {p[UDP].sport, p[UDP].dport}
+            if ports & {WG_PORT, WG_PORT + 1, 7946}:
+                continue
+            assert 4789 in ports and VXLAN in p and p[VXLAN].vni == plain_vni, f"unexpected UDP: {p.summary()}"
+        elif TCP in p:
+            assert 7946 in (p[TCP].sport, p[TCP].dport), f"unexpected TCP: {p.summary()}"
+
+
+def missing(out: str) -> list[int]:
+    """The sequence numbers a ping stream's output lacks replies for."""
+    with open(out, errors="replace") as f:
+        text = f.read()
+    seen = {int(n) for n in re.findall(r"icmp_seq=(\d+) ", text)}
+    return [n for n in range(1, max(seen, default=0)) if n not in seen]
+
+
+def wireguard_count(packets: list[Any]) -> int:
+    from scapy.all import UDP
+
+    return sum(1 for p in packets if UDP in p and WG_PORT in (p[UDP].sport, p[UDP].dport))
+
+
+def vni_of(agent: AgentProcess, network: str) -> int:
+    nw = next(n for n in agent.cli_json("network", "ls") if n["name"] == network)
+    return int(nw["options"]["vni"]) if nw["options"].get("vni") else _vni_from_ns(agent, nw["id"])
+
+
+def _vni_from_ns(agent: AgentProcess, network_id: str) -> int:
+    from libnet.ownership import NamespaceLedger, load_instance_id
+
+    instance = load_instance_id(agent.dir, create=False)
+    assert instance
+    rec = next(r for r in NamespaceLedger(agent.dir, instance).records("overlay") if r.owner == network_id)
+    return int(re.search(r"(\d+)$", rec.name).group(1))  # type: ignore[union-attr]
+
+
+def ping_marker(bed: Testbed, src: str, dst: str, count: int = 10, pattern: str = MARKER) -> None:
+    r = bed.run(src, ["ping", "-n", "-c", str(count), "-i", "0.05", "-s", "600", "-p", pattern, dst], timeout=30)
+    assert f"{count} received" in r.stdout, r.stdout
+
+
+def test_encrypted_overlay(bed: Testbed, tmp_path) -> None:
+    agents = start_agents(
+        bed, str(tmp_path), f"sqlite://{tmp_path}/cluster.db", extra=("--encryption-range", TUNNEL_RANGE)
+    )
+    r = agents[0].cli(
+        "network", "create", "sec", "--driver", "overlay", "-o", "encrypted",
+        "--subnet", "198.51.100.0/25", "--subnet6", "2001:db8:77::/64",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = agents[0].cli(
+        "network", "create", "plain", "--driver", "overlay", "--subnet", "198.51.100.128/26",
+        "--subnet6", "2001:db8:78::/64",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    sec = [place(a, "sec") for a in agents]
+    plain = [place(a, "plain") for a in agents[:2]]
+    for (src, _), (_, ep) in itertools.permutations(sec, 2):
+        wait_ping(bed, src, ip(ep["ipv4"]))
+        wait_ping(bed, src, ip(ep["ipv6"]))
+    wait_ping(bed, plain[0][0], ip(plain[1][1]["ipv4"]))
+    # by name, through libnet's DNS
+    name = sec[1][1]["name"]
+    answer = bed.run(sec[0][0], ["dig", "@127.0.0.11", "+short", "+time=3", "+tries=2", name], timeout=20).stdout
+    assert answer.split() == [ip(sec[1][1]["ipv4"])], answer
+    # MTU: the underlay's minus WireGuard (60, IPv4 underlay) minus VXLAN (50, IPv4 tunnel addresses)
+    out = bed.run(sec[0][0], ["ip", "-o", "link", "show", "eth0"]).stdout
+    assert f" mtu {bed.mtu - 60 - 50} " in out, out
+    status = agents[0].cli_json("agent", "status")
+    enc = status["encryption"]
+    assert enc["backend"] == "wireguard-go" and "no wireguard kernel module" in enc["reason"], enc
+    key_file = os.path.join(agents[0].dir, "wireguard", "private.key")
+    assert os.stat(key_file).st_mode & 0o777 == 0o600
+
+    vni_sec, vni_plain = vni_of(agents[0], "sec"), vni_of(agents[0], "plain")
+    inner = [ip(ep[k]) for _, ep in sec for k in ("ipv4", "ipv6")]
+
+    # a transfer on both networks under capture: WireGuard for one, VXLAN for the other
+    cap = Capture(bed)
+    ping_marker(bed, sec[0][0], ip(sec[1][1]["ipv4"]))
+    ping_marker(bed, sec[2][0], ip(sec[0][1]["ipv6"]))
+    ping_marker(bed, plain[0][0], ip(plain[1][1]["ipv4"]), count=3, pattern="ab")
+    frames = list(cap.frames)
+    packets = cap.stop(bed)
+    assert_no_clear_text(frames, packets, vni_sec, inner)
+    assert_only_tunnels_and_gossip(packets, vni_plain)
+    assert wireguard_count(packets) >= 40, "the encrypted transfer did not go through WireGuard"
+    assert vni_plain in vxlan_vnis(packets), "the plain overlay no longer uses VXLAN"
+
+    # kill -9 of wireguard-go on h1, with a route that would carry clear text out of h1 if anything let it
+    bed.run(bed.hosts[0].ns, ["ip", "route", "add", "default", "via", bed.hosts[1].ipv4], check=True)
+    pid = agents[0].wireguard_pid()
+    assert pid is not None
+    cap = Capture(bed)
+    stream = bed.spawn(sec[0][0], ["ping", "-n", "-i", "0.05", "-s", "600", "-p", MARKER, ip(sec[1][1]["ipv4"])])
+    time.sleep(0.5)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: agents[0].wireguard_pid() not in (None, pid), 10), "wireguard-go was not restarted"
+    wait_ping(bed, sec[0][0], ip(sec[1][1]["ipv4"]), timeout=20)
+    time.sleep(0.5)
+    os.kill(stream.pid, signal.SIGINT)
+    stream.wait(10)
+    frames = list(cap.frames)
+    packets = cap.stop(bed)
+    assert_no_clear_text(frames, packets, vni_sec, inner)
+    assert_only_tunnels_and_gossip(packets, vni_plain)
+    assert agents[0].cli_json("agent", "status")["encryption"]["restarts"] >= 1
+
+    # the interface set down (its connected route gone, the default route left): still nothing in clear
+    wg = agents[0].cli_json("agent", "status")["encryption"]["interface"]
+    cap = Capture(bed)
+    stream = bed.spawn(sec[0][0], ["ping", "-n", "-i", "0.05", "-s", "600", "-p", MARKER, ip(sec[1][1]["ipv4"])])
+    time.sleep(0.3)
+    bed.run(bed.hosts[0].ns, ["ip", "link", "set", wg, "down"], check=True)
+    wait_ping(bed, sec[0][0], ip(sec[1][1]["ipv4"]), timeout=20)  # the agent brings it up again
+    os.kill(stream.pid, signal.SIGINT)
+    stream.wait(10)
+    frames = list(cap.frames)
+    packets = cap.stop(bed)
+    assert_no_clear_text(frames, packets, vni_sec, inner)
+    assert_only_tunnels_and_gossip(packets, vni_plain)
+
+    # key rotation on h1 during ping streams to and from it: not one packet lost, twice (to the second slot and back)
+    streams = [
+        PingStream(bed, sec[0][0], ip(sec[1][1]["ipv4"]), str(tmp_path / "rot1.txt")),
+        PingStream(bed, sec[2][0], ip(sec[0][1]["ipv6"]), str(tmp_path / "rot2.txt")),
+    ]
+    before = agents[0].cli_json("agent", "status")["encryption"]
+    cap = Capture(bed)
+    rotations = []
+    for _ in range(2):
+        r = agents[0].cli("network", "rotate-keys", "--json", timeout=150)
+        assert r.returncode == 0, r.stderr
+        rotations.append((time.monotonic() - streams[0].started, json.loads(r.stdout)))
+    time.sleep(0.5)
+    for stream in streams:
+        sent, lost = stream.stop()
+        assert sent > 50 and lost == 0, (stream.addr, sent, lost, str(missing(stream.out)), rotations)
+    frames = list(cap.frames)
+    packets = cap.stop(bed)
+    assert_no_clear_text(frames, packets, vni_sec, inner)
+    assert_only_tunnels_and_gossip(packets, vni_plain)
+    after = agents[0].cli_json("agent", "status")["encryption"]
+    assert after["rotations"] == 2 and after["public_key"] != before["public_key"]
+    assert len(agents[0].wireguard_pids()) == 1, "the retired slot's wireguard-go is still running"
+
+    def h1_tags() -> dict[str, str]:
+        return next(n for n in agents[1].cli_json("node", "ls") if n["name"] == bed.hosts[0].name)["tags"]
+
+    # the current key travels in Serf tags too
+    assert wait_until(lambda: h1_tags().get("wg_key") == after["public_key"], 10), h1_tags()
+    assert h1_tags()["wg_tunnel"] == after["tunnel_address"]
+
+    # h2's agent killed: its wireguard-go keeps carrying traffic, and the next agent adopts it (same pid)
+    wg_pid = agents[1].wireguard_pid()
+    agents[1].kill()
+    wait_ping(bed, sec[0][0], ip(sec[1][1]["ipv4"]), timeout=5)
+    agents[1].start()
+    assert agents[1].wireguard_pid() == wg_pid
+    wait_ping(bed, sec[1][0], ip(sec[2][1]["ipv6"]), timeout=10)
+
+    # h3's agent stopped and started (a graceful restart stops its wireguard-go): traffic comes back
+    agents[2].stop()
+    agents[2].start()
+    wait_ping(bed, sec[2][0], ip(sec[0][1]["ipv4"]), timeout=15)
+    wait_ping(bed, sec[0][0], ip(sec[2][1]["ipv6"]), timeout=15)
+
+    # h3's key revoked: it reaches no one any more, at once; h1 and h2 still reach each other
+    r = agents[0].cli("node", "revoke", bed.hosts[2].name)
+    assert r.returncode == 0, r.stderr
+    assert wait_until(lambda: not bed.ping(sec[2][0], ip(sec[0][1]["ipv4"]), wait=0.5), 5)
+    for (src, _), (_, ep) in ((sec[2], sec[0]), (sec[2], sec[1]), (sec[0], sec[2]), (sec[1], sec[2])):
+        assert not bed.ping(src, ip(ep["ipv4"]), wait=1), f"{src} still reaches {ep['ipv4']} after the revocation"
+    wait_ping(bed, sec[0][0], ip(sec[1][1]["ipv4"]))
+    time.sleep(1.5)  # h3's agent checks its tunnel meanwhile: it must not bring itself back
+    assert not bed.ping(sec[2][0], ip(sec[0][1]["ipv4"]), wait=1)
+
+    # a stop leaves wireguard-go running (encrypted traffic goes on while the agent is down) ...
+    pids = [a.wireguard_pid() for a in agents]
+    for a in agents:
+        a.stop()
+    assert [a.wireguard_pid() for a in agents] == pids and None not in pids
+    wait_ping(bed, sec[0][0], ip(sec[1][1]["ipv4"]), timeout=5)
+    # ... leaving the cluster for good stops it
+    agents[0].start(once=("--leave",))
+    agents[0].stop()
+    assert agents[0].wireguard_pid() is None, "wireguard-go outlived its agent's leaving the cluster"
+
+
+def test_encrypted_overlay_on_an_ipv6_underlay(tmp_path) -> None:
+    """WireGuard between IPv6 endpoints ([v6]:port): reachable, MTU minus 80 (WireGuard on IPv6) minus 50 (VXLAN)."""
+    from libnet.cluster.serf import new_key
+
+    if not all(os.path.exists(p) for p in ("/usr/bin/wireguard-go", "/usr/bin/wg")):
+        pytest.skip("wireguard-go/wg missing: run scripts/install-system-deps")
+    with Testbed(2) as bed:
+        key, first = new_key(), f"[{bed.hosts[0].ipv6}]:7946"
+        agents = [
+            AgentProcess(
+                bed, h, "--cluster-store", f"sqlite://{tmp_path}/cluster.db", "--advertise", h.ipv6,
+                "--join", first, "--cluster-key", key, "--encryption-range", TUNNEL_RANGE,
+                state_dir=str(tmp_path / h.name),
+            ).start()
+            for h in bed.hosts
+        ]  # fmt: skip
+        r = agents[0].cli("network", "create", "sec", "--driver", "overlay", "-o", "encrypted", "--subnet",
+                          "198.51.100.0/25", "--subnet6", "2001:db8:77::/64")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        (a, ep_a), (b, ep) = place(agents[0], "sec"), place(agents[1], "sec")
+        wait_ping(bed, a, ip(ep["ipv4"]))
+        wait_ping(bed, a, ip(ep["ipv6"]))
+        wait_ping(bed, b, ip(ep_a["ipv6"]))
+        out = bed.run(a, ["ip", "-o", "link", "show", "eth0"]).stdout
+        assert f" mtu {bed.mtu - 80 - 50} " in out, out
+        peers = agents[0].cli_json("agent", "status")["encryption"]["peers"]
+        assert peers == [bed.hosts[1].name]
+        for agent in agents:
+            agent.stop()

@@ -1,0 +1,515 @@
+"""Encrypted overlays without root: records, keys, backends with fakes, the tunnel's order and peers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import shutil
+import stat
+from typing import Any
+
+import pytest
+
+from libnet.encryption import backend as wgbackend
+from libnet.encryption import keys
+from libnet.encryption.backend import WgConfig, WgPeer
+from libnet.encryption.kernel_backend import KernelBackend
+from libnet.encryption.records import NodeKey, claim_address, endpoint, nodes_prefix, tunnel_range
+from libnet.encryption.tunnel import GUARD_KEY, Tunnel, forget, revoke, wireguard_overhead
+from libnet.errors import BadRequest, InvalidOption, Unavailable
+from libnet.kernel import firewall
+from libnet.ownership import firewall_table
+from libnet.store import open_store
+from libnet.testing.fake_kernel import FakeKernel
+
+KEYS = [base64.b64encode(bytes([i]) * 32).decode() for i in range(1, 6)]
+INSTANCE = "0123456789ab"
+
+
+# --- records -------------------------------------------------------------------------
+
+
+async def test_tunnel_addresses_are_claimed_once_per_node_and_never_twice() -> None:
+    store = open_store("memory://")
+    a = await claim_address(store, "198.51.100.240/29", "h1")
+    assert await claim_address(store, "198.51.100.240/29", "h1") == a  # the same again
+    others = {await claim_address(store, "198.51.100.240/29", f"n{i}") for i in range(5)}
+    assert a not in others and len(others) == 5  # 6 usable addresses in a /29
+    with pytest.raises(Unavailable):
+        await claim_address(store, "198.51.100.240/29", "one-too-many")
+    await forget(store, "n0")  # an address freed is given out again
+    assert await claim_address(store, "198.51.100.240/29", "one-too-many")
+
+
+def test_tunnel_range_is_checked() -> None:
+    with pytest.raises(BadRequest):
+        tunnel_range("198.51.100.0/31")
+    with pytest.raises(BadRequest):
+        tunnel_range("not-a-range")
+    assert str(tunnel_range("2001:db8:ee::/64")) == "2001:db8:ee::/64"
+
+
+def test_node_record_round_trip_and_endpoints() -> None:
+    rec = NodeKey("h1", KEYS[0], endpoint("2001:db8:ffff::11", 51820), "198.51.100.241")
+    assert rec.endpoint == "[2001:db8:ffff::11]:51820"
+    assert NodeKey.decode(rec.encode()) == rec
+    from libnet import model
+
+    with pytest.raises(BadRequest):
+        NodeKey.decode(model.encode("wireguard_node", {"node": "h1"}))
+
+
+def test_overhead_is_derived_from_the_underlay_family() -> None:
+    assert wireguard_overhead("203.0.113.1") == 60
+    assert wireguard_overhead("2001:db8:ffff::1") == 80
+
+
+# --- keys ------------------------------------------------------------------------------
+
+
+def test_check_key() -> None:
+    assert keys.check_key(KEYS[0]) == KEYS[0]
+    for bad in ("", "abc", base64.b64encode(b"x" * 31).decode(), "!" * 44):
+        with pytest.raises(BadRequest):
+            keys.check_key(bad)
+
+
+@pytest.mark.skipif(shutil.which("wg") is None, reason="wireguard-tools missing")
+def test_private_key_is_made_once_with_mode_0600(tmp_path) -> None:
+    private, public = keys.load_or_make(str(tmp_path / "wg"))
+    path = tmp_path / "wg" / keys.KEY_FILE
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert keys.load_or_make(str(tmp_path / "wg")) == (private, public)
+    os.chmod(path, 0o644)  # loosened by hand: tightened again
+    keys.load_or_make(str(tmp_path / "wg"))
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert public != private and keys.check_key(public)
+
+
+# --- configuration and rules -----------------------------------------------------------
+
+
+def test_config_renders_every_peer() -> None:
+    conf = WgConfig(KEYS[0], 51820, (WgPeer(KEYS[1], "203.0.113.12:51820", ("198.51.100.242/32",)),))
+    text = conf.render()
+    assert f"PrivateKey = {KEYS[0]}" in text and "ListenPort = 51820" in text
+    assert f"PublicKey = {KEYS[1]}" in text and "AllowedIPs = 198.51.100.242/32" in text
+    assert "PersistentKeepalive = 25" in text  # a restarted interface handshakes with every peer at once
+
+
+def test_guard_rule_drops_the_tunnel_range_leaving_elsewhere() -> None:
+    [(chain, expr)] = firewall.tunnel_guard_rules("198.51.100.240/28", ["lnwabc"])
+    assert chain == "egress" and firewall.CHAINS["egress"] == ("filter", "output", 0)
+    assert expr[0]["match"]["right"] == {"prefix": {"addr": "198.51.100.240", "len": 28}}
+    assert expr[1]["match"]["op"] == "!=" and expr[1]["match"]["right"] == {"set": ["lnwabc", "lo"]}
+    assert expr[-1] == {"drop": None}
+    [(_, expr6)] = firewall.tunnel_guard_rules("2001:db8:ee::/64", ["lnwabc", "lnwabcb"])
+    assert expr6[1]["match"]["right"] == {"set": ["lnwabc", "lnwabcb", "lo"]}
+    assert expr6[0]["match"]["left"]["payload"]["protocol"] == "ip6"
+    with pytest.raises(BadRequest):
+        firewall.tunnel_guard_rules("nope", ["lnwabc"])
+
+
+def test_backend_choice_says_why(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(wgbackend, "MODULE_DIR", str(tmp_path))  # "the module is loaded"
+    chosen, why = wgbackend.choose(None, str(tmp_path))
+    assert chosen is not None and chosen.name == "kernel" and "module" in why
+    monkeypatch.setattr(wgbackend, "MODULE_DIR", str(tmp_path / "absent"))
+    monkeypatch.setattr(wgbackend.shutil, "which", lambda name: None)
+    chosen, why = wgbackend.choose(None, str(tmp_path))
+    assert chosen is None and "wireguard-go" in why
+
+
+# --- the kernel backend, with fake netlink ----------------------------------------------
+
+
+class FakeAttrs:
+    def __init__(self, **attrs: Any) -> None:
+        self.attrs = attrs
+
+    def get_attr(self, name: str) -> Any:
+        return self.attrs.get(name)
+
+
+class FakeIpr:
+    def __init__(self, links: dict[str, int]) -> None:
+        self.links = links
+
+    def link_lookup(self, ifname: str) -> list[int]:
+        return [self.links[ifname]] if ifname in self.links else []
+
+    def link(self, op: str, **kw: Any) -> None:
+        if op == "add":
+            assert kw["kind"] == "wireguard"
+            self.links[kw["ifname"]] = len(self.links) + 10
+        elif op == "del":
+            self.links = {k: v for k, v in self.links.items() if v != kw["index"]}
+
+    def close(self) -> None:
+        pass
+
+
+class FakeWg:
+    def __init__(self) -> None:
+        self.peers: dict[str, dict[str, Any]] = {KEYS[4]: {}}  # a stale one
+        self.device: dict[str, Any] = {}
+
+    def info(self, ifname: str) -> list[FakeAttrs]:
+        raw = [FakeAttrs(WGPEER_A_PUBLIC_KEY=base64.b64decode(k)) for k in self.peers]
+        return [FakeAttrs(WGDEVICE_A_PEERS=raw)]
+
+    def set(self, ifname: str, private_key: str | None = None, listen_port: int | None = None, peer=None) -> None:
+        if peer is None:
+            self.device = {"private_key": private_key, "listen_port": listen_port}
+        elif peer.get("remove"):
+            self.peers.pop(peer["public_key"])
+        else:
+            self.peers[peer["public_key"]] = peer
+
+    def close(self) -> None:
+        pass
+
+
+def test_kernel_backend_sets_exactly_the_desired_peers() -> None:
+    links: dict[str, int] = {}
+    ipr, wg = FakeIpr(links), FakeWg()
+    kb = KernelBackend("h1", ipr=lambda ns: ipr, wg=lambda ns: wg)
+    assert not kb.alive("lnwx")
+    kb.create("lnwx")
+    assert kb.alive("lnwx")
+    peers = (
+        WgPeer(KEYS[1], "203.0.113.12:51820", ("198.51.100.242/32",)),
+        WgPeer(KEYS[2], "[2001:db8:ffff::13]:51820", ("198.51.100.243/32",)),
+    )
+    kb.configure("lnwx", WgConfig(KEYS[0], 51820, peers))
+    assert wg.device == {"private_key": KEYS[0], "listen_port": 51820}
+    assert set(wg.peers) == {KEYS[1], KEYS[2]}  # the stale peer removed
+    assert wg.peers[KEYS[2]]["endpoint_addr"] == "2001:db8:ffff::13" and wg.peers[KEYS[2]]["endpoint_port"] == 51820
+    assert wg.peers[KEYS[1]]["replace_allowed_ips"] and wg.peers[KEYS[1]]["allowed_ips"] == ["198.51.100.242/32"]
+    assert wg.peers[KEYS[1]]["persistent_keepalive"] == 25
+    kb.delete("lnwx")
+    assert not kb.alive("lnwx")
+
+
+# --- the tunnel, with a fake kernel and backend ------------------------------------------
+
+
+class FakeBackend:
+    name = "fake"
+
+    def __init__(self, kernel: FakeKernel, ns: str | None, log: list[str]) -> None:
+        self.kernel, self.ns, self.log = kernel, ns, log
+        self.configs: list[WgConfig] = []
+        self.by_ifname: dict[str, WgConfig] = {}
+        self.rx: dict[str, int] = {}
+        self.dead = False
+
+    def describe(self, ifname: str) -> dict[str, Any]:
+        return {"backend": self.name}
+
+    def rx_bytes(self, ifname: str) -> int:
+        return self.rx.get(ifname, 0)
+
+    def alive(self, ifname: str) -> bool:
+        return not self.dead and self.kernel.netlink(self.ns).has_link(ifname)
+
+    def create(self, ifname: str) -> None:
+        self.log.append("create")
+        if not self.alive(ifname):
+            with self.kernel.netlink(self.ns) as nl:
+                if nl.has_link(ifname):
+                    nl.delete_link(ifname)
+            self.kernel.add_link(self.ns, ifname, "tun")
+            self.dead = False
+
+    def configure(self, ifname: str, config: WgConfig) -> None:
+        self.configs.append(config)
+        self.by_ifname[ifname] = config
+
+    def delete(self, ifname: str) -> None:
+        self.log.append("delete")
+        with self.kernel.netlink(self.ns) as nl:
+            if nl.has_link(ifname):
+                nl.delete_link(ifname)
+
+
+def make_tunnel(
+    kernel: FakeKernel, store: Any, log: list[str], tmp_path, node: str = "h1", instance: str = INSTANCE
+) -> Tunnel:
+    ns = None if node == "h1" else kernel.add_namespace(node) and node
+    real = kernel.firewall(ns, firewall_table(instance))
+    real_add = real.add
+
+    class Fw:
+        table = real.table
+
+        def add(self, key: str, rules: Any) -> None:
+            log.append("guard")
+            real_add(key, rules)
+
+        def close(self) -> None:
+            pass
+
+    if node == "h1":
+        kernel.firewall = lambda ns, table: Fw()  # type: ignore[method-assign,assignment,return-value]
+    return Tunnel(
+        node=node,
+        vtep="203.0.113.11",
+        host_ns=ns,
+        state_dir=str(tmp_path / node),
+        instance=instance,
+        store=store,
+        kernel=kernel,
+        backend=FakeBackend(kernel, ns, log),
+        reason="a fake",
+        underlay_mtu=lambda: 1500,
+        range_="198.51.100.240/28",
+        check_interval=0.02,
+    )
+
+
+async def until(predicate: Any, timeout: float = 3.0) -> bool:
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def test_tunnel_guards_first_then_follows_records_and_revocations(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(keys, "load_or_make", lambda d, slot=0: (KEYS[0], KEYS[1]))
+    kernel, store, log = FakeKernel(), open_store("memory://"), []
+    await store.put(nodes_prefix() + "h2", NodeKey("h2", KEYS[2], "203.0.113.12:51820", "198.51.100.250").encode())
+    tunnel = make_tunnel(kernel, store, log, tmp_path)
+    backend = tunnel.backend
+    assert isinstance(backend, FakeBackend)
+    addr = await tunnel.ensure()
+    try:
+        assert log[:2] == ["guard", "create"]  # never an interface before the rule against clear text
+        with kernel.netlink(None) as nl:
+            link = nl.link(tunnel.ifname)
+            assert link.up and link.mtu == 1440 and f"{addr}/32" in nl.addresses(tunnel.ifname)
+        # the one route into the tunnel range: through the interface, from the tunnel address
+        assert kernel.namespace(None).prefix_routes["198.51.100.240/28"] == (link.index, addr)
+        assert NodeKey.decode((await store.get(nodes_prefix() + "h1")).value).public_key == KEYS[1]
+        assert [p.public_key for p in backend.configs[-1].peers] == [KEYS[2]]
+        assert backend.configs[-1].peers[0].allowed_ips == ("198.51.100.250/32",)
+        # a new host appears: a peer at once
+        await store.put(nodes_prefix() + "h3", NodeKey("h3", KEYS[3], "203.0.113.13:51820", "198.51.100.251").encode())
+        assert await until(lambda: len(backend.configs[-1].peers) == 2)
+        # revoked: dropped everywhere, also when it publishes a new key
+        await revoke(store, "h3")
+        assert await until(lambda: [p.public_key for p in backend.configs[-1].peers] == [KEYS[2]])
+        await store.put(nodes_prefix() + "h3", NodeKey("h3", KEYS[4], "203.0.113.13:51820", "198.51.100.251").encode())
+        await asyncio.sleep(0.1)
+        assert [p.public_key for p in backend.configs[-1].peers] == [KEYS[2]]
+        assert tunnel.status()["revoked"] == ["h3"] and tunnel.status()["peers"] == ["h2"]
+        # the interface dies: brought back with address and peers
+        backend.dead = True
+        with kernel.netlink(None) as nl:
+            nl.delete_link(tunnel.ifname)
+        assert await until(lambda: tunnel.restarts >= 1)
+        with kernel.netlink(None) as nl:
+            assert nl.link(tunnel.ifname).up and f"{addr}/32" in nl.addresses(tunnel.ifname)
+        assert "198.51.100.240/28" in kernel.namespace(None).prefix_routes
+        # set down by hand: up again
+        with kernel.netlink(None) as nl:
+            nl.set_down(tunnel.ifname)
+        assert await until(lambda: tunnel.restarts >= 2)
+        await tunnel.close()  # the agent stops: the interface stays (the next agent adopts it)
+        assert log[-1] != "delete" and backend.alive(tunnel.ifname)
+    finally:
+        await tunnel.close(stop=True)  # leaving the cluster: it goes
+    assert log[-1] == "delete"
+    assert GUARD_KEY in kernel.firewall(None, firewall_table(INSTANCE)).table.groups  # type: ignore[attr-defined]
+
+
+async def test_no_backend_refuses_encrypted_networks(tmp_path) -> None:
+    kernel, store, log = FakeKernel(), open_store("memory://"), []
+    tunnel = make_tunnel(kernel, store, log, tmp_path)
+    tunnel.backend, tunnel.reason = None, "no wireguard here"
+    with pytest.raises(Unavailable, match="no wireguard here"):
+        await tunnel.ensure()
+    assert log == []  # nothing touched
+
+
+# --- the driver's option ------------------------------------------------------------------
+
+
+def test_encrypted_option_forms() -> None:
+    from libnet.drivers.overlay.driver import OverlayDriver
+
+    d = OverlayDriver(kernel=FakeKernel())
+    for value, want in (("", True), ("true", True), ("1", True), (True, True), ("false", False), ("0", False)):
+        assert d.parse_network_options({"encrypted": value})["encrypted"] is want
+    assert d.parse_network_options({})["encrypted"] is False
+    with pytest.raises(InvalidOption):
+        d.parse_network_options({"encrypted": "maybe"})
+
+
+# --- rotation: two hosts' tunnels on one fake kernel ----------------------------------------
+
+
+async def test_rotation_prepares_beside_switches_in_one_step_then_retires(monkeypatch, tmp_path) -> None:
+    from libnet.encryption import rotation
+
+    made = iter(KEYS[2:])
+    monkeypatch.setattr(keys, "load_or_make", lambda d, slot=0: (KEYS[0] if "/h1/" in d else KEYS[1],) * 2)
+    monkeypatch.setattr(keys, "make_new", lambda d, slot: (next(made),) * 2)
+    kernel, store, log = FakeKernel(), open_store("memory://"), []
+    h1 = make_tunnel(kernel, store, log, tmp_path)
+    h2 = make_tunnel(kernel, store, [], tmp_path, node="h2", instance="ba9876543210")
+    a1, a2 = await h1.ensure(), await h2.ensure()
+    switched: list[str | None] = []
+
+    async def on_switch() -> None:
+        # at the switch: h2 already accepts the new key, the old slot is still up beside the new one
+        switched.append(h1.address)
+        assert h1.public_key in {p.public_key for p in h2.config(h2.slots[0]).peers}
+        assert len({p.public_key for p in h2.config(h2.slots[0]).peers}) == 2  # the old key too
+        assert len(h1.live) == 2
+
+    h1.switch_listeners.append(on_switch)
+    b1 = h1.backend
+    assert isinstance(b1, FakeBackend)
+    try:
+        out = await rotation.rotate(h1, idle=0.05, min_drain=0.1, drain_max=2)
+        assert out["public_key"] == KEYS[2] and out["interface"] == h1.slots[1].ifname and out["drained"]
+        assert switched == [out["tunnel_address"]] and out["tunnel_address"] not in (a1, a2)
+        assert b1.by_ifname[h1.slots[1].ifname].listen_port == 51821
+        with kernel.netlink(None) as nl:
+            new = nl.link(h1.slots[1].ifname)
+            assert kernel.namespace(None).prefix_routes["198.51.100.240/28"] == (new.index, out["tunnel_address"])
+            assert not nl.has_link(h1.slots[0].ifname)  # retired
+        rec = NodeKey.decode((await store.get(nodes_prefix() + "h1")).value)
+        assert rec.public_key == KEYS[2] and rec.others == () and rec.tunnel == out["tunnel_address"]
+        assert await until(lambda: [p.public_key for p in h2.config(h2.slots[0]).peers] == [KEYS[2]])
+        assert [p.public_key for p in b1.by_ifname[h1.slots[1].ifname].peers] == [KEYS[1]]
+        assert h1.status()["rotations"] == 1 and (tmp_path / "h1" / "wireguard" / "current-slot").read_text() == "1\n"
+        # and back to the first slot
+        await rotation.rotate(h1, idle=0.05, min_drain=0.1, drain_max=2)
+        assert h1.current == 0 and h1.public_key == KEYS[3]
+    finally:
+        await h1.close()
+        await h2.close()
+
+
+async def test_rotation_without_every_acknowledgement_is_undone(monkeypatch, tmp_path) -> None:
+    from libnet.encryption import rotation
+
+    monkeypatch.setattr(keys, "load_or_make", lambda d, slot=0: (KEYS[0], KEYS[1]))
+    monkeypatch.setattr(keys, "make_new", lambda d, slot: (KEYS[2], KEYS[3]))
+    kernel, store, log = FakeKernel(), open_store("memory://"), []
+    # a host whose agent does not run: a record, never an acknowledgement
+    await store.put(nodes_prefix() + "h9", NodeKey("h9", KEYS[4], "203.0.113.19:51820", "198.51.100.250").encode())
+    h1 = make_tunnel(kernel, store, log, tmp_path)
+    addr = await h1.ensure()
+    try:
+        with pytest.raises(Unavailable, match="h9"):
+            await rotation.rotate(h1, ack_timeout=0.3)
+        assert h1.current == 0 and h1.address == addr and h1.live == {0}
+        with kernel.netlink(None) as nl:
+            assert not nl.has_link(h1.slots[1].ifname)
+        rec = NodeKey.decode((await store.get(nodes_prefix() + "h1")).value)
+        assert rec.public_key == KEYS[1] and rec.others == ()
+    finally:
+        await h1.close()
+
+
+def test_moved_vtep_gets_its_new_entries_before_the_old_ones_go(monkeypatch) -> None:
+    """A peer whose VTEP moved (a key rotation) must never be without an FDB entry: replace, then delete."""
+    from libnet.drivers.overlay.peerdb import Entries
+    from libnet.drivers.overlay.plumbing import Plumbing, VxlanDevices
+    from libnet.kernel.neighbours import FdbEntry
+    from libnet.testing import fake_kernel
+
+    kernel = FakeKernel()
+    kernel.add_namespace("ov")
+    kernel.add_link("ov", "vxlan0", "vxlan")
+    calls: list[str] = []
+    for name in ("replace_fdb", "delete_fdb", "replace_neighbours", "delete_neighbours"):
+        real = getattr(fake_kernel.FakeNetlink, name)
+        monkeypatch.setattr(
+            fake_kernel.FakeNetlink, name, lambda self, *a, _n=name, _r=real: (calls.append(_n), _r(self, *a))[1]
+        )
+    plumbing = Plumbing(None, None, "o", lambda: None, kernel)  # type: ignore[arg-type,return-value]
+    monkeypatch.setattr(plumbing, "ns_name", lambda vni: "ov")
+    devices = VxlanDevices(plumbing, lambda nid: 1)
+    mac = "02:00:c6:33:64:02"
+    old, new = FdbEntry(mac, "198.51.100.241"), FdbEntry(mac, "198.51.100.242")
+    devices.apply("n", Entries(set(), {old}), Entries(set(), {new}))
+    assert calls.index("replace_fdb") < calls.index("delete_fdb")
+    assert calls.index("replace_neighbours") < calls.index("delete_neighbours")
+
+
+def test_userspace_backend_touches_only_what_differs(tmp_path) -> None:
+    """A peer that stays is never set again: ``wg set ... allowed-ips`` would leave it without any for a moment."""
+    dump = "\t".join([KEYS[0], KEYS[1], "51820", "off"]) + "\n"
+    same = [KEYS[2], "(none)", "203.0.113.12:51820", "198.51.100.242/32", "0", "0", "0", "25"]
+    stale = [KEYS[3], "(none)", "203.0.113.13:51820", "198.51.100.243/32", "0", "0", "0", "25"]
+    dump += "\t".join(same) + "\n" + "\t".join(stale) + "\n"
+    calls: list[list[str]] = []
+
+    class Done:
+        def __init__(self, stdout: str) -> None:
+            self.returncode, self.stdout, self.stderr = 0, stdout, ""
+
+    def run(argv: list[str], **kw: Any) -> Done:
+        calls.append(argv)
+        return Done(dump if argv[1:3] == ["show", "lnwx"] else "")
+
+    ub = wgbackend.UserspaceBackend(None, str(tmp_path), run=run)
+    peers = (
+        WgPeer(KEYS[2], "203.0.113.12:51820", ("198.51.100.242/32",)),
+        WgPeer(KEYS[4], "203.0.113.14:51821", ("198.51.100.244/32",)),
+    )
+    ub.configure("lnwx", WgConfig(KEYS[0], 51820, peers))
+    assert calls[-1][:3] == ["wg", "set", "lnwx"]
+    args = " ".join(calls[-1])
+    assert f"peer {KEYS[3]} remove" in args and f"peer {KEYS[4]} endpoint 203.0.113.14:51821" in args
+    assert KEYS[2] not in args and "private-key" not in args and "listen-port" not in args
+    # nothing differs: no wg set at all
+    calls.clear()
+    ub.configure("lnwx", WgConfig(KEYS[0], 51820, peers[:1]))
+    assert [c[1] for c in calls] == ["show", "set"]  # only the stale peer's removal
+    dump = dump.replace("\t".join(stale) + "\n", "")
+    calls.clear()
+    ub.configure("lnwx", WgConfig(KEYS[0], 51820, peers[:1]))
+    assert [c[1] for c in calls] == ["show"]
+    # a new private key comes from a 0600 file, never the command line
+    ub.configure("lnwx", WgConfig(KEYS[1], 51820, peers[:1]))
+    assert KEYS[1] not in " ".join(calls[-1]) and stat.S_IMODE(os.stat(tmp_path / "lnwx.key").st_mode) == 0o600
+
+
+async def test_keys_rotate_when_they_are_old_enough(monkeypatch, tmp_path) -> None:
+    from libnet.encryption import rotation
+
+    made = iter(KEYS[2:])
+    monkeypatch.setattr(keys, "load_or_make", lambda d, slot=0: (KEYS[0] if "/h1/" in d else KEYS[1],) * 2)
+    monkeypatch.setattr(keys, "make_new", lambda d, slot: (next(made),) * 2)
+    kernel, store = FakeKernel(), open_store("memory://")
+    h1 = make_tunnel(kernel, store, [], tmp_path)
+    h2 = make_tunnel(kernel, store, [], tmp_path, node="h2", instance="ba9876543210")
+    await h1.ensure()
+    await h2.ensure()
+    key_file = tmp_path / "h1" / "wireguard" / keys.KEY_FILE
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.write_text("x\n")
+    os.utime(key_file, (1, 1))  # made long ago
+    fast = {"ack_timeout": 2.0, "idle": 0.05, "min_drain": 0.1, "drain_max": 1.0}
+    real_rotate = rotation.rotate
+    monkeypatch.setattr(rotation, "rotate", lambda t: real_rotate(t, **fast))
+    task = asyncio.create_task(rotation.rotate_periodically(h1, every=3600, check=0.05))
+    try:
+        assert await until(lambda: h1.rotations == 1, 5)
+        assert h1.public_key == KEYS[2]
+        await asyncio.sleep(0.3)
+        assert h1.rotations == 1  # the new key is young (no key file here: age 0): no second rotation
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await h1.close()
+        await h2.close()
