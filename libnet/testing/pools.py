@@ -10,7 +10,8 @@ documentation ranges (house rule, DESIGN.md "Test hosts"):
 * global (overlay) IPv4: 198.51.100.0/25 cut into /28s (8 networks), apart
   from the local ones so a sandbox on a default bridge and a default overlay
   never sees one subnet twice;
-* IPv6 (both): 2001:db8:def::/48 cut into /64s, a prefix no test names.
+* IPv6: 2001:db8:def::/48 (local) and 2001:db8:df0::/48 (global) cut
+  into /64s, prefixes no test names (apart for the same reason).
 
 A test that needs other defaults gives its own (``Config.ipam``, the agent's
 ``--default-address-pool`` or a ``--config`` file, see :func:`agent_toml`).
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 LOCAL_V4 = ("198.51.100.128/25", 28)
 GLOBAL_V4 = ("198.51.100.0/25", 28)
 V6 = ("2001:db8:def::/48", 64)
+GLOBAL_V6 = ("2001:db8:df0::/48", 64)
 
 
 def ipam_config() -> IpamConfig:
@@ -34,22 +36,30 @@ def ipam_config() -> IpamConfig:
     addresses still unset: the controller fills them in from its host namespace)."""
     from ipam.pools import IpamConfig, PoolSpec
 
-    return IpamConfig(local_v4=[PoolSpec(*LOCAL_V4)], global_v4=[PoolSpec(*GLOBAL_V4)], v6_pools=[PoolSpec(*V6)])
+    return IpamConfig(
+        local_v4=[PoolSpec(*LOCAL_V4)],
+        global_v4=[PoolSpec(*GLOBAL_V4)],
+        v6_pools=[PoolSpec(*V6)],
+        global_v6=[PoolSpec(*GLOBAL_V6)],
+    )
 
 
 def agent_toml(local_v4: tuple[str, int] = LOCAL_V4) -> str:
     """The agent configuration (TOML) of these defaults, ``local_v4`` replaced if given.
 
-    ``default_pools`` carries the local IPv4 and the IPv6 pool, ``global_pools``
-    the overlays' IPv4 pool (agent/config.py)."""
+    ``default_pools`` carries the local pools, ``global_pools`` the overlays'
+    (agent/config.py)."""
 
     def entry(pool: tuple[str, int]) -> str:
         return f'{{base = "{pool[0]}", size = {pool[1]}}}'
 
-    return f"default_pools = [{entry(local_v4)}, {entry(V6)}]\nglobal_pools = [{entry(GLOBAL_V4)}]\n"
+    return (
+        f"default_pools = [{entry(local_v4)}, {entry(V6)}]\nglobal_pools = [{entry(GLOBAL_V4)}, {entry(GLOBAL_V6)}]\n"
+    )
 
 
 def agent_flags(*local_v4: tuple[str, int]) -> list[str]:
     """``--default-address-pool`` flags of the local IPv4 pools ``local_v4`` (in order)
-    and the test IPv6 pool: the flags replace the configuration's ``default_pools``."""
+    and the local IPv6 pool: the flags replace the configuration's ``default_pools``
+    (its ``global_pools`` stay)."""
     return [f for base, size in (*local_v4, V6) for f in ("--default-address-pool", f"base={base},size={size}")]
