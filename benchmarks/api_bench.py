@@ -1,6 +1,8 @@
 """The agent's API under load: GET /v1/networks and connect+disconnect, 8 concurrent clients.
 
-A libnet-agent runs in a test host (SQLite store); 100 networks exist.  Eight
+A libnet-agent runs in a test host (SQLite store); 60 networks exist (each
+its own default /30 of 198.51.100.0/24, which holds 64: test hosts use
+documentation ranges only; 100 before that rule was kept).  Eight
 clients on the agent's unix socket (aiohttp) then, for a fixed time each:
 (a) list the networks as fast as they can; (b) each connect its own sandbox
 to a network and disconnect it again, in a loop.  Reported: requests (or
@@ -22,6 +24,7 @@ import aiohttp
 from benchmarks.common import emit, parser, progress
 from libnet.testing.agents import AgentProcess
 from libnet.testing.hosts import Testbed
+from libnet.testing.pools import agent_toml
 
 NAME = "api_bench"
 CLIENTS = 8
@@ -84,11 +87,12 @@ async def load(sock: str, n_networks: int, seconds: float) -> dict:
 
 def main() -> dict:
     args = parser(NAME, __doc__).parse_args()
-    n, seconds = (20, 1.0) if args.quick else (100, 10.0)
+    n, seconds = (20, 1.0) if args.quick else (60, 10.0)
     with Testbed(1) as bed, tempfile.TemporaryDirectory() as tmp:
         conf = f"{tmp}/agent.toml"
         with open(conf, "w") as f:
-            f.write('default_pools = [{base = "198.18.0.0/15", size = 24}]\nlog_level = "warning"\n')
+            # one default subnet per network: the /30s of 198.51.100.0/24 (64; test hosts use documentation ranges)
+            f.write(agent_toml(local_v4=("198.51.100.0/24", 30)) + 'log_level = "warning"\n')
         agent = AgentProcess(bed, bed.hosts[0], "--config", conf, state_dir=f"{tmp}/state").start()
         try:
             metrics = asyncio.run(load(agent.socket, n, seconds))

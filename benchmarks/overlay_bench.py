@@ -66,6 +66,10 @@ def iperf(bed: Testbed, server_ns: str, client_ns: str, addr: str, seconds: floa
             srv.wait(10)
 
 
+#: the hand-built containers' addresses: 198.51.100.<HANDBUILT + 1, 2>/28
+HANDBUILT = 240
+
+
 def handbuilt(bed: Testbed) -> tuple[str, str]:
     """The same data path built by hand with ip/bridge commands: per host a
     container namespace whose veth sits on a bridge with a VXLAN device (MTU
@@ -101,7 +105,8 @@ def handbuilt(bed: Testbed) -> tuple[str, str]:
             ["ip", "link", "set", "hbr", "up"],
         ):
             bed.run(me.ns, cmd, check=True)
-        bed.run(c, ["ip", "addr", "add", f"198.51.103.{i}/24", "dev", "eth0"], check=True)
+        # apart from the libnet overlay (198.51.100.0/25) and the gateway bridges (198.51.100.128/28)
+        bed.run(c, ["ip", "addr", "add", f"198.51.100.{HANDBUILT + i}/28", "dev", "eth0"], check=True)
         bed.run(c, ["ip", "link", "set", "eth0", "up"], check=True)
     return names[0], names[1]
 
@@ -111,7 +116,7 @@ async def libnet_overlay(bed: Testbed, tmp: str):
     for h in bed.hosts:
         cfg = host_config(bed, h, tmp)
         ctls.append(await Controller(cfg).start())
-    await ctls[0].create_network("bench", "overlay", ipv4_subnet="198.51.100.0/24", ipv6_subnet="2001:db8:77::/64")
+    await ctls[0].create_network("bench", "overlay", ipv4_subnet="198.51.100.0/25", ipv6_subnet="2001:db8:77::/64")
     placed = []
     for c in ctls:
         sb = await c.create_sandbox()
@@ -142,7 +147,7 @@ def main() -> dict:
             for r in range(rounds):
                 progress(f"round {r + 1}/{rounds}: underlay, hand-built VXLAN, libnet overlay ({seconds}s each)")
                 results["underlay"].append(iperf(bed, h2.ns, h1.ns, h2.ipv4, seconds, port))
-                results["handbuilt"].append(iperf(bed, hb2, hb1, "198.51.103.2", seconds, port + 1))
+                results["handbuilt"].append(iperf(bed, hb2, hb1, f"198.51.100.{HANDBUILT + 2}", seconds, port + 1))
                 results["libnet"].append(iperf(bed, c2, c1, target, seconds, port + 2))
                 port += 3
         finally:
