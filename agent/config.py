@@ -63,7 +63,9 @@ class AgentConfig:
     #: entries every network's IPv6 defaults (none: a random ULA /48 per store, RFC 4193); flag form:
     #: --default-address-pool base=CIDR,size=N (repeatable)
     default_pools: list[dict[str, Any]] = field(default_factory=list)
-    global_pools: list[dict[str, Any]] = field(default_factory=list)  # IPv4 defaults of global (overlay) networks
+    #: the defaults of global (overlay) networks, IPv4 and IPv6 (IPv6 none: default_pools' IPv6 entries, and
+    #: then an overlay and the gateway bridge its containers join get the same first /64: set both in a cluster)
+    global_pools: list[dict[str, Any]] = field(default_factory=list)
     sandbox_prefix: str | None = _LIB.sandbox_prefix  # names of the sandbox namespaces; default lns-<instance>-
     overlay_prefix: str | None = _LIB.overlay_prefix  # overlay namespaces (<prefix><vni>); default lno-<instance>-
     dns: bool = _DNS.enabled  # the embedded DNS server (127.0.0.11) in every sandbox
@@ -118,8 +120,7 @@ class AgentConfig:
             ipam.local_v4 = specs["local", False]
         if specs["global", False]:
             ipam.global_v4 = specs["global", False]
-        if specs["local", True] or specs["global", True]:
-            ipam.v6_pools = specs["local", True] + specs["global", True]
+        ipam.v6_pools, ipam.global_v6 = specs["local", True], specs["global", True]
         return Config(
             store=self.store,
             cluster_store=self.cluster_store,

@@ -56,12 +56,17 @@ def emit(name: str, params: dict, metrics: dict, peers: dict, ratios: dict) -> d
     return result
 
 
-def start_agent(bed: Testbed, tmp: str, *extra: str, state: str = "state") -> AgentProcess:
-    """A libnet-agent in the bed's first host, state under ``tmp/state`` (SQLite store), default
-    pools from 198.18.0.0/15, log level warning, ``extra`` arguments; started (stop it when done)."""
+def start_agent(
+    bed: Testbed, tmp: str, *extra: str, state: str = "state", local_v4: tuple[str, int] = ("198.51.100.0/24", 30)
+) -> AgentProcess:
+    """A libnet-agent in the bed's first host, state under ``tmp/state`` (SQLite store), log level
+    warning, ``extra`` arguments; started (stop it when done).  Default pools: ``local_v4`` for local
+    IPv4 networks (default the 64 /30s of 198.51.100.0/24, one per network), the test hosts' others
+    (:mod:`libnet.testing.pools`)."""
     from libnet.testing.agents import AgentProcess
+    from libnet.testing.pools import agent_toml
 
     conf = f"{tmp}/agent.toml"
     with open(conf, "w") as f:
-        f.write('default_pools = [{base = "198.18.0.0/15", size = 24}]\nlog_level = "warning"\n')
+        f.write(agent_toml(local_v4=local_v4) + 'log_level = "warning"\n')
     return AgentProcess(bed, bed.hosts[0], "--config", conf, *extra, state_dir=f"{tmp}/{state}").start()

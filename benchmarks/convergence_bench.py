@@ -115,7 +115,7 @@ async def run(n: int, trials: int) -> dict:
                 ctl = await Controller(cfg).start()
                 ctl.driver("overlay").attach_membership(SerfMembership(agent.client))
                 ctls.append(ctl)
-            nw = await ctls[0].create_network("conv", "overlay", ipv4_subnet="198.51.96.0/20")
+            nw = await ctls[0].create_network("conv", "overlay", ipv4_subnet="198.51.100.0/25")
             base = []
             for c in ctls:
                 sb = await c.create_sandbox()

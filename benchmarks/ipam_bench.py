@@ -9,6 +9,11 @@
 (c) 4 processes allocate 1,000 addresses each from one pool on a real
     single-node etcd at once: allocations/s over the whole run and the number
     of duplicates (must be 0).
+
+Its pools (a /16 and /20s of 198.51.0.0/16) are store data only, as in the
+unit tests: no address reaches a kernel (host-local only writes its files),
+so the test hosts' rule (198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32)
+does not bind them, and a /24 could not hold the 65,533 addresses filled.
 """
 
 from __future__ import annotations

@@ -67,6 +67,10 @@ def iperf(bed: Testbed, server_ns: str, client_ns: str, addr: str, seconds: floa
             srv.wait(10)
 
 
+#: the hand-built containers' addresses: 198.51.100.<HANDBUILT + 1, 2>/28
+HANDBUILT = 240
+
+
 def iperf_rounds(
     bed: Testbed, legs: dict[str, tuple[str, str, str]], seconds: float, rounds: int, port: int = 5201
 ) -> dict[str, float]:
@@ -116,7 +120,8 @@ def handbuilt(bed: Testbed) -> tuple[str, str]:
             ["ip", "link", "set", "hbr", "up"],
         ):
             bed.run(me.ns, cmd, check=True)
-        bed.run(c, ["ip", "addr", "add", f"198.51.103.{i}/24", "dev", "eth0"], check=True)
+        # apart from the libnet overlay (198.51.100.0/25) and the gateway bridges (198.51.100.128/28)
+        bed.run(c, ["ip", "addr", "add", f"198.51.100.{HANDBUILT + i}/28", "dev", "eth0"], check=True)
         bed.run(c, ["ip", "link", "set", "eth0", "up"], check=True)
     return names[0], names[1]
 
@@ -126,7 +131,7 @@ async def libnet_overlay(bed: Testbed, tmp: str):
     for h in bed.hosts:
         cfg = host_config(bed, h, tmp)
         ctls.append(await Controller(cfg).start())
-    await ctls[0].create_network("bench", "overlay", ipv4_subnet="198.51.100.0/24", ipv6_subnet="2001:db8:77::/64")
+    await ctls[0].create_network("bench", "overlay", ipv4_subnet="198.51.100.0/25", ipv6_subnet="2001:db8:77::/64")
     return ctls, (await place_on(ctls, ["bench"]))["bench"]
 
 
@@ -164,7 +169,7 @@ def main() -> dict:
             target = str(ipaddress.ip_interface(ep2.ipv4).ip)
             legs = {
                 "underlay": (h2.ns, h1.ns, h2.ipv4),
-                "handbuilt": (hb2, hb1, "198.51.103.2"),
+                "handbuilt": (hb2, hb1, f"198.51.100.{HANDBUILT + 2}"),
                 "libnet": (c2, c1, target),
             }
             med = iperf_rounds(bed, legs, seconds, rounds)

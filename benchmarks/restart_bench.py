@@ -131,7 +131,7 @@ def bench_etcd(n: int, settle: float) -> dict[str, dict[str, float]]:
         tempfile.TemporaryDirectory(prefix="libnet-restart-") as tmp,
     ):
         agents = start_agents(bed, tmp, etcd.url)
-        subnets = ("--subnet", "198.51.100.0/24", "--subnet6", "2001:db8:16::/64")
+        subnets = ("--subnet", "198.51.100.0/25", "--subnet6", "2001:db8:16::/64")
         r = agents[0].cli("network", "create", "ov", "--driver", "overlay", *subnets)
         if r.returncode != 0:
             raise SystemExit(f"network create failed: {r.stderr}")

@@ -149,9 +149,13 @@ class StoreIpam:
         except KeyExists:  # another host made it first: use theirs
             return (await store.get(key)).value.decode()
 
+    def _v6_specs(self, space: str) -> list[P.PoolSpec]:
+        """The configured IPv6 default pools of ``space`` (none: the store's ULA)."""
+        return (space != LOCAL and self.config.global_v6) or self.config.v6_pools
+
     def _default_specs(self, space: str, v6: bool, ula: str | None) -> list[P.PoolSpec]:
         if v6:
-            return self.config.v6_pools or [P.PoolSpec(ula or "", self.config.v6_size)]
+            return self._v6_specs(space) or [P.PoolSpec(ula or "", self.config.v6_size)]
         return self.config.local_v4 if space == LOCAL else self.config.global_v4
 
     async def request_pool(
@@ -195,7 +199,7 @@ class StoreIpam:
             raise InvalidSubnet("a sub-pool needs an explicit pool", sub_pool=sub_pool)
         sub = None if sub_pool is None or explicit is None else P.parse_range(sub_pool, explicit)
         _check_reservations(explicit, options)
-        ula = await self._ula48(space) if explicit is None and v6 and not self.config.v6_pools else None
+        ula = await self._ula48(space) if explicit is None and v6 and not self._v6_specs(space) else None
         local = space == LOCAL
         routes = P.route_networks(self.config.host_routes()) if local and self.config.host_routes else []
         addrs = list(self.config.host_addresses()) if local and self.config.host_addresses else []
@@ -271,10 +275,11 @@ class StoreIpam:
                 ):
                     return net
         family = "IPv6" if v6 else "IPv4"
+        local = space == LOCAL
+        field = ("v6_pools" if local else "global_v6") if v6 else space + "_v4"
         raise PoolExhausted(
             f"all default {family} pools of the {space} address space are in use: configure more default pools "
-            f"(IpamConfig.{'v6_pools' if v6 else space + '_v4'}, agent option default_pools) or give an explicit "
-            "subnet",
+            f"(IpamConfig.{field}, agent option {'default' if local else 'global'}_pools) or give an explicit subnet",
             space=space,
             pools=", ".join(f"{s.base}/{s.size}" for s in specs),
         )

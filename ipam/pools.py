@@ -43,6 +43,11 @@ class IpamConfig:
 
     ``v6_pools`` empty means: the store's own ULA /48 (RFC 4193, random
     Global ID made once per store and kept there) cut into ``v6_size`` subnets.
+    ``global_v6``: the IPv6 defaults of global (overlay) networks; empty means
+    ``v6_pools``.  The two address spaces live in different stores and never
+    see each other's pools: with one shared list an overlay and a local network
+    (the gateway bridge its containers also join) get the same first subnet, so
+    a cluster host that sets IPv6 pools sets both.
     ``host_routes`` returns the host's routes (CIDRs); local default pools
     that overlap one are skipped, so a network never shadows a real route.
     ``host_addresses`` returns the host's own interface addresses
@@ -53,6 +58,7 @@ class IpamConfig:
     local_v4: list[PoolSpec] = field(default_factory=_docker_local_v4)
     global_v4: list[PoolSpec] = field(default_factory=lambda: [PoolSpec("10.0.0.0/8", 24)])
     v6_pools: list[PoolSpec] = field(default_factory=list)
+    global_v6: list[PoolSpec] = field(default_factory=list)
     v6_size: int = 64
     host_routes: Callable[[], Iterable[str]] | None = None
     host_addresses: Callable[[], Iterable[HostAddress]] | None = None

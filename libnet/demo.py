@@ -149,8 +149,8 @@ class Demo:
             console.print(f"libnet-agent in [bold]{a.host.ns}[/] ({a.host.ipv4}), socket {a.socket}")
         self.libnet("node", "ls")
         console.rule("part 1: a bridge network on one host")
-        self.libnet("network", "create", "demo", "--subnet", "198.51.100.0/24", "--subnet6", "2001:db8:100::/64")
-        self.libnet("network", "create", "elsewhere", "--subnet", "198.51.101.0/24", "--subnet6", "2001:db8:101::/64")
+        self.libnet("network", "create", "demo", "--subnet", "198.51.100.0/26", "--subnet6", "2001:db8:100::/64")
+        self.libnet("network", "create", "elsewhere", "--subnet", "198.51.100.64/26", "--subnet6", "2001:db8:101::/64")
         names = {}
         for name in ("alpha", "bravo", "charlie", "delta"):
             sid = self.libnet("sandbox", "create", "--hostname", name).strip()
@@ -213,7 +213,7 @@ class Demo:
 
     def discovery(self, names: dict[str, str]) -> bool:
         """Names, aliases, AAAA, SRV, PTR; isolation by network; no way out of an internal network."""
-        self.libnet("network", "create", "sealed", "--internal", "--subnet", "198.51.103.0/24", "--no-ipv6")
+        self.libnet("network", "create", "sealed", "--internal", "--subnet", "198.51.100.128/26", "--no-ipv6")
         names["echo"] = self.libnet("sandbox", "create", "--hostname", "echo").strip()
         self.libnet("connect", "sealed", names["echo"][:12])
         self.libnet("connect", "sealed", names["bravo"][:12])
@@ -288,7 +288,7 @@ class Demo:
             "--driver",
             "overlay",
             "--subnet",
-            "198.51.102.0/24",
+            "198.51.100.0/25",  # the hosts' gateway bridges take a /28 of 198.51.100.128/25
             "--subnet6",
             "2001:db8:102::/64",
         )

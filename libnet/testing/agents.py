@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -13,15 +14,26 @@ import time
 from typing import Any
 
 from libnet.testing.hosts import Host, Testbed
+from libnet.testing.pools import agent_toml
 
 CLI = [sys.executable, "-m", "agent.cli"]
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 class AgentProcess:
     """One ``libnet-agent`` in a test host, with its own store, state dir and socket.
 
     ``store``: the store URL (default ``sqlite://<state dir>/store.db``);
-    ``socket``: the API socket (default ``<state dir>/libnet.sock``)."""
+    ``socket``: the API socket (default ``<state dir>/libnet.sock``).
+
+    The agent's default pools are the test ones (:mod:`libnet.testing.pools`,
+    a ``--config`` file of this object's): a ``--config`` in ``extra`` replaces
+    that file (give the pools there too, :func:`libnet.testing.pools.agent_toml`),
+    ``--default-address-pool`` flags replace its ``default_pools``."""
 
     def __init__(
         self,
@@ -43,6 +55,11 @@ class AgentProcess:
         #: libnet.testing.docker), never the machine's /run/docker/plugins
         self.plugin_socket = os.path.join(self.dir, "plugins", "libnet.sock")
         self.proc: subprocess.Popen[bytes] | None = None
+        # outside the state dir: tests remove and replace state dirs
+        fd, self.pools_config = tempfile.mkstemp(prefix=f"libnet-pools-{host.name}-", suffix=".toml")
+        with os.fdopen(fd, "w") as f:
+            f.write(agent_toml())
+        bed.on_close(lambda: _remove(self.pools_config))
         self._serf_record: dict[str, Any] | None = None
         # the Serf agent outlives libnet-agent: stopped by its recorded pid with the test bed
         bed.on_close(self.stop_serf)
@@ -126,6 +143,8 @@ class AgentProcess:
             f"{self.bed.prefix}{self.host.name}-o",
             "--docker-plugin-socket",
             self.plugin_socket,
+            "--config",
+            self.pools_config,
             *self.extra,
             *once,
         ]  # removed with the test bed

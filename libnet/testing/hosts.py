@@ -242,8 +242,10 @@ def wait_until(predicate: Callable[[], object], timeout: float, interval: float 
 def host_config(bed: Testbed, host: Host, state: str, v6_vtep: bool = False) -> Config:
     """A controller configuration for ``host`` of ``bed``: its own store, the
     cluster store shared by all hosts of the bed (one SQLite file), its VTEP,
-    and namespace prefixes under the bed's (so the bed removes them)."""
+    namespace prefixes under the bed's (so the bed removes them), and default
+    pools in the documentation ranges (:mod:`libnet.testing.pools`)."""
     from libnet.config import Config
+    from libnet.testing.pools import ipam_config
 
     return Config(
         store=f"sqlite://{state}/{host.name}.db",
@@ -254,4 +256,5 @@ def host_config(bed: Testbed, host: Host, state: str, v6_vtep: bool = False) -> 
         vtep=host.ipv6 if v6_vtep else host.ipv4,
         sandbox_prefix=f"{bed.prefix}{host.name}-sb-",
         overlay_prefix=f"{bed.prefix}{host.name}-o",
+        ipam=ipam_config(),
     )

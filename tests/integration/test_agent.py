@@ -19,9 +19,11 @@ from libnet.store import open_store
 from libnet.testing.agents import AgentProcess
 from libnet.testing.etcd import EtcdServer, find_etcd
 from libnet.testing.hosts import Testbed
+from libnet.testing.pools import agent_toml
 
 pytestmark = pytest.mark.root
-WIDE_POOLS = 'default_pools = [{base = "198.18.0.0/15", size = 24}]\n'
+#: 50 concurrent creates need 50 default subnets: the /30s of 198.51.100.0/24 (64)
+POOLS = agent_toml(local_v4=("198.51.100.0/24", 30))
 
 
 def ip(cidr: str) -> str:
@@ -61,7 +63,7 @@ def bed():
 
 def _agent(bed: Testbed, tmp_path, host_index: int = 0, *extra: str) -> AgentProcess:
     conf = tmp_path / f"agent{host_index}.toml"
-    conf.write_text(WIDE_POOLS)
+    conf.write_text(POOLS)
     return AgentProcess(
         bed, bed.hosts[host_index], "--config", str(conf), *extra, state_dir=str(tmp_path / f"state{host_index}")
     ).start()

@@ -36,7 +36,6 @@ from libnet.testing.agents import AgentProcess
 from libnet.testing.hosts import Testbed, wait_until
 
 pytestmark = pytest.mark.root
-WIDE_POOLS = 'default_pools = [{base = "198.18.0.0/15", size = 24}]\n'
 V6 = "2001:db8:15::/64"
 
 
@@ -57,9 +56,7 @@ def api(agent: AgentProcess, method: str, url: str) -> tuple[int, dict]:
 
 
 def make_agent(bed: Testbed, tmp_path, name: str, host: int = 0, **kw) -> AgentProcess:
-    conf = tmp_path / f"{name}.toml"
-    conf.write_text(WIDE_POOLS)
-    return AgentProcess(bed, bed.hosts[host], "--config", str(conf), state_dir=str(tmp_path / name), **kw)
+    return AgentProcess(bed, bed.hosts[host], state_dir=str(tmp_path / name), **kw)
 
 
 def instance_of(agent: AgentProcess) -> str:

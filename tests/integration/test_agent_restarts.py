@@ -79,7 +79,7 @@ def test_restarts_outage_and_upgrade_lose_no_packets(bed: Testbed, etcd: EtcdSer
     agents = start_agents(bed, tmp_path, etcd.url)
     h3 = agents[2]
     r = agents[0].cli(
-        "network", "create", "ov", "--driver", "overlay", "--subnet", "198.51.100.0/24", "--subnet6", "2001:db8:16::/64"
+        "network", "create", "ov", "--driver", "overlay", "--subnet", "198.51.100.0/25", "--subnet6", "2001:db8:16::/64"
     )
     assert r.returncode == 0, r.stderr
     (c1, _), (_, ep2), (c3, ep3) = (place(a) for a in agents)
@@ -166,7 +166,7 @@ def test_restarts_outage_and_upgrade_lose_no_packets(bed: Testbed, etcd: EtcdSer
 
 def test_a_host_that_dies_leaves_and_its_addresses_are_reused(bed: Testbed, etcd: EtcdServer, tmp_path) -> None:
     agents = start_agents(bed, tmp_path, etcd.url)
-    r = agents[0].cli("network", "create", "ov", "--driver", "overlay", "--subnet", "198.51.100.0/24")
+    r = agents[0].cli("network", "create", "ov", "--driver", "overlay", "--subnet", "198.51.100.0/25")
     assert r.returncode == 0, r.stderr
     (c1, _), (c2, _), (_, ep3) = (place(a) for a in agents)
     wait_ping(bed, c1, ip(ep3["ipv4"]))

@@ -12,6 +12,7 @@ from libnet import Controller
 from libnet.errors import Conflict
 from libnet.testing.agents import AgentProcess
 from libnet.testing.hosts import Testbed, host_config
+from libnet.testing.pools import agent_flags
 
 pytestmark = pytest.mark.root
 
@@ -19,15 +20,18 @@ pytestmark = pytest.mark.root
 def test_default_pools_next_to_vpn_halves(tmp_path) -> None:
     """A full-tunnel VPN's 0.0.0.0/1 + 128.0.0.0/1 are a default route, not a claim on
     every pool (before: "all default IPv4 pools are in use"); explicit subnets inside
-    the halves work too, and a real route of the host still blocks its subnet."""
+    the halves work too, and a real route of the host still blocks its subnet, also
+    a default pool's (the first default pool lies under the route: the second serves)."""
     with Testbed(1) as bed:
         host = bed.hosts[0]
         for route in ("0.0.0.0/1", "128.0.0.0/1", "198.51.100.128/25"):
             bed.run(host.ns, ["ip", "route", "add", route, "via", "203.0.113.1"], check=True)
-        agent = AgentProcess(bed, host, state_dir=str(tmp_path / "h1")).start()
+        pools = agent_flags(("198.51.100.128/25", 28), ("198.51.100.64/26", 28))
+        agent = AgentProcess(bed, host, *pools, state_dir=str(tmp_path / "h1")).start()
         try:
             r = agent.cli("network", "create", "vpn")
             assert r.returncode == 0, r.stderr
+            assert agent.cli_json("network", "inspect", "vpn")[0]["ipv4_subnet"] == "198.51.100.64/28"
             r = agent.cli("network", "create", "explicit", "--subnet", "198.51.100.0/26")
             assert r.returncode == 0, r.stderr
             r = agent.cli("network", "create", "routed", "--subnet", "198.51.100.192/26")
@@ -51,10 +55,11 @@ async def test_one_sandbox_on_two_networks_with_the_same_subnet(tmp_path) -> Non
         cfg = host_config(bed, bed.hosts[0], str(tmp_path))
         ctl = await Controller(dataclasses.replace(cfg)).start()
         try:
-            await ctl.create_network("ova", "overlay", ipv4_subnet="198.51.100.0/24", ipv6_subnet="2001:db8:a::/64")
-            await ctl.create_network("ovb", "overlay", ipv4_subnet="198.51.100.0/24", ipv6_subnet="2001:db8:b::/64")
-            await ctl.create_network("ovc", "overlay", ipv4_subnet="198.51.100.0/25", ipv6_subnet="2001:db8:c::/64")
-            await ctl.create_network("br", "bridge", ipv4_subnet="198.51.100.0/25", ipv6_subnet="2001:db8:d::/64")
+            # 198.51.100.128/25 is left to the gateway bridge (the test hosts' default pools)
+            await ctl.create_network("ova", "overlay", ipv4_subnet="198.51.100.0/25", ipv6_subnet="2001:db8:a::/64")
+            await ctl.create_network("ovb", "overlay", ipv4_subnet="198.51.100.0/25", ipv6_subnet="2001:db8:b::/64")
+            await ctl.create_network("ovc", "overlay", ipv4_subnet="198.51.100.0/26", ipv6_subnet="2001:db8:c::/64")
+            await ctl.create_network("br", "bridge", ipv4_subnet="198.51.100.0/26", ipv6_subnet="2001:db8:d::/64")
             sb = await ctl.create_sandbox()
             await ctl.connect("ova", sb.id)
             before = sorted(os.listdir("/var/run/netns"))

@@ -14,6 +14,7 @@ from libnet.errors import LibnetError
 from libnet.kernel.netlink import Netlink
 from libnet.ownership import mark
 from libnet.testing.hosts import Testbed
+from libnet.testing.pools import ipam_config
 
 pytestmark = pytest.mark.root
 
@@ -59,6 +60,7 @@ async def ctl(bed: Testbed, tmp_path):
         state_dir=str(tmp_path),
         host_netns=bed.hosts[0].ns,
         sandbox_prefix=bed.prefix + "sb-",
+        ipam=ipam_config(),  # networks without a subnet: documentation ranges
     )
     async with Controller(config) as c:
         yield c

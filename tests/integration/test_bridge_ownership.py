@@ -24,6 +24,7 @@ from libnet.kernel.firewall import Firewall
 from libnet.kernel.netlink import Netlink
 from libnet.ownership import firewall_table, mark
 from libnet.testing.hosts import Testbed
+from libnet.testing.pools import ipam_config
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -111,6 +112,7 @@ def config(bed: Testbed, state: str, tag: str) -> Config:
         state_dir=state,
         host_netns=bed.hosts[0].ns,
         sandbox_prefix=f"{bed.prefix}{tag}-sb-",
+        ipam=ipam_config(),
     )
 
 

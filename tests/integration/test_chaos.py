@@ -271,7 +271,7 @@ def test_random_operations_with_kills_leave_a_consistent_cluster(bed: Testbed, t
             for h in bed.hosts[:3]
         ]
         try:
-            hosts[0].api("POST", "/v1/networks", {"name": "ov", "driver": "overlay", "ipv4_subnet": "198.51.100.0/24"})
+            hosts[0].api("POST", "/v1/networks", {"name": "ov", "driver": "overlay", "ipv4_subnet": "198.51.100.0/25"})
             kills = _storm(hosts, seed)
             assert kills >= MIN_KILLS
             for h in hosts:  # the final restart

@@ -85,9 +85,9 @@ async def controller(bed: Testbed, host, tmp_path, **dns):
 
 async def test_names_on_a_single_host(bed: Testbed, tmp_path) -> None:
     async with controller(bed, bed.hosts[0], tmp_path) as c:
-        await c.create_network("front", "bridge", ipv4_subnet="198.51.100.0/24", ipv6_subnet="2001:db8:1::/64")
-        await c.create_network("legacy", "bridge", ipv4_subnet="198.51.101.0/24", ipv6=False)
-        await c.create_network("other", "bridge", ipv4_subnet="198.51.102.0/24", ipv6=False)
+        await c.create_network("front", "bridge", ipv4_subnet="198.51.100.0/26", ipv6_subnet="2001:db8:1::/64")
+        await c.create_network("legacy", "bridge", ipv4_subnet="198.51.100.64/26", ipv6=False)
+        await c.create_network("other", "bridge", ipv4_subnet="198.51.100.128/26", ipv6=False)
         sbs = {}
         for name, net, extra in (
             ("web1", "front", {"aliases": ["web"], "services": ["http:80/tcp"]}),
@@ -179,7 +179,7 @@ async def test_an_upstream_that_never_answers(bed: Testbed, tmp_path) -> None:
 
 async def test_a_remote_endpoint_on_an_overlay(bed: Testbed, tmp_path) -> None:
     async with controller(bed, bed.hosts[0], tmp_path) as c1, controller(bed, bed.hosts[1], tmp_path) as c2:
-        await c1.create_network("ov", "overlay", ipv4_subnet="198.51.100.0/24", ipv6_subnet="2001:db8:2::/64")
+        await c1.create_network("ov", "overlay", ipv4_subnet="198.51.100.0/25", ipv6_subnet="2001:db8:2::/64")
         local = await c1.create_sandbox(hostname="local")
         await c1.connect("ov", local.id)
         far = await c2.create_sandbox(hostname="far")

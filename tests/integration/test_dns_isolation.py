@@ -65,7 +65,7 @@ def bed(tmp_path):
                     f"--address=/gopher/{GOPHER}",
                     f"--address=/gopher.dev/{GOPHER}",
                     "--address=/ready.example/198.51.100.99",
-                    "--ptr-record=77.101.51.198.in-addr.arpa,upstream-ptr.example",
+                    "--ptr-record=177.100.51.198.in-addr.arpa,upstream-ptr.example",
                 ],
                 stdout=out,
                 stderr=out,
@@ -114,8 +114,8 @@ async def test_an_internal_only_sandbox_never_forwards(bed: Testbed, tmp_path) -
     """Fault 1 (CVE-2024-29018 kind): no query of an internal-only sandbox reaches the upstream."""
     up: Upstream = bed.upstream  # type: ignore[attr-defined]
     async with controller(bed, tmp_path) as c:
-        await c.create_network("sealed", "bridge", ipv4_subnet="198.51.100.0/24", ipv6=False, internal=True)
-        await c.create_network("open", "bridge", ipv4_subnet="198.51.101.0/24", ipv6=False)
+        await c.create_network("sealed", "bridge", ipv4_subnet="198.51.100.0/25", ipv6=False, internal=True)
+        await c.create_network("open", "bridge", ipv4_subnet="198.51.100.128/26", ipv6=False)
         inside = await c.create_sandbox(hostname="inside")
         await c.connect("sealed", inside.id)
         both = await c.create_sandbox(hostname="both")
@@ -126,7 +126,7 @@ async def test_an_internal_only_sandbox_never_forwards(bed: Testbed, tmp_path) -
         for args in ((secret,), (secret, "AAAA"), (secret, "TXT"), (secret, "+tcp"), ("public.example.com",)):
             out = await dig(bed, inside, *args)
             assert status(out) == "REFUSED" and answers(out) == [], out
-        assert status(await dig(bed, inside, "-x", "198.51.101.77")) == "REFUSED"
+        assert status(await dig(bed, inside, "-x", "198.51.100.177")) == "REFUSED"
         assert status(await dig(bed, inside, "single-label")) == "REFUSED"
         # its own network's names still resolve, and unknown ones there are NXDOMAIN
         assert answers(await dig(bed, inside, "both")) == [f"A {(await c.endpoint('both', 'sealed')).ipv4[:-3]}"]
@@ -136,7 +136,7 @@ async def test_an_internal_only_sandbox_never_forwards(bed: Testbed, tmp_path) -
         assert answers(await dig(bed, both, "public.example.com")) == [f"A {PUBLIC}"]
         assert up.asked("public.example.com") >= 1
         assert up.asked(secret) == 0 and not any("leak-" in q for q in up.queries())
-        assert not any("single-label" in q or "77.101.51.198" in q for q in up.queries())
+        assert not any("single-label" in q or "177.100.51.198" in q for q in up.queries())
 
         # leaving the normal network makes it internal-only: refused from then on
         await c.disconnect("open", both.id)
@@ -155,21 +155,21 @@ async def _go_dev(bed: Testbed, c: Controller, sb) -> None:
     assert answers(await dig(bed, sb, "gopher")) == [f"A {GOPHER}"]
     assert answers(await dig(bed, sb, "gopher.dev")) == [f"A {GOPHER}"]
     # nor is the reverse zone of a subnet outside its view
-    assert answers(await dig(bed, sb, "-x", "198.51.101.77")) == ["PTR upstream-ptr.example."]
+    assert answers(await dig(bed, sb, "-x", "198.51.100.177")) == ["PTR upstream-ptr.example."]
 
 
 @pytest.mark.parametrize("join_first", [False, True], ids=["query-then-join", "join-then-query"])
 async def test_a_network_name_hides_no_domain_from_other_sandboxes(bed: Testbed, tmp_path, join_first) -> None:
     """Fault 2: ``go.dev`` from a sandbox not on network ``dev`` goes upstream, before and after a join to ``dev``."""
     async with controller(bed, tmp_path) as c:
-        await c.create_network("other", "bridge", ipv4_subnet="198.51.100.0/24", ipv6=False)
-        await c.create_network("dev", "bridge", ipv4_subnet="198.51.101.0/24", ipv6=False)
+        await c.create_network("other", "bridge", ipv4_subnet="198.51.100.0/25", ipv6=False)
+        await c.create_network("dev", "bridge", ipv4_subnet="198.51.100.128/26", ipv6=False)
         asker = await c.create_sandbox(hostname="asker")
         await c.connect("other", asker.id)
         gopher = await c.create_sandbox(hostname="gopher")
 
         async def join() -> None:
-            await c.connect("dev", gopher.id, ipv4="198.51.101.77")
+            await c.connect("dev", gopher.id, ipv4="198.51.100.177")
 
         if join_first:
             await join()
@@ -178,8 +178,8 @@ async def test_a_network_name_hides_no_domain_from_other_sandboxes(bed: Testbed,
             await join()
             await _go_dev(bed, c, asker)
         # inside ``dev`` the domain is libnet's: its names answer, unknown ones are NXDOMAIN
-        assert answers(await dig(bed, gopher, "gopher.dev")) == ["A 198.51.101.77"]
+        assert answers(await dig(bed, gopher, "gopher.dev")) == ["A 198.51.100.177"]
         assert status(await dig(bed, gopher, "go.dev")) == "NXDOMAIN"
-        assert answers(await dig(bed, gopher, "-x", "198.51.101.77")) == ["PTR gopher.dev."]
+        assert answers(await dig(bed, gopher, "-x", "198.51.100.177")) == ["PTR gopher.dev."]
         # and the asker is unaffected by that
         assert answers(await dig(bed, asker, "go.dev")) == [f"A {GODEV}"]

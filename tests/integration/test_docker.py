@@ -17,6 +17,7 @@ import pytest
 from libnet.testing.agents import AgentProcess
 from libnet.testing.docker import IMAGE, DockerEngine, missing
 from libnet.testing.hosts import Testbed, wait_until
+from libnet.testing.pools import agent_flags
 
 pytestmark = pytest.mark.root
 MISSING = missing()
@@ -333,16 +334,13 @@ def test_overlay_across_two_hosts(tmp_path) -> None:
     with Testbed(3) as bed, EtcdServer(netns=bed.hosts[2].ns, host=bed.hosts[2].ipv4) as etcd:
         key, first = new_key(), bed.hosts[0].ipv4
         # libnet's own gateway bridge (made for the overlay's staging sandboxes): IPv4 from documentation ranges
-        pools = tmp_path / "pools.toml"
-        pools.write_text(
-            'default_pools = [{base = "198.51.100.192/27", size = 28}, {base = "2001:db8:ff::/48", size = 64}]\n'
-        )
+        pools = agent_flags(("198.51.100.192/27", 28))
         engines, agents = [], []
         try:
             for h in bed.hosts[:2]:
                 agent = AgentProcess(
                     bed, h, "--cluster-store", etcd.url, "--advertise", h.ipv4, "--join", first,
-                    "--cluster-key", key, "--config", str(pools), state_dir=str(tmp_path / h.name),
+                    "--cluster-key", key, *pools, state_dir=str(tmp_path / h.name),
                 )  # fmt: skip
                 engine = DockerEngine(bed, h, agent.plugin_socket)
                 engines.append(engine)

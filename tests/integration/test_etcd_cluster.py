@@ -110,7 +110,7 @@ def test_member_and_leader_kills_lose_no_packet_and_no_operation(need_etcd, tmp_
             "--driver",
             "overlay",
             "--subnet",
-            "198.51.100.0/24",
+            "198.51.100.0/25",
             "--subnet6",
             "2001:db8:16::/64",
         )

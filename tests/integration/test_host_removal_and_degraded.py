@@ -49,7 +49,7 @@ def test_node_rm_waits_for_the_grace_period(bed: Testbed, etcd: EtcdServer, tmp_
     agents = cluster.start_agents(bed, str(tmp_path), etcd.url, grace=GRACE)
     try:
         assert (
-            agents[0].cli("network", "create", "ov", "--driver", "overlay", "--subnet", "198.51.100.0/24").returncode
+            agents[0].cli("network", "create", "ov", "--driver", "overlay", "--subnet", "198.51.100.0/25").returncode
             == 0
         )
         (c1, _), _, (_, ep3) = (place(a) for a in agents)
@@ -83,7 +83,7 @@ def test_a_refused_sandbox_rm_stays_refused_after_the_store_returns(bed: Testbed
     agents = cluster.start_agents(bed, str(tmp_path), etcd.url, grace=GRACE)
     try:
         assert (
-            agents[0].cli("network", "create", "ov", "--driver", "overlay", "--subnet", "198.51.100.0/24").returncode
+            agents[0].cli("network", "create", "ov", "--driver", "overlay", "--subnet", "198.51.100.0/25").returncode
             == 0
         )
         (c1, _), _, (c3, ep3) = (place(a) for a in agents)
@@ -113,7 +113,7 @@ def test_a_changed_advertise_address_loses_no_packets(bed: Testbed, etcd: EtcdSe
     agents = cluster.start_agents(bed, str(tmp_path), etcd.url, grace=GRACE)
     try:
         assert (
-            agents[0].cli("network", "create", "ov", "--driver", "overlay", "--subnet", "198.51.100.0/24").returncode
+            agents[0].cli("network", "create", "ov", "--driver", "overlay", "--subnet", "198.51.100.0/25").returncode
             == 0
         )
         (c1, _), _, (_, ep3) = (place(a) for a in agents)

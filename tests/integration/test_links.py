@@ -112,35 +112,36 @@ def test_addresses_and_routes(single: Testbed) -> None:
     with Netlink(host.ns) as nl:
         nl.add_bridge("br1")
         nl.set_up("br1")
-        nl.add_address("br1", "198.51.100.1/24")
+        nl.add_address("br1", "198.51.100.1/25")
         nl.add_address("br1", "2001:db8:1::1/64", nodad=True)
-        assert {"198.51.100.1/24", "2001:db8:1::1/64"} <= set(nl.addresses("br1"))
+        assert {"198.51.100.1/25", "2001:db8:1::1/64"} <= set(nl.addresses("br1"))
         assert "2001:db8:1::1" not in nl.tentative_addresses("br1")
         with pytest.raises(Conflict):
-            nl.add_address("br1", "198.51.100.1/24")
+            nl.add_address("br1", "198.51.100.1/25")
         with pytest.raises(BadRequest):
-            nl.add_address("br1", "198.51.100.300/24")
+            nl.add_address("br1", "198.51.100.300/25")
 
         nl.add_route("default", via="203.0.113.1")
         nl.add_route("default", via="2001:db8:ffff::1")
-        nl.add_route("198.51.101.0/24", via="198.51.100.254")
-        nl.add_route("198.51.102.0/24", dev="br1")
-        nl.add_route("198.51.103.0/24", via="198.18.0.1", dev="br1", onlink=True)
+        nl.add_route("198.51.100.128/28", via="198.51.100.126")
+        nl.add_route("198.51.100.144/28", dev="br1")
+        # the gateway is outside br1's 198.51.100.0/25: only onlink makes the kernel take it
+        nl.add_route("198.51.100.160/28", via="198.51.100.200", dev="br1", onlink=True)
         v4 = {(r.dst, r.via) for r in nl.routes(socket.AF_INET)}
         assert {
             ("default", "203.0.113.1"),
-            ("198.51.101.0/24", "198.51.100.254"),
-            ("198.51.102.0/24", None),
-            ("198.51.103.0/24", "198.18.0.1"),
+            ("198.51.100.128/28", "198.51.100.126"),
+            ("198.51.100.144/28", None),
+            ("198.51.100.160/28", "198.51.100.200"),
         } <= v4
         assert ("default", "2001:db8:ffff::1") in {(r.dst, r.via) for r in nl.routes(socket.AF_INET6)}
-        nl.delete_route("198.51.101.0/24", via="198.51.100.254")
-        nl.delete_route("198.51.101.0/24", via="198.51.100.254")  # gone: success
-        assert "198.51.101.0/24" not in {r.dst for r in nl.routes()}
+        nl.delete_route("198.51.100.128/28", via="198.51.100.126")
+        nl.delete_route("198.51.100.128/28", via="198.51.100.126")  # gone: success
+        assert "198.51.100.128/28" not in {r.dst for r in nl.routes()}
 
-        nl.delete_address("br1", "198.51.100.1/24")
-        nl.delete_address("br1", "198.51.100.1/24")
-        assert "198.51.100.1/24" not in nl.addresses("br1")
+        nl.delete_address("br1", "198.51.100.1/25")
+        nl.delete_address("br1", "198.51.100.1/25")
+        assert "198.51.100.1/25" not in nl.addresses("br1")
 
 
 def test_sysctls_are_per_namespace(single: Testbed) -> None:

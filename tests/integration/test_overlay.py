@@ -76,7 +76,7 @@ async def _all_pairs_reach(bed: Testbed, ctls, network: str) -> list:
 async def test_all_pairs_reach_each_other(bed: Testbed, tmp_path, v6_underlay: bool) -> None:
     async with controllers(bed, tmp_path, v6_underlay) as ctls:
         nw = await ctls[0].create_network(
-            "ov", "overlay", ipv4_subnet="198.51.100.0/24", ipv6_subnet="2001:db8:77::/64"
+            "ov", "overlay", ipv4_subnet="198.51.100.0/25", ipv6_subnet="2001:db8:77::/64"
         )
         assert nw.scope == "global"
         assert (await ctls[2].network("ov")).id == nw.id  # every host sees it through the cluster store
@@ -112,7 +112,7 @@ async def test_a_fresh_ipv6_vtep_answers_the_first_solicitation(bed: Testbed, tm
     with Netlink(h2.ns) as nl:
         assert h2.ipv6 in nl.tentative_addresses("eth0")
     async with controllers(bed, tmp_path, v6_underlay=True) as ctls:
-        await ctls[0].create_network("ov", "overlay", ipv4_subnet="198.51.100.0/24")
+        await ctls[0].create_network("ov", "overlay", ipv4_subnet="198.51.100.0/25")
         sa = await ctls[0].create_sandbox()
         await ctls[0].connect("ov", sa.id)
         sb = await ctls[1].create_sandbox()
@@ -129,7 +129,7 @@ async def test_anti_entropy_repairs_a_missed_event(bed: Testbed, tmp_path) -> No
     """Host 1's watch dies silently (no Serf here either): the endpoint that
     joins on host 2 meanwhile reaches host 1 through the periodic re-read."""
     async with controllers(bed, tmp_path, overlay_anti_entropy=1.0) as ctls:
-        nw = await ctls[0].create_network("ov", "overlay", ipv4_subnet="198.51.100.0/24")
+        nw = await ctls[0].create_network("ov", "overlay", ipv4_subnet="198.51.100.0/25")
         eps = await _all_pairs_reach(bed, ctls, "ov")
         drv = ctls[0].driver("overlay")
         # anti-entropy paused while the miss is set up: under load its 1 s period could
@@ -154,7 +154,7 @@ async def test_anti_entropy_repairs_a_missed_event(bed: Testbed, tmp_path) -> No
 async def test_reconcile_restores_a_deleted_neighbour(bed: Testbed, tmp_path) -> None:
     async with controllers(bed, tmp_path) as ctls:
         nw = await ctls[0].create_network(
-            "ov", "overlay", ipv4_subnet="198.51.100.0/24", ipv6_subnet="2001:db8:77::/64"
+            "ov", "overlay", ipv4_subnet="198.51.100.0/25", ipv6_subnet="2001:db8:77::/64"
         )
         eps = await _all_pairs_reach(bed, ctls, "ov")
         drv = ctls[0].driver("overlay")
@@ -181,7 +181,7 @@ async def test_two_overlays_with_the_same_subnet_are_isolated(bed: Testbed, tmp_
 
     async with controllers(bed, tmp_path) as ctls:
         for name in ("red", "blue"):
-            await ctls[0].create_network(name, "overlay", ipv4_subnet="198.51.100.0/24", ipv6_subnet="2001:db8:77::/64")
+            await ctls[0].create_network(name, "overlay", ipv4_subnet="198.51.100.0/25", ipv6_subnet="2001:db8:77::/64")
         placed = {}
         for name, hosts in (("red", (0, 1)), ("blue", (0, 2))):
             for i in hosts:
@@ -212,7 +212,7 @@ async def test_vxlan_on_the_wire(bed: Testbed, tmp_path) -> None:
 
     async with controllers(bed, tmp_path) as ctls:
         nw = await ctls[0].create_network(
-            "ov", "overlay", ipv4_subnet="198.51.100.0/24", ipv6_subnet="2001:db8:77::/64"
+            "ov", "overlay", ipv4_subnet="198.51.100.0/25", ipv6_subnet="2001:db8:77::/64"
         )
         eps = []
         for c in ctls[:2]:
@@ -250,8 +250,8 @@ async def test_vxlan_on_the_wire(bed: Testbed, tmp_path) -> None:
 
 async def test_overlay_containers_get_out_through_the_gateway_bridge(bed: Testbed, tmp_path) -> None:
     async with controllers(bed, tmp_path) as ctls:
-        await ctls[0].create_network("ov", "overlay", ipv4_subnet="198.51.100.0/24")
-        await ctls[0].create_network("private", "overlay", ipv4_subnet="198.51.101.0/24", internal=True)
+        await ctls[0].create_network("ov", "overlay", ipv4_subnet="198.51.100.0/26")
+        await ctls[0].create_network("private", "overlay", ipv4_subnet="198.51.100.64/26", internal=True)
         c = ctls[0]
         out_sb = await c.create_sandbox()
         ep = await c.connect("ov", out_sb.id)

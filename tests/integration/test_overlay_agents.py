@@ -98,7 +98,7 @@ def test_overlay_across_agents(bed: Testbed, tmp_path, store: str, vtep: int) ->
                 "--driver",
                 "overlay",
                 "--subnet",
-                "198.51.100.0/24",
+                "198.51.100.0/25",
                 "--subnet6",
                 "2001:db8:77::/64",
             )
@@ -112,7 +112,7 @@ def test_overlay_across_agents(bed: Testbed, tmp_path, store: str, vtep: int) ->
             assert f" mtu {bed.mtu - (70 if vtep == 6 else 50)} " in out, out
 
             # a second overlay with the same subnet: its own addresses, isolated from the first
-            r = agents[0].cli("network", "create", "ov2", "--driver", "overlay", "--subnet", "198.51.100.0/24")
+            r = agents[0].cli("network", "create", "ov2", "--driver", "overlay", "--subnet", "198.51.100.0/25")
             assert r.returncode == 0, r.stderr
             other = []
             for a in agents[1:]:
@@ -138,7 +138,7 @@ def test_failed_host_peers_go_and_come_back(bed: Testbed, tmp_path) -> None:
         try:
             assert (
                 agents[0]
-                .cli("network", "create", "ov", "--driver", "overlay", "--subnet", "198.51.100.0/24")
+                .cli("network", "create", "ov", "--driver", "overlay", "--subnet", "198.51.100.0/25")
                 .returncode
                 == 0
             )

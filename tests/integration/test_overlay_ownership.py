@@ -102,7 +102,7 @@ async def test_a_new_vtep_address_rebuilds_vxlan0_and_traffic_resumes(bed: Testb
     new_vtep = "203.0.113.200"
     async with controllers(bed, tmp_path) as ctls:
         nw = await ctls[0].create_network(
-            "ov", "overlay", ipv4_subnet="198.51.100.0/24", ipv6_subnet="2001:db8:78::/64"
+            "ov", "overlay", ipv4_subnet="198.51.100.0/25", ipv6_subnet="2001:db8:78::/64"
         )
         placed = []
         for c in ctls:
@@ -161,7 +161,7 @@ async def test_drifted_devices_are_rebuilt_by_reconcile(bed: Testbed, tmp_path) 
     network's mark is rebuilt (then re-programmed), a lost gateway address
     comes back on ``br0``."""
     async with controllers(bed, tmp_path) as ctls:
-        nw = await ctls[0].create_network("ov", "overlay", ipv4_subnet="198.51.100.0/24")
+        nw = await ctls[0].create_network("ov", "overlay", ipv4_subnet="198.51.100.0/25")
         placed = []
         for c in ctls:
             sb = await c.create_sandbox()
@@ -210,7 +210,7 @@ async def test_a_reused_vni_never_joins_the_live_network(bed3: Testbed, tmp_path
     each other."""
     bed = bed3
     async with controllers(bed, tmp_path) as ctls:
-        old = await ctls[0].create_network("old", "overlay", ipv4_subnet="198.51.100.0/24")
+        old = await ctls[0].create_network("old", "overlay", ipv4_subnet="198.51.100.0/25")
         olds = []
         for c in ctls[:2]:
             sb = await c.create_sandbox()
@@ -230,13 +230,13 @@ async def test_a_reused_vni_never_joins_the_live_network(bed3: Testbed, tmp_path
                 await cluster.delete(kv.key)
         assert await cluster.list(f"{P}/vni/") == []
 
-        auto = await ctls[0].create_network("auto", "overlay", ipv4_subnet="198.51.101.0/24")
+        auto = await ctls[0].create_network("auto", "overlay", ipv4_subnet="198.51.100.128/25")
         assert drv1.vnis.cached(auto.id) != vni  # the first free VNI in the store, but in use here
         with pytest.raises(Conflict) as refused:
-            await ctls[0].create_network("new1", "overlay", ipv4_subnet="198.51.100.0/24", options={"vni": vni})
+            await ctls[0].create_network("new1", "overlay", ipv4_subnet="198.51.100.0/25", options={"vni": vni})
         assert refused.value.ids.get("other_network_id") == old.id
 
-        new = await ctls[2].create_network("new", "overlay", ipv4_subnet="198.51.100.0/24", options={"vni": vni})
+        new = await ctls[2].create_network("new", "overlay", ipv4_subnet="198.51.100.0/25", options={"vni": vni})
         intruder = await ctls[0].create_sandbox()
         with pytest.raises(Conflict) as clash:
             await ctls[0].connect("new", intruder.id, ipv4="198.51.100.77")
@@ -274,7 +274,7 @@ async def test_a_foreign_overlay_named_namespace_is_left_alone(bed: Testbed, tmp
     async with controllers(bed, tmp_path, n=1) as ctls:
         c = ctls[0]
         drv = c.driver("overlay")
-        await c.create_network("ov", "overlay", ipv4_subnet="198.51.100.0/24")
+        await c.create_network("ov", "overlay", ipv4_subnet="198.51.100.0/26")
         sb = await c.create_sandbox()
         await c.connect("ov", sb.id)
         foreign = drv.prefix + "4242"  # under the test bed's prefix: the bed removes it
@@ -293,7 +293,7 @@ async def test_a_foreign_overlay_named_namespace_is_left_alone(bed: Testbed, tmp
         assert not netns.exists(stale) and any(stale in r for r in report.removed), report.removed
         assert drv.ledger.get(stale) is None
 
-        await c.create_network("clash", "overlay", ipv4_subnet="198.51.101.0/24", options={"vni": 4242})
+        await c.create_network("clash", "overlay", ipv4_subnet="198.51.100.64/26", options={"vni": 4242})
         other = await c.create_sandbox()
         with pytest.raises(Conflict) as clash:
             await c.connect("clash", other.id)

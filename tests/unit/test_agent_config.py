@@ -81,6 +81,20 @@ def test_the_shipped_example_loads() -> None:
     assert load(["--config", example], {}).reconcile_interval == 300.0
 
 
+def test_global_pools_v6_are_the_overlays_own(tmp_path) -> None:
+    """IPv6 entries of global_pools were merged into one list with default_pools' (so overlays and
+    local networks both took its first /64); now they are the global space's alone."""
+    f = tmp_path / "agent.toml"
+    f.write_text(
+        'default_pools = [{base = "198.51.100.128/25", size = 28}, {base = "2001:db8:1::/48", size = 64}]\n'
+        'global_pools = [{base = "198.51.100.0/25", size = 28}, {base = "2001:db8:2::/48", size = 64}]\n'
+    )
+    ipam = load(["--config", str(f)], {}).controller_config().ipam
+    assert [p.base for p in ipam.v6_pools] == ["2001:db8:1::/48"]
+    assert [p.base for p in ipam.global_v6] == ["2001:db8:2::/48"]
+    assert [p.base for p in ipam.global_v4] == ["198.51.100.0/25"]
+
+
 def test_default_address_pools_v4_and_v6_from_file_and_flag(tmp_path) -> None:
     """Breaker: IPv6 defaults were not settable (a random ULA /48 in documentation-range test hosts);
     dockerd's --default-address-pool form, IPv4 or IPv6, replaces the file's list."""

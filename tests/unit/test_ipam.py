@@ -55,6 +55,20 @@ async def test_default_pools_local_global_and_v6() -> None:
     assert ipaddress.ip_network((await again.request_pool("local", v6=True)).subnet).subnet_of(ula)
 
 
+async def test_global_networks_take_their_own_v6_defaults() -> None:
+    """An overlay and the gateway bridge its containers join got the same default /64 when IPv6
+    pools were configured (one list for both spaces, each space blind to the other's store)."""
+    own = new(IpamConfig(v6_pools=[PoolSpec("2001:db8:1::/48", 64)], global_v6=[PoolSpec("2001:db8:2::/48", 64)]))
+    assert (await own.request_pool("local", v6=True)).subnet == "2001:db8:1::/64"
+    assert (await own.request_pool("global", v6=True)).subnet == "2001:db8:2::/64"
+    shared = new(IpamConfig(v6_pools=[PoolSpec("2001:db8:1::/48", 64)]))  # no global_v6: v6_pools serves both
+    assert (await shared.request_pool("global", v6=True)).subnet == "2001:db8:1::/64"
+    tiny = new(IpamConfig(global_v6=[PoolSpec("2001:db8:2::/124", 124)]))
+    await tiny.request_pool("global", v6=True)
+    with pytest.raises(PoolExhausted, match=r"IpamConfig\.global_v6, agent option global_pools"):
+        await tiny.request_pool("global", v6=True)
+
+
 async def test_local_defaults_skip_host_routes() -> None:
     ipam = new(IpamConfig(host_routes=lambda: ["0.0.0.0/0", "172.17.5.0/24", "10.0.0.0/24"]))
     assert (await ipam.request_pool("local")).subnet == "172.18.0.0/16"
