@@ -326,6 +326,27 @@ class Tunnel:
                 for key, _, _ in rec.others:
                     await self.store.put(acks_prefix(name) + self.node, key.encode())
 
+    async def repair(self) -> list[str]:
+        """The overlay's anti-entropy for the tunnel (called from the overlay driver's
+        ``repair`` beside its own peers): the guard rule and the route into the tunnel
+        put back, the records' watch restarted if it ended, and every live interface's
+        peers set again from the records -- by difference, so only drift (a peer removed
+        or changed by hand, a lost event) changes anything.  Returns what was repaired."""
+        if self.backend is None or not self._up:
+            return []
+        repaired = []
+        await asyncio.to_thread(self._guard)
+        if not self.rotation_lock.locked():  # a rotation moves the route itself
+            await asyncio.to_thread(self.route_via, self.slots[self.current])
+        if not self._tasks or self._tasks[0].done():
+            ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._tasks[:1] = [asyncio.create_task(self._watch(ready))]
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(ready), 10)
+            repaired.append("wireguard record watch restarted")
+        await self.sync()  # the backends change only what differs, and log nothing when nothing does
+        return repaired
+
     def _set(self, key: str, value: bytes | None) -> bool:
         """Apply one record of the encryption prefix; whether the peers changed."""
         node = key.rsplit("/", 1)[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import os
 import shutil
 import stat
@@ -513,3 +514,31 @@ async def test_keys_rotate_when_they_are_old_enough(monkeypatch, tmp_path) -> No
             await task
         await h1.close()
         await h2.close()
+
+
+async def test_the_overlay_anti_entropy_repairs_the_tunnel(monkeypatch, tmp_path) -> None:
+    """WireGuard peers follow the records like overlay peers, and the same anti-entropy repairs them: drift
+    in the interface's peers, a removed guard rule or route, a watch that ended."""
+    monkeypatch.setattr(keys, "load_or_make", lambda d, slot=0: (KEYS[0], KEYS[1]))
+    kernel, store, log = FakeKernel(), open_store("memory://"), []
+    await store.put(nodes_prefix() + "h2", NodeKey("h2", KEYS[2], "203.0.113.12:51820", "198.51.100.250").encode())
+    tunnel = make_tunnel(kernel, store, log, tmp_path)
+    backend = tunnel.backend
+    assert isinstance(backend, FakeBackend)
+    await tunnel.ensure()
+    try:
+        assert await until(lambda: [p.public_key for p in backend.configs[-1].peers] == [KEYS[2]])
+        backend.configs.append(dataclasses.replace(backend.configs[-1], peers=()))  # a peer removed by hand
+        fw = kernel.firewall(None, firewall_table(INSTANCE))
+        fw.table.groups.pop(GUARD_KEY)  # type: ignore[attr-defined]
+        kernel.namespace(None).prefix_routes.pop("198.51.100.240/28")
+        tunnel._tasks[0].cancel()  # the records' watch ended
+        await asyncio.sleep(0)
+        assert await tunnel.repair() == ["wireguard record watch restarted"]
+        assert [p.public_key for p in backend.configs[-1].peers] == [KEYS[2]]
+        assert GUARD_KEY in fw.table.groups  # type: ignore[attr-defined]
+        assert "198.51.100.240/28" in kernel.namespace(None).prefix_routes
+        await store.put(nodes_prefix() + "h3", NodeKey("h3", KEYS[3], "203.0.113.13:51820", "198.51.100.251").encode())
+        assert await until(lambda: len(backend.configs[-1].peers) == 2)  # the restarted watch follows again
+    finally:
+        await tunnel.close(stop=True)

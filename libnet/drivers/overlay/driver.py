@@ -332,6 +332,11 @@ class OverlayDriver:
         differs from the desired state), re-read its peers, program them, then
         repair neighbour/FDB drift; returns what was repaired."""
         repaired = []
+        if self._tunnel is not None:  # encrypted overlays: the WireGuard side of the same anti-entropy
+            try:
+                repaired += await self._tunnel.repair()
+            except LibnetError as exc:
+                log.warning("wireguard anti-entropy: %s", exc)
         for nid in self.watch.networks():
             try:
                 repaired += await self._verify(nid)
