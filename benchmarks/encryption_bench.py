@@ -147,6 +147,8 @@ def main() -> dict:
             sent, lost = loop.run_until_complete(rotation_loss(bed, ctls[0], e1, enc_target, 1 if args.quick else 2))
         finally:
             for c in ctls:
+                # the tunnels outlive a controller (as an agent's do): this run's go with it
+                loop.run_until_complete(c.driver("overlay").stop_tunnel())  # type: ignore[attr-defined]
                 loop.run_until_complete(c.close())
             loop.close()
     metrics = {

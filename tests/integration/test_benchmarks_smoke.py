@@ -6,6 +6,7 @@ Behaviour only: the numbers are reported by `make bench`, not asserted here.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -94,7 +95,12 @@ def test_overlay_bench_quick() -> None:
 
 @pytest.mark.root
 def test_encryption_bench_quick() -> None:
+    def sockets() -> set[str]:  # wireguard-go's control sockets: one per running interface, machine-wide
+        return set(os.listdir("/var/run/wireguard")) if os.path.isdir("/var/run/wireguard") else set()
+
+    before = sockets()
     r = _run("encryption_bench")
+    assert sockets() <= before, "the run left wireguard-go interfaces behind"  # breaker: two per run leaked
     assert r["metrics"]["encrypted_overlay_gbps"] > 0
     assert r["metrics"]["rotation_sent_packets"] > 0 and r["metrics"]["rotation_lost_packets"] >= 0
     assert r["peers"]["handbuilt_wireguard_gbps"] > 0 and r["peers"]["plain_overlay_gbps"] > 0
