@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -173,14 +174,33 @@ class UserspaceBackend:
             and os.path.exists(os.path.join(SOCKET_DIR, f"{ifname}.sock"))
         )
 
+    @staticmethod
+    def _socket_answers(ifname: str) -> bool:
+        """Whether a process listens on ``ifname``'s control socket (a file left by a killed
+        ``wireguard-go`` refuses connections)."""
+        path = os.path.join(SOCKET_DIR, f"{ifname}.sock")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(1)
+            try:
+                s.connect(path)
+            except OSError:
+                return False
+        return True
+
     def create(self, ifname: str, timeout: float = 10.0) -> None:
-        """Start ``wireguard-go`` for ``ifname`` unless it runs; returns once its socket answers."""
-        if self.alive(ifname):
+        """Start ``wireguard-go`` for ``ifname`` unless it runs; returns once its socket answers.
+        A control socket no process answers on (its ``wireguard-go`` was killed) is removed
+        first: ``wg`` would talk to it, not to the new process."""
+        if self.alive(ifname) and self._socket_answers(ifname):
             return
         exe = shutil.which("wireguard-go")
         if exe is None:
             raise Unavailable("wireguard-go is missing: install the wireguard-go package", ifname=ifname)
         self.delete(ifname)  # a recorded one that lost its interface
+        stale = os.path.join(SOCKET_DIR, f"{ifname}.sock")
+        if os.path.exists(stale) and not self._socket_answers(ifname):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stale)
         argv = [exe, "-f", ifname]
         path = _netns_path(self.host_ns)
         if path is not None:
@@ -195,7 +215,7 @@ class UserspaceBackend:
             json.dump({"pid": proc.pid, "ifname": ifname}, f)
         os.replace(tmp, self.record(ifname))
         deadline = time.monotonic() + timeout
-        while not self.alive(ifname):
+        while not (self.alive(ifname) and self._socket_answers(ifname)):
             if ifname not in self._procs or time.monotonic() > deadline:
                 self.delete(ifname)
                 raise Unavailable(f"wireguard-go did not bring up {ifname}", ifname=ifname)

@@ -314,3 +314,31 @@ def test_encrypted_overlay_on_an_ipv6_underlay(tmp_path) -> None:
         assert peers == [bed.hosts[1].name]
         for agent in agents:
             agent.stop()
+
+
+def test_wireguard_go_killed_while_the_agent_is_down(tmp_path) -> None:
+    """Breaker: kill -9 of wireguard-go left its control socket behind; the next agent took that file for
+    the new process, configured nothing, and traffic stayed down until a reconcile (300 s by default).
+    Now the stale socket is removed and the new process's own is awaited: back within seconds."""
+    if not all(os.path.exists(p) for p in ("/usr/bin/wireguard-go", "/usr/bin/wg")):
+        pytest.skip("wireguard-go/wg missing: run scripts/install-system-deps")
+    with Testbed(2) as bed:
+        agents = start_agents(
+            bed, str(tmp_path), f"sqlite://{tmp_path}/cluster.db", hosts=bed.hosts[:2],
+            extra=("--encryption-range", TUNNEL_RANGE),
+        )  # fmt: skip
+        r = agents[0].cli("network", "create", "sec", "--driver", "overlay", "-o", "encrypted", "--subnet",
+                          "198.51.100.0/25", "--subnet6", "2001:db8:77::/64")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        (a, _), (_b, ep) = place(agents[0], "sec"), place(agents[1], "sec")
+        wait_ping(bed, a, ip(ep["ipv4"]))
+        for stop in (agents[1].stop, agents[1].kill):
+            wg = agents[1].wireguard_pid()
+            assert wg is not None
+            stop()
+            os.kill(wg, signal.SIGKILL)
+            time.sleep(0.5)
+            agents[1].start()
+            assert wait_until(lambda: bed.ping(a, ip(ep["ipv4"]), wait=1), 15), stop
+        for agent in agents:
+            agent.stop()
