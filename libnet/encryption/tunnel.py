@@ -252,6 +252,27 @@ class Tunnel:
         finally:
             fw.close()
 
+    def guard_vni(self, vni: int, port: int) -> None:
+        """Let VXLAN of encrypted network ``vni`` in only through the WireGuard devices
+        (:func:`libnet.kernel.firewall.encrypted_vni_rules`); before its device exists."""
+        from libnet.ownership import firewall_table
+
+        fw = self.kernel.firewall(self.host_ns, firewall_table(self.instance))
+        try:
+            fw.add(f"{GUARD_KEY}:vni:{vni}", firewall.encrypted_vni_rules(vni, port, [s.ifname for s in self.slots]))
+        finally:
+            fw.close()
+
+    def unguard_vni(self, vni: int) -> None:
+        """The encrypted network ``vni`` is no longer served here (its device is gone)."""
+        from libnet.ownership import firewall_table
+
+        fw = self.kernel.firewall(self.host_ns, firewall_table(self.instance))
+        try:
+            fw.remove(f"{GUARD_KEY}:vni:{vni}")
+        finally:
+            fw.close()
+
     def mtu(self) -> int:
         """The WireGuard interface's MTU: the underlay's minus WireGuard's overhead."""
         return self.underlay_mtu() - wireguard_overhead(self.vtep)

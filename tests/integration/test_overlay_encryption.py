@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import threading
 import time
 from typing import Any
@@ -340,5 +341,52 @@ def test_wireguard_go_killed_while_the_agent_is_down(tmp_path) -> None:
             time.sleep(0.5)
             agents[1].start()
             assert wait_until(lambda: bed.ping(a, ip(ep["ipv4"]), wait=1), 15), stop
+        for agent in agents:
+            agent.stop()
+
+
+def test_clear_vxlan_from_the_underlay_never_enters(tmp_path) -> None:
+    """Breaker: every VXLAN device shares one wildcard UDP socket sorted only by VNI, so anyone on the underlay
+    (a revoked host too) could send clear VXLAN with an encrypted network's VNI into its containers.  Only
+    what comes out of WireGuard enters; the encrypted traffic itself still flows."""
+    import socket
+
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.layers.vxlan import VXLAN
+
+    if not all(os.path.exists(p) for p in ("/usr/bin/wireguard-go", "/usr/bin/wg")):
+        pytest.skip("wireguard-go/wg missing: run scripts/install-system-deps")
+    with Testbed(2) as bed:
+        agents = start_agents(
+            bed, str(tmp_path), f"sqlite://{tmp_path}/cluster.db", hosts=bed.hosts[:2],
+            extra=("--encryption-range", TUNNEL_RANGE),
+        )  # fmt: skip
+        r = agents[0].cli("network", "create", "sec", "--driver", "overlay", "-o", "encrypted", "--subnet",
+                          "198.51.100.0/25", "--subnet6", "2001:db8:77::/64")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        (a, _), (victim, ep) = place(agents[0], "sec"), place(agents[1], "sec")
+        wait_ping(bed, a, ip(ep["ipv4"]))
+        vni, target = vni_of(agents[0], "sec"), ip(ep["ipv4"])
+        mac = bed.run(victim, ["cat", "/sys/class/net/eth0/address"]).stdout.strip()
+        listen = (
+            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', 9999))\n"
+            "s.settimeout(6)\ntry:\n    print('GOT', s.recvfrom(2000)[0], flush=True)\nexcept OSError:\n"
+            "    print('NONE', flush=True)\n"
+        )
+        listener = bed.spawn(victim, ["python3", "-c", listen], stdout=subprocess.PIPE, text=True)
+        time.sleep(1)
+        inner = Ether(dst=mac) / IP(src="198.51.100.99", dst=target) / UDP(sport=1234, dport=9999) / b"INJECTED"
+        payload = bytes(VXLAN(vni=vni, flags=0x08) / inner)
+
+        def send() -> None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                for _ in range(5):
+                    s.sendto(payload, (bed.hosts[1].ipv4, 4789))
+
+        netns.run_in(bed.hosts[0].ns, send)  # from another host's underlay, no WireGuard
+        out, _ = listener.communicate(timeout=20)
+        assert "NONE" in out and "INJECTED" not in out, out
+        wait_ping(bed, a, target)  # the encrypted path still delivers
         for agent in agents:
             agent.stop()

@@ -102,6 +102,7 @@ from libnet.encryption.records import NodeKey
 from libnet.encryption.tunnel import Tunnel, forget, revoke
 from libnet.errors import BadRequest, Conflict, InvalidOption, KeyModified, KeyNotFound, LibnetError, Unavailable
 from libnet.kernel.api import Kernel
+from libnet.kernel.netlink import VXLAN_PORT
 from libnet.ownership import NamespaceLedger
 from libnet.store.base import Store
 from libnet.validation import check_int
@@ -412,6 +413,8 @@ class OverlayDriver:
         vni = await self.vnis.get(store, nw.id)
         ns = self.ns_name(vni)
         vtep = await self._vtep_of(nw)  # on encrypted networks: never before the tunnel (and its guard) is up
+        if nw.options.get("encrypted"):  # and its VXLAN comes in only out of WireGuard: before the device exists
+            await asyncio.to_thread(self.tunnel().guard_vni, vni, VXLAN_PORT)
         async with self._locks.setdefault(nw.id, asyncio.Lock()):
             if not self.watch.watching(nw.id):
                 done = await asyncio.to_thread(self.plumbing.build, nw, vni, ns, vtep, _device_local(nw, vtep))
@@ -431,6 +434,8 @@ class OverlayDriver:
         if nw is None or vni is None or not self.vtep:
             return []
         vtep = await self._vtep_of(nw)
+        if nw.options.get("encrypted"):
+            await asyncio.to_thread(self.tunnel().guard_vni, vni, VXLAN_PORT)
         async with self._locks.setdefault(network_id, asyncio.Lock()):
             if not self.watch.watching(network_id):
                 return []
@@ -456,6 +461,8 @@ class OverlayDriver:
             vni = self.vnis.cached(network_id)
             if vni is not None:
                 await asyncio.to_thread(self.plumbing.remove_namespace, self.ns_name(vni), network_id)
+                if self._tunnel is not None:  # its device is gone: so is its entry guard
+                    await asyncio.to_thread(self._tunnel.unguard_vni, vni)
 
     # --- endpoints ------------------------------------------------------------
 
