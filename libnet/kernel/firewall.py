@@ -126,16 +126,22 @@ def tunnel_guard_rules(tunnel_range: str, wg_ifnames: list[str]) -> list[tuple[s
 
 
 def encrypted_vni_rules(vni: int, port: int, wg_ifnames: list[str]) -> list[tuple[str, list[dict[str, Any]]]]:
-    """Drop VXLAN of ``vni`` (UDP ``port``) that did not come out of one of the WireGuard
-    devices ``wg_ifnames``: every VXLAN device of a namespace shares one wildcard socket,
+    """Drop VXLAN of ``vni`` (UDP ``port``) that did not come out of, or would not go into,
+    one of the WireGuard devices ``wg_ifnames``: every VXLAN device of a namespace shares one wildcard socket,
     sorted only by VNI, so without this an encrypted overlay would take clear VXLAN from
     anyone on the underlay (a revoked host too; the kind of CVE-2023-28840).  The VNI is
     the 24 bits after the VXLAN flags and reserved field (RFC 7348 s.5)."""
     udp = {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "udp"}}
     dport = {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": port}}
     iif = {"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": {"set": list(wg_ifnames)}}}
+    oif = {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": {"set": [*wg_ifnames, "lo"]}}}
     vni_is = {"match": {"op": "==", "left": {"payload": {"base": "th", "offset": 96, "len": 24}}, "right": vni}}
-    return [("input", [udp, dport, iif, vni_is, {"drop": None}])]
+    return [
+        ("input", [udp, dport, iif, vni_is, {"drop": None}]),
+        # and out: whatever its destination (a peer's tunnel address outside this host's range, e.g. a
+        # host configured with another encryption_range), never other than through WireGuard
+        ("egress", [udp, dport, oif, vni_is, {"drop": None}]),
+    ]
 
 
 PROTOCOLS = ("tcp", "udp")

@@ -357,7 +357,7 @@ def test_clear_vxlan_from_the_underlay_never_enters(tmp_path) -> None:
 
     if not all(os.path.exists(p) for p in ("/usr/bin/wireguard-go", "/usr/bin/wg")):
         pytest.skip("wireguard-go/wg missing: run scripts/install-system-deps")
-    with Testbed(2) as bed:
+    with Testbed(3) as bed:  # h3: a machine on the underlay without libnet (its own egress guard would drop it)
         agents = start_agents(
             bed, str(tmp_path), f"sqlite://{tmp_path}/cluster.db", hosts=bed.hosts[:2],
             extra=("--encryption-range", TUNNEL_RANGE),
@@ -384,7 +384,7 @@ def test_clear_vxlan_from_the_underlay_never_enters(tmp_path) -> None:
                 for _ in range(5):
                     s.sendto(payload, (bed.hosts[1].ipv4, 4789))
 
-        netns.run_in(bed.hosts[0].ns, send)  # from another host's underlay, no WireGuard
+        netns.run_in(bed.hosts[2].ns, send)  # from the underlay, no WireGuard
         out, _ = listener.communicate(timeout=20)
         assert "NONE" in out and "INJECTED" not in out, out
         wait_ping(bed, a, target)  # the encrypted path still delivers

@@ -542,3 +542,19 @@ async def test_the_overlay_anti_entropy_repairs_the_tunnel(monkeypatch, tmp_path
         assert await until(lambda: len(backend.configs[-1].peers) == 2)  # the restarted watch follows again
     finally:
         await tunnel.close(stop=True)
+
+
+def test_an_encrypted_vni_enters_and_leaves_only_through_wireguard() -> None:
+    """Breaker: clear VXLAN of an encrypted VNI came in from the underlay, and went out in clear to a peer
+    whose tunnel address lay outside this host's range (another encryption_range): one rule each way."""
+    rules = dict(firewall.encrypted_vni_rules(256, 4789, ["lnwa", "lnwab"]))
+    assert set(rules) == {"input", "egress"}
+    for chain, key in (("input", "iifname"), ("egress", "oifname")):
+        exprs = rules[chain]
+        assert exprs[-1] == {"drop": None}
+        names = next(
+            e["match"]["right"]["set"] for e in exprs if e.get("match", {}).get("left") == {"meta": {"key": key}}
+        )
+        assert {"lnwa", "lnwab"} <= set(names)
+        vni = next(e["match"] for e in exprs if "base" in e.get("match", {}).get("left", {}).get("payload", {}))
+        assert vni["left"]["payload"] == {"base": "th", "offset": 96, "len": 24} and vni["right"] == 256
