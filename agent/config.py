@@ -99,6 +99,14 @@ class AgentConfig:
                 raise BadRequest(f"{name} must be a positive number of seconds", **{name: str(getattr(self, name))})
         if not float(self.encryption_rotation) >= 0:
             raise BadRequest("encryption_rotation must be 0 (never) or a positive number of seconds")
+        from libnet.encryption.records import tunnel_range
+
+        tunnel_range(self.encryption_range)  # a bad one is refused at start, not at the first encrypted network
+        if not 1 <= int(self.encryption_port) <= 65534:  # a key rotation listens on the next port too
+            raise BadRequest(
+                "encryption_port must be 1-65534 (a key rotation uses the next port as well)",
+                encryption_port=str(self.encryption_port),
+            )
         if self.adopt and self.purge:
             raise BadRequest("--adopt and --purge exclude each other: rebuild the store, or remove everything")
         if self.cluster_mode and not self.advertise:

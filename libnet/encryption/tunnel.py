@@ -68,7 +68,7 @@ from libnet.encryption.records import (
     slot_owner,
     tunnel_range,
 )
-from libnet.errors import LibnetError, Unavailable
+from libnet.errors import BadRequest, LibnetError, Unavailable
 from libnet.kernel import firewall
 from libnet.kernel.api import Kernel
 from libnet.store.base import Store
@@ -223,6 +223,7 @@ class Tunnel:
             if self._up and self.address is not None:
                 return self.address
             backend = self.need_backend()
+            await asyncio.to_thread(self._check_range)
             await asyncio.to_thread(self._guard)
             self.current = await asyncio.to_thread(self._read_current)
             slot, other = self.slots[self.current], self.slots[1 - self.current]
@@ -242,6 +243,22 @@ class Tunnel:
             self._up = True
             log.info("wireguard tunnel %s up (%s, %s): %s", slot.ifname, backend.name, self.reason, slot.address)
             return slot.address
+
+    def _check_range(self) -> None:
+        """The tunnel range must hold no address of this host but the tunnel's own: the route and
+        guard into the range would cut the host off (e.g. a range over the underlay)."""
+        net = tunnel_range(self.range)
+        with self.kernel.netlink(self.host_ns) as nl:
+            mine = {c for s in self.slots if nl.has_link(s.ifname) for c in nl.addresses(s.ifname)}
+            for cidr in nl.addresses():
+                addr = ipaddress.ip_interface(cidr.split("%", 1)[0]).ip
+                if cidr not in mine and addr.version == net.version and addr in net:
+                    raise BadRequest(
+                        f"encryption range {self.range} holds {addr}, an address of this host: the tunnel's "
+                        "route and guard would cut it off; choose a range of its own (--encryption-range)",
+                        range=self.range,
+                        address=str(addr),
+                    )
 
     def _guard(self) -> None:
         from libnet.ownership import firewall_table

@@ -127,3 +127,13 @@ def test_encryption_settings_reach_the_library() -> None:
     assert load([], {}).controller_config().encryption_rotation == 12 * 3600.0
     with pytest.raises(BadRequest, match="encryption_rotation"):
         load(["--encryption-rotation", "-1"], {})
+
+
+def test_bad_encryption_settings_are_refused_at_start() -> None:
+    """Breaker: a garbage range was accepted and made `agent status` fail for ever; port 65535 made a
+    rotation listen on 65536."""
+    with pytest.raises(BadRequest, match="invalid encryption range"):
+        load(["--encryption-range", "not-a-range"], {})
+    with pytest.raises(BadRequest, match="encryption_port must be 1-65534"):
+        load(["--encryption-port", "65535"], {})
+    assert load(["--encryption-port", "65534"], {}).encryption_port == 65534
