@@ -166,6 +166,7 @@ class Controller:
         drivers: Mapping[str, Driver] | None = None,
         namespaces: Namespaces | None = None,
         dns: EmbeddedDns | None = None,
+        proxy_plane: ProxyPlane | None = None,
     ) -> Controller:
         """A started controller (see the class docstring)."""
         ctl = cls(
@@ -176,6 +177,7 @@ class Controller:
             drivers=drivers,
             namespaces=namespaces,
             dns=dns,
+            proxy_plane=proxy_plane,
         )
         return await ctl.start()
 

@@ -137,6 +137,9 @@ class Proxies:
         self._applied: dict[str, ProxyTable] = {}
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: whether this host may have proxies (None: not known).  Only this host's controller makes
+        #: them, so once a read found none, joins and leaves skip the store until a create or reconcile
+        self._maybe_local: bool | None = None
 
     # --- create, list, delete -------------------------------------------------------
 
@@ -167,6 +170,7 @@ class Proxies:
             creating=self.instance,
         )
         store = self.repo.store(scope)
+        self._maybe_local = True
         async with Rollback() as undo:
             await self.repo.reserve_name(store, self.repo.proxy_name_key(name), px.id, "proxy", name, self.instance)
             undo.push(lambda: store.delete(self.repo.proxy_name_key(name)), "free proxy name")
@@ -243,6 +247,8 @@ class Proxies:
 
     async def owns_sandbox(self, sandbox_id: str) -> Proxy | None:
         """The proxy whose sandbox this is, if any."""
+        if self._maybe_local is False:
+            return None
         try:
             px = await self.repo.proxy(sandbox_id)
         except NotFound:
@@ -313,11 +319,17 @@ class Proxies:
         """Follow a change of ``network_id``'s endpoints (every network: None):
         reprogram this host's ready proxies whose backends are there.  Failures are
         logged, never raised: the caller's join or leave went through."""
+        if self._maybe_local is False:
+            return  # none here: no store read on every join and leave
         try:
             proxies = await self.repo.proxies()
         except LibnetError as exc:
             log.warning("proxies not refreshed: %s", exc)
             return
+        if any(px.node == self.node for px in proxies):
+            self._maybe_local = True
+        elif self._maybe_local is None:  # not True: a create that began meanwhile set it
+            self._maybe_local = False
         for px in proxies:
             if px.node != self.node or px.creating or px.removing:
                 continue
@@ -365,6 +377,7 @@ class Proxies:
         """This instance's unfinished creates are rolled back, removes rolled forward;
         this host's proxies get their table again (whole, in one transaction), and
         one whose sandbox or legs are gone is built again."""
+        self._maybe_local = None  # the store may have been replaced (adopt, purge): read it again
         for px in await self.repo.proxies():
             try:
                 await self._reconcile_one(px, report)

@@ -317,22 +317,29 @@ def test_encrypted_overlay_on_an_ipv6_underlay(tmp_path) -> None:
             agent.stop()
 
 
+def _two_on_an_encrypted_overlay(bed: Testbed, tmp_path: Any) -> tuple[list[AgentProcess], Any, Any]:
+    """Agents on the bed's first two hosts (encryption range TUNNEL_RANGE), the encrypted overlay ``sec``
+    and a container on each, the first reaching the second: (agents, (ns, endpoint) of each)."""
+    if not all(os.path.exists(p) for p in ("/usr/bin/wireguard-go", "/usr/bin/wg")):
+        pytest.skip("wireguard-go/wg missing: run scripts/install-system-deps")
+    agents = start_agents(
+        bed, str(tmp_path), f"sqlite://{tmp_path}/cluster.db", hosts=bed.hosts[:2],
+        extra=("--encryption-range", TUNNEL_RANGE),
+    )  # fmt: skip
+    r = agents[0].cli("network", "create", "sec", "--driver", "overlay", "-o", "encrypted", "--subnet",
+                      "198.51.100.0/25", "--subnet6", "2001:db8:77::/64")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    first, second = place(agents[0], "sec"), place(agents[1], "sec")
+    wait_ping(bed, first[0], ip(second[1]["ipv4"]))
+    return agents, first, second
+
+
 def test_wireguard_go_killed_while_the_agent_is_down(tmp_path) -> None:
     """Breaker: kill -9 of wireguard-go left its control socket behind; the next agent took that file for
     the new process, configured nothing, and traffic stayed down until a reconcile (300 s by default).
     Now the stale socket is removed and the new process's own is awaited: back within seconds."""
-    if not all(os.path.exists(p) for p in ("/usr/bin/wireguard-go", "/usr/bin/wg")):
-        pytest.skip("wireguard-go/wg missing: run scripts/install-system-deps")
     with Testbed(2) as bed:
-        agents = start_agents(
-            bed, str(tmp_path), f"sqlite://{tmp_path}/cluster.db", hosts=bed.hosts[:2],
-            extra=("--encryption-range", TUNNEL_RANGE),
-        )  # fmt: skip
-        r = agents[0].cli("network", "create", "sec", "--driver", "overlay", "-o", "encrypted", "--subnet",
-                          "198.51.100.0/25", "--subnet6", "2001:db8:77::/64")  # fmt: skip
-        assert r.returncode == 0, r.stderr
-        (a, _), (_b, ep) = place(agents[0], "sec"), place(agents[1], "sec")
-        wait_ping(bed, a, ip(ep["ipv4"]))
+        agents, (a, _), (_b, ep) = _two_on_an_encrypted_overlay(bed, tmp_path)
         for stop in (agents[1].stop, agents[1].kill):
             wg = agents[1].wireguard_pid()
             assert wg is not None
@@ -355,18 +362,8 @@ def test_clear_vxlan_from_the_underlay_never_enters(tmp_path) -> None:
     from scapy.layers.l2 import Ether
     from scapy.layers.vxlan import VXLAN
 
-    if not all(os.path.exists(p) for p in ("/usr/bin/wireguard-go", "/usr/bin/wg")):
-        pytest.skip("wireguard-go/wg missing: run scripts/install-system-deps")
     with Testbed(3) as bed:  # h3: a machine on the underlay without libnet (its own egress guard would drop it)
-        agents = start_agents(
-            bed, str(tmp_path), f"sqlite://{tmp_path}/cluster.db", hosts=bed.hosts[:2],
-            extra=("--encryption-range", TUNNEL_RANGE),
-        )  # fmt: skip
-        r = agents[0].cli("network", "create", "sec", "--driver", "overlay", "-o", "encrypted", "--subnet",
-                          "198.51.100.0/25", "--subnet6", "2001:db8:77::/64")  # fmt: skip
-        assert r.returncode == 0, r.stderr
-        (a, _), (victim, ep) = place(agents[0], "sec"), place(agents[1], "sec")
-        wait_ping(bed, a, ip(ep["ipv4"]))
+        agents, (a, _), (victim, ep) = _two_on_an_encrypted_overlay(bed, tmp_path)
         vni, target = vni_of(agents[0], "sec"), ip(ep["ipv4"])
         mac = bed.run(victim, ["cat", "/sys/class/net/eth0/address"]).stdout.strip()
         listen = (
