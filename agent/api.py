@@ -369,9 +369,7 @@ def make_app(state: AgentState) -> web.Application:
         force = request.query.get("force", "0")
         if force not in ("0", "1", "true", "false"):
             raise BadRequest("force must be 1 or 0", force=force)
-        if ep.sandbox_id and force in ("1", "true"):
-            await ctl.leave(ep.id)  # unplug it from its sandbox first
-        await ctl.delete_endpoint(ep.id)
+        await ctl.delete_endpoint(ep.id, force=force in ("1", "true"))  # force: unplugged from its sandbox first
         return web.Response(status=204)
 
     async def sandboxes(request: web.Request) -> web.Response:

@@ -28,6 +28,7 @@ from libnet.errors import (
     NotANamespace,
     NotFound,
     PoolOverlap,
+    ProxyInUse,
     Unavailable,
 )
 
@@ -91,6 +92,7 @@ __all__ = [
     "PoolOverlap",
     "PortMapping",
     "Proxy",
+    "ProxyInUse",
     "Sandbox",
     "SyncController",
     "Unavailable",

@@ -46,6 +46,7 @@ from libnet.errors import (
     NotANamespace,
     NotFound,
     PoolOverlap,
+    ProxyInUse,
 )
 from libnet.gate import OperationGate, operation
 from libnet.gateway import GatewayPolicy
@@ -432,6 +433,15 @@ class Controller:
         The network is marked as being deleted by this instance first, so a
         crash part way is finished by the next reconcile (rolled forward)."""
         nw = await self.repo.network(ref)
+        users = [px for px in await self._proxies.all() if nw.id in (px.source, px.target)]
+        if users:
+            names = ", ".join(px.name for px in users)
+            raise ProxyInUse(
+                f"network {nw.name} is used by proxy {names}; remove the proxy first (libnet proxy rm NAME)",
+                network_id=nw.id,
+                proxy_id=users[0].id,
+                proxy=names,
+            )
         eps = await self.repo.endpoints(nw.id)
         if eps:
             names = ", ".join(f"{e.name} ({e.id[:12]})" for e in eps)
@@ -485,10 +495,13 @@ class Controller:
         services: Iterable[str] = (),
         ports: Iterable[PortMapping | dict[str, Any]] = (),
         connecting: bool = False,
+        proxy: str = "",
+        dns: bool = True,
     ) -> Endpoint:
         """:meth:`create_endpoint`; ``connecting``: made by ``connect`` (or the gateway
         bridge policy) for a join that follows -- a crash before the join completes
-        leaves an endpoint the next reconcile deletes."""
+        leaves an endpoint the next reconcile deletes.  ``proxy``: the id of the proxy
+        whose leg it is; ``dns``: whether its names are published."""
         check_name(name, "endpoint")
         alias_list = [check_name(a, "alias") for a in aliases]
         if isinstance(services, str):
@@ -516,6 +529,8 @@ class Controller:
             node=self.config.node_name,
             created=time.time(),
             instance=self.instance,
+            proxy=proxy,
+            dns=dns,
         )
         async with Rollback() as undo:
             key = self.repo.endpoint_name_key(nw.id, name)
@@ -554,12 +569,50 @@ class Controller:
     @operation
     async def delete_endpoint(self, ref: str, network: str | None = None, *, force: bool = False) -> None:
         """Delete an endpoint that is not joined (``Conflict`` otherwise; ``force``
-        leaves its sandbox first).
+        leaves its sandbox first).  A proxy's leg is refused (``ProxyInUse``):
+        ``delete_proxy`` removes it.
 
         Marked as being deleted by this instance first, so a crash part way is
         finished by the next reconcile; addresses are released only while the
         endpoint still holds them."""
         ep = await self.endpoint(ref, network)
+        await self._refuse_proxy_leg(ep)
+        await self._delete_endpoint(ep, force=force)
+
+    async def _refuse_proxy_leg(self, ep: Endpoint) -> None:
+        """``ProxyInUse`` if ``ep`` is a working proxy's leg (by its record, or as an
+        endpoint joined to a proxy's sandbox: legs stored before they carried ``proxy``)."""
+        if ep.removing == self.instance:  # libnet's own removal under way (a reconcile finishing it)
+            return
+        px = await self._proxies.owns_endpoint(ep)
+        if px is not None and not px.creating and not px.removing:
+            raise ProxyInUse(
+                f"endpoint {ep.name} ({ep.id[:12]}) is a leg of proxy {px.name}; remove the proxy instead "
+                f"(libnet proxy rm {px.name})",
+                endpoint_id=ep.id,
+                proxy_id=px.id,
+                proxy=px.name,
+            )
+
+    async def delete_proxy_leg(self, endpoint_id: str) -> None:
+        """Delete a proxy's leg, joined or not (:mod:`libnet.proxies` only: its teardown
+        and rebuild; everyone else goes through :meth:`delete_proxy`)."""
+        await self._delete_endpoint(await self.repo.endpoint(endpoint_id), force=True)
+
+    async def create_proxy_leg(
+        self,
+        network: str,
+        name: str,
+        proxy: str,
+        *,
+        dns: bool,
+        aliases: Iterable[str] = (),
+        services: Iterable[str] = (),
+    ) -> Endpoint:
+        """An endpoint that is proxy ``proxy``'s leg on ``network`` (:mod:`libnet.proxies` only)."""
+        return await self._create_endpoint(network, name, aliases=aliases, services=services, proxy=proxy, dns=dns)
+
+    async def _delete_endpoint(self, ep: Endpoint, *, force: bool) -> None:
         if ep.sandbox_id and force:
             await self.leave(ep.id)
             ep = await self.repo.endpoint(ep.id)
@@ -594,7 +647,7 @@ class Controller:
                 continue
             if ep.sandbox_id:  # its sandbox was on the dead host: nothing here to leave
                 ep = await self.repo.update_endpoint(ep, unjoined)
-            await self.delete_endpoint(ep.id)
+            await self._delete_endpoint(ep, force=False)  # a leg of its proxies too
             gone.append(ep.id)
         await self._proxies.forget_node(node)
         return gone
@@ -672,7 +725,12 @@ class Controller:
         """``Conflict`` if the sandbox is a working proxy's: only ``delete_proxy`` takes it apart."""
         px = await self._proxies.owns_sandbox(sandbox_id)
         if px is not None and not px.creating and not px.removing:
-            raise Conflict(f"sandbox {sandbox_id[:12]} is proxy {px.name}'s; remove the proxy instead", proxy_id=px.id)
+            raise ProxyInUse(
+                f"sandbox {sandbox_id[:12]} is proxy {px.name}'s; remove the proxy instead (libnet proxy rm {px.name})",
+                sandbox_id=sandbox_id,
+                proxy_id=px.id,
+                proxy=px.name,
+            )
 
     async def remove_sandbox(self, sandbox_id: str) -> None:
         """:meth:`delete_sandbox` without the proxy check (a proxy's own teardown)."""
@@ -684,7 +742,7 @@ class Controller:
             with suppress(NotFound):
                 await self._mark_removing(eid)
                 await self.leave(eid)
-                await self.delete_endpoint(eid)
+                await self._delete_endpoint(await self.repo.endpoint(eid), force=False)
         if self._dns_binding is not None:
             await self._dns_binding.sandbox_deleted(sb.id)
         removed = not sb.owned or await asyncio.to_thread(self._namespaces.delete, sb.netns)  # ours only

@@ -80,6 +80,9 @@ class EndpointInfo:
     ports: tuple[PortMapping, ...] = ()
     aliases: tuple[str, ...] = ()
     services: tuple[str, ...] = ()  # "http:80/tcp"
+    #: published in DNS; False (a proxy's back leg): a driver announcing endpoints to other
+    #: hosts gives them no name, aliases or services for it
+    dns: bool = True
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,11 @@ class NameInUse(Conflict):
     """The name is already taken by another object."""
 
 
+class ProxyInUse(Conflict):
+    """The object is part of a proxy, or a proxy uses it (its sandbox, a leg, one of its
+    networks); ``proxy_id`` and ``proxy`` (its name) say which: remove the proxy instead."""
+
+
 class AddressInUse(Conflict):
     """The address is already allocated."""
 

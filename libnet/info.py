@@ -22,7 +22,16 @@ def net_info(nw: Network) -> NetworkInfo:
 def ep_info(ep: Endpoint) -> EndpointInfo:
     ports = tuple(PortMapping(**p) for p in ep.ports)
     return EndpointInfo(
-        ep.id, ep.network_id, ep.name, ep.ipv4, ep.ipv6, ep.mac, ports, tuple(ep.aliases), tuple(ep.services)
+        ep.id,
+        ep.network_id,
+        ep.name,
+        ep.ipv4,
+        ep.ipv6,
+        ep.mac,
+        ports,
+        tuple(ep.aliases),
+        tuple(ep.services),
+        ep.dns,
     )
 
 

@@ -207,6 +207,8 @@ class Endpoint:
     instance: str = ""  # the libnet instance that made it
     leaving: str = ""  # the instance unplugging it: a crash mid-leave is rolled forward by its reconcile
     removing: str = ""  # the instance deleting it (disconnect, endpoint rm): rolled forward likewise
+    proxy: str = ""  # the id of the proxy whose leg it is (only that proxy's removal deletes it)
+    dns: bool = True  # published in DNS (name, aliases, PTR, SRV); a proxy's back leg is not
 
     def to_data(self) -> dict[str, Any]:
         return to_data(self)

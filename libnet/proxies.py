@@ -70,10 +70,17 @@ class ProxyOperations(Protocol):
 
     async def create_sandbox(self, id: str | None = None, *, hostname: str | None = None) -> Sandbox: ...  # noqa: A002
     async def remove_sandbox(self, sandbox_id: str) -> None: ...
-    async def create_endpoint(
-        self, network: str, name: str, *, aliases: Iterable[str] = (), services: Iterable[str] = ()
+    async def create_proxy_leg(
+        self,
+        network: str,
+        name: str,
+        proxy: str,
+        *,
+        dns: bool,
+        aliases: Iterable[str] = (),
+        services: Iterable[str] = (),
     ) -> Endpoint: ...
-    async def delete_endpoint(self, ref: str, network: str | None = None, *, force: bool = False) -> None: ...
+    async def delete_proxy_leg(self, endpoint_id: str) -> None: ...
 
 
 def parse_services(specs: Sequence[str], listen_port: int | None = None) -> list[dict[str, Any]]:
@@ -187,15 +194,17 @@ class Proxies:
         """The sandbox, its two legs, the DNS records, the table; the caller undoes on failure."""
         sb = await self.ops.create_sandbox(px.id, hostname=px.name)
         await self.plane.prepare(sb.netns)
-        front = await self.ops.create_endpoint(
+        front = await self.ops.create_proxy_leg(
             src.id,
             px.name,
+            px.id,
+            dns=True,
             aliases=sorted({s["alias"] for s in px.services} - {px.name.lower()}),
             services=[f"{s['alias']}:{s['listen']}/{s['protocol']}" for s in px.services],
         )
         px = await self.repo.update_proxy(px, lambda p: setattr(p, "front_endpoint", front.id))
         await self.joins.join(front.id, sb.id, overlap=True)
-        back = await self.ops.create_endpoint(dst.id, px.name)
+        back = await self.ops.create_proxy_leg(dst.id, px.name, px.id, dns=False)  # no name on NET_B
         px = await self.repo.update_proxy(px, lambda p: setattr(p, "back_endpoint", back.id))
         await self.joins.join(back.id, sb.id, overlap=True)
         await self.dns_sync(sb.id)
@@ -213,7 +222,7 @@ class Proxies:
         for eid in (px.front_endpoint, px.back_endpoint) if px is not None else ():
             if eid:
                 with suppress(NotFound):
-                    await self.ops.delete_endpoint(eid, force=True)
+                    await self.ops.delete_proxy_leg(eid)
         if px is not None:
             await self.repo.delete_proxy(px)
 
@@ -255,6 +264,17 @@ class Proxies:
             return None
         return px if px.id == sandbox_id else None
 
+    async def owns_endpoint(self, ep: Endpoint) -> Proxy | None:
+        """The proxy whose leg ``ep`` is, if any (by its ``proxy`` field, or as an endpoint
+        joined to a proxy's sandbox: legs stored before the field existed)."""
+        for ref in (ep.proxy, ep.sandbox_id):
+            if ref:
+                with suppress(NotFound):
+                    px = await self.repo.proxy(ref)
+                    if px.id == ref:
+                        return px
+        return None
+
     # --- backends and the table -----------------------------------------------------
 
     async def backends(self, px: Proxy, leaving: str | None = None) -> dict[str, list[str]]:
@@ -272,7 +292,7 @@ class Proxies:
         for ep in await self.repo.endpoints(nw.id):
             if ep.node != self.node or not ep.sandbox_id or ep.leaving or ep.removing or ep.id == leaving:
                 continue
-            if ep.id != px.back_endpoint:
+            if ep.id != px.back_endpoint and ep.dns:  # not another proxy's back leg either
                 add([ep.name, *ep.aliases], [ep.ipv4, ep.ipv6])
         drv = self.drivers.driver(nw.driver)
         if isinstance(drv, RemotePeers):
@@ -413,7 +433,7 @@ class Proxies:
         for eid in (px.front_endpoint, px.back_endpoint):
             if eid:
                 with suppress(NotFound):
-                    await self.ops.delete_endpoint(eid, force=True)
+                    await self.ops.delete_proxy_leg(eid)
 
         def cleared(p: Proxy) -> None:
             p.front_endpoint, p.back_endpoint = "", ""

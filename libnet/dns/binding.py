@@ -57,7 +57,8 @@ class DnsBinding:
             with suppress(NotFound):
                 ep = await self.repo.endpoint(eid)
                 if self._network(await self.repo.network(ep.network_id)):
-                    self.records.put(entry_of(ep))
+                    if ep.dns:  # a proxy's back leg is not a name on its network
+                        self.records.put(entry_of(ep))
                     view.add(ep.network_id)
         await self.dns.attach(sb.id, sb.netns, frozenset(view), upstreams=sb.dns)
 

@@ -180,6 +180,12 @@ async def test_bridge_to_bridge(bed: Testbed, tmp_path) -> None:
         assert await dig(bed, fsb, "db", "AAAA") == [front6]
         srv = await dig(bed, fsb, "_db._tcp.db", "SRV")
         assert srv[2] == str(PORT) and srv[3].startswith("dbproxy"), srv
+        # ... on the backends' network nothing changes: the proxy's back leg has no name there
+        b1 = await c.sandbox(eps[0].sandbox_id)
+        for name in ("dbproxy", "dbproxy.back"):
+            assert await dig(bed, b1, name, "A") == [], name
+        assert await dig(bed, b1, "-x", back4) == []
+        assert sorted(await dig(bed, b1, "db", "A")) == sorted(ip(e.ipv4) for e in eps)
 
         # v4 and v6, TCP and UDP, spread over the three backends; they see the proxy's back address
         for addr in (front4, front6):
@@ -194,7 +200,6 @@ async def test_bridge_to_bridge(bed: Testbed, tmp_path) -> None:
         assert await ask(bed, fsb, ip(eps[0].ipv4)) == ["timeout"]
         # ... and nothing from the backends' side towards the clients' (a server runs on the frontend too)
         serve(bed, fsb, "fe")
-        b1 = await c.sandbox(eps[0].sandbox_id)
         assert await ask(bed, b1, back4) == ["refused"]
         fe_ep = next(e for e in await c.endpoints("front") if e.sandbox_id == fsb.id)
         assert await ask(bed, b1, ip(fe_ep.ipv4)) == ["timeout"]
@@ -271,6 +276,9 @@ async def test_overlay_backends_on_other_hosts(tmp_path, overlap: bool) -> None:
             for addr in (front4, front6):
                 for proto in ("tcp", "udp"):
                     assert set(await ask(bed, fsb, addr, proto, count=4)) == {"b2", "b3"}, (addr, proto)
+            # a remote host's backend does not find the proxy's back leg by name
+            b3_sb = await c3.sandbox(b3.sandbox_id)
+            assert await dig(bed, b3_sb, "dbproxy", "A") == [] and await dig(bed, b3_sb, "b2", "A") == [ip(b2.ipv4)]
             if overlap:  # the frontend's network holds addresses equal to backends': still only through the proxy
                 assert await ask(bed, fsb, front4, "tcp", port=PORT + 1) == ["refused"]
             await c3.disconnect("oback", b3.sandbox_id)
@@ -318,7 +326,20 @@ def test_cli_and_agent_restart(tmp_path) -> None:
         agent.start()
         assert Firewall(proxy_ns, table).table_rules() == before
         assert again() == first  # the same connection, to the same backend
-        assert agent.cli("sandbox", "rm", info["id"]).returncode == 1  # the proxy's own: refused
+        for argv in (  # the proxy's own: refused, naming the proxy, and nothing changes
+            ("sandbox", "rm", info["id"]),
+            ("endpoint", "rm", info["back"]["endpoint"]),
+            ("endpoint", "rm", "--network", "front", "dbp"),
+            ("disconnect", "back", info["id"]),
+            ("network", "rm", "back"),
+        ):
+            r = agent.cli(*argv)
+            assert r.returncode == 1 and "proxy dbp" in r.stderr, (argv, r.stderr)
+        from agent.client import AgentError, Client
+
+        with pytest.raises(AgentError, match="leg of proxy dbp"):  # the API's force=1 too, before any unplugging
+            Client(agent.socket, timeout=10).request("DELETE", f"/v1/endpoints/{info['front']['endpoint']}?force=1")
+        assert again() == first
         rm = agent.cli("proxy", "rm", "dbp", "nope")  # tries them all, says which failed
         assert rm.returncode == 1 and rm.stdout.split() == ["dbp"] and "1 of 2 proxy(s) not removed" in rm.stderr
         assert agent.cli_json("proxy", "ls") == []

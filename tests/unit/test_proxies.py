@@ -9,7 +9,16 @@ import pytest
 from ipam.ipam import StoreIpam
 from libnet import Config, Controller
 from libnet.driverapi import ReconcileReport
-from libnet.errors import BadRequest, Conflict, InvalidName, InvalidOption, NameInUse, NoSuchNetwork, NoSuchProxy
+from libnet.errors import (
+    BadRequest,
+    Conflict,
+    InvalidName,
+    InvalidOption,
+    NameInUse,
+    NoSuchNetwork,
+    NoSuchProxy,
+    ProxyInUse,
+)
 from libnet.kernel import proxy_nat
 from libnet.proxies import parse_services
 from libnet.store.memory import MemoryStore
@@ -120,7 +129,9 @@ async def test_create_follow_and_remove(ctl: Controller) -> None:
     assert px.creating == "" and px.front_endpoint and px.back_endpoint
     fe = await ctl.endpoint(px.front_endpoint)
     assert fe.network_id == front.id and fe.aliases == ["db"] and fe.services == ["db:5432/tcp"]
-    assert (await ctl.endpoint(px.back_endpoint)).aliases == []  # nothing new resolves on the backends' network
+    back_leg = await ctl.endpoint(px.back_endpoint)
+    assert back_leg.aliases == [] and not back_leg.dns  # nothing new resolves on the backends' network
+    assert fe.dns and fe.proxy == back_leg.proxy == px.id
     t = await table(ctl, "dbproxy")
     assert t.forwards[0].backends == (b1.ipv4.split("/")[0], b1.ipv6.split("/")[0])
     b2 = await backend(ctl, "back", "db2")
@@ -136,8 +147,18 @@ async def test_create_follow_and_remove(ctl: Controller) -> None:
     ):
         with pytest.raises(Conflict, match="proxy dbproxy's"):
             await refused
-    with pytest.raises(Conflict):  # its legs are still there
-        await ctl.delete_network("front")
+    for refused in (  # its legs and its networks: typed refusals naming the proxy, nothing changed
+        ctl.delete_endpoint(px.back_endpoint),
+        ctl.delete_endpoint(px.front_endpoint, force=True),
+        ctl.delete_endpoint("dbproxy", "front"),
+        ctl.delete_network("front"),
+        ctl.delete_network("back"),
+    ):
+        with pytest.raises(ProxyInUse, match="proxy dbproxy") as caught:
+            await refused
+        assert caught.value.ids["proxy_id"] == px.id
+    assert (await ctl.endpoint(px.front_endpoint)).sandbox_id == px.id
+    assert len((await table(ctl, "dbproxy")).forwards[0].backends) == 2
     await ctl.delete_proxy("dbproxy")
     with pytest.raises(NoSuchProxy):
         await ctl.proxy("dbproxy")
@@ -251,3 +272,21 @@ async def test_close_cancels_queued_refreshes(ctl: Controller) -> None:
     assert ctl._proxies._tasks
     await ctl._proxies.close()
     assert not ctl._proxies._tasks
+
+
+async def test_a_back_leg_is_no_backend_and_no_remote_name(ctl: Controller) -> None:
+    """Another proxy's back leg named like the service is no backend; an overlay announces
+    a back leg to the other hosts without a name (so their DNS has none for it)."""
+    from libnet.drivers.overlay.driver import OverlayDriver
+    from libnet.info import ep_info
+
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    await ctl.create_network("back", ipv4_subnet="198.51.100.128/25")
+    await ctl.create_proxy("db", "front", "back", ["x:1"])  # its back leg, named db, is on back
+    p2 = await ctl.create_proxy("p2", "front", "back", ["db:1"])  # backends: back's endpoints named or aliased db
+    assert (await table(ctl, "p2")).forwards[0].backends == ()
+    info = ep_info(await ctl.endpoint(p2.back_endpoint))
+    drv = object.__new__(OverlayDriver)  # _peer reads only the host's name
+    drv.node = "h1"
+    peer = drv._peer(info, "203.0.113.1")
+    assert (peer.name, peer.aliases, peer.services) == ("", (), ())

@@ -315,6 +315,8 @@ class OverlayDriver:
             listener(network_id)
 
     def _peer(self, ep: EndpointInfo, vtep: str) -> Peer:
+        if not ep.dns:  # not published (a proxy's back leg): the other hosts learn no name for it
+            return Peer(ep.id, ep.network_id, ep.mac, vtep, self.node, ep.ipv4, ep.ipv6)
         return Peer(ep.id, ep.network_id, ep.mac, vtep, self.node, ep.ipv4, ep.ipv6, ep.name, ep.aliases, ep.services)
 
     async def _announce(self, kind: str, peer: Peer) -> None:
