@@ -16,7 +16,9 @@ three steps:
 2. :func:`plan` (pure): the Network, Sandbox and Endpoint records that state
    describes.  Bridge networks only: overlay (global-scope) networks live in
    the cluster store and are reported, not rebuilt; endpoints whose host side
-   is not plugged into an adopted bridge are reported too.
+   is not plugged into an adopted bridge are reported too.  A sandbox whose
+   namespace holds a proxy's table comes back as that proxy
+   (:mod:`libnet.adopt_proxies`).
 3. :func:`write`: the records through :class:`libnet.repository.Repository`
    and the IPAM (pools re-reserved with their explicit subnet and gateway,
    owner the network; addresses re-reserved, owner the endpoint).  Objects
@@ -45,9 +47,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from libnet import ownership
+from libnet.adopt_proxies import KernelProxy, plan_proxies, read_proxy, write_proxies
 from libnet.errors import LibnetError
 from libnet.gateway import GATEWAY_BRIDGE, GATEWAY_ROLE
-from libnet.model import Endpoint, Network, Sandbox
+from libnet.model import Endpoint, Network, Proxy, Sandbox
 from libnet.names import default_endpoint_name
 from libnet.ownership import Mark, NamespaceLedger, NamespaceRecord
 from libnet.rollback import Rollback
@@ -100,6 +103,7 @@ class KernelState:
     ports: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # endpoint id -> PortMapping fields
     #: host-side veths (name -> mark) plugged into a marked bridge, for finding endpoints whose sandbox is not found
     plugged: dict[str, Mark] = field(default_factory=dict)
+    proxies: dict[str, KernelProxy] = field(default_factory=dict)  # sandbox id -> the proxy table it holds
     problems: list[str] = field(default_factory=list)
 
 
@@ -159,6 +163,9 @@ def read_kernel(instance: str, state_dir: str, host_ns: str | None = None) -> Ke
                             network_of_ep.get(mark.owner),
                         )
                     )
+            proxy = read_proxy(rec.name, instance)
+            if proxy is not None:
+                state.proxies[rec.owner] = proxy
         except (LibnetError, OSError) as exc:
             state.problems.append(f"sandbox namespace {rec.name}: {exc}")
     try:
@@ -218,6 +225,7 @@ class Plan:
     networks: list[Network] = field(default_factory=list)
     sandboxes: list[Sandbox] = field(default_factory=list)
     endpoints: list[Endpoint] = field(default_factory=list)
+    proxies: list[Proxy] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
 
@@ -318,6 +326,8 @@ def plan(
         )
         out.endpoints.append(ep)
         joined.setdefault(itf.sandbox, []).append(ep)
+    out.proxies, skipped = plan_proxies(state.proxies, joined, instance, node, now)
+    out.skipped += skipped
     found = {itf.mark.owner for itf in state.interfaces}
     for veth, mark in sorted(state.plugged.items()):
         if mark.owner not in found:
@@ -375,13 +385,15 @@ class AdoptReport:
     networks: list[str] = field(default_factory=list)
     sandboxes: list[str] = field(default_factory=list)
     endpoints: list[str] = field(default_factory=list)
+    proxies: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)  # already in the store
     skipped: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         return (
             f"adopted {len(self.networks)} network(s), {len(self.sandboxes)} sandbox(es), "
-            f"{len(self.endpoints)} endpoint(s); {len(self.kept)} already stored, {len(self.skipped)} not adopted"
+            f"{len(self.endpoints)} endpoint(s), {len(self.proxies)} proxy(s); {len(self.kept)} already stored, "
+            f"{len(self.skipped)} not adopted"
         )
 
 
@@ -431,6 +443,10 @@ async def write(the_plan: Plan, repo: Repository, ipam: Ipam, instance: str) -> 
             report.skipped.append(f"sandbox {sb.id[:12]}: {exc}")
             continue
         report.sandboxes.append(sb.id[:12])
+    written_proxies, kept, skipped = await write_proxies(the_plan.proxies, repo, instance)
+    report.proxies += written_proxies
+    report.kept += kept
+    report.skipped += skipped
     return report
 
 
@@ -501,6 +517,8 @@ async def adopt(
         log.info("adopt: endpoint %s", line)
     for line in report.sandboxes:
         log.info("adopt: sandbox %s", line)
+    for line in report.proxies:
+        log.info("adopt: proxy %s", line)
     for line in report.skipped:
         log.warning("adopt: not adopted: %s", line)
     return report

@@ -95,7 +95,11 @@ def parse_services(specs: Sequence[str], listen_port: int | None = None) -> list
         if isinstance(listen_port, bool) or not isinstance(listen_port, int) or not 0 < listen_port < 65536:
             raise InvalidOption(f"invalid listen port {listen_port!r}", listen_port=str(listen_port))
         if len(specs) != 1:
-            raise InvalidOption("--listen-port needs exactly one service", services=list(map(str, specs)))
+            raise InvalidOption(
+                f"--listen-port (listen_port) needs exactly one service, not {len(specs)}: each service listens "
+                "on its own port; make one proxy per service whose port clients must not use",
+                services=list(map(str, specs)),
+            )
     out: list[dict[str, Any]] = []
     seen: set[tuple[int, str]] = set()
     for spec in specs:
@@ -311,7 +315,8 @@ class Proxies:
         found = await self.backends(px, leaving)
         src, dst = await self.repo.network(px.source), await self.repo.network(px.target)
         forwards = tuple(
-            Forward(s["listen"], s["protocol"], s["port"], tuple(found.get(s["alias"], ()))) for s in px.services
+            Forward(s["listen"], s["protocol"], s["port"], tuple(found.get(s["alias"], ())), s["alias"])
+            for s in px.services
         )
         return sb, ProxyTable(
             front.ifname,

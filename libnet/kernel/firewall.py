@@ -389,12 +389,16 @@ class Firewall:
         self._cmd(commands, "replace table")
 
     def table_rules(self) -> list[dict[str, Any]]:
-        """Every rule of the table (``chain``, ``expr``), commented or not; none without the table."""
+        """Every rule of the table (``chain``, ``expr``, ``comment`` if it has one); none without the table."""
         if not self._has_table():
             return []
         out = self._cmd([{"list": {"table": {"family": FAMILY, "name": self.table}}}], "list rules")
         return [
-            {"chain": item["rule"]["chain"], "expr": item["rule"]["expr"]}
+            {
+                "chain": item["rule"]["chain"],
+                "expr": item["rule"]["expr"],
+                **({"comment": item["rule"]["comment"]} if item["rule"].get("comment") else {}),
+            }
             for item in out.get("nftables", [])
             if "rule" in item
         ]

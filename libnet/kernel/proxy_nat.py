@@ -17,6 +17,9 @@ Chains (family ``inet``):
   a listen port without backends is refused (TCP reset, ICMP port
   unreachable), never black-holed.  Nothing else crosses, either way.
 - ``in`` (filter, input): the same refusal for what reaches the proxy itself.
+  These rules carry the service as a comment (:func:`service_comment`), so
+  the kernel alone tells what the proxy forwards (``libnet-agent --adopt``,
+  :mod:`libnet.adopt`, rebuilds a lost record from it).
 - ``post`` (nat, postrouting): DNATed traffic leaving the back leg is SNATed
   to the back address, so replies come back through the proxy.
 - ``mark`` (filter, prerouting, after the DNAT): every packet of a DNATed
@@ -30,6 +33,7 @@ Chains (family ``inet``):
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +61,7 @@ class Forward:
     protocol: str
     port: int
     backends: tuple[str, ...] = ()
+    alias: str = ""  # the service's name (kept in the rules' comment)
 
 
 @dataclass(frozen=True)
@@ -126,11 +131,33 @@ def check(table: ProxyTable) -> None:
                 raise BadRequest(f"invalid port {port!r}", port=str(port))
 
 
+COMMENT = "libnet-proxy-service "
+_COMMENT = re.compile(r"^libnet-proxy-service ([a-z0-9][a-z0-9.-]{0,62}):(\d{1,5})/(tcp|udp) listen (\d{1,5})$")
+
+
+def service_comment(fw: Forward) -> str:
+    """The comment of a service's rules: ``libnet-proxy-service ALIAS:PORT/PROTO listen N``."""
+    return f"{COMMENT}{fw.alias}:{fw.port}/{fw.protocol} listen {fw.listen}"
+
+
+def parse_service_comment(comment: str) -> dict[str, Any] | None:
+    """A service dict (``alias``, ``port``, ``protocol``, ``listen``) from :func:`service_comment`'s text, or None."""
+    m = _COMMENT.match(comment or "")
+    if m is None or not all(0 < int(m.group(i)) < 65536 for i in (2, 4)):
+        return None
+    return {"alias": m.group(1), "port": int(m.group(2)), "protocol": m.group(3), "listen": int(m.group(4))}
+
+
 def rules(table: ProxyTable) -> list[tuple[str, list[dict[str, Any]]]]:
     """The table's rules as ``(chain, expression list)``, in order."""
+    return [(chain, expr) for chain, expr, _ in _rules(table)]
+
+
+def _rules(table: ProxyTable) -> list[tuple[str, list[dict[str, Any]], str | None]]:
+    """:func:`rules` with each rule's comment (None: none)."""
     check(table)
-    out: list[tuple[str, list[dict[str, Any]]]] = [
-        ("fwd", [_match({"ct": {"key": "state"}}, {"set": ["established", "related"]}, "in"), {"accept": None}]),
+    out: list[tuple[str, list[dict[str, Any]], str | None]] = [
+        ("fwd", [_match({"ct": {"key": "state"}}, {"set": ["established", "related"]}, "in"), {"accept": None}], None),
         (
             "fwd",
             [
@@ -139,6 +166,7 @@ def rules(table: ProxyTable) -> list[tuple[str, list[dict[str, Any]]]]:
                 _match({"ct": {"key": "status"}}, "dnat", "in"),
                 {"accept": None},
             ],
+            None,
         ),
     ]
     for fw in table.forwards:
@@ -149,18 +177,18 @@ def rules(table: ProxyTable) -> list[tuple[str, list[dict[str, Any]]]]:
             mine = [b for b in sorted(set(fw.backends)) if _fam(b) == fam] if back is not None else []
             to_front = [_iif(table.front_if), *_to(front, fw.protocol, fw.listen)]
             if mine:
-                out.append(("pre", [*to_front, _dnat(fam, mine, fw.port)]))
-            out.append(("fwd", [*to_front, _reject(fw.protocol)]))
-            out.append(("in", [*to_front, _reject(fw.protocol)]))
+                out.append(("pre", [*to_front, _dnat(fam, mine, fw.port)], None))
+            out.append(("fwd", [*to_front, _reject(fw.protocol)], None))
+            out.append(("in", [*to_front, _reject(fw.protocol)], service_comment(fw) if fw.alias else None))
     dnat = _match({"ct": {"key": "status"}}, "dnat", "in")
     for direction, mark in (("original", MARK_TO_BACK), ("reply", MARK_TO_FRONT)):
         way = _match({"ct": {"key": "direction"}}, direction)
-        out.append(("mark", [dnat, way, {"mangle": {"key": {"meta": {"key": "mark"}}, "value": mark}}]))
+        out.append(("mark", [dnat, way, {"mangle": {"key": {"meta": {"key": "mark"}}, "value": mark}}], None))
     for back in (table.back_v4, table.back_v6):
         if back is not None:
             nfproto = _match({"meta": {"key": "nfproto"}}, "ipv4" if _fam(back) == "ip" else "ipv6")
             snat = {"snat": {"family": _fam(back), "addr": back}}
-            out.append(("post", [_oif(table.back_if), nfproto, dnat, snat]))
+            out.append(("post", [_oif(table.back_if), nfproto, dnat, snat], None))
     return out
 
 
@@ -172,6 +200,7 @@ def commands(name: str, table: ProxyTable) -> list[dict[str, Any]]:
     for chain, (ctype, hook, prio, policy) in CHAINS.items():
         spec = {"family": FAMILY, "table": name, "name": chain, "type": ctype, "hook": hook, "prio": prio}
         cmds.append({"add": {"chain": {**spec, "policy": policy}}})
-    for chain, expr in rules(table):
-        cmds.append({"add": {"rule": {"family": FAMILY, "table": name, "chain": chain, "expr": expr}}})
+    for chain, expr, comment in _rules(table):
+        rule = {"family": FAMILY, "table": name, "chain": chain, "expr": expr}
+        cmds.append({"add": {"rule": {**rule, "comment": comment} if comment else rule}})
     return cmds

@@ -326,6 +326,21 @@ def test_cli_and_agent_restart(tmp_path) -> None:
         agent.start()
         assert Firewall(proxy_ns, table).table_rules() == before
         assert again() == first  # the same connection, to the same backend
+
+        # the store lost: --adopt brings the proxy back from the kernel, whole (record, legs, names)
+        agent.kill()
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(agent.dir, "store.db" + suffix))
+        agent.start(once=("--adopt",))
+        (adopted,) = agent.cli_json("proxy", "inspect", "dbp")
+        keep = ("id", "name", "source", "target", "services", "front_endpoint", "back_endpoint")
+        assert {k: adopted[k] for k in keep} == {k: info[k] for k in keep}
+        assert sorted(adopted["backends"]["db"]) == sorted(info["backends"]["db"])
+        assert Firewall(proxy_ns, table).table_rules() == before
+        assert again() == first
+        assert bed.run(ns(fe), ["dig", "@127.0.0.11", "+short", "db"]).stdout.split() == [front4]
+        assert bed.run(ns(sandboxes["b1"]), ["dig", "@127.0.0.11", "+short", "dbp"]).stdout.split() == []
         for argv in (  # the proxy's own: refused, naming the proxy, and nothing changes
             ("sandbox", "rm", info["id"]),
             ("endpoint", "rm", info["back"]["endpoint"]),

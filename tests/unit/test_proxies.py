@@ -86,7 +86,7 @@ def test_service_specs() -> None:
     for bad in (["db"], ["db:0"], ["db:5432/sctp"], ["-x:1"], [], "db:1", ["db:1", "db:1"], ["db:\uff15"]):
         with pytest.raises((InvalidOption, InvalidName)):
             parse_services(bad)  # type: ignore[arg-type]
-    with pytest.raises(InvalidOption):
+    with pytest.raises(InvalidOption, match="needs exactly one service, not 2"):
         parse_services(["a:1", "b:2"], 99)
 
 
@@ -205,7 +205,7 @@ async def test_remote_peers_are_backends(ctl: Controller) -> None:
     drv.peers[back.id] = [Peer("r1", back.id, "db-h2", "198.51.100.200/25", None, ("db",))]
     await ctl._proxies.refresh(back.id)
     t = await table(ctl, "p")
-    assert t.forwards[0] == proxy_nat.Forward(53, "udp", 5432, ("198.51.100.200",))
+    assert t.forwards[0] == proxy_nat.Forward(53, "udp", 5432, ("198.51.100.200",), "db")
     drv.peers[back.id] = []
     await ctl._proxies.refresh(back.id)
     assert (await table(ctl, "p")).forwards[0].backends == ()
@@ -290,3 +290,20 @@ async def test_a_back_leg_is_no_backend_and_no_remote_name(ctl: Controller) -> N
     drv.node = "h1"
     peer = drv._peer(info, "203.0.113.1")
     assert (peer.name, peer.aliases, peer.services) == ("", (), ())
+
+
+def test_services_are_kept_in_the_rules_for_adopt() -> None:
+    """The table alone tells what a proxy forwards (``--adopt`` rebuilds a lost record from it)."""
+    fw = proxy_nat.Forward(5353, "udp", 53, ("198.51.100.20",), "dns")
+    t = proxy_nat.ProxyTable("eth0", "eth1", "198.51.100.3", None, "198.51.100.9", None, (fw,))
+    cmds = proxy_nat.commands("libnet-x", t)
+    comments = [c["add"]["rule"].get("comment") for c in cmds if "rule" in c.get("add", {})]
+    assert [c for c in comments if c] == ["libnet-proxy-service dns:53/udp listen 5353"]
+    assert proxy_nat.parse_service_comment("libnet-proxy-service dns:53/udp listen 5353") == {
+        "alias": "dns",
+        "port": 53,
+        "protocol": "udp",
+        "listen": 5353,
+    }
+    for bad in ("", "libnet-proxy-service dns:0/udp listen 1", "libnet-proxy-service dns:53/sctp listen 1", "x"):
+        assert proxy_nat.parse_service_comment(bad) is None
