@@ -35,7 +35,13 @@ NAME = "overlay_bench"
 
 
 def iperf(bed: Testbed, server_ns: str, client_ns: str, addr: str, seconds: float, port: int) -> float:
-    """Gbit/s of one TCP stream from client_ns to addr (served in server_ns).
+    """Gbit/s of one TCP stream from client_ns to addr (served in server_ns) (:func:`iperf_end`)."""
+    return float(iperf_end(bed, server_ns, client_ns, addr, seconds, port)["sum_received"]["bits_per_second"]) / 1e9
+
+
+def iperf_end(bed: Testbed, server_ns: str, client_ns: str, addr: str, seconds: float, port: int) -> dict:
+    """iperf3's ``end`` report (``sum_received``, ``cpu_utilization_percent``, ...) of one
+    TCP stream from client_ns to addr (served in server_ns).
 
     The server runs until the measurement is done (not ``-1``: a client attempt
     that failed half-way would end a one-off server and every retry after it),
@@ -53,7 +59,7 @@ def iperf(bed: Testbed, server_ns: str, client_ns: str, addr: str, seconds: floa
                 client_ns, ["iperf3", "-c", addr, "-p", str(port), "-t", str(seconds), "-J"], timeout=seconds + 30
             )
             if r.returncode == 0:
-                return json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+                return dict(json.loads(r.stdout)["end"])
             time.sleep(0.5)
         detail = f"{r.stdout[-300:]} {r.stderr[-300:]}" if r is not None else "no attempt"
         raise SystemExit(f"iperf3 to {addr} failed: {detail}")

@@ -18,6 +18,13 @@ same client measures, in alternating rounds, three paths to it:
 
 Figures: iperf3 (one TCP stream) Gbit/s, and TCP connections per second of
 one client that connects and closes (RST, no TIME_WAIT) as fast as it can.
+Also the CPU the transfer cost, milliseconds per GB: the user and system time
+of the iperf3 client and server (iperf3's ``cpu_utilization_percent``, from
+getrusage), which on this kernel (no IRQ time accounting) includes the
+softirq work of every hop the packets take in the senders' context -- a
+figure that moves much less than throughput when other work loads the
+machine, so it says what a path costs when the throughput ratio is noise
+(socat's own CPU, relaying in its own process, is not in its figure).
 All throughput rounds first, then the connection rounds; each round starts
 with the next path in turn, so none is favoured by its place.  Medians over
 the rounds.  Targets: throughput >= 0.9 x direct, connection rate
@@ -37,7 +44,7 @@ import textwrap
 import time
 
 from benchmarks.common import emit, parser, progress, require
-from benchmarks.overlay_bench import iperf
+from benchmarks.overlay_bench import iperf_end
 from libnet import Controller
 from libnet.testing.hosts import Testbed, host_config
 
@@ -78,6 +85,13 @@ def _ip(cidr: str | None) -> str:
     return str(ipaddress.ip_interface(cidr).ip)
 
 
+def cpu_ms_per_gb(end: dict, seconds: float) -> float:
+    """Milliseconds of CPU (iperf3 client and server, user + system) per GB received."""
+    pct = end["cpu_utilization_percent"]
+    gb = end["sum_received"]["bytes"] / 1e9
+    return float((pct["host_total"] + pct["remote_total"]) / 100 * seconds * 1000 / gb)
+
+
 def conn_rate(bed: Testbed, client_ns: str, addr: str, seconds: float) -> float:
     """Connections per second from ``client_ns`` to ``addr``:CONN_PORT."""
     r = bed.run(client_ns, [sys.executable, "-c", CONNECTOR, addr, str(CONN_PORT), str(seconds)], timeout=seconds + 30)
@@ -116,6 +130,7 @@ def main() -> dict:
     require("socat", "socat")
     seconds, rounds = (1.0, 1) if args.quick else (4.0, 6)
     gbps: dict[str, list[float]] = {"proxy": [], "direct": [], "userspace": [], "routed": []}
+    cpu: dict[str, list[float]] = {"proxy": [], "direct": [], "userspace": [], "routed": []}  # ms per GB
     rate: dict[str, list[float]] = {"proxy": [], "direct": [], "userspace": [], "routed": []}
     with Testbed(1) as bed, tempfile.TemporaryDirectory() as tmp:
         loop = asyncio.new_event_loop()
@@ -156,7 +171,9 @@ def main() -> dict:
                     for path in order:
                         client_ns, addr = paths[path]
                         if out is gbps:
-                            out[path].append(iperf(bed, at["backend"], client_ns, addr, seconds, IPERF_PORT))
+                            end = iperf_end(bed, at["backend"], client_ns, addr, seconds, IPERF_PORT)
+                            out[path].append(end["sum_received"]["bits_per_second"] / 1e9)
+                            cpu[path].append(cpu_ms_per_gb(end, seconds))
                         else:
                             out[path].append(conn_rate(bed, client_ns, addr, seconds))
         finally:
@@ -164,7 +181,12 @@ def main() -> dict:
             loop.close()
     g = {k: statistics.median(v) for k, v in gbps.items()}
     c = {k: statistics.median(v) for k, v in rate.items()}
-    metrics = {"proxy_gbps": round(g["proxy"], 3), "proxy_conn_per_s": round(c["proxy"], 1)}
+    u = {k: statistics.median(v) for k, v in cpu.items()}
+    metrics = {
+        "proxy_gbps": round(g["proxy"], 3),
+        "proxy_conn_per_s": round(c["proxy"], 1),
+        "proxy_cpu_ms_per_gb": round(u["proxy"]),
+    }
     peers = {
         "direct_gbps": round(g["direct"], 3),
         "direct_conn_per_s": round(c["direct"], 1),
@@ -172,6 +194,9 @@ def main() -> dict:
         "socat_conn_per_s": round(c["userspace"], 1),
         "routed_hop_gbps": round(g["routed"], 3),
         "routed_hop_conn_per_s": round(c["routed"], 1),
+        "direct_cpu_ms_per_gb": round(u["direct"]),
+        "socat_cpu_ms_per_gb": round(u["userspace"]),
+        "routed_hop_cpu_ms_per_gb": round(u["routed"]),
     }
     ratios = {
         "throughput_vs_direct": round(g["proxy"] / g["direct"], 3),
@@ -179,6 +204,8 @@ def main() -> dict:
         "throughput_vs_userspace_proxy": round(g["proxy"] / g["userspace"], 3),
         "throughput_vs_routed_hop": round(g["proxy"] / g["routed"], 3),
         "routed_hop_throughput_vs_direct": round(g["routed"] / g["direct"], 3),
+        "cpu_per_gb_vs_direct": round(u["proxy"] / u["direct"], 3),  # > 1: the proxied path costs more CPU
+        "cpu_per_gb_vs_routed_hop": round(u["proxy"] / u["routed"], 3),
     }
     params = {"seconds": seconds, "rounds": rounds, "streams": 1, "networks": "bridge -> bridge, one host"}
     return emit(NAME, params, metrics, peers, ratios)
