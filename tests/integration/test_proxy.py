@@ -413,3 +413,31 @@ def test_cluster_of_agents(tmp_path) -> None:
         assert a1.cli("proxy", "rm", "dbp").returncode == 0
         for a in (a1, a2, a3):
             a.stop()
+
+
+async def test_both_directions_and_several_proxies(bed: Testbed, tmp_path) -> None:
+    """As a user would: a proxy each way between two networks, a second proxy on the same
+    networks for another service, and a UDP service nobody serves (refused: ICMP)."""
+    async with controller(bed, bed.hosts[0], tmp_path) as c:
+        await c.create_network("front", ipv4_subnet="198.51.100.0/26", ipv6_subnet="2001:db8:21:a::/64")
+        await c.create_network("back", ipv4_subnet="198.51.100.64/26", ipv6_subnet="2001:db8:21:b::/64")
+        (b1,) = await backends(c, bed, "back", ["b1"])
+        fsb = await c.create_sandbox(hostname="fe")
+        await c.connect("front", fsb.id, name="fe", aliases=["web"])
+        serve(bed, await c.sandbox(fsb.id), "fe")
+        await c.create_proxy("todb", "front", "back", ["db:5432/tcp"])
+        await c.create_proxy("toweb", "back", "front", ["web:5432/tcp"])
+        await c.create_proxy("more", "front", "back", ["b1:5432/tcp", "nobody:5432/udp"])
+        bsb = await c.sandbox(b1.sandbox_id)
+        (db,), (web,), (direct,) = [await dig(bed, s, n, "A") for s, n in ((fsb, "db"), (bsb, "web"), (fsb, "b1"))]
+        assert await ask(bed, fsb, db) == ["b1"]  # front -> back
+        assert await ask(bed, bsb, web) == ["fe"]  # back -> front, through the other proxy
+        assert await ask(bed, fsb, direct) == ["b1"]  # the second proxy's service, by the backend's own name
+        (nobody,) = await dig(bed, fsb, "nobody", "A")
+        assert await ask(bed, fsb, nobody, "udp") == ["refused"]  # no backend: ICMP, not a timeout
+        # each proxy forwards only its own services: todb's address has no web, toweb's no db
+        assert await ask(bed, bsb, db) == ["timeout"]  # a front address is not reachable from back at all
+        assert await ask(bed, fsb, web) == ["timeout"]
+        for name in ("more", "toweb", "todb"):
+            await c.delete_proxy(name)
+        assert [e.name for e in await c.endpoints("back")] == ["b1"]
