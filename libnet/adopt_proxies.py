@@ -7,7 +7,7 @@ adopted like any other), which leg is the front one (the interface the
 service rules match as ``iifname``), and the services (each rule of the
 ``in`` chain carries its service as a comment,
 :func:`libnet.kernel.proxy_nat.service_comment`).  The proxy's name is its
-legs' name.  The adopted legs get back what a proxy's legs carry: the front
+front leg's name (the back one's is ``NAME.proxy``).  The adopted legs get back what a proxy's legs carry: the front
 one its aliases and SRV services, the back one no DNS name.  Adopting loses
 endpoints' DNS aliases (:mod:`libnet.adopt`), which would leave the proxy
 without backends; but its DNAT rules list the backends it had, so an adopted
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from libnet import ownership
 from libnet.kernel.proxy_nat import parse_service_comment
 from libnet.model import Endpoint, Proxy
+from libnet.proxies import back_leg_name
 
 if TYPE_CHECKING:
     from libnet.repository import Repository
@@ -106,7 +107,7 @@ def plan_proxies(
         legs = joined.get(sid, [])
         front = next((e for e in legs if e.ifname == kp.front_if), None)
         back = next((e for e in legs if e is not front), None)
-        if front is None or back is None or len(legs) != 2 or front.name != back.name:
+        if front is None or back is None or len(legs) != 2 or back.name not in (front.name, back_leg_name(front.name)):
             skipped.append(
                 f"proxy in sandbox {sid[:12]}: its two legs were not both adopted (a leg on an overlay network "
                 "lives in the cluster store); its table keeps forwarding; remove its sandbox's namespace by hand "

@@ -501,8 +501,10 @@ class Controller:
         """:meth:`create_endpoint`; ``connecting``: made by ``connect`` (or the gateway
         bridge policy) for a join that follows -- a crash before the join completes
         leaves an endpoint the next reconcile deletes.  ``proxy``: the id of the proxy
-        whose leg it is; ``dns``: whether its names are published."""
-        check_name(name, "endpoint")
+        whose leg it is (its name, made from the proxy's checked one, may be ``NAME.proxy``);
+        ``dns``: whether its names are published."""
+        if not proxy:
+            check_name(name, "endpoint")
         alias_list = [check_name(a, "alias") for a in aliases]
         if isinstance(services, str):
             raise InvalidOption("services is a list of NAME:PORT[/PROTO] specs", services=services)

@@ -9,7 +9,9 @@ those of this host and, on an overlay, the remote ones the driver's peer table
 knows -- by kernel NAT in its own namespace (:mod:`libnet.kernel.proxy_nat`);
 nothing else crosses.  The front endpoint carries ``ALIAS`` as a DNS alias and
 the service as an SRV record, so on ``source`` the alias resolves to the
-proxy; on ``target`` no name changes.
+proxy; on ``target`` no name changes: the back endpoint is not in DNS
+(``dns=False``) and its name, ``NAME.proxy``, is none a user's endpoint can
+have (:func:`back_leg_name`).
 
 The backend set follows joins and leaves on this host (the controller calls
 :meth:`Proxies.refresh`; a leaving backend is dropped *before* it is
@@ -47,6 +49,14 @@ from libnet.validation import check_name
 
 log = logging.getLogger("libnet.proxies")
 PROTOCOLS = ("tcp", "udp")
+#: the back leg is named NAME + this: no endpoint name (a DNS label) has a dot, so it never
+#: takes a name from the backends' network, and ``endpoint ls`` shows whose it is
+BACK_SUFFIX = ".proxy"
+
+
+def back_leg_name(proxy_name: str) -> str:
+    """The endpoint name of proxy ``proxy_name``'s leg on its target network."""
+    return proxy_name + BACK_SUFFIX
 
 
 class ProxyPlane(Protocol):
@@ -208,7 +218,7 @@ class Proxies:
         )
         px = await self.repo.update_proxy(px, lambda p: setattr(p, "front_endpoint", front.id))
         await self.joins.join(front.id, sb.id, overlap=True)
-        back = await self.ops.create_proxy_leg(dst.id, px.name, px.id, dns=False)  # no name on NET_B
+        back = await self.ops.create_proxy_leg(dst.id, back_leg_name(px.name), px.id, dns=False)  # no name on NET_B
         px = await self.repo.update_proxy(px, lambda p: setattr(p, "back_endpoint", back.id))
         await self.joins.join(back.id, sb.id, overlap=True)
         await self.dns_sync(sb.id)

@@ -307,3 +307,17 @@ def test_services_are_kept_in_the_rules_for_adopt() -> None:
     }
     for bad in ("", "libnet-proxy-service dns:0/udp listen 1", "libnet-proxy-service dns:53/sctp listen 1", "x"):
         assert proxy_nat.parse_service_comment(bad) is None
+
+
+async def test_the_proxy_takes_no_name_on_the_backends_network(ctl: Controller) -> None:
+    """A proxy named like a backend (``db``) is made, and a container can still take the
+    proxy's name on the backends' network: its back leg's name, ``db.proxy``, is no DNS label."""
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    await ctl.create_network("back", ipv4_subnet="198.51.100.128/25")
+    b = await backend(ctl, "back", "db", aliases=())
+    px = await ctl.create_proxy("db", "front", "back", ["db:5432"])
+    assert (await ctl.endpoint(px.back_endpoint)).name == "db.proxy"
+    assert (await table(ctl, "db")).forwards[0].backends == (b.ipv4.split("/")[0], b.ipv6.split("/")[0])
+    px2 = await ctl.create_proxy("p2", "front", "back", ["db:1"])
+    await backend(ctl, "back", "p2", aliases=())  # the name of proxy p2 is free on back
+    assert [e.name for e in await ctl.endpoints("back") if e.proxy == px2.id] == ["p2.proxy"]
