@@ -68,8 +68,8 @@ from libnet.encryption.records import (
     slot_owner,
     tunnel_range,
 )
-from libnet.errors import BadRequest, LibnetError, Unavailable
-from libnet.kernel import firewall
+from libnet.errors import BadRequest, IncompatibleTunnel, LibnetError, TunnelDown, Unavailable
+from libnet.kernel import firewall, probe
 from libnet.kernel.api import Kernel
 from libnet.store.base import Store
 
@@ -77,6 +77,8 @@ log = logging.getLogger("libnet.encryption")
 DEFAULT_PORT = 51820
 GUARD_KEY = "wireguard-guard"
 CURRENT_FILE = "current-slot"
+#: seconds a join of an encrypted network waits for a working tunnel to each peer host holding endpoints on it
+HANDSHAKE_TIMEOUT = 10.0
 
 
 def wireguard_overhead(underlay: str) -> int:
@@ -152,6 +154,13 @@ class Tunnel:
         #: awaited with this host's record each time it is published (the driver copies the key into Serf tags)
         self.publish_listeners: list[Callable[[NodeKey], Awaitable[None]]] = []
         self.acked: Callable[[], None] = lambda: None  # poked when another host acknowledged a coming key
+        #: whether a host is gone (its Serf member failed past the grace period, or left): no tunnel is awaited
+        #: to it, nor its acknowledgement of a coming key (the driver sets its membership's view)
+        self.gone: Callable[[str], bool] = lambda node: False
+        self.handshake_timeout = HANDSHAKE_TIMEOUT
+        #: (namespace, address, timeout) -> whether an echo came back (:func:`libnet.kernel.probe.echo`)
+        self.probe: Callable[[str | None, str, float], bool] = probe.echo
+        self._incompatible: dict[str, str] = {}  # peer host -> why its tunnel cannot work with this one
         self._lock = asyncio.Lock()
         self._sync_lock = asyncio.Lock()
         self.rotation_lock = asyncio.Lock()
@@ -184,6 +193,8 @@ class Tunnel:
             "public_key": self.public_key or None,
             "peers": sorted(n for n in self.records if n != self.node and n not in self.revoked),
             "revoked": sorted(self.revoked),
+            "incompatible": dict(sorted(self._incompatible.items())),
+            "handshake_ages": self.handshake_ages(),
             "restarts": self.restarts,
             "rotations": self.rotations,
         }
@@ -301,7 +312,7 @@ class Tunnel:
         """This host's record: the current slot's identity, and the other live one's."""
         cur = self.slots[self.current]
         others = tuple(self.identity(self.slots[i]) for i in sorted(self.live) if i != self.current)
-        record = NodeKey(self.node, cur.public, endpoint(self.vtep, cur.port), cur.address, others)
+        record = NodeKey(self.node, cur.public, endpoint(self.vtep, cur.port), cur.address, others, self.range)
         await self.store.put(nodes_prefix() + self.node, record.encode())
         for listener in self.publish_listeners:
             await listener(record)
@@ -401,14 +412,21 @@ class Tunnel:
         if not key.startswith(nodes_prefix()):
             return False  # address claims, other hosts' acknowledgements
         if value is None:
+            self._incompatible.pop(node, None)
             return self.records.pop(node, None) is not None
         try:
             rec = NodeKey.decode(value)
             for public, _, _ in rec.identities():
                 keys.check_key(public)
+            why = rec.incompatible_with(self.range) if node != self.node else None
         except LibnetError as exc:
             log.warning("ignoring the wireguard record of %s: %s", node, exc)
             return self.records.pop(node, None) is not None
+        if why is None:
+            self._incompatible.pop(node, None)
+        elif self._incompatible.get(node) != why:
+            self._incompatible[node] = why
+            log.error("wireguard peer %s cannot reach this host on encrypted overlays: %s", node, why)
         old = self.records.get(node)
         self.records[node] = rec
         return old != rec
@@ -421,6 +439,7 @@ class Tunnel:
                 pairs = await self.store.list(f"{P}/")
                 self.records.clear()
                 self.revoked.clear()
+                self._incompatible.clear()
                 for pair in pairs:
                     self._set(pair.key, pair.value)
                 await self.sync()
@@ -432,6 +451,79 @@ class Tunnel:
             except LibnetError as exc:
                 log.warning("wireguard record watch: %s; re-reading", exc)
                 await asyncio.sleep(1)
+
+    # --- working tunnels ----------------------------------------------------------------
+
+    def handshake_ages(self) -> dict[str, float | None]:
+        """Each peer host (record, not revoked) -> seconds since its latest handshake with any
+        live slot of this host, through any of its identities (None: never, or unreadable)."""
+        latest: dict[str, float] = {}
+        if self.backend is not None and self._up:
+            for i in sorted(self.live):
+                try:
+                    seen = self.backend.handshakes(self.slots[i].ifname)
+                except LibnetError:  # the interface is gone: the supervisor brings it back
+                    continue
+                for key, when in seen.items():
+                    latest[key] = max(latest.get(key, 0.0), when)
+        now = time.time()
+        out: dict[str, float | None] = {}
+        for name, rec in self.records.items():
+            if name == self.node or name in self.revoked:
+                continue
+            when = max((latest.get(key, 0.0) for key, _, _ in rec.identities()), default=0.0)
+            out[name] = round(max(now - when, 0.0), 1) if when > 0 else None
+        return out
+
+    async def _not_working(self, nodes: set[str]) -> dict[str, str]:
+        """Of the peer hosts ``nodes``, those without a working tunnel to this host now, and why:
+        an echo to each one's tunnel address must come back (through WireGuard both ways)."""
+        out, probed = {}, {}
+        for node in sorted(nodes):
+            if node == self.node or node in self.revoked or self.gone(node):
+                continue  # a revoked host is refused on purpose; a gone host is no peer any more
+            if node in self._incompatible:
+                out[node] = self._incompatible[node]
+            elif node not in self.records:
+                out[node] = "published no WireGuard key (is its agent running, with a WireGuard backend?)"
+            else:
+                probed[node] = asyncio.to_thread(self.probe, self.host_ns, self.records[node].tunnel, 1.0)
+        answers = await asyncio.gather(*probed.values())
+        ages = await asyncio.to_thread(self.handshake_ages) if not all(answers) else {}
+        for node, ok in zip(probed, answers, strict=True):
+            if not ok:
+                age = ages.get(node)
+                seen = f"last handshake {age:g} s ago" if age is not None else "no handshake yet"
+                out[node] = f"its tunnel address {self.records[node].tunnel} does not answer through WireGuard ({seen})"
+        return out
+
+    async def await_peers(self, nodes: set[str], network: str = "") -> None:
+        """Return once this host has a working tunnel (an echo answered through WireGuard) to each
+        host in ``nodes`` (the peer hosts with endpoints on an encrypted network being joined),
+        waiting at most ``handshake_timeout`` s; revoked and gone hosts are not awaited.
+
+        Raises ``IncompatibleTunnel`` at once for a host whose encryption range differs, and
+        ``TunnelDown`` naming each host still without one after the wait."""
+        deadline = time.monotonic() + self.handshake_timeout
+        while True:
+            bad = await self._not_working(nodes)
+            if not bad:
+                return
+            incompatible = sorted(n for n in bad if n in self._incompatible)
+            if incompatible:
+                node = incompatible[0]
+                raise IncompatibleTunnel(
+                    f"host {node} cannot carry this host's encrypted overlays: {bad[node]}", node=node, network=network
+                )
+            if time.monotonic() >= deadline:
+                why = "; ".join(f"{n}: {r}" for n, r in sorted(bad.items()))
+                raise TunnelDown(
+                    f"no working WireGuard tunnel to {', '.join(sorted(bad))} within {self.handshake_timeout:g} s "
+                    f"({why}); encrypted traffic never goes in clear, so the join is refused",
+                    nodes=sorted(bad),
+                    network=network,
+                )
+            await asyncio.sleep(0.1)
 
     # --- supervision ----------------------------------------------------------------
 

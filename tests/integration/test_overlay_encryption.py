@@ -387,3 +387,38 @@ def test_clear_vxlan_from_the_underlay_never_enters(tmp_path) -> None:
         wait_ping(bed, a, target)  # the encrypted path still delivers
         for agent in agents:
             agent.stop()
+
+
+def test_a_join_needs_a_working_tunnel_to_each_peer_host(tmp_path) -> None:
+    """Issue 20: an encrypted network is joined only with a working WireGuard tunnel (a handshake) to each
+    host holding endpoints on it.  h2's tunnel cannot come up (its agent stopped, its wireguard-go killed):
+    a join on h1 is refused after the wait, naming h2, and goes through once h2 is back.  h3, configured
+    with another encryption range, is refused at once, naming h1 and both ranges, and h1's status shows it."""
+    with Testbed(3) as bed:
+        agents, (a, _), (_b, ep) = _two_on_an_encrypted_overlay(bed, tmp_path)
+        wg = agents[1].wireguard_pid()
+        assert wg is not None
+        agents[1].stop()
+        os.kill(wg, signal.SIGKILL)
+        sid = agents[0].cli("sandbox", "create").stdout.strip()
+        started = time.monotonic()
+        r = agents[0].cli("connect", "sec", sid)
+        assert r.returncode != 0 and bed.hosts[1].name in r.stderr and "WireGuard" in r.stderr, r.stderr
+        assert 9 < time.monotonic() - started < 40
+        assert not [e for e in agents[0].cli_json("endpoint", "ls", "--network", "sec") if e["sandbox_id"] == sid]
+        agents[1].start()  # wireguard-go back: the same join goes through
+        r = agents[0].cli("connect", "sec", sid)
+        assert r.returncode == 0, r.stderr
+        wait_ping(bed, a, ip(ep["ipv4"]))
+
+        other = "198.51.100.224/28"
+        (third,) = start_agents(bed, str(tmp_path), f"sqlite://{tmp_path}/cluster.db", hosts=bed.hosts[2:],
+                                extra=("--encryption-range", other))  # fmt: skip
+        sid = third.cli("sandbox", "create").stdout.strip()
+        r = third.cli("connect", "sec", sid)
+        assert r.returncode != 0 and other in r.stderr and TUNNEL_RANGE in r.stderr, r.stderr
+        assert bed.hosts[0].name in r.stderr or bed.hosts[1].name in r.stderr, r.stderr
+        status = agents[0].cli_json("agent", "status")["encryption"]
+        assert other in status["incompatible"][bed.hosts[2].name], status
+        for agent in [*agents, third]:
+            agent.stop()

@@ -205,7 +205,11 @@ class FakeBackend:
         self.configs: list[WgConfig] = []
         self.by_ifname: dict[str, WgConfig] = {}
         self.rx: dict[str, int] = {}
+        self.seen: dict[str, float] = {}  # public key -> latest handshake (Unix seconds), any interface
         self.dead = False
+
+    def handshakes(self, ifname: str) -> dict[str, float]:
+        return {p.public_key: self.seen.get(p.public_key, 0.0) for p in self.by_ifname[ifname].peers}
 
     def describe(self, ifname: str) -> dict[str, Any]:
         return {"backend": self.name}
@@ -279,13 +283,18 @@ async def until(predicate: Any, timeout: float = 3.0) -> bool:
     return False
 
 
-async def test_tunnel_guards_first_then_follows_records_and_revocations(monkeypatch, tmp_path) -> None:
+async def tunnel_beside_h2(monkeypatch: Any, tmp_path: Any) -> tuple[FakeKernel, Any, list[str], Tunnel, FakeBackend]:
+    """A tunnel for h1 (not up yet) with h2's record in the store: (kernel, store, log, tunnel, backend)."""
     monkeypatch.setattr(keys, "load_or_make", lambda d, slot=0: (KEYS[0], KEYS[1]))
     kernel, store, log = FakeKernel(), open_store("memory://"), []
     await store.put(nodes_prefix() + "h2", NodeKey("h2", KEYS[2], "203.0.113.12:51820", "198.51.100.250").encode())
     tunnel = make_tunnel(kernel, store, log, tmp_path)
-    backend = tunnel.backend
-    assert isinstance(backend, FakeBackend)
+    assert isinstance(tunnel.backend, FakeBackend)
+    return kernel, store, log, tunnel, tunnel.backend
+
+
+async def test_tunnel_guards_first_then_follows_records_and_revocations(monkeypatch, tmp_path) -> None:
+    kernel, store, log, tunnel, backend = await tunnel_beside_h2(monkeypatch, tmp_path)
     addr = await tunnel.ensure()
     try:
         assert log[:2] == ["guard", "create"]  # never an interface before the rule against clear text
@@ -415,6 +424,68 @@ async def test_rotation_without_every_acknowledgement_is_undone(monkeypatch, tmp
             assert not nl.has_link(h1.slots[1].ifname)
         rec = NodeKey.decode((await store.get(nodes_prefix() + "h1")).value)
         assert rec.public_key == KEYS[1] and rec.others == ()
+        # Serf says h9 is gone (failed past the grace period): no longer awaited, the rotation goes through
+        h1.gone = lambda node: node == "h9"
+        done = await rotation.rotate(h1, ack_timeout=0.3, idle=0.01, min_drain=0.01)
+        assert h1.current == 1 and done["public_key"] == KEYS[3]
+    finally:
+        await h1.close()
+
+
+async def test_a_join_waits_for_a_working_tunnel_to_each_peer_host(monkeypatch, tmp_path) -> None:
+    """Issue 20: a host joins an encrypted network only with a working tunnel to each peer host on it
+    (an echo to its tunnel address answered through WireGuard)."""
+    import time
+
+    from libnet.errors import IncompatibleTunnel, TunnelDown
+
+    _, store, _, h1, backend = await tunnel_beside_h2(monkeypatch, tmp_path)
+    answering: set[str] = set()
+    h1.probe = lambda ns, address, timeout: address in answering
+    await h1.ensure()
+    h1.handshake_timeout = 0.3
+    try:
+        with pytest.raises(TunnelDown, match=r"h2: its tunnel address 198\.51\.100\.250 does not .*no handshake yet"):
+            await h1.await_peers({"h2"}, "sec")
+        # a peer host with endpoints but no key record at all is named too
+        with pytest.raises(TunnelDown, match="h7: published no WireGuard key") as err:
+            await h1.await_peers({"h2", "h7"})
+        assert err.value.ids["nodes"] == ["h2", "h7"]
+        # a handshake seen minutes ago proves nothing now (the peer may have died since): named with its age
+        backend.seen[KEYS[2]] = time.time() - 60
+        with pytest.raises(TunnelDown, match=r"last handshake 60"):
+            await h1.await_peers({"h2"})
+        assert h1.status()["handshake_ages"]["h2"] >= 60
+        # the tunnel comes up while the join waits: it goes on
+        h1.handshake_timeout = 3
+
+        async def comes_up() -> None:
+            await asyncio.sleep(0.2)
+            answering.add("198.51.100.250")
+
+        task = asyncio.create_task(comes_up())
+        await h1.await_peers({"h2", "h1"})  # this host itself is never awaited
+        await task
+        # gone and revoked hosts are not awaited
+        h1.gone = lambda node: node == "h7"
+        await h1.await_peers({"h2", "h7"})
+        # a host with another encryption range: refused at once, naming it and both ranges
+        await store.put(
+            nodes_prefix() + "h3",
+            NodeKey("h3", KEYS[3], "203.0.113.13:51820", "198.51.100.200", cidr="198.51.100.192/28").encode(),
+        )
+        assert await until(lambda: "h3" in h1.status()["incompatible"])
+        assert "198.51.100.192/28" in h1.status()["incompatible"]["h3"]
+        answering.add("198.51.100.200")
+        with pytest.raises(IncompatibleTunnel, match=r"host h3 .*192/28, this host.s 198\.51\.100\.240/28"):
+            await h1.await_peers({"h2", "h3"})
+        # h3 is set right: compatible again
+        await store.put(nodes_prefix() + "h3", NodeKey("h3", KEYS[3], "203.0.113.13:51820", "198.51.100.251",
+                                                       cidr="198.51.100.240/28").encode())  # fmt: skip
+        assert await until(lambda: not h1.status()["incompatible"])
+        answering.add("198.51.100.251")
+        await h1.await_peers({"h2", "h3"})
+        assert NodeKey.decode((await store.get(nodes_prefix() + "h1")).value).cidr == "198.51.100.240/28"
     finally:
         await h1.close()
 

@@ -208,6 +208,7 @@ class OverlayDriver:
                 range_=self.encryption_range,
                 port=self.encryption_port,
             )
+            self._tunnel.gone = self.host_gone
             self._tunnel.switch_listeners.append(self._reannounce_encrypted)
             self._tunnel.publish_listeners.append(self._tag_key)
         return self._tunnel
@@ -482,10 +483,27 @@ class OverlayDriver:
             await self.store.delete(peers_prefix(P, nw.id) + ep.id)
         await self._unplug(nw.id, ep)  # and a veth a crash left plugged in
 
+    async def _await_tunnels(self, store: Store, nw: NetworkInfo) -> None:
+        """An encrypted network is joined only with a working WireGuard tunnel to each other host
+        holding endpoints on it (:meth:`Tunnel.await_peers`); else this host stops serving it
+        again (if nothing else of it is here) and the join fails naming those hosts."""
+        nodes = set()
+        for pair in await store.list(peers_prefix(P, nw.id)):
+            with contextlib.suppress(LibnetError):
+                nodes.add(decode(pair.value).node)
+        try:
+            await self.tunnel().await_peers(nodes - {self.node}, nw.name)
+        except LibnetError:
+            if not self._local.get(nw.id):
+                await self._teardown_local(nw.id)
+            raise
+
     async def join(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
         store, _ = self._need()
         ns = await self._ensure_local(nw)
         vtep = await self._vtep_of(nw)
+        if nw.options.get("encrypted"):
+            await self._await_tunnels(store, nw)
         host_if = host_ifname(ep)
         alias = self.plumbing.mark("ep", ep.id, ep.name)
 
