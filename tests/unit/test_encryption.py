@@ -644,3 +644,33 @@ async def test_a_range_over_a_host_address_is_refused_before_anything(monkeypatc
         await tunnel.ensure()
     assert log == [] and "198.51.100.240/28" not in kernel.namespace(None).prefix_routes
     await tunnel.close(stop=True)
+
+
+async def test_an_mtu_the_path_cannot_carry_is_refused_where_the_network_is_made(tmp_path) -> None:
+    """Breaker: ``-o encrypted -o mtu=9000`` on a 1500 underlay was accepted.  The limit is derived: the
+    underlay's 1500 minus VXLAN's 50, and minus WireGuard's 60 on encrypted overlays; plain ones alike."""
+    from libnet.driverapi import NetworkInfo
+    from libnet.drivers.overlay.driver import OverlayDriver
+
+    kernel, log = FakeKernel(), []
+    d = OverlayDriver(
+        cluster_store=open_store("memory://"),
+        node="h1",
+        vtep="203.0.113.11",
+        instance=INSTANCE,
+        state_dir=str(tmp_path),
+        kernel=kernel,
+        wireguard=FakeBackend(kernel, None, log),
+    )
+
+    def net(**options: Any) -> NetworkInfo:
+        opts = d.parse_network_options({k: str(v) for k, v in options.items()})
+        return NetworkInfo("n" * 64, "sec", "198.51.100.0/25", "198.51.100.1/25", None, None, False, opts)
+
+    for options, limit in (({"encrypted": True}, 1390), ({}, 1450)):
+        await d.check_network(net(mtu=limit, **options))
+        for too_big in (limit + 1, 9000):
+            with pytest.raises(InvalidOption, match=f"mtu {too_big} is more .* at most {limit}"):
+                await d.check_network(net(mtu=too_big, **options))
+    assert log == []  # nothing was set up
+    await d.close()

@@ -98,8 +98,8 @@ from libnet.drivers.overlay.vni import VNI_MAX, VNI_MIN, P, VniAllocator
 from libnet.encryption import rotation
 from libnet.encryption.backend import Backend
 from libnet.encryption.backend import choose as choose_backend
-from libnet.encryption.records import NodeKey
-from libnet.encryption.tunnel import Tunnel, forget, revoke
+from libnet.encryption.records import NodeKey, tunnel_range
+from libnet.encryption.tunnel import Tunnel, forget, revoke, wireguard_overhead
 from libnet.errors import BadRequest, Conflict, InvalidOption, KeyModified, KeyNotFound, LibnetError, Unavailable
 from libnet.kernel.api import Kernel
 from libnet.kernel.netlink import VXLAN_PORT
@@ -391,11 +391,34 @@ class OverlayDriver:
     async def check_network(self, nw: NetworkInfo) -> None:
         """Refused before anything is written: no cluster store or no VTEP address
         (--advertise); an encrypted network on a host without a WireGuard backend."""
-        self._need()
+        _, vtep = self._need()
         if nw.options.get("encrypted"):
             tunnel = self.tunnel()
             if tunnel.backend is None:
                 raise Unavailable(f"encrypted overlays are unavailable on this host: {tunnel.reason}", network=nw.name)
+        if (mtu := nw.options.get("mtu")) and mtu > (limit := await asyncio.to_thread(self.mtu_limit, nw, vtep)):
+            kind, overheads = (
+                ("encrypted", "VXLAN's and WireGuard's") if nw.options.get("encrypted") else ("plain", "VXLAN's")
+            )
+            raise InvalidOption(
+                f"mtu {mtu} is more than this host's path carries on a {kind} overlay: at most {limit} "
+                f"(the underlay's MTU minus {overheads} overhead)",
+                option="mtu",
+                network=nw.name,
+            )
+
+    def mtu_limit(self, nw: NetworkInfo, vtep: str) -> int:
+        """The largest MTU ``nw``'s containers can have on this host: the underlay's (``vtep``'s link, or
+        the configured default) minus VXLAN's 50 (IPv4 VTEP) / 70 (IPv6), and on encrypted networks
+        minus WireGuard's too (:func:`~libnet.encryption.tunnel.wireguard_overhead`; the VTEPs are then
+        tunnel addresses, of the encryption range's family).  A larger ``mtu`` option is refused where
+        the network is created and lowered to this on other hosts (:meth:`Plumbing.build`)."""
+        mtu = self.default_mtu or self.plumbing.underlay_mtu(vtep)
+        inner = vtep
+        if nw.options.get("encrypted"):
+            mtu -= wireguard_overhead(vtep)
+            inner = str(tunnel_range(self.encryption_range).network_address)
+        return mtu - (70 if ipaddress.ip_address(inner).version == 6 else 50)
 
     async def create_network(self, nw: NetworkInfo) -> None:
         """Allocate the network's VNI in the cluster store (:mod:`~libnet.drivers.overlay.vni`)."""
