@@ -461,6 +461,14 @@ def make_app(state: AgentState) -> web.Application:
         await revoke(name)
         return _json({"node": name, "revoked": True})
 
+    async def node_unrevoke(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        unrevoke = overlay_hook(ctl, "unrevoke_node")
+        if unrevoke is None:
+            raise BadRequest("this agent has no overlay driver: there is no WireGuard revocation", node=name)
+        await unrevoke(name)
+        return _json({"node": name, "revoked": False})
+
     async def rotate_keys(request: web.Request) -> web.Response:
         rotate = overlay_hook(ctl, "rotate_keys")
         if rotate is None:
@@ -503,6 +511,7 @@ def make_app(state: AgentState) -> web.Application:
     r.add_delete("/v1/nodes/{name}", node_remove)
     r.add_get("/v1/topology", topology)
     r.add_post("/v1/nodes/{name}/revoke", node_revoke)
+    r.add_delete("/v1/nodes/{name}/revoke", node_unrevoke)
     r.add_post("/v1/encryption/rotate", rotate_keys)
     r.add_post("/v1/reconcile", reconcile)
     r.add_get("/metrics", metrics)

@@ -99,9 +99,17 @@ async def forget(store: Store, node: str) -> None:
 
 async def revoke(store: Store, node: str) -> None:
     """Refuse ``node`` as a peer on every host, at once and whatever key it publishes
-    (``libnet node revoke``); its record and addresses go too."""
+    (``libnet node revoke``); its record goes too.  Its tunnel addresses stay claimed (no
+    other host gets them meanwhile) until it is removed for good (:func:`forget`) or the
+    revocation is taken back (:func:`unrevoke`: the host then publishes its key again)."""
     await store.put(revoked_prefix() + node, b"revoked")
-    await forget(store, node)
+    await store.delete(nodes_prefix() + node)
+
+
+async def unrevoke(store: Store, node: str) -> None:
+    """Take back ``node``'s revocation: its running tunnel sees that and publishes its record
+    again, so every host takes it as a peer again (``libnet node unrevoke``)."""
+    await store.delete(revoked_prefix() + node)
 
 
 @dataclass
@@ -431,6 +439,20 @@ class Tunnel:
         self.records[node] = rec
         return old != rec
 
+    async def _republish(self) -> None:
+        """This host's record back into the store when it is missing though the host is not revoked
+        (a revocation taken back, :func:`unrevoke`), so the other hosts take it as a peer again."""
+        if not self._up or self.node in self.records or self.node in self.revoked:
+            return
+        slot = self.slots[self.current]
+        if await claim_address(self.store, self.range, slot_owner(self.node, slot.index)) != slot.address:
+            log.error(
+                "wireguard: this host's tunnel address %s was given to another host; restart the agent", slot.address
+            )
+            return
+        log.info("wireguard: this host's key record is missing and it is not revoked: publishing it again")
+        await self.publish()
+
     async def _watch(self, ready: asyncio.Future[None]) -> None:
         """Every host's record and every revocation: a full read, then every change from the revision before it."""
         while True:
@@ -443,11 +465,14 @@ class Tunnel:
                 for pair in pairs:
                     self._set(pair.key, pair.value)
                 await self.sync()
+                await self._republish()
                 if not ready.done():
                     ready.set_result(None)
                 async for event in self.store.watch_prefix(f"{P}/", start_revision=rev):
                     if self._set(event.key, event.value if event.kind == "put" else None):
                         await self.sync()
+                    if event.key == revoked_prefix() + self.node and event.kind != "put":
+                        await self._republish()
             except LibnetError as exc:
                 log.warning("wireguard record watch: %s; re-reading", exc)
                 await asyncio.sleep(1)

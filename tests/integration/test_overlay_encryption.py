@@ -420,5 +420,14 @@ def test_a_join_needs_a_working_tunnel_to_each_peer_host(tmp_path) -> None:
         assert bed.hosts[0].name in r.stderr or bed.hosts[1].name in r.stderr, r.stderr
         status = agents[0].cli_json("agent", "status")["encryption"]
         assert other in status["incompatible"][bed.hosts[2].name], status
+
+        # revoking a name no host has is refused; a revoked host re-admitted on purpose is reachable again
+        r = agents[0].cli("node", "revoke", "no-such-host")
+        assert r.returncode != 0 and "no-such-host" in r.stderr, r.stderr
+        assert agents[0].cli("node", "revoke", bed.hosts[1].name).returncode == 0
+        assert wait_until(lambda: not bed.ping(a, ip(ep["ipv4"]), wait=1), 10)
+        r = agents[0].cli("node", "unrevoke", bed.hosts[1].name)
+        assert r.returncode == 0, r.stderr
+        wait_ping(bed, a, ip(ep["ipv4"]))
         for agent in [*agents, third]:
             agent.stop()

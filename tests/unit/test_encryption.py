@@ -17,9 +17,9 @@ from libnet.encryption import backend as wgbackend
 from libnet.encryption import keys
 from libnet.encryption.backend import WgConfig, WgPeer
 from libnet.encryption.kernel_backend import KernelBackend
-from libnet.encryption.records import NodeKey, claim_address, endpoint, nodes_prefix, tunnel_range
+from libnet.encryption.records import NodeKey, claim_address, endpoint, nodes_prefix, revoked_prefix, tunnel_range
 from libnet.encryption.tunnel import GUARD_KEY, Tunnel, forget, revoke, wireguard_overhead
-from libnet.errors import BadRequest, InvalidOption, Unavailable
+from libnet.errors import BadRequest, InvalidOption, LibnetError, Unavailable
 from libnet.kernel import firewall
 from libnet.ownership import firewall_table
 from libnet.store import open_store
@@ -674,3 +674,36 @@ async def test_an_mtu_the_path_cannot_carry_is_refused_where_the_network_is_made
                 await d.check_network(net(mtu=too_big, **options))
     assert log == []  # nothing was set up
     await d.close()
+
+
+async def test_revoking_an_unknown_host_is_refused_and_a_revocation_can_be_taken_back(monkeypatch, tmp_path) -> None:
+    """Breaker: ``libnet node revoke`` of a name no host has was accepted (a typo revoked nothing and
+    marked the name for ever).  And a revoked host re-admitted on purpose (``libnet node unrevoke``)
+    publishes its key again by itself, with the tunnel address it kept."""
+    from libnet.drivers.overlay.driver import OverlayDriver
+    from libnet.errors import NoSuchNode
+
+    _, store, _, h1, _ = await tunnel_beside_h2(monkeypatch, tmp_path)
+    d = OverlayDriver(cluster_store=store, node="h2", vtep="203.0.113.12", instance="ba9876543210",
+                      state_dir=str(tmp_path / "h2"), kernel=FakeKernel(), wireguard=None)  # fmt: skip
+    addr = await h1.ensure()
+    try:
+        with pytest.raises(NoSuchNode, match="no host 'h1x' is known"):
+            await d.revoke_node("h1x")
+        assert await store.list(revoked_prefix()) == []
+        with pytest.raises(NoSuchNode, match="not revoked"):
+            await d.unrevoke_node("h1")
+        await d.revoke_node("h1")
+        assert await until(lambda: "h1" in h1.revoked and "h1" not in h1.records)
+        await d.revoke_node("h1")  # again: still known (by its revocation), nothing changes
+        await d.unrevoke_node("h1")
+        for _ in range(300):
+            with contextlib.suppress(LibnetError):
+                if NodeKey.decode((await store.get(nodes_prefix() + "h1")).value).tunnel == addr:
+                    break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("h1 did not publish its key again")
+    finally:
+        await h1.close()
+        await d.close()

@@ -98,9 +98,18 @@ from libnet.drivers.overlay.vni import VNI_MAX, VNI_MIN, P, VniAllocator
 from libnet.encryption import rotation
 from libnet.encryption.backend import Backend
 from libnet.encryption.backend import choose as choose_backend
-from libnet.encryption.records import NodeKey, tunnel_range
-from libnet.encryption.tunnel import Tunnel, forget, revoke, wireguard_overhead
-from libnet.errors import BadRequest, Conflict, InvalidOption, KeyModified, KeyNotFound, LibnetError, Unavailable
+from libnet.encryption.records import NodeKey, nodes_prefix, revoked_prefix, tunnel_range
+from libnet.encryption.tunnel import Tunnel, forget, revoke, unrevoke, wireguard_overhead
+from libnet.errors import (
+    BadRequest,
+    Conflict,
+    InvalidOption,
+    KeyModified,
+    KeyNotFound,
+    LibnetError,
+    NoSuchNode,
+    Unavailable,
+)
 from libnet.kernel.api import Kernel
 from libnet.kernel.netlink import VXLAN_PORT
 from libnet.ownership import NamespaceLedger
@@ -255,12 +264,41 @@ class OverlayDriver:
             return None
         return self.tunnel().status()
 
+    async def _known_nodes(self, store: Store) -> set[str]:
+        """Every host name the cluster knows of: Serf members (any status), WireGuard key records and
+        revocations, and the hosts of overlay endpoints."""
+        names = {m.name for m in await self._membership.members()} if self._membership is not None else set()
+        for prefix in (nodes_prefix(), revoked_prefix()):
+            names |= {pair.key.rsplit("/", 1)[1] for pair in await store.list(prefix)}
+        for pair in await store.list(f"{P}/peers/"):
+            with contextlib.suppress(LibnetError):
+                names.add(decode(pair.value).node)
+        return names
+
     async def revoke_node(self, node: str) -> None:
-        """Refuse ``node`` as a WireGuard peer on every host at once (``libnet node revoke``)."""
+        """Refuse ``node`` as a WireGuard peer on every host at once (``libnet node revoke``).
+
+        Raises ``NoSuchNode`` for a name the cluster does not know (a typo would otherwise revoke
+        nothing and mark a name for ever), ``BadRequest`` for this host itself."""
         store, _ = self._need()
         if node.lower() == self.node.lower():
             raise BadRequest("a host cannot revoke itself; run this on another host", node=node)
+        if node not in await self._known_nodes(store):
+            raise NoSuchNode(
+                f"no host {node!r} is known to the cluster (no member, WireGuard key or endpoint of that name)",
+                node=node,
+            )
         await revoke(store, node)
+
+    async def unrevoke_node(self, node: str) -> None:
+        """Take back a revocation (``libnet node unrevoke``): ``node``'s tunnel publishes its key again
+        and every host takes it as a peer again.  Raises ``NoSuchNode`` if it is not revoked."""
+        store, _ = self._need()
+        try:
+            await store.get(revoked_prefix() + node)
+        except KeyNotFound:
+            raise NoSuchNode(f"host {node!r} is not revoked", node=node) from None
+        await unrevoke(store, node)
 
     async def forget_node(self, node: str) -> None:
         """``node`` is gone for good (``libnet node rm``): its key record and tunnel address go."""
