@@ -454,20 +454,13 @@ def make_app(state: AgentState) -> web.Application:
         return _json(build_topology(ctl, state.node_name, members, networks, endpoints, sandboxes))
 
     async def node_revoke(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        revoke = overlay_hook(ctl, "revoke_node")
-        if revoke is None:
+        """POST revokes the host's WireGuard key, DELETE takes the revocation back."""
+        name, revoking = request.match_info["name"], request.method == "POST"
+        hook = overlay_hook(ctl, "revoke_node" if revoking else "unrevoke_node")
+        if hook is None:
             raise BadRequest("this agent has no overlay driver: there is no WireGuard key to revoke", node=name)
-        await revoke(name)
-        return _json({"node": name, "revoked": True})
-
-    async def node_unrevoke(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        unrevoke = overlay_hook(ctl, "unrevoke_node")
-        if unrevoke is None:
-            raise BadRequest("this agent has no overlay driver: there is no WireGuard revocation", node=name)
-        await unrevoke(name)
-        return _json({"node": name, "revoked": False})
+        await hook(name)
+        return _json({"node": name, "revoked": revoking})
 
     async def rotate_keys(request: web.Request) -> web.Response:
         rotate = overlay_hook(ctl, "rotate_keys")
@@ -511,7 +504,7 @@ def make_app(state: AgentState) -> web.Application:
     r.add_delete("/v1/nodes/{name}", node_remove)
     r.add_get("/v1/topology", topology)
     r.add_post("/v1/nodes/{name}/revoke", node_revoke)
-    r.add_delete("/v1/nodes/{name}/revoke", node_unrevoke)
+    r.add_delete("/v1/nodes/{name}/revoke", node_revoke)
     r.add_post("/v1/encryption/rotate", rotate_keys)
     r.add_post("/v1/reconcile", reconcile)
     r.add_get("/metrics", metrics)

@@ -593,8 +593,10 @@ class Tunnel:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        if stop and self.backend is not None:
-            for i in sorted(self.live):
-                await asyncio.to_thread(self.backend.delete, self.slots[i].ifname)
+        if stop and self.backend is not None:  # both slots: also those an earlier agent left and this one never used
+            for slot in self.slots:
+                if slot.index in self.live or await asyncio.to_thread(self.backend.alive, slot.ifname):
+                    await asyncio.to_thread(self.backend.delete, slot.ifname)
+                    log.info("wireguard interface %s stopped", slot.ifname)
             self.live = set()
         self._up = False

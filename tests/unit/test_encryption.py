@@ -707,3 +707,15 @@ async def test_revoking_an_unknown_host_is_refused_and_a_revocation_can_be_taken
     finally:
         await h1.close()
         await d.close()
+
+
+async def test_leaving_for_good_stops_interfaces_an_earlier_agent_left(monkeypatch, tmp_path) -> None:
+    """Breaker: ``libnet-agent --leave`` stopped only interfaces this run had used: a host with no encrypted
+    network restored yet kept the wireguard-go an earlier agent started, for ever."""
+    _, _, log, h1, backend = await tunnel_beside_h2(monkeypatch, tmp_path)
+    for slot in h1.slots:
+        backend.create(slot.ifname)  # both slots, as a crash in the middle of a rotation leaves them
+    await h1.close()  # a plain stop: they stay
+    assert all(backend.alive(s.ifname) for s in h1.slots)
+    await h1.close(stop=True)
+    assert not any(backend.alive(s.ifname) for s in h1.slots) and log.count("delete") == 2

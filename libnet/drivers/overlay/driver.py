@@ -681,10 +681,11 @@ class OverlayDriver:
         return gone
 
     async def stop_tunnel(self) -> None:
-        """Remove this host's WireGuard interfaces now (the host leaves the cluster for good);
-        otherwise they outlive the agent, which re-adopts them on start."""
-        if self._tunnel is not None:
-            await self._tunnel.close(stop=True)
+        """Remove this host's WireGuard interfaces now (the host leaves the cluster for good), also
+        those a previous agent left and this one never used; otherwise they outlive the agent,
+        which re-adopts them on start."""
+        if self._tunnel is not None or (self.store is not None and self.vtep):
+            await self.tunnel().close(stop=True)
 
     async def close(self) -> None:
         if self._rotating is not None:
