@@ -16,7 +16,6 @@ import os
 import re
 import signal
 import subprocess
-import threading
 import time
 from typing import Any
 
@@ -24,6 +23,7 @@ import pytest
 
 from libnet.kernel import netns
 from libnet.testing.agents import AgentProcess
+from libnet.testing.capture import Capture, udp_count, vxlan_vnis
 from libnet.testing.cluster import PingStream, ip, place, start_agents, wait_ping
 from libnet.testing.hosts import Testbed, wait_until
 
@@ -39,45 +39,6 @@ def bed():
         pytest.skip("wireguard-go/wg missing: run scripts/install-system-deps")
     with Testbed(3) as b:
         yield b
-
-
-class Capture:
-    """Every frame on the switch's bridge, from start to stop (raw bytes)."""
-
-    def __init__(self, bed: Testbed) -> None:
-        self.frames: list[bytes] = []
-        self._stop, ready = threading.Event(), threading.Event()
-
-        def sniff() -> None:
-            from scapy.all import sniff as scapy_sniff
-
-            scapy_sniff(
-                iface="sw0",
-                timeout=120,
-                prn=lambda p: self.frames.append(bytes(p)),
-                store=False,
-                stop_filter=lambda p: self._stop.is_set(),
-                started_callback=ready.set,
-            )
-
-        self._thread = threading.Thread(target=netns.run_in, args=(bed.switch, sniff), daemon=True)
-        self._thread.start()
-        assert ready.wait(10), "the capture did not start"
-
-    def stop(self, bed: Testbed) -> list[Any]:
-        from scapy.all import Ether
-
-        self._stop.set()
-        bed.ping(bed.hosts[0].ns, bed.hosts[1].ipv4)  # one more frame, so the stop filter runs
-        self._thread.join(15)
-        return [Ether(f) for f in self.frames]
-
-
-def vxlan_vnis(packets: list[Any]) -> set[int]:
-    from scapy.all import UDP
-    from scapy.layers.vxlan import VXLAN
-
-    return {p[VXLAN].vni for p in packets if UDP in p and p[UDP].dport == 4789 and VXLAN in p}
 
 
 def assert_no_clear_text(frames: list[bytes], packets: list[Any], vni: int, inner: list[str]) -> None:
@@ -114,9 +75,7 @@ def missing(out: str) -> list[int]:
 
 
 def wireguard_count(packets: list[Any]) -> int:
-    from scapy.all import UDP
-
-    return sum(1 for p in packets if UDP in p and WG_PORT in (p[UDP].sport, p[UDP].dport))
+    return udp_count(packets, WG_PORT)
 
 
 def vni_of(agent: AgentProcess, network: str) -> int:
