@@ -390,3 +390,25 @@ def test_a_join_needs_a_working_tunnel_to_each_peer_host(tmp_path) -> None:
         wait_ping(bed, a, ip(ep["ipv4"]))
         for agent in [*agents, third]:
             agent.stop()
+
+
+def test_a_dead_host_does_not_block_the_others_key_rotation(tmp_path) -> None:
+    """Breaker: a host that died for good kept its key record, never acknowledged a coming key, and so
+    aborted every other host's rotation, for ever.  Once Serf reports it gone (failed past the grace
+    period) it is not waited for."""
+    with Testbed(2) as bed:
+        agents, (a, _), _ = _two_on_an_encrypted_overlay(bed, tmp_path)
+        agents[1].kill()  # the whole host dies: agent, Serf agent, wireguard-go
+        agents[1].stop_serf()
+        agents[1].stop_wireguard()
+        gone = bed.hosts[1].name
+
+        def seen_failed() -> bool:
+            return any(n["name"] == gone and n["status"] == "failed" for n in agents[0].cli_json("node", "ls"))
+
+        assert wait_until(seen_failed, 30)
+        time.sleep(4)  # the grace period (3 s) passes
+        r = agents[0].cli("network", "rotate-keys", "--json", timeout=150)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["interface"].endswith("b")
+        agents[0].stop()
