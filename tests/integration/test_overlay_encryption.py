@@ -397,7 +397,7 @@ def test_a_dead_host_does_not_block_the_others_key_rotation(tmp_path) -> None:
     aborted every other host's rotation, for ever.  Once Serf reports it gone (failed past the grace
     period) it is not waited for."""
     with Testbed(2) as bed:
-        agents, (a, _), _ = _two_on_an_encrypted_overlay(bed, tmp_path)
+        agents, _, _ = _two_on_an_encrypted_overlay(bed, tmp_path)
         agents[1].kill()  # the whole host dies: agent, Serf agent, wireguard-go
         agents[1].stop_serf()
         agents[1].stop_wireguard()
