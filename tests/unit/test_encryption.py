@@ -9,6 +9,7 @@ import dataclasses
 import os
 import shutil
 import stat
+import subprocess
 from typing import Any
 
 import pytest
@@ -192,6 +193,30 @@ def test_kernel_backend_sets_exactly_the_desired_peers() -> None:
     assert wg.peers[KEYS[1]]["persistent_keepalive"] == 25
     kb.delete("lnwx")
     assert not kb.alive("lnwx")
+
+
+def test_backends_report_each_peers_latest_handshake(tmp_path) -> None:
+    """``latest-handshake`` per peer (Unix seconds, 0: never): what ``agent status`` shows as handshake ages."""
+    wg = FakeWg()
+    wg.info = lambda ifname: [  # type: ignore[method-assign]
+        FakeAttrs(
+            WGDEVICE_A_PEERS=[
+                FakeAttrs(
+                    WGPEER_A_PUBLIC_KEY=base64.b64decode(KEYS[1]), WGPEER_A_LAST_HANDSHAKE_TIME={"tv_sec": 1700000000}
+                ),
+                FakeAttrs(WGPEER_A_PUBLIC_KEY=base64.b64decode(KEYS[2]), WGPEER_A_LAST_HANDSHAKE_TIME={"tv_sec": 0}),
+            ]
+        )
+    ]
+    kb = KernelBackend("h1", ipr=lambda ns: FakeIpr({}), wg=lambda ns: wg)
+    assert kb.handshakes("lnwx") == {KEYS[1]: 1700000000.0, KEYS[2]: 0.0}
+
+    def run(argv: list[str], **kw: Any) -> Any:
+        assert argv == ["wg", "show", "lnwx", "latest-handshakes"]
+        return subprocess.CompletedProcess(argv, 0, f"{KEYS[1]}\t1700000000\n{KEYS[2]}\t0\n", "")
+
+    us = wgbackend.UserspaceBackend(None, str(tmp_path), run=run)
+    assert us.handshakes("lnwx") == {KEYS[1]: 1700000000.0, KEYS[2]: 0.0}
 
 
 # --- the tunnel, with a fake kernel and backend ------------------------------------------
