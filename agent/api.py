@@ -133,10 +133,10 @@ def overlay_hook(ctl: Controller, name: str) -> Any:
     return hook if callable(hook) else None
 
 
-def _encryption(ctl: Controller) -> dict[str, Any] | None:
+async def _encryption(ctl: Controller) -> dict[str, Any] | None:
     """The overlay driver's WireGuard tunnel: backend and why, interface, peers (None: no overlays here)."""
     status = overlay_hook(ctl, "encryption_status")
-    return status() if status is not None else None
+    return await status() if status is not None else None
 
 
 def _json(obj: Any, status: int = 200) -> web.Response:
@@ -284,7 +284,7 @@ def make_app(state: AgentState) -> web.Application:
                 "members_alive": sum(m["status"] == "alive" for m in members),
                 "networks": len(await ctl.networks()),
                 "sandboxes": len(await ctl.sandboxes()),
-                "encryption": _encryption(ctl),
+                "encryption": await _encryption(ctl),
             },
             200 if store_ok else 503,
         )

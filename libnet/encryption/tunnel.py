@@ -190,8 +190,9 @@ class Tunnel:
     def ifname(self) -> str:
         return self.slots[self.current].ifname
 
-    def status(self) -> dict[str, Any]:
-        """What ``libnet agent status`` shows: backend and why, interface, key, address, peers."""
+    def status(self, handshake_ages: dict[str, float | None] | None = None) -> dict[str, Any]:
+        """What ``libnet agent status`` shows: backend and why, interface, key, address, peers,
+        incompatible hosts, and ``handshake_ages`` when given (:meth:`handshake_ages`)."""
         out: dict[str, Any] = {
             "backend": self.backend.name if self.backend else None,
             "reason": self.reason,
@@ -202,7 +203,7 @@ class Tunnel:
             "peers": sorted(n for n in self.records if n != self.node and n not in self.revoked),
             "revoked": sorted(self.revoked),
             "incompatible": dict(sorted(self._incompatible.items())),
-            "handshake_ages": self.handshake_ages(),
+            "handshake_ages": handshake_ages,
             "restarts": self.restarts,
             "rotations": self.rotations,
         }
@@ -479,9 +480,8 @@ class Tunnel:
 
     # --- working tunnels ----------------------------------------------------------------
 
-    def handshake_ages(self) -> dict[str, float | None]:
-        """Each peer host (record, not revoked) -> seconds since its latest handshake with any
-        live slot of this host, through any of its identities (None: never, or unreadable)."""
+    def _latest_handshakes(self) -> dict[str, float]:
+        """Public key -> latest handshake (Unix seconds) over every live slot (blocking: asks the backend)."""
         latest: dict[str, float] = {}
         if self.backend is not None and self._up:
             for i in sorted(self.live):
@@ -491,6 +491,12 @@ class Tunnel:
                     continue
                 for key, when in seen.items():
                     latest[key] = max(latest.get(key, 0.0), when)
+        return latest
+
+    async def handshake_ages(self) -> dict[str, float | None]:
+        """Each peer host (record, not revoked) -> seconds since its latest handshake with any
+        live slot of this host, through any of its identities (None: never, or unreadable)."""
+        latest = await asyncio.to_thread(self._latest_handshakes)
         now = time.time()
         out: dict[str, float | None] = {}
         for name, rec in self.records.items():
@@ -514,7 +520,7 @@ class Tunnel:
             else:
                 probed[node] = asyncio.to_thread(self.probe, self.host_ns, self.records[node].tunnel, 1.0)
         answers = await asyncio.gather(*probed.values())
-        ages = await asyncio.to_thread(self.handshake_ages) if not all(answers) else {}
+        ages = await self.handshake_ages() if not all(answers) else {}
         for node, ok in zip(probed, answers, strict=True):
             if not ok:
                 age = ages.get(node)

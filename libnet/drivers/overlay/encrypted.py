@@ -144,12 +144,14 @@ class EncryptedOverlays:
                     await self.store.put(pair.key, encode(peer))
                     await self._announce("add", peer)
 
-    def encryption_status(self) -> dict[str, Any] | None:
+    async def encryption_status(self) -> dict[str, Any] | None:
         """The tunnel's status (backend and why; ``up`` once an encrypted network
-        was set up here), or None without a cluster store or VTEP."""
+        was set up here; seconds since each peer host's latest handshake), or None
+        without a cluster store or VTEP."""
         if self._tunnel is None and (self.store is None or not self.vtep):
             return None
-        return self.tunnel().status()
+        tunnel = self.tunnel()
+        return tunnel.status(await tunnel.handshake_ages())
 
     async def _known_nodes(self, store: Store) -> set[str]:
         """Every host name the cluster knows of: Serf members (any status), WireGuard key records and
