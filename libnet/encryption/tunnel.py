@@ -32,6 +32,13 @@ sets the WireGuard peers of each of its slots to exactly the other hosts'
 identities, so a host whose record is removed or revoked (:func:`revoke`)
 loses every peer at once.
 
+Working tunnels (:meth:`Tunnel.await_peers`): a join of an encrypted network
+waits, at most ``handshake_timeout`` seconds, until an ICMP echo to each peer
+host's tunnel address comes back through WireGuard (:mod:`libnet.kernel.probe`),
+else fails with ``TunnelDown`` naming those hosts; a host whose record shows
+another encryption range is refused at once (``IncompatibleTunnel``) and
+listed by :meth:`Tunnel.status`.
+
 Supervision: every ``check_interval`` seconds each live slot is checked
 (process, link up, address); a dead one (``kill -9`` of ``wireguard-go``) is
 brought up again with the same key, address and peers.  The interfaces

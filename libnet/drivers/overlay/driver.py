@@ -8,7 +8,8 @@ it, on the VTEP address, so its UDP socket stays on the underlay; see
 is off, ARP/ND proxy on: the device is told every remote endpoint.  The VNI
 is allocated from the cluster store (256 .. 2^24-1).  MTU: the underlay
 device's minus 50 (IPv4 VTEP) or 70 (IPv6 VTEP), unless an ``mtu`` option
-says otherwise.
+says otherwise -- at most that (refused above it where the network is
+created, lowered to it on hosts with a smaller underlay).
 
 Peer distribution: at join an endpoint's record (addresses, MAC, VTEP, host)
 is written to the cluster store under ``libnet/v1/overlay/peers/<network>/``;
@@ -53,7 +54,9 @@ here; this host's VTEP on it is its tunnel address, the VXLAN device sends
 from the unspecified address (the source comes from the route into the
 tunnel), and the MTU is the WireGuard interface's minus VXLAN's.  After a
 key rotation the host's endpoints' peer records are rewritten with its new
-tunnel address.
+tunnel address.  A join waits for a working tunnel to each other host with
+endpoints on the network.  That part of the driver is
+:mod:`~libnet.drivers.overlay.encrypted`.
 
 The driver itself is orchestration: VNI allocation is
 :mod:`~libnet.drivers.overlay.vni`, the namespace and devices
@@ -96,15 +99,7 @@ from libnet.drivers.overlay.programmer import Programmer
 from libnet.drivers.overlay.vni import VNI_MAX, VNI_MIN, P, VniAllocator
 from libnet.encryption.backend import Backend
 from libnet.encryption.tunnel import Tunnel
-from libnet.errors import (
-    BadRequest,
-    Conflict,
-    InvalidOption,
-    KeyModified,
-    KeyNotFound,
-    LibnetError,
-    Unavailable,
-)
+from libnet.errors import BadRequest, Conflict, InvalidOption, KeyModified, KeyNotFound, LibnetError, Unavailable
 from libnet.kernel.api import Kernel
 from libnet.kernel.netlink import VXLAN_PORT
 from libnet.ownership import NamespaceLedger
