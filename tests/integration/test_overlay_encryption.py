@@ -276,14 +276,16 @@ def test_encrypted_overlay_on_an_ipv6_underlay(tmp_path) -> None:
             agent.stop()
 
 
-def _two_on_an_encrypted_overlay(bed: Testbed, tmp_path: Any) -> tuple[list[AgentProcess], Any, Any]:
-    """Agents on the bed's first two hosts (encryption range TUNNEL_RANGE), the encrypted overlay ``sec``
-    and a container on each, the first reaching the second: (agents, (ns, endpoint) of each)."""
+def _two_on_an_encrypted_overlay(
+    bed: Testbed, tmp_path: Any, extra: tuple[str, ...] = ()
+) -> tuple[list[AgentProcess], Any, Any]:
+    """Agents on the bed's first two hosts (encryption range TUNNEL_RANGE; ``extra`` arguments), the encrypted
+    overlay ``sec`` and a container on each, the first reaching the second: (agents, (ns, endpoint) of each)."""
     if not all(os.path.exists(p) for p in ("/usr/bin/wireguard-go", "/usr/bin/wg")):
         pytest.skip("wireguard-go/wg missing: run scripts/install-system-deps")
     agents = start_agents(
         bed, str(tmp_path), f"sqlite://{tmp_path}/cluster.db", hosts=bed.hosts[:2],
-        extra=("--encryption-range", TUNNEL_RANGE),
+        extra=("--encryption-range", TUNNEL_RANGE, *extra),
     )  # fmt: skip
     r = agents[0].cli("network", "create", "sec", "--driver", "overlay", "-o", "encrypted", "--subnet",
                       "198.51.100.0/25", "--subnet6", "2001:db8:77::/64")  # fmt: skip
@@ -354,7 +356,7 @@ def test_a_join_needs_a_working_tunnel_to_each_peer_host(tmp_path) -> None:
     a join on h1 is refused after the wait, naming h2, and goes through once h2 is back.  h3, configured
     with another encryption range, is refused at once, naming h1 and both ranges, and h1's status shows it."""
     with Testbed(3) as bed:
-        agents, (a, _), (_b, ep) = _two_on_an_encrypted_overlay(bed, tmp_path)
+        agents, (a, _), (_b, ep) = _two_on_an_encrypted_overlay(bed, tmp_path, ("--encryption-join-timeout", "3"))
         wg = agents[1].wireguard_pid()
         assert wg is not None
         agents[1].stop()
@@ -362,8 +364,8 @@ def test_a_join_needs_a_working_tunnel_to_each_peer_host(tmp_path) -> None:
         sid = agents[0].cli("sandbox", "create").stdout.strip()
         started = time.monotonic()
         r = agents[0].cli("connect", "sec", sid)
-        assert r.returncode != 0 and bed.hosts[1].name in r.stderr and "WireGuard" in r.stderr, r.stderr
-        assert 9 < time.monotonic() - started < 40
+        assert r.returncode != 0 and bed.hosts[1].name in r.stderr and "within 3 s" in r.stderr, r.stderr
+        assert 3 < time.monotonic() - started < 30
         assert not [e for e in agents[0].cli_json("endpoint", "ls", "--network", "sec") if e["sandbox_id"] == sid]
         agents[1].start()  # wireguard-go back: the same join goes through
         r = agents[0].cli("connect", "sec", sid)

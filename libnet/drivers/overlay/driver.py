@@ -82,6 +82,7 @@ from libnet import ownership
 from libnet.cluster.membership import Membership
 from libnet.config import (
     DEFAULT_ANTI_ENTROPY,
+    DEFAULT_ENCRYPTION_JOIN_TIMEOUT,
     DEFAULT_ENCRYPTION_PORT,
     DEFAULT_ENCRYPTION_RANGE,
     DEFAULT_ENCRYPTION_ROTATION,
@@ -157,6 +158,7 @@ class OverlayDriver(EncryptedOverlays):
         encryption_range: str = DEFAULT_ENCRYPTION_RANGE,
         encryption_port: int = DEFAULT_ENCRYPTION_PORT,
         encryption_rotation: float = DEFAULT_ENCRYPTION_ROTATION,
+        encryption_join_timeout: float = DEFAULT_ENCRYPTION_JOIN_TIMEOUT,
         wireguard: Backend | Literal["auto"] | None = "auto",
     ) -> None:
         self.host_ns, self.default_mtu = host_ns, default_mtu
@@ -177,7 +179,7 @@ class OverlayDriver(EncryptedOverlays):
         #: called with a network id whenever its remote endpoints changed (the embedded DNS listens)
         self.peer_listeners: list[Callable[[str], None]] = []
         self.encryption_range, self.encryption_port = encryption_range, encryption_port
-        self.encryption_rotation = encryption_rotation
+        self.encryption_rotation, self.encryption_join_timeout = encryption_rotation, encryption_join_timeout
         self._wireguard = wireguard
         self._tunnel: Tunnel | None = None
         self._rotating: asyncio.Task[None] | None = None

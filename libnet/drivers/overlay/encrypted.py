@@ -64,6 +64,7 @@ class EncryptedOverlays:
     encryption_range: str
     encryption_port: int
     encryption_rotation: float
+    encryption_join_timeout: float
     _wireguard: Backend | Literal["auto"] | None
     _tunnel: Tunnel | None
     _rotating: asyncio.Task[None] | None
@@ -105,6 +106,7 @@ class EncryptedOverlays:
                 port=self.encryption_port,
             )
             self._tunnel.gone = self.host_gone
+            self._tunnel.handshake_timeout = self.encryption_join_timeout
             self._tunnel.switch_listeners.append(self._reannounce_encrypted)
             self._tunnel.publish_listeners.append(self._tag_key)
         return self._tunnel
