@@ -744,3 +744,45 @@ async def test_leaving_for_good_stops_interfaces_an_earlier_agent_left(monkeypat
     assert all(backend.alive(s.ifname) for s in h1.slots)
     await h1.close(stop=True)
     assert not any(backend.alive(s.ifname) for s in h1.slots) and log.count("delete") == 2
+
+
+def test_purge_stops_the_instances_recorded_wireguard_go(tmp_path) -> None:
+    """``libnet-agent --purge`` removes everything of the instance: its wireguard-go too (by the pid record in
+    the state dir, trusted only while that pid is still ``wireguard-go`` of the interface)."""
+    import json
+    import subprocess
+    import sys
+
+    from libnet.encryption.tunnel import ifname_of
+    from libnet.inventory import _stop_wireguard_go
+
+    ifname = ifname_of(INSTANCE)
+    # a stand-in process whose command line reads like ``wireguard-go ... <ifname>``
+    proc = subprocess.Popen(
+        ["bash", "-c", f"exec -a wireguard-go {sys.executable} -c 'import time; time.sleep(60)' {ifname}"]
+    )
+    try:
+        assert until_sync(lambda: wgbackend.UserspaceBackend.is_ours(proc.pid, ifname))
+        os.makedirs(tmp_path / "wireguard")
+        with open(tmp_path / "wireguard" / f"wireguard-go-{ifname}.json", "w") as f:
+            json.dump({"pid": proc.pid, "ifname": ifname}, f)
+        removed = _stop_wireguard_go(INSTANCE, str(tmp_path), None)
+        assert removed == [f"wireguard-go {proc.pid} of {ifname} (encrypted overlays' tunnel)"]
+        assert proc.wait(5) is not None
+        assert not (tmp_path / "wireguard" / f"wireguard-go-{ifname}.json").exists()
+        assert _stop_wireguard_go(INSTANCE, str(tmp_path), None) == []  # nothing left
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+def until_sync(predicate: Any, timeout: float = 5.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
