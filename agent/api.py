@@ -133,10 +133,10 @@ def overlay_hook(ctl: Controller, name: str) -> Any:
     return hook if callable(hook) else None
 
 
-def _encryption(ctl: Controller) -> dict[str, Any] | None:
+async def _encryption(ctl: Controller) -> dict[str, Any] | None:
     """The overlay driver's WireGuard tunnel: backend and why, interface, peers (None: no overlays here)."""
     status = overlay_hook(ctl, "encryption_status")
-    return status() if status is not None else None
+    return await status() if status is not None else None
 
 
 def _json(obj: Any, status: int = 200) -> web.Response:
@@ -284,7 +284,7 @@ def make_app(state: AgentState) -> web.Application:
                 "members_alive": sum(m["status"] == "alive" for m in members),
                 "networks": len(await ctl.networks()),
                 "sandboxes": len(await ctl.sandboxes()),
-                "encryption": _encryption(ctl),
+                "encryption": await _encryption(ctl),
             },
             200 if store_ok else 503,
         )
@@ -452,12 +452,13 @@ def make_app(state: AgentState) -> web.Application:
         return _json(build_topology(ctl, state.node_name, members, networks, endpoints, sandboxes))
 
     async def node_revoke(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        revoke = overlay_hook(ctl, "revoke_node")
-        if revoke is None:
+        """POST revokes the host's WireGuard key, DELETE takes the revocation back."""
+        name, revoking = request.match_info["name"], request.method == "POST"
+        hook = overlay_hook(ctl, "revoke_node" if revoking else "unrevoke_node")
+        if hook is None:
             raise BadRequest("this agent has no overlay driver: there is no WireGuard key to revoke", node=name)
-        await revoke(name)
-        return _json({"node": name, "revoked": True})
+        await hook(name)
+        return _json({"node": name, "revoked": revoking})
 
     async def rotate_keys(request: web.Request) -> web.Response:
         rotate = overlay_hook(ctl, "rotate_keys")
@@ -501,6 +502,7 @@ def make_app(state: AgentState) -> web.Application:
     r.add_delete("/v1/nodes/{name}", node_remove)
     r.add_get("/v1/topology", topology)
     r.add_post("/v1/nodes/{name}/revoke", node_revoke)
+    r.add_delete("/v1/nodes/{name}/revoke", node_revoke)
     r.add_post("/v1/encryption/rotate", rotate_keys)
     r.add_post("/v1/reconcile", reconcile)
     r.add_get("/metrics", metrics)

@@ -484,6 +484,18 @@ def node_revoke(ctx: click.Context, name: str) -> None:
     click.echo(f"{r['node']}: revoked")
 
 
+@node.command("unrevoke")
+@click.argument("name")
+@click.pass_context
+def node_unrevoke(ctx: click.Context, name: str) -> None:
+    """Take back a revocation (the host is re-admitted on purpose): its agent publishes its
+    WireGuard key again by itself and every host takes it as a peer again.  Refused if the
+    host is not revoked.  A host that should get a fresh key rotates it after this
+    (``libnet network rotate-keys`` on that host)."""
+    r = _client(ctx).request("DELETE", f"/v1/nodes/{urllib.parse.quote(name, safe='')}/revoke")
+    click.echo(f"{r['node']}: no longer revoked")
+
+
 @cli.group()
 def agent() -> None:
     """Inspect the agent."""

@@ -57,6 +57,8 @@ class AgentConfig:
     encryption_range: str = _LIB.encryption_range
     encryption_port: int = _LIB.encryption_port  # WireGuard's UDP port on the underlay (rotations use the next too)
     encryption_rotation: float = _LIB.encryption_rotation  # seconds between WireGuard key rotations; 0: never
+    #: seconds a join of an encrypted network waits for a working WireGuard tunnel to each peer host on it
+    encryption_join_timeout: float = _LIB.encryption_join_timeout
     mtu: int | None = _LIB.mtu
     ipv6: bool = _LIB.ipv6
     #: [{base, size}] as Docker's default-address-pools: IPv4 entries are local networks' defaults, IPv6
@@ -94,7 +96,13 @@ class AgentConfig:
             raise BadRequest("log_format must be text or json", log_format=self.log_format)
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise BadRequest("log_level must be debug, info, warning or error", log_level=self.log_level)
-        for name in ("peer_grace_period", "overlay_anti_entropy", "reconcile_interval", "docker_sync_interval"):
+        for name in (
+            "peer_grace_period",
+            "overlay_anti_entropy",
+            "reconcile_interval",
+            "docker_sync_interval",
+            "encryption_join_timeout",
+        ):
             if not getattr(self, name) > 0:
                 raise BadRequest(f"{name} must be a positive number of seconds", **{name: str(getattr(self, name))})
         if not float(self.encryption_rotation) >= 0:
@@ -145,6 +153,7 @@ class AgentConfig:
             encryption_range=self.encryption_range,
             encryption_port=int(self.encryption_port),
             encryption_rotation=float(self.encryption_rotation),
+            encryption_join_timeout=float(self.encryption_join_timeout),
             port_range=parse_range(self.port_range),
             dns=DnsConfig(
                 enabled=self.dns,

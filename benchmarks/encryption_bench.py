@@ -132,7 +132,7 @@ def main() -> dict:
         loop = asyncio.new_event_loop()
         ctls, placed = loop.run_until_complete(libnet_overlays(bed, tmp))
         try:
-            status = ctls[0].driver("overlay").encryption_status()  # type: ignore[attr-defined]
+            status = loop.run_until_complete(ctls[0].driver("overlay").encryption_status())  # type: ignore[attr-defined]
             backend = status["backend"] if status else ""
             (e1, _), (e2, enc2) = placed["enc"]
             (p1, _), (p2, plain2) = placed["plain"]

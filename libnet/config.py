@@ -38,6 +38,8 @@ DEFAULT_ENCRYPTION_RANGE = "100.64.0.0/16"
 DEFAULT_ENCRYPTION_PORT = 51820
 #: seconds between rotations of a host's WireGuard key pair (0: never)
 DEFAULT_ENCRYPTION_ROTATION = 12 * 3600.0
+#: seconds a join of an encrypted network waits for a working tunnel to each peer host on it
+DEFAULT_ENCRYPTION_JOIN_TIMEOUT = 10.0
 #: host ports for ``-p CONTAINER`` (Docker's range, above the kernel's usual ephemeral ports)
 DEFAULT_PORT_RANGE = (49153, 65535)
 
@@ -87,6 +89,8 @@ class Config:
     encryption_port: int = DEFAULT_ENCRYPTION_PORT
     #: seconds between rotations of this host's WireGuard key pair, without loss (0: never)
     encryption_rotation: float = DEFAULT_ENCRYPTION_ROTATION
+    #: seconds a join of an encrypted network waits for a working tunnel to each peer host on it
+    encryption_join_timeout: float = DEFAULT_ENCRYPTION_JOIN_TIMEOUT
 
     def resolved(self) -> Config:
         """This configuration with the instance id (read or made in ``state_dir``)

@@ -16,7 +16,10 @@ asked).  Part 3, across hosts: a dual-stack VXLAN overlay network with a
 container on each host, pings both ways, and the time from ``connect`` on one
 host until the other host reaches the new container; it ends with ``libnet
 topology``: hosts, networks, sandboxes and endpoints with their addresses,
-VTEPs and peer state.  Everything is removed
+VTEPs and peer state.  Part 4: an encrypted overlay (``-o encrypted``) with a
+container on each host pinging the other with a payload marker while scapy
+captures on the switch: WireGuard packets cross it, no VXLAN, no marker, no
+container address.  Everything is removed
 on exit, also on Ctrl-C; nothing touches the machine's own network.  Run as
 root: ``sudo make demo``.
 """
@@ -45,6 +48,10 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 
 #: what the stand-in upstream answers for every name under example.com
 PUBLIC = "198.51.100.250"
+#: the hosts' WireGuard tunnel addresses (part 4); routed in the host namespaces only, unused there
+ENCRYPTION_RANGE = "198.51.100.112/28"
+#: the payload of part 4's pings, looked for on the wire
+MARKER = b"libnet-secret!"
 
 
 def _ip(cidr: str) -> str:
@@ -118,6 +125,8 @@ class Demo:
                 key,
                 "--dns-upstreams",
                 upstream.ipv4,
+                "--encryption-range",
+                ENCRYPTION_RANGE,
                 state_dir=f"{state}/{h.name}",
             )
             for h in bed.hosts
@@ -187,7 +196,9 @@ class Demo:
         self.libnet("sandbox", "rm", *(sid[:12] for sid in names.values()))
         self.libnet("network", "rm", "demo", "elsewhere", "sealed")
         console.rule("part 3: an overlay network across two hosts")
-        return self.overlay() and ok
+        ok &= self.overlay()
+        console.rule("part 4: an encrypted overlay (-o encrypted): only WireGuard on the wire")
+        return self.encrypted() and ok
 
     def wait_upstream(self) -> bool:
         """Until the stand-in upstream answers (bounded)."""
@@ -278,9 +289,65 @@ class Demo:
         )
         return ok
 
-    def overlay(self) -> bool:
-        import time
+    def place(self, network: str, on: int, hostname: str) -> tuple[dict[str, Any], dict[str, Any], float]:
+        """A new container on ``network`` on host ``on``: (its sandbox, its endpoint, when connect began)."""
+        sid = self.libnet("sandbox", "create", "--hostname", hostname, on=on).strip()
+        t = time.monotonic()
+        self.libnet("connect", network, sid[:12], on=on)
+        sb = next(s for s in json.loads(self.libnet("sandbox", "ls", "--json", show=False, on=on)) if s["id"] == sid)
+        ep = next(
+            e
+            for e in json.loads(self.libnet("endpoint", "ls", "--network", network, "--json", show=False, on=on))
+            if e["sandbox_id"] == sid
+        )
+        return sb, ep, t
 
+    def encrypted(self) -> bool:
+        """Part 4: an encrypted overlay; a capture on the switch during marked pings shows WireGuard only."""
+        from libnet.testing.capture import Capture, udp_count, vxlan_vnis
+
+        self.libnet("network", "create", "sec", "--driver", "overlay", "-o", "encrypted",
+                    "--subnet", "198.51.100.0/26", "--subnet6", "2001:db8:103::/64")  # fmt: skip
+        (sb1, ep1, _), (sb2, ep2, _) = [self.place("sec", on, f"vault{on + 1}") for on in (0, 1)]
+        tunnel = json.loads(self.libnet("agent", "status", "--json", show=False))["encryption"]
+        console.print(f"h1's tunnel: [bold]{tunnel['interface']}[/] {tunnel['tunnel_address']} ({tunnel['backend']})")
+        capture = Capture(self.bed, timeout=30)
+        ok = True
+        checks = Table(title="across hosts, encrypted (ping -p <marker>)", title_justify="left")
+        for col in ("from", "to", "address", "result"):
+            checks.add_column(col)
+        for fam in ("ipv4", "ipv6"):
+            addr = _ip(ep2[fam])
+            r = self.bed.run(os.path.basename(sb1["netns"]), ["ping", "-n", "-c", "3", "-i", "0.2", "-s", "600",
+                             "-p", MARKER.hex(), addr], timeout=20)  # fmt: skip
+            good = " 3 received" in r.stdout
+            ok &= good
+            checks.add_row("vault1@h1", "vault2@h2", addr, "[green]✔[/] 3/3" if good else "[red]✘[/] lost")
+        packets = capture.stop(self.bed)
+        console.print(checks)
+        inner = [ipaddress.ip_address(_ip(ep[fam])).packed for ep in (ep1, ep2) for fam in ("ipv4", "ipv6")]
+        seen = Table(title="what crossed the underlay switch meanwhile (scapy capture)", title_justify="left")
+        for col in ("what", "frames", "result"):
+            seen.add_column(col)
+        wireguard = udp_count(packets, 51820)
+        vxlan = len([p for p in packets if vxlan_vnis([p])])
+        marked = sum(1 for f in capture.frames if MARKER in f)
+        clear = sum(1 for f in capture.frames if any(a in f for a in inner))
+        for what, count, want in (
+            ("WireGuard (UDP 51820)", wireguard, wireguard > 0),
+            ("VXLAN (UDP 4789)", vxlan, vxlan == 0),
+            ("the payload marker", marked, marked == 0),
+            ("a container address", clear, clear == 0),
+        ):
+            ok &= want
+            seen.add_row(what, str(count), "[green]✔[/]" if want else "[red]✘[/]")
+        console.print(seen)
+        self.libnet("sandbox", "rm", sb1["id"][:12])
+        self.libnet("sandbox", "rm", sb2["id"][:12], on=1)
+        self.libnet("network", "rm", "sec")
+        return ok
+
+    def overlay(self) -> bool:
         self.libnet(
             "network",
             "create",
@@ -292,20 +359,7 @@ class Demo:
             "--subnet6",
             "2001:db8:102::/64",
         )
-        placed = []
-        for on in (0, 1):
-            sid = self.libnet("sandbox", "create", "--hostname", f"web{on + 1}", on=on).strip()
-            t = time.monotonic()
-            self.libnet("connect", "ov", sid[:12], on=on)
-            sb = next(
-                s for s in json.loads(self.libnet("sandbox", "ls", "--json", show=False, on=on)) if s["id"] == sid
-            )
-            ep = next(
-                e
-                for e in json.loads(self.libnet("endpoint", "ls", "--network", "ov", "--json", show=False, on=on))
-                if e["sandbox_id"] == sid
-            )
-            placed.append((sb, ep, t))
+        placed = [self.place("ov", on, f"web{on + 1}") for on in (0, 1)]
         # from connect on host 2 until host 1's container reaches the new one
         (sb1, _, _), (_, ep2, t2) = placed
         reached = False
@@ -353,6 +407,7 @@ def main() -> int:
             finally:
                 for a in demo.agents:
                     a.stop()
+                    a.stop_wireguard()  # outlives a stop by design; now, while its pid record (state dir) exists
     except KeyboardInterrupt:
         console.print("\n[yellow]interrupted: everything this demo created has been removed[/]")
         return 130

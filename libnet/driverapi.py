@@ -22,7 +22,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from libnet.config import DEFAULT_ENCRYPTION_PORT, DEFAULT_ENCRYPTION_RANGE, DEFAULT_ENCRYPTION_ROTATION
+from libnet.config import (
+    DEFAULT_ENCRYPTION_JOIN_TIMEOUT,
+    DEFAULT_ENCRYPTION_PORT,
+    DEFAULT_ENCRYPTION_RANGE,
+    DEFAULT_ENCRYPTION_ROTATION,
+)
 
 if TYPE_CHECKING:
     from libnet.cluster.membership import Membership
@@ -260,6 +265,7 @@ class DriverContext:
     encryption_range: str = DEFAULT_ENCRYPTION_RANGE
     encryption_port: int = DEFAULT_ENCRYPTION_PORT
     encryption_rotation: float = DEFAULT_ENCRYPTION_ROTATION
+    encryption_join_timeout: float = DEFAULT_ENCRYPTION_JOIN_TIMEOUT
 
 
 class DriverFactory(Protocol):

@@ -91,6 +91,10 @@ class NoSuchProxy(NotFound):
     """No proxy with that id or name."""
 
 
+class NoSuchNode(NotFound):
+    """No cluster member, key record or endpoint of that host name is known."""
+
+
 class NoSuchNamespace(NotFound):
     """No network namespace at that name or path."""
 
@@ -178,6 +182,16 @@ class NotANamespace(BadRequest):
 
 class StoreUnavailable(Unavailable):
     """The key-value store cannot be reached or did not answer in time."""
+
+
+class TunnelDown(Unavailable):
+    """No working WireGuard tunnel (a recent handshake) to the peer hosts named in
+    ``nodes`` came up in time; an encrypted network is not joined without one."""
+
+
+class IncompatibleTunnel(Conflict):
+    """A peer host's WireGuard settings (its encryption range) differ from this host's:
+    their encrypted overlays cannot reach each other; ``node`` names it."""
 
 
 class CorruptRecord(LibnetError):

@@ -147,8 +147,27 @@ def purge(inv: Inventory, state_dir: str, host_ns: str | None = None) -> list[st
                 continue
             what = "network" if link.mark.kind == "net" else "endpoint"
             removed.append(f"{link.kind or 'link'} {link.name} ({what} {link.mark.name or link.mark.owner[:12]})")
+    removed += _stop_wireguard_go(inv.instance, state_dir, host_ns)
     if inv.table_exists or inv.rules:
         with _firewall(host_ns, inv.instance) as fw:
             fw.delete_table()
         removed.append(f"nftables table inet {inv.table} ({inv.rules} rules)")
+    return removed
+
+
+def _stop_wireguard_go(instance: str, state_dir: str, host_ns: str | None) -> list[str]:
+    """The instance's ``wireguard-go`` processes (encrypted overlays' tunnels), by their pid records in
+    the state dir (trusted only while the process is still ``wireguard-go`` of that interface)."""
+    import os
+
+    from libnet.encryption.backend import UserspaceBackend
+    from libnet.encryption.tunnel import ifname_of
+
+    backend = UserspaceBackend(host_ns, os.path.join(state_dir, "wireguard"))
+    removed = []
+    for slot in (0, 1):
+        ifname = ifname_of(instance, slot)
+        if (pid := backend.pid(ifname)) is not None:
+            backend.delete(ifname)
+            removed.append(f"wireguard-go {pid} of {ifname} (encrypted overlays' tunnel)")
     return removed

@@ -151,6 +151,7 @@ def build(config: Config, given: Collaborators = Collaborators()) -> Parts:
                 encryption_range=config.encryption_range,
                 encryption_port=config.encryption_port,
                 encryption_rotation=config.encryption_rotation,
+                encryption_join_timeout=config.encryption_join_timeout,
             )
         )
     from libnet.kernel_namespaces import KernelNamespaces

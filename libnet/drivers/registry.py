@@ -43,6 +43,7 @@ def _overlay(ctx: DriverContext) -> Driver:
         encryption_range=ctx.encryption_range,
         encryption_port=ctx.encryption_port,
         encryption_rotation=ctx.encryption_rotation,
+        encryption_join_timeout=ctx.encryption_join_timeout,
     )
 
 

@@ -100,6 +100,11 @@ class Backend(Protocol):
         """Bytes received from all peers so far (an interface being retired is idle when this stops growing)."""
         ...
 
+    def handshakes(self, ifname: str) -> dict[str, float]:
+        """Each configured peer's public key -> when its latest handshake completed (Unix seconds; 0: never).
+        Raises ``Unavailable`` when the interface cannot be read."""
+        ...
+
 
 def _netns_path(ns: str | None) -> str | None:
     if ns is None:
@@ -136,6 +141,11 @@ class UserspaceBackend:
         if out.returncode != 0:
             raise Unavailable(f"wg show {ifname}: {out.stderr.strip()}", ifname=ifname)
         return sum(int(line.split()[1]) for line in out.stdout.splitlines() if len(line.split()) == 3)
+
+    def handshakes(self, ifname: str) -> dict[str, float]:
+        out = self._wg("show", ifname, "latest-handshakes")
+        rows = (line.split() for line in out.splitlines())
+        return {f[0]: float(f[1]) for f in rows if len(f) == 2 and f[1].isdigit()}
 
     def _recorded(self, ifname: str) -> tuple[int, str] | None:
         try:

@@ -62,6 +62,22 @@ class KernelBackend:
         finally:
             wg.close()
 
+    def handshakes(self, ifname: str) -> dict[str, float]:
+        wg = self._wg(self.host_ns)
+        try:
+            out = {}
+            for msg in wg.info(ifname):
+                for peer in msg.get_attr("WGDEVICE_A_PEERS") or []:
+                    raw = peer.get_attr("WGPEER_A_PUBLIC_KEY")
+                    when = peer.get_attr("WGPEER_A_LAST_HANDSHAKE_TIME")
+                    key = raw if isinstance(raw, str) else base64.b64encode(raw).decode()
+                    out[key] = float(when.get("tv_sec", 0)) if hasattr(when, "get") else 0.0
+            return out
+        except Exception as exc:  # pyroute2's NetlinkError: no such device
+            raise Unavailable(f"wireguard peers of {ifname}: {exc}", ifname=ifname) from None
+        finally:
+            wg.close()
+
     def alive(self, ifname: str) -> bool:
         ipr = self._ipr(self.host_ns)
         try:

@@ -45,13 +45,24 @@ class NodeKey:
     WireGuard UDP socket on the underlay (IPv6 in brackets); ``tunnel``: its
     tunnel address (the VTEP of its encrypted overlays).  ``others``: during a
     key rotation, the host's other live identity (the coming or the going
-    key), each with its own port and tunnel address -- peers accept both."""
+    key), each with its own port and tunnel address -- peers accept both.
+    ``cidr``: the host's encryption range (``""`` in records of older
+    agents: not compared); hosts whose ranges differ cannot carry each
+    other's encrypted VXLAN (each routes only its own range into WireGuard),
+    so each refuses the other (:meth:`incompatible_with`)."""
 
     node: str
     public_key: str
     endpoint: str
     tunnel: str
     others: tuple[Identity, ...] = ()
+    cidr: str = ""
+
+    def incompatible_with(self, cidr: str) -> str | None:
+        """Why this host's tunnel cannot work with one whose encryption range is ``cidr`` (None: it can)."""
+        if not self.cidr or str(tunnel_range(self.cidr)) == str(tunnel_range(cidr)):
+            return None
+        return f"its encryption range is {self.cidr}, this host's {cidr}: set the same --encryption-range on every host"
 
     def identities(self) -> list[Identity]:
         return [(self.public_key, self.endpoint, self.tunnel), *self.others]
@@ -66,7 +77,14 @@ class NodeKey:
         data = model.decode(raw, KIND)
         try:
             others = tuple((str(k), str(e), str(t)) for k, e, t in data.get("others") or [])
-            return cls(str(data["node"]), str(data["public_key"]), str(data["endpoint"]), str(data["tunnel"]), others)
+            return cls(
+                str(data["node"]),
+                str(data["public_key"]),
+                str(data["endpoint"]),
+                str(data["tunnel"]),
+                others,
+                str(data.get("cidr") or ""),
+            )
         except KeyError as exc:
             raise BadRequest(f"stored {KIND} lacks {exc}", kind=KIND) from None
         except (TypeError, ValueError):

@@ -130,7 +130,8 @@ async def _acknowledged(t: Tunnel, public: str, timeout: float) -> set[str]:
                 for pair in await t.store.list(acks_prefix(t.node))
                 if pair.value.decode(errors="replace") == public
             }
-            missing = {n for n in t.records if n != t.node and n not in t.revoked} - acked
+            # a gone host is not waited for: it configures the new key from the record when it comes back
+            missing = {n for n in t.records if n != t.node and n not in t.revoked and not t.gone(n)} - acked
             left = deadline - time.monotonic()
             if not missing or left <= 0:
                 return missing

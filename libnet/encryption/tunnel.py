@@ -32,6 +32,13 @@ sets the WireGuard peers of each of its slots to exactly the other hosts'
 identities, so a host whose record is removed or revoked (:func:`revoke`)
 loses every peer at once.
 
+Working tunnels (:meth:`Tunnel.await_peers`): a join of an encrypted network
+waits, at most ``handshake_timeout`` seconds, until an ICMP echo to each peer
+host's tunnel address comes back through WireGuard (:mod:`libnet.kernel.probe`),
+else fails with ``TunnelDown`` naming those hosts; a host whose record shows
+another encryption range is refused at once (``IncompatibleTunnel``) and
+listed by :meth:`Tunnel.status`.
+
 Supervision: every ``check_interval`` seconds each live slot is checked
 (process, link up, address); a dead one (``kill -9`` of ``wireguard-go``) is
 brought up again with the same key, address and peers.  The interfaces
@@ -68,8 +75,8 @@ from libnet.encryption.records import (
     slot_owner,
     tunnel_range,
 )
-from libnet.errors import BadRequest, LibnetError, Unavailable
-from libnet.kernel import firewall
+from libnet.errors import BadRequest, IncompatibleTunnel, LibnetError, TunnelDown, Unavailable
+from libnet.kernel import firewall, probe
 from libnet.kernel.api import Kernel
 from libnet.store.base import Store
 
@@ -77,6 +84,8 @@ log = logging.getLogger("libnet.encryption")
 DEFAULT_PORT = 51820
 GUARD_KEY = "wireguard-guard"
 CURRENT_FILE = "current-slot"
+#: seconds a join of an encrypted network waits for a working tunnel to each peer host holding endpoints on it
+HANDSHAKE_TIMEOUT = 10.0
 
 
 def wireguard_overhead(underlay: str) -> int:
@@ -97,9 +106,17 @@ async def forget(store: Store, node: str) -> None:
 
 async def revoke(store: Store, node: str) -> None:
     """Refuse ``node`` as a peer on every host, at once and whatever key it publishes
-    (``libnet node revoke``); its record and addresses go too."""
+    (``libnet node revoke``); its record goes too.  Its tunnel addresses stay claimed (no
+    other host gets them meanwhile) until it is removed for good (:func:`forget`) or the
+    revocation is taken back (:func:`unrevoke`: the host then publishes its key again)."""
     await store.put(revoked_prefix() + node, b"revoked")
-    await forget(store, node)
+    await store.delete(nodes_prefix() + node)
+
+
+async def unrevoke(store: Store, node: str) -> None:
+    """Take back ``node``'s revocation: its running tunnel sees that and publishes its record
+    again, so every host takes it as a peer again (``libnet node unrevoke``)."""
+    await store.delete(revoked_prefix() + node)
 
 
 @dataclass
@@ -152,6 +169,13 @@ class Tunnel:
         #: awaited with this host's record each time it is published (the driver copies the key into Serf tags)
         self.publish_listeners: list[Callable[[NodeKey], Awaitable[None]]] = []
         self.acked: Callable[[], None] = lambda: None  # poked when another host acknowledged a coming key
+        #: whether a host is gone (its Serf member failed past the grace period, or left): no tunnel is awaited
+        #: to it, nor its acknowledgement of a coming key (the driver sets its membership's view)
+        self.gone: Callable[[str], bool] = lambda node: False
+        self.handshake_timeout = HANDSHAKE_TIMEOUT
+        #: (namespace, address, timeout) -> whether an echo came back (:func:`libnet.kernel.probe.echo`)
+        self.probe: Callable[[str | None, str, float], bool] = probe.echo
+        self._incompatible: dict[str, str] = {}  # peer host -> why its tunnel cannot work with this one
         self._lock = asyncio.Lock()
         self._sync_lock = asyncio.Lock()
         self.rotation_lock = asyncio.Lock()
@@ -173,8 +197,9 @@ class Tunnel:
     def ifname(self) -> str:
         return self.slots[self.current].ifname
 
-    def status(self) -> dict[str, Any]:
-        """What ``libnet agent status`` shows: backend and why, interface, key, address, peers."""
+    def status(self, handshake_ages: dict[str, float | None] | None = None) -> dict[str, Any]:
+        """What ``libnet agent status`` shows: backend and why, interface, key, address, peers,
+        incompatible hosts, and ``handshake_ages`` when given (:meth:`handshake_ages`)."""
         out: dict[str, Any] = {
             "backend": self.backend.name if self.backend else None,
             "reason": self.reason,
@@ -184,6 +209,8 @@ class Tunnel:
             "public_key": self.public_key or None,
             "peers": sorted(n for n in self.records if n != self.node and n not in self.revoked),
             "revoked": sorted(self.revoked),
+            "incompatible": dict(sorted(self._incompatible.items())),
+            "handshake_ages": handshake_ages,
             "restarts": self.restarts,
             "rotations": self.rotations,
         }
@@ -301,7 +328,7 @@ class Tunnel:
         """This host's record: the current slot's identity, and the other live one's."""
         cur = self.slots[self.current]
         others = tuple(self.identity(self.slots[i]) for i in sorted(self.live) if i != self.current)
-        record = NodeKey(self.node, cur.public, endpoint(self.vtep, cur.port), cur.address, others)
+        record = NodeKey(self.node, cur.public, endpoint(self.vtep, cur.port), cur.address, others, self.range)
         await self.store.put(nodes_prefix() + self.node, record.encode())
         for listener in self.publish_listeners:
             await listener(record)
@@ -401,17 +428,38 @@ class Tunnel:
         if not key.startswith(nodes_prefix()):
             return False  # address claims, other hosts' acknowledgements
         if value is None:
+            self._incompatible.pop(node, None)
             return self.records.pop(node, None) is not None
         try:
             rec = NodeKey.decode(value)
             for public, _, _ in rec.identities():
                 keys.check_key(public)
+            why = rec.incompatible_with(self.range) if node != self.node else None
         except LibnetError as exc:
             log.warning("ignoring the wireguard record of %s: %s", node, exc)
             return self.records.pop(node, None) is not None
+        if why is None:
+            self._incompatible.pop(node, None)
+        elif self._incompatible.get(node) != why:
+            self._incompatible[node] = why
+            log.error("wireguard peer %s cannot reach this host on encrypted overlays: %s", node, why)
         old = self.records.get(node)
         self.records[node] = rec
         return old != rec
+
+    async def _republish(self) -> None:
+        """This host's record back into the store when it is missing though the host is not revoked
+        (a revocation taken back, :func:`unrevoke`), so the other hosts take it as a peer again."""
+        if not self._up or self.node in self.records or self.node in self.revoked:
+            return
+        slot = self.slots[self.current]
+        if await claim_address(self.store, self.range, slot_owner(self.node, slot.index)) != slot.address:
+            log.error(
+                "wireguard: this host's tunnel address %s was given to another host; restart the agent", slot.address
+            )
+            return
+        log.info("wireguard: this host's key record is missing and it is not revoked: publishing it again")
+        await self.publish()
 
     async def _watch(self, ready: asyncio.Future[None]) -> None:
         """Every host's record and every revocation: a full read, then every change from the revision before it."""
@@ -421,17 +469,99 @@ class Tunnel:
                 pairs = await self.store.list(f"{P}/")
                 self.records.clear()
                 self.revoked.clear()
+                self._incompatible.clear()
                 for pair in pairs:
                     self._set(pair.key, pair.value)
                 await self.sync()
+                await self._republish()
                 if not ready.done():
                     ready.set_result(None)
                 async for event in self.store.watch_prefix(f"{P}/", start_revision=rev):
                     if self._set(event.key, event.value if event.kind == "put" else None):
                         await self.sync()
+                    if event.key == revoked_prefix() + self.node and event.kind != "put":
+                        await self._republish()
             except LibnetError as exc:
                 log.warning("wireguard record watch: %s; re-reading", exc)
                 await asyncio.sleep(1)
+
+    # --- working tunnels ----------------------------------------------------------------
+
+    def _latest_handshakes(self) -> dict[str, float]:
+        """Public key -> latest handshake (Unix seconds) over every live slot (blocking: asks the backend)."""
+        latest: dict[str, float] = {}
+        if self.backend is not None and self._up:
+            for i in sorted(self.live):
+                try:
+                    seen = self.backend.handshakes(self.slots[i].ifname)
+                except LibnetError:  # the interface is gone: the supervisor brings it back
+                    continue
+                for key, when in seen.items():
+                    latest[key] = max(latest.get(key, 0.0), when)
+        return latest
+
+    async def handshake_ages(self) -> dict[str, float | None]:
+        """Each peer host (record, not revoked) -> seconds since its latest handshake with any
+        live slot of this host, through any of its identities (None: never, or unreadable)."""
+        latest = await asyncio.to_thread(self._latest_handshakes)
+        now = time.time()
+        out: dict[str, float | None] = {}
+        for name, rec in self.records.items():
+            if name == self.node or name in self.revoked:
+                continue
+            when = max((latest.get(key, 0.0) for key, _, _ in rec.identities()), default=0.0)
+            out[name] = round(max(now - when, 0.0), 1) if when > 0 else None
+        return out
+
+    async def _not_working(self, nodes: set[str]) -> dict[str, str]:
+        """Of the peer hosts ``nodes``, those without a working tunnel to this host now, and why:
+        an echo to each one's tunnel address must come back (through WireGuard both ways)."""
+        out, probed = {}, {}
+        for node in sorted(nodes):
+            if node == self.node or node in self.revoked or self.gone(node):
+                continue  # a revoked host is refused on purpose; a gone host is no peer any more
+            if node in self._incompatible:
+                out[node] = self._incompatible[node]
+            elif node not in self.records:
+                out[node] = "published no WireGuard key (is its agent running, with a WireGuard backend?)"
+            else:
+                probed[node] = asyncio.to_thread(self.probe, self.host_ns, self.records[node].tunnel, 1.0)
+        answers = await asyncio.gather(*probed.values())
+        ages = await self.handshake_ages() if not all(answers) else {}
+        for node, ok in zip(probed, answers, strict=True):
+            if not ok:
+                age = ages.get(node)
+                seen = f"last handshake {age:g} s ago" if age is not None else "no handshake yet"
+                out[node] = f"its tunnel address {self.records[node].tunnel} does not answer through WireGuard ({seen})"
+        return out
+
+    async def await_peers(self, nodes: set[str], network: str = "") -> None:
+        """Return once this host has a working tunnel (an echo answered through WireGuard) to each
+        host in ``nodes`` (the peer hosts with endpoints on an encrypted network being joined),
+        waiting at most ``handshake_timeout`` s; revoked and gone hosts are not awaited.
+
+        Raises ``IncompatibleTunnel`` at once for a host whose encryption range differs, and
+        ``TunnelDown`` naming each host still without one after the wait."""
+        deadline = time.monotonic() + self.handshake_timeout
+        while True:
+            bad = await self._not_working(nodes)
+            if not bad:
+                return
+            incompatible = sorted(n for n in bad if n in self._incompatible)
+            if incompatible:
+                node = incompatible[0]
+                raise IncompatibleTunnel(
+                    f"host {node} cannot carry this host's encrypted overlays: {bad[node]}", node=node, network=network
+                )
+            if time.monotonic() >= deadline:
+                why = "; ".join(f"{n}: {r}" for n, r in sorted(bad.items()))
+                raise TunnelDown(
+                    f"no working WireGuard tunnel to {', '.join(sorted(bad))} within {self.handshake_timeout:g} s "
+                    f"({why}); encrypted traffic never goes in clear, so the join is refused",
+                    nodes=sorted(bad),
+                    network=network,
+                )
+            await asyncio.sleep(0.1)
 
     # --- supervision ----------------------------------------------------------------
 
@@ -476,8 +606,10 @@ class Tunnel:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        if stop and self.backend is not None:
-            for i in sorted(self.live):
-                await asyncio.to_thread(self.backend.delete, self.slots[i].ifname)
+        if stop and self.backend is not None:  # both slots: also those an earlier agent left and this one never used
+            for slot in self.slots:
+                if slot.index in self.live or await asyncio.to_thread(self.backend.alive, slot.ifname):
+                    await asyncio.to_thread(self.backend.delete, slot.ifname)
+                    log.info("wireguard interface %s stopped", slot.ifname)
             self.live = set()
         self._up = False

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 
 import pytest
 
+from libnet.encryption.backend import UserspaceBackend
 from libnet.kernel import netns
 from libnet.testing.hosts import PREFIX_ROOT
 
@@ -33,3 +36,11 @@ def test_demo_twice_leaves_nothing() -> None:
         assert "$ libnet topology" in out and "programmed via VTEP" in out  # it ends with the topology
         ours = f"{PREFIX_ROOT}{proc.pid}-"
         assert [n for n in netns.list_names() if n.startswith(ours)] == []
+        # part 4: the encrypted overlay shows only WireGuard on the wire, and its wireguard-go is gone after
+        assert "WireGuard (UDP 51820)" in out and "VXLAN (UDP 4789)" in out
+        tunnel = re.search(r"h1's tunnel: (lnw\w+)", out)
+        assert tunnel is not None, out
+        left = [
+            int(p) for p in os.listdir("/proc") if p.isdigit() and UserspaceBackend.is_ours(int(p), tunnel.group(1))
+        ]
+        assert left == [], f"the demo left its wireguard-go running: {left}"

@@ -16,7 +16,6 @@ import os
 import re
 import signal
 import subprocess
-import threading
 import time
 from typing import Any
 
@@ -24,6 +23,7 @@ import pytest
 
 from libnet.kernel import netns
 from libnet.testing.agents import AgentProcess
+from libnet.testing.capture import Capture, udp_count, vxlan_vnis
 from libnet.testing.cluster import PingStream, ip, place, start_agents, wait_ping
 from libnet.testing.hosts import Testbed, wait_until
 
@@ -39,45 +39,6 @@ def bed():
         pytest.skip("wireguard-go/wg missing: run scripts/install-system-deps")
     with Testbed(3) as b:
         yield b
-
-
-class Capture:
-    """Every frame on the switch's bridge, from start to stop (raw bytes)."""
-
-    def __init__(self, bed: Testbed) -> None:
-        self.frames: list[bytes] = []
-        self._stop, ready = threading.Event(), threading.Event()
-
-        def sniff() -> None:
-            from scapy.all import sniff as scapy_sniff
-
-            scapy_sniff(
-                iface="sw0",
-                timeout=120,
-                prn=lambda p: self.frames.append(bytes(p)),
-                store=False,
-                stop_filter=lambda p: self._stop.is_set(),
-                started_callback=ready.set,
-            )
-
-        self._thread = threading.Thread(target=netns.run_in, args=(bed.switch, sniff), daemon=True)
-        self._thread.start()
-        assert ready.wait(10), "the capture did not start"
-
-    def stop(self, bed: Testbed) -> list[Any]:
-        from scapy.all import Ether
-
-        self._stop.set()
-        bed.ping(bed.hosts[0].ns, bed.hosts[1].ipv4)  # one more frame, so the stop filter runs
-        self._thread.join(15)
-        return [Ether(f) for f in self.frames]
-
-
-def vxlan_vnis(packets: list[Any]) -> set[int]:
-    from scapy.all import UDP
-    from scapy.layers.vxlan import VXLAN
-
-    return {p[VXLAN].vni for p in packets if UDP in p and p[UDP].dport == 4789 and VXLAN in p}
 
 
 def assert_no_clear_text(frames: list[bytes], packets: list[Any], vni: int, inner: list[str]) -> None:
@@ -114,9 +75,7 @@ def missing(out: str) -> list[int]:
 
 
 def wireguard_count(packets: list[Any]) -> int:
-    from scapy.all import UDP
-
-    return sum(1 for p in packets if UDP in p and WG_PORT in (p[UDP].sport, p[UDP].dport))
+    return udp_count(packets, WG_PORT)
 
 
 def vni_of(agent: AgentProcess, network: str) -> int:
@@ -317,14 +276,16 @@ def test_encrypted_overlay_on_an_ipv6_underlay(tmp_path) -> None:
             agent.stop()
 
 
-def _two_on_an_encrypted_overlay(bed: Testbed, tmp_path: Any) -> tuple[list[AgentProcess], Any, Any]:
-    """Agents on the bed's first two hosts (encryption range TUNNEL_RANGE), the encrypted overlay ``sec``
-    and a container on each, the first reaching the second: (agents, (ns, endpoint) of each)."""
+def _two_on_an_encrypted_overlay(
+    bed: Testbed, tmp_path: Any, extra: tuple[str, ...] = ()
+) -> tuple[list[AgentProcess], Any, Any]:
+    """Agents on the bed's first two hosts (encryption range TUNNEL_RANGE; ``extra`` arguments), the encrypted
+    overlay ``sec`` and a container on each, the first reaching the second: (agents, (ns, endpoint) of each)."""
     if not all(os.path.exists(p) for p in ("/usr/bin/wireguard-go", "/usr/bin/wg")):
         pytest.skip("wireguard-go/wg missing: run scripts/install-system-deps")
     agents = start_agents(
         bed, str(tmp_path), f"sqlite://{tmp_path}/cluster.db", hosts=bed.hosts[:2],
-        extra=("--encryption-range", TUNNEL_RANGE),
+        extra=("--encryption-range", TUNNEL_RANGE, *extra),
     )  # fmt: skip
     r = agents[0].cli("network", "create", "sec", "--driver", "overlay", "-o", "encrypted", "--subnet",
                       "198.51.100.0/25", "--subnet6", "2001:db8:77::/64")  # fmt: skip
@@ -387,3 +348,69 @@ def test_clear_vxlan_from_the_underlay_never_enters(tmp_path) -> None:
         wait_ping(bed, a, target)  # the encrypted path still delivers
         for agent in agents:
             agent.stop()
+
+
+def test_a_join_needs_a_working_tunnel_to_each_peer_host(tmp_path) -> None:
+    """Issue 20: an encrypted network is joined only with a working WireGuard tunnel (a handshake) to each
+    host holding endpoints on it.  h2's tunnel cannot come up (its agent stopped, its wireguard-go killed):
+    a join on h1 is refused after the wait, naming h2, and goes through once h2 is back.  h3, configured
+    with another encryption range, is refused at once, naming h1 and both ranges, and h1's status shows it."""
+    with Testbed(3) as bed:
+        agents, (a, _), (_b, ep) = _two_on_an_encrypted_overlay(bed, tmp_path, ("--encryption-join-timeout", "3"))
+        wg = agents[1].wireguard_pid()
+        assert wg is not None
+        agents[1].stop()
+        os.kill(wg, signal.SIGKILL)
+        sid = agents[0].cli("sandbox", "create").stdout.strip()
+        started = time.monotonic()
+        r = agents[0].cli("connect", "sec", sid)
+        assert r.returncode != 0 and bed.hosts[1].name in r.stderr and "within 3 s" in r.stderr, r.stderr
+        assert 3 < time.monotonic() - started < 30
+        assert not [e for e in agents[0].cli_json("endpoint", "ls", "--network", "sec") if e["sandbox_id"] == sid]
+        agents[1].start()  # wireguard-go back: the same join goes through
+        r = agents[0].cli("connect", "sec", sid)
+        assert r.returncode == 0, r.stderr
+        wait_ping(bed, a, ip(ep["ipv4"]))
+
+        other = "198.51.100.224/28"
+        (third,) = start_agents(bed, str(tmp_path), f"sqlite://{tmp_path}/cluster.db", hosts=bed.hosts[2:],
+                                extra=("--encryption-range", other))  # fmt: skip
+        sid = third.cli("sandbox", "create").stdout.strip()
+        r = third.cli("connect", "sec", sid)
+        assert r.returncode != 0 and other in r.stderr and TUNNEL_RANGE in r.stderr, r.stderr
+        assert bed.hosts[0].name in r.stderr or bed.hosts[1].name in r.stderr, r.stderr
+        status = agents[0].cli_json("agent", "status")["encryption"]
+        assert other in status["incompatible"][bed.hosts[2].name], status
+
+        # revoking a name no host has is refused; a revoked host re-admitted on purpose is reachable again
+        r = agents[0].cli("node", "revoke", "no-such-host")
+        assert r.returncode != 0 and "no-such-host" in r.stderr, r.stderr
+        assert agents[0].cli("node", "revoke", bed.hosts[1].name).returncode == 0
+        assert wait_until(lambda: not bed.ping(a, ip(ep["ipv4"]), wait=1), 10)
+        r = agents[0].cli("node", "unrevoke", bed.hosts[1].name)
+        assert r.returncode == 0, r.stderr
+        wait_ping(bed, a, ip(ep["ipv4"]))
+        for agent in [*agents, third]:
+            agent.stop()
+
+
+def test_a_dead_host_does_not_block_the_others_key_rotation(tmp_path) -> None:
+    """Breaker: a host that died for good kept its key record, never acknowledged a coming key, and so
+    aborted every other host's rotation, for ever.  Once Serf reports it gone (failed past the grace
+    period) it is not waited for."""
+    with Testbed(2) as bed:
+        agents, _, _ = _two_on_an_encrypted_overlay(bed, tmp_path)
+        agents[1].kill()  # the whole host dies: agent, Serf agent, wireguard-go
+        agents[1].stop_serf()
+        agents[1].stop_wireguard()
+        gone = bed.hosts[1].name
+
+        def seen_failed() -> bool:
+            return any(n["name"] == gone and n["status"] == "failed" for n in agents[0].cli_json("node", "ls"))
+
+        assert wait_until(seen_failed, 30)
+        time.sleep(4)  # the grace period (3 s) passes
+        r = agents[0].cli("network", "rotate-keys", "--json", timeout=150)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["interface"].endswith("b")
+        agents[0].stop()

@@ -127,6 +127,10 @@ def test_encryption_settings_reach_the_library() -> None:
     assert load([], {}).controller_config().encryption_rotation == 12 * 3600.0
     with pytest.raises(BadRequest, match="encryption_rotation"):
         load(["--encryption-rotation", "-1"], {})
+    assert load(["--encryption-join-timeout", "2.5"], {}).controller_config().encryption_join_timeout == 2.5
+    assert load([], {}).controller_config().encryption_join_timeout == 10.0
+    with pytest.raises(BadRequest, match="encryption_join_timeout"):
+        load(["--encryption-join-timeout", "0"], {})
 
 
 def test_bad_encryption_settings_are_refused_at_start() -> None:

@@ -9,6 +9,7 @@ import dataclasses
 import os
 import shutil
 import stat
+import subprocess
 from typing import Any
 
 import pytest
@@ -17,9 +18,9 @@ from libnet.encryption import backend as wgbackend
 from libnet.encryption import keys
 from libnet.encryption.backend import WgConfig, WgPeer
 from libnet.encryption.kernel_backend import KernelBackend
-from libnet.encryption.records import NodeKey, claim_address, endpoint, nodes_prefix, tunnel_range
+from libnet.encryption.records import NodeKey, claim_address, endpoint, nodes_prefix, revoked_prefix, tunnel_range
 from libnet.encryption.tunnel import GUARD_KEY, Tunnel, forget, revoke, wireguard_overhead
-from libnet.errors import BadRequest, InvalidOption, Unavailable
+from libnet.errors import BadRequest, InvalidOption, LibnetError, Unavailable
 from libnet.kernel import firewall
 from libnet.ownership import firewall_table
 from libnet.store import open_store
@@ -194,6 +195,30 @@ def test_kernel_backend_sets_exactly_the_desired_peers() -> None:
     assert not kb.alive("lnwx")
 
 
+def test_backends_report_each_peers_latest_handshake(tmp_path) -> None:
+    """``latest-handshake`` per peer (Unix seconds, 0: never): what ``agent status`` shows as handshake ages."""
+    wg = FakeWg()
+    wg.info = lambda ifname: [  # type: ignore[method-assign]
+        FakeAttrs(
+            WGDEVICE_A_PEERS=[
+                FakeAttrs(
+                    WGPEER_A_PUBLIC_KEY=base64.b64decode(KEYS[1]), WGPEER_A_LAST_HANDSHAKE_TIME={"tv_sec": 1700000000}
+                ),
+                FakeAttrs(WGPEER_A_PUBLIC_KEY=base64.b64decode(KEYS[2]), WGPEER_A_LAST_HANDSHAKE_TIME={"tv_sec": 0}),
+            ]
+        )
+    ]
+    kb = KernelBackend("h1", ipr=lambda ns: FakeIpr({}), wg=lambda ns: wg)
+    assert kb.handshakes("lnwx") == {KEYS[1]: 1700000000.0, KEYS[2]: 0.0}
+
+    def run(argv: list[str], **kw: Any) -> Any:
+        assert argv == ["wg", "show", "lnwx", "latest-handshakes"]
+        return subprocess.CompletedProcess(argv, 0, f"{KEYS[1]}\t1700000000\n{KEYS[2]}\t0\n", "")
+
+    us = wgbackend.UserspaceBackend(None, str(tmp_path), run=run)
+    assert us.handshakes("lnwx") == {KEYS[1]: 1700000000.0, KEYS[2]: 0.0}
+
+
 # --- the tunnel, with a fake kernel and backend ------------------------------------------
 
 
@@ -205,7 +230,11 @@ class FakeBackend:
         self.configs: list[WgConfig] = []
         self.by_ifname: dict[str, WgConfig] = {}
         self.rx: dict[str, int] = {}
+        self.seen: dict[str, float] = {}  # public key -> latest handshake (Unix seconds), any interface
         self.dead = False
+
+    def handshakes(self, ifname: str) -> dict[str, float]:
+        return {p.public_key: self.seen.get(p.public_key, 0.0) for p in self.by_ifname[ifname].peers}
 
     def describe(self, ifname: str) -> dict[str, Any]:
         return {"backend": self.name}
@@ -279,13 +308,18 @@ async def until(predicate: Any, timeout: float = 3.0) -> bool:
     return False
 
 
-async def test_tunnel_guards_first_then_follows_records_and_revocations(monkeypatch, tmp_path) -> None:
+async def tunnel_beside_h2(monkeypatch: Any, tmp_path: Any) -> tuple[FakeKernel, Any, list[str], Tunnel, FakeBackend]:
+    """A tunnel for h1 (not up yet) with h2's record in the store: (kernel, store, log, tunnel, backend)."""
     monkeypatch.setattr(keys, "load_or_make", lambda d, slot=0: (KEYS[0], KEYS[1]))
     kernel, store, log = FakeKernel(), open_store("memory://"), []
     await store.put(nodes_prefix() + "h2", NodeKey("h2", KEYS[2], "203.0.113.12:51820", "198.51.100.250").encode())
     tunnel = make_tunnel(kernel, store, log, tmp_path)
-    backend = tunnel.backend
-    assert isinstance(backend, FakeBackend)
+    assert isinstance(tunnel.backend, FakeBackend)
+    return kernel, store, log, tunnel, tunnel.backend
+
+
+async def test_tunnel_guards_first_then_follows_records_and_revocations(monkeypatch, tmp_path) -> None:
+    kernel, store, log, tunnel, backend = await tunnel_beside_h2(monkeypatch, tmp_path)
     addr = await tunnel.ensure()
     try:
         assert log[:2] == ["guard", "create"]  # never an interface before the rule against clear text
@@ -415,6 +449,68 @@ async def test_rotation_without_every_acknowledgement_is_undone(monkeypatch, tmp
             assert not nl.has_link(h1.slots[1].ifname)
         rec = NodeKey.decode((await store.get(nodes_prefix() + "h1")).value)
         assert rec.public_key == KEYS[1] and rec.others == ()
+        # Serf says h9 is gone (failed past the grace period): no longer awaited, the rotation goes through
+        h1.gone = lambda node: node == "h9"
+        done = await rotation.rotate(h1, ack_timeout=0.3, idle=0.01, min_drain=0.01)
+        assert h1.current == 1 and done["public_key"] == KEYS[3]
+    finally:
+        await h1.close()
+
+
+async def test_a_join_waits_for_a_working_tunnel_to_each_peer_host(monkeypatch, tmp_path) -> None:
+    """Issue 20: a host joins an encrypted network only with a working tunnel to each peer host on it
+    (an echo to its tunnel address answered through WireGuard)."""
+    import time
+
+    from libnet.errors import IncompatibleTunnel, TunnelDown
+
+    _, store, _, h1, backend = await tunnel_beside_h2(monkeypatch, tmp_path)
+    answering: set[str] = set()
+    h1.probe = lambda ns, address, timeout: address in answering
+    await h1.ensure()
+    h1.handshake_timeout = 0.3
+    try:
+        with pytest.raises(TunnelDown, match=r"h2: its tunnel address 198\.51\.100\.250 does not .*no handshake yet"):
+            await h1.await_peers({"h2"}, "sec")
+        # a peer host with endpoints but no key record at all is named too
+        with pytest.raises(TunnelDown, match="h7: published no WireGuard key") as err:
+            await h1.await_peers({"h2", "h7"})
+        assert err.value.ids["nodes"] == ["h2", "h7"]
+        # a handshake seen minutes ago proves nothing now (the peer may have died since): named with its age
+        backend.seen[KEYS[2]] = time.time() - 60
+        with pytest.raises(TunnelDown, match=r"last handshake 60"):
+            await h1.await_peers({"h2"})
+        assert (await h1.handshake_ages())["h2"] >= 60
+        # the tunnel comes up while the join waits: it goes on
+        h1.handshake_timeout = 3
+
+        async def comes_up() -> None:
+            await asyncio.sleep(0.2)
+            answering.add("198.51.100.250")
+
+        task = asyncio.create_task(comes_up())
+        await h1.await_peers({"h2", "h1"})  # this host itself is never awaited
+        await task
+        # gone and revoked hosts are not awaited
+        h1.gone = lambda node: node == "h7"
+        await h1.await_peers({"h2", "h7"})
+        # a host with another encryption range: refused at once, naming it and both ranges
+        await store.put(
+            nodes_prefix() + "h3",
+            NodeKey("h3", KEYS[3], "203.0.113.13:51820", "198.51.100.200", cidr="198.51.100.192/28").encode(),
+        )
+        assert await until(lambda: "h3" in h1.status()["incompatible"])
+        assert "198.51.100.192/28" in h1.status()["incompatible"]["h3"]
+        answering.add("198.51.100.200")
+        with pytest.raises(IncompatibleTunnel, match=r"host h3 .*192/28, this host.s 198\.51\.100\.240/28"):
+            await h1.await_peers({"h2", "h3"})
+        # h3 is set right: compatible again
+        await store.put(nodes_prefix() + "h3", NodeKey("h3", KEYS[3], "203.0.113.13:51820", "198.51.100.251",
+                                                       cidr="198.51.100.240/28").encode())  # fmt: skip
+        assert await until(lambda: not h1.status()["incompatible"])
+        answering.add("198.51.100.251")
+        await h1.await_peers({"h2", "h3"})
+        assert NodeKey.decode((await store.get(nodes_prefix() + "h1")).value).cidr == "198.51.100.240/28"
     finally:
         await h1.close()
 
@@ -573,3 +669,120 @@ async def test_a_range_over_a_host_address_is_refused_before_anything(monkeypatc
         await tunnel.ensure()
     assert log == [] and "198.51.100.240/28" not in kernel.namespace(None).prefix_routes
     await tunnel.close(stop=True)
+
+
+async def test_an_mtu_the_path_cannot_carry_is_refused_where_the_network_is_made(tmp_path) -> None:
+    """Breaker: ``-o encrypted -o mtu=9000`` on a 1500 underlay was accepted.  The limit is derived: the
+    underlay's 1500 minus VXLAN's 50, and minus WireGuard's 60 on encrypted overlays; plain ones alike."""
+    from libnet.driverapi import NetworkInfo
+    from libnet.drivers.overlay.driver import OverlayDriver
+
+    kernel, log = FakeKernel(), []
+    d = OverlayDriver(
+        cluster_store=open_store("memory://"),
+        node="h1",
+        vtep="203.0.113.11",
+        instance=INSTANCE,
+        state_dir=str(tmp_path),
+        kernel=kernel,
+        wireguard=FakeBackend(kernel, None, log),
+    )
+
+    def net(**options: Any) -> NetworkInfo:
+        opts = d.parse_network_options({k: str(v) for k, v in options.items()})
+        return NetworkInfo("n" * 64, "sec", "198.51.100.0/25", "198.51.100.1/25", None, None, False, opts)
+
+    for options, limit in (({"encrypted": True}, 1390), ({}, 1450)):
+        await d.check_network(net(mtu=limit, **options))
+        for too_big in (limit + 1, 9000):
+            with pytest.raises(InvalidOption, match=f"mtu {too_big} is more .* at most {limit}"):
+                await d.check_network(net(mtu=too_big, **options))
+    assert log == []  # nothing was set up
+    await d.close()
+
+
+async def test_revoking_an_unknown_host_is_refused_and_a_revocation_can_be_taken_back(monkeypatch, tmp_path) -> None:
+    """Breaker: ``libnet node revoke`` of a name no host has was accepted (a typo revoked nothing and
+    marked the name for ever).  And a revoked host re-admitted on purpose (``libnet node unrevoke``)
+    publishes its key again by itself, with the tunnel address it kept."""
+    from libnet.drivers.overlay.driver import OverlayDriver
+    from libnet.errors import NoSuchNode
+
+    _, store, _, h1, _ = await tunnel_beside_h2(monkeypatch, tmp_path)
+    d = OverlayDriver(cluster_store=store, node="h2", vtep="203.0.113.12", instance="ba9876543210",
+                      state_dir=str(tmp_path / "h2"), kernel=FakeKernel(), wireguard=None)  # fmt: skip
+    addr = await h1.ensure()
+    try:
+        with pytest.raises(NoSuchNode, match="no host 'h1x' is known"):
+            await d.revoke_node("h1x")
+        assert await store.list(revoked_prefix()) == []
+        with pytest.raises(NoSuchNode, match="not revoked"):
+            await d.unrevoke_node("h1")
+        await d.revoke_node("h1")
+        assert await until(lambda: "h1" in h1.revoked and "h1" not in h1.records)
+        await d.revoke_node("h1")  # again: still known (by its revocation), nothing changes
+        await d.unrevoke_node("h1")
+        for _ in range(300):
+            with contextlib.suppress(LibnetError):
+                if NodeKey.decode((await store.get(nodes_prefix() + "h1")).value).tunnel == addr:
+                    break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("h1 did not publish its key again")
+    finally:
+        await h1.close()
+        await d.close()
+
+
+async def test_leaving_for_good_stops_interfaces_an_earlier_agent_left(monkeypatch, tmp_path) -> None:
+    """Breaker: ``libnet-agent --leave`` stopped only interfaces this run had used: a host with no encrypted
+    network restored yet kept the wireguard-go an earlier agent started, for ever."""
+    _, _, log, h1, backend = await tunnel_beside_h2(monkeypatch, tmp_path)
+    for slot in h1.slots:
+        backend.create(slot.ifname)  # both slots, as a crash in the middle of a rotation leaves them
+    await h1.close()  # a plain stop: they stay
+    assert all(backend.alive(s.ifname) for s in h1.slots)
+    await h1.close(stop=True)
+    assert not any(backend.alive(s.ifname) for s in h1.slots) and log.count("delete") == 2
+
+
+def test_purge_stops_the_instances_recorded_wireguard_go(tmp_path) -> None:
+    """``libnet-agent --purge`` removes everything of the instance: its wireguard-go too (by the pid record in
+    the state dir, trusted only while that pid is still ``wireguard-go`` of the interface)."""
+    import json
+    import subprocess
+    import sys
+
+    from libnet.encryption.tunnel import ifname_of
+    from libnet.inventory import _stop_wireguard_go
+
+    ifname = ifname_of(INSTANCE)
+    # a stand-in process whose command line reads like ``wireguard-go ... <ifname>``
+    proc = subprocess.Popen(
+        ["bash", "-c", f"exec -a wireguard-go {sys.executable} -c 'import time; time.sleep(60)' {ifname}"]
+    )
+    try:
+        assert until_sync(lambda: wgbackend.UserspaceBackend.is_ours(proc.pid, ifname))
+        os.makedirs(tmp_path / "wireguard")
+        with open(tmp_path / "wireguard" / f"wireguard-go-{ifname}.json", "w") as f:
+            json.dump({"pid": proc.pid, "ifname": ifname}, f)
+        removed = _stop_wireguard_go(INSTANCE, str(tmp_path), None)
+        assert removed == [f"wireguard-go {proc.pid} of {ifname} (encrypted overlays' tunnel)"]
+        assert proc.wait(5) is not None
+        assert not (tmp_path / "wireguard" / f"wireguard-go-{ifname}.json").exists()
+        assert _stop_wireguard_go(INSTANCE, str(tmp_path), None) == []  # nothing left
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+def until_sync(predicate: Any, timeout: float = 5.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

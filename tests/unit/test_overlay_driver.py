@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -89,6 +90,16 @@ async def test_vni_allocation_rolls_back_its_claim(driver: OverlayDriver) -> Non
     with pytest.raises(Unavailable, match="injected"):
         await driver.create_network(net())
     assert await store.list(f"{P}/") == []
+
+
+async def test_an_mtu_larger_than_this_hosts_path_is_lowered_to_it(kernel: FakeKernel, driver: OverlayDriver) -> None:
+    """A network made on a host with a larger underlay (mtu 9000): here its devices get what the path carries."""
+    nw = dataclasses.replace(net(), options={"vni": None, "mtu": 9000})
+    await driver.create_network(nw)
+    await driver.create_endpoint(nw, endpoint())
+    await driver.join(nw, endpoint(), SandboxInfo("c1", kernel.add_namespace("sb1"), "eth0"))
+    links = kernel.namespace("lno-t-256").by_name()
+    assert links["br0"].mtu == links["vxlan0"].mtu == 1450
 
 
 async def test_join_builds_the_namespace_and_leave_removes_it(kernel: FakeKernel, driver: OverlayDriver) -> None:

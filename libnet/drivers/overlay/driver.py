@@ -8,7 +8,8 @@ it, on the VTEP address, so its UDP socket stays on the underlay; see
 is off, ARP/ND proxy on: the device is told every remote endpoint.  The VNI
 is allocated from the cluster store (256 .. 2^24-1).  MTU: the underlay
 device's minus 50 (IPv4 VTEP) or 70 (IPv6 VTEP), unless an ``mtu`` option
-says otherwise.
+says otherwise -- at most that (refused above it where the network is
+created, lowered to it on hosts with a smaller underlay).
 
 Peer distribution: at join an endpoint's record (addresses, MAC, VTEP, host)
 is written to the cluster store under ``libnet/v1/overlay/peers/<network>/``;
@@ -53,7 +54,9 @@ here; this host's VTEP on it is its tunnel address, the VXLAN device sends
 from the unspecified address (the source comes from the route into the
 tunnel), and the MTU is the WireGuard interface's minus VXLAN's.  After a
 key rotation the host's endpoints' peer records are rewritten with its new
-tunnel address.
+tunnel address.  A join waits for a working tunnel to each other host with
+endpoints on the network.  That part of the driver is
+:mod:`~libnet.drivers.overlay.encrypted`.
 
 The driver itself is orchestration: VNI allocation is
 :mod:`~libnet.drivers.overlay.vni`, the namespace and devices
@@ -70,10 +73,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import ipaddress
 import logging
-import os
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -81,6 +82,7 @@ from libnet import ownership
 from libnet.cluster.membership import Membership
 from libnet.config import (
     DEFAULT_ANTI_ENTROPY,
+    DEFAULT_ENCRYPTION_JOIN_TIMEOUT,
     DEFAULT_ENCRYPTION_PORT,
     DEFAULT_ENCRYPTION_RANGE,
     DEFAULT_ENCRYPTION_ROTATION,
@@ -89,17 +91,15 @@ from libnet.config import (
 from libnet.driverapi import Capabilities, EndpointInfo, NetworkInfo, ReconcileReport, SandboxInfo
 from libnet.drivers import sandbox_config
 from libnet.drivers.bridge_model import host_ifname
+from libnet.drivers.overlay.encrypted import EncryptedOverlays
 from libnet.drivers.overlay.events import PeerEvents
 from libnet.drivers.overlay.peerdb import Peer, PeerTable
 from libnet.drivers.overlay.peerwatch import PeerWatch, decode, encode, peers_prefix
 from libnet.drivers.overlay.plumbing import Plumbing, VxlanDevices
 from libnet.drivers.overlay.programmer import Programmer
 from libnet.drivers.overlay.vni import VNI_MAX, VNI_MIN, P, VniAllocator
-from libnet.encryption import rotation
 from libnet.encryption.backend import Backend
-from libnet.encryption.backend import choose as choose_backend
-from libnet.encryption.records import NodeKey
-from libnet.encryption.tunnel import Tunnel, forget, revoke
+from libnet.encryption.tunnel import Tunnel
 from libnet.errors import BadRequest, Conflict, InvalidOption, KeyModified, KeyNotFound, LibnetError, Unavailable
 from libnet.kernel.api import Kernel
 from libnet.kernel.netlink import VXLAN_PORT
@@ -138,7 +138,7 @@ def _device_local(nw: NetworkInfo, vtep: str) -> str | None:
     return "::" if ipaddress.ip_address(vtep).version == 6 else "0.0.0.0"
 
 
-class OverlayDriver:
+class OverlayDriver(EncryptedOverlays):
     """See the module docstring."""
 
     name = "overlay"
@@ -158,6 +158,7 @@ class OverlayDriver:
         encryption_range: str = DEFAULT_ENCRYPTION_RANGE,
         encryption_port: int = DEFAULT_ENCRYPTION_PORT,
         encryption_rotation: float = DEFAULT_ENCRYPTION_ROTATION,
+        encryption_join_timeout: float = DEFAULT_ENCRYPTION_JOIN_TIMEOUT,
         wireguard: Backend | Literal["auto"] | None = "auto",
     ) -> None:
         self.host_ns, self.default_mtu = host_ns, default_mtu
@@ -178,105 +179,11 @@ class OverlayDriver:
         #: called with a network id whenever its remote endpoints changed (the embedded DNS listens)
         self.peer_listeners: list[Callable[[str], None]] = []
         self.encryption_range, self.encryption_port = encryption_range, encryption_port
-        self.encryption_rotation = encryption_rotation
+        self.encryption_rotation, self.encryption_join_timeout = encryption_rotation, encryption_join_timeout
         self._wireguard = wireguard
         self._tunnel: Tunnel | None = None
         self._rotating: asyncio.Task[None] | None = None
         self._membership: Membership | None = None
-
-    def tunnel(self) -> Tunnel:
-        """This host's WireGuard tunnel (:mod:`libnet.encryption.tunnel`), made on first use."""
-        if self._tunnel is None:
-            store, vtep = self._need()
-            state_dir = self.state_dir or ""
-            if self._wireguard == "auto":
-                backend, reason = choose_backend(self.host_ns, os.path.join(state_dir, "wireguard"))
-            else:
-                backend = self._wireguard
-                reason = "given" if backend is not None else "no backend given"
-            self._tunnel = Tunnel(
-                node=self.node,
-                vtep=vtep,
-                host_ns=self.host_ns,
-                state_dir=state_dir,
-                instance=self.ledger.instance,
-                store=store,
-                kernel=self.kernel,
-                backend=backend,
-                reason=reason,
-                underlay_mtu=lambda: self.default_mtu or self.plumbing.underlay_mtu(vtep),
-                range_=self.encryption_range,
-                port=self.encryption_port,
-            )
-            self._tunnel.switch_listeners.append(self._reannounce_encrypted)
-            self._tunnel.publish_listeners.append(self._tag_key)
-        return self._tunnel
-
-    async def _tag_key(self, record: NodeKey) -> None:
-        """This host's current WireGuard key and tunnel address as Serf tags too (``libnet node ls``
-        shows them; the cluster store stays what hosts configure their peers from)."""
-        client = getattr(self._membership, "client", None)
-        if client is None or not hasattr(client, "tags"):
-            return
-        try:
-            await client.tags({"wg_key": record.public_key, "wg_tunnel": record.tunnel})
-        except LibnetError as exc:
-            log.warning("could not put the WireGuard key into Serf tags: %s", exc)
-
-    async def rotate_keys(self) -> dict[str, Any]:
-        """Rotate this host's WireGuard key pair without loss (``libnet network rotate-keys``;
-        :mod:`libnet.encryption.rotation`)."""
-        return await rotation.rotate(self.tunnel())
-
-    async def _reannounce_encrypted(self) -> None:
-        """This host's tunnel address changed (a key rotation): its endpoints' peer
-        records on encrypted networks get the new VTEP, stored and gossiped."""
-        tunnel = self._tunnel
-        if self.store is None or tunnel is None or tunnel.address is None:
-            return
-        for nid, nw in list(self._nets.items()):
-            if not nw.options.get("encrypted"):
-                continue
-            for pair in await self.store.list(peers_prefix(P, nid)):
-                try:
-                    peer = decode(pair.value)
-                except LibnetError:
-                    continue
-                if peer.node == self.node and peer.vtep != tunnel.address:
-                    peer = dataclasses.replace(peer, vtep=tunnel.address)
-                    await self.store.put(pair.key, encode(peer))
-                    await self._announce("add", peer)
-
-    def encryption_status(self) -> dict[str, Any] | None:
-        """The tunnel's status (backend and why; ``up`` once an encrypted network
-        was set up here), or None without a cluster store or VTEP."""
-        if self._tunnel is None and (self.store is None or not self.vtep):
-            return None
-        return self.tunnel().status()
-
-    async def revoke_node(self, node: str) -> None:
-        """Refuse ``node`` as a WireGuard peer on every host at once (``libnet node revoke``)."""
-        store, _ = self._need()
-        if node.lower() == self.node.lower():
-            raise BadRequest("a host cannot revoke itself; run this on another host", node=node)
-        await revoke(store, node)
-
-    async def forget_node(self, node: str) -> None:
-        """``node`` is gone for good (``libnet node rm``): its key record and tunnel address go."""
-        if self.store is not None:
-            await forget(self.store, node)
-
-    async def _vtep_of(self, nw: NetworkInfo) -> str:
-        """The VTEP address of this host on ``nw``: its tunnel address (the tunnel
-        brought up first) on encrypted networks, else the underlay's."""
-        _, vtep = self._need()
-        if nw.options.get("encrypted"):
-            tunnel = self.tunnel()
-            address = await tunnel.ensure()
-            if self.encryption_rotation > 0 and self._rotating is None:
-                self._rotating = asyncio.create_task(rotation.rotate_periodically(tunnel, self.encryption_rotation))
-            return address
-        return vtep
 
     @property
     def ledger(self) -> NamespaceLedger:
@@ -392,11 +299,21 @@ class OverlayDriver:
     async def check_network(self, nw: NetworkInfo) -> None:
         """Refused before anything is written: no cluster store or no VTEP address
         (--advertise); an encrypted network on a host without a WireGuard backend."""
-        self._need()
+        _, vtep = self._need()
         if nw.options.get("encrypted"):
             tunnel = self.tunnel()
             if tunnel.backend is None:
                 raise Unavailable(f"encrypted overlays are unavailable on this host: {tunnel.reason}", network=nw.name)
+        if (mtu := nw.options.get("mtu")) and mtu > (limit := await asyncio.to_thread(self.mtu_limit, nw, vtep)):
+            kind, overheads = (
+                ("encrypted", "VXLAN's and WireGuard's") if nw.options.get("encrypted") else ("plain", "VXLAN's")
+            )
+            raise InvalidOption(
+                f"mtu {mtu} is more than this host's path carries on a {kind} overlay: at most {limit} "
+                f"(the underlay's MTU minus {overheads} overhead)",
+                option="mtu",
+                network=nw.name,
+            )
 
     async def create_network(self, nw: NetworkInfo) -> None:
         """Allocate the network's VNI in the cluster store (:mod:`~libnet.drivers.overlay.vni`)."""
@@ -488,6 +405,8 @@ class OverlayDriver:
         store, _ = self._need()
         ns = await self._ensure_local(nw)
         vtep = await self._vtep_of(nw)
+        if nw.options.get("encrypted"):
+            await self._await_tunnels(store, nw)
         host_if = host_ifname(ep)
         alias = self.plumbing.mark("ep", ep.id, ep.name)
 
@@ -602,12 +521,6 @@ class OverlayDriver:
                     await self._announce("del", peer)
                     gone.append(f"overlay peer record of endpoint {peer.endpoint_id[:12]} not joined here")
         return gone
-
-    async def stop_tunnel(self) -> None:
-        """Remove this host's WireGuard interfaces now (the host leaves the cluster for good);
-        otherwise they outlive the agent, which re-adopts them on start."""
-        if self._tunnel is not None:
-            await self._tunnel.close(stop=True)
 
     async def close(self) -> None:
         if self._rotating is not None:

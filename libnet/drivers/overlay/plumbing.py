@@ -226,8 +226,16 @@ class Plumbing:
         namespace made here is removed again if a later step fails."""
         self.await_vtep(vtep)
         overhead = 70 if ipaddress.ip_address(vtep).version == 6 else 50
-        mtu = nw.options.get("mtu") or (self.default_mtu or self.underlay_mtu(vtep)) - overhead
+        limit = (self.default_mtu or self.underlay_mtu(vtep)) - overhead
+        mtu = min(nw.options.get("mtu") or limit, limit)
         created, done = self.claim_namespace(nw, vni, ns)
+        if created and mtu < (nw.options.get("mtu") or 0):  # made on a host with a larger underlay
+            log.warning(
+                "overlay network %s: mtu %s is more than this host's path carries; %s used here",
+                nw.name,
+                nw.options["mtu"],
+                mtu,
+            )
         try:
             with self.kernel.netlink(ns) as nl:
                 nl.set_up("lo")
