@@ -18,6 +18,21 @@ a missed DEL left (the container was restarted): it is replaced.
 
 ``POST /v1/cni/del``: ``{container_id, network, ifname}`` -> 204, also when
 the container, network or endpoint is unknown (CNI's DEL is idempotent).
+
+``POST /v1/cni/ipam/add`` (``libnet-ipam``, ``libnet/cni/ipam.py``):
+``{container_id, netns, ifname, network, fallback_name, create?, name?,
+ipv4?, ipv6?}`` -> ``{network, endpoint}``.  The pool is a ``null`` network (made
+from ``create`` with the label ``libnet.way-out=true``: the main plugin,
+such as the reference ``bridge``, gives the containers their way out, so
+their DNS forwards); the container becomes a sandbox on the runtime's
+namespace (libnet never removes that namespace, and the ``null`` driver
+touches nothing in it) holding one endpoint on the pool, named ``name``
+(``K8S_POD_NAME``) or ``fallback_name``, whose ``ifname`` is the runtime's:
+the embedded DNS serves it at 127.0.0.11 with the names of the pool's other
+containers.  ADD again for that interface answers the same endpoint; for
+another interface of the container it is a 409 ``InterfaceNameRefused`` (one
+interface per pool).  ``POST /v1/cni/ipam/del``: ``{container_id, network}`` ->
+204: the endpoint goes, the sandbox when emptied; unknown is success.
 """
 
 from __future__ import annotations
@@ -31,7 +46,8 @@ from aiohttp import web
 
 from agent.api import NETWORK_CREATE, Spec, body_of, check_fields
 from libnet.controller import Controller
-from libnet.errors import Conflict, NoSuchNetwork, NoSuchSandbox, NotFound
+from libnet.dns.binding import WAY_OUT_LABEL
+from libnet.errors import BadRequest, Conflict, NoSuchNetwork, NoSuchSandbox, NotFound
 from libnet.model import Endpoint, Network, Sandbox
 
 CNI_ADD: Spec = {
@@ -48,6 +64,20 @@ CNI_ADD: Spec = {
     "dns_options": (list, False),
 }
 CNI_DEL: Spec = {"container_id": (str, True), "network": (str, True), "ifname": (str, True)}
+CNI_IPAM_ADD: Spec = {
+    "container_id": (str, True),
+    "netns": (str, True),
+    "ifname": (str, True),
+    "network": (str, True),
+    "fallback_name": (str, True),
+    "create": (dict, False),
+    "name": (str, False),
+    "ipv4": (str, False),
+    "ipv6": (str, False),
+}
+CNI_IPAM_DEL: Spec = {"container_id": (str, True), "network": (str, True)}
+POOL_DRIVER = "null"  # libnet-ipam's pools: addresses only, the runtime's main plugin programs the kernel
+POOL_LABELS = {WAY_OUT_LABEL: "true"}  # the main plugin (bridge) gives the containers a way out
 _CREATE: Spec = {k: v for k, v in NETWORK_CREATE.items() if k != "name"}
 IFNAME_PREFIX = "eth"  # eth0, eth1, ...
 
@@ -116,21 +146,7 @@ async def add(ctl: Controller, data: dict[str, Any]) -> dict[str, Any]:
     if create is not None:
         create = check_fields(dict(create), _CREATE, "create.")
     nw = await _network(ctl, name, create)
-    sb = await _sandbox(ctl, cid)
-    if sb is not None and sb.netns != data["netns"]:
-        with suppress(NoSuchSandbox):
-            await ctl.delete_sandbox(cid)
-        sb = None
-    created = sb is None
-    if sb is None:
-        dns = {k: data[k] for k in ("dns", "dns_search", "dns_options") if data.get(k)}
-        try:
-            sb = await ctl.create_sandbox(cid, netns=data["netns"], **dns)
-        except Conflict:
-            sb = await _sandbox(ctl, cid)  # a concurrent ADD made it
-            if sb is None:
-                raise
-            created = False
+    sb, created = await _container(ctl, data)
     try:
         others = await _endpoints(ctl, sb)
         for ep in others:
@@ -161,6 +177,64 @@ async def add(ctl: Controller, data: dict[str, Any]) -> dict[str, Any]:
     return {"network": nw.to_data(), "endpoint": ep.to_data()}
 
 
+async def _container(ctl: Controller, data: dict[str, Any]) -> tuple[Sandbox, bool]:
+    """The container's sandbox on the runtime's namespace ``data["netns"]`` (libnet's record only: the
+    namespace stays the runtime's), made if missing or replacing one on another namespace (what a
+    missed DEL left: the container was restarted); whether it was made here."""
+    cid = data["container_id"]
+    sb = await _sandbox(ctl, cid)
+    if sb is not None and sb.netns != data["netns"]:
+        with suppress(NoSuchSandbox):
+            await ctl.delete_sandbox(cid)
+        sb = None
+    if sb is not None:
+        return sb, False
+    dns = {k: data[k] for k in ("dns", "dns_search", "dns_options") if data.get(k)}
+    try:
+        return await ctl.create_sandbox(cid, netns=data["netns"], **dns), True
+    except Conflict:
+        sb = await _sandbox(ctl, cid)  # a concurrent ADD made it
+        if sb is None:
+            raise
+        return sb, False
+
+
+async def ipam_add(ctl: Controller, data: dict[str, Any]) -> dict[str, Any]:
+    """libnet-ipam's ADD (see the module docstring): ``{network, endpoint}`` as stored."""
+    create = data.get("create")
+    if create is not None:
+        create = check_fields(dict(create), _CREATE, "create.")
+        create = {**create, "driver": POOL_DRIVER, "labels": {**(create.get("labels") or {}), **POOL_LABELS}}
+    nw = await _network(ctl, data["network"], create)
+    if nw.driver != POOL_DRIVER:
+        raise BadRequest(
+            f"network {nw.name} is a {nw.driver} network: libnet-ipam's pools are {POOL_DRIVER} networks "
+            "(a libnet bridge or overlay network is the libnet plugin's)",
+            network_id=nw.id,
+        )
+    sb, created = await _container(ctl, data)
+    try:
+        for ep in await _endpoints(ctl, sb):
+            if ep.network_id == nw.id:
+                if ep.ifname == data["ifname"]:
+                    return {"network": nw.to_data(), "endpoint": ep.to_data()}  # ADD again: the same answer
+                raise InterfaceNameRefused(
+                    f"container {sb.id[:12]} already holds addresses of pool {nw.name} for {ep.ifname}, "
+                    f"not {data['ifname']} (one interface per pool)",
+                    sandbox_id=sb.id,
+                    network_id=nw.id,
+                    ifname=data["ifname"],
+                )
+        args = {k: data[k] for k in ("ipv4", "ipv6") if data.get(k)}
+        name = data.get("name") or data["fallback_name"]
+        ep = await ctl.connect(nw.id, sb.id, name=name, ifname=data["ifname"], **args)
+    except BaseException:
+        if created:
+            await _drop_if_empty(ctl, sb.id)
+        raise
+    return {"network": nw.to_data(), "endpoint": ep.to_data()}
+
+
 async def _drop_if_empty(ctl: Controller, cid: str) -> None:
     sb = await _sandbox(ctl, cid)
     if sb is not None and not sb.endpoints:
@@ -179,7 +253,8 @@ async def delete(ctl: Controller, data: dict[str, Any]) -> None:
     except NoSuchNetwork:
         nw = None
     eps = await _endpoints(ctl, sb)
-    ours = [e for e in eps if nw is not None and e.network_id == nw.id and e.ifname in (data["ifname"], None)]
+    ifnames = (data["ifname"], None) if data.get("ifname") else None  # libnet-ipam: libnet named no interface
+    ours = [e for e in eps if nw is not None and e.network_id == nw.id and (ifnames is None or e.ifname in ifnames)]
     if ours and len(eps) == len(ours) == len(sb.endpoints):
         with suppress(NoSuchSandbox):
             await ctl.delete_sandbox(cid)  # the container's only interface: the sandbox goes with it
@@ -200,5 +275,15 @@ def add_routes(app: web.Application, ctl: Controller) -> None:
         await delete(ctl, await body_of(request, CNI_DEL))
         return web.Response(status=204)
 
+    async def cni_ipam_add(request: web.Request) -> web.Response:
+        return web.json_response(await ipam_add(ctl, await body_of(request, CNI_IPAM_ADD)))
+
+    async def cni_ipam_del(request: web.Request) -> web.Response:
+        data = await body_of(request, CNI_IPAM_DEL)
+        await delete(ctl, {**data, "ifname": None})
+        return web.Response(status=204)
+
     app.router.add_post("/v1/cni/add", cni_add)
     app.router.add_post("/v1/cni/del", cni_del)
+    app.router.add_post("/v1/cni/ipam/add", cni_ipam_add)
+    app.router.add_post("/v1/cni/ipam/del", cni_ipam_del)

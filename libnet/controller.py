@@ -61,7 +61,15 @@ from libnet.repository import Repository
 from libnet.rollback import Rollback
 from libnet.sandbox_files import SandboxFiles
 from libnet.store.base import Store
-from libnet.validation import check_addressing, check_bool, check_labels, check_name, check_options, check_wanted
+from libnet.validation import (
+    check_addressing,
+    check_bool,
+    check_ifname,
+    check_labels,
+    check_name,
+    check_options,
+    check_wanted,
+)
 
 if TYPE_CHECKING:
     from libnet.dns.service import EmbeddedDns
@@ -715,14 +723,17 @@ class Controller:
     # --- join and leave ---------------------------------------------------------
 
     @operation
-    async def join(self, endpoint: str, sandbox: str) -> Endpoint:
-        """Plug an endpoint into a sandbox (idempotent for the same pair).
+    async def join(self, endpoint: str, sandbox: str, *, ifname: str | None = None) -> Endpoint:
+        """Plug an endpoint into a sandbox (idempotent for the same pair).  ``ifname``: its
+        interface's name in the sandbox (default the first free ``ethN``; one in use is a ``Conflict``).
 
         A sandbox on a non-internal network whose driver has no way out of its
         own (overlay) is also connected to this host's gateway bridge
         network, which gives it a default route and masquerade.
         """
-        ep = await self._joins.join(endpoint, sandbox)
+        if ifname is not None:
+            check_ifname(ifname)
+        ep = await self._joins.join(endpoint, sandbox, ifname=ifname)
         await self._proxies.refresh(ep.network_id)
         try:
             await self._sync_gateway_bridge(ep.sandbox_id)
@@ -794,8 +805,11 @@ class Controller:
             await self.delete_endpoint(need.disconnect.id)
 
     @operation
-    async def connect(self, /, network: str, sandbox: str, name: str | None = None, **endpoint_args: Any) -> Endpoint:
-        """Create an endpoint on ``network`` and join it to ``sandbox`` (like ``docker network connect``).
+    async def connect(
+        self, /, network: str, sandbox: str, name: str | None = None, ifname: str | None = None, **endpoint_args: Any
+    ) -> Endpoint:
+        """Create an endpoint on ``network`` and join it to ``sandbox`` (like ``docker network connect``),
+        as interface ``ifname`` (see :meth:`join`).
 
         If the join fails the endpoint is deleted again, its addresses released.
         """
@@ -819,9 +833,11 @@ class Controller:
                         endpoint_id=other.id,
                     )
         name = name or sb.hostname or default_endpoint_name(sb.id)
+        if ifname is not None:
+            check_ifname(ifname)
         ep = await self._create_endpoint(nw.id, name, connecting=True, **endpoint_args)
         try:
-            return await self.join(ep.id, sb.id)
+            return await self.join(ep.id, sb.id, ifname=ifname)
         except BaseException as failure:
             try:  # undo: a join that got as far as the store is left first
                 with suppress(NotFound):
