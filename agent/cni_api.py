@@ -191,7 +191,8 @@ async def _container(ctl: Controller, data: dict[str, Any]) -> tuple[Sandbox, bo
         return sb, False
     dns = {k: data[k] for k in ("dns", "dns_search", "dns_options") if data.get(k)}
     try:
-        return await ctl.create_sandbox(cid, netns=data["netns"], **dns), True
+        # the runtime writes the container's resolv.conf and hosts (from the CNI result): libnet's are not made
+        return await ctl.create_sandbox(cid, netns=data["netns"], files=False, **dns), True
     except Conflict:
         sb = await _sandbox(ctl, cid)  # a concurrent ADD made it
         if sb is None:

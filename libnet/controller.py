@@ -619,12 +619,15 @@ class Controller:
         dns: list[str] | None = None,
         dns_search: list[str] | None = None,
         dns_options: list[str] | None = None,
+        files: bool = True,
     ) -> Sandbox:
         """A sandbox in a new namespace, or in an existing one given by path
         (``/var/run/netns/NAME``, ``/proc/PID/ns/net``).  ``dns``,
         ``dns_search``, ``dns_options``: its own DNS servers (the embedded
         server's upstreams for it), search domains and resolv.conf options,
-        as Docker's ``--dns*`` (see :mod:`libnet.sandbox_files`)."""
+        as Docker's ``--dns*`` (see :mod:`libnet.sandbox_files`).  ``files``:
+        write its resolv.conf and hosts under the state dir (False when the
+        runtime writes the container's own, as CNI runtimes do)."""
         sid = _new_id() if id is None else check_sandbox_id(id)
         if hostname is not None:
             check_name(hostname, "host")
@@ -654,6 +657,7 @@ class Controller:
                 dns=dns,
                 dns_search=dns_search,
                 dns_options=dns_options,
+                files=bool(files),
             )
             try:
                 await self.repo.add_sandbox(sb)
@@ -704,7 +708,8 @@ class Controller:
                 sb.netns,
                 self.config.state_dir,
             )
-        self._files.remove(sb.id)
+        if sb.files:
+            self._files.remove(sb.id)
         await self.repo.delete_sandbox(sb)
         self._joins.forget(sb.id)
 

@@ -234,6 +234,9 @@ class Sandbox:
     dns: list[str] = field(default_factory=list)
     dns_search: list[str] = field(default_factory=list)
     dns_options: list[str] = field(default_factory=list)
+    #: libnet writes its resolv.conf and hosts under the state dir (False: the runtime writes the
+    #: container's own, as CNI runtimes do; nothing reads libnet's).  Older records load True.
+    files: bool = True
 
     def to_data(self) -> dict[str, Any]:
         return to_data(self)

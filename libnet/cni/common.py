@@ -4,7 +4,7 @@ the 0.3.x/0.4.0 configs older runtimes send).  Standard library only."""
 
 from __future__ import annotations
 
-import os
+import posix  # not :mod:`os`: it loads ``_collections_abc``, ``posixpath``, ``stat`` (~3 ms of each exec)
 import sys
 
 from . import wire
@@ -143,6 +143,19 @@ def read_conf(data: bytes, command: str) -> dict[str, Any]:
     return conf
 
 
+def environ() -> dict[str, str]:
+    """The process environment as ``os.environ`` gives it (``posix.environ`` holds bytes)."""
+    return {k.decode(errors="surrogateescape"): v.decode(errors="surrogateescape") for k, v in posix.environ.items()}
+
+
+def _exists(path: str) -> bool:
+    try:
+        posix.stat(path)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def make_call(environ: Any, stdin: bytes) -> Call:
     command, env = read_env(environ)
     conf = read_conf(stdin, command)
@@ -163,7 +176,7 @@ def make_call(environ: Any, stdin: bytes) -> Call:
         raise CniError(INVALID_ENV, f"CNI_IFNAME {call.ifname!r} is missing or not an interface name")
     if command in ("ADD", "CHECK") and not call.netns.startswith("/"):
         raise CniError(INVALID_ENV, f"CNI_NETNS {call.netns!r} is missing or not an absolute path")
-    if command == "ADD" and not os.path.exists(call.netns):
+    if command == "ADD" and not _exists(call.netns):
         raise CniError(INVALID_ENV, f"CNI_NETNS {call.netns!r} does not exist")
     call.args = parse_args(env.get("CNI_ARGS", ""))
     return call
@@ -239,7 +252,7 @@ def run(handlers: dict[str, Callable[[Call], dict[str, Any] | None]]) -> int:
             stdin = sys.stdin.buffer.read()
         except OSError as exc:
             raise CniError(IO_FAILURE, "cannot read the configuration from stdin", str(exc)) from None
-        call = make_call(os.environ, stdin)
+        call = make_call(environ(), stdin)
         if call.command != "VERSION":
             version = call.version
         if call.command == "VERSION":
