@@ -33,6 +33,14 @@ containers.  ADD again for that interface answers the same endpoint; for
 another interface of the container it is a 409 ``InterfaceNameRefused`` (one
 interface per pool).  ``POST /v1/cni/ipam/del``: ``{container_id, network}`` ->
 204: the endpoint goes, the sandbox when emptied; unknown is success.
+
+CNI 1.1: ``POST /v1/cni/status`` ``{network, creatable?}`` -> 204 when an
+ADD can be served (the store answers, the network exists or ``creatable``),
+404 ``NoSuchNetwork`` or 503 otherwise.  ``POST /v1/cni/gc`` ``{network,
+valid: [{container_id, ifname}]}`` -> ``{removed: [...]}``: the network's
+attachments that CNI ADDs made (sandboxes of origin ``cni``; nothing made
+through the library, the API or Docker) and that ``valid`` does not list go
+as with DEL.
 """
 
 from __future__ import annotations
@@ -76,6 +84,10 @@ CNI_IPAM_ADD: Spec = {
     "ipv6": (str, False),
 }
 CNI_IPAM_DEL: Spec = {"container_id": (str, True), "network": (str, True)}
+CNI_STATUS: Spec = {"network": (str, True), "creatable": (bool, False)}
+CNI_GC: Spec = {"network": (str, True), "valid": (list, True)}
+_ATTACHMENT: Spec = {"container_id": (str, True), "ifname": (str, True)}
+CNI_ORIGIN = "cni"  # Sandbox.origin of the containers CNI ADDs made: the only ones GC removes
 POOL_DRIVER = "null"  # libnet-ipam's pools: addresses only, the runtime's main plugin programs the kernel
 POOL_LABELS = {WAY_OUT_LABEL: "true"}  # the main plugin (bridge) gives the containers a way out
 _CREATE: Spec = {k: v for k, v in NETWORK_CREATE.items() if k != "name"}
@@ -192,7 +204,7 @@ async def _container(ctl: Controller, data: dict[str, Any]) -> tuple[Sandbox, bo
     dns = {k: data[k] for k in ("dns", "dns_search", "dns_options") if data.get(k)}
     try:
         # the runtime writes the container's resolv.conf and hosts (from the CNI result): libnet's are not made
-        return await ctl.create_sandbox(cid, netns=data["netns"], files=False, **dns), True
+        return await ctl.create_sandbox(cid, netns=data["netns"], files=False, origin=CNI_ORIGIN, **dns), True
     except Conflict:
         sb = await _sandbox(ctl, cid)  # a concurrent ADD made it
         if sb is None:
@@ -266,6 +278,44 @@ async def delete(ctl: Controller, data: dict[str, Any]) -> None:
     await _drop_if_empty(ctl, cid)
 
 
+async def status(ctl: Controller, data: dict[str, Any]) -> None:
+    """CNI STATUS: whether an ADD on ``network`` can be served now.  The store answers (else
+    ``Unavailable``) and the network exists, or ``creatable`` (the config says how to make it;
+    else ``NoSuchNetwork``)."""
+    await ctl.repo.local.revision()
+    try:
+        await ctl.network(data["network"])
+    except NoSuchNetwork:
+        if not data.get("creatable"):
+            raise
+
+
+async def gc(ctl: Controller, data: dict[str, Any]) -> list[dict[str, str]]:
+    """CNI GC: remove the attachments to ``network`` that CNI ADDs made (sandboxes of origin
+    ``cni``) and that are not in ``valid`` (``[{container_id, ifname}]``); the sandboxes emptied go
+    too (never the runtime's namespace: libnet did not make it).  Attachments still being made
+    (``connecting``) stay.  An unknown network has nothing to collect.  The removed ones, as
+    ``[{container_id, ifname}]``."""
+    valid = set()
+    for item in data["valid"]:
+        item = check_fields(dict(item) if isinstance(item, dict) else {}, _ATTACHMENT, "valid[].")
+        valid.add((item["container_id"], item["ifname"]))
+    try:
+        nw = await ctl.network(data["network"])
+    except NoSuchNetwork:
+        return []
+    removed = []
+    for sb in await ctl.sandboxes():
+        if sb.origin != CNI_ORIGIN:
+            continue
+        for ep in await _endpoints(ctl, sb):
+            if ep.network_id != nw.id or ep.connecting or (sb.id, ep.ifname) in valid:
+                continue
+            await delete(ctl, {"container_id": sb.id, "network": nw.id, "ifname": ep.ifname or ""})
+            removed.append({"container_id": sb.id, "ifname": ep.ifname or ""})
+    return removed
+
+
 def add_routes(app: web.Application, ctl: Controller) -> None:
     """``POST /v1/cni/add`` and ``POST /v1/cni/del`` on ``app`` (the agent's API)."""
 
@@ -284,6 +334,15 @@ def add_routes(app: web.Application, ctl: Controller) -> None:
         await delete(ctl, {**data, "ifname": None})
         return web.Response(status=204)
 
+    async def cni_status(request: web.Request) -> web.Response:
+        await status(ctl, await body_of(request, CNI_STATUS))
+        return web.Response(status=204)
+
+    async def cni_gc(request: web.Request) -> web.Response:
+        return web.json_response({"removed": await gc(ctl, await body_of(request, CNI_GC))})
+
+    app.router.add_post("/v1/cni/status", cni_status)
+    app.router.add_post("/v1/cni/gc", cni_gc)
     app.router.add_post("/v1/cni/add", cni_add)
     app.router.add_post("/v1/cni/del", cni_del)
     app.router.add_post("/v1/cni/ipam/add", cni_ipam_add)

@@ -620,6 +620,7 @@ class Controller:
         dns_search: list[str] | None = None,
         dns_options: list[str] | None = None,
         files: bool = True,
+        origin: str = "",
     ) -> Sandbox:
         """A sandbox in a new namespace, or in an existing one given by path
         (``/var/run/netns/NAME``, ``/proc/PID/ns/net``).  ``dns``,
@@ -627,7 +628,8 @@ class Controller:
         server's upstreams for it), search domains and resolv.conf options,
         as Docker's ``--dns*`` (see :mod:`libnet.sandbox_files`).  ``files``:
         write its resolv.conf and hosts under the state dir (False when the
-        runtime writes the container's own, as CNI runtimes do)."""
+        runtime writes the container's own, as CNI runtimes do).  ``origin``:
+        who asked for it (``cni``: a CNI ADD; see :mod:`agent.cni_api`)."""
         sid = _new_id() if id is None else check_sandbox_id(id)
         if hostname is not None:
             check_name(hostname, "host")
@@ -658,6 +660,7 @@ class Controller:
                 dns_search=dns_search,
                 dns_options=dns_options,
                 files=bool(files),
+                origin=str(origin),
             )
             try:
                 await self.repo.add_sandbox(sb)

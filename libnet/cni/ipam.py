@@ -42,7 +42,9 @@ from .common import (
     UNKNOWN_CONTAINER,
     Call,
     CniError,
+    ask_status,
     check_args,
+    collect,
     dns_label,
     requested_ips,
     run,
@@ -214,8 +216,23 @@ def check(call: Call) -> None:
     return None
 
 
+def status(call: Call) -> None:
+    """CNI 1.1 STATUS: ready when the agent answers and the pool exists or the config can make it."""
+    ipam = _section(call)
+    ask_status(_client(ipam), _pool_name(call, ipam), _create_fields(ipam) is not None)
+    return None
+
+
+def gc(call: Call) -> None:
+    """CNI 1.1 GC (the main plugin passes it on): the pool's addresses held for attachments not
+    listed as valid are released."""
+    ipam = _section(call)
+    collect(_client(ipam), call, _pool_name(call, ipam))
+    return None
+
+
 def main() -> int:
-    return run({"ADD": add, "DEL": delete, "CHECK": check})
+    return run({"ADD": add, "DEL": delete, "CHECK": check, "STATUS": status, "GC": gc})
 
 
 if __name__ == "__main__":
