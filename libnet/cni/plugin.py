@@ -27,6 +27,8 @@ network or endpoint is success.  ADD and DEL are one request each to the
 agent (``POST /v1/cni/add``, ``/v1/cni/del``: ``agent/cni_api.py`` does the
 steps next to the controller).  CHECK compares ``prevResult``, the stored
 endpoint and the interface, addresses and default routes in the namespace.
+CNI 1.1's STATUS and GC are one request each too (``/v1/cni/status``,
+``/v1/cni/gc``; GC removes only attachments CNI ADDs made).
 """
 
 from __future__ import annotations
