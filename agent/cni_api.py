@@ -31,8 +31,10 @@ touches nothing in it) holding one endpoint on the pool, named ``name``
 the embedded DNS serves it at 127.0.0.11 with the names of the pool's other
 containers.  ADD again for that interface answers the same endpoint; for
 another interface of the container it is a 409 ``InterfaceNameRefused`` (one
-interface per pool).  ``POST /v1/cni/ipam/del``: ``{container_id, network}`` ->
-204: the endpoint goes, the sandbox when emptied; unknown is success.
+interface per pool).  ``POST /v1/cni/ipam/del``: ``{container_id, network, legacy_name?}`` ->
+204: the endpoint goes, the sandbox when emptied, and an unjoined endpoint
+``legacy_name`` on the pool (what libnet-ipam made before it registered
+sandboxes); unknown is success.
 
 CNI 1.1: ``POST /v1/cni/status`` ``{network, creatable?}`` -> 204 when an
 ADD can be served (the store answers, the network exists or ``creatable``),
@@ -83,7 +85,7 @@ CNI_IPAM_ADD: Spec = {
     "ipv4": (str, False),
     "ipv6": (str, False),
 }
-CNI_IPAM_DEL: Spec = {"container_id": (str, True), "network": (str, True)}
+CNI_IPAM_DEL: Spec = {"container_id": (str, True), "network": (str, True), "legacy_name": (str, False)}
 CNI_STATUS: Spec = {"network": (str, True), "creatable": (bool, False)}
 CNI_GC: Spec = {"network": (str, True), "valid": (list, True)}
 _ATTACHMENT: Spec = {"container_id": (str, True), "ifname": (str, True)}
@@ -316,6 +318,18 @@ async def gc(ctl: Controller, data: dict[str, Any]) -> list[dict[str, str]]:
     return removed
 
 
+async def _delete_legacy(ctl: Controller, network: str, name: str) -> None:
+    """An endpoint the libnet-ipam of before names (no sandbox: addresses only, named ``cni-`` + a
+    hash of container id and interface) made for this container: released like the new ones."""
+    try:
+        ep = await ctl.endpoint(name, network)
+    except NotFound:
+        return
+    if ep.sandbox_id is None:
+        with suppress(NotFound):
+            await ctl.delete_endpoint(ep.id)
+
+
 def add_routes(app: web.Application, ctl: Controller) -> None:
     """``POST /v1/cni/add`` and ``POST /v1/cni/del`` on ``app`` (the agent's API)."""
 
@@ -332,6 +346,8 @@ def add_routes(app: web.Application, ctl: Controller) -> None:
     async def cni_ipam_del(request: web.Request) -> web.Response:
         data = await body_of(request, CNI_IPAM_DEL)
         await delete(ctl, {**data, "ifname": None})
+        if data.get("legacy_name"):
+            await _delete_legacy(ctl, data["network"], data["legacy_name"])
         return web.Response(status=204)
 
     async def cni_status(request: web.Request) -> web.Response:

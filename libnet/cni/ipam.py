@@ -170,6 +170,8 @@ def delete(call: Call) -> None:
     """One request to the agent; an unknown container, pool or endpoint is success there."""
     ipam = _section(call)
     body = {"container_id": call.container_id, "network": _pool_name(call, ipam)}
+    if call.ifname:  # the endpoint an older libnet-ipam made for this interface, if any
+        body["legacy_name"] = endpoint_name(call.container_id, call.ifname)
     _client(ipam).request("POST", "/v1/cni/ipam/del", body)
     return None
 

@@ -143,3 +143,25 @@ def test_parallel_adds_create_the_pool_once(env):
     with ThreadPoolExecutor(6) as pool:
         assert all(o.ok for o in pool.map(lambda i: call("DEL", i), range(6)))
     assert held(agent) == []
+
+
+def test_del_releases_what_an_older_libnet_ipam_held(env):
+    """Before libnet-ipam registered sandboxes it held a container's addresses in an unjoined
+    endpoint named ``cni-`` + a hash of container id and interface: DEL after an upgrade releases
+    it too (and nothing else of that name's neighbours)."""
+    from libnet.cni.client import Client
+    from libnet.cni.ipam import endpoint_name
+
+    bed, agent, rt = env
+    cfg = bridge_conf(agent)
+    path = netns.path_of(bed.namespace("up1"))
+    assert rt.exec("libnet-ipam", "ADD", cfg, container_id="up1", netns_path=path).ok  # makes the pool
+    pool = agent.cli_json("network", "inspect", "ipamnet")
+    pool_id = (pool[0] if isinstance(pool, list) else pool)["id"]
+    client = Client(agent.socket)
+    client.request("POST", "/v1/endpoints", {"network": pool_id, "name": endpoint_name("old1", "eth0")})
+    assert len(held(agent)) == 2
+    assert rt.exec("libnet-ipam", "DEL", cfg, container_id="old1").ok
+    assert [e["name"] for e in held(agent)] == [endpoint_name("up1", "eth0")]
+    assert rt.exec("libnet-ipam", "DEL", cfg, container_id="up1").ok
+    assert held(agent) == []
