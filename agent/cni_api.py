@@ -48,6 +48,8 @@ as with DEL.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
 from contextlib import suppress
 from typing import Any
@@ -92,6 +94,7 @@ _ATTACHMENT: Spec = {"container_id": (str, True), "ifname": (str, True)}
 CNI_ORIGIN = "cni"  # Sandbox.origin of the containers CNI ADDs made: the only ones GC removes
 POOL_DRIVER = "null"  # libnet-ipam's pools: addresses only, the runtime's main plugin programs the kernel
 POOL_LABELS = {WAY_OUT_LABEL: "true"}  # the main plugin (bridge) gives the containers a way out
+log = logging.getLogger("libnet.cni")
 _CREATE: Spec = {k: v for k, v in NETWORK_CREATE.items() if k != "name"}
 IFNAME_PREFIX = "eth"  # eth0, eth1, ...
 
@@ -182,8 +185,9 @@ async def add(ctl: Controller, data: dict[str, Any]) -> dict[str, Any]:
                 ifname=ifname,
                 expected=expected,
             )
-        args = {k: data[k] for k in ("name", "ipv4", "ipv6") if data.get(k)}
-        ep = await ctl.connect(nw.id, cid, **args)
+        args = {k: data[k] for k in ("ipv4", "ipv6") if data.get(k)}
+        name = await _free_name(ctl, nw, data.get("name"), cid)
+        ep = await ctl.connect(nw.id, cid, name=name, **args)
     except BaseException:
         if created:
             await _drop_if_empty(ctl, cid)
@@ -241,13 +245,41 @@ async def ipam_add(ctl: Controller, data: dict[str, Any]) -> dict[str, Any]:
                     ifname=data["ifname"],
                 )
         args = {k: data[k] for k in ("ipv4", "ipv6") if data.get(k)}
-        name = data.get("name") or data["fallback_name"]
+        name = await _free_name(ctl, nw, data.get("name"), sb.id) or data["fallback_name"]
         ep = await ctl.connect(nw.id, sb.id, name=name, ifname=data["ifname"], **args)
     except BaseException:
         if created:
             await _drop_if_empty(ctl, sb.id)
         raise
     return {"network": nw.to_data(), "endpoint": ep.to_data()}
+
+
+async def _free_name(ctl: Controller, nw: Network, name: str | None, cid: str) -> str | None:
+    """``name`` (``K8S_POD_NAME``) for the container's endpoint on ``nw`` if it can have it, else None
+    (libnet's default name: the container starts, unnamed).  Held by the endpoint of a CNI container
+    whose namespace is gone, it is what a missed DEL left (``podman rm`` while the agent was down,
+    then ``podman run --name`` again): that attachment is removed as DEL would, and the name is
+    free.  Held by a live container (two Kubernetes namespaces' pods of one name), it stays that
+    container's."""
+    if not name:
+        return None
+    try:
+        holder = await ctl.endpoint(name, nw.id)
+    except NotFound:
+        return name
+    sb = await _sandbox(ctl, holder.sandbox_id) if holder.sandbox_id else None
+    if sb is None or sb.id == cid or sb.origin != CNI_ORIGIN or os.path.exists(sb.netns):
+        log.warning("CNI: %s's name %s on %s is taken by %s: left unnamed", cid[:12], name, nw.name, holder.id[:12])
+        return None
+    log.warning(
+        "CNI: container %s's namespace %s is gone (a missed DEL): its %s on %s goes",
+        sb.id[:12],
+        sb.netns,
+        name,
+        nw.name,
+    )
+    await delete(ctl, {"container_id": sb.id, "network": nw.id, "ifname": holder.ifname or ""})
+    return name
 
 
 async def _drop_if_empty(ctl: Controller, cid: str) -> None:

@@ -138,3 +138,30 @@ def test_add_check_del_with_a_1_1_config(env, plugin):
         assert chk.ok, chk
     assert rt.exec(plugin, "DEL", cfg, container_id="v11", netns_path=path).ok
     assert endpoint_names(agent) == set()
+
+
+@pytest.mark.parametrize("plugin", ["libnet", "libnet-ipam"])
+def test_a_missed_del_does_not_block_the_name(env, plugin):
+    """``podman rm`` while the agent was down leaves the container's attachment behind; ``podman run
+    --name`` again (a new container id, same K8S_POD_NAME) must start and get the name: the old
+    attachment, whose namespace is gone, is removed.  A live container keeps its name: another
+    one asking for it starts unnamed (two Kubernetes namespaces' pods of one name)."""
+    bed, agent, rt = env
+    cfg = libnet_conf(agent) if plugin == "libnet" else ipam_conf(agent)
+    names = {n: bed.namespace(n) for n in ("m1", "m2", "m3")}
+    paths = {n: netns.path_of(ns) for n, ns in names.items()}
+    args = "IgnoreUnknown=1;K8S_POD_NAME=web"
+    assert rt.exec(plugin, "ADD", cfg, container_id="old", netns_path=paths["m1"], args=args).ok
+    netns.delete(names["m1"])  # the runtime removed the namespace; its DEL never reached libnet
+    o = rt.exec(plugin, "ADD", cfg, container_id="new", netns_path=paths["m2"], args=args)
+    assert o.ok, o
+    eps = {e["name"]: e for e in agent.cli_json("endpoint", "ls")}
+    assert set(eps) == {"web"} and {s["id"] for s in agent.cli_json("sandbox", "ls")} == {"new"}
+    o = rt.exec(plugin, "ADD", cfg, container_id="twin", netns_path=paths["m3"], args=args)
+    assert o.ok, o
+    assert len(agent.cli_json("endpoint", "ls")) == 2
+    web = {e["name"]: e for e in agent.cli_json("endpoint", "ls")}["web"]
+    assert web["id"] == eps["web"]["id"]  # still the live container's
+    for cid, n in (("new", "m2"), ("twin", "m3"), ("old", "m1")):
+        assert rt.exec(plugin, "DEL", cfg, container_id=cid, netns_path=paths[n]).ok
+    assert agent.cli_json("endpoint", "ls") == []
