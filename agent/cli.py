@@ -526,8 +526,8 @@ def cni() -> None:
 @click.option(
     "--python",
     type=click.Path(exists=True, dir_okay=False),
-    help="the Python 3.9+ that runs the plugins (default: this one); they need only its standard "
-    "library, and a statically linked one (Debian's /usr/bin/python3) starts faster",
+    help="the Python 3.9+ that runs the plugins (default: of this one and /usr/bin/python3, the one "
+    "that starts faster here); they need only its standard library",
 )
 def cni_install(bin_dir: str, python: str | None) -> None:
     """Write the libnet and libnet-ipam plugin executables into BIN_DIR."""

@@ -18,11 +18,38 @@ a missed DEL left (the container was restarted): it is replaced.
 
 ``POST /v1/cni/del``: ``{container_id, network, ifname}`` -> 204, also when
 the container, network or endpoint is unknown (CNI's DEL is idempotent).
+
+``POST /v1/cni/ipam/add`` (``libnet-ipam``, ``libnet/cni/ipam.py``):
+``{container_id, netns, ifname, network, fallback_name, create?, name?,
+ipv4?, ipv6?}`` -> ``{network, endpoint}``.  The pool is a ``null`` network (made
+from ``create`` with the label ``libnet.way-out=true``: the main plugin,
+such as the reference ``bridge``, gives the containers their way out, so
+their DNS forwards); the container becomes a sandbox on the runtime's
+namespace (libnet never removes that namespace, and the ``null`` driver
+touches nothing in it) holding one endpoint on the pool, named ``name``
+(``K8S_POD_NAME``) or ``fallback_name``, whose ``ifname`` is the runtime's:
+the embedded DNS serves it at 127.0.0.11 with the names of the pool's other
+containers.  ADD again for that interface answers the same endpoint; for
+another interface of the container it is a 409 ``InterfaceNameRefused`` (one
+interface per pool).  ``POST /v1/cni/ipam/del``: ``{container_id, network, legacy_name?}`` ->
+204: the endpoint goes, the sandbox when emptied, and an unjoined endpoint
+``legacy_name`` on the pool (what libnet-ipam made before it registered
+sandboxes); unknown is success.
+
+CNI 1.1: ``POST /v1/cni/status`` ``{network, creatable?}`` -> 204 when an
+ADD can be served (the store answers, the network exists or ``creatable``),
+404 ``NoSuchNetwork`` or 503 otherwise.  ``POST /v1/cni/gc`` ``{network,
+valid: [{container_id, ifname}]}`` -> ``{removed: [...]}``: the network's
+attachments that CNI ADDs made (sandboxes of origin ``cni``; nothing made
+through the library, the API or Docker) and that ``valid`` does not list go
+as with DEL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
 from contextlib import suppress
 from typing import Any
@@ -31,7 +58,8 @@ from aiohttp import web
 
 from agent.api import NETWORK_CREATE, Spec, body_of, check_fields
 from libnet.controller import Controller
-from libnet.errors import Conflict, NoSuchNetwork, NoSuchSandbox, NotFound
+from libnet.dns.binding import WAY_OUT_LABEL
+from libnet.errors import BadRequest, Conflict, NoSuchNetwork, NoSuchSandbox, NotFound
 from libnet.model import Endpoint, Network, Sandbox
 
 CNI_ADD: Spec = {
@@ -48,6 +76,25 @@ CNI_ADD: Spec = {
     "dns_options": (list, False),
 }
 CNI_DEL: Spec = {"container_id": (str, True), "network": (str, True), "ifname": (str, True)}
+CNI_IPAM_ADD: Spec = {
+    "container_id": (str, True),
+    "netns": (str, True),
+    "ifname": (str, True),
+    "network": (str, True),
+    "fallback_name": (str, True),
+    "create": (dict, False),
+    "name": (str, False),
+    "ipv4": (str, False),
+    "ipv6": (str, False),
+}
+CNI_IPAM_DEL: Spec = {"container_id": (str, True), "network": (str, True), "legacy_name": (str, False)}
+CNI_STATUS: Spec = {"network": (str, True), "creatable": (bool, False)}
+CNI_GC: Spec = {"network": (str, True), "valid": (list, True)}
+_ATTACHMENT: Spec = {"container_id": (str, True), "ifname": (str, True)}
+CNI_ORIGIN = "cni"  # Sandbox.origin of the containers CNI ADDs made: the only ones GC removes
+POOL_DRIVER = "null"  # libnet-ipam's pools: addresses only, the runtime's main plugin programs the kernel
+POOL_LABELS = {WAY_OUT_LABEL: "true"}  # the main plugin (bridge) gives the containers a way out
+log = logging.getLogger("libnet.cni")
 _CREATE: Spec = {k: v for k, v in NETWORK_CREATE.items() if k != "name"}
 IFNAME_PREFIX = "eth"  # eth0, eth1, ...
 
@@ -116,21 +163,7 @@ async def add(ctl: Controller, data: dict[str, Any]) -> dict[str, Any]:
     if create is not None:
         create = check_fields(dict(create), _CREATE, "create.")
     nw = await _network(ctl, name, create)
-    sb = await _sandbox(ctl, cid)
-    if sb is not None and sb.netns != data["netns"]:
-        with suppress(NoSuchSandbox):
-            await ctl.delete_sandbox(cid)
-        sb = None
-    created = sb is None
-    if sb is None:
-        dns = {k: data[k] for k in ("dns", "dns_search", "dns_options") if data.get(k)}
-        try:
-            sb = await ctl.create_sandbox(cid, netns=data["netns"], **dns)
-        except Conflict:
-            sb = await _sandbox(ctl, cid)  # a concurrent ADD made it
-            if sb is None:
-                raise
-            created = False
+    sb, created = await _container(ctl, data)
     try:
         others = await _endpoints(ctl, sb)
         for ep in others:
@@ -152,13 +185,101 @@ async def add(ctl: Controller, data: dict[str, Any]) -> dict[str, Any]:
                 ifname=ifname,
                 expected=expected,
             )
-        args = {k: data[k] for k in ("name", "ipv4", "ipv6") if data.get(k)}
-        ep = await ctl.connect(nw.id, cid, **args)
+        args = {k: data[k] for k in ("ipv4", "ipv6") if data.get(k)}
+        name = await _free_name(ctl, nw, data.get("name"), cid)
+        ep = await ctl.connect(nw.id, cid, name=name, **args)
     except BaseException:
         if created:
             await _drop_if_empty(ctl, cid)
         raise
     return {"network": nw.to_data(), "endpoint": ep.to_data()}
+
+
+async def _container(ctl: Controller, data: dict[str, Any]) -> tuple[Sandbox, bool]:
+    """The container's sandbox on the runtime's namespace ``data["netns"]`` (libnet's record only: the
+    namespace stays the runtime's), made if missing or replacing one on another namespace (what a
+    missed DEL left: the container was restarted); whether it was made here."""
+    cid = data["container_id"]
+    sb = await _sandbox(ctl, cid)
+    if sb is not None and sb.netns != data["netns"]:
+        with suppress(NoSuchSandbox):
+            await ctl.delete_sandbox(cid)
+        sb = None
+    if sb is not None:
+        return sb, False
+    dns = {k: data[k] for k in ("dns", "dns_search", "dns_options") if data.get(k)}
+    try:
+        # the runtime writes the container's resolv.conf and hosts (from the CNI result): libnet's are not made
+        return await ctl.create_sandbox(cid, netns=data["netns"], files=False, origin=CNI_ORIGIN, **dns), True
+    except Conflict:
+        sb = await _sandbox(ctl, cid)  # a concurrent ADD made it
+        if sb is None:
+            raise
+        return sb, False
+
+
+async def ipam_add(ctl: Controller, data: dict[str, Any]) -> dict[str, Any]:
+    """libnet-ipam's ADD (see the module docstring): ``{network, endpoint}`` as stored."""
+    create = data.get("create")
+    if create is not None:
+        create = check_fields(dict(create), _CREATE, "create.")
+        create = {**create, "driver": POOL_DRIVER, "labels": {**(create.get("labels") or {}), **POOL_LABELS}}
+    nw = await _network(ctl, data["network"], create)
+    if nw.driver != POOL_DRIVER:
+        raise BadRequest(
+            f"network {nw.name} is a {nw.driver} network: libnet-ipam's pools are {POOL_DRIVER} networks "
+            "(a libnet bridge or overlay network is the libnet plugin's)",
+            network_id=nw.id,
+        )
+    sb, created = await _container(ctl, data)
+    try:
+        for ep in await _endpoints(ctl, sb):
+            if ep.network_id == nw.id:
+                if ep.ifname == data["ifname"]:
+                    return {"network": nw.to_data(), "endpoint": ep.to_data()}  # ADD again: the same answer
+                raise InterfaceNameRefused(
+                    f"container {sb.id[:12]} already holds addresses of pool {nw.name} for {ep.ifname}, "
+                    f"not {data['ifname']} (one interface per pool)",
+                    sandbox_id=sb.id,
+                    network_id=nw.id,
+                    ifname=data["ifname"],
+                )
+        args = {k: data[k] for k in ("ipv4", "ipv6") if data.get(k)}
+        name = await _free_name(ctl, nw, data.get("name"), sb.id) or data["fallback_name"]
+        ep = await ctl.connect(nw.id, sb.id, name=name, ifname=data["ifname"], **args)
+    except BaseException:
+        if created:
+            await _drop_if_empty(ctl, sb.id)
+        raise
+    return {"network": nw.to_data(), "endpoint": ep.to_data()}
+
+
+async def _free_name(ctl: Controller, nw: Network, name: str | None, cid: str) -> str | None:
+    """``name`` (``K8S_POD_NAME``) for the container's endpoint on ``nw`` if it can have it, else None
+    (libnet's default name: the container starts, unnamed).  Held by the endpoint of a CNI container
+    whose namespace is gone, it is what a missed DEL left (``podman rm`` while the agent was down,
+    then ``podman run --name`` again): that attachment is removed as DEL would, and the name is
+    free.  Held by a live container (two Kubernetes namespaces' pods of one name), it stays that
+    container's."""
+    if not name:
+        return None
+    try:
+        holder = await ctl.endpoint(name, nw.id)
+    except NotFound:
+        return name
+    sb = await _sandbox(ctl, holder.sandbox_id) if holder.sandbox_id else None
+    if sb is None or sb.id == cid or sb.origin != CNI_ORIGIN or os.path.exists(sb.netns):
+        log.warning("CNI: %s's name %s on %s is taken by %s: left unnamed", cid[:12], name, nw.name, holder.id[:12])
+        return None
+    log.warning(
+        "CNI: container %s's namespace %s is gone (a missed DEL): its %s on %s goes",
+        sb.id[:12],
+        sb.netns,
+        name,
+        nw.name,
+    )
+    await delete(ctl, {"container_id": sb.id, "network": nw.id, "ifname": holder.ifname or ""})
+    return name
 
 
 async def _drop_if_empty(ctl: Controller, cid: str) -> None:
@@ -179,7 +300,8 @@ async def delete(ctl: Controller, data: dict[str, Any]) -> None:
     except NoSuchNetwork:
         nw = None
     eps = await _endpoints(ctl, sb)
-    ours = [e for e in eps if nw is not None and e.network_id == nw.id and e.ifname in (data["ifname"], None)]
+    ifnames = (data["ifname"], None) if data.get("ifname") else None  # libnet-ipam: libnet named no interface
+    ours = [e for e in eps if nw is not None and e.network_id == nw.id and (ifnames is None or e.ifname in ifnames)]
     if ours and len(eps) == len(ours) == len(sb.endpoints):
         with suppress(NoSuchSandbox):
             await ctl.delete_sandbox(cid)  # the container's only interface: the sandbox goes with it
@@ -188,6 +310,56 @@ async def delete(ctl: Controller, data: dict[str, Any]) -> None:
         with suppress(NotFound):
             await ctl.disconnect(nw.id, cid)
     await _drop_if_empty(ctl, cid)
+
+
+async def status(ctl: Controller, data: dict[str, Any]) -> None:
+    """CNI STATUS: whether an ADD on ``network`` can be served now.  The store answers (else
+    ``Unavailable``) and the network exists, or ``creatable`` (the config says how to make it;
+    else ``NoSuchNetwork``)."""
+    await ctl.repo.local.revision()
+    try:
+        await ctl.network(data["network"])
+    except NoSuchNetwork:
+        if not data.get("creatable"):
+            raise
+
+
+async def gc(ctl: Controller, data: dict[str, Any]) -> list[dict[str, str]]:
+    """CNI GC: remove the attachments to ``network`` that CNI ADDs made (sandboxes of origin
+    ``cni``) and that are not in ``valid`` (``[{container_id, ifname}]``); the sandboxes emptied go
+    too (never the runtime's namespace: libnet did not make it).  Attachments still being made
+    (``connecting``) stay.  An unknown network has nothing to collect.  The removed ones, as
+    ``[{container_id, ifname}]``."""
+    valid = set()
+    for item in data["valid"]:
+        item = check_fields(dict(item) if isinstance(item, dict) else {}, _ATTACHMENT, "valid[].")
+        valid.add((item["container_id"], item["ifname"]))
+    try:
+        nw = await ctl.network(data["network"])
+    except NoSuchNetwork:
+        return []
+    removed = []
+    for sb in await ctl.sandboxes():
+        if sb.origin != CNI_ORIGIN:
+            continue
+        for ep in await _endpoints(ctl, sb):
+            if ep.network_id != nw.id or ep.connecting or (sb.id, ep.ifname) in valid:
+                continue
+            await delete(ctl, {"container_id": sb.id, "network": nw.id, "ifname": ep.ifname or ""})
+            removed.append({"container_id": sb.id, "ifname": ep.ifname or ""})
+    return removed
+
+
+async def _delete_legacy(ctl: Controller, network: str, name: str) -> None:
+    """An endpoint the libnet-ipam of before names (no sandbox: addresses only, named ``cni-`` + a
+    hash of container id and interface) made for this container: released like the new ones."""
+    try:
+        ep = await ctl.endpoint(name, network)
+    except NotFound:
+        return
+    if ep.sandbox_id is None:
+        with suppress(NotFound):
+            await ctl.delete_endpoint(ep.id)
 
 
 def add_routes(app: web.Application, ctl: Controller) -> None:
@@ -200,5 +372,26 @@ def add_routes(app: web.Application, ctl: Controller) -> None:
         await delete(ctl, await body_of(request, CNI_DEL))
         return web.Response(status=204)
 
+    async def cni_ipam_add(request: web.Request) -> web.Response:
+        return web.json_response(await ipam_add(ctl, await body_of(request, CNI_IPAM_ADD)))
+
+    async def cni_ipam_del(request: web.Request) -> web.Response:
+        data = await body_of(request, CNI_IPAM_DEL)
+        await delete(ctl, {**data, "ifname": None})
+        if data.get("legacy_name"):
+            await _delete_legacy(ctl, data["network"], data["legacy_name"])
+        return web.Response(status=204)
+
+    async def cni_status(request: web.Request) -> web.Response:
+        await status(ctl, await body_of(request, CNI_STATUS))
+        return web.Response(status=204)
+
+    async def cni_gc(request: web.Request) -> web.Response:
+        return web.json_response({"removed": await gc(ctl, await body_of(request, CNI_GC))})
+
+    app.router.add_post("/v1/cni/status", cni_status)
+    app.router.add_post("/v1/cni/gc", cni_gc)
     app.router.add_post("/v1/cni/add", cni_add)
     app.router.add_post("/v1/cni/del", cni_del)
+    app.router.add_post("/v1/cni/ipam/add", cni_ipam_add)
+    app.router.add_post("/v1/cni/ipam/del", cni_ipam_del)

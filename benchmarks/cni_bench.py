@@ -14,19 +14,20 @@ starting each plugin binary.
 
 Wall time per exec is what a runtime pays; for libnet it includes the agent's
 work (a separate process).  Ratios compare medians: reference time / libnet
-time (above 1.0: libnet is faster).  ``--python`` runs the plugins on another
-interpreter, as ``libnet cni install --python`` does.
+time (above 1.0: libnet is faster).  The plugins run on the interpreter
+``libnet cni install`` picks (``libnet.cni.install.fastest_python``), or on
+``--python``, as ``libnet cni install --python`` does.
 """
 
 from __future__ import annotations
 
 import os
 import statistics
-import sys
 import tempfile
 from typing import Any
 
 from benchmarks.common import emit, parser, progress, require
+from libnet.cni.install import fastest_python
 from libnet.kernel import netns
 from libnet.testing.agents import AgentProcess
 from libnet.testing.cni import REFERENCE_DIR, CniRuntime, Outcome, reference_bridge_conf
@@ -120,7 +121,7 @@ def main() -> dict:
         "del_speedup_vs_reference": round(peers["reference_del_ms_p50"] / metrics["del_ms_p50"], 2),
     }
     params = {"namespaces": n, "store": "sqlite", "dual_stack": True, "reference": "bridge+host-local"}
-    params["python"] = os.path.realpath(args.python or sys.executable)
+    params["python"] = os.path.realpath(args.python or fastest_python())
     return emit(NAME, params, metrics, peers, ratios)
 
 

@@ -62,7 +62,15 @@ from libnet.repository import Repository
 from libnet.rollback import Rollback
 from libnet.sandbox_files import SandboxFiles
 from libnet.store.base import Store
-from libnet.validation import check_addressing, check_bool, check_labels, check_name, check_options, check_wanted
+from libnet.validation import (
+    check_addressing,
+    check_bool,
+    check_ifname,
+    check_labels,
+    check_name,
+    check_options,
+    check_wanted,
+)
 
 if TYPE_CHECKING:
     from libnet.dns.service import EmbeddedDns
@@ -666,12 +674,17 @@ class Controller:
         dns: list[str] | None = None,
         dns_search: list[str] | None = None,
         dns_options: list[str] | None = None,
+        files: bool = True,
+        origin: str = "",
     ) -> Sandbox:
         """A sandbox in a new namespace, or in an existing one given by path
         (``/var/run/netns/NAME``, ``/proc/PID/ns/net``).  ``dns``,
         ``dns_search``, ``dns_options``: its own DNS servers (the embedded
         server's upstreams for it), search domains and resolv.conf options,
-        as Docker's ``--dns*`` (see :mod:`libnet.sandbox_files`)."""
+        as Docker's ``--dns*`` (see :mod:`libnet.sandbox_files`).  ``files``:
+        write its resolv.conf and hosts under the state dir (False when the
+        runtime writes the container's own, as CNI runtimes do).  ``origin``:
+        who asked for it (``cni``: a CNI ADD; see :mod:`agent.cni_api`)."""
         sid = _new_id() if id is None else check_sandbox_id(id)
         if hostname is not None:
             check_name(hostname, "host")
@@ -701,6 +714,8 @@ class Controller:
                 dns=dns,
                 dns_search=dns_search,
                 dns_options=dns_options,
+                files=bool(files),
+                origin=str(origin),
             )
             try:
                 await self.repo.add_sandbox(sb)
@@ -756,7 +771,8 @@ class Controller:
                 sb.netns,
                 self.config.state_dir,
             )
-        self._files.remove(sb.id)
+        if sb.files:
+            self._files.remove(sb.id)
         await self.repo.delete_sandbox(sb)
         self._joins.forget(sb.id)
 
@@ -775,14 +791,17 @@ class Controller:
     # --- join and leave ---------------------------------------------------------
 
     @operation
-    async def join(self, endpoint: str, sandbox: str) -> Endpoint:
-        """Plug an endpoint into a sandbox (idempotent for the same pair).
+    async def join(self, endpoint: str, sandbox: str, *, ifname: str | None = None) -> Endpoint:
+        """Plug an endpoint into a sandbox (idempotent for the same pair).  ``ifname``: its
+        interface's name in the sandbox (default the first free ``ethN``; one in use is a ``Conflict``).
 
         A sandbox on a non-internal network whose driver has no way out of its
         own (overlay) is also connected to this host's gateway bridge
         network, which gives it a default route and masquerade.
         """
-        ep = await self._joins.join(endpoint, sandbox)
+        if ifname is not None:
+            check_ifname(ifname)
+        ep = await self._joins.join(endpoint, sandbox, ifname=ifname)
         await self._proxies.refresh(ep.network_id)
         try:
             await self._sync_gateway_bridge(ep.sandbox_id)
@@ -854,8 +873,11 @@ class Controller:
             await self.delete_endpoint(need.disconnect.id)
 
     @operation
-    async def connect(self, /, network: str, sandbox: str, name: str | None = None, **endpoint_args: Any) -> Endpoint:
-        """Create an endpoint on ``network`` and join it to ``sandbox`` (like ``docker network connect``).
+    async def connect(
+        self, /, network: str, sandbox: str, name: str | None = None, ifname: str | None = None, **endpoint_args: Any
+    ) -> Endpoint:
+        """Create an endpoint on ``network`` and join it to ``sandbox`` (like ``docker network connect``),
+        as interface ``ifname`` (see :meth:`join`).
 
         If the join fails the endpoint is deleted again, its addresses released.
         """
@@ -879,9 +901,11 @@ class Controller:
                         endpoint_id=other.id,
                     )
         name = name or sb.hostname or default_endpoint_name(sb.id)
+        if ifname is not None:
+            check_ifname(ifname)
         ep = await self._create_endpoint(nw.id, name, connecting=True, **endpoint_args)
         try:
-            return await self.join(ep.id, sb.id)
+            return await self.join(ep.id, sb.id, ifname=ifname)
         except BaseException as failure:
             try:  # undo: a join that got as far as the store is left first
                 with suppress(NotFound):

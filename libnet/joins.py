@@ -75,7 +75,7 @@ class Joins:
         """The sandbox is gone: drop its lock."""
         self._locks.pop(sandbox_id, None)
 
-    async def join(self, endpoint: str, sandbox: str, *, overlap: bool = False) -> Endpoint:
+    async def join(self, endpoint: str, sandbox: str, *, overlap: bool = False, ifname: str | None = None) -> Endpoint:
         """Plug an endpoint into a sandbox (idempotent for the same pair): the
         driver's join and published ports, then the store, then the sandbox's files.
 
@@ -98,7 +98,12 @@ class Joins:
             others = [await self.repo.endpoint(e) for e in sb.endpoints]
             await self._check_overlap(sb, nw, others, overlap)
             used = {o.ifname for o in others}
-            ifname = next(f"eth{i}" for i in range(len(used) + 1) if f"eth{i}" not in used)
+            if ifname is None:
+                ifname = next(f"eth{i}" for i in range(len(used) + 1) if f"eth{i}" not in used)
+            elif ifname in used:
+                raise Conflict(
+                    f"sandbox {sb.id[:12]} already has an interface {ifname}", sandbox_id=sb.id, ifname=ifname
+                )
             gateway = self.gateway.default_route(nw, others)
             ep.sandbox_id, ep.ifname, ep.gateway = sb.id, ifname, gateway
             ninfo, einfo, sinfo = net_info(nw), ep_info(ep), sb_info(sb, ep)

@@ -236,6 +236,11 @@ class Sandbox:
     dns: list[str] = field(default_factory=list)
     dns_search: list[str] = field(default_factory=list)
     dns_options: list[str] = field(default_factory=list)
+    #: libnet writes its resolv.conf and hosts under the state dir (False: the runtime writes the
+    #: container's own, as CNI runtimes do; nothing reads libnet's).  Older records load True.
+    files: bool = True
+    #: who asked for it: "" the library or the API, ``cni`` a CNI ADD (what CNI's GC may remove)
+    origin: str = ""
 
     def to_data(self) -> dict[str, Any]:
         return to_data(self)

@@ -275,7 +275,10 @@ class SandboxFiles:
         self.dns_address = dns_address
 
     async def write(self, sb: Sandbox) -> None:
-        """(Re)write the sandbox's resolv.conf and hosts from its stored endpoints."""
+        """(Re)write the sandbox's resolv.conf and hosts from its stored endpoints; nothing for a
+        sandbox without files (``Sandbox.files``), or one being removed (its files go next)."""
+        if not sb.files or sb.removing:
+            return
         entries = []
         for eid in sb.endpoints:
             with contextlib.suppress(NotFound):

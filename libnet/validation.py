@@ -37,6 +37,19 @@ def check_name(name: object, what: str) -> str:
 MAX_LABELS, MAX_LABEL_KEY, MAX_LABEL_VALUE = 256, 253, 4096
 
 
+def check_ifname(ifname: object) -> str:
+    """An interface name inside a sandbox: 1 to 15 characters (IFNAMSIZ), none of them ``/``,
+    ``:`` or whitespace, not ``.`` or ``..`` (what Linux accepts)."""
+    if (
+        not isinstance(ifname, str)
+        or not 0 < len(ifname) <= 15
+        or ifname in (".", "..")
+        or any(c in "/:" or c.isspace() for c in ifname)
+    ):
+        raise InvalidName(f"interface name {ifname!r}: 1-15 characters, none of '/', ':' or space", ifname=str(ifname))
+    return ifname
+
+
 def check_labels(labels: object) -> dict[str, str]:
     """Labels: a mapping of strings to strings, at most :data:`MAX_LABELS` of them,
     keys of 1-253 characters (a DNS name's length, as Kubernetes' label prefixes),

@@ -10,13 +10,23 @@ Config (the ``ipam`` section of the main plugin's config)::
              "gateway": "...", "gateway6": "...",
              "routes": [{"dst": "0.0.0.0/0"}]}
 
-The pool is a libnet network (driver ``null`` when created here: addresses
-only, nothing programmed) used if it exists, created on first use from
-``subnet``/``subnet6``.  Each container interface holds one endpoint named
-``cni-`` + a hash of container id and interface name: ADD twice replays the
-same addresses, DEL releases them (an unknown one is success).  Static
-addresses come from ``runtimeConfig.ips``, ``args.cni.ips`` or ``CNI_ARGS``
-``IP=``.
+The pool is a libnet ``null`` network (addresses only: libnet programs
+nothing for it) used if it exists, created on first use from
+``subnet``/``subnet6`` with the label ``libnet.way-out=true`` (the main
+plugin gives its containers their way out, so their DNS forwards).  ADD is
+one request to the agent (``POST /v1/cni/ipam/add``, ``agent/cni_api.py``):
+the container becomes a libnet sandbox on ``CNI_NETNS`` -- the runtime's
+namespace, never removed by libnet, in which the ``null`` driver touches
+nothing -- holding one endpoint on the pool, named after ``K8S_POD_NAME``
+when that is a DNS label (else ``cni-`` + a hash of container id and
+interface name).  So libnet's DNS answers at 127.0.0.11 in the container with
+the names of the pool's other containers; the result's ``dns`` names that
+resolver, but the reference ``bridge`` 1.1 puts its own config's ``dns`` in
+its result, so the conflist's bridge entry carries ``"dns": {"nameservers":
+["127.0.0.11"]}`` (podman writes it into resolv.conf).  ADD twice replays
+the same addresses; DEL (``POST /v1/cni/ipam/del``) releases them and drops
+the sandbox, an unknown one is success.  Static addresses come from
+``runtimeConfig.ips``, ``args.cni.ips`` or ``CNI_ARGS`` ``IP=``.
 """
 
 from __future__ import annotations
@@ -26,12 +36,16 @@ import sys
 from .client import DEFAULT_SOCKET, AgentRefused, Client, q
 from .common import (
     CHECK_FAILED,
+    INTERFACE_NAME,
     INVALID_CONFIG,
     NO_SUCH_NETWORK,
     UNKNOWN_CONTAINER,
     Call,
     CniError,
+    ask_status,
     check_args,
+    collect,
+    dns_label,
     requested_ips,
     run,
     shape,
@@ -41,6 +55,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+RESOLVER = "127.0.0.11"  # libnet's embedded DNS, in the container's namespace
 KNOWN_ARGS = ("K8S_POD_NAME", "K8S_POD_NAMESPACE", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID", "IP")
 
 
@@ -83,18 +98,18 @@ def _client(ipam: dict[str, Any]) -> Client:
     return Client(sock)
 
 
-def _pool(client: Client, call: Call, ipam: dict[str, Any], create: bool) -> dict[str, Any] | None:
+def _pool_name(call: Call, ipam: dict[str, Any]) -> str:
     name = ipam.get("network", call.conf["name"])
-    try:
-        return client.request("GET", f"/v1/networks/{q(name)}")
-    except AgentRefused as exc:
-        if exc.status != 404:
-            raise
-    if not create:
-        return None
+    if not name:
+        raise CniError(INVALID_CONFIG, "ipam.network must name a libnet network")
+    return str(name)
+
+
+def _create_fields(ipam: dict[str, Any]) -> dict[str, Any] | None:
+    """The pool's fields when it must be made (None: ``subnet``/``subnet6`` not given)."""
     if "subnet" not in ipam and "subnet6" not in ipam:
-        raise CniError(NO_SUCH_NETWORK, f"libnet network {name!r} does not exist", "give ipam.subnet/subnet6")
-    body: dict[str, Any] = {"name": name, "driver": "null", "ipv6": "subnet6" in ipam}
+        return None
+    body: dict[str, Any] = {"ipv6": "subnet6" in ipam}
     for key, field in (
         ("subnet", "ipv4_subnet"),
         ("gateway", "ipv4_gateway"),
@@ -103,12 +118,7 @@ def _pool(client: Client, call: Call, ipam: dict[str, Any], create: bool) -> dic
     ):
         if key in ipam:
             body[field] = ipam[key]
-    try:
-        client.request("POST", "/v1/networks", body)
-    except AgentRefused as exc:
-        if exc.status != 409:
-            raise
-    return client.request("GET", f"/v1/networks/{q(name)}")
+    return body
 
 
 def _result(call: Call, ipam: dict[str, Any], nw: dict[str, Any], ep: dict[str, Any]) -> dict[str, Any]:
@@ -119,65 +129,87 @@ def _result(call: Call, ipam: dict[str, Any], nw: dict[str, Any], ep: dict[str, 
             if gw:
                 entry["gateway"] = gw.split("/")[0]
             ips.append(entry)
-    out: dict[str, Any] = {"ips": ips, "routes": list(ipam.get("routes", [])), "dns": {}}
+    # the resolver libnet serves in the container's namespace: a main plugin that keeps its IPAM's dns
+    # passes it on; the reference bridge 1.1 replaces it by its own config's dns (README, "CNI")
+    dns: dict[str, Any] = {"nameservers": [RESOLVER]}
+    out: dict[str, Any] = {"ips": ips, "routes": list(ipam.get("routes", [])), "dns": dns}
     return shape(out, call.version)
 
 
-def _endpoint(client: Client, nw: dict[str, Any], name: str) -> dict[str, Any] | None:
+def add(call: Call) -> dict[str, Any]:
+    """One request to the agent (``POST /v1/cni/ipam/add``, ``agent/cni_api.py``), then the result."""
+    ipam = _section(call)
+    check_args(call.args, KNOWN_ARGS)
+    v4, v6 = requested_ips(call)
+    name = _pool_name(call, ipam)
+    body: dict[str, Any] = {
+        "container_id": call.container_id,
+        "netns": call.netns,
+        "ifname": call.ifname,
+        "network": name,
+        "fallback_name": endpoint_name(call.container_id, call.ifname),
+        "create": _create_fields(ipam),
+        "name": dns_label(call.args.get("K8S_POD_NAME")),
+        "ipv4": v4,
+        "ipv6": v6,
+    }
     try:
-        return client.request("GET", f"/v1/endpoints/{q(name)}?network={q(nw['id'])}")
+        out = _client(ipam).request("POST", "/v1/cni/ipam/add", {k: v for k, v in body.items() if v is not None})
+    except AgentRefused as exc:
+        if exc.status == 404 and exc.type == "NoSuchNetwork":
+            raise CniError(
+                NO_SUCH_NETWORK, f"libnet network {name!r} does not exist", "give ipam.subnet/subnet6"
+            ) from None
+        if exc.status == 409 and exc.type == "InterfaceNameRefused":
+            raise CniError(INTERFACE_NAME, str(exc), "a container takes one interface's addresses per pool") from None
+        raise
+    return _result(call, ipam, out["network"], out["endpoint"])
+
+
+def delete(call: Call) -> None:
+    """One request to the agent; an unknown container, pool or endpoint is success there."""
+    ipam = _section(call)
+    body = {"container_id": call.container_id, "network": _pool_name(call, ipam)}
+    if call.ifname:  # the endpoint an older libnet-ipam made for this interface, if any
+        body["legacy_name"] = endpoint_name(call.container_id, call.ifname)
+    _client(ipam).request("POST", "/v1/cni/ipam/del", body)
+    return None
+
+
+def _held(client: Client, call: Call, ipam: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The container's sandbox and its endpoint on the pool (None: none)."""
+    try:
+        nw = client.request("GET", f"/v1/networks/{q(_pool_name(call, ipam))}")
+        sb = client.request("GET", f"/v1/sandboxes/{q(call.container_id)}")
     except AgentRefused as exc:
         if exc.status == 404:
             return None
         raise
-
-
-def add(call: Call) -> dict[str, Any]:
-    ipam = _section(call)
-    check_args(call.args, KNOWN_ARGS)
-    v4, v6 = requested_ips(call)
-    client = _client(ipam)
-    nw = _pool(client, call, ipam, create=True)
-    assert nw is not None
-    name = endpoint_name(call.container_id, call.ifname)
-    ep = _endpoint(client, nw, name)
-    if ep is None:
-        body: dict[str, Any] = {"network": nw["id"], "name": name}
-        if v4:
-            body["ipv4"] = v4
-        if v6:
-            body["ipv6"] = v6
+    for eid in sb.get("endpoints", []):
         try:
-            ep = client.request("POST", "/v1/endpoints", body)
+            ep = client.request("GET", f"/v1/endpoints/{q(eid)}")
         except AgentRefused as exc:
-            if exc.status != 409 or (ep := _endpoint(client, nw, name)) is None:
-                raise
-    return _result(call, ipam, nw, ep)
-
-
-def delete(call: Call) -> None:
-    ipam = _section(call)
-    client = _client(ipam)
-    nw = _pool(client, call, ipam, create=False)
-    if nw is None:
-        return None
-    try:
-        client.request(
-            "DELETE", f"/v1/endpoints/{q(endpoint_name(call.container_id, call.ifname))}?network={q(nw['id'])}"
-        )
-    except AgentRefused as exc:
-        if exc.status != 404:
+            if exc.status == 404:
+                continue
             raise
+        if ep.get("network_id") == nw["id"]:
+            return dict(sb), dict(ep)
     return None
 
 
 def check(call: Call) -> None:
     ipam = _section(call)
     client = _client(ipam)
-    nw = _pool(client, call, ipam, create=False)
-    ep = None if nw is None else _endpoint(client, nw, endpoint_name(call.container_id, call.ifname))
-    if nw is None or ep is None:
+    held = _held(client, call, ipam)
+    if held is None:
         raise CniError(UNKNOWN_CONTAINER, f"libnet-ipam holds no addresses for {call.container_id}/{call.ifname}")
+    sb, ep = held
+    if ep.get("ifname") != call.ifname:
+        raise CniError(CHECK_FAILED, f"libnet-ipam holds pool addresses for {ep.get('ifname')}, not {call.ifname}")
+    if call.netns and sb.get("netns") != call.netns:
+        raise CniError(
+            CHECK_FAILED, f"libnet-ipam knows {call.container_id[:12]} on {sb.get('netns')}, not {call.netns}"
+        )
     prev = call.conf.get("prevResult") or {}
     got = {ip.get("address") for ip in prev.get("ips", [])}
     want = {a for a in (ep.get("ipv4"), ep.get("ipv6")) if a}
@@ -186,8 +218,23 @@ def check(call: Call) -> None:
     return None
 
 
+def status(call: Call) -> None:
+    """CNI 1.1 STATUS: ready when the agent answers and the pool exists or the config can make it."""
+    ipam = _section(call)
+    ask_status(_client(ipam), _pool_name(call, ipam), _create_fields(ipam) is not None)
+    return None
+
+
+def gc(call: Call) -> None:
+    """CNI 1.1 GC (the main plugin passes it on): the pool's addresses held for attachments not
+    listed as valid are released."""
+    ipam = _section(call)
+    collect(_client(ipam), call, _pool_name(call, ipam))
+    return None
+
+
 def main() -> int:
-    return run({"ADD": add, "DEL": delete, "CHECK": check})
+    return run({"ADD": add, "DEL": delete, "CHECK": check, "STATUS": status, "GC": gc})
 
 
 if __name__ == "__main__":

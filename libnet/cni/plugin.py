@@ -27,6 +27,8 @@ network or endpoint is success.  ADD and DEL are one request each to the
 agent (``POST /v1/cni/add``, ``/v1/cni/del``: ``agent/cni_api.py`` does the
 steps next to the controller).  CHECK compares ``prevResult``, the stored
 endpoint and the interface, addresses and default routes in the namespace.
+CNI 1.1's STATUS and GC are one request each too (``/v1/cni/status``,
+``/v1/cni/gc``; GC removes only attachments CNI ADDs made).
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ from .common import (
     UNSUPPORTED_FIELD,
     Call,
     CniError,
+    ask_status,
     check_args,
+    collect,
     dns_label,
     requested_ips,
     run,
@@ -283,8 +287,21 @@ def _check_kernel(call: Call, nw: dict[str, Any], ep: dict[str, Any], want: set[
                     raise CniError(CHECK_FAILED, f"no default route via {_ip(gw)} on {call.ifname}")
 
 
+def status(call: Call) -> None:
+    """CNI 1.1 STATUS: ready when the agent answers and the network exists or the config can make it."""
+    _validate(call)
+    ask_status(_client(call), _network_name(call), _create_fields(call) is not None)
+    return None
+
+
+def gc(call: Call) -> None:
+    """CNI 1.1 GC: the network's attachments made by CNI ADDs and not listed as valid go."""
+    collect(_client(call), call, _network_name(call))
+    return None
+
+
 def main() -> int:
-    return run({"ADD": add, "DEL": delete, "CHECK": check})
+    return run({"ADD": add, "DEL": delete, "CHECK": check, "STATUS": status, "GC": gc})
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ view is the set of networks it is on, minus the gateway bridge network
 (plumbing for outbound traffic, not a network containers find each other on).
 
 Each network is recorded with whether it gives its containers a way out: an
-``internal`` network does not, nor does a ``null`` one (loopback only).  A
+``internal`` network does not, nor does a ``null`` one (loopback only) unless
+labelled ``libnet.way-out=true`` (libnet-ipam's pools: the CNI ``bridge``
+plugin gives their containers the way out).  A
 view made only of such networks never forwards (the resolver answers
 REFUSED): forwarding happens from the host's namespace, so it would be the
 one way out of an internal network (CVE-2024-29018).
@@ -29,6 +31,9 @@ from libnet.model import Endpoint, Network, Sandbox
 log = logging.getLogger("libnet.dns")
 #: drivers whose networks connect nothing (a sandbox on them has its loopback only)
 NO_WAY_OUT = frozenset({"null"})
+#: a network label saying that another program gives the network's containers their way out (a
+#: ``null`` network holding the addresses a CNI ``bridge`` plugin configures: libnet-ipam's pools)
+WAY_OUT_LABEL = "libnet.way-out"
 
 
 def entry_of(ep: Endpoint) -> Entry:
@@ -46,7 +51,7 @@ class DnsBinding:
         """Record the network; False if it is not one containers resolve names on."""
         if is_gateway_bridge(nw):
             return False
-        external = not nw.internal and nw.driver not in NO_WAY_OUT
+        external = not nw.internal and (nw.driver not in NO_WAY_OUT or nw.labels.get(WAY_OUT_LABEL) == "true")
         self.records.set_network(nw.id, nw.name, [nw.ipv4_subnet, nw.ipv6_subnet], external)
         return True
 

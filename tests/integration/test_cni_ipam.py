@@ -80,23 +80,36 @@ def test_bridge_with_libnet_ipam_dual_stack(env, version):
 
 
 def test_ipam_add_twice_replays_and_del_is_idempotent(env):
-    _, agent, rt = env
+    """ADD again for the same interface replays; another interface of the container on the same pool
+    is refused (one interface per pool); the host's own namespace is refused; DEL is idempotent."""
+    bed, agent, rt = env
     cfg = bridge_conf(agent)
-    first = rt.exec("libnet-ipam", "ADD", cfg, container_id="x1", netns_path="/proc/self/ns/net")
-    again = rt.exec("libnet-ipam", "ADD", cfg, container_id="x1", netns_path="/proc/self/ns/net")
+    path = netns.path_of(bed.namespace("x1"))
+    first = rt.exec("libnet-ipam", "ADD", cfg, container_id="x1", netns_path=path)
+    again = rt.exec("libnet-ipam", "ADD", cfg, container_id="x1", netns_path=path)
     assert first.ok and again.ok and first.out == again.out and "interfaces" not in first.out
-    other = rt.exec("libnet-ipam", "ADD", cfg, container_id="x1", ifname="eth1", netns_path="/proc/self/ns/net")
-    assert other.ok and other.out["ips"] != first.out["ips"]
+    assert first.out["dns"] == {"nameservers": ["127.0.0.11"]}
+    other = rt.exec("libnet-ipam", "ADD", cfg, container_id="x1", ifname="eth1", netns_path=path)
+    assert other.out["code"] == 102 and "one interface per pool" in other.out["msg"], other
+    chk = rt.exec("libnet-ipam", "CHECK", {**cfg, "prevResult": first.out}, container_id="x1", netns_path=path)
+    assert chk.ok, chk
+    chk = rt.exec(
+        "libnet-ipam", "CHECK", {**cfg, "prevResult": first.out}, container_id="x1", ifname="eth1", netns_path=path
+    )
+    assert chk.out["code"] == 103, chk
+    host = rt.exec("libnet-ipam", "ADD", cfg, container_id="x2", netns_path="/proc/self/ns/net")
+    assert host.out["code"] == 7 and "host" in host.out["msg"], host
     for ifname in ("eth0", "eth1", "eth0"):
         assert rt.exec("libnet-ipam", "DEL", cfg, container_id="x1", ifname=ifname).ok
-    assert held(agent) == []
+    assert held(agent) == [] and agent.cli_json("sandbox", "ls") == []
+    assert netns.exists(path)  # the runtime's namespace: libnet never removes it
     assert rt.exec("libnet-ipam", "DEL", {**cfg, "ipam": {**cfg["ipam"], "network": "never"}}, container_id="x1").ok
     bad = rt.exec(
         "libnet-ipam",
         "ADD",
         {**cfg, "ipam": {"type": "libnet-ipam", "socket": agent.socket, "network": "never"}},
         container_id="x1",
-        netns_path="/proc/self/ns/net",
+        netns_path=path,
     )
     assert bad.out["code"] == 101
     bad = rt.exec(
@@ -104,12 +117,10 @@ def test_ipam_add_twice_replays_and_del_is_idempotent(env):
         "ADD",
         {k: v for k, v in cfg.items() if k != "ipam"},
         container_id="x1",
-        netns_path="/proc/self/ns/net",
+        netns_path=path,
     )
     assert bad.out["code"] == 7
-    bad = rt.exec(
-        "libnet-ipam", "CHECK", {**cfg, "prevResult": first.out}, container_id="x9", netns_path="/proc/self/ns/net"
-    )
+    bad = rt.exec("libnet-ipam", "CHECK", {**cfg, "prevResult": first.out}, container_id="x9", netns_path=path)
     assert bad.out["code"] == 3
 
 
@@ -118,11 +129,12 @@ def test_parallel_adds_create_the_pool_once(env):
     distinct addresses from it; parallel DELs release them all."""
     from concurrent.futures import ThreadPoolExecutor
 
-    _, agent, rt = env
+    bed, agent, rt = env
     cfg = bridge_conf(agent)
+    paths = [netns.path_of(bed.namespace(f"par{i}")) for i in range(6)]
 
     def call(command: str, i: int):
-        return rt.exec("libnet-ipam", command, cfg, container_id=f"par{i}", netns_path="/proc/self/ns/net")
+        return rt.exec("libnet-ipam", command, cfg, container_id=f"par{i}", netns_path=paths[i])
 
     with ThreadPoolExecutor(6) as pool:
         adds = list(pool.map(lambda i: call("ADD", i), range(6)))
@@ -130,4 +142,26 @@ def test_parallel_adds_create_the_pool_once(env):
     assert len({ip["address"] for o in adds for ip in o.out["ips"]}) == 12
     with ThreadPoolExecutor(6) as pool:
         assert all(o.ok for o in pool.map(lambda i: call("DEL", i), range(6)))
+    assert held(agent) == []
+
+
+def test_del_releases_what_an_older_libnet_ipam_held(env):
+    """Before libnet-ipam registered sandboxes it held a container's addresses in an unjoined
+    endpoint named ``cni-`` + a hash of container id and interface: DEL after an upgrade releases
+    it too (and nothing else of that name's neighbours)."""
+    from libnet.cni.client import Client
+    from libnet.cni.ipam import endpoint_name
+
+    bed, agent, rt = env
+    cfg = bridge_conf(agent)
+    path = netns.path_of(bed.namespace("up1"))
+    assert rt.exec("libnet-ipam", "ADD", cfg, container_id="up1", netns_path=path).ok  # makes the pool
+    pool = agent.cli_json("network", "inspect", "ipamnet")
+    pool_id = (pool[0] if isinstance(pool, list) else pool)["id"]
+    client = Client(agent.socket)
+    client.request("POST", "/v1/endpoints", {"network": pool_id, "name": endpoint_name("old1", "eth0")})
+    assert len(held(agent)) == 2
+    assert rt.exec("libnet-ipam", "DEL", cfg, container_id="old1").ok
+    assert [e["name"] for e in held(agent)] == [endpoint_name("up1", "eth0")]
+    assert rt.exec("libnet-ipam", "DEL", cfg, container_id="up1").ok
     assert held(agent) == []

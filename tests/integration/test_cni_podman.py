@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from libnet.cni.ipam import endpoint_name
 from libnet.kernel.netlink import Netlink
 from libnet.testing.cni import CniRuntime, reference_missing
 from libnet.testing.hosts import Testbed, wait_until
@@ -35,9 +34,8 @@ def pod():
         name, v4, v6 = BRPOD
         ipam = {"type": "libnet-ipam", "socket": agent.socket, "subnet": v4, "subnet6": v6}
         ipam["routes"] = [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
-        podman.write_conflist(
-            name, [{"type": "bridge", "bridge": "cnibr0", "isGateway": True, "ipMasq": False, "ipam": ipam}]
-        )
+        bridge = {"type": "bridge", "bridge": "cnibr0", "isGateway": True, "ipMasq": False, "ipam": ipam}
+        podman.write_conflist(name, [{**bridge, "dns": {"nameservers": ["127.0.0.11"]}}])
         podman.load_busybox()
         try:
             yield bed, agent, podman
@@ -144,18 +142,24 @@ def test_network_connect_disconnect_running_container(pod):
     assert host_veths(bed) == []
 
 
-def ipam_addresses(agent, podman, name: str) -> list[str] | None:
-    """The addresses libnet-ipam holds for container ``name``'s eth0 (None: none held)."""
-    cid = podman.run("inspect", "-f", "{{.Id}}", name).stdout.strip()
-    held = {e["name"]: e for e in agent.cli_json("endpoint", "ls")}
-    ep = held.get(endpoint_name(cid, "eth0"))
+def ipam_addresses(agent, name: str) -> list[str] | None:
+    """The addresses libnet-ipam holds for container ``name`` (its endpoint has the container's name;
+    None: none held)."""
+    ep = {e["name"]: e for e in agent.cli_json("endpoint", "ls")}.get(name)
     return None if ep is None else [ep["ipv4"].split("/")[0], ep["ipv6"].split("/")[0]]
+
+
+def assert_ping_name(podman, src: str, dst: str, family: str, addr: str) -> None:
+    r = podman.run("exec", src, "ping", family, "-c1", "-W3", dst, check=False)
+    assert r.returncode == 0 and addr in r.stdout, (src, dst, family, r.stdout, r.stderr)
 
 
 def test_reference_bridge_with_libnet_ipam(pod):
     """podman on the reference ``bridge`` plugin with ``libnet-ipam``: dual-stack addresses from
-    libnet, ping both ways over IPv4 and IPv6; an exit (kill, stop) releases them, start takes new
-    ones; ``rm -f`` releases all and leaves no runc state, process, namespace or veth."""
+    libnet, ping both ways over IPv4 and IPv6, by address and by name (libnet's DNS in the runtime's
+    namespace, also after an agent restart, which leaves that namespace and its veth alone); an exit
+    (kill, stop) releases them, start takes new ones; ``rm -f`` releases all and leaves no runc
+    state, process, namespace or veth."""
     why = reference_missing("bridge")
     if why:
         pytest.skip(why)
@@ -165,21 +169,32 @@ def test_reference_bridge_with_libnet_ipam(pod):
 
     def ping_both_ways() -> None:
         for src, dst in (("one", "two"), ("two", "one")):
-            v4, v6 = ipam_addresses(agent, podman, dst) or ["none", "none"]
+            v4, v6 = ipam_addresses(agent, dst) or ["none", "none"]
             assert v4.startswith("198.51.100.") and v6.startswith("2001:db8:25::"), (v4, v6)
             for addr in (v4, v6):
                 assert_pings(podman, src, addr)
+            # by name, through libnet's resolver in the container (the bridge config's dns)
+            assert_ping_name(podman, src, dst, "-4", v4)
+            assert_ping_name(podman, src, dst, "-6", v6)
 
+    ping_both_ways()
+    assert "nameserver 127.0.0.11" in podman.run("exec", "one", "cat", "/etc/resolv.conf").stdout
+    netns_one = podman.run("inspect", "-f", "{{.NetworkSettings.SandboxKey}}", "one").stdout.strip()
+    assert {s["netns"] for s in agent.cli_json("sandbox", "ls")} >= {netns_one}  # the runtime's, as it is
+    agent.stop()  # a restart serves the names again; the runtime's namespaces and veths stay
+    veths = host_veths(bed)
+    agent.start()
+    assert host_veths(bed) == veths and len(veths) == 2
     ping_both_ways()
     for how in (("kill", "one"), ("stop", "-t", "1", "one")):
         podman.run(*how)
         assert wait_until(lambda: state(podman, "one") == "exited", 20)
-        assert wait_until(lambda: ipam_addresses(agent, podman, "one") is None, 20)  # released
+        assert wait_until(lambda: ipam_addresses(agent, "one") is None, 20)  # released
         assert wait_until(lambda: len(podman.leftovers()["runc"]) == 1, 20), (how, podman.leftovers())
         assert len(agent.cli_json("endpoint", "ls")) == 1
         podman.run("start", "one")
         ping_both_ways()
     podman.run("rm", "-f", "-t", "0", "one", "two")
-    assert agent.cli_json("endpoint", "ls") == []  # every address released
+    assert agent.cli_json("endpoint", "ls") == [] and agent.cli_json("sandbox", "ls") == []  # all released
     assert wait_until(lambda: not any(podman.leftovers().values()), 20), podman.leftovers()
     assert host_veths(bed) == []

@@ -181,6 +181,10 @@ def test_openapi_document_matches_the_routes() -> None:
         ("post", "/v1/proxies"): api.PROXY_CREATE,
         ("post", "/v1/cni/add"): cni_api.CNI_ADD,
         ("post", "/v1/cni/del"): cni_api.CNI_DEL,
+        ("post", "/v1/cni/ipam/add"): cni_api.CNI_IPAM_ADD,
+        ("post", "/v1/cni/ipam/del"): cni_api.CNI_IPAM_DEL,
+        ("post", "/v1/cni/status"): cni_api.CNI_STATUS,
+        ("post", "/v1/cni/gc"): cni_api.CNI_GC,
     }
     for (method, path), spec in specs.items():
         schema = doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]

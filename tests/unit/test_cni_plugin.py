@@ -17,7 +17,7 @@ from libnet.cni.install import install
 
 HEAVY = ("aiohttp", "libnet.controller", "click", "pyroute2", "http.client", "libnet.errors", "asyncio")
 #: what a bare ``python -IS`` does not load and each exec of a plugin would pay for (~20 ms together here)
-AVOIDABLE = ("json", "re", "socket", "enum", "hashlib", "ipaddress", "subprocess")
+AVOIDABLE = ("json", "re", "socket", "enum", "hashlib", "ipaddress", "subprocess", "os")
 
 
 @pytest.fixture

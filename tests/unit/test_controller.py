@@ -285,3 +285,28 @@ async def test_reconcile_waits_for_operations_in_flight(ctl: Controller) -> None
     ep = await creating
     await reconciling
     assert {a.owner for a in await ctl.ipam.audit()} >= {ep.id}
+
+
+async def test_connect_with_the_runtimes_interface_name_and_no_files(ctl: Controller, tmp_path) -> None:
+    """``connect(ifname=...)`` keeps the runtime's interface name (libnet-ipam: the bridge plugin made
+    it), refuses one the sandbox already has and a bad one before anything is made; a sandbox with
+    ``files=False`` (CNI: the runtime writes resolv.conf and hosts) gets no files of libnet's."""
+    await ctl.create_network("pool", "null", ipv4_subnet="198.51.100.0/26")
+    await ctl.create_network("pool2", "null", ipv4_subnet="198.51.100.64/26")
+    path = "/run/netns/runtime-made"
+    ctl._namespaces.paths.add(path)
+    sb = await ctl.create_sandbox("ctr", netns=path, files=False, origin="cni")
+    assert not sb.files and sb.origin == "cni"
+    ep = await ctl.connect("pool", "ctr", name="web", ifname="net1")
+    assert ep.ifname == "net1"
+    with pytest.raises(Conflict, match="net1"):
+        await ctl.connect("pool2", "ctr", name="web2", ifname="net1")
+    with pytest.raises(BadRequest):
+        await ctl.connect("pool2", "ctr", name="web3", ifname="a/b")
+    assert [e.name for e in await ctl.endpoints()] == ["web"]  # nothing left by the refusals
+    assert not (tmp_path / "sandboxes" / "ctr").exists()
+    await ctl.delete_sandbox("ctr")
+    assert ctl._namespaces.exists(path)
+    plain = await ctl.create_sandbox("plain", hostname="web4")
+    await ctl.connect("pool", "plain")
+    assert (tmp_path / "sandboxes" / "plain" / "resolv.conf").exists() and plain.origin == ""
