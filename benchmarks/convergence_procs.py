@@ -37,6 +37,7 @@ from benchmarks.memory_bench import rss_mib
 from benchmarks.probe import flush_arp, pct, ping_until
 from libnet.cluster.serf import new_key
 from libnet.testing.agents import AgentProcess
+from libnet.testing.cluster import cluster_agent
 from libnet.testing.etcd import EtcdServer
 from libnet.testing.hosts import Testbed
 
@@ -124,24 +125,7 @@ async def run_procs(n: int, trials: int) -> dict[str, Any]:
         hosts, store_host = bed.hosts[:n], bed.hosts[n]
         with EtcdServer(netns=store_host.ns, host=store_host.ipv4) as etcd:
             key, first = new_key(), hosts[0].ipv4
-            agents = [
-                AgentProcess(
-                    bed,
-                    h,
-                    "--cluster-store",
-                    etcd.url,
-                    "--advertise",
-                    h.ipv4,
-                    "--join",
-                    first,
-                    "--cluster-key",
-                    key,
-                    "--log-level",
-                    "warning",
-                    state_dir=os.path.join(tmp, h.name),
-                )
-                for h in hosts
-            ]
+            agents = [cluster_agent(bed, h, tmp, etcd.url, key, first, "--log-level", "warning") for h in hosts]
             clients = [Client(a.socket, timeout=30) for a in agents]
             try:
                 t_start = time.monotonic()
