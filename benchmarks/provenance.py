@@ -26,12 +26,17 @@ def machine() -> str:
 
 
 def commit() -> str:
-    """The short commit id of the checkout the benchmarks run from (``-dirty`` with local changes)."""
+    """The short commit id of the checkout the benchmarks run from (``-dirty`` with local changes
+    other than the saved results)."""
     here = os.path.dirname(__file__)
     r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here)
     head = r.stdout.strip() or "unknown"
+    # the results make bench writes as it goes are no local change of the code measured
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=here
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", "..", ":!results"],
+        capture_output=True,
+        text=True,
+        cwd=here,
     ).stdout.strip()
     return f"{head}-dirty" if dirty and head != "unknown" else head
 
