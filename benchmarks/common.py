@@ -56,6 +56,18 @@ def emit(name: str, params: dict, metrics: dict, peers: dict, ratios: dict) -> d
     return result
 
 
+def flatten(prefix: str, value: Any) -> dict[str, float]:
+    """``{"a": {"b": 1}}`` -> ``{"prefix.a.b": 1.0}`` (numbers only)."""
+    if isinstance(value, dict):
+        out: dict[str, float] = {}
+        for k, v in value.items():
+            out.update(flatten(f"{prefix}.{k}", v))
+        return out
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return {prefix: float(value)}
+    return {}
+
+
 def start_agent(
     bed: Testbed, tmp: str, *extra: str, state: str = "state", local_v4: tuple[str, int] = ("198.51.100.0/24", 30)
 ) -> AgentProcess:

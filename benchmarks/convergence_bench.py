@@ -1,6 +1,12 @@
 """Overlay convergence: from ``connect`` on one host until every other host reaches the new container.
 
-N test hosts (N = 10 and 30), each with a libnet controller (one event loop),
+Two modes.  ``procs`` (metrics ``procs_n10``, ``procs_n30``, ``procs_n50``): every
+host runs its own ``libnet-agent`` process with its own Serf agent and etcd
+is the cluster store, as operators run it (:mod:`benchmarks.convergence_procs`).
+``inproc`` (metrics ``n10``, ``n30``), kept for profiling (one process, so one
+cProfile sees every host), described here:
+
+N test hosts (N = 10 and 30), each with a libnet controller (all in one event loop),
 its own Serf agent (joined, encrypted; the membership attached to the
 overlay driver, so peer events gossip) and the embedded SQLite file as the
 shared cluster store.  Every host first gets a container on one overlay
@@ -20,74 +26,23 @@ caches flushed after the trial, outside the clock), IPv4 VTEPs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import os
-import socket
-import statistics
-import struct
 import tempfile
 import time
 
 from benchmarks.common import emit, parser, progress, require
+from benchmarks.convergence_procs import MIB_PER_HOST, fits, mem_available_mib, run_procs
+from benchmarks.probe import flush_arp, pct, ping_until
 from libnet import Controller
 from libnet.cluster.agent import SerfAgent, SerfAgentConfig
 from libnet.cluster.serf import new_key
 from libnet.cluster.serf_membership import SerfMembership
-from libnet.kernel import netns
 from libnet.kernel.neighbours import FdbEntry
-from libnet.kernel.netlink import Netlink
+from libnet.testing.etcd import find_etcd
 from libnet.testing.hosts import Testbed, host_config
 
 NAME = "convergence_bench"
-
-
-def pct(values: list[float], q: int) -> float:
-    return (
-        round(statistics.quantiles(values, n=100, method="inclusive")[q - 1], 3)
-        if len(values) > 1
-        else round(values[0], 3)
-    )
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2))
-    total = (total >> 16) + (total & 0xFFFF)
-    return ~(total + (total >> 16)) & 0xFFFF
-
-
-async def ping_until(ns: str, addr: str, deadline: float, ident: int) -> float | None:
-    """ICMP echo from inside ``ns`` every 20 ms until ``addr`` answers (a raw socket: no process per probe)."""
-    sock = netns.open_socket(ns, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-    sock.setblocking(False)
-    loop = asyncio.get_running_loop()
-    try:
-        seq = 0
-        while time.monotonic() < deadline:
-            seq += 1
-            head = struct.pack("!BBHHH", 8, 0, 0, ident & 0xFFFF, seq)
-            packet = struct.pack("!BBHHH", 8, 0, _checksum(head + b"libnet"), ident & 0xFFFF, seq) + b"libnet"
-            with contextlib.suppress(OSError):  # no route yet
-                sock.sendto(packet, (addr, 0))
-            until = time.monotonic() + 0.02
-            while time.monotonic() < until:
-                try:
-                    data, peer = await asyncio.wait_for(loop.sock_recvfrom(sock, 2048), until - time.monotonic())
-                except (TimeoutError, OSError):
-                    break
-                ihl = (data[0] & 0x0F) * 4
-                if peer[0] == addr and data[ihl] == 0 and int.from_bytes(data[ihl + 4 : ihl + 6], "big") == ident:
-                    return time.monotonic()
-        return None
-    finally:
-        sock.close()
-
-
-def _flush_arp(ns: str) -> None:
-    with Netlink(ns) as nl:
-        nl.flush_neighbours("eth0")
 
 
 async def run(n: int, trials: int) -> dict:
@@ -152,7 +107,7 @@ async def run(n: int, trials: int) -> dict:
                 # clean up outside the clock: all test hosts share the kernel's one neighbour
                 # table, and 58 fresh entries a trial (probers <-> new container) would fill it
                 await src.delete_sandbox(sb.id)
-                await asyncio.gather(*(asyncio.to_thread(_flush_arp, ns) for _, ns in others))
+                await asyncio.gather(*(asyncio.to_thread(flush_arp, ns) for _, ns in others))
                 progress(
                     f"n={n} trial {t + 1}/{trials}: fdb {fdb[-1] * 1000:.0f} ms, reachable {reach[-1] * 1000:.0f} ms"
                 )
@@ -169,13 +124,41 @@ async def run(n: int, trials: int) -> dict:
 
 
 def main() -> dict:
-    args = parser(NAME, __doc__).parse_args()
+    p = parser(NAME, __doc__)
+    p.add_argument("--mode", choices=("inproc", "procs", "both"), default="both", help="which mode(s) to run")
+    p.add_argument("--sizes", help="in-process host counts, comma-separated (default 10,30; quick 3)")
+    p.add_argument("--procs-sizes", help="agent-process host counts (default 10,30,50; quick 3)")
+    p.add_argument("--trials", type=int, help="trials per size (default 20; quick 3)")
+    args = p.parse_args()
     require("serf", "serf")
-    sizes, trials = ([3], 3) if args.quick else ([10, 30], 20)
+    sizes, psizes, trials = ([3], [3], 3) if args.quick else ([10, 30], [10, 30, 50], 20)
     if os.environ.get("LIBNET_BENCH_SIZES"):  # e.g. LIBNET_BENCH_SIZES=30 for one size, 3 trials
         sizes, trials = [int(x) for x in os.environ["LIBNET_BENCH_SIZES"].split(",")], 3
-    metrics = {f"n{n}": asyncio.run(run(n, trials)) for n in sizes}
-    return emit(NAME, {"hosts": sizes, "trials": trials, "store": "sqlite", "vtep": "ipv4"}, metrics, {}, {})
+    sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else sizes
+    psizes = [int(x) for x in args.procs_sizes.split(",")] if args.procs_sizes else psizes
+    trials = args.trials or trials
+    sizes = sizes if args.mode != "procs" else []
+    psizes = psizes if args.mode != "inproc" else []
+    if psizes and find_etcd() is None:
+        raise SystemExit("the agent-process mode needs etcd: install the Debian package 'etcd-server'")
+    metrics: dict = {f"n{n}": asyncio.run(run(n, trials)) for n in sizes}
+    skipped = {}
+    for n in psizes:
+        if not fits(n):
+            skipped[f"procs_n{n}"] = f"{n} hosts x {MIB_PER_HOST} MiB do not fit in {mem_available_mib():.0f} MiB"
+            progress(f"procs n={n}: skipped, {skipped[f'procs_n{n}']}")
+            continue
+        metrics[f"procs_n{n}"] = asyncio.run(run_procs(n, trials))
+    params = {
+        "hosts": sizes,
+        "procs_hosts": psizes,
+        "trials": trials,
+        "store": "sqlite",
+        "procs_store": "etcd",
+        "vtep": "ipv4",
+        "skipped": skipped,
+    }
+    return emit(NAME, params, metrics, {}, {})
 
 
 if __name__ == "__main__":

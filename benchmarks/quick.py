@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from typing import Any
 
-from benchmarks.common import parser, progress
+from benchmarks.common import flatten, parser, progress
+from benchmarks.provenance import commit, machine
 from benchmarks.run_all import BENCHMARKS
 
 BASELINE = os.path.join(os.path.dirname(__file__), "baseline.json")
@@ -38,6 +38,8 @@ LOWER_IS_BETTER = {
     "docker_bench.ratios.run_share_vs_docker_bridge",
     "convergence_bench.metrics.n3.reachable_p50_s",
     "convergence_bench.metrics.n3.reachable_p99_s",
+    "convergence_bench.metrics.procs_n3.reachable_p50_s",
+    "convergence_bench.metrics.procs_n3.reachable_p99_s",
     "memory_bench.metrics.rss_mib_idle",
     "memory_bench.metrics.rss_mib_one_overlay_container",
 }
@@ -45,21 +47,14 @@ LOWER_IS_BETTER = {
 NOT_COMPARED = {"gossip_bench.ratios.client_overhead_p50_ms"}
 #: metrics compared too, for benchmarks whose ratios miss a hot path
 WATCHED = {
-    "convergence_bench": ["metrics.n3.reachable_p50_s", "metrics.n3.reachable_p99_s"],
+    "convergence_bench": [
+        "metrics.n3.reachable_p50_s",
+        "metrics.n3.reachable_p99_s",
+        "metrics.procs_n3.reachable_p50_s",
+        "metrics.procs_n3.reachable_p99_s",
+    ],
     "memory_bench": ["metrics.rss_mib_idle", "metrics.rss_mib_one_overlay_container"],
 }
-
-
-def flatten(prefix: str, value: Any) -> dict[str, float]:
-    """``{"a": {"b": 1}}`` -> ``{"prefix.a.b": 1.0}`` (numbers only)."""
-    if isinstance(value, dict):
-        out: dict[str, float] = {}
-        for k, v in value.items():
-            out.update(flatten(f"{prefix}.{k}", v))
-        return out
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return {prefix: float(value)}
-    return {}
 
 
 def figures(result: dict[str, Any]) -> dict[str, float]:
@@ -121,22 +116,6 @@ def compare(now: dict[str, float], base: dict[str, float]) -> list[tuple[str, st
         verdict = "DROP" if c < -DROP else "ok"
         rows.append((key, f"{b:g}", f"{n:g}", f"{c * 100:+.0f}%", verdict))
     return rows
-
-
-def machine() -> str:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores {model}, Linux {platform.release()}, Python {platform.python_version()}"
-
-
-def commit() -> str:
-    here = os.path.dirname(__file__)
-    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here)
-    return r.stdout.strip() or "unknown"
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import ipaddress
 import json
 import os
@@ -248,6 +249,17 @@ class Sandbox:
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> Sandbox:
         return cls(**_fields(cls, data))
+
+
+@functools.lru_cache(maxsize=16384)
+def address_of(cidr: str) -> str:
+    """The bare address of an interface CIDR in its canonical text form
+    (``"2001:DB8::0:1/64"`` -> ``"2001:db8::1"``, as the kernel reports it).
+
+    Cached: peer tables and DNS records derive the same few thousand
+    addresses on every change of a network's peers, and parsing is most of
+    that cost.  Raises ``ValueError`` for a malformed CIDR."""
+    return str(ipaddress.ip_interface(cidr).ip)
 
 
 def mac_from_ipv4(cidr: str | None) -> str:

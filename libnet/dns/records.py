@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from libnet.errors import InvalidOption
+from libnet.model import address_of
 
 _SERVICE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9-]{0,62}):(\d{1,5})(?:/(tcp|udp|sctp))?$")
 
@@ -82,7 +83,7 @@ class Entry:
         """From stored forms: interface CIDRs, service specs."""
 
         def bare(cidr: str | None) -> str | None:
-            return str(ipaddress.ip_interface(cidr).ip) if cidr else None
+            return address_of(cidr) if cidr else None
 
         return cls(
             endpoint_id,

@@ -43,26 +43,30 @@ def start_agents(
 
     hosts = bed.hosts[:3] if hosts is None else hosts
     key, first = new_key(), hosts[0].ipv4
-    agents = []
-    for h in hosts:
-        a = AgentProcess(
-            bed,
-            h,
-            "--cluster-store",
-            url,
-            "--advertise",
-            h.ipv4,
-            "--join",
-            first,
-            "--cluster-key",
-            key,
-            "--peer-grace-period",
-            str(grace),
-            *extra,
-            state_dir=os.path.join(state_root, h.name),
-        )
-        agents.append(a.start())
-    return agents
+    extra = ("--peer-grace-period", str(grace), *extra)
+    return [cluster_agent(bed, h, state_root, url, key, first, *extra).start() for h in hosts]
+
+
+def cluster_agent(
+    bed: Testbed, host: Host, state_root: str, url: str, key: str, first: str, *extra: str
+) -> AgentProcess:
+    """An agent (not started) on ``host`` in cluster mode: cluster store ``url``, advertising the
+    host's IPv4 underlay address, joining ``first`` with cluster key ``key``; state under
+    ``state_root/<host name>``; ``extra``: more arguments."""
+    return AgentProcess(
+        bed,
+        host,
+        "--cluster-store",
+        url,
+        "--advertise",
+        host.ipv4,
+        "--join",
+        first,
+        "--cluster-key",
+        key,
+        *extra,
+        state_dir=os.path.join(state_root, host.name),
+    )
 
 
 def place(agent: AgentProcess, network: str = "ov", *extra: str) -> tuple[str, dict[str, Any]]:

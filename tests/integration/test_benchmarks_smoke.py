@@ -114,6 +114,9 @@ def test_convergence_bench_quick() -> None:
     m = r["metrics"]["n3"]
     for key in ("reachable_p50_s", "reachable_p99_s", "fdb_programmed_p50_s", "fdb_programmed_p99_s"):
         assert m[key] > 0
+    procs = r["metrics"]["procs_n3"]  # three libnet-agent processes, etcd
+    for key in ("reachable_p50_s", "reachable_p99_s", "agent_rss_mib_p50", "serf_rss_mib_p50"):
+        assert procs[key] > 0
 
 
 @pytest.mark.root

@@ -519,7 +519,7 @@ def test_moved_vtep_gets_its_new_entries_before_the_old_ones_go(monkeypatch) -> 
     """A peer whose VTEP moved (a key rotation) must never be without an FDB entry: replace, then delete."""
     from libnet.drivers.overlay.peerdb import Entries
     from libnet.drivers.overlay.plumbing import Plumbing, VxlanDevices
-    from libnet.kernel.neighbours import FdbEntry
+    from libnet.kernel.neighbours import FdbEntry, Neighbour
     from libnet.testing import fake_kernel
 
     kernel = FakeKernel()
@@ -536,7 +536,8 @@ def test_moved_vtep_gets_its_new_entries_before_the_old_ones_go(monkeypatch) -> 
     devices = VxlanDevices(plumbing, lambda nid: 1)
     mac = "02:00:c6:33:64:02"
     old, new = FdbEntry(mac, "198.51.100.241"), FdbEntry(mac, "198.51.100.242")
-    devices.apply("n", Entries(set(), {old}), Entries(set(), {new}))
+    gone, came = Neighbour("198.51.100.2", mac), Neighbour("198.51.100.3", mac)
+    devices.apply("n", Entries({gone}, {old}), Entries({came}, {new}))
     assert calls.index("replace_fdb") < calls.index("delete_fdb")
     assert calls.index("replace_neighbours") < calls.index("delete_neighbours")
 

@@ -13,6 +13,8 @@ class FakeDevices:
     def __init__(self) -> None:
         self.state: dict[str, Entries] = {}
         self.batches = 0
+        self.released: list[str] = []
+        self.closed = False
 
     def dump(self, nid: str) -> Entries:
         e = self.state.setdefault(nid, Entries())
@@ -26,6 +28,12 @@ class FakeDevices:
         for n in add.neighbours:  # replace semantics: one MAC per IP
             e.neighbours = {x for x in e.neighbours if x.ip != n.ip} | {n}
         e.fdb |= add.fdb
+
+    def release(self, nid: str) -> None:
+        self.released.append(nid)
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def p(eid: str, last: int, vtep: str, node: str) -> Peer:
@@ -75,3 +83,73 @@ def test_diff_keeps_replaced_neighbours() -> None:
     want = Entries({Neighbour("198.51.100.2", "02:00:00:00:00:02")}, set())
     remove, add = diff(cur, want)
     assert remove.neighbours == set() and add.neighbours == want.neighbours
+
+
+async def test_a_rebuilt_or_forgotten_device_releases_its_handle() -> None:
+    table = PeerTable("h1")
+    dev = FakeDevices()
+    prog = Programmer(dev, table)
+    prog.active.add("n1")
+    prog.reset("n1")  # the device was (re)built: its namespace may be a new one
+    prog.forget("n1")
+    assert dev.released == ["n1", "n1"]
+    await prog.close()
+    assert dev.closed
+
+
+class _Handle:
+    def __init__(self, ns: str, log: list[str]) -> None:
+        self.ns, self.log = ns, log
+
+    def replace_neighbours(self, link: str, entries: object) -> None:
+        self.log.append(f"neigh {self.ns}")
+
+    def replace_fdb(self, link: str, entries: object) -> None:
+        self.log.append(f"fdb {self.ns}")
+
+    def delete_neighbours(self, link: str, entries: object) -> None:
+        self.log.append(f"del-neigh {self.ns}")
+
+    def delete_fdb(self, link: str, entries: object) -> None:
+        self.log.append(f"del-fdb {self.ns}")
+
+    def close(self) -> None:
+        self.log.append(f"close {self.ns}")
+
+
+class _Kernel:
+    def __init__(self) -> None:
+        self.log: list[str] = []
+
+    def netlink(self, ns: str) -> _Handle:
+        self.log.append(f"open {ns}")
+        return _Handle(ns, self.log)
+
+
+class _Plumbing:
+    def __init__(self) -> None:
+        self.kernel = _Kernel()
+
+    def ns_name(self, vni: int) -> str:
+        return f"ns{vni}"
+
+
+def test_device_handles_are_kept_between_batches_and_dropped_on_release() -> None:
+    """Opening a namespace's netlink handle (a thread and its sockets) cost more than a peer change's
+    batch, on every host of a converging overlay: one handle per network, kept until released."""
+    from libnet.drivers.overlay.plumbing import VxlanDevices
+
+    plumbing = _Plumbing()
+    vnis = {"n1": 300}
+    devices = VxlanDevices(plumbing, vnis.get)  # type: ignore[arg-type]
+    one = Entries({Neighbour("198.51.100.2", "02:42:c6:33:64:02")}, {FdbEntry("02:42:c6:33:64:02", "203.0.113.12")})
+    devices.apply("n1", Entries(), one)
+    devices.apply("n1", one, Entries())
+    log = plumbing.kernel.log
+    assert log == ["open ns300", "neigh ns300", "fdb ns300", "del-neigh ns300", "del-fdb ns300"]  # no empty calls
+    devices.release("n1")
+    vnis["n1"] = 301  # rebuilt elsewhere: a new handle in the new namespace
+    devices.apply("n1", Entries(), one)
+    assert log[5:] == ["close ns300", "open ns301", "neigh ns301", "fdb ns301"]
+    devices.close()
+    assert log[-1] == "close ns301"

@@ -16,11 +16,11 @@ Local endpoints are not peers: they sit on the local bridge.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
 from libnet.kernel.neighbours import FLOOD_MAC, FdbEntry, Neighbour
+from libnet.model import address_of
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ class PeerTable:
         for p in self._peers.get(network_id, {}).values():
             for cidr in (p.ipv4, p.ipv6):
                 if cidr:
-                    out.neighbours.add(Neighbour(str(ipaddress.ip_interface(cidr).ip), p.mac))
+                    out.neighbours.add(Neighbour(address_of(cidr), p.mac))
             out.fdb.add(FdbEntry(p.mac, p.vtep))
             out.fdb.add(FdbEntry(FLOOD_MAC, p.vtep))
         return out

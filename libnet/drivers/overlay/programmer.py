@@ -27,6 +27,12 @@ class DeviceOps(Protocol):
 
     def apply(self, network_id: str, remove: Entries, add: Entries) -> None: ...
 
+    def release(self, network_id: str) -> None:
+        """Drop what is held open for the network's device (its namespace was rebuilt or removed)."""
+
+    def close(self) -> None:
+        """Drop everything held open."""
+
 
 def diff(current: Entries, desired: Entries) -> tuple[Entries, Entries]:
     """(to remove, to add/replace).  A neighbour whose IP stays (new MAC) is
@@ -62,6 +68,7 @@ class Programmer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self.ops.close()
 
     def mark(self, network_id: str) -> None:
         """The peers of ``network_id`` changed: program it soon."""
@@ -72,10 +79,12 @@ class Programmer:
 
     def reset(self, network_id: str) -> None:
         """The device was (re)built and holds no entries: program all of them again."""
+        self.ops.release(network_id)  # its namespace may be a new one
         self._applied.pop(network_id, None)
         self.mark(network_id)
 
     def forget(self, network_id: str) -> None:
+        self.ops.release(network_id)
         self.active.discard(network_id)
         self._applied.pop(network_id, None)
         self._dirty.pop(network_id, None)
