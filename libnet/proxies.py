@@ -233,12 +233,24 @@ class Proxies:
         px = None
         with suppress(NotFound):
             px = await self.repo.proxy(proxy_id)
-        for eid in (px.front_endpoint, px.back_endpoint) if px is not None else ():
-            if eid:
-                with suppress(NotFound):
-                    await self.ops.delete_proxy_leg(eid)
         if px is not None:
+            await self._delete_legs(px)
             await self.repo.delete_proxy(px)
+
+    async def _legs(self, px: Proxy) -> list[str]:
+        """The ids of ``px``'s legs: those its record names, and any endpoint of its two
+        networks carrying its id in ``proxy`` -- a leg made just before a crash or a failed
+        store write, which the record never got to name."""
+        found = {eid for eid in (px.front_endpoint, px.back_endpoint) if eid}
+        for network_id in (px.source, px.target):
+            with suppress(NotFound):
+                found |= {ep.id for ep in await self.repo.endpoints(network_id) if ep.proxy == px.id}
+        return sorted(found)
+
+    async def _delete_legs(self, px: Proxy) -> None:
+        for eid in await self._legs(px):
+            with suppress(NotFound):
+                await self.ops.delete_proxy_leg(eid)
 
     async def all(self) -> list[Proxy]:
         return await self.repo.proxies()
@@ -445,10 +457,7 @@ class Proxies:
         self._applied.pop(px.id, None)
         with suppress(NotFound):
             await self.ops.remove_sandbox(px.id)
-        for eid in (px.front_endpoint, px.back_endpoint):
-            if eid:
-                with suppress(NotFound):
-                    await self.ops.delete_proxy_leg(eid)
+        await self._delete_legs(px)
 
         def cleared(p: Proxy) -> None:
             p.front_endpoint, p.back_endpoint = "", ""

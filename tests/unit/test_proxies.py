@@ -321,3 +321,32 @@ async def test_the_proxy_takes_no_name_on_the_backends_network(ctl: Controller) 
     px2 = await ctl.create_proxy("p2", "front", "back", ["db:1"])
     await backend(ctl, "back", "p2", aliases=())  # the name of proxy p2 is free on back
     assert [e.name for e in await ctl.endpoints("back") if e.proxy == px2.id] == ["p2.proxy"]
+
+
+@pytest.mark.parametrize("failing_write", [1, 2], ids=["front", "back"])
+async def test_a_leg_made_but_not_yet_recorded_is_undone(ctl: Controller, failing_write: int) -> None:
+    """Breaker (issue 21): the store write naming a new leg in the proxy's record fails (or
+    the agent dies just before it): the leg exists, the record does not know it.  The undo
+    (and a reconcile's roll back) still finds it by its ``proxy`` field: nothing is left, and
+    the proxy's name is free again on its networks."""
+    from libnet.errors import LibnetError
+
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    await ctl.create_network("back", ipv4_subnet="198.51.100.128/25")
+    before = [(p.key, p.value) for p in await ctl._store.list("libnet/")]
+    real, writes = ctl.repo.update_proxy, []
+
+    async def failing(px, change):
+        writes.append(px.id)
+        if len(writes) == failing_write:
+            raise LibnetError("the store went away")
+        return await real(px, change)
+
+    ctl.repo.update_proxy = failing  # type: ignore[method-assign]
+    with pytest.raises(LibnetError, match="went away"):
+        await ctl.create_proxy("p", "front", "back", ["db:1"])
+    ctl.repo.update_proxy = real  # type: ignore[method-assign]
+    assert await ctl.endpoints() == [] and await ctl.sandboxes() == []
+    assert [(p.key, p.value) for p in await ctl._store.list("libnet/")] == before
+    px = await ctl.create_proxy("p", "front", "back", ["db:1"])  # the names are free again
+    assert px.front_endpoint and px.back_endpoint
