@@ -315,15 +315,20 @@ class Proxies:
             for alias in aliases & {n.lower() for n in names}:
                 out[alias] += [a for a in map(_bare, addrs) if a]
 
-        for ep in await self.repo.endpoints(nw.id):
+        endpoints = await self.repo.endpoints(nw.id)
+        # no proxy's leg is a backend: a back leg has no name there, and a front leg (another
+        # proxy's, named or aliased like the service) would make proxies both ways with one
+        # alias forward to each other in a loop; remote ones too, by their records in the store
+        legs = {ep.id for ep in endpoints if ep.proxy} | {px.back_endpoint}
+        for ep in endpoints:
             if ep.node != self.node or not ep.sandbox_id or ep.leaving or ep.removing or ep.id == leaving:
                 continue
-            if ep.id != px.back_endpoint and ep.dns:  # not another proxy's back leg either
+            if ep.id not in legs and ep.dns:
                 add([ep.name, *ep.aliases], [ep.ipv4, ep.ipv6])
         drv = self.drivers.driver(nw.driver)
         if isinstance(drv, RemotePeers):
             for peer in drv.remote_endpoints(nw.id):
-                if peer.endpoint_id not in (px.back_endpoint, leaving):
+                if peer.endpoint_id not in legs and peer.endpoint_id != leaving:
                     add([peer.name, *peer.aliases], [peer.ipv4, peer.ipv6])
         return out
 

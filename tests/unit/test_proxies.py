@@ -350,3 +350,28 @@ async def test_a_leg_made_but_not_yet_recorded_is_undone(ctl: Controller, failin
     assert [(p.key, p.value) for p in await ctl._store.list("libnet/")] == before
     px = await ctl.create_proxy("p", "front", "back", ["db:1"])  # the names are free again
     assert px.front_endpoint and px.back_endpoint
+
+
+async def test_proxies_both_ways_with_one_alias_do_not_forward_to_each_other(ctl: Controller) -> None:
+    """Breaker (issue 21): ``db`` served on both networks and a proxy each way for it.  Each
+    proxy's front leg carries the alias ``db`` on the other's backends' network; it was taken
+    for a backend, so half the connections went from one proxy to the other and back (a loop
+    until the TTL ran out).  No proxy's leg is a backend, this host's or another's."""
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    ov = await ctl.create_network("ov", "overlay", ipv4_subnet="198.51.100.128/25", ipv6=False)
+    here = await backend(ctl, "ov", "db1")
+    await backend(ctl, "front", "db2")
+    p1 = await ctl.create_proxy("p1", "front", "ov", ["db:5432"])
+    p2 = await ctl.create_proxy("p2", "ov", "front", ["db:5432"])
+    await ctl.reconcile()  # every table written again from what the store says now
+    fronts = {(await ctl.endpoint(p.front_endpoint)).ipv4.split("/")[0] for p in (p1, p2)}
+    for name in ("p1", "p2"):
+        got = set((await table(ctl, name)).forwards[0].backends)
+        assert got and not got & fronts, (name, got, fronts)
+    # another host's proxy leg, as the overlay's peer table shows it: no backend either
+    leg = await ctl.endpoint(p2.front_endpoint)
+    drv = ctl.driver("overlay")
+    assert isinstance(drv, PeeringDriver)
+    drv.peers[ov.id] = [Peer(leg.id, ov.id, "p2", "198.51.100.250/25", None, ("db",))]
+    await ctl._proxies.refresh(ov.id)
+    assert (await table(ctl, "p1")).forwards[0].backends == (here.ipv4.split("/")[0],)
