@@ -17,7 +17,8 @@ The backend set follows joins and leaves on this host (the controller calls
 :meth:`Proxies.refresh`; a leaving backend is dropped *before* it is
 unplugged) and remote peers (the overlay driver's peer listeners), and is
 rebuilt by every reconcile.  Each change replaces the proxy's whole table in
-one nftables transaction; established connections keep their conntrack NAT.
+one nftables transaction; established connections keep their conntrack NAT
+(but UDP ones to a backend gone: :meth:`ProxyPlane.forget`).
 
 Life cycle: the record is written first, marked ``creating`` by this instance,
 then the sandbox, its legs and its table; the mark goes last.  A crash part way
@@ -68,6 +69,11 @@ class ProxyPlane(Protocol):
 
     async def apply(self, netns: str, table: ProxyTable) -> None:
         """Replace the proxy's nftables table in one transaction."""
+        ...
+
+    async def forget(self, netns: str, backends: Iterable[str]) -> int:
+        """Drop the proxy's UDP conntrack entries NATed to ``backends`` (bare addresses
+        no longer backends), so a client's next datagram goes to a current one; how many."""
         ...
 
     async def rules(self, netns: str) -> list[dict[str, Any]]:
@@ -132,6 +138,10 @@ def parse_services(specs: Sequence[str], listen_port: int | None = None) -> list
 def service_text(svc: dict[str, Any]) -> str:
     tail = f" (listen {svc['listen']})" if svc["listen"] != svc["port"] else ""
     return f"{svc['alias']}:{svc['port']}/{svc['protocol']}{tail}"
+
+
+def _udp_backends(table: ProxyTable) -> set[str]:
+    return {b for fw in table.forwards if fw.protocol == "udp" for b in fw.backends}
 
 
 def _bare(cidr: str | None) -> str | None:
@@ -361,10 +371,14 @@ class Proxies:
         """Program the table if it changed (or ``force``); True if it was written."""
         async with self._lock:
             sb, table = await self.table(px, leaving)
-            if not force and self._applied.get(px.id) == table:
+            before = self._applied.get(px.id)
+            if not force and before == table:
                 return False
             await self.plane.apply(sb.netns, table)
             self._applied[px.id] = table
+            gone = _udp_backends(before) - _udp_backends(table) if before is not None else set()
+            if gone:  # after the new table: a datagram meanwhile makes its entry to a current backend
+                await self.plane.forget(sb.netns, gone)
             return True
 
     async def refresh(self, network_id: str | None = None, leaving: str | None = None) -> None:

@@ -5,7 +5,8 @@ clients' network and a *back* leg on the backends' network.  Its table, in
 its own namespace only, is one nftables document that replaces the previous
 one in a single transaction (:meth:`libnet.kernel.firewall.Firewall.replace_table`):
 existing connections keep their NAT bindings, which live in conntrack, not in
-the rules (nothing here flushes conntrack).
+the rules (nothing here flushes conntrack; the proxy plane's ``forget``
+drops only the UDP entries of a backend gone).
 
 Chains (family ``inet``):
 

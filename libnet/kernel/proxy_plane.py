@@ -15,16 +15,20 @@ replaced in one transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
+from collections.abc import Iterable
 from typing import Any
 
+from pyroute2.conntrack import Conntrack
 from pyroute2.netlink.exceptions import NetlinkError
 
 from libnet.kernel import proxy_nat, sysctl
 from libnet.kernel.errors import translate
 from libnet.kernel.firewall import Firewall
 from libnet.kernel.netlink import Netlink
+from libnet.kernel.netns import NamespaceThread
 
 TO_BACK, TO_FRONT = 201, 202  # routing tables of the proxy's namespace
 LOCAL_TABLE = 255
@@ -66,6 +70,44 @@ class KernelProxyPlane:
                 fw.replace_table(cmds)
 
         await asyncio.to_thread(body)
+
+    async def forget(self, netns: str, backends: Iterable[str]) -> int:
+        """Delete the UDP conntrack entries of ``netns`` NATed to ``backends`` (bare
+        addresses that stopped being backends); how many.  A UDP "connection" is only
+        this entry: kept, a client's later datagrams from the same socket would still go
+        to the address gone.  TCP ones are kept (they end with their connection)."""
+        wanted = {ipaddress.ip_address(a) for a in backends}
+
+        def drop() -> int:  # on the namespace's thread: the sockets are the proxy namespace's
+            done = 0
+            for fam in (socket.AF_INET, socket.AF_INET6):
+                mine = {a for a in wanted if a.version == (4 if fam == socket.AF_INET else 6)}
+                if not mine:
+                    continue
+                with Conntrack(nfgen_family=fam) as ct:  # all of the namespace's: only the proxy's flows
+                    for entry in list(ct.dump_entries()):
+                        reply = entry.tuple_reply
+                        if (
+                            reply.proto != socket.IPPROTO_UDP
+                            or not reply.saddr
+                            or ipaddress.ip_address(reply.saddr) not in mine
+                        ):
+                            continue
+                        with contextlib.suppress(NetlinkError):  # gone meanwhile (timed out): fine
+                            ct.delete(entry)
+                            done += 1
+            return done
+
+        def body() -> int:
+            thread = NamespaceThread(netns)
+            try:
+                return thread.call(drop)
+            except (NetlinkError, OSError) as exc:
+                raise translate(exc, "proxy conntrack", netns=netns) from exc
+            finally:
+                thread.close()
+
+        return await asyncio.to_thread(body) if wanted else 0
 
     async def rules(self, netns: str) -> list[dict[str, Any]]:
         def body() -> list[dict[str, Any]]:

@@ -375,3 +375,18 @@ async def test_proxies_both_ways_with_one_alias_do_not_forward_to_each_other(ctl
     drv.peers[ov.id] = [Peer(leg.id, ov.id, "p2", "198.51.100.250/25", None, ("db",))]
     await ctl._proxies.refresh(ov.id)
     assert (await table(ctl, "p1")).forwards[0].backends == (here.ipv4.split("/")[0],)
+
+
+async def test_a_leaving_udp_backend_loses_its_conntrack_entries(ctl: Controller) -> None:
+    """A UDP backend that drops out has its conntrack entries dropped (a client's next
+    datagram goes to a current backend); TCP ones are left to end with their connection."""
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    await ctl.create_network("back", ipv4_subnet="198.51.100.128/25")
+    await ctl.create_proxy("u", "front", "back", ["db:53/udp"])
+    await ctl.create_proxy("t", "front", "back", ["db:5432/tcp"])
+    b1, b2 = await backend(ctl, "back", "db1"), await backend(ctl, "back", "db2")
+    await ctl.disconnect("back", b1.sandbox_id)
+    u_ns = (await ctl.sandbox((await ctl.proxy("u")).id)).netns
+    gone = sorted(a.split("/")[0] for a in (b1.ipv4, b1.ipv6) if a)
+    assert plane(ctl).forgotten == [(u_ns, gone)]
+    assert b2.ipv4 and (await table(ctl, "u")).forwards[0].backends[0] == b2.ipv4.split("/")[0]
