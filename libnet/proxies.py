@@ -34,8 +34,8 @@ import ipaddress
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from contextlib import suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager, suppress
 from typing import Any, Protocol
 
 from libnet.driverapi import ReconcileReport, RemotePeers
@@ -167,6 +167,7 @@ class Proxies:
         self.plane, self.ops, self.dns_sync = plane, ops, dns_sync
         self._applied: dict[str, ProxyTable] = {}
         self._lock = asyncio.Lock()
+        self._leaving: set[str] = set()  # endpoints being unplugged: no backends (see :meth:`leaving`)
         self._tasks: set[asyncio.Task[None]] = set()
         #: whether this host may have proxies (None: not known).  Only this host's controller makes
         #: them, so once a read found none, joins and leaves skip the store until a create or reconcile
@@ -313,10 +314,10 @@ class Proxies:
 
     # --- backends and the table -----------------------------------------------------
 
-    async def backends(self, px: Proxy, leaving: str | None = None) -> dict[str, list[str]]:
+    async def backends(self, px: Proxy) -> dict[str, list[str]]:
         """Per alias, the bare addresses (v4 and v6) of its current backends on the
-        target network: this host's joined endpoints named or aliased so (but
-        ``leaving``), and the remote ones of the driver's peer table."""
+        target network: this host's joined endpoints named or aliased so (but those
+        :meth:`leaving`), and the remote ones of the driver's peer table."""
         nw = await self.repo.network(px.target)
         aliases = {s["alias"] for s in px.services}
         out: dict[str, list[str]] = {a: [] for a in aliases}
@@ -331,25 +332,25 @@ class Proxies:
         # alias forward to each other in a loop; remote ones too, by their records in the store
         legs = {ep.id for ep in endpoints if ep.proxy} | {px.back_endpoint}
         for ep in endpoints:
-            if ep.node != self.node or not ep.sandbox_id or ep.leaving or ep.removing or ep.id == leaving:
+            if ep.node != self.node or not ep.sandbox_id or ep.leaving or ep.removing or ep.id in self._leaving:
                 continue
             if ep.id not in legs and ep.dns:
                 add([ep.name, *ep.aliases], [ep.ipv4, ep.ipv6])
         drv = self.drivers.driver(nw.driver)
         if isinstance(drv, RemotePeers):
             for peer in drv.remote_endpoints(nw.id):
-                if peer.endpoint_id not in legs and peer.endpoint_id != leaving:
+                if peer.endpoint_id not in legs and peer.endpoint_id not in self._leaving:
                     add([peer.name, *peer.aliases], [peer.ipv4, peer.ipv6])
         return out
 
-    async def table(self, px: Proxy, leaving: str | None = None) -> tuple[Sandbox, ProxyTable]:
+    async def table(self, px: Proxy) -> tuple[Sandbox, ProxyTable]:
         """The proxy's sandbox and the table it should have now."""
         sb = await self.repo.sandbox(px.id)
         front = await self.repo.endpoint(px.front_endpoint)
         back = await self.repo.endpoint(px.back_endpoint)
         if front.sandbox_id != sb.id or back.sandbox_id != sb.id or not front.ifname or not back.ifname:
             raise NotFound(f"proxy {px.name}: a leg is not plugged in", proxy_id=px.id)
-        found = await self.backends(px, leaving)
+        found = await self.backends(px)
         src, dst = await self.repo.network(px.source), await self.repo.network(px.target)
         forwards = tuple(
             Forward(s["listen"], s["protocol"], s["port"], tuple(found.get(s["alias"], ())), s["alias"])
@@ -367,10 +368,10 @@ class Proxies:
             tuple(n for n in (dst.ipv4_subnet, dst.ipv6_subnet) if n),
         )
 
-    async def _apply(self, px: Proxy, *, force: bool = False, leaving: str | None = None) -> bool:
+    async def _apply(self, px: Proxy, *, force: bool = False) -> bool:
         """Program the table if it changed (or ``force``); True if it was written."""
         async with self._lock:
-            sb, table = await self.table(px, leaving)
+            sb, table = await self.table(px)
             before = self._applied.get(px.id)
             if not force and before == table:
                 return False
@@ -381,7 +382,7 @@ class Proxies:
                 await self.plane.forget(sb.netns, gone)
             return True
 
-    async def refresh(self, network_id: str | None = None, leaving: str | None = None) -> None:
+    async def refresh(self, network_id: str | None = None) -> None:
         """Follow a change of ``network_id``'s endpoints (every network: None):
         reprogram this host's ready proxies whose backends are there.  Failures are
         logged, never raised: the caller's join or leave went through."""
@@ -402,9 +403,23 @@ class Proxies:
             if network_id is not None and network_id != px.target:
                 continue
             try:
-                await self._apply(px, leaving=leaving)
+                await self._apply(px)
             except (LibnetError, OSError) as exc:
                 log.warning("proxy %s: backends not updated: %s", px.name, exc)
+
+    @asynccontextmanager
+    async def leaving(self, network_id: str, endpoint_id: str) -> AsyncIterator[None]:
+        """Around the unplugging of endpoint ``endpoint_id`` of ``network_id``: it stops being a
+        backend first, and stays out for every refresh meanwhile -- one for a join or a remote
+        peer, reading the store where it is still joined, would put it back, to stay after it
+        is gone.  Afterwards the tables follow the store again (still joined if the leave failed)."""
+        self._leaving.add(endpoint_id)
+        try:
+            await self.refresh(network_id)
+            yield
+        finally:
+            self._leaving.discard(endpoint_id)
+            await self.refresh(network_id)
 
     def peers_changed(self, network_id: str) -> None:
         """A peer listener (:class:`libnet.driverapi.RemotePeers`): remote endpoints of

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import pytest
@@ -390,3 +391,26 @@ async def test_a_leaving_udp_backend_loses_its_conntrack_entries(ctl: Controller
     gone = sorted(a.split("/")[0] for a in (b1.ipv4, b1.ipv6) if a)
     assert plane(ctl).forgotten == [(u_ns, gone)]
     assert b2.ipv4 and (await table(ctl, "u")).forwards[0].backends[0] == b2.ipv4.split("/")[0]
+
+
+async def test_a_refresh_during_a_leave_does_not_bring_the_backend_back(ctl: Controller) -> None:
+    """Breaker (issue 21): while a backend is being unplugged, a refresh for another reason
+    (a remote peer's change, another container joining) read the store, where the backend
+    was still joined, and put it back in the table -- where it stayed after it was gone,
+    until the next change: connections to it were black-holed."""
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    ov = await ctl.create_network("ov", "overlay", ipv4_subnet="198.51.100.128/25", ipv6=False)
+    b1, b2 = await backend(ctl, "ov", "db1"), await backend(ctl, "ov", "db2")
+    await ctl.create_proxy("p", "front", "ov", ["db:5432"])
+    real = ctl._joins.leave
+
+    async def leave_meanwhile_a_peer_changes(*args, **kw):
+        ctl._proxies.peers_changed(ov.id)  # the overlay's listener, as a remote peer comes or goes
+        await asyncio.sleep(0.05)  # the unplugging takes a while: the refresh runs meanwhile
+        return await real(*args, **kw)
+
+    ctl._joins.leave = leave_meanwhile_a_peer_changes  # type: ignore[method-assign]
+    await ctl.leave(b1.id)  # a plain leave (``libnet leave``, a runtime's Leave): no removing mark first
+    ctl._joins.leave = real  # type: ignore[method-assign]
+    await asyncio.sleep(0.05)  # anything still queued has run
+    assert b2.ipv4 and (await table(ctl, "p")).forwards[0].backends == (b2.ipv4.split("/")[0],)
