@@ -120,8 +120,8 @@ def parse_services(specs: Sequence[str], listen_port: int | None = None) -> list
     seen: set[tuple[int, str]] = set()
     for spec in specs:
         alias, sep, rest = spec.partition(":") if isinstance(spec, str) else ("", "", "")
-        port_text, _, proto = rest.partition("/")
-        proto = proto.lower() or "tcp"
+        port_text, slash, proto = rest.partition("/")
+        proto = proto.lower() or ("" if slash else "tcp")  # "db:5432/": a protocol forgotten, not tcp
         valid = sep and port_text.isascii() and port_text.isdigit()
         if not valid or not 0 < int(port_text) < 65536 or proto not in PROTOCOLS:
             raise InvalidOption(f"invalid service {spec!r}: ALIAS:PORT[/tcp|udp], e.g. db:5432/tcp", service=str(spec))

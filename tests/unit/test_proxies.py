@@ -84,7 +84,8 @@ async def backend(c: Controller, net: str, name: str, aliases=("db",)):
 def test_service_specs() -> None:
     assert parse_services(["DB:5432"]) == [{"alias": "db", "port": 5432, "protocol": "tcp", "listen": 5432}]
     assert parse_services(["dns:53/udp"], 5353)[0]["listen"] == 5353
-    for bad in (["db"], ["db:0"], ["db:5432/sctp"], ["-x:1"], [], "db:1", ["db:1", "db:1"], ["db:\uff15"]):
+    bad_specs = (["db"], ["db:0"], ["db:65536"], ["db:5432/sctp"], ["db:5432/tpc"], ["db:5432/"], ["db:5432/udp/"])
+    for bad in (*bad_specs, ["-x:1"], [], "db:1", ["db:1", "db:1"], ["db:\uff15"]):  # "db:5432/": breaker, issue 21
         with pytest.raises((InvalidOption, InvalidName)):
             parse_services(bad)  # type: ignore[arg-type]
     with pytest.raises(InvalidOption, match="needs exactly one service, not 2"):
