@@ -18,7 +18,7 @@ The backend set follows joins and leaves on this host (the controller calls
 unplugged) and remote peers (the overlay driver's peer listeners), and is
 rebuilt by every reconcile.  Each change replaces the proxy's whole table in
 one nftables transaction; established connections keep their conntrack NAT
-(but UDP ones to a backend gone: :meth:`ProxyPlane.forget`).
+(but UDP ones to a backend gone, also while the agent was down: :meth:`ProxyPlane.forget`).
 
 Life cycle: the record is written first, marked ``creating`` by this instance,
 then the sandbox, its legs and its table; the mark goes last.  A crash part way
@@ -71,9 +71,10 @@ class ProxyPlane(Protocol):
         """Replace the proxy's nftables table in one transaction."""
         ...
 
-    async def forget(self, netns: str, backends: Iterable[str]) -> int:
-        """Drop the proxy's UDP conntrack entries NATed to ``backends`` (bare addresses
-        no longer backends), so a client's next datagram goes to a current one; how many."""
+    async def forget(self, netns: str, keep: Iterable[str]) -> int:
+        """Drop the proxy's UDP conntrack entries NATed to an address not in ``keep`` (bare
+        addresses: the current UDP backends), so a client's next datagram goes to a current
+        backend; how many."""
         ...
 
     async def rules(self, netns: str) -> list[dict[str, Any]]:
@@ -377,9 +378,11 @@ class Proxies:
                 return False
             await self.plane.apply(sb.netns, table)
             self._applied[px.id] = table
-            gone = _udp_backends(before) - _udp_backends(table) if before is not None else set()
-            if gone:  # after the new table: a datagram meanwhile makes its entry to a current backend
-                await self.plane.forget(sb.netns, gone)
+            now = _udp_backends(table)
+            # one dropped out, or the first table since this agent started (one may have gone
+            # meanwhile); after the new table: a datagram meanwhile makes its entry to a current one
+            if any(fw.protocol == "udp" for fw in table.forwards) and (before is None or _udp_backends(before) - now):
+                await self.plane.forget(sb.netns, now)
             return True
 
     async def refresh(self, network_id: str | None = None) -> None:

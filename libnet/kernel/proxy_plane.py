@@ -71,27 +71,22 @@ class KernelProxyPlane:
 
         await asyncio.to_thread(body)
 
-    async def forget(self, netns: str, backends: Iterable[str]) -> int:
-        """Delete the UDP conntrack entries of ``netns`` NATed to ``backends`` (bare
-        addresses that stopped being backends); how many.  A UDP "connection" is only
+    async def forget(self, netns: str, keep: Iterable[str]) -> int:
+        """Delete the UDP conntrack entries of ``netns`` NATed to an address not in ``keep``
+        (bare addresses: the current UDP backends); how many.  A UDP "connection" is only
         this entry: kept, a client's later datagrams from the same socket would still go
-        to the address gone.  TCP ones are kept (they end with their connection)."""
-        wanted = {ipaddress.ip_address(a) for a in backends}
+        to a backend gone.  TCP ones are kept (they end with their connection)."""
+        current = {ipaddress.ip_address(a) for a in keep}
 
         def drop() -> int:  # on the namespace's thread: the sockets are the proxy namespace's
             done = 0
             for fam in (socket.AF_INET, socket.AF_INET6):
-                mine = {a for a in wanted if a.version == (4 if fam == socket.AF_INET else 6)}
-                if not mine:
-                    continue
                 with Conntrack(nfgen_family=fam) as ct:  # all of the namespace's: only the proxy's flows
                     for entry in list(ct.dump_entries()):
-                        reply = entry.tuple_reply
-                        if (
-                            reply.proto != socket.IPPROTO_UDP
-                            or not reply.saddr
-                            or ipaddress.ip_address(reply.saddr) not in mine
-                        ):
+                        orig, reply = entry.tuple_orig, entry.tuple_reply
+                        if reply.proto != socket.IPPROTO_UDP or not reply.saddr or reply.saddr == orig.daddr:
+                            continue  # not UDP, or not NATed to a backend (the namespace's own)
+                        if ipaddress.ip_address(reply.saddr) in current:
                             continue
                         with contextlib.suppress(NetlinkError):  # gone meanwhile (timed out): fine
                             ct.delete(entry)
@@ -107,7 +102,7 @@ class KernelProxyPlane:
             finally:
                 thread.close()
 
-        return await asyncio.to_thread(body) if wanted else 0
+        return await asyncio.to_thread(body)
 
     async def rules(self, netns: str) -> list[dict[str, Any]]:
         def body() -> list[dict[str, Any]]:

@@ -146,7 +146,7 @@ class FakeProxyPlane:
         self.prepared: list[str] = []
         self.tables: dict[str, Any] = {}  # netns -> ProxyTable
         self.applied = 0
-        self.forgotten: list[tuple[str, list[str]]] = []  # (netns, UDP backends whose conntrack went)
+        self.forgotten: list[tuple[str, list[str]]] = []  # (netns, the UDP backends whose conntrack entries stay)
 
     async def prepare(self, netns: str) -> None:
         self.prepared.append(netns)
@@ -155,8 +155,8 @@ class FakeProxyPlane:
         self.tables[netns] = table
         self.applied += 1
 
-    async def forget(self, netns: str, backends: Any) -> int:
-        self.forgotten.append((netns, sorted(backends)))
+    async def forget(self, netns: str, keep: Any) -> int:
+        self.forgotten.append((netns, sorted(keep)))
         return 0
 
     async def rules(self, netns: str) -> list[dict[str, Any]]:

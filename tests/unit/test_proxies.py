@@ -381,17 +381,25 @@ async def test_proxies_both_ways_with_one_alias_do_not_forward_to_each_other(ctl
 
 async def test_a_leaving_udp_backend_loses_its_conntrack_entries(ctl: Controller) -> None:
     """A UDP backend that drops out has its conntrack entries dropped (a client's next
-    datagram goes to a current backend); TCP ones are left to end with their connection."""
+    datagram goes to a current backend), also one gone while the agent was down (the first
+    table after a start); TCP ones are left to end with their connection."""
     await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
     await ctl.create_network("back", ipv4_subnet="198.51.100.128/25")
+    b1, b2 = await backend(ctl, "back", "db1"), await backend(ctl, "back", "db2")
     await ctl.create_proxy("u", "front", "back", ["db:53/udp"])
     await ctl.create_proxy("t", "front", "back", ["db:5432/tcp"])
-    b1, b2 = await backend(ctl, "back", "db1"), await backend(ctl, "back", "db2")
-    await ctl.disconnect("back", b1.sandbox_id)
     u_ns = (await ctl.sandbox((await ctl.proxy("u")).id)).netns
-    gone = sorted(a.split("/")[0] for a in (b1.ipv4, b1.ipv6) if a)
-    assert plane(ctl).forgotten == [(u_ns, gone)]
-    assert b2.ipv4 and (await table(ctl, "u")).forwards[0].backends[0] == b2.ipv4.split("/")[0]
+    forgotten = plane(ctl).forgotten
+    both = sorted(a.split("/")[0] for b in (b1, b2) for a in (b.ipv4, b.ipv6) if a)
+    assert forgotten == [(u_ns, both)]  # its first table
+    await ctl.disconnect("back", b1.sandbox_id)
+    b2_only = sorted(a.split("/")[0] for a in (b2.ipv4, b2.ipv6) if a)
+    assert forgotten == [(u_ns, both), (u_ns, b2_only)]
+    await backend(ctl, "back", "db3")  # one more: nothing to forget
+    assert len(forgotten) == 2
+    ctl._proxies._applied.clear()  # as after a restart of the agent
+    await ctl.reconcile()
+    assert len(forgotten) == 3 and forgotten[-1][0] == u_ns
 
 
 async def test_a_refresh_during_a_leave_does_not_bring_the_backend_back(ctl: Controller) -> None:
