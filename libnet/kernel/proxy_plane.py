@@ -44,6 +44,10 @@ SYSCTLS: tuple[tuple[str, int], ...] = (
     ("net.ipv4.conf.all.rp_filter", 0),  # replies come back on the other leg than the request went in
     ("net.ipv4.conf.default.rp_filter", 0),
 )
+#: (key, value) set with every table (so a proxy made before one was added gets it too): a
+#: reply's source may be one of the proxy's own addresses (a backend's equal to the front leg's,
+#: overlapping subnets); its source check must look it up by its mark, not in ``local`` (martian)
+TABLE_SYSCTLS: tuple[tuple[str, int], ...] = (("net.ipv4.conf.all.src_valid_mark", 1),)
 
 
 class KernelProxyPlane:
@@ -64,6 +68,8 @@ class KernelProxyPlane:
         cmds = proxy_nat.commands(self.table, table)
 
         def body() -> None:
+            for key, value in TABLE_SYSCTLS:
+                sysctl.set(netns, key, value)
             with Netlink(netns) as nl:
                 nl.submit(lambda: _route_by_mark(nl, table)).result()
             with Firewall(netns, self.table) as fw:

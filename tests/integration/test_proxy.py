@@ -484,3 +484,23 @@ async def test_a_udp_client_leaves_a_leaving_backend(bed: Testbed, tmp_path) -> 
             (b,) = await backends(c, bed, "back", [first])  # back for the other family's round
             eps.append(b)
         await c.delete_proxy("dnsp")
+
+
+async def test_a_backend_with_the_proxys_own_front_address(bed: Testbed, tmp_path) -> None:
+    """Breaker (issue 21): the two networks have equal subnets, so a backend may have the
+    very address of the proxy's front leg.  A DNAT to it (same address, same port) changes
+    no tuple, so the kernel set no DNAT status, and the rules keyed on it delivered the
+    connection to the proxy itself: refused, for every family and protocol."""
+    async with controller(bed, bed.hosts[0], tmp_path) as c:
+        for name, driver in (("front", "bridge"), ("back", "overlay")):
+            await c.create_network(name, driver, ipv4_subnet="198.51.100.0/26", ipv6_subnet="2001:db8:21:a::/64")
+        fsb = await c.create_sandbox(hostname="fe")
+        await c.connect("front", fsb.id, name="fe")  # the first address of front
+        eps = await backends(c, bed, "back", ["b1", "b2"])
+        await c.create_proxy("dbp", "front", "back", ["db:5432/tcp", "db:5432/udp"])
+        info = await c.inspect_proxy("dbp")
+        assert info["front"]["ipv4"] == eps[1].ipv4 and info["front"]["ipv6"] == eps[1].ipv6, (info, eps)
+        for addr in (ip(info["front"]["ipv4"]), ip(info["front"]["ipv6"])):
+            for proto in ("tcp", "udp"):
+                assert sorted(await ask(bed, fsb, addr, proto, count=4)) == ["b1", "b1", "b2", "b2"], (addr, proto)
+        await c.delete_proxy("dbp")
