@@ -44,10 +44,11 @@ SYSCTLS: tuple[tuple[str, int], ...] = (
     ("net.ipv4.conf.all.rp_filter", 0),  # replies come back on the other leg than the request went in
     ("net.ipv4.conf.default.rp_filter", 0),
 )
-#: (key, value) set with every table (so a proxy made before one was added gets it too): a
-#: reply's source may be one of the proxy's own addresses (a backend's equal to the front leg's,
-#: overlapping subnets); its source check must look it up by its mark, not in ``local`` (martian)
-TABLE_SYSCTLS: tuple[tuple[str, int], ...] = (("net.ipv4.conf.all.src_valid_mark", 1),)
+#: (key, value) set with every table (so a proxy made before one was added gets it too).  With
+#: equal subnets a packet's source may be one of the proxy's own addresses -- a reply from a
+#: backend with the front leg's address, or a client (and its ARP) with the back leg's -- which
+#: the kernel drops as a martian unless ``accept_local``; the forward chain still decides
+TABLE_SYSCTLS: tuple[tuple[str, int], ...] = (("net.ipv4.conf.all.accept_local", 1),)
 
 
 class KernelProxyPlane:

@@ -490,7 +490,9 @@ async def test_a_backend_with_the_proxys_own_front_address(bed: Testbed, tmp_pat
     """Breaker (issue 21): the two networks have equal subnets, so a backend may have the
     very address of the proxy's front leg.  A DNAT to it (same address, same port) changes
     no tuple, so the kernel set no DNAT status, and the rules keyed on it delivered the
-    connection to the proxy itself: refused, for every family and protocol."""
+    connection to the proxy itself: refused, for every family and protocol.  Likewise a
+    client with the proxy's back address: the kernel dropped its packets (and ARP) as
+    coming from one of its own addresses."""
     async with controller(bed, bed.hosts[0], tmp_path) as c:
         for name, driver in (("front", "bridge"), ("back", "overlay")):
             await c.create_network(name, driver, ipv4_subnet="198.51.100.0/26", ipv6_subnet="2001:db8:21:a::/64")
@@ -500,7 +502,12 @@ async def test_a_backend_with_the_proxys_own_front_address(bed: Testbed, tmp_pat
         await c.create_proxy("dbp", "front", "back", ["db:5432/tcp", "db:5432/udp"])
         info = await c.inspect_proxy("dbp")
         assert info["front"]["ipv4"] == eps[1].ipv4 and info["front"]["ipv6"] == eps[1].ipv6, (info, eps)
-        for addr in (ip(info["front"]["ipv4"]), ip(info["front"]["ipv6"])):
-            for proto in ("tcp", "udp"):
-                assert sorted(await ask(bed, fsb, addr, proto, count=4)) == ["b1", "b1", "b2", "b2"], (addr, proto)
+        # ... and a client whose address is the proxy's back one (the source the backends see)
+        twin = await c.create_sandbox(hostname="twin")
+        await c.connect("front", twin.id, name="twin", ipv4=ip(info["back"]["ipv4"]), ipv6=ip(info["back"]["ipv6"]))
+        for client in (fsb, twin):
+            for addr in (ip(info["front"]["ipv4"]), ip(info["front"]["ipv6"])):
+                for proto in ("tcp", "udp"):
+                    got = sorted(await ask(bed, client, addr, proto, count=4))
+                    assert got == ["b1", "b1", "b2", "b2"], (client.id, addr, proto)
         await c.delete_proxy("dbp")
