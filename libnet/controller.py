@@ -834,8 +834,10 @@ class Controller:
         if sandbox is not None and sandbox_id:  # asked from outside (the API), not a teardown of libnet's
             await self._refuse_proxy_sandbox(sandbox_id)
         if sandbox_id:  # a backend of a proxy stops getting new connections before it is unplugged
-            await self._proxies.refresh(before.network_id, leaving=before.id)
-        ep = await self._joins.leave(endpoint, sandbox)
+            async with self._proxies.leaving(before.network_id, before.id):
+                ep = await self._joins.leave(endpoint, sandbox)
+        else:
+            ep = await self._joins.leave(endpoint, sandbox)
         if sandbox_id and ep.network_id != await self._gateway.network_id():
             try:
                 await self._sync_gateway_bridge(sandbox_id)

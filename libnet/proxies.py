@@ -17,7 +17,8 @@ The backend set follows joins and leaves on this host (the controller calls
 :meth:`Proxies.refresh`; a leaving backend is dropped *before* it is
 unplugged) and remote peers (the overlay driver's peer listeners), and is
 rebuilt by every reconcile.  Each change replaces the proxy's whole table in
-one nftables transaction; established connections keep their conntrack NAT.
+one nftables transaction; established connections keep their conntrack NAT
+(but UDP ones to a backend gone, also while the agent was down: :meth:`ProxyPlane.forget`).
 
 Life cycle: the record is written first, marked ``creating`` by this instance,
 then the sandbox, its legs and its table; the mark goes last.  A crash part way
@@ -33,8 +34,8 @@ import ipaddress
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from contextlib import suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager, suppress
 from typing import Any, Protocol
 
 from libnet.driverapi import ReconcileReport, RemotePeers
@@ -68,6 +69,12 @@ class ProxyPlane(Protocol):
 
     async def apply(self, netns: str, table: ProxyTable) -> None:
         """Replace the proxy's nftables table in one transaction."""
+        ...
+
+    async def forget(self, netns: str, keep: Iterable[str]) -> int:
+        """Drop the proxy's UDP conntrack entries NATed to an address not in ``keep`` (bare
+        addresses: the current UDP backends), so a client's next datagram goes to a current
+        backend; how many."""
         ...
 
     async def rules(self, netns: str) -> list[dict[str, Any]]:
@@ -114,8 +121,8 @@ def parse_services(specs: Sequence[str], listen_port: int | None = None) -> list
     seen: set[tuple[int, str]] = set()
     for spec in specs:
         alias, sep, rest = spec.partition(":") if isinstance(spec, str) else ("", "", "")
-        port_text, _, proto = rest.partition("/")
-        proto = proto.lower() or "tcp"
+        port_text, slash, proto = rest.partition("/")
+        proto = proto.lower() or ("" if slash else "tcp")  # "db:5432/": a protocol forgotten, not tcp
         valid = sep and port_text.isascii() and port_text.isdigit()
         if not valid or not 0 < int(port_text) < 65536 or proto not in PROTOCOLS:
             raise InvalidOption(f"invalid service {spec!r}: ALIAS:PORT[/tcp|udp], e.g. db:5432/tcp", service=str(spec))
@@ -132,6 +139,10 @@ def parse_services(specs: Sequence[str], listen_port: int | None = None) -> list
 def service_text(svc: dict[str, Any]) -> str:
     tail = f" (listen {svc['listen']})" if svc["listen"] != svc["port"] else ""
     return f"{svc['alias']}:{svc['port']}/{svc['protocol']}{tail}"
+
+
+def _udp_backends(table: ProxyTable) -> set[str]:
+    return {b for fw in table.forwards if fw.protocol == "udp" for b in fw.backends}
 
 
 def _bare(cidr: str | None) -> str | None:
@@ -157,6 +168,7 @@ class Proxies:
         self.plane, self.ops, self.dns_sync = plane, ops, dns_sync
         self._applied: dict[str, ProxyTable] = {}
         self._lock = asyncio.Lock()
+        self._leaving: set[str] = set()  # endpoints being unplugged: no backends (see :meth:`leaving`)
         self._tasks: set[asyncio.Task[None]] = set()
         #: whether this host may have proxies (None: not known).  Only this host's controller makes
         #: them, so once a read found none, joins and leaves skip the store until a create or reconcile
@@ -233,12 +245,24 @@ class Proxies:
         px = None
         with suppress(NotFound):
             px = await self.repo.proxy(proxy_id)
-        for eid in (px.front_endpoint, px.back_endpoint) if px is not None else ():
-            if eid:
-                with suppress(NotFound):
-                    await self.ops.delete_proxy_leg(eid)
         if px is not None:
+            await self._delete_legs(px)
             await self.repo.delete_proxy(px)
+
+    async def _legs(self, px: Proxy) -> list[str]:
+        """The ids of ``px``'s legs: those its record names, and any endpoint of its two
+        networks carrying its id in ``proxy`` -- a leg made just before a crash or a failed
+        store write, which the record never got to name."""
+        found = {eid for eid in (px.front_endpoint, px.back_endpoint) if eid}
+        for network_id in (px.source, px.target):
+            with suppress(NotFound):
+                found |= {ep.id for ep in await self.repo.endpoints(network_id) if ep.proxy == px.id}
+        return sorted(found)
+
+    async def _delete_legs(self, px: Proxy) -> None:
+        for eid in await self._legs(px):
+            with suppress(NotFound):
+                await self.ops.delete_proxy_leg(eid)
 
     async def all(self) -> list[Proxy]:
         return await self.repo.proxies()
@@ -291,10 +315,10 @@ class Proxies:
 
     # --- backends and the table -----------------------------------------------------
 
-    async def backends(self, px: Proxy, leaving: str | None = None) -> dict[str, list[str]]:
+    async def backends(self, px: Proxy) -> dict[str, list[str]]:
         """Per alias, the bare addresses (v4 and v6) of its current backends on the
-        target network: this host's joined endpoints named or aliased so (but
-        ``leaving``), and the remote ones of the driver's peer table."""
+        target network: this host's joined endpoints named or aliased so (but those
+        :meth:`leaving`), and the remote ones of the driver's peer table."""
         nw = await self.repo.network(px.target)
         aliases = {s["alias"] for s in px.services}
         out: dict[str, list[str]] = {a: [] for a in aliases}
@@ -303,26 +327,31 @@ class Proxies:
             for alias in aliases & {n.lower() for n in names}:
                 out[alias] += [a for a in map(_bare, addrs) if a]
 
-        for ep in await self.repo.endpoints(nw.id):
-            if ep.node != self.node or not ep.sandbox_id or ep.leaving or ep.removing or ep.id == leaving:
+        endpoints = await self.repo.endpoints(nw.id)
+        # no proxy's leg is a backend: a back leg has no name there, and a front leg (another
+        # proxy's, named or aliased like the service) would make proxies both ways with one
+        # alias forward to each other in a loop; remote ones too, by their records in the store
+        legs = {ep.id for ep in endpoints if ep.proxy} | {px.back_endpoint}
+        for ep in endpoints:
+            if ep.node != self.node or not ep.sandbox_id or ep.leaving or ep.removing or ep.id in self._leaving:
                 continue
-            if ep.id != px.back_endpoint and ep.dns:  # not another proxy's back leg either
+            if ep.id not in legs and ep.dns:
                 add([ep.name, *ep.aliases], [ep.ipv4, ep.ipv6])
         drv = self.drivers.driver(nw.driver)
         if isinstance(drv, RemotePeers):
             for peer in drv.remote_endpoints(nw.id):
-                if peer.endpoint_id not in (px.back_endpoint, leaving):
+                if peer.endpoint_id not in legs and peer.endpoint_id not in self._leaving:
                     add([peer.name, *peer.aliases], [peer.ipv4, peer.ipv6])
         return out
 
-    async def table(self, px: Proxy, leaving: str | None = None) -> tuple[Sandbox, ProxyTable]:
+    async def table(self, px: Proxy) -> tuple[Sandbox, ProxyTable]:
         """The proxy's sandbox and the table it should have now."""
         sb = await self.repo.sandbox(px.id)
         front = await self.repo.endpoint(px.front_endpoint)
         back = await self.repo.endpoint(px.back_endpoint)
         if front.sandbox_id != sb.id or back.sandbox_id != sb.id or not front.ifname or not back.ifname:
             raise NotFound(f"proxy {px.name}: a leg is not plugged in", proxy_id=px.id)
-        found = await self.backends(px, leaving)
+        found = await self.backends(px)
         src, dst = await self.repo.network(px.source), await self.repo.network(px.target)
         forwards = tuple(
             Forward(s["listen"], s["protocol"], s["port"], tuple(found.get(s["alias"], ())), s["alias"])
@@ -340,17 +369,23 @@ class Proxies:
             tuple(n for n in (dst.ipv4_subnet, dst.ipv6_subnet) if n),
         )
 
-    async def _apply(self, px: Proxy, *, force: bool = False, leaving: str | None = None) -> bool:
+    async def _apply(self, px: Proxy, *, force: bool = False) -> bool:
         """Program the table if it changed (or ``force``); True if it was written."""
         async with self._lock:
-            sb, table = await self.table(px, leaving)
-            if not force and self._applied.get(px.id) == table:
+            sb, table = await self.table(px)
+            before = self._applied.get(px.id)
+            if not force and before == table:
                 return False
             await self.plane.apply(sb.netns, table)
             self._applied[px.id] = table
+            now = _udp_backends(table)
+            # one dropped out, or the first table since this agent started (one may have gone
+            # meanwhile); after the new table: a datagram meanwhile makes its entry to a current one
+            if any(fw.protocol == "udp" for fw in table.forwards) and (before is None or _udp_backends(before) - now):
+                await self.plane.forget(sb.netns, now)
             return True
 
-    async def refresh(self, network_id: str | None = None, leaving: str | None = None) -> None:
+    async def refresh(self, network_id: str | None = None) -> None:
         """Follow a change of ``network_id``'s endpoints (every network: None):
         reprogram this host's ready proxies whose backends are there.  Failures are
         logged, never raised: the caller's join or leave went through."""
@@ -371,9 +406,23 @@ class Proxies:
             if network_id is not None and network_id != px.target:
                 continue
             try:
-                await self._apply(px, leaving=leaving)
+                await self._apply(px)
             except (LibnetError, OSError) as exc:
                 log.warning("proxy %s: backends not updated: %s", px.name, exc)
+
+    @asynccontextmanager
+    async def leaving(self, network_id: str, endpoint_id: str) -> AsyncIterator[None]:
+        """Around the unplugging of endpoint ``endpoint_id`` of ``network_id``: it stops being a
+        backend first, and stays out for every refresh meanwhile -- one for a join or a remote
+        peer, reading the store where it is still joined, would put it back, to stay after it
+        is gone.  Afterwards the tables follow the store again (still joined if the leave failed)."""
+        self._leaving.add(endpoint_id)
+        try:
+            await self.refresh(network_id)
+            yield
+        finally:
+            self._leaving.discard(endpoint_id)
+            await self.refresh(network_id)
 
     def peers_changed(self, network_id: str) -> None:
         """A peer listener (:class:`libnet.driverapi.RemotePeers`): remote endpoints of
@@ -445,10 +494,7 @@ class Proxies:
         self._applied.pop(px.id, None)
         with suppress(NotFound):
             await self.ops.remove_sandbox(px.id)
-        for eid in (px.front_endpoint, px.back_endpoint):
-            if eid:
-                with suppress(NotFound):
-                    await self.ops.delete_proxy_leg(eid)
+        await self._delete_legs(px)
 
         def cleared(p: Proxy) -> None:
             p.front_endpoint, p.back_endpoint = "", ""

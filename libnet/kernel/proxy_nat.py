@@ -5,24 +5,26 @@ clients' network and a *back* leg on the backends' network.  Its table, in
 its own namespace only, is one nftables document that replaces the previous
 one in a single transaction (:meth:`libnet.kernel.firewall.Firewall.replace_table`):
 existing connections keep their NAT bindings, which live in conntrack, not in
-the rules (nothing here flushes conntrack).
+the rules (nothing here flushes conntrack; the proxy plane's ``forget``
+drops only the UDP entries of a backend gone).
 
 Chains (family ``inet``):
 
 - ``pre`` (nat, prerouting): a connection to the front address on a listen
   port is DNATed to one of the service's current backends of its family,
   spread by ``numgen inc`` over a map (round robin), to the service's port.
-- ``fwd`` (filter, forward, policy drop): only DNATed traffic from the front
-  leg to the back leg and its replies (conntrack ``established``) pass;
+- ``fwd`` (filter, forward, policy drop): only forwarded connections (conntrack
+  mark :data:`CT_PROXIED`, set with the DNAT) from the front leg to the back
+  leg and its replies (conntrack ``established``) pass;
   a listen port without backends is refused (TCP reset, ICMP port
   unreachable), never black-holed.  Nothing else crosses, either way.
 - ``in`` (filter, input): the same refusal for what reaches the proxy itself.
   These rules carry the service as a comment (:func:`service_comment`), so
   the kernel alone tells what the proxy forwards (``libnet-agent --adopt``,
   :mod:`libnet.adopt`, rebuilds a lost record from it).
-- ``post`` (nat, postrouting): DNATed traffic leaving the back leg is SNATed
+- ``post`` (nat, postrouting): forwarded traffic leaving the back leg is SNATed
   to the back address, so replies come back through the proxy.
-- ``mark`` (filter, prerouting, after the DNAT): every packet of a DNATed
+- ``mark`` (filter, prerouting, after the DNAT): every packet of a forwarded
   connection gets a mark by direction -- :data:`MARK_TO_BACK` for the
   original direction, :data:`MARK_TO_FRONT` for replies -- which the
   namespace's policy routing (:mod:`libnet.kernel.proxy_plane`) sends to the
@@ -49,6 +51,13 @@ CHAINS: dict[str, tuple[str, str, int, str]] = {  # name -> (type, hook, priorit
 }
 MARK_TO_BACK = 0x1
 MARK_TO_FRONT = 0x2
+#: the conntrack mark of a connection the ``pre`` chain forwards.  Not ``ct status dnat``: a
+#: DNAT to the very address and port the client asked (a backend whose address equals the
+#: proxy's front address, the networks' subnets overlapping) changes no tuple, so the kernel
+#: sets no DNAT status -- and such a connection was delivered to the proxy itself, refused
+CT_PROXIED = 0x1
+_PROXIED = {"match": {"op": "==", "left": {"ct": {"key": "mark"}}, "right": CT_PROXIED}}
+_SET_PROXIED = {"mangle": {"key": {"ct": {"key": "mark"}}, "value": CT_PROXIED}}
 PROTOCOLS = ("tcp", "udp")
 
 
@@ -160,12 +169,7 @@ def _rules(table: ProxyTable) -> list[tuple[str, list[dict[str, Any]], str | Non
         ("fwd", [_match({"ct": {"key": "state"}}, {"set": ["established", "related"]}, "in"), {"accept": None}], None),
         (
             "fwd",
-            [
-                _iif(table.front_if),
-                _oif(table.back_if),
-                _match({"ct": {"key": "status"}}, "dnat", "in"),
-                {"accept": None},
-            ],
+            [_iif(table.front_if), _oif(table.back_if), _PROXIED, {"accept": None}],
             None,
         ),
     ]
@@ -177,18 +181,20 @@ def _rules(table: ProxyTable) -> list[tuple[str, list[dict[str, Any]], str | Non
             mine = [b for b in sorted(set(fw.backends)) if _fam(b) == fam] if back is not None else []
             to_front = [_iif(table.front_if), *_to(front, fw.protocol, fw.listen)]
             if mine:
-                out.append(("pre", [*to_front, _dnat(fam, mine, fw.port)], None))
+                out.append(("pre", [*to_front, _SET_PROXIED, _dnat(fam, mine, fw.port)], None))
             out.append(("fwd", [*to_front, _reject(fw.protocol)], None))
             out.append(("in", [*to_front, _reject(fw.protocol)], service_comment(fw) if fw.alias else None))
     dnat = _match({"ct": {"key": "status"}}, "dnat", "in")
     for direction, mark in (("original", MARK_TO_BACK), ("reply", MARK_TO_FRONT)):
         way = _match({"ct": {"key": "direction"}}, direction)
-        out.append(("mark", [dnat, way, {"mangle": {"key": {"meta": {"key": "mark"}}, "value": mark}}], None))
+        # ``dnat``: connections made before the conntrack mark existed (an upgrade keeps them)
+        for proxied in (_PROXIED, dnat):
+            out.append(("mark", [proxied, way, {"mangle": {"key": {"meta": {"key": "mark"}}, "value": mark}}], None))
     for back in (table.back_v4, table.back_v6):
         if back is not None:
             nfproto = _match({"meta": {"key": "nfproto"}}, "ipv4" if _fam(back) == "ip" else "ipv6")
             snat = {"snat": {"family": _fam(back), "addr": back}}
-            out.append(("post", [_oif(table.back_if), nfproto, dnat, snat], None))
+            out.append(("post", [_oif(table.back_if), nfproto, _PROXIED, snat], None))
     return out
 
 

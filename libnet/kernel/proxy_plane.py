@@ -15,16 +15,20 @@ replaced in one transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
+from collections.abc import Iterable
 from typing import Any
 
+from pyroute2.conntrack import Conntrack
 from pyroute2.netlink.exceptions import NetlinkError
 
 from libnet.kernel import proxy_nat, sysctl
 from libnet.kernel.errors import translate
 from libnet.kernel.firewall import Firewall
 from libnet.kernel.netlink import Netlink
+from libnet.kernel.netns import NamespaceThread
 
 TO_BACK, TO_FRONT = 201, 202  # routing tables of the proxy's namespace
 LOCAL_TABLE = 255
@@ -40,6 +44,11 @@ SYSCTLS: tuple[tuple[str, int], ...] = (
     ("net.ipv4.conf.all.rp_filter", 0),  # replies come back on the other leg than the request went in
     ("net.ipv4.conf.default.rp_filter", 0),
 )
+#: (key, value) set with every table (so a proxy made before one was added gets it too).  With
+#: equal subnets a packet's source may be one of the proxy's own addresses -- a reply from a
+#: backend with the front leg's address, or a client (and its ARP) with the back leg's -- which
+#: the kernel drops as a martian unless ``accept_local``; the forward chain still decides
+TABLE_SYSCTLS: tuple[tuple[str, int], ...] = (("net.ipv4.conf.all.accept_local", 1),)
 
 
 class KernelProxyPlane:
@@ -60,12 +69,47 @@ class KernelProxyPlane:
         cmds = proxy_nat.commands(self.table, table)
 
         def body() -> None:
+            for key, value in TABLE_SYSCTLS:
+                sysctl.set(netns, key, value)
             with Netlink(netns) as nl:
                 nl.submit(lambda: _route_by_mark(nl, table)).result()
             with Firewall(netns, self.table) as fw:
                 fw.replace_table(cmds)
 
         await asyncio.to_thread(body)
+
+    async def forget(self, netns: str, keep: Iterable[str]) -> int:
+        """Delete the UDP conntrack entries of ``netns`` NATed to an address not in ``keep``
+        (bare addresses: the current UDP backends); how many.  A UDP "connection" is only
+        this entry: kept, a client's later datagrams from the same socket would still go
+        to a backend gone.  TCP ones are kept (they end with their connection)."""
+        current = {ipaddress.ip_address(a) for a in keep}
+
+        def drop() -> int:  # on the namespace's thread: the sockets are the proxy namespace's
+            done = 0
+            for fam in (socket.AF_INET, socket.AF_INET6):
+                with Conntrack(nfgen_family=fam) as ct:  # all of the namespace's: only the proxy's flows
+                    for entry in list(ct.dump_entries()):
+                        orig, reply = entry.tuple_orig, entry.tuple_reply
+                        if reply.proto != socket.IPPROTO_UDP or not reply.saddr or reply.saddr == orig.daddr:
+                            continue  # not UDP, or not NATed to a backend (the namespace's own)
+                        if ipaddress.ip_address(reply.saddr) in current:
+                            continue
+                        with contextlib.suppress(NetlinkError):  # gone meanwhile (timed out): fine
+                            ct.delete(entry)
+                            done += 1
+            return done
+
+        def body() -> int:
+            thread = NamespaceThread(netns)
+            try:
+                return thread.call(drop)
+            except (NetlinkError, OSError) as exc:
+                raise translate(exc, "proxy conntrack", netns=netns) from exc
+            finally:
+                thread.close()
+
+        return await asyncio.to_thread(body)
 
     async def rules(self, netns: str) -> list[dict[str, Any]]:
         def body() -> list[dict[str, Any]]:

@@ -146,6 +146,7 @@ class FakeProxyPlane:
         self.prepared: list[str] = []
         self.tables: dict[str, Any] = {}  # netns -> ProxyTable
         self.applied = 0
+        self.forgotten: list[tuple[str, list[str]]] = []  # (netns, the UDP backends whose conntrack entries stay)
 
     async def prepare(self, netns: str) -> None:
         self.prepared.append(netns)
@@ -153,6 +154,10 @@ class FakeProxyPlane:
     async def apply(self, netns: str, table: Any) -> None:
         self.tables[netns] = table
         self.applied += 1
+
+    async def forget(self, netns: str, keep: Any) -> int:
+        self.forgotten.append((netns, sorted(keep)))
+        return 0
 
     async def rules(self, netns: str) -> list[dict[str, Any]]:
         from libnet.kernel.proxy_nat import rules

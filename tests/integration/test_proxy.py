@@ -91,6 +91,22 @@ HOLDER = textwrap.dedent(
     """
 )
 
+# one UDP socket kept: a line on stdin sends a datagram over it; prints who answered, or "timeout"
+UDP_HOLDER = textwrap.dedent(
+    """
+    import socket, sys
+    fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+    c = socket.socket(fam, socket.SOCK_DGRAM)
+    c.settimeout(1)
+    c.connect((sys.argv[1], int(sys.argv[2])))
+    for _ in sys.stdin:
+        try:
+            c.send(b"hi"); print(c.recv(100).decode().split()[0], flush=True)
+        except OSError:
+            print("timeout", flush=True)
+    """
+)
+
 
 def ip(cidr: str | None) -> str:
     assert cidr
@@ -113,12 +129,13 @@ async def ask(bed: Testbed, sb, addr: str, proto: str = "tcp", count: int = 1, p
     return [line.split()[0] for line in out.stdout.splitlines()]
 
 
-def hold(bed: Testbed, sb, addr: str) -> Callable[[], str]:
-    """One long-lived TCP connection from ``sb`` to ``addr``; the returned function
-    asks over it and returns the answering backend's name."""
+def hold(bed: Testbed, sb, addr: str, script: str = HOLDER) -> Callable[[], str]:
+    """One long-lived TCP connection (``script``: or :data:`UDP_HOLDER`'s socket) from
+    ``sb`` to ``addr``; the returned function asks over it and returns the answering
+    backend's name."""
     proc = bed.spawn(
         ns(sb),
-        [sys.executable, "-c", HOLDER, addr, str(PORT)],
+        [sys.executable, "-c", script, addr, str(PORT)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -441,3 +458,56 @@ async def test_both_directions_and_several_proxies(bed: Testbed, tmp_path) -> No
         for name in ("more", "toweb", "todb"):
             await c.delete_proxy(name)
         assert [e.name for e in await c.endpoints("back")] == ["b1"]
+
+
+async def test_a_udp_client_leaves_a_leaving_backend(bed: Testbed, tmp_path) -> None:
+    """Breaker (issue 21): a UDP client keeps its socket (a resolver, a game, a metrics
+    agent); its backend leaves.  Its conntrack entry still pointed at the address gone, so
+    every later datagram was black-holed until the entry timed out (30-120 s).  Now the
+    next datagram goes to a current backend."""
+    async with controller(bed, bed.hosts[0], tmp_path) as c:
+        await c.create_network("front", ipv4_subnet="198.51.100.0/26", ipv6_subnet="2001:db8:21:a::/64")
+        await c.create_network("back", ipv4_subnet="198.51.100.64/26", ipv6_subnet="2001:db8:21:b::/64")
+        eps = await backends(c, bed, "back", ["b1", "b2"])
+        fsb = await c.create_sandbox(hostname="fe")
+        await c.connect("front", fsb.id, name="fe")
+        await c.create_proxy("dnsp", "front", "back", ["db:5432/udp"])
+        info = await c.inspect_proxy("dnsp")
+        for addr in (ip(info["front"]["ipv4"]), ip(info["front"]["ipv6"])):
+            again = hold(bed, fsb, addr, UDP_HOLDER)
+            first = again()
+            gone = next(e for e in eps if e.name == first)
+            await c.disconnect("back", gone.sandbox_id)
+            after = [again(), again()]
+            assert after == [next(e.name for e in eps if e.name != first)] * 2, (addr, first, after)
+            eps = [e for e in eps if e.id != gone.id]
+            (b,) = await backends(c, bed, "back", [first])  # back for the other family's round
+            eps.append(b)
+        await c.delete_proxy("dnsp")
+
+
+async def test_a_backend_with_the_proxys_own_front_address(bed: Testbed, tmp_path) -> None:
+    """Breaker (issue 21): the two networks have equal subnets, so a backend may have the
+    very address of the proxy's front leg.  A DNAT to it (same address, same port) changes
+    no tuple, so the kernel set no DNAT status, and the rules keyed on it delivered the
+    connection to the proxy itself: refused, for every family and protocol.  Likewise a
+    client with the proxy's back address: the kernel dropped its packets (and ARP) as
+    coming from one of its own addresses."""
+    async with controller(bed, bed.hosts[0], tmp_path) as c:
+        for name, driver in (("front", "bridge"), ("back", "overlay")):
+            await c.create_network(name, driver, ipv4_subnet="198.51.100.0/26", ipv6_subnet="2001:db8:21:a::/64")
+        fsb = await c.create_sandbox(hostname="fe")
+        await c.connect("front", fsb.id, name="fe")  # the first address of front
+        eps = await backends(c, bed, "back", ["b1", "b2"])
+        await c.create_proxy("dbp", "front", "back", ["db:5432/tcp", "db:5432/udp"])
+        info = await c.inspect_proxy("dbp")
+        assert info["front"]["ipv4"] == eps[1].ipv4 and info["front"]["ipv6"] == eps[1].ipv6, (info, eps)
+        # ... and a client whose address is the proxy's back one (the source the backends see)
+        twin = await c.create_sandbox(hostname="twin")
+        await c.connect("front", twin.id, name="twin", ipv4=ip(info["back"]["ipv4"]), ipv6=ip(info["back"]["ipv6"]))
+        for client in (fsb, twin):
+            for addr in (ip(info["front"]["ipv4"]), ip(info["front"]["ipv6"])):
+                for proto in ("tcp", "udp"):
+                    got = sorted(await ask(bed, client, addr, proto, count=4))
+                    assert got == ["b1", "b1", "b2", "b2"], (client.id, addr, proto)
+        await c.delete_proxy("dbp")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import pytest
@@ -83,7 +84,8 @@ async def backend(c: Controller, net: str, name: str, aliases=("db",)):
 def test_service_specs() -> None:
     assert parse_services(["DB:5432"]) == [{"alias": "db", "port": 5432, "protocol": "tcp", "listen": 5432}]
     assert parse_services(["dns:53/udp"], 5353)[0]["listen"] == 5353
-    for bad in (["db"], ["db:0"], ["db:5432/sctp"], ["-x:1"], [], "db:1", ["db:1", "db:1"], ["db:\uff15"]):
+    bad_specs = (["db"], ["db:0"], ["db:65536"], ["db:5432/sctp"], ["db:5432/tpc"], ["db:5432/"], ["db:5432/udp/"])
+    for bad in (*bad_specs, ["-x:1"], [], "db:1", ["db:1", "db:1"], ["db:\uff15"]):  # "db:5432/": breaker, issue 21
         with pytest.raises((InvalidOption, InvalidName)):
             parse_services(bad)  # type: ignore[arg-type]
     with pytest.raises(InvalidOption, match="needs exactly one service, not 2"):
@@ -321,3 +323,103 @@ async def test_the_proxy_takes_no_name_on_the_backends_network(ctl: Controller) 
     px2 = await ctl.create_proxy("p2", "front", "back", ["db:1"])
     await backend(ctl, "back", "p2", aliases=())  # the name of proxy p2 is free on back
     assert [e.name for e in await ctl.endpoints("back") if e.proxy == px2.id] == ["p2.proxy"]
+
+
+@pytest.mark.parametrize("failing_write", [1, 2], ids=["front", "back"])
+async def test_a_leg_made_but_not_yet_recorded_is_undone(ctl: Controller, failing_write: int) -> None:
+    """Breaker (issue 21): the store write naming a new leg in the proxy's record fails (or
+    the agent dies just before it): the leg exists, the record does not know it.  The undo
+    (and a reconcile's roll back) still finds it by its ``proxy`` field: nothing is left, and
+    the proxy's name is free again on its networks."""
+    from libnet.errors import LibnetError
+
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    await ctl.create_network("back", ipv4_subnet="198.51.100.128/25")
+    before = [(p.key, p.value) for p in await ctl._store.list("libnet/")]
+    real, writes = ctl.repo.update_proxy, []
+
+    async def failing(px, change):
+        writes.append(px.id)
+        if len(writes) == failing_write:
+            raise LibnetError("the store went away")
+        return await real(px, change)
+
+    ctl.repo.update_proxy = failing  # type: ignore[method-assign]
+    with pytest.raises(LibnetError, match="went away"):
+        await ctl.create_proxy("p", "front", "back", ["db:1"])
+    ctl.repo.update_proxy = real  # type: ignore[method-assign]
+    assert await ctl.endpoints() == [] and await ctl.sandboxes() == []
+    assert [(p.key, p.value) for p in await ctl._store.list("libnet/")] == before
+    px = await ctl.create_proxy("p", "front", "back", ["db:1"])  # the names are free again
+    assert px.front_endpoint and px.back_endpoint
+
+
+async def test_proxies_both_ways_with_one_alias_do_not_forward_to_each_other(ctl: Controller) -> None:
+    """Breaker (issue 21): ``db`` served on both networks and a proxy each way for it.  Each
+    proxy's front leg carries the alias ``db`` on the other's backends' network; it was taken
+    for a backend, so half the connections went from one proxy to the other and back (a loop
+    until the TTL ran out).  No proxy's leg is a backend, this host's or another's."""
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    ov = await ctl.create_network("ov", "overlay", ipv4_subnet="198.51.100.128/25", ipv6=False)
+    here = await backend(ctl, "ov", "db1")
+    await backend(ctl, "front", "db2")
+    p1 = await ctl.create_proxy("p1", "front", "ov", ["db:5432"])
+    p2 = await ctl.create_proxy("p2", "ov", "front", ["db:5432"])
+    await ctl.reconcile()  # every table written again from what the store says now
+    fronts = {(await ctl.endpoint(p.front_endpoint)).ipv4.split("/")[0] for p in (p1, p2)}
+    for name in ("p1", "p2"):
+        got = set((await table(ctl, name)).forwards[0].backends)
+        assert got and not got & fronts, (name, got, fronts)
+    # another host's proxy leg, as the overlay's peer table shows it: no backend either
+    leg = await ctl.endpoint(p2.front_endpoint)
+    drv = ctl.driver("overlay")
+    assert isinstance(drv, PeeringDriver)
+    drv.peers[ov.id] = [Peer(leg.id, ov.id, "p2", "198.51.100.250/25", None, ("db",))]
+    await ctl._proxies.refresh(ov.id)
+    assert (await table(ctl, "p1")).forwards[0].backends == (here.ipv4.split("/")[0],)
+
+
+async def test_a_leaving_udp_backend_loses_its_conntrack_entries(ctl: Controller) -> None:
+    """A UDP backend that drops out has its conntrack entries dropped (a client's next
+    datagram goes to a current backend), also one gone while the agent was down (the first
+    table after a start); TCP ones are left to end with their connection."""
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    await ctl.create_network("back", ipv4_subnet="198.51.100.128/25")
+    b1, b2 = await backend(ctl, "back", "db1"), await backend(ctl, "back", "db2")
+    await ctl.create_proxy("u", "front", "back", ["db:53/udp"])
+    await ctl.create_proxy("t", "front", "back", ["db:5432/tcp"])
+    u_ns = (await ctl.sandbox((await ctl.proxy("u")).id)).netns
+    forgotten = plane(ctl).forgotten
+    both = sorted(a.split("/")[0] for b in (b1, b2) for a in (b.ipv4, b.ipv6) if a)
+    assert forgotten == [(u_ns, both)]  # its first table
+    await ctl.disconnect("back", b1.sandbox_id)
+    b2_only = sorted(a.split("/")[0] for a in (b2.ipv4, b2.ipv6) if a)
+    assert forgotten == [(u_ns, both), (u_ns, b2_only)]
+    await backend(ctl, "back", "db3")  # one more: nothing to forget
+    assert len(forgotten) == 2
+    ctl._proxies._applied.clear()  # as after a restart of the agent
+    await ctl.reconcile()
+    assert len(forgotten) == 3 and forgotten[-1][0] == u_ns
+
+
+async def test_a_refresh_during_a_leave_does_not_bring_the_backend_back(ctl: Controller) -> None:
+    """Breaker (issue 21): while a backend is being unplugged, a refresh for another reason
+    (a remote peer's change, another container joining) read the store, where the backend
+    was still joined, and put it back in the table -- where it stayed after it was gone,
+    until the next change: connections to it were black-holed."""
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    ov = await ctl.create_network("ov", "overlay", ipv4_subnet="198.51.100.128/25", ipv6=False)
+    b1, b2 = await backend(ctl, "ov", "db1"), await backend(ctl, "ov", "db2")
+    await ctl.create_proxy("p", "front", "ov", ["db:5432"])
+    real = ctl._joins.leave
+
+    async def leave_meanwhile_a_peer_changes(*args, **kw):
+        ctl._proxies.peers_changed(ov.id)  # the overlay's listener, as a remote peer comes or goes
+        await asyncio.sleep(0.05)  # the unplugging takes a while: the refresh runs meanwhile
+        return await real(*args, **kw)
+
+    ctl._joins.leave = leave_meanwhile_a_peer_changes  # type: ignore[method-assign]
+    await ctl.leave(b1.id)  # a plain leave (``libnet leave``, a runtime's Leave): no removing mark first
+    ctl._joins.leave = real  # type: ignore[method-assign]
+    await asyncio.sleep(0.05)  # anything still queued has run
+    assert b2.ipv4 and (await table(ctl, "p")).forwards[0].backends == (b2.ipv4.split("/")[0],)
