@@ -243,3 +243,32 @@ def test_a_slow_request_shows_the_spinner_on_a_terminal(tmp_path, monkeypatch) -
         server.close()
     assert r.exit_code == 0, r.output
     assert "waiting for the agent: GET /v1/networks" in out.getvalue()
+
+
+def test_default_table_is_plain_aligned_text_like_docker(nets) -> None:
+    """The default ``ls`` table: a header, a line per object, columns aligned and three
+    spaces apart, as docker prints (rich is not used for lists: issue 22, CLI start time)."""
+    path, _, _ = nets
+    lines = _run(path, "network", "ls").output.splitlines()
+    header = lines[0]
+    assert header.split() == ["NETWORK", "ID", "NAME", "DRIVER", "SCOPE", "IPV4", "IPV6", "INTERNAL"]
+    assert header.startswith("NETWORK ID     NAME   ")  # 12-character ids, then three spaces
+    name_col, driver_col = header.index("NAME"), header.index("DRIVER")
+    assert {line[name_col:driver_col].rstrip() for line in lines[1:]} == {"web", "web-test", "db", "ov"}
+    assert all(line == line.rstrip() for line in lines)
+
+
+def test_unreachable_agent_says_why(tmp_path) -> None:
+    gone = _run(str(tmp_path / "none.sock"), "network", "ls")
+    assert (
+        gone.exit_code == 3
+        and "cannot reach the libnet agent" in gone.output
+        and "Is libnet-agent running" in gone.output
+    )
+    import socket
+
+    path = str(tmp_path / "closed.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(path)  # bound, never listening: refused
+        refused = _run(path, "network", "ls")
+    assert refused.exit_code == 3 and "cannot reach the libnet agent" in refused.output
