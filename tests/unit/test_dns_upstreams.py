@@ -467,3 +467,35 @@ async def test_sandbox_dns_options_through_the_api(tmp_path) -> None:
         stored = await ctl.sandbox(sb["id"])
         assert stored.dns_search == ["svc.example"]
     await ctl.close()
+
+
+@pytest.mark.skipif(not mmsg.available(), reason="no recvmmsg here")
+def test_batch_arenas_are_resident_only_where_written() -> None:
+    """A server's batch arenas (2 x BATCH x SLOT bytes per family) cost RSS only for the
+    slots datagrams used (issue 22: they were 1 MiB of every agent's RSS), and a batch
+    still carries datagrams both ways."""
+    import gc
+    import time
+
+    def rss_kib() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+    gc.collect()
+    before = rss_kib()
+    batches = [mmsg.Batch(socket.AF_INET) for _ in range(4)]
+    assert rss_kib() - before < 512  # written in full, they were 2,048 KiB
+    batch = batches[0]
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as srv,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as cli,
+    ):
+        srv.bind(("127.0.0.1", 0))
+        srv.setblocking(False)
+        cli.settimeout(5)
+        cli.sendto(b"question", srv.getsockname())
+        deadline = time.monotonic() + 5
+        n = 0
+        while not n and time.monotonic() < deadline:
+            n = batch.recv(srv.fileno())
+        assert n == 1 and batch.datagram(0) == b"question" and not batch.truncated(0)
