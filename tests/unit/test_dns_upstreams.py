@@ -499,3 +499,41 @@ def test_batch_arenas_are_resident_only_where_written() -> None:
         while not n and time.monotonic() < deadline:
             n = batch.recv(srv.fileno())
         assert n == 1 and batch.datagram(0) == b"question" and not batch.truncated(0)
+
+
+async def test_tcp_listener_answers_queries_and_closes_with_the_sandbox() -> None:
+    """DNS over TCP on a sandbox's listener (a reader on the listening socket: no
+    asyncio.Server per family per sandbox, issue 22): two queries on one connection,
+    two connections at once; after detach the port refuses and open clients are closed."""
+    from libnet.dns.records import Entry
+
+    records = Records()
+    records.set_network("n1", "front", ["198.51.100.0/24"])
+    records.put(Entry.build("e1", "n1", "web", "198.51.100.7/24", None, [], []))
+    _, addr = await upstream()
+    server = DnsServer(Resolver(records, ResolverConfig()), Forwarder(lambda: [addr]), "127.0.0.1", 0, v6_address=None)
+    await server.attach("sb1", None, frozenset({"n1"}))
+    listener = server._listeners["sb1"]
+    port = listener._tcp[0].getsockname()[1]
+
+    async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, qid: int) -> DNSRecord:
+        data = query("web", qid=qid)[1]
+        writer.write(struct.pack("!H", len(data)) + data)
+        size = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 5))[0]
+        return DNSRecord.parse(await asyncio.wait_for(reader.readexactly(size), 5))
+
+    first = await asyncio.open_connection("127.0.0.1", port)
+    second = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for qid, conn in ((1, first), (2, second), (3, first)):
+            answer = await ask(*conn, qid)
+            assert answer.header.id == qid and str(answer.rr[0].rdata) == "198.51.100.7"
+        assert len(listener._clients) == 2
+        await server.detach("sb1")
+        assert await asyncio.wait_for(first[0].read(), 5) == b""  # closed by the server
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", port)
+    finally:
+        for _, writer in (first, second):
+            writer.close()
+        await server.close()
