@@ -6,9 +6,10 @@ Errors: :class:`AgentError` (exit code 1) when the agent refused a request,
 can show progress through :attr:`Client.progress` (the CLI sets a spinner).
 
 The transport is the CNI plugin's (:mod:`libnet.cni.client`: HTTP/1.1 over the
-socket with the standard library's ``_socket``, one kept-alive connection),
-not :mod:`http.client`, whose ``email`` and ``ssl`` imports cost about 30 ms
-of CPU per CLI call on this kind of machine (issue 22).
+socket with the standard library's ``_socket``), not :mod:`http.client`, whose
+``email`` and ``ssl`` imports cost about 30 ms of CPU per CLI call on this kind
+of machine (issue 22).  Each request has a connection of its own, as before:
+a :class:`Client` may be shared by threads, and a request is never re-sent.
 """
 
 from __future__ import annotations
@@ -45,13 +46,13 @@ class Client:
     def __init__(self, path: str, timeout: float = 60) -> None:
         self.path, self.timeout = path, timeout
         self.progress: Callable[[str], AbstractContextManager[object]] = lambda what: contextlib.nullcontext()
-        self._conn = transport.Client(path, timeout)
 
     def request(self, method: str, url: str, body: dict[str, Any] | None = None) -> Any:
         """The decoded JSON answer (None for an empty one); AgentError on 4xx/5xx."""
+        conn = transport.Client(self.path, self.timeout)  # fresh: the transport re-sends only on a kept-alive one
         try:
             with self.progress(f"{method} {url.split('?', 1)[0]}"):
-                return self._conn.request(method, url, body)
+                return conn.request(method, url, body)
         except transport.AgentRefused as exc:
             if not exc.error:  # an error status without libnet's error object
                 raise AgentError(f"agent answered {exc.status}") from None
@@ -59,12 +60,9 @@ class Client:
         except transport.Unreachable as exc:
             raise _unreachable(self.path, exc.__cause__) from None
         except ValueError as exc:  # not JSON: no libnet agent on that socket
-            self._conn.close()
             raise AgentError(f"the answer of {self.path} is not JSON: {exc}") from None
-
-    def close(self) -> None:
-        """Close the kept-alive connection (the next request opens another)."""
-        self._conn.close()
+        finally:
+            conn.close()
 
 
 def _unreachable(path: str, cause: BaseException | None) -> Unreachable:

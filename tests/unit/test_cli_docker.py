@@ -272,3 +272,45 @@ def test_unreachable_agent_says_why(tmp_path) -> None:
         s.bind(path)  # bound, never listening: refused
         refused = _run(path, "network", "ls")
     assert refused.exit_code == 3 and "cannot reach the libnet agent" in refused.output
+
+
+def test_client_is_shared_by_threads_and_never_resends(served, tmp_path) -> None:
+    """The agent client (on the CNI plugin's transport since issue 22) opens a connection
+    per request: threads may share one Client, and a request whose answer never came is
+    reported, not sent again (a POST could otherwise run twice)."""
+    import socket
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from agent.client import Client, Unreachable
+
+    path, ctl, call = served
+    call(ctl.create_network("web", ipv4_subnet="198.51.100.0/26", ipv6=False))
+    client = Client(path, timeout=10)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: client.request("GET", "/v1/networks"), range(32)))
+    assert all([n["name"] for n in a] == ["web"] for a in answers)
+
+    mute = str(tmp_path / "mute.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(mute)
+    server.listen(4)
+    seen: list[bytes] = []
+
+    def hang_up() -> None:
+        server.settimeout(5)
+        for _ in range(2):
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                return
+            with conn:
+                seen.append(conn.recv(65536))  # read the request, close without an answer
+
+    thread = threading.Thread(target=hang_up, daemon=True)
+    thread.start()
+    with pytest.raises(Unreachable):
+        Client(mute, timeout=5).request("POST", "/v1/sandboxes", {})
+    thread.join(10)
+    server.close()
+    assert len(seen) == 1 and seen[0].startswith(b"POST /v1/sandboxes ")
