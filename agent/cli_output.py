@@ -22,20 +22,53 @@ what is known; nothing is requested from the agent after it.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+class LazyConsole:
+    """A rich ``Console`` made on first use: importing rich costs about as much as
+    the rest of the CLI, and ``ls``, ``create``, ``rm`` and ``connect`` print
+    without it.  Attributes are the console's; :attr:`is_terminal` answers False
+    without rich for a stream that is no terminal (unless ``FORCE_TERMINAL`` is set)."""
+
+    def __init__(self, stderr: bool = False) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def get(self) -> Console:
+        """The console (made now if it is not yet)."""
+        if self._console is None:
+            from rich.console import Console
+
+            stream = sys.stderr if self._stderr else sys.stdout
+            self._console = Console(stderr=self._stderr, width=None if self._stderr or stream.isatty() else 160)
+        return self._console
+
+    @property
+    def is_terminal(self) -> bool:
+        stream = sys.stderr if self._stderr else sys.stdout
+        if self._console is None and "FORCE_TERMINAL" not in os.environ and not stream.isatty():
+            return False
+        return self.get().is_terminal
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+
+console = LazyConsole()
+err_console = LazyConsole(stderr=True)
 
 #: a filter: does this object (the agent's JSON) match this value?
 Match = Callable[[dict[str, Any], str], bool]
@@ -44,13 +77,16 @@ Field = Callable[[dict[str, Any]], Any]
 
 
 def table(columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
-    """A plain table like docker's list output."""
-    t = Table(box=None)
-    for col in columns:
-        t.add_column(col)
-    for row in rows:
-        t.add_row(*row)
-    console.print(t)
+    """A plain table as docker prints its lists (Go's tabwriter): a header line, then
+    a line per row, columns padded to a common width, three spaces apart; tabs and
+    newlines inside a cell become spaces.  Plain text, no rich: no markup is
+    interpreted in names or labels, and lists pay no rich import."""
+
+    def cell(value: Any) -> str:
+        return str(value).replace("\t", " ").replace("\n", " ")
+
+    lines = ["\t".join(columns), *("\t".join(cell(v) for v in row) for row in rows)]
+    click.echo(_aligned(lines))
 
 
 def emit_json(obj: Any) -> None:

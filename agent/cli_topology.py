@@ -7,14 +7,15 @@ or JSON (``--json``, the shape of ``GET /v1/topology``: see
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.markup import escape
-from rich.tree import Tree
 
 from agent.cli_output import console, emit_json
 from agent.client import Client
+
+if TYPE_CHECKING:
+    from rich.tree import Tree
 
 #: how a peer state is drawn: (rich style, DOT edge style)
 PEER_STYLE = {
@@ -45,6 +46,9 @@ def _subnets(n: dict[str, Any]) -> str:
 
 def tree(topo: dict[str, Any]) -> Tree:
     """The topology as a rich Tree."""
+    from rich.markup import escape  # here: rich is imported only by the commands that draw with it
+    from rich.tree import Tree
+
     root = Tree(f"[bold]libnet topology[/] (as seen from {escape(topo['node'])})")
     for h in topo["hosts"]:
         status = h.get("status", "unknown")

@@ -4,19 +4,24 @@ the test harnesses and the benchmarks.
 Errors: :class:`AgentError` (exit code 1) when the agent refused a request,
 :class:`Unreachable` (exit code 3) when it cannot be reached.  A slow request
 can show progress through :attr:`Client.progress` (the CLI sets a spinner).
+
+The transport is the CNI plugin's (:mod:`libnet.cni.client`: HTTP/1.1 over the
+socket with the standard library's ``_socket``), not :mod:`http.client`, whose
+``email`` and ``ssl`` imports cost about 30 ms of CPU per CLI call on this kind
+of machine (issue 22).  Each request has a connection of its own, as before:
+a :class:`Client` may be shared by threads, and a request is never re-sent.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
-import json
-import socket
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
 import click
+
+from libnet.cni import client as transport
 
 
 class AgentError(click.ClickException):
@@ -29,17 +34,6 @@ class Unreachable(click.ClickException):
     """The agent cannot be reached (no socket, refused, no answer)."""
 
     exit_code = 3
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("libnet", timeout=timeout)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
 
 
 class Client:
@@ -55,34 +49,34 @@ class Client:
 
     def request(self, method: str, url: str, body: dict[str, Any] | None = None) -> Any:
         """The decoded JSON answer (None for an empty one); AgentError on 4xx/5xx."""
-        conn = _UnixConnection(self.path, self.timeout)
+        conn = transport.Client(self.path, self.timeout)  # fresh: the transport re-sends only on a kept-alive one
         try:
-            payload = None if body is None else json.dumps(body)
             with self.progress(f"{method} {url.split('?', 1)[0]}"):
-                conn.request(method, url, body=payload, headers={"Content-Type": "application/json"})
-                resp = conn.getresponse()
-                data = resp.read()
-        except PermissionError:
-            raise Unreachable(
-                f"permission denied on the libnet agent's socket {self.path} (mode 0660).\n"
-                "  Run libnet as root (sudo libnet ...) or as a member of the socket's group."
-            ) from None
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise Unreachable(
-                f"cannot reach the libnet agent at {self.path} ({exc.strerror or exc}).\n"
-                "  Is libnet-agent running? Start it (systemctl start libnet-agent) or point --socket at it."
-            ) from None
-        except (TimeoutError, OSError) as exc:
-            raise Unreachable(f"the libnet agent at {self.path} did not answer: {exc}") from None
+                return conn.request(method, url, body)
+        except transport.AgentRefused as exc:
+            if not exc.error:  # an error status without libnet's error object
+                raise AgentError(f"agent answered {exc.status}") from None
+            raise AgentError(_explain(exc.status, exc.error)) from None
+        except transport.Unreachable as exc:
+            raise _unreachable(self.path, exc.__cause__) from None
+        except ValueError as exc:  # not JSON: no libnet agent on that socket
+            raise AgentError(f"the answer of {self.path} is not JSON: {exc}") from None
         finally:
             conn.close()
-        if resp.status >= 400:
-            try:
-                err = json.loads(data)["error"]
-            except (ValueError, KeyError, TypeError):
-                raise AgentError(f"agent answered {resp.status}: {data[:200]!r}") from None
-            raise AgentError(_explain(resp.status, err))
-        return json.loads(data) if data else None
+
+
+def _unreachable(path: str, cause: BaseException | None) -> Unreachable:
+    if isinstance(cause, PermissionError):
+        return Unreachable(
+            f"permission denied on the libnet agent's socket {path} (mode 0660).\n"
+            "  Run libnet as root (sudo libnet ...) or as a member of the socket's group."
+        )
+    if isinstance(cause, FileNotFoundError | ConnectionRefusedError):
+        return Unreachable(
+            f"cannot reach the libnet agent at {path} ({cause.strerror or cause}).\n"
+            "  Is libnet-agent running? Start it (systemctl start libnet-agent) or point --socket at it."
+        )
+    return Unreachable(f"the libnet agent at {path} did not answer: {cause}")
 
 
 def _explain(status: int, err: dict[str, Any]) -> str:

@@ -22,7 +22,8 @@ _MAX = 64 << 20
 
 
 class Unreachable(Exception):
-    """The agent's socket does not answer (not running, wrong path, timed out)."""
+    """The agent's socket does not answer (not running, wrong path, timed out); the
+    :class:`OSError` behind it is its ``__cause__``."""
 
 
 class AgentRefused(Exception):
@@ -73,10 +74,10 @@ class Client:
             except (ConnectionError, EOFError) as exc:
                 self.close()
                 if attempt or fresh:
-                    raise Unreachable(f"agent at {self.path}: {exc}") from None
+                    raise Unreachable(f"agent at {self.path}: {exc}") from exc
             except OSError as exc:
                 self.close()
-                raise Unreachable(f"agent at {self.path}: {exc.strerror or exc}") from None
+                raise Unreachable(f"agent at {self.path}: {exc.strerror or exc}") from exc
         if status >= 400:
             try:
                 err = wire.loads(raw).get("error") or {}

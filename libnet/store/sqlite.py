@@ -75,6 +75,11 @@ def _prefix_range(prefix: str) -> tuple[str, str]:
     return prefix, prefix + "\U0010ffff"
 
 
+#: page cache per connection, KiB (SQLite's default is 2,000 per connection: up to 8 MiB of
+#: an agent's RSS with a local and a cluster store; reads it misses come from the OS's cache)
+CACHE_KIB = 256
+
+
 class SQLiteStore(LogWatchMixin):
     """The default store: a SQLite file; see the module docstring."""
 
@@ -104,6 +109,7 @@ class SQLiteStore(LogWatchMixin):
             db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             db.executescript(_SCHEMA)
         except BaseException:
             db.close()

@@ -73,6 +73,7 @@ def test_api_bench_quick() -> None:
     r = _run("api_bench")
     for key in ("list_networks_rps", "list_networks_p99_ms", "connect_disconnect_rps", "connect_disconnect_p99_ms"):
         assert r["metrics"][key] > 0
+    assert r["metrics"]["list_networks_agent_cpu_us"] > 0
 
 
 @pytest.mark.root

@@ -191,3 +191,57 @@ def test_openapi_document_matches_the_routes() -> None:
         assert set(schema["properties"]) == set(spec)
         assert set(schema.get("required", [])) == {k for k, (_, req) in spec.items() if req}
         assert schema["additionalProperties"] is False
+
+
+def test_api_latency_is_one_series_per_method_route_and_code() -> None:
+    """The labelled histograms are kept per (method, route, code) (issue 22: a tenth of a
+    cached GET was ``labels()``); each request still lands in its own series."""
+    from prometheus_client import generate_latest
+
+    from agent.metrics import Metrics
+
+    m = Metrics()
+    for code, seconds in ((200, 0.001), (200, 0.2), (404, 0.003)):
+        m.observe("GET", "/v1/networks/{ref}", code, seconds)
+    m.observe("POST", "/v1/networks/{ref}", 200, 0.001)
+    text = generate_latest(m.registry).decode()
+    series = 'libnet_api_request_seconds_count{{code="{}",method="{}",route="/v1/networks/{{ref}}"}} {}'
+    for code, method, count in (("200", "GET", "2.0"), ("404", "GET", "1.0"), ("200", "POST", "1.0")):
+        assert series.format(code, method, count) in text
+    assert (
+        'libnet_api_request_seconds_bucket{code="200",le="0.001",method="GET",route="/v1/networks/{ref}"} 1.0' in text
+    )
+
+
+async def test_network_list_follows_writes_of_another_agent_on_the_shared_store(tmp_path) -> None:
+    """``GET /v1/networks`` is served from the last answer while the store revisions are
+    unchanged: a network another agent (its own connection to the same SQLite file)
+    creates or removes shows at once (issue 22)."""
+    from libnet.store import open_store
+
+    ctls = []
+    for name in ("a", "b"):
+        store = open_store(f"sqlite://{tmp_path}/shared.db")
+        ctl = Controller(
+            Config(state_dir=str(tmp_path / name), node_name=name),
+            store=store,
+            ipam=StoreIpam(store),
+            drivers={"bridge": FakeDriver("bridge")},
+            namespaces=FakeNamespaces(),
+        )
+        await ctl.start()
+        ctls.append(ctl)
+    app = make_app(AgentState(ctls[0], "a", Metrics(), advertise="203.0.113.11"))
+    async with TestClient(TestServer(app)) as c:
+
+        async def names() -> list[str]:
+            return sorted(n["name"] for n in await (await c.get("/v1/networks")).json())
+
+        await ctls[0].create_network("web", ipv4_subnet="198.51.100.0/26", ipv6=False)
+        assert await names() == ["web"] and await names() == ["web"]  # the second from the kept answer
+        await ctls[1].create_network("db", ipv4_subnet="198.51.100.64/26", ipv6=False)
+        assert await names() == ["db", "web"]
+        await ctls[1].delete_network("db")
+        assert await names() == ["web"]
+    for ctl in ctls:
+        await ctl.close()

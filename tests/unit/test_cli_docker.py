@@ -243,3 +243,74 @@ def test_a_slow_request_shows_the_spinner_on_a_terminal(tmp_path, monkeypatch) -
         server.close()
     assert r.exit_code == 0, r.output
     assert "waiting for the agent: GET /v1/networks" in out.getvalue()
+
+
+def test_default_table_is_plain_aligned_text_like_docker(nets) -> None:
+    """The default ``ls`` table: a header, a line per object, columns aligned and three
+    spaces apart, as docker prints (rich is not used for lists: issue 22, CLI start time)."""
+    path, _, _ = nets
+    lines = _run(path, "network", "ls").output.splitlines()
+    header = lines[0]
+    assert header.split() == ["NETWORK", "ID", "NAME", "DRIVER", "SCOPE", "IPV4", "IPV6", "INTERNAL"]
+    assert header.startswith("NETWORK ID     NAME   ")  # 12-character ids, then three spaces
+    name_col, driver_col = header.index("NAME"), header.index("DRIVER")
+    assert {line[name_col:driver_col].rstrip() for line in lines[1:]} == {"web", "web-test", "db", "ov"}
+    assert all(line == line.rstrip() for line in lines)
+
+
+def test_unreachable_agent_says_why(tmp_path) -> None:
+    gone = _run(str(tmp_path / "none.sock"), "network", "ls")
+    assert (
+        gone.exit_code == 3
+        and "cannot reach the libnet agent" in gone.output
+        and "Is libnet-agent running" in gone.output
+    )
+    import socket
+
+    path = str(tmp_path / "closed.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(path)  # bound, never listening: refused
+        refused = _run(path, "network", "ls")
+    assert refused.exit_code == 3 and "cannot reach the libnet agent" in refused.output
+
+
+def test_client_is_shared_by_threads_and_never_resends(served, tmp_path) -> None:
+    """The agent client (on the CNI plugin's transport since issue 22) opens a connection
+    per request: threads may share one Client, and a request whose answer never came is
+    reported, not sent again (a POST could otherwise run twice)."""
+    import socket
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from agent.client import Client, Unreachable
+
+    path, ctl, call = served
+    call(ctl.create_network("web", ipv4_subnet="198.51.100.0/26", ipv6=False))
+    client = Client(path, timeout=10)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: client.request("GET", "/v1/networks"), range(32)))
+    assert all([n["name"] for n in a] == ["web"] for a in answers)
+
+    mute = str(tmp_path / "mute.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(mute)
+    server.listen(4)
+    seen: list[bytes] = []
+
+    def hang_up() -> None:
+        server.settimeout(5)
+        for _ in range(2):
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                return
+            with conn:
+                seen.append(conn.recv(65536))  # read the request, close without an answer
+
+    thread = threading.Thread(target=hang_up, daemon=True)
+    thread.start()
+    with pytest.raises(Unreachable):
+        Client(mute, timeout=5).request("POST", "/v1/sandboxes", {})
+    thread.join(10)
+    server.close()
+    assert len(seen) == 1 and seen[0].startswith(b"POST /v1/sandboxes ")

@@ -467,3 +467,73 @@ async def test_sandbox_dns_options_through_the_api(tmp_path) -> None:
         stored = await ctl.sandbox(sb["id"])
         assert stored.dns_search == ["svc.example"]
     await ctl.close()
+
+
+@pytest.mark.skipif(not mmsg.available(), reason="no recvmmsg here")
+def test_batch_arenas_are_resident_only_where_written() -> None:
+    """A server's batch arenas (2 x BATCH x SLOT bytes per family) cost RSS only for the
+    slots datagrams used (issue 22: they were 1 MiB of every agent's RSS), and a batch
+    still carries datagrams both ways."""
+    import gc
+    import time
+
+    def rss_kib() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+    gc.collect()
+    before = rss_kib()
+    batches = [mmsg.Batch(socket.AF_INET) for _ in range(4)]
+    assert rss_kib() - before < 512  # written in full, they were 2,048 KiB
+    batch = batches[0]
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as srv,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as cli,
+    ):
+        srv.bind(("127.0.0.1", 0))
+        srv.setblocking(False)
+        cli.settimeout(5)
+        cli.sendto(b"question", srv.getsockname())
+        deadline = time.monotonic() + 5
+        n = 0
+        while not n and time.monotonic() < deadline:
+            n = batch.recv(srv.fileno())
+        assert n == 1 and batch.datagram(0) == b"question" and not batch.truncated(0)
+
+
+async def test_tcp_listener_answers_queries_and_closes_with_the_sandbox() -> None:
+    """DNS over TCP on a sandbox's listener (a reader on the listening socket: no
+    asyncio.Server per family per sandbox, issue 22): two queries on one connection,
+    two connections at once; after detach the port refuses and open clients are closed."""
+    from libnet.dns.records import Entry
+
+    records = Records()
+    records.set_network("n1", "front", ["198.51.100.0/24"])
+    records.put(Entry.build("e1", "n1", "web", "198.51.100.7/24", None, [], []))
+    _, addr = await upstream()
+    server = DnsServer(Resolver(records, ResolverConfig()), Forwarder(lambda: [addr]), "127.0.0.1", 0, v6_address=None)
+    await server.attach("sb1", None, frozenset({"n1"}))
+    listener = server._listeners["sb1"]
+    port = listener._tcp[0].getsockname()[1]
+
+    async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, qid: int) -> DNSRecord:
+        data = query("web", qid=qid)[1]
+        writer.write(struct.pack("!H", len(data)) + data)
+        size = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 5))[0]
+        return DNSRecord.parse(await asyncio.wait_for(reader.readexactly(size), 5))
+
+    first = await asyncio.open_connection("127.0.0.1", port)
+    second = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for qid, conn in ((1, first), (2, second), (3, first)):
+            answer = await ask(*conn, qid)
+            assert answer.header.id == qid and str(answer.rr[0].rdata) == "198.51.100.7"
+        assert len(listener._clients) == 2
+        await server.detach("sb1")
+        assert await asyncio.wait_for(first[0].read(), 5) == b""  # closed by the server
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", port)
+    finally:
+        for _, writer in (first, second):
+            writer.close()
+        await server.close()

@@ -38,3 +38,19 @@ def test_lazy_names_still_resolve() -> None:
     assert libnet.Controller.__name__ == "Controller" and libnet.SyncController.__name__ == "SyncController"
     with pytest.raises(AttributeError):
         libnet.NoSuchThing  # noqa: B018
+
+
+def test_cli_loads_no_rich_http_client_email_or_ssl() -> None:
+    """``libnet network ls`` prints a plain table and talks HTTP over ``_socket``: rich
+    (~40 ms), http.client with email and ssl (~30 ms) are loaded only by the commands that
+    need them (issue 22: the CLI call's budget is 100 ms)."""
+    code = (
+        "import sys, json, agent.cli\n"
+        "from click.testing import CliRunner\n"
+        "r = CliRunner().invoke(agent.cli.cli, ['--socket', '/nonexistent/libnet.sock', 'network', 'ls'])\n"
+        "assert r.exit_code == 3, r.output\n"
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = set(json.loads(out))
+    assert not loaded & {"rich", "rich.console", "http.client", "email", "ssl", "urllib.request"}

@@ -85,3 +85,16 @@ async def test_update_json_concurrent_tasks() -> None:
 
     await asyncio.gather(*(add() for _ in range(8)))
     assert model.decode((await store.get("c")).value, "counter") == {"n": 400}
+
+
+def test_decoded_documents_share_their_field_names() -> None:
+    """Every decoded document's keys (nested too) are the interned strings, not copies per
+    document (issue 22: 1,000 cached endpoints held a copy of each field name each)."""
+    docs = [
+        model.decode(model.encode("endpoint", {"network_id": f"n{i}", "ports": [{"host_port": i}]}), "endpoint")
+        for i in range(2)
+    ]
+    (a_key, a_ports), (b_key, b_ports) = (list(d) for d in docs)
+    assert a_key is b_key and a_ports is b_ports
+    assert next(iter(docs[0]["ports"][0])) is next(iter(docs[1]["ports"][0]))
+    assert docs[1] == {"network_id": "n1", "ports": [{"host_port": 1}]}

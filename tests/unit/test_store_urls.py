@@ -45,3 +45,20 @@ def test_bad_urls_name_the_problem(url: str, says: str) -> None:
         open_store(url)
     assert says in str(err.value)
     assert err.value.ids["url"] == url
+
+
+async def test_sqlite_page_cache_is_bounded_per_connection(tmp_path) -> None:
+    """Each connection's page cache is CACHE_KIB (SQLite's default, 2,000 KiB each, filled
+    up to 8 MiB of an agent's RSS with a local and a cluster store: issue 22); a value
+    larger than the cache still reads back."""
+    from libnet.store import sqlite
+
+    store = SQLiteStore(str(tmp_path / "s.db"))
+    try:
+        big = bytes(range(256)) * 4096  # 1 MiB: more pages than the cache holds
+        await store.put("libnet/v1/big", big)
+        assert (await store.get("libnet/v1/big")).value == big
+        for db in (store._inline_conn(), store._blocking_conn()):
+            assert db.execute("PRAGMA cache_size").fetchone()[0] == -sqlite.CACHE_KIB
+    finally:
+        await store.close()
