@@ -39,8 +39,9 @@ else fails with ``TunnelDown`` naming those hosts; a host whose record shows
 another encryption range is refused at once (``IncompatibleTunnel``) and
 listed by :meth:`Tunnel.status`.
 
-Supervision: every ``check_interval`` seconds each live slot is checked
-(process, link up, address); a dead one (``kill -9`` of ``wireguard-go``) is
+Supervision: every ``check_interval`` seconds the guard rules are checked
+and put back if missing (:meth:`Tunnel.restore_guards`: a flushed ruleset),
+then each live slot (process, link up, address); a dead one (``kill -9`` of ``wireguard-go``) is
 brought up again with the same key, address and peers.  The interfaces
 outlive an agent stop or crash (the next agent adopts them, so encrypted
 traffic goes on); they are stopped when the host leaves the cluster for good
@@ -55,7 +56,9 @@ import contextlib
 import ipaddress
 import logging
 import os
+import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -176,6 +179,8 @@ class Tunnel:
         #: (namespace, address, timeout) -> whether an echo came back (:func:`libnet.kernel.probe.echo`)
         self.probe: Callable[[str | None, str, float], bool] = probe.echo
         self._incompatible: dict[str, str] = {}  # peer host -> why its tunnel cannot work with this one
+        self._guarded: dict[int, int] = {}  # encrypted VNI served here -> its VXLAN port (its entry guard is set)
+        self._guard_lock = threading.Lock()  # the guards change from threads (asyncio.to_thread)
         self._lock = asyncio.Lock()
         self._sync_lock = asyncio.Lock()
         self.rotation_lock = asyncio.Lock()
@@ -292,30 +297,62 @@ class Tunnel:
 
         fw = self.kernel.firewall(self.host_ns, firewall_table(self.instance))
         try:
-            fw.add(GUARD_KEY, firewall.tunnel_guard_rules(self.range, [s.ifname for s in self.slots]))
+            fw.add(GUARD_KEY, self._guard_rules())
         finally:
             fw.close()
+
+    def _guard_rules(self) -> list[tuple[str, list[dict[str, Any]]]]:
+        return firewall.tunnel_guard_rules(self.range, [s.ifname for s in self.slots])
+
+    def _vni_rules(self, vni: int, port: int) -> list[tuple[str, list[dict[str, Any]]]]:
+        return firewall.encrypted_vni_rules(vni, port, [s.ifname for s in self.slots])
 
     def guard_vni(self, vni: int, port: int) -> None:
         """Let VXLAN of encrypted network ``vni`` in only through the WireGuard devices
         (:func:`libnet.kernel.firewall.encrypted_vni_rules`); before its device exists."""
         from libnet.ownership import firewall_table
 
-        fw = self.kernel.firewall(self.host_ns, firewall_table(self.instance))
-        try:
-            fw.add(f"{GUARD_KEY}:vni:{vni}", firewall.encrypted_vni_rules(vni, port, [s.ifname for s in self.slots]))
-        finally:
-            fw.close()
+        with self._guard_lock:
+            fw = self.kernel.firewall(self.host_ns, firewall_table(self.instance))
+            try:
+                fw.add(f"{GUARD_KEY}:vni:{vni}", self._vni_rules(vni, port))
+                self._guarded[vni] = port
+            finally:
+                fw.close()
 
     def unguard_vni(self, vni: int) -> None:
         """The encrypted network ``vni`` is no longer served here (its device is gone)."""
         from libnet.ownership import firewall_table
 
-        fw = self.kernel.firewall(self.host_ns, firewall_table(self.instance))
-        try:
-            fw.remove(f"{GUARD_KEY}:vni:{vni}")
-        finally:
-            fw.close()
+        with self._guard_lock:
+            self._guarded.pop(vni, None)
+            fw = self.kernel.firewall(self.host_ns, firewall_table(self.instance))
+            try:
+                fw.remove(f"{GUARD_KEY}:vni:{vni}")
+            finally:
+                fw.close()
+
+    def restore_guards(self) -> list[str]:
+        """Put back the guard rule and the entry guard of each encrypted VNI served here where
+        they are missing or incomplete -- a ruleset flushed by hand or by a firewall service's
+        reload (``nft flush ruleset``) -- and return their keys.  Called by the supervision
+        every round: without them clear VXLAN from the underlay would enter an encrypted
+        network, and a tunnel that went down would send clear VXLAN out of another route."""
+        from libnet.ownership import firewall_table
+
+        with self._guard_lock:
+            fw = self.kernel.firewall(self.host_ns, firewall_table(self.instance))
+            try:
+                have = Counter(r["key"] for r in fw.rules())
+                wanted = {GUARD_KEY: self._guard_rules()}
+                for vni, port in sorted(self._guarded.items()):
+                    wanted[f"{GUARD_KEY}:vni:{vni}"] = self._vni_rules(vni, port)
+                restored = [key for key, rules in wanted.items() if have[key] != len(rules)]
+                for key in restored:
+                    fw.add(key, wanted[key])
+                return restored
+            finally:
+                fw.close()
 
     def mtu(self) -> int:
         """The WireGuard interface's MTU: the underlay's minus WireGuard's overhead."""
@@ -569,6 +606,11 @@ class Tunnel:
         backend = self.need_backend()
         while True:
             await asyncio.sleep(self.check_interval)
+            try:  # the guards first: a flushed ruleset is put back within a round, not at the next anti-entropy
+                if restored := await asyncio.to_thread(self.restore_guards):
+                    log.warning("wireguard guard rules were missing (ruleset flushed?): put back %s", restored)
+            except (LibnetError, OSError) as exc:
+                log.warning("wireguard guard rules: %s", exc)
             for i in sorted(self.live):
                 slot = self.slots[i]
                 try:

@@ -279,6 +279,12 @@ def make_tunnel(
             log.append("guard")
             real_add(key, rules)
 
+        def remove(self, key: str) -> None:
+            real.remove(key)
+
+        def rules(self) -> list[dict[str, Any]]:
+            return real.rules()
+
         def close(self) -> None:
             pass
 
@@ -359,6 +365,28 @@ async def test_tunnel_guards_first_then_follows_records_and_revocations(monkeypa
         await tunnel.close(stop=True)  # leaving the cluster: it goes
     assert log[-1] == "delete"
     assert GUARD_KEY in kernel.firewall(None, firewall_table(INSTANCE)).table.groups  # type: ignore[attr-defined]
+
+
+async def test_supervision_puts_back_a_flushed_guard_within_a_round(monkeypatch, tmp_path) -> None:
+    """Breaker (issue 20): a flushed ruleset (``nft flush ruleset``, a firewall service's reload) left the
+    tunnel without its guard and the encrypted VNIs without their entry guard until the next anti-entropy
+    pass; the supervision puts them back within a round, and not the guard of a VNI no longer served."""
+    kernel, _, _, tunnel, _ = await tunnel_beside_h2(monkeypatch, tmp_path)
+    await tunnel.ensure()
+    groups = kernel.firewall(None, firewall_table(INSTANCE)).table.groups  # type: ignore[attr-defined]
+    try:
+        tunnel.guard_vni(300, 4789)
+        tunnel.guard_vni(301, 4789)
+        tunnel.unguard_vni(301)
+        wanted = {GUARD_KEY, f"{GUARD_KEY}:vni:300"}
+        assert set(groups) == wanted
+        groups.clear()  # the ruleset flushed
+        assert await until(lambda: set(groups) == wanted, 1.0)
+        groups[f"{GUARD_KEY}:vni:300"] = groups[f"{GUARD_KEY}:vni:300"][:1]  # one rule of a group deleted
+        assert await until(lambda: len(groups[f"{GUARD_KEY}:vni:300"]) == 2, 1.0)
+        assert set(groups) == wanted
+    finally:
+        await tunnel.close(stop=True)
 
 
 async def test_no_backend_refuses_encrypted_networks(tmp_path) -> None:
