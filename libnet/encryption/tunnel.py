@@ -611,6 +611,8 @@ class Tunnel:
                     log.warning("wireguard guard rules were missing (ruleset flushed?): put back %s", restored)
             except (LibnetError, OSError) as exc:
                 log.warning("wireguard guard rules: %s", exc)
+            except Exception:
+                log.exception("wireguard guard rules could not be checked; the next round tries again")
             for i in sorted(self.live):
                 slot = self.slots[i]
                 try:
@@ -624,6 +626,8 @@ class Tunnel:
                         self.restarts += 1
                 except (LibnetError, OSError) as exc:  # the next round tries again
                     log.warning("wireguard supervision of %s: %s", slot.ifname, exc)
+                except Exception:  # anything else too: a supervision that ended would never bring a tunnel back
+                    log.exception("wireguard supervision of %s failed; the next round tries again", slot.ifname)
 
     def _unhealthy(self, backend: Backend, slot: Slot) -> str | None:
         """Why ``slot``'s interface cannot carry traffic now (None: it can)."""

@@ -219,6 +219,24 @@ def test_backends_report_each_peers_latest_handshake(tmp_path) -> None:
     assert us.handshakes("lnwx") == {KEYS[1]: 1700000000.0, KEYS[2]: 0.0}
 
 
+def test_wg_that_does_not_answer_is_unavailable_not_a_crash(tmp_path) -> None:
+    """Breaker (issue 20): ``wg`` not answering within its timeout raised ``subprocess.TimeoutExpired``,
+    which neither the supervision nor the records' watch handles: the task ended, and a killed
+    ``wireguard-go`` was never brought back.  It is ``Unavailable`` now, which they retry."""
+
+    def run(argv: list[str], **kw: Any) -> Any:
+        raise subprocess.TimeoutExpired(argv, kw["timeout"])
+
+    us = wgbackend.UserspaceBackend(None, str(tmp_path), run=run)
+    for call in (
+        lambda: us.configure("lnwx", wgbackend.WgConfig(KEYS[0], 51820)),
+        lambda: us.rx_bytes("lnwx"),
+        lambda: us.handshakes("lnwx"),
+    ):
+        with pytest.raises(Unavailable, match="no answer within 10 s"):
+            call()
+
+
 # --- the tunnel, with a fake kernel and backend ------------------------------------------
 
 
@@ -385,6 +403,29 @@ async def test_supervision_puts_back_a_flushed_guard_within_a_round(monkeypatch,
         groups[f"{GUARD_KEY}:vni:300"] = groups[f"{GUARD_KEY}:vni:300"][:1]  # one rule of a group deleted
         assert await until(lambda: len(groups[f"{GUARD_KEY}:vni:300"]) == 2, 1.0)
         assert set(groups) == wanted
+    finally:
+        await tunnel.close(stop=True)
+
+
+async def test_supervision_survives_an_unexpected_error(monkeypatch, tmp_path) -> None:
+    """Breaker (issue 20): an error the supervision did not expect ended it for good; it goes on."""
+    kernel, _, _, tunnel, backend = await tunnel_beside_h2(monkeypatch, tmp_path)
+    await tunnel.ensure()
+    try:
+        real_alive, calls = backend.alive, []
+
+        def flaky(ifname: str) -> bool:
+            calls.append(ifname)
+            if len(calls) == 1:
+                raise RuntimeError("something unexpected")
+            return real_alive(ifname)
+
+        monkeypatch.setattr(backend, "alive", flaky)
+        assert await until(lambda: len(calls) >= 1)
+        backend.dead = True  # then wireguard-go dies: still brought back
+        with kernel.netlink(None) as nl:
+            nl.delete_link(tunnel.ifname)
+        assert await until(lambda: tunnel.restarts >= 1)
     finally:
         await tunnel.close(stop=True)
 
