@@ -267,6 +267,12 @@ class Tunnel:
                 await asyncio.wait_for(asyncio.shield(ready), 10)
             if await asyncio.to_thread(backend.alive, other.ifname):
                 await asyncio.to_thread(backend.delete, other.ifname)
+            # and the identity of that slot (a coming key never switched to, or a retired one a crash kept):
+            # its private key file and its tunnel address claim, or they stay on disk and in the store for ever
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(os.unlink, os.path.join(self.dir, keys.key_file(other.index)))
+            await release_address(self.store, self.node, other.index)
+            other.address, other.private, other.public = "", "", ""
             self.live = {slot.index}
             await asyncio.to_thread(self.bring_up, backend, slot)
             await asyncio.to_thread(self.route_via, slot)

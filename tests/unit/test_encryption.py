@@ -18,7 +18,16 @@ from libnet.encryption import backend as wgbackend
 from libnet.encryption import keys
 from libnet.encryption.backend import WgConfig, WgPeer
 from libnet.encryption.kernel_backend import KernelBackend
-from libnet.encryption.records import NodeKey, claim_address, endpoint, nodes_prefix, revoked_prefix, tunnel_range
+from libnet.encryption.records import (
+    NodeKey,
+    P,
+    claim_address,
+    endpoint,
+    nodes_prefix,
+    revoked_prefix,
+    slot_owner,
+    tunnel_range,
+)
 from libnet.encryption.tunnel import GUARD_KEY, Tunnel, forget, revoke, wireguard_overhead
 from libnet.errors import BadRequest, InvalidOption, LibnetError, Unavailable
 from libnet.kernel import firewall
@@ -426,6 +435,25 @@ async def test_supervision_survives_an_unexpected_error(monkeypatch, tmp_path) -
         with kernel.netlink(None) as nl:
             nl.delete_link(tunnel.ifname)
         assert await until(lambda: tunnel.restarts >= 1)
+    finally:
+        await tunnel.close(stop=True)
+
+
+async def test_a_start_after_a_crash_mid_rotation_drops_the_other_slots_identity(monkeypatch, tmp_path) -> None:
+    """Breaker (issue 20): an agent killed during a key rotation's drain (switched to slot 1, slot 0 not yet
+    retired) came back on slot 1 but kept slot 0's private key file and tunnel address claim for ever."""
+    _, store, _, tunnel, _ = await tunnel_beside_h2(monkeypatch, tmp_path)
+    wgdir = tmp_path / "h1" / "wireguard"
+    wgdir.mkdir(parents=True)
+    (wgdir / "private.key").write_text(KEYS[4] + "\n")  # the retired key, slot 0
+    tunnel.write_current(1)
+    old = await claim_address(store, tunnel.range, slot_owner("h1", 0))
+    await tunnel.ensure()
+    try:
+        assert tunnel.current == 1 and tunnel.address != old
+        assert not (wgdir / "private.key").exists()
+        owners = {p.value.decode() for p in await store.list(f"{P}/addresses/")}
+        assert owners == {slot_owner("h1", 1)}
     finally:
         await tunnel.close(stop=True)
 
