@@ -287,6 +287,12 @@ class UserspaceBackend:
         for p in (self.record(ifname), os.path.join(self.state_dir, f"{ifname}.key")):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
+        # a killed wireguard-go (SIGKILL: here after SIGTERM went unanswered, or by anyone) leaves its control
+        # socket in the machine-wide directory; the name is this instance's, and no process answers on it
+        stale = os.path.join(SOCKET_DIR, f"{ifname}.sock")
+        if os.path.exists(stale) and not self._socket_answers(ifname):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stale)
 
 
 def choose(host_ns: str | None, state_dir: str) -> tuple[Backend | None, str]:

@@ -246,6 +246,26 @@ def test_wg_that_does_not_answer_is_unavailable_not_a_crash(tmp_path) -> None:
             call()
 
 
+def test_stopping_removes_a_killed_wireguard_gos_socket(monkeypatch, tmp_path) -> None:
+    """Breaker (issue 20): a ``wireguard-go`` killed with SIGKILL (by the stop, after SIGTERM went unanswered,
+    or by anyone) left ``/var/run/wireguard/<ifname>.sock`` behind, after ``--leave``/``--purge`` too."""
+    import socket
+
+    monkeypatch.setattr(wgbackend, "SOCKET_DIR", str(tmp_path / "run"))
+    (tmp_path / "run").mkdir()
+    dead = tmp_path / "run" / "lnwdead.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(str(dead))  # bound, never listening: what a killed process leaves
+    live = tmp_path / "run" / "lnwlive.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(str(live))
+        s.listen()
+        us = wgbackend.UserspaceBackend(None, str(tmp_path / "state"))
+        us.delete("lnwdead")
+        us.delete("lnwlive")  # someone answers there: not removed
+        assert not dead.exists() and live.exists()
+
+
 # --- the tunnel, with a fake kernel and backend ------------------------------------------
 
 
