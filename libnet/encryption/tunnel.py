@@ -338,6 +338,26 @@ class Tunnel:
             finally:
                 fw.close()
 
+    def sweep_vni_guards(self) -> list[int]:
+        """Remove the entry guards of VNIs not served here (returns them): those a network's teardown
+        did not reach -- an agent killed in the middle of a join, or down while the network was
+        deleted.  Left, such a guard would drop the VXLAN of a plain overlay that gets the VNI later."""
+        from libnet.ownership import firewall_table
+
+        prefix = f"{GUARD_KEY}:vni:"
+        with self._guard_lock:
+            fw = self.kernel.firewall(self.host_ns, firewall_table(self.instance))
+            try:
+                stale = sorted(
+                    {int(k[len(prefix) :]) for r in fw.rules() if (k := r["key"]).startswith(prefix)}
+                    - set(self._guarded)
+                )
+                for vni in stale:
+                    fw.remove(f"{prefix}{vni}")
+                return stale
+            finally:
+                fw.close()
+
     def restore_guards(self) -> list[str]:
         """Put back the guard rule and the entry guard of each encrypted VNI served here where
         they are missing or incomplete -- a ruleset flushed by hand or by a firewall service's

@@ -432,6 +432,8 @@ async def test_supervision_puts_back_a_flushed_guard_within_a_round(monkeypatch,
         groups[f"{GUARD_KEY}:vni:300"] = groups[f"{GUARD_KEY}:vni:300"][:1]  # one rule of a group deleted
         assert await until(lambda: len(groups[f"{GUARD_KEY}:vni:300"]) == 2, 1.0)
         assert set(groups) == wanted
+        groups[f"{GUARD_KEY}:vni:302"] = firewall.encrypted_vni_rules(302, 4789, ["lnwx"])  # a leftover: swept
+        assert tunnel.sweep_vni_guards() == [302] and set(groups) == wanted
     finally:
         await tunnel.close(stop=True)
 

@@ -501,6 +501,9 @@ class OverlayDriver(EncryptedOverlays):
             elif not await asyncio.to_thread(self.plumbing.remove_namespace, name, owner):
                 continue
             report.removed.append(f"overlay namespace {name} of no local endpoint (network {owner[:12]})")
+        # and the entry guards of encrypted VNIs no longer served here (their namespace went without a teardown)
+        for vni in await asyncio.to_thread(self.tunnel().sweep_vni_guards):
+            report.removed.append(f"entry guard of encrypted VNI {vni}, not served here")
         report.repaired.extend(await self.repair())
         return report
 
