@@ -289,13 +289,23 @@ class Tunnel:
         with self.kernel.netlink(self.host_ns) as nl:
             mine = {c for s in self.slots if nl.has_link(s.ifname) for c in nl.addresses(s.ifname)}
             for cidr in nl.addresses():
-                addr = ipaddress.ip_interface(cidr.split("%", 1)[0]).ip
-                if cidr not in mine and addr.version == net.version and addr in net:
+                iface = ipaddress.ip_interface(cidr.split("%", 1)[0])
+                if cidr in mine or iface.version != net.version:
+                    continue
+                if iface.ip in net:
                     raise BadRequest(
-                        f"encryption range {self.range} holds {addr}, an address of this host: the tunnel's "
+                        f"encryption range {self.range} holds {iface.ip}, an address of this host: the tunnel's "
                         "route and guard would cut it off; choose a range of its own (--encryption-range)",
                         range=self.range,
-                        address=str(addr),
+                        address=str(iface.ip),
+                    )
+                if iface.network.overlaps(net):  # inside a network this host is on: its route would shadow it
+                    raise BadRequest(
+                        f"encryption range {self.range} lies in {iface.network}, a network this host is on "
+                        f"({iface.ip}): the tunnel's route would take that network's hosts (peers' WireGuard "
+                        "endpoints too) into the tunnel; choose a range of its own (--encryption-range)",
+                        range=self.range,
+                        address=str(iface.ip),
                     )
 
     def _guard(self) -> None:

@@ -775,16 +775,27 @@ def test_an_encrypted_vni_enters_and_leaves_only_through_wireguard() -> None:
         assert vni["left"]["payload"] == {"base": "th", "offset": 96, "len": 24} and vni["right"] == 256
 
 
-async def test_a_range_over_a_host_address_is_refused_before_anything(monkeypatch, tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("address", "refusal"),
+    [
+        ("198.51.100.243/24", r"holds 198\.51\.100\.243, an address of this host"),
+        ("198.51.100.1/24", r"lies in 198\.51\.100\.0/24, a network this host is on"),
+    ],
+)
+async def test_a_range_over_a_host_address_or_its_network_is_refused_before_anything(
+    monkeypatch, tmp_path, address: str, refusal: str
+) -> None:
     """Breaker: --encryption-range over the underlay (203.0.113.0/28 with the host at .4) was accepted; the
-    tunnel's route and guard then cut the host off from its peers."""
+    tunnel's route and guard then cut the host off from its peers.  Breaker (issue 20): so was a range inside
+    a network of the host but off its own address (host .1/24, range .240/28): its route then took that
+    network's hosts in the range -- peers' WireGuard endpoints too -- into the tunnel itself."""
     monkeypatch.setattr(keys, "load_or_make", lambda d, slot=0: (KEYS[0], KEYS[1]))
     kernel, store, log = FakeKernel(), open_store("memory://"), []
     tunnel = make_tunnel(kernel, store, log, tmp_path)
     kernel.add_link(None, "eth0", "veth")
     with kernel.netlink(None) as nl:
-        nl.add_address("eth0", "198.51.100.243/24")
-    with pytest.raises(BadRequest, match=r"holds 198\.51\.100\.243, an address of this host"):
+        nl.add_address("eth0", address)
+    with pytest.raises(BadRequest, match=refusal):
         await tunnel.ensure()
     assert log == [] and "198.51.100.240/28" not in kernel.namespace(None).prefix_routes
     await tunnel.close(stop=True)
