@@ -348,10 +348,12 @@ class Tunnel:
             finally:
                 fw.close()
 
-    def sweep_vni_guards(self) -> list[int]:
-        """Remove the entry guards of VNIs not served here (returns them): those a network's teardown
-        did not reach -- an agent killed in the middle of a join, or down while the network was
-        deleted.  Left, such a guard would drop the VXLAN of a plain overlay that gets the VNI later."""
+    def sweep_vni_guards(self, device_left: Callable[[int], bool]) -> list[int]:
+        """Remove the entry guards of VNIs neither served here nor with an encrypted network's device
+        left (``device_left``: e.g. an overlay namespace kept for attached containers); returns them.
+        Those are what a network's teardown did not reach -- an agent killed in the middle of a join,
+        or down while the network was deleted.  Left, such a guard would drop the VXLAN of a plain
+        overlay that gets the VNI later."""
         from libnet.ownership import firewall_table
 
         prefix = f"{GUARD_KEY}:vni:"
@@ -362,6 +364,7 @@ class Tunnel:
                     {int(k[len(prefix) :]) for r in fw.rules() if (k := r["key"]).startswith(prefix)}
                     - set(self._guarded)
                 )
+                stale = [vni for vni in stale if not device_left(vni)]
                 for vni in stale:
                     fw.remove(f"{prefix}{vni}")
                 return stale

@@ -433,7 +433,9 @@ async def test_supervision_puts_back_a_flushed_guard_within_a_round(monkeypatch,
         assert await until(lambda: len(groups[f"{GUARD_KEY}:vni:300"]) == 2, 1.0)
         assert set(groups) == wanted
         groups[f"{GUARD_KEY}:vni:302"] = firewall.encrypted_vni_rules(302, 4789, ["lnwx"])  # a leftover: swept
-        assert tunnel.sweep_vni_guards() == [302] and set(groups) == wanted
+        groups[f"{GUARD_KEY}:vni:303"] = firewall.encrypted_vni_rules(303, 4789, ["lnwx"])  # its device is left
+        assert tunnel.sweep_vni_guards(lambda vni: vni == 303) == [302]
+        assert set(groups) == {*wanted, f"{GUARD_KEY}:vni:303"}
     finally:
         await tunnel.close(stop=True)
 

@@ -501,8 +501,13 @@ class OverlayDriver(EncryptedOverlays):
             elif not await asyncio.to_thread(self.plumbing.remove_namespace, name, owner):
                 continue
             report.removed.append(f"overlay namespace {name} of no local endpoint (network {owner[:12]})")
-        # and the entry guards of encrypted VNIs no longer served here (their namespace went without a teardown)
-        for vni in await asyncio.to_thread(self.tunnel().sweep_vni_guards):
+        # and the entry guards of encrypted VNIs no longer here (their namespace went without a teardown)
+        plain = {self.vnis.cached(nid) for nid, nw in self._nets.items() if not nw.options.get("encrypted")}
+
+        def device_left(vni: int) -> bool:  # a namespace of an encrypted network kept (containers attached)
+            return vni not in plain and self.kernel.netns_exists(self.ns_name(vni))
+
+        for vni in await asyncio.to_thread(self.tunnel().sweep_vni_guards, device_left):
             report.removed.append(f"entry guard of encrypted VNI {vni}, not served here")
         report.repaired.extend(await self.repair())
         return report
