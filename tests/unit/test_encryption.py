@@ -833,6 +833,32 @@ async def test_an_mtu_the_path_cannot_carry_is_refused_where_the_network_is_made
     await d.close()
 
 
+async def test_a_refused_range_at_start_is_reported_not_fatal(tmp_path) -> None:
+    """Breaker (issue 20): the tunnel's refusal of a bad range (BadRequest) at start escaped the overlay's
+    reconcile -- only Conflict and Unavailable were caught -- and so failed the whole agent start, plain
+    overlays' repair included.  It is reported as missing, and the rest is reconciled."""
+    from libnet.driverapi import EndpointInfo, NetworkInfo, SandboxInfo
+    from libnet.drivers.overlay.driver import OverlayDriver
+
+    kernel, log = FakeKernel(), []
+    kernel.add_link(None, "eth0", "veth")
+    with kernel.netlink(None) as nl:
+        nl.add_address("eth0", "203.0.113.11/24")
+    d = OverlayDriver(cluster_store=open_store("memory://"), node="h1", vtep="203.0.113.11", instance=INSTANCE,
+                      state_dir=str(tmp_path), kernel=kernel, wireguard=FakeBackend(kernel, None, log),
+                      encryption_range="203.0.113.128/28")  # fmt: skip
+    opts = d.parse_network_options({"encrypted": "true"})
+    nw = NetworkInfo("n" * 64, "sec", "198.51.100.0/25", "198.51.100.1/25", None, None, False, opts)
+    await d.create_network(nw)
+    ep = EndpointInfo("e" * 64, nw.id, "a", "198.51.100.2/25", None, "02:42:c6:33:64:02")
+    try:
+        report = await d.reconcile([nw], [(ep, SandboxInfo("c1", kernel.add_namespace("sb1"), "eth0"))])
+        assert any("lies in 203.0.113.0/24" in line for line in report.missing), report.missing
+        assert log == []  # no interface, no guard of a tunnel that cannot work
+    finally:
+        await d.close()
+
+
 async def test_revoking_an_unknown_host_is_refused_and_a_revocation_can_be_taken_back(monkeypatch, tmp_path) -> None:
     """Breaker: ``libnet node revoke`` of a name no host has was accepted (a typo revoked nothing and
     marked the name for ever).  And a revoked host re-admitted on purpose (``libnet node unrevoke``)

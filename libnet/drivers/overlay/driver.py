@@ -475,7 +475,7 @@ class OverlayDriver(EncryptedOverlays):
             nw = nets[ep.network_id]
             try:
                 wanted.add(await self._ensure_local(nw, report.repaired))
-            except (Conflict, Unavailable) as exc:
+            except (Conflict, Unavailable, BadRequest) as exc:  # BadRequest: e.g. a refused encryption range
                 report.missing.append(f"endpoint {ep.name} of overlay network {nw.name}: {exc}")
                 continue
             self._local.setdefault(nw.id, set()).add(ep.id)
