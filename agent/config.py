@@ -115,6 +115,16 @@ class AgentConfig:
                 "encryption_port must be 1-65534 (a key rotation uses the next port as well)",
                 encryption_port=str(self.encryption_port),
             )
+        from libnet.kernel.netlink import VXLAN_PORT
+
+        taken = {VXLAN_PORT: "VXLAN's", int(self.serf_port): "Serf gossip's (serf_port)"}
+        for port in (int(self.encryption_port), int(self.encryption_port) + 1):
+            if port in taken:
+                raise BadRequest(
+                    f"encryption_port {self.encryption_port}: WireGuard would listen on UDP {port}, "
+                    f"{taken[port]} port; choose another (a key rotation uses the next port as well)",
+                    encryption_port=str(self.encryption_port),
+                )
         if self.adopt and self.purge:
             raise BadRequest("--adopt and --purge exclude each other: rebuild the store, or remove everything")
         if self.cluster_mode and not self.advertise:

@@ -36,6 +36,16 @@ DEFAULT_GRACE = 10.0
 DEFAULT_ENCRYPTION_RANGE = "100.64.0.0/16"
 #: WireGuard's UDP port on the underlay (a key rotation uses the next one too)
 DEFAULT_ENCRYPTION_PORT = 51820
+
+
+def encryption_ports(port: int) -> dict[tuple[str, int], str]:
+    """The host's UDP ports WireGuard needs with ``encryption_port`` = ``port``: it and the next (a key
+    rotation's second interface), as (protocol, port) -> why; never published for a container (the
+    DNAT would take the tunnel's traffic), also while nothing listens there."""
+    why = f"WireGuard of encrypted overlays uses UDP {port} and {port + 1} (encryption_port)"
+    return {("udp", port): why, ("udp", port + 1): why}
+
+
 #: seconds between rotations of a host's WireGuard key pair (0: never)
 DEFAULT_ENCRYPTION_ROTATION = 12 * 3600.0
 #: seconds a join of an encrypted network waits for a working tunnel to each peer host on it

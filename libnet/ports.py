@@ -21,7 +21,7 @@ import dataclasses
 import errno
 import ipaddress
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from libnet import model
@@ -186,8 +186,12 @@ class PortRegistry:
         auto_range: tuple[int, int] = AUTO_RANGE,
         own_table: str | None = None,
         describe: Callable[[str], Awaitable[str | None]] | None = None,
+        reserved: Mapping[tuple[str, int], str] | None = None,
     ) -> None:
         self.store = store
+        #: (protocol, host port) -> what of libnet's own needs it (WireGuard of encrypted overlays): never
+        #: published, also while nothing listens there (a rotation's second port; a tunnel restarting)
+        self.reserved = dict(reserved or {})
         self.probe = probe or (lambda pm: bindable(host_ns, pm, own_table))
         self.auto_range = parse_range(auto_range)
         #: endpoint id -> what a user knows it by ("endpoint web on network front"), for messages
@@ -234,6 +238,10 @@ class PortRegistry:
 
     async def _claim(self, endpoint_id: str, pm: PortMapping) -> None:
         addr = _addr(pm)
+        if (why := self.reserved.get((pm.protocol, pm.host_port))) is not None:
+            raise Conflict(
+                f"host port {pm.host_port}/{pm.protocol} is reserved: {why}", port=pm.host_port, protocol=pm.protocol
+            )
 
         def add(doc: dict[str, Any] | None) -> dict[str, Any]:
             holders = dict(doc or {})

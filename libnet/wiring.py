@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from ipam.api import Ipam
 from ipam.ipam import StoreIpam
 from ipam.pools import HostAddress
-from libnet.config import Config
+from libnet.config import Config, encryption_ports
 from libnet.driverapi import Driver, DriverContext
 from libnet.drivers import registry
 from libnet.drivers.registry import Drivers
@@ -170,6 +170,7 @@ def build(config: Config, given: Collaborators = Collaborators()) -> Parts:
         None if real else (lambda pm: True),  # fakes: no host to probe for listeners
         config.port_range,
         own_table=firewall_table(instance),
+        reserved=encryption_ports(config.encryption_port),
     )
     proxy_plane = given.proxy_plane
     if proxy_plane is None:

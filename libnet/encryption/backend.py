@@ -137,10 +137,8 @@ class UserspaceBackend:
         return {"backend": self.name, "pid": self.pid(ifname)}
 
     def rx_bytes(self, ifname: str) -> int:
-        out = self._run(["wg", "show", ifname, "transfer"], capture_output=True, text=True, timeout=10, check=False)
-        if out.returncode != 0:
-            raise Unavailable(f"wg show {ifname}: {out.stderr.strip()}", ifname=ifname)
-        return sum(int(line.split()[1]) for line in out.stdout.splitlines() if len(line.split()) == 3)
+        out = self._wg("show", ifname, "transfer")
+        return sum(int(line.split()[1]) for line in out.splitlines() if len(line.split()) == 3)
 
     def handshakes(self, ifname: str) -> dict[str, float]:
         out = self._wg("show", ifname, "latest-handshakes")
@@ -232,9 +230,16 @@ class UserspaceBackend:
             time.sleep(0.02)
 
     def _wg(self, *args: str) -> str:
-        out = self._run(["wg", *args], capture_output=True, text=True, timeout=10, check=False)
+        """Run ``wg ARGS``; its output.  ``Unavailable`` when it fails or does not answer within
+        10 s (a ``wireguard-go`` that hangs, a loaded host): the callers -- the supervision, the
+        records' watch -- handle libnet errors and try again, where a ``TimeoutExpired`` ended them."""
+        what, ifname = " ".join(args[:2]), args[1] if len(args) > 1 else ""
+        try:
+            out = self._run(["wg", *args], capture_output=True, text=True, timeout=10, check=False)
+        except subprocess.TimeoutExpired:
+            raise Unavailable(f"wg {what}: no answer within 10 s", ifname=ifname) from None
         if out.returncode != 0:
-            raise Unavailable(f"wg {' '.join(args[:2])}: {out.stderr.strip()}", ifname=args[1] if len(args) > 1 else "")
+            raise Unavailable(f"wg {what}: {out.stderr.strip()}", ifname=ifname)
         return str(out.stdout)
 
     def configure(self, ifname: str, config: WgConfig) -> None:
@@ -282,6 +287,12 @@ class UserspaceBackend:
         for p in (self.record(ifname), os.path.join(self.state_dir, f"{ifname}.key")):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
+        # a killed wireguard-go (SIGKILL: here after SIGTERM went unanswered, or by anyone) leaves its control
+        # socket in the machine-wide directory; the name is this instance's, and no process answers on it
+        stale = os.path.join(SOCKET_DIR, f"{ifname}.sock")
+        if os.path.exists(stale) and not self._socket_answers(ifname):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stale)
 
 
 def choose(host_ns: str | None, state_dir: str) -> tuple[Backend | None, str]:

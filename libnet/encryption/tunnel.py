@@ -39,8 +39,9 @@ else fails with ``TunnelDown`` naming those hosts; a host whose record shows
 another encryption range is refused at once (``IncompatibleTunnel``) and
 listed by :meth:`Tunnel.status`.
 
-Supervision: every ``check_interval`` seconds each live slot is checked
-(process, link up, address); a dead one (``kill -9`` of ``wireguard-go``) is
+Supervision: every ``check_interval`` seconds the guard rules are checked
+and put back if missing (:meth:`Tunnel.restore_guards`: a flushed ruleset),
+then each live slot (process, link up, address); a dead one (``kill -9`` of ``wireguard-go``) is
 brought up again with the same key, address and peers.  The interfaces
 outlive an agent stop or crash (the next agent adopts them, so encrypted
 traffic goes on); they are stopped when the host leaves the cluster for good
@@ -55,7 +56,9 @@ import contextlib
 import ipaddress
 import logging
 import os
+import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -176,6 +179,8 @@ class Tunnel:
         #: (namespace, address, timeout) -> whether an echo came back (:func:`libnet.kernel.probe.echo`)
         self.probe: Callable[[str | None, str, float], bool] = probe.echo
         self._incompatible: dict[str, str] = {}  # peer host -> why its tunnel cannot work with this one
+        self._guarded: dict[int, int] = {}  # encrypted VNI served here -> its VXLAN port (its entry guard is set)
+        self._guard_lock = threading.Lock()  # the guards change from threads (asyncio.to_thread)
         self._lock = asyncio.Lock()
         self._sync_lock = asyncio.Lock()
         self.rotation_lock = asyncio.Lock()
@@ -262,6 +267,12 @@ class Tunnel:
                 await asyncio.wait_for(asyncio.shield(ready), 10)
             if await asyncio.to_thread(backend.alive, other.ifname):
                 await asyncio.to_thread(backend.delete, other.ifname)
+            # and the identity of that slot (a coming key never switched to, or a retired one a crash kept):
+            # its private key file and its tunnel address claim, or they stay on disk and in the store for ever
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(os.unlink, os.path.join(self.dir, keys.key_file(other.index)))
+            await release_address(self.store, self.node, other.index)
+            other.address, other.private, other.public = "", "", ""
             self.live = {slot.index}
             await asyncio.to_thread(self.bring_up, backend, slot)
             await asyncio.to_thread(self.route_via, slot)
@@ -278,13 +289,23 @@ class Tunnel:
         with self.kernel.netlink(self.host_ns) as nl:
             mine = {c for s in self.slots if nl.has_link(s.ifname) for c in nl.addresses(s.ifname)}
             for cidr in nl.addresses():
-                addr = ipaddress.ip_interface(cidr.split("%", 1)[0]).ip
-                if cidr not in mine and addr.version == net.version and addr in net:
+                iface = ipaddress.ip_interface(cidr.split("%", 1)[0])
+                if cidr in mine or iface.version != net.version:
+                    continue
+                if iface.ip in net:
                     raise BadRequest(
-                        f"encryption range {self.range} holds {addr}, an address of this host: the tunnel's "
+                        f"encryption range {self.range} holds {iface.ip}, an address of this host: the tunnel's "
                         "route and guard would cut it off; choose a range of its own (--encryption-range)",
                         range=self.range,
-                        address=str(addr),
+                        address=str(iface.ip),
+                    )
+                if iface.network.overlaps(net):  # inside a network this host is on: its route would shadow it
+                    raise BadRequest(
+                        f"encryption range {self.range} lies in {iface.network}, a network this host is on "
+                        f"({iface.ip}): the tunnel's route would take that network's hosts (peers' WireGuard "
+                        "endpoints too) into the tunnel; choose a range of its own (--encryption-range)",
+                        range=self.range,
+                        address=str(iface.ip),
                     )
 
     def _guard(self) -> None:
@@ -292,30 +313,85 @@ class Tunnel:
 
         fw = self.kernel.firewall(self.host_ns, firewall_table(self.instance))
         try:
-            fw.add(GUARD_KEY, firewall.tunnel_guard_rules(self.range, [s.ifname for s in self.slots]))
+            fw.add(GUARD_KEY, self._guard_rules())
         finally:
             fw.close()
+
+    def _guard_rules(self) -> list[tuple[str, list[dict[str, Any]]]]:
+        return firewall.tunnel_guard_rules(self.range, [s.ifname for s in self.slots])
+
+    def _vni_rules(self, vni: int, port: int) -> list[tuple[str, list[dict[str, Any]]]]:
+        return firewall.encrypted_vni_rules(vni, port, [s.ifname for s in self.slots])
 
     def guard_vni(self, vni: int, port: int) -> None:
         """Let VXLAN of encrypted network ``vni`` in only through the WireGuard devices
         (:func:`libnet.kernel.firewall.encrypted_vni_rules`); before its device exists."""
         from libnet.ownership import firewall_table
 
-        fw = self.kernel.firewall(self.host_ns, firewall_table(self.instance))
-        try:
-            fw.add(f"{GUARD_KEY}:vni:{vni}", firewall.encrypted_vni_rules(vni, port, [s.ifname for s in self.slots]))
-        finally:
-            fw.close()
+        with self._guard_lock:
+            fw = self.kernel.firewall(self.host_ns, firewall_table(self.instance))
+            try:
+                fw.add(f"{GUARD_KEY}:vni:{vni}", self._vni_rules(vni, port))
+                self._guarded[vni] = port
+            finally:
+                fw.close()
 
     def unguard_vni(self, vni: int) -> None:
         """The encrypted network ``vni`` is no longer served here (its device is gone)."""
         from libnet.ownership import firewall_table
 
-        fw = self.kernel.firewall(self.host_ns, firewall_table(self.instance))
-        try:
-            fw.remove(f"{GUARD_KEY}:vni:{vni}")
-        finally:
-            fw.close()
+        with self._guard_lock:
+            self._guarded.pop(vni, None)
+            fw = self.kernel.firewall(self.host_ns, firewall_table(self.instance))
+            try:
+                fw.remove(f"{GUARD_KEY}:vni:{vni}")
+            finally:
+                fw.close()
+
+    def sweep_vni_guards(self, device_left: Callable[[int], bool]) -> list[int]:
+        """Remove the entry guards of VNIs neither served here nor with an encrypted network's device
+        left (``device_left``: e.g. an overlay namespace kept for attached containers); returns them.
+        Those are what a network's teardown did not reach -- an agent killed in the middle of a join,
+        or down while the network was deleted.  Left, such a guard would drop the VXLAN of a plain
+        overlay that gets the VNI later."""
+        from libnet.ownership import firewall_table
+
+        prefix = f"{GUARD_KEY}:vni:"
+        with self._guard_lock:
+            fw = self.kernel.firewall(self.host_ns, firewall_table(self.instance))
+            try:
+                stale = sorted(
+                    {int(k[len(prefix) :]) for r in fw.rules() if (k := r["key"]).startswith(prefix)}
+                    - set(self._guarded)
+                )
+                stale = [vni for vni in stale if not device_left(vni)]
+                for vni in stale:
+                    fw.remove(f"{prefix}{vni}")
+                return stale
+            finally:
+                fw.close()
+
+    def restore_guards(self) -> list[str]:
+        """Put back the guard rule and the entry guard of each encrypted VNI served here where
+        they are missing or incomplete -- a ruleset flushed by hand or by a firewall service's
+        reload (``nft flush ruleset``) -- and return their keys.  Called by the supervision
+        every round: without them clear VXLAN from the underlay would enter an encrypted
+        network, and a tunnel that went down would send clear VXLAN out of another route."""
+        from libnet.ownership import firewall_table
+
+        with self._guard_lock:
+            fw = self.kernel.firewall(self.host_ns, firewall_table(self.instance))
+            try:
+                have = Counter(r["key"] for r in fw.rules())
+                wanted = {GUARD_KEY: self._guard_rules()}
+                for vni, port in sorted(self._guarded.items()):
+                    wanted[f"{GUARD_KEY}:vni:{vni}"] = self._vni_rules(vni, port)
+                restored = [key for key, rules in wanted.items() if have[key] != len(rules)]
+                for key in restored:
+                    fw.add(key, wanted[key])
+                return restored
+            finally:
+                fw.close()
 
     def mtu(self) -> int:
         """The WireGuard interface's MTU: the underlay's minus WireGuard's overhead."""
@@ -569,6 +645,13 @@ class Tunnel:
         backend = self.need_backend()
         while True:
             await asyncio.sleep(self.check_interval)
+            try:  # the guards first: a flushed ruleset is put back within a round, not at the next anti-entropy
+                if restored := await asyncio.to_thread(self.restore_guards):
+                    log.warning("wireguard guard rules were missing (ruleset flushed?): put back %s", restored)
+            except (LibnetError, OSError) as exc:
+                log.warning("wireguard guard rules: %s", exc)
+            except Exception:
+                log.exception("wireguard guard rules could not be checked; the next round tries again")
             for i in sorted(self.live):
                 slot = self.slots[i]
                 try:
@@ -582,6 +665,8 @@ class Tunnel:
                         self.restarts += 1
                 except (LibnetError, OSError) as exc:  # the next round tries again
                     log.warning("wireguard supervision of %s: %s", slot.ifname, exc)
+                except Exception:  # anything else too: a supervision that ended would never bring a tunnel back
+                    log.exception("wireguard supervision of %s failed; the next round tries again", slot.ifname)
 
     def _unhealthy(self, backend: Backend, slot: Slot) -> str | None:
         """Why ``slot``'s interface cannot carry traffic now (None: it can)."""

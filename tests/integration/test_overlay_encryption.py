@@ -317,33 +317,10 @@ def test_clear_vxlan_from_the_underlay_never_enters(tmp_path) -> None:
     """Breaker: every VXLAN device shares one wildcard UDP socket sorted only by VNI, so anyone on the underlay
     (a revoked host too) could send clear VXLAN with an encrypted network's VNI into its containers.  Only
     what comes out of WireGuard enters; the encrypted traffic itself still flows."""
-    import socket
-
-    from scapy.layers.inet import IP, UDP
-    from scapy.layers.l2 import Ether
-    from scapy.layers.vxlan import VXLAN
-
     with Testbed(3) as bed:  # h3: a machine on the underlay without libnet (its own egress guard would drop it)
         agents, (a, _), (victim, ep) = _two_on_an_encrypted_overlay(bed, tmp_path)
         vni, target = vni_of(agents[0], "sec"), ip(ep["ipv4"])
-        mac = bed.run(victim, ["cat", "/sys/class/net/eth0/address"]).stdout.strip()
-        listen = (
-            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', 9999))\n"
-            "s.settimeout(6)\ntry:\n    print('GOT', s.recvfrom(2000)[0], flush=True)\nexcept OSError:\n"
-            "    print('NONE', flush=True)\n"
-        )
-        listener = bed.spawn(victim, ["python3", "-c", listen], stdout=subprocess.PIPE, text=True)
-        time.sleep(1)
-        inner = Ether(dst=mac) / IP(src="198.51.100.99", dst=target) / UDP(sport=1234, dport=9999) / b"INJECTED"
-        payload = bytes(VXLAN(vni=vni, flags=0x08) / inner)
-
-        def send() -> None:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                for _ in range(5):
-                    s.sendto(payload, (bed.hosts[1].ipv4, 4789))
-
-        netns.run_in(bed.hosts[2].ns, send)  # from the underlay, no WireGuard
-        out, _ = listener.communicate(timeout=20)
+        out = _inject_clear_vxlan(bed, victim, vni, target, bed.hosts[1].ipv4)
         assert "NONE" in out and "INJECTED" not in out, out
         wait_ping(bed, a, target)  # the encrypted path still delivers
         for agent in agents:
@@ -414,3 +391,64 @@ def test_a_dead_host_does_not_block_the_others_key_rotation(tmp_path) -> None:
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["interface"].endswith("b")
         agents[0].stop()
+
+
+def _inject_clear_vxlan(bed: Testbed, victim: str, vni: int, target: str, to: str) -> str:
+    """Clear VXLAN with the encrypted network's VNI, sent from the bed's third host (no libnet there) to
+    ``to``, for a UDP listener on ``target`` in the victim container: what the listener got ("NONE": nothing)."""
+    import socket
+
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.layers.vxlan import VXLAN
+
+    mac = bed.run(victim, ["cat", "/sys/class/net/eth0/address"]).stdout.strip()
+    listen = (
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', 9999))\n"
+        "s.settimeout(4)\ntry:\n    print('GOT', s.recvfrom(2000)[0], flush=True)\nexcept OSError:\n"
+        "    print('NONE', flush=True)\n"
+    )
+    listener = bed.spawn(victim, ["python3", "-c", listen], stdout=subprocess.PIPE, text=True)
+    time.sleep(1)
+    inner = Ether(dst=mac) / IP(src="198.51.100.99", dst=target) / UDP(sport=1234, dport=9999) / b"INJECTED"
+    payload = bytes(VXLAN(vni=vni, flags=0x08) / inner)
+
+    def send() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for _ in range(5):
+                s.sendto(payload, (to, 4789))
+                time.sleep(0.1)
+
+    netns.run_in(bed.hosts[2].ns, send)
+    out, _ = listener.communicate(timeout=20)
+    return str(out)
+
+
+def test_the_guard_comes_back_at_once_after_a_ruleset_flush(tmp_path) -> None:
+    """Breaker (issue 20): ``nft flush ruleset`` in a host's namespace (what an nftables service reload does)
+    removed the WireGuard guard and the encrypted VNI's entry rule until the next anti-entropy pass (30 s):
+    meanwhile clear VXLAN from anyone on the underlay entered the encrypted network, and a downed tunnel
+    sent clear VXLAN out of the default route.  The tunnel's supervision puts the guard back within a second."""
+    with Testbed(3) as bed:
+        agents, (a, _), (victim, ep) = _two_on_an_encrypted_overlay(bed, tmp_path)
+        vni, target = vni_of(agents[0], "sec"), ip(ep["ipv4"])
+        subprocess.run(["ip", "netns", "exec", bed.hosts[1].ns, "nft", "flush", "ruleset"], check=True)
+        time.sleep(2)  # the supervision's round (0.5 s), not the anti-entropy's (30 s)
+        out = _inject_clear_vxlan(bed, victim, vni, target, bed.hosts[1].ipv4)
+        assert "NONE" in out and "INJECTED" not in out, out
+        # and out: the tunnel set down with a default route that would carry clear text
+        bed.run(bed.hosts[0].ns, ["ip", "route", "replace", "default", "via", bed.hosts[1].ipv4])
+        subprocess.run(["ip", "netns", "exec", bed.hosts[0].ns, "nft", "flush", "ruleset"], check=True)
+        time.sleep(2)
+        ifname = agents[0].cli_json("agent", "status")["encryption"]["interface"]
+        cap = Capture(bed)
+        stream = bed.spawn(a, ["ping", "-n", "-c", "40", "-i", "0.05", "-s", "600", "-p", MARKER, target],
+                           stdout=subprocess.DEVNULL)  # fmt: skip
+        time.sleep(0.3)
+        bed.run(bed.hosts[0].ns, ["ip", "link", "set", ifname, "down"])
+        stream.wait(timeout=30)
+        packets = cap.stop(bed)
+        assert_no_clear_text(cap.frames, packets, vni, [ip(ep["ipv4"])])
+        wait_ping(bed, a, target)
+        for agent in agents:
+            agent.stop()

@@ -18,7 +18,16 @@ from libnet.encryption import backend as wgbackend
 from libnet.encryption import keys
 from libnet.encryption.backend import WgConfig, WgPeer
 from libnet.encryption.kernel_backend import KernelBackend
-from libnet.encryption.records import NodeKey, claim_address, endpoint, nodes_prefix, revoked_prefix, tunnel_range
+from libnet.encryption.records import (
+    NodeKey,
+    P,
+    claim_address,
+    endpoint,
+    nodes_prefix,
+    revoked_prefix,
+    slot_owner,
+    tunnel_range,
+)
 from libnet.encryption.tunnel import GUARD_KEY, Tunnel, forget, revoke, wireguard_overhead
 from libnet.errors import BadRequest, InvalidOption, LibnetError, Unavailable
 from libnet.kernel import firewall
@@ -219,6 +228,44 @@ def test_backends_report_each_peers_latest_handshake(tmp_path) -> None:
     assert us.handshakes("lnwx") == {KEYS[1]: 1700000000.0, KEYS[2]: 0.0}
 
 
+def test_wg_that_does_not_answer_is_unavailable_not_a_crash(tmp_path) -> None:
+    """Breaker (issue 20): ``wg`` not answering within its timeout raised ``subprocess.TimeoutExpired``,
+    which neither the supervision nor the records' watch handles: the task ended, and a killed
+    ``wireguard-go`` was never brought back.  It is ``Unavailable`` now, which they retry."""
+
+    def run(argv: list[str], **kw: Any) -> Any:
+        raise subprocess.TimeoutExpired(argv, kw["timeout"])
+
+    us = wgbackend.UserspaceBackend(None, str(tmp_path), run=run)
+    for call in (
+        lambda: us.configure("lnwx", wgbackend.WgConfig(KEYS[0], 51820)),
+        lambda: us.rx_bytes("lnwx"),
+        lambda: us.handshakes("lnwx"),
+    ):
+        with pytest.raises(Unavailable, match="no answer within 10 s"):
+            call()
+
+
+def test_stopping_removes_a_killed_wireguard_gos_socket(monkeypatch, tmp_path) -> None:
+    """Breaker (issue 20): a ``wireguard-go`` killed with SIGKILL (by the stop, after SIGTERM went unanswered,
+    or by anyone) left ``/var/run/wireguard/<ifname>.sock`` behind, after ``--leave``/``--purge`` too."""
+    import socket
+
+    monkeypatch.setattr(wgbackend, "SOCKET_DIR", str(tmp_path / "run"))
+    (tmp_path / "run").mkdir()
+    dead = tmp_path / "run" / "lnwdead.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(str(dead))  # bound, never listening: what a killed process leaves
+    live = tmp_path / "run" / "lnwlive.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(str(live))
+        s.listen()
+        us = wgbackend.UserspaceBackend(None, str(tmp_path / "state"))
+        us.delete("lnwdead")
+        us.delete("lnwlive")  # someone answers there: not removed
+        assert not dead.exists() and live.exists()
+
+
 # --- the tunnel, with a fake kernel and backend ------------------------------------------
 
 
@@ -278,6 +325,12 @@ def make_tunnel(
         def add(self, key: str, rules: Any) -> None:
             log.append("guard")
             real_add(key, rules)
+
+        def remove(self, key: str) -> None:
+            real.remove(key)
+
+        def rules(self) -> list[dict[str, Any]]:
+            return real.rules()
 
         def close(self) -> None:
             pass
@@ -359,6 +412,74 @@ async def test_tunnel_guards_first_then_follows_records_and_revocations(monkeypa
         await tunnel.close(stop=True)  # leaving the cluster: it goes
     assert log[-1] == "delete"
     assert GUARD_KEY in kernel.firewall(None, firewall_table(INSTANCE)).table.groups  # type: ignore[attr-defined]
+
+
+async def test_supervision_puts_back_a_flushed_guard_within_a_round(monkeypatch, tmp_path) -> None:
+    """Breaker (issue 20): a flushed ruleset (``nft flush ruleset``, a firewall service's reload) left the
+    tunnel without its guard and the encrypted VNIs without their entry guard until the next anti-entropy
+    pass; the supervision puts them back within a round, and not the guard of a VNI no longer served."""
+    kernel, _, _, tunnel, _ = await tunnel_beside_h2(monkeypatch, tmp_path)
+    await tunnel.ensure()
+    groups = kernel.firewall(None, firewall_table(INSTANCE)).table.groups  # type: ignore[attr-defined]
+    try:
+        tunnel.guard_vni(300, 4789)
+        tunnel.guard_vni(301, 4789)
+        tunnel.unguard_vni(301)
+        wanted = {GUARD_KEY, f"{GUARD_KEY}:vni:300"}
+        assert set(groups) == wanted
+        groups.clear()  # the ruleset flushed
+        assert await until(lambda: set(groups) == wanted, 1.0)
+        groups[f"{GUARD_KEY}:vni:300"] = groups[f"{GUARD_KEY}:vni:300"][:1]  # one rule of a group deleted
+        assert await until(lambda: len(groups[f"{GUARD_KEY}:vni:300"]) == 2, 1.0)
+        assert set(groups) == wanted
+        groups[f"{GUARD_KEY}:vni:302"] = firewall.encrypted_vni_rules(302, 4789, ["lnwx"])  # a leftover: swept
+        groups[f"{GUARD_KEY}:vni:303"] = firewall.encrypted_vni_rules(303, 4789, ["lnwx"])  # its device is left
+        assert tunnel.sweep_vni_guards(lambda vni: vni == 303) == [302]
+        assert set(groups) == {*wanted, f"{GUARD_KEY}:vni:303"}
+    finally:
+        await tunnel.close(stop=True)
+
+
+async def test_supervision_survives_an_unexpected_error(monkeypatch, tmp_path) -> None:
+    """Breaker (issue 20): an error the supervision did not expect ended it for good; it goes on."""
+    kernel, _, _, tunnel, backend = await tunnel_beside_h2(monkeypatch, tmp_path)
+    await tunnel.ensure()
+    try:
+        real_alive, calls = backend.alive, []
+
+        def flaky(ifname: str) -> bool:
+            calls.append(ifname)
+            if len(calls) == 1:
+                raise RuntimeError("something unexpected")
+            return real_alive(ifname)
+
+        monkeypatch.setattr(backend, "alive", flaky)
+        assert await until(lambda: len(calls) >= 1)
+        backend.dead = True  # then wireguard-go dies: still brought back
+        with kernel.netlink(None) as nl:
+            nl.delete_link(tunnel.ifname)
+        assert await until(lambda: tunnel.restarts >= 1)
+    finally:
+        await tunnel.close(stop=True)
+
+
+async def test_a_start_after_a_crash_mid_rotation_drops_the_other_slots_identity(monkeypatch, tmp_path) -> None:
+    """Breaker (issue 20): an agent killed during a key rotation's drain (switched to slot 1, slot 0 not yet
+    retired) came back on slot 1 but kept slot 0's private key file and tunnel address claim for ever."""
+    _, store, _, tunnel, _ = await tunnel_beside_h2(monkeypatch, tmp_path)
+    wgdir = tmp_path / "h1" / "wireguard"
+    wgdir.mkdir(parents=True)
+    (wgdir / "private.key").write_text(KEYS[4] + "\n")  # the retired key, slot 0
+    tunnel.write_current(1)
+    old = await claim_address(store, tunnel.range, slot_owner("h1", 0))
+    await tunnel.ensure()
+    try:
+        assert tunnel.current == 1 and tunnel.address != old
+        assert not (wgdir / "private.key").exists()
+        owners = {p.value.decode() for p in await store.list(f"{P}/addresses/")}
+        assert owners == {slot_owner("h1", 1)}
+    finally:
+        await tunnel.close(stop=True)
 
 
 async def test_no_backend_refuses_encrypted_networks(tmp_path) -> None:
@@ -657,16 +778,27 @@ def test_an_encrypted_vni_enters_and_leaves_only_through_wireguard() -> None:
         assert vni["left"]["payload"] == {"base": "th", "offset": 96, "len": 24} and vni["right"] == 256
 
 
-async def test_a_range_over_a_host_address_is_refused_before_anything(monkeypatch, tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("address", "refusal"),
+    [
+        ("198.51.100.243/24", r"holds 198\.51\.100\.243, an address of this host"),
+        ("198.51.100.1/24", r"lies in 198\.51\.100\.0/24, a network this host is on"),
+    ],
+)
+async def test_a_range_over_a_host_address_or_its_network_is_refused_before_anything(
+    monkeypatch, tmp_path, address: str, refusal: str
+) -> None:
     """Breaker: --encryption-range over the underlay (203.0.113.0/28 with the host at .4) was accepted; the
-    tunnel's route and guard then cut the host off from its peers."""
+    tunnel's route and guard then cut the host off from its peers.  Breaker (issue 20): so was a range inside
+    a network of the host but off its own address (host .1/24, range .240/28): its route then took that
+    network's hosts in the range -- peers' WireGuard endpoints too -- into the tunnel itself."""
     monkeypatch.setattr(keys, "load_or_make", lambda d, slot=0: (KEYS[0], KEYS[1]))
     kernel, store, log = FakeKernel(), open_store("memory://"), []
     tunnel = make_tunnel(kernel, store, log, tmp_path)
     kernel.add_link(None, "eth0", "veth")
     with kernel.netlink(None) as nl:
-        nl.add_address("eth0", "198.51.100.243/24")
-    with pytest.raises(BadRequest, match=r"holds 198\.51\.100\.243, an address of this host"):
+        nl.add_address("eth0", address)
+    with pytest.raises(BadRequest, match=refusal):
         await tunnel.ensure()
     assert log == [] and "198.51.100.240/28" not in kernel.namespace(None).prefix_routes
     await tunnel.close(stop=True)
@@ -700,6 +832,32 @@ async def test_an_mtu_the_path_cannot_carry_is_refused_where_the_network_is_made
                 await d.check_network(net(mtu=too_big, **options))
     assert log == []  # nothing was set up
     await d.close()
+
+
+async def test_a_refused_range_at_start_is_reported_not_fatal(tmp_path) -> None:
+    """Breaker (issue 20): the tunnel's refusal of a bad range (BadRequest) at start escaped the overlay's
+    reconcile -- only Conflict and Unavailable were caught -- and so failed the whole agent start, plain
+    overlays' repair included.  It is reported as missing, and the rest is reconciled."""
+    from libnet.driverapi import EndpointInfo, NetworkInfo, SandboxInfo
+    from libnet.drivers.overlay.driver import OverlayDriver
+
+    kernel, log = FakeKernel(), []
+    kernel.add_link(None, "eth0", "veth")
+    with kernel.netlink(None) as nl:
+        nl.add_address("eth0", "203.0.113.11/24")
+    d = OverlayDriver(cluster_store=open_store("memory://"), node="h1", vtep="203.0.113.11", instance=INSTANCE,
+                      state_dir=str(tmp_path), kernel=kernel, wireguard=FakeBackend(kernel, None, log),
+                      encryption_range="203.0.113.128/28")  # fmt: skip
+    opts = d.parse_network_options({"encrypted": "true"})
+    nw = NetworkInfo("n" * 64, "sec", "198.51.100.0/25", "198.51.100.1/25", None, None, False, opts)
+    await d.create_network(nw)
+    ep = EndpointInfo("e" * 64, nw.id, "a", "198.51.100.2/25", None, "02:42:c6:33:64:02")
+    try:
+        report = await d.reconcile([nw], [(ep, SandboxInfo("c1", kernel.add_namespace("sb1"), "eth0"))])
+        assert any("lies in 203.0.113.0/24" in line for line in report.missing), report.missing
+        assert log == []  # no interface, no guard of a tunnel that cannot work
+    finally:
+        await d.close()
 
 
 async def test_revoking_an_unknown_host_is_refused_and_a_revocation_can_be_taken_back(monkeypatch, tmp_path) -> None:

@@ -162,6 +162,25 @@ async def test_remote_peers_are_programmed_and_announced(kernel: FakeKernel, dri
     assert any("neighbour/FDB" in line for line in await driver.repair())
 
 
+async def test_reconcile_removes_entry_guards_of_encrypted_vnis_not_served_here(
+    kernel: FakeKernel, driver: OverlayDriver
+) -> None:
+    """Breaker (issue 20): an agent killed in the middle of a join of an encrypted network (or down while it
+    was deleted) left the VNI's entry guard; a plain overlay given that VNI later had its VXLAN dropped here."""
+    from libnet.encryption.tunnel import GUARD_KEY
+    from libnet.kernel.firewall import encrypted_vni_rules
+
+    fw = kernel.firewall(None, ownership.firewall_table(ME))
+    fw.add(f"{GUARD_KEY}:vni:256", encrypted_vni_rules(256, 4789, ["lnwx"]))  # a crash's leftover
+    fw.add("other", [("forward", [{"drop": None}])])
+    nw, ep = net(), endpoint()  # a plain overlay that got VNI 256
+    await driver.create_network(nw)
+    await driver.join(nw, ep, SandboxInfo("c1", kernel.add_namespace("sb1"), "eth0"))
+    report = await driver.reconcile([nw], [(ep, SandboxInfo("c1", "/run/netns/sb1", "eth0"))])
+    assert {r["key"] for r in fw.rules()} == {"other"}
+    assert any("VNI 256" in line for line in report.removed), report.removed
+
+
 async def test_reconcile_removes_own_orphans_and_leaves_foreign_namespaces(
     kernel: FakeKernel, driver: OverlayDriver
 ) -> None:

@@ -8,7 +8,7 @@ import pytest
 from agent.cli import _port
 from agent.config import load
 from libnet.driverapi import PortMapping
-from libnet.errors import BadRequest, InvalidOption, PortsExhausted
+from libnet.errors import BadRequest, Conflict, InvalidOption, PortsExhausted
 from libnet.ports import AUTO_RANGE, PortRegistry, parse_range
 from libnet.store.memory import MemoryStore
 
@@ -153,3 +153,29 @@ def test_time_wait_connections_do_not_hold_a_port() -> None:
     assert not bindable(None, pm)  # still listening
     srv.close()
     assert bindable(None, pm)  # only TIME_WAIT left
+
+
+async def test_wireguard_ports_are_never_published() -> None:
+    """Breaker (issue 20): the bind test let a container publish UDP 51821 (a key rotation's second WireGuard
+    port, bound only during a rotation; also picked automatically from 49153-65535) or 51820 while the tunnel
+    restarted: the DNAT then took the peers' WireGuard packets, and the rotated host was cut off."""
+    from libnet.config import encryption_ports
+
+    reg = PortRegistry(MemoryStore(), None, probe=lambda pm: True, auto_range=(51820, 51822),
+                       reserved=encryption_ports(51820))  # fmt: skip
+    for port in (51820, 51821):
+        with pytest.raises(Conflict, match="reserved: WireGuard"):
+            await reg.reserve("a", [PortMapping(port, 80, "udp")])
+    assert (await reg.reserve("a", [PortMapping(0, 80, "udp")]))[0].host_port == 51822
+    assert (await reg.reserve("b", [PortMapping(51820, 80, "tcp")]))[0].host_port == 51820  # TCP: no clash
+
+
+def test_encryption_port_must_not_clash_with_vxlan_or_serf() -> None:
+    """Breaker (issue 20): --encryption-port 4789 (or 4788: the rotation's 4789) made WireGuard and the VXLAN
+    devices fight over one UDP port, and 7946 Serf's; refused at start, saying which."""
+    for bad, what in (("4789", "VXLAN"), ("4788", "VXLAN"), ("7946", "Serf"), ("7945", "Serf")):
+        with pytest.raises(BadRequest, match=what):
+            load(["--encryption-port", bad], {})
+    with pytest.raises(BadRequest, match="Serf"):
+        load(["--encryption-port", "7000", "--serf-port", "7001"], {})
+    assert load(["--encryption-port", "4790"], {}).encryption_port == 4790

@@ -475,7 +475,7 @@ class OverlayDriver(EncryptedOverlays):
             nw = nets[ep.network_id]
             try:
                 wanted.add(await self._ensure_local(nw, report.repaired))
-            except (Conflict, Unavailable) as exc:
+            except (Conflict, Unavailable, BadRequest) as exc:  # BadRequest: e.g. a refused encryption range
                 report.missing.append(f"endpoint {ep.name} of overlay network {nw.name}: {exc}")
                 continue
             self._local.setdefault(nw.id, set()).add(ep.id)
@@ -501,6 +501,14 @@ class OverlayDriver(EncryptedOverlays):
             elif not await asyncio.to_thread(self.plumbing.remove_namespace, name, owner):
                 continue
             report.removed.append(f"overlay namespace {name} of no local endpoint (network {owner[:12]})")
+        # and the entry guards of encrypted VNIs no longer here (their namespace went without a teardown)
+        plain = {self.vnis.cached(nid) for nid, nw in self._nets.items() if not nw.options.get("encrypted")}
+
+        def device_left(vni: int) -> bool:  # a namespace of an encrypted network kept (containers attached)
+            return vni not in plain and self.kernel.netns_exists(self.ns_name(vni))
+
+        for vni in await asyncio.to_thread(self.tunnel().sweep_vni_guards, device_left):
+            report.removed.append(f"entry guard of encrypted VNI {vni}, not served here")
         report.repaired.extend(await self.repair())
         return report
 
