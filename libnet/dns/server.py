@@ -113,38 +113,45 @@ class _Listener:
 
     async def open(self, ns: str, address: str, v6_address: str | None, port: int) -> None:
         loop = asyncio.get_running_loop()
-        for family, addr in ((socket.AF_INET, address), (socket.AF_INET6, v6_address)):
-            if addr is None:
-                continue
-            try:
-                udp = await asyncio.wrap_future(netns.open_socket_future(ns, family, socket.SOCK_DGRAM))
-                tcp = await asyncio.wrap_future(netns.open_socket_future(ns, family, socket.SOCK_STREAM))
-            except OSError:
-                if family == socket.AF_INET6:  # IPv6 off in this sandbox
-                    continue
-                raise
-            try:
-                udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
-                udp.bind((addr, port))
-                tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                tcp.bind((addr, port))
-                tcp.listen(_TCP_MAX)
-            except OSError as exc:
-                udp.close()
-                tcp.close()
-                if family == socket.AF_INET6:  # no ::1 in this sandbox
-                    log.debug("sandbox %s: no IPv6 DNS listener: %s", self.sandbox_id[:12], exc)
-                    continue
-                raise
-            udp.setblocking(False)
-            tcp.setblocking(False)
-            self._udp.append(udp)
-            batch = self.server.batch(family)
-            if batch is not None:
-                loop.add_reader(udp.fileno(), self._udp_ready_batched, udp, batch)
-            else:
-                loop.add_reader(udp.fileno(), self._udp_ready, udp)
-            self._tcp.append(await asyncio.start_server(self._tcp_client, sock=tcp))
+        wanted = [(family, addr) for family, addr in ((socket.AF_INET, address), (socket.AF_INET6, v6_address)) if addr]
+        # all four in one entry into the namespace, on this thread (no hand-over to another)
+        made = netns.sockets_in(
+            ns, [(f, kind, 0) for f, _ in wanted for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM)]
+        )
+        kept: list[socket.socket] = []
+        try:
+            for i, (family, addr) in enumerate(wanted):
+                udp, tcp = made[2 * i], made[2 * i + 1]
+                if isinstance(udp, OSError) or isinstance(tcp, OSError):
+                    if family == socket.AF_INET6:  # IPv6 off in this sandbox
+                        continue
+                    raise udp if isinstance(udp, OSError) else tcp  # type: ignore[misc]
+                try:
+                    udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+                    udp.bind((addr, port))
+                    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    tcp.bind((addr, port))
+                    tcp.listen(_TCP_MAX)
+                except OSError as exc:
+                    if family == socket.AF_INET6:  # no ::1 in this sandbox
+                        log.debug("sandbox %s: no IPv6 DNS listener: %s", self.sandbox_id[:12], exc)
+                        continue
+                    raise
+                udp.setblocking(False)
+                tcp.setblocking(False)
+                self._udp.append(udp)
+                kept.append(udp)
+                batch = self.server.batch(family)
+                if batch is not None:
+                    loop.add_reader(udp.fileno(), self._udp_ready_batched, udp, batch)
+                else:
+                    loop.add_reader(udp.fileno(), self._udp_ready, udp)
+                self._tcp.append(await asyncio.start_server(self._tcp_client, sock=tcp))
+                kept.append(tcp)
+        finally:
+            for sock in made:
+                if isinstance(sock, socket.socket) and sock not in kept:
+                    sock.close()
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -36,6 +37,24 @@ def test_run_in_and_socket_inside_namespace(single: Testbed) -> None:
         sock.close()
     with pytest.raises(NoSuchNamespace):
         netns.run_in(single.prefix + "missing", lambda: None)
+
+
+def test_sockets_in_namespace_on_the_calling_thread(single: Testbed) -> None:
+    ns = single.hosts[0].ns
+    home = os.stat("/proc/thread-self/ns/net").st_ino
+    made = netns.sockets_in(
+        ns, [(socket.AF_INET, socket.SOCK_DGRAM, 0), (socket.AF_PACKET + 1000, socket.SOCK_DGRAM, 0)]
+    )
+    assert os.stat("/proc/thread-self/ns/net").st_ino == home  # back home
+    sock, failure = made
+    assert isinstance(sock, socket.socket) and isinstance(failure, OSError)  # one slot each, failures kept
+    try:
+        sock.bind((single.hosts[0].ipv4, 0))  # only possible inside the host namespace
+    finally:
+        sock.close()
+    with pytest.raises(NoSuchNamespace):
+        netns.sockets_in(single.prefix + "missing", [(socket.AF_INET, socket.SOCK_DGRAM, 0)])
+    assert os.stat("/proc/thread-self/ns/net").st_ino == home
 
 
 def test_link_lifecycle(single: Testbed) -> None:
