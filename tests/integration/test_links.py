@@ -57,6 +57,31 @@ def test_sockets_in_namespace_on_the_calling_thread(single: Testbed) -> None:
     assert os.stat("/proc/thread-self/ns/net").st_ino == home
 
 
+def test_bridge_port_flags_set_by_raw_requests(single: Testbed) -> None:
+    with Netlink(single.hosts[0].ns) as nl:
+        nl.add_bridge("br-flags")
+        nl.add_veth("vf-a", "vf-b")
+        nl.set_master("vf-a", "br-flags")
+        assert nl.hairpin_ports() == {"vf-a": False}
+        nl.set_hairpin(nl.link_index("vf-a"))
+        nl.set_port_isolated("vf-a")
+        assert nl.hairpin_ports() == {"vf-a": True}
+        isolated = nl.call(
+            lambda: [
+                m.get("IFLA_PROTINFO").get("IFLA_BRPORT_ISOLATED")
+                for m in nl.ipr.get_links(family=socket.AF_BRIDGE)
+                if m.get("ifname") == "vf-a"
+            ]
+        )
+        assert isolated == [1]
+        nl.set_hairpin("vf-a", False)
+        assert nl.hairpin_ports() == {"vf-a": False}
+        with pytest.raises(NoSuchLink):
+            nl.set_hairpin("vf-missing")
+        nl.delete_link("vf-a")
+        nl.delete_link("br-flags")
+
+
 def test_link_lifecycle(single: Testbed) -> None:
     with Netlink(single.hosts[0].ns) as nl:
         idx = nl.add_bridge("br-test", mtu=1400)
