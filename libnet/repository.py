@@ -195,19 +195,30 @@ class Repository:
                 nw = None
             if nw is not None:
                 return nw
-            try:
-                nid = (await store.get(self.network_name_key(ref))).value.decode().partition("\n")[0]
-            except (KeyNotFound, BadRequest):  # a ref that cannot be a key is simply no name
-                nid = None
-            if nid:
-                nw = await self._get(store, f"{P}/networks/{nid}", Network)
-                if nw is not None:
-                    return nw
+            nw = await self._named(store, ref)
+            if nw is not None:
+                return nw
         if len(ref) >= 4:
             matches = [n for n in await self.networks() if n.id.startswith(ref)]
             if len(matches) == 1:
                 return matches[0]
         raise NoSuchNetwork("no such network", network=ref)
+
+    async def network_named(self, name: str) -> Network | None:
+        """The network called exactly ``name`` (its name reservation), None if there is none:
+        no id and no prefix matching, so no listing of every network."""
+        for store in self._stores():
+            nw = await self._named(store, name)
+            if nw is not None:
+                return nw
+        return None
+
+    async def _named(self, store: Store, name: str) -> Network | None:
+        try:
+            nid = (await store.get(self.network_name_key(name))).value.decode().partition("\n")[0]
+        except (KeyNotFound, BadRequest):  # a ref that cannot be a key is simply no name
+            return None
+        return await self._get(store, f"{P}/networks/{nid}", Network) if nid else None
 
     async def update_network(self, nw: Network, fn: Callable[[Network], None]) -> Network:
         return await self._update(self.store(nw.scope), f"{P}/networks/{nw.id}", Network, fn)

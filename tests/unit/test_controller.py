@@ -156,6 +156,24 @@ async def test_sandbox_files_written_only_when_their_text_changes(ctl: Controlle
     assert written == [] and not files.exists()
 
 
+async def test_connect_and_disconnect_list_no_networks(ctl: Controller, monkeypatch) -> None:
+    """The gateway bridge is looked up by its name: a join or leave costs the same with 3 networks or 300."""
+    for name in ("a", "b", "c"):
+        await ctl.create_network(name)
+    sb = await ctl.create_sandbox()
+    listed: list[str] = []
+    real = ctl._store.list
+
+    async def counting(prefix: str):  # type: ignore[no-untyped-def]
+        listed.append(prefix)
+        return await real(prefix)
+
+    monkeypatch.setattr(ctl._store, "list", counting)
+    await ctl.connect("b", sb.id)
+    await ctl.disconnect("b", sb.id)
+    assert [p for p in listed if "/networks/" in p] == []
+
+
 async def test_join_order_gateway_and_hand_over(ctl: Controller) -> None:
     await ctl.create_network("front")
     await ctl.create_network("back", internal=True)
