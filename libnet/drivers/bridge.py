@@ -127,6 +127,8 @@ class BridgeDriver:
         self._mtus: dict[str, int] = {}  # bridge -> MTU, read once
         self._reaper_nl: LinkOps | None = None
         self._reap_queued = False
+        # endpoints whose veth this process's leave unplugged: their delete has nothing left to unplug
+        self._unplugged: set[str] = set()
         # [::1] published ports (libnet.drivers.relay)
         self.publisher = Publisher(lambda: self.fw, relays if relays is not None else Relays(host_ns))
 
@@ -307,6 +309,9 @@ class BridgeDriver:
 
     async def delete_endpoint(self, nw: NetworkInfo, ep: EndpointInfo) -> None:
         await self.revoke_external_connectivity(nw, ep)
+        if ep.id in self._unplugged:  # left through this process: unplugged already (a host-thread hop spared)
+            self._unplugged.discard(ep.id)
+            return
         # its veth, if a crash left one plugged in (a join that never reached the
         # store): out of service now, deleted with the next reaping.  After a
         # normal leave this finds it unplugged already and changes nothing.
@@ -315,6 +320,7 @@ class BridgeDriver:
             self._schedule_reaping()
 
     async def join(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
+        self._unplugged.discard(ep.id)
         br, host_if = bridge_name(nw), host_ifname(ep)
         mark = link_mark(self.owner, "ep", ep.id, ep.name)
 
@@ -351,10 +357,18 @@ class BridgeDriver:
         # can take ethN again at once), unplug the host side now (down, out of
         # the bridge, into the "dead" link group), and let the reaper delete
         # the whole group in one request later -- one grace period for many.
-        await sandbox_config.retire_interface(self.kernel, sb, retired_ifname(ep))
+        # both at once: the host side on the host thread while this thread renames the sandbox side
         group = ownership.dead_group(self.owner)
-        if await self._host(lambda: self.nl.unplug(host_if, group=group, owned=self._owns_veth(ep))):
+        unplugged = asyncio.wrap_future(  # queued on the host thread now, not at the first await
+            self.nl.submit(lambda: self.nl.unplug(host_if, group=group, owned=self._owns_veth(ep)))
+        )
+        try:
+            await sandbox_config.retire_interface(self.kernel, sb, retired_ifname(ep))
+        finally:
+            found = await unplugged
+        if found:
             self._schedule_reaping()
+        self._unplugged.add(ep.id)
 
     def _owns_veth(self, ep: EndpointInfo) -> Callable[[str | None], bool]:
         def owned(alias: str | None) -> bool:
