@@ -322,6 +322,16 @@ class Repository:
         self._forget(f"{P}/sandboxes/", Sandbox.KIND, {p.key for p in pairs})
         return [self._load(Sandbox, p) for p in pairs]
 
+    async def sandbox_namespaces(self) -> dict[str, str]:
+        """Every sandbox's id -> its namespace path (sandboxes with one): read from the
+        decoded records without building the objects (asked on every sandbox creation)."""
+        out: dict[str, str] = {}
+        for pair in await self.local.list(f"{P}/sandboxes/"):
+            path = self._data(pair, Sandbox.KIND).get("netns")
+            if path:
+                out[pair.key.rpartition("/")[2]] = str(path)
+        return out
+
     async def has_sandbox(self, sandbox_id: str) -> bool:
         """Whether a sandbox with exactly this id exists."""
         return await self.local.exists(f"{P}/sandboxes/{sandbox_id}")
