@@ -66,7 +66,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from libnet import ownership
+from libnet import gate, ownership
 from libnet.driverapi import Capabilities, EndpointInfo, NetworkInfo, ReconcileReport, SandboxInfo
 from libnet.drivers import sandbox_config
 from libnet.drivers.bridge_model import (
@@ -323,27 +323,36 @@ class BridgeDriver:
         self._unplugged.discard(ep.id)
         br, host_if = bridge_name(nw), host_ifname(ep)
         mark = link_mark(self.owner, "ep", ep.id, ep.name)
+        isolated = not nw.options.get("icc", True)
 
         def plug() -> int:
             nl = self.nl
             mtu = self._mtus.get(br) or nl.link(br).mtu
             self._mtus[br] = mtu
-            try:
-                index = nl.plug_veth(host_if, sb.ifname, sb.netns, br, mtu=mtu, peer_mac=ep.mac, alias=mark)
-            except KernelObjectExists:
-                raise Conflict(
-                    f"{host_if} or {sb.ifname} in the sandbox exists already", ifname=host_if, sandbox_id=sb.id
-                ) from None
+            index = nl.plug_veth(host_if, sb.ifname, sb.netns, br, mtu=mtu, peer_mac=ep.mac, alias=mark)
             try:
                 nl.set_hairpin(index)  # a container reaching itself via its published port (br_netfilter)
-                if not nw.options.get("icc", True):
+                if isolated:
                     nl.set_port_isolated(index)
             except BaseException:
                 nl.delete_link(index)  # made just now, by this call
                 raise
             return index
 
-        index = await self._host(plug)
+        mtu = self._mtus.get(br)
+        try:
+            if mtu is not None and gate.in_flight() <= 1:
+                # alone: on this thread (the hand-over to the host thread and back costs more than
+                # the kernel's work); with other operations in flight the host thread does it meanwhile
+                index = self.nl.plug_veth_here(
+                    host_if, sb.ifname, sb.netns, br, mtu, ep.mac, mark, hairpin=True, isolated=isolated
+                )
+            else:
+                index = await self._host(plug)
+        except KernelObjectExists:
+            raise Conflict(
+                f"{host_if} or {sb.ifname} in the sandbox exists already", ifname=host_if, sandbox_id=sb.id
+            ) from None
         try:
             await sandbox_config.configure_sandbox(self.kernel, nw, ep, sb, alias=mark)
         except BaseException:

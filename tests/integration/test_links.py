@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 
 import pytest
 
@@ -80,6 +81,40 @@ def test_bridge_port_flags_set_by_raw_requests(single: Testbed) -> None:
             nl.set_hairpin("vf-missing")
         nl.delete_link("vf-a")
         nl.delete_link("br-flags")
+
+
+def test_plug_veth_here_on_the_calling_thread(single: Testbed) -> None:
+    sb = single.namespace("plug")
+    with Netlink(single.hosts[0].ns) as nl:
+        nl.add_bridge("br-here")
+        index = nl.plug_veth_here("vh-a", "eth0", sb, "br-here", 1400, None, "mark-here", hairpin=True, isolated=True)
+        link = nl.link("vh-a")
+        assert (link.index, link.master, link.mtu, link.alias, link.up) == (
+            index,
+            nl.link("br-here").index,
+            1400,
+            "mark-here",
+            True,
+        )
+        assert nl.hairpin_ports() == {"vh-a": True}
+        assert netns.run_in(sb, lambda: sorted(n for _, n in socket.if_nameindex())) == ["eth0", "lo"]
+        with pytest.raises(KernelObjectExists):
+            nl.plug_veth_here("vh-a", "eth1", sb, "br-here")  # name taken: nothing made
+        assert netns.run_in(sb, lambda: sorted(n for _, n in socket.if_nameindex())) == ["eth0", "lo"]
+        failure: list[BaseException] = []
+
+        def elsewhere() -> None:
+            try:
+                nl.plug_veth_here("vh-b", "eth1", sb, "br-here")
+            except BaseException as exc:
+                failure.append(exc)
+
+        t = threading.Thread(target=elsewhere)
+        t.start()
+        t.join()
+        assert isinstance(failure[0], RuntimeError)  # one calling thread only
+        nl.delete_link("vh-a")
+        nl.delete_link("br-here")
 
 
 def test_link_lifecycle(single: Testbed) -> None:
