@@ -702,8 +702,8 @@ class Controller:
                 owned = True
             else:
                 # a network namespace, not the host's, not another sandbox's (README, "Names")
-                taken = {s.id: s.netns for s in await self.repo.sandboxes() if s.netns}
-                await asyncio.to_thread(self._namespaces.check_external, netns, taken)
+                taken = await self.repo.sandbox_namespaces()
+                self._namespaces.check_external(netns, taken)  # a few stat calls: no thread hand-over
                 path, owned = netns, False
             sb = Sandbox(
                 sid,

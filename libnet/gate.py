@@ -29,6 +29,13 @@ class _Gated(Protocol):
 
 G = TypeVar("G", bound=_Gated)
 _inside = contextvars.ContextVar("libnet_operation", default=False)
+_in_flight = [0]  # operations in flight in this process, over every gate
+
+
+def in_flight() -> int:
+    """Operations in flight in this process now (nested ones count once): a hint for
+    code that may block the event loop briefly rather than hand work to a thread."""
+    return _in_flight[0]
 
 
 class OperationGate:
@@ -54,6 +61,7 @@ class OperationGate:
         if self._closed:
             raise Unavailable("the agent is stopping; retry when it is back")
         self._active += 1
+        _in_flight[0] += 1
         self._idle.clear()
         token = _inside.set(True)
         try:
@@ -61,6 +69,7 @@ class OperationGate:
         finally:
             _inside.reset(token)
             self._active -= 1
+            _in_flight[0] -= 1
             if self._active == 0:
                 self._idle.set()
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from libnet.drivers.registry import Drivers
-from libnet.errors import NotFound
 from libnet.model import Endpoint, Network, Sandbox
 from libnet.repository import Repository
 
@@ -61,11 +60,10 @@ class GatewayPolicy:
         return self.drivers.driver(nw.driver).capabilities().external_via_gateway_bridge
 
     async def network_id(self) -> str | None:
-        """The gateway bridge network's id; None if it was not made (yet)."""
-        try:
-            return (await self.repo.network(GATEWAY_BRIDGE)).id
-        except NotFound:
-            return None
+        """The gateway bridge network's id; None if it was not made (yet).  Found by its
+        name alone: every join and leave asks, so it must not list the networks."""
+        nw = await self.repo.network_named(GATEWAY_BRIDGE)
+        return None if nw is None else nw.id
 
     def default_route(self, nw: Network, others: list[Endpoint]) -> bool:
         """Whether an endpoint joining ``nw`` in a sandbox holding ``others``

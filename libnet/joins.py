@@ -184,7 +184,8 @@ class Joins:
                 )
                 if was_gateway:
                     await self._hand_over(sb)
-                await self.files.write(sb)
+                if not sb.removing:  # a sandbox being removed loses its files next: not rewritten first
+                    await self.files.write(sb)
         return ep
 
     async def publish(self, endpoint: str, ports: list[PortMapping], registry: PortRegistry) -> Endpoint:

@@ -49,6 +49,8 @@ class Repository:
     def __init__(self, local: Store, cluster: Store) -> None:
         self.local, self.cluster = local, cluster
         self._decoded: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}  # (kind, key) -> (revision, data)
+        # endpoint id -> (store, record key): an endpoint never moves, so its index is read once
+        self._endpoint_keys: dict[str, tuple[Store, str]] = {}
 
     def _data(self, pair: Any, kind: str) -> dict[str, Any]:
         """The decoded document of a pair, decoded once per revision."""
@@ -195,19 +197,30 @@ class Repository:
                 nw = None
             if nw is not None:
                 return nw
-            try:
-                nid = (await store.get(self.network_name_key(ref))).value.decode().partition("\n")[0]
-            except (KeyNotFound, BadRequest):  # a ref that cannot be a key is simply no name
-                nid = None
-            if nid:
-                nw = await self._get(store, f"{P}/networks/{nid}", Network)
-                if nw is not None:
-                    return nw
+            nw = await self._named(store, ref)
+            if nw is not None:
+                return nw
         if len(ref) >= 4:
             matches = [n for n in await self.networks() if n.id.startswith(ref)]
             if len(matches) == 1:
                 return matches[0]
         raise NoSuchNetwork("no such network", network=ref)
+
+    async def network_named(self, name: str) -> Network | None:
+        """The network called exactly ``name`` (its name reservation), None if there is none:
+        no id and no prefix matching, so no listing of every network."""
+        for store in self._stores():
+            nw = await self._named(store, name)
+            if nw is not None:
+                return nw
+        return None
+
+    async def _named(self, store: Store, name: str) -> Network | None:
+        try:
+            nid = (await store.get(self.network_name_key(name))).value.decode().partition("\n")[0]
+        except (KeyNotFound, BadRequest):  # a ref that cannot be a key is simply no name
+            return None
+        return await self._get(store, f"{P}/networks/{nid}", Network) if nid else None
 
     async def update_network(self, nw: Network, fn: Callable[[Network], None]) -> Network:
         return await self._update(self.store(nw.scope), f"{P}/networks/{nw.id}", Network, fn)
@@ -235,13 +248,21 @@ class Repository:
             self._forget(prefix, Endpoint.KIND, {p.key for p in pairs})
         return sorted(out, key=lambda e: (e.network_id, e.name))
 
-    async def _endpoint_key(self, ref: str) -> tuple[Store, str] | None:
+    async def _endpoint_key(self, ref: str, cached: bool = True) -> tuple[Store, str] | None:
+        """Where the endpoint with id ``ref`` is stored.  An endpoint's record never
+        moves (its network and that network's scope are fixed), so the index is
+        read once; a record found gone at a remembered place (another host or
+        process deleted it) is looked up afresh (``cached=False``)."""
+        if cached and ref in self._endpoint_keys:
+            return self._endpoint_keys[ref]
         for store in self._stores():
             try:
                 nid = (await store.get(f"{P}/endpoint-ids/{ref}")).value.decode()
             except (KeyNotFound, BadRequest):
                 continue
-            return store, f"{P}/endpoints/{nid}/{ref}"
+            self._endpoint_keys[ref] = (store, f"{P}/endpoints/{nid}/{ref}")
+            return self._endpoint_keys[ref]
+        self._endpoint_keys.pop(ref, None)
         if _FULL_ID.fullmatch(ref):  # no index (written by an older version, or lost): look it up
             for store in self._stores():
                 for pair in await store.list(f"{P}/endpoints/"):
@@ -254,6 +275,9 @@ class Repository:
         found = await self._endpoint_key(ref)
         if found is not None:
             ep = await self._get(*found, Endpoint)
+            if ep is None and ref in self._endpoint_keys:  # gone from where it was: ask the index again
+                found = await self._endpoint_key(ref, cached=False)
+                ep = None if found is None else await self._get(*found, Endpoint)
             if ep is not None:
                 return ep
         if network_id is not None:
@@ -270,13 +294,20 @@ class Repository:
         raise NoSuchEndpoint("no such endpoint", endpoint=ref, network_id=network_id)
 
     async def update_endpoint(self, ep: Endpoint, fn: Callable[[Endpoint], None]) -> Endpoint:
-        found = await self._endpoint_key(ep.id)
-        if found is None:
-            raise NoSuchEndpoint("no such endpoint", endpoint_id=ep.id)
-        return await self._update(found[0], found[1], Endpoint, fn)
+        for cached in (True, False):
+            found = await self._endpoint_key(ep.id, cached)
+            if found is None:
+                break
+            try:
+                return await self._update(found[0], found[1], Endpoint, fn)
+            except KeyNotFound:
+                if not cached:
+                    raise
+        raise NoSuchEndpoint("no such endpoint", endpoint_id=ep.id)
 
     async def delete_endpoint(self, nw: Network, ep: Endpoint) -> None:
         store = self.store(nw.scope)
+        self._endpoint_keys.pop(ep.id, None)
         await store.delete(f"{P}/endpoints/{nw.id}/{ep.id}")
         await store.delete(f"{P}/endpoint-ids/{ep.id}")
         await store.delete(self.endpoint_name_key(nw.id, ep.name))
@@ -290,6 +321,16 @@ class Repository:
         pairs = await self.local.list(f"{P}/sandboxes/")
         self._forget(f"{P}/sandboxes/", Sandbox.KIND, {p.key for p in pairs})
         return [self._load(Sandbox, p) for p in pairs]
+
+    async def sandbox_namespaces(self) -> dict[str, str]:
+        """Every sandbox's id -> its namespace path (sandboxes with one): read from the
+        decoded records without building the objects (asked on every sandbox creation)."""
+        out: dict[str, str] = {}
+        for pair in await self.local.list(f"{P}/sandboxes/"):
+            path = self._data(pair, Sandbox.KIND).get("netns")
+            if path:
+                out[pair.key.rpartition("/")[2]] = str(path)
+        return out
 
     async def has_sandbox(self, sandbox_id: str) -> bool:
         """Whether a sandbox with exactly this id exists."""

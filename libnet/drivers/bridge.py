@@ -66,7 +66,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from libnet import ownership
+from libnet import gate, ownership
 from libnet.driverapi import Capabilities, EndpointInfo, NetworkInfo, ReconcileReport, SandboxInfo
 from libnet.drivers import sandbox_config
 from libnet.drivers.bridge_model import (
@@ -127,6 +127,8 @@ class BridgeDriver:
         self._mtus: dict[str, int] = {}  # bridge -> MTU, read once
         self._reaper_nl: LinkOps | None = None
         self._reap_queued = False
+        # endpoints whose veth this process's leave unplugged: their delete has nothing left to unplug
+        self._unplugged: set[str] = set()
         # [::1] published ports (libnet.drivers.relay)
         self.publisher = Publisher(lambda: self.fw, relays if relays is not None else Relays(host_ns))
 
@@ -307,6 +309,9 @@ class BridgeDriver:
 
     async def delete_endpoint(self, nw: NetworkInfo, ep: EndpointInfo) -> None:
         await self.revoke_external_connectivity(nw, ep)
+        if ep.id in self._unplugged:  # left through this process: unplugged already (a host-thread hop spared)
+            self._unplugged.discard(ep.id)
+            return
         # its veth, if a crash left one plugged in (a join that never reached the
         # store): out of service now, deleted with the next reaping.  After a
         # normal leave this finds it unplugged already and changes nothing.
@@ -315,29 +320,39 @@ class BridgeDriver:
             self._schedule_reaping()
 
     async def join(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
+        self._unplugged.discard(ep.id)
         br, host_if = bridge_name(nw), host_ifname(ep)
         mark = link_mark(self.owner, "ep", ep.id, ep.name)
+        isolated = not nw.options.get("icc", True)
 
         def plug() -> int:
             nl = self.nl
             mtu = self._mtus.get(br) or nl.link(br).mtu
             self._mtus[br] = mtu
-            try:
-                index = nl.plug_veth(host_if, sb.ifname, sb.netns, br, mtu=mtu, peer_mac=ep.mac, alias=mark)
-            except KernelObjectExists:
-                raise Conflict(
-                    f"{host_if} or {sb.ifname} in the sandbox exists already", ifname=host_if, sandbox_id=sb.id
-                ) from None
+            index = nl.plug_veth(host_if, sb.ifname, sb.netns, br, mtu=mtu, peer_mac=ep.mac, alias=mark)
             try:
                 nl.set_hairpin(index)  # a container reaching itself via its published port (br_netfilter)
-                if not nw.options.get("icc", True):
+                if isolated:
                     nl.set_port_isolated(index)
             except BaseException:
                 nl.delete_link(index)  # made just now, by this call
                 raise
             return index
 
-        index = await self._host(plug)
+        mtu = self._mtus.get(br)
+        try:
+            if mtu is not None and gate.in_flight() <= 1:
+                # alone: on this thread (the hand-over to the host thread and back costs more than
+                # the kernel's work); with other operations in flight the host thread does it meanwhile
+                index = self.nl.plug_veth_here(
+                    host_if, sb.ifname, sb.netns, br, mtu, ep.mac, mark, hairpin=True, isolated=isolated
+                )
+            else:
+                index = await self._host(plug)
+        except KernelObjectExists:
+            raise Conflict(
+                f"{host_if} or {sb.ifname} in the sandbox exists already", ifname=host_if, sandbox_id=sb.id
+            ) from None
         try:
             await sandbox_config.configure_sandbox(self.kernel, nw, ep, sb, alias=mark)
         except BaseException:
@@ -351,10 +366,18 @@ class BridgeDriver:
         # can take ethN again at once), unplug the host side now (down, out of
         # the bridge, into the "dead" link group), and let the reaper delete
         # the whole group in one request later -- one grace period for many.
-        await sandbox_config.retire_interface(self.kernel, sb, retired_ifname(ep))
+        # both at once: the host side on the host thread while this thread renames the sandbox side
         group = ownership.dead_group(self.owner)
-        if await self._host(lambda: self.nl.unplug(host_if, group=group, owned=self._owns_veth(ep))):
+        unplugged = asyncio.wrap_future(  # queued on the host thread now, not at the first await
+            self.nl.submit(lambda: self.nl.unplug(host_if, group=group, owned=self._owns_veth(ep)))
+        )
+        try:
+            await sandbox_config.retire_interface(self.kernel, sb, retired_ifname(ep))
+        finally:
+            found = await unplugged
+        if found:
             self._schedule_reaping()
+        self._unplugged.add(ep.id)
 
     def _owns_veth(self, ep: EndpointInfo) -> Callable[[str | None], bool]:
         def owned(alias: str | None) -> bool:

@@ -61,6 +61,18 @@ class LinkOps(Protocol):
         peer_mac: str | None = None,
         alias: str | None = None,
     ) -> int: ...
+    def plug_veth_here(
+        self,
+        name: str,
+        peer: str,
+        peer_ns: str,
+        master: str,
+        mtu: int | None = None,
+        peer_mac: str | None = None,
+        alias: str | None = None,
+        hairpin: bool = False,
+        isolated: bool = False,
+    ) -> int: ...
     def unplug(
         self, link: str, group: int | None = None, owned: Callable[[str | None], bool] | None = None
     ) -> bool: ...

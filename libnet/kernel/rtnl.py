@@ -33,6 +33,7 @@ from collections.abc import Sequence
 
 from libnet.kernel.errors import from_errno
 from libnet.kernel.wire import (
+    AF_BRIDGE,
     ERR,
     IFA_ADDRESS,
     IFA_F_NODAD,
@@ -43,6 +44,8 @@ from libnet.kernel.wire import (
     IFINFO,
     IFLA_ADDRESS,
     IFLA_BR_MCAST_SNOOPING,
+    IFLA_BRPORT_ISOLATED,
+    IFLA_BRPORT_MODE,
     IFLA_GROUP,
     IFLA_IFALIAS,
     IFLA_IFNAME,
@@ -52,6 +55,7 @@ from libnet.kernel.wire import (
     IFLA_MASTER,
     IFLA_MTU,
     IFLA_NET_NS_FD,
+    IFLA_PROTINFO,
     MAX_ALIAS,
     NETLINK_CAP_ACK,
     NETLINK_GET_STRICT_CHK,
@@ -70,6 +74,7 @@ from libnet.kernel.wire import (
     RTM_NEWADDR,
     RTM_NEWLINK,
     RTM_NEWROUTE,
+    RTM_SETLINK,
     RTMSG,
     RTN_UNICAST,
     RTPROT_STATIC,
@@ -110,6 +115,7 @@ __all__ = [
     "RTM_NEWADDR",
     "RTM_NEWLINK",
     "RTM_NEWROUTE",
+    "RTM_SETLINK",
     "Request",
     "RtnlSocket",
     "addr_body",
@@ -117,6 +123,7 @@ __all__ = [
     "attr",
     "attrs",
     "bridge_body",
+    "brport_body",
     "check_alias",
     "cstr",
     "default_route_body",
@@ -222,6 +229,15 @@ def setlink_body(
     if alias is not None:
         body += attr(IFLA_IFALIAS, check_alias(alias))
     return body
+
+
+def brport_body(index: int, hairpin: bool | None = None, isolated: bool | None = None) -> bytes:
+    """RTM_SETLINK body (family ``AF_BRIDGE``) setting bridge port flags of link
+    ``index``, as ``bridge link set dev X hairpin on isolated on``: the attributes
+    ``IFLA_BRPORT_MODE`` and ``IFLA_BRPORT_ISOLATED`` (u8) nested in ``IFLA_PROTINFO``."""
+    flags = [(IFLA_BRPORT_MODE, hairpin), (IFLA_BRPORT_ISOLATED, isolated)]
+    port = [attr(kind, bytes([int(on)])) for kind, on in flags if on is not None]
+    return _IFINFO.pack(AF_BRIDGE, 0, index, 0, 0) + nested(IFLA_PROTINFO, *port)
 
 
 def delgroup_body(group: int) -> bytes:

@@ -2,14 +2,13 @@
 
 Attaching a container is on libnet's hot path: the sandbox side of a join is
 one rtnetlink batch (:mod:`libnet.kernel.rtnl`) on a socket opened inside
-the sandbox's namespace -- no namespace thread, no pyroute2.  This module
+the sandbox's namespace by the calling thread -- no namespace thread, no pyroute2.  This module
 builds those requests and decides which kernel answers mean "already gone"
 (errno values stay here; callers see typed errors).
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import socket
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from typing import Any
 
 from libnet.errors import NoSuchLink
 from libnet.kernel import netns, rtnl
-from libnet.kernel.errors import GONE
+from libnet.kernel.errors import GONE, from_errno
 from libnet.kernel.wire import NLM_F_CREATE, NLM_F_REPLACE, RTM_DELROUTE, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE
 
 #: socket() arguments of an rtnetlink socket
@@ -50,9 +49,12 @@ class SandboxLinks:
 
     @classmethod
     async def open(cls, path: str) -> SandboxLinks:
-        """A handle for the namespace at ``path`` (``NoSuchNamespace`` if it is gone)."""
-        sock = await asyncio.wrap_future(netns.open_socket_future(path, *NETLINK_ROUTE_SOCKET))
-        return cls(sock)
+        """A handle for the namespace at ``path`` (``NoSuchNamespace`` if it is gone);
+        the socket is made on this thread (:func:`libnet.kernel.netns.sockets_in`)."""
+        (made,) = netns.sockets_in(path, [NETLINK_ROUTE_SOCKET])
+        if isinstance(made, OSError):
+            raise from_errno(made.errno or 0, "open rtnetlink socket", netns=path)
+        return cls(made)
 
     def close(self) -> None:
         self._rtnl.close()

@@ -23,7 +23,7 @@ SOL_NETLINK = 270
 NETLINK_CAP_ACK, NETLINK_GET_STRICT_CHK = 10, 12
 
 # --- linux/rtnetlink.h ------------------------------------------------------------
-RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR = 20
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
@@ -34,6 +34,9 @@ AF_BRIDGE = 7
 # --- linux/if_link.h, linux/if.h ---------------------------------------------------
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_GROUP, IFLA_NET_NS_FD = 1, 3, 4, 10, 18, 27, 28
 IFLA_IFALIAS = 20
+IFLA_PROTINFO = 12
+# --- linux/if_link.h: bridge port attributes (nested in IFLA_PROTINFO, AF_BRIDGE) ---------
+IFLA_BRPORT_MODE, IFLA_BRPORT_ISOLATED = 4, 33
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
 IFLA_BR_MCAST_SNOOPING = 23
 IFF_UP = 0x1

@@ -287,6 +287,29 @@ class FakeNetlink:
         host.peer, inside.peer = (other.key, inside.index), (self.space.key, host.index)
         return host.index
 
+    def plug_veth_here(
+        self,
+        name: str,
+        peer: str,
+        peer_ns: str,
+        master: str,
+        mtu: int | None = None,
+        peer_mac: str | None = None,
+        alias: str | None = None,
+        hairpin: bool = False,
+        isolated: bool = False,
+    ) -> int:
+        index = self.plug_veth(name, peer, peer_ns, master, mtu, peer_mac, alias)
+        try:
+            if hairpin:
+                self.set_hairpin(index)
+            if isolated:
+                self.set_port_isolated(index)
+        except BaseException:
+            self.kernel.delete(self.space, index)
+            raise
+        return index
+
     def unplug(self, link: str, group: int | None = None, owned: Callable[[str | None], bool] | None = None) -> bool:
         found = self.space.find(link)
         if found is None or (owned is not None and not owned(found.alias)):

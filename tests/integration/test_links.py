@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import threading
 
 import pytest
 
@@ -36,6 +38,83 @@ def test_run_in_and_socket_inside_namespace(single: Testbed) -> None:
         sock.close()
     with pytest.raises(NoSuchNamespace):
         netns.run_in(single.prefix + "missing", lambda: None)
+
+
+def test_sockets_in_namespace_on_the_calling_thread(single: Testbed) -> None:
+    ns = single.hosts[0].ns
+    home = os.stat("/proc/thread-self/ns/net").st_ino
+    made = netns.sockets_in(
+        ns, [(socket.AF_INET, socket.SOCK_DGRAM, 0), (socket.AF_PACKET + 1000, socket.SOCK_DGRAM, 0)]
+    )
+    assert os.stat("/proc/thread-self/ns/net").st_ino == home  # back home
+    sock, failure = made
+    assert isinstance(sock, socket.socket) and isinstance(failure, OSError)  # one slot each, failures kept
+    try:
+        sock.bind((single.hosts[0].ipv4, 0))  # only possible inside the host namespace
+    finally:
+        sock.close()
+    with pytest.raises(NoSuchNamespace):
+        netns.sockets_in(single.prefix + "missing", [(socket.AF_INET, socket.SOCK_DGRAM, 0)])
+    assert os.stat("/proc/thread-self/ns/net").st_ino == home
+
+
+def test_bridge_port_flags_set_by_raw_requests(single: Testbed) -> None:
+    with Netlink(single.hosts[0].ns) as nl:
+        nl.add_bridge("br-flags")
+        nl.add_veth("vf-a", "vf-b")
+        nl.set_master("vf-a", "br-flags")
+        assert nl.hairpin_ports() == {"vf-a": False}
+        nl.set_hairpin(nl.link_index("vf-a"))
+        nl.set_port_isolated("vf-a")
+        assert nl.hairpin_ports() == {"vf-a": True}
+        isolated = nl.call(
+            lambda: [
+                m.get("IFLA_PROTINFO").get("IFLA_BRPORT_ISOLATED")
+                for m in nl.ipr.get_links(family=socket.AF_BRIDGE)
+                if m.get("ifname") == "vf-a"
+            ]
+        )
+        assert isolated == [1]
+        nl.set_hairpin("vf-a", False)
+        assert nl.hairpin_ports() == {"vf-a": False}
+        with pytest.raises(NoSuchLink):
+            nl.set_hairpin("vf-missing")
+        nl.delete_link("vf-a")
+        nl.delete_link("br-flags")
+
+
+def test_plug_veth_here_on_the_calling_thread(single: Testbed) -> None:
+    sb = single.namespace("plug")
+    with Netlink(single.hosts[0].ns) as nl:
+        nl.add_bridge("br-here")
+        index = nl.plug_veth_here("vh-a", "eth0", sb, "br-here", 1400, None, "mark-here", hairpin=True, isolated=True)
+        link = nl.link("vh-a")
+        assert (link.index, link.master, link.mtu, link.alias, link.up) == (
+            index,
+            nl.link("br-here").index,
+            1400,
+            "mark-here",
+            True,
+        )
+        assert nl.hairpin_ports() == {"vh-a": True}
+        assert netns.run_in(sb, lambda: sorted(n for _, n in socket.if_nameindex())) == ["eth0", "lo"]
+        with pytest.raises(KernelObjectExists):
+            nl.plug_veth_here("vh-a", "eth1", sb, "br-here")  # name taken: nothing made
+        assert netns.run_in(sb, lambda: sorted(n for _, n in socket.if_nameindex())) == ["eth0", "lo"]
+        failure: list[BaseException] = []
+
+        def elsewhere() -> None:
+            try:
+                nl.plug_veth_here("vh-b", "eth1", sb, "br-here")
+            except BaseException as exc:
+                failure.append(exc)
+
+        t = threading.Thread(target=elsewhere)
+        t.start()
+        t.join()
+        assert isinstance(failure[0], RuntimeError)  # one calling thread only
+        nl.delete_link("vh-a")
+        nl.delete_link("br-here")
 
 
 def test_link_lifecycle(single: Testbed) -> None:

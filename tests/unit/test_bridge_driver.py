@@ -122,6 +122,26 @@ async def test_endpoint_join_leave_delete(kernel: FakeKernel, driver: BridgeDriv
     await driver.leave(nw, ep, sb)  # gone is fine
 
 
+async def test_delete_after_this_process_left_spares_the_second_unplug(
+    kernel: FakeKernel, driver: BridgeDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nw, ep = net(), endpoint()
+    await driver.create_network(nw)
+    sb = SandboxInfo("c1", kernel.add_namespace("sb1"), "eth0")
+    await driver.join(nw, ep, sb)
+    calls: list[str] = []
+    real = type(driver.nl).unplug
+    monkeypatch.setattr(
+        type(driver.nl), "unplug", lambda self, link, **kw: calls.append(link) or real(self, link, **kw)
+    )
+    await driver.leave(nw, ep, sb)
+    await driver.delete_endpoint(nw, ep)
+    assert calls == [host_ifname(ep)]  # the leave's unplug only
+    await driver.join(nw, ep, sb)  # joined again, then deleted without a leave (a crash's leftover, say)
+    await driver.delete_endpoint(nw, ep)
+    assert calls == [host_ifname(ep)] * 2
+
+
 async def test_icc_false_isolates_ports(kernel: FakeKernel, driver: BridgeDriver) -> None:
     nw, ep = net(icc=False), endpoint()
     await driver.create_network(nw)

@@ -129,6 +129,51 @@ async def test_endpoints_addresses_names_and_delete_rules(ctl: Controller) -> No
         await ctl.delete_network(nw.id)
 
 
+async def test_sandbox_files_written_only_when_their_text_changes(ctl: Controller, monkeypatch) -> None:
+    from libnet import sandbox_files
+
+    await ctl.create_network("front")
+    sb = await ctl.create_sandbox(hostname="app")
+    files = Path(ctl.config.state_dir) / "sandboxes" / sb.id
+    resolv_ino = (files / "resolv.conf").stat().st_ino
+    hosts_before = (files / "hosts").read_text()
+    await ctl.connect("front", sb.id, name="app-front")
+    assert (files / "resolv.conf").stat().st_ino == resolv_ino  # same text: not written again
+    assert (files / "hosts").read_text() != hosts_before and "app app-front" in (files / "hosts").read_text()
+    (files / "resolv.conf").unlink()  # gone behind libnet's back: the next write brings it back
+    (files / "hosts").write_text("# changed by hand\n")
+    await ctl.create_network("side")
+    e2 = await ctl.connect("side", sb.id, name="app-side")
+    assert "nameserver" in (files / "resolv.conf").read_text()
+    assert "app app-side" in (files / "hosts").read_text()
+    await ctl.disconnect("side", sb.id)
+    assert "app-side" not in (files / "hosts").read_text() and e2.id not in (await ctl.sandbox(sb.id)).endpoints
+
+    written: list[str] = []
+    real = sandbox_files.write_file
+    monkeypatch.setattr(sandbox_files, "write_file", lambda d, n, t: written.append(n) or real(d, n, t))
+    await ctl.delete_sandbox(sb.id)  # its leave does not rewrite files about to be removed
+    assert written == [] and not files.exists()
+
+
+async def test_connect_and_disconnect_list_no_networks(ctl: Controller, monkeypatch) -> None:
+    """The gateway bridge is looked up by its name: a join or leave costs the same with 3 networks or 300."""
+    for name in ("a", "b", "c"):
+        await ctl.create_network(name)
+    sb = await ctl.create_sandbox()
+    listed: list[str] = []
+    real = ctl._store.list
+
+    async def counting(prefix: str):  # type: ignore[no-untyped-def]
+        listed.append(prefix)
+        return await real(prefix)
+
+    monkeypatch.setattr(ctl._store, "list", counting)
+    await ctl.connect("b", sb.id)
+    await ctl.disconnect("b", sb.id)
+    assert [p for p in listed if "/networks/" in p] == []
+
+
 async def test_join_order_gateway_and_hand_over(ctl: Controller) -> None:
     await ctl.create_network("front")
     await ctl.create_network("back", internal=True)

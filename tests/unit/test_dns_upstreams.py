@@ -537,3 +537,38 @@ async def test_tcp_listener_answers_queries_and_closes_with_the_sandbox() -> Non
         for _, writer in (first, second):
             writer.close()
         await server.close()
+
+
+async def test_server_answers_over_tcp_and_bounds_its_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    from libnet.dns import server as server_mod
+    from libnet.dns.records import Entry
+
+    monkeypatch.setattr(server_mod, "_TCP_MAX", 2)
+    records = Records()
+    records.set_network("n1", "front", ["198.51.100.0/24"])
+    records.put(Entry.build("e1", "n1", "web", "198.51.100.7/24", None, [], []))
+    server = DnsServer(Resolver(records, ResolverConfig()), Forwarder(list), "127.0.0.1", 0, v6_address=None)
+    await server.attach("sb1", None, frozenset({"n1"}))
+    port = server._listeners["sb1"]._tcp[0].getsockname()[1]
+
+    async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, qid: int) -> DNSRecord:
+        data = query("web", qid=qid)[1]
+        writer.write(struct.pack("!H", len(data)) + data)
+        size = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 2))[0]
+        return DNSRecord.parse(await asyncio.wait_for(reader.readexactly(size), 2))
+
+    clients = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+    try:
+        for i, (reader, writer) in enumerate(clients[:2]):
+            for j in range(2):  # several queries on one connection
+                reply = await ask(reader, writer, 100 + 10 * i + j)
+                assert reply.header.id == 100 + 10 * i + j and str(reply.rr[0].rdata) == "198.51.100.7"
+        reader, _ = clients[2]  # the third is over the limit: closed at once
+        assert await asyncio.wait_for(reader.read(), 2) == b""
+    finally:
+        await server.close()
+        for _, writer in clients:
+            writer.close()
+    assert server._listeners == {}
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", port)  # no listener any more
