@@ -33,7 +33,7 @@ import logging
 import random
 import socket
 import struct
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
