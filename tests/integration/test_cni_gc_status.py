@@ -81,6 +81,9 @@ def test_gc_removes_only_cni_attachments_not_listed(env):
     assert agent.cli("sandbox", "create", "--id", "apibox", "--netns", paths["api"]).returncode == 0
     r = agent.cli("connect", "gcnet", "apibox", "--name", "api")
     assert r.returncode == 0, r.stderr
+    # no list at all (a hand-run GC): refused, nothing removed -- not "none is valid" (breaker, issue 19)
+    o = rt.exec("libnet", "GC", cfg, env=network_env(rt, "GC"))
+    assert o.out["code"] == 7 and endpoint_names(agent) == {"c1", "c2", "c3", "c4", "api"}, o
     valid = {
         "cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}, {"containerID": "c9", "ifname": "eth0"}]
     }
@@ -115,7 +118,9 @@ def test_gc_through_libnet_ipam_releases_addresses_and_leaves_the_interface(env)
         o = rt.exec("bridge", "ADD", cfg, container_id=n, netns_path=paths[n], args=args)
         assert o.ok, o
     assert endpoint_names(agent) == {"k1", "k2"}
-    valid = {"cni.dev/valid-attachments": [{"containerID": "k1", "ifname": "eth0"}]}
+    o = rt.exec("libnet-ipam", "GC", {**cfg, "cniVersion": V}, env=network_env(rt, "GC"))
+    assert o.out["code"] == 7 and endpoint_names(agent) == {"k1", "k2"}, o  # no list: nothing goes
+    valid = {"cni.dev/attachments": [{"containerID": "k1", "ifname": "eth0"}]}  # the spec's older name
     o = rt.exec("libnet-ipam", "GC", {**cfg, "cniVersion": V, **valid}, env=network_env(rt, "GC"))
     assert o.ok and o.out is None, o
     assert endpoint_names(agent) == {"k1"} and {s["id"] for s in agent.cli_json("sandbox", "ls")} == {"k1"}
