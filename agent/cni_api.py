@@ -36,6 +36,9 @@ interface per pool).  ``POST /v1/cni/ipam/del``: ``{container_id, network, legac
 ``legacy_name`` on the pool (what libnet-ipam made before it registered
 sandboxes); unknown is success.
 
+The calls of one container (ADD, DEL, GC's removals) run one at a time, in arrival order;
+other containers' calls run in parallel.
+
 CNI 1.1: ``POST /v1/cni/status`` ``{network, creatable?}`` -> 204 when an
 ADD can be served (the store answers, the network exists or ``creatable``),
 404 ``NoSuchNetwork`` or 503 otherwise.  ``POST /v1/cni/gc`` ``{network,
@@ -51,7 +54,8 @@ import asyncio
 import logging
 import os
 import time
-from contextlib import suppress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from aiohttp import web
@@ -345,7 +349,8 @@ async def gc(ctl: Controller, data: dict[str, Any]) -> list[dict[str, str]]:
         for ep in await _endpoints(ctl, sb):
             if ep.network_id != nw.id or ep.connecting or (sb.id, ep.ifname) in valid:
                 continue
-            await delete(ctl, {"container_id": sb.id, "network": nw.id, "ifname": ep.ifname or ""})
+            async with one_at_a_time(sb.id):
+                await delete(ctl, {"container_id": sb.id, "network": nw.id, "ifname": ep.ifname or ""})
             removed.append({"container_id": sb.id, "ifname": ep.ifname or ""})
     return removed
 
@@ -362,24 +367,52 @@ async def _delete_legacy(ctl: Controller, network: str, name: str) -> None:
             await ctl.delete_endpoint(ep.id)
 
 
+#: per container id: its lock and how many calls hold or wait for it (the entry goes with the last)
+_containers: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+
+@asynccontextmanager
+async def one_at_a_time(cid: str) -> AsyncIterator[None]:
+    """Serialise the CNI calls of one container: a runtime retrying, or two callers, may run ADDs
+    and DELs of one container at once, and each must see the other's work whole (an ADD racing
+    another found no endpoint, connected too and failed with the name in use).  Other containers'
+    calls run in parallel."""
+    lock, users = _containers.setdefault(cid, (asyncio.Lock(), [0]))
+    users[0] += 1
+    try:
+        async with lock:
+            yield
+    finally:
+        users[0] -= 1
+        if not users[0]:
+            _containers.pop(cid, None)
+
+
 def add_routes(app: web.Application, ctl: Controller) -> None:
     """``POST /v1/cni/add`` and ``POST /v1/cni/del`` on ``app`` (the agent's API)."""
 
     async def cni_add(request: web.Request) -> web.Response:
-        return web.json_response(await add(ctl, await body_of(request, CNI_ADD)))
+        data = await body_of(request, CNI_ADD)
+        async with one_at_a_time(data["container_id"]):
+            return web.json_response(await add(ctl, data))
 
     async def cni_del(request: web.Request) -> web.Response:
-        await delete(ctl, await body_of(request, CNI_DEL))
+        data = await body_of(request, CNI_DEL)
+        async with one_at_a_time(data["container_id"]):
+            await delete(ctl, data)
         return web.Response(status=204)
 
     async def cni_ipam_add(request: web.Request) -> web.Response:
-        return web.json_response(await ipam_add(ctl, await body_of(request, CNI_IPAM_ADD)))
+        data = await body_of(request, CNI_IPAM_ADD)
+        async with one_at_a_time(data["container_id"]):
+            return web.json_response(await ipam_add(ctl, data))
 
     async def cni_ipam_del(request: web.Request) -> web.Response:
         data = await body_of(request, CNI_IPAM_DEL)
-        await delete(ctl, {**data, "ifname": None})
-        if data.get("legacy_name"):
-            await _delete_legacy(ctl, data["network"], data["legacy_name"])
+        async with one_at_a_time(data["container_id"]):
+            await delete(ctl, {**data, "ifname": None})
+            if data.get("legacy_name"):
+                await _delete_legacy(ctl, data["network"], data["legacy_name"])
         return web.Response(status=204)
 
     async def cni_status(request: web.Request) -> web.Response:

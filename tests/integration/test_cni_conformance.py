@@ -214,6 +214,37 @@ def test_parallel_adds_and_dels_on_a_network_made_by_the_first(env):
     assert agent.cli_json("sandbox", "ls") == [] and agent.cli_json("endpoint", "ls") == []
 
 
+@pytest.mark.parametrize("plugin", ["libnet", "libnet-ipam"])
+def test_parallel_calls_for_one_container_are_one_at_a_time(env, plugin):
+    """A runtime retrying (or two callers) may run ADDs and DELs of one container at once: each
+    ADD answers the one attachment (the same addresses), none fails on a half-made one, and a final
+    DEL leaves nothing (breaker, issue 19: a racing ADD failed with code 100, name in use)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bed, agent, rt = env
+    cfg = conf(agent, network="one")
+    if plugin == "libnet-ipam":  # exec'd as a main plugin (the reference bridge) execs it
+        ipam = {"type": "libnet-ipam", "socket": agent.socket, "subnet": SUBNET, "subnet6": SUBNET6}
+        cfg = {"cniVersion": "1.0.0", "name": "one", "type": "bridge", "bridge": "cnione0", "ipam": ipam}
+    path = container(bed, "c1")
+    for round_ in range(2):
+        with ThreadPoolExecutor(6) as pool:
+            adds = list(pool.map(lambda i: rt.exec(plugin, "ADD", cfg, container_id="ctr", netns_path=path), range(6)))
+        assert all(o.ok for o in adds), [o.out for o in adds if not o.ok]
+        assert len({json.dumps(sorted(ip["address"] for ip in o.out["ips"])) for o in adds}) == 1
+        assert len(agent.cli_json("endpoint", "ls")) == 1
+        with ThreadPoolExecutor(6) as pool:  # ADDs and DELs mixed: each succeeds
+            mixed = list(
+                pool.map(
+                    lambda i: rt.exec(plugin, "DEL" if i % 2 else "ADD", cfg, container_id="ctr", netns_path=path),
+                    range(6),
+                )
+            )
+        assert all(o.ok for o in mixed), [o.out for o in mixed if not o.ok]
+        assert rt.exec(plugin, "DEL", cfg, container_id="ctr", netns_path=path).ok, round_
+        assert agent.cli_json("sandbox", "ls") == [] and agent.cli_json("endpoint", "ls") == []
+
+
 def test_a_pool_another_network_holds_is_refused_at_once(env):
     bed, agent, rt = env
     assert agent.cli("network", "create", "holder", "--subnet", SUBNET).returncode == 0
