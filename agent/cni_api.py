@@ -261,10 +261,10 @@ async def ipam_add(ctl: Controller, data: dict[str, Any]) -> dict[str, Any]:
 async def _free_name(ctl: Controller, nw: Network, name: str | None, cid: str) -> str | None:
     """``name`` (``K8S_POD_NAME``) for the container's endpoint on ``nw`` if it can have it, else None
     (libnet's default name: the container starts, unnamed).  Held by the endpoint of a CNI container
-    whose namespace is gone, it is what a missed DEL left (``podman rm`` while the agent was down,
-    then ``podman run --name`` again): that attachment is removed as DEL would, and the name is
-    free.  Held by a live container (two Kubernetes namespaces' pods of one name), it stays that
-    container's."""
+    whose namespace is gone, it is what missed DELs left (``podman rm`` while the agent was down,
+    then ``podman run --name`` again): that container is removed as its DELs would have (all its
+    attachments, on every network), and the name is free.  Held by a live container (two
+    Kubernetes namespaces' pods of one name), it stays that container's."""
     if not name:
         return None
     try:
@@ -276,13 +276,16 @@ async def _free_name(ctl: Controller, nw: Network, name: str | None, cid: str) -
         log.warning("CNI: %s's name %s on %s is taken by %s: left unnamed", cid[:12], name, nw.name, holder.id[:12])
         return None
     log.warning(
-        "CNI: container %s's namespace %s is gone (a missed DEL): its %s on %s goes",
+        "CNI: container %s's namespace %s is gone (a missed DEL): it goes, with its %s on %s",
         sb.id[:12],
         sb.netns,
         name,
         nw.name,
     )
-    await delete(ctl, {"container_id": sb.id, "network": nw.id, "ifname": holder.ifname or ""})
+    # the whole container: every DEL of it was missed, its other networks' attachments (podman's
+    # network connect) included, and nothing else would free those
+    with suppress(NoSuchSandbox):
+        await ctl.delete_sandbox(sb.id)
     return name
 
 

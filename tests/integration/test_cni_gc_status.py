@@ -170,3 +170,27 @@ def test_a_missed_del_does_not_block_the_name(env, plugin):
     for cid, n in (("new", "m2"), ("twin", "m3"), ("old", "m1")):
         assert rt.exec(plugin, "DEL", cfg, container_id=cid, netns_path=paths[n]).ok
     assert agent.cli_json("endpoint", "ls") == []
+
+
+def test_a_missed_del_frees_all_the_gone_containers_attachments(env):
+    """The gone container was on two networks (``libnet`` eth0, ``libnet-ipam`` eth1: podman's
+    ``network connect``), and both DELs were missed.  The ADD that frees its name removes the whole
+    container -- its other network's addresses and name too, which nothing else would ever free
+    (breaker, issue 19: the eth1 attachment and the sandbox stayed for good)."""
+    bed, agent, rt = env
+    ns = {n: bed.namespace(n) for n in ("w1", "w2")}
+    paths = {n: netns.path_of(v) for n, v in ns.items()}
+    args = "IgnoreUnknown=1;K8S_POD_NAME=web"
+    assert rt.exec("libnet", "ADD", libnet_conf(agent), container_id="old", netns_path=paths["w1"], args=args).ok
+    o = rt.exec(
+        "libnet-ipam", "ADD", ipam_conf(agent), container_id="old", netns_path=paths["w1"], ifname="eth1", args=args
+    )
+    assert o.ok, o
+    assert len(agent.cli_json("endpoint", "ls")) == 2
+    netns.delete(ns["w1"])  # podman rm while the agent was down
+    o = rt.exec("libnet", "ADD", libnet_conf(agent), container_id="new", netns_path=paths["w2"], args=args)
+    assert o.ok, o
+    eps = agent.cli_json("endpoint", "ls")
+    assert [(e["name"], e["sandbox_id"]) for e in eps] == [("web", "new")], eps
+    assert {s["id"] for s in agent.cli_json("sandbox", "ls")} == {"new"}
+    assert rt.exec("libnet", "DEL", libnet_conf(agent), container_id="new", netns_path=paths["w2"]).ok
