@@ -274,10 +274,17 @@ def requested_ips(call: Call) -> tuple[str | None, str | None]:
             addr = ipaddress.ip_interface(str(text).strip()).ip
         except ValueError:
             raise CniError(INVALID_CONFIG, f"requested IP {text!r} is not an IP address") from None
+        have = v4 if addr.version == 4 else v6
+        if have is not None and have != str(addr):
+            raise CniError(
+                INVALID_CONFIG,
+                f"requested IPs {have} and {addr}: one IPv{addr.version} address per interface",
+                "libnet gives an interface one address of each family",
+            )
         if addr.version == 4:
-            v4 = v4 or str(addr)
+            v4 = str(addr)
         else:
-            v6 = v6 or str(addr)
+            v6 = str(addr)
     return v4, v6
 
 

@@ -200,3 +200,18 @@ def test_requested_ips_of_the_wrong_type_are_code_7(ips):
         with pytest.raises(common.CniError) as e:
             common.requested_ips(call)
         assert e.value.code == 7 and "ips" in e.value.msg
+
+
+def test_two_requested_addresses_of_one_family_are_code_7():
+    """Not the first one silently: libnet gives an interface one address per family."""
+
+    def call(ip_arg: str, conf: dict | None = None) -> common.Call:
+        return common.Call("ADD", "c1", "/x", "eth0", {"IP": ip_arg}, "", {"cniVersion": "1.0.0", **(conf or {})})
+
+    with pytest.raises(common.CniError) as e:
+        common.requested_ips(call("198.51.100.7,198.51.100.8"))
+    assert e.value.code == 7 and "one IPv4" in e.value.msg
+    with pytest.raises(common.CniError):
+        common.requested_ips(call("2001:db8::7", {"runtimeConfig": {"ips": ["2001:db8::8/64"]}}))
+    both = call("198.51.100.7,2001:db8::7", {"runtimeConfig": {"ips": ["198.51.100.7/24"]}})
+    assert common.requested_ips(both) == ("198.51.100.7", "2001:db8::7")  # the same one twice is fine
