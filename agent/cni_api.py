@@ -202,10 +202,19 @@ async def add(ctl: Controller, data: dict[str, Any]) -> dict[str, Any]:
 async def _container(ctl: Controller, data: dict[str, Any]) -> tuple[Sandbox, bool]:
     """The container's sandbox on the runtime's namespace ``data["netns"]`` (libnet's record only: the
     namespace stays the runtime's), made if missing or replacing one on another namespace (what a
-    missed DEL left: the container was restarted); whether it was made here."""
+    missed DEL left: the container was restarted) -- a CNI ADD's, or one whose namespace is gone; a
+    live sandbox made outside CNI is a ``Conflict``.  Whether it was made here."""
     cid = data["container_id"]
     sb = await _sandbox(ctl, cid)
     if sb is not None and sb.netns != data["netns"]:
+        if sb.origin != CNI_ORIGIN and os.path.exists(sb.netns):
+            # not a CNI container's leftover: a sandbox of the API's, the library's or Docker's
+            raise Conflict(
+                f"sandbox {cid[:12]} was made outside CNI (API, library or Docker) on {sb.netns}: "
+                f"a CNI ADD does not replace it",
+                sandbox_id=cid,
+                netns=sb.netns,
+            )
         with suppress(NoSuchSandbox):
             await ctl.delete_sandbox(cid)
         sb = None

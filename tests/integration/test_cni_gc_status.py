@@ -194,3 +194,22 @@ def test_a_missed_del_frees_all_the_gone_containers_attachments(env):
     assert [(e["name"], e["sandbox_id"]) for e in eps] == [("web", "new")], eps
     assert {s["id"] for s in agent.cli_json("sandbox", "ls")} == {"new"}
     assert rt.exec("libnet", "DEL", libnet_conf(agent), container_id="new", netns_path=paths["w2"]).ok
+
+
+def test_add_never_replaces_a_sandbox_made_outside_cni(env):
+    """A CNI ADD whose container id is a sandbox made through the API (or the library, Docker) on
+    another namespace is refused and leaves it whole -- replacing a sandbox on another namespace is
+    for a CNI container's missed DEL only (breaker, issue 19: the API's sandbox and its endpoint were
+    deleted)."""
+    bed, agent, rt = env
+    cfg = libnet_conf(agent)
+    paths = {n: netns.path_of(bed.namespace(n)) for n in ("api", "cni")}
+    assert rt.exec("libnet", "ADD", cfg, container_id="first", netns_path=paths["cni"]).ok  # makes gcnet
+    assert rt.exec("libnet", "DEL", cfg, container_id="first", netns_path=paths["cni"]).ok
+    assert agent.cli("sandbox", "create", "--id", "apibox", "--netns", paths["api"]).returncode == 0
+    r = agent.cli("connect", "gcnet", "apibox", "--name", "api")
+    assert r.returncode == 0, r.stderr
+    o = rt.exec("libnet", "ADD", cfg, container_id="apibox", netns_path=paths["cni"])
+    assert o.out["code"] == 100 and "apibox" in o.out["msg"], o
+    assert endpoint_names(agent) == {"api"}
+    assert [(s["id"], s["netns"]) for s in agent.cli_json("sandbox", "ls")] == [("apibox", paths["api"])]
