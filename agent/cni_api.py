@@ -63,7 +63,7 @@ from aiohttp import web
 from agent.api import NETWORK_CREATE, Spec, body_of, check_fields
 from libnet.controller import Controller
 from libnet.dns.binding import WAY_OUT_LABEL
-from libnet.errors import BadRequest, Conflict, NoSuchNetwork, NoSuchSandbox, NotFound
+from libnet.errors import BadRequest, Conflict, NoSuchNetwork, NoSuchSandbox, NotFound, PoolExhausted
 from libnet.model import Endpoint, Network, Sandbox
 
 CNI_ADD: Spec = {
@@ -191,7 +191,7 @@ async def add(ctl: Controller, data: dict[str, Any]) -> dict[str, Any]:
             )
         args = {k: data[k] for k in ("ipv4", "ipv6") if data.get(k)}
         name = await _free_name(ctl, nw, data.get("name"), cid)
-        ep = await ctl.connect(nw.id, cid, name=name, **args)
+        ep = await _connect(ctl, nw, cid, name=name, **args)
     except BaseException:
         if created:
             await _drop_if_empty(ctl, cid)
@@ -259,12 +259,46 @@ async def ipam_add(ctl: Controller, data: dict[str, Any]) -> dict[str, Any]:
                 )
         args = {k: data[k] for k in ("ipv4", "ipv6") if data.get(k)}
         name = await _free_name(ctl, nw, data.get("name"), sb.id) or data["fallback_name"]
-        ep = await ctl.connect(nw.id, sb.id, name=name, ifname=data["ifname"], **args)
+        ep = await _connect(ctl, nw, sb.id, name=name, ifname=data["ifname"], **args)
     except BaseException:
         if created:
             await _drop_if_empty(ctl, sb.id)
         raise
     return {"network": nw.to_data(), "endpoint": ep.to_data()}
+
+
+async def _connect(ctl: Controller, nw: Network, cid: str, **kw: Any) -> Endpoint:
+    """``ctl.connect``; when the pool is exhausted, the network's CNI containers whose namespace is
+    gone (missed DELs: ``podman rm`` while the agent was down) are removed as their DELs would have,
+    and the connect is tried once more.  A named one is freed by the ADD asking for its name
+    (:func:`_free_name`); this frees the unnamed ones (podman's default names, ``eager_turing``, are
+    not DNS labels), whose addresses nothing else would give back."""
+    try:
+        return await ctl.connect(nw.id, cid, **kw)
+    except PoolExhausted:
+        if not await _remove_gone(ctl, nw, cid):
+            raise
+    return await ctl.connect(nw.id, cid, **kw)
+
+
+async def _remove_gone(ctl: Controller, nw: Network, cid: str) -> int:
+    """Remove the CNI containers (not ``cid``) on ``nw`` whose namespace is gone; how many."""
+    removed = 0
+    for sb in await ctl.sandboxes():
+        if sb.id == cid or sb.origin != CNI_ORIGIN or os.path.exists(sb.netns):
+            continue
+        if not any(ep.network_id == nw.id for ep in await _endpoints(ctl, sb)):
+            continue
+        log.warning(
+            "CNI: %s's pool is full: container %s's namespace %s is gone (missed DELs): it goes",
+            nw.name,
+            sb.id[:12],
+            sb.netns,
+        )
+        with suppress(NoSuchSandbox):
+            await ctl.delete_sandbox(sb.id)
+            removed += 1
+    return removed
 
 
 async def _free_name(ctl: Controller, nw: Network, name: str | None, cid: str) -> str | None:

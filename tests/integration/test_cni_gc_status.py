@@ -213,3 +213,31 @@ def test_add_never_replaces_a_sandbox_made_outside_cni(env):
     assert o.out["code"] == 100 and "apibox" in o.out["msg"], o
     assert endpoint_names(agent) == {"api"}
     assert [(s["id"], s["netns"]) for s in agent.cli_json("sandbox", "ls")] == [("apibox", paths["api"])]
+
+
+def test_a_full_pool_frees_the_addresses_of_gone_unnamed_containers(env):
+    """A container whose pod name is not a DNS label (podman's default names: ``eager_turing``) is
+    unnamed, so no later ADD frees it by name: if its DEL was missed (its namespace is gone), its
+    addresses came back only through a GC podman 4.3 never sends.  A full pool now frees them and
+    the ADD goes on (breaker, issue 19: code 100, pool exhausted, for good -- also after an agent
+    restart).  A live container's addresses stay its own."""
+    bed, agent, rt = env
+    cfg = {**libnet_conf(agent, "tiny"), "subnet": "198.51.100.0/29"}  # gateway + 5 addresses
+    cfg.pop("subnet6", None)
+    ns = {n: bed.namespace(n) for n in ("f1", "f2", "f3", "f4", "f5", "f6", "f7")}
+    paths = {n: netns.path_of(v) for n, v in ns.items()}
+    for n in ("f1", "f2", "f3", "f4", "f5"):
+        o = rt.exec(
+            "libnet", "ADD", cfg, container_id=n, netns_path=paths[n], args=f"IgnoreUnknown=1;K8S_POD_NAME={n}_x"
+        )
+        assert o.ok, o
+    o = rt.exec("libnet", "ADD", cfg, container_id="f6", netns_path=paths["f6"])
+    assert o.out["code"] == 100 and "no free address" in o.out["msg"], o  # full, everyone alive
+    netns.delete(ns["f1"])  # podman rm while the agent was down
+    netns.delete(ns["f2"])
+    o = rt.exec("libnet", "ADD", cfg, container_id="f6", netns_path=paths["f6"])
+    assert o.ok, o
+    assert {s["id"] for s in agent.cli_json("sandbox", "ls")} == {"f3", "f4", "f5", "f6"}
+    assert rt.exec("libnet", "ADD", cfg, container_id="f7", netns_path=paths["f7"]).ok  # f2's address
+    for n in ("f3", "f4", "f5", "f6", "f7"):
+        assert rt.exec("libnet", "DEL", cfg, container_id=n, netns_path=paths[n]).ok
