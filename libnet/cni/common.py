@@ -310,6 +310,20 @@ def valid_attachments(call: Call) -> list[dict[str, str]]:
     raise CniError(INVALID_CONFIG, f"{VALID_ATTACHMENTS} must be a list of {{containerID, ifname}}")
 
 
+#: the longest path a unix socket address holds on Linux (``sun_path`` is 108 bytes with its NUL)
+_SUN_PATH = 107
+
+
+def agent_client(sock: object, field: str) -> Client:
+    """A client of the agent's socket ``sock`` (the config's ``field``): an absolute path that fits
+    a unix socket address, else code 7 (not 11: no retry makes a bad path work)."""
+    if not isinstance(sock, str) or not sock.startswith("/"):
+        raise CniError(INVALID_CONFIG, f"{field} {sock!r} must be an absolute path")
+    if len(sock.encode(errors="surrogateescape")) > _SUN_PATH:
+        raise CniError(INVALID_CONFIG, f"{field} is longer than a unix socket path can be ({_SUN_PATH} bytes)")
+    return Client(sock)
+
+
 def ask_status(client: Client, network: str, creatable: bool) -> None:
     """STATUS through the agent (``POST /v1/cni/status``): not ready -- agent unreachable or
     unavailable, network missing with nothing to make it from -- is code 50."""

@@ -46,6 +46,7 @@ from .common import (
     UNSUPPORTED_FIELD,
     Call,
     CniError,
+    agent_client,
     ask_status,
     check_args,
     collect,
@@ -67,10 +68,7 @@ _CREATE_FIELDS = ("driver", "subnet", "subnet6")
 
 
 def _client(call: Call) -> Client:
-    sock = call.conf.get("socket", DEFAULT_SOCKET)
-    if not isinstance(sock, str) or not sock.startswith("/"):
-        raise CniError(INVALID_CONFIG, f"socket {sock!r} must be an absolute path")
-    return Client(sock)
+    return agent_client(call.conf.get("socket", DEFAULT_SOCKET), "socket")
 
 
 def _network_name(call: Call) -> str:

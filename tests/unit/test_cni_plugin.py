@@ -215,3 +215,21 @@ def test_two_requested_addresses_of_one_family_are_code_7():
         common.requested_ips(call("2001:db8::7", {"runtimeConfig": {"ips": ["2001:db8::8/64"]}}))
     both = call("198.51.100.7,2001:db8::7", {"runtimeConfig": {"ips": ["198.51.100.7/24"]}})
     assert common.requested_ips(both) == ("198.51.100.7", "2001:db8::7")  # the same one twice is fine
+
+
+@pytest.mark.parametrize("plugin", ["libnet", "libnet-ipam"])
+def test_a_socket_path_too_long_for_a_unix_socket_is_code_7(bindir, plugin):
+    """Not 11 (try again later): no retry makes a path longer than ``sun_path`` work."""
+    sock = "/" + "s" * 200
+    conf = {
+        "cniVersion": "1.0.0",
+        "name": "n",
+        "type": plugin,
+        "socket": sock,
+        "ipam": {"type": plugin, "socket": sock},
+    }
+    if plugin == "libnet":
+        del conf["ipam"]
+    env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0"}
+    rc, out = run(bindir / plugin, json.dumps(conf).encode(), **env)
+    assert rc == 1 and out["code"] == 7 and "socket" in out["msg"], out
