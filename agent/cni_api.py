@@ -36,6 +36,9 @@ interface per pool).  ``POST /v1/cni/ipam/del``: ``{container_id, network, legac
 ``legacy_name`` on the pool (what libnet-ipam made before it registered
 sandboxes); unknown is success.
 
+The calls of one container (ADD, DEL, GC's removals) run one at a time, in arrival order;
+other containers' calls run in parallel.
+
 CNI 1.1: ``POST /v1/cni/status`` ``{network, creatable?}`` -> 204 when an
 ADD can be served (the store answers, the network exists or ``creatable``),
 404 ``NoSuchNetwork`` or 503 otherwise.  ``POST /v1/cni/gc`` ``{network,
@@ -51,7 +54,8 @@ import asyncio
 import logging
 import os
 import time
-from contextlib import suppress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from aiohttp import web
@@ -59,7 +63,7 @@ from aiohttp import web
 from agent.api import NETWORK_CREATE, Spec, body_of, check_fields
 from libnet.controller import Controller
 from libnet.dns.binding import WAY_OUT_LABEL
-from libnet.errors import BadRequest, Conflict, NoSuchNetwork, NoSuchSandbox, NotFound
+from libnet.errors import BadRequest, Conflict, NoSuchNetwork, NoSuchSandbox, NotFound, PoolExhausted
 from libnet.model import Endpoint, Network, Sandbox
 
 CNI_ADD: Spec = {
@@ -187,7 +191,7 @@ async def add(ctl: Controller, data: dict[str, Any]) -> dict[str, Any]:
             )
         args = {k: data[k] for k in ("ipv4", "ipv6") if data.get(k)}
         name = await _free_name(ctl, nw, data.get("name"), cid)
-        ep = await ctl.connect(nw.id, cid, name=name, **args)
+        ep = await _connect(ctl, nw, cid, name=name, **args)
     except BaseException:
         if created:
             await _drop_if_empty(ctl, cid)
@@ -198,10 +202,19 @@ async def add(ctl: Controller, data: dict[str, Any]) -> dict[str, Any]:
 async def _container(ctl: Controller, data: dict[str, Any]) -> tuple[Sandbox, bool]:
     """The container's sandbox on the runtime's namespace ``data["netns"]`` (libnet's record only: the
     namespace stays the runtime's), made if missing or replacing one on another namespace (what a
-    missed DEL left: the container was restarted); whether it was made here."""
+    missed DEL left: the container was restarted) -- a CNI ADD's, or one whose namespace is gone; a
+    live sandbox made outside CNI is a ``Conflict``.  Whether it was made here."""
     cid = data["container_id"]
     sb = await _sandbox(ctl, cid)
     if sb is not None and sb.netns != data["netns"]:
+        if sb.origin != CNI_ORIGIN and os.path.exists(sb.netns):
+            # not a CNI container's leftover: a sandbox of the API's, the library's or Docker's
+            raise Conflict(
+                f"sandbox {cid[:12]} was made outside CNI (API, library or Docker) on {sb.netns}: "
+                f"a CNI ADD does not replace it",
+                sandbox_id=cid,
+                netns=sb.netns,
+            )
         with suppress(NoSuchSandbox):
             await ctl.delete_sandbox(cid)
         sb = None
@@ -246,7 +259,7 @@ async def ipam_add(ctl: Controller, data: dict[str, Any]) -> dict[str, Any]:
                 )
         args = {k: data[k] for k in ("ipv4", "ipv6") if data.get(k)}
         name = await _free_name(ctl, nw, data.get("name"), sb.id) or data["fallback_name"]
-        ep = await ctl.connect(nw.id, sb.id, name=name, ifname=data["ifname"], **args)
+        ep = await _connect(ctl, nw, sb.id, name=name, ifname=data["ifname"], **args)
     except BaseException:
         if created:
             await _drop_if_empty(ctl, sb.id)
@@ -254,13 +267,47 @@ async def ipam_add(ctl: Controller, data: dict[str, Any]) -> dict[str, Any]:
     return {"network": nw.to_data(), "endpoint": ep.to_data()}
 
 
+async def _connect(ctl: Controller, nw: Network, cid: str, **kw: Any) -> Endpoint:
+    """``ctl.connect``; when the pool is exhausted, the network's CNI containers whose namespace is
+    gone (missed DELs: ``podman rm`` while the agent was down) are removed as their DELs would have,
+    and the connect is tried once more.  A named one is freed by the ADD asking for its name
+    (:func:`_free_name`); this frees the unnamed ones (podman's default names, ``eager_turing``, are
+    not DNS labels), whose addresses nothing else would give back."""
+    try:
+        return await ctl.connect(nw.id, cid, **kw)
+    except PoolExhausted:
+        if not await _remove_gone(ctl, nw, cid):
+            raise
+    return await ctl.connect(nw.id, cid, **kw)
+
+
+async def _remove_gone(ctl: Controller, nw: Network, cid: str) -> int:
+    """Remove the CNI containers (not ``cid``) on ``nw`` whose namespace is gone; how many."""
+    removed = 0
+    for sb in await ctl.sandboxes():
+        if sb.id == cid or sb.origin != CNI_ORIGIN or os.path.exists(sb.netns):
+            continue
+        if not any(ep.network_id == nw.id for ep in await _endpoints(ctl, sb)):
+            continue
+        log.warning(
+            "CNI: %s's pool is full: container %s's namespace %s is gone (missed DELs): it goes",
+            nw.name,
+            sb.id[:12],
+            sb.netns,
+        )
+        with suppress(NoSuchSandbox):
+            await ctl.delete_sandbox(sb.id)
+            removed += 1
+    return removed
+
+
 async def _free_name(ctl: Controller, nw: Network, name: str | None, cid: str) -> str | None:
     """``name`` (``K8S_POD_NAME``) for the container's endpoint on ``nw`` if it can have it, else None
     (libnet's default name: the container starts, unnamed).  Held by the endpoint of a CNI container
-    whose namespace is gone, it is what a missed DEL left (``podman rm`` while the agent was down,
-    then ``podman run --name`` again): that attachment is removed as DEL would, and the name is
-    free.  Held by a live container (two Kubernetes namespaces' pods of one name), it stays that
-    container's."""
+    whose namespace is gone, it is what missed DELs left (``podman rm`` while the agent was down,
+    then ``podman run --name`` again): that container is removed as its DELs would have (all its
+    attachments, on every network), and the name is free.  Held by a live container (two
+    Kubernetes namespaces' pods of one name), it stays that container's."""
     if not name:
         return None
     try:
@@ -272,13 +319,16 @@ async def _free_name(ctl: Controller, nw: Network, name: str | None, cid: str) -
         log.warning("CNI: %s's name %s on %s is taken by %s: left unnamed", cid[:12], name, nw.name, holder.id[:12])
         return None
     log.warning(
-        "CNI: container %s's namespace %s is gone (a missed DEL): its %s on %s goes",
+        "CNI: container %s's namespace %s is gone (a missed DEL): it goes, with its %s on %s",
         sb.id[:12],
         sb.netns,
         name,
         nw.name,
     )
-    await delete(ctl, {"container_id": sb.id, "network": nw.id, "ifname": holder.ifname or ""})
+    # the whole container: every DEL of it was missed, its other networks' attachments (podman's
+    # network connect) included, and nothing else would free those
+    with suppress(NoSuchSandbox):
+        await ctl.delete_sandbox(sb.id)
     return name
 
 
@@ -345,7 +395,8 @@ async def gc(ctl: Controller, data: dict[str, Any]) -> list[dict[str, str]]:
         for ep in await _endpoints(ctl, sb):
             if ep.network_id != nw.id or ep.connecting or (sb.id, ep.ifname) in valid:
                 continue
-            await delete(ctl, {"container_id": sb.id, "network": nw.id, "ifname": ep.ifname or ""})
+            async with one_at_a_time(sb.id):
+                await delete(ctl, {"container_id": sb.id, "network": nw.id, "ifname": ep.ifname or ""})
             removed.append({"container_id": sb.id, "ifname": ep.ifname or ""})
     return removed
 
@@ -362,24 +413,52 @@ async def _delete_legacy(ctl: Controller, network: str, name: str) -> None:
             await ctl.delete_endpoint(ep.id)
 
 
+#: per container id: its lock and how many calls hold or wait for it (the entry goes with the last)
+_containers: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+
+@asynccontextmanager
+async def one_at_a_time(cid: str) -> AsyncIterator[None]:
+    """Serialise the CNI calls of one container: a runtime retrying, or two callers, may run ADDs
+    and DELs of one container at once, and each must see the other's work whole (an ADD racing
+    another found no endpoint, connected too and failed with the name in use).  Other containers'
+    calls run in parallel."""
+    lock, users = _containers.setdefault(cid, (asyncio.Lock(), [0]))
+    users[0] += 1
+    try:
+        async with lock:
+            yield
+    finally:
+        users[0] -= 1
+        if not users[0]:
+            _containers.pop(cid, None)
+
+
 def add_routes(app: web.Application, ctl: Controller) -> None:
     """``POST /v1/cni/add`` and ``POST /v1/cni/del`` on ``app`` (the agent's API)."""
 
     async def cni_add(request: web.Request) -> web.Response:
-        return web.json_response(await add(ctl, await body_of(request, CNI_ADD)))
+        data = await body_of(request, CNI_ADD)
+        async with one_at_a_time(data["container_id"]):
+            return web.json_response(await add(ctl, data))
 
     async def cni_del(request: web.Request) -> web.Response:
-        await delete(ctl, await body_of(request, CNI_DEL))
+        data = await body_of(request, CNI_DEL)
+        async with one_at_a_time(data["container_id"]):
+            await delete(ctl, data)
         return web.Response(status=204)
 
     async def cni_ipam_add(request: web.Request) -> web.Response:
-        return web.json_response(await ipam_add(ctl, await body_of(request, CNI_IPAM_ADD)))
+        data = await body_of(request, CNI_IPAM_ADD)
+        async with one_at_a_time(data["container_id"]):
+            return web.json_response(await ipam_add(ctl, data))
 
     async def cni_ipam_del(request: web.Request) -> web.Response:
         data = await body_of(request, CNI_IPAM_DEL)
-        await delete(ctl, {**data, "ifname": None})
-        if data.get("legacy_name"):
-            await _delete_legacy(ctl, data["network"], data["legacy_name"])
+        async with one_at_a_time(data["container_id"]):
+            await delete(ctl, {**data, "ifname": None})
+            if data.get("legacy_name"):
+                await _delete_legacy(ctl, data["network"], data["legacy_name"])
         return web.Response(status=204)
 
     async def cni_status(request: web.Request) -> web.Response:

@@ -22,6 +22,10 @@ COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS")
 NETWORK_COMMANDS = ("GC", "STATUS")
 #: the versions that know a result's ``ips[].version`` (gone in 1.0.0)
 _IP_VERSION_FIELD = ("0.3.0", "0.3.1", "0.4.0")
+#: GC's list of the attachments to keep, and the name an earlier text of the CNI 1.1 spec gave it
+VALID_ATTACHMENTS, OLD_VALID_ATTACHMENTS = "cni.dev/valid-attachments", "cni.dev/attachments"
+#: the versions before CHECK (0.4.0): a CHECK with such a config is code 1, as the reference plugins answer
+_BEFORE_CHECK = ("0.3.0", "0.3.1")
 
 # spec codes
 INCOMPATIBLE_VERSION = 1
@@ -72,6 +76,7 @@ class CniError(Exception):
     def __init__(self, code: int, msg: str, details: str = "") -> None:
         super().__init__(msg)
         self.code, self.msg, self.details = code, msg, details
+        self.version: str | None = None  # the config's cniVersion, when known before the failure
 
 
 class Call:
@@ -141,14 +146,48 @@ def read_conf(data: bytes, command: str) -> dict[str, Any]:
             f"cniVersion {version!r} is not supported",
             f"supported: {', '.join(SUPPORTED)}",
         )
-    if command in NETWORK_COMMANDS and version in (*_IP_VERSION_FIELD, "1.0.0"):
-        raise CniError(INCOMPATIBLE_VERSION, f"{command} needs cniVersion 1.1.0, the config says {version}")
-    name = conf.get("name")
-    if not isinstance(name, str) or not _name(name, 1 << 16):
-        raise CniError(INVALID_CONFIG, f"the configuration's name {name!r} is not a valid network name")
-    if "prevResult" in conf and not isinstance(conf["prevResult"], dict):
-        raise CniError(INVALID_CONFIG, "prevResult must be an object")
+    try:
+        if command in NETWORK_COMMANDS and version in (*_IP_VERSION_FIELD, "1.0.0"):
+            raise CniError(INCOMPATIBLE_VERSION, f"{command} needs cniVersion 1.1.0, the config says {version}")
+        if command == "CHECK" and version in _BEFORE_CHECK:
+            raise CniError(INCOMPATIBLE_VERSION, f"CHECK needs cniVersion 0.4.0 or later, the config says {version}")
+        name = conf.get("name")
+        if not isinstance(name, str) or not _name(name, 1 << 16):
+            raise CniError(INVALID_CONFIG, f"the configuration's name {name!r} is not a valid network name")
+        if "prevResult" in conf:
+            check_prev_result(conf["prevResult"])
+    except CniError as exc:
+        exc.version = version  # the error object in the config's version
+        raise
     return conf
+
+
+def _objects(value: object, need: str) -> bool:
+    """A list of objects, each with the string field ``need`` (``""``: no field needed)."""
+    return isinstance(value, list) and all(
+        isinstance(item, dict) and (not need or isinstance(item.get(need), str)) for item in value
+    )
+
+
+def check_prev_result(prev: object) -> None:
+    """``prevResult`` shaped as a CNI result (code 7 if not): ``interfaces`` objects with a ``name``,
+    ``ips`` objects with an ``address`` (and an integer ``interface`` if any), ``routes`` objects with a
+    ``dst``, ``dns`` an object -- what a later plugin builds on, so a malformed one is refused before
+    anything is done, not carried into the result or read as something else."""
+    if not isinstance(prev, dict):
+        raise CniError(INVALID_CONFIG, "prevResult must be an object")
+    for key, need in (("interfaces", "name"), ("ips", "address"), ("routes", "dst")):
+        if key in prev and not _objects(prev[key], need):
+            raise CniError(INVALID_CONFIG, f"prevResult.{key} must be a list of objects with a string {need!r}")
+    for ip in prev.get("ips", []):
+        index = ip.get("interface")
+        if index is not None and (not isinstance(index, int) or isinstance(index, bool) or index < 0):
+            raise CniError(INVALID_CONFIG, f"prevResult.ips[].interface {index!r} is not an interface index")
+    for iface in prev.get("interfaces", []):
+        if not all(isinstance(iface.get(k, ""), str) for k in ("mac", "sandbox")):
+            raise CniError(INVALID_CONFIG, "prevResult.interfaces[].mac and .sandbox must be strings")
+    if "dns" in prev and not isinstance(prev["dns"], dict):
+        raise CniError(INVALID_CONFIG, "prevResult.dns must be an object")
 
 
 def environ() -> dict[str, str]:
@@ -216,10 +255,15 @@ def requested_ips(call: Call) -> tuple[str | None, str | None]:
     ``args.cni.ips``, or ``CNI_ARGS`` ``IP=`` (several comma-separated)."""
     wanted: list[str] = []
     rc = call.conf.get("runtimeConfig") or {}
-    wanted += list(rc.get("ips") or []) if isinstance(rc, dict) else []
     args = call.conf.get("args") or {}
     cni = args.get("cni") if isinstance(args, dict) else None
-    wanted += list(cni.get("ips") or []) if isinstance(cni, dict) else []
+    for where, section in (("runtimeConfig", rc), ("args.cni", cni)):
+        ips = section.get("ips") if isinstance(section, dict) else None
+        if ips is None:
+            continue
+        if not isinstance(ips, list) or not all(isinstance(ip, str) for ip in ips):
+            raise CniError(INVALID_CONFIG, f"{where}.ips must be a list of IP addresses (strings)")
+        wanted += ips
     if call.args.get("IP"):
         wanted += call.args["IP"].split(",")
     v4 = v6 = None
@@ -230,16 +274,28 @@ def requested_ips(call: Call) -> tuple[str | None, str | None]:
             addr = ipaddress.ip_interface(str(text).strip()).ip
         except ValueError:
             raise CniError(INVALID_CONFIG, f"requested IP {text!r} is not an IP address") from None
+        have = v4 if addr.version == 4 else v6
+        if have is not None and have != str(addr):
+            raise CniError(
+                INVALID_CONFIG,
+                f"requested IPs {have} and {addr}: one IPv{addr.version} address per interface",
+                "libnet gives an interface one address of each family",
+            )
         if addr.version == 4:
-            v4 = v4 or str(addr)
+            v4 = str(addr)
         else:
-            v6 = v6 or str(addr)
+            v6 = str(addr)
     return v4, v6
 
 
 def valid_attachments(call: Call) -> list[dict[str, str]]:
-    """GC's ``cni.dev/valid-attachments`` as ``[{container_id, ifname}]`` (code 7 if malformed)."""
-    items = call.conf.get("cni.dev/valid-attachments", [])
+    """GC's ``cni.dev/valid-attachments`` as ``[{container_id, ifname}]`` (code 7 if malformed or
+    missing: GC removes every attachment not listed, so no list must not mean "none is valid").
+    ``cni.dev/attachments``, the name an earlier text of the spec used (libcni sends both), is read
+    when the other is absent."""
+    items = call.conf.get(VALID_ATTACHMENTS, call.conf.get(OLD_VALID_ATTACHMENTS))
+    if items is None:
+        raise CniError(INVALID_CONFIG, f"GC needs {VALID_ATTACHMENTS}: the attachments to keep (a list, maybe empty)")
     out = []
     if isinstance(items, list):
         for item in items:
@@ -251,7 +307,21 @@ def valid_attachments(call: Call) -> list[dict[str, str]]:
             out.append({"container_id": cid, "ifname": ifname})
         else:
             return out
-    raise CniError(INVALID_CONFIG, "cni.dev/valid-attachments must be a list of {containerID, ifname}")
+    raise CniError(INVALID_CONFIG, f"{VALID_ATTACHMENTS} must be a list of {{containerID, ifname}}")
+
+
+#: the longest path a unix socket address holds on Linux (``sun_path`` is 108 bytes with its NUL)
+_SUN_PATH = 107
+
+
+def agent_client(sock: object, field: str) -> Client:
+    """A client of the agent's socket ``sock`` (the config's ``field``): an absolute path that fits
+    a unix socket address, else code 7 (not 11: no retry makes a bad path work)."""
+    if not isinstance(sock, str) or not sock.startswith("/"):
+        raise CniError(INVALID_CONFIG, f"{field} {sock!r} must be an absolute path")
+    if len(sock.encode(errors="surrogateescape")) > _SUN_PATH:
+        raise CniError(INVALID_CONFIG, f"{field} is longer than a unix socket path can be ({_SUN_PATH} bytes)")
+    return Client(sock)
 
 
 def ask_status(client: Client, network: str, creatable: bool) -> None:
@@ -313,7 +383,7 @@ def run(handlers: dict[str, Callable[[Call], dict[str, Any] | None]]) -> int:
             sys.stdout.write(wire.dumps(out))
         return 0
     except CniError as exc:
-        return _fail(version, exc)
+        return _fail(exc.version or version, exc)
     except (AgentRefused, Unreachable) as exc:
         return _fail(version, agent_error(exc))
     except Exception as exc:

@@ -42,6 +42,7 @@ from .common import (
     UNKNOWN_CONTAINER,
     Call,
     CniError,
+    agent_client,
     ask_status,
     check_args,
     collect,
@@ -92,10 +93,7 @@ def _sha256(data: bytes) -> Any:
 
 
 def _client(ipam: dict[str, Any]) -> Client:
-    sock = ipam.get("socket", DEFAULT_SOCKET)
-    if not sock.startswith("/"):
-        raise CniError(INVALID_CONFIG, f"ipam.socket {sock!r} must be an absolute path")
-    return Client(sock)
+    return agent_client(ipam.get("socket", DEFAULT_SOCKET), "ipam.socket")
 
 
 def _pool_name(call: Call, ipam: dict[str, Any]) -> str:

@@ -57,6 +57,8 @@ def loads(data: bytes | str) -> Any:
         value, i = _scan(text, i)
     except StopIteration as exc:
         raise ValueError(f"expecting a JSON value at character {exc.value}") from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
     except SystemError:
         # a syntax error inside a value: the C scanner builds its error from json.decoder, and
         # only if that is imported already -- so it is, now, to say what is wrong

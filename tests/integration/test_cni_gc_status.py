@@ -81,6 +81,9 @@ def test_gc_removes_only_cni_attachments_not_listed(env):
     assert agent.cli("sandbox", "create", "--id", "apibox", "--netns", paths["api"]).returncode == 0
     r = agent.cli("connect", "gcnet", "apibox", "--name", "api")
     assert r.returncode == 0, r.stderr
+    # no list at all (a hand-run GC): refused, nothing removed -- not "none is valid" (breaker, issue 19)
+    o = rt.exec("libnet", "GC", cfg, env=network_env(rt, "GC"))
+    assert o.out["code"] == 7 and endpoint_names(agent) == {"c1", "c2", "c3", "c4", "api"}, o
     valid = {
         "cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}, {"containerID": "c9", "ifname": "eth0"}]
     }
@@ -115,7 +118,9 @@ def test_gc_through_libnet_ipam_releases_addresses_and_leaves_the_interface(env)
         o = rt.exec("bridge", "ADD", cfg, container_id=n, netns_path=paths[n], args=args)
         assert o.ok, o
     assert endpoint_names(agent) == {"k1", "k2"}
-    valid = {"cni.dev/valid-attachments": [{"containerID": "k1", "ifname": "eth0"}]}
+    o = rt.exec("libnet-ipam", "GC", {**cfg, "cniVersion": V}, env=network_env(rt, "GC"))
+    assert o.out["code"] == 7 and endpoint_names(agent) == {"k1", "k2"}, o  # no list: nothing goes
+    valid = {"cni.dev/attachments": [{"containerID": "k1", "ifname": "eth0"}]}  # the spec's older name
     o = rt.exec("libnet-ipam", "GC", {**cfg, "cniVersion": V, **valid}, env=network_env(rt, "GC"))
     assert o.ok and o.out is None, o
     assert endpoint_names(agent) == {"k1"} and {s["id"] for s in agent.cli_json("sandbox", "ls")} == {"k1"}
@@ -165,3 +170,74 @@ def test_a_missed_del_does_not_block_the_name(env, plugin):
     for cid, n in (("new", "m2"), ("twin", "m3"), ("old", "m1")):
         assert rt.exec(plugin, "DEL", cfg, container_id=cid, netns_path=paths[n]).ok
     assert agent.cli_json("endpoint", "ls") == []
+
+
+def test_a_missed_del_frees_all_the_gone_containers_attachments(env):
+    """The gone container was on two networks (``libnet`` eth0, ``libnet-ipam`` eth1: podman's
+    ``network connect``), and both DELs were missed.  The ADD that frees its name removes the whole
+    container -- its other network's addresses and name too, which nothing else would ever free
+    (breaker, issue 19: the eth1 attachment and the sandbox stayed for good)."""
+    bed, agent, rt = env
+    ns = {n: bed.namespace(n) for n in ("w1", "w2")}
+    paths = {n: netns.path_of(v) for n, v in ns.items()}
+    args = "IgnoreUnknown=1;K8S_POD_NAME=web"
+    assert rt.exec("libnet", "ADD", libnet_conf(agent), container_id="old", netns_path=paths["w1"], args=args).ok
+    o = rt.exec(
+        "libnet-ipam", "ADD", ipam_conf(agent), container_id="old", netns_path=paths["w1"], ifname="eth1", args=args
+    )
+    assert o.ok, o
+    assert len(agent.cli_json("endpoint", "ls")) == 2
+    netns.delete(ns["w1"])  # podman rm while the agent was down
+    o = rt.exec("libnet", "ADD", libnet_conf(agent), container_id="new", netns_path=paths["w2"], args=args)
+    assert o.ok, o
+    eps = agent.cli_json("endpoint", "ls")
+    assert [(e["name"], e["sandbox_id"]) for e in eps] == [("web", "new")], eps
+    assert {s["id"] for s in agent.cli_json("sandbox", "ls")} == {"new"}
+    assert rt.exec("libnet", "DEL", libnet_conf(agent), container_id="new", netns_path=paths["w2"]).ok
+
+
+def test_add_never_replaces_a_sandbox_made_outside_cni(env):
+    """A CNI ADD whose container id is a sandbox made through the API (or the library, Docker) on
+    another namespace is refused and leaves it whole -- replacing a sandbox on another namespace is
+    for a CNI container's missed DEL only (breaker, issue 19: the API's sandbox and its endpoint were
+    deleted)."""
+    bed, agent, rt = env
+    cfg = libnet_conf(agent)
+    paths = {n: netns.path_of(bed.namespace(n)) for n in ("api", "cni")}
+    assert rt.exec("libnet", "ADD", cfg, container_id="first", netns_path=paths["cni"]).ok  # makes gcnet
+    assert rt.exec("libnet", "DEL", cfg, container_id="first", netns_path=paths["cni"]).ok
+    assert agent.cli("sandbox", "create", "--id", "apibox", "--netns", paths["api"]).returncode == 0
+    r = agent.cli("connect", "gcnet", "apibox", "--name", "api")
+    assert r.returncode == 0, r.stderr
+    o = rt.exec("libnet", "ADD", cfg, container_id="apibox", netns_path=paths["cni"])
+    assert o.out["code"] == 100 and "apibox" in o.out["msg"], o
+    assert endpoint_names(agent) == {"api"}
+    assert [(s["id"], s["netns"]) for s in agent.cli_json("sandbox", "ls")] == [("apibox", paths["api"])]
+
+
+def test_a_full_pool_frees_the_addresses_of_gone_unnamed_containers(env):
+    """A container whose pod name is not a DNS label (podman's default names: ``eager_turing``) is
+    unnamed, so no later ADD frees it by name: if its DEL was missed (its namespace is gone), its
+    addresses came back only through a GC podman 4.3 never sends.  A full pool now frees them and
+    the ADD goes on (breaker, issue 19: code 100, pool exhausted, for good -- also after an agent
+    restart).  A live container's addresses stay its own."""
+    bed, agent, rt = env
+    cfg = {**libnet_conf(agent, "tiny"), "subnet": "198.51.100.0/29"}  # gateway + 5 addresses
+    cfg.pop("subnet6", None)
+    ns = {n: bed.namespace(n) for n in ("f1", "f2", "f3", "f4", "f5", "f6", "f7")}
+    paths = {n: netns.path_of(v) for n, v in ns.items()}
+    for n in ("f1", "f2", "f3", "f4", "f5"):
+        o = rt.exec(
+            "libnet", "ADD", cfg, container_id=n, netns_path=paths[n], args=f"IgnoreUnknown=1;K8S_POD_NAME={n}_x"
+        )
+        assert o.ok, o
+    o = rt.exec("libnet", "ADD", cfg, container_id="f6", netns_path=paths["f6"])
+    assert o.out["code"] == 100 and "no free address" in o.out["msg"], o  # full, everyone alive
+    netns.delete(ns["f1"])  # podman rm while the agent was down
+    netns.delete(ns["f2"])
+    o = rt.exec("libnet", "ADD", cfg, container_id="f6", netns_path=paths["f6"])
+    assert o.ok, o
+    assert {s["id"] for s in agent.cli_json("sandbox", "ls")} == {"f3", "f4", "f5", "f6"}
+    assert rt.exec("libnet", "ADD", cfg, container_id="f7", netns_path=paths["f7"]).ok  # f2's address
+    for n in ("f3", "f4", "f5", "f6", "f7"):
+        assert rt.exec("libnet", "DEL", cfg, container_id=n, netns_path=paths[n]).ok

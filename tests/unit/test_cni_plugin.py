@@ -135,3 +135,101 @@ def test_install_with_another_python(tmp_path):
     assert (tmp_path / "libnet").read_text().startswith(f"#!{other} -IS\n")
     rc, out = run(tmp_path / "libnet-ipam", b'{"cniVersion": "1.0.0"}', CNI_COMMAND="VERSION")
     assert rc == 0 and out["cniVersion"] == "1.0.0"
+
+
+# --- breaker findings (issue 19): bad input is a clear CNI error, never 199 or a wrong action ---------------
+
+
+def _call(conf: dict, command: str = "GC") -> common.Call:
+    return common.make_call({"CNI_COMMAND": command}, json.dumps(conf).encode())
+
+
+def test_gc_without_a_list_of_valid_attachments_is_refused():
+    """GC removes every attachment not listed: a config without the list (a hand-run GC, a runtime
+    that names it ``cni.dev/attachments`` as an earlier spec text did) must not remove them all."""
+    conf = {"cniVersion": "1.1.0", "name": "n", "type": "libnet"}
+    with pytest.raises(common.CniError) as e:
+        common.valid_attachments(_call(conf))
+    assert e.value.code == 7 and "valid-attachments" in e.value.msg
+    keep = [{"containerID": "c1", "ifname": "eth0"}]
+    assert common.valid_attachments(_call({**conf, "cni.dev/attachments": keep})) == [
+        {"container_id": "c1", "ifname": "eth0"}
+    ]
+    assert common.valid_attachments(_call({**conf, "cni.dev/valid-attachments": []})) == []
+
+
+@pytest.mark.parametrize(
+    "prev",
+    [
+        {"interfaces": "abc"},
+        {"interfaces": [1]},
+        {"interfaces": [{"name": "eth0", "mac": 5}]},
+        {"ips": 5},
+        {"ips": [{"x": 1}]},
+        {"ips": [{"address": "198.51.100.2/24", "interface": "0"}]},
+        {"routes": [{"gw": "198.51.100.1"}]},
+        {"dns": []},
+        [],
+    ],
+)
+@pytest.mark.parametrize("command", ["ADD", "CHECK", "DEL"])
+def test_malformed_prev_result_is_code_7(bindir, prev, command):
+    conf = {"cniVersion": "1.0.0", "name": "n", "type": "libnet", "socket": "/nonexistent", "prevResult": prev}
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0", "CNI_NETNS": "/proc/self/ns/net"}
+    rc, out = run(bindir / "libnet", json.dumps(conf).encode(), **env)
+    assert rc == 1 and out["code"] == 7 and "prevResult" in out["msg"], out
+
+
+@pytest.mark.parametrize("version", ["0.3.0", "0.3.1"])
+def test_check_with_a_config_before_0_4_0_is_code_1(bindir, version):
+    conf = {"cniVersion": version, "name": "n", "type": "libnet", "socket": "/nonexistent", "prevResult": {}}
+    env = {"CNI_COMMAND": "CHECK", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0", "CNI_NETNS": "/proc/self/ns/net"}
+    rc, out = run(bindir / "libnet", json.dumps(conf).encode(), **env)
+    assert rc == 1 and out["code"] == 1 and out["cniVersion"] == version, out
+
+
+def test_deeply_nested_json_is_a_decode_failure(bindir):
+    rc, out = run(bindir / "libnet", b"[" * 100000, CNI_COMMAND="ADD")
+    assert rc == 1 and out["code"] == 6, out
+
+
+@pytest.mark.parametrize("ips", [5, "198.51.100.9", [7], {"a": 1}])
+def test_requested_ips_of_the_wrong_type_are_code_7(ips):
+    for conf in ({"runtimeConfig": {"ips": ips}}, {"args": {"cni": {"ips": ips}}}):
+        call = common.Call("ADD", "c1", "/proc/self/ns/net", "eth0", {}, "", {"cniVersion": "1.0.0", **conf})
+        with pytest.raises(common.CniError) as e:
+            common.requested_ips(call)
+        assert e.value.code == 7 and "ips" in e.value.msg
+
+
+def test_two_requested_addresses_of_one_family_are_code_7():
+    """Not the first one silently: libnet gives an interface one address per family."""
+
+    def call(ip_arg: str, conf: dict | None = None) -> common.Call:
+        return common.Call("ADD", "c1", "/x", "eth0", {"IP": ip_arg}, "", {"cniVersion": "1.0.0", **(conf or {})})
+
+    with pytest.raises(common.CniError) as e:
+        common.requested_ips(call("198.51.100.7,198.51.100.8"))
+    assert e.value.code == 7 and "one IPv4" in e.value.msg
+    with pytest.raises(common.CniError):
+        common.requested_ips(call("2001:db8::7", {"runtimeConfig": {"ips": ["2001:db8::8/64"]}}))
+    both = call("198.51.100.7,2001:db8::7", {"runtimeConfig": {"ips": ["198.51.100.7/24"]}})
+    assert common.requested_ips(both) == ("198.51.100.7", "2001:db8::7")  # the same one twice is fine
+
+
+@pytest.mark.parametrize("plugin", ["libnet", "libnet-ipam"])
+def test_a_socket_path_too_long_for_a_unix_socket_is_code_7(bindir, plugin):
+    """Not 11 (try again later): no retry makes a path longer than ``sun_path`` work."""
+    sock = "/" + "s" * 200
+    conf = {
+        "cniVersion": "1.0.0",
+        "name": "n",
+        "type": plugin,
+        "socket": sock,
+        "ipam": {"type": plugin, "socket": sock},
+    }
+    if plugin == "libnet":
+        del conf["ipam"]
+    env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0"}
+    rc, out = run(bindir / plugin, json.dumps(conf).encode(), **env)
+    assert rc == 1 and out["code"] == 7 and "socket" in out["msg"], out
