@@ -721,6 +721,6 @@ class Tunnel:
                     await asyncio.to_thread(self.backend.delete, slot.ifname)
                     log.info("wireguard interface %s stopped", slot.ifname)
             self.live = set()
-            if removed := await asyncio.to_thread(self._unfence):
-                log.info("wireguard fail-closed route over %s removed", removed)
+        if stop and (removed := await asyncio.to_thread(self._unfence)):  # also one an agent with a backend made
+            log.info("wireguard fail-closed route over %s removed", removed)
         self._up = False

@@ -1025,3 +1025,17 @@ def test_the_fence_covers_ipv6_ranges_and_follows_a_changed_range(tmp_path) -> N
         assert fence.present(nl, "2001:db8:ee::/64") and fence.recorded(state) == "2001:db8:ee::/64"
         assert fence.remove(nl, state) == "2001:db8:ee::/64" and fence.remove(nl, state) is None
         assert kernel.namespace(None).typed_routes == {}
+
+
+async def test_leaving_removes_a_fence_an_earlier_agent_made_also_without_a_backend(tmp_path) -> None:
+    """``--leave`` on a host whose agent has no WireGuard backend now (module gone, package removed) still
+    removes the fence an earlier agent with one made: it would drop traffic to the range for ever."""
+    kernel = FakeKernel()
+    with kernel.netlink(None) as nl:
+        assert fence.ensure(nl, str(tmp_path / "h1"), "198.51.100.240/28")
+    tunnel = make_tunnel(kernel, open_store("memory://"), [], tmp_path)
+    tunnel.backend = None
+    await tunnel.close()
+    assert fence_at(kernel) is not None
+    await tunnel.close(stop=True)
+    assert fence_at(kernel) is None
