@@ -7,7 +7,9 @@ marks only, never by names:
   (bridges, host-side veths, a VXLAN device caught before its move);
 - namespaces the instance's ledger records (sandbox and overlay ones) that
   exist; a record without its namespace is a crash's leftover;
-- the instance's own nftables table (family ``inet``) and the rules in it.
+- the instance's own nftables table (family ``inet``) and the rules in it;
+- the encrypted overlays' fail-closed route its state dir records
+  (:mod:`libnet.encryption.fence`; removed by :func:`purge` only on an exact match).
 
 :func:`scan` only reads.  :func:`purge` removes exactly what a scan found
 (namespaces first: deleting one takes the links inside it along), and
@@ -113,8 +115,9 @@ def purge(inv: Inventory, state_dir: str, host_ns: str | None = None) -> list[st
 
     Namespaces go first (with the interfaces in them), then the marked links
     of the host namespace (re-checked: a link whose mark changed meanwhile
-    stays), then the instance's nftables table; sandbox files of purged
-    sandboxes and the ledger records go too."""
+    stays), then the fence route the state dir records, then the instance's
+    nftables table; sandbox files of purged sandboxes and the ledger records go too."""
+    from libnet.encryption import fence
     from libnet.kernel import netns
     from libnet.kernel.netlink import Netlink
 
@@ -148,6 +151,9 @@ def purge(inv: Inventory, state_dir: str, host_ns: str | None = None) -> list[st
             what = "network" if link.mark.kind == "net" else "endpoint"
             removed.append(f"{link.kind or 'link'} {link.name} ({what} {link.mark.name or link.mark.owner[:12]})")
     removed += _stop_wireguard_go(inv.instance, state_dir, host_ns)
+    with Netlink(host_ns) as nl:
+        if fenced := fence.remove(nl, state_dir):
+            removed.append(f"route unreachable {fenced} proto {ownership.ROUTE_PROTO} (encrypted overlays' guard)")
     if inv.table_exists or inv.rules:
         with _firewall(host_ns, inv.instance) as fw:
             fw.delete_table()

@@ -21,6 +21,12 @@ removes only what carries its mark (DESIGN.md, "Ownership").
   and is simply dropped.
 - **nftables**: one table per instance (:func:`firewall_table`); everything in
   it is the instance's.
+- **Routes** (no place for a mark but the protocol number): libnet's routes
+  carry ``proto`` :data:`ROUTE_PROTO` (108, unassigned in iproute2's
+  ``rt_protos``; ``ip route show proto 108``), and libnet removes one only on
+  an exact match of destination, type, metric and that protocol, recorded in
+  the state dir when made (the encrypted overlays' fail-closed route,
+  :mod:`libnet.encryption.fence`).
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ INSTANCE_FILE = "instance-id"
 LEDGER_DIR = "netns"
 _INSTANCE = re.compile(r"[0-9a-f]{12}")
 KINDS = ("net", "ep")
+#: the ``rtm_protocol`` of every route libnet makes (iproute2: ``proto 108``); see the module docstring
+ROUTE_PROTO = 108
 
 
 def load_instance_id(state_dir: str, create: bool = True) -> str | None:

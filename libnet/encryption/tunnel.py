@@ -16,13 +16,17 @@ During a key rotation (:mod:`~libnet.encryption.rotation`) a host has two
 with its own tunnel address, as /32 or /128); replacing that one route
 switches key and source address in one step.
 
-No clear text, ever: before any interface exists, an nftables rule in the
-instance's table of the host namespace drops every locally sent packet to
-the tunnel range that would leave other than through a WireGuard slot
-(:func:`libnet.kernel.firewall.tunnel_guard_rules`).  While an interface is
-gone -- ``wireguard-go`` killed, restarting -- encrypted VXLAN has nowhere to
-go and is dropped; a peer without a key record has no WireGuard peer entry,
-so its traffic is dropped by WireGuard.
+No clear text, ever: before any interface exists, two guards are set in the
+host namespace.  The fail-closed one is a route, :mod:`~libnet.encryption.fence`
+(``unreachable <range> metric 4294967295 proto 108``): whenever the route
+through WireGuard is gone -- interface down or deleted, ``wireguard-go``
+killed, restarting -- packets to tunnel addresses are dropped, whatever the
+firewall holds and whether the agent runs or not.  The second is an nftables
+rule in the instance's table that drops every locally sent packet to the
+tunnel range that would leave other than through a WireGuard slot
+(:func:`libnet.kernel.firewall.tunnel_guard_rules`; a ruleset flush removes
+it until the supervision puts it back).  A peer without a key record has no
+WireGuard peer entry, so its traffic is dropped by WireGuard.
 
 Keys (:mod:`~libnet.encryption.keys`): made locally, the private keys only
 in the state dir (0600).  The public keys, underlay endpoints and tunnel
@@ -39,14 +43,15 @@ else fails with ``TunnelDown`` naming those hosts; a host whose record shows
 another encryption range is refused at once (``IncompatibleTunnel``) and
 listed by :meth:`Tunnel.status`.
 
-Supervision: every ``check_interval`` seconds the guard rules are checked
-and put back if missing (:meth:`Tunnel.restore_guards`: a flushed ruleset),
+Supervision: every ``check_interval`` seconds the guards are checked
+and put back if missing (:meth:`Tunnel.restore_guards`: a flushed ruleset, the fence route deleted),
 then each live slot (process, link up, address); a dead one (``kill -9`` of ``wireguard-go``) is
 brought up again with the same key, address and peers.  The interfaces
 outlive an agent stop or crash (the next agent adopts them, so encrypted
 traffic goes on); they are stopped when the host leaves the cluster for good
-(``close(stop=True)``: ``libnet node drain``, ``libnet-agent --leave``).  MTU: the underlay's minus WireGuard's
-overhead (60 bytes on an IPv4 underlay, 80 on IPv6: outer IP + UDP 8 + WireGuard 32).
+(``close(stop=True)``: ``libnet node drain``, ``libnet-agent --leave``), and the
+fence route with them.  MTU: the underlay's minus WireGuard's overhead (60 bytes on
+an IPv4 underlay, 80 on IPv6: outer IP + UDP 8 + WireGuard 32).
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from libnet.encryption import keys
+from libnet.encryption import fence, keys
 from libnet.encryption.backend import Backend, WgConfig, WgPeer
 from libnet.encryption.records import (
     Identity,
@@ -159,6 +164,7 @@ class Tunnel:
         self.range, self.port, self.check_interval = str(tunnel_range(range_)), port, check_interval
         self.underlay_mtu = underlay_mtu
         self.instance = instance
+        self.state_dir = state_dir
         self.dir = os.path.join(state_dir, "wireguard")
         self.slots = [Slot(i, ifname_of(instance, i), port + i) for i in (0, 1)]
         self.current = 0
@@ -247,9 +253,9 @@ class Tunnel:
     async def ensure(self) -> str:
         """The tunnel up (made on first use); returns this host's tunnel address.
 
-        Order: guard rule, key, address, interface with its peers and the
-        route, then the published record -- so nothing encrypted is ever sent
-        without the guard.  A slot a crash left from a rotation half done is
+        Order: guards (fence route, then rule), key, address, interface with its
+        peers and the route, then the published record -- so nothing encrypted
+        is ever sent without the guards.  A slot a crash left from a rotation half done is
         removed (its key was never the one peers were switched to)."""
         async with self._lock:
             if self._up and self.address is not None:
@@ -308,14 +314,28 @@ class Tunnel:
                         address=str(iface.ip),
                     )
 
-    def _guard(self) -> None:
+    def _guard(self) -> bool:
+        """Both guards: the fence route (:meth:`_fence`), then the nftables rule; whether the
+        fence was missing."""
         from libnet.ownership import firewall_table
 
+        fenced = self._fence()
         fw = self.kernel.firewall(self.host_ns, firewall_table(self.instance))
         try:
             fw.add(GUARD_KEY, self._guard_rules())
         finally:
             fw.close()
+        return fenced
+
+    def _fence(self) -> bool:
+        """The fail-closed route over the tunnel range (:mod:`~libnet.encryption.fence`); whether it
+        was made now.  ``Conflict`` when another's route holds its place (it is left alone)."""
+        with self.kernel.netlink(self.host_ns) as nl:
+            return fence.ensure(nl, self.state_dir, self.range)
+
+    def _unfence(self) -> str | None:
+        with self.kernel.netlink(self.host_ns) as nl:
+            return fence.remove(nl, self.state_dir)
 
     def _guard_rules(self) -> list[tuple[str, list[dict[str, Any]]]]:
         return firewall.tunnel_guard_rules(self.range, [s.ifname for s in self.slots])
@@ -372,24 +392,26 @@ class Tunnel:
                 fw.close()
 
     def restore_guards(self) -> list[str]:
-        """Put back the guard rule and the entry guard of each encrypted VNI served here where
-        they are missing or incomplete -- a ruleset flushed by hand or by a firewall service's
-        reload (``nft flush ruleset``) -- and return their keys.  Called by the supervision
-        every round: without them clear VXLAN from the underlay would enter an encrypted
-        network, and a tunnel that went down would send clear VXLAN out of another route."""
+        """Put back the fence route, the guard rule and the entry guard of each encrypted VNI served
+        here where they are missing or incomplete -- a route deleted by hand, a ruleset flushed by
+        hand or by a firewall service's reload (``nft flush ruleset``) -- and return what was.
+        Called by the supervision every round: without them clear VXLAN from the underlay would
+        enter an encrypted network, and a tunnel that went down would send clear VXLAN out of
+        another route (the fence alone stops that one)."""
         from libnet.ownership import firewall_table
 
         with self._guard_lock:
+            restored = [f"unreachable route {self.range}"] if self._fence() else []
             fw = self.kernel.firewall(self.host_ns, firewall_table(self.instance))
             try:
                 have = Counter(r["key"] for r in fw.rules())
                 wanted = {GUARD_KEY: self._guard_rules()}
                 for vni, port in sorted(self._guarded.items()):
                     wanted[f"{GUARD_KEY}:vni:{vni}"] = self._vni_rules(vni, port)
-                restored = [key for key, rules in wanted.items() if have[key] != len(rules)]
-                for key in restored:
+                lost = [key for key, rules in wanted.items() if have[key] != len(rules)]
+                for key in lost:
                     fw.add(key, wanted[key])
-                return restored
+                return restored + lost
             finally:
                 fw.close()
 
@@ -469,14 +491,15 @@ class Tunnel:
 
     async def repair(self) -> list[str]:
         """The overlay's anti-entropy for the tunnel (called from the overlay driver's
-        ``repair`` beside its own peers): the guard rule and the route into the tunnel
-        put back, the records' watch restarted if it ended, and every live interface's
+        ``repair`` beside its own peers): the guards (fence route, rule) and the route into
+        the tunnel put back, the records' watch restarted if it ended, and every live interface's
         peers set again from the records -- by difference, so only drift (a peer removed
         or changed by hand, a lost event) changes anything.  Returns what was repaired."""
         if self.backend is None or not self._up:
             return []
         repaired = []
-        await asyncio.to_thread(self._guard)
+        if await asyncio.to_thread(self._guard):
+            repaired.append(f"wireguard fail-closed route over {self.range} put back")
         if not self.rotation_lock.locked():  # a rotation moves the route itself
             await asyncio.to_thread(self.route_via, self.slots[self.current])
         if not self._tasks or self._tasks[0].done():
@@ -647,7 +670,7 @@ class Tunnel:
             await asyncio.sleep(self.check_interval)
             try:  # the guards first: a flushed ruleset is put back within a round, not at the next anti-entropy
                 if restored := await asyncio.to_thread(self.restore_guards):
-                    log.warning("wireguard guard rules were missing (ruleset flushed?): put back %s", restored)
+                    log.warning("wireguard guards were missing (ruleset flushed?): put back %s", restored)
             except (LibnetError, OSError) as exc:
                 log.warning("wireguard guard rules: %s", exc)
             except Exception:
@@ -684,7 +707,8 @@ class Tunnel:
     async def close(self, stop: bool = False) -> None:
         """Stop supervising.  The interfaces stay -- encrypted traffic goes on while the
         agent is down, and the next agent adopts them (DESIGN.md, "Liveness") -- unless
-        ``stop`` (the host leaves the cluster for good).  The guard rule always stays."""
+        ``stop`` (the host leaves the cluster for good): then the fence route goes after them.
+        The guard rule always stays."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -697,4 +721,6 @@ class Tunnel:
                     await asyncio.to_thread(self.backend.delete, slot.ifname)
                     log.info("wireguard interface %s stopped", slot.ifname)
             self.live = set()
+        if stop and (removed := await asyncio.to_thread(self._unfence)):  # also one an agent with a backend made
+            log.info("wireguard fail-closed route over %s removed", removed)
         self._up = False

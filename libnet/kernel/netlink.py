@@ -47,6 +47,7 @@ from libnet.kernel.wire import (
 T = TypeVar("T")
 
 RTNH_F_ONLINK = 0x04
+RTN_UNREACHABLE = 7  # route type: drop, answer EHOSTUNREACH
 VXLAN_PORT = 4789
 IFNAMSIZ = 15
 
@@ -763,6 +764,37 @@ class Netlink:
     def delete_route(self, dst: str, via: str | None = None, family: int | None = None) -> None:
         """Delete a route; one that is already gone is success."""
         spec = _route_spec(dst, via, family)
+        self._run_gone_ok("delete route", lambda: self.ipr.route("del", **spec), dst=dst)
+
+    def route_at(self, dst: str, metric: int) -> tuple[int, int] | None:
+        """The type (``RTN_*``: 1 unicast, 7 unreachable, ...) and protocol number (``RTPROT_*``)
+        of the main table's route to exactly ``dst`` (a CIDR) with ``metric``; None: there is none."""
+        spec = _route_spec(dst, None, None)
+        net = ipaddress.ip_network(spec["dst"])
+
+        def body() -> tuple[int, int] | None:
+            for m in self.ipr.get_routes(family=spec["family"], table=254):
+                if (
+                    m["dst_len"] == net.prefixlen
+                    and m.get("dst") == str(net.network_address)
+                    and int(m.get("priority") or 0) == metric
+                ):
+                    return int(m["type"]), int(m["proto"])
+            return None
+
+        return self._run("list routes", body, dst=dst)
+
+    def add_unreachable_route(self, dst: str, metric: int, proto: int) -> None:
+        """Create (never replace) an ``unreachable`` route to ``dst`` with ``metric`` and protocol
+        number ``proto``: packets it takes are dropped, their sender told EHOSTUNREACH.
+        ``KernelObjectExists`` when a route to ``dst`` with that metric is there already."""
+        spec = {**_route_spec(dst, None, None), "type": RTN_UNREACHABLE, "priority": metric, "proto": proto}
+        self._run("add route", lambda: self.ipr.route("add", **spec), dst=dst)
+
+    def delete_unreachable_route(self, dst: str, metric: int, proto: int) -> None:
+        """Delete the ``unreachable`` route to ``dst`` with exactly ``metric`` and ``proto``
+        (the kernel matches both); one already gone is success."""
+        spec = {**_route_spec(dst, None, None), "type": RTN_UNREACHABLE, "priority": metric, "proto": proto}
         self._run_gone_ok("delete route", lambda: self.ipr.route("del", **spec), dst=dst)
 
     def routes(self, family: int = socket.AF_INET) -> list[Route]:

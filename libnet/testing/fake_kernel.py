@@ -21,11 +21,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from libnet.errors import BadRequest, KernelError, NoSuchLink, NoSuchNamespace
+from libnet.errors import BadRequest, KernelError, KernelObjectExists, NoSuchLink, NoSuchNamespace
 from libnet.kernel.api import RuleList
 from libnet.kernel.errors import from_errno
 from libnet.kernel.neighbours import FdbEntry, Neighbour
-from libnet.kernel.netlink import VXLAN_PORT, Link, Vxlan
+from libnet.kernel.netlink import RTN_UNREACHABLE, VXLAN_PORT, Link, Vxlan
 
 T = TypeVar("T")
 HOST = "(host)"
@@ -63,6 +63,8 @@ class FakeNamespace:
     routes: set[tuple[str, int]] = field(default_factory=set)  # (default via, out of index)
     #: other routes: destination CIDR -> (out of index, preferred source)
     prefix_routes: dict[str, tuple[int, str | None]] = field(default_factory=dict)
+    #: routes without a device: (destination CIDR, metric) -> (type RTN_*, protocol RTPROT_*)
+    typed_routes: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
     neighbours: dict[int, set[Neighbour]] = field(default_factory=dict)
     fdb: dict[int, set[FdbEntry]] = field(default_factory=dict)
 
@@ -399,6 +401,21 @@ class FakeNetlink:
 
     def delete_route(self, dst: str, via: str | None = None, family: int | None = None) -> None:
         self.space.prefix_routes.pop(str(ipaddress.ip_network(dst)), None)
+
+    def route_at(self, dst: str, metric: int) -> tuple[int, int] | None:
+        return self.space.typed_routes.get((str(ipaddress.ip_network(dst)), metric))
+
+    def add_unreachable_route(self, dst: str, metric: int, proto: int) -> None:
+        self.kernel.check("add_unreachable_route")
+        key = (str(ipaddress.ip_network(dst)), metric)
+        if key in self.space.typed_routes:
+            raise KernelObjectExists("route exists", dst=dst, netns=self.space.key)
+        self.space.typed_routes[key] = (RTN_UNREACHABLE, proto)
+
+    def delete_unreachable_route(self, dst: str, metric: int, proto: int) -> None:
+        key = (str(ipaddress.ip_network(dst)), metric)
+        if self.space.typed_routes.get(key) == (RTN_UNREACHABLE, proto):
+            del self.space.typed_routes[key]
 
     # addresses
     def addresses(self, link: str | int | None = None) -> list[str]:

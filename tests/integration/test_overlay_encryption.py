@@ -452,3 +452,42 @@ def test_the_guard_comes_back_at_once_after_a_ruleset_flush(tmp_path) -> None:
         wait_ping(bed, a, target)
         for agent in agents:
             agent.stop()
+
+
+def _fence_routes(bed: Testbed, ns: str) -> str:
+    return bed.run(ns, ["ip", "route", "show", "proto", "108", TUNNEL_RANGE]).stdout.strip()
+
+
+def test_no_clear_text_when_the_ruleset_is_flushed_and_the_tunnel_goes_down(tmp_path) -> None:
+    """Breaker (issue 20): the only guard against clear VXLAN leaving was nftables rules, put back within
+    a supervision round (0.5 s).  A ruleset flushed and the WireGuard interface down within that round -- or
+    the ruleset flushed while the agent is down, and the interface down then -- sent the encrypted VXLAN out
+    of the default route in clear.  The fail-closed route (``unreachable <range> metric 4294967295 proto
+    108``) drops it whatever the firewall holds; it outlives the agent and goes with ``--leave`` only."""
+    with Testbed(2) as bed:
+        agents, (a, _), (_b, ep) = _two_on_an_encrypted_overlay(bed, tmp_path)
+        vni, target, h1 = vni_of(agents[0], "sec"), ip(ep["ipv4"]), bed.hosts[0].ns
+        bed.run(h1, ["ip", "route", "replace", "default", "via", bed.hosts[1].ipv4], check=True)
+        assert "unreachable" in _fence_routes(bed, h1) and "metric 4294967295" in _fence_routes(bed, h1)
+        ifname = agents[0].cli_json("agent", "status")["encryption"]["interface"]
+        flush_and_down = f"nft flush ruleset && ip link set {ifname} down"
+        for agent_running in (True, False):
+            if not agent_running:
+                agents[0].stop()  # wireguard-go and the fence stay
+                bed.run(h1, ["ip", "link", "set", ifname, "up"], check=True)
+                wait_ping(bed, a, target, timeout=10)
+            cap = Capture(bed)
+            stream = bed.spawn(a, ["ping", "-n", "-c", "30", "-i", "0.05", "-s", "600", "-p", MARKER, target],
+                               stdout=subprocess.DEVNULL)  # fmt: skip
+            time.sleep(0.3)
+            bed.run(h1, ["sh", "-c", flush_and_down], check=True)  # both within one supervision round
+            stream.wait(timeout=30)
+            packets = cap.stop(bed)
+            assert_no_clear_text(cap.frames, packets, vni, [ip(ep["ipv4"])])
+            if agent_running:
+                wait_ping(bed, a, target, timeout=10)  # the supervision brings the interface and guards back
+        assert _fence_routes(bed, h1), "the fence went with the agent's stop"
+        agents[0].start(once=("--leave",))
+        agents[0].stop()
+        assert _fence_routes(bed, h1) == "", "the fence outlived leaving the cluster"
+        agents[1].stop()

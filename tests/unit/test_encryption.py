@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from libnet.encryption import backend as wgbackend
-from libnet.encryption import keys
+from libnet.encryption import fence, keys
 from libnet.encryption.backend import WgConfig, WgPeer
 from libnet.encryption.kernel_backend import KernelBackend
 from libnet.encryption.records import (
@@ -29,9 +29,10 @@ from libnet.encryption.records import (
     tunnel_range,
 )
 from libnet.encryption.tunnel import GUARD_KEY, Tunnel, forget, revoke, wireguard_overhead
-from libnet.errors import BadRequest, InvalidOption, LibnetError, Unavailable
+from libnet.errors import BadRequest, Conflict, InvalidOption, LibnetError, Unavailable
 from libnet.kernel import firewall
-from libnet.ownership import firewall_table
+from libnet.kernel.netlink import RTN_UNREACHABLE
+from libnet.ownership import ROUTE_PROTO, firewall_table
 from libnet.store import open_store
 from libnet.testing.fake_kernel import FakeKernel
 
@@ -945,3 +946,96 @@ def until_sync(predicate: Any, timeout: float = 5.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+# --- the fail-closed route ---------------------------------------------------------------
+
+
+def fence_at(kernel: FakeKernel, range_: str = "198.51.100.240/28") -> tuple[int, int] | None:
+    with kernel.netlink(None) as nl:
+        return nl.route_at(range_, fence.METRIC)
+
+
+async def test_the_fence_route_comes_first_stays_with_the_agent_and_goes_only_when_leaving(
+    monkeypatch, tmp_path
+) -> None:
+    """Breaker (issue 20): the only guard against clear VXLAN leaving was nftables rules; a ruleset flushed
+    while the agent was down (or within a supervision round) and the WireGuard interface then down sent
+    encrypted VXLAN out of the default route.  An ``unreachable`` route over the tunnel range at the highest
+    metric (libnet's protocol number) is made before the tunnel's route, outlives the agent, is put back by
+    the supervision and the anti-entropy, and goes with ``--leave`` only."""
+    from libnet.testing.fake_kernel import FakeNetlink
+
+    kernel, _, log, tunnel, _ = await tunnel_beside_h2(monkeypatch, tmp_path)
+    add_fence, add_route = FakeNetlink.add_unreachable_route, FakeNetlink.add_route
+    monkeypatch.setattr(FakeNetlink, "add_unreachable_route", lambda nl, *a: (log.append("fence"), add_fence(nl, *a)))
+    monkeypatch.setattr(FakeNetlink, "add_route", lambda nl, *a, **k: (log.append("route"), add_route(nl, *a, **k)))
+    await tunnel.ensure()
+    try:
+        assert log.index("fence") < log.index("create") < log.index("route")
+        assert fence_at(kernel) == (RTN_UNREACHABLE, ROUTE_PROTO)
+        assert (tmp_path / "h1" / "wireguard" / fence.RECORD).read_text().strip() == "198.51.100.240/28"
+        kernel.namespace(None).typed_routes.clear()  # deleted by hand: back within a supervision round
+        assert await until(lambda: fence_at(kernel) is not None, 1.0)
+        await tunnel.close()  # the agent stops: the fence stays (encrypted VXLAN devices stay too)
+        kernel.namespace(None).typed_routes.clear()
+        assert await tunnel.repair() == []  # not up: the next agent's start puts it back
+        again = make_tunnel(kernel, tunnel.store, log, tmp_path)
+        await again.ensure()  # a restart: idempotent
+        assert fence_at(kernel) == (RTN_UNREACHABLE, ROUTE_PROTO)
+        await again.ensure()
+        kernel.namespace(None).typed_routes.clear()
+        assert "wireguard fail-closed route over 198.51.100.240/28 put back" in await again.repair()
+        await again.close()
+        assert fence_at(kernel) is not None
+    finally:
+        await tunnel.close(stop=True)  # leaving the cluster for good: now it goes, and its record
+    assert fence_at(kernel) is None and not (tmp_path / "h1" / "wireguard" / fence.RECORD).exists()
+
+
+async def test_a_route_of_someone_else_at_the_fences_place_is_never_touched(monkeypatch, tmp_path) -> None:
+    """A route to the range at the fence's metric that is not libnet's (another type or protocol) is neither
+    replaced nor removed: the tunnel refuses to start (a clear Conflict, no interface made) rather than run
+    without its fail-closed guard, and a purge leaves that route alone."""
+    kernel, _, log, tunnel, _ = await tunnel_beside_h2(monkeypatch, tmp_path)
+    theirs = kernel.namespace(None).typed_routes
+    for foreign in ((RTN_UNREACHABLE, 4), (1, ROUTE_PROTO)):  # unreachable but static; libnet's number, unicast
+        theirs[("198.51.100.240/28", fence.METRIC)] = foreign
+        with pytest.raises(Conflict, match="not libnet's"):
+            await tunnel.ensure()
+        assert "create" not in log and fence_at(kernel) == foreign
+        with kernel.netlink(None) as nl:
+            (tmp_path / "h1" / "wireguard").mkdir(parents=True, exist_ok=True)
+            (tmp_path / "h1" / "wireguard" / fence.RECORD).write_text("198.51.100.240/28\n")
+            assert fence.remove(nl, str(tmp_path / "h1")) is None
+        assert fence_at(kernel) == foreign
+    del theirs[("198.51.100.240/28", fence.METRIC)]
+    await tunnel.ensure()
+    await tunnel.close(stop=True)
+
+
+def test_the_fence_covers_ipv6_ranges_and_follows_a_changed_range(tmp_path) -> None:
+    kernel, state = FakeKernel(), str(tmp_path)
+    with kernel.netlink(None) as nl:
+        assert fence.ensure(nl, state, "198.51.100.240/28") and not fence.ensure(nl, state, "198.51.100.240/28")
+        # the range option changed: the old fence (libnet's, recorded) goes, the new one comes
+        assert fence.ensure(nl, state, "2001:db8:ee::/64")
+        assert nl.route_at("198.51.100.240/28", fence.METRIC) is None
+        assert nl.route_at("2001:db8:ee::/64", fence.METRIC) == (RTN_UNREACHABLE, ROUTE_PROTO)
+        assert fence.present(nl, "2001:db8:ee::/64") and fence.recorded(state) == "2001:db8:ee::/64"
+        assert fence.remove(nl, state) == "2001:db8:ee::/64" and fence.remove(nl, state) is None
+        assert kernel.namespace(None).typed_routes == {}
+
+
+async def test_leaving_removes_a_fence_an_earlier_agent_made_also_without_a_backend(tmp_path) -> None:
+    """``--leave`` on a host whose agent has no WireGuard backend now (module gone, package removed) still
+    removes the fence an earlier agent with one made: it would drop traffic to the range for ever."""
+    kernel = FakeKernel()
+    with kernel.netlink(None) as nl:
+        assert fence.ensure(nl, str(tmp_path / "h1"), "198.51.100.240/28")
+    tunnel = make_tunnel(kernel, open_store("memory://"), [], tmp_path)
+    tunnel.backend = None
+    await tunnel.close()
+    assert fence_at(kernel) is not None
+    await tunnel.close(stop=True)
+    assert fence_at(kernel) is None
