@@ -25,6 +25,10 @@ softirq work of every hop the packets take in the senders' context -- a
 figure that moves much less than throughput when other work loads the
 machine, so it says what a path costs when the throughput ratio is noise
 (socat's own CPU, relaying in its own process, is not in its figure).
+Likewise for connections, microseconds of CPU per connection: the
+client's user and system time (``os.times``) over the connections it made,
+which includes the kernel's work on every hop of the handshake and reset
+done in its context (socat's and the server's own processes excluded).
 All throughput rounds first, then the connection rounds; each round starts
 with the next path in turn, so none is favoured by its place.  Medians over
 the rounds.  Targets: throughput >= 0.9 x direct, connection rate
@@ -63,7 +67,7 @@ ACCEPTOR = textwrap.dedent(
 )
 CONNECTOR = textwrap.dedent(
     """
-    import socket, struct, sys, time
+    import os, socket, struct, sys, time
     addr, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     linger = struct.pack("ii", 1, 0)
     n, end = 0, time.monotonic() + seconds
@@ -75,7 +79,8 @@ CONNECTOR = textwrap.dedent(
         except OSError:
             pass
         c.close()
-    print(n / (time.monotonic() - t0))
+    t = os.times()
+    print(n / (time.monotonic() - t0), (t.user + t.system) / max(n, 1) * 1e6)
     """
 )
 
@@ -92,12 +97,14 @@ def cpu_ms_per_gb(end: dict, seconds: float) -> float:
     return float((pct["host_total"] + pct["remote_total"]) / 100 * seconds * 1000 / gb)
 
 
-def conn_rate(bed: Testbed, client_ns: str, addr: str, seconds: float) -> float:
-    """Connections per second from ``client_ns`` to ``addr``:CONN_PORT."""
+def conn_rate(bed: Testbed, client_ns: str, addr: str, seconds: float) -> tuple[float, float]:
+    """Connections per second from ``client_ns`` to ``addr``:CONN_PORT, and the client's CPU
+    (user + system, microseconds) per connection."""
     r = bed.run(client_ns, [sys.executable, "-c", CONNECTOR, addr, str(CONN_PORT), str(seconds)], timeout=seconds + 30)
     if r.returncode != 0:
         raise SystemExit(f"connection-rate client to {addr} failed: {r.stderr[-300:]}")
-    return float(r.stdout.strip())
+    rate, cpu_us = r.stdout.split()
+    return float(rate), float(cpu_us)
 
 
 async def build(bed: Testbed, tmp: str) -> tuple[Controller, dict[str, str]]:
@@ -132,6 +139,7 @@ def main() -> dict:
     gbps: dict[str, list[float]] = {"proxy": [], "direct": [], "userspace": [], "routed": []}
     cpu: dict[str, list[float]] = {"proxy": [], "direct": [], "userspace": [], "routed": []}  # ms per GB
     rate: dict[str, list[float]] = {"proxy": [], "direct": [], "userspace": [], "routed": []}
+    conn_cpu: dict[str, list[float]] = {"proxy": [], "direct": [], "userspace": [], "routed": []}  # us per conn
     with Testbed(1) as bed, tempfile.TemporaryDirectory() as tmp:
         loop = asyncio.new_event_loop()
         ctl, at = loop.run_until_complete(build(bed, tmp))
@@ -175,17 +183,21 @@ def main() -> dict:
                             out[path].append(end["sum_received"]["bits_per_second"] / 1e9)
                             cpu[path].append(cpu_ms_per_gb(end, seconds))
                         else:
-                            out[path].append(conn_rate(bed, client_ns, addr, seconds))
+                            per_s, cpu_us = conn_rate(bed, client_ns, addr, seconds)
+                            out[path].append(per_s)
+                            conn_cpu[path].append(cpu_us)
         finally:
             loop.run_until_complete(ctl.close())
             loop.close()
     g = {k: statistics.median(v) for k, v in gbps.items()}
     c = {k: statistics.median(v) for k, v in rate.items()}
     u = {k: statistics.median(v) for k, v in cpu.items()}
+    cc = {k: statistics.median(v) for k, v in conn_cpu.items()}
     metrics = {
         "proxy_gbps": round(g["proxy"], 3),
         "proxy_conn_per_s": round(c["proxy"], 1),
         "proxy_cpu_ms_per_gb": round(u["proxy"]),
+        "proxy_conn_cpu_us": round(cc["proxy"], 1),
     }
     peers = {
         "direct_gbps": round(g["direct"], 3),
@@ -197,6 +209,9 @@ def main() -> dict:
         "direct_cpu_ms_per_gb": round(u["direct"]),
         "socat_cpu_ms_per_gb": round(u["userspace"]),
         "routed_hop_cpu_ms_per_gb": round(u["routed"]),
+        "direct_conn_cpu_us": round(cc["direct"], 1),
+        "socat_conn_cpu_us": round(cc["userspace"], 1),
+        "routed_hop_conn_cpu_us": round(cc["routed"], 1),
     }
     ratios = {
         "throughput_vs_direct": round(g["proxy"] / g["direct"], 3),
@@ -206,6 +221,10 @@ def main() -> dict:
         "routed_hop_throughput_vs_direct": round(g["routed"] / g["direct"], 3),
         "cpu_per_gb_vs_direct": round(u["proxy"] / u["direct"], 3),  # > 1: the proxied path costs more CPU
         "cpu_per_gb_vs_routed_hop": round(u["proxy"] / u["routed"], 3),
+        # > 1: a connection through the proxy costs the client (and the kernel work of every hop
+        # done in its context) more CPU than a direct one; moves much less with load than the rate
+        "conn_cpu_vs_direct": round(cc["proxy"] / cc["direct"], 3),
+        "conn_cpu_vs_routed_hop": round(cc["proxy"] / cc["routed"], 3),
     }
     params = {"seconds": seconds, "rounds": rounds, "streams": 1, "networks": "bridge -> bridge, one host"}
     return emit(NAME, params, metrics, peers, ratios)

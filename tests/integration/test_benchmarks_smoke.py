@@ -145,8 +145,8 @@ def test_restart_bench_quick() -> None:
 def test_proxy_bench_quick() -> None:
     r = _run("proxy_bench")
     assert r["metrics"]["proxy_gbps"] > 0 and r["metrics"]["proxy_conn_per_s"] > 0
-    assert r["metrics"]["proxy_cpu_ms_per_gb"] > 0
-    assert all(v > 0 for v in r["peers"].values()) and len(r["peers"]) == 9
+    assert r["metrics"]["proxy_cpu_ms_per_gb"] > 0 and r["metrics"]["proxy_conn_cpu_us"] > 0
+    assert all(v > 0 for v in r["peers"].values()) and len(r["peers"]) == 12
     assert set(r["ratios"]) == {
         "throughput_vs_direct",
         "conn_rate_vs_direct",
@@ -155,6 +155,8 @@ def test_proxy_bench_quick() -> None:
         "routed_hop_throughput_vs_direct",
         "cpu_per_gb_vs_direct",
         "cpu_per_gb_vs_routed_hop",
+        "conn_cpu_vs_direct",
+        "conn_cpu_vs_routed_hop",
     }
 
 
