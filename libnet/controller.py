@@ -52,7 +52,7 @@ from libnet.gate import OperationGate, operation
 from libnet.gateway import GatewayPolicy
 from libnet.info import ep_info, net_info
 from libnet.joins import Joins, unjoined
-from libnet.model import Endpoint, Network, Proxy, Sandbox, mac_from_ipv4
+from libnet.model import Endpoint, Network, Proxy, Sandbox, mac_from_ipv4, proxy_leg_mac
 from libnet.names import check_sandbox_id, default_endpoint_name, sandbox_namespace
 from libnet.namespaces import Namespaces
 from libnet.ports import PortRegistry, check_families, check_mapping
@@ -556,7 +556,7 @@ class Controller:
                 addr = await self._ipam.request_address(pool, wanted, address_options(ep.id, self.instance))
                 undo.push(lambda p=pool, a=addr: self._release(p, a, ep.id), f"release {addr}")  # type: ignore[misc]
                 setattr(ep, attr, addr)
-            ep.mac = mac_from_ipv4(ep.ipv4)
+            ep.mac = proxy_leg_mac(ep.ipv4) if proxy else mac_from_ipv4(ep.ipv4)
             await drv.create_endpoint(net_info(nw), ep_info(ep))
             undo.push(lambda: drv.delete_endpoint(net_info(nw), ep_info(ep)), "driver endpoint")
             await self.repo.add_endpoint(nw, ep)

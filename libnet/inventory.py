@@ -158,6 +158,10 @@ def purge(inv: Inventory, state_dir: str, host_ns: str | None = None) -> list[st
         with _firewall(host_ns, inv.instance) as fw:
             fw.delete_table()
         removed.append(f"nftables table inet {inv.table} ({inv.rules} rules)")
+    from libnet.kernel.proxy_nat import untrack_commands
+
+    with _firewall(host_ns, inv.instance) as fw:  # the proxies' notrack table of the same name (family bridge)
+        fw.replace_table(untrack_commands(fw.table, [], []))
     return removed
 
 

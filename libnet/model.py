@@ -283,6 +283,23 @@ def mac_from_ipv4(cidr: str | None) -> str:
     return "02:" + ":".join(f"{b:02x}" for b in os.urandom(5))
 
 
+#: the first byte of a proxy leg's MAC (locally administered, unicast): no other endpoint's
+#: MAC starts so (:func:`mac_from_ipv4` gives ``02:...``), so the host's bridges can tell frames
+#: to a proxy by it even when networks overlap (:mod:`libnet.kernel.proxy_nat`, ``untrack``)
+PROXY_MAC_PREFIX = "06:"
+
+
+def proxy_leg_mac(cidr: str | None) -> str:
+    """A proxy leg's MAC: :data:`PROXY_MAC_PREFIX` + ``42`` + the IPv4 address (random
+    without IPv4) -- never the MAC of a user's endpoint, whatever the addresses."""
+    return PROXY_MAC_PREFIX + mac_from_ipv4(cidr)[3:]
+
+
+def is_proxy_mac(mac: str) -> bool:
+    """Whether ``mac`` is of :func:`proxy_leg_mac`'s range."""
+    return mac.lower().startswith(PROXY_MAC_PREFIX)
+
+
 @dataclass
 class Proxy:
     """A libnet-managed sandbox with a leg on two networks that forwards named

@@ -39,11 +39,13 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any, Protocol
 
 from libnet.driverapi import ReconcileReport, RemotePeers
+from libnet.drivers.bridge_model import host_ifname as bridge_host_ifname
 from libnet.drivers.registry import Drivers
 from libnet.errors import BadRequest, Conflict, InvalidOption, LibnetError, NotFound
+from libnet.info import ep_info
 from libnet.joins import Joins
 from libnet.kernel.proxy_nat import Forward, ProxyTable
-from libnet.model import Endpoint, Network, Proxy, Sandbox
+from libnet.model import Endpoint, Network, Proxy, Sandbox, is_proxy_mac
 from libnet.repository import Repository
 from libnet.rollback import Rollback
 from libnet.validation import check_name
@@ -79,6 +81,11 @@ class ProxyPlane(Protocol):
 
     async def rules(self, netns: str) -> list[dict[str, Any]]:
         """The rules of the proxy's table (``chain``, ``expr``), for inspection."""
+        ...
+
+    async def untrack(self, ports: Sequence[str], macs: Sequence[str]) -> None:
+        """Replace the host namespace's list of proxy legs whose bridged frames skip the
+        host's conntrack: the host sides of their veths and their MACs (none: removed)."""
         ...
 
 
@@ -168,6 +175,7 @@ class Proxies:
         self.plane, self.ops, self.dns_sync = plane, ops, dns_sync
         self._applied: dict[str, ProxyTable] = {}
         self._lock = asyncio.Lock()
+        self._untrack_lock = asyncio.Lock()
         self._leaving: set[str] = set()  # endpoints being unplugged: no backends (see :meth:`leaving`)
         self._tasks: set[asyncio.Task[None]] = set()
         #: whether this host may have proxies (None: not known).  Only this host's controller makes
@@ -235,6 +243,7 @@ class Proxies:
         await self.joins.join(back.id, sb.id, overlap=True)
         await self.dns_sync(sb.id)
         await self._apply(px, force=True)
+        await self._untrack()
         return px
 
     async def _teardown(self, proxy_id: str) -> None:
@@ -248,6 +257,35 @@ class Proxies:
         if px is not None:
             await self._delete_legs(px)
             await self.repo.delete_proxy(px)
+        try:
+            await self._untrack()
+        except (LibnetError, OSError) as exc:  # the legs are gone: a stale entry matches nothing; reconcile redoes it
+            log.warning("proxy %s: host notrack list not updated: %s", proxy_id[:12], exc)
+
+    async def _untrack(self) -> None:
+        """The host's notrack list (:meth:`ProxyPlane.untrack`) made again from the store: the
+        joined legs on bridge networks of this host's proxies -- the host side of each leg's
+        veth and its MAC.  Legs on an overlay (their bridge is in the overlay's namespace)
+        and legs made before proxy legs had MACs of their own (:func:`libnet.model.proxy_leg_mac`;
+        a derived one may be another network's container's too) keep the host's conntrack."""
+        async with self._untrack_lock:
+            ports: list[str] = []
+            macs: list[str] = []
+            for px in await self.repo.proxies():
+                if px.node != self.node or px.removing:
+                    continue
+                for eid in (px.front_endpoint, px.back_endpoint):
+                    try:
+                        ep = await self.repo.endpoint(eid) if eid else None
+                        nw = await self.repo.network(ep.network_id) if ep is not None else None
+                    except NotFound:
+                        continue
+                    if ep is None or nw is None or nw.driver != "bridge" or not ep.sandbox_id:
+                        continue
+                    if is_proxy_mac(ep.mac):
+                        ports.append(bridge_host_ifname(ep_info(ep)))
+                        macs.append(ep.mac)
+            await self.plane.untrack(ports, macs)
 
     async def _legs(self, px: Proxy) -> list[str]:
         """The ids of ``px``'s legs: those its record names, and any endpoint of its two
@@ -467,6 +505,10 @@ class Proxies:
                 await self._reconcile_one(px, report)
             except (LibnetError, OSError) as exc:
                 report.missing.append(f"proxy {px.name} ({px.id[:12]}): not repaired: {exc}")
+        try:
+            await self._untrack()
+        except (LibnetError, OSError) as exc:
+            report.missing.append(f"proxies: host notrack list not written: {exc}")
 
     async def _reconcile_one(self, px: Proxy, report: ReconcileReport) -> None:
         if px.creating == self.instance:

@@ -177,7 +177,7 @@ def build(config: Config, given: Collaborators = Collaborators()) -> Parts:
         if real:
             from libnet.kernel.proxy_plane import KernelProxyPlane
 
-            proxy_plane = KernelProxyPlane(firewall_table(instance))
+            proxy_plane = KernelProxyPlane(firewall_table(instance), config.host_netns)
         else:  # fake namespaces: there is no namespace to program
             from libnet.testing.fakes import FakeProxyPlane
 

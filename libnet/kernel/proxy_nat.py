@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -209,4 +210,45 @@ def commands(name: str, table: ProxyTable) -> list[dict[str, Any]]:
     for chain, expr, comment in _rules(table):
         rule = {"family": FAMILY, "table": name, "chain": chain, "expr": expr}
         cmds.append({"add": {"rule": {**rule, "comment": comment} if comment else rule}})
+    return cmds
+
+
+#: the family of the host-side table that keeps proxied frames out of the bridges' conntrack
+#: (:func:`untrack_commands`); named like the instance's ``inet`` table, a table of another family
+UNTRACK_FAMILY = "bridge"
+UNTRACK_PRIORITY = -300  # before br_netfilter hands the frame to the IP hooks (conntrack at -200)
+
+
+def untrack_commands(name: str, ports: Sequence[str], macs: Sequence[str]) -> list[dict[str, Any]]:
+    """One nftables transaction replacing the bridge-family table ``name`` of the namespace
+    holding the bridges: frames entering a bridge from one of ``ports`` (the host sides of
+    proxy legs' veths) or addressed to one of ``macs`` (the legs' MACs, of
+    :func:`libnet.model.proxy_leg_mac`'s range, which no other endpoint has) are ``notrack``.
+
+    With ``br_netfilter`` (``bridge-nf-call-iptables=1``) the host keeps a conntrack entry for
+    every bridged connection; a proxied one crosses two bridges, so it cost two entries and
+    two lookups per packet in the host besides the proxy's own conntrack, which does the
+    NAT.  Both directions are matched, so the host never sees half a connection.  With no
+    ports and no MACs the table is deleted (add first, so the delete cannot fail)."""
+    ref = {"family": UNTRACK_FAMILY, "name": name}
+    cmds: list[dict[str, Any]] = [{"add": {"table": ref}}, {"delete": {"table": ref}}]
+    if not ports and not macs:
+        return cmds
+    cmds.append({"add": {"table": ref}})
+    spec = {"family": UNTRACK_FAMILY, "table": name, "name": "pre"}
+    cmds.append(
+        {
+            "add": {
+                "chain": {**spec, "type": "filter", "hook": "prerouting", "prio": UNTRACK_PRIORITY, "policy": "accept"}
+            }
+        }
+    )
+    for key, values in (("iifname", sorted(set(ports))), ("ether", sorted({m.lower() for m in macs}))):
+        if not values:
+            continue
+        left: dict[str, Any] = (
+            {"meta": {"key": "iifname"}} if key == "iifname" else {"payload": {"protocol": "ether", "field": "daddr"}}
+        )
+        expr = [_match(left, {"set": list(values)}), {"notrack": None}]
+        cmds.append({"add": {"rule": {"family": UNTRACK_FAMILY, "table": name, "chain": "pre", "expr": expr}}})
     return cmds

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pyroute2.conntrack import Conntrack
@@ -55,8 +55,8 @@ class KernelProxyPlane:
     """:class:`libnet.proxies.ProxyPlane` on the real kernel; ``table``: the
     instance's nftables table name (:func:`libnet.ownership.firewall_table`)."""
 
-    def __init__(self, table: str) -> None:
-        self.table = table
+    def __init__(self, table: str, host_ns: str | None = None) -> None:
+        self.table, self.host_ns = table, host_ns
 
     async def prepare(self, netns: str) -> None:
         def body() -> None:
@@ -110,6 +110,17 @@ class KernelProxyPlane:
                 thread.close()
 
         return await asyncio.to_thread(body)
+
+    async def untrack(self, ports: Sequence[str], macs: Sequence[str]) -> None:
+        """The host namespace's bridge-family table (:func:`libnet.kernel.proxy_nat.untrack_commands`)
+        replaced with one for these proxy legs; none left: the table is deleted."""
+        cmds = proxy_nat.untrack_commands(self.table, ports, macs)
+
+        def body() -> None:
+            with Firewall(self.host_ns, self.table) as fw:
+                fw.replace_table(cmds)
+
+        await asyncio.to_thread(body)
 
     async def rules(self, netns: str) -> list[dict[str, Any]]:
         def body() -> list[dict[str, Any]]:

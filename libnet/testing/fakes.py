@@ -147,6 +147,7 @@ class FakeProxyPlane:
         self.tables: dict[str, Any] = {}  # netns -> ProxyTable
         self.applied = 0
         self.forgotten: list[tuple[str, list[str]]] = []  # (netns, the UDP backends whose conntrack entries stay)
+        self.untracked: tuple[list[str], list[str]] = ([], [])  # the host's notrack (ports, MACs), last given
 
     async def prepare(self, netns: str) -> None:
         self.prepared.append(netns)
@@ -158,6 +159,9 @@ class FakeProxyPlane:
     async def forget(self, netns: str, keep: Any) -> int:
         self.forgotten.append((netns, sorted(keep)))
         return 0
+
+    async def untrack(self, ports: Any, macs: Any) -> None:
+        self.untracked = (sorted(ports), sorted(macs))
 
     async def rules(self, netns: str) -> list[dict[str, Any]]:
         from libnet.kernel.proxy_nat import rules

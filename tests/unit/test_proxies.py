@@ -423,3 +423,49 @@ async def test_a_refresh_during_a_leave_does_not_bring_the_backend_back(ctl: Con
     ctl._joins.leave = real  # type: ignore[method-assign]
     await asyncio.sleep(0.05)  # anything still queued has run
     assert b2.ipv4 and (await table(ctl, "p")).forwards[0].backends == (b2.ipv4.split("/")[0],)
+
+
+async def test_proxied_frames_skip_the_hosts_conntrack_safely(ctl: Controller) -> None:
+    """The host's notrack list holds the host side of each bridge leg's veth and its MAC, which is of a
+    range no other endpoint has: with equal subnets a container of the proxy's address keeps its MAC."""
+    from libnet.drivers.bridge_model import host_ifname
+    from libnet.info import ep_info
+    from libnet.model import is_proxy_mac, mac_from_ipv4
+
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    await ctl.create_network("back", ipv4_subnet="198.51.100.128/25")
+    await ctl.create_network("ov", driver="overlay", ipv4_subnet="198.51.100.0/25")  # equal to front's
+    px = await ctl.create_proxy("p", "front", "back", ["db:1"])
+    legs = [await ctl.endpoint(e) for e in (px.front_endpoint, px.back_endpoint)]
+    assert all(is_proxy_mac(leg.mac) for leg in legs)
+    twin = await backend(ctl, "ov", "db", aliases=())  # the front leg's address, on another network
+    assert twin.ipv4 == legs[0].ipv4 and twin.mac == mac_from_ipv4(twin.ipv4) != legs[0].mac
+    assert not is_proxy_mac(twin.mac)
+    want = (sorted(host_ifname(ep_info(leg)) for leg in legs), sorted(leg.mac for leg in legs))
+    assert plane(ctl).untracked == want
+    await ctl.create_proxy("o", "front", "ov", ["db:2"])  # a leg on an overlay: its bridge is not the host's
+    o = await ctl.proxy("o")
+    front_o = await ctl.endpoint(o.front_endpoint)
+    assert host_ifname(ep_info(front_o)) in plane(ctl).untracked[0]
+    assert host_ifname(ep_info(await ctl.endpoint(o.back_endpoint))) not in plane(ctl).untracked[0]
+    await ctl.delete_proxy("o")
+    assert plane(ctl).untracked == want
+    await ctl.delete_proxy("p")
+    assert plane(ctl).untracked == ([], [])
+    p2 = await ctl.create_proxy("p2", "front", "back", ["db:1"])
+    plane(ctl).untracked = ([], [])  # lost (a flushed ruleset): reconcile writes it again
+    await ctl.reconcile()
+    assert len(plane(ctl).untracked[1]) == 2 and p2.id
+
+
+def test_untrack_commands_replace_a_bridge_table() -> None:
+    cmds = proxy_nat.untrack_commands("libnet-abc", ["lnv2", "lnv1"], ["06:42:C6:33:64:07"])
+    assert [next(iter(c)) for c in cmds[:3]] == ["add", "delete", "add"]
+    assert all(next(iter(next(iter(c.values())).values()))["family"] == "bridge" for c in cmds)
+    chain = cmds[3]["add"]["chain"]
+    assert (chain["hook"], chain["prio"]) == ("prerouting", -300)  # before br_netfilter's conntrack
+    matches = [c["add"]["rule"]["expr"][0]["match"]["right"]["set"] for c in cmds[4:]]
+    assert matches == [["lnv1", "lnv2"], ["06:42:c6:33:64:07"]]
+    assert all(c["add"]["rule"]["expr"][1] == {"notrack": None} for c in cmds[4:])
+    gone = proxy_nat.untrack_commands("libnet-abc", [], [])
+    assert [next(iter(c)) for c in gone] == ["add", "delete"]  # nothing to untrack: no table
