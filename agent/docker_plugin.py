@@ -67,7 +67,7 @@ from libnet.errors import (
     NameInUse,
     NotFound,
 )
-from libnet.model import Endpoint, Network
+from libnet.model import PROXY_MAC_PREFIX, Endpoint, Network, is_proxy_mac
 
 log = logging.getLogger("libnet.agent.docker")
 
@@ -282,6 +282,8 @@ class DockerPlugin:
         mac = iface.get("MacAddress") or ""
         if mac and nw.driver == "overlay":
             raise InvalidOption("libnet overlay endpoints take their MAC address from their IPv4 address", mac=mac)
+        if mac and is_proxy_mac(mac):  # the host's bridges tell frames to a proxy by it
+            raise InvalidOption(f"MAC addresses starting {PROXY_MAC_PREFIX} are libnet proxies'", mac=mac)
         args = {"ipv4": _ip(iface.get("Address")), "ipv6": _ip(iface.get("AddressIPv6"))}
         # checked here so a bad -p fails the start; published by ProgramExternalConnectivity, which Docker
         # sends only for the endpoint that gives the container its way out (one network, not each)

@@ -120,6 +120,10 @@ async def test_run_sequence_dual_stack(client) -> None:
     assert nw.ipv4_subnet == "198.51.100.0/24" and nw.ipv6_subnet == "2001:db8:5::/64"
     assert nw.options["mtu"] == 1400 and nw.labels == {"docker.network": NID}
 
+    proxy_mac = create_ep()
+    proxy_mac["Interface"]["MacAddress"] = "06:42:c6:33:64:07"  # a proxy leg's range (the host notracks it)
+    err = await call(client, "/NetworkDriver.CreateEndpoint", proxy_mac, status=500)
+    assert "libnet proxies'" in err["Err"] and await client.ctl.endpoints() == []
     ans = await call(client, "/NetworkDriver.CreateEndpoint", create_ep())
     ep = (await client.ctl.endpoints())[0]
     assert ep.ipv4 == "198.51.100.7/24" and ep.ipv6 == "2001:db8:5::7/64"
