@@ -505,6 +505,7 @@ class Controller:
         connecting: bool = False,
         proxy: str = "",
         dns: bool = True,
+        families: tuple[str, ...] = ("ipv4", "ipv6"),
     ) -> Endpoint:
         """:meth:`create_endpoint`; ``connecting``: made by ``connect`` (or the gateway
         bridge policy) for a join that follows -- a crash before the join completes
@@ -551,7 +552,7 @@ class Controller:
                 undo.push(lambda: self._ports.release(ep.id, mappings), "free host ports")
                 ep.ports = [m.__dict__ for m in mappings]
             for pool, wanted, attr in ((nw.ipv4_pool, ipv4, "ipv4"), (nw.ipv6_pool, ipv6, "ipv6")):
-                if not pool:
+                if not pool or attr not in families:
                     continue
                 addr = await self._ipam.request_address(pool, wanted, address_options(ep.id, self.instance))
                 undo.push(lambda p=pool, a=addr: self._release(p, a, ep.id), f"release {addr}")  # type: ignore[misc]
@@ -618,9 +619,13 @@ class Controller:
         dns: bool,
         aliases: Iterable[str] = (),
         services: Iterable[str] = (),
+        families: tuple[str, ...] = ("ipv4", "ipv6"),
     ) -> Endpoint:
-        """An endpoint that is proxy ``proxy``'s leg on ``network`` (:mod:`libnet.proxies` only)."""
-        return await self._create_endpoint(network, name, aliases=aliases, services=services, proxy=proxy, dns=dns)
+        """An endpoint that is proxy ``proxy``'s leg on ``network`` (:mod:`libnet.proxies` only);
+        ``families``: the address families it gets (of those the network has)."""
+        return await self._create_endpoint(
+            network, name, aliases=aliases, services=services, proxy=proxy, dns=dns, families=families
+        )
 
     async def _delete_endpoint(self, ep: Endpoint, *, force: bool) -> None:
         if ep.sandbox_id and force:

@@ -103,6 +103,7 @@ class ProxyOperations(Protocol):
         dns: bool,
         aliases: Iterable[str] = (),
         services: Iterable[str] = (),
+        families: tuple[str, ...] = ("ipv4", "ipv6"),
     ) -> Endpoint: ...
     async def delete_proxy_leg(self, endpoint_id: str) -> None: ...
 
@@ -228,11 +229,15 @@ class Proxies:
         """The sandbox, its two legs, the DNS records, the table; the caller undoes on failure."""
         sb = await self.ops.create_sandbox(px.id, hostname=px.name)
         await self.plane.prepare(sb.netns)
+        # the front leg has only the families the backends' network has: an address the proxy
+        # cannot forward from would be published (A/AAAA) and every connection to it refused
+        families = tuple(f for f, pool in (("ipv4", dst.ipv4_pool), ("ipv6", dst.ipv6_pool)) if pool)
         front = await self.ops.create_proxy_leg(
             src.id,
             px.name,
             px.id,
             dns=True,
+            families=families,
             aliases=sorted({s["alias"] for s in px.services} - {px.name.lower()}),
             services=[f"{s['alias']}:{s['listen']}/{s['protocol']}" for s in px.services],
         )

@@ -17,6 +17,11 @@ def addresses(ep: EndpointInfo) -> list[str]:
     return [cidr for cidr in (ep.ipv4, ep.ipv6) if cidr]
 
 
+def version(cidr: str) -> int:
+    """4 or 6."""
+    return 6 if ":" in cidr else 4
+
+
 def gateways(nw: NetworkInfo) -> list[str]:
     """The network's gateway addresses (CIDR), IPv4 first."""
     return [gw for gw in (nw.ipv4_gateway, nw.ipv6_gateway) if gw]
@@ -28,8 +33,10 @@ async def configure_sandbox(
     """Inside the sandbox, in one batch: lo up, the endpoint's addresses (DAD
     off), its interface up (and marked with ``alias`` when given), and -- if
     the endpoint carries the sandbox's default routes and the network is not
-    internal -- default routes via the gateways."""
-    routes = gateways(nw) if sb.gateway and not nw.internal else []
+    internal -- default routes via the gateways of the families it has an address of (a
+    proxy's front leg may have no IPv6 on a dual-stack network: no IPv6 route then)."""
+    have = {version(cidr) for cidr in addresses(ep)}
+    routes = [gw for gw in gateways(nw) if version(gw) in have] if sb.gateway and not nw.internal else []
     with await kernel.open_sandbox(sb.netns) as links:
         links.configure(sb.ifname, addresses(ep), routes, alias, sandbox_id=sb.id)
 

@@ -21,6 +21,8 @@ from collections.abc import Callable
 import pytest
 
 from libnet import Controller
+from libnet.drivers.bridge_model import host_ifname
+from libnet.info import ep_info
 from libnet.kernel.firewall import Firewall
 from libnet.ownership import firewall_table
 from libnet.testing.hosts import Testbed, host_config
@@ -511,3 +513,33 @@ async def test_a_backend_with_the_proxys_own_front_address(bed: Testbed, tmp_pat
                     got = sorted(await ask(bed, client, addr, proto, count=4))
                     assert got == ["b1", "b1", "b2", "b2"], (client.id, addr, proto)
         await c.delete_proxy("dbp")
+
+
+def host_notrack(bed: Testbed, c: Controller) -> str:
+    """The host's bridge-family table of the proxies' notrack rules (empty: none)."""
+    argv = ["nft", "list", "table", "bridge", firewall_table(c.instance)]
+    return bed.run(bed.hosts[0].ns, argv).stdout
+
+
+async def test_ipv4_only_backends_and_host_notrack(bed: Testbed, tmp_path) -> None:
+    """A proxy to an IPv4-only network from a dual-stack one: the alias has no AAAA (its
+    address would refuse everything); proxied frames skip the host's conntrack, which
+    still tracks the rest."""
+    async with controller(bed, bed.hosts[0], tmp_path) as c:
+        await c.create_network("front", ipv4_subnet="198.51.100.0/26", ipv6_subnet="2001:db8:21:a::/64")
+        await c.create_network("back", ipv4_subnet="198.51.100.64/26", ipv6=False)
+        await backends(c, bed, "back", ["b1"])
+        fsb = await c.create_sandbox(hostname="fe")
+        await c.connect("front", fsb.id, name="fe")
+        px = await c.create_proxy("dbp", "front", "back", ["db:5432/tcp"])
+        info = await c.inspect_proxy("dbp")
+        assert info["front"]["ipv6"] is None
+        assert await dig(bed, fsb, "db", "AAAA") == []
+        assert await dig(bed, fsb, "db", "A") == [ip(info["front"]["ipv4"])]
+        assert await ask(bed, fsb, ip(info["front"]["ipv4"]), "tcp", count=2) == ["b1", "b1"]
+        legs = [await c.endpoint(e) for e in (px.front_endpoint, px.back_endpoint)]
+        table = host_notrack(bed, c)
+        assert all(leg.mac in table and f'"{host_ifname(ep_info(leg))}"' in table for leg in legs), table
+        assert "notrack" in table
+        await c.delete_proxy("dbp")
+        assert host_notrack(bed, c) == ""

@@ -469,3 +469,18 @@ def test_untrack_commands_replace_a_bridge_table() -> None:
     assert all(c["add"]["rule"]["expr"][1] == {"notrack": None} for c in cmds[4:])
     gone = proxy_nat.untrack_commands("libnet-abc", [], [])
     assert [next(iter(c)) for c in gone] == ["add", "delete"]  # nothing to untrack: no table
+
+
+async def test_the_front_leg_has_only_the_families_the_backends_network_has(ctl: Controller) -> None:
+    """A proxy to an IPv4-only network: its front leg gets no IPv6 address on a dual-stack
+    front network, so no AAAA for the alias points at an address that refuses everything."""
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/26", ipv6_subnet="2001:db8:21:a::/64")
+    await ctl.create_network("back", ipv4_subnet="198.51.100.128/25", ipv6=False)
+    px = await ctl.create_proxy("p", "front", "back", ["db:1"])
+    fe = await ctl.endpoint(px.front_endpoint)
+    assert fe.ipv4 and fe.ipv6 is None
+    t = await table(ctl, "p")
+    assert t.front_v6 is None and t.back_v6 is None
+    await ctl.create_network("dual", ipv4_subnet="198.51.100.64/26", ipv6_subnet="2001:db8:21:c::/64")
+    both = await ctl.endpoint((await ctl.create_proxy("p2", "front", "dual", ["db2:1"])).front_endpoint)
+    assert both.ipv4 and both.ipv6
