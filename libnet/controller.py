@@ -56,7 +56,7 @@ from libnet.model import Endpoint, Network, Proxy, Sandbox, mac_from_ipv4, proxy
 from libnet.names import check_sandbox_id, default_endpoint_name, sandbox_namespace
 from libnet.namespaces import Namespaces
 from libnet.ports import PortRegistry, check_families, check_mapping
-from libnet.proxies import Proxies
+from libnet.proxies import BACK_SUFFIX, Proxies
 from libnet.reconcile import Reconciler, release_address
 from libnet.repository import Repository
 from libnet.rollback import Rollback
@@ -101,6 +101,12 @@ _WIRED = frozenset(
 
 def _new_id() -> str:
     return secrets.token_hex(32)
+
+
+def _proxy_of_leg(ep: Endpoint) -> str:
+    """The name of the proxy whose leg ``ep`` is: the front leg is named like the proxy,
+    the back leg ``NAME.proxy`` (:func:`libnet.proxies.back_leg_name`)."""
+    return ep.name.removesuffix(BACK_SUFFIX)
 
 
 class Controller:
@@ -451,6 +457,15 @@ class Controller:
                 proxy=names,
             )
         eps = await self.repo.endpoints(nw.id)
+        legs = [e for e in eps if e.proxy]  # of a proxy this host does not see (another host's, local scope)
+        if legs:
+            names = ", ".join(sorted({f"{_proxy_of_leg(e)} (on host {e.node})" for e in legs}))
+            raise ProxyInUse(
+                f"network {nw.name} is used by proxy {names}; remove the proxy there first (libnet proxy rm NAME)",
+                network_id=nw.id,
+                proxy_id=legs[0].proxy,
+                proxy=names,
+            )
         if eps:
             names = ", ".join(f"{e.name} ({e.id[:12]})" for e in eps)
             raise Conflict(
@@ -596,6 +611,15 @@ class Controller:
         if ep.removing == self.instance:  # libnet's own removal under way (a reconcile finishing it)
             return
         px = await self._proxies.owns_endpoint(ep)
+        if px is None and ep.proxy and ep.node != self.config.node_name:  # its record is in its host's store
+            name = _proxy_of_leg(ep)
+            raise ProxyInUse(
+                f"endpoint {ep.id[:12]} is a leg of proxy {name} on host {ep.node}; remove the proxy there "
+                f"(libnet proxy rm {name})",
+                endpoint_id=ep.id,
+                proxy_id=ep.proxy,
+                proxy=name,
+            )
         if px is not None and not px.creating and not px.removing:
             raise ProxyInUse(
                 f"endpoint {ep.name} ({ep.id[:12]}) is a leg of proxy {px.name}; remove the proxy instead "

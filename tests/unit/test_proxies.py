@@ -484,3 +484,20 @@ async def test_the_front_leg_has_only_the_families_the_backends_network_has(ctl:
     await ctl.create_network("dual", ipv4_subnet="198.51.100.64/26", ipv6_subnet="2001:db8:21:c::/64")
     both = await ctl.endpoint((await ctl.create_proxy("p2", "front", "dual", ["db2:1"])).front_endpoint)
     assert both.ipv4 and both.ipv6
+
+
+async def test_another_hosts_refusals_name_the_proxy_not_its_hidden_leg(ctl: Controller) -> None:
+    """On a host that sees a proxy's leg (a global network) but not the proxy (local scope, in
+    its own host's store), refusals name the proxy and its host, not the leg's ``NAME.proxy``."""
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    await ctl.create_network("back", ipv4_subnet="198.51.100.128/25")
+    px = await ctl.create_proxy("p", "front", "back", ["db:1"])
+    leg = await ctl.endpoint(px.back_endpoint)
+    await ctl.repo.update_endpoint(leg, lambda e: setattr(e, "node", "h1"))
+    await ctl.repo.delete_proxy(px)  # what another host sees: no record of the proxy
+    for refused in (ctl.delete_network("back"), ctl.delete_endpoint(leg.id)):
+        with pytest.raises(ProxyInUse) as caught:
+            await refused
+        msg = str(caught.value)
+        assert "proxy p " in msg and "host h1" in msg and "p.proxy" not in msg, msg
+        assert caught.value.ids["proxy_id"] == px.id
