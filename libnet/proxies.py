@@ -41,7 +41,7 @@ from typing import Any, Protocol
 from libnet.driverapi import ReconcileReport, RemotePeers
 from libnet.drivers.bridge_model import host_ifname as bridge_host_ifname
 from libnet.drivers.registry import Drivers
-from libnet.errors import BadRequest, Conflict, InvalidOption, LibnetError, NotFound
+from libnet.errors import BadRequest, Conflict, InvalidOption, LibnetError, NameInUse, NotFound
 from libnet.info import ep_info
 from libnet.joins import Joins
 from libnet.kernel.proxy_nat import Forward, ProxyTable
@@ -198,6 +198,15 @@ class Proxies:
         for nw in (src, dst):
             if nw.removing:
                 raise Conflict(f"network {nw.name} is being deleted", network_id=nw.id)
+        named = {ep.name.lower(): ep for ep in await self.repo.endpoints(src.id)}
+        for alias in sorted({svc["alias"] for svc in parsed} & set(named)):
+            ep = named[alias]  # the alias would share its name: clients would reach either, in turn
+            raise NameInUse(
+                f"service alias {alias!r} is the name of endpoint {ep.id[:12]} on network {src.name}",
+                name=alias,
+                holder=ep.id,
+                network_id=src.id,
+            )
         scope = "global" if src.scope == dst.scope == "global" else "local"
         px = Proxy(
             secrets.token_hex(32),

@@ -282,9 +282,10 @@ async def test_a_back_leg_is_no_backend_and_no_remote_name(ctl: Controller) -> N
     from libnet.drivers.overlay.driver import OverlayDriver
     from libnet.info import ep_info
 
-    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/26")
     await ctl.create_network("back", ipv4_subnet="198.51.100.128/25")
-    await ctl.create_proxy("db", "front", "back", ["x:1"])  # its back leg, named db, is on back
+    await ctl.create_network("side", ipv4_subnet="198.51.100.64/26")
+    await ctl.create_proxy("db", "side", "back", ["x:1"])  # its back leg (db.proxy) is on back
     p2 = await ctl.create_proxy("p2", "front", "back", ["db:1"])  # backends: back's endpoints named or aliased db
     assert (await table(ctl, "p2")).forwards[0].backends == ()
     info = ep_info(await ctl.endpoint(p2.back_endpoint))
@@ -320,7 +321,7 @@ async def test_the_proxy_takes_no_name_on_the_backends_network(ctl: Controller) 
     px = await ctl.create_proxy("db", "front", "back", ["db:5432"])
     assert (await ctl.endpoint(px.back_endpoint)).name == "db.proxy"
     assert (await table(ctl, "db")).forwards[0].backends == (b.ipv4.split("/")[0], b.ipv6.split("/")[0])
-    px2 = await ctl.create_proxy("p2", "front", "back", ["db:1"])
+    px2 = await ctl.create_proxy("p2", "front", "back", ["other:1"])
     await backend(ctl, "back", "p2", aliases=())  # the name of proxy p2 is free on back
     assert [e.name for e in await ctl.endpoints("back") if e.proxy == px2.id] == ["p2.proxy"]
 
@@ -501,3 +502,17 @@ async def test_another_hosts_refusals_name_the_proxy_not_its_hidden_leg(ctl: Con
         msg = str(caught.value)
         assert "proxy p " in msg and "host h1" in msg and "p.proxy" not in msg, msg
         assert caught.value.ids["proxy_id"] == px.id
+
+
+async def test_a_service_alias_taken_by_an_endpoint_name_on_the_clients_network(ctl: Controller) -> None:
+    """The alias would resolve to both the endpoint and the proxy (names and aliases share
+    one round-robin set): refused before anything is made, naming the endpoint."""
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    await ctl.create_network("back", ipv4_subnet="198.51.100.128/25")
+    db = await backend(ctl, "front", "db", aliases=())
+    before = (await ctl.endpoints(), await ctl.sandboxes())
+    with pytest.raises(NameInUse, match=f"endpoint {db.id[:12]} on network front") as caught:
+        await ctl.create_proxy("p", "front", "back", ["DB:1"])
+    assert caught.value.ids["holder"] == db.id
+    assert (await ctl.endpoints(), await ctl.sandboxes()) == before and await ctl.proxies() == []
+    await ctl.create_proxy("p", "front", "back", ["cache:1"])  # another alias: made
