@@ -257,7 +257,10 @@ class Proxies:
         await self.joins.join(back.id, sb.id, overlap=True)
         await self.dns_sync(sb.id)
         await self._apply(px, force=True)
-        await self._untrack()
+        try:
+            await self._untrack()
+        except (LibnetError, OSError) as exc:  # e.g. a kernel without nftables' bridge family: the host tracks it
+            log.warning("proxy %s: its frames keep the host's conntrack: %s", px.name, exc)
         return px
 
     async def _teardown(self, proxy_id: str) -> None:

@@ -516,3 +516,22 @@ async def test_a_service_alias_taken_by_an_endpoint_name_on_the_clients_network(
     assert caught.value.ids["holder"] == db.id
     assert (await ctl.endpoints(), await ctl.sandboxes()) == before and await ctl.proxies() == []
     await ctl.create_proxy("p", "front", "back", ["cache:1"])  # another alias: made
+
+
+async def test_a_host_notrack_failure_does_not_fail_the_proxy(ctl: Controller) -> None:
+    """A kernel without nftables' bridge family: the proxy is made and works; only its
+    frames keep the host's conntrack (reconcile reports it)."""
+    from libnet.errors import KernelError
+
+    async def refuse(ports, macs) -> None:
+        raise KernelError("nftables: bridge family not supported")
+
+    plane(ctl).untrack = refuse  # type: ignore[method-assign]
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    await ctl.create_network("back", ipv4_subnet="198.51.100.128/25")
+    px = await ctl.create_proxy("p", "front", "back", ["db:1"])
+    assert px.creating == "" and await table(ctl, "p")
+    report = await ctl.reconcile()
+    assert any("notrack" in line for line in report.missing)
+    await ctl.delete_proxy("p")
+    assert await ctl.proxies() == []
