@@ -6,4 +6,11 @@
 - :mod:`~libnet.kernel.sysctl`: per-namespace sysctls;
 - :mod:`~libnet.kernel.firewall`: nftables rules in libnet's own table;
 - :mod:`~libnet.kernel.errors`: errno -> typed libnet errors.
+
+pyroute2 is imported without its package ``__init__`` (which loads every netlink
+family it has): :mod:`~libnet.kernel.lean_pyroute2`.
 """
+
+from libnet.kernel import lean_pyroute2
+
+lean_pyroute2.install()
