@@ -36,11 +36,10 @@ import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
 import libnet
 from agent import config as agent_config
 from agent import locks, logs, preflight, storeguard
+from agent.aioweb import web
 from agent.api import AgentState, make_app, overlay_hook
 from agent.metrics import Metrics
 from libnet.controller import Controller

@@ -8,9 +8,9 @@
 - :mod:`~libnet.kernel.errors`: errno -> typed libnet errors.
 
 pyroute2 is imported without its package ``__init__`` (which loads every netlink
-family it has): :mod:`~libnet.kernel.lean_pyroute2`.
+family it has): :mod:`libnet.lean_packages`.
 """
 
-from libnet.kernel import lean_pyroute2
+from libnet import lean_packages
 
-lean_pyroute2.install()
+lean_packages.install("pyroute2")

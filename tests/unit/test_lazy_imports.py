@@ -88,3 +88,22 @@ def test_pyroute2_package_names_still_resolve() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "missing"
+
+
+def test_agent_loads_no_aiohttp_client() -> None:
+    """The agent serves HTTP (aiohttp.web) and asks dockerd with a small client of its own:
+    aiohttp's client (its package ``__init__`` loads it all) is ~4 MiB of RSS (issue 22)."""
+    loaded = _modules_after("import agent.daemon, agent.docker_plugin, agent.cni_api, agent.docker_names")
+    assert "aiohttp.web" in loaded
+    assert not loaded & {"aiohttp.client", "aiohttp.cookiejar", "aiohttp.connector", "pyroute2.ndb.main"}
+
+
+def test_aiohttp_package_names_still_resolve() -> None:
+    code = (
+        "import agent.daemon, aiohttp\n"
+        "assert aiohttp.__version__\n"
+        "from aiohttp import ClientSession, web\n"
+        "from aiohttp.client import ClientSession as direct\n"
+        "assert ClientSession is direct and aiohttp.web is web\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
