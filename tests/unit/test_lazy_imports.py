@@ -107,3 +107,22 @@ def test_aiohttp_package_names_still_resolve() -> None:
         "assert ClientSession is direct and aiohttp.web is web\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_cli_network_ls_loads_no_json_or_dataclasses(tmp_path) -> None:
+    """``libnet network ls`` as run (console script's ``main``): its table needs neither :mod:`json`
+    (the client decodes with ``_json``) nor :mod:`dataclasses`: ~4 ms of each call (issue 22)."""
+    out = tmp_path / "modules"
+    code = (
+        "import atexit, sys\n"
+        "path = sys.argv[1]\n"
+        "atexit.register(lambda: open(path, 'w').write(' '.join(sorted(sys.modules))))\n"
+        "sys.argv[1:] = ['--socket', '/nonexistent/libnet.sock', 'network', 'ls']\n"
+        "from agent.cli import main\n"
+        "main()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3, r.stderr
+    loaded = set(out.read_text().split())
+    assert "agent.cli_output" in loaded
+    assert not loaded & {"json", "dataclasses", "libnet.controller", "aiohttp"}
