@@ -17,11 +17,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestPayloadError
-
 import libnet
+from agent.aioweb import HttpProcessingError, RequestPayloadError, web
 from agent.metrics import Metrics
 from agent.topology import build as build_topology
 from libnet.controller import Controller

@@ -58,8 +58,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
-from aiohttp import web
-
+from agent.aioweb import web
 from agent.api import NETWORK_CREATE, Spec, body_of, check_fields
 from libnet.controller import Controller
 from libnet.dns.binding import WAY_OUT_LABEL

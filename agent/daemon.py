@@ -36,12 +36,12 @@ import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
 import libnet
 from agent import config as agent_config
 from agent import locks, logs, preflight, storeguard
+from agent.aioweb import web
 from agent.api import AgentState, make_app, overlay_hook
+from agent.malloc import IdleTrim
 from agent.metrics import Metrics
 from libnet.controller import Controller
 from libnet.errors import BadRequest, LibnetError, Unavailable
@@ -105,6 +105,7 @@ async def _run(config: agent_config.AgentConfig, stop: asyncio.Event) -> None:
     runner = None
     plugin_runner = None
     reconciler = None
+    trimmer = None
     catching_up: set[asyncio.Task[None]] = set()
     serving = False
     leave = config.leave
@@ -186,12 +187,13 @@ async def _run(config: agent_config.AgentConfig, stop: asyncio.Event) -> None:
         reconciler = asyncio.create_task(
             _reconcile_periodically(controller, metrics, config.reconcile_interval, cluster)
         )
+        trimmer = asyncio.create_task(IdleTrim().run(), name="idle-trim")  # RSS back after bursts
         await stop.wait()
         log.info("stopping; the data plane stays in place")
         if not await controller.quiesce(STOP_WAIT):
             log.warning("operations still in flight after %gs; stopping anyway", STOP_WAIT)
     finally:
-        for task in [reconciler, *catching_up]:
+        for task in [reconciler, trimmer, *catching_up]:
             if task is not None:
                 task.cancel()
         if plugin_runner is not None:

@@ -49,9 +49,8 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any
 
-from aiohttp import web
-
 from agent import docker_sync
+from agent.aioweb import web
 from agent.docker_ipam import DockerIpam
 from agent.docker_names import DockerNames
 from libnet.controller import Controller

@@ -42,6 +42,7 @@ from dnslib import QTYPE, RCODE, DNSRecord
 from libnet.dns import mmsg
 from libnet.dns.cache import Entry
 from libnet.dns.forwarder import Forwarder, Upstream
+from libnet.dns.readers import Readers
 from libnet.dns.resolver import MAX_UDP_PAYLOAD, Resolver
 from libnet.kernel import netns
 
@@ -101,6 +102,8 @@ def _valid_name(labels: tuple[bytes, ...]) -> bool:
 class _Listener:
     """One sandbox's sockets, view and answer cache."""
 
+    __slots__ = ("_clients", "_tcp", "_udp", "cache", "sandbox_id", "server", "upstreams", "view")
+
     def __init__(
         self, server: DnsServer, sandbox_id: str, view: frozenset[str], upstreams: tuple[Upstream, ...] | None = None
     ) -> None:
@@ -109,10 +112,9 @@ class _Listener:
         self.cache: dict[bytes, bytes | tuple[bytes, ...] | Entry] = {}
         self._udp: list[socket.socket] = []
         self._tcp: list[socket.socket] = []  # listening sockets, accepted from the event loop
-        self._clients: set[asyncio.Task[None]] = set()
+        self._clients: set[asyncio.Task[None]] | None = None  # made by the first TCP client (216 bytes)
 
     async def open(self, ns: str, address: str, v6_address: str | None, port: int) -> None:
-        loop = asyncio.get_running_loop()
         wanted = [(family, addr) for family, addr in ((socket.AF_INET, address), (socket.AF_INET6, v6_address)) if addr]
         # all four in one entry into the namespace, on this thread (no hand-over to another)
         made = netns.sockets_in(
@@ -142,27 +144,28 @@ class _Listener:
                 self._udp.append(udp)
                 kept.append(udp)
                 batch = self.server.batch(family)
+                readers = self.server.readers
                 if batch is not None:
-                    loop.add_reader(udp.fileno(), self._udp_ready_batched, udp, batch)
+                    readers.add(udp.fileno(), self._udp_ready_batched, udp, batch)
                 else:
-                    loop.add_reader(udp.fileno(), self._udp_ready, udp)
+                    readers.add(udp.fileno(), self._udp_ready, udp)
                 self._tcp.append(tcp)
                 kept.append(tcp)
-                loop.add_reader(tcp.fileno(), self._accept, tcp)
+                readers.add(tcp.fileno(), self._accept, tcp)
         finally:
             for sock in made:
                 if isinstance(sock, socket.socket) and sock not in kept:
                     sock.close()
 
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
+        readers = self.server.readers
         for udp in self._udp:
-            loop.remove_reader(udp.fileno())
+            readers.remove(udp.fileno())
             udp.close()
         for tcp in self._tcp:
-            loop.remove_reader(tcp.fileno())
+            readers.remove(tcp.fileno())
             tcp.close()
-        for task in list(self._clients):
+        for task in list(self._clients or ()):
             task.cancel()
         self._udp.clear()
         self._tcp.clear()
@@ -354,10 +357,11 @@ class _Listener:
                 return
             except OSError as exc:  # out of descriptors or memory: pause, as asyncio's servers do
                 log.warning("sandbox %s: DNS over TCP: accept failed, pausing 1 s: %s", self.sandbox_id[:12], exc)
-                loop = asyncio.get_running_loop()
-                loop.remove_reader(listener.fileno())
-                loop.call_later(1.0, self._resume_accept, listener)
+                self.server.readers.remove(listener.fileno())
+                asyncio.get_running_loop().call_later(1.0, self._resume_accept, listener)
                 return
+            if self._clients is None:
+                self._clients = set()
             if len(self._clients) >= _TCP_MAX:
                 conn.close()
                 continue
@@ -368,7 +372,7 @@ class _Listener:
 
     def _resume_accept(self, listener: socket.socket) -> None:
         if listener in self._tcp:  # not closed meanwhile
-            asyncio.get_running_loop().add_reader(listener.fileno(), self._accept, listener)
+            self.server.readers.add(listener.fileno(), self._accept, listener)
 
     async def _tcp_connection(self, conn: socket.socket) -> None:
         try:
@@ -426,6 +430,8 @@ class DnsServer:
         self.stats = ServerStats()
         self._listeners: dict[str, _Listener] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: the listeners' sockets, watched through one reader of the loop
+        self.readers = Readers()
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -478,3 +484,4 @@ class DnsServer:
             await self.detach(sid)
         for task in list(self._tasks):
             task.cancel()
+        self.readers.close()

@@ -19,13 +19,13 @@ from libnet.errors import Unavailable
 
 
 def _ipr(ns: str | None) -> Any:
-    from pyroute2 import IPRoute, NetNS
+    from pyroute2.iproute import IPRoute, NetNS
 
     return NetNS(ns) if ns else IPRoute()
 
 
 def _wg(ns: str | None) -> Any:
-    from pyroute2 import WireGuard
+    from pyroute2.netlink.generic.wireguard import WireGuard
 
     return WireGuard(netns=ns) if ns else WireGuard()
 

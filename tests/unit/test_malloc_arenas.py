@@ -64,3 +64,64 @@ def test_threads_share_the_limited_arenas() -> None:
 def test_a_limit_below_one_is_refused() -> None:
     with pytest.raises(ValueError):
         malloc.limit_arenas(0)
+
+
+class _Heap:
+    def __init__(self) -> None:
+        self.blocks, self.released = 100_000, 0
+
+    def release(self) -> None:
+        self.released += 1
+
+
+def test_idle_trim_after_a_burst_once_quiet() -> None:
+    """issue 22: the free pages a burst leaves are given back once the agent is quiet, once;
+    not while the burst goes on (even a slow one), and not again while nothing changes."""
+    heap = _Heap()
+    t = malloc.IdleTrim(burst=10_000, quiet=300, blocks=lambda: heap.blocks, release=heap.release)
+    assert not t.tick()  # the first look has nothing to compare with
+    assert t.tick() and heap.released == 1  # quiet after start: the start's pages
+    heap.blocks += 3
+    assert not any(t.tick() for _ in range(5))  # idle: nothing again
+    for _ in range(10):  # a slow burst: 2,000 blocks a look, 20,000 in all
+        heap.blocks += 2_000
+        assert not t.tick()
+    heap.blocks -= 10_000  # the end of it frees a lot at once: still moving
+    assert not t.tick()
+    heap.blocks += 5  # quiet now
+    assert t.tick() and heap.released == 2
+    assert not t.tick()
+    heap.blocks += 5_000  # a little work: not a burst
+    assert not t.tick() and not t.tick() and heap.released == 2
+
+
+async def test_idle_trim_runs_until_cancelled() -> None:
+    import asyncio
+
+    heap = _Heap()
+    t = malloc.IdleTrim(interval=0.01, blocks=lambda: heap.blocks, release=heap.release)
+    task = asyncio.create_task(t.run())
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if heap.released:
+            break
+    task.cancel()
+    assert heap.released == 1 and t.trims == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_trim_gives_free_heap_pages_back() -> None:
+    code = (
+        "import sys; sys.path.insert(0, {root!r})\n"
+        "from agent import malloc\n"
+        "def rss():\n"
+        "    return int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1])\n"
+        "keep = [bytearray(1000) for _ in range(20_000)]\n"  # malloc (above pymalloc, below mmap)
+        "del keep[:-1]\n"
+        "before = rss(); assert malloc.trim(); print(before - rss())\n"
+    )
+    import os
+
+    root = os.path.dirname(os.path.dirname(malloc.__file__))
+    out = subprocess.run([sys.executable, "-c", code.format(root=root)], capture_output=True, text=True, check=True)
+    assert int(out.stdout) > 4096  # KiB given back
