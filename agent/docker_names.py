@@ -10,16 +10,19 @@ libnet's DNS can answer them on other hosts.  Anything else (no API socket, a
 once) leaves the endpoint its ``d-<id12>`` name: Docker's own DNS still answers
 it on its host.  Every request is bounded by a short timeout.
 
-The requests are plain HTTP/1.1 GETs on asyncio's unix streams, one connection
-each (:func:`get_json`), not aiohttp's client: that client is most of aiohttp's
-import (~4 MiB of the agent's RSS, issue 22), and the agent uses no other.
+The requests are ``http.client`` GETs over the unix socket, on a worker
+thread (:func:`get_json`), not aiohttp's client: that client is most of
+aiohttp's import (~4 MiB of the agent's RSS, issue 22), and the agent uses no
+other; ``http.client`` is loaded by the agent anyway.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import logging
+import socket
 import urllib.parse
 from typing import Any
 
@@ -27,45 +30,50 @@ log = logging.getLogger("libnet.agent.docker")
 TIMEOUT = 2.0
 MAX_ANSWER = 64 << 20  # bytes of one answer at most
 #: what a request to dockerd may fail with (unreachable, timed out, cut off, not HTTP or not JSON)
-FAILED = (OSError, TimeoutError, EOFError, ValueError, asyncio.LimitOverrunError)
+FAILED = (OSError, TimeoutError, EOFError, ValueError, http.client.HTTPException)
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    """``http.client``'s connection to an HTTP server on a unix socket."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("docker", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def _get(path: str, url: str, timeout: float) -> tuple[int, bytes]:
+    conn = _UnixConnection(path, timeout)
+    try:
+        conn.request("GET", url, headers={"Host": "docker"})
+        answer = conn.getresponse()
+        if answer.length is not None and answer.length > MAX_ANSWER:
+            raise ValueError("answer too large")
+        # a Content-Length answer cut short raises IncompleteRead; others are read to their end
+        body = answer.read() if answer.length is not None else answer.read(MAX_ANSWER + 1)
+        if len(body) > MAX_ANSWER:
+            raise ValueError("answer too large")
+        return answer.status, body
+    finally:
+        conn.close()
 
 
 async def get_json(path: str, url: str, timeout: float = TIMEOUT) -> Any:
     """``GET url`` on the HTTP API at unix socket ``path``: the decoded JSON answer, None for a
-    status other than 200; one of :data:`FAILED` when it cannot be had within ``timeout`` s."""
+    status other than 200; one of :data:`FAILED` when it cannot be had within ``timeout`` s
+    (each socket operation is bounded by it too, so the worker thread ends)."""
     async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_unix_connection(path)
-        try:
-            writer.write(f"GET {url} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n".encode())
-            status, body = await _answer(reader)
-        finally:
-            writer.close()
+        status, body = await asyncio.to_thread(_get, path, url, timeout)
     return json.loads(body) if status == 200 else None
-
-
-async def _answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    parts = (await reader.readline()).split(None, 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-        raise ValueError(f"not an HTTP answer: {b' '.join(parts)[:80]!r}")
-    headers: dict[str, str] = {}
-    while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
-        key, _, value = line.decode("latin-1").partition(":")
-        headers[key.strip().lower()] = value.strip()
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        chunks, size = [], 0
-        while n := int((await reader.readline()).split(b";")[0], 16):
-            size += n
-            if size > MAX_ANSWER:
-                raise ValueError("answer too large")
-            chunks.append(await reader.readexactly(n))
-            await reader.readline()
-        return int(parts[1]), b"".join(chunks)
-    if "content-length" in headers:
-        n = int(headers["content-length"])
-        if not 0 <= n <= MAX_ANSWER:
-            raise ValueError("answer too large")
-        return int(parts[1]), await reader.readexactly(n)
-    return int(parts[1]), await reader.read(MAX_ANSWER)  # Connection: close
 
 
 class DockerNames:
