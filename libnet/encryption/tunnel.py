@@ -83,7 +83,7 @@ from libnet.encryption.records import (
     slot_owner,
     tunnel_range,
 )
-from libnet.errors import BadRequest, IncompatibleTunnel, LibnetError, TunnelDown, Unavailable
+from libnet.errors import BadRequest, IncompatibleTunnel, KeyNotFound, LibnetError, TunnelDown, Unavailable
 from libnet.kernel import firewall, probe
 from libnet.kernel.api import Kernel
 from libnet.store.base import Store
@@ -509,6 +509,8 @@ class Tunnel:
                 await asyncio.wait_for(asyncio.shield(ready), 10)
             repaired.append("wireguard record watch restarted")
         await self.sync()  # the backends change only what differs, and log nothing when nothing does
+        if await self._republish():  # this host's record lost, and the watch's event of it too
+            repaired.append("this host's wireguard key record published again")
         return repaired
 
     def _set(self, key: str, value: bytes | None) -> bool:
@@ -546,19 +548,32 @@ class Tunnel:
         self.records[node] = rec
         return old != rec
 
-    async def _republish(self) -> None:
+    async def _missing_unrevoked(self) -> bool:
+        """Whether the store holds neither this host's record nor a revocation of it (read from the store,
+        not from the watch's view: the anti-entropy must notice a lost event too)."""
+        for key in (nodes_prefix() + self.node, revoked_prefix() + self.node):
+            try:
+                await self.store.get(key)
+            except KeyNotFound:
+                continue
+            return False
+        return True
+
+    async def _republish(self) -> bool:
         """This host's record back into the store when it is missing though the host is not revoked
-        (a revocation taken back, :func:`unrevoke`), so the other hosts take it as a peer again."""
-        if not self._up or self.node in self.records or self.node in self.revoked:
-            return
+        -- a revocation taken back (:func:`unrevoke`), or the record deleted by anyone else or lost
+        with a store restored from an older backup -- so the other hosts take it as a peer again."""
+        if not self._up or not await self._missing_unrevoked():
+            return False
         slot = self.slots[self.current]
         if await claim_address(self.store, self.range, slot_owner(self.node, slot.index)) != slot.address:
             log.error(
                 "wireguard: this host's tunnel address %s was given to another host; restart the agent", slot.address
             )
-            return
+            return False
         log.info("wireguard: this host's key record is missing and it is not revoked: publishing it again")
         await self.publish()
+        return True
 
     async def _watch(self, ready: asyncio.Future[None]) -> None:
         """Every host's record and every revocation: a full read, then every change from the revision before it."""
@@ -578,7 +593,8 @@ class Tunnel:
                 async for event in self.store.watch_prefix(f"{P}/", start_revision=rev):
                     if self._set(event.key, event.value if event.kind == "put" else None):
                         await self.sync()
-                    if event.key == revoked_prefix() + self.node and event.kind != "put":
+                    own = (revoked_prefix() + self.node, nodes_prefix() + self.node)
+                    if event.key in own and event.kind != "put":  # unrevoked, or the record deleted or lost
                         await self._republish()
             except LibnetError as exc:
                 log.warning("wireguard record watch: %s; re-reading", exc)

@@ -1039,3 +1039,43 @@ async def test_leaving_removes_a_fence_an_earlier_agent_made_also_without_a_back
     assert fence_at(kernel) is not None
     await tunnel.close(stop=True)
     assert fence_at(kernel) is None
+
+
+async def test_a_host_whose_own_key_record_goes_missing_publishes_it_again(monkeypatch, tmp_path) -> None:
+    """Breaker (issue 20): a running host's key record deleted from the cluster store (an operator's
+    mistake, a store restored from an older backup) was never written again: every other host dropped it as
+    a peer and it stayed cut off from every encrypted overlay until its agent restarted -- the anti-entropy
+    did not notice either.  It is published again at once (the watch), and by the anti-entropy, unless the
+    host is revoked."""
+    _, store, _, h1, _ = await tunnel_beside_h2(monkeypatch, tmp_path)
+    addr = await h1.ensure()
+
+    async def published() -> bool:
+        with contextlib.suppress(LibnetError):
+            return NodeKey.decode((await store.get(nodes_prefix() + "h1")).value).tunnel == addr
+        return False
+
+    async def until_published(timeout: float = 3.0) -> bool:
+        for _ in range(int(timeout / 0.01)):
+            if await published():
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    try:
+        await store.delete(nodes_prefix() + "h1")
+        assert await until_published(), "the deleted record was not published again"
+        # the anti-entropy too (a lost watch event)
+        h1._tasks[0].cancel()  # the watch, so only the repair can notice
+        await asyncio.sleep(0)
+        await store.delete(nodes_prefix() + "h1")
+        h1._tasks[0] = asyncio.get_running_loop().create_future()  # a watch that runs but saw nothing
+        await h1.repair()
+        assert await published(), "the anti-entropy did not publish the missing record"
+        # a revoked host does not publish itself back
+        await revoke(store, "h1")
+        await asyncio.sleep(0.2)
+        await h1.repair()
+        assert not await published()
+    finally:
+        await h1.close()
