@@ -188,7 +188,8 @@ class Tunnel:
         self._guarded: dict[int, int] = {}  # encrypted VNI served here -> its VXLAN port (its entry guard is set)
         self._guard_lock = threading.Lock()  # the guards change from threads (asyncio.to_thread)
         self._lock = asyncio.Lock()
-        self._sync_lock = asyncio.Lock()
+        #: held while peers are set or a slot's interface is brought up (the supervision) or removed (a rotation)
+        self.sync_lock = asyncio.Lock()
         self.rotation_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._up = False
@@ -477,7 +478,7 @@ class Tunnel:
         then acknowledge the coming keys of other hosts' rotations."""
         if self.backend is None or not self._up:
             return
-        async with self._sync_lock:
+        async with self.sync_lock:
             for i in sorted(self.live):
                 try:
                     await asyncio.to_thread(self.backend.configure, self.slots[i].ifname, self.config(self.slots[i]))
@@ -699,7 +700,9 @@ class Tunnel:
                         log.warning(
                             "wireguard interface %s (%s) %s: bringing it up again", slot.ifname, backend.name, why
                         )
-                        async with self._sync_lock:
+                        async with self.sync_lock:
+                            if i not in self.live:  # a rotation undid or retired it meanwhile: it stays gone
+                                continue
                             await asyncio.to_thread(self.bring_up, backend, slot)
                         self.restarts += 1
                 except (LibnetError, OSError) as exc:  # the next round tries again

@@ -1079,3 +1079,49 @@ async def test_a_host_whose_own_key_record_goes_missing_publishes_it_again(monke
         assert not await published()
     finally:
         await h1.close()
+
+
+async def test_a_rotation_whose_new_interface_dies_at_the_switch_is_undone(monkeypatch, tmp_path) -> None:
+    """Breaker (issue 20): ``wireguard-go`` of the coming key killed (kill -9) after every host acknowledged
+    it but before the switch: the route replace failed ("no such interface", with a hint about network
+    names), yet the current slot was already written as the new one.  The rotation stopped half done, for
+    good: two wireguard-go, this host's record still leading with the old key, its endpoints still
+    announcing the old tunnel address, and the supervision then moved the route to the revived new
+    interface.  Now the switch fails before anything is switched and the new slot is undone."""
+    from libnet.encryption import rotation
+
+    monkeypatch.setattr(keys, "load_or_make", lambda d, slot=0: (KEYS[0], KEYS[1]))
+    monkeypatch.setattr(keys, "make_new", lambda d, slot: (KEYS[2], KEYS[3]))
+    kernel, store, log = FakeKernel(), open_store("memory://"), []
+    h1 = make_tunnel(kernel, store, log, tmp_path)
+    h1.check_interval = 3600  # no supervision round during the test: the switch alone decides
+    addr = await h1.ensure()
+    backend = h1.backend
+    assert isinstance(backend, FakeBackend)
+    route_via = h1.route_via
+
+    def killed_first(slot: Any) -> None:
+        if slot.index == 1:  # the coming key's wireguard-go dies just before the switch
+            with kernel.netlink(None) as nl:
+                nl.delete_link(slot.ifname)
+        route_via(slot)
+
+    monkeypatch.setattr(h1, "route_via", killed_first)
+    try:
+        with pytest.raises(Unavailable, match="undone"):
+            await rotation.rotate(h1, ack_timeout=0.3)
+        assert h1.current == 0 and h1.address == addr and h1.live == {0}
+        slot_file = tmp_path / "h1" / "wireguard" / "current-slot"
+        assert not slot_file.exists() or slot_file.read_text().strip() == "0"
+        with kernel.netlink(None) as nl:
+            old = nl.link(h1.slots[0].ifname)
+            assert not nl.has_link(h1.slots[1].ifname)
+        assert kernel.namespace(None).prefix_routes["198.51.100.240/28"] == (old.index, addr)
+        rec = NodeKey.decode((await store.get(nodes_prefix() + "h1")).value)
+        assert rec.public_key == KEYS[1] and rec.others == ()
+        assert [p.key for p in await store.list(f"{P}/addresses/")] == [f"{P}/addresses/{addr}"]
+        monkeypatch.setattr(h1, "route_via", route_via)
+        done = await rotation.rotate(h1, ack_timeout=0.3, idle=0.01, min_drain=0.01)  # the next one goes through
+        assert h1.current == 1 and done["public_key"] == KEYS[3]
+    finally:
+        await h1.close()
