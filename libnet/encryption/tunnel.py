@@ -723,10 +723,11 @@ class Tunnel:
                 return "lost its tunnel address"
         return None
 
-    async def close(self, stop: bool = False) -> None:
+    async def close(self, stop: bool = False, unfence: bool = True) -> None:
         """Stop supervising.  The interfaces stay -- encrypted traffic goes on while the
         agent is down, and the next agent adopts them (DESIGN.md, "Liveness") -- unless
-        ``stop`` (the host leaves the cluster for good): then the fence route goes after them.
+        ``stop`` (the host leaves the cluster for good): then the fence route goes after them,
+        unless not ``unfence`` (an encrypted network's VXLAN device is left here).
         The guard rule always stays."""
         for task in self._tasks:
             task.cancel()
@@ -740,6 +741,6 @@ class Tunnel:
                     await asyncio.to_thread(self.backend.delete, slot.ifname)
                     log.info("wireguard interface %s stopped", slot.ifname)
             self.live = set()
-        if stop and (removed := await asyncio.to_thread(self._unfence)):  # also one an agent with a backend made
+        if stop and unfence and (removed := await asyncio.to_thread(self._unfence)):  # also one an agent with a backend made
             log.info("wireguard fail-closed route over %s removed", removed)
         self._up = False

@@ -489,5 +489,21 @@ def test_no_clear_text_when_the_ruleset_is_flushed_and_the_tunnel_goes_down(tmp_
         assert _fence_routes(bed, h1), "the fence went with the agent's stop"
         agents[0].start(once=("--leave",))
         agents[0].stop()
+        # breaker: leaving keeps the data plane (h1's container stays on the encrypted network); with the
+        # fence gone, a flushed ruleset sent its VXLAN, addresses and payload out of the default route
+        assert _fence_routes(bed, h1), "the fence went while an encrypted network's device is still here"
+        subprocess.run(["ip", "netns", "exec", h1, "nft", "flush", "ruleset"], check=True)
+        cap = Capture(bed)
+        bed.run(a, ["ping", "-n", "-c", "10", "-i", "0.05", "-s", "600", "-p", MARKER, target])
+        packets = cap.stop(bed)
+        assert_no_clear_text(cap.frames, packets, vni, [ip(ep["ipv4"])])
+        # once the network is gone from h1 (its container disconnected), leaving removes the fence
+        agents[0].start()
+        sid = next(s["id"] for s in agents[0].cli_json("sandbox", "ls") if s["netns"].endswith(a))
+        r = agents[0].cli("disconnect", "sec", sid)
+        assert r.returncode == 0, r.stderr
+        agents[0].stop()
+        agents[0].start(once=("--leave",))
+        agents[0].stop()
         assert _fence_routes(bed, h1) == "", "the fence outlived leaving the cluster"
         agents[1].stop()

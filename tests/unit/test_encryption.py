@@ -1125,3 +1125,44 @@ async def test_a_rotation_whose_new_interface_dies_at_the_switch_is_undone(monke
         assert h1.current == 1 and done["public_key"] == KEYS[3]
     finally:
         await h1.close()
+
+
+async def test_leaving_keeps_the_fence_while_an_encrypted_networks_device_is_left(monkeypatch, tmp_path) -> None:
+    """Breaker (issue 20): ``libnet-agent --leave`` removed the fail-closed route although the encrypted
+    network's namespace stayed with its containers and its VXLAN device (leaving does not tear the data plane
+    down), and those still sent to the peers' tunnel addresses: once the ruleset was flushed, their VXLAN,
+    container addresses and payload went out of the default route in clear (seen on the switch capture).
+    The fence stays while such a device is left; it goes with the leave once none is (or with --purge)."""
+    from libnet.driverapi import EndpointInfo, NetworkInfo, SandboxInfo
+    from libnet.drivers.overlay.driver import OverlayDriver
+
+    monkeypatch.setattr(keys, "load_or_make", lambda d, slot=0: (KEYS[0], KEYS[1]))
+    kernel, log = FakeKernel(), []
+    eth0 = kernel.add_link(None, "eth0", None, up=True)
+    kernel.namespace(None).addresses[eth0.index] = ["203.0.113.11/24"]
+
+    def driver() -> OverlayDriver:
+        return OverlayDriver(
+            cluster_store=store, node="h1", vtep="203.0.113.11", overlay_prefix="lno-t-", instance=INSTANCE,
+            state_dir=str(tmp_path), kernel=kernel, wireguard=FakeBackend(kernel, None, log),
+            encryption_range="198.51.100.240/28", anti_entropy_interval=3600,
+        )  # fmt: skip
+
+    store = open_store("memory://")
+    d = driver()
+    opts = d.parse_network_options({"encrypted": "true"})
+    nw = NetworkInfo("1" * 64, "sec", "198.51.100.0/25", "198.51.100.1/25", None, None, False, opts)
+    ep = EndpointInfo("2" * 64, nw.id, "a", "198.51.100.2/25", None, "02:42:c6:33:64:02")
+    await d.create_network(nw)
+    await d.join(nw, ep, SandboxInfo("c1", kernel.add_namespace("sb1"), "eth0"))
+    assert fence_at(kernel) == (RTN_UNREACHABLE, ROUTE_PROTO) and kernel.netns_exists("lno-t-256")
+    await d.stop_tunnel()  # leaving the cluster: the container and its network's device stay
+    await d.close()
+    assert kernel.netns_exists("lno-t-256")
+    assert fence_at(kernel) == (RTN_UNREACHABLE, ROUTE_PROTO), "the fence went while encrypted VXLAN could leave"
+    # a later leave (an agent that restored nothing) once the network's namespace is gone: the fence goes
+    kernel.netns_delete("lno-t-256")
+    d = driver()
+    await d.stop_tunnel()
+    await d.close()
+    assert fence_at(kernel) is None
