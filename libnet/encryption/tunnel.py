@@ -741,6 +741,7 @@ class Tunnel:
                     await asyncio.to_thread(self.backend.delete, slot.ifname)
                     log.info("wireguard interface %s stopped", slot.ifname)
             self.live = set()
-        if stop and unfence and (removed := await asyncio.to_thread(self._unfence)):  # also one an agent with a backend made
+        # also a fence an earlier agent with a backend made
+        if stop and unfence and (removed := await asyncio.to_thread(self._unfence)):
             log.info("wireguard fail-closed route over %s removed", removed)
         self._up = False
