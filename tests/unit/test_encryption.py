@@ -1166,3 +1166,51 @@ async def test_leaving_keeps_the_fence_while_an_encrypted_networks_device_is_lef
     await d.stop_tunnel()
     await d.close()
     assert fence_at(kernel) is None
+
+
+async def test_an_encrypted_network_sends_only_to_vteps_inside_the_tunnel_range(monkeypatch, tmp_path) -> None:
+    """Breaker (issue 20): a peer host restarted with another --encryption-range re-announced its endpoints with
+    a tunnel address outside this host's range; its FDB entries were programmed on the encrypted network, so
+    its VXLAN went to an address the fence does not cover -- only the nftables rule kept it from leaving in
+    clear, and with the agent down and the ruleset flushed it left through the default route with the
+    containers' addresses and payload (switch capture).  An encrypted network's device gets entries only for
+    VTEPs inside this host's tunnel range (the fence covers them); the peer stays known (DNS), unreached."""
+    from libnet.driverapi import EndpointInfo, NetworkInfo, SandboxInfo
+    from libnet.drivers.overlay.driver import OverlayDriver
+    from libnet.drivers.overlay.peerdb import Peer
+    from libnet.drivers.overlay.peerwatch import encode, peers_prefix
+    from libnet.drivers.overlay.vni import P as OVERLAY
+
+    monkeypatch.setattr(keys, "load_or_make", lambda d, slot=0: (KEYS[0], KEYS[1]))
+    kernel = FakeKernel()
+    eth0 = kernel.add_link(None, "eth0", None, up=True)
+    kernel.namespace(None).addresses[eth0.index] = ["203.0.113.11/24"]
+    store = open_store("memory://")
+    d = OverlayDriver(
+        cluster_store=store, node="h1", vtep="203.0.113.11", overlay_prefix="lno-t-", instance=INSTANCE,
+        state_dir=str(tmp_path), kernel=kernel, wireguard=FakeBackend(kernel, None, []),
+        encryption_range="198.51.100.240/28", anti_entropy_interval=3600, encryption_join_timeout=0.1,
+    )  # fmt: skip
+    sec = NetworkInfo("1" * 64, "sec", "198.51.100.0/25", "198.51.100.1/25", None, None, False,
+                      d.parse_network_options({"encrypted": "true"}))  # fmt: skip
+    plain = NetworkInfo("4" * 64, "ov", "198.51.100.128/26", "198.51.100.129/26", None, None, False,
+                        d.parse_network_options({}))  # fmt: skip
+    try:
+        for nw, mac in ((sec, "02:42:c6:33:64:02"), (plain, "02:42:c6:33:64:82")):
+            await d.create_network(nw)
+            ep = EndpointInfo(mac.replace(":", "")[-12:] * 5 + "abcd", nw.id, "a", None, None, mac)
+            await d.join(nw, ep, SandboxInfo("c" + nw.id[:3], kernel.add_namespace("sb" + nw.id[:3]), "eth0"))
+        # h2 inside the range, h3 with a tunnel address of another range, h4 with its underlay address
+        remote = (("h2", "198.51.100.249"), ("h3", "198.51.100.233"), ("h4", "203.0.113.14"))
+        for i, (node, vtep) in enumerate(remote):
+            for nw in (sec, plain):
+                peer = Peer(f"{i}{nw.id[0]}" * 32, nw.id, f"02:42:c6:33:65:0{i}", vtep, node, f"198.51.100.{20 + i}/25")
+                await store.put(peers_prefix(OVERLAY, nw.id) + peer.endpoint_id, encode(peer))
+        await d.repair()
+        with kernel.netlink(d.ns_name(d.vnis.cached(sec.id) or 0)) as nl:
+            assert {e.dst for e in nl.fdb("vxlan0")} == {"198.51.100.249"}
+        with kernel.netlink(d.ns_name(d.vnis.cached(plain.id) or 0)) as nl:  # plain overlays: every VTEP
+            assert {e.dst for e in nl.fdb("vxlan0")} == {vtep for _, vtep in remote}
+        assert len(d.remote_endpoints(sec.id)) == 3  # still known (names), only never sent to
+    finally:
+        await d.close()
