@@ -1214,3 +1214,33 @@ async def test_an_encrypted_network_sends_only_to_vteps_inside_the_tunnel_range(
         assert len(d.remote_endpoints(sec.id)) == 3  # still known (names), only never sent to
     finally:
         await d.close()
+
+
+def test_agent_status_shows_the_encryption_section_readably() -> None:
+    """Breaker (issue 20): ``libnet agent status`` printed the encryption section as one Python dict repr
+    wrapped over lines (quotes, braces, None).  Each field is a line of its own under ``encryption``."""
+    from agent.cli import status_lines
+
+    lines = status_lines(
+        {
+            "status": "ok",
+            "encryption": {
+                "backend": "wireguard-go",
+                "tunnel_address": "198.51.100.249",
+                "peers": ["h1", "h3"],
+                "revoked": [],
+                "incompatible": {"h3": "its encryption range is 198.51.100.224/28"},
+                "handshake_ages": {"h1": 3.5, "h3": None},
+            },
+        }
+    )
+    assert lines == [
+        "        status: ok",
+        "    encryption:",
+        "                backend: wireguard-go",
+        "                tunnel_address: 198.51.100.249",
+        "                peers: h1, h3",
+        "                revoked: -",
+        "                incompatible: h3=its encryption range is 198.51.100.224/28",
+        "                handshake_ages: h1=3.5; h3=-",
+    ]
