@@ -1244,3 +1244,18 @@ def test_agent_status_shows_the_encryption_section_readably() -> None:
         "                incompatible: h3=its encryption range is 198.51.100.224/28",
         "                handshake_ages: h1=3.5; h3=-",
     ]
+
+
+def test_a_listen_port_in_use_is_named_in_the_error(tmp_path) -> None:
+    """Breaker (issue 20): a second libnet instance on a host (or any process) holding UDP 51820 made a join
+    fail with "wg set lnw...: Unable to modify interface: Address already in use" -- no port, no option to
+    change.  The error names the port and --encryption-port."""
+
+    def run(argv: list[str], **kw: Any) -> Any:
+        if argv[1:3] == ["show", "lnwx"]:
+            return subprocess.CompletedProcess(argv, 0, "(none)\t(none)\t0\toff\n", "")
+        return subprocess.CompletedProcess(argv, 1, "", "Unable to modify interface: Address already in use\n")
+
+    us = wgbackend.UserspaceBackend(None, str(tmp_path), run=run)
+    with pytest.raises(Unavailable, match=r"UDP port 51820 .*in use.*--encryption-port"):
+        us.configure("lnwx", wgbackend.WgConfig(KEYS[0], 51820))
