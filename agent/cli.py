@@ -512,8 +512,29 @@ def agent_status(ctx: click.Context, as_json: bool) -> None:
         raise AgentError(f"the agent is not healthy: {exc.message}") from None
     if as_json:
         return emit_json(health)
+    for line in status_lines(health):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def status_lines(health: dict[str, Any]) -> list[str]:
+    """``agent status`` for people: one ``key: value`` line each, a section's (``encryption``) keys
+    indented under it, lists joined, mappings as ``key=value`` (never a Python repr)."""
+
+    def text(v: Any) -> str:
+        if isinstance(v, dict):
+            return "; ".join(f"{k}={text(x)}" for k, x in v.items()) or "-"
+        if isinstance(v, list):
+            return ", ".join(text(x) for x in v) or "-"
+        return "-" if v is None else str(v)
+
+    out = []
     for k, v in health.items():
-        console.print(f"{k:>14}: {v}")
+        if isinstance(v, dict) and v:
+            out.append(f"{k:>14}:")
+            out += [f"{'':>16}{sk}: {text(sv)}" for sk, sv in v.items()]
+        else:
+            out.append(f"{k:>14}: {text(v)}")
+    return out
 
 
 @cli.group()

@@ -266,7 +266,18 @@ class UserspaceBackend:
                 args += ["peer", key, "endpoint", p.endpoint, "persistent-keepalive", str(p.keepalive)]
                 args += ["allowed-ips", ",".join(p.allowed_ips)]
         if len(args) > 2:
-            self._wg(*args)
+            try:
+                self._wg(*args)
+            except Unavailable as exc:
+                if "listen-port" in args and "Address already in use" in exc.message:
+                    raise Unavailable(
+                        f"UDP port {config.listen_port} for WireGuard interface {ifname} is already in use on this "
+                        "host (another WireGuard, another libnet instance?): free it or choose another "
+                        "--encryption-port (each host uses it and the next port)",
+                        ifname=ifname,
+                        port=config.listen_port,
+                    ) from None
+                raise
 
     def delete(self, ifname: str) -> None:
         """Stop the recorded ``wireguard-go`` (SIGTERM, then SIGKILL); its TUN goes with it."""

@@ -16,7 +16,9 @@ new key up *beside* the old one and moves over in one step:
    slot is removed again; nothing was switched, nothing lost).
 2. **Switch**: one route replace (``<range> dev <new> src <new address>``)
    moves R's encrypted VXLAN to the new key *and* the new source address
-   together; the first packet to each host makes a handshake under the new
+   together (only then is the new slot recorded as current: a replace that
+   fails -- the new interface died -- undoes the rotation like a missing
+   acknowledgement); the first packet to each host makes a handshake under the new
    key, which that host already accepts (WireGuard holds packets while it
    handshakes).  R's record now leads with the new identity; R rewrites its
    endpoints' peer records with the new VTEP, so the other hosts move their
@@ -66,15 +68,24 @@ async def rotate(
         old, new = t.slots[t.current], t.slots[1 - t.current]
         await _prepare(t, backend, new, ack_timeout)
         started = time.monotonic()
+        try:  # the switch first, then its record: a failed switch (the new interface died) switched nothing
+            await asyncio.to_thread(t.route_via, new)
+        except (LibnetError, OSError) as exc:
+            await _undo(t, backend, old, new)
+            raise Unavailable(
+                f"the new WireGuard interface {new.ifname} could not take this host's encrypted traffic ({exc}); "
+                "the rotation was undone, the old key stays (try again)",
+                node=t.node,
+            ) from exc
         await asyncio.to_thread(t.write_current, new.index)
         t.current = new.index
-        await asyncio.to_thread(t.route_via, new)
         await t.publish()
         for listener in t.switch_listeners:
             await listener()
         drained = await _drain(backend, old, idle, min_drain, drain_max)
         t.live.discard(old.index)
-        await asyncio.to_thread(backend.delete, old.ifname)
+        async with t.sync_lock:
+            await asyncio.to_thread(backend.delete, old.ifname)
         await t.publish()
         await release_address(t.store, t.node, old.index)
         with contextlib.suppress(FileNotFoundError):
@@ -110,12 +121,24 @@ async def _prepare(t: Tunnel, backend: Backend, new: Slot, ack_timeout: float) -
                 node=t.node,
             )
     except BaseException:
-        t.live.discard(new.index)
-        with contextlib.suppress(LibnetError, OSError):
-            await asyncio.to_thread(backend.delete, new.ifname)
-            await t.publish()
-            await release_address(t.store, t.node, new.index)
+        await _undo(t, backend, t.slots[t.current], new)
         raise
+
+
+async def _undo(t: Tunnel, backend: Backend, old: Slot, new: Slot) -> None:
+    """A rotation that did not switch: the new slot goes (interface, identity, address), the route stays
+    through ``old``."""
+    t.live.discard(new.index)
+    with contextlib.suppress(LibnetError, OSError):
+        await asyncio.to_thread(t.route_via, old)  # where it was (a failed replace changed nothing)
+    with contextlib.suppress(LibnetError, OSError):
+        async with t.sync_lock:  # not while the supervision brings the new slot back (it would stay, unsupervised)
+            await asyncio.to_thread(backend.delete, new.ifname)
+        await t.publish()
+        await release_address(t.store, t.node, new.index)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(t.dir, keys.key_file(new.index)))
+    new.address, new.private, new.public = "", "", ""
 
 
 async def _acknowledged(t: Tunnel, public: str, timeout: float) -> set[str]:

@@ -83,7 +83,7 @@ from libnet.encryption.records import (
     slot_owner,
     tunnel_range,
 )
-from libnet.errors import BadRequest, IncompatibleTunnel, LibnetError, TunnelDown, Unavailable
+from libnet.errors import BadRequest, IncompatibleTunnel, KeyNotFound, LibnetError, TunnelDown, Unavailable
 from libnet.kernel import firewall, probe
 from libnet.kernel.api import Kernel
 from libnet.store.base import Store
@@ -188,7 +188,8 @@ class Tunnel:
         self._guarded: dict[int, int] = {}  # encrypted VNI served here -> its VXLAN port (its entry guard is set)
         self._guard_lock = threading.Lock()  # the guards change from threads (asyncio.to_thread)
         self._lock = asyncio.Lock()
-        self._sync_lock = asyncio.Lock()
+        #: held while peers are set or a slot's interface is brought up (the supervision) or removed (a rotation)
+        self.sync_lock = asyncio.Lock()
         self.rotation_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._up = False
@@ -477,7 +478,7 @@ class Tunnel:
         then acknowledge the coming keys of other hosts' rotations."""
         if self.backend is None or not self._up:
             return
-        async with self._sync_lock:
+        async with self.sync_lock:
             for i in sorted(self.live):
                 try:
                     await asyncio.to_thread(self.backend.configure, self.slots[i].ifname, self.config(self.slots[i]))
@@ -509,6 +510,8 @@ class Tunnel:
                 await asyncio.wait_for(asyncio.shield(ready), 10)
             repaired.append("wireguard record watch restarted")
         await self.sync()  # the backends change only what differs, and log nothing when nothing does
+        if await self._republish():  # this host's record lost, and the watch's event of it too
+            repaired.append("this host's wireguard key record published again")
         return repaired
 
     def _set(self, key: str, value: bytes | None) -> bool:
@@ -546,19 +549,32 @@ class Tunnel:
         self.records[node] = rec
         return old != rec
 
-    async def _republish(self) -> None:
+    async def _missing_unrevoked(self) -> bool:
+        """Whether the store holds neither this host's record nor a revocation of it (read from the store,
+        not from the watch's view: the anti-entropy must notice a lost event too)."""
+        for key in (nodes_prefix() + self.node, revoked_prefix() + self.node):
+            try:
+                await self.store.get(key)
+            except KeyNotFound:
+                continue
+            return False
+        return True
+
+    async def _republish(self) -> bool:
         """This host's record back into the store when it is missing though the host is not revoked
-        (a revocation taken back, :func:`unrevoke`), so the other hosts take it as a peer again."""
-        if not self._up or self.node in self.records or self.node in self.revoked:
-            return
+        -- a revocation taken back (:func:`unrevoke`), or the record deleted by anyone else or lost
+        with a store restored from an older backup -- so the other hosts take it as a peer again."""
+        if not self._up or not await self._missing_unrevoked():
+            return False
         slot = self.slots[self.current]
         if await claim_address(self.store, self.range, slot_owner(self.node, slot.index)) != slot.address:
             log.error(
                 "wireguard: this host's tunnel address %s was given to another host; restart the agent", slot.address
             )
-            return
+            return False
         log.info("wireguard: this host's key record is missing and it is not revoked: publishing it again")
         await self.publish()
+        return True
 
     async def _watch(self, ready: asyncio.Future[None]) -> None:
         """Every host's record and every revocation: a full read, then every change from the revision before it."""
@@ -578,7 +594,8 @@ class Tunnel:
                 async for event in self.store.watch_prefix(f"{P}/", start_revision=rev):
                     if self._set(event.key, event.value if event.kind == "put" else None):
                         await self.sync()
-                    if event.key == revoked_prefix() + self.node and event.kind != "put":
+                    own = (revoked_prefix() + self.node, nodes_prefix() + self.node)
+                    if event.key in own and event.kind != "put":  # unrevoked, or the record deleted or lost
                         await self._republish()
             except LibnetError as exc:
                 log.warning("wireguard record watch: %s; re-reading", exc)
@@ -683,7 +700,9 @@ class Tunnel:
                         log.warning(
                             "wireguard interface %s (%s) %s: bringing it up again", slot.ifname, backend.name, why
                         )
-                        async with self._sync_lock:
+                        async with self.sync_lock:
+                            if i not in self.live:  # a rotation undid or retired it meanwhile: it stays gone
+                                continue
                             await asyncio.to_thread(self.bring_up, backend, slot)
                         self.restarts += 1
                 except (LibnetError, OSError) as exc:  # the next round tries again
@@ -704,10 +723,11 @@ class Tunnel:
                 return "lost its tunnel address"
         return None
 
-    async def close(self, stop: bool = False) -> None:
+    async def close(self, stop: bool = False, unfence: bool = True) -> None:
         """Stop supervising.  The interfaces stay -- encrypted traffic goes on while the
         agent is down, and the next agent adopts them (DESIGN.md, "Liveness") -- unless
-        ``stop`` (the host leaves the cluster for good): then the fence route goes after them.
+        ``stop`` (the host leaves the cluster for good): then the fence route goes after them,
+        unless not ``unfence`` (an encrypted network's VXLAN device is left here).
         The guard rule always stays."""
         for task in self._tasks:
             task.cancel()
@@ -721,6 +741,7 @@ class Tunnel:
                     await asyncio.to_thread(self.backend.delete, slot.ifname)
                     log.info("wireguard interface %s stopped", slot.ifname)
             self.live = set()
-        if stop and (removed := await asyncio.to_thread(self._unfence)):  # also one an agent with a backend made
+        # also a fence an earlier agent with a backend made
+        if stop and unfence and (removed := await asyncio.to_thread(self._unfence)):
             log.info("wireguard fail-closed route over %s removed", removed)
         self._up = False

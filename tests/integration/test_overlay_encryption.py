@@ -489,5 +489,48 @@ def test_no_clear_text_when_the_ruleset_is_flushed_and_the_tunnel_goes_down(tmp_
         assert _fence_routes(bed, h1), "the fence went with the agent's stop"
         agents[0].start(once=("--leave",))
         agents[0].stop()
+        # breaker: leaving keeps the data plane (h1's container stays on the encrypted network); with the
+        # fence gone, a flushed ruleset sent its VXLAN, addresses and payload out of the default route
+        assert _fence_routes(bed, h1), "the fence went while an encrypted network's device is still here"
+        subprocess.run(["ip", "netns", "exec", h1, "nft", "flush", "ruleset"], check=True)
+        cap = Capture(bed)
+        bed.run(a, ["ping", "-n", "-c", "10", "-i", "0.05", "-s", "600", "-p", MARKER, target])
+        packets = cap.stop(bed)
+        assert_no_clear_text(cap.frames, packets, vni, [ip(ep["ipv4"])])
+        # once the network is gone from h1 (its container disconnected), leaving removes the fence
+        agents[0].start()
+        sid = next(s["id"] for s in agents[0].cli_json("sandbox", "ls") if s["netns"].endswith(a))
+        r = agents[0].cli("disconnect", "sec", sid)
+        assert r.returncode == 0, r.stderr
+        agents[0].stop()
+        agents[0].start(once=("--leave",))
+        agents[0].stop()
         assert _fence_routes(bed, h1) == "", "the fence outlived leaving the cluster"
+        agents[1].stop()
+
+
+def test_a_peer_with_another_range_is_never_sent_to_in_clear(tmp_path) -> None:
+    """Breaker (issue 20): h2 restarted with another --encryption-range re-announced its container with a
+    tunnel address outside h1's range; h1 programmed it on the encrypted network, where the fence route does
+    not cover it.  With h1's agent down and its ruleset flushed, the encrypted network's VXLAN to h2 left
+    through the default route in clear.  Now h1 sends only to VTEPs inside its range: nothing leaves."""
+    with Testbed(2) as bed:
+        agents, (a, _), (_b, ep) = _two_on_an_encrypted_overlay(bed, tmp_path)
+        vni, target, h1 = vni_of(agents[0], "sec"), ip(ep["ipv4"]), bed.hosts[0].ns
+        agents[1].stop()
+        agents[1].extra += ["--encryption-range", "198.51.100.224/28"]
+        agents[1].start()
+
+        def incompatible() -> bool:
+            return bed.hosts[1].name in agents[0].cli_json("agent", "status")["encryption"]["incompatible"]
+
+        assert wait_until(incompatible, 20)
+        time.sleep(2)  # h2's re-announced endpoint reaches h1
+        agents[0].stop()
+        bed.run(h1, ["ip", "route", "replace", "default", "via", bed.hosts[1].ipv4], check=True)
+        subprocess.run(["ip", "netns", "exec", h1, "nft", "flush", "ruleset"], check=True)
+        cap = Capture(bed)
+        bed.run(a, ["ping", "-n", "-c", "10", "-i", "0.05", "-s", "600", "-p", MARKER, target])
+        packets = cap.stop(bed)
+        assert_no_clear_text(cap.frames, packets, vni, [target])
         agents[1].stop()

@@ -1039,3 +1039,223 @@ async def test_leaving_removes_a_fence_an_earlier_agent_made_also_without_a_back
     assert fence_at(kernel) is not None
     await tunnel.close(stop=True)
     assert fence_at(kernel) is None
+
+
+async def test_a_host_whose_own_key_record_goes_missing_publishes_it_again(monkeypatch, tmp_path) -> None:
+    """Breaker (issue 20): a running host's key record deleted from the cluster store (an operator's
+    mistake, a store restored from an older backup) was never written again: every other host dropped it as
+    a peer and it stayed cut off from every encrypted overlay until its agent restarted -- the anti-entropy
+    did not notice either.  It is published again at once (the watch), and by the anti-entropy, unless the
+    host is revoked."""
+    _, store, _, h1, _ = await tunnel_beside_h2(monkeypatch, tmp_path)
+    addr = await h1.ensure()
+
+    async def published() -> bool:
+        with contextlib.suppress(LibnetError):
+            return NodeKey.decode((await store.get(nodes_prefix() + "h1")).value).tunnel == addr
+        return False
+
+    async def until_published(timeout: float = 3.0) -> bool:
+        for _ in range(int(timeout / 0.01)):
+            if await published():
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    try:
+        await store.delete(nodes_prefix() + "h1")
+        assert await until_published(), "the deleted record was not published again"
+        # the anti-entropy too (a lost watch event)
+        h1._tasks[0].cancel()  # the watch, so only the repair can notice
+        await asyncio.sleep(0)
+        await store.delete(nodes_prefix() + "h1")
+        h1._tasks[0] = asyncio.get_running_loop().create_future()  # a watch that runs but saw nothing
+        await h1.repair()
+        assert await published(), "the anti-entropy did not publish the missing record"
+        # a revoked host does not publish itself back
+        await revoke(store, "h1")
+        await asyncio.sleep(0.2)
+        await h1.repair()
+        assert not await published()
+    finally:
+        await h1.close()
+
+
+async def test_a_rotation_whose_new_interface_dies_at_the_switch_is_undone(monkeypatch, tmp_path) -> None:
+    """Breaker (issue 20): ``wireguard-go`` of the coming key killed (kill -9) after every host acknowledged
+    it but before the switch: the route replace failed ("no such interface", with a hint about network
+    names), yet the current slot was already written as the new one.  The rotation stopped half done, for
+    good: two wireguard-go, this host's record still leading with the old key, its endpoints still
+    announcing the old tunnel address, and the supervision then moved the route to the revived new
+    interface.  Now the switch fails before anything is switched and the new slot is undone."""
+    from libnet.encryption import rotation
+
+    monkeypatch.setattr(keys, "load_or_make", lambda d, slot=0: (KEYS[0], KEYS[1]))
+    monkeypatch.setattr(keys, "make_new", lambda d, slot: (KEYS[2], KEYS[3]))
+    kernel, store, log = FakeKernel(), open_store("memory://"), []
+    h1 = make_tunnel(kernel, store, log, tmp_path)
+    h1.check_interval = 3600  # no supervision round during the test: the switch alone decides
+    addr = await h1.ensure()
+    backend = h1.backend
+    assert isinstance(backend, FakeBackend)
+    route_via = h1.route_via
+
+    def killed_first(slot: Any) -> None:
+        if slot.index == 1:  # the coming key's wireguard-go dies just before the switch
+            with kernel.netlink(None) as nl:
+                nl.delete_link(slot.ifname)
+        route_via(slot)
+
+    monkeypatch.setattr(h1, "route_via", killed_first)
+    try:
+        with pytest.raises(Unavailable, match="undone"):
+            await rotation.rotate(h1, ack_timeout=0.3)
+        assert h1.current == 0 and h1.address == addr and h1.live == {0}
+        slot_file = tmp_path / "h1" / "wireguard" / "current-slot"
+        assert not slot_file.exists() or slot_file.read_text().strip() == "0"
+        with kernel.netlink(None) as nl:
+            old = nl.link(h1.slots[0].ifname)
+            assert not nl.has_link(h1.slots[1].ifname)
+        assert kernel.namespace(None).prefix_routes["198.51.100.240/28"] == (old.index, addr)
+        rec = NodeKey.decode((await store.get(nodes_prefix() + "h1")).value)
+        assert rec.public_key == KEYS[1] and rec.others == ()
+        assert [p.key for p in await store.list(f"{P}/addresses/")] == [f"{P}/addresses/{addr}"]
+        monkeypatch.setattr(h1, "route_via", route_via)
+        done = await rotation.rotate(h1, ack_timeout=0.3, idle=0.01, min_drain=0.01)  # the next one goes through
+        assert h1.current == 1 and done["public_key"] == KEYS[3]
+    finally:
+        await h1.close()
+
+
+async def test_leaving_keeps_the_fence_while_an_encrypted_networks_device_is_left(monkeypatch, tmp_path) -> None:
+    """Breaker (issue 20): ``libnet-agent --leave`` removed the fail-closed route although the encrypted
+    network's namespace stayed with its containers and its VXLAN device (leaving does not tear the data plane
+    down), and those still sent to the peers' tunnel addresses: once the ruleset was flushed, their VXLAN,
+    container addresses and payload went out of the default route in clear (seen on the switch capture).
+    The fence stays while such a device is left; it goes with the leave once none is (or with --purge)."""
+    from libnet.driverapi import EndpointInfo, NetworkInfo, SandboxInfo
+    from libnet.drivers.overlay.driver import OverlayDriver
+
+    monkeypatch.setattr(keys, "load_or_make", lambda d, slot=0: (KEYS[0], KEYS[1]))
+    kernel, log = FakeKernel(), []
+    eth0 = kernel.add_link(None, "eth0", None, up=True)
+    kernel.namespace(None).addresses[eth0.index] = ["203.0.113.11/24"]
+
+    def driver() -> OverlayDriver:
+        return OverlayDriver(
+            cluster_store=store, node="h1", vtep="203.0.113.11", overlay_prefix="lno-t-", instance=INSTANCE,
+            state_dir=str(tmp_path), kernel=kernel, wireguard=FakeBackend(kernel, None, log),
+            encryption_range="198.51.100.240/28", anti_entropy_interval=3600,
+        )  # fmt: skip
+
+    store = open_store("memory://")
+    d = driver()
+    opts = d.parse_network_options({"encrypted": "true"})
+    nw = NetworkInfo("1" * 64, "sec", "198.51.100.0/25", "198.51.100.1/25", None, None, False, opts)
+    ep = EndpointInfo("2" * 64, nw.id, "a", "198.51.100.2/25", None, "02:42:c6:33:64:02")
+    await d.create_network(nw)
+    await d.join(nw, ep, SandboxInfo("c1", kernel.add_namespace("sb1"), "eth0"))
+    assert fence_at(kernel) == (RTN_UNREACHABLE, ROUTE_PROTO) and kernel.netns_exists("lno-t-256")
+    await d.stop_tunnel()  # leaving the cluster: the container and its network's device stay
+    await d.close()
+    assert kernel.netns_exists("lno-t-256")
+    assert fence_at(kernel) == (RTN_UNREACHABLE, ROUTE_PROTO), "the fence went while encrypted VXLAN could leave"
+    # a later leave (an agent that restored nothing) once the network's namespace is gone: the fence goes
+    kernel.netns_delete("lno-t-256")
+    d = driver()
+    await d.stop_tunnel()
+    await d.close()
+    assert fence_at(kernel) is None
+
+
+async def test_an_encrypted_network_sends_only_to_vteps_inside_the_tunnel_range(monkeypatch, tmp_path) -> None:
+    """Breaker (issue 20): a peer host restarted with another --encryption-range re-announced its endpoints with
+    a tunnel address outside this host's range; its FDB entries were programmed on the encrypted network, so
+    its VXLAN went to an address the fence does not cover -- only the nftables rule kept it from leaving in
+    clear, and with the agent down and the ruleset flushed it left through the default route with the
+    containers' addresses and payload (switch capture).  An encrypted network's device gets entries only for
+    VTEPs inside this host's tunnel range (the fence covers them); the peer stays known (DNS), unreached."""
+    from libnet.driverapi import EndpointInfo, NetworkInfo, SandboxInfo
+    from libnet.drivers.overlay.driver import OverlayDriver
+    from libnet.drivers.overlay.peerdb import Peer
+    from libnet.drivers.overlay.peerwatch import encode, peers_prefix
+    from libnet.drivers.overlay.vni import P as OVERLAY
+
+    monkeypatch.setattr(keys, "load_or_make", lambda d, slot=0: (KEYS[0], KEYS[1]))
+    kernel = FakeKernel()
+    eth0 = kernel.add_link(None, "eth0", None, up=True)
+    kernel.namespace(None).addresses[eth0.index] = ["203.0.113.11/24"]
+    store = open_store("memory://")
+    d = OverlayDriver(
+        cluster_store=store, node="h1", vtep="203.0.113.11", overlay_prefix="lno-t-", instance=INSTANCE,
+        state_dir=str(tmp_path), kernel=kernel, wireguard=FakeBackend(kernel, None, []),
+        encryption_range="198.51.100.240/28", anti_entropy_interval=3600, encryption_join_timeout=0.1,
+    )  # fmt: skip
+    sec = NetworkInfo("1" * 64, "sec", "198.51.100.0/25", "198.51.100.1/25", None, None, False,
+                      d.parse_network_options({"encrypted": "true"}))  # fmt: skip
+    plain = NetworkInfo("4" * 64, "ov", "198.51.100.128/26", "198.51.100.129/26", None, None, False,
+                        d.parse_network_options({}))  # fmt: skip
+    try:
+        for nw, mac in ((sec, "02:42:c6:33:64:02"), (plain, "02:42:c6:33:64:82")):
+            await d.create_network(nw)
+            ep = EndpointInfo(mac.replace(":", "")[-12:] * 5 + "abcd", nw.id, "a", None, None, mac)
+            await d.join(nw, ep, SandboxInfo("c" + nw.id[:3], kernel.add_namespace("sb" + nw.id[:3]), "eth0"))
+        # h2 inside the range, h3 with a tunnel address of another range, h4 with its underlay address
+        remote = (("h2", "198.51.100.249"), ("h3", "198.51.100.233"), ("h4", "203.0.113.14"))
+        for i, (node, vtep) in enumerate(remote):
+            for nw in (sec, plain):
+                peer = Peer(f"{i}{nw.id[0]}" * 32, nw.id, f"02:42:c6:33:65:0{i}", vtep, node, f"198.51.100.{20 + i}/25")
+                await store.put(peers_prefix(OVERLAY, nw.id) + peer.endpoint_id, encode(peer))
+        await d.repair()
+        with kernel.netlink(d.ns_name(d.vnis.cached(sec.id) or 0)) as nl:
+            assert {e.dst for e in nl.fdb("vxlan0")} == {"198.51.100.249"}
+        with kernel.netlink(d.ns_name(d.vnis.cached(plain.id) or 0)) as nl:  # plain overlays: every VTEP
+            assert {e.dst for e in nl.fdb("vxlan0")} == {vtep for _, vtep in remote}
+        assert len(d.remote_endpoints(sec.id)) == 3  # still known (names), only never sent to
+    finally:
+        await d.close()
+
+
+def test_agent_status_shows_the_encryption_section_readably() -> None:
+    """Breaker (issue 20): ``libnet agent status`` printed the encryption section as one Python dict repr
+    wrapped over lines (quotes, braces, None).  Each field is a line of its own under ``encryption``."""
+    from agent.cli import status_lines
+
+    lines = status_lines(
+        {
+            "status": "ok",
+            "encryption": {
+                "backend": "wireguard-go",
+                "tunnel_address": "198.51.100.249",
+                "peers": ["h1", "h3"],
+                "revoked": [],
+                "incompatible": {"h3": "its encryption range is 198.51.100.224/28"},
+                "handshake_ages": {"h1": 3.5, "h3": None},
+            },
+        }
+    )
+    assert lines == [
+        "        status: ok",
+        "    encryption:",
+        "                backend: wireguard-go",
+        "                tunnel_address: 198.51.100.249",
+        "                peers: h1, h3",
+        "                revoked: -",
+        "                incompatible: h3=its encryption range is 198.51.100.224/28",
+        "                handshake_ages: h1=3.5; h3=-",
+    ]
+
+
+def test_a_listen_port_in_use_is_named_in_the_error(tmp_path) -> None:
+    """Breaker (issue 20): a second libnet instance on a host (or any process) holding UDP 51820 made a join
+    fail with "wg set lnw...: Unable to modify interface: Address already in use" -- no port, no option to
+    change.  The error names the port and --encryption-port."""
+
+    def run(argv: list[str], **kw: Any) -> Any:
+        if argv[1:3] == ["show", "lnwx"]:
+            return subprocess.CompletedProcess(argv, 0, "(none)\t(none)\t0\toff\n", "")
+        return subprocess.CompletedProcess(argv, 1, "", "Unable to modify interface: Address already in use\n")
+
+    us = wgbackend.UserspaceBackend(None, str(tmp_path), run=run)
+    with pytest.raises(Unavailable, match=r"UDP port 51820 .*in use.*--encryption-port"):
+        us.configure("lnwx", wgbackend.WgConfig(KEYS[0], 51820))

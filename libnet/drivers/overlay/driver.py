@@ -99,6 +99,7 @@ from libnet.drivers.overlay.plumbing import Plumbing, VxlanDevices
 from libnet.drivers.overlay.programmer import Programmer
 from libnet.drivers.overlay.vni import VNI_MAX, VNI_MIN, P, VniAllocator
 from libnet.encryption.backend import Backend
+from libnet.encryption.records import tunnel_range
 from libnet.encryption.tunnel import Tunnel
 from libnet.errors import BadRequest, Conflict, InvalidOption, KeyModified, KeyNotFound, LibnetError, Unavailable
 from libnet.kernel.api import Kernel
@@ -334,6 +335,8 @@ class OverlayDriver(EncryptedOverlays):
         vtep = await self._vtep_of(nw)  # on encrypted networks: never before the tunnel (and its guard) is up
         if nw.options.get("encrypted"):  # and its VXLAN comes in only out of WireGuard: before the device exists
             await asyncio.to_thread(self.tunnel().guard_vni, vni, VXLAN_PORT)
+            # and goes out only to tunnel addresses (covered by the fence route), whatever a peer announces
+            self.table.confined[nw.id] = tunnel_range(self.encryption_range)
         async with self._locks.setdefault(nw.id, asyncio.Lock()):
             if not self.watch.watching(nw.id):
                 done = await asyncio.to_thread(self.plumbing.build, nw, vni, ns, vtep, _device_local(nw, vtep))

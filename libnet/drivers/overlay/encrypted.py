@@ -239,6 +239,27 @@ class EncryptedOverlays:
     async def stop_tunnel(self) -> None:
         """Remove this host's WireGuard interfaces now (the host leaves the cluster for good), also
         those a previous agent left and this one never used; otherwise they outlive the agent,
-        which re-adopts them on start."""
+        which re-adopts them on start.  The fail-closed route goes with them only when no encrypted
+        network's namespace is left here (:meth:`_encrypted_left`)."""
         if self._tunnel is not None or (self.store is not None and self.vtep):
-            await self.tunnel().close(stop=True)
+            left = await asyncio.to_thread(self._encrypted_left)
+            if left:
+                log.warning(
+                    "leaving the cluster: the encrypted overlays' fail-closed route stays, as overlay namespaces "
+                    "of this instance are left here (%s) whose VXLAN must never go out in clear; "
+                    "libnet-agent --purge removes them and it",
+                    ", ".join(left),
+                )
+            await self.tunnel().close(stop=True, unfence=not left)
+
+    def _encrypted_left(self) -> list[str]:
+        """This instance's overlay namespaces that still exist and are not known to be a plain overlay's:
+        leaving does not tear networks down (containers stay attached), and an encrypted network's VXLAN
+        device there still sends to the peers' tunnel addresses -- with the WireGuard interface gone,
+        only the fence route keeps that from following another route in clear."""
+        plain = {nid for nid, nw in self._nets.items() if not nw.options.get("encrypted")}
+        return [
+            rec.name
+            for rec in self.ledger.records("overlay")
+            if rec.owner not in plain and self.kernel.netns_exists(rec.name)
+        ]

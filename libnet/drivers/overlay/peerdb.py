@@ -16,6 +16,7 @@ Local endpoints are not peers: they sit on the local bridge.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +87,9 @@ class PeerTable:
         #: hosts reported failed (after the grace period): their peers stay out,
         #: also when the store still lists them, until the host is back
         self.blocked: set[str] = set()
+        #: network id -> the only addresses its device may send to (encrypted networks: this host's
+        #: tunnel range, which the fail-closed route covers); peers with a VTEP outside stay known, unreached
+        self.confined: dict[str, ipaddress.IPv4Network | ipaddress.IPv6Network] = {}
 
     def networks(self) -> list[str]:
         return list(self._peers)
@@ -114,6 +118,7 @@ class PeerTable:
 
     def drop_network(self, network_id: str) -> None:
         self._peers.pop(network_id, None)
+        self.confined.pop(network_id, None)
 
     def remove_node(self, node: str) -> list[str]:
         """Forget every peer of a host (failed or left); returns the networks touched."""
@@ -128,10 +133,20 @@ class PeerTable:
 
     def entries(self, network_id: str) -> Entries:
         out = Entries()
+        scope = self.confined.get(network_id)
         for p in self._peers.get(network_id, {}).values():
+            if scope is not None and not _within(p.vtep, scope):
+                continue  # an encrypted network's VXLAN to it would leave in clear where nftables is flushed
             for cidr in (p.ipv4, p.ipv6):
                 if cidr:
                     out.neighbours.add(Neighbour(address_of(cidr), p.mac))
             out.fdb.add(FdbEntry(p.mac, p.vtep))
             out.fdb.add(FdbEntry(FLOOD_MAC, p.vtep))
         return out
+
+
+def _within(address: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    try:
+        return ipaddress.ip_address(address) in net
+    except ValueError:
+        return False
