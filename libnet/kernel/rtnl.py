@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import ipaddress
 import socket
+import struct
 from collections.abc import Sequence
 
 from libnet.kernel.errors import from_errno
@@ -92,6 +94,9 @@ from libnet.kernel.wire import (
 #: a request of a batch: (message type, extra flags, body, what it does -- for errors)
 Request = tuple[int, int, bytes, str]
 _SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33
+#: netdevice(7): SIOCGIFINDEX takes a struct ifreq (name, then the index in its union)
+SIOCGIFINDEX, IFNAMSIZ = 0x8933, 16
+_IFREQ = struct.Struct("16si20x")
 _IFINFO, _IFADDR, _RTMSG, _ERR = IFINFO, IFADDR, RTMSG, ERR
 
 __all__ = [
@@ -350,8 +355,29 @@ class RtnlSocket:
         return self.link_indexes([name])[0]
 
     def link_indexes(self, names: Sequence[str]) -> list[int | None]:
-        """Indexes of the links called ``names`` (None: no such link), in one round trip."""
-        return [None if found is None else found[0] for found in self.lookup(names)]
+        """Indexes of the links called ``names`` (None: no such link).
+
+        An ``SIOCGIFINDEX`` ioctl each on this socket, which acts in the socket's
+        namespace (netdevice(7)): a few microseconds, against some 200 for an
+        ``RTM_GETLINK``, whose answer the kernel fills with every attribute of
+        the link (statistics, per-family settings) under the rtnl lock and
+        Python then parses.  :meth:`lookup` when the alias is wanted too."""
+        fd = self.sock.fileno()
+        out: list[int | None] = []
+        for name in names:
+            raw = name.encode()
+            if not raw or len(raw) >= IFNAMSIZ or b"\0" in raw:
+                out.append(None)  # no link can have that name
+                continue
+            try:
+                answer = fcntl.ioctl(fd, SIOCGIFINDEX, _IFREQ.pack(raw, 0))
+            except OSError as exc:
+                if exc.errno == errno.ENODEV:
+                    out.append(None)
+                    continue
+                raise from_errno(exc.errno or errno.EIO, "look up link", ifname=name) from exc
+            out.append(_IFREQ.unpack(answer)[1])
+        return out
 
     def lookup(self, names: Sequence[str]) -> list[tuple[int, str | None] | None]:
         """(index, alias) of the links called ``names`` (None: no such link), in one round trip."""
