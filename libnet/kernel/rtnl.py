@@ -53,6 +53,8 @@ from libnet.kernel.wire import (
     IFLA_IFNAME,
     IFLA_INFO_DATA,
     IFLA_INFO_KIND,
+    IFLA_INFO_SLAVE_DATA,
+    IFLA_INFO_SLAVE_KIND,
     IFLA_LINKINFO,
     IFLA_MASTER,
     IFLA_MTU,
@@ -129,6 +131,7 @@ __all__ = [
     "attrs",
     "bridge_body",
     "brport_body",
+    "brport_byname_body",
     "check_alias",
     "cstr",
     "default_route_body",
@@ -243,6 +246,21 @@ def brport_body(index: int, hairpin: bool | None = None, isolated: bool | None =
     flags = [(IFLA_BRPORT_MODE, hairpin), (IFLA_BRPORT_ISOLATED, isolated)]
     port = [attr(kind, bytes([int(on)])) for kind, on in flags if on is not None]
     return _IFINFO.pack(AF_BRIDGE, 0, index, 0, 0) + nested(IFLA_PROTINFO, *port)
+
+
+def brport_byname_body(name: str, hairpin: bool | None = None, isolated: bool | None = None) -> bytes:
+    """RTM_NEWLINK body setting bridge port flags of the link called ``name`` (a
+    port of a bridge: the kernel refuses it with EOPNOTSUPP on any other link), as
+    :func:`brport_body` does by index: ``IFLA_BRPORT_MODE`` (hairpin) and
+    ``IFLA_BRPORT_ISOLATED`` as the bridge's slave data.  By name, so it can follow
+    the message creating the port in one batch."""
+    flags = [(IFLA_BRPORT_MODE, hairpin), (IFLA_BRPORT_ISOLATED, isolated)]
+    port = [attr(kind, bytes([int(on)])) for kind, on in flags if on is not None]
+    return (
+        ifinfo()
+        + cstr(IFLA_IFNAME, name)
+        + nested(IFLA_LINKINFO, cstr(IFLA_INFO_SLAVE_KIND, "bridge"), nested(IFLA_INFO_SLAVE_DATA, *port))
+    )
 
 
 def delgroup_body(group: int) -> bytes:
