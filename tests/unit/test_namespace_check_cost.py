@@ -24,8 +24,11 @@ def stats(monkeypatch) -> list[str]:
     return made
 
 
-def test_other_sandboxes_namespaces_are_stat_once(tmp_path, stats) -> None:
+def test_other_sandboxes_namespaces_are_stat_once(tmp_path, stats, monkeypatch) -> None:
     ns = KernelNamespaces(str(tmp_path), "0123456789ab")
+    ns.check_external("/run/netns/c99", {})
+    # the machine's mount table stays as it is (other processes' mounts would make every call stat again)
+    monkeypatch.setattr(ns._mounts, "changed", lambda: False)
     sandboxes = {f"s{i}": f"/run/netns/c{i}" for i in range(99)}
     ns.check_external("/run/netns/c99", sandboxes)
     first = len([p for p in stats if p in IDS])
