@@ -546,7 +546,13 @@ class Netlink:
         assert index is not None
         return index
 
-    def unplug(self, link: str, group: int | None = None, owned: Callable[[str | None], bool] | None = None) -> bool:
+    def unplug(
+        self,
+        link: str,
+        group: int | None = None,
+        owned: Callable[[str | None], bool] | None = None,
+        made: int | None = None,
+    ) -> bool:
         """Take a port out of service at once: down, out of its bridge, and
         (optionally) into link ``group`` for a later :meth:`delete_group`.
 
@@ -556,13 +562,21 @@ class Netlink:
         exist, or if ``owned`` is given and says no to the link's alias (then
         it is left untouched; the alias comes with the lookup, no extra
         round trip).
+
+        ``made``: the index this process's own (marked) create gave ``link``.
+        While the name still has that index it is that very link -- the kernel
+        hands out a namespace's indexes in turn, not again -- so its alias need
+        not be read: an ioctl instead of an ``RTM_GETLINK`` under the rtnl lock.
         """
 
         def body() -> bool:
-            found = self.rtnl.lookup([link])[0]
-            if found is None or (owned is not None and not owned(found[1])):
-                return False
-            index = found[0]
+            if made is not None and self.rtnl.link_index(link) == made:
+                index = made
+            else:
+                found = self.rtnl.lookup([link])[0]
+                if found is None or (owned is not None and not owned(found[1])):
+                    return False
+                index = found[0]
             msg = rtnl.setlink_body(index, up=False, master=0, group=group)
             self.rtnl.request([(RTM_NEWLINK, 0, msg, "unplug")], ignore=GONE)
             return True
