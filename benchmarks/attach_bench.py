@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import statistics
 import subprocess
 import tempfile
@@ -44,7 +45,15 @@ def pct(values: list[float], q: int) -> float:
     return round(statistics.quantiles(values, n=100)[q - 1] * 1000, 2) if len(values) > 1 else values[0] * 1000
 
 
-async def libnet_side(bed: Testbed, paths: list[str], tmp: str) -> tuple[list[float], list[float]]:
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's waited-for children so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+async def libnet_side(
+    bed: Testbed, paths: list[str], tmp: str
+) -> tuple[list[float], list[float], list[float], list[float]]:
     config = Config(
         store=f"sqlite://{tmp}/store.db",
         state_dir=tmp,
@@ -52,46 +61,51 @@ async def libnet_side(bed: Testbed, paths: list[str], tmp: str) -> tuple[list[fl
         sandbox_prefix=bed.prefix + "sb-",
         ipam=ipam_config(),
     )
-    attach, detach = [], []
+    attach, detach, attach_cpu, detach_cpu = [], [], [], []
     async with Controller(config) as ctl:
         await ctl.create_network("bench", ipv4_subnet=SUBNET, ipv6_subnet="2001:db8:a::/64")
         sandboxes = []
         for path in paths:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             sb = await ctl.create_sandbox(netns=path)
             await ctl.connect("bench", sb.id, name=f"c-{sb.id[:12]}")
             attach.append(time.perf_counter() - t)
+            attach_cpu.append(time.process_time() - c)
             sandboxes.append(sb)
         for sb in sandboxes:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             await ctl.disconnect("bench", sb.id)
             await ctl.delete_sandbox(sb.id)
             detach.append(time.perf_counter() - t)
+            detach_cpu.append(time.process_time() - c)
         await ctl.delete_network("bench")
-    return attach, detach
+    return attach, detach, attach_cpu, detach_cpu
 
 
-def cni_side(bed: Testbed, paths: list[str], tmp: str) -> tuple[list[float], list[float]]:
+def cni_side(bed: Testbed, paths: list[str], tmp: str) -> tuple[list[float], list[float], list[float], list[float]]:
     conf = json.dumps(
         reference_bridge_conf("bench", "cni-bench0", SUBNET, "2001:db8:b::/64", os.path.join(tmp, "cni"))
     ).encode()
     enter = netns.preexec_enter(bed.hosts[0].ns)
     base = {"CNI_IFNAME": "eth0", "CNI_PATH": CNI_DIR, "PATH": os.environ.get("PATH", "")}
 
-    def run(cmd: str, i: int, path: str) -> float:
+    def run(cmd: str, i: int, path: str, cpu: list[float]) -> float:
         env = {**base, "CNI_COMMAND": cmd, "CNI_CONTAINERID": f"bench{i}", "CNI_NETNS": path}
-        t = time.perf_counter()
+        t, c = time.perf_counter(), children_cpu()
         r = subprocess.run(
             [os.path.join(CNI_DIR, "bridge")], input=conf, env=env, capture_output=True, preexec_fn=enter, timeout=60
         )
         elapsed = time.perf_counter() - t
+        cpu.append(children_cpu() - c)  # the plugin and the host-local it runs
         if r.returncode != 0:
             raise SystemExit(f"CNI {cmd} failed: {r.stdout.decode()} {r.stderr.decode()}")
         return elapsed
 
-    add = [run("ADD", i, p) for i, p in enumerate(paths)]
-    delete = [run("DEL", i, p) for i, p in enumerate(paths)]
-    return add, delete
+    add_cpu: list[float] = []
+    del_cpu: list[float] = []
+    add = [run("ADD", i, p, add_cpu) for i, p in enumerate(paths)]
+    delete = [run("DEL", i, p, del_cpu) for i, p in enumerate(paths)]
+    return add, delete, add_cpu, del_cpu
 
 
 def main() -> dict:
@@ -103,20 +117,26 @@ def main() -> dict:
         mine = [f"/run/netns/{bed.namespace(f'l{i}')}" for i in range(n)]
         theirs = [f"/run/netns/{bed.namespace(f'c{i}')}" for i in range(n)]
         progress(f"libnet: attach and detach {n} sandboxes")
-        attach, detach = asyncio.run(libnet_side(bed, mine, tmp))
+        attach, detach, attach_cpu, detach_cpu = asyncio.run(libnet_side(bed, mine, tmp))
         progress(f"CNI bridge + host-local: ADD and DEL {n} namespaces")
-        add, delete = cni_side(bed, theirs, tmp)
+        add, delete, add_cpu, del_cpu = cni_side(bed, theirs, tmp)
     metrics = {
         "attach_ms_p50": pct(attach, 50),
         "attach_ms_p90": pct(attach, 90),
         "detach_ms_p50": pct(detach, 50),
         "detach_ms_p90": pct(detach, 90),
+        # CPU (user + system, every thread of the process) per operation: moves much
+        # less with the machine's load than wall time
+        "attach_cpu_ms_p50": pct(attach_cpu, 50),
+        "detach_cpu_ms_p50": pct(detach_cpu, 50),
     }
     peers = {
         "cni_add_ms_p50": pct(add, 50),
         "cni_add_ms_p90": pct(add, 90),
         "cni_del_ms_p50": pct(delete, 50),
         "cni_del_ms_p90": pct(delete, 90),
+        "cni_add_cpu_ms_p50": pct(add_cpu, 50),
+        "cni_del_cpu_ms_p50": pct(del_cpu, 50),
     }
     ratios = {
         "attach_speedup_vs_cni": round(peers["cni_add_ms_p50"] / metrics["attach_ms_p50"], 2),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import os
+import select
+import weakref
 
 from libnet.errors import Conflict, KernelObjectExists, LibnetError, NotANamespace
 from libnet.kernel import netns
@@ -18,6 +20,10 @@ class KernelNamespaces:
         assert instance is not None, "Config.resolved() fills the instance in"
         self.ledger = NamespaceLedger(state_dir, instance)
         self.host_netns = host_netns
+        # other sandboxes' namespace paths -> their identity when seen here; valid while
+        # the mount table stays as it was (see check_external)
+        self._seen: dict[str, tuple[int, int]] = {}
+        self._mounts = MountWatch()
 
     def host_paths(self) -> list[str]:
         """The host's namespaces, which no container may use."""
@@ -48,8 +54,20 @@ class KernelNamespaces:
                     netns=path,
                     network_id=rec.owner,
                 )
+        # Which namespace a path shows changes only with a mount or unmount there (a
+        # bind mount under /run/netns) or, for /proc/PID/... paths, with the process:
+        # so the other sandboxes' paths are stat once and again only after the mount
+        # table changed; /proc paths every time.  create_sandbox's hot path: one stat
+        # per sandbox cost more than the rest of the check.
+        if self._mounts.changed() or len(self._seen) > 2 * len(sandboxes) + 64:
+            self._seen = {}
         for sid, other in sandboxes.items():
-            if netns.identity(other) == ident:
+            known = self._seen.get(other)
+            if known is None:
+                known = netns.identity(other)
+                if known is not None and not other.startswith("/proc/"):
+                    self._seen[other] = known
+            if known == ident:
                 raise Conflict(
                     f"netns path {path} is the namespace of sandbox {sid} already ({other})",
                     netns=path,
@@ -103,3 +121,24 @@ class KernelNamespaces:
             else:
                 self.ledger.forget(rec.name)  # a crash between record and create
         return out
+
+
+class MountWatch:
+    """Whether this process's mount table changed since the last call: a poll of
+    ``/proc/self/mountinfo``, which reports ``POLLPRI`` after a mount or unmount
+    (proc(5)).  True on the first call, and whenever the file cannot be watched."""
+
+    def __init__(self) -> None:
+        self._poll: select.poll | None = None
+
+    def changed(self) -> bool:
+        if self._poll is None:
+            try:
+                fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return True
+            weakref.finalize(self, os.close, fd)
+            self._poll = select.poll()
+            self._poll.register(fd, select.POLLPRI)
+            return True
+        return bool(self._poll.poll(0))

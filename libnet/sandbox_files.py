@@ -20,6 +20,7 @@ from the repository and the host's resolv.conf through a
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import os
 import re
@@ -242,6 +243,33 @@ def write_file(directory: str, name: str, text: str) -> os.stat_result:
     return st
 
 
+def rewrite_file(path: str, text: str) -> os.stat_result:
+    """Replace the text of the existing file ``path`` in place (same inode): no new
+    file is made, which is what costs on ext4 (a new inode; 0.3-1.5 ms on a VM whose
+    file system sees many deletions, against some 15 us for this), and a bind mount
+    of the file (a container's ``/etc/hosts``) sees the new text, as with Docker.
+
+    A shorter text is written padded to the old length with a comment line
+    (``#`` ... ``\n``) and the file then cut to the new length, so a reader sees
+    the old text, the new one, or the new one followed by a comment: always a
+    well-formed resolv.conf or hosts file.  ``FileNotFoundError`` if ``path`` is
+    gone (the caller makes it afresh); returns the file's ``stat``."""
+    data = text.encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        old = os.fstat(fd).st_size
+        pad = old - len(data)
+        padded = data + (b"\n" if pad == 1 else b"#" + b" " * (pad - 2) + b"\n" if pad > 1 else b"")
+        written = os.pwrite(fd, padded, 0)
+        if written != len(padded):
+            raise OSError(errno.EIO, f"short write to {path}")
+        if pad > 0:
+            os.ftruncate(fd, len(data))
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
 def remove(state_dir: str, sandbox_id: str) -> None:
     """Remove the sandbox's directory; gone is fine."""
     directory = _directory(state_dir, sandbox_id)
@@ -282,7 +310,10 @@ class SandboxFiles:
     change is not written again: each file written is remembered with its
     text and identity (inode, size, mtime), and rewritten when the text
     differs or the file on disk is no longer the one written (removed or
-    changed by someone else, another process's write)."""
+    changed by someone else, another process's write).  A file that is still
+    the one written here gets its new text in place (:func:`rewrite_file`:
+    same inode, no file made); any other is made afresh and renamed over the
+    old one (:func:`write_file`)."""
 
     def __init__(
         self, state_dir: str, host_resolv_conf: str, repo: Repository, embedded_dns: bool, dns_address: str
@@ -316,24 +347,31 @@ class SandboxFiles:
         directory = _directory(self.state_dir, sb.id)
         made = False
         for name, text in (("resolv.conf", resolv), ("hosts", hosts)):
-            if self._unchanged(sb.id, directory, name, text):
+            mine = self._mine(sb.id, directory, name)
+            if mine is not None and mine == text:
                 continue
-            if not made:
-                os.makedirs(directory, exist_ok=True)
-                made = True
-            st = write_file(directory, name, text)
+            st = None
+            if mine is not None:  # the file written here, untouched since: new text in place
+                with contextlib.suppress(FileNotFoundError):
+                    st = rewrite_file(os.path.join(directory, name), text)
+            if st is None:
+                if not made:
+                    os.makedirs(directory, exist_ok=True)
+                    made = True
+                st = write_file(directory, name, text)
             self._written[(sb.id, name)] = (text, (st.st_ino, st.st_size, st.st_mtime_ns))
 
-    def _unchanged(self, sandbox_id: str, directory: str, name: str, text: str) -> bool:
-        """Whether ``directory/name`` is the file last written here, with ``text``."""
+    def _mine(self, sandbox_id: str, directory: str, name: str) -> str | None:
+        """The text last written here to ``directory/name`` if the file on disk is
+        still the one written (same inode, size and mtime), else None."""
         known = self._written.get((sandbox_id, name))
-        if known is None or known[0] != text:
-            return False
+        if known is None:
+            return None
         try:
             st = os.stat(os.path.join(directory, name))
         except OSError:
-            return False
-        return (st.st_ino, st.st_size, st.st_mtime_ns) == known[1]
+            return None
+        return known[0] if (st.st_ino, st.st_size, st.st_mtime_ns) == known[1] else None
 
     def remove(self, sandbox_id: str) -> None:
         self._written.pop((sandbox_id, "resolv.conf"), None)

@@ -129,6 +129,8 @@ class BridgeDriver:
         self._reap_queued = False
         # endpoints whose veth this process's leave unplugged: their delete has nothing left to unplug
         self._unplugged: set[str] = set()
+        # endpoint -> the index of the host side of the veth this process made for it (Netlink.unplug's ``made``)
+        self._made: dict[str, int] = {}
         # [::1] published ports (libnet.drivers.relay)
         self.publisher = Publisher(lambda: self.fw, relays if relays is not None else Relays(host_ns))
 
@@ -316,7 +318,9 @@ class BridgeDriver:
         # store): out of service now, deleted with the next reaping.  After a
         # normal leave this finds it unplugged already and changes nothing.
         group = ownership.dead_group(self.owner)
-        if await self._host(lambda: self.nl.unplug(host_ifname(ep), group=group, owned=self._owns_veth(ep))):
+        made = self._made.pop(ep.id, None)
+        unplug = self.nl.unplug
+        if await self._host(lambda: unplug(host_ifname(ep), group=group, owned=self._owns_veth(ep), made=made)):
             self._schedule_reaping()
 
     async def join(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
@@ -358,6 +362,7 @@ class BridgeDriver:
         except BaseException:
             await self._host(lambda: self.delete_own(index, "ep", ep.id))
             raise
+        self._made[ep.id] = index
 
     async def leave(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
         host_if = host_ifname(ep)
@@ -368,8 +373,9 @@ class BridgeDriver:
         # the whole group in one request later -- one grace period for many.
         # both at once: the host side on the host thread while this thread renames the sandbox side
         group = ownership.dead_group(self.owner)
+        made = self._made.pop(ep.id, None)
         unplugged = asyncio.wrap_future(  # queued on the host thread now, not at the first await
-            self.nl.submit(lambda: self.nl.unplug(host_if, group=group, owned=self._owns_veth(ep)))
+            self.nl.submit(lambda: self.nl.unplug(host_if, group=group, owned=self._owns_veth(ep), made=made))
         )
         try:
             await sandbox_config.retire_interface(self.kernel, sb, retired_ifname(ep))

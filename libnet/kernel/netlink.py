@@ -21,7 +21,7 @@ import ipaddress
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -33,7 +33,7 @@ from libnet.errors import BadRequest, NoSuchLink, NoSuchNamespace
 from libnet.kernel import netns, rtnl
 from libnet.kernel.errors import GONE, from_errno, is_gone, translate
 from libnet.kernel.neighbours import FdbEntry, Neighbour, NeighbourSocket
-from libnet.kernel.rtnl import RtnlSocket
+from libnet.kernel.rtnl import Request, RtnlSocket
 from libnet.kernel.wire import (
     IFA_F_NODAD,
     IFA_F_TENTATIVE,
@@ -269,32 +269,38 @@ class Netlink:
         return self._run("create bridge", body, ifname=name, alias=alias)
 
     def _create_marked(
-        self, name: str, create: bytes, alias: str, kind: str | None, sock: RtnlSocket | None = None
+        self,
+        name: str,
+        create: bytes,
+        alias: str | None,
+        kind: str | None,
+        sock: RtnlSocket | None = None,
+        then: Sequence[Request] = (),
     ) -> int:
         """Create a link and set its alias in one batch; on the thread.  Returns its index.
 
-        The caller has checked that ``name`` is free.  When the create fails
-        nothing was made (the alias message met no link, or -- a link that
-        took the name since -- one of ``kind``); when only the alias fails,
-        the new link is deleted again."""
-        try:
-            mark = rtnl.alias_body(name, alias, kind)
-        except ValueError as exc:
-            raise BadRequest(str(exc), ifname=name, alias=alias) from None
+        ``then``: more requests for the new link, by its name, in the same batch
+        (a port's flags).  The caller has checked that ``name`` is free.  When
+        the create fails nothing was made (the alias message met no link, or
+        -- a link that took the name since -- one of ``kind``); when only the
+        alias or one of ``then`` fails, the new link is deleted again."""
+        reqs: list[Request] = [(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, create, f"create {kind or 'link'}")]
+        if alias is not None:
+            try:
+                reqs.append((RTM_NEWLINK, 0, rtnl.alias_body(name, alias, kind), "mark link"))
+            except ValueError as exc:
+                raise BadRequest(str(exc), ifname=name, alias=alias) from None
+        reqs += then
         sock = sock or self.rtnl
-        failed = sock.request_each(
-            [
-                (RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, create, f"create {kind or 'link'}"),
-                (RTM_NEWLINK, 0, mark, "mark link"),
-            ]
-        )
+        failed = sock.request_each(reqs)
         if 0 in failed:
             raise from_errno(failed[0], f"create {kind or 'link'}", ifname=name, netns=self.ns)
         index = sock.link_index(name)
-        if 1 in failed:
+        if failed:
             if index is not None:
-                sock.request([(RTM_DELLINK, 0, rtnl.ifinfo(index), "delete unmarked link")], ignore=GONE)
-            raise from_errno(failed[1], "mark link", ifname=name, netns=self.ns)
+                sock.request([(RTM_DELLINK, 0, rtnl.ifinfo(index), "delete new link")], ignore=GONE)
+            first = min(failed)
+            raise from_errno(failed[first], reqs[first][3], ifname=name, netns=self.ns)
         if index is None:
             raise NoSuchLink("the new link vanished", ifname=name, netns=self.ns)
         return index
@@ -498,15 +504,12 @@ class Netlink:
         elif self._here[0] != me:
             raise RuntimeError("plug_veth_here is for one thread only")
         sock = self._here[1]
+        then: list[Request] = []
+        if hairpin or isolated:  # in the creating batch: no round trip of their own
+            flags = rtnl.brport_byname_body(name, hairpin=hairpin, isolated=isolated if isolated else None)
+            then.append((RTM_NEWLINK, 0, flags, "set bridge port flags"))
         try:
-            index = self._plug(sock, name, peer, peer_ns, master, mtu, peer_mac, alias)
-            if hairpin or isolated:
-                flags = rtnl.brport_body(index, hairpin=hairpin, isolated=isolated if isolated else None)
-                try:
-                    sock.request([(RTM_SETLINK, 0, flags, "set bridge port flags")])
-                except BaseException:
-                    sock.request([(RTM_DELLINK, 0, rtnl.ifinfo(index), "delete new veth")], ignore=GONE)
-                    raise
+            index = self._plug(sock, name, peer, peer_ns, master, mtu, peer_mac, alias, then)
         except (NetlinkError, OSError) as exc:
             raise translate(exc, "create veth", netns=self.ns, ifname=name) from exc
         return index
@@ -521,8 +524,9 @@ class Netlink:
         mtu: int | None,
         peer_mac: str | None,
         alias: str | None,
+        then: Sequence[Request] = (),
     ) -> int:
-        master_idx, taken = sock.link_indexes([master, name])  # one round trip for both
+        master_idx, taken = sock.link_indexes([master, name])
         if master_idx is None:
             raise NoSuchLink("no such bridge", ifname=master, netns=self.ns)
         if taken is not None:
@@ -533,8 +537,8 @@ class Netlink:
             raise NoSuchNamespace("no such network namespace", netns=peer_ns) from None
         try:
             msg = rtnl.veth_body(name, peer, fd, mtu, master_idx, peer_mac)
-            if alias is not None:
-                return self._create_marked(name, msg, alias, None, sock)
+            if alias is not None or then:
+                return self._create_marked(name, msg, alias, None, sock, then)
             sock.request([(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, msg, "create veth")])
         finally:
             os.close(fd)
@@ -542,7 +546,13 @@ class Netlink:
         assert index is not None
         return index
 
-    def unplug(self, link: str, group: int | None = None, owned: Callable[[str | None], bool] | None = None) -> bool:
+    def unplug(
+        self,
+        link: str,
+        group: int | None = None,
+        owned: Callable[[str | None], bool] | None = None,
+        made: int | None = None,
+    ) -> bool:
         """Take a port out of service at once: down, out of its bridge, and
         (optionally) into link ``group`` for a later :meth:`delete_group`.
 
@@ -552,13 +562,21 @@ class Netlink:
         exist, or if ``owned`` is given and says no to the link's alias (then
         it is left untouched; the alias comes with the lookup, no extra
         round trip).
+
+        ``made``: the index this process's own (marked) create gave ``link``.
+        While the name still has that index it is that very link -- the kernel
+        hands out a namespace's indexes in turn, not again -- so its alias need
+        not be read: an ioctl instead of an ``RTM_GETLINK`` under the rtnl lock.
         """
 
         def body() -> bool:
-            found = self.rtnl.lookup([link])[0]
-            if found is None or (owned is not None and not owned(found[1])):
-                return False
-            index = found[0]
+            if made is not None and self.rtnl.link_index(link) == made:
+                index = made
+            else:
+                found = self.rtnl.lookup([link])[0]
+                if found is None or (owned is not None and not owned(found[1])):
+                    return False
+                index = found[0]
             msg = rtnl.setlink_body(index, up=False, master=0, group=group)
             self.rtnl.request([(RTM_NEWLINK, 0, msg, "unplug")], ignore=GONE)
             return True

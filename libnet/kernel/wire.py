@@ -38,6 +38,7 @@ IFLA_PROTINFO = 12
 # --- linux/if_link.h: bridge port attributes (nested in IFLA_PROTINFO, AF_BRIDGE) ---------
 IFLA_BRPORT_MODE, IFLA_BRPORT_ISOLATED = 4, 33
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
+IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 4, 5
 IFLA_BR_MCAST_SNOOPING = 23
 IFF_UP = 0x1
 #: IFALIASZ - 1: the longest alias the kernel keeps

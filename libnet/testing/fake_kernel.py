@@ -312,9 +312,17 @@ class FakeNetlink:
             raise
         return index
 
-    def unplug(self, link: str, group: int | None = None, owned: Callable[[str | None], bool] | None = None) -> bool:
+    def unplug(
+        self,
+        link: str,
+        group: int | None = None,
+        owned: Callable[[str | None], bool] | None = None,
+        made: int | None = None,
+    ) -> bool:
         found = self.space.find(link)
-        if found is None or (owned is not None and not owned(found.alias)):
+        if found is None:
+            return False
+        if owned is not None and (made is None or found.index != made) and not owned(found.alias):
             return False
         found.up, found.master = False, None
         if group is not None:
