@@ -116,9 +116,11 @@ class Joins:
                 def joined(e: Endpoint) -> None:
                     e.sandbox_id, e.ifname, e.gateway, e.connecting = sb.id, ifname, gateway, False
 
-                ep = await self.repo.update_endpoint(ep, joined)
-                undo.push(lambda: self.repo.update_endpoint(ep, unjoined), "unmark endpoint")
-                sb = await self.repo.update_sandbox(sb, lambda s: s.endpoints.append(ep.id))
+                # one store transaction for both records (the endpoint unmarked again if the
+                # sandbox's record cannot be written, on a store without batches)
+                ep, sb = await self.repo.update_endpoint_and_sandbox(
+                    ep, joined, sb, lambda s: s.endpoints.append(ep.id), ep_undo=unjoined
+                )
             await self.files.write(sb)
         return ep
 
@@ -177,11 +179,14 @@ class Joins:
             await drv.revoke_external_connectivity(ninfo, einfo)
             await drv.leave(ninfo, einfo, sinfo)
             was_gateway = ep.gateway
-            ep = await self.repo.update_endpoint(ep, unjoined)
             if sb.netns:
-                sb = await self.repo.update_sandbox(
-                    sb, lambda s: s.endpoints.remove(ep.id) if ep.id in s.endpoints else None
+                ep_id = ep.id
+                ep, sb = await self.repo.update_endpoint_and_sandbox(
+                    ep, unjoined, sb, lambda s: s.endpoints.remove(ep_id) if ep_id in s.endpoints else None
                 )
+            else:
+                ep = await self.repo.update_endpoint(ep, unjoined)
+            if sb.netns:
                 if was_gateway:
                     await self._hand_over(sb)
                 if not sb.removing:  # a sandbox being removed loses its files next: not rewritten first

@@ -18,6 +18,9 @@ through ``model.update_json`` (read-modify-CAS).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import random
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -36,7 +39,7 @@ from libnet.errors import (
     NoSuchSandbox,
 )
 from libnet.model import Endpoint, Network, Proxy, Sandbox
-from libnet.store.base import Store
+from libnet.store.base import Store, Write, write_all
 
 P = "libnet/v1"
 _FULL_ID = re.compile(r"[0-9a-f]{64}")
@@ -234,10 +237,16 @@ class Repository:
 
     async def add_endpoint(self, nw: Network, ep: Endpoint) -> None:
         store = self.store(nw.scope)
-        # the index first: a crash between the two writes leaves an index
-        # without a record (harmless), never a record nothing can find by id
-        await store.put(f"{P}/endpoint-ids/{ep.id}", nw.id.encode())
-        await self._create(store, f"{P}/endpoints/{nw.id}/{ep.id}", ep)
+        # the index first: on a store without batches a crash between the two writes leaves
+        # an index without a record (harmless), never a record nothing can find by id
+        record = model.encode(ep.KIND, ep.to_data())
+        await write_all(
+            store,
+            [
+                Write(f"{P}/endpoint-ids/{ep.id}", nw.id.encode()),
+                Write(f"{P}/endpoints/{nw.id}/{ep.id}", record, None, checked=True),
+            ],
+        )
 
     async def endpoints(self, network_id: str | None = None) -> list[Endpoint]:
         out: list[Endpoint] = []
@@ -308,9 +317,75 @@ class Repository:
     async def delete_endpoint(self, nw: Network, ep: Endpoint) -> None:
         store = self.store(nw.scope)
         self._endpoint_keys.pop(ep.id, None)
-        await store.delete(f"{P}/endpoints/{nw.id}/{ep.id}")
-        await store.delete(f"{P}/endpoint-ids/{ep.id}")
-        await store.delete(self.endpoint_name_key(nw.id, ep.name))
+        keys = [f"{P}/endpoints/{nw.id}/{ep.id}", f"{P}/endpoint-ids/{ep.id}", self.endpoint_name_key(nw.id, ep.name)]
+        await write_all(store, [Write(key, None) for key in keys])
+
+    async def update_endpoint_and_sandbox(
+        self,
+        ep: Endpoint,
+        ep_fn: Callable[[Endpoint], None],
+        sb: Sandbox,
+        sb_fn: Callable[[Sandbox], None],
+        *,
+        ep_undo: Callable[[Endpoint], None] | None = None,
+    ) -> tuple[Endpoint, Sandbox]:
+        """:meth:`update_endpoint` and then :meth:`update_sandbox` (a join or leave records both):
+        in one transaction when both records are in the local store and it has batches
+        (:func:`libnet.store.base.write_all`), read-modify-CAS of the two together; else one
+        after the other, and if the sandbox's update fails, the endpoint's is undone with
+        ``ep_undo`` (when given) before the error is raised."""
+        found = await self._endpoint_key(ep.id)
+        if found is None or found[0] is not self.local or getattr(self.local, "atomic_batch", None) is None:
+            return await self._update_one_by_one(ep, ep_fn, sb, sb_fn, ep_undo)
+        ep_key, sb_key = found[1], f"{P}/sandboxes/{sb.id}"
+        delay = 0.001
+        for _ in range(model.DEFAULT_ATTEMPTS):
+            try:
+                ep_pair, sb_pair = await self.local.get(ep_key), await self.local.get(sb_key)
+            except KeyNotFound:  # gone (or moved): the one-by-one path says which, as it always did
+                return await self._update_one_by_one(ep, ep_fn, sb, sb_fn, ep_undo)
+            new_ep = Endpoint.from_data(model.decode(ep_pair.value, Endpoint.KIND))
+            new_sb = Sandbox.from_data(model.decode(sb_pair.value, Sandbox.KIND))
+            ep_fn(new_ep)
+            sb_fn(new_sb)
+            writes = [
+                Write(pair.key, value, pair, checked=True)
+                for pair, value in (
+                    (ep_pair, model.encode(Endpoint.KIND, new_ep.to_data())),
+                    (sb_pair, model.encode(Sandbox.KIND, new_sb.to_data())),
+                )
+                if value != pair.value
+            ]
+            try:
+                await write_all(self.local, writes)
+            except (KeyExists, KeyModified, KeyNotFound):  # a concurrent writer: read again
+                await asyncio.sleep(random.uniform(0, delay))
+                delay = min(delay * 2, 0.05)
+                continue
+            return new_ep, new_sb
+        raise model.Contention(
+            f"gave up updating after {model.DEFAULT_ATTEMPTS} conflicting attempts",
+            key=ep_key,
+            attempts=model.DEFAULT_ATTEMPTS,
+        )
+
+    async def _update_one_by_one(
+        self,
+        ep: Endpoint,
+        ep_fn: Callable[[Endpoint], None],
+        sb: Sandbox,
+        sb_fn: Callable[[Sandbox], None],
+        ep_undo: Callable[[Endpoint], None] | None,
+    ) -> tuple[Endpoint, Sandbox]:
+        new_ep = await self.update_endpoint(ep, ep_fn)
+        try:
+            new_sb = await self.update_sandbox(sb, sb_fn)
+        except BaseException:
+            if ep_undo is not None:
+                with contextlib.suppress(Exception):  # the caller's error is the one to see
+                    await self.update_endpoint(new_ep, ep_undo)
+            raise
+        return new_ep, new_sb
 
     # --- sandboxes --------------------------------------------------------------
 

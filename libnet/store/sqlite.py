@@ -26,16 +26,17 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
-from libnet.errors import KeyNotFound, StoreUnavailable
+from libnet.errors import BadRequest, KeyNotFound, StoreUnavailable
 from libnet.store.base import (
     DEFAULT_TIMEOUT,
     KVPair,
     WatchEvent,
+    Write,
     check_key,
     check_previous,
     check_ttl,
@@ -281,6 +282,34 @@ class SQLiteStore(LogWatchMixin):
             self._remove(db, key)
 
         await self._write(body)
+
+    async def atomic_batch(self, writes: Sequence[Write]) -> builtins.list[KVPair | None]:
+        """``writes`` in one transaction, in order: all of them or (on the first failed check,
+        with its ``atomic_put``/``atomic_delete`` error) none (:func:`libnet.store.base.write_all`)."""
+        for w in writes:
+            check_key(w.key)
+            if w.value is not None:
+                check_value(w.key, w.value)
+            elif w.checked and w.previous is None:
+                raise BadRequest("a checked delete needs the pair it expects", key=w.key)
+
+        def body(db: sqlite3.Connection) -> builtins.list[KVPair | None]:
+            out: builtins.list[KVPair | None] = []
+            for w in writes:
+                cur = self._current(db, w.key)
+                if w.checked:
+                    if w.value is None and cur is None:
+                        raise KeyNotFound("no such key", key=w.key)
+                    check_previous(w.key, cur, w.previous)
+                if w.value is None:
+                    if cur is not None:
+                        self._remove(db, w.key)
+                    out.append(None)
+                else:
+                    out.append(self._store(db, w.key, w.value, None))
+            return out
+
+        return await self._write(body)
 
     def lock(self, key: str, ttl: float = 15.0) -> AbstractAsyncContextManager[None]:
         return cas_lock(self, key, ttl)
