@@ -246,26 +246,19 @@ def write_file(directory: str, name: str, text: str) -> os.stat_result:
     return st
 
 
-def _keep_spare(directory: str, name: str) -> None:
-    """Make ``.NAME.spare`` for :func:`swap_file` if missing (once per sandbox file)."""
-    with contextlib.suppress(FileExistsError):
-        fd = os.open(
-            os.path.join(directory, f".{name}.spare"), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
-        )
-        os.close(fd)
-
-
-def rewrite_file(path: str, text: str) -> os.stat_result:
+def rewrite_file(path: str, text: str, create: bool = False) -> os.stat_result:
     """Replace the text of the existing file ``path`` in place (same inode): no new
     file is made.  NOT safe for a file others read at the same time: Linux does not
     make a read atomic against a write of the same file, so a concurrent reader can
     see a mix of old and new bytes, the new text cut at the old length, or zeros
     past the old end (seen with two readers against a writer: a few in 10^6 reads).
     :class:`SandboxFiles` uses it only on its private spare files
-    (:func:`swap_file`).  ``FileNotFoundError`` if ``path`` is gone; a symlink is
-    refused (``ELOOP``), never written through; returns the file's ``stat``."""
+    (:func:`swap_file`).  ``FileNotFoundError`` if ``path`` is gone (``create``: made
+    then); a symlink is refused (``ELOOP``), never written through; returns the
+    file's ``stat``."""
     data = text.encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    flags = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
+    fd = os.open(path, flags, 0o644)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
@@ -309,19 +302,21 @@ def swap_file(directory: str, name: str, text: str) -> os.stat_result | None:
     deletions, against some 15 us for writing an existing one): the text goes into the
     private spare ``.NAME.spare`` (the file this swapped out last time) in place, and
     the spare and ``name`` trade places in one ``renameat2(RENAME_EXCHANGE)``.  A
-    reader opening ``name`` sees the old text or the new one, never a mix.  Returns
-    the new file's ``stat``; None if this cannot be done here (no spare yet, no
-    renameat2, a file system without RENAME_EXCHANGE, ``name`` gone): the caller
-    then makes the file afresh with :func:`write_file` (and a spare is left for next
-    time when there was none)."""
+    reader opening ``name`` sees the old text or the new one, never a mix.  The first
+    swap makes the spare (one file, as :func:`write_file` would; none for a file that
+    never changes, as resolv.conf mostly).  Returns the new file's ``stat``; None if
+    this cannot be done here (no renameat2, a file system without RENAME_EXCHANGE,
+    ``name`` gone): the caller then makes the file afresh with :func:`write_file`.
+
+    A reader holding ``name`` open across two swaps (or a bind mount of it: pinned to
+    one file) sees the second one's in-place write: the swapped-out file is the next
+    spare."""
     exchange = _renameat2()
     if exchange is None:
         return None
     spare = os.path.join(directory, f".{name}.spare")
     try:
-        st = rewrite_file(spare, text)
-    except FileNotFoundError:
-        return None
+        st = rewrite_file(spare, text, create=True)
     except OSError:  # a symlink or anything odd in our place: not written through, made afresh next
         with contextlib.suppress(OSError):
             os.unlink(spare)
@@ -418,7 +413,6 @@ class SandboxFiles:
                     os.makedirs(directory, exist_ok=True)
                     made = True
                 st = write_file(directory, name, text)
-                _keep_spare(directory, name)
             self._written[(sb.id, name)] = (text, (st.st_ino, st.st_size, st.st_mtime_ns))
 
     def _mine(self, sandbox_id: str, directory: str, name: str) -> str | None:

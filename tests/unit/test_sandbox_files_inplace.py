@@ -44,7 +44,7 @@ async def test_join_and_leave_rewrite_hosts_in_place(ctl: Controller, monkeypatc
     assert "app app-front" in text and "app app-side" in text
     await ctl.disconnect("side", sb.id)  # shorter text
     assert hosts.read_text() == sandbox_files.hosts_file("app", _entries(text, drop="app-side"))
-    assert made == []  # no file made: the file and its spare traded places
+    assert made == []  # no file renamed over: the file and its spare (made by the first) traded places
 
 
 async def test_a_file_changed_behind_libnets_back_is_made_afresh(ctl: Controller) -> None:
@@ -120,7 +120,7 @@ async def test_a_spare_that_is_a_symlink_is_never_written_through(ctl: Controlle
     victim = tmp_path / "victim"
     victim.write_text("keep me\n")
     spare = directory / ".hosts.spare"
-    spare.unlink()
+    spare.unlink(missing_ok=True)
     spare.symlink_to(victim)
     await ctl.connect("front", sb.id, name="app-front")
     assert victim.read_text() == "keep me\n"
