@@ -57,7 +57,7 @@ class KernelNamespaces:
         # Which namespace a path shows changes only with a mount or unmount there (a
         # bind mount under /run/netns) or, for /proc/PID/... paths, with the process:
         # so the other sandboxes' paths are stat once and again only after the mount
-        # table changed; /proc paths every time.  create_sandbox's hot path: one stat
+        # table changed; /proc paths and symlinks every time.  create_sandbox's hot path: one stat
         # per sandbox cost more than the rest of the check.
         if self._mounts.changed() or len(self._seen) > 2 * len(sandboxes) + 64:
             self._seen = {}
@@ -65,7 +65,8 @@ class KernelNamespaces:
             known = self._seen.get(other)
             if known is None:
                 known = netns.identity(other)
-                if known is not None and not other.startswith("/proc/"):
+                # a symlink (README: followed) can be pointed elsewhere without any mount: stat every time
+                if known is not None and not other.startswith("/proc/") and not os.path.islink(other):
                     self._seen[other] = known
             if known == ident:
                 raise Conflict(

@@ -21,6 +21,7 @@ import importlib
 import importlib.util
 import re
 import sys
+import threading
 import types
 from typing import Any
 
@@ -47,18 +48,37 @@ def install(name: str, *, version: bool = False) -> bool:
     package = importlib.util.module_from_spec(spec)
     vars(package).update(preset)
     loader = spec.loader
+    # threads asking for a package name at once: the first runs the __init__, the others
+    # wait for it (without this they found the name missing: ImportError "cannot import
+    # name 'NDB' from 'pyroute2'"); the running thread's own re-entries (the __init__
+    # asking for a name it has not defined yet) get AttributeError, as in a plain import
+    lock = threading.RLock()
+    running: list[int] = []
 
     def __getattr__(attr: str) -> Any:
         if not attr.startswith("__") and importlib.util.find_spec(f"{name}.{attr}") is not None:
             return importlib.import_module(f"{name}.{attr}")  # a submodule: what `from pyroute2 import config` means
         # a name the package's __init__ defines: run it now (once) in this module
-        vars(package).pop("__getattr__", None)
-        loader.exec_module(package)
-        try:
-            return vars(package)[attr]
-        except KeyError:
-            raise AttributeError(f"module {name!r} has no attribute {attr!r}") from None
+        with lock:
+            if running:  # only the thread running the __init__ gets here meanwhile (an RLock)
+                raise AttributeError(f"module {name!r} has no attribute {attr!r} (yet)")
+            if vars(package).get("__getattr__") is __getattr__:
+                running.append(threading.get_ident())
+                try:
+                    loader.exec_module(package)
+                finally:
+                    running.clear()
+                    if vars(package).get("__getattr__") is __getattr__:  # not the package's own (aiohttp has one)
+                        del vars(package)["__getattr__"]
+        found = vars(package)
+        if attr in found:
+            return found[attr]
+        own = found.get("__getattr__")
+        if own is not None and own is not __getattr__:
+            return own(attr)
+        raise AttributeError(f"module {name!r} has no attribute {attr!r}")
 
+    __getattr__.lean = True  # type: ignore[attr-defined]
     package.__getattr__ = __getattr__  # type: ignore[method-assign]
     sys.modules[name] = package
     return True
@@ -67,4 +87,4 @@ def install(name: str, *, version: bool = False) -> bool:
 def is_lean(module: types.ModuleType | str) -> bool:
     """Whether the package's ``__init__`` has not run (yet)."""
     found = sys.modules.get(module) if isinstance(module, str) else module
-    return found is not None and "__getattr__" in vars(found)
+    return found is not None and getattr(vars(found).get("__getattr__"), "lean", False)

@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import ipaddress
 import os
 import re
+import stat
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from libnet.errors import BadRequest, NotFound
@@ -243,37 +246,89 @@ def write_file(directory: str, name: str, text: str) -> os.stat_result:
     return st
 
 
-def rewrite_file(path: str, text: str) -> os.stat_result:
+def rewrite_file(path: str, text: str, create: bool = False) -> os.stat_result:
     """Replace the text of the existing file ``path`` in place (same inode): no new
-    file is made, which is what costs on ext4 (a new inode; 0.3-1.5 ms on a VM whose
-    file system sees many deletions, against some 15 us for this), and a bind mount
-    of the file (a container's ``/etc/hosts``) sees the new text, as with Docker.
-
-    A shorter text is written padded to the old length with a comment line
-    (``#`` ... ``\n``) and the file then cut to the new length, so a reader sees
-    the old text, the new one, or the new one followed by a comment: always a
-    well-formed resolv.conf or hosts file.  ``FileNotFoundError`` if ``path`` is
-    gone (the caller makes it afresh); returns the file's ``stat``."""
+    file is made.  NOT safe for a file others read at the same time: Linux does not
+    make a read atomic against a write of the same file, so a concurrent reader can
+    see a mix of old and new bytes, the new text cut at the old length, or zeros
+    past the old end (seen with two readers against a writer: a few in 10^6 reads).
+    :class:`SandboxFiles` uses it only on its private spare files
+    (:func:`swap_file`).  ``FileNotFoundError`` if ``path`` is gone (``create``: made
+    then); a symlink is refused (``ELOOP``), never written through; returns the
+    file's ``stat``."""
     data = text.encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    flags = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
+    fd = os.open(path, flags, 0o644)
     try:
-        old = os.fstat(fd).st_size
-        pad = old - len(data)
-        padded = data + (b"\n" if pad == 1 else b"#" + b" " * (pad - 2) + b"\n" if pad > 1 else b"")
-        written = os.pwrite(fd, padded, 0)
-        if written != len(padded):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise OSError(errno.EPERM, f"not a private regular file: {path}")
+        written = os.pwrite(fd, data, 0)
+        if written != len(data):
             raise OSError(errno.EIO, f"short write to {path}")
-        if pad > 0:
+        if st.st_size > len(data):
             os.ftruncate(fd, len(data))
         return os.fstat(fd)
     finally:
         os.close(fd)
 
 
+_RENAME_EXCHANGE = 2  # renameat2(2) flag, linux/fs.h
+
+
+@functools.cache
+def _renameat2() -> Callable[[bytes, bytes], int] | None:
+    """libc's renameat2(AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE) returning 0 or the
+    errno; None where the C library has no renameat2 (old musl)."""
+    import ctypes  # the agent loads ctypes anyway (netns, malloc); the CLI never swaps files
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    at_fdcwd = -100
+
+    def exchange(a: bytes, b: bytes) -> int:
+        return 0 if fn(at_fdcwd, a, at_fdcwd, b, _RENAME_EXCHANGE) == 0 else ctypes.get_errno()
+
+    return exchange
+
+
+def swap_file(directory: str, name: str, text: str) -> os.stat_result | None:
+    """Give ``directory/name`` the new text atomically without making a new file (what
+    costs on ext4: a new inode, 0.3-1.5 ms on a VM whose file system sees many
+    deletions, against some 15 us for writing an existing one): the text goes into the
+    private spare ``.NAME.spare`` (the file this swapped out last time) in place, and
+    the spare and ``name`` trade places in one ``renameat2(RENAME_EXCHANGE)``.  A
+    reader opening ``name`` sees the old text or the new one, never a mix.  The first
+    swap makes the spare (one file, as :func:`write_file` would; none for a file that
+    never changes, as resolv.conf mostly).  Returns the new file's ``stat``; None if
+    this cannot be done here (no renameat2, a file system without RENAME_EXCHANGE,
+    ``name`` gone): the caller then makes the file afresh with :func:`write_file`.
+
+    A reader holding ``name`` open across two swaps (or a bind mount of it: pinned to
+    one file) sees the second one's in-place write: the swapped-out file is the next
+    spare."""
+    exchange = _renameat2()
+    if exchange is None:
+        return None
+    spare = os.path.join(directory, f".{name}.spare")
+    try:
+        st = rewrite_file(spare, text, create=True)
+    except OSError:  # a symlink or anything odd in our place: not written through, made afresh next
+        with contextlib.suppress(OSError):
+            os.unlink(spare)
+        return None
+    err = exchange(os.fsencode(spare), os.fsencode(os.path.join(directory, name)))
+    return st if err == 0 else None
+
+
 def remove(state_dir: str, sandbox_id: str) -> None:
     """Remove the sandbox's directory; gone is fine."""
     directory = _directory(state_dir, sandbox_id)
-    for name in ("resolv.conf", "hosts"):
+    for name in ("resolv.conf", "hosts", ".resolv.conf.spare", ".hosts.spare"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(directory, name))
     with contextlib.suppress(OSError):
@@ -311,9 +366,9 @@ class SandboxFiles:
     text and identity (inode, size, mtime), and rewritten when the text
     differs or the file on disk is no longer the one written (removed or
     changed by someone else, another process's write).  A file that is still
-    the one written here gets its new text in place (:func:`rewrite_file`:
-    same inode, no file made); any other is made afresh and renamed over the
-    old one (:func:`write_file`)."""
+    the one written here trades places with its spare holding the new text
+    (:func:`swap_file`: no file made, readers see the old or the new text);
+    any other is made afresh and renamed over the old one (:func:`write_file`)."""
 
     def __init__(
         self, state_dir: str, host_resolv_conf: str, repo: Repository, embedded_dns: bool, dns_address: str
@@ -351,9 +406,8 @@ class SandboxFiles:
             if mine is not None and mine == text:
                 continue
             st = None
-            if mine is not None:  # the file written here, untouched since: new text in place
-                with contextlib.suppress(FileNotFoundError):
-                    st = rewrite_file(os.path.join(directory, name), text)
+            if mine is not None:  # the file written here, untouched since: swapped with its spare
+                st = swap_file(directory, name, text)
             if st is None:
                 if not made:
                     os.makedirs(directory, exist_ok=True)

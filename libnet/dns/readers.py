@@ -45,7 +45,10 @@ class Readers:
             loop.add_reader(self._epoll.fileno(), self._ready)
             self._loop = loop
         if fd in self._calls:
-            self._epoll.modify(fd, select.EPOLLIN)
+            try:
+                self._epoll.modify(fd, select.EPOLLIN)
+            except FileNotFoundError:  # the number's old socket was closed unremoved: this is a new one
+                self._epoll.register(fd, select.EPOLLIN)
         else:
             self._epoll.register(fd, select.EPOLLIN)
         self._calls[fd] = (callback, args)

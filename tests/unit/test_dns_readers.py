@@ -102,3 +102,35 @@ def test_a_new_loop_takes_the_reader_over() -> None:
         readers.close()
         a.close()
         b.close()
+
+
+async def test_a_number_closed_unremoved_and_reused_gets_the_new_callback_only() -> None:
+    """A socket closed without ``remove`` (the kernel drops it from the epoll set) and its
+    number reused by a new socket: adding the new one failed (ENOENT from modifying a
+    registration that was gone) and the old callback stayed in place."""
+    readers, got = Readers(), []
+    a, a_peer = _pair()
+    b_peer = None
+    try:
+        readers.add(a.fileno(), lambda: got.append("old"))
+        fd = a.fileno()
+        a.close()
+        b, b_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if b.fileno() != fd:  # the lowest free number is the one just closed
+            b_peer, b = b, b_peer
+        assert b.fileno() == fd
+        b.setblocking(False)
+        readers.add(b.fileno(), lambda: got.append(b.recv(100)))
+        b_peer.send(b"new")
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if got:
+                break
+        assert got == [b"new"]
+        assert readers.remove(b.fileno())
+        b.close()
+    finally:
+        readers.close()
+        for s in (a_peer, b_peer):
+            if s is not None:
+                s.close()

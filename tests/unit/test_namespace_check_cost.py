@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from libnet.errors import Conflict
@@ -60,3 +62,31 @@ def test_after_a_mount_or_unmount_the_paths_are_stat_again(tmp_path, stats, monk
         assert exc.value.ids["holder"] == "s1"
     finally:
         IDS["/run/netns/c1"] = saved
+
+
+def test_a_sandbox_path_that_is_a_symlink_is_followed_every_time(tmp_path, monkeypatch) -> None:
+    """A sandbox given as a symlink to its namespace file (README: symlinks are followed),
+    the link then pointed at another namespace -- no mount or unmount, so the cache of
+    identities was kept: a new sandbox for that other namespace was not refused."""
+    files = {n: tmp_path / n for n in ("a", "b", "c")}
+    for f in files.values():
+        f.write_text("")
+    link = tmp_path / "link"
+    link.symlink_to(files["a"])
+
+    def ident(path: str) -> tuple[int, int]:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino
+
+    monkeypatch.setattr(netns, "check_path", ident)
+    monkeypatch.setattr(netns, "is_initial", lambda ident: False)  # plain files stand for namespaces
+    ns = KernelNamespaces(str(tmp_path / "state"), "0123456789ab")
+    sandboxes = {"s1": str(link), "s2": str(files["c"])}
+    ns.check_external(str(files["b"]), sandboxes)
+    monkeypatch.setattr(ns._mounts, "changed", lambda: False)  # nothing mounted meanwhile
+    ns.check_external(str(files["b"]), sandboxes)
+    link.unlink()
+    link.symlink_to(files["b"])
+    with pytest.raises(Conflict) as exc:
+        ns.check_external(str(files["b"]), sandboxes)
+    assert exc.value.ids["holder"] == "s1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -34,7 +35,6 @@ async def test_join_and_leave_rewrite_hosts_in_place(ctl: Controller, monkeypatc
     await ctl.create_network("side")
     sb = await ctl.create_sandbox(hostname="app")
     hosts = Path(ctl.config.state_dir) / "sandboxes" / sb.id / "hosts"
-    ino = hosts.stat().st_ino
     made: list[str] = []
     real = sandbox_files.write_file
     monkeypatch.setattr(sandbox_files, "write_file", lambda d, n, t: made.append(n) or real(d, n, t))
@@ -44,7 +44,7 @@ async def test_join_and_leave_rewrite_hosts_in_place(ctl: Controller, monkeypatc
     assert "app app-front" in text and "app app-side" in text
     await ctl.disconnect("side", sb.id)  # shorter text
     assert hosts.read_text() == sandbox_files.hosts_file("app", _entries(text, drop="app-side"))
-    assert hosts.stat().st_ino == ino and made == []  # the same file all along: nothing made
+    assert made == []  # no file renamed over: the file and its spare (made by the first) traded places
 
 
 async def test_a_file_changed_behind_libnets_back_is_made_afresh(ctl: Controller) -> None:
@@ -67,24 +67,73 @@ def _entries(text: str, drop: str) -> list[tuple[str, list[str]]]:
     return out
 
 
-def test_a_shorter_text_is_padded_with_a_comment_until_the_file_is_cut(tmp_path, monkeypatch) -> None:
-    path = tmp_path / "hosts"
+def test_a_private_file_is_rewritten_in_place_and_cut(tmp_path) -> None:
+    path = tmp_path / ".hosts.spare"
     path.write_text("127.0.0.1\tlocalhost\n198.51.100.7\tapp app-front\n")
     ino = path.stat().st_ino
-    seen: list[bytes] = []
-    real = os.ftruncate
-
-    def cut(fd: int, length: int) -> None:
-        seen.append(path.read_bytes())  # what a reader sees before the cut
-        real(fd, length)
-
-    monkeypatch.setattr(os, "ftruncate", cut)
     st = sandbox_files.rewrite_file(str(path), "127.0.0.1\tlocalhost\n")
     assert path.read_text() == "127.0.0.1\tlocalhost\n" and st.st_ino == ino and st.st_size == len(path.read_bytes())
-    (before,) = seen
-    lines = before.decode().splitlines()
-    assert lines[0] == "127.0.0.1\tlocalhost" and lines[1].startswith("#") and len(lines) == 2
-    sandbox_files.rewrite_file(str(path), "127.0.0.1\tlocalhost\n::1\tlocalhost\n")  # longer: no cut
-    assert path.read_text() == "127.0.0.1\tlocalhost\n::1\tlocalhost\n" and len(seen) == 1
+    sandbox_files.rewrite_file(str(path), "127.0.0.1\tlocalhost\n::1\tlocalhost\n")
+    assert path.read_text() == "127.0.0.1\tlocalhost\n::1\tlocalhost\n"
     with pytest.raises(FileNotFoundError):
         sandbox_files.rewrite_file(str(tmp_path / "gone"), "x\n")
+
+
+async def test_the_file_readers_see_is_never_written_to(ctl: Controller, monkeypatch) -> None:
+    """Linux does not make a read atomic against a write of the same file: a resolver
+    reading the hosts file while libnet wrote it in place saw a mix of texts, the new
+    text cut at the old length or zeros (a few in 10^6 reads against a writer).  Every
+    write now goes to a file no reader has open under the name: a reader sees old or new."""
+    await ctl.create_network("front")
+    await ctl.create_network("side")
+    sb = await ctl.create_sandbox(hostname="app")
+    directory = Path(ctl.config.state_dir) / "sandboxes" / sb.id
+    written_to_visible: list[str] = []
+    real_pwrite, real_write, real_trunc = os.pwrite, os.write, os.ftruncate
+
+    def check(fd: int) -> None:
+        ino = os.fstat(fd).st_ino
+        for name in ("hosts", "resolv.conf"):
+            with contextlib.suppress(FileNotFoundError):
+                if (directory / name).stat().st_ino == ino:
+                    written_to_visible.append(name)
+
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, off: check(fd) or real_pwrite(fd, data, off))
+    monkeypatch.setattr(os, "write", lambda fd, data: check(fd) or real_write(fd, data))
+    monkeypatch.setattr(os, "ftruncate", lambda fd, n: check(fd) or real_trunc(fd, n))
+    with open(directory / "hosts") as held:  # a reader that opened it before the change
+        before = held.read()
+        await ctl.connect("front", sb.id, name="app-front")
+        held.seek(0)
+        assert held.read() == before  # what it opened stays whole
+    await ctl.connect("side", sb.id, name="app-side")
+    await ctl.disconnect("side", sb.id)
+    assert written_to_visible == []
+    assert "app app-front" in (directory / "hosts").read_text()
+    assert "app-side" not in (directory / "hosts").read_text()
+
+
+async def test_a_spare_that_is_a_symlink_is_never_written_through(ctl: Controller, tmp_path) -> None:
+    await ctl.create_network("front")
+    sb = await ctl.create_sandbox(hostname="app")
+    directory = Path(ctl.config.state_dir) / "sandboxes" / sb.id
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    spare = directory / ".hosts.spare"
+    spare.unlink(missing_ok=True)
+    spare.symlink_to(victim)
+    await ctl.connect("front", sb.id, name="app-front")
+    assert victim.read_text() == "keep me\n"
+    assert "app app-front" in (directory / "hosts").read_text() and not (directory / "hosts").is_symlink()
+    await ctl.disconnect("front", sb.id)
+    assert victim.read_text() == "keep me\n" and "app-front" not in (directory / "hosts").read_text()
+
+
+async def test_removing_the_sandbox_removes_its_directory_with_the_spares(ctl: Controller) -> None:
+    await ctl.create_network("front")
+    sb = await ctl.create_sandbox(hostname="app")
+    await ctl.connect("front", sb.id, name="app-front")
+    directory = Path(ctl.config.state_dir) / "sandboxes" / sb.id
+    assert directory.is_dir()
+    await ctl.remove_sandbox(sb.id)
+    assert not directory.exists()
