@@ -265,6 +265,7 @@ class Controller:
         if self._dns_binding is not None:
             await self._dns_binding.close()
         await self._drivers.close()
+        self._files.close()
         for store in self._parts.owned:
             await store.close()
         self._started = False  # a later start() builds everything again (DNS restored with it)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from libnet.errors import BadRequest, NotFound
 from libnet.names import check_sandbox_id
+from libnet.sandbox_dirs import DirPool
 
 if TYPE_CHECKING:
     from libnet.model import Sandbox
@@ -212,6 +213,12 @@ def hosts_file(hostname: str | None, addresses: list[tuple[str, list[str]]]) -> 
     return "\n".join(lines) + "\n"
 
 
+#: the files of a sandbox's directory: the two a container sees and their spares (swap_file)
+_POOL_FILES = ("resolv.conf", "hosts", ".resolv.conf.spare", ".hosts.spare")
+#: every file libnet makes there (write_file's temporaries too): the only ones it removes
+_OWN_FILES = (*_POOL_FILES, ".resolv.conf.tmp", ".hosts.tmp")
+
+
 def _directory(state_dir: str, sandbox_id: str) -> str:
     """``<state_dir>/sandboxes/<id>``; an id that could leave that directory
     (``..``, ``/``, NUL: from a damaged store, say) is refused."""
@@ -328,7 +335,7 @@ def swap_file(directory: str, name: str, text: str) -> os.stat_result | None:
 def remove(state_dir: str, sandbox_id: str) -> None:
     """Remove the sandbox's directory; gone is fine."""
     directory = _directory(state_dir, sandbox_id)
-    for name in ("resolv.conf", "hosts", ".resolv.conf.spare", ".hosts.spare"):
+    for name in _OWN_FILES:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(directory, name))
     with contextlib.suppress(OSError):
@@ -379,6 +386,8 @@ class SandboxFiles:
         self.embedded_dns = embedded_dns
         self.dns_address = dns_address
         self._written: dict[tuple[str, str], tuple[str, tuple[int, int, int]]] = {}  # (sandbox, file) -> text, id
+        # directories made ahead / removed behind on a thread of its own (libnet.sandbox_dirs)
+        self.dirs = DirPool(os.path.join(state_dir, "sandboxes"), _POOL_FILES, _OWN_FILES)
 
     async def write(self, sb: Sandbox) -> None:
         """(Re)write the sandbox's resolv.conf and hosts from its stored endpoints (only those
@@ -400,6 +409,9 @@ class SandboxFiles:
         hosts = hosts_file(sb.hostname, entries)
         # two small local files: cheaper written here than handed to a thread
         directory = _directory(self.state_dir, sb.id)
+        fresh = (sb.id, "resolv.conf") not in self._written and (sb.id, "hosts") not in self._written
+        if fresh and self._place_ready(sb.id, directory, (("resolv.conf", resolv), ("hosts", hosts))):
+            return
         made = False
         for name, text in (("resolv.conf", resolv), ("hosts", hosts)):
             mine = self._mine(sb.id, directory, name)
@@ -415,6 +427,38 @@ class SandboxFiles:
                 st = write_file(directory, name, text)
             self._written[(sb.id, name)] = (text, (st.st_ino, st.st_size, st.st_mtime_ns))
 
+    def _place_ready(self, sandbox_id: str, directory: str, texts: tuple[tuple[str, str], ...]) -> bool:
+        """A new sandbox's files in a directory of the pool: written in place while only
+        this process can see them, then the directory renamed to its place (one
+        ``rename(2)``: a reader finds no directory or both files whole).  False (nothing
+        changed) when no directory is ready or ``directory`` exists already."""
+        if os.path.lexists(directory):
+            return False
+        ready = self.dirs.take()
+        if ready is None:
+            return False
+        path, made = ready
+        try:
+            stats = {}
+            for name, text in texts:
+                target = os.path.join(path, name)
+                st = made[name]
+                if text:
+                    st = rewrite_file(target, text)
+                stats[name] = st
+            os.rename(path, directory)
+        except OSError:  # e.g. the directory appeared meanwhile: the usual way, this one goes
+            self.dirs.give_back(ready)
+            return False
+        for name, text in texts:
+            st = stats[name]
+            self._written[(sandbox_id, name)] = (text, (st.st_ino, st.st_size, st.st_mtime_ns))
+        return True
+
+    def close(self) -> None:
+        """Stop the directory pool's thread."""
+        self.dirs.close()
+
     def _mine(self, sandbox_id: str, directory: str, name: str) -> str | None:
         """The text last written here to ``directory/name`` if the file on disk is
         still the one written (same inode, size and mtime), else None."""
@@ -428,6 +472,8 @@ class SandboxFiles:
         return known[0] if (st.st_ino, st.st_size, st.st_mtime_ns) == known[1] else None
 
     def remove(self, sandbox_id: str) -> None:
+        """The sandbox's directory goes: out of the way at once (one rename), deleted
+        by the pool's thread; gone is fine."""
         self._written.pop((sandbox_id, "resolv.conf"), None)
         self._written.pop((sandbox_id, "hosts"), None)
-        remove(self.state_dir, sandbox_id)
+        self.dirs.discard(_directory(self.state_dir, sandbox_id))

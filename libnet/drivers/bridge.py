@@ -47,7 +47,13 @@ addresses, link state, mark and routes in one batch on a socket opened inside
 the sandbox.  On failure the done steps are undone: deleting the host side of
 the veth removes both ends.  A leave unplugs the veth at once (down, out of
 the bridge, into the instance's "dead" link group), renames the sandbox side
-out of the way, and lets a reaper thread delete the group in one request.
+out of the way, and lets a reaper thread delete the group in one request, at
+most once every ``reap_delay`` seconds: deleting links holds the kernel's rtnl
+lock for an RCU grace period (15-25 ms, longer on a busy machine) whatever
+their number, and every other link, address or route request of every
+process waits meanwhile; one pass a second for all the veths unplugged in it,
+not one per leave.  Unplugged veths are down and out of their bridge: they
+carry nothing while they wait.
 
 The driver is orchestration only: what it makes, by name, is in
 :mod:`libnet.drivers.bridge_model`; published ports in
@@ -61,6 +67,7 @@ unit tests).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
@@ -94,6 +101,9 @@ from libnet.rollback import Rollback
 T = TypeVar("T")
 log = logging.getLogger("libnet.drivers.bridge")
 
+#: seconds an unplugged veth waits at most for the reaper's pass (module docstring)
+REAP_DELAY = 1.0
+
 # the names tests and other modules import from here
 _orphan, _unused = orphan, unused
 __all__ = ["BridgeDriver", "bridge_name", "describe", "host_ifname", "link_mark"]
@@ -117,6 +127,7 @@ class BridgeDriver:
         instance: str | None = None,
         kernel: Kernel | None = None,
         relays: RelayOps | None = None,
+        reap_delay: float = REAP_DELAY,
     ) -> None:
         self.host_ns = host_ns
         self.default_mtu = default_mtu
@@ -127,6 +138,9 @@ class BridgeDriver:
         self._mtus: dict[str, int] = {}  # bridge -> MTU, read once
         self._reaper_nl: LinkOps | None = None
         self._reap_queued = False
+        self.reap_delay = reap_delay
+        self._reap_timer: asyncio.TimerHandle | None = None
+        self._reaping: Future[None] | None = None  # the last pass handed to the reaper thread
         # endpoints whose veth this process's leave unplugged: their delete has nothing left to unplug
         self._unplugged: set[str] = set()
         # endpoint -> the index of the host side of the veth this process made for it (Netlink.unplug's ``made``)
@@ -178,6 +192,10 @@ class BridgeDriver:
         return await asyncio.to_thread(fn, self.fw)
 
     async def close(self) -> None:
+        if self._reap_timer is not None:  # the waiting pass now: closing waits for it below
+            self._reap_timer.cancel()
+            self._reap_timer = None
+            self._reap_now()
         await self.publisher.relays.close()
         for handle in (self._nl, self._reaper_nl, self._fw):
             if handle is not None:
@@ -194,6 +212,17 @@ class BridgeDriver:
             return self.nl.link(name)
         except NotFound:  # NoSuchLink, or gone meanwhile
             return None
+
+    def _delete_unplugged(self, name: str, endpoint_id: str) -> bool:
+        """Delete ``name`` if it is this instance's veth of ``endpoint_id`` as a leave left it
+        (down, in no bridge); on the host thread.  Whether it was."""
+        found = self.find(name)
+        if found is None or found.up or found.master is not None:
+            return False
+        if not ownership.owned_by(found.alias, self.owner, "ep", endpoint_id):
+            return False
+        self.nl.delete_link(found.index)
+        return True
 
     def delete_own(self, link: str | int, kind: str, owner: str) -> bool:
         """Delete ``link`` if it is marked as this instance's ``kind`` of ``owner``; on the host thread."""
@@ -343,16 +372,25 @@ class BridgeDriver:
                 raise
             return index
 
-        mtu = self._mtus.get(br)
-        try:
+        async def make() -> int:
+            mtu = self._mtus.get(br)
             if mtu is not None and gate.in_flight() <= 1:
                 # alone: on this thread (the hand-over to the host thread and back costs more than
                 # the kernel's work); with other operations in flight the host thread does it meanwhile
-                index = self.nl.plug_veth_here(
+                return self.nl.plug_veth_here(
                     host_if, sb.ifname, sb.netns, br, mtu, ep.mac, mark, hairpin=True, isolated=isolated
                 )
-            else:
-                index = await self._host(plug)
+            return await self._host(plug)
+
+        try:
+            try:
+                index = await make()
+            except KernelObjectExists:
+                # this endpoint's own veth of an earlier join, unplugged and waiting for the
+                # reaper (a leave and a join within reap_delay): deleted now, then made afresh
+                if not await self._host(lambda: self._delete_unplugged(host_if, ep.id)):
+                    raise
+                index = await make()
         except KernelObjectExists:
             raise Conflict(
                 f"{host_if} or {sb.ifname} in the sandbox exists already", ifname=host_if, sandbox_id=sb.id
@@ -392,16 +430,38 @@ class BridgeDriver:
         return owned
 
     def _schedule_reaping(self) -> None:
+        """A reaper pass within ``reap_delay`` seconds (module docstring), if none is queued."""
         if self._reap_queued:
             return  # the queued pass will take this one too
         self._reap_queued = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or self.reap_delay <= 0:
+            self._reap_now()
+        else:
+            self._reap_timer = loop.call_later(self.reap_delay, self._reap_now)
+
+    def _reap_now(self) -> None:
+        self._reap_timer = None
         group = ownership.dead_group(self.owner)
 
         def reap() -> None:
             self._reap_queued = False  # unplugged from now on: another pass
             self.reaper.delete_group(group)
 
-        self.reaper.submit(reap).add_done_callback(_log_failure("delete unplugged veths"))
+        self._reaping = self.reaper.submit(reap)
+        self._reaping.add_done_callback(_log_failure("delete unplugged veths"))
+
+    async def _reap_waiting(self) -> None:
+        """The waiting reaper pass now, and done: what this process unplugged is gone."""
+        if self._reap_timer is not None:
+            self._reap_timer.cancel()
+            self._reap_now()
+        if self._reaping is not None:
+            with contextlib.suppress(Exception):  # logged by its callback
+                await asyncio.wrap_future(self._reaping)
 
     async def set_gateway(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo, gateway: bool) -> None:
         await sandbox_config.set_default_routes(self.kernel, nw, sb, gateway)
@@ -422,6 +482,8 @@ class BridgeDriver:
     async def reconcile(
         self, networks: list[NetworkInfo], endpoints: list[tuple[EndpointInfo, SandboxInfo | None]]
     ) -> ReconcileReport:
+        # this process's unplugged veths go first: waiting for the reaper is no drift to report
+        await self._reap_waiting()
         return await reconcile(self, networks, endpoints)
 
 

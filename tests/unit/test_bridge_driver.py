@@ -37,7 +37,7 @@ def kernel() -> FakeKernel:
 
 @pytest.fixture
 def driver(kernel: FakeKernel) -> BridgeDriver:
-    return BridgeDriver(instance=ME, kernel=kernel, relays=FakeRelays())
+    return BridgeDriver(instance=ME, kernel=kernel, relays=FakeRelays(), reap_delay=0)
 
 
 def host_links(kernel: FakeKernel) -> dict[str, object]:

@@ -17,7 +17,7 @@ EPI = EndpointInfo(EP, NET, "a", "198.51.100.2/24", "2001:db8:1::2/64", "02:42:c
 @pytest.fixture
 def setup(monkeypatch):  # type: ignore[no-untyped-def]
     kernel = FakeKernel()
-    driver = BridgeDriver(instance=ME, kernel=kernel, relays=FakeRelays())
+    driver = BridgeDriver(instance=ME, kernel=kernel, relays=FakeRelays(), reap_delay=0)
     asked: list[str | None] = []
     real = driver._owns_veth
 
