@@ -44,6 +44,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -62,6 +63,7 @@ from libnet.errors import (
     Conflict,
     InvalidName,
     InvalidOption,
+    KernelError,
     LibnetError,
     NameInUse,
     NotFound,
@@ -91,17 +93,38 @@ Handover = Callable[[str, str, str], Awaitable[None]]
 
 async def kernel_handover(netns: str, ifname: str, new_name: str) -> None:
     """Take ``ifname`` out of the staging namespace into this process's network
-    namespace (dockerd's), down and renamed ``new_name``: Docker moves it on."""
+    namespace (dockerd's), down and renamed ``new_name``: Docker moves it on.
+
+    This namespace is named here, on the event loop's thread, by a descriptor
+    (:func:`libnet.kernel.netns.open_own`): ``/proc/<pid>/ns/net`` opened on the
+    worker thread named the namespace the main thread was in at that moment, and
+    the main thread (the event loop's) is inside another sandbox for a moment
+    whenever it makes sockets there (another join's) -- the interface then landed
+    there and Docker's ``docker run`` failed "Link not found".  So the move is
+    checked too: an interface that is not here fails the Join, saying why."""
+    from libnet.kernel import netns as kernel_netns
     from libnet.kernel.netlink import Netlink
 
-    target = f"/proc/{os.getpid()}/ns/net"  # the main thread's: worker threads may sit in other namespaces
+    home = kernel_netns.open_own()
 
     def move() -> None:
-        with Netlink(netns) as nl:
-            nl.set_down(ifname)
-            nl.move_to_ns(ifname, target, new_name=new_name)
+        try:
+            with Netlink(netns) as nl:
+                nl.set_down(ifname)
+                nl.move_to_ns(ifname, home, new_name=new_name)
+        finally:
+            os.close(home)  # here, not in the caller: a cancelled caller must not close it under the move
 
     await asyncio.to_thread(move)
+    try:
+        socket.if_nametoindex(new_name)  # an ioctl on this thread's socket: in this namespace
+    except OSError:
+        raise KernelError(
+            f"interface {ifname} of staging namespace {netns} was moved out but is not in the agent's "
+            f"namespace as {new_name}: Docker would not find it",
+            ifname=new_name,
+            netns=netns,
+        ) from None
 
 
 def src_name(endpoint_id: str) -> str:

@@ -654,21 +654,26 @@ class Netlink:
         _check_ifname(new_name)
         self._set(link, "rename link", ifname=new_name)
 
-    def move_to_ns(self, link: str | int, ns: str, new_name: str | None = None) -> None:
-        """Move an interface into namespace ``ns``, optionally renaming it."""
+    def move_to_ns(self, link: str | int, ns: str | int, new_name: str | None = None) -> None:
+        """Move an interface into namespace ``ns`` (a name, a path, or an open descriptor of the
+        namespace, left open: :func:`libnet.kernel.netns.open_own`), optionally renaming it."""
         if new_name is not None:
             _check_ifname(new_name)
-        try:
-            fd = os.open(netns.path_of(ns), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise NoSuchNamespace("no such network namespace", netns=ns) from None
+        if isinstance(ns, int):
+            fd, opened = ns, False
+        else:
+            try:
+                fd, opened = os.open(netns.path_of(ns), os.O_RDONLY | os.O_CLOEXEC), True
+            except FileNotFoundError:
+                raise NoSuchNamespace("no such network namespace", netns=ns) from None
         try:
             attrs: dict[str, Any] = {"net_ns_fd": fd}
             if new_name is not None:
                 attrs["ifname"] = new_name
             self._set(link, "move link to namespace", **attrs)
         finally:
-            os.close(fd)
+            if opened:
+                os.close(fd)
 
     def delete_link(self, link: str | int) -> None:
         """Delete an interface; one that is already gone is success."""

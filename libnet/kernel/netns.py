@@ -157,6 +157,18 @@ def exists(ns: str) -> bool:
     return os.path.exists(path_of(ns))
 
 
+def open_own() -> int:
+    """A descriptor of the calling thread's network namespace (the caller closes it), for handing "this
+    namespace" to code on another thread.
+
+    Never a path for that: ``/proc/self/ns/net`` and ``/proc/<pid>/ns/net`` name the namespace the
+    process's *main* thread is in when the path is opened, and the main thread -- the agent's event
+    loop -- is inside a sandbox for a moment whenever :func:`sockets_in` makes sockets there, while
+    other threads run on.  Opened on the event loop's thread (which is at home whenever Python code
+    runs on it), this names the agent's own namespace."""
+    return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+
+
 def _make_dir_shared() -> None:
     # as iproute2 does: /run/netns is a shared mount so that namespaces made
     # here propagate to other mount namespaces (containers, ip netns exec)

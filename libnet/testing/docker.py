@@ -36,6 +36,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 from libnet.testing.hosts import Host, Testbed
@@ -131,6 +132,8 @@ class DockerEngine:
         self.cgroup = f"{bed.prefix}{host.name}-docker"
         self.proc: subprocess.Popen | None = None
         self._closed = False
+        #: more to show next to a failed docker command (a test sets it: e.g. the plugin agent's log tail)
+        self.diagnose: Callable[[], str] | None = None
         bed.on_close(self.close)
 
     # --- life cycle ---------------------------------------------------------------
@@ -302,8 +305,25 @@ class DockerEngine:
             ["/usr/bin/docker", "-H", f"unix://{self.sock}", *args], capture_output=True, text=True, timeout=timeout
         )
         if check and r.returncode != 0:
-            raise RuntimeError(f"docker {' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}")
+            raise RuntimeError(
+                f"docker {' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}\n{self.diagnostics()}"
+            )
         return r
+
+    def diagnostics(self) -> str:
+        """What to read next to a failed command (a rare failure in CI leaves nothing else): dockerd's
+        log tail, the links of the test host, and :attr:`diagnose`'s text."""
+        parts = [f"dockerd's log:\n{self.log_tail(15)}"]
+        try:
+            links = subprocess.run(
+                ["ip", "-n", self.host.ns, "-d", "-o", "link"], capture_output=True, text=True, timeout=10
+            )
+            parts.append(f"links of {self.host.name} (ip -d -o link):\n{links.stdout[-6000:]}{links.stderr}")
+            if self.diagnose is not None:
+                parts.append(self.diagnose())
+        except Exception as exc:  # a diagnosis must not hide the failure it is about
+            parts.append(f"(no more: {exc!r})")
+        return "".join(f"--- {p.rstrip()}\n" for p in parts)
 
     def inspect(self, *args: str) -> Any:
         return json.loads(self.docker("inspect", *args).stdout)

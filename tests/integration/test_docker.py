@@ -40,6 +40,8 @@ def env():
         # libnet's own defaults (--ipam-driver libnet without --subnet, IPv6) in documentation ranges
         agent.extra += ["--default-address-pool", "base=198.51.100.224/27,size=28"]
         agent.extra += ["--default-address-pool", "base=2001:db8:ff::/48,size=64"]
+        # a failed docker command shows the agent's log too (a rare CI failure leaves nothing else)
+        engine.diagnose = lambda: f"the agent's log:\n{agent.log_tail()}"
         agent.start()
         try:
             engine.start()

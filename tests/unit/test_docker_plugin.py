@@ -10,7 +10,7 @@ import time
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from agent.docker_plugin import CONTENT_TYPE, PREFIX, make_plugin_app, src_name
+from agent.docker_plugin import CONTENT_TYPE, PREFIX, kernel_handover, make_plugin_app, src_name
 from ipam.ipam import StoreIpam
 from libnet import Config, Controller
 from libnet.store.memory import MemoryStore
@@ -370,6 +370,40 @@ async def test_failed_join_then_delete_endpoint(tmp_path) -> None:
         assert await call(c, "/NetworkDriver.DeleteEndpoint", ids) == {}  # what dockerd sends next
         assert await ctl.endpoints() == []
     await ctl.close()
+
+
+async def test_handover_names_this_namespace_here_and_checks_the_interface_arrived(monkeypatch) -> None:
+    """The hand-over's target is a descriptor of the event loop thread's namespace, opened before the hop to
+    the worker (a /proc/<pid>/ns/net path opened there named wherever the main thread was at that moment:
+    another sandbox, while the event loop made sockets in it); and an interface that did not arrive here fails
+    the Join with a message, instead of Docker's "Link not found" later."""
+    from libnet.errors import KernelError
+    from libnet.kernel import netlink
+
+    here = os.stat("/proc/thread-self/ns/net")
+    moves = []
+
+    class FakeNetlink:
+        def __init__(self, ns):
+            self.ns = ns
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def set_down(self, link):
+            pass
+
+        def move_to_ns(self, link, ns, new_name=None):
+            st = os.fstat(ns) if isinstance(ns, int) else None  # a descriptor, open while the move runs
+            moves.append((self.ns, link, (st.st_dev, st.st_ino) if st else ns, new_name))
+
+    monkeypatch.setattr(netlink, "Netlink", FakeNetlink)
+    with pytest.raises(KernelError, match="not in the agent's namespace as lndnothere12"):
+        await kernel_handover("/run/netns/staging", "eth0", "lndnothere12")  # moved nowhere by the fake
+    assert moves == [("/run/netns/staging", "eth0", (here.st_dev, here.st_ino), "lndnothere12")]
 
 
 async def test_ipam_sequence(client) -> None:
