@@ -365,8 +365,8 @@ class Repository:
         # the first attempt from the pairs held already (read by this operation: one read per
         # record); the writes are checked against their revisions, so if either is no longer
         # current the attempt is lost and the next one reads both afresh
-        held = (self._pairs.get(ep_key), self._pairs.get(sb_key))
-        guess = held if held[0] is not None and held[1] is not None else None
+        held_ep, held_sb = self._pairs.get(ep_key), self._pairs.get(sb_key)
+        guess = (held_ep, held_sb) if held_ep is not None and held_sb is not None else None
         for _ in range(model.DEFAULT_ATTEMPTS + (guess is not None)):
             if guess is not None:
                 ep_pair, sb_pair = guess
