@@ -58,7 +58,7 @@ from libnet.namespaces import Namespaces
 from libnet.ports import PortRegistry, check_families, check_mapping
 from libnet.proxies import BACK_SUFFIX, Proxies
 from libnet.reconcile import Reconciler, release_address
-from libnet.repository import Repository
+from libnet.repository import Reads, Repository
 from libnet.rollback import Rollback
 from libnet.sandbox_files import SandboxFiles
 from libnet.store.base import Store
@@ -844,11 +844,12 @@ class Controller:
         :meth:`libnet.joins.Joins.join`)."""
         ep = await self._joins.join(endpoint, sandbox, ifname=ifname, network=network)
         await self._proxies.refresh(ep.network_id)
+        reads, sb = Reads(self.repo), None  # the records read after the join, shared by the next two steps
         try:
-            await self._sync_gateway_bridge(ep.sandbox_id)
+            sb = await self._sync_gateway_bridge(ep.sandbox_id, reads)
         except LibnetError as exc:  # the network works; only the way out is missing
             log.warning("sandbox %s: no gateway bridge: %s", (ep.sandbox_id or "")[:12], exc)
-        await self._dns_sync(ep.sandbox_id)
+        await self._dns_sync(ep.sandbox_id, sb, reads)
         return ep
 
     @operation
@@ -859,11 +860,15 @@ class Controller:
         mappings = [check_mapping(p) for p in ports]
         return await self._joins.publish(endpoint, mappings, self._ports)
 
-    async def _dns_sync(self, sandbox_id: str | None) -> None:
+    async def _dns_sync(self, sandbox_id: str | None, sb: Sandbox | None = None, reads: Reads | None = None) -> None:
+        """Serve the sandbox's names.  ``sb``, ``reads``: its record and the records the
+        caller's step read since the sandbox last changed (when it changed nothing after)."""
         if self._dns_binding is None or not sandbox_id:
             return
+        if sb is None:
+            reads = None  # the step changed the sandbox: everything is read afresh
         try:
-            await self._dns_binding.sandbox(await self.repo.sandbox(sandbox_id))
+            await self._dns_binding.sandbox(sb if sb is not None else await self.repo.sandbox(sandbox_id), reads)
         except (LibnetError, OSError) as exc:  # names do not resolve; the network itself works
             log.warning("sandbox %s: embedded DNS not served: %s", sandbox_id[:12], exc)
 
@@ -886,26 +891,29 @@ class Controller:
                 ep = await self._joins.leave(before, sandbox, network=network)
         else:
             ep = await self._joins.leave(before, sandbox, network=network)
+        sb = None  # the sandbox as read after the leave, if nothing changed it since
         if sandbox_id and ep.network_id != await self._gateway.network_id():
             try:
-                await self._sync_gateway_bridge(sandbox_id)
+                sb = await self._sync_gateway_bridge(sandbox_id, Reads(self.repo))
             except LibnetError as exc:
                 log.warning("sandbox %s: gateway bridge not released: %s", sandbox_id[:12], exc)
         if sandbox_id and self._dns_binding is not None:
-            await self._dns_binding.left(ep, sandbox_id)
+            await self._dns_binding.left(ep, sandbox_id, sb)
         return ep
 
-    async def _sync_gateway_bridge(self, sandbox_id: str | None) -> None:
+    async def _sync_gateway_bridge(self, sandbox_id: str | None, reads: Reads | None = None) -> Sandbox | None:
         """Carry out the gateway bridge policy (:mod:`libnet.gateway`) for a sandbox:
         connect it when one of its networks needs the gateway bridge, disconnect
-        it when none does any more."""
+        it when none does any more.  Returns the sandbox's record as read here when
+        nothing was changed (None when something was, or it is gone); ``reads``: the
+        step's shared reads (see :class:`libnet.repository.Reads`)."""
         if not sandbox_id:
-            return
+            return None
         try:
             sb = await self.repo.sandbox(sandbox_id)
         except NotFound:
-            return
-        need = await self._gateway.need(sb)
+            return None
+        need = await self._gateway.need(sb, reads)
         if need.connect:
             if need.network_id is None:
                 with suppress(NameInUse):  # made by a concurrent join
@@ -917,10 +925,13 @@ class Controller:
                     )
             gw_ep = await self._create_endpoint(gateway.GATEWAY_BRIDGE, gateway.endpoint_name(sb.id), connecting=True)
             await self._joins.join(gw_ep.id, sb.id)
-        elif need.disconnect is not None:
+            return None
+        if need.disconnect is not None:
             await self._mark_removing(need.disconnect.id)
             await self._joins.leave(need.disconnect.id)
             await self.delete_endpoint(need.disconnect.id)
+            return None
+        return sb
 
     @operation
     async def connect(

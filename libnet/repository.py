@@ -521,3 +521,27 @@ class Repository:
         store = self.store(px.scope)
         await store.delete(f"{P}/proxies/{px.id}")
         await store.delete(self.proxy_name_key(px.name))
+
+
+class Reads:
+    """Endpoints and networks read at most once within one step of one operation (issue 22:
+    the gateway policy and the DNS binding look at the same records right after a join or
+    leave).  Made by the step and dropped with it: never kept across operations, so it
+    cannot serve another operation's (or process's) old records."""
+
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self._endpoints: dict[str, Endpoint] = {}
+        self._networks: dict[str, Network] = {}
+
+    async def endpoint(self, ref: str) -> Endpoint:
+        ep = self._endpoints.get(ref)
+        if ep is None:
+            ep = self._endpoints[ref] = await self.repo.endpoint(ref)
+        return ep
+
+    async def network(self, ref: str) -> Network:
+        nw = self._networks.get(ref)
+        if nw is None:
+            nw = self._networks[ref] = await self.repo.network(ref)
+        return nw
