@@ -12,6 +12,7 @@ import collections
 import functools
 import re
 import tempfile
+import time
 from typing import Any
 
 from libnet import Config, Controller
@@ -22,6 +23,7 @@ from libnet.testing.pools import ipam_config
 READS = ("get", "exists", "list", "revision")
 WRITES = ("put", "delete", "atomic_put", "atomic_delete", "atomic_batch")
 calls: collections.Counter[tuple[str, str]] = collections.Counter()
+spent = [0.0]  # seconds inside store calls
 
 
 def _wrap(name: str) -> None:
@@ -34,7 +36,11 @@ def _wrap(name: str) -> None:
         key = re.sub(r"/(addresses/[^/]+)/[^/]+$", r"/\1/<addr>", key)
         key = re.sub(r"/c-[0-9a-f]{12}$", "/<name>", key)
         calls[(name, key)] += 1
-        return await orig(self, *args, **kwargs)
+        t = time.perf_counter()
+        try:
+            return await orig(self, *args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - t
 
     setattr(SQLiteStore, name, counted)
 
@@ -53,6 +59,11 @@ def summary(counter: collections.Counter[tuple[str, str]], n: int, keys: bool) -
     return "\n".join(lines)
 
 
+def timing(start: float, n: int) -> str:
+    wall = (time.perf_counter() - start) / n * 1000
+    return f"\n  {wall:.2f} ms per operation, {spent[0] / n * 1000:.2f} ms of it in store calls"
+
+
 async def run(bed: Testbed, paths: list[str], tmp: str, keys: bool) -> None:
     config = Config(
         store=f"sqlite://{tmp}/store.db",
@@ -65,13 +76,15 @@ async def run(bed: Testbed, paths: list[str], tmp: str, keys: bool) -> None:
         await ctl.create_network("bench", ipv4_subnet="198.51.100.0/24", ipv6_subnet="2001:db8:a::/64")
         sbs = [await ctl.create_sandbox(netns=p) for p in paths]
         calls.clear()
+        spent[0], t = 0.0, time.perf_counter()
         for sb in sbs:
             await ctl.connect("bench", sb.id, name=f"c-{sb.id[:12]}")
-        print("connect:\n" + summary(calls, len(sbs), keys))
+        print("connect:\n" + summary(calls, len(sbs), keys) + timing(t, len(sbs)))
         calls.clear()
+        spent[0], t = 0.0, time.perf_counter()
         for sb in sbs:
             await ctl.disconnect("bench", sb.id)
-        print("disconnect:\n" + summary(calls, len(sbs), keys))
+        print("disconnect:\n" + summary(calls, len(sbs), keys) + timing(t, len(sbs)))
         for sb in sbs:
             await ctl.delete_sandbox(sb.id)
         await ctl.delete_network("bench")
