@@ -58,7 +58,7 @@ from libnet.namespaces import Namespaces
 from libnet.ports import PortRegistry, check_families, check_mapping
 from libnet.proxies import BACK_SUFFIX, Proxies
 from libnet.reconcile import Reconciler, release_address
-from libnet.repository import Repository
+from libnet.repository import Reads, Repository
 from libnet.rollback import Rollback
 from libnet.sandbox_files import SandboxFiles
 from libnet.store.base import Store
@@ -510,7 +510,7 @@ class Controller:
 
     async def _create_endpoint(
         self,
-        network: str,
+        network: str | Network,
         name: str,
         *,
         ipv4: str | None = None,
@@ -527,7 +527,8 @@ class Controller:
         bridge policy) for a join that follows -- a crash before the join completes
         leaves an endpoint the next reconcile deletes.  ``proxy``: the id of the proxy
         whose leg it is (its name, made from the proxy's checked one, may be ``NAME.proxy``);
-        ``dns``: whether its names are published."""
+        ``dns``: whether its names are published.  ``network``: a reference, or the record
+        the caller's operation read (issue 22: read once per operation)."""
         if not proxy:
             check_name(name, "endpoint")
         alias_list = [check_name(a, "alias") for a in aliases]
@@ -535,7 +536,7 @@ class Controller:
             raise InvalidOption("services is a list of NAME:PORT[/PROTO] specs", services=services)
         service_list = [str(parse_service(s)) for s in services]
         mappings = [check_mapping(p) for p in ports]
-        nw = await self.repo.network(network)
+        nw = network if isinstance(network, Network) else await self.repo.network(network)
         if nw.removing:
             raise Conflict(f"network {nw.name} is being deleted", network_id=nw.id)
         if ipv6 is not None and not nw.ipv6_pool:
@@ -652,7 +653,9 @@ class Controller:
             network, name, aliases=aliases, services=services, proxy=proxy, dns=dns, families=families
         )
 
-    async def _delete_endpoint(self, ep: Endpoint, *, force: bool) -> None:
+    async def _delete_endpoint(self, ep: Endpoint, *, force: bool, network: Network | None = None) -> None:
+        """``network``: the endpoint's network as the caller's operation read it (only
+        fields a network never changes are used: driver, pools, scope)."""
         if ep.sandbox_id and force:
             await self.leave(ep.id)
             ep = await self.repo.endpoint(ep.id)
@@ -662,7 +665,9 @@ class Controller:
                 endpoint_id=ep.id,
                 sandbox_id=ep.sandbox_id,
             )
-        nw = await self.repo.network(ep.network_id)
+        nw = network if network is not None and network.id == ep.network_id else None
+        if nw is None:
+            nw = await self.repo.network(ep.network_id)
         if ep.removing != self.instance:
             ep = await self.repo.update_endpoint(ep, _removing(self.instance))
         await self.driver(nw.driver).delete_endpoint(net_info(nw), ep_info(ep))
@@ -831,13 +836,21 @@ class Controller:
         """
         if ifname is not None:
             check_ifname(ifname)
-        ep = await self._joins.join(endpoint, sandbox, ifname=ifname)
+        return await self._join(endpoint, sandbox, ifname=ifname)
+
+    async def _join(
+        self, endpoint: str | Endpoint, sandbox: str | Sandbox, *, ifname: str | None, network: Network | None = None
+    ) -> Endpoint:
+        """:meth:`join`; records the caller's operation read already are passed on (see
+        :meth:`libnet.joins.Joins.join`)."""
+        ep = await self._joins.join(endpoint, sandbox, ifname=ifname, network=network)
         await self._proxies.refresh(ep.network_id)
+        reads, sb = Reads(self.repo), None  # the records read after the join, shared by the next two steps
         try:
-            await self._sync_gateway_bridge(ep.sandbox_id)
+            sb = await self._sync_gateway_bridge(ep.sandbox_id, reads)
         except LibnetError as exc:  # the network works; only the way out is missing
             log.warning("sandbox %s: no gateway bridge: %s", (ep.sandbox_id or "")[:12], exc)
-        await self._dns_sync(ep.sandbox_id)
+        await self._dns_sync(ep.sandbox_id, sb, reads)
         return ep
 
     @operation
@@ -848,46 +861,60 @@ class Controller:
         mappings = [check_mapping(p) for p in ports]
         return await self._joins.publish(endpoint, mappings, self._ports)
 
-    async def _dns_sync(self, sandbox_id: str | None) -> None:
+    async def _dns_sync(self, sandbox_id: str | None, sb: Sandbox | None = None, reads: Reads | None = None) -> None:
+        """Serve the sandbox's names.  ``sb``, ``reads``: its record and the records the
+        caller's step read since the sandbox last changed (when it changed nothing after)."""
         if self._dns_binding is None or not sandbox_id:
             return
+        if sb is None:
+            reads = None  # the step changed the sandbox: everything is read afresh
         try:
-            await self._dns_binding.sandbox(await self.repo.sandbox(sandbox_id))
+            await self._dns_binding.sandbox(sb if sb is not None else await self.repo.sandbox(sandbox_id), reads)
         except (LibnetError, OSError) as exc:  # names do not resolve; the network itself works
             log.warning("sandbox %s: embedded DNS not served: %s", sandbox_id[:12], exc)
 
     @operation
     async def leave(self, endpoint: str, sandbox: str | None = None) -> Endpoint:
         """Unplug an endpoint from its sandbox; not joined is fine."""
-        before = await self.repo.endpoint(endpoint)
+        return await self._leave(endpoint, sandbox)
+
+    async def _leave(
+        self, endpoint: str | Endpoint, sandbox: str | None = None, *, network: Network | None = None
+    ) -> Endpoint:
+        """:meth:`leave`; ``endpoint`` and ``network`` may be records the caller's
+        operation read already (see :meth:`libnet.joins.Joins.leave`)."""
+        before = endpoint if isinstance(endpoint, Endpoint) else await self.repo.endpoint(endpoint)
         sandbox_id = before.sandbox_id
         if sandbox is not None and sandbox_id:  # asked from outside (the API), not a teardown of libnet's
             await self._refuse_proxy_sandbox(sandbox_id)
         if sandbox_id:  # a backend of a proxy stops getting new connections before it is unplugged
             async with self._proxies.leaving(before.network_id, before.id):
-                ep = await self._joins.leave(endpoint, sandbox)
+                ep = await self._joins.leave(before, sandbox, network=network)
         else:
-            ep = await self._joins.leave(endpoint, sandbox)
+            ep = await self._joins.leave(before, sandbox, network=network)
+        sb = None  # the sandbox as read after the leave, if nothing changed it since
         if sandbox_id and ep.network_id != await self._gateway.network_id():
             try:
-                await self._sync_gateway_bridge(sandbox_id)
+                sb = await self._sync_gateway_bridge(sandbox_id, Reads(self.repo))
             except LibnetError as exc:
                 log.warning("sandbox %s: gateway bridge not released: %s", sandbox_id[:12], exc)
         if sandbox_id and self._dns_binding is not None:
-            await self._dns_binding.left(ep, sandbox_id)
+            await self._dns_binding.left(ep, sandbox_id, sb)
         return ep
 
-    async def _sync_gateway_bridge(self, sandbox_id: str | None) -> None:
+    async def _sync_gateway_bridge(self, sandbox_id: str | None, reads: Reads | None = None) -> Sandbox | None:
         """Carry out the gateway bridge policy (:mod:`libnet.gateway`) for a sandbox:
         connect it when one of its networks needs the gateway bridge, disconnect
-        it when none does any more."""
+        it when none does any more.  Returns the sandbox's record as read here when
+        nothing was changed (None when something was, or it is gone); ``reads``: the
+        step's shared reads (see :class:`libnet.repository.Reads`)."""
         if not sandbox_id:
-            return
+            return None
         try:
             sb = await self.repo.sandbox(sandbox_id)
         except NotFound:
-            return
-        need = await self._gateway.need(sb)
+            return None
+        need = await self._gateway.need(sb, reads)
         if need.connect:
             if need.network_id is None:
                 with suppress(NameInUse):  # made by a concurrent join
@@ -899,10 +926,13 @@ class Controller:
                     )
             gw_ep = await self._create_endpoint(gateway.GATEWAY_BRIDGE, gateway.endpoint_name(sb.id), connecting=True)
             await self._joins.join(gw_ep.id, sb.id)
-        elif need.disconnect is not None:
+            return None
+        if need.disconnect is not None:
             await self._mark_removing(need.disconnect.id)
             await self._joins.leave(need.disconnect.id)
             await self.delete_endpoint(need.disconnect.id)
+            return None
+        return sb
 
     @operation
     async def connect(
@@ -935,9 +965,9 @@ class Controller:
         name = name or sb.hostname or default_endpoint_name(sb.id)
         if ifname is not None:
             check_ifname(ifname)
-        ep = await self._create_endpoint(nw.id, name, connecting=True, **endpoint_args)
+        ep = await self._create_endpoint(nw, name, connecting=True, **endpoint_args)
         try:
-            return await self.join(ep.id, sb.id, ifname=ifname)
+            return await self._join(ep, sb, ifname=ifname, network=nw)
         except BaseException as failure:
             try:  # undo: a join that got as far as the store is left first
                 with suppress(NotFound):
@@ -957,18 +987,23 @@ class Controller:
         for eid in list(sb.endpoints):
             ep = await self.repo.endpoint(eid)
             if ep.network_id == nw.id:
-                await self._mark_removing(ep.id)  # a crash from here on is rolled forward
-                await self.leave(ep.id)
-                await self.delete_endpoint(ep.id)
+                ep = await self._mark_removing(ep)  # a crash from here on is rolled forward
+                await self._leave(ep, network=nw)
+                ep = await self.repo.endpoint(ep.id)  # as the leave left it
+                await self._refuse_proxy_leg(ep)
+                await self._delete_endpoint(ep, force=False, network=nw)
                 return
         raise NotFound(
             f"sandbox {sb.id[:12]} is not connected to network {nw.name}", network_id=nw.id, sandbox_id=sb.id
         )
 
-    async def _mark_removing(self, endpoint_id: str) -> None:
-        ep = await self.repo.endpoint(endpoint_id)
+    async def _mark_removing(self, endpoint: str | Endpoint) -> Endpoint:
+        """Mark an endpoint (a reference, or the record the operation read) as being removed by
+        this instance; returns it as stored."""
+        ep = endpoint if isinstance(endpoint, Endpoint) else await self.repo.endpoint(endpoint)
         if ep.removing != self.instance:
-            await self.repo.update_endpoint(ep, _removing(self.instance))
+            ep = await self.repo.update_endpoint(ep, _removing(self.instance))
+        return ep
 
     # --- reconcile --------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from libnet.drivers.registry import Drivers
 from libnet.model import Endpoint, Network, Sandbox
-from libnet.repository import Repository
+from libnet.repository import Reads, Repository
 
 #: the local bridge network giving overlay containers a way out (Docker's docker_gwbridge)
 GATEWAY_BRIDGE = "libnet-gwbridge"
@@ -76,16 +76,18 @@ class GatewayPolicy:
             and not any(o.gateway for o in others)
         )
 
-    async def need(self, sb: Sandbox) -> Need:
-        """Whether ``sb`` must be connected to, or disconnected from, the gateway bridge."""
+    async def need(self, sb: Sandbox, reads: Reads | None = None) -> Need:
+        """Whether ``sb`` must be connected to, or disconnected from, the gateway bridge.
+        ``reads``: the records the caller's step read already, shared with it."""
+        src = reads if reads is not None else Reads(self.repo)
         gw_id = await self.network_id()
         needed, present = False, None
         for eid in sb.endpoints:
-            ep = await self.repo.endpoint(eid)
+            ep = await src.endpoint(eid)
             if gw_id is not None and ep.network_id == gw_id:
                 present = ep
                 continue
-            nw = await self.repo.network(ep.network_id)
+            nw = await src.network(ep.network_id)
             if not nw.internal and self._via_gateway_bridge(nw):
                 needed = True
         if needed and present is None:

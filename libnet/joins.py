@@ -75,25 +75,39 @@ class Joins:
         """The sandbox is gone: drop its lock."""
         self._locks.pop(sandbox_id, None)
 
-    async def join(self, endpoint: str, sandbox: str, *, overlap: bool = False, ifname: str | None = None) -> Endpoint:
+    async def join(
+        self,
+        endpoint: str | Endpoint,
+        sandbox: str | Sandbox,
+        *,
+        overlap: bool = False,
+        ifname: str | None = None,
+        network: Network | None = None,
+    ) -> Endpoint:
         """Plug an endpoint into a sandbox (idempotent for the same pair): the
         driver's join and published ports, then the store, then the sandbox's files.
 
-        ``overlap``: allow networks whose subnets overlap those the sandbox is on
+        ``endpoint``, ``sandbox``: references, or the records the caller's operation
+        read already (only their ids are used: both are read again under the lock);
+        ``network``: the endpoint's network as the operation read it (issue 22: a
+        network's record changes only by its ``removing`` mark, which a join does not
+        look at).  ``overlap``: allow networks whose subnets overlap those the sandbox is on
         (a proxy's two legs, :mod:`libnet.proxies`, whose namespace routes by the
         side a connection goes to, never by destination alone)."""
-        ep = await self.repo.endpoint(endpoint)
-        sb = await self.repo.sandbox(sandbox)
-        async with self._lock(sb.id):
-            sb = await self.repo.sandbox(sb.id)
-            ep = await self.repo.endpoint(ep.id)
+        ep_id = endpoint.id if isinstance(endpoint, Endpoint) else (await self.repo.endpoint(endpoint)).id
+        sb_id = sandbox.id if isinstance(sandbox, Sandbox) else (await self.repo.sandbox(sandbox)).id
+        async with self._lock(sb_id):
+            sb = await self.repo.sandbox(sb_id)
+            ep = await self.repo.endpoint(ep_id)
             if ep.sandbox_id == sb.id:
                 return ep
             if ep.sandbox_id:
                 raise Conflict(
                     f"endpoint {ep.name} is joined to another sandbox", endpoint_id=ep.id, sandbox_id=ep.sandbox_id
                 )
-            nw = await self.repo.network(ep.network_id)
+            nw = network if network is not None and network.id == ep.network_id else None
+            if nw is None:
+                nw = await self.repo.network(ep.network_id)
             drv = self.drivers.driver(nw.driver)
             others = [await self.repo.endpoint(e) for e in sb.endpoints]
             await self._check_overlap(sb, nw, others, overlap)
@@ -155,10 +169,15 @@ class Joins:
                         subnet=subnet,
                     )
 
-    async def leave(self, endpoint: str, sandbox: str | None = None) -> Endpoint:
+    async def leave(
+        self, endpoint: str | Endpoint, sandbox: str | None = None, *, network: Network | None = None
+    ) -> Endpoint:
         """Unplug an endpoint from its sandbox; not joined is fine.  Marked as
-        leaving by this instance first, so a crash part way is rolled forward."""
-        ep = await self.repo.endpoint(endpoint)
+        leaving by this instance first, so a crash part way is rolled forward.
+        ``endpoint``: a reference, or the record the caller's operation read (read
+        again under the lock); ``network``: its network as the operation read it
+        (see :meth:`join`)."""
+        ep = endpoint if isinstance(endpoint, Endpoint) else await self.repo.endpoint(endpoint)
         if not ep.sandbox_id:
             return ep
         async with self._lock(ep.sandbox_id):
@@ -167,7 +186,9 @@ class Joins:
                 return ep
             if sandbox is not None and (await self.repo.sandbox(sandbox)).id != ep.sandbox_id:
                 raise Conflict("endpoint is joined to another sandbox", endpoint_id=ep.id, sandbox_id=ep.sandbox_id)
-            nw = await self.repo.network(ep.network_id)
+            nw = network if network is not None and network.id == ep.network_id else None
+            if nw is None:
+                nw = await self.repo.network(ep.network_id)
             drv = self.drivers.driver(nw.driver)
             try:
                 sb = await self.repo.sandbox(ep.sandbox_id)

@@ -88,8 +88,14 @@ async def update(
     attempts: int = DEFAULT_ATTEMPTS,
     base_delay: float = 0.001,
     max_delay: float = 0.05,
+    first: KVPair | None = None,
 ) -> KVPair | None:
     """Read ``key``, write ``mutate(old)`` if nobody changed it meanwhile.
+
+    ``first``: the pair of ``key`` the caller read already (issue 22: one read per
+    record per operation); the first attempt starts from it instead of reading, and
+    the write is checked against its revision as always, so a pair that is no longer
+    current only costs a lost race (no wait) and the read it saved.
 
     ``mutate`` gets the current value (None if absent) and returns the new
     value, or None to delete the key; it may run several times, so it must be
@@ -98,21 +104,38 @@ async def update(
     raises :class:`Contention`.
     """
     delay = base_delay
-    for _ in range(attempts):
+    guess = first if first is not None and first.key == key else None
+    for _ in range(attempts + (guess is not None)):
+        cur: KVPair | None
+        if guess is not None:
+            cur = guess
+        else:
+            try:
+                cur = await store.get(key)
+            except KeyNotFound:
+                cur = None
         try:
-            cur: KVPair | None = await store.get(key)
-        except KeyNotFound:
-            cur = None
-        new = mutate(None if cur is None else cur.value)
+            new = mutate(None if cur is None else cur.value)
+        except Exception:
+            if guess is None:
+                raise
+            guess = None  # refused on the caller's pair: decide on the current one
+            continue
         try:
             if new is None:
                 if cur is not None:
                     await store.atomic_delete(key, cur)
                 return None
             if cur is not None and new == cur.value and ttl is None:
+                if guess is not None:  # unchanged from the caller's pair: is that pair current?
+                    guess = None
+                    continue
                 return cur  # nothing to change
             return await store.atomic_put(key, new, cur, ttl=ttl)
         except (KeyExists, KeyModified, KeyNotFound):
+            if guess is not None:  # the caller's pair was not current: read it afresh
+                guess = None
+                continue
             await asyncio.sleep(random.uniform(0, delay))
             delay = min(delay * 2, max_delay)
     raise Contention(f"gave up updating after {attempts} conflicting attempts", key=key, attempts=attempts)

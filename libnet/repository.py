@@ -39,7 +39,7 @@ from libnet.errors import (
     NoSuchSandbox,
 )
 from libnet.model import Endpoint, Network, Proxy, Sandbox
-from libnet.store.base import Store, Write, write_all
+from libnet.store.base import KVPair, Store, Write, write_all
 
 P = "libnet/v1"
 _FULL_ID = re.compile(r"[0-9a-f]{64}")
@@ -54,6 +54,10 @@ class Repository:
         self._decoded: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}  # (kind, key) -> (revision, data)
         # endpoint id -> (store, record key): an endpoint never moves, so its index is read once
         self._endpoint_keys: dict[str, tuple[Store, str]] = {}
+        # record key -> the pair of an endpoint or sandbox last read or written here: only ever the
+        # starting point of a checked write (read-modify-CAS without the read), never returned as
+        # data, so a pair another writer has since replaced costs a lost race, not a stale record
+        self._pairs: dict[str, KVPair] = {}
 
     def _data(self, pair: Any, kind: str) -> dict[str, Any]:
         """The decoded document of a pair, decoded once per revision."""
@@ -92,20 +96,25 @@ class Repository:
         """Drop cached documents of keys that a full listing no longer shows."""
         for cached in [k for k in self._decoded if k[0] == kind and k[1].startswith(prefix) and k[1] not in present]:
             del self._decoded[cached]
+        for key in [k for k in self._pairs if k.startswith(prefix) and k not in present]:
+            del self._pairs[key]
 
     async def _get(self, store: Store, key: str, cls: type[T]) -> T | None:
         try:
             pair = await store.get(key)
         except KeyNotFound:
+            self._pairs.pop(key, None)
             return None
-        return self._load(cls, pair)
+        obj = self._load(cls, pair)
+        if cls is Endpoint or cls is Sandbox:
+            self._pairs[key] = pair
+        return obj
 
     @staticmethod
     async def _create(store: Store, key: str, obj: Network | Endpoint | Sandbox | Proxy) -> None:
         await store.atomic_put(key, model.encode(obj.KIND, obj.to_data()), None)
 
-    @staticmethod
-    async def _update(store: Store, key: str, cls: type[T], fn: Callable[[T], None]) -> T:
+    async def _update(self, store: Store, key: str, cls: type[T], fn: Callable[[T], None]) -> T:
         result: list[T] = []
 
         def apply(data: dict[str, Any] | None) -> dict[str, Any]:
@@ -116,7 +125,16 @@ class Repository:
             result[:] = [obj]
             return obj.to_data()
 
-        await model.update_json(store, key, cls.KIND, apply)
+        def apply_raw(raw: bytes | None) -> bytes:
+            return model.encode(cls.KIND, apply(None if raw is None else model.decode(raw, cls.KIND)))
+
+        try:  # model.update_json's read-modify-CAS, from the pair held already (and keeping the new one)
+            pair = await model.update(store, key, apply_raw, first=self._pairs.get(key))
+        except KeyNotFound:
+            self._pairs.pop(key, None)
+            raise
+        if pair is not None and (cls is Endpoint or cls is Sandbox):
+            self._pairs[key] = pair
         return result[0]
 
     async def revisions(self) -> tuple[int, ...]:
@@ -240,13 +258,17 @@ class Repository:
         # the index first: on a store without batches a crash between the two writes leaves
         # an index without a record (harmless), never a record nothing can find by id
         record = model.encode(ep.KIND, ep.to_data())
-        await write_all(
+        key = f"{P}/endpoints/{nw.id}/{ep.id}"
+        written = await write_all(
             store,
             [
                 Write(f"{P}/endpoint-ids/{ep.id}", nw.id.encode()),
-                Write(f"{P}/endpoints/{nw.id}/{ep.id}", record, None, checked=True),
+                Write(key, record, None, checked=True),
             ],
         )
+        self._endpoint_keys[ep.id] = (store, key)  # where it is: no read of the index it just wrote
+        if written[1] is not None:
+            self._pairs[key] = written[1]
 
     async def endpoints(self, network_id: str | None = None) -> list[Endpoint]:
         out: list[Endpoint] = []
@@ -317,6 +339,7 @@ class Repository:
     async def delete_endpoint(self, nw: Network, ep: Endpoint) -> None:
         store = self.store(nw.scope)
         self._endpoint_keys.pop(ep.id, None)
+        self._pairs.pop(f"{P}/endpoints/{nw.id}/{ep.id}", None)
         keys = [f"{P}/endpoints/{nw.id}/{ep.id}", f"{P}/endpoint-ids/{ep.id}", self.endpoint_name_key(nw.id, ep.name)]
         await write_all(store, [Write(key, None) for key in keys])
 
@@ -339,15 +362,29 @@ class Repository:
             return await self._update_one_by_one(ep, ep_fn, sb, sb_fn, ep_undo)
         ep_key, sb_key = found[1], f"{P}/sandboxes/{sb.id}"
         delay = 0.001
-        for _ in range(model.DEFAULT_ATTEMPTS):
-            try:
-                ep_pair, sb_pair = await self.local.get(ep_key), await self.local.get(sb_key)
-            except KeyNotFound:  # gone (or moved): the one-by-one path says which, as it always did
-                return await self._update_one_by_one(ep, ep_fn, sb, sb_fn, ep_undo)
+        # the first attempt from the pairs held already (read by this operation: one read per
+        # record); the writes are checked against their revisions, so if either is no longer
+        # current the attempt is lost and the next one reads both afresh
+        held_ep, held_sb = self._pairs.get(ep_key), self._pairs.get(sb_key)
+        guess = (held_ep, held_sb) if held_ep is not None and held_sb is not None else None
+        for _ in range(model.DEFAULT_ATTEMPTS + (guess is not None)):
+            if guess is not None:
+                ep_pair, sb_pair = guess
+            else:
+                try:
+                    ep_pair, sb_pair = await self.local.get(ep_key), await self.local.get(sb_key)
+                except KeyNotFound:  # gone (or moved): the one-by-one path says which, as it always did
+                    return await self._update_one_by_one(ep, ep_fn, sb, sb_fn, ep_undo)
             new_ep = Endpoint.from_data(model.decode(ep_pair.value, Endpoint.KIND))
             new_sb = Sandbox.from_data(model.decode(sb_pair.value, Sandbox.KIND))
-            ep_fn(new_ep)
-            sb_fn(new_sb)
+            try:
+                ep_fn(new_ep)
+                sb_fn(new_sb)
+            except Exception:
+                if guess is None:
+                    raise
+                guess = None  # refused on the held records: decide on the current ones
+                continue
             writes = [
                 Write(pair.key, value, pair, checked=True)
                 for pair, value in (
@@ -356,12 +393,21 @@ class Repository:
                 )
                 if value != pair.value
             ]
+            if guess is not None and len(writes) < 2:  # an unwritten record's held pair may be old
+                guess = None
+                continue
             try:
-                await write_all(self.local, writes)
+                written = await write_all(self.local, writes)
             except (KeyExists, KeyModified, KeyNotFound):  # a concurrent writer: read again
+                if guess is not None:
+                    guess = None
+                    continue
                 await asyncio.sleep(random.uniform(0, delay))
                 delay = min(delay * 2, 0.05)
                 continue
+            for w, pair in zip(writes, written, strict=True):
+                if pair is not None:
+                    self._pairs[w.key] = pair
             return new_ep, new_sb
         raise model.Contention(
             f"gave up updating after {model.DEFAULT_ATTEMPTS} conflicting attempts",
@@ -390,7 +436,8 @@ class Repository:
     # --- sandboxes --------------------------------------------------------------
 
     async def add_sandbox(self, sb: Sandbox) -> None:
-        await self._create(self.local, f"{P}/sandboxes/{sb.id}", sb)
+        key = f"{P}/sandboxes/{sb.id}"
+        self._pairs[key] = await self.local.atomic_put(key, model.encode(sb.KIND, sb.to_data()), None)
 
     async def sandboxes(self) -> list[Sandbox]:
         pairs = await self.local.list(f"{P}/sandboxes/")
@@ -429,6 +476,7 @@ class Repository:
         return await self._update(self.local, f"{P}/sandboxes/{sb.id}", Sandbox, fn)
 
     async def delete_sandbox(self, sb: Sandbox) -> None:
+        self._pairs.pop(f"{P}/sandboxes/{sb.id}", None)
         await self.local.delete(f"{P}/sandboxes/{sb.id}")
 
     # --- proxies ----------------------------------------------------------------
@@ -473,3 +521,27 @@ class Repository:
         store = self.store(px.scope)
         await store.delete(f"{P}/proxies/{px.id}")
         await store.delete(self.proxy_name_key(px.name))
+
+
+class Reads:
+    """Endpoints and networks read at most once within one step of one operation (issue 22:
+    the gateway policy and the DNS binding look at the same records right after a join or
+    leave).  Made by the step and dropped with it: never kept across operations, so it
+    cannot serve another operation's (or process's) old records."""
+
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self._endpoints: dict[str, Endpoint] = {}
+        self._networks: dict[str, Network] = {}
+
+    async def endpoint(self, ref: str) -> Endpoint:
+        ep = self._endpoints.get(ref)
+        if ep is None:
+            ep = self._endpoints[ref] = await self.repo.endpoint(ref)
+        return ep
+
+    async def network(self, ref: str) -> Network:
+        nw = self._networks.get(ref)
+        if nw is None:
+            nw = self._networks[ref] = await self.repo.network(ref)
+        return nw

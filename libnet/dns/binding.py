@@ -27,6 +27,7 @@ from libnet.driverapi import PeerListener, RemoteEndpoint, RemotePeers
 from libnet.errors import LibnetError, NotFound
 from libnet.gateway import is_gateway_bridge
 from libnet.model import Endpoint, Network, Sandbox
+from libnet.repository import Reads
 
 log = logging.getLogger("libnet.dns")
 #: drivers whose networks connect nothing (a sandbox on them has its loopback only)
@@ -55,22 +56,25 @@ class DnsBinding:
         self.records.set_network(nw.id, nw.name, [nw.ipv4_subnet, nw.ipv6_subnet], external)
         return True
 
-    async def sandbox(self, sb: Sandbox) -> None:
-        """(Re)attach the sandbox: its endpoints' records, its view, its listeners."""
+    async def sandbox(self, sb: Sandbox, reads: Reads | None = None) -> None:
+        """(Re)attach the sandbox: its endpoints' records, its view, its listeners.
+        ``reads``: the records the caller's step read already, shared with it."""
+        src = reads if reads is not None else Reads(self.repo)
         view = set()
         for eid in sb.endpoints:
             with suppress(NotFound):
-                ep = await self.repo.endpoint(eid)
-                if self._network(await self.repo.network(ep.network_id)):
+                ep = await src.endpoint(eid)
+                if self._network(await src.network(ep.network_id)):
                     if ep.dns:  # a proxy's back leg is not a name on its network
                         self.records.put(entry_of(ep))
                     view.add(ep.network_id)
         await self.dns.attach(sb.id, sb.netns, frozenset(view), upstreams=sb.dns)
 
-    async def left(self, ep: Endpoint, sandbox_id: str) -> None:
+    async def left(self, ep: Endpoint, sandbox_id: str, sb: Sandbox | None = None) -> None:
+        """``sb``: the sandbox's record as the caller's step read it after the leave."""
         self.records.remove(ep.id)
         with suppress(NotFound):
-            await self.sandbox(await self.repo.sandbox(sandbox_id))
+            await self.sandbox(sb if sb is not None else await self.repo.sandbox(sandbox_id))
 
     async def sandbox_deleted(self, sandbox_id: str) -> None:
         await self.dns.detach(sandbox_id)

@@ -68,7 +68,7 @@ async def test_connect_messages_and_undo(tmp_path) -> None:
         with pytest.raises(Conflict, match="auxiliary address 'router'"):
             await ctl.connect("web", other.id, ipv4="198.51.100.10")
 
-        async def broken_sync(sandbox_id):  # a failure after the join reached the store
+        async def broken_sync(sandbox_id, *_):  # a failure after the join reached the store
             raise RuntimeError("injected after join")
 
         ctl._dns_sync = broken_sync

@@ -38,6 +38,10 @@ async def test_index_read_once_per_endpoint(monkeypatch: pytest.MonkeyPatch) -> 
         assert (await repo.endpoint(EID)).name == "e1"
     await repo.update_endpoint(ep, lambda e: setattr(e, "name", "e2"))
     assert (await repo.endpoint(EID)).name == "e2"
+    assert keys.count(f"{P}/endpoint-ids/{EID}") == 0  # added through this repository: its place is known
+    other = Repository(store, store)  # another process: reads the index once
+    for _ in range(3):
+        assert (await other.endpoint(EID)).name == "e2"
     assert keys.count(f"{P}/endpoint-ids/{EID}") == 1
 
 

@@ -138,10 +138,47 @@ async def test_a_concurrent_write_between_read_and_commit_is_read_again(sqlite: 
             await other.update_sandbox(sb, lambda s: s.endpoints.append("e" * 64))
         return pair
 
+    fresh = Repository(sqlite, sqlite)  # holds no pairs of the two records: reads them
     sqlite.get = racing_get  # type: ignore[method-assign]
-    _, sb = await repo.update_endpoint_and_sandbox(ep, _joined, sb, lambda s: s.endpoints.append(EID))
+    _, sb = await fresh.update_endpoint_and_sandbox(ep, _joined, sb, lambda s: s.endpoints.append(EID))
     assert raced and sb.endpoints == ["e" * 64, EID]
     assert (await repo.sandbox(SID)).endpoints == ["e" * 64, EID]
+
+
+async def test_records_read_by_the_operation_are_not_read_again_for_the_write(sqlite: SQLiteStore) -> None:
+    repo, _, ep, sb = await _repo(sqlite)
+    ep, sb = await repo.endpoint(EID), await repo.sandbox(SID)
+    real_get, keys = sqlite.get, []
+
+    async def counting(key: str):  # type: ignore[no-untyped-def]
+        keys.append(key)
+        return await real_get(key)
+
+    sqlite.get = counting  # type: ignore[method-assign]
+    ep, sb = await repo.update_endpoint_and_sandbox(ep, _joined, sb, lambda s: s.endpoints.append(EID))
+    ep = await repo.update_endpoint(ep, lambda e: setattr(e, "leaving", "me"))
+    assert keys == []  # issue 22: each record read once per operation
+    assert (await repo.sandbox(SID)).endpoints == [EID] and (await repo.endpoint(EID)).leaving == "me"
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_held_pair_another_writer_replaced_is_read_again(kind: str, sqlite: SQLiteStore) -> None:
+    store = MemoryStore() if kind == "memory" else sqlite
+    repo, _, ep, sb = await _repo(store)
+    ep, sb = await repo.endpoint(EID), await repo.sandbox(SID)  # held by repo
+    other = Repository(store, store)  # another process changes both meanwhile
+    await other.update_sandbox(sb, lambda s: s.endpoints.append("e" * 64))
+    await other.update_endpoint(ep, lambda e: setattr(e, "aliases", ["web"]))
+    ep, sb = await repo.update_endpoint_and_sandbox(ep, _joined, sb, lambda s: s.endpoints.append(EID))
+    assert sb.endpoints == ["e" * 64, EID] and ep.aliases == ["web"] and ep.sandbox_id == SID
+    stored_ep, stored_sb = await other.endpoint(EID), await other.sandbox(SID)
+    assert stored_sb.endpoints == ["e" * 64, EID] and stored_ep.aliases == ["web"]
+    # a single update from a replaced pair, also one that changes nothing on the held pair
+    await other.update_endpoint(ep, lambda e: setattr(e, "leaving", "x"))
+    assert (await repo.update_endpoint(ep, lambda e: setattr(e, "gateway", False))).leaving == "x"
+    await other.update_endpoint(ep, lambda e: setattr(e, "leaving", ""))
+    assert (await repo.update_endpoint(ep, lambda e: setattr(e, "leaving", "x"))).leaving == "x"
+    assert (await other.endpoint(EID)).leaving == "x"
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])

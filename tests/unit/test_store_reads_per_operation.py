@@ -1,0 +1,43 @@
+"""Issue 22: a connect or disconnect reads each stored record a bounded number of times (the
+sandbox's, the endpoint's and the network's were read 5 to 8 times each per operation)."""
+
+from __future__ import annotations
+
+import collections
+
+from libnet import Config, Controller
+from libnet.repository import P
+from libnet.store.memory import MemoryStore
+from libnet.testing.fakes import FakeDriver, FakeNamespaces
+
+
+async def test_connect_and_disconnect_read_each_record_a_few_times(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = MemoryStore()
+    ctl = Controller(
+        Config(state_dir=str(tmp_path), resolv_conf=str(tmp_path / "resolv.conf")),
+        store=store,
+        drivers={"bridge": FakeDriver("bridge")},
+        namespaces=FakeNamespaces(),
+    )
+    await ctl.start()
+    try:
+        nw = await ctl.create_network("web", ipv4_subnet="198.51.100.0/24", ipv6=False)
+        sb = await ctl.create_sandbox("s1")
+        reads: collections.Counter[str] = collections.Counter()
+        real = store.get
+
+        async def counting(key: str):  # type: ignore[no-untyped-def]
+            reads[key] += 1
+            return await real(key)
+
+        store.get = counting  # type: ignore[method-assign]
+        ep = await ctl.connect("web", sb.id)
+        sb_key, nw_key, ep_key = f"{P}/sandboxes/{sb.id}", f"{P}/networks/{nw.id}", f"{P}/endpoints/{nw.id}/{ep.id}"
+        assert reads[sb_key] <= 4 and reads[ep_key] <= 4 and reads[nw_key] <= 3, reads  # were 6, 6, 5
+        assert reads[f"{P}/endpoint-ids/{ep.id}"] == 0  # written by this agent: its place is known
+        reads.clear()
+        await ctl.disconnect("web", sb.id)
+        assert reads[sb_key] <= 4 and reads[ep_key] <= 3 and reads[nw_key] <= 1, reads  # were 5, 8, 3
+        assert (await ctl.sandbox(sb.id)).endpoints == [] and await ctl.endpoints("web") == []
+    finally:
+        await ctl.close()
