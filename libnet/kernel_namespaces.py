@@ -24,6 +24,11 @@ class KernelNamespaces:
         # the mount table stays as it was (see check_external)
         self._seen: dict[str, tuple[int, int]] = {}
         self._mounts = MountWatch()
+        # the namespace this object was made in (the agent's, the host's): taken now, since
+        # /proc/self/ns/net shows whatever namespace the main thread is in at the moment of
+        # the look, and the event loop's thread steps into sandboxes for a moment to make
+        # sockets there (netns.sockets_in)
+        self._own = netns.identity("/proc/thread-self/ns/net")
 
     def host_paths(self) -> list[str]:
         """The host's namespaces, which no container may use."""
@@ -41,7 +46,7 @@ class KernelNamespaces:
                 netns=path,
             )
         for host in self.host_paths():
-            if netns.identity(host) == ident:
+            if netns.identity(host) == ident or (host == "/proc/self/ns/net" and ident == self._own):
                 raise NotANamespace(
                     f"netns path {path} is the host's own network namespace ({host}): a container's interfaces "
                     "would land on the host; give the container's namespace",

@@ -82,3 +82,25 @@ def test_sandbox_ids_alike_in_their_first_12_characters(bed: Testbed, tmp_path) 
         assert r.returncode == 1 and "letter or digit" in r.stderr, r.stderr
     finally:
         agent.stop()
+
+
+def test_the_agents_own_namespace_is_refused_whatever_thread_looks(bed: Testbed, tmp_path) -> None:
+    """Breaker (issue 22 follow-up of the Docker hand-over fault): ``/proc/self/ns/net`` names the
+    namespace the process's *main* thread is in at the moment of the look, and the event loop's
+    thread steps into sandboxes for a moment to make sockets there.  The agent's own namespace is
+    taken when the check is made; here the checker lives in test host h1 while the main thread
+    stays elsewhere, and h1's path is refused as the host's own (before: accepted as a sandbox)."""
+    from libnet.errors import NotANamespace
+    from libnet.kernel.netns import NamespaceThread
+    from libnet.kernel_namespaces import KernelNamespaces
+
+    home = bed.hosts[0].ns
+    th = NamespaceThread(home)
+    try:
+        checker = th.call(KernelNamespaces, str(tmp_path), "0123456789ab", None)
+        with pytest.raises(NotANamespace, match="host's own"):
+            th.call(checker.check_external, f"/run/netns/{home}", {})
+        other = f"/run/netns/{bed.namespace('c1')}"
+        th.call(checker.check_external, other, {})  # a container's namespace is fine
+    finally:
+        th.close()
