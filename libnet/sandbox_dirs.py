@@ -94,6 +94,15 @@ class DirPool:
             self._refill()
         return ready
 
+    def tidy(self) -> None:
+        """At start: what an earlier run left in ``.pool`` and ``.trash`` (a crash, a kill)
+        is deleted on the pool's thread now, not only at the first sandbox made or
+        removed (which may be long after, or never).  The pool is not filled here."""
+        if self._closed or self._started:
+            return
+        if any(os.path.lexists(p) and os.listdir(p) for p in (self._pool_dir, self._trash_dir) if _plain_dir(p)):
+            self._submit(self._tidy)
+
     def give_back(self, ready: Ready) -> None:
         """A taken directory the caller did not use (its rename failed): deleted."""
         self.discard(ready[0])
@@ -166,6 +175,14 @@ class DirPool:
     def _start(self) -> None:
         """Clear what an earlier run left in the pool (files it may have half made) and
         the trash, then fill the pool."""
+        self._tidy()
+        with self._lock:
+            self._refilling = True
+        self._make_batch()
+
+    def _tidy(self) -> None:
+        """Delete the pool's directories (none of this run's: taken before the first fill)
+        and empty the trash."""
         fd = self._open_own(self._pool_dir)
         if fd is not None:
             try:
@@ -176,9 +193,6 @@ class DirPool:
         with self._lock:
             self._purging = True
         self._empty_trash()
-        with self._lock:
-            self._refilling = True
-        self._make_batch()
 
     def _open_own(self, path: str, make: bool = False) -> int | None:
         """A descriptor of ``path``, a plain directory (made if ``make``); None when it is

@@ -149,3 +149,50 @@ def test_symlinks_inside_a_sandbox_directory_are_removed_not_followed(tmp_path) 
     assert os.listdir(os.path.join(root, TRASH)) == []
     assert _read(os.path.join(victim, "passwd")) == "x\n"
     assert os.listdir(os.path.join(victim, "sub")) == ["hosts"]
+
+
+def test_a_start_deletes_what_a_killed_run_left_without_waiting_for_a_sandbox(tmp_path) -> None:
+    """A kill -9 leaves half-made pool directories and a full trash; the next run deletes
+    them at its start, not only at its first sandbox made or removed (maybe never)."""
+    root = str(tmp_path / "sandboxes")
+    first = _pool(root)
+    first.take()
+    first.discard(_sandbox_dir(root, "a" * 64))
+    first.close()
+    for name in ("left.1", "left.2"):  # as a kill in the middle of a fill or a purge leaves them
+        _sandbox_dir(os.path.join(root, TRASH), name)
+    os.makedirs(os.path.join(root, POOL, "dhalf.1"))
+    assert os.listdir(os.path.join(root, POOL)) and os.listdir(os.path.join(root, TRASH))
+    pool = _pool(root)
+    pool.tidy()
+    pool.close()  # waits for the queued work
+    assert os.listdir(os.path.join(root, POOL)) == []
+    assert os.listdir(os.path.join(root, TRASH)) == []
+
+
+def test_tidy_of_a_clean_state_dir_starts_no_thread(tmp_path) -> None:
+    pool = _pool(str(tmp_path / "sandboxes"))
+    pool.tidy()
+    assert pool._exec is None
+    pool.close()
+
+
+async def test_the_controller_tidies_at_start(tmp_path) -> None:
+    from ipam.ipam import StoreIpam
+    from libnet import Config, Controller
+    from libnet.store.memory import MemoryStore
+    from libnet.testing.fakes import FakeDriver, FakeNamespaces
+
+    state = tmp_path / "state"
+    _sandbox_dir(str(state / "sandboxes" / TRASH), "left.1")
+    store = MemoryStore()
+    ctl = Controller(
+        Config(state_dir=str(state), resolv_conf=str(tmp_path / "resolv.conf")),
+        store=store,
+        ipam=StoreIpam(store),
+        drivers={"bridge": FakeDriver("bridge")},
+        namespaces=FakeNamespaces(),
+    )
+    await ctl.start()
+    await ctl.close()  # waits for the pool's queued work
+    assert os.listdir(state / "sandboxes" / TRASH) == []
