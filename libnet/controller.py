@@ -202,6 +202,7 @@ class Controller:
         if self._started:
             return self
         self._bind(wiring.build(self.config, self._given))
+        self._files.tidy()  # what a crash left in the sandbox directory pool and trash
         if self._dns_binding is not None:
             self._dns_binding.follow(self._drivers.remote_peers())
             await self._dns_binding.restore()

@@ -28,6 +28,7 @@ import contextlib
 import itertools
 import logging
 import os
+import stat
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -69,6 +70,8 @@ class DirPool:
         self._exec: ThreadPoolExecutor | None = None
         self._started = False
         self._kept: set[str] = set()  # trash entries holding files libnet did not make
+        self._disabled = False  # .pool is not a directory libnet can use (a file, a symlink): no pool
+        self._warned: set[str] = set()  # .pool/.trash found not to be directories (logged once)
 
     # --- the caller's side -------------------------------------------------------
 
@@ -77,7 +80,7 @@ class DirPool:
         away; None when none is ready (the caller makes its own).  Starts a refill
         when the pool runs low (the first call fills it, after clearing what a
         previous run left)."""
-        if self._closed:
+        if self._closed or self._disabled:
             return None
         if not self._started:
             self._started = True
@@ -91,6 +94,15 @@ class DirPool:
             self._refill()
         return ready
 
+    def tidy(self) -> None:
+        """At start: what an earlier run left in ``.pool`` and ``.trash`` (a crash, a kill)
+        is deleted on the pool's thread now, not only at the first sandbox made or
+        removed (which may be long after, or never).  The pool is not filled here."""
+        if self._closed or self._started:
+            return
+        if any(os.path.lexists(p) and os.listdir(p) for p in (self._pool_dir, self._trash_dir) if _plain_dir(p)):
+            self._submit(self._tidy)
+
     def give_back(self, ready: Ready) -> None:
         """A taken directory the caller did not use (its rename failed): deleted."""
         self.discard(ready[0])
@@ -98,19 +110,32 @@ class DirPool:
     def discard(self, directory: str) -> bool:
         """Move ``directory`` (a sandbox's, or a taken pool one) out of the way into the
         trash, deleted there in the background; False if it does not exist.  Where it
-        cannot be moved (the trash cannot be made) it is deleted here and now."""
+        cannot be moved (the trash cannot be made, or is not a plain directory) it is
+        deleted here and now.  What is not a plain directory (a symlink put in its
+        place, a file) is not libnet's: left where it is, logged, never followed."""
+        try:
+            st = os.lstat(directory)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            log.warning("sandbox directory %s not removed: %s", directory, exc)
+            return True
+        if not stat.S_ISDIR(st.st_mode):
+            log.warning(
+                "sandbox directory %s kept: not a directory libnet made (a symlink or file); remove it by hand",
+                directory,
+            )
+            return True
         target = os.path.join(self._trash_dir, f"{os.path.basename(directory)}.{self._tag}.{next(self._seq)}")
         try:
+            if not _plain_dir(self._trash_dir):  # missing (first use, removed by hand), or a symlink/file
+                os.mkdir(self._trash_dir, 0o755)  # FileExistsError for a symlink or file: deleted here below
             os.rename(directory, target)
         except FileNotFoundError:
             if not os.path.lexists(directory):
                 return False
-            try:  # the trash itself is missing (first use, or removed by hand)
-                os.makedirs(self._trash_dir, exist_ok=True)
-                os.rename(directory, target)
-            except OSError:
-                self._remove(directory)
-                return True
+            self._remove(directory)
+            return True
         except OSError:
             self._remove(directory)
             return True
@@ -150,97 +175,183 @@ class DirPool:
     def _start(self) -> None:
         """Clear what an earlier run left in the pool (files it may have half made) and
         the trash, then fill the pool."""
-        with contextlib.suppress(FileNotFoundError):
-            for name in os.listdir(self._pool_dir):
-                self._remove(os.path.join(self._pool_dir, name))
-        with self._lock:
-            self._purging = True
-        self._empty_trash()
+        self._tidy()
         with self._lock:
             self._refilling = True
         self._make_batch()
 
+    def _tidy(self) -> None:
+        """Delete the pool's directories (none of this run's: taken before the first fill)
+        and empty the trash."""
+        fd = self._open_own(self._pool_dir)
+        if fd is not None:
+            try:
+                for name in os.listdir(fd):
+                    self._remove_at(fd, name, os.path.join(self._pool_dir, name))
+            finally:
+                os.close(fd)
+        with self._lock:
+            self._purging = True
+        self._empty_trash()
+
+    def _open_own(self, path: str, make: bool = False) -> int | None:
+        """A descriptor of ``path``, a plain directory (made if ``make``); None when it is
+        missing, or is a symlink or a file: never followed (logged once; for ``.pool`` the
+        pool is off from then on)."""
+        if make:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(path, 0o755)
+        try:
+            return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:  # ELOOP (a symlink), ENOTDIR (a file)
+            if path not in self._warned:
+                self._warned.add(path)
+                log.warning(
+                    "%s is not a directory (%s): libnet neither follows nor removes it; %s",
+                    path,
+                    exc.strerror,
+                    "no sandbox directories made ahead"
+                    if path == self._pool_dir
+                    else "removed sandbox directories are deleted at once",
+                )
+            if path == self._pool_dir:
+                self._disabled = True
+            return None
+
     def _make_batch(self) -> None:
         try:
-            os.makedirs(self._pool_dir, mode=0o755, exist_ok=True)
-            for _ in range(self.batch):
-                if self._closed or len(self._ready) >= self.low + self.batch:
-                    break
-                ready = self._make_one()
-                if ready is not None:
-                    self._ready.append(ready)
+            os.makedirs(self.root, mode=0o755, exist_ok=True)
+            fd = self._open_own(self._pool_dir, make=True)
+            if fd is None:
+                return
+            try:
+                for _ in range(self.batch):
+                    if self._closed or len(self._ready) >= self.low + self.batch:
+                        break
+                    ready = self._make_one(fd)
+                    if ready is not None:
+                        self._ready.append(ready)
+            finally:
+                os.close(fd)
         finally:
             with self._lock:
                 self._refilling = False
 
-    def _make_one(self) -> Ready | None:
-        path = os.path.join(self._pool_dir, f"d{self._tag}.{next(self._seq)}")
+    def _make_one(self, pool_fd: int) -> Ready | None:
+        name = f"d{self._tag}.{next(self._seq)}"
+        path = os.path.join(self._pool_dir, name)
         try:
-            os.mkdir(path, 0o755)
-            stats = {}
-            for name in self.names:
-                fd = os.open(
-                    os.path.join(path, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644
-                )
-                try:
-                    stats[name] = os.fstat(fd)
-                finally:
-                    os.close(fd)
+            os.mkdir(name, 0o755, dir_fd=pool_fd)
         except OSError as exc:
             log.debug("sandbox directory pool: %s not made: %s", path, exc)
-            self._remove(path)
+            return None
+        try:
+            stats = {}
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pool_fd)
+            try:
+                for file in self.names:
+                    ffd = os.open(
+                        file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644, dir_fd=fd
+                    )
+                    try:
+                        stats[file] = os.fstat(ffd)
+                    finally:
+                        os.close(ffd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.debug("sandbox directory pool: %s not made: %s", path, exc)
+            self._remove_at(pool_fd, name, path)
             return None
         return path, stats
 
     def _empty_trash(self) -> None:
         try:
-            for _ in range(1000):  # bounded: what was trashed while this ran is taken next round
-                try:
-                    names = os.listdir(self._trash_dir)
-                except FileNotFoundError:
-                    return
-                if not names or set(names) <= self._kept:
-                    return
-                for name in names:
-                    if name not in self._kept and not self._remove(os.path.join(self._trash_dir, name)):
-                        self._kept.add(name)
+            fd = self._open_own(self._trash_dir)
+            if fd is None:
+                return
+            try:
+                for _ in range(1000):  # bounded: what was trashed while this ran is taken next round
+                    names = os.listdir(fd)
+                    if not names or set(names) <= self._kept:
+                        return
+                    for name in names:
+                        if name not in self._kept and not self._remove_at(
+                            fd, name, os.path.join(self._trash_dir, name)
+                        ):
+                            self._kept.add(name)
+            finally:
+                os.close(fd)
         finally:
             with self._lock:
                 self._purging = False
 
     def _remove(self, path: str) -> bool:
-        """Delete ``path``: a directory of libnet's files, or a stray file or symlink
-        (removed, never followed); gone is fine.  False (and logged) when the
-        directory holds something libnet did not make: that stays."""
+        """:meth:`_remove_at` of ``path`` (its parent directory's path is followed as given)."""
         try:
-            if os.path.islink(path) or not os.path.isdir(path):
-                os.unlink(path)
-                return True
-            names = os.listdir(path)
+            parent = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
             return True
         except OSError as exc:
             log.warning("sandbox directory %s not removed: %s", path, exc)
             return False
-        foreign = sorted(set(names) - self.own)
-        for name in set(names) & self.own:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(path, name))
+        try:
+            return self._remove_at(parent, os.path.basename(path), path)
+        finally:
+            os.close(parent)
+
+    def _remove_at(self, parent: int, name: str, path: str) -> bool:
+        """Delete the directory ``name`` of ``parent`` (``path``, for the log) with the files
+        libnet makes in it; gone is fine.  Nothing is followed.  False (and logged) when it
+        is not a plain directory (a symlink, a file: not libnet's) or holds anything else
+        than libnet's regular files: that stays."""
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        except FileNotFoundError:
+            return True
+        except OSError as exc:  # ELOOP, ENOTDIR: a symlink or a file, not libnet's
+            log.warning("%s kept: not a directory libnet made (%s); remove it by hand", path, exc.strerror)
+            return False
+        try:
+            names = os.listdir(fd)
+            foreign = sorted(set(names) - self.own)
+            for file in set(names) & self.own:
+                try:
+                    os.unlink(file, dir_fd=fd)  # a symlink itself, never what it names
+                except FileNotFoundError:
+                    pass
+                except OSError:  # a directory of that name (EISDIR): not libnet's
+                    foreign.append(file)
+        except OSError as exc:
+            log.warning("sandbox directory %s not removed: %s", path, exc)
+            return False
+        finally:
+            os.close(fd)
         if foreign:
             log.warning(
                 "sandbox directory %s kept: it holds files libnet did not make (%s); remove it by hand",
                 path,
-                ", ".join(foreign[:5]),
+                ", ".join(sorted(foreign)[:5]),
             )
             return False
         try:
-            os.rmdir(path)
+            os.rmdir(name, dir_fd=parent)
         except FileNotFoundError:
             pass
         except OSError as exc:
             log.warning("sandbox directory %s not removed: %s", path, exc)
             return False
         return True
+
+
+def _plain_dir(path: str) -> bool:
+    """Whether ``path`` is a directory itself (not a symlink to one)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _logged(fn: Callable[[], None]) -> None:

@@ -455,6 +455,10 @@ class SandboxFiles:
             self._written[(sandbox_id, name)] = (text, (st.st_ino, st.st_size, st.st_mtime_ns))
         return True
 
+    def tidy(self) -> None:
+        """At start: delete what an earlier run left in the directory pool and trash (on its thread)."""
+        self.dirs.tidy()
+
     def close(self) -> None:
         """Stop the directory pool's thread."""
         self.dirs.close()
