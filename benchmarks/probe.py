@@ -68,6 +68,13 @@ async def ping_until(ns: str, addr: str, deadline: float, ident: int) -> float |
 
 
 def flush_arp(ns: str) -> None:
-    """Drop the neighbour entries of a container's ``eth0`` (all test hosts share one neighbour table)."""
+    """Drop the neighbour entries a container's ``eth0`` learned (its ARP cache).
+
+    All test hosts share the kernel's one neighbour table: each trial leaves
+    one learned entry per probing container, and left there they outlive
+    the trial by a minute or more (reachable, then stale until garbage
+    collected).  At 50 hosts they pass ``gc_thresh3`` (1024) after twenty
+    or so trials; new entries then fail ("neighbor table overflow") until
+    old ones age out, and trials take seconds."""
     with Netlink(ns) as nl:
-        nl.flush_neighbours("eth0")
+        nl.flush_learned_neighbours("eth0")

@@ -45,6 +45,7 @@ from libnet.kernel.wire import (
     NLMSG_DONE,
     NLMSG_ERROR,
     NTF_SELF,
+    NUD_NOARP,
     NUD_PERMANENT,
     RTA,
     RTM_DELNEIGH,
@@ -240,6 +241,17 @@ class NeighbourSocket(RtnlSocket):
         entries = self.dump_neighbours(ifindex)
         self.delete_neighbours(ifindex, entries)
         return len(entries)
+
+    def flush_learned_neighbours(self, ifindex: int) -> int:
+        """Delete the entries the kernel made itself on ``ifindex`` (resolved, stale, incomplete,
+        failed: all but permanent and NOARP ones), v4 and v6; returns how many."""
+        learned = [
+            Neighbour(_ip_str(found[NDA_DST]), "")  # a delete names the address only
+            for _fam, idx, state, _flags, found in self._dump(socket.AF_UNSPEC, ifindex, by_attr=True)
+            if idx == ifindex and not state & (NUD_PERMANENT | NUD_NOARP) and NDA_DST in found
+        ]
+        self.delete_neighbours(ifindex, learned)
+        return len(learned)
 
     # --- FDB ------------------------------------------------------------------
 

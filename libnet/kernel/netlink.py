@@ -849,8 +849,14 @@ class Netlink:
         return self._run("dump neighbours", lambda: self.neigh.dump_neighbours(self._index(link)), ifname=link)
 
     def flush_neighbours(self, link: str | int) -> int:
-        """Delete all neighbour entries of ``link``; returns how many."""
+        """Delete the permanent (programmed) neighbour entries of ``link``; returns how many."""
         return self._run("flush neighbours", lambda: self.neigh.flush_neighbours(self._index(link)), ifname=link)
+
+    def flush_learned_neighbours(self, link: str | int) -> int:
+        """Delete the neighbour entries the kernel learned on ``link`` (all but permanent and NOARP ones)."""
+        return self._run(
+            "flush learned neighbours", lambda: self.neigh.flush_learned_neighbours(self._index(link)), ifname=link
+        )
 
     def replace_fdb(self, link: str | int, entries: Iterable[FdbEntry]) -> None:
         """Add or replace FDB entries (MAC -> VTEP) in bulk; flood entries append."""

@@ -98,3 +98,24 @@ def test_programming_by_name_does_not_dump_links(vxlan: Netlink, monkeypatch) ->
     assert entry in vxlan.fdb("vx0")
     with pytest.raises(NoSuchLink):
         vxlan.replace_fdb("nosuch0", [entry])
+
+
+def test_flush_arp_drops_learned_entries_and_keeps_permanent_ones(bed: Testbed) -> None:
+    """The convergence benchmarks' ARP flush between trials: all test hosts share the kernel's one
+    neighbour table, and learned entries left behind fill it (gc_thresh3) until new ones fail."""
+    from benchmarks.probe import flush_arp
+
+    h1, h2 = bed.hosts
+    assert bed.ping(h1.ns, h2.ipv4, count=3)
+    pinned = Neighbour("203.0.113.250", "02:00:00:00:00:fa")
+    with Netlink(h1.ns) as nl:
+        nl.replace_neighbours(h1.ifname, [pinned])
+    learned = bed.run(h1.ns, ["ip", "-4", "neigh", "show", "dev", h1.ifname, h2.ipv4], check=True).stdout
+    assert h2.ipv4 in learned  # the ping made a learned entry
+
+    flush_arp(h1.ns)  # the test host's eth0, as a container's
+
+    left = bed.run(h1.ns, ["ip", "-4", "neigh", "show", "dev", h1.ifname], check=True).stdout
+    assert h2.ipv4 not in left
+    with Netlink(h1.ns) as nl:
+        assert nl.neighbours(h1.ifname) == [pinned]  # programmed entries stay
