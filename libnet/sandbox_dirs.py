@@ -64,6 +64,7 @@ class DirPool:
         self._lock = threading.Lock()
         self._refilling = False
         self._purging = False
+        self._purge_again = False  # a directory was trashed while a purge ran: another round
         self._closed = False
         self._seq = itertools.count()
         self._tag = f"{os.getpid()}-{id(self):x}"
@@ -167,7 +168,10 @@ class DirPool:
 
     def _purge(self) -> None:
         with self._lock:
-            if self._purging or self._closed:
+            if self._closed:
+                return
+            if self._purging:  # the running purge may have listed the trash already: it goes round again
+                self._purge_again = True
                 return
             self._purging = True
         self._submit(self._empty_trash)
@@ -268,25 +272,38 @@ class DirPool:
         return path, stats
 
     def _empty_trash(self) -> None:
-        try:
-            fd = self._open_own(self._trash_dir)
-            if fd is None:
-                return
+        """Empty the trash, again while directories were trashed during a round (their
+        :meth:`_purge` found this one running and left the work to it).  The last look
+        at that flag and the end of the purge are one step under the lock."""
+        for _ in range(100):  # bounded: each round is one more discard seen during the last
             try:
-                for _ in range(1000):  # bounded: what was trashed while this ran is taken next round
-                    names = os.listdir(fd)
-                    if not names or set(names) <= self._kept:
-                        return
-                    for name in names:
-                        if name not in self._kept and not self._remove_at(
-                            fd, name, os.path.join(self._trash_dir, name)
-                        ):
-                            self._kept.add(name)
-            finally:
-                os.close(fd)
-        finally:
+                self._empty_trash_once()
+            except BaseException:
+                with self._lock:
+                    self._purging = self._purge_again = False
+                raise
             with self._lock:
-                self._purging = False
+                if not self._purge_again:
+                    self._purging = False
+                    return
+                self._purge_again = False
+        with self._lock:
+            self._purging = False
+
+    def _empty_trash_once(self) -> None:
+        fd = self._open_own(self._trash_dir)
+        if fd is None:
+            return
+        try:
+            for _ in range(1000):  # bounded: what was trashed while this ran is taken next round
+                names = os.listdir(fd)
+                if not names or set(names) <= self._kept:
+                    return
+                for name in names:
+                    if name not in self._kept and not self._remove_at(fd, name, os.path.join(self._trash_dir, name)):
+                        self._kept.add(name)
+        finally:
+            os.close(fd)
 
     def _remove(self, path: str) -> bool:
         """:meth:`_remove_at` of ``path`` (its parent directory's path is followed as given)."""

@@ -196,3 +196,32 @@ async def test_the_controller_tidies_at_start(tmp_path) -> None:
     await ctl.start()
     await ctl.close()  # waits for the pool's queued work
     assert os.listdir(state / "sandboxes" / TRASH) == []
+
+
+def test_a_directory_trashed_while_a_purge_runs_is_deleted_by_that_purge(tmp_path, monkeypatch) -> None:
+    """A discard whose purge finds another running (past its look at the trash) leaves the
+    work to it: that purge goes round again (CI once saw the directory stay in the trash)."""
+    import threading
+
+    root = str(tmp_path / "sandboxes")
+    sb = _sandbox_dir(root, "a" * 64)
+    pool = _pool(root)
+    reached, go = threading.Event(), threading.Event()
+    real_open_own = DirPool._open_own
+
+    def slow_open_own(self: DirPool, path: str, make: bool = False) -> int | None:
+        fd = real_open_own(self, path, make)
+        if path.endswith(TRASH) and not go.is_set():  # the first look at the trash: hold it there
+            reached.set()
+            assert go.wait(10)
+        return fd
+
+    monkeypatch.setattr(DirPool, "_open_own", slow_open_own)
+    pool.take()  # the start's purge runs on the pool's thread, and stops after its look
+    assert reached.wait(10)
+    assert pool.discard(sb)
+    go.set()
+    pool._exec.submit(lambda: None).result()  # type: ignore[union-attr]
+    pool.close()
+    assert not os.path.lexists(sb)
+    assert os.listdir(os.path.join(root, TRASH)) == []
