@@ -14,6 +14,7 @@ import contextlib
 import ipaddress
 import socket
 import struct
+import threading
 import time
 
 import pytest
@@ -26,17 +27,19 @@ from libnet.testing.hosts import Testbed, host_config
 
 pytestmark = pytest.mark.root
 
-#: how long host 1 holds back programming the new peer (its first ARP/NS goes out before)
-DELAY = 0.3
+#: host 1 programs the new peer this long after its container sent the first echo (whose ARP/NS
+#: then went out unanswered); the retransmission would come ~1 s after that echo
+HOLD = 0.2
 
 
 def ip(cidr: str) -> str:
     return str(ipaddress.ip_interface(cidr).ip)
 
 
-def first_reply(ns: str, addr: str, timeout: float) -> tuple[float, float | None]:
+def first_reply(ns: str, addr: str, timeout: float, asked: threading.Event) -> tuple[float, float | None]:
     """ICMP echo from inside ``ns`` to ``addr`` every 20 ms: (monotonic time of the first request,
-    of the first reply or None within ``timeout``).  Blocking: run it on a thread."""
+    of the first reply or None within ``timeout``); ``asked`` is set once the first went out.
+    Blocking: run it on a thread."""
     v6 = ipaddress.ip_address(addr).version == 6
     family, proto, request, reply = (
         (socket.AF_INET6, socket.IPPROTO_ICMPV6, 128, 129) if v6 else (socket.AF_INET, socket.IPPROTO_ICMP, 8, 0)
@@ -56,6 +59,7 @@ def first_reply(ns: str, addr: str, timeout: float) -> tuple[float, float | None
             with contextlib.suppress(OSError):
                 sock.sendto(head, (addr, 0))
                 first = first if first is not None else time.monotonic()
+                asked.set()
             until = time.monotonic() + 0.02
             while (left := until - time.monotonic()) > 0:
                 sock.settimeout(left)
@@ -84,8 +88,8 @@ async def controllers(bed: Testbed, tmp_path):
 
 
 async def test_a_container_reaches_a_brand_new_peer_right_after_its_entry_is_programmed(tmp_path) -> None:
-    """Host 1 programs host 2's new container ``DELAY`` s late, after host 1's container has already
-    asked for its addresses (ARP and ND): the first echo reply comes within 0.2 s of programming,
+    """Host 1 programs host 2's new container only ``HOLD`` s after host 1's container has asked for
+    its addresses (ARP and ND, unanswered then): the first echo reply comes within 0.2 s of programming,
     not after the one-second retransmission.  The announcements go only into host 1's container
     ports: none crosses the underlay (sent through ``br0`` they would flood to every VTEP)."""
     from scapy.layers.inet6 import ICMPv6ND_NA
@@ -99,9 +103,16 @@ async def test_a_container_reaches_a_brand_new_peer_right_after_its_entry_is_pro
             drv = ctls[0].driver("overlay")
             await drv.programmer.settled()
 
-            loop = asyncio.get_running_loop()
-            mark = drv.programmer.mark
-            drv.programmer.mark = lambda nid: loop.call_later(DELAY, mark, nid)  # type: ignore[method-assign]
+            asked = [threading.Event(), threading.Event()]  # each prober's first echo went out
+            mark, held = drv.programmer.mark, []
+
+            async def later(nid: str) -> None:
+                for event in asked:
+                    await asyncio.to_thread(event.wait, 10)
+                await asyncio.sleep(HOLD)
+                mark(nid)
+
+            drv.programmer.mark = lambda nid: held.append(asyncio.create_task(later(nid)))  # type: ignore[method-assign]
             programmed: dict[str, float] = {}
             apply = drv.programmer.ops.apply
 
@@ -116,9 +127,10 @@ async def test_a_container_reaches_a_brand_new_peer_right_after_its_entry_is_pro
             sb = await ctls[1].create_sandbox(hostname="b")
             eb = await ctls[1].connect("ov", sb.id)
             results = await asyncio.gather(
-                asyncio.to_thread(first_reply, sa.netns, ip(eb.ipv4), 3.0),
-                asyncio.to_thread(first_reply, sa.netns, ip(eb.ipv6), 3.0),
+                asyncio.to_thread(first_reply, sa.netns, ip(eb.ipv4), 3.0, asked[0]),
+                asyncio.to_thread(first_reply, sa.netns, ip(eb.ipv6), 3.0, asked[1]),
             )
+            await asyncio.gather(*held)
             packets = cap.stop(bed)
             v4, v6 = ip(eb.ipv4), ip(eb.ipv6)
             crossed = [p for p in packets if ARP in p and p[ARP].psrc == p[ARP].pdst == v4]
