@@ -59,6 +59,8 @@ from libnet.kernel.wire import (
     IFLA_MASTER,
     IFLA_MTU,
     IFLA_NET_NS_FD,
+    IFLA_NUM_RX_QUEUES,
+    IFLA_NUM_TX_QUEUES,
     IFLA_PROTINFO,
     MAX_ALIAS,
     NETLINK_CAP_ACK,
@@ -162,8 +164,19 @@ def veth_body(
     master: int | None,
     peer_mac: str | None,
     up: bool = True,
+    queues: int | None = 1,
 ) -> bytes:
-    """RTM_NEWLINK body: a veth pair, the peer created directly in another namespace."""
+    """RTM_NEWLINK body: a veth pair, the peer created directly in another namespace.
+
+    ``queues``: the TX and RX queues of each end (None: the kernel's choice).  Left
+    to the kernel, a veth gets one per possible CPU and then, registered already,
+    is cut down to one in use -- and cutting down a registered device's queues
+    waits for an RCU grace period (``synchronize_net`` in
+    ``netif_set_real_num_tx_queues``), one per end: most of the time a veth's
+    creation took on a machine with more than one CPU (perf, issue 22).  Asked for
+    one queue each it is made so, and nothing waits.  One queue in use is what a
+    veth gets either way; only raising it later (``ethtool -L``, for XDP) is not
+    possible on these."""
     peer_attrs = [cstr(IFLA_IFNAME, peer)]
     if peer_ns_fd is not None:
         peer_attrs.append(u32(IFLA_NET_NS_FD, peer_ns_fd))
@@ -171,6 +184,8 @@ def veth_body(
         peer_attrs.append(attr(IFLA_ADDRESS, bytes.fromhex(peer_mac.replace(":", ""))))
     if mtu:
         peer_attrs.append(u32(IFLA_MTU, mtu))
+    if queues is not None:
+        peer_attrs += [u32(IFLA_NUM_TX_QUEUES, queues), u32(IFLA_NUM_RX_QUEUES, queues)]
     info = nested(
         IFLA_LINKINFO,
         cstr(IFLA_INFO_KIND, "veth"),
@@ -181,6 +196,8 @@ def veth_body(
         parts.append(u32(IFLA_MTU, mtu))
     if master:
         parts.append(u32(IFLA_MASTER, master))
+    if queues is not None:
+        parts += [u32(IFLA_NUM_TX_QUEUES, queues), u32(IFLA_NUM_RX_QUEUES, queues)]
     parts.append(info)
     return b"".join(parts)
 
