@@ -372,6 +372,38 @@ async def test_failed_join_then_delete_endpoint(tmp_path) -> None:
     await ctl.close()
 
 
+async def test_a_sandbox_the_plugin_did_not_make_is_never_removed(client) -> None:
+    """Breaker: a libnet sandbox (libnet's own API) with the id of a Docker endpoint -- or one that id is a
+    prefix of -- was removed by that endpoint's Leave or DeleteEndpoint: the failed Join ("a sandbox with that
+    id exists") left no staging sandbox in the mapping, and the plugin then took the one of that id."""
+    ctl = client.ctl
+    await ctl.create_sandbox(EID, hostname="users")
+    await ctl.create_sandbox("e" * 80, hostname="longer")
+    await call(client, "/NetworkDriver.CreateNetwork", create_net())
+    await call(client, "/NetworkDriver.CreateEndpoint", create_ep())
+    ids = {"NetworkID": NID, "EndpointID": EID, "SandboxKey": SBKEY}
+    err = await call(client, "/NetworkDriver.Join", ids, status=500)
+    assert "did not make" in err["Err"] and "left alone" in err["Err"]
+    assert await call(client, "/NetworkDriver.Leave", ids) == {}
+    assert await call(client, "/NetworkDriver.DeleteEndpoint", ids) == {}
+    short = {"NetworkID": NID, "EndpointID": "eeee"}  # not Docker's shape, but an id the plugin takes
+    await call(client, "/NetworkDriver.CreateEndpoint", {**short, "Interface": {}})
+    assert await call(client, "/NetworkDriver.DeleteEndpoint", short) == {}
+    assert sorted(s.hostname or "" for s in await ctl.sandboxes()) == ["longer", "users"]
+    assert client.moved == []
+
+
+async def test_a_staging_sandbox_a_killed_join_did_not_record_is_removed(client) -> None:
+    """A kill between the Join's staging sandbox and its mapping: the next DeleteEndpoint still removes it."""
+    ctl = client.ctl
+    await call(client, "/NetworkDriver.CreateNetwork", create_net())
+    await call(client, "/NetworkDriver.CreateEndpoint", create_ep())
+    await ctl.create_sandbox(EID, origin="docker")  # as Join makes it; the mapping never learnt it
+    ids = {"NetworkID": NID, "EndpointID": EID}
+    assert await call(client, "/NetworkDriver.DeleteEndpoint", ids) == {}
+    assert await ctl.sandboxes() == [] and await ctl.endpoints() == []
+
+
 async def test_handover_names_this_namespace_here_and_checks_the_interface_arrived(monkeypatch) -> None:
     """The hand-over's target is a descriptor of the event loop thread's namespace, opened before the hop to
     the worker (a /proc/<pid>/ns/net path opened there named wherever the main thread was at that moment:
