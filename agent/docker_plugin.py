@@ -201,8 +201,8 @@ class DockerPlugin:
 
     async def create_network(self, req: dict[str, Any]) -> dict[str, Any]:
         nid = _id(req.get("NetworkID"), "NetworkID")
-        opts = req.get("Options") or {}
-        generic = dict(opts.get(GENERIC) or {})
+        opts = _obj(req.get("Options"), "Options")
+        generic = dict(_obj(opts.get(GENERIC), f"Options.{GENERIC}"))
         driver = str(generic.pop(OPT_DRIVER, "bridge"))
         if driver not in DRIVERS:
             raise InvalidOption(f"-o {OPT_DRIVER} must be one of {', '.join(DRIVERS)}, not {driver!r}", option=driver)
@@ -298,8 +298,8 @@ class DockerPlugin:
 
     async def create_endpoint(self, req: dict[str, Any]) -> dict[str, Any]:
         nid, eid = _id(req.get("NetworkID"), "NetworkID"), _id(req.get("EndpointID"), "EndpointID")
-        iface = req.get("Interface") or {}
-        opts = req.get("Options") or {}
+        iface = _obj(req.get("Interface"), "Interface")
+        opts = _obj(req.get("Options"), "Options")
         nw = await self._network(nid)
         if await self._get("endpoints", eid) is not None:
             raise Conflict(f"endpoint {eid[:12]} exists", docker_endpoint=eid)
@@ -553,7 +553,7 @@ class DockerPlugin:
         """Publish the container's ports (``-p``) on this endpoint: Docker calls this for the endpoint that
         carries the container's default route only, so a container on several networks publishes once."""
         _m, ep = await self._endpoint(req.get("EndpointID"))
-        await self.ctl.publish(ep.id, _ports((req.get("Options") or {}).get(PORTMAP)))
+        await self.ctl.publish(ep.id, _ports(_obj(req.get("Options"), "Options").get(PORTMAP)))
         return {}
 
     async def revoke_external_connectivity(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -574,6 +574,15 @@ class DockerPlugin:
 def _id(value: Any, field: str) -> str:
     if not isinstance(value, str) or not value or len(value) > 128 or not value.isalnum():
         raise BadRequest(f"{field} must be Docker's id (letters and digits)", field=field)
+    return value
+
+
+def _obj(value: Any, field: str) -> dict[str, Any]:
+    """A JSON object field of a request (missing or null: empty); ``BadRequest`` for anything else."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"{field} must be an object", field=field)
     return value
 
 

@@ -339,6 +339,25 @@ async def test_errors_are_err_with_libnet_messages(client) -> None:
     assert len(await client.ctl.endpoints()) == 2  # refusals left nothing behind
 
 
+async def test_fields_of_the_wrong_type_are_refused_clearly(client) -> None:
+    """Breaker: ``"Options": "x"`` (or a string Interface, generic options) answered aiohttp's bare
+    "500 Server got itself in trouble" (an AttributeError), not an ``Err`` naming the field."""
+    for body, field in (
+        ({"NetworkID": NID2, "Options": "x"}, "Options"),
+        ({"NetworkID": NID2, "Options": {"com.docker.network.generic": ["x"]}}, "generic"),
+    ):
+        r = await client.post("/NetworkDriver.CreateNetwork", data=json.dumps(body).encode(), headers=ACCEPT)
+        assert r.headers["Content-Type"].startswith(CONTENT_TYPE), await r.text()
+        assert field in json.loads(await r.text())["Err"]
+    await call(client, "/NetworkDriver.CreateNetwork", create_net())
+    for key in ("Interface", "Options"):
+        body = {**create_ep(), key: "x"}
+        r = await client.post("/NetworkDriver.CreateEndpoint", data=json.dumps(body).encode(), headers=ACCEPT)
+        assert r.headers["Content-Type"].startswith(CONTENT_TYPE), await r.text()
+        assert key in json.loads(await r.text())["Err"]
+    assert await client.ctl.endpoints() == [] and len(await client.ctl.networks()) == 1
+
+
 async def test_an_address_docker_gives_again_replaces_the_endpoint_it_forgot(client) -> None:
     """A killed dockerd forgets its endpoints without Leave/DeleteEndpoint and gives their addresses again."""
     await call(client, "/NetworkDriver.CreateNetwork", create_net())
