@@ -339,6 +339,25 @@ async def test_errors_are_err_with_libnet_messages(client) -> None:
     assert len(await client.ctl.endpoints()) == 2  # refusals left nothing behind
 
 
+async def test_fields_of_the_wrong_type_are_refused_clearly(client) -> None:
+    """Breaker: ``"Options": "x"`` (or a string Interface, generic options) answered aiohttp's bare
+    "500 Server got itself in trouble" (an AttributeError), not an ``Err`` naming the field."""
+    for body, field in (
+        ({"NetworkID": NID2, "Options": "x"}, "Options"),
+        ({"NetworkID": NID2, "Options": {"com.docker.network.generic": ["x"]}}, "generic"),
+    ):
+        r = await client.post("/NetworkDriver.CreateNetwork", data=json.dumps(body).encode(), headers=ACCEPT)
+        assert r.headers["Content-Type"].startswith(CONTENT_TYPE), await r.text()
+        assert field in json.loads(await r.text())["Err"]
+    await call(client, "/NetworkDriver.CreateNetwork", create_net())
+    for key in ("Interface", "Options"):
+        body = {**create_ep(), key: "x"}
+        r = await client.post("/NetworkDriver.CreateEndpoint", data=json.dumps(body).encode(), headers=ACCEPT)
+        assert r.headers["Content-Type"].startswith(CONTENT_TYPE), await r.text()
+        assert key in json.loads(await r.text())["Err"]
+    assert await client.ctl.endpoints() == [] and len(await client.ctl.networks()) == 1
+
+
 async def test_an_address_docker_gives_again_replaces_the_endpoint_it_forgot(client) -> None:
     """A killed dockerd forgets its endpoints without Leave/DeleteEndpoint and gives their addresses again."""
     await call(client, "/NetworkDriver.CreateNetwork", create_net())
@@ -370,6 +389,38 @@ async def test_failed_join_then_delete_endpoint(tmp_path) -> None:
         assert await call(c, "/NetworkDriver.DeleteEndpoint", ids) == {}  # what dockerd sends next
         assert await ctl.endpoints() == []
     await ctl.close()
+
+
+async def test_a_sandbox_the_plugin_did_not_make_is_never_removed(client) -> None:
+    """Breaker: a libnet sandbox (libnet's own API) with the id of a Docker endpoint -- or one that id is a
+    prefix of -- was removed by that endpoint's Leave or DeleteEndpoint: the failed Join ("a sandbox with that
+    id exists") left no staging sandbox in the mapping, and the plugin then took the one of that id."""
+    ctl = client.ctl
+    await ctl.create_sandbox(EID, hostname="users")
+    await ctl.create_sandbox("e" * 80, hostname="longer")
+    await call(client, "/NetworkDriver.CreateNetwork", create_net())
+    await call(client, "/NetworkDriver.CreateEndpoint", create_ep())
+    ids = {"NetworkID": NID, "EndpointID": EID, "SandboxKey": SBKEY}
+    err = await call(client, "/NetworkDriver.Join", ids, status=500)
+    assert "did not make" in err["Err"] and "left alone" in err["Err"]
+    assert await call(client, "/NetworkDriver.Leave", ids) == {}
+    assert await call(client, "/NetworkDriver.DeleteEndpoint", ids) == {}
+    short = {"NetworkID": NID, "EndpointID": "eeee"}  # not Docker's shape, but an id the plugin takes
+    await call(client, "/NetworkDriver.CreateEndpoint", {**short, "Interface": {}})
+    assert await call(client, "/NetworkDriver.DeleteEndpoint", short) == {}
+    assert sorted(s.hostname or "" for s in await ctl.sandboxes()) == ["longer", "users"]
+    assert client.moved == []
+
+
+async def test_a_staging_sandbox_a_killed_join_did_not_record_is_removed(client) -> None:
+    """A kill between the Join's staging sandbox and its mapping: the next DeleteEndpoint still removes it."""
+    ctl = client.ctl
+    await call(client, "/NetworkDriver.CreateNetwork", create_net())
+    await call(client, "/NetworkDriver.CreateEndpoint", create_ep())
+    await ctl.create_sandbox(EID, origin="docker")  # as Join makes it; the mapping never learnt it
+    ids = {"NetworkID": NID, "EndpointID": EID}
+    assert await call(client, "/NetworkDriver.DeleteEndpoint", ids) == {}
+    assert await ctl.sandboxes() == [] and await ctl.endpoints() == []
 
 
 async def test_handover_names_this_namespace_here_and_checks_the_interface_arrived(monkeypatch) -> None:
