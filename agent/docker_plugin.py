@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -108,8 +109,11 @@ async def kernel_handover(netns: str, ifname: str, new_name: str) -> None:
     from libnet.kernel.netlink import Netlink
 
     home = kernel_netns.open_own()
+    owner = threading.Lock()  # who closes ``home``: the move once it started, else a cancelled caller
 
     def move() -> None:
+        if not owner.acquire(blocking=False):
+            return  # the caller was cancelled before this started, and closed it
         try:
             with Netlink(netns) as nl:
                 nl.set_down(ifname)
@@ -117,7 +121,12 @@ async def kernel_handover(netns: str, ifname: str, new_name: str) -> None:
         finally:
             os.close(home)  # here, not in the caller: a cancelled caller must not close it under the move
 
-    await asyncio.to_thread(move)
+    try:
+        await asyncio.to_thread(move)
+    except BaseException:
+        if owner.acquire(blocking=False):  # the move never started (and now never will)
+            os.close(home)
+        raise
     try:
         socket.if_nametoindex(new_name)  # an ioctl on this thread's socket: in this namespace
     except OSError:

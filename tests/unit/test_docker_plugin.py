@@ -457,6 +457,47 @@ async def test_handover_names_this_namespace_here_and_checks_the_interface_arriv
     assert moves == [("/run/netns/staging", "eth0", (here.st_dev, here.st_ino), "lndnothere12")]
 
 
+async def test_a_handover_cancelled_before_its_move_started_closes_its_namespace_descriptor(monkeypatch) -> None:
+    """A Join cancelled (dockerd gave up) while its move still waits for a worker thread: the move never
+    runs, and the descriptor of this namespace is closed by the caller, not leaked (one per event)."""
+    import asyncio
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from libnet.kernel import netlink
+    from libnet.kernel import netns as kernel_netns
+
+    opened: list[int] = []
+
+    def open_own() -> int:
+        fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        opened.append(fd)
+        return fd
+
+    class NoNetlink:
+        def __init__(self, ns):
+            raise AssertionError("the move ran after its caller was cancelled")
+
+    monkeypatch.setattr(kernel_netns, "open_own", open_own)
+    monkeypatch.setattr(netlink, "Netlink", NoNetlink)
+    loop = asyncio.get_running_loop()
+    busy, release = threading.Event(), threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as one:
+        loop.set_default_executor(one)
+        blocker = loop.run_in_executor(None, lambda: (busy.set(), release.wait(10)))
+        assert busy.wait(10)
+        task = asyncio.create_task(kernel_handover("/run/netns/staging", "eth0", "lndcancelled1"))
+        await asyncio.sleep(0.05)  # queued behind the blocker
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+        await blocker
+    assert len(opened) == 1
+    with pytest.raises(OSError):
+        os.fstat(opened[0])  # closed
+
+
 async def test_ipam_sequence(client) -> None:
     """--ipam-driver libnet with --subnet, --ip-range, --gateway, --aux-address; a container; network rm."""
     pool = await call(
