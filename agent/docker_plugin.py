@@ -438,9 +438,10 @@ class DockerPlugin:
         if ep.sandbox_id:
             raise Conflict(f"endpoint {eid[:12]} is joined already", docker_endpoint=eid)
         src = src_name(eid)
-        # staging: the container's namespace may not exist yet (docker run); Docker moves the interface in
+        # staging: the container's namespace may not exist yet (docker run); Docker moves the interface in.
+        # No resolv.conf/hosts files: the container's are Docker's, a staging sandbox's would never be read
         try:
-            sb = await self.ctl.create_sandbox(eid, origin=STAGING_ORIGIN)
+            sb = await self.ctl.create_sandbox(eid, files=False, origin=STAGING_ORIGIN)
         except Conflict:
             if not await self.ctl.repo.has_sandbox(eid):
                 raise

@@ -137,6 +137,8 @@ async def test_run_sequence_dual_stack(client) -> None:
     assert "DisableGatewayService" not in join
     staged = await client.ctl.sandbox(EID)  # the staging sandbox, its interface handed over
     assert client.moved == [(staged.netns, "eth0", src_name(EID))]
+    # no resolv.conf/hosts for it: the container reads Docker's
+    assert not os.path.lexists(os.path.join(client.ctl.config.state_dir, "sandboxes", EID))
     assert (await client.ctl.endpoint(ep.id)).sandbox_id == EID
 
     opts = {"com.docker.network.endpoint.exposedports": [], "com.docker.network.portmap": []}
