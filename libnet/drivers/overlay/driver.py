@@ -103,7 +103,9 @@ from libnet.encryption.records import tunnel_range
 from libnet.encryption.tunnel import Tunnel
 from libnet.errors import BadRequest, Conflict, InvalidOption, KeyModified, KeyNotFound, LibnetError, Unavailable
 from libnet.kernel.api import Kernel
+from libnet.kernel.neighbours import Neighbour
 from libnet.kernel.netlink import VXLAN_PORT
+from libnet.model import address_of
 from libnet.ownership import NamespaceLedger
 from libnet.store.base import Store
 from libnet.validation import check_int
@@ -171,7 +173,8 @@ class OverlayDriver(EncryptedOverlays):
         self.store, self.node, self.vtep, self.prefix = cluster_store, node, vtep, overlay_prefix
         self.vnis = VniAllocator(self.plumbing.local_vnis, self.plumbing.ns_name)
         self.table = PeerTable(node)
-        self.programmer = Programmer(VxlanDevices(self.plumbing, self.vnis.cached, self._ports), self.table)
+        self.devices = VxlanDevices(self.plumbing, self.vnis.cached, self._ports)
+        self.programmer = Programmer(self.devices, self.table)
         self.watch = PeerWatch(self.table, self._peers_changed, P)
         self._local: dict[str, set[str]] = {}  # network id -> endpoint ids joined on this host
         self._locks: dict[str, asyncio.Lock] = {}
@@ -434,6 +437,25 @@ class OverlayDriver(EncryptedOverlays):
             raise
         self._local.setdefault(nw.id, set()).add(ep.id)
         await self._announce("add", peer)
+        await self._tell_local_containers(nw.id, ep)
+
+    async def _tell_local_containers(self, network_id: str, ep: EndpointInfo) -> None:
+        """The new local endpoint's addresses, announced into this host's other containers' ports
+        of the network (gratuitous ARP, unsolicited NA: :mod:`libnet.kernel.announce`), as the
+        programmer does for new remote peers.  One of them may hold an address of it with an old
+        MAC: the address's former endpoint's (it left here or on another host; an IPv6 address given
+        out again comes with a new MAC), which neither the bridge nor ``vxlan0`` knows any more --
+        and the container would use it until its neighbour entry fails, tens of seconds later.
+        Never into the endpoint's own port, nor ``br0``; best effort (never fails the join)."""
+        own = host_ifname(ep)
+        others = [port for port in self._ports(network_id) if port != own]
+        news = {Neighbour(address_of(cidr), ep.mac) for cidr in (ep.ipv4, ep.ipv6) if cidr}
+        if not others or not news or not ep.mac:
+            return
+        try:
+            await asyncio.to_thread(self.devices.announce_into, network_id, others, news)
+        except Exception as exc:  # only saves a container a stale neighbour entry
+            log.debug("announcing endpoint %s to its neighbours: %s", ep.id[:12], exc)
 
     async def leave(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
         if self.store is not None:

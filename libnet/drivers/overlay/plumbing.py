@@ -463,6 +463,11 @@ class VxlanDevices:
         if held is not None and held[0] == ns:
             held[1].announce(ports, entries)
 
+    def announce_into(self, network_id: str, ports: Sequence[str], entries: set[Neighbour]) -> None:
+        """Announcements of ``entries`` into ``ports`` (a local join's, the caller's list) through
+        the network's handle, opened if none is held (a join keeps the network set up)."""
+        self._with(network_id, lambda nl: nl.announce(ports, entries))
+
     def release(self, network_id: str) -> None:
         """Close the network's handle, if one is held (its namespace was rebuilt or removed)."""
         with self._lock:
