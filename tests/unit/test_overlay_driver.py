@@ -205,6 +205,7 @@ async def test_a_new_local_endpoint_is_announced_into_the_other_local_containers
     assert kernel.announced == []  # alone on this host: no one to tell
     second = EndpointInfo("4" * 64, NET, "b", "198.51.100.3/24", "2001:db8::3/64", "02:42:c6:33:64:03")
     await driver.join(nw, second, SandboxInfo("c2", kernel.add_namespace("sb2"), "eth0"))
+    await driver.told()  # the join does not wait for it
     assert kernel.announced == [
         (
             "lno-t-256",

@@ -124,6 +124,12 @@ class _Handle:
         self.log.append(f"announce {self.ns}")
         return 0
 
+    def __enter__(self) -> _Handle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         self.log.append(f"close {self.ns}")
 
@@ -184,6 +190,12 @@ def test_an_announcement_uses_the_batchs_handle_and_never_opens_one_after_a_rele
     devices.release("n1")  # the teardown ran between the batch and its announcement
     devices.announce("n1", one.neighbours)
     assert log[3:] == ["close ns300"] and devices._handles == {}
+    # a local join's announcement with no handle kept: one of its own, closed at once, not kept
+    devices.announce_into("n1", ports, one.neighbours)
+    assert log[4:] == ["open ns300", "announce ns300", "close ns300"] and devices._handles == {}
+    devices.apply("n1", Entries(), one)
+    devices.announce_into("n1", ports, one.neighbours)  # the kept one when there is one
+    assert log[7:] == ["open ns300", "neigh ns300", "announce ns300"]
     devices.close()
 
 

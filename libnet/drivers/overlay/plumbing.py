@@ -464,9 +464,18 @@ class VxlanDevices:
             held[1].announce(ports, entries)
 
     def announce_into(self, network_id: str, ports: Sequence[str], entries: set[Neighbour]) -> None:
-        """Announcements of ``entries`` into ``ports`` (a local join's, the caller's list) through
-        the network's handle, opened if none is held (a join keeps the network set up)."""
-        self._with(network_id, lambda nl: nl.announce(ports, entries))
+        """Announcements of ``entries`` into ``ports`` (a local join's, the caller's list): through
+        the network's kept handle, or -- none kept (no batch yet; or released meanwhile: the network
+        may be being torn down) -- through one of its own, closed at once: one kept from here could
+        hold a dying namespace alive (see :meth:`announce`)."""
+        ns = self._ns(network_id)
+        with self._lock:
+            held = self._handles.get(network_id)
+        if held is not None and held[0] == ns:
+            held[1].announce(ports, entries)
+            return
+        with self.plumbing.kernel.netlink(ns) as nl:
+            nl.announce(ports, entries)
 
     def release(self, network_id: str) -> None:
         """Close the network's handle, if one is held (its namespace was rebuilt or removed)."""
