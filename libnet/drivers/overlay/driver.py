@@ -455,7 +455,8 @@ class OverlayDriver(EncryptedOverlays):
         news = {Neighbour(address_of(cidr), ep.mac) for cidr in (ep.ipv4, ep.ipv6) if cidr}
         if not others or not news or not ep.mac:
             return
-        task = asyncio.ensure_future(asyncio.to_thread(self.devices.announce_into, network_id, others, news))
+        # handed to a worker thread now (to_thread would start it at the event loop's next turn)
+        task = asyncio.get_running_loop().run_in_executor(None, self.devices.announce_into, network_id, others, news)
         self._telling.add(task)
         task.add_done_callback(self._told)
 
