@@ -403,7 +403,10 @@ class RtnlSocket:
 
     def request_each(self, requests: Sequence[Request]) -> dict[int, int]:
         """Send (type, flags, body, what) requests in one batch; return
-        {position in ``requests``: errno} of those that failed."""
+        {position in ``requests``: errno} of those that failed.  An empty batch is
+        done at once (a netlink ``send`` of nothing fails with ``ENODATA``)."""
+        if not requests:
+            return {}
         first = self.next_seq(len(requests))
         last = first + len(requests) - 1
         msgs = [  # an acknowledgement for the last one only (send_chunk)

@@ -142,3 +142,28 @@ async def test_a_container_reaches_a_brand_new_peer_right_after_its_entry_is_pro
                 assert replied is not None, f"{addr}: no reply within 3 s"
                 late = replied - programmed[addr]
                 assert late < 0.2, f"{addr}: first reply {late:.3f} s after programming (ARP/ND retransmission?)"
+
+
+async def test_an_address_that_moved_to_this_host_reaches_its_containers_at_once(tmp_path) -> None:
+    """Host 1's container talks to host 2's over IPv6; that container goes and its IPv6 address comes back
+    on host 1 with a new MAC (another IPv4 address: an IPv6 address given out again).  Host 1's container
+    held the address with the old MAC, which no bridge or VXLAN device knows any more: without an
+    announcement of the local join no reply came for 40 s (until its neighbour entry failed)."""
+    with Testbed(2) as bed:
+        async with controllers(bed, tmp_path) as ctls:
+            await ctls[0].create_network("ov", "overlay", ipv4_subnet="198.51.100.0/26", ipv6_subnet="2001:db8:77::/64")
+            sa = await ctls[0].create_sandbox(hostname="a")
+            await ctls[0].connect("ov", sa.id)
+            sb = await ctls[1].create_sandbox(hostname="b")
+            eb = await ctls[1].connect("ov", sb.id)
+            for c in ctls:
+                await c.driver("overlay").programmer.settled()
+            v6 = ip(eb.ipv6)
+            assert (await asyncio.to_thread(first_reply, sa.netns, v6, 3.0, threading.Event()))[1] is not None
+            await ctls[1].delete_sandbox(sb.id)
+            sc = await ctls[0].create_sandbox(hostname="c")
+            ec = await ctls[0].connect("ov", sc.id, ipv6=v6, ipv4="198.51.100.20")
+            assert ec.mac != eb.mac
+            sent, replied = await asyncio.to_thread(first_reply, sa.netns, v6, 3.0, threading.Event())
+            assert replied is not None, "no reply from the address's new container within 3 s"
+            assert replied - sent < 0.5, f"first reply {replied - sent:.2f} s after the first echo"

@@ -189,6 +189,32 @@ async def test_a_new_remote_peer_is_announced_into_the_local_containers_ports(
     ]
 
 
+async def test_a_new_local_endpoint_is_announced_into_the_other_local_containers_ports(
+    kernel: FakeKernel, driver: OverlayDriver
+) -> None:
+    """An address that comes to this host (its former endpoint left here or on another host; an IPv6
+    address given out again comes with a new MAC) is announced into this host's other containers on the
+    network: one of them may still hold it with the old MAC, which the bridge no longer knows (a test host
+    saw no reply for 40 s).  Not into the new endpoint's own port, nor br0."""
+    from libnet.drivers.bridge_model import host_ifname
+
+    nw, first = net(), endpoint()
+    await driver.create_network(nw)
+    await driver.join(nw, first, SandboxInfo("c1", kernel.add_namespace("sb1"), "eth0"))
+    await driver.programmer.settled()
+    assert kernel.announced == []  # alone on this host: no one to tell
+    second = EndpointInfo("4" * 64, NET, "b", "198.51.100.3/24", "2001:db8::3/64", "02:42:c6:33:64:03")
+    await driver.join(nw, second, SandboxInfo("c2", kernel.add_namespace("sb2"), "eth0"))
+    await driver.told()  # the join does not wait for it
+    assert kernel.announced == [
+        (
+            "lno-t-256",
+            (host_ifname(first),),
+            (Neighbour("198.51.100.3", "02:42:c6:33:64:03"), Neighbour("2001:db8::3", "02:42:c6:33:64:03")),
+        )
+    ]
+
+
 async def test_reconcile_removes_entry_guards_of_encrypted_vnis_not_served_here(
     kernel: FakeKernel, driver: OverlayDriver
 ) -> None:

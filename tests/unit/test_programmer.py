@@ -120,6 +120,16 @@ class _Handle:
     def delete_fdb(self, link: str, entries: object) -> None:
         self.log.append(f"del-fdb {self.ns}")
 
+    def announce(self, links: object, entries: object) -> int:
+        self.log.append(f"announce {self.ns}")
+        return 0
+
+    def __enter__(self) -> _Handle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         self.log.append(f"close {self.ns}")
 
@@ -160,6 +170,33 @@ def test_device_handles_are_kept_between_batches_and_dropped_on_release() -> Non
     assert log[5:] == ["close ns300", "open ns301", "neigh ns301", "fdb ns301"]
     devices.close()
     assert log[-1] == "close ns301"
+
+
+def test_an_announcement_uses_the_batchs_handle_and_never_opens_one_after_a_release() -> None:
+    """The announcement follows its batch on the worker thread; the event loop may release the network's
+    handle meanwhile (the last local endpoint left: ``forget``, then the namespace is removed).  A handle
+    opened then would be kept, its thread holding the dying namespace -- and its vxlan0, whose VNI a
+    later device of the network could not take again -- alive: no announcement then."""
+    from libnet.drivers.overlay.plumbing import VxlanDevices
+
+    plumbing = _Plumbing()
+    ports = ["lnvaaaaaaaaaaa"]
+    devices = VxlanDevices(plumbing, {"n1": 300}.get, lambda nid: ports)  # type: ignore[arg-type]
+    one = Entries({Neighbour("198.51.100.2", "02:42:c6:33:64:02")}, set())
+    devices.apply("n1", Entries(), one)
+    devices.announce("n1", one.neighbours)
+    log = plumbing.kernel.log
+    assert log == ["open ns300", "neigh ns300", "announce ns300"]  # the batch's own handle
+    devices.release("n1")  # the teardown ran between the batch and its announcement
+    devices.announce("n1", one.neighbours)
+    assert log[3:] == ["close ns300"] and devices._handles == {}
+    # a local join's announcement with no handle kept: one of its own, closed at once, not kept
+    devices.announce_into("n1", ports, one.neighbours)
+    assert log[4:] == ["open ns300", "announce ns300", "close ns300"] and devices._handles == {}
+    devices.apply("n1", Entries(), one)
+    devices.announce_into("n1", ports, one.neighbours)  # the kept one when there is one
+    assert log[7:] == ["open ns300", "neigh ns300", "announce ns300"]
+    devices.close()
 
 
 async def test_new_neighbours_of_small_batches_are_announced_but_not_bulk_or_rebuilt_ones() -> None:

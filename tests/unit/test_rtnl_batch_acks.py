@@ -53,3 +53,13 @@ def test_an_answer_left_from_an_interrupted_exchange_is_not_taken_for_this_batch
         s.sock.send(HDR.pack(16 + len(body), RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body)
         assert s.request_each([_get(lo), _get(lo)]) == {}
         s.request([_get(lo)])  # no stale error raised either
+
+
+def test_an_empty_batch_sends_nothing() -> None:
+    # a netlink send of nothing fails with ENODATA (a bare OSError, no typed error); a batch
+    # built from an empty list (no gateway routes to set) is simply done
+    with _socket() as s:
+        assert s.request_each([]) == {}
+        s.request([])
+        assert s.sock.sent == []  # type: ignore[attr-defined]
+        s.request([_get(socket.if_nametoindex("lo"))])  # and the socket works on

@@ -448,10 +448,34 @@ class VxlanDevices:
     def announce(self, network_id: str, entries: set[Neighbour]) -> None:
         """Gratuitous ARP / unsolicited NA for ``entries`` into each local container's port of the
         network -- its veth, never ``br0``, which would flood them to every remote VTEP -- from the
-        network's namespace (on the handle's thread, which lives there)."""
+        network's namespace (on the handle's thread, which lives there).
+
+        Only through the handle the batch just used: none is opened.  The event loop may have
+        released it meanwhile (the network's teardown: its namespace goes next); a handle opened
+        then would stay in ``_handles``, its thread holding the dying namespace -- and its
+        ``vxlan0``, whose VNI the network's next device on this host could not take -- alive."""
         ports = self._ports(network_id)
-        if ports:
-            self._handle(network_id).announce(ports, entries)
+        if not ports:
+            return
+        ns = self._ns(network_id)
+        with self._lock:
+            held = self._handles.get(network_id)
+        if held is not None and held[0] == ns:
+            held[1].announce(ports, entries)
+
+    def announce_into(self, network_id: str, ports: Sequence[str], entries: set[Neighbour]) -> None:
+        """Announcements of ``entries`` into ``ports`` (a local join's, the caller's list): through
+        the network's kept handle, or -- none kept (no batch yet; or released meanwhile: the network
+        may be being torn down) -- through one of its own, closed at once: one kept from here could
+        hold a dying namespace alive (see :meth:`announce`)."""
+        ns = self._ns(network_id)
+        with self._lock:
+            held = self._handles.get(network_id)
+        if held is not None and held[0] == ns:
+            held[1].announce(ports, entries)
+            return
+        with self.plumbing.kernel.netlink(ns) as nl:
+            nl.announce(ports, entries)
 
     def release(self, network_id: str) -> None:
         """Close the network's handle, if one is held (its namespace was rebuilt or removed)."""
