@@ -45,3 +45,35 @@ def test_an_unsolicited_na_is_one_linux_accepts() -> None:
 def test_each_family_gets_its_frame_and_malformed_entries_are_left_out() -> None:
     out = frames([Neighbour("198.51.100.9", MAC), Neighbour("2001:db8::9", MAC), Neighbour("198.51.100.10", "zz")])
     assert [ethertype for _, ethertype in out] == [ETH_P_ARP, ETH_P_IPV6]
+
+
+def test_one_call_sends_at_most_its_frame_budget(monkeypatch) -> None:
+    """Hundreds of local ports times a batch of entries: the frames are capped (the programmer waits for
+    them), whole ports past the budget get none."""
+    import socket as socket_mod
+
+    from libnet.kernel import announce as announce_mod
+
+    sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    class FakeSocket:
+        def __init__(self, *args) -> None:
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            pass
+
+        def sendto(self, frame: bytes, addr: tuple[str, int]) -> int:
+            sent.append((frame, addr))
+            return len(frame)
+
+    monkeypatch.setattr(socket_mod, "socket", FakeSocket)
+    entries = [Neighbour(f"198.51.100.{i}", MAC) for i in range(1, 11)]
+    ports = [f"lnv{i:04d}" for i in range(100)]
+    assert announce_mod.announce(ports, entries, max_frames=95) == 90  # 9 whole ports of 10 frames
+    assert {addr[0] for _, addr in sent} == set(ports[:9])
+    sent.clear()
+    assert announce_mod.announce(ports[:3], entries, max_frames=95) == 30
