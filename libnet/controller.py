@@ -736,10 +736,18 @@ class Controller:
                 path = await asyncio.to_thread(self._namespaces.create, name, sid)
                 undo.push(lambda: asyncio.to_thread(self._namespaces.delete, path), "delete namespace")
                 owned = True
+                netns_id = self._namespaces.identity(path)
+                # a new namespace: a claim under its identity is a gone namespace's (taken over)
+                claim = None if netns_id is None else (await self.repo.netns_claim(netns_id))[0]
             else:
-                # a network namespace, not the host's, not another sandbox's (README, "Names")
-                taken = await self.repo.sandbox_namespaces()
-                self._namespaces.check_external(netns, taken)  # a few stat calls: no thread hand-over
+                # a network namespace, not the host's, not another sandbox's (README, "Names"):
+                # the holder is found by the claim on the namespace's identity (O(1), issue 22)
+                if not self.repo.namespaces_indexed:
+                    await self.repo.index_namespaces(self._namespaces.identity)
+                netns_id = self._namespaces.identity(netns)
+                claim, holder = (None, None) if netns_id is None else await self.repo.netns_claim(netns_id)
+                # a few stat calls: no thread hand-over; Conflict if the holder's path still shows it
+                self._namespaces.check_external(netns, {holder.id: holder.netns} if holder and holder.netns else {})
                 path, owned = netns, False
             sb = Sandbox(
                 sid,
@@ -752,13 +760,25 @@ class Controller:
                 dns_options=dns_options,
                 files=bool(files),
                 origin=str(origin),
+                netns_id=netns_id or "",
             )
             try:
-                await self.repo.add_sandbox(sb)
-            except Conflict:
+                await self.repo.add_sandbox(sb, claim)
+            except Conflict as exc:
+                if netns_id and exc.ids.get("key") == self.repo.netns_key(netns_id):
+                    raise await self._namespace_taken(path, netns_id) from None
                 raise Conflict("a sandbox with that id exists", sandbox_id=sid) from None
             await self._files.write(sb)
         return sb
+
+    async def _namespace_taken(self, path: str, netns_id: str) -> Conflict:
+        """The ``Conflict`` for a namespace another sandbox claimed while this one was made."""
+        holder = (await self.repo.netns_claim(netns_id))[1]
+        return Conflict(
+            f"netns path {path} is the namespace of sandbox {holder.id if holder else 'being made'} already",
+            netns=path,
+            holder=holder.id if holder else "",
+        )
 
     async def sandboxes(self) -> list[Sandbox]:
         return await self.repo.sandboxes()
