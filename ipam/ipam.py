@@ -44,6 +44,7 @@ from __future__ import annotations
 import ipaddress
 import random
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from ipam import pools as P
@@ -77,7 +78,7 @@ from libnet.errors import (
     PoolExhausted,
     PoolOverlap,
 )
-from libnet.store.base import Store
+from libnet.store.base import Store, Write
 
 PREFIX = "libnet/v1/ipam"
 POOLS_KIND = "ipam_pools"
@@ -452,6 +453,23 @@ class StoreIpam:
         elif not await store.delete(state.key(n)):
             raise AddressNotAllocated("address is not allocated", pool_id=pool_id, address=address)
         state.used.discard(n)
+
+    async def release_write(self, pool_id: str, address: str, owner: str) -> tuple[Store, Write, Callable[[], None]]:
+        """:meth:`release_address` with ``owner`` as a write for the caller's transaction
+        (issue 22: an endpoint's addresses and records go in one commit, not three): the
+        store to make it in, the checked delete of the address, and what to call once it
+        is made.  The same errors as :meth:`release_address`, before anything is written;
+        the write fails (``KeyModified``/``KeyNotFound``) if the address changes hands meanwhile."""
+        state = await self._state(pool_id)
+        store = self._stores[state.record["space"]]
+        n = _address_in(state, address, pool_id)
+        try:
+            pair = await store.get(state.key(n))
+        except KeyNotFound:
+            raise AddressNotAllocated("address is not allocated", pool_id=pool_id, address=address) from None
+        if _holder(pair.value)[0] != owner:
+            raise AddressNotAllocated("address is held by another owner", pool_id=pool_id, address=address, owner=owner)
+        return store, Write(pair.key, None, pair, checked=True), lambda: state.used.discard(n)
 
     async def audit(self, pool_id: str | None = None) -> list[Allocation]:
         out: list[Allocation] = []

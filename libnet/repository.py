@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from libnet import model
@@ -351,12 +351,14 @@ class Repository:
                     raise
         raise NoSuchEndpoint("no such endpoint", endpoint_id=ep.id)
 
-    async def delete_endpoint(self, nw: Network, ep: Endpoint) -> None:
+    async def delete_endpoint(self, nw: Network, ep: Endpoint, before: Sequence[Write] = ()) -> None:
+        """Delete the endpoint's record, id index and name; ``before``: writes of the same store
+        made first, in the same transaction where the store has them (its addresses' releases)."""
         store = self.store(nw.scope)
         self._endpoint_keys.pop(ep.id, None)
         self._pairs.pop(f"{P}/endpoints/{nw.id}/{ep.id}", None)
         keys = [f"{P}/endpoints/{nw.id}/{ep.id}", f"{P}/endpoint-ids/{ep.id}", self.endpoint_name_key(nw.id, ep.name)]
-        await write_all(store, [Write(key, None) for key in keys])
+        await write_all(store, [*before, *(Write(key, None) for key in keys)])
 
     async def update_endpoint_and_sandbox(
         self,
