@@ -65,6 +65,7 @@ from ipam.api import (
     PoolOwner,
 )
 from ipam.bitsets import AddressSet, address_set
+from ipam.planned import PlannedAddress
 from libnet import model
 from libnet.errors import (
     AddressInUse,
@@ -366,13 +367,7 @@ class StoreIpam:
         self, pool_id: str, address: str | None = None, options: dict[str, Any] | None = None
     ) -> str:
         options = options or {}
-        owner = _owner(options)
-        instance = options.get(OPT_INSTANCE) or ""
-        if not isinstance(instance, str) or "\n" in instance or len(instance) > 64:
-            raise InvalidOption("option 'instance' must be a short string", instance=repr(instance))
-        if "\n" in owner:
-            raise InvalidOption("option 'owner' must be one line", owner=repr(owner))
-        value = f"{owner}\n{instance}" if instance else owner
+        value = _holder_value(options)
         state = await self._state(pool_id)
         store = self._stores[state.record["space"]]
         gw = state.record.get("gateway")
@@ -454,6 +449,31 @@ class StoreIpam:
             raise AddressNotAllocated("address is not allocated", pool_id=pool_id, address=address)
         state.used.discard(n)
 
+    async def allocation_write(
+        self, pool_id: str, address: str | None = None, options: dict[str, Any] | None = None
+    ) -> PlannedAddress:
+        """:meth:`request_address` (not of a gateway) as a write for the caller's transaction
+        (issue 22: an endpoint's name, addresses and records in one commit): the address is
+        chosen and held in this allocator's memory, and the caller makes the write, then says
+        how it went (:class:`ipam.planned.PlannedAddress`).  The same errors as
+        :meth:`request_address` for bad options and addresses outside the pool, before
+        anything is written; ``AddressInUse`` comes from the write's failure
+        (:meth:`PlannedAddress.in_use`)."""
+        value = _holder_value(options or {})
+        state = await self._state(pool_id)
+        store = self._stores[state.record["space"]]
+        if address is not None:
+            n = _address_in(state, address, pool_id)
+        else:
+            found = state.used.next_free(state.cursor)
+            if found is None:
+                state = await self._state(pool_id, reload=True)
+                found = state.used.next_free(state.cursor)
+                if found is None:
+                    raise _exhausted(state, pool_id)
+            n = found
+        return PlannedAddress(self, store, state, n, value.encode(), address is not None)
+
     async def release_write(self, pool_id: str, address: str, owner: str) -> tuple[Store, Write, Callable[[], None]]:
         """:meth:`release_address` with ``owner`` as a write for the caller's transaction
         (issue 22: an endpoint's addresses and records go in one commit, not three): the
@@ -486,6 +506,17 @@ class StoreIpam:
 
 
 # --- helpers ----------------------------------------------------------------------
+
+
+def _holder_value(options: dict[str, Any]) -> str:
+    """An address key's value for a request with ``options``: owner, and instance if given."""
+    owner = _owner(options)
+    instance = options.get(OPT_INSTANCE) or ""
+    if not isinstance(instance, str) or "\n" in instance or len(instance) > 64:
+        raise InvalidOption("option 'instance' must be a short string", instance=repr(instance))
+    if "\n" in owner:
+        raise InvalidOption("option 'owner' must be one line", owner=repr(owner))
+    return f"{owner}\n{instance}" if instance else owner
 
 
 def _holder(value: bytes) -> tuple[str, str]:

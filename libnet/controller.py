@@ -41,6 +41,7 @@ from libnet.errors import (
     BadRequest,
     Conflict,
     InvalidOption,
+    KeyExists,
     KeyModified,
     KeyNotFound,
     LibnetError,
@@ -564,6 +565,8 @@ class Controller:
             proxy=proxy,
             dns=dns,
         )
+        if await self._create_endpoint_at_once(nw, ep, store, {"ipv4": ipv4, "ipv6": ipv6}, families, mappings):
+            return ep
         async with Rollback() as undo:
             key = self.repo.endpoint_name_key(nw.id, name)
             await self.repo.reserve_name(store, key, ep.id, "endpoint", name, self.instance)
@@ -583,6 +586,70 @@ class Controller:
             undo.push(lambda: drv.delete_endpoint(net_info(nw), ep_info(ep)), "driver endpoint")
             await self.repo.add_endpoint(nw, ep)
         return ep
+
+    async def _create_endpoint_at_once(
+        self,
+        nw: Network,
+        ep: Endpoint,
+        store: Store,
+        wanted: dict[str, str | None],
+        families: tuple[str, ...],
+        mappings: list[PortMapping],
+    ) -> bool:
+        """:meth:`_create_endpoint`'s writes in one transaction (issue 22: name, each address and
+        the records were four commits): the addresses are chosen first and held in the
+        allocator's memory, the driver is asked, then name, addresses, id index and record are
+        written together.  A refusal (``NameInUse``, ``AddressInUse``, the driver's) leaves
+        nothing, as before.  False, with nothing done, where that cannot be (an IPAM without
+        ``allocation_write``, a store without batches, a pool in another store), or after a
+        chosen address turned out to be another host's (undone): the caller goes one by one."""
+        allocation_write = getattr(self._ipam, "allocation_write", None)
+        if allocation_write is None or getattr(store, "atomic_batch", None) is None:
+            return False
+        drv = self.driver(nw.driver)
+        name_key = self.repo.endpoint_name_key(nw.id, ep.name)
+        planned: list[Any] = []
+        try:
+            async with Rollback() as undo:
+                if mappings:
+                    mappings = await self._ports.reserve(ep.id, mappings)
+                    undo.push(lambda: self._ports.release(ep.id, mappings), "free host ports")
+                    ep.ports = [m.__dict__ for m in mappings]
+                for pool, attr in ((nw.ipv4_pool, "ipv4"), (nw.ipv6_pool, "ipv6")):
+                    if not pool or attr not in families:
+                        continue
+                    plan = await allocation_write(pool, wanted[attr], address_options(ep.id, self.instance))
+                    planned.append(plan)
+                    if plan.store is not store:
+                        raise _OneByOne
+                    setattr(ep, attr, plan.cidr)
+                ep.mac = proxy_leg_mac(ep.ipv4) if ep.proxy else mac_from_ipv4(ep.ipv4)
+                await drv.create_endpoint(net_info(nw), ep_info(ep))
+                undo.push(lambda: drv.delete_endpoint(net_info(nw), ep_info(ep)), "driver endpoint")
+                name = self.repo.name_write(name_key, ep.id, self.instance)
+                try:
+                    await self.repo.add_endpoint(nw, ep, before=[name, *(p.write for p in planned)])
+                except KeyExists as exc:
+                    if exc.ids.get("key") == name_key:
+                        raise await self.repo.name_in_use(store, name_key, "endpoint", ep.name) from None
+                    lost = next((p for p in planned if p.write.key == exc.ids.get("key")), None)
+                    if lost is None:
+                        raise
+                    lost.lost()
+                    planned.remove(lost)
+                    if lost.wanted:
+                        raise await lost.in_use() from None
+                    raise _OneByOne from None
+        except BaseException as exc:
+            for plan in planned:
+                plan.dropped()
+            if isinstance(exc, _OneByOne):
+                ep.ipv4 = ep.ipv6 = None
+                return False
+            raise
+        for plan in planned:
+            plan.made()
+        return True
 
     async def _release(self, pool: str, address: str, owner: str) -> None:
         """Release ``address`` if ``owner`` still holds it (gone or taken over is fine)."""
@@ -1104,6 +1171,11 @@ class Controller:
     async def delete_proxy(self, ref: str) -> None:
         """Remove a proxy: its table, sandbox, legs and record (on its own host only)."""
         await self._proxies.delete(ref)
+
+
+class _OneByOne(Exception):
+    """:meth:`Controller._create_endpoint_at_once` cannot make it in one transaction: undone,
+    the caller goes one by one."""
 
 
 def _removing(instance: str) -> Callable[[Any], None]:

@@ -169,6 +169,19 @@ class Repository:
             holder = (await store.get(key)).value.decode().partition("\n")[0]
             raise NameInUse(f"{what} name {name!r} is already in use", name=name, holder=holder) from None
 
+    @staticmethod
+    def name_write(key: str, owner_id: str, instance: str = "") -> Write:
+        """:meth:`reserve_name` as a create-only write for the caller's transaction."""
+        return Write(key, (f"{owner_id}\n{instance}" if instance else owner_id).encode(), None, checked=True)
+
+    async def name_in_use(self, store: Store, key: str, what: str, name: str) -> NameInUse:
+        """The error :meth:`reserve_name` raises for a name another holds."""
+        try:
+            holder = (await store.get(key)).value.decode().partition("\n")[0]
+        except KeyNotFound:  # freed again meanwhile
+            holder = ""
+        return NameInUse(f"{what} name {name!r} is already in use", name=name, holder=holder)
+
     async def name_keys(self, store: Store) -> set[str]:
         """The keys of every name reservation in ``store``."""
         return {pair.key for pair in await store.list(f"{P}/names/")}
@@ -268,7 +281,9 @@ class Repository:
 
     # --- endpoints --------------------------------------------------------------
 
-    async def add_endpoint(self, nw: Network, ep: Endpoint) -> None:
+    async def add_endpoint(self, nw: Network, ep: Endpoint, before: Sequence[Write] = ()) -> None:
+        """Store a new endpoint and its id index; ``before``: writes of the same store made
+        first, in the same transaction where the store has them (its name and addresses)."""
         store = self.store(nw.scope)
         # the index first: on a store without batches a crash between the two writes leaves
         # an index without a record (harmless), never a record nothing can find by id
@@ -277,13 +292,14 @@ class Repository:
         written = await write_all(
             store,
             [
+                *before,
                 Write(f"{P}/endpoint-ids/{ep.id}", nw.id.encode()),
                 Write(key, record, None, checked=True),
             ],
         )
         self._endpoint_keys[ep.id] = (store, key)  # where it is: no read of the index it just wrote
-        if written[1] is not None:
-            self._remember(key, written[1])
+        if written[-1] is not None:
+            self._remember(key, written[-1])
 
     async def endpoints(self, network_id: str | None = None) -> list[Endpoint]:
         out: list[Endpoint] = []

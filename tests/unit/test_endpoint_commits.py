@@ -1,7 +1,8 @@
-"""Issue 22: deleting an endpoint (a disconnect's last step) releases its addresses and deletes
-its records in one SQLite transaction (it took three: one per address, one for the records),
-with the same outcome as one by one: an address another owner holds now is left alone, and an
-address that changes hands between its read and the commit makes it go the old way."""
+"""Issue 22: creating an endpoint (a connect's first step) writes its name, addresses, id index
+and record in one SQLite transaction (it took four), and deleting one (a disconnect's last step)
+releases its addresses and deletes its records in one (it took three), with the same outcomes as
+one by one: refusals leave nothing, an address another owner holds now is left alone, an address
+taken behind the allocator's back or changing hands meanwhile makes it go the old way."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from ipam.ipam import StoreIpam
 from libnet import Config, Controller
+from libnet.errors import AddressInUse, KernelError, NameInUse
 from libnet.repository import P
 from libnet.store.memory import MemoryStore
 from libnet.store.sqlite import SQLiteStore
@@ -96,3 +98,54 @@ async def test_an_address_changing_hands_meanwhile_goes_the_old_way(ctl: Control
     await ctl.delete_endpoint(ep.id)
     assert (await ctl.repo.local.get(key)).value == b"someone-else"
     assert await _held(ctl) == {v4} and await ctl.endpoints() == []
+
+
+def _used(ctl: Controller) -> int:
+    return sum(len(state.used) for state in ctl._ipam._states.values())
+
+
+async def test_an_endpoint_is_made_in_one_commit(ctl: Controller) -> None:
+    await ctl.create_endpoint("web", "warm")  # the pools' states loaded
+    before = _commits(ctl)
+    ep = await ctl.create_endpoint("web", "e1")
+    if isinstance(ctl.repo.local, SQLiteStore):
+        assert _commits(ctl) - before == 1  # were 4: name, IPv4, IPv6, records
+    assert (await ctl.endpoint("e1", "web")).id == ep.id and (await ctl.endpoint(ep.id)).ipv4 == ep.ipv4
+    assert {ep.ipv4.split("/")[0], ep.ipv6.split("/")[0]} <= await _held(ctl)
+    assert ep.mac == "02:42:" + ":".join(f"{int(b):02x}" for b in ep.ipv4.split("/")[0].split("."))
+
+
+async def test_refusals_leave_nothing(ctl: Controller) -> None:
+    first = await ctl.create_endpoint("web", "e1")
+    held, used, keys = await _held(ctl), _used(ctl), await ctl.repo.local.list(f"{P}/")
+    with pytest.raises(NameInUse) as exc:
+        await ctl.create_endpoint("web", "E1")
+    assert exc.value.ids["holder"] == first.id
+    with pytest.raises(AddressInUse, match="already allocated"):
+        await ctl.create_endpoint("web", "e2", ipv4=first.ipv4.split("/")[0])
+    ctl.driver("bridge").fail_on = "create_endpoint"
+    with pytest.raises(KernelError):
+        await ctl.create_endpoint("web", "e3")
+    assert await ctl.repo.local.list(f"{P}/") == keys and await _held(ctl) == held and _used(ctl) == used
+    second = await ctl.create_endpoint("web", "e2")
+    assert second.ipv4 != first.ipv4 and second.ipv6 != first.ipv6
+
+
+async def test_an_address_taken_behind_the_allocators_back_is_passed_by(ctl: Controller) -> None:
+    first = await ctl.create_endpoint("web", "e1")
+    n = int(first.ipv4.split("/")[0].rsplit(".", 1)[1])
+    taken = f"198.51.100.{n + 1}"
+    await ctl.repo.local.put(ADDRESSES + "198.51.100.0_24/" + taken, b"another-process")
+    ep = await ctl.create_endpoint("web", "e2")
+    assert ctl._ipam.conflicts == 1  # found taken once, then passed by
+    assert ep.ipv4.split("/")[0] not in (taken, first.ipv4.split("/")[0])
+    assert (await ctl.repo.local.get(ADDRESSES + "198.51.100.0_24/" + taken)).value == b"another-process"
+    assert [e.name for e in await ctl.endpoints("web")] == ["e1", "e2"]
+
+
+async def test_concurrent_creations_get_distinct_addresses(ctl: Controller) -> None:
+    import asyncio
+
+    made = await asyncio.gather(*(ctl.create_endpoint("web", f"e{i}") for i in range(12)))
+    assert len({e.ipv4 for e in made}) == 12 and len({e.ipv6 for e in made}) == 12
+    assert len(await _held(ctl)) == 24
