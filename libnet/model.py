@@ -28,6 +28,7 @@ import ipaddress
 import json
 import os
 import random
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,6 +85,22 @@ def _interned_keys(value: dict[str, Any]) -> dict[str, Any]:
             v = _interned_keys(v)
         elif cls is list and v:
             v = _interned_list(v)
+        out[intern(k)] = v
+    return out
+
+
+def stored_copy(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` as :func:`decode` gives it back after :func:`encode`: dicts and lists anew
+    (tuples as lists), keys interned, nothing shared with ``data`` -- for keeping the document
+    just written instead of decoding it again when it is next read (issue 22)."""
+    intern = sys.intern
+    out = {}
+    for k, v in data.items():
+        cls = v.__class__
+        if cls is dict:
+            v = stored_copy(v)
+        elif cls is list or cls is tuple:
+            v = [stored_copy(x) if x.__class__ is dict else x for x in v]
         out[intern(k)] = v
     return out
 
@@ -312,7 +329,21 @@ def address_of(cidr: str) -> str:
 
     Cached: peer tables and DNS records derive the same few thousand
     addresses on every change of a network's peers, and parsing is most of
-    that cost.  Raises ``ValueError`` for a malformed CIDR."""
+    that cost.  Raises ``ValueError`` for a malformed CIDR.  A plain
+    ``ADDRESS/LEN`` goes through the C library's ``inet_pton``/``inet_ntop`` (a
+    tenth of :mod:`ipaddress`'s time: IPv6 addresses are new with each
+    connect, so they miss the cache); anything else, and any text those would
+    print otherwise than :mod:`ipaddress`, through :mod:`ipaddress`."""
+    addr, slash, plen = cidr.partition("/")
+    v6 = ":" in addr
+    if (not slash or (plen.isascii() and plen.isdigit() and int(plen) <= (128 if v6 else 32))) and "%" not in addr:
+        family = socket.AF_INET6 if v6 else socket.AF_INET
+        try:
+            out = socket.inet_ntop(family, socket.inet_pton(family, addr))
+        except (OSError, ValueError):
+            out = ""
+        if (out and "." not in out) if v6 else out == addr:
+            return out
     return str(ipaddress.ip_interface(cidr).ip)
 
 
@@ -320,7 +351,8 @@ def mac_from_ipv4(cidr: str | None) -> str:
     """``02:42`` + the IPv4 address: a reused address never meets a stale MAC
     elsewhere; without IPv4 a random locally administered MAC."""
     if cidr:
-        packed = ipaddress.ip_interface(cidr).ip.packed
+        address = address_of(cidr)
+        packed = socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
         return "02:42:" + ":".join(f"{b:02x}" for b in packed)
     return "02:" + ":".join(f"{b:02x}" for b in os.urandom(5))
 

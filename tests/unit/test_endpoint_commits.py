@@ -149,3 +149,29 @@ async def test_concurrent_creations_get_distinct_addresses(ctl: Controller) -> N
     made = await asyncio.gather(*(ctl.create_endpoint("web", f"e{i}") for i in range(12)))
     assert len({e.ipv4 for e in made}) == 12 and len({e.ipv6 for e in made}) == 12
     assert len(await _held(ctl)) == 24
+
+
+async def test_records_written_here_are_kept_not_decoded_again(ctl: Controller, monkeypatch) -> None:
+    """A connect+disconnect decoded 11 documents, 5 of them records it had just written itself:
+    those are kept as written (copies), and read back equal to what the store holds."""
+    from libnet import model
+    from libnet.repository import Repository
+
+    sb = await ctl.create_sandbox("s1")
+    await ctl.connect("web", sb.id)  # the pools' states, the network's record: read once
+    await ctl.disconnect("web", sb.id)
+    decoded: list[str] = []
+    real = model.decode
+
+    def counting(raw: bytes, kind: str, **kw: Any) -> Any:
+        decoded.append(kind)
+        return real(raw, kind, **kw)
+
+    monkeypatch.setattr(model, "decode", counting)
+    ep = await ctl.connect("web", sb.id)
+    fresh = Repository(ctl.repo.local, ctl.repo.cluster)  # decodes what the store holds
+    assert await ctl.repo.endpoint(ep.id) == await fresh.endpoint(ep.id)
+    assert await ctl.repo.sandbox(sb.id) == await fresh.sandbox(sb.id)
+    await ctl.disconnect("web", sb.id)
+    if isinstance(ctl.repo.local, SQLiteStore):
+        assert len(decoded) <= 8, decoded  # the fresh repository's 2, and the operations' own
