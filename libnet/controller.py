@@ -1014,7 +1014,11 @@ class Controller:
         else:
             ep = await self._joins.leave(before, sandbox, network=network)
         sb = None  # the sandbox as read after the leave, if nothing changed it since
-        if sandbox_id and ep.network_id != await self._gateway.network_id():
+        left = network if network is not None and network.id == ep.network_id else None
+        if left is None and sandbox_id:
+            with suppress(NotFound):
+                left = await self.repo.network(ep.network_id)
+        if sandbox_id and not (left is not None and gateway.named_gateway_bridge(left)):
             try:
                 sb = await self._sync_gateway_bridge(sandbox_id, Reads(self.repo))
             except LibnetError as exc:
