@@ -137,6 +137,7 @@ class Repository:
 
     async def _update(self, store: Store, key: str, cls: type[T], fn: Callable[[T], None]) -> T:
         result: list[T] = []
+        written: list[dict[str, Any]] = []
 
         def apply(data: dict[str, Any] | None) -> dict[str, Any]:
             if data is None:
@@ -144,7 +145,8 @@ class Repository:
             obj = cls.from_data(data)
             fn(obj)
             result[:] = [obj]
-            return obj.to_data()
+            written[:] = [obj.to_data()]
+            return written[0]
 
         def apply_raw(raw: bytes | None) -> bytes:
             return model.encode(cls.KIND, apply(None if raw is None else model.decode(raw, cls.KIND, intern=False)))
@@ -156,8 +158,8 @@ class Repository:
             raise
         if pair is not None and (cls is Endpoint or cls is Sandbox):
             self._remember(key, pair)
-            if result:
-                self._written(cls.KIND, key, pair, result[0].to_data())
+            if written:
+                self._written(cls.KIND, key, pair, written[0])
         return result[0]
 
     async def revisions(self) -> tuple[int, ...]:
@@ -295,7 +297,8 @@ class Repository:
         store = self.store(nw.scope)
         # the index first: on a store without batches a crash between the two writes leaves
         # an index without a record (harmless), never a record nothing can find by id
-        record = model.encode(ep.KIND, ep.to_data())
+        data = ep.to_data()
+        record = model.encode(ep.KIND, data)
         key = f"{P}/endpoints/{nw.id}/{ep.id}"
         written = await write_all(
             store,
@@ -308,7 +311,7 @@ class Repository:
         self._endpoint_keys[ep.id] = (store, key)  # where it is: no read of the index it just wrote
         if written[-1] is not None:
             self._remember(key, written[-1])
-            self._written(Endpoint.KIND, key, written[-1], ep.to_data())
+            self._written(Endpoint.KIND, key, written[-1], data)
 
     async def endpoints(self, network_id: str | None = None) -> list[Endpoint]:
         out: list[Endpoint] = []
@@ -428,11 +431,12 @@ class Repository:
                     raise
                 guess = None  # refused on the held records: decide on the current ones
                 continue
+            datas = {ep_key: new_ep.to_data(), sb_key: new_sb.to_data()}
             writes = [
                 Write(pair.key, value, pair, checked=True)
                 for pair, value in (
-                    (ep_pair, model.encode(Endpoint.KIND, new_ep.to_data())),
-                    (sb_pair, model.encode(Sandbox.KIND, new_sb.to_data())),
+                    (ep_pair, model.encode(Endpoint.KIND, datas[ep_key])),
+                    (sb_pair, model.encode(Sandbox.KIND, datas[sb_key])),
                 )
                 if value != pair.value
             ]
@@ -451,8 +455,7 @@ class Repository:
             for w, pair in zip(writes, written, strict=True):
                 if pair is not None:
                     self._remember(w.key, pair)
-                    new = new_ep if w.key == ep_key else new_sb
-                    self._written(new.KIND, w.key, pair, new.to_data())
+                    self._written(Endpoint.KIND if w.key == ep_key else Sandbox.KIND, w.key, pair, datas[w.key])
             return new_ep, new_sb
         raise model.Contention(
             f"gave up updating after {model.DEFAULT_ATTEMPTS} conflicting attempts",
