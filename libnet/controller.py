@@ -967,6 +967,7 @@ class Controller:
         ep = await self._joins.join(endpoint, sandbox, ifname=ifname, network=network)
         await self._proxies.refresh(ep.network_id)
         reads, sb = Reads(self.repo), None  # the records read after the join, shared by the next two steps
+        reads.keep(ep, network)  # as the join wrote it, and as this operation read it
         try:
             sb = await self._sync_gateway_bridge(ep.sandbox_id, reads)
         except LibnetError as exc:  # the network works; only the way out is missing

@@ -649,6 +649,13 @@ class Reads:
         self._endpoints: dict[str, Endpoint] = {}
         self._networks: dict[str, Network] = {}
 
+    def keep(self, ep: Endpoint, nw: Network | None = None) -> None:
+        """Records the step has as they are now (the endpoint its join just wrote; the network
+        its operation read: a network's record changes only by its removing mark)."""
+        self._endpoints[ep.id] = ep
+        if nw is not None and nw.id == ep.network_id:
+            self._networks[nw.id] = nw
+
     async def endpoint(self, ref: str) -> Endpoint:
         ep = self._endpoints.get(ref)
         if ep is None:
