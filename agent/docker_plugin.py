@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -86,6 +87,8 @@ DRIVERS = ("bridge", "overlay")
 #: Docker's own IPAM's address spaces (libnet's are "local"/"global")
 DOCKER_SPACES = ("LocalDefault", "GlobalDefault", "")
 PROTOCOLS = {6: "tcp", 17: "udp"}
+#: the origin of the staging sandboxes a Join makes (``Sandbox.origin``): only those are the plugin's to remove
+STAGING_ORIGIN = "docker"
 
 #: hands a joined interface over: (staging netns path, ifname there, new name) -> moved into this namespace
 Handover = Callable[[str, str, str], Awaitable[None]]
@@ -106,8 +109,11 @@ async def kernel_handover(netns: str, ifname: str, new_name: str) -> None:
     from libnet.kernel.netlink import Netlink
 
     home = kernel_netns.open_own()
+    owner = threading.Lock()  # who closes ``home``: the move once it started, else a cancelled caller
 
     def move() -> None:
+        if not owner.acquire(blocking=False):
+            return  # the caller was cancelled before this started, and closed it
         try:
             with Netlink(netns) as nl:
                 nl.set_down(ifname)
@@ -115,7 +121,12 @@ async def kernel_handover(netns: str, ifname: str, new_name: str) -> None:
         finally:
             os.close(home)  # here, not in the caller: a cancelled caller must not close it under the move
 
-    await asyncio.to_thread(move)
+    try:
+        await asyncio.to_thread(move)
+    except BaseException:
+        if owner.acquire(blocking=False):  # the move never started (and now never will)
+            os.close(home)
+        raise
     try:
         socket.if_nametoindex(new_name)  # an ioctl on this thread's socket: in this namespace
     except OSError:
@@ -199,8 +210,8 @@ class DockerPlugin:
 
     async def create_network(self, req: dict[str, Any]) -> dict[str, Any]:
         nid = _id(req.get("NetworkID"), "NetworkID")
-        opts = req.get("Options") or {}
-        generic = dict(opts.get(GENERIC) or {})
+        opts = _obj(req.get("Options"), "Options")
+        generic = dict(_obj(opts.get(GENERIC), f"Options.{GENERIC}"))
         driver = str(generic.pop(OPT_DRIVER, "bridge"))
         if driver not in DRIVERS:
             raise InvalidOption(f"-o {OPT_DRIVER} must be one of {', '.join(DRIVERS)}, not {driver!r}", option=driver)
@@ -296,8 +307,8 @@ class DockerPlugin:
 
     async def create_endpoint(self, req: dict[str, Any]) -> dict[str, Any]:
         nid, eid = _id(req.get("NetworkID"), "NetworkID"), _id(req.get("EndpointID"), "EndpointID")
-        iface = req.get("Interface") or {}
-        opts = req.get("Options") or {}
+        iface = _obj(req.get("Interface"), "Interface")
+        opts = _obj(req.get("Options"), "Options")
         nw = await self._network(nid)
         if await self._get("endpoints", eid) is not None:
             raise Conflict(f"endpoint {eid[:12]} exists", docker_endpoint=eid)
@@ -427,8 +438,18 @@ class DockerPlugin:
         if ep.sandbox_id:
             raise Conflict(f"endpoint {eid[:12]} is joined already", docker_endpoint=eid)
         src = src_name(eid)
-        # staging: the container's namespace may not exist yet (docker run); Docker moves the interface in
-        sb = await self.ctl.create_sandbox(eid)
+        # staging: the container's namespace may not exist yet (docker run); Docker moves the interface in.
+        # No resolv.conf/hosts files: the container's are Docker's, a staging sandbox's would never be read
+        try:
+            sb = await self.ctl.create_sandbox(eid, files=False, origin=STAGING_ORIGIN)
+        except Conflict:
+            if not await self.ctl.repo.has_sandbox(eid):
+                raise
+            raise Conflict(
+                f"a libnet sandbox with the id of Docker endpoint {eid[:12]} exists that the Docker plugin did not "
+                "make: it is left alone; remove it (`libnet sandbox rm`) or connect the container again",
+                docker_endpoint=eid,
+            ) from None
         try:
             joined = await self.ctl.join(ep.id, sb.id)
             await self.handover(sb.netns, joined.ifname or "eth0", src)
@@ -522,20 +543,27 @@ class DockerPlugin:
         await server.detach(f"docker-{network_id[:12]}")
 
     async def _unstage(self, eid: str, m: dict[str, Any]) -> None:
-        """Leave the staging sandbox and remove it; gone is fine."""
+        """Leave the staging sandbox and remove it; gone is fine.  A sandbox is removed only
+        when it is the plugin's: the one its mapping records, or one of Docker endpoint ``eid``'s
+        id that a Join made (origin :data:`STAGING_ORIGIN`: a kill between making it and recording
+        it) -- never a sandbox of libnet's own API that happens to carry that id (or starts with it)."""
         sid = m.get("sandbox") or eid
         with suppress(NotFound):
             ep = await self.ctl.endpoint(m["endpoint"])
             if ep.sandbox_id:
                 await self.ctl.leave(ep.id)
+        if not await self.ctl.repo.has_sandbox(sid):  # exactly that id: never one it is a prefix of
+            return
         with suppress(NotFound):
+            if not m.get("sandbox") and (await self.ctl.sandbox(sid)).origin != STAGING_ORIGIN:
+                return
             await self.ctl.delete_sandbox(sid)
 
     async def program_external_connectivity(self, req: dict[str, Any]) -> dict[str, Any]:
         """Publish the container's ports (``-p``) on this endpoint: Docker calls this for the endpoint that
         carries the container's default route only, so a container on several networks publishes once."""
         _m, ep = await self._endpoint(req.get("EndpointID"))
-        await self.ctl.publish(ep.id, _ports((req.get("Options") or {}).get(PORTMAP)))
+        await self.ctl.publish(ep.id, _ports(_obj(req.get("Options"), "Options").get(PORTMAP)))
         return {}
 
     async def revoke_external_connectivity(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -556,6 +584,15 @@ class DockerPlugin:
 def _id(value: Any, field: str) -> str:
     if not isinstance(value, str) or not value or len(value) > 128 or not value.isalnum():
         raise BadRequest(f"{field} must be Docker's id (letters and digits)", field=field)
+    return value
+
+
+def _obj(value: Any, field: str) -> dict[str, Any]:
+    """A JSON object field of a request (missing or null: empty); ``BadRequest`` for anything else."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"{field} must be an object", field=field)
     return value
 
 

@@ -868,6 +868,14 @@ class Controller:
                 if netns_id and exc.ids.get("key") == self.repo.netns_key(netns_id):
                     raise await self._namespace_taken(path, netns_id) from None
                 raise Conflict("a sandbox with that id exists", sandbox_id=sid) from None
+            # files that cannot be written (a read-only state dir, a symlink in the directory's place)
+            # refuse the sandbox: no record of a sandbox whose namespace the rollback removes
+            undo.push(lambda: self.repo.delete_sandbox(sb), "delete sandbox record")
+
+            async def remove_files() -> None:  # what was written before the failure
+                self._files.remove(sid)
+
+            undo.push(remove_files, "remove sandbox files")
             await self._files.write(sb)
         return sb
 

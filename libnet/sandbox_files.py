@@ -29,7 +29,7 @@ import stat
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from libnet.errors import BadRequest, NotFound
+from libnet.errors import BadRequest, Conflict, NotFound, Unavailable
 from libnet.model import address_of
 from libnet.names import check_sandbox_id
 from libnet.sandbox_dirs import DirPool
@@ -230,10 +230,27 @@ def _directory(state_dir: str, sandbox_id: str) -> str:
     return os.path.join(state_dir, "sandboxes", sandbox_id)
 
 
+def _check_own_directory(directory: str, sandbox_id: str) -> None:
+    """``Conflict`` when ``directory`` exists and is not a plain directory (a symlink put
+    in its place, a file): libnet's files are never written through it."""
+    try:
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        raise Conflict(
+            f"{directory} is not a directory libnet made (a symlink or a file): the files of sandbox "
+            f"{sandbox_id[:12]} are not written through it; remove it by hand",
+            sandbox_id=sandbox_id,
+            path=directory,
+        )
+
+
 def write(state_dir: str, sandbox_id: str, resolv: str, hosts: str) -> str:
     """Write both files atomically; returns the sandbox's directory."""
     directory = _directory(state_dir, sandbox_id)
     os.makedirs(directory, exist_ok=True)
+    _check_own_directory(directory, sandbox_id)
     for name, text in (("resolv.conf", resolv), ("hosts", hosts)):
         write_file(directory, name, text)
     return directory
@@ -242,9 +259,15 @@ def write(state_dir: str, sandbox_id: str, resolv: str, hosts: str) -> str:
 def write_file(directory: str, name: str, text: str) -> os.stat_result:
     """Replace ``directory/name`` atomically (a new file renamed over it: a reader
     sees the old or the new text, and a file held open keeps its old text); returns
-    the new file's ``stat``."""
+    the new file's ``stat``.  The temporary file is always a new one: whatever has
+    its name (a symlink, a hard link to another file) is removed, never written to."""
     tmp = os.path.join(directory, f".{name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp, flags, 0o644)
+    except FileExistsError:  # left by a crash, or planted (a symlink, a hard link): never written through
+        os.unlink(tmp)
+        fd = os.open(tmp, flags, 0o644)
     try:
         os.write(fd, text.encode())
         st = os.fstat(fd)
@@ -336,6 +359,11 @@ def swap_file(directory: str, name: str, text: str) -> os.stat_result | None:
 def remove(state_dir: str, sandbox_id: str) -> None:
     """Remove the sandbox's directory; gone is fine."""
     directory = _directory(state_dir, sandbox_id)
+    try:
+        if not stat.S_ISDIR(os.lstat(directory).st_mode):
+            return  # a symlink or a file in its place: not libnet's, neither followed nor removed
+    except OSError:
+        return
     for name in _OWN_FILES:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(directory, name))
@@ -393,7 +421,9 @@ class SandboxFiles:
     async def write(self, sb: Sandbox) -> None:
         """(Re)write the sandbox's resolv.conf and hosts from its stored endpoints (only those
         whose text changed); nothing for a sandbox without files (``Sandbox.files``), or one
-        being removed (its files go next)."""
+        being removed (its files go next).  ``Conflict`` when a symlink or a file stands in the
+        place of the sandbox's directory (never written through); ``Unavailable`` when the
+        files cannot be written (a read-only state dir)."""
         if not sb.files or sb.removing:
             return
         entries = []
@@ -410,12 +440,23 @@ class SandboxFiles:
         hosts = hosts_file(sb.hostname, entries)
         # two small local files: cheaper written here than handed to a thread
         directory = _directory(self.state_dir, sb.id)
-        fresh = (sb.id, "resolv.conf") not in self._written and (sb.id, "hosts") not in self._written
-        if fresh and self._place_ready(sb.id, directory, (("resolv.conf", resolv), ("hosts", hosts))):
+        try:
+            self._write(sb.id, directory, resolv, hosts)
+        except OSError as exc:  # a read-only or immutable state dir, say: said as such, not "internal error"
+            raise Unavailable(
+                f"the files of sandbox {sb.id[:12]} cannot be written in {directory}: {exc.strerror or exc}",
+                sandbox_id=sb.id,
+                path=directory,
+            ) from None
+
+    def _write(self, sid: str, directory: str, resolv: str, hosts: str) -> None:
+        _check_own_directory(directory, sid)
+        fresh = (sid, "resolv.conf") not in self._written and (sid, "hosts") not in self._written
+        if fresh and self._place_ready(sid, directory, (("resolv.conf", resolv), ("hosts", hosts))):
             return
         made = False
         for name, text in (("resolv.conf", resolv), ("hosts", hosts)):
-            mine = self._mine(sb.id, directory, name)
+            mine = self._mine(sid, directory, name)
             if mine is not None and mine == text:
                 continue
             st = None
@@ -424,9 +465,10 @@ class SandboxFiles:
             if st is None:
                 if not made:
                     os.makedirs(directory, exist_ok=True)
+                    _check_own_directory(directory, sid)  # made just now by someone else: a symlink, say
                     made = True
                 st = write_file(directory, name, text)
-            self._written[(sb.id, name)] = (text, (st.st_ino, st.st_size, st.st_mtime_ns))
+            self._written[(sid, name)] = (text, (st.st_ino, st.st_size, st.st_mtime_ns))
 
     def _place_ready(self, sandbox_id: str, directory: str, texts: tuple[tuple[str, str], ...]) -> bool:
         """A new sandbox's files in a directory of the pool: written in place while only

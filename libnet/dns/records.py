@@ -116,6 +116,7 @@ class Records:
 
     def __init__(self) -> None:
         self._networks: dict[str, _Network] = {}
+        self._given: dict[str, tuple[str, tuple[str, ...], bool]] = {}  # set_network's arguments, as given
         self._network_ids: dict[str, str] = {}  # name -> id
         self._entries: dict[str, Entry] = {}
         self._by_name: dict[tuple[str, str], list[Entry]] = defaultdict(list)  # (network id, name)
@@ -130,19 +131,25 @@ class Records:
     ) -> None:
         """Make a network known: its name is a domain, its subnets' reverse zones are
         libnet's (for sandboxes on it); ``external=False`` for an internal network."""
+        given = (name, tuple(s for s in subnets if s), external)
+        if self._given.get(network_id) == given:  # every join says it again: no parsing then
+            return
         old = self._networks.get(network_id)
-        nets = [ipaddress.ip_network(s, strict=False) for s in subnets if s]
+        nets = [ipaddress.ip_network(s, strict=False) for s in given[1]]
         new = _Network(name.lower(), nets, external)
         if old == new:
+            self._given[network_id] = given
             return
         if old is not None:
             self._network_ids.pop(old.name, None)
         self._networks[network_id] = new
         self._network_ids[name.lower()] = network_id
+        self._given[network_id] = given
         self._changed()
 
     def remove_network(self, network_id: str) -> None:
         old = self._networks.pop(network_id, None)
+        self._given.pop(network_id, None)
         if old is not None:
             self._network_ids.pop(old.name, None)
             for e in [e for e in self._entries.values() if e.network_id == network_id]:

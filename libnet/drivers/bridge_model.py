@@ -53,7 +53,12 @@ def bridge_name(nw: NetworkInfo) -> str:
 
 def host_ifname(ep: EndpointInfo) -> str:
     """The host side of an endpoint's veth."""
-    return VETH_PREFIX + ep.id[: IFNAMSIZ - len(VETH_PREFIX)]
+    return host_ifname_of(ep.id)
+
+
+def host_ifname_of(endpoint_id: str) -> str:
+    """The host side of the veth of the endpoint with id ``endpoint_id``."""
+    return VETH_PREFIX + endpoint_id[: IFNAMSIZ - len(VETH_PREFIX)]
 
 
 def retired_ifname(ep: EndpointInfo) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import os
 import socket
 import threading
@@ -31,6 +32,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from libnet.errors import BadRequest, NoSuchLink, NoSuchNamespace
 from libnet.kernel import netns, rtnl
+from libnet.kernel.announce import announce as send_announcements
 from libnet.kernel.errors import GONE, from_errno, is_gone, translate
 from libnet.kernel.neighbours import FdbEntry, Neighbour, NeighbourSocket
 from libnet.kernel.rtnl import Request, RtnlSocket
@@ -45,6 +47,7 @@ from libnet.kernel.wire import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger("libnet.kernel")
 
 RTNH_F_ONLINK = 0x04
 RTN_UNREACHABLE = 7  # route type: drop, answer EHOSTUNREACH
@@ -867,6 +870,17 @@ class Netlink:
         """Delete FDB entries in bulk; missing ones are fine."""
         items = list(entries)
         self._run("delete fdb", lambda: self.neigh.delete_fdb(self._index(link), items), ifname=link)
+
+    def announce(self, links: Sequence[str], entries: Iterable[Neighbour]) -> int:
+        """Gratuitous ARP (IPv4) and unsolicited Neighbor Advertisements (IPv6) for ``entries``, sent
+        on each of ``links`` of this namespace (:mod:`libnet.kernel.announce`); returns the frames
+        sent.  Never raises: an announcement only saves a container a retransmission."""
+        ports, items = list(links), list(entries)
+        try:
+            return self._thread.call(send_announcements, ports, items)
+        except Exception as exc:  # the namespace thread is gone
+            log.debug("neighbour announcement in %s: %s", self.ns, exc)
+            return 0
 
     def fdb(self, link: str | int) -> list[FdbEntry]:
         """The device's own FDB entries with a remote destination, sorted."""

@@ -24,7 +24,7 @@ ECHO_REQUEST = {4: 8, 6: 128}
 ECHO_REPLY = {4: 0, 6: 129}
 
 
-def _checksum(data: bytes) -> int:
+def checksum(data: bytes) -> int:
     """The Internet checksum (RFC 1071) of ``data``."""
     if len(data) % 2:
         data += b"\0"
@@ -48,7 +48,7 @@ def echo(ns: str | None, address: str, timeout: float = 1.0) -> bool:
     header = struct.pack("!BBHHH", ECHO_REQUEST[ip.version], 0, 0, ident, seq)
     payload = b"libnet-tunnel-probe"
     if ip.version == 4:  # the kernel fills ICMPv6's checksum itself
-        header = struct.pack("!BBHHH", ECHO_REQUEST[4], 0, _checksum(header + payload), ident, seq)
+        header = struct.pack("!BBHHH", ECHO_REQUEST[4], 0, checksum(header + payload), ident, seq)
     sock = netns.open_socket(ns, family, socket.SOCK_RAW, proto)
     try:
         sock.setblocking(False)

@@ -59,6 +59,8 @@ from libnet.kernel.wire import (
     IFLA_MASTER,
     IFLA_MTU,
     IFLA_NET_NS_FD,
+    IFLA_NUM_RX_QUEUES,
+    IFLA_NUM_TX_QUEUES,
     IFLA_PROTINFO,
     MAX_ALIAS,
     NETLINK_CAP_ACK,
@@ -140,6 +142,7 @@ __all__ = [
     "iter_messages",
     "message",
     "nested",
+    "parse_address",
     "setlink_body",
     "u32",
     "veth_body",
@@ -161,8 +164,19 @@ def veth_body(
     master: int | None,
     peer_mac: str | None,
     up: bool = True,
+    queues: int | None = 1,
 ) -> bytes:
-    """RTM_NEWLINK body: a veth pair, the peer created directly in another namespace."""
+    """RTM_NEWLINK body: a veth pair, the peer created directly in another namespace.
+
+    ``queues``: the TX and RX queues of each end (None: the kernel's choice).  Left
+    to the kernel, a veth gets one per possible CPU and then, registered already,
+    is cut down to one in use -- and cutting down a registered device's queues
+    waits for an RCU grace period (``synchronize_net`` in
+    ``netif_set_real_num_tx_queues``), one per end: most of the time a veth's
+    creation took on a machine with more than one CPU (perf, issue 22).  Asked for
+    one queue each it is made so, and nothing waits.  One queue in use is what a
+    veth gets either way; only raising it later (``ethtool -L``, for XDP) is not
+    possible on these."""
     peer_attrs = [cstr(IFLA_IFNAME, peer)]
     if peer_ns_fd is not None:
         peer_attrs.append(u32(IFLA_NET_NS_FD, peer_ns_fd))
@@ -170,6 +184,8 @@ def veth_body(
         peer_attrs.append(attr(IFLA_ADDRESS, bytes.fromhex(peer_mac.replace(":", ""))))
     if mtu:
         peer_attrs.append(u32(IFLA_MTU, mtu))
+    if queues is not None:
+        peer_attrs += [u32(IFLA_NUM_TX_QUEUES, queues), u32(IFLA_NUM_RX_QUEUES, queues)]
     info = nested(
         IFLA_LINKINFO,
         cstr(IFLA_INFO_KIND, "veth"),
@@ -180,6 +196,8 @@ def veth_body(
         parts.append(u32(IFLA_MTU, mtu))
     if master:
         parts.append(u32(IFLA_MASTER, master))
+    if queues is not None:
+        parts += [u32(IFLA_NUM_TX_QUEUES, queues), u32(IFLA_NUM_RX_QUEUES, queues)]
     parts.append(info)
     return b"".join(parts)
 
@@ -268,14 +286,32 @@ def delgroup_body(group: int) -> bytes:
     return ifinfo(0) + u32(IFLA_GROUP, group)
 
 
+def parse_address(text: str) -> tuple[int, bytes, int]:
+    """(family, packed address, prefix length) of an address or interface CIDR
+    (``"198.51.100.2/24"``, ``"2001:db8::1"``: /32 or /128 without a prefix), as
+    :func:`ipaddress.ip_interface` reads it; ``ValueError`` if it is none.
+
+    The attach path builds four of these per join: ``ipaddress`` costs 20-50
+    microseconds each (an IPv6 interface the most), ``inet_pton`` under one.
+    Forms it does not take (netmasks, scope ids) go through ``ipaddress``."""
+    addr, sep, plen = text.partition("/")
+    fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    bits = 128 if fam == socket.AF_INET6 else 32
+    if not sep or (plen.isascii() and plen.isdigit() and len(plen) <= 3 and int(plen) <= bits):
+        try:
+            return fam, socket.inet_pton(fam, addr), int(plen) if sep else bits
+        except OSError:
+            pass
+    iface = ipaddress.ip_interface(text)  # ValueError for what is no address
+    return (socket.AF_INET if iface.version == 4 else socket.AF_INET6), iface.ip.packed, iface.network.prefixlen
+
+
 def addr_body(index: int, cidr: str, nodad: bool = False) -> bytes:
     """RTM_NEWADDR body for an interface address."""
-    iface = ipaddress.ip_interface(cidr)
-    fam = socket.AF_INET if iface.version == 4 else socket.AF_INET6
-    packed = iface.ip.packed
-    flags = IFA_F_NODAD if nodad and iface.version == 6 else 0
+    fam, packed, prefixlen = parse_address(cidr)
+    flags = IFA_F_NODAD if nodad and fam == socket.AF_INET6 else 0
     return (
-        _IFADDR.pack(fam, iface.network.prefixlen, flags & 0xFF, 0, index)
+        _IFADDR.pack(fam, prefixlen, flags & 0xFF, 0, index)
         + attr(IFA_LOCAL, packed)
         + attr(IFA_ADDRESS, packed)
         + u32(IFA_FLAGS, flags)
@@ -283,12 +319,12 @@ def addr_body(index: int, cidr: str, nodad: bool = False) -> bytes:
 
 
 def default_route_body(gateway: str, oif: int) -> bytes:
-    """RTM_NEWROUTE/RTM_DELROUTE body: the default route via ``gateway`` out of ``oif``."""
-    gw = ipaddress.ip_address(gateway)
-    fam = socket.AF_INET if gw.version == 4 else socket.AF_INET6
+    """RTM_NEWROUTE/RTM_DELROUTE body: the default route via ``gateway`` (an
+    address; an interface CIDR's prefix is ignored) out of ``oif``."""
+    fam, packed, _ = parse_address(gateway)
     return (
         _RTMSG.pack(fam, 0, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC, 0, RTN_UNICAST, 0)
-        + attr(RTA_GATEWAY, gw.packed)
+        + attr(RTA_GATEWAY, packed)
         + u32(RTA_OIF, oif)
     )
 
@@ -335,14 +371,21 @@ class RtnlSocket:
     def send_chunk(self, msgs: list[bytes], last_seq: int) -> dict[int, int]:
         """Send messages at once; return {seq: errno} of those that failed.
 
-        Only the last message needs ``NLM_F_ACK``: failures are reported
-        anyway, and its acknowledgement ends the chunk.
+        Only the last message needs ``NLM_F_ACK``: the kernel handles the
+        messages of one ``send`` in order and answers a failure whether or not
+        it was asked to, so the last one's acknowledgement (or error) ends the
+        chunk and every error before it names its message by sequence number.
+        Each answer is a datagram of its own: acknowledging every message
+        would cost a ``recv`` each.  The messages carry consecutive sequence
+        numbers ending at ``last_seq``; answers to others (left over from an
+        earlier, interrupted exchange) are ignored.
         """
+        first = last_seq - len(msgs) + 1
         self.sock.send(b"".join(msgs))
         failed: dict[int, int] = {}
         while True:
             for mtype, _flags, seq, payload in iter_messages(self.recv()):
-                if mtype != NLMSG_ERROR:
+                if mtype != NLMSG_ERROR or not first <= seq <= last_seq:
                     continue
                 (err,) = _ERR.unpack_from(payload, 0)
                 if err:
@@ -362,10 +405,12 @@ class RtnlSocket:
         """Send (type, flags, body, what) requests in one batch; return
         {position in ``requests``: errno} of those that failed."""
         first = self.next_seq(len(requests))
-        msgs = [
-            message(t, f | NLM_F_REQUEST | NLM_F_ACK, first + i, body) for i, (t, f, body, _w) in enumerate(requests)
+        last = first + len(requests) - 1
+        msgs = [  # an acknowledgement for the last one only (send_chunk)
+            message(t, f | NLM_F_REQUEST | (NLM_F_ACK if first + i == last else 0), first + i, body)
+            for i, (t, f, body, _w) in enumerate(requests)
         ]
-        failed = self.send_chunk(msgs, first + len(requests) - 1)
+        failed = self.send_chunk(msgs, last)
         return {seq - first: code for seq, code in failed.items()}
 
     def link_index(self, name: str) -> int | None:

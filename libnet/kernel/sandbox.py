@@ -9,7 +9,6 @@ builds those requests and decides which kernel answers mean "already gone"
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from collections.abc import Sequence
 from typing import Any
@@ -28,8 +27,8 @@ def _route_requests(index: int, gateways: Sequence[str], add: bool) -> list[rtnl
     """Default routes via ``gateways`` (interface CIDRs or plain addresses) out of ``index``."""
     reqs: list[rtnl.Request] = []
     for gw in gateways:
-        via = str(ipaddress.ip_interface(gw).ip)
-        body = rtnl.default_route_body(via, index)
+        via = gw.partition("/")[0]  # for the messages only: the body parses it
+        body = rtnl.default_route_body(gw, index)
         if add:
             reqs.append((RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, body, f"default route via {via}"))
         else:

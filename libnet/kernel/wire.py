@@ -34,6 +34,7 @@ AF_BRIDGE = 7
 # --- linux/if_link.h, linux/if.h ---------------------------------------------------
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_GROUP, IFLA_NET_NS_FD = 1, 3, 4, 10, 18, 27, 28
 IFLA_IFALIAS = 20
+IFLA_NUM_TX_QUEUES, IFLA_NUM_RX_QUEUES = 31, 32
 IFLA_PROTINFO = 12
 # --- linux/if_link.h: bridge port attributes (nested in IFLA_PROTINFO, AF_BRIDGE) ---------
 IFLA_BRPORT_MODE, IFLA_BRPORT_ISOLATED = 4, 33

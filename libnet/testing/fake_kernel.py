@@ -100,6 +100,8 @@ class FakeKernel:
         self.tables: dict[tuple[str, str], FakeTable] = {}
         self.sysctls: dict[tuple[str, str], str] = {}
         self.calls: list[str] = []
+        #: neighbour announcements sent (``LinkOps.announce``): (namespace, links that exist, entries sorted)
+        self.announced: list[tuple[str, tuple[str, ...], tuple[Neighbour, ...]]] = []
         self._failures: dict[str, list[BaseException]] = {}
         self._index = itertools.count(2)
         self.namespace(None).links[1] = FakeLink(1, "lo", None, 65536, "00:00:00:00:00:00", up=True)
@@ -470,6 +472,13 @@ class FakeNetlink:
 
     def delete_fdb(self, link: str | int, entries: Iterable[FdbEntry]) -> None:
         self.space.fdb.get(self.space.get(link).index, set()).difference_update(entries)
+
+    def announce(self, links: Sequence[str], entries: Iterable[Neighbour]) -> int:
+        """Recorded in ``kernel.announced`` as (namespace, links, entries); links that do not exist are skipped."""
+        here = [name for name in links if self.space.find(name) is not None]
+        items = sorted(entries)
+        self.kernel.announced.append((self.space.key, tuple(here), tuple(items)))
+        return len(here) * len(items)
 
 
 class FakeSandbox:

@@ -48,3 +48,17 @@ def test_a_refused_port_flag_leaves_no_veth(single: Testbed, monkeypatch) -> Non
         with pytest.raises(NoSuchLink):
             nl.link_index("vb-b")
         assert netns.run_in(sb, lambda: sorted(n for _, n in socket.if_nameindex())) == ["lo"]
+
+
+def test_both_ends_are_made_with_one_queue(single: Testbed) -> None:
+    # the kernel's choice is one per possible CPU, cut down to one in use after registration,
+    # which waits for an RCU grace period per end (see rtnl.veth_body)
+    sb = single.namespace("queues")
+    with Netlink(single.hosts[0].ns) as nl, Netlink(sb) as inside:
+        nl.add_bridge("br-q")
+        nl.plug_veth_here("vb-q", "eth0", sb, "br-q", 1400, None, "mark-q", hairpin=True)
+        nl.plug_veth("vb-q2", "eth1", sb, "br-q", 1400, None, "mark-q2")  # on the namespace's thread
+        for handle, name in ((nl, "vb-q"), (inside, "eth0"), (nl, "vb-q2"), (inside, "eth1")):
+            msg = handle.call(lambda h=handle, n=name: h.ipr.get_links(h.link_index(n))[0])
+            assert (msg.get("IFLA_NUM_TX_QUEUES"), msg.get("IFLA_NUM_RX_QUEUES")) == (1, 1), name
+        assert inside.link("eth0").mtu == 1400 and nl.link("vb-q").alias == "mark-q"

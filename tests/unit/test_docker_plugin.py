@@ -137,6 +137,8 @@ async def test_run_sequence_dual_stack(client) -> None:
     assert "DisableGatewayService" not in join
     staged = await client.ctl.sandbox(EID)  # the staging sandbox, its interface handed over
     assert client.moved == [(staged.netns, "eth0", src_name(EID))]
+    # no resolv.conf/hosts for it: the container reads Docker's
+    assert not os.path.lexists(os.path.join(client.ctl.config.state_dir, "sandboxes", EID))
     assert (await client.ctl.endpoint(ep.id)).sandbox_id == EID
 
     opts = {"com.docker.network.endpoint.exposedports": [], "com.docker.network.portmap": []}
@@ -339,6 +341,25 @@ async def test_errors_are_err_with_libnet_messages(client) -> None:
     assert len(await client.ctl.endpoints()) == 2  # refusals left nothing behind
 
 
+async def test_fields_of_the_wrong_type_are_refused_clearly(client) -> None:
+    """Breaker: ``"Options": "x"`` (or a string Interface, generic options) answered aiohttp's bare
+    "500 Server got itself in trouble" (an AttributeError), not an ``Err`` naming the field."""
+    for body, field in (
+        ({"NetworkID": NID2, "Options": "x"}, "Options"),
+        ({"NetworkID": NID2, "Options": {"com.docker.network.generic": ["x"]}}, "generic"),
+    ):
+        r = await client.post("/NetworkDriver.CreateNetwork", data=json.dumps(body).encode(), headers=ACCEPT)
+        assert r.headers["Content-Type"].startswith(CONTENT_TYPE), await r.text()
+        assert field in json.loads(await r.text())["Err"]
+    await call(client, "/NetworkDriver.CreateNetwork", create_net())
+    for key in ("Interface", "Options"):
+        body = {**create_ep(), key: "x"}
+        r = await client.post("/NetworkDriver.CreateEndpoint", data=json.dumps(body).encode(), headers=ACCEPT)
+        assert r.headers["Content-Type"].startswith(CONTENT_TYPE), await r.text()
+        assert key in json.loads(await r.text())["Err"]
+    assert await client.ctl.endpoints() == [] and len(await client.ctl.networks()) == 1
+
+
 async def test_an_address_docker_gives_again_replaces_the_endpoint_it_forgot(client) -> None:
     """A killed dockerd forgets its endpoints without Leave/DeleteEndpoint and gives their addresses again."""
     await call(client, "/NetworkDriver.CreateNetwork", create_net())
@@ -370,6 +391,38 @@ async def test_failed_join_then_delete_endpoint(tmp_path) -> None:
         assert await call(c, "/NetworkDriver.DeleteEndpoint", ids) == {}  # what dockerd sends next
         assert await ctl.endpoints() == []
     await ctl.close()
+
+
+async def test_a_sandbox_the_plugin_did_not_make_is_never_removed(client) -> None:
+    """Breaker: a libnet sandbox (libnet's own API) with the id of a Docker endpoint -- or one that id is a
+    prefix of -- was removed by that endpoint's Leave or DeleteEndpoint: the failed Join ("a sandbox with that
+    id exists") left no staging sandbox in the mapping, and the plugin then took the one of that id."""
+    ctl = client.ctl
+    await ctl.create_sandbox(EID, hostname="users")
+    await ctl.create_sandbox("e" * 80, hostname="longer")
+    await call(client, "/NetworkDriver.CreateNetwork", create_net())
+    await call(client, "/NetworkDriver.CreateEndpoint", create_ep())
+    ids = {"NetworkID": NID, "EndpointID": EID, "SandboxKey": SBKEY}
+    err = await call(client, "/NetworkDriver.Join", ids, status=500)
+    assert "did not make" in err["Err"] and "left alone" in err["Err"]
+    assert await call(client, "/NetworkDriver.Leave", ids) == {}
+    assert await call(client, "/NetworkDriver.DeleteEndpoint", ids) == {}
+    short = {"NetworkID": NID, "EndpointID": "eeee"}  # not Docker's shape, but an id the plugin takes
+    await call(client, "/NetworkDriver.CreateEndpoint", {**short, "Interface": {}})
+    assert await call(client, "/NetworkDriver.DeleteEndpoint", short) == {}
+    assert sorted(s.hostname or "" for s in await ctl.sandboxes()) == ["longer", "users"]
+    assert client.moved == []
+
+
+async def test_a_staging_sandbox_a_killed_join_did_not_record_is_removed(client) -> None:
+    """A kill between the Join's staging sandbox and its mapping: the next DeleteEndpoint still removes it."""
+    ctl = client.ctl
+    await call(client, "/NetworkDriver.CreateNetwork", create_net())
+    await call(client, "/NetworkDriver.CreateEndpoint", create_ep())
+    await ctl.create_sandbox(EID, origin="docker")  # as Join makes it; the mapping never learnt it
+    ids = {"NetworkID": NID, "EndpointID": EID}
+    assert await call(client, "/NetworkDriver.DeleteEndpoint", ids) == {}
+    assert await ctl.sandboxes() == [] and await ctl.endpoints() == []
 
 
 async def test_handover_names_this_namespace_here_and_checks_the_interface_arrived(monkeypatch) -> None:
@@ -404,6 +457,47 @@ async def test_handover_names_this_namespace_here_and_checks_the_interface_arriv
     with pytest.raises(KernelError, match="not in the agent's namespace as lndnothere12"):
         await kernel_handover("/run/netns/staging", "eth0", "lndnothere12")  # moved nowhere by the fake
     assert moves == [("/run/netns/staging", "eth0", (here.st_dev, here.st_ino), "lndnothere12")]
+
+
+async def test_a_handover_cancelled_before_its_move_started_closes_its_namespace_descriptor(monkeypatch) -> None:
+    """A Join cancelled (dockerd gave up) while its move still waits for a worker thread: the move never
+    runs, and the descriptor of this namespace is closed by the caller, not leaked (one per event)."""
+    import asyncio
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from libnet.kernel import netlink
+    from libnet.kernel import netns as kernel_netns
+
+    opened: list[int] = []
+
+    def open_own() -> int:
+        fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        opened.append(fd)
+        return fd
+
+    class NoNetlink:
+        def __init__(self, ns):
+            raise AssertionError("the move ran after its caller was cancelled")
+
+    monkeypatch.setattr(kernel_netns, "open_own", open_own)
+    monkeypatch.setattr(netlink, "Netlink", NoNetlink)
+    loop = asyncio.get_running_loop()
+    busy, release = threading.Event(), threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as one:
+        loop.set_default_executor(one)
+        blocker = loop.run_in_executor(None, lambda: (busy.set(), release.wait(10)))
+        assert busy.wait(10)
+        task = asyncio.create_task(kernel_handover("/run/netns/staging", "eth0", "lndcancelled1"))
+        await asyncio.sleep(0.05)  # queued behind the blocker
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+        await blocker
+    assert len(opened) == 1
+    with pytest.raises(OSError):
+        os.fstat(opened[0])  # closed
 
 
 async def test_ipam_sequence(client) -> None:

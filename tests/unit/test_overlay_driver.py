@@ -162,6 +162,33 @@ async def test_remote_peers_are_programmed_and_announced(kernel: FakeKernel, dri
     assert any("neighbour/FDB" in line for line in await driver.repair())
 
 
+async def test_a_new_remote_peer_is_announced_into_the_local_containers_ports(
+    kernel: FakeKernel, driver: OverlayDriver
+) -> None:
+    """Only into the veths of this host's endpoints on that network (never br0, which floods to every VTEP)."""
+    from libnet.drivers.bridge_model import host_ifname
+
+    nw, ep = net(), endpoint()
+    await driver.create_network(nw)
+    await driver.join(nw, ep, SandboxInfo("c1", kernel.add_namespace("sb1"), "eth0"))
+    await driver.programmer.settled()
+    assert kernel.announced == []
+    remote = Peer(REMOTE, NET, "02:42:c6:33:64:09", "203.0.113.2", "h2", "198.51.100.9/24", "2001:db8::9/64", "b")
+    assert driver.store is not None
+    await driver.store.put(peers_prefix(P, NET) + REMOTE, encode(remote))
+    for _ in range(100):
+        if kernel.announced:
+            break
+        await asyncio.sleep(0.01)
+    assert kernel.announced == [
+        (
+            "lno-t-256",
+            (host_ifname(ep),),
+            (Neighbour("198.51.100.9", "02:42:c6:33:64:09"), Neighbour("2001:db8::9", "02:42:c6:33:64:09")),
+        )
+    ]
+
+
 async def test_reconcile_removes_entry_guards_of_encrypted_vnis_not_served_here(
     kernel: FakeKernel, driver: OverlayDriver
 ) -> None:

@@ -15,6 +15,8 @@ class FakeDevices:
         self.batches = 0
         self.released: list[str] = []
         self.closed = False
+        self.announced: list[tuple[str, set[Neighbour]]] = []
+        self.announce_fails = False
 
     def dump(self, nid: str) -> Entries:
         e = self.state.setdefault(nid, Entries())
@@ -28,6 +30,11 @@ class FakeDevices:
         for n in add.neighbours:  # replace semantics: one MAC per IP
             e.neighbours = {x for x in e.neighbours if x.ip != n.ip} | {n}
         e.fdb |= add.fdb
+
+    def announce(self, nid: str, entries: set[Neighbour]) -> None:
+        self.announced.append((nid, set(entries)))
+        if self.announce_fails:
+            raise OSError("no packet socket")
 
     def release(self, nid: str) -> None:
         self.released.append(nid)
@@ -153,3 +160,51 @@ def test_device_handles_are_kept_between_batches_and_dropped_on_release() -> Non
     assert log[5:] == ["close ns300", "open ns301", "neigh ns301", "fdb ns301"]
     devices.close()
     assert log[-1] == "close ns301"
+
+
+async def test_new_neighbours_of_small_batches_are_announced_but_not_bulk_or_rebuilt_ones() -> None:
+    """A container that asked for a brand-new peer just before its entry existed got no answer from the
+    device's proxy and waited ~1 s (ARP retransmission): new entries of a normal, small batch are announced
+    to the local containers; the whole table of a (re)built device, bulk batches and repairs are not."""
+    from libnet.drivers.overlay.programmer import ANNOUNCE_MAX
+
+    table = PeerTable("h1")
+    dev = FakeDevices()
+    prog = Programmer(dev, table)
+    prog.active.add("n1")
+    prog.start()
+    for i in range(2, 12):  # start-up: the device was just built, the peers read in bulk
+        table.set(p(f"e{i}", i, "203.0.113.12", "h2"))
+    prog.reset("n1")
+    await asyncio.wait_for(prog.settled(), 5)
+    assert dev.state["n1"].neighbours == table.entries("n1").neighbours and dev.announced == []
+
+    table.set(p("e20", 20, "203.0.113.13", "h3"))  # one container joins on another host
+    prog.mark("n1")
+    await asyncio.wait_for(prog.settled(), 5)
+    assert dev.announced == [("n1", {Neighbour("198.51.100.20", "02:42:c6:33:64:14")})]
+
+    table.remove("n1", "e20")  # a departure: nothing to announce
+    prog.mark("n1")
+    await asyncio.wait_for(prog.settled(), 5)
+    assert len(dev.announced) == 1
+
+    for i in range(30, 31 + ANNOUNCE_MAX):  # a bulk batch (a big host came back): not announced
+        table.set(p(f"e{i}", i, "203.0.113.14", "h4"))
+    prog.mark("n1")
+    await asyncio.wait_for(prog.settled(), 5)
+    assert len(dev.announced) == 1 and len(dev.state["n1"].neighbours) == 10 + ANNOUNCE_MAX + 1
+
+    dev.state["n1"].neighbours.clear()  # repairs are not first contacts
+    assert await prog.reconcile("n1") > 0 and len(dev.announced) == 1
+
+    dev.announce_fails = True  # a failing announcement never fails programming
+    table.set(p("e21", 21, "203.0.113.13", "h3"))
+    prog.mark("n1")
+    await asyncio.wait_for(prog.settled(), 5)
+    assert len(dev.announced) == 2 and Neighbour("198.51.100.21", "02:42:c6:33:64:15") in dev.state["n1"].neighbours
+    table.set(p("e22", 22, "203.0.113.13", "h3"))
+    prog.mark("n1")
+    await asyncio.wait_for(prog.settled(), 5)
+    assert Neighbour("198.51.100.22", "02:42:c6:33:64:16") in dev.state["n1"].neighbours
+    await prog.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from ipam.ipam import StoreIpam
 from libnet import Config, Controller, sandbox_files
+from libnet.errors import Conflict, Unavailable
 from libnet.store.memory import MemoryStore
 from libnet.testing.fakes import FakeDriver, FakeNamespaces
 
@@ -137,3 +139,77 @@ async def test_removing_the_sandbox_removes_its_directory_with_the_spares(ctl: C
     assert directory.is_dir()
     await ctl.remove_sandbox(sb.id)
     assert not directory.exists()
+
+
+async def test_a_symlink_in_the_place_of_the_sandbox_directory_is_never_written_through(
+    ctl: Controller, tmp_path
+) -> None:
+    """Breaker: ``<state>/sandboxes/<id>`` planted as a symlink to another directory made `sandbox create`
+    replace that directory's ``hosts`` and ``resolv.conf``; the sandbox is now refused, nothing written."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "hosts").write_text("keep me\n")
+    planted = Path(ctl.config.state_dir) / "sandboxes" / "planted"
+    planted.parent.mkdir(exist_ok=True)
+    planted.symlink_to(victim)
+    with pytest.raises(Conflict, match="not a directory libnet made"):
+        await ctl.create_sandbox("planted", hostname="app")
+    assert sorted(os.listdir(victim)) == ["hosts"] and (victim / "hosts").read_text() == "keep me\n"
+    assert planted.is_symlink()
+    assert not await ctl.repo.has_sandbox("planted")  # refused: no record left behind
+    sandbox_files.remove(ctl.config.state_dir, "planted")  # the inventory's purge: not followed either
+    assert (victim / "hosts").read_text() == "keep me\n"
+
+
+async def test_a_symlink_put_in_the_place_of_a_sandbox_directory_later_is_never_written_through(
+    ctl: Controller, tmp_path
+) -> None:
+    await ctl.create_network("front")
+    sb = await ctl.create_sandbox(hostname="app")
+    directory = Path(ctl.config.state_dir) / "sandboxes" / sb.id
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "hosts").write_text("keep me\n")
+    os.rename(directory, tmp_path / "moved")
+    directory.symlink_to(victim)
+    with pytest.raises(Conflict, match="not a directory libnet made"):
+        await ctl.connect("front", sb.id, name="app-front")
+    assert sorted(os.listdir(victim)) == ["hosts"] and (victim / "hosts").read_text() == "keep me\n"
+
+
+async def test_a_planted_temporary_file_is_never_written_through(ctl: Controller, tmp_path) -> None:
+    """Breaker: the temporary file of a fresh write (``.hosts.tmp``) was opened with O_TRUNC and no
+    O_NOFOLLOW: a symlink (or a hard link) of that name had its target truncated and overwritten."""
+    await ctl.create_network("front")
+    sb = await ctl.create_sandbox(hostname="app")
+    directory = Path(ctl.config.state_dir) / "sandboxes" / sb.id
+    victim, linked = tmp_path / "victim", tmp_path / "linked"
+    victim.write_text("keep me\n")
+    linked.write_text("keep me too\n")
+    (directory / ".hosts.tmp").symlink_to(victim)
+    os.link(linked, directory / ".resolv.conf.tmp")
+    with open(directory / "hosts", "a") as f:  # changed behind libnet's back: made afresh (write_file)
+        f.write("# edited\n")
+    with open(directory / "resolv.conf", "a") as f:
+        f.write("# edited\n")
+    await ctl.connect("front", sb.id, name="app-front")
+    assert victim.read_text() == "keep me\n" and linked.read_text() == "keep me too\n"
+    assert not (directory / "hosts").is_symlink() and "app app-front" in (directory / "hosts").read_text()
+    assert "# edited" not in (directory / "resolv.conf").read_text()
+
+
+async def test_a_sandbox_whose_files_cannot_be_written_is_refused_and_not_kept(ctl: Controller, monkeypatch) -> None:
+    ns = ctl._namespaces
+    assert isinstance(ns, FakeNamespaces)
+    """Breaker: with a read-only (here: immutable) state dir `sandbox create` answered "internal error:
+    [Errno 1]" and kept the sandbox's record, its namespace rolled back: a sandbox without a namespace."""
+
+    def refuse(*_a: object) -> None:
+        raise PermissionError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(sandbox_files.SandboxFiles, "_place_ready", lambda *_a: False)
+    monkeypatch.setattr(sandbox_files, "write_file", refuse)
+    with pytest.raises(Unavailable, match=r"cannot be written.*Read-only file system"):
+        await ctl.create_sandbox("ro1", hostname="app")
+    assert not await ctl.repo.has_sandbox("ro1")
+    assert not [p for p in ns.paths if p.endswith("ro1")]

@@ -90,7 +90,7 @@ from libnet.config import (
 )
 from libnet.driverapi import Capabilities, EndpointInfo, NetworkInfo, ReconcileReport, SandboxInfo
 from libnet.drivers import sandbox_config
-from libnet.drivers.bridge_model import host_ifname
+from libnet.drivers.bridge_model import host_ifname, host_ifname_of
 from libnet.drivers.overlay.encrypted import EncryptedOverlays
 from libnet.drivers.overlay.events import PeerEvents
 from libnet.drivers.overlay.peerdb import Peer, PeerTable
@@ -171,7 +171,7 @@ class OverlayDriver(EncryptedOverlays):
         self.store, self.node, self.vtep, self.prefix = cluster_store, node, vtep, overlay_prefix
         self.vnis = VniAllocator(self.plumbing.local_vnis, self.plumbing.ns_name)
         self.table = PeerTable(node)
-        self.programmer = Programmer(VxlanDevices(self.plumbing, self.vnis.cached), self.table)
+        self.programmer = Programmer(VxlanDevices(self.plumbing, self.vnis.cached, self._ports), self.table)
         self.watch = PeerWatch(self.table, self._peers_changed, P)
         self._local: dict[str, set[str]] = {}  # network id -> endpoint ids joined on this host
         self._locks: dict[str, asyncio.Lock] = {}
@@ -208,6 +208,11 @@ class OverlayDriver(EncryptedOverlays):
         self.events = PeerEvents(membership, self.table, self._peers_changed, self._resync_all, grace)
         self.events.start()
         self._membership = membership
+
+    def _ports(self, network_id: str) -> list[str]:
+        """The host side of the veths of this host's endpoints on ``network_id`` (in its namespace),
+        where new neighbours are announced; called on the programmer's worker thread (a snapshot)."""
+        return [host_ifname_of(eid) for eid in tuple(self._local.get(network_id, ()))]
 
     def host_gone(self, node: str) -> bool:
         """See :class:`libnet.driverapi.ClusterAware` (host names compare without case)."""

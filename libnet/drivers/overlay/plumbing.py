@@ -32,7 +32,7 @@ import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from libnet import ownership
@@ -40,6 +40,7 @@ from libnet.driverapi import NetworkInfo
 from libnet.drivers.overlay.peerdb import Entries
 from libnet.errors import Conflict, LibnetError, Unavailable
 from libnet.kernel.api import Kernel, LinkOps
+from libnet.kernel.neighbours import Neighbour
 from libnet.kernel.netlink import VXLAN_PORT, Vxlan
 from libnet.kernel.wire import IFA_F_DADFAILED, IFA_F_TENTATIVE
 from libnet.ownership import NamespaceLedger
@@ -383,10 +384,18 @@ class VxlanDevices:
     every host pays it on every change of a converging overlay.  A handle
     lives in the namespace it was opened in, so :meth:`release` drops it
     whenever the namespace may be another (rebuilt, or torn down: the
-    programmer's ``reset`` and ``forget``); a failed batch drops it too."""
+    programmer's ``reset`` and ``forget``); a failed batch drops it too.
 
-    def __init__(self, plumbing: Plumbing, vni: Callable[[str], int | None]) -> None:
-        self.plumbing, self._vni = plumbing, vni
+    ``ports``: the host-side veth names of this host's endpoints on a network
+    (in its namespace), where :meth:`announce` sends."""
+
+    def __init__(
+        self,
+        plumbing: Plumbing,
+        vni: Callable[[str], int | None],
+        ports: Callable[[str], Sequence[str]] = lambda network_id: (),
+    ) -> None:
+        self.plumbing, self._vni, self._ports = plumbing, vni, ports
         self._handles: dict[str, tuple[str, LinkOps]] = {}  # network id -> (namespace, handle)
         self._lock = threading.Lock()  # batches run on worker threads; release on the event loop
 
@@ -435,6 +444,14 @@ class VxlanDevices:
                 nl.delete_fdb("vxlan0", remove.fdb)
 
         self._with(network_id, batch)
+
+    def announce(self, network_id: str, entries: set[Neighbour]) -> None:
+        """Gratuitous ARP / unsolicited NA for ``entries`` into each local container's port of the
+        network -- its veth, never ``br0``, which would flood them to every remote VTEP -- from the
+        network's namespace (on the handle's thread, which lives there)."""
+        ports = self._ports(network_id)
+        if ports:
+            self._handle(network_id).announce(ports, entries)
 
     def release(self, network_id: str) -> None:
         """Close the network's handle, if one is held (its namespace was rebuilt or removed)."""

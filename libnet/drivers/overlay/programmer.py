@@ -6,6 +6,14 @@ thousand peer events for one network become one kernel batch).  Replace
 semantics mean re-applying is harmless.  :meth:`Programmer.reconcile` reads
 the device back from the kernel and repairs any drift (an entry deleted by
 hand, a stale one left by a crash).
+
+New neighbour entries of a small batch (at most :data:`ANNOUNCE_MAX`) are
+then announced into the network's local containers' ports (gratuitous ARP,
+unsolicited NA: :mod:`libnet.kernel.announce`): a container that asked for a
+brand-new peer a moment before its entry existed got no answer from the
+device's proxy and would ask again only after a second.  Not after a device
+was (re)built, nor by :meth:`Programmer.reconcile`, nor for bulk batches
+(thousands of peers at start-up): those are not first contacts.
 """
 
 from __future__ import annotations
@@ -16,8 +24,11 @@ import logging
 from typing import Protocol
 
 from libnet.drivers.overlay.peerdb import Entries, PeerTable
+from libnet.kernel.neighbours import Neighbour
 
 log = logging.getLogger("libnet.drivers.overlay")
+#: a batch adding at most this many neighbour entries has them announced to the local containers
+ANNOUNCE_MAX = 64
 
 
 class DeviceOps(Protocol):
@@ -26,6 +37,9 @@ class DeviceOps(Protocol):
     def dump(self, network_id: str) -> Entries: ...
 
     def apply(self, network_id: str, remove: Entries, add: Entries) -> None: ...
+
+    def announce(self, network_id: str, entries: set[Neighbour]) -> None:
+        """Tell the network's local containers of new neighbour entries (best effort)."""
 
     def release(self, network_id: str) -> None:
         """Drop what is held open for the network's device (its namespace was rebuilt or removed)."""
@@ -111,11 +125,22 @@ class Programmer:
         if nid not in self.active:
             return
         desired = self.table.entries(nid)
+        fresh = nid not in self._applied  # a (re)built device: everything, no first contact
         current = self._applied.get(nid, Entries())
         remove, add = diff(current, desired)
         if remove.neighbours or remove.fdb or add.neighbours or add.fdb:
-            await asyncio.to_thread(self.ops.apply, nid, remove, add)
+            news = add.neighbours if not fresh and len(add.neighbours) <= ANNOUNCE_MAX else set()
+            await asyncio.to_thread(self._apply, nid, remove, add, news)
         self._applied[nid] = desired
+
+    def _apply(self, nid: str, remove: Entries, add: Entries, news: set[Neighbour]) -> None:
+        """One batch, then its new neighbours announced (on a worker thread)."""
+        self.ops.apply(nid, remove, add)
+        if news:
+            try:
+                self.ops.announce(nid, news)
+            except Exception as exc:  # never fails programming: it only saves a container a retransmission
+                log.debug("announcing %d neighbours of network %s: %s", len(news), nid[:12], exc)
 
     async def reconcile(self, network_id: str) -> int:
         """Compare the device with the desired state and repair it; returns repairs made."""
