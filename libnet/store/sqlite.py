@@ -249,11 +249,17 @@ class SQLiteStore(LogWatchMixin):
 
     def _checkpoint_wal(self) -> None:
         """Copy the WAL's committed pages into the database file (worker thread); PASSIVE:
-        never waits for readers or writers, whatever it cannot copy now goes next time."""
+        never waits for readers or writers, whatever it cannot copy now goes next time.  On a
+        connection of its own, closed again: the worker's connection (opened only to wait for
+        another process's lock) and its page cache cost ~0.3 MiB of RSS kept for good."""
         if self._closed:
             return
         with contextlib.suppress(sqlite3.Error):
-            self._blocking_conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            db = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
+            try:
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            finally:
+                db.close()
 
     # --- Store ----------------------------------------------------------------
 
