@@ -44,6 +44,7 @@ from __future__ import annotations
 import ipaddress
 import random
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from ipam import pools as P
@@ -64,6 +65,7 @@ from ipam.api import (
     PoolOwner,
 )
 from ipam.bitsets import AddressSet, address_set
+from ipam.planned import PlannedAddress
 from libnet import model
 from libnet.errors import (
     AddressInUse,
@@ -77,7 +79,7 @@ from libnet.errors import (
     PoolExhausted,
     PoolOverlap,
 )
-from libnet.store.base import Store
+from libnet.store.base import Store, Write
 
 PREFIX = "libnet/v1/ipam"
 POOLS_KIND = "ipam_pools"
@@ -365,13 +367,7 @@ class StoreIpam:
         self, pool_id: str, address: str | None = None, options: dict[str, Any] | None = None
     ) -> str:
         options = options or {}
-        owner = _owner(options)
-        instance = options.get(OPT_INSTANCE) or ""
-        if not isinstance(instance, str) or "\n" in instance or len(instance) > 64:
-            raise InvalidOption("option 'instance' must be a short string", instance=repr(instance))
-        if "\n" in owner:
-            raise InvalidOption("option 'owner' must be one line", owner=repr(owner))
-        value = f"{owner}\n{instance}" if instance else owner
+        value = _holder_value(options)
         state = await self._state(pool_id)
         store = self._stores[state.record["space"]]
         gw = state.record.get("gateway")
@@ -453,6 +449,48 @@ class StoreIpam:
             raise AddressNotAllocated("address is not allocated", pool_id=pool_id, address=address)
         state.used.discard(n)
 
+    async def allocation_write(
+        self, pool_id: str, address: str | None = None, options: dict[str, Any] | None = None
+    ) -> PlannedAddress:
+        """:meth:`request_address` (not of a gateway) as a write for the caller's transaction
+        (issue 22: an endpoint's name, addresses and records in one commit): the address is
+        chosen and held in this allocator's memory, and the caller makes the write, then says
+        how it went (:class:`ipam.planned.PlannedAddress`).  The same errors as
+        :meth:`request_address` for bad options and addresses outside the pool, before
+        anything is written; ``AddressInUse`` comes from the write's failure
+        (:meth:`PlannedAddress.in_use`)."""
+        value = _holder_value(options or {})
+        state = await self._state(pool_id)
+        store = self._stores[state.record["space"]]
+        if address is not None:
+            n = _address_in(state, address, pool_id)
+        else:
+            found = state.used.next_free(state.cursor)
+            if found is None:
+                state = await self._state(pool_id, reload=True)
+                found = state.used.next_free(state.cursor)
+                if found is None:
+                    raise _exhausted(state, pool_id)
+            n = found
+        return PlannedAddress(self, store, state, n, value.encode(), address is not None)
+
+    async def release_write(self, pool_id: str, address: str, owner: str) -> tuple[Store, Write, Callable[[], None]]:
+        """:meth:`release_address` with ``owner`` as a write for the caller's transaction
+        (issue 22: an endpoint's addresses and records go in one commit, not three): the
+        store to make it in, the checked delete of the address, and what to call once it
+        is made.  The same errors as :meth:`release_address`, before anything is written;
+        the write fails (``KeyModified``/``KeyNotFound``) if the address changes hands meanwhile."""
+        state = await self._state(pool_id)
+        store = self._stores[state.record["space"]]
+        n = _address_in(state, address, pool_id)
+        try:
+            pair = await store.get(state.key(n))
+        except KeyNotFound:
+            raise AddressNotAllocated("address is not allocated", pool_id=pool_id, address=address) from None
+        if _holder(pair.value)[0] != owner:
+            raise AddressNotAllocated("address is held by another owner", pool_id=pool_id, address=address, owner=owner)
+        return store, Write(pair.key, None, pair, checked=True), lambda: state.used.discard(n)
+
     async def audit(self, pool_id: str | None = None) -> list[Allocation]:
         out: list[Allocation] = []
         for space in SPACES:
@@ -468,6 +506,17 @@ class StoreIpam:
 
 
 # --- helpers ----------------------------------------------------------------------
+
+
+def _holder_value(options: dict[str, Any]) -> str:
+    """An address key's value for a request with ``options``: owner, and instance if given."""
+    owner = _owner(options)
+    instance = options.get(OPT_INSTANCE) or ""
+    if not isinstance(instance, str) or "\n" in instance or len(instance) > 64:
+        raise InvalidOption("option 'instance' must be a short string", instance=repr(instance))
+    if "\n" in owner:
+        raise InvalidOption("option 'owner' must be one line", owner=repr(owner))
+    return f"{owner}\n{instance}" if instance else owner
 
 
 def _holder(value: bytes) -> tuple[str, str]:

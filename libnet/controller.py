@@ -37,9 +37,13 @@ from libnet.dns.service import ADDRESS as EMBEDDED_DNS
 from libnet.driverapi import Driver, PortMapping, ReconcileReport
 from libnet.drivers.registry import Drivers
 from libnet.errors import (
+    AddressNotAllocated,
     BadRequest,
     Conflict,
     InvalidOption,
+    KeyExists,
+    KeyModified,
+    KeyNotFound,
     LibnetError,
     NameInUse,
     NoSuchPool,
@@ -561,6 +565,8 @@ class Controller:
             proxy=proxy,
             dns=dns,
         )
+        if await self._create_endpoint_at_once(nw, ep, store, {"ipv4": ipv4, "ipv6": ipv6}, families, mappings):
+            return ep
         async with Rollback() as undo:
             key = self.repo.endpoint_name_key(nw.id, name)
             await self.repo.reserve_name(store, key, ep.id, "endpoint", name, self.instance)
@@ -580,6 +586,70 @@ class Controller:
             undo.push(lambda: drv.delete_endpoint(net_info(nw), ep_info(ep)), "driver endpoint")
             await self.repo.add_endpoint(nw, ep)
         return ep
+
+    async def _create_endpoint_at_once(
+        self,
+        nw: Network,
+        ep: Endpoint,
+        store: Store,
+        wanted: dict[str, str | None],
+        families: tuple[str, ...],
+        mappings: list[PortMapping],
+    ) -> bool:
+        """:meth:`_create_endpoint`'s writes in one transaction (issue 22: name, each address and
+        the records were four commits): the addresses are chosen first and held in the
+        allocator's memory, the driver is asked, then name, addresses, id index and record are
+        written together.  A refusal (``NameInUse``, ``AddressInUse``, the driver's) leaves
+        nothing, as before.  False, with nothing done, where that cannot be (an IPAM without
+        ``allocation_write``, a store without batches, a pool in another store), or after a
+        chosen address turned out to be another host's (undone): the caller goes one by one."""
+        allocation_write = getattr(self._ipam, "allocation_write", None)
+        if allocation_write is None or getattr(store, "atomic_batch", None) is None:
+            return False
+        drv = self.driver(nw.driver)
+        name_key = self.repo.endpoint_name_key(nw.id, ep.name)
+        planned: list[Any] = []
+        try:
+            async with Rollback() as undo:
+                if mappings:
+                    mappings = await self._ports.reserve(ep.id, mappings)
+                    undo.push(lambda: self._ports.release(ep.id, mappings), "free host ports")
+                    ep.ports = [m.__dict__ for m in mappings]
+                for pool, attr in ((nw.ipv4_pool, "ipv4"), (nw.ipv6_pool, "ipv6")):
+                    if not pool or attr not in families:
+                        continue
+                    plan = await allocation_write(pool, wanted[attr], address_options(ep.id, self.instance))
+                    planned.append(plan)
+                    if plan.store is not store:
+                        raise _OneByOne
+                    setattr(ep, attr, plan.cidr)
+                ep.mac = proxy_leg_mac(ep.ipv4) if ep.proxy else mac_from_ipv4(ep.ipv4)
+                await drv.create_endpoint(net_info(nw), ep_info(ep))
+                undo.push(lambda: drv.delete_endpoint(net_info(nw), ep_info(ep)), "driver endpoint")
+                name = self.repo.name_write(name_key, ep.id, self.instance)
+                try:
+                    await self.repo.add_endpoint(nw, ep, before=[name, *(p.write for p in planned)])
+                except KeyExists as exc:
+                    if exc.ids.get("key") == name_key:
+                        raise await self.repo.name_in_use(store, name_key, "endpoint", ep.name) from None
+                    lost = next((p for p in planned if p.write.key == exc.ids.get("key")), None)
+                    if lost is None:
+                        raise
+                    lost.lost()
+                    planned.remove(lost)
+                    if lost.wanted:
+                        raise await lost.in_use() from None
+                    raise _OneByOne from None
+        except BaseException as exc:
+            for plan in planned:
+                plan.dropped()
+            if isinstance(exc, _OneByOne):
+                ep.ipv4 = ep.ipv6 = None
+                return False
+            raise
+        for plan in planned:
+            plan.made()
+        return True
 
     async def _release(self, pool: str, address: str, owner: str) -> None:
         """Release ``address`` if ``owner`` still holds it (gone or taken over is fine)."""
@@ -672,12 +742,42 @@ class Controller:
         if ep.removing != self.instance:
             ep = await self.repo.update_endpoint(ep, _removing(self.instance))
         await self.driver(nw.driver).delete_endpoint(net_info(nw), ep_info(ep))
-        for pool, addr in ((nw.ipv4_pool, ep.ipv4), (nw.ipv6_pool, ep.ipv6)):
-            if pool and addr:
-                await self._release(pool, addr, ep.id)
+        addresses = [(pool, addr) for pool, addr in ((nw.ipv4_pool, ep.ipv4), (nw.ipv6_pool, ep.ipv6)) if pool and addr]
         if ep.ports:
             await self._ports.release(ep.id, [PortMapping(**p) for p in ep.ports])
+        if await self._delete_endpoint_records(nw, ep, addresses):
+            return
+        for pool, addr in addresses:  # one by one, as on a store without transactions
+            await self._release(pool, addr, ep.id)
         await self.repo.delete_endpoint(nw, ep)
+
+    async def _delete_endpoint_records(self, nw: Network, ep: Endpoint, addresses: list[tuple[str, str]]) -> bool:
+        """Release the endpoint's ``addresses`` (those it still holds) and delete its records in
+        one transaction (issue 22: three commits were a fifth of a disconnect's store time).
+        False, with nothing changed, where that cannot be done (an IPAM without
+        ``release_write``, a store without batches, the addresses in another store, one that
+        changed hands meanwhile): the caller does it one by one."""
+        release_write = getattr(self._ipam, "release_write", None)
+        store = self.repo.store(nw.scope)
+        if release_write is None or getattr(store, "atomic_batch", None) is None:
+            return False
+        writes, done = [], []
+        for pool, addr in addresses:
+            try:
+                where, write, released = await release_write(pool, addr, ep.id)
+            except (AddressNotAllocated, NoSuchPool):  # gone or taken over is fine (as _release)
+                continue
+            if where is not store:
+                return False
+            writes.append(write)
+            done.append(released)
+        try:
+            await self.repo.delete_endpoint(nw, ep, before=writes)
+        except (KeyModified, KeyNotFound):  # an address changed hands since it was read
+            return False
+        for released in done:
+            released()
+        return True
 
     @operation
     async def remove_node(self, node: str) -> list[str]:
@@ -736,10 +836,18 @@ class Controller:
                 path = await asyncio.to_thread(self._namespaces.create, name, sid)
                 undo.push(lambda: asyncio.to_thread(self._namespaces.delete, path), "delete namespace")
                 owned = True
+                netns_id = self._namespaces.identity(path)
+                # a new namespace: a claim under its identity is a gone namespace's (taken over)
+                claim = None if netns_id is None else (await self.repo.netns_claim(netns_id))[0]
             else:
-                # a network namespace, not the host's, not another sandbox's (README, "Names")
-                taken = await self.repo.sandbox_namespaces()
-                self._namespaces.check_external(netns, taken)  # a few stat calls: no thread hand-over
+                # a network namespace, not the host's, not another sandbox's (README, "Names"):
+                # the holder is found by the claim on the namespace's identity (O(1), issue 22)
+                if not self.repo.namespaces_indexed:
+                    await self.repo.index_namespaces(self._namespaces.identity)
+                netns_id = self._namespaces.identity(netns)
+                claim, holder = (None, None) if netns_id is None else await self.repo.netns_claim(netns_id)
+                # a few stat calls: no thread hand-over; Conflict if the holder's path still shows it
+                self._namespaces.check_external(netns, {holder.id: holder.netns} if holder and holder.netns else {})
                 path, owned = netns, False
             sb = Sandbox(
                 sid,
@@ -752,10 +860,13 @@ class Controller:
                 dns_options=dns_options,
                 files=bool(files),
                 origin=str(origin),
+                netns_id=netns_id or "",
             )
             try:
-                await self.repo.add_sandbox(sb)
-            except Conflict:
+                await self.repo.add_sandbox(sb, claim)
+            except Conflict as exc:
+                if netns_id and exc.ids.get("key") == self.repo.netns_key(netns_id):
+                    raise await self._namespace_taken(path, netns_id) from None
                 raise Conflict("a sandbox with that id exists", sandbox_id=sid) from None
             # files that cannot be written (a read-only state dir, a symlink in the directory's place)
             # refuse the sandbox: no record of a sandbox whose namespace the rollback removes
@@ -767,6 +878,15 @@ class Controller:
             undo.push(remove_files, "remove sandbox files")
             await self._files.write(sb)
         return sb
+
+    async def _namespace_taken(self, path: str, netns_id: str) -> Conflict:
+        """The ``Conflict`` for a namespace another sandbox claimed while this one was made."""
+        holder = (await self.repo.netns_claim(netns_id))[1]
+        return Conflict(
+            f"netns path {path} is the namespace of sandbox {holder.id if holder else 'being made'} already",
+            netns=path,
+            holder=holder.id if holder else "",
+        )
 
     async def sandboxes(self) -> list[Sandbox]:
         return await self.repo.sandboxes()
@@ -855,6 +975,7 @@ class Controller:
         ep = await self._joins.join(endpoint, sandbox, ifname=ifname, network=network)
         await self._proxies.refresh(ep.network_id)
         reads, sb = Reads(self.repo), None  # the records read after the join, shared by the next two steps
+        reads.keep(ep, network)  # as the join wrote it, and as this operation read it
         try:
             sb = await self._sync_gateway_bridge(ep.sandbox_id, reads)
         except LibnetError as exc:  # the network works; only the way out is missing
@@ -902,7 +1023,11 @@ class Controller:
         else:
             ep = await self._joins.leave(before, sandbox, network=network)
         sb = None  # the sandbox as read after the leave, if nothing changed it since
-        if sandbox_id and ep.network_id != await self._gateway.network_id():
+        left = network if network is not None and network.id == ep.network_id else None
+        if left is None and sandbox_id:
+            with suppress(NotFound):
+                left = await self.repo.network(ep.network_id)
+        if sandbox_id and not (left is not None and gateway.named_gateway_bridge(left)):
             try:
                 sb = await self._sync_gateway_bridge(sandbox_id, Reads(self.repo))
             except LibnetError as exc:
@@ -1059,6 +1184,11 @@ class Controller:
     async def delete_proxy(self, ref: str) -> None:
         """Remove a proxy: its table, sandbox, legs and record (on its own host only)."""
         await self._proxies.delete(ref)
+
+
+class _OneByOne(Exception):
+    """:meth:`Controller._create_endpoint_at_once` cannot make it in one transaction: undone,
+    the caller goes one by one."""
 
 
 def _removing(instance: str) -> Callable[[Any], None]:

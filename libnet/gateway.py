@@ -50,6 +50,13 @@ class Need:
     disconnect: Endpoint | None = None
 
 
+def named_gateway_bridge(nw: Network) -> bool:
+    """Whether ``nw`` holds the gateway bridge network's name, as :meth:`GatewayPolicy.network_id`
+    finds it (names are unique without regard to case): from a record read anyway, where a
+    look-up of the name cost a store read per join and leave (issue 22)."""
+    return nw.name.lower() == GATEWAY_BRIDGE
+
+
 class GatewayPolicy:
     """See the module docstring."""
 
@@ -80,21 +87,20 @@ class GatewayPolicy:
         """Whether ``sb`` must be connected to, or disconnected from, the gateway bridge.
         ``reads``: the records the caller's step read already, shared with it."""
         src = reads if reads is not None else Reads(self.repo)
-        gw_id = await self.network_id()
         needed, present = False, None
         for eid in sb.endpoints:
             ep = await src.endpoint(eid)
-            if gw_id is not None and ep.network_id == gw_id:
+            nw = await src.network(ep.network_id)
+            if named_gateway_bridge(nw):
                 present = ep
                 continue
-            nw = await src.network(ep.network_id)
             if not nw.internal and self._via_gateway_bridge(nw):
                 needed = True
         if needed and present is None:
-            return Need(gw_id, connect=True)
+            return Need(await self.network_id(), connect=True)
         if present is not None and not needed:
-            return Need(gw_id, disconnect=present)
-        return Need(gw_id)
+            return Need(present.network_id, disconnect=present)
+        return Need(present.network_id if present is not None else None)
 
     async def successor(self, sb: Sandbox) -> tuple[Network, Endpoint] | None:
         """After the endpoint carrying the default routes left ``sb``: the next

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import ipaddress
 
 from libnet.driverapi import PortMapping
@@ -24,6 +25,12 @@ from libnet.ports import PortRegistry, check_families
 from libnet.repository import Repository
 from libnet.rollback import Rollback
 from libnet.sandbox_files import SandboxFiles
+
+
+@functools.lru_cache(maxsize=1024)
+def _subnet(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A network's subnet, parsed once (issue 22: every join parsed its network's two)."""
+    return ipaddress.ip_network(cidr)
 
 
 def unjoined(e: Endpoint) -> None:
@@ -143,7 +150,7 @@ class Joins:
         subnets overlap: the kernel would route by the first matching route, so
         a name could resolve to one network's address and the packet leave by
         the other's interface (another container answers)."""
-        mine = [ipaddress.ip_network(s) for s in (nw.ipv4_subnet, nw.ipv6_subnet) if s]
+        mine = [_subnet(s) for s in (nw.ipv4_subnet, nw.ipv6_subnet) if s]
         for other in others:
             if other.network_id == nw.id:
                 raise Conflict(
@@ -156,10 +163,7 @@ class Joins:
             if allowed:
                 continue
             for subnet in (theirs.ipv4_subnet, theirs.ipv6_subnet):
-                if subnet and any(
-                    m.version == ipaddress.ip_network(subnet).version and m.overlaps(ipaddress.ip_network(subnet))
-                    for m in mine
-                ):
+                if subnet and any(m.version == _subnet(subnet).version and m.overlaps(_subnet(subnet)) for m in mine):
                     raise Conflict(
                         f"network {nw.name} overlaps network {theirs.name} ({subnet}) that sandbox {sb.id[:12]} "
                         "is already on: its addresses would be ambiguous inside the sandbox",

@@ -37,6 +37,10 @@ class KernelNamespaces:
             paths.append(netns.path_of(self.host_netns))
         return paths
 
+    def identity(self, path: str) -> str | None:
+        ident = netns.identity(path)
+        return None if ident is None else f"{ident[0]}-{ident[1]}"
+
     def check_external(self, path: str, sandboxes: dict[str, str]) -> None:
         ident = netns.check_path(path)
         if netns.is_initial(ident):

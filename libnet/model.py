@@ -28,6 +28,7 @@ import ipaddress
 import json
 import os
 import random
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,8 +50,10 @@ def encode(kind: str, data: dict[str, Any], schema: int = SCHEMA_VERSION) -> byt
     return json.dumps({"schema": schema, "kind": kind, "data": data}, separators=(",", ":"), sort_keys=True).encode()
 
 
-def decode(raw: bytes, kind: str) -> dict[str, Any]:
-    """The ``data`` of a versioned document, checking kind and schema."""
+def decode(raw: bytes, kind: str, *, intern: bool = True) -> dict[str, Any]:
+    """The ``data`` of a versioned document, checking kind and schema.  ``intern``: with
+    its keys interned (for documents that are kept; a copy decoded to be changed and
+    written back is dropped at once, and interning was half of its decoding time)."""
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -64,19 +67,48 @@ def decode(raw: bytes, kind: str) -> dict[str, Any]:
         raise BadRequest(
             f"stored {kind} has schema {schema!r}; this libnet reads 1..{SCHEMA_VERSION}", kind=kind, schema=schema
         )
-    data: dict[str, Any] = _interned_keys(doc["data"])
+    data: dict[str, Any] = _interned_keys(doc["data"]) if intern else doc["data"]
     return data
 
 
-def _interned_keys(value: Any) -> Any:
-    """``value`` with every dict key interned: the decoder makes new key strings for each
-    document, so 1,000 cached endpoints and sandboxes held 28,000 copies of the same
-    field names (~1.5 MiB of an agent's RSS: issue 22)."""
-    if isinstance(value, dict):
-        return {sys.intern(k) if isinstance(k, str) else k: _interned_keys(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_interned_keys(v) for v in value]
-    return value
+def _interned_keys(value: dict[str, Any]) -> dict[str, Any]:
+    """``value`` (a decoded JSON object) with every dict key interned, also in nested
+    objects and lists: the decoder makes new key strings for each document, so 1,000
+    cached endpoints and sandboxes held 28,000 copies of the same field names (~1.5 MiB
+    of an agent's RSS: issue 22).  Only dicts and lists are walked (half the time of
+    looking at every value)."""
+    intern = sys.intern
+    out = {}
+    for k, v in value.items():
+        cls = v.__class__
+        if cls is dict:
+            v = _interned_keys(v)
+        elif cls is list and v:
+            v = _interned_list(v)
+        out[intern(k)] = v
+    return out
+
+
+def stored_copy(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` as :func:`decode` gives it back after :func:`encode`: dicts and lists anew
+    (tuples as lists), keys interned, nothing shared with ``data`` -- for keeping the document
+    just written instead of decoding it again when it is next read (issue 22)."""
+    intern = sys.intern
+    out = {}
+    for k, v in data.items():
+        cls = v.__class__
+        if cls is dict:
+            v = stored_copy(v)
+        elif cls is list or cls is tuple:
+            v = [stored_copy(x) if x.__class__ is dict else x for x in v]
+        out[intern(k)] = v
+    return out
+
+
+def _interned_list(items: list[Any]) -> list[Any]:
+    return [
+        _interned_keys(x) if x.__class__ is dict else _interned_list(x) if x.__class__ is list else x for x in items
+    ]
 
 
 async def update(
@@ -277,6 +309,10 @@ class Sandbox:
     files: bool = True
     #: who asked for it: "" the library or the API, ``cni`` a CNI ADD (what CNI's GC may remove)
     origin: str = ""
+    #: the identity of its namespace when it was made (:meth:`libnet.namespaces.Namespaces.identity`):
+    #: the key of its claim on that namespace (:meth:`libnet.repository.Repository.netns_claim`);
+    #: "" for records written before claims existed
+    netns_id: str = ""
 
     def to_data(self) -> dict[str, Any]:
         return to_data(self)
@@ -293,7 +329,21 @@ def address_of(cidr: str) -> str:
 
     Cached: peer tables and DNS records derive the same few thousand
     addresses on every change of a network's peers, and parsing is most of
-    that cost.  Raises ``ValueError`` for a malformed CIDR."""
+    that cost.  Raises ``ValueError`` for a malformed CIDR.  A plain
+    ``ADDRESS/LEN`` goes through the C library's ``inet_pton``/``inet_ntop`` (a
+    tenth of :mod:`ipaddress`'s time: IPv6 addresses are new with each
+    connect, so they miss the cache); anything else, and any text those would
+    print otherwise than :mod:`ipaddress`, through :mod:`ipaddress`."""
+    addr, slash, plen = cidr.partition("/")
+    v6 = ":" in addr
+    if (not slash or (plen.isascii() and plen.isdigit() and int(plen) <= (128 if v6 else 32))) and "%" not in addr:
+        family = socket.AF_INET6 if v6 else socket.AF_INET
+        try:
+            out = socket.inet_ntop(family, socket.inet_pton(family, addr))
+        except (OSError, ValueError):
+            out = ""
+        if (out and "." not in out) if v6 else out == addr:
+            return out
     return str(ipaddress.ip_interface(cidr).ip)
 
 
@@ -301,7 +351,8 @@ def mac_from_ipv4(cidr: str | None) -> str:
     """``02:42`` + the IPv4 address: a reused address never meets a stale MAC
     elsewhere; without IPv4 a random locally administered MAC."""
     if cidr:
-        packed = ipaddress.ip_interface(cidr).ip.packed
+        address = address_of(cidr)
+        packed = socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
         return "02:42:" + ":".join(f"{b:02x}" for b in packed)
     return "02:" + ":".join(f"{b:02x}" for b in os.urandom(5))
 

@@ -39,6 +39,13 @@ class Namespaces(Protocol):
         """Path -> owner (sandbox id) of every existing sandbox namespace the instance created."""
         ...
 
+    def identity(self, path: str) -> str | None:
+        """The identity of the namespace ``path`` shows now, as a store key segment
+        (``[A-Za-z0-9-_.]``), None if it shows none: two paths of one namespace give the
+        same.  An identity may be reused after its namespace is gone, so a claim made under
+        it is checked against its holder's path (:meth:`check_external`) before it counts."""
+        ...
+
     def in_use(self, path: str) -> bool:
         """Whether the namespace holds anything but its loopback (an interface a
         container uses): reconcile keeps such a namespace even when the store

@@ -8,6 +8,7 @@ Keys under ``libnet/v1/``::
     names/endpoints/<network id>/<name>    -> endpoint id
     endpoint-ids/<id>                      -> network id   (find an endpoint by id)
     sandboxes/<id>                         Sandbox
+    netns/<namespace identity>             -> sandbox id   (the sandbox whose namespace it is)
     proxies/<id>                           Proxy
     names/proxies/<lowercase name>         -> proxy id
 
@@ -22,7 +23,7 @@ import asyncio
 import contextlib
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from libnet import model
@@ -60,6 +61,8 @@ class Repository:
         # starting point of a checked write (read-modify-CAS without the read), never returned as
         # data, so a pair another writer has since replaced costs a lost race, not a stale record
         self._pairs: dict[str, KVPair] = {}
+        #: every stored sandbox's namespace has its claim (see :meth:`index_namespaces`)
+        self.namespaces_indexed = False
 
     def _remember(self, key: str, pair: KVPair) -> None:
         """Keep ``pair`` as the start of the next checked write of ``key``: the most recent
@@ -70,6 +73,12 @@ class Repository:
         pairs[key] = pair
         if len(pairs) > PAIRS_KEPT:
             del pairs[next(iter(pairs))]
+
+    def _written(self, kind: str, key: str, pair: KVPair, data: dict[str, Any]) -> None:
+        """Keep the document of ``pair`` just written here (its ``data``, copied) as if it had been
+        read: the operation reads it again right after (issue 22: 5 of the 11 decodings of a
+        connect+disconnect were of records it had written itself)."""
+        self._decoded[(kind, key)] = (pair.revision, model.stored_copy(data))
 
     def _data(self, pair: Any, kind: str) -> dict[str, Any]:
         """The decoded document of a pair, decoded once per revision."""
@@ -128,6 +137,7 @@ class Repository:
 
     async def _update(self, store: Store, key: str, cls: type[T], fn: Callable[[T], None]) -> T:
         result: list[T] = []
+        written: list[dict[str, Any]] = []
 
         def apply(data: dict[str, Any] | None) -> dict[str, Any]:
             if data is None:
@@ -135,10 +145,11 @@ class Repository:
             obj = cls.from_data(data)
             fn(obj)
             result[:] = [obj]
-            return obj.to_data()
+            written[:] = [obj.to_data()]
+            return written[0]
 
         def apply_raw(raw: bytes | None) -> bytes:
-            return model.encode(cls.KIND, apply(None if raw is None else model.decode(raw, cls.KIND)))
+            return model.encode(cls.KIND, apply(None if raw is None else model.decode(raw, cls.KIND, intern=False)))
 
         try:  # model.update_json's read-modify-CAS, from the pair held already (and keeping the new one)
             pair = await model.update(store, key, apply_raw, first=self._pairs.get(key))
@@ -147,6 +158,8 @@ class Repository:
             raise
         if pair is not None and (cls is Endpoint or cls is Sandbox):
             self._remember(key, pair)
+            if written:
+                self._written(cls.KIND, key, pair, written[0])
         return result[0]
 
     async def revisions(self) -> tuple[int, ...]:
@@ -165,6 +178,19 @@ class Repository:
         except KeyExists:
             holder = (await store.get(key)).value.decode().partition("\n")[0]
             raise NameInUse(f"{what} name {name!r} is already in use", name=name, holder=holder) from None
+
+    @staticmethod
+    def name_write(key: str, owner_id: str, instance: str = "") -> Write:
+        """:meth:`reserve_name` as a create-only write for the caller's transaction."""
+        return Write(key, (f"{owner_id}\n{instance}" if instance else owner_id).encode(), None, checked=True)
+
+    async def name_in_use(self, store: Store, key: str, what: str, name: str) -> NameInUse:
+        """The error :meth:`reserve_name` raises for a name another holds."""
+        try:
+            holder = (await store.get(key)).value.decode().partition("\n")[0]
+        except KeyNotFound:  # freed again meanwhile
+            holder = ""
+        return NameInUse(f"{what} name {name!r} is already in use", name=name, holder=holder)
 
     async def name_keys(self, store: Store) -> set[str]:
         """The keys of every name reservation in ``store``."""
@@ -265,22 +291,27 @@ class Repository:
 
     # --- endpoints --------------------------------------------------------------
 
-    async def add_endpoint(self, nw: Network, ep: Endpoint) -> None:
+    async def add_endpoint(self, nw: Network, ep: Endpoint, before: Sequence[Write] = ()) -> None:
+        """Store a new endpoint and its id index; ``before``: writes of the same store made
+        first, in the same transaction where the store has them (its name and addresses)."""
         store = self.store(nw.scope)
         # the index first: on a store without batches a crash between the two writes leaves
         # an index without a record (harmless), never a record nothing can find by id
-        record = model.encode(ep.KIND, ep.to_data())
+        data = ep.to_data()
+        record = model.encode(ep.KIND, data)
         key = f"{P}/endpoints/{nw.id}/{ep.id}"
         written = await write_all(
             store,
             [
+                *before,
                 Write(f"{P}/endpoint-ids/{ep.id}", nw.id.encode()),
                 Write(key, record, None, checked=True),
             ],
         )
         self._endpoint_keys[ep.id] = (store, key)  # where it is: no read of the index it just wrote
-        if written[1] is not None:
-            self._remember(key, written[1])
+        if written[-1] is not None:
+            self._remember(key, written[-1])
+            self._written(Endpoint.KIND, key, written[-1], data)
 
     async def endpoints(self, network_id: str | None = None) -> list[Endpoint]:
         out: list[Endpoint] = []
@@ -348,12 +379,14 @@ class Repository:
                     raise
         raise NoSuchEndpoint("no such endpoint", endpoint_id=ep.id)
 
-    async def delete_endpoint(self, nw: Network, ep: Endpoint) -> None:
+    async def delete_endpoint(self, nw: Network, ep: Endpoint, before: Sequence[Write] = ()) -> None:
+        """Delete the endpoint's record, id index and name; ``before``: writes of the same store
+        made first, in the same transaction where the store has them (its addresses' releases)."""
         store = self.store(nw.scope)
         self._endpoint_keys.pop(ep.id, None)
         self._pairs.pop(f"{P}/endpoints/{nw.id}/{ep.id}", None)
         keys = [f"{P}/endpoints/{nw.id}/{ep.id}", f"{P}/endpoint-ids/{ep.id}", self.endpoint_name_key(nw.id, ep.name)]
-        await write_all(store, [Write(key, None) for key in keys])
+        await write_all(store, [*before, *(Write(key, None) for key in keys)])
 
     async def update_endpoint_and_sandbox(
         self,
@@ -387,8 +420,9 @@ class Repository:
                     ep_pair, sb_pair = await self.local.get(ep_key), await self.local.get(sb_key)
                 except KeyNotFound:  # gone (or moved): the one-by-one path says which, as it always did
                     return await self._update_one_by_one(ep, ep_fn, sb, sb_fn, ep_undo)
-            new_ep = Endpoint.from_data(model.decode(ep_pair.value, Endpoint.KIND))
-            new_sb = Sandbox.from_data(model.decode(sb_pair.value, Sandbox.KIND))
+            # decoded afresh (the cached documents must not see the changes), not interned: dropped at once
+            new_ep = Endpoint.from_data(model.decode(ep_pair.value, Endpoint.KIND, intern=False))
+            new_sb = Sandbox.from_data(model.decode(sb_pair.value, Sandbox.KIND, intern=False))
             try:
                 ep_fn(new_ep)
                 sb_fn(new_sb)
@@ -397,11 +431,12 @@ class Repository:
                     raise
                 guess = None  # refused on the held records: decide on the current ones
                 continue
+            datas = {ep_key: new_ep.to_data(), sb_key: new_sb.to_data()}
             writes = [
                 Write(pair.key, value, pair, checked=True)
                 for pair, value in (
-                    (ep_pair, model.encode(Endpoint.KIND, new_ep.to_data())),
-                    (sb_pair, model.encode(Sandbox.KIND, new_sb.to_data())),
+                    (ep_pair, model.encode(Endpoint.KIND, datas[ep_key])),
+                    (sb_pair, model.encode(Sandbox.KIND, datas[sb_key])),
                 )
                 if value != pair.value
             ]
@@ -420,6 +455,7 @@ class Repository:
             for w, pair in zip(writes, written, strict=True):
                 if pair is not None:
                     self._remember(w.key, pair)
+                    self._written(Endpoint.KIND if w.key == ep_key else Sandbox.KIND, w.key, pair, datas[w.key])
             return new_ep, new_sb
         raise model.Contention(
             f"gave up updating after {model.DEFAULT_ATTEMPTS} conflicting attempts",
@@ -447,24 +483,79 @@ class Repository:
 
     # --- sandboxes --------------------------------------------------------------
 
-    async def add_sandbox(self, sb: Sandbox) -> None:
+    @staticmethod
+    def netns_key(netns_id: str) -> str:
+        return f"{P}/netns/{netns_id}"
+
+    async def netns_claim(self, netns_id: str) -> tuple[KVPair | None, Sandbox | None]:
+        """The claim on the namespace of identity ``netns_id`` (None if there is none) and
+        its holder's record (None if that is gone): one read, or two (issue 22: creating a
+        sandbox listed every sandbox to find the holder).  The caller checks that the
+        holder's path still shows that namespace (an identity is reused after its
+        namespace is gone), and passes the claim to :meth:`add_sandbox` to take it over."""
+        key = self.netns_key(netns_id)
+        try:
+            pair = await self.local.get(key)
+        except KeyNotFound:
+            return None, None
+        holder = pair.value.decode()
+        try:
+            sb = await self._get(self.local, f"{P}/sandboxes/{holder}", Sandbox)
+        except BadRequest:  # not a key: a damaged claim, held by nobody
+            sb = None
+        return pair, sb
+
+    async def index_namespaces(self, identity: Callable[[str], str | None]) -> int:
+        """Claim the namespaces of sandboxes stored without a claim (records of older
+        versions, adopted ones), so :meth:`netns_claim` finds every holder; once per
+        repository (:attr:`namespaces_indexed`), again after :meth:`add_sandbox` stored one
+        without a claim.  Returns how many were claimed."""
+        claimed = 0
+        for sb in await self.sandboxes():
+            if not sb.netns or sb.netns_id:
+                continue
+            netns_id = identity(sb.netns)
+            if netns_id is None:  # its namespace is gone: it holds none
+                continue
+            with contextlib.suppress(KeyExists):  # claimed already (by it, or a newer one)
+                await self.local.atomic_put(self.netns_key(netns_id), sb.id.encode(), None)
+                claimed += 1
+        self.namespaces_indexed = True
+        return claimed
+
+    async def add_sandbox(self, sb: Sandbox, claim: KVPair | None = None) -> None:
+        """Store a new sandbox (``KeyExists`` naming its key if one has its id) and, when it has
+        a ``netns_id``, its claim on that namespace in the same transaction: created, or taken
+        over from ``claim`` (the stale claim the caller read); ``KeyExists``/``KeyModified``
+        naming the claim's key if another sandbox claimed it meanwhile (nothing is stored then)."""
         key = f"{P}/sandboxes/{sb.id}"
-        self._remember(key, await self.local.atomic_put(key, model.encode(sb.KIND, sb.to_data()), None))
+        record = model.encode(sb.KIND, sb.to_data())
+        if not sb.netns_id:
+            if sb.netns:
+                self.namespaces_indexed = False
+            self._remember(key, await self.local.atomic_put(key, record, None))
+            return
+        claim_key = self.netns_key(sb.netns_id)
+        writes = [Write(claim_key, sb.id.encode(), claim, checked=True), Write(key, record, None, checked=True)]
+        if getattr(self.local, "atomic_batch", None) is not None:
+            written = await write_all(self.local, writes)
+            assert written[1] is not None
+            self._remember(key, written[1])
+            return
+        # one by one (no batches): the claim first, taken back if the record cannot be written
+        new_claim = await write_all(self.local, writes[:1])
+        try:
+            self._remember(key, await self.local.atomic_put(key, record, None))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                assert new_claim[0] is not None
+                await self.local.atomic_delete(claim_key, new_claim[0])
+            raise
 
     async def sandboxes(self) -> list[Sandbox]:
         pairs = await self.local.list(f"{P}/sandboxes/")
         self._forget(f"{P}/sandboxes/", Sandbox.KIND, {p.key for p in pairs})
         return [self._load(Sandbox, p) for p in pairs]
-
-    async def sandbox_namespaces(self) -> dict[str, str]:
-        """Every sandbox's id -> its namespace path (sandboxes with one): read from the
-        decoded records without building the objects (asked on every sandbox creation)."""
-        out: dict[str, str] = {}
-        for pair in await self.local.list(f"{P}/sandboxes/"):
-            path = self._data(pair, Sandbox.KIND).get("netns")
-            if path:
-                out[pair.key.rpartition("/")[2]] = str(path)
-        return out
 
     async def has_sandbox(self, sandbox_id: str) -> bool:
         """Whether a sandbox with exactly this id exists."""
@@ -488,8 +579,20 @@ class Repository:
         return await self._update(self.local, f"{P}/sandboxes/{sb.id}", Sandbox, fn)
 
     async def delete_sandbox(self, sb: Sandbox) -> None:
-        self._pairs.pop(f"{P}/sandboxes/{sb.id}", None)
-        await self.local.delete(f"{P}/sandboxes/{sb.id}")
+        """Delete the sandbox's record and its namespace claim if it still holds it."""
+        key = f"{P}/sandboxes/{sb.id}"
+        self._pairs.pop(key, None)
+        if sb.netns_id:
+            claim_key = self.netns_key(sb.netns_id)
+            try:
+                claim = await self.local.get(claim_key)
+            except KeyNotFound:
+                claim = None
+            if claim is not None and claim.value == sb.id.encode():
+                with contextlib.suppress(KeyModified, KeyNotFound):  # taken over meanwhile: not ours
+                    await write_all(self.local, [Write(claim_key, None, claim, checked=True), Write(key, None)])
+                    return
+        await self.local.delete(key)
 
     # --- proxies ----------------------------------------------------------------
 
@@ -545,6 +648,13 @@ class Reads:
         self.repo = repo
         self._endpoints: dict[str, Endpoint] = {}
         self._networks: dict[str, Network] = {}
+
+    def keep(self, ep: Endpoint, nw: Network | None = None) -> None:
+        """Records the step has as they are now (the endpoint its join just wrote; the network
+        its operation read: a network's record changes only by its removing mark)."""
+        self._endpoints[ep.id] = ep
+        if nw is not None and nw.id == ep.network_id:
+            self._networks[nw.id] = nw
 
     async def endpoint(self, ref: str) -> Endpoint:
         ep = self._endpoints.get(ref)

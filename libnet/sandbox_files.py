@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from libnet.errors import BadRequest, Conflict, NotFound, Unavailable
+from libnet.model import address_of
 from libnet.names import check_sandbox_id
 from libnet.sandbox_dirs import DirPool
 
@@ -431,7 +432,7 @@ class SandboxFiles:
                 ep = await self.repo.endpoint(eid)
                 for cidr in (ep.ipv4, ep.ipv6):
                     if cidr:
-                        entries.append((str(ipaddress.ip_interface(cidr).ip), [ep.name, *ep.aliases]))
+                        entries.append((address_of(cidr), [ep.name, *ep.aliases]))
         if self.embedded_dns:
             resolv = resolv_conf_embedded(self.host.read(), self.dns_address, sb.dns_search, sb.dns_options)
         else:

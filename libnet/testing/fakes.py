@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from libnet.driverapi import Capabilities, EndpointInfo, NetworkInfo, ReconcileReport, SandboxInfo
@@ -122,6 +123,9 @@ class FakeNamespaces:
 
     def in_use(self, path: str) -> bool:
         return path in self.busy
+
+    def identity(self, path: str) -> str | None:
+        return hashlib.sha256(path.encode()).hexdigest()[:16] if path in self.paths else None
 
     #: the host's own namespaces, refused as a container's
     host = ("/proc/self/ns/net", "/proc/1/ns/net")

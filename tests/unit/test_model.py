@@ -98,3 +98,24 @@ def test_decoded_documents_share_their_field_names() -> None:
     assert a_key is b_key and a_ports is b_ports
     assert next(iter(docs[0]["ports"][0])) is next(iter(docs[1]["ports"][0]))
     assert docs[1] == {"network_id": "n1", "ports": [{"host_port": 1}]}
+
+
+def test_address_of_prints_what_ipaddress_prints() -> None:
+    """address_of's inet_pton/inet_ntop path (issue 22) gives ipaddress's text, or goes through it."""
+    import ipaddress
+    import random
+
+    from libnet.model import address_of
+
+    rng = random.Random(22)
+    cases = ["198.51.100.2/30", "2001:DB8::0:1/64", "2001:db8:0:0:1:0:0:1/64", "::1/128", "::/0", "::ffff:1.2.3.4/96"]
+    cases += ["::102:304/64", "::ffff:102:304/64", "fe80::1%eth0/64", "198.51.100.2", "2001:db8::1"]
+    for _ in range(2000):
+        groups = [rng.choice([0, 0, 0, 1, 0xFFFF, rng.randrange(65536)]) for _ in range(8)]
+        cases.append(":".join(f"{g:x}" for g in groups) + f"/{rng.randrange(129)}")
+        cases.append(".".join(str(rng.randrange(256)) for _ in range(4)) + f"/{rng.randrange(33)}")
+    for cidr in cases:
+        assert address_of.__wrapped__(cidr) == str(ipaddress.ip_interface(cidr).ip), cidr
+    for bad in ("198.51.100.2/33", "2001:db8::1/129", "010.1.1.1/24", "1.2.3/24", "198.51.100.2/", "x/24", "1.2.3.4/٣"):
+        with pytest.raises(ValueError):
+            address_of.__wrapped__(bad)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from libnet.errors import NoSuchEndpoint
-from libnet.model import Endpoint, Network, Sandbox
+from libnet.model import Endpoint, Network
 from libnet.repository import P, Repository
 from libnet.store.memory import MemoryStore
 
@@ -62,12 +62,3 @@ async def test_record_gone_but_index_left_still_says_vanished() -> None:
     await store.delete(f"{P}/endpoints/{NID}/{EID}")  # a crash between the two deletes
     with pytest.raises(NoSuchEndpoint):
         await repo.endpoint(EID)
-
-
-async def test_sandbox_namespaces_are_the_sandboxes_paths() -> None:
-    repo, _, _, _ = await _repo()
-    await repo.add_sandbox(Sandbox("c1", "/run/netns/one", False))
-    await repo.add_sandbox(Sandbox("c2", "/proc/1234/ns/net", False))
-    await repo.add_sandbox(Sandbox("c3", "", False))  # a sandbox without one (damaged, or half made)
-    assert await repo.sandbox_namespaces() == {"c1": "/run/netns/one", "c2": "/proc/1234/ns/net"}
-    assert await repo.sandbox_namespaces() == {s.id: s.netns for s in await repo.sandboxes() if s.netns}

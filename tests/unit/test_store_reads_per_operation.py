@@ -33,11 +33,14 @@ async def test_connect_and_disconnect_read_each_record_a_few_times(tmp_path) -> 
         store.get = counting  # type: ignore[method-assign]
         ep = await ctl.connect("web", sb.id)
         sb_key, nw_key, ep_key = f"{P}/sandboxes/{sb.id}", f"{P}/networks/{nw.id}", f"{P}/endpoints/{nw.id}/{ep.id}"
-        assert reads[sb_key] <= 4 and reads[ep_key] <= 4 and reads[nw_key] <= 3, reads  # were 6, 6, 5
+        assert reads[sb_key] <= 3 and reads[ep_key] <= 2 and reads[nw_key] <= 2, reads  # were 6, 6, 5; then 4, 4, 3
         assert reads[f"{P}/endpoint-ids/{ep.id}"] == 0  # written by this agent: its place is known
+        gw_name = f"{P}/names/networks/libnet-gwbridge"
+        assert reads[gw_name] == 0  # a bridge network needs no gateway bridge: told by its record
         reads.clear()
         await ctl.disconnect("web", sb.id)
         assert reads[sb_key] <= 4 and reads[ep_key] <= 3 and reads[nw_key] <= 1, reads  # were 5, 8, 3
+        assert reads[gw_name] == 0  # was 2
         assert (await ctl.sandbox(sb.id)).endpoints == [] and await ctl.endpoints("web") == []
     finally:
         await ctl.close()
