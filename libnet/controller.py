@@ -862,12 +862,24 @@ class Controller:
                 origin=str(origin),
                 netns_id=netns_id or "",
             )
-            try:
-                await self.repo.add_sandbox(sb, claim)
-            except Conflict as exc:
-                if netns_id and exc.ids.get("key") == self.repo.netns_key(netns_id):
-                    raise await self._namespace_taken(path, netns_id) from None
-                raise Conflict("a sandbox with that id exists", sandbox_id=sid) from None
+            for attempt in range(3):
+                try:
+                    await self.repo.add_sandbox(sb, claim)
+                    break
+                except (Conflict, KeyNotFound) as exc:
+                    if not (netns_id and exc.ids.get("key") == self.repo.netns_key(netns_id)):
+                        if isinstance(exc, KeyNotFound):
+                            raise
+                        raise Conflict("a sandbox with that id exists", sandbox_id=sid) from None
+                    if claim is None or isinstance(exc, KeyExists) or attempt == 2:
+                        raise await self._namespace_taken(path, netns_id) from None
+                    # the stale claim read was removed (its holder deleted) or taken over
+                    # meanwhile: read it again and decide on the current one
+                    claim, holder = await self.repo.netns_claim(netns_id)
+                    if not owned:
+                        self._namespaces.check_external(
+                            path, {holder.id: holder.netns} if holder and holder.netns else {}
+                        )
             # files that cannot be written (a read-only state dir, a symlink in the directory's place)
             # refuse the sandbox: no record of a sandbox whose namespace the rollback removes
             undo.push(lambda: self.repo.delete_sandbox(sb), "delete sandbox record")

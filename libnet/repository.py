@@ -542,15 +542,19 @@ class Repository:
             assert written[1] is not None
             self._remember(key, written[1])
             return
-        # one by one (no batches): the claim first, taken back if the record cannot be written
-        new_claim = await write_all(self.local, writes[:1])
+        # one by one (no batches): the record first, then the claim; the record is taken back if
+        # the claim cannot be made.  Not the claim first: a creation reading the claim between
+        # the two writes would find no holder record and take the claim over as stale (both
+        # sandboxes made on one namespace).  A claim whose holder record is missing is stale only
+        # this way round (delete_sandbox removes the claim before the record).
+        pair = await self.local.atomic_put(key, record, None)
         try:
-            self._remember(key, await self.local.atomic_put(key, record, None))
+            await write_all(self.local, writes[:1])
         except BaseException:
             with contextlib.suppress(Exception):
-                assert new_claim[0] is not None
-                await self.local.atomic_delete(claim_key, new_claim[0])
+                await self.local.atomic_delete(key, pair)
             raise
+        self._remember(key, pair)
 
     async def sandboxes(self) -> list[Sandbox]:
         pairs = await self.local.list(f"{P}/sandboxes/")
