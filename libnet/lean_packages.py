@@ -28,11 +28,13 @@ from typing import Any
 _VERSION = re.compile(r"""^__version__\s*=\s*["']([^"']+)["']\s*$""", re.MULTILINE)
 
 
-def install(name: str, *, version: bool = False) -> bool:
+def install(name: str, *, version: bool = False, shadowed: tuple[str, ...] = ()) -> bool:
     """Make package ``name`` one whose ``__init__`` runs on first use of one of its own
     names; ``version``: its submodules read ``__version__`` from it, which is then taken
-    from the ``__init__``'s source (a plain literal, else nothing changes).  False
-    (nothing changed) if it is imported already or cannot be found."""
+    from the ``__init__``'s source (a plain literal, else nothing changes); ``shadowed``:
+    names the ``__init__`` binds to something else than the submodule of that name
+    (``unittest.main`` is ``TestProgram``), which run the ``__init__`` as any other of
+    its names.  False (nothing changed) if it is imported already or cannot be found."""
     if name in sys.modules:
         return False
     spec = importlib.util.find_spec(name)
@@ -56,7 +58,11 @@ def install(name: str, *, version: bool = False) -> bool:
     running: list[int] = []
 
     def __getattr__(attr: str) -> Any:
-        if not attr.startswith("__") and importlib.util.find_spec(f"{name}.{attr}") is not None:
+        if (
+            attr not in shadowed
+            and not attr.startswith("__")
+            and importlib.util.find_spec(f"{name}.{attr}") is not None
+        ):
             return importlib.import_module(f"{name}.{attr}")  # a submodule: what `from pyroute2 import config` means
         # a name the package's __init__ defines: run it now (once) in this module
         with lock:

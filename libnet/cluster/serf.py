@@ -40,6 +40,12 @@ from libnet.errors import BadRequest, Conflict, LibnetError, NotFound, Unavailab
 
 log = logging.getLogger("libnet.cluster.serf")
 
+#: bytes read from the RPC connection at a time, and the unpacker's first buffer: msgpack's
+#: default (read_size 0) is a 1 MiB buffer that the stream walks through before reusing its
+#: start, so after ~1 MiB of events it was all resident for good (~1 MiB of the agent's RSS,
+#: issue 22); it grows for a larger message as before
+READ_SIZE = 65536
+
 # the largest user event Serf accepts (name + payload), and query payload: USER_EVENT_LIMIT, QUERY_LIMIT
 
 
@@ -318,11 +324,11 @@ class SerfClient:
         self._pending.clear()
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
-        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, read_size=READ_SIZE)
         waiting: tuple[dict[str, Any], _Call | _Stream] | None = None  # header whose body comes next
         try:
             while True:
-                data = await reader.read(65536)
+                data = await reader.read(READ_SIZE)
                 if not data:
                     break
                 unpacker.feed(data)

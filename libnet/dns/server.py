@@ -145,13 +145,14 @@ class _Listener:
                 kept.append(udp)
                 batch = self.server.batch(family)
                 readers = self.server.readers
+                # plain functions with this listener as an argument: no bound method kept per socket
                 if batch is not None:
-                    readers.add(udp.fileno(), self._udp_ready_batched, udp, batch)
+                    readers.add(udp.fileno(), _Listener._udp_ready_batched, self, udp, batch)
                 else:
-                    readers.add(udp.fileno(), self._udp_ready, udp)
+                    readers.add(udp.fileno(), _Listener._udp_ready, self, udp)
                 self._tcp.append(tcp)
                 kept.append(tcp)
-                readers.add(tcp.fileno(), self._accept, tcp)
+                readers.add(tcp.fileno(), _Listener._accept, self, tcp)
         finally:
             for sock in made:
                 if isinstance(sock, socket.socket) and sock not in kept:
@@ -372,7 +373,7 @@ class _Listener:
 
     def _resume_accept(self, listener: socket.socket) -> None:
         if listener in self._tcp:  # not closed meanwhile
-            self.server.readers.add(listener.fileno(), self._accept, listener)
+            self.server.readers.add(listener.fileno(), _Listener._accept, self, listener)
 
     async def _tcp_connection(self, conn: socket.socket) -> None:
         try:

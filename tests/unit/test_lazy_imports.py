@@ -126,3 +126,27 @@ def test_cli_network_ls_loads_no_json_or_dataclasses(tmp_path) -> None:
     loaded = set(out.read_text().split())
     assert "agent.cli_output" in loaded
     assert not loaded & {"json", "dataclasses", "libnet.controller", "aiohttp"}
+
+
+def test_kernel_code_loads_no_unittest_framework() -> None:
+    """pyroute2 makes a ``unittest.mock.Mock`` at import; unittest's ``__init__`` would load its
+    whole framework (case, loader, runner, difflib, pprint: ~0.6 MiB of the agent's RSS, issue 22)."""
+    loaded = _modules_after("import agent.daemon")
+    assert "unittest.mock" in loaded and "pyroute2.iproute" in loaded
+    assert not loaded & {"unittest.case", "unittest.runner", "unittest.loader", "difflib"}
+
+
+def test_unittest_names_still_resolve_after_the_kernel_code() -> None:
+    """``unittest.main`` is ``TestProgram`` (its ``__init__`` binds it over the submodule of that name)."""
+    code = (
+        "import libnet.kernel.netlink, unittest\n"
+        "assert unittest.main is unittest.TestProgram, unittest.main\n"
+        "from unittest import TestCase, main, mock\n"
+        "assert main is unittest.TestProgram and TestCase.__name__ == 'TestCase' and mock.Mock\n"
+        "class T(unittest.TestCase):\n"
+        "    def test_it(self):\n"
+        "        self.assertEqual(1, 1)\n"
+        "unittest.main(argv=['t'], exit=False)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "OK" in r.stderr, r.stderr

@@ -176,3 +176,35 @@ async def test_calls_fail_fast_when_the_agent_is_gone() -> None:
     client = SerfClient("127.0.0.1", 1, timeout=1, reconnect=False)
     with pytest.raises(SerfUnavailable):
         await client.members()
+
+
+async def test_the_reader_keeps_a_small_buffer_and_still_takes_large_answers(monkeypatch) -> None:
+    """msgpack's default unpacker buffer is 1 MiB, all resident once ~1 MiB of events went
+    through it (~1 MiB of the agent's RSS, issue 22): the client asks for a 64 KiB one, which
+    grows for an answer larger than that."""
+    from libnet.cluster import serf
+
+    made: list[dict] = []
+    real = msgpack.Unpacker
+
+    def unpacker(*args, **kw):
+        made.append(kw)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(serf.msgpack, "Unpacker", unpacker)
+    members = [
+        {
+            "Name": f"n{i}",
+            "Addr": bytes([203, 0, 113, i % 250]),
+            "Port": 7946,
+            "Tags": {"t": "x" * 500},
+            "Status": "alive",
+        }
+        for i in range(600)
+    ]
+    replies = {"members": lambda seq, body: pack(ok(seq), {"Members": members})}  # ~330 KB in one answer
+    async with Agent(scripted(replies)) as agent, SerfClient("127.0.0.1", agent.port, reconnect=False) as client:
+        got = await client.members()
+    assert [m.name for m in got] == [f"n{i}" for i in range(600)]
+    client_made = [kw for kw in made if kw.get("strict_map_key") is False]  # not the fake agent's
+    assert client_made and all(0 < kw.get("read_size", 0) <= 65536 for kw in client_made)
