@@ -184,6 +184,13 @@ class StoreUnavailable(Unavailable):
     """The key-value store cannot be reached or did not answer in time."""
 
 
+class StoreOutcomeUnknown(StoreUnavailable):
+    """A write reached the store, its answer was lost, and the store stayed unreachable
+    long enough that whether it was applied cannot be told: the write may stand or not
+    (``key`` names it).  Read the key again once the store answers.  A plain
+    ``StoreUnavailable`` from a write means it was not applied."""
+
+
 class TunnelDown(Unavailable):
     """No working WireGuard tunnel (a recent handshake) to the peer hosts named in
     ``nodes`` came up in time; an encrypted network is not joined without one."""

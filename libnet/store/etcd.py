@@ -30,6 +30,12 @@ finds the key holding exactly what it wrote (at a newer revision; or, for a
 delete, finds the key gone) reports success rather than a conflict, so an
 operation is never reported failed while its write stands -- libnet's values
 carry the writer's ids, so another writer's identical value does not happen.
+The same holds when the deadline ends right after such a try (the member
+forwarded it and the cluster applied it after electing a leader): a write
+goes on being tried for up to another deadline until one try answers, whose
+compare settles whether the earlier one landed; when none answers, the
+error is ``StoreOutcomeUnknown`` (the write may stand), never a plain
+``StoreUnavailable``.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ import aetcd.exceptions
 import aetcd.rpc
 import aetcd.utils
 
-from libnet.errors import KeyNotFound, StoreUnavailable, WatchCompacted
+from libnet.errors import KeyNotFound, StoreOutcomeUnknown, StoreUnavailable, WatchCompacted
 from libnet.store.base import (
     DEFAULT_TIMEOUT,
     KVPair,
@@ -145,27 +151,51 @@ class EtcdStore:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.close(), 1)
 
-    async def _call(self, fn: Callable[[aetcd.Client], Awaitable[T]]) -> T:
-        """Run ``fn(client)`` within the deadline, retrying across the endpoints until it ends."""
+    async def _call(self, fn: Callable[[aetcd.Client], Awaitable[T]], write: str | None = None) -> T:
+        """Run ``fn(client)`` within the deadline, retrying across the endpoints until it ends.
+
+        ``write``: the key of a write ``fn`` makes.  A failed try of a write may
+        still have been applied (its answer lost with the member, or cut off by
+        this deadline), so when the deadline passes after such a try the write
+        is tried for up to another ``timeout``: a later try's answer settles it
+        (the callers' retries are idempotent or see their own earlier value).
+        If none answers, ``StoreOutcomeUnknown``; a plain ``StoreUnavailable``
+        means no try can have been applied."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         last: BaseException | None = None
         pause = 0.05
+        maybe_applied = settling = False
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
+                if maybe_applied and not settling:
+                    settling = True
+                    deadline = loop.time() + self.timeout
+                    pause = 0.05
+                    continue
                 break
             client = None
+            sent = False
             try:
                 client = await self._connected()
+                sent = True
                 return await asyncio.wait_for(fn(client), min(remaining, ATTEMPT_S))
             except (*_UNAVAILABLE, aetcd.exceptions.ClientError) as exc:
                 if isinstance(exc, aetcd.exceptions.ClientError) and not _unavailable(exc):
                     raise
                 last = exc
+                maybe_applied = maybe_applied or (write is not None and sent and not _not_sent(exc))
                 await self._drop_client(client)
                 await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
                 pause = min(pause * 2, 0.5)
+        if maybe_applied:
+            raise StoreOutcomeUnknown(
+                f"etcd did not answer within {2 * self.timeout:g}s and a try of this write may have been applied: "
+                f"{last!r}",
+                key=write,
+                url=self.url,
+            )
         raise StoreUnavailable(f"etcd did not answer within {self.timeout:g}s: {last!r}", url=self.url)
 
     # --- Store ----------------------------------------------------------------
@@ -195,11 +225,11 @@ class EtcdStore:
             result = await c.put(key.encode(), value, lease=await self._lease(c, ttl))
             return KVPair(key, value, result.header.revision)
 
-        return await self._call(body)
+        return await self._call(body, write=key)
 
     async def delete(self, key: str) -> bool:
         check_key(key)
-        result = await self._call(lambda c: c.delete(key.encode()))
+        result = await self._call(lambda c: c.delete(key.encode()), write=key)
         return bool(result and result.deleted)
 
     async def exists(self, key: str) -> bool:
@@ -237,7 +267,7 @@ class EtcdStore:
             value, meta = kvs[0]
             return ok, KVPair(key, value, meta.mod_revision)
 
-        ok, now = await self._call(body)
+        ok, now = await self._call(body, write=key)
         return ok, now, tries > 1
 
     async def atomic_put(self, key: str, value: bytes, previous: KVPair | None, ttl: float | None = None) -> KVPair:
@@ -348,6 +378,11 @@ def _unavailable(exc: BaseException) -> bool:
     if isinstance(exc, _UNAVAILABLE):
         return True
     return isinstance(exc, aetcd.exceptions.ClientError) and any(t in str(exc).lower() for t in _TRANSIENT)
+
+
+def _not_sent(exc: BaseException) -> bool:
+    """Whether a failed try surely never reached a member (gRPC could not connect)."""
+    return isinstance(exc, aetcd.exceptions.ConnectionFailedError) and "failed to connect" in str(exc).lower()
 
 
 def _ours(now: KVPair | None, value: bytes, previous: KVPair | None) -> bool:

@@ -1,0 +1,179 @@
+"""etcd writes whose answer was lost at the deadline: never reported failed while they stand.
+
+A fake aetcd client stands in for a cluster that loses its leader: the member
+takes a write, forwards it, and the answer never comes back before the
+caller's deadline; the write is applied later, once a leader is elected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import aetcd.exceptions
+import pytest
+
+from libnet.errors import StoreOutcomeUnknown, StoreUnavailable
+from libnet.store import etcd as etcd_store
+from libnet.store.etcd import EtcdStore
+
+
+@dataclass
+class _Meta:
+    mod_revision: int
+
+
+class _Txns:
+    """Builds the compare and op tuples the fake client evaluates."""
+
+    class _Field:
+        def __init__(self, what: str, key: bytes) -> None:
+            self.what, self.key = what, key
+
+        def __eq__(self, other: object) -> Any:  # a compare, as aetcd builds them
+            return (self.what, self.key, other)
+
+        __hash__ = None  # type: ignore[assignment]
+
+    def version(self, key: bytes) -> Any:
+        return self._Field("version", key)
+
+    def mod(self, key: bytes) -> Any:
+        return self._Field("mod", key)
+
+    def put(self, key: bytes, value: bytes, lease: Any = None) -> Any:
+        return ("put", key, value)
+
+    def delete(self, key: bytes) -> Any:
+        return ("delete", key)
+
+    def get(self, key: bytes) -> Any:
+        return ("get", key)
+
+
+class FakeCluster:
+    """One key space; ``script`` says per try: "lost" (applied, answer never
+    comes), "hang" (never answers, not applied), "refused" (not sent),
+    "answer"; after the script, tries answer while ``loop.time() >= answer_after``
+    and hang before."""
+
+    def __init__(self, script: list[str], answer_after: float = 0.0) -> None:
+        self.script = list(script)
+        self.answer_after = answer_after
+        self.data: dict[bytes, tuple[bytes, int]] = {}
+        self.revision = 1
+        self.tries = 0
+        self.transactions = _Txns()
+
+    def _step(self) -> str:
+        self.tries += 1
+        if self.script:
+            return self.script.pop(0)
+        return "answer" if asyncio.get_running_loop().time() >= self.answer_after else "hang"
+
+    def _holds(self, compare: tuple[str, bytes, int]) -> bool:
+        what, key, want = compare
+        if what == "version":
+            return (key in self.data) == (want != 0)
+        return key in self.data and self.data[key][1] == want
+
+    def _apply(self, ops: list[Any]) -> list[Any]:
+        out: list[Any] = []
+        for op in ops:
+            if op[0] == "put":
+                self.revision += 1
+                self.data[op[1]] = (op[2], self.revision)
+                out.append(None)
+            elif op[0] == "delete":
+                self.revision += 1
+                self.data.pop(op[1], None)
+                out.append(None)
+            else:
+                kv = self.data.get(op[1])
+                out.append([] if kv is None else [(kv[0], _Meta(kv[1]))])
+        return out
+
+    async def transaction(self, compare: list[Any], success: list[Any], failure: list[Any]) -> tuple[bool, list[Any]]:
+        step = self._step()
+        if step == "refused":
+            raise aetcd.exceptions.ConnectionFailedError("failed to connect to all addresses")
+        ok = all(self._holds(c) for c in compare)
+        if step == "lost":
+            self._apply(success if ok else failure)
+            await asyncio.sleep(3600)
+        if step == "hang":
+            await asyncio.sleep(3600)
+        return ok, self._apply(success if ok else failure)
+
+    async def close(self) -> None:
+        pass
+
+
+def _store(cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch, timeout: float = 0.4) -> EtcdStore:
+    monkeypatch.setattr(etcd_store, "ATTEMPT_S", 0.1)
+    store = EtcdStore([("127.0.0.1", 1)], timeout=timeout)
+
+    async def connected() -> Any:
+        return cluster
+
+    monkeypatch.setattr(store, "_connected", connected)
+    return store
+
+
+def test_a_create_applied_after_the_deadline_is_reported_done(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first try lands but its answer is lost; the cluster answers again only
+    after the caller's deadline.  Before: StoreUnavailable while the key stood."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        cluster = FakeCluster(["lost"], answer_after=loop.time() + 0.5)
+        store = _store(cluster, monkeypatch)
+        pair = await store.atomic_put("libnet/t/k", b"mine", None)
+        assert pair.value == b"mine"
+        assert cluster.data[b"libnet/t/k"][0] == b"mine"
+
+    asyncio.run(main())
+
+
+def test_a_write_that_never_gets_an_answer_is_reported_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        cluster = FakeCluster(["lost"], answer_after=loop.time() + 3600)
+        store = _store(cluster, monkeypatch)
+        start = loop.time()
+        with pytest.raises(StoreOutcomeUnknown) as err:
+            await store.atomic_put("libnet/t/k", b"mine", None)
+        assert err.value.ids["key"] == "libnet/t/k"
+        assert 0.7 <= loop.time() - start < 2.0  # the deadline and one more to settle
+
+    asyncio.run(main())
+
+
+def test_a_write_never_sent_is_plainly_unavailable_at_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        cluster = FakeCluster(["refused"] * 1000)
+        store = _store(cluster, monkeypatch)
+        start = loop.time()
+        with pytest.raises(StoreUnavailable) as err:
+            await store.atomic_put("libnet/t/k", b"mine", None)
+        assert not isinstance(err.value, StoreOutcomeUnknown)
+        assert loop.time() - start < 0.7
+        assert b"libnet/t/k" not in cluster.data
+
+    asyncio.run(main())
+
+
+def test_a_lost_compare_and_swap_settles_on_a_later_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        cluster = FakeCluster(["answer"])
+        store = _store(cluster, monkeypatch)
+        first = await store.atomic_put("libnet/t/k", b"one", None)
+        cluster.script = ["lost"]
+        cluster.answer_after = loop.time() + 0.5
+        pair = await store.atomic_put("libnet/t/k", b"two", first)
+        assert pair.value == b"two" and pair.revision > first.revision
+
+    asyncio.run(main())
