@@ -32,6 +32,7 @@ import ipaddress
 import socket
 import struct
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from libnet.kernel.errors import from_errno
 from libnet.kernel.wire import (
@@ -67,16 +68,21 @@ from libnet.kernel.wire import (
     NETLINK_GET_STRICT_CHK,
     NLM_F_ACK,
     NLM_F_CREATE,
+    NLM_F_DUMP,
     NLM_F_EXCL,
     NLM_F_REPLACE,
     NLM_F_REQUEST,
+    NLMSG_DONE,
     NLMSG_ERROR,
     RT_TABLE_MAIN,
     RTA_GATEWAY,
     RTA_OIF,
+    RTA_PRIORITY,
+    RTA_TABLE,
     RTM_DELLINK,
     RTM_DELROUTE,
     RTM_GETLINK,
+    RTM_GETROUTE,
     RTM_NEWADDR,
     RTM_NEWLINK,
     RTM_NEWROUTE,
@@ -85,6 +91,7 @@ from libnet.kernel.wire import (
     RTN_UNICAST,
     RTPROT_STATIC,
     SOL_NETLINK,
+    U32,
     VETH_INFO_PEER,
     attr,
     attrs,
@@ -99,9 +106,9 @@ from libnet.kernel.wire import (
 Request = tuple[int, int, bytes, str]
 _SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33
 #: netdevice(7): SIOCGIFINDEX takes a struct ifreq (name, then the index in its union)
-SIOCGIFINDEX, IFNAMSIZ = 0x8933, 16
+SIOCGIFINDEX, SIOCGIFNAME, IFNAMSIZ = 0x8933, 0x8910, 16
 _IFREQ = struct.Struct("16si20x")
-_IFINFO, _IFADDR, _RTMSG, _ERR = IFINFO, IFADDR, RTMSG, ERR
+_IFINFO, _IFADDR, _RTMSG, _ERR, _U32 = IFINFO, IFADDR, RTMSG, ERR, U32
 
 __all__ = [
     "IFLA_ADDRESS",
@@ -329,6 +336,32 @@ def default_route_body(gateway: str, oif: int) -> bytes:
     )
 
 
+class DefaultRoute(NamedTuple):
+    """A default route of a namespace's main table (an ``RTM_NEWROUTE`` answer)."""
+
+    gateway: str | None  # the next hop's address, None for a device route
+    oif: int | None  # the outgoing interface's index
+    metric: int  # RTA_PRIORITY (IPv4 default 0, IPv6 1024)
+
+
+def parse_default_route(payload: memoryview) -> DefaultRoute | None:
+    """The route in an ``RTM_NEWROUTE`` payload if it is a unicast default route of
+    the main table, else None."""
+    fam, dst_len, _src, _tos, table, _proto, _scope, rtype, _flags = _RTMSG.unpack_from(payload, 0)
+    if dst_len or rtype != RTN_UNICAST:
+        return None
+    found = attrs(payload, _RTMSG.size)
+    if (_U32.unpack(found[RTA_TABLE])[0] if RTA_TABLE in found else table) != RT_TABLE_MAIN:
+        return None
+    gw = found.get(RTA_GATEWAY)
+    oif = found.get(RTA_OIF)
+    return DefaultRoute(
+        socket.inet_ntop(fam, gw) if gw else None,
+        _U32.unpack(oif)[0] if oif else None,
+        _U32.unpack(found[RTA_PRIORITY])[0] if RTA_PRIORITY in found else 0,
+    )
+
+
 # --- the socket -------------------------------------------------------------------
 
 
@@ -415,6 +448,41 @@ class RtnlSocket:
         ]
         failed = self.send_chunk(msgs, last)
         return {seq - first: code for seq, code in failed.items()}
+
+    def dump(self, mtype: int, body: bytes, what: str) -> list[tuple[int, memoryview]]:
+        """A dump request (``NLM_F_DUMP``): the (type, payload) of every answer
+        before ``NLMSG_DONE``; the typed error if the kernel refuses it."""
+        seq = self.next_seq()
+        self.sock.send(message(mtype, NLM_F_REQUEST | NLM_F_DUMP, seq, body))
+        out: list[tuple[int, memoryview]] = []
+        while True:
+            for mtype_, _flags, mseq, payload in iter_messages(self.recv()):
+                if mseq != seq:
+                    continue  # left over from an earlier, interrupted exchange
+                if mtype_ == NLMSG_DONE:
+                    return out
+                if mtype_ == NLMSG_ERROR:
+                    (err,) = _ERR.unpack_from(payload, 0)
+                    if err:
+                        raise from_errno(-err, what)
+                    return out
+                out.append((mtype_, payload))
+
+    def default_routes(self, family: int) -> list[DefaultRoute]:
+        """The unicast default routes of the main table of ``family`` (AF_INET, AF_INET6)."""
+        answers = self.dump(RTM_GETROUTE, _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0), "list routes")
+        routes = (parse_default_route(p) for t, p in answers if t == RTM_NEWROUTE)
+        return [r for r in routes if r is not None]
+
+    def link_name(self, index: int) -> str | None:
+        """Name of the link with ``index`` in this socket's namespace (an
+        ``SIOCGIFNAME`` ioctl), or None if there is none."""
+        try:
+            answer = fcntl.ioctl(self.sock.fileno(), SIOCGIFNAME, _IFREQ.pack(b"", index))
+        except OSError:
+            return None
+        raw: bytes = _IFREQ.unpack(answer)[0]
+        return raw.split(b"\0", 1)[0].decode(errors="replace")
 
     def link_index(self, name: str) -> int | None:
         """Index of the link called ``name``, or None."""

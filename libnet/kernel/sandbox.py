@@ -9,14 +9,23 @@ builds those requests and decides which kernel answers mean "already gone"
 
 from __future__ import annotations
 
+import errno
 import socket
 from collections.abc import Sequence
 from typing import Any
 
-from libnet.errors import NoSuchLink
+from libnet.errors import KernelObjectExists, NoSuchLink
 from libnet.kernel import netns, rtnl
 from libnet.kernel.errors import GONE, from_errno
-from libnet.kernel.wire import NLM_F_CREATE, NLM_F_REPLACE, RTM_DELROUTE, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE
+from libnet.kernel.wire import (
+    NLM_F_CREATE,
+    NLM_F_EXCL,
+    NLM_F_REPLACE,
+    RTM_DELROUTE,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTM_NEWROUTE,
+)
 
 #: socket() arguments of an rtnetlink socket
 NETLINK_ROUTE_SOCKET = (socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
@@ -24,16 +33,49 @@ LOOPBACK_INDEX = 1
 
 
 def _route_requests(index: int, gateways: Sequence[str], add: bool) -> list[rtnl.Request]:
-    """Default routes via ``gateways`` (interface CIDRs or plain addresses) out of ``index``."""
+    """Default routes via ``gateways`` (interface CIDRs or plain addresses) out of ``index``.
+
+    Added with ``NLM_F_EXCL``, never ``NLM_F_REPLACE``: a namespace a runtime
+    made may hold a default route of its own (same metric), and replacing it
+    would remove what libnet did not make (and leave none after the endpoint
+    goes).  The kernel answers ``EEXIST`` then; :func:`_check_existing` tells
+    libnet's own route (a repeated add) from someone else's (refused), as CNI's
+    bridge plugin refuses an ADD whose default route exists."""
     reqs: list[rtnl.Request] = []
     for gw in gateways:
         via = gw.partition("/")[0]  # for the messages only: the body parses it
         body = rtnl.default_route_body(gw, index)
         if add:
-            reqs.append((RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, body, f"default route via {via}"))
+            reqs.append((RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body, f"default route via {via}"))
         else:
             reqs.append((RTM_DELROUTE, 0, body, f"delete route via {via}"))
     return reqs
+
+
+def _check_existing(
+    links: rtnl.RtnlSocket, ifname: str, index: int, gateways: Sequence[str], ids: dict[str, Any]
+) -> None:
+    """After ``EEXIST`` for the default routes via ``gateways`` out of ``index``:
+    fine if each family's default route is exactly that one (added before);
+    ``KernelObjectExists`` naming the route that is there otherwise."""
+    for gw in gateways:
+        fam, packed, _ = rtnl.parse_address(gw)
+        via = socket.inet_ntop(fam, packed)
+        there = links.default_routes(fam)
+        if any(r.gateway == via and r.oif == index for r in there):
+            continue
+        shown = ", ".join(
+            f"via {r.gateway or '(none)'} dev {links.link_name(r.oif) if r.oif else '(none)'} metric {r.metric}"
+            for r in there
+        )
+        raise KernelObjectExists(
+            f"the sandbox already has a default route libnet did not make ({shown or 'unknown'}); "
+            f"libnet does not replace it: remove it, or use an internal network",
+            errno=errno.EEXIST,
+            ifname=ifname,
+            gateway=via,
+            **ids,
+        )
 
 
 class SandboxLinks:
@@ -97,14 +139,42 @@ class SandboxLinks:
                 )
             )
         reqs.append((RTM_NEWLINK, 0, rtnl.setlink_body(index, up=True, alias=alias), f"bring {ifname} up"))
+        first_route = len(reqs)
         reqs += _route_requests(index, gateways, add=True)
-        self._rtnl.request(reqs)
+        self._request_routes(reqs, first_route, ifname, index, gateways, ids)
+
+    def _request_routes(
+        self,
+        reqs: list[rtnl.Request],
+        first_route: int,
+        ifname: str,
+        index: int,
+        gateways: Sequence[str],
+        ids: dict[str, Any],
+        ignore: frozenset[int] = frozenset(),
+    ) -> None:
+        """Send ``reqs``, whose default-route adds start at ``first_route``; a route
+        that exists is checked (:func:`_check_existing`), other failures raised."""
+        failed = self._rtnl.request_each(reqs)
+        exists = False
+        for pos in sorted(failed):
+            code = failed[pos]
+            if pos >= first_route and code == errno.EEXIST:
+                exists = True
+            elif code not in ignore:
+                raise from_errno(code, reqs[pos][3], **ids)
+        if exists:
+            _check_existing(self._rtnl, ifname, index, gateways, ids)
 
     def set_default_routes(self, ifname: str, gateways: Sequence[str], present: bool, **ids: Any) -> None:
         """Add (``present``) or remove the default routes via ``gateways`` out of
         ``ifname``; routes already there (or already gone) are fine."""
         index = self._need(ifname, "the endpoint's interface is not in the sandbox", ids)
-        self._rtnl.request(_route_requests(index, gateways, add=present), ignore=GONE)
+        reqs = _route_requests(index, gateways, add=present)
+        if present:
+            self._request_routes(reqs, 0, ifname, index, gateways, ids)
+        else:
+            self._rtnl.request(reqs, ignore=GONE)
 
     def retire(self, ifname: str, new_name: str) -> bool:
         """Take ``ifname`` out of the way: down and renamed to ``new_name``, so

@@ -518,14 +518,32 @@ class FakeSandbox:
         link.up = True
         if alias is not None:
             link.alias = alias
-        self.space.routes |= {(str(ipaddress.ip_interface(gw).ip), link.index) for gw in gateways}
+        self._add_default_routes(ifname, link.index, gateways, ids)
+
+    def _add_default_routes(self, ifname: str, index: int, gateways: Sequence[str], ids: dict[str, Any]) -> None:
+        """As the kernel with ``NLM_F_EXCL``: one default route per family; the same one
+        again is fine, another one is refused (libnet never replaces it)."""
+        for gw in gateways:
+            route = (str(ipaddress.ip_interface(gw).ip), index)
+            family = ipaddress.ip_address(route[0]).version
+            other = [r for r in self.space.routes if ipaddress.ip_address(r[0]).version == family and r != route]
+            if other:
+                raise KernelObjectExists(
+                    "the sandbox already has a default route libnet did not make",
+                    ifname=ifname,
+                    gateway=route[0],
+                    **ids,
+                )
+            self.space.routes.add(route)
 
     def set_default_routes(self, ifname: str, gateways: Sequence[str], present: bool, **ids: Any) -> None:
         link = self.space.find(ifname)
         if link is None:
             raise NoSuchLink("the endpoint's interface is not in the sandbox", ifname=ifname, **ids)
-        routes = {(str(ipaddress.ip_interface(gw).ip), link.index) for gw in gateways}
-        self.space.routes = self.space.routes | routes if present else self.space.routes - routes
+        if present:
+            self._add_default_routes(ifname, link.index, gateways, ids)
+            return
+        self.space.routes -= {(str(ipaddress.ip_interface(gw).ip), link.index) for gw in gateways}
 
     def retire(self, ifname: str, new_name: str) -> bool:
         link = self.space.find(ifname)

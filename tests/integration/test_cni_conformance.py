@@ -173,6 +173,65 @@ def test_del_idempotent_whatever_is_missing(env):
     assert rt.exec("libnet", "DEL", cfg, container_id="ctr2", netns_path=c).ok
 
 
+def _uplink(ns_path: str, metric: int | None = None) -> None:
+    """A default route of the runtime's own in the container's namespace (a veth
+    pair inside it, both ends up), v4 and v6, at ``metric`` (None: the kernel's)."""
+    extra = [] if metric is None else ["metric", str(metric)]
+    for argv in (
+        ["ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1"],
+        ["ip", "link", "set", "up1", "up"],
+        ["ip", "link", "set", "up0", "up"],
+        ["ip", "addr", "add", "203.0.113.201/30", "dev", "up0"],
+        ["ip", "addr", "add", "2001:db8:ff::1/64", "dev", "up0", "nodad"],
+        ["ip", "route", "add", "default", "via", "203.0.113.202", "dev", "up0", *extra],
+        ["ip", "-6", "route", "add", "default", "via", "2001:db8:ff::2", "dev", "up0", *extra],
+    ):
+        r = in_ns(ns_path, *argv)
+        assert r.returncode == 0, (argv, r.stderr)
+
+
+def _defaults(ns_path: str) -> set[tuple[str, str]]:
+    out = set()
+    for fam in ("-4", "-6"):
+        r = in_ns(ns_path, "ip", "-j", fam, "route", "show", "default")
+        out |= {(x.get("gateway", ""), x.get("dev", "")) for x in json.loads(r.stdout or "[]")}
+    return out
+
+
+def test_add_never_replaces_a_default_route_it_did_not_make(env):
+    """A runtime-made namespace with a default route of its own (same metric): ADD is
+    refused with a clear error and leaves the namespace as it was (CNI's bridge plugin
+    refuses too); libnet replaced the route before, and after DEL there was none."""
+    bed, agent, rt = env
+    cfg = conf(agent)
+    c = container(bed, "own-route")
+    _uplink(c)
+    theirs = {("203.0.113.202", "up0"), ("2001:db8:ff::2", "up0")}
+    assert _defaults(c) == theirs
+    add = rt.exec("libnet", "ADD", cfg, container_id="ctr-own", netns_path=c)
+    assert not add.ok, add
+    assert "default route" in add.out["msg"] + add.out.get("details", ""), add.out
+    assert _defaults(c) == theirs
+    assert in_ns(c, "ip", "link", "show", "eth0").returncode != 0  # rolled back
+    assert agent.cli_json("endpoint", "ls") == []
+    assert rt.exec("libnet", "DEL", cfg, container_id="ctr-own", netns_path=c).ok
+    assert _defaults(c) == theirs
+
+
+def test_add_beside_a_default_route_of_another_metric_keeps_it(env):
+    bed, agent, rt = env
+    cfg = conf(agent)
+    c = container(bed, "metric-route")
+    _uplink(c, metric=3000)
+    add = rt.exec("libnet", "ADD", cfg, container_id="ctr-metric", netns_path=c)
+    assert add.ok, add
+    assert {("198.51.100.1", "eth0"), ("203.0.113.202", "up0")} <= _defaults(c)
+    again = rt.exec("libnet", "ADD", cfg, container_id="ctr-metric", netns_path=c)
+    assert again.ok, again
+    assert rt.exec("libnet", "DEL", cfg, container_id="ctr-metric", netns_path=c).ok
+    assert _defaults(c) == {("203.0.113.202", "up0"), ("2001:db8:ff::2", "up0")}
+
+
 def test_add_on_a_new_namespace_replaces_the_missed_one(env):
     """A container restarted without its DEL (the runtime lost it): ADD with the same container id
     and another namespace moves the container there; the old namespace's interface goes."""

@@ -122,6 +122,22 @@ async def test_endpoint_join_leave_delete(kernel: FakeKernel, driver: BridgeDriv
     await driver.leave(nw, ep, sb)  # gone is fine
 
 
+async def test_a_default_route_libnet_did_not_make_is_refused_not_replaced(
+    kernel: FakeKernel, driver: BridgeDriver
+) -> None:
+    nw, ep = net(), endpoint()
+    await driver.create_network(nw)
+    path = kernel.add_namespace("sb1")
+    up0 = kernel.add_link("sb1", "up0", "veth", up=True)
+    inside = kernel.namespace("sb1")
+    inside.routes.add(("203.0.113.202", up0.index))  # the runtime's own
+    await driver.create_endpoint(nw, ep)
+    with pytest.raises(Conflict, match="default route"):
+        await driver.join(nw, ep, SandboxInfo("c1", path, "eth0"))
+    assert inside.routes == {("203.0.113.202", up0.index)}
+    assert "eth0" not in inside.by_name()  # the join rolled back
+
+
 async def test_delete_after_this_process_left_spares_the_second_unplug(
     kernel: FakeKernel, driver: BridgeDriver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
