@@ -14,10 +14,11 @@ import asyncio
 import dataclasses
 import functools
 import ipaddress
+import logging
 
 from libnet.driverapi import PortMapping
 from libnet.drivers.registry import Drivers
-from libnet.errors import Conflict, NotFound
+from libnet.errors import Conflict, KernelObjectExists, NotFound
 from libnet.gateway import GatewayPolicy
 from libnet.info import ep_info, net_info, sb_info
 from libnet.model import Endpoint, Network, Sandbox
@@ -25,6 +26,8 @@ from libnet.ports import PortRegistry, check_families
 from libnet.repository import Repository
 from libnet.rollback import Rollback
 from libnet.sandbox_files import SandboxFiles
+
+log = logging.getLogger("libnet.joins")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -254,10 +257,18 @@ class Joins:
         return ep
 
     async def _hand_over(self, sb: Sandbox) -> None:
-        """After the endpoint carrying the default routes left, the next one takes them."""
+        """After the endpoint carrying the default routes left, the next one takes them.
+
+        Not when the sandbox holds a default route libnet did not make (added by its
+        runtime meanwhile): libnet does not replace it, and the leave, done already,
+        does not fail for it (a CNI DEL that failed here left the endpoint behind)."""
         successor = await self.gateway.successor(sb)
         if successor is None:
             return
         nw, ep = successor
-        await self.drivers.driver(nw.driver).set_gateway(net_info(nw), ep_info(ep), sb_info(sb, ep), True)
+        try:
+            await self.drivers.driver(nw.driver).set_gateway(net_info(nw), ep_info(ep), sb_info(sb, ep), True)
+        except KernelObjectExists as exc:
+            log.warning("sandbox %s: endpoint %s does not take over the default routes: %s", sb.id[:12], ep.name, exc)
+            return
         await self.repo.update_endpoint(ep, lambda e: setattr(e, "gateway", True))

@@ -154,7 +154,9 @@ class SandboxLinks:
         ignore: frozenset[int] = frozenset(),
     ) -> None:
         """Send ``reqs``, whose default-route adds start at ``first_route``; a route
-        that exists is checked (:func:`_check_existing`), other failures raised."""
+        that exists is checked (:func:`_check_existing`), other failures raised.
+        When the check refuses, the routes this batch did add (the other family's)
+        are removed again: no half of the default routes stays behind."""
         failed = self._rtnl.request_each(reqs)
         exists = False
         for pos in sorted(failed):
@@ -164,7 +166,16 @@ class SandboxLinks:
             elif code not in ignore:
                 raise from_errno(code, reqs[pos][3], **ids)
         if exists:
-            _check_existing(self._rtnl, ifname, index, gateways, ids)
+            try:
+                _check_existing(self._rtnl, ifname, index, gateways, ids)
+            except KernelObjectExists:
+                added = [
+                    (RTM_DELROUTE, 0, body, f"remove the {what} just added")
+                    for pos, (_t, _f, body, what) in enumerate(reqs)
+                    if pos >= first_route and pos not in failed
+                ]
+                self._rtnl.request(added, ignore=GONE)
+                raise
 
     def set_default_routes(self, ifname: str, gateways: Sequence[str], present: bool, **ids: Any) -> None:
         """Add (``present``) or remove the default routes via ``gateways`` out of

@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TypeVar
 
-from libnet.errors import KeyNotFound, StoreUnavailable
+from libnet.errors import KeyNotFound, StoreOutcomeUnknown, StoreUnavailable
 from libnet.store.base import KVPair, Store, WatchEvent
 
 T = TypeVar("T")
@@ -48,6 +48,11 @@ CACHE_VERSION = 1
 
 class ClusterStoreDegraded(StoreUnavailable):
     """A write needs the cluster store, which cannot be reached (degraded mode)."""
+
+
+class ClusterStoreOutcomeUnknown(ClusterStoreDegraded, StoreOutcomeUnknown):
+    """A write reached the cluster store, which then stopped answering: it may stand
+    (the store's ``StoreOutcomeUnknown``, kept through degraded mode)."""
 
 
 class MirroredStore:
@@ -206,6 +211,13 @@ class MirroredStore:
             return await fn()
         except StoreUnavailable as exc:
             self._degrade(exc)
+            if write and isinstance(exc, StoreOutcomeUnknown):
+                refusal = self.refusal()
+                raise ClusterStoreOutcomeUnknown(
+                    f"{refusal.message}; this write reached it and may have been applied: read it again "
+                    "once the store is back",
+                    **{**exc.ids, **refusal.ids},
+                ) from exc
             if write:
                 raise self.refusal() from exc
             raise

@@ -523,8 +523,8 @@ class FakeSandbox:
     def _add_default_routes(self, ifname: str, index: int, gateways: Sequence[str], ids: dict[str, Any]) -> None:
         """As the kernel with ``NLM_F_EXCL``: one default route per family; the same one
         again is fine, another one is refused (libnet never replaces it)."""
-        for gw in gateways:
-            route = (str(ipaddress.ip_interface(gw).ip), index)
+        routes = [(str(ipaddress.ip_interface(gw).ip), index) for gw in gateways]
+        for route in routes:  # all checked first: a refusal adds none (as SandboxLinks undoes them)
             family = ipaddress.ip_address(route[0]).version
             other = [r for r in self.space.routes if ipaddress.ip_address(r[0]).version == family and r != route]
             if other:
@@ -534,7 +534,7 @@ class FakeSandbox:
                     gateway=route[0],
                     **ids,
                 )
-            self.space.routes.add(route)
+        self.space.routes.update(routes)
 
     def set_default_routes(self, ifname: str, gateways: Sequence[str], present: bool, **ids: Any) -> None:
         link = self.space.find(ifname)

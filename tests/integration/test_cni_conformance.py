@@ -177,14 +177,23 @@ def _uplink(ns_path: str, metric: int | None = None) -> None:
     """A default route of the runtime's own in the container's namespace (a veth
     pair inside it, both ends up), v4 and v6, at ``metric`` (None: the kernel's)."""
     extra = [] if metric is None else ["metric", str(metric)]
+    _uplink_link(ns_path)
+    for argv in (
+        ["ip", "route", "add", "default", "via", "203.0.113.202", "dev", "up0", *extra],
+        ["ip", "-6", "route", "add", "default", "via", "2001:db8:ff::2", "dev", "up0", *extra],
+    ):
+        r = in_ns(ns_path, *argv)
+        assert r.returncode == 0, (argv, r.stderr)
+
+
+def _uplink_link(ns_path: str) -> None:
+    """The runtime's own link in the container's namespace (a veth pair, both ends up, addressed)."""
     for argv in (
         ["ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1"],
         ["ip", "link", "set", "up1", "up"],
         ["ip", "link", "set", "up0", "up"],
         ["ip", "addr", "add", "203.0.113.201/30", "dev", "up0"],
         ["ip", "addr", "add", "2001:db8:ff::1/64", "dev", "up0", "nodad"],
-        ["ip", "route", "add", "default", "via", "203.0.113.202", "dev", "up0", *extra],
-        ["ip", "-6", "route", "add", "default", "via", "2001:db8:ff::2", "dev", "up0", *extra],
     ):
         r = in_ns(ns_path, *argv)
         assert r.returncode == 0, (argv, r.stderr)
@@ -230,6 +239,37 @@ def test_add_beside_a_default_route_of_another_metric_keeps_it(env):
     assert again.ok, again
     assert rt.exec("libnet", "DEL", cfg, container_id="ctr-metric", netns_path=c).ok
     assert _defaults(c) == {("203.0.113.202", "up0"), ("2001:db8:ff::2", "up0")}
+
+
+def test_del_of_the_gateway_network_beside_a_foreign_default_route(env):
+    """A container on two networks whose runtime appended a default route of its own
+    (same metric) beside libnet's: DEL of the network carrying the default routes
+    succeeds (the hand-over to the other network is skipped, not forced: before, DEL
+    failed with the refusal and left the endpoint and half of the routes behind, and
+    ADD again failed with NameInUse), the runtime's route stays, none of libnet's."""
+    bed, agent, rt = env
+    first = conf(agent, subnet="198.51.100.0/25")
+    second = conf(agent, name="cninet2", subnet="198.51.100.128/25", subnet6="2001:db8:29::/64")
+    c = container(bed, "two-nets")
+    assert rt.exec("libnet", "ADD", first, container_id="ctr-two", netns_path=c).ok
+    assert rt.exec("libnet", "ADD", second, container_id="ctr-two", netns_path=c, ifname="eth1").ok
+    assert _defaults(c) == {("198.51.100.1", "eth0"), ("2001:db8:19::1", "eth0")}
+    _uplink_link(c)
+    r = in_ns(c, "ip", "route", "append", "default", "via", "203.0.113.202", "dev", "up0")
+    assert r.returncode == 0, r.stderr
+    d = rt.exec("libnet", "DEL", first, container_id="ctr-two", netns_path=c)
+    assert d.ok, d
+    assert _defaults(c) == {("203.0.113.202", "up0")}  # theirs, and none of libnet's via eth1
+    assert len(agent.cli_json("endpoint", "ls")) == 1  # the first network's endpoint went
+    # ADD again would carry the default routes (none of libnet's is left): refused, as for any
+    # namespace with a default route of its own, and rolled back
+    again = rt.exec("libnet", "ADD", first, container_id="ctr-two", netns_path=c)
+    assert not again.ok and "default route" in again.out["msg"], again
+    assert len(agent.cli_json("endpoint", "ls")) == 1
+    assert rt.exec("libnet", "DEL", first, container_id="ctr-two", netns_path=c).ok
+    assert rt.exec("libnet", "DEL", second, container_id="ctr-two", netns_path=c, ifname="eth1").ok
+    assert _defaults(c) == {("203.0.113.202", "up0")}
+    assert agent.cli_json("endpoint", "ls") == []
 
 
 def test_add_on_a_new_namespace_replaces_the_missed_one(env):

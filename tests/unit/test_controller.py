@@ -15,6 +15,7 @@ from libnet.errors import (
     InvalidName,
     InvalidOption,
     KernelError,
+    KernelObjectExists,
     NameInUse,
     NoSuchEndpoint,
     NoSuchNetwork,
@@ -208,6 +209,27 @@ async def test_join_order_gateway_and_hand_over(ctl: Controller) -> None:
     assert not ctl._namespaces.exists(sb.netns)
     with pytest.raises(NoSuchSandbox):
         await ctl.sandbox(sb.id)
+
+
+async def test_leave_is_not_failed_by_a_refused_hand_over(ctl: Controller, monkeypatch) -> None:
+    """The next endpoint cannot take the default routes over (a default route libnet did
+    not make is in the sandbox): the leave, done already, succeeds and the next endpoint
+    does not claim them; before, the leave raised and a CNI DEL left its endpoint behind."""
+    await ctl.create_network("front")
+    await ctl.create_network("side")
+    sb = await ctl.create_sandbox()
+    e_front = await ctl.connect("front", sb.id)
+    e_side = await ctl.connect("side", sb.id)
+    assert e_front.gateway and not e_side.gateway
+    drv = ctl.driver("bridge")
+
+    async def refuse(nw, ep, sb_info, gateway):  # type: ignore[no-untyped-def]
+        raise KernelObjectExists("the sandbox already has a default route libnet did not make", errno=17)
+
+    monkeypatch.setattr(drv, "set_gateway", refuse)
+    await ctl.disconnect("front", sb.id)
+    assert not (await ctl.endpoint(e_side.id)).gateway
+    assert [e.id for e in await ctl.endpoints()] == [e_side.id]
 
 
 async def test_failed_join_leaves_nothing_and_connect_releases_addresses(ctl: Controller) -> None:

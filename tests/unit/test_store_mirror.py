@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from libnet.errors import KeyNotFound, StoreUnavailable
+from libnet.errors import KeyNotFound, StoreOutcomeUnknown, StoreUnavailable
 from libnet.store.memory import MemoryStore
 from libnet.store.mirror import ClusterStoreDegraded, MirroredStore
 
@@ -67,4 +67,27 @@ async def test_degraded_reads_from_the_copy_refuses_writes_and_catches_up(tmp_pa
         await asyncio.sleep(0.02)
     assert caught_up == [1] and not store.degraded
     await store.put("libnet/v1/overlay/networks/n2", b"301")
+    await store.close()
+
+
+async def test_a_write_of_unknown_outcome_stays_unknown_through_the_copy(tmp_path) -> None:
+    """etcd's StoreOutcomeUnknown (the write may stand) is not turned into a plain
+    refusal (which says it was not applied): still a ClusterStoreDegraded (503, degraded
+    mode entered) and a StoreOutcomeUnknown naming the key."""
+    remote = Flaky()
+    store = MirroredStore(remote, str(tmp_path / "copy.json"), probe_interval=0.05)
+
+    async def lost_answer(key, value, previous, ttl=None):  # type: ignore[no-untyped-def]
+        await remote.inner.atomic_put(key, value, previous, ttl)  # applied; its answer lost
+        remote.down = True
+        raise StoreOutcomeUnknown("etcd did not answer within 10s", key=key, url=remote.url)
+
+    remote.atomic_put = lost_answer  # type: ignore[method-assign]
+    with pytest.raises(StoreOutcomeUnknown, match="may have been applied") as caught:
+        await store.atomic_put("libnet/v1/overlay/networks/n3", b"302", None)
+    assert isinstance(caught.value, ClusterStoreDegraded) and store.degraded
+    assert caught.value.ids["key"] == "libnet/v1/overlay/networks/n3"
+    with pytest.raises(ClusterStoreDegraded) as refused:  # not sent at all: a plain refusal
+        await store.put("libnet/v1/overlay/networks/n4", b"303")
+    assert not isinstance(refused.value, StoreOutcomeUnknown)
     await store.close()
