@@ -36,6 +36,17 @@ goes on being tried for up to another deadline until one try answers, whose
 compare settles whether the earlier one landed; when none answers, the
 error is ``StoreOutcomeUnknown`` (the write may stand), never a plain
 ``StoreUnavailable``.
+
+A try that failed without an answer may also still wait in a member (one
+stopped or cut off with the request in its socket buffer) and be applied
+much later, after the key moved on -- a create-only write would bring back
+a key deleted since, a plain put undo a newer one.  So every write is fenced:
+each store object keeps a key of its own under ``~libnet-fence/`` (a lease
+of an hour, made again when it ends), every write transaction also compares
+its revision, and a try that follows a failed one first rewrites it; the
+failed try, whenever it arrives, finds another revision there and does
+nothing.  Plain puts and deletes are transactions for that reason.  The
+fence keys are left out of listings and watches.
 """
 
 from __future__ import annotations
@@ -44,6 +55,7 @@ import asyncio
 import builtins
 import contextlib
 import math
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, TypeVar
@@ -68,6 +80,13 @@ from libnet.store.locking import cas_lock
 T = TypeVar("T")
 #: seconds one try of a call may take before the next endpoint is tried
 ATTEMPT_S = 2.0
+#: where each store object keeps its write fence: '~' starts no key libnet's
+#: check_key accepts, so no libnet key or prefix reaches it
+FENCE_PREFIX = "~libnet-fence/"
+#: seconds a fence key lives after its last raise (its lease); gone, it is made again
+FENCE_TTL_S = 3600
+#: how often one try may find the fence moved by another write before giving up
+MAX_FENCE_MOVES = 8
 
 _UNAVAILABLE = (
     aetcd.exceptions.ConnectionFailedError,
@@ -93,6 +112,8 @@ class EtcdStore:
         self._client: aetcd.Client | None = None
         self._retired: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._fence = (FENCE_PREFIX + secrets.token_hex(8)).encode()
+        self._fence_rev = 0  # the fence key's revision this store's writes compare with; 0: not made
 
     @property
     def url(self) -> str:
@@ -220,17 +241,24 @@ class EtcdStore:
         check_key(key)
         check_value(key, value)
         ttl = check_ttl(key, ttl)
+        k = key.encode()
 
-        async def body(c: aetcd.Client) -> KVPair:
-            result = await c.put(key.encode(), value, lease=await self._lease(c, ttl))
-            return KVPair(key, value, result.header.revision)
+        async def put(c: aetcd.Client) -> Any:
+            return c.transactions.put(k, value, lease=await self._lease(c, ttl))
 
-        return await self._call(body, write=key)
+        _ok, responses, _retried = await self._write(key, None, [put])
+        value_, meta = responses[-1][0]
+        return KVPair(key, value_, meta.mod_revision)
 
     async def delete(self, key: str) -> bool:
         check_key(key)
-        result = await self._call(lambda c: c.delete(key.encode()), write=key)
-        return bool(result and result.deleted)
+        k = key.encode()
+
+        async def delete(c: aetcd.Client) -> Any:
+            return c.transactions.delete(k)
+
+        _ok, responses, _retried = await self._write(key, None, [delete])
+        return bool(responses[0].response_delete_range.deleted)
 
     async def exists(self, key: str) -> bool:
         check_key(key)
@@ -244,31 +272,73 @@ class EtcdStore:
                 result = await c.get_prefix(prefix.encode())
             else:
                 result = await c.get_range(b"\x00", b"\x00")  # every key
-            return [KVPair(kv.key.decode(), kv.value, kv.mod_revision) for kv in result]
+            pairs = (KVPair(kv.key.decode(), kv.value, kv.mod_revision) for kv in result)
+            return [p for p in pairs if not p.key.startswith(FENCE_PREFIX)]  # stores' fences are no data
 
         return sorted(await self._call(body), key=lambda p: p.key)
 
-    async def _txn(self, key: str, compare: Any, success: builtins.list[Any]) -> tuple[bool, KVPair | None, bool]:
-        """Run a transaction; returns (succeeded, the key's pair afterwards/now, whether an
-        earlier try failed -- and so may have been applied)."""
+    async def _raise_fence(self, c: aetcd.Client) -> None:
+        """(Re)write this store's fence key: every try sent before compares with
+        an older revision of it and can no longer apply, wherever it waits."""
+        lease = await c.lease(FENCE_TTL_S)
+        result = await c.put(self._fence, b"", lease=lease)
+        self._fence_rev = result.header.revision
+
+    async def _write(
+        self, key: str, compare: Any, success: builtins.list[Callable[[aetcd.Client], Awaitable[Any]]]
+    ) -> tuple[bool, builtins.list[Any], bool]:
+        """One fenced write transaction: ``success`` ops if ``compare`` (None: always)
+        holds and the fence is where this store left it.  Returns (succeeded, the
+        responses -- on success the ops' then the key's range, on failure the key's
+        range first --, whether an earlier try failed and so may have been applied).
+
+        The fence (module docstring): a try after a failed one first raises it,
+        so the failed one, if it still waits in a member, fails its compare when
+        it arrives; a fence moved by another write of this store (or gone with
+        its lease) is taken as it is and the try repeated."""
         k = key.encode()
         tries = 0
 
-        async def body(c: aetcd.Client) -> tuple[bool, KVPair | None]:
+        async def body(c: aetcd.Client) -> tuple[bool, builtins.list[Any]]:
             nonlocal tries
             tries += 1
-            ops = [op(c) for op in success]
-            ok, responses = await c.transaction(
-                compare=[compare(c)], success=[*ops, c.transactions.get(k)], failure=[c.transactions.get(k)]
-            )
-            kvs = responses[-1]
-            if not kvs:
-                return ok, None
-            value, meta = kvs[0]
-            return ok, KVPair(key, value, meta.mod_revision)
+            if tries > 1 or not self._fence_rev:
+                await self._raise_fence(c)
+            ops = [await op(c) for op in success]
+            for _ in range(MAX_FENCE_MOVES):
+                rev = self._fence_rev
+                fence = c.transactions.mod(self._fence) == rev
+                ok, responses = await c.transaction(
+                    compare=[fence] if compare is None else [compare(c), fence],
+                    success=[*ops, c.transactions.get(k)],
+                    failure=[c.transactions.get(k), c.transactions.get(self._fence)],
+                )
+                if ok:
+                    return True, responses
+                there = responses[-1]
+                if there and there[0][1].mod_revision == rev:
+                    return False, responses  # the fence held: the compare failed
+                if self._fence_rev == rev:  # not moved on since by another write of this store
+                    if there:
+                        self._fence_rev = there[0][1].mod_revision
+                    else:
+                        await self._raise_fence(c)  # its lease ended
+            raise StoreUnavailable("etcd: this store's write fence kept moving", key=key)
 
-        ok, now = await self._call(body, write=key)
-        return ok, now, tries > 1
+        ok, responses = await self._call(body, write=key)
+        return ok, responses, tries > 1
+
+    async def _txn(
+        self, key: str, compare: Any, success: builtins.list[Callable[[aetcd.Client], Any]]
+    ) -> tuple[bool, KVPair | None, bool]:
+        """A fenced compare-and-write; returns (succeeded, the key's pair afterwards/now,
+        whether an earlier try failed -- and so may have been applied)."""
+        ok, responses, retried = await self._write(key, compare, [_lift(op) for op in success])
+        kvs = responses[-1] if ok else responses[0]
+        if not kvs:
+            return ok, None, retried
+        value, meta = kvs[0]
+        return ok, KVPair(key, value, meta.mod_revision), retried
 
     async def atomic_put(self, key: str, value: bytes, previous: KVPair | None, ttl: float | None = None) -> KVPair:
         check_key(key)
@@ -345,8 +415,11 @@ class EtcdStore:
                     if rev <= last:
                         continue  # already delivered before a reconnect
                     last = rev
+                    name = ev.kv.key.decode()
+                    if name.startswith(FENCE_PREFIX):
+                        continue  # a store's write fence (watched with the empty prefix)
                     kind: Literal["put", "delete"] = "put" if ev.kind == "PUT" else "delete"
-                    yield WatchEvent(kind, ev.kv.key.decode(), ev.kv.value if kind == "put" else b"", rev)
+                    yield WatchEvent(kind, name, ev.kv.value if kind == "put" else b"", rev)
                 # the stream ended without an error: its client was closed,
                 # by close() (stop) or by a failing call elsewhere (resume)
                 if self._closed:
@@ -378,6 +451,15 @@ def _unavailable(exc: BaseException) -> bool:
     if isinstance(exc, _UNAVAILABLE):
         return True
     return isinstance(exc, aetcd.exceptions.ClientError) and any(t in str(exc).lower() for t in _TRANSIENT)
+
+
+def _lift(op: Callable[[aetcd.Client], Any]) -> Callable[[aetcd.Client], Awaitable[Any]]:
+    """A transaction op builder as the coroutine :meth:`EtcdStore._write` awaits."""
+
+    async def run(c: aetcd.Client) -> Any:
+        return op(c)
+
+    return run
 
 
 def _not_sent(exc: BaseException) -> bool:

@@ -24,6 +24,22 @@ class _Meta:
     mod_revision: int
 
 
+@dataclass
+class _Header:
+    revision: int
+
+
+@dataclass
+class _Result:
+    header: _Header
+
+
+class _Deleted:
+    def __init__(self, deleted: int) -> None:
+        self.response_delete_range = self
+        self.deleted = deleted
+
+
 class _Txns:
     """Builds the compare and op tuples the fake client evaluates."""
 
@@ -65,6 +81,17 @@ class FakeCluster:
         self.revision = 1
         self.tries = 0
         self.transactions = _Txns()
+        self.stale: list[tuple[list[Any], list[Any], list[Any]]] = []
+
+    def deliver_stale(self) -> list[bool]:
+        """Apply the tries that waited (a member resumed): whether each one's compares held."""
+        held = []
+        for compare, success, failure in self.stale:
+            ok = all(self._holds(c) for c in compare)
+            self._apply(success if ok else failure)
+            held.append(ok)
+        self.stale.clear()
+        return held
 
     def _step(self) -> str:
         self.tries += 1
@@ -76,7 +103,15 @@ class FakeCluster:
         what, key, want = compare
         if what == "version":
             return (key in self.data) == (want != 0)
-        return key in self.data and self.data[key][1] == want
+        return self.data.get(key, (b"", 0))[1] == want
+
+    async def lease(self, ttl: int) -> object:
+        return object()
+
+    async def put(self, key: bytes, value: bytes, lease: Any = None) -> Any:
+        self.revision += 1
+        self.data[key] = (value, self.revision)
+        return _Result(_Header(self.revision))
 
     def _apply(self, ops: list[Any]) -> list[Any]:
         out: list[Any] = []
@@ -86,21 +121,25 @@ class FakeCluster:
                 self.data[op[1]] = (op[2], self.revision)
                 out.append(None)
             elif op[0] == "delete":
-                self.revision += 1
-                self.data.pop(op[1], None)
-                out.append(None)
+                gone = self.data.pop(op[1], None)
+                self.revision += gone is not None
+                out.append(_Deleted(int(gone is not None)))
             else:
                 kv = self.data.get(op[1])
                 out.append([] if kv is None else [(kv[0], _Meta(kv[1]))])
         return out
 
     async def transaction(self, compare: list[Any], success: list[Any], failure: list[Any]) -> tuple[bool, list[Any]]:
+        """Compare tuples are ('version'|'mod', key, value); see :class:`_Txns`."""
         step = self._step()
         if step == "refused":
             raise aetcd.exceptions.ConnectionFailedError("failed to connect to all addresses")
         ok = all(self._holds(c) for c in compare)
         if step == "lost":
             self._apply(success if ok else failure)
+            await asyncio.sleep(3600)
+        if step == "stale":  # waits in a stopped member; applied when the test says
+            self.stale.append((compare, success, failure))
             await asyncio.sleep(3600)
         if step == "hang":
             await asyncio.sleep(3600)
@@ -175,5 +214,51 @@ def test_a_lost_compare_and_swap_settles_on_a_later_answer(monkeypatch: pytest.M
         cluster.answer_after = loop.time() + 0.5
         pair = await store.atomic_put("libnet/t/k", b"two", first)
         assert pair.value == b"two" and pair.revision > first.revision
+
+    asyncio.run(main())
+
+
+def test_a_try_that_waited_in_a_stopped_member_cannot_bring_a_deleted_key_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A create whose first try sits in a stopped member's socket buffer is retried
+    elsewhere and lands; the key is then deleted; the member resumes and applies
+    the old try.  Before: the key was back (a create-only compare holds again)."""
+
+    async def main() -> None:
+        cluster = FakeCluster(["stale"])
+        store = _store(cluster, monkeypatch, timeout=2.0)
+        pair = await store.atomic_put("libnet/t/k", b"mine", None)
+        await store.atomic_delete("libnet/t/k", pair)
+        await store.put("libnet/t/other", b"x")
+        assert cluster.deliver_stale() == [False]
+        assert b"libnet/t/k" not in cluster.data
+
+    asyncio.run(main())
+
+
+def test_a_stale_plain_put_cannot_undo_a_newer_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        cluster = FakeCluster(["stale"])
+        store = _store(cluster, monkeypatch, timeout=2.0)
+        await store.put("libnet/t/k", b"old")
+        await store.put("libnet/t/k", b"new")
+        assert cluster.deliver_stale() == [False]
+        assert cluster.data[b"libnet/t/k"][0] == b"new"
+
+    asyncio.run(main())
+
+
+def test_one_fence_per_store_and_a_lost_fence_is_made_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        cluster = FakeCluster([])
+        store = _store(cluster, monkeypatch)
+        await store.put("libnet/t/a", b"1")
+        fences = [k for k in cluster.data if k.startswith(b"~libnet-fence/")]
+        assert len(fences) == 1
+        del cluster.data[fences[0]]  # its lease ended
+        assert (await store.atomic_put("libnet/t/b", b"2", None)).value == b"2"
+        assert await store.delete("libnet/t/a") is True
+        assert await store.delete("libnet/t/a") is False
 
     asyncio.run(main())
