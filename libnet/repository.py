@@ -248,15 +248,18 @@ class Repository:
         return sorted(out, key=lambda n: n.name)
 
     async def network(self, ref: str) -> Network:
-        """By id, by name, or by a unique id prefix."""
+        """By id, by name, or by a unique id prefix.
+
+        A ``ref`` that is not a full id (64 hex digits, as every network id libnet makes) is
+        looked up by name before by id: its id key is a read that misses (issue 22: one of a
+        connect's 8 reads and a disconnect's 11, with the exception it raised).  A full id is
+        looked up as an id first, as before (a name may look like another network's id)."""
+        by_id_first = _FULL_ID.fullmatch(ref) is not None
         for store in self._stores():
-            try:
-                nw = await self._get(store, f"{P}/networks/{ref}", Network)
-            except BadRequest:
-                nw = None
-            if nw is not None:
-                return nw
-            nw = await self._named(store, ref)
+            if by_id_first:
+                nw = await self._network_by_id(store, ref) or await self._named(store, ref)
+            else:
+                nw = await self._named(store, ref) or await self._network_by_id(store, ref)
             if nw is not None:
                 return nw
         if len(ref) >= 4:
@@ -264,6 +267,12 @@ class Repository:
             if len(matches) == 1:
                 return matches[0]
         raise NoSuchNetwork("no such network", network=ref)
+
+    async def _network_by_id(self, store: Store, nid: str) -> Network | None:
+        try:
+            return await self._get(store, f"{P}/networks/{nid}", Network)
+        except BadRequest:  # a ref that cannot be a key is simply no id
+            return None
 
     async def network_named(self, name: str) -> Network | None:
         """The network called exactly ``name`` (its name reservation), None if there is none:

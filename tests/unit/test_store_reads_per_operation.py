@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import collections
 
+import pytest
+
 from libnet import Config, Controller
+from libnet.errors import NoSuchNetwork
 from libnet.repository import P
 from libnet.store.memory import MemoryStore
 from libnet.testing.fakes import FakeDriver, FakeNamespaces
@@ -37,10 +40,12 @@ async def test_connect_and_disconnect_read_each_record_a_few_times(tmp_path) -> 
         assert reads[f"{P}/endpoint-ids/{ep.id}"] == 0  # written by this agent: its place is known
         gw_name = f"{P}/names/networks/libnet-gwbridge"
         assert reads[gw_name] == 0  # a bridge network needs no gateway bridge: told by its record
+        assert reads[f"{P}/networks/web"] == 0  # a name is not tried as an id first (a read that always missed)
         reads.clear()
         await ctl.disconnect("web", sb.id)
         assert reads[sb_key] <= 4 and reads[ep_key] <= 3 and reads[nw_key] <= 1, reads  # were 5, 8, 3
         assert reads[gw_name] == 0  # was 2
+        assert reads[f"{P}/networks/web"] == 0
         assert (await ctl.sandbox(sb.id)).endpoints == [] and await ctl.endpoints("web") == []
     finally:
         await ctl.close()
@@ -69,5 +74,29 @@ async def test_the_pairs_kept_for_checked_writes_stay_bounded(tmp_path, monkeypa
         for sb in sandboxes:  # checked writes from forgotten pairs read afresh
             await ctl.disconnect("web", sb.id)
         assert await ctl.endpoints("web") == [] and len(ctl._repo._pairs) <= 8
+    finally:
+        await ctl.close()
+
+
+async def test_networks_are_found_by_id_name_and_prefix(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Names are looked up before ids when the reference is not a full id (names are DNS labels of
+    at most 63 characters, ids 64 hex digits); ids, names and id prefixes all still find it."""
+    ctl = Controller(
+        Config(state_dir=str(tmp_path), resolv_conf=str(tmp_path / "resolv.conf")),
+        store=MemoryStore(),
+        drivers={"bridge": FakeDriver("bridge")},
+        namespaces=FakeNamespaces(),
+    )
+    await ctl.start()
+    try:
+        web = await ctl.create_network("web", ipv4_subnet="198.51.100.0/26", ipv6=False)
+        other = await ctl.create_network("other", ipv4_subnet="198.51.100.64/26", ipv6=False)
+        assert (await ctl.network("web")).id == web.id
+        assert (await ctl.network("WEB")).id == web.id
+        assert (await ctl.network(web.id)).id == web.id
+        assert (await ctl.network(other.id)).id == other.id
+        assert (await ctl.network(other.id[:12])).id == other.id
+        with pytest.raises(NoSuchNetwork):
+            await ctl.network("nothing")
     finally:
         await ctl.close()
