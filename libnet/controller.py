@@ -827,7 +827,9 @@ class Controller:
         dns, dns_search, dns_options = sandbox_files.check_dns(dns, dns_search, dns_options)
         if netns is not None and (not isinstance(netns, str) or not netns.startswith("/")):
             raise NotANamespace(f"netns {netns!r} must be an absolute path to a network namespace", netns=str(netns))
-        if await self.repo.has_sandbox(sid):
+        # an id made here (256 random bits) is nobody's; a given one is checked before anything is
+        # made (add_sandbox's create-only write refuses a taken id too, for a race)
+        if id is not None and await self.repo.has_sandbox(sid):
             raise Conflict("a sandbox with that id exists", sandbox_id=sid)
         async with Rollback() as undo:
             if netns is None:
@@ -980,13 +982,19 @@ class Controller:
         return await self._join(endpoint, sandbox, ifname=ifname)
 
     async def _join(
-        self, endpoint: str | Endpoint, sandbox: str | Sandbox, *, ifname: str | None, network: Network | None = None
+        self,
+        endpoint: str | Endpoint,
+        sandbox: str | Sandbox,
+        *,
+        ifname: str | None,
+        network: Network | None = None,
+        made: bool = False,
     ) -> Endpoint:
-        """:meth:`join`; records the caller's operation read already are passed on (see
-        :meth:`libnet.joins.Joins.join`)."""
-        ep = await self._joins.join(endpoint, sandbox, ifname=ifname, network=network)
+        """:meth:`join`; records the caller's operation read already are passed on, ``made``:
+        the endpoint is the record the operation stored itself (see :meth:`libnet.joins.Joins.join`)."""
+        reads, sb = Reads(self.repo), None  # the records the join wrote, shared by the next two steps
+        ep = await self._joins.join(endpoint, sandbox, ifname=ifname, network=network, made=made, reads=reads)
         await self._proxies.refresh(ep.network_id)
-        reads, sb = Reads(self.repo), None  # the records read after the join, shared by the next two steps
         reads.keep(ep, network)  # as the join wrote it, and as this operation read it
         try:
             sb = await self._sync_gateway_bridge(ep.sandbox_id, reads)
@@ -1056,8 +1064,8 @@ class Controller:
         step's shared reads (see :class:`libnet.repository.Reads`)."""
         if not sandbox_id:
             return None
-        try:
-            sb = await self.repo.sandbox(sandbox_id)
+        try:  # as the step's join wrote it (issue 22: read again right after), else read
+            sb = await (reads.sandbox(sandbox_id) if reads is not None else self.repo.sandbox(sandbox_id))
         except NotFound:
             return None
         need = await self._gateway.need(sb, reads)
@@ -1113,7 +1121,7 @@ class Controller:
             check_ifname(ifname)
         ep = await self._create_endpoint(nw, name, connecting=True, **endpoint_args)
         try:
-            return await self._join(ep, sb, ifname=ifname, network=nw)
+            return await self._join(ep, sb, ifname=ifname, network=nw, made=True)
         except BaseException as failure:
             try:  # undo: a join that got as far as the store is left first
                 with suppress(NotFound):

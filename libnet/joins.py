@@ -23,7 +23,7 @@ from libnet.gateway import GatewayPolicy
 from libnet.info import ep_info, net_info, sb_info
 from libnet.model import Endpoint, Network, Sandbox
 from libnet.ports import PortRegistry, check_families
-from libnet.repository import Repository
+from libnet.repository import Reads, Repository
 from libnet.rollback import Rollback
 from libnet.sandbox_files import SandboxFiles
 
@@ -93,6 +93,8 @@ class Joins:
         overlap: bool = False,
         ifname: str | None = None,
         network: Network | None = None,
+        made: bool = False,
+        reads: Reads | None = None,
     ) -> Endpoint:
         """Plug an endpoint into a sandbox (idempotent for the same pair): the
         driver's join and published ports, then the store, then the sandbox's files.
@@ -103,13 +105,19 @@ class Joins:
         network's record changes only by its ``removing`` mark, which a join does not
         look at).  ``overlap``: allow networks whose subnets overlap those the sandbox is on
         (a proxy's two legs, :mod:`libnet.proxies`, whose namespace routes by the
-        side a connection goes to, never by destination alone)."""
+        side a connection goes to, never by destination alone).  ``made``: ``endpoint`` is the
+        record the caller's operation stored moments ago (``connect``): used as it is, not read
+        again (its write below is checked against the stored revision all the same).
+        ``reads``: the caller's step's shared reads (:class:`libnet.repository.Reads`), given
+        the sandbox's record as written here."""
         ep_id = endpoint.id if isinstance(endpoint, Endpoint) else (await self.repo.endpoint(endpoint)).id
         sb_id = sandbox.id if isinstance(sandbox, Sandbox) else (await self.repo.sandbox(sandbox)).id
         async with self._lock(sb_id):
             sb = await self.repo.sandbox(sb_id)
-            ep = await self.repo.endpoint(ep_id)
+            ep = endpoint if made and isinstance(endpoint, Endpoint) else await self.repo.endpoint(ep_id)
             if ep.sandbox_id == sb.id:
+                if reads is not None:
+                    reads.keep_sandbox(sb)
                 return ep
             if ep.sandbox_id:
                 raise Conflict(
@@ -145,7 +153,9 @@ class Joins:
                 ep, sb = await self.repo.update_endpoint_and_sandbox(
                     ep, joined, sb, lambda s: s.endpoints.append(ep.id), ep_undo=unjoined
                 )
-            await self.files.write(sb)
+            await self.files.write(sb, {ep.id: ep})
+            if reads is not None:
+                reads.keep_sandbox(sb)
         return ep
 
     async def _check_overlap(self, sb: Sandbox, nw: Network, others: list[Endpoint], allowed: bool = False) -> None:

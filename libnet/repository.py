@@ -661,6 +661,7 @@ class Reads:
         self.repo = repo
         self._endpoints: dict[str, Endpoint] = {}
         self._networks: dict[str, Network] = {}
+        self._sandboxes: dict[str, Sandbox] = {}
 
     def keep(self, ep: Endpoint, nw: Network | None = None) -> None:
         """Records the step has as they are now (the endpoint its join just wrote; the network
@@ -668,6 +669,17 @@ class Reads:
         self._endpoints[ep.id] = ep
         if nw is not None and nw.id == ep.network_id:
             self._networks[nw.id] = nw
+
+    def keep_sandbox(self, sb: Sandbox) -> None:
+        """The sandbox as the step wrote it (a join's record of it), not read again."""
+        self._sandboxes[sb.id] = sb
+
+    async def sandbox(self, ref: str) -> Sandbox:
+        """A sandbox by id: the one kept, else read (``NotFound`` if gone)."""
+        sb = self._sandboxes.get(ref)
+        if sb is None:
+            sb = self._sandboxes[ref] = await self.repo.sandbox(ref)
+        return sb
 
     async def endpoint(self, ref: str) -> Endpoint:
         ep = self._endpoints.get(ref)

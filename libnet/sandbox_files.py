@@ -28,7 +28,7 @@ import os
 import re
 import stat
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from libnet.errors import BadRequest, Conflict, NotFound, Unavailable
@@ -37,7 +37,7 @@ from libnet.names import check_sandbox_id
 from libnet.sandbox_dirs import DirPool
 
 if TYPE_CHECKING:
-    from libnet.model import Sandbox
+    from libnet.model import Endpoint, Sandbox
     from libnet.repository import Repository
 
 #: resolv.conf options a sandbox may set: name -> (least, most) value, or None for a flag
@@ -434,18 +434,19 @@ class SandboxFiles:
         # directories made ahead / removed behind on a thread of its own (libnet.sandbox_dirs)
         self.dirs = DirPool(os.path.join(state_dir, "sandboxes"), _POOL_FILES, _OWN_FILES)
 
-    async def write(self, sb: Sandbox) -> None:
+    async def write(self, sb: Sandbox, known: Mapping[str, Endpoint] | None = None) -> None:
         """(Re)write the sandbox's resolv.conf and hosts from its stored endpoints (only those
         whose text changed); nothing for a sandbox without files (``Sandbox.files``), or one
         being removed (its files go next).  ``Conflict`` when a symlink or a file stands in the
         place of the sandbox's directory (never written through); ``Unavailable`` when the
-        files cannot be written (a read-only state dir)."""
+        files cannot be written (a read-only state dir).  ``known``: endpoints by id as the
+        caller's step just wrote them (a join's), not read again."""
         if not sb.files or sb.removing:
             return
         entries = []
         for eid in sb.endpoints:
             with contextlib.suppress(NotFound):
-                ep = await self.repo.endpoint(eid)
+                ep = known[eid] if known is not None and eid in known else await self.repo.endpoint(eid)
                 for cidr in (ep.ipv4, ep.ipv6):
                     if cidr:
                         entries.append((address_of(cidr), [ep.name, *ep.aliases]))

@@ -8,7 +8,7 @@ import collections
 import pytest
 
 from libnet import Config, Controller
-from libnet.errors import NoSuchNetwork
+from libnet.errors import Conflict, NoSuchNetwork
 from libnet.repository import P
 from libnet.store.memory import MemoryStore
 from libnet.testing.fakes import FakeDriver, FakeNamespaces
@@ -98,5 +98,46 @@ async def test_networks_are_found_by_id_name_and_prefix(tmp_path) -> None:  # ty
         assert (await ctl.network(other.id[:12])).id == other.id
         with pytest.raises(NoSuchNetwork):
             await ctl.network("nothing")
+    finally:
+        await ctl.close()
+
+
+async def test_an_attach_reads_no_record_it_wrote_itself(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 22, attach_bench: creating a sandbox under an id made here reads no sandbox record (256
+    random bits are nobody's; the create-only write refuses a taken id all the same), and a connect
+    reads the sandbox's record once outside the join and once inside it (under the sandbox's lock),
+    the endpoint it made never (the join's write of it is checked against the stored revision), and
+    the gateway policy and the hosts file use the records the join wrote."""
+    store = MemoryStore()
+    ctl = Controller(
+        Config(state_dir=str(tmp_path), resolv_conf=str(tmp_path / "resolv.conf")),
+        store=store,
+        drivers={"bridge": FakeDriver("bridge")},
+        namespaces=FakeNamespaces(),
+    )
+    await ctl.start()
+    try:
+        nw = await ctl.create_network("web", ipv4_subnet="198.51.100.0/24", ipv6=False)
+        reads: collections.Counter[str] = collections.Counter()
+        real = store.get
+
+        async def counting(key: str):  # type: ignore[no-untyped-def]
+            reads[key] += 1
+            return await real(key)
+
+        store.get = counting  # type: ignore[method-assign]
+        exists = store.exists
+        store.exists = lambda key: reads.update([key]) or exists(key)  # type: ignore[method-assign,func-returns-value]
+        sb = await ctl.create_sandbox()
+        assert reads[f"{P}/sandboxes/{sb.id}"] == 0, reads  # was 1 (an existence check)
+        reads.clear()
+        ep = await ctl.connect("web", sb.id)
+        sb_key, ep_key = f"{P}/sandboxes/{sb.id}", f"{P}/endpoints/{nw.id}/{ep.id}"
+        assert reads[sb_key] == 2 and reads[ep_key] == 0, reads  # were 3 and 2
+        assert (await ctl.sandbox(sb.id)).endpoints == [ep.id] and (await ctl.endpoint(ep.id)).sandbox_id == sb.id
+        with open(tmp_path / "sandboxes" / sb.id / "hosts") as f:
+            assert "198.51.100.2" in f.read()
+        with pytest.raises(Conflict):  # a given id that is taken is still refused before anything is made
+            await ctl.create_sandbox(sb.id)
     finally:
         await ctl.close()
