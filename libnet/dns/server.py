@@ -313,6 +313,8 @@ class _Listener:
     def _keep(self, key_data: bytes, value: bytes | tuple[bytes, ...] | Entry) -> None:
         if len(self.cache) >= _CACHE_MAX:
             self.cache.clear()
+        if not self.cache:
+            self.server.cached.add(self)
         self.cache[key_data[2:]] = value
 
     def _remember(self, request: DNSRecord, data: bytes, reply: DNSRecord, wire: bytes, limit: int) -> None:
@@ -321,6 +323,8 @@ class _Listener:
         cache = self.cache
         if len(cache) >= _CACHE_MAX:
             cache.clear()
+        if not cache:
+            self.server.cached.add(self)
         if len(reply.rr) > 1:  # round robin: several encoded orders, one picked per answer
             variants = {wire[2:]}
             for _ in range(_VARIANTS * 2):
@@ -430,6 +434,9 @@ class DnsServer:
         self.address, self.port, self.v6_address = address, port, v6_address
         self.stats = ServerStats()
         self._listeners: dict[str, _Listener] = {}
+        #: the listeners whose answer cache may hold something (filled since the last invalidate):
+        #: only these are cleared when the records change (issue 22: every sandbox's, per attach)
+        self.cached: set[_Listener] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         #: the listeners' sockets, watched through one reader of the loop
         self.readers = Readers()
@@ -473,12 +480,14 @@ class DnsServer:
     async def detach(self, sandbox_id: str) -> None:
         listener = self._listeners.pop(sandbox_id, None)
         if listener is not None:
+            self.cached.discard(listener)
             await listener.close()
 
     def invalidate(self) -> None:
         """The records changed: no cached answer may be used again."""
-        for listener in self._listeners.values():
+        for listener in self.cached:
             listener.cache.clear()
+        self.cached.clear()
 
     async def close(self) -> None:
         for sid in list(self._listeners):
