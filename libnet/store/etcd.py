@@ -43,9 +43,11 @@ much later, after the key moved on -- a create-only write would bring back
 a key deleted since, a plain put undo a newer one.  So every write is fenced:
 each store object keeps a key of its own under ``~libnet-fence/`` (a lease
 of an hour, made again when it ends), every write transaction also compares
-its revision, and a try that follows a failed one first rewrites it; the
-failed try, whenever it arrives, finds another revision there and does
-nothing.  Plain puts and deletes are transactions for that reason.  The
+its revision, and after a try that went unanswered (timed out, cut off, or
+cancelled with its caller; also when its write then ended in
+``StoreOutcomeUnknown``) the store's next try of any write first rewrites it;
+the unanswered try, whenever it arrives, finds another revision there and
+does nothing.  Plain puts and deletes are transactions for that reason.  The
 fence keys are left out of listings and watches.
 """
 
@@ -114,6 +116,10 @@ class EtcdStore:
         self._closed = False
         self._fence = (FENCE_PREFIX + secrets.token_hex(8)).encode()
         self._fence_rev = 0  # the fence key's revision this store's writes compare with; 0: not made
+        #: the newest fence revision a try compared whose answer never came (it may still wait in
+        #: a member): no write compares with it again, the fence is raised past it first
+        self._unsafe_rev = 0
+        self._raising = asyncio.Lock()  # one raise for the many tries that need it at once
 
     @property
     def url(self) -> str:
@@ -284,6 +290,16 @@ class EtcdStore:
         result = await c.put(self._fence, b"", lease=lease)
         self._fence_rev = result.header.revision
 
+    async def _fence_for_try(self, c: aetcd.Client) -> int:
+        """The fence revision a try may compare: raised first when not made yet or
+        when a try that compared it went unanswered (timed out, cut off, cancelled)."""
+        if self._fence_rev and self._fence_rev > self._unsafe_rev:
+            return self._fence_rev
+        async with self._raising:
+            if not self._fence_rev or self._fence_rev <= self._unsafe_rev:  # not raised meanwhile
+                await self._raise_fence(c)
+        return self._fence_rev
+
     async def _write(
         self, key: str, compare: Any, success: builtins.list[Callable[[aetcd.Client], Awaitable[Any]]]
     ) -> tuple[bool, builtins.list[Any], bool]:
@@ -292,27 +308,33 @@ class EtcdStore:
         responses -- on success the ops' then the key's range, on failure the key's
         range first --, whether an earlier try failed and so may have been applied).
 
-        The fence (module docstring): a try after a failed one first raises it,
-        so the failed one, if it still waits in a member, fails its compare when
-        it arrives; a fence moved by another write of this store (or gone with
-        its lease) is taken as it is and the try repeated."""
+        The fence (module docstring): a try that went unanswered -- whatever
+        write of this store it belonged to, and also when that write was given
+        up or cancelled -- marks the fence revision it compared unsafe, and the
+        store's next try first raises the fence past it, so the unanswered one,
+        if it still waits in a member, fails its compare when it arrives; a
+        fence moved by another write of this store (or gone with its lease) is
+        taken as it is and the try repeated."""
         k = key.encode()
-        tries = 0
+        unanswered = False  # a try of this write was sent and got no answer: it may stand
 
         async def body(c: aetcd.Client) -> tuple[bool, builtins.list[Any]]:
-            nonlocal tries
-            tries += 1
-            if tries > 1 or not self._fence_rev:
-                await self._raise_fence(c)
+            nonlocal unanswered
             ops = [await op(c) for op in success]
             for _ in range(MAX_FENCE_MOVES):
-                rev = self._fence_rev
+                rev = await self._fence_for_try(c)
                 fence = c.transactions.mod(self._fence) == rev
-                ok, responses = await c.transaction(
-                    compare=[fence] if compare is None else [compare(c), fence],
-                    success=[*ops, c.transactions.get(k)],
-                    failure=[c.transactions.get(k), c.transactions.get(self._fence)],
-                )
+                try:
+                    ok, responses = await c.transaction(
+                        compare=[fence] if compare is None else [compare(c), fence],
+                        success=[*ops, c.transactions.get(k)],
+                        failure=[c.transactions.get(k), c.transactions.get(self._fence)],
+                    )
+                except BaseException as exc:  # also a cancel, by the try's deadline or the caller
+                    if not _not_sent(exc):
+                        self._unsafe_rev = max(self._unsafe_rev, rev)
+                        unanswered = True
+                    raise
                 if ok:
                     return True, responses
                 there = responses[-1]
@@ -322,11 +344,13 @@ class EtcdStore:
                     if there:
                         self._fence_rev = there[0][1].mod_revision
                     else:
-                        await self._raise_fence(c)  # its lease ended
+                        self._fence_rev = 0  # its lease ended: made again
+            if unanswered:  # an earlier try may stand
+                raise StoreOutcomeUnknown("etcd: this store's write fence kept moving", key=key, url=self.url)
             raise StoreUnavailable("etcd: this store's write fence kept moving", key=key)
 
         ok, responses = await self._call(body, write=key)
-        return ok, responses, tries > 1
+        return ok, responses, unanswered
 
     async def _txn(
         self, key: str, compare: Any, success: builtins.list[Callable[[aetcd.Client], Any]]

@@ -82,6 +82,10 @@ class FakeCluster:
         self.tries = 0
         self.transactions = _Txns()
         self.stale: list[tuple[list[Any], list[Any], list[Any]]] = []
+        #: puts (fence raises) hang too while tries hang after the script
+        self.puts_hang = False
+        #: move every fence key before each transaction (other writes of its store raising it)
+        self.move_fences = 0
 
     def deliver_stale(self) -> list[bool]:
         """Apply the tries that waited (a member resumed): whether each one's compares held."""
@@ -109,6 +113,8 @@ class FakeCluster:
         return object()
 
     async def put(self, key: bytes, value: bytes, lease: Any = None) -> Any:
+        if self.puts_hang and asyncio.get_running_loop().time() < self.answer_after:
+            await asyncio.sleep(3600)
         self.revision += 1
         self.data[key] = (value, self.revision)
         return _Result(_Header(self.revision))
@@ -132,6 +138,11 @@ class FakeCluster:
     async def transaction(self, compare: list[Any], success: list[Any], failure: list[Any]) -> tuple[bool, list[Any]]:
         """Compare tuples are ('version'|'mod', key, value); see :class:`_Txns`."""
         step = self._step()
+        if self.move_fences and step == "answer":
+            self.move_fences -= 1
+            for key in [k for k in self.data if k.startswith(b"~libnet-fence/")]:
+                self.revision += 1
+                self.data[key] = (b"", self.revision)
         if step == "refused":
             raise aetcd.exceptions.ConnectionFailedError("failed to connect to all addresses")
         ok = all(self._holds(c) for c in compare)
@@ -260,5 +271,77 @@ def test_one_fence_per_store_and_a_lost_fence_is_made_again(monkeypatch: pytest.
         assert (await store.atomic_put("libnet/t/b", b"2", None)).value == b"2"
         assert await store.delete("libnet/t/a") is True
         assert await store.delete("libnet/t/a") is False
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_write_waiting_in_a_stopped_member_cannot_undo_a_later_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A put is cancelled (its caller gave up, as cas_lock cancels its refresher)
+    while its try waits in a stopped member; the store's next put lands; the member
+    resumes.  Before: the old try's fence compare still held and it undid the newer put."""
+
+    async def main() -> None:
+        cluster = FakeCluster(["answer", "stale"])
+        store = _store(cluster, monkeypatch, timeout=2.0)
+        await store.put("libnet/t/other", b"x")  # the fence is made
+        task = asyncio.create_task(store.put("libnet/t/k", b"old"))
+        for _ in range(100):
+            if cluster.stale:
+                break
+            await asyncio.sleep(0.01)
+        assert cluster.stale
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await store.put("libnet/t/k", b"new")
+        assert cluster.deliver_stale() == [False]
+        assert cluster.data[b"libnet/t/k"][0] == b"new"
+
+    asyncio.run(main())
+
+
+def test_a_write_reported_unknown_cannot_land_after_a_later_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A put's first try waits in a stopped member, and no later try (nor the fence's
+    raise) is answered before its deadlines: StoreOutcomeUnknown.  The cluster
+    comes back; the store's next put lands; the member resumes.  Before: the
+    old try applied after the newer put (the fence was never raised)."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        cluster = FakeCluster(["answer", "stale"])
+        store = _store(cluster, monkeypatch)
+        await store.put("libnet/t/other", b"x")
+        cluster.puts_hang = True
+        cluster.answer_after = loop.time() + 3600
+        with pytest.raises(StoreOutcomeUnknown):
+            await store.put("libnet/t/k", b"old")
+        cluster.answer_after = 0.0
+        await store.put("libnet/t/k", b"new")
+        assert cluster.deliver_stale() == [False]
+        assert cluster.data[b"libnet/t/k"][0] == b"new"
+
+    asyncio.run(main())
+
+
+def test_a_write_that_may_stand_is_not_reported_unavailable_when_the_fence_keeps_moving(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first try lands, its answer lost; every later try finds the fence moved
+    (other writes of the store raising it).  Before: a plain StoreUnavailable
+    ("kept moving") while the write stood."""
+
+    async def main() -> None:
+        cluster = FakeCluster(["answer", "lost"])
+        store = _store(cluster, monkeypatch, timeout=2.0)
+        await store.put("libnet/t/other", b"x")
+        cluster.move_fences = 1000
+        try:
+            await store.put("libnet/t/k", b"mine")
+        except StoreOutcomeUnknown:
+            pass
+        except StoreUnavailable as exc:
+            assert cluster.data[b"libnet/t/k"][0] != b"mine", f"{exc!r} while the write stands"
 
     asyncio.run(main())
