@@ -740,7 +740,7 @@ class Controller:
         if nw is None:
             nw = await self.repo.network(ep.network_id)
         if ep.removing != self.instance:
-            ep = await self.repo.update_endpoint(ep, _removing(self.instance))
+            ep = await self.repo.update_endpoint(ep, _removing_unjoined(self.instance))
         await self.driver(nw.driver).delete_endpoint(net_info(nw), ep_info(ep))
         addresses = [(pool, addr) for pool, addr in ((nw.ipv4_pool, ep.ipv4), (nw.ipv6_pool, ep.ipv6)) if pool and addr]
         if ep.ports:
@@ -1000,6 +1000,8 @@ class Controller:
             sb = await self._sync_gateway_bridge(ep.sandbox_id, reads)
         except LibnetError as exc:  # the network works; only the way out is missing
             log.warning("sandbox %s: no gateway bridge: %s", (ep.sandbox_id or "")[:12], exc)
+        if sb is not None and not reads.current(sb):  # another join or leave wrote it meanwhile
+            sb = None
         await self._dns_sync(ep.sandbox_id, sb, reads)
         return ep
 
@@ -1125,9 +1127,11 @@ class Controller:
         except BaseException as failure:
             try:  # undo: a join that got as far as the store is left first
                 with suppress(NotFound):
-                    if (await self.repo.endpoint(ep.id)).sandbox_id:
+                    joined_to = (await self.repo.endpoint(ep.id)).sandbox_id
+                    if joined_to == sb.id:
                         await self.leave(ep.id)
-                    await self.delete_endpoint(ep.id)
+                    if joined_to in (None, sb.id):  # not when another operation joined it elsewhere meanwhile
+                        await self.delete_endpoint(ep.id)
             except Exception as exc:  # the failure is what the caller must see; the rest is reconcile's
                 log.error("connect %s to %s failed (%r); undoing it failed too: %s", sb.id[:12], nw.name, failure, exc)
             raise
@@ -1209,6 +1213,22 @@ class Controller:
 class _OneByOne(Exception):
     """:meth:`Controller._create_endpoint_at_once` cannot make it in one transaction: undone,
     the caller goes one by one."""
+
+
+def _removing_unjoined(instance: str) -> Callable[[Endpoint], None]:
+    """Mark an endpoint as being deleted, on its record as stored: ``Conflict`` if a join wrote it
+    joined since the deletion read it (a join marks nothing first, and holds the sandbox's lock only)."""
+
+    def mark(ep: Endpoint) -> None:
+        if ep.sandbox_id:
+            raise Conflict(
+                f"endpoint {ep.name} is joined to sandbox {ep.sandbox_id[:12]}; leave first",
+                endpoint_id=ep.id,
+                sandbox_id=ep.sandbox_id,
+            )
+        ep.removing = instance
+
+    return mark
 
 
 def _removing(instance: str) -> Callable[[Any], None]:

@@ -69,6 +69,15 @@ def held_already(ports: list[PortMapping], old: list[PortMapping]) -> tuple[list
     return kept, wanted
 
 
+def _check_joinable(ep: Endpoint) -> None:
+    """``Conflict`` unless ``ep`` (a record about to be joined) is free: joined to no sandbox and
+    not being deleted."""
+    if ep.sandbox_id:
+        raise Conflict(f"endpoint {ep.name} is joined to another sandbox", endpoint_id=ep.id, sandbox_id=ep.sandbox_id)
+    if ep.removing:
+        raise Conflict(f"endpoint {ep.name} is being deleted", endpoint_id=ep.id, removing=ep.removing)
+
+
 class Joins:
     """See the module docstring.  ``instance``: this libnet instance (leave marks)."""
 
@@ -119,10 +128,7 @@ class Joins:
                 if reads is not None:
                     reads.keep_sandbox(sb)
                 return ep
-            if ep.sandbox_id:
-                raise Conflict(
-                    f"endpoint {ep.name} is joined to another sandbox", endpoint_id=ep.id, sandbox_id=ep.sandbox_id
-                )
+            _check_joinable(ep)
             nw = network if network is not None and network.id == ep.network_id else None
             if nw is None:
                 nw = await self.repo.network(ep.network_id)
@@ -146,6 +152,10 @@ class Joins:
                 undo.push(lambda: drv.revoke_external_connectivity(ninfo, einfo), "revoke ports")
 
                 def joined(e: Endpoint) -> None:
+                    # decided on again on the record as stored: the one read (or, from ``connect``,
+                    # written) above may have been joined elsewhere or marked for deletion since (a
+                    # join of it to another sandbox holds another lock; a delete holds none)
+                    _check_joinable(e)
                     e.sandbox_id, e.ifname, e.gateway, e.connecting = sb.id, ifname, gateway, False
 
                 # one store transaction for both records (the endpoint unmarked again if the

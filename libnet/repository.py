@@ -74,6 +74,12 @@ class Repository:
         if len(pairs) > PAIRS_KEPT:
             del pairs[next(iter(pairs))]
 
+    def held_revision(self, key: str) -> int | None:
+        """The revision of the pair of ``key`` last read or written here (None: none held): it
+        moves with every write made here (and with reads that find a newer one)."""
+        pair = self._pairs.get(key)
+        return None if pair is None else pair.revision
+
     def _written(self, kind: str, key: str, pair: KVPair, data: dict[str, Any]) -> None:
         """Keep the document of ``pair`` just written here (its ``data``, copied) as if it had been
         read: the operation reads it again right after (issue 22: 5 of the 11 decodings of a
@@ -661,7 +667,7 @@ class Reads:
         self.repo = repo
         self._endpoints: dict[str, Endpoint] = {}
         self._networks: dict[str, Network] = {}
-        self._sandboxes: dict[str, Sandbox] = {}
+        self._sandboxes: dict[str, tuple[Sandbox, int | None]] = {}  # id -> (record, revision)
 
     def keep(self, ep: Endpoint, nw: Network | None = None) -> None:
         """Records the step has as they are now (the endpoint its join just wrote; the network
@@ -671,14 +677,30 @@ class Reads:
             self._networks[nw.id] = nw
 
     def keep_sandbox(self, sb: Sandbox) -> None:
-        """The sandbox as the step wrote it (a join's record of it), not read again."""
-        self._sandboxes[sb.id] = sb
+        """The sandbox as the step wrote it (a join's record of it), not read again while it is
+        current (see :meth:`current`)."""
+        self._sandboxes[sb.id] = (sb, self.repo.held_revision(f"{P}/sandboxes/{sb.id}"))
+
+    def current(self, sb: Sandbox) -> bool:
+        """Whether ``sb`` is the sandbox's record as kept here and no write of it was seen here
+        since (another operation's join or leave once the step's join released the sandbox's
+        lock: its record would take that endpoint out of the gateway policy and the DNS view
+        again).  Told by the revision of the pair the repository holds: no store read."""
+        kept = self._sandboxes.get(sb.id)
+        return (
+            kept is not None
+            and kept[0] is sb
+            and kept[1] is not None
+            and self.repo.held_revision(f"{P}/sandboxes/{sb.id}") == kept[1]
+        )
 
     async def sandbox(self, ref: str) -> Sandbox:
-        """A sandbox by id: the one kept, else read (``NotFound`` if gone)."""
-        sb = self._sandboxes.get(ref)
-        if sb is None:
-            sb = self._sandboxes[ref] = await self.repo.sandbox(ref)
+        """A sandbox by id: the one kept while current, else read (``NotFound`` if gone)."""
+        kept = self._sandboxes.get(ref)
+        if kept is not None and self.current(kept[0]):
+            return kept[0]
+        sb = await self.repo.sandbox(ref)
+        self._sandboxes[ref] = (sb, self.repo.held_revision(f"{P}/sandboxes/{sb.id}"))
         return sb
 
     async def endpoint(self, ref: str) -> Endpoint:

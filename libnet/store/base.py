@@ -176,7 +176,9 @@ VALID_KEYS_KEPT = 512
 
 def check_key(key: object, prefix: bool = False) -> str:
     """Validate a key (or, with ``prefix=True``, a prefix that may end in ``/``)."""
-    if isinstance(key, str) and key.__class__ is str and not prefix and key in _valid_keys:
+    # type(), not key.__class__ (an attribute a subclass may set to str): only a plain str's == and
+    # hash are the text's own
+    if type(key) is str and not prefix and key in _valid_keys:
         return key
     if not isinstance(key, str):
         raise BadRequest(f"store key must be a string, not {type(key).__name__}", key=repr(key))
@@ -190,7 +192,7 @@ def check_key(key: object, prefix: bool = False) -> str:
     wrapped = f"/{body}/"
     if "/./" in wrapped or "/../" in wrapped:
         raise BadRequest("store key has a '.' or '..' segment", key=key)
-    if key.__class__ is str and not prefix:  # a str subclass is checked every time
+    if type(key) is str and not prefix:  # a str subclass is checked every time
         if len(_valid_keys) >= VALID_KEYS_KEPT:
             _valid_keys.clear()
         _valid_keys[key] = None

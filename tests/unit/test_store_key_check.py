@@ -60,3 +60,25 @@ def test_the_remembered_keys_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> No
         check_key(f"libnet/v1/k{i}")
         assert len(base._valid_keys) <= 8
     assert "libnet/v1/k99" in base._valid_keys
+
+
+def test_a_str_subclass_posing_as_str_is_not_taken_for_a_remembered_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``key.__class__`` is the object's to answer (a property may say ``str``); ``type(key)`` is not."""
+    monkeypatch.setattr(base, "_valid_keys", {})
+    check_key(GOOD)
+
+    class Posing(str):
+        @property  # type: ignore[misc]
+        def __class__(self):  # type: ignore[no-untyped-def,override]
+            return str
+
+        def __hash__(self) -> int:
+            return hash(GOOD)
+
+        def __eq__(self, other: object) -> bool:
+            return True
+
+    with pytest.raises(BadRequest):
+        check_key(Posing("a/../../b"))
+    assert check_key(Posing("libnet/v1/y")) == "libnet/v1/y"
+    assert list(base._valid_keys) == [GOOD]
