@@ -41,7 +41,7 @@ from agent import config as agent_config
 from agent import locks, logs, preflight, storeguard
 from agent.aioweb import web
 from agent.api import AgentState, make_app, overlay_hook
-from agent.malloc import IdleTrim
+from agent.malloc import IdleTrim, freeze_startup
 from agent.metrics import Metrics
 from libnet.controller import Controller
 from libnet.errors import BadRequest, LibnetError, Unavailable
@@ -170,6 +170,7 @@ async def _run(config: agent_config.AgentConfig, stop: asyncio.Event) -> None:
         os.makedirs(os.path.dirname(config.socket) or ".", exist_ok=True)
         site = web.UnixSite(runner, config.socket)
         serving = True
+        freeze_startup()  # before the first request: no full collection scans start-up's objects
         await site.start()
         os.chmod(config.socket, 0o660)
         log.info(
