@@ -339,16 +339,47 @@ def default_route_body(gateway: str, oif: int) -> bytes:
 class DefaultRoute(NamedTuple):
     """A default route of a namespace's main table (an ``RTM_NEWROUTE`` answer)."""
 
-    gateway: str | None  # the next hop's address, None for a device route
+    gateway: str | None  # the next hop's address, None for a device route (or several: ``nexthops``)
     oif: int | None  # the outgoing interface's index
     metric: int  # RTA_PRIORITY (IPv4 default 0, IPv6 1024)
+    kind: str = "unicast"  # or blackhole, unreachable, prohibit, ... (rtnetlink(7) rtm_type)
+    nexthops: tuple[tuple[str | None, int], ...] = ()  # (gateway, oif) of a multipath route
+
+
+#: rtnetlink(7) rtm_type values a default route may have, by name
+_ROUTE_KINDS = {
+    1: "unicast",
+    2: "local",
+    3: "broadcast",
+    5: "multicast",
+    6: "blackhole",
+    7: "unreachable",
+    8: "prohibit",
+    9: "throw",
+}
+RTA_MULTIPATH = 9
+_RTNEXTHOP = struct.Struct("=HBBi")  # rtnexthop: len, flags, hops, ifindex
+
+
+def _nexthops(fam: int, data: bytes) -> tuple[tuple[str | None, int], ...]:
+    """The (gateway, oif) pairs of an ``RTA_MULTIPATH`` attribute."""
+    out: list[tuple[str | None, int]] = []
+    off = 0
+    while off + _RTNEXTHOP.size <= len(data):
+        length, _flags, _hops, ifindex = _RTNEXTHOP.unpack_from(data, off)
+        if length < _RTNEXTHOP.size:
+            break
+        gw = attrs(memoryview(data[off : off + length]), _RTNEXTHOP.size).get(RTA_GATEWAY)
+        out.append((socket.inet_ntop(fam, gw) if gw else None, ifindex))
+        off += (length + 3) & ~3
+    return tuple(out)
 
 
 def parse_default_route(payload: memoryview) -> DefaultRoute | None:
-    """The route in an ``RTM_NEWROUTE`` payload if it is a unicast default route of
-    the main table, else None."""
+    """The route in an ``RTM_NEWROUTE`` payload if it is a default route of the main
+    table (of any type: unicast, blackhole, ...), else None."""
     fam, dst_len, _src, _tos, table, _proto, _scope, rtype, _flags = _RTMSG.unpack_from(payload, 0)
-    if dst_len or rtype != RTN_UNICAST:
+    if dst_len:
         return None
     found = attrs(payload, _RTMSG.size)
     if (_U32.unpack(found[RTA_TABLE])[0] if RTA_TABLE in found else table) != RT_TABLE_MAIN:
@@ -359,6 +390,8 @@ def parse_default_route(payload: memoryview) -> DefaultRoute | None:
         socket.inet_ntop(fam, gw) if gw else None,
         _U32.unpack(oif)[0] if oif else None,
         _U32.unpack(found[RTA_PRIORITY])[0] if RTA_PRIORITY in found else 0,
+        _ROUTE_KINDS.get(rtype, f"type {rtype}"),
+        _nexthops(fam, found[RTA_MULTIPATH]) if RTA_MULTIPATH in found else (),
     )
 
 

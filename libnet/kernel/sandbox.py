@@ -52,6 +52,20 @@ def _route_requests(index: int, gateways: Sequence[str], add: bool) -> list[rtnl
     return reqs
 
 
+def _describe(links: rtnl.RtnlSocket, route: rtnl.DefaultRoute) -> str:
+    """A default route as ``ip route`` would show it, for an error message."""
+
+    def hop(gateway: str | None, oif: int | None) -> str:
+        dev = (links.link_name(oif) or str(oif)) if oif else None
+        return " ".join(p for p in (f"via {gateway}" if gateway else "", f"dev {dev}" if dev else "") if p)
+
+    if route.kind != "unicast":
+        return f"{route.kind} default metric {route.metric}"
+    if route.nexthops:
+        return " + ".join(hop(g, o) for g, o in route.nexthops) + f" (multipath) metric {route.metric}"
+    return f"{hop(route.gateway, route.oif) or 'default'} metric {route.metric}"
+
+
 def _check_existing(
     links: rtnl.RtnlSocket, ifname: str, index: int, gateways: Sequence[str], ids: dict[str, Any]
 ) -> None:
@@ -64,10 +78,7 @@ def _check_existing(
         there = links.default_routes(fam)
         if any(r.gateway == via and r.oif == index for r in there):
             continue
-        shown = ", ".join(
-            f"via {r.gateway or '(none)'} dev {links.link_name(r.oif) if r.oif else '(none)'} metric {r.metric}"
-            for r in there
-        )
+        shown = ", ".join(_describe(links, r) for r in there)
         raise KernelObjectExists(
             f"the sandbox already has a default route libnet did not make ({shown or 'unknown'}); "
             f"libnet does not replace it: remove it, or use an internal network",

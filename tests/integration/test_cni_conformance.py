@@ -227,6 +227,17 @@ def test_add_never_replaces_a_default_route_it_did_not_make(env):
     assert _defaults(c) == theirs
 
 
+def test_a_blackhole_default_route_is_named_in_the_refusal(env):
+    bed, agent, rt = env
+    c = container(bed, "blackhole-route")
+    assert in_ns(c, "ip", "route", "add", "blackhole", "default").returncode == 0
+    add = rt.exec("libnet", "ADD", conf(agent), container_id="ctr-bh", netns_path=c)
+    assert not add.ok, add
+    assert "blackhole default" in add.out["msg"] + add.out.get("details", ""), add.out
+    r = in_ns(c, "ip", "-j", "route", "show", "default")
+    assert [x.get("type") for x in json.loads(r.stdout)] == ["blackhole"], r.stdout
+
+
 def test_add_beside_a_default_route_of_another_metric_keeps_it(env):
     bed, agent, rt = env
     cfg = conf(agent)
