@@ -13,6 +13,22 @@ from libnet.store.memory import MemoryStore
 from libnet.testing.fakes import FakeDriver, FakeNamespaces
 
 
+def hold_first_refresh(ctl: Controller) -> tuple[asyncio.Event, asyncio.Event]:
+    """Hold the first connect's step after its join (the proxies' refresh: a proxy host reads the
+    store there) until ``go`` is set; ``held`` is set once it waits."""
+    held, go = asyncio.Event(), asyncio.Event()
+    real = ctl._proxies.refresh
+
+    async def refresh(network_id=None):  # type: ignore[no-untyped-def]
+        if not held.is_set():
+            held.set()
+            await go.wait()
+        await real(network_id)
+
+    ctl._proxies.refresh = refresh  # type: ignore[method-assign]
+    return held, go
+
+
 def _controller(tmp_path) -> Controller:  # type: ignore[no-untyped-def]
     return Controller(
         Config(state_dir=str(tmp_path), resolv_conf=str(tmp_path / "resolv.conf")),
@@ -169,16 +185,7 @@ async def test_a_join_that_lands_after_a_connects_join_stays_in_the_dns_view(tmp
         await ctl.create_network("n1", ipv4_subnet="198.51.100.0/26", ipv6=False)
         await ctl.create_network("n2", ipv4_subnet="198.51.100.64/26", ipv6=False)
         sb = await ctl.create_sandbox("s")
-        held, go = asyncio.Event(), asyncio.Event()
-        real = ctl._proxies.refresh
-
-        async def refresh(network_id=None):  # type: ignore[no-untyped-def]
-            if not held.is_set():  # the first join's step after it (a proxy host reads the store here)
-                held.set()
-                await go.wait()
-            await real(network_id)
-
-        ctl._proxies.refresh = refresh  # type: ignore[method-assign]
+        held, go = hold_first_refresh(ctl)
         first = asyncio.ensure_future(ctl.connect("n1", sb.id))
         await asyncio.wait_for(held.wait(), 5)
         await ctl.connect("n2", sb.id)
@@ -215,16 +222,7 @@ async def test_a_connect_whose_endpoint_was_disconnected_meanwhile_connects_no_g
         other = await ctl.create_sandbox("t")  # the gateway bridge works: another sandbox gets it
         await ctl.create_network("ov", "ov", ipv4_subnet="198.51.100.0/26", ipv6=False)
         sb = await ctl.create_sandbox("s")
-        held, go = asyncio.Event(), asyncio.Event()
-        real = ctl._proxies.refresh
-
-        async def refresh(network_id=None):  # type: ignore[no-untyped-def]
-            if not held.is_set():
-                held.set()
-                await go.wait()
-            await real(network_id)
-
-        ctl._proxies.refresh = refresh  # type: ignore[method-assign]
+        held, go = hold_first_refresh(ctl)
         first = asyncio.ensure_future(ctl.connect("ov", sb.id))
         await asyncio.wait_for(held.wait(), 5)
         await ctl.disconnect("ov", sb.id)

@@ -14,26 +14,37 @@ from libnet.store.memory import MemoryStore
 from libnet.testing.fakes import FakeDriver, FakeNamespaces
 
 
-async def test_connect_and_disconnect_read_each_record_a_few_times(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    store = MemoryStore()
-    ctl = Controller(
+def controller(tmp_path, store: MemoryStore) -> Controller:  # type: ignore[no-untyped-def]
+    """A controller on ``store`` with a fake bridge driver and fake namespaces (not started)."""
+    return Controller(
         Config(state_dir=str(tmp_path), resolv_conf=str(tmp_path / "resolv.conf")),
         store=store,
         drivers={"bridge": FakeDriver("bridge")},
         namespaces=FakeNamespaces(),
     )
+
+
+def count_reads(store: MemoryStore) -> collections.Counter[str]:
+    """From now on, every ``store.get`` counted by key."""
+    reads: collections.Counter[str] = collections.Counter()
+    real = store.get
+
+    async def counting(key: str):  # type: ignore[no-untyped-def]
+        reads[key] += 1
+        return await real(key)
+
+    store.get = counting  # type: ignore[method-assign]
+    return reads
+
+
+async def test_connect_and_disconnect_read_each_record_a_few_times(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = MemoryStore()
+    ctl = controller(tmp_path, store)
     await ctl.start()
     try:
         nw = await ctl.create_network("web", ipv4_subnet="198.51.100.0/24", ipv6=False)
         sb = await ctl.create_sandbox("s1")
-        reads: collections.Counter[str] = collections.Counter()
-        real = store.get
-
-        async def counting(key: str):  # type: ignore[no-untyped-def]
-            reads[key] += 1
-            return await real(key)
-
-        store.get = counting  # type: ignore[method-assign]
+        reads = count_reads(store)
         ep = await ctl.connect("web", sb.id)
         sb_key, nw_key, ep_key = f"{P}/sandboxes/{sb.id}", f"{P}/networks/{nw.id}", f"{P}/endpoints/{nw.id}/{ep.id}"
         assert reads[sb_key] <= 3 and reads[ep_key] <= 2 and reads[nw_key] <= 2, reads  # were 6, 6, 5; then 4, 4, 3
@@ -58,12 +69,7 @@ async def test_the_pairs_kept_for_checked_writes_stay_bounded(tmp_path, monkeypa
     import libnet.repository as repository
 
     monkeypatch.setattr(repository, "PAIRS_KEPT", 8)
-    ctl = Controller(
-        Config(state_dir=str(tmp_path), resolv_conf=str(tmp_path / "resolv.conf")),
-        store=MemoryStore(),
-        drivers={"bridge": FakeDriver("bridge")},
-        namespaces=FakeNamespaces(),
-    )
+    ctl = controller(tmp_path, MemoryStore())
     await ctl.start()
     try:
         await ctl.create_network("web", ipv4_subnet="198.51.100.0/24", ipv6=False)
@@ -81,12 +87,7 @@ async def test_the_pairs_kept_for_checked_writes_stay_bounded(tmp_path, monkeypa
 async def test_networks_are_found_by_id_name_and_prefix(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Names are looked up before ids when the reference is not a full id (names are DNS labels of
     at most 63 characters, ids 64 hex digits); ids, names and id prefixes all still find it."""
-    ctl = Controller(
-        Config(state_dir=str(tmp_path), resolv_conf=str(tmp_path / "resolv.conf")),
-        store=MemoryStore(),
-        drivers={"bridge": FakeDriver("bridge")},
-        namespaces=FakeNamespaces(),
-    )
+    ctl = controller(tmp_path, MemoryStore())
     await ctl.start()
     try:
         web = await ctl.create_network("web", ipv4_subnet="198.51.100.0/26", ipv6=False)
@@ -109,23 +110,11 @@ async def test_an_attach_reads_no_record_it_wrote_itself(tmp_path) -> None:  # t
     the endpoint it made never (the join's write of it is checked against the stored revision), and
     the gateway policy and the hosts file use the records the join wrote."""
     store = MemoryStore()
-    ctl = Controller(
-        Config(state_dir=str(tmp_path), resolv_conf=str(tmp_path / "resolv.conf")),
-        store=store,
-        drivers={"bridge": FakeDriver("bridge")},
-        namespaces=FakeNamespaces(),
-    )
+    ctl = controller(tmp_path, store)
     await ctl.start()
     try:
         nw = await ctl.create_network("web", ipv4_subnet="198.51.100.0/24", ipv6=False)
-        reads: collections.Counter[str] = collections.Counter()
-        real = store.get
-
-        async def counting(key: str):  # type: ignore[no-untyped-def]
-            reads[key] += 1
-            return await real(key)
-
-        store.get = counting  # type: ignore[method-assign]
+        reads = count_reads(store)
         exists = store.exists
         store.exists = lambda key: reads.update([key]) or exists(key)  # type: ignore[method-assign,func-returns-value]
         sb = await ctl.create_sandbox()
