@@ -21,7 +21,9 @@ three times the statement) and moves to a worker thread only to wait for
 another process's write lock, which keeps the event loop free.  The WAL is
 checkpointed on that worker thread too, every :data:`CHECKPOINT_EVERY` writes
 of this process (SQLite's automatic checkpoint ran inside a commit on the
-event loop, with two ``fdatasync``: 2-30 ms stalls of every request, issue 22).
+event loop, with two ``fdatasync``: 2-30 ms stalls of every request, issue 22);
+if those checkpoints keep giving up (a loaded machine), the writer that reaches
+:data:`WAL_HARD_LIMIT_WRITES` waits for one that truncates the WAL.
 """
 
 from __future__ import annotations
@@ -95,6 +97,15 @@ WAL_LIMIT_FRAMES = 4096
 #: seconds a checkpoint waits for writers and readers to let it finish the WAL (worker thread)
 RESTART_WAIT = 0.05
 
+#: this process's writes since the WAL last started again past which the writer that gets
+#: there waits for a checkpoint that truncates it (~27 MiB of WAL at ~3.5 pages a write):
+#: the worker's checkpoints above give up after RESTART_WAIT, and under load (a busy event
+#: loop, a CI machine) they can keep giving up while the WAL grows
+WAL_HARD_LIMIT_WRITES = 4 * CHECKPOINT_EVERY
+
+#: seconds that truncating checkpoint waits for writers and readers to let it through
+TRUNCATE_WAIT = 1.0
+
 #: page cache per connection, KiB (SQLite's default is 2,000 per connection: up to 8 MiB of
 #: an agent's RSS with a local and a cluster store; reads it misses come from the OS's cache)
 CACHE_KIB = 256
@@ -118,7 +129,9 @@ class SQLiteStore(LogWatchMixin):
         self._data_version: int | None = None
         self._writes = 0
         self._purge_due = 0.0  # time.time() from which the next write transaction purges
-        self._checkpoint: asyncio.Future[None] | None = None  # running on the worker thread
+        self._checkpoint: asyncio.Future[bool] | None = None  # running on the worker thread
+        self._since_restart = 0  # this process's writes since the WAL last started again (about)
+        self._hard_due = WAL_HARD_LIMIT_WRITES  # _since_restart at which a writer waits for a truncate
         self._poller: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -249,21 +262,63 @@ class SQLiteStore(LogWatchMixin):
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         result: T = await self._run(self._write_txn, fn)
         self._notify_watchers()
-        if self._writes % CHECKPOINT_EVERY == 0 and (self._checkpoint is None or self._checkpoint.done()):
-            self._checkpoint = asyncio.get_running_loop().run_in_executor(self._exec, self._checkpoint_wal)
+        self._since_restart += 1
+        running = self._checkpoint is not None and not self._checkpoint.done()
+        if self._since_restart >= self._hard_due:
+            await self._truncate_wal()
+        elif self._writes % CHECKPOINT_EVERY == 0 and not running:
+            self._start_checkpoint(hard=False)
         return result
 
-    def _checkpoint_wal(self) -> None:
-        """Copy the WAL's committed pages into the database file (worker thread); PASSIVE:
-        never waits for readers or writers, whatever it cannot copy now goes next time.  On a
-        connection of its own, closed again: the worker's connection (opened only to wait for
-        another process's lock) and its page cache cost ~0.3 MiB of RSS kept for good."""
+    def _start_checkpoint(self, hard: bool) -> asyncio.Future[bool]:
+        began = self._since_restart
+        fut = asyncio.get_running_loop().run_in_executor(self._exec, self._checkpoint_wal, hard)
+
+        def done(f: asyncio.Future[bool]) -> None:
+            if not f.cancelled() and f.exception() is None and f.result():
+                # the writes made while it ran may still be in the WAL
+                self._since_restart = max(0, self._since_restart - began)
+                self._hard_due = WAL_HARD_LIMIT_WRITES
+
+        fut.add_done_callback(done)
+        self._checkpoint = fut
+        return fut
+
+    async def _truncate_wal(self) -> None:
+        """The hard cap: the writer that finds :data:`WAL_HARD_LIMIT_WRITES` writes since the
+        WAL last started again waits (off the loop) for a checkpoint that truncates it.  If
+        even that is refused (another process reading an old snapshot all along) the next try
+        is :data:`CHECKPOINT_EVERY` writes later, so writers are not held up one by one."""
+        running = self._checkpoint
+        if running is not None and not running.done():
+            await asyncio.shield(running)
+            if self._since_restart < self._hard_due:
+                return  # that one started the WAL again
+        if self._since_restart < self._hard_due:
+            return  # another writer's truncate did
+        self._hard_due = self._since_restart + CHECKPOINT_EVERY  # unless it succeeds
+        await asyncio.shield(self._start_checkpoint(hard=True))
+
+    def _checkpoint_wal(self, hard: bool = False) -> bool:
+        """Copy the WAL's committed pages into the database file (worker thread); True if the
+        WAL starts again from its beginning (every frame copied, or restarted).
+
+        ``hard=False``: PASSIVE, never waiting for readers or writers; whatever it cannot copy
+        now goes next time.  ``hard=True`` (:meth:`_truncate_wal`): TRUNCATE, waiting up to
+        :data:`TRUNCATE_WAIT` for writers and readers, which also gives the WAL file's space
+        back.  On a connection of its own, closed again: the worker's connection (opened only
+        to wait for another process's lock) and its page cache cost ~0.3 MiB of RSS kept for
+        good."""
         if self._closed:
-            return
+            return False
         with contextlib.suppress(sqlite3.Error):
             db = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
             try:
-                _busy, frames, _copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if hard:
+                    db.execute(f"PRAGMA busy_timeout={int(TRUNCATE_WAIT * 1000)}")
+                    busy, _frames, _copied = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                    return bool(busy == 0)
+                busy, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 # The WAL starts again from its beginning only when a writer finds every frame
                 # copied: under sustained writes (the event loop commits while this runs) a
                 # PASSIVE pass never gets there and the WAL grew without bound (82 MiB after
@@ -273,9 +328,11 @@ class SQLiteStore(LogWatchMixin):
                 # writer restarts the WAL.
                 if frames > WAL_LIMIT_FRAMES:
                     db.execute(f"PRAGMA busy_timeout={int(RESTART_WAIT * 1000)}")
-                    db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+                    busy, frames, copied = db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                return bool(busy == 0 and copied == frames)
             finally:
                 db.close()
+        return False
 
     # --- Store ----------------------------------------------------------------
 
