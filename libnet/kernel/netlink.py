@@ -645,9 +645,9 @@ class Netlink:
 
         def body() -> int | None:
             for family in (socket.AF_INET, socket.AF_INET6):
-                for route in self.ipr.get_routes(family=family, table=254):
-                    if not route.get("dst") and route.get("oif"):
-                        return int(self.ipr.get_links(route.get("oif"))[0].get("mtu"))
+                for route in self.rtnl.routes(family):
+                    if route.dst == "default" and route.oif:
+                        return self.rtnl.link_mtu(route.oif)
             return None
 
         return self._run("find uplink", body)
@@ -799,13 +799,9 @@ class Netlink:
         net = ipaddress.ip_network(spec["dst"])
 
         def body() -> tuple[int, int] | None:
-            for m in self.ipr.get_routes(family=spec["family"], table=254):
-                if (
-                    m["dst_len"] == net.prefixlen
-                    and m.get("dst") == str(net.network_address)
-                    and int(m.get("priority") or 0) == metric
-                ):
-                    return int(m["type"]), int(m["proto"])
+            for r in self.rtnl.routes(spec["family"]):
+                if r.dst != "default" and ipaddress.ip_network(r.dst) == net and r.metric == metric:
+                    return r.rtype, r.proto
             return None
 
         return self._run("list routes", body, dst=dst)
@@ -827,11 +823,7 @@ class Netlink:
         """Routes of the main table for one address family."""
 
         def body() -> list[Route]:
-            out = []
-            for m in self.ipr.get_routes(family=family, table=254):
-                dst = m.get("dst")
-                out.append(Route(f"{dst}/{m['dst_len']}" if dst else "default", m.get("gateway"), m.get("oif")))
-            return out
+            return [Route(r.dst, r.gateway, r.oif) for r in self.rtnl.routes(family)]
 
         return self._run("list routes", body)
 

@@ -41,3 +41,13 @@ def test_a_multipath_default_route_lists_its_next_hops() -> None:
 
 def test_routes_that_are_not_default_are_skipped() -> None:
     assert rtnl.parse_default_route(route(1, attr(1, socket.inet_aton("198.51.100.0")), dst_len=24)) is None
+
+
+def test_any_route_of_the_main_table_is_read_others_skipped() -> None:
+    r = rtnl.parse_route(
+        route(7, attr(1, socket.inet_pton(socket.AF_INET6, "2001:db8:9::")), u32(RTA_PRIORITY, 77), fam=10, dst_len=48)
+    )
+    assert r == rtnl.MainRoute("2001:db8:9::/48", None, None, 77, 7, 4)
+    assert rtnl.parse_route(route(1, u32(RTA_OIF, 2)))[:3] == ("default", None, 2)  # type: ignore[index]
+    other = memoryview(RTMSG.pack(socket.AF_INET, 0, 0, 0, 100, 4, 0, 1, 0) + u32(RTA_TABLE, 100))
+    assert rtnl.parse_route(other) is None
