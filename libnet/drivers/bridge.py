@@ -92,8 +92,8 @@ from libnet.drivers.bridge_model import (
 from libnet.drivers.bridge_reconcile import reconcile
 from libnet.drivers.publish import Publisher, RelayOps
 from libnet.drivers.relay import Relays
-from libnet.errors import BadRequest, Conflict, KernelObjectExists, NotFound
-from libnet.kernel.api import FirewallOps, Kernel, LinkOps, RuleList
+from libnet.errors import BadRequest, Conflict, KernelObjectExists, LibnetError, NotFound
+from libnet.kernel.api import FirewallOps, Kernel, LinkOps, RuleList, SandboxOps
 from libnet.kernel.netlink import Link
 from libnet.ownership import Mark
 from libnet.rollback import Rollback
@@ -187,6 +187,20 @@ class BridgeDriver:
     async def _host(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the host namespace's thread (netlink calls inside run inline)."""
         return await asyncio.wrap_future(self.nl.submit(fn))
+
+    async def _host_with(self, links: SandboxOps, fn: Callable[[SandboxOps], T]) -> T:
+        """``fn(links)`` on the host thread, which closes ``links`` when done: a wait cancelled
+        here never closes the socket under the thread's feet (or one never run: closed then)."""
+
+        def body() -> T:
+            try:
+                return fn(links)
+            finally:
+                links.close()
+
+        fut = self.nl.submit(body)
+        fut.add_done_callback(lambda f: links.close() if f.cancelled() else None)
+        return await asyncio.wrap_future(fut)
 
     async def _firewall(self, fn: Callable[[FirewallOps], T]) -> T:
         return await asyncio.to_thread(fn, self.fw)
@@ -372,34 +386,56 @@ class BridgeDriver:
                 raise
             return index
 
-        async def make() -> int:
+        def plug_configured(links: SandboxOps) -> tuple[int, BaseException | None]:
+            """plug, then the sandbox side (on the host thread): the veth and the configure's
+            error, if it failed (the veth deleted again)."""
+            index = plug()
+            try:
+                sandbox_config.configure_links(links, nw, ep, sb, alias=mark)
+            except BaseException as exc:
+                self.delete_own(index, "ep", ep.id)
+                return index, exc
+            return index, None
+
+        async def make() -> tuple[int, bool, BaseException | None]:
+            """The veth plugged in; whether the sandbox side was configured too, and how that
+            failed (raised by the caller: a refused default route is no name clash)."""
             mtu = self._mtus.get(br)
             if mtu is not None and gate.in_flight() <= 1:
                 # alone: on this thread (the hand-over to the host thread and back costs more than
-                # the kernel's work); with other operations in flight the host thread does it meanwhile
-                return self.nl.plug_veth_here(
+                # the kernel's work)
+                index = self.nl.plug_veth_here(
                     host_if, sb.ifname, sb.netns, br, mtu, ep.mac, mark, hairpin=True, isolated=isolated
                 )
-            return await self._host(plug)
+                return index, False, None
+            # with other operations in flight: the kernel's work of plug and configure on the
+            # host thread in one hand-over, the event loop serving the others meanwhile (the
+            # kernel answers inside each send: moving a veth, addresses, routes and link state
+            # are ~1 ms of the loop's time per attach, issue 22)
+            index, failed = await self._host_with(await self.kernel.open_sandbox(sb.netns), plug_configured)
+            return index, True, failed
 
         try:
             try:
-                index = await make()
+                index, configured, failed = await make()
             except KernelObjectExists:
                 # this endpoint's own veth of an earlier join, unplugged and waiting for the
                 # reaper (a leave and a join within reap_delay): deleted now, then made afresh
                 if not await self._host(lambda: self._delete_unplugged(host_if, ep.id)):
                     raise
-                index = await make()
+                index, configured, failed = await make()
         except KernelObjectExists:
             raise Conflict(
                 f"{host_if} or {sb.ifname} in the sandbox exists already", ifname=host_if, sandbox_id=sb.id
             ) from None
-        try:
-            await sandbox_config.configure_sandbox(self.kernel, nw, ep, sb, alias=mark)
-        except BaseException:
-            await self._host(lambda: self.delete_own(index, "ep", ep.id))
-            raise
+        if failed is not None:
+            raise failed
+        if not configured:
+            try:
+                await sandbox_config.configure_sandbox(self.kernel, nw, ep, sb, alias=mark)
+            except BaseException:
+                await self._host(lambda: self.delete_own(index, "ep", ep.id))
+                raise
         self._made[ep.id] = index
 
     async def leave(self, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo) -> None:
@@ -410,15 +446,30 @@ class BridgeDriver:
         # the bridge, into the "dead" link group), and let the reaper delete
         # the whole group in one request later -- one grace period for many.
         # both at once: the host side on the host thread while this thread renames the sandbox side
+        # With other operations in flight both go to the host thread in one hand-over, the event
+        # loop serving the others meanwhile (the rename takes the kernel ~0.5 ms, issue 22).
         group = ownership.dead_group(self.owner)
         made = self._made.pop(ep.id, None)
-        unplugged = asyncio.wrap_future(  # queued on the host thread now, not at the first await
-            self.nl.submit(lambda: self.nl.unplug(host_if, group=group, owned=self._owns_veth(ep), made=made))
-        )
-        try:
-            await sandbox_config.retire_interface(self.kernel, sb, retired_ifname(ep))
-        finally:
-            found = await unplugged
+        owned = self._owns_veth(ep)
+        if gate.in_flight() > 1 and sb.netns:
+            links: SandboxOps | None = None
+            with contextlib.suppress(LibnetError, OSError):  # gone already: nothing to rename
+                links = await self.kernel.open_sandbox(sb.netns)
+
+            def both(links: SandboxOps | None) -> bool:
+                if links is not None:
+                    sandbox_config.retire_links(links, sb, retired_ifname(ep))
+                return self.nl.unplug(host_if, group=group, owned=owned, made=made)
+
+            found = await (self._host(lambda: both(None)) if links is None else self._host_with(links, both))
+        else:
+            unplugged = asyncio.wrap_future(  # queued on the host thread now, not at the first await
+                self.nl.submit(lambda: self.nl.unplug(host_if, group=group, owned=owned, made=made))
+            )
+            try:
+                await sandbox_config.retire_interface(self.kernel, sb, retired_ifname(ep))
+            finally:
+                found = await unplugged
         if found:
             self._schedule_reaping()
         self._unplugged.add(ep.id)

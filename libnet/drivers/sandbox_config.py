@@ -9,7 +9,7 @@ import contextlib
 
 from libnet.driverapi import EndpointInfo, NetworkInfo, SandboxInfo
 from libnet.errors import LibnetError
-from libnet.kernel.api import Kernel
+from libnet.kernel.api import Kernel, SandboxOps
 
 
 def addresses(ep: EndpointInfo) -> list[str]:
@@ -35,10 +35,19 @@ async def configure_sandbox(
     the endpoint carries the sandbox's default routes and the network is not
     internal -- default routes via the gateways of the families it has an address of (a
     proxy's front leg may have no IPv6 on a dual-stack network: no IPv6 route then)."""
+    with await kernel.open_sandbox(sb.netns) as links:
+        configure_links(links, nw, ep, sb, alias)
+
+
+def configure_links(
+    links: SandboxOps, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo, alias: str | None = None
+) -> None:
+    """:func:`configure_sandbox` on a handle opened already: blocking (a few kernel requests in
+    one batch), for a thread that has other kernel work of the join to do (the bridge driver's
+    host thread while other operations keep the event loop busy)."""
     have = {version(cidr) for cidr in addresses(ep)}
     routes = [gw for gw in gateways(nw) if version(gw) in have] if sb.gateway and not nw.internal else []
-    with await kernel.open_sandbox(sb.netns) as links:
-        links.configure(sb.ifname, addresses(ep), routes, alias, sandbox_id=sb.id)
+    links.configure(sb.ifname, addresses(ep), routes, alias, sandbox_id=sb.id)
 
 
 async def set_default_routes(kernel: Kernel, nw: NetworkInfo, sb: SandboxInfo, present: bool) -> None:
@@ -54,4 +63,10 @@ async def retire_interface(kernel: Kernel, sb: SandboxInfo, new_name: str) -> No
     if not sb.netns:
         return
     with contextlib.suppress(LibnetError, OSError), await kernel.open_sandbox(sb.netns) as links:
+        links.retire(sb.ifname, new_name)
+
+
+def retire_links(links: SandboxOps, sb: SandboxInfo, new_name: str) -> None:
+    """:func:`retire_interface` on a handle opened already (blocking; see :func:`configure_links`)."""
+    with contextlib.suppress(LibnetError, OSError):
         links.retire(sb.ifname, new_name)

@@ -205,3 +205,27 @@ async def test_uplink_mtu_is_used(bed: Testbed, ctl: Controller) -> None:
     out = bed.run(ns(sb.netns), ["ip", "-o", "link"]).stdout
     assert "eth0@" in out and " mtu 1400 " in out.split("eth0@")[1].splitlines()[0]
     assert " mtu 1300 " in out.split("eth1@")[1].splitlines()[0]
+
+
+async def test_concurrent_connects_and_disconnects_configure_every_sandbox(bed: Testbed, ctl: Controller) -> None:
+    """With other operations in flight the bridge driver hands plug + configure (join) and
+    retire + unplug (leave) to the host thread in one go (issue 22); every sandbox still gets
+    its addresses, default routes and a working link, and a disconnect frees its eth0 at once."""
+    import asyncio
+
+    await ctl.create_network("busy")
+    boxes = [await ctl.create_sandbox(hostname=f"b{i}") for i in range(6)]
+    for _round in range(2):
+        eps = await asyncio.gather(*(ctl.connect("busy", sb.id) for sb in boxes))
+        for sb, ep in zip(boxes, eps, strict=True):
+            out = bed.run(ns(sb.netns), ["ip", "-o", "addr", "show", "dev", "eth0"]).stdout
+            assert ip(ep.ipv4) in out and ip(ep.ipv6) in out and "state UP" in bed.run(
+                ns(sb.netns), ["ip", "link", "show", "eth0"]
+            ).stdout
+            routes = bed.run(ns(sb.netns), ["ip", "route", "show", "default"]).stdout
+            assert "default via" in routes, routes
+        assert bed.ping(ns(boxes[0].netns), ip(eps[-1].ipv4), count=1)
+        await asyncio.gather(*(ctl.disconnect("busy", sb.id) for sb in boxes))
+        for sb in boxes:
+            names = bed.run(ns(sb.netns), ["ip", "-o", "link", "show"]).stdout
+            assert " eth0:" not in names, names  # retired (renamed), so the next connect takes eth0

@@ -28,6 +28,15 @@ def endpoint(eid: str = EP, ports: tuple[PortMapping, ...] = ()) -> EndpointInfo
     return EndpointInfo(eid, NET, "a", "198.51.100.2/24", "2001:db8:1::2/64", "02:42:c6:33:64:02", ports)
 
 
+@pytest.fixture(autouse=True, params=["alone", "busy"])
+def in_flight(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: as the only operation in flight (kernel work inline on the event loop)
+    and with others in flight (plug + configure, retire + unplug on the host thread, issue 22)."""
+    if request.param == "busy":
+        monkeypatch.setattr("libnet.gate.in_flight", lambda: 2)
+    return str(request.param)
+
+
 @pytest.fixture
 def kernel() -> FakeKernel:
     kernel = FakeKernel()
