@@ -132,7 +132,13 @@ async def run_cluster(n: int, events: int, detect: bool) -> dict:
                 sent[tag] = time.perf_counter()
                 await agents[0].client.event("bench", tag)
                 await asyncio.sleep(0.5)
-            await asyncio.sleep(2)
+            # every broadcast at every receiver, both ways of reading, or 10 s (a loaded machine
+            # delays gossip: a fixed 2 s once counted a late event as lost)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not all(
+                tag in a for tag in sent for a in [*libnet_arrivals, *(r.arrivals for r in raws)]
+            ):
+                await asyncio.sleep(0.1)
             last_libnet, last_raw, overhead = [], [], []
             for tag, t0 in sent.items():
                 lib = [a.get(tag) for a in libnet_arrivals]
