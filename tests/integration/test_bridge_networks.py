@@ -219,9 +219,11 @@ async def test_concurrent_connects_and_disconnects_configure_every_sandbox(bed: 
         eps = await asyncio.gather(*(ctl.connect("busy", sb.id) for sb in boxes))
         for sb, ep in zip(boxes, eps, strict=True):
             out = bed.run(ns(sb.netns), ["ip", "-o", "addr", "show", "dev", "eth0"]).stdout
-            assert ip(ep.ipv4) in out and ip(ep.ipv6) in out and "state UP" in bed.run(
-                ns(sb.netns), ["ip", "link", "show", "eth0"]
-            ).stdout
+            assert (
+                ip(ep.ipv4) in out
+                and ip(ep.ipv6) in out
+                and "state UP" in bed.run(ns(sb.netns), ["ip", "link", "show", "eth0"]).stdout
+            )
             routes = bed.run(ns(sb.netns), ["ip", "route", "show", "default"]).stdout
             assert "default via" in routes, routes
         assert bed.ping(ns(boxes[0].netns), ip(eps[-1].ipv4), count=1)
