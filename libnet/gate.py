@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
@@ -30,12 +31,20 @@ class _Gated(Protocol):
 G = TypeVar("G", bound=_Gated)
 _inside = contextvars.ContextVar("libnet_operation", default=False)
 _in_flight = [0]  # operations in flight in this process, over every gate
+_last_busy = [0.0]  # time.monotonic() when the last operation started or ended
 
 
 def in_flight() -> int:
     """Operations in flight in this process now (nested ones count once): a hint for
     code that may block the event loop briefly rather than hand work to a thread."""
     return _in_flight[0]
+
+
+def idle_for() -> float:
+    """Seconds since the last operation of this process started or ended; 0 while any is in
+    flight.  For work that stalls others (deleting links holds the kernel's rtnl lock) and can
+    wait for a pause."""
+    return 0.0 if _in_flight[0] else time.monotonic() - _last_busy[0]
 
 
 class OperationGate:
@@ -62,6 +71,7 @@ class OperationGate:
             raise Unavailable("the agent is stopping; retry when it is back")
         self._active += 1
         _in_flight[0] += 1
+        _last_busy[0] = time.monotonic()
         self._idle.clear()
         token = _inside.set(True)
         try:
@@ -70,6 +80,7 @@ class OperationGate:
             _inside.reset(token)
             self._active -= 1
             _in_flight[0] -= 1
+            _last_busy[0] = time.monotonic()
             if self._active == 0:
                 self._idle.set()
 

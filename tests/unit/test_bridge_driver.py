@@ -232,3 +232,39 @@ async def test_reconcile_keeps_an_unknown_bridge_that_containers_use(kernel: Fak
     report = await driver.reconcile([], [])  # the store lost both records
     assert bridge_name(nw) in host_links(kernel) and host_ifname(ep) in host_links(kernel)
     assert NET in report.kept and EP in report.kept
+
+
+async def test_the_reaper_waits_for_a_pause_in_operations_but_not_forever(
+    kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleting links holds the kernel's rtnl lock for a grace period and every netlink request
+    waits: a pass each second stalled the requests of a burst (issue 22).  It waits while
+    operations keep coming, up to REAP_MAX_DELAY, and goes as soon as they pause."""
+    import asyncio
+
+    from libnet.drivers import bridge
+
+    driver = BridgeDriver(instance=ME, kernel=kernel, relays=FakeRelays(), reap_delay=0.05)
+    monkeypatch.setattr(bridge, "REAP_IDLE", 0.05)
+    monkeypatch.setattr(bridge, "REAP_MAX_DELAY", 0.6)
+    busy = [True]
+    monkeypatch.setattr("libnet.gate.idle_for", lambda: 0.0 if busy[0] else 1.0)
+    nw, ep = net(), endpoint()
+    await driver.create_network(nw)
+    sb = SandboxInfo("c1", kernel.add_namespace("sb1"), "eth0")
+    await driver.join(nw, ep, sb)
+    await driver.leave(nw, ep, sb)
+    await asyncio.sleep(0.3)
+    assert host_ifname(ep) in host_links(kernel)  # unplugged, waiting: operations keep coming
+    await asyncio.sleep(0.5)
+    assert driver._reaping is not None
+    await asyncio.wrap_future(driver._reaping)
+    assert host_ifname(ep) not in host_links(kernel)  # REAP_MAX_DELAY passed: reaped anyway
+
+    busy[0] = False
+    await driver.join(nw, ep, sb)
+    await driver.leave(nw, ep, sb)
+    await asyncio.sleep(0.15)
+    await asyncio.wrap_future(driver._reaping)
+    assert host_ifname(ep) not in host_links(kernel)  # a pause: reaped within reap_delay
+    await driver.close()
