@@ -721,37 +721,34 @@ class Netlink:
         """Addresses as CIDR strings, of one interface or of all."""
 
         def body() -> list[str]:
-            kw = {} if link is None else {"index": self._index(link)}
-            return [f"{m.get('address')}/{m['prefixlen']}" for m in self.ipr.get_addr(**kw)]
+            index = None if link is None else self._index(link)
+            return [a.cidr for a in self.rtnl.addresses(index=index)]
 
         return self._run("list addresses", body, ifname=link)
 
     def addresses_by_link(self) -> list[tuple[str, int]]:
         """Every address of the namespace as (CIDR, interface index), in one dump."""
-
-        def body() -> list[tuple[str, int]]:
-            return [(f"{m.get('address')}/{m['prefixlen']}", m["index"]) for m in self.ipr.get_addr()]
-
-        return self._run("list addresses", body) or []
+        return self._run("list addresses", lambda: [(a.cidr, a.ifindex) for a in self.rtnl.addresses()]) or []
 
     def tentative_addresses(self, link: str | int) -> list[str]:
         """IPv6 addresses of ``link`` still in duplicate address detection."""
 
         def body() -> list[str]:
-            msgs = self.ipr.get_addr(index=self._index(link), family=socket.AF_INET6)
-            return [m.get("address") for m in msgs if (m.get("flags") or m["flags"]) & IFA_F_TENTATIVE]
+            found = self.rtnl.addresses(socket.AF_INET6, self._index(link))
+            return [a.cidr.split("/")[0] for a in found if a.flags & IFA_F_TENTATIVE]
 
         return self._run("list addresses", body, ifname=link)
 
     def address_flags(self, address: str) -> int | None:
         """The ``IFA_F_*`` flags of ``address`` on whichever link holds it, or
         None when no link does (see :data:`IFA_F_TENTATIVE`, :data:`IFA_F_DADFAILED`)."""
-        family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+        ip = ipaddress.ip_address(address)
+        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
 
         def body() -> int | None:
-            for msg in self.ipr.get_addr(family=family):
-                if msg.get("address") == address:
-                    return int(msg.get("flags") or msg["flags"])
+            for a in self.rtnl.addresses(family):
+                if ipaddress.ip_address(a.cidr.split("/")[0]) == ip:
+                    return a.flags
             return None
 
         return self._run("list addresses", body, address=address)

@@ -82,6 +82,7 @@ from libnet.kernel.wire import (
     RTA_TABLE,
     RTM_DELLINK,
     RTM_DELROUTE,
+    RTM_GETADDR,
     RTM_GETLINK,
     RTM_GETROUTE,
     RTM_NEWADDR,
@@ -396,6 +397,26 @@ def parse_default_route(payload: memoryview) -> DefaultRoute | None:
     )
 
 
+class Address(NamedTuple):
+    """An interface address (an ``RTM_NEWADDR`` answer), as ``ip addr`` lists it."""
+
+    cidr: str  # IFA_ADDRESS with the prefix length (for a point-to-point link: the peer's)
+    ifindex: int  # the interface's index
+    flags: int  # IFA_F_* (IFA_FLAGS when the kernel sends it: the full 32 bits)
+
+
+def parse_ifaddr(payload: memoryview) -> Address | None:
+    """The address in an ``RTM_NEWADDR`` payload (None without IFA_ADDRESS or IFA_LOCAL)."""
+    fam, prefixlen, flags, _scope, index = _IFADDR.unpack_from(payload, 0)
+    found = attrs(payload, _IFADDR.size)
+    raw = found.get(IFA_ADDRESS) or found.get(IFA_LOCAL)
+    if raw is None:
+        return None
+    if IFA_FLAGS in found:
+        flags = _U32.unpack(found[IFA_FLAGS])[0]
+    return Address(f"{socket.inet_ntop(fam, raw)}/{prefixlen}", index, flags)
+
+
 class MainRoute(NamedTuple):
     """A route of a namespace's main table (an ``RTM_NEWROUTE`` answer), as ``ip route`` lists it."""
 
@@ -547,6 +568,14 @@ class RtnlSocket:
         answers = self.dump(RTM_GETROUTE, _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0), "list routes")
         routes = (parse_route(p) for t, p in answers if t == RTM_NEWROUTE)
         return [r for r in routes if r is not None]
+
+    def addresses(self, family: int = socket.AF_UNSPEC, index: int | None = None) -> list[Address]:
+        """The addresses of this namespace (of ``family``; of the link ``index`` only, if given),
+        from one dump parsed here (as :meth:`routes`: no pyroute2 messages left for the
+        garbage collector)."""
+        answers = self.dump(RTM_GETADDR, _IFADDR.pack(family, 0, 0, 0, 0), "list addresses")
+        found = (parse_ifaddr(p) for t, p in answers if t == RTM_NEWADDR)
+        return [a for a in found if a is not None and (index is None or a.ifindex == index)]
 
     def link_mtu(self, index: int) -> int | None:
         """MTU of the link with ``index`` in this socket's namespace (``SIOCGIFNAME`` then

@@ -275,3 +275,32 @@ def test_route_listing_matches_ip_route(single: Testbed) -> None:
         assert nl.route_at("198.51.100.240/29", 77) == (7, 250)  # RTN_UNREACHABLE, its protocol
         assert nl.route_at("198.51.100.240/29", 78) is None
         assert nl.uplink_mtu() == 1400  # eth0 carries the test host's default route
+
+
+def test_address_listing_matches_ip_addr(single: Testbed) -> None:
+    """Addresses read with libnet's own dump (issue 22, as routes): what ``ip addr`` shows, per
+    link and in all, with IPv6 DAD's tentative flag seen."""
+    import json
+    import subprocess
+
+    host = single.hosts[0]
+    with Netlink(host.ns) as nl:
+        nl.add_bridge("br2")
+        nl.set_up("br2")
+        nl.add_address("br2", "198.51.100.1/25")
+        nl.add_address("br2", "198.51.100.77/32")
+        nl.add_address("br2", "2001:db8:7::1/64", nodad=True)
+        nl.add_address("eth0", "2001:db8:9::5/64")  # DAD runs: tentative for a while
+        shown = json.loads(
+            subprocess.run(["ip", "-n", host.ns, "-j", "addr"], check=True, capture_output=True, text=True).stdout
+        )
+        want = {(f"{a['local']}/{a['prefixlen']}", link["ifindex"]) for link in shown for a in link["addr_info"]}
+        assert set(nl.addresses_by_link()) == want
+        br2 = nl.link("br2").index
+        assert set(nl.addresses("br2")) == {c for c, i in want if i == br2}
+        assert {"198.51.100.77/32", "2001:db8:7::1/64"} <= set(nl.addresses(br2))
+        assert "2001:db8:9::5" in nl.tentative_addresses("eth0")
+        assert "2001:db8:7::1" not in nl.tentative_addresses("br2")
+        flags = nl.address_flags("2001:db8:9::5")
+        assert flags is not None and flags & 0x40  # IFA_F_TENTATIVE
+        assert nl.address_flags("2001:db8:0:0::77") is None
