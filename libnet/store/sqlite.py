@@ -106,6 +106,14 @@ WAL_HARD_LIMIT_WRITES = 4 * CHECKPOINT_EVERY
 #: seconds that truncating checkpoint waits for writers and readers to let it through
 TRUNCATE_WAIT = 1.0
 
+#: seconds between the end of a refused truncate and this process's next try (and at least
+#: CHECKPOINT_EVERY writes later): TRUNCATE_WAIT after the first refusal in a row, twice that after
+#: the second, ... up to this.  A refused truncate held the write lock, every writer of every
+#: process waiting, for all of TRUNCATE_WAIT; retried every CHECKPOINT_EVERY writes (~0.1 s of
+#: them) while another process read an old snapshot, one process had the lock ~95% of the time
+#: and another process's writes failed after their whole store timeout
+TRUNCATE_BACKOFF_MAX = 4 * TRUNCATE_WAIT
+
 #: page cache per connection, KiB (SQLite's default is 2,000 per connection: up to 8 MiB of
 #: an agent's RSS with a local and a cluster store; reads it misses come from the OS's cache)
 CACHE_KIB = 256
@@ -132,6 +140,8 @@ class SQLiteStore(LogWatchMixin):
         self._checkpoint: asyncio.Future[bool] | None = None  # running on the worker thread
         self._since_restart = 0  # this process's writes since the WAL last started again (about)
         self._hard_due = WAL_HARD_LIMIT_WRITES  # _since_restart at which a writer waits for a truncate
+        self._hard_after = 0.0  # time.monotonic() before which no writer waits for one (TRUNCATE_BACKOFF_MAX)
+        self._refused = 0  # truncates refused in a row
         self._poller: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -264,21 +274,35 @@ class SQLiteStore(LogWatchMixin):
         self._notify_watchers()
         self._since_restart += 1
         running = self._checkpoint is not None and not self._checkpoint.done()
-        if self._since_restart >= self._hard_due:
+        if self._truncate_due():
             await self._truncate_wal()
         elif self._writes % CHECKPOINT_EVERY == 0 and not running:
             self._start_checkpoint(hard=False)
         return result
 
+    def _truncate_due(self) -> bool:
+        return self._since_restart >= self._hard_due and time.monotonic() >= self._hard_after
+
     def _start_checkpoint(self, hard: bool) -> asyncio.Future[bool]:
         began = self._since_restart
-        fut = asyncio.get_running_loop().run_in_executor(self._exec, self._checkpoint_wal, hard)
+        loop = asyncio.get_running_loop()
+        if self._closed:  # the worker is shut down or about to be: a write that stood must not fail here
+            fut: asyncio.Future[bool] = loop.create_future()
+            fut.set_result(False)
+            return fut
+        fut = loop.run_in_executor(self._exec, self._checkpoint_wal, hard)
 
         def done(f: asyncio.Future[bool]) -> None:
             if not f.cancelled() and f.exception() is None and f.result():
                 # the writes made while it ran may still be in the WAL
                 self._since_restart = max(0, self._since_restart - began)
                 self._hard_due = WAL_HARD_LIMIT_WRITES
+                self._hard_after = 0.0
+                self._refused = 0
+            elif hard:
+                self._refused += 1
+                backoff = min(TRUNCATE_WAIT * self._refused, TRUNCATE_BACKOFF_MAX)
+                self._hard_after = time.monotonic() + backoff
 
         fut.add_done_callback(done)
         self._checkpoint = fut
@@ -288,15 +312,16 @@ class SQLiteStore(LogWatchMixin):
         """The hard cap: the writer that finds :data:`WAL_HARD_LIMIT_WRITES` writes since the
         WAL last started again waits (off the loop) for a checkpoint that truncates it.  If
         even that is refused (another process reading an old snapshot all along) the next try
-        is :data:`CHECKPOINT_EVERY` writes later, so writers are not held up one by one."""
+        is :data:`CHECKPOINT_EVERY` writes and a growing pause (:data:`TRUNCATE_BACKOFF_MAX`)
+        later, so writers are not held up one by one, nor other processes' writers most of the
+        time."""
         running = self._checkpoint
         if running is not None and not running.done():
             await asyncio.shield(running)
-            if self._since_restart < self._hard_due:
-                return  # that one started the WAL again
-        if self._since_restart < self._hard_due:
-            return  # another writer's truncate did
+        if not self._truncate_due():
+            return  # that one started the WAL again, or another writer's truncate did (or was refused)
         self._hard_due = self._since_restart + CHECKPOINT_EVERY  # unless it succeeds
+        self._hard_after = float("inf")  # while it runs (its end sets the next)
         await asyncio.shield(self._start_checkpoint(hard=True))
 
     def _checkpoint_wal(self, hard: bool = False) -> bool:

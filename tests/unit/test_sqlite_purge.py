@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 
 import pytest
@@ -101,7 +102,6 @@ async def test_a_watcher_sees_expiry_between_the_puts(store: SQLiteStore, monkey
 async def test_the_wal_is_checkpointed_off_the_event_loop(store: SQLiteStore, monkeypatch) -> None:
     """SQLite's automatic checkpoint ran inside a commit on the event loop (two fdatasync: 2-30 ms
     stalls of every request in flight, issue 22): it is off, and the worker thread checkpoints."""
-    import threading
 
     monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 5)
     threads: list[int] = []
@@ -178,5 +178,118 @@ async def test_the_wal_is_truncated_when_the_worker_checkpoints_keep_giving_up(t
         assert True in hard_calls
         assert (await st.get("k/199")).value  # every write stood
         assert len(await st.list("k/")) == 200
+    finally:
+        await st.close()
+
+
+async def test_refused_truncates_leave_other_writers_room(tmp_path, monkeypatch) -> None:
+    """A process reading an old snapshot all along refuses every truncate; each one held the write
+    lock (every writer of every process waiting) for all of TRUNCATE_WAIT and was retried every
+    CHECKPOINT_EVERY writes, a small part of a second apart: the lock was held ~95% of the time
+    and another process's writes failed after their whole store timeout (breaker: two stores in
+    two processes and a long reader, 1 write of 5,000 failed, in 2 runs of 2).  Refused truncates
+    are retried after a growing pause: most of the time the lock is free for everyone's writes."""
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 50)
+    monkeypatch.setattr(sqlite_store, "WAL_HARD_LIMIT_WRITES", 100)
+    monkeypatch.setattr(sqlite_store, "TRUNCATE_WAIT", 0.2)
+    monkeypatch.setattr(sqlite_store, "TRUNCATE_BACKOFF_MAX", 0.8, raising=False)
+    path = str(tmp_path / "shared.db")
+    st = SQLiteStore(path)
+    await st.put("k/0", b"v")
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM kv").fetchone()  # an old snapshot from now on
+    hard: list[float] = []
+    real = st._checkpoint_wal
+
+    def timed(hard_: bool = False) -> bool:
+        began = time.monotonic()
+        try:
+            return real(hard_)
+        finally:
+            if hard_:
+                hard.append(time.monotonic() - began)
+
+    monkeypatch.setattr(st, "_checkpoint_wal", timed)
+    try:
+        began = time.monotonic()
+        i = 0
+        while time.monotonic() - began < 3.0 and i < 100_000:
+            await st.put(f"k/{i % 100}", b"v" * 300)  # every one stands
+            i += 1
+            if i % 20 == 0:
+                await asyncio.sleep(0.001)  # an agent's loop between requests
+        took = time.monotonic() - began
+        assert len(hard) >= 3, hard  # refused, and tried again
+        assert all(h >= 0.15 for h in hard), hard  # each held the lock for its whole wait
+        assert sum(hard) < 0.5 * took, (sum(hard), took, len(hard))
+        assert len(await st.list("k/")) == 100
+    finally:
+        reader.execute("COMMIT")
+        reader.close()
+        await st.close()
+
+
+async def test_a_write_stands_when_the_store_closes_during_its_checkpoint_wait(tmp_path, monkeypatch) -> None:
+    """close() while a writer at the hard cap waits for a running checkpoint: the writer then
+    asked the shut-down worker for its truncate and a write that had committed raised
+    ``RuntimeError: cannot schedule new futures after shutdown``."""
+    st = SQLiteStore(str(tmp_path / "closing.db"))
+    real = st._checkpoint_wal
+
+    def slow_soft(hard: bool = False) -> bool:
+        if not hard:
+            time.sleep(0.05)
+            return False
+        return real(hard)
+
+    monkeypatch.setattr(st, "_checkpoint_wal", slow_soft)
+    for i in range(sqlite_store.CHECKPOINT_EVERY):  # the last one starts the worker's checkpoint
+        await st.put(f"k/{i % 10}", b"x")
+    assert st._checkpoint is not None and not st._checkpoint.done()
+    st._since_restart = st._hard_due - 1  # the next write reaches the hard cap while it runs
+    write = asyncio.create_task(st.put("k/last", b"y"))
+    await asyncio.sleep(0.01)
+    closing = asyncio.create_task(st.close())
+    pair, _ = await asyncio.gather(write, closing)
+    assert pair.value == b"y"
+    again = SQLiteStore(st.path)
+    try:
+        assert (await again.get("k/last")).value == b"y"
+    finally:
+        await again.close()
+
+
+async def test_a_writer_cancelled_while_waiting_for_the_truncate_leaves_it_running(tmp_path, monkeypatch) -> None:
+    """The truncate is shielded: a writer cancelled while it waits gets CancelledError (its write
+    stood), the truncate finishes all the same and the next writers do not wait for another."""
+    monkeypatch.setattr(sqlite_store, "WAL_HARD_LIMIT_WRITES", 30)
+    st = SQLiteStore(str(tmp_path / "cancel.db"))
+    real = st._checkpoint_wal
+    started = threading.Event()
+
+    def slow_hard(hard: bool = False) -> bool:
+        if hard:
+            started.set()
+            time.sleep(0.2)
+        return real(hard)
+
+    monkeypatch.setattr(st, "_checkpoint_wal", slow_hard)
+    try:
+        st._hard_due = 30
+        for i in range(29):
+            await st.put(f"k/{i}", b"x")
+        write = asyncio.create_task(st.put("k/at-cap", b"y"))
+        await asyncio.to_thread(started.wait, 5)
+        write.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await write
+        assert (await st.get("k/at-cap")).value == b"y"
+        assert st._checkpoint is not None
+        assert await st._checkpoint  # ran to its end: the WAL started again
+        assert st._since_restart == 0
+        t = time.monotonic()
+        await st.put("k/after", b"z")
+        assert time.monotonic() - t < 0.1
     finally:
         await st.close()
