@@ -44,6 +44,7 @@ from libnet.kernel.wire import (
     RTM_DELLINK,
     RTM_NEWLINK,
     RTM_SETLINK,
+    RTN_UNICAST,
 )
 
 T = TypeVar("T")
@@ -641,13 +642,21 @@ class Netlink:
         return self._thread.call(fn)
 
     def uplink_mtu(self) -> int | None:
-        """MTU of the device carrying the default route (IPv4, else IPv6), if any."""
+        """MTU of the device carrying the default route (IPv4, else IPv6), if any: the first
+        unicast default route of the main table (the kernel lists the one it uses first); of
+        a multipath route, the smallest MTU of its next hops' devices.  A blackhole, prohibit
+        or unreachable default carries nothing out (IPv6 lists those with ``dev lo``: its
+        65,536 bytes were taken for the uplink's)."""
 
         def body() -> int | None:
             for family in (socket.AF_INET, socket.AF_INET6):
                 for route in self.rtnl.routes(family):
-                    if route.dst == "default" and route.oif:
-                        return self.rtnl.link_mtu(route.oif)
+                    if route.dst != "default" or route.rtype != RTN_UNICAST:
+                        continue
+                    devices = [route.oif] if route.oif else [oif for _gw, oif in route.nexthops]
+                    mtus = [m for m in map(self.rtnl.link_mtu, devices) if m is not None]
+                    if mtus:
+                        return min(mtus)
             return None
 
         return self._run("find uplink", body)

@@ -426,6 +426,7 @@ class MainRoute(NamedTuple):
     metric: int  # RTA_PRIORITY, 0 when absent
     rtype: int  # rtm_type: RTN_UNICAST 1, RTN_UNREACHABLE 7, ... (rtnetlink(7))
     proto: int  # rtm_protocol: RTPROT_KERNEL 2, RTPROT_BOOT 3, RTPROT_STATIC 4, ...
+    nexthops: tuple[tuple[str | None, int], ...] = ()  # (gateway, oif) of a multipath route
 
 
 def parse_route(payload: memoryview) -> MainRoute | None:
@@ -444,6 +445,7 @@ def parse_route(payload: memoryview) -> MainRoute | None:
         _U32.unpack(found[RTA_PRIORITY])[0] if RTA_PRIORITY in found else 0,
         rtype,
         proto,
+        _nexthops(fam, found[RTA_MULTIPATH]) if RTA_MULTIPATH in found else (),
     )
 
 

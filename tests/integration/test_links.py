@@ -304,3 +304,33 @@ def test_address_listing_matches_ip_addr(single: Testbed) -> None:
         flags = nl.address_flags("2001:db8:9::5")
         assert flags is not None and flags & 0x40  # IFA_F_TENTATIVE
         assert nl.address_flags("2001:db8:0:0::77") is None
+
+
+def test_uplink_mtu_of_odd_default_routes(single: Testbed) -> None:
+    """The uplink's MTU (a bridge network's default) from the default route ``ip route`` shows:
+    an IPv6 ``unreachable default`` (listed with ``dev lo``) gave lo's 65,536 for a host without
+    an IPv4 default route; a multipath default gave none (1,500 taken) whatever its devices' MTUs:
+    the smallest of its next hops' devices now."""
+    import subprocess
+
+    host = single.hosts[0]
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", "-n", host.ns, *args], check=True, capture_output=True, text=True)
+
+    gw = host.ipv4.rsplit(".", 1)[0] + ".254"
+    with Netlink(host.ns) as nl:
+        ip("-6", "route", "add", "unreachable", "default")
+        assert nl.uplink_mtu() is None  # nothing goes out anywhere
+        ip("link", "set", "eth0", "mtu", "1400")
+        nl.add_bridge("br1")
+        ip("link", "set", "br1", "mtu", "1300")
+        nl.set_up("br1")
+        nl.add_address("br1", "198.51.100.1/25")
+        hops = ("nexthop", "via", gw, "dev", "eth0", "nexthop", "via", "198.51.100.126", "dev", "br1")
+        ip("route", "add", "default", *hops)
+        assert nl.uplink_mtu() == 1300
+        ip("route", "del", "default")
+        ip("route", "add", "blackhole", "default", "metric", "1")
+        ip("route", "add", "default", "via", gw, "dev", "eth0", "metric", "2")
+        assert nl.uplink_mtu() == 1400  # the blackhole carries nothing out: the next one

@@ -37,6 +37,8 @@ def test_a_multipath_default_route_lists_its_next_hops() -> None:
     hops = hop("2001:db8:ff::2", 3) + hop("2001:db8:fe::2", 4)
     r = rtnl.parse_default_route(route(1, attr(RTA_MULTIPATH, hops), u32(RTA_PRIORITY, 1024), fam=socket.AF_INET6))
     assert r is not None and r.nexthops == (("2001:db8:ff::2", 3), ("2001:db8:fe::2", 4)) and r.metric == 1024
+    main = rtnl.parse_route(route(1, attr(RTA_MULTIPATH, hops), fam=socket.AF_INET6))  # for the uplink's MTU
+    assert main is not None and main.oif is None and main.nexthops == r.nexthops
 
 
 def test_routes_that_are_not_default_are_skipped() -> None:
