@@ -196,9 +196,16 @@ class BridgeDriver:
         """Run ``fn`` on the host namespace's thread (netlink calls inside run inline)."""
         return await asyncio.wrap_future(self.nl.submit(fn))
 
-    async def _host_with(self, links: SandboxOps, fn: Callable[[SandboxOps], T]) -> T:
+    async def _host_with(
+        self, links: SandboxOps, fn: Callable[[SandboxOps], T], abandoned: Callable[[T], object] | None = None
+    ) -> T:
         """``fn(links)`` on the host thread, which closes ``links`` when done: a wait cancelled
-        here never closes the socket under the thread's feet (or one never run: closed then)."""
+        here never closes the socket under the thread's feet (or one never run: closed then).
+
+        ``abandoned``: run with ``fn``'s result, on the host thread, when the caller was cancelled
+        while the thread was already at it (the kernel work is done, for nobody: a join's veth
+        stayed plugged and configured, its ``ethN`` taken in the sandbox until the reaper's pass,
+        up to REAP_MAX_DELAY under load, and the next connect there a ``Conflict``)."""
 
         def body() -> T:
             try:
@@ -208,7 +215,22 @@ class BridgeDriver:
 
         fut = self.nl.submit(body)
         fut.add_done_callback(lambda f: links.close() if f.cancelled() else None)
-        return await asyncio.wrap_future(fut)
+        try:
+            return await asyncio.wrap_future(fut)
+        except asyncio.CancelledError:
+            if abandoned is not None and not fut.cancelled():  # running, or done before the waiter woke
+                fut.add_done_callback(lambda f: self._abandoned(f, abandoned))
+            raise
+
+    def _abandoned(self, fut: Future[T], then: Callable[[T], object]) -> None:
+        """``then(result)`` of a host-thread call whose caller is gone, on the host thread (any thread)."""
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        result = fut.result()
+        try:
+            self.nl.submit(lambda: then(result)).add_done_callback(_log_failure("undo a cancelled operation"))
+        except RuntimeError as exc:  # the host thread closed: reconcile removes what it left
+            log.warning("undo a cancelled operation: %s", exc)
 
     async def _firewall(self, fn: Callable[[FirewallOps], T]) -> T:
         return await asyncio.to_thread(fn, self.fw)
@@ -405,6 +427,12 @@ class BridgeDriver:
                 return index, exc
             return index, None
 
+        def undo_plug(made: tuple[int, BaseException | None]) -> None:
+            """A join cancelled while the host thread plugged and configured: deleted again."""
+            index, failed = made
+            if failed is None:
+                self.delete_own(index, "ep", ep.id)
+
         async def make() -> tuple[int, bool, BaseException | None]:
             """The veth plugged in; whether the sandbox side was configured too, and how that
             failed (raised by the caller: a refused default route is no name clash)."""
@@ -420,7 +448,9 @@ class BridgeDriver:
             # host thread in one hand-over, the event loop serving the others meanwhile (the
             # kernel answers inside each send: moving a veth, addresses, routes and link state
             # are ~1 ms of the loop's time per attach, issue 22)
-            index, failed = await self._host_with(await self.kernel.open_sandbox(sb.netns), plug_configured)
+            index, failed = await self._host_with(
+                await self.kernel.open_sandbox(sb.netns), plug_configured, abandoned=undo_plug
+            )
             return index, True, failed
 
         try:
@@ -469,7 +499,15 @@ class BridgeDriver:
                     sandbox_config.retire_links(links, sb, retired_ifname(ep))
                 return self.nl.unplug(host_if, group=group, owned=owned, made=made)
 
-            found = await (self._host(lambda: both(None)) if links is None else self._host_with(links, both))
+            loop = asyncio.get_running_loop()
+
+            def reap_later(found: bool) -> None:  # cancelled while unplugging: the veth still goes
+                if found:
+                    loop.call_soon_threadsafe(self._schedule_reaping)
+
+            found = await (
+                self._host(lambda: both(None)) if links is None else self._host_with(links, both, abandoned=reap_later)
+            )
         else:
             unplugged = asyncio.wrap_future(  # queued on the host thread now, not at the first await
                 self.nl.submit(lambda: self.nl.unplug(host_if, group=group, owned=owned, made=made))

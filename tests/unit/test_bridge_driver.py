@@ -268,3 +268,49 @@ async def test_the_reaper_waits_for_a_pause_in_operations_but_not_forever(
     await asyncio.wrap_future(driver._reaping)
     assert host_ifname(ep) not in host_links(kernel)  # a pause: reaped within reap_delay
     await driver.close()
+
+
+async def test_a_join_cancelled_while_the_host_thread_plugs_leaves_nothing_behind(
+    kernel: FakeKernel, driver: BridgeDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With other operations in flight the host thread plugs and configures; a join cancelled
+    meanwhile (its caller gone) left that work done for nobody: the veth plugged, ``eth0`` up in
+    the sandbox with the endpoint's addresses and default routes, until the reaper's pass (up to
+    REAP_MAX_DELAY under load), and the next connect there refused as a name clash (breaker:
+    4 of 4 cancelled connects through the Controller).  It is deleted again once the thread is done."""
+    import asyncio
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr("libnet.gate.in_flight", lambda: 2)
+    nw, ep = net(), endpoint()
+    await driver.create_network(nw)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="host")  # the host namespace's thread
+    monkeypatch.setattr(driver.nl, "submit", pool.submit)
+    entered, release = threading.Event(), threading.Event()
+    real_check = kernel.check
+
+    def check(operation: str) -> None:
+        if operation == "configure" and threading.current_thread().name.startswith("host"):
+            entered.set()
+            release.wait(5)
+        real_check(operation)
+
+    monkeypatch.setattr(kernel, "check", check)
+    sb = SandboxInfo("c1", kernel.add_namespace("sb1"), "eth0")
+    join = asyncio.create_task(driver.join(nw, ep, sb))
+    try:
+        assert await asyncio.to_thread(entered.wait, 5)
+        join.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await join
+    finally:
+        release.set()
+        for _ in range(2):  # the thread's work, then what it queued when done
+            await asyncio.wrap_future(pool.submit(lambda: None))
+        pool.shutdown()
+    assert host_ifname(ep) not in host_links(kernel)
+    assert set(kernel.namespace("sb1").by_name()) == {"lo"}
+    monkeypatch.setattr(driver.nl, "submit", type(driver.nl).submit.__get__(driver.nl))
+    await driver.join(nw, ep, sb)  # the sandbox's eth0 is free again
+    assert "eth0" in kernel.namespace("sb1").by_name()
