@@ -314,3 +314,45 @@ async def test_a_join_cancelled_while_the_host_thread_plugs_leaves_nothing_behin
     monkeypatch.setattr(driver.nl, "submit", type(driver.nl).submit.__get__(driver.nl))
     await driver.join(nw, ep, sb)  # the sandbox's eth0 is free again
     assert "eth0" in kernel.namespace("sb1").by_name()
+
+
+async def test_a_leave_cancelled_while_the_host_thread_unplugs_still_has_the_veth_reaped(
+    kernel: FakeKernel, driver: BridgeDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A leave cancelled while the host thread retires and unplugs: the veth went into the dead
+    group, but no reaper pass was queued for it (it waited for another leave's, or reconcile)."""
+    import asyncio
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr("libnet.gate.in_flight", lambda: 2)
+    nw, ep = net(), endpoint()
+    await driver.create_network(nw)
+    sb = SandboxInfo("c1", kernel.add_namespace("sb1"), "eth0")
+    await driver.join(nw, ep, sb)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="host")
+    monkeypatch.setattr(driver.nl, "submit", pool.submit)
+    entered, release = threading.Event(), threading.Event()
+    real_unplug = driver.nl.unplug
+
+    def unplug(*args: object, **kw: object) -> bool:
+        entered.set()
+        release.wait(5)
+        return real_unplug(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(driver.nl, "unplug", unplug)
+    leave = asyncio.create_task(driver.leave(nw, ep, sb))
+    try:
+        assert await asyncio.to_thread(entered.wait, 5)
+        leave.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leave
+    finally:
+        release.set()
+        for _ in range(2):
+            await asyncio.wrap_future(pool.submit(lambda: None))
+        pool.shutdown()
+    for _ in range(3):
+        await asyncio.sleep(0)  # the pass queued from the thread runs on the loop (reap_delay 0: at once)
+    assert host_ifname(ep) not in host_links(kernel)
+    assert "eth0" not in kernel.namespace("sb1").by_name()
