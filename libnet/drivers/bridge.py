@@ -259,9 +259,13 @@ class BridgeDriver:
 
     def _delete_unplugged(self, name: str, endpoint_id: str) -> bool:
         """Delete ``name`` if it is this instance's veth of ``endpoint_id`` as a leave left it
-        (down, in no bridge); on the host thread.  Whether it was."""
+        (down, in no bridge); on the host thread.  Whether the name is free now: deleted here,
+        or gone already (the reaper's pass, on its own thread, took it between the join's
+        clash and this look: the join tries once more rather than fail with a Conflict)."""
         found = self.find(name)
-        if found is None or found.up or found.master is not None:
+        if found is None:
+            return True
+        if found.up or found.master is not None:
             return False
         if not ownership.owned_by(found.alias, self.owner, "ep", endpoint_id):
             return False

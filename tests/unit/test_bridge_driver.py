@@ -356,3 +356,36 @@ async def test_a_leave_cancelled_while_the_host_thread_unplugs_still_has_the_vet
         await asyncio.sleep(0)  # the pass queued from the thread runs on the loop (reap_delay 0: at once)
     assert host_ifname(ep) not in host_links(kernel)
     assert "eth0" not in kernel.namespace("sb1").by_name()
+
+
+async def test_a_rejoin_whose_old_veth_the_reaper_takes_meanwhile_succeeds(
+    kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A join finds its endpoint's old veth (unplugged, waiting for the reaper) holding the name;
+    the reaper's pass deletes it before the join's own cleanup looks: the name is free, so the
+    join tries again instead of failing with a Conflict (breaker, session 9)."""
+    from libnet.errors import KernelObjectExists
+
+    driver = BridgeDriver(instance=ME, kernel=kernel, relays=FakeRelays(), reap_delay=100)
+    nw, ep = net(), endpoint()
+    await driver.create_network(nw)
+    sb = SandboxInfo("c1", kernel.add_namespace("sb1"), "eth0")
+    await driver.join(nw, ep, sb)
+    await driver.leave(nw, ep, sb)
+    assert host_ifname(ep) in host_links(kernel)  # unplugged, waiting for the reaper
+    cls = type(driver.nl)
+    clashes = [0]
+    for method in ("plug_veth", "plug_veth_here"):
+        real = getattr(cls, method)
+
+        def clash_once(self, *args, _real=real, **kw):  # type: ignore[no-untyped-def]
+            if clashes[0] == 0:
+                clashes[0] += 1
+                driver.reaper.delete_group(ownership.dead_group(ME))  # the reaper's pass, meanwhile
+                raise KernelObjectExists("exists", ifname=host_ifname(ep))
+            return _real(self, *args, **kw)
+
+        monkeypatch.setattr(cls, method, clash_once)
+    await driver.join(nw, ep, sb)
+    assert clashes[0] == 1 and host_links(kernel)[host_ifname(ep)].up  # type: ignore[attr-defined]
+    await driver.close()
