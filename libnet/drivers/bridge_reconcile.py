@@ -69,7 +69,22 @@ async def reconcile(
     def sweep() -> _Sweep:
         """Links: re-mark legacy ones, report foreign ones, delete this instance's orphans."""
         out = _Sweep()
+        # What leaves left for the reaper (down, out of their bridges, in this instance's dead
+        # group; after a crash, up to REAP_MAX_DELAY's worth): deleted in one request, one
+        # grace period for all, not one each below
+        before = drv.nl.links()
+        drv.nl.delete_group(ownership.dead_group(me))
         links = drv.nl.links()
+        present = {link.index for link in links}
+        reaped = [
+            link
+            for link in before
+            if link.index not in present and (m := Mark.parse(link.alias)) is not None and m.instance == me
+        ]
+        if reaped:
+            names = sorted(k.name for k in reaped)
+            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            out.removed.append(f"{len(names)} unplugged veth(s) waiting for the reaper ({shown}): deleted at once")
         ports = Counter(link.master for link in links if link.master)
         for link in links:
             mark = Mark.parse(link.alias)

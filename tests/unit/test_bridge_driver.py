@@ -389,3 +389,37 @@ async def test_a_rejoin_whose_old_veth_the_reaper_takes_meanwhile_succeeds(
     await driver.join(nw, ep, sb)
     assert clashes[0] == 1 and host_links(kernel)[host_ifname(ep)].up  # type: ignore[attr-defined]
     await driver.close()
+
+
+async def test_reconcile_deletes_the_veths_waiting_for_the_reaper_in_one_request(
+    kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash leaves up to REAP_MAX_DELAY's worth of unplugged veths: the next reconcile deleted
+    them one by one (a grace period each) with a line each; now one request, one line."""
+    from libnet.testing.fake_kernel import FakeNetlink
+
+    driver = BridgeDriver(instance=ME, kernel=kernel, relays=FakeRelays(), reap_delay=100)
+    nw = net()
+    await driver.create_network(nw)
+    eps = [endpoint(f"{i}" * 64) for i in range(4, 9)]
+    for i, ep in enumerate(eps):
+        sb = SandboxInfo(f"c{i}", kernel.add_namespace(f"sb{i}"), "eth0")
+        await driver.join(nw, ep, sb)
+        await driver.leave(nw, ep, sb)
+    assert all(host_ifname(ep) in host_links(kernel) for ep in eps)  # waiting
+    deletes: list[str] = []
+    real_delete, real_group = FakeNetlink.delete_link, FakeNetlink.delete_group
+    monkeypatch.setattr(
+        FakeNetlink, "delete_link", lambda self, link: deletes.append("link") or real_delete(self, link)
+    )
+    monkeypatch.setattr(FakeNetlink, "delete_group", lambda self, g: deletes.append("group") or real_group(self, g))
+    # the agent was killed (its reaper's pass never came); the next one starts and reconciles
+    after = BridgeDriver(instance=ME, kernel=kernel, relays=FakeRelays(), reap_delay=100)
+    report = await after.reconcile([nw], [])
+    assert not any(host_ifname(ep) in host_links(kernel) for ep in eps)
+    assert deletes == ["group"]
+    assert [line for line in report.removed if "waiting for the reaper" in line] == [
+        "5 unplugged veth(s) waiting for the reaper (" + ", ".join(sorted(host_ifname(ep) for ep in eps)) + "): "
+        "deleted at once"
+    ]
+    await after.close()
