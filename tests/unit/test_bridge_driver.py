@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
 import pytest
 
 from libnet import ownership
@@ -55,6 +61,24 @@ def host_links(kernel: FakeKernel) -> dict[str, object]:
 
 def table(kernel: FakeKernel):
     return kernel.tables[("(host)", ownership.firewall_table(ME))]
+
+
+async def cancel_while_the_thread_is_held(
+    operation: Coroutine[Any, Any, None], entered: threading.Event, release: threading.Event, pool: ThreadPoolExecutor
+) -> None:
+    """Run ``operation``, cancel it once the (fake) host thread ``pool`` has ``entered`` the held
+    call, then ``release`` it and wait for the thread's work and what it queued when done."""
+    task = asyncio.create_task(operation)
+    try:
+        assert await asyncio.to_thread(entered.wait, 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        release.set()
+        for _ in range(2):  # the thread's work, then what it queued when done
+            await asyncio.wrap_future(pool.submit(lambda: None))
+        pool.shutdown()
 
 
 def test_real_and_fake_kernels_satisfy_the_protocol() -> None:
@@ -278,7 +302,6 @@ async def test_a_join_cancelled_while_the_host_thread_plugs_leaves_nothing_behin
     the sandbox with the endpoint's addresses and default routes, until the reaper's pass (up to
     REAP_MAX_DELAY under load), and the next connect there refused as a name clash (breaker:
     4 of 4 cancelled connects through the Controller).  It is deleted again once the thread is done."""
-    import asyncio
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
@@ -298,17 +321,7 @@ async def test_a_join_cancelled_while_the_host_thread_plugs_leaves_nothing_behin
 
     monkeypatch.setattr(kernel, "check", check)
     sb = SandboxInfo("c1", kernel.add_namespace("sb1"), "eth0")
-    join = asyncio.create_task(driver.join(nw, ep, sb))
-    try:
-        assert await asyncio.to_thread(entered.wait, 5)
-        join.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await join
-    finally:
-        release.set()
-        for _ in range(2):  # the thread's work, then what it queued when done
-            await asyncio.wrap_future(pool.submit(lambda: None))
-        pool.shutdown()
+    await cancel_while_the_thread_is_held(driver.join(nw, ep, sb), entered, release, pool)
     assert host_ifname(ep) not in host_links(kernel)
     assert set(kernel.namespace("sb1").by_name()) == {"lo"}
     monkeypatch.setattr(driver.nl, "submit", type(driver.nl).submit.__get__(driver.nl))
@@ -341,17 +354,7 @@ async def test_a_leave_cancelled_while_the_host_thread_unplugs_still_has_the_vet
         return real_unplug(*args, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(driver.nl, "unplug", unplug)
-    leave = asyncio.create_task(driver.leave(nw, ep, sb))
-    try:
-        assert await asyncio.to_thread(entered.wait, 5)
-        leave.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await leave
-    finally:
-        release.set()
-        for _ in range(2):
-            await asyncio.wrap_future(pool.submit(lambda: None))
-        pool.shutdown()
+    await cancel_while_the_thread_is_held(driver.leave(nw, ep, sb), entered, release, pool)
     for _ in range(3):
         await asyncio.sleep(0)  # the pass queued from the thread runs on the loop (reap_delay 0: at once)
     assert host_ifname(ep) not in host_links(kernel)
