@@ -55,7 +55,7 @@ from libnet.errors import (
 from libnet.gate import OperationGate, operation
 from libnet.gateway import GatewayPolicy
 from libnet.info import ep_info, net_info
-from libnet.joins import Joins, unjoined
+from libnet.joins import Finish, Joins, unjoined
 from libnet.model import Endpoint, Network, Proxy, Sandbox, mac_from_ipv4, proxy_leg_mac
 from libnet.names import check_sandbox_id, default_endpoint_name, sandbox_namespace
 from libnet.namespaces import Namespaces
@@ -65,7 +65,7 @@ from libnet.reconcile import Reconciler, release_address
 from libnet.repository import Reads, Repository
 from libnet.rollback import Rollback
 from libnet.sandbox_files import SandboxFiles
-from libnet.store.base import Store
+from libnet.store.base import Store, Write
 from libnet.validation import (
     check_addressing,
     check_bool,
@@ -757,20 +757,13 @@ class Controller:
         False, with nothing changed, where that cannot be done (an IPAM without
         ``release_write``, a store without batches, the addresses in another store, one that
         changed hands meanwhile): the caller does it one by one."""
-        release_write = getattr(self._ipam, "release_write", None)
         store = self.repo.store(nw.scope)
-        if release_write is None or getattr(store, "atomic_batch", None) is None:
+        if getattr(store, "atomic_batch", None) is None:
             return False
-        writes, done = [], []
-        for pool, addr in addresses:
-            try:
-                where, write, released = await release_write(pool, addr, ep.id)
-            except (AddressNotAllocated, NoSuchPool):  # gone or taken over is fine (as _release)
-                continue
-            if where is not store:
-                return False
-            writes.append(write)
-            done.append(released)
+        releases = await self._release_writes(store, ep.id, addresses)
+        if releases is None:
+            return False
+        writes, done = releases
         try:
             await self.repo.delete_endpoint(nw, ep, before=writes)
         except (KeyModified, KeyNotFound):  # an address changed hands since it was read
@@ -778,6 +771,28 @@ class Controller:
         for released in done:
             released()
         return True
+
+    async def _release_writes(
+        self, store: Store, owner: str, addresses: list[tuple[str, str]]
+    ) -> tuple[list[Write], list[Callable[[], None]]] | None:
+        """The checked deletes releasing ``owner``'s ``addresses`` ((pool, address) pairs; those
+        it no longer holds left out) for a transaction of ``store``, and what to call once it
+        is made; None where they cannot go in one (an IPAM without ``release_write``, an
+        address in another store)."""
+        release_write = getattr(self._ipam, "release_write", None)
+        if release_write is None:
+            return None
+        writes, done = [], []
+        for pool, addr in addresses:
+            try:
+                where, write, released = await release_write(pool, addr, owner)
+            except (AddressNotAllocated, NoSuchPool):  # gone or taken over is fine (as _release)
+                continue
+            if where is not store:
+                return None
+            writes.append(write)
+            done.append(released)
+        return writes, done
 
     @operation
     async def remove_node(self, node: str) -> list[str]:
@@ -1031,19 +1046,26 @@ class Controller:
         return await self._leave(endpoint, sandbox)
 
     async def _leave(
-        self, endpoint: str | Endpoint, sandbox: str | None = None, *, network: Network | None = None
+        self,
+        endpoint: str | Endpoint,
+        sandbox: str | None = None,
+        *,
+        network: Network | None = None,
+        finish: Finish | None = None,
     ) -> Endpoint:
         """:meth:`leave`; ``endpoint`` and ``network`` may be records the caller's
-        operation read already (see :meth:`libnet.joins.Joins.leave`)."""
+        operation read already, ``finish`` the store step in place of the unjoin
+        (see :meth:`libnet.joins.Joins.leave`)."""
         before = endpoint if isinstance(endpoint, Endpoint) else await self.repo.endpoint(endpoint)
         sandbox_id = before.sandbox_id
         if sandbox is not None and sandbox_id:  # asked from outside (the API), not a teardown of libnet's
             await self._refuse_proxy_sandbox(sandbox_id)
+        reads = Reads(self.repo)
         if sandbox_id:  # a backend of a proxy stops getting new connections before it is unplugged
             async with self._proxies.leaving(before.network_id, before.id):
-                ep = await self._joins.leave(before, sandbox, network=network)
+                ep = await self._joins.leave(before, sandbox, network=network, finish=finish, reads=reads)
         else:
-            ep = await self._joins.leave(before, sandbox, network=network)
+            ep = await self._joins.leave(before, sandbox, network=network, finish=finish, reads=reads)
         sb = None  # the sandbox as read after the leave, if nothing changed it since
         left = network if network is not None and network.id == ep.network_id else None
         if left is None and sandbox_id:
@@ -1051,7 +1073,7 @@ class Controller:
                 left = await self.repo.network(ep.network_id)
         if sandbox_id and not (left is not None and gateway.named_gateway_bridge(left)):
             try:
-                sb = await self._sync_gateway_bridge(sandbox_id, Reads(self.repo))
+                sb = await self._sync_gateway_bridge(sandbox_id, reads)
             except LibnetError as exc:
                 log.warning("sandbox %s: gateway bridge not released: %s", sandbox_id[:12], exc)
         if sandbox_id and self._dns_binding is not None:
@@ -1145,15 +1167,60 @@ class Controller:
         for eid in list(sb.endpoints):
             ep = await self.repo.endpoint(eid)
             if ep.network_id == nw.id:
-                ep = await self._mark_removing(ep)  # a crash from here on is rolled forward
-                await self._leave(ep, network=nw)
-                ep = await self.repo.endpoint(ep.id)  # as the leave left it
-                await self._refuse_proxy_leg(ep)
-                await self._delete_endpoint(ep, force=False, network=nw)
+                await self._disconnect(nw, ep)
                 return
         raise NotFound(
             f"sandbox {sb.id[:12]} is not connected to network {nw.name}", network_id=nw.id, sandbox_id=sb.id
         )
+
+    async def _disconnect(self, nw: Network, ep: Endpoint) -> None:
+        """Leave and delete ``ep`` (on ``nw``, as the operation read both): marked first, so a
+        crash from there on is rolled forward; its records and addresses go in the leave's
+        own transaction where that can be done (:meth:`_unjoin_and_delete`)."""
+        ep = await self._mark_removing(ep)
+        deleted: list[bool] = []
+
+        async def finish(joined: Endpoint, sb: Sandbox) -> Sandbox | None:
+            stored = await self._unjoin_and_delete(nw, joined, sb)
+            deleted.append(stored is not None)
+            return stored
+
+        await self._leave(ep, network=nw, finish=finish)
+        if any(deleted):
+            return
+        ep = await self.repo.endpoint(ep.id)  # as the leave left it
+        await self._refuse_proxy_leg(ep)
+        await self._delete_endpoint(ep, force=False, network=nw)
+
+    async def _unjoin_and_delete(self, nw: Network, ep: Endpoint, sb: Sandbox) -> Sandbox | None:
+        """A disconnect's store step once the driver let go of the endpoint (issue 22): the
+        endpoint out of the sandbox's record and deleted, its addresses released, in one
+        transaction (:meth:`Repository.unjoin_and_delete_endpoint`).  The sandbox as stored;
+        None, with nothing changed, where that cannot be done (published ports, a proxy's leg,
+        an IPAM without ``release_write``, the driver refusing the delete, a record changed
+        meanwhile): the endpoint is then recorded as unjoined and deleted the usual way."""
+        store = self.repo.store(nw.scope)
+        if ep.ports or ep.removing != self.instance or store is not self.repo.local:
+            return None
+        if ep.proxy or getattr(self._ipam, "release_write", None) is None:
+            return None  # a proxy's leg (the usual way, with its checks); an IPAM of one call per release
+        try:  # the usual way's first step, which it will try again if this fails
+            await self.driver(nw.driver).delete_endpoint(net_info(nw), ep_info(ep))
+        except (LibnetError, OSError):
+            return None
+        addresses = [(pool, addr) for pool, addr in ((nw.ipv4_pool, ep.ipv4), (nw.ipv6_pool, ep.ipv6)) if pool and addr]
+        releases = await self._release_writes(store, ep.id, addresses)
+        if releases is None:
+            return None
+        writes, done = releases
+        ep_id = ep.id
+        stored = await self.repo.unjoin_and_delete_endpoint(
+            nw, ep, sb, lambda s: s.endpoints.remove(ep_id) if ep_id in s.endpoints else None, before=writes
+        )
+        if stored is not None:
+            for released in done:
+                released()
+        return stored
 
     async def _mark_removing(self, endpoint: str | Endpoint) -> Endpoint:
         """Mark an endpoint (a reference, or the record the operation read) as being removed by

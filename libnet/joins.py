@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import ipaddress
 import logging
+from collections.abc import Awaitable, Callable
 
 from libnet.driverapi import PortMapping
 from libnet.drivers.registry import Drivers
@@ -28,6 +29,9 @@ from libnet.rollback import Rollback
 from libnet.sandbox_files import SandboxFiles
 
 log = logging.getLogger("libnet.joins")
+
+#: a leave's store step in place of recording the endpoint as unjoined (see :meth:`Joins.leave`)
+Finish = Callable[[Endpoint, Sandbox], Awaitable[Sandbox | None]]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -197,13 +201,24 @@ class Joins:
                     )
 
     async def leave(
-        self, endpoint: str | Endpoint, sandbox: str | None = None, *, network: Network | None = None
+        self,
+        endpoint: str | Endpoint,
+        sandbox: str | None = None,
+        *,
+        network: Network | None = None,
+        finish: Finish | None = None,
+        reads: Reads | None = None,
     ) -> Endpoint:
         """Unplug an endpoint from its sandbox; not joined is fine.  Marked as
         leaving by this instance first, so a crash part way is rolled forward.
         ``endpoint``: a reference, or the record the caller's operation read (read
         again under the lock); ``network``: its network as the operation read it
-        (see :meth:`join`)."""
+        (see :meth:`join`).  ``finish``: the store step instead of recording the
+        endpoint as unjoined, called with the endpoint and sandbox as read under the
+        lock once the driver let go (a disconnect deletes the endpoint there): the
+        sandbox as it stored it, or None to have the endpoint recorded as unjoined as
+        usual.  ``reads``: the caller's step's shared reads, given the sandbox as the leave
+        wrote it (not read again while it is current)."""
         ep = endpoint if isinstance(endpoint, Endpoint) else await self.repo.endpoint(endpoint)
         if not ep.sandbox_id:
             return ep
@@ -229,9 +244,16 @@ class Joins:
             was_gateway = ep.gateway
             if sb.netns:
                 ep_id = ep.id
-                ep, sb = await self.repo.update_endpoint_and_sandbox(
-                    ep, unjoined, sb, lambda s: s.endpoints.remove(ep_id) if ep_id in s.endpoints else None
-                )
+                finished = await finish(ep, sb) if finish is not None else None
+                if finished is not None:
+                    sb, ep = finished, dataclasses.replace(ep)
+                    unjoined(ep)
+                else:
+                    ep, sb = await self.repo.update_endpoint_and_sandbox(
+                        ep, unjoined, sb, lambda s: s.endpoints.remove(ep_id) if ep_id in s.endpoints else None
+                    )
+                if reads is not None:
+                    reads.keep_sandbox(sb)
             else:
                 ep = await self.repo.update_endpoint(ep, unjoined)
             if sb.netns:

@@ -403,6 +403,52 @@ class Repository:
         keys = [f"{P}/endpoints/{nw.id}/{ep.id}", f"{P}/endpoint-ids/{ep.id}", self.endpoint_name_key(nw.id, ep.name)]
         await write_all(store, [*before, *(Write(key, None) for key in keys)])
 
+    async def unjoin_and_delete_endpoint(
+        self,
+        nw: Network,
+        ep: Endpoint,
+        sb: Sandbox,
+        sb_fn: Callable[[Sandbox], None],
+        before: Sequence[Write] = (),
+    ) -> Sandbox | None:
+        """A disconnect's last store step in one transaction (issue 22: it took two, the leave's
+        update of the endpoint thrown away by the delete right after): ``sb_fn`` applied to
+        the sandbox, and the endpoint's record, id index and name deleted; ``before``: writes of
+        the same store made first (its addresses' releases).  Each record is checked against
+        the pair this operation holds (read or written moments ago).  Returns the sandbox as
+        stored; None, with nothing changed, where it cannot be done so (not both records held,
+        not in the local store or no batches there, either record changed meanwhile): the
+        caller then takes the usual way (:meth:`update_endpoint_and_sandbox`, then
+        :meth:`delete_endpoint`)."""
+        store = self.store(nw.scope)
+        ep_key, sb_key = f"{P}/endpoints/{nw.id}/{ep.id}", f"{P}/sandboxes/{sb.id}"
+        held_ep, held_sb = self._pairs.get(ep_key), self._pairs.get(sb_key)
+        if store is not self.local or held_ep is None or held_sb is None:
+            return None
+        if getattr(store, "atomic_batch", None) is None:
+            return None
+        new_sb = Sandbox.from_data(model.decode(held_sb.value, Sandbox.KIND, intern=False))
+        sb_fn(new_sb)
+        data = new_sb.to_data()
+        writes = [
+            *before,
+            Write(sb_key, model.encode(Sandbox.KIND, data), held_sb, checked=True),
+            Write(ep_key, None, held_ep, checked=True),
+            Write(f"{P}/endpoint-ids/{ep.id}", None),
+            Write(self.endpoint_name_key(nw.id, ep.name), None),
+        ]
+        try:
+            written = await write_all(store, writes)
+        except (KeyExists, KeyModified, KeyNotFound):  # changed meanwhile: nothing was written
+            return None
+        self._endpoint_keys.pop(ep.id, None)
+        self._pairs.pop(ep_key, None)
+        pair = written[len(before)]
+        assert pair is not None
+        self._remember(sb_key, pair)
+        self._written(Sandbox.KIND, sb_key, pair, data)
+        return new_sb
+
     async def update_endpoint_and_sandbox(
         self,
         ep: Endpoint,

@@ -175,3 +175,78 @@ async def test_records_written_here_are_kept_not_decoded_again(ctl: Controller, 
     await ctl.disconnect("web", sb.id)
     if isinstance(ctl.repo.local, SQLiteStore):
         assert len(decoded) <= 8, decoded  # the fresh repository's 2, and the operations' own
+
+
+async def test_a_disconnect_unjoins_and_deletes_in_one_commit(ctl: Controller) -> None:
+    """The leave recorded the endpoint as unjoined, and the delete right after threw that away
+    (issue 22): the sandbox's record, the endpoint's records and its addresses now go in the
+    leave's own transaction, after the removing mark (a crash in between is rolled forward)."""
+    sb = await ctl.create_sandbox("s1")
+    await ctl.connect("web", sb.id)
+    await ctl.disconnect("web", sb.id)  # warm
+    ep = await ctl.connect("web", sb.id)
+    used, before, mark = _used(ctl), _commits(ctl), await ctl.repo.local.revision()
+    await ctl.disconnect("web", sb.id)
+    store = ctl.repo.local
+    if isinstance(store, SQLiteStore):
+        assert _commits(ctl) - before == 2  # the removing mark, then everything else (were 3)
+        events = [(e.kind, e.key) for e in await store._events_after(mark, 100)]
+        assert events[0] == ("put", f"{P}/endpoints/{ep.network_id}/{ep.id}")  # the mark
+        assert {("put", f"{P}/sandboxes/{sb.id}"), ("delete", f"{P}/endpoint-ids/{ep.id}")} <= set(events[1:])
+        assert ("put", f"{P}/endpoints/{ep.network_id}/{ep.id}") not in events[1:]  # no unjoined record
+    assert await _held(ctl) == set() and await ctl.endpoints() == []
+    assert (await ctl.sandbox(sb.id)).endpoints == [] and _used(ctl) == used - 2  # in the IPAM's memory too
+    again = await ctl.connect("web", sb.id)  # its name free again
+    assert again.name == ep.name
+
+
+async def test_a_disconnect_whose_sandbox_changed_meanwhile_goes_the_usual_way(ctl: Controller, monkeypatch) -> None:
+    sb = await ctl.create_sandbox("s1")
+    await ctl.connect("web", sb.id)
+    other = await ctl.create_endpoint("web", "other")
+    real = ctl.repo.unjoin_and_delete_endpoint
+    lost: list[bool] = []
+
+    async def racing(*args: Any, **kw: Any) -> Any:
+        # another writer changes the sandbox's record between the leave's read and its commit
+        pair = await ctl.repo.local.get(f"{P}/sandboxes/{sb.id}")
+        await ctl.repo.local.put(pair.key, pair.value)
+        stored = await real(*args, **kw)
+        lost.append(stored is None)
+        return stored
+
+    monkeypatch.setattr(ctl.repo, "unjoin_and_delete_endpoint", racing)
+    await ctl.disconnect("web", sb.id)
+    if isinstance(ctl.repo.local, SQLiteStore):
+        assert lost == [True]  # refused as a whole: nothing of it written
+    assert [e.name for e in await ctl.endpoints()] == ["other"]
+    assert await _held(ctl) == {other.ipv4.split("/")[0], other.ipv6.split("/")[0]}
+    assert (await ctl.sandbox(sb.id)).endpoints == []
+
+
+async def test_a_disconnect_the_driver_refuses_to_finish_fails_as_before(ctl: Controller, monkeypatch) -> None:
+    sb = await ctl.create_sandbox("s1")
+    ep = await ctl.connect("web", sb.id)
+    driver = ctl.driver("bridge")
+
+    async def refused(*args: Any) -> None:
+        raise KernelError("injected failure in delete_endpoint", errno=5)
+
+    monkeypatch.setattr(driver, "delete_endpoint", refused)
+    with pytest.raises(KernelError):
+        await ctl.disconnect("web", sb.id)
+    left = await ctl.endpoint(ep.id)  # left (unjoined), kept for the retry, marked as being removed
+    assert left.sandbox_id is None and left.removing == ctl.instance
+    assert (await ctl.sandbox(sb.id)).endpoints == []
+    monkeypatch.undo()
+    await ctl.delete_endpoint(ep.id)
+    assert await _held(ctl) == set() and await ctl.endpoints() == []
+
+
+async def test_a_disconnect_the_driver_refuses_once_is_finished_the_usual_way(ctl: Controller) -> None:
+    sb = await ctl.create_sandbox("s1")
+    await ctl.connect("web", sb.id)
+    ctl.driver("bridge").fail_on = "delete_endpoint"  # once: the usual way's delete goes through
+    await ctl.disconnect("web", sb.id)
+    assert await _held(ctl) == set() and await ctl.endpoints() == []
+    assert (await ctl.sandbox(sb.id)).endpoints == []
