@@ -79,7 +79,7 @@ from libnet.errors import (
     PoolExhausted,
     PoolOverlap,
 )
-from libnet.store.base import Store, Write
+from libnet.store.base import KVPair, Store, Write
 
 PREFIX = "libnet/v1/ipam"
 POOLS_KIND = "ipam_pools"
@@ -110,6 +110,10 @@ class _PoolState:
         self.alloc_lo, self.alloc_hi = max(lo, self.lo), min(hi, self.hi)
         self.used: AddressSet = address_set(self.alloc_lo, self.alloc_hi, self.v6)
         self.cursor = self.alloc_lo - 1
+        #: address -> (revision, owner) of its key as this allocator's own planned write made it
+        #: (:meth:`StoreIpam.allocation_write`): its release needs no read while that is current
+        #: (a checked delete at that revision; one that finds it changed goes the long way)
+        self.written: dict[int, tuple[int, str]] = {}
         token = _token(record["subnet"]) + (f"@{record['owner'][:12]}" if record.get("isolated") else "")
         self.prefix = f"{PREFIX}/{record['space']}/addresses/{token}/"
 
@@ -358,6 +362,7 @@ class StoreIpam:
                 fresh.used.add(n)
         if state is not None:
             fresh.cursor = state.cursor  # keep serial order across a reload
+            fresh.written = {n: w for n, w in state.written.items() if n in fresh.used}  # checked when used
         self._states[pool_id] = fresh
         return fresh
 
@@ -448,6 +453,7 @@ class StoreIpam:
         elif not await store.delete(state.key(n)):
             raise AddressNotAllocated("address is not allocated", pool_id=pool_id, address=address)
         state.used.discard(n)
+        state.written.pop(n, None)
 
     async def allocation_write(
         self, pool_id: str, address: str | None = None, options: dict[str, Any] | None = None
@@ -483,13 +489,22 @@ class StoreIpam:
         state = await self._state(pool_id)
         store = self._stores[state.record["space"]]
         n = _address_in(state, address, pool_id)
+
+        def released() -> None:
+            state.used.discard(n)
+            state.written.pop(n, None)
+
+        written = state.written.get(n)
+        if written is not None and written[1] == owner:  # as this allocator wrote it for ``owner``: no read
+            pair = KVPair(state.key(n), b"", written[0])  # (a checked write compares revisions only)
+            return store, Write(pair.key, None, pair, checked=True), released
         try:
             pair = await store.get(state.key(n))
         except KeyNotFound:
             raise AddressNotAllocated("address is not allocated", pool_id=pool_id, address=address) from None
         if _holder(pair.value)[0] != owner:
             raise AddressNotAllocated("address is held by another owner", pool_id=pool_id, address=address, owner=owner)
-        return store, Write(pair.key, None, pair, checked=True), lambda: state.used.discard(n)
+        return store, Write(pair.key, None, pair, checked=True), released
 
     async def audit(self, pool_id: str | None = None) -> list[Allocation]:
         out: list[Allocation] = []

@@ -15,7 +15,7 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from libnet.errors import AddressInUse
-from libnet.store.base import Store, Write
+from libnet.store.base import KVPair, Store, Write
 
 if TYPE_CHECKING:
     from ipam.ipam import StoreIpam
@@ -39,11 +39,15 @@ class PlannedAddress:
             if not wanted:
                 state.cursor = n
 
-    def made(self) -> None:
-        """Written: it stays held."""
+    def made(self, pair: KVPair | None = None) -> None:
+        """Written: it stays held.  ``pair``: the key as written, remembered (with the owner)
+        so that its release needs no read while it is current (:meth:`StoreIpam.release_write`)."""
+        if pair is not None:
+            self._state.written[self._n] = (pair.revision, pair.value.decode().partition("\n")[0])
 
     def dropped(self) -> None:
         """Not written (the transaction failed on something else): free again."""
+        self._state.written.pop(self._n, None)
         if self._held:
             self._state.used.discard(self._n)
             self._held = False
@@ -52,6 +56,7 @@ class PlannedAddress:
         """The key was taken (another host or process): held by it; the next choice starts a
         little further on."""
         self._held = False
+        self._state.written.pop(self._n, None)
         self._ipam.conflicts += 1
         if not self.wanted:
             self._state.cursor = min(self._n + random.randrange(STRIDE), self._state.alloc_hi)

@@ -628,7 +628,7 @@ class Controller:
                 undo.push(lambda: drv.delete_endpoint(net_info(nw), ep_info(ep)), "driver endpoint")
                 name = self.repo.name_write(name_key, ep.id, self.instance)
                 try:
-                    await self.repo.add_endpoint(nw, ep, before=[name, *(p.write for p in planned)])
+                    written = await self.repo.add_endpoint(nw, ep, before=[name, *(p.write for p in planned)])
                 except KeyExists as exc:
                     if exc.ids.get("key") == name_key:
                         raise await self.repo.name_in_use(store, name_key, "endpoint", ep.name) from None
@@ -647,8 +647,8 @@ class Controller:
                 ep.ipv4 = ep.ipv6 = None
                 return False
             raise
-        for plan in planned:
-            plan.made()
+        for i, plan in enumerate(planned):
+            plan.made(written[1 + i])  # after the name's
         return True
 
     async def _release(self, pool: str, address: str, owner: str) -> None:

@@ -306,9 +306,10 @@ class Repository:
 
     # --- endpoints --------------------------------------------------------------
 
-    async def add_endpoint(self, nw: Network, ep: Endpoint, before: Sequence[Write] = ()) -> None:
+    async def add_endpoint(self, nw: Network, ep: Endpoint, before: Sequence[Write] = ()) -> list[KVPair | None]:
         """Store a new endpoint and its id index; ``before``: writes of the same store made
-        first, in the same transaction where the store has them (its name and addresses)."""
+        first, in the same transaction where the store has them (its name and addresses).
+        Returns the pairs written (:func:`libnet.store.base.write_all`), ``before``'s first."""
         store = self.store(nw.scope)
         # the index first: on a store without batches a crash between the two writes leaves
         # an index without a record (harmless), never a record nothing can find by id
@@ -327,6 +328,7 @@ class Repository:
         if written[-1] is not None:
             self._remember(key, written[-1])
             self._written(Endpoint.KIND, key, written[-1], data)
+        return written
 
     async def endpoints(self, network_id: str | None = None) -> list[Endpoint]:
         out: list[Endpoint] = []

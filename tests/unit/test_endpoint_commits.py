@@ -250,3 +250,37 @@ async def test_a_disconnect_the_driver_refuses_once_is_finished_the_usual_way(ct
     await ctl.disconnect("web", sb.id)
     assert await _held(ctl) == set() and await ctl.endpoints() == []
     assert (await ctl.sandbox(sb.id)).endpoints == []
+
+
+async def test_releasing_addresses_it_wrote_reads_none_of_them(ctl: Controller, monkeypatch) -> None:
+    """The allocator remembers the revision and owner of each address key its own planned write
+    made (issue 22: a disconnect read both back only to delete them, checked, at that revision)."""
+    if not isinstance(ctl.repo.local, SQLiteStore):
+        pytest.skip("one by one on a store without transactions: no planned writes to remember")
+    sb = await ctl.create_sandbox("s1")
+    used = _used(ctl)
+    await ctl.connect("web", sb.id)
+    store = ctl.repo.local
+    real = store.get
+    read: list[str] = []
+
+    async def get(key: str) -> Any:
+        read.append(key)
+        return await real(key)
+
+    monkeypatch.setattr(store, "get", get)
+    await ctl.disconnect("web", sb.id)
+    assert not [k for k in read if k.startswith(ADDRESSES)], read
+    assert await _held(ctl) == set() and await ctl.endpoints() == []
+    assert _used(ctl) == used and not any(state.written for state in ctl._ipam._states.values())
+
+
+async def test_a_remembered_address_changed_behind_its_back_is_read_again(ctl: Controller) -> None:
+    ep = await ctl.create_endpoint("web", "e1")
+    v4 = ep.ipv4.split("/")[0]
+    key = ADDRESSES + "198.51.100.0_24/" + v4
+    await ctl._ipam._state(next(iter(ctl._ipam._states)), reload=True)  # a reload keeps what it wrote
+    held = await ctl.repo.local.get(key)
+    await ctl.repo.local.atomic_put(key, held.value, held)  # same owner, another revision (a rewrite)
+    await ctl.delete_endpoint(ep.id)  # the checked delete at the remembered revision fails: read, then released
+    assert await _held(ctl) == set() and await ctl.endpoints() == []
