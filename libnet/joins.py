@@ -82,6 +82,21 @@ def _check_joinable(ep: Endpoint) -> None:
         raise Conflict(f"endpoint {ep.name} is being deleted", endpoint_id=ep.id, removing=ep.removing)
 
 
+def _check_publishable(ep: Endpoint) -> None:
+    """``Conflict`` if ``ep`` is being deleted: its deletion releases the ports of the record as it
+    marked it, so ports recorded after that were never released (held by a gone endpoint)."""
+    if ep.removing:
+        raise Conflict(f"endpoint {ep.name} is being deleted", endpoint_id=ep.id, removing=ep.removing)
+
+
+def _set_ports(ep: Endpoint, ports: list[PortMapping]) -> None:
+    """Record ``ports`` on ``ep`` as stored: refused (``Conflict``) if a deletion marked it since the
+    publish read it, unless they are none (a withdrawal leaves the deletion nothing to release)."""
+    if ports:
+        _check_publishable(ep)
+    ep.ports = [p.__dict__ for p in ports]
+
+
 class Joins:
     """See the module docstring.  ``instance``: this libnet instance (leave marks)."""
 
@@ -272,7 +287,9 @@ class Joins:
         reserved first (``Conflict``/``PortsExhausted`` change nothing), then a
         joined endpoint's rules are replaced in the driver, then the store; the
         old reservations go last.  An endpoint that is not joined only has its
-        ports recorded: its join publishes them.  Returns the endpoint as stored."""
+        ports recorded: its join publishes them.  An endpoint being deleted takes no new
+        ports (``Conflict``): its deletion releases those of the record it marked.  Returns
+        the endpoint as stored."""
         ep = await self.repo.endpoint(endpoint)
         async with self._lock(ep.sandbox_id or f"unjoined:{ep.id}"):
             ep = await self.repo.endpoint(ep.id)
@@ -282,6 +299,8 @@ class Joins:
             kept, wanted = held_already(ports, old)
             if not wanted and len(kept) == len(old):
                 return ep  # the same ports again (a replay)
+            if ports:  # refused before anything is reserved; checked again on the record it writes
+                _check_publishable(ep)
             drv = self.drivers.driver(nw.driver)
             async with Rollback() as undo:
                 fresh = await registry.reserve(ep.id, wanted)
@@ -294,7 +313,7 @@ class Joins:
                     newer = dataclasses.replace(ep, ports=[p.__dict__ for p in new])
                     await drv.program_external_connectivity(ninfo, ep_info(newer))
                     undo.push(lambda: drv.revoke_external_connectivity(ninfo, ep_info(newer)), "withdraw new ports")
-                ep = await self.repo.update_endpoint(ep, lambda e: setattr(e, "ports", [p.__dict__ for p in new]))
+                ep = await self.repo.update_endpoint(ep, functools.partial(_set_ports, ports=new))
             await registry.release(ep.id, [p for p in old if p not in new])
         return ep
 
