@@ -46,6 +46,7 @@ from libnet.errors import (
     KeyNotFound,
     LibnetError,
     NameInUse,
+    NoSuchEndpoint,
     NoSuchPool,
     NotANamespace,
     NotFound,
@@ -1164,14 +1165,30 @@ class Controller:
         nw = await self.repo.network(network)
         sb = await self.repo.sandbox(sandbox)
         await self._refuse_proxy_sandbox(sb.id)
-        for eid in list(sb.endpoints):
-            ep = await self.repo.endpoint(eid)
-            if ep.network_id == nw.id:
-                await self._disconnect(nw, ep)
-                return
-        raise NotFound(
+        not_connected = NotFound(
             f"sandbox {sb.id[:12]} is not connected to network {nw.name}", network_id=nw.id, sandbox_id=sb.id
         )
+        for eid in list(sb.endpoints):
+            try:
+                ep = await self.repo.endpoint(eid)
+            except NoSuchEndpoint:  # deleted since the sandbox was read (a racing disconnect)
+                continue
+            if ep.network_id == nw.id:
+                try:
+                    await self._disconnect(nw, ep)
+                except NoSuchEndpoint:
+                    if await self._endpoint_exists(ep.id):
+                        raise
+                    raise not_connected from None  # a racing disconnect deleted it first
+                return
+        raise not_connected
+
+    async def _endpoint_exists(self, endpoint_id: str) -> bool:
+        try:
+            await self.repo.endpoint(endpoint_id)
+        except NoSuchEndpoint:
+            return False
+        return True
 
     async def _disconnect(self, nw: Network, ep: Endpoint) -> None:
         """Leave and delete ``ep`` (on ``nw``, as the operation read both): marked first, so a

@@ -284,3 +284,29 @@ async def test_a_remembered_address_changed_behind_its_back_is_read_again(ctl: C
     await ctl.repo.local.atomic_put(key, held.value, held)  # same owner, another revision (a rewrite)
     await ctl.delete_endpoint(ep.id)  # the checked delete at the remembered revision fails: read, then released
     assert await _held(ctl) == set() and await ctl.endpoints() == []
+
+
+async def test_two_racing_disconnects_one_succeeds_the_other_is_not_connected(ctl: Controller, monkeypatch) -> None:
+    import asyncio
+
+    from libnet.errors import NoSuchEndpoint, NotFound
+
+    driver = ctl.driver("bridge")
+    real = driver.leave
+
+    async def slow_leave(*args: Any) -> None:  # the kernel's part takes a while: the other one starts
+        await asyncio.sleep(0.01)
+        await real(*args)
+
+    monkeypatch.setattr(driver, "leave", slow_leave)
+    sb = await ctl.create_sandbox("s1")
+    for _ in range(5):
+        await ctl.connect("web", sb.id)
+        results = await asyncio.gather(
+            ctl.disconnect("web", sb.id), ctl.disconnect("web", sb.id), return_exceptions=True
+        )
+        assert sum(r is None for r in results) == 1, results
+        (failed,) = [r for r in results if r is not None]
+        assert isinstance(failed, NotFound) and not isinstance(failed, NoSuchEndpoint), failed
+        assert "is not connected to network web" in str(failed)
+    assert await _held(ctl) == set() and await ctl.endpoints() == []
