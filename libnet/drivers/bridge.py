@@ -245,7 +245,6 @@ class BridgeDriver:
             if handle is not None:
                 await asyncio.to_thread(handle.close)  # closing waits for queued deletions
         self._nl = self._reaper_nl = self._fw = None
-        self.kernel.close()  # the kept sandbox sockets: a closed controller holds no namespace alive
 
     def _mtu(self, nw: NetworkInfo) -> int:
         mtu: int = nw.options.get("mtu") or self.default_mtu or self.nl.uplink_mtu() or DEFAULT_MTU

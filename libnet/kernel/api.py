@@ -197,8 +197,3 @@ class Kernel(Protocol):
     async def enable_forwarding(self, ns: str | None) -> None:
         """IPv4 and IPv6 forwarding on in namespace ``ns``."""
         ...
-
-    def close(self) -> None:
-        """Release what is kept open between operations (sandbox sockets, each holding its
-        namespace alive); a driver's ``close`` calls it.  Usable again afterwards."""
-        ...

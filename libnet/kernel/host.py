@@ -40,7 +40,6 @@ class KeptSandboxes:
 
     def __init__(self, keep: int = KEEP_SANDBOXES, idle: float = KEEP_IDLE) -> None:
         self.keep, self.idle = keep, idle
-        self._keep = keep  # what :meth:`open` keeps again after a :meth:`close`
         self._lock = threading.Lock()
         # path -> (socket, namespace identity, unused since), the oldest first
         self._unused: dict[str, tuple[RtnlSocket, tuple[int, int], float]] = {}
@@ -50,10 +49,7 @@ class KeptSandboxes:
     async def open(self, path: str) -> SandboxLinks:
         """A handle for the namespace at ``path``: on a kept socket if its namespace is still
         the one there, else on a new one (``NoSuchNamespace`` if it is gone)."""
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # a sweep planned on an earlier loop never runs on this one
-            self._loop, self._sweep = loop, None
-        self.keep = self._keep
+        self._loop = asyncio.get_running_loop()
         with self._lock:
             kept = self._unused.pop(path, None)
         keeper = functools.partial(self._give_back, path)
@@ -100,8 +96,7 @@ class KeptSandboxes:
             self._plan_sweep()
 
     def close(self) -> None:
-        """Close every unused socket (lent ones are closed when they come back, until the
-        next :meth:`open`)."""
+        """Close every unused socket (lent ones are closed when they come back)."""
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
@@ -124,9 +119,6 @@ class HostKernel:
 
     async def open_sandbox(self, path: str) -> SandboxLinks:
         return await self._sandboxes.open(path)
-
-    def close(self) -> None:
-        self._sandboxes.close()
 
     def firewall(self, ns: str | None, table: str) -> Firewall:
         return Firewall(ns, table=table)

@@ -183,9 +183,6 @@ class FakeKernel:
     def netns_exists(self, name: str) -> bool:
         return self.key(name) in self.namespaces
 
-    def close(self) -> None:
-        """Nothing is kept open here."""
-
     def netns_create(self, name: str) -> str:
         self.check("netns_create")
         if self.netns_exists(name):

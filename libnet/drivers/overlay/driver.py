@@ -585,4 +585,3 @@ class OverlayDriver(EncryptedOverlays):
             await self.events.close()
         await self.told()  # before the handles they use are closed
         await self.programmer.close()
-        self.kernel.close()  # the kept sandbox sockets: a closed controller holds no namespace alive
