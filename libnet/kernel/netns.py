@@ -337,9 +337,7 @@ def open_socket_future(ns: str | None, family: int, type_: int, proto: int = 0) 
     return opener._thread.submit(opener._open, ns, family, type_, proto)
 
 
-def sockets_in(
-    ns: str | None, specs: Sequence[tuple[int, int, int]], ident: list[tuple[int, int]] | None = None
-) -> list[socket.socket | OSError]:
+def sockets_in(ns: str | None, specs: Sequence[tuple[int, int, int]]) -> list[socket.socket | OSError]:
     """Sockets made inside namespace ``ns`` (name or path; None: the caller's own) by the calling thread,
     which enters it once, calls ``socket(family, type, proto)`` for each of
     ``specs`` and goes back before returning (no Python code but those calls
@@ -347,9 +345,7 @@ def sockets_in(
 
     Returns one slot per spec: the socket, or the ``OSError`` creating it
     raised (``EAFNOSUPPORT`` for IPv6 in a namespace without it); the caller
-    closes the sockets.  ``ident``: given, gets ``(st_dev, st_ino)`` of the namespace the
-    sockets were made in (as :func:`identity` of its path shows it while it is still
-    there).  ``NoSuchNamespace`` if ``ns`` is gone, a ``KernelError``
+    closes the sockets.  ``NoSuchNamespace`` if ``ns`` is gone, a ``KernelError``
     if it cannot be entered; then nothing was made.  A thread that cannot go
     back to its own namespace (never seen: ``setns`` to a namespace file held
     open fails only without memory) stops the process (``os.abort``) rather
@@ -362,9 +358,6 @@ def sockets_in(
     except FileNotFoundError:
         raise NoSuchNamespace("no such network namespace", netns=ns) from None
     try:
-        if ident is not None:
-            st = os.fstat(target)
-            ident.append((st.st_dev, st.st_ino))
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
             _check(_libc.setns(target, _CLONE_NEWNET), "enter namespace", netns=ns)

@@ -10,9 +10,8 @@ builds those requests and decides which kernel answers mean "already gone"
 from __future__ import annotations
 
 import errno
-import functools
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from libnet.errors import KernelObjectExists, NoSuchLink
@@ -90,21 +89,6 @@ def _check_existing(
         )
 
 
-class _Spent(rtnl.RtnlSocket):
-    """The socket of a closed handle: every use fails as a closed socket's would."""
-
-    def __init__(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.close()
-        self.sock = sock
-        self._seq = 1
-
-
-@functools.cache
-def _spent() -> _Spent:
-    return _Spent()
-
-
 class SandboxLinks:
     """rtnetlink access to one sandbox namespace (a socket opened inside it).
 
@@ -112,43 +96,20 @@ class SandboxLinks:
     ``send``); safe to use from the event loop.  Close it (context manager).
     """
 
-    def __init__(
-        self,
-        sock: socket.socket | rtnl.RtnlSocket,
-        ident: tuple[int, int] | None = None,
-        keeper: Callable[[rtnl.RtnlSocket, tuple[int, int]], None] | None = None,
-    ) -> None:
-        self._rtnl = sock if isinstance(sock, rtnl.RtnlSocket) else rtnl.RtnlSocket(sock)
-        #: ``(st_dev, st_ino)`` of the namespace the socket was made in (None: not known)
-        self.ident = ident
-        #: where :meth:`close` hands the socket back to be kept open, once (see
-        #: :class:`libnet.kernel.host.KeptSandboxes`); None: closing closes it
-        self.keeper = keeper
+    def __init__(self, sock: socket.socket) -> None:
+        self._rtnl = rtnl.RtnlSocket(sock)
 
     @classmethod
     async def open(cls, path: str) -> SandboxLinks:
         """A handle for the namespace at ``path`` (``NoSuchNamespace`` if it is gone);
         the socket is made on this thread (:func:`libnet.kernel.netns.sockets_in`)."""
-        ident: list[tuple[int, int]] = []
-        (made,) = netns.sockets_in(path, [NETLINK_ROUTE_SOCKET], ident)
+        (made,) = netns.sockets_in(path, [NETLINK_ROUTE_SOCKET])
         if isinstance(made, OSError):
             raise from_errno(made.errno or 0, "open rtnetlink socket", netns=path)
-        return cls(made, ident[0] if ident else None)
+        return cls(made)
 
     def close(self) -> None:
-        """Done with it: the socket handed back to its keeper if it has one (once: this handle
-        is spent then, and closing it again does nothing), else closed."""
-        keeper, self.keeper = self.keeper, None
-        rtnl_sock, self._rtnl = self._rtnl, _spent()
-        if keeper is not None and self.ident is not None:
-            keeper(rtnl_sock, self.ident)
-        else:
-            rtnl_sock.close()
-
-    @property
-    def socket(self) -> rtnl.RtnlSocket:
-        """The rtnetlink socket (a keeper's, to lend again)."""
-        return self._rtnl
+        self._rtnl.close()
 
     def __enter__(self) -> SandboxLinks:
         return self
