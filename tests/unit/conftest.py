@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -13,7 +17,30 @@ from agent.metrics import Metrics
 from ipam.ipam import StoreIpam
 from libnet import Config, Controller
 from libnet.store.memory import MemoryStore
+from libnet.store.sqlite import SQLiteStore
 from libnet.testing.fakes import FakeDriver, FakeNamespaces
+
+
+@asynccontextmanager
+async def fake_bridge_controller(kind: str, tmp_path: Path) -> AsyncIterator[Controller]:
+    """A started controller on a ``kind`` store ("sqlite" or "memory") with a fake ``bridge``
+    driver and fake namespaces; closed (and its store) on exit."""
+    store: Any = SQLiteStore(str(tmp_path / "store.db")) if kind == "sqlite" else MemoryStore()
+    c = Controller(
+        Config(state_dir=str(tmp_path), resolv_conf=str(tmp_path / "resolv.conf")),
+        store=store,
+        ipam=StoreIpam(store),
+        drivers={"bridge": FakeDriver("bridge")},
+        namespaces=FakeNamespaces(),
+    )
+    (tmp_path / "resolv.conf").write_text("nameserver 198.51.100.53\n")
+    await c.start()
+    try:
+        yield c
+    finally:
+        await c.close()
+        if isinstance(store, SQLiteStore):
+            await store.close()
 
 
 @pytest.fixture

@@ -10,34 +10,20 @@ from typing import Any
 
 import pytest
 
-from ipam.ipam import StoreIpam
-from libnet import Config, Controller
+from libnet import Controller
 from libnet.errors import AddressInUse, KernelError, NameInUse
 from libnet.repository import P
-from libnet.store.memory import MemoryStore
 from libnet.store.sqlite import SQLiteStore
-from libnet.testing.fakes import FakeDriver, FakeNamespaces
+from tests.unit.conftest import fake_bridge_controller
 
 ADDRESSES = f"{P}/ipam/local/addresses/"
 
 
 @pytest.fixture(params=["sqlite", "memory"])
 async def ctl(request, tmp_path):
-    store: Any = SQLiteStore(str(tmp_path / "store.db")) if request.param == "sqlite" else MemoryStore()
-    c = Controller(
-        Config(state_dir=str(tmp_path), resolv_conf=str(tmp_path / "resolv.conf")),
-        store=store,
-        ipam=StoreIpam(store),
-        drivers={"bridge": FakeDriver("bridge")},
-        namespaces=FakeNamespaces(),
-    )
-    (tmp_path / "resolv.conf").write_text("nameserver 198.51.100.53\n")
-    await c.start()
-    await c.create_network("web", ipv4_subnet="198.51.100.0/24", ipv6_subnet="2001:db8:1::/64")
-    yield c
-    await c.close()
-    if isinstance(store, SQLiteStore):
-        await store.close()
+    async with fake_bridge_controller(request.param, tmp_path) as c:
+        await c.create_network("web", ipv4_subnet="198.51.100.0/24", ipv6_subnet="2001:db8:1::/64")
+        yield c
 
 
 def _commits(ctl: Controller) -> int:

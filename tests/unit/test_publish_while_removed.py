@@ -10,33 +10,18 @@ from typing import Any
 
 import pytest
 
-from ipam.ipam import StoreIpam
-from libnet import Config, Controller
+from libnet import Controller
 from libnet.errors import Conflict, NotFound
 from libnet.repository import P
-from libnet.store.memory import MemoryStore
-from libnet.store.sqlite import SQLiteStore
-from libnet.testing.fakes import FakeDriver, FakeNamespaces
+from tests.unit.conftest import fake_bridge_controller
 
 
 @pytest.fixture(params=["sqlite", "memory"])
 async def ctl(request, tmp_path):  # type: ignore[no-untyped-def]
-    store: Any = SQLiteStore(str(tmp_path / "store.db")) if request.param == "sqlite" else MemoryStore()
-    c = Controller(
-        Config(state_dir=str(tmp_path), resolv_conf=str(tmp_path / "resolv.conf")),
-        store=store,
-        ipam=StoreIpam(store),
-        drivers={"bridge": FakeDriver("bridge")},
-        namespaces=FakeNamespaces(),
-    )
-    (tmp_path / "resolv.conf").write_text("nameserver 198.51.100.53\n")
-    await c.start()
-    await c.create_network("a", ipv4_subnet="198.51.100.0/25", ipv6=False)
-    await c.create_network("b", ipv4_subnet="198.51.100.128/25", ipv6=False)
-    yield c
-    await c.close()
-    if isinstance(store, SQLiteStore):
-        await store.close()
+    async with fake_bridge_controller(request.param, tmp_path) as c:
+        await c.create_network("a", ipv4_subnet="198.51.100.0/25", ipv6=False)
+        await c.create_network("b", ipv4_subnet="198.51.100.128/25", ipv6=False)
+        yield c
 
 
 async def _ports_held(ctl: Controller) -> list[bytes]:
