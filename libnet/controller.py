@@ -1256,12 +1256,28 @@ class Controller:
         deleted (their addresses released), sandbox endpoint lists are
         repaired, IPAM pools and addresses no stored object owns are
         released, stale name reservations dropped.  Then each driver removes
-        kernel objects no stored object owns and reports missing parts.
+        kernel objects no stored object owns and reports missing parts.  Last, what a
+        crash left undone after a join's or leave's store step is done in each of this
+        instance's sandboxes (:meth:`libnet.joins.Joins.repair`: the default routes'
+        hand-over, the sandbox's files).
         """
         async with self._gate.exclusive():
             report = await self._reconciler.run()
             await self._proxies.reconcile(report)
+            await self._repair_sandboxes(report)
             return report
+
+    async def _repair_sandboxes(self, report: ReconcileReport) -> None:
+        endpoints = {e.id: e for e in await self.repo.endpoints()}
+        for sb in await self.repo.sandboxes():
+            try:
+                repaired, missing = await self._joins.repair(sb.id, endpoints)
+            except LibnetError as exc:  # one sandbox's trouble (a read-only state dir) stops no other
+                repaired, missing = [], [f"sandbox {sb.id[:12]}: not repaired: {exc.message}"]
+            report.repaired += repaired
+            report.missing += missing
+            for line in repaired + missing:
+                log.warning("reconcile: %s", line)
 
     # --- proxies ----------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from libnet.driverapi import PortMapping
 from libnet.drivers.registry import Drivers
@@ -316,6 +316,48 @@ class Joins:
                 ep = await self.repo.update_endpoint(ep, functools.partial(_set_ports, ports=new))
             await registry.release(ep.id, [p for p in old if p not in new])
         return ep
+
+    async def repair(self, sandbox_id: str, endpoints: Mapping[str, Endpoint]) -> tuple[list[str], list[str]]:
+        """What a join or leave of ``sandbox_id`` left undone when a crash (kill -9) stopped it
+        after its store step, done now (reconcile, after the store's own repairs): the default
+        routes handed over to the next endpoint if the one carrying them left and none took them
+        (the sandbox had no way out), and the sandbox's resolv.conf and hosts rewritten if their
+        text is not what its stored endpoints say (a join's entry missing, a gone endpoint's
+        kept).  ``endpoints``: every stored endpoint by id, as the caller read them.
+
+        Only a sandbox of this instance: its files under this instance's state dir, and for
+        the routes, every endpoint made by this instance and none marked by an operation.
+        Returns (what was repaired, what could not be), as report lines."""
+        repaired: list[str] = []
+        missing: list[str] = []
+        async with self._lock(sandbox_id):
+            try:
+                sb = await self.repo.sandbox(sandbox_id)
+            except NotFound:
+                return repaired, missing
+            if sb.removing or not sb.netns:
+                return repaired, missing
+            eps = [endpoints[e] for e in sb.endpoints if e in endpoints]
+            ours = all(e.instance == self.instance and not (e.leaving or e.removing or e.connecting) for e in eps)
+            if eps and ours and not any(e.gateway for e in eps):
+                successor = await self.gateway.successor(sb)
+                if successor is not None:
+                    nw, ep = successor
+                    try:
+                        await self.drivers.driver(nw.driver).set_gateway(
+                            net_info(nw), ep_info(ep), sb_info(sb, ep), True
+                        )
+                    except KernelObjectExists as exc:  # a default route libnet did not make: kept
+                        missing.append(
+                            f"sandbox {sb.id[:12]}: endpoint {ep.name} does not take over the default routes: "
+                            f"{exc.message}"
+                        )
+                    else:
+                        await self.repo.update_endpoint(ep, lambda e: setattr(e, "gateway", True))
+                        repaired.append(f"sandbox {sb.id[:12]}: default routes handed over to endpoint {ep.name}")
+            if sb.files and self.files.has(sb.id) and await self.files.write(sb, endpoints):
+                repaired.append(f"sandbox {sb.id[:12]}: resolv.conf/hosts rewritten from the store")
+        return repaired, missing
 
     async def _hand_over(self, sb: Sandbox) -> None:
         """After the endpoint carrying the default routes left, the next one takes them.

@@ -246,6 +246,33 @@ def _directory(state_dir: str, sandbox_id: str) -> str:
     return os.path.join(state_dir, "sandboxes", sandbox_id)
 
 
+def _plain_directory(path: str) -> bool:
+    """Whether ``path`` is a directory itself (not a symlink to one)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _holding(path: str, text: str) -> os.stat_result | None:
+    """The ``stat`` of ``path`` if it is a regular file holding exactly ``text``, else None
+    (missing, unreadable, another text, not a regular file: never followed if a symlink)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        want = text.encode()
+        if not stat.S_ISREG(st.st_mode) or st.st_size != len(want):
+            return None
+        return st if os.read(fd, len(want) + 1) == want else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def _check_own_directory(directory: str, sandbox_id: str) -> None:
     """``Conflict`` when ``directory`` exists and is not a plain directory (a symlink put
     in its place, a file): libnet's files are never written through it."""
@@ -434,15 +461,21 @@ class SandboxFiles:
         # directories made ahead / removed behind on a thread of its own (libnet.sandbox_dirs)
         self.dirs = DirPool(os.path.join(state_dir, "sandboxes"), _POOL_FILES, _OWN_FILES)
 
-    async def write(self, sb: Sandbox, known: Mapping[str, Endpoint] | None = None) -> None:
+    def has(self, sandbox_id: str) -> bool:
+        """Whether the sandbox's directory is under this instance's state dir (a plain directory:
+        made here, by :meth:`write` or the pool): its files are this instance's to write."""
+        return _plain_directory(_directory(self.state_dir, sandbox_id))
+
+    async def write(self, sb: Sandbox, known: Mapping[str, Endpoint] | None = None) -> bool:
         """(Re)write the sandbox's resolv.conf and hosts from its stored endpoints (only those
         whose text changed); nothing for a sandbox without files (``Sandbox.files``), or one
         being removed (its files go next).  ``Conflict`` when a symlink or a file stands in the
         place of the sandbox's directory (never written through); ``Unavailable`` when the
         files cannot be written (a read-only state dir).  ``known``: endpoints by id as the
-        caller's step just wrote them (a join's), not read again."""
+        caller's step just wrote them (a join's), not read again.  Returns whether a file was
+        written (False: each held the text already)."""
         if not sb.files or sb.removing:
-            return
+            return False
         entries = []
         for eid in sb.endpoints:
             with contextlib.suppress(NotFound):
@@ -458,7 +491,7 @@ class SandboxFiles:
         # two small local files: cheaper written here than handed to a thread
         directory = _directory(self.state_dir, sb.id)
         try:
-            self._write(sb.id, directory, resolv, hosts)
+            return self._write(sb.id, directory, resolv, hosts)
         except OSError as exc:  # a read-only or immutable state dir, say: said as such, not "internal error"
             raise Unavailable(
                 f"the files of sandbox {sb.id[:12]} cannot be written in {directory}: {exc.strerror or exc}",
@@ -466,17 +499,23 @@ class SandboxFiles:
                 path=directory,
             ) from None
 
-    def _write(self, sid: str, directory: str, resolv: str, hosts: str) -> None:
+    def _write(self, sid: str, directory: str, resolv: str, hosts: str) -> bool:
         _check_own_directory(directory, sid)
         fresh = sid not in self._written
         if fresh and self._place_ready(sid, directory, (("resolv.conf", resolv), ("hosts", hosts))):
-            return
-        made = False
+            return True
+        made = wrote = False
         for name, text in (("resolv.conf", resolv), ("hosts", hosts)):
             mine = self._mine(sid, directory, name)
             digest = _digest(text)
             if mine is not None and mine == digest:
                 continue
+            if mine is None:  # not written by this process (a restart), or changed since
+                same = _holding(os.path.join(directory, name), text)
+                if same is not None:  # the text already: kept as it is (the same file, no new inode)
+                    self._remember(sid, name, digest, same)
+                    continue
+            wrote = True
             st = None
             if mine is not None:  # the file written here, untouched since: swapped with its spare
                 st = swap_file(directory, name, text)
@@ -487,6 +526,7 @@ class SandboxFiles:
                     made = True
                 st = write_file(directory, name, text)
             self._remember(sid, name, digest, st)
+        return wrote
 
     def _place_ready(self, sandbox_id: str, directory: str, texts: tuple[tuple[str, str], ...]) -> bool:
         """A new sandbox's files in a directory of the pool: written in place while only

@@ -5,12 +5,13 @@ reconcile, and reconcile never frees what another instance may be using
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
 from ipam.ipam import StoreIpam
 from libnet import Config, Controller
-from libnet.errors import KernelError, Unavailable
+from libnet.errors import KernelError, KernelObjectExists, Unavailable
 from libnet.store.memory import MemoryStore
 from libnet.testing.fakes import FakeDriver, FakeNamespaces
 
@@ -244,3 +245,113 @@ async def test_lost_reservations_are_restored_from_the_records(tmp_path, lost: s
     with pytest.raises(NameInUse):
         await again.create_endpoint("web", "w1")
     assert not (await again.reconcile()).repaired  # nothing left to restore
+
+
+def _sandbox_dir(ctl: Controller, sandbox_id: str) -> Path:
+    return Path(ctl.config.state_dir) / "sandboxes" / sandbox_id
+
+
+def _names_of(hosts: str, address: str) -> list[str]:
+    return [name for line in hosts.splitlines() if line.split()[:1] == [address] for name in line.split()[1:]]
+
+
+@pytest.mark.parametrize("step", ["connect", "disconnect"])
+async def test_a_kill_before_a_join_or_leave_wrote_the_files_is_repaired(tmp_path, step) -> None:
+    """kill -9 between the store step of a join (leave) and its files: hosts lacked the
+    endpoint (kept the gone one) for good; reconcile rewrites them from the store."""
+    (tmp_path / "resolv.conf").write_text("nameserver 198.51.100.53\n")
+    ctl = _controller(tmp_path, MemoryStore())
+    await ctl.start()
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/24")
+    sb = await ctl.create_sandbox(hostname="b")
+    hosts = _sandbox_dir(ctl, sb.id) / "hosts"
+    before = hosts.read_text()
+    ep = await ctl.connect("front", sb.id, name="web")
+    joined = hosts.read_text()
+    address = ep.ipv4.split("/")[0]
+    assert _names_of(joined, address) == ["b", "web"]
+    if step == "disconnect":
+        await ctl.disconnect("front", sb.id)
+        hosts.write_text(joined)  # the files as before the leave: the kill came first
+        want_gone = True
+    else:
+        hosts.write_text(before)  # the files as before the join
+        want_gone = False
+
+    again = await _restart(tmp_path, ctl)
+    report = await again.reconcile()
+    assert any("resolv.conf/hosts rewritten" in line for line in report.repaired), report
+    text = hosts.read_text()
+    assert _names_of(text, address) == ([] if want_gone else ["b", "web"]), text
+    # nothing to do the next time; an unchanged file is kept as it is (no new inode)
+    inode = hosts.stat().st_ino
+    report = await again.reconcile()
+    assert not any("rewritten" in line for line in report.repaired), report
+    third = await _restart(tmp_path, again)
+    report = await third.reconcile()
+    assert not any("rewritten" in line for line in report.repaired), report
+    assert hosts.stat().st_ino == inode
+
+
+async def test_a_kill_before_the_default_routes_were_handed_over_is_repaired(tmp_path) -> None:
+    """kill -9 after a leave's store step, before the next endpoint took the default routes
+    over: the sandbox had no way out until its next leave; reconcile hands them over."""
+    ctl = _controller(tmp_path, MemoryStore())
+    await ctl.start()
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    await ctl.create_network("side", ipv4_subnet="198.51.100.128/25")
+    sb = await ctl.create_sandbox()
+    e_front = await ctl.connect("front", sb.id)
+    e_side = await ctl.connect("side", sb.id)
+    assert e_front.gateway and not e_side.gateway
+    drv = ctl.driver("bridge")
+
+    async def killed(sb):  # type: ignore[no-untyped-def]
+        raise Killed("hand-over")
+
+    ctl._joins.gateway.successor = killed  # type: ignore[method-assign]
+    with pytest.raises(Killed):
+        await ctl.disconnect("front", sb.id)
+    assert not drv.gateways[e_side.id]
+
+    again = await _restart(tmp_path, ctl)
+    report = await again.reconcile()
+    assert any("default routes handed over" in line for line in report.repaired), report
+    assert drv.gateways[e_side.id] is True
+    assert (await again.endpoint(e_side.id)).gateway
+    report = await again.reconcile()
+    assert not any("handed over" in line for line in report.repaired), report
+
+
+async def test_a_refused_hand_over_in_reconcile_is_reported_not_raised(tmp_path) -> None:
+    """A default route libnet did not make is in the sandbox: reconcile says so and changes nothing."""
+    ctl = _controller(tmp_path, MemoryStore())
+    await ctl.start()
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25")
+    await ctl.create_network("side", ipv4_subnet="198.51.100.128/25")
+    sb = await ctl.create_sandbox()
+    await ctl.connect("front", sb.id)
+    e_side = await ctl.connect("side", sb.id)
+    drv = ctl.driver("bridge")
+
+    async def refuse(nw, ep, sb_info, gateway):  # type: ignore[no-untyped-def]
+        raise KernelObjectExists("the sandbox already has a default route libnet did not make", errno=17)
+
+    drv.set_gateway = refuse  # type: ignore[method-assign]
+    await ctl.disconnect("front", sb.id)  # refused at the leave: logged, the leave done
+    report = await ctl.reconcile()
+    assert any("does not take over the default routes" in line for line in report.missing), report
+    assert not (await ctl.endpoint(e_side.id)).gateway
+
+
+async def test_reconcile_writes_no_files_for_another_instances_sandbox(tmp_path) -> None:
+    store = MemoryStore()
+    mine = _controller(tmp_path, store, name="h1")
+    theirs = _controller(tmp_path, store, name="h2")
+    await mine.start()
+    await theirs.start()
+    await theirs.create_network("front", ipv4_subnet="198.51.100.0/24")
+    sb = await theirs.create_sandbox(hostname="b")
+    await theirs.connect("front", sb.id)
+    await mine.reconcile()
+    assert not _sandbox_dir(mine, sb.id).exists()
