@@ -29,6 +29,7 @@ import contextlib
 import errno
 import fcntl
 import ipaddress
+import logging
 import socket
 import struct
 from collections.abc import Sequence
@@ -69,6 +70,7 @@ from libnet.kernel.wire import (
     NLM_F_ACK,
     NLM_F_CREATE,
     NLM_F_DUMP,
+    NLM_F_DUMP_INTR,
     NLM_F_EXCL,
     NLM_F_REPLACE,
     NLM_F_REQUEST,
@@ -103,6 +105,11 @@ from libnet.kernel.wire import (
     nested,
     u32,
 )
+
+log = logging.getLogger("libnet.kernel.rtnl")
+
+#: times a dump is taken when the kernel flags it interrupted (:meth:`RtnlSocket.dump`)
+DUMP_ATTEMPTS = 5
 
 #: a request of a batch: (message type, extra flags, body, what it does -- for errors)
 Request = tuple[int, int, bytes, str]
@@ -538,21 +545,37 @@ class RtnlSocket:
 
     def dump(self, mtype: int, body: bytes, what: str) -> list[tuple[int, memoryview]]:
         """A dump request (``NLM_F_DUMP``): the (type, payload) of every answer
-        before ``NLMSG_DONE``; the typed error if the kernel refuses it."""
+        before ``NLMSG_DONE``; the typed error if the kernel refuses it.
+
+        A dump the kernel flags ``NLM_F_DUMP_INTR`` (the table changed while it was
+        read, so an entry may be missing or stale: netlink(7)) is taken again, up to
+        :data:`DUMP_ATTEMPTS` times in all; the last one is returned if every one was
+        interrupted (a namespace changing faster than it can be read), with a warning."""
+        out: list[tuple[int, memoryview]] = []
+        for _ in range(DUMP_ATTEMPTS):
+            out, interrupted = self._dump_once(mtype, body, what)
+            if not interrupted:
+                return out
+        log.warning("%s: the kernel's dump was interrupted by changes %d times; using the last", what, DUMP_ATTEMPTS)
+        return out
+
+    def _dump_once(self, mtype: int, body: bytes, what: str) -> tuple[list[tuple[int, memoryview]], bool]:
         seq = self.next_seq()
         self.sock.send(message(mtype, NLM_F_REQUEST | NLM_F_DUMP, seq, body))
         out: list[tuple[int, memoryview]] = []
+        interrupted = False
         while True:
-            for mtype_, _flags, mseq, payload in iter_messages(self.recv()):
+            for mtype_, flags, mseq, payload in iter_messages(self.recv()):
                 if mseq != seq:
                     continue  # left over from an earlier, interrupted exchange
+                interrupted = interrupted or bool(flags & NLM_F_DUMP_INTR)
                 if mtype_ == NLMSG_DONE:
-                    return out
+                    return out, interrupted
                 if mtype_ == NLMSG_ERROR:
                     (err,) = _ERR.unpack_from(payload, 0)
                     if err:
                         raise from_errno(-err, what)
-                    return out
+                    return out, interrupted
                 out.append((mtype_, payload))
 
     def default_routes(self, family: int) -> list[DefaultRoute]:

@@ -18,6 +18,7 @@ NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
 NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x100, 0x200, 0x400, 0x800
 NLM_F_BULK = 0x200  # on delete requests
 NLM_F_DUMP = 0x300
+NLM_F_DUMP_INTR = 0x10  # on a dump's answers: the table changed while it was read (netlink(7))
 NLA_F_NESTED = 0x8000
 SOL_NETLINK = 270
 NETLINK_CAP_ACK, NETLINK_GET_STRICT_CHK = 10, 12

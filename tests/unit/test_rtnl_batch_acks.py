@@ -9,7 +9,7 @@ import errno
 import socket
 
 from libnet.kernel import rtnl
-from libnet.kernel.wire import HDR, NLM_F_ACK, NLM_F_REQUEST, RTM_GETLINK, iter_messages
+from libnet.kernel.wire import HDR, NLM_F_ACK, NLM_F_DUMP_INTR, NLM_F_REQUEST, RTM_GETLINK, iter_messages
 
 NO_SUCH_INDEX = 0x7FFFFFF0
 
@@ -63,3 +63,41 @@ def test_an_empty_batch_sends_nothing() -> None:
         s.request([])
         assert s.sock.sent == []  # type: ignore[attr-defined]
         s.request([_get(socket.if_nametoindex("lo"))])  # and the socket works on
+
+
+class _Interrupting(rtnl.RtnlSocket):
+    """Flags the answers of the first ``times`` dumps ``NLM_F_DUMP_INTR``, as the kernel does
+    when the table changed while it was read."""
+
+    def __init__(self, times: int) -> None:
+        super().__init__()
+        self.left, self.dumps = times, 0
+
+    def _dump_once(self, mtype, body, what):  # type: ignore[no-untyped-def]
+        self.dumps += 1
+        self._flag = self.left > 0
+        self.left -= 1
+        return super()._dump_once(mtype, body, what)
+
+    def recv(self) -> bytes:
+        data = bytearray(super().recv())
+        if self._flag:
+            off = 0
+            while off + 16 <= len(data):
+                length, mtype, flags, seq, pid = HDR.unpack_from(data, off)
+                HDR.pack_into(data, off, length, mtype, flags | NLM_F_DUMP_INTR, seq, pid)
+                off += (length + 3) & ~3
+        return bytes(data)
+
+
+def test_an_interrupted_dump_is_taken_again(caplog) -> None:
+    """A dump flagged NLM_F_DUMP_INTR may miss entries (the table changed while it was read):
+    taken again, not used; before, its answers were used as they were."""
+    with _Interrupting(2) as s:
+        addresses = s.addresses()
+        assert s.dumps == 3
+        assert any(a.cidr == "127.0.0.1/8" for a in addresses)
+    with _Interrupting(100) as s:  # never whole: the last one, said so, after DUMP_ATTEMPTS
+        assert any(a.cidr == "127.0.0.1/8" for a in s.addresses())
+        assert s.dumps == rtnl.DUMP_ATTEMPTS
+        assert "interrupted by changes" in caplog.text
