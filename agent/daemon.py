@@ -315,6 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from agent.malloc import limit_arenas
 
     limit_arenas(2)  # before any worker thread: their arenas kept ~1 MiB of RSS (issue 22)
+    from libnet.kernel.fds import raise_nofile_limit
+
+    raise_nofile_limit()  # a socket per sandbox and more: not the shell's 1024 (libnet.kernel.fds)
     try:
         asyncio.run(run(config))
     except LibnetError as exc:

@@ -44,7 +44,7 @@ from libnet.dns.cache import Entry
 from libnet.dns.forwarder import Forwarder, Upstream
 from libnet.dns.readers import Readers
 from libnet.dns.resolver import MAX_UDP_PAYLOAD, Resolver
-from libnet.kernel import netns
+from libnet.kernel import fds, netns
 
 log = logging.getLogger("libnet.dns")
 _BATCH = 64  # datagrams per readiness event
@@ -122,6 +122,8 @@ class _Listener:
         )
         kept: list[socket.socket] = []
         try:
+            # kept as long as the sandbox: above FD_SETSIZE, the low numbers left to select(2) users
+            made = [fds.lift(sock) if isinstance(sock, socket.socket) else sock for sock in made]
             for i, (family, addr) in enumerate(wanted):
                 udp, tcp = made[2 * i], made[2 * i + 1]
                 if isinstance(udp, OSError) or isinstance(tcp, OSError):

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from libnet.errors import Conflict
-from libnet.kernel import netns
+from libnet.kernel import fds, netns
 from libnet.kernel.errors import translate
 
 log = logging.getLogger("libnet.drivers.relay")
@@ -225,6 +225,7 @@ class Relays:
         kind = socket.SOCK_STREAM if target.protocol == "tcp" else socket.SOCK_DGRAM
         sock = await asyncio.wrap_future(netns.open_socket_future(self.host_ns, socket.AF_INET6, kind))
         try:
+            sock = fds.lift(sock)  # kept as long as the port is published (libnet.kernel.fds)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if kind == socket.SOCK_STREAM:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
