@@ -9,6 +9,7 @@ import contextlib
 import ipaddress
 import os
 import random
+import subprocess
 import threading
 import time
 
@@ -140,10 +141,19 @@ def test_reconcile_keeps_a_default_route_libnet_did_not_make(bed: Testbed, tmp_p
         foreign = _defaults(bed, ns)[0]
         api.request("POST", "/v1/networks/front/disconnect", {"sandbox": sid})
         assert _defaults(bed, ns) == [foreign]
-        for _ in range(3):
-            report = api.request("POST", "/v1/reconcile")
-            assert any("does not take over the default routes" in line for line in report["missing"]), report
-            assert _defaults(bed, ns) == [foreign]
+        # breaker: each refused hand-over added the IPv6 default route and took it away again
+        monitor = subprocess.Popen(["ip", "-n", ns, "monitor", "route"], stdout=subprocess.PIPE, text=True)
+        try:
+            time.sleep(0.3)
+            for _ in range(3):
+                report = api.request("POST", "/v1/reconcile")
+                assert any("does not take over the default routes" in line for line in report["missing"]), report
+                assert _defaults(bed, ns) == [foreign]
+            time.sleep(0.3)
+        finally:
+            monitor.terminate()
+            events = monitor.communicate(timeout=10)[0]
+        assert "default" not in events, events
         assert not api.request("GET", f"/v1/endpoints/{side['id']}")["gateway"]
         bed.run(ns, ["ip", "-4", "route", "del", "default"])
         report = api.request("POST", "/v1/reconcile")
