@@ -256,8 +256,12 @@ def _plain_directory(path: str) -> bool:
 
 def _holding(path: str, text: str) -> os.stat_result | None:
     """The ``stat`` of ``path`` if it is a regular file holding exactly ``text``, else None
-    (missing, unreadable, another text, not a regular file: never followed if a symlink)."""
+    (missing, unreadable, another text, not a regular file: never followed if a symlink).
+    Anything else is not even opened: an open has effects of its own (a writer waiting on a
+    FIFO let through, a device's open)."""
     try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None

@@ -89,6 +89,23 @@ def _check_existing(
         )
 
 
+#: the metric of the default routes libnet adds (none given: the kernel's default per family)
+_OWN_METRIC: dict[int, int] = {socket.AF_INET: 0, socket.AF_INET6: 1024}
+
+
+def _refuse_foreign(
+    links: rtnl.RtnlSocket, ifname: str, index: int, gateways: Sequence[str], ids: dict[str, Any]
+) -> None:
+    """Before a hand-over adds the default routes via ``gateways``: ``KernelObjectExists`` (as
+    :func:`_check_existing`) if a family holds a default route of the metric libnet's would have
+    that is not libnet's, before anything is added.  Else the other family's route was added and
+    taken away again, at each reconcile of a sandbox holding such a route."""
+    for gw in gateways:
+        fam, _, _ = rtnl.parse_address(gw)
+        if any(r.metric == _OWN_METRIC.get(fam, 0) for r in links.default_routes(fam)):
+            _check_existing(links, ifname, index, [gw], ids)
+
+
 class SandboxLinks:
     """rtnetlink access to one sandbox namespace (a socket opened inside it).
 
@@ -194,6 +211,7 @@ class SandboxLinks:
         index = self._need(ifname, "the endpoint's interface is not in the sandbox", ids)
         reqs = _route_requests(index, gateways, add=present)
         if present:
+            _refuse_foreign(self._rtnl, ifname, index, gateways, ids)
             self._request_routes(reqs, 0, ifname, index, gateways, ids)
         else:
             self._rtnl.request(reqs, ignore=GONE)

@@ -355,3 +355,43 @@ async def test_reconcile_writes_no_files_for_another_instances_sandbox(tmp_path)
     await theirs.connect("front", sb.id)
     await mine.reconcile()
     assert not _sandbox_dir(mine, sb.id).exists()
+
+
+async def test_reconcile_opens_no_fifo_in_the_place_of_a_file(tmp_path) -> None:
+    """Breaker: a FIFO named hosts was opened (O_NONBLOCK) to compare its text with the store's, which
+    let a writer waiting on it through (a device would see an open too); now only a regular file is
+    opened, and the FIFO is replaced by the file."""
+    import os
+    import threading
+
+    (tmp_path / "resolv.conf").write_text("nameserver 198.51.100.53\n")
+    ctl = _controller(tmp_path, MemoryStore())
+    await ctl.start()
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/24")
+    sb = await ctl.create_sandbox(hostname="b")
+    await ctl.connect("front", sb.id, name="web")
+    hosts = _sandbox_dir(ctl, sb.id) / "hosts"
+    want = hosts.read_text()
+    hosts.unlink()
+    os.mkfifo(hosts)
+    fifo = tmp_path / "fifo"
+    os.link(hosts, fifo)  # the writer is let through at the end by this name
+    opened = threading.Event()
+
+    def writer() -> None:
+        os.close(os.open(fifo, os.O_WRONLY))  # blocks until the FIFO is opened for reading
+        opened.set()
+
+    waiting = threading.Thread(target=writer, daemon=True)
+    waiting.start()
+    await asyncio.sleep(0.1)
+    try:
+        again = await _restart(tmp_path, ctl)
+        report = await asyncio.wait_for(again.reconcile(), 10)
+        assert not opened.wait(0.2), "the FIFO was opened"
+    finally:
+        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        waiting.join(5)
+        os.close(fd)
+    assert any("rewritten" in line for line in report.repaired), report
+    assert hosts.is_file() and hosts.read_text() == want
