@@ -30,19 +30,31 @@ log = logging.getLogger("libnet.kernel.fds")
 FD_SETSIZE = 1024
 
 
+#: an open files limit below this is said at start: a sandbox with the embedded DNS holds four
+RECOMMENDED_NOFILE = 8192
+
+
 def raise_nofile_limit() -> int:
     """Raise this process's soft ``RLIMIT_NOFILE`` to its hard limit; returns the soft limit now
-    (unchanged, and logged, if it cannot be raised)."""
+    (unchanged, and logged, if it cannot be raised).  A limit below :data:`RECOMMENDED_NOFILE`
+    is logged as a warning, with what it allows (the unit in ``contrib/`` sets 65536)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft >= hard:
-        return soft
-    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    except (ValueError, OSError) as exc:
-        log.warning("open files limit stays %d (hard %d): %s", soft, hard, exc)
-        return soft
-    return want
+    now = soft
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            now = want
+        except (ValueError, OSError) as exc:
+            log.warning("open files limit stays %d (hard %d): %s", soft, hard, exc)
+    if now != resource.RLIM_INFINITY and now < RECOMMENDED_NOFILE:
+        log.warning(
+            "open files limit %d: room for about %d sandboxes with the embedded DNS (4 sockets each); "
+            "raise it (LimitNOFILE=65536 in the systemd unit, ulimit -n) for more",
+            now,
+            max(0, (now - 256) // 4),
+        )
+    return now
 
 
 def lift(sock: socket.socket) -> socket.socket:

@@ -55,3 +55,18 @@ def test_the_soft_limit_is_raised_to_the_hard_one(roomy) -> None:
     want = hard if hard != resource.RLIM_INFINITY else 1 << 20
     assert fds.raise_nofile_limit() == want
     assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == want
+
+
+def test_a_low_hard_limit_is_said_at_start() -> None:
+    """In a process of its own: its hard limit is lowered for good."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, resource; logging.basicConfig();"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024));"
+        "from libnet.kernel.fds import raise_nofile_limit; print(raise_nofile_limit())"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "1024", r.stderr
+    assert "open files limit 1024: room for about 192 sandboxes" in r.stderr
