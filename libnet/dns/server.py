@@ -372,6 +372,7 @@ class _Listener:
             if len(self._clients) >= _TCP_MAX:
                 conn.close()
                 continue
+            conn = fds.lift(conn)  # up to _TCP_MAX per sandbox: not on the low numbers (libnet.kernel.fds)
             conn.setblocking(False)
             task = asyncio.ensure_future(self._tcp_connection(conn))
             self._clients.add(task)  # counted from now on, not from its first step

@@ -80,6 +80,7 @@ class _Tcp:
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         t = self.target
         up = await asyncio.wrap_future(netns.open_socket_future(self.host_ns, socket.AF_INET6, socket.SOCK_STREAM))
+        up = fds.lift(up)  # one per connection: up to MAX_CONNECTIONS (libnet.kernel.fds)
         up.setblocking(False)
         try:
             await asyncio.wait_for(asyncio.get_running_loop().sock_connect(up, (t.ip, t.port)), CONNECT_TIMEOUT)
@@ -147,6 +148,7 @@ class _Udp(asyncio.DatagramProtocol):
         t = self.target
         try:
             up = await asyncio.wrap_future(netns.open_socket_future(self.host_ns, socket.AF_INET6, socket.SOCK_DGRAM))
+            up = fds.lift(up)  # one per client, up to MAX_FLOWS, for UDP_IDLE s (libnet.kernel.fds)
             up.setblocking(False)
             up.connect((t.ip, t.port))
         except OSError as exc:

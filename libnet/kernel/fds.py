@@ -57,6 +57,14 @@ def raise_nofile_limit() -> int:
     return now
 
 
+def lowest_free() -> int:
+    """The number the next descriptor this process opens gets (the lowest free one); ``OSError``
+    (``EMFILE``) if none is free."""
+    fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    os.close(fd)
+    return fd
+
+
 def lift(sock: socket.socket) -> socket.socket:
     """``sock`` on a descriptor at or above :data:`FD_SETSIZE` (the same socket, the low number
     closed; close-on-exec), or ``sock`` itself if its number is high already or the open files

@@ -26,7 +26,7 @@ from typing import Any
 import nftables
 
 from libnet.errors import BadRequest, KernelError
-from libnet.kernel import netns
+from libnet.kernel import fds, netns
 
 FAMILY = "inet"
 #: the default table name (tests); libnet itself always passes the instance's table
@@ -274,6 +274,7 @@ class Firewall:
     def _cmd(self, commands: list[dict[str, Any]], action: str) -> dict[str, Any]:
         def body() -> dict[str, Any]:
             if self._nft is None:
+                self._check_descriptors()
                 self._nft = nftables.Nftables()
                 self._nft.set_json_output(True)
                 self._nft.set_handle_output(True)
@@ -283,6 +284,23 @@ class Firewall:
             return out if isinstance(out, dict) else json.loads(out or "{}")
 
         return self._thread.call(body)
+
+    def _check_descriptors(self) -> None:
+        """A new libnftables context opens its netlink socket on the lowest free number and waits
+        on it with select(2): glibc aborts the whole process on a number >= ``FD_SETSIZE``, and
+        libnftables exits it when no descriptor is left at all.  Refused here instead, said so
+        (the low numbers are kept for it, :mod:`libnet.kernel.fds`, but clients' connections
+        take them too)."""
+        try:
+            low = fds.lowest_free()
+        except OSError as exc:
+            raise KernelError(f"nftables: no file descriptor left: {exc}", netns=self.ns) from exc
+        if low >= fds.FD_SETSIZE:
+            raise KernelError(
+                f"nftables: no file descriptor below {fds.FD_SETSIZE} free (libnftables waits with select(2)); "
+                "too many open connections",
+                netns=self.ns,
+            )
 
     def _table_cmds(self, fresh: bool) -> list[dict[str, Any]]:
         """Commands creating table, set and chains (all idempotent).

@@ -57,8 +57,10 @@ def echo(ns: str | None, address: str, timeout: float = 1.0) -> bool:
         except OSError:  # no route, or a rule dropped it (EPERM)
             return False
         deadline = time.monotonic() + timeout
+        poller = select.poll()  # not select.select: it refuses a descriptor >= FD_SETSIZE (ValueError)
+        poller.register(sock, select.POLLIN)
         while (left := deadline - time.monotonic()) > 0:
-            if not select.select([sock], [], [], left)[0]:
+            if not poller.poll(left * 1000):
                 return False
             try:
                 data, src = sock.recvfrom(2048)
