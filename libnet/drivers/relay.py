@@ -43,6 +43,7 @@ MAX_FLOWS = 1024  # UDP clients at a time per relay; more are dropped
 CONNECT_TIMEOUT = 5.0  # seconds to reach the container
 UDP_IDLE = 90.0  # seconds a UDP flow lives without traffic (docker-proxy's UDP timeout)
 CHUNK = 65536
+ACCEPT_BACKOFF = 0.1  # seconds before accepting again after a failed accept (out of descriptors)
 
 
 @dataclass(frozen=True)
@@ -58,23 +59,51 @@ class Target:
 class _Tcp:
     def __init__(self, host_ns: str | None, target: Target) -> None:
         self.host_ns, self.target = host_ns, target
-        self.server: asyncio.base_events.Server | None = None
+        self.listener: socket.socket | None = None
+        self.acceptor: asyncio.Task[None] | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def start(self, sock: socket.socket) -> None:
         sock.listen(128)
-        self.server = await asyncio.start_server(self._accept, sock=sock)
+        self.listener = sock
+        self.acceptor = asyncio.create_task(self._serve(sock))
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if len(self.tasks) >= MAX_CONNECTIONS or task is None:
-            writer.close()
+    async def _serve(self, sock: socket.socket) -> None:
+        """Accept clients until closed.  Accepted here, not by ``asyncio.start_server``: each
+        client's socket is lifted above FD_SETSIZE (:mod:`libnet.kernel.fds`), or up to
+        MAX_CONNECTIONS of them took the low numbers kept for libnftables."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except (ConnectionAbortedError, InterruptedError):
+                continue
+            except OSError as exc:  # EMFILE/ENFILE/ENOBUFS: the client waits in the backlog meanwhile
+                log.warning("relay [::1]:%d: accept failed: %s", self.target.host_port, exc)
+                await asyncio.sleep(ACCEPT_BACKOFF)
+                continue
+            if len(self.tasks) >= MAX_CONNECTIONS:
+                conn.close()
+                continue
+            try:
+                conn = fds.lift(conn)
+                conn.setblocking(False)
+            except OSError:
+                conn.close()
+                continue
+            task = asyncio.create_task(self._accept(conn))
+            self.tasks.add(task)  # counted from now on, not from its first step
+            task.add_done_callback(self.tasks.discard)
+
+    async def _accept(self, conn: socket.socket) -> None:
+        try:
+            reader, writer = await asyncio.open_connection(sock=conn)
+        except OSError:
+            conn.close()
             return
-        self.tasks.add(task)
         try:
             await self._relay(reader, writer)
         finally:
-            self.tasks.discard(task)
             writer.close()
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -95,8 +124,12 @@ class _Tcp:
             up_writer.close()
 
     async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        if self.acceptor is not None:
+            self.acceptor.cancel()
+            with contextlib.suppress(BaseException):
+                await self.acceptor
+        if self.listener is not None:
+            self.listener.close()
         for task in list(self.tasks):
             task.cancel()
         for task in list(self.tasks):
