@@ -62,6 +62,7 @@ class _Tcp:
         self.listener: socket.socket | None = None
         self.acceptor: asyncio.Task[None] | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self.quiet_until = 0.0  # time.monotonic() before which a failing accept is not logged again
 
     async def start(self, sock: socket.socket) -> None:
         sock.listen(128)
@@ -79,7 +80,10 @@ class _Tcp:
             except (ConnectionAbortedError, InterruptedError):
                 continue
             except OSError as exc:  # EMFILE/ENFILE/ENOBUFS: the client waits in the backlog meanwhile
-                log.warning("relay [::1]:%d: accept failed: %s", self.target.host_port, exc)
+                now = time.monotonic()
+                if now >= self.quiet_until:  # once a minute at most, not every ACCEPT_BACKOFF
+                    log.warning("relay [::1]:%d: accept failed: %s", self.target.host_port, exc)
+                    self.quiet_until = now + 60.0
                 await asyncio.sleep(ACCEPT_BACKOFF)
                 continue
             if len(self.tasks) >= MAX_CONNECTIONS:
