@@ -62,7 +62,7 @@ class _Tcp:
         self.listener: socket.socket | None = None
         self.acceptor: asyncio.Task[None] | None = None
         self.tasks: set[asyncio.Task[None]] = set()
-        self.quiet_until = 0.0  # time.monotonic() before which a failing accept is not logged again
+        self.quiet_until = 0.0  # time.monotonic() before which no failure (out of descriptors) is logged again
 
     async def start(self, sock: socket.socket) -> None:
         sock.listen(128)
@@ -80,10 +80,7 @@ class _Tcp:
             except (ConnectionAbortedError, InterruptedError):
                 continue
             except OSError as exc:  # EMFILE/ENFILE/ENOBUFS: the client waits in the backlog meanwhile
-                now = time.monotonic()
-                if now >= self.quiet_until:  # once a minute at most, not every ACCEPT_BACKOFF
-                    log.warning("relay [::1]:%d: accept failed: %s", self.target.host_port, exc)
-                    self.quiet_until = now + 60.0
+                self._say(f"accept failed: {exc}")  # not at every ACCEPT_BACKOFF
                 await asyncio.sleep(ACCEPT_BACKOFF)
                 continue
             if len(self.tasks) >= MAX_CONNECTIONS:
@@ -112,7 +109,11 @@ class _Tcp:
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         t = self.target
-        up = await asyncio.wrap_future(netns.open_socket_future(self.host_ns, socket.AF_INET6, socket.SOCK_STREAM))
+        try:
+            up = await asyncio.wrap_future(netns.open_socket_future(self.host_ns, socket.AF_INET6, socket.SOCK_STREAM))
+        except OSError as exc:  # EMFILE: the accept took the last descriptor; the client is closed
+            self._say(f"no socket to [{t.ip}]:{t.port}: {exc}")  # not once per client
+            return
         up = fds.lift(up)  # one per connection: up to MAX_CONNECTIONS (libnet.kernel.fds)
         up.setblocking(False)
         try:
@@ -126,6 +127,13 @@ class _Tcp:
             await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
         finally:
             up_writer.close()
+
+    def _say(self, failure: str) -> None:
+        """Log ``failure`` (out of descriptors) once a minute at most: it repeats while it lasts."""
+        now = time.monotonic()
+        if now >= self.quiet_until:
+            log.warning("relay [::1]:%d: %s", self.target.host_port, failure)
+            self.quiet_until = now + 60.0
 
     async def close(self) -> None:
         if self.acceptor is not None:
