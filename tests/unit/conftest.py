@@ -22,18 +22,21 @@ from libnet.testing.fakes import FakeDriver, FakeNamespaces
 
 
 @asynccontextmanager
-async def fake_bridge_controller(kind: str, tmp_path: Path) -> AsyncIterator[Controller]:
+async def fake_bridge_controller(
+    kind: str, tmp_path: Path, resolv: str = "nameserver 198.51.100.53\n", state: str = ""
+) -> AsyncIterator[Controller]:
     """A started controller on a ``kind`` store ("sqlite" or "memory") with a fake ``bridge``
-    driver and fake namespaces; closed (and its store) on exit."""
+    driver and fake namespaces; closed (and its store) on exit.  ``resolv``: the host's
+    resolv.conf text; ``state``: its state dir under ``tmp_path`` ("": ``tmp_path`` itself)."""
     store: Any = SQLiteStore(str(tmp_path / "store.db")) if kind == "sqlite" else MemoryStore()
     c = Controller(
-        Config(state_dir=str(tmp_path), resolv_conf=str(tmp_path / "resolv.conf")),
+        Config(state_dir=str(tmp_path / state), resolv_conf=str(tmp_path / "resolv.conf")),
         store=store,
         ipam=StoreIpam(store),
         drivers={"bridge": FakeDriver("bridge")},
         namespaces=FakeNamespaces(),
     )
-    (tmp_path / "resolv.conf").write_text("nameserver 198.51.100.53\n")
+    (tmp_path / "resolv.conf").write_text(resolv)
     await c.start()
     try:
         yield c

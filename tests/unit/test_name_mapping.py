@@ -7,16 +7,14 @@ import os
 
 import pytest
 
-from ipam.ipam import StoreIpam
-from libnet import Config, Controller, sandbox_files
+from libnet import Controller, sandbox_files
 from libnet.drivers.bridge import BridgeDriver
 from libnet.errors import BadRequest, Conflict, InvalidName, InvalidOption
 from libnet.kernel import netns
 from libnet.kernel_namespaces import KernelNamespaces
-from libnet.store.memory import MemoryStore
-from libnet.testing.fakes import FakeDriver, FakeNamespaces
 
 # --- netns paths: checked in the kernel layer -------------------------------------------------
+from tests.unit.conftest import fake_bridge_controller
 
 
 def _bad_paths(tmp_path) -> list[tuple[str, str]]:
@@ -80,18 +78,8 @@ def test_the_machine_root_namespace_is_refused_too(tmp_path) -> None:
 
 @pytest.fixture
 async def ctl(tmp_path):
-    store = MemoryStore()
-    c = Controller(
-        Config(state_dir=str(tmp_path / "state"), resolv_conf=str(tmp_path / "resolv.conf")),
-        store=store,
-        ipam=StoreIpam(store),
-        drivers={"bridge": FakeDriver("bridge")},
-        namespaces=FakeNamespaces(),
-    )
-    (tmp_path / "resolv.conf").write_text("nameserver 198.51.100.53\n")
-    await c.start()
-    yield c
-    await c.close()
+    async with fake_bridge_controller("memory", tmp_path, state="state") as c:
+        yield c
 
 
 @pytest.mark.parametrize(

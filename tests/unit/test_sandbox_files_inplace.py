@@ -9,27 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from ipam.ipam import StoreIpam
-from libnet import Config, Controller, sandbox_files
+from libnet import Controller, sandbox_files
 from libnet.errors import Conflict, Unavailable
-from libnet.store.memory import MemoryStore
-from libnet.testing.fakes import FakeDriver, FakeNamespaces
+from libnet.testing.fakes import FakeNamespaces
+from tests.unit.conftest import fake_bridge_controller
 
 
 @pytest.fixture
 async def ctl(tmp_path):
-    store = MemoryStore()
-    c = Controller(
-        Config(state_dir=str(tmp_path), resolv_conf=str(tmp_path / "resolv.conf")),
-        store=store,
-        ipam=StoreIpam(store),
-        drivers={"bridge": FakeDriver("bridge")},
-        namespaces=FakeNamespaces(),
-    )
-    (tmp_path / "resolv.conf").write_text("nameserver 198.51.100.53\nsearch example.org\n")
-    await c.start()
-    yield c
-    await c.close()
+    async with fake_bridge_controller("memory", tmp_path, "nameserver 198.51.100.53\nsearch example.org\n") as c:
+        yield c
 
 
 async def test_join_and_leave_rewrite_hosts_in_place(ctl: Controller, monkeypatch) -> None:
