@@ -191,6 +191,12 @@ class StoreOutcomeUnknown(StoreUnavailable):
     ``StoreUnavailable`` from a write means it was not applied."""
 
 
+class LockLost(Unavailable):
+    """A ``Store.lock`` held by this process was lost while its body ran: its key was taken
+    or removed by someone else, or the store could not be reached to refresh it before its TTL
+    ran out (``key`` names it).  The body was cancelled; another holder may have the lock."""
+
+
 class TunnelDown(Unavailable):
     """No working WireGuard tunnel (a recent handshake) to the peer hosts named in
     ``nodes`` came up in time; an encrypted network is not joined without one."""

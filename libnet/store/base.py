@@ -158,7 +158,10 @@ class Store(Protocol):
     def lock(self, key: str, ttl: float = 15.0) -> AbstractAsyncContextManager[None]:
         """A cluster-wide mutex held while the ``async with`` body runs.
 
-        The lock key expires after ``ttl`` seconds if its holder dies.
+        The lock key expires after ``ttl`` seconds if its holder dies; a live holder
+        refreshes it.  If it is lost while the body runs (taken or removed by another
+        writer, or not refreshed within ``ttl`` because the store did not answer), the
+        body is cancelled and ``LockLost`` (``key``) raised: another holder may have it.
         """
         ...
 
