@@ -42,7 +42,9 @@ stopped or cut off with the request in its socket buffer) and be applied
 much later, after the key moved on -- a create-only write would bring back
 a key deleted since, a plain put undo a newer one.  So every write is fenced:
 each store object keeps a key of its own under ``~libnet-fence/`` (a lease
-of an hour, made again when it ends), every write transaction also compares
+of an hour, made again when it ends; a rewrite moves it to a new lease and
+revokes the old one, and closing the store revokes it: the key goes with
+it), every write transaction also compares
 its revision, and after a try that went unanswered (timed out, cut off, or
 cancelled with its caller; also when its write then ended in
 ``StoreOutcomeUnknown``) the store's next try of any write first rewrites it;
@@ -116,6 +118,7 @@ class EtcdStore:
         self._closed = False
         self._fence = (FENCE_PREFIX + secrets.token_hex(8)).encode()
         self._fence_rev = 0  # the fence key's revision this store's writes compare with; 0: not made
+        self._fence_lease: int | None = None  # the lease the fence key is on now
         #: the newest fence revision a try compared whose answer never came (it may still wait in
         #: a member): no write compares with it again, the fence is raised past it first
         self._unsafe_rev = 0
@@ -289,6 +292,10 @@ class EtcdStore:
         lease = await c.lease(FENCE_TTL_S)
         result = await c.put(self._fence, b"", lease=lease)
         self._fence_rev = result.header.revision
+        old, self._fence_lease = self._fence_lease, lease.id
+        if old is not None and old != lease.id:  # the key is on the new one: the old would idle for its hour
+            with contextlib.suppress(Exception):
+                await c.revoke_lease(old)
 
     async def _fence_for_try(self, c: aetcd.Client) -> int:
         """The fence revision a try may compare: raised first when not made yet or
@@ -402,6 +409,12 @@ class EtcdStore:
         return cas_lock(self, key, ttl)
 
     async def close(self) -> None:
+        if not self._closed and self._client is not None and self._fence_lease is not None:
+            # the fence goes with its lease: no key of a gone store left for an hour (best effort:
+            # an unreachable store lets it expire)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._client.revoke_lease(self._fence_lease), min(self.timeout, 2.0))
+            self._fence_lease = None
         self._closed = True
         await self._drop_client()
         for task in list(self._retired):

@@ -34,6 +34,11 @@ class _Result:
     header: _Header
 
 
+@dataclass
+class _Lease:
+    id: int
+
+
 class _Deleted:
     def __init__(self, deleted: int) -> None:
         self.response_delete_range = self
@@ -109,8 +114,12 @@ class FakeCluster:
             return (key in self.data) == (want != 0)
         return self.data.get(key, (b"", 0))[1] == want
 
-    async def lease(self, ttl: int) -> object:
-        return object()
+    async def lease(self, ttl: int) -> Any:
+        self.leases = getattr(self, "leases", 0) + 1
+        return _Lease(self.leases)
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        self.revoked = [*getattr(self, "revoked", []), lease_id]
 
     async def put(self, key: bytes, value: bytes, lease: Any = None) -> Any:
         if self.puts_hang and asyncio.get_running_loop().time() < self.answer_after:
