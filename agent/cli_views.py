@@ -141,17 +141,33 @@ NODES = View(
 )
 
 
+def _value(v: Any) -> str:
+    """An option's value as the user wrote it (``true``, not Python's ``True``)."""
+    return ("true" if v else "false") if isinstance(v, bool) else str(v)
+
+
 def _pairs(mapping: dict[str, Any] | None) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sorted((mapping or {}).items())) or "-"
+    """``KEY=VALUE, ...`` sorted by key; unset (None) values left out; ``-`` for none."""
+    return ", ".join(f"{k}={_value(v)}" for k, v in sorted((mapping or {}).items()) if v is not None) or "-"
+
+
+def _title(name: str, ident: str) -> None:
+    """An inspect page's first line: the name in bold, then the id (text: never rich markup)."""
+    from rich.text import Text
+
+    console.print(Text.assemble((name, "bold"), f" {ident}"), highlight=False, soft_wrap=True)
 
 
 def _line(label: str, value: str) -> None:
-    console.print(f"  [dim]{label + ':':<14}[/] {value}", highlight=False)
+    """One ``label: value`` line; ``value`` is text (labels may hold ``[/]``), never wrapped."""
+    from rich.markup import escape
+
+    console.print(f"  [dim]{label + ':':<14}[/] {escape(value)}", highlight=False, soft_wrap=True)
 
 
 def print_network(n: dict[str, Any]) -> None:
     """``network inspect`` of one network (with ``endpoints``), readable."""
-    console.print(f"[bold]{n['name']}[/] {n['id']}", highlight=False)
+    _title(n["name"], n["id"])
     _line("driver", f"{n['driver']} ({n['scope']} scope)")
     _line("internal", "yes: no way out of the network" if n.get("internal") else "no")
     _line("created", when(n.get("created")) or "-")
@@ -190,7 +206,7 @@ def print_network(n: dict[str, Any]) -> None:
 
 def print_endpoint(e: dict[str, Any], network: str) -> None:
     """``endpoint inspect`` of one endpoint (``network``: its network's name)."""
-    console.print(f"[bold]{e['name']}[/] {e['id']}", highlight=False)
+    _title(e["name"], e["id"])
     state = f"joined to sandbox {e['sandbox_id']} as {e['ifname']}" if e.get("sandbox_id") else "not joined"
     if e.get("connecting") and not e.get("sandbox_id"):
         state += " (an unfinished connect)"
@@ -208,7 +224,7 @@ def print_endpoint(e: dict[str, Any], network: str) -> None:
 
 def print_sandbox(s: dict[str, Any], eps: list[dict[str, Any]], networks: dict[str, str]) -> None:
     """``sandbox inspect`` of one sandbox with its endpoints (``networks``: id -> name)."""
-    console.print(f"[bold]{s.get('hostname') or '(no hostname)'}[/] {s['id']}", highlight=False)
+    _title(s.get("hostname") or "(no hostname)", s["id"])
     _line("netns", s["netns"] + ("" if s.get("owned", True) else " (not libnet's: kept on rm)"))
     _line("created", when(s.get("created")) or "-")
     _line("DNS servers", ", ".join(s.get("dns") or []) or "the host's")

@@ -314,3 +314,27 @@ def test_client_is_shared_by_threads_and_never_resends(served, tmp_path) -> None
     thread.join(10)
     server.close()
     assert len(seen) == 1 and seen[0].startswith(b"POST /v1/sandboxes ")
+
+
+def test_inspect_prints_labels_as_text_not_rich_markup(nets) -> None:
+    """A label is the user's text: ``[/]`` once made rich raise MarkupError (a traceback)
+    and ``[red]r[/red]`` was drawn as a red ``r``; options print as JSON would (no None/True)."""
+    path, ctl, call = nets
+    call(
+        ctl.create_network(
+            "mk", ipv4_subnet="198.51.100.248/29", ipv6=False, labels={"x": "[/]", "y": "[red]r[/red]", "z": "a" * 300}
+        )
+    )
+    r = _run(path, "network", "inspect", "mk")
+    assert r.exit_code == 0, r.output
+    assert "x=[/], y=[red]r[/red], z=" + "a" * 300 in r.output, "labels verbatim, on one line (not wrapped)"
+    assert "options:       -" in r.output
+
+
+def test_inspect_options_without_python_reprs() -> None:
+    from agent import cli_views
+
+    assert cli_views._pairs({"icc": True, "mtu": None, "bridge_name": "br0", "off": False}) == (
+        "bridge_name=br0, icc=true, off=false"
+    )
+    assert cli_views._pairs({"mtu": None}) == "-"
