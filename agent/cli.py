@@ -15,7 +15,16 @@ from typing import Any
 import click
 
 from agent.cli_extras import network_prune, sandbox_inspect, version
-from agent.cli_output import Listing, console, emit_json, list_options, remove_each, slow_status
+from agent.cli_output import (
+    Listing,
+    console,
+    emit_json,
+    fetch_each,
+    list_options,
+    raise_missing,
+    remove_each,
+    slow_status,
+)
 from agent.cli_proxy import proxy
 from agent.cli_topology import topology
 from agent.cli_views import NETWORKS, NODES, SANDBOXES, endpoint_view, print_endpoint, print_network
@@ -169,11 +178,13 @@ def network_ls(ctx: click.Context, as_json: bool, quiet: bool, filters: tuple[st
 def network_inspect(ctx: click.Context, refs: tuple[str, ...], as_json: bool) -> None:
     """Show networks in detail: subnets, options, labels, and their endpoints
     with addresses, aliases, services and published ports."""
-    nets = [_client(ctx).request("GET", f"/v1/networks/{urllib.parse.quote(r, safe='')}") for r in refs]
+    nets = fetch_each(_client(ctx), "network", refs, lambda r: f"/v1/networks/{urllib.parse.quote(r, safe='')}")
     if as_json:
-        return emit_json(nets)
-    for n in nets:
-        print_network(n)
+        emit_json(nets)
+    else:
+        for n in nets:
+            print_network(n)
+    raise_missing("network", refs, nets)
 
 
 @network.command("rotate-keys")
@@ -410,12 +421,14 @@ def _endpoint_url(ref: str, network_ref: str | None, **query: str) -> str:
 @click.pass_context
 def endpoint_inspect(ctx: click.Context, refs: tuple[str, ...], network_ref: str | None, as_json: bool) -> None:
     """Show endpoints in detail (REF: id, id prefix, or name)."""
-    eps = [_client(ctx).request("GET", _endpoint_url(r, network_ref)) for r in refs]
+    eps = fetch_each(_client(ctx), "endpoint", refs, lambda r: _endpoint_url(r, network_ref))
     if as_json:
-        return emit_json(eps)
-    names = _network_names(ctx)
-    for e in eps:
-        print_endpoint(e, names.get(e["network_id"], "?"))
+        emit_json(eps)
+    else:
+        names = _network_names(ctx) if eps else {}
+        for e in eps:
+            print_endpoint(e, names.get(e["network_id"], "?"))
+    raise_missing("endpoint", refs, eps)
 
 
 @endpoint.command("rm")

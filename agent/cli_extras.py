@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from agent.cli_output import console, emit_json, err_console, parse_filters, select
+from agent.cli_output import console, emit_json, err_console, fetch_each, parse_filters, raise_missing, select
 from agent.cli_views import NETWORKS, print_sandbox
 from agent.client import AgentError, Client, Unreachable
 
@@ -76,14 +76,16 @@ def sandbox_inspect(ctx: click.Context, refs: tuple[str, ...], as_json: bool) ->
     """Show sandboxes in detail: namespace, DNS settings, and their endpoints
     (network, interface, addresses, aliases, ports)."""
     client = _client(ctx)
-    sbs = [client.request("GET", f"/v1/sandboxes/{urllib.parse.quote(r, safe='')}") for r in refs]
-    by_id = {e["id"]: e for e in client.request("GET", "/v1/endpoints")}
+    sbs = fetch_each(client, "sandbox", refs, lambda r: f"/v1/sandboxes/{urllib.parse.quote(r, safe='')}")
+    by_id = {e["id"]: e for e in client.request("GET", "/v1/endpoints")} if sbs else {}
     joined = [[by_id[i] for i in s.get("endpoints") or [] if i in by_id] for s in sbs]
     if as_json:
-        return emit_json([{**s, "endpoints": eps} for s, eps in zip(sbs, joined, strict=True)])
-    names = {n["id"]: n["name"] for n in client.request("GET", "/v1/networks")}
-    for s, eps in zip(sbs, joined, strict=True):
-        print_sandbox(s, eps, names)
+        emit_json([{**s, "endpoints": eps} for s, eps in zip(sbs, joined, strict=True)])
+    elif sbs:
+        names = {n["id"]: n["name"] for n in client.request("GET", "/v1/networks")}
+        for s, eps in zip(sbs, joined, strict=True):
+            print_sandbox(s, eps, names)
+    raise_missing("sandbox", refs, sbs)
 
 
 def _client_version() -> dict[str, str]:

@@ -360,6 +360,32 @@ class Listing:
             show(view, chosen, self.fmt, self.quiet)
 
 
+def fetch_each(client: Any, what: str, refs: tuple[str, ...], url: Callable[[str], str]) -> list[Any]:
+    """GET each ref, as ``docker network inspect A B``: the ones found, in order, after an
+    error line on stderr for each of the others.  The caller prints them, then calls
+    :func:`raise_missing`.  A single ref that is not found raises its own error at once;
+    an unreachable agent stops at once (exit 3)."""
+    from agent.client import AgentError
+
+    if len(refs) == 1:
+        return [client.request("GET", url(refs[0]))]
+    found = []
+    for r in refs:
+        try:
+            found.append(client.request("GET", url(r)))
+        except AgentError as exc:
+            err_console.print(f"libnet: {what} {r}: {exc.message}", markup=False, highlight=False)
+    return found
+
+
+def raise_missing(what: str, refs: tuple[str, ...], found: list[Any]) -> None:
+    """After :func:`fetch_each`: :class:`agent.client.AgentError` (exit 1) if some were not found."""
+    from agent.client import AgentError
+
+    if len(found) < len(refs):
+        raise AgentError(f"{len(refs) - len(found)} of {len(refs)} {what}(s) not found")
+
+
 def remove_each(client: Any, what: str, refs: tuple[str, ...], url: Callable[[str], str]) -> None:
     """DELETE each ref, printing the removed ones and the errors of the others; raise
     :class:`agent.client.AgentError` (exit 1) if any failed (an unreachable agent stops at once, exit 3)."""

@@ -338,3 +338,23 @@ def test_inspect_options_without_python_reprs() -> None:
         "bridge_name=br0, icc=true, off=false"
     )
     assert cli_views._pairs({"mtu": None}) == "-"
+
+
+def test_inspect_prints_the_found_ones_and_exits_1_for_the_others(nets) -> None:
+    """As ``docker network inspect good bad``: the good one is printed, the bad one is an
+    error on stderr, exit 1 (the good one was not printed at all)."""
+    path, ctl, call = nets
+    sb = call(ctl.create_sandbox("s1", hostname="app"))
+    call(ctl.connect("web", sb.id, name="app"))
+    r = _run(path, "network", "inspect", "web", "nosuch", "db")
+    assert r.exit_code == 1
+    assert "web " in r.output and "db " in r.output and "nosuch" in r.output
+    r = _run(path, "network", "inspect", "--json", "nosuch", "web")
+    assert r.exit_code == 1 and "no such network" in r.output
+    assert [n["name"] for n in json.loads(r.stdout)] == ["web"]
+    r = _run(path, "sandbox", "inspect", "nosuch", "s1")
+    assert r.exit_code == 1 and "app s1" in r.stdout and "nosuch" in r.output
+    r = _run(path, "endpoint", "inspect", "app", "nosuch", "--network", "web")
+    assert r.exit_code == 1 and r.stdout.startswith("app ") and "nosuch" in r.output
+    r = _run(path, "network", "inspect", "nosuch")
+    assert r.exit_code == 1 and r.stdout == "" and "no such network" in r.output
