@@ -164,7 +164,7 @@ def network_create(
 def network_ls(ctx: click.Context, as_json: bool, quiet: bool, filters: tuple[str, ...], fmt: str | None) -> None:
     """List networks.
 
-    Filters: name (all or part of it), id (a prefix), driver, scope (local,
+    Filters: name (as docker: a part, or a regex: ^web$), id (a prefix), driver, scope (local,
     global), label (KEY or KEY=VALUE).  Template fields: .ID .Name .Driver
     .Scope .IPv4 .IPv6 .Internal .Labels .Options .CreatedAt, {{.Label "KEY"}}."""
     listing = Listing.check(NETWORKS, filters, fmt, quiet, as_json)
@@ -357,7 +357,7 @@ def sandbox_create(
 def sandbox_ls(ctx: click.Context, as_json: bool, quiet: bool, filters: tuple[str, ...], fmt: str | None) -> None:
     """List sandboxes.
 
-    Filters: id (a prefix), hostname (all or part of it).  Template fields:
+    Filters: id (a prefix), hostname (as docker: a part, or a regex: ^web$).  Template fields:
     .ID .Hostname .Netns .Endpoints .DNS .CreatedAt."""
     listing = Listing.check(SANDBOXES, filters, fmt, quiet, as_json)
     listing.print(_client(ctx).request("GET", "/v1/sandboxes"))
@@ -393,7 +393,7 @@ def endpoint_ls(
 ) -> None:
     """List endpoints, with the network each is on.
 
-    Filters: name (all or part of it), id (a prefix), network (a name or id),
+    Filters: name (as docker: a part, or a regex: ^web$), id (a prefix), network (a name or id),
     sandbox (an id prefix), node.  Template fields: .ID .Name .Network
     .NetworkID .Sandbox .Interface .IPv4 .IPv6 .MAC .Ports .Aliases .Services .Node."""
     listing = Listing.check(endpoint_view({}), filters, fmt, quiet, as_json)
@@ -455,7 +455,7 @@ def node() -> None:
 def node_ls(ctx: click.Context, as_json: bool, quiet: bool, filters: tuple[str, ...], fmt: str | None) -> None:
     """List the cluster's nodes.
 
-    Filters: name (all or part of it), status (alive, failed, left, leaving).
+    Filters: name (as docker: a part, or a regex: ^web$), status (alive, failed, left, leaving).
     Template fields: .Name .Address .Status .VTEP .Tags; -q prints names."""
     listing = Listing.check(NODES, filters, fmt, quiet, as_json)
     listing.print(_client(ctx).request("GET", "/v1/nodes"))

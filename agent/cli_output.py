@@ -100,9 +100,19 @@ def emit_json(obj: Any) -> None:
 # --- filters ----------------------------------------------------------------------
 
 
-def name_contains(key: str) -> Match:
-    """Docker's ``name=``: all or part of the name."""
-    return lambda obj, value: value in (obj.get(key) or "")
+def name_matches(key: str) -> Match:
+    """Docker's ``name=`` (``filters.Args.Match``): the whole name, or a regular expression
+    found in it, so a plain value is all or part of the name and ``^web$`` is exactly
+    ``web``; an invalid expression matches only a name equal to it."""
+
+    def match(obj: dict[str, Any], value: str) -> bool:
+        name = obj.get(key) or ""
+        try:
+            return name == value or re.search(value, name) is not None
+        except re.error:
+            return False
+
+    return match
 
 
 def id_prefix(key: str = "id") -> Match:
@@ -273,6 +283,8 @@ def show(view: View, objs: list[dict[str, Any]], fmt: str | None = None, quiet: 
         names = [m.group(1).split()[-1].lstrip(".").strip('"') for m in _actions(body.replace("\\t", "\t"))]
         titles = "\t".join(headers.get(n, n.upper()) for n in names)
         lines = [titles, *lines]
+    if not lines:  # no objects (and no table header): no output at all, not an empty line
+        return
     text = "\n".join(lines)
     click.echo(_aligned(text.split("\n")) if "\t" in text else text)
 

@@ -11,7 +11,7 @@ import ipaddress
 import time
 from typing import Any
 
-from agent.cli_output import View, console, equals, has_label, id_prefix, name_contains, table
+from agent.cli_output import View, console, equals, has_label, id_prefix, name_matches, table
 
 
 def ip(cidr: str | None) -> str:
@@ -58,7 +58,7 @@ NETWORKS = View(
         "CreatedAt": lambda n: when(n.get("created")),
     },
     filters={
-        "name": name_contains("name"),
+        "name": name_matches("name"),
         "id": id_prefix(),
         "driver": equals("driver"),
         "scope": equals("scope"),
@@ -104,7 +104,7 @@ def endpoint_view(networks: dict[str, str], with_network: bool = True) -> View:
             "Node": lambda e: e.get("node") or "",
         },
         filters={
-            "name": name_contains("name"),
+            "name": name_matches("name"),
             "id": id_prefix(),
             "network": on_network,
             "sandbox": id_prefix("sandbox_id"),
@@ -123,7 +123,7 @@ SANDBOXES = View(
         "DNS": lambda s: s.get("dns") or [],
         "CreatedAt": lambda s: when(s.get("created")),
     },
-    filters={"id": id_prefix(), "hostname": name_contains("hostname")},
+    filters={"id": id_prefix(), "hostname": name_matches("hostname")},
 )
 
 
@@ -136,7 +136,7 @@ NODES = View(
         "VTEP": lambda n: (n.get("tags") or {}).get("vtep", ""),
         "Tags": lambda n: n.get("tags") or {},
     },
-    filters={"name": name_contains("name"), "status": equals("status")},
+    filters={"name": name_matches("name"), "status": equals("status")},
     quiet="Name",
 )
 

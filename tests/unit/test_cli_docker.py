@@ -358,3 +358,26 @@ def test_inspect_prints_the_found_ones_and_exits_1_for_the_others(nets) -> None:
     assert r.exit_code == 1 and r.stdout.startswith("app ") and "nosuch" in r.output
     r = _run(path, "network", "inspect", "nosuch")
     assert r.exit_code == 1 and r.stdout == "" and "no such network" in r.output
+
+
+def test_a_template_over_no_objects_prints_nothing(nets) -> None:
+    """``ls -f name=none --format '{{.Name}}' | wc -l`` is 0, as with docker (was one empty line)."""
+    path, _, _ = nets
+    r = _run(path, "network", "ls", "-f", "name=none", "--format", "{{.Name}}")
+    assert r.exit_code == 0 and r.output == ""
+    r = _run(path, "network", "ls", "-f", "name=none", "--format", "{{.Name}}\\t{{.Driver}}")
+    assert r.output == ""
+    r = _run(path, "network", "ls", "-f", "name=none", "--format", "table {{.Name}}")
+    assert r.output == "NAME\n", "a table keeps its header"
+
+
+def test_name_filter_is_a_regular_expression_like_docker(nets) -> None:
+    """Docker's ``name=`` is an exact name or a regular expression searched in it: scripts
+    write ``-f name=^web$`` for exactly ``web`` (it matched nothing)."""
+    path, _, _ = nets
+    fmt = ("--format", "{{.Name}}")
+    assert _names(_run(path, "network", "ls", "-f", "name=^web$", *fmt).output) == ["web"]
+    assert _names(_run(path, "network", "ls", "-f", "name=^w.b-", *fmt).output) == ["web-test"]
+    assert _names(_run(path, "network", "ls", "-f", "name=web", *fmt).output) == ["web", "web-test"]
+    r = _run(path, "network", "ls", "-f", "name=(", *fmt)
+    assert r.exit_code == 0 and r.output == "", "an invalid expression matches nothing (docker)"
