@@ -58,7 +58,25 @@ def _kv(values: tuple[str, ...], what: str) -> dict[str, str]:
     return out
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """``libnet --version``: one line, as ``docker --version`` (no agent asked)."""
+    if not value or ctx.resilient_parsing:
+        return
+    import libnet
+
+    click.echo(f"libnet version {libnet.__version__}")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="print the client's version and exit (libnet version: the agent's too)",
+)
 @click.option(
     "--socket",
     "socket_path",

@@ -17,6 +17,9 @@ from agent.client import AgentError, Client, Unreachable
 #: the API version this client speaks (the agent's ``/v1/version`` says its own)
 API_VERSION = "v1"
 
+#: ``libnet version``'s labels, as ``docker version`` writes them (other keys: capitalized)
+VERSION_LABELS = {"api": "API version", "python": "Python version", "os_arch": "OS/Arch"}
+
 
 def _client(ctx: click.Context) -> Client:
     client: Client = ctx.obj
@@ -120,6 +123,7 @@ def version(ctx: click.Context, as_json: bool) -> None:
             if part in out:
                 console.print(f"[bold]{part.capitalize()}:[/]", highlight=False)
                 for k, v in out[part].items():
-                    console.print(f"  {k.replace('_', ' ').capitalize() + ':':<14} {v}", highlight=False)
+                    label = VERSION_LABELS.get(k) or k.replace("_", " ").capitalize()
+                    console.print(f"  {label + ':':<16} {v}", highlight=False, markup=False, soft_wrap=True)
     if failure is not None:
         raise failure

@@ -381,3 +381,18 @@ def test_name_filter_is_a_regular_expression_like_docker(nets) -> None:
     assert _names(_run(path, "network", "ls", "-f", "name=web", *fmt).output) == ["web", "web-test"]
     r = _run(path, "network", "ls", "-f", "name=(", *fmt)
     assert r.exit_code == 0 and r.output == "", "an invalid expression matches nothing (docker)"
+
+
+def test_version_labels_like_docker_and_a_version_flag(served) -> None:
+    """``libnet version`` labels its lines as ``docker version`` does (was "Api:", "Os arch:");
+    ``libnet --version`` prints one line, as ``docker --version``, without the agent."""
+    path, _, _ = served
+    r = _run(path, "version")
+    assert r.exit_code == 0, r.output
+    labels = [line.split(":")[0].strip() for line in r.output.splitlines() if line.startswith(" ")]
+    assert {"Version", "API version", "Python version", "OS/Arch", "Node"} <= set(labels), labels
+    assert "Api" not in labels and "Os arch" not in labels
+    import libnet
+
+    r = CliRunner().invoke(cli, ["--socket", path + ".gone", "--version"])
+    assert r.exit_code == 0 and r.output == f"libnet version {libnet.__version__}\n"
