@@ -396,3 +396,24 @@ def test_version_labels_like_docker_and_a_version_flag(served) -> None:
 
     r = CliRunner().invoke(cli, ["--socket", path + ".gone", "--version"])
     assert r.exit_code == 0 and r.output == f"libnet version {libnet.__version__}\n"
+
+
+def test_permission_denied_says_the_sockets_real_mode_and_owner(tmp_path) -> None:
+    """The message named "mode 0660" whatever the socket's mode (a --socket pointing at
+    another file, or a directory on the path that is not searchable)."""
+    import os
+
+    from agent.client import _unreachable
+
+    sock = tmp_path / "other.sock"
+    sock.write_text("")
+    os.chmod(sock, 0o640)
+    msg = _unreachable(str(sock), PermissionError(13, "Permission denied")).message
+    import grp
+    import pwd
+
+    owner = f"{pwd.getpwuid(os.getuid()).pw_name}:{grp.getgrgid(os.getgid()).gr_name}"
+    assert f"owner {owner}, mode 0640" in msg and "0660" not in msg, msg
+    hidden = tmp_path / "closed" / "libnet.sock"
+    msg = _unreachable(str(hidden), PermissionError(13, "Permission denied")).message
+    assert "permission denied" in msg and "0660" not in msg
