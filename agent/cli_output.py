@@ -236,7 +236,7 @@ def compile_template(view: View, template: str) -> Callable[[dict[str, Any]], st
         parts.append(_action(view, m.group(1).split()))
         pos = m.end()
     tail = template[pos:]
-    if "{{" in tail or "}}" in tail:
+    if "{{" in tail:  # a "}}" outside an action is text, as in Go's templates
         raise click.BadParameter(f"an unclosed {{{{ in {template!r}", param_hint="--format")
     parts.append(_constant(tail))
     return lambda obj: "".join(p(obj) for p in parts)

@@ -417,3 +417,11 @@ def test_permission_denied_says_the_sockets_real_mode_and_owner(tmp_path) -> Non
     hidden = tmp_path / "closed" / "libnet.sock"
     msg = _unreachable(str(hidden), PermissionError(13, "Permission denied")).message
     assert "permission denied" in msg and "0660" not in msg
+
+
+def test_closing_braces_outside_an_action_are_text_as_in_go_templates() -> None:
+    """Go's text/template prints a ``}}`` outside an action as it is (it said "an unclosed {{")."""
+    render = cli_output.compile_template(NETWORKS, "{{.Name}}}} {x}")
+    assert render({"name": "a"}) == "a}} {x}"
+    with pytest.raises(Exception, match="unclosed"):
+        cli_output.compile_template(NETWORKS, "{{.Name}} {{.Driver")
