@@ -17,6 +17,7 @@ import click
 from agent.cli_extras import network_prune, sandbox_inspect, version
 from agent.cli_output import (
     Listing,
+    compile_template,
     console,
     emit_json,
     fetch_each,
@@ -27,7 +28,15 @@ from agent.cli_output import (
 )
 from agent.cli_proxy import proxy
 from agent.cli_topology import topology
-from agent.cli_views import NETWORKS, NODES, SANDBOXES, endpoint_view, print_endpoint, print_network
+from agent.cli_views import (
+    NETWORK_DETAIL,
+    NETWORKS,
+    NODES,
+    SANDBOXES,
+    endpoint_view,
+    print_endpoint,
+    print_network,
+)
 from agent.cli_views import ip as address
 from agent.client import AgentError, Client, Unreachable
 from agent.paths import DEFAULT_SOCKET
@@ -192,13 +201,28 @@ def network_ls(ctx: click.Context, as_json: bool, quiet: bool, filters: tuple[st
 @network.command("inspect")
 @click.argument("refs", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.option(
+    "-f",
+    "--format",
+    "fmt",
+    metavar="FORMAT",
+    help="json (as --json), or a template printed per network: '{{.Id}} {{.Name}}', '{{json .Labels}}'",
+)
 @click.pass_context
-def network_inspect(ctx: click.Context, refs: tuple[str, ...], as_json: bool) -> None:
+def network_inspect(ctx: click.Context, refs: tuple[str, ...], as_json: bool, fmt: str | None) -> None:
     """Show networks in detail: subnets, options, labels, and their endpoints
-    with addresses, aliases, services and published ports."""
+    with addresses, aliases, services and published ports.
+
+    Template fields: those of network ls (.ID in full, also as .Id), .Created,
+    .Endpoints (their names), {{.Label "KEY"}}, {{json .}}."""
+    as_json = as_json or (fmt or "").strip() == "json"
+    render = None if as_json or fmt is None else compile_template(NETWORK_DETAIL, fmt)
     nets = fetch_each(_client(ctx), "network", refs, lambda r: f"/v1/networks/{urllib.parse.quote(r, safe='')}")
     if as_json:
         emit_json(nets)
+    elif render is not None:
+        for n in nets:
+            click.echo(render(n))
     else:
         for n in nets:
             print_network(n)

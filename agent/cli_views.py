@@ -67,6 +67,20 @@ NETWORKS = View(
 )
 
 
+#: ``network inspect --format``: the fields of ``ls``, the id in full (also as docker's
+#: ``.Id``), ``.Created`` and the names of the network's ``.Endpoints``
+NETWORK_DETAIL = View(
+    columns=NETWORKS.columns,
+    fields={
+        **NETWORKS.fields,
+        "ID": lambda n: n["id"],
+        "Id": lambda n: n["id"],
+        "Created": lambda n: when(n.get("created")),
+        "Endpoints": lambda n: [e["name"] for e in n.get("endpoints") or []],
+    },
+)
+
+
 def endpoint_view(networks: dict[str, str], with_network: bool = True) -> View:
     """Endpoints, their network shown by name (``networks``: id -> name)."""
 

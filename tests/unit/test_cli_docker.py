@@ -425,3 +425,18 @@ def test_closing_braces_outside_an_action_are_text_as_in_go_templates() -> None:
     assert render({"name": "a"}) == "a}} {x}"
     with pytest.raises(Exception, match="unclosed"):
         cli_output.compile_template(NETWORKS, "{{.Name}} {{.Driver")
+
+
+def test_network_inspect_format_like_docker(nets) -> None:
+    """``docker network inspect -f '{{.Id}}' NET`` has a libnet twin (it was "No such option")."""
+    path, ctl, call = nets
+    sb = call(ctl.create_sandbox("s1"))
+    call(ctl.connect("web", sb.id, name="app"))
+    web, db = call(ctl.network("web")), call(ctl.network("db"))
+    r = _run(path, "network", "inspect", "-f", '{{.Id}} {{.Name}} {{.Label "env"}} {{.Endpoints}}', "web", "db")
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines() == [f"{web.id} web prod app", f"{db.id} db  "]
+    r = _run(path, "network", "inspect", "--format", "json", "db")
+    assert [n["id"] for n in json.loads(r.output)] == [db.id]
+    r = _run(path + ".gone", "network", "inspect", "-f", "{{.Nope}}", "web")
+    assert r.exit_code == 2 and "no field '.Nope'" in r.output, "checked before the agent is asked"
