@@ -206,18 +206,20 @@ def _action(view: View, words: list[str]) -> Callable[[dict[str, Any]], str]:
     if func == "json":
         return lambda obj: _dumps(get(obj))
     text: Callable[[Any], str] = {"upper": str.upper, "lower": str.lower}.get(func or "", str)
-    return lambda obj: text(_text(get(obj)))
+    return lambda obj: text(as_text(get(obj)))
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A value as a template prints it (as Go would): ``true``, not Python's ``True``; a
+    mapping as ``k=v,...`` without its unset (None) keys; a list joined with commas."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, dict):
-        return ",".join(f"{k}={v}" for k, v in value.items())
+        return ",".join(f"{k}={as_text(v)}" for k, v in value.items() if v is not None)
     if isinstance(value, list | tuple):
-        return ",".join(str(v) for v in value)
+        return ",".join(as_text(v) for v in value)
     return str(value)
 
 
@@ -264,14 +266,14 @@ def show(view: View, objs: list[dict[str, Any]], fmt: str | None = None, quiet: 
     if quiet:
         get = view.fields[view.quiet]
         for obj in objs:
-            click.echo(_text(get(obj)))
+            click.echo(as_text(get(obj)))
         return
     if fmt == "json":
         for obj in objs:
             click.echo(_dumps(obj))
         return
     if fmt == "table":
-        rows = [tuple(_text(view.fields[f](o)) for _, f in view.columns) for o in objs]
+        rows = [tuple(as_text(view.fields[f](o)) for _, f in view.columns) for o in objs]
         table(tuple(h for h, _ in view.columns), rows)
         return
     header = fmt.startswith("table ")

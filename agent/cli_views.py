@@ -11,7 +11,7 @@ import ipaddress
 import time
 from typing import Any
 
-from agent.cli_output import View, console, equals, has_label, id_prefix, name_matches, table
+from agent.cli_output import View, as_text, console, equals, has_label, id_prefix, name_matches, table
 
 
 def ip(cidr: str | None) -> str:
@@ -155,14 +155,9 @@ NODES = View(
 )
 
 
-def _value(v: Any) -> str:
-    """An option's value as the user wrote it (``true``, not Python's ``True``)."""
-    return ("true" if v else "false") if isinstance(v, bool) else str(v)
-
-
 def _pairs(mapping: dict[str, Any] | None) -> str:
     """``KEY=VALUE, ...`` sorted by key; unset (None) values left out; ``-`` for none."""
-    return ", ".join(f"{k}={_value(v)}" for k, v in sorted((mapping or {}).items()) if v is not None) or "-"
+    return ", ".join(f"{k}={as_text(v)}" for k, v in sorted((mapping or {}).items()) if v is not None) or "-"
 
 
 def _title(name: str, ident: str) -> None:

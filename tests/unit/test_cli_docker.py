@@ -440,3 +440,10 @@ def test_network_inspect_format_like_docker(nets) -> None:
     assert [n["id"] for n in json.loads(r.output)] == [db.id]
     r = _run(path + ".gone", "network", "inspect", "-f", "{{.Nope}}", "web")
     assert r.exit_code == 2 and "no field '.Nope'" in r.output, "checked before the agent is asked"
+
+
+def test_template_mappings_and_lists_without_python_reprs() -> None:
+    """``{{.Options}}`` printed ``bridge_name=None,icc=True,mtu=None`` (the bridge's options)."""
+    render = cli_output.compile_template(NETWORKS, "{{.Options}}|{{.Labels}}")
+    net = {"options": {"bridge_name": None, "icc": True, "mtu": 1400}, "labels": {"on": False}}
+    assert render(net) == "icc=true,mtu=1400|on=false"
