@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from agent.cli_output import console, emit_json, err_console, fetch_each, parse_filters, raise_missing, select
+from agent.cli_output import console, emit_json, fetch_each, parse_filters, raise_missing, select
 from agent.cli_views import NETWORKS, print_sandbox
 from agent.client import AgentError, Client, Unreachable
 
@@ -60,7 +60,7 @@ def network_prune(ctx: click.Context, force: bool, filters: tuple[str, ...]) -> 
         try:
             client.request("DELETE", f"/v1/networks/{urllib.parse.quote(n['id'], safe='')}")
         except AgentError as exc:
-            err_console.print(f"libnet: network {n['name']}: {exc.message}", markup=False, highlight=False)
+            click.echo(f"libnet: network {n['name']}: {exc.message}", err=True)
             kept.append(n["name"])
             continue
         removed.append(n["name"])

@@ -388,7 +388,7 @@ def fetch_each(client: Any, what: str, refs: tuple[str, ...], url: Callable[[str
         try:
             found.append(client.request("GET", url(r)))
         except AgentError as exc:
-            err_console.print(f"libnet: {what} {r}: {exc.message}", markup=False, highlight=False)
+            click.echo(f"libnet: {what} {r}: {exc.message}", err=True)
     return found
 
 
@@ -410,7 +410,7 @@ def remove_each(client: Any, what: str, refs: tuple[str, ...], url: Callable[[st
         try:
             client.request("DELETE", url(r))
         except AgentError as exc:
-            err_console.print(f"libnet: {what} {r}: {exc.message}", markup=False, highlight=False)
+            click.echo(f"libnet: {what} {r}: {exc.message}", err=True)
             failed.append(r)
             continue
         click.echo(r)

@@ -97,6 +97,11 @@ def _access(path: str) -> str:
     return f"owner {owner}, mode {st.st_mode & 0o7777:04o}"
 
 
+def _id_text(value: Any) -> str:
+    """An error's id as text: a list of ids joined with commas (not Python's ``['…']``)."""
+    return ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
+
+
 def _explain(status: int, err: dict[str, Any]) -> str:
     hints = {
         404: "check the name or id (libnet network ls, libnet sandbox ls)",
@@ -105,6 +110,6 @@ def _explain(status: int, err: dict[str, Any]) -> str:
         503: "a dependency is unavailable (store or cluster); try again, check libnet agent status",
     }
     ids = {k: v for k, v in err.items() if k not in ("kind", "message", "type")}
-    detail = f" ({', '.join(f'{k}={v}' for k, v in ids.items())})" if ids else ""
+    detail = f" ({', '.join(f'{k}={_id_text(v)}' for k, v in ids.items())})" if ids else ""
     hint = hints.get(status, "")
     return f"{err.get('message', 'failed')}{detail}" + (f"\n  hint: {hint}" if hint else "")

@@ -447,3 +447,16 @@ def test_template_mappings_and_lists_without_python_reprs() -> None:
     render = cli_output.compile_template(NETWORKS, "{{.Options}}|{{.Labels}}")
     net = {"options": {"bridge_name": None, "icc": True, "mtu": 1400}, "labels": {"on": False}}
     assert render(net) == "icc=true,mtu=1400|on=false"
+
+
+def test_error_lines_are_not_wrapped_and_carry_no_python_reprs(nets) -> None:
+    """``network rm web nosuch`` off a terminal: each refusal is one line with its ids
+    (rich wrapped it at 80 columns, and the ids read ``endpoints=['…']``)."""
+    path, ctl, call = nets
+    sb = call(ctl.create_sandbox("s1"))
+    ep = call(ctl.connect("web", sb.id, name="app"))
+    r = _run(path, "network", "rm", "web", "nosuch")
+    assert r.exit_code == 1
+    [line] = [x for x in r.stderr.splitlines() if x.startswith("libnet: network web:")]
+    assert "disconnect them first" in line and f"endpoints={ep.id})" in line, line
+    assert "['" not in r.stderr
