@@ -15,10 +15,28 @@ from typing import Any
 import click
 
 from agent.cli_extras import network_prune, sandbox_inspect, version
-from agent.cli_output import Listing, console, emit_json, list_options, remove_each, slow_status
+from agent.cli_output import (
+    Listing,
+    compile_template,
+    console,
+    emit_json,
+    fetch_each,
+    list_options,
+    raise_missing,
+    remove_each,
+    slow_status,
+)
 from agent.cli_proxy import proxy
 from agent.cli_topology import topology
-from agent.cli_views import NETWORKS, NODES, SANDBOXES, endpoint_view, print_endpoint, print_network
+from agent.cli_views import (
+    NETWORK_DETAIL,
+    NETWORKS,
+    NODES,
+    SANDBOXES,
+    endpoint_view,
+    print_endpoint,
+    print_network,
+)
 from agent.cli_views import ip as address
 from agent.client import AgentError, Client, Unreachable
 from agent.paths import DEFAULT_SOCKET
@@ -49,7 +67,25 @@ def _kv(values: tuple[str, ...], what: str) -> dict[str, str]:
     return out
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """``libnet --version``: one line, as ``docker --version`` (no agent asked)."""
+    if not value or ctx.resilient_parsing:
+        return
+    import libnet
+
+    click.echo(f"libnet version {libnet.__version__}")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="print the client's version and exit (libnet version: the agent's too)",
+)
 @click.option(
     "--socket",
     "socket_path",
@@ -155,7 +191,7 @@ def network_create(
 def network_ls(ctx: click.Context, as_json: bool, quiet: bool, filters: tuple[str, ...], fmt: str | None) -> None:
     """List networks.
 
-    Filters: name (all or part of it), id (a prefix), driver, scope (local,
+    Filters: name (as docker: a part, or a regex: ^web$), id (a prefix), driver, scope (local,
     global), label (KEY or KEY=VALUE).  Template fields: .ID .Name .Driver
     .Scope .IPv4 .IPv6 .Internal .Labels .Options .CreatedAt, {{.Label "KEY"}}."""
     listing = Listing.check(NETWORKS, filters, fmt, quiet, as_json)
@@ -165,15 +201,32 @@ def network_ls(ctx: click.Context, as_json: bool, quiet: bool, filters: tuple[st
 @network.command("inspect")
 @click.argument("refs", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.option(
+    "-f",
+    "--format",
+    "fmt",
+    metavar="FORMAT",
+    help="json (as --json), or a template printed per network: '{{.Id}} {{.Name}}', '{{json .Labels}}'",
+)
 @click.pass_context
-def network_inspect(ctx: click.Context, refs: tuple[str, ...], as_json: bool) -> None:
+def network_inspect(ctx: click.Context, refs: tuple[str, ...], as_json: bool, fmt: str | None) -> None:
     """Show networks in detail: subnets, options, labels, and their endpoints
-    with addresses, aliases, services and published ports."""
-    nets = [_client(ctx).request("GET", f"/v1/networks/{urllib.parse.quote(r, safe='')}") for r in refs]
+    with addresses, aliases, services and published ports.
+
+    Template fields: those of network ls (.ID in full, also as .Id), .Created,
+    .Endpoints (their names), {{.Label "KEY"}}, {{json .}}."""
+    as_json = as_json or (fmt or "").strip() == "json"
+    render = None if as_json or fmt is None else compile_template(NETWORK_DETAIL, fmt)
+    nets = fetch_each(_client(ctx), "network", refs, lambda r: f"/v1/networks/{urllib.parse.quote(r, safe='')}")
     if as_json:
-        return emit_json(nets)
-    for n in nets:
-        print_network(n)
+        emit_json(nets)
+    elif render is not None:
+        for n in nets:
+            click.echo(render(n))
+    else:
+        for n in nets:
+            print_network(n)
+    raise_missing("network", refs, nets)
 
 
 @network.command("rotate-keys")
@@ -346,7 +399,7 @@ def sandbox_create(
 def sandbox_ls(ctx: click.Context, as_json: bool, quiet: bool, filters: tuple[str, ...], fmt: str | None) -> None:
     """List sandboxes.
 
-    Filters: id (a prefix), hostname (all or part of it).  Template fields:
+    Filters: id (a prefix), hostname (as docker: a part, or a regex: ^web$).  Template fields:
     .ID .Hostname .Netns .Endpoints .DNS .CreatedAt."""
     listing = Listing.check(SANDBOXES, filters, fmt, quiet, as_json)
     listing.print(_client(ctx).request("GET", "/v1/sandboxes"))
@@ -382,7 +435,7 @@ def endpoint_ls(
 ) -> None:
     """List endpoints, with the network each is on.
 
-    Filters: name (all or part of it), id (a prefix), network (a name or id),
+    Filters: name (as docker: a part, or a regex: ^web$), id (a prefix), network (a name or id),
     sandbox (an id prefix), node.  Template fields: .ID .Name .Network
     .NetworkID .Sandbox .Interface .IPv4 .IPv6 .MAC .Ports .Aliases .Services .Node."""
     listing = Listing.check(endpoint_view({}), filters, fmt, quiet, as_json)
@@ -410,12 +463,14 @@ def _endpoint_url(ref: str, network_ref: str | None, **query: str) -> str:
 @click.pass_context
 def endpoint_inspect(ctx: click.Context, refs: tuple[str, ...], network_ref: str | None, as_json: bool) -> None:
     """Show endpoints in detail (REF: id, id prefix, or name)."""
-    eps = [_client(ctx).request("GET", _endpoint_url(r, network_ref)) for r in refs]
+    eps = fetch_each(_client(ctx), "endpoint", refs, lambda r: _endpoint_url(r, network_ref))
     if as_json:
-        return emit_json(eps)
-    names = _network_names(ctx)
-    for e in eps:
-        print_endpoint(e, names.get(e["network_id"], "?"))
+        emit_json(eps)
+    else:
+        names = _network_names(ctx) if eps else {}
+        for e in eps:
+            print_endpoint(e, names.get(e["network_id"], "?"))
+    raise_missing("endpoint", refs, eps)
 
 
 @endpoint.command("rm")
@@ -442,7 +497,7 @@ def node() -> None:
 def node_ls(ctx: click.Context, as_json: bool, quiet: bool, filters: tuple[str, ...], fmt: str | None) -> None:
     """List the cluster's nodes.
 
-    Filters: name (all or part of it), status (alive, failed, left, leaving).
+    Filters: name (as docker: a part, or a regex: ^web$), status (alive, failed, left, leaving).
     Template fields: .Name .Address .Status .VTEP .Tags; -q prints names."""
     listing = Listing.check(NODES, filters, fmt, quiet, as_json)
     listing.print(_client(ctx).request("GET", "/v1/nodes"))

@@ -10,12 +10,15 @@ from typing import Any
 
 import click
 
-from agent.cli_output import console, emit_json, err_console, parse_filters, select
+from agent.cli_output import console, emit_json, fetch_each, parse_filters, raise_missing, select
 from agent.cli_views import NETWORKS, print_sandbox
 from agent.client import AgentError, Client, Unreachable
 
 #: the API version this client speaks (the agent's ``/v1/version`` says its own)
 API_VERSION = "v1"
+
+#: ``libnet version``'s labels, as ``docker version`` writes them (other keys: capitalized)
+VERSION_LABELS = {"api": "API version", "python": "Python version", "os_arch": "OS/Arch"}
 
 
 def _client(ctx: click.Context) -> Client:
@@ -57,7 +60,7 @@ def network_prune(ctx: click.Context, force: bool, filters: tuple[str, ...]) -> 
         try:
             client.request("DELETE", f"/v1/networks/{urllib.parse.quote(n['id'], safe='')}")
         except AgentError as exc:
-            err_console.print(f"libnet: network {n['name']}: {exc.message}", markup=False, highlight=False)
+            click.echo(f"libnet: network {n['name']}: {exc.message}", err=True)
             kept.append(n["name"])
             continue
         removed.append(n["name"])
@@ -76,14 +79,16 @@ def sandbox_inspect(ctx: click.Context, refs: tuple[str, ...], as_json: bool) ->
     """Show sandboxes in detail: namespace, DNS settings, and their endpoints
     (network, interface, addresses, aliases, ports)."""
     client = _client(ctx)
-    sbs = [client.request("GET", f"/v1/sandboxes/{urllib.parse.quote(r, safe='')}") for r in refs]
-    by_id = {e["id"]: e for e in client.request("GET", "/v1/endpoints")}
+    sbs = fetch_each(client, "sandbox", refs, lambda r: f"/v1/sandboxes/{urllib.parse.quote(r, safe='')}")
+    by_id = {e["id"]: e for e in client.request("GET", "/v1/endpoints")} if sbs else {}
     joined = [[by_id[i] for i in s.get("endpoints") or [] if i in by_id] for s in sbs]
     if as_json:
-        return emit_json([{**s, "endpoints": eps} for s, eps in zip(sbs, joined, strict=True)])
-    names = {n["id"]: n["name"] for n in client.request("GET", "/v1/networks")}
-    for s, eps in zip(sbs, joined, strict=True):
-        print_sandbox(s, eps, names)
+        emit_json([{**s, "endpoints": eps} for s, eps in zip(sbs, joined, strict=True)])
+    elif sbs:
+        names = {n["id"]: n["name"] for n in client.request("GET", "/v1/networks")}
+        for s, eps in zip(sbs, joined, strict=True):
+            print_sandbox(s, eps, names)
+    raise_missing("sandbox", refs, sbs)
 
 
 def _client_version() -> dict[str, str]:
@@ -118,6 +123,7 @@ def version(ctx: click.Context, as_json: bool) -> None:
             if part in out:
                 console.print(f"[bold]{part.capitalize()}:[/]", highlight=False)
                 for k, v in out[part].items():
-                    console.print(f"  {k.replace('_', ' ').capitalize() + ':':<14} {v}", highlight=False)
+                    label = VERSION_LABELS.get(k) or k.replace("_", " ").capitalize()
+                    console.print(f"  {label + ':':<16} {v}", highlight=False, markup=False, soft_wrap=True)
     if failure is not None:
         raise failure

@@ -100,9 +100,19 @@ def emit_json(obj: Any) -> None:
 # --- filters ----------------------------------------------------------------------
 
 
-def name_contains(key: str) -> Match:
-    """Docker's ``name=``: all or part of the name."""
-    return lambda obj, value: value in (obj.get(key) or "")
+def name_matches(key: str) -> Match:
+    """Docker's ``name=`` (``filters.Args.Match``): the whole name, or a regular expression
+    found in it, so a plain value is all or part of the name and ``^web$`` is exactly
+    ``web``; an invalid expression matches only a name equal to it."""
+
+    def match(obj: dict[str, Any], value: str) -> bool:
+        name = obj.get(key) or ""
+        try:
+            return name == value or re.search(value, name) is not None
+        except re.error:
+            return False
+
+    return match
 
 
 def id_prefix(key: str = "id") -> Match:
@@ -196,18 +206,20 @@ def _action(view: View, words: list[str]) -> Callable[[dict[str, Any]], str]:
     if func == "json":
         return lambda obj: _dumps(get(obj))
     text: Callable[[Any], str] = {"upper": str.upper, "lower": str.lower}.get(func or "", str)
-    return lambda obj: text(_text(get(obj)))
+    return lambda obj: text(as_text(get(obj)))
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A value as a template prints it (as Go would): ``true``, not Python's ``True``; a
+    mapping as ``k=v,...`` without its unset (None) keys; a list joined with commas."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, dict):
-        return ",".join(f"{k}={v}" for k, v in value.items())
+        return ",".join(f"{k}={as_text(v)}" for k, v in value.items() if v is not None)
     if isinstance(value, list | tuple):
-        return ",".join(str(v) for v in value)
+        return ",".join(as_text(v) for v in value)
     return str(value)
 
 
@@ -226,7 +238,7 @@ def compile_template(view: View, template: str) -> Callable[[dict[str, Any]], st
         parts.append(_action(view, m.group(1).split()))
         pos = m.end()
     tail = template[pos:]
-    if "{{" in tail or "}}" in tail:
+    if "{{" in tail:  # a "}}" outside an action is text, as in Go's templates
         raise click.BadParameter(f"an unclosed {{{{ in {template!r}", param_hint="--format")
     parts.append(_constant(tail))
     return lambda obj: "".join(p(obj) for p in parts)
@@ -254,14 +266,14 @@ def show(view: View, objs: list[dict[str, Any]], fmt: str | None = None, quiet: 
     if quiet:
         get = view.fields[view.quiet]
         for obj in objs:
-            click.echo(_text(get(obj)))
+            click.echo(as_text(get(obj)))
         return
     if fmt == "json":
         for obj in objs:
             click.echo(_dumps(obj))
         return
     if fmt == "table":
-        rows = [tuple(_text(view.fields[f](o)) for _, f in view.columns) for o in objs]
+        rows = [tuple(as_text(view.fields[f](o)) for _, f in view.columns) for o in objs]
         table(tuple(h for h, _ in view.columns), rows)
         return
     header = fmt.startswith("table ")
@@ -273,6 +285,8 @@ def show(view: View, objs: list[dict[str, Any]], fmt: str | None = None, quiet: 
         names = [m.group(1).split()[-1].lstrip(".").strip('"') for m in _actions(body.replace("\\t", "\t"))]
         titles = "\t".join(headers.get(n, n.upper()) for n in names)
         lines = [titles, *lines]
+    if not lines:  # no objects (and no table header): no output at all, not an empty line
+        return
     text = "\n".join(lines)
     click.echo(_aligned(text.split("\n")) if "\t" in text else text)
 
@@ -360,6 +374,32 @@ class Listing:
             show(view, chosen, self.fmt, self.quiet)
 
 
+def fetch_each(client: Any, what: str, refs: tuple[str, ...], url: Callable[[str], str]) -> list[Any]:
+    """GET each ref, as ``docker network inspect A B``: the ones found, in order, after an
+    error line on stderr for each of the others.  The caller prints them, then calls
+    :func:`raise_missing`.  A single ref that is not found raises its own error at once;
+    an unreachable agent stops at once (exit 3)."""
+    from agent.client import AgentError
+
+    if len(refs) == 1:
+        return [client.request("GET", url(refs[0]))]
+    found = []
+    for r in refs:
+        try:
+            found.append(client.request("GET", url(r)))
+        except AgentError as exc:
+            click.echo(f"libnet: {what} {r}: {exc.message}", err=True)
+    return found
+
+
+def raise_missing(what: str, refs: tuple[str, ...], found: list[Any]) -> None:
+    """After :func:`fetch_each`: :class:`agent.client.AgentError` (exit 1) if some were not found."""
+    from agent.client import AgentError
+
+    if len(found) < len(refs):
+        raise AgentError(f"{len(refs) - len(found)} of {len(refs)} {what}(s) not found")
+
+
 def remove_each(client: Any, what: str, refs: tuple[str, ...], url: Callable[[str], str]) -> None:
     """DELETE each ref, printing the removed ones and the errors of the others; raise
     :class:`agent.client.AgentError` (exit 1) if any failed (an unreachable agent stops at once, exit 3)."""
@@ -370,7 +410,7 @@ def remove_each(client: Any, what: str, refs: tuple[str, ...], url: Callable[[st
         try:
             client.request("DELETE", url(r))
         except AgentError as exc:
-            err_console.print(f"libnet: {what} {r}: {exc.message}", markup=False, highlight=False)
+            click.echo(f"libnet: {what} {r}: {exc.message}", err=True)
             failed.append(r)
             continue
         click.echo(r)

@@ -52,9 +52,10 @@ def tree(topo: dict[str, Any]) -> Tree:
     root = Tree(f"[bold]libnet topology[/] (as seen from {escape(topo['node'])})")
     for h in topo["hosts"]:
         status = h.get("status", "unknown")
+        address = f" {escape(h['address'])}" if h.get("address") else ""
         label = (
-            f"[bold]host {escape(h['name'])}[/] {escape(h.get('address') or '')} "
-            f"[{STATUS_STYLE.get(status, 'yellow')}]{status}[/]"
+            f"[bold]host {escape(h['name'])}[/]{address} "
+            f"[{STATUS_STYLE.get(status, 'yellow')}]{escape(status)}[/]"
             + (f" VTEP {escape(h['vtep'])}" if h.get("vtep") else "")
             + (" [cyan](this host)[/]" if h.get("self") else "")
         )
@@ -122,7 +123,12 @@ def dot(topo: dict[str, Any]) -> str:
 
 @click.command("topology")
 @click.option(
-    "--format", "fmt", type=click.Choice(["tree", "dot"]), default="tree", show_default=True, help="tree, or Graphviz"
+    "--format",
+    "fmt",
+    type=click.Choice(["tree", "dot", "json"]),
+    default="tree",
+    show_default=True,
+    help="tree, Graphviz, or JSON (as --json)",
 )
 @click.option("--json", "as_json", is_flag=True, help="print JSON (the agent's /v1/topology)")
 @click.pass_context
@@ -133,7 +139,7 @@ def topology(ctx: click.Context, fmt: str, as_json: bool) -> None:
     that network here; host gone)."""
     client: Client = ctx.obj
     topo = client.request("GET", "/v1/topology")
-    if as_json:
+    if as_json or fmt == "json":
         emit_json(topo)
     elif fmt == "dot":
         click.echo(dot(topo), nl=False)

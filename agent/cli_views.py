@@ -11,7 +11,7 @@ import ipaddress
 import time
 from typing import Any
 
-from agent.cli_output import View, console, equals, has_label, id_prefix, name_contains, table
+from agent.cli_output import View, as_text, console, equals, has_label, id_prefix, name_matches, table
 
 
 def ip(cidr: str | None) -> str:
@@ -58,11 +58,25 @@ NETWORKS = View(
         "CreatedAt": lambda n: when(n.get("created")),
     },
     filters={
-        "name": name_contains("name"),
+        "name": name_matches("name"),
         "id": id_prefix(),
         "driver": equals("driver"),
         "scope": equals("scope"),
         "label": has_label,
+    },
+)
+
+
+#: ``network inspect --format``: the fields of ``ls``, the id in full (also as docker's
+#: ``.Id``), ``.Created`` and the names of the network's ``.Endpoints``
+NETWORK_DETAIL = View(
+    columns=NETWORKS.columns,
+    fields={
+        **NETWORKS.fields,
+        "ID": lambda n: n["id"],
+        "Id": lambda n: n["id"],
+        "Created": lambda n: when(n.get("created")),
+        "Endpoints": lambda n: [e["name"] for e in n.get("endpoints") or []],
     },
 )
 
@@ -104,7 +118,7 @@ def endpoint_view(networks: dict[str, str], with_network: bool = True) -> View:
             "Node": lambda e: e.get("node") or "",
         },
         filters={
-            "name": name_contains("name"),
+            "name": name_matches("name"),
             "id": id_prefix(),
             "network": on_network,
             "sandbox": id_prefix("sandbox_id"),
@@ -123,7 +137,7 @@ SANDBOXES = View(
         "DNS": lambda s: s.get("dns") or [],
         "CreatedAt": lambda s: when(s.get("created")),
     },
-    filters={"id": id_prefix(), "hostname": name_contains("hostname")},
+    filters={"id": id_prefix(), "hostname": name_matches("hostname")},
 )
 
 
@@ -136,22 +150,33 @@ NODES = View(
         "VTEP": lambda n: (n.get("tags") or {}).get("vtep", ""),
         "Tags": lambda n: n.get("tags") or {},
     },
-    filters={"name": name_contains("name"), "status": equals("status")},
+    filters={"name": name_matches("name"), "status": equals("status")},
     quiet="Name",
 )
 
 
 def _pairs(mapping: dict[str, Any] | None) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sorted((mapping or {}).items())) or "-"
+    """``KEY=VALUE, ...`` sorted by key; unset (None) values left out; ``-`` for none."""
+    return ", ".join(f"{k}={as_text(v)}" for k, v in sorted((mapping or {}).items()) if v is not None) or "-"
+
+
+def _title(name: str, ident: str) -> None:
+    """An inspect page's first line: the name in bold, then the id (text: never rich markup)."""
+    from rich.text import Text
+
+    console.print(Text.assemble((name, "bold"), f" {ident}"), highlight=False, soft_wrap=True)
 
 
 def _line(label: str, value: str) -> None:
-    console.print(f"  [dim]{label + ':':<14}[/] {value}", highlight=False)
+    """One ``label: value`` line; ``value`` is text (labels may hold ``[/]``), never wrapped."""
+    from rich.markup import escape
+
+    console.print(f"  [dim]{label + ':':<14}[/] {escape(value)}", highlight=False, soft_wrap=True)
 
 
 def print_network(n: dict[str, Any]) -> None:
     """``network inspect`` of one network (with ``endpoints``), readable."""
-    console.print(f"[bold]{n['name']}[/] {n['id']}", highlight=False)
+    _title(n["name"], n["id"])
     _line("driver", f"{n['driver']} ({n['scope']} scope)")
     _line("internal", "yes: no way out of the network" if n.get("internal") else "no")
     _line("created", when(n.get("created")) or "-")
@@ -190,7 +215,7 @@ def print_network(n: dict[str, Any]) -> None:
 
 def print_endpoint(e: dict[str, Any], network: str) -> None:
     """``endpoint inspect`` of one endpoint (``network``: its network's name)."""
-    console.print(f"[bold]{e['name']}[/] {e['id']}", highlight=False)
+    _title(e["name"], e["id"])
     state = f"joined to sandbox {e['sandbox_id']} as {e['ifname']}" if e.get("sandbox_id") else "not joined"
     if e.get("connecting") and not e.get("sandbox_id"):
         state += " (an unfinished connect)"
@@ -208,7 +233,7 @@ def print_endpoint(e: dict[str, Any], network: str) -> None:
 
 def print_sandbox(s: dict[str, Any], eps: list[dict[str, Any]], networks: dict[str, str]) -> None:
     """``sandbox inspect`` of one sandbox with its endpoints (``networks``: id -> name)."""
-    console.print(f"[bold]{s.get('hostname') or '(no hostname)'}[/] {s['id']}", highlight=False)
+    _title(s.get("hostname") or "(no hostname)", s["id"])
     _line("netns", s["netns"] + ("" if s.get("owned", True) else " (not libnet's: kept on rm)"))
     _line("created", when(s.get("created")) or "-")
     _line("DNS servers", ", ".join(s.get("dns") or []) or "the host's")

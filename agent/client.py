@@ -68,7 +68,7 @@ class Client:
 def _unreachable(path: str, cause: BaseException | None) -> Unreachable:
     if isinstance(cause, PermissionError):
         return Unreachable(
-            f"permission denied on the libnet agent's socket {path} (mode 0660).\n"
+            f"permission denied on the libnet agent's socket {path} ({_access(path)}).\n"
             "  Run libnet as root (sudo libnet ...) or as a member of the socket's group."
         )
     if isinstance(cause, FileNotFoundError | ConnectionRefusedError):
@@ -79,6 +79,29 @@ def _unreachable(path: str, cause: BaseException | None) -> Unreachable:
     return Unreachable(f"the libnet agent at {path} did not answer: {cause}")
 
 
+def _access(path: str) -> str:
+    """``owner USER:GROUP, mode 0660`` of ``path`` as it is (the agent makes its socket
+    0660), or why it cannot be seen (a directory on the way is not searchable)."""
+    import grp
+    import os
+    import pwd
+
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return f"cannot look at it: {exc.strerror}; a directory on its path may not be searchable"
+    try:
+        owner = f"{pwd.getpwuid(st.st_uid).pw_name}:{grp.getgrgid(st.st_gid).gr_name}"
+    except KeyError:  # ids without names
+        owner = f"{st.st_uid}:{st.st_gid}"
+    return f"owner {owner}, mode {st.st_mode & 0o7777:04o}"
+
+
+def _id_text(value: Any) -> str:
+    """An error's id as text: a list of ids joined with commas (not Python's ``['…']``)."""
+    return ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
+
+
 def _explain(status: int, err: dict[str, Any]) -> str:
     hints = {
         404: "check the name or id (libnet network ls, libnet sandbox ls)",
@@ -87,6 +110,6 @@ def _explain(status: int, err: dict[str, Any]) -> str:
         503: "a dependency is unavailable (store or cluster); try again, check libnet agent status",
     }
     ids = {k: v for k, v in err.items() if k not in ("kind", "message", "type")}
-    detail = f" ({', '.join(f'{k}={v}' for k, v in ids.items())})" if ids else ""
+    detail = f" ({', '.join(f'{k}={_id_text(v)}' for k, v in ids.items())})" if ids else ""
     hint = hints.get(status, "")
     return f"{err.get('message', 'failed')}{detail}" + (f"\n  hint: {hint}" if hint else "")

@@ -314,3 +314,149 @@ def test_client_is_shared_by_threads_and_never_resends(served, tmp_path) -> None
     thread.join(10)
     server.close()
     assert len(seen) == 1 and seen[0].startswith(b"POST /v1/sandboxes ")
+
+
+def test_inspect_prints_labels_as_text_not_rich_markup(nets) -> None:
+    """A label is the user's text: ``[/]`` once made rich raise MarkupError (a traceback)
+    and ``[red]r[/red]`` was drawn as a red ``r``; options print as JSON would (no None/True)."""
+    path, ctl, call = nets
+    call(
+        ctl.create_network(
+            "mk", ipv4_subnet="198.51.100.248/29", ipv6=False, labels={"x": "[/]", "y": "[red]r[/red]", "z": "a" * 300}
+        )
+    )
+    r = _run(path, "network", "inspect", "mk")
+    assert r.exit_code == 0, r.output
+    assert "x=[/], y=[red]r[/red], z=" + "a" * 300 in r.output, "labels verbatim, on one line (not wrapped)"
+    assert "options:       -" in r.output
+
+
+def test_inspect_options_without_python_reprs() -> None:
+    from agent import cli_views
+
+    assert cli_views._pairs({"icc": True, "mtu": None, "bridge_name": "br0", "off": False}) == (
+        "bridge_name=br0, icc=true, off=false"
+    )
+    assert cli_views._pairs({"mtu": None}) == "-"
+
+
+def test_inspect_prints_the_found_ones_and_exits_1_for_the_others(nets) -> None:
+    """As ``docker network inspect good bad``: the good one is printed, the bad one is an
+    error on stderr, exit 1 (the good one was not printed at all)."""
+    path, ctl, call = nets
+    sb = call(ctl.create_sandbox("s1", hostname="app"))
+    call(ctl.connect("web", sb.id, name="app"))
+    r = _run(path, "network", "inspect", "web", "nosuch", "db")
+    assert r.exit_code == 1
+    assert "web " in r.output and "db " in r.output and "nosuch" in r.output
+    r = _run(path, "network", "inspect", "--json", "nosuch", "web")
+    assert r.exit_code == 1 and "no such network" in r.output
+    assert [n["name"] for n in json.loads(r.stdout)] == ["web"]
+    r = _run(path, "sandbox", "inspect", "nosuch", "s1")
+    assert r.exit_code == 1 and "app s1" in r.stdout and "nosuch" in r.output
+    r = _run(path, "endpoint", "inspect", "app", "nosuch", "--network", "web")
+    assert r.exit_code == 1 and r.stdout.startswith("app ") and "nosuch" in r.output
+    r = _run(path, "network", "inspect", "nosuch")
+    assert r.exit_code == 1 and r.stdout == "" and "no such network" in r.output
+
+
+def test_a_template_over_no_objects_prints_nothing(nets) -> None:
+    """``ls -f name=none --format '{{.Name}}' | wc -l`` is 0, as with docker (was one empty line)."""
+    path, _, _ = nets
+    r = _run(path, "network", "ls", "-f", "name=none", "--format", "{{.Name}}")
+    assert r.exit_code == 0 and r.output == ""
+    r = _run(path, "network", "ls", "-f", "name=none", "--format", "{{.Name}}\\t{{.Driver}}")
+    assert r.output == ""
+    r = _run(path, "network", "ls", "-f", "name=none", "--format", "table {{.Name}}")
+    assert r.output == "NAME\n", "a table keeps its header"
+
+
+def test_name_filter_is_a_regular_expression_like_docker(nets) -> None:
+    """Docker's ``name=`` is an exact name or a regular expression searched in it: scripts
+    write ``-f name=^web$`` for exactly ``web`` (it matched nothing)."""
+    path, _, _ = nets
+    fmt = ("--format", "{{.Name}}")
+    assert _names(_run(path, "network", "ls", "-f", "name=^web$", *fmt).output) == ["web"]
+    assert _names(_run(path, "network", "ls", "-f", "name=^w.b-", *fmt).output) == ["web-test"]
+    assert _names(_run(path, "network", "ls", "-f", "name=web", *fmt).output) == ["web", "web-test"]
+    r = _run(path, "network", "ls", "-f", "name=(", *fmt)
+    assert r.exit_code == 0 and r.output == "", "an invalid expression matches nothing (docker)"
+
+
+def test_version_labels_like_docker_and_a_version_flag(served) -> None:
+    """``libnet version`` labels its lines as ``docker version`` does (was "Api:", "Os arch:");
+    ``libnet --version`` prints one line, as ``docker --version``, without the agent."""
+    path, _, _ = served
+    r = _run(path, "version")
+    assert r.exit_code == 0, r.output
+    labels = [line.split(":")[0].strip() for line in r.output.splitlines() if line.startswith(" ")]
+    assert {"Version", "API version", "Python version", "OS/Arch", "Node"} <= set(labels), labels
+    assert "Api" not in labels and "Os arch" not in labels
+    import libnet
+
+    r = CliRunner().invoke(cli, ["--socket", path + ".gone", "--version"])
+    assert r.exit_code == 0 and r.output == f"libnet version {libnet.__version__}\n"
+
+
+def test_permission_denied_says_the_sockets_real_mode_and_owner(tmp_path) -> None:
+    """The message named "mode 0660" whatever the socket's mode (a --socket pointing at
+    another file, or a directory on the path that is not searchable)."""
+    import os
+
+    from agent.client import _unreachable
+
+    sock = tmp_path / "other.sock"
+    sock.write_text("")
+    os.chmod(sock, 0o640)
+    msg = _unreachable(str(sock), PermissionError(13, "Permission denied")).message
+    import grp
+    import pwd
+
+    owner = f"{pwd.getpwuid(os.getuid()).pw_name}:{grp.getgrgid(os.getgid()).gr_name}"
+    assert f"owner {owner}, mode 0640" in msg and "0660" not in msg, msg
+    hidden = tmp_path / "closed" / "libnet.sock"
+    msg = _unreachable(str(hidden), PermissionError(13, "Permission denied")).message
+    assert "permission denied" in msg and "0660" not in msg
+
+
+def test_closing_braces_outside_an_action_are_text_as_in_go_templates() -> None:
+    """Go's text/template prints a ``}}`` outside an action as it is (it said "an unclosed {{")."""
+    render = cli_output.compile_template(NETWORKS, "{{.Name}}}} {x}")
+    assert render({"name": "a"}) == "a}} {x}"
+    with pytest.raises(Exception, match="unclosed"):
+        cli_output.compile_template(NETWORKS, "{{.Name}} {{.Driver")
+
+
+def test_network_inspect_format_like_docker(nets) -> None:
+    """``docker network inspect -f '{{.Id}}' NET`` has a libnet twin (it was "No such option")."""
+    path, ctl, call = nets
+    sb = call(ctl.create_sandbox("s1"))
+    call(ctl.connect("web", sb.id, name="app"))
+    web, db = call(ctl.network("web")), call(ctl.network("db"))
+    r = _run(path, "network", "inspect", "-f", '{{.Id}} {{.Name}} {{.Label "env"}} {{.Endpoints}}', "web", "db")
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines() == [f"{web.id} web prod app", f"{db.id} db  "]
+    r = _run(path, "network", "inspect", "--format", "json", "db")
+    assert [n["id"] for n in json.loads(r.output)] == [db.id]
+    r = _run(path + ".gone", "network", "inspect", "-f", "{{.Nope}}", "web")
+    assert r.exit_code == 2 and "no field '.Nope'" in r.output, "checked before the agent is asked"
+
+
+def test_template_mappings_and_lists_without_python_reprs() -> None:
+    """``{{.Options}}`` printed ``bridge_name=None,icc=True,mtu=None`` (the bridge's options)."""
+    render = cli_output.compile_template(NETWORKS, "{{.Options}}|{{.Labels}}")
+    net = {"options": {"bridge_name": None, "icc": True, "mtu": 1400}, "labels": {"on": False}}
+    assert render(net) == "icc=true,mtu=1400|on=false"
+
+
+def test_error_lines_are_not_wrapped_and_carry_no_python_reprs(nets) -> None:
+    """``network rm web nosuch`` off a terminal: each refusal is one line with its ids
+    (rich wrapped it at 80 columns, and the ids read ``endpoints=['…']``)."""
+    path, ctl, call = nets
+    sb = call(ctl.create_sandbox("s1"))
+    ep = call(ctl.connect("web", sb.id, name="app"))
+    r = _run(path, "network", "rm", "web", "nosuch")
+    assert r.exit_code == 1
+    [line] = [x for x in r.stderr.splitlines() if x.startswith("libnet: network web:")]
+    assert "disconnect them first" in line and f"endpoints={ep.id})" in line, line
+    assert "['" not in r.stderr

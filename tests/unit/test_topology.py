@@ -126,3 +126,17 @@ def test_cli_topology_against_the_api(served) -> None:
     assert "sandbox alpha" in r.output and "[local]" in r.output
     r = runner.invoke(cli, ["--socket", path, "topology", "--format", "dot"])
     assert r.exit_code == 0 and r.output.startswith("digraph libnet {")
+
+
+def test_cli_topology_format_json_and_a_host_line_without_empty_fields(served) -> None:
+    """``--format json`` is ``--json`` (as docker's ``--format json``); a host without an
+    address (no cluster) is drawn without a double space."""
+    path, ctl, call = served
+    call(ctl.create_network("web", ipv4_subnet="198.51.100.0/24", ipv6=False))
+    runner = CliRunner()
+    as_json = runner.invoke(cli, ["--socket", path, "topology", "--json"])
+    r = runner.invoke(cli, ["--socket", path, "topology", "--format", "json"])
+    assert r.exit_code == 0 and json.loads(r.output) == json.loads(as_json.output)
+    r = runner.invoke(cli, ["--socket", path, "topology"])
+    [host] = [line for line in r.output.splitlines() if "host n" in line]
+    assert "  " not in host.split("host n", 1)[1], host
