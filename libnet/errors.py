@@ -161,6 +161,11 @@ class WatchCompacted(Conflict):
 # --- bad requests ----------------------------------------------------------
 
 
+class Ambiguous(BadRequest):
+    """A reference (an id prefix) that names several objects; ``ref`` and ``matches`` (how many).
+    Give more of the id, as Docker asks."""
+
+
 class InvalidName(BadRequest):
     """A name is not acceptable (length, characters)."""
 

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from libnet import model
 from libnet.errors import (
+    Ambiguous,
     BadRequest,
     CorruptRecord,
     KeyExists,
@@ -47,6 +48,20 @@ P = "libnet/v1"
 PAIRS_KEPT = 256
 _FULL_ID = re.compile(r"[0-9a-f]{64}")
 T = TypeVar("T", Network, Endpoint, Sandbox, Proxy)
+
+
+def _by_prefix(what: str, ref: str, objects: list[T]) -> T | None:
+    """The one of ``objects`` whose id starts with ``ref``; None if none does; ``Ambiguous``
+    if several do (Docker's words: ``network ab12 is ambiguous (2 matches found based on ID
+    prefix)``)."""
+    matches = [o for o in objects if o.id.startswith(ref)]
+    if len(matches) > 1:
+        raise Ambiguous(
+            f"{what} {ref} is ambiguous ({len(matches)} matches found based on ID prefix)",
+            ref=ref,
+            matches=len(matches),
+        )
+    return matches[0] if matches else None
 
 
 class Repository:
@@ -268,10 +283,8 @@ class Repository:
                 nw = await self._named(store, ref) or await self._network_by_id(store, ref)
             if nw is not None:
                 return nw
-        if len(ref) >= 4:
-            matches = [n for n in await self.networks() if n.id.startswith(ref)]
-            if len(matches) == 1:
-                return matches[0]
+        if len(ref) >= 4 and (nw := _by_prefix("network", ref, await self.networks())) is not None:
+            return nw
         raise NoSuchNetwork("no such network", network=ref)
 
     async def _network_by_id(self, store: Store, nid: str) -> Network | None:
@@ -378,10 +391,8 @@ class Repository:
                 except (KeyNotFound, BadRequest):
                     continue
                 return await self.endpoint(eid)
-        if len(ref) >= 4:
-            matches = [e for e in await self.endpoints(network_id) if e.id.startswith(ref)]
-            if len(matches) == 1:
-                return matches[0]
+        if len(ref) >= 4 and (ep := _by_prefix("endpoint", ref, await self.endpoints(network_id))) is not None:
+            return ep
         raise NoSuchEndpoint("no such endpoint", endpoint=ref, network_id=network_id)
 
     async def update_endpoint(self, ep: Endpoint, fn: Callable[[Endpoint], None]) -> Endpoint:
@@ -636,10 +647,8 @@ class Repository:
             sb = None
         if sb is not None:
             return sb
-        if len(ref) >= 4:
-            matches = [s for s in await self.sandboxes() if s.id.startswith(ref)]
-            if len(matches) == 1:
-                return matches[0]
+        if len(ref) >= 4 and (found := _by_prefix("sandbox", ref, await self.sandboxes())) is not None:
+            return found
         raise NoSuchSandbox("no such sandbox", sandbox=ref)
 
     async def update_sandbox(self, sb: Sandbox, fn: Callable[[Sandbox], None]) -> Sandbox:
@@ -690,10 +699,8 @@ class Repository:
                 px = None
             if px is not None:
                 return px
-        if len(ref) >= 4:
-            matches = [x for x in await self.proxies() if x.id.startswith(ref)]
-            if len(matches) == 1:
-                return matches[0]
+        if len(ref) >= 4 and (found := _by_prefix("proxy", ref, await self.proxies())) is not None:
+            return found
         raise NoSuchProxy("no such proxy", proxy=ref)
 
     async def update_proxy(self, px: Proxy, fn: Callable[[Proxy], None]) -> Proxy:
