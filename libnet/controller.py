@@ -879,6 +879,7 @@ class Controller:
                 files=bool(files),
                 origin=str(origin),
                 netns_id=netns_id or "",
+                instance=self.instance,
             )
             for attempt in range(3):
                 try:
@@ -1257,9 +1258,10 @@ class Controller:
         repaired, IPAM pools and addresses no stored object owns are
         released, stale name reservations dropped.  Then each driver removes
         kernel objects no stored object owns and reports missing parts.  Last, what a
-        crash left undone after a join's or leave's store step is done in each of this
-        instance's sandboxes (:meth:`libnet.joins.Joins.repair`: the default routes'
-        hand-over, the sandbox's files).
+        crash left undone after a store step is done in each of this instance's sandboxes:
+        the gateway bridge of a connect or disconnect (:meth:`_repair_gateway_bridge`), then
+        (:meth:`libnet.joins.Joins.repair`) the default routes' hand-over of a leave and the
+        sandbox's files (a join's or leave's; a new sandbox's never written).
         """
         async with self._gate.exclusive():
             report = await self._reconciler.run()
@@ -1269,15 +1271,55 @@ class Controller:
 
     async def _repair_sandboxes(self, report: ReconcileReport) -> None:
         endpoints = {e.id: e for e in await self.repo.endpoints()}
+        networks = {n.id: n for n in await self.repo.networks()}
         for sb in await self.repo.sandboxes():
+            repaired, missing = [], []
             try:
-                repaired, missing = await self._joins.repair(sb.id, endpoints)
+                line = await self._repair_gateway_bridge(sb, endpoints, networks)
+                if line is not None:
+                    repaired.append(line)
+                    endpoints = {e.id: e for e in await self.repo.endpoints()}  # a leg made or deleted
+                    networks = {n.id: n for n in await self.repo.networks()}  # the gateway bridge made
+            except LibnetError as exc:
+                missing.append(f"sandbox {sb.id[:12]}: gateway bridge not repaired: {exc.message}")
+            try:
+                done, left = await self._joins.repair(sb.id, endpoints)
+                repaired, missing = repaired + done, missing + left
             except LibnetError as exc:  # one sandbox's trouble (a read-only state dir) stops no other
-                repaired, missing = [], [f"sandbox {sb.id[:12]}: not repaired: {exc.message}"]
+                missing.append(f"sandbox {sb.id[:12]}: not repaired: {exc.message}")
             report.repaired += repaired
             report.missing += missing
             for line in repaired + missing:
                 log.warning("reconcile: %s", line)
+
+    async def _repair_gateway_bridge(
+        self, sb: Sandbox, endpoints: Mapping[str, Endpoint], networks: Mapping[str, Network]
+    ) -> str | None:
+        """What a kill -9 between a connect's or disconnect's store step and its gateway bridge
+        step (:meth:`_sync_gateway_bridge`) left, done now: a sandbox on a network that needs the
+        gateway bridge is connected to it (it had no way out), one whose networks need it no
+        more loses its leg there.  Only a sandbox of this instance whose every endpoint this
+        instance made, none marked by an operation, none a proxy's leg (a proxy's sandbox never
+        gets the gateway bridge).  ``endpoints``, ``networks``: every stored one by id, as the
+        caller read them.  Returns the report line of what was done, None if nothing was."""
+        if sb.removing or not sb.netns or sb.instance not in ("", self.instance) or not sb.endpoints:
+            return None
+        pairs = []
+        for eid in sb.endpoints:
+            ep = endpoints.get(eid)
+            nw = networks.get(ep.network_id) if ep is not None else None
+            if ep is None or nw is None or ep.instance != self.instance:
+                return None
+            if ep.leaving or ep.removing or ep.connecting or ep.proxy:
+                return None
+            pairs.append((ep, nw))
+        needed, present = self._gateway.decide(pairs)
+        if needed == (present is not None) or await self._proxies.owns_sandbox(sb.id) is not None:
+            return None
+        await self._sync_gateway_bridge(sb.id)
+        if needed:
+            return f"sandbox {sb.id[:12]}: connected to the gateway bridge (its way out)"
+        return f"sandbox {sb.id[:12]}: left the gateway bridge (none of its networks needs it)"
 
     # --- proxies ----------------------------------------------------------------
 
