@@ -210,7 +210,8 @@ class Controller:
         self._files.tidy()  # what a crash left in the sandbox directory pool and trash
         if self._dns_binding is not None:
             self._dns_binding.follow(self._drivers.remote_peers())
-            await self._dns_binding.restore()
+            for sandbox_id in await self._dns_binding.restore():
+                await self._dns_served(sandbox_id, False)
         for drv in self._drivers.remote_peers():
             drv.peer_listeners.append(self._proxies.peers_changed)
         return self
@@ -1041,6 +1042,28 @@ class Controller:
             await self._dns_binding.sandbox(sb if sb is not None else await self.repo.sandbox(sandbox_id), reads)
         except (LibnetError, OSError) as exc:  # names do not resolve; the network itself works
             log.warning("sandbox %s: embedded DNS not served: %s", sandbox_id[:12], exc)
+            if not isinstance(exc, NotFound):  # (the sandbox gone meanwhile: nothing to serve)
+                await self._dns_served(sandbox_id, False)
+        else:
+            await self._dns_served(sandbox_id, True)
+
+    async def _dns_served(self, sandbox_id: str, served: bool) -> bool:
+        """Whether the sandbox's embedded DNS server is served, as just found: one that is not
+        gets a resolv.conf naming the upstream servers (its own ``--dns``, else the host's) instead
+        of an address where nothing listens (the container had no DNS at all), and the embedded
+        server's address again once it is served.  Returns whether that changed."""
+        if served == (sandbox_id not in self._files.unserved):
+            return False
+        if served:
+            self._files.unserved.discard(sandbox_id)
+        else:
+            self._files.unserved.add(sandbox_id)
+            log.warning("sandbox %s: resolv.conf names the upstream servers until its DNS is served", sandbox_id[:12])
+        try:
+            await self._joins.write_files(sandbox_id)
+        except LibnetError as exc:  # a read-only state dir, say: the files keep their text
+            log.warning("sandbox %s: resolv.conf not rewritten: %s", sandbox_id[:12], exc)
+        return True
 
     @operation
     async def leave(self, endpoint: str, sandbox: str | None = None) -> Endpoint:
@@ -1079,7 +1102,13 @@ class Controller:
             except LibnetError as exc:
                 log.warning("sandbox %s: gateway bridge not released: %s", sandbox_id[:12], exc)
         if sandbox_id and self._dns_binding is not None:
-            await self._dns_binding.left(ep, sandbox_id, sb)
+            try:
+                await self._dns_binding.left(ep, sandbox_id, sb)
+            except (LibnetError, OSError) as exc:  # the leave is done; only names fail (see _dns_sync)
+                log.warning("sandbox %s: embedded DNS not served: %s", sandbox_id[:12], exc)
+                await self._dns_served(sandbox_id, False)
+            else:
+                await self._dns_served(sandbox_id, True)
         return ep
 
     async def _sync_gateway_bridge(self, sandbox_id: str | None, reads: Reads | None = None) -> Sandbox | None:
@@ -1274,6 +1303,10 @@ class Controller:
         networks = {n.id: n for n in await self.repo.networks()}
         for sb in await self.repo.sandboxes():
             repaired, missing = [], []
+            if sb.id in self._files.unserved and sb.endpoints and not sb.removing:
+                await self._dns_sync(sb.id, sb)  # descriptors freed since, say
+                if sb.id not in self._files.unserved:
+                    repaired.append(f"sandbox {sb.id[:12]}: embedded DNS served again (resolv.conf points at it)")
             try:
                 line = await self._repair_gateway_bridge(sb, endpoints, networks)
                 if line is not None:

@@ -374,6 +374,16 @@ class Joins:
                     repaired.append(f"sandbox {sb.id[:12]}: resolv.conf/hosts written (its directory was missing)")
         return repaired, missing
 
+    async def write_files(self, sandbox_id: str) -> None:
+        """(Re)write the sandbox's files from its stored record, under its lock (a change of
+        their text not made by a join or leave: its embedded DNS served or not); gone is fine."""
+        async with self._lock(sandbox_id):
+            try:
+                sb = await self.repo.sandbox(sandbox_id)
+            except NotFound:
+                return
+            await self.files.write(sb)
+
     async def _hand_over(self, sb: Sandbox) -> None:
         """After the endpoint carrying the default routes left, the next one takes them.
 
