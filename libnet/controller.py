@@ -969,6 +969,7 @@ class Controller:
             )
         if sb.files:
             self._files.remove(sb.id)
+        self._files.unserved.discard(sb.id)  # (files=False ones too: their DNS is served all the same)
         await self.repo.delete_sandbox(sb)
         self._joins.forget(sb.id)
 
@@ -1303,10 +1304,11 @@ class Controller:
         networks = {n.id: n for n in await self.repo.networks()}
         for sb in await self.repo.sandboxes():
             repaired, missing = [], []
-            if sb.id in self._files.unserved and sb.endpoints and not sb.removing:
+            if sb.id in self._files.unserved and sb.endpoints and not sb.removing and self._namespaces.exists(sb.netns):
                 await self._dns_sync(sb.id, sb)  # descriptors freed since, say
                 if sb.id not in self._files.unserved:
-                    repaired.append(f"sandbox {sb.id[:12]}: embedded DNS served again (resolv.conf points at it)")
+                    said = " (resolv.conf points at it)" if sb.files else ""
+                    repaired.append(f"sandbox {sb.id[:12]}: embedded DNS served again{said}")
             try:
                 line = await self._repair_gateway_bridge(sb, endpoints, networks)
                 if line is not None:
@@ -1348,6 +1350,8 @@ class Controller:
             pairs.append((ep, nw))
         needed, present = self._gateway.decide(pairs)
         if needed == (present is not None) or await self._proxies.owns_sandbox(sb.id) is not None:
+            return None
+        if not self._namespaces.exists(sb.netns):  # said already ("namespace ... is gone"): nothing to plug into
             return None
         await self._sync_gateway_bridge(sb.id)
         if needed:

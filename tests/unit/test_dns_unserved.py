@@ -150,3 +150,27 @@ async def test_a_restart_that_cannot_serve_a_sandboxs_dns_leaves_the_upstream_se
         assert _nameservers(again, sb.id) == ["127.0.0.11"]
     finally:
         await again.close()
+
+
+async def test_a_sandbox_without_files_is_served_again_and_forgotten_when_deleted(tmp_path: Path) -> None:
+    """A CNI sandbox (its runtime writes the container's resolv.conf): no files are written for it,
+    its DNS is served again by reconcile, and its deletion forgets it."""
+    ctl, listeners = await _controller(tmp_path)
+    try:
+        await ctl.create_network("front", ipv4_subnet="198.51.100.0/26", ipv6=False)
+        sb = await ctl.create_sandbox("f" * 12, files=False)
+        other = await ctl.create_sandbox("9" * 12, files=False)
+        listeners.failing = True
+        for s in (sb, other):
+            await ctl.connect("front", s.id)
+        assert not (Path(ctl.config.state_dir) / "sandboxes" / sb.id).exists()
+        await ctl.delete_sandbox(other.id)
+        assert ctl._files.unserved == {sb.id}
+        listeners.failing = False
+        report = await ctl.reconcile()
+        assert [line for line in report.repaired if "DNS" in line] == [
+            f"sandbox {sb.id[:12]}: embedded DNS served again"
+        ], report
+        assert sb.id in listeners.served and not (Path(ctl.config.state_dir) / "sandboxes" / sb.id).exists()
+    finally:
+        await ctl.close()

@@ -289,3 +289,19 @@ async def test_reconcile_leaves_another_instances_gateway_bridge_alone(tmp_path:
     assert not any("gateway" in line for line in report.repaired + report.missing), report
     assert len((await mine.sandbox(sid)).endpoints) == 1
     assert await mine.repo.network_named(GATEWAY_BRIDGE) is None
+
+
+async def test_no_gateway_bridge_repair_in_a_namespace_that_is_gone(tmp_path: Path) -> None:
+    """A sandbox left without its leg whose namespace is gone since: said once as gone, no join tried."""
+    ctl, (sid, _) = await _overlay_setup(tmp_path)
+    ctl._gateway.need = _dies  # type: ignore[method-assign]
+    ctl.leave = _dies  # type: ignore[method-assign]
+    with pytest.raises(Killed):
+        await ctl.connect("ov", sid)
+    again = await _restart(tmp_path, ctl)
+    again._namespaces.paths.discard((await again.sandbox(sid)).netns)  # type: ignore[attr-defined]
+    for _ in range(2):
+        report = await again.reconcile()
+        assert not report.repaired and [line for line in report.missing if sid[:12] in line] == [
+            f"sandbox {sid[:12]}: namespace {(await again.sandbox(sid)).netns} is gone"
+        ], report
