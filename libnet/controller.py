@@ -210,7 +210,8 @@ class Controller:
         self._files.tidy()  # what a crash left in the sandbox directory pool and trash
         if self._dns_binding is not None:
             self._dns_binding.follow(self._drivers.remote_peers())
-            await self._dns_binding.restore()
+            for sandbox_id in await self._dns_binding.restore():
+                await self._dns_served(sandbox_id, False)
         for drv in self._drivers.remote_peers():
             drv.peer_listeners.append(self._proxies.peers_changed)
         return self
@@ -879,6 +880,7 @@ class Controller:
                 files=bool(files),
                 origin=str(origin),
                 netns_id=netns_id or "",
+                instance=self.instance,
             )
             for attempt in range(3):
                 try:
@@ -967,6 +969,7 @@ class Controller:
             )
         if sb.files:
             self._files.remove(sb.id)
+        self._files.unserved.discard(sb.id)  # (files=False ones too: their DNS is served all the same)
         await self.repo.delete_sandbox(sb)
         self._joins.forget(sb.id)
 
@@ -1040,6 +1043,28 @@ class Controller:
             await self._dns_binding.sandbox(sb if sb is not None else await self.repo.sandbox(sandbox_id), reads)
         except (LibnetError, OSError) as exc:  # names do not resolve; the network itself works
             log.warning("sandbox %s: embedded DNS not served: %s", sandbox_id[:12], exc)
+            if not isinstance(exc, NotFound):  # (the sandbox gone meanwhile: nothing to serve)
+                await self._dns_served(sandbox_id, False)
+        else:
+            await self._dns_served(sandbox_id, True)
+
+    async def _dns_served(self, sandbox_id: str, served: bool) -> bool:
+        """Whether the sandbox's embedded DNS server is served, as just found: one that is not
+        gets a resolv.conf naming the upstream servers (its own ``--dns``, else the host's) instead
+        of an address where nothing listens (the container had no DNS at all), and the embedded
+        server's address again once it is served.  Returns whether that changed."""
+        if served == (sandbox_id not in self._files.unserved):
+            return False
+        if served:
+            self._files.unserved.discard(sandbox_id)
+        else:
+            self._files.unserved.add(sandbox_id)
+            log.warning("sandbox %s: resolv.conf names the upstream servers until its DNS is served", sandbox_id[:12])
+        try:
+            await self._joins.write_files(sandbox_id)
+        except LibnetError as exc:  # a read-only state dir, say: the files keep their text
+            log.warning("sandbox %s: resolv.conf not rewritten: %s", sandbox_id[:12], exc)
+        return True
 
     @operation
     async def leave(self, endpoint: str, sandbox: str | None = None) -> Endpoint:
@@ -1078,7 +1103,13 @@ class Controller:
             except LibnetError as exc:
                 log.warning("sandbox %s: gateway bridge not released: %s", sandbox_id[:12], exc)
         if sandbox_id and self._dns_binding is not None:
-            await self._dns_binding.left(ep, sandbox_id, sb)
+            try:
+                await self._dns_binding.left(ep, sandbox_id, sb)
+            except (LibnetError, OSError) as exc:  # the leave is done; only names fail (see _dns_sync)
+                log.warning("sandbox %s: embedded DNS not served: %s", sandbox_id[:12], exc)
+                await self._dns_served(sandbox_id, False)
+            else:
+                await self._dns_served(sandbox_id, True)
         return ep
 
     async def _sync_gateway_bridge(self, sandbox_id: str | None, reads: Reads | None = None) -> Sandbox | None:
@@ -1257,9 +1288,10 @@ class Controller:
         repaired, IPAM pools and addresses no stored object owns are
         released, stale name reservations dropped.  Then each driver removes
         kernel objects no stored object owns and reports missing parts.  Last, what a
-        crash left undone after a join's or leave's store step is done in each of this
-        instance's sandboxes (:meth:`libnet.joins.Joins.repair`: the default routes'
-        hand-over, the sandbox's files).
+        crash left undone after a store step is done in each of this instance's sandboxes:
+        the gateway bridge of a connect or disconnect (:meth:`_repair_gateway_bridge`), then
+        (:meth:`libnet.joins.Joins.repair`) the default routes' hand-over of a leave and the
+        sandbox's files (a join's or leave's; a new sandbox's never written).
         """
         async with self._gate.exclusive():
             report = await self._reconciler.run()
@@ -1269,15 +1301,62 @@ class Controller:
 
     async def _repair_sandboxes(self, report: ReconcileReport) -> None:
         endpoints = {e.id: e for e in await self.repo.endpoints()}
+        networks = {n.id: n for n in await self.repo.networks()}
         for sb in await self.repo.sandboxes():
+            repaired, missing = [], []
+            if sb.id in self._files.unserved and sb.endpoints and not sb.removing and self._namespaces.exists(sb.netns):
+                await self._dns_sync(sb.id, sb)  # descriptors freed since, say
+                if sb.id not in self._files.unserved:
+                    said = " (resolv.conf points at it)" if sb.files else ""
+                    repaired.append(f"sandbox {sb.id[:12]}: embedded DNS served again{said}")
             try:
-                repaired, missing = await self._joins.repair(sb.id, endpoints)
+                line = await self._repair_gateway_bridge(sb, endpoints, networks)
+                if line is not None:
+                    repaired.append(line)
+                    endpoints = {e.id: e for e in await self.repo.endpoints()}  # a leg made or deleted
+                    networks = {n.id: n for n in await self.repo.networks()}  # the gateway bridge made
+            except LibnetError as exc:
+                missing.append(f"sandbox {sb.id[:12]}: gateway bridge not repaired: {exc.message}")
+            try:
+                done, left = await self._joins.repair(sb.id, endpoints)
+                repaired, missing = repaired + done, missing + left
             except LibnetError as exc:  # one sandbox's trouble (a read-only state dir) stops no other
-                repaired, missing = [], [f"sandbox {sb.id[:12]}: not repaired: {exc.message}"]
+                missing.append(f"sandbox {sb.id[:12]}: not repaired: {exc.message}")
             report.repaired += repaired
             report.missing += missing
             for line in repaired + missing:
                 log.warning("reconcile: %s", line)
+
+    async def _repair_gateway_bridge(
+        self, sb: Sandbox, endpoints: Mapping[str, Endpoint], networks: Mapping[str, Network]
+    ) -> str | None:
+        """What a kill -9 between a connect's or disconnect's store step and its gateway bridge
+        step (:meth:`_sync_gateway_bridge`) left, done now: a sandbox on a network that needs the
+        gateway bridge is connected to it (it had no way out), one whose networks need it no
+        more loses its leg there.  Only a sandbox of this instance whose every endpoint this
+        instance made, none marked by an operation, none a proxy's leg (a proxy's sandbox never
+        gets the gateway bridge).  ``endpoints``, ``networks``: every stored one by id, as the
+        caller read them.  Returns the report line of what was done, None if nothing was."""
+        if sb.removing or not sb.netns or sb.instance not in ("", self.instance) or not sb.endpoints:
+            return None
+        pairs = []
+        for eid in sb.endpoints:
+            ep = endpoints.get(eid)
+            nw = networks.get(ep.network_id) if ep is not None else None
+            if ep is None or nw is None or ep.instance != self.instance:
+                return None
+            if ep.leaving or ep.removing or ep.connecting or ep.proxy:
+                return None
+            pairs.append((ep, nw))
+        needed, present = self._gateway.decide(pairs)
+        if needed == (present is not None) or await self._proxies.owns_sandbox(sb.id) is not None:
+            return None
+        if not self._namespaces.exists(sb.netns):  # said already ("namespace ... is gone"): nothing to plug into
+            return None
+        await self._sync_gateway_bridge(sb.id)
+        if needed:
+            return f"sandbox {sb.id[:12]}: connected to the gateway bridge (its way out)"
+        return f"sandbox {sb.id[:12]}: left the gateway bridge (none of its networks needs it)"
 
     # --- proxies ----------------------------------------------------------------
 

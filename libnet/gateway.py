@@ -87,20 +87,27 @@ class GatewayPolicy:
         """Whether ``sb`` must be connected to, or disconnected from, the gateway bridge.
         ``reads``: the records the caller's step read already, shared with it."""
         src = reads if reads is not None else Reads(self.repo)
-        needed, present = False, None
+        pairs = []
         for eid in sb.endpoints:
             ep = await src.endpoint(eid)
-            nw = await src.network(ep.network_id)
-            if named_gateway_bridge(nw):
-                present = ep
-                continue
-            if not nw.internal and self._via_gateway_bridge(nw):
-                needed = True
+            pairs.append((ep, await src.network(ep.network_id)))
+        needed, present = self.decide(pairs)
         if needed and present is None:
             return Need(await self.network_id(), connect=True)
         if present is not None and not needed:
             return Need(present.network_id, disconnect=present)
         return Need(present.network_id if present is not None else None)
+
+    def decide(self, pairs: list[tuple[Endpoint, Network]]) -> tuple[bool, Endpoint | None]:
+        """For a sandbox holding these (endpoint, its network) pairs: whether one of its networks
+        needs the gateway bridge, and its endpoint on the gateway bridge network if it has one."""
+        needed, present = False, None
+        for ep, nw in pairs:
+            if named_gateway_bridge(nw):
+                present = ep
+            elif not nw.internal and self._via_gateway_bridge(nw):
+                needed = True
+        return needed, present
 
     async def successor(self, sb: Sandbox) -> tuple[Network, Endpoint] | None:
         """After the endpoint carrying the default routes left ``sb``: the next

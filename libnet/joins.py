@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from libnet.driverapi import PortMapping
 from libnet.drivers.registry import Drivers
-from libnet.errors import Conflict, KernelObjectExists, NotFound
+from libnet.errors import Conflict, KernelObjectExists, LibnetError, NotFound
 from libnet.gateway import GatewayPolicy
 from libnet.info import ep_info, net_info, sb_info
 from libnet.model import Endpoint, Network, Sandbox
@@ -323,10 +323,15 @@ class Joins:
         routes handed over to the next endpoint if the one carrying them left and none took them
         (the sandbox had no way out), and the sandbox's resolv.conf and hosts rewritten if their
         text is not what its stored endpoints say (a join's entry missing, a gone endpoint's
-        kept).  ``endpoints``: every stored endpoint by id, as the caller read them.
+        kept), or written if its directory is missing (a kill -9 between ``create_sandbox``'s
+        store step and its first file write).  ``endpoints``: every stored endpoint by id, as
+        the caller read them.
 
-        Only a sandbox of this instance: its files under this instance's state dir, and for
-        the routes, every endpoint made by this instance and none marked by an operation.
+        Only a sandbox of this instance: for the files, one whose directory is under this
+        instance's state dir or that this instance made (``Sandbox.instance``; whatever stands
+        in the directory's place that is not a plain directory is never written through,
+        opened or removed: reported); for the routes, every endpoint made by this
+        instance and none marked by an operation.
         Returns (what was repaired, what could not be), as report lines."""
         repaired: list[str] = []
         missing: list[str] = []
@@ -355,9 +360,29 @@ class Joins:
                     else:
                         await self.repo.update_endpoint(ep, lambda e: setattr(e, "gateway", True))
                         repaired.append(f"sandbox {sb.id[:12]}: default routes handed over to endpoint {ep.name}")
-            if sb.files and self.files.has(sb.id) and await self.files.write(sb, endpoints):
-                repaired.append(f"sandbox {sb.id[:12]}: resolv.conf/hosts rewritten from the store")
+            if not sb.files:
+                return repaired, missing
+            if self.files.has(sb.id):
+                if await self.files.write(sb, endpoints):
+                    repaired.append(f"sandbox {sb.id[:12]}: resolv.conf/hosts rewritten from the store")
+            elif sb.instance == self.instance:  # made here, its directory never was (or was removed)
+                try:  # a symlink, FIFO or file in the directory's place: Conflict, neither followed nor opened
+                    await self.files.write(sb, endpoints)
+                except LibnetError as exc:
+                    missing.append(f"sandbox {sb.id[:12]}: resolv.conf/hosts not written: {exc.message}")
+                else:
+                    repaired.append(f"sandbox {sb.id[:12]}: resolv.conf/hosts written (its directory was missing)")
         return repaired, missing
+
+    async def write_files(self, sandbox_id: str) -> None:
+        """(Re)write the sandbox's files from its stored record, under its lock (a change of
+        their text not made by a join or leave: its embedded DNS served or not); gone is fine."""
+        async with self._lock(sandbox_id):
+            try:
+                sb = await self.repo.sandbox(sandbox_id)
+            except NotFound:
+                return
+            await self.files.write(sb)
 
     async def _hand_over(self, sb: Sandbox) -> None:
         """After the endpoint carrying the default routes left, the next one takes them.

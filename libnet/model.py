@@ -313,6 +313,10 @@ class Sandbox:
     #: the key of its claim on that namespace (:meth:`libnet.repository.Repository.netns_claim`);
     #: "" for records written before claims existed
     netns_id: str = ""
+    #: the libnet instance that made it (its files are under that instance's state dir); "" for
+    #: records written before this field existed and those ``--adopt`` rebuilt (files=True is a
+    #: guess there: their files are repaired only where their directory is)
+    instance: str = ""
 
     def to_data(self) -> dict[str, Any]:
         return to_data(self)

@@ -462,6 +462,10 @@ class SandboxFiles:
         self.embedded_dns = embedded_dns
         self.dns_address = dns_address
         self._written: dict[str, bytes] = {}  # sandbox id -> a _STAMP per file of _STAMPED
+        #: sandboxes whose embedded DNS server could not be served (the agent out of descriptors,
+        #: say): their resolv.conf names the upstream servers, as without the embedded DNS (nothing
+        #: listens on ``dns_address`` in them), until it is served (the controller keeps this set)
+        self.unserved: set[str] = set()
         # directories made ahead / removed behind on a thread of its own (libnet.sandbox_dirs)
         self.dirs = DirPool(os.path.join(state_dir, "sandboxes"), _POOL_FILES, _OWN_FILES)
 
@@ -472,7 +476,8 @@ class SandboxFiles:
 
     async def write(self, sb: Sandbox, known: Mapping[str, Endpoint] | None = None) -> bool:
         """(Re)write the sandbox's resolv.conf and hosts from its stored endpoints (only those
-        whose text changed); nothing for a sandbox without files (``Sandbox.files``), or one
+        whose text changed; resolv.conf names the embedded DNS server unless the sandbox is in
+        :attr:`unserved`); nothing for a sandbox without files (``Sandbox.files``), or one
         being removed (its files go next).  ``Conflict`` when a symlink or a file stands in the
         place of the sandbox's directory (never written through); ``Unavailable`` when the
         files cannot be written (a read-only state dir).  ``known``: endpoints by id as the
@@ -487,7 +492,7 @@ class SandboxFiles:
                 for cidr in (ep.ipv4, ep.ipv6):
                     if cidr:
                         entries.append((address_of(cidr), [ep.name, *ep.aliases]))
-        if self.embedded_dns:
+        if self.embedded_dns and sb.id not in self.unserved:
             resolv = resolv_conf_embedded(self.host.read(), self.dns_address, sb.dns_search, sb.dns_options)
         else:
             resolv = resolv_conf(self.host.read(), sb.dns, sb.dns_search, sb.dns_options)
@@ -593,4 +598,5 @@ class SandboxFiles:
         """The sandbox's directory goes: out of the way at once (one rename), deleted
         by the pool's thread; gone is fine."""
         self._written.pop(sandbox_id, None)
+        self.unserved.discard(sandbox_id)
         self.dirs.discard(_directory(self.state_dir, sandbox_id))

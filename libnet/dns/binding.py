@@ -104,14 +104,18 @@ class DnsBinding:
 
         return changed
 
-    async def restore(self) -> None:
-        """After a restart: serve every sandbox that has endpoints again."""
+    async def restore(self) -> list[str]:
+        """After a restart: serve every sandbox that has endpoints again.  Returns the ids of
+        those that could not be served."""
+        failed = []
         for sb in await self.repo.sandboxes():
             if sb.endpoints:
                 try:
                     await self.sandbox(sb)
                 except (LibnetError, OSError) as exc:  # its namespace may be gone: reconcile reports that
                     log.warning("DNS: sandbox %s not served: %s", sb.id[:12], exc)
+                    failed.append(sb.id)
+        return failed
 
     async def close(self) -> None:
         await self.dns.close()

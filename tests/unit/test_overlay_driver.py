@@ -247,3 +247,35 @@ async def test_reconcile_removes_own_orphans_and_leaves_foreign_namespaces(
     assert kernel.netns_exists("lno-t-999") and any("lno-t-999" in line for line in report.foreign)
     assert not kernel.netns_exists("lno-t-700") and any("lno-t-700" in line for line in report.removed)
     assert kernel.netns_exists("lno-t-256")
+
+
+async def test_a_restarted_driver_unplugs_the_veth_of_a_join_that_never_reached_the_store(
+    kernel: FakeKernel, driver: OverlayDriver, tmp_path
+) -> None:
+    """kill -9 between a connect's driver join and its store step: the next start's reconcile
+    deletes the endpoint (an unfinished connect) before the driver has seen the network; the
+    delete looked for the VNI in this process's cache only, so the veth stayed plugged into the
+    overlay and the container (its address free again for another endpoint), and every
+    reconcile after reported it "kept (a lost store record?)"."""
+    nw, ep = net(), endpoint()
+    await driver.create_network(nw)
+    await driver.create_endpoint(nw, ep)
+    await driver.join(nw, ep, SandboxInfo("c1", kernel.add_namespace("sb1"), "eth0"))
+    again = OverlayDriver(
+        cluster_store=driver.store,
+        node="h1",
+        vtep=VTEP,
+        overlay_prefix="lno-t-",
+        anti_entropy_interval=3600,
+        instance=ME,
+        state_dir=str(tmp_path),
+        kernel=kernel,
+    )
+    try:
+        await again.delete_endpoint(nw, ep)
+        assert not [link for link in kernel.namespace("lno-t-256").links.values() if link.kind == "veth"]
+        assert "eth0" not in kernel.namespace("sb1").by_name()
+        assert again.store is not None and await again.store.list(peers_prefix(P, NET)) == []
+        await again.delete_endpoint(nw, endpoint("5" * 64))  # no veth at all: nothing to do
+    finally:
+        await again.close()

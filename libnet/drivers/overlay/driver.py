@@ -403,6 +403,10 @@ class OverlayDriver(EncryptedOverlays):
 
     async def _unplug(self, network_id: str, ep: EndpointInfo) -> None:
         vni = self.vnis.cached(network_id)
+        if vni is None:  # not seen by this process (a restart's reconcile rolling back a connect's
+            # join that never reached the store): the network's namespace on this host, if any
+            here = await asyncio.to_thread(self.plumbing.local_vnis)
+            vni = next((v for v, owner in here.items() if owner == network_id), None)
         if vni is not None:
             await asyncio.to_thread(self.plumbing.unplug_endpoint, self.ns_name(vni), host_ifname(ep), ep.id)
 
