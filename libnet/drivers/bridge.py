@@ -425,7 +425,7 @@ class BridgeDriver:
             error, if it failed (the veth deleted again)."""
             index = plug()
             try:
-                sandbox_config.configure_links(links, nw, ep, sb, alias=mark, announce=True)
+                sandbox_config.configure_links(links, nw, ep, sb, alias=mark)
             except BaseException as exc:
                 self.delete_own(index, "ep", ep.id)
                 return index, exc
@@ -474,7 +474,7 @@ class BridgeDriver:
             raise failed
         if not configured:
             try:
-                await sandbox_config.configure_sandbox(self.kernel, nw, ep, sb, alias=mark, announce=True)
+                await sandbox_config.configure_sandbox(self.kernel, nw, ep, sb, alias=mark)
             except BaseException:
                 await self._host(lambda: self.delete_own(index, "ep", ep.id))
                 raise

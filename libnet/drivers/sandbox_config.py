@@ -28,40 +28,26 @@ def gateways(nw: NetworkInfo) -> list[str]:
 
 
 async def configure_sandbox(
-    kernel: Kernel,
-    nw: NetworkInfo,
-    ep: EndpointInfo,
-    sb: SandboxInfo,
-    alias: str | None = None,
-    announce: bool = False,
+    kernel: Kernel, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo, alias: str | None = None
 ) -> None:
     """Inside the sandbox, in one batch: lo up, the endpoint's addresses (DAD
     off), its interface up (and marked with ``alias`` when given), and -- if
     the endpoint carries the sandbox's default routes and the network is not
     internal -- default routes via the gateways of the families it has an address of (a
-    proxy's front leg may have no IPv6 on a dual-stack network: no IPv6 route then).
-    ``announce``: its addresses are announced at its MAC to the network's other members and
-    the host (gratuitous ARP, unsolicited NA: :meth:`libnet.kernel.sandbox.SandboxLinks.configure`),
-    for a network whose broadcasts stay on this host (a bridge's)."""
+    proxy's front leg may have no IPv6 on a dual-stack network: no IPv6 route then)."""
     with await kernel.open_sandbox(sb.netns) as links:
-        configure_links(links, nw, ep, sb, alias, announce)
+        configure_links(links, nw, ep, sb, alias)
 
 
 def configure_links(
-    links: SandboxOps,
-    nw: NetworkInfo,
-    ep: EndpointInfo,
-    sb: SandboxInfo,
-    alias: str | None = None,
-    announce: bool = False,
+    links: SandboxOps, nw: NetworkInfo, ep: EndpointInfo, sb: SandboxInfo, alias: str | None = None
 ) -> None:
     """:func:`configure_sandbox` on a handle opened already: blocking (a few kernel requests in
     one batch), for a thread that has other kernel work of the join to do (the bridge driver's
     host thread while other operations keep the event loop busy)."""
     have = {version(cidr) for cidr in addresses(ep)}
     routes = [gw for gw in gateways(nw) if version(gw) in have] if sb.gateway and not nw.internal else []
-    mac = ep.mac if announce and ep.mac else None
-    links.configure(sb.ifname, addresses(ep), routes, alias, mac, sandbox_id=sb.id)
+    links.configure(sb.ifname, addresses(ep), routes, alias, sandbox_id=sb.id)
 
 
 async def set_default_routes(kernel: Kernel, nw: NetworkInfo, sb: SandboxInfo, present: bool) -> None:

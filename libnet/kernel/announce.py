@@ -72,22 +72,14 @@ def garp(ip: str, mac: str) -> bytes:
     return eth + arp
 
 
-def na_message(ip: str, mac: str, csum: int = 0) -> bytes:
-    """The ICMPv6 part of an unsolicited Neighbor Advertisement for ``ip`` at ``mac``: Solicited
-    clear, Override set, the Target Link-Layer Address option (32 bytes); checksum ``csum``
-    (0 for a raw ICMPv6 socket, which has the kernel fill it in: RFC 3542 section 3.1)."""
-    target = ipaddress.IPv6Address(ip).packed
-    body = struct.pack("!I", _NA_OVERRIDE) + target + struct.pack("!BB", _ND_OPT_TARGET_LL_ADDR, 1) + _mac(mac)
-    return struct.pack("!BBH", _ND_NEIGHBOR_ADVERT, 0, csum) + body
-
-
 def unsolicited_na(ip: str, mac: str) -> bytes:
     """An unsolicited Neighbor Advertisement for ``ip`` at ``mac`` to all nodes, Override set
     (an Ethernet frame, 86 bytes); its IPv6 source is ``ip`` itself."""
     hw, target = _mac(mac), ipaddress.IPv6Address(ip).packed
-    plain = na_message(ip, mac)
-    pseudo = target + _ALL_NODES + struct.pack("!I3xB", len(plain), _ICMPV6)
-    icmp = na_message(ip, mac, checksum(pseudo + plain))
+    body = struct.pack("!I", _NA_OVERRIDE) + target + struct.pack("!BB", _ND_OPT_TARGET_LL_ADDR, 1) + hw
+    pseudo = target + _ALL_NODES + struct.pack("!I3xB", 4 + len(body), _ICMPV6)
+    csum = checksum(pseudo + struct.pack("!BBH", _ND_NEIGHBOR_ADVERT, 0, 0) + body)
+    icmp = struct.pack("!BBH", _ND_NEIGHBOR_ADVERT, 0, csum) + body
     ip6 = struct.pack("!IHBB", 6 << 28, len(icmp), _ICMPV6, 255) + target + _ALL_NODES
     return _ALL_NODES_MAC + hw + struct.pack("!H", ETH_P_IPV6) + ip6 + icmp
 

@@ -150,7 +150,6 @@ class SandboxOps(Protocol):
         addresses: Sequence[str],
         gateways: Sequence[str] = (),
         alias: str | None = None,
-        mac: str | None = None,
         **ids: Any,
     ) -> None: ...
     def set_default_routes(self, ifname: str, gateways: Sequence[str], present: bool, **ids: Any) -> None: ...

@@ -47,14 +47,12 @@ from libnet.kernel.wire import (
     IFF_UP,
     IFINFO,
     IFLA_ADDRESS,
-    IFLA_AF_SPEC,
     IFLA_BR_MCAST_SNOOPING,
     IFLA_BRPORT_ISOLATED,
     IFLA_BRPORT_MODE,
     IFLA_GROUP,
     IFLA_IFALIAS,
     IFLA_IFNAME,
-    IFLA_INET_CONF,
     IFLA_INFO_DATA,
     IFLA_INFO_KIND,
     IFLA_INFO_SLAVE_DATA,
@@ -66,7 +64,6 @@ from libnet.kernel.wire import (
     IFLA_NUM_RX_QUEUES,
     IFLA_NUM_TX_QUEUES,
     IFLA_PROTINFO,
-    IPV4_DEVCONF_ARP_NOTIFY,
     MAX_ALIAS,
     NETLINK_CAP_ACK,
     NETLINK_GET_STRICT_CHK,
@@ -274,16 +271,6 @@ def setlink_body(
     if alias is not None:
         body += attr(IFLA_IFALIAS, check_alias(alias))
     return body
-
-
-def arp_notify_body(index: int) -> bytes:
-    """RTM_NEWLINK body setting the link's IPv4 ``arp_notify`` (``IFLA_AF_SPEC``/``AF_INET``/
-    ``IFLA_INET_CONF``, as ``/proc/sys/net/ipv4/conf/IF/arp_notify`` would): the kernel then sends
-    a gratuitous ARP for its addresses when it comes up or changes its MAC (``devinet.c``,
-    ``NETDEV_UP``).  Sent before the request that brings it up: that one's flags change comes
-    before the kernel reads ``IFLA_AF_SPEC``."""
-    conf = nested(IFLA_INET_CONF, u32(IPV4_DEVCONF_ARP_NOTIFY, 1))
-    return ifinfo(index) + nested(IFLA_AF_SPEC, nested(socket.AF_INET, conf))
 
 
 def brport_body(index: int, hairpin: bool | None = None, isolated: bool | None = None) -> bytes:

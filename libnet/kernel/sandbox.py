@@ -10,15 +10,12 @@ builds those requests and decides which kernel answers mean "already gone"
 from __future__ import annotations
 
 import errno
-import logging
 import socket
-import struct
 from collections.abc import Sequence
 from typing import Any
 
 from libnet.errors import KernelObjectExists, NoSuchLink
 from libnet.kernel import netns, rtnl
-from libnet.kernel.announce import na_message
 from libnet.kernel.errors import GONE, from_errno
 from libnet.kernel.wire import (
     NLM_F_CREATE,
@@ -30,15 +27,9 @@ from libnet.kernel.wire import (
     RTM_NEWROUTE,
 )
 
-log = logging.getLogger("libnet.kernel")
-
 #: socket() arguments of an rtnetlink socket
 NETLINK_ROUTE_SOCKET = (socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-#: ... and of a raw ICMPv6 socket (Neighbor Advertisements; it receives nothing: ICMP6_FILTER)
-ICMPV6_SOCKET = (socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
 LOOPBACK_INDEX = 1
-_SOL_ICMPV6, _ICMP6_FILTER = 58, 1  # linux/icmpv6.h: a set bit blocks that ICMPv6 type
-_ALL_NODES = "ff02::1"
 
 
 def _route_requests(index: int, gateways: Sequence[str], add: bool) -> list[rtnl.Request]:
@@ -122,33 +113,20 @@ class SandboxLinks:
     ``send``); safe to use from the event loop.  Close it (context manager).
     """
 
-    def __init__(self, sock: socket.socket, icmp6: socket.socket | None = None) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         self._rtnl = rtnl.RtnlSocket(sock)
-        self._icmp6 = icmp6  # for the Neighbor Advertisements of configure(mac=...)
 
     @classmethod
     async def open(cls, path: str) -> SandboxLinks:
         """A handle for the namespace at ``path`` (``NoSuchNamespace`` if it is gone);
-        the sockets are made on this thread (:func:`libnet.kernel.netns.sockets_in`), in one
-        entry: the rtnetlink socket and a raw ICMPv6 one (none where IPv6 is off)."""
-        made, icmp6 = netns.sockets_in(path, [NETLINK_ROUTE_SOCKET, ICMPV6_SOCKET])
+        the socket is made on this thread (:func:`libnet.kernel.netns.sockets_in`)."""
+        (made,) = netns.sockets_in(path, [NETLINK_ROUTE_SOCKET])
         if isinstance(made, OSError):
-            if isinstance(icmp6, socket.socket):
-                icmp6.close()
             raise from_errno(made.errno or 0, "open rtnetlink socket", netns=path)
-        if isinstance(icmp6, socket.socket):
-            try:
-                icmp6.setsockopt(_SOL_ICMPV6, _ICMP6_FILTER, b"\xff" * 32)  # receives nothing
-                icmp6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)  # RFC 4861 7.1.2
-            except OSError:
-                icmp6.close()
-                icmp6 = OSError()
-        return cls(made, icmp6 if isinstance(icmp6, socket.socket) else None)
+        return cls(made)
 
     def close(self) -> None:
         self._rtnl.close()
-        if self._icmp6 is not None:
-            self._icmp6.close()
 
     def __enter__(self) -> SandboxLinks:
         return self
@@ -172,19 +150,11 @@ class SandboxLinks:
         addresses: Sequence[str],
         gateways: Sequence[str] = (),
         alias: str | None = None,
-        mac: str | None = None,
         **ids: Any,
     ) -> None:
         """In one batch: ``lo`` up, ``addresses`` on ``ifname`` (IPv6 without
         DAD), ``ifname`` up (and marked with ``alias``), default routes via
-        ``gateways``.  ``NoSuchLink`` (with ``ids``) if ``ifname`` is not here.
-
-        ``mac`` (the interface's): the neighbours are told the addresses are there, as a
-        container's own stack would after a MAC change and Docker does at a join: the kernel
-        sends a gratuitous ARP for the IPv4 addresses as the link comes up (``arp_notify``),
-        and an unsolicited Neighbor Advertisement (RFC 4861 7.2.6) goes to all nodes for each
-        IPv6 address.  An address another interface had a moment before with another MAC is
-        then reachable at once, not after the neighbours' reachable time (15-45 s) and probes."""
+        ``gateways``.  ``NoSuchLink`` (with ``ids``) if ``ifname`` is not here."""
         index = self._need(ifname, "the new interface is not in the sandbox", ids)
         reqs: list[rtnl.Request] = [(RTM_NEWLINK, 0, rtnl.setlink_body(LOOPBACK_INDEX, up=True), "bring lo up")]
         for cidr in addresses:
@@ -196,35 +166,10 @@ class SandboxLinks:
                     f"add address {cidr}",
                 )
             )
-        optional: frozenset[int] = frozenset()
-        if mac is not None:  # before the link comes up: the kernel announces at NETDEV_UP
-            optional = frozenset({len(reqs)})
-            reqs.append((RTM_NEWLINK, 0, rtnl.arp_notify_body(index), f"set arp_notify on {ifname}"))
         reqs.append((RTM_NEWLINK, 0, rtnl.setlink_body(index, up=True, alias=alias), f"bring {ifname} up"))
         first_route = len(reqs)
         reqs += _route_requests(index, gateways, add=True)
-        self._request_routes(reqs, first_route, ifname, index, gateways, ids, optional=optional)
-        if mac is not None:
-            self._advertise(ifname, index, [c for c in addresses if ":" in c], mac)
-
-    def _advertise(self, ifname: str, index: int, cidrs: Sequence[str], mac: str) -> None:
-        """An unsolicited Neighbor Advertisement for each of ``cidrs`` out of ``index``, from the
-        address itself to all nodes; the kernel fills in the checksum and the link layer.  Never
-        raises: it saves the neighbours a timeout, nothing depends on it (logged at debug)."""
-        if self._icmp6 is None:
-            return
-        for cidr in cidrs:
-            address = cidr.partition("/")[0]
-            try:
-                info = socket.inet_pton(socket.AF_INET6, address) + struct.pack("=I", index)  # in6_pktinfo
-                self._icmp6.sendmsg(
-                    [na_message(address, mac)],
-                    [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, info)],
-                    0,
-                    (_ALL_NODES, 0, 0, index),
-                )
-            except (OSError, ValueError) as exc:
-                log.debug("neighbour advertisement for %s on %s: %s", address, ifname, exc)
+        self._request_routes(reqs, first_route, ifname, index, gateways, ids)
 
     def _request_routes(
         self,
@@ -235,20 +180,15 @@ class SandboxLinks:
         gateways: Sequence[str],
         ids: dict[str, Any],
         ignore: frozenset[int] = frozenset(),
-        optional: frozenset[int] = frozenset(),
     ) -> None:
         """Send ``reqs``, whose default-route adds start at ``first_route``; a route
-        that exists is checked (:func:`_check_existing`), other failures raised (but
-        those of the requests at positions ``optional``: logged).
+        that exists is checked (:func:`_check_existing`), other failures raised.
         When the check refuses, the routes this batch did add (the other family's)
         are removed again: no half of the default routes stays behind."""
         failed = self._rtnl.request_each(reqs)
         exists = False
         for pos in sorted(failed):
             code = failed[pos]
-            if pos in optional:
-                log.debug("%s: %s", reqs[pos][3], errno.errorcode.get(code, code))
-                continue
             if pos >= first_route and code == errno.EEXIST:
                 exists = True
             elif code not in ignore:

@@ -102,9 +102,6 @@ class FakeKernel:
         self.calls: list[str] = []
         #: neighbour announcements sent (``LinkOps.announce``): (namespace, links that exist, entries sorted)
         self.announced: list[tuple[str, tuple[str, ...], tuple[Neighbour, ...]]] = []
-        #: sandbox interfaces configured with their MAC told (``SandboxOps.configure(mac=...)``):
-        #: (namespace, interface, MAC, addresses)
-        self.advertised: list[tuple[str, str, str, tuple[str, ...]]] = []
         self._failures: dict[str, list[BaseException]] = {}
         self._index = itertools.count(2)
         self.namespace(None).links[1] = FakeLink(1, "lo", None, 65536, "00:00:00:00:00:00", up=True)
@@ -509,7 +506,6 @@ class FakeSandbox:
         addresses: Sequence[str],
         gateways: Sequence[str] = (),
         alias: str | None = None,
-        mac: str | None = None,
         **ids: Any,
     ) -> None:
         self.kernel.check("configure")
@@ -523,8 +519,6 @@ class FakeSandbox:
         if alias is not None:
             link.alias = alias
         self._add_default_routes(ifname, link.index, gateways, ids)
-        if mac is not None:  # the kernel's gratuitous ARP and libnet's Neighbor Advertisements
-            self.kernel.advertised.append((self.space.key, ifname, mac, tuple(addresses)))
 
     def _add_default_routes(self, ifname: str, index: int, gateways: Sequence[str], ids: dict[str, Any]) -> None:
         """As the kernel with ``NLM_F_EXCL``: one default route per family; the same one

@@ -231,36 +231,3 @@ async def test_concurrent_connects_and_disconnects_configure_every_sandbox(bed: 
         for sb in boxes:
             names = bed.run(ns(sb.netns), ["ip", "-o", "link", "show"]).stdout
             assert " eth0:" not in names, names  # retired (renamed), so the next connect takes eth0
-
-
-def neighbour_mac(bed: Testbed, netns: str, address: str) -> str:
-    """The link-layer address ``netns`` holds for ``address`` ('' if none)."""
-    out = bed.run(netns, ["ip", "neigh", "show", address]).stdout.split()
-    return out[out.index("lladdr") + 1] if "lladdr" in out else ""
-
-
-async def test_an_address_back_with_another_mac_is_reachable_at_once(bed: Testbed, ctl: Controller) -> None:
-    """A container that takes an address another had a moment before, with another MAC (an
-    IPv6 address given by the user beside another IPv4: MACs follow the IPv4 address; a MAC
-    given through Docker), is announced when it joins: gratuitous ARP (the kernel's arp_notify
-    on its interface) and an unsolicited Neighbor Advertisement (RFC 4861 7.2.6), as Docker
-    does.  Before, its neighbours and the host kept the old MAC in a confirmed entry and sent
-    into the void for 15-45 s (reachable time), then probed it for another 8."""
-    await ctl.create_network("front")
-    a, b, c = [await ctl.create_sandbox(hostname=n) for n in ("a", "b", "c")]
-    await ctl.connect("front", a.id)
-    eb = await ctl.connect("front", b.id)
-    host = bed.hosts[0].ns
-    v6 = ip(eb.ipv6)
-    assert bed.ping(ns(a.netns), v6, count=3) and bed.ping(host, v6, count=3)
-    assert neighbour_mac(bed, ns(a.netns), v6) == eb.mac.lower()
-    await ctl.disconnect("front", b.id)
-    other_v4 = str(ipaddress.ip_interface(eb.ipv4).ip + 5)
-    ec = await ctl.connect("front", c.id, ipv4=other_v4, ipv6=v6)
-    assert ec.mac.lower() != eb.mac.lower()
-    assert neighbour_mac(bed, ns(a.netns), v6) == ec.mac.lower()
-    assert neighbour_mac(bed, host, v6) == ec.mac.lower()
-    assert bed.ping(ns(a.netns), v6, wait=1) and bed.ping(host, v6, wait=1)
-    # IPv4 (a MAC given through Docker): the kernel sends a gratuitous ARP at link up
-    conf = bed.run(ns(c.netns), ["cat", "/proc/sys/net/ipv4/conf/eth0/arp_notify"]).stdout.strip()
-    assert conf == "1"
