@@ -72,6 +72,7 @@ from libnet.validation import (
     check_bool,
     check_ifname,
     check_labels,
+    check_mac,
     check_name,
     check_options,
     check_wanted,
@@ -506,13 +507,16 @@ class Controller:
         aliases: Iterable[str] = (),
         services: Iterable[str] = (),
         ports: Iterable[PortMapping | dict[str, Any]] = (),
+        mac: str | None = None,
     ) -> Endpoint:
         """Create an endpoint with addresses from the network's pools.
 
         ``aliases``: more DNS names (shared by several endpoints: round robin);
-        ``services``: ``"http:80/tcp"`` specs published as SRV records."""
+        ``services``: ``"http:80/tcp"`` specs published as SRV records;
+        ``mac``: its interface's MAC address (a bridge network's; default: from its IPv4
+        address, :func:`libnet.model.mac_from_ipv4`)."""
         return await self._create_endpoint(
-            network, name, ipv4=ipv4, ipv6=ipv6, aliases=aliases, services=services, ports=ports
+            network, name, ipv4=ipv4, ipv6=ipv6, aliases=aliases, services=services, ports=ports, mac=mac
         )
 
     async def _create_endpoint(
@@ -529,6 +533,7 @@ class Controller:
         proxy: str = "",
         dns: bool = True,
         families: tuple[str, ...] = ("ipv4", "ipv6"),
+        mac: str | None = None,
     ) -> Endpoint:
         """:meth:`create_endpoint`; ``connecting``: made by ``connect`` (or the gateway
         bridge policy) for a join that follows -- a crash before the join completes
@@ -543,7 +548,14 @@ class Controller:
             raise InvalidOption("services is a list of NAME:PORT[/PROTO] specs", services=services)
         service_list = [str(parse_service(s)) for s in services]
         mappings = [check_mapping(p) for p in ports]
+        own_mac = None if mac is None else check_mac(mac)
         nw = network if isinstance(network, Network) else await self.repo.network(network)
+        if own_mac is not None and nw.driver != "bridge":
+            raise InvalidOption(
+                f"only bridge endpoints take a MAC address (network {nw.name} is {nw.driver})",
+                network_id=nw.id,
+                mac=own_mac,
+            )
         if nw.removing:
             raise Conflict(f"network {nw.name} is being deleted", network_id=nw.id)
         if ipv6 is not None and not nw.ipv6_pool:
@@ -556,7 +568,7 @@ class Controller:
             _new_id(),
             name,
             nw.id,
-            mac="",
+            mac=own_mac or "",
             aliases=alias_list,
             services=service_list,
             ports=[m.__dict__ for m in mappings],
@@ -567,7 +579,9 @@ class Controller:
             proxy=proxy,
             dns=dns,
         )
-        if await self._create_endpoint_at_once(nw, ep, store, {"ipv4": ipv4, "ipv6": ipv6}, families, mappings):
+        if await self._create_endpoint_at_once(
+            nw, ep, store, {"ipv4": ipv4, "ipv6": ipv6}, families, mappings, own_mac
+        ):
             return ep
         async with Rollback() as undo:
             key = self.repo.endpoint_name_key(nw.id, name)
@@ -583,7 +597,7 @@ class Controller:
                 addr = await self._ipam.request_address(pool, wanted, address_options(ep.id, self.instance))
                 undo.push(lambda p=pool, a=addr: self._release(p, a, ep.id), f"release {addr}")  # type: ignore[misc]
                 setattr(ep, attr, addr)
-            ep.mac = proxy_leg_mac(ep.ipv4) if proxy else mac_from_ipv4(ep.ipv4)
+            ep.mac = own_mac or (proxy_leg_mac(ep.ipv4) if proxy else mac_from_ipv4(ep.ipv4))
             await drv.create_endpoint(net_info(nw), ep_info(ep))
             undo.push(lambda: drv.delete_endpoint(net_info(nw), ep_info(ep)), "driver endpoint")
             await self.repo.add_endpoint(nw, ep)
@@ -597,6 +611,7 @@ class Controller:
         wanted: dict[str, str | None],
         families: tuple[str, ...],
         mappings: list[PortMapping],
+        mac: str | None = None,
     ) -> bool:
         """:meth:`_create_endpoint`'s writes in one transaction (issue 22: name, each address and
         the records were four commits): the addresses are chosen first and held in the
@@ -625,7 +640,7 @@ class Controller:
                     if plan.store is not store:
                         raise _OneByOne
                     setattr(ep, attr, plan.cidr)
-                ep.mac = proxy_leg_mac(ep.ipv4) if ep.proxy else mac_from_ipv4(ep.ipv4)
+                ep.mac = mac or (proxy_leg_mac(ep.ipv4) if ep.proxy else mac_from_ipv4(ep.ipv4))
                 await drv.create_endpoint(net_info(nw), ep_info(ep))
                 undo.push(lambda: drv.delete_endpoint(net_info(nw), ep_info(ep)), "driver endpoint")
                 name = self.repo.name_write(name_key, ep.id, self.instance)

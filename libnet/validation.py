@@ -17,9 +17,10 @@ from typing import Any
 
 from ipam import pools as P
 from libnet.errors import InvalidName, InvalidOption, InvalidSubnet
-from libnet.model import Network
+from libnet.model import PROXY_MAC_PREFIX, Network, is_proxy_mac
 
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 
 
 def check_name(name: object, what: str) -> str:
@@ -31,6 +32,18 @@ def check_name(name: object, what: str) -> str:
             name=str(name),
         )
     return name
+
+
+def check_mac(mac: object) -> str:
+    """An endpoint's own MAC address (Docker's ``--mac-address``): six hex octets joined by
+    colons, unicast (IEEE 802: the first octet's low bit clear), not all zeros, not of the proxy
+    legs' range (:func:`libnet.model.is_proxy_mac`); lower case."""
+    text = mac.lower() if isinstance(mac, str) else ""
+    if _MAC.fullmatch(text) is None or int(text[:2], 16) & 1 or text == "00:00:00:00:00:00":
+        raise InvalidOption(f"MAC address {mac!r} is not a unicast MAC address like 02:42:c6:33:64:02", mac=str(mac))
+    if is_proxy_mac(text):  # the host's bridges tell frames to a proxy by it
+        raise InvalidOption(f"MAC addresses starting {PROXY_MAC_PREFIX} are libnet proxies'", mac=text)
+    return text
 
 
 #: bounds on labels, so one record stays small (every agent reads every network)

@@ -404,3 +404,22 @@ def test_docker_bench_quick() -> None:
     assert result["ratios"]["connect_vs_docker_bridge"] > 0 and "run_share_vs_docker_bridge" in result["ratios"]
     assert result["metrics"]["connect_disconnect_p90_s"] >= result["metrics"]["connect_disconnect_p50_s"]
     assert "docker_bridge" in result["peers"]
+
+
+def test_an_address_back_with_another_given_mac_is_reachable_at_once(env, eng) -> None:
+    """``--mac-address``: a container taking an address another had a moment before with another MAC is
+    announced at its own MAC (the join's gratuitous ARP and Neighbor Advertisement).  Before, libnet made
+    the interface with the MAC of its IPv4 address and announced that one; Docker then gave the interface
+    the user's MAC, and the network's others held the announced one: unreachable until their probes failed."""
+    eng.docker("network", "create", "-d", "libnet", *DUAL, "given")
+    run(eng, "g0", "--network", "given", "--ip", "198.51.100.10")
+    addr4, addr6 = "198.51.100.20", "2001:db8:5::20"
+    run(eng, "g1", "--network", "given", "--ip", addr4, "--ip6", addr6, "--mac-address", "02:11:00:00:00:01")
+    assert ping(eng, "g0", addr4, "-4") and ping(eng, "g0", addr6, "-6")
+    eng.docker("rm", "-f", "g1")
+    run(eng, "g2", "--network", "given", "--ip", addr4, "--ip6", addr6, "--mac-address", "02:11:00:00:00:02")
+    assert eng.exec("g2", "cat", "/sys/class/net/eth0/address").stdout.strip() == "02:11:00:00:00:02"
+    for addr in (addr4, addr6):
+        held = eng.exec("g0", "ip", "neigh", "show", addr).stdout
+        assert "02:11:00:00:00:02" in held, held
+    assert eng.exec("g0", "ping", "-c", "1", "-W", "1", addr4).returncode == 0

@@ -130,6 +130,28 @@ async def test_endpoints_addresses_names_and_delete_rules(ctl: Controller) -> No
         await ctl.delete_network(nw.id)
 
 
+async def test_an_endpoint_with_its_own_mac(ctl: Controller) -> None:
+    """``mac`` (Docker's --mac-address): the endpoint's, lower case; a malformed, multicast, zero or proxy
+    MAC, or one on a network of another driver, is refused and changes nothing."""
+    await ctl.create_network("web", ipv4_subnet="198.51.100.0/24", ipv6=False)
+    await ctl.create_network("none", driver="null", ipv6=False, ipv4_subnet="198.51.101.0/24")
+    ep = await ctl.create_endpoint("web", "given", mac="02:AB:00:00:00:02")
+    assert ep.mac == (await ctl.endpoint(ep.id)).mac == "02:ab:00:00:00:02"
+    assert (await ctl.create_endpoint("web", "derived")).mac.startswith("02:42:c6:33:64:")
+    before = await _snapshot(ctl)
+    for net, bad in [
+        ("web", "02:ab:00:00:00"),
+        ("web", "02-ab-00-00-00-02"),
+        ("web", "01:00:5e:00:00:01"),
+        ("web", "00:00:00:00:00:00"),
+        ("web", "06:42:c6:33:64:07"),
+        ("none", "02:ab:00:00:00:03"),
+    ]:
+        with pytest.raises(InvalidOption):
+            await ctl.create_endpoint(net, "refused", mac=bad)
+    assert await _snapshot(ctl) == before
+
+
 async def test_sandbox_files_written_only_when_their_text_changes(ctl: Controller, monkeypatch) -> None:
     from libnet import sandbox_files
 

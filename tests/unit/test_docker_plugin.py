@@ -162,6 +162,23 @@ async def test_run_sequence_dual_stack(client) -> None:
     assert await call(client, "/NetworkDriver.Leave", ids) == {}
 
 
+async def test_a_given_mac_is_the_endpoints(client) -> None:
+    """``docker run --mac-address``: the libnet endpoint (its veth, the join's announcements) has Docker's MAC,
+    not the one of its IPv4 address, which Docker would replace (the network's others told the wrong one)."""
+    await call(client, "/NetworkDriver.CreateNetwork", create_net())
+    given = create_ep()
+    given["Interface"]["MacAddress"] = "02:11:00:00:00:02"
+    assert await call(client, "/NetworkDriver.CreateEndpoint", given) == {"Interface": {}}
+    (ep,) = await client.ctl.endpoints()
+    assert ep.mac == "02:11:00:00:00:02"
+    info = await call(client, "/NetworkDriver.EndpointOperInfo", {"NetworkID": NID, "EndpointID": EID})
+    assert info["Value"]["mac"] == "02:11:00:00:00:02"
+    multicast = create_ep(eid=EID2, v4="198.51.100.8/24", v6="2001:db8:5::8/64")
+    multicast["Interface"]["MacAddress"] = "03:11:00:00:00:02"
+    err = await call(client, "/NetworkDriver.CreateEndpoint", multicast, status=500)
+    assert "not a unicast MAC address" in err["Err"] and len(await client.ctl.endpoints()) == 1
+
+
 async def test_addresses_left_to_libnet_ipv4_only_and_ports(client) -> None:
     await call(client, "/NetworkDriver.CreateNetwork", create_net(v6=False))
     nw = (await client.ctl.networks())[0]
