@@ -317,7 +317,7 @@ class DockerPlugin:
             raise InvalidOption("libnet overlay endpoints take their MAC address from their IPv4 address", mac=mac)
         if mac and is_proxy_mac(mac):  # the host's bridges tell frames to a proxy by it
             raise InvalidOption(f"MAC addresses starting {PROXY_MAC_PREFIX} are libnet proxies'", mac=mac)
-        # Docker's MAC (--mac-address) is the interface's from the start: the join announces the addresses at it
+        # Docker's MAC (--mac-address) is the interface's from the start, and the one libnet reports
         args = {"ipv4": _ip(iface.get("Address")), "ipv6": _ip(iface.get("AddressIPv6")), "mac": mac or None}
         # checked here so a bad -p fails the start; published by ProgramExternalConnectivity, which Docker
         # sends only for the endpoint that gives the container its way out (one network, not each)
