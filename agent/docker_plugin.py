@@ -70,6 +70,7 @@ from libnet.errors import (
     NotFound,
 )
 from libnet.model import PROXY_MAC_PREFIX, Endpoint, Network, is_proxy_mac
+from libnet.validation import check_int
 
 log = logging.getLogger("libnet.agent.docker")
 
@@ -312,13 +313,17 @@ class DockerPlugin:
         nw = await self._network(nid)
         if await self._get("endpoints", eid) is not None:
             raise Conflict(f"endpoint {eid[:12]} exists", docker_endpoint=eid)
-        mac = iface.get("MacAddress") or ""
+        mac = _str(iface.get("MacAddress"), "Interface.MacAddress")
         if mac and nw.driver == "overlay":
             raise InvalidOption("libnet overlay endpoints take their MAC address from their IPv4 address", mac=mac)
         if mac and is_proxy_mac(mac):  # the host's bridges tell frames to a proxy by it
             raise InvalidOption(f"MAC addresses starting {PROXY_MAC_PREFIX} are libnet proxies'", mac=mac)
         # Docker's MAC (--mac-address) is the interface's from the start, and the one libnet reports
-        args = {"ipv4": _ip(iface.get("Address")), "ipv6": _ip(iface.get("AddressIPv6")), "mac": mac or None}
+        args = {
+            "ipv4": _ip(_str(iface.get("Address"), "Interface.Address")),
+            "ipv6": _ip(_str(iface.get("AddressIPv6"), "Interface.AddressIPv6")),
+            "mac": mac or None,
+        }
         # checked here so a bad -p fails the start; published by ProgramExternalConnectivity, which Docker
         # sends only for the endpoint that gives the container its way out (one network, not each)
         _ports(opts.get(PORTMAP))
@@ -597,6 +602,15 @@ def _obj(value: Any, field: str) -> dict[str, Any]:
     return value
 
 
+def _str(value: Any, field: str) -> str:
+    """A string field of a request (missing or null: empty); ``BadRequest`` for anything else."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest(f"{field} must be a string", field=field)
+    return value
+
+
 def _flag(value: Any) -> bool:
     if isinstance(value, str):
         return value.lower() in ("1", "true", "yes", "on")
@@ -604,6 +618,8 @@ def _flag(value: Any) -> bool:
 
 
 def _family(data: Any, fam: str) -> dict[str, Any] | None:
+    """Docker's ``IPv4Data``/``IPv6Data`` (one subnet at most): ``Pool``, ``Gateway`` (strings,
+    None when empty) and ``AuxAddresses`` (name -> string), each checked (``BadRequest`` naming it)."""
     if not data:
         return None
     if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
@@ -616,26 +632,47 @@ def _family(data: Any, fam: str) -> dict[str, Any] | None:
             "(leave out --ipam-driver); libnet's IPAM driver is for other network drivers",
             address_space=str(data[0].get("AddressSpace")),
         )
-    return data[0]
+    field = f"{fam}Data.AuxAddresses"
+    aux = {k: _str(v, f"{field}.{k}") for k, v in _obj(data[0].get("AuxAddresses"), field).items()}
+    return {
+        **data[0],
+        "Pool": _str(data[0].get("Pool"), f"{fam}Data.Pool") or None,
+        "Gateway": _str(data[0].get("Gateway"), f"{fam}Data.Gateway") or None,
+        "AuxAddresses": aux,
+    }
 
 
 def _ports(value: Any) -> list[dict[str, Any]]:
-    """Docker's port bindings (``com.docker.network.portmap``) as libnet's port mappings."""
+    """Docker's port bindings (``com.docker.network.portmap``: a list of ``{Proto, Port, HostIP,
+    HostPort, HostPortEnd}``, protocol numbers and ports as integers) as libnet's port mappings;
+    ``BadRequest`` naming the field of one of the wrong type."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadRequest(f"Options.{PORTMAP} must be a list of port bindings", field=PORTMAP)
     out = []
-    for pb in value or []:
+    for pb in value:
         if not isinstance(pb, dict):
             raise BadRequest("a port binding must be an object", binding=str(pb)[:80])
-        proto = PROTOCOLS.get(pb.get("Proto"))
+        number = pb.get("Proto")
+        proto = PROTOCOLS.get(number) if isinstance(number, int) and not isinstance(number, bool) else None
         if proto is None:
-            raise InvalidOption(f"libnet publishes tcp and udp ports, not protocol {pb.get('Proto')!r}")
-        first, last = int(pb.get("HostPort") or 0), int(pb.get("HostPortEnd") or 0)
+            raise InvalidOption(f"libnet publishes tcp and udp ports (Proto 6, 17), not protocol {str(number)[:32]}")
+        first, last = _port(pb, "HostPort"), _port(pb, "HostPortEnd")
         if last and last != first:
             raise InvalidOption(f"host port ranges ({first}-{last}) are not supported; give one port")
-        mapping: dict[str, Any] = {"host_port": first, "container_port": int(pb.get("Port") or 0), "protocol": proto}
-        if pb.get("HostIP"):
-            mapping["host_ip"] = pb["HostIP"]
+        mapping: dict[str, Any] = {"host_port": first, "container_port": _port(pb, "Port"), "protocol": proto}
+        host_ip = _str(pb.get("HostIP"), "a port binding's HostIP")
+        if host_ip:
+            mapping["host_ip"] = host_ip
         out.append(mapping)
     return out
+
+
+def _port(binding: dict[str, Any], key: str) -> int:
+    """A port of a port binding: 0..65535 (missing, null or empty: 0; the mapping checks 0)."""
+    value = binding.get(key)
+    return 0 if value in (None, "") else check_int(value, f"a port binding's {key}", 0, 65535)
 
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -672,6 +709,9 @@ def _route(fn: Handler, ipam: bool = False, body: bool = True) -> Callable[[web.
             msg, status = (exc.message if isinstance(exc, LibnetError) else str(exc)), 500
         except (KeyError, TypeError, ValueError) as exc:
             msg, status = f"bad request: {exc}", 400
+        except Exception as exc:  # an unexpected failure: answered in the protocol's shape, logged, keep serving
+            log.exception("docker %s: internal error", request.path)
+            msg, status = f"internal error: {exc}", 500
         log.info("docker %s refused: %s", request.path, msg)
         # the plugin client reads "Err" from a non-200 answer; IPAM's own field is "Error"
         return _reply({"Err": msg, "Error": msg} if ipam else {"Err": msg}, status)

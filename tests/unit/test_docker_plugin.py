@@ -377,6 +377,64 @@ async def test_fields_of_the_wrong_type_are_refused_clearly(client) -> None:
     assert await client.ctl.endpoints() == [] and len(await client.ctl.networks()) == 1
 
 
+async def test_addresses_and_port_bindings_of_the_wrong_type_are_refused_clearly(client) -> None:
+    """Fuzzer: a non-string Gateway, Address or aux address answered aiohttp's bare "500 Internal Server
+    Error" (an AttributeError in the plugin); AuxAddresses not an object, port bindings of the wrong
+    shape answered Python's own words ("'str' object is not a mapping", "invalid literal for int()",
+    "unhashable type").  Now an ``Err`` naming the field, and nothing changed."""
+
+    async def refused(path: str, body: dict, field: str) -> None:
+        r = await client.post(path, data=json.dumps(body).encode(), headers=ACCEPT)
+        text = await r.text()
+        assert r.status >= 400 and r.headers["Content-Type"].startswith(CONTENT_TYPE), text
+        err = json.loads(text)["Err"]
+        assert field in err, err
+        for python in ("' object", "int()", "unhashable", "literal", "NoneType"):
+            assert python not in err, err
+
+    def net(v4: dict | None = None, v6: dict | None = None) -> dict:
+        body = create_net(nid=NID2)
+        body["IPv4Data"][0].update(v4 or {})
+        body["IPv6Data"][0].update(v6 or {})
+        return body
+
+    for body, field in (
+        (net({"Gateway": 5}), "Gateway"),
+        (net(v6={"Gateway": True}), "Gateway"),
+        (net({"Pool": ["198.51.100.0/24"]}), "Pool"),
+        (net({"AuxAddresses": "r=198.51.100.9"}), "AuxAddresses"),
+        (net({"AuxAddresses": {"r": 7}}), "AuxAddresses"),
+    ):
+        await refused("/NetworkDriver.CreateNetwork", body, field)
+    assert await client.ctl.networks() == []
+
+    await call(client, "/NetworkDriver.CreateNetwork", create_net())
+    for change, field in (
+        ({"Address": 5}, "Address"),
+        ({"AddressIPv6": ["2001:db8:5::9/64"]}, "AddressIPv6"),
+        ({"MacAddress": 1}, "MacAddress"),
+    ):
+        body = create_ep(eid=EID2)
+        body["Interface"].update(change)
+        await refused("/NetworkDriver.CreateEndpoint", body, field)
+    for portmap, field in (
+        (5, "portmap"),
+        ([{"Proto": [6], "Port": 80, "HostPort": 8080}], "Proto"),
+        ([{"Proto": 6, "Port": "http", "HostPort": 8080}], "Port"),
+        ([{"Proto": 6, "Port": 80, "HostPort": [8080]}], "HostPort"),
+        ([{"Proto": 6, "Port": 80, "HostPort": 70000}], "HostPort"),
+        ([{"Proto": 6, "Port": 80, "HostPort": 8080, "HostPortEnd": {}}], "HostPortEnd"),
+        ([{"Proto": 6, "Port": 80, "HostPort": 8080, "HostIP": 5}], "HostIP"),
+    ):
+        await refused("/NetworkDriver.CreateEndpoint", create_ep(eid=EID2, v4="", v6="", portmap=portmap), field)
+    assert await client.ctl.endpoints() == []
+
+    await call(client, "/NetworkDriver.CreateEndpoint", create_ep())
+    pec = {"NetworkID": NID, "EndpointID": EID, "Options": {"com.docker.network.portmap": [{"Proto": {}}]}}
+    await refused("/NetworkDriver.ProgramExternalConnectivity", pec, "Proto")
+    assert (await client.ctl.endpoints())[0].ports == []
+
+
 async def test_an_address_docker_gives_again_replaces_the_endpoint_it_forgot(client) -> None:
     """A killed dockerd forgets its endpoints without Leave/DeleteEndpoint and gives their addresses again."""
     await call(client, "/NetworkDriver.CreateNetwork", create_net())
