@@ -64,6 +64,8 @@ from libnet.controller import Controller
 from libnet.dns.binding import WAY_OUT_LABEL
 from libnet.errors import BadRequest, Conflict, NoSuchNetwork, NoSuchSandbox, NotFound, PoolExhausted
 from libnet.model import Endpoint, Network, Sandbox
+from libnet.names import check_sandbox_id
+from libnet.sandbox_files import check_dns
 
 CNI_ADD: Spec = {
     "container_id": (str, True),
@@ -165,29 +167,29 @@ async def add(ctl: Controller, data: dict[str, Any]) -> dict[str, Any]:
     create = data.get("create")
     if create is not None:
         create = check_fields(dict(create), _CREATE, "create.")
+    # everything the request alone can be refused for, before anything changes (a network made,
+    # a restarted container's old sandbox replaced)
+    kept, stale = await _plan(ctl, data)
+    others = await _endpoints(ctl, kept) if kept is not None else []
+    used = {e.ifname for e in others}
+    expected = next(f"{IFNAME_PREFIX}{i}" for i in range(len(used) + 1) if f"{IFNAME_PREFIX}{i}" not in used)
+    if ifname not in used and ifname != expected:
+        raise _not_next(cid, ifname, expected)
     nw = await _network(ctl, name, create)
-    sb, created = await _container(ctl, data)
-    try:
-        others = await _endpoints(ctl, sb)
-        for ep in others:
-            if ep.network_id == nw.id:
-                if ep.ifname == ifname:
-                    return {"network": nw.to_data(), "endpoint": ep.to_data()}  # ADD again: the same answer
-                raise InterfaceNameRefused(
-                    f"container {cid[:12]} is already on network {nw.name} as {ep.ifname}, not {ifname}",
-                    sandbox_id=cid,
-                    network_id=nw.id,
-                    ifname=ifname,
-                )
-        used = {e.ifname for e in others}
-        expected = next(f"{IFNAME_PREFIX}{i}" for i in range(len(used) + 1) if f"{IFNAME_PREFIX}{i}" not in used)
-        if ifname != expected:
+    for ep in others:
+        if ep.network_id == nw.id:
+            if ep.ifname == ifname:
+                return {"network": nw.to_data(), "endpoint": ep.to_data()}  # ADD again: the same answer
             raise InterfaceNameRefused(
-                f"libnet names this container's next interface {expected}, not {ifname}",
+                f"container {cid[:12]} is already on network {nw.name} as {ep.ifname}, not {ifname}",
                 sandbox_id=cid,
+                network_id=nw.id,
                 ifname=ifname,
-                expected=expected,
             )
+    if ifname != expected:  # another network's interface name
+        raise _not_next(cid, ifname, expected)
+    _sb, created = await _container(ctl, data, kept, stale)
+    try:
         args = {k: data[k] for k in ("ipv4", "ipv6") if data.get(k)}
         name = await _free_name(ctl, nw, data.get("name"), cid)
         ep = await _connect(ctl, nw, cid, name=name, **args)
@@ -198,27 +200,57 @@ async def add(ctl: Controller, data: dict[str, Any]) -> dict[str, Any]:
     return {"network": nw.to_data(), "endpoint": ep.to_data()}
 
 
-async def _container(ctl: Controller, data: dict[str, Any]) -> tuple[Sandbox, bool]:
-    """The container's sandbox on the runtime's namespace ``data["netns"]`` (libnet's record only: the
-    namespace stays the runtime's), made if missing or replacing one on another namespace (what a
-    missed DEL left: the container was restarted) -- a CNI ADD's, or one whose namespace is gone; a
-    live sandbox made outside CNI is a ``Conflict``.  Whether it was made here."""
+def _not_next(cid: str, ifname: str, expected: str) -> InterfaceNameRefused:
+    return InterfaceNameRefused(
+        f"libnet names this container's next interface {expected}, not {ifname}",
+        sandbox_id=cid,
+        ifname=ifname,
+        expected=expected,
+    )
+
+
+async def _plan(ctl: Controller, data: dict[str, Any]) -> tuple[Sandbox | None, Sandbox | None]:
+    """``(kept, stale)``: the container's sandbox on the runtime's namespace ``data["netns"]`` (kept),
+    or the one on another namespace that a new sandbox replaces (stale: what a missed DEL left, the
+    container was restarted) -- a CNI ADD's, or one whose namespace is gone; a live sandbox made
+    outside CNI is a ``Conflict``.  A new sandbox's id, DNS settings and namespace are checked here,
+    before the stale one goes (``InvalidName``, ``InvalidOption``, ``NotANamespace``, ``Conflict``):
+    a refused ADD leaves the container's sandbox as it was, and makes no network."""
     cid = data["container_id"]
     sb = await _sandbox(ctl, cid)
-    if sb is not None and sb.netns != data["netns"]:
-        if sb.origin != CNI_ORIGIN and os.path.exists(sb.netns):
-            # not a CNI container's leftover: a sandbox of the API's, the library's or Docker's
-            raise Conflict(
-                f"sandbox {cid[:12]} was made outside CNI (API, library or Docker) on {sb.netns}: "
-                f"a CNI ADD does not replace it",
-                sandbox_id=cid,
-                netns=sb.netns,
-            )
+    if sb is not None and sb.netns == data["netns"]:
+        return sb, None
+    if sb is not None and sb.origin != CNI_ORIGIN and os.path.exists(sb.netns):
+        # not a CNI container's leftover: a sandbox of the API's, the library's or Docker's
+        raise Conflict(
+            f"sandbox {cid[:12]} was made outside CNI (API, library or Docker) on {sb.netns}: "
+            f"a CNI ADD does not replace it",
+            sandbox_id=cid,
+            netns=sb.netns,
+        )
+    # create_sandbox's checks of the new sandbox, here: before a network is made or the stale sandbox goes
+    check_sandbox_id(cid)
+    check_dns(data.get("dns"), data.get("dns_search"), data.get("dns_options"))
+    try:
+        await ctl.check_netns(data["netns"])
+    except Conflict as exc:
+        if sb is None or exc.ids.get("holder") != cid:  # held by the stale sandbox: freed by the replacement
+            raise
+    return None, sb
+
+
+async def _container(
+    ctl: Controller, data: dict[str, Any], kept: Sandbox | None, stale: Sandbox | None
+) -> tuple[Sandbox, bool]:
+    """The container's sandbox as :func:`_plan` found it: ``kept``, or made on the runtime's namespace
+    (libnet's record only: the namespace stays the runtime's) once ``stale`` is gone.  Whether it
+    was made here."""
+    cid = data["container_id"]
+    if kept is not None:
+        return kept, False
+    if stale is not None:
         with suppress(NoSuchSandbox):
             await ctl.delete_sandbox(cid)
-        sb = None
-    if sb is not None:
-        return sb, False
     dns = {k: data[k] for k in ("dns", "dns_search", "dns_options") if data.get(k)}
     try:
         # the runtime writes the container's resolv.conf and hosts (from the CNI result): libnet's are not made
@@ -236,6 +268,7 @@ async def ipam_add(ctl: Controller, data: dict[str, Any]) -> dict[str, Any]:
     if create is not None:
         create = check_fields(dict(create), _CREATE, "create.")
         create = {**create, "driver": POOL_DRIVER, "labels": {**(create.get("labels") or {}), **POOL_LABELS}}
+    kept, stale = await _plan(ctl, data)  # before anything changes
     nw = await _network(ctl, data["network"], create)
     if nw.driver != POOL_DRIVER:
         raise BadRequest(
@@ -243,19 +276,19 @@ async def ipam_add(ctl: Controller, data: dict[str, Any]) -> dict[str, Any]:
             "(a libnet bridge or overlay network is the libnet plugin's)",
             network_id=nw.id,
         )
-    sb, created = await _container(ctl, data)
+    for ep in await _endpoints(ctl, kept) if kept is not None else []:
+        if ep.network_id == nw.id:
+            if ep.ifname == data["ifname"]:
+                return {"network": nw.to_data(), "endpoint": ep.to_data()}  # ADD again: the same answer
+            raise InterfaceNameRefused(
+                f"container {data['container_id'][:12]} already holds addresses of pool {nw.name} for "
+                f"{ep.ifname}, not {data['ifname']} (one interface per pool)",
+                sandbox_id=data["container_id"],
+                network_id=nw.id,
+                ifname=data["ifname"],
+            )
+    sb, created = await _container(ctl, data, kept, stale)
     try:
-        for ep in await _endpoints(ctl, sb):
-            if ep.network_id == nw.id:
-                if ep.ifname == data["ifname"]:
-                    return {"network": nw.to_data(), "endpoint": ep.to_data()}  # ADD again: the same answer
-                raise InterfaceNameRefused(
-                    f"container {sb.id[:12]} already holds addresses of pool {nw.name} for {ep.ifname}, "
-                    f"not {data['ifname']} (one interface per pool)",
-                    sandbox_id=sb.id,
-                    network_id=nw.id,
-                    ifname=data["ifname"],
-                )
         args = {k: data[k] for k in ("ipv4", "ipv6") if data.get(k)}
         name = await _free_name(ctl, nw, data.get("name"), sb.id) or data["fallback_name"]
         ep = await _connect(ctl, nw, sb.id, name=name, ifname=data["ifname"], **args)

@@ -81,6 +81,7 @@ from libnet.validation import (
 if TYPE_CHECKING:
     from libnet.dns.service import EmbeddedDns
     from libnet.proxies import ProxyPlane
+    from libnet.store.base import KVPair
 
 log = logging.getLogger("libnet.controller")
 #: the local bridge network giving overlay containers a way out (see libnet.gateway)
@@ -874,14 +875,7 @@ class Controller:
                 # a new namespace: a claim under its identity is a gone namespace's (taken over)
                 claim = None if netns_id is None else (await self.repo.netns_claim(netns_id))[0]
             else:
-                # a network namespace, not the host's, not another sandbox's (README, "Names"):
-                # the holder is found by the claim on the namespace's identity (O(1), issue 22)
-                if not self.repo.namespaces_indexed:
-                    await self.repo.index_namespaces(self._namespaces.identity)
-                netns_id = self._namespaces.identity(netns)
-                claim, holder = (None, None) if netns_id is None else await self.repo.netns_claim(netns_id)
-                # a few stat calls: no thread hand-over; Conflict if the holder's path still shows it
-                self._namespaces.check_external(netns, {holder.id: holder.netns} if holder and holder.netns else {})
+                netns_id, claim = await self._external_netns(netns)
                 path, owned = netns, False
             sb = Sandbox(
                 sid,
@@ -925,6 +919,26 @@ class Controller:
             undo.push(remove_files, "remove sandbox files")
             await self._files.write(sb)
         return sb
+
+    async def check_netns(self, netns: object) -> None:
+        """Whether ``netns`` can be a new sandbox's namespace, checked as :meth:`create_sandbox` checks
+        it, nothing written: ``NotANamespace`` (an absolute path to a network namespace, not the
+        host's, not an overlay's), ``Conflict`` (``holder``: the sandbox on it already)."""
+        if not isinstance(netns, str) or not netns.startswith("/"):
+            raise NotANamespace(f"netns {netns!r} must be an absolute path to a network namespace", netns=str(netns))
+        await self._external_netns(netns)
+
+    async def _external_netns(self, netns: str) -> tuple[str | None, KVPair | None]:
+        """A given namespace's identity and its claim in the store, once checked: a network
+        namespace, not the host's, not another sandbox's (README, "Names")."""
+        # the holder is found by the claim on the namespace's identity (O(1), issue 22)
+        if not self.repo.namespaces_indexed:
+            await self.repo.index_namespaces(self._namespaces.identity)
+        netns_id = self._namespaces.identity(netns)
+        claim, holder = (None, None) if netns_id is None else await self.repo.netns_claim(netns_id)
+        # a few stat calls: no thread hand-over; Conflict if the holder's path still shows it
+        self._namespaces.check_external(netns, {holder.id: holder.netns} if holder and holder.netns else {})
+        return netns_id, claim
 
     async def _namespace_taken(self, path: str, netns_id: str) -> Conflict:
         """The ``Conflict`` for a namespace another sandbox claimed while this one was made."""
