@@ -82,6 +82,14 @@ def _check_joinable(ep: Endpoint) -> None:
         raise Conflict(f"endpoint {ep.name} is being deleted", endpoint_id=ep.id, removing=ep.removing)
 
 
+def _check_kept(sb: Sandbox) -> None:
+    """``Conflict`` if ``sb`` (a record about to take an endpoint) is being removed: its removal lets go
+    of the endpoints of the record it marked, then removes the namespace and the record, so an
+    endpoint added after that stayed joined to a gone sandbox."""
+    if sb.removing:
+        raise Conflict(f"sandbox {sb.id[:12]} is being removed", sandbox_id=sb.id, removing=sb.removing)
+
+
 def _check_publishable(ep: Endpoint) -> None:
     """``Conflict`` if ``ep`` is being deleted: its deletion releases the ports of the record as it
     marked it, so ports recorded after that were never released (held by a gone endpoint)."""
@@ -148,6 +156,7 @@ class Joins:
                     reads.keep_sandbox(sb)
                 return ep
             _check_joinable(ep)
+            _check_kept(sb)
             nw = network if network is not None and network.id == ep.network_id else None
             if nw is None:
                 nw = await self.repo.network(ep.network_id)
@@ -179,9 +188,12 @@ class Joins:
 
                 # one store transaction for both records (the endpoint unmarked again if the
                 # sandbox's record cannot be written, on a store without batches)
-                ep, sb = await self.repo.update_endpoint_and_sandbox(
-                    ep, joined, sb, lambda s: s.endpoints.append(ep.id), ep_undo=unjoined
-                )
+                def added(s: Sandbox) -> None:
+                    # a removal that marked the sandbox since has read its endpoint list already
+                    _check_kept(s)
+                    s.endpoints.append(ep.id)
+
+                ep, sb = await self.repo.update_endpoint_and_sandbox(ep, joined, sb, added, ep_undo=unjoined)
             await self.files.write(sb, {ep.id: ep})
             if reads is not None:
                 reads.keep_sandbox(sb)

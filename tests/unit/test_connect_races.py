@@ -234,3 +234,47 @@ async def test_a_connect_whose_endpoint_was_disconnected_meanwhile_connects_no_g
         assert len((await ctl.sandbox(other.id)).endpoints) == 2
     finally:
         await ctl.close()
+
+
+async def test_a_connect_racing_the_removal_of_its_sandbox_is_refused_not_left_joined(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Fuzzer (concurrent connect and ``DELETE /v1/sandboxes`` of one sandbox, real agent): a join whose
+    store step came after the removal marked the sandbox was recorded on a sandbox whose endpoint list
+    the removal had read already: the namespace and the record went, the endpoint stayed joined to
+    the gone sandbox (its veth missing at every reconcile, and adopted by the next sandbox of that
+    id).  A sandbox being removed takes no new endpoint (Conflict), checked on the record as stored."""
+    ctl = _controller(tmp_path)
+    await ctl.start()
+    try:
+        await ctl.create_network("web", ipv4_subnet="198.51.100.0/24", ipv6=False)
+        await ctl.create_sandbox("a")
+        drv = ctl.driver("bridge")
+        in_join, go_join = asyncio.Event(), asyncio.Event()
+        real_join = drv.join
+
+        async def join(nw, ep, sb):  # type: ignore[no-untyped-def]
+            in_join.set()
+            await go_join.wait()
+            await real_join(nw, ep, sb)
+
+        drv.join = join  # type: ignore[method-assign]
+        in_delete, go_delete = asyncio.Event(), asyncio.Event()
+        real_delete = ctl.repo.delete_sandbox
+
+        async def delete_sandbox(sb):  # type: ignore[no-untyped-def]
+            in_delete.set()
+            await go_delete.wait()
+            await real_delete(sb)
+
+        ctl.repo.delete_sandbox = delete_sandbox  # type: ignore[method-assign]
+        connect = asyncio.ensure_future(ctl.connect("web", "a", name="x"))
+        await asyncio.wait_for(in_join.wait(), 5)
+        remove = asyncio.ensure_future(ctl.delete_sandbox("a"))
+        await asyncio.wait_for(in_delete.wait(), 5)  # marked, its endpoints (none yet) let go
+        go_join.set()
+        with pytest.raises(Conflict, match="being removed"):
+            await connect
+        go_delete.set()
+        await remove
+        assert await ctl.sandboxes() == [] and await ctl.endpoints() == []
+    finally:
+        await ctl.close()
