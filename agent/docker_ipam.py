@@ -13,10 +13,14 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 from ipam.api import GATEWAY_TYPE, OPT_INSTANCE, REQUEST_ADDRESS_TYPE, SPACES
-from libnet.errors import AddressNotAllocated, BadRequest, InvalidOption, NoSuchPool
+from libnet.errors import AddressNotAllocated, BadRequest, Conflict, InvalidOption, NoSuchPool
 
 if TYPE_CHECKING:
     from libnet.controller import Controller
+
+
+#: the instance option of what this driver holds for Docker (``docker:<libnet instance>``)
+HOLDER_PREFIX = "docker:"
 
 
 def _opt_str(body: dict[str, Any], key: str) -> str | None:
@@ -34,7 +38,21 @@ class DockerIpam:
 
     @property
     def _holder(self) -> dict[str, Any]:
-        return {OPT_INSTANCE: f"docker:{self.ctl.instance}"[:64]}
+        return {OPT_INSTANCE: f"{HOLDER_PREFIX}{self.ctl.instance}"[:64]}
+
+    async def _dockers(self, pool_id: str) -> None:
+        """``NoSuchPool`` for an unknown pool, ``Conflict`` for one not held for Docker (a libnet network's:
+        its id is its subnet, easily given): its addresses and the pool itself are not Docker's to take
+        or give back."""
+        owners = [p for p in await self.ctl.ipam.pool_owners() if p.pool_id == pool_id]
+        if not owners:
+            raise NoSuchPool("no such pool", pool_id=pool_id)
+        if owners[0].owner or not owners[0].instance.startswith(HOLDER_PREFIX):
+            raise Conflict(
+                f"pool {pool_id} is not held for Docker (a libnet network's pool): Docker's IPAM calls use "
+                "the pools RequestPool gave",
+                pool_id=pool_id,
+            )
 
     async def get_capabilities(self, req: dict[str, Any]) -> dict[str, Any]:
         return {"RequiresMACAddress": False, "RequiresRequestReplay": False}
@@ -64,6 +82,7 @@ class DockerIpam:
         if pool_id is None:
             raise BadRequest("PoolID is required")
         with suppress(NoSuchPool):  # gone already: success
+            await self._dockers(pool_id)
             await self.ctl.ipam.release_pool(pool_id)
         return {}
 
@@ -74,6 +93,7 @@ class DockerIpam:
         options = req.get("Options") or {}
         if not isinstance(options, dict):
             raise BadRequest("Options must be an object")
+        await self._dockers(pool_id)
         opts = dict(self._holder)
         if options.get(REQUEST_ADDRESS_TYPE) == GATEWAY_TYPE:
             opts[REQUEST_ADDRESS_TYPE] = GATEWAY_TYPE
@@ -86,5 +106,6 @@ class DockerIpam:
             raise BadRequest("PoolID and Address are required")
         # not allocated (the pool's own gateway, a repeated release): success, as Docker expects
         with suppress(AddressNotAllocated, NoSuchPool):
+            await self._dockers(pool_id)
             await self.ctl.ipam.release_address(pool_id, address.split("/", 1)[0])
         return {}

@@ -626,6 +626,37 @@ async def test_ipam_errors(client) -> None:
     assert (await call(client, "/IpamDriver.ReleasePool", {}, status=500))["Err"] == "PoolID is required"
 
 
+async def test_ipam_calls_leave_the_pools_of_libnet_networks_alone(client) -> None:
+    """Fuzzer: ReleaseAddress, RequestAddress and ReleasePool took any pool id, so a libnet network's
+    own pool (its id is its subnet: ``local/198.51.100.0/26``) lost its gateway and endpoints'
+    addresses (handed out again), got addresses taken, and was released while the network stood
+    (its subnet free for another network).  Only pools held for Docker are Docker's to use."""
+    ctl = client.ctl
+    nw = await ctl.create_network("mine", ipv4_subnet="198.51.100.0/26", ipv6=False)
+    await ctl.create_sandbox("s")
+    ep = await ctl.connect("mine", "s")
+    store = ctl.repo.store("local")
+    before = [(p.key, p.value) for p in await store.list("")]
+    for path, body in (
+        ("/IpamDriver.ReleaseAddress", {"PoolID": nw.ipv4_pool, "Address": ep.ipv4}),
+        ("/IpamDriver.ReleaseAddress", {"PoolID": nw.ipv4_pool, "Address": nw.ipv4_gateway}),
+        ("/IpamDriver.RequestAddress", {"PoolID": nw.ipv4_pool}),
+        ("/IpamDriver.RequestAddress", {"PoolID": nw.ipv4_pool, "Address": "198.51.100.9"}),
+        ("/IpamDriver.ReleasePool", {"PoolID": nw.ipv4_pool}),
+    ):
+        err = await call(client, path, body, status=500)
+        assert "not held for Docker" in err["Err"], (path, err)
+        assert [(p.key, p.value) for p in await store.list("")] == before, path
+    # Docker's own pools work as before; gone ones are released quietly
+    pool = await call(client, "/IpamDriver.RequestPool", {"AddressSpace": "local", "Pool": "198.51.100.128/26"})
+    addr = await call(client, "/IpamDriver.RequestAddress", {"PoolID": pool["PoolID"]})
+    release = {"PoolID": pool["PoolID"], "Address": addr["Address"]}
+    assert await call(client, "/IpamDriver.ReleaseAddress", release) == {}
+    assert await call(client, "/IpamDriver.ReleasePool", {"PoolID": pool["PoolID"]}) == {}
+    assert await call(client, "/IpamDriver.ReleasePool", {"PoolID": pool["PoolID"]}) == {}
+    assert await call(client, "/IpamDriver.ReleaseAddress", release) == {}
+
+
 async def test_swarm_and_discovery_calls(client) -> None:
     assert await call(client, "/NetworkDriver.DiscoverNew", {"DiscoveryType": 1, "DiscoveryData": {}}) == {}
     assert await call(client, "/NetworkDriver.DiscoverDelete", {"DiscoveryType": 1, "DiscoveryData": {}}) == {}
