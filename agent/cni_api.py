@@ -17,7 +17,9 @@ eth1, ...).  A sandbox of the same container id on another namespace is what
 a missed DEL left (the container was restarted): it is replaced.
 
 ``POST /v1/cni/del``: ``{container_id, network, ifname}`` -> 204, also when
-the container, network or endpoint is unknown (CNI's DEL is idempotent).
+the container, network or endpoint is unknown (CNI's DEL is idempotent); a
+sandbox made outside CNI (the API's, the library's, Docker's) is a 409 and
+stays.
 
 ``POST /v1/cni/ipam/add`` (``libnet-ipam``, ``libnet/cni/ipam.py``):
 ``{container_id, netns, ifname, network, fallback_name, create?, name?,
@@ -34,7 +36,8 @@ another interface of the container it is a 409 ``InterfaceNameRefused`` (one
 interface per pool).  ``POST /v1/cni/ipam/del``: ``{container_id, network, legacy_name?}`` ->
 204: the endpoint goes, the sandbox when emptied, and an unjoined endpoint
 ``legacy_name`` on the pool (what libnet-ipam made before it registered
-sandboxes); unknown is success.
+sandboxes, ``cni-`` and 24 hex digits); unknown is success, a network that is
+not a pool a 400.
 
 The calls of one container (ADD, DEL, GC's removals) run one at a time, in arrival order;
 other containers' calls run in parallel.
@@ -53,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -102,6 +106,7 @@ POOL_LABELS = {WAY_OUT_LABEL: "true"}  # the main plugin (bridge) gives the cont
 log = logging.getLogger("libnet.cni")
 _CREATE: Spec = {k: v for k, v in NETWORK_CREATE.items() if k != "name"}
 IFNAME_PREFIX = "eth"  # eth0, eth1, ...
+LEGACY_NAME = re.compile(r"cni-[0-9a-f]{24}")  # libnet.cni.ipam.endpoint_name
 
 
 class InterfaceNameRefused(Conflict):
@@ -372,11 +377,13 @@ async def _drop_if_empty(ctl: Controller, cid: str) -> None:
 
 
 async def delete(ctl: Controller, data: dict[str, Any]) -> None:
-    """DEL's work: the container's endpoint on the network goes, then its sandbox if emptied."""
+    """DEL's work: the container's endpoint on the network goes, then its sandbox if emptied.  A
+    sandbox no CNI ADD made is a ``Conflict`` (see :func:`_refuse_outside_cni`), nothing removed."""
     cid = data["container_id"]
     sb = await _sandbox(ctl, cid)
     if sb is None:
         return
+    _refuse_outside_cni(sb)
     try:
         nw = await ctl.network(data["network"])
     except NoSuchNetwork:
@@ -392,6 +399,41 @@ async def delete(ctl: Controller, data: dict[str, Any]) -> None:
         with suppress(NotFound):
             await ctl.disconnect(nw.id, cid)
     await _drop_if_empty(ctl, cid)
+
+
+def _refuse_outside_cni(sb: Sandbox) -> None:
+    """``Conflict`` for a sandbox no CNI ADD made: one on a namespace libnet made (the API's, the
+    library's, a Docker Join's staging sandbox: a CNI ADD takes the runtime's namespace) or of
+    another origin.  (A sandbox of no origin on a namespace of someone else's may be what a CNI ADD
+    made before sandboxes carried their origin: DEL still removes those.)"""
+    if sb.owned or sb.origin not in ("", CNI_ORIGIN):
+        raise Conflict(
+            f"sandbox {sb.id[:12]} was made outside CNI (API, library or Docker): a CNI DEL does not remove it",
+            sandbox_id=sb.id,
+            origin=sb.origin or None,
+        )
+
+
+async def ipam_delete(ctl: Controller, data: dict[str, Any]) -> None:
+    """libnet-ipam's DEL (see the module docstring), checked before anything goes: the network, if it
+    exists, is a pool (a ``null`` network; ``BadRequest`` otherwise, as for ADD), ``legacy_name`` is
+    a name the libnet-ipam of before made (``cni-`` and 24 hex digits, :func:`libnet.cni.ipam.endpoint_name`)."""
+    legacy = data.get("legacy_name")
+    if legacy and LEGACY_NAME.fullmatch(legacy) is None:
+        raise BadRequest(
+            f"legacy_name {legacy[:80]!r} is not a name libnet-ipam made (cni- and 24 hex digits)",
+            legacy_name=legacy[:80],
+        )
+    with suppress(NoSuchNetwork):
+        nw = await ctl.network(data["network"])
+        if nw.driver != POOL_DRIVER:
+            raise BadRequest(
+                f"network {nw.name} is a {nw.driver} network: libnet-ipam's pools are {POOL_DRIVER} networks",
+                network_id=nw.id,
+            )
+    await delete(ctl, {**data, "ifname": None})
+    if legacy:
+        await _delete_legacy(ctl, data["network"], legacy)
 
 
 async def status(ctl: Controller, data: dict[str, Any]) -> None:
@@ -488,9 +530,7 @@ def add_routes(app: web.Application, ctl: Controller) -> None:
     async def cni_ipam_del(request: web.Request) -> web.Response:
         data = await body_of(request, CNI_IPAM_DEL)
         async with one_at_a_time(data["container_id"]):
-            await delete(ctl, {**data, "ifname": None})
-            if data.get("legacy_name"):
-                await _delete_legacy(ctl, data["network"], data["legacy_name"])
+            await ipam_delete(ctl, data)
         return web.Response(status=204)
 
     async def cni_status(request: web.Request) -> web.Response:

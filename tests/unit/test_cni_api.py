@@ -97,3 +97,39 @@ async def test_a_refused_add_makes_no_network(client) -> None:
         r = await client.post("/v1/cni/ipam/add", json={**body, "network": "pool", "fallback_name": "x"})
         assert 400 <= r.status < 500, (body, await r.text())
         assert await client.ctl.networks() == [], body
+
+
+async def test_cni_dels_leave_what_cni_did_not_make(client) -> None:
+    """Fuzzer: ``POST /v1/cni/del`` (and ``/v1/cni/ipam/del``) with the id of a sandbox made through the
+    API removed that sandbox and its endpoints (a proxy's backend with them), and ipam/del's
+    ``legacy_name`` removed any unjoined endpoint of that name on any network.  Now a CNI DEL of a
+    sandbox on a namespace libnet made is a 409, ipam/del on a network that is not a pool or with a
+    name libnet-ipam never made a 400, and nothing goes."""
+    from libnet.cni.ipam import endpoint_name
+
+    ctl = client.ctl
+    await ctl.create_network("front", ipv4_subnet="198.51.100.0/25", ipv6=False)
+    await ctl.create_sandbox("web")
+    await ctl.connect("front", "web", name="web")
+    await ctl.create_endpoint("front", "spare")
+    pool_add = {**_add(), "network": "pool", "fallback_name": "x", "create": {"ipv4_subnet": "198.51.100.128/25"}}
+    r = await client.post("/v1/cni/ipam/add", json=pool_add)
+    assert r.status == 200, await r.text()
+    pool = (await r.json())["network"]["id"]
+    legacy = await ctl.create_endpoint(pool, endpoint_name(CID, "net1"))  # what an older libnet-ipam made
+    before = await _store(client)
+    for path, body, status in (
+        ("/v1/cni/del", {"container_id": "web", "network": "front", "ifname": "eth0"}, 409),
+        ("/v1/cni/ipam/del", {"container_id": "web", "network": "front"}, 400),
+        ("/v1/cni/ipam/del", {"container_id": "x", "network": "front", "legacy_name": "spare"}, 400),
+        ("/v1/cni/ipam/del", {"container_id": "x", "network": "pool", "legacy_name": "spare"}, 400),
+        ("/v1/cni/ipam/del", {"container_id": "web", "network": "pool"}, 409),
+    ):
+        r = await client.post(path, json=body)
+        assert r.status == status, (body, await r.text())
+        assert await _store(client) == before, body
+    # what CNI made still goes
+    r = await client.post("/v1/cni/ipam/del", json={"container_id": CID, "network": "pool", "legacy_name": legacy.name})
+    assert r.status == 204, await r.text()
+    assert sorted(e.name for e in await ctl.endpoints()) == ["spare", "web"]
+    assert [s.id for s in await ctl.sandboxes()] == ["web"]
