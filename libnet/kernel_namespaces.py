@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import threading
 import weakref
 
 from libnet.errors import Conflict, KernelObjectExists, LibnetError, NotANamespace
@@ -29,6 +30,9 @@ class KernelNamespaces:
         # the look, and the event loop's thread steps into sandboxes for a moment to make
         # sockets there (netns.sockets_in)
         self._own = netns.identity("/proc/thread-self/ns/net")
+        # the names a create of this process is making now (creates run on worker threads)
+        self._making: set[str] = set()
+        self._making_lock = threading.Lock()
 
     def host_paths(self) -> list[str]:
         """The host's namespaces, which no container may use."""
@@ -85,14 +89,23 @@ class KernelNamespaces:
                 )
 
     def create(self, name: str, owner: str) -> str:
-        if netns.exists(name):
-            raise KernelObjectExists("a namespace of that name exists", errno=errno.EEXIST, netns=name)
-        self.ledger.record(name, "sandbox", owner)
+        # one create of a name at a time: two at once (two creates of one sandbox id) both found no
+        # namespace, wrote the ledger record through one temporary file, and the loser's clean-up
+        # removed the winner's record (its namespace then outlived its sandbox)
+        with self._making_lock:
+            if name in self._making or netns.exists(name):
+                raise KernelObjectExists("a namespace of that name exists", errno=errno.EEXIST, netns=name)
+            self._making.add(name)
         try:
-            return netns.create(name)
-        except BaseException:
-            self.ledger.forget(name)  # the name was someone else's, or nothing was made
-            raise
+            self.ledger.record(name, "sandbox", owner)
+            try:
+                return netns.create(name)
+            except BaseException:
+                self.ledger.forget(name)  # the name was someone else's, or nothing was made
+                raise
+        finally:
+            with self._making_lock:
+                self._making.discard(name)
 
     def delete(self, path: str) -> bool:
         if not path.startswith(netns.NETNS_DIR + "/"):

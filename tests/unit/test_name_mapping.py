@@ -165,3 +165,44 @@ def test_bridge_name_cannot_take_a_name_libnet_derives(bad) -> None:
         BridgeDriver(instance="0123456789ab").parse_network_options({"bridge_name": bad})
     for ok in ("br-web", "lnvpn0", "lnb0", "lndocker", "LNB-x"):
         assert BridgeDriver(instance="0123456789ab").parse_network_options({"bridge_name": ok})["bridge_name"] == ok
+
+
+def test_two_creates_of_one_sandbox_namespace_at_once_keep_the_winners_ledger_record(tmp_path, monkeypatch) -> None:
+    """Fuzzer (concurrent Docker Joins of one endpoint, concurrent ``POST /v1/sandboxes`` of one id): both
+    creates passed the exists check; the loser's ledger record collided with the winner's temporary file
+    (a raw FileNotFoundError: 'internal error'), or its namespace create failed and its clean-up removed
+    the winner's ledger record -- the namespace then was never removed with its sandbox."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from libnet import kernel_namespaces
+    from libnet.errors import KernelObjectExists
+
+    made: set[str] = set()
+    guard = threading.Lock()
+
+    def create(name: str) -> str:
+        time.sleep(0.05)  # the other create runs meanwhile
+        with guard:
+            if name in made:
+                raise KernelObjectExists("exists", errno=17, netns=name)
+            made.add(name)
+        return f"/run/netns/{name}"
+
+    monkeypatch.setattr(kernel_namespaces.netns, "exists", lambda name: name in made)
+    monkeypatch.setattr(kernel_namespaces.netns, "create", create)
+    ns = KernelNamespaces(str(tmp_path), "0123456789ab")
+    start = threading.Barrier(2)
+
+    def one() -> object:
+        start.wait(5)
+        try:
+            return ns.create("lns-x-sb-a", "a")
+        except Exception as exc:  # the outcome is the result
+            return exc
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: one(), range(2)))
+    assert sorted(type(r).__name__ for r in results) == ["KernelObjectExists", "str"], results
+    assert ns.ledger.owns("lns-x-sb-a", "sandbox", "a")
