@@ -167,6 +167,8 @@ class Controller:
         )
         self._started = False
         self._gate = OperationGate()
+        #: network id -> the lock its deletes take (the entry goes with the last holder or waiter)
+        self._deleting: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     if not TYPE_CHECKING:
 
@@ -455,8 +457,23 @@ class Controller:
         """Delete a network without endpoints (``Conflict`` naming them otherwise).
 
         The network is marked as being deleted by this instance first, so a
-        crash part way is finished by the next reconcile (rolled forward)."""
+        crash part way is finished by the next reconcile (rolled forward).  Deletes
+        of one network run one after the other: a later one finds it gone
+        (``NoSuchNetwork``)."""
         nw = await self.repo.network(ref)
+        lock, users_ = self._deleting.setdefault(nw.id, (asyncio.Lock(), [0]))
+        users_[0] += 1
+        try:
+            async with lock:
+                # read again: the delete this one waited for took it apart (two at once both took
+                # it apart in the driver, and the nftables removals of one failed)
+                await self._delete_network(await self.repo.network(nw.id))
+        finally:
+            users_[0] -= 1
+            if not users_[0]:
+                self._deleting.pop(nw.id, None)
+
+    async def _delete_network(self, nw: Network) -> None:
         users = [px for px in await self._proxies.all() if nw.id in (px.source, px.target)]
         if users:
             names = ", ".join(px.name for px in users)

@@ -278,3 +278,38 @@ async def test_a_connect_racing_the_removal_of_its_sandbox_is_refused_not_left_j
         assert await ctl.sandboxes() == [] and await ctl.endpoints() == []
     finally:
         await ctl.close()
+
+
+async def test_two_deletes_of_one_network_at_once_take_it_apart_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Fuzzer (``DELETE /v1/networks/NAME`` x4 at once, real agent): every delete passed the checks and
+    took the network apart in the driver at the same time; the bridge driver's nftables removals then
+    failed for all but one ('No such file or directory': 500 KernelError).  Now the deletes of one
+    network run one after the other: the later ones find it gone (NoSuchNetwork, a 404)."""
+    from libnet.errors import NoSuchNetwork
+
+    ctl = _controller(tmp_path)
+    await ctl.start()
+    try:
+        await ctl.create_network("web", ipv4_subnet="198.51.100.0/24", ipv6=False)
+        drv = ctl.driver("bridge")
+        calls, go = [], asyncio.Event()
+        real = drv.delete_network
+
+        async def delete_network(info):  # type: ignore[no-untyped-def]
+            calls.append(info.id)
+            await go.wait()
+            await real(info)
+
+        drv.delete_network = delete_network  # type: ignore[method-assign]
+        tasks = [asyncio.ensure_future(ctl.delete_network("web")) for _ in range(3)]
+        await _until(lambda: asyncio.sleep(0, bool(calls)))
+        for _ in range(20):
+            await asyncio.sleep(0)  # the others reach the driver too, if nothing holds them
+        go.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert len(calls) == 1
+        assert sorted(type(r).__name__ for r in results) == ["NoSuchNetwork", "NoSuchNetwork", "NoneType"]
+        assert all(isinstance(r, NoSuchNetwork) for r in results if r is not None)
+        assert await ctl.networks() == []
+    finally:
+        await ctl.close()
