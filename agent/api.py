@@ -229,9 +229,18 @@ async def errors_and_metrics(
         if exc.status < 400:
             raise
         response = error_response(exc.status, "http", exc.reason)
-    except Exception as exc:  # an unexpected failure: report it, keep serving
-        log.exception("internal error on %s %s", request.method, request.path)
-        response = error_response(500, "internal", f"internal error: {exc}")
+    except Exception as exc:
+        gone = request.transport is None or request.transport.is_closing()
+        if isinstance(exc, ConnectionResetError) and gone:  # the client went before its body came: nothing done
+            log.info(
+                "%s %s: the client closed the connection before its request body came", request.method, request.path
+            )
+            response = error_response(
+                400, "bad_request", "the client closed the connection before its request body came"
+            )
+        else:  # an unexpected failure: report it, keep serving
+            log.exception("internal error on %s %s", request.method, request.path)
+            response = error_response(500, "internal", f"internal error: {exc}")
     state.metrics.observe(request.method, route, response.status, time.perf_counter() - t)
     return response
 

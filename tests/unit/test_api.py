@@ -245,3 +245,41 @@ async def test_network_list_follows_writes_of_another_agent_on_the_shared_store(
         assert await names() == ["web"]
     for ctl in ctls:
         await ctl.close()
+
+
+async def test_a_client_gone_mid_body_is_no_internal_error(client, tmp_path, caplog) -> None:
+    """Fuzzer: a client that sent part of a body and closed its connection was logged as an 'internal
+    error' at ERROR with a traceback (ConnectionResetError) and counted as a 500 -- a stalled client
+    could fill the log with them.  Now it is said in one line at INFO, counted as a 400.  Served on a
+    unix socket as the agent serves it (the test server's TCP transport does not show it)."""
+    import asyncio
+    import logging
+
+    from agent.aioweb import web
+
+    state = AgentState(client.ctl, "node-1", Metrics())
+    runner = web.AppRunner(make_app(state), access_log=None)
+    await runner.setup()
+    path = str(tmp_path / "api.sock")
+    await web.UnixSite(runner, path).start()
+    try:
+        with caplog.at_level(logging.INFO, logger="libnet.agent.api"):
+            _reader, writer = await asyncio.open_unix_connection(path)
+            writer.write(b"POST /v1/networks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+            writer.write(b"Content-Length: 1000\r\n\r\n{")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            writer.close()
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if any(r.name == "libnet.agent.api" for r in caplog.records):
+                    break
+        said = [r for r in caplog.records if r.name == "libnet.agent.api"]
+        assert said and all(r.levelno < logging.WARNING and not r.exc_info for r in said), [
+            r.getMessage() for r in said
+        ]
+        assert "closed the connection" in said[0].getMessage()
+        body, _type = await state.metrics.render(client.ctl, [])
+        assert b'status="500"' not in body
+    finally:
+        await runner.cleanup()
